@@ -1,0 +1,4 @@
+"""Drop-in modules built on the apt ops."""
+from apt_ext.nn.fp4_linear import FP4Linear, FusedFP4Linear, quantize_
+
+__all__ = ["FP4Linear", "FusedFP4Linear", "quantize_"]

@@ -1,0 +1,121 @@
+"""``FP4Linear``: nn.Linear with a frozen 4-bit weight, computed by ``torch.ops.apt.fp4_linear``."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from apt_ext.fp4 import checks
+from apt_ext.fp4.weight import FP4Weight, quantize
+
+
+class FP4Linear(nn.Module):
+    """y = x @ W.T + b with W stored in FP4 (``fmt`` nvfp4, mxfp4 or nf4).
+
+    Same constructor as ``nn.Linear`` plus ``fmt``. The weight is initialised like nn.Linear
+    (Kaiming-uniform) and quantised; ``from_linear`` quantises an existing layer. The packed
+    weight, its scales and tensor scale are buffers (saved by ``state_dict`` and safetensors);
+    the bias, if any, is a trainable Parameter. The 4-bit weight itself is frozen; gradients
+    flow to x and bias. Input x: [..., in_features] float32/bfloat16/float16; output has x's
+    dtype.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = "nvfp4",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        checks.check_fmt(fmt)
+        self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
+        self.block_size = checks.default_block(fmt, None)
+        w = torch.empty(out_features, in_features, device=device, dtype=torch.float32)
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        q = quantize(w, fmt)
+        self.register_buffer("packed", q.packed)
+        self.register_buffer("scales", q.scales)
+        self.register_buffer("tensor_scale", q.tensor_scale)
+        if bias:
+            bound = 1 / math.sqrt(in_features)
+            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype or torch.float32)
+                                     .uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, fmt: str = "nvfp4") -> "FP4Linear":
+        """Quantise an ``nn.Linear`` (its weight must be finite) into a new FP4Linear."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        checks.check_fmt(fmt)
+        mod = cls.__new__(cls)
+        nn.Module.__init__(mod)
+        mod.in_features, mod.out_features, mod.fmt = linear.in_features, linear.out_features, fmt
+        mod.block_size = checks.default_block(fmt, None)
+        q = quantize(linear.weight.detach(), fmt)
+        mod.register_buffer("packed", q.packed)
+        mod.register_buffer("scales", q.scales)
+        mod.register_buffer("tensor_scale", q.tensor_scale)
+        if linear.bias is not None:
+            mod.bias = nn.Parameter(linear.bias.detach().clone())
+        else:
+            mod.register_parameter("bias", None)
+        return mod
+
+    @property
+    def weight(self) -> FP4Weight:
+        """The quantised weight as an FP4Weight (shares storage with the buffers)."""
+        return FP4Weight(self.packed, self.scales, self.tensor_scale, self.fmt, self.block_size,
+                         (self.out_features, self.in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.apt.fp4_linear(x, self.packed, self.scales, self.tensor_scale, self.bias,
+                                        self.fmt, self.block_size)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # load_state_dict would silently cast e.g. nf4's float32 scales into nvfp4's float8
+        # buffer; a format mismatch must fail instead.
+        for name in ("packed", "scales", "tensor_scale"):
+            t = state_dict.get(prefix + name)
+            mine = getattr(self, name)
+            if t is not None and t.dtype != mine.dtype:
+                error_msgs.append(f"{prefix}{name}: checkpoint has dtype {t.dtype} but this FP4Linear "
+                                  f"(fmt={self.fmt!r}) stores {mine.dtype}; quantise the model with the "
+                                  f"same fmt before loading")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, fmt={self.fmt}")
+
+
+FusedFP4Linear = FP4Linear
+
+
+def quantize_(model: nn.Module, fmt: str = "nvfp4",
+              filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` (in place) by ``FP4Linear.from_linear``.
+
+    ``filter_fn(module, fqn)`` -> bool selects which Linear layers to quantise (default: all).
+    Returns ``model``. To load a saved quantised model, build the float model, call
+    ``quantize_`` with the same fmt and filter, then ``load_state_dict``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    checks.check_fmt(fmt)
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn: expected a callable (module, fqn) -> bool, got {type(filter_fn).__name__}")
+    targets = [(fqn, m) for fqn, m in model.named_modules()
+               if type(m) is nn.Linear and (filter_fn is None or filter_fn(m, fqn))]
+    for fqn, lin in targets:
+        new = FP4Linear.from_linear(lin, fmt)
+        if fqn == "":
+            raise ValueError("model: is itself an nn.Linear; use FP4Linear.from_linear(model) instead")
+        parent_name, _, child = fqn.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+    return model

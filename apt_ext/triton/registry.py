@@ -1,0 +1,13 @@
+"""Which ``apt::`` ops have a Triton implementation: ``kernels()`` -> {op name: callable}.
+
+apt_ext.ops registers each as the op's CUDA kernel where the CUDA build has none, or when
+APT_FORCE_TRITON=1.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+
+def kernels() -> dict[str, Callable]:
+    found: dict[str, Callable] = {}
+    return found

@@ -1,0 +1,61 @@
+// The Python module apt_ext._C: importing it runs the static TORCH_LIBRARY registrations of
+// every kernel file, then exposes build facts and the pybind11 bindings of the capabilities.
+#include "bindings.h"
+
+#include <map>
+#include <string>
+
+namespace apt {
+
+std::vector<Binder>& binders() {
+  static std::vector<Binder> registry;
+  return registry;
+}
+
+static std::map<std::string, bool>& build_flags() {
+  static std::map<std::string, bool> flags;
+  return flags;
+}
+
+void set_build_flag(const char* name, bool value) { build_flags()[name] = value; }
+
+}  // namespace apt
+
+namespace {
+
+bool cpu_has(const char* feature) {
+#if defined(APT_X86) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (std::string(feature) == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (std::string(feature) == "avx512") return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#endif
+  return false;
+}
+
+pybind11::dict build_info() {
+  pybind11::dict d;
+#ifdef APT_WITH_CUDA
+  d["cuda"] = true;
+  d["cuda_archs"] = std::string(APT_CUDA_ARCHS);
+#else
+  d["cuda"] = false;
+  d["cuda_archs"] = std::string();
+#endif
+#ifdef APT_X86
+  d["x86_simd_compiled"] = true;
+#else
+  d["x86_simd_compiled"] = false;
+#endif
+  d["cpu_avx2"] = cpu_has("avx2");
+  d["cpu_avx512"] = cpu_has("avx512");
+  for (const auto& kv : apt::build_flags()) d[kv.first.c_str()] = kv.second;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "apt_ext native kernels (ops are under torch.ops.apt)";
+  m.def("build_info", &build_info, "What this build compiled and what this CPU supports.");
+  for (auto bind : apt::binders()) bind(m);
+}

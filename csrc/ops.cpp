@@ -1,0 +1,28 @@
+// Every schema of the `apt` op namespace, in one place (SPEC section 2).
+// Kernels register themselves per backend with TORCH_LIBRARY_IMPL(apt, CPU|CUDA, m) next to
+// their sources; fake (meta) kernels and autograd are registered in Python (apt_ext/ops.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(apt, m) {
+  // ---- FP4 (SPEC section 3) ----
+  // uint8 codes in [0, 15], [..., K] (K even) -> uint8 [..., K/2]; byte j = c[2j] | c[2j+1] << 4.
+  m.def("fp4_pack(Tensor codes) -> Tensor");
+  // uint8 [..., K/2] -> uint8 codes [..., K].
+  m.def("fp4_unpack(Tensor packed) -> Tensor");
+  // w [N, K] float32/bfloat16/float16 -> packed uint8 [N, Kp/2], scales [N, Kp/block_size]
+  // (nvfp4: float8_e4m3fn, mxfp4: uint8 biased exponent, nf4: float32), tensor_scale float32 [].
+  // Kp = K rounded up to a multiple of block_size (zero padding).
+  m.def("fp4_quantize(Tensor w, str fmt, int block_size) -> (Tensor packed, Tensor scales, Tensor tensor_scale)");
+  // -> [N, Kp] of `dtype` (the padded K; FP4Weight.dequantize slices to the logical K).
+  m.def("fp4_dequantize(Tensor packed, Tensor scales, Tensor tensor_scale, str fmt, int block_size, ScalarType dtype) -> Tensor");
+  // x [..., K] (K <= Kp < K + block_size) -> x @ dequantize(W).T + bias, [..., N], x's dtype,
+  // fp32 accumulation.
+  m.def("fp4_linear(Tensor x, Tensor packed, Tensor scales, Tensor tensor_scale, Tensor? bias, str fmt, int block_size) -> Tensor");
+
+  // ---- Left-spin residual (SPEC section 4) ----
+  // u, du, du_prev [..., D]; phi_prev [...] float32 -> out [..., D] (u's dtype), phi [...] float32.
+  m.def("left_spin_residual(Tensor u, Tensor du, Tensor? du_prev, Tensor? phi_prev, float alpha, float tau, float beta, float w1, float w2, float eps) -> (Tensor out, Tensor phi)");
+  // Gradients of (out, phi) w.r.t. (u, du, du_prev, phi_prev). grad_du_prev / grad_phi_prev are
+  // empty tensors (numel 0) when du_prev / phi_prev is None.
+  m.def("left_spin_residual_backward(Tensor grad_out, Tensor grad_phi, Tensor u, Tensor du, Tensor? du_prev, Tensor? phi_prev, float alpha, float tau, float beta, float w1, float w2, float eps) -> (Tensor grad_u, Tensor grad_du, Tensor grad_du_prev, Tensor grad_phi_prev)");
+}

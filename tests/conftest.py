@@ -1,0 +1,22 @@
+"""Shared pytest setup: GPU tests (tests/gpu/, marker ``gpu``) are skipped without CUDA."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run tests/gpu through the device machine)")
+    for item in items:
+        if "/tests/gpu/" in str(item.path):
+            item.add_marker(pytest.mark.gpu)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    """A fresh, differently seeded generator per test (inputs are never zeros)."""
+    g = torch.Generator()
+    g.seed()
+    return g

@@ -58,12 +58,16 @@ def test_empty_batch_gives_empty_output(rng):
     assert y.shape == (0, 8)
 
 
-def test_large_layer_against_reference(rng):
-    q, wd = make("nvfp4", 300, 1024, rng)
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_larger_layer_against_reference(isa, fmt, rng, monkeypatch):
+    monkeypatch.setenv("APT_FP4_CPU_ISA", isa)
+    # K = 1100: more than one K slice of the batched path, nvfp4's last slice ends mid-chunk.
+    q, wd = make(fmt, 130, 1100, rng)
     for m in (1, 8, 65):
-        x = torch.randn(m, 1024, generator=rng)
-        assert_linear_close(torch.ops.apt.fp4_linear(x, *q, None, "nvfp4", 16),
-                            ref.linear(x, *q, None, "nvfp4"), x, wd)
+        x = torch.randn(m, 1100, generator=rng)
+        assert_linear_close(torch.ops.apt.fp4_linear(x, *q, None, fmt, ref.BLOCK_SIZES[fmt]),
+                            ref.linear(x, *q, None, fmt), x, wd)
 
 
 @pytest.mark.filterwarnings("ignore:Input #.* requires gradient and is not a double")

@@ -50,7 +50,7 @@ void gemm4_scalar(const float* w, int64_t len, const float* x, int64_t ldx, int6
     for (int64_t r = 0; r < 4; ++r) {
       float acc = 0.f;
       for (int64_t k = 0; k < len; ++k) acc += w[r * len + k] * x[m * ldx + k];
-      out[m * ldo + r] = acc;
+      out[m * ldo + r] += acc;
     }
 }
 

@@ -42,7 +42,7 @@ using DotRowsFn = void (*)(const PackedRow& row, const float* x, int64_t ldx, in
 inline constexpr int64_t kMaxFusedRows = 3;
 
 // Four already decoded weight rows w [4, len] against mrows rows of x [.., ldx]:
-// out[m * ldo + r] = sum_k w[r * len + k] * x[m * ldx + k] for r < 4, m < mrows (float32);
+// out[m * ldo + r] += sum_k w[r * len + k] * x[m * ldx + k] for r < 4, m < mrows (float32);
 // len is a multiple of 16.
 using Gemm4Fn = void (*)(const float* w, int64_t len, const float* x, int64_t ldx, int64_t mrows, float* out,
                          int64_t ldo);

@@ -92,7 +92,7 @@ void gemm4_t(const float* w, int64_t len, const float* x, int64_t ldx, float* ou
     }
   }
   for (int m = 0; m < MT; ++m)
-    for (int r = 0; r < 4; ++r) out[m * ldo + r] = hsum(acc[m][r]);
+    for (int r = 0; r < 4; ++r) out[m * ldo + r] += hsum(acc[m][r]);
 }
 
 void gemm4_avx2(const float* w, int64_t len, const float* x, int64_t ldx, int64_t mrows, float* out,

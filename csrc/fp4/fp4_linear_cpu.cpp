@@ -3,11 +3,12 @@
 //  - M < kGemm4MinRows (decoding, GEMV): each weight row is decoded in registers (LUT, scaled
 //    once per block) and dotted with the M rows of x.
 //  - M >= kGemm4MinRows (batches): each thread takes groups of 4 output features,
-//    decodes the 4 weight rows once into a thread-local [4, Kp] float32 buffer, and runs a
-//    register-blocked 4 x MT micro-kernel over the M rows, in chunks of kGemm4MaxRows rows
-//    of x (a chunk of x stays in L2; the weight is decoded once per chunk). Decoding a tile of weight rows and calling at::mm
-//    was measured 5-10x slower here (MKL sgemm on these skinny tile shapes on the AMD EPYC
-//    test machine), so there is no BLAS path; see docs/fp4.md.
+//    decodes the 4 weight rows slice by slice (kSliceK columns) into a thread-local float32
+//    buffer that stays in L1, and runs a register-blocked 4 x MT micro-kernel over the M
+//    rows, in chunks of kGemm4MaxRows rows of x (the weight is decoded once per chunk).
+//    Decoding a tile of weight rows and calling at::mm was measured 5-10x slower here (MKL
+//    sgemm on these skinny tile shapes on the AMD EPYC test machine), so there is no BLAS
+//    path; see docs/fp4.md.
 // The row kernels (fp4_cpu_kernels*.cpp) are picked for the CPU's best ISA at run time.
 #include <ATen/Parallel.h>
 #include <ATen/ops/constant_pad_nd.h>
@@ -26,6 +27,8 @@ namespace {
 
 constexpr int64_t kGemm4MinRows = kMaxFusedRows + 1;
 constexpr int64_t kGemm4MaxRows = 64;
+constexpr int64_t kSliceK = 1024;  // a multiple of every block size and of 32
+static_assert(kSliceK % 64 == 0, "slices must start on block and split-pairs chunk boundaries");
 
 struct Weight {
   const uint8_t* packed;
@@ -62,23 +65,33 @@ void linear_dot_rows(const CpuKernels& kern, const float* x, int64_t m, const We
   });
 }
 
-// out [M, N] float32 = x W^T (x [M, len] in the kernels' k order), 4 decoded weight rows at
-// a time.
+// out [M, N] float32 = x W^T (x [M, len] in the kernels' k order), 4 weight rows at a time,
+// in slices of kSliceK columns: the 4 decoded row slices (16 KiB) stay in L1 while the
+// micro-kernel streams the matching slice of every x row past them.
 void linear_gemm4(const CpuKernels& kern, const float* x, int64_t m, const Weight& w, float* out) {
-  const int64_t groups = (w.n + 3) / 4, len = kern.row_len(w.kp);
+  const int64_t groups = (w.n + 3) / 4, len = kern.row_len(w.kp), nb = w.kp / w.block;
   at::parallel_for(0, groups, 2, [&](int64_t g0, int64_t g1) {
-    std::vector<float> row_scales(static_cast<size_t>(w.kp / w.block));
-    std::vector<float> rows(static_cast<size_t>(4 * len));
+    std::vector<float> row_scales(static_cast<size_t>(4 * nb));
+    std::vector<float> rows(static_cast<size_t>(4 * kSliceK));
     std::vector<float> res(static_cast<size_t>(4 * m));
+    std::array<PackedRow, 4> prow;
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t nr = std::min<int64_t>(4, w.n - 4 * g);
-      for (int64_t i = 0; i < 4; ++i) {
-        if (i < nr)
-          kern.decode_row_linear(w.row(4 * g + i, row_scales.data()), rows.data() + i * len);
-        else
-          std::fill_n(rows.data() + i * len, len, 0.0f);
+      for (int64_t i = 0; i < nr; ++i) prow[i] = w.row(4 * g + i, row_scales.data() + i * nb);
+      std::fill(res.begin(), res.end(), 0.0f);
+      for (int64_t k0 = 0; k0 < w.kp; k0 += kSliceK) {
+        const int64_t k1 = std::min(w.kp, k0 + kSliceK), slen = kern.row_len(k1 - k0);
+        for (int64_t i = 0; i < 4; ++i) {
+          if (i < nr) {
+            const PackedRow& r = prow[i];
+            kern.decode_row_linear({r.packed + k0 / 2, r.scales + k0 / w.block, k1 - k0, w.block, r.lut},
+                                   rows.data() + i * slen);
+          } else {
+            std::fill_n(rows.data() + i * slen, slen, 0.0f);
+          }
+        }
+        kern.gemm4(rows.data(), slen, x + k0, len, m, res.data(), 4);
       }
-      kern.gemm4(rows.data(), len, x, len, m, res.data(), 4);
       for (int64_t j = 0; j < m; ++j)
         for (int64_t i = 0; i < nr; ++i) out[j * w.n + 4 * g + i] = res[j * 4 + i];
     }

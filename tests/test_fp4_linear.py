@@ -52,6 +52,13 @@ def test_tiny_shapes(n, k, rng):
             assert_linear_close(y, ref.linear(x, *q, None, fmt), x, wd)
 
 
+def test_non_contiguous_x(rng):
+    q, wd = make("nf4", 9, 64, rng)
+    x = torch.randn(64, 6, generator=rng).t()                 # [6, 64], strided
+    assert not x.is_contiguous()
+    assert_linear_close(torch.ops.apt.fp4_linear(x, *q, None, "nf4", 64), ref.linear(x, *q, None, "nf4"), x, wd)
+
+
 def test_empty_batch_gives_empty_output(rng):
     q, _ = make("nvfp4", 8, 32, rng)
     y = torch.ops.apt.fp4_linear(torch.empty(0, 32), *q, None, "nvfp4", 16)

@@ -18,6 +18,7 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <type_traits>
 
 #include "fp4/fp4_codec_cuda.h"
@@ -222,6 +223,19 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+int64_t small_m_max_rows() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("APT_FP4_SMALL_M_MAX");
+    if (env == nullptr || *env == '\0') return kSmallMMaxRows;
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 0, "APT_FP4_SMALL_M_MAX: expected a non-negative integer, got '",
+                      env, "'");
+    return static_cast<int64_t>(v);
+  }();
+  return value;
+}
+
 template <typename Fn>
 void dispatch_format(Format f, Fn&& fn) {
   switch (f) {
@@ -276,19 +290,20 @@ at::Tensor fp4_linear_cuda_impl(const at::Tensor& x, const at::Tensor& packed_in
   // The kernels read 16-byte vectors: make the packed weight contiguous and 16-byte aligned.
   at::Tensor packed = packed_in.contiguous();
   if (reinterpret_cast<uintptr_t>(packed.const_data_ptr()) % 16 != 0) packed = packed.clone();
+  const at::Tensor xa = reinterpret_cast<uintptr_t>(x2.const_data_ptr()) % 16 != 0 ? x2.clone() : x2;
   const at::Tensor scales = scales_in.contiguous();
 
-  if (x.scalar_type() != at::kFloat && m <= kSmallMMaxRows) {
+  if (x.scalar_type() != at::kFloat && m <= small_m_max_rows()) {
     const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
     const float* bias_ptr = bias.has_value() ? bias_f.const_data_ptr<float>() : nullptr;
     dispatch_format(f, [&](auto fc) {
       constexpr Format F = decltype(fc)::value;
       if (x.scalar_type() == at::kBFloat16) {
-        gelu ? launch_small_m<F, at::BFloat16, true>(x2, packed, scales, tensor_scale, bias_ptr, out)
-             : launch_small_m<F, at::BFloat16, false>(x2, packed, scales, tensor_scale, bias_ptr, out);
+        gelu ? launch_small_m<F, at::BFloat16, true>(xa, packed, scales, tensor_scale, bias_ptr, out)
+             : launch_small_m<F, at::BFloat16, false>(xa, packed, scales, tensor_scale, bias_ptr, out);
       } else {
-        gelu ? launch_small_m<F, at::Half, true>(x2, packed, scales, tensor_scale, bias_ptr, out)
-             : launch_small_m<F, at::Half, false>(x2, packed, scales, tensor_scale, bias_ptr, out);
+        gelu ? launch_small_m<F, at::Half, true>(xa, packed, scales, tensor_scale, bias_ptr, out)
+             : launch_small_m<F, at::Half, false>(xa, packed, scales, tensor_scale, bias_ptr, out);
       }
     });
     return out.view(out_sizes);

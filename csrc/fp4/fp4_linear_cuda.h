@@ -7,6 +7,8 @@ namespace apt::fp4::cuda {
 
 // x rows (M, all leading dims flattened) up to which bfloat16/float16 x takes the tensor-core
 // GEMV kernel; above it (and for float32 x) the weight is dequantised and cuBLAS multiplies.
+// The environment variable APT_FP4_SMALL_M_MAX, read once at the first call, overrides it
+// (for measuring both paths without a rebuild).
 constexpr int64_t kSmallMMaxRows = 64;
 
 // Largest dequantised scratch the large-M path allocates at once (it works in row chunks).

@@ -37,10 +37,17 @@ template <typename T>
 struct MmaType;
 template <>
 struct MmaType<at::BFloat16> {
-  using native = __nv_bfloat16;
+  // E2M1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 as bfloat16 bits, split into low and high
+  // bytes (bytes 0..7 of each table = codes 0..7), for __byte_perm lookups.
+  static constexpr uint32_t kLo0 = 0xC0800000u, kLo1 = 0xC0804000u, kHi0 = 0x3F3F3F00u, kHi1 = 0x40404040u;
   __device__ static uint32_t pack(float a, float b) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
     return *reinterpret_cast<const uint32_t*>(&v);
+  }
+  __device__ static uint32_t mul2(uint32_t a, uint32_t b) {
+    const __nv_bfloat162 r =
+        __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+    return *reinterpret_cast<const uint32_t*>(&r);
   }
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -52,10 +59,15 @@ struct MmaType<at::BFloat16> {
 };
 template <>
 struct MmaType<at::Half> {
-  using native = __half;
+  // The same magnitudes as float16 bits (their low bytes are all zero).
+  static constexpr uint32_t kLo0 = 0u, kLo1 = 0u, kHi0 = 0x3E3C3800u, kHi1 = 0x46444240u;
   __device__ static uint32_t pack(float a, float b) {
     const __half2 v = __floats2half2_rn(a, b);
     return *reinterpret_cast<const uint32_t*>(&v);
+  }
+  __device__ static uint32_t mul2(uint32_t a, uint32_t b) {
+    const __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+    return *reinterpret_cast<const uint32_t*>(&r);
   }
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -108,11 +120,42 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
 }
 
-// Decodes the 4 codes of a 16-bit chunk (k, k+1, k+2, k+3) times `scale` into two packed
-// pairs of T: lo = (k, k+1), hi = (k+2, k+3).
+// Weights decode exactly into x's dtype without float math when the block scale is exact in
+// it: E2M1 codes times an E4M3 scale (nvfp4; the tensor scale is applied to the sum) have at
+// most 6 significant bits, and mxfp4's 2^e fits bfloat16's exponent range. The other cases
+// (nf4, mxfp4 with float16 x) multiply in float32 and round once.
 template <Format F, typename T>
-__device__ __forceinline__ void decode4(uint32_t h, float scale, const float* lut, uint32_t& lo, uint32_t& hi) {
-  if constexpr (F == Format::NF4) {
+constexpr bool kExactDecode = F == Format::NVFP4 || (F == Format::MXFP4 && std::is_same_v<T, at::BFloat16>);
+
+// A block's scale as the decode needs it: a packed pair of T for the exact decode (without
+// nvfp4's tensor scale), else the float32 decode scale.
+template <Format F, typename T>
+__device__ __forceinline__ uint32_t block_scale_t2(const void* scales, int64_t i) {
+  float s;
+  if constexpr (F == Format::NVFP4) {
+    s = static_cast<float>(c10::Float8_e4m3fn(static_cast<const uint8_t*>(scales)[i], c10::Float8_e4m3fn::from_bits()));
+  } else {
+    s = ldexpf(1.0f, static_cast<int>(static_cast<const uint8_t*>(scales)[i]) - 127);
+  }
+  return MmaType<T>::pack(s, s);
+}
+
+// Decodes the 4 codes of a 16-bit chunk (k, k+1, k+2, k+3) into two packed pairs of T:
+// lo = (k, k+1), hi = (k+2, k+3). Exact decode: magnitudes by two byte-permute lookups,
+// sign bits moved into place by one multiply each, then one paired multiply by the scale.
+template <Format F, typename T>
+__device__ __forceinline__ void decode4(uint32_t h, uint32_t scale_t2, float scale, const float* lut, uint32_t& lo,
+                                        uint32_t& hi) {
+  if constexpr (kExactDecode<F, T>) {
+    const uint32_t mag = h & 0x7777u;
+    const uint32_t lob = __byte_perm(MmaType<T>::kLo0, MmaType<T>::kLo1, mag);
+    const uint32_t hib = __byte_perm(MmaType<T>::kHi0, MmaType<T>::kHi1, mag);
+    const uint32_t sg = h & 0x8888u;  // sign bits of codes 0..3 at bits 3, 7, 11, 15
+    lo = __byte_perm(lob, hib, 0x5140) | ((sg * 0x01001000u) & 0x80008000u);
+    hi = __byte_perm(lob, hib, 0x7362) | ((sg * 0x00010010u) & 0x80008000u);
+    lo = MmaType<T>::mul2(lo, scale_t2);
+    hi = MmaType<T>::mul2(hi, scale_t2);
+  } else if constexpr (F == Format::NF4) {
     lo = MmaType<T>::pack(lut[h & 0xF] * scale, lut[(h >> 4) & 0xF] * scale);
     hi = MmaType<T>::pack(lut[(h >> 8) & 0xF] * scale, lut[(h >> 12) & 0xF] * scale);
   } else {
@@ -131,7 +174,7 @@ __device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + e
 // x [M, K] (contiguous), packed [N, row_bytes], scales [N, 2*row_bytes/bs], out [M, N].
 // Grid: (ceil(M / (8*MT)), ceil(N / 16)); block: kWarps*32 threads.
 template <Format F, typename T, int MT, bool kGelu>
-__global__ void __launch_bounds__(kWarps * 32)
+__global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
     small_m_kernel(const T* __restrict__ x, int64_t m, int64_t k, const uint8_t* __restrict__ packed,
                    int64_t row_bytes, const void* __restrict__ scales, const float* __restrict__ tensor_scale,
                    const float* __restrict__ bias, T* __restrict__ out, int64_t n) {
@@ -175,12 +218,18 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int q = 0; q < 4; ++q) xv[i][q] = load_x8<T>(x, m0 + 8 * i + g, m, k, k0 + 8 * q, xvec16);
     // Block scales of the two halves (16 codes each) of this thread's chunk; a half past the
     // row reads block nb-1 (its codes are zero and x is zero there).
-    float sa[2], sb[2];
+    float sa[2] = {0.0f, 0.0f}, sb[2] = {0.0f, 0.0f};
+    uint32_t sa2[2] = {0u, 0u}, sb2[2] = {0u, 0u};
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int64_t blk = min((k0 + 16 * hf) / bs, nb - 1);
-      sa[hf] = va ? decode_scale<F>(scales, (va ? ra : 0) * nb + blk, ts) : 0.0f;
-      sb[hf] = vb ? decode_scale<F>(scales, (vb ? rb : 0) * nb + blk, ts) : 0.0f;
+      if constexpr (kExactDecode<F, T>) {
+        if (va) sa2[hf] = block_scale_t2<F, T>(scales, ra * nb + blk);
+        if (vb) sb2[hf] = block_scale_t2<F, T>(scales, rb * nb + blk);
+      } else {
+        if (va) sa[hf] = decode_scale<F>(scales, ra * nb + blk, ts);
+        if (vb) sb[hf] = decode_scale<F>(scales, rb * nb + blk, ts);
+      }
     }
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
@@ -188,8 +237,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       const uint32_t ha = (word_of(wa, s >> 1) >> (16 * (s & 1))) & 0xFFFF;
       const uint32_t hb = (word_of(wb, s >> 1) >> (16 * (s & 1))) & 0xFFFF;
       uint32_t a[4];
-      decode4<F, T>(ha, sa[s >> 2], lut, a[0], a[2]);
-      decode4<F, T>(hb, sb[s >> 2], lut, a[1], a[3]);
+      decode4<F, T>(ha, sa2[s >> 2], sa[s >> 2], lut, a[0], a[2]);
+      decode4<F, T>(hb, sb2[s >> 2], sb[s >> 2], lut, a[1], a[3]);
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
         const uint32_t b0 = word_of(xv[i][s >> 1], 2 * (s & 1));
@@ -217,6 +266,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     float v = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) v += red[w][r][c];
+    if constexpr (F == Format::NVFP4) v *= ts;  // the exact decode left the tensor scale out
     if (bias != nullptr) v += bias[row];
     if constexpr (kGelu) v = gelu_erf(v);
     out[col * n + row] = static_cast<T>(v);

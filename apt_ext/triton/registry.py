@@ -10,4 +10,8 @@ from typing import Callable
 
 def kernels() -> dict[str, Callable]:
     found: dict[str, Callable] = {}
+    from apt_ext.triton import fp4_dequantize, fp4_linear
+
+    found.update(fp4_dequantize=fp4_dequantize.fp4_dequantize, fp4_linear=fp4_linear.fp4_linear,
+                 fp4_linear_gelu=fp4_linear.fp4_linear_gelu)
     return found

@@ -10,4 +10,8 @@ from typing import Callable
 
 def kernels() -> dict[str, Callable]:
     found: dict[str, Callable] = {}
+    from apt_ext.triton import left_spin
+
+    found["left_spin_residual"] = left_spin.left_spin_residual
+    found["left_spin_residual_backward"] = left_spin.left_spin_residual_backward
     return found

@@ -8,11 +8,12 @@ bytes each implementation must move at least: forward reads u, du, du_prev and w
 u, du, du_prev, grad_out and writing the three input gradients (11 tensors). The card's copy
 bandwidth (torch copy_ of a 1 GiB buffer, read + write) is measured in the same run.
 
-CPU mode (--device cpu) uses smaller shapes and the median of repeated wall-clock timings.
+CPU mode (--device cpu) uses smaller shapes and the median of repeated wall-clock timings
+(apt CPU vs eager and torch.compile of the reference).
 
     python benchmarks/left_spin.py            # full GPU run (about 2-3 minutes)
     python benchmarks/left_spin.py --quick    # one shape
-    python benchmarks/left_spin.py --device cpu [--quick] [--no-compile]
+    python benchmarks/left_spin.py --device cpu [--quick] [--no-compile] [--threads 1]
 
 Writes benchmarks/results/left_spin_<device>_<timestamp>.json and
 benchmarks/plots/left_spin_<device>.png.
@@ -63,13 +64,24 @@ def _time_cpu(fn: Callable[[], object], quick: bool) -> float:
 
 
 def copy_bandwidth_gbs(device: str, quick: bool) -> float:
-    """Read + write bandwidth of a large copy_ (GB/s, 1 GB = 1e9 bytes)."""
-    n = (1 << 30) if device == "cuda" else (1 << 27)
+    """Read + write bandwidth of copy_ (GB/s, 1 GB = 1e9 bytes): 1 GiB on the GPU; 32 MiB on
+    the CPU, about the working set of the CPU shapes (which may sit partly in the L3 cache)."""
+    n = (1 << 30) if device == "cuda" else (1 << 25)
     src = torch.empty(n, dtype=torch.uint8, device=device).random_(0, 255)
     dst = torch.empty_like(src)
     timer = _time_gpu if device == "cuda" else _time_cpu
     ms = timer(lambda: dst.copy_(src), quick)
     return 2 * n / (ms * 1e-3) / 1e9
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _implementations(device: str, use_compile: bool) -> dict[str, tuple[Callable, Callable] | str]:
@@ -206,8 +218,15 @@ def main(argv: list[str] | None = None) -> int:
                    default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="one shape, fewer repetitions")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice); 1 avoids OpenMP "
+                        "oversubscription on a shared machine")
     p.add_argument("--out-dir", type=Path, default=HERE)
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error("--threads: expected a positive number")
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU visible")
     data = run(args)
@@ -215,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     data["meta"] = {
         "date": now.isoformat(timespec="seconds"),
         "device": args.device,
-        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "host": platform.node(),
         "torch": torch.__version__,

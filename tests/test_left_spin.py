@@ -162,3 +162,16 @@ def test_backward_bad_grad_shape_raises():
     with pytest.raises(ValueError, match="grad_phi: expected shape"):
         torch.ops.apt.left_spin_residual_backward(torch.randn(3, 8), torch.randn(4), u, du, None, None,
                                                   *ref.DEFAULTS.values())
+
+
+def test_inf_follows_the_reference(rng):
+    """Inf follows IEEE arithmetic through the formulas exactly like the reference."""
+    u, du = torch.randn(3, 6, generator=rng), torch.randn(3, 6, generator=rng)
+    du[0, 1] = float("inf")
+    u[1, 2] = float("inf")
+    du[2, 0], u[2, 3] = float("-inf"), float("inf")
+    out, phi = left_spin_residual(u, du)
+    r_out, r_phi = ref.left_spin_residual(u, du)
+    torch.testing.assert_close(out, r_out, equal_nan=True)
+    torch.testing.assert_close(phi, r_phi, equal_nan=True)
+    assert torch.isinf(phi[0]) and torch.isnan(out[0, 1]) and torch.isfinite(out[0, 2:]).all()

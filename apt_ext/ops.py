@@ -56,6 +56,15 @@ def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tens
                                     fp4_checks.default_block(fmt, block_size))
 
 
+def fp4_linear_gelu(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
+                    bias: torch.Tensor | None = None, fmt: str = "nvfp4", block_size: int | None = None
+                    ) -> torch.Tensor:
+    """gelu(x @ W.T + bias) with the exact (erf) GELU, [..., N] in x's dtype. On CUDA the GELU
+    is fused into fp4_linear's epilogue; elsewhere it is fp4_linear followed by F.gelu."""
+    return torch.ops.apt.fp4_linear_gelu(x, packed, scales, tensor_scale, bias, fmt,
+                                         fp4_checks.default_block(fmt, block_size))
+
+
 @torch.library.register_fake("apt::fp4_pack")
 def _fp4_pack_fake(codes):
     fp4_checks.check_pack_input(codes)
@@ -93,6 +102,17 @@ def _fp4_linear_fake(x, packed, scales, tensor_scale, bias, fmt, block_size):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
+@torch.library.register_fake("apt::fp4_linear_gelu")
+def _fp4_linear_gelu_fake(x, packed, scales, tensor_scale, bias, fmt, block_size):
+    return _fp4_linear_fake(x, packed, scales, tensor_scale, bias, fmt, block_size)
+
+
+@torch.library.register_kernel("apt::fp4_linear_gelu", "cpu")
+def _fp4_linear_gelu_cpu(x, packed, scales, tensor_scale, bias, fmt, block_size):
+    y = torch.ops.apt.fp4_linear(x, packed, scales, tensor_scale, bias, fmt, block_size)
+    return torch.nn.functional.gelu(y)
+
+
 def _fp4_linear_setup_context(ctx, inputs, output):
     _, packed, scales, tensor_scale, _, fmt, block_size = inputs
     ctx.save_for_backward(packed, scales, tensor_scale)
@@ -103,7 +123,10 @@ def _fp4_linear_setup_context(ctx, inputs, output):
 
 def _fp4_linear_backward(ctx, grad_out):
     """d/dx only (the 4-bit weight is frozen; QLoRA-style adapters train beside it) and d/dbias."""
-    packed, scales, tensor_scale = ctx.saved_tensors
+    return _fp4_linear_grads(ctx, grad_out, *ctx.saved_tensors)
+
+
+def _fp4_linear_grads(ctx, grad_out, packed, scales, tensor_scale):
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0]:
         w = torch.ops.apt.fp4_dequantize(packed, scales, tensor_scale, ctx.fmt, ctx.block_size,
@@ -116,6 +139,25 @@ def _fp4_linear_backward(ctx, grad_out):
 
 torch.library.register_autograd("apt::fp4_linear", _fp4_linear_backward,
                                 setup_context=_fp4_linear_setup_context)
+
+
+def _fp4_linear_gelu_setup_context(ctx, inputs, output):
+    _fp4_linear_setup_context(ctx, inputs, output)
+    ctx.save_for_backward(inputs[0], *inputs[1:4], inputs[4])
+
+
+def _fp4_linear_gelu_backward(ctx, grad_out):
+    """Recomputes the pre-activation h = fp4_linear(x) and chains gelu'(h) into fp4_linear's backward."""
+    x, packed, scales, tensor_scale, bias = ctx.saved_tensors
+    h = torch.ops.apt.fp4_linear(x, packed, scales, tensor_scale, bias, ctx.fmt, ctx.block_size).float()
+    cdf = 0.5 * (1.0 + torch.erf(h * 0.7071067811865476))
+    pdf = torch.exp(-0.5 * h * h) * 0.3989422804014327
+    grad_h = (grad_out.float() * (cdf + h * pdf)).to(grad_out.dtype)
+    return _fp4_linear_grads(ctx, grad_h, packed, scales, tensor_scale)
+
+
+torch.library.register_autograd("apt::fp4_linear_gelu", _fp4_linear_gelu_backward,
+                                setup_context=_fp4_linear_gelu_setup_context)
 
 
 # --------------------------------------------------------------------------------------

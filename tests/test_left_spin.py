@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from apt_ext import _native
 from apt_ext.ops import left_spin_residual
 from apt_ext.reference import left_spin as ref
 
@@ -19,10 +20,35 @@ def _grads(gen, shape, dtype):
     return go, gphi
 
 
+def _cpu_isas() -> list[str]:
+    """Every CPU build this machine runs (APT_LEFT_SPIN_CPU_ISA values)."""
+    info = _native.build_info()
+    return ["scalar"] + [isa for isa in ("avx2", "avx512") if info.get(f"cpu_{isa}")]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("with_prev,with_phi", [(False, False), (True, False), (True, True), (False, True)])
 def test_forward_backward_match_reference(rng, dtype, shape, with_prev, with_phi):
+    _check_against_reference(rng, dtype, shape, with_prev, with_phi)
+
+
+@pytest.mark.parametrize("isa", _cpu_isas())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(3, 7), (2, 1000)], ids=str)
+def test_every_cpu_build_matches_reference(rng, monkeypatch, isa, dtype, shape):
+    monkeypatch.setenv("APT_LEFT_SPIN_CPU_ISA", isa)
+    _check_against_reference(rng, dtype, shape, True, True)
+    _check_against_reference(rng, dtype, shape, False, False)
+
+
+def test_unknown_cpu_build_is_rejected(monkeypatch):
+    monkeypatch.setenv("APT_LEFT_SPIN_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="APT_LEFT_SPIN_CPU_ISA"):
+        left_spin_residual(torch.randn(2, 4), torch.randn(2, 4))
+
+
+def _check_against_reference(rng, dtype, shape, with_prev, with_phi):
     u, du, dp, pp = ref.make_inputs(shape, dtype, "cpu", with_prev, with_phi, rng)
     go, gphi = _grads(rng, shape, dtype)
     out, phi = left_spin_residual(u, du, dp, pp)

@@ -6,7 +6,8 @@ GPU (default when CUDA is available), bf16, (rows, D) in (16384, 4096), (65536, 
 bytes each implementation must move at least: forward reads u, du, du_prev and writes out
 (4 tensors; phi_prev/phi are one float per row and left out); forward+backward adds reading
 u, du, du_prev, grad_out and writing the three input gradients (11 tensors). The card's copy
-bandwidth (torch copy_ of a 1 GiB buffer, read + write) is measured in the same run.
+bandwidth (torch copy_ of a 1 GiB buffer, read + write) and the plain residual u + du
+(3 tensors, forward only) are measured in the same run as the floor.
 
 CPU mode (--device cpu) uses smaller shapes and the median of repeated wall-clock timings
 (apt CPU vs eager and torch.compile of the reference).
@@ -43,6 +44,7 @@ GPU_SHAPES = [(16384, 4096), (65536, 1024), (8192, 8192)]
 CPU_SHAPES = [(2048, 1024), (512, 4096), (256, 8192)]
 PARAMS = tuple(ref.DEFAULTS.values())
 FWD_TENSORS, FWD_BWD_TENSORS = 4, 11
+PLAIN = "plain u + du (no gate)"
 
 
 def _time_gpu(fn: Callable[[], object], quick: bool) -> float:
@@ -84,7 +86,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _implementations(device: str, use_compile: bool) -> dict[str, tuple[Callable, Callable] | str]:
+def _implementations(device: str, use_compile: bool) -> dict[str, tuple[Callable, Callable | None] | str]:
     """name -> (forward(u, du, dp, pp), forward_backward(u, du, dp, pp, go, gphi)) or a reason
     it is unavailable. forward_backward returns the four input gradients."""
     def autograd_fb(fwd):
@@ -93,7 +95,7 @@ def _implementations(device: str, use_compile: bool) -> dict[str, tuple[Callable
             return torch.autograd.grad((out, phi), (u, du, dp, pp), (go, gphi))
         return run
 
-    impls: dict[str, tuple[Callable, Callable] | str] = {}
+    impls: dict[str, tuple[Callable, Callable | None] | str] = {}
     op_fwd = lambda u, du, dp, pp: torch.ops.apt.left_spin_residual(u, du, dp, pp, *PARAMS)  # noqa: E731
     if device == "cuda":
         cuda_built = bool(_native.build_info().get("cuda")) and _native.has_kernel("left_spin_residual", "CUDA")
@@ -125,6 +127,8 @@ def _implementations(device: str, use_compile: bool) -> dict[str, tuple[Callable
         impls["torch.compile(reference)"] = (comp, autograd_fb(comp))
     else:
         impls["torch.compile(reference)"] = "skipped (--no-compile)"
+    # Not an alternative but the floor: the plain residual moves 3 tensors (forward only).
+    impls[PLAIN] = (lambda u, du, dp, pp: torch.add(u, du), None)
     return impls
 
 
@@ -158,7 +162,11 @@ def run(args: argparse.Namespace) -> dict:
             if mode == "forward":
                 with torch.no_grad():
                     ms = timer(lambda: fwd(u, du, dp, pp), args.quick)
-                n_tensors = FWD_TENSORS
+                n_tensors = 3 if name == PLAIN else FWD_TENSORS
+            elif fb is None:
+                row["skipped"] = "forward only"
+                results.append(row)
+                continue
             else:
                 ms = timer(lambda: fb(u, du, dp, pp, go, gphi), args.quick)
                 n_tensors = FWD_BWD_TENSORS

@@ -201,3 +201,15 @@ def test_inf_follows_the_reference(rng):
     torch.testing.assert_close(out, r_out, equal_nan=True)
     torch.testing.assert_close(phi, r_phi, equal_nan=True)
     assert torch.isinf(phi[0]) and torch.isnan(out[0, 1]) and torch.isfinite(out[0, 2:]).all()
+
+
+def test_double_backward_raises_clearly(rng):
+    u, du, dp, pp = ref.make_inputs((3, 16), torch.float64, "cpu", True, True, rng, requires_grad=True)
+    out, phi = left_spin_residual(u, du, dp, pp)
+    (g,) = torch.autograd.grad((out * out).sum() + phi.sum(), u, create_graph=True)
+    r = [t.detach().clone().requires_grad_(True) for t in (u, du, dp, pp)]
+    r_out, r_phi = ref.left_spin_residual(*r)
+    (rg,) = torch.autograd.grad((r_out * r_out).sum() + r_phi.sum(), r[0])
+    torch.testing.assert_close(g, rg)  # first order under create_graph=True is right
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()

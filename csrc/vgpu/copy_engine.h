@@ -54,6 +54,9 @@ class CopyEngine {
 std::unique_ptr<CopyEngine> make_copy_engine(const at::Device& device);
 #ifdef APT_WITH_CUDA
 std::unique_ptr<CopyEngine> make_cuda_copy_engine(const at::Device& device);
+// `bytes` of page-locked host memory from cudaHostAlloc as a uint8 CPU tensor (freed with
+// cudaFreeHost). Unlike torch's pinned allocator it does not round up to a power of two.
+at::Tensor cuda_pinned_bytes(int64_t bytes);
 #endif
 
 }  // namespace apt::vgpu

@@ -102,4 +102,11 @@ std::unique_ptr<CopyEngine> make_cuda_copy_engine(const at::Device& device) {
   return std::make_unique<CudaCopyEngine>(device);
 }
 
+at::Tensor cuda_pinned_bytes(int64_t bytes) {
+  void* ptr = nullptr;
+  const cudaError_t err = cudaHostAlloc(&ptr, size_t(bytes), cudaHostAllocDefault);
+  TORCH_CHECK(err == cudaSuccess, "cudaHostAlloc(", bytes, " bytes) failed: ", cudaGetErrorString(err));
+  return at::from_blob(ptr, {bytes}, [](void* p) { cudaFreeHost(p); }, at::TensorOptions().dtype(at::kByte));
+}
+
 }  // namespace apt::vgpu

@@ -91,7 +91,13 @@ Pager::Pager(const std::vector<LevelSpec>& specs, const std::string& io_backend,
       TORCH_CHECK_VALUE(s.capacity >= kPageAlign, "levels[", i, "].capacity_mb: the host slab needs at least 4 KiB");
       host_pinned_ = at::hasCUDA();
       try {
+#ifdef APT_WITH_CUDA
+        slab_ = host_pinned_ ? cuda_pinned_bytes(s.capacity + kPageAlign)
+                             : at::empty({s.capacity + kPageAlign}, at::TensorOptions().dtype(at::kByte));
+#else
+        // torch's pinned allocator (CUDA torch without a CUDA build of apt_ext) rounds up to a power of two
         slab_ = at::empty({s.capacity + kPageAlign}, at::TensorOptions().dtype(at::kByte).pinned_memory(host_pinned_));
+#endif
       } catch (const c10::Error& err) {
         TORCH_CHECK_VALUE(false, "levels[", i, "].capacity_mb: cannot allocate a host slab of ", mb(s.capacity), ": ", err.what_without_backtrace());
       }
@@ -357,11 +363,10 @@ void Pager::put(const std::string& key, const at::Tensor& tensor) {
     const Kind k = levels_[lvl].kind;
     try {
       if (k == Kind::Device) {
-        std::shared_ptr<PendingCopy> pending;
-        e->dev = copier_->to_device(src, &pending);
-        if (pending) {
-          if (src.is_cuda()) pending->wait_current_stream();  // caller's later writes come after
-          else pending->wait_host();                          // caller may reuse its host memory
+        e->dev = copier_->to_device(src, &e->dev_ready);
+        if (e->dev_ready) {
+          if (src.is_cuda()) e->dev_ready->wait_current_stream();  // caller's later writes come after
+          else e->dev_ready->wait_host();                          // caller may reuse its host memory
         }
       } else if (k == Kind::Host) {
         e->host_off = *r;

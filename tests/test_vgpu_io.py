@@ -123,6 +123,7 @@ def test_filesystem_without_o_direct(tmp_path, monkeypatch):
                     os.unlink("/dev/shm/apt_vgpu_probe")
         st = VGPUStack(_levels(where))
         assert st.stats()["o_direct"] is False
+        assert st.stats()["io_backend"] == "pread" and "O_DIRECT" in st.stats()["io_note"]
         ref = _workload(st, seed=3)
         assert all(same_bytes(st.get(k), v) for k, v in ref.items())
         st.close()

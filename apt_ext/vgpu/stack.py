@@ -3,6 +3,7 @@ one pinned host slab, SSD files), moved by the C++ pager in ``csrc/vgpu/``."""
 from __future__ import annotations
 
 import numbers
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -95,6 +96,8 @@ class VGPUStack:
             raise ValueError(f"queue_depth: expected an int in [1, 4096], got {queue_depth!r}")
         parsed = [_level_spec(i, lv) for i, lv in enumerate(levels)]
         self._pager = VGPUPager([p[0] for p in parsed], io_backend, queue_depth)
+        # close() at garbage collection or interpreter exit: SSD files never outlive the process
+        weakref.finalize(self, self._pager.close)
         _, kind0, device0 = parsed[0]
         #: where ``get(key)`` returns tensors: the device level's device, else the CPU
         self.device = torch.device(device0) if kind0 == "device" else torch.device("cpu")
@@ -119,6 +122,8 @@ class VGPUStack:
         _check_key(key)
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"tensor: expected a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.is_quantized:
+            raise TypeError("tensor: quantized tensors are not supported; store int_repr() and the scales")
         if tensor.layout != torch.strided:
             raise TypeError(f"tensor: expected a dense (strided) tensor, got layout {tensor.layout}")
         if tensor.device.type not in ("cpu", "cuda"):
@@ -145,7 +150,12 @@ class VGPUStack:
         """Start promoting ``keys`` to the fastest level in the background; returns at once.
         Raises KeyError (queuing nothing) if a key is missing. Errors during the background move
         are counted in ``stats()['prefetch_errors']`` and raised again by the ``get`` that needs it."""
-        keys = [keys] if isinstance(keys, str) else list(keys)
+        if isinstance(keys, str):
+            keys = [keys]
+        elif isinstance(keys, Iterable):
+            keys = list(keys)
+        else:
+            raise TypeError(f"keys: expected a str or an iterable of str, got {type(keys).__name__}")
         for k in keys:
             _check_key(k)
         self._pager.prefetch(keys)

@@ -109,6 +109,13 @@ Pager::Pager(const std::vector<LevelSpec>& specs, const std::string& io_backend,
     } else {
       io_ = make_io_backend(io_backend, queue_depth, &io_note_);
       ssd_ = std::make_unique<SsdStore>(s.path, s.capacity, *io_);
+      if (!ssd_->direct() && io_->name() == "io_uring" && io_backend == "auto") {
+        // Buffered I/O (the filesystem refused O_DIRECT): the pread/pwrite pool, as documented.
+        auto pool = make_pread_backend(queue_depth < 8 ? queue_depth : 8);
+        ssd_->set_io(*pool);
+        io_ = std::move(pool);
+        io_note_ = "the filesystem of '" + s.path + "' refuses O_DIRECT: buffered pread/pwrite pool";
+      }
     }
   }
   prefetch_thread_ = std::thread([this] { prefetch_loop(); });

@@ -25,7 +25,7 @@ std::string errno_message(const std::string& what, int err) {
 }
 
 SsdStore::SsdStore(const std::string& parent_dir, int64_t capacity, IoBackend& io)
-    : capacity_(capacity), io_(io) {
+    : capacity_(capacity), io_(&io) {
   TORCH_CHECK_VALUE(!parent_dir.empty(), "path: the ssd level needs a directory ('path')");
   struct stat st;
   if (::stat(parent_dir.c_str(), &st) != 0) {
@@ -94,7 +94,7 @@ SsdPage SsdStore::write(uint64_t id, const void* buf, int64_t len) {
     const int err = errno;
     throw IoError(err, errno_message("SSD tier: cannot create " + page.path, err));
   }
-  int rc = transfer_all(io_, fd, const_cast<void*>(buf), page.padded, 0, true);
+  int rc = transfer_all(*io_, fd, const_cast<void*>(buf), page.padded, 0, true);
   ::close(fd);
   if (rc < 0) {
     ::unlink(page.path.c_str());
@@ -114,7 +114,7 @@ void SsdStore::read(const SsdPage& page, void* buf, int64_t len, const std::stri
     const int err = errno;
     throw IoError(err, errno_message("SSD tier: cannot open " + page.path + " for key '" + key + "'", err));
   }
-  int rc = transfer_all(io_, fd, buf, page.padded, 0, false);
+  int rc = transfer_all(*io_, fd, buf, page.padded, 0, false);
   ::close(fd);
   if (rc < 0) {
     throw IoError(-rc, errno_message("SSD tier: reading " + page.path + " for key '" + key + "'", -rc));

@@ -43,6 +43,7 @@ class SsdStore {
   void erase(const SsdPage& page);
 
   bool direct() const { return direct_; }
+  void set_io(IoBackend& io) { io_ = &io; }
   const std::string& dir() const { return dir_; }
   int64_t used() const { return used_; }
   int64_t capacity() const { return capacity_; }
@@ -52,7 +53,7 @@ class SsdStore {
 
   std::string dir_;
   int64_t capacity_, used_ = 0;
-  IoBackend& io_;
+  IoBackend* io_;
   bool direct_ = true;
   int64_t fault_enospc_after_ = -1, written_ = 0;
   bool fault_eio_read_ = false;

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+import apt_ext
 from apt_ext import _native
 from apt_ext.vgpu import VGPUStack, offload
 
@@ -188,11 +189,24 @@ def build_model(d: int, n_blocks: int, dtype: torch.dtype) -> nn.Module:
     with torch.device("meta"):
         model = nn.Sequential(*[Block(d) for _ in range(n_blocks)])
     model = model.to_empty(device="cpu").to(dtype)
+    # One random pool, copied into every weight at a different offset: random data, fast to build.
     g = torch.Generator().manual_seed(0)
+    pool = (torch.randn(8 * d * d + 4099 * n_blocks, generator=g) * d ** -0.5).to(dtype)
     with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(dtype) * d ** -0.5)
+        for i, p in enumerate(model.parameters()):
+            off = (i * 4099) % (pool.numel() - p.numel() + 1)
+            p.copy_(pool[off:off + p.numel()].view(p.shape))
     return model.eval()
+
+
+def quantize_fp4(model: nn.Module, device: torch.device) -> nn.Module:
+    """nvfp4 copy of ``model`` (CPU), quantised block by block on ``device``."""
+    from apt_ext import quantize_
+
+    q = copy.deepcopy(model)
+    for i in range(len(q)):
+        q[i] = quantize_(q[i].to(device), fmt="nvfp4").to("cpu")
+    return q
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -200,7 +214,8 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 def bench_offload(model_cpu: nn.Module, device: torch.device, budget: float, ms: list[int], reps: int,
-                  pinned_gbps: float, tmp: str, label: str, ref_outputs: dict | None) -> dict:
+                  pinned_gbps: float, tmp: str, label: str, ref_outputs: dict | None) -> tuple[dict, dict]:
+    """Per M: seconds per forward resident / offloaded / accelerate, bytes moved, hit rate."""
     d = model_cpu[0].up.in_features
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     wb = weight_bytes(model_cpu)
@@ -243,7 +258,7 @@ def bench_offload(model_cpu: nn.Module, device: torch.device, budget: float, ms:
                 if ref is not None:
                     r["max_abs_diff_vs_resident"] = float((out - ref).abs().max())
                 outputs.setdefault(m, out)
-        handle.restore(device="cpu")
+        del handle, model
     # (c) accelerate
     try:
         import accelerate  # noqa: F401  (installed on the GPU machine; optional elsewhere)
@@ -265,8 +280,11 @@ def bench_offload(model_cpu: nn.Module, device: torch.device, budget: float, ms:
 
 
 def fp4_available(device: torch.device) -> bool:
-    key = "CUDA" if device.type == "cuda" else "CPU"
-    return _native.has_kernel("fp4_linear", key) or (device.type == "cuda" and _native.has_kernel("fp4_linear", "CUDA"))
+    """FP4 linear usable on ``device`` (a CUDA/CPU kernel, or the Triton kernel on a GPU)."""
+    if device.type == "cpu":
+        return _native.has_kernel("fp4_linear", "CPU") and _native.has_kernel("fp4_quantize", "CPU")
+    ops = apt_ext.capabilities()["ops"]
+    return all(ops[o]["cuda"]["usable"] or ops[o]["triton"]["usable"] for o in ("fp4_linear", "fp4_quantize"))
 
 
 # ---- report ---------------------------------------------------------------------------
@@ -357,9 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         result["offload"] = [run]
         steps.update()
         if fp4_available(device):
-            from apt_ext import quantize_
             steps.set_postfix_str("offload FP4")
-            q = quantize_(copy.deepcopy(model_cpu), fmt="nvfp4")
+            q = quantize_fp4(model_cpu, device)
             del model_cpu
             run4, _ = bench_offload(q, device, 0.25 * run["weight_bytes"] / weight_bytes(q), ms, reps,
                                     result["link"]["pinned_copy_gbps"], tmp, "nvfp4", ref_out)

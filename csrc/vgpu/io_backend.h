@@ -6,6 +6,7 @@
 //    (APT_VGPU_IO=pread / io_backend="pread").
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -38,8 +39,11 @@ std::unique_ptr<IoBackend> make_pread_backend(int threads);
 std::unique_ptr<IoBackend> make_uring_backend(int queue_depth, std::string* why);
 
 // Reads or writes all `len` bytes at `offset`, split into chunks of `chunk` bytes that are in
-// flight together; resubmits short transfers. Returns 0 or the first -errno.
+// flight together; resubmits short transfers. `on_chunk(pos, n)`, if given, is called for each
+// chunk that completed in full, in submission order, while later chunks may still be in flight.
+// Returns 0 or the first -errno.
+using ChunkDone = std::function<void(int64_t pos, int64_t n)>;
 int transfer_all(IoBackend& io, int fd, void* buf, int64_t len, int64_t offset, bool write,
-                 int64_t chunk = int64_t(1) << 20);
+                 const ChunkDone& on_chunk = nullptr, int64_t chunk = int64_t(1) << 20);
 
 }  // namespace apt::vgpu

@@ -102,7 +102,8 @@ std::unique_ptr<IoBackend> make_io_backend(const std::string& requested, int que
   return make_pread_backend(threads);
 }
 
-int transfer_all(IoBackend& io, int fd, void* buf, int64_t len, int64_t offset, bool write, int64_t chunk) {
+int transfer_all(IoBackend& io, int fd, void* buf, int64_t len, int64_t offset, bool write,
+                 const ChunkDone& on_chunk, int64_t chunk) {
   struct Part {
     int64_t pos, len;
     std::future<int64_t> fut;
@@ -119,7 +120,11 @@ int transfer_all(IoBackend& io, int fd, void* buf, int64_t len, int64_t offset, 
       if (first_err == 0) first_err = int(-got);
       continue;
     }
-    if (first_err != 0 || got == parts[i].len) continue;
+    if (first_err != 0) continue;
+    if (got == parts[i].len) {
+      if (on_chunk) on_chunk(parts[i].pos, parts[i].len);
+      continue;
+    }
     if (got == 0) {  // end of file before the page ended (reads) or no progress (writes)
       first_err = write ? ENOSPC : EIO;
       continue;

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 #include <vector>
@@ -114,12 +115,20 @@ void SsdStore::read(const SsdPage& page, void* buf, int64_t len, const std::stri
     const int err = errno;
     throw IoError(err, errno_message("SSD tier: cannot open " + page.path + " for key '" + key + "'", err));
   }
-  int rc = transfer_all(*io_, fd, buf, page.padded, 0, false);
+  // Hash each chunk as it lands (in order) while later chunks are still being read.
+  PageHasher hasher;
+  int64_t hashed = 0;
+  auto on_chunk = [&](int64_t pos, int64_t n) {
+    if (pos != hashed) return;  // out of order (after a short read): rehashed below
+    if (pos < len) hasher.update(static_cast<const char*>(buf) + pos, size_t(std::min(n, len - pos)));
+    hashed += n;
+  };
+  int rc = transfer_all(*io_, fd, buf, page.padded, 0, false, on_chunk);
   ::close(fd);
   if (rc < 0) {
     throw IoError(-rc, errno_message("SSD tier: reading " + page.path + " for key '" + key + "'", -rc));
   }
-  const uint64_t got = page_checksum(buf, size_t(len));
+  const uint64_t got = hashed >= len ? hasher.digest() : page_checksum(buf, size_t(len));
   if (got != page.checksum) {
     std::ostringstream os;
     os << "SSD tier: page of key '" << key << "' (" << page.path << ") failed its " << checksum_name()

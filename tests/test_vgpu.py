@@ -266,3 +266,17 @@ def test_bad_input(tmp_path):
     assert same_bytes(st.get("nc"), torch.arange(12.).reshape(3, 4).t().contiguous())
     assert len(st) == 1
     st.close()
+
+
+def test_device_and_ssd_without_host_level(tmp_path, rng):
+    """Without a host slab, demotion and promotion go through temporary aligned buffers."""
+    st = VGPUStack([{"device": "cpu", "kind": "device", "capacity_mb": 0.0625},
+                    {"device": "ssd", "capacity_mb": 8, "path": str(tmp_path)}])
+    data = {f"t{i}": random_tensor(rng, 4096) for i in range(40)}
+    for k, v in data.items():
+        st.put(k, v)
+    assert any(st.level(k) == 1 for k in data)
+    assert all(same_bytes(st.get(k), v) for k, v in data.items())
+    s = st.stats()
+    assert s["links"]["host->ssd"]["bytes"] > 0 and s["links"]["ssd->host"]["bytes"] > 0
+    st.close()

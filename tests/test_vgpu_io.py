@@ -183,3 +183,31 @@ def test_capacity_error_with_ssd(tmp_path):
     assert len(stored) == 24
     assert all(same_bytes(st.get(k), v) for k, v in stored.items())
     st.close()
+
+
+@pytest.mark.parametrize("backend", ["pread", "io_uring"])
+def test_large_page_small_queue_depth(tmp_path, backend):
+    """An 8 MiB page is 8 chunks of 1 MiB: with queue_depth=2 the submitter waits for room."""
+    if backend == "io_uring":
+        _uring_or_skip(tmp_path)
+    st = VGPUStack(_levels(tmp_path, host_mb=9, ssd_mb=32), io_backend=backend, queue_depth=2)
+    t = torch.randn(2 << 20)
+    st.put("big", t)
+    st.evict("big")
+    assert st.level("big") == 1
+    assert same_bytes(st.get("big"), t) and st.level("big") == 0
+    st.close()
+
+
+def test_slab_free_blocks_coalesce(tmp_path):
+    """16 freed 4 KiB blocks merge back into one 64 KiB block of the host slab."""
+    st = VGPUStack(_levels(tmp_path, host_mb=64 / 1024, ssd_mb=1))
+    for i in range(16):
+        st.put(f"s{i}", torch.randn(1024))
+    assert all(st.level(f"s{i}") == 0 for i in range(16))
+    for i in list(range(0, 16, 2)) + list(range(1, 16, 2)):  # free in an interleaved order
+        st.remove(f"s{i}")
+    big = torch.randn(16 * 1024)
+    st.put("big", big)
+    assert st.level("big") == 0 and same_bytes(st.get("big"), big)
+    st.close()

@@ -20,11 +20,12 @@ def test_random_puts_gets_byte_identical(tmp_path, rng):
     """2500 random puts/gets of mixed dtypes/sizes; the data is several times the fast levels."""
     st = VGPUStack(cpu_levels(tmp_path, device_mb=0.125, host_mb=0.25))
     ref: dict[str, torch.Tensor] = {}
-    py = random.Random(int(torch.randint(1 << 30, (1,), generator=rng)))
+    seed = int(torch.randint(1 << 30, (1,), generator=rng))
+    py = random.Random(seed)
     for step in range(2500):
         if ref and py.random() < 0.45:
             k = py.choice(list(ref))
-            assert same_bytes(st.get(k), ref[k]), f"step {step}: key {k} changed"
+            assert same_bytes(st.get(k), ref[k]), f"seed {seed} step {step}: key {k} changed"
         else:
             k = f"k{py.randrange(400)}"
             t = random_tensor(rng, numel_max=4096)

@@ -273,10 +273,13 @@ def bench_offload(model_cpu: nn.Module, device: torch.device, budget: float, ms:
                      ("disk_offload", lambda m: disk_offload(m, os.path.join(tmp, "accel_disk"), execution_device=device,
                                                              offload_buffers=True))):
         model = copy.deepcopy(model_cpu)
-        fn(model)
-        with torch.no_grad():
-            for m in ms:
-                res["per_m"][m][f"accelerate_{name}_s"] = timed(lambda: model(xs[m]), reps, device)
+        try:
+            fn(model)
+            with torch.no_grad():
+                for m in ms:
+                    res["per_m"][m][f"accelerate_{name}_s"] = timed(lambda: model(xs[m]), reps, device)
+        except Exception as exc:  # recorded, so that our own numbers are still written
+            res[f"accelerate_{name}_error"] = f"{type(exc).__name__}: {exc}"
         del model
         shutil.rmtree(os.path.join(tmp, "accel_disk"), ignore_errors=True)
     return res, outputs

@@ -114,31 +114,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str, fsdp: bool, q) -> None:
+def _worker(rank: int, world: int, port: int, out: str, q) -> None:
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import torch.distributed as dist
     try:
         text = os.path.join(out, "text.txt")
-        res = Trainer(small_train(out, data=[text], steps=4, eval_every=2, fsdp=fsdp), small_model(dropout=0.0)).run()
-        w = res.model.decoder[0].ffn.up.weight
-        w = w.full_tensor() if hasattr(w, "full_tensor") else w
-        q.put((rank, res.losses, res.evals, w.detach().sum().item()))
+        for fsdp in (False, True):  # one process group, DDP then FSDP2
+            run_dir = os.path.join(out, "fsdp" if fsdp else "ddp")
+            res = Trainer(small_train(run_dir, data=[text], steps=4, eval_every=2, fsdp=fsdp),
+                          small_model(dropout=0.0)).run()
+            w = res.model.decoder[0].ffn.up.weight
+            w = w.full_tensor() if hasattr(w, "full_tensor") else w
+            q.put((fsdp, rank, res.losses, res.evals, w.detach().sum().item()))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("fsdp", [False, True])
-def test_two_process_gloo(tmp_path, fsdp):
+def test_two_process_gloo_ddp_and_fsdp2(tmp_path):
     import torch.multiprocessing as mp
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     (tmp_path / "text.txt").write_text(builtin_corpus()[:20_000])
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), fsdp, q), nprocs=2, join=True)
-    got = sorted(q.get() for _ in range(2))
-    (_, l0, e0, w0), (_, l1, e1, w1) = got
-    assert l0 != l1                       # each rank trains on its own batches
-    assert e0 == e1                       # eval loss is all-reduced
-    assert w0 == pytest.approx(w1, abs=1e-6)  # and the weights stay identical across ranks
-    assert (tmp_path / "checkpoint.pt").is_file()
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), q), nprocs=2, join=True)
+    got = sorted(q.get() for _ in range(4))
+    for fsdp in (False, True):
+        (_, _, l0, e0, w0), (_, _, l1, e1, w1) = [g for g in got if g[0] == fsdp]
+        assert l0 != l1                       # each rank trains on its own batches
+        assert e0 == e1                       # eval loss is all-reduced
+        assert w0 == pytest.approx(w1, abs=1e-6)  # and the weights stay identical across ranks
+        assert (tmp_path / ("fsdp" if fsdp else "ddp") / "checkpoint.pt").is_file()
+    ddp, fs = [g for g in got if g[1] == 0]
+    assert ddp[2] == pytest.approx(fs[2], rel=1e-4)  # same seed, same math: DDP and FSDP2 agree

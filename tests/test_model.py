@@ -380,3 +380,32 @@ def test_use_fp4_quantises_linear_layers(rng, tmp_path):
     m.save_pretrained(tmp_path)
     with torch.no_grad():
         assert torch.equal(APTModel.from_pretrained(tmp_path).eval()(x), y)
+
+
+def test_structural_config_fields_take_effect(rng):
+    untied = model_of(tie_embeddings=False)
+    assert untied.lm_head.weight is not untied.tok_emb.weight
+    tied = model_of()
+    assert tied.lm_head.weight is tied.tok_emb.weight
+    # b_g of the autopoietic gate is part of its formula and stays
+    assert not any(n.endswith("bias") and "auto.gate" not in n for n, _ in model_of(bias=False).named_parameters())
+    assert model_of(init_std=0.2).tok_emb.weight.std() > 5 * model_of(init_std=0.02).tok_emb.weight.std()
+    ed = model_of(decoder_only=False, num_encoder_layers=3)
+    assert len(ed.encoder) == 3 and hasattr(ed.decoder[0], "cross") and not hasattr(model_of().decoder[0], "cross")
+    assert model_of(max_seq_len=20).pos_emb.num_embeddings == 20
+    x = ids(rng)
+    drop = model_of(dropout=0.5).train()
+    assert not torch.equal(drop(x), drop(x))          # dropout acts in training
+    drop.eval()
+    assert torch.equal(drop(x), drop(x))
+
+
+def test_eos_stops_generation(rng):
+    m = model_of()
+    p = ids(rng, t=3)
+    free = m.generate(p, 6)
+    eos = int(free[0, 4])                              # the token row 0 emits at its 2nd new step
+    out = m.generate(p, 6, eos_token_id=eos)
+    row = out[0, 3:].tolist()
+    first = row.index(eos)
+    assert all(t == eos for t in row[first:])

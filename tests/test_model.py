@@ -344,6 +344,8 @@ def test_bad_inputs_raise_clear_errors(rng):
         m(torch.full((1, 4), 99))
     with pytest.raises(ValueError, match="input_ids"):
         m(torch.rand(1, 4))
+    with pytest.raises(ValueError, match="input_ids"):
+        m(torch.zeros(1, 0, dtype=torch.long))
     with pytest.raises(ValueError, match="max_seq_len"):
         m(torch.zeros(1, 60, dtype=torch.long))
     with pytest.raises(ValueError, match="tgt"):

@@ -80,6 +80,7 @@ class _ResidualChain:
 
     def __call__(self, u: torch.Tensor, du: torch.Tensor) -> torch.Tensor:
         c = self.cfg
+        du = du.to(u.dtype)  # under autocast du is bf16 while the residual stream stays float32
         if not c.use_left_spin:
             return u + du
         out, phi = left_spin(u, du, self.du_prev, self.phi_prev, c.left_spin_alpha, c.left_spin_tau,
@@ -267,8 +268,9 @@ class APTModel(nn.Module):
     def _check_ids(self, ids: torch.Tensor, name: str) -> None:
         if not isinstance(ids, torch.Tensor):
             raise TypeError(f"{name}: expected a LongTensor [B, T], got {type(ids).__name__}")
-        if ids.dtype not in (torch.int64, torch.int32) or ids.dim() != 2:
-            raise ValueError(f"{name}: expected int64 token ids of shape [B, T], got {ids.dtype} {tuple(ids.shape)}")
+        if ids.dtype not in (torch.int64, torch.int32) or ids.dim() != 2 or 0 in ids.shape:
+            raise ValueError(f"{name}: expected int64 token ids of shape [B, T] with B, T >= 1, "
+                             f"got {ids.dtype} {tuple(ids.shape)}")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
             raise ValueError(f"{name}: token ids must lie in [0, {self.config.vocab_size}), got "
                              f"[{int(ids.min())}, {int(ids.max())}]")

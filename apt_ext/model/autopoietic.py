@@ -24,16 +24,21 @@ class AutopoieticCorrection(nn.Module):
         self.gate = nn.Linear(d_model, d_model)                             # W_g, b_g
 
     @staticmethod
-    def prefix_mean(x: torch.Tensor, valid: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
+    def prefix_mean(x: torch.Tensor, valid: torch.Tensor | None,
+                    state: tuple[torch.Tensor, torch.Tensor] | None
                     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Causal mean of the valid rows of x (float32 sums).
 
-        x [B, T, D]; valid [B, T] bool; state (sum [B, D], count [B]) of earlier positions
-        (KV-cache decoding) or None. Returns (m [B, T, D] in x's dtype, new state).
+        x [B, T, D]; valid [B, T] bool or None (all valid); state (sum [B, D], count [B]) of
+        earlier positions (KV-cache decoding) or None. Returns (m [B, T, D] in x's dtype, new state).
         """
-        v = valid.to(torch.float32)
-        csum = torch.cumsum(x.float() * v.unsqueeze(-1), dim=1)
-        cnt = torch.cumsum(v, dim=1)
+        if valid is None:
+            csum = torch.cumsum(x.float(), dim=1)
+            cnt = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=torch.float32).expand(x.shape[0], -1)
+        else:
+            v = valid.to(torch.float32)
+            csum = torch.cumsum(x.float() * v.unsqueeze(-1), dim=1)
+            cnt = torch.cumsum(v, dim=1)
         if state is not None:
             csum = csum + state[0].unsqueeze(1)
             cnt = cnt + state[1].unsqueeze(1)

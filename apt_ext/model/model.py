@@ -34,29 +34,26 @@ class _Masks:
 
     ``self_mask``: bool [B, 1, T, S] (True = may attend) or None; ``is_causal``: use SDPA's
     built-in causal mask (only when ``self_mask`` is None and there is no cache offset);
-    ``valid``: bool [B, T] real tokens of the queries (for the autopoietic prefix mean);
-    ``cross_mask``: bool [B, 1, 1, S_src] for cross-attention or None.
+    ``valid``: bool [B, T] real tokens of the queries, None when all are real (for the
+    autopoietic prefix mean); ``cross_mask``: bool [B, 1, 1, S_src] for cross-attention or None.
     """
     self_mask: torch.Tensor | None
     is_causal: bool
-    valid: torch.Tensor
+    valid: torch.Tensor | None
     cross_mask: torch.Tensor | None = None
 
 
 @dataclass
 class KVCache:
-    """Decoder state for incremental decoding: per-layer keys/values, autopoietic prefix sums,
-    which cached keys are real tokens, the next position id per row and (encoder-decoder) the
-    encoder output and its mask."""
+    """Decoder state for incremental decoding: per-layer keys/values and autopoietic prefix
+    sums, the cached length, which cached keys are real tokens (None: all), the next position
+    id per row and (encoder-decoder) the encoder output and its mask."""
     layers: list[dict] = field(default_factory=list)
-    key_valid: torch.Tensor | None = None   # bool [B, S]
+    length: int = 0
+    key_valid: torch.Tensor | None = None   # bool [B, length] or None (all real)
     next_pos: torch.Tensor | None = None    # long [B]
     memory: torch.Tensor | None = None      # [B, S_src, D]
     memory_valid: torch.Tensor | None = None
-
-    @property
-    def length(self) -> int:
-        return 0 if self.key_valid is None else self.key_valid.shape[1]
 
 
 def _pad_safe(mask: torch.Tensor, offset: int) -> torch.Tensor:
@@ -256,11 +253,11 @@ class APTModel(nn.Module):
                 nn.init.zeros_(p)
 
     # ---- masks -------------------------------------------------------------------------
-    def _valid(self, ids: torch.Tensor, mask: torch.Tensor | None, name: str) -> torch.Tensor:
+    def _valid(self, ids: torch.Tensor, mask: torch.Tensor | None, name: str) -> torch.Tensor | None:
+        """bool [B, T] real-token mask, or None when every token is real (no data-dependent
+        checks on that path, so torch.compile sees one graph)."""
         if mask is None:
-            if self.config.pad_token_id is None:
-                return torch.ones_like(ids, dtype=torch.bool)
-            return ids != self.config.pad_token_id
+            return None if self.config.pad_token_id is None else ids != self.config.pad_token_id
         if mask.shape != ids.shape:
             raise ValueError(f"{name}: expected shape {tuple(ids.shape)} like the token ids, got {tuple(mask.shape)}")
         return mask.to(torch.bool)
@@ -275,59 +272,74 @@ class APTModel(nn.Module):
             raise ValueError(f"{name}: token ids must lie in [0, {self.config.vocab_size}), got "
                              f"[{int(ids.min())}, {int(ids.max())}]")
 
-    def _embed(self, ids: torch.Tensor, valid: torch.Tensor, start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token + position embedding; positions count real tokens. Returns (x, next start)."""
-        pos = torch.cumsum(valid.long(), dim=1) - 1
+    def _embed(self, ids: torch.Tensor, valid: torch.Tensor | None, start: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token + position embedding; positions count real tokens from ``start`` (per row).
+        Returns (x [B, T, D], next start [B])."""
+        b, t = ids.shape
+        if valid is None:
+            pos = torch.arange(t, device=ids.device).expand(b, t)
+            count = torch.full((b,), t, device=ids.device, dtype=torch.long)
+        else:
+            pos = (torch.cumsum(valid.long(), dim=1) - 1).clamp_min(0)
+            count = valid.long().sum(1)
         if start is not None:
             pos = pos + start.unsqueeze(1)
-        pos = pos.clamp_min(0)
-        if int(pos.max()) >= self.config.max_seq_len:
-            raise ValueError(f"sequence: position {int(pos.max())} exceeds max_seq_len={self.config.max_seq_len}")
-        nxt = valid.long().sum(1) + (0 if start is None else start)
+            last = int(pos.max())
+        else:
+            last = t - 1 if valid is None else int(pos.max())
+        if last >= self.config.max_seq_len:
+            raise ValueError(f"sequence: position {last} exceeds max_seq_len={self.config.max_seq_len}")
+        nxt = count if start is None else start + count
         return self.drop(self.tok_emb(ids) + self.pos_emb(pos)), nxt
 
     # ---- encoder / decoder ---------------------------------------------------------------
-    def encode(self, src: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """src [B, S] -> (memory [B, S, D], valid [B, S] bool)."""
+    def encode(self, src: torch.Tensor, attention_mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """src [B, S] -> (memory [B, S, D], valid [B, S] bool or None when all tokens are real)."""
         if self.config.decoder_only:
             raise RuntimeError("encode: this is a decoder-only model (config.decoder_only=True)")
         self._check_ids(src, "src")
         valid = self._valid(src, attention_mask, "attention_mask")
-        if not bool(valid.any(dim=1).all()):
-            raise ValueError("attention_mask: every source row needs at least one real token")
+        self_mask = None
+        if valid is not None:
+            if not bool(valid.any(dim=1).all()):
+                raise ValueError("attention_mask: every source row needs at least one real token")
+            self_mask = _pad_safe(valid[:, None, None, :].expand(-1, 1, src.shape[1], -1), 0)
         x, _ = self._embed(src, valid, None)
-        mask = _pad_safe(valid[:, None, None, :].expand(-1, 1, src.shape[1], -1), 0)
-        masks = _Masks(self_mask=None if bool(valid.all()) else mask, is_causal=False, valid=valid)
+        masks = _Masks(self_mask=self_mask, is_causal=False, valid=valid)
         chain = _ResidualChain(self.config)
         for layer in self.encoder:
             x = layer(x, masks, chain)
         return self.ln_enc(x), valid
 
-    def decode(self, ids: torch.Tensor, valid: torch.Tensor, memory: torch.Tensor | None,
+    def decode(self, ids: torch.Tensor, valid: torch.Tensor | None, memory: torch.Tensor | None,
                memory_valid: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
         """Decoder stack + head: ids [B, T] -> logits [B, T, V]; updates ``cache`` in place."""
         b, t = ids.shape
         past = 0 if cache is None else cache.length
-        start = None if cache is None or cache.next_pos is None else cache.next_pos
-        x, nxt = self._embed(ids, valid, start)
-        key_valid = valid if past == 0 else torch.cat([cache.key_valid, valid], dim=1)
-        s = past + t
-        if past == 0 and bool(key_valid.all()):
-            self_mask, is_causal = None, True
-        elif t == 1 and bool(key_valid.all()):
-            self_mask, is_causal = None, False
+        x, nxt = self._embed(ids, valid, None if cache is None else cache.next_pos)
+        key_valid = valid
+        if past and (valid is not None or cache.key_valid is not None):
+            def ones(n: int) -> torch.Tensor:
+                return torch.ones(b, n, dtype=torch.bool, device=ids.device)
+            key_valid = torch.cat([cache.key_valid if cache.key_valid is not None else ones(past),
+                                   valid if valid is not None else ones(t)], dim=1)
+        causal = None
+        if past == 0 or t > 1:
+            causal = torch.ones(t, past + t, dtype=torch.bool, device=ids.device).tril(diagonal=past)
+        if key_valid is None:
+            # all real: SDPA's own causal mask without a cache; none for a single new token
+            self_mask, is_causal = (None, True) if past == 0 else (None if t == 1 else causal[None, None], False)
         else:
-            causal = torch.ones(t, s, dtype=torch.bool, device=ids.device).tril(diagonal=past)
-            self_mask = _pad_safe(causal[None, None] & key_valid[:, None, None, :], past)
-            is_causal = False
-        cross = None
-        if memory is not None and not bool(memory_valid.all()):
-            cross = memory_valid[:, None, None, :]
+            full = key_valid[:, None, None, :] if causal is None else causal[None, None] & key_valid[:, None, None, :]
+            self_mask, is_causal = _pad_safe(full, past), False
+        cross = memory_valid[:, None, None, :] if memory_valid is not None else None
         masks = _Masks(self_mask=self_mask, is_causal=is_causal, valid=valid, cross_mask=cross)
         if cache is not None:
             if not cache.layers:
                 cache.layers = [{"self": {}, "cross": {}} for _ in self.decoder]
-            cache.key_valid, cache.next_pos = key_valid, nxt
+            cache.length, cache.key_valid, cache.next_pos = past + t, key_valid, nxt
         chain = _ResidualChain(self.config)
         for i, layer in enumerate(self.decoder):
             x = layer(x, masks, chain, memory, None if cache is None else cache.layers[i])

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from apt_ext import _native
 
 
-def _has_op_kernel(device: torch.device) -> bool:
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+@torch.compiler.assume_constant_result
+def _has_op_kernel(device_type: str) -> bool:
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     return key is not None and _native.has_kernel("left_spin_residual", key)
 
 
@@ -45,6 +46,6 @@ def left_spin(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor | None = 
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """out = u + g·du with the smoothed left-spin gate g; returns (out [..., D] u.dtype,
     phi [...] float32). Differentiable w.r.t. u, du, du_prev, phi_prev."""
-    if _has_op_kernel(u.device):
+    if _has_op_kernel(u.device.type):
         return torch.ops.apt.left_spin_residual(u, du, du_prev, phi_prev, alpha, tau, beta, w1, w2, eps)
     return _left_spin_torch(u, du, du_prev, phi_prev, alpha, tau, beta, w1, w2, eps)

@@ -10,7 +10,9 @@ import torch
 from apt_ext import _native
 from apt_ext.model import APTModel, APTModelConfiguration, DBCDAC
 from apt_ext.model.dbc_dac import low_rank
-from apt_ext.model.left_spin import _left_spin_torch, left_spin
+from apt_ext.model.model import ResidualSite
+from apt_ext.nn import LeftSpinChain
+from apt_ext.reference.left_spin import left_spin_residual as ref_left_spin
 
 
 @pytest.fixture(autouse=True)
@@ -98,25 +100,19 @@ def test_padding_changes_nothing_encoder_decoder(rng):
 
 
 # ---- left-spin ------------------------------------------------------------------------
-def test_left_spin_torch_path_matches_spec_formula(rng):
-    u, du, dp = (torch.randn(3, 5, 16, generator=rng) for _ in range(3))
-    pp = torch.rand(3, 5, generator=rng)
-    out, phi = _left_spin_torch(u, du, dp, pp, 0.5, 0.3, 0.7, 1.0, 0.5, 1e-6)
-    d = du.norm(dim=-1) / (1e-6 + u.norm(dim=-1))
-    a = (du - dp).norm(dim=-1) / (1e-6 + du.norm(dim=-1) + dp.norm(dim=-1))
-    phi_ref = 0.7 * pp + 0.3 * 0.5 * torch.nn.functional.softplus(d + 0.5 * a - 0.3)
-    torch.testing.assert_close(phi, phi_ref)
-    torch.testing.assert_close(out, u + du / torch.sqrt(1 + phi_ref ** 2).unsqueeze(-1))
-
-
-@pytest.mark.skipif(not _native.has_kernel("left_spin_residual", "CPU"),
-                    reason="torch.ops.apt.left_spin_residual has no CPU kernel in this build yet (branch left-spin)")
-def test_model_uses_native_left_spin_op(rng):
-    u, du, dp = (torch.randn(2, 4, 8, generator=rng) for _ in range(3))
-    pp = torch.rand(2, 4, generator=rng)
-    a = left_spin(u, du, dp, pp)
-    b = _left_spin_torch(u, du, dp, pp, 0.5, 0.3, 0.7, 1.0, 0.5, 1e-6)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+def test_residual_sites_follow_spec_4_through_a_chain(rng):
+    cfg = tiny(left_spin_alpha=0.9, left_spin_tau=0.1, left_spin_beta=0.6)
+    s1, s2 = ResidualSite(cfg), ResidualSite(cfg)
+    u, du1, du2 = (torch.randn(3, 5, 16, generator=rng) for _ in range(3))
+    chain = LeftSpinChain()
+    x1 = s1(u, du1, chain)
+    x2 = s2(x1, du2.bfloat16(), chain)            # du is cast to the stream's dtype
+    r1, p1 = ref_left_spin(u, du1, None, None, 0.9, 0.1, 0.6)
+    r2, p2 = ref_left_spin(r1, du2.bfloat16().float(), du1, p1, 0.9, 0.1, 0.6)
+    torch.testing.assert_close(x1, r1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x2, r2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chain.phi_prev, p2, rtol=1e-5, atol=1e-5)
+    assert _native.has_kernel("left_spin_residual", "CPU")  # the model runs the native op
 
 
 @pytest.mark.parametrize("field,value", [("left_spin_alpha", 2.0), ("left_spin_tau", -1.0), ("left_spin_beta", 0.1),
@@ -144,15 +140,15 @@ def test_left_spin_gate_acts_in_eval_and_train_alike(rng):
 
 
 def test_left_spin_chain_passes_state_between_sites(monkeypatch, rng):
-    import apt_ext.model.model as mm
+    import apt_ext.nn.left_spin as nls
     calls = []
+    real = nls.left_spin_residual
 
     def spy(u, du, du_prev, phi_prev, *a):
-        calls.append((du, du_prev, phi_prev))
-        out, phi = left_spin(u, du, du_prev, phi_prev, *a)
-        calls[-1] = calls[-1] + (phi,)
+        out, phi = real(u, du, du_prev, phi_prev, *a)
+        calls.append((du, du_prev, phi_prev, phi))
         return out, phi
-    monkeypatch.setattr(mm, "left_spin", spy)
+    monkeypatch.setattr(nls, "left_spin_residual", spy)
     m = model_of(decoder_only=False, use_autopoietic=False)
     with torch.no_grad():
         m(ids(rng, t=6), ids(rng, t=5))
@@ -166,7 +162,10 @@ def test_left_spin_chain_passes_state_between_sites(monkeypatch, rng):
 
 def test_model_left_spin_off_is_plain_residual(rng, monkeypatch):
     import apt_ext.model.model as mm
-    monkeypatch.setattr(mm, "left_spin", lambda *a: pytest.fail("left_spin called with use_left_spin=False"))
+    import apt_ext.nn.left_spin as nls
+    boom = lambda *a: pytest.fail("left_spin_residual called with use_left_spin=False")  # noqa: E731
+    monkeypatch.setattr(mm, "left_spin_residual", boom)
+    monkeypatch.setattr(nls, "left_spin_residual", boom)
     m = model_of(use_left_spin=False)
     with torch.no_grad():
         assert torch.isfinite(m(ids(rng))).all()

@@ -2,8 +2,9 @@
 
 Pre-LayerNorm Transformer. Decoder-only (``model(input_ids)``) or encoder-decoder
 (``model(src, tgt)``); both return logits [B, T, vocab] in float32 (or the autocast dtype).
-Attention is ``F.scaled_dot_product_attention``; every residual site goes through the left-spin
-chain (``apt_ext.model.left_spin``): encoder layer = self-attention, FFN; decoder layer =
+Attention is ``F.scaled_dot_product_attention``; every residual site is an
+``apt_ext.nn.LeftSpinResidual`` (the native op ``torch.ops.apt.left_spin_residual``) chained by
+an ``apt_ext.nn.LeftSpinChain``: encoder layer = self-attention, FFN; decoder layer =
 self-attention, cross-attention, FFN. Each site hands its update du and its phi to the next
 site of the same stack; the chain starts fresh in every forward and separately for the encoder
 and the decoder (their sequences differ in length, so a row of one has no partner in the other).
@@ -22,7 +23,8 @@ from torch import nn
 
 from apt_ext.model.autopoietic import AutopoieticCorrection
 from apt_ext.model.config import APTModelConfiguration
-from apt_ext.model.left_spin import left_spin
+from apt_ext.nn.left_spin import LeftSpinChain, LeftSpinResidual
+from apt_ext.ops import left_spin_residual
 
 
 # --------------------------------------------------------------------------------------
@@ -67,23 +69,19 @@ def _pad_safe(mask: torch.Tensor, offset: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------
-# The left-spin residual chain
+# Residual sites
 # --------------------------------------------------------------------------------------
-class _ResidualChain:
-    """Carries (du_prev, phi_prev) from one residual site to the next within one forward."""
+class ResidualSite(LeftSpinResidual):
+    """A left-spin residual site configured from the model config (plain ``u + du`` when
+    ``use_left_spin`` is off). du is cast to the residual stream's dtype first: under autocast
+    the branch output is bf16 while the stream stays float32."""
 
     def __init__(self, cfg: APTModelConfiguration) -> None:
-        self.cfg, self.du_prev, self.phi_prev = cfg, None, None
+        super().__init__(cfg.left_spin_alpha, cfg.left_spin_tau, cfg.left_spin_beta, cfg.left_spin_w1,
+                         cfg.left_spin_w2, cfg.left_spin_eps, enabled=cfg.use_left_spin)
 
-    def __call__(self, u: torch.Tensor, du: torch.Tensor) -> torch.Tensor:
-        c = self.cfg
-        du = du.to(u.dtype)  # under autocast du is bf16 while the residual stream stays float32
-        if not c.use_left_spin:
-            return u + du
-        out, phi = left_spin(u, du, self.du_prev, self.phi_prev, c.left_spin_alpha, c.left_spin_tau,
-                             c.left_spin_beta, c.left_spin_w1, c.left_spin_w2, c.left_spin_eps)
-        self.du_prev, self.phi_prev = du, phi
-        return out
+    def forward(self, u: torch.Tensor, du: torch.Tensor, chain: LeftSpinChain | None = None) -> torch.Tensor:
+        return super().forward(u, du.to(u.dtype), chain)
 
 
 # --------------------------------------------------------------------------------------
@@ -140,9 +138,9 @@ class Attention(nn.Module):
                 cache["auto"] = new_state
             delta = self.auto(x, m).to(h.dtype)
             c = self.cfg
-            if c.use_left_spin:
-                h, _ = left_spin(h, delta, None, None, c.left_spin_alpha, c.left_spin_tau, c.left_spin_beta,
-                                 c.left_spin_w1, c.left_spin_w2, c.left_spin_eps)
+            if c.use_left_spin:  # the left-spin gate with d = ||delta||/||h||, no acceleration term
+                h, _ = left_spin_residual(h, delta, None, None, c.left_spin_alpha, c.left_spin_tau,
+                                          c.left_spin_beta, c.left_spin_w1, c.left_spin_w2, c.left_spin_eps)
             else:
                 h = h + c.left_spin_alpha * math.tanh(c.left_spin_tau) * delta
         return self.proj(h.transpose(1, 2).reshape(b, t, d))
@@ -171,10 +169,11 @@ class EncoderLayer(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.ffn = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
+        self.res_attn, self.res_ffn = ResidualSite(cfg), ResidualSite(cfg)
 
-    def forward(self, x: torch.Tensor, masks: _Masks, chain: _ResidualChain) -> torch.Tensor:
-        x = chain(x, self.drop(self.attn(self.ln1(x), masks)))
-        return chain(x, self.drop(self.ffn(self.ln2(x))))
+    def forward(self, x: torch.Tensor, masks: _Masks, chain: LeftSpinChain) -> torch.Tensor:
+        x = self.res_attn(x, self.drop(self.attn(self.ln1(x), masks)), chain)
+        return self.res_ffn(x, self.drop(self.ffn(self.ln2(x))), chain)
 
 
 class DecoderLayer(nn.Module):
@@ -190,14 +189,18 @@ class DecoderLayer(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.ffn = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
+        self.res_attn, self.res_ffn = ResidualSite(cfg), ResidualSite(cfg)
+        if not cfg.decoder_only:
+            self.res_cross = ResidualSite(cfg)
 
-    def forward(self, x: torch.Tensor, masks: _Masks, chain: _ResidualChain, memory: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, masks: _Masks, chain: LeftSpinChain, memory: torch.Tensor | None,
                 cache: dict | None) -> torch.Tensor:
-        x = chain(x, self.drop(self.attn(self.ln1(x), masks, cache=None if cache is None else cache["self"])))
+        x = self.res_attn(x, self.drop(self.attn(self.ln1(x), masks, cache=None if cache is None else cache["self"])),
+                          chain)
         if memory is not None:
-            x = chain(x, self.drop(self.cross(self.ln_cross(x), masks, memory,
-                                              cache=None if cache is None else cache["cross"])))
-        return chain(x, self.drop(self.ffn(self.ln2(x))))
+            x = self.res_cross(x, self.drop(self.cross(self.ln_cross(x), masks, memory,
+                                                       cache=None if cache is None else cache["cross"])), chain)
+        return self.res_ffn(x, self.drop(self.ffn(self.ln2(x))), chain)
 
 
 # --------------------------------------------------------------------------------------
@@ -308,7 +311,7 @@ class APTModel(nn.Module):
             self_mask = _pad_safe(valid[:, None, None, :].expand(-1, 1, src.shape[1], -1), 0)
         x, _ = self._embed(src, valid, None)
         masks = _Masks(self_mask=self_mask, is_causal=False, valid=valid)
-        chain = _ResidualChain(self.config)
+        chain = LeftSpinChain()
         for layer in self.encoder:
             x = layer(x, masks, chain)
         return self.ln_enc(x), valid
@@ -340,7 +343,7 @@ class APTModel(nn.Module):
             if not cache.layers:
                 cache.layers = [{"self": {}, "cross": {}} for _ in self.decoder]
             cache.length, cache.key_valid, cache.next_pos = past + t, key_valid, nxt
-        chain = _ResidualChain(self.config)
+        chain = LeftSpinChain()
         for i, layer in enumerate(self.decoder):
             x = layer(x, masks, chain, memory, None if cache is None else cache.layers[i])
         return self.lm_head(self.ln_f(x))

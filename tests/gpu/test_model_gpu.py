@@ -6,9 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apt_ext import _native
 from apt_ext.model import APTModel, APTModelConfiguration
-from apt_ext.model.left_spin import _left_spin_torch, left_spin
 
 
 def cfg(**kw):
@@ -48,16 +46,6 @@ def test_kv_cache_generation_on_gpu():
     m = APTModel(cfg()).cuda().eval()
     p = torch.randint(0, 128, (3, 8), device="cuda")
     assert torch.equal(m.generate(p, 32), m.generate(p, 32, use_cache=False))
-
-
-@pytest.mark.skipif(not _native.has_kernel("left_spin_residual", "CUDA"), reason="no CUDA left_spin_residual kernel")
-def test_native_left_spin_matches_formula_on_gpu():
-    u, du, dp = (torch.randn(4, 33, 256, device="cuda") for _ in range(3))
-    pp = torch.rand(4, 33, device="cuda")
-    out, phi = left_spin(u, du, dp, pp)
-    ro, rp = _left_spin_torch(u, du, dp, pp, 0.5, 0.3, 0.7, 1.0, 0.5, 1e-6)
-    torch.testing.assert_close(out, ro, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(phi, rp, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4", "nf4"])

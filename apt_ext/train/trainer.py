@@ -127,6 +127,8 @@ class Trainer:
             from apt_ext.devices import get_device
             self.device = get_device()
         if self.device.type == "cuda":
+            if self.device.index is None:
+                self.device = torch.device("cuda", local if self.world > 1 else torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         self.ckpt_path = self.out / "checkpoint.pt"
         resuming = cfg.resume and self.ckpt_path.is_file()

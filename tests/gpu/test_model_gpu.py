@@ -66,3 +66,16 @@ def test_trainer_and_demo_quick_on_gpu(tmp_path, capsys):
     from apt_ext.cli.main import main
     assert main(["demo", "--quick", "--device", "cuda", "--out-dir", str(tmp_path)]) == 0
     assert "FAILED" not in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_torchrun_two_gpus(tmp_path, fsdp):
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "apt_ext.train",
+           "--steps", "20", "--d-model", "128", "--layers", "2", "--seq-len", "128", "--batch-size", "8",
+           "--out-dir", str(tmp_path), "--no-progress", "--eval-every", "10"] + (["--fsdp"] if fsdp else [])
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "trained 20 steps" in r.stdout

@@ -87,7 +87,7 @@ def main() -> int:
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.quick else "cpu"))
     if a.quick:
         p = dict(vocab=256, d_model=64, layers=2, heads=2, seq_len=64, batch=8)
-        warmup, iters, compile_modes = 2, 5, [False]
+        warmup, iters, compile_modes = 3, 30, [False]
         torch.set_num_threads(1)
     else:
         p = dict(vocab=32000, d_model=768, layers=12, heads=12, seq_len=1024, batch=8)

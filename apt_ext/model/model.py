@@ -11,7 +11,6 @@ and the decoder (their sequences differ in length, so a row of one has no partne
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -418,5 +417,5 @@ class APTModel(nn.Module):
         if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
             raise FileNotFoundError(f"directory: {d} has no config.json + model.safetensors")
         model = cls(APTModelConfiguration.load(d / "config.json"))
-        missing, unexpected = load_model(model, str(d / "model.safetensors"), strict=True, device=str(device))
+        load_model(model, str(d / "model.safetensors"), strict=True, device=str(device))
         return model.to(device)

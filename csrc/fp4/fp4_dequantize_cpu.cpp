@@ -14,7 +14,7 @@
 namespace apt::fp4 {
 
 at::Tensor fp4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& tensor_scale,
-                              std::string fmt, int64_t block_size, c10::ScalarType dtype) {
+                              const std::string& fmt, int64_t block_size, c10::ScalarType dtype) {
   const Format f = parse_format(fmt);
   check_block_size(f, fmt, block_size);
   const int64_t kp = check_packed_weight(packed, scales, tensor_scale, f, block_size);

@@ -77,7 +77,7 @@ void linear_gemm4(const CpuKernels& kern, const float* x, int64_t m, const Weigh
 }  // namespace
 
 at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
-                          const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias, std::string fmt,
+                          const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias, const std::string& fmt,
                           int64_t block_size) {
   const Format f = parse_format(fmt);
   check_block_size(f, fmt, block_size);

@@ -57,7 +57,7 @@ inline int mx_exponent(float bamax) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_quantize_cpu(const at::Tensor& w, std::string fmt,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_quantize_cpu(const at::Tensor& w, const std::string& fmt,
                                                                 int64_t block_size) {
   const Format f = parse_format(fmt);
   check_block_size(f, fmt, block_size);

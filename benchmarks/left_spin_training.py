@@ -10,7 +10,8 @@ after warm-up whose loss exceeds 1.3x the median of the previous 20 steps) and t
 step time. Everything else (data order, init, schedule) is identical between the two arms.
 
     python benchmarks/left_spin_training.py --quick     # reduced CPU sweep (minutes)
-    python benchmarks/left_spin_training.py             # GPU sweep (default when CUDA is present)
+    python benchmarks/left_spin_training.py             # GPU sweep (default when CUDA is present;
+                                                        # 6x256, 600 steps x 32x256 tokens, 5 lrs, 3 seeds)
 
 Writes benchmarks/results/left_spin_training[_quick].json and benchmarks/plots/left_spin_training[_quick].png.
 """
@@ -121,7 +122,7 @@ def main() -> int:
         lrs = a.lrs or [3e-4, 3e-3, 3e-2]
         torch.set_num_threads(1)
     else:
-        p = dict(d_model=256, layers=6, heads=4, seq_len=256, batch=32, steps=a.steps or 1000, warmup=50,
+        p = dict(d_model=256, layers=6, heads=4, seq_len=256, batch=32, steps=a.steps or 600, warmup=40,
                  eval_every=100, eval_batches=8)
         lrs = a.lrs or [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
     from tqdm.auto import tqdm

@@ -49,8 +49,8 @@ def test_speed_mode_leaves_model_alone():
     assert r["model"]["weight_bytes_before"] == r["model"]["weight_bytes_after"]
 
 
-@pytest.mark.skipif(_FP4, reason="checks the report when the FP4 CPU kernel is absent")
-def test_apply_without_fp4_kernel_says_why():
+def test_apply_without_fp4_kernel_says_why(monkeypatch):
+    monkeypatch.setattr(vb, "_kernels", lambda: {"fp4_linear": [], "left_spin_residual": ["cpu"]})
     m = nn.Sequential(nn.Linear(512, 512))
     r = vb.apply(m, "memory")
     assert type(m[0]) is nn.Linear and r["fp4"]["format"] is None and "no usable" in r["fp4"]["reason"]

@@ -83,6 +83,8 @@ def test_data_and_tokenizers():
     x2, _ = data.batch("train", 3, 0, 5)
     assert torch.equal(x, x2) and torch.equal(x[:, 1:], y[:, :-1])
     assert not torch.equal(x, data.batch("train", 3, 0, 6)[0])
+    # (step, micro-step, rank): every rank draws its own batch
+    assert not torch.equal(data.batch("train", 3, 0, 5, 0, 0)[0], data.batch("train", 3, 0, 5, 0, 1)[0])
 
 
 def test_bpe_tokenizer_saved_and_reloaded(tmp_path):
@@ -128,6 +130,12 @@ def _worker(rank: int, world: int, port: int, out: str, q) -> None:
             w = res.model.decoder[0].ffn.up.weight
             w = w.full_tensor() if hasattr(w, "full_tensor") else w
             q.put((fsdp, rank, res.losses, res.evals, w.detach().sum().item()))
+        # exact DDP resume with dropout: each rank restores its own RNG streams
+        runs = {}
+        for name, until, resume in (("full", None, False), ("split", 2, False), ("split", None, True)):
+            tc = small_train(os.path.join(out, name), data=[text], steps=4, eval_every=2, resume=resume)
+            runs[name] = Trainer(tc, small_model(dropout=0.2)).run(until=until).losses
+        q.put((None, rank, runs["full"] == runs["split"], None, None))
     finally:
         dist.destroy_process_group()
 
@@ -138,11 +146,12 @@ def test_two_process_gloo_ddp_and_fsdp2(tmp_path):
     q = ctx.Queue()
     (tmp_path / "text.txt").write_text(builtin_corpus()[:20_000])
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), q), nprocs=2, join=True)
-    got = sorted(q.get() for _ in range(4))
+    got = [q.get() for _ in range(6)]
+    assert [g[2] for g in got if g[0] is None] == [True, True]   # DDP resume exact on both ranks
+    got = sorted(g for g in got if g[0] is not None)
     for fsdp in (False, True):
         (_, _, l0, e0, w0), (_, _, l1, e1, w1) = [g for g in got if g[0] == fsdp]
-        assert l0 != l1                       # each rank trains on its own batches
-        assert e0 == e1                       # eval loss is all-reduced
+        assert l0 == l1 and e0 == e1          # train and eval losses are all-reduced
         assert w0 == pytest.approx(w1, abs=1e-6)  # and the weights stay identical across ranks
         assert (tmp_path / ("fsdp" if fsdp else "ddp") / "checkpoint.pt").is_file()
     ddp, fs = [g for g in got if g[1] == 0]

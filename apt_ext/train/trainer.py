@@ -3,7 +3,8 @@ accumulation, periodic eval, checkpoints with exact resume, a loss-curve PNG, DD
 
 Exact resume: a checkpoint holds the model, optimizer and scheduler states, the torch (CPU and
 CUDA) and Python RNG states, the DBC-DAC error buffers and generator, the step (batches are a
-pure function of seed and step, so the step is the data position) and the loss history.
+pure function of seed and step, so the step is the data position) and the loss history; under
+torchrun every rank also writes its own RNG states (``rng_rank<r>.pt``).
 Multi-process runs are started by ``torchrun`` (WORLD_SIZE/RANK/LOCAL_RANK in the environment):
 NCCL on GPUs, gloo on CPUs; ``fsdp=True`` shards every layer with FSDP2 (``fully_shard``),
 otherwise the model is wrapped in DistributedDataParallel. Each rank draws its own batches.
@@ -74,7 +75,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    losses: list[float]                  # train loss per optimizer step (mean over micro-batches)
+    losses: list[float]                  # train loss per optimizer step (mean over micro-batches and ranks)
     evals: list[tuple[int, float]]       # (step, eval loss)
     step_times: list[float]              # seconds per optimizer step
     tokens_per_s: float                  # over this run's steps (all ranks)
@@ -160,10 +161,10 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
         self.step, self.losses, self.evals = 0, [], []
+        self.out.mkdir(parents=True, exist_ok=True)
         if resuming:
             self._load()
         elif self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
             self.tokenizer.save(tok_path)
 
     # ---- checkpoints ---------------------------------------------------------------
@@ -175,8 +176,14 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         model_sd, opt_sd = self._states()   # collective under FSDP: every rank calls it
-        if self.rank != 0:
-            return
+        if self.world > 1:  # every rank's own RNG streams (dropout differs per rank)
+            torch.save({"step": self.step, "rng": _rng_state()}, self.out / f"rng_rank{self.rank}.pt")
+        if self.rank == 0:
+            self._write_checkpoint(model_sd, opt_sd)
+        if self.world > 1:
+            dist.barrier()  # nobody reads the checkpoint before rank 0 has finished writing it
+
+    def _write_checkpoint(self, model_sd: dict, opt_sd: dict) -> None:
         state = {"model": model_sd, "optimizer": opt_sd, "scheduler": self.sched.state_dict(),
                  "step": self.step, "rng": _rng_state(), "losses": self.losses, "evals": self.evals,
                  "dbc_dac": self.model.dbc_dac.state_dict() if self.model.dbc_dac is not None else None,
@@ -200,7 +207,13 @@ class Trainer:
         if state["dbc_dac"] is not None:
             self.model.dbc_dac.load_state_dict(state["dbc_dac"])
         self.step, self.losses, self.evals = state["step"], state["losses"], [tuple(e) for e in state["evals"]]
-        _set_rng_state(state["rng"])
+        rng = state["rng"]
+        rank_file = self.out / f"rng_rank{self.rank}.pt"
+        if self.world > 1 and rank_file.is_file():
+            mine = torch.load(rank_file, map_location="cpu", weights_only=False)
+            if mine["step"] == self.step:
+                rng = mine["rng"]
+        _set_rng_state(rng)
 
     # ---- loop ------------------------------------------------------------------------
     def _autocast(self):
@@ -258,6 +271,10 @@ class Trainer:
             self.sched.step()
             self.step += 1
             loss_val = tot / cfg.grad_accum
+            if self.world > 1:  # the logged loss is the mean over ranks (the loss of the global batch)
+                t = torch.tensor(loss_val, device=self.device)
+                dist.all_reduce(t)
+                loss_val = t.item() / self.world
             self.losses.append(loss_val)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)

@@ -7,7 +7,8 @@ of learning rates, with and without left-spin, several seeds each, with the same
 (steps x batch x seq_len), and records per run: final and best eval loss, divergence (a
 non-finite loss, or a final eval loss above ln(256) = uniform guessing), loss spikes (steps
 after warm-up whose loss exceeds 1.3x the median of the previous 20 steps) and the median
-step time. Everything else (data order, init, schedule) is identical between the two arms.
+step time, and the std of the train loss over the last 20% of steps (step-to-step loss noise,
+our proxy for the claimed "output variance"). Everything else (data order, init, schedule) is identical between the two arms.
 
     python benchmarks/left_spin_training.py --quick     # reduced CPU sweep (minutes)
     python benchmarks/left_spin_training.py             # GPU sweep (default when CUDA is present;
@@ -58,6 +59,7 @@ def one_run(lr: float, left_spin: bool, seed: int, p: dict, device: str, tmp: st
     return {"lr": lr, "left_spin": left_spin, "seed": seed, "final_eval": final,
             "best_eval": min(evals) if evals else float("nan"), "diverged": diverged,
             "spikes": count_spikes(res.losses, p["warmup"]),
+            "late_loss_std": statistics.pstdev(res.losses[-max(2, len(res.losses) // 5):]),
             "step_time_ms": 1e3 * statistics.median(res.step_times[5:] or res.step_times),
             "train_losses": res.losses, "evals": res.evals}
 
@@ -73,6 +75,7 @@ def summarise(runs: list[dict], lrs: list[float]) -> list[dict]:
                          "final_eval_std": statistics.stdev(ok) if len(ok) > 1 else 0.0,
                          "best_eval_mean": statistics.mean(r["best_eval"] for r in rs),
                          "spikes_total": sum(r["spikes"] for r in rs),
+                         "late_loss_std_mean": statistics.mean(r["late_loss_std"] for r in rs),
                          "step_time_ms": statistics.median(r["step_time_ms"] for r in rs)})
     return rows
 
@@ -132,19 +135,23 @@ def main() -> int:
         for lr, ls, s in tqdm(jobs, desc="left-spin sweep", unit="run"):
             runs.append(one_run(lr, ls, s, p, str(device), tmp))
     rows = summarise(runs, lrs)
-    print(f"\n{'lr':>8} {'left-spin':>9} {'final eval':>15} {'best eval':>9} {'diverged':>8} {'spikes':>6} {'step ms':>8}")
+    print(f"\n{'lr':>8} {'left-spin':>9} {'final eval':>15} {'best eval':>9} {'diverged':>8} {'spikes':>6} "
+          f"{'late std':>8} {'step ms':>8}")
     for r in rows:
         print(f"{r['lr']:>8g} {'on' if r['left_spin'] else 'off':>9} {r['final_eval_mean']:>8.4f}±{r['final_eval_std']:.4f} "
-              f"{r['best_eval_mean']:>9.4f} {r['diverged']:>5}/{r['runs']} {r['spikes_total']:>6} {r['step_time_ms']:>8.2f}")
-    print("\nratio left-spin on / off (final eval loss, step time):")
+              f"{r['best_eval_mean']:>9.4f} {r['diverged']:>5}/{r['runs']} {r['spikes_total']:>6} "
+              f"{r['late_loss_std_mean']:>8.4f} {r['step_time_ms']:>8.2f}")
+    print("\nratio left-spin on / off (final eval loss, late-loss std, step time):")
     for lr in lrs:
         on, off = (next(r for r in rows if r["lr"] == lr and r["left_spin"] == v) for v in (True, False))
-        print(f"  lr {lr:g}: loss {on['final_eval_mean'] / off['final_eval_mean']:.3f}x, "
-              f"step time {on['step_time_ms'] / off['step_time_ms']:.3f}x")
+        print(f"  lr {lr:g}: loss {on['final_eval_mean'] / off['final_eval_mean']:.3f}x, late-loss std "
+              f"{on['late_loss_std_mean'] / off['late_loss_std_mean']:.3f}x, step time "
+              f"{on['step_time_ms'] / off['step_time_ms']:.3f}x")
     name = "left_spin_training_quick" if a.quick else "left_spin_training"
     meta = run_meta(device)
     out = save_json(name, {"meta": meta, "params": p, "lrs": lrs, "seeds": a.seeds, "summary": rows, "runs": runs,
                            "definitions": {"diverged": "non-finite loss or final eval > ln(256)",
+                                           "late_loss_std": "std of the train loss over the last 20% of steps",
                                            "spike": f"loss > {SPIKE_RATIO}x median of previous {SPIKE_WINDOW} steps"}})
     png = plot_path(name)
     plot(rows, runs, lrs, png, f"left-spin LR sweep: {p['layers']}x{p['d_model']}, {p['steps']} steps x "

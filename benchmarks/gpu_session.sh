@@ -25,7 +25,7 @@ stage() {  # name, command...
 for s in "$@"; do
   case $s in
     build) stage build $PY -m pip install -v --no-build-isolation -e . ;;
-    test) stage test $PY -m pytest -q -x tests/gpu ;;
+    test) stage test $PY -m pytest -q -p no:cacheprovider tests/gpu ;;
     sanitizer) stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q tests/gpu -k sanitizer ;;
     fp4) stage fp4 $PY benchmarks/fp4_linear.py ;;
     e2e) stage e2e $PY benchmarks/e2e_encoder.py ;;

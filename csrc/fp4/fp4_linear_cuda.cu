@@ -302,7 +302,7 @@ void launch_small_m(const at::Tensor& x2, const at::Tensor& packed, const at::Te
   auto stream = c10::cuda::getCurrentCUDAStream();
   const dim3 block(kWarps * 32);
   const int64_t n_tiles = (n + kRowsPerBlock - 1) / kRowsPerBlock;
-  TORCH_CHECK(n_tiles <= 65535, "fp4_linear: N = ", n, " exceeds the small-M kernel's grid limit");
+  TORCH_CHECK(n_tiles <= 65535, "fp4_linear: N exceeds the small-M kernel's grid limit (65535 tiles)");
   auto go = [&](auto mt_c) {
     constexpr int MT = decltype(mt_c)::value;
     const dim3 grid(static_cast<unsigned>((m + 8 * MT - 1) / (8 * MT)), static_cast<unsigned>(n_tiles));

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train a small APT model, sample, quantise to FP4, exercise every capability")
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps (for tests)")
     p.add_argument("--device", default=None, help="torch device (default: apt_ext.devices.get_device())")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 300 on CPU, 1000 on GPU)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 500 on CPU, 1000 on GPU)")
     p.add_argument("--out-dir", default=None, help="where the run is written (default: a temporary directory)")
     p.set_defaults(func=run)
 
@@ -103,7 +103,7 @@ def train_part(args, device, out: Path, summary: Summary):
         mc = APTModelConfiguration(vocab_size=1024, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=0,
                                    num_decoder_layers=4, decoder_only=True, dropout=0.0, max_seq_len=128,
                                    use_left_spin=True, use_autopoietic=True)
-        tc = TrainConfig(tokenizer="bpe", bpe_vocab_size=1024, steps=args.steps or (1000 if gpu else 300),
+        tc = TrainConfig(tokenizer="bpe", bpe_vocab_size=1024, steps=args.steps or (1000 if gpu else 500),
                          batch_size=32 if gpu else 12, seq_len=128, lr=3e-3, warmup_steps=30,
                          eval_every=100, eval_batches=4, out_dir=str(out / "train"), device=str(device))
     _section(f"1. training an APT model with left-spin on Python's documentation ({device})")

@@ -9,6 +9,10 @@ OUT=${OUT:-/tmp/apt_out}
 mkdir -p "$OUT" benchmarks/results benchmarks/plots
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
 PY=python3
+# The device image's default CXX (/opt/gcc) links libstdc++ statically into shared objects; its
+# private copy of the iostream/locale code crashed the first formatted error message (SIGSEGV in
+# std::ostream::_M_insert<long> inside _C.so). Build with the system compiler instead.
+if [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++; fi
 if [ -d .whl ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -24,7 +28,7 @@ stage() {  # name, command...
 }
 for s in "$@"; do
   case $s in
-    build) stage build $PY -m pip install -v --no-build-isolation -e . ;;
+    build) rm -rf build; stage build $PY -m pip install -v --no-build-isolation -e . ;;
     test) stage test $PY -m pytest -q -p no:cacheprovider tests/gpu ;;
     sanitizer) stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q tests/gpu -k sanitizer ;;
     fp4) stage fp4 $PY benchmarks/fp4_linear.py ;;

@@ -1,7 +1,5 @@
-// Argument checks of the FP4 ops (declared in fp4_format.h and fp4_pack.h). They live in a
-// .cpp so that error messages are always built by the host C++ compiler, never in nvcc-compiled
-// translation units (a TORCH_CHECK message with integers built inside a .cu crashed on our H100
-// build).
+// Argument checks of the FP4 ops (declared in fp4_format.h and fp4_pack.h), compiled once and
+// shared by the CPU and CUDA kernels.
 #include "fp4/fp4_format.h"
 #include "fp4/fp4_pack.h"
 

@@ -1,6 +1,5 @@
 // Argument checks and input preparation of apt::left_spin_residual(_backward) (declared in
-// left_spin_checks.h). Kept in a .cpp so that error messages are built by the host C++ compiler,
-// never inside nvcc-compiled translation units.
+// left_spin_checks.h), compiled once and shared by the CPU and CUDA kernels.
 #include "left_spin/left_spin_checks.h"
 
 namespace apt::left_spin {

@@ -8,6 +8,7 @@ import sys
 
 COMMANDS = (
     "apt_ext.cli.info",
+    "apt_ext.cli.memory",
 )
 
 

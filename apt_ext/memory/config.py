@@ -57,7 +57,7 @@ class AIMConfig:
     anchor_threshold: float = 0.1
     anchor_boost: float = 2.0
     top_k: int = 5
-    min_similarity: float = 0.3
+    min_similarity: float = 0.25
     anchor_min_similarity: float = 0.15
     weight_influence: float = 0.05
     merge_threshold: float = 0.93

@@ -36,9 +36,15 @@ def check_namespace(namespace: Any) -> str:
 
 
 def summarize(text: str, limit: int) -> str:
-    """The first sentence (or line) of ``text`` on one line, at most ``limit`` characters."""
+    """The leading sentences of ``text`` (at least 40 characters when the text has them) on one
+    line, at most ``limit`` characters."""
     line = " ".join(text.split())
-    first = _SENTENCE_END.split(line, maxsplit=1)[0] or line
+    first = ""
+    for sentence in _SENTENCE_END.split(line):
+        first = f"{first} {sentence}".strip()
+        if len(first) >= 40:  # skip greetings such as "Hi!" that carry no content
+            break
+    first = first or line
     return first if len(first) <= limit else first[:limit - 1].rstrip() + "…"
 
 

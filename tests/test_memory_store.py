@@ -175,24 +175,29 @@ def test_cluster_index_matches_brute_force_through_growth_and_removal():
     assert np.mean(recall) >= 0.9
 
 
-def test_threads_write_concurrently_without_loss(tmp_path):
-    path = str(tmp_path / "threads.db")
-    mem = _mem(path)
+def _write_from_threads(mem, n_threads: int, count: int) -> list[Exception]:
+    """Each of ``n_threads`` threads writes ``count`` distinct facts; returns the errors raised."""
     errors = []
 
     def worker(t: int) -> None:
         try:
-            for i in range(40):
+            for i in range(count):
                 assert mem.write_memory(f"thread {t} wrote item {i} code T{t}x{i}") is not None
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+        except Exception as exc:  # noqa: BLE001 - collected and asserted by the caller
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    assert errors == []
+    return errors
+
+
+def test_threads_write_concurrently_without_loss(tmp_path):
+    path = str(tmp_path / "threads.db")
+    mem = _mem(path)
+    assert _write_from_threads(mem, 4, 40) == []
     assert len(mem) == 160
     mem.close()
     assert len(_mem(path)) == 160
@@ -224,20 +229,7 @@ def test_two_processes_and_four_threads_write_at_once(tmp_path):
     procs = [_writer(path, tag, 60) for tag in ("A", "B")]
     for proc in procs:
         assert proc.stdout.readline().strip() == "ready"
-    errors = []
-
-    def worker(t: int) -> None:
-        try:
-            for i in range(30):
-                mem.write_memory(f"thread {t} wrote item {i} code T{t}x{i}")
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    errors = _write_from_threads(mem, 4, 30)
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err

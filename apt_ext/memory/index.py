@@ -134,10 +134,10 @@ class ClusterIndex:
         assign = _assign(vecs, self.centroids)
         for node_id, vec, c in zip(ids, vecs, assign):
             self._append(int(c), node_id, vec)
-            self._hot_ids[self._hot_pos % max(1, self.hot_window)] = node_id if self.hot_window else -1
             if self.hot_window:
+                self._hot_ids[self._hot_pos % self.hot_window] = node_id
                 self._hot_vecs[self._hot_pos % self.hot_window] = vec
-            self._hot_pos += 1
+                self._hot_pos += 1
         for c in set(int(c) for c in assign):
             self._refresh_centroid(c)
         n = len(self._where)

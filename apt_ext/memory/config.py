@@ -33,6 +33,8 @@ class AIMConfig:
       weight_influence: beta, the weight term of the score.
       merge_threshold: cosine above which a write with the same anchors merges into its nearest
         node instead of creating a new one.
+      anchor_postings_cap: a query anchor carried by at most this many nodes adds all of them as
+        candidates (exact anchor recall); more common anchors only re-score the scanned candidates.
       link_threshold: cosine above which an older node is recorded in a new node's links.
       max_links: links kept per node.
       n_probe: clusters scanned per route (in addition to the hot window).
@@ -61,6 +63,7 @@ class AIMConfig:
     anchor_min_similarity: float = 0.15
     weight_influence: float = 0.05
     merge_threshold: float = 0.93
+    anchor_postings_cap: int = 256
     link_threshold: float = 0.5
     max_links: int = 4
     n_probe: int = 24
@@ -74,7 +77,8 @@ class AIMConfig:
 
     def __post_init__(self) -> None:
         ints = {"hot_window_size": 0, "local_cluster_k": 1, "top_k": 1, "max_links": 0,
-                "n_probe": 1, "cluster_size": 8, "kmeans_iters": 1, "max_text_chars": 1,
+                "n_probe": 1, "cluster_size": 8, "anchor_postings_cap": 0, "kmeans_iters": 1,
+                "max_text_chars": 1,
                 "summary_chars": 16, "embed_batch_size": 1, "busy_timeout_ms": 0}
         for name, low in ints.items():
             value = getattr(self, name)

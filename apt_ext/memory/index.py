@@ -235,29 +235,39 @@ class ClusterIndex:
         """
         if not self._where or k < 1:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), 0
+        query = np.asarray(query, dtype=np.float32)
         direction = query if direction is None else direction
         n_probe = self.n_probe if n_probe is None else n_probe
         if self.n_clusters <= n_probe:
-            probe = range(self.n_clusters)
+            probe = list(range(self.n_clusters))
         else:
             cscore = self.centroids @ direction
-            probe = np.argpartition(-cscore, n_probe - 1)[:n_probe].tolist()
-        sims, ids = [], []
-        for c in probe:
-            n = self._count[c]
-            if n:
-                sims.append(self._vecs[c][:n] @ query)
-                ids.append(self._ids[c][:n])
-        live = self._hot_ids >= 0
-        if self.hot_window and live.any():
-            sims.append(self._hot_vecs[live] @ query)
-            ids.append(self._hot_ids[live])
-        all_sims = np.concatenate(sims)
-        all_ids = np.concatenate(ids)
-        scanned = all_sims.size
-        take = min(k + int(live.sum()), all_sims.size)
-        top = np.argpartition(-all_sims, take - 1)[:take]
-        top = top[np.argsort(-all_sims[top], kind="stable")]
-        _, first = np.unique(all_ids[top], return_index=True)
-        keep = np.sort(first)[:k]
-        return all_ids[top[keep]], all_sims[top[keep]], scanned
+            probe = np.argpartition(cscore, self.n_clusters - n_probe)[self.n_clusters - n_probe:].tolist()
+        counts = [self._count[c] for c in probe]
+        hot = np.flatnonzero(self._hot_ids >= 0) if self.hot_window else None
+        n_hot = 0 if hot is None else hot.size
+        offsets = np.cumsum([0] + counts)
+        total = int(offsets[-1]) + n_hot
+        sims = np.empty(total, dtype=np.float32)
+        for c, n, off in zip(probe, counts, offsets.tolist()):
+            if n:  # one matrix-vector product per probed cluster, written in place
+                np.dot(self._vecs[c][:n], query, out=sims[off:off + n])
+        if n_hot:
+            sims[offsets[-1]:] = self._hot_vecs[hot] @ query
+        # a hot node can also sit in a probed cluster: 2k candidates hold >= k distinct ids
+        take = min(2 * k if n_hot else k, total)
+        top = np.argpartition(sims, total - take)[total - take:] if take < total else np.arange(total)
+        top = top[np.argsort(-sims[top], kind="stable")]
+        cluster_of = np.searchsorted(offsets, top, side="right") - 1
+        chosen: dict[int, float] = {}
+        for pos, ci in zip(top.tolist(), cluster_of.tolist()):
+            if ci < len(probe):
+                node_id = int(self._ids[probe[ci]][pos - offsets[ci]])
+            else:
+                node_id = int(self._hot_ids[hot[pos - offsets[-1]]])
+            if node_id not in chosen:
+                chosen[node_id] = float(sims[pos])
+                if len(chosen) == k:
+                    break
+        return (np.fromiter(chosen.keys(), dtype=np.int64, count=len(chosen)),
+                np.fromiter(chosen.values(), dtype=np.float32, count=len(chosen)), total)

@@ -377,7 +377,8 @@ class AIMMemory:
             ids, sims, scanned = space.index.search(q, c.local_cluster_k, direction=direction)
             cand = dict(zip(ids.tolist(), sims.tolist()))
             q_anchors = extract_anchors(query)
-            extra = sorted({i for a in q_anchors for i in space.postings.get(a, ())} - cand.keys())
+            extra = sorted({i for a in q_anchors for i in space.postings.get(a, ())
+                            if len(space.postings[a]) <= c.anchor_postings_cap} - cand.keys())
             if extra:
                 cand.update(zip(extra, (space.index.vectors(extra) @ q).tolist()))
             q_lower = query.lower()

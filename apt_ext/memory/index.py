@@ -10,6 +10,9 @@ cluster that grows past ``4 * cluster_size`` members is split in two (2-means). 
 """
 from __future__ import annotations
 
+from bisect import bisect_right
+from itertools import accumulate
+
 import numpy as np
 
 
@@ -246,25 +249,26 @@ class ClusterIndex:
         counts = [self._count[c] for c in probe]
         hot = np.flatnonzero(self._hot_ids >= 0) if self.hot_window else None
         n_hot = 0 if hot is None else hot.size
-        offsets = np.cumsum([0] + counts)
-        total = int(offsets[-1]) + n_hot
+        offsets = list(accumulate(counts, initial=0))
+        scanned = offsets[-1]
+        total = scanned + n_hot
         sims = np.empty(total, dtype=np.float32)
-        for c, n, off in zip(probe, counts, offsets.tolist()):
+        for c, n, off in zip(probe, counts, offsets):
             if n:  # one matrix-vector product per probed cluster, written in place
                 np.dot(self._vecs[c][:n], query, out=sims[off:off + n])
         if n_hot:
-            sims[offsets[-1]:] = self._hot_vecs[hot] @ query
+            sims[scanned:] = self._hot_vecs[hot] @ query
         # a hot node can also sit in a probed cluster: 2k candidates hold >= k distinct ids
         take = min(2 * k if n_hot else k, total)
         top = np.argpartition(sims, total - take)[total - take:] if take < total else np.arange(total)
-        top = top[np.argsort(-sims[top], kind="stable")]
-        cluster_of = np.searchsorted(offsets, top, side="right") - 1
+        top = top[np.argsort(-sims[top], kind="stable")].tolist()
         chosen: dict[int, float] = {}
-        for pos, ci in zip(top.tolist(), cluster_of.tolist()):
-            if ci < len(probe):
+        for pos in top:
+            if pos < scanned:
+                ci = bisect_right(offsets, pos) - 1
                 node_id = int(self._ids[probe[ci]][pos - offsets[ci]])
             else:
-                node_id = int(self._hot_ids[hot[pos - offsets[-1]]])
+                node_id = int(self._hot_ids[hot[pos - scanned]])
             if node_id not in chosen:
                 chosen[node_id] = float(sims[pos])
                 if len(chosen) == k:

@@ -261,9 +261,12 @@ class ClusterIndex:
         # a hot node can also sit in a probed cluster: 2k candidates hold >= k distinct ids
         take = min(2 * k if n_hot else k, total)
         top = np.argpartition(sims, total - take)[total - take:] if take < total else np.arange(total)
-        top = top[np.argsort(-sims[top], kind="stable")].tolist()
+        top = top[np.argsort(-sims[top], kind="stable")]
+        if not n_hot:  # no duplicates possible: gather ids in one go
+            ids = np.concatenate([self._ids[c][:n] for c, n in zip(probe, counts)])
+            return ids[top], sims[top], total
         chosen: dict[int, float] = {}
-        for pos in top:
+        for pos in top.tolist():
             if pos < scanned:
                 ci = bisect_right(offsets, pos) - 1
                 node_id = int(self._ids[probe[ci]][pos - offsets[ci]])

@@ -12,7 +12,8 @@ def register(subparsers) -> None:
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--db", required=True, help="SQLite file of the memory (created if missing)")
-        p.add_argument("--ns", default="default", help="namespace (user or session), default 'default'")
+        p.add_argument("--ns", default=None, help="namespace (user or session); default 'default' "
+                       "(import: each record's own namespace)")
         return p
 
     add = common(actions.add_parser("add", help="store TEXT (or stdin lines with '-')"))
@@ -50,14 +51,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dispatch(memory, args: argparse.Namespace) -> int:
+    ns = args.ns or "default"
     if args.action == "add":
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()] if args.text == "-" else [args.text]
         for text in texts:
-            node = memory.write_memory(text, namespace=args.ns, evidence=args.evidence)
+            node = memory.write_memory(text, namespace=ns, evidence=args.evidence)
             print(f"rejected (write gate): {text!r}" if node is None else
-                  f"stored #{node.id} [{args.ns}] {node.summary}")
+                  f"stored #{node.id} [{ns}] {node.summary}")
     elif args.action == "search":
-        nodes, refill = memory.route_memory(args.query, mode=args.mode, namespace=args.ns, k=args.k)
+        nodes, refill = memory.route_memory(args.query, mode=args.mode, namespace=ns, k=args.k)
         if not nodes:
             print("no memory above the similarity threshold")
         for i, node in enumerate(nodes):
@@ -65,14 +67,14 @@ def _dispatch(memory, args: argparse.Namespace) -> int:
             if refill:
                 print(f"   evidence: {refill[i]}")
     elif args.action == "answer":
-        print(json.dumps(memory.answer(args.query, mode=args.mode, namespace=args.ns, k=args.k),
+        print(json.dumps(memory.answer(args.query, mode=args.mode, namespace=ns, k=args.k),
                          ensure_ascii=False, indent=2))
     elif args.action == "stats":
-        print(json.dumps(memory.stats(), ensure_ascii=False, indent=2))
+        print(json.dumps(memory.stats(namespace=args.ns), ensure_ascii=False, indent=2))
     elif args.action == "export":
         out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
         try:
-            count = memory.export_jsonl(out, namespace=None if args.all else args.ns)
+            count = memory.export_jsonl(out, namespace=None if args.all else ns)
         finally:
             if out is not sys.stdout:
                 out.close()
@@ -80,7 +82,7 @@ def _dispatch(memory, args: argparse.Namespace) -> int:
     elif args.action == "import":
         src = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
         try:
-            count = memory.import_jsonl(src, namespace=None if args.ns == "default" else args.ns)
+            count = memory.import_jsonl(src, namespace=args.ns)
         finally:
             if src is not sys.stdin:
                 src.close()

@@ -214,15 +214,22 @@ class ClusterIndex:
         assign = _assign(vecs, cent)
         order = np.argsort(assign, kind="stable")
         bounds = np.searchsorted(assign[order], np.arange(cent.shape[0] + 1))
+        kept = []
         for c in range(cent.shape[0]):
             rows = order[bounds[c]:bounds[c + 1]]
             if rows.size == 0:
                 continue
-            k = self._new_cluster(cent[c], capacity=max(16, rows.size))
-            self._vecs[k][:rows.size] = vecs[rows]
-            self._ids[k][:rows.size] = ids[rows]
-            self._count[k] = rows.size
-            self._sums[k] = vecs[rows].sum(axis=0, dtype=np.float64)
+            kept.append(c)
+            block = np.empty((max(16, rows.size), self.dim), dtype=np.float32)
+            block[:rows.size] = vecs[rows]
+            block_ids = np.empty(block.shape[0], dtype=np.int64)
+            block_ids[:rows.size] = ids[rows]
+            self._vecs.append(block)
+            self._ids.append(block_ids)
+            self._count.append(int(rows.size))
+            self._sums.append(block[:rows.size].sum(axis=0, dtype=np.float64))
+        self.centroids = np.ascontiguousarray(cent[kept], dtype=np.float32)  # one allocation, not C vstacks
+        for k in range(len(kept)):
             self._refresh_centroid(k)
         self._where = {int(i): (c, s) for c in range(self.n_clusters)
                        for s, i in enumerate(self._ids[c][:self._count[c]].tolist())}

@@ -9,7 +9,7 @@ import torch
 from apt_ext import _native
 
 OPS = (
-    "fp4_pack", "fp4_unpack", "fp4_quantize", "fp4_dequantize", "fp4_linear",
+    "fp4_pack", "fp4_unpack", "fp4_quantize", "fp4_dequantize", "fp4_linear", "fp4_linear_gelu",
     "left_spin_residual", "left_spin_residual_backward",
 )
 

@@ -18,6 +18,8 @@ TORCH_LIBRARY(apt, m) {
   // x [..., K] (K <= Kp < K + block_size) -> x @ dequantize(W).T + bias, [..., N], x's dtype,
   // fp32 accumulation.
   m.def("fp4_linear(Tensor x, Tensor packed, Tensor scales, Tensor tensor_scale, Tensor? bias, str fmt, int block_size) -> Tensor");
+  // gelu(fp4_linear(...)) with the exact (erf) GELU; the CUDA kernel fuses it into the epilogue.
+  m.def("fp4_linear_gelu(Tensor x, Tensor packed, Tensor scales, Tensor tensor_scale, Tensor? bias, str fmt, int block_size) -> Tensor");
 
   // ---- Left-spin residual (SPEC section 4) ----
   // u, du, du_prev [..., D]; phi_prev [...] float32 -> out [..., D] (u's dtype), phi [...] float32.

@@ -1,0 +1,57 @@
+"""Triton ``apt::fp4_dequantize``: packed uint8 [N, Kp/2] -> [N, Kp] of float32/bfloat16/float16."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from apt_ext.fp4 import checks
+from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_value, decode_scale, nf4_lut, scales_as_raw
+
+_BLOCK_N, _BLOCK_B = 16, 64
+
+
+@triton.jit
+def _dequantize_kernel(packed_ptr, scales_ptr, ts_ptr, lut_ptr, out_ptr, n_rows, row_bytes, ncols, ld_out,
+                       FMT: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask = (rn < n_rows)[:, None] & (rb < row_bytes)[None, :]
+    b = tl.load(packed_ptr + rn[:, None] * row_bytes + rb[None, :], mask=mask, other=0).to(tl.int32)
+    nb = 2 * row_bytes // BS
+    raw = tl.load(scales_ptr + rn[:, None] * nb + (rb // (BS // 2))[None, :], mask=mask, other=0)
+    s = decode_scale(raw, tl.load(ts_ptr), FMT)
+    lo = code_value(b & 15, lut_ptr, FMT) * s
+    hi = code_value(b >> 4, lut_ptr, FMT) * s
+    col = 2 * rb[None, :]
+    dst = out_ptr + rn[:, None] * ld_out + col
+    ty = out_ptr.dtype.element_ty
+    tl.store(dst, lo.to(ty), mask=mask & (col < ncols))
+    tl.store(dst + 1, hi.to(ty), mask=mask & (col + 1 < ncols))
+
+
+def dequantize_into(packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor, fmt: str,
+                    block_size: int, out: torch.Tensor) -> None:
+    """Writes the first ``out.shape[1]`` decoded columns of every row into ``out`` [N, ncols]
+    (row stride free, unit column stride). Arguments must already be checked."""
+    n, row_bytes = packed.shape
+    grid = (triton.cdiv(n, _BLOCK_N), triton.cdiv(row_bytes, _BLOCK_B))
+    _dequantize_kernel[grid](packed, scales_as_raw(scales, fmt), tensor_scale, nf4_lut(packed.device), out,
+                             n, row_bytes, out.shape[1], out.stride(0), FMT=FORMAT_IDS[fmt], BS=block_size,
+                             BLOCK_N=_BLOCK_N, BLOCK_B=_BLOCK_B)
+
+
+def fp4_dequantize(packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor, fmt: str,
+                   block_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """packed uint8 [N, Kp/2], scales [N, Kp/block_size], tensor_scale float32 -> [N, Kp] ``dtype``."""
+    kp = checks.check_packed_weight(packed, scales, tensor_scale, fmt, block_size)
+    if dtype not in checks.FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected float32, bfloat16 or float16, got {dtype}")
+    packed, scales = packed.contiguous(), scales.contiguous()
+    # The interpreter has no bfloat16/float16 arithmetic: decode in float32, round with torch
+    # (the same round-to-nearest-even).
+    work_dtype = torch.float32 if INTERPRET else dtype
+    out = torch.empty((packed.shape[0], kp), dtype=work_dtype, device=packed.device)
+    if out.numel():
+        dequantize_into(packed, scales, tensor_scale.reshape(()), fmt, block_size, out)
+    return out.to(dtype)

@@ -1,0 +1,141 @@
+"""End to end: a BERT-base-sized encoder on one GPU with fp32, bf16 and FP4 (nvfp4) weights.
+
+12 pre-LN layers, d_model 768, 12 heads, d_ff 3072, sequence 128, batch 1 and 8, random
+weights and inputs (timing does not depend on trained values; the FP4 model's output is
+compared with the fp32 model's for a sanity number). FP4 = ``apt_ext.quantize_(model,
+fmt="nvfp4")`` on the bf16 model: every nn.Linear (q, k, v, o, ff1, ff2) becomes an FP4Linear,
+activations stay bf16. Reports latency (median ms per forward, triton.testing.do_bench),
+throughput (sequences/s and tokens/s) and peak GPU memory (weights + activations of one
+forward, torch.cuda.max_memory_allocated).
+
+    python benchmarks/e2e_encoder.py
+Writes benchmarks/results/e2e_encoder_<card>.json and benchmarks/plots/e2e_encoder_<card>.png.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+LAYERS, D_MODEL, HEADS, D_FF, SEQ = 12, 768, 12, 3072, 128
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN transformer encoder layer: x + attn(ln1(x)), then + ffn(ln2(x)). x: [B, T, D]."""
+
+    def __init__(self, d: int, heads: int, d_ff: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ff1, self.ff2 = nn.Linear(d, d_ff), nn.Linear(d_ff, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.ln1(x)
+        q, k, v = (p(h).view(b, t, self.heads, d // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.o(a)
+        return x + self.ff2(F.gelu(self.ff1(self.ln2(x))))
+
+
+def encoder() -> nn.Module:
+    return nn.Sequential(*(EncoderLayer(D_MODEL, HEADS, D_FF) for _ in range(LAYERS)))
+
+
+def measure(model: nn.Module, x: torch.Tensor) -> dict:
+    from triton.testing import do_bench
+
+    with torch.inference_mode():
+        model(x)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        model(x)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        ms = float(do_bench(lambda: model(x), warmup=25, rep=200, return_mode="median"))
+    b = x.shape[0]
+    return {"latency_ms": ms, "seq_per_s": b / (ms * 1e-3), "tokens_per_s": b * SEQ / (ms * 1e-3),
+            "peak_mem_MB": peak / 2**20, "resident_before_forward_MB": base / 2**20}
+
+
+def weight_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("e2e_encoder benchmark: needs a CUDA GPU")
+    import apt_ext
+
+    torch.manual_seed(0)
+    fp32 = encoder().cuda().eval()
+    variants = {"fp32": fp32, "bf16": copy.deepcopy(fp32).to(torch.bfloat16)}
+    variants["fp4-nvfp4"] = apt_ext.quantize_(copy.deepcopy(variants["bf16"]), fmt="nvfp4")
+    act_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp4-nvfp4": torch.bfloat16}
+    rows = []
+    for batch in (1, 8):
+        x32 = torch.randn(batch, SEQ, D_MODEL, device="cuda")
+        with torch.inference_mode():
+            ref = fp32(x32).double()
+        for name, model in variants.items():
+            x = x32.to(act_dtype[name])
+            r = measure(model, x)
+            with torch.inference_mode():
+                y = model(x).double()
+            r.update(variant=name, batch=batch, weights_MB=weight_bytes(model) / 2**20,
+                     cosine_vs_fp32=float(F.cosine_similarity(y.flatten(), ref.flatten(), dim=0)))
+            rows.append(r)
+    card = torch.cuda.get_device_name()
+    res = {"card": card, "torch": torch.__version__, "host": platform.node(),
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": " ".join([sys.executable, *sys.argv]),
+           "model": f"pre-LN encoder, {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, seq {SEQ}",
+           "rows": rows}
+    print(f"{res['model']} on {card}")
+    print(f"{'variant':>10} {'batch':>5} {'latency ms':>11} {'seq/s':>9} {'tokens/s':>10} {'peak MB':>9} "
+          f"{'weights MB':>10} {'speed-up vs fp32':>16} {'cos vs fp32':>11}")
+    for r in rows:
+        base = next(q for q in rows if q["batch"] == r["batch"] and q["variant"] == "fp32")
+        print(f"{r['variant']:>10} {r['batch']:>5} {r['latency_ms']:11.3f} {r['seq_per_s']:9.1f} "
+              f"{r['tokens_per_s']:10.0f} {r['peak_mem_MB']:9.1f} {r['weights_MB']:10.1f} "
+              f"{base['latency_ms'] / r['latency_ms']:15.2f}x {r['cosine_vs_fp32']:11.5f}")
+    tag = card.replace(" ", "_").replace("/", "_")
+    out = HERE / "results" / f"e2e_encoder_{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "latency_ms", "latency (ms)"), (axes[1], "peak_mem_MB", "peak memory (MB)")):
+        for i, batch in enumerate((1, 8)):
+            sub = [r for r in rows if r["batch"] == batch]
+            ax.bar([j + 0.4 * i for j in range(len(sub))], [r[key] for r in sub], 0.4, label=f"batch {batch}")
+            ax.set_xticks([j + 0.2 for j in range(len(sub))], [r["variant"] for r in sub])
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle(f"BERT-base-sized encoder, seq {SEQ}, {card}")
+    fig.tight_layout()
+    png = HERE / "plots" / f"e2e_encoder_{tag}.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    print(f"wrote {out} and {png}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""FP4 linear on one GPU: apt_ext (CUDA and Triton) against the alternatives, side by side.
+
+Times y = x @ W.T for bf16 x [M, K] and W [N, K] with:
+  apt-cuda-{nvfp4,mxfp4,nf4}  torch.ops.apt.fp4_linear (CUDA build; small-M tensor-core GEMV
+                              up to APT_FP4_SMALL_M_MAX rows, else dequantise + cuBLAS)
+  apt-deq+cublas-nvfp4        apt fp4_dequantize to bf16 + F.linear (the large-M path alone)
+  apt-triton-nvfp4            apt_ext.triton.fp4_linear.fp4_linear (the APT_FORCE_TRITON path)
+  torch-bf16                  F.linear with a bf16 weight (cuBLAS), the baseline of every ratio
+  tinygemm-int4-g128          torch._weight_int4pack_mm, group 128
+  bnb-fp4 / bnb-nf4           bitsandbytes matmul_4bit (blocksize 64)
+Timings: triton.testing.do_bench median (it flushes L2 with a 256 MB write before every call,
+so even the 9 MB weights of M=1 come from HBM), on random data. Also measures the card's
+copy bandwidth (large device-to-device copy, bytes read + written) and the achieved weight
+bandwidth (packed + scale bytes / time) of apt at M=1.
+
+    python benchmarks/fp4_linear.py            # full: 4 shapes x M in {1, 16, 128, 4096}
+    python benchmarks/fp4_linear.py --quick    # 2 shapes x M in {1, 16, 4096}
+Writes benchmarks/results/fp4_linear_<card>.json and benchmarks/plots/fp4_linear_<card>.png.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
+MS = [1, 16, 128, 4096]
+QUICK_SHAPES = [(4096, 4096), (28672, 8192)]
+QUICK_MS = [1, 16, 4096]
+HERE = Path(__file__).resolve().parent
+
+
+def card_name() -> str:
+    return torch.cuda.get_device_name().replace(" ", "_").replace("/", "_")
+
+
+def bench(fn: Callable[[], object], quick: bool) -> float:
+    """Median milliseconds of fn() (triton.testing.do_bench: CUDA events, L2 flushed per call)."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100, return_mode="median"))
+
+
+def copy_bandwidth_gbs() -> float:
+    """Device-to-device copy of 1 GiB: (read + write bytes) / median time, GB/s."""
+    src = torch.empty(1 << 29, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src), quick=True)
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
+
+
+def make_methods(n: int, k: int) -> dict[str, tuple[Callable[[torch.Tensor], object] | None, str, int]]:
+    """name -> (fn(x) or None, note, weight bytes)."""
+    import apt_ext  # noqa: F401
+    from apt_ext import _native
+    from apt_ext.fp4 import quantize
+    from apt_ext.triton import fp4_linear as tri
+
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+    methods: dict[str, tuple] = {"torch-bf16": (lambda x: F.linear(x, w), "", w.numel() * 2)}
+    has_cuda = bool(_native.build_info().get("cuda"))
+    for fmt in ("nvfp4", "mxfp4", "nf4"):
+        q = quantize(w, fmt)
+        nbytes = q.packed.numel() + q.scales.numel() * q.scales.element_size()
+        if has_cuda:
+            methods[f"apt-cuda-{fmt}"] = (
+                lambda x, q=q: torch.ops.apt.fp4_linear(x, q.packed, q.scales, q.tensor_scale, None, q.fmt,
+                                                        q.block_size), "", nbytes)
+        else:
+            methods[f"apt-cuda-{fmt}"] = (None, "unavailable: apt_ext built without CUDA kernels", nbytes)
+        if fmt == "nvfp4":
+            methods["apt-deq+cublas-nvfp4"] = (
+                lambda x, q=q: F.linear(x, torch.ops.apt.fp4_dequantize(q.packed, q.scales, q.tensor_scale, q.fmt,
+                                                                         q.block_size, x.dtype)[:, :k]), "", nbytes)
+            methods["apt-triton-nvfp4"] = (
+                lambda x, q=q: tri.fp4_linear(x, q.packed, q.scales, q.tensor_scale, None, q.fmt, q.block_size),
+                "", nbytes)
+    try:
+        codes = torch.randint(0, 16, (n, k), device="cuda", dtype=torch.int32)
+        packed = ((codes[:, ::2] << 4) | codes[:, 1::2]).to(torch.uint8)
+        wp = torch._convert_weight_to_int4pack(packed, 8)
+        sz = torch.randn(k // 128, n, 2, device="cuda", dtype=torch.bfloat16) * 0.01
+        methods["tinygemm-int4-g128"] = (lambda x: torch._weight_int4pack_mm(x, wp, 128, sz), "",
+                                         wp.numel() * wp.element_size() + sz.numel() * 2)
+    except Exception as exc:  # the op's signature changes between torch versions
+        methods["tinygemm-int4-g128"] = (None, f"unavailable: {type(exc).__name__}: {exc}"[:160], 0)
+    try:
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as bnbf
+
+        for qt in ("fp4", "nf4"):
+            qw, state = bnbf.quantize_4bit(w, blocksize=64, quant_type=qt)
+            methods[f"bnb-{qt}"] = (lambda x, qw=qw, state=state: bnb.matmul_4bit(x, qw.t(), quant_state=state),
+                                    f"bitsandbytes {bnb.__version__}", qw.numel() * qw.element_size())
+    except Exception as exc:  # not installed, or no CUDA library for this card
+        for qt in ("fp4", "nf4"):
+            methods[f"bnb-{qt}"] = (None, f"unavailable: {type(exc).__name__}: {exc}"[:160], 0)
+    return methods
+
+
+def run(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    shapes, ms = (QUICK_SHAPES, QUICK_MS) if args.quick else (SHAPES, MS)
+    copy_gbs = copy_bandwidth_gbs()
+    rows = []
+    with torch.inference_mode():
+        for n, k in tqdm(shapes, desc="shapes"):
+            methods = make_methods(n, k)
+            for m in ms:
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                times = {}
+                for name, (fn, note, nbytes) in methods.items():
+                    if fn is None:
+                        times[name] = {"ms": None, "note": note}
+                        continue
+                    try:
+                        fn(x)
+                        torch.cuda.synchronize()
+                        t = bench(lambda: fn(x), args.quick)
+                        times[name] = {"ms": t, "note": note}
+                        if m == 1 and nbytes:
+                            times[name]["weight_GBs"] = nbytes / (t * 1e-3) / 1e9
+                    except Exception as exc:
+                        times[name] = {"ms": None, "note": f"failed: {type(exc).__name__}: {exc}"[:160]}
+                rows.append({"N": n, "K": k, "M": m, "times": times})
+                del x
+            del methods
+            torch.cuda.empty_cache()
+    return {"copy_bandwidth_GBs": copy_gbs, "rows": rows}
+
+
+def speedups(rows: list[dict]) -> None:
+    for r in rows:
+        base = r["times"]["torch-bf16"]["ms"]
+        for v in r["times"].values():
+            v["speedup_vs_bf16"] = base / v["ms"] if (v["ms"] and base) else None
+
+
+def geomean(vals: list[float]) -> float | None:
+    vals = [v for v in vals if v]
+    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
+
+
+def print_table(res: dict) -> None:
+    names = list(res["rows"][0]["times"])
+    print(f"\ncopy bandwidth (1 GiB d2d, read+write): {res['copy_bandwidth_GBs']:.0f} GB/s")
+    print("time ms (speed-up over torch-bf16)")
+    head = f"{'N':>6} {'K':>6} {'M':>5} | " + " | ".join(f"{n:>22}" for n in names)
+    print(head)
+    print("-" * len(head))
+    for r in res["rows"]:
+        cells = []
+        for name in names:
+            v = r["times"][name]
+            cells.append(f"{'n/a':>22}" if v["ms"] is None else f"{v['ms']:9.4f} ({v['speedup_vs_bf16']:5.2f}x)".rjust(22))
+        print(f"{r['N']:>6} {r['K']:>6} {r['M']:>5} | " + " | ".join(cells))
+    print("\ngeometric mean speed-up over bf16 per M:")
+    for m in sorted({r["M"] for r in res["rows"]}):
+        sub = [r for r in res["rows"] if r["M"] == m]
+        line = ", ".join(f"{name} {g:.2f}x" for name in names
+                         if (g := geomean([r["times"][name].get("speedup_vs_bf16") for r in sub])) is not None)
+        print(f"  M={m}: {line}")
+    print("\nachieved weight bandwidth at M=1 (packed + scale bytes / time), GB/s:")
+    for r in res["rows"]:
+        if r["M"] == 1:
+            line = ", ".join(f"{name} {v['weight_GBs']:.0f}" for name, v in r["times"].items() if "weight_GBs" in v)
+            print(f"  ({r['N']},{r['K']}): {line}")
+    notes = {name: v["note"] for r in res["rows"] for name, v in r["times"].items() if v.get("note")}
+    for name, note in notes.items():
+        print(f"  note {name}: {note}")
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in res["rows"][0]["times"] if n != "torch-bf16"]
+    ms = sorted({r["M"] for r in res["rows"]})
+    fig, axes = plt.subplots(1, len(ms), figsize=(5 * len(ms), 4.5), squeeze=False)
+    for ax, m in zip(axes[0], ms):
+        sub = [r for r in res["rows"] if r["M"] == m]
+        labels = [f"{r['N']}x{r['K']}" for r in sub]
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            vals = [r["times"][name].get("speedup_vs_bf16") or 0.0 for r in sub]
+            ax.bar([j + i * width for j in range(len(sub))], vals, width, label=name)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sub))], labels, rotation=20, fontsize=8)
+        ax.set_title(f"M={m}")
+        ax.set_ylabel("speed-up over bf16 F.linear")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"fp4 linear, {res['card']}, torch {res['torch']}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2 shapes, M in {1, 16, 4096}, shorter timing")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("fp4_linear benchmark: needs a CUDA GPU")
+    res = run(args)
+    speedups(res["rows"])
+    card = card_name()
+    res.update(card=torch.cuda.get_device_name(), torch=torch.__version__,
+               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               host=platform.node(), command=" ".join([sys.executable, *sys.argv]),
+               small_m_max=os.environ.get("APT_FP4_SMALL_M_MAX", "default"))
+    print_table(res)
+    out = HERE / "results" / f"fp4_linear_{card}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    png = HERE / "plots" / f"fp4_linear_{card}.png"
+    plot(res, png)
+    print(f"\nwrote {out} and {png}")
+
+
+if __name__ == "__main__":
+    main()

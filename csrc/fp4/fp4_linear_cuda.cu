@@ -1,0 +1,400 @@
+// CUDA kernel of apt::fp4_linear: out = x @ dequantize(W).T + bias, fp32 accumulation.
+//
+// Two paths, chosen by the number of rows M of x (see fp4_linear_cuda.h for the threshold):
+//  * small M, x bfloat16/float16: a tensor-core GEMV. Each block owns 16 weight rows; its 8
+//    warps split K. A thread loads 16 bytes (32 codes) of each of its two rows per step, decodes
+//    them in registers to x's dtype (code value times block scale in float32, rounded once) and
+//    feeds mma.sync m16n8k16 with the weights as the A operand and 8 rows of x as B, so every
+//    decoded weight serves up to 8*kMTiles rows of x. The K order inside a step is permuted
+//    identically for A and B (a sum does not care), which makes each thread's 16 bytes one load.
+//  * otherwise: dequantise the weight to x's dtype into a scratch buffer (in row chunks) and
+//    multiply with at::matmul (cuBLAS), bias added after.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <type_traits>
+
+#include "fp4/fp4_codec_cuda.h"
+#include "fp4/fp4_decode_cuda.h"
+#include "fp4/fp4_format.h"
+#include "fp4/fp4_linear_cuda.h"
+
+namespace apt::fp4::cuda {
+namespace {
+
+constexpr int kWarps = 8;         // warps per block; they split K
+constexpr int kRowsPerBlock = 16; // weight rows per block (the mma's M dimension)
+constexpr int kStepBytes = 64;    // packed bytes of one row consumed by one warp step (4 threads x 16)
+
+template <typename T>
+struct MmaType;
+template <>
+struct MmaType<at::BFloat16> {
+  // E2M1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 as bfloat16 bits, split into low and high
+  // bytes (bytes 0..7 of each table = codes 0..7), for __byte_perm lookups.
+  static constexpr uint32_t kLo0 = 0xC0800000u, kLo1 = 0xC0804000u, kHi0 = 0x3F3F3F00u, kHi1 = 0x40404040u;
+  __device__ static uint32_t pack(float a, float b) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+  __device__ static uint32_t mul2(uint32_t a, uint32_t b) {
+    const __nv_bfloat162 r =
+        __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+    return *reinterpret_cast<const uint32_t*>(&r);
+  }
+  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct MmaType<at::Half> {
+  // The same magnitudes as float16 bits (their low bytes are all zero).
+  static constexpr uint32_t kLo0 = 0u, kLo1 = 0u, kHi0 = 0x3E3C3800u, kHi1 = 0x46444240u;
+  __device__ static uint32_t pack(float a, float b) {
+    const __half2 v = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+  __device__ static uint32_t mul2(uint32_t a, uint32_t b) {
+    const __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+    return *reinterpret_cast<const uint32_t*>(&r);
+  }
+  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+// 16 packed bytes of one row at byte offset `off` (a multiple of 8); bytes past the row (or a
+// row past N) read as 0. `vec16`: rows are 16-byte aligned, so one 128-bit load suffices.
+__device__ __forceinline__ uint4 load_chunk(const uint8_t* row, int64_t off, int64_t row_bytes, bool valid,
+                                            bool vec16) {
+  uint4 r = make_uint4(0, 0, 0, 0);
+  if (!valid) return r;
+  if (vec16 && off + 16 <= row_bytes) return __ldg(reinterpret_cast<const uint4*>(row + off));
+  if (off + 8 <= row_bytes) {
+    const uint2 lo = __ldg(reinterpret_cast<const uint2*>(row + off));
+    r.x = lo.x;
+    r.y = lo.y;
+  }
+  if (off + 16 <= row_bytes) {
+    const uint2 hi = __ldg(reinterpret_cast<const uint2*>(row + off + 8));
+    r.z = hi.x;
+    r.w = hi.y;
+  }
+  return r;
+}
+
+// 8 consecutive x values x[row, k0 .. k0+8) as raw 16-bit words (zeros past K or for rows >= M).
+template <typename T>
+__device__ __forceinline__ uint4 load_x8(const T* x, int64_t row, int64_t m, int64_t k, int64_t k0,
+                                         bool vec16) {
+  uint4 r = make_uint4(0, 0, 0, 0);
+  if (row >= m || k0 >= k) return r;
+  const T* p = x + row * k + k0;
+  if (vec16 && k0 + 8 <= k) return __ldg(reinterpret_cast<const uint4*>(p));
+  uint16_t v[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = (k0 + i < k) ? __ldg(reinterpret_cast<const uint16_t*>(p + i)) : 0;
+  r.x = v[0] | (static_cast<uint32_t>(v[1]) << 16);
+  r.y = v[2] | (static_cast<uint32_t>(v[3]) << 16);
+  r.z = v[4] | (static_cast<uint32_t>(v[5]) << 16);
+  r.w = v[6] | (static_cast<uint32_t>(v[7]) << 16);
+  return r;
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
+}
+
+// Weights decode exactly into x's dtype without float math when the block scale is exact in
+// it: E2M1 codes times an E4M3 scale (nvfp4; the tensor scale is applied to the sum) have at
+// most 6 significant bits, and mxfp4's 2^e fits bfloat16's exponent range. The other cases
+// (nf4, mxfp4 with float16 x) multiply in float32 and round once.
+template <Format F, typename T>
+constexpr bool kExactDecode = F == Format::NVFP4 || (F == Format::MXFP4 && std::is_same_v<T, at::BFloat16>);
+
+// A block's scale as the decode needs it: a packed pair of T for the exact decode (without
+// nvfp4's tensor scale), else the float32 decode scale.
+template <Format F, typename T>
+__device__ __forceinline__ uint32_t block_scale_t2(const void* scales, int64_t i) {
+  float s;
+  if constexpr (F == Format::NVFP4) {
+    s = static_cast<float>(c10::Float8_e4m3fn(static_cast<const uint8_t*>(scales)[i], c10::Float8_e4m3fn::from_bits()));
+  } else {
+    s = ldexpf(1.0f, static_cast<int>(static_cast<const uint8_t*>(scales)[i]) - 127);
+  }
+  return MmaType<T>::pack(s, s);
+}
+
+// Decodes the 4 codes of a 16-bit chunk (k, k+1, k+2, k+3) into two packed pairs of T:
+// lo = (k, k+1), hi = (k+2, k+3). Exact decode: magnitudes by two byte-permute lookups,
+// sign bits moved into place by one multiply each, then one paired multiply by the scale.
+template <Format F, typename T>
+__device__ __forceinline__ void decode4(uint32_t h, uint32_t scale_t2, float scale, const float* lut, uint32_t& lo,
+                                        uint32_t& hi) {
+  if constexpr (kExactDecode<F, T>) {
+    const uint32_t mag = h & 0x7777u;
+    const uint32_t lob = __byte_perm(MmaType<T>::kLo0, MmaType<T>::kLo1, mag);
+    const uint32_t hib = __byte_perm(MmaType<T>::kHi0, MmaType<T>::kHi1, mag);
+    const uint32_t sg = h & 0x8888u;  // sign bits of codes 0..3 at bits 3, 7, 11, 15
+    lo = __byte_perm(lob, hib, 0x5140) | ((sg * 0x01001000u) & 0x80008000u);
+    hi = __byte_perm(lob, hib, 0x7362) | ((sg * 0x00010010u) & 0x80008000u);
+    lo = MmaType<T>::mul2(lo, scale_t2);
+    hi = MmaType<T>::mul2(hi, scale_t2);
+  } else if constexpr (F == Format::NF4) {
+    lo = MmaType<T>::pack(lut[h & 0xF] * scale, lut[(h >> 4) & 0xF] * scale);
+    hi = MmaType<T>::pack(lut[(h >> 8) & 0xF] * scale, lut[(h >> 12) & 0xF] * scale);
+  } else {
+    // E2M1 pairs as fp16 * 2^-14 (exact), widened to float and scaled by scale * 2^14.
+    const float s = scale * 16384.0f;
+    const uint32_t p0 = e2m1_pair_as_half2(h & 0xFF), p1 = e2m1_pair_as_half2((h >> 8) & 0xFF);
+    const float2 f0 = __half22float2(*reinterpret_cast<const __half2*>(&p0));
+    const float2 f1 = __half22float2(*reinterpret_cast<const __half2*>(&p1));
+    lo = MmaType<T>::pack(f0.x * s, f0.y * s);
+    hi = MmaType<T>::pack(f1.x * s, f1.y * s);
+  }
+}
+
+__device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
+
+// x [M, K] (contiguous), packed [N, row_bytes], scales [N, 2*row_bytes/bs], out [M, N].
+// Grid: (ceil(M / (8*MT)), ceil(N / 16)); block: kWarps*32 threads.
+template <Format F, typename T, int MT, bool kGelu>
+__global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
+    small_m_kernel(const T* __restrict__ x, int64_t m, int64_t k, const uint8_t* __restrict__ packed,
+                   int64_t row_bytes, const void* __restrict__ scales, const float* __restrict__ tensor_scale,
+                   const float* __restrict__ bias, T* __restrict__ out, int64_t n) {
+  constexpr int64_t bs = block_size_of(F);
+  constexpr int kCols = 8 * MT;  // rows of x per block
+  __shared__ float lut[16];
+  __shared__ float red[kWarps][kRowsPerBlock][kCols];
+  if constexpr (F == Format::NF4) load_nf4_lut(lut);
+  __syncthreads();
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kCols;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kRowsPerBlock;
+  const int64_t ra = n0 + g, rb = n0 + g + 8;
+  const bool va = ra < n, vb = rb < n;
+  const uint8_t* row_a = packed + (va ? ra : 0) * row_bytes;
+  const uint8_t* row_b = packed + (vb ? rb : 0) * row_bytes;
+  const int64_t nb = 2 * row_bytes / bs;  // scale blocks per row
+  const bool wvec16 = (row_bytes % 16) == 0;
+  const bool xvec16 = (k % 8) == 0;
+  const float ts = F == Format::NVFP4 ? __ldg(tensor_scale) : 1.0f;
+
+  float acc[MT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+
+  const int64_t steps = (row_bytes + kStepBytes - 1) / kStepBytes;
+  int64_t step = warp;
+  uint4 wa = load_chunk(row_a, step * kStepBytes + 16 * t, row_bytes, va && step < steps, wvec16);
+  uint4 wb = load_chunk(row_b, step * kStepBytes + 16 * t, row_bytes, vb && step < steps, wvec16);
+  for (; step < steps; step += kWarps) {
+    const int64_t off = step * kStepBytes + 16 * t;  // this thread's byte offset in the row
+    const int64_t nxt = off + kWarps * kStepBytes;
+    const uint4 na = load_chunk(row_a, nxt, row_bytes, va && step + kWarps < steps, wvec16);
+    const uint4 nbv = load_chunk(row_b, nxt, row_bytes, vb && step + kWarps < steps, wvec16);
+    const int64_t k0 = 2 * off;  // first k of this thread's 32 codes
+    uint4 xv[MT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) xv[i][q] = load_x8<T>(x, m0 + 8 * i + g, m, k, k0 + 8 * q, xvec16);
+    // Block scales of the two halves (16 codes each) of this thread's chunk; a half past the
+    // row reads block nb-1 (its codes are zero and x is zero there).
+    float sa[2] = {0.0f, 0.0f}, sb[2] = {0.0f, 0.0f};
+    uint32_t sa2[2] = {0u, 0u}, sb2[2] = {0u, 0u};
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int64_t blk = min((k0 + 16 * hf) / bs, nb - 1);
+      if constexpr (kExactDecode<F, T>) {
+        if (va) sa2[hf] = block_scale_t2<F, T>(scales, ra * nb + blk);
+        if (vb) sb2[hf] = block_scale_t2<F, T>(scales, rb * nb + blk);
+      } else {
+        if (va) sa[hf] = decode_scale<F>(scales, ra * nb + blk, ts);
+        if (vb) sb[hf] = decode_scale<F>(scales, rb * nb + blk, ts);
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+      // Step s: bytes 2s, 2s+1 of the chunk = codes k0+4s .. k0+4s+3.
+      const uint32_t ha = (word_of(wa, s >> 1) >> (16 * (s & 1))) & 0xFFFF;
+      const uint32_t hb = (word_of(wb, s >> 1) >> (16 * (s & 1))) & 0xFFFF;
+      uint32_t a[4];
+      decode4<F, T>(ha, sa2[s >> 2], sa[s >> 2], lut, a[0], a[2]);
+      decode4<F, T>(hb, sb2[s >> 2], sb[s >> 2], lut, a[1], a[3]);
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        const uint32_t b0 = word_of(xv[i][s >> 1], 2 * (s & 1));
+        const uint32_t b1 = word_of(xv[i][s >> 1], 2 * (s & 1) + 1);
+        MmaType<T>::mma(acc[i], a, b0, b1);
+      }
+    }
+    wa = na;
+    wb = nbv;
+  }
+
+  // C fragment: acc[i][0..1] = (row g, cols 2t, 2t+1), acc[i][2..3] = (row g+8, same cols).
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+    red[warp][g][8 * i + 2 * t] = acc[i][0];
+    red[warp][g][8 * i + 2 * t + 1] = acc[i][1];
+    red[warp][g + 8][8 * i + 2 * t] = acc[i][2];
+    red[warp][g + 8][8 * i + 2 * t + 1] = acc[i][3];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kRowsPerBlock * kCols; idx += kWarps * 32) {
+    const int r = idx % kRowsPerBlock, c = idx / kRowsPerBlock;
+    const int64_t row = n0 + r, col = m0 + c;
+    if (row >= n || col >= m) continue;
+    float v = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) v += red[w][r][c];
+    if constexpr (F == Format::NVFP4) v *= ts;  // the exact decode left the tensor scale out
+    if (bias != nullptr) v += bias[row];
+    if constexpr (kGelu) v = gelu_erf(v);
+    out[col * n + row] = static_cast<T>(v);
+  }
+}
+
+int64_t small_m_max_rows() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("APT_FP4_SMALL_M_MAX");
+    if (env == nullptr || *env == '\0') return kSmallMMaxRows;
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 0, "APT_FP4_SMALL_M_MAX: expected a non-negative integer, got '",
+                      env, "'");
+    return static_cast<int64_t>(v);
+  }();
+  return value;
+}
+
+template <typename Fn>
+void dispatch_format(Format f, Fn&& fn) {
+  switch (f) {
+    case Format::NVFP4: fn(std::integral_constant<Format, Format::NVFP4>{}); break;
+    case Format::MXFP4: fn(std::integral_constant<Format, Format::MXFP4>{}); break;
+    case Format::NF4: fn(std::integral_constant<Format, Format::NF4>{}); break;
+  }
+}
+
+template <Format F, typename T, bool kGelu>
+void launch_small_m(const at::Tensor& x2, const at::Tensor& packed, const at::Tensor& scales,
+                    const at::Tensor& tensor_scale, const float* bias, at::Tensor& out) {
+  const int64_t m = x2.size(0), k = x2.size(1), n = packed.size(0);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const dim3 block(kWarps * 32);
+  const int64_t n_tiles = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  TORCH_CHECK(n_tiles <= 65535, "fp4_linear: N = ", n, " exceeds the small-M kernel's grid limit");
+  auto go = [&](auto mt_c) {
+    constexpr int MT = decltype(mt_c)::value;
+    const dim3 grid(static_cast<unsigned>((m + 8 * MT - 1) / (8 * MT)), static_cast<unsigned>(n_tiles));
+    small_m_kernel<F, T, MT, kGelu><<<grid, block, 0, stream>>>(
+        x2.const_data_ptr<T>(), m, k, packed.const_data_ptr<uint8_t>(), packed.size(1), scales.const_data_ptr(),
+        tensor_scale.const_data_ptr<float>(), bias, out.mutable_data_ptr<T>(), n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (m <= 8) {
+    go(std::integral_constant<int, 1>{});
+  } else if (m <= 16) {
+    go(std::integral_constant<int, 2>{});
+  } else {
+    go(std::integral_constant<int, 4>{});
+  }
+}
+
+}  // namespace
+
+at::Tensor fp4_linear_cuda_impl(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& scales_in,
+                                const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias,
+                                const std::string& fmt, int64_t block_size, bool gelu) {
+  const Format f = parse_format(fmt);
+  check_block_size(f, fmt, block_size);
+  const int64_t kp = check_packed_weight(packed_in, scales_in, tensor_scale, f, block_size);
+  check_linear_args(x, packed_in, bias, kp, block_size);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t k = x.size(-1), n = packed_in.size(0);
+  const at::Tensor x2 = x.reshape({-1, k}).contiguous();
+  const int64_t m = x2.size(0);
+  auto out_sizes = x.sizes().vec();
+  out_sizes.back() = n;
+  at::Tensor out = at::empty({m, n}, x.options());
+  if (m == 0 || n == 0) return out.view(out_sizes);
+  // The kernels read 16-byte vectors: make the packed weight contiguous and 16-byte aligned.
+  at::Tensor packed = packed_in.contiguous();
+  if (reinterpret_cast<uintptr_t>(packed.const_data_ptr()) % 16 != 0) packed = packed.clone();
+  const at::Tensor xa = reinterpret_cast<uintptr_t>(x2.const_data_ptr()) % 16 != 0 ? x2.clone() : x2;
+  const at::Tensor scales = scales_in.contiguous();
+
+  if (x.scalar_type() != at::kFloat && m <= small_m_max_rows()) {
+    const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+    const float* bias_ptr = bias.has_value() ? bias_f.const_data_ptr<float>() : nullptr;
+    dispatch_format(f, [&](auto fc) {
+      constexpr Format F = decltype(fc)::value;
+      if (x.scalar_type() == at::kBFloat16) {
+        gelu ? launch_small_m<F, at::BFloat16, true>(xa, packed, scales, tensor_scale, bias_ptr, out)
+             : launch_small_m<F, at::BFloat16, false>(xa, packed, scales, tensor_scale, bias_ptr, out);
+      } else {
+        gelu ? launch_small_m<F, at::Half, true>(xa, packed, scales, tensor_scale, bias_ptr, out)
+             : launch_small_m<F, at::Half, false>(xa, packed, scales, tensor_scale, bias_ptr, out);
+      }
+    });
+    return out.view(out_sizes);
+  }
+
+  // Large M (or float32 x): dequantise rows in chunks of at most kScratchMaxBytes, then cuBLAS.
+  const int64_t elem = x2.element_size();
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(n, kScratchMaxBytes / (k * elem)));
+  at::Tensor w = at::empty({chunk, k}, x.options());
+  for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+    const int64_t rows = std::min(chunk, n - r0);
+    at::Tensor wc = w.narrow(0, 0, rows);
+    launch_dequantize(packed, scales, tensor_scale, f, r0, rows, k, wc);
+    if (rows == n) {
+      at::mm_out(out, x2, wc.t());
+    } else {
+      out.narrow(1, r0, rows).copy_(at::mm(x2, wc.t()));
+    }
+  }
+  if (bias.has_value()) out.add_(bias->to(out.scalar_type()));
+  if (gelu) out = at::gelu(out);
+  return out.view(out_sizes);
+}
+
+namespace {
+at::Tensor fp4_linear_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                           const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias,
+                           const std::string& fmt, int64_t block_size) {
+  return fp4_linear_cuda_impl(x, packed, scales, tensor_scale, bias, fmt, block_size, false);
+}
+
+at::Tensor fp4_linear_gelu_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                                const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias,
+                                const std::string& fmt, int64_t block_size) {
+  return fp4_linear_cuda_impl(x, packed, scales, tensor_scale, bias, fmt, block_size, true);
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(apt, CUDA, m) {
+  m.impl("fp4_linear", &fp4_linear_cuda);
+  m.impl("fp4_linear_gelu", &fp4_linear_gelu_cuda);
+}
+
+}  // namespace apt::fp4::cuda

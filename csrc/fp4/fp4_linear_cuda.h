@@ -1,0 +1,17 @@
+// Dispatch constants of the CUDA fp4_linear (csrc/fp4/fp4_linear_cuda.cu). Change them here;
+// benchmarks/fp4_linear.py measures both paths around the threshold.
+#pragma once
+#include <cstdint>
+
+namespace apt::fp4::cuda {
+
+// x rows (M, all leading dims flattened) up to which bfloat16/float16 x takes the tensor-core
+// GEMV kernel; above it (and for float32 x) the weight is dequantised and cuBLAS multiplies.
+// The environment variable APT_FP4_SMALL_M_MAX, read once at the first call, overrides it
+// (for measuring both paths without a rebuild).
+constexpr int64_t kSmallMMaxRows = 64;
+
+// Largest dequantised scratch the large-M path allocates at once (it works in row chunks).
+constexpr int64_t kScratchMaxBytes = int64_t{512} << 20;
+
+}  // namespace apt::fp4::cuda

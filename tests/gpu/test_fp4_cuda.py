@@ -1,0 +1,331 @@
+"""FP4 ops on a CUDA GPU: the CUDA kernels and (in a child process with APT_FORCE_TRITON=1) the
+Triton kernels, against apt_ext/reference/fp4.py computed on the CPU, on fresh random inputs.
+
+Run:  python -m pytest tests/gpu/test_fp4_cuda.py -q
+Sanitizer subset (small shapes, every kernel):
+      compute-sanitizer --tool memcheck python -m pytest tests/gpu/test_fp4_cuda.py -k sanitizer -q
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import apt_ext  # noqa: F401  (registers torch.ops.apt.*)
+from apt_ext import _native
+from apt_ext import ops as apt_ops
+from apt_ext.nn import FP4Linear
+from apt_ext.reference import fp4 as ref
+
+FORMATS = ("nvfp4", "mxfp4", "nf4")
+X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+# N odd; K = 200 is no multiple of 64 (nvfp4 rows are then 104 bytes: not 16-byte aligned).
+N_ODD, K_ODD = 257, 200
+
+needs_cuda_build = pytest.mark.skipif(
+    not _native.build_info().get("cuda"), reason="apt_ext was built without its CUDA kernels (no nvcc)")
+DEV = "cuda"
+
+
+def _gen() -> torch.Generator:
+    g = torch.Generator()
+    g.seed()
+    return g
+
+
+def _weight(n: int, k: int, g: torch.Generator) -> torch.Tensor:
+    """Random weight with per-row magnitudes, an all-zero row, exact E2M1 tie points and a huge value."""
+    w = torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g) * 2
+    w[0] = 0.0
+    if n > 2 and k >= 8:
+        w[1, :8] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -6.0])
+        w[2, 3] = 1e4
+    return w
+
+
+def _rel_err(y: torch.Tensor, r: torch.Tensor) -> float:
+    return float((y.double().cpu() - r.double().cpu()).norm() / r.double().cpu().norm().clamp_min(1e-30))
+
+
+def _quantized(fmt: str, n: int, k: int, g: torch.Generator):
+    packed, scales, ts = ref.quantize(_weight(n, k, g), fmt)
+    return packed.to(DEV), scales.to(DEV), ts.to(DEV), ref.BLOCK_SIZES[fmt]
+
+
+def _check_linear(fmt: str, m: int, dt: torch.dtype, with_bias: bool, n: int = N_ODD, k: int = K_ODD) -> None:
+    g = _gen()
+    packed, scales, ts, bs = _quantized(fmt, n, k, g)
+    x = torch.randn(m, k, generator=g).to(dt).to(DEV)
+    bias = torch.randn(n, generator=g).to(DEV) if with_bias else None
+    y = torch.ops.apt.fp4_linear(x, packed, scales, ts, bias, fmt, bs)
+    torch.cuda.synchronize()
+    want = ref.linear(x.cpu(), packed.cpu(), scales.cpu(), ts.cpu(), None if bias is None else bias.cpu(), fmt, bs)
+    assert y.dtype == dt and y.shape == (m, n) and y.device.type == "cuda"
+    assert bool(torch.isfinite(y).all())
+    err = _rel_err(y, want)
+    assert err < RTOL[dt], f"relative error {err:.3g} (fmt={fmt}, M={m}, dtype={dt})"
+
+
+# ---- quantize / pack / dequantize: bit-exact ---------------------------------------------
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dt", X_DTYPES)
+@pytest.mark.parametrize("shape", [(N_ODD, K_ODD), (1, 1), (64, 1000)])
+def test_quantize_bit_exact(fmt, dt, shape):
+    w = _weight(*shape, _gen()).to(dt)
+    packed, scales, ts = torch.ops.apt.fp4_quantize(w.to(DEV), fmt, ref.BLOCK_SIZES[fmt])
+    want = ref.quantize(w, fmt)
+    assert torch.equal(packed.cpu(), want[0])
+    assert scales.dtype == want[1].dtype
+    assert torch.equal(scales.cpu().view(torch.uint8), want[1].view(torch.uint8))
+    assert torch.equal(ts.cpu().reshape(()), want[2].reshape(()))
+
+
+@needs_cuda_build
+def test_quantize_rejects_bad_input():
+    with pytest.raises(ValueError, match="w"):
+        torch.ops.apt.fp4_quantize(torch.tensor([[1.0, float("nan")]], device=DEV), "nvfp4", 16)
+    with pytest.raises(ValueError, match="fmt"):
+        torch.ops.apt.fp4_quantize(torch.randn(4, 4, device=DEV), "fp5", 16)
+    with pytest.raises(ValueError, match="block_size"):
+        torch.ops.apt.fp4_quantize(torch.randn(4, 4, device=DEV), "mxfp4", 16)
+    with pytest.raises(TypeError, match="w"):
+        torch.ops.apt.fp4_quantize(torch.ones(4, 4, device=DEV, dtype=torch.int32), "nvfp4", 16)
+
+
+@needs_cuda_build
+def test_pack_unpack():
+    g = _gen()
+    codes = torch.randint(0, 16, (33, 70), generator=g, dtype=torch.uint8)
+    packed = torch.ops.apt.fp4_pack(codes.to(DEV))
+    assert torch.equal(packed.cpu(), ref.pack(codes))
+    assert torch.equal(torch.ops.apt.fp4_unpack(packed).cpu(), codes)
+    bad = codes.clone()
+    bad[3, 5] = 16
+    with pytest.raises(ValueError, match="codes"):
+        torch.ops.apt.fp4_pack(bad.to(DEV))
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dt", X_DTYPES)
+def test_dequantize_bit_exact(fmt, dt):
+    packed, scales, ts, bs = _quantized(fmt, N_ODD, K_ODD, _gen())
+    got = torch.ops.apt.fp4_dequantize(packed, scales, ts, fmt, bs, dt)
+    want = ref.dequantize(packed.cpu(), scales.cpu(), ts.cpu(), fmt, bs, dt)
+    assert got.dtype == dt and torch.equal(got.cpu(), want)
+
+
+# ---- fp4_linear ---------------------------------------------------------------------------
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m", [1, 3, 16, 17, 128, 1000])
+@pytest.mark.parametrize("dt", X_DTYPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear(fmt, m, dt, with_bias):
+    _check_linear(fmt, m, dt, with_bias)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m", [1, 24, 64])
+def test_linear_long_k(fmt, m):
+    """Several K steps per warp and 16-byte aligned rows (K = 4096 + 96)."""
+    _check_linear(fmt, m, torch.bfloat16, True, n=300, k=4192)
+
+
+@needs_cuda_build
+def test_linear_3d_and_strided_input():
+    g = _gen()
+    packed, scales, ts, bs = _quantized("nvfp4", 96, 128, g)
+    x = torch.randn(2, 9, 256, generator=g, dtype=torch.bfloat16).to(DEV)[..., ::2]  # non-contiguous
+    y = torch.ops.apt.fp4_linear(x, packed, scales, ts, None, "nvfp4", bs)
+    want = ref.linear(x.cpu(), packed.cpu(), scales.cpu(), ts.cpu(), None, "nvfp4", bs)
+    assert y.shape == (2, 9, 96) and _rel_err(y, want) < RTOL[torch.bfloat16]
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m", [2, 200])
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_linear_gelu(fmt, m, dt):
+    g = _gen()
+    packed, scales, ts, bs = _quantized(fmt, N_ODD, K_ODD, g)
+    x = torch.randn(m, K_ODD, generator=g).to(dt).to(DEV)
+    bias = torch.randn(N_ODD, generator=g).to(DEV)
+    y = apt_ops.fp4_linear_gelu(x, packed, scales, ts, bias, fmt)
+    h = ref.linear(x.cpu().double(), packed.cpu(), scales.cpu(), ts.cpu(), bias.cpu(), fmt, bs)
+    want = torch.nn.functional.gelu(h).to(dt)
+    assert y.dtype == dt and _rel_err(y, want) < RTOL[dt]
+
+
+@needs_cuda_build
+def test_linear_rejects_bad_input():
+    packed, scales, ts, bs = _quantized("nvfp4", 8, 64, _gen())
+    with pytest.raises(ValueError, match="x"):
+        torch.ops.apt.fp4_linear(torch.randn(2, 80, device=DEV), packed, scales, ts, None, "nvfp4", bs)
+    with pytest.raises(ValueError, match="x"):
+        torch.ops.apt.fp4_linear(torch.randn(2, 64), packed, scales, ts, None, "nvfp4", bs)
+    with pytest.raises(ValueError, match="bias"):
+        torch.ops.apt.fp4_linear(torch.randn(2, 64, device=DEV), packed, scales, ts,
+                                 torch.randn(7, device=DEV), "nvfp4", bs)
+    with pytest.raises(TypeError, match="scales"):
+        torch.ops.apt.fp4_linear(torch.randn(2, 64, device=DEV), packed, scales.float(), ts, None, "nvfp4", bs)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_linear_grad_x(dt):
+    g = _gen()
+    packed, scales, ts, bs = _quantized("nf4", 40, 96, g)
+    x = torch.randn(5, 96, generator=g).to(dt).to(DEV).requires_grad_()
+    bias = torch.randn(40, generator=g, device="cpu").to(DEV).requires_grad_()
+    y = torch.ops.apt.fp4_linear(x, packed, scales, ts, bias, "nf4", bs)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    w = ref.dequantize(packed.cpu(), scales.cpu(), ts.cpu(), "nf4", bs, torch.float64)
+    assert _rel_err(x.grad, gy.cpu().double() @ w) < RTOL[dt]
+    assert _rel_err(bias.grad, gy.cpu().double().sum(0)) < 1e-5
+
+
+@needs_cuda_build
+def test_opcheck_cuda():
+    g = _gen()
+    packed, scales, ts, bs = _quantized("nvfp4", 24, 64, g)
+    x = torch.randn(3, 64, generator=g).to(DEV)
+    bias = torch.randn(24, generator=g).to(DEV)
+    codes = torch.randint(0, 16, (5, 8), generator=g, dtype=torch.uint8).to(DEV)
+    cases = [
+        (torch.ops.apt.fp4_pack.default, (codes,)),
+        (torch.ops.apt.fp4_unpack.default, (packed,)),
+        (torch.ops.apt.fp4_quantize.default, (torch.randn(8, 40, generator=g).to(DEV), "mxfp4", 32)),
+        (torch.ops.apt.fp4_dequantize.default, (packed, scales, ts, "nvfp4", bs, torch.bfloat16)),
+        (torch.ops.apt.fp4_linear.default, (x, packed, scales, ts, bias, "nvfp4", bs)),
+        (torch.ops.apt.fp4_linear_gelu.default, (x, packed, scales, ts, bias, "nvfp4", bs)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+# ---- a model: CUDA graphs, torch.compile ---------------------------------------------------
+def _model(dt: torch.dtype) -> torch.nn.Module:
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 128))
+    return apt_ext.quantize_(model.to(DEV, dt), fmt="nvfp4")  # quantised on the GPU
+
+
+@needs_cuda_build
+def test_cuda_graph_capture():
+    model = _model(torch.bfloat16)
+    static_x = torch.randn(4, 256, device=DEV, dtype=torch.bfloat16)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(3):
+            model(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        static_y = model(static_x)
+    for _ in range(2):
+        x = torch.randn(4, 256, device=DEV, dtype=torch.bfloat16)
+        static_x.copy_(x)
+        graph.replay()
+        with torch.no_grad():
+            eager = model(x)
+        torch.cuda.synchronize()
+        assert torch.equal(static_y, eager)
+
+
+@needs_cuda_build
+def test_torch_compile_fullgraph():
+    model = _model(torch.bfloat16)
+    x = torch.randn(3, 256, device=DEV, dtype=torch.bfloat16)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        assert _rel_err(compiled(x), model(x)) < 1e-2
+
+
+# ---- compute-sanitizer subset ------------------------------------------------------------
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_sanitizer_kernels(fmt):
+    """Every CUDA kernel once on small odd shapes (both fp4_linear paths, both GELU variants)."""
+    g = _gen()
+    w = _weight(19, 72, g).to(DEV)
+    packed, scales, ts = torch.ops.apt.fp4_quantize(w, fmt, ref.BLOCK_SIZES[fmt])
+    bs = ref.BLOCK_SIZES[fmt]
+    torch.ops.apt.fp4_unpack(torch.ops.apt.fp4_pack(torch.ops.apt.fp4_unpack(packed)))
+    torch.ops.apt.fp4_dequantize(packed, scales, ts, fmt, bs, torch.bfloat16)
+    for m in (1, 9, 33, 70):
+        x = torch.randn(m, 72, generator=g).to(DEV, torch.bfloat16)
+        torch.ops.apt.fp4_linear(x, packed, scales, ts, None, fmt, bs)
+        torch.ops.apt.fp4_linear_gelu(x, packed, scales, ts, torch.randn(19, device=DEV), fmt, bs)
+    torch.cuda.synchronize()
+
+
+@needs_cuda_build
+def test_sanitizer_linear_values():
+    for fmt in FORMATS:
+        for m in (1, 17):
+            _check_linear(fmt, m, torch.float16, True, n=19, k=72)
+
+
+# ---- the Triton path on CUDA (APT_FORCE_TRITON=1, child process) --------------------------
+TRITON_M = (1, 3, 16, 17, 128, 1000)
+
+
+def _triton_child() -> dict[str, str | None]:
+    assert os.environ.get("APT_FORCE_TRITON") == "1"
+    from apt_ext.triton import fp4_linear as tlin
+
+    results: dict[str, str | None] = {}
+    assert "fp4_linear" in apt_ops.TRITON_OPS
+    for fmt in FORMATS:
+        for dt in X_DTYPES:
+            for m in TRITON_M:
+                name = f"{fmt}-{str(dt)[6:]}-m{m}"
+                try:
+                    _check_linear(fmt, m, dt, m % 2 == 1)
+                    results[name] = None
+                except Exception as exc:
+                    results[name] = f"{type(exc).__name__}: {exc}"
+        try:
+            packed, scales, ts, bs = _quantized(fmt, N_ODD, K_ODD, _gen())
+            got = torch.ops.apt.fp4_dequantize(packed, scales, ts, fmt, bs, torch.bfloat16)
+            want = ref.dequantize(packed.cpu(), scales.cpu(), ts.cpu(), fmt, bs, torch.bfloat16)
+            assert torch.equal(got.cpu(), want), "dequantize differs"
+            x = torch.randn(5, K_ODD, device=DEV, dtype=torch.bfloat16)
+            direct = tlin.fp4_linear(x, packed, scales, ts, None, fmt, bs)
+            assert torch.equal(torch.ops.apt.fp4_linear(x, packed, scales, ts, None, fmt, bs), direct), \
+                "the op did not dispatch to the Triton kernel"
+            results[f"{fmt}-dequantize-dispatch"] = None
+        except Exception as exc:
+            results[f"{fmt}-dequantize-dispatch"] = f"{type(exc).__name__}: {exc}"
+    return results
+
+
+@pytest.fixture(scope="module")
+def triton_results() -> dict:
+    pytest.importorskip("triton")
+    env = dict(os.environ, APT_FORCE_TRITON="1")
+    proc = subprocess.run([sys.executable, __file__, "triton"], env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, f"Triton run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", [f"{f}-{str(d)[6:]}-m{m}" for f in FORMATS for d in X_DTYPES for m in TRITON_M]
+                         + [f"{f}-dequantize-dispatch" for f in FORMATS])
+def test_triton_on_cuda(triton_results, case):
+    assert case in triton_results, f"case {case} did not run"
+    assert triton_results[case] is None, triton_results[case]
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["triton"]:
+    print(json.dumps(_triton_child()))

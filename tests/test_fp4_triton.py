@@ -1,0 +1,157 @@
+"""Triton FP4 kernels on the CPU under TRITON_INTERPRET=1, against apt_ext/reference/fp4.py.
+
+The interpreter must be switched on before triton and apt_ext are imported, and other test
+modules import them in this process, so every case runs in ONE child process (this file run
+as a script) that reports each case's outcome as JSON; the tests below assert on it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+FORMATS = ("nvfp4", "mxfp4", "nf4")
+DTYPES = ("float32", "bfloat16", "float16")
+# M=70 exceeds the split-K tuning's SMALL_M_MAX (64): the tiled large-M tuning runs.
+LINEAR_M = (1, 3, 17, 70)
+# Output relative error allowed per x dtype (the reference is float64 rounded to x's dtype).
+RTOL = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 2e-3}
+
+
+def _cases() -> list[str]:
+    names = [f"dequantize-{f}-{d}" for f in FORMATS for d in DTYPES]
+    names += [f"linear-{f}-{d}-m{m}-{'bias' if m % 2 else 'nobias'}" for f in FORMATS for d in DTYPES
+              for m in LINEAR_M]
+    names += [f"linear3d-{f}" for f in FORMATS] + [f"gelu-{f}-m{m}" for f in FORMATS for m in (2, 70)]
+    names += ["bad-input", "one-config"]
+    return names
+
+
+# --------------------------------------------------------------------------------------
+# Child process: runs every case, prints {case: null | "error message"} as JSON.
+# --------------------------------------------------------------------------------------
+def _child() -> dict[str, str | None]:
+    import torch
+
+    from apt_ext.reference import fp4 as ref
+    from apt_ext.triton import fp4_dequantize as tdq
+    from apt_ext.triton import fp4_linear as tlin
+
+    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+
+    def weight(fmt: str) -> tuple:
+        n, k = 23, 100  # odd N, K not a multiple of any block size
+        w = torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g) * 3
+        w[0, :k] = 0.0                       # all-zero blocks
+        w[1, 5] = -w[1].abs().max() * 1.01  # a negative block maximum
+        packed, scales, ts = ref.quantize(w, fmt)
+        return packed, scales, ts, ref.BLOCK_SIZES[fmt], k, n
+
+    def rel_err(y, r) -> float:
+        return float((y.double() - r.double()).norm() / r.double().norm().clamp_min(1e-30))
+
+    results: dict[str, str | None] = {}
+
+    def run(name, fn):
+        try:
+            fn()
+            results[name] = None
+        except Exception as exc:  # reported to the parent test
+            results[name] = f"{type(exc).__name__}: {exc}"
+
+    for fmt in FORMATS:
+        packed, scales, ts, bs, k, n = weight(fmt)
+        for d in DTYPES:
+            dt = getattr(torch, d)
+
+            def deq(dt=dt, fmt=fmt, packed=packed, scales=scales, ts=ts, bs=bs):
+                got = tdq.fp4_dequantize(packed, scales, ts, fmt, bs, dt)
+                want = ref.dequantize(packed, scales, ts, fmt, bs, dt)
+                assert got.dtype == dt and got.shape == want.shape, (got.dtype, got.shape)
+                assert torch.equal(got, want), f"max diff {(got.double() - want.double()).abs().max()}"
+
+            run(f"dequantize-{fmt}-{d}", deq)
+            for m in LINEAR_M:
+                bias = torch.randn(n, generator=g) if m % 2 else None
+
+                def lin(dt=dt, m=m, bias=bias, fmt=fmt, packed=packed, scales=scales, ts=ts, bs=bs, k=k, d=d):
+                    x = torch.randn(m, k, generator=g).to(dt)
+                    got = tlin.fp4_linear(x, packed, scales, ts, bias, fmt, bs)
+                    want = ref.linear(x, packed, scales, ts, bias, fmt, bs)
+                    assert got.dtype == dt and got.shape == (m, n), (got.dtype, got.shape)
+                    assert bool(torch.isfinite(got).all()), "non-finite output"
+                    err = rel_err(got, want)
+                    assert err < RTOL[d], f"relative error {err:.3g} >= {RTOL[d]}"
+
+                run(f"linear-{fmt}-{d}-m{m}-{'bias' if m % 2 else 'nobias'}", lin)
+
+        def lin3d(fmt=fmt, packed=packed, scales=scales, ts=ts, bs=bs, k=k, n=n):
+            x = torch.randn(2, 5, k, generator=g, dtype=torch.bfloat16)
+            got = tlin.fp4_linear(x, packed, scales, ts, None, fmt, bs)
+            want = ref.linear(x, packed, scales, ts, None, fmt, bs)
+            assert got.shape == (2, 5, n), got.shape
+            assert rel_err(got, want) < RTOL["bfloat16"]
+
+        run(f"linear3d-{fmt}", lin3d)
+        for m in (2, 70):
+            def gelu(m=m, fmt=fmt, packed=packed, scales=scales, ts=ts, bs=bs, k=k):
+                x = torch.randn(m, k, generator=g)
+                bias = torch.randn(n, generator=g)
+                got = tlin.fp4_linear_gelu(x, packed, scales, ts, bias, fmt, bs)
+                want = torch.nn.functional.gelu(ref.linear(x.double(), packed, scales, ts, bias, fmt, bs))
+                err = rel_err(got, want)
+                assert err < 1e-5, f"relative error {err:.3g}"
+
+            run(f"gelu-{fmt}-m{m}", gelu)
+
+    def bad():
+        packed, scales, ts, bs, k, _ = weight("nvfp4")
+        x = torch.randn(2, k)
+        for call, exc, word in [
+            (lambda: tlin.fp4_linear(x, packed, scales, ts, None, "fp5", 16), ValueError, "fmt"),
+            (lambda: tlin.fp4_linear(x, packed, scales, ts, None, "nvfp4", 32), ValueError, "block_size"),
+            (lambda: tlin.fp4_linear(torch.randn(2, k + 20), packed, scales, ts, None, "nvfp4", 16),
+             ValueError, "x"),
+            (lambda: tlin.fp4_linear(x.to(torch.int32), packed, scales, ts, None, "nvfp4", 16), TypeError, "x"),
+            (lambda: tlin.fp4_linear(x, packed, scales, ts, torch.randn(3), "nvfp4", 16), ValueError, "bias"),
+            (lambda: tdq.fp4_dequantize(packed, scales.float(), ts, "nvfp4", 16, torch.float32), TypeError,
+             "scales"),
+            (lambda: tdq.fp4_dequantize(packed, scales, ts, "nvfp4", 16, torch.int8), TypeError, "dtype"),
+        ]:
+            try:
+                call()
+            except exc as e:
+                assert str(e).startswith(word), f"message {e!s} does not name {word}"
+            else:
+                raise AssertionError(f"no {exc.__name__} for bad {word}")
+
+    run("bad-input", bad)
+
+    def one_config():
+        assert len(tlin._small_m.configs) == 1 and len(tlin._large_m.configs) == 1
+
+    run("one-config", one_config)
+    return results
+
+
+@pytest.fixture(scope="module")
+def interp_results() -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", _cases())
+def test_fp4_triton_interpreted(interp_results, case):
+    assert case in interp_results, f"case {case} did not run"
+    assert interp_results[case] is None, interp_results[case]
+
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("run with TRITON_INTERPRET=1 (tests/test_fp4_triton.py does)")
+    print(json.dumps(_child()))

@@ -10,6 +10,7 @@ COMMANDS = (
     "apt_ext.cli.info",
     "apt_ext.cli.train",
     "apt_ext.cli.demo",
+    "apt_ext.cli.memory",
 )
 
 

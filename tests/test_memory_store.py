@@ -1,0 +1,260 @@
+"""AIM-Memory storage, concurrency, index and input-validation tests.
+
+Semantics do not matter here, so a deterministic token-hash embedder stands in for MiniLM
+(test-only; the library's default is the real all-MiniLM-L6-v2)."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from apt_ext.memory import AIMConfig, ClusterIndex, create_aim_memory
+
+DIM = 64
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(TESTS_DIR)
+
+
+class TokenHashEmbedder:
+    """Deterministic test embedder: sum of per-token pseudo-random vectors (seeded by crc32)."""
+
+    name = "token-hash-test"
+
+    def __init__(self, dim: int = DIM) -> None:
+        self.dim = dim
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for token in re.findall(r"\w+", text.lower()) or [text]:
+                out[row] += np.random.default_rng(zlib.crc32(token.encode())).standard_normal(self.dim)
+        return out
+
+
+def _mem(path=None, **cfg):
+    return create_aim_memory(AIMConfig(**cfg) if cfg else None, path=path, embedder=TokenHashEmbedder())
+
+
+def test_weights_decay_by_gamma_per_write():
+    mem = _mem()
+    first = mem.write_memory("Alpha project deadline is Friday 2026-02-06")
+    assert first.w == pytest.approx(1.0)
+    for i in range(5):
+        assert mem.write_memory(f"unrelated fact number {i} about topic {i * 7} zebra{i}") is not None
+    weights = {n.id: n.w for n in mem.nodes()}
+    assert weights[first.id] == pytest.approx(0.8 ** 5, abs=1e-6)
+    assert round(weights[first.id], 3) == 0.328
+    assert mem.stats()["namespaces"]["default"]["writes"] == 6
+
+
+def test_namespaces_never_leak(tmp_path):
+    mem = _mem(str(tmp_path / "ns.db"))
+    a = mem.write_memory("Alice's locker code is 4417", namespace="alice")
+    b = mem.write_memory("Bob's locker code is 9921", namespace="bob")
+    nodes, _ = mem.route_memory("Alice's locker code is 4417", namespace="bob", k=10)
+    assert [n.id for n in nodes] == [b.id] or nodes == [] or all(n.namespace == "bob" for n in nodes)
+    nodes, _ = mem.route_memory("Alice's locker code is 4417", namespace="alice", k=10)
+    assert [n.id for n in nodes] == [a.id]
+    assert mem.route_memory("Alice's locker code is 4417", namespace="carol") == ([], [])
+    assert mem.namespaces() == ["alice", "bob"]
+    assert [n.id for n in mem.nodes("bob")] == [b.id]
+    assert mem.clear_namespace("alice") == 1
+    assert mem.namespaces() == ["bob"]
+    mem.close()
+    again = _mem(str(tmp_path / "ns.db"))
+    assert again.namespaces() == ["bob"] and len(again) == 1
+
+
+def test_delete_and_update():
+    mem = _mem()
+    node = mem.write_memory("The staging server runs on port 8080")
+    other = mem.write_memory("The build cache lives on volume vol-77")
+    updated = mem.update(node.id, text="The staging server runs on port 9090")
+    assert "9090" in updated.summary and "9090" in updated.fields["anchors"]
+    nodes, refill = mem.route_memory("staging server port 9090", mode="strict")
+    assert nodes[0].id == node.id and "9090" in refill[0]
+    assert mem.delete(node.id) is True and mem.delete(node.id) is False
+    assert all(n.id != node.id for n in mem.route_memory("staging server port 9090", k=10)[0])
+    assert mem.get(other.id) is not None and mem.get(node.id) is None
+    with pytest.raises(KeyError):
+        mem.update(node.id, text="gone node text here")
+
+
+@pytest.mark.parametrize("text,exc", [("", ValueError), ("   \n", ValueError), (None, TypeError),
+                                      (b"bytes text", TypeError), ("x" * 1_000_000, ValueError)])
+def test_bad_text_is_rejected(text, exc):
+    mem = _mem()
+    with pytest.raises(exc, match="text"):
+        mem.write_memory(text)
+    assert len(mem) == 0
+
+
+@pytest.mark.parametrize("namespace,exc", [("", ValueError), ("a b", ValueError), ("../etc", ValueError),
+                                           ("x" * 65, ValueError), (7, TypeError), (None, TypeError)])
+def test_bad_namespace_is_rejected(namespace, exc):
+    mem = _mem()
+    with pytest.raises(exc, match="namespace"):
+        mem.write_memory("a perfectly ordinary fact about cats", namespace=namespace)
+    with pytest.raises(exc, match="namespace"):
+        mem.route_memory("cats", namespace=namespace)
+
+
+def test_bad_embedder_output_is_a_clear_error():
+    nan = create_aim_memory(embedder=lambda texts: np.full((len(texts), 8), np.nan, np.float32))
+    with pytest.raises(RuntimeError, match="NaN"):
+        nan.write_memory("a perfectly ordinary fact about cats")
+    assert len(nan) == 0
+    dims = iter([8, 5])
+    wrong = create_aim_memory(embedder=lambda texts: np.ones((len(texts), next(dims)), np.float32))
+    assert wrong.write_memory("a perfectly ordinary fact about cats") is not None
+    with pytest.raises(RuntimeError, match="dimension 5"):
+        wrong.write_memory("another ordinary fact about dogs")
+    assert len(wrong) == 1
+    rows = create_aim_memory(embedder=lambda texts: np.ones((len(texts) + 1, 8), np.float32))
+    with pytest.raises(RuntimeError, match="shape"):
+        rows.write_memory("a perfectly ordinary fact about cats")
+    with pytest.raises(TypeError, match="embedder"):
+        create_aim_memory(embedder="minilm")
+
+
+def test_bad_arguments():
+    mem = _mem()
+    mem.write_memory("The office wifi password is hunter2")
+    with pytest.raises(ValueError, match="mode"):
+        mem.route_memory("wifi", mode="slow")
+    with pytest.raises(ValueError, match="k must"):
+        mem.route_memory("wifi", k=0)
+    with pytest.raises(ValueError, match="write_threshold"):
+        AIMConfig(write_threshold=1.5)
+    with pytest.raises(ValueError, match="cluster_size"):
+        AIMConfig(cluster_size=0)
+    with pytest.raises(TypeError, match="config"):
+        create_aim_memory(config={"top_k": 3})
+
+
+def test_write_gate_and_merge():
+    mem = _mem()
+    assert mem.write_memory("ok") is None and mem.write_memory("thanks!") is None
+    assert mem.write_memory("好的") is None
+    first = mem.write_memory("The quarterly report is due on 2026-03-31")
+    again = mem.write_memory("the quarterly report is due on 2026-03-31")
+    assert again.id == first.id and again.fields["merged"] == 1
+    other = mem.write_memory("The quarterly report is due on 2026-06-30")
+    assert other.id != first.id
+    assert mem.stats()["rejected"] == 3 and mem.stats()["merges"] == 1 and len(mem) == 2
+
+
+def test_cluster_index_matches_brute_force_through_growth_and_removal():
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((40, 32))
+    x = centers[rng.integers(0, 40, 6000)] + 0.4 * rng.standard_normal((6000, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    index = ClusterIndex(32, cluster_size=64, n_probe=12, hot_window=16)
+    for start in range(0, 6000, 500):
+        index.add(np.arange(start, start + 500), x[start:start + 500])
+    assert index.n_clusters > 20 and len(index) == 6000
+    index.remove(list(range(0, 6000, 3)))
+    alive = np.array([i for i in range(6000) if i % 3])
+    queries = x[rng.integers(0, 6000, 50)]
+    recall = []
+    for q in queries:
+        ids, sims, scanned = index.search(q, 10)
+        assert not any(i % 3 == 0 for i in ids)
+        assert np.all(np.diff(sims) <= 1e-6) and scanned < len(index)
+        exact = alive[np.argsort(-(x[alive] @ q))[:10]]
+        recall.append(len(set(ids.tolist()) & set(exact.tolist())) / 10)
+    assert np.mean(recall) >= 0.9
+
+
+def _write_from_threads(mem, n_threads: int, count: int) -> list[Exception]:
+    """Each of ``n_threads`` threads writes ``count`` distinct facts; returns the errors raised."""
+    errors = []
+
+    def worker(t: int) -> None:
+        try:
+            for i in range(count):
+                assert mem.write_memory(f"thread {t} wrote item {i} code T{t}x{i}") is not None
+        except Exception as exc:  # noqa: BLE001 - collected and asserted by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return errors
+
+
+def test_threads_write_concurrently_without_loss(tmp_path):
+    path = str(tmp_path / "threads.db")
+    mem = _mem(path)
+    assert _write_from_threads(mem, 4, 40) == []
+    assert len(mem) == 160
+    mem.close()
+    assert len(_mem(path)) == 160
+
+
+_WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r}); sys.path.insert(0, {repo!r})
+    from test_memory_store import TokenHashEmbedder
+    from apt_ext.memory import create_aim_memory
+    mem = create_aim_memory(path={path!r}, embedder=TokenHashEmbedder())
+    tag, count = sys.argv[1], int(sys.argv[2])
+    print("ready", flush=True)
+    for i in range(count):
+        node = mem.write_memory(f"process {{tag}} wrote item {{i}} code P{{tag}}x{{i}}")
+        print(node.id, i, flush=True)
+""")
+
+
+def _writer(path: str, tag: str, count: int) -> subprocess.Popen:
+    script = _WRITER.format(tests=TESTS_DIR, repo=REPO_DIR, path=path)
+    return subprocess.Popen([sys.executable, "-c", script, tag, str(count)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_and_four_threads_write_at_once(tmp_path):
+    path = str(tmp_path / "shared.db")
+    mem = _mem(path)
+    procs = [_writer(path, tag, 60) for tag in ("A", "B")]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready"
+    errors = _write_from_threads(mem, 4, 30)
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "locked" not in err
+    assert errors == []
+    assert len(mem) == 4 * 30 + 2 * 60  # this process pulls the other processes' writes
+    nodes, _ = mem.route_memory("process B wrote item 59 code PBx59", k=1)
+    assert nodes and "PBx59" in nodes[0].summary
+    mem.close()
+
+
+def test_sigkill_in_write_loop_keeps_every_acknowledged_write(tmp_path):
+    path = str(tmp_path / "killed.db")
+    proc = _writer(path, "K", 100_000)
+    assert proc.stdout.readline().strip() == "ready"
+    acked = []
+    deadline = time.time() + 60
+    while len(acked) < 40 and time.time() < deadline:
+        line = proc.stdout.readline()
+        acked.append(tuple(int(v) for v in line.split()))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert len(acked) >= 40
+    mem = _mem(path)
+    stored = {n.id: n.summary for n in mem.nodes()}
+    for node_id, i in acked:
+        assert f"PKx{i}" in stored[node_id]
+    assert len(stored) >= len(acked)

@@ -127,17 +127,43 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 template <Format F, typename T>
 constexpr bool kExactDecode = F == Format::NVFP4 || (F == Format::MXFP4 && std::is_same_v<T, at::BFloat16>);
 
-// A block's scale as the decode needs it: a packed pair of T for the exact decode (without
-// nvfp4's tensor scale), else the float32 decode scale.
-template <Format F, typename T>
-__device__ __forceinline__ uint32_t block_scale_t2(const void* scales, int64_t i) {
-  float s;
+// The stored scales of the two 16-code halves of the chunk that starts at code k0 of `row`,
+// raw, so they can be loaded one step ahead: nvfp4 two E4M3 bytes (half 0 in the low byte),
+// mxfp4 the exponent byte, nf4 the float's bits. A half past the row reads block nb-1 (its
+// codes are zero and so is x there). 0 for an invalid row.
+template <Format F>
+__device__ __forceinline__ uint32_t load_raw_scales(const void* scales, int64_t row, int64_t nb, int64_t k0,
+                                                    bool valid) {
+  if (!valid) return 0u;
+  const int64_t b0 = min(k0 / block_size_of(F), nb - 1);
   if constexpr (F == Format::NVFP4) {
-    s = static_cast<float>(c10::Float8_e4m3fn(static_cast<const uint8_t*>(scales)[i], c10::Float8_e4m3fn::from_bits()));
+    const uint8_t* s = static_cast<const uint8_t*>(scales) + row * nb;
+    return __ldg(s + b0) | (static_cast<uint32_t>(__ldg(s + min(b0 + 1, nb - 1))) << 8);
+  } else if constexpr (F == Format::MXFP4) {
+    return __ldg(static_cast<const uint8_t*>(scales) + row * nb + b0);
   } else {
-    s = ldexpf(1.0f, static_cast<int>(static_cast<const uint8_t*>(scales)[i]) - 127);
+    return __float_as_uint(__ldg(static_cast<const float*>(scales) + row * nb + b0));
   }
-  return MmaType<T>::pack(s, s);
+}
+
+// The two halves' scales as the decode needs them: t2 a packed pair of T for the exact decode
+// (without nvfp4's tensor scale), f the float32 decode scale otherwise.
+template <Format F, typename T>
+__device__ __forceinline__ void scales_from_raw(uint32_t raw, uint32_t (&t2)[2], float (&f)[2]) {
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float v;
+    if constexpr (F == Format::NVFP4) {
+      v = static_cast<float>(
+          c10::Float8_e4m3fn(static_cast<uint8_t>((raw >> (8 * hf)) & 0xFFu), c10::Float8_e4m3fn::from_bits()));
+    } else if constexpr (F == Format::MXFP4) {
+      v = ldexpf(1.0f, static_cast<int>(raw) - 127);
+    } else {
+      v = __uint_as_float(raw);
+    }
+    f[hf] = v;
+    t2[hf] = kExactDecode<F, T> ? MmaType<T>::pack(v, v) : 0u;
+  }
 }
 
 // Decodes the 4 codes of a 16-bit chunk (k, k+1, k+2, k+3) into two packed pairs of T:
@@ -195,7 +221,7 @@ __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
   const int64_t nb = 2 * row_bytes / bs;  // scale blocks per row
   const bool wvec16 = (row_bytes % 16) == 0;
   const bool xvec16 = (k % 8) == 0;
-  const float ts = F == Format::NVFP4 ? __ldg(tensor_scale) : 1.0f;
+  const float ts = F == Format::NVFP4 ? __ldg(tensor_scale) : 1.0f;  // applied in the epilogue
 
   float acc[MT][4];
 #pragma unroll
@@ -203,34 +229,29 @@ __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
 
   const int64_t steps = (row_bytes + kStepBytes - 1) / kStepBytes;
   int64_t step = warp;
-  uint4 wa = load_chunk(row_a, step * kStepBytes + 16 * t, row_bytes, va && step < steps, wvec16);
-  uint4 wb = load_chunk(row_b, step * kStepBytes + 16 * t, row_bytes, vb && step < steps, wvec16);
-  for (; step < steps; step += kWarps) {
-    const int64_t off = step * kStepBytes + 16 * t;  // this thread's byte offset in the row
+  // Loads of the next step (weights and their scales) are issued before this step's math.
+  int64_t off = step * kStepBytes + 16 * t;  // this thread's byte offset in the row
+  uint4 wa = load_chunk(row_a, off, row_bytes, va && step < steps, wvec16);
+  uint4 wb = load_chunk(row_b, off, row_bytes, vb && step < steps, wvec16);
+  uint32_t raw_a = load_raw_scales<F>(scales, ra, nb, 2 * off, va && step < steps);
+  uint32_t raw_b = load_raw_scales<F>(scales, rb, nb, 2 * off, vb && step < steps);
+  for (; step < steps; step += kWarps, off += kWarps * kStepBytes) {
     const int64_t nxt = off + kWarps * kStepBytes;
-    const uint4 na = load_chunk(row_a, nxt, row_bytes, va && step + kWarps < steps, wvec16);
-    const uint4 nbv = load_chunk(row_b, nxt, row_bytes, vb && step + kWarps < steps, wvec16);
+    const bool more = step + kWarps < steps;
+    const uint4 na = load_chunk(row_a, nxt, row_bytes, va && more, wvec16);
+    const uint4 nbv = load_chunk(row_b, nxt, row_bytes, vb && more, wvec16);
+    const uint32_t nraw_a = load_raw_scales<F>(scales, ra, nb, 2 * nxt, va && more);
+    const uint32_t nraw_b = load_raw_scales<F>(scales, rb, nb, 2 * nxt, vb && more);
     const int64_t k0 = 2 * off;  // first k of this thread's 32 codes
     uint4 xv[MT][4];
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
       for (int q = 0; q < 4; ++q) xv[i][q] = load_x8<T>(x, m0 + 8 * i + g, m, k, k0 + 8 * q, xvec16);
-    // Block scales of the two halves (16 codes each) of this thread's chunk; a half past the
-    // row reads block nb-1 (its codes are zero and x is zero there).
-    float sa[2] = {0.0f, 0.0f}, sb[2] = {0.0f, 0.0f};
-    uint32_t sa2[2] = {0u, 0u}, sb2[2] = {0u, 0u};
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int64_t blk = min((k0 + 16 * hf) / bs, nb - 1);
-      if constexpr (kExactDecode<F, T>) {
-        if (va) sa2[hf] = block_scale_t2<F, T>(scales, ra * nb + blk);
-        if (vb) sb2[hf] = block_scale_t2<F, T>(scales, rb * nb + blk);
-      } else {
-        if (va) sa[hf] = decode_scale<F>(scales, ra * nb + blk, ts);
-        if (vb) sb[hf] = decode_scale<F>(scales, rb * nb + blk, ts);
-      }
-    }
+    float sa[2], sb[2];
+    uint32_t sa2[2], sb2[2];
+    scales_from_raw<F, T>(raw_a, sa2, sa);
+    scales_from_raw<F, T>(raw_b, sb2, sb);
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
       // Step s: bytes 2s, 2s+1 of the chunk = codes k0+4s .. k0+4s+3.
@@ -248,6 +269,8 @@ __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
     }
     wa = na;
     wb = nbv;
+    raw_a = nraw_a;
+    raw_b = nraw_b;
   }
 
   // C fragment: acc[i][0..1] = (row g, cols 2t, 2t+1), acc[i][2..3] = (row g+8, same cols).

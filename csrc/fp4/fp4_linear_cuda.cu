@@ -1,11 +1,13 @@
 // CUDA kernel of apt::fp4_linear: out = x @ dequantize(W).T + bias, fp32 accumulation.
 //
 // Two paths, chosen by the number of rows M of x (see fp4_linear_cuda.h for the threshold):
-//  * small M, x bfloat16/float16: a tensor-core GEMV. Each block owns 16 weight rows; its 8
-//    warps split K. A thread loads 16 bytes (32 codes) of each of its two rows per step, decodes
-//    them in registers to x's dtype (code value times block scale in float32, rounded once) and
+//  * small M, x bfloat16/float16: a tensor-core GEMV. Each warp owns 16 weight rows (8 warps,
+//    128 rows per block) and all warps of a block walk the same K steps, so the rows of x they
+//    read are shared through L1; K is split over the grid (float32 partials, then a reduce
+//    kernel) when there are too few row blocks to fill the GPU. Per step a thread loads 16
+//    bytes (32 codes) of each of its two rows, decodes them in registers to x's dtype and
 //    feeds mma.sync m16n8k16 with the weights as the A operand and 8 rows of x as B, so every
-//    decoded weight serves up to 8*kMTiles rows of x. The K order inside a step is permuted
+//    decoded weight serves up to 8*MT rows of x. The K order inside a step is permuted
 //    identically for A and B (a sum does not care), which makes each thread's 16 bytes one load.
 //  * otherwise: dequantise the weight to x's dtype into a scratch buffer (in row chunks) and
 //    multiply with at::matmul (cuBLAS), bias added after.
@@ -18,6 +20,9 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdlib>
 #include <type_traits>
 
@@ -29,9 +34,11 @@
 namespace apt::fp4::cuda {
 namespace {
 
-constexpr int kWarps = 8;         // warps per block; they split K
-constexpr int kRowsPerBlock = 16; // weight rows per block (the mma's M dimension)
-constexpr int kStepBytes = 64;    // packed bytes of one row consumed by one warp step (4 threads x 16)
+constexpr int kWarps = 8;                      // warps per block, 16 weight rows each
+constexpr int kRowsPerBlock = 16 * kWarps;     // weight rows per block
+constexpr int kStepBytes = 64;                 // packed bytes of a row per step (4 threads x 16)
+constexpr int kBlocksPerSm = 2;                // K is split until the grid has this many blocks per SM
+constexpr int kMinStepsPerSplit = 4;           // ... but no split gets fewer steps than this
 
 template <typename T>
 struct MmaType;
@@ -197,47 +204,61 @@ __device__ __forceinline__ void decode4(uint32_t h, uint32_t scale_t2, float sca
 
 __device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
 
-// x [M, K] (contiguous), packed [N, row_bytes], scales [N, 2*row_bytes/bs], out [M, N].
-// Grid: (ceil(M / (8*MT)), ceil(N / 16)); block: kWarps*32 threads.
+// The epilogue of one output element: nvfp4's tensor scale (the exact decode left it out),
+// bias, GELU.
+template <Format F, bool kGelu>
+__device__ __forceinline__ float finish(float v, float ts, const float* bias, int64_t row) {
+  if constexpr (F == Format::NVFP4) v *= ts;
+  if (bias != nullptr) v += bias[row];
+  if constexpr (kGelu) v = gelu_erf(v);
+  return v;
+}
+
+// x [M, K] (contiguous), packed [N, row_bytes], scales [N, 2*row_bytes/bs].
+// Grid: (ceil(M / (8*MT)), ceil(N / kRowsPerBlock), splits); block: kWarps*32 threads.
+// Warp w of a block owns weight rows n0 + 16w .. n0 + 16w + 15; all warps walk the same K
+// steps [z * steps_per_split, ...) together, so the rows of x they read are shared through L1.
+// splits == 1: out is [M, N] of T with the epilogue applied. splits > 1: out is float32
+// partial sums [splits, M, N] that reduce_splits_kernel finishes.
 template <Format F, typename T, int MT, bool kGelu>
 __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
     small_m_kernel(const T* __restrict__ x, int64_t m, int64_t k, const uint8_t* __restrict__ packed,
                    int64_t row_bytes, const void* __restrict__ scales, const float* __restrict__ tensor_scale,
-                   const float* __restrict__ bias, T* __restrict__ out, int64_t n) {
-  constexpr int64_t bs = block_size_of(F);
+                   const float* __restrict__ bias, void* __restrict__ out, int64_t n, int64_t steps_per_split) {
   constexpr int kCols = 8 * MT;  // rows of x per block
   __shared__ float lut[16];
-  __shared__ float red[kWarps][kRowsPerBlock][kCols];
-  if constexpr (F == Format::NF4) load_nf4_lut(lut);
-  __syncthreads();
+  if constexpr (F == Format::NF4) {
+    load_nf4_lut(lut);
+    __syncthreads();
+  }
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kCols;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kRowsPerBlock;
-  const int64_t ra = n0 + g, rb = n0 + g + 8;
+  const int64_t ra = static_cast<int64_t>(blockIdx.y) * kRowsPerBlock + 16 * warp + g, rb = ra + 8;
   const bool va = ra < n, vb = rb < n;
   const uint8_t* row_a = packed + (va ? ra : 0) * row_bytes;
   const uint8_t* row_b = packed + (vb ? rb : 0) * row_bytes;
-  const int64_t nb = 2 * row_bytes / bs;  // scale blocks per row
+  const int64_t nb = 2 * row_bytes / block_size_of(F);  // scale blocks per row
   const bool wvec16 = (row_bytes % 16) == 0;
   const bool xvec16 = (k % 8) == 0;
-  const float ts = F == Format::NVFP4 ? __ldg(tensor_scale) : 1.0f;  // applied in the epilogue
 
   float acc[MT][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
 
   const int64_t steps = (row_bytes + kStepBytes - 1) / kStepBytes;
-  int64_t step = warp;
+  const int64_t step_begin = static_cast<int64_t>(blockIdx.z) * steps_per_split;
+  const int64_t step_end = min(steps, step_begin + steps_per_split);
   // Loads of the next step (weights and their scales) are issued before this step's math.
-  int64_t off = step * kStepBytes + 16 * t;  // this thread's byte offset in the row
-  uint4 wa = load_chunk(row_a, off, row_bytes, va && step < steps, wvec16);
-  uint4 wb = load_chunk(row_b, off, row_bytes, vb && step < steps, wvec16);
-  uint32_t raw_a = load_raw_scales<F>(scales, ra, nb, 2 * off, va && step < steps);
-  uint32_t raw_b = load_raw_scales<F>(scales, rb, nb, 2 * off, vb && step < steps);
-  for (; step < steps; step += kWarps, off += kWarps * kStepBytes) {
-    const int64_t nxt = off + kWarps * kStepBytes;
-    const bool more = step + kWarps < steps;
+  int64_t off = step_begin * kStepBytes + 16 * t;  // this thread's byte offset in the row
+  const bool any = step_begin < step_end;
+  uint4 wa = load_chunk(row_a, off, row_bytes, va && any, wvec16);
+  uint4 wb = load_chunk(row_b, off, row_bytes, vb && any, wvec16);
+  uint32_t raw_a = load_raw_scales<F>(scales, ra, nb, 2 * off, va && any);
+  uint32_t raw_b = load_raw_scales<F>(scales, rb, nb, 2 * off, vb && any);
+  for (int64_t step = step_begin; step < step_end; ++step, off += kStepBytes) {
+    const int64_t nxt = off + kStepBytes;
+    const bool more = step + 1 < step_end;
     const uint4 na = load_chunk(row_a, nxt, row_bytes, va && more, wvec16);
     const uint4 nbv = load_chunk(row_b, nxt, row_bytes, vb && more, wvec16);
     const uint32_t nraw_a = load_raw_scales<F>(scales, ra, nb, 2 * nxt, va && more);
@@ -273,27 +294,47 @@ __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
     raw_b = nraw_b;
   }
 
-  // C fragment: acc[i][0..1] = (row g, cols 2t, 2t+1), acc[i][2..3] = (row g+8, same cols).
+  // C fragment: acc[i][0..1] = (row g, x rows 2t, 2t+1 of tile i), acc[i][2..3] = (row g+8, same).
+  const float ts = F == Format::NVFP4 ? __ldg(tensor_scale) : 1.0f;
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
-    red[warp][g][8 * i + 2 * t] = acc[i][0];
-    red[warp][g][8 * i + 2 * t + 1] = acc[i][1];
-    red[warp][g + 8][8 * i + 2 * t] = acc[i][2];
-    red[warp][g + 8][8 * i + 2 * t + 1] = acc[i][3];
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < kRowsPerBlock * kCols; idx += kWarps * 32) {
-    const int r = idx % kRowsPerBlock, c = idx / kRowsPerBlock;
-    const int64_t row = n0 + r, col = m0 + c;
-    if (row >= n || col >= m) continue;
-    float v = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) v += red[w][r][c];
-    if constexpr (F == Format::NVFP4) v *= ts;  // the exact decode left the tensor scale out
-    if (bias != nullptr) v += bias[row];
-    if constexpr (kGelu) v = gelu_erf(v);
-    out[col * n + row] = static_cast<T>(v);
+    for (int j = 0; j < 4; ++j) {
+      const int64_t row = j < 2 ? ra : rb;
+      const int64_t col = m0 + 8 * i + 2 * t + (j & 1);
+      if (row >= n || col >= m) continue;
+      if (gridDim.z == 1) {
+        static_cast<T*>(out)[col * n + row] = static_cast<T>(finish<F, kGelu>(acc[i][j], ts, bias, row));
+      } else {
+        static_cast<float*>(out)[(static_cast<int64_t>(blockIdx.z) * m + col) * n + row] = acc[i][j];
+      }
+    }
   }
+}
+
+// out[c, r] = epilogue(sum over splits of part[z, c, r]) for the M x N outputs.
+template <Format F, typename T, bool kGelu>
+__global__ void reduce_splits_kernel(const float* __restrict__ part, int64_t splits, int64_t m, int64_t n,
+                                     const float* __restrict__ tensor_scale, const float* __restrict__ bias,
+                                     T* __restrict__ out) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= m * n) return;
+  float v = 0.0f;
+  for (int64_t z = 0; z < splits; ++z) v += part[z * m * n + idx];
+  const float ts = F == Format::NVFP4 ? __ldg(tensor_scale) : 1.0f;
+  out[idx] = static_cast<T>(finish<F, kGelu>(v, ts, bias, idx % n));
+}
+
+// Multiprocessors of a device, queried once per device.
+int sm_count(int device) {
+  static std::array<std::atomic<int>, 256> cache{};
+  TORCH_CHECK(device >= 0 && device < static_cast<int>(cache.size()), "fp4_linear: bad CUDA device index ", device);
+  int v = cache[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+    cache[device].store(v, std::memory_order_relaxed);
+  }
+  return v;
 }
 
 int64_t small_m_max_rows() {
@@ -321,18 +362,40 @@ void dispatch_format(Format f, Fn&& fn) {
 template <Format F, typename T, bool kGelu>
 void launch_small_m(const at::Tensor& x2, const at::Tensor& packed, const at::Tensor& scales,
                     const at::Tensor& tensor_scale, const float* bias, at::Tensor& out) {
-  const int64_t m = x2.size(0), k = x2.size(1), n = packed.size(0);
+  const int64_t m = x2.size(0), k = x2.size(1), n = packed.size(0), row_bytes = packed.size(1);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 block(kWarps * 32);
-  const int64_t n_tiles = (n + kRowsPerBlock - 1) / kRowsPerBlock;
-  TORCH_CHECK(n_tiles <= 65535, "fp4_linear: N = ", n, " exceeds the small-M kernel's grid limit");
+  const int64_t n_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  TORCH_CHECK(n_blocks <= 65535, "fp4_linear: N = ", n, " exceeds the small-M kernel's grid limit");
+  // Split K over the grid until there are about kBlocksPerSm blocks per multiprocessor, each
+  // split keeping at least kMinStepsPerSplit steps (64 packed bytes of a row per step).
+  const int64_t steps = (row_bytes + kStepBytes - 1) / kStepBytes;
+  const int sms = sm_count(x2.get_device());
   auto go = [&](auto mt_c) {
     constexpr int MT = decltype(mt_c)::value;
-    const dim3 grid(static_cast<unsigned>((m + 8 * MT - 1) / (8 * MT)), static_cast<unsigned>(n_tiles));
-    small_m_kernel<F, T, MT, kGelu><<<grid, block, 0, stream>>>(
-        x2.const_data_ptr<T>(), m, k, packed.const_data_ptr<uint8_t>(), packed.size(1), scales.const_data_ptr(),
-        tensor_scale.const_data_ptr<float>(), bias, out.mutable_data_ptr<T>(), n);
+    const int64_t m_blocks = (m + 8 * MT - 1) / (8 * MT);
+    const int64_t want = (kBlocksPerSm * sms + n_blocks * m_blocks - 1) / (n_blocks * m_blocks);
+    const int64_t max_splits = std::max<int64_t>(1, steps / kMinStepsPerSplit);
+    int64_t splits = std::clamp<int64_t>(want, 1, std::min<int64_t>(max_splits, 65535));
+    const int64_t per_split = (steps + splits - 1) / splits;
+    splits = (steps + per_split - 1) / per_split;
+    const dim3 grid(static_cast<unsigned>(m_blocks), static_cast<unsigned>(n_blocks), static_cast<unsigned>(splits));
+    at::Tensor part;
+    void* dst = out.mutable_data_ptr();
+    if (splits > 1) {
+      part = at::empty({splits, m, n}, x2.options().dtype(at::kFloat));
+      dst = part.mutable_data_ptr();
+    }
+    small_m_kernel<F, T, MT, kGelu><<<grid, kWarps * 32, 0, stream>>>(
+        x2.const_data_ptr<T>(), m, k, packed.const_data_ptr<uint8_t>(), row_bytes, scales.const_data_ptr(),
+        tensor_scale.const_data_ptr<float>(), bias, dst, n, per_split);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (splits > 1) {
+      const int64_t total = m * n;
+      reduce_splits_kernel<F, T, kGelu><<<(total + 255) / 256, 256, 0, stream>>>(
+          part.const_data_ptr<float>(), splits, m, n, tensor_scale.const_data_ptr<float>(), bias,
+          out.mutable_data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   };
   if (m <= 8) {
     go(std::integral_constant<int, 1>{});

@@ -9,7 +9,7 @@ namespace apt::fp4::cuda {
 // GEMV kernel; above it (and for float32 x) the weight is dequantised and cuBLAS multiplies.
 // The environment variable APT_FP4_SMALL_M_MAX, read once at the first call, overrides it
 // (for measuring both paths without a rebuild).
-constexpr int64_t kSmallMMaxRows = 64;
+constexpr int64_t kSmallMMaxRows = 128;
 
 // Largest dequantised scratch the large-M path allocates at once (it works in row chunks).
 constexpr int64_t kScratchMaxBytes = int64_t{512} << 20;

@@ -255,17 +255,21 @@ def test_torch_compile_fullgraph():
 @needs_cuda_build
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_sanitizer_kernels(fmt):
-    """Every CUDA kernel once on small odd shapes (both fp4_linear paths, both GELU variants)."""
+    """Every CUDA kernel once on small odd shapes: both fp4_linear paths (M <= 128 and above),
+    the split-K reduce (K = 4192), both GELU variants."""
     g = _gen()
     w = _weight(19, 72, g).to(DEV)
     packed, scales, ts = torch.ops.apt.fp4_quantize(w, fmt, ref.BLOCK_SIZES[fmt])
     bs = ref.BLOCK_SIZES[fmt]
     torch.ops.apt.fp4_unpack(torch.ops.apt.fp4_pack(torch.ops.apt.fp4_unpack(packed)))
     torch.ops.apt.fp4_dequantize(packed, scales, ts, fmt, bs, torch.bfloat16)
-    for m in (1, 9, 33, 70):
+    for m in (1, 9, 33, 200):
         x = torch.randn(m, 72, generator=g).to(DEV, torch.bfloat16)
         torch.ops.apt.fp4_linear(x, packed, scales, ts, None, fmt, bs)
         torch.ops.apt.fp4_linear_gelu(x, packed, scales, ts, torch.randn(19, device=DEV), fmt, bs)
+    long_w = torch.ops.apt.fp4_quantize(_weight(40, 4192, g).to(DEV), fmt, bs)
+    x = torch.randn(3, 4192, generator=g).to(DEV, torch.float16)
+    torch.ops.apt.fp4_linear_gelu(x, *long_w, torch.randn(40, device=DEV), fmt, bs)
     torch.cuda.synchronize()
 
 

@@ -8,6 +8,7 @@ Dispatch order (SPEC 1): CUDA kernel -> Triton kernel -> C++ CPU kernel -> error
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 import torch
@@ -177,3 +178,130 @@ def _register_triton() -> None:
 
 
 _register_triton()
+
+
+# --------------------------------------------------------------------------------------
+# Left-spin residual (SPEC section 4)
+# --------------------------------------------------------------------------------------
+LEFT_SPIN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_left_spin_inputs(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor | None,
+                           phi_prev: torch.Tensor | None, alpha: float, tau: float, beta: float,
+                           w1: float, w2: float, eps: float) -> None:
+    """The argument checks of the native kernels (csrc/left_spin/left_spin_checks.h), for the
+    fake and Triton kernels. float64 is accepted on the CPU only (for gradcheck)."""
+    allowed = LEFT_SPIN_DTYPES + ((torch.float64,) if u.device.type == "cpu" else ())
+    if u.dtype not in allowed:
+        raise TypeError(f"u: expected float32, bfloat16 or float16 (float64 on the CPU), got {u.dtype}")
+    if u.dim() < 1:
+        raise ValueError("u: expected a tensor [..., D] with at least 1 dimension")
+    if u.shape[-1] == 0:
+        raise ValueError(f"u: the last dimension D must be > 0, got shape {tuple(u.shape)}")
+    for name, t in (("du", du), ("du_prev", du_prev)):
+        if t is None:
+            continue
+        if t.shape != u.shape:
+            raise ValueError(f"{name}: expected the shape of u {tuple(u.shape)}, got {tuple(t.shape)}")
+        if t.dtype != u.dtype:
+            raise TypeError(f"{name}: expected the dtype of u ({u.dtype}), got {t.dtype}")
+        if t.device != u.device:
+            raise ValueError(f"{name}: expected the device of u ({u.device}), got {t.device}")
+    if phi_prev is not None:
+        if not phi_prev.dtype.is_floating_point:
+            raise TypeError(f"phi_prev: expected a floating-point tensor (float32), got {phi_prev.dtype}")
+        if phi_prev.shape != u.shape[:-1]:
+            raise ValueError(f"phi_prev: expected shape u.shape[:-1] = {tuple(u.shape[:-1])}, "
+                             f"got {tuple(phi_prev.shape)}")
+        if phi_prev.device != u.device:
+            raise ValueError(f"phi_prev: expected the device of u ({u.device}), got {phi_prev.device}")
+    for name, v in (("alpha", alpha), ("tau", tau), ("beta", beta), ("w1", w1), ("w2", w2)):
+        if not math.isfinite(v):
+            raise ValueError(f"{name}: expected a finite number, got {v}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
+
+
+def left_spin_phi_dtype(u: torch.Tensor) -> torch.dtype:
+    """phi is float32, float64 for float64 inputs (CPU)."""
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def left_spin_residual(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor | None = None,
+                       phi_prev: torch.Tensor | None = None, alpha: float = 0.5, tau: float = 0.3,
+                       beta: float = 0.7, w1: float = 1.0, w2: float = 0.5, eps: float = 1e-6
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-spin smoothed residual (SPEC 4): returns (out, phi).
+
+    u, du, du_prev: [..., D], one dtype (float32/bfloat16/float16; float64 on the CPU), one
+    device. phi_prev: [...] (u.shape[:-1]), float32. out = u + g*du in u's dtype with the
+    per-row gate g = 1/sqrt(1 + phi^2); phi: [...] float32. Differentiable w.r.t. u, du,
+    du_prev and phi_prev. A NaN anywhere in a row makes that row's out and phi NaN; other
+    rows are unaffected.
+    """
+    return torch.ops.apt.left_spin_residual(u, du, du_prev, phi_prev, float(alpha), float(tau),
+                                            float(beta), float(w1), float(w2), float(eps))
+
+
+@torch.library.register_fake("apt::left_spin_residual")
+def _left_spin_residual_fake(u, du, du_prev, phi_prev, alpha, tau, beta, w1, w2, eps):
+    check_left_spin_inputs(u, du, du_prev, phi_prev, alpha, tau, beta, w1, w2, eps)
+    return (torch.empty_like(u, memory_format=torch.contiguous_format),
+            u.new_empty(u.shape[:-1], dtype=left_spin_phi_dtype(u)))
+
+
+def _left_spin_backward_outputs(u, du, du_prev, phi_prev):
+    """Empty (grad_u, grad_du, grad_du_prev, grad_phi_prev) of the backward op's shapes."""
+    grad_du_prev = (torch.empty_like(du_prev, memory_format=torch.contiguous_format)
+                    if du_prev is not None else u.new_empty((0,)))
+    grad_phi_prev = (torch.empty_like(phi_prev, memory_format=torch.contiguous_format)
+                     if phi_prev is not None else u.new_empty((0,), dtype=left_spin_phi_dtype(u)))
+    return (torch.empty_like(u, memory_format=torch.contiguous_format),
+            torch.empty_like(du, memory_format=torch.contiguous_format), grad_du_prev, grad_phi_prev)
+
+
+def check_left_spin_grads(u: torch.Tensor, grad_out: torch.Tensor, grad_phi: torch.Tensor) -> None:
+    """The checks of grad_out [..., D] and grad_phi [...] of the backward op."""
+    if grad_out.shape != u.shape:
+        raise ValueError(f"grad_out: expected the shape of u {tuple(u.shape)}, got {tuple(grad_out.shape)}")
+    if grad_phi.shape != u.shape[:-1]:
+        raise ValueError(f"grad_phi: expected shape u.shape[:-1] = {tuple(u.shape[:-1])}, "
+                         f"got {tuple(grad_phi.shape)}")
+    if not (grad_out.dtype.is_floating_point and grad_phi.dtype.is_floating_point):
+        raise TypeError(f"grad_out, grad_phi: expected floating-point tensors, got {grad_out.dtype} "
+                        f"and {grad_phi.dtype}")
+    if grad_out.device != u.device or grad_phi.device != u.device:
+        raise ValueError(f"grad_out, grad_phi: expected the device of u ({u.device})")
+
+
+@torch.library.register_fake("apt::left_spin_residual_backward")
+def _left_spin_residual_backward_fake(grad_out, grad_phi, u, du, du_prev, phi_prev, alpha, tau, beta,
+                                      w1, w2, eps):
+    check_left_spin_inputs(u, du, du_prev, phi_prev, alpha, tau, beta, w1, w2, eps)
+    check_left_spin_grads(u, grad_out, grad_phi)
+    return _left_spin_backward_outputs(u, du, du_prev, phi_prev)
+
+
+def _left_spin_setup_context(ctx, inputs, output):
+    u, du, du_prev, phi_prev = inputs[:4]
+    ctx.save_for_backward(u, du, du_prev, phi_prev)
+    ctx.params = inputs[4:]
+
+
+def _left_spin_backward(ctx, grad_out, grad_phi):
+    """One fused native backward for all four inputs (no double backward)."""
+    u, du, du_prev, phi_prev = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(u)
+    if grad_phi is None:
+        grad_phi = u.new_zeros(u.shape[:-1], dtype=left_spin_phi_dtype(u))
+    gu, gdu, gdp, gpp = torch.ops.apt.left_spin_residual_backward(
+        grad_out, grad_phi, u, du, du_prev, phi_prev, *ctx.params)
+    return (gu if ctx.needs_input_grad[0] else None, gdu if ctx.needs_input_grad[1] else None,
+            gdp if du_prev is not None and ctx.needs_input_grad[2] else None,
+            gpp if phi_prev is not None and ctx.needs_input_grad[3] else None,
+            None, None, None, None, None, None)
+
+
+torch.library.register_autograd("apt::left_spin_residual", _left_spin_backward,
+                                setup_context=_left_spin_setup_context)

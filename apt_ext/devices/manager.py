@@ -95,13 +95,17 @@ def probe_all() -> dict[str, Probe]:
 
 
 def _parse_override(value: str) -> torch.device:
+    type_ = value.split(":", 1)[0]
+    if type_ not in PROBES:
+        raise ValueError(f"APT_DEVICE: {value!r} is not a device string such as 'cpu' or 'cuda:0' "
+                         f"(device type must be one of {ORDER})")
+    probe = PROBES[type_]()
+    if not probe.available:
+        raise ValueError(f"APT_DEVICE={value!r}: {type_} is unavailable here: {probe.reason}")
     try:
-        dev = torch.device(value)
+        return torch.device(value)
     except RuntimeError as exc:
-        raise ValueError(f"APT_DEVICE: {value!r} is not a device string such as 'cpu' or 'cuda:0' ({exc})") from None
-    if dev.type not in PROBES:
-        raise ValueError(f"APT_DEVICE: device type {dev.type!r} is not one of {ORDER}")
-    return dev
+        raise ValueError(f"APT_DEVICE: {value!r} is not a valid device string ({exc})") from None
 
 
 def get_device() -> torch.device:
@@ -111,11 +115,7 @@ def get_device() -> torch.device:
     """
     override = os.environ.get("APT_DEVICE")
     if override:
-        dev = _parse_override(override)
-        probe = PROBES[dev.type]()
-        if not probe.available:
-            raise ValueError(f"APT_DEVICE={override!r}: {dev.type} is unavailable here: {probe.reason}")
-        return dev
+        return _parse_override(override)
     for t in ORDER:
         p = PROBES[t]()
         if p.available:
@@ -156,24 +156,26 @@ class DeviceManager:
         return acc if cur is not None and cur.type == self.type else None
 
     def device_count(self) -> int:
-        if self.type == "cpu":
-            return 1
+        return 1 if self.type == "cpu" else int(self._call("device_count"))
+
+    def _call(self, name: str, *args: Any) -> Any:
+        """torch.accelerator(.memory).<name> where it works for this device, else the vendor
+        module's <name> (older torch, or an allocator that torch.accelerator cannot drive)."""
         acc = self._accel()
         if acc is not None:
-            return int(acc.device_count())
-        return int(self._backend.device_count())
-
-    def _mem(self, name: str) -> int:
-        if self.type == "cpu":
-            return 0
-        acc = self._accel()
-        memory = getattr(acc, "memory", None) if acc is not None else None
-        fn = getattr(memory, name, None) if memory is not None else None
-        if fn is None:
-            fn = getattr(self._backend, name, None)
+            fn = getattr(acc, name, None) or getattr(getattr(acc, "memory", None), name, None)
+            if fn is not None:
+                try:
+                    return fn(*args)
+                except (RuntimeError, AttributeError, NotImplementedError):
+                    pass
+        fn = getattr(self._backend, name, None)
         if fn is None:
             raise RuntimeError(f"{name}: not supported for device type {self.type!r} by this torch")
-        return int(fn(self.device))
+        return fn(*args)
+
+    def _mem(self, name: str) -> int:
+        return 0 if self.type == "cpu" else int(self._call(name, self.device))
 
     def memory_allocated(self) -> int:
         """Bytes held by tensors on the device (0 on the CPU)."""
@@ -188,21 +190,12 @@ class DeviceManager:
         return self._mem("max_memory_allocated")
 
     def empty_cache(self) -> None:
-        if self.type == "cpu":
-            return
-        acc = self._accel()
-        memory = getattr(acc, "memory", None) if acc is not None else None
-        fn = getattr(memory, "empty_cache", None) if memory is not None else None
-        (fn or self._backend.empty_cache)()
+        if self.type != "cpu":
+            self._call("empty_cache")
 
     def synchronize(self) -> None:
-        if self.type == "cpu":
-            return
-        acc = self._accel()
-        if acc is not None:
-            acc.synchronize(self.device)
-        else:
-            self._backend.synchronize(self.device)
+        if self.type != "cpu":
+            self._call("synchronize", self.device)
 
     def manual_seed(self, seed: int) -> None:
         """Seed torch's CPU generator and this device's generators."""

@@ -77,14 +77,19 @@ class FP4Linear(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # load_state_dict would silently cast e.g. nf4's float32 scales into nvfp4's float8
-        # buffer; a format mismatch must fail instead.
+        # buffer; a format mismatch must fail instead, and leave this layer untouched (no bias
+        # loaded next to weights of another format).
+        mismatch = False
         for name in ("packed", "scales", "tensor_scale"):
             t = state_dict.get(prefix + name)
             mine = getattr(self, name)
             if t is not None and t.dtype != mine.dtype:
+                mismatch = True
                 error_msgs.append(f"{prefix}{name}: checkpoint has dtype {t.dtype} but this FP4Linear "
                                   f"(fmt={self.fmt!r}) stores {mine.dtype}; quantise the model with the "
                                   f"same fmt before loading")
+        if mismatch:
+            return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

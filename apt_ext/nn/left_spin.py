@@ -1,0 +1,110 @@
+"""Left-spin smoothed residuals (SPEC section 4) as modules a model chains through its stack.
+
+A model creates one ``LeftSpinChain`` at the start of each forward pass and hands it to every
+``LeftSpinResidual`` site in order; each site reads the previous site's (du, phi) from the
+chain and writes its own. Because the chain is a fresh local object per forward, no state
+survives from one batch (or micro-batch) to the next, and the gate works the same in train and
+eval::
+
+    class Block(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.attn, self.ffn = Attention(d), FFN(d)
+            self.res_attn, self.res_ffn = LeftSpinResidual(), LeftSpinResidual()
+
+        def forward(self, x, chain):
+            x = self.res_attn(x, self.attn(x), chain)
+            return self.res_ffn(x, self.ffn(x), chain)
+
+    class Model(nn.Module):
+        def forward(self, x):
+            chain = LeftSpinChain()          # reset per forward pass
+            for block in self.blocks:
+                x = block(x, chain)
+            return x
+
+A model whose layer signatures cannot take an extra argument shares one chain instead:
+build the sites with ``LeftSpinResidual(chain=shared)`` and call ``shared.attach(model)``,
+which resets the chain at the start of every ``model(...)`` call.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from apt_ext.ops import left_spin_residual
+
+
+class LeftSpinChain:
+    """The state passed along the residual sites of ONE forward pass.
+
+    ``du_prev`` [..., D] is the previous site's residual branch output (still attached to the
+    autograd graph, so gradients reach it), ``phi_prev`` [...] float32 the previous site's phi.
+    Both are None before the first site. All sites of one chain must see the same shape; start
+    a new chain (or ``reset``) where the shape changes, e.g. between encoder and decoder.
+    """
+
+    def __init__(self) -> None:
+        self.du_prev: torch.Tensor | None = None
+        self.phi_prev: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        """Forget the previous site (the next site behaves like the first)."""
+        self.du_prev = None
+        self.phi_prev = None
+
+    def attach(self, model: nn.Module) -> RemovableHandle:
+        """Reset this chain at the start of every forward of ``model``; returns the hook handle."""
+
+        def _reset(module: nn.Module, args: tuple) -> None:
+            self.reset()
+
+        return model.register_forward_pre_hook(_reset)
+
+
+class LeftSpinResidual(nn.Module):
+    """One residual site: ``out = u + g*du`` with the left-spin gate g (SPEC 4).
+
+    u, du: [..., D] float32/bfloat16/float16 (same shape, dtype and device); out has u's
+    dtype. With a chain, the previous site's du and phi enter as du_prev and phi_prev, and this
+    site's du and phi are stored for the next one. Without a chain (argument or constructor),
+    the site uses no previous state. ``enabled=False`` gives the plain ``u + du`` and leaves
+    the chain untouched. The gate is the same in train and eval mode. Hyperparameters as in
+    SPEC 4 (alpha 0.5, tau 0.3, beta 0.7, w1 1.0, w2 0.5, eps 1e-6).
+    """
+
+    def __init__(self, alpha: float = 0.5, tau: float = 0.3, beta: float = 0.7, w1: float = 1.0,
+                 w2: float = 0.5, eps: float = 1e-6, enabled: bool = True,
+                 chain: LeftSpinChain | None = None) -> None:
+        super().__init__()
+        for name, v in (("alpha", alpha), ("tau", tau), ("beta", beta), ("w1", w1), ("w2", w2)):
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name}: expected a finite number, got {v!r}")
+        if not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+        if chain is not None and not isinstance(chain, LeftSpinChain):
+            raise TypeError(f"chain: expected a LeftSpinChain or None, got {type(chain).__name__}")
+        self.alpha, self.tau, self.beta = float(alpha), float(tau), float(beta)
+        self.w1, self.w2, self.eps = float(w1), float(w2), float(eps)
+        self.enabled = bool(enabled)
+        self.chain = chain
+
+    def forward(self, u: torch.Tensor, du: torch.Tensor, chain: LeftSpinChain | None = None
+                ) -> torch.Tensor:
+        if not self.enabled:
+            return u + du
+        chain = chain if chain is not None else self.chain
+        du_prev = chain.du_prev if chain is not None else None
+        phi_prev = chain.phi_prev if chain is not None else None
+        out, phi = left_spin_residual(u, du, du_prev, phi_prev, self.alpha, self.tau, self.beta,
+                                      self.w1, self.w2, self.eps)
+        if chain is not None:
+            chain.du_prev, chain.phi_prev = du, phi
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"alpha={self.alpha}, tau={self.tau}, beta={self.beta}, w1={self.w1}, "
+                f"w2={self.w2}, eps={self.eps}, enabled={self.enabled}")

@@ -1,0 +1,99 @@
+"""Plain-PyTorch reference of the left-spin residual (SPEC section 4). Tests and docs only.
+
+Per row of D elements (norms over the last dimension, in float32; float64 for float64
+inputs)::
+
+    nu, ndu, ndp = ||u||, ||du||, ||du_prev||
+    d   = ndu / (eps + nu)
+    a   = ||du - du_prev|| / (eps + ndu + ndp)       (0 without du_prev)
+    s   = w1*d + w2*a
+    phi = beta*phi_prev + (1-beta)*alpha*softplus(s - tau)   (no inertia term without phi_prev)
+    g   = 1 / sqrt(1 + phi^2)
+    out = u + g*du                                     (cast to u's dtype)
+
+Gradients come from autograd; ``torch.linalg.vector_norm`` takes the gradient of ||v|| at
+v = 0 as 0, the convention the kernels follow.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def left_spin_phi_dtype(dtype: torch.dtype) -> torch.dtype:
+    """phi's dtype: float32, float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def left_spin_residual(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor | None = None,
+                       phi_prev: torch.Tensor | None = None, alpha: float = 0.5, tau: float = 0.3,
+                       beta: float = 0.7, w1: float = 1.0, w2: float = 0.5, eps: float = 1e-6
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """u, du, du_prev [..., D]; phi_prev [...] -> (out [..., D] in u's dtype, phi [...] float32)."""
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    uf, duf = u.to(acc), du.to(acc)
+    nu = torch.linalg.vector_norm(uf, dim=-1)
+    ndu = torch.linalg.vector_norm(duf, dim=-1)
+    s = w1 * (ndu / (eps + nu))
+    if du_prev is not None:
+        pf = du_prev.to(acc)
+        ndp = torch.linalg.vector_norm(pf, dim=-1)
+        s = s + w2 * (torch.linalg.vector_norm(duf - pf, dim=-1) / (eps + ndu + ndp))
+    phi = alpha * F.softplus(s - tau)
+    if phi_prev is not None:
+        phi = beta * phi_prev.to(acc) + (1.0 - beta) * phi
+    g = torch.rsqrt(1.0 + phi * phi)
+    out = (uf + g.unsqueeze(-1) * duf).to(u.dtype)
+    return out, phi
+
+
+# ---- test helpers: kernels are compared against this module ----
+# (atol, rtol) a kernel must meet against the reference for out and the input gradients per
+# dtype; phi (float32) within PHI_TOLERANCE.get(dtype, (2e-5, 2e-5)).
+TOLERANCE = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.bfloat16: (2e-2, 2e-2),
+    torch.float16: (2e-3, 2e-3),
+}
+PHI_TOLERANCE = {torch.float64: (1e-10, 1e-10)}  # else (2e-5, 2e-5)
+DEFAULTS = dict(alpha=0.5, tau=0.3, beta=0.7, w1=1.0, w2=0.5, eps=1e-6)
+
+
+def make_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: str | torch.device,
+                with_prev: bool, with_phi: bool, gen: torch.Generator | None = None,
+                requires_grad: bool = False):
+    """Random u, du (smaller than u, as in a residual stream), du_prev, phi_prev (never zeros)."""
+    def rnd(scale: float, s=shape) -> torch.Tensor:
+        t = torch.randn(s, generator=gen, dtype=torch.float32) * scale
+        return t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+
+    u = rnd(1.0)
+    du = rnd(0.7)
+    du_prev = rnd(0.6) if with_prev else None
+    phi_prev = None
+    if with_phi:
+        phi_prev = (torch.rand(shape[:-1], generator=gen) + 0.1).to(device=device,
+                                                                   dtype=left_spin_phi_dtype(dtype))
+        phi_prev.requires_grad_(requires_grad)
+    return u, du, du_prev, phi_prev
+
+
+def forward_backward(u, du, du_prev, phi_prev, grad_out, grad_phi, **params):
+    """Reference (out, phi) and the gradients of sum(out*grad_out) + sum(phi*grad_phi)."""
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None
+              for t in (u, du, du_prev, phi_prev)]
+    out, phi = left_spin_residual(*leaves, **params)
+    live = [t for t in leaves if t is not None]
+    loss = (out * grad_out.to(out.dtype)).sum() + (phi * grad_phi.to(phi.dtype)).sum()
+    grads = torch.autograd.grad(loss, live)
+    it = iter(grads)
+    return out.detach(), phi.detach(), [next(it) if t is not None else None for t in leaves]
+
+
+def assert_close_to_reference(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype,
+                              what: str, phi: bool = False) -> None:
+    """assert_close with the tolerance of ``dtype`` (the inputs' dtype); ``what`` names the value."""
+    atol, rtol = (PHI_TOLERANCE.get(dtype, (2e-5, 2e-5)) if phi else TOLERANCE[dtype])
+    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol,
+                               msg=lambda m: f"{what}: {m}")

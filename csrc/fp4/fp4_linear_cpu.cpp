@@ -1,0 +1,109 @@
+// CPU kernel of apt::fp4_linear: y = x @ dequantize(W).T + bias with fp32 accumulation, without
+// ever materialising the whole dequantised weight. Two paths by the number M of x rows:
+//  - M < kGemm4MinRows (decoding, GEMV): each weight row is decoded in registers (LUT, scaled
+//    once per block) and dotted with the M rows of x.
+//  - M >= kGemm4MinRows (batches): each thread takes groups of 4 output features,
+//    decodes the 4 weight rows once into a thread-local [4, Kp] float32 buffer, and runs a
+//    register-blocked 4 x MT micro-kernel over the M rows, in chunks of kGemm4MaxRows rows
+//    of x (a chunk of x stays in L2; the weight is decoded once per chunk). Decoding a tile of weight rows and calling at::mm
+//    was measured 5-10x slower here (MKL sgemm on these skinny tile shapes on the AMD EPYC
+//    test machine), so there is no BLAS path; see docs/fp4.md.
+// The row kernels (fp4_cpu_kernels*.cpp) are picked for the CPU's best ISA at run time.
+#include <ATen/Parallel.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <string>
+#include <vector>
+
+#include "fp4/fp4_cpu_kernels.h"
+
+namespace apt::fp4 {
+namespace {
+
+constexpr int64_t kGemm4MinRows = kMaxFusedRows + 1;
+constexpr int64_t kGemm4MaxRows = 64;
+
+struct Weight {
+  const uint8_t* packed;
+  const at::Tensor& scales;
+  float ts;
+  Format f;
+  int64_t n, kp, block;
+
+  PackedRow row(int64_t r, float* row_scales) const {
+    row_decode_scales(scales, ts, f, r, row_scales);
+    return {packed + r * (kp / 2), row_scales, kp, block, code_lut(f)};
+  }
+};
+
+// out [M, N] float32 = x [M, kp] W^T, decoding each weight row in registers.
+void linear_dot_rows(const CpuKernels& kern, const float* x, int64_t m, const Weight& w, float* out) {
+  at::parallel_for(0, w.n, 8, [&](int64_t r0, int64_t r1) {
+    std::vector<float> row_scales(static_cast<size_t>(w.kp / w.block));
+    std::array<float, kMaxFusedRows> res{};
+    for (int64_t r = r0; r < r1; ++r) {
+      kern.dot_rows(w.row(r, row_scales.data()), x, w.kp, m, res.data());
+      for (int64_t i = 0; i < m; ++i) out[i * w.n + r] = res[i];
+    }
+  });
+}
+
+// out [M, N] float32 = x [M, kp] W^T, 4 decoded weight rows at a time.
+void linear_gemm4(const CpuKernels& kern, const float* x, int64_t m, const Weight& w, float* out) {
+  const int64_t groups = (w.n + 3) / 4;
+  at::parallel_for(0, groups, 2, [&](int64_t g0, int64_t g1) {
+    std::vector<float> row_scales(static_cast<size_t>(w.kp / w.block));
+    std::vector<float> rows(static_cast<size_t>(4 * w.kp));
+    std::vector<float> res(static_cast<size_t>(4 * m));
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t nr = std::min<int64_t>(4, w.n - 4 * g);
+      for (int64_t i = 0; i < 4; ++i) {
+        if (i < nr)
+          kern.decode_row(w.row(4 * g + i, row_scales.data()), rows.data() + i * w.kp);
+        else
+          std::fill_n(rows.data() + i * w.kp, w.kp, 0.0f);
+      }
+      kern.gemm4(rows.data(), w.kp, x, w.kp, m, res.data(), 4);
+      for (int64_t j = 0; j < m; ++j)
+        for (int64_t i = 0; i < nr; ++i) out[j * w.n + 4 * g + i] = res[j * 4 + i];
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                          const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias, const std::string& fmt,
+                          int64_t block_size) {
+  const Format f = parse_format(fmt);
+  check_block_size(f, fmt, block_size);
+  const int64_t kp = check_packed_weight(packed, scales, tensor_scale, f, block_size);
+  check_linear_args(x, packed, bias, kp, block_size);
+  const int64_t k = x.size(-1), n = packed.size(0);
+  at::Tensor x2 = x.reshape({-1, k}).to(at::kFloat).contiguous();
+  if (k < kp) x2 = at::constant_pad_nd(x2, {0, kp - k});  // the padded columns decode to 0 anyway
+  const int64_t m = x2.size(0);
+  const at::Tensor pk = packed.contiguous(), sc = scales.contiguous();
+  const Weight w{pk.const_data_ptr<uint8_t>(), sc, tensor_scale.item<float>(), f, n, kp, block_size};
+  const CpuKernels kern = cpu_kernels();
+
+  at::Tensor out = at::empty({m, n}, x2.options());
+  const float* xp = x2.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  if (m > 0 && m < kGemm4MinRows) linear_dot_rows(kern, xp, m, w, op);
+  if (m >= kGemm4MinRows)
+    for (int64_t m0 = 0; m0 < m; m0 += kGemm4MaxRows)
+      linear_gemm4(kern, xp + m0 * kp, std::min(kGemm4MaxRows, m - m0), w, op + m0 * n);
+  if (bias.has_value()) out.add_(bias->to(at::kFloat));
+  auto sizes = x.sizes().vec();
+  sizes.back() = n;
+  return out.to(x.scalar_type()).contiguous().view(sizes);
+}
+
+TORCH_LIBRARY_IMPL(apt, CPU, m) { m.impl("fp4_linear", &fp4_linear_cpu); }
+
+}  // namespace apt::fp4

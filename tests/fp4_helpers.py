@@ -1,0 +1,40 @@
+"""Shared helpers of the FP4 CPU tests: comparisons against apt_ext/reference/fp4.py."""
+from __future__ import annotations
+
+import torch
+
+from apt_ext import _native
+
+FORMATS = ("nvfp4", "mxfp4", "nf4")
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Unit roundoff of each output dtype (the result is rounded once from float32).
+UNIT_ROUNDOFF = {torch.float32: 0.0, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+
+
+def cpu_isas() -> list[str]:
+    """Every CPU kernel ISA this machine can run (APT_FP4_CPU_ISA values)."""
+    info = _native.build_info()
+    return ["scalar"] + [isa for isa in ("avx2", "avx512") if info.get(f"cpu_{isa}")]
+
+
+def as_bits(t: torch.Tensor) -> torch.Tensor:
+    """float8 scales compared bit for bit (float8 has no torch.equal on CPU in all versions)."""
+    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+
+
+def assert_same_quantization(got, want) -> None:
+    for name, a, b in zip(("packed", "scales", "tensor_scale"), got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
+        assert torch.equal(as_bits(a), as_bits(b)), f"{name} differs from the reference"
+
+
+def assert_linear_close(y: torch.Tensor, want: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
+    """y (x's dtype) against the float64 reference: fp32 accumulation error plus one rounding."""
+    assert y.dtype == x.dtype and y.shape == want.shape
+    k = x.shape[-1]
+    mag = x.double().abs() @ w[:, :k].double().abs().T                      # sum |x||w| per output
+    bound = UNIT_ROUNDOFF[x.dtype] * want.double().abs() + 2e-6 * mag + 1e-30
+    if x.dtype != torch.float32:                                            # x's own rounding is in want
+        bound = bound + UNIT_ROUNDOFF[x.dtype] * 1e-3 * mag
+    err = (y.double() - want.double()).abs()
+    assert bool((err <= bound).all()), f"max excess {(err - bound).max().item():.3g}"

@@ -1,0 +1,106 @@
+"""fp4_linear CPU kernel against the reference, its gradients, and torch.compile."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import apt_ext.ops  # noqa: F401
+from apt_ext.nn import FP4Linear
+from apt_ext.reference import fp4 as ref
+from fp4_helpers import FLOAT_DTYPES, FORMATS, assert_linear_close, cpu_isas
+
+
+def make(fmt, n, k, rng):
+    w = torch.randn(n, k, generator=rng) * 0.05
+    q = ref.quantize(w, fmt)
+    return q, ref.dequantize(*q, fmt)
+
+
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 70])           # GEMV path, 4-row path, 64-row chunks
+def test_matches_reference_every_path(isa, fmt, m, rng, monkeypatch):
+    monkeypatch.setenv("APT_FP4_CPU_ISA", isa)
+    n, k = 10, 150                                            # N % 4 != 0, K < K_padded
+    q, wd = make(fmt, n, k, rng)
+    x = torch.randn(m, k, generator=rng)
+    bias = torch.randn(n, generator=rng)
+    y = torch.ops.apt.fp4_linear(x, *q, bias, fmt, ref.BLOCK_SIZES[fmt])
+    assert_linear_close(y, ref.linear(x, *q, bias, fmt), x, wd)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("xshape", [(5, 96), (2, 3, 96), (96,), (1, 1, 9, 96)])
+def test_dtypes_and_leading_dims(fmt, dtype, xshape, rng):
+    q, wd = make(fmt, 33, 96, rng)
+    x = torch.randn(xshape, generator=rng).to(dtype)
+    bias = torch.randn(33, generator=rng).to(torch.bfloat16)   # bias of another float dtype
+    y = torch.ops.apt.fp4_linear(x, *q, bias, fmt, ref.BLOCK_SIZES[fmt])
+    assert y.shape == (*xshape[:-1], 33)
+    assert_linear_close(y, ref.linear(x, *q, bias, fmt), x, wd)
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (1, 64), (64, 1), (5, 17)])
+def test_tiny_shapes(n, k, rng):
+    for fmt in FORMATS:
+        q, wd = make(fmt, n, k, rng)
+        for m in (1, 6):
+            x = torch.randn(m, k, generator=rng)
+            y = torch.ops.apt.fp4_linear(x, *q, None, fmt, ref.BLOCK_SIZES[fmt])
+            assert_linear_close(y, ref.linear(x, *q, None, fmt), x, wd)
+
+
+def test_empty_batch_gives_empty_output(rng):
+    q, _ = make("nvfp4", 8, 32, rng)
+    y = torch.ops.apt.fp4_linear(torch.empty(0, 32), *q, None, "nvfp4", 16)
+    assert y.shape == (0, 8)
+
+
+def test_large_layer_against_reference(rng):
+    q, wd = make("nvfp4", 300, 1024, rng)
+    for m in (1, 8, 65):
+        x = torch.randn(m, 1024, generator=rng)
+        assert_linear_close(torch.ops.apt.fp4_linear(x, *q, None, "nvfp4", 16),
+                            ref.linear(x, *q, None, "nvfp4"), x, wd)
+
+
+@pytest.mark.filterwarnings("ignore:Input #.* requires gradient and is not a double")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gradcheck_x_and_bias(fmt, rng):
+    q, _ = make(fmt, 6, 40, rng)
+    q = tuple(t.clone() for t in q)
+    x = torch.randn(3, 40, generator=rng, requires_grad=True)
+    b = torch.randn(6, generator=rng, requires_grad=True)
+
+    def f(x, b):
+        return torch.ops.apt.fp4_linear(x, *q, b, fmt, ref.BLOCK_SIZES[fmt])
+
+    # Linear in x and b: float32 finite differences are accurate to ~1e-3 relative.
+    assert torch.autograd.gradcheck(f, (x, b), eps=1e-2, atol=2e-3, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_gradient_values(dtype, rng):
+    q, wd = make("nvfp4", 12, 48, rng)
+    x = torch.randn(2, 5, 48, generator=rng).to(dtype).requires_grad_()
+    b = torch.randn(12, generator=rng, dtype=torch.float32, requires_grad=True)
+    g = torch.randn(2, 5, 12, generator=rng).to(dtype)
+    torch.ops.apt.fp4_linear(x, *q, b, "nvfp4", 16).backward(g)
+    assert x.grad.dtype == dtype and b.grad.dtype == torch.float32
+    tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 3e-3}[dtype]
+    torch.testing.assert_close(x.grad.float(), g.float() @ wd.float(), rtol=tol, atol=tol)
+    torch.testing.assert_close(b.grad, g.float().sum((0, 1)), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_fullgraph_model(rng):
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(64, 48), nn.GELU(), nn.Linear(48, 16))
+    from apt_ext import quantize_
+    quantize_(model, fmt="nvfp4")
+    assert isinstance(model[0], FP4Linear)
+    x = torch.randn(4, 64, generator=rng)
+    eager = model(x)
+    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-5)

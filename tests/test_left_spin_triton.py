@@ -1,0 +1,84 @@
+"""The Triton kernels of the left-spin residual under the CPU interpreter (TRITON_INTERPRET=1).
+
+The interpreter must be on before triton compiles the kernels, so in a normal run a single
+test re-runs this file in a subprocess with TRITON_INTERPRET=1; the lead runs the compiled
+kernels on a GPU in tests/gpu/test_left_spin_cuda.py.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+pytest.importorskip("triton")
+
+
+@pytest.mark.skipif(INTERPRET, reason="already under the interpreter")
+def test_triton_kernels_under_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+interpreted = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_INTERPRET=1 subprocess")
+
+
+@pytest.fixture
+def two_pass(monkeypatch):
+    """Make the two-pass (row not resident) kernels run on tiny rows."""
+    from apt_ext.triton import left_spin as tls
+
+    monkeypatch.setattr(tls, "MAX_RESIDENT_D", 8)
+    monkeypatch.setattr(tls, "LOOP_BLOCK_D", 16)
+
+
+def _check(rng, shape, dtype, with_prev, with_phi):
+    from apt_ext.reference import left_spin as ref
+    from apt_ext.triton import left_spin as tls
+
+    params = tuple(ref.DEFAULTS.values())
+    u, du, dp, pp = ref.make_inputs(shape, dtype, "cpu", with_prev, with_phi, rng)
+    go = torch.randn(shape, generator=rng).to(dtype)
+    gphi = torch.randn(shape[:-1], generator=rng)
+    out, phi = tls.left_spin_residual(u, du, dp, pp, *params)
+    r_out, r_phi, r_grads = ref.forward_backward(u, du, dp, pp, go, gphi, **ref.DEFAULTS)
+    ref.assert_close_to_reference(out, r_out, dtype, "out")
+    ref.assert_close_to_reference(phi, r_phi, dtype, "phi", phi=True)
+    grads = tls.left_spin_residual_backward(go, gphi, u, du, dp, pp, *params)
+    for name, g, rg in zip(("grad_u", "grad_du", "grad_du_prev", "grad_phi_prev"), grads, r_grads):
+        if rg is None:
+            assert g.numel() == 0, name
+        else:
+            ref.assert_close_to_reference(g, rg, dtype, name, phi=name == "grad_phi_prev")
+
+
+CASES = [((1, 1), False, False), ((3, 7), True, True), ((2, 3, 33), True, False), ((5, 16), False, True)]
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape,with_prev,with_phi", CASES, ids=str)
+def test_resident_rows_match_reference(rng, dtype, shape, with_prev, with_phi):
+    _check(rng, shape, dtype, with_prev, with_phi)
+
+
+@interpreted
+@pytest.mark.parametrize("shape,with_prev,with_phi", [((3, 40), True, True), ((2, 17), False, False)], ids=str)
+def test_two_pass_rows_match_reference(rng, two_pass, shape, with_prev, with_phi):
+    _check(rng, shape, torch.float32, with_prev, with_phi)
+
+
+@interpreted
+def test_bad_input_raises_clearly():
+    from apt_ext.triton import left_spin as tls
+
+    u = torch.randn(3, 8)
+    with pytest.raises(ValueError, match="du: expected the shape of u"):
+        tls.left_spin_residual(u, torch.randn(3, 9), None, None, 0.5, 0.3, 0.7, 1.0, 0.5, 1e-6)
+    with pytest.raises(TypeError, match="Triton kernel takes"):
+        tls.left_spin_residual(u.double(), u.double(), None, None, 0.5, 0.3, 0.7, 1.0, 0.5, 1e-6)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Compile-checks CUDA sources on a machine whose torch is a CPU build (no GPU needed): nvcc
+# compiles each .cu against torch's headers for sm_80 and sm_90 and prints the ptxas resource
+# report (registers, spills, stack). Nothing is linked or installed.
+# Usage: bash tools/nvcc_check.sh [file.cu ...]     (default: every csrc/**/*.cu)
+# The CPU wheel lacks c10's generated cuda_cmake_macros.h; a one-line stand-in is made in a
+# temp dir. Kernels should include c10/cuda headers, not ATen/cuda/CUDAContext.h (which pulls
+# cuSPARSE/cuBLAS headers that a bare nvcc install does not have).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TI=$("$PY" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "include"))')
+shim=$(mktemp -d)
+trap 'rm -rf "$shim"' EXIT
+mkdir -p "$shim/c10/cuda/impl"
+echo '#pragma once' > "$shim/c10/cuda/impl/cuda_cmake_macros.h"
+files=("$@")
+if [ ${#files[@]} -eq 0 ]; then mapfile -t files < <(find csrc -name '*.cu' | sort); fi
+rc=0
+for f in "${files[@]}"; do
+  for arch in 80 90; do
+    echo "== $f sm_$arch"
+    nvcc -std=c++17 -O3 --expt-relaxed-constexpr -lineinfo -Xptxas -v \
+      -gencode "arch=compute_$arch,code=sm_$arch" -c "$f" -o "$shim/out.o" \
+      -I csrc -I "$shim" -I "$TI" -I "$TI/torch/csrc/api/include" \
+      -D_GLIBCXX_USE_CXX11_ABI=1 -DAPT_WITH_CUDA=1 2>&1 | grep -vE "^ptxas info *: (Compiling|Function properties for)" || rc=1
+  done
+done
+exit $rc

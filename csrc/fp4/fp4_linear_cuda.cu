@@ -406,8 +406,6 @@ void launch_small_m(const at::Tensor& x2, const at::Tensor& packed, const at::Te
   }
 }
 
-}  // namespace
-
 at::Tensor fp4_linear_cuda_impl(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& scales_in,
                                 const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias,
                                 const std::string& fmt, int64_t block_size, bool gelu) {
@@ -464,7 +462,6 @@ at::Tensor fp4_linear_cuda_impl(const at::Tensor& x, const at::Tensor& packed_in
   return out.view(out_sizes);
 }
 
-namespace {
 at::Tensor fp4_linear_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                            const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias,
                            const std::string& fmt, int64_t block_size) {

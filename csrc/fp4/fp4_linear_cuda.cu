@@ -9,6 +9,7 @@
 //    feeds mma.sync m16n8k16 with the weights as the A operand and 8 rows of x as B, so every
 //    decoded weight serves up to 8*MT rows of x. The K order inside a step is permuted
 //    identically for A and B (a sum does not care), which makes each thread's 16 bytes one load.
+//    float32 x (nvfp4, mxfp4) takes the same kernel with x split into three bfloat16 terms.
 //  * otherwise: dequantise the weight to x's dtype into a scratch buffer (in row chunks) and
 //    multiply with at::matmul (cuBLAS), bias added after.
 #include <ATen/ATen.h>
@@ -85,6 +86,12 @@ struct MmaType<at::Half> {
   }
 };
 
+// float32 x multiplies through bfloat16 tensor cores too: the weights of the exact decode are
+// exact in bfloat16 and x is split into three bfloat16 terms (split3_bf16), so the products
+// carry float32 precision.
+template <>
+struct MmaType<float> : MmaType<at::BFloat16> {};
+
 // 16 packed bytes of one row at byte offset `off` (a multiple of 8); bytes past the row (or a
 // row past N) read as 0. `vec16`: rows are 16-byte aligned, so one 128-bit load suffices.
 __device__ __forceinline__ uint4 load_chunk(const uint8_t* row, int64_t off, int64_t row_bytes, bool valid,
@@ -123,6 +130,33 @@ __device__ __forceinline__ uint4 load_x8(const T* x, int64_t row, int64_t m, int
   return r;
 }
 
+// 4 consecutive float32 x values x[row, k0 .. k0+4) (zeros past K or for rows >= M).
+__device__ __forceinline__ float4 load_x4f(const float* x, int64_t row, int64_t m, int64_t k, int64_t k0,
+                                          bool vec16) {
+  float4 r = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (row >= m || k0 >= k) return r;
+  const float* p = x + row * k + k0;
+  if (vec16 && k0 + 4 <= k) return __ldg(reinterpret_cast<const float4*>(p));
+  r.x = __ldg(p);
+  if (k0 + 1 < k) r.y = __ldg(p + 1);
+  if (k0 + 2 < k) r.z = __ldg(p + 2);
+  if (k0 + 3 < k) r.w = __ldg(p + 3);
+  return r;
+}
+
+// (a, b) = hi + mid + lo as three packed bfloat16 pairs, each the rounded remainder of the
+// previous ones: the sum keeps about 24 bits of each value (float32's precision).
+__device__ __forceinline__ void split3_bf16(float a, float b, uint32_t (&parts)[3]) {
+#pragma unroll
+  for (int i = 0; i < 3; ++i) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    parts[i] = *reinterpret_cast<const uint32_t*>(&h);
+    const float2 f = __bfloat1622float2(h);
+    a -= f.x;
+    b -= f.y;
+  }
+}
+
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
 }
@@ -132,7 +166,7 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 // most 6 significant bits, and mxfp4's 2^e fits bfloat16's exponent range. The other cases
 // (nf4, mxfp4 with float16 x) multiply in float32 and round once.
 template <Format F, typename T>
-constexpr bool kExactDecode = F == Format::NVFP4 || (F == Format::MXFP4 && std::is_same_v<T, at::BFloat16>);
+constexpr bool kExactDecode = F == Format::NVFP4 || (F == Format::MXFP4 && !std::is_same_v<T, at::Half>);
 
 // The stored scales of the two 16-code halves of the chunk that starts at code k0 of `row`,
 // raw, so they can be loaded one step ahead: nvfp4 two E4M3 bytes (half 0 in the low byte),
@@ -240,7 +274,9 @@ __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
   const uint8_t* row_b = packed + (vb ? rb : 0) * row_bytes;
   const int64_t nb = 2 * row_bytes / block_size_of(F);  // scale blocks per row
   const bool wvec16 = (row_bytes % 16) == 0;
-  const bool xvec16 = (k % 8) == 0;
+  constexpr bool kF32 = std::is_same_v<T, float>;
+  static_assert(!kF32 || kExactDecode<F, T>, "float32 x needs weights that are exact in bfloat16");
+  const bool xvec16 = (k % (kF32 ? 4 : 8)) == 0;  // every row of x starts 16-byte aligned
 
   float acc[MT][4];
 #pragma unroll
@@ -264,11 +300,20 @@ __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
     const uint32_t nraw_a = load_raw_scales<F>(scales, ra, nb, 2 * nxt, va && more);
     const uint32_t nraw_b = load_raw_scales<F>(scales, rb, nb, 2 * nxt, vb && more);
     const int64_t k0 = 2 * off;  // first k of this thread's 32 codes
-    uint4 xv[MT][4];
+    // This thread's 32 x values of each of its MT rows: 16-bit x as 4 x 8 raw halves, float32
+    // x as 8 x 4 floats.
+    uint4 xv[kF32 ? 1 : MT][4];
+    float4 xf[kF32 ? MT : 1][8];
 #pragma unroll
-    for (int i = 0; i < MT; ++i)
+    for (int i = 0; i < MT; ++i) {
+      if constexpr (kF32) {
 #pragma unroll
-      for (int q = 0; q < 4; ++q) xv[i][q] = load_x8<T>(x, m0 + 8 * i + g, m, k, k0 + 8 * q, xvec16);
+        for (int q = 0; q < 8; ++q) xf[i][q] = load_x4f(x, m0 + 8 * i + g, m, k, k0 + 4 * q, xvec16);
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) xv[i][q] = load_x8<T>(x, m0 + 8 * i + g, m, k, k0 + 8 * q, xvec16);
+      }
+    }
     float sa[2], sb[2];
     uint32_t sa2[2], sb2[2];
     scales_from_raw<F, T>(raw_a, sa2, sa);
@@ -283,9 +328,17 @@ __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
       decode4<F, T>(hb, sb2[s >> 2], sb[s >> 2], lut, a[1], a[3]);
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
-        const uint32_t b0 = word_of(xv[i][s >> 1], 2 * (s & 1));
-        const uint32_t b1 = word_of(xv[i][s >> 1], 2 * (s & 1) + 1);
-        MmaType<T>::mma(acc[i], a, b0, b1);
+        if constexpr (kF32) {
+          uint32_t b0[3], b1[3];
+          split3_bf16(xf[i][s].x, xf[i][s].y, b0);
+          split3_bf16(xf[i][s].z, xf[i][s].w, b1);
+#pragma unroll
+          for (int p = 0; p < 3; ++p) MmaType<T>::mma(acc[i], a, b0[p], b1[p]);
+        } else {
+          const uint32_t b0 = word_of(xv[i][s >> 1], 2 * (s & 1));
+          const uint32_t b1 = word_of(xv[i][s >> 1], 2 * (s & 1) + 1);
+          MmaType<T>::mma(acc[i], a, b0, b1);
+        }
       }
     }
     wa = na;
@@ -337,16 +390,23 @@ int sm_count(int device) {
   return v;
 }
 
+// A non-negative integer from the environment variable `name`, or `fallback` when unset.
+int64_t env_rows(const char* name, int64_t fallback) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return fallback;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 0, name, ": expected a non-negative integer, got '", env, "'");
+  return static_cast<int64_t>(v);
+}
+
 int64_t small_m_max_rows() {
-  static const int64_t value = [] {
-    const char* env = std::getenv("APT_FP4_SMALL_M_MAX");
-    if (env == nullptr || *env == '\0') return kSmallMMaxRows;
-    char* end = nullptr;
-    const long long v = std::strtoll(env, &end, 10);
-    TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 0, "APT_FP4_SMALL_M_MAX: expected a non-negative integer, got '",
-                      env, "'");
-    return static_cast<int64_t>(v);
-  }();
+  static const int64_t value = env_rows("APT_FP4_SMALL_M_MAX", kSmallMMaxRows);
+  return value;
+}
+
+int64_t small_m_max_rows_f32() {
+  static const int64_t value = env_rows("APT_FP4_SMALL_M_MAX_F32", kSmallMMaxRowsF32);
   return value;
 }
 
@@ -397,7 +457,7 @@ void launch_small_m(const at::Tensor& x2, const at::Tensor& packed, const at::Te
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   };
-  if (m <= 8) {
+  if (std::is_same_v<T, float> || m <= 8) {  // float32 x: three mma per tile already
     go(std::integral_constant<int, 1>{});
   } else if (m <= 16) {
     go(std::integral_constant<int, 2>{});
@@ -427,12 +487,19 @@ at::Tensor fp4_linear_cuda_impl(const at::Tensor& x, const at::Tensor& packed_in
   const at::Tensor xa = reinterpret_cast<uintptr_t>(x2.const_data_ptr()) % 16 != 0 ? x2.clone() : x2;
   const at::Tensor scales = scales_in.contiguous();
 
-  if (x.scalar_type() != at::kFloat && m <= small_m_max_rows()) {
+  const bool small = x.scalar_type() == at::kFloat ? (f != Format::NF4 && m <= small_m_max_rows_f32())
+                                                  : m <= small_m_max_rows();
+  if (small) {
     const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
     const float* bias_ptr = bias.has_value() ? bias_f.const_data_ptr<float>() : nullptr;
     dispatch_format(f, [&](auto fc) {
       constexpr Format F = decltype(fc)::value;
-      if (x.scalar_type() == at::kBFloat16) {
+      if (x.scalar_type() == at::kFloat) {
+        if constexpr (F != Format::NF4) {
+          gelu ? launch_small_m<F, float, true>(xa, packed, scales, tensor_scale, bias_ptr, out)
+               : launch_small_m<F, float, false>(xa, packed, scales, tensor_scale, bias_ptr, out);
+        }
+      } else if (x.scalar_type() == at::kBFloat16) {
         gelu ? launch_small_m<F, at::BFloat16, true>(xa, packed, scales, tensor_scale, bias_ptr, out)
              : launch_small_m<F, at::BFloat16, false>(xa, packed, scales, tensor_scale, bias_ptr, out);
       } else {

@@ -133,10 +133,12 @@ def test_linear(fmt, m, dt, with_bias):
 
 @needs_cuda_build
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("m", [1, 24, 64])
-def test_linear_long_k(fmt, m):
-    """Several K steps per warp and 16-byte aligned rows (K = 4096 + 96)."""
-    _check_linear(fmt, m, torch.bfloat16, True, n=300, k=4192)
+@pytest.mark.parametrize("m", [1, 12, 24, 64])
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float32])
+def test_linear_long_k(fmt, m, dt):
+    """Several K steps, K split over the grid, 16-byte aligned rows (K = 4096 + 96); float32 x
+    at M <= 16 takes the split-bf16 tensor-core path."""
+    _check_linear(fmt, m, dt, True, n=300, k=4192)
 
 
 @needs_cuda_build
@@ -272,8 +274,9 @@ def test_sanitizer_kernels(fmt):
         torch.ops.apt.fp4_linear(x, packed, scales, ts, None, fmt, bs)
         torch.ops.apt.fp4_linear_gelu(x, packed, scales, ts, torch.randn(19, device=DEV), fmt, bs)
     long_w = torch.ops.apt.fp4_quantize(_weight(40, 4192, g).to(DEV), fmt, bs)
-    x = torch.randn(3, 4192, generator=g).to(DEV, torch.float16)
-    torch.ops.apt.fp4_linear_gelu(x, *long_w, torch.randn(40, device=DEV), fmt, bs)
+    for dt in (torch.float16, torch.float32):
+        x = torch.randn(3, 4192, generator=g).to(DEV, dt)
+        torch.ops.apt.fp4_linear_gelu(x, *long_w, torch.randn(40, device=DEV), fmt, bs)
     torch.cuda.synchronize()
 
 

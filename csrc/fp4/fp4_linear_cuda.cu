@@ -25,6 +25,7 @@
 #include <array>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "fp4/fp4_codec_cuda.h"
@@ -112,35 +113,19 @@ __device__ __forceinline__ uint4 load_chunk(const uint8_t* row, int64_t off, int
   return r;
 }
 
-// 8 consecutive x values x[row, k0 .. k0+8) as raw 16-bit words (zeros past K or for rows >= M).
+// 16 bytes of x, x[row, k0 .. k0 + 16/sizeof(T)), as raw bits (zeros past K or for rows >= M).
 template <typename T>
-__device__ __forceinline__ uint4 load_x8(const T* x, int64_t row, int64_t m, int64_t k, int64_t k0,
-                                         bool vec16) {
+__device__ __forceinline__ uint4 load_x16(const T* x, int64_t row, int64_t m, int64_t k, int64_t k0, bool vec16) {
+  constexpr int kN = 16 / sizeof(T);
+  using Raw = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;
   uint4 r = make_uint4(0, 0, 0, 0);
   if (row >= m || k0 >= k) return r;
   const T* p = x + row * k + k0;
-  if (vec16 && k0 + 8 <= k) return __ldg(reinterpret_cast<const uint4*>(p));
-  uint16_t v[8];
+  if (vec16 && k0 + kN <= k) return __ldg(reinterpret_cast<const uint4*>(p));
+  Raw v[kN];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = (k0 + i < k) ? __ldg(reinterpret_cast<const uint16_t*>(p + i)) : 0;
-  r.x = v[0] | (static_cast<uint32_t>(v[1]) << 16);
-  r.y = v[2] | (static_cast<uint32_t>(v[3]) << 16);
-  r.z = v[4] | (static_cast<uint32_t>(v[5]) << 16);
-  r.w = v[6] | (static_cast<uint32_t>(v[7]) << 16);
-  return r;
-}
-
-// 4 consecutive float32 x values x[row, k0 .. k0+4) (zeros past K or for rows >= M).
-__device__ __forceinline__ float4 load_x4f(const float* x, int64_t row, int64_t m, int64_t k, int64_t k0,
-                                          bool vec16) {
-  float4 r = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  if (row >= m || k0 >= k) return r;
-  const float* p = x + row * k + k0;
-  if (vec16 && k0 + 4 <= k) return __ldg(reinterpret_cast<const float4*>(p));
-  r.x = __ldg(p);
-  if (k0 + 1 < k) r.y = __ldg(p + 1);
-  if (k0 + 2 < k) r.z = __ldg(p + 2);
-  if (k0 + 3 < k) r.w = __ldg(p + 3);
+  for (int i = 0; i < kN; ++i) v[i] = (k0 + i < k) ? __ldg(reinterpret_cast<const Raw*>(p + i)) : Raw{0};
+  memcpy(&r, v, sizeof(r));
   return r;
 }
 
@@ -300,20 +285,13 @@ __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
     const uint32_t nraw_a = load_raw_scales<F>(scales, ra, nb, 2 * nxt, va && more);
     const uint32_t nraw_b = load_raw_scales<F>(scales, rb, nb, 2 * nxt, vb && more);
     const int64_t k0 = 2 * off;  // first k of this thread's 32 codes
-    // This thread's 32 x values of each of its MT rows: 16-bit x as 4 x 8 raw halves, float32
-    // x as 8 x 4 floats.
-    uint4 xv[kF32 ? 1 : MT][4];
-    float4 xf[kF32 ? MT : 1][8];
+    // This thread's 32 x values of each of its MT rows as 16-byte loads (8 halves or 4 floats).
+    constexpr int kLoads = kF32 ? 8 : 4, kPerLoad = 32 / kLoads;
+    uint4 xv[MT][kLoads];
 #pragma unroll
-    for (int i = 0; i < MT; ++i) {
-      if constexpr (kF32) {
+    for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int q = 0; q < 8; ++q) xf[i][q] = load_x4f(x, m0 + 8 * i + g, m, k, k0 + 4 * q, xvec16);
-      } else {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) xv[i][q] = load_x8<T>(x, m0 + 8 * i + g, m, k, k0 + 8 * q, xvec16);
-      }
-    }
+      for (int q = 0; q < kLoads; ++q) xv[i][q] = load_x16<T>(x, m0 + 8 * i + g, m, k, k0 + kPerLoad * q, xvec16);
     float sa[2], sb[2];
     uint32_t sa2[2], sb2[2];
     scales_from_raw<F, T>(raw_a, sa2, sa);
@@ -329,9 +307,10 @@ __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
         if constexpr (kF32) {
+          // x[k0+4s .. k0+4s+3] = the 4 floats of load s.
           uint32_t b0[3], b1[3];
-          split3_bf16(xf[i][s].x, xf[i][s].y, b0);
-          split3_bf16(xf[i][s].z, xf[i][s].w, b1);
+          split3_bf16(__uint_as_float(xv[i][s].x), __uint_as_float(xv[i][s].y), b0);
+          split3_bf16(__uint_as_float(xv[i][s].z), __uint_as_float(xv[i][s].w), b1);
 #pragma unroll
           for (int p = 0; p < 3; ++p) MmaType<T>::mma(acc[i], a, b0[p], b1[p]);
         } else {

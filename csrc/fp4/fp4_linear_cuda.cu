@@ -436,7 +436,9 @@ void launch_small_m(const at::Tensor& x2, const at::Tensor& packed, const at::Te
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   };
-  if (std::is_same_v<T, float> || m <= 8) {  // float32 x: three mma per tile already
+  if constexpr (std::is_same_v<T, float>) {  // float32 x: three mma per tile already
+    go(std::integral_constant<int, 1>{});
+  } else if (m <= 8) {
     go(std::integral_constant<int, 1>{});
   } else if (m <= 16) {
     go(std::integral_constant<int, 2>{});

@@ -305,3 +305,14 @@ def _left_spin_backward(ctx, grad_out, grad_phi):
 
 torch.library.register_autograd("apt::left_spin_residual", _left_spin_backward,
                                 setup_context=_left_spin_setup_context)
+
+
+def _left_spin_double_backward(ctx, *grads):
+    raise RuntimeError("apt::left_spin_residual: double backward (gradients of its gradients, "
+                       "e.g. a gradient penalty) is not supported")
+
+
+# Registered so that create_graph=True works for first-order gradients and a second-order
+# use fails loudly instead of silently treating the backward as constant.
+torch.library.register_autograd("apt::left_spin_residual_backward", _left_spin_double_backward,
+                                setup_context=lambda ctx, inputs, output: None)

@@ -1,37 +1,53 @@
 #!/usr/bin/env bash
 # One batched GPU session (device machine): build, GPU tests, benchmarks; everything lands in
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
-# Usage: bash benchmarks/gpu_session.sh STAGE...   stages: build test sanitizer fp4 e2e left_spin vgpu model memory
-#   (each stage's log: $OUT/<stage>.log; a stage failing does not stop the later ones)
+# Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
+#   stages: build test test_fp4 test_left_spin test_vgpu test_model sanitizer fp4 fp4_quick e2e
+#           left_spin left_spin_quick vgpu vgpu_quick model lr_sweep
+#   each stage's log: $OUT/<stage>.log; SECONDS caps a stage (timeout); a stage failing does not
+#   stop the later ones.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/apt_out}
 mkdir -p "$OUT" benchmarks/results benchmarks/plots
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
 PY=python3
+# The device image's default CXX (/opt/gcc) links libstdc++ statically into shared objects; its
+# private copy of the iostream/locale code crashed the first formatted error message (SIGSEGV in
+# std::ostream::_M_insert<long> inside _C.so). Build with the system compiler instead.
+if [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++; fi
 if [ -d .whl ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+LIMIT=0
 stage() {  # name, command...
   local name=$1; shift
   echo "=== $name: $*"
   local t0=$(date +%s)
+  if [ "$LIMIT" -gt 0 ]; then set -- timeout "$LIMIT" "$@"; fi
   ( "$@" ) > "$OUT/$name.log" 2>&1
   local rc=$?
   echo "=== $name: rc=$rc in $(( $(date +%s) - t0 )) s"
   tail -n 25 "$OUT/$name.log"
 }
-for s in "$@"; do
+for arg in "$@"; do
+  s=${arg%%:*}; LIMIT=0; [ "$s" != "$arg" ] && LIMIT=${arg#*:}
   case $s in
-    build) stage build $PY -m pip install -v --no-build-isolation -e . ;;
-    test) stage test $PY -m pytest -q -x tests/gpu ;;
+    build) rm -rf build; stage build $PY -m pip install -v --no-build-isolation -e . ;;
+    test) stage test $PY -m pytest -v -p no:cacheprovider tests/gpu ;;
+    test_fp4|test_left_spin|test_vgpu|test_model)
+      stage "$s" $PY -m pytest -v -p no:cacheprovider tests/gpu/${s}_*.py ;;
     sanitizer) stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q tests/gpu -k sanitizer ;;
     fp4) stage fp4 $PY benchmarks/fp4_linear.py ;;
+    fp4_quick) stage fp4_quick $PY benchmarks/fp4_linear.py --quick ;;
     e2e) stage e2e $PY benchmarks/e2e_encoder.py ;;
     left_spin) stage left_spin $PY benchmarks/left_spin.py ;;
+    left_spin_quick) stage left_spin_quick $PY benchmarks/left_spin.py --quick ;;
     vgpu) stage vgpu $PY benchmarks/vgpu.py ;;
+    vgpu_quick) stage vgpu_quick $PY benchmarks/vgpu.py --quick ;;
     model) stage model $PY benchmarks/model_throughput.py ;;
+    lr_sweep) stage lr_sweep $PY benchmarks/left_spin_training.py ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done

@@ -185,6 +185,8 @@ def test_bad_linear_and_dequantize_input(rng):
         lin(torch.randn(2, 63 - 16), *q, None, "nvfp4", 16)
     with pytest.raises(ValueError, match="x: last dimension K = 65"):
         lin(torch.randn(2, 65), *q, None, "nvfp4", 16)
+    with pytest.raises(ValueError, match="x: expected at least 1 dimension"):
+        lin(torch.tensor(1.0), *q, None, "nvfp4", 16)
     with pytest.raises(TypeError, match="x: expected float32"):
         lin(x.double(), *q, None, "nvfp4", 16)
     with pytest.raises(ValueError, match="bias: expected shape"):

@@ -22,7 +22,7 @@ def make(fmt, n, k, rng):
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 70])           # GEMV path, 4-row path, 64-row chunks
 def test_matches_reference_every_path(isa, fmt, m, rng, monkeypatch):
     monkeypatch.setenv("APT_FP4_CPU_ISA", isa)
-    n, k = 10, 150                                            # N % 4 != 0, K < K_padded
+    n, k = 10, 100                          # N % 4 != 0, K < K_padded, nvfp4 K_padded % 32 == 16
     q, wd = make(fmt, n, k, rng)
     x = torch.randn(m, k, generator=rng)
     bias = torch.randn(n, generator=rng)
@@ -52,18 +52,29 @@ def test_tiny_shapes(n, k, rng):
             assert_linear_close(y, ref.linear(x, *q, None, fmt), x, wd)
 
 
+def test_non_contiguous_x(rng):
+    q, wd = make("nf4", 9, 64, rng)
+    x = torch.randn(64, 6, generator=rng).t()                 # [6, 64], strided
+    assert not x.is_contiguous()
+    assert_linear_close(torch.ops.apt.fp4_linear(x, *q, None, "nf4", 64), ref.linear(x, *q, None, "nf4"), x, wd)
+
+
 def test_empty_batch_gives_empty_output(rng):
     q, _ = make("nvfp4", 8, 32, rng)
     y = torch.ops.apt.fp4_linear(torch.empty(0, 32), *q, None, "nvfp4", 16)
     assert y.shape == (0, 8)
 
 
-def test_large_layer_against_reference(rng):
-    q, wd = make("nvfp4", 300, 1024, rng)
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_larger_layer_against_reference(isa, fmt, rng, monkeypatch):
+    monkeypatch.setenv("APT_FP4_CPU_ISA", isa)
+    # K = 1100: more than one K slice of the batched path, nvfp4's last slice ends mid-chunk.
+    q, wd = make(fmt, 130, 1100, rng)
     for m in (1, 8, 65):
-        x = torch.randn(m, 1024, generator=rng)
-        assert_linear_close(torch.ops.apt.fp4_linear(x, *q, None, "nvfp4", 16),
-                            ref.linear(x, *q, None, "nvfp4"), x, wd)
+        x = torch.randn(m, 1100, generator=rng)
+        assert_linear_close(torch.ops.apt.fp4_linear(x, *q, None, fmt, ref.BLOCK_SIZES[fmt]),
+                            ref.linear(x, *q, None, fmt), x, wd)
 
 
 @pytest.mark.filterwarnings("ignore:Input #.* requires gradient and is not a double")

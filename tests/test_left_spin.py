@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from apt_ext import _native
 from apt_ext.ops import left_spin_residual
 from apt_ext.reference import left_spin as ref
 
@@ -19,10 +20,35 @@ def _grads(gen, shape, dtype):
     return go, gphi
 
 
+def _cpu_isas() -> list[str]:
+    """Every CPU build this machine runs (APT_LEFT_SPIN_CPU_ISA values)."""
+    info = _native.build_info()
+    return ["scalar"] + [isa for isa in ("avx2", "avx512") if info.get(f"cpu_{isa}")]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("with_prev,with_phi", [(False, False), (True, False), (True, True), (False, True)])
 def test_forward_backward_match_reference(rng, dtype, shape, with_prev, with_phi):
+    _check_against_reference(rng, dtype, shape, with_prev, with_phi)
+
+
+@pytest.mark.parametrize("isa", _cpu_isas())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(3, 7), (2, 1000)], ids=str)
+def test_every_cpu_build_matches_reference(rng, monkeypatch, isa, dtype, shape):
+    monkeypatch.setenv("APT_LEFT_SPIN_CPU_ISA", isa)
+    _check_against_reference(rng, dtype, shape, True, True)
+    _check_against_reference(rng, dtype, shape, False, False)
+
+
+def test_unknown_cpu_build_is_rejected(monkeypatch):
+    monkeypatch.setenv("APT_LEFT_SPIN_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="APT_LEFT_SPIN_CPU_ISA"):
+        left_spin_residual(torch.randn(2, 4), torch.randn(2, 4))
+
+
+def _check_against_reference(rng, dtype, shape, with_prev, with_phi):
     u, du, dp, pp = ref.make_inputs(shape, dtype, "cpu", with_prev, with_phi, rng)
     go, gphi = _grads(rng, shape, dtype)
     out, phi = left_spin_residual(u, du, dp, pp)
@@ -162,3 +188,28 @@ def test_backward_bad_grad_shape_raises():
     with pytest.raises(ValueError, match="grad_phi: expected shape"):
         torch.ops.apt.left_spin_residual_backward(torch.randn(3, 8), torch.randn(4), u, du, None, None,
                                                   *ref.DEFAULTS.values())
+
+
+def test_inf_follows_the_reference(rng):
+    """Inf follows IEEE arithmetic through the formulas exactly like the reference."""
+    u, du = torch.randn(3, 6, generator=rng), torch.randn(3, 6, generator=rng)
+    du[0, 1] = float("inf")
+    u[1, 2] = float("inf")
+    du[2, 0], u[2, 3] = float("-inf"), float("inf")
+    out, phi = left_spin_residual(u, du)
+    r_out, r_phi = ref.left_spin_residual(u, du)
+    torch.testing.assert_close(out, r_out, equal_nan=True)
+    torch.testing.assert_close(phi, r_phi, equal_nan=True)
+    assert torch.isinf(phi[0]) and torch.isnan(out[0, 1]) and torch.isfinite(out[0, 2:]).all()
+
+
+def test_double_backward_raises_clearly(rng):
+    u, du, dp, pp = ref.make_inputs((3, 16), torch.float64, "cpu", True, True, rng, requires_grad=True)
+    out, phi = left_spin_residual(u, du, dp, pp)
+    (g,) = torch.autograd.grad((out * out).sum() + phi.sum(), u, create_graph=True)
+    r = [t.detach().clone().requires_grad_(True) for t in (u, du, dp, pp)]
+    r_out, r_phi = ref.left_spin_residual(*r)
+    (rg,) = torch.autograd.grad((r_out * r_out).sum() + r_phi.sum(), r[0])
+    torch.testing.assert_close(g, rg)  # first order under create_graph=True is right
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()

@@ -8,6 +8,8 @@ import sys
 
 COMMANDS = (
     "apt_ext.cli.info",
+    "apt_ext.cli.train",
+    "apt_ext.cli.demo",
 )
 
 

@@ -8,6 +8,8 @@ softplus(x) = x for x > 20).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -224,6 +226,11 @@ def _launch_config(D: int, rows: int, backward: bool) -> dict:
                 num_warps=warps, grid=(triton.cdiv(rows, n_rows),))
 
 
+def _on_device(t: torch.Tensor):
+    """Make t's GPU the current one for the launch (a no-op for CPU tensors under the interpreter)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _prepare(u, du, du_prev, phi_prev, params):
     from apt_ext.ops import check_left_spin_inputs  # apt_ext.ops registers these kernels
 
@@ -249,7 +256,7 @@ def left_spin_residual(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor 
         return out, phi
     cfg = _launch_config(D, rows, backward=False)
     grid = cfg.pop("grid")
-    with torch.device(u.device):
+    with _on_device(u):
         _forward_kernel[grid](
             u_c, du_c, dp_c if dp_c is not None else u_c, pp_c if pp_c is not None else phi,
             out, phi, rows, D, *params,
@@ -276,7 +283,7 @@ def left_spin_residual_backward(grad_out: torch.Tensor, grad_phi: torch.Tensor, 
     if rows > 0:
         cfg = _launch_config(D, rows, backward=True)
         grid = cfg.pop("grid")
-        with torch.device(u.device):
+        with _on_device(u):
             _backward_kernel[grid](
                 go, gphi, u_c, du_c, dp_c if dp_c is not None else u_c,
                 pp_c if pp_c is not None else gphi, grad_u, grad_du,

@@ -206,8 +206,7 @@ at::Tensor fp4_pack_cuda(const at::Tensor& codes) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (bad.item<int>() != 0) {
     const int64_t first = c.reshape(-1).gt(15).nonzero()[0][0].item<int64_t>();
-    TORCH_CHECK_VALUE(false, "codes: every code must be in [0, 15]; element ", first, " (flat index) is ",
-                      static_cast<int>(c.reshape(-1)[first].item<uint8_t>()));
+    throw_bad_code(first, static_cast<int>(c.reshape(-1)[first].item<uint8_t>()));
   }
   return out;
 }
@@ -231,9 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_quantize_cuda(const at::Tenso
                                                                int64_t block_size) {
   const Format f = parse_format(fmt);
   check_block_size(f, fmt, block_size);
-  check_float_input(w, "w");
-  TORCH_CHECK_VALUE(w.dim() == 2, "w: expected a 2-D weight [N, K], got ", w.dim(), "-D");
-  TORCH_CHECK_VALUE(w.numel() > 0, "w: expected a non-empty weight, got shape ", w.sizes());
+  check_quantize_weight(w);
   const c10::cuda::CUDAGuard guard(w.device());
   auto wc = w.contiguous();
   TORCH_CHECK_VALUE(wc.isfinite().all().item<bool>(),
@@ -271,7 +268,7 @@ at::Tensor fp4_dequantize_cuda(const at::Tensor& packed, const at::Tensor& scale
   check_block_size(f, fmt, block_size);
   const int64_t kp = check_packed_weight(packed, scales, tensor_scale, f, block_size);
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-                   "dtype: expected float32, bfloat16 or float16, got ", dtype);
+                   "dtype: expected float32, bfloat16 or float16, got ", c10::toString(dtype));
   const c10::cuda::CUDAGuard guard(packed.device());
   at::Tensor out = at::empty({packed.size(0), kp}, packed.options().dtype(dtype));
   at::Tensor p = packed.contiguous();

@@ -44,13 +44,13 @@ void dot_rows_scalar(const PackedRow& row, const float* x, int64_t ldx, int64_t 
   for (int64_t m = 0; m < mrows; ++m) out[m] = acc[m];
 }
 
-void gemm4_scalar(const float* w, int64_t kp, const float* x, int64_t ldx, int64_t mrows, float* out,
+void gemm4_scalar(const float* w, int64_t len, const float* x, int64_t ldx, int64_t mrows, float* out,
                   int64_t ldo) {
   for (int64_t m = 0; m < mrows; ++m)
     for (int64_t r = 0; r < 4; ++r) {
       float acc = 0.f;
-      for (int64_t k = 0; k < kp; ++k) acc += w[r * kp + k] * x[m * ldx + k];
-      out[m * ldo + r] = acc;
+      for (int64_t k = 0; k < len; ++k) acc += w[r * len + k] * x[m * ldx + k];
+      out[m * ldo + r] += acc;
     }
 }
 
@@ -80,7 +80,8 @@ bool cpu_supports(const char* isa) {
   __builtin_cpu_init();
   if (std::strcmp(isa, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (std::strcmp(isa, "avx512") == 0)
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 #endif
   return false;
 }
@@ -95,7 +96,7 @@ CpuKernels best_kernels() {
 
 }  // namespace
 
-CpuKernels scalar_kernels() { return {"scalar", &decode_row_scalar, &dot_rows_scalar, &gemm4_scalar}; }
+CpuKernels scalar_kernels() { return {"scalar", KOrder::kNatural, &decode_row_scalar, &decode_row_scalar, &dot_rows_scalar, &gemm4_scalar}; }
 
 CpuKernels cpu_kernels() {
   static const CpuKernels best = best_kernels();

@@ -79,31 +79,31 @@ void dot_rows_avx2(const PackedRow& row, const float* x, int64_t ldx, int64_t mr
 
 // MT x rows against the 4 decoded weight rows (8 accumulators for MT = 2 fit the 16 ymm).
 template <int MT>
-void gemm4_t(const float* w, int64_t kp, const float* x, int64_t ldx, float* out, int64_t ldo) {
+void gemm4_t(const float* w, int64_t len, const float* x, int64_t ldx, float* out, int64_t ldo) {
   __m256 acc[MT][4];
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < 4; ++r) acc[m][r] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < kp; k += 8) {
+  for (int64_t k = 0; k < len; k += 8) {
     __m256 wr[4];
-    for (int r = 0; r < 4; ++r) wr[r] = _mm256_loadu_ps(w + r * kp + k);
+    for (int r = 0; r < 4; ++r) wr[r] = _mm256_loadu_ps(w + r * len + k);
     for (int m = 0; m < MT; ++m) {
       const __m256 xv = _mm256_loadu_ps(x + m * ldx + k);
       for (int r = 0; r < 4; ++r) acc[m][r] = _mm256_fmadd_ps(wr[r], xv, acc[m][r]);
     }
   }
   for (int m = 0; m < MT; ++m)
-    for (int r = 0; r < 4; ++r) out[m * ldo + r] = hsum(acc[m][r]);
+    for (int r = 0; r < 4; ++r) out[m * ldo + r] += hsum(acc[m][r]);
 }
 
-void gemm4_avx2(const float* w, int64_t kp, const float* x, int64_t ldx, int64_t mrows, float* out,
+void gemm4_avx2(const float* w, int64_t len, const float* x, int64_t ldx, int64_t mrows, float* out,
                 int64_t ldo) {
   int64_t m = 0;
-  for (; m + 2 <= mrows; m += 2) gemm4_t<2>(w, kp, x + m * ldx, ldx, out + m * ldo, ldo);
-  if (m < mrows) gemm4_t<1>(w, kp, x + m * ldx, ldx, out + m * ldo, ldo);
+  for (; m + 2 <= mrows; m += 2) gemm4_t<2>(w, len, x + m * ldx, ldx, out + m * ldo, ldo);
+  if (m < mrows) gemm4_t<1>(w, len, x + m * ldx, ldx, out + m * ldo, ldo);
 }
 
 }  // namespace
 
-CpuKernels avx2_kernels() { return {"avx2", &decode_row_avx2, &dot_rows_avx2, &gemm4_avx2}; }
+CpuKernels avx2_kernels() { return {"avx2", KOrder::kNatural, &decode_row_avx2, &decode_row_avx2, &dot_rows_avx2, &gemm4_avx2}; }
 
 }  // namespace apt::fp4

@@ -3,11 +3,12 @@
 //  - M < kGemm4MinRows (decoding, GEMV): each weight row is decoded in registers (LUT, scaled
 //    once per block) and dotted with the M rows of x.
 //  - M >= kGemm4MinRows (batches): each thread takes groups of 4 output features,
-//    decodes the 4 weight rows once into a thread-local [4, Kp] float32 buffer, and runs a
-//    register-blocked 4 x MT micro-kernel over the M rows, in chunks of kGemm4MaxRows rows
-//    of x (a chunk of x stays in L2; the weight is decoded once per chunk). Decoding a tile of weight rows and calling at::mm
-//    was measured 5-10x slower here (MKL sgemm on these skinny tile shapes on the AMD EPYC
-//    test machine), so there is no BLAS path; see docs/fp4.md.
+//    decodes the 4 weight rows slice by slice (kSliceK columns) into a thread-local float32
+//    buffer that stays in L1, and runs a register-blocked 4 x MT micro-kernel over the M
+//    rows, in chunks of kGemm4MaxRows rows of x (the weight is decoded once per chunk).
+//    Decoding a tile of weight rows and calling at::mm was measured 5-10x slower here (MKL
+//    sgemm on these skinny tile shapes on the AMD EPYC test machine), so there is no BLAS
+//    path; see docs/fp4.md.
 // The row kernels (fp4_cpu_kernels*.cpp) are picked for the CPU's best ISA at run time.
 #include <ATen/Parallel.h>
 #include <ATen/ops/constant_pad_nd.h>
@@ -26,6 +27,8 @@ namespace {
 
 constexpr int64_t kGemm4MinRows = kMaxFusedRows + 1;
 constexpr int64_t kGemm4MaxRows = 64;
+constexpr int64_t kSliceK = 1024;  // a multiple of every block size and of 32
+static_assert(kSliceK % 64 == 0, "slices must start on block and split-pairs chunk boundaries");
 
 struct Weight {
   const uint8_t* packed;
@@ -40,34 +43,55 @@ struct Weight {
   }
 };
 
-// out [M, N] float32 = x [M, kp] W^T, decoding each weight row in registers.
+// x [M, K] float32 -> [M, kern.row_len(kp)] float32 in the kernels' k order, zero-padded.
+at::Tensor linear_order_x(const CpuKernels& kern, const at::Tensor& x, int64_t kp) {
+  const int64_t m = x.size(0), len = kern.row_len(kp);
+  at::Tensor xp = x.size(1) < len ? at::constant_pad_nd(x, {0, len - x.size(1)}) : x;
+  if (kern.order == KOrder::kSplitPairs)  // per chunk of 32: even elements, then odd ones
+    xp = xp.view({m, len / 32, 16, 2}).transpose(2, 3).reshape({m, len});
+  return xp.contiguous();
+}
+
+// out [M, N] float32 = x W^T (x [M, len] in the kernels' k order), decoding each weight row
+// in registers.
 void linear_dot_rows(const CpuKernels& kern, const float* x, int64_t m, const Weight& w, float* out) {
   at::parallel_for(0, w.n, 8, [&](int64_t r0, int64_t r1) {
     std::vector<float> row_scales(static_cast<size_t>(w.kp / w.block));
     std::array<float, kMaxFusedRows> res{};
     for (int64_t r = r0; r < r1; ++r) {
-      kern.dot_rows(w.row(r, row_scales.data()), x, w.kp, m, res.data());
+      kern.dot_rows(w.row(r, row_scales.data()), x, kern.row_len(w.kp), m, res.data());
       for (int64_t i = 0; i < m; ++i) out[i * w.n + r] = res[i];
     }
   });
 }
 
-// out [M, N] float32 = x [M, kp] W^T, 4 decoded weight rows at a time.
+// out [M, N] float32 = x W^T (x [M, len] in the kernels' k order), 4 weight rows at a time,
+// in slices of kSliceK columns: the 4 decoded row slices (16 KiB) stay in L1 while the
+// micro-kernel streams the matching slice of every x row past them.
 void linear_gemm4(const CpuKernels& kern, const float* x, int64_t m, const Weight& w, float* out) {
-  const int64_t groups = (w.n + 3) / 4;
+  const int64_t groups = (w.n + 3) / 4, len = kern.row_len(w.kp), nb = w.kp / w.block;
   at::parallel_for(0, groups, 2, [&](int64_t g0, int64_t g1) {
-    std::vector<float> row_scales(static_cast<size_t>(w.kp / w.block));
-    std::vector<float> rows(static_cast<size_t>(4 * w.kp));
+    std::vector<float> row_scales(static_cast<size_t>(4 * nb));
+    std::vector<float> rows(static_cast<size_t>(4 * kSliceK));
     std::vector<float> res(static_cast<size_t>(4 * m));
+    std::array<PackedRow, 4> prow;
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t nr = std::min<int64_t>(4, w.n - 4 * g);
-      for (int64_t i = 0; i < 4; ++i) {
-        if (i < nr)
-          kern.decode_row(w.row(4 * g + i, row_scales.data()), rows.data() + i * w.kp);
-        else
-          std::fill_n(rows.data() + i * w.kp, w.kp, 0.0f);
+      for (int64_t i = 0; i < nr; ++i) prow[i] = w.row(4 * g + i, row_scales.data() + i * nb);
+      std::fill(res.begin(), res.end(), 0.0f);
+      for (int64_t k0 = 0; k0 < w.kp; k0 += kSliceK) {
+        const int64_t k1 = std::min(w.kp, k0 + kSliceK), slen = kern.row_len(k1 - k0);
+        for (int64_t i = 0; i < 4; ++i) {
+          if (i < nr) {
+            const PackedRow& r = prow[i];
+            kern.decode_row_linear({r.packed + k0 / 2, r.scales + k0 / w.block, k1 - k0, w.block, r.lut},
+                                   rows.data() + i * slen);
+          } else {
+            std::fill_n(rows.data() + i * slen, slen, 0.0f);
+          }
+        }
+        kern.gemm4(rows.data(), slen, x + k0, len, m, res.data(), 4);
       }
-      kern.gemm4(rows.data(), w.kp, x, w.kp, m, res.data(), 4);
       for (int64_t j = 0; j < m; ++j)
         for (int64_t i = 0; i < nr; ++i) out[j * w.n + 4 * g + i] = res[j * 4 + i];
     }
@@ -84,12 +108,11 @@ at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
   const int64_t kp = check_packed_weight(packed, scales, tensor_scale, f, block_size);
   check_linear_args(x, packed, bias, kp, block_size);
   const int64_t k = x.size(-1), n = packed.size(0);
-  at::Tensor x2 = x.reshape({-1, k}).to(at::kFloat).contiguous();
-  if (k < kp) x2 = at::constant_pad_nd(x2, {0, kp - k});  // the padded columns decode to 0 anyway
-  const int64_t m = x2.size(0);
+  const CpuKernels kern = cpu_kernels();
+  const at::Tensor x2 = linear_order_x(kern, x.reshape({-1, k}).to(at::kFloat), kp);
+  const int64_t m = x2.size(0), len = x2.size(1);
   const at::Tensor pk = packed.contiguous(), sc = scales.contiguous();
   const Weight w{pk.const_data_ptr<uint8_t>(), sc, tensor_scale.item<float>(), f, n, kp, block_size};
-  const CpuKernels kern = cpu_kernels();
 
   at::Tensor out = at::empty({m, n}, x2.options());
   const float* xp = x2.const_data_ptr<float>();
@@ -97,7 +120,7 @@ at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
   if (m > 0 && m < kGemm4MinRows) linear_dot_rows(kern, xp, m, w, op);
   if (m >= kGemm4MinRows)
     for (int64_t m0 = 0; m0 < m; m0 += kGemm4MaxRows)
-      linear_gemm4(kern, xp + m0 * kp, std::min(kGemm4MaxRows, m - m0), w, op + m0 * n);
+      linear_gemm4(kern, xp + m0 * len, std::min(kGemm4MaxRows, m - m0), w, op + m0 * n);
   if (bias.has_value()) out.add_(bias->to(at::kFloat));
   auto sizes = x.sizes().vec();
   sizes.back() = n;

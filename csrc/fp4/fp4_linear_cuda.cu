@@ -360,7 +360,8 @@ __global__ void reduce_splits_kernel(const float* __restrict__ part, int64_t spl
 // Multiprocessors of a device, queried once per device.
 int sm_count(int device) {
   static std::array<std::atomic<int>, 256> cache{};
-  TORCH_CHECK(device >= 0 && device < static_cast<int>(cache.size()), "fp4_linear: bad CUDA device index ", device);
+  // (messages built in nvcc-compiled code carry no integers: see csrc/fp4/fp4_checks.cpp)
+  TORCH_CHECK(device >= 0 && device < static_cast<int>(cache.size()), "fp4_linear: CUDA device index out of range");
   int v = cache[device].load(std::memory_order_relaxed);
   if (v == 0) {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
@@ -404,7 +405,7 @@ void launch_small_m(const at::Tensor& x2, const at::Tensor& packed, const at::Te
   const int64_t m = x2.size(0), k = x2.size(1), n = packed.size(0), row_bytes = packed.size(1);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
-  TORCH_CHECK(n_blocks <= 65535, "fp4_linear: N = ", n, " exceeds the small-M kernel's grid limit");
+  TORCH_CHECK(n_blocks <= 65535, "fp4_linear: N exceeds the small-M kernel's grid limit (65535 blocks of 128 rows)");
   // Split K over the grid until there are about kBlocksPerSm blocks per multiprocessor, each
   // split keeping at least kMinStepsPerSplit steps (64 packed bytes of a row per step).
   const int64_t steps = (row_bytes + kStepBytes - 1) / kStepBytes;

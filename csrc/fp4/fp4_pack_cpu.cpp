@@ -30,8 +30,7 @@ at::Tensor fp4_pack_cpu(const at::Tensor& codes) {
       dst[j] = static_cast<uint8_t>((lo & 0xF) | (hi << 4));
     }
   });
-  TORCH_CHECK_VALUE(bad.load() < 0, "codes: every code must be in [0, 15]; element ", bad.load(),
-                    " (flat index) is ", static_cast<int>(src[bad.load() < 0 ? 0 : bad.load()]));
+  if (bad.load() >= 0) throw_bad_code(bad.load(), static_cast<int>(src[bad.load()]));
   return out;
 }
 

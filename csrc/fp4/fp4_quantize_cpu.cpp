@@ -61,9 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_quantize_cpu(const at::Tensor
                                                                 int64_t block_size) {
   const Format f = parse_format(fmt);
   check_block_size(f, fmt, block_size);
-  check_float_input(w, "w");
-  TORCH_CHECK_VALUE(w.dim() == 2, "w: expected a 2-D weight [N, K], got ", w.dim(), "-D");
-  TORCH_CHECK_VALUE(w.numel() > 0, "w: expected a non-empty weight, got shape ", w.sizes());
+  check_quantize_weight(w);
   const at::Tensor wf = w.to(at::kFloat).contiguous();
   const int64_t n = wf.size(0), k = wf.size(1), bs = block_size;
   const int64_t nb = (k + bs - 1) / bs, kp = nb * bs;

@@ -4,6 +4,8 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
 #include <tuple>
 
 #include "left_spin/left_spin_checks.h"
@@ -12,24 +14,35 @@
 namespace apt::left_spin {
 namespace {
 
-enum class Isa { kAvx512, kAvx2, kBase };
+enum class Isa { kAvx512, kAvx2, kScalar };
 
-Isa cpu_isa() {
+bool cpu_supports(Isa isa) {
 #if defined(APT_X86) && (defined(__GNUC__) || defined(__clang__))
-  static const Isa isa = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return Isa::kAvx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
-      return Isa::kAvx2;
-    return Isa::kBase;
-  }();
-  return isa;
-#else
-  return Isa::kBase;
+  __builtin_cpu_init();
+  if (isa == Isa::kAvx512)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (isa == Isa::kAvx2)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
 #endif
+  return isa == Isa::kScalar;
+}
+
+// The best build this CPU runs, unless APT_LEFT_SPIN_CPU_ISA=scalar|avx2|avx512 forces one
+// (the tests use it to cover every build).
+Isa cpu_isa() {
+  static const Isa best = cpu_supports(Isa::kAvx512) ? Isa::kAvx512
+                          : cpu_supports(Isa::kAvx2) ? Isa::kAvx2
+                                                     : Isa::kScalar;
+  const char* forced = std::getenv("APT_LEFT_SPIN_CPU_ISA");
+  if (forced == nullptr || *forced == '\0') return best;
+  const std::string name(forced);
+  const Isa isa = name == "avx512" ? Isa::kAvx512 : name == "avx2" ? Isa::kAvx2 : Isa::kScalar;
+  TORCH_CHECK_VALUE((name == "scalar" || name == "avx2" || name == "avx512") && cpu_supports(isa),
+                    "APT_LEFT_SPIN_CPU_ISA: '", name,
+                    "' is not one of scalar, avx2, avx512, or this CPU does not support it");
+  return isa;
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u, const at::Tensor& du,
@@ -47,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u, const at::Te
     case Isa::kAvx512: avx512::forward_rows(in, p, out, phi); break;
     case Isa::kAvx2: avx2::forward_rows(in, p, out, phi); break;
 #endif
-    default: base::forward_rows(in, p, out, phi); break;
+    default: scalar::forward_rows(in, p, out, phi); break;
   }
   return {out, phi};
 }
@@ -76,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
       break;
 #endif
     default:
-      base::backward_rows(in, p, go, gphi, grad_u, grad_du, grad_du_prev, grad_phi_prev);
+      scalar::backward_rows(in, p, go, gphi, grad_u, grad_du, grad_du_prev, grad_phi_prev);
       break;
   }
   if (phi_prev.has_value() && phi_prev->defined())

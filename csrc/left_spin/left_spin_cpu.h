@@ -1,5 +1,5 @@
 // CPU kernels of the left-spin residual, compiled once per instruction set
-// (left_spin_cpu_{avx512,avx2,base}.cpp from left_spin_cpu_kernel.h); left_spin_cpu.cpp picks
+// (left_spin_cpu_{avx512,avx2,scalar}.cpp from left_spin_cpu_kernel.h); left_spin_cpu.cpp picks
 // one at run time.
 #pragma once
 #include <ATen/core/Tensor.h>
@@ -18,4 +18,4 @@
 
 APT_LS_DECLARE_CPU_KERNELS(avx512)
 APT_LS_DECLARE_CPU_KERNELS(avx2)
-APT_LS_DECLARE_CPU_KERNELS(base)
+APT_LS_DECLARE_CPU_KERNELS(scalar)

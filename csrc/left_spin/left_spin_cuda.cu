@@ -392,12 +392,6 @@ bool row_ptrs_aligned(const RowPtrs<T>& r) {
   return aligned16(r.u) && aligned16(r.du) && (r.dp == nullptr || aligned16(r.dp));
 }
 
-void check_cuda_inputs(const Inputs& in) {
-  TORCH_CHECK_VALUE(in.u.is_cuda(), "u: expected a CUDA tensor, got ", in.u.device());
-  TORCH_CHECK_VALUE(in.D <= (int64_t{1} << 30), "u: D = ", in.D, " is too large (max 2^30)");
-  TORCH_CHECK_VALUE(in.rows < (int64_t{1} << 31), "u: too many rows (", in.rows, ")");
-}
-
 template <typename T>
 struct CudaType {
   using type = T;

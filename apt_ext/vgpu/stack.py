@@ -1,0 +1,225 @@
+"""``VGPUStack``: tensors stored under string keys in a hierarchy of levels (device memory,
+one pinned host slab, SSD files), moved by the C++ pager in ``csrc/vgpu/``."""
+from __future__ import annotations
+
+import numbers
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from apt_ext import _native
+
+_native.require()
+from apt_ext._C import VGPUCapacityError, VGPUChecksumError, VGPUIOError, VGPULevelSpec, VGPUPager  # noqa: E402
+
+_LEVEL_FIELDS = {"capacity_mb", "device", "speed_gbps", "path", "kind"}
+_MB = 1 << 20
+
+
+def _level_spec(i: int, level: Any) -> tuple[VGPULevelSpec, str, str]:
+    """(native spec, kind, device) of ``levels[i]``, validated."""
+    if not isinstance(level, Mapping):
+        raise TypeError(f"levels[{i}]: expected a dict with 'capacity_mb' and 'device', got {type(level).__name__}")
+    unknown = set(level) - _LEVEL_FIELDS
+    if unknown:
+        raise ValueError(f"levels[{i}]: unknown field(s) {sorted(unknown)}; expected some of {sorted(_LEVEL_FIELDS)}")
+    cap = level.get("capacity_mb")
+    if isinstance(cap, bool) or not isinstance(cap, numbers.Real):
+        raise TypeError(f"levels[{i}].capacity_mb: expected a positive number of MiB, got {cap!r}")
+    if not cap > 0 or cap != cap or cap == float("inf"):
+        raise ValueError(f"levels[{i}].capacity_mb: expected a positive number of MiB, got {cap!r}")
+    device = level.get("device")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"levels[{i}].device: expected 'cuda[:i]', 'cpu' or 'ssd', got {device!r}")
+    device = str(device)
+    kind = level.get("kind")
+    if kind is None:
+        kind = "ssd" if device == "ssd" else "host" if device == "cpu" else "device"
+    if kind not in ("device", "host", "ssd"):
+        raise ValueError(f"levels[{i}].kind: expected 'device', 'host' or 'ssd', got {kind!r}")
+    if kind == "ssd" and device != "ssd":
+        raise ValueError(f"levels[{i}]: kind 'ssd' needs device 'ssd', got {device!r}")
+    if kind == "host" and device != "cpu":
+        raise ValueError(f"levels[{i}]: kind 'host' needs device 'cpu', got {device!r}")
+    if kind == "device" and not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"levels[{i}].device: expected 'cuda', 'cuda:<i>', 'cpu' or 'ssd', got {device!r}")
+    path = level.get("path", "")
+    if kind == "ssd":
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"levels[{i}].path: the ssd level needs a directory path (str), got {path!r}")
+    elif path:
+        raise ValueError(f"levels[{i}].path: only the ssd level takes a path")
+    speed = level.get("speed_gbps", 0.0)
+    if isinstance(speed, bool) or not isinstance(speed, numbers.Real) or speed < 0:
+        raise ValueError(f"levels[{i}].speed_gbps: expected a non-negative number, got {speed!r}")
+    spec = VGPULevelSpec(kind, device if kind == "device" else "", int(cap * _MB), str(path), float(speed))
+    return spec, kind, device
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"key: expected a str, got {type(key).__name__}")
+    if not key:
+        raise ValueError("key: expected a non-empty str")
+    return key
+
+
+class VGPUStack:
+    """A pager of tensors over levels ordered fastest first: ``device`` (a CUDA device, or the
+    CPU for testing), ``host`` (one slab allocated up front; pinned when CUDA is available) and
+    ``ssd`` (files under ``path``; O_DIRECT where allowed; io_uring or a pread thread pool).
+
+    ``levels``: list of dicts ``{'capacity_mb': float > 0, 'device': 'cuda[:i]'|'cpu'|'ssd',
+    'path': dir (ssd only), 'speed_gbps': nominal (reported only), 'kind': optional}``. The kind is
+    inferred from ``device`` ('cuda*' -> device, 'cpu' -> host, 'ssd' -> ssd); pass
+    ``'kind': 'device'`` with ``'device': 'cpu'`` for a CPU "device" level (no GPU).
+    ``io_backend``: 'auto' (io_uring if it works here, else pread; env ``APT_VGPU_IO`` overrides),
+    'io_uring' or 'pread'. ``queue_depth``: io_uring ring size / I/O requests in flight.
+
+    Guarantees: eviction is LRU per level and demotes to the next level (data is never dropped);
+    a full stack raises ``VGPUCapacityError`` and keeps everything stored; SSD pages are verified
+    against a checksum (``VGPUChecksumError``); disk errors raise ``VGPUIOError`` (an OSError with
+    ``errno``) and leave the data in the level above. The SSD level is a cache for this process:
+    its files are deleted by ``close()``. All methods are thread-safe.
+    """
+
+    def __init__(self, levels: Sequence[Mapping[str, Any]], io_backend: str = "auto", queue_depth: int = 64) -> None:
+        if isinstance(levels, (str, bytes, Mapping)) or not isinstance(levels, Sequence):
+            raise TypeError(f"levels: expected a list of level dicts, got {type(levels).__name__}")
+        if not levels:
+            raise ValueError("levels: expected at least one level")
+        if io_backend not in ("auto", "io_uring", "pread"):
+            raise ValueError(f"io_backend: expected 'auto', 'io_uring' or 'pread', got {io_backend!r}")
+        if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or not 1 <= queue_depth <= 4096:
+            raise ValueError(f"queue_depth: expected an int in [1, 4096], got {queue_depth!r}")
+        parsed = [_level_spec(i, lv) for i, lv in enumerate(levels)]
+        self._pager = VGPUPager([p[0] for p in parsed], io_backend, queue_depth)
+        # close() at garbage collection or interpreter exit: SSD files never outlive the process
+        weakref.finalize(self, self._pager.close)
+        _, kind0, device0 = parsed[0]
+        #: where ``get(key)`` returns tensors: the device level's device, else the CPU
+        self.device = torch.device(device0) if kind0 == "device" else torch.device("cpu")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "VGPUStack":
+        """Build from ``{'levels': [...], 'io_backend'?: str, 'queue_depth'?: int}``."""
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config: expected a dict with 'levels', got {type(config).__name__}")
+        unknown = set(config) - {"levels", "io_backend", "queue_depth"}
+        if unknown:
+            raise ValueError(f"config: unknown key(s) {sorted(unknown)}; expected 'levels', 'io_backend', 'queue_depth'")
+        if "levels" not in config:
+            raise ValueError("config: missing 'levels' (a list of {'capacity_mb', 'device', ...} dicts)")
+        return cls(config["levels"], io_backend=config.get("io_backend", "auto"),
+                   queue_depth=config.get("queue_depth", 64))
+
+    # -- data ---------------------------------------------------------------------------
+    def put(self, key: str, tensor: torch.Tensor) -> None:
+        """Store ``tensor`` (any shape/dtype, CPU or CUDA; copied, made contiguous) under ``key``
+        in the fastest level with room, replacing any previous value only once stored."""
+        _check_key(key)
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"tensor: expected a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.is_quantized:
+            raise TypeError("tensor: quantized tensors are not supported; store int_repr() and the scales")
+        if tensor.layout != torch.strided:
+            raise TypeError(f"tensor: expected a dense (strided) tensor, got layout {tensor.layout}")
+        if tensor.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"tensor: expected a CPU or CUDA tensor, got device {tensor.device}")
+        self._pager.put(key, tensor)
+
+    def get(self, key: str, device: str | torch.device | None = None) -> torch.Tensor:
+        """The tensor of ``key``. ``device=None`` (or the device level's device) promotes it to
+        the fastest level and returns the resident tensor itself, with no copy: treat it as
+        read-only (``put`` again to change it). Any other device gets a fresh copy."""
+        _check_key(key)
+        if device is not None:
+            if not isinstance(device, (str, torch.device)):
+                raise TypeError(f"device: expected None, a str or a torch.device, got {type(device).__name__}")
+            try:
+                device = torch.device(device)
+            except RuntimeError as exc:
+                raise ValueError(f"device: {exc}") from None
+            if device.type not in ("cpu", "cuda"):
+                raise ValueError(f"device: expected a CPU or CUDA device, got {device}")
+        return self._pager.get(key, device)
+
+    def prefetch(self, keys: str | Iterable[str]) -> None:
+        """Start promoting ``keys`` to the fastest level in the background; returns at once.
+        Raises KeyError (queuing nothing) if a key is missing. Errors during the background move
+        are counted in ``stats()['prefetch_errors']`` and raised again by the ``get`` that needs it."""
+        if isinstance(keys, str):
+            keys = [keys]
+        elif isinstance(keys, Iterable):
+            keys = list(keys)
+        else:
+            raise TypeError(f"keys: expected a str or an iterable of str, got {type(keys).__name__}")
+        for k in keys:
+            _check_key(k)
+        self._pager.prefetch(keys)
+
+    def wait_prefetch(self) -> None:
+        """Block until every queued prefetch has finished."""
+        self._pager.wait_prefetch()
+
+    def pin(self, key: str) -> None:
+        """Never evict ``key`` from the fastest level that holds it (counted: pin twice, unpin twice)."""
+        self._pager.pin(_check_key(key))
+
+    def unpin(self, key: str) -> None:
+        """Undo one ``pin``; ValueError if ``key`` is not pinned."""
+        self._pager.unpin(_check_key(key))
+
+    def evict(self, key: str) -> bool:
+        """Move ``key`` one level down (never drops it); False if it is already in the last level."""
+        return self._pager.evict(_check_key(key))
+
+    def remove(self, key: str) -> None:
+        """Delete ``key`` from every level (KeyError if missing)."""
+        self._pager.remove(_check_key(key))
+
+    def level(self, key: str) -> int:
+        """Index of the fastest level holding ``key``."""
+        return self._pager.level_of(_check_key(key))
+
+    def keys(self) -> list[str]:
+        return list(self._pager.keys())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._pager.contains(key)
+
+    def __len__(self) -> int:
+        return len(self._pager.keys())
+
+    def stats(self) -> dict:
+        """Measured counters: per level ``hits``/``misses``/``evictions``/``used_bytes``; per link
+        (``'host->device'``, ``'device->host'``, ``'ssd->host'``, ``'host->ssd'``) ``bytes``,
+        ``seconds`` (time spent copying; CUDA events on GPU), ``gbps``; the I/O backend in use,
+        whether O_DIRECT is active, the checksum, and ``hit_rate`` (level-0 hits / gets)."""
+        s = self._pager.stats()
+        s["hit_rate"] = s["levels"][0]["hits"] / s["gets"] if s["gets"] else 0.0
+        return s
+
+    # -- lifetime -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the device tensors and the host slab and delete the SSD files (idempotent)."""
+        self._pager.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._pager.closed()
+
+    def __enter__(self) -> "VGPUStack":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "VGPUStack(closed)"
+        lv = ", ".join(f"{x['kind']}:{x['device']} {x['used_bytes'] / _MB:.1f}/{x['capacity_bytes'] / _MB:.1f} MiB"
+                       for x in self._pager.stats()["levels"])
+        return f"VGPUStack({lv})"

@@ -1,0 +1,32 @@
+# VGPU pager: optional system libraries.
+#  - liburing (io_uring SSD backend); without it the pread/pwrite thread pool is the only backend.
+#  - libxxhash (XXH3-64 page checksums); without it zlib's CRC-32 is used.
+find_path(APT_LIBURING_INCLUDE liburing.h)
+find_library(APT_LIBURING_LIBRARY uring)
+if(APT_LIBURING_INCLUDE AND APT_LIBURING_LIBRARY)
+  target_include_directories(_C PRIVATE "${APT_LIBURING_INCLUDE}")
+  target_link_libraries(_C PRIVATE "${APT_LIBURING_LIBRARY}")
+  target_compile_definitions(_C PRIVATE APT_HAVE_LIBURING=1)
+  message(STATUS "apt_ext: vgpu: io_uring backend enabled (${APT_LIBURING_LIBRARY})")
+else()
+  message(STATUS "apt_ext: vgpu: liburing not found: SSD tier uses the pread/pwrite thread pool only")
+endif()
+
+find_path(APT_XXHASH_INCLUDE xxhash.h)
+find_library(APT_XXHASH_LIBRARY xxhash)
+if(APT_XXHASH_INCLUDE AND APT_XXHASH_LIBRARY)
+  target_include_directories(_C PRIVATE "${APT_XXHASH_INCLUDE}")
+  target_link_libraries(_C PRIVATE "${APT_XXHASH_LIBRARY}")
+  target_compile_definitions(_C PRIVATE APT_HAVE_XXHASH=1)
+  message(STATUS "apt_ext: vgpu: XXH3-64 page checksums (${APT_XXHASH_LIBRARY})")
+else()
+  find_package(ZLIB)
+  if(ZLIB_FOUND)
+    target_link_libraries(_C PRIVATE ZLIB::ZLIB)
+    target_compile_definitions(_C PRIVATE APT_HAVE_ZLIB=1)
+    message(STATUS "apt_ext: vgpu: libxxhash not found: CRC-32 (zlib) page checksums")
+  else()
+    message(FATAL_ERROR "apt_ext: vgpu: neither libxxhash nor zlib was found; install libxxhash-dev "
+                        "(or zlib1g-dev) for the SSD tier's page checksums")
+  endif()
+endif()

@@ -28,12 +28,10 @@ def _configs(small: bool) -> list[triton.Config]:
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64}, num_warps=4, num_stages=1)]
     if small:  # decode-bound: wide K tiles, several loads in flight
-        shapes = [(64, 128, 4, 3), (128, 128, 4, 3), (64, 256, 4, 3), (128, 256, 8, 3), (32, 256, 4, 4),
-                  (256, 128, 8, 3)]
+        shapes = [(64, 128, 4, 3), (128, 128, 4, 3), (64, 256, 4, 3), (128, 256, 8, 3)]
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
                 for bn, bk, w, s in shapes]
-    shapes = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 128, 4, 3), (128, 128, 128, 8, 3),
-              (64, 256, 64, 4, 4), (256, 128, 64, 8, 3)]
+    shapes = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 128, 4, 3), (128, 128, 128, 8, 4)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
             for bm, bn, bk, w, s in shapes]
 

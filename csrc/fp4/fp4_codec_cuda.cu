@@ -120,11 +120,19 @@ __global__ void quantize_kernel(const T* __restrict__ w, int64_t n_rows, int64_t
 
 // ---- dequantize --------------------------------------------------------------------------
 // out[r, c] for c < ncols (<= Kp) of rows [row0, row0 + rows): code value times decode scale
-// in float32, rounded once to T. One thread per packed byte (two outputs).
+// in float32, rounded once to T. One thread per 4 packed bytes (8 outputs, one scale block:
+// rows hold a multiple of 8 bytes and blocks of at least 8), stored as one 16/32-byte vector
+// when `vec` (the 8 outputs are in range and aligned), else element by element.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
 template <Format F, typename T>
 __global__ void dequantize_kernel(const uint8_t* __restrict__ packed, const void* __restrict__ scales,
                                   const float* __restrict__ tensor_scale, int64_t row0, int64_t rows,
-                                  int64_t row_bytes, int64_t ncols, T* __restrict__ out, int64_t ld_out) {
+                                  int64_t row_bytes, int64_t ncols, T* __restrict__ out, int64_t ld_out,
+                                  bool vec) {
   constexpr int64_t bs = block_size_of(F);
   __shared__ float lut[16];
   if constexpr (F == Format::NF4) {
@@ -132,16 +140,24 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ packed, const void
     __syncthreads();
   }
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t out_bytes = (ncols + 1) / 2;  // packed bytes per row that reach the output
-  if (idx >= rows * out_bytes) return;
-  const int64_t r = idx / out_bytes, j = idx % out_bytes;
+  const int64_t words = (ncols + 7) / 8;  // 4-byte groups per row that reach the output
+  if (idx >= rows * words) return;
+  const int64_t r = idx / words, j = 4 * (idx % words);  // first packed byte of this thread
   const int64_t row = row0 + r;
-  const uint32_t b = packed[row * row_bytes + j];
+  const uint32_t b = *reinterpret_cast<const uint32_t*>(packed + row * row_bytes + j);
   const float ts = F == Format::NVFP4 ? *tensor_scale : 1.0f;
   const float s = decode_scale<F>(scales, row * (2 * row_bytes / bs) + (2 * j) / bs, ts);
+  Vec<T, 8> o;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) o.v[i] = static_cast<T>(code_value<F>((b >> (4 * i)) & 0xFu, lut) * s);
   T* dst = out + r * ld_out + 2 * j;
-  dst[0] = static_cast<T>(code_value<F>(b & 0xFu, lut) * s);
-  if (2 * j + 1 < ncols) dst[1] = static_cast<T>(code_value<F>(b >> 4, lut) * s);
+  if (vec && 2 * j + 8 <= ncols) {
+    *reinterpret_cast<Vec<T, 8>*>(dst) = o;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      if (2 * j + i < ncols) dst[i] = o.v[i];
+  }
 }
 
 template <typename Fn>
@@ -157,15 +173,19 @@ void dispatch_format(Format f, Fn&& fn) {
 
 void launch_dequantize(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& tensor_scale,
                        Format f, int64_t row0, int64_t rows, int64_t ncols, at::Tensor& out) {
-  const int64_t total = rows * ((ncols + 1) / 2);
+  const int64_t total = rows * ((ncols + 7) / 8);
   if (total == 0) return;
+  TORCH_CHECK(packed.size(1) % 4 == 0 && reinterpret_cast<uintptr_t>(packed.const_data_ptr()) % 4 == 0,
+              "fp4 dequantize: packed rows must be 4-byte aligned");
+  // Vector stores need every row's start 8-element aligned.
+  const bool vec = out.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(out.const_data_ptr()) % (8 * out.element_size()) == 0;
   auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_format(f, [&](auto fc) {
     constexpr Format F = decltype(fc)::value;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "fp4_dequantize_cuda", [&] {
       dequantize_kernel<F, scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
           packed.const_data_ptr<uint8_t>(), scales.const_data_ptr(), tensor_scale.const_data_ptr<float>(),
-          row0, rows, packed.size(1), ncols, out.mutable_data_ptr<scalar_t>(), out.stride(0));
+          row0, rows, packed.size(1), ncols, out.mutable_data_ptr<scalar_t>(), out.stride(0), vec);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -248,10 +268,12 @@ at::Tensor fp4_dequantize_cuda(const at::Tensor& packed, const at::Tensor& scale
   check_block_size(f, fmt, block_size);
   const int64_t kp = check_packed_weight(packed, scales, tensor_scale, f, block_size);
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-                   "dtype: expected float32, bfloat16 or float16, got ", dtype);
+                   "dtype: expected float32, bfloat16 or float16, got ", c10::toString(dtype));
   const c10::cuda::CUDAGuard guard(packed.device());
   at::Tensor out = at::empty({packed.size(0), kp}, packed.options().dtype(dtype));
-  launch_dequantize(packed.contiguous(), scales.contiguous(), tensor_scale, f, 0, packed.size(0), kp, out);
+  at::Tensor p = packed.contiguous();
+  if (reinterpret_cast<uintptr_t>(p.const_data_ptr()) % 4 != 0) p = p.clone();  // the kernel reads 4-byte words
+  launch_dequantize(p, scales.contiguous(), tensor_scale, f, 0, p.size(0), kp, out);
   return out;
 }
 

@@ -2,6 +2,7 @@
 // dequantize and linear kernels. Every value is computed exactly as the reference does
 // (code value times decode scale, both float32), so the kernels can be bit-exact with it.
 #pragma once
+#include <c10/util/Float8_e4m3fn.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 

@@ -1,12 +1,15 @@
 // CUDA kernel of apt::fp4_linear: out = x @ dequantize(W).T + bias, fp32 accumulation.
 //
 // Two paths, chosen by the number of rows M of x (see fp4_linear_cuda.h for the threshold):
-//  * small M, x bfloat16/float16: a tensor-core GEMV. Each block owns 16 weight rows; its 8
-//    warps split K. A thread loads 16 bytes (32 codes) of each of its two rows per step, decodes
-//    them in registers to x's dtype (code value times block scale in float32, rounded once) and
+//  * small M, x bfloat16/float16: a tensor-core GEMV. Each warp owns 16 weight rows (8 warps,
+//    128 rows per block) and all warps of a block walk the same K steps, so the rows of x they
+//    read are shared through L1; K is split over the grid (float32 partials, then a reduce
+//    kernel) when there are too few row blocks to fill the GPU. Per step a thread loads 16
+//    bytes (32 codes) of each of its two rows, decodes them in registers to x's dtype and
 //    feeds mma.sync m16n8k16 with the weights as the A operand and 8 rows of x as B, so every
-//    decoded weight serves up to 8*kMTiles rows of x. The K order inside a step is permuted
+//    decoded weight serves up to 8*MT rows of x. The K order inside a step is permuted
 //    identically for A and B (a sum does not care), which makes each thread's 16 bytes one load.
+//    float32 x (nvfp4, mxfp4) takes the same kernel with x split into three bfloat16 terms.
 //  * otherwise: dequantise the weight to x's dtype into a scratch buffer (in row chunks) and
 //    multiply with at::matmul (cuBLAS), bias added after.
 #include <ATen/ATen.h>
@@ -18,7 +21,11 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "fp4/fp4_codec_cuda.h"
@@ -29,9 +36,11 @@
 namespace apt::fp4::cuda {
 namespace {
 
-constexpr int kWarps = 8;         // warps per block; they split K
-constexpr int kRowsPerBlock = 16; // weight rows per block (the mma's M dimension)
-constexpr int kStepBytes = 64;    // packed bytes of one row consumed by one warp step (4 threads x 16)
+constexpr int kWarps = 8;                      // warps per block, 16 weight rows each
+constexpr int kRowsPerBlock = 16 * kWarps;     // weight rows per block
+constexpr int kStepBytes = 64;                 // packed bytes of a row per step (4 threads x 16)
+constexpr int kBlocksPerSm = 2;                // K is split until the grid has this many blocks per SM
+constexpr int kMinStepsPerSplit = 4;           // ... but no split gets fewer steps than this
 
 template <typename T>
 struct MmaType;
@@ -78,6 +87,12 @@ struct MmaType<at::Half> {
   }
 };
 
+// float32 x multiplies through bfloat16 tensor cores too: the weights of the exact decode are
+// exact in bfloat16 and x is split into three bfloat16 terms (split3_bf16), so the products
+// carry float32 precision.
+template <>
+struct MmaType<float> : MmaType<at::BFloat16> {};
+
 // 16 packed bytes of one row at byte offset `off` (a multiple of 8); bytes past the row (or a
 // row past N) read as 0. `vec16`: rows are 16-byte aligned, so one 128-bit load suffices.
 __device__ __forceinline__ uint4 load_chunk(const uint8_t* row, int64_t off, int64_t row_bytes, bool valid,
@@ -98,22 +113,33 @@ __device__ __forceinline__ uint4 load_chunk(const uint8_t* row, int64_t off, int
   return r;
 }
 
-// 8 consecutive x values x[row, k0 .. k0+8) as raw 16-bit words (zeros past K or for rows >= M).
+// 16 bytes of x, x[row, k0 .. k0 + 16/sizeof(T)), as raw bits (zeros past K or for rows >= M).
 template <typename T>
-__device__ __forceinline__ uint4 load_x8(const T* x, int64_t row, int64_t m, int64_t k, int64_t k0,
-                                         bool vec16) {
+__device__ __forceinline__ uint4 load_x16(const T* x, int64_t row, int64_t m, int64_t k, int64_t k0, bool vec16) {
+  constexpr int kN = 16 / sizeof(T);
+  using Raw = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;
   uint4 r = make_uint4(0, 0, 0, 0);
   if (row >= m || k0 >= k) return r;
   const T* p = x + row * k + k0;
-  if (vec16 && k0 + 8 <= k) return __ldg(reinterpret_cast<const uint4*>(p));
-  uint16_t v[8];
+  if (vec16 && k0 + kN <= k) return __ldg(reinterpret_cast<const uint4*>(p));
+  Raw v[kN];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = (k0 + i < k) ? __ldg(reinterpret_cast<const uint16_t*>(p + i)) : 0;
-  r.x = v[0] | (static_cast<uint32_t>(v[1]) << 16);
-  r.y = v[2] | (static_cast<uint32_t>(v[3]) << 16);
-  r.z = v[4] | (static_cast<uint32_t>(v[5]) << 16);
-  r.w = v[6] | (static_cast<uint32_t>(v[7]) << 16);
+  for (int i = 0; i < kN; ++i) v[i] = (k0 + i < k) ? __ldg(reinterpret_cast<const Raw*>(p + i)) : Raw{0};
+  memcpy(&r, v, sizeof(r));
   return r;
+}
+
+// (a, b) = hi + mid + lo as three packed bfloat16 pairs, each the rounded remainder of the
+// previous ones: the sum keeps about 24 bits of each value (float32's precision).
+__device__ __forceinline__ void split3_bf16(float a, float b, uint32_t (&parts)[3]) {
+#pragma unroll
+  for (int i = 0; i < 3; ++i) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    parts[i] = *reinterpret_cast<const uint32_t*>(&h);
+    const float2 f = __bfloat1622float2(h);
+    a -= f.x;
+    b -= f.y;
+  }
 }
 
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
@@ -125,19 +151,45 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 // most 6 significant bits, and mxfp4's 2^e fits bfloat16's exponent range. The other cases
 // (nf4, mxfp4 with float16 x) multiply in float32 and round once.
 template <Format F, typename T>
-constexpr bool kExactDecode = F == Format::NVFP4 || (F == Format::MXFP4 && std::is_same_v<T, at::BFloat16>);
+constexpr bool kExactDecode = F == Format::NVFP4 || (F == Format::MXFP4 && !std::is_same_v<T, at::Half>);
 
-// A block's scale as the decode needs it: a packed pair of T for the exact decode (without
-// nvfp4's tensor scale), else the float32 decode scale.
-template <Format F, typename T>
-__device__ __forceinline__ uint32_t block_scale_t2(const void* scales, int64_t i) {
-  float s;
+// The stored scales of the two 16-code halves of the chunk that starts at code k0 of `row`,
+// raw, so they can be loaded one step ahead: nvfp4 two E4M3 bytes (half 0 in the low byte),
+// mxfp4 the exponent byte, nf4 the float's bits. A half past the row reads block nb-1 (its
+// codes are zero and so is x there). 0 for an invalid row.
+template <Format F>
+__device__ __forceinline__ uint32_t load_raw_scales(const void* scales, int64_t row, int64_t nb, int64_t k0,
+                                                    bool valid) {
+  if (!valid) return 0u;
+  const int64_t b0 = min(k0 / block_size_of(F), nb - 1);
   if constexpr (F == Format::NVFP4) {
-    s = static_cast<float>(c10::Float8_e4m3fn(static_cast<const uint8_t*>(scales)[i], c10::Float8_e4m3fn::from_bits()));
+    const uint8_t* s = static_cast<const uint8_t*>(scales) + row * nb;
+    return __ldg(s + b0) | (static_cast<uint32_t>(__ldg(s + min(b0 + 1, nb - 1))) << 8);
+  } else if constexpr (F == Format::MXFP4) {
+    return __ldg(static_cast<const uint8_t*>(scales) + row * nb + b0);
   } else {
-    s = ldexpf(1.0f, static_cast<int>(static_cast<const uint8_t*>(scales)[i]) - 127);
+    return __float_as_uint(__ldg(static_cast<const float*>(scales) + row * nb + b0));
   }
-  return MmaType<T>::pack(s, s);
+}
+
+// The two halves' scales as the decode needs them: t2 a packed pair of T for the exact decode
+// (without nvfp4's tensor scale), f the float32 decode scale otherwise.
+template <Format F, typename T>
+__device__ __forceinline__ void scales_from_raw(uint32_t raw, uint32_t (&t2)[2], float (&f)[2]) {
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float v;
+    if constexpr (F == Format::NVFP4) {
+      v = static_cast<float>(
+          c10::Float8_e4m3fn(static_cast<uint8_t>((raw >> (8 * hf)) & 0xFFu), c10::Float8_e4m3fn::from_bits()));
+    } else if constexpr (F == Format::MXFP4) {
+      v = ldexpf(1.0f, static_cast<int>(raw) - 127);
+    } else {
+      v = __uint_as_float(raw);
+    }
+    f[hf] = v;
+    t2[hf] = kExactDecode<F, T> ? MmaType<T>::pack(v, v) : 0u;
+  }
 }
 
 // Decodes the 4 codes of a 16-bit chunk (k, k+1, k+2, k+3) into two packed pairs of T:
@@ -171,66 +223,79 @@ __device__ __forceinline__ void decode4(uint32_t h, uint32_t scale_t2, float sca
 
 __device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
 
-// x [M, K] (contiguous), packed [N, row_bytes], scales [N, 2*row_bytes/bs], out [M, N].
-// Grid: (ceil(M / (8*MT)), ceil(N / 16)); block: kWarps*32 threads.
+// The epilogue of one output element: nvfp4's tensor scale (the exact decode left it out),
+// bias, GELU.
+template <Format F, bool kGelu>
+__device__ __forceinline__ float finish(float v, float ts, const float* bias, int64_t row) {
+  if constexpr (F == Format::NVFP4) v *= ts;
+  if (bias != nullptr) v += bias[row];
+  if constexpr (kGelu) v = gelu_erf(v);
+  return v;
+}
+
+// x [M, K] (contiguous), packed [N, row_bytes], scales [N, 2*row_bytes/bs].
+// Grid: (ceil(M / (8*MT)), ceil(N / kRowsPerBlock), splits); block: kWarps*32 threads.
+// Warp w of a block owns weight rows n0 + 16w .. n0 + 16w + 15; all warps walk the same K
+// steps [z * steps_per_split, ...) together, so the rows of x they read are shared through L1.
+// splits == 1: out is [M, N] of T with the epilogue applied. splits > 1: out is float32
+// partial sums [splits, M, N] that reduce_splits_kernel finishes.
 template <Format F, typename T, int MT, bool kGelu>
 __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
     small_m_kernel(const T* __restrict__ x, int64_t m, int64_t k, const uint8_t* __restrict__ packed,
                    int64_t row_bytes, const void* __restrict__ scales, const float* __restrict__ tensor_scale,
-                   const float* __restrict__ bias, T* __restrict__ out, int64_t n) {
-  constexpr int64_t bs = block_size_of(F);
+                   const float* __restrict__ bias, void* __restrict__ out, int64_t n, int64_t steps_per_split) {
   constexpr int kCols = 8 * MT;  // rows of x per block
   __shared__ float lut[16];
-  __shared__ float red[kWarps][kRowsPerBlock][kCols];
-  if constexpr (F == Format::NF4) load_nf4_lut(lut);
-  __syncthreads();
+  if constexpr (F == Format::NF4) {
+    load_nf4_lut(lut);
+    __syncthreads();
+  }
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kCols;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kRowsPerBlock;
-  const int64_t ra = n0 + g, rb = n0 + g + 8;
+  const int64_t ra = static_cast<int64_t>(blockIdx.y) * kRowsPerBlock + 16 * warp + g, rb = ra + 8;
   const bool va = ra < n, vb = rb < n;
   const uint8_t* row_a = packed + (va ? ra : 0) * row_bytes;
   const uint8_t* row_b = packed + (vb ? rb : 0) * row_bytes;
-  const int64_t nb = 2 * row_bytes / bs;  // scale blocks per row
+  const int64_t nb = 2 * row_bytes / block_size_of(F);  // scale blocks per row
   const bool wvec16 = (row_bytes % 16) == 0;
-  const bool xvec16 = (k % 8) == 0;
-  const float ts = F == Format::NVFP4 ? __ldg(tensor_scale) : 1.0f;
+  constexpr bool kF32 = std::is_same_v<T, float>;
+  static_assert(!kF32 || kExactDecode<F, T>, "float32 x needs weights that are exact in bfloat16");
+  const bool xvec16 = (k % (kF32 ? 4 : 8)) == 0;  // every row of x starts 16-byte aligned
 
   float acc[MT][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
 
   const int64_t steps = (row_bytes + kStepBytes - 1) / kStepBytes;
-  int64_t step = warp;
-  uint4 wa = load_chunk(row_a, step * kStepBytes + 16 * t, row_bytes, va && step < steps, wvec16);
-  uint4 wb = load_chunk(row_b, step * kStepBytes + 16 * t, row_bytes, vb && step < steps, wvec16);
-  for (; step < steps; step += kWarps) {
-    const int64_t off = step * kStepBytes + 16 * t;  // this thread's byte offset in the row
-    const int64_t nxt = off + kWarps * kStepBytes;
-    const uint4 na = load_chunk(row_a, nxt, row_bytes, va && step + kWarps < steps, wvec16);
-    const uint4 nbv = load_chunk(row_b, nxt, row_bytes, vb && step + kWarps < steps, wvec16);
+  const int64_t step_begin = static_cast<int64_t>(blockIdx.z) * steps_per_split;
+  const int64_t step_end = min(steps, step_begin + steps_per_split);
+  // Loads of the next step (weights and their scales) are issued before this step's math.
+  int64_t off = step_begin * kStepBytes + 16 * t;  // this thread's byte offset in the row
+  const bool any = step_begin < step_end;
+  uint4 wa = load_chunk(row_a, off, row_bytes, va && any, wvec16);
+  uint4 wb = load_chunk(row_b, off, row_bytes, vb && any, wvec16);
+  uint32_t raw_a = load_raw_scales<F>(scales, ra, nb, 2 * off, va && any);
+  uint32_t raw_b = load_raw_scales<F>(scales, rb, nb, 2 * off, vb && any);
+  for (int64_t step = step_begin; step < step_end; ++step, off += kStepBytes) {
+    const int64_t nxt = off + kStepBytes;
+    const bool more = step + 1 < step_end;
+    const uint4 na = load_chunk(row_a, nxt, row_bytes, va && more, wvec16);
+    const uint4 nbv = load_chunk(row_b, nxt, row_bytes, vb && more, wvec16);
+    const uint32_t nraw_a = load_raw_scales<F>(scales, ra, nb, 2 * nxt, va && more);
+    const uint32_t nraw_b = load_raw_scales<F>(scales, rb, nb, 2 * nxt, vb && more);
     const int64_t k0 = 2 * off;  // first k of this thread's 32 codes
-    uint4 xv[MT][4];
+    // This thread's 32 x values of each of its MT rows as 16-byte loads (8 halves or 4 floats).
+    constexpr int kLoads = kF32 ? 8 : 4, kPerLoad = 32 / kLoads;
+    uint4 xv[MT][kLoads];
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
-      for (int q = 0; q < 4; ++q) xv[i][q] = load_x8<T>(x, m0 + 8 * i + g, m, k, k0 + 8 * q, xvec16);
-    // Block scales of the two halves (16 codes each) of this thread's chunk; a half past the
-    // row reads block nb-1 (its codes are zero and x is zero there).
-    float sa[2] = {0.0f, 0.0f}, sb[2] = {0.0f, 0.0f};
-    uint32_t sa2[2] = {0u, 0u}, sb2[2] = {0u, 0u};
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int64_t blk = min((k0 + 16 * hf) / bs, nb - 1);
-      if constexpr (kExactDecode<F, T>) {
-        if (va) sa2[hf] = block_scale_t2<F, T>(scales, ra * nb + blk);
-        if (vb) sb2[hf] = block_scale_t2<F, T>(scales, rb * nb + blk);
-      } else {
-        if (va) sa[hf] = decode_scale<F>(scales, ra * nb + blk, ts);
-        if (vb) sb[hf] = decode_scale<F>(scales, rb * nb + blk, ts);
-      }
-    }
+      for (int q = 0; q < kLoads; ++q) xv[i][q] = load_x16<T>(x, m0 + 8 * i + g, m, k, k0 + kPerLoad * q, xvec16);
+    float sa[2], sb[2];
+    uint32_t sa2[2], sb2[2];
+    scales_from_raw<F, T>(raw_a, sa2, sa);
+    scales_from_raw<F, T>(raw_b, sb2, sb);
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
       // Step s: bytes 2s, 2s+1 of the chunk = codes k0+4s .. k0+4s+3.
@@ -241,48 +306,87 @@ __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
       decode4<F, T>(hb, sb2[s >> 2], sb[s >> 2], lut, a[1], a[3]);
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
-        const uint32_t b0 = word_of(xv[i][s >> 1], 2 * (s & 1));
-        const uint32_t b1 = word_of(xv[i][s >> 1], 2 * (s & 1) + 1);
-        MmaType<T>::mma(acc[i], a, b0, b1);
+        if constexpr (kF32) {
+          // x[k0+4s .. k0+4s+3] = the 4 floats of load s.
+          uint32_t b0[3], b1[3];
+          split3_bf16(__uint_as_float(xv[i][s].x), __uint_as_float(xv[i][s].y), b0);
+          split3_bf16(__uint_as_float(xv[i][s].z), __uint_as_float(xv[i][s].w), b1);
+#pragma unroll
+          for (int p = 0; p < 3; ++p) MmaType<T>::mma(acc[i], a, b0[p], b1[p]);
+        } else {
+          const uint32_t b0 = word_of(xv[i][s >> 1], 2 * (s & 1));
+          const uint32_t b1 = word_of(xv[i][s >> 1], 2 * (s & 1) + 1);
+          MmaType<T>::mma(acc[i], a, b0, b1);
+        }
       }
     }
     wa = na;
     wb = nbv;
+    raw_a = nraw_a;
+    raw_b = nraw_b;
   }
 
-  // C fragment: acc[i][0..1] = (row g, cols 2t, 2t+1), acc[i][2..3] = (row g+8, same cols).
+  // C fragment: acc[i][0..1] = (row g, x rows 2t, 2t+1 of tile i), acc[i][2..3] = (row g+8, same).
+  const float ts = F == Format::NVFP4 ? __ldg(tensor_scale) : 1.0f;
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
-    red[warp][g][8 * i + 2 * t] = acc[i][0];
-    red[warp][g][8 * i + 2 * t + 1] = acc[i][1];
-    red[warp][g + 8][8 * i + 2 * t] = acc[i][2];
-    red[warp][g + 8][8 * i + 2 * t + 1] = acc[i][3];
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < kRowsPerBlock * kCols; idx += kWarps * 32) {
-    const int r = idx % kRowsPerBlock, c = idx / kRowsPerBlock;
-    const int64_t row = n0 + r, col = m0 + c;
-    if (row >= n || col >= m) continue;
-    float v = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) v += red[w][r][c];
-    if constexpr (F == Format::NVFP4) v *= ts;  // the exact decode left the tensor scale out
-    if (bias != nullptr) v += bias[row];
-    if constexpr (kGelu) v = gelu_erf(v);
-    out[col * n + row] = static_cast<T>(v);
+    for (int j = 0; j < 4; ++j) {
+      const int64_t row = j < 2 ? ra : rb;
+      const int64_t col = m0 + 8 * i + 2 * t + (j & 1);
+      if (row >= n || col >= m) continue;
+      if (gridDim.z == 1) {
+        static_cast<T*>(out)[col * n + row] = static_cast<T>(finish<F, kGelu>(acc[i][j], ts, bias, row));
+      } else {
+        static_cast<float*>(out)[(static_cast<int64_t>(blockIdx.z) * m + col) * n + row] = acc[i][j];
+      }
+    }
   }
 }
 
+// out[c, r] = epilogue(sum over splits of part[z, c, r]) for the M x N outputs.
+template <Format F, typename T, bool kGelu>
+__global__ void reduce_splits_kernel(const float* __restrict__ part, int64_t splits, int64_t m, int64_t n,
+                                     const float* __restrict__ tensor_scale, const float* __restrict__ bias,
+                                     T* __restrict__ out) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= m * n) return;
+  float v = 0.0f;
+  for (int64_t z = 0; z < splits; ++z) v += part[z * m * n + idx];
+  const float ts = F == Format::NVFP4 ? __ldg(tensor_scale) : 1.0f;
+  out[idx] = static_cast<T>(finish<F, kGelu>(v, ts, bias, idx % n));
+}
+
+// Multiprocessors of a device, queried once per device.
+int sm_count(int device) {
+  static std::array<std::atomic<int>, 256> cache{};
+  // (messages built in nvcc-compiled code carry no integers: see csrc/fp4/fp4_checks.cpp)
+  TORCH_CHECK(device >= 0 && device < static_cast<int>(cache.size()), "fp4_linear: CUDA device index out of range");
+  int v = cache[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+    cache[device].store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
+// A non-negative integer from the environment variable `name`, or `fallback` when unset.
+int64_t env_rows(const char* name, int64_t fallback) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return fallback;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 0, name, ": expected a non-negative integer, got '", env, "'");
+  return static_cast<int64_t>(v);
+}
+
 int64_t small_m_max_rows() {
-  static const int64_t value = [] {
-    const char* env = std::getenv("APT_FP4_SMALL_M_MAX");
-    if (env == nullptr || *env == '\0') return kSmallMMaxRows;
-    char* end = nullptr;
-    const long long v = std::strtoll(env, &end, 10);
-    TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 0, "APT_FP4_SMALL_M_MAX: expected a non-negative integer, got '",
-                      env, "'");
-    return static_cast<int64_t>(v);
-  }();
+  static const int64_t value = env_rows("APT_FP4_SMALL_M_MAX", kSmallMMaxRows);
+  return value;
+}
+
+int64_t small_m_max_rows_f32() {
+  static const int64_t value = env_rows("APT_FP4_SMALL_M_MAX_F32", kSmallMMaxRowsF32);
   return value;
 }
 
@@ -298,20 +402,44 @@ void dispatch_format(Format f, Fn&& fn) {
 template <Format F, typename T, bool kGelu>
 void launch_small_m(const at::Tensor& x2, const at::Tensor& packed, const at::Tensor& scales,
                     const at::Tensor& tensor_scale, const float* bias, at::Tensor& out) {
-  const int64_t m = x2.size(0), k = x2.size(1), n = packed.size(0);
+  const int64_t m = x2.size(0), k = x2.size(1), n = packed.size(0), row_bytes = packed.size(1);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 block(kWarps * 32);
-  const int64_t n_tiles = (n + kRowsPerBlock - 1) / kRowsPerBlock;
-  TORCH_CHECK(n_tiles <= 65535, "fp4_linear: N exceeds the small-M kernel's grid limit (65535 tiles)");
+  const int64_t n_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  TORCH_CHECK(n_blocks <= 65535, "fp4_linear: N exceeds the small-M kernel's grid limit (65535 blocks of 128 rows)");
+  // Split K over the grid until there are about kBlocksPerSm blocks per multiprocessor, each
+  // split keeping at least kMinStepsPerSplit steps (64 packed bytes of a row per step).
+  const int64_t steps = (row_bytes + kStepBytes - 1) / kStepBytes;
+  const int sms = sm_count(x2.get_device());
   auto go = [&](auto mt_c) {
     constexpr int MT = decltype(mt_c)::value;
-    const dim3 grid(static_cast<unsigned>((m + 8 * MT - 1) / (8 * MT)), static_cast<unsigned>(n_tiles));
-    small_m_kernel<F, T, MT, kGelu><<<grid, block, 0, stream>>>(
-        x2.const_data_ptr<T>(), m, k, packed.const_data_ptr<uint8_t>(), packed.size(1), scales.const_data_ptr(),
-        tensor_scale.const_data_ptr<float>(), bias, out.mutable_data_ptr<T>(), n);
+    const int64_t m_blocks = (m + 8 * MT - 1) / (8 * MT);
+    const int64_t want = (kBlocksPerSm * sms + n_blocks * m_blocks - 1) / (n_blocks * m_blocks);
+    const int64_t max_splits = std::max<int64_t>(1, steps / kMinStepsPerSplit);
+    int64_t splits = std::clamp<int64_t>(want, 1, std::min<int64_t>(max_splits, 65535));
+    const int64_t per_split = (steps + splits - 1) / splits;
+    splits = (steps + per_split - 1) / per_split;
+    const dim3 grid(static_cast<unsigned>(m_blocks), static_cast<unsigned>(n_blocks), static_cast<unsigned>(splits));
+    at::Tensor part;
+    void* dst = out.mutable_data_ptr();
+    if (splits > 1) {
+      part = at::empty({splits, m, n}, x2.options().dtype(at::kFloat));
+      dst = part.mutable_data_ptr();
+    }
+    small_m_kernel<F, T, MT, kGelu><<<grid, kWarps * 32, 0, stream>>>(
+        x2.const_data_ptr<T>(), m, k, packed.const_data_ptr<uint8_t>(), row_bytes, scales.const_data_ptr(),
+        tensor_scale.const_data_ptr<float>(), bias, dst, n, per_split);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (splits > 1) {
+      const int64_t total = m * n;
+      reduce_splits_kernel<F, T, kGelu><<<(total + 255) / 256, 256, 0, stream>>>(
+          part.const_data_ptr<float>(), splits, m, n, tensor_scale.const_data_ptr<float>(), bias,
+          out.mutable_data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   };
-  if (m <= 8) {
+  if constexpr (std::is_same_v<T, float>) {  // float32 x: three mma per tile already
+    go(std::integral_constant<int, 1>{});
+  } else if (m <= 8) {
     go(std::integral_constant<int, 1>{});
   } else if (m <= 16) {
     go(std::integral_constant<int, 2>{});
@@ -319,8 +447,6 @@ void launch_small_m(const at::Tensor& x2, const at::Tensor& packed, const at::Te
     go(std::integral_constant<int, 4>{});
   }
 }
-
-}  // namespace
 
 at::Tensor fp4_linear_cuda_impl(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& scales_in,
                                 const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias,
@@ -343,12 +469,19 @@ at::Tensor fp4_linear_cuda_impl(const at::Tensor& x, const at::Tensor& packed_in
   const at::Tensor xa = reinterpret_cast<uintptr_t>(x2.const_data_ptr()) % 16 != 0 ? x2.clone() : x2;
   const at::Tensor scales = scales_in.contiguous();
 
-  if (x.scalar_type() != at::kFloat && m <= small_m_max_rows()) {
+  const bool small = x.scalar_type() == at::kFloat ? (f != Format::NF4 && m <= small_m_max_rows_f32())
+                                                  : m <= small_m_max_rows();
+  if (small) {
     const at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
     const float* bias_ptr = bias.has_value() ? bias_f.const_data_ptr<float>() : nullptr;
     dispatch_format(f, [&](auto fc) {
       constexpr Format F = decltype(fc)::value;
-      if (x.scalar_type() == at::kBFloat16) {
+      if (x.scalar_type() == at::kFloat) {
+        if constexpr (F != Format::NF4) {
+          gelu ? launch_small_m<F, float, true>(xa, packed, scales, tensor_scale, bias_ptr, out)
+               : launch_small_m<F, float, false>(xa, packed, scales, tensor_scale, bias_ptr, out);
+        }
+      } else if (x.scalar_type() == at::kBFloat16) {
         gelu ? launch_small_m<F, at::BFloat16, true>(xa, packed, scales, tensor_scale, bias_ptr, out)
              : launch_small_m<F, at::BFloat16, false>(xa, packed, scales, tensor_scale, bias_ptr, out);
       } else {
@@ -378,7 +511,6 @@ at::Tensor fp4_linear_cuda_impl(const at::Tensor& x, const at::Tensor& packed_in
   return out.view(out_sizes);
 }
 
-namespace {
 at::Tensor fp4_linear_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                            const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias,
                            const std::string& fmt, int64_t block_size) {

@@ -6,10 +6,14 @@
 namespace apt::fp4::cuda {
 
 // x rows (M, all leading dims flattened) up to which bfloat16/float16 x takes the tensor-core
-// GEMV kernel; above it (and for float32 x) the weight is dequantised and cuBLAS multiplies.
+// GEMV kernel; above it the weight is dequantised and cuBLAS multiplies.
 // The environment variable APT_FP4_SMALL_M_MAX, read once at the first call, overrides it
 // (for measuring both paths without a rebuild).
-constexpr int64_t kSmallMMaxRows = 64;
+constexpr int64_t kSmallMMaxRows = 128;
+
+// The same for float32 x (nvfp4 and mxfp4 only; nf4 always dequantises): x is split into three
+// bfloat16 terms, three mma per tile. APT_FP4_SMALL_M_MAX_F32 overrides it.
+constexpr int64_t kSmallMMaxRowsF32 = 16;
 
 // Largest dequantised scratch the large-M path allocates at once (it works in row chunks).
 constexpr int64_t kScratchMaxBytes = int64_t{512} << 20;

@@ -1,15 +1,19 @@
-"""Device detection (SPEC 6): the CPU for real; HPU/NPU/XPU through vendor packages injected on
-sys.path that are absent, present, or raise on import."""
+"""Device detection (SPEC 6): the CPU for real; HPU/NPU through vendor packages that are absent,
+present, or raise on import. Injected vendor packages change torch process-wide (a real torch_npu
+renames torch's PrivateUse1 backend), so every injection runs in a fresh interpreter."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 from apt_ext import devices
-from apt_ext.devices import manager as dm
 
 FAKE_BACKEND = """
 import torch
@@ -41,31 +45,29 @@ NPU_RENAME = """
 if torch._C._get_privateuse1_backend_name() != "npu":
     torch.utils.rename_privateuse1_backend("npu")
 """
+NPU_PRESENT = FAKE_BACKEND.format(count=2, attr="npu", rename=NPU_RENAME)
+HPU_PRESENT = FAKE_BACKEND.format(count=8, attr="hpu", rename="")
+NPU_BROKEN = 'raise RuntimeError("libascendcl.so: cannot open shared object file")\n'
 
 
-@pytest.fixture
-def vendor_path(tmp_path, monkeypatch):
-    """A folder on sys.path where tests write fake vendor packages; cleaned up afterwards."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv("APT_DEVICE", raising=False)
-    added = []
-
-    def write(package: str, source: str) -> None:
+def run_with_vendors(tmp_path: Path, packages: dict[str, str], body: str, env: dict | None = None) -> dict:
+    """Write fake vendor packages under tmp_path, run ``body`` (which sets ``result``) in a fresh
+    interpreter that sees them, and return ``result`` (JSON)."""
+    for package, source in packages.items():
         d = tmp_path.joinpath(*package.split("."))
         d.mkdir(parents=True, exist_ok=True)
         for parent in list(d.relative_to(tmp_path).parents)[:-1]:
             (tmp_path / parent / "__init__.py").touch()
         (d / "__init__.py").write_text(textwrap.dedent(source))
-        added.append(package)
-
-    yield write
-    for name in list(sys.modules):
-        if any(name == p or name.startswith(p.split(".")[0]) for p in added):
-            sys.modules.pop(name, None)
-    for attr in ("hpu", "npu"):
-        if hasattr(torch, attr) and getattr(getattr(torch, attr), "__name__", "") == "_Backend":
-            monkeypatch.delattr(torch, attr, raising=False)
-    devices.reset_device_manager()
+    script = ("import json, torch\nfrom apt_ext import devices\nfrom apt_ext.devices import manager as dm\n"
+              + textwrap.dedent(body) + "\nprint('RESULT=' + json.dumps(result))\n")
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    full_env.pop("APT_DEVICE", None)
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=full_env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT=")][-1]
+    return json.loads(line[len("RESULT="):])
 
 
 def test_cpu_is_detected_for_real(monkeypatch):
@@ -89,49 +91,56 @@ def test_cpu_is_detected_for_real(monkeypatch):
         m.manual_seed("x")
 
 
-def test_absent_vendors_are_reported_with_reason(vendor_path):
-    probes = devices.probe_all()
-    assert not probes["hpu"].available and "not installed" in probes["hpu"].reason
-    assert not probes["npu"].available and "not installed" in probes["npu"].reason
-    assert probes["cpu"].available
+def test_absent_vendors_are_reported_with_reason(tmp_path):
+    r = run_with_vendors(tmp_path, {}, """
+        p = devices.probe_all()
+        result = {t: [p[t].available, p[t].reason] for t in p}
+    """)
+    assert r["hpu"][0] is False and "not installed" in r["hpu"][1]
+    assert r["npu"][0] is False and "not installed" in r["npu"][1]
+    assert r["cpu"][0] is True
 
 
-def test_npu_package_that_fails_to_initialise_is_unavailable_not_a_crash(vendor_path):
-    vendor_path("torch_npu", 'raise RuntimeError("libascendcl.so: cannot open shared object file")\n')
-    probe = devices.probe_all()["npu"]
-    assert not probe.available
-    assert "failed to initialise" in probe.reason and "libascendcl" in probe.reason
-    assert devices.get_device().type in ("cpu", "cuda")
+def test_npu_package_that_fails_to_initialise_is_unavailable_not_a_crash(tmp_path):
+    r = run_with_vendors(tmp_path, {"torch_npu": NPU_BROKEN}, """
+        p = devices.probe_all()["npu"]
+        result = {"available": p.available, "reason": p.reason, "device": devices.get_device().type}
+    """)
+    assert r["available"] is False
+    assert "failed to initialise" in r["reason"] and "libascendcl" in r["reason"]
+    assert r["device"] in ("cpu", "cuda")
 
 
-def test_present_npu_is_selected_and_manager_uses_its_module(vendor_path):
+def test_present_npu_is_selected_and_manager_uses_its_module(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA outranks NPU")
-    vendor_path("torch_npu", FAKE_BACKEND.format(count=2, attr="npu", rename=NPU_RENAME))
-    assert devices.get_device() == torch.device("npu", 0)
-    m = dm.DeviceManager()
-    assert m.get_accelerator_type() == "npu" and m.device_count() == 2
-    assert (m.memory_allocated(), m.memory_reserved(), m.max_memory_allocated()) == (111, 222, 333)
-    m.empty_cache()
-    m.synchronize()
-    m.manual_seed(7)
+    r = run_with_vendors(tmp_path, {"torch_npu": NPU_PRESENT}, """
+        m = dm.DeviceManager()
+        m.empty_cache(); m.synchronize(); m.manual_seed(7)
+        result = {"device": str(devices.get_device()), "type": m.get_accelerator_type(),
+                  "count": m.device_count(),
+                  "mem": [m.memory_allocated(), m.memory_reserved(), m.max_memory_allocated()],
+                  "calls": [list(c) if isinstance(c, tuple) else c for c in torch.npu.calls]}
+    """)
+    assert r["device"] == "npu:0" and r["type"] == "npu" and r["count"] == 2
+    assert r["mem"] == [111, 222, 333]
     # torch.accelerator may serve synchronize itself; seeding must reach the vendor module.
-    assert ("seed", 7) in torch.npu.calls
+    assert ["seed", 7] in r["calls"]
 
 
-def test_hpu_outranks_npu(vendor_path):
+def test_hpu_outranks_npu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA outranks HPU")
-    vendor_path("habana_frameworks.torch", FAKE_BACKEND.format(count=8, attr="hpu", rename=""))
-    vendor_path("torch_npu", FAKE_BACKEND.format(count=2, attr="npu", rename=NPU_RENAME))
-    assert devices.get_device() == torch.device("hpu", 0)
+    r = run_with_vendors(tmp_path, {"habana_frameworks.torch": HPU_PRESENT, "torch_npu": NPU_PRESENT},
+                         "result = str(devices.get_device())")
+    assert r == "hpu:0"
 
 
 def test_detection_order_is_the_spec_order():
     assert devices.ORDER == ("cuda", "hpu", "npu", "xpu", "mps", "cpu")
 
 
-def test_apt_device_override(monkeypatch):
+def test_apt_device_override(tmp_path, monkeypatch):
     monkeypatch.setenv("APT_DEVICE", "cpu")
     assert devices.get_device() == torch.device("cpu")
     monkeypatch.setenv("APT_DEVICE", "npu")
@@ -140,3 +149,6 @@ def test_apt_device_override(monkeypatch):
     monkeypatch.setenv("APT_DEVICE", "banana:0")
     with pytest.raises(ValueError, match="APT_DEVICE"):
         devices.get_device()
+    r = run_with_vendors(tmp_path, {"torch_npu": NPU_PRESENT}, "result = str(devices.get_device())",
+                         env={"APT_DEVICE": "npu:1"})
+    assert r == "npu:1"

@@ -213,3 +213,19 @@ def test_bad_pack_input():
     codes = torch.randint(0, 16, (3, 10), dtype=torch.uint8)
     assert torch.equal(torch.ops.apt.fp4_unpack(torch.ops.apt.fp4_pack(codes)), codes)
     assert torch.equal(torch.ops.apt.fp4_pack(codes), ref.pack(codes))
+
+
+def test_module_dtype_cast_keeps_the_fp4_format():
+    """model.to(bfloat16) casts the bias and activations' layer, never the 4-bit weight's scales."""
+    torch.manual_seed(0)
+    for fmt in ("nvfp4", "mxfp4", "nf4"):
+        model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.GELU(), torch.nn.Linear(24, 8))
+        quantize_(model, fmt=fmt)
+        before = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("bias")}
+        model.to(torch.bfloat16)
+        after = model.state_dict()
+        for k, v in before.items():
+            assert after[k].dtype == v.dtype and torch.equal(after[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
+        assert model[0].bias.dtype == torch.bfloat16
+        y = model(torch.randn(3, 40, dtype=torch.bfloat16))
+        assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()

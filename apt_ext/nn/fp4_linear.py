@@ -74,6 +74,19 @@ class FP4Linear(nn.Module):
         return torch.ops.apt.fp4_linear(x, self.packed, self.scales, self.tensor_scale, self.bias,
                                         self.fmt, self.block_size)
 
+    def _apply(self, fn, recurse=True):
+        # model.to(torch.bfloat16) / .half() would cast the float8 / float32 scales (and the
+        # float32 tensor scale), breaking the format. The quantised weight may change device,
+        # never dtype; the bias follows the module like any parameter.
+        frozen = {name: self._buffers.pop(name) for name in ("packed", "scales", "tensor_scale")}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, t in frozen.items():
+                moved = fn(t)
+                self._buffers[name] = moved if moved.dtype == t.dtype else t.to(device=moved.device)
+        return self
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # load_state_dict would silently cast e.g. nf4's float32 scales into nvfp4's float8

@@ -219,7 +219,11 @@ def vgpu_part(res, trainer, device, summary: Summary, out: Path) -> None:
         stack.close()
     same = torch.equal(y, ref)
     print(f"{size_mb:.2f} MiB of weights through tiers {[lv['device'] for lv in levels if lv]}; "
-          f"outputs {'identical' if same else 'DIFFER'} to the in-memory model; stats: {stats}")
+          f"outputs {'identical' if same else 'DIFFER'} to the in-memory model")
+    links = ", ".join(f"{name} {v['bytes'] / 2**20:.1f} MiB at {v['gbps']:.2f} GB/s"
+                      for name, v in stats["links"].items() if v["bytes"])
+    print(f"measured: hit rate {stats['hit_rate']:.2f}, I/O backend {stats['io_backend']}, "
+          f"checksum {stats['checksum']}; moved {links}")
     summary.add("VGPU offload", "ok" if same else "FAILED", f"{size_mb:.1f} MiB offloaded, outputs "
                 f"{'bit-identical' if same else 'differ'}")
 

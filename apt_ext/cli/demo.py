@@ -223,7 +223,7 @@ def vgpu_part(res, trainer, device, summary: Summary, out: Path) -> None:
     links = ", ".join(f"{name} {v['bytes'] / 2**20:.1f} MiB at {v['gbps']:.2f} GB/s"
                       for name, v in stats["links"].items() if v["bytes"])
     print(f"measured: hit rate {stats['hit_rate']:.2f}, I/O backend {stats['io_backend']}, "
-          f"checksum {stats['checksum']}; moved {links}")
+          f"checksum {stats['checksum']}; moved {links or 'nothing (the weights fit the first tier)'}")
     summary.add("VGPU offload", "ok" if same else "FAILED", f"{size_mb:.1f} MiB offloaded, outputs "
                 f"{'bit-identical' if same else 'differ'}")
 

@@ -160,15 +160,6 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ packed, const void
   }
 }
 
-template <typename Fn>
-void dispatch_format(Format f, Fn&& fn) {
-  switch (f) {
-    case Format::NVFP4: fn(std::integral_constant<Format, Format::NVFP4>{}); break;
-    case Format::MXFP4: fn(std::integral_constant<Format, Format::MXFP4>{}); break;
-    case Format::NF4: fn(std::integral_constant<Format, Format::NF4>{}); break;
-  }
-}
-
 }  // namespace
 
 void launch_dequantize(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& tensor_scale,

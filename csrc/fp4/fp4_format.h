@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 namespace apt::fp4 {
 
@@ -43,6 +44,17 @@ inline constexpr int64_t block_size_of(Format f) {
 Format parse_format(const std::string& fmt);
 
 void check_block_size(Format f, const std::string& fmt, int64_t block_size);
+
+// Calls fn(std::integral_constant<Format, F>{}) for the runtime format f, so kernels can be
+// templated on the format.
+template <typename Fn>
+void dispatch_format(Format f, Fn&& fn) {
+  switch (f) {
+    case Format::NVFP4: fn(std::integral_constant<Format, Format::NVFP4>{}); break;
+    case Format::MXFP4: fn(std::integral_constant<Format, Format::MXFP4>{}); break;
+    case Format::NF4: fn(std::integral_constant<Format, Format::NF4>{}); break;
+  }
+}
 
 // The dtype the per-block scales of a format are stored in.
 c10::ScalarType scale_dtype(Format f);

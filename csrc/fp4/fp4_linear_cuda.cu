@@ -390,15 +390,6 @@ int64_t small_m_max_rows_f32() {
   return value;
 }
 
-template <typename Fn>
-void dispatch_format(Format f, Fn&& fn) {
-  switch (f) {
-    case Format::NVFP4: fn(std::integral_constant<Format, Format::NVFP4>{}); break;
-    case Format::MXFP4: fn(std::integral_constant<Format, Format::MXFP4>{}); break;
-    case Format::NF4: fn(std::integral_constant<Format, Format::NF4>{}); break;
-  }
-}
-
 template <Format F, typename T, bool kGelu>
 void launch_small_m(const at::Tensor& x2, const at::Tensor& packed, const at::Tensor& scales,
                     const at::Tensor& tensor_scale, const float* bias, at::Tensor& out) {

@@ -20,3 +20,13 @@ def rng() -> torch.Generator:
     g = torch.Generator()
     g.seed()
     return g
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one intra-op thread (tiny models run fastest that way on the shared
+    2-core CI machine); restores the previous count afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,13 +15,7 @@ from apt_ext.nn import LeftSpinChain
 from apt_ext.reference.left_spin import left_spin_residual as ref_left_spin
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded (and the CI CPU is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> APTModelConfiguration:

@@ -13,12 +13,7 @@ from apt_ext.train.data import BPETokenizer, ByteTokenizer, TokenData, builtin_c
 from apt_ext.train.trainer import lr_lambda
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(**kw) -> APTModelConfiguration:

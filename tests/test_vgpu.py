@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 
 import pytest
 import torch
 
 from apt_ext.vgpu import VGPUCapacityError, VGPUStack
-from vgpu_helpers import cpu_levels, random_tensor, same_bytes
+from vgpu_helpers import cpu_levels, random_tensor, run_threads, same_bytes
 
 KB = 1024
 
@@ -180,11 +179,7 @@ def test_eight_threads(tmp_path):
         except Exception as exc:  # surfaced by the assert below
             errors.append(f"thread {tid}: {type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, 8)
     assert not errors, errors[:5]
     st.close()
 

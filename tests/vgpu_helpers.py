@@ -1,6 +1,9 @@
 """Shared helpers of the VGPU tests: random tensors of mixed dtypes and byte-level comparison."""
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 import torch
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int8, torch.uint8,
@@ -42,3 +45,12 @@ def cpu_levels(tmp_path, device_mb: float = 0.25, host_mb: float = 0.5, ssd_mb: 
         {"device": "cpu", "capacity_mb": host_mb},
         {"device": "ssd", "capacity_mb": ssd_mb, "path": str(tmp_path / "ssd")},
     ]
+
+
+def run_threads(worker: Callable[[int], None], n: int = 8) -> None:
+    """Run worker(0..n-1) on n threads at once and wait for all of them."""
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -3,13 +3,12 @@ pytest -q tests/gpu/test_vgpu_cuda.py"""
 from __future__ import annotations
 
 import random
-import threading
 
 import torch
 from torch import nn
 
 from apt_ext.vgpu import VGPUStack, offload
-from vgpu_helpers import random_tensor, same_bytes
+from vgpu_helpers import random_tensor, run_threads, same_bytes
 
 
 def _levels(tmp_path, device_mb: float, host_mb: float, ssd_mb: float = 256) -> list[dict]:
@@ -59,11 +58,7 @@ def test_cuda_eight_threads(tmp_path):
         except Exception as exc:
             errors.append(f"{tid}: {type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, 8)
     assert not errors, errors[:5]
     st.close()
 

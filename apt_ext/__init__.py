@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 if _native._C is not None:
     from apt_ext import ops  # noqa: F401  (fake kernels, autograd, Triton fallbacks)
     from apt_ext.fp4 import FP4Weight  # noqa: F401
+    from apt_ext.fp4 import tiled  # noqa: F401  (fake kernels of the tiled layout's ops)
     from apt_ext.nn.fp4_linear import quantize_  # noqa: F401
 
 __all__ = ["capabilities", "quantize_", "FP4Weight", "__version__"]

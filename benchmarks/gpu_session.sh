@@ -2,8 +2,10 @@
 # One batched GPU session (device machine): build, GPU tests, benchmarks; everything lands in
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
-#   stages: build test test_fp4 test_left_spin test_vgpu test_model sanitizer fp4 fp4_quick e2e
-#           left_spin left_spin_quick vgpu vgpu_quick model lr_sweep
+#   stages: build test test_fp4 test_gemv test_left_spin test_vgpu test_model sanitizer fp4 fp4_quick
+#           gemv_sweep e2e left_spin left_spin_quick vgpu vgpu_quick model lr_sweep
+#   build: APT_CUDA_ARCHS=90 builds for sm_90 only (about 70 s); the built _C*.so is copied to
+#   $OUT so a later call can carry it (put it in apt_ext/ and skip the build stage).
 #   each stage's log: $OUT/<stage>.log; SECONDS caps a stage (timeout); a stage failing does not
 #   stop the later ones.
 set -uo pipefail
@@ -34,8 +36,11 @@ stage() {  # name, command...
 for arg in "$@"; do
   s=${arg%%:*}; LIMIT=0; [ "$s" != "$arg" ] && LIMIT=${arg#*:}
   case $s in
-    build) rm -rf build; stage build $PY -m pip install -v --no-build-isolation -e . ;;
+    build) rm -rf build; stage build $PY -m pip install -v --no-build-isolation --no-deps -e .
+      cp "$($PY -c 'import apt_ext._C as c; print(c.__file__)')" "$OUT/" 2>/dev/null ;;
     test) stage test $PY -m pytest -v -p no:cacheprovider tests/gpu ;;
+    test_gemv) stage test_gemv $PY -m pytest -q -x -p no:cacheprovider tests/gpu/test_fp4_gemv_cuda.py ;;
+    gemv_sweep) stage gemv_sweep $PY benchmarks/fp4_gemv_sweep.py ;;
     test_fp4|test_left_spin|test_vgpu|test_model)
       stage "$s" $PY -m pytest -v -p no:cacheprovider tests/gpu/${s}_*.py ;;
     sanitizer) stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q tests/gpu -k sanitizer ;;

@@ -20,6 +20,14 @@ TORCH_LIBRARY(apt, m) {
   m.def("fp4_linear(Tensor x, Tensor packed, Tensor scales, Tensor tensor_scale, Tensor? bias, str fmt, int block_size) -> Tensor");
   // gelu(fp4_linear(...)) with the exact (erf) GELU; the CUDA kernel fuses it into the epilogue.
   m.def("fp4_linear_gelu(Tensor x, Tensor packed, Tensor scales, Tensor tensor_scale, Tensor? bias, str fmt, int block_size) -> Tensor");
+  // The tiled layout (csrc/fp4/fp4_tiled_layout.h): a private copy of a packed weight in the
+  // order the CUDA GEMV reads it. tiles uint8 [ceil(N/16), ceil(Kp/128), 1024]; tile_scales
+  // [tiles, steps, 32, 4 | 2 | 2] (nvfp4 uint8, mxfp4 uint8, nf4 float32); out_scale float32 [].
+  m.def("fp4_tile(Tensor packed, Tensor scales, Tensor tensor_scale, str fmt, int block_size) -> (Tensor tiles, Tensor tile_scales, Tensor out_scale)");
+  // The float32 weight [n, k] a tiled weight stands for (equal to fp4_dequantize's values).
+  m.def("fp4_untile(Tensor tiles, Tensor tile_scales, Tensor out_scale, str fmt, int n, int k) -> Tensor");
+  // fp4_linear (gelu applied when `gelu`) on a tiled weight of n rows and k columns.
+  m.def("fp4_linear_tiled(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k, bool gelu) -> Tensor");
 
   // ---- Left-spin residual (SPEC section 4) ----
   // u, du, du_prev [..., D]; phi_prev [...] float32 -> out [..., D] (u's dtype), phi [...] float32.

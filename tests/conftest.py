@@ -1,6 +1,8 @@
 """Shared pytest setup: GPU tests (tests/gpu/, marker ``gpu``) are skipped without CUDA."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -30,3 +32,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def seed() -> int:
+    """A fresh random seed per test, printed (pytest shows it with a failure); set
+    APT_TEST_SEED to replay one."""
+    s = int(os.environ.get("APT_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+    print(f"seed={s} (replay: APT_TEST_SEED={s})")
+    return s

@@ -7,8 +7,14 @@ from typing import Callable
 import torch
 from torch import nn
 
+from apt_ext import _native
 from apt_ext.fp4 import checks
+from apt_ext.fp4.tiled import TiledFP4Weight, tile
 from apt_ext.fp4.weight import FP4Weight, quantize
+
+# Rows of x (leading dims flattened) up to which inference on CUDA uses the tiled GEMV
+# (fp4_linear_tiled); above it fp4_linear's batched path is faster.
+TILED_MAX_ROWS = 16
 
 
 class FP4Linear(nn.Module):
@@ -20,6 +26,10 @@ class FP4Linear(nn.Module):
     the bias, if any, is a trainable Parameter. The 4-bit weight itself is frozen; gradients
     flow to x and bias. Input x: [..., in_features] float32/bfloat16/float16; output has x's
     dtype.
+
+    On CUDA, calls that need no gradient with at most ``TILED_MAX_ROWS`` rows of x run on a
+    tiled copy of the weight (``apt_ext.fp4.tiled``), built at the first such call and kept
+    beside the buffers (not saved; rebuilt after ``.to()`` or ``load_state_dict``).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = "nvfp4",
@@ -34,6 +44,7 @@ class FP4Linear(nn.Module):
         w = torch.empty(out_features, in_features, device=device, dtype=torch.float32)
         nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         q = quantize(w, fmt)
+        self._tiled: TiledFP4Weight | None = None
         self.register_buffer("packed", q.packed)
         self.register_buffer("scales", q.scales)
         self.register_buffer("tensor_scale", q.tensor_scale)
@@ -55,6 +66,7 @@ class FP4Linear(nn.Module):
         mod.in_features, mod.out_features, mod.fmt = linear.in_features, linear.out_features, fmt
         mod.block_size = checks.default_block(fmt, None)
         q = quantize(linear.weight.detach(), fmt)
+        mod._tiled = None
         mod.register_buffer("packed", q.packed)
         mod.register_buffer("scales", q.scales)
         mod.register_buffer("tensor_scale", q.tensor_scale)
@@ -71,13 +83,33 @@ class FP4Linear(nn.Module):
                          (self.out_features, self.in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != self.in_features:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected [..., {self.in_features}] (in_features), got {got}")
+        if self._takes_tiled_path(x):
+            return self.tiled_weight().linear(x, self.bias)
         return torch.ops.apt.fp4_linear(x, self.packed, self.scales, self.tensor_scale, self.bias,
                                         self.fmt, self.block_size)
+
+    def _takes_tiled_path(self, x: torch.Tensor) -> bool:
+        if not (x.is_cuda and self.packed.is_cuda):
+            return False
+        if x.numel() > TILED_MAX_ROWS * self.in_features or not _native.has_kernel("fp4_linear_tiled", "CUDA"):
+            return False
+        needs_grad = x.requires_grad or (self.bias is not None and self.bias.requires_grad)
+        return not (torch.is_grad_enabled() and needs_grad)
+
+    def tiled_weight(self) -> TiledFP4Weight:
+        """The tiled copy of the weight on the buffers' device (built once, then cached)."""
+        if getattr(self, "_tiled", None) is None or self._tiled.tiles.device != self.packed.device:
+            self._tiled = tile(self.weight)
+        return self._tiled
 
     def _apply(self, fn, recurse=True):
         # model.to(torch.bfloat16) / .half() would cast the float8 / float32 scales (and the
         # float32 tensor scale), breaking the format. The quantised weight may change device,
         # never dtype; the bias follows the module like any parameter.
+        self._tiled = None
         frozen = {name: self._buffers.pop(name) for name in ("packed", "scales", "tensor_scale")}
         try:
             super()._apply(fn, recurse)
@@ -103,6 +135,7 @@ class FP4Linear(nn.Module):
                                   f"same fmt before loading")
         if mismatch:
             return
+        self._tiled = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

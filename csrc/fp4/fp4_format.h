@@ -74,4 +74,13 @@ void check_quantize_weight(const at::Tensor& w);
 void check_linear_args(const at::Tensor& x, const at::Tensor& packed,
                               const c10::optional<at::Tensor>& bias, int64_t kp, int64_t block_size);
 
+// Checks a tiled weight of n rows and k columns (fp4_tiled_layout.h: tiles, tile_scales,
+// out_scale, all on one device). Returns the format.
+Format check_tiled_weight(const at::Tensor& tiles, const at::Tensor& tile_scales, const at::Tensor& out_scale,
+                          const std::string& fmt, int64_t n, int64_t k);
+
+// Checks x [..., k] and an optional bias [n] against a tiled weight on tiles' device.
+void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const c10::optional<at::Tensor>& bias,
+                             int64_t n, int64_t k);
+
 }  // namespace apt::fp4

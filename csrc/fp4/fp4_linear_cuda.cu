@@ -32,8 +32,33 @@
 #include "fp4/fp4_decode_cuda.h"
 #include "fp4/fp4_format.h"
 #include "fp4/fp4_linear_cuda.h"
+#include "fp4/fp4_mma_cuda.h"
 
 namespace apt::fp4::cuda {
+
+// Multiprocessors of a device, queried once per device.
+int sm_count(int device) {
+  static std::array<std::atomic<int>, 256> cache{};
+  // (messages built in nvcc-compiled code carry no integers: see csrc/fp4/fp4_checks.cpp)
+  TORCH_CHECK(device >= 0 && device < static_cast<int>(cache.size()), "fp4_linear: CUDA device index out of range");
+  int v = cache[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+    cache[device].store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
+// A non-negative integer from the environment variable `name`, or `fallback` when unset.
+int64_t env_rows(const char* name, int64_t fallback) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return fallback;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 0, name, ": expected a non-negative integer, got '", env, "'");
+  return static_cast<int64_t>(v);
+}
+
 namespace {
 
 constexpr int kWarps = 8;                      // warps per block, 16 weight rows each
@@ -41,57 +66,6 @@ constexpr int kRowsPerBlock = 16 * kWarps;     // weight rows per block
 constexpr int kStepBytes = 64;                 // packed bytes of a row per step (4 threads x 16)
 constexpr int kBlocksPerSm = 2;                // K is split until the grid has this many blocks per SM
 constexpr int kMinStepsPerSplit = 4;           // ... but no split gets fewer steps than this
-
-template <typename T>
-struct MmaType;
-template <>
-struct MmaType<at::BFloat16> {
-  // E2M1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 as bfloat16 bits, split into low and high
-  // bytes (bytes 0..7 of each table = codes 0..7), for __byte_perm lookups.
-  static constexpr uint32_t kLo0 = 0xC0800000u, kLo1 = 0xC0804000u, kHi0 = 0x3F3F3F00u, kHi1 = 0x40404040u;
-  __device__ static uint32_t pack(float a, float b) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  }
-  __device__ static uint32_t mul2(uint32_t a, uint32_t b) {
-    const __nv_bfloat162 r =
-        __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
-    return *reinterpret_cast<const uint32_t*>(&r);
-  }
-  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-template <>
-struct MmaType<at::Half> {
-  // The same magnitudes as float16 bits (their low bytes are all zero).
-  static constexpr uint32_t kLo0 = 0u, kLo1 = 0u, kHi0 = 0x3E3C3800u, kHi1 = 0x46444240u;
-  __device__ static uint32_t pack(float a, float b) {
-    const __half2 v = __floats2half2_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  }
-  __device__ static uint32_t mul2(uint32_t a, uint32_t b) {
-    const __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
-    return *reinterpret_cast<const uint32_t*>(&r);
-  }
-  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-
-// float32 x multiplies through bfloat16 tensor cores too: the weights of the exact decode are
-// exact in bfloat16 and x is split into three bfloat16 terms (split3_bf16), so the products
-// carry float32 precision.
-template <>
-struct MmaType<float> : MmaType<at::BFloat16> {};
 
 // 16 packed bytes of one row at byte offset `off` (a multiple of 8); bytes past the row (or a
 // row past N) read as 0. `vec16`: rows are 16-byte aligned, so one 128-bit load suffices.
@@ -111,39 +85,6 @@ __device__ __forceinline__ uint4 load_chunk(const uint8_t* row, int64_t off, int
     r.w = hi.y;
   }
   return r;
-}
-
-// 16 bytes of x, x[row, k0 .. k0 + 16/sizeof(T)), as raw bits (zeros past K or for rows >= M).
-template <typename T>
-__device__ __forceinline__ uint4 load_x16(const T* x, int64_t row, int64_t m, int64_t k, int64_t k0, bool vec16) {
-  constexpr int kN = 16 / sizeof(T);
-  using Raw = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;
-  uint4 r = make_uint4(0, 0, 0, 0);
-  if (row >= m || k0 >= k) return r;
-  const T* p = x + row * k + k0;
-  if (vec16 && k0 + kN <= k) return __ldg(reinterpret_cast<const uint4*>(p));
-  Raw v[kN];
-#pragma unroll
-  for (int i = 0; i < kN; ++i) v[i] = (k0 + i < k) ? __ldg(reinterpret_cast<const Raw*>(p + i)) : Raw{0};
-  memcpy(&r, v, sizeof(r));
-  return r;
-}
-
-// (a, b) = hi + mid + lo as three packed bfloat16 pairs, each the rounded remainder of the
-// previous ones: the sum keeps about 24 bits of each value (float32's precision).
-__device__ __forceinline__ void split3_bf16(float a, float b, uint32_t (&parts)[3]) {
-#pragma unroll
-  for (int i = 0; i < 3; ++i) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    parts[i] = *reinterpret_cast<const uint32_t*>(&h);
-    const float2 f = __bfloat1622float2(h);
-    a -= f.x;
-    b -= f.y;
-  }
-}
-
-__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
-  return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
 }
 
 // Weights decode exactly into x's dtype without float math when the block scale is exact in
@@ -309,8 +250,8 @@ __global__ void __launch_bounds__(kWarps * 32, MT >= 4 ? 1 : 2)
         if constexpr (kF32) {
           // x[k0+4s .. k0+4s+3] = the 4 floats of load s.
           uint32_t b0[3], b1[3];
-          split3_bf16(__uint_as_float(xv[i][s].x), __uint_as_float(xv[i][s].y), b0);
-          split3_bf16(__uint_as_float(xv[i][s].z), __uint_as_float(xv[i][s].w), b1);
+          split_bf16<3>(__uint_as_float(xv[i][s].x), __uint_as_float(xv[i][s].y), b0);
+          split_bf16<3>(__uint_as_float(xv[i][s].z), __uint_as_float(xv[i][s].w), b1);
 #pragma unroll
           for (int p = 0; p < 3; ++p) MmaType<T>::mma(acc[i], a, b0[p], b1[p]);
         } else {
@@ -355,29 +296,6 @@ __global__ void reduce_splits_kernel(const float* __restrict__ part, int64_t spl
   for (int64_t z = 0; z < splits; ++z) v += part[z * m * n + idx];
   const float ts = F == Format::NVFP4 ? __ldg(tensor_scale) : 1.0f;
   out[idx] = static_cast<T>(finish<F, kGelu>(v, ts, bias, idx % n));
-}
-
-// Multiprocessors of a device, queried once per device.
-int sm_count(int device) {
-  static std::array<std::atomic<int>, 256> cache{};
-  // (messages built in nvcc-compiled code carry no integers: see csrc/fp4/fp4_checks.cpp)
-  TORCH_CHECK(device >= 0 && device < static_cast<int>(cache.size()), "fp4_linear: CUDA device index out of range");
-  int v = cache[device].load(std::memory_order_relaxed);
-  if (v == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
-    cache[device].store(v, std::memory_order_relaxed);
-  }
-  return v;
-}
-
-// A non-negative integer from the environment variable `name`, or `fallback` when unset.
-int64_t env_rows(const char* name, int64_t fallback) {
-  const char* env = std::getenv(name);
-  if (env == nullptr || *env == '\0') return fallback;
-  char* end = nullptr;
-  const long long v = std::strtoll(env, &end, 10);
-  TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 0, name, ": expected a non-negative integer, got '", env, "'");
-  return static_cast<int64_t>(v);
 }
 
 int64_t small_m_max_rows() {

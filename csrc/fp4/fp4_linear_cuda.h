@@ -18,4 +18,10 @@ constexpr int64_t kSmallMMaxRowsF32 = 16;
 // Largest dequantised scratch the large-M path allocates at once (it works in row chunks).
 constexpr int64_t kScratchMaxBytes = int64_t{512} << 20;
 
+// Multiprocessors of CUDA device `device`, queried once per device.
+int sm_count(int device);
+
+// A non-negative integer from the environment variable `name`, or `fallback` when unset.
+int64_t env_rows(const char* name, int64_t fallback);
+
 }  // namespace apt::fp4::cuda

@@ -1,0 +1,80 @@
+"""The tiled layout of an FP4 weight: a private copy in the order the CUDA GEMV reads it.
+
+SPEC section 3's packed/scales tensors stay the interchange format (state_dict, safetensors,
+other devices); ``tile(weight)`` makes, once, the copy that ``torch.ops.apt.fp4_linear_tiled``
+streams at memory bandwidth for few rows of x (csrc/fp4/fp4_tiled_layout.h describes the bytes).
+``apt_ext.nn.FP4Linear`` builds and caches it by itself on CUDA for inference calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from apt_ext.fp4.weight import FP4Weight
+
+TILE_ROWS = 16    # weight rows per tile
+STEP_COLS = 128   # columns per step
+STEP_BYTES = 1024  # packed bytes of one (tile, step)
+LANES = 32
+# tile_scales per (tile, step, lane): (dtype, count)
+LANE_SCALES = {"nvfp4": (torch.uint8, 4), "mxfp4": (torch.uint8, 2), "nf4": (torch.float32, 2)}
+
+
+@dataclass(frozen=True)
+class TiledFP4Weight:
+    """A weight of logical shape ``shape`` = (N, K) in the tiled layout.
+
+    tiles: uint8 [ceil(N/16), ceil(K/128), 1024]; tile_scales: [tiles, steps, 32, 4 | 2 | 2]
+    (nvfp4 uint8, mxfp4 uint8, nf4 float32); out_scale: float32 [] applied to every sum.
+    """
+
+    tiles: torch.Tensor
+    tile_scales: torch.Tensor
+    out_scale: torch.Tensor
+    fmt: str
+    shape: tuple[int, int]
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+        """x [..., K] -> x @ W.T + bias [..., N] in x's dtype (exact-erf GELU if ``gelu``)."""
+        n, k = self.shape
+        return torch.ops.apt.fp4_linear_tiled(x, self.tiles, self.tile_scales, self.out_scale, bias, self.fmt,
+                                              n, k, gelu)
+
+    def dequantize(self) -> torch.Tensor:
+        """-> float32 [N, K], equal to the source FP4Weight's ``dequantize()``."""
+        n, k = self.shape
+        return torch.ops.apt.fp4_untile(self.tiles, self.tile_scales, self.out_scale, self.fmt, n, k)
+
+
+def tile(weight: FP4Weight) -> TiledFP4Weight:
+    """The tiled copy of ``weight`` on its device (one pass over the weight; mxfp4 reads its
+    exponent range back to the host). Raises ValueError for scales the layout cannot hold
+    exactly (a NaN nvfp4 scale, mxfp4 exponents spanning more than 126 binades)."""
+    if not isinstance(weight, FP4Weight):
+        raise TypeError(f"weight: expected an FP4Weight, got {type(weight).__name__}")
+    tiles, scales, out_scale = torch.ops.apt.fp4_tile(weight.packed, weight.scales, weight.tensor_scale,
+                                                      weight.fmt, weight.block_size)
+    return TiledFP4Weight(tiles, scales, out_scale, weight.fmt, weight.shape)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@torch.library.register_fake("apt::fp4_tile")
+def _fp4_tile_fake(packed, scales, tensor_scale, fmt, block_size):
+    dtype, per_lane = LANE_SCALES[fmt]
+    nt, steps = _cdiv(packed.shape[0], TILE_ROWS), _cdiv(2 * packed.shape[1], STEP_COLS)
+    return (packed.new_empty((nt, steps, STEP_BYTES)), packed.new_empty((nt, steps, LANES, per_lane), dtype=dtype),
+            packed.new_empty((), dtype=torch.float32))
+
+
+@torch.library.register_fake("apt::fp4_untile")
+def _fp4_untile_fake(tiles, tile_scales, out_scale, fmt, n, k):
+    return tiles.new_empty((n, k), dtype=torch.float32)
+
+
+@torch.library.register_fake("apt::fp4_linear_tiled")
+def _fp4_linear_tiled_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu):
+    return x.new_empty((*x.shape[:-1], n))

@@ -1,0 +1,148 @@
+"""Tuning sweep of the tiled FP4 GEMV (csrc/fp4/fp4_gemv_cuda.cu) on one GPU, in one run.
+
+Each launch variant APT_FP4_GEMV="rw,kw,stages" (tiles per block, K parts per tile, pipeline
+depth) runs in its own child process (the kernel reads the variable once) and times
+torch.ops.apt.fp4_linear_tiled (nvfp4, bf16 x) on the issue's four shapes; the parent times bf16
+F.linear and the canonical fp4_linear op on the same shapes and the card's copy bandwidth.
+Prints, per variant, shape and M: microseconds, weight GB/s (packed codes + scales read once /
+time), % of copy bandwidth and speed-up over bf16.
+
+    python benchmarks/fp4_gemv_sweep.py                 # every variant
+    python benchmarks/fp4_gemv_sweep.py --variants 'default;4,2,4'
+Writes benchmarks/results/fp4_gemv_sweep_<card>.json. Notes: docs/fp4_gpu_notes.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
+MS = [1, 4, 16]
+VARIANTS = ["default"] + [f"{rw},{kw},{s}" for s in (4, 2, 8) for rw, kw in ((8, 1), (4, 2), (2, 4), (1, 8))]
+HERE = Path(__file__).resolve().parent
+
+
+def bench_us(fn) -> float:
+    """Median microseconds (triton do_bench: CUDA events, L2 flushed before every call)."""
+    from triton.testing import do_bench
+
+    return 1e3 * float(do_bench(fn, warmup=20, rep=60, return_mode="median"))
+
+
+def weight(n: int, k: int) -> torch.Tensor:
+    g = torch.Generator(device="cuda").manual_seed(n * 31 + k)
+    return torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+
+
+def child(ms: list[int]) -> dict:
+    """Times fp4_linear_tiled (this process's APT_FP4_GEMV) on every shape and M."""
+    import apt_ext  # noqa: F401
+    from apt_ext.fp4 import quantize
+    from apt_ext.fp4.tiled import tile
+
+    out = {}
+    for n, k in SHAPES:
+        q = quantize(weight(n, k), "nvfp4")
+        t = tile(q)
+        nbytes = t.tiles.numel() + t.tile_scales.numel()
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            t.linear(x)
+            torch.cuda.synchronize()
+            us = bench_us(lambda: t.linear(x))
+            out[f"{n}x{k}/{m}"] = {"us": us, "GBs": nbytes / (us * 1e-6) / 1e9}
+    return out
+
+
+def parent(variants: list[str], ms: list[int]) -> dict:
+    import apt_ext  # noqa: F401
+    from apt_ext.fp4 import quantize
+
+    src = torch.empty(1 << 29, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    copy_gbs = 2 * src.numel() * 2 / (bench_us(lambda: dst.copy_(src)) * 1e-6) / 1e9
+    del src, dst
+    base = {}
+    for n, k in SHAPES:
+        w = weight(n, k)
+        q = quantize(w, "nvfp4")
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            base[f"{n}x{k}/{m}"] = {
+                "bf16_us": bench_us(lambda: F.linear(x, w)),
+                "canonical_us": bench_us(lambda: torch.ops.apt.fp4_linear(x, q.packed, q.scales, q.tensor_scale,
+                                                                          None, "nvfp4", 16)),
+            }
+        del w, q
+    torch.cuda.empty_cache()
+    runs = {}
+    for v in variants:
+        env = dict(os.environ)
+        env.pop("APT_FP4_GEMV", None)
+        if v != "default":
+            env["APT_FP4_GEMV"] = v
+        proc = subprocess.run([sys.executable, __file__, "--child", "--ms", ",".join(map(str, ms))], env=env,
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            runs[v] = {"error": (proc.stderr or proc.stdout)[-800:]}
+            print(f"variant {v}: FAILED\n{runs[v]['error']}", flush=True)
+            continue
+        runs[v] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"variant {v}: done", flush=True)
+    return {"copy_bandwidth_GBs": copy_gbs, "baseline": base, "variants": runs}
+
+
+def print_table(res: dict) -> None:
+    copy = res["copy_bandwidth_GBs"]
+    print(f"\ncopy bandwidth (1 GiB d2d, read+write): {copy:.0f} GB/s")
+    keys = list(res["baseline"])
+    print(f"{'variant':>10} | " + " | ".join(f"{k:>18}" for k in keys))
+    for name in ("bf16", "canonical"):
+        print(f"{name:>10} | " + " | ".join(f"{res['baseline'][k][name + '_us']:8.1f}us {'':8}" for k in keys))
+    for v, r in res["variants"].items():
+        if "error" in r:
+            print(f"{v:>10} | FAILED")
+            continue
+        cells = []
+        for k in keys:
+            c = r[k]
+            cells.append(f"{c['us']:6.1f}us {100 * c['GBs'] / copy:3.0f}% {res['baseline'][k]['bf16_us'] / c['us']:4.2f}x")
+        print(f"{v:>10} | " + " | ".join(cells))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--variants", default=None,
+                    help="';'-separated list of 'default' or 'rw,kw,stages' (default: the full sweep)")
+    ap.add_argument("--ms", default=",".join(map(str, MS)), help="comma-separated rows of x")
+    args = ap.parse_args()
+    ms = [int(v) for v in args.ms.split(",")]
+    if args.child:
+        print(json.dumps(child(ms)))
+        return
+    if not torch.cuda.is_available():
+        sys.exit("fp4_gemv_sweep: needs a CUDA GPU")
+    variants = VARIANTS if args.variants is None else args.variants.split(";")
+    res = parent(variants, ms)
+    res.update(card=torch.cuda.get_device_name(), torch=torch.__version__,
+               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               command=" ".join([sys.executable, *sys.argv]))
+    print_table(res)
+    card = torch.cuda.get_device_name().replace(" ", "_")
+    out = HERE / "results" / f"fp4_gemv_sweep_{card}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

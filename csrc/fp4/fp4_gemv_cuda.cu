@@ -1,0 +1,423 @@
+// CUDA kernel of apt::fp4_linear_tiled: out = x @ W.T * out_scale + bias for a weight in the
+// tiled layout (fp4_tiled_layout.h), tuned for few rows of x (decoding: M <= 16 per launch
+// row-block, any M by more blocks along x).
+//
+// The time of a small-M linear layer is the time to read its weight, so the kernel is built to
+// keep many bytes in flight and spend few instructions per byte:
+//  * each warp owns one tile (16 weight rows) and a contiguous range of its 128-column steps;
+//    per step every lane loads 32 bytes of codes with two coalesced 16-byte loads (the warp reads
+//    one contiguous KiB) plus its scales, S steps ahead of their use (a register ring);
+//  * warps of a block share their k-range across RW tiles (x comes from L1 after the first) and
+//    split K across KW warps, whose partial sums meet in shared memory: one launch, no atomics,
+//    deterministic;
+//  * nvfp4/mxfp4 codes decode with shift-and-mask into bfloat16 (value * 2^-126) and one paired
+//    multiply by the scale word (exact), feeding mma.m16n8k16 with the weights as A and 8 rows of x
+//    as B; float16 / float32 x enter as 2 / 3 exact bfloat16 terms.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <type_traits>
+
+#include "fp4/fp4_decode_cuda.h"
+#include "fp4/fp4_format.h"
+#include "fp4/fp4_linear_cuda.h"
+#include "fp4/fp4_mma_cuda.h"
+#include "fp4/fp4_tiled_layout.h"
+
+namespace apt::fp4::cuda {
+namespace {
+
+using namespace apt::fp4::tiled;
+
+constexpr int kMaxWarps = 8;  // warps per block (RW * KW)
+constexpr int kDefaultStages = 4;
+
+// 16 bytes of streamed weights: read once, so they bypass L1.
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+// A lane's scales of one step, as loaded: nvfp4 4 bytes, mxfp4 2 bytes, nf4 two floats.
+template <Format F>
+struct LaneScales {
+  uint32_t raw;
+  __device__ static LaneScales load(const void* base, int64_t idx) {
+    if constexpr (F == Format::NVFP4) {
+      return {__ldg(static_cast<const uint32_t*>(base) + idx)};
+    } else {
+      return {static_cast<uint32_t>(__ldg(static_cast<const uint16_t*>(base) + idx))};
+    }
+  }
+};
+template <>
+struct LaneScales<Format::NF4> {
+  float2 absmax;
+  __device__ static LaneScales load(const void* base, int64_t idx) {
+    return {__ldg(static_cast<const float2*>(base) + idx)};
+  }
+};
+
+// bfloat16 pair (v, v) of scale byte `i` of `raw` (fp4_tiled_layout.h): nvfp4 scale * 2^118,
+// mxfp4 2^(e + c).
+template <Format F>
+__device__ __forceinline__ uint32_t scale_word(uint32_t raw, int i) {
+  const uint32_t v = __byte_perm(raw, 0u, 0x4040u | static_cast<uint32_t>(i) | (static_cast<uint32_t>(i) << 8));
+  if constexpr (F == Format::NVFP4) {
+    return v * 16u + (kNvfp4ScaleBias << 7) * 0x10001u;
+  } else {
+    return v * 128u + (kMxfp4ExpBias << 7) * 0x10001u;
+  }
+}
+
+__device__ __forceinline__ uint32_t rotl(uint32_t v, int r) { return r == 0 ? v : __funnelshift_l(v, v, r); }
+
+// The bfloat16 pair (value * 2^-126) of pair P of a stored word.
+template <int P>
+__device__ __forceinline__ uint32_t pair_bits(uint32_t w) {
+  constexpr int kMag = mag_rot(P), kSign = sign_rot(P);
+  if constexpr (kMag == kSign) {
+    return rotl(w, kMag) & (kMagMask | kSignMask);
+  } else {
+    return (rotl(w, kMag) & kMagMask) | (rotl(w, kSign) & kSignMask);
+  }
+}
+
+__device__ __forceinline__ uint32_t bf16_mul2(uint32_t a, uint32_t b) {
+  const __nv_bfloat162 r =
+      __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+__device__ __forceinline__ uint32_t bf16_pack(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// x values of one step for one lane: 32 columns of each of its MT rows of x, raw (16-byte loads).
+template <typename T, int MT>
+struct XStep {
+  static constexpr int kLoads = 32 * static_cast<int>(sizeof(T)) / 16;
+  uint4 v[MT][kLoads];
+  __device__ void load(const T* x, int64_t m, int64_t k, int64_t row0, int64_t col0, bool vec16) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int q = 0; q < kLoads; ++q) v[i][q] = load_x16<T>(x, row0 + 8 * i, m, k, col0 + q * (16 / sizeof(T)), vec16);
+  }
+  // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1; 0..31 for float32) of tile i.
+  __device__ uint32_t word(int i, int w) const { return word_of(v[i][w / 4], w % 4); }
+};
+
+// acc[i] += A (decoded weights of mma j) x B (columns 4j .. 4j+3 of the lane's x block, tile i).
+template <typename T, int MT>
+__device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint32_t (&a)[4], const XStep<T, MT>& xs, int j) {
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+    if constexpr (std::is_same_v<T, at::BFloat16>) {
+      MmaType<at::BFloat16>::mma(acc[i], a, xs.word(i, 2 * j), xs.word(i, 2 * j + 1));
+    } else if constexpr (std::is_same_v<T, at::Half>) {
+      uint32_t b0[2], b1[2];
+      const uint32_t h0 = xs.word(i, 2 * j), h1 = xs.word(i, 2 * j + 1);
+      const float2 f0 = __half22float2(*reinterpret_cast<const __half2*>(&h0));
+      const float2 f1 = __half22float2(*reinterpret_cast<const __half2*>(&h1));
+      split_bf16<2>(f0.x, f0.y, b0);
+      split_bf16<2>(f1.x, f1.y, b1);
+#pragma unroll
+      for (int p = 0; p < 2; ++p) MmaType<at::BFloat16>::mma(acc[i], a, b0[p], b1[p]);
+    } else {
+      uint32_t b0[3], b1[3];
+      split_bf16<3>(__uint_as_float(xs.word(i, 4 * j)), __uint_as_float(xs.word(i, 4 * j + 1)), b0);
+      split_bf16<3>(__uint_as_float(xs.word(i, 4 * j + 2)), __uint_as_float(xs.word(i, 4 * j + 3)), b1);
+#pragma unroll
+      for (int p = 0; p < 3; ++p) MmaType<at::BFloat16>::mma(acc[i], a, b0[p], b1[p]);
+    }
+  }
+}
+
+// All 8 mma of one step: words 0..3 in c0, 4..7 in c1 (fp4_tiled_layout.h).
+template <Format F, typename T, int MT>
+__device__ __forceinline__ void step_math(const uint4& c0, const uint4& c1, const LaneScales<F>& sc,
+                                          const XStep<T, MT>& xs, const float* lut, float (&acc)[MT][4]) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const uint32_t w = word_of(j < 4 ? c0 : c1, j & 3);
+    uint32_t a[4];
+    if constexpr (F == Format::NF4) {
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        const float s = (p & 1) ? sc.absmax.y : sc.absmax.x;
+        a[p] = bf16_pack(lut[(w >> (8 * p)) & 15u] * s, lut[(w >> (8 * p + 4)) & 15u] * s);
+      }
+    } else {
+      // Pairs 0, 2 are row g, pairs 1, 3 row g + 8; nvfp4's words 4..7 use the second block.
+      const int blk = F == Format::NVFP4 ? (j >> 2) : 0;
+      const uint32_t s_lo = scale_word<F>(sc.raw, blk), s_hi = scale_word<F>(sc.raw, (F == Format::NVFP4 ? 2 : 1) + blk);
+      a[0] = bf16_mul2(pair_bits<0>(w), s_lo);
+      a[1] = bf16_mul2(pair_bits<1>(w), s_hi);
+      a[2] = bf16_mul2(pair_bits<2>(w), s_lo);
+      a[3] = bf16_mul2(pair_bits<3>(w), s_hi);
+    }
+    mma_step<T, MT>(acc, a, xs, j);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float load_bias(const void* bias, int bias_type, int64_t row) {
+  if (bias_type == 0) return __ldg(static_cast<const float*>(bias) + row);
+  if (bias_type == 1) return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[row]);
+  return __half2float(static_cast<const __half*>(bias)[row]);
+}
+
+struct GemvArgs {
+  const void* x;
+  int64_t m, k;
+  const uint4* tiles;
+  const void* scales;
+  const float* out_scale;
+  const void* bias;  // nullptr, or [n] of bias_type (0 float32, 1 bfloat16, 2 float16)
+  int bias_type;
+  void* out;
+  int64_t n, n_tiles, steps, steps_per_part;
+  int rw, kw;  // tiles per block, K parts per tile (warps per block = rw * kw)
+  bool xvec16;
+};
+
+// Grid (ceil(n_tiles / rw), ceil(m / (8 MT))), block 32 * rw * kw threads, dynamic shared memory
+// (kw - 1) * rw * 32 * 4 * MT floats. Warp w: tile blockIdx.x * rw + w % rw, K part w / rw.
+template <Format F, typename T, int MT, int S, bool kGelu>
+__global__ void __launch_bounds__(kMaxWarps * 32) gemv_tiled_kernel(const GemvArgs args) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int rt = warp % args.rw, part = warp / args.rw;
+  const int64_t tile = static_cast<int64_t>(blockIdx.x) * args.rw + rt;
+  const int64_t s_begin = part * args.steps_per_part;
+  const int64_t s_end = tile < args.n_tiles ? min(args.steps, s_begin + args.steps_per_part) : s_begin;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * 8 * MT + g;  // this lane's first row of x
+  const T* x = static_cast<const T*>(args.x);
+
+  __shared__ float lut[16];
+  if constexpr (F == Format::NF4) {
+    load_nf4_lut(lut);
+    __syncthreads();
+  }
+
+  float acc[MT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+
+  const uint4* wt = args.tiles + tile * args.steps * (kStepBytes / 16);
+  const int64_t sbase = tile * args.steps * kLanes + lane;
+  uint4 c0[S], c1[S];
+  LaneScales<F> sc[S];
+#pragma unroll
+  for (int i = 0; i < S; ++i) {
+    const int64_t s = s_begin + i;
+    if (s < s_end) {
+      c0[i] = load_stream(wt + s * 64 + lane);
+      c1[i] = load_stream(wt + s * 64 + 32 + lane);
+      sc[i] = LaneScales<F>::load(args.scales, sbase + s * kLanes);
+    }
+  }
+  XStep<T, MT> xs;
+  if (s_begin < s_end) xs.load(x, args.m, args.k, row0, s_begin * kStepCols + 32 * t, args.xvec16);
+  for (int64_t base = s_begin; base < s_end; base += S) {
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      const int64_t s = base + i;
+      if (s >= s_end) break;
+      XStep<T, MT> xn;
+      if (s + 1 < s_end) xn.load(x, args.m, args.k, row0, (s + 1) * kStepCols + 32 * t, args.xvec16);
+      step_math<F, T, MT>(c0[i], c1[i], sc[i], xs, lut, acc);
+      if (s + S < s_end) {
+        c0[i] = load_stream(wt + (s + S) * 64 + lane);
+        c1[i] = load_stream(wt + (s + S) * 64 + 32 + lane);
+        sc[i] = LaneScales<F>::load(args.scales, sbase + (s + S) * kLanes);
+      }
+      xs = xn;
+    }
+  }
+
+  // K parts 1.. hand their sums to part 0 through shared memory, in a fixed order.
+  if (args.kw > 1) {
+    extern __shared__ float partial[];  // [(kw - 1) * rw][4 * MT][32]
+    if (part > 0) {
+      float* dst = partial + ((part - 1) * args.rw + rt) * (4 * MT * 32) + lane;
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dst[(4 * i + e) * 32] = acc[i][e];
+    }
+    __syncthreads();
+    if (part == 0) {
+      for (int p = 1; p < args.kw; ++p) {
+        const float* src = partial + ((p - 1) * args.rw + rt) * (4 * MT * 32) + lane;
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[i][e] += src[(4 * i + e) * 32];
+      }
+    }
+  }
+  if (part != 0 || tile >= args.n_tiles) return;
+
+  // C fragment: acc[i][0..1] = (row g, x rows 2t, 2t+1 of tile i), acc[i][2..3] = (row g + 8, same).
+  const float scale = __ldg(args.out_scale);
+  const int64_t xrow0 = static_cast<int64_t>(blockIdx.y) * 8 * MT;
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t row = tile * kTileRows + g + 8 * (e >> 1);
+      const int64_t col = xrow0 + 8 * i + 2 * t + (e & 1);
+      if (row >= args.n || col >= args.m) continue;
+      float v = acc[i][e] * scale;
+      if (args.bias != nullptr) v += load_bias<T>(args.bias, args.bias_type, row);
+      if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+      static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v);
+    }
+  }
+}
+
+// Launch shape: tiles per block (rw), K parts (kw), pipeline stages (s).
+struct GemvConfig {
+  int rw, kw, s;
+};
+
+// APT_FP4_GEMV="rw,kw,stages" (read once) overrides the heuristic: for tuning sweeps.
+bool env_config(GemvConfig& cfg) {
+  static const char* env = std::getenv("APT_FP4_GEMV");
+  if (env == nullptr || *env == '\0') return false;
+  int rw = 0, kw = 0, s = 0;
+  TORCH_CHECK_VALUE(std::sscanf(env, "%d,%d,%d", &rw, &kw, &s) == 3 && rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps,
+                    "APT_FP4_GEMV: expected 'rw,kw,stages' with rw * kw <= 8, got '", env, "'");
+  cfg = {rw, kw, s};
+  return true;
+}
+
+// About 16 warps per multiprocessor (each with a pipeline of loads in flight), K split only as
+// far as each part keeps one pipeline's worth of steps.
+GemvConfig choose_config(int64_t n_tiles, int64_t steps, int sms) {
+  GemvConfig cfg{1, 1, kDefaultStages};
+  if (env_config(cfg)) return cfg;
+  const int64_t want_warps = int64_t{16} * sms;
+  const int64_t max_kw = std::max<int64_t>(1, steps / kDefaultStages);
+  cfg.kw = static_cast<int>(std::clamp<int64_t>((want_warps + n_tiles - 1) / n_tiles, 1, std::min<int64_t>(max_kw, 8)));
+  cfg.rw = std::max(1, 8 / cfg.kw);
+  return cfg;
+}
+
+template <Format F, typename T, int MT, bool kGelu>
+void launch_with_stages(const GemvArgs& args, const GemvConfig& cfg, dim3 grid, cudaStream_t stream) {
+  const int threads = 32 * cfg.rw * cfg.kw;
+  const size_t smem = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT : 0;
+  auto go = [&](auto kernel) {
+    if (smem > 48 * 1024) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    }
+    kernel<<<grid, threads, smem, stream>>>(args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  // Stage counts other than the default are built for the tuning sweep of nvfp4 / bfloat16 only.
+  if (cfg.s == kDefaultStages) {
+    go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kGelu>);
+    return;
+  }
+  if constexpr (F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu) {
+    if (cfg.s == 2) {
+      go(gemv_tiled_kernel<F, T, MT, 2, kGelu>);
+      return;
+    }
+    if (cfg.s == 8) {
+      go(gemv_tiled_kernel<F, T, MT, 8, kGelu>);
+      return;
+    }
+  }
+  TORCH_CHECK_VALUE(false, "APT_FP4_GEMV: stages must be 4 (or 2 / 8 for nvfp4 with bfloat16 x)");
+}
+
+at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
+                                 const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
+                                 const std::string& fmt, int64_t n, int64_t k, bool gelu) {
+  const Format f = check_tiled_weight(tiles_in, scales_in, out_scale, fmt, n, k);
+  check_tiled_linear_args(x, tiles_in, bias, n, k);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor x2 = x.reshape({-1, k}).contiguous();
+  if (reinterpret_cast<uintptr_t>(x2.const_data_ptr()) % 16 != 0) x2 = x2.clone();
+  const int64_t m = x2.size(0);
+  auto out_sizes = x.sizes().vec();
+  out_sizes.back() = n;
+  at::Tensor out = at::empty({m, n}, x.options());
+  if (m == 0) return out.view(out_sizes);
+  const at::Tensor tiles = tiles_in.contiguous();
+  const at::Tensor scales = scales_in.contiguous();
+  at::Tensor bias_c;
+  if (bias.has_value()) bias_c = bias->contiguous();
+
+  GemvArgs args{};
+  args.x = x2.const_data_ptr();
+  args.m = m;
+  args.k = k;
+  args.tiles = static_cast<const uint4*>(tiles.const_data_ptr());
+  args.scales = scales.const_data_ptr();
+  args.out_scale = out_scale.const_data_ptr<float>();
+  args.bias = bias.has_value() ? bias_c.const_data_ptr() : nullptr;
+  args.bias_type = !bias.has_value() || bias_c.scalar_type() == at::kFloat ? 0
+                   : (bias_c.scalar_type() == at::kBFloat16 ? 1 : 2);
+  args.out = out.mutable_data_ptr();
+  args.n = n;
+  args.n_tiles = tiles.size(0);
+  args.steps = tiles.size(1);
+  args.xvec16 = (k * x2.element_size()) % 16 == 0;
+
+  const GemvConfig cfg = choose_config(args.n_tiles, args.steps, sm_count(x.get_device()));
+  args.rw = cfg.rw;
+  args.kw = cfg.kw;
+  args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const unsigned grid_x = static_cast<unsigned>((args.n_tiles + cfg.rw - 1) / cfg.rw);
+
+  dispatch_format(f, [&](auto fc) {
+    constexpr Format F = decltype(fc)::value;
+    auto by_rows = [&](auto t_c) {
+      using T = decltype(t_c);
+      auto go = [&](auto mt_c) {
+        constexpr int MT = decltype(mt_c)::value;
+        const dim3 grid(grid_x, static_cast<unsigned>((m + 8 * MT - 1) / (8 * MT)));
+        gelu ? launch_with_stages<F, T, MT, true>(args, cfg, grid, stream)
+             : launch_with_stages<F, T, MT, false>(args, cfg, grid, stream);
+      };
+      if constexpr (std::is_same_v<T, float>) {  // float32 x: 8 rows per block (registers)
+        go(std::integral_constant<int, 1>{});
+      } else if (m <= 8) {
+        go(std::integral_constant<int, 1>{});
+      } else {
+        go(std::integral_constant<int, 2>{});
+      }
+    };
+    if (x.scalar_type() == at::kBFloat16) {
+      by_rows(at::BFloat16{});
+    } else if (x.scalar_type() == at::kHalf) {
+      by_rows(at::Half{});
+    } else {
+      by_rows(float{});
+    }
+  });
+  return out.view(out_sizes);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(apt, CUDA, m) { m.impl("fp4_linear_tiled", &fp4_linear_tiled_cuda); }
+
+}  // namespace apt::fp4::cuda

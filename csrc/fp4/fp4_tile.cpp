@@ -1,0 +1,260 @@
+// apt::fp4_tile and apt::fp4_untile: the canonical packed weight (SPEC section 3) to and from the
+// tiled layout of fp4_tiled_layout.h that the CUDA GEMV reads. Written with ATen ops, so both run
+// on every device (the GPU tiles a weight once at load time; CPU tests check the layout).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+
+#include "fp4/fp4_format.h"
+#include "fp4/fp4_tiled_layout.h"
+
+namespace apt::fp4 {
+
+using namespace apt::fp4::tiled;
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Codes [N, Kp] (uint8) from the packed bytes, low nibble first.
+at::Tensor unpack_codes(const at::Tensor& packed) {
+  const at::Tensor lo = at::bitwise_and(packed, 15), hi = at::bitwise_right_shift(packed, 4);
+  return at::stack({lo, hi}, -1).reshape({packed.size(0), packed.size(1) * 2});
+}
+
+// [rows, cols] -> [rows_to, cols_to] padded with `fill`.
+at::Tensor pad_to(const at::Tensor& t, int64_t rows_to, int64_t cols_to, double fill) {
+  at::Tensor out = at::full({rows_to, cols_to}, fill, t.options());
+  out.narrow(0, 0, t.size(0)).narrow(1, 0, t.size(1)).copy_(t);
+  return out;
+}
+
+// Per-block scale bytes of nvfp4 re-encoded as (E + 9) << 3 | m for scale = 2^E (1 + m/8), and
+// the mask of blocks whose scale is zero (their codes are zeroed: code * 0 = 0 for any code).
+std::pair<at::Tensor, at::Tensor> encode_nvfp4_scales(const at::Tensor& scales) {
+  const at::Tensor s = scales.to(at::kFloat);
+  TORCH_CHECK_VALUE(!at::isnan(s).any().item<bool>(),
+                    "scales: an nvfp4 block scale is NaN; the tiled layout needs finite scales");
+  const at::Tensor zero = s.eq(0);
+  auto [mant, ex] = at::frexp(at::where(zero, at::ones_like(s), s));  // s = mant * 2^ex, mant in [0.5, 1)
+  const at::Tensor e = ex.to(at::kInt) - 1;                          // s = 2^e * (1 + f)
+  const at::Tensor m = (mant * 16 - 8).round().to(at::kInt);          // f = m / 8, exact for E4M3
+  at::Tensor byte = at::bitwise_or(at::bitwise_left_shift(e - kNvfp4MinExp, 3), m);
+  byte = at::where(zero, at::zeros_like(byte), byte);
+  return {byte.to(at::kByte), zero};
+}
+
+// Block exponents of mxfp4 shifted by a constant c into [1, 127] (see fp4_tiled_layout.h),
+// and out_scale = 2^(126 - c). Blocks whose codes are all zero may take any scale.
+std::pair<at::Tensor, double> encode_mxfp4_scales(const at::Tensor& scales, const at::Tensor& codes,
+                                                  int64_t block_size) {
+  const at::Tensor e = scales.to(at::kInt) - 127;
+  const at::Tensor nonzero =
+      at::bitwise_and(codes, 7).ne(0).reshape({codes.size(0), -1, block_size}).any(-1);
+  int64_t c = 126;
+  if (nonzero.any().item<bool>()) {
+    const int64_t e_min = at::where(nonzero, e, at::full_like(e, 1 << 20)).min().item<int64_t>();
+    const int64_t e_max = at::where(nonzero, e, at::full_like(e, -(1 << 20))).max().item<int64_t>();
+    TORCH_CHECK_VALUE(e_max - e_min <= 126, "scales: mxfp4 block exponents span ", e_max - e_min,
+                      " binades; the tiled layout represents at most 126 (use fp4_linear)");
+    c = std::clamp<int64_t>(126, 1 - e_min, 127 - e_max);
+  }
+  const at::Tensor byte = at::clamp(e + c, 1, 127).to(at::kByte);
+  return {byte, std::ldexp(1.0, static_cast<int>(126 - c))};
+}
+
+// [NT*16, S*per_step] per-block scale values -> [NT, S, 32 lanes, 2 (row half)] for formats with
+// one block per lane and step (mxfp4: blocks of 32 = the lane's 32 columns; nf4: blocks of 64,
+// shared by lanes t and t ^ 1).
+at::Tensor lane_scales_one_block(const at::Tensor& s, int64_t nt, int64_t steps, int64_t blocks_per_step) {
+  at::Tensor v = s.reshape({nt, 2, 8, steps, blocks_per_step});                   // [NT, h, g, S, b]
+  v = v.permute({0, 3, 2, 4, 1});                                                 // [NT, S, g, b, h]
+  v = v.repeat_interleave(4 / blocks_per_step, 3);                                // b -> t
+  return v.reshape({nt, steps, kLanes, 2}).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_tile(const at::Tensor& packed_in, const at::Tensor& scales_in,
+                                                        const at::Tensor& tensor_scale, const std::string& fmt,
+                                                        int64_t block_size) {
+  const Format f = parse_format(fmt);
+  check_block_size(f, fmt, block_size);
+  const int64_t kp = check_packed_weight(packed_in, scales_in, tensor_scale, f, block_size);
+  const int64_t n = packed_in.size(0);
+  TORCH_CHECK_VALUE(n > 0, "packed: expected at least one row");
+  const int64_t nt = ceil_div(n, kTileRows), steps = ceil_div(kp, kStepCols);
+  const int64_t rows = nt * kTileRows, cols = steps * kStepCols;
+  const at::Tensor scales = scales_in.contiguous();
+  at::Tensor codes = unpack_codes(packed_in.contiguous());  // [N, Kp]
+
+  at::Tensor lane_scales, out_scale;
+  if (f == Format::NVFP4) {
+    auto [byte, zero] = encode_nvfp4_scales(scales);
+    codes = codes.masked_fill(zero.repeat_interleave(block_size, 1), 0);
+    byte = pad_to(byte, rows, cols / block_size, 0);
+    at::Tensor v = byte.reshape({nt, 2, 8, steps, 4, 2});  // [NT, h, g, S, t, b]
+    lane_scales = v.permute({0, 3, 2, 4, 1, 5}).reshape({nt, steps, kLanes, 4}).contiguous();
+    out_scale = tensor_scale.reshape({}).to(at::kFloat) * static_cast<float>(std::ldexp(1.0, 126 - kNvfp4Shift));
+  } else if (f == Format::MXFP4) {
+    auto [byte, factor] = encode_mxfp4_scales(scales, codes, block_size);
+    lane_scales = lane_scales_one_block(pad_to(byte, rows, cols / block_size, 1), nt, steps, 4);
+    out_scale = at::full({}, factor, tensor_scale.options().dtype(at::kFloat));
+  } else {
+    lane_scales = lane_scales_one_block(pad_to(scales, rows, cols / block_size, 0), nt, steps, 2);
+    out_scale = at::ones({}, tensor_scale.options().dtype(at::kFloat));
+  }
+
+  // Codes -> [NT, S, jb, g, t, jw, h, q, e]: column 128 s + 32 t + 4 j + 2 q + e, j = 4 jb + jw.
+  codes = pad_to(codes, rows, cols, zero_code(f)).reshape({nt, 2, 8, steps, 4, 2, 4, 2, 2});
+  codes = codes.permute({0, 3, 5, 2, 4, 6, 1, 7, 8}).to(at::kLong);  // [NT, S, jb, g, t, jw, h, q, e]
+  at::Tensor word = at::zeros(codes.sizes().slice(0, 6), codes.options());
+  for (int h = 0; h < 2; ++h) {
+    for (int q = 0; q < 2; ++q) {
+      const int p = h + 2 * q;
+      for (int e = 0; e < 2; ++e) {
+        const at::Tensor c = codes.select(8, e).select(7, q).select(6, h);
+        if (f == Format::NF4) {
+          word.bitwise_or_(at::bitwise_left_shift(c, 4 * (2 * p + e)));
+          continue;
+        }
+        for (int b = 0; b < 4; ++b) {
+          const at::Tensor bit = at::bitwise_and(at::bitwise_right_shift(c, b), 1);
+          word.bitwise_or_(at::bitwise_left_shift(bit, stored_bit(p, e, b)));
+        }
+      }
+    }
+  }
+  // Words as little-endian bytes: [NT, S, 1024] (two's complement, so the int32 cast is exact).
+  word = at::where(word.ge(int64_t{1} << 31), word - (int64_t{1} << 32), word);
+  const at::Tensor tiles = word.to(at::kInt).contiguous().view(at::kByte).reshape({nt, steps, kStepBytes});
+  return {tiles, lane_scales, out_scale};
+}
+
+at::Tensor e2m1_values(const at::Tensor& codes) {
+  static const float kValues[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+                                    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+  const at::Tensor table = at::tensor(at::ArrayRef<float>(kValues, 16)).to(codes.device());
+  return table.index({codes});
+}
+
+// The float32 weight [n, k] that a tiled weight multiplies by (exactly fp4_dequantize's values).
+at::Tensor fp4_untile(const at::Tensor& tiles, const at::Tensor& lane_scales, const at::Tensor& out_scale,
+                      const std::string& fmt, int64_t n, int64_t k) {
+  const Format f = check_tiled_weight(tiles, lane_scales, out_scale, fmt, n, k);
+  const int64_t nt = tiles.size(0), steps = tiles.size(1);
+  const at::Tensor word = tiles.contiguous().view(at::kInt).to(at::kLong).reshape({nt, steps, 2, 8, 4, 4});
+  at::Tensor codes = at::zeros({nt, steps, 2, 8, 4, 4, 2, 2, 2}, word.options());  // [..., h, q, e]
+  for (int h = 0; h < 2; ++h) {
+    for (int q = 0; q < 2; ++q) {
+      const int p = h + 2 * q;
+      for (int e = 0; e < 2; ++e) {
+        at::Tensor c = codes.select(8, e).select(7, q).select(6, h);
+        if (f == Format::NF4) {
+          c.copy_(at::bitwise_and(at::bitwise_right_shift(word, 4 * (2 * p + e)), 15));
+          continue;
+        }
+        for (int b = 0; b < 4; ++b) {
+          const at::Tensor bit = at::bitwise_and(at::bitwise_right_shift(word, stored_bit(p, e, b)), 1);
+          c.bitwise_or_(at::bitwise_left_shift(bit, b));
+        }
+      }
+    }
+  }
+  // [NT, S, jb, g, t, jw, h, q, e] -> [NT, h, g, S, t, jb, jw, q, e] = [rows, cols].
+  codes = codes.permute({0, 6, 3, 1, 4, 2, 5, 7, 8}).reshape({nt * kTileRows, steps * kStepCols});
+
+  // Per-column scale values [rows, cols] from the lane scales.
+  at::Tensor s;  // [NT, S, g, t, h, blk] with blk the lane's 16-column half
+  if (f == Format::NVFP4) {
+    const at::Tensor byte = lane_scales.to(at::kInt).reshape({nt, steps, 8, 4, 2, 2});
+    const at::Tensor e = at::bitwise_right_shift(byte, 3) + kNvfp4MinExp;
+    const at::Tensor m = at::bitwise_and(byte, 7).to(at::kFloat);
+    s = at::ldexp(1 + m / 8, e) * (out_scale.to(lane_scales.device()) * std::ldexp(1.0, kNvfp4Shift - 126));
+  } else if (f == Format::MXFP4) {
+    const at::Tensor byte = lane_scales.to(at::kInt).reshape({nt, steps, 8, 4, 2, 1});
+    s = at::ldexp(at::ones_like(byte, at::kFloat), byte - 126) * out_scale.to(lane_scales.device());
+    s = s.expand({nt, steps, 8, 4, 2, 2});
+  } else {
+    s = lane_scales.reshape({nt, steps, 8, 4, 2, 1}).expand({nt, steps, 8, 4, 2, 2});
+  }
+  s = s.permute({0, 4, 2, 1, 3, 5}).reshape({nt * kTileRows, steps * 8, 1}).expand({-1, -1, 16});
+  s = s.reshape({nt * kTileRows, steps * kStepCols});
+
+  at::Tensor values;
+  if (f == Format::NF4) {
+    const at::Tensor table = at::tensor(at::ArrayRef<float>(kNF4, 16)).to(codes.device());
+    values = table.index({codes}) * s;
+  } else {
+    values = e2m1_values(codes) * s;
+  }
+  return values.narrow(0, 0, n).narrow(1, 0, k).contiguous();
+}
+
+
+// x @ untile(...).T + bias in float32 (gelu if asked), cast to x's dtype: the CPU kernel of
+// fp4_linear_tiled (the CUDA one is fp4_gemv_cuda.cu).
+at::Tensor fp4_linear_tiled_cpu(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& lane_scales,
+                                const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
+                                const std::string& fmt, int64_t n, int64_t k, bool gelu) {
+  check_tiled_weight(tiles, lane_scales, out_scale, fmt, n, k);
+  check_tiled_linear_args(x, tiles, bias, n, k);
+  const at::Tensor w = fp4_untile(tiles, lane_scales, out_scale, fmt, n, k);
+  at::Tensor y = at::matmul(x.to(at::kFloat), w.t());
+  if (bias.has_value()) y = y + bias->to(at::kFloat);
+  if (gelu) y = at::gelu(y);
+  return y.to(x.scalar_type());
+}
+
+}  // namespace
+
+Format check_tiled_weight(const at::Tensor& tiles, const at::Tensor& tile_scales, const at::Tensor& out_scale,
+                          const std::string& fmt, int64_t n, int64_t k) {
+  const Format f = parse_format(fmt);
+  TORCH_CHECK_TYPE(tiles.scalar_type() == at::kByte, "tiles: expected uint8, got ", tiles.scalar_type());
+  TORCH_CHECK_VALUE(tiles.dim() == 3 && tiles.size(2) == kStepBytes, "tiles: expected [tiles, steps, ",
+                    kStepBytes, "] (made by fp4_tile), got ", tiles.sizes());
+  const int64_t nt = tiles.size(0), steps = tiles.size(1);
+  TORCH_CHECK_VALUE(n > 0 && ceil_div(n, kTileRows) == nt, "n: ", n, " rows do not match ", nt, " tiles of ",
+                    kTileRows, " rows");
+  // Every block size divides kStepCols, so the padded K takes as many steps as the logical K.
+  TORCH_CHECK_VALUE(k > 0 && ceil_div(k, kStepCols) == steps, "k: ", k, " columns do not match ", steps,
+                    " steps of ", kStepCols, " columns");
+  const auto scale_type = f == Format::NF4 ? at::kFloat : at::kByte;
+  const int64_t per_lane = f == Format::NVFP4 ? 4 : 2;
+  TORCH_CHECK_TYPE(tile_scales.scalar_type() == scale_type, "tile_scales: expected ", scale_type, " for ", fmt,
+                   ", got ", tile_scales.scalar_type());
+  TORCH_CHECK_VALUE(tile_scales.sizes() == at::IntArrayRef({nt, steps, kLanes, per_lane}), "tile_scales: expected [",
+                    nt, ", ", steps, ", ", kLanes, ", ", per_lane, "], got ", tile_scales.sizes());
+  TORCH_CHECK_TYPE(out_scale.scalar_type() == at::kFloat, "out_scale: expected float32, got ",
+                   out_scale.scalar_type());
+  TORCH_CHECK_VALUE(out_scale.numel() == 1, "out_scale: expected one element, got ", out_scale.numel());
+  TORCH_CHECK_VALUE(tile_scales.device() == tiles.device() && out_scale.device() == tiles.device(),
+                    "tile_scales and out_scale must be on tiles' device ", tiles.device(), ", got ",
+                    tile_scales.device(), " and ", out_scale.device());
+  return f;
+}
+
+void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const c10::optional<at::Tensor>& bias,
+                             int64_t n, int64_t k) {
+  check_float_input(x, "x");
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == k, "x: expected [..., ", k, "], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.device() == tiles.device(), "x: expected device ", tiles.device(), ", got ", x.device());
+  if (bias.has_value()) {
+    check_float_input(*bias, "bias");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, "bias: expected shape [", n, "], got ",
+                      bias->sizes());
+    TORCH_CHECK_VALUE(bias->device() == tiles.device(), "bias: expected device ", tiles.device(), ", got ",
+                      bias->device());
+  }
+}
+
+TORCH_LIBRARY_IMPL(apt, CompositeExplicitAutograd, m) {
+  m.impl("fp4_tile", &fp4_tile);
+  m.impl("fp4_untile", &fp4_untile);
+}
+
+TORCH_LIBRARY_IMPL(apt, CPU, m) { m.impl("fp4_linear_tiled", &fp4_linear_tiled_cpu); }
+
+}  // namespace apt::fp4

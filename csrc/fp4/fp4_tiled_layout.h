@@ -1,0 +1,65 @@
+// The tiled FP4 weight layout: a private copy of a packed weight in the order the CUDA GEMV
+// (fp4_gemv_cuda.cu) reads it, made once by fp4_tile (fp4_tile.cpp) from the canonical tensors
+// of SPEC section 3, which stay the interchange format. Host and device code include this file;
+// the packer and the kernel share every constant below.
+//
+// A weight [N, K] is cut into tiles of 16 rows (one mma.m16n8k16 A operand) and steps of 128
+// columns. Each (tile, step) is 1024 contiguous bytes that one warp reads with two fully
+// coalesced 16-byte loads per lane: lane L = 4g + t owns bytes [16L, 16L + 16) (words 0..3) and
+// [512 + 16L, 512 + 16L + 16) (words 4..7). Word j feeds the j-th mma of the step: its four
+// bf16x2 A registers a0..a3 are the pairs p = h + 2q of rows 16*tile + g + 8h at columns
+// 128*step + 32t + 4j + 2q + {0, 1} (the lower column in the lower half).
+//
+// nvfp4/mxfp4 codes are stored with their bits pre-placed for a shift-and-mask decode: after
+// rotating word left by mag_rot(p), the magnitude bits (e1 e0 m) of pair p's lower code sit at
+// bits 8..6 and of its upper code at bits 24..22; after rotating by sign_rot(p), the two sign
+// bits sit at 15 and 31. Those bits form (value * 2^-126) as two bfloat16 (E2M1 placed in the
+// bottom of the exponent field, subnormals included); one bfloat16 multiply by the pair's scale
+// word restores the magnitude exactly (see kNvfp4ScaleBias / kMxfp4ScaleBias), and the constant
+// left over is applied once to the float32 sum (`out_scale`). nf4 codes keep plain nibbles: pair
+// p's lower code in nibble 2p, its upper code in nibble 2p + 1.
+//
+// Scales, per (tile, step) and lane, in the order the lane uses them:
+//  nvfp4: 4 bytes [row g blk 0, row g blk 1, row g+8 blk 0, row g+8 blk 1] (blk b = words 4b..4b+3),
+//         each the E4M3 scale 2^E * (1 + m/8), E in [-9, 8], re-encoded as (E + 9) << 3 | m
+//         (E4M3 subnormals normalised), so that (byte << 4) + (kNvfp4ScaleBias << 7) is the
+//         bfloat16 of scale * 2^118.
+//  mxfp4: 2 bytes [row g, row g+8]: e + c with the block exponent e and a per-weight constant c
+//         chosen so that every byte is in [1, 127]; (byte + 127) << 7 is the bfloat16 2^(e + c).
+//  nf4:   2 floats [row g, row g+8]: the block absmax.
+#pragma once
+#include <cstdint>
+
+namespace apt::fp4::tiled {
+
+constexpr int kTileRows = 16;     // weight rows per tile
+constexpr int kStepCols = 128;    // columns (codes) per step
+constexpr int kStepBytes = 1024;  // packed bytes of one (tile, step)
+constexpr int kLanes = 32;
+
+// Rotation (left) that brings pair p's magnitude / sign bits of a word to their bfloat16 places
+// (four translates that tile the 32 bits; none exists with one rotation per pair).
+constexpr int mag_rot(int p) { return 3 * p; }
+constexpr int sign_rot(int p) { return p == 0 ? 4 : (p == 3 ? 5 : 3 * p); }
+constexpr uint32_t kMagMask = 0x01C001C0u;   // bits 6..8 and 22..24
+constexpr uint32_t kSignMask = 0x80008000u;  // bits 15 and 31
+
+// Scale words: nvfp4 gives bfloat16(scale * 2^kNvfp4Shift); the kernel's sum is multiplied by
+// tensor_scale * 2^(126 - kNvfp4Shift) at the end.
+constexpr int kNvfp4Shift = 118;
+constexpr uint32_t kNvfp4ScaleBias = 127 + kNvfp4Shift - 9;  // bfloat16 exponent of E = -9
+constexpr int kNvfp4MinExp = -9;                            // smallest E4M3 exponent (subnormal 2^-9)
+constexpr uint32_t kMxfp4ExpBias = 127;
+
+// Bytes of scales per (tile, step, lane).
+constexpr int scale_bytes_per_lane(int format_id) { return format_id == 0 ? 4 : (format_id == 1 ? 2 : 8); }
+
+// Position, in the stored 32-bit word, of bit `b` (0..3: m, e0, e1, sign) of the code that is
+// half `hi` (0 lower, 1 upper) of pair p: the inverse of the kernel's rotations.
+constexpr int stored_bit(int p, int hi, int b) {
+  const int target = (b == 3 ? 15 : 6 + b) + 16 * hi;
+  const int rot = b == 3 ? sign_rot(p) : mag_rot(p);
+  return (target - rot + 32) % 32;
+}
+
+}  // namespace apt::fp4::tiled

@@ -1,0 +1,162 @@
+"""The tiled-layout CUDA GEMV (csrc/fp4/fp4_gemv_cuda.cu, torch.ops.apt.fp4_linear_tiled) against
+apt_ext/reference/fp4.py on the CPU, on fresh random inputs: every format, x dtype, M from 1 to
+33, odd N, K not a multiple of 64, with and without bias; the layout on the GPU; FP4Linear's
+choice of path; a CUDA-graph capture; opcheck.
+
+Run:  python -m pytest tests/gpu/test_fp4_gemv_cuda.py -q
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import apt_ext  # noqa: F401
+from apt_ext import _native
+from apt_ext.fp4 import quantize
+from apt_ext.fp4.tiled import tile
+from apt_ext.nn import FP4Linear
+from apt_ext.reference import fp4 as ref
+
+FORMATS = ("nvfp4", "mxfp4", "nf4")
+X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+DEV = "cuda"
+needs_cuda_build = pytest.mark.skipif(
+    not _native.build_info().get("cuda"), reason="apt_ext was built without its CUDA kernels (no nvcc)")
+
+
+def _tol(fmt: str, dt: torch.dtype) -> float:
+    """nvfp4/mxfp4 weights are exact in bfloat16 and float16/float32 x enter as exact bfloat16
+    terms, so only the output rounding (and fp32 summation) remains; nf4 weights are rounded to
+    bfloat16 once (2^-9 relative)."""
+    if dt == torch.bfloat16:
+        return 1e-2
+    return 4e-3 if fmt == "nf4" else (2e-3 if dt == torch.float16 else 1e-5)
+
+
+def _weight(n: int, k: int, g: torch.Generator) -> torch.Tensor:
+    w = torch.randn(n, k, generator=g) * torch.logspace(-5, 1, n).unsqueeze(1)
+    w[0] = 0.0
+    w[1, :8] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -6.0])
+    return w
+
+
+def _rel_err(y: torch.Tensor, r: torch.Tensor) -> float:
+    return float((y.double().cpu() - r.double().cpu()).norm() / r.double().cpu().norm().clamp_min(1e-30))
+
+
+def _check(fmt: str, m: int, dt: torch.dtype, with_bias: bool, n: int, k: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    q = quantize(_weight(n, k, g).to(DEV), fmt)
+    t = tile(q)
+    x = torch.randn(m, k, generator=g).to(dt).to(DEV)
+    bias = torch.randn(n, generator=g).to(DEV) if with_bias else None
+    y = t.linear(x, bias)
+    torch.cuda.synchronize()
+    want = ref.linear(x.cpu(), q.packed.cpu(), q.scales.cpu(), q.tensor_scale.cpu(),
+                      None if bias is None else bias.cpu(), fmt, q.block_size)
+    assert y.dtype == dt and y.shape == (m, n) and bool(torch.isfinite(y).all())
+    err = _rel_err(y, want)
+    assert err < _tol(fmt, dt), f"relative error {err:.3g} (fmt={fmt}, M={m}, dtype={dt}, N={n}, K={k})"
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 15, 16, 17, 33])
+@pytest.mark.parametrize("dt", X_DTYPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gemv_small_k(fmt, m, dt, with_bias, seed):
+    _check(fmt, m, dt, with_bias, n=257, k=200, seed=seed)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m", [1, 5, 16])
+@pytest.mark.parametrize("dt", X_DTYPES)
+def test_gemv_long_k(fmt, m, dt, seed):
+    """Many steps, K split across warps (shared-memory reduction), K not a multiple of 128."""
+    _check(fmt, m, dt, True, n=300, k=4192, seed=seed)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("shape", [(4096, 4096), (1000, 14336)])
+def test_gemv_large_shapes(shape, seed):
+    _check("nvfp4", 1, torch.bfloat16, False, *shape, seed=seed)
+    _check("nvfp4", 16, torch.bfloat16, True, *shape, seed=seed)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tile_on_gpu_equals_dequantize(fmt, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = quantize(_weight(65, 300, g).to(DEV), fmt)
+    t = tile(q)
+    assert torch.equal(t.dequantize(), q.dequantize(torch.float32))
+    tc = tile(q.to("cpu"))
+    assert torch.equal(t.tiles.cpu(), tc.tiles) and torch.equal(t.tile_scales.cpu(), tc.tile_scales)
+
+
+@needs_cuda_build
+def test_gelu_epilogue(seed):
+    g = torch.Generator().manual_seed(seed)
+    q = quantize(_weight(70, 256, g).to(DEV), "nvfp4")
+    x = torch.randn(3, 256, generator=g).to(DEV, torch.bfloat16)
+    bias = torch.randn(70, generator=g).to(DEV, torch.bfloat16)
+    y = tile(q).linear(x, bias, gelu=True)
+    h = ref.linear(x.cpu().double(), q.packed.cpu(), q.scales.cpu(), q.tensor_scale.cpu(), bias.cpu().double(),
+                   "nvfp4", 16)
+    assert _rel_err(y, torch.nn.functional.gelu(h)) < 1e-2
+
+
+@needs_cuda_build
+def test_fp4linear_uses_tiled_path_for_inference(seed):
+    torch.manual_seed(seed)
+    layer = FP4Linear.from_linear(torch.nn.Linear(512, 300).to(DEV, torch.bfloat16), fmt="nvfp4")
+    x = torch.randn(4, 512, device=DEV, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y = layer(x)
+    assert layer._tiled is not None
+    want = torch.ops.apt.fp4_linear(x, layer.packed, layer.scales, layer.tensor_scale, layer.bias, "nvfp4", 16)
+    assert _rel_err(y, want) < 1e-2
+    y_train = layer(x.requires_grad_())  # needs a gradient: the canonical op
+    y_train.sum().backward()
+    assert x.grad is not None
+    layer.to("cpu")
+    assert layer._tiled is None
+
+
+@needs_cuda_build
+def test_cuda_graph_capture_tiled(seed):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 128))
+    model = apt_ext.quantize_(model.to(DEV, torch.bfloat16), fmt="nvfp4")
+    static_x = torch.randn(1, 256, device=DEV, dtype=torch.bfloat16)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(3):
+            model(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        static_y = model(static_x)
+    for _ in range(2):
+        x = torch.randn(1, 256, device=DEV, dtype=torch.bfloat16)
+        static_x.copy_(x)
+        graph.replay()
+        with torch.no_grad():
+            eager = model(x)
+        torch.cuda.synchronize()
+        assert torch.equal(static_y, eager)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_opcheck_tiled_cuda(fmt, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = quantize(_weight(24, 200, g).to(DEV), fmt)
+    t = tile(q)
+    x = torch.randn(3, 200, generator=g).to(DEV, torch.bfloat16)
+    bias = torch.randn(24, generator=g).to(DEV)
+    torch.library.opcheck(torch.ops.apt.fp4_linear_tiled.default,
+                          (x, t.tiles, t.tile_scales, t.out_scale, bias, fmt, 24, 200, False))
+    torch.library.opcheck(torch.ops.apt.fp4_untile.default, (t.tiles, t.tile_scales, t.out_scale, fmt, 24, 200))

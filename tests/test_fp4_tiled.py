@@ -1,0 +1,123 @@
+"""The tiled FP4 layout (apt_ext.fp4.tiled, csrc/fp4/fp4_tile.cpp) on the CPU: fp4_untile(fp4_tile(w))
+gives back fp4_dequantize's values bit for bit, fp4_linear_tiled's CPU kernel matches the
+reference, bad input is refused. The CUDA kernel that reads the layout is tested in
+tests/gpu/test_fp4_gemv_cuda.py."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import apt_ext  # noqa: F401
+from apt_ext.fp4 import quantize
+from apt_ext.fp4.tiled import tile
+from apt_ext.nn import FP4Linear
+from apt_ext.reference import fp4 as ref
+
+FORMATS = ("nvfp4", "mxfp4", "nf4")
+
+
+def _weight(n: int, k: int, seed: int) -> torch.Tensor:
+    """Rows of very different magnitudes (E4M3 subnormal block scales), an all-zero row and a
+    block of exact E2M1 tie points."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * torch.logspace(-6, 1, n).unsqueeze(1)
+    w[0] = 0.0
+    if n > 2 and k >= 8:
+        w[1, :8] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -6.0])
+        w[2, 3] = 1e4
+    return w
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", [(1, 1), (17, 200), (40, 129), (33, 4192)])
+def test_untile_equals_dequantize(fmt, shape, seed):
+    q = quantize(_weight(*shape, seed), fmt)
+    t = tile(q)
+    n, k = shape
+    assert t.tiles.shape == (-(-n // 16), -(-k // 128), 1024) and t.tiles.dtype == torch.uint8
+    assert torch.equal(t.dequantize(), q.dequantize(torch.float32))
+
+
+def test_nvfp4_zero_scale_block_with_nonzero_codes(seed):
+    """A block whose scale is 0 contributes 0 whatever its codes (code * 0)."""
+    q = quantize(_weight(4, 64, seed), "nvfp4")
+    scales = q.scales.clone()
+    scales.view(torch.uint8)[1, 2] = 0
+    q0 = type(q)(q.packed, scales, q.tensor_scale, q.fmt, q.block_size, q.shape)
+    assert torch.equal(tile(q0).dequantize(), q0.dequantize(torch.float32))
+
+
+def test_tile_refuses_what_the_layout_cannot_hold(seed):
+    q = quantize(_weight(4, 64, seed), "nvfp4")
+    bad = q.scales.clone()
+    bad.view(torch.uint8)[0, 0] = 0x7F  # E4M3 NaN
+    with pytest.raises(ValueError, match="scales"):
+        tile(type(q)(q.packed, bad, q.tensor_scale, q.fmt, q.block_size, q.shape))
+    m = quantize(_weight(4, 64, seed) + 1.0, "mxfp4")
+    wide = m.scales.clone()
+    wide[0, 0], wide[1, 0] = 1, 250  # exponents -126 and 123 in blocks with nonzero codes
+    with pytest.raises(ValueError, match="binades"):
+        tile(type(m)(m.packed, wide, m.tensor_scale, m.fmt, m.block_size, m.shape))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_linear_tiled_cpu_matches_reference(fmt, dt, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = quantize(_weight(37, 200, seed), fmt)
+    x = torch.randn(5, 200, generator=g).to(dt)
+    bias = torch.randn(37, generator=g)
+    y = tile(q).linear(x, bias)
+    want = ref.linear(x, q.packed, q.scales, q.tensor_scale, bias, fmt, q.block_size)
+    assert y.dtype == dt and y.shape == (5, 37)
+    tol = 1e-5 if dt == torch.float32 else 1e-2
+    assert float((y.double() - want.double()).norm() / want.double().norm()) < tol
+    yg = tile(q).linear(x, bias, gelu=True)
+    assert float((yg.double() - torch.nn.functional.gelu(want.double())).norm()
+                 / torch.nn.functional.gelu(want.double()).norm()) < tol
+
+
+def test_linear_tiled_rejects_bad_input(seed):
+    t = tile(quantize(_weight(20, 100, seed), "nvfp4"))
+    with pytest.raises(ValueError, match="x"):
+        t.linear(torch.randn(2, 99))
+    with pytest.raises(ValueError, match="bias"):
+        t.linear(torch.randn(2, 100), torch.randn(19))
+    with pytest.raises(TypeError, match="x"):
+        t.linear(torch.ones(2, 100, dtype=torch.int32))
+    with pytest.raises(ValueError, match="k"):
+        torch.ops.apt.fp4_linear_tiled(torch.randn(2, 300), t.tiles, t.tile_scales, t.out_scale, None, "nvfp4",
+                                       20, 300, False)
+    with pytest.raises(ValueError, match="n"):
+        torch.ops.apt.fp4_untile(t.tiles, t.tile_scales, t.out_scale, "nvfp4", 40, 100)
+    with pytest.raises(TypeError, match="tile_scales"):
+        torch.ops.apt.fp4_untile(t.tiles, t.tile_scales.float(), t.out_scale, "nvfp4", 20, 100)
+    with pytest.raises(ValueError, match="fmt"):
+        torch.ops.apt.fp4_untile(t.tiles, t.tile_scales, t.out_scale, "fp5", 20, 100)
+    with pytest.raises(TypeError, match="weight"):
+        tile(torch.zeros(3))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_opcheck_tiled_ops(fmt, seed):
+    q = quantize(_weight(20, 100, seed), fmt)
+    t = tile(q)
+    x = torch.randn(3, 100, generator=torch.Generator().manual_seed(seed))
+    cases = [
+        (torch.ops.apt.fp4_untile.default, (t.tiles, t.tile_scales, t.out_scale, fmt, 20, 100)),
+        (torch.ops.apt.fp4_linear_tiled.default, (x, t.tiles, t.tile_scales, t.out_scale, None, fmt, 20, 100, False)),
+    ]
+    if fmt != "nvfp4":  # opcheck's schema test does arithmetic on inputs; float8 scales lack it
+        cases.append((torch.ops.apt.fp4_tile.default, (q.packed, q.scales, q.tensor_scale, fmt, q.block_size)))
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_fp4linear_rejects_wrong_width():
+    """The op only sees the padded K; the module knows in_features and refuses the rest."""
+    layer = FP4Linear.from_linear(torch.nn.Linear(64, 8), fmt="mxfp4")
+    with pytest.raises(ValueError, match="in_features"):
+        layer(torch.randn(2, 33))
+    with pytest.raises(ValueError, match="in_features"):
+        FP4Linear(4096, 16)(torch.randn(1, 4090))
+    assert layer(torch.randn(2, 64)).shape == (2, 8)

@@ -1,8 +1,11 @@
 """FP4 linear on one GPU: apt_ext (CUDA and Triton) against the alternatives, side by side.
 
 Times y = x @ W.T for bf16 x [M, K] and W [N, K] with:
-  apt-cuda-{nvfp4,mxfp4,nf4}  torch.ops.apt.fp4_linear (CUDA build; small-M tensor-core GEMV
-                              up to APT_FP4_SMALL_M_MAX rows, else dequantise + cuBLAS)
+  apt-tiled-{nvfp4,mxfp4,nf4} torch.ops.apt.fp4_linear_tiled on the tiled copy of the weight
+                              (what apt_ext.nn.FP4Linear runs on CUDA for inference at M <= 16)
+  apt-cuda-{nvfp4,mxfp4,nf4}  torch.ops.apt.fp4_linear on the canonical tensors (CUDA build;
+                              small-M kernel up to APT_FP4_SMALL_M_MAX rows, else dequantise +
+                              cuBLAS; what FP4Linear runs above 16 rows)
   apt-deq+cublas-nvfp4        apt fp4_dequantize to bf16 + F.linear (the large-M path alone)
   apt-triton-nvfp4            apt_ext.triton.fp4_linear.fp4_linear (the APT_FORCE_TRITON path)
   torch-bf16                  F.linear with a bf16 weight (cuBLAS), the baseline of every ratio
@@ -10,10 +13,11 @@ Times y = x @ W.T for bf16 x [M, K] and W [N, K] with:
   bnb-fp4 / bnb-nf4           bitsandbytes matmul_4bit (blocksize 64)
 Timings: triton.testing.do_bench median (it flushes L2 with a 256 MB write before every call,
 so even the 9 MB weights of M=1 come from HBM), on random data. Also measures the card's
-copy bandwidth (large device-to-device copy, bytes read + written) and the achieved weight
-bandwidth (packed + scale bytes / time) of apt at M=1.
+copy bandwidth (large device-to-device copy, bytes read + written) and, per row, each method's
+achieved weight bandwidth (its weight bytes read once / time) and its percentage of the copy
+bandwidth; and the accuracy of each FP4 format (relative error of y against the bf16 layer).
 
-    python benchmarks/fp4_linear.py            # full: 4 shapes x M in {1, 16, 128, 4096}
+    python benchmarks/fp4_linear.py            # full: 4 shapes x M in {1, 2, 4, 8, 16, 32, 64, 128, 4096}
     python benchmarks/fp4_linear.py --quick    # 2 shapes x M in {1, 16, 4096}
 Writes benchmarks/results/fp4_linear_<card>.json and benchmarks/plots/fp4_linear_<card>.png.
 """
@@ -33,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
-MS = [1, 16, 128, 4096]
+MS = [1, 2, 4, 8, 16, 32, 64, 128, 4096]
 QUICK_SHAPES = [(4096, 4096), (28672, 8192)]
 QUICK_MS = [1, 16, 4096]
 HERE = Path(__file__).resolve().parent
@@ -63,6 +67,7 @@ def make_methods(n: int, k: int) -> dict[str, tuple[Callable[[torch.Tensor], obj
     import apt_ext  # noqa: F401
     from apt_ext import _native
     from apt_ext.fp4 import quantize
+    from apt_ext.fp4.tiled import tile
     from apt_ext.triton import fp4_linear as tri
 
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
@@ -72,10 +77,14 @@ def make_methods(n: int, k: int) -> dict[str, tuple[Callable[[torch.Tensor], obj
         q = quantize(w, fmt)
         nbytes = q.packed.numel() + q.scales.numel() * q.scales.element_size()
         if has_cuda:
+            t = tile(q)
+            methods[f"apt-tiled-{fmt}"] = (lambda x, t=t: t.linear(x), "",
+                                           t.tiles.numel() + t.tile_scales.numel() * t.tile_scales.element_size())
             methods[f"apt-cuda-{fmt}"] = (
                 lambda x, q=q: torch.ops.apt.fp4_linear(x, q.packed, q.scales, q.tensor_scale, None, q.fmt,
                                                         q.block_size), "", nbytes)
         else:
+            methods[f"apt-tiled-{fmt}"] = (None, "unavailable: apt_ext built without CUDA kernels", nbytes)
             methods[f"apt-cuda-{fmt}"] = (None, "unavailable: apt_ext built without CUDA kernels", nbytes)
         if fmt == "nvfp4":
             methods["apt-deq+cublas-nvfp4"] = (
@@ -128,15 +137,29 @@ def run(args: argparse.Namespace) -> dict:
                         torch.cuda.synchronize()
                         t = bench(lambda: fn(x), args.quick)
                         times[name] = {"ms": t, "note": note}
-                        if m == 1 and nbytes:
+                        if nbytes:
                             times[name]["weight_GBs"] = nbytes / (t * 1e-3) / 1e9
+                            times[name]["pct_copy_bw"] = 100 * times[name]["weight_GBs"] / copy_gbs
                     except Exception as exc:
                         times[name] = {"ms": None, "note": f"failed: {type(exc).__name__}: {exc}"[:160]}
-                rows.append({"N": n, "K": k, "M": m, "times": times})
+                rows.append({"N": n, "K": k, "M": m, "times": times, "rel_err_vs_bf16": accuracy(methods, x)})
                 del x
             del methods
             torch.cuda.empty_cache()
     return {"copy_bandwidth_GBs": copy_gbs, "rows": rows}
+
+
+def accuracy(methods: dict, x: torch.Tensor) -> dict[str, float]:
+    """||y - y_bf16|| / ||y_bf16|| of every method that ran (the quantisation error of its format)."""
+    ref = methods["torch-bf16"][0](x).float()
+    out = {}
+    for name, (fn, _, _) in methods.items():
+        if fn is not None and name != "torch-bf16":
+            try:
+                out[name] = float((fn(x).float() - ref).norm() / ref.norm())
+            except Exception:  # reported as failed by the timing loop
+                pass
+    return out
 
 
 def speedups(rows: list[dict]) -> None:
@@ -170,11 +193,15 @@ def print_table(res: dict) -> None:
         line = ", ".join(f"{name} {g:.2f}x" for name in names
                          if (g := geomean([r["times"][name].get("speedup_vs_bf16") for r in sub])) is not None)
         print(f"  M={m}: {line}")
-    print("\nachieved weight bandwidth at M=1 (packed + scale bytes / time), GB/s:")
+    print("\nachieved weight bandwidth at M<=16 (weight bytes / time), GB/s (% of copy bandwidth):")
     for r in res["rows"]:
-        if r["M"] == 1:
-            line = ", ".join(f"{name} {v['weight_GBs']:.0f}" for name, v in r["times"].items() if "weight_GBs" in v)
-            print(f"  ({r['N']},{r['K']}): {line}")
+        if r["M"] <= 16:
+            line = ", ".join(f"{name} {v['weight_GBs']:.0f} ({v['pct_copy_bw']:.0f}%)"
+                             for name, v in r["times"].items() if "weight_GBs" in v and name.startswith(("apt-tiled", "torch")))
+            print(f"  ({r['N']},{r['K']}) M={r['M']}: {line}")
+    print("\nrelative error of y vs the bf16 layer (first shape, M=1):")
+    first = res["rows"][0]
+    print("  " + ", ".join(f"{k} {v:.4f}" for k, v in first["rel_err_vs_bf16"].items()))
     notes = {name: v["note"] for r in res["rows"] for name, v in r["times"].items() if v.get("note")}
     for name, note in notes.items():
         print(f"  note {name}: {note}")

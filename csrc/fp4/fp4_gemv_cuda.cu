@@ -105,16 +105,21 @@ __device__ __forceinline__ uint32_t bf16_pack(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// x values of one step for one lane: 32 columns of each of its MT rows of x, raw (16-byte loads).
+// x values of one step for one lane: 32 columns of each of its MT rows of x, raw 16-byte loads.
+// x rows are padded to whole steps and 16-byte aligned (the host sees to it), so every load is
+// unconditional; a lane whose row is past M reads row M - 1: it only feeds output columns that
+// are never written.
 template <typename T, int MT>
 struct XStep {
   static constexpr int kLoads = 32 * static_cast<int>(sizeof(T)) / 16;
   uint4 v[MT][kLoads];
-  __device__ void load(const T* x, int64_t m, int64_t k, int64_t row0, int64_t col0, bool vec16) {
+  __device__ void load(const T* const (&rows)[MT], int64_t col0) {
 #pragma unroll
-    for (int i = 0; i < MT; ++i)
+    for (int i = 0; i < MT; ++i) {
+      const uint4* p = reinterpret_cast<const uint4*>(rows[i] + col0);
 #pragma unroll
-      for (int q = 0; q < kLoads; ++q) v[i][q] = load_x16<T>(x, row0 + 8 * i, m, k, col0 + q * (16 / sizeof(T)), vec16);
+      for (int q = 0; q < kLoads; ++q) v[i][q] = __ldg(p + q);
+    }
   }
   // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1; 0..31 for float32) of tile i.
   __device__ uint32_t word(int i, int w) const { return word_of(v[i][w / 4], w % 4); }
@@ -181,8 +186,8 @@ __device__ __forceinline__ float load_bias(const void* bias, int bias_type, int6
 }
 
 struct GemvArgs {
-  const void* x;
-  int64_t m, k;
+  const void* x;       // [m, x_stride], x_stride = steps * 128 columns (zero past k), 16-byte aligned
+  int64_t m, x_stride;
   const uint4* tiles;
   const void* scales;
   const float* out_scale;
@@ -191,20 +196,24 @@ struct GemvArgs {
   void* out;
   int64_t n, n_tiles, steps, steps_per_part;
   int rw, kw;  // tiles per block, K parts per tile (warps per block = rw * kw)
-  bool xvec16;
 };
 
 // Grid (ceil(n_tiles / rw), ceil(m / (8 MT))), block 32 * rw * kw threads, dynamic shared memory
 // (kw - 1) * rw * 32 * 4 * MT floats. Warp w: tile blockIdx.x * rw + w % rw, K part w / rw.
 template <Format F, typename T, int MT, int S, bool kGelu>
-__global__ void __launch_bounds__(kMaxWarps * 32) gemv_tiled_kernel(const GemvArgs args) {
+__global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 2 : 1)
+    gemv_tiled_kernel(const GemvArgs args) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rt = warp % args.rw, part = warp / args.rw;
   const int64_t tile = static_cast<int64_t>(blockIdx.x) * args.rw + rt;
   const int64_t s_begin = part * args.steps_per_part;
   const int64_t s_end = tile < args.n_tiles ? min(args.steps, s_begin + args.steps_per_part) : s_begin;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * 8 * MT + g;  // this lane's first row of x
-  const T* x = static_cast<const T*>(args.x);
+  const T* xrows[MT];  // this lane's 32 columns of its rows of x, at the warp's current step
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+    xrows[i] = static_cast<const T*>(args.x) + min(row0 + 8 * i, args.m - 1) * args.x_stride + 32 * t;
+  }
 
   __shared__ float lut[16];
   if constexpr (F == Format::NF4) {
@@ -216,35 +225,42 @@ __global__ void __launch_bounds__(kMaxWarps * 32) gemv_tiled_kernel(const GemvAr
 #pragma unroll
   for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
 
-  const uint4* wt = args.tiles + tile * args.steps * (kStepBytes / 16);
-  const int64_t sbase = tile * args.steps * kLanes + lane;
+  // Running pointers: the next step to load (weights, scales) and this lane's x columns.
+  static_assert(S % 2 == 0, "the x double buffer alternates with the step's parity");
+  const int64_t n_steps = s_end - s_begin;
+  const int64_t first = tile * args.steps + s_begin;  // (tile, step) index of this warp's first step
+  const uint4* wp = args.tiles + first * (kStepBytes / 16) + lane;
+  int64_t sp = first * kLanes + lane;
+#pragma unroll
+  for (int i = 0; i < MT; ++i) xrows[i] += s_begin * kStepCols;
   uint4 c0[S], c1[S];
   LaneScales<F> sc[S];
 #pragma unroll
   for (int i = 0; i < S; ++i) {
-    const int64_t s = s_begin + i;
-    if (s < s_end) {
-      c0[i] = load_stream(wt + s * 64 + lane);
-      c1[i] = load_stream(wt + s * 64 + 32 + lane);
-      sc[i] = LaneScales<F>::load(args.scales, sbase + s * kLanes);
+    if (i < n_steps) {
+      c0[i] = load_stream(wp);
+      c1[i] = load_stream(wp + 32);
+      sc[i] = LaneScales<F>::load(args.scales, sp);
     }
+    wp += kStepBytes / 16;
+    sp += kLanes;
   }
-  XStep<T, MT> xs;
-  if (s_begin < s_end) xs.load(x, args.m, args.k, row0, s_begin * kStepCols + 32 * t, args.xvec16);
-  for (int64_t base = s_begin; base < s_end; base += S) {
+  XStep<T, MT> xb[2];
+  if (n_steps > 0) xb[0].load(xrows, 0);
+  for (int64_t base = 0; base < n_steps; base += S) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
       const int64_t s = base + i;
-      if (s >= s_end) break;
-      XStep<T, MT> xn;
-      if (s + 1 < s_end) xn.load(x, args.m, args.k, row0, (s + 1) * kStepCols + 32 * t, args.xvec16);
-      step_math<F, T, MT>(c0[i], c1[i], sc[i], xs, lut, acc);
-      if (s + S < s_end) {
-        c0[i] = load_stream(wt + (s + S) * 64 + lane);
-        c1[i] = load_stream(wt + (s + S) * 64 + 32 + lane);
-        sc[i] = LaneScales<F>::load(args.scales, sbase + (s + S) * kLanes);
+      if (s >= n_steps) break;
+      if (s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
+      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], lut, acc);
+      if (s + S < n_steps) {
+        c0[i] = load_stream(wp);
+        c1[i] = load_stream(wp + 32);
+        sc[i] = LaneScales<F>::load(args.scales, sp);
       }
-      xs = xn;
+      wp += kStepBytes / 16;
+      sp += kLanes;
     }
   }
 
@@ -353,12 +369,19 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   check_tiled_linear_args(x, tiles_in, bias, n, k);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor x2 = x.reshape({-1, k}).contiguous();
-  if (reinterpret_cast<uintptr_t>(x2.const_data_ptr()) % 16 != 0) x2 = x2.clone();
   const int64_t m = x2.size(0);
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = n;
   at::Tensor out = at::empty({m, n}, x.options());
   if (m == 0) return out.view(out_sizes);
+  // The kernel reads x in whole 16-byte-aligned steps of 128 columns: pad a K that is not a
+  // multiple of 128 with zeros (one small copy; common layer widths need none).
+  const int64_t x_stride = tiles_in.size(1) * kStepCols;
+  if (x_stride != k || reinterpret_cast<uintptr_t>(x2.const_data_ptr()) % 16 != 0) {
+    at::Tensor padded = at::zeros({m, x_stride}, x2.options());
+    padded.narrow(1, 0, k).copy_(x2);
+    x2 = padded;
+  }
   const at::Tensor tiles = tiles_in.contiguous();
   const at::Tensor scales = scales_in.contiguous();
   at::Tensor bias_c;
@@ -367,7 +390,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   GemvArgs args{};
   args.x = x2.const_data_ptr();
   args.m = m;
-  args.k = k;
+  args.x_stride = x_stride;
   args.tiles = static_cast<const uint4*>(tiles.const_data_ptr());
   args.scales = scales.const_data_ptr();
   args.out_scale = out_scale.const_data_ptr<float>();
@@ -378,7 +401,6 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.n = n;
   args.n_tiles = tiles.size(0);
   args.steps = tiles.size(1);
-  args.xvec16 = (k * x2.element_size()) % 16 == 0;
 
   const GemvConfig cfg = choose_config(args.n_tiles, args.steps, sm_count(x.get_device()));
   args.rw = cfg.rw;

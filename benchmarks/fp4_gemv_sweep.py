@@ -1,11 +1,14 @@
 """Tuning sweep of the tiled FP4 GEMV (csrc/fp4/fp4_gemv_cuda.cu) on one GPU, in one run.
 
-Each launch variant APT_FP4_GEMV="rw,kw,stages" (tiles per block, K parts per tile, pipeline
-depth) runs in its own child process (the kernel reads the variable once) and times
+Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt]" (tiles per block, K parts per tile,
+pipeline depth, x rows per block in tiles of 8) runs in its own child process (the kernel reads the variable once) and times
 torch.ops.apt.fp4_linear_tiled (nvfp4, bf16 x) on the issue's four shapes; the parent times bf16
 F.linear and the canonical fp4_linear op on the same shapes and the card's copy bandwidth.
 Prints, per variant, shape and M: microseconds, weight GB/s (packed codes + scales read once /
-time), % of copy bandwidth and speed-up over bf16.
+time), % of copy bandwidth and speed-up over bf16. Two timings per case: `us` is do_bench's
+(L2 flushed by *writing* 256 MB before every call, so the kernel also pays for writing back up
+to an L2's worth of dirty lines), `us_clean` flushes L2 by *reading* 256 MB instead (clean
+lines: only the kernel's own traffic).
 
     python benchmarks/fp4_gemv_sweep.py                 # every variant
     python benchmarks/fp4_gemv_sweep.py --variants 'default;4,2,4'
@@ -26,7 +29,8 @@ import torch.nn.functional as F
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192)]
 MS = [1, 4, 16]
-VARIANTS = ["default"] + [f"{rw},{kw},{s}" for s in (4, 2, 8) for rw, kw in ((8, 1), (4, 2), (2, 4), (1, 8))]
+VARIANTS = (["default"] + [f"{rw},{kw},{s}" for s in (4, 2) for rw, kw in ((8, 1), (4, 2), (2, 4), (1, 8))]
+            + [f"{rw},{kw},4,1" for rw, kw in ((4, 2), (2, 4), (1, 8))])
 HERE = Path(__file__).resolve().parent
 
 
@@ -35,6 +39,27 @@ def bench_us(fn) -> float:
     from triton.testing import do_bench
 
     return 1e3 * float(do_bench(fn, warmup=20, rep=60, return_mode="median"))
+
+
+_FLUSH: list[torch.Tensor] = []
+
+
+def bench_clean_us(fn, reps: int = 40) -> float:
+    """Median microseconds with L2 evicted by a 256 MB read (no dirty lines) before every call."""
+    if not _FLUSH:
+        _FLUSH.append(torch.randn(64 << 20, device="cuda"))
+    flush = _FLUSH[0]
+    fn()
+    times = []
+    for _ in range(reps):
+        flush.sum()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(1e3 * start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
 
 
 def weight(n: int, k: int) -> torch.Tensor:
@@ -58,7 +83,9 @@ def child(ms: list[int]) -> dict:
             t.linear(x)
             torch.cuda.synchronize()
             us = bench_us(lambda: t.linear(x))
-            out[f"{n}x{k}/{m}"] = {"us": us, "GBs": nbytes / (us * 1e-6) / 1e9}
+            clean = bench_clean_us(lambda: t.linear(x))
+            out[f"{n}x{k}/{m}"] = {"us": us, "GBs": nbytes / (us * 1e-6) / 1e9, "us_clean": clean,
+                                   "GBs_clean": nbytes / (clean * 1e-6) / 1e9}
     return out
 
 
@@ -78,6 +105,7 @@ def parent(variants: list[str], ms: list[int]) -> dict:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             base[f"{n}x{k}/{m}"] = {
                 "bf16_us": bench_us(lambda: F.linear(x, w)),
+                "bf16_us_clean": bench_clean_us(lambda: F.linear(x, w)),
                 "canonical_us": bench_us(lambda: torch.ops.apt.fp4_linear(x, q.packed, q.scales, q.tensor_scale,
                                                                           None, "nvfp4", 16)),
             }
@@ -107,15 +135,20 @@ def print_table(res: dict) -> None:
     print(f"{'variant':>10} | " + " | ".join(f"{k:>18}" for k in keys))
     for name in ("bf16", "canonical"):
         print(f"{name:>10} | " + " | ".join(f"{res['baseline'][k][name + '_us']:8.1f}us {'':8}" for k in keys))
-    for v, r in res["variants"].items():
-        if "error" in r:
-            print(f"{v:>10} | FAILED")
-            continue
-        cells = []
-        for k in keys:
-            c = r[k]
-            cells.append(f"{c['us']:6.1f}us {100 * c['GBs'] / copy:3.0f}% {res['baseline'][k]['bf16_us'] / c['us']:4.2f}x")
-        print(f"{v:>10} | " + " | ".join(cells))
+    print(f"{'bf16 clean':>10} | " + " | ".join(f"{res['baseline'][k]['bf16_us_clean']:8.1f}us {'':8}" for k in keys))
+    for clean in (False, True):
+        print("\n" + ("L2 flushed by a read (us_clean)" if clean else "do_bench (L2 flushed by a write)"))
+        for v, r in res["variants"].items():
+            if "error" in r:
+                print(f"{v:>10} | FAILED")
+                continue
+            cells = []
+            for k in keys:
+                c = r[k]
+                us, gbs = (c["us_clean"], c["GBs_clean"]) if clean else (c["us"], c["GBs"])
+                base = res["baseline"][k]["bf16_us_clean" if clean else "bf16_us"]
+                cells.append(f"{us:6.1f}us {100 * gbs / copy:3.0f}% {base / us:4.2f}x")
+            print(f"{v:>10} | " + " | ".join(cells))
 
 
 def main() -> None:

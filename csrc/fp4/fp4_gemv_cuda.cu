@@ -196,19 +196,23 @@ struct GemvArgs {
   void* out;
   int64_t n, n_tiles, steps, steps_per_part;
   int rw, kw;  // tiles per block, K parts per tile (warps per block = rw * kw)
+  int m_blocks;  // blocks along x (8 * MT rows each)
 };
 
-// Grid (ceil(n_tiles / rw), ceil(m / (8 MT))), block 32 * rw * kw threads, dynamic shared memory
-// (kw - 1) * rw * 32 * 4 * MT floats. Warp w: tile blockIdx.x * rw + w % rw, K part w / rw.
+// Grid ceil(n_tiles / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying fastest,
+// so blocks that share weights run side by side and the later ones read them from L2), block
+// 32 * rw * kw threads, dynamic shared memory (kw - 1) * rw * 32 * 4 * MT floats.
+// Warp w: tile (blockIdx.x / m_blocks) * rw + w % rw, K part w / rw.
 template <Format F, typename T, int MT, int S, bool kGelu>
 __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 2 : 1)
     gemv_tiled_kernel(const GemvArgs args) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rt = warp % args.rw, part = warp / args.rw;
-  const int64_t tile = static_cast<int64_t>(blockIdx.x) * args.rw + rt;
+  const int64_t m_block = blockIdx.x % args.m_blocks;
+  const int64_t tile = static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + rt;
   const int64_t s_begin = part * args.steps_per_part;
   const int64_t s_end = tile < args.n_tiles ? min(args.steps, s_begin + args.steps_per_part) : s_begin;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * 8 * MT + g;  // this lane's first row of x
+  const int64_t row0 = m_block * 8 * MT + g;  // this lane's first row of x
   const T* xrows[MT];  // this lane's 32 columns of its rows of x, at the warp's current step
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
@@ -289,7 +293,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
 
   // C fragment: acc[i][0..1] = (row g, x rows 2t, 2t+1 of tile i), acc[i][2..3] = (row g + 8, same).
   const float scale = __ldg(args.out_scale);
-  const int64_t xrow0 = static_cast<int64_t>(blockIdx.y) * 8 * MT;
+  const int64_t xrow0 = m_block * 8 * MT;
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
 #pragma unroll
@@ -305,31 +309,35 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
   }
 }
 
-// Launch shape: tiles per block (rw), K parts (kw), pipeline stages (s).
+// Launch shape: tiles per block (rw), K parts (kw), pipeline stages (s), x rows per block as
+// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2).
 struct GemvConfig {
-  int rw, kw, s;
+  int rw, kw, s, mt;
 };
 
-// APT_FP4_GEMV="rw,kw,stages" (read once) overrides the heuristic: for tuning sweeps.
+// APT_FP4_GEMV="rw,kw,stages[,mt]" (read once) overrides the heuristic: for tuning sweeps.
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
-  int rw = 0, kw = 0, s = 0;
-  TORCH_CHECK_VALUE(std::sscanf(env, "%d,%d,%d", &rw, &kw, &s) == 3 && rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps,
-                    "APT_FP4_GEMV: expected 'rw,kw,stages' with rw * kw <= 8, got '", env, "'");
-  cfg = {rw, kw, s};
+  int rw = 0, kw = 0, s = 0, mt = 0;
+  const int got = std::sscanf(env, "%d,%d,%d,%d", &rw, &kw, &s, &mt);
+  TORCH_CHECK_VALUE((got == 3 || got == 4) && rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps && mt >= 0 && mt <= 2,
+                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt]' with rw * kw <= 8 and mt in 0..2, got '", env, "'");
+  cfg = {rw, kw, s, mt};
   return true;
 }
 
 // About 16 warps per multiprocessor (each with a pipeline of loads in flight), K split only as
 // far as each part keeps one pipeline's worth of steps.
 GemvConfig choose_config(int64_t n_tiles, int64_t steps, int sms) {
-  GemvConfig cfg{1, 1, kDefaultStages};
+  GemvConfig cfg{1, 1, kDefaultStages, 0};
   if (env_config(cfg)) return cfg;
-  const int64_t want_warps = int64_t{16} * sms;
-  const int64_t max_kw = std::max<int64_t>(1, steps / kDefaultStages);
-  cfg.kw = static_cast<int>(std::clamp<int64_t>((want_warps + n_tiles - 1) / n_tiles, 1, std::min<int64_t>(max_kw, 8)));
-  cfg.rw = std::max(1, 8 / cfg.kw);
+  // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
+  // 896 tiles -> kw 2 beat kw 3 or 4).
+  const int64_t want = (int64_t{16} * sms + n_tiles - 1) / n_tiles;
+  const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kDefaultStages, kMaxWarps));
+  while (cfg.kw * 2 <= want && cfg.kw * 2 <= max_kw) cfg.kw *= 2;
+  cfg.rw = kMaxWarps / cfg.kw;
   return cfg;
 }
 
@@ -407,7 +415,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.kw = cfg.kw;
   args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const unsigned grid_x = static_cast<unsigned>((args.n_tiles + cfg.rw - 1) / cfg.rw);
+  const int64_t tile_blocks = (args.n_tiles + cfg.rw - 1) / cfg.rw;
 
   dispatch_format(f, [&](auto fc) {
     constexpr Format F = decltype(fc)::value;
@@ -415,13 +423,16 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
       using T = decltype(t_c);
       auto go = [&](auto mt_c) {
         constexpr int MT = decltype(mt_c)::value;
-        const dim3 grid(grid_x, static_cast<unsigned>((m + 8 * MT - 1) / (8 * MT)));
+        args.m_blocks = static_cast<int>((m + 8 * MT - 1) / (8 * MT));
+        TORCH_CHECK_VALUE(tile_blocks * args.m_blocks < (int64_t{1} << 31),
+                          "fp4_linear_tiled: too many rows of x for one launch; split x");
+        const dim3 grid(static_cast<unsigned>(tile_blocks * args.m_blocks));
         gelu ? launch_with_stages<F, T, MT, true>(args, cfg, grid, stream)
              : launch_with_stages<F, T, MT, false>(args, cfg, grid, stream);
       };
       if constexpr (std::is_same_v<T, float>) {  // float32 x: 8 rows per block (registers)
         go(std::integral_constant<int, 1>{});
-      } else if (m <= 8) {
+      } else if (cfg.mt == 1 || (cfg.mt == 0 && m <= 8)) {
         go(std::integral_constant<int, 1>{});
       } else {
         go(std::integral_constant<int, 2>{});

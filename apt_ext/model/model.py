@@ -22,8 +22,9 @@ from torch import nn
 
 from apt_ext.model.autopoietic import AutopoieticCorrection
 from apt_ext.model.config import APTModelConfiguration
+from apt_ext.left_spin._ops import left_spin_residual
+from apt_ext.model.hooks import run_init_hooks
 from apt_ext.nn.left_spin import LeftSpinChain, LeftSpinResidual
-from apt_ext.ops import left_spin_residual
 
 
 # --------------------------------------------------------------------------------------
@@ -76,8 +77,7 @@ class ResidualSite(LeftSpinResidual):
     the branch output is bf16 while the stream stays float32."""
 
     def __init__(self, cfg: APTModelConfiguration) -> None:
-        super().__init__(cfg.left_spin_alpha, cfg.left_spin_tau, cfg.left_spin_beta, cfg.left_spin_w1,
-                         cfg.left_spin_w2, cfg.left_spin_eps, enabled=cfg.use_left_spin)
+        super().__init__(params=cfg.left_spin_params, enabled=cfg.use_left_spin)
 
     def forward(self, u: torch.Tensor, du: torch.Tensor, chain: LeftSpinChain | None = None) -> torch.Tensor:
         return super().forward(u, du.to(u.dtype), chain)
@@ -138,8 +138,7 @@ class Attention(nn.Module):
             delta = self.auto(x, m).to(h.dtype)
             c = self.cfg
             if c.use_left_spin:  # the left-spin gate with d = ||delta||/||h||, no acceleration term
-                h, _ = left_spin_residual(h, delta, None, None, c.left_spin_alpha, c.left_spin_tau,
-                                          c.left_spin_beta, c.left_spin_w1, c.left_spin_w2, c.left_spin_eps)
+                h, _ = left_spin_residual(h, delta, params=c.left_spin_params)
             else:
                 h = h + c.left_spin_alpha * math.tanh(c.left_spin_tau) * delta
         return self.proj(h.transpose(1, 2).reshape(b, t, d))
@@ -240,8 +239,7 @@ class APTModel(nn.Module):
             import apt_ext
             apt_ext.quantize_(self, cfg.use_fp4,
                               filter_fn=(lambda m, fqn: fqn != "lm_head") if cfg.tie_embeddings else None)
-        from apt_ext import vb
-        vb.apply_if_enabled(self)
+        run_init_hooks(self)
 
     def _init_weights(self) -> None:
         std = self.config.init_std

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from apt_ext.fp4 import checks
+from apt_ext.fp4.format import DEFAULT_FORMAT, get_format
 from apt_ext.fp4.weight import FP4Weight, quantize
 
 
@@ -22,15 +22,14 @@ class FP4Linear(nn.Module):
     dtype.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = "nvfp4",
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = DEFAULT_FORMAT,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
-        checks.check_fmt(fmt)
+        self.block_size = get_format(fmt).block_size
         self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
-        self.block_size = checks.default_block(fmt, None)
         w = torch.empty(out_features, in_features, device=device, dtype=torch.float32)
         nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         q = quantize(w, fmt)
@@ -45,15 +44,15 @@ class FP4Linear(nn.Module):
             self.register_parameter("bias", None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, fmt: str = "nvfp4") -> "FP4Linear":
+    def from_linear(cls, linear: nn.Linear, fmt: str = DEFAULT_FORMAT) -> "FP4Linear":
         """Quantise an ``nn.Linear`` (its weight must be finite) into a new FP4Linear."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
-        checks.check_fmt(fmt)
+        block_size = get_format(fmt).block_size
         mod = cls.__new__(cls)
         nn.Module.__init__(mod)
         mod.in_features, mod.out_features, mod.fmt = linear.in_features, linear.out_features, fmt
-        mod.block_size = checks.default_block(fmt, None)
+        mod.block_size = block_size
         q = quantize(linear.weight.detach(), fmt)
         mod.register_buffer("packed", q.packed)
         mod.register_buffer("scales", q.scales)
@@ -114,7 +113,7 @@ class FP4Linear(nn.Module):
 FusedFP4Linear = FP4Linear
 
 
-def quantize_(model: nn.Module, fmt: str = "nvfp4",
+def quantize_(model: nn.Module, fmt: str = DEFAULT_FORMAT,
               filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (in place) by ``FP4Linear.from_linear``.
 
@@ -124,7 +123,7 @@ def quantize_(model: nn.Module, fmt: str = "nvfp4",
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    checks.check_fmt(fmt)
+    get_format(fmt)
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError(f"filter_fn: expected a callable (module, fqn) -> bool, got {type(filter_fn).__name__}")
     targets = [(fqn, m) for fqn, m in model.named_modules()

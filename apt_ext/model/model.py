@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +23,9 @@ from torch import nn
 from apt_ext.model.autopoietic import AutopoieticCorrection
 from apt_ext.model.config import APTModelConfiguration
 from apt_ext.left_spin._ops import left_spin_residual
+from apt_ext.model.generation import generate
 from apt_ext.model.hooks import run_init_hooks
+from apt_ext.model.kv_cache import KVCache
 from apt_ext.nn.left_spin import LeftSpinChain, LeftSpinResidual
 
 
@@ -43,19 +45,6 @@ class _Masks:
     is_causal: bool
     valid: torch.Tensor | None
     cross_mask: torch.Tensor | None = None
-
-
-@dataclass
-class KVCache:
-    """Decoder state for incremental decoding: per-layer keys/values and autopoietic prefix
-    sums, the cached length, which cached keys are real tokens (None: all), the next position
-    id per row and (encoder-decoder) the encoder output and its mask."""
-    layers: list[dict] = field(default_factory=list)
-    length: int = 0
-    key_valid: torch.Tensor | None = None   # bool [B, length] or None (all real)
-    next_pos: torch.Tensor | None = None    # long [B]
-    memory: torch.Tensor | None = None      # [B, S_src, D]
-    memory_valid: torch.Tensor | None = None
 
 
 def _pad_safe(mask: torch.Tensor, offset: int) -> torch.Tensor:
@@ -396,7 +385,6 @@ class APTModel(nn.Module):
     # ---- generation, save / load --------------------------------------------------------
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
         """See :func:`apt_ext.model.generation.generate`."""
-        from apt_ext.model.generation import generate
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -49,6 +49,8 @@ def capabilities() -> dict:
     for op in OPS:
         cpu_py = PYTHON_KERNELS.get((op, "cpu"))
         cuda_py = PYTHON_KERNELS.get((op, "cuda"))
+        if cuda_py is not None and op in apt_triton.KERNELS and cuda_py.startswith("Triton"):
+            cuda_py = None  # a Triton kernel serving CUDA tensors is reported in the triton column
         cpu = _native.has_kernel(op, "CPU") and cpu_py is None
         cuda = bool(_native.build_info().get("cuda")) and _native.has_kernel(op, "CUDA") and cuda_py is None
         tri = op in apt_triton.KERNELS

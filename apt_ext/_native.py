@@ -1,29 +1,55 @@
 """Loads the compiled extension ``apt_ext._C`` once; the rest of the package asks here.
 
 Importing ``_C`` runs the static ``TORCH_LIBRARY`` registrations, which define the
-``torch.ops.apt.*`` ops and their C++ CPU/CUDA kernels.
+``torch.ops.apt.*`` ops and their C++ CPU/CUDA kernels. If the import fails (a source checkout
+that was never built, a torch ABI mismatch), ``import apt_ext`` still works (``apt-ext info``
+reports the failure), and ``torch.ops.apt`` becomes a stand-in whose every attribute raises
+:class:`NativeLoadError` with the original load error and the command that fixes it, instead
+of torch's "'_OpNamespace' 'apt' object has no attribute ...".
 """
 from __future__ import annotations
 
 import torch
 
+BUILD_HINT = ("Build it against the torch you run with `pip install --no-build-isolation -e .` "
+              "(or `bash tools/setup_env.sh`), then restart Python.")
+
+
+class NativeLoadError(ImportError):
+    """The native extension apt_ext._C could not be loaded; the message carries the reason."""
+
+
 try:
     from apt_ext import _C  # noqa: F401  (registers torch.ops.apt.*)
 
     LOAD_ERROR: str | None = None
-except ImportError as exc:  # a source checkout that was never built, or a torch ABI mismatch
+except ImportError as exc:
     _C = None
     LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 
 
-def require() -> None:
-    """Raise a clear ImportError when the native extension is missing."""
+def load_error_message(what: str) -> str:
+    """Why ``what`` cannot run: the original load error of ``_C`` and what to do."""
+    return f"{what} needs apt_ext._C (the native kernels), which could not be loaded: {LOAD_ERROR}. {BUILD_HINT}"
+
+
+class _MissingOps:
+    """Stands in for ``torch.ops.apt`` when ``_C`` failed to load: naming any op raises."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # copy/pickle/introspection probes are not uses of an op
+            raise AttributeError(name)
+        raise NativeLoadError(load_error_message(f"torch.ops.apt.{name}"))
+
+
+if _C is None:
+    torch.ops.apt = _MissingOps()
+
+
+def require(what: str = "this feature") -> None:
+    """Raise :class:`NativeLoadError` (with the original load error) when ``_C`` is missing."""
     if _C is None:
-        raise ImportError(
-            "apt_ext._C (the native kernels) could not be loaded: "
-            f"{LOAD_ERROR}. Build it with `pip install --no-build-isolation -e .` "
-            "against the torch you run."
-        )
+        raise NativeLoadError(load_error_message(what))
 
 
 def build_info() -> dict:

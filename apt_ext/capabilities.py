@@ -25,30 +25,39 @@ def triton_status() -> tuple[bool, str]:
     return False, "installed, but no GPU (set TRITON_INTERPRET=1 to interpret on the CPU)"
 
 
-def capabilities() -> dict:
-    """Per op and backend: ``{"compiled": bool, "usable": bool}``, plus build and device facts.
+def _backend(native: bool, python_kernel: str | None, usable_here: bool) -> dict:
+    kernel = "native" if native else python_kernel
+    return {"compiled": native, "kernel": kernel, "usable": kernel is not None and usable_here}
 
-    ``compiled`` means a kernel is registered for that backend; ``usable`` means it can run on
-    this machine now (CUDA needs a visible GPU; Triton needs triton and a GPU or the
-    interpreter; CPU is always usable when compiled).
+
+def capabilities() -> dict:
+    """Per op and backend: ``{"compiled", "kernel", "usable"}``, plus build and device facts.
+
+    ``compiled``: a native (C++/CUDA) kernel is registered for that backend. ``kernel``: what
+    runs there: "native", a description of a Python kernel (a Triton kernel, or a Python
+    composite of other ops such as fp4_linear_gelu on the CPU), or None. ``usable``: it can run
+    on this machine now (CUDA needs a visible GPU; Triton needs triton and a GPU or the
+    interpreter).
     """
+    from apt_ext import triton as apt_triton
+    from apt_ext._kernels import PYTHON_KERNELS
     from apt_ext.devices import get_device_manager
 
     cuda_dev = torch.cuda.is_available()
     triton_ok, triton_why = triton_status()
-    triton_ops: set[str] = set()
-    if _native._C is not None:
-        from apt_ext import ops
-        triton_ops = set(ops.TRITON_OPS)
     ops_info = {}
     for op in OPS:
-        cpu = _native.has_kernel(op, "CPU")
-        cuda = bool(_native.build_info().get("cuda")) and _native.has_kernel(op, "CUDA")
-        tri = op in triton_ops
+        cpu_py = PYTHON_KERNELS.get((op, "cpu"))
+        cuda_py = PYTHON_KERNELS.get((op, "cuda"))
+        if cuda_py is not None and op in apt_triton.KERNELS and cuda_py.startswith("Triton"):
+            cuda_py = None  # a Triton kernel serving CUDA tensors is reported in the triton column
+        cpu = _native.has_kernel(op, "CPU") and cpu_py is None
+        cuda = bool(_native.build_info().get("cuda")) and _native.has_kernel(op, "CUDA") and cuda_py is None
+        tri = op in apt_triton.KERNELS
         ops_info[op] = {
-            "cpu": {"compiled": cpu, "usable": cpu},
-            "cuda": {"compiled": cuda, "usable": cuda and cuda_dev},
-            "triton": {"compiled": tri, "usable": tri and triton_ok},
+            "cpu": _backend(cpu, cpu_py, True),
+            "cuda": _backend(cuda, cuda_py, cuda_dev),
+            "triton": _backend(False, f"Triton: {apt_triton.KERNELS[op].__module__}" if tri else None, triton_ok),
         }
     try:
         dm = get_device_manager().info()

@@ -9,8 +9,9 @@ Modes (what ``apply`` does to a model):
     balanced  FP4 (nvfp4) for Linear layers with at least 65536 weights (the large ones);
     memory    FP4 (nvfp4) for every Linear layer.
 FP4 is applied only where an ``apt::fp4_linear`` kernel can run on the model's device; otherwise
-the report says why it is off. APT models built after ``enable`` are passed to ``apply`` by
-their constructor; other models need ``vb.apply(model)``. Left-spin and autopoietic attention are
+the report says why it is off. APT models built after ``enable`` are passed to ``apply`` by an
+init hook (``apt_ext.model.hooks``) that ``enable`` adds and ``disable`` removes; other models
+need ``vb.apply(model)``. Left-spin and autopoietic attention are
 APT model config fields and are reported, not changed. The report lists measured facts only
 (kernels found, layers converted, weight bytes before/after); it never states a speed-up.
 """
@@ -20,6 +21,8 @@ import importlib.util
 
 import torch
 from torch import nn
+
+from apt_ext.model.hooks import add_init_hook, remove_init_hook
 
 MODES = ("speed", "balanced", "memory")
 FP4_FORMAT = "nvfp4"
@@ -122,8 +125,8 @@ def apply(model: nn.Module, mode: str | None = None, verbose: bool = False) -> d
     return report
 
 
-def apply_if_enabled(model: nn.Module) -> dict | None:
-    """Called by APTModel's constructor: apply the enabled mode, if any."""
+def _apply_enabled(model: nn.Module) -> dict | None:
+    """The init hook vb.enable() adds (apt_ext.model.hooks): apply the enabled mode."""
     if _active["mode"] is None:
         return None
     return apply(model, _active["mode"], verbose=_active["verbose"])
@@ -133,6 +136,7 @@ def enable(mode: str = "balanced", verbose: bool = True) -> dict:
     """Turn the features of ``mode`` on for models built afterwards; returns (and prints) the report."""
     _check_mode(mode)
     _active.update(mode=mode, verbose=bool(verbose))
+    add_init_hook(_apply_enabled)
     report = status(mode)
     if verbose:
         print(format_report(report))
@@ -146,6 +150,7 @@ def enable_balanced_mode(verbose: bool = True) -> dict:
 def disable() -> None:
     """Models built afterwards get no features from vb."""
     _active.update(mode=None, verbose=False)
+    remove_init_hook(_apply_enabled)
 
 
 def format_report(r: dict) -> str:

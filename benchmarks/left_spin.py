@@ -37,9 +37,10 @@ from tqdm import tqdm
 
 import apt_ext  # noqa: F401  (registers torch.ops.apt.*)
 from apt_ext import _native
-from apt_ext.reference import left_spin as ref
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from reference import left_spin as ref  # noqa: E402  (the plain-PyTorch definition: the eager baseline)
 GPU_SHAPES = [(16384, 4096), (65536, 1024), (8192, 8192)]
 CPU_SHAPES = [(2048, 1024), (512, 4096), (256, 8192)]
 PARAMS = tuple(ref.DEFAULTS.values())

@@ -1,12 +1,24 @@
-"""Shared pytest setup: GPU tests (tests/gpu/, marker ``gpu``) are skipped without CUDA."""
+"""Shared pytest setup.
+
+- tests/gpu/ carries the ``gpu`` marker; CI and the README run ``-m "not gpu"`` (those tests are
+  reported as deselected). Run without CUDA anyway, they skip with the reason.
+- Every test starts from a fresh random seed for torch, numpy and ``random`` (and the ``rng``
+  generator). A failing test's report shows the seed; ``APT_TEST_SEED=<seed> python -m pytest
+  <test id>`` replays its inputs.
+"""
 from __future__ import annotations
 
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
+SEED_ENV = "APT_TEST_SEED"
 
+
+@pytest.hookimpl(tryfirst=True)  # before -m "not gpu" selects on the marker
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run tests/gpu through the device machine)")
     for item in items:
@@ -16,11 +28,32 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def apt_seed(request) -> int:
+    """The test's random seed ($APT_TEST_SEED, else fresh); torch, numpy and random are seeded."""
+    value = int(os.environ[SEED_ENV]) if os.environ.get(SEED_ENV) else random.SystemRandom().randrange(2**31)
+    request.node.apt_seed = value
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+    return value
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    value = getattr(item, "apt_seed", None)
+    if report.failed and value is not None:
+        report.sections.append(("random seed", f"{SEED_ENV}={value} python -m pytest '{item.nodeid}' "
+                                               "replays this test's random inputs"))
+
+
 @pytest.fixture
-def rng() -> torch.Generator:
-    """A fresh, differently seeded generator per test (inputs are never zeros)."""
+def rng(apt_seed: int) -> torch.Generator:
+    """A generator seeded from the test's seed (a different stream than the global one)."""
     g = torch.Generator()
-    g.seed()
+    g.manual_seed(apt_seed ^ 0x5EED)
     return g
 
 
@@ -33,11 +66,3 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
-
-@pytest.fixture
-def seed() -> int:
-    """A fresh random seed per test, printed (pytest shows it with a failure); set
-    APT_TEST_SEED to replay one."""
-    s = int(os.environ.get("APT_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
-    print(f"seed={s} (replay: APT_TEST_SEED={s})")
-    return s

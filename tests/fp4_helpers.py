@@ -1,4 +1,4 @@
-"""Shared helpers of the FP4 CPU tests: comparisons against apt_ext/reference/fp4.py."""
+"""Shared helpers of the FP4 CPU tests: comparisons against tests/reference/fp4.py."""
 from __future__ import annotations
 
 import torch

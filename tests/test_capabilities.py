@@ -17,9 +17,13 @@ def test_capabilities_lists_every_op_and_backend():
     for op, backends in caps["ops"].items():
         assert set(backends) == {"cpu", "cuda", "triton"}
         for b in backends.values():
-            assert b["usable"] <= b["compiled"]  # usable implies compiled
-    # every op has a C++ CPU kernel (SPEC 1: CUDA -> Triton -> CPU)
-    assert caps["ops"]["fp4_pack"]["cpu"] == {"compiled": True, "usable": True}
+            assert b["usable"] <= (b["kernel"] is not None)  # usable implies a kernel
+            assert b["compiled"] == (b["kernel"] == "native")
+    # every op but the GELU composite has a C++ CPU kernel (SPEC 1: CUDA -> Triton -> CPU)
+    for op in set(OPS) - {"fp4_linear_gelu"}:
+        assert caps["ops"][op]["cpu"] == {"compiled": True, "kernel": "native", "usable": True}, op
+    gelu_cpu = caps["ops"]["fp4_linear_gelu"]["cpu"]
+    assert not gelu_cpu["compiled"] and gelu_cpu["usable"] and "composite" in gelu_cpu["kernel"]
     assert caps["torch"] and caps["devices"]["device"]
 
 
@@ -27,6 +31,7 @@ def test_info_prints_table(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "fp4_linear" in out and "left_spin_residual" in out and "torch" in out
+    assert [line.split()[-1] for line in out.splitlines() if line.startswith("fp4_linear_gelu")] == ["py"]
     assert "device:" in out
 
 

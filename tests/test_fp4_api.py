@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import apt_ext.ops  # noqa: F401
+import apt_ext  # noqa: F401
 from apt_ext import quantize_
 from apt_ext.fp4 import FP4Weight, quantize
 from apt_ext.nn import FP4Linear, FusedFP4Linear
-from apt_ext.reference import fp4 as ref
+from reference import fp4 as ref
 from fp4_helpers import FORMATS, assert_same_quantization
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-import apt_ext.ops  # noqa: F401
+import apt_ext  # noqa: F401
 from apt_ext.nn import FP4Linear
-from apt_ext.reference import fp4 as ref
+from reference import fp4 as ref
 from fp4_helpers import FLOAT_DTYPES, FORMATS, assert_linear_close, cpu_isas
 
 

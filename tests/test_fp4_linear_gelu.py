@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import apt_ext  # noqa: F401  (registers torch.ops.apt.*)
-from apt_ext import ops as apt_ops
-from apt_ext.reference import fp4 as ref
+from apt_ext.fp4 import _ops as fp4_ops
+from reference import fp4 as ref
 
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4", "nf4"])
@@ -15,7 +15,7 @@ def test_fp4_linear_gelu_matches_reference(fmt, rng):
     packed, scales, ts = ref.quantize(w, fmt)
     x = torch.randn(2, 3, 70, generator=rng)
     bias = torch.randn(13, generator=rng)
-    got = apt_ops.fp4_linear_gelu(x, packed, scales, ts, bias, fmt)
+    got = fp4_ops.fp4_linear_gelu(x, packed, scales, ts, bias, fmt)
     want = torch.nn.functional.gelu(ref.linear(x.double(), packed, scales, ts, bias, fmt))
     assert got.shape == (2, 3, 13) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
@@ -27,7 +27,7 @@ def test_fp4_linear_gelu_gradients(rng):
     x = torch.randn(4, 48, generator=rng, dtype=torch.float64)
     bias = torch.randn(9, generator=rng, dtype=torch.float64)
     xa, ba = x.float().requires_grad_(), bias.float().requires_grad_()
-    apt_ops.fp4_linear_gelu(xa, packed, scales, ts, ba, "nf4").sum().backward()
+    fp4_ops.fp4_linear_gelu(xa, packed, scales, ts, ba, "nf4").sum().backward()
     xr, br = x.clone().requires_grad_(), bias.clone().requires_grad_()
     torch.nn.functional.gelu(xr @ w.T + br).sum().backward()
     torch.testing.assert_close(xa.grad.double(), xr.grad, rtol=1e-4, atol=1e-5)
@@ -46,6 +46,6 @@ def test_fp4_linear_gelu_opcheck(rng):
 def test_fp4_linear_gelu_rejects_bad_input(rng):
     packed, scales, ts = ref.quantize(torch.randn(8, 32, generator=rng), "nvfp4")
     with pytest.raises(ValueError, match="x"):
-        apt_ops.fp4_linear_gelu(torch.randn(3, 50), packed, scales, ts, None, "nvfp4")
+        fp4_ops.fp4_linear_gelu(torch.randn(3, 50), packed, scales, ts, None, "nvfp4")
     with pytest.raises(ValueError, match="fmt"):
-        apt_ops.fp4_linear_gelu(torch.randn(3, 32), packed, scales, ts, None, "fp5")
+        fp4_ops.fp4_linear_gelu(torch.randn(3, 32), packed, scales, ts, None, "fp5")

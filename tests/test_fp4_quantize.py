@@ -1,11 +1,11 @@
-"""fp4_quantize / fp4_dequantize CPU kernels: bit-exact against apt_ext/reference/fp4.py."""
+"""fp4_quantize / fp4_dequantize CPU kernels: bit-exact against tests/reference/fp4.py."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-import apt_ext.ops  # noqa: F401  (registers the fake kernels)
-from apt_ext.reference import fp4 as ref
+import apt_ext  # noqa: F401  (registers the fake kernels)
+from reference import fp4 as ref
 from fp4_helpers import FLOAT_DTYPES, FORMATS, assert_same_quantization, cpu_isas
 
 SHAPES = [(1, 1), (1, 16), (3, 7), (5, 64), (17, 100), (32, 256), (9, 1000)]

@@ -11,15 +11,15 @@ import apt_ext  # noqa: F401
 from apt_ext.fp4 import quantize
 from apt_ext.fp4.tiled import tile
 from apt_ext.nn import FP4Linear
-from apt_ext.reference import fp4 as ref
+from reference import fp4 as ref
 
 FORMATS = ("nvfp4", "mxfp4", "nf4")
 
 
-def _weight(n: int, k: int, seed: int) -> torch.Tensor:
+def _weight(n: int, k: int, apt_seed: int) -> torch.Tensor:
     """Rows of very different magnitudes (E4M3 subnormal block scales), an all-zero row and a
     block of exact E2M1 tie points."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(apt_seed)
     w = torch.randn(n, k, generator=g) * torch.logspace(-6, 1, n).unsqueeze(1)
     w[0] = 0.0
     if n > 2 and k >= 8:
@@ -30,30 +30,30 @@ def _weight(n: int, k: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("shape", [(1, 1), (17, 200), (40, 129), (33, 4192)])
-def test_untile_equals_dequantize(fmt, shape, seed):
-    q = quantize(_weight(*shape, seed), fmt)
+def test_untile_equals_dequantize(fmt, shape, apt_seed):
+    q = quantize(_weight(*shape, apt_seed), fmt)
     t = tile(q)
     n, k = shape
     assert t.tiles.shape == (-(-n // 16), -(-k // 128), 1024) and t.tiles.dtype == torch.uint8
     assert torch.equal(t.dequantize(), q.dequantize(torch.float32))
 
 
-def test_nvfp4_zero_scale_block_with_nonzero_codes(seed):
+def test_nvfp4_zero_scale_block_with_nonzero_codes(apt_seed):
     """A block whose scale is 0 contributes 0 whatever its codes (code * 0)."""
-    q = quantize(_weight(4, 64, seed), "nvfp4")
+    q = quantize(_weight(4, 64, apt_seed), "nvfp4")
     scales = q.scales.clone()
     scales.view(torch.uint8)[1, 2] = 0
     q0 = type(q)(q.packed, scales, q.tensor_scale, q.fmt, q.block_size, q.shape)
     assert torch.equal(tile(q0).dequantize(), q0.dequantize(torch.float32))
 
 
-def test_tile_refuses_what_the_layout_cannot_hold(seed):
-    q = quantize(_weight(4, 64, seed), "nvfp4")
+def test_tile_refuses_what_the_layout_cannot_hold(apt_seed):
+    q = quantize(_weight(4, 64, apt_seed), "nvfp4")
     bad = q.scales.clone()
     bad.view(torch.uint8)[0, 0] = 0x7F  # E4M3 NaN
     with pytest.raises(ValueError, match="scales"):
         tile(type(q)(q.packed, bad, q.tensor_scale, q.fmt, q.block_size, q.shape))
-    m = quantize(_weight(4, 64, seed) + 1.0, "mxfp4")
+    m = quantize(_weight(4, 64, apt_seed) + 1.0, "mxfp4")
     wide = m.scales.clone()
     wide[0, 0], wide[1, 0] = 1, 250  # exponents -126 and 123 in blocks with nonzero codes
     with pytest.raises(ValueError, match="binades"):
@@ -62,9 +62,9 @@ def test_tile_refuses_what_the_layout_cannot_hold(seed):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
-def test_linear_tiled_cpu_matches_reference(fmt, dt, seed):
-    g = torch.Generator().manual_seed(seed)
-    q = quantize(_weight(37, 200, seed), fmt)
+def test_linear_tiled_cpu_matches_reference(fmt, dt, apt_seed):
+    g = torch.Generator().manual_seed(apt_seed)
+    q = quantize(_weight(37, 200, apt_seed), fmt)
     x = torch.randn(5, 200, generator=g).to(dt)
     bias = torch.randn(37, generator=g)
     y = tile(q).linear(x, bias)
@@ -77,8 +77,8 @@ def test_linear_tiled_cpu_matches_reference(fmt, dt, seed):
                  / torch.nn.functional.gelu(want.double()).norm()) < tol
 
 
-def test_linear_tiled_rejects_bad_input(seed):
-    t = tile(quantize(_weight(20, 100, seed), "nvfp4"))
+def test_linear_tiled_rejects_bad_input(apt_seed):
+    t = tile(quantize(_weight(20, 100, apt_seed), "nvfp4"))
     with pytest.raises(ValueError, match="x"):
         t.linear(torch.randn(2, 99))
     with pytest.raises(ValueError, match="bias"):
@@ -99,10 +99,10 @@ def test_linear_tiled_rejects_bad_input(seed):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_opcheck_tiled_ops(fmt, seed):
-    q = quantize(_weight(20, 100, seed), fmt)
+def test_opcheck_tiled_ops(fmt, apt_seed):
+    q = quantize(_weight(20, 100, apt_seed), fmt)
     t = tile(q)
-    x = torch.randn(3, 100, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(3, 100, generator=torch.Generator().manual_seed(apt_seed))
     cases = [
         (torch.ops.apt.fp4_untile.default, (t.tiles, t.tile_scales, t.out_scale, fmt, 20, 100)),
         (torch.ops.apt.fp4_linear_tiled.default, (x, t.tiles, t.tile_scales, t.out_scale, None, fmt, 20, 100, False)),

@@ -1,4 +1,4 @@
-"""Triton FP4 kernels on the CPU under TRITON_INTERPRET=1, against apt_ext/reference/fp4.py.
+"""Triton FP4 kernels on the CPU under TRITON_INTERPRET=1, against tests/reference/fp4.py.
 
 The interpreter must be switched on before triton and apt_ext are imported, and other test
 modules import them in this process, so every case runs in ONE child process (this file run
@@ -36,7 +36,7 @@ def _cases() -> list[str]:
 def _child() -> dict[str, str | None]:
     import torch
 
-    from apt_ext.reference import fp4 as ref
+    from reference import fp4 as ref
     from apt_ext.triton import fp4_dequantize as tdq
     from apt_ext.triton import fp4_linear as tlin
 

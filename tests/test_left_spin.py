@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from apt_ext import _native
-from apt_ext.ops import left_spin_residual
-from apt_ext.reference import left_spin as ref
+from apt_ext.left_spin import left_spin_residual
+from reference import left_spin as ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 # D: 1, below a vector, not a multiple of any vector width, a multiple, and a long row.

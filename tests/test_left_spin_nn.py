@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from apt_ext.nn import LeftSpinChain, LeftSpinResidual
-from apt_ext.reference import left_spin as ref
+from reference import left_spin as ref
 
 
 class TinyStack(nn.Module):

@@ -12,7 +12,7 @@ from apt_ext.model import APTModel, APTModelConfiguration, DBCDAC
 from apt_ext.model.dbc_dac import low_rank
 from apt_ext.model.model import ResidualSite
 from apt_ext.nn import LeftSpinChain
-from apt_ext.reference.left_spin import left_spin_residual as ref_left_spin
+from reference.left_spin import left_spin_residual as ref_left_spin
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,8 +138,8 @@ def test_left_spin_chain_passes_state_between_sites(monkeypatch, rng):
     calls = []
     real = nls.left_spin_residual
 
-    def spy(u, du, du_prev, phi_prev, *a):
-        out, phi = real(u, du, du_prev, phi_prev, *a)
+    def spy(u, du, du_prev, phi_prev, *a, **kw):
+        out, phi = real(u, du, du_prev, phi_prev, *a, **kw)
         calls.append((du, du_prev, phi_prev, phi))
         return out, phi
     monkeypatch.setattr(nls, "left_spin_residual", spy)
@@ -157,7 +157,7 @@ def test_left_spin_chain_passes_state_between_sites(monkeypatch, rng):
 def test_model_left_spin_off_is_plain_residual(rng, monkeypatch):
     import apt_ext.model.model as mm
     import apt_ext.nn.left_spin as nls
-    boom = lambda *a: pytest.fail("left_spin_residual called with use_left_spin=False")  # noqa: E731
+    boom = lambda *a, **kw: pytest.fail("left_spin_residual called with use_left_spin=False")  # noqa: E731
     monkeypatch.setattr(mm, "left_spin_residual", boom)
     monkeypatch.setattr(nls, "left_spin_residual", boom)
     m = model_of(use_left_spin=False)
@@ -358,10 +358,6 @@ def test_config_json_round_trip(tmp_path):
         APTModelConfiguration.from_dict({**dataclasses.asdict(c), "nope": 1})
 
 
-_FP4 = _native.has_kernel("fp4_linear", "CPU") and _native.has_kernel("fp4_quantize", "CPU")
-
-
-@pytest.mark.skipif(not _FP4, reason="apt::fp4_quantize/fp4_linear have no CPU kernel in this build yet (FP4 CPU issue)")
 def test_use_fp4_quantises_linear_layers(rng, tmp_path):
     from apt_ext.nn import FP4Linear
     m = model_of(use_fp4="nvfp4", d_model=64, d_ff=128)

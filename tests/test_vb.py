@@ -5,10 +5,7 @@ import pytest
 from torch import nn
 
 import apt_ext.vb as vb
-from apt_ext import _native
 from apt_ext.model import APTModel, APTModelConfiguration
-
-_FP4 = _native.has_kernel("fp4_linear", "CPU") and _native.has_kernel("fp4_quantize", "CPU")
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +28,7 @@ def test_enable_reports_what_is_active(capsys):
     assert "cloud backends: none" in out and "device=cpu" in out
     for word in ("faster", "speed-up", "speedup", "x speed"):
         assert word not in out.lower()
-    if not _FP4:
-        assert r["fp4"]["format"] is None and "fp4_linear" in r["fp4"]["reason"]
+    assert r["fp4"]["format"] == "nvfp4" and r["kernels"]["fp4_linear"] == ["cpu"]  # the CPU kernel is built
 
 
 def test_bad_mode():
@@ -56,7 +52,6 @@ def test_apply_without_fp4_kernel_says_why(monkeypatch):
     assert type(m[0]) is nn.Linear and r["fp4"]["format"] is None and "no usable" in r["fp4"]["reason"]
 
 
-@pytest.mark.skipif(not _FP4, reason="apt::fp4_linear has no CPU kernel in this build yet (FP4 CPU issue)")
 def test_enable_applies_to_models_built_afterwards():
     from apt_ext.nn import FP4Linear
     vb.enable("balanced", verbose=False)

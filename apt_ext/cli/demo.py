@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FORMATS = ("nvfp4", "mxfp4", "nf4")
+from apt_ext.fp4.format import FORMAT_NAMES
 SENTENCES = [
     "The cat sits on the warm windowsill in the afternoon sun.",
     "Gradient descent updates parameters against the gradient of the loss.",
@@ -152,7 +152,7 @@ def fp4_model_part(res, trainer, device, summary: Summary) -> None:
     with torch.no_grad():
         ref = model(x).float()
     base, lin = _bytes(model), _linear_bytes(model)
-    for fmt in FORMATS:
+    for fmt in FORMAT_NAMES:
         q = copy.deepcopy(model)
         apt_ext.quantize_(q, fmt, filter_fn=(lambda mod, fqn: fqn != "lm_head") if q.config.tie_embeddings else None)
         with torch.no_grad():
@@ -247,7 +247,7 @@ def minilm_part(device, summary: Summary) -> None:
     enc = lambda m: torch.as_tensor(m.encode(SENTENCES, convert_to_numpy=True, show_progress_bar=False))
     ref = enc(st)
     base, lin = _bytes(st), _linear_bytes(st)
-    for fmt in FORMATS:
+    for fmt in FORMAT_NAMES:
         q = apt_ext.quantize_(copy.deepcopy(st), fmt)
         cos = F.cosine_similarity(enc(q), ref, dim=-1)
         size, qlin = _bytes(q), _linear_bytes(q)

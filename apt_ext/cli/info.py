@@ -13,9 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _mark(entry: dict) -> str:
-    if entry["usable"]:
-        return "yes"
-    return "built" if entry["compiled"] else "-"
+    if entry["kernel"] is None:
+        return "-"
+    if not entry["usable"]:
+        return "built"
+    return "yes" if entry["kernel"] == "native" or entry["kernel"].startswith("Triton") else "py"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"triton: {'usable' if caps['triton']['usable'] else 'not usable'} ({caps['triton']['reason']})"
           + ("; APT_FORCE_TRITON=1" if caps["force_triton"] else ""))
     print()
-    print(f"{'op':30s} {'CUDA':>6s} {'Triton':>7s} {'CPU':>5s}   (yes = usable here, built = compiled but no device)")
+    print(f"{'op':30s} {'CUDA':>6s} {'Triton':>7s} {'CPU':>5s}   (yes = usable here, py = a Python composite, built = no device here)")
     for op, e in caps["ops"].items():
         print(f"{op:30s} {_mark(e['cuda']):>6s} {_mark(e['triton']):>7s} {_mark(e['cpu']):>5s}")
     print()

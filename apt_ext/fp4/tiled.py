@@ -56,25 +56,3 @@ def tile(weight: FP4Weight) -> TiledFP4Weight:
     tiles, scales, out_scale = torch.ops.apt.fp4_tile(weight.packed, weight.scales, weight.tensor_scale,
                                                       weight.fmt, weight.block_size)
     return TiledFP4Weight(tiles, scales, out_scale, weight.fmt, weight.shape)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-@torch.library.register_fake("apt::fp4_tile")
-def _fp4_tile_fake(packed, scales, tensor_scale, fmt, block_size):
-    dtype, per_lane = LANE_SCALES[fmt]
-    nt, steps = _cdiv(packed.shape[0], TILE_ROWS), _cdiv(2 * packed.shape[1], STEP_COLS)
-    return (packed.new_empty((nt, steps, STEP_BYTES)), packed.new_empty((nt, steps, LANES, per_lane), dtype=dtype),
-            packed.new_empty((), dtype=torch.float32))
-
-
-@torch.library.register_fake("apt::fp4_untile")
-def _fp4_untile_fake(tiles, tile_scales, out_scale, fmt, n, k):
-    return tiles.new_empty((n, k), dtype=torch.float32)
-
-
-@torch.library.register_fake("apt::fp4_linear_tiled")
-def _fp4_linear_tiled_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu):
-    return x.new_empty((*x.shape[:-1], n))

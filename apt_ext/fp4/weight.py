@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from apt_ext.fp4 import checks
+from apt_ext.fp4.format import DEFAULT_FORMAT, block_size_for
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class FP4Weight:
                          self.fmt, self.block_size, self.shape)
 
 
-def quantize(w: torch.Tensor, fmt: str = "nvfp4", block_size: int | None = None) -> FP4Weight:
+def quantize(w: torch.Tensor, fmt: str = DEFAULT_FORMAT, block_size: int | None = None) -> FP4Weight:
     """Quantise a float weight ``w`` [N, K] (float32/bfloat16/float16) to ``fmt``.
 
     Raises ValueError for an unknown fmt, a block size the fmt does not allow, a weight that is
@@ -51,6 +51,6 @@ def quantize(w: torch.Tensor, fmt: str = "nvfp4", block_size: int | None = None)
     """
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"w: expected a torch.Tensor, got {type(w).__name__}")
-    bs = checks.default_block(fmt, block_size)
+    bs = block_size_for(fmt, block_size)
     packed, scales, ts = torch.ops.apt.fp4_quantize(w.detach(), fmt, bs)
     return FP4Weight(packed, scales, ts, fmt, bs, (int(w.shape[0]), int(w.shape[1])))

@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FP4_FORMATS = ("nvfp4", "mxfp4", "nf4")
+from apt_ext.fp4.format import DEFAULT_FORMAT, FORMAT_NAMES
+from apt_ext.left_spin.params import DEFAULTS as LEFT_SPIN, LeftSpinParams
 
 
 @dataclass
@@ -22,7 +23,8 @@ class APTModelConfiguration:
     ``layer_norm_eps``; ``pad_token_id`` (None: no padding is inferred from ids; pass
     ``attention_mask`` instead), ``bos_token_id``/``eos_token_id`` (generation defaults).
 
-    Left-spin residuals (SPEC 4): ``use_left_spin`` and ``left_spin_alpha/tau/beta/w1/w2/eps``.
+    Left-spin residuals (SPEC 4): ``use_left_spin`` and ``left_spin_alpha/tau/beta/w1/w2/eps``
+    (defaults from ``apt_ext.left_spin.LeftSpinParams``; ``left_spin_params`` returns them as one).
     Autopoietic attention: ``use_autopoietic``, ``autopoietic_rank`` (rank r of U·V per head).
     DBC-DAC gradient conditioning: ``use_dbc_dac``, ``dbc_min_numel``, ``dbc_rank_ratio``,
     ``dbc_eps``, ``dbc_seed``. FP4: ``use_fp4`` = None/False (off), True (= "nvfp4") or a
@@ -48,12 +50,12 @@ class APTModelConfiguration:
     use_autopoietic: bool = True
     autopoietic_rank: int = 8
     use_left_spin: bool = True
-    left_spin_alpha: float = 0.5
-    left_spin_tau: float = 0.3
-    left_spin_beta: float = 0.7
-    left_spin_w1: float = 1.0
-    left_spin_w2: float = 0.5
-    left_spin_eps: float = 1e-6
+    left_spin_alpha: float = LEFT_SPIN.alpha
+    left_spin_tau: float = LEFT_SPIN.tau
+    left_spin_beta: float = LEFT_SPIN.beta
+    left_spin_w1: float = LEFT_SPIN.w1
+    left_spin_w2: float = LEFT_SPIN.w2
+    left_spin_eps: float = LEFT_SPIN.eps
     use_dbc_dac: bool = False
     dbc_min_numel: int = 4096
     dbc_rank_ratio: float = 0.25
@@ -100,12 +102,18 @@ class APTModelConfiguration:
                 if v >= self.vocab_size:
                     raise ValueError(f"{name}: expected < vocab_size={self.vocab_size}, got {v}")
         if self.use_fp4 is True:
-            self.use_fp4 = "nvfp4"
+            self.use_fp4 = DEFAULT_FORMAT
         elif self.use_fp4 is False:
             self.use_fp4 = None
-        if self.use_fp4 is not None and self.use_fp4 not in FP4_FORMATS:
-            raise ValueError(f"use_fp4: expected None, a bool or one of {FP4_FORMATS}, got {self.use_fp4!r}")
+        if self.use_fp4 is not None and self.use_fp4 not in FORMAT_NAMES:
+            raise ValueError(f"use_fp4: expected None, a bool or one of {FORMAT_NAMES}, got {self.use_fp4!r}")
         _check_int("dbc_seed", self.dbc_seed, minimum=0)
+
+    @property
+    def left_spin_params(self) -> LeftSpinParams:
+        """The six left-spin hyperparameters as one record (what the residual sites use)."""
+        return LeftSpinParams(self.left_spin_alpha, self.left_spin_tau, self.left_spin_beta, self.left_spin_w1,
+                              self.left_spin_w2, self.left_spin_eps)
 
     @property
     def head_dim(self) -> int:

@@ -1,9 +1,14 @@
 """Autoregressive generation for APTModel: greedy, temperature, top-k, top-p, with a KV cache."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from apt_ext.model.model import APTModel, KVCache
+from apt_ext.model.kv_cache import KVCache
+
+if TYPE_CHECKING:  # the model calls generate(); generate only needs its type for annotations
+    from apt_ext.model.model import APTModel
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

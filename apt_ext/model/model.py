@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,8 +22,11 @@ from torch import nn
 
 from apt_ext.model.autopoietic import AutopoieticCorrection
 from apt_ext.model.config import APTModelConfiguration
+from apt_ext.left_spin._ops import left_spin_residual
+from apt_ext.model.generation import generate
+from apt_ext.model.hooks import run_init_hooks
+from apt_ext.model.kv_cache import KVCache
 from apt_ext.nn.left_spin import LeftSpinChain, LeftSpinResidual
-from apt_ext.ops import left_spin_residual
 
 
 # --------------------------------------------------------------------------------------
@@ -42,19 +45,6 @@ class _Masks:
     is_causal: bool
     valid: torch.Tensor | None
     cross_mask: torch.Tensor | None = None
-
-
-@dataclass
-class KVCache:
-    """Decoder state for incremental decoding: per-layer keys/values and autopoietic prefix
-    sums, the cached length, which cached keys are real tokens (None: all), the next position
-    id per row and (encoder-decoder) the encoder output and its mask."""
-    layers: list[dict] = field(default_factory=list)
-    length: int = 0
-    key_valid: torch.Tensor | None = None   # bool [B, length] or None (all real)
-    next_pos: torch.Tensor | None = None    # long [B]
-    memory: torch.Tensor | None = None      # [B, S_src, D]
-    memory_valid: torch.Tensor | None = None
 
 
 def _pad_safe(mask: torch.Tensor, offset: int) -> torch.Tensor:
@@ -76,8 +66,7 @@ class ResidualSite(LeftSpinResidual):
     the branch output is bf16 while the stream stays float32."""
 
     def __init__(self, cfg: APTModelConfiguration) -> None:
-        super().__init__(cfg.left_spin_alpha, cfg.left_spin_tau, cfg.left_spin_beta, cfg.left_spin_w1,
-                         cfg.left_spin_w2, cfg.left_spin_eps, enabled=cfg.use_left_spin)
+        super().__init__(params=cfg.left_spin_params, enabled=cfg.use_left_spin)
 
     def forward(self, u: torch.Tensor, du: torch.Tensor, chain: LeftSpinChain | None = None) -> torch.Tensor:
         return super().forward(u, du.to(u.dtype), chain)
@@ -138,8 +127,7 @@ class Attention(nn.Module):
             delta = self.auto(x, m).to(h.dtype)
             c = self.cfg
             if c.use_left_spin:  # the left-spin gate with d = ||delta||/||h||, no acceleration term
-                h, _ = left_spin_residual(h, delta, None, None, c.left_spin_alpha, c.left_spin_tau,
-                                          c.left_spin_beta, c.left_spin_w1, c.left_spin_w2, c.left_spin_eps)
+                h, _ = left_spin_residual(h, delta, params=c.left_spin_params)
             else:
                 h = h + c.left_spin_alpha * math.tanh(c.left_spin_tau) * delta
         return self.proj(h.transpose(1, 2).reshape(b, t, d))
@@ -240,8 +228,7 @@ class APTModel(nn.Module):
             import apt_ext
             apt_ext.quantize_(self, cfg.use_fp4,
                               filter_fn=(lambda m, fqn: fqn != "lm_head") if cfg.tie_embeddings else None)
-        from apt_ext import vb
-        vb.apply_if_enabled(self)
+        run_init_hooks(self)
 
     def _init_weights(self) -> None:
         std = self.config.init_std
@@ -398,7 +385,6 @@ class APTModel(nn.Module):
     # ---- generation, save / load --------------------------------------------------------
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
         """See :func:`apt_ext.model.generation.generate`."""
-        from apt_ext.model.generation import generate
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -1,6 +1,7 @@
 """``FP4Linear``: nn.Linear with a frozen 4-bit weight, computed by ``torch.ops.apt.fp4_linear``."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -8,13 +9,20 @@ import torch
 from torch import nn
 
 from apt_ext import _native
-from apt_ext.fp4 import checks
+from apt_ext.fp4.format import DEFAULT_FORMAT, get_format
 from apt_ext.fp4.tiled import TiledFP4Weight, tile
 from apt_ext.fp4.weight import FP4Weight, quantize
 
 # Rows of x (leading dims flattened) up to which inference on CUDA uses the tiled GEMV
 # (fp4_linear_tiled); above it fp4_linear's batched path is faster.
 TILED_MAX_ROWS = 16
+
+
+@functools.cache
+def _has_tiled_cuda_kernel() -> bool:
+    """Whether this build has the CUDA kernel of apt::fp4_linear_tiled (asked once, so that
+    torch.compile does not trace the dispatcher query)."""
+    return _native.has_kernel("fp4_linear_tiled", "CUDA")
 
 
 class FP4Linear(nn.Module):
@@ -32,15 +40,14 @@ class FP4Linear(nn.Module):
     beside the buffers (not saved; rebuilt after ``.to()`` or ``load_state_dict``).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = "nvfp4",
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = DEFAULT_FORMAT,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
-        checks.check_fmt(fmt)
+        self.block_size = get_format(fmt).block_size
         self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
-        self.block_size = checks.default_block(fmt, None)
         w = torch.empty(out_features, in_features, device=device, dtype=torch.float32)
         nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         q = quantize(w, fmt)
@@ -56,15 +63,15 @@ class FP4Linear(nn.Module):
             self.register_parameter("bias", None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, fmt: str = "nvfp4") -> "FP4Linear":
+    def from_linear(cls, linear: nn.Linear, fmt: str = DEFAULT_FORMAT) -> "FP4Linear":
         """Quantise an ``nn.Linear`` (its weight must be finite) into a new FP4Linear."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
-        checks.check_fmt(fmt)
+        block_size = get_format(fmt).block_size
         mod = cls.__new__(cls)
         nn.Module.__init__(mod)
         mod.in_features, mod.out_features, mod.fmt = linear.in_features, linear.out_features, fmt
-        mod.block_size = checks.default_block(fmt, None)
+        mod.block_size = block_size
         q = quantize(linear.weight.detach(), fmt)
         mod._tiled = None
         mod.register_buffer("packed", q.packed)
@@ -92,12 +99,16 @@ class FP4Linear(nn.Module):
                                         self.fmt, self.block_size)
 
     def _takes_tiled_path(self, x: torch.Tensor) -> bool:
-        if not (x.is_cuda and self.packed.is_cuda):
+        if not (x.is_cuda and self.packed.is_cuda) or x.numel() > TILED_MAX_ROWS * self.in_features:
             return False
-        if x.numel() > TILED_MAX_ROWS * self.in_features or not _native.has_kernel("fp4_linear_tiled", "CUDA"):
+        if not _has_tiled_cuda_kernel():
             return False
         needs_grad = x.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        return not (torch.is_grad_enabled() and needs_grad)
+        if torch.is_grad_enabled() and needs_grad:
+            return False
+        # torch.compile traces the tiled path only when an eager call already built the copy
+        # (building it reads mxfp4's exponent range back to the host).
+        return not torch.compiler.is_compiling() or getattr(self, "_tiled", None) is not None
 
     def tiled_weight(self) -> TiledFP4Weight:
         """The tiled copy of the weight on the buffers' device (built once, then cached)."""
@@ -147,7 +158,7 @@ class FP4Linear(nn.Module):
 FusedFP4Linear = FP4Linear
 
 
-def quantize_(model: nn.Module, fmt: str = "nvfp4",
+def quantize_(model: nn.Module, fmt: str = DEFAULT_FORMAT,
               filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (in place) by ``FP4Linear.from_linear``.
 
@@ -157,7 +168,7 @@ def quantize_(model: nn.Module, fmt: str = "nvfp4",
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    checks.check_fmt(fmt)
+    get_format(fmt)
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError(f"filter_fn: expected a callable (module, fqn) -> bool, got {type(filter_fn).__name__}")
     targets = [(fqn, m) for fqn, m in model.named_modules()

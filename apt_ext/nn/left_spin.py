@@ -29,13 +29,12 @@ which resets the chain at the start of every ``model(...)`` call.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from apt_ext.ops import left_spin_residual
+from apt_ext.left_spin._ops import left_spin_residual
+from apt_ext.left_spin.params import DEFAULTS, LeftSpinParams
 
 
 class LeftSpinChain:
@@ -72,23 +71,21 @@ class LeftSpinResidual(nn.Module):
     dtype. With a chain, the previous site's du and phi enter as du_prev and phi_prev, and this
     site's du and phi are stored for the next one. Without a chain (argument or constructor),
     the site uses no previous state. ``enabled=False`` gives the plain ``u + du`` and leaves
-    the chain untouched. The gate is the same in train and eval mode. Hyperparameters as in
-    SPEC 4 (alpha 0.5, tau 0.3, beta 0.7, w1 1.0, w2 0.5, eps 1e-6).
+    the chain untouched. The gate is the same in train and eval mode. Hyperparameters: a
+    ``LeftSpinParams`` (``params``) or the six scalars, defaults of SPEC 4 (alpha 0.5, tau 0.3,
+    beta 0.7, w1 1.0, w2 0.5, eps 1e-6).
     """
 
-    def __init__(self, alpha: float = 0.5, tau: float = 0.3, beta: float = 0.7, w1: float = 1.0,
-                 w2: float = 0.5, eps: float = 1e-6, enabled: bool = True,
-                 chain: LeftSpinChain | None = None) -> None:
+    def __init__(self, alpha: float = DEFAULTS.alpha, tau: float = DEFAULTS.tau, beta: float = DEFAULTS.beta,
+                 w1: float = DEFAULTS.w1, w2: float = DEFAULTS.w2, eps: float = DEFAULTS.eps,
+                 enabled: bool = True, chain: LeftSpinChain | None = None,
+                 params: LeftSpinParams | None = None) -> None:
         super().__init__()
-        for name, v in (("alpha", alpha), ("tau", tau), ("beta", beta), ("w1", w1), ("w2", w2)):
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name}: expected a finite number, got {v!r}")
-        if not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
-            raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+        if params is not None and not isinstance(params, LeftSpinParams):
+            raise TypeError(f"params: expected a LeftSpinParams or None, got {type(params).__name__}")
         if chain is not None and not isinstance(chain, LeftSpinChain):
             raise TypeError(f"chain: expected a LeftSpinChain or None, got {type(chain).__name__}")
-        self.alpha, self.tau, self.beta = float(alpha), float(tau), float(beta)
-        self.w1, self.w2, self.eps = float(w1), float(w2), float(eps)
+        self.params = params if params is not None else LeftSpinParams(alpha, tau, beta, w1, w2, eps)
         self.enabled = bool(enabled)
         self.chain = chain
 
@@ -99,12 +96,12 @@ class LeftSpinResidual(nn.Module):
         chain = chain if chain is not None else self.chain
         du_prev = chain.du_prev if chain is not None else None
         phi_prev = chain.phi_prev if chain is not None else None
-        out, phi = left_spin_residual(u, du, du_prev, phi_prev, self.alpha, self.tau, self.beta,
-                                      self.w1, self.w2, self.eps)
+        out, phi = left_spin_residual(u, du, du_prev, phi_prev, params=self.params)
         if chain is not None:
             chain.du_prev, chain.phi_prev = du, phi
         return out
 
     def extra_repr(self) -> str:
-        return (f"alpha={self.alpha}, tau={self.tau}, beta={self.beta}, w1={self.w1}, "
-                f"w2={self.w2}, eps={self.eps}, enabled={self.enabled}")
+        p = self.params
+        return (f"alpha={p.alpha}, tau={p.tau}, beta={p.beta}, w1={p.w1}, w2={p.w2}, eps={p.eps}, "
+                f"enabled={self.enabled}")

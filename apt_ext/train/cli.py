@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from apt_ext.left_spin.params import DEFAULTS as LEFT_SPIN
 from apt_ext.model import APTModelConfiguration
 from apt_ext.train.trainer import TrainConfig
 
@@ -40,8 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--no-left-spin", action="store_true")
     m.add_argument("--no-autopoietic", action="store_true")
     m.add_argument("--dbc-dac", action="store_true")
-    for name, default in (("alpha", 0.5), ("tau", 0.3), ("beta", 0.7)):
-        m.add_argument(f"--left-spin-{name}", type=float, default=default)
+    for name in ("alpha", "tau", "beta"):
+        m.add_argument(f"--left-spin-{name}", type=float, default=getattr(LEFT_SPIN, name))
 
 
 def configs_from_args(a: argparse.Namespace) -> tuple[TrainConfig, APTModelConfiguration]:

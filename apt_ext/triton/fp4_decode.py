@@ -1,7 +1,8 @@
 """Triton device helpers that decode FP4 codes and block scales (SPEC section 3).
 
-Values are exact float32 (code value times decode scale, as in apt_ext/reference/fp4.py).
-Formats are compile-time ints: NVFP4=0, MXFP4=1, NF4=2 (the order of csrc/fp4/fp4_format.h).
+Values are exact float32 (code value times decode scale, as in tests/reference/fp4.py).
+Formats are compile-time ints, their index in apt_ext.fp4.format.FORMAT_NAMES (NVFP4=0, MXFP4=1,
+NF4=2, the enum of csrc/fp4/fp4_format.h).
 """
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from apt_ext.reference.fp4 import NF4_VALUES
+from apt_ext.fp4.format import FORMAT_NAMES, code_table
 
-FORMAT_IDS = {"nvfp4": 0, "mxfp4": 1, "nf4": 2}
+FORMAT_IDS = {name: i for i, name in enumerate(FORMAT_NAMES)}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 _NF4_LUTS: dict[torch.device, torch.Tensor] = {}
@@ -23,7 +24,7 @@ def nf4_lut(device: torch.device) -> torch.Tensor:
     """float32 [16] NF4 table on ``device`` (cached; the kernels gather from it)."""
     lut = _NF4_LUTS.get(device)
     if lut is None:
-        lut = torch.tensor(NF4_VALUES, dtype=torch.float32, device=device)
+        lut = code_table("nf4", device)
         _NF4_LUTS[device] = lut
     return lut
 

@@ -5,7 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
-from apt_ext.fp4 import checks
+from apt_ext import _native
+from apt_ext.triton import kernel
 from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_value, decode_scale, nf4_lut, scales_as_raw
 
 _BLOCK_N, _BLOCK_B = 16, 64
@@ -41,12 +42,11 @@ def dequantize_into(packed: torch.Tensor, scales: torch.Tensor, tensor_scale: to
                              BLOCK_N=_BLOCK_N, BLOCK_B=_BLOCK_B)
 
 
+@kernel("fp4_dequantize")
 def fp4_dequantize(packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor, fmt: str,
                    block_size: int, dtype: torch.dtype) -> torch.Tensor:
     """packed uint8 [N, Kp/2], scales [N, Kp/block_size], tensor_scale float32 -> [N, Kp] ``dtype``."""
-    kp = checks.check_packed_weight(packed, scales, tensor_scale, fmt, block_size)
-    if dtype not in checks.FLOAT_DTYPES:
-        raise TypeError(f"dtype: expected float32, bfloat16 or float16, got {dtype}")
+    kp = _native._C.fp4.check_dequantize(packed, scales, tensor_scale, fmt, block_size, dtype)
     packed, scales = packed.contiguous(), scales.contiguous()
     # The interpreter has no bfloat16/float16 arithmetic: decode in float32, round with torch
     # (the same round-to-nearest-even).

@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from apt_ext.fp4 import checks
+from apt_ext import _native
+from apt_ext.triton import kernel
 from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_value, decode_scale, nf4_lut, scales_as_raw
 
 SMALL_M_MAX = 64      # rows of x up to which the split-K tuning runs
@@ -109,8 +110,7 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_s
            bias: torch.Tensor | None, fmt: str, block_size: int, gelu: bool = False) -> torch.Tensor:
     """x [..., K] float32/bfloat16/float16 -> [..., N] in x's dtype (fp32 accumulation);
     ``gelu`` applies the exact (erf) GELU after the bias."""
-    kp = checks.check_packed_weight(packed, scales, tensor_scale, fmt, block_size)
-    checks.check_linear_args(x, packed, bias, kp, block_size)
+    kp = _native._C.fp4.check_linear(x, packed, scales, tensor_scale, bias, fmt, block_size)
     k, n = x.shape[-1], packed.shape[0]
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
@@ -145,12 +145,14 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_s
     return out.to(out_dtype).reshape(*x.shape[:-1], n)
 
 
+@kernel("fp4_linear")
 def fp4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
                bias: torch.Tensor | None, fmt: str, block_size: int) -> torch.Tensor:
     """The ``apt::fp4_linear`` schema's Triton kernel."""
     return linear(x, packed, scales, tensor_scale, bias, fmt, block_size)
 
 
+@kernel("fp4_linear_gelu")
 def fp4_linear_gelu(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
                     bias: torch.Tensor | None, fmt: str, block_size: int) -> torch.Tensor:
     """The ``apt::fp4_linear_gelu`` schema's Triton kernel (GELU in the epilogue)."""

@@ -14,9 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
+from apt_ext import _native
+from apt_ext.triton import kernel
+
 MAX_RESIDENT_D = 8192  # rows up to this length stay in registers between the two passes
 LOOP_BLOCK_D = 4096     # chunk of the two-pass kernels
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
@@ -232,11 +234,7 @@ def _on_device(t: torch.Tensor):
 
 
 def _prepare(u, du, du_prev, phi_prev, params):
-    from apt_ext.ops import check_left_spin_inputs  # apt_ext.ops registers these kernels
-
-    check_left_spin_inputs(u, du, du_prev, phi_prev, *params)
-    if u.dtype not in _DTYPES:
-        raise TypeError(f"u: the Triton kernel takes float32, bfloat16 or float16, got {u.dtype}")
+    _native._C.left_spin.check(u, du, du_prev, phi_prev, *params, allow_double=False)  # the native checks
     D = u.shape[-1]
     u_c, du_c = u.contiguous(), du.contiguous()
     dp_c = du_prev.contiguous() if du_prev is not None else None
@@ -244,6 +242,7 @@ def _prepare(u, du, du_prev, phi_prev, params):
     return u_c, du_c, dp_c, pp_c, D, u.numel() // D
 
 
+@kernel("left_spin_residual")
 def left_spin_residual(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor | None,
                        phi_prev: torch.Tensor | None, alpha: float, tau: float, beta: float,
                        w1: float, w2: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,17 +263,16 @@ def left_spin_residual(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor 
     return out, phi
 
 
+@kernel("left_spin_residual_backward")
 def left_spin_residual_backward(grad_out: torch.Tensor, grad_phi: torch.Tensor, u: torch.Tensor,
                                 du: torch.Tensor, du_prev: torch.Tensor | None,
                                 phi_prev: torch.Tensor | None, alpha: float, tau: float,
                                 beta: float, w1: float, w2: float, eps: float
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton implementation of apt::left_spin_residual_backward (same schema and results)."""
-    from apt_ext.ops import check_left_spin_grads
-
     params = (alpha, tau, beta, w1, w2, eps)
     u_c, du_c, dp_c, pp_c, D, rows = _prepare(u, du, du_prev, phi_prev, params)
-    check_left_spin_grads(u, grad_out, grad_phi)
+    _native._C.left_spin.check_grads(u, grad_out, grad_phi)
     go = grad_out.to(u.dtype).contiguous()
     gphi = grad_phi.to(torch.float32).contiguous()
     grad_u, grad_du = torch.empty_like(u_c), torch.empty_like(du_c)

@@ -8,10 +8,12 @@
 namespace apt::fp4 {
 
 Format parse_format(const std::string& fmt) {
-  if (fmt == "nvfp4") return Format::NVFP4;
-  if (fmt == "mxfp4") return Format::MXFP4;
-  if (fmt == "nf4") return Format::NF4;
-  TORCH_CHECK_VALUE(false, "fmt: unknown FP4 format '", fmt, "'; expected one of 'nvfp4', 'mxfp4', 'nf4'");
+  std::string names;
+  for (Format f : kFormats) {
+    if (fmt == name_of(f)) return f;
+    names += std::string(names.empty() ? "" : ", ") + "'" + name_of(f) + "'";
+  }
+  TORCH_CHECK_VALUE(false, "fmt: unknown FP4 format '", fmt, "'; expected one of ", names);
 }
 
 void check_block_size(Format f, const std::string& fmt, int64_t block_size) {
@@ -77,6 +79,35 @@ void check_linear_args(const at::Tensor& x, const at::Tensor& packed,
     TORCH_CHECK_VALUE(bias->device() == packed.device(), "bias: expected device ", packed.device(),
                       ", got ", bias->device());
   }
+}
+
+Format check_quantize_args(const at::Tensor& w, const std::string& fmt, int64_t block_size) {
+  const Format f = parse_format(fmt);
+  check_block_size(f, fmt, block_size);
+  check_quantize_weight(w);
+  return f;
+}
+
+PackedWeightArgs check_dequantize_args(const at::Tensor& packed, const at::Tensor& scales,
+                                       const at::Tensor& tensor_scale, const std::string& fmt,
+                                       int64_t block_size, c10::ScalarType dtype) {
+  const Format f = parse_format(fmt);
+  check_block_size(f, fmt, block_size);
+  const int64_t kp = check_packed_weight(packed, scales, tensor_scale, f, block_size);
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+                   "dtype: expected float32, bfloat16 or float16, got ", dtype);
+  return {f, kp};
+}
+
+PackedWeightArgs check_linear_op_args(const at::Tensor& x, const at::Tensor& packed,
+                                      const at::Tensor& scales, const at::Tensor& tensor_scale,
+                                      const c10::optional<at::Tensor>& bias, const std::string& fmt,
+                                      int64_t block_size) {
+  const Format f = parse_format(fmt);
+  check_block_size(f, fmt, block_size);
+  const int64_t kp = check_packed_weight(packed, scales, tensor_scale, f, block_size);
+  check_linear_args(x, packed, bias, kp, block_size);
+  return {f, kp};
 }
 
 void check_pack_input(const at::Tensor& codes) {

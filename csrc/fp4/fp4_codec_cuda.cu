@@ -219,13 +219,10 @@ at::Tensor fp4_unpack_cuda(const at::Tensor& packed) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_quantize_cuda(const at::Tensor& w, const std::string& fmt,
                                                                int64_t block_size) {
-  const Format f = parse_format(fmt);
-  check_block_size(f, fmt, block_size);
-  check_quantize_weight(w);
+  const Format f = check_quantize_args(w, fmt, block_size);
   const c10::cuda::CUDAGuard guard(w.device());
   auto wc = w.contiguous();
-  TORCH_CHECK_VALUE(wc.isfinite().all().item<bool>(),
-                    "w: weight contains NaN or Inf; FP4 quantisation needs finite values");
+  TORCH_CHECK_VALUE(wc.isfinite().all().item<bool>(), kNonFiniteWeightMessage);
   const int64_t n = wc.size(0), k = wc.size(1);
   const int64_t nb = (k + block_size - 1) / block_size;
   at::Tensor packed = at::empty({n, nb * block_size / 2}, wc.options().dtype(at::kByte));
@@ -255,11 +252,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_quantize_cuda(const at::Tenso
 at::Tensor fp4_dequantize_cuda(const at::Tensor& packed, const at::Tensor& scales,
                                const at::Tensor& tensor_scale, const std::string& fmt, int64_t block_size,
                                c10::ScalarType dtype) {
-  const Format f = parse_format(fmt);
-  check_block_size(f, fmt, block_size);
-  const int64_t kp = check_packed_weight(packed, scales, tensor_scale, f, block_size);
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-                   "dtype: expected float32, bfloat16 or float16, got ", c10::toString(dtype));
+  const PackedWeightArgs args = check_dequantize_args(packed, scales, tensor_scale, fmt, block_size, dtype);
+  const Format f = args.format;
+  const int64_t kp = args.k_padded;
   const c10::cuda::CUDAGuard guard(packed.device());
   at::Tensor out = at::empty({packed.size(0), kp}, packed.options().dtype(dtype));
   at::Tensor p = packed.contiguous();

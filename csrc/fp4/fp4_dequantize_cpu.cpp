@@ -15,11 +15,9 @@ namespace apt::fp4 {
 
 at::Tensor fp4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& tensor_scale,
                               const std::string& fmt, int64_t block_size, c10::ScalarType dtype) {
-  const Format f = parse_format(fmt);
-  check_block_size(f, fmt, block_size);
-  const int64_t kp = check_packed_weight(packed, scales, tensor_scale, f, block_size);
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-                   "dtype: expected float32, bfloat16 or float16, got ", dtype);
+  const PackedWeightArgs args = check_dequantize_args(packed, scales, tensor_scale, fmt, block_size, dtype);
+  const Format f = args.format;
+  const int64_t kp = args.k_padded;
   const at::Tensor pk = packed.contiguous(), sc = scales.contiguous();
   const float ts = tensor_scale.item<float>();
   const int64_t n = pk.size(0);

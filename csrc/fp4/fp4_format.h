@@ -1,5 +1,7 @@
 // FP4 formats of SPEC section 3: names, block sizes, code tables and argument checks shared by
-// the CPU and CUDA kernels. Host and device code may include it.
+// the CPU and CUDA kernels. Host and device code may include it. The Python side keeps the same
+// facts in apt_ext/fp4/format.py; tests/test_fp4_format.py compares the two through
+// apt_ext._C.fp4.format_table() (csrc/fp4/fp4_bindings.cpp).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
@@ -11,6 +13,16 @@
 namespace apt::fp4 {
 
 enum class Format : int { NVFP4 = 0, MXFP4 = 1, NF4 = 2 };
+
+constexpr Format kFormats[] = {Format::NVFP4, Format::MXFP4, Format::NF4};
+
+inline constexpr const char* name_of(Format f) {
+  return f == Format::NVFP4 ? "nvfp4" : (f == Format::MXFP4 ? "mxfp4" : "nf4");
+}
+
+// Raised by fp4_quantize for a weight with NaN or Inf (CPU and CUDA).
+constexpr const char* kNonFiniteWeightMessage =
+    "w: weight contains NaN or Inf; FP4 quantisation needs finite values";
 
 // E2M1 magnitudes by code 0..7; codes 8..15 are the negatives.
 constexpr float kE2M1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
@@ -82,5 +94,24 @@ Format check_tiled_weight(const at::Tensor& tiles, const at::Tensor& tile_scales
 // Checks x [..., k] and an optional bias [n] against a tiled weight on tiles' device.
 void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const c10::optional<at::Tensor>& bias,
                              int64_t n, int64_t k);
+
+// ---- every argument check of one op, in one call ---------------------------------------
+// The CPU and CUDA kernels call these; the Triton kernels and the fake kernels call them
+// through apt_ext._C.fp4 (csrc/fp4/fp4_bindings.cpp), so each op has its checks in C++ only.
+struct PackedWeightArgs {
+  Format format;
+  int64_t k_padded;
+};
+
+Format check_quantize_args(const at::Tensor& w, const std::string& fmt, int64_t block_size);
+
+PackedWeightArgs check_dequantize_args(const at::Tensor& packed, const at::Tensor& scales,
+                                       const at::Tensor& tensor_scale, const std::string& fmt,
+                                       int64_t block_size, c10::ScalarType dtype);
+
+PackedWeightArgs check_linear_op_args(const at::Tensor& x, const at::Tensor& packed,
+                                      const at::Tensor& scales, const at::Tensor& tensor_scale,
+                                      const c10::optional<at::Tensor>& bias, const std::string& fmt,
+                                      int64_t block_size);
 
 }  // namespace apt::fp4

@@ -103,10 +103,9 @@ void linear_gemm4(const CpuKernels& kern, const float* x, int64_t m, const Weigh
 at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                           const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias, const std::string& fmt,
                           int64_t block_size) {
-  const Format f = parse_format(fmt);
-  check_block_size(f, fmt, block_size);
-  const int64_t kp = check_packed_weight(packed, scales, tensor_scale, f, block_size);
-  check_linear_args(x, packed, bias, kp, block_size);
+  const PackedWeightArgs args = check_linear_op_args(x, packed, scales, tensor_scale, bias, fmt, block_size);
+  const Format f = args.format;
+  const int64_t kp = args.k_padded;
   const int64_t k = x.size(-1), n = packed.size(0);
   const CpuKernels kern = cpu_kernels();
   const at::Tensor x2 = linear_order_x(kern, x.reshape({-1, k}).to(at::kFloat), kp);

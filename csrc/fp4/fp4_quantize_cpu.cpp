@@ -59,9 +59,7 @@ inline int mx_exponent(float bamax) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_quantize_cpu(const at::Tensor& w, const std::string& fmt,
                                                                 int64_t block_size) {
-  const Format f = parse_format(fmt);
-  check_block_size(f, fmt, block_size);
-  check_quantize_weight(w);
+  const Format f = check_quantize_args(w, fmt, block_size);
   const at::Tensor wf = w.to(at::kFloat).contiguous();
   const int64_t n = wf.size(0), k = wf.size(1), bs = block_size;
   const int64_t nb = (k + bs - 1) / bs, kp = nb * bs;
@@ -85,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_quantize_cpu(const at::Tensor
       if (bad) nonfinite.store(true);
     }
   });
-  TORCH_CHECK_VALUE(!nonfinite.load(), "w: weight contains NaN or Inf; FP4 quantisation needs finite values");
+  TORCH_CHECK_VALUE(!nonfinite.load(), kNonFiniteWeightMessage);
 
   float ts = 1.0f;
   if (f == Format::NVFP4) {

@@ -21,9 +21,8 @@ void check_same(const at::Tensor& u, const at::Tensor& t, const char* name) {
                     "), got ", t.device());
 }
 
-Inputs prepare(const at::Tensor& u, const at::Tensor& du,
-                      const std::optional<at::Tensor>& du_prev,
-                      const std::optional<at::Tensor>& phi_prev, bool allow_double) {
+void check_inputs(const at::Tensor& u, const at::Tensor& du, const std::optional<at::Tensor>& du_prev,
+                  const std::optional<at::Tensor>& phi_prev, bool allow_double) {
   const auto st = u.scalar_type();
   const bool ok = st == at::kFloat || st == at::kBFloat16 || st == at::kHalf ||
                   (allow_double && st == at::kDouble);
@@ -32,43 +31,49 @@ Inputs prepare(const at::Tensor& u, const at::Tensor& du,
   TORCH_CHECK_VALUE(u.dim() >= 1, "u: expected a tensor [..., D] with at least 1 dimension");
   TORCH_CHECK_VALUE(u.size(-1) > 0, "u: the last dimension D must be > 0, got shape ", u.sizes());
   check_same(u, du, "du");
-  Inputs in;
-  in.D = u.size(-1);
-  in.rows = u.numel() / in.D;
-  in.acc = st == at::kDouble ? at::kDouble : at::kFloat;
-  in.u = u.contiguous();
-  in.du = du.contiguous();
-  if (du_prev.has_value() && du_prev->defined()) {
-    check_same(u, *du_prev, "du_prev");
-    in.du_prev = du_prev->contiguous();
-  }
+  if (du_prev.has_value() && du_prev->defined()) check_same(u, *du_prev, "du_prev");
   if (phi_prev.has_value() && phi_prev->defined()) {
     const auto& pp = *phi_prev;
     TORCH_CHECK_TYPE(at::isFloatingType(pp.scalar_type()),
                      "phi_prev: expected a floating-point tensor (float32), got ", pp.scalar_type());
-    TORCH_CHECK_VALUE(pp.sizes() == u.sizes().slice(0, u.dim() - 1),
-                      "phi_prev: expected shape u.shape[:-1] = ", u.sizes().slice(0, u.dim() - 1),
-                      ", got ", pp.sizes());
+    TORCH_CHECK_VALUE(pp.sizes() == row_shape(u), "phi_prev: expected shape u.shape[:-1] = ",
+                      row_shape(u), ", got ", pp.sizes());
     TORCH_CHECK_VALUE(pp.device() == u.device(), "phi_prev: expected the device of u (", u.device(),
                       "), got ", pp.device());
-    in.phi_prev = pp.to(in.acc).contiguous();
   }
+}
+
+void check_grads(const at::Tensor& u, const at::Tensor& grad_out, const at::Tensor& grad_phi) {
+  TORCH_CHECK_VALUE(grad_out.sizes() == u.sizes(), "grad_out: expected the shape of u ", u.sizes(),
+                    ", got ", grad_out.sizes());
+  TORCH_CHECK_VALUE(grad_phi.sizes() == row_shape(u), "grad_phi: expected shape u.shape[:-1] = ",
+                    row_shape(u), ", got ", grad_phi.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_out.scalar_type()) &&
+                       at::isFloatingType(grad_phi.scalar_type()),
+                   "grad_out, grad_phi: expected floating-point tensors, got ",
+                   grad_out.scalar_type(), " and ", grad_phi.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.device() == u.device() && grad_phi.device() == u.device(),
+                    "grad_out, grad_phi: expected the device of u (", u.device(), ")");
+}
+
+Inputs prepare(const at::Tensor& u, const at::Tensor& du,
+                      const std::optional<at::Tensor>& du_prev,
+                      const std::optional<at::Tensor>& phi_prev, bool allow_double) {
+  check_inputs(u, du, du_prev, phi_prev, allow_double);
+  Inputs in;
+  in.D = u.size(-1);
+  in.rows = u.numel() / in.D;
+  in.acc = u.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  in.u = u.contiguous();
+  in.du = du.contiguous();
+  if (du_prev.has_value() && du_prev->defined()) in.du_prev = du_prev->contiguous();
+  if (phi_prev.has_value() && phi_prev->defined()) in.phi_prev = phi_prev->to(in.acc).contiguous();
   return in;
 }
 
 void prepare_grads(const Inputs& in, const at::Tensor& grad_out, const at::Tensor& grad_phi,
                           at::Tensor& go, at::Tensor& gphi) {
-  TORCH_CHECK_VALUE(grad_out.sizes() == in.u.sizes(), "grad_out: expected the shape of u ",
-                    in.u.sizes(), ", got ", grad_out.sizes());
-  TORCH_CHECK_VALUE(grad_phi.sizes() == in.u.sizes().slice(0, in.u.dim() - 1),
-                    "grad_phi: expected shape u.shape[:-1] = ", in.u.sizes().slice(0, in.u.dim() - 1),
-                    ", got ", grad_phi.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(grad_out.scalar_type()) &&
-                       at::isFloatingType(grad_phi.scalar_type()),
-                   "grad_out, grad_phi: expected floating-point tensors, got ",
-                   grad_out.scalar_type(), " and ", grad_phi.scalar_type());
-  TORCH_CHECK_VALUE(grad_out.device() == in.u.device() && grad_phi.device() == in.u.device(),
-                    "grad_out, grad_phi: expected the device of u (", in.u.device(), ")");
+  check_grads(in.u, grad_out, grad_phi);
   go = grad_out.to(in.u.scalar_type()).contiguous();
   gphi = grad_phi.to(in.acc).contiguous();
 }

@@ -1,5 +1,5 @@
 // Argument checks and input preparation of apt::left_spin_residual(_backward), shared by the
-// CPU and CUDA kernels. The Python fake kernels (apt_ext/ops.py) raise the same errors.
+// CPU and CUDA kernels. The Triton and fake kernels (apt_ext/left_spin/) call these checks through apt_ext._C.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -27,12 +27,22 @@ void check_cuda_inputs(const Inputs& in);
 
 void check_same(const at::Tensor& u, const at::Tensor& t, const char* name);
 
-// allow_double: float64 inputs (the CPU kernel accepts them, for gradcheck).
+// Every argument check of the forward op's tensors (no copies). allow_double: float64 inputs
+// (the CPU kernel accepts them, for gradcheck). The Triton and fake kernels call it (and
+// check_grads, check_params) through apt_ext._C.left_spin (left_spin_bindings.cpp).
+void check_inputs(const at::Tensor& u, const at::Tensor& du, const std::optional<at::Tensor>& du_prev,
+                  const std::optional<at::Tensor>& phi_prev, bool allow_double);
+
+// The backward op's grad_out [..., D] and grad_phi [...] against u.
+void check_grads(const at::Tensor& u, const at::Tensor& grad_out, const at::Tensor& grad_phi);
+
+// check_inputs, then contiguous copies (and phi_prev in the accumulation dtype).
 Inputs prepare(const at::Tensor& u, const at::Tensor& du,
                       const std::optional<at::Tensor>& du_prev,
                       const std::optional<at::Tensor>& phi_prev, bool allow_double);
 
-// grad_out [..., D] -> u's dtype, contiguous; grad_phi [...] -> the accumulation dtype.
+// check_grads, then grad_out [..., D] -> u's dtype, contiguous; grad_phi [...] -> the
+// accumulation dtype.
 void prepare_grads(const Inputs& in, const at::Tensor& grad_out, const at::Tensor& grad_phi,
                           at::Tensor& go, at::Tensor& gphi);
 

@@ -15,7 +15,7 @@ from apt_ext import _native
 from apt_ext.fp4 import quantize
 from apt_ext.fp4.tiled import tile
 from apt_ext.nn import FP4Linear
-from apt_ext.reference import fp4 as ref
+from reference import fp4 as ref
 
 FORMATS = ("nvfp4", "mxfp4", "nf4")
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -44,8 +44,8 @@ def _rel_err(y: torch.Tensor, r: torch.Tensor) -> float:
     return float((y.double().cpu() - r.double().cpu()).norm() / r.double().cpu().norm().clamp_min(1e-30))
 
 
-def _check(fmt: str, m: int, dt: torch.dtype, with_bias: bool, n: int, k: int, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
+def _check(fmt: str, m: int, dt: torch.dtype, with_bias: bool, n: int, k: int, apt_seed: int) -> None:
+    g = torch.Generator().manual_seed(apt_seed)
     q = quantize(_weight(n, k, g).to(DEV), fmt)
     t = tile(q)
     x = torch.randn(m, k, generator=g).to(dt).to(DEV)
@@ -64,30 +64,30 @@ def _check(fmt: str, m: int, dt: torch.dtype, with_bias: bool, n: int, k: int, s
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 15, 16, 17, 33])
 @pytest.mark.parametrize("dt", X_DTYPES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_gemv_small_k(fmt, m, dt, with_bias, seed):
-    _check(fmt, m, dt, with_bias, n=257, k=200, seed=seed)
+def test_gemv_small_k(fmt, m, dt, with_bias, apt_seed):
+    _check(fmt, m, dt, with_bias, n=257, k=200, apt_seed=apt_seed)
 
 
 @needs_cuda_build
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("m", [1, 5, 16])
 @pytest.mark.parametrize("dt", X_DTYPES)
-def test_gemv_long_k(fmt, m, dt, seed):
+def test_gemv_long_k(fmt, m, dt, apt_seed):
     """Many steps, K split across warps (shared-memory reduction), K not a multiple of 128."""
-    _check(fmt, m, dt, True, n=300, k=4192, seed=seed)
+    _check(fmt, m, dt, True, n=300, k=4192, apt_seed=apt_seed)
 
 
 @needs_cuda_build
 @pytest.mark.parametrize("shape", [(4096, 4096), (1000, 14336)])
-def test_gemv_large_shapes(shape, seed):
-    _check("nvfp4", 1, torch.bfloat16, False, *shape, seed=seed)
-    _check("nvfp4", 16, torch.bfloat16, True, *shape, seed=seed)
+def test_gemv_large_shapes(shape, apt_seed):
+    _check("nvfp4", 1, torch.bfloat16, False, *shape, apt_seed=apt_seed)
+    _check("nvfp4", 16, torch.bfloat16, True, *shape, apt_seed=apt_seed)
 
 
 @needs_cuda_build
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_tile_on_gpu_equals_dequantize(fmt, seed):
-    g = torch.Generator().manual_seed(seed)
+def test_tile_on_gpu_equals_dequantize(fmt, apt_seed):
+    g = torch.Generator().manual_seed(apt_seed)
     q = quantize(_weight(65, 300, g).to(DEV), fmt)
     t = tile(q)
     assert torch.equal(t.dequantize(), q.dequantize(torch.float32))
@@ -96,8 +96,8 @@ def test_tile_on_gpu_equals_dequantize(fmt, seed):
 
 
 @needs_cuda_build
-def test_gelu_epilogue(seed):
-    g = torch.Generator().manual_seed(seed)
+def test_gelu_epilogue(apt_seed):
+    g = torch.Generator().manual_seed(apt_seed)
     q = quantize(_weight(70, 256, g).to(DEV), "nvfp4")
     x = torch.randn(3, 256, generator=g).to(DEV, torch.bfloat16)
     bias = torch.randn(70, generator=g).to(DEV, torch.bfloat16)
@@ -108,8 +108,8 @@ def test_gelu_epilogue(seed):
 
 
 @needs_cuda_build
-def test_fp4linear_uses_tiled_path_for_inference(seed):
-    torch.manual_seed(seed)
+def test_fp4linear_uses_tiled_path_for_inference(apt_seed):
+    torch.manual_seed(apt_seed)
     layer = FP4Linear.from_linear(torch.nn.Linear(512, 300).to(DEV, torch.bfloat16), fmt="nvfp4")
     x = torch.randn(4, 512, device=DEV, dtype=torch.bfloat16)
     with torch.no_grad():
@@ -125,8 +125,8 @@ def test_fp4linear_uses_tiled_path_for_inference(seed):
 
 
 @needs_cuda_build
-def test_cuda_graph_capture_tiled(seed):
-    torch.manual_seed(seed)
+def test_cuda_graph_capture_tiled(apt_seed):
+    torch.manual_seed(apt_seed)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 128))
     model = apt_ext.quantize_(model.to(DEV, torch.bfloat16), fmt="nvfp4")
     static_x = torch.randn(1, 256, device=DEV, dtype=torch.bfloat16)
@@ -151,8 +151,8 @@ def test_cuda_graph_capture_tiled(seed):
 
 @needs_cuda_build
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_opcheck_tiled_cuda(fmt, seed):
-    g = torch.Generator().manual_seed(seed)
+def test_opcheck_tiled_cuda(fmt, apt_seed):
+    g = torch.Generator().manual_seed(apt_seed)
     q = quantize(_weight(24, 200, g).to(DEV), fmt)
     t = tile(q)
     x = torch.randn(3, 200, generator=g).to(DEV, torch.bfloat16)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from apt_ext import _native
-from apt_ext.ops import left_spin_residual
-from apt_ext.reference import left_spin as ref
+from apt_ext.left_spin import left_spin_residual
+from reference import left_spin as ref
 
 DEV = "cuda"
 PARAMS = tuple(ref.DEFAULTS.values())

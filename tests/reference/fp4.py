@@ -1,4 +1,6 @@
-"""Plain-PyTorch reference of the FP4 formats (SPEC section 3). Tests and docs only.
+"""Plain-PyTorch reference of the FP4 formats (SPEC section 3): the tests' definition of the
+math. Shipped code never imports it (it lives under tests/); the format constants come from
+apt_ext/fp4/format.py.
 
 Every kernel (C++ CPU, CUDA, Triton) must produce bit-identical codes and scales to
 ``quantize`` here, and ``dequantize`` values within the output dtype's rounding.
@@ -14,22 +16,9 @@ import math
 
 import torch
 
-BLOCK_SIZES = {"nvfp4": 16, "mxfp4": 32, "nf4": 64}
-SCALE_DTYPES = {"nvfp4": torch.float8_e4m3fn, "mxfp4": torch.uint8, "nf4": torch.float32}
+from apt_ext.fp4.format import E2M1_MAX, E4M3_MAX, FORMATS, code_table
 
-E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
-               -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
-NF4_VALUES = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-              -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-              0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-              0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
-E4M3_MAX = 448.0
-NF4_ZERO_CODE = 7
-
-
-def code_table(fmt: str) -> torch.Tensor:
-    """float32 [16]: the value each 4-bit code decodes to (before scaling)."""
-    return torch.tensor(NF4_VALUES if fmt == "nf4" else E2M1_VALUES, dtype=torch.float32)
+BLOCK_SIZES = {name: f.block_size for name, f in FORMATS.items()}
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:
@@ -63,41 +52,24 @@ def _blocks(w: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
     return wf.view(n, kp // block, block), kp
 
 
-def check_weight(w: torch.Tensor, fmt: str, block_size: int) -> None:
-    """The argument checks every implementation of fp4_quantize makes."""
-    if fmt not in BLOCK_SIZES:
-        raise ValueError(f"fmt: unknown FP4 format {fmt!r}; expected one of 'nvfp4', 'mxfp4', 'nf4'")
-    if block_size != BLOCK_SIZES[fmt]:
-        raise ValueError(f"block_size: format {fmt!r} uses blocks of {BLOCK_SIZES[fmt]} elements, got {block_size}")
-    if w.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"w: expected float32, bfloat16 or float16, got {w.dtype}")
-    if w.dim() != 2:
-        raise ValueError(f"w: expected a 2-D weight [N, K], got {w.dim()}-D")
-    if w.numel() == 0:
-        raise ValueError(f"w: expected a non-empty weight, got shape {tuple(w.shape)}")
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError("w: weight contains NaN or Inf; FP4 quantisation needs finite values")
-
-
 def quantize(w: torch.Tensor, fmt: str = "nvfp4", block_size: int | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """w [N, K] float -> (packed uint8 [N, Kp/2], scales [N, Kp/block], tensor_scale float32 [])."""
-    block_size = BLOCK_SIZES.get(fmt, 0) if block_size is None else block_size
-    check_weight(w, fmt, block_size)
+    block_size = BLOCK_SIZES[fmt] if block_size is None else block_size
     blocks, kp = _blocks(w, block_size)
     bamax = blocks.abs().amax(dim=-1)                                   # [N, nb] float32
     if fmt == "nvfp4":
         amax = bamax.max()
-        ts = amax / (E4M3_MAX * 6.0) if float(amax) > 0 else torch.ones((), dtype=torch.float32)
+        ts = amax / (E4M3_MAX * E2M1_MAX) if float(amax) > 0 else torch.ones((), dtype=torch.float32)
         ts = ts.to(torch.float32).reshape(())
-        s = (bamax / 6.0) / ts
+        s = (bamax / E2M1_MAX) / ts
         scales = s.clamp(max=E4M3_MAX).to(torch.float8_e4m3fn)
         dec = scales.float() * ts
         q = blocks / dec.unsqueeze(-1)
         codes = torch.where((dec == 0).unsqueeze(-1), torch.zeros_like(q, dtype=torch.uint8), e2m1_codes(q))
     elif fmt == "mxfp4":
         ts = torch.ones((), dtype=torch.float32)
-        mant, ex = torch.frexp(bamax / 6.0)                             # x = mant * 2**ex, mant in [0.5, 1)
+        mant, ex = torch.frexp(bamax / E2M1_MAX)                             # x = mant * 2**ex, mant in [0.5, 1)
         e = torch.where(mant == 0.5, ex - 1, ex)                         # exact ceil(log2(x))
         e = torch.where(bamax == 0, torch.full_like(e, -127), e).clamp(-127, 127)
         scales = (e + 127).to(torch.uint8)
@@ -109,7 +81,7 @@ def quantize(w: torch.Tensor, fmt: str = "nvfp4", block_size: int | None = None
         q = blocks / bamax.unsqueeze(-1)
         dist = (q.unsqueeze(-1) - code_table("nf4").to(q.device)).abs()   # [N, nb, block, 16]
         codes = dist.argmin(dim=-1).to(torch.uint8)                      # first minimum: ties -> lower index
-        codes = torch.where((bamax == 0).unsqueeze(-1), torch.full_like(codes, NF4_ZERO_CODE), codes)
+        codes = torch.where((bamax == 0).unsqueeze(-1), torch.full_like(codes, FORMATS['nf4'].zero_code), codes)
     packed = pack(codes.reshape(w.shape[0], kp))
     return packed, scales, ts
 

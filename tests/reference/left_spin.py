@@ -1,4 +1,5 @@
-"""Plain-PyTorch reference of the left-spin residual (SPEC section 4). Tests and docs only.
+"""Plain-PyTorch reference of the left-spin residual (SPEC section 4): the tests' definition of
+the math (shipped code never imports it; it lives under tests/).
 
 Per row of D elements (norms over the last dimension, in float32; float64 for float64
 inputs)::
@@ -16,8 +17,12 @@ v = 0 as 0, the convention the kernels follow.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
+
+from apt_ext.left_spin.params import DEFAULTS as PARAMS
 
 
 def left_spin_phi_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -26,9 +31,9 @@ def left_spin_phi_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def left_spin_residual(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor | None = None,
-                       phi_prev: torch.Tensor | None = None, alpha: float = 0.5, tau: float = 0.3,
-                       beta: float = 0.7, w1: float = 1.0, w2: float = 0.5, eps: float = 1e-6
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       phi_prev: torch.Tensor | None = None, alpha: float = PARAMS.alpha,
+                       tau: float = PARAMS.tau, beta: float = PARAMS.beta, w1: float = PARAMS.w1,
+                       w2: float = PARAMS.w2, eps: float = PARAMS.eps) -> tuple[torch.Tensor, torch.Tensor]:
     """u, du, du_prev [..., D]; phi_prev [...] -> (out [..., D] in u's dtype, phi [...] float32)."""
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
     uf, duf = u.to(acc), du.to(acc)
@@ -57,7 +62,7 @@ TOLERANCE = {
     torch.float16: (2e-3, 2e-3),
 }
 PHI_TOLERANCE = {torch.float64: (1e-10, 1e-10)}  # else (2e-5, 2e-5)
-DEFAULTS = dict(alpha=0.5, tau=0.3, beta=0.7, w1=1.0, w2=0.5, eps=1e-6)
+DEFAULTS = dataclasses.asdict(PARAMS)  # the keyword arguments of SPEC 4's defaults
 
 
 def make_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: str | torch.device,

@@ -1,0 +1,320 @@
+"""Renders benchmarks/RESULTS.md from the JSON files under benchmarks/results/.
+
+Every number in RESULTS.md comes from a JSON written by a benchmark script; nothing is typed by
+hand. Each section names its JSON, and the date, machine, torch version and command recorded
+in it. Adding a benchmark's results = one ``Section`` entry in ``SECTIONS`` (a title, the JSON
+file names or a glob, and a function that turns the loaded JSON into markdown).
+
+    python benchmarks/render_results.py            # rewrite benchmarks/RESULTS.md
+    python benchmarks/render_results.py --check    # exit 1 if RESULTS.md is not what the JSONs give
+
+tests/test_published_numbers.py runs the check, and checks that every figure quoted in
+README.md and docs/*.md cites a JSON that holds it (tools/check_numbers.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+OUT = HERE / "RESULTS.md"
+
+
+# ---- formatting -----------------------------------------------------------------------------
+def num(v: float | None, digits: int = 3) -> str:
+    """``digits`` significant digits, plain notation ("-" for None)."""
+    if v is None:
+        return "-"
+    if v == 0:
+        return "0"
+    mag = abs(v)
+    decimals = max(0, digits - 1 - int(f"{mag:e}".split("e")[1]))
+    return f"{v:,.{decimals}f}" if mag >= 10000 else f"{v:.{decimals}f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """a / b as "1.23x" ("-" when either is missing)."""
+    return "-" if not a or not b else f"{a / b:.2f}x"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def meta_line(name: str, d: dict) -> str:
+    """Source line: the JSON link plus the date, machine, torch, command and load it recorded."""
+    scopes = [d, d.get("meta", {})] + ([d["machine"]] if isinstance(d.get("machine"), dict) else [])
+    pick = lambda *keys: next((s[k] for k in keys for s in scopes if s.get(k) not in (None, "")), None)  # noqa: E731
+    machine = pick("machine", "card", "device_name", "host")
+    if isinstance(machine, dict):
+        machine = f"{machine.get('cpu', '')}, {machine.get('threads', '?')} threads"
+    load = pick("load_avg", "uptime")
+    parts = [f"Source: [results/{name}](results/{name})",
+             f"date {pick('date', 'date_utc') or 'not recorded'}",
+             f"machine {machine or 'not recorded'}",
+             f"torch {pick('torch') or 'not recorded'}"]
+    if load is not None:
+        parts.append("load average " + (" / ".join(f"{x:.1f}" for x in load) if isinstance(load, list) else str(load)))
+    cmd = pick("command")
+    return "; ".join(parts) + (f"; command `{cmd}`" if cmd else "") + "."
+
+
+# ---- sections -------------------------------------------------------------------------------
+@dataclass
+class Section:
+    """One part of RESULTS.md: ``files`` (names or one glob under results/), ``render(name, data)``
+    -> markdown per file; ``missing`` is printed when no file matches."""
+
+    title: str
+    files: list[str]
+    render: Callable[[str, dict], str]
+    missing: str = ""
+    level: int = 2
+
+
+def fp4_cpu(name: str, d: dict) -> str:
+    err = {r["fmt"]: r for r in d.get("error_gaussian", [])}
+    mini = {r["fmt"]: r for r in d.get("error_minilm", [])}
+    rows = [[f"{r['N']} x {r['K']}", r["M"], num(r["fp32_linear_ms"]), num(r["bf16_linear_ms"]),
+             num(r["fp4_linear_ms"]), ratio(r["fp32_linear_ms"], r["fp4_linear_ms"]),
+             ratio(r["bf16_linear_ms"], r["fp4_linear_ms"]), num(err.get("nvfp4", {}).get("rel_err"))]
+            for r in d["speed"]]
+    out = [f"`apt::fp4_linear` with an nvfp4 weight (float32 x) against `F.linear` with a float32 and a "
+           f"bfloat16 weight; ms per call (median of {d.get('repeats', '?')}), ratio = their time / ours. The "
+           f"accuracy column is the relative output error of an nvfp4 layer against its float32 original "
+           f"(Gaussian weights, same run).",
+           "",
+           table(["N x K", "M", "F.linear fp32 ms", "F.linear bf16 ms", "fp4_linear nvfp4 ms", "vs fp32",
+                  "vs bf16", "nvfp4 rel. error"], rows)]
+    if d.get("memory"):
+        out += ["", "Weight memory of one layer with bias (parameters + buffers):", "",
+                table(["layer", "MiB", "vs bf16 nn.Linear"],
+                      [[m["fmt"], num(m["bytes"] / 2**20), f"{m['ratio_vs_bf16']:.3f}x"] for m in d["memory"]])]
+    if err:
+        out += ["", "Relative output error ||y_fp4 - y_fp32|| / ||y_fp32||: Gaussian layer; every nn.Linear of "
+                "all-MiniLM-L6-v2 on its real activations; cosine of the quantised model's sentence embeddings "
+                "to the float32 model's:", "",
+                table(["fmt", "Gaussian", "MiniLM layers mean", "MiniLM layers max", "embedding cosine mean",
+                       "embedding cosine min"],
+                      [[f, num(e["rel_err"]), num(mini.get(f, {}).get("rel_err_mean")),
+                        num(mini.get(f, {}).get("rel_err_max")), num(mini.get(f, {}).get("embedding_cosine_mean"), 4),
+                        num(mini.get(f, {}).get("embedding_cosine_min"), 4)] for f, e in err.items()])]
+    return "\n".join(out)
+
+
+def left_spin(name: str, d: dict) -> str:
+    res = [r for r in d["results"] if "ms" in r]  # skipped cells carry a reason instead
+    impls = list(dict.fromkeys(r["impl"] for r in res))
+    ours = next(i for i in impls if i.startswith("apt"))
+    by = {(tuple(r["shape"]), r["mode"], r["impl"]): r for r in res}
+    shapes = list(dict.fromkeys(tuple(r["shape"]) for r in res))
+    modes = list(dict.fromkeys(r["mode"] for r in res))
+    copy = d.get("copy_gbs")
+    rows = []
+    for s in shapes:
+        for mode in modes:
+            base = by.get((s, mode, ours))
+            if base is None:
+                continue
+            cells = [f"{s[0]} x {s[1]}", mode]
+            for impl in impls:
+                r = by.get((s, mode, impl))
+                cells.append("-" if r is None else f"{num(r['ms'])} ({num(r['gbs'])} GB/s)")
+            cells += [ratio(by[(s, mode, i)]["ms"], base["ms"]) if (s, mode, i) in by else "-"
+                      for i in impls if i != ours]
+            rows.append(cells)
+    m = d.get("meta", {})
+    return "\n".join([
+        f"{m.get('dtype', '')} inputs with du_prev and phi_prev (a mid-chain site); median ms and the GB/s of the "
+        f"minimum bytes moved ({m.get('bytes_counted', 'not recorded')}). `copy_` bandwidth measured in the same "
+        f"run: {num(copy)} GB/s. Accuracy: not recorded by this benchmark (every kernel is checked against "
+        f"tests/reference/left_spin.py by the test suite). Ratios = their time / {ours}'s.",
+        "",
+        table(["rows x D", "mode", *[f"{i} ms" for i in impls], *[f"vs {i}" for i in impls if i != ours]], rows)])
+
+
+def vgpu(name: str, d: dict) -> str:
+    link, ssd = d["link"], d["ssd"]
+    out = [f"Note recorded with the run: {d['note']}.\n" if d.get("note") else "",
+           f"- host->device, {num(link['bytes'] / 2**20)} MiB: through the pager {num(link['pager_gbps'])} GB/s; "
+           f"pinned `copy_` {num(link['pinned_copy_gbps'])} GB/s, pageable {num(link['pageable_copy_gbps'])} GB/s "
+           f"(pager / pinned {link['pager_vs_pinned']:.2f}).",
+           f"- SSD->host, {num(ssd['bytes'] / 2**20)} MiB, O_DIRECT {'on' if ssd.get('o_direct') else 'off'}, "
+           f"checksum {ssd.get('checksum')}: " + "; ".join(
+               f"{k} " + (f"{num(v['gbps'])} GB/s" if "gbps" in v else v.get("error", "?"))
+               for k, v in ssd.items() if k in ("io_uring", "pread"))
+           + (f"; `dd iflag=direct` {num(ssd['dd_direct_gbps'])} GB/s" if ssd.get("dd_direct_gbps") else "")
+           + (f"; fio {num(ssd['fio_gbps'])} GB/s" if ssd.get("fio_gbps") else "") + ".",
+           "", "Offloaded inference (weights in the stack, device budget 25%, prefetch 2); ms per forward; "
+           "bound = bytes moved / pinned copy bandwidth; error = relative output error against the resident "
+           "float model (the nvfp4 rows are a quantised model: its error is the quantisation's).", ""]
+    rows = []
+    for o in d["offload"]:
+        for m, r in o["per_m"].items():
+            acc_cpu, acc_disk = r.get("accelerate_cpu_offload_s"), r.get("accelerate_disk_offload_s")
+            rows.append([o["label"], num(o["weight_bytes"] / 2**20), m, num(r["resident_s"] * 1e3),
+                         num(r["vgpu_s"] * 1e3), num(r["pcie_bound_s"] * 1e3) if r["pcie_bound_s"] else "-",
+                         num(acc_cpu * 1e3) if acc_cpu else "-", num(acc_disk * 1e3) if acc_disk else "-",
+                         ratio(acc_cpu, r["vgpu_s"]), f"{r['hit_rate']:.2f}",
+                         num(r["bytes_moved_per_forward"] / 2**20), num(r["rel_err_vs_resident"])])
+    out.append(table(["weights", "MiB", "M", "resident ms", "VGPU offload ms", "bound ms",
+                      "accelerate cpu_offload ms", "accelerate disk_offload ms", "cpu_offload / VGPU",
+                      "hit rate", "MiB moved", "error vs float"], rows))
+    return "\n".join(out)
+
+
+def left_spin_training(name: str, d: dict) -> str:
+    p = d["params"]
+    rows = [[s["lr"], "on" if s["left_spin"] else "off", f"{s['final_eval_mean']:.3f} ± {s['final_eval_std']:.3f}",
+             f"{s['best_eval_mean']:.3f}", f"{s['diverged']}/{s['runs']}", s["spikes_total"],
+             f"{s['late_loss_std_mean']:.4f}", num(s["step_time_ms"])] for s in d["summary"]]
+    defs = "; ".join(f"{k}: {v}" for k, v in d.get("definitions", {}).items())
+    return "\n".join([
+        f"Decoder-only APT model, {p['layers']} layers x d_model {p['d_model']}, {p['steps']} steps x {p['batch']} x "
+        f"{p['seq_len']} tokens, warm-up {p['warmup']}, {d['seeds']} seeds per cell, same data and init in both arms. "
+        f"Eval loss in nats/byte (mean ± std over seeds). Definitions: {defs}.", "",
+        table(["peak lr", "left-spin", "final eval loss", "best eval", "diverged", "loss spikes", "late loss std",
+               "median step ms"], rows)])
+
+
+def model_throughput(name: str, d: dict) -> str:
+    p = d["params"]
+    rows = [[r["variant"] + (" (compiled)" if r["compiled"] else ""), num(r["step_ms"]), f"{r['tokens_per_s']:,.0f}",
+             f"{r['step_time_vs_plain']:.3f}x"] for r in d["rows"]]
+    return "\n".join([
+        f"{p['layers']} layers x d_model {p['d_model']}, batch {p['batch']} x {p['seq_len']} tokens, forward + "
+        f"backward + AdamW, median of {d['iters']} steps after {d['warmup']} warm-up. Accuracy: not applicable "
+        f"(the variants are different models; their losses are in the LR-sweep section).", "",
+        table(["variant", "step ms", "tokens/s", "step time vs plain"], rows)])
+
+
+def aim_memory(name: str, d: dict) -> str:
+    rows = []
+    for res in d["results"]:
+        brute = res["methods"].get("numpy brute force", {}).get("p50_ms")
+        aim = res["methods"].get("AIM ClusterIndex", {}).get("p50_ms")
+        for meth, r in res["methods"].items():
+            if "skipped" in r:
+                rows.append([res["size"], meth, f"skipped: {r['skipped']}", "", "", "", "", "", ""])
+                continue
+            rows.append([res["size"], meth, r["setting"], f"{r['recall@10']:.3f}", num(r["p50_ms"]), num(r["p95_ms"]),
+                         "-" if r.get("scanned") is None or r["scanned"] != r["scanned"] else f"{r['scanned']:,.0f}",
+                         ratio(brute, r["p50_ms"]), ratio(aim, r["p50_ms"])])
+    out = ["Timed: the routing index alone (one query vector at a time, one thread), NOT `route_memory`: "
+           "each method at its cheapest setting reaching recall@10 >= 0.95 against the exact top-10. "
+           "The 10k set is real MiniLM embeddings; the larger sets are synthetic vectors.", "",
+           table(["vectors", "method", "setting", "recall@10", "p50 ms", "p95 ms", "vectors scanned",
+                  "speed-up vs brute force (p50)", "AIM p50 / this p50"], rows)]
+    rm = d.get("route_memory_10k")
+    if rm:
+        out += ["", f"End to end `route_memory` on a {rm['nodes']:,}-node memory (MiniLM query embedding, anchors, "
+                f"scoring, default config): p50 {num(rm['route_memory_p50_ms'])} ms, p95 "
+                f"{num(rm['route_memory_p95_ms'])} ms, of which the query embedding is p50 "
+                f"{num(rm['query_embedding_p50_ms'])} ms; {num(rm['scanned_per_route'])} vectors scanned per route."]
+    abl = d.get("inertia_ablation")
+    if abl:
+        cells = {}
+        for a in abl:
+            cells.setdefault((a["stream"], a["n_probe"]), {})[a["lambda"]] = f"{a['recall@10']:.3f} ({a['scanned']:.0f})"
+        lams = sorted({a["lambda"] for a in abl})
+        out += ["", "Inertia ablation (recall@10 vs exact, vectors scanned in parentheses):", "",
+                table(["stream", "n_probe", *[f"lambda {lam}" for lam in lams]],
+                      [[s, n, *[v.get(lam, "-") for lam in lams]] for (s, n), v in cells.items()])]
+    return "\n".join(out)
+
+
+def fp4_gpu(name: str, d: dict) -> str:
+    names = list(d["rows"][0]["times"])
+    rows = [[r["N"], r["K"], r["M"], *[("-" if r["times"][n]["ms"] is None else
+                                        f"{num(r['times'][n]['ms'])} ({r['times'][n]['speedup_vs_bf16']:.2f}x)")
+                                       for n in names]] for r in d["rows"]]
+    errs = {n for r in d["rows"] for n, v in r["times"].items() if "rel_err" in v}
+    return "\n".join([
+        f"bf16 activations, ms (speed-up over torch-bf16 in the same run); copy bandwidth "
+        f"{num(d.get('copy_bandwidth_GBs'))} GB/s. Accuracy: "
+        + ("the error columns below." if errs else "not recorded by this run (the kernels are checked against "
+                                                   "tests/reference/fp4.py by tests/gpu/test_fp4_cuda.py)."), "",
+        table(["N", "K", "M", *names], rows)])
+
+
+SECTIONS = [
+    Section("FP4 on the CPU (`benchmarks/fp4_cpu.py`)", ["fp4_cpu.json", "fp4_cpu_run2.json"], fp4_cpu),
+    Section("FP4 on the GPU (`benchmarks/fp4_linear.py`)", ["fp4_linear_*.json"], fp4_gpu,
+            missing="No JSON: the current CUDA `fp4_linear` has not been timed on a GPU. (An earlier kernel "
+                    "version was timed on an H100 once, without saving JSON; those numbers are withdrawn.)"),
+    Section("Left-spin residual (`benchmarks/left_spin.py`)",
+            ["left_spin_cpu_20261127T034445Z.json", "left_spin_cuda_20261127T033348Z.json"], left_spin),
+    Section("VGPU stack (`benchmarks/vgpu.py`)",
+            ["vgpu_cpu_x86_64_x2.json", "vgpu_cpu_quiet_x86_64_x2.json", "vgpu_nvidia_h100_80gb_hbm3.json"], vgpu),
+    Section("APT model: left-spin learning-rate sweep (`benchmarks/left_spin_training.py`)",
+            ["left_spin_training_quick.json"], left_spin_training),
+    Section("APT model: step time (`benchmarks/model_throughput.py`)", ["model_throughput_quick.json"],
+            model_throughput),
+    Section("AIM-Memory routing (`benchmarks/aim_memory.py`)", ["aim_memory_full.json"], aim_memory),
+]
+
+HEADER = """# Benchmark results
+
+Generated by `python benchmarks/render_results.py` from the JSON files in `benchmarks/results/`
+(do not edit by hand; `tests/test_published_numbers.py` fails when this file and the JSONs
+disagree). Each block names its JSON and the date, machine, torch version, load and command
+recorded in it. The CPU numbers come from a shared 2-core VM: timings there vary between runs.
+"""
+
+
+def files_of(section: Section) -> list[Path]:
+    found: list[Path] = []
+    for pattern in section.files:
+        found += sorted(RESULTS.glob(pattern))
+    return found
+
+
+def render() -> str:
+    parts = [HEADER]
+    rendered: set[Path] = set()
+    for sec in SECTIONS:
+        parts.append(f"{'#' * sec.level} {sec.title}\n")
+        paths = files_of(sec)
+        if not paths:
+            parts.append(sec.missing + "\n")
+        rendered.update(paths)
+        for path in paths:
+            data = json.loads(path.read_text())
+            if len(paths) > 1:
+                parts.append(f"### {path.stem}\n")
+            parts.append(meta_line(path.name, data) + "\n")
+            parts.append(sec.render(path.name, data).strip() + "\n")
+    others = sorted(set(RESULTS.glob("*.json")) - rendered)
+    if others:
+        parts.append("## Other recorded runs\n")
+        parts.append("Raw data without a section above (superseded runs, or results whose section is not "
+                     "written yet):\n")
+        parts += [f"- {meta_line(p.name, json.loads(p.read_text()))}" for p in others]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="only compare with the committed RESULTS.md")
+    args = ap.parse_args(argv)
+    text = render()
+    if args.check:
+        if OUT.read_text() != text:
+            print(f"{OUT} is out of date: run python benchmarks/render_results.py", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text)
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

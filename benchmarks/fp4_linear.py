@@ -174,6 +174,16 @@ def geomean(vals: list[float]) -> float | None:
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
 
 
+def geomeans(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """{str(M): {method: geometric mean over the shapes of its speed-up over bf16}}."""
+    out: dict[str, dict[str, float]] = {}
+    for m in sorted({r["M"] for r in rows}):
+        sub = [r for r in rows if r["M"] == m]
+        out[str(m)] = {name: g for name in sub[0]["times"]
+                       if (g := geomean([r["times"][name].get("speedup_vs_bf16") for r in sub])) is not None}
+    return out
+
+
 def print_table(res: dict) -> None:
     names = list(res["rows"][0]["times"])
     print(f"\ncopy bandwidth (1 GiB d2d, read+write): {res['copy_bandwidth_GBs']:.0f} GB/s")
@@ -242,6 +252,7 @@ def main() -> None:
         sys.exit("fp4_linear benchmark: needs a CUDA GPU")
     res = run(args)
     speedups(res["rows"])
+    res["geomean_speedup_vs_bf16"] = geomeans(res["rows"])
     card = card_name()
     res.update(card=torch.cuda.get_device_name(), torch=torch.__version__,
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

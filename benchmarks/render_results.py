@@ -231,17 +231,65 @@ def aim_memory(name: str, d: dict) -> str:
 
 
 def fp4_gpu(name: str, d: dict) -> str:
-    names = list(d["rows"][0]["times"])
-    rows = [[r["N"], r["K"], r["M"], *[("-" if r["times"][n]["ms"] is None else
-                                        f"{num(r['times'][n]['ms'])} ({r['times'][n]['speedup_vs_bf16']:.2f}x)")
-                                       for n in names]] for r in d["rows"]]
-    errs = {n for r in d["rows"] for n, v in r["times"].items() if "rel_err" in v}
-    return "\n".join([
-        f"bf16 activations, ms (speed-up over torch-bf16 in the same run); copy bandwidth "
-        f"{num(d.get('copy_bandwidth_GBs'))} GB/s. Accuracy: "
-        + ("the error columns below." if errs else "not recorded by this run (the kernels are checked against "
-                                                   "tests/reference/fp4.py by tests/gpu/test_fp4_cuda.py)."), "",
-        table(["N", "K", "M", *names], rows)])
+    import math
+
+    keep = [n for n in ("torch-bf16", "apt-tiled-nvfp4", "apt-tiled-mxfp4", "apt-tiled-nf4", "apt-cuda-nvfp4",
+                        "apt-deq+cublas-nvfp4", "apt-triton-nvfp4", "tinygemm-int4-g128", "bnb-fp4", "bnb-nf4")
+            if n in d["rows"][0]["times"]]
+
+    def cell(v: dict) -> str:
+        return "-" if v.get("ms") is None else f"{num(1000 * v['ms'])} ({v['speedup_vs_bf16']:.2f}x)"
+
+    rows = [[r["N"], r["K"], r["M"], *[cell(r["times"][n]) for n in keep],
+             "-" if "pct_copy_bw" not in r["times"].get("apt-tiled-nvfp4", {}) else
+             f"{r['times']['apt-tiled-nvfp4']['pct_copy_bw']:.0f}%"] for r in d["rows"]]
+    geo = []
+    for m in sorted({r["M"] for r in d["rows"]}):
+        cells = []
+        for n in keep:
+            vals = [r["times"][n].get("speedup_vs_bf16") for r in d["rows"] if r["M"] == m]
+            vals = [v for v in vals if v]
+            cells.append(f"{math.exp(sum(math.log(v) for v in vals) / len(vals)):.2f}x" if vals else "-")
+        geo.append([m, *cells])
+    errs = d["rows"][0].get("rel_err_vs_bf16", {})
+    out = [f"y = x @ W.T with bf16 x [M, K]; microseconds per call, `triton.testing.do_bench` median (L2 "
+           f"flushed by a 256 MB write before each call), speed-up over `torch-bf16` (F.linear, bf16 weight) "
+           f"in parentheses; the last column is apt-tiled-nvfp4's weight bytes read per second as a share of "
+           f"the card's copy bandwidth ({num(d.get('copy_bandwidth_GBs'))} GB/s, read + write). `apt-tiled-*` "
+           f"is `fp4_linear_tiled` (what FP4Linear runs on CUDA for inference at M <= 16), `apt-cuda-*` the "
+           f"canonical-layout `fp4_linear` (what FP4Linear runs above 16 rows).", "",
+           table(["N", "K", "M", *keep, "tiled nvfp4 % copy BW"], rows), "",
+           "Geometric mean speed-up over bf16 across the four shapes, per M:", "",
+           table(["M", *keep], geo)]
+    if errs:
+        out += ["", "Accuracy, same run (first shape, M=1): relative error of y against the bf16 layer: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in errs.items()) + ". (tinygemm's weights are random "
+                "int4 codes, not a quantisation of W: its error is not meaningful.)"]
+    return "\n".join(out)
+
+
+def fp4_gemv_sweep(name: str, d: dict) -> str:
+    keys = list(d["baseline"])
+    rows = []
+    for v, r in d["variants"].items():
+        if "error" in r:
+            rows.append([v, *["failed"] * len(keys)])
+            continue
+        rows.append([v, *[f"{num(r[k]['us'])} ({d['baseline'][k]['bf16_us'] / r[k]['us']:.2f}x)" for k in keys]])
+    out = [f"nvfp4 `fp4_linear_tiled`, bf16 x, one child process per launch variant `APT_FP4_GEMV=rw,kw,stages"
+           f"[,mt]` (default = the built-in heuristic); microseconds, do_bench median, speed-up over bf16 "
+           f"F.linear of the same run. Copy bandwidth {num(d['copy_bandwidth_GBs'])} GB/s. Column = N x K / M. "
+           f"Accuracy: not recorded by the sweep (the variants compute the same sums; tests/gpu/"
+           f"test_fp4_gemv_cuda.py checks them against the reference).", "",
+           table(["variant", *keys], [["bf16 F.linear", *[num(d['baseline'][k]['bf16_us']) for k in keys]]] + rows)]
+    if all("us_clean" in r[k] for r in d["variants"].values() if "error" not in r for k in keys):
+        clean = [[v, *[f"{num(r[k]['us_clean'])} ({d['baseline'][k]['bf16_us_clean'] / r[k]['us_clean']:.2f}x)"
+                       for k in keys]] for v, r in d["variants"].items() if "error" not in r]
+        out += ["", "The same with L2 evicted by a 256 MB *read* before each call (no dirty lines to write "
+                "back during the kernel):", "",
+                table(["variant", *keys], [["bf16 F.linear", *[num(d['baseline'][k]['bf16_us_clean'])
+                                                               for k in keys]]] + clean)]
+    return "\n".join(out)
 
 
 SECTIONS = [
@@ -249,6 +297,8 @@ SECTIONS = [
     Section("FP4 on the GPU (`benchmarks/fp4_linear.py`)", ["fp4_linear_*.json"], fp4_gpu,
             missing="No JSON: the current CUDA `fp4_linear` has not been timed on a GPU. (An earlier kernel "
                     "version was timed on an H100 once, without saving JSON; those numbers are withdrawn.)"),
+    Section("FP4 GEMV launch sweep on the GPU (`benchmarks/fp4_gemv_sweep.py`)", ["fp4_gemv_sweep_NVIDIA_H200.json"],
+            fp4_gemv_sweep, level=3),
     Section("Left-spin residual (`benchmarks/left_spin.py`)",
             ["left_spin_cpu_20261127T034445Z.json", "left_spin_cuda_20261127T033348Z.json"], left_spin),
     Section("VGPU stack (`benchmarks/vgpu.py`)",

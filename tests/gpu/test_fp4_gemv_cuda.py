@@ -15,6 +15,7 @@ from apt_ext import _native
 from apt_ext.fp4 import quantize
 from apt_ext.fp4.tiled import tile
 from apt_ext.nn import FP4Linear
+from fp4_helpers import assert_cuda_graph_replay_matches_eager
 from reference import fp4 as ref
 
 FORMATS = ("nvfp4", "mxfp4", "nf4")
@@ -126,27 +127,12 @@ def test_fp4linear_uses_tiled_path_for_inference(apt_seed):
 
 @needs_cuda_build
 def test_cuda_graph_capture_tiled(apt_seed):
+    """M = 1 through FP4Linear's tiled path; M = 40 (the canonical op) in the same graph test."""
     torch.manual_seed(apt_seed)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 128))
     model = apt_ext.quantize_(model.to(DEV, torch.bfloat16), fmt="nvfp4")
-    static_x = torch.randn(1, 256, device=DEV, dtype=torch.bfloat16)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad():
-        for _ in range(3):
-            model(static_x)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        static_y = model(static_x)
-    for _ in range(2):
-        x = torch.randn(1, 256, device=DEV, dtype=torch.bfloat16)
-        static_x.copy_(x)
-        graph.replay()
-        with torch.no_grad():
-            eager = model(x)
-        torch.cuda.synchronize()
-        assert torch.equal(static_y, eager)
+    for m in (1, 40):
+        assert_cuda_graph_replay_matches_eager(model, torch.randn(m, 256, device=DEV, dtype=torch.bfloat16))
 
 
 @needs_cuda_build

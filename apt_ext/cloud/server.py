@@ -8,7 +8,7 @@ Every ``/v1`` route and ``/stats`` needs ``Authorization: Bearer <key>`` with a 
 prompt tokens and prompt + ``max_tokens`` within the model's context (400), ``max_tokens``
 (400), requests in flight (429 past ``max_batch + max_queue``), time per request (504; a stream
 gets an error event). Errors have OpenAI's shape:
-``{"error": {"message", "type", "param", "code"}}``.
+``{"error": {"message", "type", "param", "code"}}``. Needs ``pip install 'apt_ext[cloud]'``.
 """
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.exceptions import HTTPException
 
 from apt_ext.cloud.engine import BatchEngine, EngineFull
 from apt_ext.cloud.local_model import GenerationRequest, LocalModel
@@ -70,7 +75,6 @@ class APIError(Exception):
 
 def _schemas():
     """The request models (pydantic, strict types: "5" is not an int, 1 is not a bool)."""
-    from pydantic import BaseModel, ConfigDict
 
     class StreamOptions(BaseModel):
         model_config = ConfigDict(strict=True, extra="ignore")
@@ -188,10 +192,6 @@ def _message_text(content) -> str:
 def create_app(model: LocalModel, api_keys: list[str] | None, limits: ServerLimits | None = None):
     """The FastAPI application serving ``model``. ``api_keys``: accepted bearer keys (at least
     one), or None for no authentication."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from pydantic import ValidationError
-    from starlette.exceptions import HTTPException
 
     if not isinstance(model, LocalModel):
         raise TypeError(f"model: expected a LocalModel, got {type(model).__name__}")

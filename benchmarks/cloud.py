@@ -6,7 +6,10 @@
 2. RemoteModule call overhead per forward of a 4096x4096 Linear at batch 1 and 64 on a local Ray
    instance against the local layer (same CPU: this is the cost of the hop, not of the compute).
 
-    python benchmarks/cloud.py [--requests 32] [--max-tokens 32] [--repeats 2]
+    python benchmarks/cloud.py [--requests 32] [--max-tokens 32] [--repeats 2] [--threads 1]
+
+--threads sets the intra-op threads of every party (this process, the server, the Ray actor):
+on the shared 2-core machine, 2 OpenMP threads per process made a loaded run 6x slower.
 
 Writes benchmarks/results/cloud_cpu.json and benchmarks/plots/cloud_cpu.png; prints a table.
 """
@@ -90,6 +93,11 @@ def bench_server(url: str, texts: list[str], concurrency: int, max_tokens: int) 
     return summarise(latencies, time.perf_counter() - t0, tokens[0], len(texts))
 
 
+def server_stats(url: str) -> dict:
+    import httpx
+    return httpx.get(url[:-3] + "/stats", headers={"Authorization": f"Bearer {KEY}"}).json()
+
+
 def bench_local(local, texts: list[str], batch: int, max_tokens: int) -> dict:
     """In-process: `generate` on `batch` prompts at a time (batch 1 = plain one-by-one generate)."""
     latencies: list[float] = []
@@ -113,20 +121,24 @@ def serving_part(args, tmp: Path) -> dict:
     texts = prompts(args.requests)
     local.run_batch([local.request(texts[0], 4)])   # warm-up
     out: dict = {"server": {}, "local_generate": {}}
-    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     server = Server(ckpt, "--max-batch", "16", "--max-tokens", str(args.max_tokens), "--model-name", "bench",
-                    keys=KEY)
+                    keys=KEY, threads=args.threads)
     try:
         bench_server(server.url, texts[:4], 1, 4)   # warm-up
         bar = tqdm(total=args.repeats * 6, desc="serving", unit="run")
         for c in (1, 4, 16):
             runs_s, runs_l = [], []
+            before = server_stats(server.url)
             for _ in range(args.repeats):
                 runs_s.append(bench_server(server.url, texts, c, args.max_tokens))
                 bar.update()
                 runs_l.append(bench_local(local, texts, c, args.max_tokens))
                 bar.update()
-            out["server"][str(c)] = _median_run(runs_s)
+            after = server_stats(server.url)
+            batches = after["batches"] - before["batches"]
+            out["server"][str(c)] = _median_run(runs_s) | {
+                "batches": batches, "mean_batch": (after["requests"] - before["requests"]) / max(batches, 1),
+                "max_batch_seen": after["max_batch_seen"]}
             out["local_generate"][str(c)] = _median_run(runs_l)
         bar.close()
     finally:
@@ -146,7 +158,7 @@ def remote_part(args) -> dict:
     torch.manual_seed(0)
     lin = nn.Linear(4096, 4096)
     t0 = time.perf_counter()
-    remote = RemoteModule(copy.deepcopy(lin), resources={"CPU": 2}, timeout=120)
+    remote = RemoteModule(copy.deepcopy(lin), resources={"CPU": args.threads}, timeout=120)
     out: dict = {}
     with torch.no_grad():
         remote(torch.randn(1, 4096))   # starts the actor and sends the weights
@@ -213,7 +225,9 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--calls", type=int, default=20, help="timed forwards per batch size (RemoteModule)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of each process (see above)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     res = {"meta": run_meta(torch.device("cpu")), "load_before": load(), "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
         res["serving"] = serving_part(args, Path(tmp))
@@ -229,7 +243,7 @@ def main() -> int:
         s, lg = res["serving"]["server"][c], res["serving"]["local_generate"][c]
         print(f"{c:>7} | {s['requests_per_s']:11.2f} {s['tokens_per_s']:7.1f} {s['latency_p50_s']:6.3f} "
               f"{s['latency_p95_s']:6.3f} | {lg['requests_per_s']:17.2f} {lg['tokens_per_s']:7.1f} | "
-              f"{s['requests_per_s'] / one:.2f}x")
+              f"{s['requests_per_s'] / one:.2f}x   (mean batch {s['mean_batch']:.1f})")
     for m in ("1", "64"):
         r = res["remote"][m]
         print(f"RemoteModule 4096x4096 batch {m}: local {r['local_ms']:.2f} ms, remote {r['remote_ms']:.2f} ms, "

@@ -40,8 +40,9 @@ def write_checkpoint(directory: Path, seed: int = 0) -> Path:
 class Server:
     """`apt-ext serve` in a subprocess on a free loopback port; `url` is its /v1 base."""
 
-    def __init__(self, checkpoint: Path, *extra: str, keys: str = API_KEY, timeout: float = 180.0) -> None:
-        env = dict(os.environ, APT_API_KEYS=keys, OMP_NUM_THREADS="1")
+    def __init__(self, checkpoint: Path, *extra: str, keys: str = API_KEY, timeout: float = 180.0,
+                 threads: int = 1) -> None:
+        env = dict(os.environ, APT_API_KEYS=keys, OMP_NUM_THREADS=str(threads))
         cmd = [sys.executable, "-m", "apt_ext.cli.main", "serve", "--checkpoint", str(checkpoint),
                "--port", "0", "--device", "cpu", "--model-name", "tiny", *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

@@ -69,6 +69,9 @@ def test_killed_actor_falls_back_and_is_replaced(ray_local, rng):
     s = remote.get_stats()
     assert s["actor_starts"] == 2 and s["weight_syncs"] == 2 and s["remote_calls"] == 2
     assert s["bytes_weights"] == 2 * nbytes(lin.weight, lin.bias)
+    twin = copy.deepcopy(remote)          # a copy starts its own actor when first called
+    assert remote.get_stats()["actor_alive"] and not twin.get_stats()["actor_alive"]
+    assert twin.get_stats()["remote_calls"] == 2 and torch.equal(twin.module.weight, remote.module.weight)
     remote.shutdown()
 
 

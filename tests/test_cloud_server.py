@@ -149,6 +149,15 @@ def test_bad_input_gets_openai_error_and_server_keeps_serving(server, name, body
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
 
 
+def test_chunked_body_over_the_limit_is_refused(server):
+    chunks = (b"x" * 3000 for _ in range(2))     # no Content-Length: counted as it arrives
+    r = httpx.post(server.url + "/completions", headers=AUTH, content=chunks)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    ok = httpx.post(server.url + "/completions", headers=AUTH,
+                    content=(p for p in (b'{"model": "tiny", ', b'"prompt": "ab", "max_tokens": 2}')))
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+
+
 def test_unknown_route_and_method_get_openai_errors(server):
     r = httpx.get(server.url + "/engines", headers=AUTH)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

@@ -3,11 +3,12 @@ lives and which environment variables carry its key, URL and model.
 
 ``modelarts`` is Huawei Cloud ModelArts Studio (MaaS). Its documented chat endpoint is
 ``https://api.modelarts-maas.com/v1/chat/completions`` with ``Authorization: Bearer <API key>``
-("Sending a Chat Request (Chat/POST)", maas-modelarts-0078 in Huawei Cloud's MaaS user guide),
-so the OpenAI base URL is ``https://api.modelarts-maas.com/v1`` (Huawei's FAQ "format
-requirements for the model service API URL": drop ``/chat/completions``). Huawei's examples
-write the key as ``MAAS_API_KEY``; we read that variable, then the original design's
-``HUAWEI_CLOUD_API_KEY``. A service deployed under "My Services" can have its own URL: set
+("Sending a Chat Request (Chat/POST)",
+https://support.huaweicloud.com/intl/pt-br/usermanual-maas-modelarts/maas-modelarts-0078.html),
+so the OpenAI base URL is ``https://api.modelarts-maas.com/v1`` (Huawei's FAQ on the model
+service API URL format, modelarts_faq/modelarts_11_0063: drop ``/chat/completions``).
+Huawei's examples write the key as ``MAAS_API_KEY``; we read that variable, then the original
+design's ``HUAWEI_CLOUD_API_KEY``. A service deployed under "My Services" can have its own URL: set
 ``MAAS_BASE_URL`` (or ``HUAWEI_CLOUD_ENDPOINT``) to the one its "View Call Description" page shows.
 """
 from __future__ import annotations

@@ -280,6 +280,16 @@ class RemoteModule(nn.Module):
             self._next_try = time.monotonic() + self.retry_after_s
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
+    def __getstate__(self) -> dict:
+        """A copy (deepcopy, pickle) gets its own actor on its first call, not this one's."""
+        state = self.__dict__.copy()
+        state.update(_actor=None, _actor_info={}, _synced=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        report.register(self)
+
     def shutdown(self) -> None:
         """Kill the actor (the local copy stays usable)."""
         if self._actor is not None:

@@ -118,9 +118,10 @@ def _key_digest(key: str) -> bytes:
 
 def _authorized(header: str | None, digests: list[bytes]) -> bool:
     """Bearer token against every configured key in constant time (no early exit)."""
-    if not header or not header.startswith("Bearer "):
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
         return False
-    given = _key_digest(header[len("Bearer "):].strip())
+    given = _key_digest(token.strip())
     ok = False
     for d in digests:
         ok |= hmac.compare_digest(given, d)
@@ -147,24 +148,26 @@ class _Guard:
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             return await _send_error(send, _too_large(self.max_body))
-        seen = 0
-
-        async def limited():
-            nonlocal seen
+        # read the body here (chunked uploads have no Content-Length), then hand it on
+        chunks, seen, more = [], 0, True
+        while more:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_body:
-                    raise _BodyTooLarge
-            return msg
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await _send_error(send, _too_large(self.max_body))
+            if msg["type"] != "http.request":
+                return
+            chunks.append(msg.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.max_body:
+                return await _send_error(send, _too_large(self.max_body))
+            more = msg.get("more_body", False)
+        body, replayed = b"".join(chunks), False
 
-
-class _BodyTooLarge(Exception):
-    pass
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()   # what follows the body: http.disconnect
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, replay, send)
 
 
 def _too_large(limit: int) -> APIError:
@@ -251,9 +254,10 @@ def create_app(model: LocalModel, api_keys: list[str] | None, limits: ServerLimi
             max_tokens = min(limits.max_tokens, 16)
         if not 1 <= max_tokens <= limits.max_tokens:
             raise APIError(400, f"{param}: expected an int in [1, {limits.max_tokens}], got {max_tokens}", param=param)
-        if len(model.encode(prompt)) > max_prompt:
-            raise APIError(400, f"prompt: {len(model.encode(prompt))} tokens, more than this server's limit "
-                           f"of {max_prompt}", param="prompt", code="context_length_exceeded")
+        n_prompt = len(model.encode(prompt))
+        if n_prompt > max_prompt:
+            raise APIError(400, f"prompt: {n_prompt} tokens, more than this server's limit of {max_prompt}",
+                           param="prompt", code="context_length_exceeded")
         try:
             return model.request(prompt, max_tokens, params.temperature, params.top_p, params.stop)
         except ValueError as exc:

@@ -17,6 +17,14 @@ class CallStats:
         self._latencies: deque[float] = deque(maxlen=window)
         self.last_error: str | None = None
 
+    def __getstate__(self) -> dict:   # copies and pickles carry the numbers, not the lock
+        with self._lock:
+            return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def count(self, name: str, n: int = 1) -> None:
         if name not in self._counters:
             raise KeyError(f"name: unknown counter {name!r}; known: {sorted(self._counters)}")

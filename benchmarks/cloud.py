@@ -98,51 +98,66 @@ def server_stats(url: str) -> dict:
     return httpx.get(url[:-3] + "/stats", headers={"Authorization": f"Bearer {KEY}"}).json()
 
 
-def bench_local(local, texts: list[str], batch: int, max_tokens: int) -> dict:
-    """In-process: `generate` on `batch` prompts at a time (batch 1 = plain one-by-one generate)."""
+def bench_local(model, texts: list[str], batch: int, max_tokens: int) -> dict:
+    """In process: the model's own `generate` (greedy, KV cache) on `batch` prompts at a time,
+    left-padded (batch 1 = one request at a time)."""
     latencies: list[float] = []
     tokens = 0
     t0 = time.perf_counter()
     for i in range(0, len(texts), batch):
-        reqs = [local.request(p, max_tokens) for p in texts[i:i + batch]]
+        rows = [list(p.encode()) for p in texts[i:i + batch]]
+        width = max(map(len, rows))
+        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.bool)
         ts = time.perf_counter()
-        local.run_batch(reqs)
-        latencies += [time.perf_counter() - ts] * len(reqs)
-        tokens += sum(r.completion_tokens for r in reqs)
+        out = model.generate(ids, max_tokens, attention_mask=mask if len(set(map(len, rows))) > 1 else None)
+        [bytes(o[width:].tolist()).decode("utf-8", errors="replace") for o in out]
+        latencies += [time.perf_counter() - ts] * len(rows)
+        tokens += (out.shape[1] - width) * len(rows)
     return summarise(latencies, time.perf_counter() - t0, tokens, len(texts))
 
 
+LEVELS = (1, 4, 16)
+
+
 def serving_part(args, tmp: Path) -> dict:
+    """Each repeat measures every level back to back: the server with c clients, local generate
+    at batch c and local generate one at a time, so each ratio compares runs of the same minute
+    (the shared machine's load drifts)."""
     from cloud_helpers import Server
 
-    from apt_ext.cloud import LocalModel
+    from apt_ext.model import APTModel
     ckpt = make_checkpoint(tmp / "ckpt")
-    local = LocalModel.from_checkpoint(ckpt, device="cpu")
+    model = APTModel.from_pretrained(ckpt / "model").eval()
     texts = prompts(args.requests)
-    local.run_batch([local.request(texts[0], 4)])   # warm-up
-    out: dict = {"server": {}, "local_generate": {}}
+    bench_local(model, texts[:2], 2, 4)   # warm-up
+    runs = {c: {"server": [], "local_batch": [], "local_one": []} for c in LEVELS}
     server = Server(ckpt, "--max-batch", "16", "--max-tokens", str(args.max_tokens), "--model-name", "bench",
                     keys=KEY, threads=args.threads)
     try:
         bench_server(server.url, texts[:4], 1, 4)   # warm-up
-        bar = tqdm(total=args.repeats * 6, desc="serving", unit="run")
-        for c in (1, 4, 16):
-            runs_s, runs_l = [], []
-            before = server_stats(server.url)
-            for _ in range(args.repeats):
-                runs_s.append(bench_server(server.url, texts, c, args.max_tokens))
+        bar = tqdm(total=args.repeats * len(LEVELS), desc="serving", unit="level")
+        for _ in range(args.repeats):
+            for c in LEVELS:
+                before = server_stats(server.url)
+                r = bench_server(server.url, texts, c, args.max_tokens)
+                after = server_stats(server.url)
+                r["mean_batch"] = (after["requests"] - before["requests"]) / max(after["batches"] - before["batches"], 1)
+                runs[c]["server"].append(r)
+                runs[c]["local_one"].append(bench_local(model, texts, 1, args.max_tokens))
+                runs[c]["local_batch"].append(runs[c]["local_one"][-1] if c == 1 else
+                                              bench_local(model, texts, c, args.max_tokens))
                 bar.update()
-                runs_l.append(bench_local(local, texts, c, args.max_tokens))
-                bar.update()
-            after = server_stats(server.url)
-            batches = after["batches"] - before["batches"]
-            out["server"][str(c)] = _median_run(runs_s) | {
-                "batches": batches, "mean_batch": (after["requests"] - before["requests"]) / max(batches, 1),
-                "max_batch_seen": after["max_batch_seen"]}
-            out["local_generate"][str(c)] = _median_run(runs_l)
         bar.close()
     finally:
         server.kill()
+    out = {}
+    for c in LEVELS:
+        rr = runs[c]
+        ratio = lambda other: statistics.median(s["requests_per_s"] / o["requests_per_s"]
+                                                for s, o in zip(rr["server"], rr[other]))
+        out[str(c)] = {k: _median_run(v) for k, v in rr.items()} | {
+            "server_vs_local_one": ratio("local_one"), "server_vs_local_batch": ratio("local_batch")}
     return out
 
 
@@ -187,11 +202,14 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
-    cs = [1, 4, 16]
-    s, lg = res["serving"]["server"], res["serving"]["local_generate"]
+    cs = list(LEVELS)
+    sv = res["serving"]
+    s = {k: v["server"] for k, v in sv.items()}
+    lg = {k: v["local_batch"] for k, v in sv.items()}
     a.plot(cs, [s[str(x)]["tokens_per_s"] for x in cs], "o-", label="apt-ext serve (HTTP)")
     a.plot(cs, [lg[str(x)]["tokens_per_s"] for x in cs], "s--", label="local generate, batch = clients")
-    a.axhline(lg["1"]["tokens_per_s"], color="gray", ls=":", label="local generate, one at a time")
+    a.plot(cs, [sv[str(x)]["local_one"]["tokens_per_s"] for x in cs], "^:", color="gray",
+           label="local generate, one at a time")
     a.set_xscale("log", base=2)
     a.set_xlabel("concurrent clients")
     a.set_ylabel("generated tokens / s")
@@ -236,14 +254,14 @@ def main() -> int:
     out = save_json("cloud_cpu", res)
     plot(res, plot_path("cloud_cpu"))
     print(f"\nload {res['load_before']} -> {res['load_after']}; JSON {out}")
-    print(f"{'clients':>7} | {'serve req/s':>11} {'tok/s':>7} {'p50 s':>6} {'p95 s':>6} | "
-          f"{'local batch req/s':>17} {'tok/s':>7} | serve / local one-at-a-time")
-    one = res["serving"]["local_generate"]["1"]["requests_per_s"]
-    for c in ("1", "4", "16"):
-        s, lg = res["serving"]["server"][c], res["serving"]["local_generate"][c]
+    print(f"{'clients':>7} | {'serve req/s':>11} {'tok/s':>7} {'p50 s':>6} {'p95 s':>6} {'batch':>5} | "
+          f"{'local batch req/s':>17} {'one-at-a-time':>13} | serve vs one-at-a-time, vs local batch")
+    for c in map(str, LEVELS):
+        v = res["serving"][c]
+        s, lb, lo = v["server"], v["local_batch"], v["local_one"]
         print(f"{c:>7} | {s['requests_per_s']:11.2f} {s['tokens_per_s']:7.1f} {s['latency_p50_s']:6.3f} "
-              f"{s['latency_p95_s']:6.3f} | {lg['requests_per_s']:17.2f} {lg['tokens_per_s']:7.1f} | "
-              f"{s['requests_per_s'] / one:.2f}x   (mean batch {s['mean_batch']:.1f})")
+              f"{s['latency_p95_s']:6.3f} {s['mean_batch']:5.1f} | {lb['requests_per_s']:17.2f} "
+              f"{lo['requests_per_s']:13.2f} | {v['server_vs_local_one']:.2f}x, {v['server_vs_local_batch']:.2f}x")
     for m in ("1", "64"):
         r = res["remote"][m]
         print(f"RemoteModule 4096x4096 batch {m}: local {r['local_ms']:.2f} ms, remote {r['remote_ms']:.2f} ms, "

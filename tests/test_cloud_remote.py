@@ -111,6 +111,33 @@ def test_apt_decoder_ffn_runs_remotely(ray_local):
     model.decoder[1].ffn.shutdown()
 
 
+JOIN = """
+import torch
+from torch import nn
+from apt_ext.cloud import RemoteModule, connect
+print("cluster CPUs", connect()["CPU"])          # RAY_ADDRESS: join, do not start
+m = RemoteModule(nn.Linear(8, 4), resources={"CPU": 1})
+x = torch.randn(2, 8)
+with torch.no_grad():
+    torch.testing.assert_close(m(x), m.module(x))
+s = m.get_stats()
+print("remote_calls", s["remote_calls"], "fallbacks", s["fallbacks"])
+"""
+
+
+def test_another_process_joins_the_running_cluster_by_address(ray_local):
+    import os
+    import subprocess
+    import sys
+
+    import ray
+    address = ray.get_runtime_context().gcs_address
+    env = dict(os.environ, RAY_ADDRESS=address, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", JOIN], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "cluster CPUs 2.0" in out.stdout and "remote_calls 1 fallbacks 0" in out.stdout
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(TypeError, match="module"):
         RemoteModule("linear")

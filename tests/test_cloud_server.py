@@ -209,13 +209,14 @@ def test_full_queue_gets_429_and_slow_request_times_out(checkpoint):
 
 
 def test_server_killed_mid_request_client_falls_back(checkpoint, local):
+    # a stream: the server dies after the first piece; the rest comes from the local model
     s = Server(checkpoint, "--max-tokens", "300")
     llm = ChatBackend("local", base_url=s.url, api_key=API_KEY, model="tiny", max_retries=1, timeout=10,
                       fallback=local)
     try:
         stream = llm.complete("Once upon a time", max_tokens=300, stream=True)
         pieces = [next(stream)]
-        s.kill()                      # mid-request: the server dies while generating
+        s.kill()
         pieces.extend(stream)
     finally:
         s.kill()
@@ -228,6 +229,24 @@ def test_server_killed_mid_request_client_falls_back(checkpoint, local):
     st = llm.get_stats()
     assert st["fallbacks"] == 2 and st["failures"] == 2 and st["retries"] >= 1
     assert "Connection" in st["last_error"]
+    # a plain request: the server dies while it is generating the answer
+    s = Server(checkpoint, "--max-tokens", "2000")
+    llm = ChatBackend("local", base_url=s.url, api_key=API_KEY, model="tiny", max_retries=0, fallback=local)
+    answer: list[str] = []
+    try:
+        t = threading.Thread(target=lambda: answer.append(llm.complete("Far away", max_tokens=600)))
+        t.start()
+        deadline = time.monotonic() + 120
+        while httpx.get(s.url[:-3] + "/stats", headers=AUTH).json()["active"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        s.kill()
+        t.join(timeout=300)
+    finally:
+        s.kill()
+    assert answer == [greedy(local.model, "Far away", 600)]
+    st = llm.get_stats()
+    assert st["failures"] == 1 and st["fallbacks"] == 1 and st["endpoint_calls"] == 0
 
 
 def test_modelarts_preset_url_key_and_fallback(monkeypatch, local):

@@ -129,6 +129,7 @@ def test_fp4_and_vgpu_options(checkpoint, local):
 
 
 def test_server_arguments_are_checked(local, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")
     from apt_ext.cloud.server import ServerLimits, create_app, load_api_keys
     with pytest.raises(ValueError, match="api_keys"):
         create_app(local, [])

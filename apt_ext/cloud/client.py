@@ -188,16 +188,20 @@ class ChatBackend:
             reason = self.unavailable
             if reason is None:
                 try:
-                    for chunk in self._create(kind, payload, max_tokens, temperature, top_p, stop, True):
-                        if chunk.usage is not None:
-                            self._stats.count("tokens_in", chunk.usage.prompt_tokens)
-                            self._stats.count("tokens_out", chunk.usage.completion_tokens)
-                        if chunk.choices:
-                            c = chunk.choices[0]
-                            piece = c.delta.content if kind == "chat" else c.text
-                            if piece:
-                                received.append(piece)
-                                yield piece
+                    stream = self._create(kind, payload, max_tokens, temperature, top_p, stop, True)
+                    try:
+                        for chunk in stream:
+                            if chunk.usage is not None:
+                                self._stats.count("tokens_in", chunk.usage.prompt_tokens)
+                                self._stats.count("tokens_out", chunk.usage.completion_tokens)
+                            if chunk.choices:
+                                c = chunk.choices[0]
+                                piece = c.delta.content if kind == "chat" else c.text
+                                if piece:
+                                    received.append(piece)
+                                    yield piece
+                    finally:
+                        stream.close()   # also when the caller stops reading early
                     self._stats.count("endpoint_calls")
                     self.last_source = "endpoint"
                     return

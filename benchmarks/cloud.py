@@ -194,6 +194,8 @@ def remote_part(args) -> dict:
                            "remote_p95_ms": float(np.percentile(t_remote, 95)) * 1e3, "calls": args.calls}
     out["stats"] = {k: v for k, v in remote.get_stats().items() if k != "last_error"}
     remote.shutdown()
+    import ray
+    ray.shutdown()
     return out
 
 

@@ -62,8 +62,10 @@ def _vgpu() -> dict:
             "note": "offload is explicit: apt_ext.vgpu.offload(model, VGPUStack.from_config(...))"}
 
 
-def status(mode: str | None = None) -> dict:
-    """What is active on this machine for ``mode`` (default: the enabled one)."""
+def status(mode: str | None = None, ping: bool = False) -> dict:
+    """What is active on this machine for ``mode`` (default: the enabled one). ``ping``: ask
+    each configured cloud backend whether it answers (apt_ext.cloud.report)."""
+    from apt_ext.cloud.report import backends_report
     from apt_ext.devices import get_device
     mode = mode or _active["mode"]
     kernels = _kernels()
@@ -77,7 +79,7 @@ def status(mode: str | None = None) -> dict:
         "fp4": {"format": FP4_FORMAT if (wants_fp4 and fp4_ok) else None,
                 "reason": "" if (wants_fp4 and fp4_ok) else ("not used in this mode" if not wants_fp4 else why)},
         "vgpu": _vgpu(),
-        "cloud_backends": [],
+        "cloud_backends": backends_report(ping=ping),
     }
 
 
@@ -137,7 +139,7 @@ def enable(mode: str = "balanced", verbose: bool = True) -> dict:
     _check_mode(mode)
     _active.update(mode=mode, verbose=bool(verbose))
     add_init_hook(_apply_enabled)
-    report = status(mode)
+    report = status(mode, ping=True)
     if verbose:
         print(format_report(report))
     return report
@@ -162,7 +164,8 @@ def format_report(r: dict) -> str:
     v = r["vgpu"]
     lines.append(f"  VGPU: tiers possible here {', '.join(v['tiers_possible'])} ({v['note']})" if v["available"]
                  else f"  VGPU: unavailable ({v['reason']})")
-    lines.append("  cloud backends: none")
+    from apt_ext.cloud.report import format_backends
+    lines.extend("  " + ln for ln in format_backends(r["cloud_backends"]))
     if "model" in r:
         m = r["model"]
         lines.append(f"  model: {m['linear_to_fp4']} Linear layers -> FP4; weights "

@@ -292,6 +292,36 @@ def fp4_gemv_sweep(name: str, d: dict) -> str:
     return "\n".join(out)
 
 
+def cloud(name: str, d: dict) -> str:
+    serving = d["serving"]
+    rows = []
+    for c in sorted(serving, key=int):
+        sv = serving[c]
+        srv, one, batch = sv["server"], sv["local_one"], sv["local_batch"]
+        rows.append([c, num(srv["requests_per_s"]), num(srv["tokens_per_s"]), num(srv["latency_p50_s"]),
+                     num(srv["latency_p95_s"]), num(srv.get("mean_batch")), num(one["requests_per_s"]),
+                     num(batch["requests_per_s"]), f"{sv['server_vs_local_one']:.2f}x",
+                     f"{sv['server_vs_local_batch']:.2f}x"])
+    rem = d["remote"]
+    rrows = [[b, num(rem[b]["local_ms"]), num(rem[b]["remote_ms"]), num(rem[b]["overhead_ms"]),
+              num(rem[b]["remote_p95_ms"])] for b in rem if b.isdigit()]
+    st = rem.get("stats", {})
+    return "\n".join([
+        "**Serving** (`apt-ext serve`, a 4-layer d_model 128 byte-level APT model, 32 requests of 32 greedy "
+        "tokens per level; the clients share the two cores with the server) against the model's own "
+        "`generate` in process, one request at a time and in batches of the client count. Medians of the "
+        f"repeats, ratios the median of each repeat's ratio (all runs are in the JSON; load average {d.get('load_before')} before, "
+        f"{d.get('load_after')} after). Accuracy: greedy outputs identical to `generate` "
+        "(tests/test_cloud_server.py).", "",
+        table(["clients", "serve req/s", "serve tok/s", "p50 s", "p95 s", "mean batch", "local one-at-a-time req/s",
+               "local batch req/s", "serve / one-at-a-time", "serve / local batch"], rows), "",
+        "**RemoteModule** (a 4096x4096 fp32 Linear in a Ray actor on a local Ray instance) against the same "
+        f"layer in process; weights sent {st.get('weight_syncs', '?')} time(s), "
+        f"{num(st.get('bytes_weights', 0) / 2**20)} MiB. Accuracy: outputs equal the local layer's "
+        "(tests/test_cloud_remote.py).", "",
+        table(["batch", "local ms", "RemoteModule ms", "overhead ms", "remote p95 ms"], rrows)])
+
+
 SECTIONS = [
     Section("FP4 on the CPU (`benchmarks/fp4_cpu.py`)", ["fp4_cpu.json", "fp4_cpu_run2.json"], fp4_cpu),
     Section("FP4 on the GPU (`benchmarks/fp4_linear.py`)", ["fp4_linear_*.json"], fp4_gpu,
@@ -308,6 +338,7 @@ SECTIONS = [
     Section("APT model: step time (`benchmarks/model_throughput.py`)", ["model_throughput_quick.json"],
             model_throughput),
     Section("AIM-Memory routing (`benchmarks/aim_memory.py`)", ["aim_memory_full.json"], aim_memory),
+    Section("Cloud backends (`benchmarks/cloud.py`)", ["cloud_cpu.json"], cloud),
 ]
 
 HEADER = """# Benchmark results

@@ -66,3 +66,13 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole test session (Ray takes seconds to start); the
+    cluster's resources."""
+    ray = pytest.importorskip("ray")
+    from apt_ext.cloud.remote import connect
+    resources = connect(num_cpus=2, object_store_memory=256 * 2**20)
+    yield resources
+    ray.shutdown()

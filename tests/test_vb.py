@@ -24,8 +24,9 @@ def test_enable_reports_what_is_active(capsys):
     out = capsys.readouterr().out
     assert r["mode"] == "balanced" and r["device"] == "cpu"
     assert set(r["kernels"]) >= {"fp4_linear", "left_spin_residual"}
-    assert r["cloud_backends"] == []
-    assert "cloud backends: none" in out and "device=cpu" in out
+    # nothing is configured in CI; a backend configured here must carry whether it answered
+    assert all(b["answered"] in (True, False, None) and b["detail"] for b in r["cloud_backends"])
+    assert "cloud backends:" in out and "device=cpu" in out
     for word in ("faster", "speed-up", "speedup", "x speed"):
         assert word not in out.lower()
     assert r["fp4"]["format"] == "nvfp4" and r["kernels"]["fp4_linear"] == ["cpu"]  # the CPU kernel is built

@@ -9,6 +9,7 @@ import json
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="show compiled/usable backends per op and the devices")
     p.add_argument("--json", action="store_true", help="print the raw capabilities() dict")
+    p.add_argument("--no-ping", action="store_true", help="list configured cloud backends without contacting them")
     p.set_defaults(func=run)
 
 
@@ -23,9 +24,11 @@ def _mark(entry: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import apt_ext
 
+    from apt_ext.cloud.report import backends_report, format_backends
     caps = apt_ext.capabilities()
+    cloud = backends_report(ping=not args.no_ping)
     if args.json:
-        print(json.dumps(caps, indent=2, default=str))
+        print(json.dumps(caps | {"cloud_backends": cloud}, indent=2, default=str))
         return 0
     print(f"apt_ext {apt_ext.__version__}  torch {caps['torch']}  "
           f"(CUDA {caps['torch_cuda'] or '-'}, HIP {caps['torch_hip'] or '-'})")
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     for op, e in caps["ops"].items():
         print(f"{op:30s} {_mark(e['cuda']):>6s} {_mark(e['triton']):>7s} {_mark(e['cpu']):>5s}")
     print()
+    print("\n".join(format_backends(cloud)) + "\n")
     dev = caps["devices"]
     if "error" in dev:
         print(f"devices: {dev['error']}")

@@ -11,6 +11,7 @@ COMMANDS = (
     "apt_ext.cli.train",
     "apt_ext.cli.demo",
     "apt_ext.cli.memory",
+    "apt_ext.cli.serve",
 )
 
 

@@ -1,6 +1,7 @@
 """Autoregressive generation for APTModel: greedy, temperature, top-k, top-p, with a KV cache."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,7 +31,8 @@ def generate(model: APTModel, input_ids: torch.Tensor, max_new_tokens: int, *, d
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              eos_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
              src: torch.Tensor | None = None, src_attention_mask: torch.Tensor | None = None,
-             use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+             use_cache: bool = True, generator: torch.Generator | None = None,
+             on_step: Callable[[torch.Tensor], bool | None] | None = None) -> torch.Tensor:
     """Continue ``input_ids`` [B, T] by ``max_new_tokens`` tokens; returns [B, T + new].
 
     Decoder-only: ``input_ids`` is the prompt (``attention_mask`` marks left padding).
@@ -38,6 +40,8 @@ def generate(model: APTModel, input_ids: torch.Tensor, max_new_tokens: int, *, d
     column). Greedy unless ``do_sample``; sampling divides logits by ``temperature`` and keeps
     the ``top_k`` / ``top_p`` sets. Rows that produced ``eos_token_id`` (default: the config's)
     keep emitting it. ``use_cache=False`` recomputes the whole sequence every step (same result).
+    ``on_step(new_tokens)`` is called after every step with that step's tokens (int64 [B]);
+    returning True ends generation there (streaming and per-request stopping in a server).
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
@@ -79,6 +83,8 @@ def generate(model: APTModel, input_ids: torch.Tensor, max_new_tokens: int, *, d
                 done |= nxt == eos
             step_ids, step_mask = nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.bool)
             ids, mask = torch.cat([ids, step_ids], 1), torch.cat([mask, step_mask], 1)
+            if on_step is not None and on_step(nxt):
+                break
             if eos is not None and bool(done.all()):
                 break
     finally:

@@ -34,11 +34,33 @@ def test_outputs_equal_local_weights_go_once_and_timeout_falls_back(ray_local, r
     assert 0 < s["latency_p50_s"] <= s["latency_p95_s"]
     rows = [r for r in backends_report(ping=True) if r["endpoint"] == f"ray:{id(remote):x}"]
     assert rows and rows[0]["answered"] is True and rows[0]["kind"] == "ray"
-    remote.timeout = 1e-6                 # no actor answers within a microsecond
+    remote.shutdown()
+
+
+def test_a_call_past_its_timeout_falls_back(ray_local, rng):
+    import os
+    import time
+
+    class SlowOnActor(nn.Module):  # defined here so that Ray pickles it by value
+        """A Linear that sleeps 5 s per call in any process but the test's: the remote call
+        times out whatever the machine's load, the local fallback answers at once."""
+
+        def __init__(self, lin: nn.Linear) -> None:
+            super().__init__()
+            self.lin, self.home = lin, os.getpid()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if os.getpid() != self.home:
+                time.sleep(5.0)
+            return self.lin(x)
+
+    lin = nn.Linear(16, 8)
+    remote = RemoteModule(SlowOnActor(copy.deepcopy(lin)), resources={"CPU": 1}, timeout=0.5)
+    x = torch.randn(3, 16, generator=rng)
     with torch.no_grad():
-        torch.testing.assert_close(remote(xs[0]), lin(xs[0]))
+        torch.testing.assert_close(remote(x), lin(x))
     s = remote.get_stats()
-    assert s["timeouts"] == 1 and s["fallbacks"] == 1 and s["remote_calls"] == 3 and s["actor_alive"]
+    assert s["timeouts"] == 1 and s["fallbacks"] == 1 and s["remote_calls"] == 0 and s["actor_alive"], s
     remote.shutdown()
 
 

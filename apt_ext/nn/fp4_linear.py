@@ -1,7 +1,6 @@
 """``FP4Linear``: nn.Linear with a frozen 4-bit weight, computed by ``torch.ops.apt.fp4_linear``."""
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable
 
@@ -18,11 +17,9 @@ from apt_ext.fp4.weight import FP4Weight, quantize
 TILED_MAX_ROWS = 16
 
 
-@functools.cache
-def _has_tiled_cuda_kernel() -> bool:
-    """Whether this build has the CUDA kernel of apt::fp4_linear_tiled (asked once, so that
-    torch.compile does not trace the dispatcher query)."""
-    return _native.has_kernel("fp4_linear_tiled", "CUDA")
+# Whether this build has the CUDA kernel of apt::fp4_linear_tiled: asked once at import, a
+# plain bool that torch.compile reads without tracing the dispatcher query.
+_TILED_CUDA_KERNEL = _native.has_kernel("fp4_linear_tiled", "CUDA")
 
 
 class FP4Linear(nn.Module):
@@ -101,7 +98,7 @@ class FP4Linear(nn.Module):
     def _takes_tiled_path(self, x: torch.Tensor) -> bool:
         if not (x.is_cuda and self.packed.is_cuda) or x.numel() > TILED_MAX_ROWS * self.in_features:
             return False
-        if not _has_tiled_cuda_kernel():
+        if not _TILED_CUDA_KERNEL:
             return False
         needs_grad = x.requires_grad or (self.bias is not None and self.bias.requires_grad)
         if torch.is_grad_enabled() and needs_grad:

@@ -16,14 +16,26 @@ mkdir -p "$shim/c10/cuda/impl"
 echo '#pragma once' > "$shim/c10/cuda/impl/cuda_cmake_macros.h"
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then mapfile -t files < <(find csrc -name '*.cu' | sort); fi
-rc=0
+# One nvcc per (file, arch), as many at a time as there are cores; reports printed in order.
+jobs_max=$(nproc 2>/dev/null || echo 2)
+n=0
 for f in "${files[@]}"; do
   for arch in 80 90; do
-    echo "== $f sm_$arch"
-    nvcc -std=c++17 -O3 --expt-relaxed-constexpr -lineinfo -Xptxas -v \
-      -gencode "arch=compute_$arch,code=sm_$arch" -c "$f" -o "$shim/out.o" \
-      -I csrc -I "$shim" -I "$TI" -I "$TI/torch/csrc/api/include" \
-      -D_GLIBCXX_USE_CXX11_ABI=1 -DAPT_WITH_CUDA=1 2>&1 | grep -vE "^ptxas info *: (Compiling|Function properties for)" || rc=1
+    log="$shim/$n.log"
+    echo "== $f sm_$arch" > "$log"
+    ( nvcc -std=c++17 -O3 --expt-relaxed-constexpr -lineinfo -Xptxas -v \
+        -gencode "arch=compute_$arch,code=sm_$arch" -c "$f" -o "$shim/$n.o" \
+        -I csrc -I "$shim" -I "$TI" -I "$TI/torch/csrc/api/include" \
+        -D_GLIBCXX_USE_CXX11_ABI=1 -DAPT_WITH_CUDA=1 >> "$log" 2>&1
+      echo $? > "$log.rc" ) &
+    n=$((n + 1))
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
   done
+done
+wait
+rc=0
+for ((i = 0; i < n; i++)); do
+  grep -vE "^ptxas info *: (Compiling|Function properties for)" "$shim/$i.log" || true
+  [ "$(cat "$shim/$i.log.rc")" = 0 ] || { echo "nvcc FAILED (see above)"; rc=1; }
 done
 exit $rc

@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from apt_ext.fp4.format import FORMAT_NAMES
 SENTENCES = [
@@ -82,6 +83,21 @@ class Summary:
         w = max(len(p) for p, _, _ in self.rows)
         for part, status, measured in self.rows:
             print(f"  {part:<{w}}  {status:<18}  {measured}")
+
+
+def run_parts(parts: list[tuple[str, Callable[[], None]]], summary: Summary) -> None:
+    """Runs each (name, part) in order; a part whose optional package is missing is reported as
+    skipped, any other error as FAILED, and the demo goes on."""
+    for name, fn in parts:
+        try:
+            fn()
+        except ImportError as exc:  # an optional package this part needs is not installed
+            missing = getattr(exc, "name", None) or str(exc)
+            print(f"skipped: optional package {missing!r} is not installed ({exc})")
+            summary.add(name, "skipped", f"optional package {missing} not installed")
+        except Exception as exc:  # report and go on: the summary says what failed
+            print(f"FAILED: {type(exc).__name__}: {exc}")
+            summary.add(name, "FAILED", f"{type(exc).__name__}: {exc}")
 
 
 def _section(title: str) -> None:
@@ -277,12 +293,7 @@ def run(args: argparse.Namespace) -> int:
                  ("VGPU offload", lambda: vgpu_part(res, trainer, device, summary, out))]
         if not args.quick:
             parts.append(("FP4 MiniLM", lambda: minilm_part(device, summary)))
-        for name, fn in parts:
-            try:
-                fn()
-            except Exception as exc:  # report and go on: the summary says what failed
-                print(f"FAILED: {type(exc).__name__}: {exc}")
-                summary.add(name, "FAILED", f"{type(exc).__name__}: {exc}")
+        run_parts(parts, summary)
         if args.quick:
             summary.add("FP4 MiniLM", "skipped (--quick)", "-")
     summary.print()

@@ -55,10 +55,12 @@ def test_offload_fp4_linear(tmp_path):
     st = VGPUStack(cpu_levels(tmp_path, device_mb=0.3 * wb, host_mb=0.3 * wb))
     handle = offload(model, st, prefetch=2)
     assert all(m.packed.numel() == 0 for m in model)
+    assert all(m._apt_paged for m in model)  # FP4Linear keeps no private (tiled) device copy
     with torch.no_grad():
         assert torch.equal(model(x), ref)
         assert torch.equal(model(x), ref)
     handle.restore()
+    assert not any(m._apt_paged for m in model)
     st.close()
 
 

@@ -34,7 +34,8 @@ class FP4Linear(nn.Module):
 
     On CUDA, calls that need no gradient with at most ``TILED_MAX_ROWS`` rows of x run on a
     tiled copy of the weight (``apt_ext.fp4.tiled``), built at the first such call and kept
-    beside the buffers (not saved; rebuilt after ``.to()`` or ``load_state_dict``).
+    beside the buffers (not saved; rebuilt after ``.to()`` or ``load_state_dict``; not made while
+    ``apt_ext.vgpu.offload`` pages the layer's weights, whose device budget it would break).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = DEFAULT_FORMAT,
@@ -97,6 +98,9 @@ class FP4Linear(nn.Module):
 
     def _takes_tiled_path(self, x: torch.Tensor) -> bool:
         if not (x.is_cuda and self.packed.is_cuda) or x.numel() > TILED_MAX_ROWS * self.in_features:
+            return False
+        if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy
+            self._tiled = None
             return False
         if not _TILED_CUDA_KERNEL:
             return False

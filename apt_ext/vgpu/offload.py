@@ -7,6 +7,9 @@ and replaced by empty placeholders. A forward pre-hook pins the unit's keys, mak
 in execution order (recorded during the first forward; module registration order before that);
 a forward post-hook puts the placeholders back and unpins, so the pager may evict them.
 Inputs must be on ``stack.device``. Inference only: gradients of offloaded weights are not kept.
+Every unit gets the attribute ``_apt_paged = True`` (until ``restore()``): a module that would
+otherwise keep a private device copy of its weights (``apt_ext.nn.FP4Linear``'s tiled copy)
+does without it, so the device budget holds.
 """
 from __future__ import annotations
 
@@ -92,6 +95,7 @@ class OffloadHandle:
                 if key in self.stack:
                     self._set(unit, attr, is_param, self.stack.get(key, device=device))
                     self.stack.remove(key)
+            unit.module._apt_paged = False
         return self.model
 
 
@@ -131,6 +135,7 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
                 originals.append((unit, attr, is_param, data))
             if unit.tensors:
                 units.append((mname, unit))
+                mod._apt_paged = True
     except BaseException:
         for key in stored:
             stack.remove(key)

@@ -146,3 +146,26 @@ def test_opcheck_tiled_cuda(fmt, apt_seed):
     torch.library.opcheck(torch.ops.apt.fp4_linear_tiled.default,
                           (x, t.tiles, t.tile_scales, t.out_scale, bias, fmt, 24, 200, False))
     torch.library.opcheck(torch.ops.apt.fp4_untile.default, (t.tiles, t.tile_scales, t.out_scale, fmt, 24, 200))
+
+
+@needs_cuda_build
+def test_offloaded_fp4linear_keeps_no_tiled_copy(apt_seed, tmp_path):
+    """A layer paged by apt_ext.vgpu.offload must not keep its tiled copy on the device (it would
+    hold the whole 4-bit model there): it runs the canonical op instead."""
+    from apt_ext.vgpu import VGPUStack, offload
+
+    torch.manual_seed(apt_seed)
+    model = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(4)]).to(DEV, torch.bfloat16)
+    model = apt_ext.quantize_(model, fmt="nvfp4").eval()
+    x = torch.randn(2, 512, device=DEV, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = model(x)  # resident: builds the tiled copies
+    assert all(m._tiled is not None for m in model)
+    with VGPUStack([{"device": DEV, "capacity_mb": 0.5}, {"device": "cpu", "capacity_mb": 64}]) as st:
+        handle = offload(model, st, prefetch=1)
+        with torch.no_grad():
+            y = model(x)
+            y = model(x)
+        assert all(m._tiled is None for m in model)
+        assert _rel_err(y, ref) < 1e-2
+        handle.restore()

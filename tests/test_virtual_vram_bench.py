@@ -1,0 +1,27 @@
+"""benchmarks/virtual_vram.py on the CPU at a tiny size: every path decodes, paging moves the
+weights bit for bit (logits equal the resident model's), nvfp4 stays close, and the SSD level
+takes part."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import virtual_vram  # noqa: E402
+
+
+def test_virtual_vram_quick_cpu(tmp_path, one_thread):
+    out = tmp_path / "vv.json"
+    assert virtual_vram.main(["--cpu", "--quick", "--batches", "2", "--new-tokens", "3", "--out", str(out),
+                              "--ssd-dir", str(tmp_path)]) == 0
+    runs = json.loads(out.read_text())["runs"]["2"]
+    assert runs["resident-float32"]["tokens_per_s"] > 0
+    paged = runs["paged-float32"]
+    assert paged["logits_cosine_min"] > 0.999999 and paged["top1_agreement"] == 1.0
+    assert paged["bytes_h2d_per_step"] > 0
+    if "paged-nvfp4" in runs:  # the CPU FP4 kernels are built
+        assert runs["paged-nvfp4"]["logits_cosine_mean"] > 0.9
+        assert runs["paged-nvfp4-ssd"]["bytes_ssd_per_step"] > 0

@@ -22,6 +22,14 @@ if [ -d .whl ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# tools/fetch_device_tools.sh's liburing/libxxhash packages (the pager's io_uring backend) and a
+# static fio, when the call carried ".devtools".
+if [ -d .devtools/debs ]; then
+  for f in .devtools/debs/*.deb; do dpkg -x "$f" /tmp/devroot; done
+  export CMAKE_PREFIX_PATH=/tmp/devroot/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
+  export LD_LIBRARY_PATH=/tmp/devroot/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+[ -x .devtools/bin/fio ] && export PATH=$PWD/.devtools/bin:$PATH
 LIMIT=0
 stage() {  # name, command...
   local name=$1; shift

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Prepares .devtools/ (git-ignored through .git/info/exclude) for the GPU machine, which has no
+# network: the liburing and libxxhash Debian packages (so the VGPU pager builds its io_uring
+# backend there) and a static fio binary (the SSD benchmark's peer beside dd). Run here, then
+# carry ".devtools" with the device call; benchmarks/gpu_session.sh unpacks and uses it.
+#   bash tools/fetch_device_tools.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qx "/.devtools/" .git/info/exclude 2>/dev/null || echo "/.devtools/" >> .git/info/exclude
+mkdir -p .devtools/debs .devtools/bin
+echo "fetch_device_tools: Debian packages liburing-dev liburing2 libxxhash-dev libxxhash0"
+(cd .devtools/debs && apt-get download -q liburing-dev liburing2 libxxhash-dev libxxhash0)
+if [ ! -x .devtools/bin/fio ]; then
+  echo "fetch_device_tools: building a static fio from Debian's source package"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  mkdir -p "$work/lists/partial"
+  echo "deb-src http://deb.debian.org/debian bookworm main" > "$work/sources.list"
+  apt_opts=(-q -o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+            -o "Dir::State::Lists=$work/lists")
+  apt-get "${apt_opts[@]}" update >/dev/null
+  (cd "$work" && apt-get "${apt_opts[@]}" source --download-only fio >/dev/null && tar xzf fio_*.orig.tar.gz)
+  (cd "$work"/fio-*/ && ./configure --build-static --disable-numa --disable-rdma --disable-gfapi \
+      --disable-rados --disable-rbd --disable-http --disable-pmem --disable-libnfs --disable-native \
+      --disable-xnvme --disable-libzbc --disable-tcmalloc --disable-dfs >/dev/null \
+    && make -j"$(nproc)" >/dev/null && cp fio "$OLDPWD/.devtools/bin/fio")
+fi
+ls -la .devtools/debs .devtools/bin
+echo "fetch_device_tools: ready; carry \".devtools\" in the device call"

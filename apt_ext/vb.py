@@ -280,15 +280,15 @@ def apply(model: nn.Module, mode: str | None = None, verbose: bool = False,
         model.register_forward_pre_hook(_pre_forward_hook)
         st = None
     if st is not None and st.fp4 in ("applied", "quantized"):
+        st.verbose = False                     # the report printed below says it
         if for_training is True:
             st.restore(model, "for_training=True")
         elif for_training is False and st.fp4 == "applied":
             st.freeze(model)
     elif st is None or st.fp4 == "pending" or for_training is not None:
-        st = model._apt_vb = _ModelState(mode, bool(verbose), keep_float=mode != "memory")
+        st = model._apt_vb = _ModelState(mode, verbose=False, keep_float=mode != "memory")
         if for_training is True:
             st.fp4, st.reason = "kept_trainable", "for_training=True: the weights stay trainable float"
-            st._say(model)
         elif for_training is False or mode == "speed" or not model.training or not torch.is_grad_enabled():
             st.quantize(model, permanent=for_training is False)
         else:
@@ -296,7 +296,7 @@ def apply(model: nn.Module, mode: str | None = None, verbose: bool = False,
             st.reason = ("applied at the first inference forward (eval or no-grad, generate); "
                          "a model whose first forward trains keeps trainable float weights") if ok else \
                 f"{why} (checked again at the first inference forward)"
-            st._say(model)
+    st.verbose = bool(verbose)                 # later decisions (at a forward) print one line each
     in_fp4 = st.fp4 in ("pending", "applied", "quantized")
     report_["fp4"] = {"format": FP4_FORMAT if in_fp4 and report_["fp4"]["format"] else None,
                       "when": report_["fp4"]["when"] if in_fp4 else None, "reason": st.reason}

@@ -122,10 +122,12 @@ def test_inference_first_then_training_restores_exact_float_weights(capsys):
     weight, original = up.weight, up.weight.detach().clone()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)       # built before vb touches the model
     r = vb.apply(model, "balanced", verbose=True)
-    assert r["model"]["fp4"] == "pending" and "first inference forward" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert r["model"]["fp4"] == "pending" and "model: FP4 pending (applied at the first inference forward" in out
     x = torch.randint(0, 64, (2, 9))
     with torch.no_grad():                                   # a sanity check before training: FP4 now
         model(x)
+    assert "APTModel: FP4 applied: 2 Linear layers -> nvfp4 for inference" in capsys.readouterr().out
     assert isinstance(model.decoder[0].ffn.up, FP4Linear) and model.decoder[0].ffn.up.bias is up.bias
     logits = model(x[:, :-1])                               # a training forward: float layers come back
     assert model.decoder[0].ffn.up is up and up.weight is weight and torch.equal(weight, original)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
+import types
 from pathlib import Path
 
 SEED = Path(__file__).with_name("APT-Transformer-summary.md")
@@ -38,7 +40,10 @@ def block(n: int) -> str:
 
 
 def run_block(n: int, **names) -> dict:
-    """Execute block ``n`` verbatim in a namespace holding only ``names``; returns the namespace."""
-    ns = {"__name__": f"seed_block_{n}", **names}
-    exec(compile(block(n), f"<design document, python block {n}>", "exec"), ns)
-    return ns
+    """Execute block ``n`` verbatim as the body of a fresh module (registered in sys.modules, as
+    a script's ``__main__`` would be) whose namespace holds only ``names``; returns the namespace."""
+    module = types.ModuleType(f"seed_block_{n}")
+    module.__dict__.update(names)
+    sys.modules[module.__name__] = module
+    exec(compile(block(n), f"<design document, python block {n}>", "exec"), module.__dict__)
+    return module.__dict__

@@ -240,7 +240,7 @@ def test_block18_generate_with_memory():
     ns = run_block(18, config=config)
     answer = ns["generate_with_memory"]("如何支持超长上下文？")
     assert isinstance(answer, str)
-    assert ns["memory"].stats()["nodes"] >= 1             # the turn was written to memory
+    assert ns["memory"].stats()["total_nodes"] >= 1       # the turn was written to memory
     assert isinstance(ns["generate_with_memory"]("第二轮"), str)
     ns["memory"].close()
 

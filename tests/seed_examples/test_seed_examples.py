@@ -277,3 +277,4 @@ def test_block20_quick_reference(capsys, monkeypatch):
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert n_trainable == model.num_parameters()
     assert ns["manager"].get_accelerator_type() in capsys.readouterr().out
+

@@ -87,3 +87,28 @@ def test_fp4_checkpoint_of_every_format_loads(fmt, tmp_path):
     x = torch.randint(0, 256, (1, 8))
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_round_trip_on_the_model_the_demo_trains(capsys, tmp_path):
+    """`apt-ext demo --quick` trains and saves a model; it answers text with text through the API
+    and through `apt-ext generate`, the same continuation both ways."""
+    from apt_ext.cli.main import main
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["demo", "--quick", "--device", "cpu", "--out-dir", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(n)
+    capsys.readouterr()
+    run_dir = tmp_path / "train"
+    model = APTModel.from_pretrained(run_dir)
+    assert isinstance(model.tokenizer, ByteTokenizer)
+    prompt = "The default value of"
+    text = model.generate(prompt, 12)
+    ids = torch.tensor([model.tokenizer.encode(prompt)])
+    assert isinstance(text, str) and text == model.tokenizer.decode(model.generate(ids, 12)[0, ids.shape[1]:].tolist())
+    assert model.generate([prompt, "x"], 12)[0] == text     # a batch (left-padded) gives the same row
+    rc = main(["generate", "--checkpoint", str(run_dir), "--max-tokens", "12", "--device", "cpu", prompt])
+    captured = capsys.readouterr()
+    assert rc == 0 and captured.out == text + "\n"
+    assert "12 generated" in captured.err

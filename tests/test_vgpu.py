@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import random
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,7 +239,9 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="ordered"):
         VGPUStack([lv[2], lv[1]])
     with pytest.raises(ValueError, match="path"):
-        VGPUStack([{"device": "ssd", "capacity_mb": 1}])
+        VGPUStack([{"device": "ssd", "capacity_mb": 1, "path": 3}])
+    with pytest.raises(TypeError, match="allow_missing_devices"):
+        VGPUStack(lv, allow_missing_devices="yes")
     with pytest.raises(ValueError, match="levels"):
         VGPUStack.from_config({"levls": []})
     with pytest.raises(ValueError, match="queue_depth"):
@@ -276,3 +280,62 @@ def test_device_and_ssd_without_host_level(tmp_path, rng):
     s = st.stats()
     assert s["links"]["host->ssd"]["bytes"] > 0 and s["links"]["ssd->host"]["bytes"] > 0
     st.close()
+
+
+# ---- the design document's configs run as written (SPEC 5) ----------------------------------------
+def test_ssd_level_without_path_uses_a_private_dir_in_the_user_cache(tmp_path, monkeypatch, rng):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    st = VGPUStack.from_config({"levels": [{"capacity_mb": 0.0625, "device": "cpu", "kind": "device"},
+                                           {"capacity_mb": 8, "device": "ssd"}]})
+    data = {f"t{i}": random_tensor(rng, 4096) for i in range(30)}
+    for k, v in data.items():
+        st.put(k, v)
+    ssd_dir = Path(st.stats()["ssd_dir"])
+    parent = tmp_path / "cache" / "apt_ext" / "vgpu"
+    assert ssd_dir.parent == parent and ssd_dir.name.startswith("apt_vgpu_")
+    assert stat.S_IMODE(parent.stat().st_mode) == 0o700 and stat.S_IMODE(ssd_dir.stat().st_mode) == 0o700
+    assert any(st.level(k) == 1 for k in data) and all(same_bytes(st.get(k), v) for k, v in data.items())
+    st.close()
+    assert not ssd_dir.exists()
+
+
+def test_speed_gbps_is_reported_next_to_the_measured_link_speed(tmp_path, rng):
+    st = VGPUStack.from_config({"levels": [
+        {"capacity_mb": 0.0625, "device": "cpu", "kind": "device", "speed_gbps": 900},
+        {"capacity_mb": 0.125, "device": "cpu", "speed_gbps": 50},
+        {"capacity_mb": 8, "device": "ssd", "path": str(tmp_path), "speed_gbps": 7}]})
+    data = {f"t{i}": random_tensor(rng, 4096) for i in range(40)}
+    for k, v in data.items():
+        st.put(k, v)
+    for k in data:
+        st.get(k)
+    s = st.stats()
+    speeds = s["speeds"]
+    assert [r["nominal_gbps"] for r in speeds] == [900, 50, 7]
+    assert [r["read_link"] for r in speeds] == [None, "host->device", "ssd->host"]
+    assert speeds[2]["measured_read_gbps"] == s["links"]["ssd->host"]["gbps"] > 0
+    assert speeds[1]["measured_read_gbps"] == s["links"]["host->device"]["gbps"] > 0
+    assert speeds[0]["measured_read_gbps"] is None and speeds[2]["measured_write_gbps"] > 0
+    st.close()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_absent_device_level_error_or_skip(tmp_path, rng):
+    levels = [{"capacity_mb": 64, "device": "cuda:0", "speed_gbps": 900},
+              {"capacity_mb": 1, "device": "cpu", "speed_gbps": 50},
+              {"capacity_mb": 8, "device": "ssd", "path": str(tmp_path)}]
+    with pytest.raises(ValueError, match=r"levels\[0\].device: 'cuda:0' is not present.*"
+                                         r"Levels that would work here: levels\[1\] \(cpu\), levels\[2\] \(ssd\)"):
+        VGPUStack.from_config({"levels": levels})
+    with pytest.warns(RuntimeWarning, match=r"skipping levels\[0\]"):
+        st = VGPUStack.from_config({"levels": levels}, allow_missing_devices=True)
+    x = random_tensor(rng, 1000)
+    st.put("x", x)
+    assert same_bytes(st.get("x"), x) and st.device == torch.device("cpu")
+    s = st.stats()
+    assert [lv["kind"] for lv in s["levels"]] == ["host", "ssd"] and s["skipped_levels"][0]["level"] == 0
+    st.close()
+    with pytest.warns(RuntimeWarning):   # the config key does the same (JSON configs of apt-ext serve)
+        VGPUStack.from_config({"levels": levels, "allow_missing_devices": True}).close()
+    with pytest.raises(ValueError, match="no level is usable"):
+        VGPUStack([levels[0]], allow_missing_devices=True)

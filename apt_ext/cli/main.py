@@ -12,6 +12,7 @@ COMMANDS = (
     "apt_ext.cli.demo",
     "apt_ext.cli.memory",
     "apt_ext.cli.serve",
+    "apt_ext.cli.generate",
 )
 
 

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 
+from apt_ext.model.checkpoint import resolve_model_dir
+from apt_ext.model.generation import left_pad
+
 FINISH_STOP, FINISH_LENGTH = "stop", "length"
 
 
@@ -106,27 +109,6 @@ class _Row:
             self.req.on_text(delta)
 
 
-def _load_tokenizer(model_dir: Path, vocab_size: int):
-    from apt_ext.train.data import ByteTokenizer, load_tokenizer
-    for candidate in (model_dir / "tokenizer.json", model_dir.parent / "tokenizer.json"):
-        if candidate.is_file():
-            return load_tokenizer(candidate)
-    if vocab_size == ByteTokenizer.vocab_size:
-        return ByteTokenizer()
-    raise FileNotFoundError(f"checkpoint: no tokenizer.json in {model_dir} or {model_dir.parent} "
-                            f"(a {vocab_size}-id model needs the tokenizer it was trained with)")
-
-
-def resolve_model_dir(directory: str | Path) -> Path:
-    """The ``save_pretrained`` directory inside a checkpoint directory (``DIR`` or ``DIR/model``)."""
-    d = Path(directory)
-    for candidate in (d, d / "model"):
-        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
-            return candidate
-    raise FileNotFoundError(f"checkpoint: {d} holds neither config.json + model.safetensors nor a "
-                            "model/ folder with them (write one with apt-ext train or APTModel.save_pretrained)")
-
-
 class LocalModel:
     """A decoder-only APT model and its tokenizer, completing text on one device.
 
@@ -164,7 +146,10 @@ class LocalModel:
             from apt_ext.devices import get_device
             device = get_device()
         model = APTModel.from_pretrained(model_dir, device=device)
-        tokenizer = _load_tokenizer(model_dir, model.config.vocab_size)
+        if model.tokenizer is None and model.config.vocab_size != 256:
+            raise FileNotFoundError(f"checkpoint: no tokenizer.json in {model_dir} or {model_dir.parent} "
+                                    f"(a {model.config.vocab_size}-id model needs the tokenizer it was trained with)")
+        tokenizer = model.text_tokenizer()
         if fp4 is not None:
             import apt_ext
             tied = model.config.tie_embeddings
@@ -232,14 +217,7 @@ class LocalModel:
         first = requests[0]
         eos = self.model.config.eos_token_id
         rows = [_Row(r, self.tokenizer.decode, eos) for r in requests]
-        width = max(len(r.prompt_ids) for r in requests)
-        pad = self.model.config.pad_token_id or 0
-        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in requests],
-                           dtype=torch.long, device=self.device)
-        mask = None
-        if any(len(r.prompt_ids) != width for r in requests):
-            mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests],
-                                dtype=torch.bool, device=self.device)
+        ids, mask = left_pad([r.prompt_ids for r in requests], self.model.config.pad_token_id or 0, self.device)
 
         def on_step(tokens: torch.Tensor) -> bool:
             return all([row.push(t) for row, t in zip(rows, tokens.tolist())])

@@ -1,7 +1,8 @@
-"""Autoregressive generation for APTModel: greedy, temperature, top-k, top-p, with a KV cache."""
+"""Autoregressive generation for APTModel: greedy, temperature, top-k, top-p, with a KV cache;
+token ids in and out (``generate``) or text in and out (``generate_text``)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -10,6 +11,21 @@ from apt_ext.model.kv_cache import KVCache
 
 if TYPE_CHECKING:  # the model calls generate(); generate only needs its type for annotations
     from apt_ext.model.model import APTModel
+
+#: new tokens when ``model.generate`` is called without ``max_new_tokens``
+DEFAULT_MAX_NEW_TOKENS = 32
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu"
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token id lists of different lengths -> (ids int64 [B, T] left-padded with ``pad``,
+    attention mask bool [B, T], or None when every row has length T)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long, device=device)
+    if all(len(r) == width for r in rows):
+        return ids, None
+    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows], dtype=torch.bool, device=device)
+    return ids, mask
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -96,3 +112,53 @@ def _forward(model, ids, mask, src, src_mask, cache):
     if model.config.decoder_only:
         return model(ids, attention_mask=mask, cache=cache)
     return model(src, ids, attention_mask=src_mask, tgt_attention_mask=mask, cache=cache)
+
+
+def generate_text(model: APTModel, prompts: str | Sequence[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                  **kwargs) -> str | list[str]:
+    """Continue ``prompts`` (a str, or a list of str run as one left-padded batch) with the
+    model's tokenizer (``model.text_tokenizer()``); returns the generated text (without the
+    prompt), a str for a str and a list for a list. The text of a row ends before its EOS.
+
+    Decoder-only: the prompt (after the config's BOS, if set) is the decoder input.
+    Encoder-decoder: the prompt is the source and the decoder starts from ``bos_token_id``
+    (the config must set it). ``kwargs``: the sampling arguments of :func:`generate`
+    (``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``, ``use_cache``,
+    ``generator``); token-level arguments (``attention_mask``, ``src``, ...) are refused.
+    """
+    single = isinstance(prompts, str)
+    items = [prompts] if single else prompts
+    if (not isinstance(items, Sequence) or isinstance(items, (bytes, bytearray)) or not items
+            or not all(isinstance(p, str) for p in items)):
+        raise TypeError(f"prompts: expected a str or a non-empty list of str, got {type(prompts).__name__}")
+    refused = sorted(set(kwargs) & {"attention_mask", "src", "src_attention_mask", "on_step"})
+    if refused:
+        raise TypeError(f"{refused[0]}: not accepted with text prompts (pass token ids to use it)")
+    tok = model.text_tokenizer()
+    cfg = model.config
+    bos = cfg.bos_token_id
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    rows = [list(tok.encode(p)) for p in items]
+    if cfg.decoder_only:
+        rows = [([bos] if bos is not None else []) + r for r in rows]
+    for i, r in enumerate(rows):
+        if not r:
+            raise ValueError(f"prompts[{i}]: empty, and the config has no bos_token_id to start from")
+        need = len(r) + max_new_tokens if cfg.decoder_only else max(len(r), 1 + max_new_tokens)
+        if need > cfg.max_seq_len:
+            raise ValueError(f"prompts[{i}]: {len(r)} prompt tokens and max_new_tokens={max_new_tokens} exceed the "
+                             f"model's max_seq_len={cfg.max_seq_len}")
+    ids, mask = left_pad(rows, pad, device)
+    if cfg.decoder_only:
+        out = generate(model, ids, max_new_tokens, attention_mask=mask, **kwargs)
+    else:
+        if bos is None:
+            raise ValueError("prompts: an encoder-decoder model generates text from a decoder start token; "
+                             "set bos_token_id in its APTModelConfiguration")
+        start = torch.full((len(rows), 1), bos, dtype=torch.long, device=device)
+        out = generate(model, start, max_new_tokens, src=ids, src_attention_mask=mask, **kwargs)
+    new = out[:, ids.shape[1] if cfg.decoder_only else 1:].tolist()
+    eos = kwargs.get("eos_token_id", cfg.eos_token_id)
+    texts = [tok.decode(row[:row.index(eos)] if eos is not None and eos in row else row) for row in new]
+    return texts[0] if single else texts

@@ -23,7 +23,7 @@ from torch import nn
 from apt_ext.model.autopoietic import AutopoieticCorrection
 from apt_ext.model.config import APTModelConfiguration
 from apt_ext.left_spin._ops import left_spin_residual
-from apt_ext.model.generation import generate
+from apt_ext.model.generation import DEFAULT_MAX_NEW_TOKENS, generate, generate_text
 from apt_ext.model.hooks import run_init_hooks
 from apt_ext.model.kv_cache import KVCache
 from apt_ext.nn.left_spin import LeftSpinChain, LeftSpinResidual
@@ -200,6 +200,10 @@ class APTModel(nn.Module):
     Token ids are int64 [B, T]; ``attention_mask`` / ``tgt_attention_mask`` are [B, T] with
     1/True for real tokens (default: ``ids != pad_token_id`` when ``pad_token_id`` is set,
     else all real). Position ids count real tokens only, so left padding does not shift them.
+
+    ``tokenizer``: an object with ``encode(str) -> list[int]`` and ``decode(list[int]) -> str``
+    (None until set; ``from_pretrained`` loads the one saved with the model, the trainer sets
+    its own) that lets ``generate`` take and return text.
     """
 
     def __init__(self, config: APTModelConfiguration) -> None:
@@ -207,6 +211,7 @@ class APTModel(nn.Module):
         if not isinstance(config, APTModelConfiguration):
             raise TypeError(f"config: expected an APTModelConfiguration, got {type(config).__name__}")
         self.config = cfg = config
+        self.tokenizer = None
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
@@ -349,7 +354,10 @@ class APTModel(nn.Module):
             self._check_ids(input_ids, "input_ids")
             return self.decode(input_ids, self._valid(input_ids, attention_mask, "attention_mask"), None, None, cache)
         if tgt is None:
-            raise ValueError("tgt: an encoder-decoder model takes model(src, tgt)")
+            raise ValueError("tgt: this is an encoder-decoder model (config.decoder_only=False): call "
+                             "model(src, tgt) with the decoder input as tgt (the target sequence shifted right, "
+                             "starting with a start token), or build it with APTModelConfiguration(decoder_only=True, "
+                             "...) to call model(input_ids)")
         self._check_ids(tgt, "tgt")
         if cache is not None and cache.memory is not None:
             memory, mvalid = cache.memory, cache.memory_valid
@@ -383,25 +391,60 @@ class APTModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ---- generation, save / load --------------------------------------------------------
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
-        """See :func:`apt_ext.model.generation.generate`."""
+    def generate(self, input_ids: torch.Tensor | str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 **kwargs) -> torch.Tensor | str | list[str]:
+        """Token ids [B, T] -> ids [B, T + new] (:func:`apt_ext.model.generation.generate`), or
+        text -> generated text, a str or a list of str (:func:`apt_ext.model.generation.generate_text`,
+        needs ``text_tokenizer()``)."""
+        if isinstance(input_ids, str) or (isinstance(input_ids, (list, tuple)) and input_ids
+                                          and all(isinstance(p, str) for p in input_ids)):
+            return generate_text(self, input_ids, max_new_tokens, **kwargs)
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids: expected token ids (a LongTensor [B, T]), a str or a list of str, "
+                            f"got {type(input_ids).__name__}")
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
+    def text_tokenizer(self):
+        """The tokenizer ``generate`` uses for text: ``self.tokenizer``, else the byte tokenizer
+        for a 256-id model (UTF-8 bytes are its ids); ValueError saying what to do otherwise."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.config.vocab_size == 256:
+            from apt_ext.train.data import ByteTokenizer
+            return ByteTokenizer()
+        raise ValueError(f"prompts: text needs a tokenizer, and this {self.config.vocab_size}-id model has none: set "
+                         "model.tokenizer (an object with encode(str) and decode(ids)), load it with "
+                         "APTModel.from_pretrained from a directory that has its tokenizer.json, or pass token ids")
+
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (weights, FP4 buffers) to directory."""
+        """Write ``config.json`` and ``model.safetensors`` (weights, FP4 buffers) to directory,
+        and ``tokenizer.json`` when ``self.tokenizer`` is set."""
         from safetensors.torch import save_model
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.config.save(d / "config.json")
         save_model(self, str(d / "model.safetensors"))
+        if self.tokenizer is not None:
+            self.tokenizer.save(d / "tokenizer.json")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "APTModel":
-        """Rebuild a model saved by ``save_pretrained`` (strict: every tensor must match)."""
+        """Rebuild a model saved by ``save_pretrained`` (strict: every tensor must match).
+
+        ``directory``: the ``save_pretrained`` directory or a run directory holding it as
+        ``model/`` (what ``apt-ext train`` writes). Linear layers saved in FP4 (``use_fp4``,
+        ``apt_ext.quantize_``, ``vb``) are rebuilt as FP4Linear of the saved format before loading,
+        so any saved model loads, whatever ``vb`` is enabled. ``tokenizer.json`` in the directory
+        or next to it becomes ``model.tokenizer``."""
         from safetensors.torch import load_model
-        d = Path(directory)
-        if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-            raise FileNotFoundError(f"directory: {d} has no config.json + model.safetensors")
+
+        import apt_ext
+        from apt_ext.model.checkpoint import find_tokenizer, fp4_layers, resolve_model_dir
+        d = resolve_model_dir(directory)
         model = cls(APTModelConfiguration.load(d / "config.json"))
+        saved_fp4 = fp4_layers(d / "model.safetensors")
+        for fmt in sorted(set(saved_fp4.values())):
+            apt_ext.quantize_(model, fmt, filter_fn=lambda m, fqn: saved_fp4.get(fqn) == fmt)
         load_model(model, str(d / "model.safetensors"), strict=True, device=str(device))
+        model.tokenizer = find_tokenizer(d)
         return model.to(device)

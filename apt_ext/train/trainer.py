@@ -145,6 +145,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.model = APTModel(model_cfg).to(self.device)
+        self.model.tokenizer = self.tokenizer      # generate() takes and returns text
         if model_cfg.use_dbc_dac and cfg.fsdp:
             raise ValueError("use_dbc_dac: not supported with fsdp=True (gradients are sharded); use DDP")
         self.net = self.model

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +24,66 @@ _native.require("apt_ext.vgpu")
 from apt_ext._C import VGPUCapacityError, VGPUChecksumError, VGPUIOError, VGPULevelSpec, VGPUPager  # noqa: E402
 
 _LEVEL_FIELDS = {"capacity_mb", "device", "speed_gbps", "path", "kind"}
+_CONFIG_KEYS = {"levels", "io_backend", "queue_depth", "allow_missing_devices"}
+# the link that reads a level's data up into the level above it (its measured speed is
+# reported next to the level's nominal speed_gbps); the device level has none
+_READ_LINK = {"device": None, "host": "host->device", "ssd": "ssd->host"}
+_WRITE_LINK = {"device": None, "host": "device->host", "ssd": "host->ssd"}
 _MB = 1 << 20
+
+
+def default_ssd_parent() -> Path:
+    """Where an SSD level without ``path`` keeps its files: ``$XDG_CACHE_HOME/apt_ext/vgpu``
+    (default ``~/.cache/apt_ext/vgpu``), created with mode 0700. The pager makes a private
+    ``apt_vgpu_XXXXXX`` directory inside it (mkdtemp) and deletes it on ``close()``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    d = Path(base) / "apt_ext" / "vgpu"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d
+
+
+def _missing_device(device: str) -> str | None:
+    """Why the device level ``device`` cannot exist on this machine, or None when it can."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return None  # not a device string at all: the pager's check names the argument
+    if dev.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine (torch.cuda.is_available() is False)"
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+def _drop_missing_levels(levels: Sequence[Any], allow_missing_devices: bool) -> tuple[list, list[dict]]:
+    """((index, level) pairs of the levels that exist here, skipped levels). A device level naming an absent device raises a
+    ValueError that says which levels would work, or is skipped with a warning when
+    ``allow_missing_devices``."""
+    keep, skipped = [], []
+    for i, lv in enumerate(levels):
+        device = lv.get("device") if isinstance(lv, Mapping) else None
+        why = _missing_device(device) if isinstance(device, (str, torch.device)) and str(device) not in ("cpu", "ssd") \
+            else None
+        if why is None:
+            keep.append((i, lv))
+        else:
+            skipped.append({"level": i, "device": str(device), "reason": why})
+    if not skipped:
+        return keep, []
+    names = ", ".join(f"levels[{i}] ({lv.get('device') if isinstance(lv, Mapping) else repr(lv)})" for i, lv in keep)
+    for sk in skipped:
+        if not allow_missing_devices:
+            raise ValueError(f"levels[{sk['level']}].device: {sk['device']!r} is not present: {sk['reason']}. "
+                             f"Levels that would work here: {names or 'none'}. Remove the level, or pass "
+                             f"allow_missing_devices=True to skip it with a warning.")
+    if not keep:
+        raise ValueError(f"levels: no level is usable on this machine ({skipped})")
+    warnings.warn("VGPUStack: skipping " + "; ".join(f"levels[{sk['level']}] ({sk['device']!r}: {sk['reason']})"
+                                                       for sk in skipped)
+                  + f"; the stack uses {names}", RuntimeWarning, stacklevel=3)
+    return keep, skipped
 
 
 def _level_spec(i: int, level: Any) -> tuple[VGPULevelSpec, str, str]:
@@ -49,8 +111,11 @@ def _level_spec(i: int, level: Any) -> tuple[VGPULevelSpec, str, str]:
         raise ValueError(f"levels[{i}]: kind 'host' needs device 'cpu', got {device!r}")
     path = level.get("path", "")
     if kind == "ssd":
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"levels[{i}].path: the ssd level needs a directory path (str), got {path!r}")
+        if path is None or path == "":
+            path = str(default_ssd_parent())
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"levels[{i}].path: expected a directory path (str) or no path, got {path!r}")
+        path = os.fspath(path)
     elif path:
         raise ValueError(f"levels[{i}].path: only the ssd level takes a path")
     speed = level.get("speed_gbps", 0.0)
@@ -58,6 +123,19 @@ def _level_spec(i: int, level: Any) -> tuple[VGPULevelSpec, str, str]:
         raise ValueError(f"levels[{i}].speed_gbps: expected a non-negative number, got {speed!r}")
     spec = VGPULevelSpec(kind, device if kind == "device" else "", int(cap * _MB), str(path), float(speed))
     return spec, kind, device
+
+
+def _speed_row(i: int, level: dict, links: dict) -> dict:
+    def measured(name: str | None) -> float | None:
+        link = links.get(name) if name else None
+        return link["gbps"] if link and link["bytes"] else None
+    read, write = _READ_LINK[level["kind"]], _WRITE_LINK[level["kind"]]
+    if level["kind"] == "host" and i == 0:   # a host level with no device level above it
+        read = write = None
+    return {"level": i, "kind": level["kind"], "device": level["device"],
+            "nominal_gbps": level["nominal_speed_gbps"] or None,
+            "read_link": read, "measured_read_gbps": measured(read),
+            "write_link": write, "measured_write_gbps": measured(write)}
 
 
 def _check_key(key: Any) -> str:
@@ -74,11 +152,16 @@ class VGPUStack:
     ``ssd`` (files under ``path``; O_DIRECT where allowed; io_uring or a pread thread pool).
 
     ``levels``: list of dicts ``{'capacity_mb': float > 0, 'device': 'cuda[:i]'|'cpu'|'ssd',
-    'path': dir (ssd only), 'speed_gbps': nominal (reported only), 'kind': optional}``. The kind is
+    'path': dir (ssd only; default: a private directory under ``default_ssd_parent()``, the
+    user's cache), 'speed_gbps': nominal (reported in ``stats()['speeds']`` next to the measured
+    link speed, never used), 'kind': optional}``. The kind is
     inferred from ``device`` ('cuda*' -> device, 'cpu' -> host, 'ssd' -> ssd); pass
     ``'kind': 'device'`` with ``'device': 'cpu'`` for a CPU "device" level (no GPU).
     ``io_backend``: 'auto' (io_uring if it works here, else pread; env ``APT_VGPU_IO`` overrides),
     'io_uring' or 'pread'. ``queue_depth``: io_uring ring size / I/O requests in flight.
+    ``allow_missing_devices``: a device level naming a device this machine lacks ('cuda:0'
+    without a GPU) raises a ValueError listing the levels that would work (default), or, when
+    True, is skipped with a RuntimeWarning (``stats()['skipped_levels']`` lists it).
 
     Guarantees: eviction is LRU per level and demotes to the next level (data is never dropped);
     a full stack raises ``VGPUCapacityError`` and keeps everything stored; SSD pages are verified
@@ -87,14 +170,18 @@ class VGPUStack:
     its files are deleted by ``close()``. All methods are thread-safe.
     """
 
-    def __init__(self, levels: Sequence[Mapping[str, Any]], io_backend: str = "auto", queue_depth: int = 64) -> None:
+    def __init__(self, levels: Sequence[Mapping[str, Any]], io_backend: str = "auto", queue_depth: int = 64,
+                 allow_missing_devices: bool = False) -> None:
         if isinstance(levels, (str, bytes, Mapping)) or not isinstance(levels, Sequence):
             raise TypeError(f"levels: expected a list of level dicts, got {type(levels).__name__}")
         if not isinstance(io_backend, str):
             raise TypeError(f"io_backend: expected 'auto', 'io_uring' or 'pread', got {io_backend!r}")
         if isinstance(queue_depth, bool) or not isinstance(queue_depth, int):
             raise TypeError(f"queue_depth: expected an int in [1, 4096], got {queue_depth!r}")
-        parsed = [_level_spec(i, lv) for i, lv in enumerate(levels)]
+        if not isinstance(allow_missing_devices, bool):
+            raise TypeError(f"allow_missing_devices: expected a bool, got {allow_missing_devices!r}")
+        kept, self._skipped = _drop_missing_levels(levels, allow_missing_devices)
+        parsed = [_level_spec(i, lv) for i, lv in kept]
         self._pager = VGPUPager([p[0] for p in parsed], io_backend, queue_depth)
         # close() at garbage collection or interpreter exit: SSD files never outlive the process
         weakref.finalize(self, self._pager.close)
@@ -103,17 +190,20 @@ class VGPUStack:
         self.device = torch.device(device0) if kind0 == "device" else torch.device("cpu")
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "VGPUStack":
-        """Build from ``{'levels': [...], 'io_backend'?: str, 'queue_depth'?: int}``."""
+    def from_config(cls, config: Mapping[str, Any], allow_missing_devices: bool | None = None) -> "VGPUStack":
+        """Build from ``{'levels': [...], 'io_backend'?: str, 'queue_depth'?: int,
+        'allow_missing_devices'?: bool}`` (the keyword argument overrides the config key)."""
         if not isinstance(config, Mapping):
             raise TypeError(f"config: expected a dict with 'levels', got {type(config).__name__}")
-        unknown = set(config) - {"levels", "io_backend", "queue_depth"}
+        unknown = set(config) - _CONFIG_KEYS
         if unknown:
-            raise ValueError(f"config: unknown key(s) {sorted(unknown)}; expected 'levels', 'io_backend', 'queue_depth'")
+            raise ValueError(f"config: unknown key(s) {sorted(unknown)}; expected some of {sorted(_CONFIG_KEYS)}")
         if "levels" not in config:
             raise ValueError("config: missing 'levels' (a list of {'capacity_mb', 'device', ...} dicts)")
+        if allow_missing_devices is None:
+            allow_missing_devices = config.get("allow_missing_devices", False)
         return cls(config["levels"], io_backend=config.get("io_backend", "auto"),
-                   queue_depth=config.get("queue_depth", 64))
+                   queue_depth=config.get("queue_depth", 64), allow_missing_devices=allow_missing_devices)
 
     # -- data ---------------------------------------------------------------------------
     def put(self, key: str, tensor: torch.Tensor) -> None:
@@ -193,9 +283,15 @@ class VGPUStack:
         """Measured counters: per level ``hits``/``misses``/``evictions``/``used_bytes``; per link
         (``'host->device'``, ``'device->host'``, ``'ssd->host'``, ``'host->ssd'``) ``bytes``,
         ``seconds`` (time spent copying; CUDA events on GPU), ``gbps``; the I/O backend in use,
-        whether O_DIRECT is active, the checksum, and ``hit_rate`` (level-0 hits / gets)."""
+        whether O_DIRECT is active, the checksum, and ``hit_rate`` (level-0 hits / gets).
+        ``speeds``: per level, the nominal ``speed_gbps`` of the config next to the measured GB/s
+        of the link that reads that level's data up (``ssd->host``, ``host->device``) and of the
+        link that writes into it (None where no bytes crossed it; the device level has no link).
+        ``skipped_levels``: levels dropped under ``allow_missing_devices``."""
         s = self._pager.stats()
         s["hit_rate"] = s["levels"][0]["hits"] / s["gets"] if s["gets"] else 0.0
+        s["speeds"] = [_speed_row(i, lv, s["links"]) for i, lv in enumerate(s["levels"])]
+        s["skipped_levels"] = list(self._skipped)
         return s
 
     # -- lifetime -----------------------------------------------------------------------

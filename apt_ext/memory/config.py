@@ -23,7 +23,10 @@ class AIMConfig:
         any text with two content words, and rejects fillers such as "ok" or "thanks").
       anchor_threshold: minimum fraction of the query's anchors a node must carry for its
         anchor boost to apply.
-      anchor_boost: eta; score = cos + eta * anchor_overlap + weight_influence * w.
+      anchor_boost: eta; score = cos + eta * anchor_overlap + alpha * lexical + beta * w, where
+        anchor_overlap is the summed weight of the query's anchors the node carries over their
+        number (an anchor weighs ln(1 + n / df) / ln(1 + n) over the namespace's n nodes: rare
+        anchors count most).
 
     Added fields:
       top_k: nodes returned by a route when ``k`` is not given.
@@ -32,7 +35,8 @@ class AIMConfig:
       anchor_min_similarity: the lower cosine floor for nodes that share an anchor with the query
         or match it lexically (lexical score >= ``lexical_match``).
       lexical_weight: alpha, the weight of the lexical (BM25) term of the score; 0 turns the
-        lexical channel off.
+        lexical channel off. alpha 0.25 with eta 2.0 were fitted on the dev dialogues of
+        benchmarks/aim_memory_recall.py (grid in benchmarks/results/aim_memory_recall_fit.json).
       lexical_k: candidates the lexical channel adds (top by BM25).
       lexical_match: lexical score (BM25 over the query's idf mass, in [0, 1]) from which a node
         counts as matching the query and gets the lower similarity floor.
@@ -67,9 +71,9 @@ class AIMConfig:
     top_k: int = 5
     min_similarity: float = 0.25
     anchor_min_similarity: float = 0.15
-    lexical_weight: float = 0.5
+    lexical_weight: float = 0.25
     lexical_k: int = 32
-    lexical_match: float = 0.5
+    lexical_match: float = 0.3
     weight_influence: float = 0.05
     merge_threshold: float = 0.93
     anchor_postings_cap: int = 256

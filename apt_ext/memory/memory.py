@@ -50,6 +50,15 @@ class _Entry:
     ts: float | None
 
 
+def _timestamps(entry: _Entry) -> list[float]:
+    """Every timestamp written into a node (several when near-duplicates were merged into it)."""
+    return list(entry.fields.get("timestamps") or ([] if entry.ts is None else [entry.ts]))
+
+
+def _date_anchors(entry: _Entry) -> set[str]:
+    return set().union(*(field_anchors(None, t) for t in _timestamps(entry)))
+
+
 @dataclass
 class _Space:
     """In-memory state of one namespace: vector index, lexical index, node metadata, anchor
@@ -218,7 +227,8 @@ class AIMMemory:
         ``speaker`` (who said it) and ``timestamp`` (when: Unix seconds, a datetime/date or an
         ISO-8601 string) are conversation fields: kept on the node and turned into anchors, so a
         query naming the person or the day prefers the node. Returns the new node, the node it
-        was merged into (a near-duplicate: cosine above ``merge_threshold`` and the same anchors),
+        was merged into (a near-duplicate: cosine above ``merge_threshold``, the same speaker and
+        the same text anchors; a merged node keeps the date anchors of every timestamp),
         or None when the write gate rejects the text as uninformative. Every accepted write (new
         or merged) decays the namespace's older weights by gamma in O(1) (a per-namespace write
         counter). The text, evidence and speaker are stored and returned character for character.
@@ -236,7 +246,7 @@ class AIMMemory:
             with self._lock:
                 self.counters["rejected"] += 1
             return None
-        anchors = text_anchors | field_anchors(speaker, ts)
+        core = text_anchors | field_anchors(speaker, None)  # what a near-duplicate must share
         vec = self._embed([text])[0]
         c = self.config
         with self._lock, self._store.transaction() as tx:
@@ -245,25 +255,30 @@ class AIMMemory:
             ids, sims, _ = space.index.search(vec, c.max_links + 1)
             now = time.time()
             merge_into = None
-            if ids.size and sims[0] >= c.merge_threshold and space.entries[int(ids[0])].anchors == anchors:
-                merge_into = int(ids[0])
+            if ids.size and sims[0] >= c.merge_threshold:
+                near = space.entries[int(ids[0])]
+                if near.speaker == speaker and near.anchors - _date_anchors(near) == core:
+                    merge_into = int(ids[0])
             writes = tx.bump_writes(namespace)
             if merge_into is not None:
                 old = space.entries[merge_into]
                 old_evidence = self._store.evidence([merge_into]).get(merge_into, "")
                 merged_evidence = old_evidence if evidence in old_evidence else old_evidence + "\n" + evidence
-                merged_fields = {**old.fields, **user_fields,
-                                 "merged": int(old.fields.get("merged", 0)) + 1}
+                stamps = _timestamps(old) + ([ts] if ts is not None else [])
+                merged_fields = {**old.fields, **user_fields, "merged": int(old.fields.get("merged", 0)) + 1}
+                if stamps:
+                    merged_fields["timestamps"] = stamps
+                anchors = core.union(*(field_anchors(None, t) for t in stamps))
                 tx.update_node(merge_into, summary=summarize(text, c.summary_chars), anchors=list(anchors),
                                fields=merged_fields, links=old.links, w=1.0, stamp=writes, proto=vec,
-                               evidence=merged_evidence, speaker=speaker, ts=ts)
+                               evidence=merged_evidence, speaker=speaker, ts=ts if ts is not None else old.ts)
                 node_id = merge_into
             else:
                 links = [int(i) for i, s in zip(ids, sims) if s >= c.link_threshold][:c.max_links]
                 node_fields = {**user_fields, "definitions": definitions(text), "merged": 0}
-                node_id = tx.insert_node(namespace, summarize(text, c.summary_chars), list(anchors),
-                                         node_fields, links, 1.0, writes, vec, now, evidence,
-                                         speaker=speaker, ts=ts)
+                node_id = tx.insert_node(namespace, summarize(text, c.summary_chars),
+                                         list(core | field_anchors(None, ts)), node_fields, links, 1.0,
+                                         writes, vec, now, evidence, speaker=speaker, ts=ts)
         with self._lock:
             self._sync()
             self.counters["writes"] += 1
@@ -401,10 +416,14 @@ class AIMMemory:
             if extra:
                 cand.update(zip(extra, (space.index.vectors(extra) @ q).tolist()))
             q_lower = query.lower()
+            n_nodes = len(space.entries)
+
+            def anchor_df(anchor: str) -> int:
+                return len(space.postings.get(anchor, ()))
             scored = []
             for node_id, sim in cand.items():
                 entry = space.entries[node_id]
-                overlap = anchor_overlap(q_anchors, q_lower, entry.anchors)
+                overlap = anchor_overlap(q_anchors, q_lower, entry.anchors, anchor_df, n_nodes)
                 anchored = overlap > 0 and overlap >= c.anchor_threshold
                 lex = lexical.get(node_id, 0.0)
                 matched = anchored or lex >= c.lexical_match

@@ -281,3 +281,32 @@ def test_sigkill_in_write_loop_keeps_every_acknowledged_write(store_path):
     for node_id, i in acked:
         assert f"PKx{i}" in stored[node_id]
     assert len(stored) >= len(acked)
+
+
+@pytest.mark.parametrize("text,anchors", [
+    ("The review is on 2026-01-21.", {"2026-01-21", "2026-01", "md:01-21"}),
+    ("会议定在2026年1月21日。", {"2026-01-21", "2026-01", "md:01-21"}),
+    ("What did Maria do on 7 May 2023?", {"2023-05-07", "2023-05", "md:05-07", "maria"}),
+    ("She moved on May 7th, 2023 to Porto", {"2023-05-07", "2023-05", "md:05-07", "porto"}),
+    ("Sales in March 2024 were up 3.5%", {"2024-03", "3.5%", "sales"}),
+    ("On May 2nd we met", {"md:05-02"}),
+    ("5月7日我们去了公园", {"md:05-07"}),
+])
+def test_date_anchors(text, anchors):
+    from apt_ext.memory import extract_anchors
+    got = extract_anchors(text)
+    assert anchors <= got and not got & {"2026", "2024", "2023", "21", "7", "2", "1", "5", "7th", "2nd"}, got
+
+
+def test_speaker_and_timestamp_are_validated_and_stored(store_path):
+    mem = _mem(store_path)
+    node = mem.write_memory("Invoice 4471 was paid in full", speaker="Zoë", timestamp=1_700_000_000)
+    assert node.speaker == "Zoë" and node.timestamp == 1_700_000_000.0
+    assert {"zoë", "2023-11-14", "2023-11", "md:11-14"} <= set(node.fields["anchors"])
+    for bad, exc in ((3, TypeError), ("", ValueError), ("x" * 200, ValueError)):
+        with pytest.raises(exc, match="speaker"):
+            mem.write_memory("Invoice 4472 was paid in full", speaker=bad)
+    for bad, exc in (("soon", ValueError), (float("nan"), ValueError), (True, TypeError), ([1], TypeError)):
+        with pytest.raises(exc, match="timestamp"):
+            mem.write_memory("Invoice 4473 was paid in full", timestamp=bad)
+    assert len(mem) == 1

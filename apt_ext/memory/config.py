@@ -33,7 +33,8 @@ class AIMConfig:
       min_similarity: absolute cosine (query, node) below which a node is never returned
         (MiniLM gives unrelated pairs about 0.0-0.2).
       anchor_min_similarity: the lower cosine floor for nodes that share an anchor with the query
-        or match it lexically (lexical score >= ``lexical_match``).
+        or match it lexically (lexical score >= ``lexical_match``); a node with anchor overlap
+        >= 0.5 has no floor.
       lexical_weight: alpha, the weight of the lexical (BM25) term of the score; 0 turns the
         lexical channel off. alpha 0.25 with eta 2.0 were fitted on the dev dialogues of
         benchmarks/aim_memory_recall.py (grid in benchmarks/results/aim_memory_recall_fit.json).

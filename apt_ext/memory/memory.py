@@ -377,9 +377,10 @@ class AIMMemory:
         name, date, the speaker). Each candidate is scored
         cos(q, proto) + eta * anchor_overlap + alpha * lexical + beta * w, lexical being its BM25
         score over the query's idf mass (in [0, 1]), and kept only above the similarity floor
-        (lower for nodes with an anchor or lexical match). Returns (nodes best first, refill
-        texts): the refill texts are the nodes' full evidence in strict mode ("auto" picks strict
-        for queries with strict keywords) and empty in fast mode.
+        (lower for nodes with an anchor or lexical match; none for a node whose anchor overlap is
+        at least 0.5, i.e. that carries most of the query's weighted anchors). Returns (nodes
+        best first, refill texts): the refill texts are the nodes' full evidence in strict mode
+        ("auto" picks strict for queries with strict keywords) and empty in fast mode.
         """
         query = self._check_text(query, "query")
         check_namespace(namespace)
@@ -427,8 +428,8 @@ class AIMMemory:
                 anchored = overlap > 0 and overlap >= c.anchor_threshold
                 lex = lexical.get(node_id, 0.0)
                 matched = anchored or lex >= c.lexical_match
-                if sim < (c.anchor_min_similarity if matched else c.min_similarity):
-                    continue
+                if overlap < 0.5 and sim < (c.anchor_min_similarity if matched else c.min_similarity):
+                    continue  # a node carrying most of the query's anchor weight is kept regardless
                 score = sim + (c.anchor_boost * overlap if anchored else 0.0) + c.lexical_weight * lex + \
                     c.weight_influence * self._weight(space, entry)
                 scored.append((score, node_id))

@@ -10,10 +10,9 @@ stored as "def:<term>" and match a query that mentions the term anywhere.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Callable
-
-import numpy as np
 
 # ASCII-only boundaries: Python's \b treats CJK characters as word characters ("10M的").
 _L = r"(?<![A-Za-z0-9_.])"
@@ -138,25 +137,24 @@ def definitions(text: str) -> list[str]:
     return terms
 
 
+def anchor_weight(df: int, n: int) -> float:
+    """Weight in (0, 1] of an anchor that ``df`` of ``n`` nodes carry: ln(1 + n / df) / ln(1 + n),
+    1 for an anchor one node (or none) carries, near 0 for one most nodes carry."""
+    return math.log1p(n / max(1, df)) / math.log1p(max(n, 1))
+
+
 def anchor_overlap(query_anchors: frozenset[str], query_text_lower: str, node_anchors: frozenset[str],
-                   df: Callable[[str], int] | None = None, n: int = 1) -> float:
+                   weight: Callable[[str], float] | None = None) -> float:
     """Score in [0, 1]: the weights of the query's anchors the node carries, summed, over the
     number of query anchors; a node's definition anchor counts as a match when the query
-    mentions the defined term.
-
-    Without ``df`` every anchor weighs 1 (the share of the query's anchors matched). With ``df``
-    (anchor -> nodes carrying it, of ``n`` nodes) an anchor weighs ln(1 + n / df) / ln(1 + n):
-    1 for an anchor one node carries, near 0 for one most nodes carry (a speaker's name in a
-    two-person chat), so common anchors lift their nodes a little and rare ones (a date, a
-    price, a version) a lot."""
-    def weight(anchor: str) -> float:
-        if df is None:
-            return 1.0
-        return float(np.log1p(n / max(1, df(anchor))) / np.log1p(max(n, 1)))
-
-    matched = sum(weight(a) for a in query_anchors & node_anchors)
+    mentions the defined term. ``weight`` (anchor -> weight, e.g. :func:`anchor_weight` of its
+    document frequency) makes rare anchors (a date, a price, a version) count more than common
+    ones (a speaker's name in a two-person chat); without it every anchor weighs 1."""
+    matched = 0.0
+    for anchor in query_anchors & node_anchors:
+        matched += 1.0 if weight is None else weight(anchor)
     for anchor in node_anchors:
         if anchor.startswith("def:") and anchor[4:] in query_text_lower and anchor not in query_anchors:
-            matched += weight(anchor)
-    count = max(1, len({a for a in query_anchors if not a.startswith("def:")}))
+            matched += 1.0 if weight is None else weight(anchor)
+    count = max(1, sum(1 for a in query_anchors if not a.startswith("def:")))
     return min(1.0, matched / count)

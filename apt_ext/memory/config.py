@@ -77,10 +77,10 @@ class AIMConfig:
     lexical_match: float = 0.3
     weight_influence: float = 0.05
     merge_threshold: float = 0.93
-    anchor_postings_cap: int = 256
+    anchor_postings_cap: int = 64
     link_threshold: float = 0.5
     max_links: int = 4
-    n_probe: int = 24
+    n_probe: int = 8
     cluster_size: int = 128
     kmeans_iters: int = 8
     max_text_chars: int = 100_000

@@ -93,7 +93,7 @@ class BM25Index:
     whose postings would take the total past it is skipped (its idf is the lowest anyway).
     """
 
-    def __init__(self, k1: float = 1.2, b: float = 0.75, max_postings: int = 200_000) -> None:
+    def __init__(self, k1: float = 1.2, b: float = 0.75, max_postings: int = 20_000) -> None:
         if k1 < 0 or not 0 <= b <= 1:
             raise ValueError(f"BM25 needs k1 >= 0 and b in [0, 1], got k1={k1}, b={b}")
         self.k1, self.b, self.max_postings = k1, b, max_postings
@@ -197,13 +197,19 @@ class BM25Index:
             touched.append(slots)
         if not touched:
             return none[0], none[1], mass
-        cand = np.unique(np.concatenate(touched)) if len(touched) > 1 else touched[0]
-        scores = self._acc[cand].copy()
+        # a slot appears once per matching term: the top k * len(touched) entries of the
+        # concatenation hold at least k distinct slots, so only those few are deduplicated
+        cand = np.concatenate(touched) if len(touched) > 1 else touched[0]
+        scores = self._acc[cand]
         self._acc[cand] = 0.0
+        take = k * len(touched)
+        if cand.size > take:
+            top = np.argpartition(-scores, take - 1)[:take]
+            cand, scores = cand[top], scores[top]
+        if len(touched) > 1:
+            cand, first = np.unique(cand, return_index=True)
+            scores = scores[first]
         keep = scores > 0
         cand, scores = cand[keep], scores[keep]
-        if cand.size > k:
-            top = np.argpartition(-scores, k - 1)[:k]
-            cand, scores = cand[top], scores[top]
-        order = np.argsort(-scores, kind="stable")
+        order = np.argsort(-scores, kind="stable")[:k]
         return self._ids[cand[order]], scores[order], mass

@@ -11,7 +11,7 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
-from apt_ext.memory.anchors import anchor_overlap, definitions, extract_anchors
+from apt_ext.memory.anchors import anchor_overlap, anchor_weight, definitions, extract_anchors
 from apt_ext.memory.config import AIMConfig
 from apt_ext.memory.conversation import check_speaker, field_anchors, to_timestamp
 from apt_ext.memory.embedder import Embedder, default_embedder, embed_checked
@@ -411,20 +411,23 @@ class AIMMemory:
                 if idf_mass > 0:
                     lexical = dict(zip(lex_ids.tolist(), np.minimum(lex_scores / idf_mass, 1.0).tolist()))
             q_anchors = extract_anchors(query)
-            extra = sorted(({i for a in q_anchors for i in space.postings.get(a, ())
-                             if len(space.postings[a]) <= c.anchor_postings_cap} | lexical.keys())
-                           - cand.keys())
+            rare = [space.postings[a] for a in q_anchors if len(space.postings.get(a, ())) <= c.anchor_postings_cap]
+            extra = sorted(set().union(*rare, lexical.keys()) - cand.keys())
             if extra:
                 cand.update(zip(extra, (space.index.vectors(extra) @ q).tolist()))
             q_lower = query.lower()
             n_nodes = len(space.entries)
+            weights: dict[str, float] = {}
 
-            def anchor_df(anchor: str) -> int:
-                return len(space.postings.get(anchor, ()))
+            def weight(anchor: str) -> float:
+                value = weights.get(anchor)
+                if value is None:
+                    value = weights[anchor] = anchor_weight(len(space.postings.get(anchor, ())), n_nodes)
+                return value
             scored = []
             for node_id, sim in cand.items():
                 entry = space.entries[node_id]
-                overlap = anchor_overlap(q_anchors, q_lower, entry.anchors, anchor_df, n_nodes)
+                overlap = anchor_overlap(q_anchors, q_lower, entry.anchors, weight) if entry.anchors else 0.0
                 anchored = overlap > 0 and overlap >= c.anchor_threshold
                 lex = lexical.get(node_id, 0.0)
                 matched = anchored or lex >= c.lexical_match

@@ -310,3 +310,5 @@ def test_speaker_and_timestamp_are_validated_and_stored(store_path):
         with pytest.raises(exc, match="timestamp"):
             mem.write_memory("Invoice 4473 was paid in full", timestamp=bad)
     assert len(mem) == 1
+    # a query anchor no node carries (this date) changes nothing and breaks nothing
+    assert mem.route_memory("Invoice 4471 was paid in full on 2020-01-01", k=1)[0][0].id == node.id

@@ -411,7 +411,7 @@ class AIMMemory:
                 if idf_mass > 0:
                     lexical = dict(zip(lex_ids.tolist(), np.minimum(lex_scores / idf_mass, 1.0).tolist()))
             q_anchors = extract_anchors(query)
-            rare = [space.postings[a] for a in q_anchors if len(space.postings.get(a, ())) <= c.anchor_postings_cap]
+            rare = [space.postings[a] for a in q_anchors if 0 < len(space.postings.get(a, ())) <= c.anchor_postings_cap]
             extra = sorted(set().union(*rare, lexical.keys()) - cand.keys())
             if extra:
                 cand.update(zip(extra, (space.index.vectors(extra) @ q).tolist()))

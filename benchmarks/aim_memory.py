@@ -312,6 +312,11 @@ def route_memory_end_to_end(label: str, texts: list[str], vecs: np.ndarray, quer
     load_s = time.perf_counter() - t0
     for q in query_texts[:10]:
         mem.route_memory(q, namespace="bench", k=5)  # warm-up
+    alone = []  # the embedding in a loop of its own (no route between calls)
+    for q in query_texts:
+        t0 = time.perf_counter()
+        embedder([q])
+        alone.append((time.perf_counter() - t0) * 1e3)
     lat, embed_lat = [], []
     routes_before, scanned_before = mem.counters["routes"], mem.counters["scanned"]
     for q in query_texts:
@@ -326,6 +331,7 @@ def route_memory_end_to_end(label: str, texts: list[str], vecs: np.ndarray, quer
     out = {"size": label, "nodes": stats["nodes"], "clusters": stats["clusters"], "load_s": load_s,
            "route_memory_p50_ms": float(np.percentile(lat, 50)), "route_memory_p95_ms": float(np.percentile(lat, 95)),
            "query_embedding_p50_ms": float(np.percentile(embed_lat, 50)),
+           "query_embedding_alone_p50_ms": float(np.percentile(alone, 50)),
            "route_minus_embedding_p50_ms": float(np.percentile(lat, 50) - np.percentile(embed_lat, 50)),
            "scanned_per_route": (mem.counters["scanned"] - scanned_before) / (mem.counters["routes"] - routes_before),
            "queries": len(query_texts), "load_average": load_average()}

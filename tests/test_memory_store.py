@@ -312,3 +312,9 @@ def test_speaker_and_timestamp_are_validated_and_stored(store_path):
     assert len(mem) == 1
     # a query anchor no node carries (this date) changes nothing and breaks nothing
     assert mem.route_memory("Invoice 4471 was paid in full on 2020-01-01", k=1)[0][0].id == node.id
+
+
+def test_stats_never_show_a_database_password():
+    from apt_ext.memory.memory import _redacted
+    assert _redacted("postgresql://aim:s3cret@db.example:5432/mem") == "postgresql://aim:***@db.example:5432/mem"
+    assert _redacted("postgresql://aim@db/mem") == "postgresql://aim@db/mem" and _redacted("/tmp/x.db") == "/tmp/x.db"

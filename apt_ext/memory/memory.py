@@ -8,6 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -24,6 +25,16 @@ from apt_ext.memory.stores import SQLiteStore, is_postgres_url, open_store
 from apt_ext.memory.summary import summarize
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,63}$")
+
+
+def _redacted(path: str) -> str:
+    """``path`` with the password of a database URL replaced by ***."""
+    if not is_postgres_url(path):
+        return path
+    parts = urlsplit(path)
+    if parts.password is None:
+        return path
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def check_namespace(namespace: Any) -> str:
@@ -605,7 +616,7 @@ class AIMMemory:
                              "writes": space.writes, "mean_weight": float(np.mean(weights, dtype=np.float64)),
                              "anchors": len(space.postings), "inertia_norm": self.inertia_norm(name)}
             routes = self.counters["routes"]
-            return {"path": self.path or ":memory:", "store": type(self._store).__name__,
+            return {"path": _redacted(self.path) if self.path else ":memory:", "store": type(self._store).__name__,
                     "embedder": self.embedder_name, "dim": self.dim, "lexical_stemmer": stemmer_name(),
                     "total_nodes": sum(p["nodes"] for p in per.values()), "namespaces": per,
                     **{k: v for k, v in self.counters.items() if k != "scanned"},

@@ -5,10 +5,12 @@ Sizes: 10k real all-MiniLM-L6-v2 embeddings of generated sentences (cached in
 benchmarks/results/aim_memory_minilm_10k.npy), 100k and 1M clustered synthetic 384-d unit vectors.
 For each method the cheapest setting reaching recall@10 >= 0.95 against the exact top-10 (by the
 query vector) is reported with p50/p95 latency and vectors scanned per query. Also: the inertia
-ablation (lambda 0 vs 0.5) on query streams that stay on one topic and streams that switch topic,
-and end-to-end ``route_memory`` latency (MiniLM query embedding included) at 10k nodes.
+ablation (lambda 0 vs 0.5) on query streams that stay on one topic and streams that switch topic;
+query embedding latency and cosine (sentence-transformers fp32 vs ONNX Runtime fp32 / int8); and
+end-to-end ``route_memory`` latency (ONNX int8 query embedding included) at 10k nodes (real
+MiniLM vectors), 100k and 1M nodes (generated sentences with synthetic clustered vectors).
 
-  python benchmarks/aim_memory.py            # full run (< 15 min on 2 cores)
+  python benchmarks/aim_memory.py            # full run (the 1M route_memory load takes minutes)
   python benchmarks/aim_memory.py --quick    # 10k + 100k, fewer queries
 """
 from __future__ import annotations
@@ -267,25 +269,57 @@ def inertia_ablation(index: ClusterIndex, base: np.ndarray, queries: np.ndarray,
     return rows
 
 
-def route_memory_latency(base_texts: list[str], base: np.ndarray, queries_texts: list[str]) -> dict:
-    """End-to-end route_memory latency (real MiniLM query embedding + routing) on a 10k-node memory
-    filled through import of precomputed embeddings."""
-    import io
-    import base64
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def embedder_table(texts: list[str], queries: list[str]) -> list[dict]:
+    """Query embedding latency (one query at a time) and cosine to the float32
+    sentence-transformers model, for the float32 model and the ONNX Runtime float32 / int8 ones."""
+    from apt_ext.memory import OnnxMiniLMEmbedder
+    reference = MiniLMEmbedder(batch_size=64)
+    ref = reference(texts)
+    rows = []
+    for name, emb in (("sentence-transformers fp32 (torch, 1 thread)", reference),
+                      ("ONNX Runtime fp32 (2 threads)", OnnxMiniLMEmbedder(quantized=False)),
+                      ("ONNX Runtime int8 weights (2 threads; the default)", OnnxMiniLMEmbedder(quantized=True))):
+        vecs = emb(texts)
+        cos = np.sum(vecs * ref, axis=1)
+        for q in queries[:10]:
+            emb([q])  # warm-up
+        lat = []
+        for q in tqdm(queries, desc=name[:24], leave=False):
+            t0 = time.perf_counter()
+            emb([q])
+            lat.append((time.perf_counter() - t0) * 1e3)
+        rows.append({"embedder": name, "p50_ms": float(np.percentile(lat, 50)),
+                     "p95_ms": float(np.percentile(lat, 95)), "cosine_to_fp32_mean": float(cos.mean()),
+                     "cosine_to_fp32_min": float(cos.min()), "sentences": len(texts), "queries": len(queries)})
+        tqdm.write(f"  {name:<52} p50 {rows[-1]['p50_ms']:.2f} ms  cos mean {cos.mean():.4f} min {cos.min():.4f}")
+    return rows
+
+
+def route_memory_end_to_end(label: str, texts: list[str], vecs: np.ndarray, query_texts: list[str],
+                            embedder) -> dict:
+    """End-to-end ``route_memory`` latency (query embedding by ``embedder`` + dense, lexical and
+    anchor channels + scoring) on a memory of ``len(texts)`` nodes loaded with ``import_records``
+    (texts with the given vectors)."""
     from apt_ext.memory import create_aim_memory
-    embedder = MiniLMEmbedder()
     mem = create_aim_memory(embedder=embedder)
-    buf = io.StringIO()
-    for text, vec in zip(base_texts, base):
-        buf.write(json.dumps({"namespace": "bench", "evidence": text, "embedder": embedder.name,
-                              "proto": base64.b64encode(vec.astype(np.float32).tobytes()).decode()}) + "\n")
-    buf.seek(0)
     t0 = time.perf_counter()
-    mem.import_jsonl(buf)
-    import_s = time.perf_counter() - t0
-    embedder(["warm up"])
+    mem.import_records([{"namespace": "bench", "evidence": t, "embedder": embedder.name, "proto": v}
+                        for t, v in zip(texts, vecs)])  # one transaction, one k-means build
+    load_s = time.perf_counter() - t0
+    for q in query_texts[:10]:
+        mem.route_memory(q, namespace="bench", k=5)  # warm-up
+    alone = []  # the embedding in a loop of its own (no route between calls)
+    for q in query_texts:
+        t0 = time.perf_counter()
+        embedder([q])
+        alone.append((time.perf_counter() - t0) * 1e3)
     lat, embed_lat = [], []
-    for q in queries_texts:
+    routes_before, scanned_before = mem.counters["routes"], mem.counters["scanned"]
+    for q in query_texts:
         t0 = time.perf_counter()
         embedder([q])
         embed_lat.append((time.perf_counter() - t0) * 1e3)
@@ -293,10 +327,18 @@ def route_memory_latency(base_texts: list[str], base: np.ndarray, queries_texts:
         mem.route_memory(q, namespace="bench", k=5)
         lat.append((time.perf_counter() - t0) * 1e3)
     lat, embed_lat = np.asarray(lat), np.asarray(embed_lat)
-    return {"nodes": len(mem), "import_s": import_s, "route_memory_p50_ms": float(np.percentile(lat, 50)),
-            "route_memory_p95_ms": float(np.percentile(lat, 95)),
-            "query_embedding_p50_ms": float(np.percentile(embed_lat, 50)),
-            "scanned_per_route": mem.stats()["mean_scanned_per_route"]}
+    stats = mem.stats("bench")["namespaces"]["bench"]
+    out = {"size": label, "nodes": stats["nodes"], "clusters": stats["clusters"], "load_s": load_s,
+           "route_memory_p50_ms": float(np.percentile(lat, 50)), "route_memory_p95_ms": float(np.percentile(lat, 95)),
+           "query_embedding_p50_ms": float(np.percentile(embed_lat, 50)),
+           "query_embedding_alone_p50_ms": float(np.percentile(alone, 50)),
+           "route_minus_embedding_p50_ms": float(np.percentile(lat, 50) - np.percentile(embed_lat, 50)),
+           "scanned_per_route": (mem.counters["scanned"] - scanned_before) / (mem.counters["routes"] - routes_before),
+           "queries": len(query_texts), "load_average": load_average()}
+    mem.close()
+    tqdm.write(f"  route_memory {label}: p50 {out['route_memory_p50_ms']:.2f} ms (embedding "
+               f"{out['query_embedding_p50_ms']:.2f} ms), p95 {out['route_memory_p95_ms']:.2f} ms, load {load_s:.0f} s")
+    return out
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -326,6 +368,8 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=None, help="queries per size (default 300, quick 100)")
     parser.add_argument("--hnsw-max", type=int, default=100_000, help="largest size hnswlib is built for")
     parser.add_argument("--kmeans-iters", type=int, default=8)
+    parser.add_argument("--e2e-only", action="store_true",
+                        help="only the query-embedding table and end-to-end route_memory (a repeat run)")
     args = parser.parse_args()
     nq = args.queries or (100 if args.quick else 300)
     try:
@@ -340,15 +384,29 @@ def main() -> int:
     except ImportError:
         torch_version = None
     results, ablation, e2e = [], [], None
+    load_start, wall0 = load_average(), time.perf_counter()
 
     base, topics, queries, qtopics = minilm_data(10_000, max(nq, 400))
-    r = bench_size("10k MiniLM", base, queries[:nq], cluster_size=100, args=args)
-    n_probe = r["methods"]["AIM ClusterIndex"]["setting"]
-    ablation = inertia_ablation(r.pop("aim_index"), base, queries, qtopics, n_probe, stream_len=40)
-    results.append(r)
+    if not args.e2e_only:
+        r = bench_size("10k MiniLM", base, queries[:nq], cluster_size=100, args=args)
+        n_probe = r["methods"]["AIM ClusterIndex"]["setting"]
+        ablation = inertia_ablation(r.pop("aim_index"), base, queries, qtopics, n_probe, stream_len=40)
+        results.append(r)
     texts, _ = topic_sentences(10_000 + max(nq, 400), seed=0)
-    e2e = route_memory_latency(texts[:10_000], base, texts[10_000:10_000 + min(nq, 100)])
-    sizes = [(100_000, 316, 300)] + ([] if args.quick else [(1_000_000, 1000, 1000)])
+    query_texts = texts[10_000:10_000 + 200]
+    embed_rows = embedder_table(texts[:500], query_texts)
+    from apt_ext.memory import OnnxMiniLMEmbedder
+    fast = OnnxMiniLMEmbedder()
+    e2e = [route_memory_end_to_end("10k MiniLM", texts[:10_000], base, query_texts, fast)]
+    e2e_sizes = [100_000] + ([] if args.quick else [1_000_000])
+    for n in e2e_sizes:
+        t0 = time.perf_counter()
+        big_texts, _ = topic_sentences(n, seed=n)
+        big, _, _, _ = synthetic(n, 1, max(100, n // 1000), seed=n + 1)
+        e2e.append(route_memory_end_to_end(f"{n // 1000}k", big_texts, big, query_texts, fast))
+        e2e[-1]["wall_s_with_generation"] = time.perf_counter() - t0
+        del big, big_texts
+    sizes = [] if args.e2e_only else [(100_000, 316, 300)] + ([] if args.quick else [(1_000_000, 1000, 1000)])
     for n, cluster_size, centers in sizes:
         base, _, queries, _ = synthetic(n, nq, centers, seed=n)
         r = bench_size(f"{n // 1000}k synthetic", base, queries, cluster_size=cluster_size, args=args)
@@ -360,12 +418,17 @@ def main() -> int:
     record = {"date": stamp, "machine": f"{platform.node()} {platform.processor() or platform.machine()} "
               f"({os.cpu_count()} cpus, shared: preliminary)", "python": platform.python_version(),
               "numpy": np.__version__, "torch": torch_version, "command": " ".join(["python"] + sys.argv),
-              "results": results, "inertia_ablation": ablation, "route_memory_10k": e2e}
+              "load_average_start": load_start, "load_average_end": load_average(),
+              "wall_s": time.perf_counter() - wall0, "results": results, "inertia_ablation": ablation,
+              "query_embedding": embed_rows, "route_memory_end_to_end": e2e}
     os.makedirs(RESULTS, exist_ok=True)
-    tag = "quick" if args.quick else "full"
+    tag = ("e2e_" if args.e2e_only else "") + ("quick" if args.quick else "full")
+    if args.e2e_only:
+        tag += "_" + stamp.replace(":", "").replace("-", "")
     with open(os.path.join(RESULTS, f"aim_memory_{tag}.json"), "w") as f:
         json.dump(record, f, indent=2)
-    plot(results, os.path.join(RESULTS, f"aim_memory_{tag}.png"))
+    if results:
+        plot(results, os.path.join(RESULTS, f"aim_memory_{tag}.png"))
 
     print(f"\nAIM-Memory routing, one query at a time, one thread ({record['machine']}, {stamp})")
     print(f"{'size':<16}{'method':<20}{'setting':>8}{'recall@10':>10}{'p50 ms':>9}{'p95 ms':>9}"
@@ -384,9 +447,17 @@ def main() -> int:
         print(f"  {row['stream']:<26} n_probe={row['n_probe']:<3} lambda={row['lambda']:.1f}  "
               f"recall@10={row['recall@10']:.3f}  "
               f"scanned={row['scanned']:.0f}")
-    print(f"\nroute_memory end to end at 10k nodes: p50 {e2e['route_memory_p50_ms']:.2f} ms, p95 "
-          f"{e2e['route_memory_p95_ms']:.2f} ms (of which MiniLM query embedding p50 "
-          f"{e2e['query_embedding_p50_ms']:.2f} ms), scanned {e2e['scanned_per_route']:.0f}")
+    print("\nQuery embedding (one query at a time):")
+    for row in embed_rows:
+        print(f"  {row['embedder']:<52} p50 {row['p50_ms']:6.2f} ms  p95 {row['p95_ms']:6.2f} ms  "
+              f"cosine to fp32 mean {row['cosine_to_fp32_mean']:.4f} min {row['cosine_to_fp32_min']:.4f}")
+    print("\nroute_memory end to end (ONNX int8 query embedding included):")
+    for row in e2e:
+        print(f"  {row['size']:<11} {row['nodes']:>9} nodes  p50 {row['route_memory_p50_ms']:6.2f} ms  p95 "
+              f"{row['route_memory_p95_ms']:6.2f} ms  (embedding {row['query_embedding_p50_ms']:.2f} ms, rest "
+              f"{row['route_minus_embedding_p50_ms']:.2f} ms)  scanned {row['scanned_per_route']:.0f}  "
+              f"load {row['load_s']:.0f} s")
+    print(f"\nwall time {record['wall_s']:.0f} s, load average {load_start} -> {record['load_average_end']}")
     return 0
 
 

@@ -76,3 +76,27 @@ def ray_local():
     resources = connect(num_cpus=2, object_store_memory=256 * 2**20)
     yield resources
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres_databases():
+    """Fresh databases on the configured PostgreSQL server, dropped at the end of the session
+    (skips, or fails under CI, when no server is configured: see tests/memory_helpers.py)."""
+    from memory_helpers import PostgresDatabases, postgres_admin_url
+
+    databases = PostgresDatabases(postgres_admin_url())
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_path(request, tmp_path):
+    """Where a test's AIM-Memory lives: a new SQLite file or a new PostgreSQL database (URL,
+    dropped after the test, which also closes the connections the test left open)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "memory.db")
+        return
+    databases = request.getfixturevalue("postgres_databases")
+    url = databases.new()
+    yield url
+    databases.drop(url)

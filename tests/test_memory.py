@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from apt_ext.memory import AIMMemory, MiniLMEmbedder, create_aim_memory
+from apt_ext.memory import AIMConfig, AIMMemory, MiniLMEmbedder, create_aim_memory
 
 FACTS = [
     "RoPE (rotary position embedding) encodes token positions by rotating query and key vectors.",
@@ -218,3 +219,49 @@ def test_cli_round_trip(tmp_path, capsys):
     assert main(["memory", "stats", "--db", db]) == 0
     assert json.loads(capsys.readouterr().out)["total_nodes"] == 2
     assert main(["memory", "add", "", "--db", db]) == 2
+
+
+def test_speaker_and_time_fields_steer_recall(mem):
+    said = {}
+    for day, (speaker, text) in enumerate([("Maria", "We adopted a grey kitten from the shelter last weekend."),
+                                           ("Tom", "We adopted a black puppy from the shelter last weekend."),
+                                           ("Maria", "I ran the city 10K in 48:12, a personal best."),
+                                           ("Tom", "I ran the city 10K in 51:40, slower than last year.")]):
+        node = mem.write_memory(text, speaker=speaker, timestamp=f"2023-05-0{day + 1}T18:00:00")
+        assert node.speaker == speaker and node.timestamp is not None
+        said[(speaker, day)] = node.id
+    assert mem.route_memory("Which pet did Tom get?", k=1)[0][0].id == said[("Tom", 1)]
+    assert mem.route_memory("What was Maria's race time?", k=1)[0][0].id == said[("Maria", 2)]
+    assert mem.route_memory("Who adopted an animal on 1 May 2023?", k=1)[0][0].id == said[("Maria", 0)]
+    assert mem.route_memory("What did Tom say on May 4th?", k=1)[0][0].id == said[("Tom", 3)]
+    with pytest.raises(TypeError, match="speaker"):
+        mem.write_memory("A perfectly ordinary fact about cats.", speaker=3)
+    with pytest.raises(ValueError, match="timestamp"):
+        mem.write_memory("A perfectly ordinary fact about cats.", timestamp="yesterday-ish")
+
+
+def test_lexical_channel_finds_a_rare_word_dense_ranks_low(minilm):
+    facts = ["The boiler in the basement was serviced in March.", "The basement light switch is behind the door.",
+             "We store the bikes in the basement.", "The basement floods when it rains heavily.",
+             "The basement window does not close properly when it rains.", "Our basement smells damp after rain."]
+    target = "Remember that the zorbulent valve leaks."
+    results = {}
+    for weight in (0.0, 0.25):
+        mem = create_aim_memory(AIMConfig(lexical_weight=weight, anchor_boost=0.0), embedder=minilm)
+        for fact in facts + [target]:
+            mem.write_memory(fact)
+        nodes, _ = mem.route_memory("does the zorbulent leak in the basement when it rains?", k=1)
+        results[weight] = nodes[0].summary
+    assert results == {0.0: facts[3], 0.25: target}  # the lexical channel is what finds it
+
+
+def test_onnx_int8_embedder_agrees_with_the_float32_model(minilm):
+    from apt_ext.memory import OnnxMiniLMEmbedder
+    sentences = [fact for fact in FACTS] + ["Maria paid $1,150 for the new sofa on 7 May 2023.",
+                                            "我喜欢喝绿茶。", "What is the name of Tom's dog?",
+                                            "The staging server runs on port 8080 behind nginx 1.25."]
+    ref = minilm(sentences)
+    fast = OnnxMiniLMEmbedder()(sentences)
+    cos = (ref * fast).sum(axis=1)
+    assert fast.shape == (len(sentences), 384) and np.allclose(np.linalg.norm(fast, axis=1), 1, atol=1e-5)
+    assert cos.mean() >= 0.99 and cos.min() >= 0.97, cos

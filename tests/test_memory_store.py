@@ -1,51 +1,34 @@
 """AIM-Memory storage, concurrency, index and input-validation tests.
 
 Semantics do not matter here, so a deterministic token-hash embedder stands in for MiniLM
-(test-only; the library's default is the real all-MiniLM-L6-v2)."""
+(test-only; the library's default is the real all-MiniLM-L6-v2). The storage and concurrency
+tests run against both stores (``store_path``: a SQLite file and a PostgreSQL database)."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import zlib
 
 import numpy as np
 import pytest
+from memory_helpers import TokenHashEmbedder
 
-from apt_ext.memory import AIMConfig, ClusterIndex, create_aim_memory
+from apt_ext.memory import AIMConfig, AIMMemory, ClusterIndex, create_aim_memory
 
-DIM = 64
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(TESTS_DIR)
-
-
-class TokenHashEmbedder:
-    """Deterministic test embedder: sum of per-token pseudo-random vectors (seeded by crc32)."""
-
-    name = "token-hash-test"
-
-    def __init__(self, dim: int = DIM) -> None:
-        self.dim = dim
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for token in re.findall(r"\w+", text.lower()) or [text]:
-                out[row] += np.random.default_rng(zlib.crc32(token.encode())).standard_normal(self.dim)
-        return out
 
 
 def _mem(path=None, **cfg):
     return create_aim_memory(AIMConfig(**cfg) if cfg else None, path=path, embedder=TokenHashEmbedder())
 
 
-def test_weights_decay_by_gamma_per_write():
-    mem = _mem()
+def test_weights_decay_by_gamma_per_write(store_path):
+    mem = _mem(store_path)
     first = mem.write_memory("Alpha project deadline is Friday 2026-02-06")
     assert first.w == pytest.approx(1.0)
     for i in range(5):
@@ -56,8 +39,8 @@ def test_weights_decay_by_gamma_per_write():
     assert mem.stats()["namespaces"]["default"]["writes"] == 6
 
 
-def test_namespaces_never_leak(tmp_path):
-    mem = _mem(str(tmp_path / "ns.db"))
+def test_namespaces_never_leak(store_path):
+    mem = _mem(store_path)
     a = mem.write_memory("Alice's locker code is 4417", namespace="alice")
     b = mem.write_memory("Bob's locker code is 9921", namespace="bob")
     nodes, _ = mem.route_memory("Alice's locker code is 4417", namespace="bob", k=10)
@@ -70,12 +53,12 @@ def test_namespaces_never_leak(tmp_path):
     assert mem.clear_namespace("alice") == 1
     assert mem.namespaces() == ["bob"]
     mem.close()
-    again = _mem(str(tmp_path / "ns.db"))
+    again = _mem(store_path)
     assert again.namespaces() == ["bob"] and len(again) == 1
 
 
-def test_delete_and_update():
-    mem = _mem()
+def test_delete_and_update(store_path):
+    mem = _mem(store_path)
     node = mem.write_memory("The staging server runs on port 8080")
     other = mem.write_memory("The build cache lives on volume vol-77")
     updated = mem.update(node.id, text="The staging server runs on port 9090")
@@ -141,8 +124,8 @@ def test_bad_arguments():
         create_aim_memory(config={"top_k": 3})
 
 
-def test_write_gate_and_merge():
-    mem = _mem()
+def test_write_gate_and_merge(store_path):
+    mem = _mem(store_path)
     assert mem.write_memory("ok") is None and mem.write_memory("thanks!") is None
     assert mem.write_memory("好的") is None
     first = mem.write_memory("The quarterly report is due on 2026-03-31")
@@ -194,8 +177,8 @@ def _write_from_threads(mem, n_threads: int, count: int) -> list[Exception]:
     return errors
 
 
-def test_threads_write_concurrently_without_loss(tmp_path):
-    path = str(tmp_path / "threads.db")
+def test_threads_write_concurrently_without_loss(store_path):
+    path = store_path
     mem = _mem(path)
     assert _write_from_threads(mem, 4, 40) == []
     assert len(mem) == 160
@@ -206,43 +189,83 @@ def test_threads_write_concurrently_without_loss(tmp_path):
 _WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r}); sys.path.insert(0, {repo!r})
-    from test_memory_store import TokenHashEmbedder
+    from memory_helpers import TokenHashEmbedder
     from apt_ext.memory import create_aim_memory
     mem = create_aim_memory(path={path!r}, embedder=TokenHashEmbedder())
-    tag, count = sys.argv[1], int(sys.argv[2])
+    tag, count, namespace = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     print("ready", flush=True)
     for i in range(count):
-        node = mem.write_memory(f"process {{tag}} wrote item {{i}} code P{{tag}}x{{i}}")
+        node = mem.write_memory(f"process {{tag}} wrote item {{i}} code P{{tag}}x{{i}}", namespace=namespace)
         print(node.id, i, flush=True)
 """)
 
 
-def _writer(path: str, tag: str, count: int) -> subprocess.Popen:
+def _writer(path: str, tag: str, count: int, namespace: str = "default") -> subprocess.Popen:
     script = _WRITER.format(tests=TESTS_DIR, repo=REPO_DIR, path=path)
-    return subprocess.Popen([sys.executable, "-c", script, tag, str(count)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", script, tag, str(count), namespace],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_two_processes_and_four_threads_write_at_once(tmp_path):
-    path = str(tmp_path / "shared.db")
+def test_two_processes_and_four_threads_write_at_once(store_path):
+    path = store_path
     mem = _mem(path)
-    procs = [_writer(path, tag, 60) for tag in ("A", "B")]
+    procs = [_writer(path, tag, 60) for tag in ("A", "B")] + [_writer(path, "C", 30, namespace="other")]
     for proc in procs:
         assert proc.stdout.readline().strip() == "ready"
     errors = _write_from_threads(mem, 4, 30)
+    acked = {}
     for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+        out, err = proc.stdout.read(), proc.stderr.read()  # not communicate(): readline buffered
+        assert proc.wait(timeout=180) == 0, err
         assert "locked" not in err
+        acked[proc] = [tuple(int(v) for v in line.split()) for line in out.splitlines()]
     assert errors == []
-    assert len(mem) == 4 * 30 + 2 * 60  # this process pulls the other processes' writes
+    # every acknowledged write is there exactly once, with its own id, in its own namespace
+    assert len(mem) == 4 * 30 + 2 * 60 + 30  # this process pulls the other processes' writes
+    summaries = [n.summary for n in mem.nodes()]
+    assert len(summaries) == len(set(summaries)) == 4 * 30 + 2 * 60
+    ids = [node_id for lines in acked.values() for node_id, _ in lines]
+    assert len(ids) == len(set(ids)) == 150
+    assert {n.summary.split(" code ")[1] for n in mem.nodes("other")} == {f"PCx{i}" for i in range(30)}
     nodes, _ = mem.route_memory("process B wrote item 59 code PBx59", k=1)
     assert nodes and "PBx59" in nodes[0].summary
+    assert all("PC" not in n.summary for n in mem.route_memory("process C wrote item 3 code PCx3", k=10)[0])
     mem.close()
 
 
-def test_sigkill_in_write_loop_keeps_every_acknowledged_write(tmp_path):
-    path = str(tmp_path / "killed.db")
+def test_a_second_memory_follows_the_change_sequence(store_path):
+    """Two memories on two connections to one store: each one's index follows the other's
+    writes, updates and deletes (pulled by the change sequence before every read)."""
+    first, second = _mem(store_path), _mem(store_path)
+    a = first.write_memory("The staging database lives on host db-7 in rack 12")
+    assert second.route_memory("staging database host db-7", k=1)[0][0].id == a.id
+    b = second.write_memory("The backup job runs nightly at 02:30 from host bk-3")
+    assert first.route_memory("backup job nightly host bk-3", k=1)[0][0].id == b.id
+    second.update(a.id, text="The staging database lives on host db-9 in rack 14")
+    assert "db-9" in first.get(a.id).summary
+    assert first.delete(b.id) is True
+    assert second.get(b.id) is None and len(second) == 1
+    assert second.stats()["namespaces"]["default"]["writes"] == 2
+    first.close()
+    second.close()
+
+
+def test_save_copies_either_store_into_a_sqlite_file(store_path, tmp_path):
+    mem = _mem(store_path)
+    node = mem.write_memory("Ticket 4471 was closed on 2026-03-02 by Ravi", speaker="Ravi",
+                            timestamp="2026-03-02T10:00:00")
+    mem.write_memory("Only in the other namespace: invoice 88", namespace="other")
+    copy = str(tmp_path / "copy.db")
+    mem.save(copy)
+    loaded = AIMMemory.load(copy, embedder=TokenHashEmbedder())
+    got = loaded.get(node.id, with_evidence=True)
+    assert got.evidence_text == node.summary and got.speaker == "Ravi" and got.timestamp == node.timestamp
+    assert loaded.namespaces() == ["default", "other"]
+    assert loaded.write_memory("A new fact after the copy, number 5").id > node.id
+
+
+def test_sigkill_in_write_loop_keeps_every_acknowledged_write(store_path):
+    path = store_path
     proc = _writer(path, "K", 100_000)
     assert proc.stdout.readline().strip() == "ready"
     acked = []
@@ -258,3 +281,40 @@ def test_sigkill_in_write_loop_keeps_every_acknowledged_write(tmp_path):
     for node_id, i in acked:
         assert f"PKx{i}" in stored[node_id]
     assert len(stored) >= len(acked)
+
+
+@pytest.mark.parametrize("text,anchors", [
+    ("The review is on 2026-01-21.", {"2026-01-21", "2026-01", "md:01-21"}),
+    ("会议定在2026年1月21日。", {"2026-01-21", "2026-01", "md:01-21"}),
+    ("What did Maria do on 7 May 2023?", {"2023-05-07", "2023-05", "md:05-07", "maria"}),
+    ("She moved on May 7th, 2023 to Porto", {"2023-05-07", "2023-05", "md:05-07", "porto"}),
+    ("Sales in March 2024 were up 3.5%", {"2024-03", "3.5%", "sales"}),
+    ("On May 2nd we met", {"md:05-02"}),
+    ("5月7日我们去了公园", {"md:05-07"}),
+])
+def test_date_anchors(text, anchors):
+    from apt_ext.memory import extract_anchors
+    got = extract_anchors(text)
+    assert anchors <= got and not got & {"2026", "2024", "2023", "21", "7", "2", "1", "5", "7th", "2nd"}, got
+
+
+def test_speaker_and_timestamp_are_validated_and_stored(store_path):
+    mem = _mem(store_path)
+    node = mem.write_memory("Invoice 4471 was paid in full", speaker="Zoë", timestamp=1_700_000_000)
+    assert node.speaker == "Zoë" and node.timestamp == 1_700_000_000.0
+    assert {"zoë", "2023-11-14", "2023-11", "md:11-14"} <= set(node.fields["anchors"])
+    for bad, exc in ((3, TypeError), ("", ValueError), ("x" * 200, ValueError)):
+        with pytest.raises(exc, match="speaker"):
+            mem.write_memory("Invoice 4472 was paid in full", speaker=bad)
+    for bad, exc in (("soon", ValueError), (float("nan"), ValueError), (True, TypeError), ([1], TypeError)):
+        with pytest.raises(exc, match="timestamp"):
+            mem.write_memory("Invoice 4473 was paid in full", timestamp=bad)
+    assert len(mem) == 1
+    # a query anchor no node carries (this date) changes nothing and breaks nothing
+    assert mem.route_memory("Invoice 4471 was paid in full on 2020-01-01", k=1)[0][0].id == node.id
+
+
+def test_stats_never_show_a_database_password():
+    from apt_ext.memory.memory import _redacted
+    assert _redacted("postgresql://aim:s3cret@db.example:5432/mem") == "postgresql://aim:***@db.example:5432/mem"
+    assert _redacted("postgresql://aim@db/mem") == "postgresql://aim@db/mem" and _redacted("/tmp/x.db") == "/tmp/x.db"

@@ -11,7 +11,8 @@ def register(subparsers) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--db", required=True, help="SQLite file of the memory (created if missing)")
+        p.add_argument("--db", required=True, help="SQLite file of the memory (created if missing) or a "
+                       "postgresql:// URL")
         p.add_argument("--ns", default=None, help="namespace (user or session); default 'default' "
                        "(import: each record's own namespace)")
         return p

@@ -2,13 +2,17 @@
 math symbols) extracted from English and Chinese text.
 
 Anchors are normalised (lower case, no inner spaces or hyphens: "GPT-4" == "gpt 4" -> "gpt4",
-"Llama 4" -> "llama4", "3.5 %" -> "3.5%", "2026年1月21日" -> "2026-01-21") so a query and a memory
-that name the same thing share the token even when written differently. Definition anchors are
+"Llama 4" -> "llama4", "3.5 %" -> "3.5%") so a query and a memory that name the same thing share the
+token even when written differently. A date gives "YYYY-MM-DD", "YYYY-MM" and "md:MM-DD" from
+"2026-01-21", "2026/1/21", "2026年1月21日", "21 January 2026", "Jan 21st, 2026"; a month of a year
+("May 2023", "2023年5月") gives "YYYY-MM", a day without a year ("May 7th", "5月7日") "md:MM-DD". Definition anchors are
 stored as "def:<term>" and match a query that mentions the term anywhere.
 """
 from __future__ import annotations
 
+import math
 import re
+from typing import Callable
 
 # ASCII-only boundaries: Python's \b treats CJK characters as word characters ("10M的").
 _L = r"(?<![A-Za-z0-9_.])"
@@ -16,6 +20,20 @@ _R = r"(?![A-Za-z0-9_])"
 
 _DATE = re.compile(_L + r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})" + _R)
 _DATE_ZH = re.compile(r"(\d{4})\s*年\s*(\d{1,2})\s*月(?:\s*(\d{1,2})\s*[日号])?")
+_MONTH_DAY_ZH = re.compile(r"(?<![\d年])(\d{1,2})\s*月\s*(\d{1,2})\s*[日号]")
+_MONTHS = {name: i + 1 for i, names in enumerate((
+    "january jan", "february feb", "march mar", "april apr", "may", "june jun", "july jul",
+    "august aug", "september sep sept", "october oct", "november nov", "december dec"))
+    for name in names.split()}
+_MONTH = r"(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
+_DATE_EN = (  # (pattern, order of the groups as y/m/d letters); the first match wins per span
+    (re.compile(_L + _DAY + r"\s+(?:of\s+)?" + _MONTH + r",?\s+(\d{4})" + _R, re.IGNORECASE), "dmy"),
+    (re.compile(r"(?<![A-Za-z])" + _MONTH + r"\s+" + _DAY + r",?\s+(\d{4})" + _R, re.IGNORECASE), "mdy"),
+    (re.compile(r"(?<![A-Za-z])" + _MONTH + r",?\s+(\d{4})" + _R, re.IGNORECASE), "my"),
+    (re.compile(_L + _DAY + r"\s+(?:of\s+)?" + _MONTH + r"(?![A-Za-z])", re.IGNORECASE), "dm"),
+    (re.compile(r"(?<![A-Za-z])" + _MONTH + r"\s+" + _DAY + _R, re.IGNORECASE), "md"),
+)
 _UNITS = ("%|‰|ms|us|µs|ns|s|sec|min|h|hz|khz|mhz|ghz|b|kb|mb|gb|tb|pb|k|m|bn|t|x|w|kw|v|"
           "km|cm|mm|kg|g|fps|tflops|gflops|tok|tokens|token|bit|bits|byte|bytes|params|"
           "million|billion|thousand|percent|usd|eur|rmb|yuan|dollars")
@@ -40,26 +58,59 @@ all each every both few more most other such only own same so than too very just
 give list find which what's who's does did hi hello hey ok okay thanks thank""".split())
 
 
+def date_anchors(year: int | None, month: int, day: int | None) -> set[str]:
+    """Anchors of a calendar date: "YYYY-MM-DD", "YYYY-MM" and "md:MM-DD" for a full date; the
+    parts that exist for a month of a year ("YYYY-MM") or a day without a year ("md:MM-DD")."""
+    if not 1 <= month <= 12 or (day is not None and not 1 <= day <= 31):
+        return set()
+    out = set()
+    if year is not None:
+        out.add(f"{year:04d}-{month:02d}")
+        if day is not None:
+            out.add(f"{year:04d}-{month:02d}-{day:02d}")
+    if day is not None:
+        out.add(f"md:{month:02d}-{day:02d}")
+    return out
+
+
+def _dates(text: str) -> tuple[set[str], str]:
+    """Date anchors of ``text`` (ISO, Chinese and English forms) and the text with them masked."""
+    found: set[str] = set()
+
+    def take(pattern: re.Pattern, order: str, masked: str) -> str:
+        def one(m: re.Match) -> str:
+            parts = dict(zip(order, m.groups()))
+            month = parts["m"]
+            month = _MONTHS[month.lower()] if not month.isdigit() else int(month)
+            found.update(date_anchors(int(parts["y"]) if parts.get("y") else None, month,
+                                      int(parts["d"]) if parts.get("d") else None))
+            return " "
+        return pattern.sub(one, masked)
+
+    masked = take(_DATE, "ymd", text)
+    masked = take(_DATE_ZH, "ymd", masked)
+    masked = take(_MONTH_DAY_ZH, "md", masked)
+    for pattern, order in _DATE_EN:
+        masked = take(pattern, order, masked)
+    return found, masked
+
+
 def _norm(token: str) -> str:
     return re.sub(r"[\s\-_]+", "", token.lower())
 
 
 def extract_anchors(text: str) -> frozenset[str]:
     """Anchors of ``text`` as a frozenset of normalised strings (see module docstring)."""
-    found: set[str] = set()
-    for y, m, d in _DATE.findall(text):
-        found.add(f"{int(y):04d}-{int(m):02d}-{int(d):02d}")
-    for y, m, d in _DATE_ZH.findall(text):
-        found.add(f"{int(y):04d}-{int(m):02d}" + (f"-{int(d):02d}" if d else ""))
-    for name, ver in _VERSIONED.findall(text):
-        if name.lower() not in STOPWORDS:
+    found, dateless = _dates(text)
+    for name, ver in _VERSIONED.findall(dateless):
+        if name.lower() not in STOPWORDS and name.lower() not in _MONTHS:
             found.add(_norm(name + ver))
-    masked = _VERSIONED.sub(" ", _DATE_ZH.sub(" ", _DATE.sub(" ", text)))
+    masked = _VERSIONED.sub(" ", dateless)
     for num, attached, spaced, cjk in _NUMBER.findall(masked):
         found.add(_norm(num.replace(",", "") + (attached or spaced or cjk)))
-    for ver in _VERSION.findall(text):
+    for ver in _VERSION.findall(dateless):
         found.add(_norm(ver))
-    for word in _WORD.findall(text):
+    for word in _WORD.findall(dateless):
         low = word.lower()
         if low in STOPWORDS or len(word) < 2:
             continue
@@ -86,13 +137,24 @@ def definitions(text: str) -> list[str]:
     return terms
 
 
-def anchor_overlap(query_anchors: frozenset[str], query_text_lower: str,
-                   node_anchors: frozenset[str]) -> float:
-    """Fraction in [0, 1] of the query's anchors the node carries; a node's definition anchor
-    counts as one match when the query mentions the defined term."""
-    matches = len(query_anchors & node_anchors)
+def anchor_weight(df: int, n: int) -> float:
+    """Weight in (0, 1] of an anchor that ``df`` of ``n`` nodes carry: ln(1 + n / df) / ln(1 + n),
+    1 for an anchor one node (or none) carries, near 0 for one most nodes carry."""
+    return math.log1p(n / max(1, df)) / math.log1p(max(n, 1))
+
+
+def anchor_overlap(query_anchors: frozenset[str], query_text_lower: str, node_anchors: frozenset[str],
+                   weight: Callable[[str], float] | None = None) -> float:
+    """Score in [0, 1]: the weights of the query's anchors the node carries, summed, over the
+    number of query anchors; a node's definition anchor counts as a match when the query
+    mentions the defined term. ``weight`` (anchor -> weight, e.g. :func:`anchor_weight` of its
+    document frequency) makes rare anchors (a date, a price, a version) count more than common
+    ones (a speaker's name in a two-person chat); without it every anchor weighs 1."""
+    matched = 0.0
+    for anchor in query_anchors & node_anchors:
+        matched += 1.0 if weight is None else weight(anchor)
     for anchor in node_anchors:
         if anchor.startswith("def:") and anchor[4:] in query_text_lower and anchor not in query_anchors:
-            matches += 1
-    denom = max(1, len({a for a in query_anchors if not a.startswith("def:")}))
-    return min(1.0, matches / denom)
+            matched += 1.0 if weight is None else weight(anchor)
+    count = max(1, sum(1 for a in query_anchors if not a.startswith("def:")))
+    return min(1.0, matched / count)

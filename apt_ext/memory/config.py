@@ -23,13 +23,24 @@ class AIMConfig:
         any text with two content words, and rejects fillers such as "ok" or "thanks").
       anchor_threshold: minimum fraction of the query's anchors a node must carry for its
         anchor boost to apply.
-      anchor_boost: eta; score = cos + eta * anchor_overlap + weight_influence * w.
+      anchor_boost: eta; score = cos + eta * anchor_overlap + alpha * lexical + beta * w, where
+        anchor_overlap is the summed weight of the query's anchors the node carries over their
+        number (an anchor weighs ln(1 + n / df) / ln(1 + n) over the namespace's n nodes: rare
+        anchors count most).
 
     Added fields:
       top_k: nodes returned by a route when ``k`` is not given.
       min_similarity: absolute cosine (query, node) below which a node is never returned
         (MiniLM gives unrelated pairs about 0.0-0.2).
-      anchor_min_similarity: the lower cosine floor for nodes that share an anchor with the query.
+      anchor_min_similarity: the lower cosine floor for nodes that share an anchor with the query
+        or match it lexically (lexical score >= ``lexical_match``); a node with anchor overlap
+        >= 0.5 has no floor.
+      lexical_weight: alpha, the weight of the lexical (BM25) term of the score; 0 turns the
+        lexical channel off. alpha 0.25 with eta 2.0 were fitted on the dev dialogues of
+        benchmarks/aim_memory_recall.py (grid in benchmarks/results/aim_memory_recall_fit.json).
+      lexical_k: candidates the lexical channel adds (top by BM25).
+      lexical_match: lexical score (BM25 over the query's idf mass, in [0, 1]) from which a node
+        counts as matching the query and gets the lower similarity floor.
       weight_influence: beta, the weight term of the score.
       merge_threshold: cosine above which a write with the same anchors merges into its nearest
         node instead of creating a new one.
@@ -61,12 +72,15 @@ class AIMConfig:
     top_k: int = 5
     min_similarity: float = 0.25
     anchor_min_similarity: float = 0.15
+    lexical_weight: float = 0.25
+    lexical_k: int = 32
+    lexical_match: float = 0.3
     weight_influence: float = 0.05
     merge_threshold: float = 0.93
-    anchor_postings_cap: int = 256
+    anchor_postings_cap: int = 64
     link_threshold: float = 0.5
     max_links: int = 4
-    n_probe: int = 24
+    n_probe: int = 8
     cluster_size: int = 128
     kmeans_iters: int = 8
     max_text_chars: int = 100_000
@@ -77,7 +91,7 @@ class AIMConfig:
 
     def __post_init__(self) -> None:
         ints = {"hot_window_size": 0, "local_cluster_k": 1, "top_k": 1, "max_links": 0,
-                "n_probe": 1, "cluster_size": 8, "anchor_postings_cap": 0, "kmeans_iters": 1,
+                "n_probe": 1, "cluster_size": 8, "lexical_k": 1, "anchor_postings_cap": 0, "kmeans_iters": 1,
                 "max_text_chars": 1,
                 "summary_chars": 16, "embed_batch_size": 1, "busy_timeout_ms": 0}
         for name, low in ints.items():
@@ -86,12 +100,12 @@ class AIMConfig:
                 raise ValueError(f"AIMConfig.{name} must be an int >= {low}, got {value!r}")
         unit = ("inertia_strength", "inertia_momentum", "weight_decay_gamma", "write_threshold",
                 "anchor_threshold", "min_similarity", "anchor_min_similarity", "merge_threshold",
-                "link_threshold")
+                "link_threshold", "lexical_match")
         for name in unit:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"AIMConfig.{name} must be a number in [0, 1], got {value!r}")
-        for name in ("anchor_boost", "weight_influence"):
+        for name in ("anchor_boost", "weight_influence", "lexical_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"AIMConfig.{name} must be a number >= 0, got {value!r}")

@@ -50,6 +50,18 @@ class MiniLMEmbedder:
         return np.asarray(out, dtype=np.float32)
 
 
+def default_embedder(batch_size: int = 64) -> Embedder:
+    """The default embedder: all-MiniLM-L6-v2 on ONNX Runtime with int8 weights
+    (:class:`~apt_ext.memory.onnx_embedder.OnnxMiniLMEmbedder`, the fast query path) when
+    onnxruntime and onnx are installed, else the float32 model through sentence-transformers."""
+    import importlib.util
+
+    if all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "tokenizers")):
+        from apt_ext.memory.onnx_embedder import OnnxMiniLMEmbedder
+        return OnnxMiniLMEmbedder(batch_size=batch_size)
+    return MiniLMEmbedder(batch_size=batch_size)
+
+
 def embed_checked(embedder: Embedder, texts: Sequence[str], dim: int | None,
                   batch_size: int) -> np.ndarray:
     """Embed ``texts`` in batches; return float32 [n, dim] unit-norm rows.

@@ -8,20 +8,33 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from apt_ext.memory.anchors import anchor_overlap, definitions, extract_anchors
+from apt_ext.memory.anchors import anchor_overlap, anchor_weight, definitions, extract_anchors
 from apt_ext.memory.config import AIMConfig
-from apt_ext.memory.embedder import Embedder, MiniLMEmbedder, embed_checked
+from apt_ext.memory.conversation import check_speaker, field_anchors, to_timestamp
+from apt_ext.memory.embedder import Embedder, default_embedder, embed_checked
 from apt_ext.memory.gate import informativeness
 from apt_ext.memory.index import ClusterIndex
+from apt_ext.memory.lexical import BM25Index, stemmer_name, tokenize
 from apt_ext.memory.modes import resolve_mode
 from apt_ext.memory.node import MemoryNode
-from apt_ext.memory.store import MemoryStore, NodeRow
+from apt_ext.memory.stores import SQLiteStore, is_postgres_url, open_store
+from apt_ext.memory.summary import summarize
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,63}$")
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s*")
+
+
+def _redacted(path: str) -> str:
+    """``path`` with the password of a database URL replaced by ***."""
+    if not is_postgres_url(path):
+        return path
+    parts = urlsplit(path)
+    if parts.password is None:
+        return path
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def check_namespace(namespace: Any) -> str:
@@ -35,19 +48,6 @@ def check_namespace(namespace: Any) -> str:
     return namespace
 
 
-def summarize(text: str, limit: int) -> str:
-    """The leading sentences of ``text`` (at least 40 characters when the text has them) on one
-    line, at most ``limit`` characters."""
-    line = " ".join(text.split())
-    first = ""
-    for sentence in _SENTENCE_END.split(line):
-        first = f"{first} {sentence}".strip()
-        if len(first) >= 40:  # skip greetings such as "Hi!" that carry no content
-            break
-    first = first or line
-    return first if len(first) <= limit else first[:limit - 1].rstrip() + "…"
-
-
 @dataclass
 class _Entry:
     summary: str
@@ -57,15 +57,28 @@ class _Entry:
     w: float
     stamp: int
     created_at: float
+    speaker: str | None
+    ts: float | None
+
+
+def _timestamps(entry: _Entry) -> list[float]:
+    """Every timestamp written into a node (several when near-duplicates were merged into it)."""
+    return list(entry.fields.get("timestamps") or ([] if entry.ts is None else [entry.ts]))
+
+
+def _date_anchors(entry: _Entry) -> set[str]:
+    return set().union(*(field_anchors(None, t) for t in _timestamps(entry)))
 
 
 @dataclass
 class _Space:
-    """In-memory state of one namespace: vector index, node metadata, anchor postings."""
+    """In-memory state of one namespace: vector index, lexical index, node metadata, anchor
+    postings."""
 
     index: ClusterIndex
     entries: dict[int, _Entry] = field(default_factory=dict)
     postings: dict[str, set[int]] = field(default_factory=dict)
+    lexical: BM25Index = field(default_factory=BM25Index)
     writes: int = 0
     inertia: np.ndarray | None = None
 
@@ -73,35 +86,36 @@ class _Space:
 class AIMMemory:
     """Long-term memory over real sentence embeddings; see ``docs/memory.md``.
 
-    Thread-safe (one lock around the in-memory state; SQLite connections per thread) and safe for
-    several processes sharing one file (each pulls the others' committed writes before it reads
-    or writes).
+    Thread-safe (one lock around the in-memory state; database connections per thread) and safe
+    for several processes sharing one SQLite file or one PostgreSQL database (each pulls the
+    others' committed writes, by the store's change sequence, before it reads or writes).
     """
 
     def __init__(self, config: AIMConfig | None = None, path: str | None = None,
                  embedder: Embedder | None = None) -> None:
         if config is not None and not isinstance(config, AIMConfig):
             raise TypeError(f"config must be an AIMConfig or None, got {type(config).__name__}")
-        if path is not None and not isinstance(path, (str, bytes)) and not hasattr(path, "__fspath__"):
-            raise TypeError(f"path must be a file path or None, got {type(path).__name__}")
+        if path is not None and not isinstance(path, str) and not hasattr(path, "__fspath__"):
+            raise TypeError(f"path must be a file path, a postgresql:// URL or None, got {type(path).__name__}")
         if embedder is not None and not callable(embedder):
             raise TypeError(f"embedder must be a callable list[str] -> array, got {type(embedder).__name__}")
         self.path = None if path is None else str(path)
-        self._store = MemoryStore(self.path)
+        self._store = open_store(self.path)
         stored_config = self._store.meta("config")
         if config is None:
             config = AIMConfig.from_json(stored_config) if stored_config else AIMConfig()
         self.config = config
-        self._store.busy_timeout_ms = config.busy_timeout_ms
-        self._store.synchronous = config.synchronous
-        self.embedder: Embedder = embedder if embedder is not None else MiniLMEmbedder(
-            batch_size=config.embed_batch_size)
+        if isinstance(self._store, SQLiteStore):
+            self._store.busy_timeout_ms = config.busy_timeout_ms
+            self._store.synchronous = config.synchronous
+        self.embedder: Embedder = embedder if embedder is not None else default_embedder(config.embed_batch_size)
         self.embedder_name = getattr(self.embedder, "name", type(self.embedder).__name__)
         dim = self._store.meta("dim")
         self.dim: int | None = int(dim) if dim else None
-        with self._store.transaction() as conn:
-            if stored_config is None:
-                MemoryStore.set_meta(conn, "config", config.to_json())
+        if stored_config is None:
+            with self._store.transaction() as tx:
+                if self._store.meta("config") is None:
+                    tx.set_meta("config", config.to_json())
         self._lock = threading.RLock()
         self._spaces: dict[str, _Space] = {}
         self._seq = 0
@@ -123,7 +137,8 @@ class AIMMemory:
         with self._lock:
             if self._seq and self._store.seq() == self._seq:
                 return
-            rows, gone, counts, now = self._store.changes_since(self._seq)
+            changes = self._store.changes_since(self._seq)
+            rows, gone, counts, now = changes.rows, changes.gone, changes.counts, changes.seq
             if self.dim is None and self._store.meta("dim"):
                 self.dim = int(self._store.meta("dim"))
             by_space: dict[str, list[NodeRow]] = {}
@@ -139,10 +154,12 @@ class AIMMemory:
                     if row.id in space.entries:
                         self._drop(space, row.id)
                     entry = _Entry(row.summary, frozenset(row.anchors), row.fields, row.links, row.w,
-                                   row.stamp, row.created_at)
+                                   row.stamp, row.created_at, row.speaker, row.ts)
                     space.entries[row.id] = entry
                     for anchor in entry.anchors:
                         space.postings.setdefault(anchor, set()).add(row.id)
+                    space.lexical.add(row.id, tokenize(changes.texts.get(row.id, row.summary))
+                                      + (tokenize(row.speaker) if row.speaker else []))
                 ids = [r.id for r in space_rows]
                 protos = np.stack([r.proto for r in space_rows])
                 if len(space.index) == 0 and len(ids) >= 2 * self.config.cluster_size:
@@ -163,6 +180,7 @@ class AIMMemory:
                 if not ids:
                     del space.postings[anchor]
         space.index.remove([node_id])
+        space.lexical.remove(node_id)
 
     # -- validation ---------------------------------------------------------------------------
     def _check_text(self, text: Any, name: str) -> str:
@@ -170,6 +188,8 @@ class AIMMemory:
             raise TypeError(f"{name} must be a str, got {type(text).__name__}")
         if not text.strip():
             raise ValueError(f"{name} must not be empty")
+        if "\x00" in text:
+            raise ValueError(f"{name} must not contain NUL characters (no store keeps them)")
         if len(text) > self.config.max_text_chars:
             raise ValueError(f"{name} has {len(text)} characters; the limit is "
                              f"AIMConfig.max_text_chars={self.config.max_text_chars}")
@@ -178,11 +198,11 @@ class AIMMemory:
     def _embed(self, texts: list[str]) -> np.ndarray:
         vecs = embed_checked(self.embedder, texts, self.dim, self.config.embed_batch_size)
         if self.dim is None:
-            with self._lock, self._store.transaction() as conn:
+            with self._lock, self._store.transaction() as tx:
                 stored = self._store.meta("dim")
                 if stored is None:
-                    MemoryStore.set_meta(conn, "dim", str(vecs.shape[1]))
-                    MemoryStore.set_meta(conn, "embedder", str(self.embedder_name))
+                    tx.set_meta("dim", str(vecs.shape[1]))
+                    tx.set_meta("embedder", str(self.embedder_name))
                     stored = str(vecs.shape[1])
                 self.dim = int(stored)
                 for space in self._spaces.values():
@@ -207,56 +227,69 @@ class AIMMemory:
         return MemoryNode(id=node_id, proto=space.index.vector(node_id).copy(), summary=entry.summary,
                           fields=fields, links=list(entry.links), w=self._weight(space, entry),
                           evidence_ptr=node_id, evidence_text=evidence, created_at=entry.created_at,
-                          namespace=namespace, score=score)
+                          namespace=namespace, score=score, speaker=entry.speaker, timestamp=entry.ts)
 
     def write_memory(self, text: str, namespace: str = "default", evidence: str | None = None,
-                     fields: dict | None = None) -> MemoryNode | None:
-        """Store ``text`` (its embedding, anchors and one-line summary; ``evidence`` or the text
-        itself as the full evidence) in ``namespace``.
+                     fields: dict | None = None, speaker: str | None = None,
+                     timestamp: float | str | Any | None = None) -> MemoryNode | None:
+        """Store ``text`` (its embedding, anchors, lexical terms and one-line summary; ``evidence``
+        or the text itself as the full evidence) in ``namespace``.
 
-        Returns the new node, the node it was merged into (a near-duplicate: cosine above
-        ``merge_threshold`` and the same anchors), or None when the write gate rejects the text
-        as uninformative. Every accepted write (new or merged) decays the namespace's older
-        weights by gamma in O(1) (a per-namespace write counter).
+        ``speaker`` (who said it) and ``timestamp`` (when: Unix seconds, a datetime/date or an
+        ISO-8601 string) are conversation fields: kept on the node and turned into anchors, so a
+        query naming the person or the day prefers the node. Returns the new node, the node it
+        was merged into (a near-duplicate: cosine above ``merge_threshold``, the same speaker and
+        the same text anchors; a merged node keeps the date anchors of every timestamp),
+        or None when the write gate rejects the text as uninformative. Every accepted write (new
+        or merged) decays the namespace's older weights by gamma in O(1) (a per-namespace write
+        counter). The text, evidence and speaker are stored and returned character for character.
         """
         text = self._check_text(text, "text")
         check_namespace(namespace)
         evidence = text if evidence is None else self._check_text(evidence, "evidence")
         if fields is not None and not isinstance(fields, dict):
             raise TypeError(f"fields must be a dict or None, got {type(fields).__name__}")
+        speaker = check_speaker(speaker)
+        ts = to_timestamp(timestamp)
         user_fields = json.loads(json.dumps(fields or {}, ensure_ascii=False))
-        anchors = extract_anchors(text)
-        if informativeness(text, len(anchors)) < self.config.write_threshold:
+        text_anchors = extract_anchors(text)
+        if informativeness(text, len(text_anchors)) < self.config.write_threshold:
             with self._lock:
                 self.counters["rejected"] += 1
             return None
+        core = text_anchors | field_anchors(speaker, None)  # what a near-duplicate must share
         vec = self._embed([text])[0]
         c = self.config
-        with self._lock, self._store.transaction() as conn:
+        with self._lock, self._store.transaction() as tx:
             self._sync()
             space = self._space(namespace)
             ids, sims, _ = space.index.search(vec, c.max_links + 1)
             now = time.time()
             merge_into = None
-            if ids.size and sims[0] >= c.merge_threshold and space.entries[int(ids[0])].anchors == anchors:
-                merge_into = int(ids[0])
-            writes = MemoryStore.bump_writes(conn, namespace)
+            if ids.size and sims[0] >= c.merge_threshold:
+                near = space.entries[int(ids[0])]
+                if near.speaker == speaker and near.anchors - _date_anchors(near) == core:
+                    merge_into = int(ids[0])
+            writes = tx.bump_writes(namespace)
             if merge_into is not None:
                 old = space.entries[merge_into]
                 old_evidence = self._store.evidence([merge_into]).get(merge_into, "")
                 merged_evidence = old_evidence if evidence in old_evidence else old_evidence + "\n" + evidence
-                merged_fields = {**old.fields, **user_fields,
-                                 "merged": int(old.fields.get("merged", 0)) + 1}
-                MemoryStore.update_node(conn, merge_into, summary=summarize(text, c.summary_chars),
-                                        anchors=list(anchors), fields=merged_fields, links=old.links,
-                                        w=1.0, stamp=writes, proto=vec, evidence=merged_evidence)
+                stamps = _timestamps(old) + ([ts] if ts is not None else [])
+                merged_fields = {**old.fields, **user_fields, "merged": int(old.fields.get("merged", 0)) + 1}
+                if stamps:
+                    merged_fields["timestamps"] = stamps
+                anchors = core.union(*(field_anchors(None, t) for t in stamps))
+                tx.update_node(merge_into, summary=summarize(text, c.summary_chars), anchors=list(anchors),
+                               fields=merged_fields, links=old.links, w=1.0, stamp=writes, proto=vec,
+                               evidence=merged_evidence, speaker=speaker, ts=ts if ts is not None else old.ts)
                 node_id = merge_into
             else:
                 links = [int(i) for i, s in zip(ids, sims) if s >= c.link_threshold][:c.max_links]
                 node_fields = {**user_fields, "definitions": definitions(text), "merged": 0}
-                node_id = MemoryStore.insert_node(conn, namespace, summarize(text, c.summary_chars),
-                                                  list(anchors), node_fields, links, 1.0, writes, vec,
-                                                  now, evidence)
+                node_id = tx.insert_node(namespace, summarize(text, c.summary_chars),
+                                         list(core | field_anchors(None, ts)), node_fields, links, 1.0,
+                                         writes, vec, now, evidence, speaker=speaker, ts=ts)
         with self._lock:
             self._sync()
             self.counters["writes"] += 1
@@ -266,7 +299,7 @@ class AIMMemory:
     def update(self, node_id: int, text: str | None = None, evidence: str | None = None,
                fields: dict | None = None) -> MemoryNode:
         """Replace a node's text (re-embedded, new anchors and summary), evidence and/or fields.
-        Raises KeyError for an unknown id. Weights and links are kept."""
+        Raises KeyError for an unknown id. Weights, links, speaker and timestamp are kept."""
         if not isinstance(node_id, (int, np.integer)) or isinstance(node_id, bool):
             raise TypeError(f"node_id must be an int, got {type(node_id).__name__}")
         if text is not None:
@@ -276,21 +309,23 @@ class AIMMemory:
         if fields is not None and not isinstance(fields, dict):
             raise TypeError(f"fields must be a dict or None, got {type(fields).__name__}")
         vec = self._embed([text])[0] if text is not None else None
-        with self._lock, self._store.transaction() as conn:
+        with self._lock, self._store.transaction() as tx:
             self._sync()
             row = self._store.node(int(node_id))
             if row is None:
                 raise KeyError(f"no memory node with id {node_id}")
             old_evidence = self._store.evidence([row.id]).get(row.id, "")
-            anchors = extract_anchors(text) if text is not None else frozenset(row.anchors)
+            anchors = (extract_anchors(text) | field_anchors(row.speaker, row.ts) if text is not None
+                       else frozenset(row.anchors))
             new_fields = {**row.fields, **json.loads(json.dumps(fields or {}, ensure_ascii=False))}
             if text is not None:
                 new_fields["definitions"] = definitions(text)
-            MemoryStore.update_node(
-                conn, row.id, summary=summarize(text, self.config.summary_chars) if text else row.summary,
+            tx.update_node(
+                row.id, summary=summarize(text, self.config.summary_chars) if text else row.summary,
                 anchors=list(anchors), fields=new_fields, links=row.links, w=row.w, stamp=row.stamp,
                 proto=vec if vec is not None else row.proto,
-                evidence=evidence if evidence is not None else (text if text is not None else old_evidence))
+                evidence=evidence if evidence is not None else (text if text is not None else old_evidence),
+                speaker=row.speaker, ts=row.ts)
         with self._lock:
             self._sync()
             return self._node(row.namespace, row.id)
@@ -300,8 +335,8 @@ class AIMMemory:
         if not isinstance(node_id, (int, np.integer)) or isinstance(node_id, bool):
             raise TypeError(f"node_id must be an int, got {type(node_id).__name__}")
         with self._lock:
-            with self._store.transaction() as conn:
-                deleted = MemoryStore.delete_node(conn, int(node_id))
+            with self._store.transaction() as tx:
+                deleted = tx.delete_node(int(node_id))
             self._sync()
         return deleted
 
@@ -311,9 +346,9 @@ class AIMMemory:
         with self._lock:
             self._sync()
             ids = list(self._spaces[namespace].entries) if namespace in self._spaces else []
-            with self._store.transaction() as conn:
+            with self._store.transaction() as tx:
                 for node_id in ids:
-                    MemoryStore.delete_node(conn, node_id)
+                    tx.delete_node(node_id)
             self._sync()
         return len(ids)
 
@@ -346,12 +381,17 @@ class AIMMemory:
                      k: int | None = None) -> tuple[list[MemoryNode], list[str]]:
         """Recall up to ``k`` (default ``top_k``) nodes of ``namespace`` for ``query``.
 
-        The routing direction d = normalize(q + lambda * v_inertia) picks the clusters to scan;
-        the hot window, the scanned clusters and every node sharing an anchor with the query are
-        candidates; each is scored cos(q, proto) + eta * anchor_overlap + beta * w and kept only
-        above the absolute similarity floor. Returns (nodes best first, refill texts): the refill
-        texts are the nodes' full evidence in strict mode ("auto" picks strict for queries with
-        strict keywords) and empty in fast mode.
+        Three channels give candidates: the dense one (the routing direction
+        d = normalize(q + lambda * v_inertia) picks the clusters to scan; the hot window and the
+        scanned clusters are ranked by cosine to q), the lexical one (BM25 over the nodes' text
+        and speaker) and the anchor one (every node sharing an anchor with the query: a number,
+        name, date, the speaker). Each candidate is scored
+        cos(q, proto) + eta * anchor_overlap + alpha * lexical + beta * w, lexical being its BM25
+        score over the query's idf mass (in [0, 1]), and kept only above the similarity floor
+        (lower for nodes with an anchor or lexical match; none for a node whose anchor overlap is
+        at least 0.5, i.e. that carries most of the query's weighted anchors). Returns (nodes
+        best first, refill texts): the refill texts are the nodes' full evidence in strict mode
+        ("auto" picks strict for queries with strict keywords) and empty in fast mode.
         """
         query = self._check_text(query, "query")
         check_namespace(namespace)
@@ -376,20 +416,35 @@ class AIMMemory:
                 direction = (direction / max(float(np.linalg.norm(direction)), 1e-12)).astype(np.float32)
             ids, sims, scanned = space.index.search(q, c.local_cluster_k, direction=direction)
             cand = dict(zip(ids.tolist(), sims.tolist()))
+            lexical: dict[int, float] = {}
+            if c.lexical_weight > 0:
+                lex_ids, lex_scores, idf_mass = space.lexical.search(tokenize(query), c.lexical_k)
+                if idf_mass > 0:
+                    lexical = dict(zip(lex_ids.tolist(), np.minimum(lex_scores / idf_mass, 1.0).tolist()))
             q_anchors = extract_anchors(query)
-            extra = sorted({i for a in q_anchors for i in space.postings.get(a, ())
-                            if len(space.postings[a]) <= c.anchor_postings_cap} - cand.keys())
+            rare = [space.postings[a] for a in q_anchors if 0 < len(space.postings.get(a, ())) <= c.anchor_postings_cap]
+            extra = sorted(set().union(*rare, lexical.keys()) - cand.keys())
             if extra:
                 cand.update(zip(extra, (space.index.vectors(extra) @ q).tolist()))
             q_lower = query.lower()
+            n_nodes = len(space.entries)
+            weights: dict[str, float] = {}
+
+            def weight(anchor: str) -> float:
+                value = weights.get(anchor)
+                if value is None:
+                    value = weights[anchor] = anchor_weight(len(space.postings.get(anchor, ())), n_nodes)
+                return value
             scored = []
             for node_id, sim in cand.items():
                 entry = space.entries[node_id]
-                overlap = anchor_overlap(q_anchors, q_lower, entry.anchors)
+                overlap = anchor_overlap(q_anchors, q_lower, entry.anchors, weight) if entry.anchors else 0.0
                 anchored = overlap > 0 and overlap >= c.anchor_threshold
-                if sim < (c.anchor_min_similarity if anchored else c.min_similarity):
-                    continue
-                score = sim + (c.anchor_boost * overlap if anchored else 0.0) + \
+                lex = lexical.get(node_id, 0.0)
+                matched = anchored or lex >= c.lexical_match
+                if overlap < 0.5 and sim < (c.anchor_min_similarity if matched else c.min_similarity):
+                    continue  # a node carrying most of the query's anchor weight is kept regardless
+                score = sim + (c.anchor_boost * overlap if anchored else 0.0) + c.lexical_weight * lex + \
                     c.weight_influence * self._weight(space, entry)
                 scored.append((score, node_id))
             scored.sort(reverse=True)
@@ -447,7 +502,8 @@ class AIMMemory:
 
     # -- persistence and stats ----------------------------------------------------------------
     def save(self, path: str) -> None:
-        """Write a consistent copy of the whole memory (all namespaces) to the SQLite file ``path``."""
+        """Write a consistent copy of the whole memory (all namespaces) to the SQLite file ``path``
+        (from either store: a PostgreSQL memory is copied into a new SQLite file)."""
         if not isinstance(path, str) and not hasattr(path, "__fspath__"):
             raise TypeError(f"path must be a file path, got {type(path).__name__}")
         with self._lock:
@@ -458,7 +514,7 @@ class AIMMemory:
              embedder: Embedder | None = None) -> "AIMMemory":
         """Open the memory saved at ``path`` (its stored config unless ``config`` is given)."""
         import os
-        if not os.path.exists(str(path)):
+        if not is_postgres_url(path) and not os.path.exists(str(path)):
             raise FileNotFoundError(f"no AIM-Memory database at {path}")
         return cls(config=config, path=str(path), embedder=embedder)
 
@@ -480,7 +536,8 @@ class AIMMemory:
                     record = {"namespace": name, "summary": node.summary,
                               "evidence": evidence.get(node_id, node.summary),
                               "fields": space.entries[node_id].fields, "w": node.w,
-                              "created_at": node.created_at, "embedder": self.embedder_name,
+                              "created_at": node.created_at, "speaker": node.speaker,
+                              "timestamp": node.timestamp, "embedder": self.embedder_name,
                               "proto": base64.b64encode(node.proto.tobytes()).decode("ascii")}
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
                     count += 1
@@ -488,38 +545,56 @@ class AIMMemory:
 
     def import_jsonl(self, lines: IO[str], namespace: str | None = None) -> int:
         """Add the nodes of an :meth:`export_jsonl` file (into ``namespace`` if given, else each
-        record's own); no write gate, no merge. Embeddings are reused when their dimension and
-        embedder name match, else recomputed. Returns the count."""
+        record's own); see :meth:`import_records`. Returns the count."""
         records = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-                text = rec["evidence"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            except json.JSONDecodeError as exc:
                 raise ValueError(f"line {number}: not an AIM-Memory export record ({exc})") from exc
-            self._check_text(text, f"line {number} evidence")
-            records.append((check_namespace(namespace or rec.get("namespace", "default")), rec))
-        todo = [i for i, (_, rec) in enumerate(records) if rec.get("embedder") != self.embedder_name
-                or "proto" not in rec]
-        fresh = dict(zip(todo, self._embed([records[i][1]["evidence"] for i in todo]))) if todo else {}
+            if not isinstance(rec, dict) or "evidence" not in rec:
+                raise ValueError(f"line {number}: not an AIM-Memory export record (no 'evidence')")
+            records.append(rec)
+        return self.import_records(records, namespace=namespace)
+
+    def import_records(self, records: list[dict], namespace: str | None = None) -> int:
+        """Add nodes in bulk, in one transaction: each record a dict with "evidence" (the text)
+        and optionally "namespace", "summary", "fields", "w", "created_at", "speaker",
+        "timestamp", "embedder" and "proto" (float32 [dim] as an array or base64 bytes). No
+        write gate, no merge. An embedding is reused when the record's embedder name is this
+        memory's, else recomputed. Returns the count."""
+        if not isinstance(records, (list, tuple)):
+            raise TypeError(f"records must be a list of dicts, got {type(records).__name__}")
+        for number, rec in enumerate(records, 1):
+            if not isinstance(rec, dict) or "evidence" not in rec:
+                raise ValueError(f"record {number}: expected a dict with 'evidence'")
+            self._check_text(rec["evidence"], f"record {number} evidence")
+        names = [check_namespace(namespace or rec.get("namespace", "default")) for rec in records]
+        todo = [i for i, rec in enumerate(records) if rec.get("embedder") != self.embedder_name
+                or rec.get("proto") is None]
+        fresh = dict(zip(todo, self._embed([records[i]["evidence"] for i in todo]))) if todo else {}
         if self.dim is None and records:
-            self._embed([records[0][1]["evidence"]])
-        with self._lock, self._store.transaction() as conn:
-            for i, (name, rec) in enumerate(records):
+            self._embed([records[0]["evidence"]])
+        now = time.time()
+        with self._lock, self._store.transaction() as tx:
+            for i, (name, rec) in enumerate(zip(names, records)):
                 proto = fresh.get(i)
                 if proto is None:
-                    proto = np.frombuffer(base64.b64decode(rec["proto"]), dtype=np.float32)
+                    raw = rec["proto"]
+                    proto = (np.frombuffer(base64.b64decode(raw), dtype=np.float32) if isinstance(raw, (str, bytes))
+                             else np.asarray(raw, dtype=np.float32).reshape(-1))
                     if proto.size != self.dim or not np.isfinite(proto).all():
                         raise ValueError(f"record {i + 1}: embedding of dimension {proto.size}, "
                                          f"expected {self.dim}")
                 text = rec["evidence"]
-                writes = MemoryStore.bump_writes(conn, name)
-                MemoryStore.insert_node(conn, name, rec.get("summary") or summarize(text, self.config.summary_chars),
-                                        list(extract_anchors(text)), dict(rec.get("fields") or {}), [],
-                                        float(rec.get("w", 1.0)), writes, proto,
-                                        float(rec.get("created_at", time.time())), text)
+                speaker, ts = check_speaker(rec.get("speaker")), to_timestamp(rec.get("timestamp"))
+                writes = tx.bump_writes(name)
+                tx.insert_node(name, rec.get("summary") or summarize(text, self.config.summary_chars),
+                               list(extract_anchors(text) | field_anchors(speaker, ts)),
+                               dict(rec.get("fields") or {}), [], float(rec.get("w", 1.0)), writes, proto,
+                               float(rec.get("created_at", now)), text, speaker=speaker, ts=ts)
         self._sync()
         return len(records)
 
@@ -541,13 +616,14 @@ class AIMMemory:
                              "writes": space.writes, "mean_weight": float(np.mean(weights, dtype=np.float64)),
                              "anchors": len(space.postings), "inertia_norm": self.inertia_norm(name)}
             routes = self.counters["routes"]
-            return {"path": self.path or ":memory:", "embedder": self.embedder_name, "dim": self.dim,
+            return {"path": _redacted(self.path) if self.path else ":memory:", "store": type(self._store).__name__,
+                    "embedder": self.embedder_name, "dim": self.dim, "lexical_stemmer": stemmer_name(),
                     "total_nodes": sum(p["nodes"] for p in per.values()), "namespaces": per,
                     **{k: v for k, v in self.counters.items() if k != "scanned"},
                     "mean_scanned_per_route": self.counters["scanned"] / routes if routes else 0.0}
 
     def close(self) -> None:
-        """Close the SQLite connections (committed writes are already on disk)."""
+        """Close the database connections (committed writes are already stored)."""
         with self._lock:
             self._store.close()
 
@@ -565,6 +641,8 @@ class AIMMemory:
 
 def create_aim_memory(config: AIMConfig | None = None, path: str | None = None,
                       embedder: Embedder | None = None) -> AIMMemory:
-    """A new or reopened AIM-Memory: ``path`` is the SQLite file (None: in memory), ``embedder``
-    any callable list[str] -> float array [n, dim] (None: all-MiniLM-L6-v2, offline)."""
+    """A new or reopened AIM-Memory: ``path`` is the SQLite file (None: in memory) or a
+    ``postgresql://user@host/db`` URL of a shared PostgreSQL database; ``embedder`` any callable
+    list[str] -> float array [n, dim] (None: all-MiniLM-L6-v2, offline, on ONNX Runtime with int8
+    weights when onnxruntime is installed)."""
     return AIMMemory(config=config, path=path, embedder=embedder)

@@ -18,6 +18,8 @@ class MemoryNode:
     was returned (``w_stored * gamma ** writes_since``). evidence_ptr: row id of its evidence text.
     evidence_text: the full text, filled by strict routing (None otherwise). created_at: Unix
     seconds. score: routing score of the last route that returned it (None when not routed).
+    speaker, timestamp: the conversation fields given to ``write_memory`` (who said it; when, in
+    Unix seconds), None when not given.
     """
 
     id: int
@@ -31,11 +33,14 @@ class MemoryNode:
     created_at: float
     namespace: str
     score: float | None = field(default=None)
+    speaker: str | None = field(default=None)
+    timestamp: float | None = field(default=None)
 
     def to_dict(self, with_proto: bool = False) -> dict[str, Any]:
         out = {"id": self.id, "summary": self.summary, "fields": self.fields, "links": self.links,
                "w": self.w, "evidence_ptr": self.evidence_ptr, "evidence_text": self.evidence_text,
-               "created_at": self.created_at, "namespace": self.namespace, "score": self.score}
+               "created_at": self.created_at, "namespace": self.namespace, "score": self.score,
+               "speaker": self.speaker, "timestamp": self.timestamp}
         if with_proto:
             out["proto"] = self.proto.tolist()
         return out

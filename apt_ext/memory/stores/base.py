@@ -1,0 +1,203 @@
+"""What every AIM-Memory store does, whatever the database: the row type, the write statements of
+one transaction, the reads, and the change sequence every process follows.
+
+SQL here is written once, with ``?`` marks; a backend whose driver wants ``%s`` sets ``mark``.
+Every write transaction first takes the store's writer lock (SQLite: ``BEGIN IMMEDIATE``;
+PostgreSQL: the ``seq`` row of ``meta`` locked FOR UPDATE), so writes are serialised, each bumps
+the global change sequence ``meta.seq`` once per changed node, and sequence order is commit order:
+a reader that has seen sequence ``s`` has seen every change up to ``s``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+NODE_COLUMNS = "id, namespace, summary, anchors, fields, links, w, stamp, proto, created_at, seq, speaker, ts"
+TABLES = (("meta", "key, value"), ("namespaces", "name, writes"), ("nodes", NODE_COLUMNS),
+          ("evidence", "node_id, text"), ("tombstones", "node_id, namespace, seq"))
+SCHEMA_VERSION = "2"  # 2: nodes.speaker and nodes.ts (conversation fields)
+
+
+@dataclass
+class NodeRow:
+    """One row of ``nodes`` (proto decoded to float32 [dim]; ts: Unix seconds or None)."""
+
+    id: int
+    namespace: str
+    summary: str
+    anchors: list[str]
+    fields: dict
+    links: list[int]
+    w: float
+    stamp: int
+    proto: np.ndarray
+    created_at: float
+    seq: int
+    speaker: str | None
+    ts: float | None
+
+    @classmethod
+    def from_sql(cls, row: tuple) -> "NodeRow":
+        return cls(int(row[0]), row[1], row[2], json.loads(row[3]), json.loads(row[4]),
+                   json.loads(row[5]), float(row[6]), int(row[7]),
+                   np.frombuffer(bytes(row[8]), dtype=np.float32).copy(), float(row[9]), int(row[10]),
+                   row[11], None if row[12] is None else float(row[12]))
+
+
+@dataclass
+class Changes:
+    """What changed after a sequence number: node rows (new or updated) and their evidence texts,
+    deleted (id, namespace) pairs, every namespace's write counter, and the sequence they bring
+    the reader to."""
+
+    rows: list[NodeRow]
+    texts: dict[int, str]
+    gone: list[tuple[int, str]]
+    counts: dict[str, int]
+    seq: int
+
+
+class Writer:
+    """The write statements of one open transaction of ``store``."""
+
+    def __init__(self, store: "Store") -> None:
+        self._store = store
+
+    def _one(self, sql: str, params: tuple = ()) -> tuple:
+        return self._store.execute(sql, params).fetchone()
+
+    def next_seq(self) -> int:
+        """Bump and return the global change sequence."""
+        return int(self._one("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT) "
+                             "WHERE key = 'seq' RETURNING value")[0])
+
+    def bump_writes(self, namespace: str) -> int:
+        """Count one accepted write in ``namespace``; returns the new counter."""
+        return int(self._one("INSERT INTO namespaces(name, writes) VALUES (?, 1) ON CONFLICT(name) "
+                             "DO UPDATE SET writes = namespaces.writes + 1 RETURNING writes",
+                             (namespace,))[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._store.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                            "SET value = excluded.value", (key, value))
+
+    def insert_node(self, namespace: str, summary: str, anchors: list[str], fields: dict,
+                    links: list[int], w: float, stamp: int, proto: np.ndarray, created_at: float,
+                    evidence: str, speaker: str | None = None, ts: float | None = None,
+                    node_id: int | None = None) -> int:
+        """Insert a node and its evidence; returns its id (``node_id`` forces one, for copies)."""
+        seq = self.next_seq()
+        values = (namespace, summary, json.dumps(sorted(anchors), ensure_ascii=False),
+                  json.dumps(fields, ensure_ascii=False), json.dumps(links), float(w), int(stamp),
+                  np.ascontiguousarray(proto, dtype=np.float32).tobytes(), float(created_at), seq,
+                  speaker, ts)
+        columns = "namespace, summary, anchors, fields, links, w, stamp, proto, created_at, seq, speaker, ts"
+        if node_id is not None:
+            columns, values = "id, " + columns, (int(node_id),) + values
+        marks = ",".join("?" * len(values))
+        new_id = int(self._one(f"INSERT INTO nodes({columns}) VALUES ({marks}) RETURNING id", values)[0])
+        self._store.execute("INSERT INTO evidence(node_id, text) VALUES (?, ?)", (new_id, evidence))
+        return new_id
+
+    def update_node(self, node_id: int, *, summary: str, anchors: list[str], fields: dict,
+                    links: list[int], w: float, stamp: int, proto: np.ndarray, evidence: str,
+                    speaker: str | None, ts: float | None) -> None:
+        seq = self.next_seq()
+        self._store.execute(
+            "UPDATE nodes SET summary=?, anchors=?, fields=?, links=?, w=?, stamp=?, proto=?, seq=?, "
+            "speaker=?, ts=? WHERE id=?",
+            (summary, json.dumps(sorted(anchors), ensure_ascii=False),
+             json.dumps(fields, ensure_ascii=False), json.dumps(links), float(w), int(stamp),
+             np.ascontiguousarray(proto, dtype=np.float32).tobytes(), seq, speaker, ts, int(node_id)))
+        self._store.execute("UPDATE evidence SET text=? WHERE node_id=?", (evidence, int(node_id)))
+
+    def delete_node(self, node_id: int) -> bool:
+        row = self._one("SELECT namespace FROM nodes WHERE id=?", (int(node_id),))
+        if row is None:
+            return False
+        seq = self.next_seq()
+        self._store.execute("DELETE FROM nodes WHERE id=?", (int(node_id),))
+        self._store.execute("DELETE FROM evidence WHERE node_id=?", (int(node_id),))
+        self._store.execute("INSERT INTO tombstones(node_id, namespace, seq) VALUES (?, ?, ?) "
+                            "ON CONFLICT(node_id) DO UPDATE SET namespace = excluded.namespace, "
+                            "seq = excluded.seq", (int(node_id), row[0], seq))
+        return True
+
+
+class Store(ABC):
+    """A database behind an AIMMemory. Subclasses open connections (one per thread), take the
+    writer lock in :meth:`transaction` and give a consistent snapshot in :meth:`snapshot`."""
+
+    mark = "?"
+    path: str | None
+
+    def execute(self, sql: str, params: tuple | list = ()) -> Any:
+        """Run ``sql`` (written with ``?`` marks) on this thread's connection; returns the cursor."""
+        if self.mark != "?":
+            sql = sql.replace("?", self.mark)
+        return self.conn().execute(sql, params)
+
+    @abstractmethod
+    def conn(self) -> Any:
+        """This thread's connection."""
+
+    @abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[Writer]:
+        """Begin a write transaction holding the writer lock; yields a :class:`Writer`; commits on
+        exit, rolls back on an exception."""
+
+    @abstractmethod
+    def snapshot(self) -> contextlib.AbstractContextManager[None]:
+        """Reads inside see one consistent state (a no-op inside a write transaction)."""
+
+    @abstractmethod
+    def backup(self, path: str) -> None:
+        """Write a consistent copy of the whole store to the SQLite file ``path``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every connection."""
+
+    # -- reads ------------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        row = self.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def seq(self) -> int:
+        return int(self.meta("seq") or 0)
+
+    def changes_since(self, seq: int) -> Changes:
+        """Every change committed after ``seq``, read in one snapshot."""
+        with self.snapshot():
+            now = int(self.meta("seq") or 0)
+            rows = [NodeRow.from_sql(r) for r in self.execute(
+                f"SELECT {NODE_COLUMNS} FROM nodes WHERE seq > ? ORDER BY seq", (seq,))]
+            texts = {int(i): text for i, text in self.execute(
+                "SELECT e.node_id, e.text FROM evidence e JOIN nodes n ON n.id = e.node_id WHERE n.seq > ?",
+                (seq,))}
+            gone = [(int(i), ns) for i, ns in self.execute(
+                "SELECT node_id, namespace FROM tombstones WHERE seq > ?", (seq,))]
+            counts = {name: int(w) for name, w in self.execute("SELECT name, writes FROM namespaces")}
+        return Changes(rows, texts, gone, counts, now)
+
+    def evidence(self, ids: list[int]) -> dict[int, str]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return {int(i): text for i, text in self.execute(
+            f"SELECT node_id, text FROM evidence WHERE node_id IN ({marks})", [int(i) for i in ids])}
+
+    def node(self, node_id: int) -> NodeRow | None:
+        row = self.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE id=?", (int(node_id),)).fetchone()
+        return None if row is None else NodeRow.from_sql(row)
+
+    def dump(self) -> list[tuple[str, str, list[tuple]]]:
+        """(table, columns, rows) of every table, read in one snapshot: the content of a copy."""
+        with self.snapshot():
+            return [(table, columns, [tuple(r) for r in self.execute(f"SELECT {columns} FROM {table}")])
+                    for table, columns in TABLES]

@@ -55,13 +55,16 @@ def meta_line(name: str, d: dict) -> str:
     machine = pick("machine", "card", "device_name", "host")
     if isinstance(machine, dict):
         machine = f"{machine.get('cpu', '')}, {machine.get('threads', '?')} threads"
-    load = pick("load_avg", "uptime")
     parts = [f"Source: [results/{name}](results/{name})",
              f"date {pick('date', 'date_utc') or 'not recorded'}",
              f"machine {machine or 'not recorded'}",
              f"torch {pick('torch') or 'not recorded'}"]
-    if load is not None:
-        parts.append("load average " + (" / ".join(f"{x:.1f}" for x in load) if isinstance(load, list) else str(load)))
+    for when, keys in (("", ("load_avg", "uptime")), (" at start", ("load_average_start",)),
+                       (" at end", ("load_average_end",))):
+        load = pick(*keys)
+        if load is not None:
+            parts.append(f"load average{when} "
+                         + (" / ".join(f"{x:.1f}" for x in load) if isinstance(load, list) else str(load)))
     cmd = pick("command")
     return "; ".join(parts) + (f"; command `{cmd}`" if cmd else "") + "."
 
@@ -196,38 +199,110 @@ def model_throughput(name: str, d: dict) -> str:
 
 
 def aim_memory(name: str, d: dict) -> str:
-    rows = []
-    for res in d["results"]:
-        brute = res["methods"].get("numpy brute force", {}).get("p50_ms")
-        aim = res["methods"].get("AIM ClusterIndex", {}).get("p50_ms")
-        for meth, r in res["methods"].items():
-            if "skipped" in r:
-                rows.append([res["size"], meth, f"skipped: {r['skipped']}", "", "", "", "", "", ""])
-                continue
-            rows.append([res["size"], meth, r["setting"], f"{r['recall@10']:.3f}", num(r["p50_ms"]), num(r["p95_ms"]),
-                         "-" if r.get("scanned") is None or r["scanned"] != r["scanned"] else f"{r['scanned']:,.0f}",
-                         ratio(brute, r["p50_ms"]), ratio(aim, r["p50_ms"])])
-    out = ["Timed: the routing index alone (one query vector at a time, one thread), NOT `route_memory`: "
-           "each method at its cheapest setting reaching recall@10 >= 0.95 against the exact top-10. "
-           "The 10k set is real MiniLM embeddings; the larger sets are synthetic vectors.", "",
-           table(["vectors", "method", "setting", "recall@10", "p50 ms", "p95 ms", "vectors scanned",
-                  "speed-up vs brute force (p50)", "AIM p50 / this p50"], rows)]
-    rm = d.get("route_memory_10k")
-    if rm:
-        out += ["", f"End to end `route_memory` on a {rm['nodes']:,}-node memory (MiniLM query embedding, anchors, "
-                f"scoring, default config): p50 {num(rm['route_memory_p50_ms'])} ms, p95 "
-                f"{num(rm['route_memory_p95_ms'])} ms, of which the query embedding is p50 "
-                f"{num(rm['query_embedding_p50_ms'])} ms; {num(rm['scanned_per_route'])} vectors scanned per route."]
+    """``benchmarks/aim_memory.py``: routing index alone (``results``), inertia ablation, query
+    embedding (``query_embedding``) and end-to-end ``route_memory`` (``route_memory_end_to_end``);
+    an ``--e2e-only`` run has only the last two."""
+    out: list[str] = []
+    if d.get("results"):
+        rows = []
+        for res in d["results"]:
+            brute = res["methods"].get("numpy brute force", {}).get("p50_ms")
+            aim = res["methods"].get("AIM ClusterIndex", {}).get("p50_ms")
+            for meth, r in res["methods"].items():
+                if "skipped" in r:
+                    rows.append([res["size"], meth, f"skipped: {r['skipped']}", "", "", "", "", "", ""])
+                    continue
+                rows.append([res["size"], meth, r["setting"], f"{r['recall@10']:.3f}", num(r["p50_ms"]),
+                             num(r["p95_ms"]),
+                             "-" if r.get("scanned") is None or r["scanned"] != r["scanned"] else f"{r['scanned']:,.0f}",
+                             ratio(brute, r["p50_ms"]), ratio(aim, r["p50_ms"])])
+        out += ["**Routing index alone** (one query vector at a time, one thread), NOT `route_memory`: each method "
+                "at its cheapest setting reaching recall@10 >= 0.95 against the exact top-10. The 10k set is real "
+                "MiniLM embeddings; the larger sets are synthetic vectors.", "",
+                table(["vectors", "method", "setting", "recall@10", "p50 ms", "p95 ms", "vectors scanned",
+                       "speed-up vs brute force (p50)", "AIM p50 / this p50"], rows), ""]
     abl = d.get("inertia_ablation")
     if abl:
-        cells = {}
+        cells: dict[tuple, dict] = {}
         for a in abl:
             cells.setdefault((a["stream"], a["n_probe"]), {})[a["lambda"]] = f"{a['recall@10']:.3f} ({a['scanned']:.0f})"
         lams = sorted({a["lambda"] for a in abl})
-        out += ["", "Inertia ablation (recall@10 vs exact, vectors scanned in parentheses):", "",
+        out += ["**Inertia ablation** (recall@10 vs exact, vectors scanned in parentheses):", "",
                 table(["stream", "n_probe", *[f"lambda {lam}" for lam in lams]],
-                      [[s, n, *[v.get(lam, "-") for lam in lams]] for (s, n), v in cells.items()])]
+                      [[s, n, *[v.get(lam, "-") for lam in lams]] for (s, n), v in cells.items()]), ""]
+    emb = d.get("query_embedding") or []
+    if emb:
+        ref = emb[0]["p50_ms"]
+        one_thread_onnx = any(e["embedder"].startswith("ONNX") and "(1 thread" in e["embedder"] for e in emb)
+        out += [f"**Query embedding** of all-MiniLM-L6-v2, one query at a time ({emb[0]['queries']} queries; p50 / "
+                f"p95 ms), with the cosine of each embedder's vectors to the float32 sentence-transformers model's "
+                f"over {emb[0]['sentences']} sentences. Embedder names and thread counts as the script labelled them"
+                + (" (the ONNX rows' \"1 thread\" is not always what ran: see \"Thread counts\" in docs/memory.md)"
+                   if one_thread_onnx else "") + ".", "",
+                table(["embedder", "p50 ms", "p95 ms", "p50 speed-up vs the first row", "cosine mean", "cosine min"],
+                      [[e["embedder"], num(e["p50_ms"]), num(e["p95_ms"]), ratio(ref, e["p50_ms"]),
+                        num(e["cosine_to_fp32_mean"], 4), num(e["cosine_to_fp32_min"], 4)] for e in emb]), ""]
+    e2e = d.get("route_memory_end_to_end") or []
+    if e2e:
+        default = next((e for e in emb if "default" in e["embedder"]), None)
+        accuracy = ("" if default is None else
+                    f" Accuracy: no recall is recorded for these routes; the query embedder is the default int8 "
+                    f"model, cosine {num(default['cosine_to_fp32_mean'], 4)} (mean) to float32 in the table above.")
+        alone = any("query_embedding_alone_p50_ms" in e for e in e2e)
+        out += [f"**End-to-end `route_memory`** (default config and embedder: query embedding, dense, BM25 and anchor "
+                f"channels, scoring; k 5; one query at a time) on memories loaded with `import_records`; "
+                f"{e2e[0]['queries']} queries per size. The embedding is also timed alone just before each route "
+                f"(\"embedding p50\"; the rest of the route is route p50 minus that)"
+                + (", and in a loop of its own without routes in between (\"embedding alone\")" if alone else "")
+                + f". Load = seconds to import and index the nodes; load average = the 1-minute value after "
+                f"the size was timed.{accuracy}", "",
+                table(["nodes", "clusters", "load s", "route p50 ms", "route p95 ms", "embedding p50 ms",
+                       *(["embedding alone p50 ms"] if alone else []), "route minus embedding p50 ms",
+                       "vectors scanned per route", "load average"],
+                      [[f"{e['nodes']:,}", f"{e['clusters']:,}", num(e["load_s"]), num(e["route_memory_p50_ms"]),
+                        num(e["route_memory_p95_ms"]), num(e["query_embedding_p50_ms"]),
+                        *([num(e.get("query_embedding_alone_p50_ms"))] if alone else []),
+                        num(e["route_minus_embedding_p50_ms"]), f"{e['scanned_per_route']:,.0f}",
+                        f"{e['load_average'][0]:.1f}"] for e in e2e])]
     return "\n".join(out)
+
+
+def aim_memory_recall(name: str, d: dict) -> str:
+    """``benchmarks/aim_memory_recall.py``: recall@5 per method and question kind on the test dialogues."""
+    kinds = list(d["questions_by_kind"])
+    rows = [[meth, f"{m['recall@5']:.3f}", *[f"{m['by_kind'][k]:.3f}" for k in kinds]]
+            for meth, m in d["methods"].items()]
+    cfg = d["config"]
+    return "\n".join([
+        f"recall@5 on our synthetic multi-session dialogues (`benchmarks/memory_dialogues.py`), test seeds "
+        f"{d['seeds'][0]}-{d['seeds'][-1]}, {d['questions']} questions; embedder {d['embedder']} (the same vectors "
+        f"for the dense baselines and AIM-Memory). Fusion weights: `lexical_weight` `{cfg['lexical_weight']}`, "
+        f"`anchor_boost` `{cfg['anchor_boost']}`, `min_similarity` `{cfg['min_similarity']}` (fitted on the dev "
+        f"seeds, below). Speed in the same run, with the embeddings cached (embedding time excluded): AIM-Memory "
+        f"took {num(d['per_turn_write_ms_cached_embeddings'])} ms per written turn and "
+        f"{num(d['per_question_route_ms_cached_embeddings'])} ms per routed question (means over the dialogues).",
+        "",
+        table(["method", "recall@5", *[f"{k} ({n} q)" for k, n in d["questions_by_kind"].items()]], rows)])
+
+
+def aim_memory_recall_fit(name: str, d: dict) -> str:
+    """``benchmarks/aim_memory_recall.py --fit``: recall@5 of a grid of fusion weights on the dev dialogues."""
+    cfg = d["config"]
+    merged: dict[tuple, list] = {}  # grid rows that differ only in min_similarity and score the same: one row
+    for g in d["grid"]:
+        key = (g["lexical_weight"], g["anchor_boost"], g["recall@5 text only"], g["recall@5 with fields"])
+        merged.setdefault(key, []).append(g["min_similarity"])
+    rows = [[lw, ab, ", ".join(str(m) for m in mins), f"{text:.3f}", f"{fields:.3f}",
+             "default" if (lw, ab) == (cfg["lexical_weight"], cfg["anchor_boost"]) and cfg["min_similarity"] in mins
+             else ""]
+            for (lw, ab, text, fields), mins in merged.items()]
+    return "\n".join([
+        f"recall@5 of AIM `route_memory` on the dev dialogues (seeds {d['grid_on_dev_seeds'][0]}-"
+        f"{d['grid_on_dev_seeds'][-1]}), written once with the default config and routed under each grid point; "
+        f"sorted by the sum of both columns. Grid points that differ only in `min_similarity` and score the same "
+        f"share a row. The grid records no timings.", "",
+        table(["lexical_weight", "anchor_boost", "min_similarity", "recall@5 text only", "recall@5 with fields", ""],
+              rows)])
 
 
 def fp4_gpu(name: str, d: dict) -> str:
@@ -337,7 +412,12 @@ SECTIONS = [
             ["left_spin_training_quick.json"], left_spin_training),
     Section("APT model: step time (`benchmarks/model_throughput.py`)", ["model_throughput_quick.json"],
             model_throughput),
-    Section("AIM-Memory routing (`benchmarks/aim_memory.py`)", ["aim_memory_full.json"], aim_memory),
+    Section("AIM-Memory routing and latency (`benchmarks/aim_memory.py`)",
+            ["aim_memory_full.json", "aim_memory_quick.json", "aim_memory_e2e_*.json"], aim_memory),
+    Section("AIM-Memory recall on multi-session dialogues (`benchmarks/aim_memory_recall.py`)",
+            ["aim_memory_recall_test.json", "aim_memory_recall_test_int8.json"], aim_memory_recall),
+    Section("AIM-Memory fusion-weight fit on the dev dialogues (`benchmarks/aim_memory_recall.py --fit`)",
+            ["aim_memory_recall_fit.json"], aim_memory_recall_fit, level=3),
     Section("Cloud backends (`benchmarks/cloud.py`)", ["cloud_cpu.json"], cloud),
 ]
 

@@ -233,6 +233,40 @@ def test_two_processes_and_four_threads_write_at_once(store_path):
     mem.close()
 
 
+def test_opening_a_postgres_store_while_a_write_is_open_does_not_deadlock(postgres_databases):
+    """A process that opens the store (schema setup) while another one is inside a write: the
+    writer holds the ``seq`` row and then inserts into ``nodes``; the opener must queue behind it
+    on that row before its DDL locks ``nodes``, or PostgreSQL aborts one of them (deadlock)."""
+    import psycopg
+
+    from apt_ext.memory.stores.postgres import PostgresStore
+
+    url = postgres_databases.new()
+    writer = PostgresStore(url)
+    errors: list[BaseException] = []
+
+    def open_second() -> None:
+        try:
+            PostgresStore(url).close()
+        except BaseException as exc:  # noqa: BLE001  (reported by the assertion below)
+            errors.append(exc)
+
+    opener = threading.Thread(target=open_second)
+    with psycopg.connect(url, autocommit=True) as watch, writer.transaction() as tx:
+        tx.next_seq()  # the seq row is locked and updated by this open transaction
+        opener.start()
+        deadline = time.monotonic() + 30
+        while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                "AND wait_event_type = 'Lock'").fetchone()[0]:
+            assert time.monotonic() < deadline and opener.is_alive(), errors
+            time.sleep(0.05)
+        time.sleep(1.5)  # past deadlock_timeout (1 s): a lock cycle would be detected now
+        tx.insert_node("default", "a node", [], {}, [], 1.0, 1, np.ones(4, np.float32), 0.0, "a node")
+    opener.join(timeout=30)
+    assert not opener.is_alive() and errors == []
+    writer.close()
+
+
 def test_a_second_memory_follows_the_change_sequence(store_path):
     """Two memories on two connections to one store: each one's index follows the other's
     writes, updates and deletes (pulled by the change sequence before every read)."""

@@ -8,7 +8,8 @@ row lock as they do on SQLite's writer lock, and, because the lock is held until
 sequence order is commit order, so a reader that pulls "everything after s" never skips a write
 that commits later with a smaller sequence number. Reads outside a write run in a REPEATABLE READ
 snapshot. Schema creation takes a transaction-level advisory lock, so processes opening a fresh
-database at once do not race.
+database at once do not race, and on an existing database it first takes the writer lock (the
+``seq`` row), so it never holds a table lock that a running write waits for.
 """
 from __future__ import annotations
 
@@ -71,6 +72,10 @@ class PostgresStore(Store):
         conn = self.conn()
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            if conn.execute("SELECT to_regclass('meta')").fetchone()[0] is not None:
+                # queue behind running writers first: a writer holds the seq row, then inserts into
+                # nodes; CREATE INDEX IF NOT EXISTS locks nodes, so the other order deadlocks
+                conn.execute("SELECT value FROM meta WHERE key = 'seq' FOR UPDATE")
             conn.execute(SCHEMA)
             conn.execute("INSERT INTO meta(key, value) VALUES ('schema', %s) ON CONFLICT(key) "
                          "DO UPDATE SET value = excluded.value", (SCHEMA_VERSION,))

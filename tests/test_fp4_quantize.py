@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import apt_ext  # noqa: F401  (registers the fake kernels)
+from cpu_paths import supported_cpu_paths
+from fp4_helpers import FLOAT_DTYPES, FORMATS, assert_same_quantization
 from reference import fp4 as ref
-from fp4_helpers import FLOAT_DTYPES, FORMATS, assert_same_quantization, cpu_isas
 
 SHAPES = [(1, 1), (1, 16), (3, 7), (5, 64), (17, 100), (32, 256), (9, 1000)]
 
@@ -82,7 +83,7 @@ def test_nf4_and_padding_codes(fmt, rng):
     assert (pad == (7 if fmt == "nf4" else 0)).all()
 
 
-@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("isa", supported_cpu_paths())
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_dequantize_matches_reference(isa, fmt, dtype, rng, monkeypatch):

@@ -37,6 +37,23 @@ using DecodeRowFn = void (*)(const PackedRow& row, float* out);
 //    the order in which byte-shuffle lookups of 32 packed bytes assemble float32 lanes.
 enum class KOrder { kNatural, kSplitPairs, kPlanes64 };
 
+// The length of a chunk of the order (1 for kNatural).
+inline constexpr int64_t chunk_of(KOrder order) {
+  return order == KOrder::kPlanes64 ? 64 : order == KOrder::kSplitPairs ? 32 : 1;
+}
+
+// The element (index within its chunk) at position q of a chunk.
+inline constexpr int64_t element_at(KOrder order, int64_t q) {
+  switch (order) {
+    case KOrder::kSplitPairs: return q < 16 ? 2 * q : 2 * (q - 16) + 1;
+    case KOrder::kPlanes64: {
+      const int64_t v = q / 8, d = q % 8;
+      return 32 * (d / 4) + 16 * ((v / 2) % 2) + 4 * (d % 4) + 2 * (v % 2) + v / 4;
+    }
+    default: return q;
+  }
+}
+
 // Like DecodeRowFn but in the kernels' k order, writing row_len(kp) floats.
 using DecodeRowLinearFn = void (*)(const PackedRow& row, float* out);
 
@@ -69,10 +86,7 @@ struct CpuKernels {
 
   // Length of a row of x (and of a decoded weight row) in this k order: kp rounded up to the
   // order's chunk.
-  int64_t row_len(int64_t kp) const {
-    const int64_t chunk = order == KOrder::kPlanes64 ? 64 : order == KOrder::kSplitPairs ? 32 : 1;
-    return (kp + chunk - 1) / chunk * chunk;
-  }
+  int64_t row_len(int64_t kp) const { return (kp + chunk_of(order) - 1) / chunk_of(order) * chunk_of(order); }
 };
 
 CpuKernels scalar_kernels();

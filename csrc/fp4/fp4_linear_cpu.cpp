@@ -11,7 +11,6 @@
 //    path; see docs/fp4.md.
 // The row kernels (fp4_cpu_kernels*.cpp) are picked for the CPU's best ISA at run time.
 #include <ATen/Parallel.h>
-#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -80,15 +79,24 @@ class Pieces {
   std::atomic<int64_t> next_{0};
 };
 
-// x [M, K] float32 -> [M, kern.row_len(kp)] float32 in the kernels' k order, zero-padded.
+// x [M, K] float32 -> [M, kern.row_len(kp)] float32 in the kernels' k order, zero-padded
+// (a plain loop: a strided ATen copy of this permutation costs more than a small layer).
 at::Tensor linear_order_x(const CpuKernels& kern, const at::Tensor& x, int64_t kp) {
-  const int64_t m = x.size(0), len = kern.row_len(kp);
-  at::Tensor xp = x.size(1) < len ? at::constant_pad_nd(x, {0, len - x.size(1)}) : x;
-  if (kern.order == KOrder::kSplitPairs)  // per chunk of 32: even elements, then odd ones
-    xp = xp.view({m, len / 32, 16, 2}).transpose(2, 3).reshape({m, len});
-  if (kern.order == KOrder::kPlanes64)  // element digits [a, u, b, h, s] -> position digits [s, u, h, a, b]
-    xp = xp.view({m, len / 64, 2, 2, 4, 2, 2}).permute({0, 1, 6, 3, 5, 2, 4}).reshape({m, len});
-  return xp.contiguous();
+  const int64_t m = x.size(0), k = x.size(1), len = kern.row_len(kp), chunk = chunk_of(kern.order);
+  if (kern.order == KOrder::kNatural && k == len) return x.contiguous();
+  const at::Tensor xc = x.contiguous();
+  at::Tensor out = at::empty({m, len}, x.options());
+  std::vector<int64_t> element(static_cast<size_t>(chunk));
+  for (int64_t q = 0; q < chunk; ++q) element[q] = element_at(kern.order, q);
+  const float* src = xc.const_data_ptr<float>();
+  float* dst = out.mutable_data_ptr<float>();
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c0 = 0; c0 < len; c0 += chunk)
+      for (int64_t q = 0; q < chunk; ++q) {
+        const int64_t e = c0 + element[q];
+        dst[i * len + c0 + q] = e < k ? src[i * k + e] : 0.0f;
+      }
+  return out;
 }
 
 // out [M, N] float32 = x W^T (x [M, len] in the kernels' k order), decoding each weight row
@@ -154,7 +162,7 @@ at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
   const at::Tensor x2 = linear_order_x(kern, x.reshape({-1, k}).to(at::kFloat), kp);
   const int64_t m = x2.size(0), len = x2.size(1);
   const at::Tensor pk = packed.contiguous(), sc = scales.contiguous();
-  const Weight w{pk.const_data_ptr<uint8_t>(), sc, tensor_scale.item<float>(), f, n, kp, block_size};
+  const Weight w{pk.const_data_ptr<uint8_t>(), sc, *tensor_scale.const_data_ptr<float>(), f, n, kp, block_size};
 
   at::Tensor out = at::empty({m, n}, x2.options());
   const float* xp = x2.const_data_ptr<float>();

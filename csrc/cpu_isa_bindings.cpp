@@ -1,5 +1,7 @@
 // apt_ext._C.cpu_isa: the SIMD paths of cpu_isa.h and the one each capability uses now, for
-// capabilities(), the tests (which force every supported path) and the benchmarks' JSON.
+// capabilities(), the tests (which force every supported path) and the benchmarks' JSON; and the
+// build fact cpu_parallel_for (whether at::parallel_for in our objects uses torch's threads).
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <string>
@@ -51,6 +53,11 @@ py::dict in_use() {
 }
 
 void bind_cpu_isa(py::module_& m) {
+#ifdef INTRA_OP_PARALLEL  // ATen's intra-op parallel code is compiled in (OpenMP here, see CMakeLists.txt)
+  apt::set_build_flag("cpu_parallel_for", true);
+#else
+  apt::set_build_flag("cpu_parallel_for", false);
+#endif
   auto sub = m.def_submodule("cpu_isa", "SIMD paths of the CPU kernels (csrc/cpu_isa.h)");
   sub.def("paths", &paths, "[{name, requires (CPU flags), compiled, supported}], slowest first");
   sub.def("in_use", &in_use,

@@ -52,6 +52,11 @@ def test_cmake_compiles_each_path_with_exactly_its_flags():
         assert m.group(1).split() == PATHS[name]["requires"], name
 
 
+def test_parallel_for_uses_torch_threads():
+    # at::parallel_for compiled without OpenMP silently runs every CPU kernel on one thread.
+    assert _native.build_info()["cpu_parallel_for"] is True
+
+
 def test_build_info_reports_the_same_detector():
     info = _native.build_info()
     assert info["cpu_avx2"] == PATHS["avx2"]["supported"]

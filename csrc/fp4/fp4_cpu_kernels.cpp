@@ -55,14 +55,18 @@ void gemm4_scalar(const float* w, int64_t len, const float* x, int64_t ldx, int6
     }
 }
 
-void lookup_scales_scalar(const uint8_t* bytes, const float* table, float mul, int64_t nb, float* dst) {
-  for (int64_t b = 0; b < nb; ++b) dst[b] = table[bytes[b]] * mul;
+void decode_scales_scalar(const uint8_t* bytes, Format f, float tensor_scale, int64_t nb, float* dst) {
+  const float* table = scale_table(f);
+  if (f == Format::NVFP4)
+    for (int64_t b = 0; b < nb; ++b) dst[b] = table[bytes[b]] * tensor_scale;
+  else
+    for (int64_t b = 0; b < nb; ++b) dst[b] = table[bytes[b]];
 }
 
 }  // namespace
 
 CpuKernels scalar_kernels() {
-  return {"scalar",           KOrder::kNatural, &lookup_scales_scalar, &decode_row_scalar,
+  return {"scalar",           KOrder::kNatural, &decode_scales_scalar, &decode_row_scalar,
           &decode_row_scalar, &dot_rows_scalar, &gemm4_scalar};
 }
 
@@ -101,7 +105,7 @@ void row_decode_scales(const CpuKernels& kern, const at::Tensor& scales, float t
     return;
   }
   const uint8_t* s = static_cast<const uint8_t*>(scales.const_data_ptr()) + n * nb;
-  kern.lookup_scales(s, scale_table(f), f == Format::NVFP4 ? tensor_scale : 1.0f, nb, dst);
+  kern.decode_scales(s, f, tensor_scale, nb, dst);
 }
 
 }  // namespace apt::fp4

@@ -71,14 +71,14 @@ inline constexpr int64_t kMaxFusedRows = 3;
 using Gemm4Fn = void (*)(const float* w, int64_t len, const float* x, int64_t ldx, int64_t mrows, float* out,
                          int64_t ldo);
 
-// dst[b] = table[bytes[b]] * mul for b < nb (float32): the decode scales of one row of an nvfp4
-// or mxfp4 weight from its scale bytes (table: scale_table(f)).
-using LookupScalesFn = void (*)(const uint8_t* bytes, const float* table, float mul, int64_t nb, float* dst);
+// dst[b] = the float32 decode scale of scale byte b < nb of an nvfp4 (float(e4m3) * tensor_scale)
+// or mxfp4 (2^(e - 127)) weight row: scale_table(f)[bytes[b]], times tensor_scale for nvfp4.
+using DecodeScalesFn = void (*)(const uint8_t* bytes, Format f, float tensor_scale, int64_t nb, float* dst);
 
 struct CpuKernels {
   const char* isa;
   KOrder order;
-  LookupScalesFn lookup_scales;
+  DecodeScalesFn decode_scales;
   DecodeRowFn decode_row;
   DecodeRowLinearFn decode_row_linear;
   DotRowsFn dot_rows;

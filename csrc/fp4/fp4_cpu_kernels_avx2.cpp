@@ -26,15 +26,42 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// 8 scale bytes at a time: one gather from the 256-entry table.
-void lookup_scales_avx2(const uint8_t* bytes, const float* table, float mul, int64_t nb, float* dst) {
-  const __m256 m = _mm256_set1_ps(mul);
-  int64_t b = 0;
-  for (; b + 8 <= nb; b += 8) {
-    const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes + b)));
-    _mm256_storeu_ps(dst + b, _mm256_mul_ps(_mm256_i32gather_ps(table, idx, 4), m));
+// ---- scale bytes -------------------------------------------------------------------------
+
+// 8 scale bytes -> their float32 values, built bit by bit (a table gather is slower here):
+//  - mxfp4 e: 2^(e - 127) = bits e << 23, except e = 0 (2^-127, the subnormal 0x00400000);
+//  - nvfp4 e4m3 s.eeee.mmm: normal = bits (eeeemmm << 20) + (120 << 23) with the sign on top,
+//    subnormal (eeee = 0) = m * 2^-9 (an 8-entry vpermps table), 0x7F / 0xFF = NaN.
+template <Format kFormat>
+inline __m256 scale_values(const uint8_t* bytes) {
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes)));
+  if constexpr (kFormat == Format::MXFP4) {
+    const __m256i bits = _mm256_slli_epi32(b, 23);
+    const __m256i zero = _mm256_cmpeq_epi32(b, _mm256_setzero_si256());
+    return _mm256_castsi256_ps(_mm256_blendv_epi8(bits, _mm256_set1_epi32(0x00400000), zero));
+  } else {
+    const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7F));
+    const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23));
+    const __m256 sub = _mm256_permutevar8x32_ps(
+        _mm256_setr_ps(0.0f, 0x1p-9f, 0x2p-9f, 0x3p-9f, 0x4p-9f, 0x5p-9f, 0x6p-9f, 0x7p-9f), mag);
+    __m256 v = _mm256_blendv_ps(_mm256_castsi256_ps(normal), sub,
+                                _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag)));
+    v = _mm256_blendv_ps(v, _mm256_set1_ps(__builtin_nanf("")),
+                         _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F))));
+    return _mm256_or_ps(v, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(b, 7), 31)));
   }
-  for (; b < nb; ++b) dst[b] = table[bytes[b]] * mul;
+}
+
+void decode_scales_avx2(const uint8_t* bytes, Format f, float tensor_scale, int64_t nb, float* dst) {
+  int64_t b = 0;
+  if (f == Format::NVFP4) {
+    const __m256 ts = _mm256_set1_ps(tensor_scale);
+    for (; b + 8 <= nb; b += 8) _mm256_storeu_ps(dst + b, _mm256_mul_ps(scale_values<Format::NVFP4>(bytes + b), ts));
+  } else {
+    for (; b + 8 <= nb; b += 8) _mm256_storeu_ps(dst + b, scale_values<Format::MXFP4>(bytes + b));
+  }
+  const float* table = scale_table(f);
+  for (; b < nb; ++b) dst[b] = f == Format::NVFP4 ? table[bytes[b]] * tensor_scale : table[bytes[b]];
 }
 
 // ---- natural order (fp4_dequantize) -------------------------------------------------------
@@ -255,7 +282,7 @@ void gemm4_avx2(const float* w, int64_t len, const float* x, int64_t ldx, int64_
 }  // namespace
 
 CpuKernels avx2_kernels() {
-  return {"avx2",         KOrder::kPlanes64,       &lookup_scales_avx2, &decode_row_avx2,
+  return {"avx2",         KOrder::kPlanes64,       &decode_scales_avx2, &decode_row_avx2,
           &decode_row_linear_avx2, &dot_rows_avx2, &gemm4_avx2};
 }
 

@@ -12,17 +12,6 @@
 namespace apt::fp4 {
 namespace {
 
-// 16 scale bytes at a time: one gather from the 256-entry table.
-void lookup_scales_avx512(const uint8_t* bytes, const float* table, float mul, int64_t nb, float* dst) {
-  const __m512 m = _mm512_set1_ps(mul);
-  int64_t b = 0;
-  for (; b + 16 <= nb; b += 16) {
-    const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + b)));
-    _mm512_storeu_ps(dst + b, _mm512_mul_ps(_mm512_i32gather_ps(idx, table, 4), m));
-  }
-  for (; b < nb; ++b) dst[b] = table[bytes[b]] * mul;
-}
-
 // ---- natural order (fp4_dequantize) -------------------------------------------------------
 
 // 8 packed bytes -> 16 codes in element order (low nibble first).
@@ -144,8 +133,9 @@ void gemm4_avx512(const float* w, int64_t len, const float* x, int64_t ldx, int6
 
 }  // namespace
 
+// Scale bytes are decoded by the AVX2 code (this path requires the AVX2 flags too).
 CpuKernels avx512_kernels() {
-  return {"avx512",          KOrder::kSplitPairs,        &lookup_scales_avx512, &decode_row_avx512,
+  return {"avx512",          KOrder::kSplitPairs,        avx2_kernels().decode_scales, &decode_row_avx512,
           &decode_row_linear_avx512, &dot_rows_avx512, &gemm4_avx512};
 }
 

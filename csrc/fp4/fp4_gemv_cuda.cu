@@ -188,14 +188,17 @@ __device__ __forceinline__ float load_bias(const void* bias, int bias_type, int6
 struct GemvArgs {
   const void* x;       // [m, x_stride], x_stride = steps * 128 columns (zero past k), 16-byte aligned
   int64_t m, x_stride;
-  const uint4* tiles;
-  const void* scales;
+  const uint4* tiles;  // (tile, step) at tiles + tile * tile_stride + step * step_stride (16-byte units)
+  int64_t tile_stride, step_stride;
+  const void* scales;  // a lane's scales of (tile, step) at entry tile * sc_tile_stride + step * sc_step_stride + lane
+  int64_t sc_tile_stride, sc_step_stride;
   const float* out_scale;
   const void* bias;  // nullptr, or [n] of bias_type (0 float32, 1 bfloat16, 2 float16)
   int bias_type;
   void* out;
   int64_t n, n_tiles, steps, steps_per_part;
   int rw, kw;  // tiles per block, K parts per tile (warps per block = rw * kw)
+  bool interleave;  // K part p takes steps p, p + kw, ... (else a contiguous range of steps_per_part)
   int m_blocks;  // blocks along x (8 * MT rows each)
 };
 
@@ -210,8 +213,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
   const int rt = warp % args.rw, part = warp / args.rw;
   const int64_t m_block = blockIdx.x % args.m_blocks;
   const int64_t tile = static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + rt;
-  const int64_t s_begin = part * args.steps_per_part;
-  const int64_t s_end = tile < args.n_tiles ? min(args.steps, s_begin + args.steps_per_part) : s_begin;
+  // This warp's steps: s_begin, s_begin + s_inc, ... (n_steps of them).
+  const int64_t s_begin = args.interleave ? part : part * args.steps_per_part;
+  const int64_t s_inc = args.interleave ? args.kw : 1;
+  const int64_t n_steps = tile >= args.n_tiles || s_begin >= args.steps ? 0
+                          : (args.interleave ? (args.steps - s_begin + s_inc - 1) / s_inc
+                                             : min(args.steps - s_begin, args.steps_per_part));
   const int64_t row0 = m_block * 8 * MT + g;  // this lane's first row of x
   const T* xrows[MT];  // this lane's 32 columns of its rows of x, at the warp's current step
 #pragma unroll
@@ -231,10 +238,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
 
   // Running pointers: the next step to load (weights, scales) and this lane's x columns.
   static_assert(S % 2 == 0, "the x double buffer alternates with the step's parity");
-  const int64_t n_steps = s_end - s_begin;
-  const int64_t first = tile * args.steps + s_begin;  // (tile, step) index of this warp's first step
-  const uint4* wp = args.tiles + first * (kStepBytes / 16) + lane;
-  int64_t sp = first * kLanes + lane;
+  const uint4* wp = args.tiles + tile * args.tile_stride + s_begin * args.step_stride + lane;
+  int64_t sp = tile * args.sc_tile_stride + s_begin * args.sc_step_stride + lane;
+  const int64_t w_inc = s_inc * args.step_stride, sc_inc = s_inc * args.sc_step_stride;
 #pragma unroll
   for (int i = 0; i < MT; ++i) xrows[i] += s_begin * kStepCols;
   uint4 c0[S], c1[S];
@@ -246,8 +252,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
       c1[i] = load_stream(wp + 32);
       sc[i] = LaneScales<F>::load(args.scales, sp);
     }
-    wp += kStepBytes / 16;
-    sp += kLanes;
+    wp += w_inc;
+    sp += sc_inc;
   }
   XStep<T, MT> xb[2];
   if (n_steps > 0) xb[0].load(xrows, 0);
@@ -256,15 +262,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
     for (int i = 0; i < S; ++i) {
       const int64_t s = base + i;
       if (s >= n_steps) break;
-      if (s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
+      if (s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * s_inc * kStepCols);
       step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], lut, acc);
       if (s + S < n_steps) {
         c0[i] = load_stream(wp);
         c1[i] = load_stream(wp + 32);
         sc[i] = LaneScales<F>::load(args.scales, sp);
       }
-      wp += kStepBytes / 16;
-      sp += kLanes;
+      wp += w_inc;
+      sp += sc_inc;
     }
   }
 
@@ -310,27 +316,29 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
 }
 
 // Launch shape: tiles per block (rw), K parts (kw), pipeline stages (s), x rows per block as
-// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2).
+// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2), K parts interleaved by step (il).
 struct GemvConfig {
-  int rw, kw, s, mt;
+  int rw, kw, s, mt, il;
 };
 
-// APT_FP4_GEMV="rw,kw,stages[,mt]" (read once) overrides the heuristic: for tuning sweeps.
+// APT_FP4_GEMV="rw,kw,stages[,mt[,il]]" (read once) overrides the heuristic: for tuning sweeps.
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
-  int rw = 0, kw = 0, s = 0, mt = 0;
-  const int got = std::sscanf(env, "%d,%d,%d,%d", &rw, &kw, &s, &mt);
-  TORCH_CHECK_VALUE((got == 3 || got == 4) && rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps && mt >= 0 && mt <= 2,
-                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt]' with rw * kw <= 8 and mt in 0..2, got '", env, "'");
-  cfg = {rw, kw, s, mt};
+  int rw = 0, kw = 0, s = 0, mt = 0, il = 0;
+  const int got = std::sscanf(env, "%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &il);
+  TORCH_CHECK_VALUE(got >= 3 && rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps && mt >= 0 && mt <= 2 && il >= 0 &&
+                        il <= 1,
+                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,il]]' with rw * kw <= 8, mt in 0..2 and il 0 or 1, "
+                    "got '", env, "'");
+  cfg = {rw, kw, s, mt, il};
   return true;
 }
 
 // About 16 warps per multiprocessor (each with a pipeline of loads in flight), K split only as
 // far as each part keeps one pipeline's worth of steps.
 GemvConfig choose_config(int64_t n_tiles, int64_t steps, int sms) {
-  GemvConfig cfg{1, 1, kDefaultStages, 0};
+  GemvConfig cfg{1, 1, kDefaultStages, 0, 0};
   if (env_config(cfg)) return cfg;
   // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
   // 896 tiles -> kw 2 beat kw 3 or 4).
@@ -390,8 +398,15 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
     padded.narrow(1, 0, k).copy_(x2);
     x2 = padded;
   }
-  const at::Tensor tiles = tiles_in.contiguous();
-  const at::Tensor scales = scales_in.contiguous();
+  // Tiles and scales may be any view whose per-(tile, step) block is contiguous (fp4_tile makes
+  // them tile-major; a step-major copy is read in its own order).
+  const int64_t lane_scale_elems = scales_in.size(3);
+  const bool inner_dense = tiles_in.stride(2) == 1 && scales_in.stride(3) == 1 &&
+                           scales_in.stride(2) == lane_scale_elems && tiles_in.stride(0) % 16 == 0 &&
+                           tiles_in.stride(1) % 16 == 0 && scales_in.stride(0) % lane_scale_elems == 0 &&
+                           scales_in.stride(1) % lane_scale_elems == 0;
+  const at::Tensor tiles = inner_dense ? tiles_in : tiles_in.contiguous();
+  const at::Tensor scales = inner_dense ? scales_in : scales_in.contiguous();
   at::Tensor bias_c;
   if (bias.has_value()) bias_c = bias->contiguous();
 
@@ -400,7 +415,11 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.m = m;
   args.x_stride = x_stride;
   args.tiles = static_cast<const uint4*>(tiles.const_data_ptr());
+  args.tile_stride = tiles.stride(0) / 16;
+  args.step_stride = tiles.stride(1) / 16;
   args.scales = scales.const_data_ptr();
+  args.sc_tile_stride = scales.stride(0) / lane_scale_elems;
+  args.sc_step_stride = scales.stride(1) / lane_scale_elems;
   args.out_scale = out_scale.const_data_ptr<float>();
   args.bias = bias.has_value() ? bias_c.const_data_ptr() : nullptr;
   args.bias_type = !bias.has_value() || bias_c.scalar_type() == at::kFloat ? 0
@@ -413,6 +432,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   const GemvConfig cfg = choose_config(args.n_tiles, args.steps, sm_count(x.get_device()));
   args.rw = cfg.rw;
   args.kw = cfg.kw;
+  args.interleave = cfg.il != 0;
   args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t tile_blocks = (args.n_tiles + cfg.rw - 1) / cfg.rw;

@@ -52,6 +52,13 @@ for arg in "$@"; do
     ncu_gemv) stage ncu_gemv ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section LaunchStats --section Occupancy -k regex:gemv_tiled \
         $PY benchmarks/fp4_gemv_sweep.py --profile-once ;;
+    ncu_gemv_full)  # full set on the largest shape (tile order), per-SASS-line source page, the SASS
+      stage ncu_gemv_full ncu --clock-control none --set full -k regex:gemv_tiled -c 1 -f -o "$OUT/gemv" \
+        $PY benchmarks/fp4_gemv_sweep.py --profile-once
+      ncu -i "$OUT/gemv.ncu-rep" --page details > "$OUT/gemv_details.txt" 2>&1
+      ncu -i "$OUT/gemv.ncu-rep" --page source --csv --print-source sass > "$OUT/gemv_source.csv" 2>&1
+      obj=$(find build -name 'fp4_gemv_cuda.cu.o' | head -1)
+      [ -n "$obj" ] && cuobjdump -sass "$obj" | $PY -c 'import sys,re; t=sys.stdin.read(); fs=re.split(r"(?=\n\s*Function : )", t); sys.stdout.write("".join(f for f in fs if "E0EN3c108BFloat16ELi1ELi4ELb0E" in f))' > "$OUT/gemv_nvfp4_bf16_mt1_s4.sass" ;;
     test_fp4|test_left_spin|test_vgpu|test_model)
       stage "$s" $PY -m pytest -v -p no:cacheprovider tests/gpu/${s}_*.py ;;
     sanitizer) stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q tests/gpu -k sanitizer ;;

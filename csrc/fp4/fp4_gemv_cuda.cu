@@ -40,32 +40,48 @@ using namespace apt::fp4::tiled;
 constexpr int kMaxWarps = 8;  // warps per block (RW * KW)
 constexpr int kDefaultStages = 4;
 
-// 16 bytes of streamed weights: read once, so they bypass L1.
+// 16 bytes of streamed weights: read once, so they bypass L1. `volatile` keeps the load where the
+// ring issues it (S steps before its use): the mma asm is volatile too, and without it the
+// compiler may sink the load next to its first use, leaving one step's latency exposed.
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   uint4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
       : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
       : "l"(p));
   return r;
 }
 
+// 16 bytes of x (kept in L1: the warps of a block read the same columns), issued in program order.
+__device__ __forceinline__ uint4 load_x(const uint4* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
 // A lane's scales of one step, as loaded: nvfp4 4 bytes, mxfp4 2 bytes, nf4 two floats.
+// (Issued in program order like load_stream.)
 template <Format F>
 struct LaneScales {
   uint32_t raw;
   __device__ static LaneScales load(const void* base, int64_t idx) {
+    uint32_t r;
     if constexpr (F == Format::NVFP4) {
-      return {__ldg(static_cast<const uint32_t*>(base) + idx)};
+      asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(r) : "l"(static_cast<const uint32_t*>(base) + idx));
     } else {
-      return {static_cast<uint32_t>(__ldg(static_cast<const uint16_t*>(base) + idx))};
+      unsigned short h;
+      asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(h) : "l"(static_cast<const uint16_t*>(base) + idx));
+      r = h;
     }
+    return {r};
   }
 };
 template <>
 struct LaneScales<Format::NF4> {
   float2 absmax;
   __device__ static LaneScales load(const void* base, int64_t idx) {
-    return {__ldg(static_cast<const float2*>(base) + idx)};
+    float2 r;
+    asm volatile("ld.global.nc.v2.f32 {%0, %1}, [%2];" : "=f"(r.x), "=f"(r.y) : "l"(static_cast<const float2*>(base) + idx));
+    return {r};
   }
 };
 
@@ -118,7 +134,7 @@ struct XStep {
     for (int i = 0; i < MT; ++i) {
       const uint4* p = reinterpret_cast<const uint4*>(rows[i] + col0);
 #pragma unroll
-      for (int q = 0; q < kLoads; ++q) v[i][q] = __ldg(p + q);
+      for (int q = 0; q < kLoads; ++q) v[i][q] = load_x(p + q);
     }
   }
   // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1; 0..31 for float32) of tile i.

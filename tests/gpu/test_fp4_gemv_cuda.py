@@ -101,7 +101,7 @@ def test_gemv_step_major_views(fmt, m, apt_seed):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize("launch", ["2,4,4,0,1", "1,8,2,1,1", "4,2,4,2,0"])
+@pytest.mark.parametrize("launch", ["2,4,4,0,1", "1,8,4,1,1", "4,2,4,2,0"])
 def test_gemv_launch_variants(launch):
     """The tuning sweep's APT_FP4_GEMV variants (read once per process, so each in a child):
     interleaved K parts, 8- and 16-row x blocks, both storage orders, every format."""

@@ -122,26 +122,19 @@ __device__ __forceinline__ uint32_t bf16_pack(float lo, float hi) {
 }
 
 // x values of one step for one lane: 32 columns of each of its MT rows of x, raw 16-byte loads.
-// x rows are padded to whole steps and 16-byte aligned (the host sees to it). A lane whose row is
-// past M loads nothing and holds zeros: it only feeds output columns that are never written (at
-// M = 1 seven lanes in eight skip their loads, which would all read the same row).
+// x rows are padded to whole steps and 16-byte aligned (the host sees to it), so every load is
+// unconditional; a lane whose row is past M reads row M - 1: it only feeds output columns that
+// are never written.
 template <typename T, int MT>
 struct XStep {
   static constexpr int kLoads = 32 * static_cast<int>(sizeof(T)) / 16;
   uint4 v[MT][kLoads];
-  __device__ void load(const T* const (&rows)[MT], const bool (&valid)[MT], int64_t col0) {
+  __device__ void load(const T* const (&rows)[MT], int64_t col0) {
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
       const uint4* p = reinterpret_cast<const uint4*>(rows[i] + col0);
 #pragma unroll
-      for (int q = 0; q < kLoads; ++q) v[i][q] = valid[i] ? load_x(p + q) : make_uint4(0, 0, 0, 0);
-    }
-  }
-  // Asks L1 for the same bytes (the loads then hit L1): issued with the weights, S steps ahead.
-  __device__ static void prefetch(const T* const (&rows)[MT], const bool (&valid)[MT], int64_t col0) {
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-      if (valid[i]) asm volatile("prefetch.global.L1 [%0];" ::"l"(rows[i] + col0));
+      for (int q = 0; q < kLoads; ++q) v[i][q] = load_x(p + q);
     }
   }
   // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1; 0..31 for float32) of tile i.
@@ -244,11 +237,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
                                              : min(args.steps - s_begin, args.steps_per_part));
   const int64_t row0 = m_block * 8 * MT + g;  // this lane's first row of x
   const T* xrows[MT];  // this lane's 32 columns of its rows of x, at the warp's current step
-  bool xvalid[MT];     // whether the row is < M
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
     xrows[i] = static_cast<const T*>(args.x) + min(row0 + 8 * i, args.m - 1) * args.x_stride + 32 * t;
-    xvalid[i] = row0 + 8 * i < args.m;
   }
 
   __shared__ float lut[16];
@@ -276,25 +267,23 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
       c0[i] = load_stream(wp);
       c1[i] = load_stream(wp + 32);
       sc[i] = LaneScales<F>::load(args.scales, sp);
-      if (i > 0) XStep<T, MT>::prefetch(xrows, xvalid, i * s_inc * kStepCols);
     }
     wp += w_inc;
     sp += sc_inc;
   }
   XStep<T, MT> xb[2];
-  if (n_steps > 0) xb[0].load(xrows, xvalid, 0);
+  if (n_steps > 0) xb[0].load(xrows, 0);
   for (int64_t base = 0; base < n_steps; base += S) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
       const int64_t s = base + i;
       if (s >= n_steps) break;
-      if (s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, xvalid, (s + 1) * s_inc * kStepCols);
+      if (s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * s_inc * kStepCols);
       step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], lut, acc);
       if (s + S < n_steps) {
         c0[i] = load_stream(wp);
         c1[i] = load_stream(wp + 32);
         sc[i] = LaneScales<F>::load(args.scales, sp);
-        XStep<T, MT>::prefetch(xrows, xvalid, (s + S) * s_inc * kStepCols);
       }
       wp += w_inc;
       sp += sc_inc;

@@ -1,7 +1,7 @@
 """Tuning sweep of the tiled FP4 GEMV (csrc/fp4/fp4_gemv_cuda.cu) on one GPU, in one run.
 
-Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,bulk]]" (tiles per block, K parts per tile,
-pipeline depth, x rows per block in tiles of 8, steps per bulk-copied chunk: 0 = register ring), optionally with
+Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt]" (tiles per block, K parts per tile,
+pipeline depth, x rows per block in tiles of 8), optionally with
 "@step" (the tiles and scales copied step-major: at each step all tiles' blocks are adjacent, so
 warps that advance together read one contiguous region) runs in its own child process (the kernel reads the variable once) and times
 torch.ops.apt.fp4_linear_tiled (nvfp4, bf16 x) on the issue's four shapes; the parent times bf16
@@ -13,7 +13,7 @@ to an L2's worth of dirty lines), `us_clean` flushes L2 by *reading* 256 MB inst
 lines: only the kernel's own traffic).
 
     python benchmarks/fp4_gemv_sweep.py                 # every variant
-    python benchmarks/fp4_gemv_sweep.py --variants 'default;4,2,4;default@step;2,4,4,0,2'
+    python benchmarks/fp4_gemv_sweep.py --variants 'default;4,2,4;default@step;2,4,4,1'
 Writes benchmarks/results/fp4_gemv_sweep_<card>[_<tag>].json. Notes: docs/fp4_gpu_notes.md.
 """
 from __future__ import annotations
@@ -185,7 +185,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variants", default=None,
-                    help="';'-separated list of 'default' or 'rw,kw,stages[,mt[,bulk]]', each optionally '@step' "
+                    help="';'-separated list of 'default' or 'rw,kw,stages[,mt]', each optionally '@step' "
                          "(default: the full sweep)")
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="comma-separated rows of x")
     ap.add_argument("--tag", default="", help="suffix of the JSON file name (one file per tuning round)")

@@ -74,13 +74,6 @@ struct LaneScales {
     }
     return {r};
   }
-  __device__ static LaneScales from_shared(const unsigned char* p) {
-    if constexpr (F == Format::NVFP4) {
-      return {*reinterpret_cast<const uint32_t*>(p)};
-    } else {
-      return {static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(p))};
-    }
-  }
 };
 template <>
 struct LaneScales<Format::NF4> {
@@ -90,7 +83,6 @@ struct LaneScales<Format::NF4> {
     asm volatile("ld.global.nc.v2.f32 {%0, %1}, [%2];" : "=f"(r.x), "=f"(r.y) : "l"(static_cast<const float2*>(base) + idx));
     return {r};
   }
-  __device__ static LaneScales from_shared(const unsigned char* p) { return {*reinterpret_cast<const float2*>(p)}; }
 };
 
 // bfloat16 pair (v, v) of scale byte `i` of `raw` (fp4_tiled_layout.h): nvfp4 scale * 2^118,
@@ -222,79 +214,29 @@ struct GemvArgs {
   void* out;
   int64_t n, n_tiles, steps, steps_per_part;
   int rw, kw;  // tiles per block, K parts per tile (warps per block = rw * kw)
-  int bulk;    // bulk path: steps per chunk
-  int reduce_bytes;  // dynamic shared memory of the K-part reduction (the bulk rings follow)
   int m_blocks;  // blocks along x (8 * MT rows each)
 };
 
-// Bulk-copy helpers (sm_90: cp.async.bulk, the 1-D form of the Tensor Memory Accelerator, with
-// completion counted in bytes on an mbarrier).
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint64_t* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)));
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
-// Lane 0 of a warp: `bytes` from global `src` to shared `dst`, completing on `bar` (both copies of
-// a chunk are announced with one expect_tx of their total).
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_addr(dst)),
-               "l"(src), "r"(bytes), "r"(smem_addr(bar))
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_expect(uint64_t* bar, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT;\n"
-      "}\n" ::"r"(smem_addr(bar)),
-      "r"(parity)
-      : "memory");
-#endif
-}
-
-constexpr int kMaxBulkStages = 4;
-
 // Grid ceil(n_tiles / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying fastest,
 // so blocks that share weights run side by side and the later ones read them from L2), block
-// 32 * rw * kw threads, dynamic shared memory: the K-part reduction, (kw - 1) * rw * 32 * 4 * MT
-// floats, then (bulk path) each warp's ring of S chunks of `bulk` steps (codes, then scales).
-// Warp w: tile (blockIdx.x / m_blocks) * rw + w % rw, K part w / rw, a contiguous range of steps.
-// Weights reach the warp either through a register ring (kBulk false: every lane loads its 32
-// bytes per step S steps ahead) or through shared memory (kBulk true: lane 0 bulk-copies chunks
-// of `bulk` steps, S chunks ahead, and the lanes read them back).
-template <Format F, typename T, int MT, int S, bool kGelu, bool kBulk>
+// 32 * rw * kw threads, dynamic shared memory (kw - 1) * rw * 32 * 4 * MT floats.
+// Warp w: tile (blockIdx.x / m_blocks) * rw + w % rw, K part w / rw.
+template <Format F, typename T, int MT, int S, bool kGelu>
 __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 2 : 1)
     gemv_tiled_kernel(const GemvArgs args) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rt = warp % args.rw, part = warp / args.rw;
   const int64_t m_block = blockIdx.x % args.m_blocks;
   const int64_t tile = static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + rt;
+  // This warp's steps: [s_begin, s_begin + n_steps).
   const int64_t s_begin = part * args.steps_per_part;
-  const int64_t n_steps = tile >= args.n_tiles || s_begin >= args.steps
-                              ? 0
-                              : min(args.steps - s_begin, args.steps_per_part);
+  const int64_t n_steps =
+      tile >= args.n_tiles || s_begin >= args.steps ? 0 : min(args.steps - s_begin, args.steps_per_part);
   const int64_t row0 = m_block * 8 * MT + g;  // this lane's first row of x
-  const T* xrows[MT];  // this lane's 32 columns of its rows of x, from the warp's first step
+  const T* xrows[MT];  // this lane's 32 columns of its rows of x, at the warp's current step
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
-    xrows[i] = static_cast<const T*>(args.x) + min(row0 + 8 * i, args.m - 1) * args.x_stride + 32 * t +
-               s_begin * kStepCols;
+    xrows[i] = static_cast<const T*>(args.x) + min(row0 + 8 * i, args.m - 1) * args.x_stride + 32 * t;
   }
 
   __shared__ float lut[16];
@@ -306,20 +248,35 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
   float acc[MT][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+
+  // Running pointers: the next step to load (weights, scales) and this lane's x columns.
   static_assert(S % 2 == 0, "the x double buffer alternates with the step's parity");
+  const uint4* wp = args.tiles + tile * args.tile_stride + s_begin * args.step_stride + lane;
+  int64_t sp = tile * args.sc_tile_stride + s_begin * args.sc_step_stride + lane;
+#pragma unroll
+  for (int i = 0; i < MT; ++i) xrows[i] += s_begin * kStepCols;
+  uint4 c0[S], c1[S];
+  LaneScales<F> sc[S];
+#pragma unroll
+  for (int i = 0; i < S; ++i) {
+    if (i < n_steps) {
+      c0[i] = load_stream(wp);
+      c1[i] = load_stream(wp + 32);
+      sc[i] = LaneScales<F>::load(args.scales, sp);
+    }
+    wp += args.step_stride;
+    sp += args.sc_step_stride;
+  }
   XStep<T, MT> xb[2];
   if (n_steps > 0) xb[0].load(xrows, 0);
-  extern __shared__ __align__(128) unsigned char dyn_smem[];
-
-  if constexpr (!kBulk) {
-    // Running pointers: the next step to load (weights, scales).
-    const uint4* wp = args.tiles + tile * args.tile_stride + s_begin * args.step_stride + lane;
-    int64_t sp = tile * args.sc_tile_stride + s_begin * args.sc_step_stride + lane;
-    uint4 c0[S], c1[S];
-    LaneScales<F> sc[S];
+  for (int64_t base = 0; base < n_steps; base += S) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
-      if (i < n_steps) {
+      const int64_t s = base + i;
+      if (s >= n_steps) break;
+      if (s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
+      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], lut, acc);
+      if (s + S < n_steps) {
         c0[i] = load_stream(wp);
         c1[i] = load_stream(wp + 32);
         sc[i] = LaneScales<F>::load(args.scales, sp);
@@ -327,85 +284,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
       wp += args.step_stride;
       sp += args.sc_step_stride;
     }
-    for (int64_t base = 0; base < n_steps; base += S) {
-#pragma unroll
-      for (int i = 0; i < S; ++i) {
-        const int64_t s = base + i;
-        if (s >= n_steps) break;
-        if (s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
-        step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], lut, acc);
-        if (s + S < n_steps) {
-          c0[i] = load_stream(wp);
-          c1[i] = load_stream(wp + 32);
-          sc[i] = LaneScales<F>::load(args.scales, sp);
-        }
-        wp += args.step_stride;
-        sp += args.sc_step_stride;
-      }
-    }
-  } else {
-    // Chunk c = steps [c * bulk, min((c + 1) * bulk, n_steps)) of this warp, in ring stage c % S.
-    static_assert(S <= kMaxBulkStages, "bulk stages");
-    constexpr int kEntry = scale_bytes_per_lane(static_cast<int>(F));  // a lane's scale bytes per step
-    constexpr int kScaleBytes = kLanes * kEntry;
-    const int bulk = args.bulk;
-    const int64_t n_chunks = (n_steps + bulk - 1) / bulk;
-    const size_t stage_bytes = static_cast<size_t>(bulk) * (kStepBytes + kScaleBytes);
-    unsigned char* ring = dyn_smem + args.reduce_bytes + static_cast<size_t>(warp) * S * stage_bytes;
-    __shared__ uint64_t bars[kMaxWarps][kMaxBulkStages];
-    const unsigned char* wsrc = reinterpret_cast<const unsigned char*>(args.tiles + tile * args.tile_stride +
-                                                                       s_begin * args.step_stride);
-    const unsigned char* ssrc = static_cast<const unsigned char*>(args.scales) +
-                                (tile * args.sc_tile_stride + s_begin * args.sc_step_stride) * kEntry;
-    auto issue = [&](int64_t c) {  // lane 0: chunk c into its stage (c % S: once per chunk)
-      const int st = static_cast<int>(c % S);
-      const uint32_t steps_c = static_cast<uint32_t>(min(static_cast<int64_t>(bulk), n_steps - c * bulk));
-      unsigned char* dst = ring + st * stage_bytes;
-      mbar_expect(&bars[warp][st], steps_c * (kStepBytes + kScaleBytes));
-      bulk_copy(dst, wsrc + c * bulk * kStepBytes, steps_c * kStepBytes, &bars[warp][st]);
-      bulk_copy(dst + bulk * kStepBytes, ssrc + c * bulk * kScaleBytes, steps_c * kScaleBytes, &bars[warp][st]);
-    };
-    if (lane == 0) {
-#pragma unroll
-      for (int st = 0; st < S; ++st) mbar_init(&bars[warp][st]);
-      for (int64_t c = 0; c < S && c < n_chunks; ++c) issue(c);
-    }
-    __syncwarp();
-    // One step from the ring: step j of chunk c (in stage st, waited on with `parity`), with x
-    // buffer `cur`; the next step's x is loaded into `next` first. Running counters, no division.
-    int64_t c = 0;
-    int j = 0, st = 0;
-    uint32_t parity = 0;
-    auto one_step = [&](int64_t s, XStep<T, MT>& cur, XStep<T, MT>& next) {
-      if (j == 0) mbar_wait(&bars[warp][st], parity);
-      if (s + 1 < n_steps) next.load(xrows, (s + 1) * kStepCols);
-      const unsigned char* stage = ring + st * stage_bytes;
-      const uint4* codes = reinterpret_cast<const uint4*>(stage + j * kStepBytes) + lane;
-      const LaneScales<F> sc = LaneScales<F>::from_shared(stage + bulk * kStepBytes + j * kScaleBytes + lane * kEntry);
-      step_math<F, T, MT>(codes[0], codes[32], sc, cur, lut, acc);
-      if (++j == bulk || s + 1 == n_steps) {  // the stage is read: refill it with chunk c + S
-        __syncwarp();
-        if (lane == 0 && c + S < n_chunks) {
-          asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-          issue(c + S);
-        }
-        j = 0;
-        ++c;
-        if (++st == S) {
-          st = 0;
-          parity ^= 1u;
-        }
-      }
-    };
-    for (int64_t s = 0; s < n_steps; s += 2) {
-      one_step(s, xb[0], xb[1]);
-      if (s + 1 < n_steps) one_step(s + 1, xb[1], xb[0]);
-    }
   }
 
   // K parts 1.. hand their sums to part 0 through shared memory, in a fixed order.
   if (args.kw > 1) {
-    float* partial = reinterpret_cast<float*>(dyn_smem);  // [(kw - 1) * rw][4 * MT][32]
+    extern __shared__ float partial[];  // [(kw - 1) * rw][4 * MT][32]
     if (part > 0) {
       float* dst = partial + ((part - 1) * args.rw + rt) * (4 * MT * 32) + lane;
 #pragma unroll
@@ -445,49 +328,49 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
 }
 
 // Launch shape: tiles per block (rw), K parts (kw), pipeline stages (s), x rows per block as
-// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2), steps per bulk-copied chunk (bulk:
-// 0 = the register ring).
+// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2).
 struct GemvConfig {
-  int rw, kw, s, mt, bulk;
+  int rw, kw, s, mt;
 };
 
-// APT_FP4_GEMV="rw,kw,stages[,mt[,bulk]]" (read once) overrides the heuristic: for tuning sweeps.
+// APT_FP4_GEMV="rw,kw,stages[,mt]" (read once) overrides the heuristic: for tuning sweeps.
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
-  int rw = 0, kw = 0, s = 0, mt = 0, bulk = 0;
-  const int got = std::sscanf(env, "%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &bulk);
-  TORCH_CHECK_VALUE(got >= 3 && rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps && mt >= 0 && mt <= 2 && bulk >= 0 &&
-                        bulk <= 8,
-                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,bulk]]' with rw * kw <= 8, mt in 0..2 and bulk in "
-                    "0..8, got '", env, "'");
-  cfg = {rw, kw, s, mt, bulk};
+  int rw = 0, kw = 0, s = 0, mt = 0;
+  const int got = std::sscanf(env, "%d,%d,%d,%d", &rw, &kw, &s, &mt);
+  TORCH_CHECK_VALUE((got == 3 || got == 4) && rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps && mt >= 0 && mt <= 2,
+                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt]' with rw * kw <= 8 and mt in 0..2, got '", env, "'");
+  cfg = {rw, kw, s, mt};
   return true;
 }
 
-// About 16 warps per multiprocessor (each with a pipeline of loads in flight), K split only as
-// far as each part keeps one pipeline's worth of steps.
-GemvConfig choose_config(int64_t n_tiles, int64_t steps, int sms) {
-  GemvConfig cfg{1, 1, kDefaultStages, 0, 0};
+// Up to 8 rows of x: about 16 warps per multiprocessor (each with a pipeline of loads in
+// flight), K split only as far as each part keeps one pipeline's worth of steps. 9..16 rows:
+// two blocks of 8 x rows per tile (the second reads the weights from L2) with 4 K parts: on the
+// round-3 sweep (fp4_gemv_sweep_NVIDIA_H200.json, variant "2,4,4,1" against "default") that
+// was as fast or faster on all four shapes (largest: 96.1 us against 105.3 us).
+GemvConfig choose_config(int64_t m, int64_t n_tiles, int64_t steps, int sms) {
+  GemvConfig cfg{1, 1, kDefaultStages, 0};
   if (env_config(cfg)) return cfg;
-  // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
-  // 896 tiles -> kw 2 beat kw 3 or 4).
-  const int64_t want = (int64_t{16} * sms + n_tiles - 1) / n_tiles;
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kDefaultStages, kMaxWarps));
-  while (cfg.kw * 2 <= want && cfg.kw * 2 <= max_kw) cfg.kw *= 2;
+  if (m > 8 && m <= 16) {
+    cfg.mt = 1;
+    cfg.kw = static_cast<int>(std::min<int64_t>(4, max_kw));
+  } else {
+    // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
+    // 896 tiles -> kw 2 beat kw 3 or 4).
+    const int64_t want = (int64_t{16} * sms + n_tiles - 1) / n_tiles;
+    while (cfg.kw * 2 <= want && cfg.kw * 2 <= max_kw) cfg.kw *= 2;
+  }
   cfg.rw = kMaxWarps / cfg.kw;
   return cfg;
 }
 
 template <Format F, typename T, int MT, bool kGelu>
-void launch_with_stages(GemvArgs args, const GemvConfig& cfg, dim3 grid, cudaStream_t stream) {
+void launch_with_stages(const GemvArgs& args, const GemvConfig& cfg, dim3 grid, cudaStream_t stream) {
   const int threads = 32 * cfg.rw * cfg.kw;
-  args.reduce_bytes = cfg.kw > 1 ? static_cast<int>(sizeof(float)) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT : 0;
-  size_t smem = args.reduce_bytes;
-  if (args.bulk > 0) {
-    const int scale_bytes = kLanes * scale_bytes_per_lane(static_cast<int>(F));
-    smem += static_cast<size_t>(cfg.rw) * cfg.kw * cfg.s * args.bulk * (kStepBytes + scale_bytes);
-  }
+  const size_t smem = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT : 0;
   auto go = [&](auto kernel) {
     if (smem > 48 * 1024) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -495,23 +378,18 @@ void launch_with_stages(GemvArgs args, const GemvConfig& cfg, dim3 grid, cudaStr
     kernel<<<grid, threads, smem, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  if (args.bulk > 0) {
-    TORCH_CHECK_VALUE(cfg.s == kDefaultStages, "APT_FP4_GEMV: the bulk path has 4 stages");
-    go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kGelu, true>);
-    return;
-  }
   // Stage counts other than the default are built for the tuning sweep of nvfp4 / bfloat16 only.
   if (cfg.s == kDefaultStages) {
-    go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kGelu, false>);
+    go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kGelu>);
     return;
   }
   if constexpr (F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu) {
     if (cfg.s == 2) {
-      go(gemv_tiled_kernel<F, T, MT, 2, kGelu, false>);
+      go(gemv_tiled_kernel<F, T, MT, 2, kGelu>);
       return;
     }
     if (cfg.s == 8) {
-      go(gemv_tiled_kernel<F, T, MT, 8, kGelu, false>);
+      go(gemv_tiled_kernel<F, T, MT, 8, kGelu>);
       return;
     }
   }
@@ -569,13 +447,9 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.n_tiles = tiles.size(0);
   args.steps = tiles.size(1);
 
-  const GemvConfig cfg = choose_config(args.n_tiles, args.steps, sm_count(x.get_device()));
+  const GemvConfig cfg = choose_config(m, args.n_tiles, args.steps, sm_count(x.get_device()));
   args.rw = cfg.rw;
   args.kw = cfg.kw;
-  // The bulk path copies whole chunks of a tile's steps: it needs them adjacent (fp4_tile's
-  // order) and a Hopper-or-later GPU.
-  const bool adjacent_steps = tiles.stride(1) == kStepBytes && scales.stride(1) == kLanes * lane_scale_elems;
-  args.bulk = cfg.bulk > 0 && adjacent_steps && cc_major(x.get_device()) >= 9 ? cfg.bulk : 0;
   args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t tile_blocks = (args.n_tiles + cfg.rw - 1) / cfg.rw;

@@ -37,28 +37,16 @@
 namespace apt::fp4::cuda {
 
 // Multiprocessors of a device, queried once per device.
-namespace {
-// A device attribute, read once per device.
-int cached_attribute(std::array<std::atomic<int>, 256>& cache, int device, cudaDeviceAttr attr) {
+int sm_count(int device) {
+  static std::array<std::atomic<int>, 256> cache{};
   // (messages built in nvcc-compiled code carry no integers: see csrc/fp4/fp4_checks.cpp)
   TORCH_CHECK(device >= 0 && device < static_cast<int>(cache.size()), "fp4_linear: CUDA device index out of range");
   int v = cache[device].load(std::memory_order_relaxed);
   if (v == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, attr, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
     cache[device].store(v, std::memory_order_relaxed);
   }
   return v;
-}
-}  // namespace
-
-int sm_count(int device) {
-  static std::array<std::atomic<int>, 256> cache{};
-  return cached_attribute(cache, device, cudaDevAttrMultiProcessorCount);
-}
-
-int cc_major(int device) {
-  static std::array<std::atomic<int>, 256> cache{};
-  return cached_attribute(cache, device, cudaDevAttrComputeCapabilityMajor);
 }
 
 // A non-negative integer from the environment variable `name`, or `fallback` when unset.

@@ -20,8 +20,6 @@ constexpr int64_t kScratchMaxBytes = int64_t{512} << 20;
 
 // Multiprocessors of CUDA device `device`, queried once per device.
 int sm_count(int device);
-// Compute capability major version of a CUDA device (cached).
-int cc_major(int device);
 
 // A non-negative integer from the environment variable `name`, or `fallback` when unset.
 int64_t env_rows(const char* name, int64_t fallback);

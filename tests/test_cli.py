@@ -1,0 +1,185 @@
+"""The ``apt-ext`` command line as a user meets it: quick help without torch, ``--version``,
+every option documented with its default, one-line errors naming the option with exit code 2,
+Ctrl-C as exit code 130, tracebacks only under ``--debug``, and train/demo without the optional
+packages matplotlib and tokenizers. Each case runs the CLI in a fresh interpreter."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+import apt_ext
+from apt_ext.cli.main import build_parser
+from cli_helpers import cli_command, error_line, run_cli
+
+TINY = ("--steps", "2", "--batch-size", "2", "--seq-len", "16", "--d-model", "32", "--layers", "1", "--heads", "2",
+        "--eval-every", "0", "--no-progress", "--threads", "1")
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    f = tmp_path / "text.txt"
+    f.write_text("the quick brown fox jumps over the lazy dog. " * 100)
+    return f
+
+
+def test_help_and_version_do_not_import_torch_and_are_quick():
+    for args in (("--help",), ("--version",), ("train", "--help"), ("memory", "search", "--help")):
+        proc = run_cli(*args, report_modules=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.splitlines()[-1] == "torch imported: False", (args, proc.stderr)
+    assert run_cli("--version").stdout.strip() == f"apt-ext {apt_ext.__version__}"
+    best = float("inf")
+    for _ in range(3):  # best of 3: the machine may be busy
+        t0 = time.perf_counter()
+        subprocess.run(cli_command("--help"), capture_output=True, check=True, timeout=120)
+        best = min(best, time.perf_counter() - t0)
+    assert best < 0.5, f"apt-ext --help took {best:.2f} s (best of 3)"
+
+
+def _option_actions(parser: argparse.ArgumentParser, path: str = "apt-ext"):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _option_actions(sub, f"{path} {name}")
+        else:
+            yield path, parser, action
+
+
+def test_every_option_has_help_that_states_its_default():
+    flags = (argparse._StoreTrueAction, argparse._HelpAction, argparse._VersionAction)
+    checked = 0
+    for path, parser, action in _option_actions(build_parser()):
+        assert action.help, f"{path} {action.option_strings or action.dest}: no help text"
+        if isinstance(action, flags) or action.required or not action.option_strings:
+            continue
+        text = parser._get_formatter()._expand_help(action)
+        assert "default" in text, f"{path} {action.option_strings}: help does not state the default: {text!r}"
+        checked += 1
+    assert checked > 40
+    for command in ("train", "demo", "memory"):
+        assert run_cli(command, "--help").stdout.count("default") > 3 or command == "memory"
+    assert "(default: 1000)" in run_cli("train", "--help").stdout
+
+
+@pytest.mark.parametrize("args,option", [
+    (("train", "--steps", "0"), "--steps"),
+    (("train", "--lr", "nan"), "--lr"),
+    (("train", "--batch-size", "-3"), "--batch-size"),
+    (("train", "--heads", "3"), "--d-model"),
+    (("train", "--tokenizer", "words"), "--tokenizer"),
+    (("train", "--threads", "0"), "--threads"),
+    (("demo", "--steps", "0"), "--steps"),
+    (("memory", "search", "q"), "--db"),
+    (("serve", "--checkpoint", "x", "--port", "70000"), "--port"),
+    (("frobnicate",), "COMMAND"),
+])
+def test_usage_errors_are_one_line_naming_the_option_exit_code_2(args, option):
+    proc = run_cli(*args, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    line = error_line(proc)
+    assert line.startswith("apt-ext") and option in line, line
+
+
+def test_bad_data_files_are_one_line_errors(tmp_path):
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)) * 8)
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"text\x00with a NUL")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    for path, why in ((tmp_path / "missing.txt", "does not exist"), (empty, "no text"),
+                      (binary, "is not UTF-8 text"), (nul, "NUL bytes"), (tmp_path, "is a directory")):
+        proc = run_cli("train", str(path), *TINY, "--out-dir", str(tmp_path / "run"), timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        line = error_line(proc)
+        assert line.startswith(f"apt-ext train: data: {path}") and why in line, line
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda(tmp_path, text_file):
+    for command in (("train", str(text_file), *TINY), ("demo", "--quick")):
+        proc = run_cli(*command, "--device", "cuda", "--out-dir", str(tmp_path / "run"), timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        line = error_line(proc)
+        assert "--device='cuda': cuda is unavailable here" in line, line
+
+
+def test_unwritable_out_dir(tmp_path, text_file):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    for out in (blocker, blocker / "run"):
+        for command in (("train", str(text_file), *TINY), ("demo", "--quick", "--device", "cpu")):
+            proc = run_cli(*command, "--out-dir", str(out), timeout=300)
+            assert proc.returncode == 2, proc.stderr
+            line = error_line(proc)
+            assert line.startswith(f"apt-ext {command[0]}: --out-dir: ") and str(out) in line, line
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path, text_file):
+    proc = run_cli("train", str(text_file), *TINY, "--out-dir", str(tmp_path / "run"), "--resume", timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    line = error_line(proc)
+    assert "--resume: there is no checkpoint to resume from at" in line and "checkpoint.pt" in line, line
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # did not start fresh
+
+
+def test_debug_shows_the_traceback():
+    proc = run_cli("train", "--steps", "0", "--debug", timeout=300)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "steps" in proc.stderr.splitlines()[-1]
+    proc = run_cli("--debug", "memory", "stats", "--db", "/nonexistent-dir/m.db", timeout=300)
+    assert "Traceback" in proc.stderr and "StoreError" in proc.stderr
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path, text_file):
+    args = [a for a in TINY if a not in ("--threads", "1")]
+    args[args.index("--steps") + 1] = "100000"
+    proc = subprocess.Popen(cli_command("train", str(text_file), *args, "--out-dir", str(tmp_path / "run")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()   # "CPU threads: ..." is printed just before training starts
+        assert line.startswith("CPU threads:"), line + proc.stderr.read()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["apt-ext train: interrupted"], err
+
+
+def test_train_without_matplotlib_writes_losses_and_skips_the_plot(tmp_path, text_file):
+    run = tmp_path / "run"
+    proc = run_cli("train", str(text_file), *TINY, "--out-dir", str(run), missing=("matplotlib",), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "matplotlib" in line]
+    assert len(notes) == 1 and notes[0].startswith("loss.png skipped: matplotlib is not installed"), proc.stderr
+    assert len(json.loads((run / "losses.json").read_text())["train"]) == 2
+    assert (run / "model" / "model.safetensors").is_file() and not (run / "loss.png").exists()
+    assert "loss.png" not in proc.stdout and "trained 2 steps" in proc.stdout
+
+
+def test_bpe_without_tokenizers_is_a_one_line_error(tmp_path, text_file):
+    proc = run_cli("train", str(text_file), *TINY, "--tokenizer", "bpe", "--out-dir", str(tmp_path / "run"),
+                   missing=("tokenizers",), timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    line = error_line(proc)
+    assert line.startswith("apt-ext train: --tokenizer: 'bpe' needs the tokenizers package") and \
+        "pip install tokenizers" in line, line
+
+
+def test_demo_without_matplotlib_and_tokenizers_keeps_its_results(tmp_path):
+    out = tmp_path / "demo-out"
+    proc = run_cli("demo", "--quick", "--device", "cpu", "--threads", "1", "--out-dir", str(out),
+                   missing=("matplotlib", "tokenizers"), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FAILED" not in proc.stdout and "loss curve: skipped (no matplotlib)" in proc.stdout
+    assert f"results go to {out}" in proc.stdout and f"results kept in {out}" in proc.stdout
+    assert (out / "train" / "losses.json").is_file() and not (out / "train" / "loss.png").exists()
+    assert "Traceback" not in proc.stderr

@@ -3,6 +3,7 @@
 made unimportable, as if they were not installed."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,6 +33,33 @@ def run_cli(*args: str, missing: tuple[str, ...] = (), report_modules: bool = Fa
     """Run ``apt-ext ARGS`` (see cli_command) and return the finished process (text output)."""
     return subprocess.run(cli_command(*args, missing=missing, report_modules=report_modules), capture_output=True,
                           text=True, timeout=timeout, cwd=cwd or ROOT, env={**os.environ, **(env or {})})
+
+
+_BATCH = """
+import contextlib, io, json, sys
+sys.argv[0] = 'apt-ext'
+from apt_ext.cli.main import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:
+            rc = exc.code
+    results.append((rc, out.getvalue(), err.getvalue()))
+print(json.dumps(results))
+"""
+
+
+def run_cli_batch(argvs: list[list[str]], timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """Run ``apt-ext ARGV`` for each ARGV one after the other in one fresh interpreter (the
+    console script's code path; torch is imported once, by the first command that needs it)."""
+    proc = subprocess.run([sys.executable, "-c", _BATCH, json.dumps(argvs)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return [subprocess.CompletedProcess(argv, rc, out, err)
+            for argv, (rc, out, err) in zip(argvs, json.loads(proc.stdout.splitlines()[-1]))]
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:

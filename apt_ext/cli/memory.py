@@ -43,7 +43,8 @@ def register(subparsers) -> None:
         p.add_argument("query", help="the question or text to recall memories for")
         p.add_argument("-k", type=int, default=None, help="nodes to recall (default: the memory's top_k)")
         p.add_argument("--mode", choices=("fast", "strict", "auto"), default="auto",
-                       help="strict adds each node's full evidence; auto picks strict for queries that ask for exact text")
+                       help="strict adds each node's full evidence; auto picks strict for queries that ask "
+                       "for exact text")
     common(actions.add_parser("stats", help="print stats as JSON", description="Print the memory's stats as JSON."))
     exp = common(actions.add_parser("export", help="write nodes as JSONL", description="Write nodes as JSONL."))
     exp.add_argument("-o", "--output", default="-", help="file to write ('-': stdout)")
@@ -74,17 +75,17 @@ def run(args: argparse.Namespace) -> int:
         with memory:
             return _dispatch(memory, args)
     except StoreError as exc:
-        raise UsageError("--db", str(exc)) from None
+        raise UsageError("--db", str(exc)) from exc
     except (ValueError, TypeError) as exc:  # the text, query, -k, --ns or import records
         message = str(exc)
-        raise UsageError(_ARGUMENT.get(message.split(" ", 1)[0].rstrip(":"), args.action), message) from None
+        raise UsageError(_ARGUMENT.get(message.split(" ", 1)[0].rstrip(":"), args.action), message) from exc
 
 
 def _open(path: str, mode: str, option: str):
     try:
         return open(path, mode, encoding="utf-8")
     except OSError as exc:
-        raise UsageError(option, f"cannot open {path}: {exc.strerror or exc}") from None
+        raise UsageError(option, f"cannot open {path}: {exc.strerror or exc}") from exc
 
 
 def _dispatch(memory, args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -53,6 +52,8 @@ def positive_int(text: str) -> int:
 def writable_dir(path: str, option: str) -> Path:
     """Create ``path`` (and its parents) if needed and check that a file can be written there;
     raises UsageError naming ``option`` otherwise."""
+    import tempfile
+
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UsageError(option, f"{path} exists and is not a directory")
@@ -61,7 +62,7 @@ def writable_dir(path: str, option: str) -> Path:
         with tempfile.TemporaryFile(dir=p):
             pass
     except OSError as exc:
-        raise UsageError(option, f"cannot write to {path}: {exc.strerror or exc}") from None
+        raise UsageError(option, f"cannot write to {path}: {exc.strerror or exc}") from exc
     return p
 
 
@@ -73,7 +74,7 @@ def device(value: str | None, option: str = "--device"):
     try:
         return get_device() if value is None else check_device(value, option)
     except ValueError as exc:
-        raise UsageError(option, str(exc)) from None
+        raise UsageError(option, str(exc)) from exc
 
 
 def cpu_threads(requested: int | None, dev, announce: bool = True) -> None:
@@ -86,7 +87,8 @@ def cpu_threads(requested: int | None, dev, announce: bool = True) -> None:
 
     if dev.type != "cpu":
         return
-    n = requested if requested is not None else max(1, threads_for_load() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    n = requested if requested is not None else max(1, threads_for_load() // processes)
     torch.set_num_threads(n)
     if requested is None and announce:
         print(f"CPU threads: {n} of {available_cpus()} (1-minute load average {os.getloadavg()[0]:.1f}; "
@@ -104,5 +106,5 @@ def local_model(args: argparse.Namespace, name: str | None = None):
                                           name=name)
     except (FileNotFoundError, ValueError) as exc:
         if str(exc).startswith("checkpoint:"):
-            raise UsageError("--checkpoint", str(exc).removeprefix("checkpoint:").strip()) from None
+            raise UsageError("--checkpoint", str(exc).removeprefix("checkpoint:").strip()) from exc
         raise

@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per sequence (the model's context)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (finite, > 0)")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps before the cosine decay")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="linear warm-up steps before the cosine decay")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="clip the gradient norm to this (0: off)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evals (0: only at the end)")
@@ -89,7 +90,7 @@ def configs_from_args(a: argparse.Namespace):
                          resume=a.resume, seed=a.seed, device=a.device, bf16=not a.no_bf16, fsdp=a.fsdp,
                          progress=not a.no_progress)
     except ConfigError as exc:
-        raise UsageError(option_of(exc.field), exc.reason) from None
+        raise UsageError(option_of(exc.field), exc.reason) from exc
     try:
         mc = APTModelConfiguration(vocab_size=256, d_model=a.d_model, num_heads=a.heads,
                                    d_ff=a.d_ff if a.d_ff is not None else 4 * a.d_model,
@@ -100,7 +101,7 @@ def configs_from_args(a: argparse.Namespace):
                                    left_spin_beta=a.left_spin_beta)
     except (ValueError, TypeError) as exc:  # the message starts with the field's name
         field = re.match(r"\w+", str(exc))
-        raise UsageError(option_of(field.group(0)) if field else "model options", str(exc)) from None
+        raise UsageError(option_of(field.group(0)) if field else "model options", str(exc)) from exc
     return tc, mc
 
 
@@ -114,7 +115,7 @@ def run(a: argparse.Namespace) -> int:
     try:
         trainer = Trainer(tc, mc)
     except ConfigError as exc:
-        raise UsageError(option_of(exc.field), exc.reason) from None
+        raise UsageError(option_of(exc.field), exc.reason) from exc
     rank0 = int(os.environ.get("RANK", "0")) == 0
     cpu_threads(a.threads, trainer.device, announce=rank0)
     res = trainer.run()

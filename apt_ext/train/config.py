@@ -64,7 +64,8 @@ class TrainConfig:
         if self.tokenizer not in ("byte", "bpe"):
             raise ConfigError("tokenizer", f"expected 'byte' or 'bpe', got {self.tokenizer!r}")
         if self.tokenizer == "bpe" and self.bpe_vocab_size < 257:
-            raise ConfigError("bpe_vocab_size", f"a byte-level BPE needs more than 256 entries, got {self.bpe_vocab_size}")
+            raise ConfigError("bpe_vocab_size",
+                              f"a byte-level BPE needs more than 256 entries, got {self.bpe_vocab_size}")
         if not isinstance(self.data, (list, tuple)) or not all(isinstance(p, str) for p in self.data):
             raise ConfigError("data", f"expected a list of file paths, got {self.data!r}")
         if not isinstance(self.out_dir, str) or not self.out_dir:

@@ -218,42 +218,44 @@ class Trainer:
                    desc="train", unit="step", dynamic_ncols=True)
         t_run = time.perf_counter()
         start_step = self.step
-        while self.step < end:
-            t0 = time.perf_counter()
-            tot = 0.0
-            for micro in range(cfg.grad_accum):
-                x, y = self.data.batch("train", cfg.batch_size, cfg.seed, self.step, micro, self.rank)
-                sync_ok = micro == cfg.grad_accum - 1 or self.world == 1 or cfg.fsdp
-                ctx = self.net.no_sync() if not sync_ok else contextlib.nullcontext()
-                with ctx:
-                    loss = self._loss(x, y)
-                    (loss / cfg.grad_accum).backward()
-                tot += loss.item()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            self.sched.step()
-            self.step += 1
-            loss_val = tot / cfg.grad_accum
-            if self.world > 1:  # the logged loss is the mean over ranks (the loss of the global batch)
-                t = torch.tensor(loss_val, device=self.device)
-                dist.all_reduce(t)
-                loss_val = t.item() / self.world
-            self.losses.append(loss_val)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            times.append(time.perf_counter() - t0)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tokens_per_step / times[-1]:,.0f}")
-            if not math.isfinite(loss_val) and cfg.stop_on_nonfinite:
-                diverged = True
-                break
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                self.evals.append((self.step, self.evaluate()))
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
-                self.save_checkpoint()
-        bar.close()
+        try:  # the bar ends its line even when Ctrl-C stops the loop
+            while self.step < end:
+                t0 = time.perf_counter()
+                tot = 0.0
+                for micro in range(cfg.grad_accum):
+                    x, y = self.data.batch("train", cfg.batch_size, cfg.seed, self.step, micro, self.rank)
+                    sync_ok = micro == cfg.grad_accum - 1 or self.world == 1 or cfg.fsdp
+                    ctx = self.net.no_sync() if not sync_ok else contextlib.nullcontext()
+                    with ctx:
+                        loss = self._loss(x, y)
+                        (loss / cfg.grad_accum).backward()
+                    tot += loss.item()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+                self.sched.step()
+                self.step += 1
+                loss_val = tot / cfg.grad_accum
+                if self.world > 1:  # the logged loss is the mean over ranks (the loss of the global batch)
+                    t = torch.tensor(loss_val, device=self.device)
+                    dist.all_reduce(t)
+                    loss_val = t.item() / self.world
+                self.losses.append(loss_val)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                times.append(time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tokens_per_step / times[-1]:,.0f}")
+                if not math.isfinite(loss_val) and cfg.stop_on_nonfinite:
+                    diverged = True
+                    break
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self.evals.append((self.step, self.evaluate()))
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
         elapsed = time.perf_counter() - t_run
         if not diverged and (not self.evals or self.evals[-1][0] != self.step):
             self.evals.append((self.step, self.evaluate()))

@@ -127,7 +127,8 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
         return current
     paged = next((name for name, m in model.named_modules() if getattr(m, "_apt_paged", False)), None)
     if paged is not None:
-        raise ValueError(f"model: {repr(paged) if paged else 'the model itself'} is already offloaded by another offload() call; "
+        which = repr(paged) if paged else "the model itself"
+        raise ValueError(f"model: {which} is already offloaded by another offload() call; "
                          f"restore() that handle first")
     prefix = f"offload{next(_offload_ids)}:"
     units: list[tuple[str, _Unit]] = []

@@ -40,7 +40,7 @@ def _bad_databases(tmp_path) -> dict[str, tuple[str, str]]:
         conn.execute("CREATE TABLE things (x)")
     return {"random bytes": (str(noise), "is not a SQLite database"),
             "truncated": (str(truncated), "is damaged or truncated"),
-            "truncated header": (str(header), "is not a SQLite database"),
+            "truncated header": (str(header), "is damaged or truncated"),
             "a directory": (str(tmp_path), "is a directory"),
             "in a missing directory": (str(tmp_path / "no" / "such" / "m.db"), "does not exist"),
             "not AIM-Memory": (str(other), "not an AIM-Memory one")}

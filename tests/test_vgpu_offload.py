@@ -98,6 +98,7 @@ def test_offload_twice(tmp_path):
     x = torch.randn(3, 64)
     with torch.no_grad():
         ref = model(x)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     st, other = VGPUStack(cpu_levels(tmp_path / "a")), VGPUStack(cpu_levels(tmp_path / "b"))
     handle = offload(model, st, prefetch=2)
     keys = len(st)

@@ -119,8 +119,16 @@ class SQLiteStore(Store):
             raise StoreError(f"{p} is a directory, not a database file")
         if not p.parent.is_dir():
             raise StoreError(f"{p}: the directory {p.parent} does not exist")
-        if self.read_only and not p.exists():
-            raise StoreError(f"{p} does not exist (a read-only open creates nothing)")
+        if self.read_only:
+            if not p.exists():
+                raise StoreError(f"{p} does not exist (a read-only open creates nothing)")
+            return
+        reads_only = "; only reads (search, answer, stats, export) work on it"
+        if p.exists() and not os.access(p, os.W_OK):
+            raise StoreError(f"{p} is read-only (no write permission, or a read-only file system){reads_only}")
+        if not os.access(p.parent, os.W_OK | os.X_OK):  # SQLite writes its -wal and -shm files beside it
+            raise StoreError(f"{p} is in a read-only directory ({p.parent}: no write permission, or a read-only "
+                             f"file system), where SQLite cannot keep its -wal file{reads_only if p.exists() else ''}")
 
     def _open_read_only(self, p: Path) -> None:
         """Open ``p`` with mode=ro, or immutable=1 when its -shm file cannot be created, and check

@@ -136,9 +136,10 @@ def train_part(args, device, out: Path, summary: Summary):
         mc = APTModelConfiguration(vocab_size=1024, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=0,
                                    num_decoder_layers=4, decoder_only=True, dropout=0.0, max_seq_len=128,
                                    use_left_spin=True, use_autopoietic=True)
-        tc = TrainConfig(tokenizer="bpe" if bpe else "byte", bpe_vocab_size=1024, steps=args.steps or (1000 if gpu else 500),
-                         batch_size=32 if gpu else 12, seq_len=128, lr=3e-3, warmup_steps=30,
-                         eval_every=100, eval_batches=4, out_dir=str(out / "train"), device=str(device))
+        tc = TrainConfig(tokenizer="bpe" if bpe else "byte", bpe_vocab_size=1024,
+                         steps=args.steps or (1000 if gpu else 500), batch_size=32 if gpu else 12, seq_len=128,
+                         lr=3e-3, warmup_steps=30, eval_every=100, eval_batches=4, out_dir=str(out / "train"),
+                         device=str(device))
     _section(f"1. training an APT model with left-spin on Python's documentation ({device})")
     t0 = time.perf_counter()
     trainer = Trainer(tc, mc)

@@ -7,9 +7,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from apt_ext.cli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -66,7 +69,7 @@ def writable_dir(path: str, option: str) -> Path:
     return p
 
 
-def device(value: str | None, option: str = "--device"):
+def device(value: str | None, option: str = "--device") -> torch.device:
     """The torch.device named by ``value`` (None: apt_ext.devices.get_device()), checked to be
     present on this machine; raises UsageError naming ``option`` otherwise."""
     from apt_ext.devices import check_device, get_device
@@ -77,13 +80,13 @@ def device(value: str | None, option: str = "--device"):
         raise UsageError(option, str(exc)) from exc
 
 
-def cpu_threads(requested: int | None, dev, announce: bool = True) -> None:
+def cpu_threads(requested: int | None, dev: torch.device, announce: bool = True) -> None:
     """On a CPU device, set torch's intra-op threads: ``requested``, or (None) the CPUs that
     other work leaves free (apt_ext.devices.threads_for_load) shared among the processes of this
     machine under torchrun (LOCAL_WORLD_SIZE); says so on stderr when ``announce``."""
     import torch
 
-    from apt_ext.devices import available_cpus, threads_for_load
+    from apt_ext.devices import available_cpus, load_average, threads_for_load
 
     if dev.type != "cpu":
         return
@@ -91,7 +94,7 @@ def cpu_threads(requested: int | None, dev, announce: bool = True) -> None:
     n = requested if requested is not None else max(1, threads_for_load() // processes)
     torch.set_num_threads(n)
     if requested is None and announce:
-        print(f"CPU threads: {n} of {available_cpus()} (1-minute load average {os.getloadavg()[0]:.1f}; "
+        print(f"CPU threads: {n} of {available_cpus()} (1-minute load average {load_average():.1f}; "
               f"--threads N to choose)", file=sys.stderr)
 
 

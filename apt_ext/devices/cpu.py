@@ -15,17 +15,21 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def load_average() -> float:
+    """The 1-minute load average (runnable processes), 0.0 where the system does not report it."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
 def threads_for_load(cpus: int | None = None, load: float | None = None) -> int:
     """``cpus - load`` rounded, clamped to [1, cpus]: the CPUs left free by ``load`` runnable
-    processes (default: ``available_cpus()`` and the 1-minute load average, 0 where unknown)."""
+    processes (default: ``available_cpus()`` and ``load_average()``)."""
     cpus = available_cpus() if cpus is None else cpus
     if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
         raise ValueError(f"cpus: expected an int >= 1, got {cpus!r}")
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            load = 0.0
+    load = load_average() if load is None else load
     if not load >= 0:
         raise ValueError(f"load: expected a number >= 0, got {load!r}")
     return max(1, min(cpus, round(cpus - load)))

@@ -398,6 +398,22 @@ def cloud(name: str, d: dict) -> str:
         table(["batch", "local ms", "RemoteModule ms", "overhead ms", "remote p95 ms"], rrows)])
 
 
+def cpu_threads(name: str, d: dict) -> str:
+    rows = [[r["condition"], f"{r['load_average_1min']:.1f}", r["threads"],
+             "yes" if r["chosen_by_threads_for_load"] else "", num(r["step_ms_median"])] for r in d["rows"]]
+    out = [f"Optimizer steps of the demo's model on {d['cpus']} CPUs, median over {d['params']['rounds']} rounds of "
+           f"{d['params']['steps'] - d['params']['warmup']} steps, thread counts interleaved; \"busy\" adds "
+           f"{d['params']['busy']} processes that spin on the CPU. `threads_for_load` is what `apt-ext train` and "
+           f"`apt-ext demo` choose.", "",
+           table(["condition", "load average", "threads", "threads_for_load", "median step ms"], rows)]
+    demo = d.get("demo")
+    if demo:
+        out += ["", f"`apt-ext demo` with its defaults: exit code {demo['exit_code']}, {demo['wall_s']:.0f} s wall, "
+                f"load average {demo['load_average_1min_start']:.1f} at its start and "
+                f"{demo['load_average_1min_end']:.1f} at its end ({demo['threads_line']})."]
+    return "\n".join(out)
+
+
 SECTIONS = [
     Section("FP4 on the CPU (`benchmarks/fp4_cpu.py`)", ["fp4_cpu.json", "fp4_cpu_run2.json"], fp4_cpu),
     Section("FP4 on the GPU (`benchmarks/fp4_linear.py`)", ["fp4_linear_*.json"], fp4_gpu,
@@ -420,6 +436,8 @@ SECTIONS = [
     Section("AIM-Memory fusion-weight fit on the dev dialogues (`benchmarks/aim_memory_recall.py --fit`)",
             ["aim_memory_recall_fit.json"], aim_memory_recall_fit, level=3),
     Section("Cloud backends (`benchmarks/cloud.py`)", ["cloud_cpu.json"], cloud),
+    Section("CPU threads on a busy machine, and the demo's duration (`benchmarks/cpu_threads.py`)",
+            ["cpu_threads.json"], cpu_threads),
 ]
 
 HEADER = """# Benchmark results

@@ -1,4 +1,4 @@
-"""Multi-vendor device selection: ``get_device()`` and ``get_device_manager()`` (SPEC 6)."""
+"""Multi-vendor device selection: ``get_device()`` and ``get_device_manager()`` (docs/contract.md §6)."""
 from apt_ext.devices.manager import (
     ORDER,
     DeviceManager,

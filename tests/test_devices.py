@@ -1,4 +1,4 @@
-"""Device detection (SPEC 6): the CPU for real; HPU/NPU through vendor packages that are absent,
+"""Device detection (docs/contract.md §6): the CPU for real; HPU/NPU through vendor packages that are absent,
 present, or raise on import. Injected vendor packages change torch process-wide (a real torch_npu
 renames torch's PrivateUse1 backend), so every injection runs in a fresh interpreter."""
 from __future__ import annotations

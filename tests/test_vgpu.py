@@ -293,7 +293,7 @@ def test_device_and_ssd_without_host_level(tmp_path, rng):
     st.close()
 
 
-# ---- the design document's configs run as written (SPEC 5) ----------------------------------------
+# ---- the design document's configs run as written (docs/contract.md §5) -------------------------------
 def test_ssd_level_without_path_uses_a_private_dir_in_the_user_cache(tmp_path, monkeypatch, rng):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     st = VGPUStack.from_config({"levels": [{"capacity_mb": 0.0625, "device": "cpu", "kind": "device"},

@@ -1,5 +1,5 @@
 """Multi-vendor device selection: ``get_device()``, ``check_device()`` and ``get_device_manager()``
-(SPEC 6); CPU threads for the current load: ``threads_for_load()``."""
+(docs/contract.md §6); CPU threads for the current load: ``threads_for_load()``."""
 from apt_ext.devices.cpu import available_cpus, load_average, threads_for_load
 from apt_ext.devices.manager import (
     ORDER,

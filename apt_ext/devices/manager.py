@@ -1,4 +1,4 @@
-"""Accelerator detection and a uniform device manager (SPEC section 6).
+"""Accelerator detection and a uniform device manager (docs/contract.md §6).
 
 Detection order: CUDA (ROCm reports as cuda with ``torch.version.hip``) > HPU
 (``habana_frameworks.torch``) > NPU (``torch_npu``) > XPU (``torch.xpu``) > MPS > CPU.

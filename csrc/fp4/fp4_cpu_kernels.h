@@ -68,7 +68,7 @@ CpuKernels avx512_kernels();
 // The kernels to use now (best supported ISA unless APT_FP4_CPU_ISA forces one).
 CpuKernels cpu_kernels();
 
-// Decode scales of row n: dst[b] = float32 decode scale of block b (SPEC section 3).
+// Decode scales of row n: dst[b] = float32 decode scale of block b (docs/contract.md §3).
 void row_decode_scales(const at::Tensor& scales, float tensor_scale, Format f, int64_t n, float* dst);
 
 // The 16 code values of a format as float32.

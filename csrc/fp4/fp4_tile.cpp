@@ -1,4 +1,4 @@
-// apt::fp4_tile and apt::fp4_untile: the canonical packed weight (SPEC section 3) to and from the
+// apt::fp4_tile and apt::fp4_untile: the canonical packed weight (docs/contract.md §3) to and from the
 // tiled layout of fp4_tiled_layout.h that the CUDA GEMV reads. Written with ATen ops, so both run
 // on every device (the GPU tiles a weight once at load time; CPU tests check the layout).
 #include <ATen/ATen.h>

@@ -145,15 +145,17 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path, text_file):
     proc = subprocess.Popen(cli_command("train", str(text_file), *args, "--out-dir", str(tmp_path / "run")),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stderr.readline()   # "CPU threads: ..." is printed just before training starts
-        assert line.startswith("CPU threads:"), line + proc.stderr.read()
+        seen = []
+        while not (seen and seen[-1].startswith("CPU threads:")):  # printed just before training starts
+            seen.append(proc.stderr.readline())
+            assert seen[-1] and len(seen) < 50, "".join(seen) + proc.stderr.read()
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert err.strip().splitlines() == ["apt-ext train: interrupted"], err
+    assert err.strip().splitlines() == ["apt-ext train: interrupted"], "".join(seen) + err
 
 
 def test_train_without_matplotlib_writes_losses_and_skips_the_plot(tmp_path, text_file):

@@ -122,3 +122,16 @@ def test_read_only_database_can_be_searched_not_written(tmp_path):
     assert runs["add"].returncode == 2, runs["add"].stderr
     line = error_line(runs["add"])
     assert line.startswith("apt-ext memory add: --db: ") and "read-only" in line, line
+
+
+def test_embedding_model_loads_quietly(tmp_path):
+    """Off a terminal, loading the embedder shows no progress bar (sentence-transformers' model
+    load draws a "Loading weights" bar unless told not to); the answer is on stdout, stderr is empty."""
+    db = str(tmp_path / "m.db")
+    proc = run_cli("memory", "add", FACTS[0], "--db", db, timeout=600)
+    assert proc.returncode == 0, proc.stderr  # stderr: at most the one-time ONNX export's line
+    assert all(line.startswith("AIM-Memory: exporting") for line in proc.stderr.splitlines()), proc.stderr
+    proc = run_cli("memory", "search", "which model has a 10M token context", "--db", db,
+                   missing=("onnxruntime",), timeout=600)  # the sentence-transformers path
+    assert proc.returncode == 0 and "10M" in proc.stdout, proc.stderr
+    assert proc.stderr == "", proc.stderr

@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -25,21 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine_info import cpu_model
 from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() where that is missing)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_avg() -> list[float]:

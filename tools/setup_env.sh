@@ -47,7 +47,10 @@ PY="$VENV/bin/python"
 # build so that the build step below is only the build).
 requirements() {
   "$PY" - <<'EOF'
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip's own copy of the same parser
+    from pip._vendor import tomli as tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 print("\n".join(project["dependencies"] + project["optional-dependencies"]["test"]))
 EOF

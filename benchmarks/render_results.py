@@ -398,6 +398,20 @@ def cloud(name: str, d: dict) -> str:
         table(["batch", "local ms", "RemoteModule ms", "overhead ms", "remote p95 ms"], rrows)])
 
 
+def build_time(name: str, d: dict) -> str:
+    """``benchmarks/build_time.py``: clean CMake + ninja build of the extension, per translation unit."""
+    units = d["units"]
+    rows = [[f"`{u}`", num(v["wall_s"]), num(v["cpu_s"])] for u, v in units.items()]
+    return "\n".join([
+        f"Source tree {d.get('source_commit') or 'not recorded'}; {d['jobs']} ninja jobs on {d['cores']} cores, "
+        f"{d['compiler']}; ccache off. Configure {num(d['configure_s'])} s, compile and link {num(d['build_s'])} s, "
+        f"**total {num(d['total_s'])} s** (link {num(d['link_s'])} s). Sum over translation units: "
+        f"{num(d['sum_of_units_s'])} s wall, {num(d.get('sum_of_units_cpu_s'))} s CPU (user + system). Wall "
+        "times grow with the machine's load (other builds on the same cores); CPU times much less."
+        + (f" Note: {d['note']}." if d.get("note") else ""), "",
+        table(["translation unit", "wall s", "CPU s"], rows)])
+
+
 def cpu_threads(name: str, d: dict) -> str:
     rows = [[r["condition"], f"{r['load_average_1min']:.1f}", r["threads"],
              "yes" if r["chosen_by_threads_for_load"] else "", num(r["step_ms_median"])] for r in d["rows"]]
@@ -436,6 +450,9 @@ SECTIONS = [
     Section("AIM-Memory fusion-weight fit on the dev dialogues (`benchmarks/aim_memory_recall.py --fit`)",
             ["aim_memory_recall_fit.json"], aim_memory_recall_fit, level=3),
     Section("Cloud backends (`benchmarks/cloud.py`)", ["cloud_cpu.json"], cloud),
+    Section("Build time of the C++ extension (`benchmarks/build_time.py`)",
+            ["build_time_cpu_baseline.json", "build_time_cpu.json"], build_time,
+            missing="No JSON: run `python benchmarks/build_time.py`."),
     Section("CPU threads on a busy machine, and the demo's duration (`benchmarks/cpu_threads.py`)",
             ["cpu_threads.json"], cpu_threads),
 ]

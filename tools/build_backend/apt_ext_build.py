@@ -93,15 +93,17 @@ def prepare_metadata_for_build_editable(metadata_directory, config_settings=None
     return _prepare(_skbuild.prepare_metadata_for_build_editable, metadata_directory, config_settings)
 
 
+# metadata_directory (from prepare_metadata_*, already pinned) is not handed on: scikit-build-core
+# would find it differs from the METADATA it writes; the wheel gets the same pin afterwards.
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     version = build_torch_version()
-    name = _skbuild.build_wheel(wheel_directory, config_settings, metadata_directory)
+    name = _skbuild.build_wheel(wheel_directory, config_settings)
     pin_torch_in_wheel(Path(wheel_directory) / name, version)
     return name
 
 
 def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
     version = build_torch_version()
-    name = _skbuild.build_editable(wheel_directory, config_settings, metadata_directory)
+    name = _skbuild.build_editable(wheel_directory, config_settings)
     pin_torch_in_wheel(Path(wheel_directory) / name, version)
     return name

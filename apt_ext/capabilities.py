@@ -25,6 +25,17 @@ def triton_status() -> tuple[bool, str]:
     return False, "installed, but no GPU (set TRITON_INTERPRET=1 to interpret on the CPU)"
 
 
+def cpu_isa() -> dict:
+    """The SIMD paths of the CPU kernels (csrc/cpu_isa.h) and the one each capability uses now:
+    ``{"paths": [{name, requires, compiled, supported}], "fp4": {path, requires, env}, "left_spin": ...}``
+    (``requires``: the CPU flags that path needs; a capability whose ``env`` variable names an
+    unusable path shows ``error`` instead). Empty when the extension is not loaded."""
+    if _native._C is None:
+        return {}
+    return {"paths": [dict(p) for p in _native._C.cpu_isa.paths()],
+            **{cap: dict(v) for cap, v in _native._C.cpu_isa.in_use().items()}}
+
+
 def _backend(native: bool, python_kernel: str | None, usable_here: bool) -> dict:
     kernel = "native" if native else python_kernel
     return {"compiled": native, "kernel": kernel, "usable": kernel is not None and usable_here}
@@ -32,6 +43,9 @@ def _backend(native: bool, python_kernel: str | None, usable_here: bool) -> dict
 
 def capabilities() -> dict:
     """Per op and backend: ``{"compiled", "kernel", "usable"}``, plus build and device facts.
+
+    ``cpu_isa`` names the SIMD path the FP4 and left-spin CPU kernels use and the CPU flags it
+    requires (see :func:`cpu_isa`).
 
     ``compiled``: a native (C++/CUDA) kernel is registered for that backend. ``kernel``: what
     runs there: "native", a description of a Python kernel (a Triton kernel, or a Python
@@ -70,6 +84,7 @@ def capabilities() -> dict:
         "native_loaded": _native._C is not None,
         "native_error": _native.LOAD_ERROR,
         "build": _native.build_info(),
+        "cpu_isa": cpu_isa(),
         "triton": {"usable": triton_ok, "reason": triton_why},
         "force_triton": os.environ.get("APT_FORCE_TRITON") == "1",
         "ops": ops_info,

@@ -1,12 +1,20 @@
-"""FP4 on the CPU: fp4_linear (nvfp4) against torch F.linear with fp32 and bf16 weights, FP4
-weight memory against a bf16 nn.Linear, and the relative output error of every format on
-Gaussian weights and (``--minilm``) on the real all-MiniLM-L6-v2 weights.
+"""FP4 on the CPU: fp4_linear (nvfp4, mxfp4, nf4) against torch F.linear with fp32 and bf16
+weights and torch's own int4 CPU kernel, at 1 and 2 threads; FP4 weight memory against a bf16
+nn.Linear, and the relative output error of every format (and of the int4 peer) on Gaussian
+weights and (``--minilm``) on the real all-MiniLM-L6-v2 weights.
 
-    python benchmarks/fp4_cpu.py [--minilm] [--repeats 9] [--quick]
+    python benchmarks/fp4_cpu.py [--minilm] [--repeats 15] [--threads 1 2] [--quick]
 
-Writes benchmarks/results/fp4_cpu.json and benchmarks/plots/fp4_cpu.png and prints tables.
-Times are medians of ``--repeats`` runs after two warm-up calls, on random data (never zeros),
-with torch's default intra-op threads.
+Writes benchmarks/results/fp4_cpu_<path>.json (path: the FP4 CPU ISA path in use, e.g. avx2;
+RESULTS.md keeps each path in its own table) and benchmarks/plots/fp4_cpu_<path>.png and prints
+tables. The JSON records the ISA path with the CPU flags it requires, the CPU model and flags,
+and the load average at start and end (the CPU numbers come from a shared 2-core VM). Times are
+medians of ``--repeats`` rounds after two warm-up calls, on random data (never zeros); each
+round times one call of every implementation (see ``median_ms``).
+
+The int4 peer is ``torch._weight_int4pack_mm_for_cpu`` (bf16 x, groups of 128 along K, an
+asymmetric 4-bit code per weight with a bf16 scale and zero per group), as torchao's int4
+weight-only CPU layout uses it.
 """
 from __future__ import annotations
 
@@ -33,44 +41,79 @@ from apt_ext.nn import FP4Linear
 HERE = Path(__file__).resolve().parent
 SHAPES = ((4096, 4096), (11008, 4096))
 BATCHES = (1, 8, 64)
+INT4_GROUP = 128
 
 
-def median_ms(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds after two warm-up calls."""
-    fn(), fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+def median_ms(fns: dict, repeats: int) -> dict:
+    """Median wall time in ms of each ``fns[name]()``: two warm-up calls each, then ``repeats``
+    rounds that time one call of every function (in a rotating order). Round-robin timing lets
+    each call find the other layers' weights in the caches, as in a model, and spreads the load
+    of a shared machine over all of them alike."""
+    names = list(fns)
+    for name in names:
+        fns[name](), fns[name]()
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
-def bench_speed(shapes, batches, repeats: int) -> list[dict]:
-    """nvfp4 fp4_linear vs F.linear (fp32 weight, bf16 weight) for each (N, K) and M."""
+class TorchInt4:
+    """w [N, K] float32 quantised for ``torch._weight_int4pack_mm_for_cpu``: per row and group of
+    ``group`` columns, q = round((w - min) / scale) in 0..15 with scale = (max - min) / 15; the
+    kernel computes x @ ((q - 8) * scale + zero).T with zero = min + 8 * scale."""
+
+    def __init__(self, w: torch.Tensor, group: int = INT4_GROUP):
+        n, k = w.shape
+        if k % group:
+            raise ValueError(f"w: K = {k} is not a multiple of the int4 group {group}")
+        g = w.reshape(n, k // group, group)
+        lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+        scale = ((hi - lo) / 15).clamp_min(1e-12)
+        q = ((g - lo) / scale).round().clamp(0, 15).to(torch.int32).reshape(n, k)
+        zero = lo + 8 * scale
+        self.group = group
+        self.packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+        # [K / group, N, 2] bf16 (scale, zero)
+        self.scales_and_zeros = torch.stack([scale.squeeze(-1), zero.squeeze(-1)], -1).transpose(0, 1) \
+            .contiguous().to(torch.bfloat16)
+
+    def __call__(self, x_bf16: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int4pack_mm_for_cpu(x_bf16, self.packed, self.group, self.scales_and_zeros)
+
+
+def bench_speed(shapes, batches, threads: list[int], repeats: int) -> list[dict]:
+    """Per (N, K), M and thread count: fp4_linear in every format (float32 x; nvfp4 also with
+    bf16 x) against F.linear with an fp32 and a bf16 weight and torch's int4 CPU kernel (bf16 x)."""
     rows = []
-    cases = [(n, k, m) for n, k in shapes for m in batches]
     gen = torch.Generator().manual_seed(0)
+    bar = tqdm(total=len(shapes) * len(batches) * len(threads), desc="speed", file=sys.stderr)
     for n, k in shapes:
         w = torch.randn(n, k, generator=gen) * k ** -0.5
         w_bf16 = w.bfloat16()
-        fp4 = FP4Linear.from_linear(_linear_with(w), fmt="nvfp4")
+        int4 = TorchInt4(w)
+        fp4 = {fmt: FP4Linear.from_linear(_linear_with(w), fmt=fmt) for fmt in FORMATS}
         for m in batches:
             x = torch.randn(m, k, generator=gen)
             x_bf16 = x.bfloat16()
-            with torch.inference_mode():
-                t_fp32 = median_ms(lambda: F.linear(x, w), repeats)
-                t_bf16 = median_ms(lambda: F.linear(x_bf16, w_bf16), repeats)
-                t_fp4 = median_ms(lambda: fp4(x), repeats)
-                t_fp4_bf16x = median_ms(lambda: fp4(x_bf16), repeats)
-            rows.append({"N": n, "K": k, "M": m, "fp32_linear_ms": t_fp32, "bf16_linear_ms": t_bf16,
-                         "fp4_linear_ms": t_fp4, "fp4_linear_bf16x_ms": t_fp4_bf16x,
-                         "speedup_vs_fp32": t_fp32 / t_fp4, "speedup_vs_bf16": t_bf16 / t_fp4})
-            tqdm.write(f"N={n:5d} K={k} M={m:3d}: fp32 {t_fp32:8.2f} ms  bf16 {t_bf16:8.2f} ms  "
-                       f"nvfp4 {t_fp4:8.2f} ms (x bf16 {t_fp4_bf16x:8.2f})  "
-                       f"x{t_fp32 / t_fp4:5.2f} vs fp32, x{t_bf16 / t_fp4:5.2f} vs bf16")
-        del w, w_bf16, fp4
-    assert len(rows) == len(cases)
+            for t in threads:
+                torch.set_num_threads(t)
+                fns = {"fp32_linear_ms": lambda: F.linear(x, w), "bf16_linear_ms": lambda: F.linear(x_bf16, w_bf16),
+                       "torch_int4_ms": lambda: int4(x_bf16),
+                       **{f"{fmt}_ms": (lambda layer=layer: layer(x)) for fmt, layer in fp4.items()},
+                       "nvfp4_bf16x_ms": lambda: fp4["nvfp4"](x_bf16)}
+                with torch.inference_mode():
+                    r = {"N": n, "K": k, "M": m, "threads": t, **median_ms(fns, repeats)}
+                rows.append(r)
+                bar.update()
+                tqdm.write(f"N={n:5d} K={k} M={m:3d} threads={t}: fp32 {r['fp32_linear_ms']:8.2f}  "
+                           f"bf16 {r['bf16_linear_ms']:8.2f}  int4 {r['torch_int4_ms']:8.2f}  "
+                           + "  ".join(f"{fmt} {r[f'{fmt}_ms']:7.2f}" for fmt in FORMATS) + " ms")
+        del w, w_bf16, int4, fp4
+    bar.close()
     return rows
 
 
@@ -105,14 +148,21 @@ def rel_err(y: torch.Tensor, want: torch.Tensor) -> float:
     return float((y.double() - want.double()).norm() / want.double().norm())
 
 
+INT4_NAME = f"torch int4 g{INT4_GROUP}"
+
+
 def bench_error_gaussian(n: int = 2048, k: int = 2048, m: int = 64) -> list[dict]:
-    """||fp4_layer(x) - fp32_layer(x)|| / ||fp32_layer(x)|| on Gaussian W and x."""
+    """||layer(x) - fp32_layer(x)|| / ||fp32_layer(x)|| on Gaussian W and x, for every FP4 format
+    (float32 x) and the torch int4 peer (its kernel takes bf16 x, whose rounding is included)."""
     gen = torch.Generator().manual_seed(1)
     lin = _linear_with(torch.randn(n, k, generator=gen) * k ** -0.5)
     x = torch.randn(m, k, generator=gen)
     with torch.no_grad():
         want = lin(x)
-        return [{"fmt": fmt, "rel_err": rel_err(FP4Linear.from_linear(lin, fmt)(x), want)} for fmt in FORMATS]
+        out = [{"fmt": fmt, "rel_err": rel_err(FP4Linear.from_linear(lin, fmt)(x), want)} for fmt in FORMATS]
+        int4 = TorchInt4(lin.weight)
+        out.append({"fmt": INT4_NAME, "rel_err": rel_err(int4(x.bfloat16()), want)})
+    return out
 
 
 def minilm_path() -> str:
@@ -171,17 +221,31 @@ def bench_error_minilm() -> list[dict]:
     return out
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU model name and flag list of /proc/cpuinfo (platform's processor string and [] elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), []
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == (platform.processor() or platform.machine()):
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = value.split()
+    except OSError:
         pass
-    info = _native.build_info()
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "avx2": info.get("cpu_avx2"),
-            "avx512": info.get("cpu_avx512"), "torch": torch.__version__, "python": platform.python_version(),
-            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    return model, flags
+
+
+def machine() -> dict:
+    """CPU, threads, the FP4 CPU ISA path in use with the flags it requires, torch, load average."""
+    model, flags = cpu_model_and_flags()
+    isa = _native._C.cpu_isa.in_use()["fp4"]
+    if "error" in isa:
+        raise SystemExit(f"{isa['env']}: {isa['error']}")
+    return {"cpu": model, "threads": torch.get_num_threads(), "fp4_cpu_isa": isa["path"],
+            "fp4_cpu_isa_requires": list(isa["requires"]), "cpu_flags": flags,
+            "torch": torch.__version__, "python": platform.python_version()}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -190,17 +254,18 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     speed = result["speed"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
-    labels = [f"{r['N']}x{r['K']}\nM={r['M']}" for r in speed]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    labels = [f"{r['N']}x{r['K']}\nM={r['M']} t={r['threads']}" for r in speed]
     xs = range(len(speed))
-    width = 0.27
-    for i, (key, name) in enumerate((("fp32_linear_ms", "F.linear fp32"), ("bf16_linear_ms", "F.linear bf16"),
-                                     ("fp4_linear_ms", "apt fp4_linear nvfp4"))):
-        axes[0].bar([x + (i - 1) * width for x in xs], [r[key] for r in speed], width, label=name)
-    axes[0].set_xticks(list(xs), labels, fontsize=8)
+    series = (("fp32_linear_ms", "F.linear fp32"), ("bf16_linear_ms", "F.linear bf16"),
+              ("torch_int4_ms", "torch int4 (bf16 x)"), *((f"{f}_ms", f"apt fp4_linear {f}") for f in FORMATS))
+    width = 0.8 / len(series)
+    for i, (key, name) in enumerate(series):
+        axes[0].bar([x + (i - len(series) / 2) * width for x in xs], [r[key] for r in speed], width, label=name)
+    axes[0].set_xticks(list(xs), labels, fontsize=7)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("ms per call (median, lower is better)")
-    axes[0].set_title(f"CPU linear, {result['machine']['cpu']}, {result['machine']['threads']} threads")
+    axes[0].set_title(f"CPU linear, {result['machine']['cpu']}, FP4 path {result['machine']['fp4_cpu_isa']}")
     axes[0].legend(fontsize=8)
     errs = result["error_gaussian"]
     axes[1].bar([e["fmt"] for e in errs], [e["rel_err"] for e in errs], color="gray", label="Gaussian W")
@@ -217,26 +282,29 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=9, help="timed runs per case (median)")
+    p.add_argument("--repeats", type=int, default=15, help="timed runs per case (median)")
     p.add_argument("--minilm", action="store_true", help="also measure error on all-MiniLM-L6-v2 weights")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="torch intra-op thread counts to time (default: 1 and torch's default)")
     p.add_argument("--quick", action="store_true", help="only (4096, 4096) and M in (1, 8): a smoke run")
-    p.add_argument("--out", type=Path, default=HERE / "results" / "fp4_cpu.json")
-    p.add_argument("--plot", type=Path, default=HERE / "plots" / "fp4_cpu.png")
+    p.add_argument("--out", type=Path, default=None, help="default: results/fp4_cpu_<FP4 CPU ISA path>.json")
+    p.add_argument("--plot", type=Path, default=None, help="default: plots/fp4_cpu_<FP4 CPU ISA path>.png")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats: expected a positive int")
-    if args.threads is not None:
-        if args.threads < 1:
-            p.error("--threads: expected a positive int")
-        torch.set_num_threads(args.threads)
+    threads = args.threads or sorted({1, torch.get_num_threads()})
+    if min(threads) < 1:
+        p.error("--threads: expected positive ints")
     shapes, batches = (SHAPES[:1], BATCHES[:2]) if args.quick else (SHAPES, BATCHES)
+    default_threads = torch.get_num_threads()
 
     steps = tqdm(total=4 if args.minilm else 3, desc="fp4_cpu", file=sys.stderr)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-              "machine": machine(), "repeats": args.repeats}
-    result["speed"] = bench_speed(shapes, batches, args.repeats)
+              "machine": machine(), "repeats": args.repeats, "load_average_start": list(os.getloadavg())}
+    result["speed"] = bench_speed(shapes, batches, threads, args.repeats)
+    result["load_average_end"] = list(os.getloadavg())
+    torch.set_num_threads(default_threads)
     steps.update()
     result["memory"] = bench_memory()
     steps.update()
@@ -247,25 +315,31 @@ def main(argv: list[str] | None = None) -> dict:
         steps.update()
     steps.close()
 
-    print("\nnvfp4 fp4_linear vs F.linear (ms, median; ratio = their time / ours)")
-    print(f"{'N':>6} {'K':>5} {'M':>4} {'fp32':>9} {'bf16':>9} {'nvfp4':>9} {'x fp32':>7} {'x bf16':>7}")
+    print("\nfp4_linear vs F.linear and torch int4 (ms, median; ratio = their time / nvfp4's)")
+    print(f"{'N':>6} {'K':>5} {'M':>4} {'thr':>3} {'fp32':>8} {'bf16':>8} {'int4':>8} "
+          + " ".join(f"{f:>8}" for f in FORMATS) + f" {'x fp32':>7} {'x int4':>7}")
     for r in result["speed"]:
-        print(f"{r['N']:6d} {r['K']:5d} {r['M']:4d} {r['fp32_linear_ms']:9.2f} {r['bf16_linear_ms']:9.2f} "
-              f"{r['fp4_linear_ms']:9.2f} {r['speedup_vs_fp32']:7.2f} {r['speedup_vs_bf16']:7.2f}")
+        print(f"{r['N']:6d} {r['K']:5d} {r['M']:4d} {r['threads']:3d} {r['fp32_linear_ms']:8.2f} "
+              f"{r['bf16_linear_ms']:8.2f} {r['torch_int4_ms']:8.2f} "
+              + " ".join(f"{r[f'{f}_ms']:8.2f}" for f in FORMATS)
+              + f" {r['fp32_linear_ms'] / r['nvfp4_ms']:7.2f} {r['torch_int4_ms'] / r['nvfp4_ms']:7.2f}")
     print("\nweight memory, 4096x4096 layer with bias")
     for r in result["memory"]:
         print(f"  {r['fmt']:>15}: {r['bytes'] / 2**20:7.2f} MiB  ({r['ratio_vs_bf16']:.3f}x bf16)")
     print("\nrelative output error vs the fp32 layer (Gaussian W, 2048x2048, M=64)")
     for r in result["error_gaussian"]:
-        print(f"  {r['fmt']:>6}: {r['rel_err']:.4f}")
+        print(f"  {r['fmt']:>15}: {r['rel_err']:.4f}")
     for r in result.get("error_minilm", []):
         print(f"  MiniLM {r['fmt']:>6}: layer rel err mean {r['rel_err_mean']:.4f} max {r['rel_err_max']:.4f}, "
               f"embedding cosine mean {r['embedding_cosine_mean']:.4f} min {r['embedding_cosine_min']:.4f}")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    plot(result, args.plot)
-    print(f"\nwrote {args.out} and {args.plot}")
+    isa = result["machine"]["fp4_cpu_isa"]
+    out = args.out or HERE / "results" / f"fp4_cpu_{isa}.json"
+    plot_path = args.plot or HERE / "plots" / f"fp4_cpu_{isa}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    plot(result, plot_path)
+    print(f"\nwrote {out} and {plot_path}")
     return result
 
 

@@ -82,20 +82,63 @@ class Section:
     level: int = 2
 
 
-def fp4_cpu(name: str, d: dict) -> str:
-    err = {r["fmt"]: r for r in d.get("error_gaussian", [])}
-    mini = {r["fmt"]: r for r in d.get("error_minilm", [])}
+FP4_CPU_FORMATS = ("nvfp4", "mxfp4", "nf4")
+
+
+def fp4_cpu_speed_single(d: dict, err: dict) -> list[str]:
+    """Runs before the int4 peer and the thread sweep: nvfp4 only, torch's default threads."""
     rows = [[f"{r['N']} x {r['K']}", r["M"], num(r["fp32_linear_ms"]), num(r["bf16_linear_ms"]),
              num(r["fp4_linear_ms"]), ratio(r["fp32_linear_ms"], r["fp4_linear_ms"]),
              ratio(r["bf16_linear_ms"], r["fp4_linear_ms"]), num(err.get("nvfp4", {}).get("rel_err"))]
             for r in d["speed"]]
-    out = [f"`apt::fp4_linear` with an nvfp4 weight (float32 x) against `F.linear` with a float32 and a "
-           f"bfloat16 weight; ms per call (median of {d.get('repeats', '?')}), ratio = their time / ours. The "
-           f"accuracy column is the relative output error of an nvfp4 layer against its float32 original "
-           f"(Gaussian weights, same run).",
+    return [f"`apt::fp4_linear` with an nvfp4 weight (float32 x) against `F.linear` with a float32 and a "
+            f"bfloat16 weight; ms per call (median of {d.get('repeats', '?')}), ratio = their time / ours. The "
+            f"accuracy column is the relative output error of an nvfp4 layer against its float32 original "
+            f"(Gaussian weights, same run).",
+            "",
+            table(["N x K", "M", "F.linear fp32 ms", "F.linear bf16 ms", "fp4_linear nvfp4 ms", "vs fp32",
+                   "vs bf16", "nvfp4 rel. error"], rows)]
+
+
+def fp4_cpu_speed_peers(d: dict, err: dict) -> list[str]:
+    """Every format against fp32 / bf16 F.linear and torch's int4 CPU kernel, per thread count."""
+    m = d["machine"]
+    rows = []
+    for r in d["speed"]:
+        slowest = max(r[f"{f}_ms"] for f in FP4_CPU_FORMATS)
+        rows.append([f"{r['N']} x {r['K']}", r["M"], r["threads"], num(r["fp32_linear_ms"]), num(r["bf16_linear_ms"]),
+                     num(r["torch_int4_ms"]), *[num(r[f"{f}_ms"]) for f in FP4_CPU_FORMATS],
+                     ratio(r["fp32_linear_ms"], slowest), ratio(r["bf16_linear_ms"], slowest),
+                     ratio(r["torch_int4_ms"], slowest)])
+    by = {(r["N"], r["K"], r["M"], r["threads"]): r for r in d["speed"]}
+    threads = sorted({r["threads"] for r in d["speed"]})
+    impls = [("fp32_linear_ms", "F.linear fp32"), ("bf16_linear_ms", "F.linear bf16"),
+             ("torch_int4_ms", "torch int4"), *((f"{f}_ms", f) for f in FP4_CPU_FORMATS)]
+    scaling = [[f"{n} x {k}", mm, *[ratio(by[(n, k, mm, threads[0])][key], by[(n, k, mm, threads[-1])][key])
+                                    for key, _ in impls]]
+               for (n, k, mm, t) in by if t == threads[0] and (n, k, mm, threads[-1]) in by]
+    accuracy = ", ".join(f"{f} {num(e['rel_err'])}" for f, e in err.items())
+    out = [f"FP4 CPU path `{m['fp4_cpu_isa']}` (requires the CPU flags {', '.join(m['fp4_cpu_isa_requires']) or 'none'}). "
+           f"`apt::fp4_linear` (float32 x) in each format against `F.linear` with a float32 and a bfloat16 weight "
+           f"and torch's int4 CPU kernel `torch._weight_int4pack_mm_for_cpu` (bfloat16 x, groups of 128); ms per "
+           f"call (median of {d.get('repeats', '?')}). Ratios = their time / the slowest of the three FP4 formats. "
+           f"Accuracy of the timed layers (relative output error against the float32 layer, Gaussian weights, "
+           f"same run): {accuracy}.",
            "",
-           table(["N x K", "M", "F.linear fp32 ms", "F.linear bf16 ms", "fp4_linear nvfp4 ms", "vs fp32",
-                  "vs bf16", "nvfp4 rel. error"], rows)]
+           table(["N x K", "M", "threads", "F.linear fp32 ms", "F.linear bf16 ms", "torch int4 ms",
+                  *[f"{f} ms" for f in FP4_CPU_FORMATS], "vs fp32", "vs bf16", "vs torch int4"], rows)]
+    if len(threads) > 1 and scaling:
+        out += ["", f"Speed-up from {threads[0]} to {threads[-1]} threads (time at {threads[0]} / time at "
+                f"{threads[-1]}):", "",
+                table(["N x K", "M", *[name for _, name in impls]], scaling)]
+    return out
+
+
+def fp4_cpu(name: str, d: dict) -> str:
+    err = {r["fmt"]: r for r in d.get("error_gaussian", [])}
+    mini = {r["fmt"]: r for r in d.get("error_minilm", [])}
+    peers = "torch_int4_ms" in d["speed"][0]
+    out = fp4_cpu_speed_peers(d, err) if peers else fp4_cpu_speed_single(d, err)
     if d.get("memory"):
         out += ["", "Weight memory of one layer with bias (parameters + buffers):", "",
                 table(["layer", "MiB", "vs bf16 nn.Linear"],
@@ -429,7 +472,10 @@ def cpu_threads(name: str, d: dict) -> str:
 
 
 SECTIONS = [
-    Section("FP4 on the CPU (`benchmarks/fp4_cpu.py`)", ["fp4_cpu.json", "fp4_cpu_run2.json"], fp4_cpu),
+    Section("FP4 on the CPU, AVX2 path (`benchmarks/fp4_cpu.py`)", ["fp4_cpu_avx2*.json"], fp4_cpu,
+            missing="No JSON from a CPU on the AVX2 path yet."),
+    Section("FP4 on the CPU, AVX-512 path (`benchmarks/fp4_cpu.py`)",
+            ["fp4_cpu.json", "fp4_cpu_run2.json", "fp4_cpu_avx512*.json"], fp4_cpu),
     Section("FP4 on the GPU (`benchmarks/fp4_linear.py`)", ["fp4_linear_*.json"], fp4_gpu,
             missing="No JSON: the current CUDA `fp4_linear` has not been timed on a GPU. (An earlier kernel "
                     "version was timed on an H100 once, without saving JSON; those numbers are withdrawn.)"),

@@ -1,6 +1,7 @@
 // The Python module apt_ext._C: importing it runs the static TORCH_LIBRARY registrations of
 // every kernel file, then exposes build facts and the pybind11 bindings of the capabilities.
 #include "bindings.h"
+#include "cpu_isa.h"
 
 #include <map>
 #include <string>
@@ -23,15 +24,6 @@ void set_build_flag(const char* name, bool value) { build_flags()[name] = value;
 
 namespace {
 
-bool cpu_has(const char* feature) {
-#if defined(APT_X86) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  if (std::string(feature) == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (std::string(feature) == "avx512") return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-#endif
-  return false;
-}
-
 pybind11::dict build_info() {
   pybind11::dict d;
 #ifdef APT_WITH_CUDA
@@ -46,8 +38,8 @@ pybind11::dict build_info() {
 #else
   d["x86_simd_compiled"] = false;
 #endif
-  d["cpu_avx2"] = cpu_has("avx2");
-  d["cpu_avx512"] = cpu_has("avx512");
+  d["cpu_avx2"] = apt::cpu_isa::supported(apt::cpu_isa::Isa::kAvx2);
+  d["cpu_avx512"] = apt::cpu_isa::supported(apt::cpu_isa::Isa::kAvx512);
   for (const auto& kv : apt::build_flags()) d[kv.first.c_str()] = kv.second;
   return d;
 }

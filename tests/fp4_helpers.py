@@ -3,18 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from apt_ext import _native
-
 FORMATS = ("nvfp4", "mxfp4", "nf4")
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Unit roundoff of each output dtype (the result is rounded once from float32).
 UNIT_ROUNDOFF = {torch.float32: 0.0, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
-
-
-def cpu_isas() -> list[str]:
-    """Every CPU kernel ISA this machine can run (APT_FP4_CPU_ISA values)."""
-    info = _native.build_info()
-    return ["scalar"] + [isa for isa in ("avx2", "avx512") if info.get(f"cpu_{isa}")]
 
 
 def as_bits(t: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,9 @@ from torch import nn
 
 import apt_ext  # noqa: F401
 from apt_ext.nn import FP4Linear
+from cpu_paths import supported_cpu_paths
+from fp4_helpers import FLOAT_DTYPES, FORMATS, assert_linear_close
 from reference import fp4 as ref
-from fp4_helpers import FLOAT_DTYPES, FORMATS, assert_linear_close, cpu_isas
 
 
 def make(fmt, n, k, rng):
@@ -17,7 +18,7 @@ def make(fmt, n, k, rng):
     return q, ref.dequantize(*q, fmt)
 
 
-@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("isa", supported_cpu_paths())
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 70])           # GEMV path, 4-row path, 64-row chunks
 def test_matches_reference_every_path(isa, fmt, m, rng, monkeypatch):
@@ -65,7 +66,7 @@ def test_empty_batch_gives_empty_output(rng):
     assert y.shape == (0, 8)
 
 
-@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("isa", supported_cpu_paths())
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_larger_layer_against_reference(isa, fmt, rng, monkeypatch):
     monkeypatch.setenv("APT_FP4_CPU_ISA", isa)
@@ -75,6 +76,24 @@ def test_larger_layer_against_reference(isa, fmt, rng, monkeypatch):
         x = torch.randn(m, 1100, generator=rng)
         assert_linear_close(torch.ops.apt.fp4_linear(x, *q, None, fmt, ref.BLOCK_SIZES[fmt]),
                             ref.linear(x, *q, None, fmt), x, wd)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_thread_count_does_not_change_the_result(fmt, rng):
+    # 300 rows / 75 groups of 4: several work pieces, claimed by whichever thread is free; each
+    # output is computed by one thread in a fixed order, so the bits do not depend on who.
+    q, wd = make(fmt, 300, 520, rng)
+    threads = torch.get_num_threads()
+    try:
+        for m in (1, 8):
+            x = torch.randn(m, 520, generator=rng)
+            torch.set_num_threads(1)
+            one = torch.ops.apt.fp4_linear(x, *q, None, fmt, ref.BLOCK_SIZES[fmt])
+            torch.set_num_threads(3)
+            assert torch.equal(torch.ops.apt.fp4_linear(x, *q, None, fmt, ref.BLOCK_SIZES[fmt]), one)
+            assert_linear_close(one, ref.linear(x, *q, None, fmt), x, wd)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.filterwarnings("ignore:Input #.* requires gradient and is not a double")

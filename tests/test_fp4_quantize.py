@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import apt_ext  # noqa: F401  (registers the fake kernels)
+from cpu_paths import supported_cpu_paths
+from fp4_helpers import FLOAT_DTYPES, FORMATS, assert_same_quantization
 from reference import fp4 as ref
-from fp4_helpers import FLOAT_DTYPES, FORMATS, assert_same_quantization, cpu_isas
 
 SHAPES = [(1, 1), (1, 16), (3, 7), (5, 64), (17, 100), (32, 256), (9, 1000)]
 
@@ -82,7 +83,7 @@ def test_nf4_and_padding_codes(fmt, rng):
     assert (pad == (7 if fmt == "nf4" else 0)).all()
 
 
-@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("isa", supported_cpu_paths())
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_dequantize_matches_reference(isa, fmt, dtype, rng, monkeypatch):
@@ -92,6 +93,23 @@ def test_dequantize_matches_reference(isa, fmt, dtype, rng, monkeypatch):
     got = torch.ops.apt.fp4_dequantize(*q, fmt, ref.BLOCK_SIZES[fmt], dtype)
     want = ref.dequantize(*q, fmt, dtype=dtype)
     assert got.dtype == dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("isa", supported_cpu_paths())
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
+def test_dequantize_decodes_every_scale_byte(isa, fmt, rng, monkeypatch):
+    # Every one of the 256 scale bytes (e4m3 subnormals, zero, -0, NaN; mxfp4 2^-127 and 2^128),
+    # in a different order in each row, nb = 257 so the vector loops also leave a tail.
+    monkeypatch.setenv("APT_FP4_CPU_ISA", isa)
+    bs = ref.BLOCK_SIZES[fmt]
+    scales = torch.stack([torch.cat([torch.randperm(256, generator=rng), torch.tensor([7])]) for _ in range(5)])
+    scales = scales.to(torch.uint8)
+    if fmt == "nvfp4":
+        scales = scales.view(torch.float8_e4m3fn)
+    packed = torch.randint(0, 256, (5, 257 * bs // 2), generator=rng, dtype=torch.uint8)
+    ts = torch.tensor(0.375)
+    got = torch.ops.apt.fp4_dequantize(packed, scales, ts, fmt, bs, torch.float32)
+    torch.testing.assert_close(got, ref.dequantize(packed, scales, ts, fmt), rtol=0, atol=0, equal_nan=True)
 
 
 def test_forcing_an_unknown_isa_is_a_clear_error(monkeypatch):

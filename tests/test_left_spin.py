@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apt_ext import _native
 from apt_ext.left_spin import left_spin_residual
+from cpu_paths import supported_cpu_paths
 from reference import left_spin as ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -20,12 +20,6 @@ def _grads(gen, shape, dtype):
     return go, gphi
 
 
-def _cpu_isas() -> list[str]:
-    """Every CPU build this machine runs (APT_LEFT_SPIN_CPU_ISA values)."""
-    info = _native.build_info()
-    return ["scalar"] + [isa for isa in ("avx2", "avx512") if info.get(f"cpu_{isa}")]
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("with_prev,with_phi", [(False, False), (True, False), (True, True), (False, True)])
@@ -33,7 +27,7 @@ def test_forward_backward_match_reference(rng, dtype, shape, with_prev, with_phi
     _check_against_reference(rng, dtype, shape, with_prev, with_phi)
 
 
-@pytest.mark.parametrize("isa", _cpu_isas())
+@pytest.mark.parametrize("isa", supported_cpu_paths())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(3, 7), (2, 1000)], ids=str)
 def test_every_cpu_build_matches_reference(rng, monkeypatch, isa, dtype, shape):

@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     b = caps["build"]
     print(f"build: CUDA kernels {'compiled for ' + b['cuda_archs'] if b.get('cuda') else 'not compiled'}; "
           f"CPU AVX2 {'yes' if b.get('cpu_avx2') else 'no'}, AVX-512 {'yes' if b.get('cpu_avx512') else 'no'}")
+    for cap, use in caps["cpu_isa"].items():
+        if cap != "paths":
+            print(f"       {cap} CPU kernels: " + (f"{use['path']} (needs {', '.join(use['requires']) or 'no SIMD flags'})"
+                                                  if "error" not in use else use["error"]))
     extra = {k: v for k, v in b.items() if k not in ("cuda", "cuda_archs", "x86_simd_compiled", "cpu_avx2", "cpu_avx512")}
     if extra:
         print("       " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in sorted(extra.items())))

@@ -1,12 +1,13 @@
-// Scalar row kernels (the fallback on any CPU), the run-time ISA choice, and the per-row
+// Scalar row kernels (the fallback on any CPU), the kernels of the ISA cpu_isa.h picks, and the per-row
 // decode scales shared by every CPU kernel.
 #include "fp4/fp4_cpu_kernels.h"
+
+#include "cpu_isa.h"
 
 #include <c10/util/Float8_e4m3fn.h>
 
 #include <array>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 
 namespace apt::fp4 {
@@ -54,77 +55,57 @@ void gemm4_scalar(const float* w, int64_t len, const float* x, int64_t ldx, int6
     }
 }
 
-// 2^(e - 127) for every stored mxfp4 exponent byte (exact; 2^-127 is a float32 subnormal).
-const std::array<float, 256>& mx_scale_table() {
-  static const std::array<float, 256> t = [] {
+void decode_scales_scalar(const uint8_t* bytes, Format f, float tensor_scale, int64_t nb, float* dst) {
+  const float* table = scale_table(f);
+  if (f == Format::NVFP4)
+    for (int64_t b = 0; b < nb; ++b) dst[b] = table[bytes[b]] * tensor_scale;
+  else
+    for (int64_t b = 0; b < nb; ++b) dst[b] = table[bytes[b]];
+}
+
+}  // namespace
+
+CpuKernels scalar_kernels() {
+  return {"scalar",           KOrder::kNatural, &decode_scales_scalar, &decode_row_scalar,
+          &decode_row_scalar, &dot_rows_scalar, &gemm4_scalar};
+}
+
+CpuKernels cpu_kernels() {
+  switch (cpu_isa::selected(cpu_isa::kFp4Env)) {  // APT_FP4_CPU_ISA forces one
+#if defined(APT_X86)
+    case cpu_isa::Isa::kAvx512: return avx512_kernels();
+    case cpu_isa::Isa::kAvx2: return avx2_kernels();
+#endif
+    default: return scalar_kernels();
+  }
+}
+
+const float* scale_table(Format f) {
+  // 2^(e - 127) for every stored mxfp4 exponent byte (exact; 2^-127 is a float32 subnormal).
+  static const std::array<float, 256> mx = [] {
     std::array<float, 256> v{};
     for (int i = 0; i < 256; ++i) v[i] = std::ldexp(1.0f, i - 127);
     return v;
   }();
-  return t;
-}
-
-// float(e4m3) for every byte.
-const std::array<float, 256>& e4m3_table() {
-  static const std::array<float, 256> t = [] {
+  static const std::array<float, 256> e4m3 = [] {
     std::array<float, 256> v{};
     for (int i = 0; i < 256; ++i)
       v[i] = static_cast<float>(c10::Float8_e4m3fn(static_cast<uint8_t>(i), c10::Float8_e4m3fn::from_bits()));
     return v;
   }();
-  return t;
+  TORCH_CHECK(f != Format::NF4, "scale_table: nf4 scales are float32 already");
+  return f == Format::NVFP4 ? e4m3.data() : mx.data();
 }
 
-bool cpu_supports(const char* isa) {
-#if defined(APT_X86) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  if (std::strcmp(isa, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (std::strcmp(isa, "avx512") == 0)
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-#endif
-  return false;
-}
-
-CpuKernels best_kernels() {
-#if defined(APT_X86)
-  if (cpu_supports("avx512")) return avx512_kernels();
-  if (cpu_supports("avx2")) return avx2_kernels();
-#endif
-  return scalar_kernels();
-}
-
-}  // namespace
-
-CpuKernels scalar_kernels() { return {"scalar", KOrder::kNatural, &decode_row_scalar, &decode_row_scalar, &dot_rows_scalar, &gemm4_scalar}; }
-
-CpuKernels cpu_kernels() {
-  static const CpuKernels best = best_kernels();
-  const char* forced = std::getenv("APT_FP4_CPU_ISA");
-  if (forced == nullptr || *forced == '\0') return best;
-  if (std::strcmp(forced, "scalar") == 0) return scalar_kernels();
-#if defined(APT_X86)
-  if (std::strcmp(forced, "avx2") == 0 && cpu_supports("avx2")) return avx2_kernels();
-  if (std::strcmp(forced, "avx512") == 0 && cpu_supports("avx512")) return avx512_kernels();
-#endif
-  TORCH_CHECK_VALUE(false, "APT_FP4_CPU_ISA: '", forced,
-                    "' is not one of scalar, avx2, avx512 or this CPU does not support it");
-}
-
-void row_decode_scales(const at::Tensor& scales, float tensor_scale, Format f, int64_t n, float* dst) {
+void row_decode_scales(const CpuKernels& kern, const at::Tensor& scales, float tensor_scale, Format f, int64_t n,
+                       float* dst) {
   const int64_t nb = scales.size(1);
   if (f == Format::NF4) {
     std::memcpy(dst, scales.const_data_ptr<float>() + n * nb, nb * sizeof(float));
     return;
   }
   const uint8_t* s = static_cast<const uint8_t*>(scales.const_data_ptr()) + n * nb;
-  if (f == Format::NVFP4) {
-    const auto& t = e4m3_table();
-    for (int64_t b = 0; b < nb; ++b) dst[b] = t[s[b]] * tensor_scale;
-  } else {
-    const auto& t = mx_scale_table();
-    for (int64_t b = 0; b < nb; ++b) dst[b] = t[s[b]];
-  }
+  kern.decode_scales(s, f, tensor_scale, nb, dst);
 }
 
 }  // namespace apt::fp4

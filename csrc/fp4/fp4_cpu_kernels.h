@@ -1,7 +1,8 @@
 // Row kernels of the FP4 CPU ops (decode and fused dot products), one implementation per
 // instruction set: scalar (fp4_cpu_kernels.cpp), AVX2 (fp4_cpu_kernels_avx2.cpp) and AVX-512
-// (fp4_cpu_kernels_avx512.cpp). `cpu_kernels()` picks the best one this CPU supports at run
-// time; APT_FP4_CPU_ISA=scalar|avx2|avx512 forces one (tests use it to cover every path).
+// (fp4_cpu_kernels_avx512.cpp). `cpu_kernels()` returns those of the path cpu_isa.h selects:
+// the best this CPU supports, or the one APT_FP4_CPU_ISA=scalar|avx2|avx512 forces (tests use
+// it to cover every path).
 #pragma once
 #include <cstdint>
 
@@ -13,7 +14,8 @@ namespace apt::fp4 {
 // tensor scale / turned from exponents into powers of two).
 struct PackedRow {
   const uint8_t* packed;  // [kp / 2], low nibble first
-  const float* scales;    // [kp / block]
+  const float* scales;    // [kp / block]; the linear kernels may read up to row_len(kp) / block,
+                          // so callers zero-fill that tail
   int64_t kp;             // padded K: a multiple of block (and of 16)
   int64_t block;          // 16, 32 or 64
   const float* lut;       // [16] the value of each 4-bit code (E2M1 or NF4)
@@ -22,15 +24,37 @@ struct PackedRow {
 // out[k] = lut[code[k]] * scales[k / block] for k < kp (float32), in natural k order.
 using DecodeRowFn = void (*)(const PackedRow& row, float* out);
 
-// The k order the linear kernels work in. kNatural: as stored. kSplitPairs: K is cut into
-// chunks of 32 (the last one zero-padded) and each chunk is reordered to its 16 even-index
-// elements, then its 16 odd-index ones, i.e. low nibbles then high nibbles of 16 packed bytes.
-// This lets AVX-512 decode 32 codes with one byte-to-dword widening and two LUT permutes.
-// x is reordered the same way once per call (linear_order_x in fp4_linear_cpu.cpp); a dot
-// product does not care about the order as long as both sides share it.
-enum class KOrder { kNatural, kSplitPairs };
+// The k order the linear kernels work in; x is reordered the same way once per call
+// (linear_order_x in fp4_linear_cpu.cpp): a dot product does not care about the order as long
+// as both sides share it.
+//  - kNatural: as stored.
+//  - kSplitPairs (AVX-512): K is cut into chunks of 32 (the last one zero-padded) and each
+//    chunk is reordered to its 16 even-index elements, then its 16 odd-index ones, i.e. low
+//    nibbles then high nibbles of 16 packed bytes: one byte-to-dword widening and two LUT
+//    permutes decode 32 codes.
+//  - kPlanes64 (AVX2): chunks of 64 (the last one zero-padded); position 8v + d of a chunk
+//    (v, d < 8) holds element 32 (d / 4) + 16 ((v / 2) % 2) + 4 (d % 4) + 2 (v % 2) + v / 4:
+//    the order in which byte-shuffle lookups of 32 packed bytes assemble float32 lanes.
+enum class KOrder { kNatural, kSplitPairs, kPlanes64 };
 
-// Like DecodeRowFn but in the kernels' k order, writing row_len_x(kp) floats.
+// The length of a chunk of the order (1 for kNatural).
+inline constexpr int64_t chunk_of(KOrder order) {
+  return order == KOrder::kPlanes64 ? 64 : order == KOrder::kSplitPairs ? 32 : 1;
+}
+
+// The element (index within its chunk) at position q of a chunk.
+inline constexpr int64_t element_at(KOrder order, int64_t q) {
+  switch (order) {
+    case KOrder::kSplitPairs: return q < 16 ? 2 * q : 2 * (q - 16) + 1;
+    case KOrder::kPlanes64: {
+      const int64_t v = q / 8, d = q % 8;
+      return 32 * (d / 4) + 16 * ((v / 2) % 2) + 4 * (d % 4) + 2 * (v % 2) + v / 4;
+    }
+    default: return q;
+  }
+}
+
+// Like DecodeRowFn but in the kernels' k order, writing row_len(kp) floats.
 using DecodeRowLinearFn = void (*)(const PackedRow& row, float* out);
 
 // out[m] = sum_k decode(row)[k] * x[m * ldx + k] for m < mrows, in float32, with x's rows in
@@ -47,16 +71,22 @@ inline constexpr int64_t kMaxFusedRows = 3;
 using Gemm4Fn = void (*)(const float* w, int64_t len, const float* x, int64_t ldx, int64_t mrows, float* out,
                          int64_t ldo);
 
+// dst[b] = the float32 decode scale of scale byte b < nb of an nvfp4 (float(e4m3) * tensor_scale)
+// or mxfp4 (2^(e - 127)) weight row: scale_table(f)[bytes[b]], times tensor_scale for nvfp4.
+using DecodeScalesFn = void (*)(const uint8_t* bytes, Format f, float tensor_scale, int64_t nb, float* dst);
+
 struct CpuKernels {
   const char* isa;
   KOrder order;
+  DecodeScalesFn decode_scales;
   DecodeRowFn decode_row;
   DecodeRowLinearFn decode_row_linear;
   DotRowsFn dot_rows;
   Gemm4Fn gemm4;
 
-  // Length of a row of x (and of a decoded weight row) in this k order.
-  int64_t row_len(int64_t kp) const { return order == KOrder::kSplitPairs ? (kp + 31) / 32 * 32 : kp; }
+  // Length of a row of x (and of a decoded weight row) in this k order: kp rounded up to the
+  // order's chunk.
+  int64_t row_len(int64_t kp) const { return (kp + chunk_of(order) - 1) / chunk_of(order) * chunk_of(order); }
 };
 
 CpuKernels scalar_kernels();
@@ -65,11 +95,15 @@ CpuKernels avx2_kernels();
 CpuKernels avx512_kernels();
 #endif
 
-// The kernels to use now (best supported ISA unless APT_FP4_CPU_ISA forces one).
+// The kernels to use now (cpu_isa::selected(cpu_isa::kFp4Env)).
 CpuKernels cpu_kernels();
 
+// The float32 value of every scale byte of an nvfp4 (float(e4m3)) or mxfp4 (2^(e - 127)) weight.
+const float* scale_table(Format f);
+
 // Decode scales of row n: dst[b] = float32 decode scale of block b (docs/contract.md §3).
-void row_decode_scales(const at::Tensor& scales, float tensor_scale, Format f, int64_t n, float* dst);
+void row_decode_scales(const CpuKernels& kern, const at::Tensor& scales, float tensor_scale, Format f, int64_t n,
+                       float* dst);
 
 // The 16 code values of a format as float32.
 inline const float* code_lut(Format f) { return f == Format::NF4 ? kNF4 : kE2M1; }

@@ -1,13 +1,70 @@
-// AVX2 row kernels of the FP4 CPU ops (compiled with -mavx2 -mfma; called only after the
-// run-time check in fp4_cpu_kernels.cpp). Codes are decoded 8 at a time by two vpermps over
-// the two halves of the 16-entry float LUT and a blend on code bit 3, scaled once per block
-// and reused for every x row of the call (fp32 FMA accumulation).
+// AVX2 row kernels of the FP4 CPU ops (compiled with the avx2 path's flags of cpu_isa.h; called
+// only when cpu_isa.h selects that path).
+//
+// Decoding is a byte-shuffle lookup: 32 packed bytes (64 codes) are split into low and high
+// nibbles, and vpshufb looks up 32 codes per instruction in a 16-entry byte table. A float32
+// code value has four bytes, so there is one table per byte ("byte planes"); E2M1 values are
+// exact bfloat16 (their two low bytes are zero), so nvfp4 and mxfp4 take two lookups per 32
+// codes and nf4 four. Unpacks, shifts and blends inside 128-bit lanes then assemble the
+// float32 lanes, giving the 64 values in the k order KOrder::kPlanes64 (fp4_cpu_kernels.h).
+// Dot products sum each chunk's unscaled products and apply the block scales once per chunk
+// (fp32 FMA throughout). fp4_dequantize's natural order uses two vpermps over the LUT halves.
 #include <immintrin.h>
+
+#include <cstring>
+#include <type_traits>
 
 #include "fp4/fp4_cpu_kernels.h"
 
 namespace apt::fp4 {
 namespace {
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// ---- scale bytes -------------------------------------------------------------------------
+
+// 8 scale bytes -> their float32 values, built bit by bit (a table gather is slower here):
+//  - mxfp4 e: 2^(e - 127) = bits e << 23, except e = 0 (2^-127, the subnormal 0x00400000);
+//  - nvfp4 e4m3 s.eeee.mmm: normal = bits (eeeemmm << 20) + (120 << 23) with the sign on top,
+//    subnormal (eeee = 0) = m * 2^-9 (an 8-entry vpermps table), 0x7F / 0xFF = NaN.
+template <Format kFormat>
+inline __m256 scale_values(const uint8_t* bytes) {
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes)));
+  if constexpr (kFormat == Format::MXFP4) {
+    const __m256i bits = _mm256_slli_epi32(b, 23);
+    const __m256i zero = _mm256_cmpeq_epi32(b, _mm256_setzero_si256());
+    return _mm256_castsi256_ps(_mm256_blendv_epi8(bits, _mm256_set1_epi32(0x00400000), zero));
+  } else {
+    const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7F));
+    const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23));
+    const __m256 sub = _mm256_permutevar8x32_ps(
+        _mm256_setr_ps(0.0f, 0x1p-9f, 0x2p-9f, 0x3p-9f, 0x4p-9f, 0x5p-9f, 0x6p-9f, 0x7p-9f), mag);
+    __m256 v = _mm256_blendv_ps(_mm256_castsi256_ps(normal), sub,
+                                _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag)));
+    v = _mm256_blendv_ps(v, _mm256_set1_ps(__builtin_nanf("")),
+                         _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F))));
+    return _mm256_or_ps(v, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(b, 7), 31)));
+  }
+}
+
+void decode_scales_avx2(const uint8_t* bytes, Format f, float tensor_scale, int64_t nb, float* dst) {
+  int64_t b = 0;
+  if (f == Format::NVFP4) {
+    const __m256 ts = _mm256_set1_ps(tensor_scale);
+    for (; b + 8 <= nb; b += 8) _mm256_storeu_ps(dst + b, _mm256_mul_ps(scale_values<Format::NVFP4>(bytes + b), ts));
+  } else {
+    for (; b + 8 <= nb; b += 8) _mm256_storeu_ps(dst + b, scale_values<Format::MXFP4>(bytes + b));
+  }
+  const float* table = scale_table(f);
+  for (; b < nb; ++b) dst[b] = f == Format::NVFP4 ? table[bytes[b]] * tensor_scale : table[bytes[b]];
+}
+
+// ---- natural order (fp4_dequantize) -------------------------------------------------------
 
 struct Lut {
   __m256 lo, hi;  // values of codes 0..7 and 8..15
@@ -27,13 +84,6 @@ inline __m256 decode8(__m128i codes8, const Lut& lut) {
                           sign_bit3);
 }
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 void decode_row_avx2(const PackedRow& row, float* out) {
   const Lut lut{_mm256_loadu_ps(row.lut), _mm256_loadu_ps(row.lut + 8)};
   const int64_t nb = row.kp / row.block;
@@ -48,33 +98,160 @@ void decode_row_avx2(const PackedRow& row, float* out) {
   }
 }
 
-// MT x rows at once, two accumulators per row (the two 8-wide halves of a 16-code group).
-template <int MT>
-void dot_rows_t(const PackedRow& row, const float* x, int64_t ldx, float* out) {
+// ---- planes-64 order (fp4_linear) ---------------------------------------------------------
+
+// Byte j of the float32 value of every code, as a vpshufb table in both 128-bit lanes.
+struct Planes {
+  __m256i byte[4];
+};
+
+inline Planes make_planes(const float* lut) {
+  // Each group of 4 values -> [byte 0 of the 4 | byte 1 | byte 2 | byte 3], then a 4x4 transpose.
+  const __m128i gather = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  __m128i q[4];
+  for (int i = 0; i < 4; ++i)
+    q[i] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lut + 4 * i)), gather);
+  const __m128i b01a = _mm_unpacklo_epi32(q[0], q[1]), b01b = _mm_unpacklo_epi32(q[2], q[3]);
+  const __m128i b23a = _mm_unpackhi_epi32(q[0], q[1]), b23b = _mm_unpackhi_epi32(q[2], q[3]);
+  return {{_mm256_broadcastsi128_si256(_mm_unpacklo_epi64(b01a, b01b)),
+           _mm256_broadcastsi128_si256(_mm_unpackhi_epi64(b01a, b01b)),
+           _mm256_broadcastsi128_si256(_mm_unpacklo_epi64(b23a, b23b)),
+           _mm256_broadcastsi128_si256(_mm_unpackhi_epi64(b23a, b23b))}};
+}
+
+// True when every value is exact bfloat16 (bytes 0 and 1 zero): E2M1.
+inline bool bf16_values(const Planes& t) {
+  return _mm256_testz_si256(_mm256_or_si256(t.byte[0], t.byte[1]), _mm256_set1_epi8(-1)) != 0;
+}
+
+// 32 codes (one per byte, values 0..15) -> w[0..3]: w[2u + h] lane d = the value of the code in
+// byte 16 (d / 4) + 8u + 2 (d % 4) + h.
+template <bool kBf16>
+inline void decode32(__m256i codes, const Planes& t, __m256* w) {
+  const __m256i b2 = _mm256_shuffle_epi8(t.byte[2], codes), b3 = _mm256_shuffle_epi8(t.byte[3], codes);
+  // High 16 bits of the values of bytes 0-7 (and 8-15) of each lane, one per 16-bit word.
+  const __m256i hi0 = _mm256_unpacklo_epi8(b2, b3), hi1 = _mm256_unpackhi_epi8(b2, b3);
+  if constexpr (kBf16) {
+    const __m256i top = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+    w[0] = _mm256_castsi256_ps(_mm256_slli_epi32(hi0, 16));
+    w[1] = _mm256_castsi256_ps(_mm256_and_si256(hi0, top));
+    w[2] = _mm256_castsi256_ps(_mm256_slli_epi32(hi1, 16));
+    w[3] = _mm256_castsi256_ps(_mm256_and_si256(hi1, top));
+  } else {
+    const __m256i b0 = _mm256_shuffle_epi8(t.byte[0], codes), b1 = _mm256_shuffle_epi8(t.byte[1], codes);
+    const __m256i lo0 = _mm256_unpacklo_epi8(b0, b1), lo1 = _mm256_unpackhi_epi8(b0, b1);
+    w[0] = _mm256_castsi256_ps(_mm256_blend_epi16(lo0, _mm256_slli_epi32(hi0, 16), 0xAA));
+    w[1] = _mm256_castsi256_ps(_mm256_blend_epi16(_mm256_srli_epi32(lo0, 16), hi0, 0xAA));
+    w[2] = _mm256_castsi256_ps(_mm256_blend_epi16(lo1, _mm256_slli_epi32(hi1, 16), 0xAA));
+    w[3] = _mm256_castsi256_ps(_mm256_blend_epi16(_mm256_srli_epi32(lo1, 16), hi1, 0xAA));
+  }
+}
+
+// The 64 codes of 32 packed bytes, unscaled, in KOrder::kPlanes64: w[4s + 2u + h].
+template <bool kBf16>
+inline void decode64(const uint8_t* p, const Planes& t, __m256* w) {
+  const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  decode32<kBf16>(_mm256_and_si256(bytes, mask), t, w);
+  decode32<kBf16>(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask), t, w + 4);
+}
+
+// The block scales of a chunk for the vectors with u = 0 (sv[0]) and u = 1 (sv[1]), from the
+// chunk's first scale s: lane d holds element 32 (d / 4) + 16u + ..., so blocks of 16 change
+// with u and d / 4, blocks of 32 with d / 4 only, blocks of 64 not at all.
+template <int kBlock>
+inline void chunk_scales(const float* s, __m256* sv) {
+  if constexpr (kBlock == 64) {
+    sv[0] = sv[1] = _mm256_broadcast_ss(s);
+  } else if constexpr (kBlock == 32) {
+    sv[0] = sv[1] = _mm256_set_m128(_mm_broadcast_ss(s + 1), _mm_broadcast_ss(s));
+  } else {
+    static_assert(kBlock == 16, "blocks of 16, 32 or 64");
+    sv[0] = _mm256_set_m128(_mm_broadcast_ss(s + 2), _mm_broadcast_ss(s));
+    sv[1] = _mm256_set_m128(_mm_broadcast_ss(s + 3), _mm_broadcast_ss(s + 1));
+  }
+}
+
+constexpr int64_t kPrefetchBytes = 1024;
+
+// Calls fn(w, sv, c) for every chunk c of the row with its 64 decoded, unscaled values and its
+// scale vectors. The last chunk of a K that is not a multiple of 64 is read from a zero-padded
+// copy (never past the row); its scales past kp / block are the zeros PackedRow promises.
+template <int kBlock, bool kBf16, class Fn>
+inline void for_each_chunk(const PackedRow& row, const Planes& t, const Fn& fn) {
+  const int64_t full = row.kp / 64;
+  const float* s = row.scales;
+  __m256 w[8], sv[2];
+  for (int64_t c = 0; c < full; ++c, s += 64 / kBlock) {
+    // Rows are read once, front to back: fetch kPrefetchBytes ahead (into the next row at the end).
+    if (c % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(row.packed + 32 * c + kPrefetchBytes), _MM_HINT_T0);
+    decode64<kBf16>(row.packed + 32 * c, t, w);
+    chunk_scales<kBlock>(s, sv);
+    fn(w, sv, c);
+  }
+  if (row.kp > 64 * full) {
+    alignas(32) uint8_t tail[32] = {};
+    std::memcpy(tail, row.packed + 32 * full, static_cast<size_t>((row.kp - 64 * full) / 2));
+    decode64<kBf16>(tail, t, w);
+    chunk_scales<kBlock>(s, sv);
+    fn(w, sv, full);
+  }
+}
+
+// Calls fn(block, bf16) with the row's block size and value kind as compile-time constants.
+template <class Fn>
+inline void with_layout(const PackedRow& row, const Planes& t, const Fn& fn) {
+  using std::integral_constant;
+  const bool bf16 = bf16_values(t);
+  auto kind = [&](auto block) {
+    if (bf16) fn(block, std::true_type{});
+    else fn(block, std::false_type{});
+  };
+  if (row.block == 16) kind(integral_constant<int, 16>{});
+  else if (row.block == 32) kind(integral_constant<int, 32>{});
+  else kind(integral_constant<int, 64>{});
+}
+
+void decode_row_linear_avx2(const PackedRow& row, float* out) {
+  const Planes t = make_planes(row.lut);
+  with_layout(row, t, [&](auto block, auto bf16) {
+    for_each_chunk<block.value, bf16.value>(row, t, [&](const __m256* w, const __m256* sv, int64_t c) {
+      for (int v = 0; v < 8; ++v) _mm256_storeu_ps(out + 64 * c + 8 * v, _mm256_mul_ps(w[v], sv[(v >> 1) & 1]));
+    });
+  });
+}
+
+// MT x rows at once: per chunk and x row, the 4 vectors of each u are summed unscaled (two
+// independent chains), then scaled into two accumulators.
+template <int MT, int kBlock, bool kBf16>
+void dot_rows_t(const PackedRow& row, const Planes& t, const float* x, int64_t ldx, float* out) {
   __m256 acc[MT][2];
   for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
-  const Lut lut{_mm256_loadu_ps(row.lut), _mm256_loadu_ps(row.lut + 8)};
-  const int64_t nb = row.kp / row.block;
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m256 s = _mm256_set1_ps(row.scales[b]);
-    for (int64_t g = 0; g < row.block; g += 16) {
-      const int64_t k = b * row.block + g;
-      const __m128i c = codes16(row.packed + k / 2);
-      const __m256 w0 = _mm256_mul_ps(decode8(c, lut), s);
-      const __m256 w1 = _mm256_mul_ps(decode8(_mm_srli_si128(c, 8), lut), s);
-      for (int m = 0; m < MT; ++m) {
-        acc[m][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * ldx + k), acc[m][0]);
-        acc[m][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * ldx + k + 8), acc[m][1]);
-      }
+  for_each_chunk<kBlock, kBf16>(row, t, [&](const __m256* w, const __m256* sv, int64_t c) {
+    for (int m = 0; m < MT; ++m) {
+      const float* xm = x + m * ldx + 64 * c;
+      __m256 p0 = _mm256_mul_ps(w[0], _mm256_loadu_ps(xm));
+      __m256 p1 = _mm256_mul_ps(w[2], _mm256_loadu_ps(xm + 16));
+      p0 = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xm + 8), p0);
+      p1 = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xm + 24), p1);
+      p0 = _mm256_fmadd_ps(w[4], _mm256_loadu_ps(xm + 32), p0);
+      p1 = _mm256_fmadd_ps(w[6], _mm256_loadu_ps(xm + 48), p1);
+      p0 = _mm256_fmadd_ps(w[5], _mm256_loadu_ps(xm + 40), p0);
+      p1 = _mm256_fmadd_ps(w[7], _mm256_loadu_ps(xm + 56), p1);
+      acc[m][0] = _mm256_fmadd_ps(p0, sv[0], acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(p1, sv[1], acc[m][1]);
     }
-  }
+  });
   for (int m = 0; m < MT; ++m) out[m] = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
 }
 
 void dot_rows_avx2(const PackedRow& row, const float* x, int64_t ldx, int64_t mrows, float* out) {
-  int64_t m = 0;
-  for (; m + 2 <= mrows; m += 2) dot_rows_t<2>(row, x + m * ldx, ldx, out + m);
-  if (m < mrows) dot_rows_t<1>(row, x + m * ldx, ldx, out + m);
+  const Planes t = make_planes(row.lut);
+  with_layout(row, t, [&](auto block, auto bf16) {
+    int64_t m = 0;
+    for (; m + 2 <= mrows; m += 2) dot_rows_t<2, block.value, bf16.value>(row, t, x + m * ldx, ldx, out + m);
+    if (m < mrows) dot_rows_t<1, block.value, bf16.value>(row, t, x + m * ldx, ldx, out + m);
+  });
 }
 
 // MT x rows against the 4 decoded weight rows (8 accumulators for MT = 2 fit the 16 ymm).
@@ -104,6 +281,9 @@ void gemm4_avx2(const float* w, int64_t len, const float* x, int64_t ldx, int64_
 
 }  // namespace
 
-CpuKernels avx2_kernels() { return {"avx2", KOrder::kNatural, &decode_row_avx2, &decode_row_avx2, &dot_rows_avx2, &gemm4_avx2}; }
+CpuKernels avx2_kernels() {
+  return {"avx2",         KOrder::kPlanes64,       &decode_scales_avx2, &decode_row_avx2,
+          &decode_row_linear_avx2, &dot_rows_avx2, &gemm4_avx2};
+}
 
 }  // namespace apt::fp4

@@ -133,9 +133,10 @@ void gemm4_avx512(const float* w, int64_t len, const float* x, int64_t ldx, int6
 
 }  // namespace
 
+// Scale bytes are decoded by the AVX2 code (this path requires the AVX2 flags too).
 CpuKernels avx512_kernels() {
-  return {"avx512", KOrder::kSplitPairs, &decode_row_avx512, &decode_row_linear_avx512, &dot_rows_avx512,
-          &gemm4_avx512};
+  return {"avx512",          KOrder::kSplitPairs,        avx2_kernels().decode_scales, &decode_row_avx512,
+          &decode_row_linear_avx512, &dot_rows_avx512, &gemm4_avx512};
 }
 
 }  // namespace apt::fp4

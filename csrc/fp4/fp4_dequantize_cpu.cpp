@@ -28,7 +28,7 @@ at::Tensor fp4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& scales
     std::vector<float> row_scales(static_cast<size_t>(kp / block_size));
     std::vector<float> row(dtype == at::kFloat ? 0 : static_cast<size_t>(kp));
     for (int64_t r = r0; r < r1; ++r) {
-      row_decode_scales(sc, ts, f, r, row_scales.data());
+      row_decode_scales(kern, sc, ts, f, r, row_scales.data());
       const PackedRow pr{src + r * (kp / 2), row_scales.data(), kp, block_size, code_lut(f)};
       if (dtype == at::kFloat) {
         kern.decode_row(pr, out.mutable_data_ptr<float>() + r * kp);

@@ -11,12 +11,12 @@
 //    path; see docs/fp4.md.
 // The row kernels (fp4_cpu_kernels*.cpp) are picked for the CPU's best ISA at run time.
 #include <ATen/Parallel.h>
-#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -27,8 +27,11 @@ namespace {
 
 constexpr int64_t kGemm4MinRows = kMaxFusedRows + 1;
 constexpr int64_t kGemm4MaxRows = 64;
-constexpr int64_t kSliceK = 1024;  // a multiple of every block size and of 32
-static_assert(kSliceK % 64 == 0, "slices must start on block and split-pairs chunk boundaries");
+constexpr int64_t kSliceK = 1024;  // a multiple of every block size and of 64
+static_assert(kSliceK % 64 == 0, "slices must start on block and k-order chunk boundaries");
+// Work pieces the threads claim: weight rows of the GEMV path, 4-row groups of the batched one.
+constexpr int64_t kDotRowsPiece = 32;
+constexpr int64_t kGemm4Piece = 8;
 
 struct Weight {
   const uint8_t* packed;
@@ -37,31 +40,77 @@ struct Weight {
   Format f;
   int64_t n, kp, block;
 
-  PackedRow row(int64_t r, float* row_scales) const {
-    row_decode_scales(scales, ts, f, r, row_scales);
+  // Room for one row's decode scales as the kernels read them (PackedRow::scales): zeros past
+  // the row's kp / block.
+  std::vector<float> scale_buffer(const CpuKernels& kern, int64_t rows = 1) const {
+    return std::vector<float>(static_cast<size_t>(rows * kern.row_len(kp) / block), 0.0f);
+  }
+
+  PackedRow row(const CpuKernels& kern, int64_t r, float* row_scales) const {
+    row_decode_scales(kern, scales, ts, f, r, row_scales);
     return {packed + r * (kp / 2), row_scales, kp, block, code_lut(f)};
   }
 };
 
-// x [M, K] float32 -> [M, kern.row_len(kp)] float32 in the kernels' k order, zero-padded.
+// [0, n) in pieces of `size`, handed to the intra-op threads one at a time (claim): a thread
+// that another process slows down takes fewer pieces instead of holding up the whole call, as
+// an even split up front (at::parallel_for) would.
+class Pieces {
+ public:
+  Pieces(int64_t n, int64_t size) : n_(n), size_(size), count_((n + size - 1) / size) {}
+
+  // Runs worker() on min(pieces, intra-op threads) threads; each worker claims pieces until none is left.
+  template <class Worker>
+  void run(const Worker& worker) {
+    at::parallel_for(0, std::min<int64_t>(count_, at::get_num_threads()), 1, [&](int64_t, int64_t) { worker(); });
+  }
+
+  // The next unclaimed piece [begin, end); false when none is left.
+  bool claim(int64_t& begin, int64_t& end) {
+    const int64_t i = next_.fetch_add(1);
+    if (i >= count_) return false;
+    begin = i * size_;
+    end = std::min(n_, begin + size_);
+    return true;
+  }
+
+ private:
+  const int64_t n_, size_, count_;
+  std::atomic<int64_t> next_{0};
+};
+
+// x [M, K] float32 -> [M, kern.row_len(kp)] float32 in the kernels' k order, zero-padded
+// (a plain loop: a strided ATen copy of this permutation costs more than a small layer).
 at::Tensor linear_order_x(const CpuKernels& kern, const at::Tensor& x, int64_t kp) {
-  const int64_t m = x.size(0), len = kern.row_len(kp);
-  at::Tensor xp = x.size(1) < len ? at::constant_pad_nd(x, {0, len - x.size(1)}) : x;
-  if (kern.order == KOrder::kSplitPairs)  // per chunk of 32: even elements, then odd ones
-    xp = xp.view({m, len / 32, 16, 2}).transpose(2, 3).reshape({m, len});
-  return xp.contiguous();
+  const int64_t m = x.size(0), k = x.size(1), len = kern.row_len(kp), chunk = chunk_of(kern.order);
+  if (kern.order == KOrder::kNatural && k == len) return x.contiguous();
+  const at::Tensor xc = x.contiguous();
+  at::Tensor out = at::empty({m, len}, x.options());
+  std::vector<int64_t> element(static_cast<size_t>(chunk));
+  for (int64_t q = 0; q < chunk; ++q) element[q] = element_at(kern.order, q);
+  const float* src = xc.const_data_ptr<float>();
+  float* dst = out.mutable_data_ptr<float>();
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c0 = 0; c0 < len; c0 += chunk)
+      for (int64_t q = 0; q < chunk; ++q) {
+        const int64_t e = c0 + element[q];
+        dst[i * len + c0 + q] = e < k ? src[i * k + e] : 0.0f;
+      }
+  return out;
 }
 
 // out [M, N] float32 = x W^T (x [M, len] in the kernels' k order), decoding each weight row
 // in registers.
 void linear_dot_rows(const CpuKernels& kern, const float* x, int64_t m, const Weight& w, float* out) {
-  at::parallel_for(0, w.n, 8, [&](int64_t r0, int64_t r1) {
-    std::vector<float> row_scales(static_cast<size_t>(w.kp / w.block));
+  Pieces rows(w.n, kDotRowsPiece);
+  rows.run([&] {
+    std::vector<float> row_scales = w.scale_buffer(kern);
     std::array<float, kMaxFusedRows> res{};
-    for (int64_t r = r0; r < r1; ++r) {
-      kern.dot_rows(w.row(r, row_scales.data()), x, kern.row_len(w.kp), m, res.data());
-      for (int64_t i = 0; i < m; ++i) out[i * w.n + r] = res[i];
-    }
+    for (int64_t r0, r1; rows.claim(r0, r1);)
+      for (int64_t r = r0; r < r1; ++r) {
+        kern.dot_rows(w.row(kern, r, row_scales.data()), x, kern.row_len(w.kp), m, res.data());
+        for (int64_t i = 0; i < m; ++i) out[i * w.n + r] = res[i];
+      }
   });
 }
 
@@ -69,32 +118,34 @@ void linear_dot_rows(const CpuKernels& kern, const float* x, int64_t m, const We
 // in slices of kSliceK columns: the 4 decoded row slices (16 KiB) stay in L1 while the
 // micro-kernel streams the matching slice of every x row past them.
 void linear_gemm4(const CpuKernels& kern, const float* x, int64_t m, const Weight& w, float* out) {
-  const int64_t groups = (w.n + 3) / 4, len = kern.row_len(w.kp), nb = w.kp / w.block;
-  at::parallel_for(0, groups, 2, [&](int64_t g0, int64_t g1) {
-    std::vector<float> row_scales(static_cast<size_t>(4 * nb));
+  const int64_t len = kern.row_len(w.kp), nb = len / w.block;
+  Pieces groups((w.n + 3) / 4, kGemm4Piece);
+  groups.run([&] {
+    std::vector<float> row_scales = w.scale_buffer(kern, 4);
     std::vector<float> rows(static_cast<size_t>(4 * kSliceK));
     std::vector<float> res(static_cast<size_t>(4 * m));
     std::array<PackedRow, 4> prow;
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t nr = std::min<int64_t>(4, w.n - 4 * g);
-      for (int64_t i = 0; i < nr; ++i) prow[i] = w.row(4 * g + i, row_scales.data() + i * nb);
-      std::fill(res.begin(), res.end(), 0.0f);
-      for (int64_t k0 = 0; k0 < w.kp; k0 += kSliceK) {
-        const int64_t k1 = std::min(w.kp, k0 + kSliceK), slen = kern.row_len(k1 - k0);
-        for (int64_t i = 0; i < 4; ++i) {
-          if (i < nr) {
-            const PackedRow& r = prow[i];
-            kern.decode_row_linear({r.packed + k0 / 2, r.scales + k0 / w.block, k1 - k0, w.block, r.lut},
-                                   rows.data() + i * slen);
-          } else {
-            std::fill_n(rows.data() + i * slen, slen, 0.0f);
+    for (int64_t g0, g1; groups.claim(g0, g1);)
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t nr = std::min<int64_t>(4, w.n - 4 * g);
+        for (int64_t i = 0; i < nr; ++i) prow[i] = w.row(kern, 4 * g + i, row_scales.data() + i * nb);
+        std::fill(res.begin(), res.end(), 0.0f);
+        for (int64_t k0 = 0; k0 < w.kp; k0 += kSliceK) {
+          const int64_t k1 = std::min(w.kp, k0 + kSliceK), slen = kern.row_len(k1 - k0);
+          for (int64_t i = 0; i < 4; ++i) {
+            if (i < nr) {
+              const PackedRow& r = prow[i];
+              kern.decode_row_linear({r.packed + k0 / 2, r.scales + k0 / w.block, k1 - k0, w.block, r.lut},
+                                     rows.data() + i * slen);
+            } else {
+              std::fill_n(rows.data() + i * slen, slen, 0.0f);
+            }
           }
+          kern.gemm4(rows.data(), slen, x + k0, len, m, res.data(), 4);
         }
-        kern.gemm4(rows.data(), slen, x + k0, len, m, res.data(), 4);
+        for (int64_t j = 0; j < m; ++j)
+          for (int64_t i = 0; i < nr; ++i) out[j * w.n + 4 * g + i] = res[j * 4 + i];
       }
-      for (int64_t j = 0; j < m; ++j)
-        for (int64_t i = 0; i < nr; ++i) out[j * w.n + 4 * g + i] = res[j * 4 + i];
-    }
   });
 }
 
@@ -111,7 +162,7 @@ at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
   const at::Tensor x2 = linear_order_x(kern, x.reshape({-1, k}).to(at::kFloat), kp);
   const int64_t m = x2.size(0), len = x2.size(1);
   const at::Tensor pk = packed.contiguous(), sc = scales.contiguous();
-  const Weight w{pk.const_data_ptr<uint8_t>(), sc, tensor_scale.item<float>(), f, n, kp, block_size};
+  const Weight w{pk.const_data_ptr<uint8_t>(), sc, *tensor_scale.const_data_ptr<float>(), f, n, kp, block_size};
 
   at::Tensor out = at::empty({m, n}, x2.options());
   const float* xp = x2.const_data_ptr<float>();

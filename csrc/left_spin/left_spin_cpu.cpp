@@ -1,49 +1,20 @@
 // CPU implementation of apt::left_spin_residual and its backward: validation, output
-// allocation, and the choice of the SIMD build of the row kernels (left_spin_cpu_kernel.h).
+// allocation, and the choice of the SIMD build of the row kernels (left_spin_cpu_kernel.h) by
+// cpu_isa.h.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <string>
 #include <tuple>
 
+#include "cpu_isa.h"
 #include "left_spin/left_spin_checks.h"
 #include "left_spin/left_spin_cpu.h"
 
 namespace apt::left_spin {
 namespace {
 
-enum class Isa { kAvx512, kAvx2, kScalar };
-
-bool cpu_supports(Isa isa) {
-#if defined(APT_X86) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  if (isa == Isa::kAvx512)
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  if (isa == Isa::kAvx2)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
-#endif
-  return isa == Isa::kScalar;
-}
-
-// The best build this CPU runs, unless APT_LEFT_SPIN_CPU_ISA=scalar|avx2|avx512 forces one
-// (the tests use it to cover every build).
-Isa cpu_isa() {
-  static const Isa best = cpu_supports(Isa::kAvx512) ? Isa::kAvx512
-                          : cpu_supports(Isa::kAvx2) ? Isa::kAvx2
-                                                     : Isa::kScalar;
-  const char* forced = std::getenv("APT_LEFT_SPIN_CPU_ISA");
-  if (forced == nullptr || *forced == '\0') return best;
-  const std::string name(forced);
-  const Isa isa = name == "avx512" ? Isa::kAvx512 : name == "avx2" ? Isa::kAvx2 : Isa::kScalar;
-  TORCH_CHECK_VALUE((name == "scalar" || name == "avx2" || name == "avx512") && cpu_supports(isa),
-                    "APT_LEFT_SPIN_CPU_ISA: '", name,
-                    "' is not one of scalar, avx2, avx512, or this CPU does not support it");
-  return isa;
-}
+using cpu_isa::Isa;
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u, const at::Tensor& du,
                                                const std::optional<at::Tensor>& du_prev,
@@ -55,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u, const at::Te
   at::Tensor out = at::empty_like(in.u);
   at::Tensor phi = at::empty(row_shape(in.u), in.u.options().dtype(in.acc));
   const Params<double> p{alpha, tau, beta, w1, w2, eps};
-  switch (cpu_isa()) {
+  switch (cpu_isa::selected(cpu_isa::kLeftSpinEnv)) {  // APT_LEFT_SPIN_CPU_ISA forces one
 #ifdef APT_X86
     case Isa::kAvx512: avx512::forward_rows(in, p, out, phi); break;
     case Isa::kAvx2: avx2::forward_rows(in, p, out, phi); break;
@@ -79,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   at::Tensor grad_phi_prev = in.phi_prev.defined() ? at::empty_like(in.phi_prev)
                                                    : at::empty({0}, u.options().dtype(in.acc));
   const Params<double> p{alpha, tau, beta, w1, w2, eps};
-  switch (cpu_isa()) {
+  switch (cpu_isa::selected(cpu_isa::kLeftSpinEnv)) {  // APT_LEFT_SPIN_CPU_ISA forces one
 #ifdef APT_X86
     case Isa::kAvx512:
       avx512::backward_rows(in, p, go, gphi, grad_u, grad_du, grad_du_prev, grad_phi_prev);

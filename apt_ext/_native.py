@@ -6,6 +6,10 @@ that was never built, a torch ABI mismatch), ``import apt_ext`` still works (``a
 reports the failure), and ``torch.ops.apt`` becomes a stand-in whose every attribute raises
 :class:`NativeLoadError` with the original load error and the command that fixes it, instead
 of torch's "'_OpNamespace' 'apt' object has no attribute ...".
+
+A built _C is bound to the torch release it was compiled against (apt_ext/_build_config.py,
+written by the build): under another torch, ``import apt_ext`` raises :class:`TorchMismatchError`
+at once, naming both versions and the fix, instead of a missing-symbol error or a crash.
 """
 from __future__ import annotations
 
@@ -18,6 +22,31 @@ BUILD_HINT = ("Build it against the torch you run with `pip install --no-build-i
 class NativeLoadError(ImportError):
     """The native extension apt_ext._C could not be loaded; the message carries the reason."""
 
+
+class TorchMismatchError(ImportError):
+    """apt_ext._C was built against another torch release than the one loaded."""
+
+
+def public_version(version: str) -> str:
+    """'2.13.0+cpu' -> '2.13.0' (the release, without the local build label)."""
+    return str(version).split("+", 1)[0]
+
+
+def check_torch_version(built: str, loaded: str) -> None:
+    """Raise :class:`TorchMismatchError` unless the ``built`` and ``loaded`` torch releases match."""
+    if public_version(built) != public_version(loaded):
+        raise TorchMismatchError(
+            f"apt_ext was built against torch {built}, but torch {loaded} is loaded. Install "
+            f"torch=={public_version(built)}, or rebuild apt_ext against this torch: "
+            "pip install --no-build-isolation .")
+
+
+try:
+    from apt_ext import _build_config
+except ImportError:  # a source checkout that was never built: _C's import below says so
+    _build_config = None
+if _build_config is not None:
+    check_torch_version(_build_config.TORCH_VERSION, torch.__version__)
 
 try:
     from apt_ext import _C  # noqa: F401  (registers torch.ops.apt.*)

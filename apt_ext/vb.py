@@ -1,4 +1,4 @@
-"""``vb``: switch apt_ext's features on for models and report what is really active (SPEC 10).
+"""``vb``: switch apt_ext's features on for models and report what is really active (docs/contract.md §10).
 
     import apt_ext.vb as vb
     vb.apply(model)                        # this model: FP4 for inference, trainable while it trains

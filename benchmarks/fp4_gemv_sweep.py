@@ -1,7 +1,9 @@
 """Tuning sweep of the tiled FP4 GEMV (csrc/fp4/fp4_gemv_cuda.cu) on one GPU, in one run.
 
 Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt]" (tiles per block, K parts per tile,
-pipeline depth, x rows per block in tiles of 8) runs in its own child process (the kernel reads the variable once) and times
+pipeline depth, x rows per block in tiles of 8), optionally with
+"@step" (the tiles and scales copied step-major: at each step all tiles' blocks are adjacent, so
+warps that advance together read one contiguous region) runs in its own child process (the kernel reads the variable once) and times
 torch.ops.apt.fp4_linear_tiled (nvfp4, bf16 x) on the issue's four shapes; the parent times bf16
 F.linear and the canonical fp4_linear op on the same shapes and the card's copy bandwidth.
 Prints, per variant, shape and M: microseconds, weight GB/s (packed codes + scales read once /
@@ -11,12 +13,13 @@ to an L2's worth of dirty lines), `us_clean` flushes L2 by *reading* 256 MB inst
 lines: only the kernel's own traffic).
 
     python benchmarks/fp4_gemv_sweep.py                 # every variant
-    python benchmarks/fp4_gemv_sweep.py --variants 'default;4,2,4'
-Writes benchmarks/results/fp4_gemv_sweep_<card>.json. Notes: docs/fp4_gpu_notes.md.
+    python benchmarks/fp4_gemv_sweep.py --variants 'default;4,2,4;default@step;2,4,4,1'
+Writes benchmarks/results/fp4_gemv_sweep_<card>[_<tag>].json. Notes: docs/fp4_gpu_notes.md.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -67,8 +70,14 @@ def weight(n: int, k: int) -> torch.Tensor:
     return torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
 
 
-def child(ms: list[int]) -> dict:
-    """Times fp4_linear_tiled (this process's APT_FP4_GEMV) on every shape and M."""
+def step_major(t: torch.Tensor) -> torch.Tensor:
+    """The same [tiles, steps, ...] view of a copy stored step by step (dims 0 and 1 swapped in memory)."""
+    return t.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+def child(ms: list[int], order: str) -> dict:
+    """Times fp4_linear_tiled (this process's APT_FP4_GEMV) on every shape and M; order 'tile'
+    (as fp4_tile makes it) or 'step' (a step-major copy)."""
     import apt_ext  # noqa: F401
     from apt_ext.fp4 import quantize
     from apt_ext.fp4.tiled import tile
@@ -77,6 +86,8 @@ def child(ms: list[int]) -> dict:
     for n, k in SHAPES:
         q = quantize(weight(n, k), "nvfp4")
         t = tile(q)
+        if order == "step":
+            t = dataclasses.replace(t, tiles=step_major(t.tiles), tile_scales=step_major(t.tile_scales))
         nbytes = t.tiles.numel() + t.tile_scales.numel()
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -87,6 +98,23 @@ def child(ms: list[int]) -> dict:
             out[f"{n}x{k}/{m}"] = {"us": us, "GBs": nbytes / (us * 1e-6) / 1e9, "us_clean": clean,
                                    "GBs_clean": nbytes / (clean * 1e-6) / 1e9}
     return out
+
+
+def profile_once() -> None:
+    """One call per storage order on the largest shape, M = 1 (for a profiler to capture)."""
+    import apt_ext  # noqa: F401
+    from apt_ext.fp4 import quantize
+    from apt_ext.fp4.tiled import tile
+
+    n, k = SHAPES[-1]
+    t = tile(quantize(weight(n, k), "nvfp4"))
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    for order in ("tile", "step"):
+        u = t if order == "tile" else dataclasses.replace(t, tiles=step_major(t.tiles),
+                                                          tile_scales=step_major(t.tile_scales))
+        u.linear(x)
+        torch.cuda.synchronize()
+        print(f"profiled order={order}", flush=True)
 
 
 def parent(variants: list[str], ms: list[int]) -> dict:
@@ -115,9 +143,11 @@ def parent(variants: list[str], ms: list[int]) -> dict:
     for v in variants:
         env = dict(os.environ)
         env.pop("APT_FP4_GEMV", None)
-        if v != "default":
-            env["APT_FP4_GEMV"] = v
-        proc = subprocess.run([sys.executable, __file__, "--child", "--ms", ",".join(map(str, ms))], env=env,
+        launch, _, order = v.partition("@")
+        if launch != "default":
+            env["APT_FP4_GEMV"] = launch
+        proc = subprocess.run([sys.executable, __file__, "--child", "--ms", ",".join(map(str, ms)),
+                               "--order", order or "tile"], env=env,
                               capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             runs[v] = {"error": (proc.stderr or proc.stdout)[-800:]}
@@ -155,12 +185,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variants", default=None,
-                    help="';'-separated list of 'default' or 'rw,kw,stages' (default: the full sweep)")
+                    help="';'-separated list of 'default' or 'rw,kw,stages[,mt]', each optionally '@step' "
+                         "(default: the full sweep)")
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="comma-separated rows of x")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name (one file per tuning round)")
+    ap.add_argument("--order", choices=("tile", "step"), default="tile", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-once", action="store_true",
+                    help="run the largest shape at M=1 once per storage order (tile, step) and exit: for ncu")
     args = ap.parse_args()
     ms = [int(v) for v in args.ms.split(",")]
     if args.child:
-        print(json.dumps(child(ms)))
+        print(json.dumps(child(ms, args.order)))
+        return
+    if args.profile_once:
+        profile_once()
         return
     if not torch.cuda.is_available():
         sys.exit("fp4_gemv_sweep: needs a CUDA GPU")
@@ -171,7 +209,7 @@ def main() -> None:
                command=" ".join([sys.executable, *sys.argv]))
     print_table(res)
     card = torch.cuda.get_device_name().replace(" ", "_")
-    out = HERE / "results" / f"fp4_gemv_sweep_{card}.json"
+    out = HERE / "results" / f"fp4_gemv_sweep_{card}{'_' + args.tag if args.tag else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"wrote {out}")

@@ -62,6 +62,19 @@ def copy_bandwidth_gbs() -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
 
 
+def int4_g128(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tinygemm's asymmetric int4 quantisation of w [N, K] in groups of 128 columns (as torchao
+    does it): codes int32 [N, K] in 0..15 and scales_and_zeros bf16 [K/128, N, 2] such that
+    w ~ (code - 8) * scale + zero."""
+    n, k = w.shape
+    wg = w.float().reshape(n, k // 128, 128)
+    lo, hi = wg.amin(-1), wg.amax(-1)
+    scale = ((hi - lo) / 15).clamp_min(1e-8)
+    codes = ((wg - lo[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.int32).reshape(n, k)
+    sz = torch.stack([scale, lo + 8 * scale], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    return codes, sz
+
+
 def make_methods(n: int, k: int) -> dict[str, tuple[Callable[[torch.Tensor], object] | None, str, int]]:
     """name -> (fn(x) or None, note, weight bytes)."""
     import apt_ext  # noqa: F401
@@ -94,10 +107,9 @@ def make_methods(n: int, k: int) -> dict[str, tuple[Callable[[torch.Tensor], obj
                 lambda x, q=q: tri.fp4_linear(x, q.packed, q.scales, q.tensor_scale, None, q.fmt, q.block_size),
                 "", nbytes)
     try:
-        codes = torch.randint(0, 16, (n, k), device="cuda", dtype=torch.int32)
+        codes, sz = int4_g128(w)
         packed = ((codes[:, ::2] << 4) | codes[:, 1::2]).to(torch.uint8)
         wp = torch._convert_weight_to_int4pack(packed, 8)
-        sz = torch.randn(k // 128, n, 2, device="cuda", dtype=torch.bfloat16) * 0.01
         methods["tinygemm-int4-g128"] = (lambda x: torch._weight_int4pack_mm(x, wp, 128, sz), "",
                                          wp.numel() * wp.element_size() + sz.numel() * 2)
     except Exception as exc:  # the op's signature changes between torch versions
@@ -257,7 +269,8 @@ def main() -> None:
     res.update(card=torch.cuda.get_device_name(), torch=torch.__version__,
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                host=platform.node(), command=" ".join([sys.executable, *sys.argv]),
-               small_m_max=os.environ.get("APT_FP4_SMALL_M_MAX", "default"))
+               small_m_max=os.environ.get("APT_FP4_SMALL_M_MAX", "default"),
+               tinygemm_weights="int4 g128 quantised from W (int4_g128)")
     print_table(res)
     out = HERE / "results" / f"fp4_linear_{card}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,8 @@ from apt_ext import _native
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from reference import left_spin as ref  # noqa: E402  (the plain-PyTorch definition: the eager baseline)
+
+from machine_info import cpu_model  # noqa: E402  (benchmarks/machine_info.py, beside this script)
 GPU_SHAPES = [(16384, 4096), (65536, 1024), (8192, 8192)]
 CPU_SHAPES = [(2048, 1024), (512, 4096), (256, 8192)]
 PARAMS = tuple(ref.DEFAULTS.values())
@@ -75,16 +77,6 @@ def copy_bandwidth_gbs(device: str, quick: bool) -> float:
     timer = _time_gpu if device == "cuda" else _time_cpu
     ms = timer(lambda: dst.copy_(src), quick)
     return 2 * n / (ms * 1e-3) / 1e9
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _implementations(device: str, use_compile: bool) -> dict[str, tuple[Callable, Callable | None] | str]:
@@ -243,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     data["meta"] = {
         "date": now.isoformat(timespec="seconds"),
         "device": args.device,
-        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "host": platform.node(),
         "torch": torch.__version__,

@@ -382,8 +382,9 @@ def fp4_gpu(name: str, d: dict) -> str:
            table(["M", *keep], geo)]
     if errs:
         out += ["", "Accuracy, same run (first shape, M=1): relative error of y against the bf16 layer: "
-                + ", ".join(f"{k} {v:.4f}" for k, v in errs.items()) + ". (tinygemm's weights are random "
-                "int4 codes, not a quantisation of W: its error is not meaningful.)"]
+                + ", ".join(f"{k} {v:.4f}" for k, v in errs.items())
+                + ("." if d.get("tinygemm_weights") else ". (In this run tinygemm's weights were random int4 "
+                   "codes, not a quantisation of W: its error is not meaningful, its time is.)")]
     return "\n".join(out)
 
 
@@ -441,6 +442,36 @@ def cloud(name: str, d: dict) -> str:
         table(["batch", "local ms", "RemoteModule ms", "overhead ms", "remote p95 ms"], rrows)])
 
 
+def build_time(name: str, d: dict) -> str:
+    """``benchmarks/build_time.py``: clean CMake + ninja build of the extension, per translation unit."""
+    units = d["units"]
+    rows = [[f"`{u}`", num(v["wall_s"]), num(v["cpu_s"])] for u, v in units.items()]
+    return "\n".join([
+        f"Source tree {d.get('source_commit') or 'not recorded'}; {d['jobs']} ninja jobs on {d['cores']} cores, "
+        f"{d['compiler']}; ccache off. Configure {num(d['configure_s'])} s, compile and link {num(d['build_s'])} s, "
+        f"**total {num(d['total_s'])} s** (link {num(d['link_s'])} s). Sum over translation units: "
+        f"{num(d['sum_of_units_s'])} s wall, {num(d.get('sum_of_units_cpu_s'))} s CPU (user + system). Wall "
+        "times grow with the machine's load (other builds on the same cores); CPU times much less."
+        + (f" Note: {d['note']}." if d.get("note") else ""), "",
+        table(["translation unit", "wall s", "CPU s"], rows)])
+
+
+def cpu_threads(name: str, d: dict) -> str:
+    rows = [[r["condition"], f"{r['load_average_1min']:.1f}", r["threads"],
+             "yes" if r["chosen_by_threads_for_load"] else "", num(r["step_ms_median"])] for r in d["rows"]]
+    out = [f"Optimizer steps of the demo's model on {d['cpus']} CPUs, median over {d['params']['rounds']} rounds of "
+           f"{d['params']['steps'] - d['params']['warmup']} steps, thread counts interleaved; \"busy\" adds "
+           f"{d['params']['busy']} processes that spin on the CPU. `threads_for_load` is what `apt-ext train` and "
+           f"`apt-ext demo` choose.", "",
+           table(["condition", "load average", "threads", "threads_for_load", "median step ms"], rows)]
+    demo = d.get("demo")
+    if demo:
+        out += ["", f"`apt-ext demo` with its defaults: exit code {demo['exit_code']}, {demo['wall_s']:.0f} s wall, "
+                f"load average {demo['load_average_1min_start']:.1f} at its start and "
+                f"{demo['load_average_1min_end']:.1f} at its end ({demo['threads_line']})."]
+    return "\n".join(out)
+
+
 SECTIONS = [
     Section("FP4 on the CPU, AVX2 path (`benchmarks/fp4_cpu.py`)", ["fp4_cpu_avx2*.json"], fp4_cpu,
             missing="No JSON from a CPU on the AVX2 path yet."),
@@ -466,6 +497,11 @@ SECTIONS = [
     Section("AIM-Memory fusion-weight fit on the dev dialogues (`benchmarks/aim_memory_recall.py --fit`)",
             ["aim_memory_recall_fit.json"], aim_memory_recall_fit, level=3),
     Section("Cloud backends (`benchmarks/cloud.py`)", ["cloud_cpu.json"], cloud),
+    Section("Build time of the C++ extension (`benchmarks/build_time.py`)",
+            ["build_time_cpu_baseline.json", "build_time_cpu.json"], build_time,
+            missing="No JSON: run `python benchmarks/build_time.py`."),
+    Section("CPU threads on a busy machine, and the demo's duration (`benchmarks/cpu_threads.py`)",
+            ["cpu_threads.json"], cpu_threads),
 ]
 
 HEADER = """# Benchmark results

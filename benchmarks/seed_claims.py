@@ -219,8 +219,8 @@ CLAIMS = [
     Claim("VGPU stack", "命中率: >85% (智能LRU缓存)", vgpu_hit_rate),
     Claim("VGPU stack", "性能损失: <15% (相比纯GPU)", vgpu_slowdown),
     Claim("vb.enable", "预期加速比: 10-100×; 虚拟显存: 42.0 GB", None,
-          "vb prints no speed-up (SPEC 10): its report lists what is active (kernels, FP4 layers, weight bytes "
-          "before and after, trainable parameters, cloud backends)"),
+          "vb prints no speed-up (docs/contract.md §10): its report lists what is active (kernels, FP4 layers, "
+          "weight bytes before and after, trainable parameters, cloud backends)"),
     Claim("Left-spin", "计算开销: +5-10%", left_spin_overhead),
     Claim("Left-spin", "训练稳定性: ↑30-40%; 需调LR → 更鲁棒", left_spin_stability),
     Claim("Left-spin", "输出方差: ↓20-50%", None,

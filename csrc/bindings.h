@@ -1,8 +1,10 @@
 // Python bindings of apt_ext._C beyond the torch ops: each capability that needs pybind11
 // (the VGPU pager) registers a binder with APT_REGISTER_BINDINGS in its own file, so
-// module.cpp never has to know about it.
+// module.cpp never has to know about it. Only pybind11 here: a file that passes tensors to
+// Python includes <torch/csrc/utils/pybind.h> (the tensor casters) itself; <torch/extension.h>
+// (the whole C++ frontend) is never needed and tripled the build time.
 #pragma once
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
 
 #include <functional>
 #include <vector>

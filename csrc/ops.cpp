@@ -1,10 +1,10 @@
-// Every schema of the `apt` op namespace, in one place (SPEC section 2).
+// Every schema of the `apt` op namespace, in one place (docs/contract.md §2).
 // Kernels register themselves per backend with TORCH_LIBRARY_IMPL(apt, CPU|CUDA, m) next to
 // their sources; fake (meta) kernels and autograd are registered in Python (apt_ext/ops.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY(apt, m) {
-  // ---- FP4 (SPEC section 3) ----
+  // ---- FP4 (docs/contract.md §3) ----
   // uint8 codes in [0, 15], [..., K] (K even) -> uint8 [..., K/2]; byte j = c[2j] | c[2j+1] << 4.
   m.def("fp4_pack(Tensor codes) -> Tensor");
   // uint8 [..., K/2] -> uint8 codes [..., K].
@@ -29,7 +29,7 @@ TORCH_LIBRARY(apt, m) {
   // fp4_linear (gelu applied when `gelu`) on a tiled weight of n rows and k columns.
   m.def("fp4_linear_tiled(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k, bool gelu) -> Tensor");
 
-  // ---- Left-spin residual (SPEC section 4) ----
+  // ---- Left-spin residual (docs/contract.md §4) ----
   // u, du, du_prev [..., D]; phi_prev [...] float32 -> out [..., D] (u's dtype), phi [...] float32.
   m.def("left_spin_residual(Tensor u, Tensor du, Tensor? du_prev, Tensor? phi_prev, float alpha, float tau, float beta, float w1, float w2, float eps) -> (Tensor out, Tensor phi)");
   // Gradients of (out, phi) w.r.t. (u, du, du_prev, phi_prev). grad_du_prev / grad_phi_prev are

@@ -19,7 +19,7 @@ def test_capabilities_lists_every_op_and_backend():
         for b in backends.values():
             assert b["usable"] <= (b["kernel"] is not None)  # usable implies a kernel
             assert b["compiled"] == (b["kernel"] == "native")
-    # every op but the GELU composite has a C++ CPU kernel (SPEC 1: CUDA -> Triton -> CPU)
+    # every op but the GELU composite has a C++ CPU kernel (docs/contract.md §1: CUDA -> Triton -> CPU)
     for op in set(OPS) - {"fp4_linear_gelu"}:
         assert caps["ops"][op]["cpu"] == {"compiled": True, "kernel": "native", "usable": True}, op
     gelu_cpu = caps["ops"]["fp4_linear_gelu"]["cpu"]

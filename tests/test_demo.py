@@ -7,17 +7,24 @@ from apt_ext.cli.demo import Summary, run_parts
 from apt_ext.cli.main import main
 
 
-def test_demo_quick_runs(capsys, tmp_path):
+def test_demo_quick_runs_and_keeps_its_results_in_the_default_out_dir(capsys, tmp_path, monkeypatch):
+    """Without --out-dir the results go to ./apt-ext-demo, which stays, and the demo says where."""
+    monkeypatch.chdir(tmp_path)
     n = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        rc = main(["demo", "--quick", "--device", "cpu", "--out-dir", str(tmp_path)])
+        rc = main(["demo", "--quick", "--device", "cpu", "--threads", "1"])
     finally:
         torch.set_num_threads(n)
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "== summary ==" in out and "train (left-spin)" in out and "FAILED" not in out
-    assert (tmp_path / "train" / "loss.png").is_file()
+    results = tmp_path / "apt-ext-demo"
+    assert f"results go to {results}" in out and f"results kept in {results}" in out
+    assert f"loss curve: {results / 'train' / 'loss.png'}" in out
+    for name in ("loss.png", "losses.json", "checkpoint.pt", "model/model.safetensors"):
+        assert (results / "train" / name).is_file(), name
+    assert (results / "memory.sqlite").is_file()
+    assert "/tmp/apt_demo_" not in out
 
 
 def test_a_part_whose_optional_package_is_missing_is_skipped_not_failed(capsys):

@@ -1,4 +1,4 @@
-"""Device detection (SPEC 6): the CPU for real; HPU/NPU through vendor packages that are absent,
+"""Device detection (docs/contract.md §6): the CPU for real; HPU/NPU through vendor packages that are absent,
 present, or raise on import. Injected vendor packages change torch process-wide (a real torch_npu
 renames torch's PrivateUse1 backend), so every injection runs in a fresh interpreter."""
 from __future__ import annotations
@@ -148,3 +148,35 @@ def test_apt_device_override(tmp_path, monkeypatch):
     r = run_with_vendors(tmp_path, {"torch_npu": NPU_PRESENT}, "result = str(devices.get_device())",
                          env={"APT_DEVICE": "npu:1"})
     assert r == "npu:1"
+    r = run_with_vendors(tmp_path, {"torch_npu": NPU_PRESENT}, """
+        try:
+            devices.check_device("npu:2", "--device")
+        except ValueError as exc:
+            result = str(exc)
+    """)
+    assert r == "--device='npu:2': this machine has 2 npu device(s)"
+
+
+def test_check_device():
+    assert devices.check_device("cpu") == torch.device("cpu")
+    assert devices.check_device(torch.device("cpu"), "x") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"^--device: 'gpu' is not a device string such as 'cpu' or 'cuda:0'"):
+        devices.check_device("gpu", "--device")
+    with pytest.raises(TypeError, match="^device: expected a device string"):
+        devices.check_device(0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^device='cuda:0': cuda is unavailable here: "):
+            devices.check_device("cuda:0")
+
+
+def test_threads_for_load():
+    assert devices.threads_for_load(cpus=2, load=0.0) == 2
+    assert devices.threads_for_load(cpus=2, load=0.4) == 2
+    assert devices.threads_for_load(cpus=2, load=1.3) == 1
+    assert devices.threads_for_load(cpus=2, load=9.0) == 1       # a loaded machine: one thread, never 0
+    assert devices.threads_for_load(cpus=16, load=3.2) == 13
+    assert 1 <= devices.threads_for_load() <= devices.available_cpus()
+    with pytest.raises(ValueError, match="cpus"):
+        devices.threads_for_load(cpus=0, load=0.0)
+    with pytest.raises(ValueError, match="load"):
+        devices.threads_for_load(cpus=2, load=float("nan"))

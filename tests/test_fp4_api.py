@@ -63,6 +63,23 @@ def test_fp4linear_constructor_and_bias_training(rng):
         FP4Linear(8, 8, fmt="int4")
 
 
+def test_quantize_twice():
+    """Same format again: nothing changes; another format: a clear error (the float weights are
+    gone); one format per call with filters that select its layers: a mixed model."""
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    quantize_(model, "nvfp4")
+    packed = model[0].packed.clone()
+    assert quantize_(model, "nvfp4") is model and torch.equal(model[0].packed, packed)
+    with pytest.raises(ValueError, match=r"model: 2 layer\(s\) are already FP4Linear in another format "
+                                         r"\(e\.g\. '0': nvfp4\); quantize_ to 'mxfp4'"):
+        quantize_(model, "mxfp4")
+    assert model[0].fmt == "nvfp4" and torch.equal(model[0].packed, packed)  # left as it was
+    mixed = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    quantize_(mixed, "nvfp4", filter_fn=lambda m, fqn: fqn == "0")
+    quantize_(mixed, "mxfp4", filter_fn=lambda m, fqn: fqn == "2")
+    assert (mixed[0].fmt, mixed[2].fmt) == ("nvfp4", "mxfp4")
+
+
 def test_quantize_filter_fn():
     model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
     quantize_(model, fmt="nf4", filter_fn=lambda mod, fqn: fqn == "0")

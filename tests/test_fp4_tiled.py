@@ -113,11 +113,13 @@ def test_opcheck_tiled_ops(fmt, apt_seed):
         torch.library.opcheck(op, args)
 
 
-def test_fp4linear_rejects_wrong_width():
-    """The op only sees the padded K; the module knows in_features and refuses the rest."""
-    layer = FP4Linear.from_linear(torch.nn.Linear(64, 8), fmt="mxfp4")
-    with pytest.raises(ValueError, match="in_features"):
-        layer(torch.randn(2, 33))
-    with pytest.raises(ValueError, match="in_features"):
-        FP4Linear(4096, 16)(torch.randn(1, 4090))
-    assert layer(torch.randn(2, 64)).shape == (2, 8)
+@pytest.mark.parametrize("fmt,k,wrong", [("mxfp4", 64, (33, 48, 63, 65)),            # inside the last 32-block
+                                          ("nvfp4", 4096, (4081, 4088, 4095, 4097))])  # inside the last 16-block
+def test_fp4linear_rejects_wrong_width(fmt, k, wrong):
+    """The op only sees the padded K; the module knows in_features and refuses every other
+    width, also those inside the last quantisation block (which nn.Linear refuses too)."""
+    layer = FP4Linear.from_linear(torch.nn.Linear(k, 8), fmt=fmt)
+    for width in wrong:
+        with pytest.raises(ValueError, match=rf"x: expected \[\.\.\., {k}\] \(in_features\), got .*{width}"):
+            layer(torch.randn(2, width))
+    assert layer(torch.randn(2, k)).shape == (2, 8)

@@ -39,9 +39,11 @@ def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
 
 def _graph() -> dict[str, set[str]]:
     files = {_module_name(p): p for p in PKG.rglob("*.py")}
-    modules = set(files) | {"apt_ext._C"}  # the compiled extension imports nothing of ours
-    graph = {name: _imports(path, name, modules) for name, path in files.items()}
-    return {**graph, "apt_ext._C": set()}
+    # written by the build, importing nothing of ours: the extension and its build facts
+    generated = {"apt_ext._C", "apt_ext._build_config"}
+    modules = set(files) | generated
+    graph = {name: _imports(path, name, modules) for name, path in files.items() if name not in generated}
+    return {**graph, **{name: set() for name in generated}}
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:

@@ -65,3 +65,29 @@ def test_bm25_replace_and_budget():
     ids, _, _ = index.search(["common", "rare4"], 5)
     assert ids.tolist() == [4]
     assert index.search(["absent"], 5)[0].size == 0 and len(index) == 5
+
+
+def test_bm25_cached_scores_follow_adds_removes_and_replaces():
+    """The per-term df and score caches must not outlive a change: the same queries, asked again
+    after every batch of adds, removes and replaces, still match bm25s on the live documents."""
+    rng = np.random.default_rng()
+    index = BM25Index(max_postings=10**9)
+    live: dict[int, list[str]] = {}
+    queries = [list(rng.choice([f"w{i}" for i in range(70)], size=int(rng.integers(1, 6)))) for _ in range(8)]
+    for step in range(8):  # small steps: the dead documents stay below the compaction point
+        for _ in range(200 if step == 0 else 15):  # adds, some of them replacing a live document
+            doc_id = int(rng.integers(0, 300))
+            live[doc_id] = _random_docs(rng, 1)[0]
+            index.add(doc_id, live[doc_id])
+        for doc_id in rng.choice(sorted(live), size=5, replace=False).tolist():
+            del live[doc_id]
+            index.remove(doc_id)
+        order = sorted(live)
+        pos = {doc_id: p for p, doc_id in enumerate(order)}
+        for query in queries:
+            want = _bm25s_scores([live[i] for i in order], query, 1.2, 0.75)
+            for _ in range(2):  # the second search is served from the caches
+                ids, scores, _ = index.search(query, len(order))
+                got = np.zeros(len(order))
+                got[[pos[i] for i in ids.tolist()]] = scores
+                np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-5, err_msg=f"step {step} {query}")

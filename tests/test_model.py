@@ -1,4 +1,4 @@
-"""APT model (SPEC 7): masks, causality, padding, left-spin chain, autopoietic attention,
+"""APT model (docs/contract.md §7): masks, causality, padding, left-spin chain, autopoietic attention,
 DBC-DAC, generation with KV cache, save/load, config validation."""
 from __future__ import annotations
 

@@ -94,9 +94,8 @@ def test_round_trip_on_the_model_the_demo_trains(capsys, tmp_path):
     and through `apt-ext generate`, the same continuation both ways."""
     from apt_ext.cli.main import main
     n = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        assert main(["demo", "--quick", "--device", "cpu", "--out-dir", str(tmp_path)]) == 0
+        assert main(["demo", "--quick", "--device", "cpu", "--threads", "1", "--out-dir", str(tmp_path)]) == 0
     finally:
         torch.set_num_threads(n)
     capsys.readouterr()

@@ -1,4 +1,4 @@
-"""vb.enable / apply / enable_balanced_mode (SPEC 10): an honest report, never a speed-up claim."""
+"""vb.enable / apply / enable_balanced_mode (docs/contract.md §10): an honest report, never a speed-up claim."""
 from __future__ import annotations
 
 import dataclasses
@@ -78,7 +78,7 @@ def test_enable_applies_fp4_to_later_models_at_inference():
     assert type(m2.decoder[0].ffn.up) is nn.Linear and vb.report(m2) is None
 
 
-# ---- vb never changes which parameters train (SPEC 10) -------------------------------------------------
+# ---- vb never changes which parameters train (docs/contract.md §10) ------------------------------------------
 def _train_steps(model: nn.Module, x: torch.Tensor, steps: int = 2) -> dict[str, torch.Tensor]:
     """Train ``steps`` AdamW steps; returns the parameters (by name) that changed, after training."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

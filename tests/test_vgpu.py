@@ -222,6 +222,17 @@ def test_get_to_other_device_is_a_copy(tmp_path):
     st.close()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_get_to_a_cuda_device_this_machine_lacks(tmp_path):
+    st = VGPUStack([{"device": "cpu", "capacity_mb": 1}])
+    st.put("a", torch.ones(3))
+    for device in ("cuda:0", "cuda", torch.device("cuda", 1)):
+        with pytest.raises(ValueError, match=r"^device='cuda(:\d)?': cuda is unavailable here: ") as info:
+            st.get("a", device=device)
+        assert "\n" not in str(info.value)
+    st.close()
+
+
 def test_bad_input(tmp_path):
     lv = cpu_levels(tmp_path)
     with pytest.raises(TypeError, match="levels"):
@@ -282,7 +293,7 @@ def test_device_and_ssd_without_host_level(tmp_path, rng):
     st.close()
 
 
-# ---- the design document's configs run as written (SPEC 5) ----------------------------------------
+# ---- the design document's configs run as written (docs/contract.md §5) -------------------------------
 def test_ssd_level_without_path_uses_a_private_dir_in_the_user_cache(tmp_path, monkeypatch, rng):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     st = VGPUStack.from_config({"levels": [{"capacity_mb": 0.0625, "device": "cpu", "kind": "device"},

@@ -89,3 +89,32 @@ def test_offload_bad_args(tmp_path):
     st.close()
     with pytest.raises(ValueError, match="closed"):
         offload(nn.Linear(2, 2), st)
+
+
+def test_offload_twice(tmp_path):
+    """To the same stack: the same handle, nothing stored twice, outputs unchanged; to another
+    stack, or a model whose submodule is offloaded on its own: ValueError until restore()."""
+    model = _mlp_stack(n_blocks=2)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        ref = model(x)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    st, other = VGPUStack(cpu_levels(tmp_path / "a")), VGPUStack(cpu_levels(tmp_path / "b"))
+    handle = offload(model, st, prefetch=2)
+    keys = len(st)
+    assert offload(model, st, prefetch=1) is handle and handle.prefetch == 1 and len(st) == keys
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)
+    with pytest.raises(ValueError, match="already offloaded to another VGPUStack.*restore"):
+        offload(model, other)
+    with pytest.raises(ValueError, match="'0.0' is already offloaded"):
+        offload(nn.Sequential(model[0]), other)
+    handle.restore()
+    assert len(st) == 0
+    again = offload(model, other)          # after restore() it can go anywhere
+    assert again is not handle
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)
+    again.restore()
+    st.close()
+    other.close()

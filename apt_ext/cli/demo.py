@@ -3,8 +3,11 @@ prints a sample, quantises it to FP4 and measures how closely its logits agree, 
 every other capability present in this build (AIM-Memory, VGPU, FP4 on all-MiniLM-L6-v2) and
 ends with a summary of what ran and what it measured. Uses the best device (a GPU if present).
 
-Every optional part is import-guarded: a capability missing from this build is reported as
-"not in this build"; one that is present but fails is reported as FAILED and the exit code is 1.
+Every optional part is import-guarded: a capability missing from this build, or an optional
+package it needs (matplotlib for loss.png, tokenizers for BPE, sentence-transformers for MiniLM),
+is reported as skipped or unavailable; one that is present but fails is reported as FAILED and
+the exit code is 1. Results stay in ``--out-dir`` (default ``./apt-ext-demo``); the demo prints
+where. On a CPU, it uses as many threads as the load average leaves CPUs free (``--threads``).
 """
 from __future__ import annotations
 
@@ -12,12 +15,14 @@ import argparse
 import copy
 import importlib.util
 import os
-import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from apt_ext.fp4.format import FORMAT_NAMES
+from apt_ext.cli.options import cpu_threads, device as checked_device, positive_int, writable_dir
+
+DEFAULT_OUT_DIR = "apt-ext-demo"
 SENTENCES = [
     "The cat sits on the warm windowsill in the afternoon sun.",
     "Gradient descent updates parameters against the gradient of the loss.",
@@ -29,11 +34,19 @@ SENTENCES = [
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train a small APT model, sample, quantise to FP4, exercise every capability")
+    p = sub.add_parser("demo", help="train a small APT model, sample, quantise to FP4, exercise every capability",
+                       description="Train a small APT model with left-spin on Python's documentation, print a "
+                       "sample, quantise it to FP4 and compare its logits, store and recall facts with "
+                       "AIM-Memory, run the model through the VGPU pager, quantise all-MiniLM-L6-v2, and "
+                       "print a summary. Results are written to --out-dir and kept.")
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps (for tests)")
-    p.add_argument("--device", default=None, help="torch device (default: apt_ext.devices.get_device())")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 500 on CPU, 1000 on GPU)")
-    p.add_argument("--out-dir", default=None, help="where the run is written (default: a temporary directory)")
+    p.add_argument("--device", default=None, help="torch device such as cpu or cuda:0 (default: a GPU if "
+                   "there is one, else the CPU)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="training steps (default: 500 on a CPU, 1000 on a GPU, 4 with --quick)")
+    p.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help="directory for the results (created, kept)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads on a CPU device (default: "
+                   "the CPUs other work leaves free, from the load average)")
     p.set_defaults(func=run)
 
 
@@ -108,6 +121,10 @@ def train_part(args, device, out: Path, summary: Summary):
     from apt_ext.model import APTModelConfiguration
     from apt_ext.train import TrainConfig, Trainer
     gpu = device.type == "cuda"
+    bpe = importlib.util.find_spec("tokenizers") is not None
+    if not args.quick and not bpe:
+        print("note: the tokenizers package is not installed: training with the byte tokenizer instead of BPE",
+              file=sys.stderr)
     if args.quick:
         mc = APTModelConfiguration(vocab_size=256, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=0,
                                    num_decoder_layers=1, decoder_only=True, dropout=0.0, max_seq_len=64,
@@ -119,9 +136,10 @@ def train_part(args, device, out: Path, summary: Summary):
         mc = APTModelConfiguration(vocab_size=1024, d_model=128, num_heads=4, d_ff=512, num_encoder_layers=0,
                                    num_decoder_layers=4, decoder_only=True, dropout=0.0, max_seq_len=128,
                                    use_left_spin=True, use_autopoietic=True)
-        tc = TrainConfig(tokenizer="bpe", bpe_vocab_size=1024, steps=args.steps or (1000 if gpu else 500),
-                         batch_size=32 if gpu else 12, seq_len=128, lr=3e-3, warmup_steps=30,
-                         eval_every=100, eval_batches=4, out_dir=str(out / "train"), device=str(device))
+        tc = TrainConfig(tokenizer="bpe" if bpe else "byte", bpe_vocab_size=1024,
+                         steps=args.steps or (1000 if gpu else 500), batch_size=32 if gpu else 12, seq_len=128,
+                         lr=3e-3, warmup_steps=30, eval_every=100, eval_batches=4, out_dir=str(out / "train"),
+                         device=str(device))
     _section(f"1. training an APT model with left-spin on Python's documentation ({device})")
     t0 = time.perf_counter()
     trainer = Trainer(tc, mc)
@@ -134,8 +152,9 @@ def train_part(args, device, out: Path, summary: Summary):
     res = trainer.run()
     dt = time.perf_counter() - t0
     ev = res.evals[-1][1]
+    curve = res.loss_plot if res.loss_plot else "skipped (no matplotlib)"
     print(f"loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f} (train), eval {ev:.3f}; "
-          f"{res.tokens_per_s:,.0f} tokens/s; {dt:.1f} s; loss curve: {res.out_dir / 'loss.png'}")
+          f"{res.tokens_per_s:,.0f} tokens/s; {dt:.1f} s; loss curve: {curve}")
     summary.add("train (left-spin)", "ok", f"{len(res.losses)} steps, train loss {res.losses[0]:.2f} -> "
                 f"{res.losses[-1]:.2f}, eval {ev:.2f}, {res.tokens_per_s:,.0f} tok/s on {device}")
     return res, trainer
@@ -159,6 +178,7 @@ def fp4_model_part(res, trainer, device, summary: Summary) -> None:
     import torch
     import torch.nn.functional as F
     import apt_ext
+    from apt_ext.fp4.format import FORMAT_NAMES
     _section("3. FP4: the trained model's Linear layers to 4 bits")
     if not _fp4_ready(device, summary, "FP4 (APT model)"):
         return
@@ -191,6 +211,8 @@ def memory_part(summary: Summary, out: Path) -> None:
         summary.add("AIM-Memory", "not in this build", "-")
         return
     from apt_ext.memory import create_aim_memory
+    for old in out.glob("memory.sqlite*"):  # a fresh memory on every run
+        old.unlink()
     facts = ["Llama 4 Scout supports a 10M token context window.",
              "The left-spin gate uses alpha 0.5, tau 0.3 and beta 0.7 by default.",
              "Paris hosted the Summer Olympics in 2024.",
@@ -248,6 +270,7 @@ def minilm_part(device, summary: Summary) -> None:
     import torch
     import torch.nn.functional as F
     import apt_ext
+    from apt_ext.fp4.format import FORMAT_NAMES
     _section("6. FP4 on a real model: all-MiniLM-L6-v2 sentence embeddings")
     if not _fp4_ready(device, summary, "FP4 MiniLM"):
         return
@@ -276,26 +299,23 @@ def minilm_part(device, summary: Summary) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from apt_ext.devices import get_device
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps: expected >= 1, got {args.steps}")
-    device = torch.device(args.device) if args.device else get_device()
+    device = checked_device(args.device)
+    out = writable_dir(args.out_dir, "--out-dir").resolve()
+    cpu_threads(args.threads, device)
+    print(f"results go to {out}", flush=True)
     t0 = time.perf_counter()
     summary = Summary()
-    with tempfile.TemporaryDirectory(prefix="apt_demo_") as tmp:
-        out = Path(args.out_dir) if args.out_dir else Path(tmp)
-        out.mkdir(parents=True, exist_ok=True)
-        res, trainer = train_part(args, device, out, summary)
-        parts = [("generate", lambda: sample_part(res, trainer, device, summary, args.quick)),
-                 ("FP4 (APT model)", lambda: fp4_model_part(res, trainer, device, summary)),
-                 ("AIM-Memory", lambda: memory_part(summary, out)),
-                 ("VGPU offload", lambda: vgpu_part(res, trainer, device, summary, out))]
-        if not args.quick:
-            parts.append(("FP4 MiniLM", lambda: minilm_part(device, summary)))
-        run_parts(parts, summary)
-        if args.quick:
-            summary.add("FP4 MiniLM", "skipped (--quick)", "-")
+    res, trainer = train_part(args, device, out, summary)
+    parts = [("generate", lambda: sample_part(res, trainer, device, summary, args.quick)),
+             ("FP4 (APT model)", lambda: fp4_model_part(res, trainer, device, summary)),
+             ("AIM-Memory", lambda: memory_part(summary, out)),
+             ("VGPU offload", lambda: vgpu_part(res, trainer, device, summary, out))]
+    if not args.quick:
+        parts.append(("FP4 MiniLM", lambda: minilm_part(device, summary)))
+    run_parts(parts, summary)
+    if args.quick:
+        summary.add("FP4 MiniLM", "skipped (--quick)", "-")
     summary.print()
-    print(f"\ntotal {time.perf_counter() - t0:.1f} s on {device}")
+    print(f"\ntotal {time.perf_counter() - t0:.1f} s on {device}; results kept in {out} "
+          f"(train/: model, checkpoint.pt, losses.json{', loss.png' if res.loss_plot else ''})")
     return 1 if summary.failed else 0

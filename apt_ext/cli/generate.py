@@ -21,22 +21,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=64, help="new tokens at most (default 64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default); sampling otherwise, up to 2")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1: off)")
-    p.add_argument("--stop", action="append", default=None, help="stop before this string (repeatable, up to 4)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    p.add_argument("--device", default=None, help="torch device (default: apt_ext.devices.get_device())")
-    p.add_argument("--fp4", choices=("nvfp4", "mxfp4", "nf4"), default=None, help="quantise the Linear layers to FP4")
-    p.add_argument("--vgpu-config", default=None, help="VGPUStack config (JSON text or file): keep the weights in that stack")
+    p.add_argument("--stop", action="append", default=None, help="stop before this string (repeatable, up to 4; default: none)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: none, a different draw each run)")
+    p.add_argument("--device", default=None, help="torch device such as cpu or cuda:0 (default: a GPU if there is one, else the CPU)")
+    p.add_argument("--fp4", choices=("nvfp4", "mxfp4", "nf4"), default=None, help="quantise the Linear layers to FP4 (default: keep float weights)")
+    p.add_argument("--vgpu-config", default=None, help="VGPUStack config (JSON text or file): keep the weights in that stack (default: none)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from apt_ext.cloud.local_model import LocalModel
+    from apt_ext.cli.options import local_model
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    model = LocalModel.from_checkpoint(args.checkpoint, device=args.device, fp4=args.fp4,
-                                       vgpu_config=args.vgpu_config)
+    model = local_model(args)
 
     def show(delta: str) -> None:
         sys.stdout.write(delta)

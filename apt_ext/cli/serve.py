@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from apt_ext.cli.errors import UsageError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve an APT checkpoint through an OpenAI-compatible API (FastAPI + uvicorn)",
@@ -14,9 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the checkpoint folder's name)")
-    p.add_argument("--device", default=None, help="torch device (default: apt_ext.devices.get_device())")
-    p.add_argument("--fp4", choices=("nvfp4", "mxfp4", "nf4"), default=None, help="quantise the Linear layers to FP4")
-    p.add_argument("--vgpu-config", default=None, help="VGPUStack config (JSON text or file): keep the weights in that stack")
+    p.add_argument("--device", default=None, help="torch device such as cpu or cuda:0 (default: a GPU if there is one, else the CPU)")
+    p.add_argument("--fp4", choices=("nvfp4", "mxfp4", "nf4"), default=None, help="quantise the Linear layers to FP4 (default: keep float weights)")
+    p.add_argument("--vgpu-config", default=None, help="VGPUStack config (JSON text or file): keep the weights in that stack (default: none)")
     p.add_argument("--api-key-file", default=None, help="file with one accepted API key per line (default: $APT_API_KEYS, comma-separated)")
     p.add_argument("--no-auth", action="store_true", help="accept requests without a key (only for a server nobody else can reach)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
@@ -30,22 +32,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port", f"expected 0..65535, got {args.port}")
+    if args.no_auth and args.api_key_file:
+        raise UsageError("--no-auth", "and --api-key-file: choose one")
     import asyncio
 
     import uvicorn
 
-    from apt_ext.cloud.local_model import LocalModel
+    from apt_ext.cli.options import local_model
     from apt_ext.cloud.server import ServerLimits, create_app, load_api_keys
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port: expected 0..65535, got {args.port}")
-    if args.no_auth and args.api_key_file:
-        raise ValueError("--no-auth and --api-key-file: choose one")
     keys = None if args.no_auth else load_api_keys(args.api_key_file)
     limits = ServerLimits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                           max_tokens=args.max_tokens, max_batch=args.max_batch, max_queue=args.max_queue,
                           request_timeout_s=args.timeout, batch_wait_s=args.batch_wait_ms / 1000)
-    model = LocalModel.from_checkpoint(args.checkpoint, device=args.device, fp4=args.fp4,
-                                       vgpu_config=args.vgpu_config, name=args.model_name)
+    model = local_model(args, name=args.model_name)
     app = create_app(model, keys, limits)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)

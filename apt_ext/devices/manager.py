@@ -1,4 +1,4 @@
-"""Accelerator detection and a uniform device manager (SPEC section 6).
+"""Accelerator detection and a uniform device manager (docs/contract.md §6).
 
 Detection order: CUDA (ROCm reports as cuda with ``torch.version.hip``) > HPU
 (``habana_frameworks.torch``) > NPU (``torch_npu``) > XPU (``torch.xpu``) > MPS > CPU.
@@ -94,18 +94,30 @@ def probe_all() -> dict[str, Probe]:
     return {t: PROBES[t]() for t in ORDER}
 
 
-def _parse_override(value: str) -> torch.device:
-    type_ = value.split(":", 1)[0]
+def check_device(value: str | torch.device, name: str = "device") -> torch.device:
+    """``value`` as a torch.device, checked to exist on this machine (its type available, its
+    index below the device count). Raises ValueError starting with ``name`` (the argument,
+    option or variable that gave the value) otherwise, e.g. for 'cuda' with a CPU-only torch."""
+    if not isinstance(value, (str, torch.device)):
+        raise TypeError(f"{name}: expected a device string such as 'cpu' or 'cuda:0', got {type(value).__name__}")
+    type_ = value.type if isinstance(value, torch.device) else value.split(":", 1)[0]
     if type_ not in PROBES:
-        raise ValueError(f"APT_DEVICE: {value!r} is not a device string such as 'cpu' or 'cuda:0' "
+        raise ValueError(f"{name}: {str(value)!r} is not a device string such as 'cpu' or 'cuda:0' "
                          f"(device type must be one of {ORDER})")
-    probe = PROBES[type_]()
+    probe = PROBES[type_]()  # probing first: a vendor package registers its device type on import
     if not probe.available:
-        raise ValueError(f"APT_DEVICE={value!r}: {type_} is unavailable here: {probe.reason}")
+        raise ValueError(f"{name}={str(value)!r}: {type_} is unavailable here: {probe.reason}")
     try:
-        return torch.device(value)
+        dev = torch.device(value)
     except RuntimeError as exc:
-        raise ValueError(f"APT_DEVICE: {value!r} is not a valid device string ({exc})") from None
+        raise ValueError(f"{name}: {str(value)!r} is not a valid device string ({exc})") from None
+    if dev.type != "cpu" and dev.index is not None and dev.index >= probe.count:
+        raise ValueError(f"{name}={str(value)!r}: this machine has {probe.count} {dev.type} device(s)")
+    return dev
+
+
+def _parse_override(value: str) -> torch.device:
+    return check_device(value, "APT_DEVICE")
 
 
 def get_device() -> torch.device:

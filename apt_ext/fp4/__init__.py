@@ -1,4 +1,4 @@
-"""FP4 weights ("Virtual Blackwell"): nvfp4, mxfp4 and nf4 (SPEC section 3), all in this package.
+"""FP4 weights ("Virtual Blackwell"): nvfp4, mxfp4 and nf4 (docs/contract.md §3), all in this package.
 
     format.py   the formats: names, block sizes, scale dtypes, code tables, error texts
     weight.py   FP4Weight and quantize(w, fmt)

@@ -1,4 +1,4 @@
-"""The FP4 formats of SPEC section 3: the one Python home of their names, block sizes, scale
+"""The FP4 formats of docs/contract.md §3: the one Python home of their names, block sizes, scale
 dtypes and code tables, and of the error texts Python code raises about them.
 
 The C++ kernels keep the same facts in ``csrc/fp4/fp4_format.h``; ``tests/test_fp4_format.py``

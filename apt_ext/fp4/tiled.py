@@ -1,6 +1,6 @@
 """The tiled layout of an FP4 weight: a private copy in the order the CUDA GEMV reads it.
 
-SPEC section 3's packed/scales tensors stay the interchange format (state_dict, safetensors,
+docs/contract.md §3's packed/scales tensors stay the interchange format (state_dict, safetensors,
 other devices); ``tile(weight)`` makes, once, the copy that ``torch.ops.apt.fp4_linear_tiled``
 streams at memory bandwidth for few rows of x (csrc/fp4/fp4_tiled_layout.h describes the bytes).
 ``apt_ext.nn.FP4Linear`` builds and caches it by itself on CUDA for inference calls.

@@ -10,7 +10,7 @@ from apt_ext.fp4.format import DEFAULT_FORMAT, block_size_for
 
 @dataclass(frozen=True)
 class FP4Weight:
-    """A 4-bit weight of logical shape ``shape`` = (N, K) (SPEC section 3).
+    """A 4-bit weight of logical shape ``shape`` = (N, K) (docs/contract.md §3).
 
     packed: uint8 [N, Kp/2]; scales: [N, Kp/block_size]; tensor_scale: float32 [] (nvfp4's
     global scale, 1.0 for the others). Kp is K rounded up to a multiple of block_size.

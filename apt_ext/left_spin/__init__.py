@@ -1,4 +1,4 @@
-"""Left-spin smoothed residuals (SPEC section 4).
+"""Left-spin smoothed residuals (docs/contract.md §4).
 
 ``left_spin_residual(u, du, du_prev, phi_prev, ...)`` is the fused op (kernels in
 csrc/left_spin/, Triton in apt_ext/triton/left_spin.py); ``LeftSpinParams`` holds its

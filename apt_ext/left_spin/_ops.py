@@ -1,5 +1,5 @@
 """The Python face of ``torch.ops.apt.left_spin_residual`` and its backward (schemas:
-csrc/ops.cpp): the wrapper with SPEC 4's defaults, fake (meta) kernels and autograd.
+csrc/ops.cpp): the wrapper with docs/contract.md §4's defaults, fake (meta) kernels and autograd.
 
 The argument checks are the C++ ones (csrc/left_spin/left_spin_checks.cpp): the fake kernels
 call them through ``apt_ext._C.left_spin``. ``apt_ext`` calls :func:`register` once the native
@@ -20,7 +20,7 @@ def left_spin_residual(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor 
                        tau: float = DEFAULTS.tau, beta: float = DEFAULTS.beta, w1: float = DEFAULTS.w1,
                        w2: float = DEFAULTS.w2, eps: float = DEFAULTS.eps,
                        params: LeftSpinParams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-spin smoothed residual (SPEC 4): returns (out, phi).
+    """Left-spin smoothed residual (docs/contract.md §4): returns (out, phi).
 
     u, du, du_prev: [..., D], one dtype (float32/bfloat16/float16; float64 on the CPU), one
     device. phi_prev: [...] (u.shape[:-1]), float32. out = u + g*du in u's dtype with the

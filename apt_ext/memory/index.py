@@ -265,8 +265,8 @@ class ClusterIndex:
         for c, n, off in zip(probe, counts, offsets):
             if n:  # one matrix-vector product per probed cluster, written in place
                 np.dot(query, self._vecs[c][:, :n], out=sims[off:off + n])
-        if n_hot:
-            sims[scanned:] = self._hot_vecs[hot] @ query
+        if n_hot:  # a full window (the usual case) is scanned in place, without a gathered copy
+            sims[scanned:] = (self._hot_vecs if n_hot == self.hot_window else self._hot_vecs[hot]) @ query
         # a hot node can also sit in a probed cluster: 2k candidates hold >= k distinct ids
         take = min(2 * k if n_hot else k, total)
         top = np.argpartition(sims, total - take)[total - take:] if take < total else np.arange(total)

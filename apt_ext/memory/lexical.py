@@ -93,6 +93,8 @@ class BM25Index:
     whose postings would take the total past it is skipped (its idf is the lowest anyway).
     """
 
+    score_cache_terms = 512  # terms whose scores are kept (each at most max_postings floats)
+
     def __init__(self, k1: float = 1.2, b: float = 0.75, max_postings: int = 20_000) -> None:
         if k1 < 0 or not 0 <= b <= 1:
             raise ValueError(f"BM25 needs k1 >= 0 and b in [0, 1], got k1={k1}, b={b}")
@@ -105,6 +107,9 @@ class BM25Index:
         self._n_slots = 0
         self._total_len = 0.0
         self._dead = 0
+        self._removals = 0  # removes ever made: a cached df is valid while it and the postings length hold
+        self._df_cache: dict[str, tuple[int, int, int]] = {}  # term -> (postings length, removals, df)
+        self._score_cache: dict[str, tuple[tuple[int, int, float, float], np.ndarray]] = {}  # see _term_scores
         self._acc = np.zeros(16, dtype=np.float32)
 
     def __len__(self) -> int:
@@ -113,7 +118,20 @@ class BM25Index:
     def df(self, term: str) -> int:
         """Live documents containing ``term``."""
         p = self._postings.get(term)
-        return 0 if p is None else int(self._alive[p.slots[:p.n]].sum())
+        return 0 if p is None else self._df(term, p)
+
+    def _df(self, term: str, p: _Postings) -> int:
+        """Live documents in ``p`` (the postings of ``term``): its length while no document is dead
+        (every dead slot is in some postings until the next compaction), else counted once and
+        cached until the postings grow or a document is removed."""
+        if self._dead == 0:
+            return p.n
+        hit = self._df_cache.get(term)
+        if hit is not None and hit[0] == p.n and hit[1] == self._removals:
+            return hit[2]
+        df = int(np.count_nonzero(self._alive[p.slots[:p.n]]))
+        self._df_cache[term] = (p.n, self._removals, df)
+        return df
 
     def add(self, doc_id: int, tokens: list[str]) -> None:
         doc_id = int(doc_id)
@@ -144,6 +162,7 @@ class BM25Index:
         self._alive[slot] = False
         self._total_len -= float(self._len[slot])
         self._dead += 1
+        self._removals += 1
         if self._dead * 4 > self._n_slots and self._dead > 64:
             self._compact()
 
@@ -164,7 +183,27 @@ class BM25Index:
         self._alive[:] = False
         self._alive[:live.size] = True
         self._n_slots, self._dead = int(live.size), 0
+        self._df_cache.clear()
+        self._score_cache.clear()
         self._slot_of = {int(i): s for s, i in enumerate(self._ids[:live.size].tolist())}
+
+    def _term_scores(self, term: str, p: _Postings, idf: float, avgdl: float) -> np.ndarray:
+        """float32 [p.n]: the BM25 term of ``term`` for each slot of ``p`` (0 for dead ones), kept
+        until the postings, the removals or avgdl change (a store that is only read scores a
+        frequent term once, not once per query)."""
+        key = (p.n, self._removals, avgdl, idf)
+        hit = self._score_cache.get(term)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        slots, tf = p.slots[:p.n], p.tfs[:p.n]
+        norm = self.k1 * (1.0 - self.b + self.b * self._len[slots] / avgdl)
+        score = idf * tf / (tf + norm)
+        if self._dead:  # dead documents score nothing
+            score = np.where(self._alive[slots], score, 0.0).astype(np.float32)
+        if len(self._score_cache) >= self.score_cache_terms:
+            self._score_cache.pop(next(iter(self._score_cache)))
+        self._score_cache[term] = (key, score)
+        return score
 
     def search(self, tokens: list[str], k: int) -> tuple[np.ndarray, np.ndarray, float]:
         n = len(self._slot_of)
@@ -179,21 +218,16 @@ class BM25Index:
         budget = self.max_postings
         for term in terms:
             p = self._postings[term]
-            if p.n > budget:
-                df = int(self._alive[p.slots[:p.n]].sum())
-                mass += float(np.log1p((n - df + 0.5) / (df + 0.5)))
-                continue
-            budget -= p.n
-            slots, tf = p.slots[:p.n], p.tfs[:p.n]
-            alive = self._alive[slots]
-            df = int(alive.sum())
+            df = self._df(term, p)
             idf = float(np.log1p((n - df + 0.5) / (df + 0.5)))
             mass += idf
+            if p.n > budget:
+                continue
+            budget -= p.n
             if df == 0:
                 continue
-            norm = self.k1 * (1.0 - self.b + self.b * self._len[slots] / avgdl)
-            score = idf * tf / (tf + norm)
-            self._acc[slots] += np.where(alive, score, 0.0).astype(np.float32)
+            slots = p.slots[:p.n]
+            self._acc[slots] += self._term_scores(term, p, idf, avgdl)
             touched.append(slots)
         if not touched:
             return none[0], none[1], mass

@@ -92,15 +92,17 @@ class AIMMemory:
     """
 
     def __init__(self, config: AIMConfig | None = None, path: str | None = None,
-                 embedder: Embedder | None = None) -> None:
+                 embedder: Embedder | None = None, read_only: bool = False) -> None:
         if config is not None and not isinstance(config, AIMConfig):
             raise TypeError(f"config must be an AIMConfig or None, got {type(config).__name__}")
         if path is not None and not isinstance(path, str) and not hasattr(path, "__fspath__"):
             raise TypeError(f"path must be a file path, a postgresql:// URL or None, got {type(path).__name__}")
         if embedder is not None and not callable(embedder):
             raise TypeError(f"embedder must be a callable list[str] -> array, got {type(embedder).__name__}")
+        if not isinstance(read_only, bool):
+            raise TypeError(f"read_only must be a bool, got {type(read_only).__name__}")
         self.path = None if path is None else str(path)
-        self._store = open_store(self.path)
+        self._store = open_store(self.path, read_only=read_only)
         stored_config = self._store.meta("config")
         if config is None:
             config = AIMConfig.from_json(stored_config) if stored_config else AIMConfig()
@@ -112,7 +114,7 @@ class AIMMemory:
         self.embedder_name = getattr(self.embedder, "name", type(self.embedder).__name__)
         dim = self._store.meta("dim")
         self.dim: int | None = int(dim) if dim else None
-        if stored_config is None:
+        if stored_config is None and not read_only:
             with self._store.transaction() as tx:
                 if self._store.meta("config") is None:
                     tx.set_meta("config", config.to_json())
@@ -640,9 +642,11 @@ class AIMMemory:
 
 
 def create_aim_memory(config: AIMConfig | None = None, path: str | None = None,
-                      embedder: Embedder | None = None) -> AIMMemory:
+                      embedder: Embedder | None = None, read_only: bool = False) -> AIMMemory:
     """A new or reopened AIM-Memory: ``path`` is the SQLite file (None: in memory) or a
     ``postgresql://user@host/db`` URL of a shared PostgreSQL database; ``embedder`` any callable
     list[str] -> float array [n, dim] (None: all-MiniLM-L6-v2, offline, on ONNX Runtime with int8
-    weights when onnxruntime is installed)."""
-    return AIMMemory(config=config, path=path, embedder=embedder)
+    weights when onnxruntime is installed). ``read_only``: open an existing SQLite file for
+    reads only (routing, answers, stats, export work; writes raise StoreError), e.g. a file on a
+    read-only mount. A path that cannot be used raises StoreError naming it and why."""
+    return AIMMemory(config=config, path=path, embedder=embedder, read_only=read_only)

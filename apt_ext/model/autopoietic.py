@@ -1,4 +1,4 @@
-"""Autopoietic attention: a self-generated low-rank correction added after SDPA (SPEC 7).
+"""Autopoietic attention: a self-generated low-rank correction added after SDPA (docs/contract.md §7).
 
 For the attention input x [B, T, D] and per head h (head size d_h, rank r):
     m_t   = mean of the real (non-padding) x_s with s <= t       (causal prefix mean)

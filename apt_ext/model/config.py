@@ -13,7 +13,7 @@ from apt_ext.left_spin.params import DEFAULTS as LEFT_SPIN, LeftSpinParams
 
 @dataclass
 class APTModelConfiguration:
-    """Configuration of :class:`apt_ext.model.APTModel` (SPEC section 7).
+    """Configuration of :class:`apt_ext.model.APTModel` (docs/contract.md §7).
 
     Architecture: ``vocab_size``, ``d_model``, ``num_heads``, ``d_ff``, ``num_encoder_layers``,
     ``num_decoder_layers``, ``decoder_only`` (True: GPT-style ``model(input_ids)``, the encoder
@@ -23,7 +23,7 @@ class APTModelConfiguration:
     ``layer_norm_eps``; ``pad_token_id`` (None: no padding is inferred from ids; pass
     ``attention_mask`` instead), ``bos_token_id``/``eos_token_id`` (generation defaults).
 
-    Left-spin residuals (SPEC 4): ``use_left_spin`` and ``left_spin_alpha/tau/beta/w1/w2/eps``
+    Left-spin residuals (docs/contract.md §4): ``use_left_spin`` and ``left_spin_alpha/tau/beta/w1/w2/eps``
     (defaults from ``apt_ext.left_spin.LeftSpinParams``; ``left_spin_params`` returns them as one).
     Autopoietic attention: ``use_autopoietic``, ``autopoietic_rank`` (rank r of U·V per head).
     DBC-DAC gradient conditioning: ``use_dbc_dac``, ``dbc_min_numel``, ``dbc_rank_ratio``,

@@ -1,4 +1,4 @@
-"""DBC-DAC gradient conditioning (SPEC 7): row balancing + low-rank compression with error feedback.
+"""DBC-DAC gradient conditioning (docs/contract.md §7): row balancing + low-rank compression with error feedback.
 
 For every 2-D parameter with at least ``min_numel`` elements and its gradient G [m, n]:
     r_i   = ||G_i|| + eps                       (DBC: balance rows)

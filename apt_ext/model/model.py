@@ -1,4 +1,4 @@
-"""The APT model (SPEC 7), top to bottom: masks, attention, layers, APTModel.
+"""The APT model (docs/contract.md §7), top to bottom: masks, attention, layers, APTModel.
 
 Pre-LayerNorm Transformer. Decoder-only (``model(input_ids)``) or encoder-decoder
 (``model(src, tgt)``); both return logits [B, T, vocab] in float32 (or the autocast dtype).

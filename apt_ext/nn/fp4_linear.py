@@ -163,15 +163,28 @@ def quantize_(model: nn.Module, fmt: str = DEFAULT_FORMAT,
               filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (in place) by ``FP4Linear.from_linear``.
 
-    ``filter_fn(module, fqn)`` -> bool selects which Linear layers to quantise (default: all).
+    ``filter_fn(module, fqn)`` -> bool selects which layers to quantise (default: all).
     Returns ``model``. To load a saved quantised model, build the float model, call
     ``quantize_`` with the same fmt and filter, then ``load_state_dict``.
+
+    Calling it again is safe: FP4Linear layers already in ``fmt`` are left as they are. An
+    FP4Linear layer of another format that ``filter_fn`` selects raises ValueError: its float
+    weights are gone, and re-quantising 4-bit values would stack two rounding errors; quantise
+    a float copy of the model instead (several formats in one model: one call per format, each
+    with a filter_fn that selects that format's layers).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     get_format(fmt)
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError(f"filter_fn: expected a callable (module, fqn) -> bool, got {type(filter_fn).__name__}")
+    other = [(fqn, m.fmt) for fqn, m in model.named_modules()
+             if isinstance(m, FP4Linear) and m.fmt != fmt and (filter_fn is None or filter_fn(m, fqn))]
+    if other:
+        fqn, was = other[0]
+        raise ValueError(f"model: {len(other)} layer(s) are already FP4Linear in another format (e.g. "
+                         f"{fqn or 'the model'!r}: {was}); quantize_ to {fmt!r} needs their float weights, which "
+                         f"are gone: quantise a float copy of the model instead")
     targets = [(fqn, m) for fqn, m in model.named_modules()
                if type(m) is nn.Linear and (filter_fn is None or filter_fn(m, fqn))]
     for fqn, lin in targets:

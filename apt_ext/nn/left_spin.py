@@ -1,4 +1,4 @@
-"""Left-spin smoothed residuals (SPEC section 4) as modules a model chains through its stack.
+"""Left-spin smoothed residuals (docs/contract.md §4) as modules a model chains through its stack.
 
 A model creates one ``LeftSpinChain`` at the start of each forward pass and hands it to every
 ``LeftSpinResidual`` site in order; each site reads the previous site's (du, phi) from the
@@ -65,14 +65,14 @@ class LeftSpinChain:
 
 
 class LeftSpinResidual(nn.Module):
-    """One residual site: ``out = u + g*du`` with the left-spin gate g (SPEC 4).
+    """One residual site: ``out = u + g*du`` with the left-spin gate g (docs/contract.md §4).
 
     u, du: [..., D] float32/bfloat16/float16 (same shape, dtype and device); out has u's
     dtype. With a chain, the previous site's du and phi enter as du_prev and phi_prev, and this
     site's du and phi are stored for the next one. Without a chain (argument or constructor),
     the site uses no previous state. ``enabled=False`` gives the plain ``u + du`` and leaves
     the chain untouched. The gate is the same in train and eval mode. Hyperparameters: a
-    ``LeftSpinParams`` (``params``) or the six scalars, defaults of SPEC 4 (alpha 0.5, tau 0.3,
+    ``LeftSpinParams`` (``params``) or the six scalars, defaults of docs/contract.md §4 (alpha 0.5, tau 0.3,
     beta 0.7, w1 1.0, w2 0.5, eps 1e-6).
     """
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from apt_ext.train.config import ConfigError
+
 
 def builtin_corpus() -> str:
     """Python's documentation topics as one English text (about 0.7 MB)."""
@@ -22,19 +24,41 @@ def builtin_corpus() -> str:
 
 
 def load_text(paths: list[str] | None) -> str:
-    """The concatenated UTF-8 text of ``paths``, or the built-in corpus when empty/None."""
+    """The concatenated text of ``paths`` (UTF-8 files), or the built-in corpus when empty/None.
+
+    Raises ConfigError("data", ...) for a path that is not a readable file, a file that is not
+    UTF-8 text (binary data), or files with no text at all."""
     if not paths:
         return builtin_corpus()
     parts = []
     for p in paths:
         f = Path(p)
         if not f.is_file():
-            raise FileNotFoundError(f"data: {p} is not a file")
-        parts.append(f.read_text(encoding="utf-8", errors="replace"))
+            raise ConfigError("data", f"{p} {'is a directory' if f.is_dir() else 'does not exist'}")
+        try:
+            raw = f.read_bytes()
+        except OSError as exc:
+            raise ConfigError("data", f"cannot read {p}: {exc.strerror or exc}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError("data", f"{p} is not UTF-8 text (byte {exc.start} is not valid UTF-8)") from None
+        if "\x00" in text:
+            raise ConfigError("data", f"{p} is not text (it contains NUL bytes: binary data?)")
+        parts.append(text)
     text = "\n\n".join(parts)
     if not text.strip():
-        raise ValueError(f"data: {paths} contain no text")
+        raise ConfigError("data", f"{', '.join(paths)}: no text (empty or only whitespace)")
     return text
+
+
+def _require_tokenizers() -> None:
+    """ConfigError("tokenizer", ...) saying how to get the ``tokenizers`` package when it is missing."""
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError:
+        raise ConfigError("tokenizer", "'bpe' needs the tokenizers package, which is not installed: "
+                                       "pip install tokenizers (or use the 'byte' tokenizer)") from None
 
 
 class ByteTokenizer:
@@ -66,6 +90,7 @@ class BPETokenizer:
     def train(cls, text: str, vocab_size: int = 2048) -> "BPETokenizer":
         if vocab_size < 257:
             raise ValueError(f"vocab_size: a byte-level BPE needs > 256 entries, got {vocab_size}")
+        _require_tokenizers()
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -98,6 +123,7 @@ def load_tokenizer(path: str | Path) -> ByteTokenizer | BPETokenizer:
     raw = json.loads(Path(path).read_text())
     if raw.get("apt_ext_tokenizer") == "byte":
         return ByteTokenizer()
+    _require_tokenizers()
     from tokenizers import Tokenizer
     return BPETokenizer(Tokenizer.from_file(str(path)))
 
@@ -110,7 +136,8 @@ class TokenData:
             raise ValueError("tokens: expected a 1-D tensor")
         n_val = max(int(len(tokens) * val_fraction), seq_len + 2)
         if len(tokens) - n_val < seq_len + 2:
-            raise ValueError(f"data: {len(tokens)} tokens are too few for seq_len={seq_len}")
+            raise ConfigError("data", f"{len(tokens)} tokens are too few for seq_len={seq_len} (the validation "
+                                      f"part alone takes {n_val}); give more text or a shorter seq_len")
         self.train, self.val, self.seq_len = tokens[:-n_val], tokens[-n_val:], seq_len
 
     def batch(self, split: str, batch_size: int, seed: int, *index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,8 +17,9 @@ import json
 import math
 import os
 import random
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,51 +27,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from apt_ext.model import APTModel, APTModelConfiguration
+from apt_ext.train.config import ConfigError, TrainConfig
 from apt_ext.train.data import TokenData, load_text, load_tokenizer, make_tokenizer
-
-
-@dataclass
-class TrainConfig:
-    """Training run settings. Batch tokens per optimizer step per rank =
-    batch_size * grad_accum * seq_len."""
-    data: list[str] = field(default_factory=list)   # text files; empty = the built-in corpus
-    tokenizer: str = "byte"                          # "byte" or "bpe"
-    bpe_vocab_size: int = 2048
-    steps: int = 1000
-    batch_size: int = 16
-    seq_len: int = 128
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_batches: int = 8
-    checkpoint_every: int = 0                        # 0: only at the end
-    out_dir: str = "apt_run"
-    resume: bool = False                             # continue from out_dir/checkpoint.pt
-    seed: int = 0
-    device: str | None = None                        # default: apt_ext.devices.get_device()
-    bf16: bool = True                                # autocast bf16 on CUDA (ignored on CPU)
-    fsdp: bool = False
-    progress: bool = True
-    plot: bool = True
-    stop_on_nonfinite: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "bpe_vocab_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
-        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError("lr must be > 0, min_lr_ratio in [0, 1], grad_clip and weight_decay >= 0")
-        if self.tokenizer not in ("byte", "bpe"):
-            raise ValueError(f"tokenizer: expected 'byte' or 'bpe', got {self.tokenizer!r}")
 
 
 @dataclass
@@ -83,6 +41,7 @@ class TrainResult:
     out_dir: Path
     model: APTModel
     tokenizer: object
+    loss_plot: Path | None = None        # out_dir/loss.png; None when not drawn (plot=False, no matplotlib)
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -121,7 +80,8 @@ class Trainer:
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if cfg.device:
-            self.device = torch.device(cfg.device)
+            from apt_ext.devices import check_device
+            self.device = check_device(cfg.device, "device")
         elif torch.cuda.is_available():
             self.device = torch.device("cuda", local)
         else:
@@ -132,7 +92,10 @@ class Trainer:
                 self.device = torch.device("cuda", local if self.world > 1 else torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         self.ckpt_path = self.out / "checkpoint.pt"
-        resuming = cfg.resume and self.ckpt_path.is_file()
+        if cfg.resume and not self.ckpt_path.is_file():
+            raise ConfigError("resume", f"there is no checkpoint to resume from at {self.ckpt_path} "
+                                        "(train without resume to start a new run there)")
+        resuming = cfg.resume
         text = load_text(cfg.data)
         tok_path = self.out / "tokenizer.json"
         if resuming and tok_path.is_file():
@@ -196,7 +159,7 @@ class Trainer:
     def _load(self) -> None:
         state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
         if state["model_config"] != self.model.config.to_dict():
-            raise ValueError(f"resume: {self.ckpt_path} was written for a different model configuration")
+            raise ConfigError("resume", f"{self.ckpt_path} was written for a different model configuration")
         if self.cfg.fsdp and self.world > 1:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
             set_state_dict(self.model, self.opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
@@ -242,7 +205,8 @@ class Trainer:
 
     def run(self, until: int | None = None) -> TrainResult:
         """Train to ``cfg.steps`` (or stop early at step ``until``, e.g. to test resuming);
-        writes the checkpoint, the model (``out_dir/model``), losses.json and loss.png."""
+        writes the checkpoint, the model (``out_dir/model``), losses.json and loss.png (without
+        matplotlib, loss.png is skipped with a one-line note on stderr)."""
         from tqdm.auto import tqdm
         cfg = self.cfg
         end = cfg.steps if until is None else min(until, cfg.steps)
@@ -254,59 +218,67 @@ class Trainer:
                    desc="train", unit="step", dynamic_ncols=True)
         t_run = time.perf_counter()
         start_step = self.step
-        while self.step < end:
-            t0 = time.perf_counter()
-            tot = 0.0
-            for micro in range(cfg.grad_accum):
-                x, y = self.data.batch("train", cfg.batch_size, cfg.seed, self.step, micro, self.rank)
-                sync_ok = micro == cfg.grad_accum - 1 or self.world == 1 or cfg.fsdp
-                ctx = self.net.no_sync() if not sync_ok else contextlib.nullcontext()
-                with ctx:
-                    loss = self._loss(x, y)
-                    (loss / cfg.grad_accum).backward()
-                tot += loss.item()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            self.sched.step()
-            self.step += 1
-            loss_val = tot / cfg.grad_accum
-            if self.world > 1:  # the logged loss is the mean over ranks (the loss of the global batch)
-                t = torch.tensor(loss_val, device=self.device)
-                dist.all_reduce(t)
-                loss_val = t.item() / self.world
-            self.losses.append(loss_val)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            times.append(time.perf_counter() - t0)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tokens_per_step / times[-1]:,.0f}")
-            if not math.isfinite(loss_val) and cfg.stop_on_nonfinite:
-                diverged = True
-                break
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                self.evals.append((self.step, self.evaluate()))
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
-                self.save_checkpoint()
-        bar.close()
+        try:  # the bar ends its line even when Ctrl-C stops the loop
+            while self.step < end:
+                t0 = time.perf_counter()
+                tot = 0.0
+                for micro in range(cfg.grad_accum):
+                    x, y = self.data.batch("train", cfg.batch_size, cfg.seed, self.step, micro, self.rank)
+                    sync_ok = micro == cfg.grad_accum - 1 or self.world == 1 or cfg.fsdp
+                    ctx = self.net.no_sync() if not sync_ok else contextlib.nullcontext()
+                    with ctx:
+                        loss = self._loss(x, y)
+                        (loss / cfg.grad_accum).backward()
+                    tot += loss.item()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+                self.sched.step()
+                self.step += 1
+                loss_val = tot / cfg.grad_accum
+                if self.world > 1:  # the logged loss is the mean over ranks (the loss of the global batch)
+                    t = torch.tensor(loss_val, device=self.device)
+                    dist.all_reduce(t)
+                    loss_val = t.item() / self.world
+                self.losses.append(loss_val)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                times.append(time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tokens_per_step / times[-1]:,.0f}")
+                if not math.isfinite(loss_val) and cfg.stop_on_nonfinite:
+                    diverged = True
+                    break
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self.evals.append((self.step, self.evaluate()))
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
         elapsed = time.perf_counter() - t_run
         if not diverged and (not self.evals or self.evals[-1][0] != self.step):
             self.evals.append((self.step, self.evaluate()))
         self.save_checkpoint()
+        plot = None
         if self.rank == 0:
             if not (self.cfg.fsdp and self.world > 1):
                 self.model.save_pretrained(self.out / "model")
-            if cfg.plot:
-                plot_losses(self.losses, self.evals, self.out / "loss.png")
             (self.out / "losses.json").write_text(json.dumps({"train": self.losses, "eval": self.evals}))
+            if cfg.plot:
+                try:
+                    plot = plot_losses(self.losses, self.evals, self.out / "loss.png")
+                except ImportError as exc:
+                    print(f"loss.png skipped: matplotlib is not installed ({exc}); the losses are in "
+                          f"{self.out / 'losses.json'}", file=sys.stderr)
         done = self.step - start_step
         return TrainResult(self.losses, self.evals, times, tokens_per_step * done / max(elapsed, 1e-9),
-                           diverged, self.out, self.model, self.tokenizer)
+                           diverged, self.out, self.model, self.tokenizer, plot)
 
 
-def plot_losses(losses: list[float], evals: list[tuple[int, float]], path: Path) -> None:
-    """Train loss per step and eval loss at its steps, one PNG."""
+def plot_losses(losses: list[float], evals: list[tuple[int, float]], path: Path) -> Path:
+    """Train loss per step and eval loss at its steps, one PNG at ``path`` (returned); raises
+    ImportError without matplotlib."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -321,6 +293,7 @@ def plot_losses(losses: list[float], evals: list[tuple[int, float]], path: Path)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
 
 def train(cfg: TrainConfig, model_cfg: APTModelConfiguration) -> TrainResult:

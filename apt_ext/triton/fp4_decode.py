@@ -1,4 +1,4 @@
-"""Triton device helpers that decode FP4 codes and block scales (SPEC section 3).
+"""Triton device helpers that decode FP4 codes and block scales (docs/contract.md §3).
 
 Values are exact float32 (code value times decode scale, as in tests/reference/fp4.py).
 Formats are compile-time ints, their index in apt_ext.fp4.format.FORMAT_NAMES (NVFP4=0, MXFP4=1,

@@ -96,6 +96,8 @@ class OffloadHandle:
                     self._set(unit, attr, is_param, self.stack.get(key, device=device))
                     self.stack.remove(key)
             unit.module._apt_paged = False
+        if getattr(self.model, "_apt_offload", None) is self:
+            del self.model._apt_offload
         return self.model
 
 
@@ -104,6 +106,9 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
 
     Returns an ``OffloadHandle``. Tied tensors (one Parameter in several modules) are stored once.
     Raises VGPUCapacityError (with the model left as it was) when the weights do not fit.
+    Offloading a model that is already offloaded to ``stack`` returns its handle (with
+    ``prefetch`` updated) and changes nothing else; to another stack, or when one of its
+    submodules was offloaded on its own, it raises ValueError: ``restore()`` first.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -113,6 +118,18 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
         raise ValueError(f"prefetch: expected an int >= 0, got {prefetch!r}")
     if stack.closed:
         raise ValueError("stack: the VGPUStack is closed")
+    current = getattr(model, "_apt_offload", None)
+    if current is not None:
+        if current.stack is not stack:
+            raise ValueError("model: already offloaded to another VGPUStack; call restore() on the handle "
+                             "offload() returned, then offload it again")
+        current.prefetch = prefetch
+        return current
+    paged = next((name for name, m in model.named_modules() if getattr(m, "_apt_paged", False)), None)
+    if paged is not None:
+        which = repr(paged) if paged else "the model itself"
+        raise ValueError(f"model: {which} is already offloaded by another offload() call; "
+                         f"restore() that handle first")
     prefix = f"offload{next(_offload_ids)}:"
     units: list[tuple[str, _Unit]] = []
     seen: dict[int, str] = {}
@@ -147,4 +164,5 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
             handle._placeholders[key] = torch.empty(0, dtype=data.dtype, device=stack.device)
         handle._set(unit, attr, is_param, handle._placeholders[key])
     handle._attach()
+    model._apt_offload = handle
     return handle

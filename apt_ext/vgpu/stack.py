@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from apt_ext import _native
+from apt_ext.devices import check_device
 
 _native.require("apt_ext.vgpu")
 from apt_ext._C import VGPUCapacityError, VGPUChecksumError, VGPUIOError, VGPULevelSpec, VGPUPager  # noqa: E402
@@ -50,10 +51,10 @@ def _missing_device(device: str) -> str | None:
         return None  # not a device string at all: the pager's check names the argument
     if dev.type != "cuda":
         return None
-    if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine (torch.cuda.is_available() is False)"
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    try:
+        check_device(dev)
+    except ValueError as exc:
+        return str(exc).split(": ", 1)[-1]  # the reason, without the leading "device=...: "
     return None
 
 
@@ -219,7 +220,8 @@ class VGPUStack:
     def get(self, key: str, device: str | torch.device | None = None) -> torch.Tensor:
         """The tensor of ``key``. ``device=None`` (or the device level's device) promotes it to
         the fastest level and returns the resident tensor itself, with no copy: treat it as
-        read-only (``put`` again to change it). Any other device gets a fresh copy."""
+        read-only (``put`` again to change it). Any other device gets a fresh copy; a CUDA device
+        this machine does not have raises ValueError naming ``device``."""
         _check_key(key)
         if device is not None:
             if not isinstance(device, (str, torch.device)):
@@ -230,6 +232,8 @@ class VGPUStack:
                 raise ValueError(f"device: {exc}") from None
             if device.type not in ("cpu", "cuda"):
                 raise ValueError(f"device: expected a CPU or CUDA device, got {device}")
+            if device.type == "cuda":  # e.g. 'cuda:0' with a CPU-only torch, or an index past the count
+                check_device(device, "device")
         return self._pager.get(key, device)
 
     def prefetch(self, keys: str | Iterable[str]) -> None:

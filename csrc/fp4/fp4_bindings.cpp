@@ -2,7 +2,7 @@
 // apt_ext/fp4/format.py) and the ops' argument checks (fp4_checks.cpp) for the kernels that are
 // not C++: the Triton kernels and the fake kernels call them, so every backend raises the same
 // errors from one place.
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>  // at::Tensor, ScalarType, Device <-> Python
 
 #include "bindings.h"
 #include "fp4/fp4_format.h"

@@ -1,4 +1,4 @@
-// CUDA kernels of apt::fp4_pack, fp4_unpack, fp4_quantize and fp4_dequantize (SPEC section 3).
+// CUDA kernels of apt::fp4_pack, fp4_unpack, fp4_quantize and fp4_dequantize (docs/contract.md §3).
 // fp4_quantize is bit-exact with apt_ext/reference/fp4.py: the same float32 operations in the
 // same order, E4M3 by c10::Float8_e4m3fn (round to nearest even) after clamping at 448, mxfp4
 // exponents by frexpf, nf4 codes by the first nearest table entry.

@@ -101,7 +101,7 @@ CpuKernels cpu_kernels();
 // The float32 value of every scale byte of an nvfp4 (float(e4m3)) or mxfp4 (2^(e - 127)) weight.
 const float* scale_table(Format f);
 
-// Decode scales of row n: dst[b] = float32 decode scale of block b (SPEC section 3).
+// Decode scales of row n: dst[b] = float32 decode scale of block b (docs/contract.md §3).
 void row_decode_scales(const CpuKernels& kern, const at::Tensor& scales, float tensor_scale, Format f, int64_t n,
                        float* dst);
 

@@ -1,4 +1,4 @@
-// Device-side decoding of FP4 codes and block scales (SPEC section 3), shared by the CUDA
+// Device-side decoding of FP4 codes and block scales (docs/contract.md §3), shared by the CUDA
 // dequantize and linear kernels. Every value is computed exactly as the reference does
 // (code value times decode scale, both float32), so the kernels can be bit-exact with it.
 #pragma once
@@ -26,7 +26,7 @@ __device__ __forceinline__ uint32_t e2m1_pair_as_half2(uint32_t byte) {
   return ((byte & 0x8u) << 12) | ((byte & 0x7u) << 9) | ((byte & 0x80u) << 24) | ((byte & 0x70u) << 21);
 }
 
-// The float32 decode scale of block `i` of a row's scales (SPEC 3 / reference.decode_scales).
+// The float32 decode scale of block `i` of a row's scales (docs/contract.md §3 / reference.decode_scales).
 //  nvfp4: float(e4m3) * tensor_scale; mxfp4: 2^(byte - 127); nf4: the float32 absmax.
 template <Format F>
 __device__ __forceinline__ float decode_scale(const void* scales, int64_t i, float tensor_scale) {

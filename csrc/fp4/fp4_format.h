@@ -1,4 +1,4 @@
-// FP4 formats of SPEC section 3: names, block sizes, code tables and argument checks shared by
+// FP4 formats of docs/contract.md §3: names, block sizes, code tables and argument checks shared by
 // the CPU and CUDA kernels. Host and device code may include it. The Python side keeps the same
 // facts in apt_ext/fp4/format.py; tests/test_fp4_format.py compares the two through
 // apt_ext._C.fp4.format_table() (csrc/fp4/fp4_bindings.cpp).

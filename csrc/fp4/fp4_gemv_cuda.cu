@@ -40,32 +40,48 @@ using namespace apt::fp4::tiled;
 constexpr int kMaxWarps = 8;  // warps per block (RW * KW)
 constexpr int kDefaultStages = 4;
 
-// 16 bytes of streamed weights: read once, so they bypass L1.
+// 16 bytes of streamed weights: read once, so they bypass L1. `volatile` keeps the load where the
+// ring issues it (S steps before its use): the mma asm is volatile too, and without it the
+// compiler may sink the load next to its first use, leaving one step's latency exposed.
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   uint4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
       : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
       : "l"(p));
   return r;
 }
 
+// 16 bytes of x (kept in L1: the warps of a block read the same columns), issued in program order.
+__device__ __forceinline__ uint4 load_x(const uint4* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
 // A lane's scales of one step, as loaded: nvfp4 4 bytes, mxfp4 2 bytes, nf4 two floats.
+// (Issued in program order like load_stream.)
 template <Format F>
 struct LaneScales {
   uint32_t raw;
   __device__ static LaneScales load(const void* base, int64_t idx) {
+    uint32_t r;
     if constexpr (F == Format::NVFP4) {
-      return {__ldg(static_cast<const uint32_t*>(base) + idx)};
+      asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(r) : "l"(static_cast<const uint32_t*>(base) + idx));
     } else {
-      return {static_cast<uint32_t>(__ldg(static_cast<const uint16_t*>(base) + idx))};
+      unsigned short h;
+      asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(h) : "l"(static_cast<const uint16_t*>(base) + idx));
+      r = h;
     }
+    return {r};
   }
 };
 template <>
 struct LaneScales<Format::NF4> {
   float2 absmax;
   __device__ static LaneScales load(const void* base, int64_t idx) {
-    return {__ldg(static_cast<const float2*>(base) + idx)};
+    float2 r;
+    asm volatile("ld.global.nc.v2.f32 {%0, %1}, [%2];" : "=f"(r.x), "=f"(r.y) : "l"(static_cast<const float2*>(base) + idx));
+    return {r};
   }
 };
 
@@ -118,7 +134,7 @@ struct XStep {
     for (int i = 0; i < MT; ++i) {
       const uint4* p = reinterpret_cast<const uint4*>(rows[i] + col0);
 #pragma unroll
-      for (int q = 0; q < kLoads; ++q) v[i][q] = __ldg(p + q);
+      for (int q = 0; q < kLoads; ++q) v[i][q] = load_x(p + q);
     }
   }
   // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1; 0..31 for float32) of tile i.
@@ -188,8 +204,10 @@ __device__ __forceinline__ float load_bias(const void* bias, int bias_type, int6
 struct GemvArgs {
   const void* x;       // [m, x_stride], x_stride = steps * 128 columns (zero past k), 16-byte aligned
   int64_t m, x_stride;
-  const uint4* tiles;
-  const void* scales;
+  const uint4* tiles;  // (tile, step) at tiles + tile * tile_stride + step * step_stride (16-byte units)
+  int64_t tile_stride, step_stride;
+  const void* scales;  // a lane's scales of (tile, step) at entry tile * sc_tile_stride + step * sc_step_stride + lane
+  int64_t sc_tile_stride, sc_step_stride;
   const float* out_scale;
   const void* bias;  // nullptr, or [n] of bias_type (0 float32, 1 bfloat16, 2 float16)
   int bias_type;
@@ -210,8 +228,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
   const int rt = warp % args.rw, part = warp / args.rw;
   const int64_t m_block = blockIdx.x % args.m_blocks;
   const int64_t tile = static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + rt;
+  // This warp's steps: [s_begin, s_begin + n_steps).
   const int64_t s_begin = part * args.steps_per_part;
-  const int64_t s_end = tile < args.n_tiles ? min(args.steps, s_begin + args.steps_per_part) : s_begin;
+  const int64_t n_steps =
+      tile >= args.n_tiles || s_begin >= args.steps ? 0 : min(args.steps - s_begin, args.steps_per_part);
   const int64_t row0 = m_block * 8 * MT + g;  // this lane's first row of x
   const T* xrows[MT];  // this lane's 32 columns of its rows of x, at the warp's current step
 #pragma unroll
@@ -231,10 +251,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
 
   // Running pointers: the next step to load (weights, scales) and this lane's x columns.
   static_assert(S % 2 == 0, "the x double buffer alternates with the step's parity");
-  const int64_t n_steps = s_end - s_begin;
-  const int64_t first = tile * args.steps + s_begin;  // (tile, step) index of this warp's first step
-  const uint4* wp = args.tiles + first * (kStepBytes / 16) + lane;
-  int64_t sp = first * kLanes + lane;
+  const uint4* wp = args.tiles + tile * args.tile_stride + s_begin * args.step_stride + lane;
+  int64_t sp = tile * args.sc_tile_stride + s_begin * args.sc_step_stride + lane;
 #pragma unroll
   for (int i = 0; i < MT; ++i) xrows[i] += s_begin * kStepCols;
   uint4 c0[S], c1[S];
@@ -246,8 +264,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
       c1[i] = load_stream(wp + 32);
       sc[i] = LaneScales<F>::load(args.scales, sp);
     }
-    wp += kStepBytes / 16;
-    sp += kLanes;
+    wp += args.step_stride;
+    sp += args.sc_step_stride;
   }
   XStep<T, MT> xb[2];
   if (n_steps > 0) xb[0].load(xrows, 0);
@@ -263,8 +281,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
         c1[i] = load_stream(wp + 32);
         sc[i] = LaneScales<F>::load(args.scales, sp);
       }
-      wp += kStepBytes / 16;
-      sp += kLanes;
+      wp += args.step_stride;
+      sp += args.sc_step_stride;
     }
   }
 
@@ -327,16 +345,24 @@ bool env_config(GemvConfig& cfg) {
   return true;
 }
 
-// About 16 warps per multiprocessor (each with a pipeline of loads in flight), K split only as
-// far as each part keeps one pipeline's worth of steps.
-GemvConfig choose_config(int64_t n_tiles, int64_t steps, int sms) {
+// Up to 8 rows of x: about 16 warps per multiprocessor (each with a pipeline of loads in
+// flight), K split only as far as each part keeps one pipeline's worth of steps. 9..16 rows:
+// two blocks of 8 x rows per tile (the second reads the weights from L2) with 4 K parts: on the
+// round-3 sweep (fp4_gemv_sweep_NVIDIA_H200.json, variant "2,4,4,1" against "default") that
+// was as fast or faster on all four shapes (largest: 96.1 us against 105.3 us).
+GemvConfig choose_config(int64_t m, int64_t n_tiles, int64_t steps, int sms) {
   GemvConfig cfg{1, 1, kDefaultStages, 0};
   if (env_config(cfg)) return cfg;
-  // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
-  // 896 tiles -> kw 2 beat kw 3 or 4).
-  const int64_t want = (int64_t{16} * sms + n_tiles - 1) / n_tiles;
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kDefaultStages, kMaxWarps));
-  while (cfg.kw * 2 <= want && cfg.kw * 2 <= max_kw) cfg.kw *= 2;
+  if (m > 8 && m <= 16) {
+    cfg.mt = 1;
+    cfg.kw = static_cast<int>(std::min<int64_t>(4, max_kw));
+  } else {
+    // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
+    // 896 tiles -> kw 2 beat kw 3 or 4).
+    const int64_t want = (int64_t{16} * sms + n_tiles - 1) / n_tiles;
+    while (cfg.kw * 2 <= want && cfg.kw * 2 <= max_kw) cfg.kw *= 2;
+  }
   cfg.rw = kMaxWarps / cfg.kw;
   return cfg;
 }
@@ -390,8 +416,15 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
     padded.narrow(1, 0, k).copy_(x2);
     x2 = padded;
   }
-  const at::Tensor tiles = tiles_in.contiguous();
-  const at::Tensor scales = scales_in.contiguous();
+  // Tiles and scales may be any view whose per-(tile, step) block is contiguous (fp4_tile makes
+  // them tile-major; a step-major copy is read in its own order).
+  const int64_t lane_scale_elems = scales_in.size(3);
+  const bool inner_dense = tiles_in.stride(2) == 1 && scales_in.stride(3) == 1 &&
+                           scales_in.stride(2) == lane_scale_elems && tiles_in.stride(0) % 16 == 0 &&
+                           tiles_in.stride(1) % 16 == 0 && scales_in.stride(0) % lane_scale_elems == 0 &&
+                           scales_in.stride(1) % lane_scale_elems == 0;
+  const at::Tensor tiles = inner_dense ? tiles_in : tiles_in.contiguous();
+  const at::Tensor scales = inner_dense ? scales_in : scales_in.contiguous();
   at::Tensor bias_c;
   if (bias.has_value()) bias_c = bias->contiguous();
 
@@ -400,7 +433,11 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.m = m;
   args.x_stride = x_stride;
   args.tiles = static_cast<const uint4*>(tiles.const_data_ptr());
+  args.tile_stride = tiles.stride(0) / 16;
+  args.step_stride = tiles.stride(1) / 16;
   args.scales = scales.const_data_ptr();
+  args.sc_tile_stride = scales.stride(0) / lane_scale_elems;
+  args.sc_step_stride = scales.stride(1) / lane_scale_elems;
   args.out_scale = out_scale.const_data_ptr<float>();
   args.bias = bias.has_value() ? bias_c.const_data_ptr() : nullptr;
   args.bias_type = !bias.has_value() || bias_c.scalar_type() == at::kFloat ? 0
@@ -410,7 +447,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.n_tiles = tiles.size(0);
   args.steps = tiles.size(1);
 
-  const GemvConfig cfg = choose_config(args.n_tiles, args.steps, sm_count(x.get_device()));
+  const GemvConfig cfg = choose_config(m, args.n_tiles, args.steps, sm_count(x.get_device()));
   args.rw = cfg.rw;
   args.kw = cfg.kw;
   args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;

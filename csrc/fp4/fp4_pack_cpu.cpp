@@ -1,4 +1,4 @@
-// CPU kernels of apt::fp4_pack / apt::fp4_unpack (low nibble first, SPEC section 3).
+// CPU kernels of apt::fp4_pack / apt::fp4_unpack (low nibble first, docs/contract.md §3).
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>

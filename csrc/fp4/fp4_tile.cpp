@@ -1,7 +1,26 @@
-// apt::fp4_tile and apt::fp4_untile: the canonical packed weight (SPEC section 3) to and from the
+// apt::fp4_tile and apt::fp4_untile: the canonical packed weight (docs/contract.md §3) to and from the
 // tiled layout of fp4_tiled_layout.h that the CUDA GEMV reads. Written with ATen ops, so both run
 // on every device (the GPU tiles a weight once at load time; CPU tests check the layout).
-#include <ATen/ATen.h>
+// Per-op ATen headers and Tensor methods (t.mul(s), not t * s: the operators need all of ATen).
+#include <ATen/ops/bitwise_and.h>
+#include <ATen/ops/bitwise_left_shift.h>
+#include <ATen/ops/bitwise_or.h>
+#include <ATen/ops/bitwise_right_shift.h>
+#include <ATen/ops/clamp.h>
+#include <ATen/ops/frexp.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/isnan.h>
+#include <ATen/ops/ldexp.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -40,9 +59,9 @@ std::pair<at::Tensor, at::Tensor> encode_nvfp4_scales(const at::Tensor& scales) 
                     "scales: an nvfp4 block scale is NaN; the tiled layout needs finite scales");
   const at::Tensor zero = s.eq(0);
   auto [mant, ex] = at::frexp(at::where(zero, at::ones_like(s), s));  // s = mant * 2^ex, mant in [0.5, 1)
-  const at::Tensor e = ex.to(at::kInt) - 1;                          // s = 2^e * (1 + f)
-  const at::Tensor m = (mant * 16 - 8).round().to(at::kInt);          // f = m / 8, exact for E4M3
-  at::Tensor byte = at::bitwise_or(at::bitwise_left_shift(e - kNvfp4MinExp, 3), m);
+  const at::Tensor e = ex.to(at::kInt).sub(1);                       // s = 2^e * (1 + f)
+  const at::Tensor m = mant.mul(16).sub(8).round().to(at::kInt);     // f = m / 8, exact for E4M3
+  at::Tensor byte = at::bitwise_or(at::bitwise_left_shift(e.sub(kNvfp4MinExp), 3), m);
   byte = at::where(zero, at::zeros_like(byte), byte);
   return {byte.to(at::kByte), zero};
 }
@@ -51,7 +70,7 @@ std::pair<at::Tensor, at::Tensor> encode_nvfp4_scales(const at::Tensor& scales) 
 // and out_scale = 2^(126 - c). Blocks whose codes are all zero may take any scale.
 std::pair<at::Tensor, double> encode_mxfp4_scales(const at::Tensor& scales, const at::Tensor& codes,
                                                   int64_t block_size) {
-  const at::Tensor e = scales.to(at::kInt) - 127;
+  const at::Tensor e = scales.to(at::kInt).sub(127);
   const at::Tensor nonzero =
       at::bitwise_and(codes, 7).ne(0).reshape({codes.size(0), -1, block_size}).any(-1);
   int64_t c = 126;
@@ -62,7 +81,7 @@ std::pair<at::Tensor, double> encode_mxfp4_scales(const at::Tensor& scales, cons
                       " binades; the tiled layout represents at most 126 (use fp4_linear)");
     c = std::clamp<int64_t>(126, 1 - e_min, 127 - e_max);
   }
-  const at::Tensor byte = at::clamp(e + c, 1, 127).to(at::kByte);
+  const at::Tensor byte = at::clamp(e.add(c), 1, 127).to(at::kByte);
   return {byte, std::ldexp(1.0, static_cast<int>(126 - c))};
 }
 
@@ -96,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_tile(const at::Tensor& packed
     byte = pad_to(byte, rows, cols / block_size, 0);
     at::Tensor v = byte.reshape({nt, 2, 8, steps, 4, 2});  // [NT, h, g, S, t, b]
     lane_scales = v.permute({0, 3, 2, 4, 1, 5}).reshape({nt, steps, kLanes, 4}).contiguous();
-    out_scale = tensor_scale.reshape({}).to(at::kFloat) * static_cast<float>(std::ldexp(1.0, 126 - kNvfp4Shift));
+    out_scale = tensor_scale.reshape({}).to(at::kFloat).mul(static_cast<float>(std::ldexp(1.0, 126 - kNvfp4Shift)));
   } else if (f == Format::MXFP4) {
     auto [byte, factor] = encode_mxfp4_scales(scales, codes, block_size);
     lane_scales = lane_scales_one_block(pad_to(byte, rows, cols / block_size, 1), nt, steps, 4);
@@ -127,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_tile(const at::Tensor& packed
     }
   }
   // Words as little-endian bytes: [NT, S, 1024] (two's complement, so the int32 cast is exact).
-  word = at::where(word.ge(int64_t{1} << 31), word - (int64_t{1} << 32), word);
+  word = at::where(word.ge(int64_t{1} << 31), word.sub(int64_t{1} << 32), word);
   const at::Tensor tiles = word.to(at::kInt).contiguous().view(at::kByte).reshape({nt, steps, kStepBytes});
   return {tiles, lane_scales, out_scale};
 }
@@ -169,12 +188,12 @@ at::Tensor fp4_untile(const at::Tensor& tiles, const at::Tensor& lane_scales, co
   at::Tensor s;  // [NT, S, g, t, h, blk] with blk the lane's 16-column half
   if (f == Format::NVFP4) {
     const at::Tensor byte = lane_scales.to(at::kInt).reshape({nt, steps, 8, 4, 2, 2});
-    const at::Tensor e = at::bitwise_right_shift(byte, 3) + kNvfp4MinExp;
+    const at::Tensor e = at::bitwise_right_shift(byte, 3).add(kNvfp4MinExp);
     const at::Tensor m = at::bitwise_and(byte, 7).to(at::kFloat);
-    s = at::ldexp(1 + m / 8, e) * (out_scale.to(lane_scales.device()) * std::ldexp(1.0, kNvfp4Shift - 126));
+    s = at::ldexp(m.div(8).add(1), e).mul(out_scale.to(lane_scales.device()).mul(std::ldexp(1.0, kNvfp4Shift - 126)));
   } else if (f == Format::MXFP4) {
     const at::Tensor byte = lane_scales.to(at::kInt).reshape({nt, steps, 8, 4, 2, 1});
-    s = at::ldexp(at::ones_like(byte, at::kFloat), byte - 126) * out_scale.to(lane_scales.device());
+    s = at::ldexp(at::ones_like(byte, at::kFloat), byte.sub(126)).mul(out_scale.to(lane_scales.device()));
     s = s.expand({nt, steps, 8, 4, 2, 2});
   } else {
     s = lane_scales.reshape({nt, steps, 8, 4, 2, 1}).expand({nt, steps, 8, 4, 2, 2});
@@ -185,9 +204,9 @@ at::Tensor fp4_untile(const at::Tensor& tiles, const at::Tensor& lane_scales, co
   at::Tensor values;
   if (f == Format::NF4) {
     const at::Tensor table = at::tensor(at::ArrayRef<float>(kNF4, 16)).to(codes.device());
-    values = table.index({codes}) * s;
+    values = table.index({codes}).mul(s);
   } else {
-    values = e2m1_values(codes) * s;
+    values = e2m1_values(codes).mul(s);
   }
   return values.narrow(0, 0, n).narrow(1, 0, k).contiguous();
 }
@@ -202,7 +221,7 @@ at::Tensor fp4_linear_tiled_cpu(const at::Tensor& x, const at::Tensor& tiles, co
   check_tiled_linear_args(x, tiles, bias, n, k);
   const at::Tensor w = fp4_untile(tiles, lane_scales, out_scale, fmt, n, k);
   at::Tensor y = at::matmul(x.to(at::kFloat), w.t());
-  if (bias.has_value()) y = y + bias->to(at::kFloat);
+  if (bias.has_value()) y = y.add(bias->to(at::kFloat));
   if (gelu) y = at::gelu(y);
   return y.to(x.scalar_type());
 }

@@ -1,6 +1,6 @@
 // The tiled FP4 weight layout: a private copy of a packed weight in the order the CUDA GEMV
 // (fp4_gemv_cuda.cu) reads it, made once by fp4_tile (fp4_tile.cpp) from the canonical tensors
-// of SPEC section 3, which stay the interchange format. Host and device code include this file;
+// of docs/contract.md §3, which stay the interchange format. Host and device code include this file;
 // the packer and the kernel share every constant below.
 //
 // A weight [N, K] is cut into tiles of 16 rows (one mma.m16n8k16 A operand) and steps of 128

@@ -1,7 +1,7 @@
 // apt_ext._C.left_spin: the argument checks of apt::left_spin_residual(_backward)
 // (left_spin_checks.cpp) for the kernels that are not C++: the Triton and fake kernels call
 // them, so every backend raises the same errors from one place.
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>  // at::Tensor, ScalarType, Device <-> Python
 
 #include "bindings.h"
 #include "left_spin/left_spin_checks.h"

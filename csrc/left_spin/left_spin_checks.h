@@ -2,7 +2,6 @@
 // CPU and CUDA kernels. The Triton and fake kernels (apt_ext/left_spin/) call these checks through apt_ext._C.
 #pragma once
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>

@@ -1,4 +1,4 @@
-// Per-row scalar math of the left-spin residual (SPEC section 4), shared by the CPU kernels
+// Per-row scalar math of the left-spin residual (docs/contract.md §4), shared by the CPU kernels
 // and the CUDA kernels (host and device). Inputs are the row sums of squares; the kernels do
 // the element-wise work around them.
 //

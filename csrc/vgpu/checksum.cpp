@@ -1,12 +1,14 @@
 #include "vgpu/checksum.h"
 
 #if defined(APT_HAVE_XXHASH)
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t's definition, for a state without malloc
+// Header-only: XXH3 compiles into this file, so the module needs no libxxhash at run time (a wheel
+// works where libxxhash is not installed). XXH_INLINE_ALL also defines XXH3_state_t.
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 #elif defined(APT_HAVE_ZLIB)
 #include <zlib.h>
 #else
-#error "the VGPU pager needs libxxhash or zlib for its page checksums (see csrc/vgpu/extras.cmake)"
+#error "the VGPU pager needs xxhash.h or zlib for its page checksums (see csrc/vgpu/extras.cmake)"
 #endif
 
 namespace apt::vgpu {

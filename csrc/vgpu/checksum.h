@@ -1,4 +1,4 @@
-// Page checksums of the SSD tier: XXH3-64 from libxxhash when it was found at build time,
+// Page checksums of the SSD tier: XXH3-64 (xxhash.h, header-only) when it was found at build time,
 // otherwise zlib's CRC-32 (widened to 64 bits). checksum_name() says which one is compiled.
 #pragma once
 #include <cstddef>

@@ -7,7 +7,8 @@
 //    run on a second dedicated stream and are synchronous for the caller. Copy times are
 //    measured with CUDA events.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <chrono>
 #include <memory>

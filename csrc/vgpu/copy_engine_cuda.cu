@@ -1,5 +1,7 @@
 // CUDA CopyEngine: dedicated host->device and device->host streams, events for ordering and
 // timing (see copy_engine.h).
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <c10/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

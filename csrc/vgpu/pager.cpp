@@ -3,6 +3,8 @@
 #include <cstring>
 #include <sstream>
 
+#include <ATen/Context.h>  // at::hasCUDA
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include "vgpu/checksum.h"

@@ -11,7 +11,8 @@
 // evicted from their fastest level. When no level can make room, CapacityError is thrown and
 // nothing stored changes except demotions that completed (which keep every byte).
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <condition_variable>
 #include <deque>

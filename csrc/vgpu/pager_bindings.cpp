@@ -1,6 +1,6 @@
 // pybind11 bindings of the pager: apt_ext._C.VGPUPager and the VGPU exception classes.
 // apt_ext/vgpu/stack.py wraps them in the public VGPUStack.
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>  // at::Tensor, ScalarType, Device <-> Python
 
 #include "bindings.h"
 #include "vgpu/checksum.h"

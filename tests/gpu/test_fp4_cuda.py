@@ -327,7 +327,11 @@ def _triton_child() -> dict[str, str | None]:
 @pytest.fixture(scope="module")
 def triton_results() -> dict:
     pytest.importorskip("triton")
-    env = dict(os.environ, APT_FORCE_TRITON="1")
+    # the child imports this file's helpers (tests/fp4_helpers.py, tests/reference) as pytest's
+    # rootdir conftest makes them importable here
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, APT_FORCE_TRITON="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, __file__, "triton"], env=env, capture_output=True, text=True,
                           timeout=1200)
     assert proc.returncode == 0, f"Triton run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -7,6 +7,11 @@ Run:  python -m pytest tests/gpu/test_fp4_gemv_cuda.py -q
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -45,10 +50,19 @@ def _rel_err(y: torch.Tensor, r: torch.Tensor) -> float:
     return float((y.double().cpu() - r.double().cpu()).norm() / r.double().cpu().norm().clamp_min(1e-30))
 
 
-def _check(fmt: str, m: int, dt: torch.dtype, with_bias: bool, n: int, k: int, apt_seed: int) -> None:
+def _step_major(t: torch.Tensor) -> torch.Tensor:
+    """The same [tiles, steps, ...] view of a copy stored step by step."""
+    return t.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+def _check(fmt: str, m: int, dt: torch.dtype, with_bias: bool, n: int, k: int, apt_seed: int,
+           step_major: bool = False) -> None:
     g = torch.Generator().manual_seed(apt_seed)
     q = quantize(_weight(n, k, g).to(DEV), fmt)
     t = tile(q)
+    if step_major:
+        t = dataclasses.replace(t, tiles=_step_major(t.tiles), tile_scales=_step_major(t.tile_scales))
+        assert not t.tiles.is_contiguous()
     x = torch.randn(m, k, generator=g).to(dt).to(DEV)
     bias = torch.randn(n, generator=g).to(DEV) if with_bias else None
     y = t.linear(x, bias)
@@ -76,6 +90,36 @@ def test_gemv_small_k(fmt, m, dt, with_bias, apt_seed):
 def test_gemv_long_k(fmt, m, dt, apt_seed):
     """Many steps, K split across warps (shared-memory reduction), K not a multiple of 128."""
     _check(fmt, m, dt, True, n=300, k=4192, apt_seed=apt_seed)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m", [1, 16])
+def test_gemv_step_major_views(fmt, m, apt_seed):
+    """Tiles and scales stored step by step (a strided view) are read in their own order."""
+    _check(fmt, m, torch.bfloat16, True, n=300, k=4192, apt_seed=apt_seed, step_major=True)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("launch", ["2,4,4,1", "8,1,4,2", "4,2,4,0", "3,2,4,1"])
+def test_gemv_launch_variants(launch):
+    """The tuning sweep's APT_FP4_GEMV variants (read once per process, so each in a child):
+    8- and 16-row x blocks, 1-4 K parts, tiles per block not dividing N, both storage orders,
+    every format."""
+    code = (
+        "import sys, torch\n"
+        "sys.path[:0] = sys.argv[1:]\n"
+        "import test_fp4_gemv_cuda as t\n"
+        "for fmt in t.FORMATS:\n"
+        "    for m in (1, 9, 16):\n"
+        "        for sm in (False, True):\n"
+        "            t._check(fmt, m, torch.bfloat16, True, n=300, k=4192, apt_seed=7, step_major=sm)\n"
+        "print('ok')\n")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, APT_FP4_GEMV=launch)
+    proc = subprocess.run([sys.executable, "-c", code, here, os.path.dirname(here)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
 @needs_cuda_build

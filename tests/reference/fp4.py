@@ -1,4 +1,4 @@
-"""Plain-PyTorch reference of the FP4 formats (SPEC section 3): the tests' definition of the
+"""Plain-PyTorch reference of the FP4 formats (docs/contract.md §3): the tests' definition of the
 math. Shipped code never imports it (it lives under tests/); the format constants come from
 apt_ext/fp4/format.py.
 
@@ -34,7 +34,7 @@ def unpack(packed: torch.Tensor) -> torch.Tensor:
 def e2m1_codes(v: torch.Tensor) -> torch.Tensor:
     """Round float32 values to E2M1 codes: nearest, ties to mantissa bit 0, saturate at 6.
 
-    Tie points 0.25->0, 0.75->1, 1.25->1, 1.75->2, 2.5->2, 3.5->4, 5->4 (SPEC 3).
+    Tie points 0.25->0, 0.75->1, 1.25->1, 1.75->2, 2.5->2, 3.5->4, 5->4 (docs/contract.md §3).
     Zero and values that round to magnitude 0 encode as code 0 (no negative zero).
     """
     m = v.abs()

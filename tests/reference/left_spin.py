@@ -1,4 +1,4 @@
-"""Plain-PyTorch reference of the left-spin residual (SPEC section 4): the tests' definition of
+"""Plain-PyTorch reference of the left-spin residual (docs/contract.md §4): the tests' definition of
 the math (shipped code never imports it; it lives under tests/).
 
 Per row of D elements (norms over the last dimension, in float32; float64 for float64
@@ -62,7 +62,7 @@ TOLERANCE = {
     torch.float16: (2e-3, 2e-3),
 }
 PHI_TOLERANCE = {torch.float64: (1e-10, 1e-10)}  # else (2e-5, 2e-5)
-DEFAULTS = dataclasses.asdict(PARAMS)  # the keyword arguments of SPEC 4's defaults
+DEFAULTS = dataclasses.asdict(PARAMS)  # the keyword arguments of docs/contract.md §4's defaults
 
 
 def make_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: str | torch.device,

@@ -23,6 +23,11 @@ TABLES = (("meta", "key, value"), ("namespaces", "name, writes"), ("nodes", NODE
 SCHEMA_VERSION = "2"  # 2: nodes.speaker and nodes.ts (conversation fields)
 
 
+class StoreError(RuntimeError):
+    """The database at a memory's path cannot be used: the message names the path and why (not a
+    database, damaged, a directory, a missing directory, read-only, ...)."""
+
+
 @dataclass
 class NodeRow:
     """One row of ``nodes`` (proto decoded to float32 [dim]; ts: Unix seconds or None)."""

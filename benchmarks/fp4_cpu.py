@@ -245,7 +245,17 @@ def machine() -> dict:
         raise SystemExit(f"{isa['env']}: {isa['error']}")
     return {"cpu": model, "threads": torch.get_num_threads(), "fp4_cpu_isa": isa["path"],
             "fp4_cpu_isa_requires": list(isa["requires"]), "cpu_flags": flags,
-            "torch": torch.__version__, "python": platform.python_version()}
+            "torch": torch.__version__, "python": platform.python_version(), "scheduling": scheduling()}
+
+
+def scheduling() -> str:
+    """This process's CPU scheduling policy: a run under ``chrt -f N`` (real-time FIFO) keeps the
+    other jobs of a shared machine off its cores while it times."""
+    if not hasattr(os, "sched_getscheduler"):
+        return "unknown"
+    policy = os.sched_getscheduler(0)
+    names = {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_FIFO: "SCHED_FIFO", os.SCHED_RR: "SCHED_RR"}
+    return f"{names.get(policy, policy)} priority {os.sched_getparam(0).sched_priority}, nice {os.nice(0)}"
 
 
 def plot(result: dict, path: Path) -> None:

@@ -121,7 +121,8 @@ def fp4_cpu_speed_peers(d: dict, err: dict) -> list[str]:
     out = [f"FP4 CPU path `{m['fp4_cpu_isa']}` (requires the CPU flags {', '.join(m['fp4_cpu_isa_requires']) or 'none'}). "
            f"`apt::fp4_linear` (float32 x) in each format against `F.linear` with a float32 and a bfloat16 weight "
            f"and torch's int4 CPU kernel `torch._weight_int4pack_mm_for_cpu` (bfloat16 x, groups of 128); ms per "
-           f"call (median of {d.get('repeats', '?')}). Ratios = their time / the slowest of the three FP4 formats. "
+           f"call (median of {d.get('repeats', '?')} rounds, each timing every implementation once; scheduling "
+           f"{m.get('scheduling', 'not recorded')}). Ratios = their time / the slowest of the three FP4 formats. "
            f"Accuracy of the timed layers (relative output error against the float32 layer, Gaussian weights, "
            f"same run): {accuracy}.",
            "",

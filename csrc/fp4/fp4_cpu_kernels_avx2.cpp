@@ -60,8 +60,7 @@ void decode_scales_avx2(const uint8_t* bytes, Format f, float tensor_scale, int6
   } else {
     for (; b + 8 <= nb; b += 8) _mm256_storeu_ps(dst + b, scale_values<Format::MXFP4>(bytes + b));
   }
-  const float* table = scale_table(f);
-  for (; b < nb; ++b) dst[b] = f == Format::NVFP4 ? table[bytes[b]] * tensor_scale : table[bytes[b]];
+  scalar_kernels().decode_scales(bytes + b, f, tensor_scale, nb - b, dst + b);  // the last nb % 8
 }
 
 // ---- natural order (fp4_dequantize) -------------------------------------------------------
@@ -172,7 +171,7 @@ inline void chunk_scales(const float* s, __m256* sv) {
   }
 }
 
-constexpr int64_t kPrefetchBytes = 1024;
+constexpr int64_t kPrefetchBytes = 2048;  // one nvfp4 row of K = 4096 ahead
 
 // Calls fn(w, sv, c) for every chunk c of the row with its 64 decoded, unscaled values and its
 // scale vectors. The last chunk of a K that is not a multiple of 64 is read from a zero-padded

@@ -30,7 +30,7 @@ constexpr int64_t kGemm4MaxRows = 64;
 constexpr int64_t kSliceK = 1024;  // a multiple of every block size and of 64
 static_assert(kSliceK % 64 == 0, "slices must start on block and k-order chunk boundaries");
 // Work pieces the threads claim: weight rows of the GEMV path, 4-row groups of the batched one.
-constexpr int64_t kDotRowsPiece = 32;
+constexpr int64_t kDotRowsPiece = 64;
 constexpr int64_t kGemm4Piece = 8;
 
 struct Weight {

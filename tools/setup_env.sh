@@ -61,7 +61,7 @@ step "installing torch 2.13.0" "$PY" -m pip install -q torch==2.13.0
 step "installing the build tools (scikit-build-core, cmake, ninja)" \
   "$PY" -m pip install -q "scikit-build-core>=0.10" cmake ninja numpy
 step "installing the runtime and test dependencies" "$PY" -m pip install -q -r <(requirements)
-step "building apt_ext's C++ extension (about 4 min on 2 cores)" \
+step "building apt_ext's C++ extension (several minutes on 2 cores)" \
   "$PY" -m pip install -q --no-build-isolation -e ".[test]"
 "$PY" tools/build_summary.py | sed 's/^/setup_env: /'
 echo "setup_env: ready in $(($(date +%s) - START)) s: $VENV (activate with: source $VENV/bin/activate)"

@@ -53,6 +53,10 @@ inline constexpr int64_t element_at(KOrder order, int64_t q) {
     default: return q;
   }
 }
+// The AVX-512 kernels (not run where no AVX-512 CPU is available) read positions 0-15 of a chunk
+// as its even elements and 16-31 as its odd ones.
+static_assert(element_at(KOrder::kSplitPairs, 5) == 10 && element_at(KOrder::kSplitPairs, 21) == 11,
+              "split pairs: 16 even elements, then the 16 odd ones");
 
 // Like DecodeRowFn but in the kernels' k order, writing row_len(kp) floats.
 using DecodeRowLinearFn = void (*)(const PackedRow& row, float* out);

@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <initializer_list>
 #include <type_traits>
 
 #include "fp4/fp4_cpu_kernels.h"
@@ -28,39 +29,65 @@ inline float hsum(__m256 v) {
 
 // ---- scale bytes -------------------------------------------------------------------------
 
-// 8 scale bytes -> their float32 values, built bit by bit (a table gather is slower here):
-//  - mxfp4 e: 2^(e - 127) = bits e << 23, except e = 0 (2^-127, the subnormal 0x00400000);
-//  - nvfp4 e4m3 s.eeee.mmm: normal = bits (eeeemmm << 20) + (120 << 23) with the sign on top,
-//    subnormal (eeee = 0) = m * 2^-9 (an 8-entry vpermps table), 0x7F / 0xFF = NaN.
-template <Format kFormat>
-inline __m256 scale_values(const uint8_t* bytes) {
-  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes)));
-  if constexpr (kFormat == Format::MXFP4) {
-    const __m256i bits = _mm256_slli_epi32(b, 23);
-    const __m256i zero = _mm256_cmpeq_epi32(b, _mm256_setzero_si256());
-    return _mm256_castsi256_ps(_mm256_blendv_epi8(bits, _mm256_set1_epi32(0x00400000), zero));
-  } else {
-    const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7F));
-    const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23));
-    const __m256 sub = _mm256_permutevar8x32_ps(
-        _mm256_setr_ps(0.0f, 0x1p-9f, 0x2p-9f, 0x3p-9f, 0x4p-9f, 0x5p-9f, 0x6p-9f, 0x7p-9f), mag);
-    __m256 v = _mm256_blendv_ps(_mm256_castsi256_ps(normal), sub,
-                                _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag)));
-    v = _mm256_blendv_ps(v, _mm256_set1_ps(__builtin_nanf("")),
-                         _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F))));
-    return _mm256_or_ps(v, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(b, 7), 31)));
-  }
+// mxfp4: 8 exponent bytes e -> 2^(e - 127), built bit by bit (a table gather is slower here):
+// bits e << 23, except e = 0 (2^-127, the subnormal 0x00400000).
+inline __m256 mx_scales8(const uint8_t* bytes) {
+  const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes)));
+  const __m256i zero = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
+  return _mm256_castsi256_ps(_mm256_blendv_epi8(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000), zero));
+}
+
+// A vpshufb table (in both 128-bit lanes) with the first entries v, the rest 0.
+inline __m256i bytes16(std::initializer_list<int> v) {
+  alignas(16) int8_t b[16] = {};
+  int i = 0;
+  for (int x : v) b[i++] = static_cast<int8_t>(x);
+  return _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(b)));
+}
+
+// nvfp4: 32 e4m3 bytes s.EEEE.mmm -> their float32 values in out[0..3] (in order), exactly. Every
+// e4m3 value is a bfloat16; its two bytes come from nibble lookups (vpshufb, 32 per instruction):
+// a normal value's high byte is s | ((E >> 1) + 60), a function of the high nibble, and its low byte
+// is the low nibble << 4; E = 0 (m * 2^-9) and NaN (s.1111.111) are blended in.
+inline void e4m3_scales32(const uint8_t* bytes, __m256* out) {
+  // Dwords ordered [0, 2, 4, 6 | 1, 3, 5, 7] so that the in-lane unpacks below give bytes 0-7,
+  // 8-15, 16-23, 24-31 in out[0..3].
+  const __m256i b = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)),
+                                                _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+  const __m256i e3e2e1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi8(0x07));
+  const __m256i l = _mm256_and_si256(b, _mm256_set1_epi8(0x0F));  // E0.mmm
+  const __m256i sign = _mm256_and_si256(b, _mm256_set1_epi8(static_cast<char>(0x80)));
+  __m256i hi = _mm256_shuffle_epi8(bytes16({0x3C, 0x3D, 0x3E, 0x3F, 0x40, 0x41, 0x42, 0x43}), e3e2e1);
+  __m256i lo = _mm256_slli_epi16(l, 4);  // bytes below 16: nothing crosses into the next byte
+  const __m256i e_zero =
+      _mm256_cmpeq_epi8(_mm256_and_si256(b, _mm256_set1_epi8(0x78)), _mm256_setzero_si256());
+  // m * 2^-9 for m = 0..7 as bfloat16 high / low bytes (0: zero).
+  hi = _mm256_blendv_epi8(hi, _mm256_shuffle_epi8(bytes16({0, 0x3B, 0x3B, 0x3B, 0x3C, 0x3C, 0x3C, 0x3C}), l), e_zero);
+  lo = _mm256_blendv_epi8(lo, _mm256_shuffle_epi8(bytes16({0, 0, 0x80, 0xC0, 0, 0x20, 0x40, 0x60}), l), e_zero);
+  const __m256i nan = _mm256_cmpeq_epi8(_mm256_and_si256(b, _mm256_set1_epi8(0x7F)), _mm256_set1_epi8(0x7F));
+  hi = _mm256_or_si256(_mm256_blendv_epi8(hi, _mm256_set1_epi8(0x7F), nan), sign);
+  lo = _mm256_blendv_epi8(lo, _mm256_set1_epi8(static_cast<char>(0xC0)), nan);
+  const __m256i w0 = _mm256_unpacklo_epi8(lo, hi), w1 = _mm256_unpackhi_epi8(lo, hi);  // bfloat16 words
+  const __m256i z = _mm256_setzero_si256();
+  out[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, w0));
+  out[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, w0));
+  out[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, w1));
+  out[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, w1));
 }
 
 void decode_scales_avx2(const uint8_t* bytes, Format f, float tensor_scale, int64_t nb, float* dst) {
   int64_t b = 0;
   if (f == Format::NVFP4) {
     const __m256 ts = _mm256_set1_ps(tensor_scale);
-    for (; b + 8 <= nb; b += 8) _mm256_storeu_ps(dst + b, _mm256_mul_ps(scale_values<Format::NVFP4>(bytes + b), ts));
+    __m256 v[4];
+    for (; b + 32 <= nb; b += 32) {
+      e4m3_scales32(bytes + b, v);
+      for (int i = 0; i < 4; ++i) _mm256_storeu_ps(dst + b + 8 * i, _mm256_mul_ps(v[i], ts));
+    }
   } else {
-    for (; b + 8 <= nb; b += 8) _mm256_storeu_ps(dst + b, scale_values<Format::MXFP4>(bytes + b));
+    for (; b + 8 <= nb; b += 8) _mm256_storeu_ps(dst + b, mx_scales8(bytes + b));
   }
-  scalar_kernels().decode_scales(bytes + b, f, tensor_scale, nb - b, dst + b);  // the last nb % 8
+  scalar_kernels().decode_scales(bytes + b, f, tensor_scale, nb - b, dst + b);  // the rest
 }
 
 // ---- natural order (fp4_dequantize) -------------------------------------------------------

@@ -1,7 +1,10 @@
 """Tuning sweep of the tiled FP4 GEMV (csrc/fp4/fp4_gemv_cuda.cu) on one GPU, in one run.
 
-Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt]" (tiles per block, K parts per tile,
-pipeline depth, x rows per block in tiles of 8), optionally with
+Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance]]]" (tiles per block, K parts
+per tile, pipeline depth, x rows per block in tiles of 8, how x is read: 0 through L1, 1
+prefetched into L1 at the start, 2 copied into shared memory, 3 the same with one x buffer and 3
+blocks per SM; balance 1: tiles per block chosen to spread blocks evenly over the SMs; rw = kw = 0
+keeps the heuristic's), optionally with
 "@step" (the tiles and scales copied step-major: at each step all tiles' blocks are adjacent, so
 warps that advance together read one contiguous region) runs in its own child process (the kernel reads the variable once) and times
 torch.ops.apt.fp4_linear_tiled (nvfp4, bf16 x) on the issue's four shapes; the parent times bf16
@@ -185,7 +188,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variants", default=None,
-                    help="';'-separated list of 'default' or 'rw,kw,stages[,mt]', each optionally '@step' "
+                    help="';'-separated list of 'default' or 'rw,kw,stages[,mt[,xm[,balance]]]', each optionally '@step' "
                          "(default: the full sweep)")
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="comma-separated rows of x")
     ap.add_argument("--tag", default="", help="suffix of the JSON file name (one file per tuning round)")

@@ -12,7 +12,9 @@
 //    deterministic;
 //  * nvfp4/mxfp4 codes decode with shift-and-mask into bfloat16 (value * 2^-126) and one paired
 //    multiply by the scale word (exact), feeding mma.m16n8k16 with the weights as A and 8 rows of x
-//    as B; float16 / float32 x enter as 2 / 3 exact bfloat16 terms.
+//    as B; float16 / float32 x enter as 2 / 3 exact bfloat16 terms;
+//  * x is read from global memory (L1) per step, or (launch modes for tuning, GemvConfig::xm)
+//    prefetched into L1 for the whole block at the start, or staged once into shared memory.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -24,6 +26,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <type_traits>
 
 #include "fp4/fp4_decode_cuda.h"
@@ -56,6 +59,31 @@ __device__ __forceinline__ uint4 load_x(const uint4* p) {
   uint4 r;
   asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
   return r;
+}
+
+// 16 bytes of shared memory at byte address `addr`, in program order.
+__device__ __forceinline__ uint4 lds128(uint32_t addr) {
+  uint4 r;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(addr));
+  return r;
+}
+
+__device__ __forceinline__ uint32_t shared_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// How a block reads x (GemvConfig::xm): 0 from global memory through L1, double-buffered half a
+// step ahead; 1 the same after an L1 prefetch of the block's rows of x at the start; 2 from a copy
+// of the block's rows in shared memory (cp.async at the start), double-buffered; 3 like 2 with a
+// single buffer loaded at each step and three blocks per multiprocessor.
+constexpr int kXGlobal = 0, kXPrefetchL1 = 1, kXShared = 2, kXSharedLean = 3;
+
+// Shared-memory copy of x (modes 2, 3): 16-byte chunk c of a row at chunk c + c / 8 (a 16-byte gap
+// after every 8), rows kXRowChunks(steps) chunks apart (2 or 6 modulo 8): the 8 lanes of an
+// ld.shared.v4 phase (two rows of x, 4 column groups) then hit 8 different 4-bank groups.
+constexpr int kXSmemStepBytes = 18 * 16;  // one step (16 chunks of bf16 x) with its gaps
+__host__ __device__ constexpr int64_t x_row_chunks(int64_t steps) {
+  return 18 * steps + ((2 - 18 * steps) % 8 + 8) % 8;
 }
 
 // A lane's scales of one step, as loaded: nvfp4 4 bytes, mxfp4 2 bytes, nf4 two floats.
@@ -137,6 +165,15 @@ struct XStep {
       for (int q = 0; q < kLoads; ++q) v[i][q] = load_x(p + q);
     }
   }
+  // The same 32 columns from the shared-memory copy: addr[i] is the byte address of the lane's
+  // first chunk (row i) at this step; its 4 chunks are consecutive (16-bit x only).
+  __device__ void load_shared(const uint32_t (&addr)[MT], uint32_t offset) {
+    static_assert(kLoads == 4, "the shared-memory copy of x holds 16-bit x");
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int q = 0; q < kLoads; ++q) v[i][q] = lds128(addr[i] + offset + 16 * q);
+  }
   // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1; 0..31 for float32) of tile i.
   __device__ uint32_t word(int i, int w) const { return word_of(v[i][w / 4], w % 4); }
 };
@@ -215,14 +252,24 @@ struct GemvArgs {
   int64_t n, n_tiles, steps, steps_per_part;
   int rw, kw;  // tiles per block, K parts per tile (warps per block = rw * kw)
   int m_blocks;  // blocks along x (8 * MT rows each)
+  int x_smem_bytes;  // modes 2, 3: bytes of the shared-memory copy of x (before the K-part sums)
 };
+
+// Blocks per multiprocessor the registers must allow (__launch_bounds__): 2 for 8 rows of 16-bit
+// x (128 registers), 3 with one x buffer in shared memory (80); 16 rows: 2 with one x buffer.
+template <typename T, int MT, int XM>
+constexpr int min_blocks_per_sm() {
+  if (sizeof(T) != 2) return 1;
+  if (MT == 1) return XM == kXSharedLean ? 3 : 2;
+  return XM == kXSharedLean ? 2 : 1;
+}
 
 // Grid ceil(n_tiles / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying fastest,
 // so blocks that share weights run side by side and the later ones read them from L2), block
-// 32 * rw * kw threads, dynamic shared memory (kw - 1) * rw * 32 * 4 * MT floats.
+// 32 * rw * kw threads, dynamic shared memory x_smem_bytes + (kw - 1) * rw * 32 * 4 * MT floats.
 // Warp w: tile (blockIdx.x / m_blocks) * rw + w % rw, K part w / rw.
-template <Format F, typename T, int MT, int S, bool kGelu>
-__global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 2 : 1)
+template <Format F, typename T, int MT, int S, int XM, bool kGelu>
+__global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>()))
     gemv_tiled_kernel(const GemvArgs args) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rt = warp % args.rw, part = warp / args.rw;
@@ -232,12 +279,14 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
   const int64_t s_begin = part * args.steps_per_part;
   const int64_t n_steps =
       tile >= args.n_tiles || s_begin >= args.steps ? 0 : min(args.steps - s_begin, args.steps_per_part);
-  const int64_t row0 = m_block * 8 * MT + g;  // this lane's first row of x
+  const int64_t row_first = m_block * 8 * MT;  // the block's first row of x
+  const int rows_here = static_cast<int>(min(static_cast<int64_t>(8 * MT), args.m - row_first));
   const T* xrows[MT];  // this lane's 32 columns of its rows of x, at the warp's current step
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
-    xrows[i] = static_cast<const T*>(args.x) + min(row0 + 8 * i, args.m - 1) * args.x_stride + 32 * t;
+    xrows[i] = static_cast<const T*>(args.x) + (row_first + min(g + 8 * i, rows_here - 1)) * args.x_stride + 32 * t;
   }
+  extern __shared__ __align__(16) unsigned char dyn_smem[];
 
   __shared__ float lut[16];
   if constexpr (F == Format::NF4) {
@@ -267,28 +316,85 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
     wp += args.step_stride;
     sp += args.sc_step_stride;
   }
-  XStep<T, MT> xb[2];
-  if (n_steps > 0) xb[0].load(xrows, 0);
-  for (int64_t base = 0; base < n_steps; base += S) {
+
+  // x for the whole block while the first weights are in flight: into L1 (mode 1) or shared
+  // memory (modes 2, 3).
+  const T* x_block = static_cast<const T*>(args.x) + row_first * args.x_stride;
+  if constexpr (XM == kXPrefetchL1) {
+    const int lines_per_row = static_cast<int>(args.x_stride * sizeof(T) / 128);
+    for (int idx = threadIdx.x; idx < rows_here * lines_per_row; idx += blockDim.x) {
+      const int r = idx / lines_per_row;
+      const char* line = reinterpret_cast<const char*>(x_block + r * args.x_stride) + 128 * (idx - r * lines_per_row);
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(line));
+    }
+  }
+  uint32_t x_smem[MT];  // modes 2, 3: byte address of this lane's first chunk of row i at step s_begin
+  if constexpr (XM >= kXShared) {
+    const int chunks_per_row = static_cast<int>(args.x_stride * sizeof(T) / 16);
+    const int row_chunks = static_cast<int>(x_row_chunks(args.steps));
+    const uint32_t base = shared_addr(dyn_smem);
+    for (int idx = threadIdx.x; idx < rows_here * chunks_per_row; idx += blockDim.x) {
+      const int r = idx / chunks_per_row, c = idx - r * chunks_per_row;
+      const uint32_t dst = base + 16u * static_cast<uint32_t>(r * row_chunks + c + (c >> 3));
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst),
+                   "l"(reinterpret_cast<const uint4*>(x_block + r * args.x_stride) + c));
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      const int r = min(g + 8 * i, rows_here - 1);
+      x_smem[i] = base + 16u * static_cast<uint32_t>(r * row_chunks + 4 * t + (t >> 1)) +
+                  static_cast<uint32_t>(s_begin) * kXSmemStepBytes;
+    }
+  }
+  // x of step s (of this warp's range) into `xs`.
+  auto load_x_step = [&](XStep<T, MT>& xs, int64_t s) {
+    if constexpr (XM >= kXShared) {
+      xs.load_shared(x_smem, static_cast<uint32_t>(s) * kXSmemStepBytes);
+    } else {
+      xs.load(xrows, s * kStepCols);
+    }
+  };
+
+  // Step s of this warp's range uses ring slot i (= s % S). kChecked: s may be among the last
+  // 2 S steps, so the next x and the ring refill are bounds-checked; other steps skip the tests.
+  constexpr bool kXDouble = XM != kXSharedLean;
+  XStep<T, MT> xb[kXDouble ? 2 : 1];
+  if (kXDouble && n_steps > 0) load_x_step(xb[0], 0);
+  auto step = [&](auto checked, int i, int64_t s) {
+    constexpr bool kChecked = decltype(checked)::value;
+    if constexpr (kXDouble) {
+      if (!kChecked || s + 1 < n_steps) load_x_step(xb[(i + 1) & 1], s + 1);
+      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], lut, acc);
+    } else {
+      load_x_step(xb[0], s);
+      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[0], lut, acc);
+    }
+    if (!kChecked || s + S < n_steps) {
+      c0[i] = load_stream(wp);
+      c1[i] = load_stream(wp + 32);
+      sc[i] = LaneScales<F>::load(args.scales, sp);
+    }
+    wp += args.step_stride;
+    sp += args.sc_step_stride;
+  };
+  int64_t base = 0;
+  for (; base + 2 * S <= n_steps; base += S) {
+#pragma unroll
+    for (int i = 0; i < S; ++i) step(std::false_type{}, i, base + i);
+  }
+  for (; base < n_steps; base += S) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
-      const int64_t s = base + i;
-      if (s >= n_steps) break;
-      if (s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
-      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], lut, acc);
-      if (s + S < n_steps) {
-        c0[i] = load_stream(wp);
-        c1[i] = load_stream(wp + 32);
-        sc[i] = LaneScales<F>::load(args.scales, sp);
-      }
-      wp += args.step_stride;
-      sp += args.sc_step_stride;
+      if (base + i >= n_steps) break;
+      step(std::true_type{}, i, base + i);
     }
   }
 
   // K parts 1.. hand their sums to part 0 through shared memory, in a fixed order.
   if (args.kw > 1) {
-    extern __shared__ float partial[];  // [(kw - 1) * rw][4 * MT][32]
+    float* partial = reinterpret_cast<float*>(dyn_smem + args.x_smem_bytes);  // [(kw - 1) * rw][4 * MT][32]
     if (part > 0) {
       float* dst = partial + ((part - 1) * args.rw + rt) * (4 * MT * 32) + lane;
 #pragma unroll
@@ -311,13 +417,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
 
   // C fragment: acc[i][0..1] = (row g, x rows 2t, 2t+1 of tile i), acc[i][2..3] = (row g + 8, same).
   const float scale = __ldg(args.out_scale);
-  const int64_t xrow0 = m_block * 8 * MT;
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int64_t row = tile * kTileRows + g + 8 * (e >> 1);
-      const int64_t col = xrow0 + 8 * i + 2 * t + (e & 1);
+      const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
       if (row >= args.n || col >= args.m) continue;
       float v = acc[i][e] * scale;
       if (args.bias != nullptr) v += load_bias<T>(args.bias, args.bias_type, row);
@@ -328,22 +433,29 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (MT == 1 && sizeof(T) == 2) ? 
 }
 
 // Launch shape: tiles per block (rw), K parts (kw), pipeline stages (s), x rows per block as
-// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2).
+// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2), how x is read (xm, kXGlobal..).
 struct GemvConfig {
-  int rw, kw, s, mt;
+  int rw, kw, s, mt, xm;
+  bool balance;  // tiles per block chosen so the blocks spread evenly over the multiprocessors
 };
 
-// APT_FP4_GEMV="rw,kw,stages[,mt]" (read once) overrides the heuristic: for tuning sweeps.
+// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance]]]" (read once) overrides the heuristic: for tuning
+// sweeps. rw = kw = 0 keeps the heuristic's tiles per block and K parts (and its mt when mt is 0).
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
-  int rw = 0, kw = 0, s = 0, mt = 0;
-  const int got = std::sscanf(env, "%d,%d,%d,%d", &rw, &kw, &s, &mt);
-  TORCH_CHECK_VALUE((got == 3 || got == 4) && rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps && mt >= 0 && mt <= 2,
-                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt]' with rw * kw <= 8 and mt in 0..2, got '", env, "'");
-  cfg = {rw, kw, s, mt};
+  int rw = 0, kw = 0, s = 0, mt = 0, xm = 0, balance = 0;
+  const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance);
+  const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
+  TORCH_CHECK_VALUE(got >= 3 && shape_ok && mt >= 0 && mt <= 2 && xm >= 0 && xm <= kXSharedLean,
+                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance]]]' with rw * kw <= 8 (or both 0), mt "
+                    "in 0..2 and xm in 0..3, got '", env, "'");
+  cfg = {rw, kw, s, mt, xm, balance != 0};
   return true;
 }
+
+// Rows of x per block for GemvConfig::mt (float32 x always takes 8).
+constexpr int x_rows_per_block(int mt, int64_t m) { return mt == 1 || (mt == 0 && m <= 8) ? 8 : 16; }
 
 // Up to 8 rows of x: about 16 warps per multiprocessor (each with a pipeline of loads in
 // flight), K split only as far as each part keeps one pipeline's worth of steps. 9..16 rows:
@@ -351,11 +463,12 @@ bool env_config(GemvConfig& cfg) {
 // round-3 sweep (fp4_gemv_sweep_NVIDIA_H200.json, variant "2,4,4,1" against "default") that
 // was as fast or faster on all four shapes (largest: 96.1 us against 105.3 us).
 GemvConfig choose_config(int64_t m, int64_t n_tiles, int64_t steps, int sms) {
-  GemvConfig cfg{1, 1, kDefaultStages, 0};
-  if (env_config(cfg)) return cfg;
+  GemvConfig cfg{0, 0, kDefaultStages, 0, kXGlobal, false};
+  if (env_config(cfg) && cfg.rw > 0) return cfg;
+  cfg.kw = 1;
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kDefaultStages, kMaxWarps));
   if (m > 8 && m <= 16) {
-    cfg.mt = 1;
+    if (cfg.mt == 0) cfg.mt = 1;
     cfg.kw = static_cast<int>(std::min<int64_t>(4, max_kw));
   } else {
     // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
@@ -364,13 +477,45 @@ GemvConfig choose_config(int64_t m, int64_t n_tiles, int64_t steps, int sms) {
     while (cfg.kw * 2 <= want && cfg.kw * 2 <= max_kw) cfg.kw *= 2;
   }
   cfg.rw = kMaxWarps / cfg.kw;
+  if (cfg.balance) {
+    // The busiest multiprocessor gets ceil(blocks / sms) blocks of rw tiles each: take the rw
+    // that gives it the fewest tiles (ties: the larger block). E.g. 1792 tiles on 132 SMs:
+    // rw 8 -> 2 blocks of 8 = 16 tiles, rw 7 -> 2 blocks of 7 = 14 (the even share is 13.6).
+    const int64_t rows = x_rows_per_block(cfg.mt, m), m_blocks = (m + rows - 1) / rows;
+    int64_t best = std::numeric_limits<int64_t>::max();
+    for (int rw = kMaxWarps / cfg.kw; rw >= 1; --rw) {
+      const int64_t blocks = (n_tiles + rw - 1) / rw * m_blocks;
+      const int64_t busiest = (blocks + sms - 1) / sms * rw;
+      if (busiest < best) {
+        best = busiest;
+        cfg.rw = rw;
+      }
+    }
+  }
   return cfg;
 }
 
+// Largest dynamic shared memory a block asks for (x copy + K-part sums), so that two blocks (three
+// in mode 3) fit on a multiprocessor; a launch that would need more reads x from global memory.
+constexpr int64_t kMaxBlockSmem = 112 * 1024, kMaxBlockSmemLean = 72 * 1024;
+
 template <Format F, typename T, int MT, bool kGelu>
-void launch_with_stages(const GemvArgs& args, const GemvConfig& cfg, dim3 grid, cudaStream_t stream) {
+void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) {
   const int threads = 32 * cfg.rw * cfg.kw;
-  const size_t smem = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT : 0;
+  const int64_t partial_bytes = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT : 0;
+  // Launch modes other than the default are built for the tuning sweep of nvfp4 / bfloat16 only;
+  // other formats and dtypes read x from global memory.
+  constexpr bool kSweep = F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu;
+  if (!kSweep) cfg.xm = kXGlobal;
+  if (cfg.xm >= kXShared) {
+    const int64_t x_bytes = std::min<int64_t>(8 * MT, args.m) * x_row_chunks(args.steps) * 16;
+    if (x_bytes + partial_bytes > (cfg.xm == kXSharedLean ? kMaxBlockSmemLean : kMaxBlockSmem)) {
+      cfg.xm = kXGlobal;
+    } else {
+      args.x_smem_bytes = static_cast<int>(x_bytes);
+    }
+  }
+  const size_t smem = static_cast<size_t>(args.x_smem_bytes + partial_bytes);
   auto go = [&](auto kernel) {
     if (smem > 48 * 1024) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -378,22 +523,34 @@ void launch_with_stages(const GemvArgs& args, const GemvConfig& cfg, dim3 grid, 
     kernel<<<grid, threads, smem, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  // Stage counts other than the default are built for the tuning sweep of nvfp4 / bfloat16 only.
-  if (cfg.s == kDefaultStages) {
-    go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kGelu>);
+  if (cfg.s == kDefaultStages && cfg.xm == kXGlobal) {
+    go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXGlobal, kGelu>);
     return;
   }
-  if constexpr (F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu) {
+  if constexpr (kSweep) {
+    auto with_xm = [&](auto s_c) {
+      constexpr int S = decltype(s_c)::value;
+      switch (cfg.xm) {
+        case kXGlobal: go(gemv_tiled_kernel<F, T, MT, S, kXGlobal, kGelu>); break;
+        case kXPrefetchL1: go(gemv_tiled_kernel<F, T, MT, S, kXPrefetchL1, kGelu>); break;
+        case kXShared: go(gemv_tiled_kernel<F, T, MT, S, kXShared, kGelu>); break;
+        default: go(gemv_tiled_kernel<F, T, MT, S, kXSharedLean, kGelu>); break;
+      }
+    };
     if (cfg.s == 2) {
-      go(gemv_tiled_kernel<F, T, MT, 2, kGelu>);
+      with_xm(std::integral_constant<int, 2>{});
       return;
     }
-    if (cfg.s == 8) {
-      go(gemv_tiled_kernel<F, T, MT, 8, kGelu>);
+    if (cfg.s == kDefaultStages) {
+      with_xm(std::integral_constant<int, kDefaultStages>{});
+      return;
+    }
+    if (cfg.s == 8 && cfg.xm == kXGlobal) {
+      go(gemv_tiled_kernel<F, T, MT, 8, kXGlobal, kGelu>);
       return;
     }
   }
-  TORCH_CHECK_VALUE(false, "APT_FP4_GEMV: stages must be 4 (or 2 / 8 for nvfp4 with bfloat16 x)");
+  TORCH_CHECK_VALUE(false, "APT_FP4_GEMV: stages must be 4 (or, for nvfp4 with bfloat16 x, 2, or 8 with xm 0)");
 }
 
 at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
@@ -464,12 +621,12 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
         TORCH_CHECK_VALUE(tile_blocks * args.m_blocks < (int64_t{1} << 31),
                           "fp4_linear_tiled: too many rows of x for one launch; split x");
         const dim3 grid(static_cast<unsigned>(tile_blocks * args.m_blocks));
-        gelu ? launch_with_stages<F, T, MT, true>(args, cfg, grid, stream)
-             : launch_with_stages<F, T, MT, false>(args, cfg, grid, stream);
+        gelu ? launch_gemv<F, T, MT, true>(args, cfg, grid, stream)
+             : launch_gemv<F, T, MT, false>(args, cfg, grid, stream);
       };
       if constexpr (std::is_same_v<T, float>) {  // float32 x: 8 rows per block (registers)
         go(std::integral_constant<int, 1>{});
-      } else if (cfg.mt == 1 || (cfg.mt == 0 && m <= 8)) {
+      } else if (x_rows_per_block(cfg.mt, m) == 8) {
         go(std::integral_constant<int, 1>{});
       } else {
         go(std::integral_constant<int, 2>{});

@@ -3,12 +3,14 @@
 Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance]]]" (tiles per block, K parts
 per tile, pipeline depth, x rows per block in tiles of 8, how x is read: 0 through L1, 1
 prefetched into L1 at the start, 2 copied into shared memory, 3 the same with one x buffer and 3
-blocks per SM; balance 1: tiles per block chosen to spread blocks evenly over the SMs; rw = kw = 0
-keeps the heuristic's), optionally with
+blocks per SM, 4 through L1 with one x buffer and 3 blocks per SM; balance (default 1): tiles per
+block chosen to spread blocks evenly over the SMs; rw = kw = 0 keeps the heuristic's), optionally with
 "@step" (the tiles and scales copied step-major: at each step all tiles' blocks are adjacent, so
 warps that advance together read one contiguous region) runs in its own child process (the kernel reads the variable once) and times
 torch.ops.apt.fp4_linear_tiled (nvfp4, bf16 x) on the issue's four shapes; the parent times bf16
-F.linear and the canonical fp4_linear op on the same shapes and the card's copy bandwidth.
+F.linear and the canonical fp4_linear op on the same shapes, the card's copy bandwidth, and a read
+floor per shape: `torch.sum` of a float32 buffer as large as the packed weight and its scales (what
+a plain streaming read of those bytes costs, launch and ramp included).
 Prints, per variant, shape and M: microseconds, weight GB/s (packed codes + scales read once /
 time), % of copy bandwidth and speed-up over bf16. Two timings per case: `us` is do_bench's
 (L2 flushed by *writing* 256 MB before every call, so the kernel also pays for writing back up
@@ -132,6 +134,10 @@ def parent(variants: list[str], ms: list[int]) -> dict:
     for n, k in SHAPES:
         w = weight(n, k)
         q = quantize(w, "nvfp4")
+        floor_buf = torch.randn((q.packed.numel() + q.scales.numel()) // 4, device="cuda")
+        floor_us = bench_us(lambda: floor_buf.sum())
+        floor_clean = bench_clean_us(lambda: floor_buf.sum())
+        del floor_buf
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             base[f"{n}x{k}/{m}"] = {
@@ -139,6 +145,8 @@ def parent(variants: list[str], ms: list[int]) -> dict:
                 "bf16_us_clean": bench_clean_us(lambda: F.linear(x, w)),
                 "canonical_us": bench_us(lambda: torch.ops.apt.fp4_linear(x, q.packed, q.scales, q.tensor_scale,
                                                                           None, "nvfp4", 16)),
+                "read_floor_us": floor_us,
+                "read_floor_us_clean": floor_clean,
             }
         del w, q
     torch.cuda.empty_cache()
@@ -169,6 +177,10 @@ def print_table(res: dict) -> None:
     for name in ("bf16", "canonical"):
         print(f"{name:>10} | " + " | ".join(f"{res['baseline'][k][name + '_us']:8.1f}us {'':8}" for k in keys))
     print(f"{'bf16 clean':>10} | " + " | ".join(f"{res['baseline'][k]['bf16_us_clean']:8.1f}us {'':8}" for k in keys))
+    for name in ("read_floor_us", "read_floor_us_clean"):
+        if name in res["baseline"][keys[0]]:
+            label = "floor" + (" clean" if name.endswith("clean") else "")
+            print(f"{label:>10} | " + " | ".join(f"{res['baseline'][k][name]:8.1f}us {'':8}" for k in keys))
     for clean in (False, True):
         print("\n" + ("L2 flushed by a read (us_clean)" if clean else "do_bench (L2 flushed by a write)"))
         for v, r in res["variants"].items():

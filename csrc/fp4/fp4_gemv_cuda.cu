@@ -41,7 +41,8 @@ namespace {
 using namespace apt::fp4::tiled;
 
 constexpr int kMaxWarps = 8;  // warps per block (RW * KW)
-constexpr int kDefaultStages = 4;
+constexpr int kDefaultStages = 2;    // round-6 sweep: 2 stages as fast or faster than 4 at M = 1, 4, 16
+constexpr int kMinStepsPerPart = 4;  // K parts keep at least this many steps each
 
 // 16 bytes of streamed weights: read once, so they bypass L1. `volatile` keeps the load where the
 // ring issues it (S steps before its use): the mma asm is volatile too, and without it the
@@ -75,8 +76,11 @@ __device__ __forceinline__ uint32_t shared_addr(const void* p) {
 // How a block reads x (GemvConfig::xm): 0 from global memory through L1, double-buffered half a
 // step ahead; 1 the same after an L1 prefetch of the block's rows of x at the start; 2 from a copy
 // of the block's rows in shared memory (cp.async at the start), double-buffered; 3 like 2 with a
-// single buffer loaded at each step and three blocks per multiprocessor.
-constexpr int kXGlobal = 0, kXPrefetchL1 = 1, kXShared = 2, kXSharedLean = 3;
+// single buffer loaded at each step, for more blocks per multiprocessor (min_blocks_per_sm); 4
+// like 0 with a single buffer, likewise.
+constexpr int kXGlobal = 0, kXPrefetchL1 = 1, kXShared = 2, kXSharedLean = 3, kXGlobalLean = 4;
+constexpr bool x_in_shared(int xm) { return xm == kXShared || xm == kXSharedLean; }
+constexpr bool x_lean(int xm) { return xm == kXSharedLean || xm == kXGlobalLean; }
 
 // Shared-memory copy of x (modes 2, 3): 16-byte chunk c of a row at chunk c + c / 8 (a 16-byte gap
 // after every 8), rows kXRowChunks(steps) chunks apart (2 or 6 modulo 8): the 8 lanes of an
@@ -256,12 +260,12 @@ struct GemvArgs {
 };
 
 // Blocks per multiprocessor the registers must allow (__launch_bounds__): 2 for 8 rows of 16-bit
-// x (128 registers), 3 with one x buffer in shared memory (80); 16 rows: 2 with one x buffer.
+// x (128 registers), 3 with one x buffer (80); 16 rows: 2 with one x buffer.
 template <typename T, int MT, int XM>
 constexpr int min_blocks_per_sm() {
   if (sizeof(T) != 2) return 1;
-  if (MT == 1) return XM == kXSharedLean ? 3 : 2;
-  return XM == kXSharedLean ? 2 : 1;
+  if (MT == 1) return x_lean(XM) ? 3 : 2;
+  return x_lean(XM) ? 2 : 1;
 }
 
 // Grid ceil(n_tiles / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying fastest,
@@ -329,7 +333,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
     }
   }
   uint32_t x_smem[MT];  // modes 2, 3: byte address of this lane's first chunk of row i at step s_begin
-  if constexpr (XM >= kXShared) {
+  if constexpr (x_in_shared(XM)) {
     const int chunks_per_row = static_cast<int>(args.x_stride * sizeof(T) / 16);
     const int row_chunks = static_cast<int>(x_row_chunks(args.steps));
     const uint32_t base = shared_addr(dyn_smem);
@@ -350,7 +354,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
   }
   // x of step s (of this warp's range) into `xs`.
   auto load_x_step = [&](XStep<T, MT>& xs, int64_t s) {
-    if constexpr (XM >= kXShared) {
+    if constexpr (x_in_shared(XM)) {
       xs.load_shared(x_smem, static_cast<uint32_t>(s) * kXSmemStepBytes);
     } else {
       xs.load(xrows, s * kStepCols);
@@ -359,7 +363,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
 
   // Step s of this warp's range uses ring slot i (= s % S). kChecked: s may be among the last
   // 2 S steps, so the next x and the ring refill are bounds-checked; other steps skip the tests.
-  constexpr bool kXDouble = XM != kXSharedLean;
+  constexpr bool kXDouble = !x_lean(XM);
   XStep<T, MT> xb[kXDouble ? 2 : 1];
   if (kXDouble && n_steps > 0) load_x_step(xb[0], 0);
   auto step = [&](auto checked, int i, int64_t s) {
@@ -440,16 +444,18 @@ struct GemvConfig {
 };
 
 // APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance]]]" (read once) overrides the heuristic: for tuning
-// sweeps. rw = kw = 0 keeps the heuristic's tiles per block and K parts (and its mt when mt is 0).
+// sweeps. rw = kw = 0 keeps the heuristic's tiles per block and K parts (and its mt when mt is 0);
+// balance defaults to 1. Stages other than the default and xm other than 0 apply to nvfp4 with
+// bfloat16 x only; other formats and x dtypes keep the defaults.
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
-  int rw = 0, kw = 0, s = 0, mt = 0, xm = 0, balance = 0;
+  int rw = 0, kw = 0, s = 0, mt = 0, xm = 0, balance = 1;
   const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
-  TORCH_CHECK_VALUE(got >= 3 && shape_ok && mt >= 0 && mt <= 2 && xm >= 0 && xm <= kXSharedLean,
+  TORCH_CHECK_VALUE(got >= 3 && shape_ok && mt >= 0 && mt <= 2 && xm >= 0 && xm <= kXGlobalLean,
                     "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance]]]' with rw * kw <= 8 (or both 0), mt "
-                    "in 0..2 and xm in 0..3, got '", env, "'");
+                    "in 0..2 and xm in 0..4, got '", env, "'");
   cfg = {rw, kw, s, mt, xm, balance != 0};
   return true;
 }
@@ -463,10 +469,10 @@ constexpr int x_rows_per_block(int mt, int64_t m) { return mt == 1 || (mt == 0 &
 // round-3 sweep (fp4_gemv_sweep_NVIDIA_H200.json, variant "2,4,4,1" against "default") that
 // was as fast or faster on all four shapes (largest: 96.1 us against 105.3 us).
 GemvConfig choose_config(int64_t m, int64_t n_tiles, int64_t steps, int sms) {
-  GemvConfig cfg{0, 0, kDefaultStages, 0, kXGlobal, false};
+  GemvConfig cfg{0, 0, kDefaultStages, 0, kXGlobal, true};
   if (env_config(cfg) && cfg.rw > 0) return cfg;
   cfg.kw = 1;
-  const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kDefaultStages, kMaxWarps));
+  const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kMinStepsPerPart, kMaxWarps));
   if (m > 8 && m <= 16) {
     if (cfg.mt == 0) cfg.mt = 1;
     cfg.kw = static_cast<int>(std::min<int64_t>(4, max_kw));
@@ -477,6 +483,8 @@ GemvConfig choose_config(int64_t m, int64_t n_tiles, int64_t steps, int sms) {
     while (cfg.kw * 2 <= want && cfg.kw * 2 <= max_kw) cfg.kw *= 2;
   }
   cfg.rw = kMaxWarps / cfg.kw;
+  // On by default: on the round-6 sweep (fp4_gemv_sweep_NVIDIA_H200_round6.json) it took the
+  // largest shape at M = 1 from 50.4 to 45.6 us and changed the others by at most a few percent.
   if (cfg.balance) {
     // The busiest multiprocessor gets ceil(blocks / sms) blocks of rw tiles each: take the rw
     // that gives it the fewest tiles (ties: the larger block). E.g. 1792 tiles on 132 SMs:
@@ -504,13 +512,16 @@ void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) 
   const int threads = 32 * cfg.rw * cfg.kw;
   const int64_t partial_bytes = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT : 0;
   // Launch modes other than the default are built for the tuning sweep of nvfp4 / bfloat16 only;
-  // other formats and dtypes read x from global memory.
+  // other formats and dtypes take the default stages and x mode.
   constexpr bool kSweep = F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu;
-  if (!kSweep) cfg.xm = kXGlobal;
-  if (cfg.xm >= kXShared) {
+  if (!kSweep) {
+    cfg.xm = kXGlobal;
+    cfg.s = kDefaultStages;
+  }
+  if (x_in_shared(cfg.xm)) {
     const int64_t x_bytes = std::min<int64_t>(8 * MT, args.m) * x_row_chunks(args.steps) * 16;
     if (x_bytes + partial_bytes > (cfg.xm == kXSharedLean ? kMaxBlockSmemLean : kMaxBlockSmem)) {
-      cfg.xm = kXGlobal;
+      cfg.xm = cfg.xm == kXSharedLean ? kXGlobalLean : kXGlobal;
     } else {
       args.x_smem_bytes = static_cast<int>(x_bytes);
     }
@@ -534,23 +545,20 @@ void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) 
         case kXGlobal: go(gemv_tiled_kernel<F, T, MT, S, kXGlobal, kGelu>); break;
         case kXPrefetchL1: go(gemv_tiled_kernel<F, T, MT, S, kXPrefetchL1, kGelu>); break;
         case kXShared: go(gemv_tiled_kernel<F, T, MT, S, kXShared, kGelu>); break;
-        default: go(gemv_tiled_kernel<F, T, MT, S, kXSharedLean, kGelu>); break;
+        case kXSharedLean: go(gemv_tiled_kernel<F, T, MT, S, kXSharedLean, kGelu>); break;
+        default: go(gemv_tiled_kernel<F, T, MT, S, kXGlobalLean, kGelu>); break;
       }
     };
     if (cfg.s == 2) {
       with_xm(std::integral_constant<int, 2>{});
       return;
     }
-    if (cfg.s == kDefaultStages) {
-      with_xm(std::integral_constant<int, kDefaultStages>{});
-      return;
-    }
-    if (cfg.s == 8 && cfg.xm == kXGlobal) {
-      go(gemv_tiled_kernel<F, T, MT, 8, kXGlobal, kGelu>);
+    if (cfg.s == 4) {
+      with_xm(std::integral_constant<int, 4>{});
       return;
     }
   }
-  TORCH_CHECK_VALUE(false, "APT_FP4_GEMV: stages must be 4 (or, for nvfp4 with bfloat16 x, 2, or 8 with xm 0)");
+  TORCH_CHECK_VALUE(false, "APT_FP4_GEMV: stages must be 2 or 4");
 }
 
 at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,

@@ -11,7 +11,9 @@
 //    split K across KW warps, whose partial sums meet in shared memory: one launch, no atomics,
 //    deterministic;
 //  * nvfp4/mxfp4 codes decode with shift-and-mask into bfloat16 (value * 2^-126) and one paired
-//    multiply by the scale word (exact), feeding mma.m16n8k16 with the weights as A and 8 rows of x
+//    multiply by the scale word (exact); nf4 codes two at a time through a 256-entry table of
+//    bfloat16 pairs in shared memory (one copy per lane: no bank conflicts) and one paired
+//    multiply by the bfloat16 absmax; both feeding mma.m16n8k16 with the weights as A and 8 rows of x
 //    as B; float16 / float32 x enter as 2 / 3 exact bfloat16 terms;
 //  * x is read from global memory (L1) per step, or (launch modes for tuning, GemvConfig::xm)
 //    prefetched into L1 for the whole block at the start, or staged once into shared memory.
@@ -208,19 +210,29 @@ __device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint32_t (&a
   }
 }
 
-// All 8 mma of one step: words 0..3 in c0, 4..7 in c1 (fp4_tiled_layout.h).
+// nf4's pair table in shared memory: entry b (a byte of two codes, low nibble first) is the
+// bfloat16 pair (NF4[b & 15], NF4[b >> 4]); each lane has its own copy (entry b of lane l at word
+// 32 b + l, in bank l), so a warp's 32 lookups never conflict.
+constexpr int kNf4PairTableBytes = 256 * 32 * 4;
+template <Format F>
+constexpr int nf4_table_bytes() { return F == Format::NF4 ? kNf4PairTableBytes : 0; }
+
+// All 8 mma of one step: words 0..3 in c0, 4..7 in c1 (fp4_tiled_layout.h). nf4_lane: this lane's
+// copy of the nf4 pair table (nf4 only).
 template <Format F, typename T, int MT>
 __device__ __forceinline__ void step_math(const uint4& c0, const uint4& c1, const LaneScales<F>& sc,
-                                          const XStep<T, MT>& xs, const float* lut, float (&acc)[MT][4]) {
+                                          const XStep<T, MT>& xs, const uint32_t* nf4_lane, float (&acc)[MT][4]) {
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const uint32_t w = word_of(j < 4 ? c0 : c1, j & 3);
     uint32_t a[4];
     if constexpr (F == Format::NF4) {
+      // Byte p holds pair p's two codes; pairs 0, 2 are row g (absmax.x), 1, 3 row g + 8 (absmax.y).
+      const uint32_t s_lo = bf16_pack(sc.absmax.x, sc.absmax.x), s_hi = bf16_pack(sc.absmax.y, sc.absmax.y);
 #pragma unroll
       for (int p = 0; p < 4; ++p) {
-        const float s = (p & 1) ? sc.absmax.y : sc.absmax.x;
-        a[p] = bf16_pack(lut[(w >> (8 * p)) & 15u] * s, lut[(w >> (8 * p + 4)) & 15u] * s);
+        const uint32_t b = __byte_perm(w, 0u, 0x4440u | static_cast<uint32_t>(p));
+        a[p] = bf16_mul2(nf4_lane[32 * b], (p & 1) ? s_hi : s_lo);
       }
     } else {
       // Pairs 0, 2 are row g, pairs 1, 3 row g + 8; nvfp4's words 4..7 use the second block.
@@ -270,7 +282,8 @@ constexpr int min_blocks_per_sm() {
 
 // Grid ceil(n_tiles / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying fastest,
 // so blocks that share weights run side by side and the later ones read them from L2), block
-// 32 * rw * kw threads, dynamic shared memory x_smem_bytes + (kw - 1) * rw * 32 * 4 * MT floats.
+// 32 * rw * kw threads, dynamic shared memory nf4_table_bytes<F>() + x_smem_bytes + (kw - 1) * rw *
+// 32 * 4 * MT floats.
 // Warp w: tile (blockIdx.x / m_blocks) * rw + w % rw, K part w / rw.
 template <Format F, typename T, int MT, int S, int XM, bool kGelu>
 __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>()))
@@ -290,11 +303,18 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
   for (int i = 0; i < MT; ++i) {
     xrows[i] = static_cast<const T*>(args.x) + (row_first + min(g + 8 * i, rows_here - 1)) * args.x_stride + 32 * t;
   }
+  // Dynamic shared memory: [nf4 pair table][copy of x (modes 2, 3)][K-part sums].
   extern __shared__ __align__(16) unsigned char dyn_smem[];
-
-  __shared__ float lut[16];
+  const uint32_t* nf4_lane = reinterpret_cast<const uint32_t*>(dyn_smem) + lane;
   if constexpr (F == Format::NF4) {
+    __shared__ float lut[16];
     load_nf4_lut(lut);
+    __syncthreads();
+    uint32_t* table = reinterpret_cast<uint32_t*>(dyn_smem);
+    for (int i = threadIdx.x; i < kNf4PairTableBytes / 4; i += blockDim.x) {
+      const int b = i >> 5;
+      table[i] = bf16_pack(lut[b & 15], lut[b >> 4]);
+    }
     __syncthreads();
   }
 
@@ -336,7 +356,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
   if constexpr (x_in_shared(XM)) {
     const int chunks_per_row = static_cast<int>(args.x_stride * sizeof(T) / 16);
     const int row_chunks = static_cast<int>(x_row_chunks(args.steps));
-    const uint32_t base = shared_addr(dyn_smem);
+    const uint32_t base = shared_addr(dyn_smem + nf4_table_bytes<F>());
     for (int idx = threadIdx.x; idx < rows_here * chunks_per_row; idx += blockDim.x) {
       const int r = idx / chunks_per_row, c = idx - r * chunks_per_row;
       const uint32_t dst = base + 16u * static_cast<uint32_t>(r * row_chunks + c + (c >> 3));
@@ -370,10 +390,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
     constexpr bool kChecked = decltype(checked)::value;
     if constexpr (kXDouble) {
       if (!kChecked || s + 1 < n_steps) load_x_step(xb[(i + 1) & 1], s + 1);
-      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], lut, acc);
+      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], nf4_lane, acc);
     } else {
       load_x_step(xb[0], s);
-      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[0], lut, acc);
+      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[0], nf4_lane, acc);
     }
     if (!kChecked || s + S < n_steps) {
       c0[i] = load_stream(wp);
@@ -398,7 +418,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
 
   // K parts 1.. hand their sums to part 0 through shared memory, in a fixed order.
   if (args.kw > 1) {
-    float* partial = reinterpret_cast<float*>(dyn_smem + args.x_smem_bytes);  // [(kw - 1) * rw][4 * MT][32]
+    float* partial = reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>() + args.x_smem_bytes);  // [(kw - 1) * rw][4 * MT][32]
     if (part > 0) {
       float* dst = partial + ((part - 1) * args.rw + rt) * (4 * MT * 32) + lane;
 #pragma unroll
@@ -526,7 +546,7 @@ void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) 
       args.x_smem_bytes = static_cast<int>(x_bytes);
     }
   }
-  const size_t smem = static_cast<size_t>(args.x_smem_bytes + partial_bytes);
+  const size_t smem = static_cast<size_t>(nf4_table_bytes<F>() + args.x_smem_bytes + partial_bytes);
   auto go = [&](auto kernel) {
     if (smem > 48 * 1024) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));

@@ -32,8 +32,9 @@ needs_cuda_build = pytest.mark.skipif(
 
 def _tol(fmt: str, dt: torch.dtype) -> float:
     """nvfp4/mxfp4 weights are exact in bfloat16 and float16/float32 x enter as exact bfloat16
-    terms, so only the output rounding (and fp32 summation) remains; nf4 weights are rounded to
-    bfloat16 once (2^-9 relative)."""
+    terms, so only the output rounding (and fp32 summation) remains; an nf4 weight is the
+    bfloat16 product of the bfloat16 NF4 value and the bfloat16 absmax (three roundings of 2^-9
+    relative at most, about 0.2% rms)."""
     if dt == torch.bfloat16:
         return 1e-2
     return 4e-3 if fmt == "nf4" else (2e-3 if dt == torch.float16 else 1e-5)

@@ -488,8 +488,11 @@ constexpr int x_rows_per_block(int mt, int64_t m) { return mt == 1 || (mt == 0 &
 // two blocks of 8 x rows per tile (the second reads the weights from L2) with 4 K parts: on the
 // round-3 sweep (fp4_gemv_sweep_NVIDIA_H200.json, variant "2,4,4,1" against "default") that
 // was as fast or faster on all four shapes (largest: 96.1 us against 105.3 us).
-GemvConfig choose_config(int64_t m, int64_t n_tiles, int64_t steps, int sms) {
-  GemvConfig cfg{0, 0, kDefaultStages, 0, kXGlobal, true};
+GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, int sms) {
+  // nf4 fills its 32 KB pair table once per block: it keeps blocks of 8 warps (with balance, the
+  // 2-warp blocks of 14336 x 4096 ran nf4 at 1.21x bf16 against nvfp4's 2.22x in
+  // fp4_linear_NVIDIA_H200.json of the round-6 session).
+  GemvConfig cfg{0, 0, kDefaultStages, 0, kXGlobal, f != Format::NF4};
   if (env_config(cfg) && cfg.rw > 0) return cfg;
   cfg.kw = 1;
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kMinStepsPerPart, kMaxWarps));
@@ -632,7 +635,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.n_tiles = tiles.size(0);
   args.steps = tiles.size(1);
 
-  const GemvConfig cfg = choose_config(m, args.n_tiles, args.steps, sm_count(x.get_device()));
+  const GemvConfig cfg = choose_config(f, m, args.n_tiles, args.steps, sm_count(x.get_device()));
   args.rw = cfg.rw;
   args.kw = cfg.kw;
   args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;

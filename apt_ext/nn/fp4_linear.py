@@ -13,8 +13,13 @@ from apt_ext.fp4.tiled import TiledFP4Weight, tile
 from apt_ext.fp4.weight import FP4Weight, quantize
 
 # Rows of x (leading dims flattened) up to which inference on CUDA uses the tiled GEMV
-# (fp4_linear_tiled); above it fp4_linear's batched path is faster.
-TILED_MAX_ROWS = 16
+# (fp4_linear_tiled); above it fp4_linear (dequantise + cuBLAS there) is faster. Measured on an
+# H200 (benchmarks/results/fp4_linear_NVIDIA_H200.json, bf16 x, four shapes, every format): at
+# M = 32 the tiled kernel beats fp4_linear on every shape (nvfp4 0.79x-0.84x bf16 against
+# 0.37x-0.62x), at M = 64 it wins on some shapes and loses on others. float32 x was not
+# measured above 16 rows and keeps 16.
+TILED_MAX_ROWS = 32
+TILED_MAX_ROWS_FLOAT32 = 16
 
 
 # Whether this build has the CUDA kernel of apt::fp4_linear_tiled: asked once at import, a
@@ -32,8 +37,8 @@ class FP4Linear(nn.Module):
     flow to x and bias. Input x: [..., in_features] float32/bfloat16/float16; output has x's
     dtype.
 
-    On CUDA, calls that need no gradient with at most ``TILED_MAX_ROWS`` rows of x run on a
-    tiled copy of the weight (``apt_ext.fp4.tiled``), built at the first such call and kept
+    On CUDA, calls that need no gradient with at most ``TILED_MAX_ROWS`` rows of x
+    (``TILED_MAX_ROWS_FLOAT32`` for float32 x) run on a tiled copy of the weight (``apt_ext.fp4.tiled``), built at the first such call and kept
     beside the buffers (not saved; rebuilt after ``.to()`` or ``load_state_dict``; not made while
     ``apt_ext.vgpu.offload`` pages the layer's weights, whose device budget it would break).
     """
@@ -97,7 +102,8 @@ class FP4Linear(nn.Module):
                                         self.fmt, self.block_size)
 
     def _takes_tiled_path(self, x: torch.Tensor) -> bool:
-        if not (x.is_cuda and self.packed.is_cuda) or x.numel() > TILED_MAX_ROWS * self.in_features:
+        max_rows = TILED_MAX_ROWS_FLOAT32 if x.dtype == torch.float32 else TILED_MAX_ROWS
+        if not (x.is_cuda and self.packed.is_cuda) or x.numel() > max_rows * self.in_features:
             return False
         if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy
             self._tiled = None

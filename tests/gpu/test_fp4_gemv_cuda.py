@@ -175,6 +175,25 @@ def test_fp4linear_uses_tiled_path_for_inference(apt_seed):
 
 
 @needs_cuda_build
+@pytest.mark.parametrize(("dtype", "rows", "tiled"), [(torch.bfloat16, 32, True), (torch.bfloat16, 33, False),
+                                                      (torch.float16, 32, True), (torch.float32, 16, True),
+                                                      (torch.float32, 17, False)])
+def test_fp4linear_tiled_path_row_limit(dtype, rows, tiled, apt_seed):
+    """FP4Linear's measured crossover (apt_ext/nn/fp4_linear.py): the tiled kernel up to 32 rows
+    of 16-bit x and 16 of float32 x, fp4_linear above; both give the same result."""
+    torch.manual_seed(apt_seed)
+    layer = FP4Linear.from_linear(torch.nn.Linear(256, 96), fmt="nvfp4").to(DEV)
+    x = torch.randn(rows, 256, device=DEV, dtype=dtype)
+    assert layer._takes_tiled_path(x) is tiled
+    with torch.no_grad():
+        y = layer(x)
+    assert (layer._tiled is not None) is tiled
+    want = torch.ops.apt.fp4_linear(x, layer.packed, layer.scales, layer.tensor_scale, layer.bias.to(dtype),
+                                    "nvfp4", 16)
+    assert _rel_err(y, want) < _tol("nvfp4", dtype)
+
+
+@needs_cuda_build
 def test_cuda_graph_capture_tiled(apt_seed):
     """M = 1 through FP4Linear's tiled path; M = 40 (the canonical op) in the same graph test."""
     torch.manual_seed(apt_seed)

@@ -15,7 +15,7 @@ Alongside: ``stream_cold_gbs``, torch's ``sum`` over a cold float32 buffer of th
 time is mostly fixed cost: N = 64 (one 64-row piece, no parallel region) and N = 128 (two
 pieces, one per thread).
 
-Writes benchmarks/results/fp4_cpu_<path>_phases.json (path: the FP4 CPU ISA path in use).
+Writes benchmarks/results/fp4_cpu_phases_<path>.json (path: the FP4 CPU ISA path in use).
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=31, help="timed calls per case (median)")
     p.add_argument("--idle-ms", type=float, default=20.0, help="sleep before each idle_ms call")
-    p.add_argument("--out", type=Path, default=None, help="default: results/fp4_cpu_<path>_phases.json")
+    p.add_argument("--out", type=Path, default=None, help="default: results/fp4_cpu_phases_<path>.json")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats: expected a positive int")
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
                            f"  stream-read {row['stream_cold_gbs']:5.2f} GB/s")
     bar.close()
     result["load_average_end"] = list(os.getloadavg())
-    out = args.out or HERE / "results" / f"fp4_cpu_{result['machine']['fp4_cpu_isa']}_phases.json"
+    out = args.out or HERE / "results" / f"fp4_cpu_phases_{result['machine']['fp4_cpu_isa']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

@@ -78,6 +78,22 @@ def test_larger_layer_against_reference(isa, fmt, rng, monkeypatch):
                             ref.linear(x, *q, None, fmt), x, wd)
 
 
+@pytest.mark.parametrize("isa", supported_cpu_paths())
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_k_without_padding_and_two_row_pieces(isa, fmt, rng, monkeypatch):
+    # K = 128: a multiple of every block and k-order chunk, so the scalar path reads x in place;
+    # N = 70: a full 64-row work piece and a partial one. Leading dims and a bf16 x are converted
+    # on the way in and out.
+    monkeypatch.setenv("APT_FP4_CPU_ISA", isa)
+    q, wd = make(fmt, 70, 128, rng)
+    for xshape in ((2, 1, 128), (5, 128)):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(xshape, generator=rng).to(dtype)
+            y = torch.ops.apt.fp4_linear(x, *q, None, fmt, ref.BLOCK_SIZES[fmt])
+            assert y.shape == (*xshape[:-1], 70) and y.dtype == dtype
+            assert_linear_close(y, ref.linear(x, *q, None, fmt), x, wd)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_thread_count_does_not_change_the_result(fmt, rng):
     # 300 rows / 75 groups of 4: several work pieces, claimed by whichever thread is free; each

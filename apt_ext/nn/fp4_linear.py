@@ -98,8 +98,10 @@ class FP4Linear(nn.Module):
             raise ValueError(f"x: expected [..., {self.in_features}] (in_features), got {got}")
         if self._takes_tiled_path(x):
             return self.tiled_weight().linear(x, self.bias)
-        return torch.ops.apt.fp4_linear(x, self.packed, self.scales, self.tensor_scale, self.bias,
-                                        self.fmt, self.block_size)
+        # .default: the overload itself, skipping the packet's overload resolution (Python time
+        # every call pays on one thread, before the op's threads start)
+        return torch.ops.apt.fp4_linear.default(x, self.packed, self.scales, self.tensor_scale, self.bias,
+                                                self.fmt, self.block_size)
 
     def _takes_tiled_path(self, x: torch.Tensor) -> bool:
         max_rows = TILED_MAX_ROWS_FLOAT32 if x.dtype == torch.float32 else TILED_MAX_ROWS

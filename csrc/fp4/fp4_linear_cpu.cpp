@@ -79,22 +79,20 @@ class Pieces {
   std::atomic<int64_t> next_{0};
 };
 
-// x [M, K] float32 -> [M, kern.row_len(kp)] float32 in the kernels' k order, zero-padded
-// (a plain loop: a strided ATen copy of this permutation costs more than a small layer).
-at::Tensor linear_order_x(const CpuKernels& kern, const at::Tensor& x, int64_t kp) {
-  const int64_t m = x.size(0), k = x.size(1), len = kern.row_len(kp), chunk = chunk_of(kern.order);
-  if (kern.order == KOrder::kNatural && k == len) return x.contiguous();
-  const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty({m, len}, x.options());
+// x [M, K] float32 (contiguous) -> [M, kern.row_len(kp)] float32 in the kernels' k order,
+// zero-padded (a plain loop: a strided ATen copy of this permutation costs more than a small
+// layer). Empty when x is usable as it is (natural order, K = len).
+std::vector<float> linear_order_x(const CpuKernels& kern, const float* x, int64_t m, int64_t k, int64_t kp) {
+  const int64_t len = kern.row_len(kp), chunk = chunk_of(kern.order);
+  if (kern.order == KOrder::kNatural && k == len) return {};
+  std::vector<float> out(static_cast<size_t>(m * len));
   std::vector<int64_t> element(static_cast<size_t>(chunk));
   for (int64_t q = 0; q < chunk; ++q) element[q] = element_at(kern.order, q);
-  const float* src = xc.const_data_ptr<float>();
-  float* dst = out.mutable_data_ptr<float>();
   for (int64_t i = 0; i < m; ++i)
     for (int64_t c0 = 0; c0 < len; c0 += chunk)
       for (int64_t q = 0; q < chunk; ++q) {
         const int64_t e = c0 + element[q];
-        dst[i * len + c0 + q] = e < k ? src[i * k + e] : 0.0f;
+        out[i * len + c0 + q] = e < k ? x[i * k + e] : 0.0f;
       }
   return out;
 }
@@ -159,22 +157,26 @@ at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
   const int64_t kp = args.k_padded;
   const int64_t k = x.size(-1), n = packed.size(0);
   const CpuKernels kern = cpu_kernels();
-  const at::Tensor x2 = linear_order_x(kern, x.reshape({-1, k}).to(at::kFloat), kp);
-  const int64_t m = x2.size(0), len = x2.size(1);
+  // Every ATen call here is a trip through the dispatcher, which a decoding step pays on one
+  // thread with cold caches (tens of µs in all, measured with benchmarks/fp4_cpu_phases.py):
+  // float32 x and output skip the conversions, and the output is made in its final shape.
+  const at::Tensor xf = (x.scalar_type() == at::kFloat ? x : x.to(at::kFloat)).contiguous();
+  const int64_t m = xf.numel() / k, len = kern.row_len(kp);
+  const std::vector<float> x_ordered = linear_order_x(kern, xf.const_data_ptr<float>(), m, k, kp);
+  const float* xp = x_ordered.empty() ? xf.const_data_ptr<float>() : x_ordered.data();
   const at::Tensor pk = packed.contiguous(), sc = scales.contiguous();
   const Weight w{pk.const_data_ptr<uint8_t>(), sc, *tensor_scale.const_data_ptr<float>(), f, n, kp, block_size};
 
-  at::Tensor out = at::empty({m, n}, x2.options());
-  const float* xp = x2.const_data_ptr<float>();
+  auto sizes = x.sizes().vec();
+  sizes.back() = n;
+  at::Tensor out = at::empty(sizes, xf.options());
   float* op = out.mutable_data_ptr<float>();
   if (m > 0 && m < kGemm4MinRows) linear_dot_rows(kern, xp, m, w, op);
   if (m >= kGemm4MinRows)
     for (int64_t m0 = 0; m0 < m; m0 += kGemm4MaxRows)
       linear_gemm4(kern, xp + m0 * len, std::min(kGemm4MaxRows, m - m0), w, op + m0 * n);
   if (bias.has_value()) out.add_(bias->to(at::kFloat));
-  auto sizes = x.sizes().vec();
-  sizes.back() = n;
-  return out.to(x.scalar_type()).contiguous().view(sizes);
+  return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
 }
 
 TORCH_LIBRARY_IMPL(apt, CPU, m) { m.impl("fp4_linear", &fp4_linear_cpu); }

@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
 from urllib.parse import urlsplit
@@ -21,9 +22,10 @@ from apt_ext.memory.index import ClusterIndex
 from apt_ext.memory.lexical import BM25Index, stemmer_name, tokenize
 from apt_ext.memory.modes import resolve_mode
 from apt_ext.memory.node import MemoryNode
-from apt_ext.memory.stores import SQLiteStore, is_postgres_url, open_store
+from apt_ext.memory.stores import NewNode, NodeRow, SQLiteStore, is_postgres_url, open_store
 from apt_ext.memory.summary import summarize
 
+_INSERT_BATCH = 4096  # nodes per multi-row insert of import_records (bounds the rows held at once)
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,63}$")
 
 
@@ -581,6 +583,9 @@ class AIMMemory:
             self._embed([records[0]["evidence"]])
         now = time.time()
         with self._lock, self._store.transaction() as tx:
+            # each record is one accepted write of its namespace: its stamp is the counter after it
+            stamps = {name: tx.bump_writes(name, count) - count for name, count in Counter(names).items()}
+            batch: list[NewNode] = []
             for i, (name, rec) in enumerate(zip(names, records)):
                 proto = fresh.get(i)
                 if proto is None:
@@ -592,11 +597,15 @@ class AIMMemory:
                                          f"expected {self.dim}")
                 text = rec["evidence"]
                 speaker, ts = check_speaker(rec.get("speaker")), to_timestamp(rec.get("timestamp"))
-                writes = tx.bump_writes(name)
-                tx.insert_node(name, rec.get("summary") or summarize(text, self.config.summary_chars),
-                               list(extract_anchors(text) | field_anchors(speaker, ts)),
-                               dict(rec.get("fields") or {}), [], float(rec.get("w", 1.0)), writes, proto,
-                               float(rec.get("created_at", now)), text, speaker=speaker, ts=ts)
+                stamps[name] += 1
+                batch.append(NewNode(name, rec.get("summary") or summarize(text, self.config.summary_chars),
+                                     list(extract_anchors(text) | field_anchors(speaker, ts)),
+                                     dict(rec.get("fields") or {}), [], float(rec.get("w", 1.0)), stamps[name],
+                                     proto, float(rec.get("created_at", now)), text, speaker, ts))
+                if len(batch) == _INSERT_BATCH:
+                    tx.insert_nodes(batch)
+                    batch = []
+            tx.insert_nodes(batch)
         self._sync()
         return len(records)
 

@@ -61,6 +61,7 @@ class _Entry:
     created_at: float
     speaker: str | None
     ts: float | None
+    defined: tuple[str, ...] = ()  # its "def:" anchors (routing checks these against the query text)
 
 
 def _timestamps(entry: _Entry) -> list[float]:
@@ -158,7 +159,8 @@ class AIMMemory:
                     if row.id in space.entries:
                         self._drop(space, row.id)
                     entry = _Entry(row.summary, frozenset(row.anchors), row.fields, row.links, row.w,
-                                   row.stamp, row.created_at, row.speaker, row.ts)
+                                   row.stamp, row.created_at, row.speaker, row.ts,
+                                   tuple(a for a in row.anchors if a.startswith("def:")))
                     space.entries[row.id] = entry
                     for anchor in entry.anchors:
                         space.postings.setdefault(anchor, set()).add(row.id)
@@ -404,9 +406,10 @@ class AIMMemory:
             k = self.config.top_k
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive int or None, got {k!r}")
-        self._sync()
-        if self.dim is None or namespace not in self._spaces:
-            return [], []
+        if self.dim is None or namespace not in self._spaces:  # else the sync under the lock suffices
+            self._sync()
+            if self.dim is None or namespace not in self._spaces:
+                return [], []
         q = self._embed([query])[0]
         c = self.config
         with self._lock:
@@ -442,7 +445,8 @@ class AIMMemory:
             scored = []
             for node_id, sim in cand.items():
                 entry = space.entries[node_id]
-                overlap = anchor_overlap(q_anchors, q_lower, entry.anchors, weight) if entry.anchors else 0.0
+                overlap = (anchor_overlap(q_anchors, q_lower, entry.anchors, weight)
+                           if entry.defined or not q_anchors.isdisjoint(entry.anchors) else 0.0)
                 anchored = overlap > 0 and overlap >= c.anchor_threshold
                 lex = lexical.get(node_id, 0.0)
                 matched = anchored or lex >= c.lexical_match

@@ -22,7 +22,7 @@ from apt_ext.memory.index import ClusterIndex
 from apt_ext.memory.lexical import BM25Index, stemmer_name, tokenize
 from apt_ext.memory.modes import resolve_mode
 from apt_ext.memory.node import MemoryNode
-from apt_ext.memory.stores import NewNode, NodeRow, SQLiteStore, is_postgres_url, open_store
+from apt_ext.memory.stores import NodeRow, SQLiteStore, is_postgres_url, open_store
 from apt_ext.memory.summary import summarize
 
 _INSERT_BATCH = 4096  # nodes per multi-row insert of import_records (bounds the rows held at once)
@@ -589,7 +589,7 @@ class AIMMemory:
         with self._lock, self._store.transaction() as tx:
             # each record is one accepted write of its namespace: its stamp is the counter after it
             stamps = {name: tx.bump_writes(name, count) - count for name, count in Counter(names).items()}
-            batch: list[NewNode] = []
+            batch: list[dict[str, Any]] = []
             for i, (name, rec) in enumerate(zip(names, records)):
                 proto = fresh.get(i)
                 if proto is None:
@@ -602,10 +602,12 @@ class AIMMemory:
                 text = rec["evidence"]
                 speaker, ts = check_speaker(rec.get("speaker")), to_timestamp(rec.get("timestamp"))
                 stamps[name] += 1
-                batch.append(NewNode(name, rec.get("summary") or summarize(text, self.config.summary_chars),
-                                     list(extract_anchors(text) | field_anchors(speaker, ts)),
-                                     dict(rec.get("fields") or {}), [], float(rec.get("w", 1.0)), stamps[name],
-                                     proto, float(rec.get("created_at", now)), text, speaker, ts))
+                summary = rec.get("summary") or summarize(text, self.config.summary_chars)
+                batch.append(dict(namespace=name, summary=summary,
+                                  anchors=list(extract_anchors(text) | field_anchors(speaker, ts)),
+                                  fields=dict(rec.get("fields") or {}), links=[], w=float(rec.get("w", 1.0)),
+                                  stamp=stamps[name], proto=proto, created_at=float(rec.get("created_at", now)),
+                                  evidence=text, speaker=speaker, ts=ts))
                 if len(batch) == _INSERT_BATCH:
                     tx.insert_nodes(batch)
                     batch = []

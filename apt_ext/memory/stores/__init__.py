@@ -1,7 +1,7 @@
 """AIM-Memory stores: SQLite (embedded default, one file) and PostgreSQL (shared server)."""
 from __future__ import annotations
 
-from apt_ext.memory.stores.base import Changes, NewNode, NodeRow, Store, StoreError, Writer
+from apt_ext.memory.stores.base import Changes, NodeRow, Store, StoreError, Writer
 from apt_ext.memory.stores.postgres import PostgresStore, is_postgres_url
 from apt_ext.memory.stores.sqlite import SQLiteStore
 
@@ -17,5 +17,5 @@ def open_store(path: str | None, busy_timeout_ms: int = 30_000, synchronous: str
     return SQLiteStore(path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous, read_only=read_only)
 
 
-__all__ = ["Changes", "NewNode", "NodeRow", "PostgresStore", "SQLiteStore", "Store", "StoreError", "Writer",
+__all__ = ["Changes", "NodeRow", "PostgresStore", "SQLiteStore", "Store", "StoreError", "Writer",
            "is_postgres_url", "open_store"]

@@ -68,30 +68,14 @@ class Changes:
     seq: int
 
 
-@dataclass
-class NewNode:
-    """A node to insert (see :meth:`Writer.insert_nodes`): proto float32 [dim], created_at and ts
-    in Unix seconds (ts None when not given)."""
-
-    namespace: str
-    summary: str
-    anchors: list[str]
-    fields: dict
-    links: list[int]
-    w: float
-    stamp: int
-    proto: np.ndarray
-    created_at: float
-    evidence: str
-    speaker: str | None = None
-    ts: float | None = None
-
-    def values(self, seq: int) -> tuple:
-        """The row's values in the order of ``NEW_NODE_COLUMNS``."""
-        return (self.namespace, self.summary, json.dumps(sorted(self.anchors), ensure_ascii=False),
-                json.dumps(self.fields, ensure_ascii=False), json.dumps(self.links), float(self.w),
-                int(self.stamp), np.ascontiguousarray(self.proto, dtype=np.float32).tobytes(),
-                float(self.created_at), seq, self.speaker, self.ts)
+def _new_row(seq: int, namespace: str, summary: str, anchors: list[str], fields: dict, links: list[int],
+             w: float, stamp: int, proto: np.ndarray, created_at: float, evidence: str,
+             speaker: str | None = None, ts: float | None = None) -> tuple:
+    """The values of a new ``nodes`` row in the order of ``NEW_NODE_COLUMNS`` (``evidence`` goes
+    to its own table; proto float32 [dim]; created_at and ts in Unix seconds)."""
+    return (namespace, summary, json.dumps(sorted(anchors), ensure_ascii=False),
+            json.dumps(fields, ensure_ascii=False), json.dumps(links), float(w), int(stamp),
+            np.ascontiguousarray(proto, dtype=np.float32).tobytes(), float(created_at), seq, speaker, ts)
 
 
 class Writer:
@@ -124,8 +108,8 @@ class Writer:
                     evidence: str, speaker: str | None = None, ts: float | None = None,
                     node_id: int | None = None) -> int:
         """Insert a node and its evidence; returns its id (``node_id`` forces one, for copies)."""
-        values = NewNode(namespace, summary, anchors, fields, links, w, stamp, proto, created_at, evidence,
-                         speaker, ts).values(self.next_seq())
+        values = _new_row(self.next_seq(), namespace, summary, anchors, fields, links, w, stamp, proto,
+                          created_at, evidence, speaker, ts)
         columns = NEW_NODE_COLUMNS
         if node_id is not None:
             columns, values = "id, " + columns, (int(node_id),) + values
@@ -134,21 +118,21 @@ class Writer:
         self._store.execute("INSERT INTO evidence(node_id, text) VALUES (?, ?)", (new_id, evidence))
         return new_id
 
-    def insert_nodes(self, nodes: list[NewNode]) -> list[int]:
-        """Insert ``nodes`` and their evidence with one statement per table (many rows each);
-        returns their ids, in order. The same rows, ids and change sequence numbers as
-        :meth:`insert_node` called once per node."""
+    def insert_nodes(self, nodes: list[dict[str, Any]]) -> list[int]:
+        """Insert ``nodes`` (each a dict of :meth:`insert_node`'s arguments but ``node_id``) and their
+        evidence with one statement per table (many rows each); returns their ids, in order. The
+        same rows, ids and change sequence numbers as :meth:`insert_node` called once per node."""
         if not nodes:
             return []
         first = self.next_seq(len(nodes)) - len(nodes) + 1
         marks = ",".join("?" * len(NEW_NODE_COLUMNS.split(",")))
         self._store.executemany(f"INSERT INTO nodes({NEW_NODE_COLUMNS}) VALUES ({marks})",
-                                [node.values(first + i) for i, node in enumerate(nodes)])
+                                [_new_row(first + i, **node) for i, node in enumerate(nodes)])
         id_of = dict(self._store.execute("SELECT seq, id FROM nodes WHERE seq >= ? AND seq < ?",
                                          (first, first + len(nodes))).fetchall())
         ids = [int(id_of[first + i]) for i in range(len(nodes))]
         self._store.executemany("INSERT INTO evidence(node_id, text) VALUES (?, ?)",
-                                [(i, node.evidence) for i, node in zip(ids, nodes)])
+                                [(i, node["evidence"]) for i, node in zip(ids, nodes)])
         return ids
 
     def update_node(self, node_id: int, *, summary: str, anchors: list[str], fields: dict,

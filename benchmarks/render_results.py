@@ -293,20 +293,26 @@ def aim_memory(name: str, d: dict) -> str:
                     f" Accuracy: no recall is recorded for these routes; the query embedder is the default int8 "
                     f"model, cosine {num(default['cosine_to_fp32_mean'], 4)} (mean) to float32 in the table above.")
         alone = any("query_embedding_alone_p50_ms" in e for e in e2e)
+        routing = any("routing_only_p50_ms" in e for e in e2e)
         out += [f"**End-to-end `route_memory`** (default config and embedder: query embedding, dense, BM25 and anchor "
                 f"channels, scoring; k 5; one query at a time) on memories loaded with `import_records`; "
                 f"{e2e[0]['queries']} queries per size. The embedding is also timed alone just before each route "
                 f"(\"embedding p50\"; the rest of the route is route p50 minus that)"
                 + (", and in a loop of its own without routes in between (\"embedding alone\")" if alone else "")
+                + ("; \"routing alone\" routes the same queries again with their vectors looked up, not embedded"
+                   if routing else "")
                 + f". Load = seconds to import and index the nodes; load average = the 1-minute value after "
                 f"the size was timed.{accuracy}", "",
                 table(["nodes", "clusters", "load s", "route p50 ms", "route p95 ms", "embedding p50 ms",
                        *(["embedding alone p50 ms"] if alone else []), "route minus embedding p50 ms",
+                       *(["routing alone p50 ms", "routing alone p95 ms"] if routing else []),
                        "vectors scanned per route", "load average"],
                       [[f"{e['nodes']:,}", f"{e['clusters']:,}", num(e["load_s"]), num(e["route_memory_p50_ms"]),
                         num(e["route_memory_p95_ms"]), num(e["query_embedding_p50_ms"]),
                         *([num(e.get("query_embedding_alone_p50_ms"))] if alone else []),
-                        num(e["route_minus_embedding_p50_ms"]), f"{e['scanned_per_route']:,.0f}",
+                        num(e["route_minus_embedding_p50_ms"]),
+                        *([num(e.get("routing_only_p50_ms")), num(e.get("routing_only_p95_ms"))] if routing else []),
+                        f"{e['scanned_per_route']:,.0f}",
                         f"{e['load_average'][0]:.1f}"] for e in e2e])]
     return "\n".join(out)
 

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from memory_helpers import TokenHashEmbedder
 
+import apt_ext.memory.memory as memory_module
 from apt_ext.memory import AIMConfig, AIMMemory, ClusterIndex, create_aim_memory
+from apt_ext.memory.stores.base import NODE_COLUMNS, NodeRow
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(TESTS_DIR)
@@ -156,6 +158,105 @@ def test_cluster_index_matches_brute_force_through_growth_and_removal():
         exact = alive[np.argsort(-(x[alive] @ q))[:10]]
         recall.append(len(set(ids.tolist()) & set(exact.tolist())) / 10)
     assert np.mean(recall) >= 0.9
+
+
+
+def test_cluster_index_vectors_and_hot_window_search_through_adds_replaces_removes_and_splits():
+    rng = np.random.default_rng(2)
+
+    def unit(m):
+        v = rng.standard_normal((m, 16)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+    index = ClusterIndex(16, cluster_size=8, n_probe=4, hot_window=32)
+    truth: dict[int, np.ndarray] = {}
+    for step in range(30):  # adds, replaces of live ids, removes: splits and rebuilds happen on the way
+        ids = rng.choice(400, 25, replace=False)
+        vecs = unit(25)
+        index.add(ids, vecs)
+        truth.update(zip(ids.tolist(), vecs))
+        gone = rng.choice(400, 5, replace=False).tolist()
+        index.remove(gone)
+        for i in gone:
+            truth.pop(i, None)
+    live = sorted(truth)
+    assert len(index) == len(live) and index.n_clusters > 4
+    np.testing.assert_array_equal(index.vectors(live), np.stack([truth[i] for i in live]))
+    np.testing.assert_array_equal(index.vector(live[0]), truth[live[0]])
+    with pytest.raises(KeyError):
+        index.vectors([next(i for i in range(400) if i not in truth)])
+    matrix = np.stack([truth[i] for i in live])
+    for q in unit(20):  # every cluster probed: the search is exact, hot-window copies counted once
+        ids, sims, _ = index.search(q, 12, n_probe=index.n_clusters)
+        exact = np.argsort(-(matrix @ q), kind="stable")[:12]
+        assert len(set(ids.tolist())) == len(ids) == 12
+        np.testing.assert_allclose(sims, (matrix @ q)[exact], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(sims, index.vectors(ids.tolist()) @ q, rtol=0, atol=1e-5)
+
+
+def test_cluster_index_build_balances_centroids_and_members():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5000, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    small = ClusterIndex(8, cluster_size=100, n_probe=2)
+    small.build(np.arange(5000), x)  # sqrt(5000 / 2) = 50 < 100: cluster_size decides
+    assert small.build_cluster_size == 100 and small.n_clusters <= 50
+    wide = ClusterIndex(8, cluster_size=4, n_probe=2)
+    wide.build(np.arange(5000), x)  # sqrt(5000 / 2) = 50 > 4: 100 clusters, not 1250
+    assert wide.build_cluster_size == 50 and 50 <= wide.n_clusters <= 100
+
+
+def _node_rows(mem) -> list[tuple]:
+    """Every stored node (id and seq relative to the first node) with its evidence."""
+    rows = [NodeRow.from_sql(r) for r in mem._store.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY id")]
+    evidence = mem._store.evidence([r.id for r in rows])
+    id0, seq0 = rows[0].id, rows[0].seq
+    return [(r.id - id0, r.namespace, r.summary, r.anchors, r.fields, r.links, r.w, r.stamp,
+             r.proto.tobytes(), r.created_at, r.seq - seq0, r.speaker, r.ts, evidence[r.id]) for r in rows]
+
+
+def test_import_records_in_batches_stores_what_one_by_one_imports_store(store_path, monkeypatch):
+    monkeypatch.setattr(memory_module, "_INSERT_BATCH", 3)  # several batches and a partial last one
+    embed = TokenHashEmbedder()
+    texts = [f"Item {i} of the inventory costs {i * 3}.5 USD since 2024-0{1 + i % 9}-1{i % 10}" for i in range(11)]
+    records = [{"namespace": "left" if i % 3 else "right", "evidence": text, "embedder": embed.name,
+                "proto": embed([text])[0] / np.linalg.norm(embed([text])[0]), "created_at": 1000.0 + i,
+                "speaker": "Ann" if i % 2 else None, "timestamp": 1.7e9 + 86400 * i}
+               for i, text in enumerate(texts)]
+    bulk, single = _mem(store_path), _mem()
+    for mem in (bulk, single):  # an earlier write: the import continues its counters
+        mem.write_memory("The first note mentions the Zephyr project", namespace="left")
+    assert bulk.import_records(records) == 11
+    for rec in records:
+        single.import_records([rec])
+    assert _node_rows(bulk)[1:] == _node_rows(single)[1:]  # (the first node's created_at is the clock's)
+    for name in ("left", "right"):
+        assert bulk.stats(name)["namespaces"][name]["writes"] == single.stats(name)["namespaces"][name]["writes"]
+        assert [n.id - bulk.nodes("left")[0].id for n in bulk.nodes(name)] == \
+            [n.id - single.nodes("left")[0].id for n in single.nodes(name)]
+    query = "what does item 4 of the inventory cost"
+    assert [n.summary for n in bulk.route_memory(query, namespace="left")[0]] == \
+        [n.summary for n in single.route_memory(query, namespace="left")[0]]
+
+
+def test_node_vectors_follow_writes_updates_deletes_and_namespaces(store_path):
+    mem = _mem(store_path)
+    ids = [mem.write_memory(f"Server rack {i} sits in room {100 + i} of building B{i % 3}",
+                            namespace=f"site{i % 2}").id for i in range(12)]
+    mem.update(ids[3], text="Server rack 3 moved to room 340 of the annex")
+    mem.delete(ids[5])
+    mem.clear_namespace("site0")
+    mem.write_memory("Server rack 12 sits in room 512 of building B0", namespace="site0")
+    reopened = _mem(store_path)  # a second reader builds its index from the change sequence
+    for memory in (mem, reopened):
+        stored = {r.id: r.proto for r in (NodeRow.from_sql(t) for t in memory._store.execute(
+            f"SELECT {NODE_COLUMNS} FROM nodes"))}
+        seen = [n for name in ("site0", "site1") for n in memory.nodes(name)]
+        assert sorted(n.id for n in seen) == sorted(stored)
+        for node in seen:
+            np.testing.assert_array_equal(node.proto, stored[node.id])
+        routed, _ = memory.route_memory("Server rack 3 moved to room 340 of the annex", namespace="site1", k=3)
+        assert routed[0].id == ids[3]
+        np.testing.assert_array_equal(routed[0].proto, stored[ids[3]])
 
 
 def _write_from_threads(mem, n_threads: int, count: int) -> list[Exception]:

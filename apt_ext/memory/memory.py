@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
 from urllib.parse import urlsplit
@@ -21,9 +22,10 @@ from apt_ext.memory.index import ClusterIndex
 from apt_ext.memory.lexical import BM25Index, stemmer_name, tokenize
 from apt_ext.memory.modes import resolve_mode
 from apt_ext.memory.node import MemoryNode
-from apt_ext.memory.stores import SQLiteStore, is_postgres_url, open_store
+from apt_ext.memory.stores import NodeRow, SQLiteStore, is_postgres_url, open_store
 from apt_ext.memory.summary import summarize
 
+_INSERT_BATCH = 4096  # nodes per multi-row insert of import_records (bounds the rows held at once)
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,63}$")
 
 
@@ -59,6 +61,7 @@ class _Entry:
     created_at: float
     speaker: str | None
     ts: float | None
+    defined: tuple[str, ...] = ()  # its "def:" anchors (routing checks these against the query text)
 
 
 def _timestamps(entry: _Entry) -> list[float]:
@@ -156,7 +159,8 @@ class AIMMemory:
                     if row.id in space.entries:
                         self._drop(space, row.id)
                     entry = _Entry(row.summary, frozenset(row.anchors), row.fields, row.links, row.w,
-                                   row.stamp, row.created_at, row.speaker, row.ts)
+                                   row.stamp, row.created_at, row.speaker, row.ts,
+                                   tuple(a for a in row.anchors if a.startswith("def:")))
                     space.entries[row.id] = entry
                     for anchor in entry.anchors:
                         space.postings.setdefault(anchor, set()).add(row.id)
@@ -402,9 +406,10 @@ class AIMMemory:
             k = self.config.top_k
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive int or None, got {k!r}")
-        self._sync()
-        if self.dim is None or namespace not in self._spaces:
-            return [], []
+        if self.dim is None or namespace not in self._spaces:  # else the sync under the lock suffices
+            self._sync()
+            if self.dim is None or namespace not in self._spaces:
+                return [], []
         q = self._embed([query])[0]
         c = self.config
         with self._lock:
@@ -440,7 +445,8 @@ class AIMMemory:
             scored = []
             for node_id, sim in cand.items():
                 entry = space.entries[node_id]
-                overlap = anchor_overlap(q_anchors, q_lower, entry.anchors, weight) if entry.anchors else 0.0
+                overlap = (anchor_overlap(q_anchors, q_lower, entry.anchors, weight)
+                           if entry.defined or not q_anchors.isdisjoint(entry.anchors) else 0.0)
                 anchored = overlap > 0 and overlap >= c.anchor_threshold
                 lex = lexical.get(node_id, 0.0)
                 matched = anchored or lex >= c.lexical_match
@@ -581,6 +587,9 @@ class AIMMemory:
             self._embed([records[0]["evidence"]])
         now = time.time()
         with self._lock, self._store.transaction() as tx:
+            # each record is one accepted write of its namespace: its stamp is the counter after it
+            stamps = {name: tx.bump_writes(name, count) - count for name, count in Counter(names).items()}
+            batch: list[dict[str, Any]] = []
             for i, (name, rec) in enumerate(zip(names, records)):
                 proto = fresh.get(i)
                 if proto is None:
@@ -592,11 +601,17 @@ class AIMMemory:
                                          f"expected {self.dim}")
                 text = rec["evidence"]
                 speaker, ts = check_speaker(rec.get("speaker")), to_timestamp(rec.get("timestamp"))
-                writes = tx.bump_writes(name)
-                tx.insert_node(name, rec.get("summary") or summarize(text, self.config.summary_chars),
-                               list(extract_anchors(text) | field_anchors(speaker, ts)),
-                               dict(rec.get("fields") or {}), [], float(rec.get("w", 1.0)), writes, proto,
-                               float(rec.get("created_at", now)), text, speaker=speaker, ts=ts)
+                stamps[name] += 1
+                summary = rec.get("summary") or summarize(text, self.config.summary_chars)
+                batch.append(dict(namespace=name, summary=summary,
+                                  anchors=list(extract_anchors(text) | field_anchors(speaker, ts)),
+                                  fields=dict(rec.get("fields") or {}), links=[], w=float(rec.get("w", 1.0)),
+                                  stamp=stamps[name], proto=proto, created_at=float(rec.get("created_at", now)),
+                                  evidence=text, speaker=speaker, ts=ts))
+                if len(batch) == _INSERT_BATCH:
+                    tx.insert_nodes(batch)
+                    batch = []
+            tx.insert_nodes(batch)
         self._sync()
         return len(records)
 

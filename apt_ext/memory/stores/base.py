@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 NODE_COLUMNS = "id, namespace, summary, anchors, fields, links, w, stamp, proto, created_at, seq, speaker, ts"
+NEW_NODE_COLUMNS = NODE_COLUMNS.removeprefix("id, ")  # what an insert gives (the id is assigned)
 TABLES = (("meta", "key, value"), ("namespaces", "name, writes"), ("nodes", NODE_COLUMNS),
           ("evidence", "node_id, text"), ("tombstones", "node_id, namespace, seq"))
 SCHEMA_VERSION = "2"  # 2: nodes.speaker and nodes.ts (conversation fields)
@@ -67,6 +68,16 @@ class Changes:
     seq: int
 
 
+def _new_row(seq: int, namespace: str, summary: str, anchors: list[str], fields: dict, links: list[int],
+             w: float, stamp: int, proto: np.ndarray, created_at: float, evidence: str,
+             speaker: str | None = None, ts: float | None = None) -> tuple:
+    """The values of a new ``nodes`` row in the order of ``NEW_NODE_COLUMNS`` (``evidence`` goes
+    to its own table; proto float32 [dim]; created_at and ts in Unix seconds)."""
+    return (namespace, summary, json.dumps(sorted(anchors), ensure_ascii=False),
+            json.dumps(fields, ensure_ascii=False), json.dumps(links), float(w), int(stamp),
+            np.ascontiguousarray(proto, dtype=np.float32).tobytes(), float(created_at), seq, speaker, ts)
+
+
 class Writer:
     """The write statements of one open transaction of ``store``."""
 
@@ -76,16 +87,17 @@ class Writer:
     def _one(self, sql: str, params: tuple = ()) -> tuple:
         return self._store.execute(sql, params).fetchone()
 
-    def next_seq(self) -> int:
-        """Bump and return the global change sequence."""
-        return int(self._one("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT) "
-                             "WHERE key = 'seq' RETURNING value")[0])
+    def next_seq(self, count: int = 1) -> int:
+        """Bump the global change sequence by ``count``; returns the new value (the last of the
+        ``count`` numbers taken)."""
+        return int(self._one("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + ? AS TEXT) "
+                             "WHERE key = 'seq' RETURNING value", (int(count),))[0])
 
-    def bump_writes(self, namespace: str) -> int:
-        """Count one accepted write in ``namespace``; returns the new counter."""
-        return int(self._one("INSERT INTO namespaces(name, writes) VALUES (?, 1) ON CONFLICT(name) "
-                             "DO UPDATE SET writes = namespaces.writes + 1 RETURNING writes",
-                             (namespace,))[0])
+    def bump_writes(self, namespace: str, count: int = 1) -> int:
+        """Count ``count`` accepted writes in ``namespace``; returns the new counter."""
+        return int(self._one("INSERT INTO namespaces(name, writes) VALUES (?, ?) ON CONFLICT(name) "
+                             "DO UPDATE SET writes = namespaces.writes + excluded.writes RETURNING writes",
+                             (namespace, int(count)))[0])
 
     def set_meta(self, key: str, value: str) -> None:
         self._store.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
@@ -96,18 +108,32 @@ class Writer:
                     evidence: str, speaker: str | None = None, ts: float | None = None,
                     node_id: int | None = None) -> int:
         """Insert a node and its evidence; returns its id (``node_id`` forces one, for copies)."""
-        seq = self.next_seq()
-        values = (namespace, summary, json.dumps(sorted(anchors), ensure_ascii=False),
-                  json.dumps(fields, ensure_ascii=False), json.dumps(links), float(w), int(stamp),
-                  np.ascontiguousarray(proto, dtype=np.float32).tobytes(), float(created_at), seq,
-                  speaker, ts)
-        columns = "namespace, summary, anchors, fields, links, w, stamp, proto, created_at, seq, speaker, ts"
+        values = _new_row(self.next_seq(), namespace, summary, anchors, fields, links, w, stamp, proto,
+                          created_at, evidence, speaker, ts)
+        columns = NEW_NODE_COLUMNS
         if node_id is not None:
             columns, values = "id, " + columns, (int(node_id),) + values
         marks = ",".join("?" * len(values))
         new_id = int(self._one(f"INSERT INTO nodes({columns}) VALUES ({marks}) RETURNING id", values)[0])
         self._store.execute("INSERT INTO evidence(node_id, text) VALUES (?, ?)", (new_id, evidence))
         return new_id
+
+    def insert_nodes(self, nodes: list[dict[str, Any]]) -> list[int]:
+        """Insert ``nodes`` (each a dict of :meth:`insert_node`'s arguments but ``node_id``) and their
+        evidence with one statement per table (many rows each); returns their ids, in order. The
+        same rows, ids and change sequence numbers as :meth:`insert_node` called once per node."""
+        if not nodes:
+            return []
+        first = self.next_seq(len(nodes)) - len(nodes) + 1
+        marks = ",".join("?" * len(NEW_NODE_COLUMNS.split(",")))
+        self._store.executemany(f"INSERT INTO nodes({NEW_NODE_COLUMNS}) VALUES ({marks})",
+                                [_new_row(first + i, **node) for i, node in enumerate(nodes)])
+        id_of = dict(self._store.execute("SELECT seq, id FROM nodes WHERE seq >= ? AND seq < ?",
+                                         (first, first + len(nodes))).fetchall())
+        ids = [int(id_of[first + i]) for i in range(len(nodes))]
+        self._store.executemany("INSERT INTO evidence(node_id, text) VALUES (?, ?)",
+                                [(i, node["evidence"]) for i, node in zip(ids, nodes)])
+        return ids
 
     def update_node(self, node_id: int, *, summary: str, anchors: list[str], fields: dict,
                     links: list[int], w: float, stamp: int, proto: np.ndarray, evidence: str,
@@ -146,6 +172,16 @@ class Store(ABC):
         if self.mark != "?":
             sql = sql.replace("?", self.mark)
         return self.conn().execute(sql, params)
+
+    def executemany(self, sql: str, rows: list[tuple]) -> None:
+        """Run ``sql`` (written with ``?`` marks) once per row of ``rows`` on this thread's connection."""
+        if self.mark != "?":
+            sql = sql.replace("?", self.mark)
+        cursor = self.conn().cursor()
+        try:
+            cursor.executemany(sql, rows)
+        finally:
+            cursor.close()
 
     @abstractmethod
     def conn(self) -> Any:

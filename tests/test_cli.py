@@ -142,8 +142,12 @@ def test_debug_shows_the_traceback():
 def test_ctrl_c_exits_130_with_one_line(tmp_path, text_file):
     args = list(TINY[:TINY.index("--threads")])  # without --threads: the thread line marks the start
     args[args.index("--steps") + 1] = "100000"
+    # The child gets SIGINT's default action back: a test run started in the background of a
+    # non-interactive shell (`pytest ... &`) inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler, so Ctrl-C would rightly do nothing (as the shell intends).
     proc = subprocess.Popen(cli_command("train", str(text_file), *args, "--out-dir", str(tmp_path / "run")),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen = []
         while not (seen and seen[-1].startswith("CPU threads:")):  # printed just before training starts

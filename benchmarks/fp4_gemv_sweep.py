@@ -200,8 +200,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variants", default=None,
-                    help="';'-separated list of 'default' or 'rw,kw,stages[,mt[,xm[,balance]]]', each optionally '@step' "
-                         "(default: the full sweep)")
+                    help="';'-separated list of 'default' or 'rw,kw,stages[,mt[,xm[,balance]]]', each "
+                         "optionally '@step' (default: the full sweep)")
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="comma-separated rows of x")
     ap.add_argument("--tag", default="", help="suffix of the JSON file name (one file per tuning round)")
     ap.add_argument("--order", choices=("tile", "step"), default="tile", help=argparse.SUPPRESS)

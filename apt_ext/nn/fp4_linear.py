@@ -38,9 +38,10 @@ class FP4Linear(nn.Module):
     dtype.
 
     On CUDA, calls that need no gradient with at most ``TILED_MAX_ROWS`` rows of x
-    (``TILED_MAX_ROWS_FLOAT32`` for float32 x) run on a tiled copy of the weight (``apt_ext.fp4.tiled``), built at the first such call and kept
-    beside the buffers (not saved; rebuilt after ``.to()`` or ``load_state_dict``; not made while
-    ``apt_ext.vgpu.offload`` pages the layer's weights, whose device budget it would break).
+    (``TILED_MAX_ROWS_FLOAT32`` for float32 x) run on a tiled copy of the weight
+    (``apt_ext.fp4.tiled``), built at the first such call and kept beside the buffers (not
+    saved; rebuilt after ``.to()`` or ``load_state_dict``; not made while ``apt_ext.vgpu.offload``
+    pages the layer's weights, whose device budget it would break).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = DEFAULT_FORMAT,

@@ -85,7 +85,7 @@ constexpr bool x_in_shared(int xm) { return xm == kXShared || xm == kXSharedLean
 constexpr bool x_lean(int xm) { return xm == kXSharedLean || xm == kXGlobalLean; }
 
 // Shared-memory copy of x (modes 2, 3): 16-byte chunk c of a row at chunk c + c / 8 (a 16-byte gap
-// after every 8), rows kXRowChunks(steps) chunks apart (2 or 6 modulo 8): the 8 lanes of an
+// after every 8), rows x_row_chunks(steps) chunks apart (2 or 6 modulo 8): the 8 lanes of an
 // ld.shared.v4 phase (two rows of x, 4 column groups) then hit 8 different 4-bank groups.
 constexpr int kXSmemStepBytes = 18 * 16;  // one step (16 chunks of bf16 x) with its gaps
 __host__ __device__ constexpr int64_t x_row_chunks(int64_t steps) {
@@ -418,7 +418,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
 
   // K parts 1.. hand their sums to part 0 through shared memory, in a fixed order.
   if (args.kw > 1) {
-    float* partial = reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>() + args.x_smem_bytes);  // [(kw - 1) * rw][4 * MT][32]
+    // [(kw - 1) * rw][4 * MT][32], after the nf4 table and the copy of x
+    float* partial = reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>() + args.x_smem_bytes);
     if (part > 0) {
       float* dst = partial + ((part - 1) * args.rw + rt) * (4 * MT * 32) + lane;
 #pragma unroll

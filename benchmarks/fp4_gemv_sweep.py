@@ -93,7 +93,7 @@ def child(ms: list[int], order: str) -> dict:
         t = tile(q)
         if order == "step":
             t = dataclasses.replace(t, tiles=step_major(t.tiles), tile_scales=step_major(t.tile_scales))
-        nbytes = t.tiles.numel() + t.tile_scales.numel()
+        nbytes = t.tiles.numel() + t.tile_scales.numel() * t.tile_scales.element_size()
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             t.linear(x)
@@ -105,15 +105,15 @@ def child(ms: list[int], order: str) -> dict:
     return out
 
 
-def profile_once() -> None:
-    """One call per storage order on the largest shape, M = 1 (for a profiler to capture)."""
+def profile_once(m: int) -> None:
+    """One call per storage order on the largest shape with m rows of x (for a profiler to capture)."""
     import apt_ext  # noqa: F401
     from apt_ext.fp4 import quantize
     from apt_ext.fp4.tiled import tile
 
     n, k = SHAPES[-1]
     t = tile(quantize(weight(n, k), "nvfp4"))
-    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     for order in ("tile", "step"):
         u = t if order == "tile" else dataclasses.replace(t, tiles=step_major(t.tiles),
                                                           tile_scales=step_major(t.tile_scales))
@@ -206,14 +206,15 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the JSON file name (one file per tuning round)")
     ap.add_argument("--order", choices=("tile", "step"), default="tile", help=argparse.SUPPRESS)
     ap.add_argument("--profile-once", action="store_true",
-                    help="run the largest shape at M=1 once per storage order (tile, step) and exit: for ncu")
+                    help="run the largest shape once per storage order (tile, step) with the first of --ms "
+                         "rows of x, and exit: for ncu")
     args = ap.parse_args()
     ms = [int(v) for v in args.ms.split(",")]
     if args.child:
         print(json.dumps(child(ms, args.order)))
         return
     if args.profile_once:
-        profile_once()
+        profile_once(ms[0])
         return
     if not torch.cuda.is_available():
         sys.exit("fp4_gemv_sweep: needs a CUDA GPU")

@@ -3,7 +3,7 @@
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
 #   stages: build test test_fp4 test_gemv test_left_spin test_vgpu test_model sanitizer fp4 fp4_quick
-#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_TAG names its JSON) ncu_gemv (Nsight Compute on the GEMV) e2e left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model lr_sweep
+#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) e2e left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model lr_sweep
 #   build: APT_CUDA_ARCHS=90 builds for sm_90 only (about 70 s); the built _C*.so is copied to
 #   $OUT so a later call can carry it (put it in apt_ext/ and skip the build stage).
 #   each stage's log: $OUT/<stage>.log; SECONDS caps a stage (timeout); a stage failing does not
@@ -52,15 +52,16 @@ for arg in "$@"; do
         ${APT_SWEEP_TAG:+--tag "$APT_SWEEP_TAG"}
       cp benchmarks/results/fp4_gemv_sweep_*${APT_SWEEP_TAG:+_$APT_SWEEP_TAG}.json "$OUT/" 2>/dev/null ;;
     ncu_gemv) stage ncu_gemv ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis_Tables --section ComputeWorkloadAnalysis --section InstructionStats \
         --section WarpStateStats --section LaunchStats --section Occupancy -k regex:gemv_tiled \
-        $PY benchmarks/fp4_gemv_sweep.py --profile-once ;;
+        $PY benchmarks/fp4_gemv_sweep.py --profile-once --ms ${APT_NCU_M:-1} ;;
     ncu_gemv_full)  # full set on the largest shape (tile order), per-SASS-line source page, the SASS
       stage ncu_gemv_full ncu --clock-control none --set full -k regex:gemv_tiled -c 1 -f -o "$OUT/gemv" \
-        $PY benchmarks/fp4_gemv_sweep.py --profile-once
+        $PY benchmarks/fp4_gemv_sweep.py --profile-once --ms ${APT_NCU_M:-1}
       ncu -i "$OUT/gemv.ncu-rep" --page details > "$OUT/gemv_details.txt" 2>&1
       ncu -i "$OUT/gemv.ncu-rep" --page source --csv --print-source sass > "$OUT/gemv_source.csv" 2>&1
       obj=$(find build -name 'fp4_gemv_cuda.cu.o' | head -1)
-      [ -n "$obj" ] && cuobjdump -sass "$obj" | $PY -c 'import sys,re; t=sys.stdin.read(); fs=re.split(r"(?=\n\s*Function : )", t); sys.stdout.write("".join(f for f in fs if "E0EN3c108BFloat16ELi1ELi4ELb0E" in f))' > "$OUT/gemv_nvfp4_bf16_mt1_s4.sass" ;;
+      [ -n "$obj" ] && cuobjdump -sass "$obj" | $PY -c 'import sys,re; t=sys.stdin.read(); fs=re.split(r"(?=\n\s*Function : )", t); sys.stdout.write("".join(f for f in fs if "E0EN3c108BFloat16ELi1ELi2ELi0ELb0E" in f))' > "$OUT/gemv_nvfp4_bf16_mt1_s2.sass" ;;
     test_fp4|test_left_spin|test_vgpu|test_model)
       stage "$s" $PY -m pytest -v -p no:cacheprovider tests/gpu/${s}_*.py ;;
     sanitizer) stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q tests/gpu -k sanitizer ;;

@@ -96,10 +96,10 @@ def _fp4_linear_gelu_fake(x, packed, scales, tensor_scale, bias, fmt, block_size
 
 
 def _fp4_tile_fake(packed, scales, tensor_scale, fmt, block_size):
-    dtype, per_lane = tiled.LANE_SCALES[fmt]
+    dtype, entries, per_entry = tiled.STEP_SCALES[fmt]
     nt, steps = -(-packed.shape[0] // tiled.TILE_ROWS), -(-2 * packed.shape[1] // tiled.STEP_COLS)
     return (packed.new_empty((nt, steps, tiled.STEP_BYTES)),
-            packed.new_empty((nt, steps, tiled.LANES, per_lane), dtype=dtype),
+            packed.new_empty((nt, steps, entries, per_entry), dtype=dtype),
             packed.new_empty((), dtype=torch.float32))
 
 

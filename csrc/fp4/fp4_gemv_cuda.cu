@@ -259,7 +259,8 @@ struct GemvArgs {
   int64_t m, x_stride;
   const uint4* tiles;  // (tile, step) at tiles + tile * tile_stride + step * step_stride (16-byte units)
   int64_t tile_stride, step_stride;
-  const void* scales;  // a lane's scales of (tile, step) at entry tile * sc_tile_stride + step * sc_step_stride + lane
+  const void* scales;  // a lane's scales of (tile, step) at entry tile * sc_tile_stride + step * sc_step_stride +
+                       // scale_entry(format, lane) (fp4_tiled_layout.h)
   int64_t sc_tile_stride, sc_step_stride;
   const float* out_scale;
   const void* bias;  // nullptr, or [n] of bias_type (0 float32, 1 bfloat16, 2 float16)
@@ -310,10 +311,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
     __shared__ float lut[16];
     load_nf4_lut(lut);
     __syncthreads();
-    uint32_t* table = reinterpret_cast<uint32_t*>(dyn_smem);
-    for (int i = threadIdx.x; i < kNf4PairTableBytes / 4; i += blockDim.x) {
-      const int b = i >> 5;
-      table[i] = bf16_pack(lut[b & 15], lut[b >> 4]);
+    // 16-byte stores: the 32 lanes' copies of entry b are 8 consecutive uint4 of the same word.
+    uint4* table = reinterpret_cast<uint4*>(dyn_smem);
+    for (int i = threadIdx.x; i < kNf4PairTableBytes / 16; i += blockDim.x) {
+      const int b = i >> 3;
+      const uint32_t v = bf16_pack(lut[b & 15], lut[b >> 4]);
+      table[i] = make_uint4(v, v, v, v);
     }
     __syncthreads();
   }
@@ -325,7 +328,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
   // Running pointers: the next step to load (weights, scales) and this lane's x columns.
   static_assert(S % 2 == 0, "the x double buffer alternates with the step's parity");
   const uint4* wp = args.tiles + tile * args.tile_stride + s_begin * args.step_stride + lane;
-  int64_t sp = tile * args.sc_tile_stride + s_begin * args.sc_step_stride + lane;
+  int64_t sp = tile * args.sc_tile_stride + s_begin * args.sc_step_stride + scale_entry(static_cast<int>(F), lane);
 #pragma unroll
   for (int i = 0; i < MT; ++i) xrows[i] += s_begin * kStepCols;
   uint4 c0[S], c1[S];
@@ -607,11 +610,11 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   }
   // Tiles and scales may be any view whose per-(tile, step) block is contiguous (fp4_tile makes
   // them tile-major; a step-major copy is read in its own order).
-  const int64_t lane_scale_elems = scales_in.size(3);
+  const int64_t entry_elems = scales_in.size(3);
   const bool inner_dense = tiles_in.stride(2) == 1 && scales_in.stride(3) == 1 &&
-                           scales_in.stride(2) == lane_scale_elems && tiles_in.stride(0) % 16 == 0 &&
-                           tiles_in.stride(1) % 16 == 0 && scales_in.stride(0) % lane_scale_elems == 0 &&
-                           scales_in.stride(1) % lane_scale_elems == 0;
+                           scales_in.stride(2) == entry_elems && tiles_in.stride(0) % 16 == 0 &&
+                           tiles_in.stride(1) % 16 == 0 && scales_in.stride(0) % entry_elems == 0 &&
+                           scales_in.stride(1) % entry_elems == 0;
   const at::Tensor tiles = inner_dense ? tiles_in : tiles_in.contiguous();
   const at::Tensor scales = inner_dense ? scales_in : scales_in.contiguous();
   at::Tensor bias_c;
@@ -625,8 +628,8 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.tile_stride = tiles.stride(0) / 16;
   args.step_stride = tiles.stride(1) / 16;
   args.scales = scales.const_data_ptr();
-  args.sc_tile_stride = scales.stride(0) / lane_scale_elems;
-  args.sc_step_stride = scales.stride(1) / lane_scale_elems;
+  args.sc_tile_stride = scales.stride(0) / entry_elems;
+  args.sc_step_stride = scales.stride(1) / entry_elems;
   args.out_scale = out_scale.const_data_ptr<float>();
   args.bias = bias.has_value() ? bias_c.const_data_ptr() : nullptr;
   args.bias_type = !bias.has_value() || bias_c.scalar_type() == at::kFloat ? 0

@@ -85,14 +85,14 @@ std::pair<at::Tensor, double> encode_mxfp4_scales(const at::Tensor& scales, cons
   return {byte, std::ldexp(1.0, static_cast<int>(126 - c))};
 }
 
-// [NT*16, S*per_step] per-block scale values -> [NT, S, 32 lanes, 2 (row half)] for formats with
-// one block per lane and step (mxfp4: blocks of 32 = the lane's 32 columns; nf4: blocks of 64,
-// shared by lanes t and t ^ 1).
-at::Tensor lane_scales_one_block(const at::Tensor& s, int64_t nt, int64_t steps, int64_t blocks_per_step) {
-  at::Tensor v = s.reshape({nt, 2, 8, steps, blocks_per_step});                   // [NT, h, g, S, b]
-  v = v.permute({0, 3, 2, 4, 1});                                                 // [NT, S, g, b, h]
-  v = v.repeat_interleave(4 / blocks_per_step, 3);                                // b -> t
-  return v.reshape({nt, steps, kLanes, 2}).contiguous();
+// [NT*16, S*blocks_per_step] per-block scale values -> [NT, S, 8 * blocks_per_step, 2 (row half)],
+// entry blocks_per_step * g + b, for formats whose lanes each use one block of a row per step
+// (mxfp4: blocks of 32 = the lane's 32 columns, entry = lane; nf4: blocks of 64, entry = lane >> 1;
+// see scale_entry).
+at::Tensor block_scales_by_entry(const at::Tensor& s, int64_t nt, int64_t steps, int64_t blocks_per_step) {
+  at::Tensor v = s.reshape({nt, 2, 8, steps, blocks_per_step});  // [NT, h, g, S, b]
+  v = v.permute({0, 3, 2, 4, 1});                                // [NT, S, g, b, h]
+  return v.reshape({nt, steps, 8 * blocks_per_step, 2}).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_tile(const at::Tensor& packed_in, const at::Tensor& scales_in,
@@ -118,10 +118,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_tile(const at::Tensor& packed
     out_scale = tensor_scale.reshape({}).to(at::kFloat).mul(static_cast<float>(std::ldexp(1.0, 126 - kNvfp4Shift)));
   } else if (f == Format::MXFP4) {
     auto [byte, factor] = encode_mxfp4_scales(scales, codes, block_size);
-    lane_scales = lane_scales_one_block(pad_to(byte, rows, cols / block_size, 1), nt, steps, 4);
+    lane_scales = block_scales_by_entry(pad_to(byte, rows, cols / block_size, 1), nt, steps, 4);
     out_scale = at::full({}, factor, tensor_scale.options().dtype(at::kFloat));
   } else {
-    lane_scales = lane_scales_one_block(pad_to(scales, rows, cols / block_size, 0), nt, steps, 2);
+    lane_scales = block_scales_by_entry(pad_to(scales, rows, cols / block_size, 0), nt, steps, 2);
     out_scale = at::ones({}, tensor_scale.options().dtype(at::kFloat));
   }
 
@@ -196,7 +196,9 @@ at::Tensor fp4_untile(const at::Tensor& tiles, const at::Tensor& lane_scales, co
     s = at::ldexp(at::ones_like(byte, at::kFloat), byte.sub(126)).mul(out_scale.to(lane_scales.device()));
     s = s.expand({nt, steps, 8, 4, 2, 2});
   } else {
-    s = lane_scales.reshape({nt, steps, 8, 4, 2, 1}).expand({nt, steps, 8, 4, 2, 2});
+    // entry 2g + (t >> 1) -> lane 4g + t
+    s = lane_scales.reshape({nt, steps, 8, 2, 1, 2, 1}).expand({nt, steps, 8, 2, 2, 2, 2});
+    s = s.reshape({nt, steps, 8, 4, 2, 2});
   }
   s = s.permute({0, 4, 2, 1, 3, 5}).reshape({nt * kTileRows, steps * 8, 1}).expand({-1, -1, 16});
   s = s.reshape({nt * kTileRows, steps * kStepCols});
@@ -241,11 +243,11 @@ Format check_tiled_weight(const at::Tensor& tiles, const at::Tensor& tile_scales
   TORCH_CHECK_VALUE(k > 0 && ceil_div(k, kStepCols) == steps, "k: ", k, " columns do not match ", steps,
                     " steps of ", kStepCols, " columns");
   const auto scale_type = f == Format::NF4 ? at::kFloat : at::kByte;
-  const int64_t per_lane = f == Format::NVFP4 ? 4 : 2;
+  const int64_t entries = scale_entries_per_step(static_cast<int>(f)), per_entry = f == Format::NVFP4 ? 4 : 2;
   TORCH_CHECK_TYPE(tile_scales.scalar_type() == scale_type, "tile_scales: expected ", scale_type, " for ", fmt,
                    ", got ", tile_scales.scalar_type());
-  TORCH_CHECK_VALUE(tile_scales.sizes() == at::IntArrayRef({nt, steps, kLanes, per_lane}), "tile_scales: expected [",
-                    nt, ", ", steps, ", ", kLanes, ", ", per_lane, "], got ", tile_scales.sizes());
+  TORCH_CHECK_VALUE(tile_scales.sizes() == at::IntArrayRef({nt, steps, entries, per_entry}), "tile_scales: expected [",
+                    nt, ", ", steps, ", ", entries, ", ", per_entry, "], got ", tile_scales.sizes());
   TORCH_CHECK_TYPE(out_scale.scalar_type() == at::kFloat, "out_scale: expected float32, got ",
                    out_scale.scalar_type());
   TORCH_CHECK_VALUE(out_scale.numel() == 1, "out_scale: expected one element, got ", out_scale.numel());

@@ -26,7 +26,9 @@
 //         bfloat16 of scale * 2^118.
 //  mxfp4: 2 bytes [row g, row g+8]: e + c with the block exponent e and a per-weight constant c
 //         chosen so that every byte is in [1, 127]; (byte + 127) << 7 is the bfloat16 2^(e + c).
-//  nf4:   2 floats [row g, row g+8]: the block absmax.
+//  nf4:   2 floats [row g, row g+8]: the absmax of the lane's block of 64 columns, stored once per
+//         block: entry e = 2g + (t >> 1) = lane >> 1 of 16 per (tile, step) (lanes t and t ^ 1 read
+//         the same 8 bytes), so nf4 streams 4.5 bits per weight like nvfp4.
 #pragma once
 #include <cstdint>
 
@@ -51,8 +53,10 @@ constexpr uint32_t kNvfp4ScaleBias = 127 + kNvfp4Shift - 9;  // bfloat16 exponen
 constexpr int kNvfp4MinExp = -9;                            // smallest E4M3 exponent (subnormal 2^-9)
 constexpr uint32_t kMxfp4ExpBias = 127;
 
-// Bytes of scales per (tile, step, lane).
-constexpr int scale_bytes_per_lane(int format_id) { return format_id == 0 ? 4 : (format_id == 1 ? 2 : 8); }
+// Scale entries per (tile, step): one per lane, nf4 one per (g, block of 64 columns).
+constexpr int scale_entries_per_step(int format_id) { return format_id == 2 ? kLanes / 2 : kLanes; }
+// Entry of lane `lane`'s scales.
+constexpr int scale_entry(int format_id, int lane) { return format_id == 2 ? lane >> 1 : lane; }
 
 // Position, in the stored 32-bit word, of bit `b` (0..3: m, e0, e1, sign) of the code that is
 // half `hi` (0 lower, 1 upper) of pair p: the inverse of the kernel's rotations.

@@ -1,10 +1,9 @@
 """Tuning sweep of the tiled FP4 GEMV (csrc/fp4/fp4_gemv_cuda.cu) on one GPU, in one run.
 
 Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance]]]" (tiles per block, K parts
-per tile, pipeline depth, x rows per block in tiles of 8, how x is read: 0 through L1, 1
-prefetched into L1 at the start, 2 copied into shared memory, 3 the same with one x buffer and 3
-blocks per SM, 4 through L1 with one x buffer and 3 blocks per SM; balance (default 1): tiles per
-block chosen to spread blocks evenly over the SMs; rw = kw = 0 keeps the heuristic's), optionally with
+per tile, pipeline depth, x rows per block in tiles of 8, how x is read: 0 through L1 double-
+buffered, 1 with one x buffer and 3 blocks per SM; balance (default 1): tiles per block chosen to
+spread blocks evenly over the SMs; rw = kw = 0 keeps the heuristic's), optionally with
 "@step" (the tiles and scales copied step-major: at each step all tiles' blocks are adjacent, so
 warps that advance together read one contiguous region) runs in its own child process (the kernel reads the variable once) and times
 torch.ops.apt.fp4_linear_tiled (nvfp4, bf16 x) on the issue's four shapes; the parent times bf16

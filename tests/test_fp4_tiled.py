@@ -38,6 +38,60 @@ def test_untile_equals_dequantize(fmt, shape, apt_seed):
     assert torch.equal(t.dequantize(), q.dequantize(torch.float32))
 
 
+def _kernel_view(t, fmt: str) -> torch.Tensor:
+    """float64 [tiles * 16, steps * 128]: each weight decoded the way csrc/fp4/fp4_gemv_cuda.cu reads
+    it, written from csrc/fp4/fp4_tiled_layout.h's description alone (not from fp4_untile): lane
+    L = 4g + t's word j at byte 512 (j >> 2) + 16 L + 4 (j & 3) holds pairs p = h + 2q of rows
+    g + 8h at columns 32 (j >> 1) + 8t + 4 (j & 1) + 2q + {0, 1}; the scales of chunk j >> 1 are
+    in entry scale_entry(fmt, L)."""
+    nt, steps = t.tiles.shape[:2]
+    words = t.tiles.view(torch.int32).reshape(nt, steps, 256).to(torch.int64) & 0xFFFFFFFF
+    sc = t.tile_scales.to(torch.float64) if fmt == "nf4" else t.tile_scales.to(torch.int64)
+    e2m1 = ref.code_table("nvfp4").to(torch.float64)
+    nf4 = ref.code_table("nf4").to(torch.float64)
+    out = torch.zeros(nt * 16, steps * 128, dtype=torch.float64)
+    mag_rot = [0, 3, 6, 9]
+    sign_rot = [4, 3, 6, 5]
+    for lane in range(32):
+        g, tt = lane >> 2, lane & 3
+        entry = lane >> 1 if fmt == "nvfp4" else lane >> 2
+        for j in range(8):
+            w = words[:, :, (j >> 2) * 128 + lane * 4 + (j & 3)]  # [nt, steps]
+            c = j >> 1
+            for p in range(4):
+                h, q = p & 1, p >> 1
+                for e in range(2):
+                    if fmt == "nf4":
+                        code = (w >> (4 * (2 * p + e))) & 15
+                        val = nf4[code] * sc[:, :, entry, 2 * h + (c >> 1)]
+                    else:
+                        code = torch.zeros_like(w)
+                        for b in range(4):
+                            target = (15 if b == 3 else 6 + b) + 16 * e
+                            rot = sign_rot[p] if b == 3 else mag_rot[p]
+                            code |= ((w >> ((target - rot) % 32)) & 1) << b
+                        byte = sc[:, :, entry, 4 * h + c].to(torch.float64)
+                        if fmt == "nvfp4":
+                            scale = torch.ldexp(1 + (byte.long() & 7) / 8, (byte.long() >> 3) - 9) * 2.0 ** (118 - 126)
+                        else:
+                            scale = torch.ldexp(torch.ones_like(byte), byte.long() - 126)
+                        val = e2m1[code] * scale * float(t.out_scale)
+                    rows = torch.arange(nt) * 16 + g + 8 * h
+                    cols = torch.arange(steps) * 128 + 32 * c + 8 * tt + 4 * (j & 1) + 2 * q + e
+                    out[rows[:, None], cols[None, :]] = val
+    return out
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_documented_layout_is_what_tile_writes(fmt, apt_seed):
+    """The kernel's reading of the bytes (as documented) gives fp4_dequantize's values."""
+    n, k = 40, 300
+    q = quantize(_weight(n, k, apt_seed), fmt)
+    got = _kernel_view(tile(q), fmt)[:n, :k]
+    # float64 products here, float32 ones in fp4_dequantize: equal to float32 rounding
+    torch.testing.assert_close(got, q.dequantize(torch.float32).double(), rtol=2e-7, atol=0)
+
+
 def test_nvfp4_zero_scale_block_with_nonzero_codes(apt_seed):
     """A block whose scale is 0 contributes 0 whatever its codes (code * 0)."""
     q = quantize(_weight(4, 64, apt_seed), "nvfp4")

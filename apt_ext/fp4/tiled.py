@@ -16,16 +16,16 @@ from apt_ext.fp4.weight import FP4Weight
 TILE_ROWS = 16    # weight rows per tile
 STEP_COLS = 128   # columns per step
 STEP_BYTES = 1024  # packed bytes of one (tile, step)
-# tile_scales per (tile, step): (dtype, entries, elements per entry); an entry is one lane's scales
-# (nf4: one per pair of lanes t, t ^ 1, which share a block of 64 columns)
-STEP_SCALES = {"nvfp4": (torch.uint8, 32, 4), "mxfp4": (torch.uint8, 32, 2), "nf4": (torch.float32, 16, 2)}
+# tile_scales per (tile, step): (dtype, entries, elements per entry); an entry holds the scales of
+# the lanes that use the same blocks (csrc/fp4/fp4_tiled_layout.h)
+STEP_SCALES = {"nvfp4": (torch.uint8, 16, 8), "mxfp4": (torch.uint8, 8, 8), "nf4": (torch.float32, 8, 4)}
 
 
 @dataclass(frozen=True)
 class TiledFP4Weight:
     """A weight of logical shape ``shape`` = (N, K) in the tiled layout.
 
-    tiles: uint8 [ceil(N/16), ceil(K/128), 1024]; tile_scales: [tiles, steps, 32 | 32 | 16, 4 | 2 | 2]
+    tiles: uint8 [ceil(N/16), ceil(K/128), 1024]; tile_scales: [tiles, steps, 16 | 8 | 8, 8 | 8 | 4]
     (nvfp4 uint8, mxfp4 uint8, nf4 float32); out_scale: float32 [] applied to every sum.
     """
 

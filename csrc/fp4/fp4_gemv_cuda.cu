@@ -15,8 +15,10 @@
 //    bfloat16 pairs in shared memory (one copy per lane: no bank conflicts) and one paired
 //    multiply by the bfloat16 absmax; both feeding mma.m16n8k16 with the weights as A and 8 rows of x
 //    as B; float16 / float32 x enter as 2 / 3 exact bfloat16 terms;
-//  * x is read from global memory (L1) per step, or (launch modes for tuning, GemvConfig::xm)
-//    prefetched into L1 for the whole block at the start, or staged once into shared memory.
+//  * x is read from global memory (L1) per step, double-buffered (or, a launch mode for tuning,
+//    GemvConfig::xm, single-buffered for more blocks per multiprocessor); a lane's columns are
+//    four chunks of 8 (fp4_tiled_layout.h), so each 16-byte x load of the warp reads 64
+//    contiguous bytes per row of x.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -64,63 +66,38 @@ __device__ __forceinline__ uint4 load_x(const uint4* p) {
   return r;
 }
 
-// 16 bytes of shared memory at byte address `addr`, in program order.
-__device__ __forceinline__ uint4 lds128(uint32_t addr) {
-  uint4 r;
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(addr));
-  return r;
-}
+// How a block reads x (GemvConfig::xm): 0 through L1, double-buffered half a step ahead; 1 the
+// same with a single buffer loaded at each step, for more blocks per multiprocessor
+// (min_blocks_per_sm).
+constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1;
 
-__device__ __forceinline__ uint32_t shared_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// How a block reads x (GemvConfig::xm): 0 from global memory through L1, double-buffered half a
-// step ahead; 1 the same after an L1 prefetch of the block's rows of x at the start; 2 from a copy
-// of the block's rows in shared memory (cp.async at the start), double-buffered; 3 like 2 with a
-// single buffer loaded at each step, for more blocks per multiprocessor (min_blocks_per_sm); 4
-// like 0 with a single buffer, likewise.
-constexpr int kXGlobal = 0, kXPrefetchL1 = 1, kXShared = 2, kXSharedLean = 3, kXGlobalLean = 4;
-constexpr bool x_in_shared(int xm) { return xm == kXShared || xm == kXSharedLean; }
-constexpr bool x_lean(int xm) { return xm == kXSharedLean || xm == kXGlobalLean; }
-
-// Shared-memory copy of x (modes 2, 3): 16-byte chunk c of a row at chunk c + c / 8 (a 16-byte gap
-// after every 8), rows x_row_chunks(steps) chunks apart (2 or 6 modulo 8): the 8 lanes of an
-// ld.shared.v4 phase (two rows of x, 4 column groups) then hit 8 different 4-bank groups.
-constexpr int kXSmemStepBytes = 18 * 16;  // one step (16 chunks of bf16 x) with its gaps
-__host__ __device__ constexpr int64_t x_row_chunks(int64_t steps) {
-  return 18 * steps + ((2 - 18 * steps) % 8 + 8) % 8;
-}
-
-// A lane's scales of one step, as loaded: nvfp4 4 bytes, mxfp4 2 bytes, nf4 two floats.
-// (Issued in program order like load_stream.)
+// A lane's scale entry of one step (fp4_tiled_layout.h), as loaded: nvfp4 / mxfp4 8 bytes (x: row
+// g, y: row g + 8, byte c: the block of chunk c), nf4 four floats. (Issued in program order like
+// load_stream.)
 template <Format F>
 struct LaneScales {
-  uint32_t raw;
+  uint2 raw;
   __device__ static LaneScales load(const void* base, int64_t idx) {
-    uint32_t r;
-    if constexpr (F == Format::NVFP4) {
-      asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(r) : "l"(static_cast<const uint32_t*>(base) + idx));
-    } else {
-      unsigned short h;
-      asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(h) : "l"(static_cast<const uint16_t*>(base) + idx));
-      r = h;
-    }
+    uint2 r;
+    asm volatile("ld.global.nc.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(static_cast<const uint2*>(base) + idx));
     return {r};
   }
 };
 template <>
 struct LaneScales<Format::NF4> {
-  float2 absmax;
+  float4 absmax;  // row g block 0, row g block 1, row g + 8 block 0, row g + 8 block 1
   __device__ static LaneScales load(const void* base, int64_t idx) {
-    float2 r;
-    asm volatile("ld.global.nc.v2.f32 {%0, %1}, [%2];" : "=f"(r.x), "=f"(r.y) : "l"(static_cast<const float2*>(base) + idx));
+    float4 r;
+    asm volatile("ld.global.nc.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
+                 : "l"(static_cast<const float4*>(base) + idx));
     return {r};
   }
 };
 
 // bfloat16 pair (v, v) of scale byte `i` of `raw` (fp4_tiled_layout.h): nvfp4 scale * 2^118,
-// mxfp4 2^(e + c).
+// mxfp4 2^(e + c'). The byte_perm and multiply-add of the four bytes of a row half are shared by
+// the 8 words of a step (compile-time i).
 template <Format F>
 __device__ __forceinline__ uint32_t scale_word(uint32_t raw, int i) {
   const uint32_t v = __byte_perm(raw, 0u, 0x4040u | static_cast<uint32_t>(i) | (static_cast<uint32_t>(i) << 8));
@@ -155,32 +132,27 @@ __device__ __forceinline__ uint32_t bf16_pack(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// x values of one step for one lane: 32 columns of each of its MT rows of x, raw 16-byte loads.
-// x rows are padded to whole steps and 16-byte aligned (the host sees to it), so every load is
-// unconditional; a lane whose row is past M reads row M - 1: it only feeds output columns that
-// are never written.
+// x values of one step for one lane: its 32 columns (four chunks of 8, chunk c at column 32c + 8t
+// of the step) of each of its MT rows, raw 16-byte loads. x rows are padded to whole steps and
+// 16-byte aligned (the host sees to it), so every load is unconditional; a lane whose row is past
+// M reads row M - 1: it only feeds output columns that are never written.
 template <typename T, int MT>
 struct XStep {
-  static constexpr int kLoads = 32 * static_cast<int>(sizeof(T)) / 16;
+  static constexpr int kChunkLoads = static_cast<int>(sizeof(T)) / 2;  // 16-byte loads per chunk
+  static constexpr int kLoads = 4 * kChunkLoads;
   uint4 v[MT][kLoads];
+  // rows[i] + col0: the lane's first column (8t) of the step in row i.
   __device__ void load(const T* const (&rows)[MT], int64_t col0) {
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
       const uint4* p = reinterpret_cast<const uint4*>(rows[i] + col0);
 #pragma unroll
-      for (int q = 0; q < kLoads; ++q) v[i][q] = load_x(p + q);
+      for (int c = 0; c < 4; ++c)
+#pragma unroll
+        for (int u = 0; u < kChunkLoads; ++u) v[i][c * kChunkLoads + u] = load_x(p + 2 * static_cast<int>(sizeof(T)) * c + u);
     }
   }
-  // The same 32 columns from the shared-memory copy: addr[i] is the byte address of the lane's
-  // first chunk (row i) at this step; its 4 chunks are consecutive (16-bit x only).
-  __device__ void load_shared(const uint32_t (&addr)[MT], uint32_t offset) {
-    static_assert(kLoads == 4, "the shared-memory copy of x holds 16-bit x");
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int q = 0; q < kLoads; ++q) v[i][q] = lds128(addr[i] + offset + 16 * q);
-  }
-  // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1; 0..31 for float32) of tile i.
+  // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1 of the lane's; 0..31 for float32) of tile i.
   __device__ uint32_t word(int i, int w) const { return word_of(v[i][w / 4], w % 4); }
 };
 
@@ -227,17 +199,19 @@ __device__ __forceinline__ void step_math(const uint4& c0, const uint4& c1, cons
     const uint32_t w = word_of(j < 4 ? c0 : c1, j & 3);
     uint32_t a[4];
     if constexpr (F == Format::NF4) {
-      // Byte p holds pair p's two codes; pairs 0, 2 are row g (absmax.x), 1, 3 row g + 8 (absmax.y).
-      const uint32_t s_lo = bf16_pack(sc.absmax.x, sc.absmax.x), s_hi = bf16_pack(sc.absmax.y, sc.absmax.y);
+      // Byte p holds pair p's two codes; pairs 0, 2 are row g, 1, 3 row g + 8; words 0..3 (chunks
+      // 0, 1) use block 0, words 4..7 block 1.
+      const float lo = j < 4 ? sc.absmax.x : sc.absmax.y, hi = j < 4 ? sc.absmax.z : sc.absmax.w;
+      const uint32_t s_lo = bf16_pack(lo, lo), s_hi = bf16_pack(hi, hi);
 #pragma unroll
       for (int p = 0; p < 4; ++p) {
         const uint32_t b = __byte_perm(w, 0u, 0x4440u | static_cast<uint32_t>(p));
         a[p] = bf16_mul2(nf4_lane[32 * b], (p & 1) ? s_hi : s_lo);
       }
     } else {
-      // Pairs 0, 2 are row g, pairs 1, 3 row g + 8; nvfp4's words 4..7 use the second block.
-      const int blk = F == Format::NVFP4 ? (j >> 2) : 0;
-      const uint32_t s_lo = scale_word<F>(sc.raw, blk), s_hi = scale_word<F>(sc.raw, (F == Format::NVFP4 ? 2 : 1) + blk);
+      // Pairs 0, 2 are row g, pairs 1, 3 row g + 8; word j is in chunk j >> 1, whose block's scale
+      // is byte j >> 1 of each row half.
+      const uint32_t s_lo = scale_word<F>(sc.raw.x, j >> 1), s_hi = scale_word<F>(sc.raw.y, j >> 1);
       a[0] = bf16_mul2(pair_bits<0>(w), s_lo);
       a[1] = bf16_mul2(pair_bits<1>(w), s_hi);
       a[2] = bf16_mul2(pair_bits<2>(w), s_lo);
@@ -269,7 +243,6 @@ struct GemvArgs {
   int64_t n, n_tiles, steps, steps_per_part;
   int rw, kw;  // tiles per block, K parts per tile (warps per block = rw * kw)
   int m_blocks;  // blocks along x (8 * MT rows each)
-  int x_smem_bytes;  // modes 2, 3: bytes of the shared-memory copy of x (before the K-part sums)
 };
 
 // Blocks per multiprocessor the registers must allow (__launch_bounds__): 2 for 8 rows of 16-bit
@@ -277,13 +250,13 @@ struct GemvArgs {
 template <typename T, int MT, int XM>
 constexpr int min_blocks_per_sm() {
   if (sizeof(T) != 2) return 1;
-  if (MT == 1) return x_lean(XM) ? 3 : 2;
-  return x_lean(XM) ? 2 : 1;
+  if (MT == 1) return XM == kXSingleBuffer ? 3 : 2;
+  return XM == kXSingleBuffer ? 2 : 1;
 }
 
 // Grid ceil(n_tiles / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying fastest,
 // so blocks that share weights run side by side and the later ones read them from L2), block
-// 32 * rw * kw threads, dynamic shared memory nf4_table_bytes<F>() + x_smem_bytes + (kw - 1) * rw *
+// 32 * rw * kw threads, dynamic shared memory nf4_table_bytes<F>() + (kw - 1) * rw *
 // 32 * 4 * MT floats.
 // Warp w: tile (blockIdx.x / m_blocks) * rw + w % rw, K part w / rw.
 template <Format F, typename T, int MT, int S, int XM, bool kGelu>
@@ -299,12 +272,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
       tile >= args.n_tiles || s_begin >= args.steps ? 0 : min(args.steps - s_begin, args.steps_per_part);
   const int64_t row_first = m_block * 8 * MT;  // the block's first row of x
   const int rows_here = static_cast<int>(min(static_cast<int64_t>(8 * MT), args.m - row_first));
-  const T* xrows[MT];  // this lane's 32 columns of its rows of x, at the warp's current step
+  const T* xrows[MT];  // this lane's first column (8t) of its rows of x, at the warp's first step
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
-    xrows[i] = static_cast<const T*>(args.x) + (row_first + min(g + 8 * i, rows_here - 1)) * args.x_stride + 32 * t;
+    xrows[i] = static_cast<const T*>(args.x) + (row_first + min(g + 8 * i, rows_here - 1)) * args.x_stride + 8 * t;
   }
-  // Dynamic shared memory: [nf4 pair table][copy of x (modes 2, 3)][K-part sums].
+  // Dynamic shared memory: [nf4 pair table][K-part sums].
   extern __shared__ __align__(16) unsigned char dyn_smem[];
   const uint32_t* nf4_lane = reinterpret_cast<const uint32_t*>(dyn_smem) + lane;
   if constexpr (F == Format::NF4) {
@@ -344,49 +317,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
     sp += args.sc_step_stride;
   }
 
-  // x for the whole block while the first weights are in flight: into L1 (mode 1) or shared
-  // memory (modes 2, 3).
-  const T* x_block = static_cast<const T*>(args.x) + row_first * args.x_stride;
-  if constexpr (XM == kXPrefetchL1) {
-    const int lines_per_row = static_cast<int>(args.x_stride * sizeof(T) / 128);
-    for (int idx = threadIdx.x; idx < rows_here * lines_per_row; idx += blockDim.x) {
-      const int r = idx / lines_per_row;
-      const char* line = reinterpret_cast<const char*>(x_block + r * args.x_stride) + 128 * (idx - r * lines_per_row);
-      asm volatile("prefetch.global.L1 [%0];" ::"l"(line));
-    }
-  }
-  uint32_t x_smem[MT];  // modes 2, 3: byte address of this lane's first chunk of row i at step s_begin
-  if constexpr (x_in_shared(XM)) {
-    const int chunks_per_row = static_cast<int>(args.x_stride * sizeof(T) / 16);
-    const int row_chunks = static_cast<int>(x_row_chunks(args.steps));
-    const uint32_t base = shared_addr(dyn_smem + nf4_table_bytes<F>());
-    for (int idx = threadIdx.x; idx < rows_here * chunks_per_row; idx += blockDim.x) {
-      const int r = idx / chunks_per_row, c = idx - r * chunks_per_row;
-      const uint32_t dst = base + 16u * static_cast<uint32_t>(r * row_chunks + c + (c >> 3));
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst),
-                   "l"(reinterpret_cast<const uint4*>(x_block + r * args.x_stride) + c));
-    }
-    asm volatile("cp.async.wait_all;" ::: "memory");
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-      const int r = min(g + 8 * i, rows_here - 1);
-      x_smem[i] = base + 16u * static_cast<uint32_t>(r * row_chunks + 4 * t + (t >> 1)) +
-                  static_cast<uint32_t>(s_begin) * kXSmemStepBytes;
-    }
-  }
-  // x of step s (of this warp's range) into `xs`.
-  auto load_x_step = [&](XStep<T, MT>& xs, int64_t s) {
-    if constexpr (x_in_shared(XM)) {
-      xs.load_shared(x_smem, static_cast<uint32_t>(s) * kXSmemStepBytes);
-    } else {
-      xs.load(xrows, s * kStepCols);
-    }
-  };
-
   // Step s of this warp's range uses ring slot i (= s % S). kChecked: s may be among the last
   // 2 S steps, so the next x and the ring refill are bounds-checked; other steps skip the tests.
-  constexpr bool kXDouble = !x_lean(XM);
+  constexpr bool kXDouble = XM == kXDoubleBuffer;
+  auto load_x_step = [&](XStep<T, MT>& xs, int64_t s) { xs.load(xrows, s * kStepCols); };
   XStep<T, MT> xb[kXDouble ? 2 : 1];
   if (kXDouble && n_steps > 0) load_x_step(xb[0], 0);
   auto step = [&](auto checked, int i, int64_t s) {
@@ -421,8 +355,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
 
   // K parts 1.. hand their sums to part 0 through shared memory, in a fixed order.
   if (args.kw > 1) {
-    // [(kw - 1) * rw][4 * MT][32], after the nf4 table and the copy of x
-    float* partial = reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>() + args.x_smem_bytes);
+    // [(kw - 1) * rw][4 * MT][32], after the nf4 table
+    float* partial = reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>());
     if (part > 0) {
       float* dst = partial + ((part - 1) * args.rw + rt) * (4 * MT * 32) + lane;
 #pragma unroll
@@ -461,7 +395,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
 }
 
 // Launch shape: tiles per block (rw), K parts (kw), pipeline stages (s), x rows per block as
-// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2), how x is read (xm, kXGlobal..).
+// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2), how x is read (xm: kXDoubleBuffer or
+// kXSingleBuffer).
 struct GemvConfig {
   int rw, kw, s, mt, xm;
   bool balance;  // tiles per block chosen so the blocks spread evenly over the multiprocessors
@@ -477,9 +412,9 @@ bool env_config(GemvConfig& cfg) {
   int rw = 0, kw = 0, s = 0, mt = 0, xm = 0, balance = 1;
   const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
-  TORCH_CHECK_VALUE(got >= 3 && shape_ok && mt >= 0 && mt <= 2 && xm >= 0 && xm <= kXGlobalLean,
+  TORCH_CHECK_VALUE(got >= 3 && shape_ok && mt >= 0 && mt <= 2 && (xm == kXDoubleBuffer || xm == kXSingleBuffer),
                     "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance]]]' with rw * kw <= 8 (or both 0), mt "
-                    "in 0..2 and xm in 0..4, got '", env, "'");
+                    "in 0..2 and xm 0 or 1, got '", env, "'");
   cfg = {rw, kw, s, mt, xm, balance != 0};
   return true;
 }
@@ -496,7 +431,7 @@ GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, in
   // nf4 fills its 32 KB pair table once per block: it keeps blocks of 8 warps (with balance, the
   // 2-warp blocks of 14336 x 4096 ran nf4 at 1.21x bf16 against nvfp4's 2.22x in
   // fp4_linear_NVIDIA_H200.json of the round-6 session).
-  GemvConfig cfg{0, 0, kDefaultStages, 0, kXGlobal, f != Format::NF4};
+  GemvConfig cfg{0, 0, kDefaultStages, 0, kXDoubleBuffer, f != Format::NF4};
   if (env_config(cfg) && cfg.rw > 0) return cfg;
   cfg.kw = 1;
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kMinStepsPerPart, kMaxWarps));
@@ -530,10 +465,6 @@ GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, in
   return cfg;
 }
 
-// Largest dynamic shared memory a block asks for (x copy + K-part sums), so that two blocks (three
-// in mode 3) fit on a multiprocessor; a launch that would need more reads x from global memory.
-constexpr int64_t kMaxBlockSmem = 112 * 1024, kMaxBlockSmemLean = 72 * 1024;
-
 template <Format F, typename T, int MT, bool kGelu>
 void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) {
   const int threads = 32 * cfg.rw * cfg.kw;
@@ -542,18 +473,10 @@ void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) 
   // other formats and dtypes take the default stages and x mode.
   constexpr bool kSweep = F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu;
   if (!kSweep) {
-    cfg.xm = kXGlobal;
+    cfg.xm = kXDoubleBuffer;
     cfg.s = kDefaultStages;
   }
-  if (x_in_shared(cfg.xm)) {
-    const int64_t x_bytes = std::min<int64_t>(8 * MT, args.m) * x_row_chunks(args.steps) * 16;
-    if (x_bytes + partial_bytes > (cfg.xm == kXSharedLean ? kMaxBlockSmemLean : kMaxBlockSmem)) {
-      cfg.xm = cfg.xm == kXSharedLean ? kXGlobalLean : kXGlobal;
-    } else {
-      args.x_smem_bytes = static_cast<int>(x_bytes);
-    }
-  }
-  const size_t smem = static_cast<size_t>(nf4_table_bytes<F>() + args.x_smem_bytes + partial_bytes);
+  const size_t smem = static_cast<size_t>(nf4_table_bytes<F>() + partial_bytes);
   auto go = [&](auto kernel) {
     if (smem > 48 * 1024) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -561,19 +484,17 @@ void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) 
     kernel<<<grid, threads, smem, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  if (cfg.s == kDefaultStages && cfg.xm == kXGlobal) {
-    go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXGlobal, kGelu>);
+  if (cfg.s == kDefaultStages && cfg.xm == kXDoubleBuffer) {
+    go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXDoubleBuffer, kGelu>);
     return;
   }
   if constexpr (kSweep) {
     auto with_xm = [&](auto s_c) {
       constexpr int S = decltype(s_c)::value;
-      switch (cfg.xm) {
-        case kXGlobal: go(gemv_tiled_kernel<F, T, MT, S, kXGlobal, kGelu>); break;
-        case kXPrefetchL1: go(gemv_tiled_kernel<F, T, MT, S, kXPrefetchL1, kGelu>); break;
-        case kXShared: go(gemv_tiled_kernel<F, T, MT, S, kXShared, kGelu>); break;
-        case kXSharedLean: go(gemv_tiled_kernel<F, T, MT, S, kXSharedLean, kGelu>); break;
-        default: go(gemv_tiled_kernel<F, T, MT, S, kXGlobalLean, kGelu>); break;
+      if (cfg.xm == kXDoubleBuffer) {
+        go(gemv_tiled_kernel<F, T, MT, S, kXDoubleBuffer, kGelu>);
+      } else {
+        go(gemv_tiled_kernel<F, T, MT, S, kXSingleBuffer, kGelu>);
       }
     };
     if (cfg.s == 2) {

@@ -85,14 +85,25 @@ std::pair<at::Tensor, double> encode_mxfp4_scales(const at::Tensor& scales, cons
   return {byte, std::ldexp(1.0, static_cast<int>(126 - c))};
 }
 
-// [NT*16, S*blocks_per_step] per-block scale values -> [NT, S, 8 * blocks_per_step, 2 (row half)],
-// entry blocks_per_step * g + b, for formats whose lanes each use one block of a row per step
-// (mxfp4: blocks of 32 = the lane's 32 columns, entry = lane; nf4: blocks of 64, entry = lane >> 1;
-// see scale_entry).
-at::Tensor block_scales_by_entry(const at::Tensor& s, int64_t nt, int64_t steps, int64_t blocks_per_step) {
-  at::Tensor v = s.reshape({nt, 2, 8, steps, blocks_per_step});  // [NT, h, g, S, b]
-  v = v.permute({0, 3, 2, 4, 1});                                // [NT, S, g, b, h]
-  return v.reshape({nt, steps, 8 * blocks_per_step, 2}).contiguous();
+// Per-block scale values [NT*16, S*bps] (bps blocks per step) <-> the tiled entries
+// [NT, S, 8 * tb, 2 * bps / tb] (fp4_tiled_layout.h): entry tb * g + (t >> 1) for nvfp4 (tb = 2: lanes
+// t >> 1 = 0 and 1 use different blocks), g for mxfp4 and nf4 (tb = 1); within an entry [row half h]
+// [the lane's blocks of the step, in column order].
+at::Tensor scales_to_entries(const at::Tensor& s, int64_t nt, int64_t steps, int64_t bps, int64_t tb) {
+  at::Tensor v = s.reshape({nt, 2, 8, steps, bps / tb, tb});  // [NT, h, g, S, jb, tb]
+  v = v.permute({0, 3, 2, 5, 1, 4});                          // [NT, S, g, tb, h, jb]
+  return v.reshape({nt, steps, 8 * tb, 2 * bps / tb}).contiguous();
+}
+at::Tensor entries_to_scales(const at::Tensor& e, int64_t nt, int64_t steps, int64_t bps, int64_t tb) {
+  at::Tensor v = e.reshape({nt, steps, 8, tb, 2, bps / tb});  // [NT, S, g, tb, h, jb]
+  v = v.permute({0, 4, 2, 1, 5, 3});                          // [NT, h, g, S, jb, tb]
+  return v.reshape({nt * kTileRows, steps * bps});
+}
+
+// Blocks per step and tb (above) of a format's tiled scales.
+std::pair<int64_t, int64_t> entry_shape(Format f) {
+  if (f == Format::NVFP4) return {kStepCols / 16, 2};
+  return {kStepCols / (f == Format::MXFP4 ? 32 : 64), 1};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_tile(const at::Tensor& packed_in, const at::Tensor& scales_in,
@@ -108,26 +119,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_tile(const at::Tensor& packed
   const at::Tensor scales = scales_in.contiguous();
   at::Tensor codes = unpack_codes(packed_in.contiguous());  // [N, Kp]
 
-  at::Tensor lane_scales, out_scale;
+  at::Tensor block_scales, out_scale;
   if (f == Format::NVFP4) {
     auto [byte, zero] = encode_nvfp4_scales(scales);
     codes = codes.masked_fill(zero.repeat_interleave(block_size, 1), 0);
-    byte = pad_to(byte, rows, cols / block_size, 0);
-    at::Tensor v = byte.reshape({nt, 2, 8, steps, 4, 2});  // [NT, h, g, S, t, b]
-    lane_scales = v.permute({0, 3, 2, 4, 1, 5}).reshape({nt, steps, kLanes, 4}).contiguous();
+    block_scales = pad_to(byte, rows, cols / block_size, 0);
     out_scale = tensor_scale.reshape({}).to(at::kFloat).mul(static_cast<float>(std::ldexp(1.0, 126 - kNvfp4Shift)));
   } else if (f == Format::MXFP4) {
     auto [byte, factor] = encode_mxfp4_scales(scales, codes, block_size);
-    lane_scales = block_scales_by_entry(pad_to(byte, rows, cols / block_size, 1), nt, steps, 4);
+    block_scales = pad_to(byte, rows, cols / block_size, 1);
     out_scale = at::full({}, factor, tensor_scale.options().dtype(at::kFloat));
   } else {
-    lane_scales = block_scales_by_entry(pad_to(scales, rows, cols / block_size, 0), nt, steps, 2);
+    block_scales = pad_to(scales, rows, cols / block_size, 0);
     out_scale = at::ones({}, tensor_scale.options().dtype(at::kFloat));
   }
+  const auto [bps, tb] = entry_shape(f);
+  const at::Tensor tile_scales = scales_to_entries(block_scales, nt, steps, bps, tb);
 
-  // Codes -> [NT, S, jb, g, t, jw, h, q, e]: column 128 s + 32 t + 4 j + 2 q + e, j = 4 jb + jw.
-  codes = pad_to(codes, rows, cols, zero_code(f)).reshape({nt, 2, 8, steps, 4, 2, 4, 2, 2});
-  codes = codes.permute({0, 3, 5, 2, 4, 6, 1, 7, 8}).to(at::kLong);  // [NT, S, jb, g, t, jw, h, q, e]
+  // Codes -> [NT, S, jb, g, t, jw, h, q, e]: column 128 s + 32 (j >> 1) + 8 t + 4 (j & 1) + 2 q + e
+  // with j = 4 jb + jw, i.e. 128 s + 64 jb + 32 (jw >> 1) + 8 t + 4 (jw & 1) + 2 q + e.
+  codes = pad_to(codes, rows, cols, zero_code(f)).reshape({nt, 2, 8, steps, 2, 2, 4, 2, 2, 2});
+  codes = codes.permute({0, 3, 4, 2, 6, 5, 7, 1, 8, 9}).reshape({nt, steps, 2, 8, 4, 4, 2, 2, 2}).to(at::kLong);
   at::Tensor word = at::zeros(codes.sizes().slice(0, 6), codes.options());
   for (int h = 0; h < 2; ++h) {
     for (int q = 0; q < 2; ++q) {
@@ -148,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_tile(const at::Tensor& packed
   // Words as little-endian bytes: [NT, S, 1024] (two's complement, so the int32 cast is exact).
   word = at::where(word.ge(int64_t{1} << 31), word.sub(int64_t{1} << 32), word);
   const at::Tensor tiles = word.to(at::kInt).contiguous().view(at::kByte).reshape({nt, steps, kStepBytes});
-  return {tiles, lane_scales, out_scale};
+  return {tiles, tile_scales, out_scale};
 }
 
 at::Tensor e2m1_values(const at::Tensor& codes) {
@@ -181,27 +193,26 @@ at::Tensor fp4_untile(const at::Tensor& tiles, const at::Tensor& lane_scales, co
       }
     }
   }
-  // [NT, S, jb, g, t, jw, h, q, e] -> [NT, h, g, S, t, jb, jw, q, e] = [rows, cols].
-  codes = codes.permute({0, 6, 3, 1, 4, 2, 5, 7, 8}).reshape({nt * kTileRows, steps * kStepCols});
+  // [NT, S, jb, g, t, jwh, jwl, h, q, e] -> [NT, h, g, S, jb, jwh, t, jwl, q, e] = [rows, cols].
+  codes = codes.reshape({nt, steps, 2, 8, 4, 2, 2, 2, 2, 2}).permute({0, 7, 3, 1, 2, 5, 4, 6, 8, 9});
+  codes = codes.reshape({nt * kTileRows, steps * kStepCols});
 
-  // Per-column scale values [rows, cols] from the lane scales.
-  at::Tensor s;  // [NT, S, g, t, h, blk] with blk the lane's 16-column half
+  // Per-column scale values [rows, cols] from the entries.
+  const auto [bps, tb] = entry_shape(f);
+  const at::Tensor block = entries_to_scales(lane_scales, nt, steps, bps, tb);  // [rows, steps * bps]
+  at::Tensor s;
   if (f == Format::NVFP4) {
-    const at::Tensor byte = lane_scales.to(at::kInt).reshape({nt, steps, 8, 4, 2, 2});
+    const at::Tensor byte = block.to(at::kInt);
     const at::Tensor e = at::bitwise_right_shift(byte, 3).add(kNvfp4MinExp);
     const at::Tensor m = at::bitwise_and(byte, 7).to(at::kFloat);
     s = at::ldexp(m.div(8).add(1), e).mul(out_scale.to(lane_scales.device()).mul(std::ldexp(1.0, kNvfp4Shift - 126)));
   } else if (f == Format::MXFP4) {
-    const at::Tensor byte = lane_scales.to(at::kInt).reshape({nt, steps, 8, 4, 2, 1});
+    const at::Tensor byte = block.to(at::kInt);
     s = at::ldexp(at::ones_like(byte, at::kFloat), byte.sub(126)).mul(out_scale.to(lane_scales.device()));
-    s = s.expand({nt, steps, 8, 4, 2, 2});
   } else {
-    // entry 2g + (t >> 1) -> lane 4g + t
-    s = lane_scales.reshape({nt, steps, 8, 2, 1, 2, 1}).expand({nt, steps, 8, 2, 2, 2, 2});
-    s = s.reshape({nt, steps, 8, 4, 2, 2});
+    s = block;
   }
-  s = s.permute({0, 4, 2, 1, 3, 5}).reshape({nt * kTileRows, steps * 8, 1}).expand({-1, -1, 16});
-  s = s.reshape({nt * kTileRows, steps * kStepCols});
+  s = s.repeat_interleave(kStepCols / bps, 1);
 
   at::Tensor values;
   if (f == Format::NF4) {
@@ -243,7 +254,7 @@ Format check_tiled_weight(const at::Tensor& tiles, const at::Tensor& tile_scales
   TORCH_CHECK_VALUE(k > 0 && ceil_div(k, kStepCols) == steps, "k: ", k, " columns do not match ", steps,
                     " steps of ", kStepCols, " columns");
   const auto scale_type = f == Format::NF4 ? at::kFloat : at::kByte;
-  const int64_t entries = scale_entries_per_step(static_cast<int>(f)), per_entry = f == Format::NVFP4 ? 4 : 2;
+  const int64_t entries = scale_entries_per_step(static_cast<int>(f)), per_entry = scale_entry_elems(static_cast<int>(f));
   TORCH_CHECK_TYPE(tile_scales.scalar_type() == scale_type, "tile_scales: expected ", scale_type, " for ", fmt,
                    ", got ", tile_scales.scalar_type());
   TORCH_CHECK_VALUE(tile_scales.sizes() == at::IntArrayRef({nt, steps, entries, per_entry}), "tile_scales: expected [",

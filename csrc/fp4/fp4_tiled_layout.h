@@ -8,7 +8,10 @@
 // coalesced 16-byte loads per lane: lane L = 4g + t owns bytes [16L, 16L + 16) (words 0..3) and
 // [512 + 16L, 512 + 16L + 16) (words 4..7). Word j feeds the j-th mma of the step: its four
 // bf16x2 A registers a0..a3 are the pairs p = h + 2q of rows 16*tile + g + 8h at columns
-// 128*step + 32t + 4j + 2q + {0, 1} (the lower column in the lower half).
+// 128*step + 32*(j >> 1) + 8t + 4*(j & 1) + 2q + {0, 1} (the lower column in the lower half). So
+// a lane's columns of a step are four chunks of 8 (chunk c = j >> 1 at 32c + 8t), and one
+// 16-byte load of 16-bit x by the warp reads 64 contiguous bytes of each of its rows of x (one
+// L1 wavefront per row; 32 contiguous columns per lane would touch two lines per row).
 //
 // nvfp4/mxfp4 codes are stored with their bits pre-placed for a shift-and-mask decode: after
 // rotating word left by mag_rot(p), the magnitude bits (e1 e0 m) of pair p's lower code sit at
@@ -19,16 +22,17 @@
 // left over is applied once to the float32 sum (`out_scale`). nf4 codes keep plain nibbles: pair
 // p's lower code in nibble 2p, its upper code in nibble 2p + 1.
 //
-// Scales, per (tile, step) and lane, in the order the lane uses them:
-//  nvfp4: 4 bytes [row g blk 0, row g blk 1, row g+8 blk 0, row g+8 blk 1] (blk b = words 4b..4b+3),
-//         each the E4M3 scale 2^E * (1 + m/8), E in [-9, 8], re-encoded as (E + 9) << 3 | m
+// Scales, per (tile, step): entries of the lanes' blocks, [row half h][the lane's blocks in column
+// order], lanes that use the same blocks sharing an entry (scale_entry), so the scales take the
+// bytes of the canonical format (nvfp4 and nf4 4.5 bits per weight in all, mxfp4 4.25):
+//  nvfp4: 16 entries of 8 bytes, entry 2g + (t >> 1): blocks 2c + (t >> 1) (c = chunk), each the
+//         E4M3 scale 2^E * (1 + m/8), E in [-9, 8], re-encoded as (E + 9) << 3 | m
 //         (E4M3 subnormals normalised), so that (byte << 4) + (kNvfp4ScaleBias << 7) is the
 //         bfloat16 of scale * 2^118.
-//  mxfp4: 2 bytes [row g, row g+8]: e + c with the block exponent e and a per-weight constant c
-//         chosen so that every byte is in [1, 127]; (byte + 127) << 7 is the bfloat16 2^(e + c).
-//  nf4:   2 floats [row g, row g+8]: the absmax of the lane's block of 64 columns, stored once per
-//         block: entry e = 2g + (t >> 1) = lane >> 1 of 16 per (tile, step) (lanes t and t ^ 1 read
-//         the same 8 bytes), so nf4 streams 4.5 bits per weight like nvfp4.
+//  mxfp4: 8 entries of 8 bytes, entry g: blocks c: e + c' with the block exponent e and a
+//         per-weight constant c' chosen so that every byte is in [1, 127]; (byte + 127) << 7 is
+//         the bfloat16 2^(e + c').
+//  nf4:   8 entries of 4 floats, entry g: the absmax of blocks c >> 1 (64 columns).
 #pragma once
 #include <cstdint>
 
@@ -53,10 +57,11 @@ constexpr uint32_t kNvfp4ScaleBias = 127 + kNvfp4Shift - 9;  // bfloat16 exponen
 constexpr int kNvfp4MinExp = -9;                            // smallest E4M3 exponent (subnormal 2^-9)
 constexpr uint32_t kMxfp4ExpBias = 127;
 
-// Scale entries per (tile, step): one per lane, nf4 one per (g, block of 64 columns).
-constexpr int scale_entries_per_step(int format_id) { return format_id == 2 ? kLanes / 2 : kLanes; }
-// Entry of lane `lane`'s scales.
-constexpr int scale_entry(int format_id, int lane) { return format_id == 2 ? lane >> 1 : lane; }
+// Scale entries per (tile, step), elements per entry, and the entry of lane `lane` (format ids of
+// fp4_format.h: 0 nvfp4, 1 mxfp4, 2 nf4).
+constexpr int scale_entries_per_step(int format_id) { return format_id == 0 ? 16 : 8; }
+constexpr int scale_entry_elems(int format_id) { return format_id == 2 ? 4 : 8; }
+constexpr int scale_entry(int format_id, int lane) { return format_id == 0 ? lane >> 1 : lane >> 2; }
 
 // Position, in the stored 32-bit word, of bit `b` (0..3: m, e0, e1, sign) of the code that is
 // half `hi` (0 lower, 1 upper) of pair p: the inverse of the kernel's rotations.

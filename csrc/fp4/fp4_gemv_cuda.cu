@@ -422,28 +422,26 @@ bool env_config(GemvConfig& cfg) {
 // Rows of x per block for GemvConfig::mt (float32 x always takes 8).
 constexpr int x_rows_per_block(int mt, int64_t m) { return mt == 1 || (mt == 0 && m <= 8) ? 8 : 16; }
 
-// Up to 8 rows of x: about 16 warps per multiprocessor (each with a pipeline of loads in
-// flight), K split only as far as each part keeps one pipeline's worth of steps. 9..16 rows:
-// two blocks of 8 x rows per tile (the second reads the weights from L2) with 4 K parts: on the
-// round-3 sweep (fp4_gemv_sweep_NVIDIA_H200.json, variant "2,4,4,1" against "default") that
-// was as fast or faster on all four shapes (largest: 96.1 us against 105.3 us).
+// About 16 warps per multiprocessor (each with a pipeline of loads in flight): K split only as far
+// as each part keeps one pipeline's worth of steps. More than 8 rows of x: blocks of 16 rows (each
+// weight decoded once for 16 rows) with one x buffer, so that two blocks of 8 warps fit a
+// multiprocessor's registers (round-7 sweep, fp4_gemv_sweep_NVIDIA_H200_round7a.json: at M = 16
+// the largest shape took 62.2 us this way against 84.9 us with two 8-row blocks per tile).
 GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, int sms) {
   // nf4 fills its 32 KB pair table once per block: it keeps blocks of 8 warps (with balance, the
   // 2-warp blocks of 14336 x 4096 ran nf4 at 1.21x bf16 against nvfp4's 2.22x in
   // fp4_linear_NVIDIA_H200.json of the round-6 session).
   GemvConfig cfg{0, 0, kDefaultStages, 0, kXDoubleBuffer, f != Format::NF4};
-  if (env_config(cfg) && cfg.rw > 0) return cfg;
-  cfg.kw = 1;
+  const bool from_env = env_config(cfg);
+  if (from_env && cfg.rw > 0) return cfg;
+  if (!from_env && m > 8) cfg.xm = kXSingleBuffer;
+  const int64_t rows = x_rows_per_block(cfg.mt, m), m_blocks = (m + rows - 1) / rows;
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kMinStepsPerPart, kMaxWarps));
-  if (m > 8 && m <= 16) {
-    if (cfg.mt == 0) cfg.mt = 1;
-    cfg.kw = static_cast<int>(std::min<int64_t>(4, max_kw));
-  } else {
-    // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
-    // 896 tiles -> kw 2 beat kw 3 or 4).
-    const int64_t want = (int64_t{16} * sms + n_tiles - 1) / n_tiles;
-    while (cfg.kw * 2 <= want && cfg.kw * 2 <= max_kw) cfg.kw *= 2;
-  }
+  // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
+  // 896 tiles -> kw 2 beat kw 3 or 4).
+  const int64_t want = (int64_t{16} * sms + n_tiles * m_blocks - 1) / (n_tiles * m_blocks);
+  cfg.kw = 1;
+  while (cfg.kw * 2 <= want && cfg.kw * 2 <= max_kw) cfg.kw *= 2;
   cfg.rw = kMaxWarps / cfg.kw;
   // On by default: on the round-6 sweep (fp4_gemv_sweep_NVIDIA_H200_round6.json) it took the
   // largest shape at M = 1 from 50.4 to 45.6 us and changed the others by at most a few percent.
@@ -451,7 +449,6 @@ GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, in
     // The busiest multiprocessor gets ceil(blocks / sms) blocks of rw tiles each: take the rw
     // that gives it the fewest tiles (ties: the larger block). E.g. 1792 tiles on 132 SMs:
     // rw 8 -> 2 blocks of 8 = 16 tiles, rw 7 -> 2 blocks of 7 = 14 (the even share is 13.6).
-    const int64_t rows = x_rows_per_block(cfg.mt, m), m_blocks = (m + rows - 1) / rows;
     int64_t best = std::numeric_limits<int64_t>::max();
     for (int rw = kMaxWarps / cfg.kw; rw >= 1; --rw) {
       const int64_t blocks = (n_tiles + rw - 1) / rw * m_blocks;
@@ -469,11 +466,11 @@ template <Format F, typename T, int MT, bool kGelu>
 void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) {
   const int threads = 32 * cfg.rw * cfg.kw;
   const int64_t partial_bytes = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT : 0;
-  // Launch modes other than the default are built for the tuning sweep of nvfp4 / bfloat16 only;
-  // other formats and dtypes take the default stages and x mode.
+  // Launch modes other than the defaults (2 stages; 8-row blocks double-buffered, 16-row blocks
+  // either) are built for the tuning sweep of nvfp4 / bfloat16 only.
   constexpr bool kSweep = F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu;
   if (!kSweep) {
-    cfg.xm = kXDoubleBuffer;
+    if (MT == 1) cfg.xm = kXDoubleBuffer;
     cfg.s = kDefaultStages;
   }
   const size_t smem = static_cast<size_t>(nf4_table_bytes<F>() + partial_bytes);
@@ -487,6 +484,12 @@ void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) 
   if (cfg.s == kDefaultStages && cfg.xm == kXDoubleBuffer) {
     go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXDoubleBuffer, kGelu>);
     return;
+  }
+  if constexpr (MT == 2) {
+    if (cfg.s == kDefaultStages) {
+      go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXSingleBuffer, kGelu>);
+      return;
+    }
   }
   if constexpr (kSweep) {
     auto with_xm = [&](auto s_c) {

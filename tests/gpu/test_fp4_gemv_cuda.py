@@ -183,8 +183,8 @@ def test_fp4linear_tiled_path_row_limit(dtype, rows, tiled, apt_seed):
     torch.manual_seed(apt_seed)
     layer = FP4Linear.from_linear(torch.nn.Linear(256, 96), fmt="nvfp4").to(DEV)
     x = torch.randn(rows, 256, device=DEV, dtype=dtype)
-    assert layer._takes_tiled_path(x) is tiled
-    with torch.no_grad():
+    with torch.no_grad():  # inference: the bias parameter needs no gradient here
+        assert layer._takes_tiled_path(x) is tiled
         y = layer(x)
     assert (layer._tiled is not None) is tiled
     want = torch.ops.apt.fp4_linear(x, layer.packed, layer.scales, layer.tensor_scale, layer.bias.to(dtype),

@@ -437,8 +437,9 @@ constexpr int x_rows_per_block(int mt, int64_t m) { return mt == 1 || (mt == 0 &
 // About 16 warps per multiprocessor (each with a pipeline of loads in flight): K split only as far
 // as each part keeps one pipeline's worth of steps. More than 8 rows of x: blocks of 16 rows (each
 // weight decoded once for 16 rows) with one x buffer, so that two blocks of 8 warps fit a
-// multiprocessor's registers (round-7 sweep, fp4_gemv_sweep_NVIDIA_H200_round7a.json: at M = 16
-// the largest shape took 62.2 us this way against 84.9 us with two 8-row blocks per tile).
+// multiprocessor's registers (round-7 sweeps: at M = 16 the largest shape took 65.0 us this way,
+// fp4_gemv_sweep_NVIDIA_H200_round7b.json, against 84.9 us with two 8-row blocks per tile,
+// round7a).
 GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, int sms) {
   // nf4 fills its 32 KB pair table once per block: it keeps blocks of 8 warps (with balance, the
   // 2-warp blocks of 14336 x 4096 ran nf4 at 1.21x bf16 against nvfp4's 2.22x in

@@ -14,11 +14,11 @@ from apt_ext.fp4.weight import FP4Weight, quantize
 
 # Rows of x (leading dims flattened) up to which inference on CUDA uses the tiled GEMV
 # (fp4_linear_tiled); above it fp4_linear (dequantise + cuBLAS there) is faster. Measured on an
-# H200 (benchmarks/results/fp4_linear_NVIDIA_H200.json, bf16 x, four shapes, every format): at
-# M = 32 the tiled kernel beats fp4_linear on every shape (nvfp4 0.79x-0.84x bf16 against
-# 0.37x-0.62x), at M = 64 it wins on some shapes and loses on others. float32 x was not
-# measured above 16 rows and keeps 16.
-TILED_MAX_ROWS = 32
+# H200 (benchmarks/results/fp4_linear_NVIDIA_H200.json, fourth session, bf16 x, four shapes, every
+# format): at M = 64 the tiled kernel beats dequantise + cuBLAS on every shape and format (nvfp4
+# 19.3 / 53.2 / 49.8 / 185 us against 30.1 / 93.0 / 96.0 / 330 us), at M = 128 it loses on two
+# of the four shapes and for nf4. float32 x was not measured above 16 rows and keeps 16.
+TILED_MAX_ROWS = 64
 TILED_MAX_ROWS_FLOAT32 = 16
 
 

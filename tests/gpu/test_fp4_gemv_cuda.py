@@ -174,11 +174,11 @@ def test_fp4linear_uses_tiled_path_for_inference(apt_seed):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize(("dtype", "rows", "tiled"), [(torch.bfloat16, 32, True), (torch.bfloat16, 33, False),
-                                                      (torch.float16, 32, True), (torch.float32, 16, True),
+@pytest.mark.parametrize(("dtype", "rows", "tiled"), [(torch.bfloat16, 64, True), (torch.bfloat16, 65, False),
+                                                      (torch.float16, 64, True), (torch.float32, 16, True),
                                                       (torch.float32, 17, False)])
 def test_fp4linear_tiled_path_row_limit(dtype, rows, tiled, apt_seed):
-    """FP4Linear's measured crossover (apt_ext/nn/fp4_linear.py): the tiled kernel up to 32 rows
+    """FP4Linear's measured crossover (apt_ext/nn/fp4_linear.py): the tiled kernel up to 64 rows
     of 16-bit x and 16 of float32 x, fp4_linear above; both give the same result."""
     torch.manual_seed(apt_seed)
     layer = FP4Linear.from_linear(torch.nn.Linear(256, 96), fmt="nvfp4").to(DEV)
@@ -194,11 +194,11 @@ def test_fp4linear_tiled_path_row_limit(dtype, rows, tiled, apt_seed):
 
 @needs_cuda_build
 def test_cuda_graph_capture_tiled(apt_seed):
-    """M = 1 through FP4Linear's tiled path; M = 40 (the canonical op) in the same graph test."""
+    """M = 1 and 40 through FP4Linear's tiled path, M = 80 (the canonical op) in the same graph test."""
     torch.manual_seed(apt_seed)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 128))
     model = apt_ext.quantize_(model.to(DEV, torch.bfloat16), fmt="nvfp4")
-    for m in (1, 40):
+    for m in (1, 40, 80):
         assert_cuda_graph_replay_matches_eager(model, torch.randn(m, 256, device=DEV, dtype=torch.bfloat16))
 
 

@@ -7,7 +7,10 @@ Times y = x @ W.T for bf16 x [M, K] and W [N, K] with:
                               small-M kernel up to APT_FP4_SMALL_M_MAX rows, else dequantise +
                               cuBLAS; what FP4Linear runs above 16 rows)
   apt-deq+cublas-nvfp4        apt fp4_dequantize to bf16 + F.linear (the large-M path alone)
-  apt-triton-nvfp4            apt_ext.triton.fp4_linear.fp4_linear (the APT_FORCE_TRITON path)
+  apt-triton-{nvfp4,mxfp4,nf4} apt_ext.triton.fp4_linear.fp4_linear (the APT_FORCE_TRITON path and
+                              the path without the CUDA build: split-K GEMV up to 16 rows, tiled
+                              tl.dot GEMM above; autotuned at its first call per shape, and the
+                              chosen configs are written to the JSON)
   torch-bf16                  F.linear with a bf16 weight (cuBLAS), the baseline of every ratio
   tinygemm-int4-g128          torch._weight_int4pack_mm, group 128
   bnb-fp4 / bnb-nf4           bitsandbytes matmul_4bit (blocksize 64)
@@ -19,7 +22,9 @@ bandwidth; and the accuracy of each FP4 format (relative error of y against the 
 
     python benchmarks/fp4_linear.py            # full: 4 shapes x M in {1, 2, 4, 8, 16, 32, 64, 128, 4096}
     python benchmarks/fp4_linear.py --quick    # 2 shapes x M in {1, 16, 4096}
-Writes benchmarks/results/fp4_linear_<card>.json and benchmarks/plots/fp4_linear_<card>.png.
+    python benchmarks/fp4_linear.py --ms 1,4096 --methods torch-bf16,apt-triton --tag triton
+                                               # the Triton path's goal check, 4 shapes (issue 11)
+Writes benchmarks/results/fp4_linear_<card>[_<tag>].json and benchmarks/plots/fp4_linear_<card>[_<tag>].png.
 """
 from __future__ import annotations
 
@@ -76,7 +81,7 @@ def int4_g128(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_methods(n: int, k: int) -> dict[str, tuple[Callable[[torch.Tensor], object] | None, str, int]]:
-    """name -> (fn(x) or None, note, weight bytes)."""
+    """name -> (fn(x) or None, note, weight bytes) for every method of the module docstring."""
     import apt_ext  # noqa: F401
     from apt_ext import _native
     from apt_ext.fp4 import quantize
@@ -103,9 +108,9 @@ def make_methods(n: int, k: int) -> dict[str, tuple[Callable[[torch.Tensor], obj
             methods["apt-deq+cublas-nvfp4"] = (
                 lambda x, q=q: F.linear(x, torch.ops.apt.fp4_dequantize(q.packed, q.scales, q.tensor_scale, q.fmt,
                                                                          q.block_size, x.dtype)[:, :k]), "", nbytes)
-            methods["apt-triton-nvfp4"] = (
-                lambda x, q=q: tri.fp4_linear(x, q.packed, q.scales, q.tensor_scale, None, q.fmt, q.block_size),
-                "", nbytes)
+        methods[f"apt-triton-{fmt}"] = (
+            lambda x, q=q: tri.fp4_linear(x, q.packed, q.scales, q.tensor_scale, None, q.fmt, q.block_size),
+            "", nbytes)
     try:
         codes, sz = int4_g128(w)
         packed = ((codes[:, ::2] << 4) | codes[:, 1::2]).to(torch.uint8)
@@ -128,15 +133,24 @@ def make_methods(n: int, k: int) -> dict[str, tuple[Callable[[torch.Tensor], obj
     return methods
 
 
+def selected(methods: dict, wanted: list[str] | None) -> dict:
+    """The methods named in ``wanted`` (a name or a prefix such as "apt-triton"); torch-bf16 always."""
+    if not wanted:
+        return methods
+    return {name: v for name, v in methods.items()
+            if name == "torch-bf16" or any(name == w or name.startswith(w + "-") for w in wanted)}
+
+
 def run(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
     shapes, ms = (QUICK_SHAPES, QUICK_MS) if args.quick else (SHAPES, MS)
+    shapes, ms = args.shapes or shapes, args.ms or ms
     copy_gbs = copy_bandwidth_gbs()
     rows = []
     with torch.inference_mode():
         for n, k in tqdm(shapes, desc="shapes"):
-            methods = make_methods(n, k)
+            methods = selected(make_methods(n, k), args.methods)
             for m in ms:
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 times = {}
@@ -256,9 +270,37 @@ def plot(res: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def triton_configs() -> list[dict]:
+    """The configs apt_ext's Triton autotuner chose in this run, one entry per tuned key."""
+    from apt_ext.triton.autotune import tuned
+
+    return [{"key": [str(v) for v in key], "config": {**cfg.kwargs, "num_warps": cfg.num_warps,
+                                                       "num_stages": cfg.num_stages}}
+            for key, cfg in tuned().items()]
+
+
+def int_list(text: str) -> list[int]:
+    """"1,4096" -> [1, 4096]."""
+    return [int(v) for v in text.split(",")]
+
+
+def shape_list(text: str) -> list[tuple[int, int]]:
+    """"4096x4096,28672x8192" -> [(4096, 4096), (28672, 8192)] as (N, K)."""
+    try:
+        return [(int(n), int(k)) for n, k in (item.split("x") for item in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shapes: expected NxK[,NxK...], got {text!r}") from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 shapes, M in {1, 16, 4096}, shorter timing")
+    ap.add_argument("--ms", type=int_list, help="comma-separated rows of x (overrides the default or --quick set)")
+    ap.add_argument("--shapes", type=shape_list, help="comma-separated NxK weight shapes (overrides the default)")
+    ap.add_argument("--methods", type=lambda t: t.split(","),
+                    help="comma-separated method names or prefixes to time (torch-bf16 always runs), "
+                         "e.g. torch-bf16,apt-triton")
+    ap.add_argument("--tag", help="suffix of the JSON and PNG names, so a partial run keeps the full record")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("fp4_linear benchmark: needs a CUDA GPU")
@@ -270,12 +312,13 @@ def main() -> None:
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                host=platform.node(), command=" ".join([sys.executable, *sys.argv]),
                small_m_max=os.environ.get("APT_FP4_SMALL_M_MAX", "default"),
-               tinygemm_weights="int4 g128 quantised from W (int4_g128)")
+               tinygemm_weights="int4 g128 quantised from W (int4_g128)", triton_configs=triton_configs())
     print_table(res)
-    out = HERE / "results" / f"fp4_linear_{card}.json"
+    name = f"fp4_linear_{card}" + (f"_{args.tag}" if args.tag else "")
+    out = HERE / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
-    png = HERE / "plots" / f"fp4_linear_{card}.png"
+    png = HERE / "plots" / f"{name}.png"
     plot(res, png)
     print(f"\nwrote {out} and {png}")
 

@@ -359,7 +359,8 @@ def fp4_gpu(name: str, d: dict) -> str:
     import math
 
     keep = [n for n in ("torch-bf16", "apt-tiled-nvfp4", "apt-tiled-mxfp4", "apt-tiled-nf4", "apt-cuda-nvfp4",
-                        "apt-deq+cublas-nvfp4", "apt-triton-nvfp4", "tinygemm-int4-g128", "bnb-fp4", "bnb-nf4")
+                        "apt-deq+cublas-nvfp4", "apt-triton-nvfp4", "apt-triton-mxfp4", "apt-triton-nf4",
+                        "tinygemm-int4-g128", "bnb-fp4", "bnb-nf4")
             if n in d["rows"][0]["times"]]
 
     def cell(v: dict) -> str:

@@ -15,17 +15,21 @@ import pytest
 
 FORMATS = ("nvfp4", "mxfp4", "nf4")
 DTYPES = ("float32", "bfloat16", "float16")
-# M=70 exceeds the split-K tuning's SMALL_M_MAX (64): the tiled large-M tuning runs.
-LINEAR_M = (1, 3, 17, 70)
+# M <= 16 runs the split-K GEMV (fp4_gemv.py), larger M the tiled tl.dot GEMM (fp4_gemm.py).
+LINEAR_M = (1, 3, 16, 17, 33)
+# K = 200 is no multiple of 128 (nor of nvfp4's 16) and spans several 64-wide steps, so the
+# interpreter's GEMV config splits K in two (partials + the reduction kernel); K = 40 fits in
+# one step (no split: the epilogue runs in the GEMV).
+LINEAR_K = (200, 40)
 # Output relative error allowed per x dtype (the reference is float64 rounded to x's dtype).
 RTOL = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 2e-3}
 
 
 def _cases() -> list[str]:
     names = [f"dequantize-{f}-{d}" for f in FORMATS for d in DTYPES]
-    names += [f"linear-{f}-{d}-m{m}-{'bias' if m % 2 else 'nobias'}" for f in FORMATS for d in DTYPES
-              for m in LINEAR_M]
-    names += [f"linear3d-{f}" for f in FORMATS] + [f"gelu-{f}-m{m}" for f in FORMATS for m in (2, 70)]
+    names += [f"linear-{f}-{d}-m{m}-k{k}-{'bias' if m % 2 else 'nobias'}" for f in FORMATS for d in DTYPES
+              for m in LINEAR_M for k in LINEAR_K]
+    names += [f"linear3d-{f}" for f in FORMATS] + [f"gelu-{f}-m{m}" for f in FORMATS for m in (2, 33)]
     names += ["bad-input", "one-config"]
     return names
 
@@ -36,14 +40,16 @@ def _cases() -> list[str]:
 def _child() -> dict[str, str | None]:
     import torch
 
+    from fp4_helpers import assert_linear_close
     from reference import fp4 as ref
     from apt_ext.triton import fp4_dequantize as tdq
+    from apt_ext.triton import fp4_gemm, fp4_gemv
     from apt_ext.triton import fp4_linear as tlin
 
     g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
 
-    def weight(fmt: str) -> tuple:
-        n, k = 23, 100  # odd N, K not a multiple of any block size
+    def weight(fmt: str, k: int = 100) -> tuple:
+        n = 23  # odd N; K = 100 is no multiple of any block size
         w = torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g) * 3
         w[0, :k] = 0.0                       # all-zero blocks
         w[1, 5] = -w[1].abs().max() * 1.01  # a negative block maximum
@@ -75,18 +81,19 @@ def _child() -> dict[str, str | None]:
 
             run(f"dequantize-{fmt}-{d}", deq)
             for m in LINEAR_M:
-                bias = torch.randn(n, generator=g) if m % 2 else None
+                for k_lin in LINEAR_K:
+                    def lin(dt=dt, m=m, fmt=fmt, k=k_lin):
+                        wp, ws, wts, wbs, _, wn = weight(fmt, k)  # a fresh weight per case
+                        bias = torch.randn(wn, generator=g) if m % 2 else None
+                        x = torch.randn(m, k, generator=g).to(dt)
+                        got = tlin.fp4_linear(x, wp, ws, wts, bias, fmt, wbs)
+                        want = ref.linear(x, wp, ws, wts, bias, fmt, wbs)
+                        assert bool(torch.isfinite(got).all()), "non-finite output"
+                        # float32 math on exact weights in the interpreter: accumulation error
+                        # plus one rounding to x's dtype, element by element
+                        assert_linear_close(got, want, x, ref.dequantize(wp, ws, wts, fmt, wbs))
 
-                def lin(dt=dt, m=m, bias=bias, fmt=fmt, packed=packed, scales=scales, ts=ts, bs=bs, k=k, d=d):
-                    x = torch.randn(m, k, generator=g).to(dt)
-                    got = tlin.fp4_linear(x, packed, scales, ts, bias, fmt, bs)
-                    want = ref.linear(x, packed, scales, ts, bias, fmt, bs)
-                    assert got.dtype == dt and got.shape == (m, n), (got.dtype, got.shape)
-                    assert bool(torch.isfinite(got).all()), "non-finite output"
-                    err = rel_err(got, want)
-                    assert err < RTOL[d], f"relative error {err:.3g} >= {RTOL[d]}"
-
-                run(f"linear-{fmt}-{d}-m{m}-{'bias' if m % 2 else 'nobias'}", lin)
+                    run(f"linear-{fmt}-{d}-m{m}-k{k_lin}-{'bias' if m % 2 else 'nobias'}", lin)
 
         def lin3d(fmt=fmt, packed=packed, scales=scales, ts=ts, bs=bs, k=k, n=n):
             x = torch.randn(2, 5, k, generator=g, dtype=torch.bfloat16)
@@ -96,7 +103,7 @@ def _child() -> dict[str, str | None]:
             assert rel_err(got, want) < RTOL["bfloat16"]
 
         run(f"linear3d-{fmt}", lin3d)
-        for m in (2, 70):
+        for m in (2, 33):
             def gelu(m=m, fmt=fmt, packed=packed, scales=scales, ts=ts, bs=bs, k=k):
                 x = torch.randn(m, k, generator=g)
                 bias = torch.randn(n, generator=g)
@@ -131,7 +138,8 @@ def _child() -> dict[str, str | None]:
     run("bad-input", bad)
 
     def one_config():
-        assert len(tlin._small_m.configs) == 1 and len(tlin._large_m.configs) == 1
+        assert len(fp4_gemv._configs(4096, 4096, torch.device("cpu"))) == 1
+        assert len(fp4_gemm._configs()) == 1
 
     run("one-config", one_config)
     return results

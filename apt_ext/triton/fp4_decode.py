@@ -1,6 +1,7 @@
-"""Triton device helpers that decode FP4 codes and block scales (docs/contract.md §3).
+"""Triton device helpers of the FP4 kernels: code and block-scale decoding (docs/contract.md §3)
+and the linear epilogue.
 
-Values are exact float32 (code value times decode scale, as in tests/reference/fp4.py).
+Decoded values are exact float32 (code value times decode scale, as in tests/reference/fp4.py).
 Formats are compile-time ints, their index in apt_ext.fp4.format.FORMAT_NAMES (NVFP4=0, MXFP4=1,
 NF4=2, the enum of csrc/fp4/fp4_format.h).
 """
@@ -35,17 +36,6 @@ def scales_as_raw(scales: torch.Tensor, fmt: str) -> torch.Tensor:
 
 
 @triton.jit
-def e2m1_value(code):
-    """float32 value of E2M1 codes (int32 tensor, 0..15): exact, via the float32 bit pattern."""
-    mag = code & 7
-    e = mag >> 1
-    m = mag & 1
-    normal = (((e + 126) << 23) | (m << 22)).to(tl.float32, bitcast=True)
-    val = tl.where(e == 0, m.to(tl.float32) * 0.5, normal)
-    return tl.where((code & 8) != 0, -val, val)
-
-
-@triton.jit
 def decode_scale(raw, ts, FMT: tl.constexpr):
     """float32 decode scale from the stored scale (uint8 E4M3 bits, uint8 biased exponent or
     float32 absmax) and nvfp4's tensor scale ``ts``."""
@@ -65,9 +55,35 @@ def decode_scale(raw, ts, FMT: tl.constexpr):
 
 
 @triton.jit
-def code_value(code, lut_ptr, FMT: tl.constexpr):
-    """float32 value of codes (int32) before scaling; NF4 gathers from its 16-entry table."""
+def nibble_values(b, lut_ptr, FMT: tl.constexpr):
+    """(low, high) float32 code values of packed bytes ``b`` (int32, 0..255), in units of
+    :func:`code_unit`: E2M1 codes placed as float16 bit patterns (sign to bit 15, exponent and
+    mantissa to bits 11..9), which read as value * 2^-14 exactly, subnormal codes included
+    (five integer ops and one conversion per code); nf4 gathers from its 16-entry table (unit 1)."""
     if FMT == 2:
-        return tl.load(lut_ptr + code)
+        return tl.load(lut_ptr + (b & 15)), tl.load(lut_ptr + (b >> 4))
     else:
-        return e2m1_value(code)
+        lo = ((b & 7) << 9) | ((b & 8) << 12)
+        hi = ((b & 0x70) << 5) | ((b & 0x80) << 8)
+        return (lo.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32),
+                hi.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32))
+
+
+@triton.jit
+def code_unit(FMT: tl.constexpr):
+    """What :func:`nibble_values`' numbers are to be multiplied by: 2^14 for E2M1, 1 for nf4.
+    Multiply before the block scale (a scale near float32's maximum times 2^14 would overflow)."""
+    if FMT == 2:
+        return 1.0
+    else:
+        return 16384.0
+
+
+@triton.jit
+def bias_gelu(acc, bias_ptr, rn, n_ok, HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
+    """Epilogue on float32 ``acc`` [..., BLOCK_N] (columns ``rn``): + bias, then exact (erf) GELU."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+    if GELU:
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+    return acc

@@ -7,7 +7,8 @@ import triton.language as tl
 
 from apt_ext import _native
 from apt_ext.triton import kernel
-from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_value, decode_scale, nf4_lut, scales_as_raw
+from apt_ext.triton.fp4_decode import (FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, nibble_values,
+                                       scales_as_raw)
 
 _BLOCK_N, _BLOCK_B = 16, 64
 
@@ -22,8 +23,9 @@ def _dequantize_kernel(packed_ptr, scales_ptr, ts_ptr, lut_ptr, out_ptr, n_rows,
     nb = 2 * row_bytes // BS
     raw = tl.load(scales_ptr + rn[:, None] * nb + (rb // (BS // 2))[None, :], mask=mask, other=0)
     s = decode_scale(raw, tl.load(ts_ptr), FMT)
-    lo = code_value(b & 15, lut_ptr, FMT) * s
-    hi = code_value(b >> 4, lut_ptr, FMT) * s
+    lo, hi = nibble_values(b, lut_ptr, FMT)
+    lo = lo * code_unit(FMT) * s
+    hi = hi * code_unit(FMT) * s
     col = 2 * rb[None, :]
     dst = out_ptr + rn[:, None] * ld_out + col
     ty = out_ptr.dtype.element_ty

@@ -1,0 +1,98 @@
+"""Triton FP4 GEMM: ``x [M, K] @ dequantize(W).T`` for M > GEMV_MAX_M, on tensor cores.
+
+Each program computes a BLOCK_M x BLOCK_N tile of the output (programs grouped GROUP_M tiles
+along M so that neighbours share weight tiles in L2). Per BLOCK_K step it loads x's
+[BLOCK_M, BLOCK_K] tile as is and W's [BLOCK_N, BLOCK_K/2] packed bytes, decodes both nibbles
+in registers (fp4_decode.nibble_values, then the block scale gathered per byte), interleaves
+them back into K order (tl.join + reshape: the pair of a byte is already in one thread) and
+feeds the tile, rounded to x's dtype, to ``tl.dot`` with float32 accumulation; bias and GELU
+run in the epilogue. float32 x multiplies in IEEE float32 (``input_precision="ieee"``, not
+TF32); under TRITON_INTERPRET=1 every dot runs in float32 (the interpreter has no 16-bit dot).
+The config is tuned per (device, format, x dtype, M bucket, N, K) from a small Hopper-oriented
+set (apt_ext.triton.autotune); one fixed config under TRITON_INTERPRET=1.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from apt_ext.triton.autotune import best_config
+from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, bias_gelu, code_unit, decode_scale, nf4_lut, nibble_values
+
+_GROUP_M = 8
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+_CONFIGS = [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (64, 128, 128, 4, 4), (128, 128, 128, 8, 3),
+            (64, 256, 64, 8, 4), (64, 128, 64, 4, 3)]
+
+
+@triton.jit
+def _gemm_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_ptr,
+                 M, N, K, row_bytes, n_blocks,
+                 FMT: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
+                 DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 GROUP_M: tl.constexpr):
+    # x [M, K] contiguous; packed [N, row_bytes]; scales [N, n_blocks]; out [M, N] in x's dtype.
+    BKH: tl.constexpr = BLOCK_K // 2
+    pid = tl.program_id(0)
+    tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * tiles_n)
+    first_m = group * GROUP_M
+    rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * tiles_n)) % rows
+    pid_n = (pid % (GROUP_M * tiles_n)) // rows
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = rm < M, rn < N
+    rj = tl.arange(0, BKH)
+    rk = tl.arange(0, BLOCK_K)
+    ts = tl.load(ts_ptr)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for step in range(0, tl.cdiv(row_bytes, BKH)):
+        j = step * BKH + rj
+        w_mask = n_ok[:, None] & (j < row_bytes)[None, :]
+        b = tl.load(packed_ptr + rn[:, None] * row_bytes + j[None, :], mask=w_mask, other=0).to(tl.int32)
+        raw = tl.load(scales_ptr + rn[:, None] * n_blocks + (j // (BS // 2))[None, :], mask=w_mask, other=0)
+        s = decode_scale(raw, ts, FMT)
+        lo, hi = nibble_values(b, lut_ptr, FMT)
+        w = tl.reshape(tl.join(lo * code_unit(FMT) * s, hi * code_unit(FMT) * s), (BLOCK_N, BLOCK_K))
+        kk = step * BLOCK_K + rk
+        xt = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
+        if DOT_F32:
+            acc += tl.dot(xt.to(tl.float32), tl.trans(w), input_precision="ieee")
+        else:
+            acc += tl.dot(xt, tl.trans(w.to(xt.dtype)))
+    acc = bias_gelu(acc, bias_ptr, rn[None, :], n_ok[None, :], HAS_BIAS, GELU)
+    tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _configs() -> list[triton.Config]:
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in _CONFIGS]
+
+
+def gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
+         bias: torch.Tensor | None, fmt: str, block_size: int, gelu: bool) -> torch.Tensor:
+    """x [M, K] contiguous (float32/bfloat16/float16), packed uint8 [N, Kp/2], scales
+    [N, Kp/block_size] (nvfp4's viewed as uint8), tensor_scale float32 [] -> [M, N] in x's dtype:
+    gelu?(x @ W.T + bias), float32 accumulation. Arguments must already be checked."""
+    m, k = x.shape
+    n, row_bytes = packed.shape
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    lut = nf4_lut(x.device)
+    bias_arg = bias if bias is not None else out
+
+    def launch(cfg: triton.Config) -> None:
+        bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+        _gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
+            x, packed, scales, tensor_scale, lut, bias_arg, out, m, n, k, row_bytes, 2 * row_bytes // block_size,
+            FMT=FORMAT_IDS[fmt], BS=block_size, HAS_BIAS=bias is not None, GELU=gelu,
+            DOT_F32=INTERPRET or x.dtype == torch.float32, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg.kwargs["BLOCK_K"],
+            GROUP_M=_GROUP_M, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    key = ("fp4_gemm", x.device, fmt, x.dtype, min(triton.next_power_of_2(m), 4096), n, k, bias is not None, gelu)
+    launch(best_config(key, _configs(), launch))
+    return out

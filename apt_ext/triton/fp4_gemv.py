@@ -1,0 +1,151 @@
+"""Triton FP4 GEMV: ``x [M, K] @ dequantize(W).T`` for M <= GEMV_MAX_M rows, bound by streaming W.
+
+Each program owns BLOCK_N output columns (rows of W) and one of SPLIT_K contiguous ranges of
+K, which it walks in BLOCK_K steps. A step loads the packed bytes as a [BLOCK_N, BLOCK_K/BS,
+BS/2] tile (each scale block's bytes contiguous, so the loads are as wide as a block: 8 bytes
+for nvfp4, 16 for mxfp4 and nf4), decodes both nibbles in registers (E2M1 by integer ops into
+float16 bit patterns, nf4 by a 16-entry table, fp4_decode.nibble_values), multiplies them with
+the even and odd columns of each row of x in float32, sums each scale block and only then
+applies the block's scale (one multiply per block and row of x, not per weight).
+
+Split-K reduction: SPLIT_K > 1 writes float32 partials [SPLIT_K, M, N] and a second small
+kernel adds them in split order and applies bias, GELU and the cast: deterministic, no
+zero-fill of an accumulator (atomics would need one, plus a cast pass: two extra launches
+instead of one), and the partials are tiny next to the weight (SPLIT_K*M*N*4 bytes against
+N*K/2). SPLIT_K = 1 applies the epilogue in the GEMV itself: one launch.
+
+The config (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) is tuned per (device, format,
+x dtype, M bucket, N, K) by apt_ext.triton.autotune; the candidate splits are chosen so that
+the grid has about 4, 8 or 16 programs per SM at every shape. One fixed config under
+TRITON_INTERPRET=1 (its split of 2 exercises the reduction whenever K spans two steps).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from apt_ext.triton.autotune import best_config
+from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, bias_gelu, code_unit, decode_scale, nf4_lut, nibble_values
+
+GEMV_MAX_M = 16  # rows of x up to which fp4_linear runs this kernel
+_REDUCE_BLOCK = 1024
+# (BLOCK_N, BLOCK_K, num_warps, num_stages): 16-32 packed bytes per thread and step.
+_BASES = [(64, 128, 4, 3), (32, 256, 4, 3), (128, 128, 8, 3), (16, 512, 4, 4)]
+_PROGRAMS_PER_SM = (4, 8, 16)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_ptr,
+                 M, N, K, row_bytes, n_blocks, steps,
+                 FMT: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
+    # x [M, K] contiguous; packed [N, row_bytes]; scales [N, n_blocks]; out [M, N] in x's dtype,
+    # or float32 partials [SPLIT_K, M, N] when PARTIAL. Program (n tile, split) runs `steps` steps.
+    NB: tl.constexpr = BLOCK_K // BS  # scale blocks per step
+    BH: tl.constexpr = BS // 2        # packed bytes per scale block
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    rm = tl.arange(0, BLOCK_M)
+    rb = tl.arange(0, NB)
+    col = 2 * (rb[:, None] * BH + tl.arange(0, BH)[None, :])    # [NB, BH] even column within a step
+    pair = col[:, :, None] + tl.arange(0, 2)[None, None, :]     # [NB, BH, 2] the column pair of a byte
+    ts = tl.load(ts_ptr)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for step in range(0, steps):
+        blk = (pid_k * steps + step) * NB + rb                  # [NB] scale blocks of this step
+        blk_ok = blk < n_blocks
+        byte = blk[:, None] * BH + tl.arange(0, BH)[None, :]    # [NB, BH]
+        b = tl.load(packed_ptr + rn[:, None, None] * row_bytes + byte[None, :, :],
+                    mask=n_ok[:, None, None] & blk_ok[None, :, None], other=0).to(tl.int32)
+        lo, hi = nibble_values(b, lut_ptr, FMT)                 # [BLOCK_N, NB, BH]
+        raw = tl.load(scales_ptr + rn[:, None] * n_blocks + blk[None, :], mask=n_ok[:, None] & blk_ok[None, :],
+                      other=0)
+        s = decode_scale(raw, ts, FMT)                          # [BLOCK_N, NB]
+        k0 = (pid_k * steps + step) * BLOCK_K
+        for m in tl.static_range(BLOCK_M):
+            # rows past M (BLOCK_M is M rounded up to a power of 2) re-read the last row; not stored
+            x_row = x_ptr + tl.minimum(m, M - 1) * K
+            xp = tl.load(x_row + k0 + pair, mask=k0 + pair < K, other=0.0).to(tl.float32)
+            x_even, x_odd = tl.split(xp)                        # [NB, BH] each
+            blocks = tl.sum(lo * x_even[None, :, :] + hi * x_odd[None, :, :], axis=2)  # [BLOCK_N, NB]
+            row = tl.sum(blocks * code_unit(FMT) * s, axis=1)  # [BLOCK_N]
+            if BLOCK_M == 1:
+                acc += row[None, :]
+            else:
+                acc = tl.where(rm[:, None] == m, acc + row[None, :], acc)
+    mask = (rm < M)[:, None] & n_ok[None, :]
+    if PARTIAL:
+        tl.store(out_ptr + (pid_k * M + rm[:, None]) * N + rn[None, :], acc, mask=mask)
+    else:
+        acc = bias_gelu(acc, bias_ptr, rn[None, :], n_ok[None, :], HAS_BIAS, GELU)
+        tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _split_sum_kernel(part_ptr, bias_ptr, out_ptr, MN, N, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      GELU: tl.constexpr, BLOCK: tl.constexpr):
+    # out [M, N] (flat, MN elements) = epilogue(sum over splits of part [SPLIT_K, M, N]), in order.
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(part_ptr + s * MN + i, mask=ok, other=0.0)
+    acc = bias_gelu(acc, bias_ptr, i % N, ok, HAS_BIAS, GELU)
+    tl.store(out_ptr + i, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def _configs(n: int, kp: int, device: torch.device) -> list[triton.Config]:
+    """Candidate configs: each base tile with the splits giving ~4, 8 and 16 programs per SM."""
+    if INTERPRET:
+        return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2}, num_warps=4, num_stages=1)]
+    sms = _sm_count(device)
+    configs = []
+    for bn, bk, warps, stages in _BASES:
+        k_steps = triton.cdiv(kp, bk)
+        splits = sorted({max(1, min(k_steps, triton.cdiv(p * sms, triton.cdiv(n, bn)))) for p in _PROGRAMS_PER_SM})
+        configs += [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s}, num_warps=warps, num_stages=stages)
+                    for s in splits]
+    return configs
+
+
+def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
+         bias: torch.Tensor | None, fmt: str, block_size: int, gelu: bool) -> torch.Tensor:
+    """x [M, K] contiguous (1 <= M <= GEMV_MAX_M; float32/bfloat16/float16), packed uint8 [N, Kp/2],
+    scales [N, Kp/block_size] (nvfp4's viewed as uint8), tensor_scale float32 [] -> [M, N] in x's
+    dtype: gelu?(x @ W.T + bias), float32 accumulation. Arguments must already be checked."""
+    m, k = x.shape
+    n, row_bytes = packed.shape
+    if not 1 <= m <= GEMV_MAX_M:
+        raise ValueError(f"x: the GEMV takes 1..{GEMV_MAX_M} rows, got {m}")
+    kp = 2 * row_bytes
+    block_m = triton.next_power_of_2(m)
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    lut = nf4_lut(x.device)
+    bias_arg = bias if bias is not None else out
+
+    def launch(cfg: triton.Config) -> None:
+        bk, split = cfg.kwargs["BLOCK_K"], cfg.kwargs["SPLIT_K"]
+        steps = triton.cdiv(triton.cdiv(kp, bk), split)
+        split = triton.cdiv(triton.cdiv(kp, bk), steps)  # no empty splits
+        part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
+        _gemv_kernel[(triton.cdiv(n, cfg.kwargs["BLOCK_N"]), split)](
+            x, packed, scales, tensor_scale, lut, bias_arg, part, m, n, k, row_bytes, kp // block_size, steps,
+            FMT=FORMAT_IDS[fmt], BS=block_size, BLOCK_M=block_m, BLOCK_N=cfg.kwargs["BLOCK_N"], BLOCK_K=bk,
+            PARTIAL=split > 1, HAS_BIAS=bias is not None, GELU=gelu,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if split > 1:
+            _split_sum_kernel[(triton.cdiv(m * n, _REDUCE_BLOCK),)](
+                part, bias_arg, out, m * n, n, SPLIT_K=split, HAS_BIAS=bias is not None, GELU=gelu,
+                BLOCK=_REDUCE_BLOCK, num_warps=4)
+
+    key = ("fp4_gemv", x.device, fmt, x.dtype, block_m, n, k, bias is not None, gelu)
+    launch(best_config(key, _configs(n, kp, x.device), launch))
+    return out

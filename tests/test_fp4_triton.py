@@ -138,8 +138,8 @@ def _child() -> dict[str, str | None]:
     run("bad-input", bad)
 
     def one_config():
-        assert len(fp4_gemv._configs(4096, 4096, torch.device("cpu"))) == 1
-        assert len(fp4_gemm._configs()) == 1
+        assert len(fp4_gemv.configs(4096, 4096, torch.device("cpu"))) == 1
+        assert len(fp4_gemm.configs()) == 1
 
     run("one-config", one_config)
     return results

@@ -5,11 +5,14 @@ of K changes both (the float32 partials and whether a reduction runs), so the ke
 tune the whole launch instead: the first call with a new key times every config with
 ``triton.testing.do_bench`` (median ms) and keeps the fastest for the life of the process.
 Tuning runs kernels and synchronises, so make the first call of each shape before capturing a
-CUDA graph. With one config (always under ``TRITON_INTERPRET=1``) nothing is timed.
+CUDA graph. With one config (always under ``TRITON_INTERPRET=1``), or with
+``APT_TRITON_AUTOTUNE=0`` in the environment (the first config of each list: no tuning time,
+e.g. for tests), nothing is timed.
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, Hashable, TypeVar
 
 C = TypeVar("C")
@@ -27,7 +30,7 @@ def best_config(key: Hashable, configs: list[C], launch: Callable[[C], object]) 
         raise ValueError("configs: empty config list")
     if key in _BEST:
         return _BEST[key]  # type: ignore[return-value]
-    if len(configs) == 1:
+    if len(configs) == 1 or os.environ.get("APT_TRITON_AUTOTUNE") == "0":
         _BEST[key] = configs[0]
         return configs[0]
     from triton.testing import do_bench

@@ -67,7 +67,8 @@ def _gemm_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
              mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _configs() -> list[triton.Config]:
+def configs() -> list[triton.Config]:
+    """Candidate configs (one under TRITON_INTERPRET=1)."""
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64}, num_warps=4, num_stages=1)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
@@ -75,10 +76,12 @@ def _configs() -> list[triton.Config]:
 
 
 def gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
-         bias: torch.Tensor | None, fmt: str, block_size: int, gelu: bool) -> torch.Tensor:
+         bias: torch.Tensor | None, fmt: str, block_size: int, gelu: bool,
+         config: triton.Config | None = None) -> torch.Tensor:
     """x [M, K] contiguous (float32/bfloat16/float16), packed uint8 [N, Kp/2], scales
     [N, Kp/block_size] (nvfp4's viewed as uint8), tensor_scale float32 [] -> [M, N] in x's dtype:
-    gelu?(x @ W.T + bias), float32 accumulation. Arguments must already be checked."""
+    gelu?(x @ W.T + bias), float32 accumulation. Arguments must already be checked.
+    ``config`` (one of :func:`configs`) runs instead of the tuned one."""
     m, k = x.shape
     n, row_bytes = packed.shape
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -94,5 +97,5 @@ def gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
             GROUP_M=_GROUP_M, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     key = ("fp4_gemm", x.device, fmt, x.dtype, min(triton.next_power_of_2(m), 4096), n, k, bias is not None, gelu)
-    launch(best_config(key, _configs(), launch))
+    launch(config or best_config(key, configs(), launch))
     return out

@@ -36,6 +36,19 @@ _PROGRAMS_PER_SM = (4, 8, 16)
 
 
 @triton.jit
+def _load_step(packed_ptr, scales_ptr, rn, n_ok, row_bytes, n_blocks, blk0, blk_end, NB: tl.constexpr,
+               BH: tl.constexpr):
+    """Packed bytes [BLOCK_N, NB, BH] and raw scales [BLOCK_N, NB] of the NB scale blocks from
+    ``blk0`` (those at or past ``blk_end`` masked off)."""
+    blk = blk0 + tl.arange(0, NB)
+    ok = n_ok[:, None] & (blk < blk_end)[None, :]
+    byte = blk[:, None] * BH + tl.arange(0, BH)[None, :]
+    b = tl.load(packed_ptr + rn[:, None, None] * row_bytes + byte[None, :, :], mask=ok[:, :, None], other=0)
+    raw = tl.load(scales_ptr + rn[:, None] * n_blocks + blk[None, :], mask=ok, other=0)
+    return b, raw
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_ptr,
                  M, N, K, row_bytes, n_blocks, steps,
                  FMT: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -48,33 +61,34 @@ def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     rm = tl.arange(0, BLOCK_M)
-    rb = tl.arange(0, NB)
-    col = 2 * (rb[:, None] * BH + tl.arange(0, BH)[None, :])    # [NB, BH] even column within a step
+    col = 2 * (tl.arange(0, NB)[:, None] * BH + tl.arange(0, BH)[None, :])  # [NB, BH] even column in a step
     pair = col[:, :, None] + tl.arange(0, 2)[None, None, :]     # [NB, BH, 2] the column pair of a byte
     ts = tl.load(ts_ptr)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_blocks = tl.zeros((BLOCK_N, NB), dtype=tl.float32)  # M = 1: per-block sums, reduced after the loop
+    # software prefetch: step + 1's bytes and scales are loaded before step's math
+    blk_end = tl.minimum(n_blocks, (pid_k + 1) * steps * NB)  # end of this split's scale blocks
+    b_next, raw_next = _load_step(packed_ptr, scales_ptr, rn, n_ok, row_bytes, n_blocks, pid_k * steps * NB,
+                                  blk_end, NB, BH)
     for step in range(0, steps):
-        blk = (pid_k * steps + step) * NB + rb                  # [NB] scale blocks of this step
-        blk_ok = blk < n_blocks
-        byte = blk[:, None] * BH + tl.arange(0, BH)[None, :]    # [NB, BH]
-        b = tl.load(packed_ptr + rn[:, None, None] * row_bytes + byte[None, :, :],
-                    mask=n_ok[:, None, None] & blk_ok[None, :, None], other=0).to(tl.int32)
-        lo, hi = nibble_values(b, lut_ptr, FMT)                 # [BLOCK_N, NB, BH]
-        raw = tl.load(scales_ptr + rn[:, None] * n_blocks + blk[None, :], mask=n_ok[:, None] & blk_ok[None, :],
-                      other=0)
+        b, raw = b_next, raw_next
+        b_next, raw_next = _load_step(packed_ptr, scales_ptr, rn, n_ok, row_bytes, n_blocks,
+                                      (pid_k * steps + step + 1) * NB, blk_end, NB, BH)
+        lo, hi = nibble_values(b.to(tl.int32), lut_ptr, FMT)   # [BLOCK_N, NB, BH]
         s = decode_scale(raw, ts, FMT)                          # [BLOCK_N, NB]
         k0 = (pid_k * steps + step) * BLOCK_K
         for m in tl.static_range(BLOCK_M):
             # rows past M (BLOCK_M is M rounded up to a power of 2) re-read the last row; not stored
-            x_row = x_ptr + tl.minimum(m, M - 1) * K
+            x_row = x_ptr + tl.minimum(M - 1, m) * K
             xp = tl.load(x_row + k0 + pair, mask=k0 + pair < K, other=0.0).to(tl.float32)
             x_even, x_odd = tl.split(xp)                        # [NB, BH] each
-            blocks = tl.sum(lo * x_even[None, :, :] + hi * x_odd[None, :, :], axis=2)  # [BLOCK_N, NB]
-            row = tl.sum(blocks * code_unit(FMT) * s, axis=1)  # [BLOCK_N]
+            blocks = tl.sum(lo * x_even[None, :, :] + hi * x_odd[None, :, :], axis=2) * code_unit(FMT) * s
             if BLOCK_M == 1:
-                acc += row[None, :]
+                acc_blocks += blocks
             else:
-                acc = tl.where(rm[:, None] == m, acc + row[None, :], acc)
+                acc = tl.where(rm[:, None] == m, acc + tl.sum(blocks, axis=1)[None, :], acc)
+    if BLOCK_M == 1:
+        acc += tl.sum(acc_blocks, axis=1)[None, :]
     mask = (rm < M)[:, None] & n_ok[None, :]
     if PARTIAL:
         tl.store(out_ptr + (pid_k * M + rm[:, None]) * N + rn[None, :], acc, mask=mask)
@@ -102,8 +116,9 @@ def _sm_count(device: torch.device) -> int:
     return 4
 
 
-def _configs(n: int, kp: int, device: torch.device) -> list[triton.Config]:
-    """Candidate configs: each base tile with the splits giving ~4, 8 and 16 programs per SM."""
+def configs(n: int, kp: int, device: torch.device) -> list[triton.Config]:
+    """Candidate configs for N output columns and Kp (padded) K on ``device``: each base tile
+    with the splits giving about 4, 8 and 16 programs per SM."""
     if INTERPRET:
         return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2}, num_warps=4, num_stages=1)]
     sms = _sm_count(device)
@@ -117,10 +132,12 @@ def _configs(n: int, kp: int, device: torch.device) -> list[triton.Config]:
 
 
 def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
-         bias: torch.Tensor | None, fmt: str, block_size: int, gelu: bool) -> torch.Tensor:
+         bias: torch.Tensor | None, fmt: str, block_size: int, gelu: bool,
+         config: triton.Config | None = None) -> torch.Tensor:
     """x [M, K] contiguous (1 <= M <= GEMV_MAX_M; float32/bfloat16/float16), packed uint8 [N, Kp/2],
     scales [N, Kp/block_size] (nvfp4's viewed as uint8), tensor_scale float32 [] -> [M, N] in x's
-    dtype: gelu?(x @ W.T + bias), float32 accumulation. Arguments must already be checked."""
+    dtype: gelu?(x @ W.T + bias), float32 accumulation. Arguments must already be checked.
+    ``config`` (one of :func:`configs`) runs instead of the tuned one."""
     m, k = x.shape
     n, row_bytes = packed.shape
     if not 1 <= m <= GEMV_MAX_M:
@@ -147,5 +164,5 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
                 BLOCK=_REDUCE_BLOCK, num_warps=4)
 
     key = ("fp4_gemv", x.device, fmt, x.dtype, block_m, n, k, bias is not None, gelu)
-    launch(best_config(key, _configs(n, kp, x.device), launch))
+    launch(config or best_config(key, configs(n, kp, x.device), launch))
     return out

@@ -290,7 +290,46 @@ def test_sanitizer_linear_values():
 
 
 # ---- the Triton path on CUDA (APT_FORCE_TRITON=1, child process) --------------------------
-TRITON_M = (1, 3, 16, 17, 128, 1000)
+# M <= 16 runs the split-K GEMV (apt_ext/triton/fp4_gemv.py), larger M the tiled GEMM
+# (fp4_gemm.py). The matrix runs each family's first config (APT_TRITON_AUTOTUNE=0: no tuning
+# time); every config of both families is checked on nvfp4 and nf4 with bfloat16 x, and the
+# autotuner itself once per family.
+TRITON_M = (1, 3, 16, 17, 64, 128, 4096)
+TRITON_CONFIG_FORMATS = ("nvfp4", "nf4")
+TRITON_CONFIG_K = 1000  # not a multiple of 128; several steps and splits per config
+
+
+def _triton_configs_case(fmt: str) -> None:
+    """Every GEMV config at M = 1 and 5 and every GEMM config at M = 64 (K = 1000, bf16 x)."""
+    from apt_ext.triton import fp4_gemm, fp4_gemv
+    from apt_ext.triton.fp4_decode import scales_as_raw
+
+    g = _gen()
+    packed, scales, ts, bs = _quantized(fmt, N_ODD, TRITON_CONFIG_K, g)
+    bias = torch.randn(N_ODD, generator=g).to(DEV)
+    args = (packed, scales_as_raw(scales, fmt), ts.reshape(()), bias, fmt, bs, False)
+    cpu = (packed.cpu(), scales.cpu(), ts.cpu(), bias.cpu(), fmt, bs)
+    runs = [(m, fp4_gemv.gemv, cfg) for m in (1, 5) for cfg in fp4_gemv.configs(N_ODD, packed.shape[1] * 2, packed.device)]
+    runs += [(64, fp4_gemm.gemm, cfg) for cfg in fp4_gemm.configs()]
+    for m, fn, cfg in runs:
+        x = torch.randn(m, TRITON_CONFIG_K, generator=g).to(torch.bfloat16).to(DEV)
+        y = fn(x, *args, config=cfg)
+        err = _rel_err(y, ref.linear(x.cpu(), *cpu))
+        assert err < RTOL[torch.bfloat16], f"{fn.__name__} M={m} {cfg}: relative error {err:.3g}"
+
+
+def _triton_autotune_case() -> None:
+    """With tuning on (the child's APT_TRITON_AUTOTUNE=0 lifted), both families pick and cache a config."""
+    from apt_ext.triton import autotune
+
+    del os.environ["APT_TRITON_AUTOTUNE"]
+    try:
+        before = len(autotune.tuned())
+        for m in (1, 64):
+            _check_linear("nvfp4", m, torch.bfloat16, True, n=N_ODD + 2, k=TRITON_CONFIG_K)
+        assert len(autotune.tuned()) == before + 2, "the autotuner cached no new config"
+    finally:
+        os.environ["APT_TRITON_AUTOTUNE"] = "0"
 
 
 def _triton_child() -> dict[str, str | None]:
@@ -299,17 +338,21 @@ def _triton_child() -> dict[str, str | None]:
     from apt_ext.triton import fp4_linear as tlin
 
     results: dict[str, str | None] = {}
+
+    def run(name, fn) -> None:
+        try:
+            fn()
+            results[name] = None
+        except Exception as exc:
+            results[name] = f"{type(exc).__name__}: {exc}"
+
     assert "fp4_linear" in apt_triton.KERNELS
     for fmt in FORMATS:
         for dt in X_DTYPES:
             for m in TRITON_M:
-                name = f"{fmt}-{str(dt)[6:]}-m{m}"
-                try:
-                    _check_linear(fmt, m, dt, m % 2 == 1)
-                    results[name] = None
-                except Exception as exc:
-                    results[name] = f"{type(exc).__name__}: {exc}"
-        try:
+                run(f"{fmt}-{str(dt)[6:]}-m{m}", lambda fmt=fmt, m=m, dt=dt: _check_linear(fmt, m, dt, m % 2 == 1))
+
+        def dequantize_dispatch(fmt=fmt) -> None:
             packed, scales, ts, bs = _quantized(fmt, N_ODD, K_ODD, _gen())
             got = torch.ops.apt.fp4_dequantize(packed, scales, ts, fmt, bs, torch.bfloat16)
             want = ref.dequantize(packed.cpu(), scales.cpu(), ts.cpu(), fmt, bs, torch.bfloat16)
@@ -318,9 +361,11 @@ def _triton_child() -> dict[str, str | None]:
             direct = tlin.fp4_linear(x, packed, scales, ts, None, fmt, bs)
             assert torch.equal(torch.ops.apt.fp4_linear(x, packed, scales, ts, None, fmt, bs), direct), \
                 "the op did not dispatch to the Triton kernel"
-            results[f"{fmt}-dequantize-dispatch"] = None
-        except Exception as exc:
-            results[f"{fmt}-dequantize-dispatch"] = f"{type(exc).__name__}: {exc}"
+
+        run(f"{fmt}-dequantize-dispatch", dequantize_dispatch)
+    for fmt in TRITON_CONFIG_FORMATS:
+        run(f"{fmt}-every-config", lambda fmt=fmt: _triton_configs_case(fmt))
+    run("autotune", _triton_autotune_case)
     return results
 
 
@@ -330,7 +375,7 @@ def triton_results() -> dict:
     # the child imports this file's helpers (tests/fp4_helpers.py, tests/reference) as pytest's
     # rootdir conftest makes them importable here
     tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, APT_FORCE_TRITON="1",
+    env = dict(os.environ, APT_FORCE_TRITON="1", APT_TRITON_AUTOTUNE="0",
                PYTHONPATH=os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, __file__, "triton"], env=env, capture_output=True, text=True,
                           timeout=1200)
@@ -339,7 +384,8 @@ def triton_results() -> dict:
 
 
 @pytest.mark.parametrize("case", [f"{f}-{str(d)[6:]}-m{m}" for f in FORMATS for d in X_DTYPES for m in TRITON_M]
-                         + [f"{f}-dequantize-dispatch" for f in FORMATS])
+                         + [f"{f}-dequantize-dispatch" for f in FORMATS]
+                         + [f"{f}-every-config" for f in TRITON_CONFIG_FORMATS] + ["autotune"])
 def test_triton_on_cuda(triton_results, case):
     assert case in triton_results, f"case {case} did not run"
     assert triton_results[case] is None, triton_results[case]

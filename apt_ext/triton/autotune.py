@@ -20,16 +20,18 @@ C = TypeVar("C")
 _BEST: dict[Hashable, object] = {}
 
 
-def best_config(key: Hashable, configs: list[C], launch: Callable[[C], object]) -> C:
-    """The fastest of ``configs`` for ``key`` (cached); ``launch(config)`` runs the kernel(s) once.
+def best_config(key: Hashable, make_configs: Callable[[], list[C]], launch: Callable[[C], object]) -> C:
+    """The fastest of ``make_configs()`` for ``key`` (cached: the list is only made on a miss);
+    ``launch(config)`` runs the kernel(s) once.
 
     A config that fails to compile or launch (e.g. too much shared memory on this GPU) is
     skipped; if every config fails, the last error is raised.
     """
-    if not configs:
-        raise ValueError("configs: empty config list")
     if key in _BEST:
         return _BEST[key]  # type: ignore[return-value]
+    configs = make_configs()
+    if not configs:
+        raise ValueError("make_configs: returned no config")
     if len(configs) == 1 or os.environ.get("APT_TRITON_AUTOTUNE") == "0":
         _BEST[key] = configs[0]
         return configs[0]

@@ -34,6 +34,7 @@ def _gemm_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
                  GROUP_M: tl.constexpr):
     # x [M, K] contiguous; packed [N, row_bytes]; scales [N, n_blocks]; out [M, N] in x's dtype.
     BKH: tl.constexpr = BLOCK_K // 2
+    NBK: tl.constexpr = BLOCK_K // BS  # scale blocks per step (every config's BLOCK_K is a multiple of BS)
     pid = tl.program_id(0)
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * tiles_n)
@@ -46,16 +47,20 @@ def _gemm_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
     m_ok, n_ok = rm < M, rn < N
     rj = tl.arange(0, BKH)
     rk = tl.arange(0, BLOCK_K)
+    rb = tl.arange(0, NBK)
     ts = tl.load(ts_ptr)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for step in range(0, tl.cdiv(row_bytes, BKH)):
         j = step * BKH + rj
         w_mask = n_ok[:, None] & (j < row_bytes)[None, :]
         b = tl.load(packed_ptr + rn[:, None] * row_bytes + j[None, :], mask=w_mask, other=0).to(tl.int32)
-        raw = tl.load(scales_ptr + rn[:, None] * n_blocks + (j // (BS // 2))[None, :], mask=w_mask, other=0)
-        s = decode_scale(raw, ts, FMT)
+        blk = step * NBK + rb
+        raw = tl.load(scales_ptr + rn[:, None] * n_blocks + blk[None, :], mask=n_ok[:, None] & (blk < n_blocks)[None, :],
+                      other=0)
+        s = decode_scale(raw, ts, FMT) * code_unit(FMT)                             # [BLOCK_N, NBK]
+        s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, NBK, BS // 2)), (BLOCK_N, BKH))
         lo, hi = nibble_values(b, lut_ptr, FMT)
-        w = tl.reshape(tl.join(lo * code_unit(FMT) * s, hi * code_unit(FMT) * s), (BLOCK_N, BLOCK_K))
+        w = tl.reshape(tl.join(lo * s, hi * s), (BLOCK_N, BLOCK_K))
         kk = step * BLOCK_K + rk
         xt = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
         if DOT_F32:
@@ -97,5 +102,5 @@ def gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
             GROUP_M=_GROUP_M, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     key = ("fp4_gemm", x.device, fmt, x.dtype, min(triton.next_power_of_2(m), 4096), n, k, bias is not None, gelu)
-    launch(config or best_config(key, configs(), launch))
+    launch(config or best_config(key, configs, launch))
     return out

@@ -164,5 +164,5 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
                 BLOCK=_REDUCE_BLOCK, num_warps=4)
 
     key = ("fp4_gemv", x.device, fmt, x.dtype, block_m, n, k, bias is not None, gelu)
-    launch(config or best_config(key, configs(n, kp, x.device), launch))
+    launch(config or best_config(key, lambda: configs(n, kp, x.device), launch))
     return out

@@ -6,7 +6,10 @@ BS/2] tile (each scale block's bytes contiguous, so the loads are as wide as a b
 for nvfp4, 16 for mxfp4 and nf4), decodes both nibbles in registers (E2M1 by integer ops into
 float16 bit patterns, nf4 by a 16-entry table, fp4_decode.nibble_values), multiplies them with
 the even and odd columns of each row of x in float32, sums each scale block and only then
-applies the block's scale (one multiply per block and row of x, not per weight).
+applies the block's scale (one multiply per block and row of x, not per weight). The next
+step's bytes and scales are loaded before the current step's math (a register prefetch:
+Triton's pipeliner stages only loads that feed a tl.dot). At M = 1 the per-block sums
+accumulate across steps and are reduced across threads once, after the loop.
 
 Split-K reduction: SPLIT_K > 1 writes float32 partials [SPLIT_K, M, N] and a second small
 kernel adds them in split order and applies bias, GELU and the cast: deterministic, no
@@ -15,9 +18,10 @@ instead of one), and the partials are tiny next to the weight (SPLIT_K*M*N*4 byt
 N*K/2). SPLIT_K = 1 applies the epilogue in the GEMV itself: one launch.
 
 The config (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) is tuned per (device, format,
-x dtype, M bucket, N, K) by apt_ext.triton.autotune; the candidate splits are chosen so that
-the grid has about 4, 8 or 16 programs per SM at every shape. One fixed config under
-TRITON_INTERPRET=1 (its split of 2 exercises the reduction whenever K spans two steps).
+x dtype, M bucket, N, K) by apt_ext.triton.autotune; the candidate splits are 1 (no reduction
+launch) and those that give the grid about 4, 8 or 16 programs per SM at every shape. One
+fixed config under TRITON_INTERPRET=1 (its split of 2 exercises the reduction whenever K spans
+two steps).
 """
 from __future__ import annotations
 
@@ -118,14 +122,14 @@ def _sm_count(device: torch.device) -> int:
 
 def configs(n: int, kp: int, device: torch.device) -> list[triton.Config]:
     """Candidate configs for N output columns and Kp (padded) K on ``device``: each base tile
-    with the splits giving about 4, 8 and 16 programs per SM."""
+    without a split (one launch) and with the splits giving about 4, 8 and 16 programs per SM."""
     if INTERPRET:
         return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2}, num_warps=4, num_stages=1)]
     sms = _sm_count(device)
     configs = []
     for bn, bk, warps, stages in _BASES:
         k_steps = triton.cdiv(kp, bk)
-        splits = sorted({max(1, min(k_steps, triton.cdiv(p * sms, triton.cdiv(n, bn)))) for p in _PROGRAMS_PER_SM})
+        splits = sorted({1} | {max(1, min(k_steps, triton.cdiv(p * sms, triton.cdiv(n, bn)))) for p in _PROGRAMS_PER_SM})
         configs += [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s}, num_warps=warps, num_stages=stages)
                     for s in splits]
     return configs

@@ -3,11 +3,13 @@
 Each program computes a BLOCK_M x BLOCK_N tile of the output (programs grouped GROUP_M tiles
 along M so that neighbours share weight tiles in L2). Per BLOCK_K step it loads x's
 [BLOCK_M, BLOCK_K] tile as is and W's [BLOCK_N, BLOCK_K/2] packed bytes, decodes both nibbles
-in registers (fp4_decode.nibble_values, then the block scale gathered per byte), interleaves
-them back into K order (tl.join + reshape: the pair of a byte is already in one thread) and
-feeds the tile, rounded to x's dtype, to ``tl.dot`` with float32 accumulation; bias and GELU
-run in the epilogue. float32 x multiplies in IEEE float32 (``input_precision="ieee"``, not
-TF32); under TRITON_INTERPRET=1 every dot runs in float32 (the interpreter has no 16-bit dot).
+in registers (fp4_decode.nibble_values, times the block scales loaded as a [BLOCK_N,
+BLOCK_K/BS] tile and broadcast), interleaves them back into K order (tl.join + reshape: the
+pair of a byte is already in one thread) and feeds the tile, rounded to x's dtype, to
+``tl.dot`` with float32 accumulation; bias and GELU run in the epilogue. float32 x: the dot
+runs as three TF32 products (``input_precision="tf32x3"``, about float32's accuracy on tensor
+cores) on NVIDIA GPUs and in IEEE float32 elsewhere (an IEEE dot of these tiles spills on sm_90);
+under TRITON_INTERPRET=1 every dot runs in float32 (the interpreter has no 16-bit dot).
 The config is tuned per (device, format, x dtype, M bucket, N, K) from a small Hopper-oriented
 set (apt_ext.triton.autotune); one fixed config under TRITON_INTERPRET=1.
 """
@@ -30,8 +32,8 @@ _CONFIGS = [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (64, 128, 128, 4, 4), (1
 def _gemm_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_ptr,
                  M, N, K, row_bytes, n_blocks,
                  FMT: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
-                 DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr):
+                 DOT_F32: tl.constexpr, F32_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # x [M, K] contiguous; packed [N, row_bytes]; scales [N, n_blocks]; out [M, N] in x's dtype.
     BKH: tl.constexpr = BLOCK_K // 2
     NBK: tl.constexpr = BLOCK_K // BS  # scale blocks per step (every config's BLOCK_K is a multiple of BS)
@@ -64,12 +66,18 @@ def _gemm_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
         kk = step * BLOCK_K + rk
         xt = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
         if DOT_F32:
-            acc += tl.dot(xt.to(tl.float32), tl.trans(w), input_precision="ieee")
+            acc += tl.dot(xt.to(tl.float32), tl.trans(w), input_precision=F32_DOT)
         else:
             acc += tl.dot(xt, tl.trans(w.to(xt.dtype)))
     acc = bias_gelu(acc, bias_ptr, rn[None, :], n_ok[None, :], HAS_BIAS, GELU)
     tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _f32_dot(device: torch.device) -> str:
+    """tl.dot precision for float32 x: three TF32 products (about float32's accuracy, on tensor
+    cores) on NVIDIA GPUs; IEEE float32 elsewhere (ROCm, XPU, the interpreter)."""
+    return "tf32x3" if device.type == "cuda" and torch.version.hip is None and not INTERPRET else "ieee"
 
 
 def configs() -> list[triton.Config]:
@@ -98,8 +106,8 @@ def gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
         _gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
             x, packed, scales, tensor_scale, lut, bias_arg, out, m, n, k, row_bytes, 2 * row_bytes // block_size,
             FMT=FORMAT_IDS[fmt], BS=block_size, HAS_BIAS=bias is not None, GELU=gelu,
-            DOT_F32=INTERPRET or x.dtype == torch.float32, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg.kwargs["BLOCK_K"],
-            GROUP_M=_GROUP_M, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            DOT_F32=INTERPRET or x.dtype == torch.float32, F32_DOT=_f32_dot(x.device), BLOCK_M=bm, BLOCK_N=bn,
+            BLOCK_K=cfg.kwargs["BLOCK_K"], GROUP_M=_GROUP_M, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     key = ("fp4_gemm", x.device, fmt, x.dtype, min(triton.next_power_of_2(m), 4096), n, k, bias is not None, gelu)
     launch(config or best_config(key, configs, launch))

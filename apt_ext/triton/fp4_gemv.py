@@ -36,7 +36,7 @@ GEMV_MAX_M = 16  # rows of x up to which fp4_linear runs this kernel
 _REDUCE_BLOCK = 1024
 # (BLOCK_N, BLOCK_K, num_warps, num_stages): 16-32 packed bytes per thread and step.
 _BASES = [(64, 128, 4, 3), (32, 256, 4, 3), (128, 128, 8, 3), (16, 512, 4, 4)]
-_PROGRAMS_PER_SM = (4, 8, 16)
+_PROGRAMS_PER_SM = (8, 4, 16)  # split targets; the first config (APT_TRITON_AUTOTUNE=0's) aims at 8
 
 
 @triton.jit
@@ -122,16 +122,16 @@ def _sm_count(device: torch.device) -> int:
 
 def configs(n: int, kp: int, device: torch.device) -> list[triton.Config]:
     """Candidate configs for N output columns and Kp (padded) K on ``device``: each base tile
-    without a split (one launch) and with the splits giving about 4, 8 and 16 programs per SM."""
+    with the splits giving about 8, 4 and 16 programs per SM, and without a split (one launch)."""
     if INTERPRET:
         return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2}, num_warps=4, num_stages=1)]
     sms = _sm_count(device)
     configs = []
     for bn, bk, warps, stages in _BASES:
         k_steps = triton.cdiv(kp, bk)
-        splits = sorted({1} | {max(1, min(k_steps, triton.cdiv(p * sms, triton.cdiv(n, bn)))) for p in _PROGRAMS_PER_SM})
+        splits = [max(1, min(k_steps, triton.cdiv(p * sms, triton.cdiv(n, bn)))) for p in _PROGRAMS_PER_SM] + [1]
         configs += [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s}, num_warps=warps, num_stages=stages)
-                    for s in splits]
+                    for s in dict.fromkeys(splits)]
     return configs
 
 

@@ -70,6 +70,20 @@ def nibble_values(b, lut_ptr, FMT: tl.constexpr):
 
 
 @triton.jit
+def pair_values(v, lut_ptr, FMT: tl.constexpr):
+    """float32 values, in units of :func:`code_unit`, of the codes in bits 0..3 and 16..19 of
+    ``v`` (int32; a packed word shifted right by 4p gives codes p and p + 4 of its 8). E2M1
+    decodes both at once as a float16 pair (the bit placement of :func:`nibble_values`, one
+    mask-shift-or sequence per pair); nf4 gathers from its table."""
+    if FMT == 2:
+        return tl.load(lut_ptr + (v & 15)), tl.load(lut_ptr + ((v >> 16) & 15))
+    else:
+        t = ((v & 0x70007) << 9) | ((v & 0x80008) << 12)
+        return (t.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32),
+                (t >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32))
+
+
+@triton.jit
 def code_unit(FMT: tl.constexpr):
     """What :func:`nibble_values`' numbers are to be multiplied by: 2^14 for E2M1, 1 for nf4.
     Multiply before the block scale (a scale near float32's maximum times 2^14 would overflow)."""

@@ -1,15 +1,16 @@
 """Triton FP4 GEMV: ``x [M, K] @ dequantize(W).T`` for M <= GEMV_MAX_M rows, bound by streaming W.
 
 Each program owns BLOCK_N output columns (rows of W) and one of SPLIT_K contiguous ranges of
-K, which it walks in BLOCK_K steps. A step loads the packed bytes as a [BLOCK_N, BLOCK_K/BS,
-BS/2] tile (each scale block's bytes contiguous, so the loads are as wide as a block: 8 bytes
-for nvfp4, 16 for mxfp4 and nf4), decodes both nibbles in registers (E2M1 by integer ops into
-float16 bit patterns, nf4 by a 16-entry table, fp4_decode.nibble_values), multiplies them with
-the even and odd columns of each row of x in float32, sums each scale block and only then
-applies the block's scale (one multiply per block and row of x, not per weight). The next
-step's bytes and scales are loaded before the current step's math (a register prefetch:
-Triton's pipeliner stages only loads that feed a tl.dot). At M = 1 the per-block sums
-accumulate across steps and are reduced across threads once, after the loop.
+K, which it walks in BLOCK_K steps. A step loads the packed weight as int32 words (8 codes
+each) in a [BLOCK_N, BLOCK_K/BS, BS/8] tile, each scale block's words contiguous (one 8-byte
+load per nvfp4 block, 16 bytes for mxfp4 and nf4), and the block scales. Each word is decoded in
+4 rounds, codes p and p + 4 together (fp4_decode.pair_values: E2M1 as a float16 pair by one
+mask-shift-or sequence, nf4 by its 16-entry table), multiplied with their columns of each row
+of x in float32 (fused multiply-adds), summed per scale block, and only then multiplied by the
+block's scale (one multiply per block and row of x, not per weight). The next step's words
+and scales are loaded before the current step's math (a register prefetch: Triton's pipeliner
+stages only loads that feed a tl.dot). At M = 1 the per-block sums accumulate across steps and
+are reduced across threads once, after the loop.
 
 Split-K reduction: SPLIT_K > 1 writes float32 partials [SPLIT_K, M, N] and a second small
 kernel adds them in split order and applies bias, GELU and the cast: deterministic, no
@@ -30,7 +31,7 @@ import triton
 import triton.language as tl
 
 from apt_ext.triton.autotune import best_config
-from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, bias_gelu, code_unit, decode_scale, nf4_lut, nibble_values
+from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, bias_gelu, code_unit, decode_scale, nf4_lut, pair_values
 
 GEMV_MAX_M = 16  # rows of x up to which fp4_linear runs this kernel
 _REDUCE_BLOCK = 1024
@@ -40,53 +41,59 @@ _PROGRAMS_PER_SM = (8, 4, 16)  # split targets; the first config (APT_TRITON_AUT
 
 
 @triton.jit
-def _load_step(packed_ptr, scales_ptr, rn, n_ok, row_bytes, n_blocks, blk0, blk_end, NB: tl.constexpr,
-               BH: tl.constexpr):
-    """Packed bytes [BLOCK_N, NB, BH] and raw scales [BLOCK_N, NB] of the NB scale blocks from
-    ``blk0`` (those at or past ``blk_end`` masked off)."""
+def _load_step(words_ptr, scales_ptr, rn, n_ok, row_words, n_blocks, blk0, blk_end, NB: tl.constexpr,
+               WB: tl.constexpr):
+    """Packed int32 words [BLOCK_N, NB, WB] (8 codes each) and raw scales [BLOCK_N, NB] of the NB
+    scale blocks from ``blk0`` (those at or past ``blk_end`` masked off)."""
     blk = blk0 + tl.arange(0, NB)
     ok = n_ok[:, None] & (blk < blk_end)[None, :]
-    byte = blk[:, None] * BH + tl.arange(0, BH)[None, :]
-    b = tl.load(packed_ptr + rn[:, None, None] * row_bytes + byte[None, :, :], mask=ok[:, :, None], other=0)
+    word = blk[:, None] * WB + tl.arange(0, WB)[None, :]
+    w = tl.load(words_ptr + rn[:, None, None] * row_words + word[None, :, :], mask=ok[:, :, None], other=0)
     raw = tl.load(scales_ptr + rn[:, None] * n_blocks + blk[None, :], mask=ok, other=0)
-    return b, raw
+    return w, raw
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_ptr,
-                 M, N, K, row_bytes, n_blocks, steps,
+                 M, N, K, row_words, n_blocks, steps,
                  FMT: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
-    # x [M, K] contiguous; packed [N, row_bytes]; scales [N, n_blocks]; out [M, N] in x's dtype,
-    # or float32 partials [SPLIT_K, M, N] when PARTIAL. Program (n tile, split) runs `steps` steps.
+    # x [M, K] contiguous; packed [N, 4 * row_words] bytes, 4-byte aligned; scales [N, n_blocks];
+    # out [M, N] in x's dtype, or float32 partials [SPLIT_K, M, N] when PARTIAL. Program
+    # (n tile, split) runs `steps` steps.
     NB: tl.constexpr = BLOCK_K // BS  # scale blocks per step
-    BH: tl.constexpr = BS // 2        # packed bytes per scale block
+    WB: tl.constexpr = BS // 8        # int32 words (8 codes) per scale block
+    words_ptr = packed_ptr.to(tl.pointer_type(tl.int32))
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     rm = tl.arange(0, BLOCK_M)
-    col = 2 * (tl.arange(0, NB)[:, None] * BH + tl.arange(0, BH)[None, :])  # [NB, BH] even column in a step
-    pair = col[:, :, None] + tl.arange(0, 2)[None, None, :]     # [NB, BH, 2] the column pair of a byte
+    # column of each word's first code within a step: [NB, WB]
+    col = 8 * (tl.arange(0, NB)[:, None] * WB + tl.arange(0, WB)[None, :])
     ts = tl.load(ts_ptr)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_blocks = tl.zeros((BLOCK_N, NB), dtype=tl.float32)  # M = 1: per-block sums, reduced after the loop
-    # software prefetch: step + 1's bytes and scales are loaded before step's math
+    # software prefetch: step + 1's words and scales are loaded before step's math
     blk_end = tl.minimum(n_blocks, (pid_k + 1) * steps * NB)  # end of this split's scale blocks
-    b_next, raw_next = _load_step(packed_ptr, scales_ptr, rn, n_ok, row_bytes, n_blocks, pid_k * steps * NB,
-                                  blk_end, NB, BH)
+    w_next, raw_next = _load_step(words_ptr, scales_ptr, rn, n_ok, row_words, n_blocks, pid_k * steps * NB,
+                                  blk_end, NB, WB)
     for step in range(0, steps):
-        b, raw = b_next, raw_next
-        b_next, raw_next = _load_step(packed_ptr, scales_ptr, rn, n_ok, row_bytes, n_blocks,
-                                      (pid_k * steps + step + 1) * NB, blk_end, NB, BH)
-        lo, hi = nibble_values(b.to(tl.int32), lut_ptr, FMT)   # [BLOCK_N, NB, BH]
-        s = decode_scale(raw, ts, FMT)                          # [BLOCK_N, NB]
+        w, raw = w_next, raw_next
+        w_next, raw_next = _load_step(words_ptr, scales_ptr, rn, n_ok, row_words, n_blocks,
+                                      (pid_k * steps + step + 1) * NB, blk_end, NB, WB)
+        s = decode_scale(raw, ts, FMT) * code_unit(FMT)         # [BLOCK_N, NB]
         k0 = (pid_k * steps + step) * BLOCK_K
         for m in tl.static_range(BLOCK_M):
             # rows past M (BLOCK_M is M rounded up to a power of 2) re-read the last row; not stored
-            x_row = x_ptr + tl.minimum(M - 1, m) * K
-            xp = tl.load(x_row + k0 + pair, mask=k0 + pair < K, other=0.0).to(tl.float32)
-            x_even, x_odd = tl.split(xp)                        # [NB, BH] each
-            blocks = tl.sum(lo * x_even[None, :, :] + hi * x_odd[None, :, :], axis=2) * code_unit(FMT) * s
+            x_row = x_ptr + tl.minimum(M - 1, m) * K + k0
+            words = tl.zeros((BLOCK_N, NB, WB), dtype=tl.float32)
+            for p in tl.static_range(4):  # codes p and p + 4 of every word, decoded together
+                lo, hi = pair_values(w >> (4 * p), lut_ptr, FMT)          # [BLOCK_N, NB, WB] each
+                x_lo = tl.load(x_row + col + p, mask=k0 + col + p < K, other=0.0).to(tl.float32)
+                x_hi = tl.load(x_row + col + p + 4, mask=k0 + col + p + 4 < K, other=0.0).to(tl.float32)
+                words += lo * x_lo[None, :, :]  # two statements: two fused multiply-adds
+                words += hi * x_hi[None, :, :]
+            blocks = tl.sum(words, axis=2) * s                             # [BLOCK_N, NB]
             if BLOCK_M == 1:
                 acc_blocks += blocks
             else:
@@ -146,6 +153,8 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
     n, row_bytes = packed.shape
     if not 1 <= m <= GEMV_MAX_M:
         raise ValueError(f"x: the GEMV takes 1..{GEMV_MAX_M} rows, got {m}")
+    if packed.data_ptr() % 4:  # the kernel reads 4-byte words (rows are multiples of 8 bytes)
+        packed = packed.clone()
     kp = 2 * row_bytes
     block_m = triton.next_power_of_2(m)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -158,7 +167,7 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
         split = triton.cdiv(triton.cdiv(kp, bk), steps)  # no empty splits
         part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
         _gemv_kernel[(triton.cdiv(n, cfg.kwargs["BLOCK_N"]), split)](
-            x, packed, scales, tensor_scale, lut, bias_arg, part, m, n, k, row_bytes, kp // block_size, steps,
+            x, packed, scales, tensor_scale, lut, bias_arg, part, m, n, k, row_bytes // 4, kp // block_size, steps,
             FMT=FORMAT_IDS[fmt], BS=block_size, BLOCK_M=block_m, BLOCK_N=cfg.kwargs["BLOCK_N"], BLOCK_K=bk,
             PARTIAL=split > 1, HAS_BIAS=bias is not None, GELU=gelu,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)

@@ -109,13 +109,13 @@ def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
 
 
 @triton.jit
-def _split_sum_kernel(part_ptr, bias_ptr, out_ptr, MN, N, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      GELU: tl.constexpr, BLOCK: tl.constexpr):
-    # out [M, N] (flat, MN elements) = epilogue(sum over splits of part [SPLIT_K, M, N]), in order.
+def _split_sum_kernel(part_ptr, bias_ptr, out_ptr, MN, N, splits, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    # out [M, N] (flat, MN elements) = epilogue(sum over splits of part [splits, M, N]), in order.
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = i < MN
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):
+    for s in range(0, splits):
         acc += tl.load(part_ptr + s * MN + i, mask=ok, other=0.0)
     acc = bias_gelu(acc, bias_ptr, i % N, ok, HAS_BIAS, GELU)
     tl.store(out_ptr + i, acc.to(out_ptr.dtype.element_ty), mask=ok)
@@ -173,7 +173,7 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if split > 1:
             _split_sum_kernel[(triton.cdiv(m * n, _REDUCE_BLOCK),)](
-                part, bias_arg, out, m * n, n, SPLIT_K=split, HAS_BIAS=bias is not None, GELU=gelu,
+                part, bias_arg, out, m * n, n, split, HAS_BIAS=bias is not None, GELU=gelu,
                 BLOCK=_REDUCE_BLOCK, num_warps=4)
 
     key = ("fp4_gemv", x.device, fmt, x.dtype, block_m, n, k, bias is not None, gelu)

@@ -70,15 +70,24 @@ def nibble_values(b, lut_ptr, FMT: tl.constexpr):
 
 
 @triton.jit
-def pair_values(v, lut_ptr, FMT: tl.constexpr):
-    """float32 values, in units of :func:`code_unit`, of the codes in bits 0..3 and 16..19 of
-    ``v`` (int32; a packed word shifted right by 4p gives codes p and p + 4 of its 8). E2M1
-    decodes both at once as a float16 pair (the bit placement of :func:`nibble_values`, one
-    mask-shift-or sequence per pair); nf4 gathers from its table."""
-    if FMT == 2:
-        return tl.load(lut_ptr + (v & 15)), tl.load(lut_ptr + ((v >> 16) & 15))
+def _shl(v, n: tl.constexpr):
+    """v << n, or v >> -n for negative n (n a compile-time constant)."""
+    if n >= 0:
+        return v << n
     else:
-        t = ((v & 0x70007) << 9) | ((v & 0x80008) << 12)
+        return v >> (-n)
+
+
+@triton.jit
+def pair_values(w, P: tl.constexpr, lut_ptr, FMT: tl.constexpr):
+    """float32 values, in units of :func:`code_unit`, of codes P and P + 4 of packed words ``w``
+    (int32, 8 codes each, code i in bits 4i..4i+3). E2M1 decodes both at once as a float16 pair
+    (the bit placement of :func:`nibble_values`: exponent and mantissa bits moved to 9..11 and
+    25..27, sign bits to 15 and 31, two shifts and two masks); nf4 gathers from its table."""
+    if FMT == 2:
+        return tl.load(lut_ptr + ((w >> 4 * P) & 15)), tl.load(lut_ptr + ((w >> (16 + 4 * P)) & 15))
+    else:
+        t = (_shl(w, 9 - 4 * P) & 0x0E000E00) | (_shl(w, 12 - 4 * P) & -0x7FFF8000)  # 0x80008000 as int32
         return (t.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32),
                 (t >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32))
 

@@ -4,13 +4,14 @@ Each program owns BLOCK_N output columns (rows of W) and one of SPLIT_K contiguo
 K, which it walks in BLOCK_K steps. A step loads the packed weight as int32 words (8 codes
 each) in a [BLOCK_N, BLOCK_K/BS, BS/8] tile, each scale block's words contiguous (one 8-byte
 load per nvfp4 block, 16 bytes for mxfp4 and nf4), and the block scales. Each word is decoded in
-4 rounds, codes p and p + 4 together (fp4_decode.pair_values: E2M1 as a float16 pair by one
-mask-shift-or sequence, nf4 by its 16-entry table), multiplied with their columns of each row
+4 rounds, codes p and p + 4 together (fp4_decode.pair_values: E2M1 as a float16 pair by two
+shifts and two masks, nf4 by its 16-entry table), multiplied with their columns of each row
 of x in float32 (fused multiply-adds), summed per scale block, and only then multiplied by the
 block's scale (one multiply per block and row of x, not per weight). The next step's words
 and scales are loaded before the current step's math (a register prefetch: Triton's pipeliner
 stages only loads that feed a tl.dot). At M = 1 the per-block sums accumulate across steps and
-are reduced across threads once, after the loop.
+are reduced across threads once, after the loop. Where K divides into whole steps of every
+split (EVEN_K), x is read without masks.
 
 Split-K reduction: SPLIT_K > 1 writes float32 partials [SPLIT_K, M, N] and a second small
 kernel adds them in split order and applies bias, GELU and the cast: deterministic, no
@@ -57,7 +58,8 @@ def _load_step(words_ptr, scales_ptr, rn, n_ok, row_words, n_blocks, blk0, blk_e
 def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_ptr,
                  M, N, K, row_words, n_blocks, steps,
                  FMT: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
+                 BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 GELU: tl.constexpr):
     # x [M, K] contiguous; packed [N, 4 * row_words] bytes, 4-byte aligned; scales [N, n_blocks];
     # out [M, N] in x's dtype, or float32 partials [SPLIT_K, M, N] when PARTIAL. Program
     # (n tile, split) runs `steps` steps.
@@ -88,9 +90,13 @@ def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
             x_row = x_ptr + tl.minimum(M - 1, m) * K + k0
             words = tl.zeros((BLOCK_N, NB, WB), dtype=tl.float32)
             for p in tl.static_range(4):  # codes p and p + 4 of every word, decoded together
-                lo, hi = pair_values(w >> (4 * p), lut_ptr, FMT)          # [BLOCK_N, NB, WB] each
-                x_lo = tl.load(x_row + col + p, mask=k0 + col + p < K, other=0.0).to(tl.float32)
-                x_hi = tl.load(x_row + col + p + 4, mask=k0 + col + p + 4 < K, other=0.0).to(tl.float32)
+                lo, hi = pair_values(w, p, lut_ptr, FMT)                  # [BLOCK_N, NB, WB] each
+                if EVEN_K:  # every step of every split lies inside x's K columns
+                    x_lo = tl.load(x_row + col + p).to(tl.float32)
+                    x_hi = tl.load(x_row + col + p + 4).to(tl.float32)
+                else:
+                    x_lo = tl.load(x_row + col + p, mask=k0 + col + p < K, other=0.0).to(tl.float32)
+                    x_hi = tl.load(x_row + col + p + 4, mask=k0 + col + p + 4 < K, other=0.0).to(tl.float32)
                 words += lo * x_lo[None, :, :]  # two statements: two fused multiply-adds
                 words += hi * x_hi[None, :, :]
             blocks = tl.sum(words, axis=2) * s                             # [BLOCK_N, NB]
@@ -169,6 +175,7 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
         _gemv_kernel[(triton.cdiv(n, cfg.kwargs["BLOCK_N"]), split)](
             x, packed, scales, tensor_scale, lut, bias_arg, part, m, n, k, row_bytes // 4, kp // block_size, steps,
             FMT=FORMAT_IDS[fmt], BS=block_size, BLOCK_M=block_m, BLOCK_N=cfg.kwargs["BLOCK_N"], BLOCK_K=bk,
+            EVEN_K=k == split * steps * bk,
             PARTIAL=split > 1, HAS_BIAS=bias is not None, GELU=gelu,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if split > 1:

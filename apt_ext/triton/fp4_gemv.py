@@ -54,7 +54,7 @@ def _load_step(words_ptr, scales_ptr, rn, n_ok, row_words, n_blocks, blk0, blk_e
     return w, raw
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["steps"])  # one compile whether a split takes 1 step or more
 def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_ptr,
                  M, N, K, row_words, n_blocks, steps,
                  FMT: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,

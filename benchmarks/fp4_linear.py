@@ -22,7 +22,7 @@ bandwidth; and the accuracy of each FP4 format (relative error of y against the 
 
     python benchmarks/fp4_linear.py            # full: 4 shapes x M in {1, 2, 4, 8, 16, 32, 64, 128, 4096}
     python benchmarks/fp4_linear.py --quick    # 2 shapes x M in {1, 16, 4096}
-    python benchmarks/fp4_linear.py --ms 1,4096 --methods torch-bf16,apt-triton --tag triton
+    python benchmarks/fp4_linear.py --ms 1,4096 --methods torch-bf16,apt-triton-nvfp4 --tag triton
                                                # the Triton path's goal check, 4 shapes (issue 11)
 Writes benchmarks/results/fp4_linear_<card>[_<tag>].json and benchmarks/plots/fp4_linear_<card>[_<tag>].png.
 """

@@ -26,6 +26,7 @@ _MONTHS = {name: i + 1 for i, names in enumerate((
     "august aug", "september sep sept", "october oct", "november nov", "december dec"))
     for name in names.split()}
 _MONTH = r"(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DIGIT = re.compile(r"\d")
 _ANY_MONTH = re.compile(r"(?<![A-Za-z])" + _MONTH, re.IGNORECASE)  # every English date form has one
 _DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
 _DATE_EN = (  # (pattern, order of the groups as y/m/d letters); the first match wins per span
@@ -88,7 +89,7 @@ def _dates(text: str) -> tuple[set[str], str]:
             return " "
         return pattern.sub(one, masked)
 
-    if not any(ch.isdigit() for ch in text):  # every date form has a digit
+    if not _DIGIT.search(text):  # every date form has a digit
         return found, text
     # each pattern runs only when the text has what it cannot match without (the cheap checks
     # keep the anchors of a query identical and skip most of the passes over it)

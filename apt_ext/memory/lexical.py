@@ -235,10 +235,13 @@ class BM25Index:
         # concatenation hold at least k distinct slots, so only those few are deduplicated
         cand = np.concatenate(touched) if len(touched) > 1 else touched[0]
         scores = self._acc[cand]
-        self._acc[cand] = 0.0
+        if 8 * cand.size > self._n_slots:  # clearing every slot is cheaper than a scatter to these
+            self._acc[:self._n_slots] = 0.0
+        else:
+            self._acc[cand] = 0.0
         take = k * len(touched)
         if cand.size > take:
-            top = np.argpartition(-scores, take - 1)[:take]
+            top = np.argpartition(scores, cand.size - take)[cand.size - take:]
             cand, scores = cand[top], scores[top]
         if len(touched) > 1:
             cand, first = np.unique(cand, return_index=True)

@@ -448,12 +448,16 @@ class AIMMemory:
             entries = space.entries
             threshold, eta, alpha, beta = c.anchor_threshold, c.anchor_boost, c.lexical_weight, c.weight_influence
             lexical_match, floor, anchor_floor = c.lexical_match, c.min_similarity, c.anchor_min_similarity
-            no_anchors = not q_anchors
+            no_anchors, lowest_floor = not q_anchors, min(floor, anchor_floor)
             scored = []
             for node_id, sim in cand.items():
                 entry = entries[node_id]
-                overlap = (anchor_overlap(q_anchors, q_lower, entry.anchors, weight, q_count)
-                           if entry.defined or not (no_anchors or q_anchors.isdisjoint(entry.anchors)) else 0.0)
+                if entry.defined or not (no_anchors or q_anchors.isdisjoint(entry.anchors)):
+                    overlap = anchor_overlap(q_anchors, q_lower, entry.anchors, weight, q_count)
+                elif sim < lowest_floor:
+                    continue  # no anchor in common and below both floors: dropped whatever its lexical score
+                else:
+                    overlap = 0.0
                 anchored = overlap > 0 and overlap >= threshold
                 lex = lexical.get(node_id, 0.0)
                 if overlap < 0.5 and sim < (anchor_floor if anchored or lex >= lexical_match else floor):

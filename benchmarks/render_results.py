@@ -318,19 +318,22 @@ def aim_memory(name: str, d: dict) -> str:
 
 
 def aim_memory_phases(name: str, d: dict) -> str:
-    """``benchmarks/aim_memory_phases.py``: ms per route of each phase of ``route_memory`` without
-    the query embedding (one row per phase, one p50 / mean column pair per size)."""
-    sizes = d["sizes"]
-    labels = list(dict.fromkeys(label for s in sizes for label in s["phases"]))
-    rows = [[label, *[cell for s in sizes for cell in
-                      ((num(s["phases"][label]["p50_ms"]), num(s["phases"][label]["mean_ms"]))
-                       if label in s["phases"] else ("-", "-"))]] for label in labels]
-    rows.append(["route p50 without the timers (best pass)", *[c for s in sizes for c in (num(s["route_p50_ms"]), "")]])
+    """``benchmarks/aim_memory_phases.py``: p50 ms per route of each phase of ``route_memory``
+    without the query embedding (one row per phase, one column per size and code version)."""
+    runs = d["sizes"]
+    labels = list(dict.fromkeys(label for r in runs for label in r["phases"]))
+    rows = [[label, *[num(r["phases"][label]["p50_ms"]) if label in r["phases"] else "-" for r in runs]]
+            for label in labels]
+    rows.append(["route p50 without the timers (best pass)", *[num(r["route_p50_ms"]) for r in runs]])
+    both = d.get("baseline") is not None
     return "\n".join([
         f"Where one `route_memory` spends its time, without the query embedding (the query vectors of the "
-        f"end-to-end benchmark's {sizes[0]['queries']} queries looked up; its nodes; k 5): each phase is one "
-        f"function of the route timed with perf_counter; \"rest\" is the route minus them. ms per route.", "",
-        table(["phase", *[f"{s['size']} {stat}" for s in sizes for stat in ("p50", "mean")]], rows)])
+        f"end-to-end benchmark's {runs[0]['queries']} queries looked up; its nodes; k 5): each phase is one "
+        f"function of the route timed with perf_counter; \"rest\" is the route minus them. p50 ms per route "
+        f"(means in the JSON)."
+        + (f" \"baseline\" is the code in `{d['baseline']}` run in the same process, its passes alternating with "
+           f"the current code's." if both else ""), "",
+        table(["phase", *[f"{r['size']} {r.get('code', '')}".strip() for r in runs]], rows)])
 
 
 def aim_memory_recall(name: str, d: dict) -> str:

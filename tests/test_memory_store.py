@@ -466,6 +466,19 @@ def test_anchor_pattern_guards_only_skip_patterns_that_cannot_match():
             assert pattern.search(text) is None, (seed, text, pattern.pattern[:40])
 
 
+def test_anchor_overlap_with_the_query_count_given():
+    from apt_ext.memory.anchors import anchor_overlap, extract_anchors, query_anchor_count
+    query = "What did Maria pay for GPT-4 on 7 May 2023? RoPE"
+    q = extract_anchors(query)
+    for text in ("Maria paid $20 for GPT-4 on 7 May 2023", "RoPE is a rotary position encoding", "nothing here"):
+        node = extract_anchors(text)
+        weight = {a: 0.5 + 0.01 * len(a) for a in q | node}.get
+        assert anchor_overlap(q, query.lower(), node, weight, query_anchor_count(q)) == \
+            anchor_overlap(q, query.lower(), node, weight)
+    with pytest.raises(ValueError, match="count"):
+        anchor_overlap(q, query.lower(), q, None, 0)
+
+
 def test_speaker_and_timestamp_are_validated_and_stored(store_path):
     mem = _mem(store_path)
     node = mem.write_memory("Invoice 4471 was paid in full", speaker="Zoë", timestamp=1_700_000_000)

@@ -161,13 +161,17 @@ def anchor_overlap(query_anchors: frozenset[str], query_text_lower: str, node_an
     document frequency) makes rare anchors (a date, a price, a version) count more than common
     ones (a speaker's name in a two-person chat); without it every anchor weighs 1. ``count``:
     :func:`query_anchor_count` of ``query_anchors`` when the caller has it (one query, many nodes)."""
+    if count is None:
+        count = query_anchor_count(query_anchors)
+    elif count < 1:
+        raise ValueError(f"count must be >= 1 (query_anchor_count of the query's anchors), got {count!r}")
     matched = 0.0
     for anchor in query_anchors & node_anchors:
         matched += 1.0 if weight is None else weight(anchor)
     for anchor in node_anchors:
         if anchor.startswith("def:") and anchor[4:] in query_text_lower and anchor not in query_anchors:
             matched += 1.0 if weight is None else weight(anchor)
-    return min(1.0, matched / (query_anchor_count(query_anchors) if count is None else count))
+    return min(1.0, matched / count)
 
 
 def query_anchor_count(query_anchors: frozenset[str]) -> int:

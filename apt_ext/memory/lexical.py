@@ -227,7 +227,7 @@ class BM25Index:
             if df == 0:
                 continue
             slots = p.slots[:p.n]
-            np.add.at(self._acc, slots, self._term_scores(term, p, idf, avgdl))  # faster than +=; slots differ
+            np.add.at(self._acc, slots, self._term_scores(term, p, idf, avgdl))  # a slot once per term: +='s sums, faster
             touched.append(slots)
         if not touched:
             return none[0], none[1], mass
@@ -241,7 +241,7 @@ class BM25Index:
             self._acc[cand] = 0.0
         take = k * len(touched)
         if cand.size > take:
-            top = np.argpartition(-scores, take - 1)[:take]  # (ties at the cut fall as in earlier versions)
+            top = np.argpartition(-scores, take - 1)[:take]
             cand, scores = cand[top], scores[top]
         if len(touched) > 1:
             cand, first = np.unique(cand, return_index=True)

@@ -22,6 +22,7 @@ load on a shared machine.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import functools
 import importlib
@@ -51,6 +52,7 @@ def load_baseline(folder: str):
     if not os.path.isfile(os.path.join(source, "__init__.py")):
         raise SystemExit(f"--baseline {folder}: no apt_ext/memory/__init__.py under it")
     root = tempfile.mkdtemp(prefix="aim_baseline_")
+    atexit.register(shutil.rmtree, root, True)
     target = os.path.join(root, "aim_memory_baseline")
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
     for dirpath, _, names in os.walk(target):
@@ -182,7 +184,8 @@ def main() -> int:
     load_start, wall0 = bench.load_average(), time.perf_counter()
     rows = []
     for size in args.sizes:
-        runs = {name: build(package, SIZES[size], query_texts, texts, embedder)[0] for name, package in packages.items()}
+        runs = {name: build(package, SIZES[size], query_texts, texts, embedder)[0]
+                for name, package in packages.items()}
         timed = measure({name: (packages[name], mem) for name, mem in runs.items()}, query_texts, args.repeats)
         for name, mem in runs.items():
             rows.append({"size": size, "code": name, "nodes": len(mem), **timed[name], "queries": len(query_texts),

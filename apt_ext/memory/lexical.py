@@ -227,7 +227,8 @@ class BM25Index:
             if df == 0:
                 continue
             slots = p.slots[:p.n]
-            np.add.at(self._acc, slots, self._term_scores(term, p, idf, avgdl))  # a slot once per term: +='s sums, faster
+            # each slot once per term: the sums of +=, in less time
+            np.add.at(self._acc, slots, self._term_scores(term, p, idf, avgdl))
             touched.append(slots)
         if not touched:
             return none[0], none[1], mass

@@ -210,6 +210,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="dialogue seeds (default: test seeds)")
     parser.add_argument("--embedder", choices=["fp32", "int8"], default="fp32",
                         help="MiniLM as float32 (sentence-transformers) or the ONNX int8 default query embedder")
+    parser.add_argument("--note", default="", help="free text stored in the JSON (which code, what else ran)")
+    parser.add_argument("--tag", default="", help="suffix of the JSON name (a repeat that keeps the earlier file)")
     args = parser.parse_args()
     import torch
     torch.set_num_threads(2)
@@ -221,7 +223,7 @@ def main() -> int:
               "torch": torch.__version__, "command": " ".join(["python"] + sys.argv),
               "embedder": "all-MiniLM-L6-v2 " + ("ONNX Runtime int8" if args.embedder == "int8" else
                                                   "float32 (sentence-transformers)"),
-              "config": json.loads(AIMConfig().to_json())}
+              "config": json.loads(AIMConfig().to_json()), "note": args.note}
     os.makedirs(RESULTS, exist_ok=True)
     os.makedirs(PLOTS, exist_ok=True)
     if args.fit:
@@ -237,7 +239,7 @@ def main() -> int:
     record.update(evaluate(seeds, emb, AIMConfig()))
     record["load_average_end"] = load_average()
     tag = ("test" if seeds == TEST_SEEDS else "seeds_" + "_".join(map(str, seeds))) + \
-        ("_int8" if args.embedder == "int8" else "")
+        ("_int8" if args.embedder == "int8" else "") + (f"_{args.tag}" if args.tag else "")
     with open(os.path.join(RESULTS, f"aim_memory_recall_{tag}.json"), "w") as f:
         json.dump(record, f, indent=2)
     plot(record, os.path.join(PLOTS, f"aim_memory_recall_{tag}.png"))

@@ -317,6 +317,25 @@ def aim_memory(name: str, d: dict) -> str:
     return "\n".join(out)
 
 
+def aim_memory_phases(name: str, d: dict) -> str:
+    """``benchmarks/aim_memory_phases.py``: p50 ms per route of each phase of ``route_memory``
+    without the query embedding (one row per phase, one column per size and code version)."""
+    runs = d["sizes"]
+    labels = list(dict.fromkeys(label for r in runs for label in r["phases"]))
+    rows = [[label, *[num(r["phases"][label]["p50_ms"]) if label in r["phases"] else "-" for r in runs]]
+            for label in labels]
+    rows.append(["route p50 without the timers (best pass)", *[num(r["route_p50_ms"]) for r in runs]])
+    both = d.get("baseline") is not None
+    return "\n".join([
+        f"Where one `route_memory` spends its time, without the query embedding (the query vectors of the "
+        f"end-to-end benchmark's {runs[0]['queries']} queries looked up; its nodes; k 5): each phase is one "
+        f"function of the route timed with perf_counter; \"rest\" is the route minus them. p50 ms per route "
+        f"(means in the JSON)."
+        + (f" \"baseline\" is the code in `{d['baseline']}` run in the same process, its passes alternating with "
+           f"the current code's." if both else ""), "",
+        table(["phase", *[f"{r['size']} {r.get('code', '')}".strip() for r in runs]], rows)])
+
+
 def aim_memory_recall(name: str, d: dict) -> str:
     """``benchmarks/aim_memory_recall.py``: recall@5 per method and question kind on the test dialogues."""
     kinds = list(d["questions_by_kind"])
@@ -499,8 +518,11 @@ SECTIONS = [
             model_throughput),
     Section("AIM-Memory routing and latency (`benchmarks/aim_memory.py`)",
             ["aim_memory_full.json", "aim_memory_quick.json", "aim_memory_e2e_*.json"], aim_memory),
+    Section("AIM-Memory route phases (`benchmarks/aim_memory_phases.py`)", ["aim_memory_phases_*.json"],
+            aim_memory_phases, level=3),
     Section("AIM-Memory recall on multi-session dialogues (`benchmarks/aim_memory_recall.py`)",
-            ["aim_memory_recall_test.json", "aim_memory_recall_test_int8.json"], aim_memory_recall),
+            ["aim_memory_recall_test.json", "aim_memory_recall_test_int8.json", "aim_memory_recall_test_aim4.json",
+             "aim_memory_recall_test_main_recheck.json"], aim_memory_recall),
     Section("AIM-Memory fusion-weight fit on the dev dialogues (`benchmarks/aim_memory_recall.py --fit`)",
             ["aim_memory_recall_fit.json"], aim_memory_recall_fit, level=3),
     Section("Cloud backends (`benchmarks/cloud.py`)", ["cloud_cpu.json"], cloud),

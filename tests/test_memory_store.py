@@ -433,6 +433,52 @@ def test_date_anchors(text, anchors):
     assert anchors <= got and not got & {"2026", "2024", "2023", "21", "7", "2", "1", "5", "7th", "2nd"}, got
 
 
+def test_anchor_pattern_guards_only_skip_patterns_that_cannot_match():
+    """extract_anchors runs a pattern only when the text has what every match of it needs (a digit
+    for dates, 年, 月, an English month name, "=" "^" "O(" for formulas, 是 or 定义为 for Chinese
+    definitions): on fresh random texts made of the pieces those patterns match, a pattern whose
+    guard says no finds nothing, so the guards change no anchor."""
+    import random
+
+    from apt_ext.memory import anchors as A
+    seed = random.randrange(2 ** 32)
+    rng = random.Random(seed)
+    pieces = ["May", "may", "Jan.", "Sept", "mayday", "of", "5", "21st", "2nd", "2023", "2026-01-21", "2026/1/21",
+              "2026年", "1月", "21日", "5月7日", "号", "=", "^", "O(n)", "x = 3", "^2", "O(", "是", "是指", "定义为",
+              "指的是", "RoPE", "is", "GPT-4", "v3.1", "3.5%", "Alice", "旋转位置编码", ".", ",", "\n", "١٢"]
+    english = [pattern for pattern, _ in A._DATE_EN]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) + rng.choice(["", " ", ", "]) for _ in range(rng.randint(1, 10)))
+        skipped = []
+        if not A._DIGIT.search(text):
+            skipped += [A._DATE, A._DATE_ZH, A._MONTH_DAY_ZH, *english]
+        if "年" not in text:
+            skipped.append(A._DATE_ZH)
+        if "月" not in text:
+            skipped.append(A._MONTH_DAY_ZH)
+        if not A._ANY_MONTH.search(text):
+            skipped += english
+        if not ("=" in text or "^" in text or "O(" in text):
+            skipped.append(A._FORMULA)
+        if not ("是" in text or "定义为" in text):
+            skipped.append(A._DEF_ZH)
+        for pattern in skipped:
+            assert pattern.search(text) is None, (seed, text, pattern.pattern[:40])
+
+
+def test_anchor_overlap_with_the_query_count_given():
+    from apt_ext.memory.anchors import anchor_overlap, extract_anchors, query_anchor_count
+    query = "What did Maria pay for GPT-4 on 7 May 2023? RoPE"
+    q = extract_anchors(query)
+    for text in ("Maria paid $20 for GPT-4 on 7 May 2023", "RoPE is a rotary position encoding", "nothing here"):
+        node = extract_anchors(text)
+        weight = {a: 0.5 + 0.01 * len(a) for a in q | node}.get
+        assert anchor_overlap(q, query.lower(), node, weight, query_anchor_count(q)) == \
+            anchor_overlap(q, query.lower(), node, weight)
+    with pytest.raises(ValueError, match="count"):
+        anchor_overlap(q, query.lower(), q, None, 0)
+
+
 def test_speaker_and_timestamp_are_validated_and_stored(store_path):
     mem = _mem(store_path)
     node = mem.write_memory("Invoice 4471 was paid in full", speaker="Zoë", timestamp=1_700_000_000)

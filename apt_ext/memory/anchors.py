@@ -26,6 +26,8 @@ _MONTHS = {name: i + 1 for i, names in enumerate((
     "august aug", "september sep sept", "october oct", "november nov", "december dec"))
     for name in names.split()}
 _MONTH = r"(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DIGIT = re.compile(r"\d")
+_ANY_MONTH = re.compile(r"(?<![A-Za-z])" + _MONTH, re.IGNORECASE)  # every English date form has one
 _DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
 _DATE_EN = (  # (pattern, order of the groups as y/m/d letters); the first match wins per span
     (re.compile(_L + _DAY + r"\s+(?:of\s+)?" + _MONTH + r",?\s+(\d{4})" + _R, re.IGNORECASE), "dmy"),
@@ -87,11 +89,18 @@ def _dates(text: str) -> tuple[set[str], str]:
             return " "
         return pattern.sub(one, masked)
 
+    if not _DIGIT.search(text):  # every date form has a digit
+        return found, text
+    # each pattern runs only when the text has what it cannot match without (the cheap checks
+    # keep the anchors of a query identical and skip most of the passes over it)
     masked = take(_DATE, "ymd", text)
-    masked = take(_DATE_ZH, "ymd", masked)
-    masked = take(_MONTH_DAY_ZH, "md", masked)
-    for pattern, order in _DATE_EN:
-        masked = take(pattern, order, masked)
+    if "年" in masked:
+        masked = take(_DATE_ZH, "ymd", masked)
+    if "月" in masked:
+        masked = take(_MONTH_DAY_ZH, "md", masked)
+    if _ANY_MONTH.search(masked):
+        for pattern, order in _DATE_EN:
+            masked = take(pattern, order, masked)
     return found, masked
 
 
@@ -116,8 +125,9 @@ def extract_anchors(text: str) -> frozenset[str]:
             continue
         found.add(low)
     found.update(_MATH_SYMBOLS.findall(text))
-    for formula in _FORMULA.findall(text):
-        found.add(re.sub(r"\s+", "", formula.lower()))
+    if "=" in text or "^" in text or "O(" in text:  # what every formula has
+        for formula in _FORMULA.findall(text):
+            found.add(re.sub(r"\s+", "", formula.lower()))
     for term in definitions(text):
         found.add("def:" + term)
     return frozenset(found)
@@ -130,7 +140,7 @@ def definitions(text: str) -> list[str]:
         words = [w for w in term.strip().split() if w.lower() not in STOPWORDS]
         if words and len(words) <= 5:
             terms.append(" ".join(words).lower())
-    for term in _DEF_ZH.findall(text):
+    for term in _DEF_ZH.findall(text) if "是" in text or "定义为" in text else ():  # its verbs
         term = term.strip()
         if term and term.lower() not in STOPWORDS and term not in ("这", "那", "它", "这个", "那个"):
             terms.append(term.lower())
@@ -144,17 +154,26 @@ def anchor_weight(df: int, n: int) -> float:
 
 
 def anchor_overlap(query_anchors: frozenset[str], query_text_lower: str, node_anchors: frozenset[str],
-                   weight: Callable[[str], float] | None = None) -> float:
+                   weight: Callable[[str], float] | None = None, count: int | None = None) -> float:
     """Score in [0, 1]: the weights of the query's anchors the node carries, summed, over the
     number of query anchors; a node's definition anchor counts as a match when the query
     mentions the defined term. ``weight`` (anchor -> weight, e.g. :func:`anchor_weight` of its
     document frequency) makes rare anchors (a date, a price, a version) count more than common
-    ones (a speaker's name in a two-person chat); without it every anchor weighs 1."""
+    ones (a speaker's name in a two-person chat); without it every anchor weighs 1. ``count``:
+    :func:`query_anchor_count` of ``query_anchors`` when the caller has it (one query, many nodes)."""
+    if count is None:
+        count = query_anchor_count(query_anchors)
+    elif count < 1:
+        raise ValueError(f"count must be >= 1 (query_anchor_count of the query's anchors), got {count!r}")
     matched = 0.0
     for anchor in query_anchors & node_anchors:
         matched += 1.0 if weight is None else weight(anchor)
     for anchor in node_anchors:
         if anchor.startswith("def:") and anchor[4:] in query_text_lower and anchor not in query_anchors:
             matched += 1.0 if weight is None else weight(anchor)
-    count = max(1, sum(1 for a in query_anchors if not a.startswith("def:")))
     return min(1.0, matched / count)
+
+
+def query_anchor_count(query_anchors: frozenset[str]) -> int:
+    """The denominator of :func:`anchor_overlap`: the query's anchors that are not definitions (at least 1)."""
+    return max(1, sum(1 for a in query_anchors if not a.startswith("def:")))

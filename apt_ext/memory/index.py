@@ -283,8 +283,12 @@ class ClusterIndex:
         top = top[np.argsort(-sims[top], kind="stable")]
         ids = np.concatenate([self._ids[c][:n] for c, n in zip(probe, counts)]
                              + ([self._hot_ids[hot]] if n_hot else []))[top]
-        if n_hot:  # keep the first (best) position of each id, in rank order
-            _, first = np.unique(ids, return_index=True)
-            keep = np.sort(first)[:k]
-            top, ids = top[keep], ids[keep]
+        if n_hot:  # keep the first (best) position of each id, in rank order (<= 2k of them)
+            seen: set[int] = set()
+            keep = []
+            for pos, node_id in enumerate(ids.tolist()):
+                if node_id not in seen:
+                    seen.add(node_id)
+                    keep.append(pos)
+            top, ids = top[keep[:k]], ids[keep[:k]]
         return ids, sims[top], total

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from apt_ext.memory.anchors import anchor_overlap, anchor_weight, definitions, extract_anchors
+from apt_ext.memory.anchors import (anchor_overlap, anchor_weight, definitions, extract_anchors,
+                                    query_anchor_count)
 from apt_ext.memory.config import AIMConfig
 from apt_ext.memory.conversation import check_speaker, field_anchors, to_timestamp
 from apt_ext.memory.embedder import Embedder, default_embedder, embed_checked
@@ -435,6 +436,7 @@ class AIMMemory:
                 cand.update(zip(extra, (space.index.vectors(extra) @ q).tolist()))
             q_lower = query.lower()
             n_nodes = len(space.entries)
+            q_count = query_anchor_count(q_anchors)
             weights: dict[str, float] = {}
 
             def weight(anchor: str) -> float:
@@ -442,19 +444,26 @@ class AIMMemory:
                 if value is None:
                     value = weights[anchor] = anchor_weight(len(space.postings.get(anchor, ())), n_nodes)
                 return value
+            # the fusion rule (see the docstring), with the config's numbers read once per route
+            entries = space.entries
+            threshold, eta, alpha, beta = c.anchor_threshold, c.anchor_boost, c.lexical_weight, c.weight_influence
+            lexical_match, floor, anchor_floor = c.lexical_match, c.min_similarity, c.anchor_min_similarity
+            no_anchors, lowest_floor = not q_anchors, min(floor, anchor_floor)
             scored = []
             for node_id, sim in cand.items():
-                entry = space.entries[node_id]
-                overlap = (anchor_overlap(q_anchors, q_lower, entry.anchors, weight)
-                           if entry.defined or not q_anchors.isdisjoint(entry.anchors) else 0.0)
-                anchored = overlap > 0 and overlap >= c.anchor_threshold
+                entry = entries[node_id]
+                if entry.defined or not (no_anchors or q_anchors.isdisjoint(entry.anchors)):
+                    overlap = anchor_overlap(q_anchors, q_lower, entry.anchors, weight, q_count)
+                elif sim < lowest_floor:
+                    continue  # no anchor in common and below both floors: dropped whatever its lexical score
+                else:
+                    overlap = 0.0
+                anchored = overlap > 0 and overlap >= threshold
                 lex = lexical.get(node_id, 0.0)
-                matched = anchored or lex >= c.lexical_match
-                if overlap < 0.5 and sim < (c.anchor_min_similarity if matched else c.min_similarity):
+                if overlap < 0.5 and sim < (anchor_floor if anchored or lex >= lexical_match else floor):
                     continue  # a node carrying most of the query's anchor weight is kept regardless
-                score = sim + (c.anchor_boost * overlap if anchored else 0.0) + c.lexical_weight * lex + \
-                    c.weight_influence * self._weight(space, entry)
-                scored.append((score, node_id))
+                scored.append((sim + (eta * overlap if anchored else 0.0) + alpha * lex
+                               + beta * self._weight(space, entry), node_id))
             scored.sort(reverse=True)
             chosen = scored[:k]
             if chosen:

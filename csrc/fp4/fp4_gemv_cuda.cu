@@ -332,16 +332,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
   // Step s of this warp's range uses ring slot i (= s % S). kChecked: s may be among the last
   // 2 S steps, so the next x and the ring refill are bounds-checked; other steps skip the tests.
   constexpr bool kXDouble = XM == kXDoubleBuffer;
-  auto load_x_step = [&](XStep<T, MT>& xs, int64_t s) { xs.load(xrows, s * kStepCols); };
   XStep<T, MT> xb[kXDouble ? 2 : 1];
-  if (kXDouble && n_steps > 0) load_x_step(xb[0], 0);
+  if (kXDouble && n_steps > 0) xb[0].load(xrows, 0);
   auto step = [&](auto checked, int i, int64_t s) {
     constexpr bool kChecked = decltype(checked)::value;
     if constexpr (kXDouble) {
-      if (!kChecked || s + 1 < n_steps) load_x_step(xb[(i + 1) & 1], s + 1);
+      if (!kChecked || s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
       step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], nf4_lane, acc);
     } else {
-      load_x_step(xb[0], s);
+      xb[0].load(xrows, s * kStepCols);
       step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[0], nf4_lane, acc);
     }
     if (!kChecked || s + S < n_steps) {
@@ -416,8 +415,8 @@ struct GemvConfig {
 
 // APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance]]]" (read once) overrides the heuristic: for tuning
 // sweeps. rw = kw = 0 keeps the heuristic's tiles per block and K parts (and its mt when mt is 0);
-// balance defaults to 1. Stages other than the default and xm other than 0 apply to nvfp4 with
-// bfloat16 x only; other formats and x dtypes keep the defaults.
+// balance defaults to 1. Stages other than the default, and xm = 1 with 8-row blocks, apply to
+// nvfp4 with bfloat16 x only; other formats and x dtypes keep the defaults (launch_gemv).
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;

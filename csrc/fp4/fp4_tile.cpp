@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <utility>
 
 #include "fp4/fp4_format.h"
 #include "fp4/fp4_tiled_layout.h"
@@ -100,11 +101,15 @@ at::Tensor entries_to_scales(const at::Tensor& e, int64_t nt, int64_t steps, int
   return v.reshape({nt * kTileRows, steps * bps});
 }
 
-// Blocks per step and tb (above) of a format's tiled scales.
-std::pair<int64_t, int64_t> entry_shape(Format f) {
-  if (f == Format::NVFP4) return {kStepCols / 16, 2};
-  return {kStepCols / (f == Format::MXFP4 ? 32 : 64), 1};
+// Blocks per step and tb (above) of a format's tiled scales, from the format's block size and the
+// layout's entry counts (fp4_tiled_layout.h).
+constexpr std::pair<int64_t, int64_t> entry_shape(Format f) {
+  return {kStepCols / block_size_of(f), scale_entries_per_step(static_cast<int>(f)) / 8};
 }
+static_assert(scale_entry_elems(0) == 2 * entry_shape(Format::NVFP4).first / entry_shape(Format::NVFP4).second &&
+                  scale_entry_elems(1) == 2 * entry_shape(Format::MXFP4).first / entry_shape(Format::MXFP4).second &&
+                  scale_entry_elems(2) == 2 * entry_shape(Format::NF4).first / entry_shape(Format::NF4).second,
+              "fp4_tiled_layout.h's entry sizes disagree with the formats' block sizes");
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_tile(const at::Tensor& packed_in, const at::Tensor& scales_in,
                                                         const at::Tensor& tensor_scale, const std::string& fmt,

@@ -1,12 +1,14 @@
 """Tuning sweep of the tiled FP4 GEMV (csrc/fp4/fp4_gemv_cuda.cu) on one GPU, in one run.
 
-Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance]]]" (tiles per block, K parts
-per tile, pipeline depth, x rows per block in tiles of 8, how x is read: 0 through L1 double-
-buffered, 1 with one x buffer and 3 blocks per SM; balance (default 1): tiles per block chosen to
-spread blocks evenly over the SMs; rw = kw = 0 keeps the heuristic's), optionally with
+Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]" (tiles per
+block, K parts per tile, pipeline depth, x rows per block in tiles of 8, how x is read: 0 through
+L1 double-buffered, 1 with one x buffer and more blocks per SM, -1 the heuristic's; balance
+(default 1): tiles per block chosen to spread blocks evenly over the SMs; evict_first (default 1):
+weights loaded with L2 evict_first; rw = kw = 0 keeps the heuristic's), optionally with
 "@step" (the tiles and scales copied step-major: at each step all tiles' blocks are adjacent, so
-warps that advance together read one contiguous region) runs in its own child process (the kernel reads the variable once) and times
-torch.ops.apt.fp4_linear_tiled (nvfp4, bf16 x) on the issue's four shapes; the parent times bf16
+warps that advance together read one contiguous region) and/or "#nf4" / "#mxfp4" (the weight
+format; default nvfp4) runs in its own child process (the kernel reads the variable once) and times
+torch.ops.apt.fp4_linear_tiled (bf16 x) on the issue's four shapes; the parent times bf16
 F.linear and the canonical fp4_linear op on the same shapes, the card's copy bandwidth, and a read
 floor per shape: `torch.sum` of a float32 buffer as large as the packed weight and its scales (what
 a plain streaming read of those bytes costs, launch and ramp included).
@@ -17,7 +19,7 @@ to an L2's worth of dirty lines), `us_clean` flushes L2 by *reading* 256 MB inst
 lines: only the kernel's own traffic).
 
     python benchmarks/fp4_gemv_sweep.py                 # every variant
-    python benchmarks/fp4_gemv_sweep.py --variants 'default;4,2,4;default@step;2,4,4,1'
+    python benchmarks/fp4_gemv_sweep.py --variants 'default;4,2,4;default@step;2,4,4,1;default#nf4'
 Writes benchmarks/results/fp4_gemv_sweep_<card>[_<tag>].json. Notes: docs/fp4_gpu_notes.md.
 """
 from __future__ import annotations
@@ -79,16 +81,16 @@ def step_major(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(0, 1).contiguous().transpose(0, 1)
 
 
-def child(ms: list[int], order: str) -> dict:
-    """Times fp4_linear_tiled (this process's APT_FP4_GEMV) on every shape and M; order 'tile'
-    (as fp4_tile makes it) or 'step' (a step-major copy)."""
+def child(ms: list[int], order: str, fmt: str) -> dict:
+    """Times fp4_linear_tiled (this process's APT_FP4_GEMV) on every shape and M for a weight in
+    format fmt; order 'tile' (as fp4_tile makes it) or 'step' (a step-major copy)."""
     import apt_ext  # noqa: F401
     from apt_ext.fp4 import quantize
     from apt_ext.fp4.tiled import tile
 
     out = {}
     for n, k in SHAPES:
-        q = quantize(weight(n, k), "nvfp4")
+        q = quantize(weight(n, k), fmt)
         t = tile(q)
         if order == "step":
             t = dataclasses.replace(t, tiles=step_major(t.tiles), tile_scales=step_major(t.tile_scales))
@@ -153,11 +155,12 @@ def parent(variants: list[str], ms: list[int]) -> dict:
     for v in variants:
         env = dict(os.environ)
         env.pop("APT_FP4_GEMV", None)
-        launch, _, order = v.partition("@")
+        rest, _, fmt = v.partition("#")
+        launch, _, order = rest.partition("@")
         if launch != "default":
             env["APT_FP4_GEMV"] = launch
         proc = subprocess.run([sys.executable, __file__, "--child", "--ms", ",".join(map(str, ms)),
-                               "--order", order or "tile"], env=env,
+                               "--order", order or "tile", "--format", fmt or "nvfp4"], env=env,
                               capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             runs[v] = {"error": (proc.stderr or proc.stdout)[-800:]}
@@ -199,18 +202,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variants", default=None,
-                    help="';'-separated list of 'default' or 'rw,kw,stages[,mt[,xm[,balance]]]', each "
-                         "optionally '@step' (default: the full sweep)")
+                    help="';'-separated list of 'default' or 'rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]', "
+                         "each optionally '@step' and/or '#nf4' / '#mxfp4' (default: the full sweep)")
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="comma-separated rows of x")
     ap.add_argument("--tag", default="", help="suffix of the JSON file name (one file per tuning round)")
     ap.add_argument("--order", choices=("tile", "step"), default="tile", help=argparse.SUPPRESS)
+    ap.add_argument("--format", choices=("nvfp4", "mxfp4", "nf4"), default="nvfp4", help=argparse.SUPPRESS)
     ap.add_argument("--profile-once", action="store_true",
                     help="run the largest shape once per storage order (tile, step) with the first of --ms "
                          "rows of x, and exit: for ncu")
     args = ap.parse_args()
     ms = [int(v) for v in args.ms.split(",")]
     if args.child:
-        print(json.dumps(child(ms, args.order)))
+        print(json.dumps(child(ms, args.order, args.format)))
         return
     if args.profile_once:
         profile_once(ms[0])

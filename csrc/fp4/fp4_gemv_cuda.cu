@@ -48,14 +48,28 @@ constexpr int kMaxWarps = 8;  // warps per block (RW * KW)
 constexpr int kDefaultStages = 2;    // round-6 sweep: 2 stages as fast or faster than 4 at M = 1, 4, 16
 constexpr int kMinStepsPerPart = 4;  // K parts keep at least this many steps each
 
+// L2 eviction priority of the streamed weights and scales (GemvConfig::evict_first): a 64-bit
+// cache policy (createpolicy) for the loads' L2::cache_hint. evict_first lets the weights, read
+// once, replace each other in L2 instead of what else is there (a previous kernel's dirty output,
+// activations, the KV cache), which would otherwise be written back or re-read.
+__device__ __forceinline__ uint64_t l2_stream_policy(bool evict_first) {
+  uint64_t policy;
+  if (evict_first) {
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  } else {
+    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
+  }
+  return policy;
+}
+
 // 16 bytes of streamed weights: read once, so they bypass L1. `volatile` keeps the load where the
 // ring issues it (S steps before its use): the mma asm is volatile too, and without it the
 // compiler may sink the load next to its first use, leaving one step's latency exposed.
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+__device__ __forceinline__ uint4 load_stream(const uint4* p, uint64_t policy) {
   uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
       : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
+      : "l"(p), "l"(policy));
   return r;
 }
 
@@ -77,20 +91,22 @@ constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1;
 template <Format F>
 struct LaneScales {
   uint2 raw;
-  __device__ static LaneScales load(const void* base, int64_t idx) {
+  __device__ static LaneScales load(const void* base, int64_t idx, uint64_t policy) {
     uint2 r;
-    asm volatile("ld.global.nc.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(static_cast<const uint2*>(base) + idx));
+    asm volatile("ld.global.nc.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;"
+                 : "=r"(r.x), "=r"(r.y)
+                 : "l"(static_cast<const uint2*>(base) + idx), "l"(policy));
     return {r};
   }
 };
 template <>
 struct LaneScales<Format::NF4> {
   float4 absmax;  // row g block 0, row g block 1, row g + 8 block 0, row g + 8 block 1
-  __device__ static LaneScales load(const void* base, int64_t idx) {
+  __device__ static LaneScales load(const void* base, int64_t idx, uint64_t policy) {
     float4 r;
-    asm volatile("ld.global.nc.v4.f32 {%0, %1, %2, %3}, [%4];"
+    asm volatile("ld.global.nc.L2::cache_hint.v4.f32 {%0, %1, %2, %3}, [%4], %5;"
                  : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
-                 : "l"(static_cast<const float4*>(base) + idx));
+                 : "l"(static_cast<const float4*>(base) + idx), "l"(policy));
     return {r};
   }
 };
@@ -255,6 +271,7 @@ struct GemvArgs {
   int64_t n, n_tiles, steps, steps_per_part;
   int rw, kw;  // tiles per block, K parts per tile (warps per block = rw * kw)
   int m_blocks;  // blocks along x (8 * MT rows each)
+  bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
 };
 
 // Blocks per multiprocessor the registers must allow (__launch_bounds__): 2 for 8 rows of 16-bit
@@ -316,14 +333,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
   int64_t sp = tile * args.sc_tile_stride + s_begin * args.sc_step_stride + scale_entry(static_cast<int>(F), lane);
 #pragma unroll
   for (int i = 0; i < MT; ++i) xrows[i] += s_begin * kStepCols;
+  const uint64_t policy = l2_stream_policy(args.evict_first);
   uint4 c0[S], c1[S];
   LaneScales<F> sc[S];
 #pragma unroll
   for (int i = 0; i < S; ++i) {
     if (i < n_steps) {
-      c0[i] = load_stream(wp);
-      c1[i] = load_stream(wp + 32);
-      sc[i] = LaneScales<F>::load(args.scales, sp);
+      c0[i] = load_stream(wp, policy);
+      c1[i] = load_stream(wp + 32, policy);
+      sc[i] = LaneScales<F>::load(args.scales, sp, policy);
     }
     wp += args.step_stride;
     sp += args.sc_step_stride;
@@ -344,9 +362,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
       step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[0], nf4_lane, acc);
     }
     if (!kChecked || s + S < n_steps) {
-      c0[i] = load_stream(wp);
-      c1[i] = load_stream(wp + 32);
-      sc[i] = LaneScales<F>::load(args.scales, sp);
+      c0[i] = load_stream(wp, policy);
+      c1[i] = load_stream(wp + 32, policy);
+      sc[i] = LaneScales<F>::load(args.scales, sp, policy);
     }
     wp += args.step_stride;
     sp += args.sc_step_stride;
@@ -406,27 +424,31 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
 }
 
 // Launch shape: tiles per block (rw), K parts (kw), pipeline stages (s), x rows per block as
-// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2), how x is read (xm: kXDoubleBuffer or
-// kXSingleBuffer).
+// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2), how x is read (xm: kXDoubleBuffer,
+// kXSingleBuffer, or -1 = the heuristic's: single for 16-row blocks, else double).
 struct GemvConfig {
   int rw, kw, s, mt, xm;
-  bool balance;  // tiles per block chosen so the blocks spread evenly over the multiprocessors
+  bool balance;      // tiles per block chosen so the blocks spread evenly over the multiprocessors
+  bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
 };
 
-// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance]]]" (read once) overrides the heuristic: for tuning
-// sweeps. rw = kw = 0 keeps the heuristic's tiles per block and K parts (and its mt when mt is 0);
-// balance defaults to 1. Stages other than the default, and xm = 1 with 8-row blocks, apply to
-// nvfp4 with bfloat16 x only; other formats and x dtypes keep the defaults (launch_gemv).
+// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]" (read once) overrides the
+// heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's tiles per block and K parts
+// (and its mt when mt is 0); xm -1 (the default) is the heuristic's; balance and evict_first
+// default to 1. Stages
+// other than the default, and xm = 1 with 8-row blocks, apply to nvfp4 with bfloat16 x only;
+// other formats and x dtypes keep the defaults (launch_gemv).
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
-  int rw = 0, kw = 0, s = 0, mt = 0, xm = 0, balance = 1;
-  const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance);
+  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1;
+  const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
-  TORCH_CHECK_VALUE(got >= 3 && shape_ok && mt >= 0 && mt <= 2 && (xm == kXDoubleBuffer || xm == kXSingleBuffer),
-                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance]]]' with rw * kw <= 8 (or both 0), mt "
-                    "in 0..2 and xm 0 or 1, got '", env, "'");
-  cfg = {rw, kw, s, mt, xm, balance != 0};
+  TORCH_CHECK_VALUE(got >= 3 && shape_ok && mt >= 0 && mt <= 2 &&
+                        (xm == -1 || xm == kXDoubleBuffer || xm == kXSingleBuffer),
+                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]' with rw * kw <= 8 "
+                    "(or both 0), mt in 0..2 and xm -1, 0 or 1, got '", env, "'");
+  cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0};
   return true;
 }
 
@@ -443,11 +465,11 @@ GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, in
   // nf4 fills its 32 KB pair table once per block: it keeps blocks of 8 warps (with balance, the
   // 2-warp blocks of 14336 x 4096 ran nf4 at 1.21x bf16 against nvfp4's 2.22x in
   // fp4_linear_NVIDIA_H200.json of the round-6 session).
-  GemvConfig cfg{0, 0, kDefaultStages, 0, kXDoubleBuffer, f != Format::NF4};
+  GemvConfig cfg{0, 0, kDefaultStages, 0, -1, f != Format::NF4, true};
   const bool from_env = env_config(cfg);
-  if (from_env && cfg.rw > 0) return cfg;
-  if (!from_env && m > 8) cfg.xm = kXSingleBuffer;
   const int64_t rows = x_rows_per_block(cfg.mt, m), m_blocks = (m + rows - 1) / rows;
+  if (cfg.xm < 0) cfg.xm = rows == 16 ? kXSingleBuffer : kXDoubleBuffer;
+  if (from_env && cfg.rw > 0) return cfg;
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kMinStepsPerPart, kMaxWarps));
   // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
   // 896 tiles -> kw 2 beat kw 3 or 4).
@@ -578,6 +600,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   const GemvConfig cfg = choose_config(f, m, args.n_tiles, args.steps, sm_count(x.get_device()));
   args.rw = cfg.rw;
   args.kw = cfg.kw;
+  args.evict_first = cfg.evict_first;
   args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t tile_blocks = (args.n_tiles + cfg.rw - 1) / cfg.rw;

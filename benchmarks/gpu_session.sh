@@ -2,7 +2,7 @@
 # One batched GPU session (device machine): build, GPU tests, benchmarks; everything lands in
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
-#   stages: build test test_fp4 test_gemv test_left_spin test_vgpu test_model sanitizer fp4 fp4_quick
+#   stages: build test test_fp4 test_gemv test_left_spin test_vgpu test_model sanitizer fp4 fp4_triton fp4_quick
 #           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) e2e left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model lr_sweep
 #   build: APT_CUDA_ARCHS=90 builds for sm_90 only (about 70 s); the built _C*.so is copied to
 #   $OUT so a later call can carry it (put it in apt_ext/ and skip the build stage).
@@ -65,8 +65,11 @@ for arg in "$@"; do
     test_fp4|test_left_spin|test_vgpu|test_model)
       stage "$s" $PY -m pytest -v -p no:cacheprovider tests/gpu/${s}_*.py ;;
     sanitizer) stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q tests/gpu -k sanitizer ;;
-    fp4) stage fp4 $PY benchmarks/fp4_linear.py
+    fp4) # the record; the Triton fallback (autotuned per shape and M, slow to sweep) is fp4_triton
+      stage fp4 $PY benchmarks/fp4_linear.py --methods apt-tiled,apt-cuda,apt-deq+cublas,tinygemm,bnb
       cp benchmarks/results/fp4_linear_*.json "$OUT/" 2>/dev/null ;;
+    fp4_triton) stage fp4_triton $PY benchmarks/fp4_linear.py --ms 1,4096 --methods torch-bf16,apt-triton-nvfp4 --tag triton
+      cp benchmarks/results/fp4_linear_*_triton.json "$OUT/" 2>/dev/null ;;
     fp4_quick) stage fp4_quick $PY benchmarks/fp4_linear.py --quick ;;
     e2e) stage e2e $PY benchmarks/e2e_encoder.py ;;
     left_spin) stage left_spin $PY benchmarks/left_spin.py ;;

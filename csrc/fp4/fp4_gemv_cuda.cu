@@ -269,38 +269,36 @@ struct GemvArgs {
   int bias_type;
   void* out;
   int64_t n, n_tiles, steps, steps_per_part;
-  int rw, kw;  // warps per block along N (each with RT tiles) and K parts per tile (warps per block = rw * kw)
+  int rw, kw;  // tiles per block, K parts per tile (warps per block = rw * kw)
   int m_blocks;  // blocks along x (8 * MT rows each)
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
 };
 
 // Blocks per multiprocessor the registers must allow (__launch_bounds__): 2 for 8 rows of 16-bit
-// x (128 registers), 3 with one x buffer (80); 16 rows: 2 with one x buffer and one tile per
-// warp, else 1.
-template <typename T, int MT, int RT, int XM>
+// x (128 registers), 3 with one x buffer (80); 16 rows: 2 with one x buffer.
+template <typename T, int MT, int XM>
 constexpr int min_blocks_per_sm() {
   if (sizeof(T) != 2) return 1;
   if (MT == 1) return XM == kXSingleBuffer ? 3 : 2;
-  return XM == kXSingleBuffer && RT == 1 ? 2 : 1;
+  return XM == kXSingleBuffer ? 2 : 1;
 }
 
-// Grid ceil(n_tiles / (rw RT)) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying
-// fastest, so blocks that share weights run side by side and the later ones read them from L2),
-// block 32 * rw * kw threads, dynamic shared memory nf4_table_bytes<F>() + (kw - 1) * rw * RT *
+// Grid ceil(n_tiles / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying fastest,
+// so blocks that share weights run side by side and the later ones read them from L2), block
+// 32 * rw * kw threads, dynamic shared memory nf4_table_bytes<F>() + (kw - 1) * rw *
 // 32 * 4 * MT floats.
-// Warp w: tiles ((blockIdx.x / m_blocks) * rw + w % rw) * RT + r for r < RT (each x value loaded
-// once for the RT tiles: fewer x loads per weight byte), K part w / rw.
-template <Format F, typename T, int MT, int RT, int S, int XM, bool kGelu>
-__global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, RT, XM>()))
+// Warp w: tile (blockIdx.x / m_blocks) * rw + w % rw, K part w / rw.
+template <Format F, typename T, int MT, int S, int XM, bool kGelu>
+__global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>()))
     gemv_tiled_kernel(const GemvArgs args) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rt = warp % args.rw, part = warp / args.rw;
   const int64_t m_block = blockIdx.x % args.m_blocks;
-  const int64_t tile0 = (static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + rt) * RT;
+  const int64_t tile = static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + rt;
   // This warp's steps: [s_begin, s_begin + n_steps).
   const int64_t s_begin = part * args.steps_per_part;
   const int64_t n_steps =
-      tile0 >= args.n_tiles || s_begin >= args.steps ? 0 : min(args.steps - s_begin, args.steps_per_part);
+      tile >= args.n_tiles || s_begin >= args.steps ? 0 : min(args.steps - s_begin, args.steps_per_part);
   const int64_t row_first = m_block * 8 * MT;  // the block's first row of x
   const int rows_here = static_cast<int>(min(static_cast<int64_t>(8 * MT), args.m - row_first));
   const T* xrows[MT];  // this lane's first column (8t) of its rows of x, at the warp's first step
@@ -325,47 +323,28 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, RT, 
     __syncthreads();
   }
 
-  float acc[RT][MT][4];
+  float acc[MT][4];
 #pragma unroll
-  for (int r = 0; r < RT; ++r)
-#pragma unroll
-    for (int i = 0; i < MT; ++i) acc[r][i][0] = acc[r][i][1] = acc[r][i][2] = acc[r][i][3] = 0.0f;
+  for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
 
-  // Running pointers: the next step to load (weights, scales) of each of the warp's tiles (a tile
-  // past the last reads the last: its sums are never written) and this lane's x columns.
+  // Running pointers: the next step to load (weights, scales) and this lane's x columns.
   static_assert(S % 2 == 0, "the x double buffer alternates with the step's parity");
-  const uint4* wp[RT];
-  int64_t sp[RT];
-#pragma unroll
-  for (int r = 0; r < RT; ++r) {
-    const int64_t tile = min(tile0 + r, args.n_tiles - 1);
-    wp[r] = args.tiles + tile * args.tile_stride + s_begin * args.step_stride + lane;
-    sp[r] = tile * args.sc_tile_stride + s_begin * args.sc_step_stride + scale_entry(static_cast<int>(F), lane);
-  }
+  const uint4* wp = args.tiles + tile * args.tile_stride + s_begin * args.step_stride + lane;
+  int64_t sp = tile * args.sc_tile_stride + s_begin * args.sc_step_stride + scale_entry(static_cast<int>(F), lane);
 #pragma unroll
   for (int i = 0; i < MT; ++i) xrows[i] += s_begin * kStepCols;
   const uint64_t policy = l2_stream_policy(args.evict_first);
-  uint4 c0[RT][S], c1[RT][S];
-  LaneScales<F> sc[RT][S];
-  auto load_ring = [&](int i) {
-#pragma unroll
-    for (int r = 0; r < RT; ++r) {
-      c0[r][i] = load_stream(wp[r], policy);
-      c1[r][i] = load_stream(wp[r] + 32, policy);
-      sc[r][i] = LaneScales<F>::load(args.scales, sp[r], policy);
-    }
-  };
-  auto advance = [&] {
-#pragma unroll
-    for (int r = 0; r < RT; ++r) {
-      wp[r] += args.step_stride;
-      sp[r] += args.sc_step_stride;
-    }
-  };
+  uint4 c0[S], c1[S];
+  LaneScales<F> sc[S];
 #pragma unroll
   for (int i = 0; i < S; ++i) {
-    if (i < n_steps) load_ring(i);
-    advance();
+    if (i < n_steps) {
+      c0[i] = load_stream(wp, policy);
+      c1[i] = load_stream(wp + 32, policy);
+      sc[i] = LaneScales<F>::load(args.scales, sp, policy);
+    }
+    wp += args.step_stride;
+    sp += args.sc_step_stride;
   }
 
   // Step s of this warp's range uses ring slot i (= s % S). kChecked: s may be among the last
@@ -377,13 +356,18 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, RT, 
     constexpr bool kChecked = decltype(checked)::value;
     if constexpr (kXDouble) {
       if (!kChecked || s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
+      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], nf4_lane, acc);
     } else {
       xb[0].load(xrows, s * kStepCols);
+      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[0], nf4_lane, acc);
     }
-#pragma unroll
-    for (int r = 0; r < RT; ++r) step_math<F, T, MT>(c0[r][i], c1[r][i], sc[r][i], xb[kXDouble ? i & 1 : 0], nf4_lane, acc[r]);
-    if (!kChecked || s + S < n_steps) load_ring(i);
-    advance();
+    if (!kChecked || s + S < n_steps) {
+      c0[i] = load_stream(wp, policy);
+      c1[i] = load_stream(wp + 32, policy);
+      sc[i] = LaneScales<F>::load(args.scales, sp, policy);
+    }
+    wp += args.step_stride;
+    sp += args.sc_step_stride;
   };
   int64_t base = 0;
   for (; base + 2 * S <= n_steps; base += S) {
@@ -399,127 +383,110 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, RT, 
   }
 
   // K parts 1.. hand their sums to part 0 through shared memory, in a fixed order.
-  constexpr int kSums = RT * MT * 4;  // a lane's sums
   if (args.kw > 1) {
-    // [(kw - 1) * rw][kSums][32], after the nf4 table
+    // [(kw - 1) * rw][4 * MT][32], after the nf4 table
     float* partial = reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>());
     if (part > 0) {
-      float* dst = partial + ((part - 1) * args.rw + rt) * (kSums * 32) + lane;
+      float* dst = partial + ((part - 1) * args.rw + rt) * (4 * MT * 32) + lane;
 #pragma unroll
-      for (int r = 0; r < RT; ++r)
+      for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) dst[((r * MT + i) * 4 + e) * 32] = acc[r][i][e];
+        for (int e = 0; e < 4; ++e) dst[(4 * i + e) * 32] = acc[i][e];
     }
     __syncthreads();
     if (part == 0) {
       for (int p = 1; p < args.kw; ++p) {
-        const float* src = partial + ((p - 1) * args.rw + rt) * (kSums * 32) + lane;
+        const float* src = partial + ((p - 1) * args.rw + rt) * (4 * MT * 32) + lane;
 #pragma unroll
-        for (int r = 0; r < RT; ++r)
+        for (int i = 0; i < MT; ++i)
 #pragma unroll
-          for (int i = 0; i < MT; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[r][i][e] += src[((r * MT + i) * 4 + e) * 32];
+          for (int e = 0; e < 4; ++e) acc[i][e] += src[(4 * i + e) * 32];
       }
     }
   }
-  if (part != 0) return;
+  if (part != 0 || tile >= args.n_tiles) return;
 
-  // C fragment: acc[r][i][0..1] = (row g of tile tile0 + r, x rows 2t, 2t+1 of x tile i),
-  // acc[r][i][2..3] = (row g + 8, same).
+  // C fragment: acc[i][0..1] = (row g, x rows 2t, 2t+1 of tile i), acc[i][2..3] = (row g + 8, same).
   const float scale = __ldg(args.out_scale);
 #pragma unroll
-  for (int r = 0; r < RT; ++r) {
+  for (int i = 0; i < MT; ++i) {
 #pragma unroll
-    for (int i = 0; i < MT; ++i) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t row = (tile0 + r) * kTileRows + g + 8 * (e >> 1);
-        const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
-        if (row >= args.n || col >= args.m) continue;
-        float v = acc[r][i][e] * scale;
-        if (args.bias != nullptr) v += load_bias<T>(args.bias, args.bias_type, row);
-        if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-        static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v);
-      }
+    for (int e = 0; e < 4; ++e) {
+      const int64_t row = tile * kTileRows + g + 8 * (e >> 1);
+      const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
+      if (row >= args.n || col >= args.m) continue;
+      float v = acc[i][e] * scale;
+      if (args.bias != nullptr) v += load_bias<T>(args.bias, args.bias_type, row);
+      if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+      static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v);
     }
   }
 }
 
-// Launch shape: warps along N per block (rw), K parts (kw), pipeline stages (s), x rows per block
-// as tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2), how x is read (xm: kXDoubleBuffer,
-// kXSingleBuffer, or -1 = the heuristic's: single for 16-row blocks, else double), tiles per warp
-// (rt: 1, 2, or 0 = the heuristic's: 2 for 16-row blocks; 2 is built for 16-row blocks with one x
-// buffer and the default stages only, and is 1 elsewhere).
+// Launch shape: tiles per block (rw), K parts (kw), pipeline stages (s), x rows per block as
+// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2), how x is read (xm: kXDoubleBuffer,
+// kXSingleBuffer, or -1 = the heuristic's: single for 16-row blocks, else double).
 struct GemvConfig {
-  int rw, kw, s, mt, xm, rt;
-  bool balance;      // warps per block chosen so the blocks spread evenly over the multiprocessors
+  int rw, kw, s, mt, xm;
+  bool balance;      // tiles per block chosen so the blocks spread evenly over the multiprocessors
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
 };
 
-// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,rt]]]]]" (read once) overrides the
-// heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's block shape (and its mt when mt
-// is 0, its xm when xm is -1, its rt when rt is 0); balance and evict_first default to 1. Stages
+// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]" (read once) overrides the
+// heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's tiles per block and K parts
+// (and its mt when mt is 0); xm -1 (the default) is the heuristic's; balance and evict_first
+// default to 1. Stages
 // other than the default, and xm = 1 with 8-row blocks, apply to nvfp4 with bfloat16 x only;
 // other formats and x dtypes keep the defaults (launch_gemv).
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
-  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1, rt = 0;
-  const int got =
-      std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first, &rt);
+  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1;
+  const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
   TORCH_CHECK_VALUE(got >= 3 && shape_ok && mt >= 0 && mt <= 2 &&
-                        (xm == -1 || xm == kXDoubleBuffer || xm == kXSingleBuffer) && rt >= 0 && rt <= 2,
-                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first[,rt]]]]]' with rw * kw <= 8 "
-                    "(or both 0), mt in 0..2, xm -1, 0 or 1 and rt in 0..2, got '", env, "'");
-  cfg = {rw, kw, s, mt, xm, rt, balance != 0, evict_first != 0};
+                        (xm == -1 || xm == kXDoubleBuffer || xm == kXSingleBuffer),
+                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]' with rw * kw <= 8 "
+                    "(or both 0), mt in 0..2 and xm -1, 0 or 1, got '", env, "'");
+  cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0};
   return true;
 }
 
-// Rows of x per block for GemvConfig::mt.
+// Rows of x per block for GemvConfig::mt (float32 x always takes 8).
 constexpr int x_rows_per_block(int mt, int64_t m) { return mt == 1 || (mt == 0 && m <= 8) ? 8 : 16; }
 
 // About 16 warps per multiprocessor (each with a pipeline of loads in flight): K split only as far
-// as each part keeps one pipeline's worth of steps. More than 8 rows of 16-bit x: blocks of 16 rows
-// (each weight decoded once for 16 rows) with one x buffer, so that two blocks of 8 warps fit a
+// as each part keeps one pipeline's worth of steps. More than 8 rows of x: blocks of 16 rows (each
+// weight decoded once for 16 rows) with one x buffer, so that two blocks of 8 warps fit a
 // multiprocessor's registers (round-7 sweeps: at M = 16 the largest shape took 65.0 us this way,
 // fp4_gemv_sweep_NVIDIA_H200_round7b.json, against 84.9 us with two 8-row blocks per tile,
-// round7a), and two tiles per warp (x loads, 64 L1 wavefronts per step and warp at 16 rows, were
-// the busiest unit: L1/TEX 71% in the round-8 profile).
-// x16: x is 16-bit (float32 x takes 8-row blocks: registers).
-GemvConfig choose_config(Format f, bool x16, int64_t m, int64_t n_tiles, int64_t steps, int sms) {
+// round7a).
+GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, int sms) {
   // nf4 fills its 32 KB pair table once per block: it keeps blocks of 8 warps (with balance, the
   // 2-warp blocks of 14336 x 4096 ran nf4 at 1.21x bf16 against nvfp4's 2.22x in
-  // fp4_linear_NVIDIA_H200.json of the round-6 session, and 1.55x against 2.23x in the round-8
-  // sweep).
-  GemvConfig cfg{0, 0, kDefaultStages, 0, -1, 0, f != Format::NF4, true};
+  // fp4_linear_NVIDIA_H200.json of the round-6 session, and at 1.55x against 2.23x unbalanced in
+  // fp4_gemv_sweep_NVIDIA_H200_round8a.json).
+  GemvConfig cfg{0, 0, kDefaultStages, 0, -1, f != Format::NF4, true};
   const bool from_env = env_config(cfg);
-  if (!x16) cfg.mt = 1;
   const int64_t rows = x_rows_per_block(cfg.mt, m), m_blocks = (m + rows - 1) / rows;
   if (cfg.xm < 0) cfg.xm = rows == 16 ? kXSingleBuffer : kXDoubleBuffer;
-  if (cfg.rt == 0) cfg.rt = rows == 16 ? 2 : 1;
-  if (rows != 16 || cfg.xm != kXSingleBuffer || cfg.s != kDefaultStages) cfg.rt = 1;
   if (from_env && cfg.rw > 0) return cfg;
-  const int64_t units = (n_tiles + cfg.rt - 1) / cfg.rt;  // a warp's tiles along N
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kMinStepsPerPart, kMaxWarps));
-  // K parts: the largest power of two up to the warps wanted per unit (round 2's sweep: e.g.
+  // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
   // 896 tiles -> kw 2 beat kw 3 or 4).
-  const int64_t want = (int64_t{16} * sms + units * m_blocks - 1) / (units * m_blocks);
+  const int64_t want = (int64_t{16} * sms + n_tiles * m_blocks - 1) / (n_tiles * m_blocks);
   cfg.kw = 1;
   while (cfg.kw * 2 <= want && cfg.kw * 2 <= max_kw) cfg.kw *= 2;
   cfg.rw = kMaxWarps / cfg.kw;
   // On by default: on the round-6 sweep (fp4_gemv_sweep_NVIDIA_H200_round6.json) it took the
   // largest shape at M = 1 from 50.4 to 45.6 us and changed the others by at most a few percent.
   if (cfg.balance) {
-    // The busiest multiprocessor gets ceil(blocks / sms) blocks of rw units each: take the rw
-    // that gives it the fewest units (ties: the larger block). E.g. 1792 units on 132 SMs:
-    // rw 8 -> 2 blocks of 8 = 16 units, rw 7 -> 2 blocks of 7 = 14 (the even share is 13.6).
+    // The busiest multiprocessor gets ceil(blocks / sms) blocks of rw tiles each: take the rw
+    // that gives it the fewest tiles (ties: the larger block). E.g. 1792 tiles on 132 SMs:
+    // rw 8 -> 2 blocks of 8 = 16 tiles, rw 7 -> 2 blocks of 7 = 14 (the even share is 13.6).
     int64_t best = std::numeric_limits<int64_t>::max();
     for (int rw = kMaxWarps / cfg.kw; rw >= 1; --rw) {
-      const int64_t blocks = (units + rw - 1) / rw * m_blocks;
+      const int64_t blocks = (n_tiles + rw - 1) / rw * m_blocks;
       const int64_t busiest = (blocks + sms - 1) / sms * rw;
       if (busiest < best) {
         best = busiest;
@@ -530,15 +497,10 @@ GemvConfig choose_config(Format f, bool x16, int64_t m, int64_t n_tiles, int64_t
   return cfg;
 }
 
-// args.m_blocks set; cfg as choose_config leaves it.
 template <Format F, typename T, int MT, bool kGelu>
-void launch_gemv(GemvArgs args, GemvConfig cfg, cudaStream_t stream) {
-  const int64_t tile_blocks = (args.n_tiles + cfg.rw * cfg.rt - 1) / (cfg.rw * cfg.rt);
-  TORCH_CHECK_VALUE(tile_blocks * args.m_blocks < (int64_t{1} << 31),
-                    "fp4_linear_tiled: too many rows of x for one launch; split x");
-  const dim3 grid(static_cast<unsigned>(tile_blocks * args.m_blocks));
+void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) {
   const int threads = 32 * cfg.rw * cfg.kw;
-  const int64_t partial_bytes = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT * cfg.rt : 0;
+  const int64_t partial_bytes = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT : 0;
   // Launch modes other than the defaults (2 stages; 8-row blocks double-buffered, 16-row blocks
   // either) are built for the tuning sweep of nvfp4 / bfloat16 only.
   constexpr bool kSweep = F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu;
@@ -554,22 +516,13 @@ void launch_gemv(GemvArgs args, GemvConfig cfg, cudaStream_t stream) {
     kernel<<<grid, threads, smem, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  if constexpr (MT == 2) {
-    if (cfg.rt == 2) {
-      TORCH_CHECK(cfg.s == kDefaultStages && cfg.xm == kXSingleBuffer, "fp4_linear_tiled: 2 tiles per warp need "
-                  "the default stages and one x buffer");
-      go(gemv_tiled_kernel<F, T, MT, 2, kDefaultStages, kXSingleBuffer, kGelu>);
-      return;
-    }
-  }
-  TORCH_CHECK(cfg.rt == 1, "fp4_linear_tiled: 2 tiles per warp need 16-row blocks");
   if (cfg.s == kDefaultStages && cfg.xm == kXDoubleBuffer) {
-    go(gemv_tiled_kernel<F, T, MT, 1, kDefaultStages, kXDoubleBuffer, kGelu>);
+    go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXDoubleBuffer, kGelu>);
     return;
   }
   if constexpr (MT == 2) {
     if (cfg.s == kDefaultStages) {
-      go(gemv_tiled_kernel<F, T, MT, 1, kDefaultStages, kXSingleBuffer, kGelu>);
+      go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXSingleBuffer, kGelu>);
       return;
     }
   }
@@ -577,9 +530,9 @@ void launch_gemv(GemvArgs args, GemvConfig cfg, cudaStream_t stream) {
     auto with_xm = [&](auto s_c) {
       constexpr int S = decltype(s_c)::value;
       if (cfg.xm == kXDoubleBuffer) {
-        go(gemv_tiled_kernel<F, T, MT, 1, S, kXDoubleBuffer, kGelu>);
+        go(gemv_tiled_kernel<F, T, MT, S, kXDoubleBuffer, kGelu>);
       } else {
-        go(gemv_tiled_kernel<F, T, MT, 1, S, kXSingleBuffer, kGelu>);
+        go(gemv_tiled_kernel<F, T, MT, S, kXSingleBuffer, kGelu>);
       }
     };
     if (cfg.s == 2) {
@@ -645,13 +598,13 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.n_tiles = tiles.size(0);
   args.steps = tiles.size(1);
 
-  const bool x16 = x.scalar_type() != at::kFloat;
-  const GemvConfig cfg = choose_config(f, x16, m, args.n_tiles, args.steps, sm_count(x.get_device()));
+  const GemvConfig cfg = choose_config(f, m, args.n_tiles, args.steps, sm_count(x.get_device()));
   args.rw = cfg.rw;
   args.kw = cfg.kw;
   args.evict_first = cfg.evict_first;
   args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;
   auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t tile_blocks = (args.n_tiles + cfg.rw - 1) / cfg.rw;
 
   dispatch_format(f, [&](auto fc) {
     constexpr Format F = decltype(fc)::value;
@@ -660,9 +613,13 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
       auto go = [&](auto mt_c) {
         constexpr int MT = decltype(mt_c)::value;
         args.m_blocks = static_cast<int>((m + 8 * MT - 1) / (8 * MT));
-        gelu ? launch_gemv<F, T, MT, true>(args, cfg, stream) : launch_gemv<F, T, MT, false>(args, cfg, stream);
+        TORCH_CHECK_VALUE(tile_blocks * args.m_blocks < (int64_t{1} << 31),
+                          "fp4_linear_tiled: too many rows of x for one launch; split x");
+        const dim3 grid(static_cast<unsigned>(tile_blocks * args.m_blocks));
+        gelu ? launch_gemv<F, T, MT, true>(args, cfg, grid, stream)
+             : launch_gemv<F, T, MT, false>(args, cfg, grid, stream);
       };
-      if constexpr (std::is_same_v<T, float>) {  // float32 x: 8 rows per block (choose_config)
+      if constexpr (std::is_same_v<T, float>) {  // float32 x: 8 rows per block (registers)
         go(std::integral_constant<int, 1>{});
       } else if (x_rows_per_block(cfg.mt, m) == 8) {
         go(std::integral_constant<int, 1>{});

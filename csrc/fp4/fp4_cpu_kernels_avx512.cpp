@@ -3,8 +3,9 @@
 // 16-entry float LUT (E2M1 or NF4; vpermps only reads the low 4 index bits, so a byte widened
 // to a dword indexes its low nibble directly and its high nibble after one shift).
 // The linear kernels work in KOrder::kSplitPairs: 16 packed bytes -> one vpmovzxbd, two
-// vpermps -> 32 weights (16 low nibbles, 16 high nibbles); each is scaled once per block and
-// reused for every x row of the call (fp32 FMA accumulation).
+// vpermps -> 32 weights (16 low nibbles, 16 high nibbles). decode_row_linear scales them (gemm4
+// reuses the row for every x row); dot_rows sums a block's products unscaled and scales the sum
+// once (fp32 FMA accumulation).
 #include <immintrin.h>
 
 #include "fp4/fp4_cpu_kernels.h"
@@ -36,28 +37,35 @@ void decode_row_avx512(const PackedRow& row, float* out) {
 
 // ---- split-pairs order (fp4_linear) -------------------------------------------------------
 
-// Chunk c (32 elements, packed bytes 16c..16c+15) decoded and scaled: lo = elements 32c + 2j,
-// hi = elements 32c + 2j + 1 for j < 16. A last chunk of only 16 elements (kp % 32 == 16,
-// nvfp4 only) reads 8 bytes and gets scale 0 for its missing half.
+// Chunk c (32 elements, packed bytes 16c..16c+15): lo = elements 32c + 2j, hi = elements
+// 32c + 2j + 1 for j < 16.
 struct Chunk {
   __m512 lo, hi;
 };
 
-inline Chunk decode_chunk(const PackedRow& row, int64_t c, __m512 lut) {
-  const bool full = 32 * c + 32 <= row.kp;
+// 32 codes of chunk c (16 packed bytes; a last chunk of only 16 elements, kp % 32 == 16 for
+// nvfp4, reads 8 bytes and decodes zeros for its missing half), unscaled: lo = elements 2j,
+// hi = elements 2j + 1 of the chunk.
+inline Chunk codes_chunk(const PackedRow& row, int64_t c, __m512 lut) {
   const uint8_t* p = row.packed + 16 * c;
-  const __m128i bytes = full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))
-                             : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  const __m128i bytes = 32 * c + 32 <= row.kp ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))
+                                              : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
   const __m512i v = _mm512_cvtepu8_epi32(bytes);
+  return {_mm512_permutexvar_ps(v, lut), _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut)};
+}
+
+// The same, scaled. A last chunk of only 16 elements (nvfp4 only) gets scale 0 for its missing
+// half.
+inline Chunk decode_chunk(const PackedRow& row, int64_t c, __m512 lut) {
+  const Chunk w = codes_chunk(row, c, lut);
   __m512 s;
   if (row.block == 16) {  // lanes 0-7: block 2c, lanes 8-15: block 2c + 1
-    const float s1 = full ? row.scales[2 * c + 1] : 0.0f;
+    const float s1 = 32 * c + 32 <= row.kp ? row.scales[2 * c + 1] : 0.0f;
     s = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(row.scales[2 * c]), _mm512_set1_ps(s1));
   } else {
-    s = _mm512_set1_ps(row.scales[32 * c / row.block]);
+    s = _mm512_set1_ps(row.scales[row.block == 64 ? c / 2 : c]);  // blocks of 32 or 64 (no run-time division)
   }
-  return {_mm512_mul_ps(_mm512_permutexvar_ps(v, lut), s),
-          _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut), s)};
+  return {_mm512_mul_ps(w.lo, s), _mm512_mul_ps(w.hi, s)};
 }
 
 void decode_row_linear_avx512(const PackedRow& row, float* out) {
@@ -69,40 +77,67 @@ void decode_row_linear_avx512(const PackedRow& row, float* out) {
   }
 }
 
-// MT x rows at once; U independent accumulator pairs per row (over alternating chunks) hide
-// the FMA latency when MT is small.
-template <int MT, int U>
+constexpr int64_t kPrefetchBytes = 2048;  // one nvfp4 row of K = 4096 ahead
+
+// MT x rows at once, blocks of kBlock: per block the products are summed unscaled (one multiply
+// and one FMA per chunk and x row) and scaled once into the block's accumulator: U independent
+// accumulators per row (over alternating blocks) hide the FMA latency. nvfp4 (blocks of 16):
+// lanes 0-7 of a chunk are block 2c, lanes 8-15 block 2c + 1, so the scale is a two-valued
+// vector. Scales past kp / block are the zeros PackedRow promises.
+template <int MT, int U, int kBlock>
 void dot_rows_t(const PackedRow& row, const float* x, int64_t ldx, float* out) {
-  __m512 acc[MT][U][2];
+  constexpr int kChunks = kBlock == 64 ? 2 : 1;  // chunks of 32 per scale step
+  __m512 acc[MT][U];
   for (int m = 0; m < MT; ++m)
-    for (int u = 0; u < U; ++u) acc[m][u][0] = acc[m][u][1] = _mm512_setzero_ps();
+    for (int u = 0; u < U; ++u) acc[m][u] = _mm512_setzero_ps();
   const __m512 lut = _mm512_loadu_ps(row.lut);
-  const int64_t nc = (row.kp + 31) / 32;
-  auto chunk = [&](int64_t c, int u) {
-    const Chunk w = decode_chunk(row, c, lut);
-    for (int m = 0; m < MT; ++m) {
-      const float* xm = x + m * ldx + 32 * c;
-      acc[m][u][0] = _mm512_fmadd_ps(w.lo, _mm512_loadu_ps(xm), acc[m][u][0]);
-      acc[m][u][1] = _mm512_fmadd_ps(w.hi, _mm512_loadu_ps(xm + 16), acc[m][u][1]);
+  const int64_t nc = (row.kp + 31) / 32, steps = (nc + kChunks - 1) / kChunks;
+  auto step = [&](int64_t i, int u) {
+    __m512 part[MT];
+    for (int h = 0; h < kChunks; ++h) {
+      const int64_t c = i * kChunks + h;
+      if (kChunks > 1 && c >= nc) break;
+      if (c % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(row.packed + 16 * c + kPrefetchBytes), _MM_HINT_T0);
+      const Chunk w = codes_chunk(row, c, lut);
+      for (int m = 0; m < MT; ++m) {
+        const float* xm = x + m * ldx + 32 * c;
+        const __m512 lo = _mm512_mul_ps(w.lo, _mm512_loadu_ps(xm));
+        part[m] = h == 0 ? _mm512_fmadd_ps(w.hi, _mm512_loadu_ps(xm + 16), lo)
+                         : _mm512_add_ps(part[m], _mm512_fmadd_ps(w.hi, _mm512_loadu_ps(xm + 16), lo));
+      }
     }
+    __m512 sv;
+    if constexpr (kBlock == 16) {
+      sv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(row.scales[2 * i]), _mm512_set1_ps(row.scales[2 * i + 1]));
+    } else {
+      sv = _mm512_set1_ps(row.scales[i]);  // step i = block i (one chunk of 32, or two of a block of 64)
+    }
+    for (int m = 0; m < MT; ++m) acc[m][u] = _mm512_fmadd_ps(part[m], sv, acc[m][u]);
   };
-  int64_t c = 0;
-  for (; c + U <= nc; c += U)
-    for (int u = 0; u < U; ++u) chunk(c + u, u);
-  for (; c < nc; ++c) chunk(c, 0);
+  int64_t i = 0;
+  for (; i + U <= steps; i += U)
+    for (int u = 0; u < U; ++u) step(i + u, u);
+  for (; i < steps; ++i) step(i, 0);
   for (int m = 0; m < MT; ++m) {
-    __m512 a = _mm512_add_ps(acc[m][0][0], acc[m][0][1]);
-    for (int u = 1; u < U; ++u) a = _mm512_add_ps(a, _mm512_add_ps(acc[m][u][0], acc[m][u][1]));
+    __m512 a = acc[m][0];
+    for (int u = 1; u < U; ++u) a = _mm512_add_ps(a, acc[m][u]);
     out[m] = _mm512_reduce_add_ps(a);
   }
 }
 
 // Each weight chunk is decoded once for all mrows (<= 3) rows. (Keeping up to 8 rows'
 // accumulators in registers was measured slower than the gemm4 path from 4 rows up.)
+template <int kBlock>
+void dot_rows_block(const PackedRow& row, const float* x, int64_t ldx, int64_t mrows, float* out) {
+  if (mrows >= 3) dot_rows_t<3, 2, kBlock>(row, x, ldx, out);
+  else if (mrows == 2) dot_rows_t<2, 2, kBlock>(row, x, ldx, out);
+  else dot_rows_t<1, 4, kBlock>(row, x, ldx, out);
+}
+
 void dot_rows_avx512(const PackedRow& row, const float* x, int64_t ldx, int64_t mrows, float* out) {
-  if (mrows >= 3) dot_rows_t<3, 1>(row, x, ldx, out);
-  else if (mrows == 2) dot_rows_t<2, 2>(row, x, ldx, out);
-  else dot_rows_t<1, 2>(row, x, ldx, out);
+  if (row.block == 16) dot_rows_block<16>(row, x, ldx, mrows, out);
+  else if (row.block == 32) dot_rows_block<32>(row, x, ldx, mrows, out);
+  else dot_rows_block<64>(row, x, ldx, mrows, out);
 }
 
 // MT x rows against the 4 decoded weight rows: 4*MT accumulators, one x load per 4 FMAs.

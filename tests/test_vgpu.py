@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from apt_ext.vgpu import VGPUCapacityError, VGPUStack
-from vgpu_helpers import cpu_levels, random_tensor, run_threads, same_bytes
+from vgpu_helpers import cpu_levels, random_tensor, random_tensors_over, run_threads, same_bytes
 
 KB = 1024
 
@@ -304,7 +304,7 @@ def test_device_and_ssd_without_host_level(tmp_path, rng):
     """Without a host slab, demotion and promotion go through temporary aligned buffers."""
     st = VGPUStack([{"device": "cpu", "kind": "device", "capacity_mb": 0.0625},
                     {"device": "ssd", "capacity_mb": 8, "path": str(tmp_path)}])
-    data = {f"t{i}": random_tensor(rng, 4096) for i in range(40)}
+    data = random_tensors_over(rng, 2 * 64 * KB)
     for k, v in data.items():
         st.put(k, v)
     assert any(st.level(k) == 1 for k in data)
@@ -319,7 +319,7 @@ def test_ssd_level_without_path_uses_a_private_dir_in_the_user_cache(tmp_path, m
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     st = VGPUStack.from_config({"levels": [{"capacity_mb": 0.0625, "device": "cpu", "kind": "device"},
                                            {"capacity_mb": 8, "device": "ssd"}]})
-    data = {f"t{i}": random_tensor(rng, 4096) for i in range(30)}
+    data = random_tensors_over(rng, 2 * 64 * KB)
     for k, v in data.items():
         st.put(k, v)
     ssd_dir = Path(st.stats()["ssd_dir"])
@@ -336,7 +336,7 @@ def test_speed_gbps_is_reported_next_to_the_measured_link_speed(tmp_path, rng):
         {"capacity_mb": 0.0625, "device": "cpu", "kind": "device", "speed_gbps": 900},
         {"capacity_mb": 0.125, "device": "cpu", "speed_gbps": 50},
         {"capacity_mb": 8, "device": "ssd", "path": str(tmp_path), "speed_gbps": 7}]})
-    data = {f"t{i}": random_tensor(rng, 4096) for i in range(40)}
+    data = random_tensors_over(rng, 2 * (64 + 128) * KB)
     for k, v in data.items():
         st.put(k, v)
     for k in data:

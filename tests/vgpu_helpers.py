@@ -30,6 +30,18 @@ def random_tensor(g: torch.Generator, numel_max: int = 4096) -> torch.Tensor:
     return torch.randint(lo, hi, shape, generator=g, dtype=dtype)
 
 
+def random_tensors_over(g: torch.Generator, nbytes: int, numel_max: int = 4096) -> dict[str, torch.Tensor]:
+    """Random tensors ``{'t0': ..., 't1': ...}`` drawn until together they hold more than
+    ``nbytes`` bytes, so a test that needs data to spill past a level always spills."""
+    data: dict[str, torch.Tensor] = {}
+    total = 0
+    while total <= nbytes:
+        t = random_tensor(g, numel_max)
+        data[f"t{len(data)}"] = t
+        total += t.nbytes
+    return data
+
+
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when dtype, shape and every byte agree."""
     if a.dtype != b.dtype or a.shape != b.shape:

@@ -58,6 +58,20 @@ void bind_fp4(py::module_& m) {
       },
       "-> K_padded", py::arg("x"), py::arg("packed"), py::arg("scales"), py::arg("tensor_scale"),
       py::arg("bias"), py::arg("fmt"), py::arg("block_size"));
+  fp4.def(
+      "check_cpu_tile",
+      [](const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& tensor_scale, const std::string& fmt,
+         int64_t block_size) { return check_cpu_tile_args(packed, scales, tensor_scale, fmt, block_size).k_padded; },
+      "-> K_padded", py::arg("packed"), py::arg("scales"), py::arg("tensor_scale"), py::arg("fmt"),
+      py::arg("block_size"));
+  fp4.def(
+      "check_linear_cpu_tiled",
+      [](const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& tile_scales, const at::Tensor& out_scale,
+         const c10::optional<at::Tensor>& bias, const std::string& fmt, int64_t n, int64_t k) {
+        return check_cpu_tiled_linear_args(x, tiles, tile_scales, out_scale, bias, fmt, n, k).k_padded;
+      },
+      "-> K_padded", py::arg("x"), py::arg("tiles"), py::arg("tile_scales"), py::arg("out_scale"), py::arg("bias"),
+      py::arg("fmt"), py::arg("n"), py::arg("k"));
 }
 
 APT_REGISTER_BINDINGS(bind_fp4);

@@ -1,6 +1,7 @@
 // Scalar row kernels (the fallback on any CPU), the kernels of the ISA cpu_isa.h picks, and the per-row
 // decode scales shared by every CPU kernel.
 #include "fp4/fp4_cpu_kernels.h"
+#include "fp4/fp4_cpu_tiled_layout.h"
 
 #include "cpu_isa.h"
 
@@ -55,6 +56,31 @@ void gemm4_scalar(const float* w, int64_t len, const float* x, int64_t ldx, int6
     }
 }
 
+void tiled_dot_scalar(const TiledSlice& t, const float* x, int64_t ldx, int64_t mrows, float* out, int64_t ldo) {
+  const int64_t nb = t.kp / t.block;
+  for (int64_t m = 0; m < mrows; ++m)
+    for (int64_t r = 0; r < cpu_tiled::kTileRows; ++r) {
+      float acc = 0.f;
+      for (int64_t b = 0; b < nb; ++b) {
+        float part = 0.f;  // block partial sum, scaled once per block
+        for (int64_t k = b * t.block; k < (b + 1) * t.block; ++k) {
+          const uint32_t word = t.words[(k / cpu_tiled::kWordCodes) * cpu_tiled::kTileRows + r];
+          part += t.lut[(word >> (4 * (k % cpu_tiled::kWordCodes))) & 0xF] * x[m * ldx + k];
+        }
+        const int64_t i = b * cpu_tiled::kTileRows + r;
+        float s;
+        if (t.float_scales) {
+          s = static_cast<const float*>(t.scales)[i];
+        } else {
+          const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(t.scales)[i]) << 16;
+          std::memcpy(&s, &bits, sizeof(s));
+        }
+        acc += part * s;
+      }
+      out[m * ldo + r] = acc;
+    }
+}
+
 void decode_scales_scalar(const uint8_t* bytes, Format f, float tensor_scale, int64_t nb, float* dst) {
   const float* table = scale_table(f);
   if (f == Format::NVFP4)
@@ -67,7 +93,7 @@ void decode_scales_scalar(const uint8_t* bytes, Format f, float tensor_scale, in
 
 CpuKernels scalar_kernels() {
   return {"scalar",           KOrder::kNatural, &decode_scales_scalar, &decode_row_scalar,
-          &decode_row_scalar, &dot_rows_scalar, &gemm4_scalar};
+          &decode_row_scalar, &dot_rows_scalar, &gemm4_scalar,      &tiled_dot_scalar};
 }
 
 CpuKernels cpu_kernels() {

@@ -79,6 +79,22 @@ using Gemm4Fn = void (*)(const float* w, int64_t len, const float* x, int64_t ld
 // or mxfp4 (2^(e - 127)) weight row: scale_table(f)[bytes[b]], times tensor_scale for nvfp4.
 using DecodeScalesFn = void (*)(const uint8_t* bytes, Format f, float tensor_scale, int64_t nb, float* dst);
 
+// One tile (16 weight rows) of the CPU tiled layout (fp4_cpu_tiled_layout.h).
+struct TiledSlice {
+  const uint32_t* words;  // [kp / 8][16]: word j of the tile's 16 rows
+  const void* scales;     // [kp / block][16]: bfloat16 bits (nvfp4, mxfp4) or float32 (nf4)
+  int64_t kp;             // padded K: a multiple of block
+  int64_t block;          // 16, 32 or 64
+  bool float_scales;      // scales are float32 (nf4), else bfloat16
+  const float* lut;       // [16] the value of each 4-bit code
+};
+
+// out[m * ldo + r] = sum_b scale(b, r) * sum_{k in block b} w[r][k] * x[m * ldx + k] for the
+// tile's rows r < 16 and m < mrows <= cpu_tiled::kMaxRows (float32; x has kp columns, zero
+// past the logical K).
+using TiledDotFn = void (*)(const TiledSlice& t, const float* x, int64_t ldx, int64_t mrows, float* out,
+                            int64_t ldo);
+
 struct CpuKernels {
   const char* isa;
   KOrder order;
@@ -87,6 +103,7 @@ struct CpuKernels {
   DecodeRowLinearFn decode_row_linear;
   DotRowsFn dot_rows;
   Gemm4Fn gemm4;
+  TiledDotFn tiled_dot;  // AVX-512 has its own; the other paths use the scalar one
 
   // Length of a row of x (and of a decoded weight row) in this k order: kp rounded up to the
   // order's chunk.

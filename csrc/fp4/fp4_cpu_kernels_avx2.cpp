@@ -309,7 +309,7 @@ void gemm4_avx2(const float* w, int64_t len, const float* x, int64_t ldx, int64_
 
 CpuKernels avx2_kernels() {
   return {"avx2",         KOrder::kPlanes64,       &decode_scales_avx2, &decode_row_avx2,
-          &decode_row_linear_avx2, &dot_rows_avx2, &gemm4_avx2};
+          &decode_row_linear_avx2, &dot_rows_avx2, &gemm4_avx2,        scalar_kernels().tiled_dot};
 }
 
 }  // namespace apt::fp4

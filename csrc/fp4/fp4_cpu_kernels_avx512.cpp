@@ -166,12 +166,76 @@ void gemm4_avx512(const float* w, int64_t len, const float* x, int64_t ldx, int6
   if (m < mrows) gemm4_t<1>(w, len, x + m * ldx, ldx, out + m * ldo, ldo);
 }
 
+// ---- the CPU tiled layout (fp4_cpu_tiled_layout.h) -----------------------------------------
+
+// The 16 rows' scales of block b as float32: bfloat16 bits widened (nvfp4, mxfp4) or float32 (nf4).
+template <bool kFloatScales>
+inline __m512 tile_scales(const TiledSlice& t, int64_t b) {
+  if constexpr (kFloatScales) {
+    return _mm512_loadu_ps(static_cast<const float*>(t.scales) + b * 16);
+  } else {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(t.scales) + b * 16));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+}
+
+// MT rows of x against one tile: per word index, one 64-byte load holds 8 codes of each of the
+// 16 rows; code e (bits 4e..4e+3) is decoded by a shift and one vpermps, and an FMA with x's
+// column (broadcast) adds it to the 16 row sums. NA independent partial sums per x row and block
+// hide the FMA latency; each block's sums are scaled once.
+template <int MT, int kBlock, bool kFloatScales>
+void tiled_dot_t(const TiledSlice& t, const float* x, int64_t ldx, float* out, int64_t ldo) {
+  constexpr int kWords = kBlock / 8;
+  constexpr int NA = MT == 1 ? 4 : (MT == 2 ? 2 : 1);
+  const __m512 lut = _mm512_loadu_ps(t.lut);
+  __m512 acc[MT];
+  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
+  const int64_t nb = t.kp / kBlock;
+  for (int64_t b = 0; b < nb; ++b) {
+    __m512 part[MT][NA];
+    for (int m = 0; m < MT; ++m)
+      for (int a = 0; a < NA; ++a) part[m][a] = _mm512_setzero_ps();
+    for (int j = 0; j < kWords; ++j) {
+      const int64_t w = b * kWords + j;
+      const __m512i v = _mm512_loadu_si512(t.words + w * 16);
+      for (int e = 0; e < 8; ++e) {
+        const __m512 wv = _mm512_permutexvar_ps(e == 0 ? v : _mm512_srli_epi32(v, 4 * e), lut);
+        for (int m = 0; m < MT; ++m)
+          part[m][e % NA] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[m * ldx + 8 * w + e]), part[m][e % NA]);
+      }
+    }
+    const __m512 s = tile_scales<kFloatScales>(t, b);
+    for (int m = 0; m < MT; ++m) {
+      __m512 sum = part[m][0];
+      for (int a = 1; a < NA; ++a) sum = _mm512_add_ps(sum, part[m][a]);
+      acc[m] = _mm512_fmadd_ps(sum, s, acc[m]);
+    }
+  }
+  for (int m = 0; m < MT; ++m) _mm512_storeu_ps(out + m * ldo, acc[m]);
+}
+
+template <int kBlock, bool kFloatScales>
+void tiled_dot_block(const TiledSlice& t, const float* x, int64_t ldx, int64_t mrows, float* out, int64_t ldo) {
+  switch (mrows) {
+    case 1: tiled_dot_t<1, kBlock, kFloatScales>(t, x, ldx, out, ldo); break;
+    case 2: tiled_dot_t<2, kBlock, kFloatScales>(t, x, ldx, out, ldo); break;
+    case 3: tiled_dot_t<3, kBlock, kFloatScales>(t, x, ldx, out, ldo); break;
+    default: tiled_dot_t<4, kBlock, kFloatScales>(t, x, ldx, out, ldo); break;
+  }
+}
+
+void tiled_dot_avx512(const TiledSlice& t, const float* x, int64_t ldx, int64_t mrows, float* out, int64_t ldo) {
+  if (t.block == 16) tiled_dot_block<16, false>(t, x, ldx, mrows, out, ldo);
+  else if (t.block == 32) tiled_dot_block<32, false>(t, x, ldx, mrows, out, ldo);
+  else tiled_dot_block<64, true>(t, x, ldx, mrows, out, ldo);
+}
+
 }  // namespace
 
 // Scale bytes are decoded by the AVX2 code (this path requires the AVX2 flags too).
 CpuKernels avx512_kernels() {
   return {"avx512",          KOrder::kSplitPairs,        avx2_kernels().decode_scales, &decode_row_avx512,
-          &decode_row_linear_avx512, &dot_rows_avx512, &gemm4_avx512};
+          &decode_row_linear_avx512, &dot_rows_avx512, &gemm4_avx512, &tiled_dot_avx512};
 }
 
 }  // namespace apt::fp4

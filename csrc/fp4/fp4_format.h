@@ -114,4 +114,15 @@ PackedWeightArgs check_linear_op_args(const at::Tensor& x, const at::Tensor& pac
                                       const c10::optional<at::Tensor>& bias, const std::string& fmt,
                                       int64_t block_size);
 
+// fp4_cpu_tile's arguments: a packed weight on the CPU. Returns the format and Kp.
+PackedWeightArgs check_cpu_tile_args(const at::Tensor& packed, const at::Tensor& scales,
+                                     const at::Tensor& tensor_scale, const std::string& fmt, int64_t block_size);
+
+// fp4_linear_cpu_tiled's arguments: x [..., k], a CPU tiled weight of n rows and k columns
+// (fp4_cpu_tiled_layout.h), an optional bias [n]. Returns the format and Kp.
+PackedWeightArgs check_cpu_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles,
+                                             const at::Tensor& tile_scales, const at::Tensor& out_scale,
+                                             const c10::optional<at::Tensor>& bias, const std::string& fmt,
+                                             int64_t n, int64_t k);
+
 }  // namespace apt::fp4

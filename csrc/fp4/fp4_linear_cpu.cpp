@@ -10,17 +10,17 @@
 //    sgemm on these skinny tile shapes on the AMD EPYC test machine), so there is no BLAS
 //    path; see docs/fp4.md.
 // The row kernels (fp4_cpu_kernels*.cpp) are picked for the CPU's best ISA at run time.
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <string>
 #include <vector>
 
+#include "aligned_vector.h"
 #include "fp4/fp4_cpu_kernels.h"
+#include "fp4/fp4_cpu_pieces.h"
 
 namespace apt::fp4 {
 namespace {
@@ -52,40 +52,15 @@ struct Weight {
   }
 };
 
-// [0, n) in pieces of `size`, handed to the intra-op threads one at a time (claim): a thread
-// that another process slows down takes fewer pieces instead of holding up the whole call, as
-// an even split up front (at::parallel_for) would.
-class Pieces {
- public:
-  Pieces(int64_t n, int64_t size) : n_(n), size_(size), count_((n + size - 1) / size) {}
-
-  // Runs worker() on min(pieces, intra-op threads) threads; each worker claims pieces until none is left.
-  template <class Worker>
-  void run(const Worker& worker) {
-    at::parallel_for(0, std::min<int64_t>(count_, at::get_num_threads()), 1, [&](int64_t, int64_t) { worker(); });
-  }
-
-  // The next unclaimed piece [begin, end); false when none is left.
-  bool claim(int64_t& begin, int64_t& end) {
-    const int64_t i = next_.fetch_add(1);
-    if (i >= count_) return false;
-    begin = i * size_;
-    end = std::min(n_, begin + size_);
-    return true;
-  }
-
- private:
-  const int64_t n_, size_, count_;
-  std::atomic<int64_t> next_{0};
-};
+using AlignedFloats = AlignedVector<float>;  // the kernels' 64-byte loads stay within one cache line
 
 // x [M, K] float32 (contiguous) -> [M, kern.row_len(kp)] float32 in the kernels' k order,
 // zero-padded (a plain loop: a strided ATen copy of this permutation costs more than a small
 // layer). Empty when x is usable as it is (natural order, K = len).
-std::vector<float> linear_order_x(const CpuKernels& kern, const float* x, int64_t m, int64_t k, int64_t kp) {
+AlignedFloats linear_order_x(const CpuKernels& kern, const float* x, int64_t m, int64_t k, int64_t kp) {
   const int64_t len = kern.row_len(kp), chunk = chunk_of(kern.order);
   if (kern.order == KOrder::kNatural && k == len) return {};
-  std::vector<float> out(static_cast<size_t>(m * len));
+  AlignedFloats out(static_cast<size_t>(m * len));
   std::vector<int64_t> element(static_cast<size_t>(chunk));
   for (int64_t q = 0; q < chunk; ++q) element[q] = element_at(kern.order, q);
   for (int64_t i = 0; i < m; ++i)
@@ -120,7 +95,7 @@ void linear_gemm4(const CpuKernels& kern, const float* x, int64_t m, const Weigh
   Pieces groups((w.n + 3) / 4, kGemm4Piece);
   groups.run([&] {
     std::vector<float> row_scales = w.scale_buffer(kern, 4);
-    std::vector<float> rows(static_cast<size_t>(4 * kSliceK));
+    AlignedFloats rows(static_cast<size_t>(4 * kSliceK));
     std::vector<float> res(static_cast<size_t>(4 * m));
     std::array<PackedRow, 4> prow;
     for (int64_t g0, g1; groups.claim(g0, g1);)
@@ -162,7 +137,7 @@ at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
   // float32 x and output skip the conversions, and the output is made in its final shape.
   const at::Tensor xf = (x.scalar_type() == at::kFloat ? x : x.to(at::kFloat)).contiguous();
   const int64_t m = xf.numel() / k, len = kern.row_len(kp);
-  const std::vector<float> x_ordered = linear_order_x(kern, xf.const_data_ptr<float>(), m, k, kp);
+  const AlignedFloats x_ordered = linear_order_x(kern, xf.const_data_ptr<float>(), m, k, kp);
   const float* xp = x_ordered.empty() ? xf.const_data_ptr<float>() : x_ordered.data();
   const at::Tensor pk = packed.contiguous(), sc = scales.contiguous();
   const Weight w{pk.const_data_ptr<uint8_t>(), sc, *tensor_scale.const_data_ptr<float>(), f, n, kp, block_size};

@@ -1,0 +1,33 @@
+// The CPU tiled FP4 weight layout: a private copy of a packed weight in the order the AVX-512
+// GEMV (fp4_cpu_kernels_avx512.cpp, tiled_dot) reads it, made once by apt::fp4_cpu_tile
+// (fp4_cpu_tile.cpp) from the canonical tensors of docs/contract.md §3, which stay the
+// interchange format. (The CUDA GEMV has its own layout, fp4_tiled_layout.h.)
+//
+// A weight [N, Kp] (Kp = K padded to the block) is cut into tiles of 16 rows. A row's packed
+// bytes are read as 32-bit words (word j = bytes 4j..4j+3 = codes 8j..8j+7, code 8j + e in bits
+// 4e..4e+3, as in the canonical layout); a tile stores, for every word index j, the 16 rows'
+// words j side by side:
+//   tiles    uint8 [ceil(N/16), Kp/8, 64]: bytes [t, j, 4r..4r+3] = word j of row 16t + r
+//                                          (rows past N hold zeros),
+//   tile_scales     [ceil(N/16), Kp/block, 16]: [t, b, r] = the decode scale of block b of row
+//                   16t + r (0 past N): nvfp4 bfloat16(float(e4m3)) and mxfp4 bfloat16(2^(e-127)),
+//                   both exact in bfloat16; nf4 the float32 absmax as stored,
+//   out_scale float32 []: nvfp4's tensor scale (1 for mxfp4 and nf4), applied once per output.
+// So one 64-byte load holds code 8j + e of 16 rows in bits 4e..4e+3 of its 16 dword lanes:
+// shifting by 4e and one 16-entry vpermps lookup (it reads the low 4 index bits) decode 16
+// weights of one column, which an FMA with that column's x (broadcast) adds to 16 row sums; each
+// block's sums are scaled once. Memory: nvfp4 5 bits per weight (4.5 in the canonical format:
+// bfloat16 scales instead of e4m3), mxfp4 4.5 (4.25), nf4 4.5 (the same).
+#pragma once
+#include <cstdint>
+
+namespace apt::fp4::cpu_tiled {
+
+constexpr int64_t kTileRows = 16;   // weight rows per tile: one zmm of float32
+constexpr int64_t kWordCodes = 8;   // codes per 32-bit word
+constexpr int64_t kTileWordBytes = kTileRows * 4;  // bytes of one word index of a tile
+
+// Rows of x one tiled_dot call handles (x is decoded once per tile for all of them).
+constexpr int64_t kMaxRows = 4;  // (8 was measured slower at M = 8: 2.6 against 2.1 ms at 4096 x 4096)
+
+}  // namespace apt::fp4::cpu_tiled

@@ -3,7 +3,7 @@
 Wrappers whose ``block_size`` defaults to the format's, fake (meta) kernels for
 ``torch.compile`` and ``torch.library.opcheck``, autograd of ``fp4_linear`` and
 ``fp4_linear_gelu``, and the CPU composite of ``fp4_linear_gelu``. The argument checks are the
-C++ ones (csrc/fp4/fp4_native._C.fp4.cpp): the fake kernels call them through ``apt_ext._C.fp4``.
+C++ ones (csrc/fp4/fp4_checks.cpp, csrc/fp4/fp4_cpu_tile.cpp): the fake kernels call them through ``apt_ext._C.fp4``.
 ``apt_ext`` calls :func:`register` once the native extension is loaded; without it the wrappers
 still import and their first call raises the extension's load error.
 """
@@ -111,6 +111,20 @@ def _fp4_linear_tiled_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, ge
     return x.new_empty((*x.shape[:-1], n))
 
 
+def _fp4_cpu_tile_fake(packed, scales, tensor_scale, fmt, block_size):
+    kp = _native._C.fp4.check_cpu_tile(packed, scales, tensor_scale, fmt, block_size)
+    nt = -(-packed.shape[0] // tiled.TILE_ROWS)
+    scale_dtype = torch.float32 if fmt == "nf4" else torch.bfloat16
+    return (packed.new_empty((nt, kp // 8, 4 * tiled.TILE_ROWS)),
+            packed.new_empty((nt, kp // block_size, tiled.TILE_ROWS), dtype=scale_dtype),
+            packed.new_empty((), dtype=torch.float32))
+
+
+def _fp4_linear_cpu_tiled_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k):
+    _native._C.fp4.check_linear_cpu_tiled(x, tiles, tile_scales, out_scale, bias, fmt, n, k)
+    return x.new_empty((*x.shape[:-1], n))
+
+
 def _fp4_linear_gelu_cpu(x, packed, scales, tensor_scale, bias, fmt, block_size):
     """The CPU kernel of apt::fp4_linear_gelu: a composite, not a fused kernel."""
     y = torch.ops.apt.fp4_linear(x, packed, scales, tensor_scale, bias, fmt, block_size)
@@ -161,7 +175,8 @@ def register() -> None:
     fakes = {"fp4_pack": _fp4_pack_fake, "fp4_unpack": _fp4_unpack_fake, "fp4_quantize": _fp4_quantize_fake,
              "fp4_dequantize": _fp4_dequantize_fake, "fp4_linear": _fp4_linear_fake,
              "fp4_linear_gelu": _fp4_linear_gelu_fake, "fp4_tile": _fp4_tile_fake,
-             "fp4_untile": _fp4_untile_fake, "fp4_linear_tiled": _fp4_linear_tiled_fake}
+             "fp4_untile": _fp4_untile_fake, "fp4_linear_tiled": _fp4_linear_tiled_fake,
+             "fp4_cpu_tile": _fp4_cpu_tile_fake, "fp4_linear_cpu_tiled": _fp4_linear_cpu_tiled_fake}
     for op, fake in fakes.items():
         torch.library.register_fake(f"apt::{op}", fake)
     register_kernel("fp4_linear_gelu", "cpu", "Python composite: apt::fp4_linear, then F.gelu",

@@ -1,12 +1,18 @@
-"""The tiled layout of an FP4 weight: a private copy in the order the CUDA GEMV reads it.
+"""The tiled layouts of an FP4 weight: private copies in the order a GEMV kernel reads them.
 
 docs/contract.md §3's packed/scales tensors stay the interchange format (state_dict, safetensors,
-other devices); ``tile(weight)`` makes, once, the copy that ``torch.ops.apt.fp4_linear_tiled``
-streams at memory bandwidth for few rows of x (csrc/fp4/fp4_tiled_layout.h describes the bytes).
-``apt_ext.nn.FP4Linear`` builds and caches it by itself on CUDA for inference calls.
+other devices). Two copies can be made from them, once:
+
+- ``tile(weight)`` for the CUDA GEMV ``torch.ops.apt.fp4_linear_tiled``, which streams it at
+  memory bandwidth for few rows of x (csrc/fp4/fp4_tiled_layout.h describes the bytes);
+- ``cpu_tile(weight)`` for the AVX-512 CPU kernel ``torch.ops.apt.fp4_linear_cpu_tiled``
+  (csrc/fp4/fp4_cpu_tiled_layout.h).
+
+``apt_ext.nn.FP4Linear`` builds and caches the one its device uses by itself for inference calls.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -56,3 +62,57 @@ def tile(weight: FP4Weight) -> TiledFP4Weight:
     tiles, scales, out_scale = torch.ops.apt.fp4_tile(weight.packed, weight.scales, weight.tensor_scale,
                                                       weight.fmt, weight.block_size)
     return TiledFP4Weight(tiles, scales, out_scale, weight.fmt, weight.shape)
+
+
+@dataclass(frozen=True)
+class CpuTiledFP4Weight:
+    """A weight of logical shape ``shape`` = (N, K) in the CPU tiled layout (CPU tensors).
+
+    tiles: uint8 [ceil(N/16), Kp/8, 64]; tile_scales: [tiles, Kp/block, 16] (nvfp4 and mxfp4
+    bfloat16, nf4 float32); out_scale: float32 [] applied to every sum (Kp = K padded to the block).
+    """
+
+    tiles: torch.Tensor
+    tile_scales: torch.Tensor
+    out_scale: torch.Tensor
+    fmt: str
+    shape: tuple[int, int]
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., K] (CPU, float32/bfloat16/float16) -> x @ W.T + bias [..., N] in x's dtype."""
+        n, k = self.shape
+        return torch.ops.apt.fp4_linear_cpu_tiled.default(x, self.tiles, self.tile_scales, self.out_scale, bias,
+                                                          self.fmt, n, k)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the copy (tiles, scales and out_scale)."""
+        return sum(t.numel() * t.element_size() for t in (self.tiles, self.tile_scales, self.out_scale))
+
+
+def cpu_tile(weight: FP4Weight) -> CpuTiledFP4Weight:
+    """The CPU tiled copy of ``weight`` (its tensors must be on the CPU): one pass, exact (the
+    scales become bfloat16 values equal to the canonical ones; nf4 keeps float32)."""
+    if not isinstance(weight, FP4Weight):
+        raise TypeError(f"weight: expected an FP4Weight, got {type(weight).__name__}")
+    tiles, scales, out_scale = torch.ops.apt.fp4_cpu_tile(weight.packed, weight.scales, weight.tensor_scale,
+                                                          weight.fmt, weight.block_size)
+    return CpuTiledFP4Weight(tiles, scales, out_scale, weight.fmt, weight.shape)
+
+
+_FP4_CPU_ISA_ENV = "APT_FP4_CPU_ISA"
+_best_fp4_cpu_path: str | None = None
+
+
+def cpu_tiled_kernel_is_fast() -> bool:
+    """Whether ``fp4_linear_cpu_tiled`` runs its AVX-512 kernel now (the FP4 CPU path in use,
+    ``APT_FP4_CPU_ISA`` or the best this CPU supports, is ``avx512``). On the other paths it runs
+    a scalar loop, slower than ``fp4_linear``'s AVX2 kernel, so FP4Linear does not use it there."""
+    global _best_fp4_cpu_path
+    forced = os.environ.get(_FP4_CPU_ISA_ENV)
+    if forced:
+        return forced == "avx512"
+    if _best_fp4_cpu_path is None:
+        from apt_ext import _native
+        _best_fp4_cpu_path = [p["name"] for p in _native._C.cpu_isa.paths() if p["supported"]][-1]
+    return _best_fp4_cpu_path == "avx512"

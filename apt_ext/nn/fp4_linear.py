@@ -9,7 +9,7 @@ from torch import nn
 
 from apt_ext import _native
 from apt_ext.fp4.format import DEFAULT_FORMAT, get_format
-from apt_ext.fp4.tiled import TiledFP4Weight, tile
+from apt_ext.fp4.tiled import CpuTiledFP4Weight, TiledFP4Weight, cpu_tile, cpu_tiled_kernel_is_fast, tile
 from apt_ext.fp4.weight import FP4Weight, quantize
 
 # Rows of x (leading dims flattened) up to which inference on CUDA uses the tiled GEMV
@@ -20,6 +20,11 @@ from apt_ext.fp4.weight import FP4Weight, quantize
 # of the four shapes and for nf4. float32 x was not measured above 16 rows and keeps 16.
 TILED_MAX_ROWS = 64
 TILED_MAX_ROWS_FLOAT32 = 16
+# Rows of x up to which inference on a CPU with the AVX-512 FP4 path uses the CPU tiled copy
+# (fp4_linear_cpu_tiled). Measured on an Intel Xeon (AVX-512, AMX; docs/fp4.md, sixth session):
+# faster than fp4_linear at every M measured, 1 to 64 (4096 x 4096, 2 threads, nvfp4 17.3
+# against 24.4 ms at M = 64); above 64 rows fp4_linear's batched path stays.
+CPU_TILED_MAX_ROWS = 64
 
 
 # Whether this build has the CUDA kernel of apt::fp4_linear_tiled: asked once at import, a
@@ -42,7 +47,14 @@ class FP4Linear(nn.Module):
     (``apt_ext.fp4.tiled``), built at the first such call and kept beside the buffers (not
     saved; rebuilt after ``.to()`` or ``load_state_dict``; not made while ``apt_ext.vgpu.offload``
     pages the layer's weights, whose device budget it would break).
+
+    On a CPU whose FP4 path is AVX-512, such calls with at most ``CPU_TILED_MAX_ROWS`` rows run
+    on the CPU tiled copy (``apt_ext.fp4.tiled.cpu_tile``), built and kept the same way. Either
+    copy takes about as much memory again as the weight (nvfp4 on the CPU: 5 bits per weight);
+    set ``cpu_tiled = False`` on a layer (or on the class) to keep only the canonical tensors.
     """
+
+    cpu_tiled: bool = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = DEFAULT_FORMAT,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
@@ -56,6 +68,7 @@ class FP4Linear(nn.Module):
         nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         q = quantize(w, fmt)
         self._tiled: TiledFP4Weight | None = None
+        self._cpu_tiled: CpuTiledFP4Weight | None = None
         self.register_buffer("packed", q.packed)
         self.register_buffer("scales", q.scales)
         self.register_buffer("tensor_scale", q.tensor_scale)
@@ -78,6 +91,7 @@ class FP4Linear(nn.Module):
         mod.block_size = block_size
         q = quantize(linear.weight.detach(), fmt)
         mod._tiled = None
+        mod._cpu_tiled = None
         mod.register_buffer("packed", q.packed)
         mod.register_buffer("scales", q.scales)
         mod.register_buffer("tensor_scale", q.tensor_scale)
@@ -99,6 +113,8 @@ class FP4Linear(nn.Module):
             raise ValueError(f"x: expected [..., {self.in_features}] (in_features), got {got}")
         if self._takes_tiled_path(x):
             return self.tiled_weight().linear(x, self.bias)
+        if self._takes_cpu_tiled_path(x):
+            return self.cpu_tiled_weight().linear(x, self.bias)
         # .default: the overload itself, skipping the packet's overload resolution (Python time
         # every call pays on one thread, before the op's threads start)
         return torch.ops.apt.fp4_linear.default(x, self.packed, self.scales, self.tensor_scale, self.bias,
@@ -120,6 +136,27 @@ class FP4Linear(nn.Module):
         # (building it reads mxfp4's exponent range back to the host).
         return not torch.compiler.is_compiling() or getattr(self, "_tiled", None) is not None
 
+    def _takes_cpu_tiled_path(self, x: torch.Tensor) -> bool:
+        if not self.cpu_tiled or x.device.type != "cpu" or self.packed.device.type != "cpu":
+            return False
+        if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy
+            self._cpu_tiled = None
+            return False
+        if x.numel() > CPU_TILED_MAX_ROWS * self.in_features:
+            return False
+        needs_grad = x.requires_grad or (self.bias is not None and self.bias.requires_grad)
+        if torch.is_grad_enabled() and needs_grad:
+            return False
+        if torch.compiler.is_compiling():  # traced only when an eager call already built the copy
+            return getattr(self, "_cpu_tiled", None) is not None
+        return cpu_tiled_kernel_is_fast()
+
+    def cpu_tiled_weight(self) -> CpuTiledFP4Weight:
+        """The CPU tiled copy of the weight (the buffers must be on the CPU; built once, then cached)."""
+        if getattr(self, "_cpu_tiled", None) is None:
+            self._cpu_tiled = cpu_tile(self.weight)
+        return self._cpu_tiled
+
     def tiled_weight(self) -> TiledFP4Weight:
         """The tiled copy of the weight on the buffers' device (built once, then cached)."""
         if getattr(self, "_tiled", None) is None or self._tiled.tiles.device != self.packed.device:
@@ -130,7 +167,7 @@ class FP4Linear(nn.Module):
         # model.to(torch.bfloat16) / .half() would cast the float8 / float32 scales (and the
         # float32 tensor scale), breaking the format. The quantised weight may change device,
         # never dtype; the bias follows the module like any parameter.
-        self._tiled = None
+        self._tiled = self._cpu_tiled = None
         frozen = {name: self._buffers.pop(name) for name in ("packed", "scales", "tensor_scale")}
         try:
             super()._apply(fn, recurse)
@@ -156,7 +193,7 @@ class FP4Linear(nn.Module):
                                   f"same fmt before loading")
         if mismatch:
             return
-        self._tiled = None
+        self._tiled = self._cpu_tiled = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

@@ -12,6 +12,11 @@ and the load average at start and end (the CPU numbers come from a shared 2-core
 medians of ``--repeats`` rounds after two warm-up calls, on random data (never zeros); each
 round times one call of every implementation (see ``median_ms``).
 
+``{fmt}_ms`` is the FP4Linear layer as a user calls it (inference, no gradient): on the AVX-512
+path it runs on its CPU tiled copy (``fp4_linear_cpu_tiled``, up to 64 rows of x; each speed row
+records ``{fmt}_path``); ``{fmt}_canonical_ms`` times ``apt::fp4_linear`` on the canonical
+tensors in the same rounds.
+
 The int4 peer is ``torch._weight_int4pack_mm_for_cpu`` (bf16 x, groups of 128 along K, an
 asymmetric 4-bit code per weight with a bf16 scale and zero per group), as torchao's int4
 weight-only CPU layout uses it.
@@ -96,6 +101,8 @@ def bench_speed(shapes, batches, threads: list[int], repeats: int) -> list[dict]
         w_bf16 = w.bfloat16()
         int4 = TorchInt4(w)
         fp4 = {fmt: FP4Linear.from_linear(_linear_with(w), fmt=fmt) for fmt in FORMATS}
+        canonical = {fmt: (lambda x, q=layer: torch.ops.apt.fp4_linear.default(
+            x, q.packed, q.scales, q.tensor_scale, None, q.fmt, q.block_size)) for fmt, layer in fp4.items()}
         for m in batches:
             x = torch.randn(m, k, generator=gen)
             x_bf16 = x.bfloat16()
@@ -104,15 +111,19 @@ def bench_speed(shapes, batches, threads: list[int], repeats: int) -> list[dict]
                 fns = {"fp32_linear_ms": lambda: F.linear(x, w), "bf16_linear_ms": lambda: F.linear(x_bf16, w_bf16),
                        "torch_int4_ms": lambda: int4(x_bf16),
                        **{f"{fmt}_ms": (lambda layer=layer: layer(x)) for fmt, layer in fp4.items()},
+                       **{f"{fmt}_canonical_ms": (lambda f=f: f(x)) for fmt, f in canonical.items()},
                        "nvfp4_bf16x_ms": lambda: fp4["nvfp4"](x_bf16)}
                 with torch.inference_mode():
                     r = {"N": n, "K": k, "M": m, "threads": t, **median_ms(fns, repeats)}
+                r.update({f"{fmt}_path": "cpu_tiled" if layer._cpu_tiled is not None else "fp4_linear"
+                          for fmt, layer in fp4.items()})
                 rows.append(r)
                 bar.update()
                 tqdm.write(f"N={n:5d} K={k} M={m:3d} threads={t}: fp32 {r['fp32_linear_ms']:8.2f}  "
                            f"bf16 {r['bf16_linear_ms']:8.2f}  int4 {r['torch_int4_ms']:8.2f}  "
-                           + "  ".join(f"{fmt} {r[f'{fmt}_ms']:7.2f}" for fmt in FORMATS) + " ms")
-        del w, w_bf16, int4, fp4
+                           + "  ".join(f"{fmt} {r[f'{fmt}_ms']:7.2f} ({r[f'{fmt}_canonical_ms']:.2f})"
+                                       for fmt in FORMATS) + " ms")
+        del w, w_bf16, int4, fp4, canonical
     bar.close()
     return rows
 
@@ -141,6 +152,9 @@ def bench_memory(n: int = 4096, k: int = 4096) -> list[dict]:
         b = module_bytes(q)
         out.append({"fmt": fmt, "bytes": b, "ratio_vs_bf16": b / base,
                     "bits_per_weight": q.weight.bits_per_weight})
+        if _native._C.cpu_isa.in_use()["fp4"].get("path") == "avx512":
+            b += q.cpu_tiled_weight().nbytes
+            out.append({"fmt": f"{fmt} + CPU tiled copy", "bytes": b, "ratio_vs_bf16": b / base})
     return out
 
 

@@ -30,7 +30,7 @@ TORCH_LIBRARY(apt, m) {
   m.def("fp4_linear_tiled(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k, bool gelu) -> Tensor");
   // The CPU tiled layout (csrc/fp4/fp4_cpu_tiled_layout.h): a private copy in the order the
   // AVX-512 GEMV reads it. tiles uint8 [ceil(N/16), Kp/8, 64]; tile_scales [tiles, Kp/block, 16]
-  // (nvfp4 and mxfp4 bfloat16, nf4 float32); out_scale float32 []. CPU tensors only.
+  // (nvfp4 and mxfp4 uint8, nf4 float32); out_scale float32 []. CPU tensors only.
   m.def("fp4_cpu_tile(Tensor packed, Tensor scales, Tensor tensor_scale, str fmt, int block_size) -> (Tensor tiles, Tensor tile_scales, Tensor out_scale)");
   // fp4_linear on a CPU tiled weight of n rows and k columns.
   m.def("fp4_linear_cpu_tiled(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k) -> Tensor");

@@ -36,20 +36,48 @@ def test_layout_is_the_documented_transpose(fmt, n, k, rng):
     kp, block, nt = q.packed.shape[1] * 2, q.block_size, -(-n // 16)
     assert t.tiles.shape == (nt, kp // 8, 64) and t.tiles.dtype == torch.uint8
     assert t.tile_scales.shape == (nt, kp // block, 16)
-    assert t.tile_scales.dtype == (torch.float32 if fmt == "nf4" else torch.bfloat16)
+    assert t.tile_scales.dtype == (torch.float32 if fmt == "nf4" else torch.uint8)
     words = t.tiles.view(torch.int32)                                  # [tiles, kp / 8, 16]
     canonical = q.packed.contiguous().view(torch.int32)                # [n, kp / 8]
     for row in range(n):
         assert torch.equal(words[row // 16, :, row % 16], canonical[row])
-    scales = t.tile_scales.float()
+    # The documented byte decodes, times out_scale, give the canonical scale values exactly.
+    if fmt == "nf4":
+        decoded = t.tile_scales
+    else:
+        shift, bias = (20, (127 - 9) << 23) if fmt == "nvfp4" else (23, 1 << 23)
+        decoded = ((t.tile_scales.to(torch.int32) << shift) + bias).view(torch.float32)
     want = q.scales.float() if fmt != "mxfp4" else torch.ldexp(torch.ones(q.scales.shape), q.scales.to(torch.int32) - 127)
+    if fmt == "nvfp4":
+        want = want * q.tensor_scale
     for row in range(n):
-        assert torch.equal(scales[row // 16, :, row % 16], want[row])  # exact in bfloat16
+        assert torch.equal(decoded[row // 16, :, row % 16] * t.out_scale, want[row])
     if n % 16:                                                         # rows past N are zero
-        assert not words[-1, :, n % 16:].any() and not scales[-1, :, n % 16:].any()
-    assert t.out_scale.dtype == torch.float32
-    assert t.out_scale.item() == (q.tensor_scale.item() if fmt == "nvfp4" else 1.0)
+        assert not words[-1, :, n % 16:].any() and not t.tile_scales[-1, :, n % 16:].any()
+    assert t.out_scale.dtype == torch.float32 and t.out_scale.shape == ()
+    canonical_bytes = q.packed.numel() + q.scales.numel() * q.scales.element_size()
     assert t.nbytes == t.tiles.numel() + t.tile_scales.numel() * t.tile_scales.element_size() + 4
+    assert t.nbytes - 4 == canonical_bytes or n % 16                   # as many bytes as the canonical tensors
+
+
+def test_scales_the_encoding_cannot_hold_are_refused_or_handled(rng):
+    q, wd = _quantized("nvfp4", 20, 64, rng)
+    scales = q.scales.clone()
+    scales[2, 1] = 0.0                                                 # a zero scale: its codes are zeroed
+    zeroed = type(q)(q.packed, scales, q.tensor_scale, q.fmt, q.block_size, q.shape)
+    t = cpu_tile(zeroed)
+    assert not t.tiles.view(torch.int32)[0, 2:4, 2].any()              # words 2, 3 = codes 16..31 of row 2
+    x = torch.randn(2, 64, generator=rng)
+    want = torch.ops.apt.fp4_linear(x, q.packed, scales, q.tensor_scale, None, "nvfp4", 16)
+    torch.testing.assert_close(t.linear(x), want, rtol=1e-5, atol=1e-6)
+    scales[2, 1] = -1.0
+    with pytest.raises(ValueError, match="scales: an nvfp4 block scale is negative"):
+        cpu_tile(type(q)(q.packed, scales, q.tensor_scale, q.fmt, q.block_size, q.shape))
+    mx, _ = _quantized("mxfp4", 4, 64, rng)
+    exps = mx.scales.clone()
+    exps[0, 0], exps[1, 0] = 1, 200                                    # 199 binades apart
+    with pytest.raises(ValueError, match="mxfp4 block exponents span 199 binades"):
+        cpu_tile(type(mx)(mx.packed, exps, mx.tensor_scale, mx.fmt, mx.block_size, mx.shape))
 
 
 @pytest.mark.parametrize("isa", supported_cpu_paths())
@@ -92,14 +120,12 @@ def test_thread_count_does_not_change_the_result(fmt, rng):
     assert torch.equal(one, two)
 
 
-def test_nan_scale_propagates_like_the_canonical_kernel(rng):
+def test_nan_scale_is_refused(rng):
     q, _ = _quantized("nvfp4", 20, 64, rng)
     scales = q.scales.clone()
     scales.view(torch.uint8)[3, 1] = 0x7F                              # E4M3 NaN
-    q = type(q)(q.packed, scales, q.tensor_scale, q.fmt, q.block_size, q.shape)
-    x = torch.randn(2, 64, generator=rng)
-    y, want = cpu_tile(q).linear(x), torch.ops.apt.fp4_linear(x, q.packed, scales, q.tensor_scale, None, "nvfp4", 16)
-    assert torch.equal(torch.isnan(y), torch.isnan(want)) and torch.isnan(y[:, 3]).all()
+    with pytest.raises(ValueError, match="scales: an nvfp4 block scale is NaN"):
+        cpu_tile(type(q)(q.packed, scales, q.tensor_scale, q.fmt, q.block_size, q.shape))
 
 
 def test_empty_batch(rng):
@@ -196,3 +222,19 @@ def test_compiled_model_uses_the_copy_an_eager_call_built(rng, monkeypatch):
         assert model[0]._cpu_tiled is not None
         compiled = torch.compile(model, backend="eager", fullgraph=True)(x)
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.skipif(not HAS_AVX512, reason="needs a CPU with the AVX-512 FP4 path")
+def test_fp4linear_falls_back_when_the_layout_refuses_the_scales(rng, monkeypatch):
+    monkeypatch.delenv("APT_FP4_CPU_ISA", raising=False)
+    layer = FP4Linear.from_linear(nn.Linear(64, 20), fmt="nvfp4")
+    layer.scales.view(torch.uint8)[3, 1] = 0x7F                        # E4M3 NaN: kept as it is
+    x = torch.randn(2, 64, generator=rng)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="no tiled copy of this weight"):
+        y = layer(x)
+    want = torch.ops.apt.fp4_linear(x, layer.packed, layer.scales, layer.tensor_scale, layer.bias, "nvfp4", 16)
+    torch.testing.assert_close(y, want, rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(y[:, 3]).all()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), want, rtol=0, atol=0, equal_nan=True)  # warned once, not rebuilt
+    assert layer._cpu_tiled is None

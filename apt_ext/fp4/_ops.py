@@ -114,7 +114,7 @@ def _fp4_linear_tiled_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, ge
 def _fp4_cpu_tile_fake(packed, scales, tensor_scale, fmt, block_size):
     kp = _native._C.fp4.check_cpu_tile(packed, scales, tensor_scale, fmt, block_size)
     nt = -(-packed.shape[0] // tiled.TILE_ROWS)
-    scale_dtype = torch.float32 if fmt == "nf4" else torch.bfloat16
+    scale_dtype = torch.float32 if fmt == "nf4" else torch.uint8
     return (packed.new_empty((nt, kp // 8, 4 * tiled.TILE_ROWS)),
             packed.new_empty((nt, kp // block_size, tiled.TILE_ROWS), dtype=scale_dtype),
             packed.new_empty((), dtype=torch.float32))

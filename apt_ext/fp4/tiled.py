@@ -68,8 +68,9 @@ def tile(weight: FP4Weight) -> TiledFP4Weight:
 class CpuTiledFP4Weight:
     """A weight of logical shape ``shape`` = (N, K) in the CPU tiled layout (CPU tensors).
 
-    tiles: uint8 [ceil(N/16), Kp/8, 64]; tile_scales: [tiles, Kp/block, 16] (nvfp4 and mxfp4
-    bfloat16, nf4 float32); out_scale: float32 [] applied to every sum (Kp = K padded to the block).
+    tiles: uint8 [ceil(N/16), Kp/8, 64]; tile_scales: [tiles, Kp/block, 16] (nvfp4 and mxfp4 one
+    byte per block, nf4 float32); out_scale: float32 [] applied to every sum (Kp = K padded to the
+    block). As many bytes as the canonical tensors.
     """
 
     tiles: torch.Tensor
@@ -91,8 +92,9 @@ class CpuTiledFP4Weight:
 
 
 def cpu_tile(weight: FP4Weight) -> CpuTiledFP4Weight:
-    """The CPU tiled copy of ``weight`` (its tensors must be on the CPU): one pass, exact (the
-    scales become bfloat16 values equal to the canonical ones; nf4 keeps float32)."""
+    """The CPU tiled copy of ``weight`` (its tensors must be on the CPU): one pass, exact. Raises
+    ValueError for scales the layout cannot hold (an nvfp4 scale that is NaN or negative, mxfp4
+    exponents of nonzero blocks spanning more than 126 binades), as ``tile`` does."""
     if not isinstance(weight, FP4Weight):
         raise TypeError(f"weight: expected an FP4Weight, got {type(weight).__name__}")
     tiles, scales, out_scale = torch.ops.apt.fp4_cpu_tile(weight.packed, weight.scales, weight.tensor_scale,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -111,10 +112,13 @@ class FP4Linear(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != self.in_features:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected [..., {self.in_features}] (in_features), got {got}")
+        copy = None
         if self._takes_tiled_path(x):
-            return self.tiled_weight().linear(x, self.bias)
-        if self._takes_cpu_tiled_path(x):
-            return self.cpu_tiled_weight().linear(x, self.bias)
+            copy = self._private_copy(self.tiled_weight)
+        elif self._takes_cpu_tiled_path(x):
+            copy = self._private_copy(self.cpu_tiled_weight)
+        if copy is not None:
+            return copy.linear(x, self.bias)
         # .default: the overload itself, skipping the packet's overload resolution (Python time
         # every call pays on one thread, before the op's threads start)
         return torch.ops.apt.fp4_linear.default(x, self.packed, self.scales, self.tensor_scale, self.bias,
@@ -135,6 +139,19 @@ class FP4Linear(nn.Module):
         # torch.compile traces the tiled path only when an eager call already built the copy
         # (building it reads mxfp4's exponent range back to the host).
         return not torch.compiler.is_compiling() or getattr(self, "_tiled", None) is not None
+
+    def _private_copy(self, build: Callable[[], TiledFP4Weight | CpuTiledFP4Weight]):
+        """``build()`` (cached by it), or None when the weight's scales do not fit the tiled layout
+        (a NaN or negative nvfp4 scale, mxfp4 exponents spanning too many binades): then this
+        layer warns once and keeps using fp4_linear, which computes such weights as they are."""
+        if getattr(self, "_no_private_copy", False):
+            return None
+        try:
+            return build()
+        except ValueError as e:
+            warnings.warn(f"FP4Linear: no tiled copy of this weight ({e}); using fp4_linear", RuntimeWarning)
+            self._no_private_copy = True
+            return None
 
     def _takes_cpu_tiled_path(self, x: torch.Tensor) -> bool:
         if not self.cpu_tiled or x.device.type != "cpu" or self.packed.device.type != "cpu":
@@ -168,6 +185,7 @@ class FP4Linear(nn.Module):
         # float32 tensor scale), breaking the format. The quantised weight may change device,
         # never dtype; the bias follows the module like any parameter.
         self._tiled = self._cpu_tiled = None
+        self._no_private_copy = False
         frozen = {name: self._buffers.pop(name) for name in ("packed", "scales", "tensor_scale")}
         try:
             super()._apply(fn, recurse)
@@ -194,6 +212,7 @@ class FP4Linear(nn.Module):
         if mismatch:
             return
         self._tiled = self._cpu_tiled = None
+        self._no_private_copy = False
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

@@ -69,10 +69,12 @@ void tiled_dot_scalar(const TiledSlice& t, const float* x, int64_t ldx, int64_t 
         }
         const int64_t i = b * cpu_tiled::kTileRows + r;
         float s;
-        if (t.float_scales) {
+        if (t.block == 64) {  // nf4: float32
           s = static_cast<const float*>(t.scales)[i];
         } else {
-          const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(t.scales)[i]) << 16;
+          const uint32_t byte = static_cast<const uint8_t*>(t.scales)[i];
+          const uint32_t bits = t.block == 16 ? (byte << cpu_tiled::kNvfp4ScaleShift) + cpu_tiled::kNvfp4ScaleBias
+                                              : (byte << cpu_tiled::kMxfp4ScaleShift) + cpu_tiled::kMxfp4ScaleBias;
           std::memcpy(&s, &bits, sizeof(s));
         }
         acc += part * s;

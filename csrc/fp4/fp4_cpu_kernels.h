@@ -82,10 +82,9 @@ using DecodeScalesFn = void (*)(const uint8_t* bytes, Format f, float tensor_sca
 // One tile (16 weight rows) of the CPU tiled layout (fp4_cpu_tiled_layout.h).
 struct TiledSlice {
   const uint32_t* words;  // [kp / 8][16]: word j of the tile's 16 rows
-  const void* scales;     // [kp / block][16]: bfloat16 bits (nvfp4, mxfp4) or float32 (nf4)
+  const void* scales;     // [kp / block][16]: bytes (nvfp4, mxfp4) or float32 (nf4)
   int64_t kp;             // padded K: a multiple of block
-  int64_t block;          // 16, 32 or 64
-  bool float_scales;      // scales are float32 (nf4), else bfloat16
+  int64_t block;          // 16 (nvfp4), 32 (mxfp4) or 64 (nf4): fixes the scale encoding
   const float* lut;       // [16] the value of each 4-bit code
 };
 

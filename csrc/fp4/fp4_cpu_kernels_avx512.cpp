@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include "fp4/fp4_cpu_kernels.h"
+#include "fp4/fp4_cpu_tiled_layout.h"
 
 namespace apt::fp4 {
 namespace {
@@ -168,14 +169,19 @@ void gemm4_avx512(const float* w, int64_t len, const float* x, int64_t ldx, int6
 
 // ---- the CPU tiled layout (fp4_cpu_tiled_layout.h) -----------------------------------------
 
-// The 16 rows' scales of block b as float32: bfloat16 bits widened (nvfp4, mxfp4) or float32 (nf4).
-template <bool kFloatScales>
+// The 16 rows' scales of block b as float32 (fp4_cpu_tiled_layout.h): nvfp4 (blocks of 16) and
+// mxfp4 (32) bytes turned into float bits, nf4 (64) float32 as stored.
+template <int kBlock>
 inline __m512 tile_scales(const TiledSlice& t, int64_t b) {
-  if constexpr (kFloatScales) {
+  if constexpr (kBlock == 64) {
     return _mm512_loadu_ps(static_cast<const float*>(t.scales) + b * 16);
   } else {
-    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(t.scales) + b * 16));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+    constexpr int kShift = kBlock == 16 ? cpu_tiled::kNvfp4ScaleShift : cpu_tiled::kMxfp4ScaleShift;
+    constexpr uint32_t kBias = kBlock == 16 ? cpu_tiled::kNvfp4ScaleBias : cpu_tiled::kMxfp4ScaleBias;
+    const __m512i bytes = _mm512_cvtepu8_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(t.scales) + b * 16)));
+    return _mm512_castsi512_ps(
+        _mm512_add_epi32(_mm512_slli_epi32(bytes, kShift), _mm512_set1_epi32(static_cast<int>(kBias))));
   }
 }
 
@@ -183,7 +189,7 @@ inline __m512 tile_scales(const TiledSlice& t, int64_t b) {
 // 16 rows; code e (bits 4e..4e+3) is decoded by a shift and one vpermps, and an FMA with x's
 // column (broadcast) adds it to the 16 row sums. NA independent partial sums per x row and block
 // hide the FMA latency; each block's sums are scaled once.
-template <int MT, int kBlock, bool kFloatScales>
+template <int MT, int kBlock>
 void tiled_dot_t(const TiledSlice& t, const float* x, int64_t ldx, float* out, int64_t ldo) {
   constexpr int kWords = kBlock / 8;
   constexpr int NA = MT == 1 ? 4 : (MT == 2 ? 2 : 1);
@@ -204,7 +210,7 @@ void tiled_dot_t(const TiledSlice& t, const float* x, int64_t ldx, float* out, i
           part[m][e % NA] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[m * ldx + 8 * w + e]), part[m][e % NA]);
       }
     }
-    const __m512 s = tile_scales<kFloatScales>(t, b);
+    const __m512 s = tile_scales<kBlock>(t, b);
     for (int m = 0; m < MT; ++m) {
       __m512 sum = part[m][0];
       for (int a = 1; a < NA; ++a) sum = _mm512_add_ps(sum, part[m][a]);
@@ -214,20 +220,20 @@ void tiled_dot_t(const TiledSlice& t, const float* x, int64_t ldx, float* out, i
   for (int m = 0; m < MT; ++m) _mm512_storeu_ps(out + m * ldo, acc[m]);
 }
 
-template <int kBlock, bool kFloatScales>
+template <int kBlock>
 void tiled_dot_block(const TiledSlice& t, const float* x, int64_t ldx, int64_t mrows, float* out, int64_t ldo) {
   switch (mrows) {
-    case 1: tiled_dot_t<1, kBlock, kFloatScales>(t, x, ldx, out, ldo); break;
-    case 2: tiled_dot_t<2, kBlock, kFloatScales>(t, x, ldx, out, ldo); break;
-    case 3: tiled_dot_t<3, kBlock, kFloatScales>(t, x, ldx, out, ldo); break;
-    default: tiled_dot_t<4, kBlock, kFloatScales>(t, x, ldx, out, ldo); break;
+    case 1: tiled_dot_t<1, kBlock>(t, x, ldx, out, ldo); break;
+    case 2: tiled_dot_t<2, kBlock>(t, x, ldx, out, ldo); break;
+    case 3: tiled_dot_t<3, kBlock>(t, x, ldx, out, ldo); break;
+    default: tiled_dot_t<4, kBlock>(t, x, ldx, out, ldo); break;
   }
 }
 
 void tiled_dot_avx512(const TiledSlice& t, const float* x, int64_t ldx, int64_t mrows, float* out, int64_t ldo) {
-  if (t.block == 16) tiled_dot_block<16, false>(t, x, ldx, mrows, out, ldo);
-  else if (t.block == 32) tiled_dot_block<32, false>(t, x, ldx, mrows, out, ldo);
-  else tiled_dot_block<64, true>(t, x, ldx, mrows, out, ldo);
+  if (t.block == 16) tiled_dot_block<16>(t, x, ldx, mrows, out, ldo);
+  else if (t.block == 32) tiled_dot_block<32>(t, x, ldx, mrows, out, ldo);
+  else tiled_dot_block<64>(t, x, ldx, mrows, out, ldo);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "fp4/fp4_cpu_kernels.h"
 #include "fp4/fp4_cpu_pieces.h"
 #include "fp4/fp4_cpu_tiled_layout.h"
+#include "fp4/fp4_tile_scales.h"
 
 namespace apt::fp4 {
 
@@ -38,25 +39,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_cpu_tile(const at::Tensor& pa
                                                             int64_t block_size) {
   const PackedWeightArgs args = check_cpu_tile_args(packed, scales, tensor_scale, fmt, block_size);
   const Format f = args.format;
-  // Rows as 32-bit words (kp / 2 bytes, a multiple of 8): [n, kp / 8] int32, tiled, back to bytes.
-  const at::Tensor words = packed.contiguous().view(at::kInt);
-  const at::Tensor tiles = tile_rows(words).view(at::kByte);  // [tiles, kp / 8, 64]
-  at::Tensor s;
-  if (f == Format::NF4) {
-    s = scales;
+  at::Tensor codes = packed.contiguous(), s;
+  at::Tensor out_scale = at::ones({}, tensor_scale.options().dtype(at::kFloat));
+  if (f == Format::NVFP4) {
+    auto [byte, zero] = encode_nvfp4_scales(scales.contiguous());
+    codes = codes.masked_fill(zero.repeat_interleave(block_size / 2, 1), 0);  // their byte reads as 2^-9
+    s = byte;
+    out_scale = tensor_scale.reshape({}).to(at::kFloat).clone();
+  } else if (f == Format::MXFP4) {
+    auto [byte, factor] = encode_mxfp4_scales(scales.contiguous(), unpack_codes(codes), block_size);
+    s = byte;
+    out_scale.fill_(factor);  // 2^(126 - c)
   } else {
-    // float(e4m3) or 2^(e - 127) (scale_table), then bfloat16: exact for both (at most 4
-    // significant bits; powers of two, 2^-127 included as a subnormal).
-    const at::Tensor bytes = scales.contiguous().view(at::kByte);
-    at::Tensor values = at::empty(bytes.sizes(), bytes.options().dtype(at::kFloat));
-    const float* table = scale_table(f);
-    const uint8_t* src = bytes.const_data_ptr<uint8_t>();
-    float* dst = values.mutable_data_ptr<float>();
-    for (int64_t i = 0; i < bytes.numel(); ++i) dst[i] = table[src[i]];
-    s = values.to(at::kBFloat16);
+    s = scales;
   }
-  const at::Tensor out_scale = f == Format::NVFP4 ? tensor_scale.to(at::kFloat).clone()
-                                                  : at::ones({}, tensor_scale.options().dtype(at::kFloat));
+  // Rows as 32-bit words (kp / 2 bytes, a multiple of 8): [n, kp / 8] int32, tiled, back to bytes.
+  const at::Tensor tiles = tile_rows(codes.view(at::kInt)).view(at::kByte);  // [tiles, kp / 8, 64]
   return {tiles, tile_rows(s), out_scale};
 }
 
@@ -90,7 +88,7 @@ at::Tensor fp4_linear_cpu_tiled(const at::Tensor& x, const at::Tensor& tiles, co
       for (int64_t t0, t1; pieces.claim(t0, t1);)
         for (int64_t t = t0; t < t1; ++t) {
           const TiledSlice slice{words + t * (kp / kWordCodes) * kTileRows, scale_bytes + t * scale_stride, kp, block,
-                                 f == Format::NF4, code_lut(f)};
+                                 code_lut(f)};
           const int64_t rows = std::min(kTileRows, n - t * kTileRows);
           for (int64_t m0 = 0; m0 < m; m0 += kMaxRows) {
             const int64_t mr = std::min(kMaxRows, m - m0);
@@ -129,7 +127,7 @@ PackedWeightArgs check_cpu_tiled_linear_args(const at::Tensor& x, const at::Tens
   TORCH_CHECK_VALUE(tiles.sizes() == at::IntArrayRef({nt, kp / kWordCodes, kTileWordBytes}), "tiles: expected [",
                     nt, ", ", kp / kWordCodes, ", ", kTileWordBytes, "] for n = ", n, ", k = ", k, " (made by fp4_cpu_tile), got ",
                     tiles.sizes());
-  const auto scale_type = f == Format::NF4 ? at::kFloat : at::kBFloat16;
+  const auto scale_type = f == Format::NF4 ? at::kFloat : at::kByte;
   TORCH_CHECK_TYPE(tile_scales.scalar_type() == scale_type, "tile_scales: expected ", scale_type, " for ", fmt,
                    ", got ", tile_scales.scalar_type());
   TORCH_CHECK_VALUE(tile_scales.sizes() == at::IntArrayRef({nt, kp / block, kTileRows}), "tile_scales: expected [",

@@ -9,23 +9,36 @@
 // words j side by side:
 //   tiles    uint8 [ceil(N/16), Kp/8, 64]: bytes [t, j, 4r..4r+3] = word j of row 16t + r
 //                                          (rows past N hold zeros),
-//   tile_scales     [ceil(N/16), Kp/block, 16]: [t, b, r] = the decode scale of block b of row
-//                   16t + r (0 past N): nvfp4 bfloat16(float(e4m3)) and mxfp4 bfloat16(2^(e-127)),
-//                   both exact in bfloat16; nf4 the float32 absmax as stored,
-//   out_scale float32 []: nvfp4's tensor scale (1 for mxfp4 and nf4), applied once per output.
+//   tile_scales     [ceil(N/16), Kp/block, 16]: [t, b, r] = the scale of block b of row 16t + r
+//                   (0 past N), nvfp4 and mxfp4 one byte in the encodings of fp4_tile_scales.h
+//                   (the CUDA layout's bytes), nf4 the float32 absmax as stored,
+//   out_scale float32 []: applied once per output: nvfp4 the tensor scale, mxfp4 2^(126 - c)
+//                   (c: the encoding's shift), nf4 1.
+// nvfp4 byte (E + 9) << 3 | m reads as float32 bits (byte << 20) + (118 << 23) = 2^E (1 + m/8)
+// (blocks whose scale is zero have their codes zeroed, as in the CUDA layout); mxfp4 byte e + c
+// in [1, 127] as (byte + 1) << 23 = 2^(e + c - 126), which is 2^e for the usual c = 126. A zext,
+// a shift and an add per 16 scales.
 // So one 64-byte load holds code 8j + e of 16 rows in bits 4e..4e+3 of its 16 dword lanes:
 // shifting by 4e and one 16-entry vpermps lookup (it reads the low 4 index bits) decode 16
 // weights of one column, which an FMA with that column's x (broadcast) adds to 16 row sums; each
-// block's sums are scaled once. Memory: nvfp4 5 bits per weight (4.5 in the canonical format:
-// bfloat16 scales instead of e4m3), mxfp4 4.5 (4.25), nf4 4.5 (the same).
+// block's sums are scaled once. Memory: as the canonical format (nvfp4 and nf4 4.5 bits per
+// weight, mxfp4 4.25).
 #pragma once
 #include <cstdint>
+
+#include "fp4/fp4_tiled_layout.h"
 
 namespace apt::fp4::cpu_tiled {
 
 constexpr int64_t kTileRows = 16;   // weight rows per tile: one zmm of float32
 constexpr int64_t kWordCodes = 8;   // codes per 32-bit word
 constexpr int64_t kTileWordBytes = kTileRows * 4;  // bytes of one word index of a tile
+
+// Scale byte -> float32 bits: (byte << shift) + bias.
+constexpr int kNvfp4ScaleShift = 20;
+constexpr uint32_t kNvfp4ScaleBias = static_cast<uint32_t>(127 + tiled::kNvfp4MinExp) << 23;
+constexpr int kMxfp4ScaleShift = 23;
+constexpr uint32_t kMxfp4ScaleBias = 1u << 23;
 
 // Rows of x one tiled_dot call handles (x is decoded once per tile for all of them).
 constexpr int64_t kMaxRows = 4;  // (8 was measured slower at M = 8: 2.6 against 2.1 ms at 4096 x 4096)

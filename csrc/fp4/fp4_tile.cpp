@@ -29,35 +29,24 @@
 #include <utility>
 
 #include "fp4/fp4_format.h"
+#include "fp4/fp4_tile_scales.h"
 #include "fp4/fp4_tiled_layout.h"
 
 namespace apt::fp4 {
 
 using namespace apt::fp4::tiled;
 
-namespace {
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Codes [N, Kp] (uint8) from the packed bytes, low nibble first.
 at::Tensor unpack_codes(const at::Tensor& packed) {
   const at::Tensor lo = at::bitwise_and(packed, 15), hi = at::bitwise_right_shift(packed, 4);
   return at::stack({lo, hi}, -1).reshape({packed.size(0), packed.size(1) * 2});
 }
 
-// [rows, cols] -> [rows_to, cols_to] padded with `fill`.
-at::Tensor pad_to(const at::Tensor& t, int64_t rows_to, int64_t cols_to, double fill) {
-  at::Tensor out = at::full({rows_to, cols_to}, fill, t.options());
-  out.narrow(0, 0, t.size(0)).narrow(1, 0, t.size(1)).copy_(t);
-  return out;
-}
-
-// Per-block scale bytes of nvfp4 re-encoded as (E + 9) << 3 | m for scale = 2^E (1 + m/8), and
-// the mask of blocks whose scale is zero (their codes are zeroed: code * 0 = 0 for any code).
 std::pair<at::Tensor, at::Tensor> encode_nvfp4_scales(const at::Tensor& scales) {
   const at::Tensor s = scales.to(at::kFloat);
   TORCH_CHECK_VALUE(!at::isnan(s).any().item<bool>(),
                     "scales: an nvfp4 block scale is NaN; the tiled layout needs finite scales");
+  TORCH_CHECK_VALUE(!s.lt(0).any().item<bool>(),
+                    "scales: an nvfp4 block scale is negative; the tiled layout needs scales >= 0");
   const at::Tensor zero = s.eq(0);
   auto [mant, ex] = at::frexp(at::where(zero, at::ones_like(s), s));  // s = mant * 2^ex, mant in [0.5, 1)
   const at::Tensor e = ex.to(at::kInt).sub(1);                       // s = 2^e * (1 + f)
@@ -67,8 +56,6 @@ std::pair<at::Tensor, at::Tensor> encode_nvfp4_scales(const at::Tensor& scales) 
   return {byte.to(at::kByte), zero};
 }
 
-// Block exponents of mxfp4 shifted by a constant c into [1, 127] (see fp4_tiled_layout.h),
-// and out_scale = 2^(126 - c). Blocks whose codes are all zero may take any scale.
 std::pair<at::Tensor, double> encode_mxfp4_scales(const at::Tensor& scales, const at::Tensor& codes,
                                                   int64_t block_size) {
   const at::Tensor e = scales.to(at::kInt).sub(127);
@@ -84,6 +71,17 @@ std::pair<at::Tensor, double> encode_mxfp4_scales(const at::Tensor& scales, cons
   }
   const at::Tensor byte = at::clamp(e.add(c), 1, 127).to(at::kByte);
   return {byte, std::ldexp(1.0, static_cast<int>(126 - c))};
+}
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// [rows, cols] -> [rows_to, cols_to] padded with `fill`.
+at::Tensor pad_to(const at::Tensor& t, int64_t rows_to, int64_t cols_to, double fill) {
+  at::Tensor out = at::full({rows_to, cols_to}, fill, t.options());
+  out.narrow(0, 0, t.size(0)).narrow(1, 0, t.size(1)).copy_(t);
+  return out;
 }
 
 // Per-block scale values [NT*16, S*bps] (bps blocks per step) <-> the tiled entries

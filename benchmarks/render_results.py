@@ -103,13 +103,15 @@ def fp4_cpu_speed_single(d: dict, err: dict) -> list[str]:
 def fp4_cpu_speed_peers(d: dict, err: dict) -> list[str]:
     """Every format against fp32 / bf16 F.linear and torch's int4 CPU kernel, per thread count."""
     m = d["machine"]
+    canonical = "nvfp4_canonical_ms" in d["speed"][0]  # runs that time FP4Linear and fp4_linear apart
     rows = []
     for r in d["speed"]:
         slowest = max(r[f"{f}_ms"] for f in FP4_CPU_FORMATS)
         rows.append([f"{r['N']} x {r['K']}", r["M"], r["threads"], num(r["fp32_linear_ms"]), num(r["bf16_linear_ms"]),
                      num(r["torch_int4_ms"]), *[num(r[f"{f}_ms"]) for f in FP4_CPU_FORMATS],
                      ratio(r["fp32_linear_ms"], slowest), ratio(r["bf16_linear_ms"], slowest),
-                     ratio(r["torch_int4_ms"], slowest)])
+                     ratio(r["torch_int4_ms"], slowest),
+                     *([num(r[f"{f}_canonical_ms"]) for f in FP4_CPU_FORMATS] if canonical else [])])
     by = {(r["N"], r["K"], r["M"], r["threads"]): r for r in d["speed"]}
     threads = sorted({r["threads"] for r in d["speed"]})
     impls = [("fp32_linear_ms", "F.linear fp32"), ("bf16_linear_ms", "F.linear bf16"),
@@ -118,8 +120,12 @@ def fp4_cpu_speed_peers(d: dict, err: dict) -> list[str]:
                                     for key, _ in impls]]
                for (n, k, mm, t) in by if t == threads[0] and (n, k, mm, threads[-1]) in by]
     accuracy = ", ".join(f"{f} {num(e['rel_err'])}" for f, e in err.items())
+    layer = ("`FP4Linear` (float32 x, inference; on this path up to 64 rows of x run on its CPU tiled copy, "
+             "`apt::fp4_linear_cpu_tiled`: the rows' `*_path` fields in the JSON) with `apt::fp4_linear` on the "
+             "canonical tensors timed in the same rounds (the last three columns)"
+             if canonical else "`apt::fp4_linear` (float32 x)")
     out = [f"FP4 CPU path `{m['fp4_cpu_isa']}` (requires the CPU flags {', '.join(m['fp4_cpu_isa_requires']) or 'none'}). "
-           f"`apt::fp4_linear` (float32 x) in each format against `F.linear` with a float32 and a bfloat16 weight "
+           f"{layer} in each format against `F.linear` with a float32 and a bfloat16 weight "
            f"and torch's int4 CPU kernel `torch._weight_int4pack_mm_for_cpu` (bfloat16 x, groups of 128); ms per "
            f"call (median of {d.get('repeats', '?')} rounds, each timing every implementation once; scheduling "
            f"{m.get('scheduling', 'not recorded')}). Ratios = their time / the slowest of the three FP4 formats. "
@@ -127,7 +133,8 @@ def fp4_cpu_speed_peers(d: dict, err: dict) -> list[str]:
            f"same run): {accuracy}.",
            "",
            table(["N x K", "M", "threads", "F.linear fp32 ms", "F.linear bf16 ms", "torch int4 ms",
-                  *[f"{f} ms" for f in FP4_CPU_FORMATS], "vs fp32", "vs bf16", "vs torch int4"], rows)]
+                  *[f"{f} ms" for f in FP4_CPU_FORMATS], "vs fp32", "vs bf16", "vs torch int4",
+                  *([f"{f} fp4_linear ms" for f in FP4_CPU_FORMATS] if canonical else [])], rows)]
     if len(threads) > 1 and scaling:
         out += ["", f"Speed-up from {threads[0]} to {threads[-1]} threads (time at {threads[0]} / time at "
                 f"{threads[-1]}):", "",

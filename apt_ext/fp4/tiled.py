@@ -108,8 +108,8 @@ _best_fp4_cpu_path: str | None = None
 
 def cpu_tiled_kernel_is_fast() -> bool:
     """Whether ``fp4_linear_cpu_tiled`` runs its AVX-512 kernel now (the FP4 CPU path in use,
-    ``APT_FP4_CPU_ISA`` or the best this CPU supports, is ``avx512``). On the other paths it runs
-    a scalar loop, slower than ``fp4_linear``'s AVX2 kernel, so FP4Linear does not use it there."""
+    ``APT_FP4_CPU_ISA`` or the best this CPU supports, is ``avx512``). Its AVX2 and scalar versions
+    are slower than ``fp4_linear``'s AVX2 kernel (docs/fp4.md), so FP4Linear does not use it there."""
     global _best_fp4_cpu_path
     forced = os.environ.get(_FP4_CPU_ISA_ENV)
     if forced:

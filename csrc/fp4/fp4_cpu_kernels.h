@@ -102,7 +102,7 @@ struct CpuKernels {
   DecodeRowLinearFn decode_row_linear;
   DotRowsFn dot_rows;
   Gemm4Fn gemm4;
-  TiledDotFn tiled_dot;  // AVX-512 has its own; the other paths use the scalar one
+  TiledDotFn tiled_dot;
 
   // Length of a row of x (and of a decoded weight row) in this k order: kp rounded up to the
   // order's chunk.

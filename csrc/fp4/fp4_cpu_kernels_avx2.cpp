@@ -11,11 +11,13 @@
 // (fp32 FMA throughout). fp4_dequantize's natural order uses two vpermps over the LUT halves.
 #include <immintrin.h>
 
+#include <cstdint>
 #include <cstring>
 #include <initializer_list>
 #include <type_traits>
 
 #include "fp4/fp4_cpu_kernels.h"
+#include "fp4/fp4_cpu_tiled_layout.h"
 
 namespace apt::fp4 {
 namespace {
@@ -305,11 +307,90 @@ void gemm4_avx2(const float* w, int64_t len, const float* x, int64_t ldx, int64_
   if (m < mrows) gemm4_t<1>(w, len, x + m * ldx, ldx, out + m * ldo, ldo);
 }
 
+// ---- the CPU tiled layout (fp4_cpu_tiled_layout.h) -----------------------------------------
+// A tile's word row is 64 bytes: two ymm of 8 rows each. Code e of a word is decoded by a shift
+// and vpermps, which reads the low 3 index bits: E2M1 (nvfp4, mxfp4) looks up the magnitude and
+// takes the sign from code bit 3 (E2M1 codes 8..15 are the negatives of 0..7); nf4 looks up both
+// table halves and blends on bit 3.
+
+template <bool kNf4>
+inline __m256 tiled_decode(__m256i idx, __m256 lut_lo, __m256 lut_hi) {
+  const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // code bit 3 -> bit 31
+  if constexpr (kNf4) {
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lut_lo, idx), _mm256_permutevar8x32_ps(lut_hi, idx), bit3);
+  } else {
+    return _mm256_xor_ps(_mm256_permutevar8x32_ps(lut_lo, idx),
+                         _mm256_and_ps(bit3, _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN))));
+  }
+}
+
+// Rows 8h..8h+7 of block b's scales as float32.
+template <int kBlock>
+inline __m256 tiled_scales8(const TiledSlice& t, int64_t b, int h) {
+  if constexpr (kBlock == 64) {
+    return _mm256_loadu_ps(static_cast<const float*>(t.scales) + b * 16 + 8 * h);
+  } else {
+    constexpr int kShift = kBlock == 16 ? cpu_tiled::kNvfp4ScaleShift : cpu_tiled::kMxfp4ScaleShift;
+    constexpr uint32_t kBias = kBlock == 16 ? cpu_tiled::kNvfp4ScaleBias : cpu_tiled::kMxfp4ScaleBias;
+    const __m256i bytes = _mm256_cvtepu8_epi32(
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(t.scales) + b * 16 + 8 * h)));
+    return _mm256_castsi256_ps(
+        _mm256_add_epi32(_mm256_slli_epi32(bytes, kShift), _mm256_set1_epi32(static_cast<int>(kBias))));
+  }
+}
+
+// MT (1 or 2) rows of x against one tile: 2 x MT partial sums per block (the two row halves),
+// scaled once per block.
+template <int MT, int kBlock>
+void tiled_dot_t(const TiledSlice& t, const float* x, int64_t ldx, float* out, int64_t ldo) {
+  constexpr bool kNf4 = kBlock == 64;
+  constexpr int kWords = kBlock / 8;
+  const __m256 lut_lo = _mm256_loadu_ps(t.lut), lut_hi = _mm256_loadu_ps(t.lut + 8);
+  __m256 acc[MT][2];
+  for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  const int64_t nb = t.kp / kBlock;
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256 part[MT][2];
+    for (int m = 0; m < MT; ++m) part[m][0] = part[m][1] = _mm256_setzero_ps();
+    for (int j = 0; j < kWords; ++j) {
+      const int64_t w = b * kWords + j;
+      _mm_prefetch(reinterpret_cast<const char*>(t.words + (w + 64) * 16), _MM_HINT_T0);
+      const __m256i v[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.words + w * 16)),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.words + w * 16 + 8))};
+      for (int e = 0; e < 8; ++e)
+        for (int h = 0; h < 2; ++h) {
+          const __m256 wv = tiled_decode<kNf4>(e == 0 ? v[h] : _mm256_srli_epi32(v[h], 4 * e), lut_lo, lut_hi);
+          for (int m = 0; m < MT; ++m)
+            part[m][h] = _mm256_fmadd_ps(wv, _mm256_set1_ps(x[m * ldx + 8 * w + e]), part[m][h]);
+        }
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m256 s = tiled_scales8<kBlock>(t, b, h);
+      for (int m = 0; m < MT; ++m) acc[m][h] = _mm256_fmadd_ps(part[m][h], s, acc[m][h]);
+    }
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int h = 0; h < 2; ++h) _mm256_storeu_ps(out + m * ldo + 8 * h, acc[m][h]);
+}
+
+template <int kBlock>
+void tiled_dot_block(const TiledSlice& t, const float* x, int64_t ldx, int64_t mrows, float* out, int64_t ldo) {
+  int64_t m = 0;
+  for (; m + 2 <= mrows; m += 2) tiled_dot_t<2, kBlock>(t, x + m * ldx, ldx, out + m * ldo, ldo);
+  if (m < mrows) tiled_dot_t<1, kBlock>(t, x + m * ldx, ldx, out + m * ldo, ldo);
+}
+
+void tiled_dot_avx2(const TiledSlice& t, const float* x, int64_t ldx, int64_t mrows, float* out, int64_t ldo) {
+  if (t.block == 16) tiled_dot_block<16>(t, x, ldx, mrows, out, ldo);
+  else if (t.block == 32) tiled_dot_block<32>(t, x, ldx, mrows, out, ldo);
+  else tiled_dot_block<64>(t, x, ldx, mrows, out, ldo);
+}
+
 }  // namespace
 
 CpuKernels avx2_kernels() {
   return {"avx2",         KOrder::kPlanes64,       &decode_scales_avx2, &decode_row_avx2,
-          &decode_row_linear_avx2, &dot_rows_avx2, &gemm4_avx2,        scalar_kernels().tiled_dot};
+          &decode_row_linear_avx2, &dot_rows_avx2, &gemm4_avx2,        &tiled_dot_avx2};
 }
 
 }  // namespace apt::fp4

@@ -15,7 +15,8 @@ round times one call of every implementation (see ``median_ms``).
 ``{fmt}_ms`` is the FP4Linear layer as a user calls it (inference, no gradient): on the AVX-512
 path it runs on its CPU tiled copy (``fp4_linear_cpu_tiled``, up to 64 rows of x; each speed row
 records ``{fmt}_path``); ``{fmt}_canonical_ms`` times ``apt::fp4_linear`` on the canonical
-tensors in the same rounds.
+tensors in the same rounds. ``nvfp4_bf16x_ms`` is the nvfp4 layer with bf16 x (``nvfp4_bf16x_path``:
+from 32 rows on a CPU with AMX-BF16 / AVX512-BF16, torch's bf16 GEMM on bf16-decoded weight slabs).
 
 The int4 peer is ``torch._weight_int4pack_mm_for_cpu`` (bf16 x, groups of 128 along K, an
 asymmetric 4-bit code per weight with a bf16 scale and zero per group), as torchao's int4
@@ -45,7 +46,7 @@ from apt_ext.nn import FP4Linear
 
 HERE = Path(__file__).resolve().parent
 SHAPES = ((4096, 4096), (11008, 4096))
-BATCHES = (1, 8, 64)
+BATCHES = (1, 8, 64, 256)
 INT4_GROUP = 128
 
 
@@ -117,6 +118,8 @@ def bench_speed(shapes, batches, threads: list[int], repeats: int) -> list[dict]
                     r = {"N": n, "K": k, "M": m, "threads": t, **median_ms(fns, repeats)}
                 r.update({f"{fmt}_path": "cpu_tiled" if layer._cpu_tiled is not None else "fp4_linear"
                           for fmt, layer in fp4.items()})
+                gemm_rows = _native._C.fp4.bf16_gemm_min_rows()
+                r["nvfp4_bf16x_path"] = "bf16_gemm" if 0 < gemm_rows <= m else r["nvfp4_path"]
                 rows.append(r)
                 bar.update()
                 tqdm.write(f"N={n:5d} K={k} M={m:3d} threads={t}: fp32 {r['fp32_linear_ms']:8.2f}  "

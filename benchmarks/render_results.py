@@ -111,7 +111,8 @@ def fp4_cpu_speed_peers(d: dict, err: dict) -> list[str]:
                      num(r["torch_int4_ms"]), *[num(r[f"{f}_ms"]) for f in FP4_CPU_FORMATS],
                      ratio(r["fp32_linear_ms"], slowest), ratio(r["bf16_linear_ms"], slowest),
                      ratio(r["torch_int4_ms"], slowest),
-                     *([num(r[f"{f}_canonical_ms"]) for f in FP4_CPU_FORMATS] if canonical else [])])
+                     *([num(r[f"{f}_canonical_ms"]) for f in FP4_CPU_FORMATS] if canonical else []),
+                     *([num(r["nvfp4_bf16x_ms"]), r["nvfp4_bf16x_path"]] if "nvfp4_bf16x_path" in r else [])])
     by = {(r["N"], r["K"], r["M"], r["threads"]): r for r in d["speed"]}
     threads = sorted({r["threads"] for r in d["speed"]})
     impls = [("fp32_linear_ms", "F.linear fp32"), ("bf16_linear_ms", "F.linear bf16"),
@@ -134,7 +135,8 @@ def fp4_cpu_speed_peers(d: dict, err: dict) -> list[str]:
            "",
            table(["N x K", "M", "threads", "F.linear fp32 ms", "F.linear bf16 ms", "torch int4 ms",
                   *[f"{f} ms" for f in FP4_CPU_FORMATS], "vs fp32", "vs bf16", "vs torch int4",
-                  *([f"{f} fp4_linear ms" for f in FP4_CPU_FORMATS] if canonical else [])], rows)]
+                  *([f"{f} fp4_linear ms" for f in FP4_CPU_FORMATS] if canonical else []),
+                  *(["nvfp4 layer, bf16 x ms", "its path"] if "nvfp4_bf16x_path" in d["speed"][0] else [])], rows)]
     if len(threads) > 1 and scaling:
         out += ["", f"Speed-up from {threads[0]} to {threads[-1]} threads (time at {threads[0]} / time at "
                 f"{threads[-1]}):", "",

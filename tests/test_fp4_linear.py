@@ -150,3 +150,43 @@ def test_torch_compile_fullgraph_model(rng):
     eager = model(x)
     compiled = torch.compile(model, fullgraph=True, backend="inductor")
     torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-5)
+
+
+# ---- bfloat16 x with many rows: torch's bf16 GEMM on weight slabs decoded to bfloat16 ----------
+def _bf16_gemm_rows() -> int:
+    from apt_ext import _native
+    return _native._C.fp4.bf16_gemm_min_rows()
+
+
+@pytest.mark.parametrize("isa", supported_cpu_paths())
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bf16_x_many_rows_matches_reference(isa, fmt, rng, monkeypatch):
+    """On the AVX-512 path of a CPU with AMX-BF16 / AVX512-BF16 this takes the bf16 GEMM path
+    (weights rounded to bfloat16: relative 2^-9 each); elsewhere the float32 paths. Both stay
+    within the bf16 bound; 1100 weight rows make two slabs, K = 100 is narrower than Kp."""
+    monkeypatch.setenv("APT_FP4_CPU_ISA", isa)
+    gemm_rows = _bf16_gemm_rows()
+    assert gemm_rows == 0 or isa == "avx512"
+    q, wd = make(fmt, 1100, 100, rng)
+    for m in (1, 40, 70):
+        x = torch.randn(2, m, 100, generator=rng).bfloat16()
+        bias = torch.randn(1100, generator=rng)
+        y = torch.ops.apt.fp4_linear(x, *q, bias, fmt, ref.BLOCK_SIZES[fmt])
+        want = ref.linear(x, *q, bias, fmt)
+        assert y.dtype == torch.bfloat16 and y.shape == (2, m, 1100)
+        mag = x.double().abs() @ wd[:, :100].double().abs().T
+        bound = 2 * 2.0 ** -8 * want.double().abs() + 2.0 ** -8 * mag + 1e-6
+        assert bool(((y.double() - want.double()).abs() <= bound).all())
+
+
+def test_fp4linear_leaves_many_bf16_rows_to_the_gemm_path(rng, monkeypatch):
+    monkeypatch.delenv("APT_FP4_CPU_ISA", raising=False)
+    gemm_rows = _bf16_gemm_rows()
+    if not gemm_rows:
+        pytest.skip("no bf16 GEMM path on this CPU")
+    layer = FP4Linear.from_linear(nn.Linear(64, 24), fmt="nvfp4")
+    with torch.no_grad():
+        layer(torch.randn(gemm_rows, 64, generator=rng).bfloat16())
+        assert layer._cpu_tiled is None                                 # fp4_linear's bf16 GEMM
+        layer(torch.randn(gemm_rows, 64, generator=rng))                # float32 x: the tiled copy
+        assert layer._cpu_tiled is not None

@@ -97,7 +97,8 @@ def test_dequantize_matches_reference(isa, fmt, dtype, rng, monkeypatch):
 
 @pytest.mark.parametrize("isa", supported_cpu_paths())
 @pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
-def test_dequantize_decodes_every_scale_byte(isa, fmt, rng, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dequantize_decodes_every_scale_byte(isa, fmt, dtype, rng, monkeypatch):
     # Every one of the 256 scale bytes (e4m3 subnormals, zero, -0, NaN; mxfp4 2^-127 and 2^128),
     # in a different order in each row, nb = 257 so the vector loops also leave a tail.
     monkeypatch.setenv("APT_FP4_CPU_ISA", isa)
@@ -108,8 +109,9 @@ def test_dequantize_decodes_every_scale_byte(isa, fmt, rng, monkeypatch):
         scales = scales.view(torch.float8_e4m3fn)
     packed = torch.randint(0, 256, (5, 257 * bs // 2), generator=rng, dtype=torch.uint8)
     ts = torch.tensor(0.375)
-    got = torch.ops.apt.fp4_dequantize(packed, scales, ts, fmt, bs, torch.float32)
-    torch.testing.assert_close(got, ref.dequantize(packed, scales, ts, fmt), rtol=0, atol=0, equal_nan=True)
+    got = torch.ops.apt.fp4_dequantize(packed, scales, ts, fmt, bs, dtype)
+    want = ref.dequantize(packed, scales, ts, fmt, dtype=dtype)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
 
 
 def test_forcing_an_unknown_isa_is_a_clear_error(monkeypatch):

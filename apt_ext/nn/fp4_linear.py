@@ -159,7 +159,13 @@ class FP4Linear(nn.Module):
         if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy
             self._cpu_tiled = None
             return False
-        if x.numel() > CPU_TILED_MAX_ROWS * self.in_features:
+        max_rows = CPU_TILED_MAX_ROWS
+        if x.dtype == torch.bfloat16 and not torch.compiler.is_compiling():
+            # from this many rows fp4_linear multiplies bf16 x by bf16-decoded weight slabs with
+            # torch's bf16 GEMM (AMX / AVX512-BF16 CPUs), faster than the tiled GEMV
+            gemm_rows = _native._C.fp4.bf16_gemm_min_rows()
+            max_rows = min(max_rows, gemm_rows - 1) if gemm_rows else max_rows
+        if x.numel() > max_rows * self.in_features:
             return False
         needs_grad = x.requires_grad or (self.bias is not None and self.bias.requires_grad)
         if torch.is_grad_enabled() and needs_grad:

@@ -5,6 +5,7 @@
 #include <torch/csrc/utils/pybind.h>  // at::Tensor, ScalarType, Device <-> Python
 
 #include "bindings.h"
+#include "fp4/fp4_cpu_kernels.h"
 #include "fp4/fp4_format.h"
 #include "fp4/fp4_pack.h"
 
@@ -58,6 +59,8 @@ void bind_fp4(py::module_& m) {
       },
       "-> K_padded", py::arg("x"), py::arg("packed"), py::arg("scales"), py::arg("tensor_scale"),
       py::arg("bias"), py::arg("fmt"), py::arg("block_size"));
+  fp4.def("bf16_gemm_min_rows", &bf16_gemm_min_rows,
+          "rows of bfloat16 x from which fp4_linear's CPU kernel uses torch's bf16 GEMM (0: never, here and now)");
   fp4.def(
       "check_cpu_tile",
       [](const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& tensor_scale, const std::string& fmt,

@@ -26,6 +26,14 @@ void decode_row_scalar(const PackedRow& row, float* out) {
   }
 }
 
+void decode_row_bf16_scalar(const PackedRow& row, c10::BFloat16* out) {
+  std::array<float, 64> v{};
+  for (int64_t k0 = 0; k0 < row.kp; k0 += row.block) {
+    decode_row_scalar({row.packed + k0 / 2, row.scales + k0 / row.block, row.block, row.block, row.lut}, v.data());
+    for (int64_t j = 0; j < row.block; ++j) out[k0 + j] = c10::BFloat16(v[j]);
+  }
+}
+
 void dot_rows_scalar(const PackedRow& row, const float* x, int64_t ldx, int64_t mrows, float* out) {
   std::array<float, kMaxFusedRows> acc{};
   std::array<float, 64> w{};
@@ -94,8 +102,9 @@ void decode_scales_scalar(const uint8_t* bytes, Format f, float tensor_scale, in
 }  // namespace
 
 CpuKernels scalar_kernels() {
-  return {"scalar",           KOrder::kNatural, &decode_scales_scalar, &decode_row_scalar,
-          &decode_row_scalar, &dot_rows_scalar, &gemm4_scalar,      &tiled_dot_scalar};
+  return {"scalar",           KOrder::kNatural,        &decode_scales_scalar, &decode_row_scalar,
+          &decode_row_bf16_scalar, &decode_row_scalar, &dot_rows_scalar, &gemm4_scalar,
+          &tiled_dot_scalar};
 }
 
 CpuKernels cpu_kernels() {

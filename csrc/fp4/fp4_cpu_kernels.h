@@ -4,6 +4,8 @@
 // the best this CPU supports, or the one APT_FP4_CPU_ISA=scalar|avx2|avx512 forces (tests use
 // it to cover every path).
 #pragma once
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
 
 #include "fp4/fp4_format.h"
@@ -23,6 +25,9 @@ struct PackedRow {
 
 // out[k] = lut[code[k]] * scales[k / block] for k < kp (float32), in natural k order.
 using DecodeRowFn = void (*)(const PackedRow& row, float* out);
+
+// Like DecodeRowFn, each value then rounded to bfloat16 (round to nearest even; NaN stays NaN).
+using DecodeRowBf16Fn = void (*)(const PackedRow& row, c10::BFloat16* out);
 
 // The k order the linear kernels work in; x is reordered the same way once per call
 // (linear_order_x in fp4_linear_cpu.cpp): a dot product does not care about the order as long
@@ -99,6 +104,7 @@ struct CpuKernels {
   KOrder order;
   DecodeScalesFn decode_scales;
   DecodeRowFn decode_row;
+  DecodeRowBf16Fn decode_row_bf16;
   DecodeRowLinearFn decode_row_linear;
   DotRowsFn dot_rows;
   Gemm4Fn gemm4;
@@ -114,6 +120,11 @@ CpuKernels scalar_kernels();
 CpuKernels avx2_kernels();
 CpuKernels avx512_kernels();
 #endif
+
+// Rows of bfloat16 x from which fp4_linear's CPU kernel uses torch's bf16 GEMM on weight slabs
+// decoded to bfloat16 (fp4_linear_cpu.cpp): on the AVX-512 path of a CPU with AMX-BF16 or
+// AVX512-BF16; 0 where that path is not taken.
+int64_t bf16_gemm_min_rows();
 
 // The kernels to use now (cpu_isa::selected(cpu_isa::kFp4Env)).
 CpuKernels cpu_kernels();

@@ -390,7 +390,8 @@ void tiled_dot_avx2(const TiledSlice& t, const float* x, int64_t ldx, int64_t mr
 
 CpuKernels avx2_kernels() {
   return {"avx2",         KOrder::kPlanes64,       &decode_scales_avx2, &decode_row_avx2,
-          &decode_row_linear_avx2, &dot_rows_avx2, &gemm4_avx2,        &tiled_dot_avx2};
+          scalar_kernels().decode_row_bf16, &decode_row_linear_avx2, &dot_rows_avx2, &gemm4_avx2,
+          &tiled_dot_avx2};
 }
 
 }  // namespace apt::fp4

@@ -36,6 +36,28 @@ void decode_row_avx512(const PackedRow& row, float* out) {
   }
 }
 
+// 16 float32 -> bfloat16, round to nearest even (NaN -> the quiet NaN 0x7FC0, as c10::BFloat16).
+inline __m256i to_bf16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+void decode_row_bf16_avx512(const PackedRow& row, c10::BFloat16* out) {
+  const __m512 lut = _mm512_loadu_ps(row.lut);
+  const int64_t nb = row.kp / row.block;
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 s = _mm512_set1_ps(row.scales[b]);
+    for (int64_t g = 0; g < row.block; g += 16) {
+      const int64_t k = b * row.block + g;
+      const __m512 w = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(codes16(row.packed + k / 2)), lut);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), to_bf16(_mm512_mul_ps(w, s)));
+    }
+  }
+}
+
 // ---- split-pairs order (fp4_linear) -------------------------------------------------------
 
 // Chunk c (32 elements, packed bytes 16c..16c+15): lo = elements 32c + 2j, hi = elements
@@ -246,7 +268,8 @@ void tiled_dot_avx512(const TiledSlice& t, const float* x, int64_t ldx, int64_t 
 // Scale bytes are decoded by the AVX2 code (this path requires the AVX2 flags too).
 CpuKernels avx512_kernels() {
   return {"avx512",          KOrder::kSplitPairs,        avx2_kernels().decode_scales, &decode_row_avx512,
-          &decode_row_linear_avx512, &dot_rows_avx512, &gemm4_avx512, &tiled_dot_avx512};
+          &decode_row_bf16_avx512,   &decode_row_linear_avx512, &dot_rows_avx512, &gemm4_avx512,
+          &tiled_dot_avx512};
 }
 
 }  // namespace apt::fp4

@@ -26,7 +26,7 @@ at::Tensor fp4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& scales
   const uint8_t* src = pk.const_data_ptr<uint8_t>();
   at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
     std::vector<float> row_scales(static_cast<size_t>(kp / block_size));
-    std::vector<float> row(dtype == at::kFloat ? 0 : static_cast<size_t>(kp));
+    std::vector<float> row(dtype == at::kHalf ? static_cast<size_t>(kp) : 0);
     for (int64_t r = r0; r < r1; ++r) {
       row_decode_scales(kern, sc, ts, f, r, row_scales.data());
       const PackedRow pr{src + r * (kp / 2), row_scales.data(), kp, block_size, code_lut(f)};
@@ -34,11 +34,10 @@ at::Tensor fp4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& scales
         kern.decode_row(pr, out.mutable_data_ptr<float>() + r * kp);
         continue;
       }
-      kern.decode_row(pr, row.data());
       if (dtype == at::kBFloat16) {
-        c10::BFloat16* o = out.mutable_data_ptr<c10::BFloat16>() + r * kp;
-        for (int64_t j = 0; j < kp; ++j) o[j] = c10::BFloat16(row[j]);
+        kern.decode_row_bf16(pr, out.mutable_data_ptr<c10::BFloat16>() + r * kp);
       } else {
+        kern.decode_row(pr, row.data());
         c10::Half* o = out.mutable_data_ptr<c10::Half>() + r * kp;
         for (int64_t j = 0; j < kp; ++j) o[j] = c10::Half(row[j]);
       }

@@ -9,12 +9,20 @@
 //    Decoding a tile of weight rows and calling at::mm was measured 5-10x slower here (MKL
 //    sgemm on these skinny tile shapes on the AMD EPYC test machine), so there is no BLAS
 //    path; see docs/fp4.md.
+//  - bfloat16 x with at least kBf16GemmMinRows rows, on the AVX-512 path of a CPU with bfloat16
+//    matrix hardware (AMX-BF16 or AVX512-BF16): slabs of kBf16SlabRows weight rows are decoded
+//    to bfloat16 (each value rounded once) into a buffer that stays in cache, and torch's bf16
+//    GEMM (oneDNN, fp32 accumulation) multiplies x by each slab. The weights' rounding to
+//    bfloat16 (relative 2^-9) is the one difference from the float32 paths.
 // The row kernels (fp4_cpu_kernels*.cpp) are picked for the CPU's best ISA at run time.
+#include <ATen/cpu/Utils.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -29,6 +37,8 @@ constexpr int64_t kGemm4MinRows = kMaxFusedRows + 1;
 constexpr int64_t kGemm4MaxRows = 64;
 constexpr int64_t kSliceK = 1024;  // a multiple of every block size and of 64
 static_assert(kSliceK % 64 == 0, "slices must start on block and k-order chunk boundaries");
+constexpr int64_t kBf16GemmMinRows = 32;  // hand-timed crossover on the Xeon (AMX), 4096 x 4096, 2 threads: the tiled GEMV wins at 24 rows (6.87 against 7.15 ms), the GEMM at 32 (7.68 against 8.99)
+constexpr int64_t kBf16SlabRows = 1024;
 // Work pieces the threads claim: weight rows of the GEMV path, 4-row groups of the batched one.
 constexpr int64_t kDotRowsPiece = 64;
 constexpr int64_t kGemm4Piece = 8;
@@ -122,7 +132,42 @@ void linear_gemm4(const CpuKernels& kern, const float* x, int64_t m, const Weigh
   });
 }
 
+// out [M, N] float32 = x_bf16 [M, k] @ W^T through torch's bf16 GEMM, W decoded to bfloat16
+// slab by slab (kBf16SlabRows rows, threads over rows) into one reused buffer.
+void linear_bf16_gemm(const CpuKernels& kern, const at::Tensor& x_bf16, const Weight& w, at::Tensor& out) {
+  const int64_t k = x_bf16.size(1), slab_rows = std::min(kBf16SlabRows, w.n);
+  at::Tensor slab = at::empty({slab_rows, w.kp}, x_bf16.options());
+  auto* dst = slab.mutable_data_ptr<c10::BFloat16>();
+  for (int64_t r0 = 0; r0 < w.n; r0 += slab_rows) {
+    const int64_t rows = std::min(slab_rows, w.n - r0);
+    Pieces pieces(rows, 16);
+    pieces.run([&] {
+      std::vector<float> row_scales = w.scale_buffer(kern);
+      for (int64_t a, b; pieces.claim(a, b);)
+        for (int64_t r = a; r < b; ++r) kern.decode_row_bf16(w.row(kern, r0 + r, row_scales.data()), dst + r * w.kp);
+    });
+    out.narrow(1, r0, rows).copy_(at::mm(x_bf16, slab.narrow(0, 0, rows).narrow(1, 0, k).t()));
+  }
+}
+
+// Whether this CPU multiplies bfloat16 matrices in hardware (AMX-BF16 or AVX512-BF16), as torch detects it.
+bool cpu_has_bf16_matmul() {
+  static const bool has = [] {
+    const auto caps = at::cpu::get_cpu_capabilities();
+    auto flag = [&](const char* name) {
+      const auto it = caps.find(name);
+      return it != caps.end() && it->second.isBool() && it->second.toBool();
+    };
+    return flag("amx_bf16") || flag("avx512_bf16");
+  }();
+  return has;
+}
+
 }  // namespace
+
+int64_t bf16_gemm_min_rows() {
+  return std::strcmp(cpu_kernels().isa, "avx512") == 0 && cpu_has_bf16_matmul() ? kBf16GemmMinRows : 0;
+}
 
 at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                           const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias, const std::string& fmt,
@@ -135,15 +180,22 @@ at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
   // Every ATen call here is a trip through the dispatcher, which a decoding step pays on one
   // thread with cold caches (tens of µs in all, measured with benchmarks/fp4_cpu_phases.py):
   // float32 x and output skip the conversions, and the output is made in its final shape.
-  const at::Tensor xf = (x.scalar_type() == at::kFloat ? x : x.to(at::kFloat)).contiguous();
-  const int64_t m = xf.numel() / k, len = kern.row_len(kp);
-  const AlignedFloats x_ordered = linear_order_x(kern, xf.const_data_ptr<float>(), m, k, kp);
-  const float* xp = x_ordered.empty() ? xf.const_data_ptr<float>() : x_ordered.data();
+  const int64_t m = x.numel() / k;
   const at::Tensor pk = packed.contiguous(), sc = scales.contiguous();
   const Weight w{pk.const_data_ptr<uint8_t>(), sc, *tensor_scale.const_data_ptr<float>(), f, n, kp, block_size};
-
   auto sizes = x.sizes().vec();
   sizes.back() = n;
+  const int64_t gemm_rows = bf16_gemm_min_rows();
+  if (x.scalar_type() == at::kBFloat16 && gemm_rows > 0 && m >= gemm_rows) {
+    at::Tensor out = at::empty({m, n}, x.options().dtype(at::kFloat));
+    linear_bf16_gemm(kern, x.reshape({m, k}).contiguous(), w, out);
+    if (bias.has_value()) out.add_(bias->to(at::kFloat));
+    return out.to(at::kBFloat16).view(sizes);
+  }
+  const at::Tensor xf = (x.scalar_type() == at::kFloat ? x : x.to(at::kFloat)).contiguous();
+  const int64_t len = kern.row_len(kp);
+  const AlignedFloats x_ordered = linear_order_x(kern, xf.const_data_ptr<float>(), m, k, kp);
+  const float* xp = x_ordered.empty() ? xf.const_data_ptr<float>() : x_ordered.data();
   at::Tensor out = at::empty(sizes, xf.options());
   float* op = out.mutable_data_ptr<float>();
   if (m > 0 && m < kGemm4MinRows) linear_dot_rows(kern, xp, m, w, op);

@@ -116,10 +116,11 @@ def bench_speed(shapes, batches, threads: list[int], repeats: int) -> list[dict]
                        "nvfp4_bf16x_ms": lambda: fp4["nvfp4"](x_bf16)}
                 with torch.inference_mode():
                     r = {"N": n, "K": k, "M": m, "threads": t, **median_ms(fns, repeats)}
-                r.update({f"{fmt}_path": "cpu_tiled" if layer._cpu_tiled is not None else "fp4_linear"
-                          for fmt, layer in fp4.items()})
-                gemm_rows = _native._C.fp4.bf16_gemm_min_rows()
-                r["nvfp4_bf16x_path"] = "bf16_gemm" if 0 < gemm_rows <= m else r["nvfp4_path"]
+                    gemm_rows = _native._C.fp4.bf16_gemm_min_rows()
+                    r.update({f"{fmt}_path": "cpu_tiled" if layer._takes_cpu_tiled_path(x) else "fp4_linear"
+                              for fmt, layer in fp4.items()})
+                    r["nvfp4_bf16x_path"] = ("cpu_tiled" if fp4["nvfp4"]._takes_cpu_tiled_path(x_bf16) else
+                                             "bf16_gemm" if 0 < gemm_rows <= m else "fp4_linear")
                 rows.append(r)
                 bar.update()
                 tqdm.write(f"N={n:5d} K={k} M={m:3d} threads={t}: fp32 {r['fp32_linear_ms']:8.2f}  "

@@ -23,17 +23,22 @@ inline __m128i codes16(const uint8_t* p) {
   return _mm_unpacklo_epi8(_mm_and_si128(b, mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask));
 }
 
-void decode_row_avx512(const PackedRow& row, float* out) {
+// Calls store(k, values k..k+15) for every 16 decoded, scaled values of the row.
+template <class Store>
+inline void decode_row_each16(const PackedRow& row, const Store& store) {
   const __m512 lut = _mm512_loadu_ps(row.lut);
   const int64_t nb = row.kp / row.block;
   for (int64_t b = 0; b < nb; ++b) {
     const __m512 s = _mm512_set1_ps(row.scales[b]);
     for (int64_t g = 0; g < row.block; g += 16) {
       const int64_t k = b * row.block + g;
-      const __m512 w = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(codes16(row.packed + k / 2)), lut);
-      _mm512_storeu_ps(out + k, _mm512_mul_ps(w, s));
+      store(k, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(codes16(row.packed + k / 2)), lut), s));
     }
   }
+}
+
+void decode_row_avx512(const PackedRow& row, float* out) {
+  decode_row_each16(row, [out](int64_t k, __m512 v) { _mm512_storeu_ps(out + k, v); });
 }
 
 // 16 float32 -> bfloat16, round to nearest even (NaN -> the quiet NaN 0x7FC0, as c10::BFloat16).
@@ -46,16 +51,9 @@ inline __m256i to_bf16(__m512 v) {
 }
 
 void decode_row_bf16_avx512(const PackedRow& row, c10::BFloat16* out) {
-  const __m512 lut = _mm512_loadu_ps(row.lut);
-  const int64_t nb = row.kp / row.block;
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m512 s = _mm512_set1_ps(row.scales[b]);
-    for (int64_t g = 0; g < row.block; g += 16) {
-      const int64_t k = b * row.block + g;
-      const __m512 w = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(codes16(row.packed + k / 2)), lut);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), to_bf16(_mm512_mul_ps(w, s)));
-    }
-  }
+  decode_row_each16(row, [out](int64_t k, __m512 v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), to_bf16(v));
+  });
 }
 
 // ---- split-pairs order (fp4_linear) -------------------------------------------------------

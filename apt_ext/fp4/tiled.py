@@ -12,7 +12,6 @@ other devices). Two copies can be made from them, once:
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -102,19 +101,10 @@ def cpu_tile(weight: FP4Weight) -> CpuTiledFP4Weight:
     return CpuTiledFP4Weight(tiles, scales, out_scale, weight.fmt, weight.shape)
 
 
-_FP4_CPU_ISA_ENV = "APT_FP4_CPU_ISA"
-_best_fp4_cpu_path: str | None = None
-
-
 def cpu_tiled_kernel_is_fast() -> bool:
     """Whether ``fp4_linear_cpu_tiled`` runs its AVX-512 kernel now (the FP4 CPU path in use,
-    ``APT_FP4_CPU_ISA`` or the best this CPU supports, is ``avx512``). Its AVX2 and scalar versions
-    are slower than ``fp4_linear``'s AVX2 kernel (docs/fp4.md), so FP4Linear does not use it there."""
-    global _best_fp4_cpu_path
-    forced = os.environ.get(_FP4_CPU_ISA_ENV)
-    if forced:
-        return forced == "avx512"
-    if _best_fp4_cpu_path is None:
-        from apt_ext import _native
-        _best_fp4_cpu_path = [p["name"] for p in _native._C.cpu_isa.paths() if p["supported"]][-1]
-    return _best_fp4_cpu_path == "avx512"
+    ``APT_FP4_CPU_ISA`` or the best this CPU supports, is ``avx512``; an unusable
+    ``APT_FP4_CPU_ISA`` raises ValueError naming it). Its AVX2 and scalar versions are slower than
+    ``fp4_linear``'s AVX2 kernel (docs/fp4.md), so FP4Linear does not use it there."""
+    from apt_ext import _native
+    return _native._C.fp4.cpu_path() == "avx512"

@@ -59,6 +59,8 @@ void bind_fp4(py::module_& m) {
       },
       "-> K_padded", py::arg("x"), py::arg("packed"), py::arg("scales"), py::arg("tensor_scale"),
       py::arg("bias"), py::arg("fmt"), py::arg("block_size"));
+  fp4.def("cpu_path", [] { return std::string(cpu_kernels().isa); },
+          "the FP4 CPU kernels' SIMD path now (APT_FP4_CPU_ISA or the best supported): scalar, avx2 or avx512");
   fp4.def("bf16_gemm_min_rows", &bf16_gemm_min_rows,
           "rows of bfloat16 x from which fp4_linear's CPU kernel uses torch's bf16 GEMM (0: never, here and now)");
   fp4.def(

@@ -81,8 +81,7 @@ void tiled_dot_scalar(const TiledSlice& t, const float* x, int64_t ldx, int64_t 
           s = static_cast<const float*>(t.scales)[i];
         } else {
           const uint32_t byte = static_cast<const uint8_t*>(t.scales)[i];
-          const uint32_t bits = t.block == 16 ? (byte << cpu_tiled::kNvfp4ScaleShift) + cpu_tiled::kNvfp4ScaleBias
-                                              : (byte << cpu_tiled::kMxfp4ScaleShift) + cpu_tiled::kMxfp4ScaleBias;
+          const uint32_t bits = (byte << cpu_tiled::scale_shift(t.block)) + cpu_tiled::scale_bias(t.block);
           std::memcpy(&s, &bits, sizeof(s));
         }
         acc += part * s;

@@ -330,8 +330,8 @@ inline __m256 tiled_scales8(const TiledSlice& t, int64_t b, int h) {
   if constexpr (kBlock == 64) {
     return _mm256_loadu_ps(static_cast<const float*>(t.scales) + b * 16 + 8 * h);
   } else {
-    constexpr int kShift = kBlock == 16 ? cpu_tiled::kNvfp4ScaleShift : cpu_tiled::kMxfp4ScaleShift;
-    constexpr uint32_t kBias = kBlock == 16 ? cpu_tiled::kNvfp4ScaleBias : cpu_tiled::kMxfp4ScaleBias;
+    constexpr int kShift = cpu_tiled::scale_shift(kBlock);
+    constexpr uint32_t kBias = cpu_tiled::scale_bias(kBlock);
     const __m256i bytes = _mm256_cvtepu8_epi32(
         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(t.scales) + b * 16 + 8 * h)));
     return _mm256_castsi256_ps(
@@ -354,7 +354,7 @@ void tiled_dot_t(const TiledSlice& t, const float* x, int64_t ldx, float* out, i
     for (int m = 0; m < MT; ++m) part[m][0] = part[m][1] = _mm256_setzero_ps();
     for (int j = 0; j < kWords; ++j) {
       const int64_t w = b * kWords + j;
-      _mm_prefetch(reinterpret_cast<const char*>(t.words + (w + 64) * 16), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(t.words + (w + cpu_tiled::kPrefetchWords) * 16), _MM_HINT_T0);
       const __m256i v[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.words + w * 16)),
                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.words + w * 16 + 8))};
       for (int e = 0; e < 8; ++e)

@@ -196,8 +196,8 @@ inline __m512 tile_scales(const TiledSlice& t, int64_t b) {
   if constexpr (kBlock == 64) {
     return _mm512_loadu_ps(static_cast<const float*>(t.scales) + b * 16);
   } else {
-    constexpr int kShift = kBlock == 16 ? cpu_tiled::kNvfp4ScaleShift : cpu_tiled::kMxfp4ScaleShift;
-    constexpr uint32_t kBias = kBlock == 16 ? cpu_tiled::kNvfp4ScaleBias : cpu_tiled::kMxfp4ScaleBias;
+    constexpr int kShift = cpu_tiled::scale_shift(kBlock);
+    constexpr uint32_t kBias = cpu_tiled::scale_bias(kBlock);
     const __m512i bytes = _mm512_cvtepu8_epi32(
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(t.scales) + b * 16)));
     return _mm512_castsi512_ps(
@@ -209,10 +209,6 @@ inline __m512 tile_scales(const TiledSlice& t, int64_t b) {
 // 16 rows; code e (bits 4e..4e+3) is decoded by a shift and one vpermps, and an FMA with x's
 // column (broadcast) adds it to the 16 row sums. NA independent partial sums per x row and block
 // hide the FMA latency; each block's sums are scaled once.
-// Software prefetch distance of the tile stream: 64 word rows (4 KiB) ahead. unsourced: a hand
-// A/B on the Intel Xeon VM (benchmarks/fp4_cpu.py --quick, cold caches, 2 threads, 4096 x 4096,
-// M = 1): nvfp4 1.06-1.09 ms without, 0.83-0.90 ms at 2 KiB to 16 KiB ahead.
-constexpr int64_t kTilePrefetchWords = 64;
 template <int MT, int kBlock>
 void tiled_dot_t(const TiledSlice& t, const float* x, int64_t ldx, float* out, int64_t ldo) {
   constexpr int kWords = kBlock / 8;
@@ -227,7 +223,7 @@ void tiled_dot_t(const TiledSlice& t, const float* x, int64_t ldx, float* out, i
       for (int a = 0; a < NA; ++a) part[m][a] = _mm512_setzero_ps();
     for (int j = 0; j < kWords; ++j) {
       const int64_t w = b * kWords + j;
-      _mm_prefetch(reinterpret_cast<const char*>(t.words + (w + kTilePrefetchWords) * 16), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(t.words + (w + cpu_tiled::kPrefetchWords) * 16), _MM_HINT_T0);
       const __m512i v = _mm512_loadu_si512(t.words + w * 16);
       for (int e = 0; e < 8; ++e) {
         const __m512 wv = _mm512_permutexvar_ps(e == 0 ? v : _mm512_srli_epi32(v, 4 * e), lut);

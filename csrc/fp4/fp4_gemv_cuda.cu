@@ -15,12 +15,10 @@
 //    bfloat16 pairs in shared memory (one copy per lane: no bank conflicts) and one paired
 //    multiply by the bfloat16 absmax; both feeding mma.m16n8k16 with the weights as A and 8 rows of x
 //    as B; float16 / float32 x enter as 2 / 3 exact bfloat16 terms;
-//  * up to 8 rows of x are read from global memory (L1) per step, double-buffered; a lane's
-//    columns are four chunks of 8 (fp4_tiled_layout.h), so each 16-byte x load of the warp reads
-//    64 contiguous bytes per row of x. 16 rows of 16-bit x (where a block has several tiles per
-//    K part) are staged per step through shared memory by the warps that share them (cp.async,
-//    three buffers, a named barrier per K part) and read back without bank conflicts: half the
-//    L1 wavefronts of reading them from L1 (GemvConfig::xm).
+//  * x is read from global memory (L1) per step, double-buffered (or, a launch mode for tuning,
+//    GemvConfig::xm, single-buffered for more blocks per multiprocessor); a lane's columns are
+//    four chunks of 8 (fp4_tiled_layout.h), so each 16-byte x load of the warp reads 64
+//    contiguous bytes per row of x.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -84,37 +82,8 @@ __device__ __forceinline__ uint4 load_x(const uint4* p) {
 
 // How a block reads x (GemvConfig::xm): 0 through L1, double-buffered half a step ahead; 1 the
 // same with a single buffer loaded at each step, for more blocks per multiprocessor
-// (min_blocks_per_sm); 2 and 3 (16 rows of 16-bit x only) staged through shared memory in 2 or
-// 3 step buffers (XShared).
-constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXShared2 = 2, kXShared3 = 3;
-constexpr bool x_shared(int xm) { return xm == kXShared2 || xm == kXShared3; }
-
-// x staged through shared memory (xm 2 and 3): per K part, XB buffers of one step each (16 rows
-// of 128 columns of 16-bit x). The warps of a K part (the block's rw tiles) copy the step XB - 1
-// ahead with cp.async, 16 bytes per thread and chunk, and meet at a named barrier (id 1 + part)
-// before reading it. A row's 256 bytes sit at a pitch of 320 bytes: a 16-byte read of the warp
-// (8 rows x 64 bytes, served a quarter-warp at a time: 2 rows x 64 bytes) then hits all 32 banks
-// once, 4 wavefronts per 512 bytes where the same read from L1 takes 8 (one per row).
-struct XShared {
-  static constexpr int kRows = 16;
-  static constexpr int kRowBytes = kStepCols * 2;
-  static constexpr int kPitch = kRowBytes + 64;
-  static constexpr int kStepBytes = kRows * kPitch;
-  static constexpr int kChunks = kRows * kRowBytes / 16;  // 16-byte copies per step
-  static constexpr int bytes_per_part(int xm) { return x_shared(xm) ? xm * kStepBytes : 0; }
-};
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
-// Barrier `id` (1..15; 0 is __syncthreads') of `threads` threads (a multiple of 32).
-__device__ __forceinline__ void named_barrier(int id, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
+// (min_blocks_per_sm).
+constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1;
 
 // A lane's scale entry of one step (fp4_tiled_layout.h), as loaded: nvfp4 / mxfp4 8 bytes (x: row
 // g, y: row g + 8, byte c: the block of chunk c), nf4 four floats. (Issued in program order like
@@ -211,15 +180,6 @@ struct XStep {
         for (int u = 0; u < kChunkLoads; ++u) v[i][c * kChunkLoads + u] = load_x(p + 2 * static_cast<int>(sizeof(T)) * c + u);
     }
   }
-  // The same values from a step staged in shared memory (XShared; 16-bit x).
-  __device__ void load_shared(const unsigned char* step, int g, int t) {
-    static_assert(kChunkLoads == 1, "x staged in shared memory is 16-bit");
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int c = 0; c < 4; ++c)
-        v[i][c] = *reinterpret_cast<const uint4*>(step + (8 * i + g) * XShared::kPitch + 64 * c + 16 * t);
-  }
   // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1 of the lane's; 0..31 for float32) of tile i.
   __device__ uint32_t word(int i, int w) const { return word_of(v[i][w / 4], w % 4); }
 };
@@ -315,36 +275,30 @@ struct GemvArgs {
 };
 
 // Blocks per multiprocessor the registers must allow (__launch_bounds__): 2 for 8 rows of 16-bit
-// x (128 registers), 3 with one x buffer (80); 16 rows: 2 with one x buffer or x in shared memory.
+// x (128 registers), 3 with one x buffer (80); 16 rows: 2 with one x buffer.
 template <typename T, int MT, int XM>
 constexpr int min_blocks_per_sm() {
   if (sizeof(T) != 2) return 1;
   if (MT == 1) return XM == kXSingleBuffer ? 3 : 2;
-  return XM == kXDoubleBuffer ? 1 : 2;
+  return XM == kXSingleBuffer ? 2 : 1;
 }
 
 // Grid ceil(n_tiles / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying fastest,
 // so blocks that share weights run side by side and the later ones read them from L2), block
 // 32 * rw * kw threads, dynamic shared memory nf4_table_bytes<F>() + (kw - 1) * rw *
-// 32 * 4 * MT floats + kw * XShared::bytes_per_part(XM).
+// 32 * 4 * MT floats.
 // Warp w: tile (blockIdx.x / m_blocks) * rw + w % rw, K part w / rw.
 template <Format F, typename T, int MT, int S, int XM, bool kGelu>
 __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>()))
     gemv_tiled_kernel(const GemvArgs args) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  constexpr bool kXShared = x_shared(XM);
-  static_assert(!kXShared || (MT == 2 && sizeof(T) == 2), "x in shared memory: 16 rows of 16-bit x");
   const int rt = warp % args.rw, part = warp / args.rw;
   const int64_t m_block = blockIdx.x % args.m_blocks;
   const int64_t tile = static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + rt;
-  // This warp's steps: [s_begin, s_begin + n_steps). With x in shared memory every warp of a K
-  // part runs its steps (they stage x together); one past the last tile reads the last tile's
-  // weights again and writes nothing.
+  // This warp's steps: [s_begin, s_begin + n_steps).
   const int64_t s_begin = part * args.steps_per_part;
-  const int64_t n_steps = (!kXShared && tile >= args.n_tiles) || s_begin >= args.steps
-                              ? 0
-                              : min(args.steps - s_begin, args.steps_per_part);
-  const int64_t tile_read = kXShared ? min(tile, args.n_tiles - 1) : tile;
+  const int64_t n_steps =
+      tile >= args.n_tiles || s_begin >= args.steps ? 0 : min(args.steps - s_begin, args.steps_per_part);
   const int64_t row_first = m_block * 8 * MT;  // the block's first row of x
   const int rows_here = static_cast<int>(min(static_cast<int64_t>(8 * MT), args.m - row_first));
   const T* xrows[MT];  // this lane's first column (8t) of its rows of x, at the warp's first step
@@ -352,7 +306,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
   for (int i = 0; i < MT; ++i) {
     xrows[i] = static_cast<const T*>(args.x) + (row_first + min(g + 8 * i, rows_here - 1)) * args.x_stride + 8 * t;
   }
-  // Dynamic shared memory: [nf4 pair table][K-part sums][x steps of each K part].
+  // Dynamic shared memory: [nf4 pair table][K-part sums].
   extern __shared__ __align__(16) unsigned char dyn_smem[];
   const uint32_t* nf4_lane = reinterpret_cast<const uint32_t*>(dyn_smem) + lane;
   if constexpr (F == Format::NF4) {
@@ -375,8 +329,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
 
   // Running pointers: the next step to load (weights, scales) and this lane's x columns.
   static_assert(S % 2 == 0, "the x double buffer alternates with the step's parity");
-  const uint4* wp = args.tiles + tile_read * args.tile_stride + s_begin * args.step_stride + lane;
-  int64_t sp = tile_read * args.sc_tile_stride + s_begin * args.sc_step_stride + scale_entry(static_cast<int>(F), lane);
+  const uint4* wp = args.tiles + tile * args.tile_stride + s_begin * args.step_stride + lane;
+  int64_t sp = tile * args.sc_tile_stride + s_begin * args.sc_step_stride + scale_entry(static_cast<int>(F), lane);
 #pragma unroll
   for (int i = 0; i < MT; ++i) xrows[i] += s_begin * kStepCols;
   const uint64_t policy = l2_stream_policy(args.evict_first);
@@ -398,42 +352,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
   constexpr bool kXDouble = XM == kXDoubleBuffer;
   XStep<T, MT> xb[kXDouble ? 2 : 1];
   if (kXDouble && n_steps > 0) xb[0].load(xrows, 0);
-  // x in shared memory: this K part's XB step buffers, the part's threads, and the copy of step s.
-  constexpr int XB = kXShared ? XM : 1;
-  const int part_threads = 32 * args.rw, part_thread = 32 * rt + lane;
-  unsigned char* x_steps = dyn_smem + nf4_table_bytes<F>() +
-                           (args.kw > 1 ? sizeof(float) * (args.kw - 1) * args.rw * 32 * 4 * MT : 0) +
-                           part * XShared::bytes_per_part(XM);
-  const T* x_block = static_cast<const T*>(args.x) + row_first * args.x_stride + s_begin * kStepCols;
-  auto stage_x = [&](int64_t s, int buf) {
-    unsigned char* dst = x_steps + buf * XShared::kStepBytes;
-    for (int c = part_thread; c < XShared::kChunks; c += part_threads) {
-      const int r = c >> 4, col = 8 * (c & 15);  // 16 chunks of 8 columns per row
-      cp_async16(dst + r * XShared::kPitch + 2 * col,
-                 x_block + min(r, rows_here - 1) * args.x_stride + s * kStepCols + col);
-    }
-  };
-  if constexpr (kXShared) {
-#pragma unroll
-    for (int b = 0; b < XB - 1; ++b) {
-      if (b < n_steps) stage_x(b, b);
-      cp_async_commit();
-    }
-  }
-  int x_buf = 0;  // the buffer of the current step (x in shared memory)
   auto step = [&](auto checked, int i, int64_t s) {
     constexpr bool kChecked = decltype(checked)::value;
-    if constexpr (kXShared) {
-      // Step s has landed (this thread's copies, then everyone's); all threads are past step
-      // s - 1, so its buffer takes step s + XB - 1.
-      cp_async_wait<XB - 2>();
-      named_barrier(1 + part, part_threads);
-      if ((!kChecked && XB - 1 <= S) || s + XB - 1 < n_steps) stage_x(s + XB - 1, x_buf == 0 ? XB - 1 : x_buf - 1);
-      cp_async_commit();
-      xb[0].load_shared(x_steps + x_buf * XShared::kStepBytes, g, t);
-      x_buf = x_buf == XB - 1 ? 0 : x_buf + 1;
-      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[0], nf4_lane, acc);
-    } else if constexpr (kXDouble) {
+    if constexpr (kXDouble) {
       if (!kChecked || s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
       step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], nf4_lane, acc);
     } else {
@@ -504,7 +425,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
 
 // Launch shape: tiles per block (rw), K parts (kw), pipeline stages (s), x rows per block as
 // tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2), how x is read (xm: kXDoubleBuffer,
-// kXSingleBuffer, kXShared2, kXShared3, or -1 = the heuristic's, default_x_mode).
+// kXSingleBuffer, or -1 = the heuristic's: single for 16-row blocks, else double).
 struct GemvConfig {
   int rw, kw, s, mt, xm;
   bool balance;      // tiles per block chosen so the blocks spread evenly over the multiprocessors
@@ -514,9 +435,9 @@ struct GemvConfig {
 // APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]" (read once) overrides the
 // heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's tiles per block and K parts
 // (and its mt when mt is 0); xm -1 (the default) is the heuristic's; balance and evict_first
-// default to 1. Stages other than the default, xm = 1 with 8-row blocks and xm = 2 apply to
-// nvfp4 with bfloat16 x only; other formats and x dtypes keep the defaults (launch_gemv). x in
-// shared memory (xm 2, 3) needs 16-row blocks; 8-row blocks read x through L1 instead.
+// default to 1. Stages
+// other than the default, and xm = 1 with 8-row blocks, apply to nvfp4 with bfloat16 x only;
+// other formats and x dtypes keep the defaults (launch_gemv).
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
@@ -524,9 +445,9 @@ bool env_config(GemvConfig& cfg) {
   const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
   TORCH_CHECK_VALUE(got >= 3 && shape_ok && mt >= 0 && mt <= 2 &&
-                        xm >= -1 && xm <= kXShared3,
+                        (xm == -1 || xm == kXDoubleBuffer || xm == kXSingleBuffer),
                     "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]' with rw * kw <= 8 "
-                    "(or both 0), mt in 0..2 and xm in -1..3, got '", env, "'");
+                    "(or both 0), mt in 0..2 and xm -1, 0 or 1, got '", env, "'");
   cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0};
   return true;
 }
@@ -534,18 +455,11 @@ bool env_config(GemvConfig& cfg) {
 // Rows of x per block for GemvConfig::mt (float32 x always takes 8).
 constexpr int x_rows_per_block(int mt, int64_t m) { return mt == 1 || (mt == 0 && m <= 8) ? 8 : 16; }
 
-// How a block of `rows` rows of x and rw tiles per K part reads x: 8 rows through L1, double-
-// buffered; 16 rows staged in shared memory where several tiles share them (a round-8 profile
-// at M = 16 found L1 the busiest unit, 64 of a step's 72 wavefronts being x; docs/fp4_gpu_notes.md),
-// else through L1 with one buffer (two blocks of 8 warps per multiprocessor).
-constexpr int default_x_mode(int64_t rows, int rw) {
-  return rows == 8 ? kXDoubleBuffer : (rw >= 2 ? kXShared3 : kXSingleBuffer);
-}
-
 // About 16 warps per multiprocessor (each with a pipeline of loads in flight): K split only as far
 // as each part keeps one pipeline's worth of steps. More than 8 rows of x: blocks of 16 rows (each
-// weight decoded once for 16 rows; round-7 sweeps: at M = 16 the largest shape took 65.0 us this
-// way, fp4_gemv_sweep_NVIDIA_H200_round7b.json, against 84.9 us with two 8-row blocks per tile,
+// weight decoded once for 16 rows) with one x buffer, so that two blocks of 8 warps fit a
+// multiprocessor's registers (round-7 sweeps: at M = 16 the largest shape took 65.0 us this way,
+// fp4_gemv_sweep_NVIDIA_H200_round7b.json, against 84.9 us with two 8-row blocks per tile,
 // round7a).
 GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, int sms) {
   // nf4 fills its 32 KB pair table once per block: it keeps blocks of 8 warps (with balance, the
@@ -555,10 +469,8 @@ GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, in
   GemvConfig cfg{0, 0, kDefaultStages, 0, -1, f != Format::NF4, true};
   const bool from_env = env_config(cfg);
   const int64_t rows = x_rows_per_block(cfg.mt, m), m_blocks = (m + rows - 1) / rows;
-  if (from_env && cfg.rw > 0) {
-    if (cfg.xm < 0) cfg.xm = default_x_mode(rows, cfg.rw);
-    return cfg;
-  }
+  if (cfg.xm < 0) cfg.xm = rows == 16 ? kXSingleBuffer : kXDoubleBuffer;
+  if (from_env && cfg.rw > 0) return cfg;
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kMinStepsPerPart, kMaxWarps));
   // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
   // 896 tiles -> kw 2 beat kw 3 or 4).
@@ -582,25 +494,21 @@ GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, in
       }
     }
   }
-  if (cfg.xm < 0) cfg.xm = default_x_mode(rows, cfg.rw);
   return cfg;
 }
 
 template <Format F, typename T, int MT, bool kGelu>
 void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) {
   const int threads = 32 * cfg.rw * cfg.kw;
-  // Built for every format and x dtype: 2 stages with x through L1 (8-row blocks double-buffered,
-  // 16-row blocks single-buffered) or, for 16-row blocks, in 3 shared-memory buffers. The other
-  // launch modes are built for the tuning sweep of nvfp4 / bfloat16 only.
-  constexpr bool kSweep = F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu;
-  if (MT == 1 && (x_shared(cfg.xm) || (!kSweep && cfg.xm == kXSingleBuffer))) cfg.xm = kXDoubleBuffer;
-  if (!kSweep) {
-    cfg.s = kDefaultStages;
-    if (cfg.xm == kXShared2) cfg.xm = kXShared3;
-  }
   const int64_t partial_bytes = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT : 0;
-  const size_t smem =
-      static_cast<size_t>(nf4_table_bytes<F>() + partial_bytes + cfg.kw * XShared::bytes_per_part(cfg.xm));
+  // Launch modes other than the defaults (2 stages; 8-row blocks double-buffered, 16-row blocks
+  // either) are built for the tuning sweep of nvfp4 / bfloat16 only.
+  constexpr bool kSweep = F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu;
+  if (!kSweep) {
+    if (MT == 1) cfg.xm = kXDoubleBuffer;
+    cfg.s = kDefaultStages;
+  }
+  const size_t smem = static_cast<size_t>(nf4_table_bytes<F>() + partial_bytes);
   auto go = [&](auto kernel) {
     if (smem > 48 * 1024) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -608,24 +516,33 @@ void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) 
     kernel<<<grid, threads, smem, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  // The kernel of stages S and the x mode cfg.xm (a 16-row mode only where MT is 2).
-  auto with_xm = [&](auto s_c) {
-    constexpr int S = decltype(s_c)::value;
-    if (cfg.xm == kXDoubleBuffer) return go(gemv_tiled_kernel<F, T, MT, S, kXDoubleBuffer, kGelu>);
-    if constexpr (MT == 2 || kSweep) {
-      if (cfg.xm == kXSingleBuffer) return go(gemv_tiled_kernel<F, T, MT, S, kXSingleBuffer, kGelu>);
+  if (cfg.s == kDefaultStages && cfg.xm == kXDoubleBuffer) {
+    go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXDoubleBuffer, kGelu>);
+    return;
+  }
+  if constexpr (MT == 2) {
+    if (cfg.s == kDefaultStages) {
+      go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXSingleBuffer, kGelu>);
+      return;
     }
-    if constexpr (MT == 2) {
-      if (cfg.xm == kXShared3) return go(gemv_tiled_kernel<F, T, MT, S, kXShared3, kGelu>);
-      if constexpr (kSweep) {
-        if (cfg.xm == kXShared2) return go(gemv_tiled_kernel<F, T, MT, S, kXShared2, kGelu>);
-      }
-    }
-    TORCH_CHECK(false, "fp4_linear_tiled: no kernel for x mode ", cfg.xm);
-  };
-  if (cfg.s == kDefaultStages) return with_xm(std::integral_constant<int, kDefaultStages>{});
+  }
   if constexpr (kSweep) {
-    if (cfg.s == 4) return with_xm(std::integral_constant<int, 4>{});
+    auto with_xm = [&](auto s_c) {
+      constexpr int S = decltype(s_c)::value;
+      if (cfg.xm == kXDoubleBuffer) {
+        go(gemv_tiled_kernel<F, T, MT, S, kXDoubleBuffer, kGelu>);
+      } else {
+        go(gemv_tiled_kernel<F, T, MT, S, kXSingleBuffer, kGelu>);
+      }
+    };
+    if (cfg.s == 2) {
+      with_xm(std::integral_constant<int, 2>{});
+      return;
+    }
+    if (cfg.s == 4) {
+      with_xm(std::integral_constant<int, 4>{});
+      return;
+    }
   }
   TORCH_CHECK_VALUE(false, "APT_FP4_GEMV: stages must be 2 or 4");
 }

@@ -94,21 +94,24 @@ def main() -> int:
         warmup, iters = 5, 20
         compile_modes = [False] if a.no_compile else [False, True]
     from tqdm.auto import tqdm
+    name = "model_throughput_quick" if a.quick else "model_throughput"
+    meta = run_meta(device)
     jobs = [(v, c) for c in compile_modes for v in VARIANTS]
     rows = []
     for v, c in tqdm(jobs, desc="model throughput", unit="config"):
         rows.append(bench(v, c, p, device, warmup, iters))
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        # after every configuration, so a run cut short keeps what it measured
+        save_json(name, {"meta": meta, "params": p, "warmup": warmup, "iters": iters, "rows": rows,
+                         "complete": len(rows) == len(jobs)})
     print(f"\n{'variant':<12} {'compile':>7} {'step ms':>9} {'tokens/s':>12} {'vs plain':>9}")
     for r in rows:
         base = next(b for b in rows if b["variant"] == "plain" and b["compiled"] == r["compiled"])
         r["step_time_vs_plain"] = r["step_ms"] / base["step_ms"]
         print(f"{r['variant']:<12} {str(r['compiled']):>7} {r['step_ms']:>9.2f} {r['tokens_per_s']:>12,.0f} "
               f"{r['step_time_vs_plain']:>8.3f}x")
-    name = "model_throughput_quick" if a.quick else "model_throughput"
-    meta = run_meta(device)
-    out = save_json(name, {"meta": meta, "params": p, "warmup": warmup, "iters": iters, "rows": rows})
+    out = save_json(name, {"meta": meta, "params": p, "warmup": warmup, "iters": iters, "rows": rows, "complete": True})
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

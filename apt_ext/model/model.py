@@ -370,12 +370,14 @@ class APTModel(nn.Module):
     # ---- training helpers -------------------------------------------------------------------
     def configure_optimizers(self, lr: float = 3e-4, weight_decay: float = 0.1,
                              betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
-        """AdamW with weight decay on matrices only; attaches DBC-DAC when ``use_dbc_dac``."""
+        """AdamW with weight decay on matrices only (the fused CUDA kernel when every parameter is
+        on a CUDA device); attaches DBC-DAC when ``use_dbc_dac``."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
+        fused = bool(params) and all(p.is_cuda for p in params)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas, fused=fused)
         if self.dbc_dac is not None:
             self.dbc_dac.attach(opt)
         return opt

@@ -1,4 +1,4 @@
-"""APT model on a CUDA GPU: bf16 autocast training, causality, KV cache, native left-spin op,
+"""APT model on a CUDA GPU: bf16 autocast training (eager and compiled), causality, KV cache, native left-spin op,
 FP4 quantised model, the trainer and the demo (quick)."""
 from __future__ import annotations
 
@@ -39,6 +39,29 @@ def test_bf16_train_step_and_causality(decoder_only):
         a = m(x) if decoder_only else m(x, x)
         b = m(y) if decoder_only else m(x, y)
     torch.testing.assert_close(a[:, :40], b[:, :40], rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_train_step_matches_eager():
+    """torch.compile of the whole model with left-spin and autopoietic attention (issue 16: an
+    inductor error on the GPU), bf16 autocast, fused AdamW: the same losses as eager."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 128, (4, 65), device="cuda")
+    losses = {}
+    for compiled in (False, True):
+        torch.manual_seed(1)
+        m = APTModel(cfg(use_left_spin=True, use_autopoietic=True)).cuda().train()
+        opt = m.configure_optimizers(lr=1e-3)
+        net = torch.compile(m) if compiled else m
+        losses[compiled] = []
+        for _ in range(4):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = net(x[:, :-1])
+            loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses[compiled].append(loss.item())
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=2e-2, atol=2e-2)
 
 
 def test_kv_cache_generation_on_gpu():

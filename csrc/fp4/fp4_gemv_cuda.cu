@@ -15,10 +15,10 @@
 //    bfloat16 pairs in shared memory (one copy per lane: no bank conflicts) and one paired
 //    multiply by the bfloat16 absmax; both feeding mma.m16n8k16 with the weights as A and 8 rows of x
 //    as B; float16 / float32 x enter as 2 / 3 exact bfloat16 terms;
-//  * x is read from global memory (L1) per step, double-buffered (16 rows: single-buffered, for
-//    more blocks per multiprocessor; 32 rows: one chunk of the step at a time, loaded one chunk
-//    ahead; GemvConfig::xm); a lane's columns are four chunks of 8 (fp4_tiled_layout.h), so each
-//    16-byte x load of the warp reads 64 contiguous bytes per row of x.
+//  * x is read from global memory (L1) per step, double-buffered (or, a launch mode for tuning,
+//    GemvConfig::xm, single-buffered for more blocks per multiprocessor); a lane's columns are
+//    four chunks of 8 (fp4_tiled_layout.h), so each 16-byte x load of the warp reads 64
+//    contiguous bytes per row of x.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -82,9 +82,8 @@ __device__ __forceinline__ uint4 load_x(const uint4* p) {
 
 // How a block reads x (GemvConfig::xm): 0 through L1, double-buffered half a step ahead; 1 the
 // same with a single buffer loaded at each step, for more blocks per multiprocessor
-// (min_blocks_per_sm); 2 one chunk (8 columns per lane) at a time, loaded one chunk ahead of its
-// two mma, so only two chunks of x are live (32 rows of x per block fit the registers).
-constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXPerChunk = 2;
+// (min_blocks_per_sm).
+constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1;
 
 // A lane's scale entry of one step (fp4_tiled_layout.h), as loaded: nvfp4 / mxfp4 8 bytes (x: row
 // g, y: row g + 8, byte c: the block of chunk c), nf4 four floats. (Issued in program order like
@@ -170,19 +169,16 @@ struct XStep {
   static constexpr int kChunkLoads = static_cast<int>(sizeof(T)) / 2;  // 16-byte loads per chunk
   static constexpr int kLoads = 4 * kChunkLoads;
   uint4 v[MT][kLoads];
-  // rows[i] + col0: the lane's first column (8t) of the step in row i. Chunk c: columns 32c + 8t ..
-  // 32c + 8t + 7 of the step, words 4c .. 4c + 3 (16-bit x).
-  __device__ void load_chunk(const T* const (&rows)[MT], int64_t col0, int c) {
+  // rows[i] + col0: the lane's first column (8t) of the step in row i.
+  __device__ void load(const T* const (&rows)[MT], int64_t col0) {
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
       const uint4* p = reinterpret_cast<const uint4*>(rows[i] + col0);
 #pragma unroll
-      for (int u = 0; u < kChunkLoads; ++u) v[i][c * kChunkLoads + u] = load_x(p + 2 * static_cast<int>(sizeof(T)) * c + u);
-    }
-  }
-  __device__ void load(const T* const (&rows)[MT], int64_t col0) {
+      for (int c = 0; c < 4; ++c)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) load_chunk(rows, col0, c);
+        for (int u = 0; u < kChunkLoads; ++u) v[i][c * kChunkLoads + u] = load_x(p + 2 * static_cast<int>(sizeof(T)) * c + u);
+    }
   }
   // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1 of the lane's; 0..31 for float32) of tile i.
   __device__ uint32_t word(int i, int w) const { return word_of(v[i][w / 4], w % 4); }
@@ -222,19 +218,12 @@ template <Format F>
 constexpr int nf4_table_bytes() { return F == Format::NF4 ? kNf4PairTableBytes : 0; }
 
 // All 8 mma of one step: words 0..3 in c0, 4..7 in c1 (fp4_tiled_layout.h). nf4_lane: this lane's
-// copy of the nf4 pair table (nf4 only). xrows / col0: where x comes from in the per-chunk mode
-// (kPerChunk: xs is filled here, chunk c + 1 loaded before the mma of chunk c); otherwise xs holds
-// the whole step already.
-template <Format F, typename T, int MT, bool kPerChunk>
-__device__ __forceinline__ void step_math(const uint4& c0, const uint4& c1, const LaneScales<F>& sc, XStep<T, MT>& xs,
-                                          const T* const (&xrows)[MT], int64_t col0, const uint32_t* nf4_lane,
-                                          float (&acc)[MT][4]) {
-  if constexpr (kPerChunk) xs.load_chunk(xrows, col0, 0);
+// copy of the nf4 pair table (nf4 only).
+template <Format F, typename T, int MT>
+__device__ __forceinline__ void step_math(const uint4& c0, const uint4& c1, const LaneScales<F>& sc,
+                                          const XStep<T, MT>& xs, const uint32_t* nf4_lane, float (&acc)[MT][4]) {
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    if constexpr (kPerChunk) {
-      if (j % 2 == 0 && j < 6) xs.load_chunk(xrows, col0, j / 2 + 1);
-    }
     const uint32_t w = word_of(j < 4 ? c0 : c1, j & 3);
     uint32_t a[4];
     if constexpr (F == Format::NF4) {
@@ -286,13 +275,12 @@ struct GemvArgs {
 };
 
 // Blocks per multiprocessor the registers must allow (__launch_bounds__): 2 for 8 rows of 16-bit
-// x (128 registers), 3 with one x buffer (80); 16 rows: 2 with one x buffer or per chunk; 32 rows
-// (x per chunk): 2.
+// x (128 registers), 3 with one x buffer (80); 16 rows: 2 with one x buffer.
 template <typename T, int MT, int XM>
 constexpr int min_blocks_per_sm() {
   if (sizeof(T) != 2) return 1;
-  if (MT == 1) return XM == kXDoubleBuffer ? 2 : 3;
-  return XM == kXDoubleBuffer ? 1 : 2;
+  if (MT == 1) return XM == kXSingleBuffer ? 3 : 2;
+  return XM == kXSingleBuffer ? 2 : 1;
 }
 
 // Grid ceil(n_tiles / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying fastest,
@@ -368,12 +356,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
     constexpr bool kChecked = decltype(checked)::value;
     if constexpr (kXDouble) {
       if (!kChecked || s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
-      step_math<F, T, MT, false>(c0[i], c1[i], sc[i], xb[i & 1], xrows, 0, nf4_lane, acc);
-    } else if constexpr (XM == kXPerChunk) {
-      step_math<F, T, MT, true>(c0[i], c1[i], sc[i], xb[0], xrows, s * kStepCols, nf4_lane, acc);
+      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], nf4_lane, acc);
     } else {
       xb[0].load(xrows, s * kStepCols);
-      step_math<F, T, MT, false>(c0[i], c1[i], sc[i], xb[0], xrows, 0, nf4_lane, acc);
+      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[0], nf4_lane, acc);
     }
     if (!kChecked || s + S < n_steps) {
       c0[i] = load_stream(wp, policy);
@@ -438,9 +424,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
 }
 
 // Launch shape: tiles per block (rw), K parts (kw), pipeline stages (s), x rows per block as
-// tiles of 8 (mt: 1, 2, 4, or 0 = 1 up to 8 rows of x, 2 up to 16, else 4; float32 x always 1),
-// how x is read (xm: kXDoubleBuffer, kXSingleBuffer, kXPerChunk, or -1 = the heuristic's: double
-// for 8-row blocks, single for 16, per chunk for 32).
+// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2), how x is read (xm: kXDoubleBuffer,
+// kXSingleBuffer, or -1 = the heuristic's: single for 16-row blocks, else double).
 struct GemvConfig {
   int rw, kw, s, mt, xm;
   bool balance;      // tiles per block chosen so the blocks spread evenly over the multiprocessors
@@ -450,41 +435,32 @@ struct GemvConfig {
 // APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]" (read once) overrides the
 // heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's tiles per block and K parts
 // (and its mt when mt is 0); xm -1 (the default) is the heuristic's; balance and evict_first
-// default to 1. Stages other than the default, xm = 1 with 8-row blocks and xm = 2 with 8- or
-// 16-row blocks apply to nvfp4 with bfloat16 x only; other formats and x dtypes keep the
-// defaults, and 32-row blocks always read x per chunk (launch_gemv).
+// default to 1. Stages
+// other than the default, and xm = 1 with 8-row blocks, apply to nvfp4 with bfloat16 x only;
+// other formats and x dtypes keep the defaults (launch_gemv).
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
   int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1;
   const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
-  TORCH_CHECK_VALUE(got >= 3 && shape_ok && (mt == 0 || mt == 1 || mt == 2 || mt == 4) && xm >= -1 &&
-                        xm <= kXPerChunk,
+  TORCH_CHECK_VALUE(got >= 3 && shape_ok && mt >= 0 && mt <= 2 &&
+                        (xm == -1 || xm == kXDoubleBuffer || xm == kXSingleBuffer),
                     "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]' with rw * kw <= 8 "
-                    "(or both 0), mt 0, 1, 2 or 4 and xm in -1..2, got '", env, "'");
+                    "(or both 0), mt in 0..2 and xm -1, 0 or 1, got '", env, "'");
   cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0};
   return true;
 }
 
 // Rows of x per block for GemvConfig::mt (float32 x always takes 8).
-constexpr int x_rows_per_block(int mt, int64_t m) {
-  if (mt != 0) return 8 * mt;
-  return m <= 8 ? 8 : (m <= 16 ? 16 : 32);
-}
-
-// The heuristic's x mode for blocks of `rows` rows of x (GemvConfig::xm).
-constexpr int default_x_mode(int64_t rows) {
-  return rows == 8 ? kXDoubleBuffer : (rows == 16 ? kXSingleBuffer : kXPerChunk);
-}
+constexpr int x_rows_per_block(int mt, int64_t m) { return mt == 1 || (mt == 0 && m <= 8) ? 8 : 16; }
 
 // About 16 warps per multiprocessor (each with a pipeline of loads in flight): K split only as far
 // as each part keeps one pipeline's worth of steps. More than 8 rows of x: blocks of 16 rows (each
 // weight decoded once for 16 rows) with one x buffer, so that two blocks of 8 warps fit a
 // multiprocessor's registers (round-7 sweeps: at M = 16 the largest shape took 65.0 us this way,
 // fp4_gemv_sweep_NVIDIA_H200_round7b.json, against 84.9 us with two 8-row blocks per tile,
-// round7a). More than 16 rows: blocks of 32 rows, x loaded per chunk (each weight decoded once
-// for 32 rows instead of twice).
+// round7a).
 GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, int sms) {
   // nf4 fills its 32 KB pair table once per block: it keeps blocks of 8 warps (with balance, the
   // 2-warp blocks of 14336 x 4096 ran nf4 at 1.21x bf16 against nvfp4's 2.22x in
@@ -493,7 +469,7 @@ GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, in
   GemvConfig cfg{0, 0, kDefaultStages, 0, -1, f != Format::NF4, true};
   const bool from_env = env_config(cfg);
   const int64_t rows = x_rows_per_block(cfg.mt, m), m_blocks = (m + rows - 1) / rows;
-  if (cfg.xm < 0) cfg.xm = default_x_mode(rows);
+  if (cfg.xm < 0) cfg.xm = rows == 16 ? kXSingleBuffer : kXDoubleBuffer;
   if (from_env && cfg.rw > 0) return cfg;
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kMinStepsPerPart, kMaxWarps));
   // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
@@ -525,20 +501,13 @@ template <Format F, typename T, int MT, bool kGelu>
 void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) {
   const int threads = 32 * cfg.rw * cfg.kw;
   const int64_t partial_bytes = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT : 0;
-  // Built for every format and x dtype: 2 stages; 8-row blocks double-buffered, 16-row blocks
-  // either, 32-row blocks per chunk. The other launch modes are built for the tuning sweep of
-  // nvfp4 / bfloat16 only.
+  // Launch modes other than the defaults (2 stages; 8-row blocks double-buffered, 16-row blocks
+  // either) are built for the tuning sweep of nvfp4 / bfloat16 only.
   constexpr bool kSweep = F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu;
-  if constexpr (MT == 4) {
-    cfg.xm = kXPerChunk;
-  } else if constexpr (!kSweep) {
-    if (MT == 1 || cfg.xm == kXDoubleBuffer) {
-      cfg.xm = kXDoubleBuffer;
-    } else {
-      cfg.xm = kXSingleBuffer;
-    }
+  if (!kSweep) {
+    if (MT == 1) cfg.xm = kXDoubleBuffer;
+    cfg.s = kDefaultStages;
   }
-  if (!kSweep) cfg.s = kDefaultStages;
   const size_t smem = static_cast<size_t>(nf4_table_bytes<F>() + partial_bytes);
   auto go = [&](auto kernel) {
     if (smem > 48 * 1024) {
@@ -547,25 +516,33 @@ void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) 
     kernel<<<grid, threads, smem, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  // The kernel of S stages and the x mode cfg.xm.
-  auto with_xm = [&](auto s_c) {
-    constexpr int S = decltype(s_c)::value;
-    if constexpr (MT == 4) {
-      go(gemv_tiled_kernel<F, T, MT, S, kXPerChunk, kGelu>);
-    } else {
-      if (cfg.xm == kXDoubleBuffer) return go(gemv_tiled_kernel<F, T, MT, S, kXDoubleBuffer, kGelu>);
-      if constexpr (MT == 2 || kSweep) {
-        if (cfg.xm == kXSingleBuffer) return go(gemv_tiled_kernel<F, T, MT, S, kXSingleBuffer, kGelu>);
-      }
-      if constexpr (kSweep) {
-        if (cfg.xm == kXPerChunk) return go(gemv_tiled_kernel<F, T, MT, S, kXPerChunk, kGelu>);
-      }
-      TORCH_CHECK(false, "fp4_linear_tiled: no kernel for x mode ", cfg.xm);
+  if (cfg.s == kDefaultStages && cfg.xm == kXDoubleBuffer) {
+    go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXDoubleBuffer, kGelu>);
+    return;
+  }
+  if constexpr (MT == 2) {
+    if (cfg.s == kDefaultStages) {
+      go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXSingleBuffer, kGelu>);
+      return;
     }
-  };
-  if (cfg.s == kDefaultStages) return with_xm(std::integral_constant<int, kDefaultStages>{});
+  }
   if constexpr (kSweep) {
-    if (cfg.s == 4) return with_xm(std::integral_constant<int, 4>{});
+    auto with_xm = [&](auto s_c) {
+      constexpr int S = decltype(s_c)::value;
+      if (cfg.xm == kXDoubleBuffer) {
+        go(gemv_tiled_kernel<F, T, MT, S, kXDoubleBuffer, kGelu>);
+      } else {
+        go(gemv_tiled_kernel<F, T, MT, S, kXSingleBuffer, kGelu>);
+      }
+    };
+    if (cfg.s == 2) {
+      with_xm(std::integral_constant<int, 2>{});
+      return;
+    }
+    if (cfg.s == 4) {
+      with_xm(std::integral_constant<int, 4>{});
+      return;
+    }
   }
   TORCH_CHECK_VALUE(false, "APT_FP4_GEMV: stages must be 2 or 4");
 }
@@ -642,15 +619,12 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
         gelu ? launch_gemv<F, T, MT, true>(args, cfg, grid, stream)
              : launch_gemv<F, T, MT, false>(args, cfg, grid, stream);
       };
-      const int rows = x_rows_per_block(cfg.mt, m);
       if constexpr (std::is_same_v<T, float>) {  // float32 x: 8 rows per block (registers)
         go(std::integral_constant<int, 1>{});
-      } else if (rows == 8) {
+      } else if (x_rows_per_block(cfg.mt, m) == 8) {
         go(std::integral_constant<int, 1>{});
-      } else if (rows == 16) {
-        go(std::integral_constant<int, 2>{});
       } else {
-        go(std::integral_constant<int, 4>{});
+        go(std::integral_constant<int, 2>{});
       }
     };
     if (x.scalar_type() == at::kBFloat16) {

@@ -86,11 +86,10 @@ def test_gemv_small_k(fmt, m, dt, with_bias, apt_seed):
 
 @needs_cuda_build
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("m", [1, 5, 16, 24, 64])
+@pytest.mark.parametrize("m", [1, 5, 16])
 @pytest.mark.parametrize("dt", X_DTYPES)
 def test_gemv_long_k(fmt, m, dt, apt_seed):
-    """Many steps, K split across warps (shared-memory reduction), K not a multiple of 128; 8-,
-    16- and 32-row x blocks (float32 x: 8)."""
+    """Many steps, K split across warps (shared-memory reduction), K not a multiple of 128."""
     _check(fmt, m, dt, True, n=300, k=4192, apt_seed=apt_seed)
 
 
@@ -106,12 +105,11 @@ def test_gemv_step_major_views(fmt, m, apt_seed):
 @pytest.mark.parametrize("launch", ["2,4,4,1", "8,1,4,2", "4,2,4,0", "3,2,4,1", "8,1,4,0,1", "7,1,2,0,1",
                                     "2,4,2,1,1", "4,2,2,2,1", "1,8,2,2,0", "1,8,4,2,1", "0,0,4,0,1,1",
                                     "0,0,2,0,0,0", "0,0,2,1,1", "0,0,2,2,0", "0,0,4,2,1",
-                                    "0,0,2,0,-1,1,0", "0,0,4,0,-1,0,1", "4,2,2,0,-1,1,0",
-                                    "0,0,2,4", "3,2,4,4", "8,1,2,4,0", "0,0,2,1,2", "0,0,4,2,2", "2,4,2,0,2"])
+                                    "0,0,2,0,-1,1,0", "0,0,4,0,-1,0,1", "4,2,2,0,-1,1,0"])
 def test_gemv_launch_variants(launch):
     """The tuning sweep's APT_FP4_GEMV variants (read once per process, so each in a child):
-    8-, 16- and 32-row x blocks, 1-8 K parts, tiles per block not dividing N, both storage orders,
-    x with one or two buffers or per chunk (or the heuristic's choice), 2 or 4 stages, the heuristic's block
+    8- and 16-row x blocks, 1-8 K parts, tiles per block not dividing N, both storage orders,
+    x with one or two buffers (or the heuristic's choice), 2 or 4 stages, the heuristic's block
     shape balanced or not, weights loaded with L2 evict_first or not, every format (the other
     formats fall back to the default stages and x mode)."""
     code = (

@@ -55,6 +55,9 @@ def meta_line(name: str, d: dict) -> str:
     machine = pick("machine", "card", "device_name", "host")
     if isinstance(machine, dict):
         machine = f"{machine.get('cpu', '')}, {machine.get('threads', '?')} threads"
+    card = pick("card")
+    if isinstance(card, str) and card and isinstance(machine, str) and card not in machine:
+        machine = f"{machine} ({card})"
     parts = [f"Source: [results/{name}](results/{name})",
              f"date {pick('date', 'date_utc') or 'not recorded'}",
              f"machine {machine or 'not recorded'}",
@@ -242,12 +245,19 @@ def left_spin_training(name: str, d: dict) -> str:
 
 def model_throughput(name: str, d: dict) -> str:
     p = d["params"]
+
+    def vs_plain(r: dict) -> str:
+        base = next((b for b in d["rows"] if b["variant"] == "plain" and b["compiled"] == r["compiled"]), None)
+        return f"{r['step_ms'] / base['step_ms']:.3f}x" if base else "-"
+
     rows = [[r["variant"] + (" (compiled)" if r["compiled"] else ""), num(r["step_ms"]), f"{r['tokens_per_s']:,.0f}",
-             f"{r['step_time_vs_plain']:.3f}x"] for r in d["rows"]]
+             vs_plain(r)] for r in d["rows"]]
+    cut = "" if d.get("complete", True) else (
+        " The run stopped early (its JSON is saved after every configuration); the missing rows did not run.")
     return "\n".join([
         f"{p['layers']} layers x d_model {p['d_model']}, batch {p['batch']} x {p['seq_len']} tokens, forward + "
         f"backward + AdamW, median of {d['iters']} steps after {d['warmup']} warm-up. Accuracy: not applicable "
-        f"(the variants are different models; their losses are in the LR-sweep section).", "",
+        f"(the variants are different models; their losses are in the LR-sweep section).{cut}", "",
         table(["variant", "step ms", "tokens/s", "step time vs plain"], rows)])
 
 
@@ -524,7 +534,8 @@ SECTIONS = [
             ["vgpu_cpu_x86_64_x2.json", "vgpu_cpu_quiet_x86_64_x2.json", "vgpu_nvidia_h100_80gb_hbm3.json"], vgpu),
     Section("APT model: left-spin learning-rate sweep (`benchmarks/left_spin_training.py`)",
             ["left_spin_training_quick.json"], left_spin_training),
-    Section("APT model: step time (`benchmarks/model_throughput.py`)", ["model_throughput_quick.json"],
+    Section("APT model: step time (`benchmarks/model_throughput.py`)", ["model_throughput_quick.json",
+                                                                       "model_throughput.json"],
             model_throughput),
     Section("AIM-Memory routing and latency (`benchmarks/aim_memory.py`)",
             ["aim_memory_full.json", "aim_memory_quick.json", "aim_memory_e2e_*.json"], aim_memory),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from apt_ext.model.prefix_sum import prefix_sum
+
 
 class AutopoieticCorrection(nn.Module):
     """Produces delta [B, H, T, d_h] from x [B, T, D] and its causal prefix mean m [B, T, D]."""
@@ -27,18 +29,19 @@ class AutopoieticCorrection(nn.Module):
     def prefix_mean(x: torch.Tensor, valid: torch.Tensor | None,
                     state: tuple[torch.Tensor, torch.Tensor] | None
                     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Causal mean of the valid rows of x (float32 sums).
+        """Causal mean of the valid rows of x (float32 sums; the running sums through
+        prefix_sum.py's op, which torch.compile keeps as one ATen call).
 
         x [B, T, D]; valid [B, T] bool or None (all valid); state (sum [B, D], count [B]) of
         earlier positions (KV-cache decoding) or None. Returns (m [B, T, D] in x's dtype, new state).
         """
         if valid is None:
-            csum = torch.cumsum(x.float(), dim=1)
+            csum = prefix_sum(x.float())
             cnt = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=torch.float32).expand(x.shape[0], -1)
         else:
             v = valid.to(torch.float32)
-            csum = torch.cumsum(x.float() * v.unsqueeze(-1), dim=1)
-            cnt = torch.cumsum(v, dim=1)
+            csum = prefix_sum(x.float() * v.unsqueeze(-1))
+            cnt = prefix_sum(v)
         if state is not None:
             csum = csum + state[0].unsqueeze(1)
             cnt = cnt + state[1].unsqueeze(1)

@@ -41,15 +41,18 @@ def test_bf16_train_step_and_causality(decoder_only):
     torch.testing.assert_close(a[:, :40], b[:, :40], rtol=1e-4, atol=1e-4)
 
 
-def test_compiled_train_step_matches_eager():
-    """torch.compile of the whole model with left-spin and autopoietic attention (issue 16: an
-    inductor error on the GPU), bf16 autocast, fused AdamW: the same losses as eager."""
+@pytest.mark.parametrize(("batch", "seq", "d_model"), [(4, 64, 128), (8, 1024, 768)])
+def test_compiled_train_step_matches_eager(batch, seq, d_model):
+    """torch.compile of the whole model with left-spin and autopoietic attention, bf16 autocast,
+    fused AdamW: the same losses as eager. The second size is where inductor's split scan of the
+    prefix mean's cumsum failed on the H200 (issue 16; apt_ext/model/prefix_sum.py)."""
     torch.manual_seed(0)
-    x = torch.randint(0, 128, (4, 65), device="cuda")
+    x = torch.randint(0, 128, (batch, seq + 1), device="cuda")
     losses = {}
     for compiled in (False, True):
         torch.manual_seed(1)
-        m = APTModel(cfg(use_left_spin=True, use_autopoietic=True)).cuda().train()
+        m = APTModel(cfg(use_left_spin=True, use_autopoietic=True, d_model=d_model, num_heads=d_model // 32,
+                         d_ff=2 * d_model, max_seq_len=seq, num_decoder_layers=1)).cuda().train()
         opt = m.configure_optimizers(lr=1e-3)
         net = torch.compile(m) if compiled else m
         losses[compiled] = []

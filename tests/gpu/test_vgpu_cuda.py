@@ -109,6 +109,7 @@ def test_cuda_io_uring_ssd_level_checksums_and_recovery(tmp_path, rng):
 
     # A page corrupted on the SSD: the read fails loudly, other keys still read, and the key
     # can be written again.
+    (tmp_path / "second").mkdir()
     st = VGPUStack(_levels(tmp_path / "second", 1.0, 1.0), io_backend="io_uring")
     a, b = torch.randn(3000, generator=rng), torch.randn(3000, generator=rng)
     st.put("a", a.cuda())

@@ -78,7 +78,7 @@ for arg in "$@"; do
     vgpu_quick) stage vgpu_quick $PY benchmarks/vgpu.py --quick ;;
     vvram) stage vvram $PY benchmarks/virtual_vram.py ;;
     vvram_quick) stage vvram_quick $PY benchmarks/virtual_vram.py --quick ;;
-    model) stage model $PY benchmarks/model_throughput.py ;;
+    model) stage model $PY benchmarks/model_throughput.py --profile ;;
     lr_sweep) stage lr_sweep $PY benchmarks/left_spin_training.py ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac

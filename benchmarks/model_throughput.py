@@ -8,6 +8,7 @@ GPUs, perf_counter on CPUs.
 
     python benchmarks/model_throughput.py            # GPU mode (GPT-2-small-like, T=1024)
     python benchmarks/model_throughput.py --quick    # tiny CPU mode (checks the script runs)
+    python benchmarks/model_throughput.py --variants plain,left-spin --profile   # + top kernels per config
 
 Writes benchmarks/results/model_throughput[_quick].json and benchmarks/plots/model_throughput[_quick].png.
 """
@@ -49,7 +50,25 @@ def time_steps(step_fn, device: torch.device, warmup: int, iters: int) -> list[f
     return times
 
 
-def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int, iters: int) -> dict:
+def top_kernels(step_fn, device: torch.device, steps: int = 3, top: int = 15) -> list[dict]:
+    """The kernels (GPU) or ops (CPU) that took the most self time over ``steps`` steps, per step:
+    name, milliseconds and calls (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step_fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0), reverse=True)
+    return [{"name": e.key[:120], "ms_per_step": getattr(e, attr, 0) / 1e3 / steps, "calls_per_step": e.count / steps}
+            for e in events[:top] if getattr(e, attr, 0) > 0]
+
+
+def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int, iters: int,
+          profile_top: bool = False) -> dict:
     left_spin, auto = VARIANTS[name]
     torch.manual_seed(0)
     cfg = APTModelConfiguration(vocab_size=p["vocab"], d_model=p["d_model"], num_heads=p["heads"], d_ff=4 * p["d_model"],
@@ -72,10 +91,13 @@ def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int,
         torch.cuda.reset_peak_memory_stats(device)
     times = time_steps(step, device, warmup, iters)
     med = statistics.median(times)
-    return {"variant": name, "compiled": compiled, "step_ms": med * 1e3,
-            "tokens_per_s": p["batch"] * p["seq_len"] / med, "params_M": model.num_parameters() / 1e6,
-            "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-            "times_ms": [t * 1e3 for t in times]}
+    row = {"variant": name, "compiled": compiled, "step_ms": med * 1e3,
+           "tokens_per_s": p["batch"] * p["seq_len"] / med, "params_M": model.num_parameters() / 1e6,
+           "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+           "times_ms": [t * 1e3 for t in times]}
+    if profile_top:
+        row["top_kernels"] = top_kernels(step, device)
+    return row
 
 
 def main() -> int:
@@ -83,6 +105,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny CPU run")
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="also record each configuration's top kernels by self time (torch.profiler, 3 steps)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated subset of {', '.join(VARIANTS)}")
     a = ap.parse_args()
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.quick else "cpu"))
     if a.quick:
@@ -96,10 +122,14 @@ def main() -> int:
     from tqdm.auto import tqdm
     name = "model_throughput_quick" if a.quick else "model_throughput"
     meta = run_meta(device)
-    jobs = [(v, c) for c in compile_modes for v in VARIANTS]
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        ap.error(f"--variants: expected names from {', '.join(VARIANTS)}, got {a.variants!r}")
+    jobs = [(v, c) for c in compile_modes for v in variants]
     rows = []
     for v, c in tqdm(jobs, desc="model throughput", unit="config"):
-        rows.append(bench(v, c, p, device, warmup, iters))
+        rows.append(bench(v, c, p, device, warmup, iters, profile_top=a.profile))
         if device.type == "cuda":
             torch.cuda.empty_cache()
         # after every configuration, so a run cut short keeps what it measured
@@ -107,10 +137,13 @@ def main() -> int:
                          "complete": len(rows) == len(jobs)})
     print(f"\n{'variant':<12} {'compile':>7} {'step ms':>9} {'tokens/s':>12} {'vs plain':>9}")
     for r in rows:
-        base = next(b for b in rows if b["variant"] == "plain" and b["compiled"] == r["compiled"])
-        r["step_time_vs_plain"] = r["step_ms"] / base["step_ms"]
-        print(f"{r['variant']:<12} {str(r['compiled']):>7} {r['step_ms']:>9.2f} {r['tokens_per_s']:>12,.0f} "
-              f"{r['step_time_vs_plain']:>8.3f}x")
+        base = next((b for b in rows if b["variant"] == "plain" and b["compiled"] == r["compiled"]), None)
+        if base is not None:
+            r["step_time_vs_plain"] = r["step_ms"] / base["step_ms"]
+        vs = f"{r['step_time_vs_plain']:>8.3f}x" if base is not None else f"{'-':>9}"
+        print(f"{r['variant']:<12} {str(r['compiled']):>7} {r['step_ms']:>9.2f} {r['tokens_per_s']:>12,.0f} {vs}")
+        for k in r.get("top_kernels", [])[:5]:
+            print(f"    {k['ms_per_step']:8.3f} ms/step {k['calls_per_step']:6.0f} calls  {k['name'][:90]}")
     out = save_json(name, {"meta": meta, "params": p, "warmup": warmup, "iters": iters, "rows": rows, "complete": True})
     import matplotlib
     matplotlib.use("Agg")

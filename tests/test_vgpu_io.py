@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from apt_ext.vgpu import VGPUCapacityError, VGPUChecksumError, VGPUIOError, VGPUStack
-from vgpu_helpers import random_tensor, same_bytes
+from vgpu_helpers import corrupt_only_ssd_page, random_tensor, same_bytes
 
 
 def _levels(path, host_mb: float = 0.125, ssd_mb: float = 32) -> list[dict]:
@@ -90,13 +90,7 @@ def test_checksum_detects_flipped_byte(tmp_path):
     st.put("a", a)
     st.put("b", b)
     assert st.evict("a") and st.level("a") == 1
-    files = [os.path.join(st.stats()["ssd_dir"], f) for f in os.listdir(st.stats()["ssd_dir"])]
-    assert len(files) == 1
-    with open(files[0], "r+b") as f:
-        f.seek(5000)
-        byte = f.read(1)
-        f.seek(5000)
-        f.write(bytes([byte[0] ^ 0x10]))
+    corrupt_only_ssd_page(st)
     with pytest.raises(VGPUChecksumError, match="checksum"):
         st.get("a")
     assert "a" in st and same_bytes(st.get("b"), b)

@@ -1,6 +1,8 @@
-"""Shared helpers of the VGPU tests: random tensors of mixed dtypes and byte-level comparison."""
+"""Shared helpers of the VGPU tests: random tensors of mixed dtypes, byte-level comparison, and
+a corrupted SSD page."""
 from __future__ import annotations
 
+import os
 import threading
 from typing import Callable
 
@@ -66,3 +68,15 @@ def run_threads(worker: Callable[[int], None], n: int = 8) -> None:
         t.start()
     for t in threads:
         t.join()
+
+
+def corrupt_only_ssd_page(stack, offset: int = 5000) -> None:
+    """Flip one bit at ``offset`` of the stack's only SSD page file (asserts there is one)."""
+    ssd_dir = stack.stats()["ssd_dir"]
+    files = [os.path.join(ssd_dir, f) for f in os.listdir(ssd_dir)]
+    assert len(files) == 1, files
+    with open(files[0], "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x10]))

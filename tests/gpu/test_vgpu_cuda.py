@@ -2,7 +2,6 @@
 pytest -q tests/gpu/test_vgpu_cuda.py"""
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -11,7 +10,7 @@ from torch import nn
 
 from apt_ext import _native
 from apt_ext.vgpu import VGPUChecksumError, VGPUStack, offload
-from vgpu_helpers import random_tensor, random_tensors_over, run_threads, same_bytes
+from vgpu_helpers import corrupt_only_ssd_page, random_tensor, random_tensors_over, run_threads, same_bytes
 
 
 def _levels(tmp_path, device_mb: float, host_mb: float, ssd_mb: float = 256) -> list[dict]:
@@ -115,14 +114,7 @@ def test_cuda_io_uring_ssd_level_checksums_and_recovery(tmp_path, rng):
     st.put("a", a.cuda())
     st.put("b", b.cuda())
     assert st.evict("a") and st.evict("a") and st.level("a") == 2
-    ssd_dir = st.stats()["ssd_dir"]
-    files = [os.path.join(ssd_dir, f) for f in os.listdir(ssd_dir)]
-    assert len(files) == 1
-    with open(files[0], "r+b") as fh:
-        fh.seek(5000)
-        byte = fh.read(1)
-        fh.seek(5000)
-        fh.write(bytes([byte[0] ^ 0x10]))
+    corrupt_only_ssd_page(st)
     with pytest.raises(VGPUChecksumError, match="checksum"):
         st.get("a")
     assert "a" in st and same_bytes(st.get("b"), b)

@@ -4,6 +4,7 @@ model with a remote layer trains."""
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import torch
@@ -76,6 +77,19 @@ def test_cloud_npu_linear_without_npu_falls_back(ray_local, rng):
         strict(x)
 
 
+def _wait_until_dead(actor, timeout_s: float = 60.0) -> None:
+    """Block until calls to ``actor`` fail (after ``ray.kill``)."""
+    import ray
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=10)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the actor still answers {timeout_s} s after ray.kill")
+
+
 def test_killed_actor_falls_back_and_is_replaced(ray_local, rng):
     import ray
     lin = nn.Linear(32, 32)
@@ -84,6 +98,7 @@ def test_killed_actor_falls_back_and_is_replaced(ray_local, rng):
     with torch.no_grad():
         remote(x)
         ray.kill(remote._actor)
+        _wait_until_dead(remote._actor)  # ray.kill is asynchronous: a call right after it may still land
         torch.testing.assert_close(remote(x), lin(x))     # the dead actor: answered locally
         s = remote.get_stats()
         assert s["failures"] == 1 and s["fallbacks"] == 1 and "Actor" in s["last_error"]

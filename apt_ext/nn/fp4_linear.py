@@ -51,7 +51,8 @@ class FP4Linear(nn.Module):
 
     On a CPU whose FP4 path is AVX-512, such calls with at most ``CPU_TILED_MAX_ROWS`` rows run
     on the CPU tiled copy (``apt_ext.fp4.tiled.cpu_tile``), built and kept the same way. Either
-    copy takes about as much memory again as the weight; set ``cpu_tiled = False`` on a layer (or on the class) to keep only the canonical tensors.
+    copy takes about as much memory again as the weight; set ``cpu_tiled = False`` on a layer
+    (or on the class) to keep only the canonical tensors.
     """
 
     cpu_tiled: bool = True

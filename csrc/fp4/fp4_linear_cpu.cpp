@@ -163,11 +163,14 @@ bool cpu_has_bf16_matmul() {
   return has;
 }
 
+// bf16_gemm_min_rows() for the kernels `kern` (the ones in use).
+int64_t bf16_gemm_rows(const CpuKernels& kern) {
+  return std::strcmp(kern.isa, "avx512") == 0 && cpu_has_bf16_matmul() ? kBf16GemmMinRows : 0;
+}
+
 }  // namespace
 
-int64_t bf16_gemm_min_rows() {
-  return std::strcmp(cpu_kernels().isa, "avx512") == 0 && cpu_has_bf16_matmul() ? kBf16GemmMinRows : 0;
-}
+int64_t bf16_gemm_min_rows() { return bf16_gemm_rows(cpu_kernels()); }
 
 at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                           const at::Tensor& tensor_scale, const c10::optional<at::Tensor>& bias, const std::string& fmt,
@@ -185,7 +188,7 @@ at::Tensor fp4_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
   const Weight w{pk.const_data_ptr<uint8_t>(), sc, *tensor_scale.const_data_ptr<float>(), f, n, kp, block_size};
   auto sizes = x.sizes().vec();
   sizes.back() = n;
-  const int64_t gemm_rows = bf16_gemm_min_rows();
+  const int64_t gemm_rows = bf16_gemm_rows(kern);
   if (x.scalar_type() == at::kBFloat16 && gemm_rows > 0 && m >= gemm_rows) {
     at::Tensor out = at::empty({m, n}, x.options().dtype(at::kFloat));
     linear_bf16_gemm(kern, x.reshape({m, k}).contiguous(), w, out);

@@ -4,9 +4,10 @@
 //
 // The time of a small-M linear layer is the time to read its weight, so the kernel is built to
 // keep many bytes in flight and spend few instructions per byte:
-//  * each warp owns one tile (16 weight rows) and a contiguous range of its 128-column steps;
-//    per step every lane loads 32 bytes of codes with two coalesced 16-byte loads (the warp reads
-//    one contiguous KiB) plus its scales, S steps ahead of their use (a register ring);
+//  * each warp owns one or two tiles (16 weight rows each, GemvConfig::tw) and a contiguous range
+//    of their 128-column steps; per step and tile every lane loads 32 bytes of codes with two
+//    coalesced 16-byte loads (the warp reads one contiguous KiB) plus its scales, S steps ahead of
+//    their use (a register ring); with two tiles each x value a warp loads feeds both;
 //  * warps of a block share their k-range across RW tiles (x comes from L1 after the first) and
 //    split K across KW warps, whose partial sums meet in shared memory: one launch, no atomics,
 //    deterministic;
@@ -15,10 +16,10 @@
 //    bfloat16 pairs in shared memory (one copy per lane: no bank conflicts) and one paired
 //    multiply by the bfloat16 absmax; both feeding mma.m16n8k16 with the weights as A and 8 rows of x
 //    as B; float16 / float32 x enter as 2 / 3 exact bfloat16 terms;
-//  * x is read from global memory (L1) per step, double-buffered (or, a launch mode for tuning,
-//    GemvConfig::xm, single-buffered for more blocks per multiprocessor); a lane's columns are
-//    four chunks of 8 (fp4_tiled_layout.h), so each 16-byte x load of the warp reads 64
-//    contiguous bytes per row of x.
+//  * x is read from global memory (L1) per step, double-buffered, single-buffered (for more
+//    blocks per multiprocessor) or one chunk at a time (so that two tiles per warp fit the
+//    registers; GemvConfig::xm); a lane's columns are four chunks of 8 (fp4_tiled_layout.h), so
+//    each 16-byte x load of the warp reads 64 contiguous bytes per row of x.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -82,8 +83,9 @@ __device__ __forceinline__ uint4 load_x(const uint4* p) {
 
 // How a block reads x (GemvConfig::xm): 0 through L1, double-buffered half a step ahead; 1 the
 // same with a single buffer loaded at each step, for more blocks per multiprocessor
-// (min_blocks_per_sm).
-constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1;
+// (min_blocks_per_sm); 2 one chunk (8 columns per lane) at a time, loaded one chunk ahead of its
+// two mma, so that only two chunks of x are live (two tiles per warp, or 32 rows of x, fit).
+constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXPerChunk = 2;
 
 // A lane's scale entry of one step (fp4_tiled_layout.h), as loaded: nvfp4 / mxfp4 8 bytes (x: row
 // g, y: row g + 8, byte c: the block of chunk c), nf4 four floats. (Issued in program order like
@@ -169,16 +171,19 @@ struct XStep {
   static constexpr int kChunkLoads = static_cast<int>(sizeof(T)) / 2;  // 16-byte loads per chunk
   static constexpr int kLoads = 4 * kChunkLoads;
   uint4 v[MT][kLoads];
-  // rows[i] + col0: the lane's first column (8t) of the step in row i.
-  __device__ void load(const T* const (&rows)[MT], int64_t col0) {
+  // rows[i] + col0: the lane's first column (8t) of the step in row i. Chunk c: columns 32c + 8t ..
+  // 32c + 8t + 7 of the step (words 4c .. 4c + 3 of 16-bit x).
+  __device__ void load_chunk(const T* const (&rows)[MT], int64_t col0, int c) {
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
       const uint4* p = reinterpret_cast<const uint4*>(rows[i] + col0);
 #pragma unroll
-      for (int c = 0; c < 4; ++c)
-#pragma unroll
-        for (int u = 0; u < kChunkLoads; ++u) v[i][c * kChunkLoads + u] = load_x(p + 2 * static_cast<int>(sizeof(T)) * c + u);
+      for (int u = 0; u < kChunkLoads; ++u) v[i][c * kChunkLoads + u] = load_x(p + 2 * static_cast<int>(sizeof(T)) * c + u);
     }
+  }
+  __device__ void load(const T* const (&rows)[MT], int64_t col0) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) load_chunk(rows, col0, c);
   }
   // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1 of the lane's; 0..31 for float32) of tile i.
   __device__ uint32_t word(int i, int w) const { return word_of(v[i][w / 4], w % 4); }
@@ -217,35 +222,51 @@ constexpr int kNf4PairTableBytes = 256 * 32 * 4;
 template <Format F>
 constexpr int nf4_table_bytes() { return F == Format::NF4 ? kNf4PairTableBytes : 0; }
 
-// All 8 mma of one step: words 0..3 in c0, 4..7 in c1 (fp4_tiled_layout.h). nf4_lane: this lane's
+// The four bfloat16x2 A registers of word j of a step (fp4_tiled_layout.h). nf4_lane: this lane's
 // copy of the nf4 pair table (nf4 only).
-template <Format F, typename T, int MT>
-__device__ __forceinline__ void step_math(const uint4& c0, const uint4& c1, const LaneScales<F>& sc,
-                                          const XStep<T, MT>& xs, const uint32_t* nf4_lane, float (&acc)[MT][4]) {
+template <Format F>
+__device__ __forceinline__ void decode_word(uint32_t w, const LaneScales<F>& sc, int j, const uint32_t* nf4_lane,
+                                            uint32_t (&a)[4]) {
+  if constexpr (F == Format::NF4) {
+    // Byte p holds pair p's two codes; pairs 0, 2 are row g, 1, 3 row g + 8; words 0..3 (chunks
+    // 0, 1) use block 0, words 4..7 block 1.
+    const float lo = j < 4 ? sc.absmax.x : sc.absmax.y, hi = j < 4 ? sc.absmax.z : sc.absmax.w;
+    const uint32_t s_lo = bf16_pack(lo, lo), s_hi = bf16_pack(hi, hi);
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const uint32_t b = __byte_perm(w, 0u, 0x4440u | static_cast<uint32_t>(p));
+      a[p] = bf16_mul2(nf4_lane[32 * b], (p & 1) ? s_hi : s_lo);
+    }
+  } else {
+    // Pairs 0, 2 are row g, pairs 1, 3 row g + 8; word j is in chunk j >> 1, whose block's scale
+    // is byte j >> 1 of each row half.
+    const uint32_t s_lo = scale_word<F>(sc.raw.x, j >> 1), s_hi = scale_word<F>(sc.raw.y, j >> 1);
+    a[0] = bf16_mul2(pair_bits<0>(w), s_lo);
+    a[1] = bf16_mul2(pair_bits<1>(w), s_hi);
+    a[2] = bf16_mul2(pair_bits<2>(w), s_lo);
+    a[3] = bf16_mul2(pair_bits<3>(w), s_hi);
+  }
+}
+
+// All 8 mma of one step for each of the warp's TW tiles: tile u's words 0..3 in c0[u], 4..7 in
+// c1[u]. kPerChunk: x is loaded here, chunk c + 1 before the mma of chunk c (xrows, col0 as for
+// XStep::load); otherwise xs holds the whole step already.
+template <Format F, typename T, int MT, int TW, bool kPerChunk>
+__device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c1)[TW], const LaneScales<F> (&sc)[TW],
+                                          XStep<T, MT>& xs, const T* const (&xrows)[MT], int64_t col0,
+                                          const uint32_t* nf4_lane, float (&acc)[TW][MT][4]) {
+  if constexpr (kPerChunk) xs.load_chunk(xrows, col0, 0);
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    const uint32_t w = word_of(j < 4 ? c0 : c1, j & 3);
-    uint32_t a[4];
-    if constexpr (F == Format::NF4) {
-      // Byte p holds pair p's two codes; pairs 0, 2 are row g, 1, 3 row g + 8; words 0..3 (chunks
-      // 0, 1) use block 0, words 4..7 block 1.
-      const float lo = j < 4 ? sc.absmax.x : sc.absmax.y, hi = j < 4 ? sc.absmax.z : sc.absmax.w;
-      const uint32_t s_lo = bf16_pack(lo, lo), s_hi = bf16_pack(hi, hi);
-#pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        const uint32_t b = __byte_perm(w, 0u, 0x4440u | static_cast<uint32_t>(p));
-        a[p] = bf16_mul2(nf4_lane[32 * b], (p & 1) ? s_hi : s_lo);
-      }
-    } else {
-      // Pairs 0, 2 are row g, pairs 1, 3 row g + 8; word j is in chunk j >> 1, whose block's scale
-      // is byte j >> 1 of each row half.
-      const uint32_t s_lo = scale_word<F>(sc.raw.x, j >> 1), s_hi = scale_word<F>(sc.raw.y, j >> 1);
-      a[0] = bf16_mul2(pair_bits<0>(w), s_lo);
-      a[1] = bf16_mul2(pair_bits<1>(w), s_hi);
-      a[2] = bf16_mul2(pair_bits<2>(w), s_lo);
-      a[3] = bf16_mul2(pair_bits<3>(w), s_hi);
+    if constexpr (kPerChunk) {
+      if (j % 2 == 0 && j < 6) xs.load_chunk(xrows, col0, j / 2 + 1);
     }
-    mma_step<T, MT>(acc, a, xs, j);
+#pragma unroll
+    for (int u = 0; u < TW; ++u) {
+      uint32_t a[4];
+      decode_word<F>(word_of(j < 4 ? c0[u] : c1[u], j & 3), sc[u], j, nf4_lane, a);
+      mma_step<T, MT>(acc[u], a, xs, j);
+    }
   }
 }
 
@@ -269,36 +290,39 @@ struct GemvArgs {
   int bias_type;
   void* out;
   int64_t n, n_tiles, steps, steps_per_part;
-  int rw, kw;  // tiles per block, K parts per tile (warps per block = rw * kw)
+  int rw, kw;  // warps along N per block (TW tiles each), K parts per tile (warps per block = rw * kw)
   int m_blocks;  // blocks along x (8 * MT rows each)
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
 };
 
 // Blocks per multiprocessor the registers must allow (__launch_bounds__): 2 for 8 rows of 16-bit
-// x (128 registers), 3 with one x buffer (80); 16 rows: 2 with one x buffer.
-template <typename T, int MT, int XM>
+// x (128 registers), 3 with one x buffer or x per chunk (80); 16 rows: 2 with one x buffer or x
+// per chunk; two tiles per warp: 2 up to 16 rows of x; 32 rows with two tiles: 1.
+template <typename T, int MT, int TW, int XM>
 constexpr int min_blocks_per_sm() {
   if (sizeof(T) != 2) return 1;
-  if (MT == 1) return XM == kXSingleBuffer ? 3 : 2;
-  return XM == kXSingleBuffer ? 2 : 1;
+  if (TW == 2) return MT <= 2 ? 2 : 1;
+  if (MT == 1) return XM == kXDoubleBuffer ? 2 : 3;
+  return XM == kXDoubleBuffer ? 1 : 2;
 }
 
-// Grid ceil(n_tiles / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying fastest,
-// so blocks that share weights run side by side and the later ones read them from L2), block
-// 32 * rw * kw threads, dynamic shared memory nf4_table_bytes<F>() + (kw - 1) * rw *
-// 32 * 4 * MT floats.
-// Warp w: tile (blockIdx.x / m_blocks) * rw + w % rw, K part w / rw.
-template <Format F, typename T, int MT, int S, int XM, bool kGelu>
-__global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>()))
+// Grid ceil(ceil(n_tiles / TW) / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying
+// fastest, so blocks that share weights run side by side and the later ones read them from L2),
+// block 32 * rw * kw threads, dynamic shared memory nf4_table_bytes<F>() + (kw - 1) * rw *
+// 32 * 4 * MT * TW floats.
+// Warp w: tiles TW * ((blockIdx.x / m_blocks) * rw + w % rw) + u (u < TW), K part w / rw.
+template <Format F, typename T, int MT, int TW, int S, int XM, bool kGelu>
+__global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, XM>()))
     gemv_tiled_kernel(const GemvArgs args) {
+  static_assert(TW == 1 || XM == kXPerChunk, "two tiles per warp fit the registers with x per chunk only");
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rt = warp % args.rw, part = warp / args.rw;
   const int64_t m_block = blockIdx.x % args.m_blocks;
-  const int64_t tile = static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + rt;
+  const int64_t tile0 = (static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + rt) * TW;
   // This warp's steps: [s_begin, s_begin + n_steps).
   const int64_t s_begin = part * args.steps_per_part;
   const int64_t n_steps =
-      tile >= args.n_tiles || s_begin >= args.steps ? 0 : min(args.steps - s_begin, args.steps_per_part);
+      tile0 >= args.n_tiles || s_begin >= args.steps ? 0 : min(args.steps - s_begin, args.steps_per_part);
   const int64_t row_first = m_block * 8 * MT;  // the block's first row of x
   const int rows_here = static_cast<int>(min(static_cast<int64_t>(8 * MT), args.m - row_first));
   const T* xrows[MT];  // this lane's first column (8t) of its rows of x, at the warp's first step
@@ -323,26 +347,36 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
     __syncthreads();
   }
 
-  float acc[MT][4];
+  float acc[TW][MT][4];
 #pragma unroll
-  for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+  for (int u = 0; u < TW; ++u)
+#pragma unroll
+    for (int i = 0; i < MT; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
 
-  // Running pointers: the next step to load (weights, scales) and this lane's x columns.
+  // Running pointers: the next step to load (weights, scales; tile u at + u * the next-tile
+  // offsets) and this lane's x columns. A second tile past the last reads the last one again
+  // (its sums are not written).
   static_assert(S % 2 == 0, "the x double buffer alternates with the step's parity");
-  const uint4* wp = args.tiles + tile * args.tile_stride + s_begin * args.step_stride + lane;
-  int64_t sp = tile * args.sc_tile_stride + s_begin * args.sc_step_stride + scale_entry(static_cast<int>(F), lane);
+  const uint4* wp = args.tiles + tile0 * args.tile_stride + s_begin * args.step_stride + lane;
+  int64_t sp = tile0 * args.sc_tile_stride + s_begin * args.sc_step_stride + scale_entry(static_cast<int>(F), lane);
+  const bool has_next_tile = TW > 1 && tile0 + 1 < args.n_tiles;
+  const int64_t w_next = has_next_tile ? args.tile_stride : 0, s_next = has_next_tile ? args.sc_tile_stride : 0;
 #pragma unroll
   for (int i = 0; i < MT; ++i) xrows[i] += s_begin * kStepCols;
   const uint64_t policy = l2_stream_policy(args.evict_first);
-  uint4 c0[S], c1[S];
-  LaneScales<F> sc[S];
+  uint4 c0[S][TW], c1[S][TW];
+  LaneScales<F> sc[S][TW];
+  auto load_ring = [&](int i) {
+#pragma unroll
+    for (int u = 0; u < TW; ++u) {
+      c0[i][u] = load_stream(wp + u * w_next, policy);
+      c1[i][u] = load_stream(wp + u * w_next + 32, policy);
+      sc[i][u] = LaneScales<F>::load(args.scales, sp + u * s_next, policy);
+    }
+  };
 #pragma unroll
   for (int i = 0; i < S; ++i) {
-    if (i < n_steps) {
-      c0[i] = load_stream(wp, policy);
-      c1[i] = load_stream(wp + 32, policy);
-      sc[i] = LaneScales<F>::load(args.scales, sp, policy);
-    }
+    if (i < n_steps) load_ring(i);
     wp += args.step_stride;
     sp += args.sc_step_stride;
   }
@@ -356,16 +390,14 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
     constexpr bool kChecked = decltype(checked)::value;
     if constexpr (kXDouble) {
       if (!kChecked || s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
-      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[i & 1], nf4_lane, acc);
+      step_math<F, T, MT, TW, false>(c0[i], c1[i], sc[i], xb[i & 1], xrows, 0, nf4_lane, acc);
+    } else if constexpr (XM == kXPerChunk) {
+      step_math<F, T, MT, TW, true>(c0[i], c1[i], sc[i], xb[0], xrows, s * kStepCols, nf4_lane, acc);
     } else {
       xb[0].load(xrows, s * kStepCols);
-      step_math<F, T, MT>(c0[i], c1[i], sc[i], xb[0], nf4_lane, acc);
+      step_math<F, T, MT, TW, false>(c0[i], c1[i], sc[i], xb[0], xrows, 0, nf4_lane, acc);
     }
-    if (!kChecked || s + S < n_steps) {
-      c0[i] = load_stream(wp, policy);
-      c1[i] = load_stream(wp + 32, policy);
-      sc[i] = LaneScales<F>::load(args.scales, sp, policy);
-    }
+    if (!kChecked || s + S < n_steps) load_ring(i);
     wp += args.step_stride;
     sp += args.sc_step_stride;
   };
@@ -383,110 +415,150 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, XM>(
   }
 
   // K parts 1.. hand their sums to part 0 through shared memory, in a fixed order.
+  constexpr int kSums = TW * MT * 4;  // a lane's sums
   if (args.kw > 1) {
-    // [(kw - 1) * rw][4 * MT][32], after the nf4 table
+    // [(kw - 1) * rw][kSums][32], after the nf4 table
     float* partial = reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>());
     if (part > 0) {
-      float* dst = partial + ((part - 1) * args.rw + rt) * (4 * MT * 32) + lane;
+      float* dst = partial + ((part - 1) * args.rw + rt) * (kSums * 32) + lane;
 #pragma unroll
-      for (int i = 0; i < MT; ++i)
+      for (int u = 0; u < TW; ++u)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dst[(4 * i + e) * 32] = acc[i][e];
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dst[((u * MT + i) * 4 + e) * 32] = acc[u][i][e];
     }
     __syncthreads();
     if (part == 0) {
       for (int p = 1; p < args.kw; ++p) {
-        const float* src = partial + ((p - 1) * args.rw + rt) * (4 * MT * 32) + lane;
+        const float* src = partial + ((p - 1) * args.rw + rt) * (kSums * 32) + lane;
 #pragma unroll
-        for (int i = 0; i < MT; ++i)
+        for (int u = 0; u < TW; ++u)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[i][e] += src[(4 * i + e) * 32];
+          for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[u][i][e] += src[((u * MT + i) * 4 + e) * 32];
       }
     }
   }
-  if (part != 0 || tile >= args.n_tiles) return;
+  if (part != 0) return;
 
-  // C fragment: acc[i][0..1] = (row g, x rows 2t, 2t+1 of tile i), acc[i][2..3] = (row g + 8, same).
+  // C fragment: acc[u][i][0..1] = (row g of tile u, x rows 2t, 2t+1 of x block i), acc[u][i][2..3]
+  // = (row g + 8, same).
   const float scale = __ldg(args.out_scale);
 #pragma unroll
-  for (int i = 0; i < MT; ++i) {
+  for (int u = 0; u < TW; ++u) {
+    if (tile0 + u >= args.n_tiles) break;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int64_t row = tile * kTileRows + g + 8 * (e >> 1);
-      const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
-      if (row >= args.n || col >= args.m) continue;
-      float v = acc[i][e] * scale;
-      if (args.bias != nullptr) v += load_bias<T>(args.bias, args.bias_type, row);
-      if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-      static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v);
+    for (int i = 0; i < MT; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t row = (tile0 + u) * kTileRows + g + 8 * (e >> 1);
+        const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
+        if (row >= args.n || col >= args.m) continue;
+        float v = acc[u][i][e] * scale;
+        if (args.bias != nullptr) v += load_bias<T>(args.bias, args.bias_type, row);
+        if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v);
+      }
     }
   }
 }
 
-// Launch shape: tiles per block (rw), K parts (kw), pipeline stages (s), x rows per block as
-// tiles of 8 (mt: 1, 2, or 0 = 1 up to 8 rows of x, else 2), how x is read (xm: kXDoubleBuffer,
-// kXSingleBuffer, or -1 = the heuristic's: single for 16-row blocks, else double).
+// Launch shape: warps along N per block (rw), K parts (kw), pipeline stages (s), x rows per block
+// as tiles of 8 (mt: 1, 2, 4, or 0 = the heuristic's: 1 up to 8 rows of x, else 2), how x is read
+// (xm: kXDoubleBuffer, kXSingleBuffer, kXPerChunk, or -1 = the heuristic's), tiles per warp (tw:
+// 1, 2, or 0 = the heuristic's).
 struct GemvConfig {
   int rw, kw, s, mt, xm;
   bool balance;      // tiles per block chosen so the blocks spread evenly over the multiprocessors
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
+  int tw;
 };
 
-// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]" (read once) overrides the
-// heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's tiles per block and K parts
-// (and its mt when mt is 0); xm -1 (the default) is the heuristic's; balance and evict_first
-// default to 1. Stages
-// other than the default, and xm = 1 with 8-row blocks, apply to nvfp4 with bfloat16 x only;
-// other formats and x dtypes keep the defaults (launch_gemv).
+// The kernels this file builds, by (sweep: nvfp4 with bfloat16 x; fp32x: float32 x) and launch
+// shape. Every format and x dtype: 2 stages, 8 rows of x double-buffered, and for 16-bit x 16 rows
+// with one x buffer, two buffers, or two tiles per warp with x per chunk; float32 x only the
+// first. The tuning sweep's other modes (4 stages, x per chunk with one tile, 32 rows) are built
+// for nvfp4 with bfloat16 x only.
+constexpr bool kernel_built(bool sweep, bool fp32x, int mt, int tw, int s, int xm) {
+  if (tw == 2 && xm != kXPerChunk) return false;
+  if (fp32x) return mt == 1 && tw == 1 && s == kDefaultStages && xm == kXDoubleBuffer;
+  const bool common = s == kDefaultStages && ((mt == 1 && tw == 1 && xm == kXDoubleBuffer) ||
+                                              (mt == 2 && tw == 1 && xm != kXPerChunk) ||
+                                              (mt == 2 && tw == 2));
+  if (common || !sweep) return common;
+  if (xm == kXPerChunk) return s == kDefaultStages;
+  return tw == 1 && mt != 4 && (s == 2 || s == 4);
+}
+
+// The heuristic's tiles per warp and x mode for blocks of `mt` x tiles of 8 rows: two tiles per
+// warp with x per chunk from 16 rows (each x value feeds 32 weight rows: round 8 found L1, serving
+// x, the busiest unit at M = 16), one tile double-buffered at 8 rows.
+constexpr int default_tiles_per_warp(int mt) { return mt == 1 ? 1 : 2; }
+constexpr int default_x_mode(int mt, int tw) { return tw == 2 || mt == 4 ? kXPerChunk : (mt == 1 ? kXDoubleBuffer : kXSingleBuffer); }
+
+// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]" (read once) overrides the
+// heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's block shape, mt = 0 its rows of
+// x, xm = -1 its x mode, tw = 0 its tiles per warp; balance and evict_first default to 1. A launch
+// shape kernel_built does not build for the format and x dtype falls back to the heuristic's
+// stages, x mode and tiles per warp (and 32 rows of x to 16).
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
-  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1;
-  const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first);
+  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1, tw = 0;
+  const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first, &tw);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
-  TORCH_CHECK_VALUE(got >= 3 && shape_ok && mt >= 0 && mt <= 2 &&
-                        (xm == -1 || xm == kXDoubleBuffer || xm == kXSingleBuffer),
-                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]' with rw * kw <= 8 "
-                    "(or both 0), mt in 0..2 and xm -1, 0 or 1, got '", env, "'");
-  cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0};
+  TORCH_CHECK_VALUE(got >= 3 && shape_ok && (mt == 0 || mt == 1 || mt == 2 || mt == 4) && xm >= -1 &&
+                        xm <= kXPerChunk && tw >= 0 && tw <= 2,
+                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]' with rw * kw <= 8 "
+                    "(or both 0), mt 0, 1, 2 or 4, xm in -1..2 and tw in 0..2, got '", env, "'");
+  cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0, tw};
   return true;
 }
 
-// Rows of x per block for GemvConfig::mt (float32 x always takes 8).
-constexpr int x_rows_per_block(int mt, int64_t m) { return mt == 1 || (mt == 0 && m <= 8) ? 8 : 16; }
-
 // About 16 warps per multiprocessor (each with a pipeline of loads in flight): K split only as far
 // as each part keeps one pipeline's worth of steps. More than 8 rows of x: blocks of 16 rows (each
-// weight decoded once for 16 rows) with one x buffer, so that two blocks of 8 warps fit a
-// multiprocessor's registers (round-7 sweeps: at M = 16 the largest shape took 65.0 us this way,
-// fp4_gemv_sweep_NVIDIA_H200_round7b.json, against 84.9 us with two 8-row blocks per tile,
-// round7a).
-GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, int sms) {
+// weight decoded once for 16 rows; round-7 sweeps: at M = 16 the largest shape took 65.0 us this
+// way, fp4_gemv_sweep_NVIDIA_H200_round7b.json, against 84.9 us with two 8-row blocks per tile,
+// round7a). Returns a shape kernel_built builds for (sweep, fp32x).
+GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_tiles, int64_t steps, int sms) {
   // nf4 fills its 32 KB pair table once per block: it keeps blocks of 8 warps (with balance, the
   // 2-warp blocks of 14336 x 4096 ran nf4 at 1.21x bf16 against nvfp4's 2.22x in
   // fp4_linear_NVIDIA_H200.json of the round-6 session, and at 1.55x against 2.23x unbalanced in
   // fp4_gemv_sweep_NVIDIA_H200_round8a.json).
-  GemvConfig cfg{0, 0, kDefaultStages, 0, -1, f != Format::NF4, true};
+  GemvConfig cfg{0, 0, kDefaultStages, 0, -1, f != Format::NF4, true, 0};
   const bool from_env = env_config(cfg);
-  const int64_t rows = x_rows_per_block(cfg.mt, m), m_blocks = (m + rows - 1) / rows;
-  if (cfg.xm < 0) cfg.xm = rows == 16 ? kXSingleBuffer : kXDoubleBuffer;
+  if (fp32x) {
+    cfg.mt = 1;
+  } else if (cfg.mt == 0 || (cfg.mt == 4 && !sweep)) {
+    cfg.mt = m <= 8 ? 1 : 2;
+  }
+  if (cfg.tw == 0) cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt);
+  if (cfg.xm < 0) cfg.xm = default_x_mode(cfg.mt, cfg.tw);
+  if (!kernel_built(sweep, fp32x, cfg.mt, cfg.tw, cfg.s, cfg.xm)) {
+    cfg.s = kDefaultStages;
+    cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt);
+    cfg.xm = default_x_mode(cfg.mt, cfg.tw);
+  }
   if (from_env && cfg.rw > 0) return cfg;
+  const int64_t m_blocks = (m + 8 * cfg.mt - 1) / (8 * cfg.mt), units = (n_tiles + cfg.tw - 1) / cfg.tw;
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kMinStepsPerPart, kMaxWarps));
-  // K parts: the largest power of two up to the warps wanted per tile (round 2's sweep: e.g.
-  // 896 tiles -> kw 2 beat kw 3 or 4).
-  const int64_t want = (int64_t{16} * sms + n_tiles * m_blocks - 1) / (n_tiles * m_blocks);
+  // K parts: the largest power of two up to the warps wanted per warp's tiles (round 2's sweep:
+  // e.g. 896 tiles -> kw 2 beat kw 3 or 4).
+  const int64_t want = (int64_t{16} * sms + units * m_blocks - 1) / (units * m_blocks);
   cfg.kw = 1;
   while (cfg.kw * 2 <= want && cfg.kw * 2 <= max_kw) cfg.kw *= 2;
   cfg.rw = kMaxWarps / cfg.kw;
   // On by default: on the round-6 sweep (fp4_gemv_sweep_NVIDIA_H200_round6.json) it took the
   // largest shape at M = 1 from 50.4 to 45.6 us and changed the others by at most a few percent.
   if (cfg.balance) {
-    // The busiest multiprocessor gets ceil(blocks / sms) blocks of rw tiles each: take the rw
-    // that gives it the fewest tiles (ties: the larger block). E.g. 1792 tiles on 132 SMs:
-    // rw 8 -> 2 blocks of 8 = 16 tiles, rw 7 -> 2 blocks of 7 = 14 (the even share is 13.6).
+    // The busiest multiprocessor gets ceil(blocks / sms) blocks of rw warps' tiles each: take the
+    // rw that gives it the fewest (ties: the larger block). E.g. 1792 tiles on 132 SMs: rw 8 -> 2
+    // blocks of 8 = 16 tiles, rw 7 -> 2 blocks of 7 = 14 (the even share is 13.6).
     int64_t best = std::numeric_limits<int64_t>::max();
     for (int rw = kMaxWarps / cfg.kw; rw >= 1; --rw) {
-      const int64_t blocks = (n_tiles + rw - 1) / rw * m_blocks;
+      const int64_t blocks = (units + rw - 1) / rw * m_blocks;
       const int64_t busiest = (blocks + sms - 1) / sms * rw;
       if (busiest < best) {
         best = busiest;
@@ -497,54 +569,40 @@ GemvConfig choose_config(Format f, int64_t m, int64_t n_tiles, int64_t steps, in
   return cfg;
 }
 
+// Calls f(std::integral_constant<int, V>{}) for each V in Vs.
+template <int... Vs, typename Fn>
+void for_each_int(Fn&& f) {
+  (f(std::integral_constant<int, Vs>{}), ...);
+}
+
 template <Format F, typename T, int MT, bool kGelu>
-void launch_gemv(GemvArgs args, GemvConfig cfg, dim3 grid, cudaStream_t stream) {
-  const int threads = 32 * cfg.rw * cfg.kw;
-  const int64_t partial_bytes = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT : 0;
-  // Launch modes other than the defaults (2 stages; 8-row blocks double-buffered, 16-row blocks
-  // either) are built for the tuning sweep of nvfp4 / bfloat16 only.
+void launch_gemv(const GemvArgs& args, const GemvConfig& cfg, dim3 grid, cudaStream_t stream) {
   constexpr bool kSweep = F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu;
-  if (!kSweep) {
-    if (MT == 1) cfg.xm = kXDoubleBuffer;
-    cfg.s = kDefaultStages;
-  }
+  constexpr bool kFp32x = std::is_same_v<T, float>;
+  const int threads = 32 * cfg.rw * cfg.kw;
+  const int64_t partial_bytes = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT * cfg.tw : 0;
   const size_t smem = static_cast<size_t>(nf4_table_bytes<F>() + partial_bytes);
-  auto go = [&](auto kernel) {
-    if (smem > 48 * 1024) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    }
-    kernel<<<grid, threads, smem, stream>>>(args);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  if (cfg.s == kDefaultStages && cfg.xm == kXDoubleBuffer) {
-    go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXDoubleBuffer, kGelu>);
-    return;
-  }
-  if constexpr (MT == 2) {
-    if (cfg.s == kDefaultStages) {
-      go(gemv_tiled_kernel<F, T, MT, kDefaultStages, kXSingleBuffer, kGelu>);
-      return;
-    }
-  }
-  if constexpr (kSweep) {
-    auto with_xm = [&](auto s_c) {
-      constexpr int S = decltype(s_c)::value;
-      if (cfg.xm == kXDoubleBuffer) {
-        go(gemv_tiled_kernel<F, T, MT, S, kXDoubleBuffer, kGelu>);
-      } else {
-        go(gemv_tiled_kernel<F, T, MT, S, kXSingleBuffer, kGelu>);
-      }
-    };
-    if (cfg.s == 2) {
-      with_xm(std::integral_constant<int, 2>{});
-      return;
-    }
-    if (cfg.s == 4) {
-      with_xm(std::integral_constant<int, 4>{});
-      return;
-    }
-  }
-  TORCH_CHECK_VALUE(false, "APT_FP4_GEMV: stages must be 2 or 4");
+  bool launched = false;
+  for_each_int<2, 4>([&](auto s_c) {
+    for_each_int<1, 2>([&](auto tw_c) {
+      for_each_int<kXDoubleBuffer, kXSingleBuffer, kXPerChunk>([&](auto xm_c) {
+        constexpr int S = decltype(s_c)::value, TW = decltype(tw_c)::value, XM = decltype(xm_c)::value;
+        if constexpr (kernel_built(kSweep, kFp32x, MT, TW, S, XM)) {
+          if (launched || cfg.s != S || cfg.tw != TW || cfg.xm != XM) return;
+          auto kernel = gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu>;
+          if (smem > 48 * 1024) {
+            C10_CUDA_CHECK(
+                cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+          }
+          kernel<<<grid, threads, smem, stream>>>(args);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          launched = true;
+        }
+      });
+    });
+  });
+  TORCH_CHECK(launched, "fp4_linear_tiled: no kernel built for stages ", cfg.s, ", x mode ", cfg.xm, ", ", cfg.tw,
+              " tiles per warp and ", 8 * MT, " rows of x");
 }
 
 at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
@@ -598,13 +656,21 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.n_tiles = tiles.size(0);
   args.steps = tiles.size(1);
 
-  const GemvConfig cfg = choose_config(f, m, args.n_tiles, args.steps, sm_count(x.get_device()));
+  const bool fp32x = x.scalar_type() == at::kFloat;
+  const bool sweep = f == Format::NVFP4 && x.scalar_type() == at::kBFloat16 && !gelu;
+  const GemvConfig cfg = choose_config(f, sweep, fp32x, m, args.n_tiles, args.steps, sm_count(x.get_device()));
   args.rw = cfg.rw;
   args.kw = cfg.kw;
   args.evict_first = cfg.evict_first;
   args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;
+  // Grid: ceil(ceil(n_tiles / tw) / rw) blocks along N times m_blocks along x.
+  const int64_t m_blocks = (m + 8 * cfg.mt - 1) / (8 * cfg.mt);
+  const int64_t tile_blocks = ((args.n_tiles + cfg.tw - 1) / cfg.tw + cfg.rw - 1) / cfg.rw;
+  TORCH_CHECK_VALUE(tile_blocks * m_blocks < (int64_t{1} << 31),
+                    "fp4_linear_tiled: too many rows of x for one launch; split x");
+  args.m_blocks = static_cast<int>(m_blocks);
+  const dim3 grid(static_cast<unsigned>(tile_blocks * m_blocks));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t tile_blocks = (args.n_tiles + cfg.rw - 1) / cfg.rw;
 
   dispatch_format(f, [&](auto fc) {
     constexpr Format F = decltype(fc)::value;
@@ -612,19 +678,17 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
       using T = decltype(t_c);
       auto go = [&](auto mt_c) {
         constexpr int MT = decltype(mt_c)::value;
-        args.m_blocks = static_cast<int>((m + 8 * MT - 1) / (8 * MT));
-        TORCH_CHECK_VALUE(tile_blocks * args.m_blocks < (int64_t{1} << 31),
-                          "fp4_linear_tiled: too many rows of x for one launch; split x");
-        const dim3 grid(static_cast<unsigned>(tile_blocks * args.m_blocks));
         gelu ? launch_gemv<F, T, MT, true>(args, cfg, grid, stream)
              : launch_gemv<F, T, MT, false>(args, cfg, grid, stream);
       };
       if constexpr (std::is_same_v<T, float>) {  // float32 x: 8 rows per block (registers)
         go(std::integral_constant<int, 1>{});
-      } else if (x_rows_per_block(cfg.mt, m) == 8) {
+      } else if (cfg.mt == 1) {
         go(std::integral_constant<int, 1>{});
-      } else {
+      } else if (cfg.mt == 2) {
         go(std::integral_constant<int, 2>{});
+      } else {
+        go(std::integral_constant<int, 4>{});
       }
     };
     if (x.scalar_type() == at::kBFloat16) {

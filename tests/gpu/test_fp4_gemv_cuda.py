@@ -77,7 +77,7 @@ def _check(fmt: str, m: int, dt: torch.dtype, with_bias: bool, n: int, k: int, a
 
 @needs_cuda_build
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 15, 16, 17, 33])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 15, 16, 17, 33, 64])
 @pytest.mark.parametrize("dt", X_DTYPES)
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_gemv_small_k(fmt, m, dt, with_bias, apt_seed):
@@ -86,7 +86,7 @@ def test_gemv_small_k(fmt, m, dt, with_bias, apt_seed):
 
 @needs_cuda_build
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("m", [1, 5, 16])
+@pytest.mark.parametrize("m", [1, 5, 16, 40])
 @pytest.mark.parametrize("dt", X_DTYPES)
 def test_gemv_long_k(fmt, m, dt, apt_seed):
     """Many steps, K split across warps (shared-memory reduction), K not a multiple of 128."""
@@ -105,19 +105,23 @@ def test_gemv_step_major_views(fmt, m, apt_seed):
 @pytest.mark.parametrize("launch", ["2,4,4,1", "8,1,4,2", "4,2,4,0", "3,2,4,1", "8,1,4,0,1", "7,1,2,0,1",
                                     "2,4,2,1,1", "4,2,2,2,1", "1,8,2,2,0", "1,8,4,2,1", "0,0,4,0,1,1",
                                     "0,0,2,0,0,0", "0,0,2,1,1", "0,0,2,2,0", "0,0,4,2,1",
-                                    "0,0,2,0,-1,1,0", "0,0,4,0,-1,0,1", "4,2,2,0,-1,1,0"])
+                                    "0,0,2,0,-1,1,0", "0,0,4,0,-1,0,1", "4,2,2,0,-1,1,0",
+                                    "0,0,2,0,-1,1,1,1", "0,0,2,1,2,1,1,2", "3,2,2,2,2,1,1,2", "1,8,2,2,2,0,1,2",
+                                    "0,0,2,4,2,1,1,2", "0,0,2,4,2,1,1,1", "5,1,2,4,-1,1,1,0", "0,0,2,1,2,1,1,1",
+                                    "0,0,4,2,1,1,1,2"])
 def test_gemv_launch_variants(launch):
     """The tuning sweep's APT_FP4_GEMV variants (read once per process, so each in a child):
-    8- and 16-row x blocks, 1-8 K parts, tiles per block not dividing N, both storage orders,
-    x with one or two buffers (or the heuristic's choice), 2 or 4 stages, the heuristic's block
-    shape balanced or not, weights loaded with L2 evict_first or not, every format (the other
-    formats fall back to the default stages and x mode)."""
+    8-, 16- and 32-row x blocks, 1-8 K parts, warps per block not dividing N's tiles, one or two
+    tiles per warp (an odd number of tiles: N = 300), both storage orders, x with one or two
+    buffers or per chunk (or the heuristic's choice), 2 or 4 stages, the heuristic's block shape
+    balanced or not, weights loaded with L2 evict_first or not, every format (the other formats,
+    and shapes not built, fall back to the heuristic's stages, x mode and tiles per warp)."""
     code = (
         "import sys, torch\n"
         "sys.path[:0] = sys.argv[1:]\n"
         "import test_fp4_gemv_cuda as t\n"
         "for fmt in t.FORMATS:\n"
-        "    for m in (1, 9, 16):\n"
+        "    for m in (1, 9, 16, 33, 64):\n"
         "        for sm in (False, True):\n"
         "            t._check(fmt, m, torch.bfloat16, True, n=300, k=4192, apt_seed=7, step_major=sm)\n"
         "print('ok')\n")

@@ -492,10 +492,13 @@ constexpr bool kernel_built(bool sweep, bool fp32x, int mt, int tw, int s, int x
   return tw == 1 && mt != 4 && (s == 2 || s == 4);
 }
 
-// The heuristic's tiles per warp and x mode for blocks of `mt` x tiles of 8 rows: two tiles per
-// warp with x per chunk from 16 rows (each x value feeds 32 weight rows: round 8 found L1, serving
-// x, the busiest unit at M = 16), one tile double-buffered at 8 rows.
-constexpr int default_tiles_per_warp(int mt) { return mt == 1 ? 1 : 2; }
+// The heuristic's tiles per warp for blocks of `mt` x tiles of 8 rows and `m` rows of x in all:
+// two (x loaded per chunk, each x value feeding 32 weight rows) above 16 rows of x, one up to 16.
+// Round-10a sweep (fp4_gemv_sweep_NVIDIA_H200_round10a.json, 16-row blocks, do_bench): at M = 64
+// two tiles took 18.0 / 50.6 / 43.5 / 166.1 us on the four shapes against 18.8 / 53.4 / 50.0 /
+// 184.7 us with one, at M = 32 14.1 / 31.2 / 29.2 / 97.0 against 14.3 / 34.3 / 30.4 / 100.7; at
+// M = 16 one tile stays (12.0 / 21.4 / 20.4 / 63.9 against 13.3 / 21.4 / 28.9 / 63.4 us).
+constexpr int default_tiles_per_warp(int mt, int64_t m) { return mt == 1 || m <= 16 ? 1 : 2; }
 constexpr int default_x_mode(int mt, int tw) { return tw == 2 || mt == 4 ? kXPerChunk : (mt == 1 ? kXDoubleBuffer : kXSingleBuffer); }
 
 // APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]" (read once) overrides the
@@ -534,11 +537,11 @@ GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_
   } else if (cfg.mt == 0 || (cfg.mt == 4 && !sweep)) {
     cfg.mt = m <= 8 ? 1 : 2;
   }
-  if (cfg.tw == 0) cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt);
+  if (cfg.tw == 0) cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt, m);
   if (cfg.xm < 0) cfg.xm = default_x_mode(cfg.mt, cfg.tw);
   if (!kernel_built(sweep, fp32x, cfg.mt, cfg.tw, cfg.s, cfg.xm)) {
     cfg.s = kDefaultStages;
-    cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt);
+    cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt, m);
     cfg.xm = default_x_mode(cfg.mt, cfg.tw);
   }
   if (from_env && cfg.rw > 0) return cfg;

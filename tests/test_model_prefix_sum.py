@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from apt_ext.model.autopoietic import AutopoieticCorrection
-from apt_ext.model.prefix_sum import prefix_sum
+from apt_ext.model.prefix_sum import BLOCK_ROWS, blocked_cumsum, prefix_sum
 
 
 @pytest.mark.parametrize("shape", [(3, 17), (2, 33, 8), (1, 5, 2, 3)])
@@ -15,6 +15,19 @@ from apt_ext.model.prefix_sum import prefix_sum
 def test_equals_cumsum(shape, dtype):
     x = torch.randn(shape).to(dtype)
     assert torch.equal(prefix_sum(x), torch.cumsum(x, dim=1))
+
+
+@pytest.mark.parametrize("t", [1, 2 * BLOCK_ROWS, 2 * BLOCK_ROWS + 1, 4 * BLOCK_ROWS, 1000])
+@pytest.mark.parametrize("rest", [(), (7,), (3, 2)])
+def test_blocked_cumsum_equals_cumsum(t, rest):
+    """The CUDA path's blocked scan (any device): the same sums in another order, so float64
+    agrees to rounding; the shape, dtype and every row past a block edge and a padded tail."""
+    x = torch.randn((2, t) + rest, dtype=torch.float64)
+    got = blocked_cumsum(x)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    torch.testing.assert_close(got, torch.cumsum(x, dim=1), rtol=1e-12, atol=1e-10)
+    x32 = torch.randn((2, t) + rest)
+    torch.testing.assert_close(blocked_cumsum(x32), torch.cumsum(x32, dim=1), rtol=1e-5, atol=1e-4)
 
 
 def test_opcheck_and_gradcheck():

@@ -6,17 +6,48 @@ on CUDA, torch 2.11's inductor turns a long one into a split scan whose code gen
 ``TritonSymbols.get_block_shape``; measured on an H200 at B 8, T 1024, D 768, see
 docs/model.md). Under torch.compile the sum therefore goes through the custom op
 ``apt_model::prefix_sum``, which the compiled graph calls as one ATen ``cumsum`` (no graph
-break, no inductor scan). In eager mode it is a plain ``torch.cumsum``: a custom op's first
-eager call imports torch._dynamo (about 2 s), which a server's first request must not pay.
+break, no inductor scan). In eager mode it is called directly: a custom op's first eager call
+imports torch._dynamo (about 2 s), which a server's first request must not pay.
+
+On CUDA a long sum is taken in blocks (``blocked_cumsum``): ATen's scan over dim 1 gives one
+thread per (batch, feature) column walking all T rows, 6,144 threads for B 8 x D 768, and took
+8.8 ms of a 34.8 ms compiled training step at T 1024 on the H200 (24 calls, profile in
+benchmarks/results/model_throughput.json of the eighth session). Two short scans, within blocks of
+32 rows and then over the blocks' totals, run 32 times as many columns in parallel.
 """
 from __future__ import annotations
 
 import torch
 
+BLOCK_ROWS = 32  # rows per block of blocked_cumsum
+
+
+def blocked_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """torch.cumsum(x, dim=1) as a scan within blocks of BLOCK_ROWS rows plus the running total of
+    the earlier blocks (the same sums, added in another order).
+
+    x: [B, T, ...] floating tensor. Returns a tensor of x's shape and dtype.
+    """
+    b, t = x.shape[:2]
+    if t <= 2 * BLOCK_ROWS:
+        return torch.cumsum(x, dim=1)
+    blocks = -(-t // BLOCK_ROWS)
+    pad = blocks * BLOCK_ROWS - t
+    if pad:
+        x = torch.cat([x, x.new_zeros((b, pad) + tuple(x.shape[2:]))], dim=1)
+    inner = torch.cumsum(x.reshape((b, blocks, BLOCK_ROWS) + tuple(x.shape[2:])), dim=2)
+    totals = inner[:, :, -1]
+    before = torch.cumsum(totals, dim=1) - totals  # the sum of the blocks before each block
+    return (inner + before.unsqueeze(2)).reshape((b, blocks * BLOCK_ROWS) + tuple(x.shape[2:]))[:, :t]
+
+
+def _running_sum(x: torch.Tensor) -> torch.Tensor:
+    return blocked_cumsum(x) if x.is_cuda else torch.cumsum(x, dim=1)
+
 
 @torch.library.custom_op("apt_model::prefix_sum", mutates_args=())
 def _prefix_sum_op(x: torch.Tensor) -> torch.Tensor:
-    return torch.cumsum(x, dim=1)
+    return _running_sum(x).contiguous()
 
 
 @_prefix_sum_op.register_fake
@@ -43,4 +74,4 @@ def prefix_sum(x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"x: expected a floating tensor, got {x.dtype}")
     if torch.compiler.is_compiling():
         return _prefix_sum_op(x)
-    return torch.cumsum(x, dim=1)
+    return _running_sum(x)

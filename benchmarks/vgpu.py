@@ -7,8 +7,9 @@
 Sections (each compares apt_ext with the alternatives side by side):
  1. host->device: a pinned copy_ and a pageable copy_ of N bytes vs the pager's promotion of a
     tensor of N bytes from its host slab (get() of an entry whose only fast copy is in the slab).
- 2. SSD->host: the pager reading an N-byte page with io_uring and with the pread pool vs
-    `dd iflag=direct` (and fio, if installed) reading the same file.
+ 2. SSD: the pager reading an N-byte page (SSD -> host) and writing one (host -> SSD, evict) with
+    io_uring and with the pread/pwrite pool vs `dd iflag=direct` / `dd oflag=direct` (and fio, if
+    installed) reading and writing files of the same size in the same directory.
  3. Offloaded inference of a stack of MLP blocks with a device budget of 25% of the weights,
     M in {1, 256}: resident, apt_ext offload(prefetch=2), accelerate cpu_offload / disk_offload,
     the PCIe bound (bytes moved / measured pinned bandwidth); repeated with FP4 weights when the
@@ -119,15 +120,30 @@ def run_dd(path: str) -> float | None:
     return int(m.group(1)) / float(m.group(2)) / 1e9 if p.returncode == 0 and m else None
 
 
-def run_fio(path: str, size: int) -> float | None:
+def run_dd_write(src: str, dst: str) -> float | None:
+    """GB/s of `dd oflag=direct` copying ``src`` (read once first, so it comes from the page
+    cache) into a new file ``dst``."""
+    if shutil.which("dd") is None:
+        return None
+    with open(src, "rb") as f:
+        while f.read(1 << 24):
+            pass
+    p = subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=4M", "oflag=direct"], capture_output=True, text=True)
+    m = re.search(r"(\d+) bytes .* copied, ([\d.]+) s", p.stderr)
+    return int(m.group(1)) / float(m.group(2)) / 1e9 if p.returncode == 0 and m else None
+
+
+def run_fio(path: str, size: int, rw: str = "read") -> float | None:
+    """GB/s of fio reading (``rw`` "read") or writing ("write") ``size`` bytes of ``path``
+    sequentially: 1 MiB blocks, io_uring, queue depth 64, O_DIRECT."""
     if shutil.which("fio") is None:
         return None
-    cmd = ["fio", "--name=seqread", f"--filename={path}", "--rw=read", "--bs=1M", "--iodepth=64",
+    cmd = ["fio", f"--name=seq{rw}", f"--filename={path}", f"--rw={rw}", "--bs=1M", "--iodepth=64",
            "--ioengine=io_uring", "--direct=1", f"--size={size}", "--output-format=json"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         return None
-    return json.loads(p.stdout)["jobs"][0]["read"]["bw_bytes"] / 1e9
+    return json.loads(p.stdout)["jobs"][0][rw]["bw_bytes"] / 1e9
 
 
 def bench_ssd(nbytes: int, ssd_dir: str, reps: int) -> dict:
@@ -137,7 +153,7 @@ def bench_ssd(nbytes: int, ssd_dir: str, reps: int) -> dict:
     for backend in ("io_uring", "pread"):
         try:
             st = VGPUStack([{"device": "cpu", "capacity_mb": 1.05 * nbytes / MB},
-                            {"device": "ssd", "capacity_mb": 1.1 * nbytes / MB, "path": ssd_dir}],
+                            {"device": "ssd", "capacity_mb": 2.2 * nbytes / MB, "path": ssd_dir}],
                            io_backend=backend, queue_depth=64)
         except RuntimeError as exc:
             out[backend] = {"error": str(exc)}
@@ -156,7 +172,15 @@ def bench_ssd(nbytes: int, ssd_dir: str, reps: int) -> dict:
             secs.append(time.perf_counter() - t0)
             st.evict("x")  # drops the slab copy (the SSD copy stays)
         link = st.stats()["links"]["ssd->host"]
+        write_secs = []
+        for _ in range(reps):  # host -> SSD: evict writes the page (O_DIRECT where the file system allows)
+            st.put("w", src)
+            t0 = time.perf_counter()
+            st.evict("w")
+            write_secs.append(time.perf_counter() - t0)
+            st.remove("w")
         out[backend] = {"gbps": nbytes / statistics.median(secs) / 1e9, "link_stat_gbps": link["gbps"],
+                        "write_gbps": nbytes / statistics.median(write_secs) / 1e9,
                         "page_cache_dropped": dropped}
         if backend == "io_uring":  # keep a copy of the page file for dd/fio
             files = os.listdir(s["ssd_dir"])
@@ -168,10 +192,17 @@ def bench_ssd(nbytes: int, ssd_dir: str, reps: int) -> dict:
         out["dd_direct_gbps"] = run_dd(page_file)
         drop_caches()
         out["fio_gbps"] = run_fio(page_file, nbytes)
-        os.unlink(page_file)
-    best = max([v for v in (out.get("dd_direct_gbps"), out.get("fio_gbps")) if v] or [0.0])
-    if best and isinstance(out.get("io_uring"), dict) and "gbps" in out["io_uring"]:
-        out["io_uring_vs_best_tool"] = out["io_uring"]["gbps"] / best
+        scratch = os.path.join(ssd_dir, "bench_write.bin")
+        out["dd_direct_write_gbps"] = run_dd_write(page_file, scratch)
+        out["fio_write_gbps"] = run_fio(scratch, nbytes, "write")
+        for f in (page_file, scratch):
+            if os.path.exists(f):
+                os.unlink(f)
+    for kind, tools, key in (("read", ("dd_direct_gbps", "fio_gbps"), "gbps"),
+                             ("write", ("dd_direct_write_gbps", "fio_write_gbps"), "write_gbps")):
+        best = max([v for v in (out.get(t) for t in tools) if v] or [0.0])
+        if best and isinstance(out.get("io_uring"), dict) and key in out["io_uring"]:
+            out["io_uring_vs_best_tool" if kind == "read" else "io_uring_write_vs_best_tool"] = out["io_uring"][key] / best
     return out
 
 
@@ -307,14 +338,17 @@ def plot(result: dict, path: Path) -> None:
     axes[0].set_ylabel("GB/s")
     ssd = result["ssd"]
     names, vals = [], []
-    for k, lab in (("io_uring", "VGPU io_uring"), ("pread", "VGPU pread")):
-        if isinstance(ssd.get(k), dict) and "gbps" in ssd[k]:
-            names.append(lab), vals.append(ssd[k]["gbps"])
-    for k, lab in (("dd_direct_gbps", "dd iflag=direct"), ("fio_gbps", "fio io_uring")):
+    colors = []
+    for key, kind, color in (("gbps", "read", "C3"), ("write_gbps", "write", "C4")):
+        for k, lab in (("io_uring", "VGPU io_uring"), ("pread", "VGPU pread/pwrite")):
+            if isinstance(ssd.get(k), dict) and key in ssd[k]:
+                names.append(f"{lab} {kind}"), vals.append(ssd[k][key]), colors.append(color)
+    for k, lab, color in (("dd_direct_gbps", "dd iflag=direct", "C3"), ("fio_gbps", "fio read", "C3"),
+                          ("dd_direct_write_gbps", "dd oflag=direct", "C4"), ("fio_write_gbps", "fio write", "C4")):
         if ssd.get(k):
-            names.append(lab), vals.append(ssd[k])
-    axes[1].bar(names, vals, color="C3")
-    axes[1].set_title(f"SSD->host ({ssd['bytes'] / MB:.0f} MiB, O_DIRECT={ssd.get('o_direct')})")
+            names.append(lab), vals.append(ssd[k]), colors.append(color)
+    axes[1].bar(names, vals, color=colors)
+    axes[1].set_title(f"SSD read / write ({ssd['bytes'] / MB:.0f} MiB, O_DIRECT={ssd.get('o_direct')})")
     axes[1].set_ylabel("GB/s")
     axes[1].tick_params(axis="x", rotation=20)
     ax = axes[2]
@@ -408,11 +442,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"host->device {link['bytes'] / MB:.0f} MiB: pinned copy_ {link['pinned_copy_gbps']:.2f} GB/s, pageable "
           f"{link['pageable_copy_gbps']:.2f} GB/s, pager {link['pager_gbps']:.2f} GB/s "
           f"= {100 * link['pager_vs_pinned']:.0f}% of pinned")
-    tools = ", ".join(f"{k} {ssd[k]:.2f} GB/s" for k in ("dd_direct_gbps", "fio_gbps") if ssd.get(k))
+    tools = ", ".join(f"{k} {ssd[k]:.2f} GB/s" for k in ("dd_direct_gbps", "fio_gbps", "dd_direct_write_gbps",
+                                                          "fio_write_gbps") if ssd.get(k))
     for b in ("io_uring", "pread"):
         v = ssd.get(b, {})
-        print(f"SSD->host {ssd['bytes'] / MB:.0f} MiB {b}: " + (f"{v['gbps']:.2f} GB/s" if "gbps" in v else v.get("error", "-")))
-    print(f"  tools: {tools or '-'}; O_DIRECT={ssd.get('o_direct')}; io_uring/best tool = {ssd.get('io_uring_vs_best_tool', float('nan')):.2f}")
+        print(f"SSD {ssd['bytes'] / MB:.0f} MiB {b}: " + (f"read {v['gbps']:.2f} GB/s, write {v['write_gbps']:.2f} GB/s"
+                                                          if "gbps" in v else v.get("error", "-")))
+    print(f"  tools: {tools or '-'}; O_DIRECT={ssd.get('o_direct')}; io_uring/best tool: read "
+          f"{ssd.get('io_uring_vs_best_tool', float('nan')):.2f}, write {ssd.get('io_uring_write_vs_best_tool', float('nan')):.2f}")
     print(f"{'run':8s} {'M':>4s} {'resident':>10s} {'vgpu':>10s} {'bound':>10s} {'acc_cpu':>10s} {'acc_disk':>10s} "
           f"{'cpu/vgpu':>9s} {'vgpu/bound':>10s} {'hit':>5s} {'MB moved':>9s}")
     for r in result["offload"]:

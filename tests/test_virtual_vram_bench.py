@@ -1,6 +1,6 @@
 """benchmarks/virtual_vram.py on the CPU at a tiny size: every path decodes, paging moves the
-weights bit for bit (logits equal the resident model's), nvfp4 stays close, and the SSD level
-takes part."""
+weights bit for bit (logits equal the resident model's), so does accelerate's cpu_offload (when
+installed), nvfp4 stays close, and the SSD level takes part."""
 from __future__ import annotations
 
 import json
@@ -22,6 +22,9 @@ def test_virtual_vram_quick_cpu(tmp_path, one_thread):
     paged = runs["paged-float32"]
     assert paged["logits_cosine_min"] > 0.999999 and paged["top1_agreement"] == 1.0
     assert paged["bytes_h2d_per_step"] > 0
+    acc = runs["accelerate-cpu_offload-float32"]
+    if "error" not in acc:  # accelerate installed: its hooks must not lose the KV cache
+        assert acc["logits_cosine_min"] > 0.999999 and acc["top1_agreement"] == 1.0
     if "paged-nvfp4" in runs:  # the CPU FP4 kernels are built
         assert runs["paged-nvfp4"]["logits_cosine_mean"] > 0.9
         assert runs["paged-nvfp4-ssd"]["bytes_ssd_per_step"] > 0

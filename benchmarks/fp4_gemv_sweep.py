@@ -7,8 +7,9 @@ SM, 2 one chunk at a time, -1 the heuristic's; balance (default 1): warps per bl
 spread blocks evenly over the SMs; evict_first (default 1): weights loaded with L2 evict_first; tw:
 tiles per warp, 1 or 2, 0 the heuristic's; rw = kw = 0 keeps the heuristic's), optionally with
 "@step" (the tiles and scales copied step-major: at each step all tiles' blocks are adjacent, so
-warps that advance together read one contiguous region) and/or "#nf4" / "#mxfp4" (the weight
-format; default nvfp4) runs in its own child process (the kernel reads the variable once) and times
+warps that advance together read one contiguous region), "+gemm=MIN_ROWS,K_PARTS" (APT_FP4_GEMM:
+from MIN_ROWS rows of x the tiled GEMM of csrc/fp4/fp4_gemm_tiled_cuda.cu instead of the GEMV)
+and/or "#nf4" / "#mxfp4" (the weight format; default nvfp4) runs in its own child process (the kernel reads the variable once) and times
 torch.ops.apt.fp4_linear_tiled (bf16 x) on the issue's four shapes; the parent times bf16
 F.linear and the canonical fp4_linear op on the same shapes, the card's copy bandwidth, and a read
 floor per shape: `torch.sum` of a float32 buffer as large as the packed weight and its scales (what
@@ -21,6 +22,7 @@ lines: only the kernel's own traffic).
 
     python benchmarks/fp4_gemv_sweep.py                 # every variant
     python benchmarks/fp4_gemv_sweep.py --variants 'default;4,2,4;default@step;2,4,4,1;default#nf4'
+    python benchmarks/fp4_gemv_sweep.py --ms 32,64,128 --variants 'default;default+gemm=17,2;default+gemm=17,1'
 Writes benchmarks/results/fp4_gemv_sweep_<card>[_<tag>].json. Notes: docs/fp4_gpu_notes.md.
 """
 from __future__ import annotations
@@ -156,10 +158,14 @@ def parent(variants: list[str], ms: list[int]) -> dict:
     for v in variants:
         env = dict(os.environ)
         env.pop("APT_FP4_GEMV", None)
+        env.pop("APT_FP4_GEMM", None)
         rest, _, fmt = v.partition("#")
+        rest, _, gemm = rest.partition("+gemm=")
         launch, _, order = rest.partition("@")
         if launch != "default":
             env["APT_FP4_GEMV"] = launch
+        if gemm:
+            env["APT_FP4_GEMM"] = gemm
         proc = subprocess.run([sys.executable, __file__, "--child", "--ms", ",".join(map(str, ms)),
                                "--order", order or "tile", "--format", fmt or "nvfp4"], env=env,
                               capture_output=True, text=True, timeout=600)

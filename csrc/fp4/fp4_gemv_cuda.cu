@@ -36,8 +36,10 @@
 
 #include "fp4/fp4_decode_cuda.h"
 #include "fp4/fp4_format.h"
+#include "fp4/fp4_gemm_tiled_cuda.h"
 #include "fp4/fp4_linear_cuda.h"
 #include "fp4/fp4_mma_cuda.h"
+#include "fp4/fp4_tiled_decode_cuda.h"
 #include "fp4/fp4_tiled_layout.h"
 
 namespace apt::fp4::cuda {
@@ -48,31 +50,6 @@ using namespace apt::fp4::tiled;
 constexpr int kMaxWarps = 8;  // warps per block (RW * KW)
 constexpr int kDefaultStages = 2;    // round-6 sweep: 2 stages as fast or faster than 4 at M = 1, 4, 16
 constexpr int kMinStepsPerPart = 4;  // K parts keep at least this many steps each
-
-// L2 eviction priority of the streamed weights and scales (GemvConfig::evict_first): a 64-bit
-// cache policy (createpolicy) for the loads' L2::cache_hint. evict_first lets the weights, read
-// once, replace each other in L2 instead of what else is there (a previous kernel's dirty output,
-// activations, the KV cache), which would otherwise be written back or re-read.
-__device__ __forceinline__ uint64_t l2_stream_policy(bool evict_first) {
-  uint64_t policy;
-  if (evict_first) {
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-  } else {
-    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
-  }
-  return policy;
-}
-
-// 16 bytes of streamed weights: read once, so they bypass L1. `volatile` keeps the load where the
-// ring issues it (S steps before its use): the mma asm is volatile too, and without it the
-// compiler may sink the load next to its first use, leaving one step's latency exposed.
-__device__ __forceinline__ uint4 load_stream(const uint4* p, uint64_t policy) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p), "l"(policy));
-  return r;
-}
 
 // 16 bytes of x (kept in L1: the warps of a block read the same columns), issued in program order.
 __device__ __forceinline__ uint4 load_x(const uint4* p) {
@@ -86,81 +63,6 @@ __device__ __forceinline__ uint4 load_x(const uint4* p) {
 // (min_blocks_per_sm); 2 one chunk (8 columns per lane) at a time, loaded one chunk ahead of its
 // two mma, so that only two chunks of x are live (two tiles per warp, or 32 rows of x, fit).
 constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXPerChunk = 2;
-
-// A lane's scale entry of one step (fp4_tiled_layout.h), as loaded: nvfp4 / mxfp4 8 bytes (x: row
-// g, y: row g + 8, byte c: the block of chunk c), nf4 four floats. (Issued in program order like
-// load_stream.)
-template <Format F>
-struct LaneScales {
-  uint2 raw;
-  __device__ static LaneScales load(const void* base, int64_t idx, uint64_t policy) {
-    uint2 r;
-    asm volatile("ld.global.nc.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;"
-                 : "=r"(r.x), "=r"(r.y)
-                 : "l"(static_cast<const uint2*>(base) + idx), "l"(policy));
-    return {r};
-  }
-};
-template <>
-struct LaneScales<Format::NF4> {
-  float4 absmax;  // row g block 0, row g block 1, row g + 8 block 0, row g + 8 block 1
-  __device__ static LaneScales load(const void* base, int64_t idx, uint64_t policy) {
-    float4 r;
-    asm volatile("ld.global.nc.L2::cache_hint.v4.f32 {%0, %1, %2, %3}, [%4], %5;"
-                 : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
-                 : "l"(static_cast<const float4*>(base) + idx), "l"(policy));
-    return {r};
-  }
-};
-
-// bfloat16 pair (v, v) of scale byte `i` of `raw` (fp4_tiled_layout.h): nvfp4 scale * 2^118,
-// mxfp4 2^(e + c'). The byte_perm and multiply-add of the four bytes of a row half are shared by
-// the 8 words of a step (compile-time i).
-template <Format F>
-__device__ __forceinline__ uint32_t scale_word(uint32_t raw, int i) {
-  const uint32_t v = __byte_perm(raw, 0u, 0x4040u | static_cast<uint32_t>(i) | (static_cast<uint32_t>(i) << 8));
-  if constexpr (F == Format::NVFP4) {
-    return v * 16u + (kNvfp4ScaleBias << 7) * 0x10001u;
-  } else {
-    return v * 128u + (kMxfp4ExpBias << 7) * 0x10001u;
-  }
-}
-
-// Bits `M` of `w` rotated left by R. Where none of them wraps around (M has no bit below R) a plain
-// shift does, which ptxas may issue on the FMA pipe (IMAD.SHL) rather than the ALU pipe (SHF): the
-// decode's shifts and masks keep the ALU pipe the busiest (round-6 and round-7 ncu profiles).
-template <int R, uint32_t M>
-__device__ __forceinline__ uint32_t rot_masked(uint32_t w) {
-  if constexpr (R == 0) {
-    return w & M;
-  } else if constexpr ((M & ((1u << R) - 1u)) == 0) {
-    return (w << R) & M;
-  } else {
-    return __funnelshift_l(w, w, R) & M;
-  }
-}
-
-// The bfloat16 pair (value * 2^-126) of pair P of a stored word.
-template <int P>
-__device__ __forceinline__ uint32_t pair_bits(uint32_t w) {
-  constexpr int kMag = mag_rot(P), kSign = sign_rot(P);
-  if constexpr (kMag == kSign) {
-    return rot_masked<kMag, kMagMask | kSignMask>(w);
-  } else {
-    return rot_masked<kMag, kMagMask>(w) | rot_masked<kSign, kSignMask>(w);
-  }
-}
-
-__device__ __forceinline__ uint32_t bf16_mul2(uint32_t a, uint32_t b) {
-  const __nv_bfloat162 r =
-      __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
-  return *reinterpret_cast<const uint32_t*>(&r);
-}
-
-__device__ __forceinline__ uint32_t bf16_pack(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
 
 // x values of one step for one lane: its 32 columns (four chunks of 8, chunk c at column 32c + 8t
 // of the step) of each of its MT rows, raw 16-byte loads. x rows are padded to whole steps and
@@ -222,32 +124,6 @@ constexpr int kNf4PairTableBytes = 256 * 32 * 4;
 template <Format F>
 constexpr int nf4_table_bytes() { return F == Format::NF4 ? kNf4PairTableBytes : 0; }
 
-// The four bfloat16x2 A registers of word j of a step (fp4_tiled_layout.h). nf4_lane: this lane's
-// copy of the nf4 pair table (nf4 only).
-template <Format F>
-__device__ __forceinline__ void decode_word(uint32_t w, const LaneScales<F>& sc, int j, const uint32_t* nf4_lane,
-                                            uint32_t (&a)[4]) {
-  if constexpr (F == Format::NF4) {
-    // Byte p holds pair p's two codes; pairs 0, 2 are row g, 1, 3 row g + 8; words 0..3 (chunks
-    // 0, 1) use block 0, words 4..7 block 1.
-    const float lo = j < 4 ? sc.absmax.x : sc.absmax.y, hi = j < 4 ? sc.absmax.z : sc.absmax.w;
-    const uint32_t s_lo = bf16_pack(lo, lo), s_hi = bf16_pack(hi, hi);
-#pragma unroll
-    for (int p = 0; p < 4; ++p) {
-      const uint32_t b = __byte_perm(w, 0u, 0x4440u | static_cast<uint32_t>(p));
-      a[p] = bf16_mul2(nf4_lane[32 * b], (p & 1) ? s_hi : s_lo);
-    }
-  } else {
-    // Pairs 0, 2 are row g, pairs 1, 3 row g + 8; word j is in chunk j >> 1, whose block's scale
-    // is byte j >> 1 of each row half.
-    const uint32_t s_lo = scale_word<F>(sc.raw.x, j >> 1), s_hi = scale_word<F>(sc.raw.y, j >> 1);
-    a[0] = bf16_mul2(pair_bits<0>(w), s_lo);
-    a[1] = bf16_mul2(pair_bits<1>(w), s_hi);
-    a[2] = bf16_mul2(pair_bits<2>(w), s_lo);
-    a[3] = bf16_mul2(pair_bits<3>(w), s_hi);
-  }
-}
-
 // All 8 mma of one step for each of the warp's TW tiles: tile u's words 0..3 in c0[u], 4..7 in
 // c1[u]. kPerChunk: x is loaded here, chunk c + 1 before the mma of chunk c (xrows, col0 as for
 // XStep::load); otherwise xs holds the whole step already.
@@ -270,31 +146,6 @@ __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c
   }
 }
 
-template <typename T>
-__device__ __forceinline__ float load_bias(const void* bias, int bias_type, int64_t row) {
-  if (bias_type == 0) return __ldg(static_cast<const float*>(bias) + row);
-  if (bias_type == 1) return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[row]);
-  return __half2float(static_cast<const __half*>(bias)[row]);
-}
-
-struct GemvArgs {
-  const void* x;       // [m, x_stride], x_stride = steps * 128 columns (zero past k), 16-byte aligned
-  int64_t m, x_stride;
-  const uint4* tiles;  // (tile, step) at tiles + tile * tile_stride + step * step_stride (16-byte units)
-  int64_t tile_stride, step_stride;
-  const void* scales;  // a lane's scales of (tile, step) at entry tile * sc_tile_stride + step * sc_step_stride +
-                       // scale_entry(format, lane) (fp4_tiled_layout.h)
-  int64_t sc_tile_stride, sc_step_stride;
-  const float* out_scale;
-  const void* bias;  // nullptr, or [n] of bias_type (0 float32, 1 bfloat16, 2 float16)
-  int bias_type;
-  void* out;
-  int64_t n, n_tiles, steps, steps_per_part;
-  int rw, kw;  // warps along N per block (TW tiles each), K parts per tile (warps per block = rw * kw)
-  int m_blocks;  // blocks along x (8 * MT rows each)
-  bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
-};
-
 // Blocks per multiprocessor the registers must allow (__launch_bounds__): 2 for 8 rows of 16-bit
 // x (128 registers), 3 with one x buffer or x per chunk (80); 16 rows: 2 with one x buffer or x
 // per chunk; two tiles per warp: 2 up to 16 rows of x; 32 rows with two tiles: 1.
@@ -313,7 +164,7 @@ constexpr int min_blocks_per_sm() {
 // Warp w: tiles TW * ((blockIdx.x / m_blocks) * rw + w % rw) + u (u < TW), K part w / rw.
 template <Format F, typename T, int MT, int TW, int S, int XM, bool kGelu>
 __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, XM>()))
-    gemv_tiled_kernel(const GemvArgs args) {
+    gemv_tiled_kernel(const TiledLinearArgs args) {
   static_assert(TW == 1 || XM == kXPerChunk, "two tiles per warp fit the registers with x per chunk only");
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rt = warp % args.rw, part = warp / args.rw;
@@ -353,32 +204,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
 #pragma unroll
     for (int i = 0; i < MT; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
 
-  // Running pointers: the next step to load (weights, scales; tile u at + u * the next-tile
-  // offsets) and this lane's x columns. A second tile past the last reads the last one again
-  // (its sums are not written).
+  // The weights' register ring (WeightRing) and this lane's x columns at the warp's first step.
   static_assert(S % 2 == 0, "the x double buffer alternates with the step's parity");
-  const uint4* wp = args.tiles + tile0 * args.tile_stride + s_begin * args.step_stride + lane;
-  int64_t sp = tile0 * args.sc_tile_stride + s_begin * args.sc_step_stride + scale_entry(static_cast<int>(F), lane);
-  const bool has_next_tile = TW > 1 && tile0 + 1 < args.n_tiles;
-  const int64_t w_next = has_next_tile ? args.tile_stride : 0, s_next = has_next_tile ? args.sc_tile_stride : 0;
+  WeightRing<F, S, TW> ring(args, tile0, s_begin, lane);
 #pragma unroll
   for (int i = 0; i < MT; ++i) xrows[i] += s_begin * kStepCols;
-  const uint64_t policy = l2_stream_policy(args.evict_first);
-  uint4 c0[S][TW], c1[S][TW];
-  LaneScales<F> sc[S][TW];
-  auto load_ring = [&](int i) {
-#pragma unroll
-    for (int u = 0; u < TW; ++u) {
-      c0[i][u] = load_stream(wp + u * w_next, policy);
-      c1[i][u] = load_stream(wp + u * w_next + 32, policy);
-      sc[i][u] = LaneScales<F>::load(args.scales, sp + u * s_next, policy);
-    }
-  };
 #pragma unroll
   for (int i = 0; i < S; ++i) {
-    if (i < n_steps) load_ring(i);
-    wp += args.step_stride;
-    sp += args.sc_step_stride;
+    if (i < n_steps) ring.load(i, args);
+    ring.advance(args);
   }
 
   // Step s of this warp's range uses ring slot i (= s % S). kChecked: s may be among the last
@@ -390,16 +224,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     constexpr bool kChecked = decltype(checked)::value;
     if constexpr (kXDouble) {
       if (!kChecked || s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
-      step_math<F, T, MT, TW, false>(c0[i], c1[i], sc[i], xb[i & 1], xrows, 0, nf4_lane, acc);
+      step_math<F, T, MT, TW, false>(ring.c0[i], ring.c1[i], ring.sc[i], xb[i & 1], xrows, 0, nf4_lane, acc);
     } else if constexpr (XM == kXPerChunk) {
-      step_math<F, T, MT, TW, true>(c0[i], c1[i], sc[i], xb[0], xrows, s * kStepCols, nf4_lane, acc);
+      step_math<F, T, MT, TW, true>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, s * kStepCols, nf4_lane, acc);
     } else {
       xb[0].load(xrows, s * kStepCols);
-      step_math<F, T, MT, TW, false>(c0[i], c1[i], sc[i], xb[0], xrows, 0, nf4_lane, acc);
+      step_math<F, T, MT, TW, false>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nf4_lane, acc);
     }
-    if (!kChecked || s + S < n_steps) load_ring(i);
-    wp += args.step_stride;
-    sp += args.sc_step_stride;
+    if (!kChecked || s + S < n_steps) ring.load(i, args);
+    ring.advance(args);
   };
   int64_t base = 0;
   for (; base + 2 * S <= n_steps; base += S) {
@@ -414,55 +247,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     }
   }
 
-  // K parts 1.. hand their sums to part 0 through shared memory, in a fixed order.
-  constexpr int kSums = TW * MT * 4;  // a lane's sums
-  if (args.kw > 1) {
-    // [(kw - 1) * rw][kSums][32], after the nf4 table
-    float* partial = reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>());
-    if (part > 0) {
-      float* dst = partial + ((part - 1) * args.rw + rt) * (kSums * 32) + lane;
-#pragma unroll
-      for (int u = 0; u < TW; ++u)
-#pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) dst[((u * MT + i) * 4 + e) * 32] = acc[u][i][e];
-    }
-    __syncthreads();
-    if (part == 0) {
-      for (int p = 1; p < args.kw; ++p) {
-        const float* src = partial + ((p - 1) * args.rw + rt) * (kSums * 32) + lane;
-#pragma unroll
-        for (int u = 0; u < TW; ++u)
-#pragma unroll
-          for (int i = 0; i < MT; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[u][i][e] += src[((u * MT + i) * 4 + e) * 32];
-      }
-    }
-  }
+  // K parts 1.. hand their sums to part 0 through shared memory ([(kw - 1) * rw][TW * MT * 4][32]
+  // after the nf4 table).
+  reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>()), part, args.rw, rt, args.kw, lane);
   if (part != 0) return;
-
-  // C fragment: acc[u][i][0..1] = (row g of tile u, x rows 2t, 2t+1 of x block i), acc[u][i][2..3]
-  // = (row g + 8, same).
-  const float scale = __ldg(args.out_scale);
-#pragma unroll
-  for (int u = 0; u < TW; ++u) {
-    if (tile0 + u >= args.n_tiles) break;
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t row = (tile0 + u) * kTileRows + g + 8 * (e >> 1);
-        const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
-        if (row >= args.n || col >= args.m) continue;
-        float v = acc[u][i][e] * scale;
-        if (args.bias != nullptr) v += load_bias<T>(args.bias, args.bias_type, row);
-        if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-        static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v);
-      }
-    }
-  }
+  store_outputs<T, kGelu>(acc, args, tile0, row_first, g, t);
 }
 
 // Launch shape: warps along N per block (rw), K parts (kw), pipeline stages (s), x rows per block
@@ -579,7 +368,7 @@ void for_each_int(Fn&& f) {
 }
 
 template <Format F, typename T, int MT, bool kGelu>
-void launch_gemv(const GemvArgs& args, const GemvConfig& cfg, dim3 grid, cudaStream_t stream) {
+void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, cudaStream_t stream) {
   constexpr bool kSweep = F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu;
   constexpr bool kFp32x = std::is_same_v<T, float>;
   const int threads = 32 * cfg.rw * cfg.kw;
@@ -640,7 +429,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   at::Tensor bias_c;
   if (bias.has_value()) bias_c = bias->contiguous();
 
-  GemvArgs args{};
+  TiledLinearArgs args{};
   args.x = x2.const_data_ptr();
   args.m = m;
   args.x_stride = x_stride;
@@ -659,6 +448,13 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.n_tiles = tiles.size(0);
   args.steps = tiles.size(1);
 
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const GemmTiledConfig gemm = gemm_tiled_config();
+  if (gemm.min_rows > 0 && m >= gemm.min_rows && gemm_tiled_supported(f, x.scalar_type())) {
+    args.evict_first = true;
+    launch_gemm_tiled(args, f, gelu, gemm.k_parts, stream);
+    return out.view(out_sizes);
+  }
   const bool fp32x = x.scalar_type() == at::kFloat;
   const bool sweep = f == Format::NVFP4 && x.scalar_type() == at::kBFloat16 && !gelu;
   const GemvConfig cfg = choose_config(f, sweep, fp32x, m, args.n_tiles, args.steps, sm_count(x.get_device()));
@@ -673,7 +469,6 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
                     "fp4_linear_tiled: too many rows of x for one launch; split x");
   args.m_blocks = static_cast<int>(m_blocks);
   const dim3 grid(static_cast<unsigned>(tile_blocks * m_blocks));
-  auto stream = c10::cuda::getCurrentCUDAStream();
 
   dispatch_format(f, [&](auto fc) {
     constexpr Format F = decltype(fc)::value;

@@ -101,6 +101,16 @@ def test_gemv_step_major_views(fmt, m, apt_seed):
     _check(fmt, m, torch.bfloat16, True, n=300, k=4192, apt_seed=apt_seed, step_major=True)
 
 
+def _run_checks_in_child(code: str, **env: str) -> None:
+    """Runs ``code`` (with ``t`` = this module and torch imported) in a child process with the
+    environment variables ``env`` set: the kernels read their launch variables once per process."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    prologue = "import sys, torch\nsys.path[:0] = sys.argv[1:]\nimport test_fp4_gemv_cuda as t\n"
+    proc = subprocess.run([sys.executable, "-c", prologue + code + "print('ok')\n", here, os.path.dirname(here)],
+                          env=dict(os.environ, **env), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
 @needs_cuda_build
 @pytest.mark.parametrize("launch", ["2,4,4,1", "8,1,4,2", "4,2,4,0", "3,2,4,1", "8,1,4,0,1", "7,1,2,0,1",
                                     "2,4,2,1,1", "4,2,2,2,1", "1,8,2,2,0", "1,8,4,2,1", "0,0,4,0,1,1",
@@ -117,19 +127,32 @@ def test_gemv_launch_variants(launch):
     balanced or not, weights loaded with L2 evict_first or not, every format (the other formats,
     and shapes not built, fall back to the heuristic's stages, x mode and tiles per warp)."""
     code = (
-        "import sys, torch\n"
-        "sys.path[:0] = sys.argv[1:]\n"
-        "import test_fp4_gemv_cuda as t\n"
         "for fmt in t.FORMATS:\n"
         "    for m in (1, 9, 16, 33, 64):\n"
         "        for sm in (False, True):\n"
         "            t._check(fmt, m, torch.bfloat16, True, n=300, k=4192, apt_seed=7, step_major=sm)\n"
         "print('ok')\n")
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, APT_FP4_GEMV=launch)
-    proc = subprocess.run([sys.executable, "-c", code, here, os.path.dirname(here)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+    _run_checks_in_child(code, APT_FP4_GEMV=launch)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2"])
+def test_tiled_gemm_path(gemm):
+    """The tiled GEMM (csrc/fp4/fp4_gemm_tiled_cuda.cu, APT_FP4_GEMM="min_rows,k_parts", read
+    once per process, so in a child): nvfp4 and mxfp4 with bfloat16 x against the reference at
+    M around its 64-row blocks, an odd number of tiles (N = 300: a warp's second tile missing),
+    K = 4192 (33 steps: K parts of unequal length), with bias and with GELU; rows below min_rows,
+    nf4 and float16 x still take the GEMV and stay correct."""
+    code = (
+        "for fmt in ('nvfp4', 'mxfp4'):\n"
+        "    for m in (1, 16, 17, 33, 63, 64, 65, 100, 128, 129, 256):\n"
+        "        t._check(fmt, m, torch.bfloat16, m % 2 == 1, n=300, k=4192, apt_seed=11)\n"
+        "    t._check(fmt, 64, torch.bfloat16, True, n=300, k=4192, apt_seed=12, step_major=True)\n"
+        "    t._check(fmt, 40, torch.bfloat16, False, n=4096, k=4096, apt_seed=13)\n"
+        "t._check('nf4', 64, torch.bfloat16, True, n=300, k=4192, apt_seed=14)\n"
+        "t._check('nvfp4', 64, torch.float16, True, n=300, k=4192, apt_seed=15)\n"
+        "t.check_gelu(80)\n")
+    _run_checks_in_child(code, APT_FP4_GEMM=gemm)
 
 
 @needs_cuda_build
@@ -152,9 +175,14 @@ def test_tile_on_gpu_equals_dequantize(fmt, apt_seed):
 
 @needs_cuda_build
 def test_gelu_epilogue(apt_seed):
-    g = torch.Generator().manual_seed(apt_seed)
+    check_gelu(3, apt_seed)
+
+
+def check_gelu(m: int, seed: int = 0) -> None:
+    """The fused GELU epilogue with a bfloat16 bias, m rows of bfloat16 x, against the reference."""
+    g = torch.Generator().manual_seed(seed)
     q = quantize(_weight(70, 256, g).to(DEV), "nvfp4")
-    x = torch.randn(3, 256, generator=g).to(DEV, torch.bfloat16)
+    x = torch.randn(m, 256, generator=g).to(DEV, torch.bfloat16)
     bias = torch.randn(70, generator=g).to(DEV, torch.bfloat16)
     y = tile(q).linear(x, bias, gelu=True)
     h = ref.linear(x.cpu().double(), q.packed.cpu(), q.scales.cpu(), q.tensor_scale.cpu(), bias.cpu().double(),

@@ -1,0 +1,261 @@
+// Device pieces shared by the CUDA kernels that read the tiled FP4 layout (fp4_tiled_layout.h):
+// the GEMV (fp4_gemv_cuda.cu) and the GEMM for more rows of x (fp4_gemm_tiled_cuda.cu). Streamed
+// loads of weights and scales with an L2 cache policy, a lane's scale entry, the shift-and-mask
+// decode of a stored word into mma A registers, the bias, and the kernels' arguments.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "fp4/fp4_format.h"
+#include "fp4/fp4_tiled_layout.h"
+
+namespace apt::fp4::cuda {
+
+using namespace apt::fp4::tiled;
+
+// L2 eviction priority of the streamed weights and scales (TiledLinearArgs::evict_first): a 64-bit
+// cache policy (createpolicy) for the loads' L2::cache_hint. evict_first lets the weights, read
+// once, replace each other in L2 instead of what else is there (a previous kernel's dirty output,
+// activations, the KV cache), which would otherwise be written back or re-read.
+__device__ __forceinline__ uint64_t l2_stream_policy(bool evict_first) {
+  uint64_t policy;
+  if (evict_first) {
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  } else {
+    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
+  }
+  return policy;
+}
+
+// 16 bytes of streamed weights: read once, so they bypass L1. `volatile` keeps the load where the
+// ring issues it (S steps before its use): the mma asm is volatile too, and without it the
+// compiler may sink the load next to its first use, leaving one step's latency exposed.
+__device__ __forceinline__ uint4 load_stream(const uint4* p, uint64_t policy) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p), "l"(policy));
+  return r;
+}
+
+// A lane's scale entry of one step (fp4_tiled_layout.h), as loaded: nvfp4 / mxfp4 8 bytes (x: row
+// g, y: row g + 8, byte c: the block of chunk c), nf4 four floats. (Issued in program order like
+// load_stream.)
+template <Format F>
+struct LaneScales {
+  uint2 raw;
+  __device__ static LaneScales load(const void* base, int64_t idx, uint64_t policy) {
+    uint2 r;
+    asm volatile("ld.global.nc.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;"
+                 : "=r"(r.x), "=r"(r.y)
+                 : "l"(static_cast<const uint2*>(base) + idx), "l"(policy));
+    return {r};
+  }
+};
+template <>
+struct LaneScales<Format::NF4> {
+  float4 absmax;  // row g block 0, row g block 1, row g + 8 block 0, row g + 8 block 1
+  __device__ static LaneScales load(const void* base, int64_t idx, uint64_t policy) {
+    float4 r;
+    asm volatile("ld.global.nc.L2::cache_hint.v4.f32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
+                 : "l"(static_cast<const float4*>(base) + idx), "l"(policy));
+    return {r};
+  }
+};
+
+// bfloat16 pair (v, v) of scale byte `i` of `raw` (fp4_tiled_layout.h): nvfp4 scale * 2^118,
+// mxfp4 2^(e + c'). The byte_perm and multiply-add of the four bytes of a row half are shared by
+// the 8 words of a step (compile-time i).
+template <Format F>
+__device__ __forceinline__ uint32_t scale_word(uint32_t raw, int i) {
+  const uint32_t v = __byte_perm(raw, 0u, 0x4040u | static_cast<uint32_t>(i) | (static_cast<uint32_t>(i) << 8));
+  if constexpr (F == Format::NVFP4) {
+    return v * 16u + (kNvfp4ScaleBias << 7) * 0x10001u;
+  } else {
+    return v * 128u + (kMxfp4ExpBias << 7) * 0x10001u;
+  }
+}
+
+// Bits `M` of `w` rotated left by R. Where none of them wraps around (M has no bit below R) a plain
+// shift does, which ptxas may issue on the FMA pipe (IMAD.SHL) rather than the ALU pipe (SHF): the
+// decode's shifts and masks keep the ALU pipe the busiest (round-6 and round-7 ncu profiles).
+template <int R, uint32_t M>
+__device__ __forceinline__ uint32_t rot_masked(uint32_t w) {
+  if constexpr (R == 0) {
+    return w & M;
+  } else if constexpr ((M & ((1u << R) - 1u)) == 0) {
+    return (w << R) & M;
+  } else {
+    return __funnelshift_l(w, w, R) & M;
+  }
+}
+
+// The bfloat16 pair (value * 2^-126) of pair P of a stored word.
+template <int P>
+__device__ __forceinline__ uint32_t pair_bits(uint32_t w) {
+  constexpr int kMag = mag_rot(P), kSign = sign_rot(P);
+  if constexpr (kMag == kSign) {
+    return rot_masked<kMag, kMagMask | kSignMask>(w);
+  } else {
+    return rot_masked<kMag, kMagMask>(w) | rot_masked<kSign, kSignMask>(w);
+  }
+}
+
+__device__ __forceinline__ uint32_t bf16_mul2(uint32_t a, uint32_t b) {
+  const __nv_bfloat162 r =
+      __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+__device__ __forceinline__ uint32_t bf16_pack(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// The four bfloat16x2 A registers of word j of a step (fp4_tiled_layout.h). nf4_lane: this lane's
+// copy of the nf4 pair table (nf4 only).
+template <Format F>
+__device__ __forceinline__ void decode_word(uint32_t w, const LaneScales<F>& sc, int j, const uint32_t* nf4_lane,
+                                            uint32_t (&a)[4]) {
+  if constexpr (F == Format::NF4) {
+    // Byte p holds pair p's two codes; pairs 0, 2 are row g, 1, 3 row g + 8; words 0..3 (chunks
+    // 0, 1) use block 0, words 4..7 block 1.
+    const float lo = j < 4 ? sc.absmax.x : sc.absmax.y, hi = j < 4 ? sc.absmax.z : sc.absmax.w;
+    const uint32_t s_lo = bf16_pack(lo, lo), s_hi = bf16_pack(hi, hi);
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const uint32_t b = __byte_perm(w, 0u, 0x4440u | static_cast<uint32_t>(p));
+      a[p] = bf16_mul2(nf4_lane[32 * b], (p & 1) ? s_hi : s_lo);
+    }
+  } else {
+    // Pairs 0, 2 are row g, pairs 1, 3 row g + 8; word j is in chunk j >> 1, whose block's scale
+    // is byte j >> 1 of each row half.
+    const uint32_t s_lo = scale_word<F>(sc.raw.x, j >> 1), s_hi = scale_word<F>(sc.raw.y, j >> 1);
+    a[0] = bf16_mul2(pair_bits<0>(w), s_lo);
+    a[1] = bf16_mul2(pair_bits<1>(w), s_hi);
+    a[2] = bf16_mul2(pair_bits<2>(w), s_lo);
+    a[3] = bf16_mul2(pair_bits<3>(w), s_hi);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float load_bias(const void* bias, int bias_type, int64_t row) {
+  if (bias_type == 0) return __ldg(static_cast<const float*>(bias) + row);
+  if (bias_type == 1) return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[row]);
+  return __half2float(static_cast<const __half*>(bias)[row]);
+}
+
+struct TiledLinearArgs {
+  const void* x;       // [m, x_stride], x_stride = steps * 128 columns (zero past k), 16-byte aligned
+  int64_t m, x_stride;
+  const uint4* tiles;  // (tile, step) at tiles + tile * tile_stride + step * step_stride (16-byte units)
+  int64_t tile_stride, step_stride;
+  const void* scales;  // a lane's scales of (tile, step) at entry tile * sc_tile_stride + step * sc_step_stride +
+                       // scale_entry(format, lane) (fp4_tiled_layout.h)
+  int64_t sc_tile_stride, sc_step_stride;
+  const float* out_scale;
+  const void* bias;  // nullptr, or [n] of bias_type (0 float32, 1 bfloat16, 2 float16)
+  int bias_type;
+  void* out;
+  int64_t n, n_tiles, steps, steps_per_part;
+  int rw, kw;  // warps along N per block (TW tiles each), K parts per tile (warps per block = rw * kw)
+  int m_blocks;  // blocks along x (rows of x per block: 8 * MT in the GEMV, 64 in the GEMM)
+  bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
+};
+
+
+// A warp's register ring of S weight steps for its TW tiles (first tile `tile0`, steps from
+// `s_begin`): slot i holds, per tile u, the lane's 32 bytes of codes (c0: words 0..3, c1: words
+// 4..7) and its scale entry of one step. load(i, args) fills slot i with the current step,
+// advance(args) moves to the next one. Tile u reads at + u * the next-tile offset, which is 0 when the warp's
+// second tile would be past the last (it reads the first again; its sums are not written).
+template <Format F, int S, int TW>
+struct WeightRing {
+  uint4 c0[S][TW], c1[S][TW];
+  LaneScales<F> sc[S][TW];
+  const uint4* wp;
+  int64_t sp, w_next, s_next;
+  uint64_t policy;
+
+  __device__ WeightRing(const TiledLinearArgs& a, int64_t tile0, int64_t s_begin, int lane)
+      : wp(a.tiles + tile0 * a.tile_stride + s_begin * a.step_stride + lane),
+        sp(tile0 * a.sc_tile_stride + s_begin * a.sc_step_stride + scale_entry(static_cast<int>(F), lane)),
+        w_next(TW > 1 && tile0 + 1 < a.n_tiles ? a.tile_stride : 0),
+        s_next(TW > 1 && tile0 + 1 < a.n_tiles ? a.sc_tile_stride : 0),
+        policy(l2_stream_policy(a.evict_first)) {}
+
+  __device__ __forceinline__ void load(int i, const TiledLinearArgs& a) {
+#pragma unroll
+    for (int u = 0; u < TW; ++u) {
+      c0[i][u] = load_stream(wp + u * w_next, policy);
+      c1[i][u] = load_stream(wp + u * w_next + 32, policy);
+      sc[i][u] = LaneScales<F>::load(a.scales, sp + u * s_next, policy);
+    }
+  }
+  __device__ __forceinline__ void advance(const TiledLinearArgs& a) {
+    wp += a.step_stride;
+    sp += a.sc_step_stride;
+  }
+};
+
+// K parts 1.. of a block hand a warp's sums acc[TW][XB][4] to part 0 through shared memory
+// `partial` ([(kw - 1) * rw][TW * XB * 4][32] floats), in a fixed order (deterministic); part 0
+// adds them. Every thread of the block calls it (it holds a __syncthreads when kw > 1).
+template <int TW, int XB>
+__device__ __forceinline__ void reduce_k_parts(float (&acc)[TW][XB][4], float* partial, int part, int rw, int wn,
+                                               int kw, int lane) {
+  if (kw <= 1) return;
+  constexpr int kSums = TW * XB * 4;
+  if (part > 0) {
+    float* dst = partial + ((part - 1) * rw + wn) * (kSums * 32) + lane;
+#pragma unroll
+    for (int u = 0; u < TW; ++u)
+#pragma unroll
+      for (int i = 0; i < XB; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dst[((u * XB + i) * 4 + e) * 32] = acc[u][i][e];
+  }
+  __syncthreads();
+  if (part == 0) {
+    for (int p = 1; p < kw; ++p) {
+      const float* src = partial + ((p - 1) * rw + wn) * (kSums * 32) + lane;
+#pragma unroll
+      for (int u = 0; u < TW; ++u)
+#pragma unroll
+        for (int i = 0; i < XB; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[u][i][e] += src[((u * XB + i) * 4 + e) * 32];
+    }
+  }
+}
+
+// Writes a warp's C fragments: acc[u][i][0..1] = (row g of tile tile0 + u, x rows row_first + 8 i
+// + 2t, + 1), acc[u][i][2..3] = (row g + 8, same); out[x row * n + weight row] = sum * out_scale
+// + bias, then GELU if kGelu. Rows past N or M and tiles past the last are skipped.
+template <typename T, bool kGelu, int TW, int XB>
+__device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], const TiledLinearArgs& args,
+                                              int64_t tile0, int64_t row_first, int g, int t) {
+  const float scale = __ldg(args.out_scale);
+#pragma unroll
+  for (int u = 0; u < TW; ++u) {
+    if (tile0 + u >= args.n_tiles) break;
+#pragma unroll
+    for (int i = 0; i < XB; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t row = (tile0 + u) * kTileRows + g + 8 * (e >> 1);
+        const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
+        if (row >= args.n || col >= args.m) continue;
+        float v = acc[u][i][e] * scale;
+        if (args.bias != nullptr) v += load_bias<T>(args.bias, args.bias_type, row);
+        if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v);
+      }
+    }
+  }
+}
+
+}  // namespace apt::fp4::cuda

@@ -3,7 +3,7 @@
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
 #   stages: build test test_fp4 test_gemv test_left_spin test_vgpu test_model sanitizer fp4 fp4_triton fp4_quick
-#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) e2e left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model prefix_sum lr_sweep
+#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) e2e left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
 #   build: APT_CUDA_ARCHS=90 builds for sm_90 only (about 70 s); the built _C*.so is copied to
 #   $OUT so a later call can carry it (put it in apt_ext/ and skip the build stage).
 #   each stage's log: $OUT/<stage>.log; SECONDS caps a stage (timeout); a stage failing does not
@@ -80,7 +80,8 @@ for arg in "$@"; do
     vvram_quick) stage vvram_quick $PY benchmarks/virtual_vram.py --quick ;;
     model) stage model $PY benchmarks/model_throughput.py --profile ;;
     prefix_sum) stage prefix_sum $PY benchmarks/prefix_sum.py ;;
-    lr_sweep) stage lr_sweep $PY benchmarks/left_spin_training.py ;;
+    lr_sweep) stage lr_sweep $PY benchmarks/left_spin_training.py --size gpt2-small ${APT_LR_SWEEP_LRS:+--lrs $APT_LR_SWEEP_LRS} \
+        ${APT_LR_SWEEP_TAG:+--tag "$APT_LR_SWEEP_TAG"} ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done

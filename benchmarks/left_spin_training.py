@@ -13,8 +13,12 @@ our proxy for the claimed "output variance"). Everything else (data order, init,
     python benchmarks/left_spin_training.py --quick     # reduced CPU sweep (minutes)
     python benchmarks/left_spin_training.py             # GPU sweep (default when CUDA is present;
                                                         # 6x256, 600 steps x 32x256 tokens, 5 lrs, 3 seeds)
+    python benchmarks/left_spin_training.py --size gpt2-small --lrs 3e-4 1e-3 --tag a
+                                                        # GPT-2-small size (12x768, 300 steps x 8x1024
+                                                        # tokens); a shard of the lrs, its own JSON
 
-Writes benchmarks/results/left_spin_training[_quick].json and benchmarks/plots/left_spin_training[_quick].png.
+Writes benchmarks/results/left_spin_training[_quick|_gpt2-small][_TAG].json (after every run, with
+"complete": false until the last) and the matching plot under benchmarks/plots/.
 """
 from __future__ import annotations
 
@@ -117,23 +121,41 @@ def main() -> int:
     ap.add_argument("--lrs", type=float, nargs="+", default=None)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--size", choices=("small", "gpt2-small"), default="small",
+                    help="GPU model size: small = 6x256, T 256, batch 32; gpt2-small = 12x768, T 1024, batch 8")
+    ap.add_argument("--tag", default="", help="suffix of the JSON and plot names (for shards of the lrs)")
     a = ap.parse_args()
+    if a.tag and not a.tag.replace("-", "").replace("_", "").isalnum():
+        ap.error(f"--tag: expected letters, digits, '-' or '_', got {a.tag!r}")
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.quick else "cpu"))
     if a.quick:
         p = dict(d_model=64, layers=2, heads=2, seq_len=64, batch=8, steps=a.steps or 150, warmup=15,
                  eval_every=50, eval_batches=4)
         lrs = a.lrs or [3e-4, 3e-3, 3e-2]
         torch.set_num_threads(1)
+    elif a.size == "gpt2-small":
+        p = dict(d_model=768, layers=12, heads=12, seq_len=1024, batch=8, steps=a.steps or 300, warmup=30,
+                 eval_every=100, eval_batches=4)
+        lrs = a.lrs or [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
     else:
         p = dict(d_model=256, layers=6, heads=4, seq_len=256, batch=32, steps=a.steps or 600, warmup=40,
                  eval_every=100, eval_batches=8)
         lrs = a.lrs or [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
     from tqdm.auto import tqdm
+    name = "left_spin_training" + ("_quick" if a.quick else ("_gpt2-small" if a.size == "gpt2-small" else ""))
+    name += f"_{a.tag}" if a.tag else ""
+    meta = run_meta(device)
+    definitions = {"diverged": "non-finite loss or final eval > ln(256)",
+                   "late_loss_std": "std of the train loss over the last 20% of steps",
+                   "spike": f"loss > {SPIKE_RATIO}x median of previous {SPIKE_WINDOW} steps"}
     runs = []
     jobs = [(lr, ls, s) for lr in lrs for ls in (False, True) for s in range(a.seeds)]
     with tempfile.TemporaryDirectory() as tmp:
         for lr, ls, s in tqdm(jobs, desc="left-spin sweep", unit="run"):
             runs.append(one_run(lr, ls, s, p, str(device), tmp))
+            # after every run, so a sweep cut short keeps what it measured
+            save_json(name, {"meta": meta, "params": p, "lrs": lrs, "seeds": a.seeds, "runs": runs,
+                             "definitions": definitions, "complete": False})
     rows = summarise(runs, lrs)
     print(f"\n{'lr':>8} {'left-spin':>9} {'final eval':>15} {'best eval':>9} {'diverged':>8} {'spikes':>6} "
           f"{'late std':>8} {'step ms':>8}")
@@ -147,12 +169,8 @@ def main() -> int:
         print(f"  lr {lr:g}: loss {on['final_eval_mean'] / off['final_eval_mean']:.3f}x, late-loss std "
               f"{on['late_loss_std_mean'] / off['late_loss_std_mean']:.3f}x, step time "
               f"{on['step_time_ms'] / off['step_time_ms']:.3f}x")
-    name = "left_spin_training_quick" if a.quick else "left_spin_training"
-    meta = run_meta(device)
     out = save_json(name, {"meta": meta, "params": p, "lrs": lrs, "seeds": a.seeds, "summary": rows, "runs": runs,
-                           "definitions": {"diverged": "non-finite loss or final eval > ln(256)",
-                                           "late_loss_std": "std of the train loss over the last 20% of steps",
-                                           "spike": f"loss > {SPIKE_RATIO}x median of previous {SPIKE_WINDOW} steps"}})
+                           "definitions": definitions, "complete": True})
     png = plot_path(name)
     plot(rows, runs, lrs, png, f"left-spin LR sweep: {p['layers']}x{p['d_model']}, {p['steps']} steps x "
          f"{p['batch']}x{p['seq_len']} tokens, {a.seeds} seeds, {meta['card']} ({meta['date_utc']})")

@@ -260,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
             ref = None
             if fits:
                 resident = copy.deepcopy(model_cpu).to(device)
-                # warm-up at the timed lengths: attention kernels are planned per sequence length
-                # (cuDNN on Hopper), so a first pass over new lengths is slower
+                # warm-up at the timed lengths: after a 2-step warm-up the resident model measured
+                # slower than the paged one on the H200 (first quick run, eighth session); kernels
+                # chosen per new sequence length are the likely cost, so every run warms up on the
+                # lengths it times
                 decode(resident, prompt, None, n_new, device)
                 sec, forced, ref = decode(resident, prompt, None, n_new, device)
                 runs[f"resident-{dt}"] = {"s_per_step": sec}

@@ -7,7 +7,8 @@ random weights, 16 GB in bf16) decodes greedily at batch 1 and 8 with a device b
                   (float32 instead of bf16 in the --cpu runs)
   paged-nvfp4     the same after apt_ext.quantize_(model, "nvfp4") (the 4-bit weights cross the link)
   accelerate      accelerate.cpu_offload(model) (bf16), the usual alternative
-  paged-*-ssd     the host level capped so that part of the model lives on the SSD level
+  paged-*-ssd     a quarter of the 4-bit model (at most the budget) on the device level and half
+                  of it on the host, so that the rest lives on the SSD level
 For each: tokens/s, bytes moved host->device per generated step, the PCIe bound (those bytes /
 the measured pinned copy bandwidth) and, against the resident bf16 model on the same tokens
 (teacher forcing), the logits' cosine and top-1 agreement.
@@ -277,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             if fp4 is not None:
                 todo.append(("paged-nvfp4", fp4, [device_level(device, budget / MB),
                                                   {"device": "cpu", "capacity_mb": 1.1 * wb / MB}]))
-                cap = 0.5 * nbytes(fp4)  # half of the 4-bit model on the host, the rest on the SSD level
-                todo.append(("paged-nvfp4-ssd", fp4, [device_level(device, budget / MB),
+                # a quarter of the 4-bit model (at most the budget) on the device, half of it on the
+                # host, the rest on the SSD level: with the whole budget the 4-bit model may fit the
+                # device level and never read the SSD
+                cap = 0.5 * nbytes(fp4)
+                todo.append(("paged-nvfp4-ssd", fp4, [device_level(device, min(budget, nbytes(fp4) // 4) / MB),
                                                       {"device": "cpu", "capacity_mb": cap / MB},
                                                       {"device": "ssd", "capacity_mb": 1.2 * wb / MB, "path": tmp}]))
             for name, m, levels in todo:
@@ -287,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                 if ref is not None:
                     r.update(agreement(logits, ref))
                 r["pcie_bound_s"] = r["bytes_h2d_per_step"] / (link["pinned_copy_gbps"] * 1e9)
+                r["device_level_bytes"] = int(levels[0]["capacity_mb"] * MB)
                 runs[name] = r
             try:
                 from accelerate import cpu_offload

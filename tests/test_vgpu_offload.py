@@ -120,3 +120,37 @@ def test_offload_twice(tmp_path):
     again.restore()
     st.close()
     other.close()
+
+
+class _TiedLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.mid, self.head = nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10)
+        self.head.weight = self.emb.weight  # tied: owned by two modules
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mid(self.emb(ids))))
+
+
+def test_offload_packs_each_units_own_tensors(tmp_path):
+    """A unit's own tensors share one stack entry (mid: weight + bias), a tied weight keeps an
+    entry of its own (used by emb and head), a unit with one own tensor stores it as it is (head's
+    bias); outputs equal the resident model's; restore() gives every tensor its own storage."""
+    torch.manual_seed(0)
+    model = _TiedLM().eval()
+    ids = torch.randint(0, 10, (3, 5))
+    with torch.no_grad():
+        ref = model(ids)
+    st = VGPUStack(cpu_levels(tmp_path, device_mb=1.0, host_mb=1.0))
+    handle = offload(model, st, prefetch=1)
+    assert len(st) == 3 and sum(k.endswith(".__packed__") for k in st.keys()) == 1
+    with torch.no_grad():
+        for _ in range(2):
+            assert torch.equal(model(ids), ref)
+    handle.restore()
+    assert len(st) == 0 and model.head.weight is model.emb.weight
+    for t in (model.mid.weight, model.mid.bias, model.head.bias):
+        assert t.untyped_storage().nbytes() == t.nbytes  # not a view into the packed bytes
+    with torch.no_grad():
+        assert torch.equal(model(ids), ref)
+    st.close()

@@ -2,7 +2,10 @@
 
 Every module that owns parameters or buffers directly (for a plain model: every leaf such as
 nn.Linear, nn.LayerNorm, apt_ext.nn.FP4Linear) is a *unit*. Its tensors are stored in the stack
-and replaced by empty placeholders. A forward pre-hook pins the unit's keys, makes them resident
+and replaced by empty placeholders: the tensors a unit owns alone share one stack entry (their
+bytes packed at 64-byte offsets), so that a unit costs one pin, one promotion and one copy
+however many tensors it has (an FP4Linear has three: codes, scales, tensor scale; a Linear with a
+bias two); a tensor tied to another module keeps an entry of its own. A forward pre-hook pins the unit's keys, makes them resident
 (``stack.get``: promoted to the device level) and starts prefetching the next ``prefetch`` units
 in execution order (recorded during the first forward; module registration order before that);
 a forward post-hook puts the placeholders back and unpins, so the pager may evict them.
@@ -14,6 +17,7 @@ does without it, so the device budget holds.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,15 +28,50 @@ from apt_ext.vgpu.stack import VGPUStack
 _offload_ids = itertools.count()
 
 
+_PACK_ALIGN = 64  # byte alignment of each tensor inside a unit's packed entry
+
+
+@dataclass
+class _Slot:
+    """One tensor attribute of a unit: stored as stack entry ``key`` itself (``offset`` None), or
+    as ``dtype``/``shape`` at byte ``offset`` of the packed uint8 entry ``key``."""
+    attr: str
+    is_param: bool
+    key: str
+    offset: int | None = None
+    dtype: torch.dtype | None = None
+    shape: tuple[int, ...] = ()
+
+    def value(self, entry: torch.Tensor) -> torch.Tensor:
+        """This slot's tensor from its entry's tensor (a view into a packed entry)."""
+        if self.offset is None:
+            return entry
+        n = math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+        return entry[self.offset:self.offset + n].view(self.dtype).view(self.shape)
+
+
 @dataclass
 class _Unit:
     module: nn.Module
-    # (attribute name, is_parameter, stack key)
-    tensors: list[tuple[str, bool, str]] = field(default_factory=list)
+    tensors: list[_Slot] = field(default_factory=list)
 
     @property
     def keys(self) -> list[str]:
-        return [k for _, _, k in self.tensors]
+        """The unit's stack entries, each once, in first-use order."""
+        return list(dict.fromkeys(t.key for t in self.tensors))
+
+
+def _pack(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+    """The bytes of ``tensors`` in one uint8 tensor (on the first one's device), each starting at a
+    multiple of _PACK_ALIGN bytes; returns (packed, offsets)."""
+    offsets, end = [], 0
+    for t in tensors:
+        offsets.append(end)
+        end += -(-t.nbytes // _PACK_ALIGN) * _PACK_ALIGN
+    packed = torch.empty(end, dtype=torch.uint8, device=tensors[0].device)
+    for t, off in zip(tensors, offsets):
+        packed[off:off + t.nbytes].copy_(t.detach().contiguous().reshape(-1).view(torch.uint8))
+    return packed, offsets
 
 
 class OffloadHandle:
@@ -46,13 +85,13 @@ class OffloadHandle:
         self._recorded: list[str] = []
         self._recording = True
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._placeholders: dict[str, torch.Tensor] = {}
+        self._placeholders: dict[tuple[str, str], torch.Tensor] = {}  # (key, attr) -> empty tensor
 
-    def _set(self, unit: _Unit, name: str, is_param: bool, value: torch.Tensor) -> None:
-        if is_param:
-            unit.module._parameters[name].data = value
+    def _set(self, unit: _Unit, slot: _Slot, value: torch.Tensor) -> None:
+        if slot.is_param:
+            unit.module._parameters[slot.attr].data = value
         else:
-            unit.module._buffers[name] = value
+            unit.module._buffers[slot.attr] = value
 
     def _pre(self, name: str) -> None:
         unit = self._units[name]
@@ -62,10 +101,12 @@ class OffloadHandle:
                 self.order = self._recorded
             elif name not in self._recorded:
                 self._recorded.append(name)
-        for attr, is_param, key in unit.tensors:
+        keys = unit.keys
+        for key in keys:
             self.stack.pin(key)
-        for attr, is_param, key in unit.tensors:
-            self._set(unit, attr, is_param, self.stack.get(key))
+        entries = {key: self.stack.get(key) for key in keys}
+        for slot in unit.tensors:
+            self._set(unit, slot, slot.value(entries[slot.key]))
         if self.prefetch > 0 and name in self.order:
             i = self.order.index(name)
             nxt = [self.order[(i + j) % len(self.order)] for j in range(1, self.prefetch + 1) if j < len(self.order)]
@@ -75,8 +116,9 @@ class OffloadHandle:
 
     def _post(self, name: str) -> None:
         unit = self._units[name]
-        for attr, is_param, key in unit.tensors:
-            self._set(unit, attr, is_param, self._placeholders[key])
+        for slot in unit.tensors:
+            self._set(unit, slot, self._placeholders[(slot.key, slot.attr)])
+        for key in unit.keys:
             self.stack.unpin(key)
 
     def _attach(self) -> None:
@@ -90,12 +132,17 @@ class OffloadHandle:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        restored: dict[str, torch.Tensor] = {}  # tied entries: fetched once, removed after all units
         for unit in self._units.values():
-            for attr, is_param, key in unit.tensors:
-                if key in self.stack:
-                    self._set(unit, attr, is_param, self.stack.get(key, device=device))
-                    self.stack.remove(key)
+            for slot in unit.tensors:
+                if slot.key not in restored and slot.key in self.stack:
+                    restored[slot.key] = self.stack.get(slot.key, device=device)
+                if slot.key in restored:  # a packed slot gets its own copy, not a view of the packed bytes
+                    value = slot.value(restored[slot.key])
+                    self._set(unit, slot, value if slot.offset is None else value.clone())
             unit.module._apt_paged = False
+        for key in restored:
+            self.stack.remove(key)
         if getattr(self.model, "_apt_offload", None) is self:
             del self.model._apt_offload
         return self.model
@@ -131,38 +178,57 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
         raise ValueError(f"model: {which} is already offloaded by another offload() call; "
                          f"restore() that handle first")
     prefix = f"offload{next(_offload_ids)}:"
+    owners: dict[int, int] = {}  # id(tensor) -> how many modules own it directly (tied if > 1)
+    for mod in model.modules():
+        for t in itertools.chain(mod._parameters.values(), mod._buffers.values()):
+            if t is not None:
+                owners[id(t)] = owners.get(id(t), 0) + 1
     units: list[tuple[str, _Unit]] = []
     seen: dict[int, str] = {}
-    originals: list[tuple[_Unit, str, bool, torch.Tensor]] = []
+    originals: list[tuple[_Unit, _Slot, torch.Tensor]] = []
     stored: list[str] = []
     try:
         for mname, mod in model.named_modules():
             unit = _Unit(mod)
             direct = [(n, True, p) for n, p in mod._parameters.items() if p is not None]
             direct += [(n, False, b) for n, b in mod._buffers.items() if b is not None]
+            own = [(attr, is_param, t) for attr, is_param, t in direct if owners[id(t)] == 1]
+            base = f"{prefix}{mname}" if mname else prefix.rstrip(":")
+            if len(own) > 1:  # the unit's own tensors: one packed entry
+                datas = [t.data if is_param else t for _, is_param, t in own]
+                packed, offsets = _pack(datas)
+                key = f"{base}.__packed__"
+                stack.put(key, packed)
+                stored.append(key)
+                for (attr, is_param, _), data, off in zip(own, datas, offsets):
+                    slot = _Slot(attr, is_param, key, off, data.dtype, tuple(data.shape))
+                    unit.tensors.append(slot)
+                    originals.append((unit, slot, data))
+                direct = [d for d in direct if owners[id(d[2])] > 1]
             for attr, is_param, t in direct:
                 data = t.data if is_param else t
                 key = seen.get(id(t))
                 if key is None:
-                    key = f"{prefix}{mname}.{attr}" if mname else f"{prefix}{attr}"
+                    key = f"{base}.{attr}" if mname else f"{prefix}{attr}"
                     stack.put(key, data)
                     stored.append(key)
                     seen[id(t)] = key
-                unit.tensors.append((attr, is_param, key))
-                originals.append((unit, attr, is_param, data))
+                slot = _Slot(attr, is_param, key)
+                unit.tensors.append(slot)
+                originals.append((unit, slot, data))
             if unit.tensors:
                 units.append((mname, unit))
                 mod._apt_paged = True
     except BaseException:
         for key in stored:
             stack.remove(key)
+        for _, mod in model.named_modules():
+            mod.__dict__.pop("_apt_paged", None)
         raise
     handle = OffloadHandle(model, stack, units, prefetch)
-    for unit, attr, is_param, data in originals:
-        key = next(k for a, p, k in unit.tensors if a == attr and p == is_param)
-        if key not in handle._placeholders:
-            handle._placeholders[key] = torch.empty(0, dtype=data.dtype, device=stack.device)
-        handle._set(unit, attr, is_param, handle._placeholders[key])
+    for unit, slot, data in originals:
+        ph = handle._placeholders.setdefault((slot.key, slot.attr), torch.empty(0, dtype=data.dtype, device=stack.device))
+        handle._set(unit, slot, ph)
     handle._attach()
     model._apt_offload = handle
     return handle

@@ -17,7 +17,6 @@ does without it, so the device budget holds.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -41,13 +40,13 @@ class _Slot:
     offset: int | None = None
     dtype: torch.dtype | None = None
     shape: tuple[int, ...] = ()
+    nbytes: int = 0
 
     def value(self, entry: torch.Tensor) -> torch.Tensor:
         """This slot's tensor from its entry's tensor (a view into a packed entry)."""
         if self.offset is None:
             return entry
-        n = math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
-        return entry[self.offset:self.offset + n].view(self.dtype).view(self.shape)
+        return entry[self.offset:self.offset + self.nbytes].view(self.dtype).view(self.shape)
 
 
 @dataclass
@@ -201,7 +200,7 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
                 stack.put(key, packed)
                 stored.append(key)
                 for (attr, is_param, _), data, off in zip(own, datas, offsets):
-                    slot = _Slot(attr, is_param, key, off, data.dtype, tuple(data.shape))
+                    slot = _Slot(attr, is_param, key, off, data.dtype, tuple(data.shape), data.nbytes)
                     unit.tensors.append(slot)
                     originals.append((unit, slot, data))
                 direct = [d for d in direct if owners[id(d[2])] > 1]

@@ -210,7 +210,11 @@ def vgpu(name: str, d: dict) -> str:
                f"{k} " + (f"{num(v['gbps'])} GB/s" if "gbps" in v else v.get("error", "?"))
                for k, v in ssd.items() if k in ("io_uring", "pread"))
            + (f"; `dd iflag=direct` {num(ssd['dd_direct_gbps'])} GB/s" if ssd.get("dd_direct_gbps") else "")
-           + (f"; fio {num(ssd['fio_gbps'])} GB/s" if ssd.get("fio_gbps") else "") + ".",
+           + (f"; fio {num(ssd['fio_gbps'])} GB/s" if ssd.get("fio_gbps") else "") + "."
+           + ("".join(f" host->SSD (writes): {k} {num(v['write_gbps'])} GB/s;" for k, v in ssd.items()
+                      if k in ("io_uring", "pread") and isinstance(v, dict) and "write_gbps" in v)
+              + (f" `dd oflag=direct` {num(ssd['dd_direct_write_gbps'])} GB/s;" if ssd.get("dd_direct_write_gbps") else "")
+              + (f" fio {num(ssd['fio_write_gbps'])} GB/s;" if ssd.get("fio_write_gbps") else "")),
            "", "Offloaded inference (weights in the stack, device budget 25%, prefetch 2); ms per forward; "
            "bound = bytes moved / pinned copy bandwidth; error = relative output error against the resident "
            "float model (the nvfp4 rows are a quantised model: its error is the quantisation's).", ""]
@@ -531,7 +535,8 @@ SECTIONS = [
     Section("Left-spin residual (`benchmarks/left_spin.py`)",
             ["left_spin_cpu_20261127T034445Z.json", "left_spin_cuda_20261127T033348Z.json"], left_spin),
     Section("VGPU stack (`benchmarks/vgpu.py`)",
-            ["vgpu_cpu_x86_64_x2.json", "vgpu_cpu_quiet_x86_64_x2.json", "vgpu_nvidia_h100_80gb_hbm3.json"], vgpu),
+            ["vgpu_cpu_x86_64_x2.json", "vgpu_cpu_quiet_x86_64_x2.json", "vgpu_nvidia_h100_80gb_hbm3.json",
+             "vgpu_nvidia_h200.json"], vgpu),
     Section("APT model: left-spin learning-rate sweep (`benchmarks/left_spin_training.py`)",
             ["left_spin_training_quick.json"], left_spin_training),
     Section("APT model: step time (`benchmarks/model_throughput.py`)", ["model_throughput_quick.json",

@@ -10,12 +10,12 @@ break, no inductor scan). In eager mode it is called directly: a custom op's fir
 imports torch._dynamo (about 2 s), which a server's first request must not pay.
 
 On CUDA a long sum is taken in blocks (``blocked_cumsum``): ATen's scan over dim 1 gives one
-thread per (batch, feature) column walking all T rows, 6,144 threads for B 8 x D 768, and took
-8.8 ms of a 34.8 ms compiled training step at T 1024 on the H200 (24 calls; the profile of the
-eighth session's first model run, whose JSON did not come back). Two short scans, within blocks of
-32 rows and then over the blocks' totals, run 32 times as many columns in parallel. Whether that
-is faster end to end is not settled: the next run's compiled step was not faster
-(docs/model.md); benchmarks/prefix_sum.py times the two on their own.
+thread per (batch, feature) column walking all T rows (6,144 threads for B 8 x D 768), and it was
+the largest kernel in one profile of the compiled training step at T 1024 on the H200 (a run
+whose JSON did not come back, so no figure is quoted). Two short scans, within blocks of 32 rows
+and then over the blocks' totals, run 32 times as many columns in parallel. Whether that is
+faster end to end is not settled: the next run's compiled step was not faster (docs/model.md);
+benchmarks/prefix_sum.py times the two on their own.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ does without it, so the device budget holds.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 
@@ -54,9 +55,10 @@ class _Unit:
     module: nn.Module
     tensors: list[_Slot] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def keys(self) -> list[str]:
-        """The unit's stack entries, each once, in first-use order."""
+        """The unit's stack entries, each once, in first-use order (read by every forward's hooks;
+        computed once: a unit's slots are fixed when ``offload`` returns)."""
         return list(dict.fromkeys(t.key for t in self.tensors))
 
 

@@ -4,7 +4,7 @@
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
 #   stages: build test test_fp4 test_gemv (APT_PYTEST_K='expr' selects its tests) test_left_spin test_vgpu test_model sanitizer fp4 fp4_triton fp4_quick
 #           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) e2e left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
-#   build: APT_CUDA_ARCHS=90 builds for sm_90 only (about 70 s); the built _C*.so is copied to
+#   build: APT_CUDA_ARCHS=90 builds for sm_90 only (about 70 s); the built _C*.so is copied (debug info stripped: a file comes back only under 16 MiB) to
 #   $OUT so a later call can carry it (put it in apt_ext/ and skip the build stage).
 #   each stage's log: $OUT/<stage>.log; SECONDS caps a stage (timeout); a stage failing does not
 #   stop the later ones.
@@ -45,12 +45,12 @@ for arg in "$@"; do
   s=${arg%%:*}; LIMIT=0; [ "$s" != "$arg" ] && LIMIT=${arg#*:}
   case $s in
     build) rm -rf build; stage build $PY -m pip install -v --no-build-isolation --no-deps -e .
-      cp "$($PY -c 'import apt_ext._C as c; print(c.__file__)')" "$OUT/" 2>/dev/null ;;
+      so=$($PY -c 'import apt_ext._C as c; print(c.__file__)') && strip --strip-debug -o "$OUT/$(basename "$so")" "$so" ;;
     test) stage test $PY -m pytest -v -p no:cacheprovider tests/gpu ;;
     test_gemv) stage test_gemv $PY -m pytest -q -x -p no:cacheprovider tests/gpu/test_fp4_gemv_cuda.py ${APT_PYTEST_K:+-k "$APT_PYTEST_K"} ;;
     gemv_sweep) stage gemv_sweep $PY benchmarks/fp4_gemv_sweep.py ${APT_SWEEP_VARIANTS:+--variants "$APT_SWEEP_VARIANTS"} \
         ${APT_SWEEP_TAG:+--tag "$APT_SWEEP_TAG"} ${APT_SWEEP_MS:+--ms "$APT_SWEEP_MS"}
-      cp benchmarks/results/fp4_gemv_sweep_*${APT_SWEEP_TAG:+_$APT_SWEEP_TAG}.json "$OUT/" 2>/dev/null ;;
+      cp "benchmarks/results/fp4_gemv_sweep_$($PY -c 'import torch; print(torch.cuda.get_device_name().replace(" ", "_"))')${APT_SWEEP_TAG:+_$APT_SWEEP_TAG}.json" "$OUT/" 2>/dev/null ;;
     ncu_gemv) stage ncu_gemv ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section MemoryWorkloadAnalysis_Tables --section ComputeWorkloadAnalysis --section InstructionStats \
         --section WarpStateStats --section LaunchStats --section Occupancy -k regex:gemv_tiled \

@@ -1,29 +1,38 @@
-// CUDA GEMM of apt::fp4_linear_tiled for more rows of x (issue 11: M = 17..128): out = x @ W.T *
+// CUDA GEMM of apt::fp4_linear_tiled for more rows of x (issue 11: M = 17..4096): out = x @ W.T *
 // out_scale + bias (+ GELU) for an nvfp4 / mxfp4 weight in the tiled layout
 // (fp4_tiled_layout.h) and bfloat16 x. Experimental: fp4_linear_tiled runs it only when
 // APT_FP4_GEMM is set (see fp4_gemm_tiled_cuda.h), until a GPU sweep has measured it.
 //
 // Where the GEMV (fp4_gemv_cuda.cu) has every warp read its own x from L1 and re-decodes the
-// weights for every 16 rows of x, a block here stages 64 rows of x through shared memory once
+// weights for every 16 rows of x, a block here stages 8 XB rows of x through shared memory once
 // per 128-column step and every warp multiplies its decoded weights by all of them:
-//  * a block of 8 warps: WN along N, each owning two tiles (32 weight rows), times KW = 8 / WN
+//  * a block of 8 warps: WN along N, each owning TW tiles (16 TW weight rows), times KW = 8 / WN
 //    along K; every warp streams its tiles' codes and scales through a register ring two steps
-//    ahead (as the GEMV does) and decodes each word once for 8 mma (64 rows of x);
-//  * x: each K part's warps copy their next steps' x (64 rows x 128 columns, 16 KiB) into a ring
-//    of kXStages shared-memory buffers with cp.async (rows past M zero-filled), one
-//    __syncthreads per step; rows sit at a 320-byte pitch, so a warp's 16-byte B-fragment reads
-//    (8 rows x 64 bytes) are conflict-free;
-//  * the K parts' sums meet in shared memory at the end (one launch, deterministic).
+//    ahead (as the GEMV does) and decodes each word once for XB mma. The warp tile (16 TW weight
+//    rows x 8 XB rows of x) sets the shared-memory bytes read per mma (4 KiB / TW: on Hopper an
+//    mma.sync GEMM is bound by them) and the decodes per mma (1 / XB): TW = 2, XB = 8 or TW = 4,
+//    XB = 4 (round 11a measured the first at about 0.6 mma per clock per SM, the shared-memory
+//    bound of 128 bytes per clock);
+//  * x: each K part's warps copy their next steps' x (8 XB rows x 128 columns) into a ring of
+//    kXStages shared-memory buffers with cp.async (rows past M zero-filled), one __syncthreads
+//    per step; rows sit at a 320-byte pitch, so a warp's 16-byte B-fragment reads (8 rows x 64
+//    bytes) are conflict-free;
+//  * the K parts' sums meet in shared memory at the end; with `splits` blocks along K (to fill the
+//    GPU when N and M give few blocks) the blocks' sums meet in global memory, added in split
+//    order by the last block to finish (one launch besides zeroing the arrival counters;
+//    deterministic).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <type_traits>
 
 #include "fp4/fp4_gemm_tiled_cuda.h"
+#include "fp4/fp4_linear_cuda.h"
 #include "fp4/fp4_mma_cuda.h"
 #include "fp4/fp4_tiled_decode_cuda.h"
 
@@ -31,20 +40,17 @@ namespace apt::fp4::cuda {
 namespace {
 
 constexpr int kWarps = 8;                                  // warps per block (WN * KW)
-constexpr int kTilesPerWarp = 2;                           // 32 weight rows per warp
-constexpr int kBlockRows = kGemmRowsPerBlock;              // rows of x per block
-constexpr int kXBlocks = kBlockRows / 8;                   // mma n8 blocks of x per block
 constexpr int kXStages = 3;                                // x steps in shared memory per K part
 constexpr int kXPitch = kStepCols + 32;                    // bfloat16 per staged row (320 bytes)
-constexpr int kXStageElems = kBlockRows * kXPitch;         // one staged step of one K part
 constexpr int kWeightStages = 2;                           // register ring of weight steps
 constexpr int kChunksPerRow = kStepCols * 2 / 16;          // 16-byte chunks per row of a step
+constexpr size_t kMaxSmem = 227 * 1024;                    // dynamic shared memory a block may have
+constexpr int kMinStepsPerPart = 2;                        // K steps per (split, K part), at least
 
 // Dynamic shared memory: KW * kXStages staged x steps, reused for the K-part sums at the end.
-constexpr size_t gemm_smem_bytes(int kw) {
-  const size_t x_bytes = sizeof(__nv_bfloat16) * static_cast<size_t>(kw) * kXStages * kXStageElems;
-  const size_t sum_bytes = sizeof(float) * static_cast<size_t>(kw - 1) * (kWarps / kw) * kTilesPerWarp * kXBlocks *
-                           4 * 32;
+constexpr size_t gemm_smem_bytes(int tw, int xb, int kw) {
+  const size_t x_bytes = sizeof(__nv_bfloat16) * static_cast<size_t>(kw) * kXStages * (8 * xb) * kXPitch;
+  const size_t sum_bytes = sizeof(float) * static_cast<size_t>(kw - 1) * (kWarps / kw) * tw * xb * 4 * 32;
   return x_bytes > sum_bytes ? x_bytes : sum_bytes;
 }
 
@@ -59,25 +65,73 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N));
 }
 
-// Grid: ceil(n_tiles / (2 WN)) * m_blocks blocks (m_blocks = ceil(m / 64), the x block varying
-// fastest), 256 threads. Warp w: tiles 2 ((blockIdx.x / m_blocks) * WN + w % WN) + u, K part w / WN.
-// args.rw = WN, args.kw = KW, args.steps_per_part = ceil(steps / KW).
-template <Format F, bool kGelu>
+// With args.splits > 1: part 0's warps publish their sums, and the block that finishes its output
+// block last adds every split's sums (its own included) in split order into `acc`. Returns
+// whether this block holds the final sums. Every thread of the block calls it.
+template <int TW, int XB>
+__device__ __forceinline__ bool gather_splits(float (&acc)[TW][XB][4], const TiledLinearArgs& args, int part,
+                                              int wn, int lane) {
+  if (args.splits <= 1) return true;
+  constexpr int kSums = TW * XB * 4;
+  const int64_t threads0 = static_cast<int64_t>(args.rw) * 32;  // part 0's threads
+  const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * args.splits;
+  const int64_t at = wn * 32 + lane;
+  if (part == 0) {
+    float* dst = args.partials + (slot0 + blockIdx.y) * kSums * threads0 + at;
+#pragma unroll
+    for (int u = 0; u < TW; ++u)
+#pragma unroll
+      for (int i = 0; i < XB; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dst[((u * XB + i) * 4 + e) * threads0] = acc[u][i][e];
+  }
+  __threadfence();  // the sums are visible device-wide before the arrival is counted
+  __syncthreads();
+  __shared__ int is_last;
+  if (threadIdx.x == 0) is_last = atomicAdd(args.arrivals + blockIdx.x, 1) == args.splits - 1;
+  __syncthreads();
+  if (!is_last) return false;
+  __threadfence();
+  if (part == 0) {
+#pragma unroll
+    for (int u = 0; u < TW; ++u)
+#pragma unroll
+      for (int i = 0; i < XB; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
+    for (int sp = 0; sp < args.splits; ++sp) {
+      const float* src = args.partials + (slot0 + sp) * kSums * threads0 + at;
+#pragma unroll
+      for (int u = 0; u < TW; ++u)
+#pragma unroll
+        for (int i = 0; i < XB; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[u][i][e] += __ldcg(src + ((u * XB + i) * 4 + e) * threads0);
+    }
+  }
+  return true;
+}
+
+// Grid: (ceil(n_tiles / (TW WN)) * m_blocks, splits) blocks (m_blocks = ceil(m / (8 XB)), the x
+// block varying fastest along x), 256 threads. Warp w: tiles TW ((blockIdx.x / m_blocks) * WN +
+// w % WN) + u, K part blockIdx.y * KW + w / WN of KW * splits. args.rw = WN, args.kw = KW,
+// args.steps_per_part = ceil(steps / (KW * splits)).
+template <Format F, bool kGelu, int TW, int XB>
 __global__ void __launch_bounds__(kWarps * 32, 1) gemm_tiled_kernel(const TiledLinearArgs args) {
   static_assert(F != Format::NF4, "nf4 decodes through a shared-memory table: the GEMV path");
+  constexpr int kBlockRows = 8 * XB;                  // rows of x per block
+  constexpr int kXStageElems = kBlockRows * kXPitch;  // one staged step of one K part
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wn = warp % args.rw, part = warp / args.rw;
   const int64_t m_block = blockIdx.x % args.m_blocks;
-  const int64_t tile0 = (static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + wn) * kTilesPerWarp;
+  const int64_t tile0 = (static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + wn) * TW;
   const int64_t row_first = m_block * kBlockRows;
-  const int64_t s_begin = part * args.steps_per_part;
+  const int64_t s_begin = (static_cast<int64_t>(blockIdx.y) * args.kw + part) * args.steps_per_part;
   const int64_t n_steps = s_begin >= args.steps ? 0 : min(args.steps - s_begin, args.steps_per_part);
   const bool has_tile = tile0 < args.n_tiles;
 
   extern __shared__ __align__(16) unsigned char dyn_smem[];
   __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(dyn_smem) + static_cast<size_t>(part) * kXStages * kXStageElems;
 
-  // This K part's threads copy x step s into stage buffer s % kXStages: chunk q of the 64 x 16
+  // This K part's threads copy x step s into stage buffer s % kXStages: chunk q of the rows x 16
   // chunks of 16 bytes is row q / 16, columns 8 (q % 16) .. + 7.
   const int part_thread = threadIdx.x - part * args.rw * 32, part_threads = args.rw * 32;
   const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(args.x);
@@ -92,15 +146,15 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gemm_tiled_kernel(const TiledL
     }
   };
 
-  float acc[kTilesPerWarp][kXBlocks][4];
+  float acc[TW][XB][4];
 #pragma unroll
-  for (int u = 0; u < kTilesPerWarp; ++u)
+  for (int u = 0; u < TW; ++u)
 #pragma unroll
-    for (int i = 0; i < kXBlocks; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
+    for (int i = 0; i < XB; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
 
   // Weights: the GEMV's register ring (WeightRing), two steps ahead; a warp without tiles loads
   // nothing.
-  WeightRing<F, kWeightStages, kTilesPerWarp> ring(args, has_tile ? tile0 : 0, s_begin, lane);
+  WeightRing<F, kWeightStages, TW> ring(args, has_tile ? tile0 : 0, s_begin, lane);
 #pragma unroll
   for (int i = 0; i < kWeightStages; ++i) {
     if (has_tile && i < n_steps) ring.load(i, args);
@@ -126,20 +180,20 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gemm_tiled_kernel(const TiledL
     const __nv_bfloat16* xstep = xs + (s % kXStages) * kXStageElems + g * kXPitch + 8 * t;
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
-      // B fragments of chunk c for the 8 blocks of x: row 8 xb + g, columns 32 c + 8 t .. + 7
+      // B fragments of chunk c for the XB blocks of x: row 8 xb + g, columns 32 c + 8 t .. + 7
       // (words 0, 1 feed mma 2c, words 2, 3 mma 2c + 1; fp4_tiled_layout.h).
-      uint4 b[kXBlocks];
+      uint4 b[XB];
 #pragma unroll
-      for (int xb = 0; xb < kXBlocks; ++xb) b[xb] = *reinterpret_cast<const uint4*>(xstep + xb * 8 * kXPitch + 32 * c);
+      for (int xb = 0; xb < XB; ++xb) b[xb] = *reinterpret_cast<const uint4*>(xstep + xb * 8 * kXPitch + 32 * c);
 #pragma unroll
       for (int jj = 0; jj < 2; ++jj) {
         const int j = 2 * c + jj;
 #pragma unroll
-        for (int u = 0; u < kTilesPerWarp; ++u) {
+        for (int u = 0; u < TW; ++u) {
           uint32_t a[4];
           decode_word<F>(word_of(j < 4 ? ring.c0[I][u] : ring.c1[I][u], j & 3), ring.sc[I][u], j, nullptr, a);
 #pragma unroll
-          for (int xb = 0; xb < kXBlocks; ++xb) {
+          for (int xb = 0; xb < XB; ++xb) {
             MmaType<at::BFloat16>::mma(acc[u][xb], a, word_of(b[xb], 2 * jj), word_of(b[xb], 2 * jj + 1));
           }
         }
@@ -156,11 +210,17 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gemm_tiled_kernel(const TiledL
   cp_async_wait<0>();
   __syncthreads();  // the x stages are reused for the K-part sums
 
-  // K parts 1.. hand their sums to part 0 through shared memory (the x stages, free now).
+  // K parts 1.. hand their sums to part 0 through shared memory (the x stages, free now); then
+  // the splits' sums meet through global memory.
   reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem), part, args.rw, wn, args.kw, lane);
+  if (!gather_splits(acc, args, part, wn, lane)) return;
   if (part != 0 || !has_tile) return;
   store_outputs<at::BFloat16, kGelu>(acc, args, tile0, row_first, g, t);
 }
+
+// The warp tiles built: TW tiles per warp with XB blocks of 8 rows of x.
+constexpr bool warp_tile_built(int tw) { return tw == 2 || tw == 4; }
+constexpr int rows_of_x_blocks(int tw) { return tw == 2 ? 8 : 4; }
 
 }  // namespace
 
@@ -170,44 +230,75 @@ bool gemm_tiled_supported(Format f, at::ScalarType x_dtype) {
 
 GemmTiledConfig gemm_tiled_config() {
   static const GemmTiledConfig cfg = [] {
-    GemmTiledConfig c{0, 2};
+    GemmTiledConfig c{0, 2, 0, 2};
     const char* env = std::getenv("APT_FP4_GEMM");
     if (env == nullptr || *env == '\0') return c;
     long long min_rows = 0;
-    int k_parts = 2;
-    const int got = std::sscanf(env, "%lld,%d", &min_rows, &k_parts);
-    TORCH_CHECK_VALUE(got >= 1 && min_rows >= 0 && (k_parts == 1 || k_parts == 2),
-                      "APT_FP4_GEMM: expected 'min_rows[,k_parts]' with min_rows >= 0 and k_parts 1 or 2, got '",
-                      env, "'");
+    int k_parts = 2, splits = 0, tiles = 2;
+    const int got = std::sscanf(env, "%lld,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles);
+    const bool ok = got >= 1 && min_rows >= 0 && (k_parts == 1 || k_parts == 2 || k_parts == 4) && splits >= 0 &&
+                    warp_tile_built(tiles) && gemm_smem_bytes(tiles, rows_of_x_blocks(tiles), k_parts) <= kMaxSmem;
+    TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp]]]' with min_rows >= 0, "
+                      "k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) and tiles_per_warp 2 or 4 (k_parts 4 "
+                      "only with 4 tiles: shared memory), got '", env, "'");
     c.min_rows = min_rows;
     c.k_parts = k_parts;
+    c.splits = splits;
+    c.tiles_per_warp = tiles;
     return c;
   }();
   return cfg;
 }
 
-void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, int k_parts, cudaStream_t stream) {
+void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTiledConfig& cfg,
+                       const at::Tensor& like, cudaStream_t stream) {
   TORCH_CHECK(gemm_tiled_supported(f, at::kBFloat16), "fp4_linear_tiled: the GEMM path takes nvfp4 and mxfp4 only");
-  // K parts: 1 or 2 (their x stages must fit the 227 KiB of shared memory a block may have).
-  TORCH_CHECK_VALUE(k_parts == 1 || k_parts == 2, "fp4_linear_tiled: GEMM K parts must be 1 or 2, got ", k_parts);
-  args.kw = k_parts;
-  args.rw = kWarps / k_parts;
-  args.steps_per_part = (args.steps + args.kw - 1) / args.kw;
-  const int64_t m_blocks = (args.m + kBlockRows - 1) / kBlockRows;
-  const int64_t tile_blocks = (args.n_tiles + kTilesPerWarp * args.rw - 1) / (kTilesPerWarp * args.rw);
-  TORCH_CHECK_VALUE(tile_blocks * m_blocks < (int64_t{1} << 31), "fp4_linear_tiled: too many rows of x for one launch; split x");
+  const int tw = cfg.tiles_per_warp, xb = rows_of_x_blocks(tw);
+  TORCH_CHECK_VALUE(warp_tile_built(tw), "fp4_linear_tiled: GEMM tiles per warp must be 2 or 4, got ", tw);
+  const size_t smem = gemm_smem_bytes(tw, xb, cfg.k_parts);
+  TORCH_CHECK_VALUE((cfg.k_parts == 1 || cfg.k_parts == 2 || cfg.k_parts == 4) && smem <= kMaxSmem,
+                    "fp4_linear_tiled: GEMM K parts must be 1, 2 or 4 within ", kMaxSmem,
+                    " bytes of shared memory, got ", cfg.k_parts, " (", smem, " bytes)");
+  args.kw = cfg.k_parts;
+  args.rw = kWarps / cfg.k_parts;
+  const int64_t m_blocks = (args.m + 8 * xb - 1) / (8 * xb);
+  const int64_t tile_blocks = (args.n_tiles + tw * args.rw - 1) / (tw * args.rw);
+  const int64_t blocks = tile_blocks * m_blocks;
+  TORCH_CHECK_VALUE(blocks < (int64_t{1} << 31), "fp4_linear_tiled: too many rows of x for one launch; split x");
+  // Blocks along K: as asked, or (0) enough to give every multiprocessor a block, keeping at
+  // least kMinStepsPerPart steps per K part.
+  int64_t splits = cfg.splits;
+  if (splits == 0) {
+    const int64_t sms = sm_count(like.get_device());
+    splits = blocks >= sms ? 1 : (sms + blocks - 1) / blocks;
+  }
+  splits = std::max<int64_t>(1, std::min<int64_t>({splits, args.steps / (kMinStepsPerPart * args.kw), 65535}));
+  args.splits = static_cast<int>(splits);
+  args.steps_per_part = (args.steps + args.kw * splits - 1) / (args.kw * splits);
   args.m_blocks = static_cast<int>(m_blocks);
-  const size_t smem = gemm_smem_bytes(args.kw);
+  at::Tensor partials, arrivals;
+  if (splits > 1) {
+    const int64_t sums = static_cast<int64_t>(tw) * xb * 4 * args.rw * 32;
+    partials = at::empty({blocks * splits * sums}, like.options().dtype(at::kFloat));
+    arrivals = at::zeros({blocks}, like.options().dtype(at::kInt));
+    args.partials = partials.mutable_data_ptr<float>();
+    args.arrivals = arrivals.mutable_data_ptr<int>();
+  }
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(splits));
   auto go = [&](auto kernel) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<static_cast<unsigned>(tile_blocks * m_blocks), kWarps * 32, smem, stream>>>(args);
+    kernel<<<grid, kWarps * 32, smem, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  if (f == Format::NVFP4) {
-    gelu ? go(gemm_tiled_kernel<Format::NVFP4, true>) : go(gemm_tiled_kernel<Format::NVFP4, false>);
-  } else {
-    gelu ? go(gemm_tiled_kernel<Format::MXFP4, true>) : go(gemm_tiled_kernel<Format::MXFP4, false>);
-  }
+  auto by_tile = [&](auto gelu_c) {
+    constexpr bool G = decltype(gelu_c)::value;
+    if (f == Format::NVFP4) {
+      tw == 2 ? go(gemm_tiled_kernel<Format::NVFP4, G, 2, 8>) : go(gemm_tiled_kernel<Format::NVFP4, G, 4, 4>);
+    } else {
+      tw == 2 ? go(gemm_tiled_kernel<Format::MXFP4, G, 2, 8>) : go(gemm_tiled_kernel<Format::MXFP4, G, 4, 4>);
+    }
+  };
+  gelu ? by_tile(std::true_type{}) : by_tile(std::false_type{});
 }
 
 }  // namespace apt::fp4::cuda

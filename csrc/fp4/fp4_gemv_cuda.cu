@@ -452,7 +452,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   const GemmTiledConfig gemm = gemm_tiled_config();
   if (gemm.min_rows > 0 && m >= gemm.min_rows && gemm_tiled_supported(f, x.scalar_type())) {
     args.evict_first = true;
-    launch_gemm_tiled(args, f, gelu, gemm.k_parts, stream);
+    launch_gemm_tiled(args, f, gelu, gemm, x, stream);
     return out.view(out_sizes);
   }
   const bool fp32x = x.scalar_type() == at::kFloat;

@@ -162,7 +162,13 @@ struct TiledLinearArgs {
   void* out;
   int64_t n, n_tiles, steps, steps_per_part;
   int rw, kw;  // warps along N per block (TW tiles each), K parts per tile (warps per block = rw * kw)
-  int m_blocks;  // blocks along x (rows of x per block: 8 * MT in the GEMV, 64 in the GEMM)
+  int m_blocks;  // blocks along x (rows of x per block: 8 * MT in the GEMV, 8 * XB in the GEMM)
+  // GEMM only: blocks along K (gridDim.y) whose sums meet through `partials` ([gridDim.x *
+  // splits][sums per block] floats), the last block of each output block adding them in split
+  // order; `arrivals` ([gridDim.x] int32, zero before the launch) counts the finished ones.
+  int splits;
+  float* partials;
+  int* arrivals;
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
 };
 
@@ -170,29 +176,33 @@ struct TiledLinearArgs {
 // A warp's register ring of S weight steps for its TW tiles (first tile `tile0`, steps from
 // `s_begin`): slot i holds, per tile u, the lane's 32 bytes of codes (c0: words 0..3, c1: words
 // 4..7) and its scale entry of one step. load(i, args) fills slot i with the current step,
-// advance(args) moves to the next one. Tile u reads at + u * the next-tile offset, which is 0 when the warp's
-// second tile would be past the last (it reads the first again; its sums are not written).
+// advance(args) moves to the next one. Tile u reads tile min(tile0 + u, last tile): a warp's tiles
+// past the last read the last again (their sums are not written). With TW <= 2 a zero next-tile
+// offset does that, with no per-load select (the GEMV's registers: a select spilled).
 template <Format F, int S, int TW>
 struct WeightRing {
   uint4 c0[S][TW], c1[S][TW];
   LaneScales<F> sc[S][TW];
   const uint4* wp;
   int64_t sp, w_next, s_next;
+  int last_u;  // the warp's last tile before the layout's end, 0 .. TW - 1
   uint64_t policy;
 
   __device__ WeightRing(const TiledLinearArgs& a, int64_t tile0, int64_t s_begin, int lane)
       : wp(a.tiles + tile0 * a.tile_stride + s_begin * a.step_stride + lane),
         sp(tile0 * a.sc_tile_stride + s_begin * a.sc_step_stride + scale_entry(static_cast<int>(F), lane)),
-        w_next(TW > 1 && tile0 + 1 < a.n_tiles ? a.tile_stride : 0),
-        s_next(TW > 1 && tile0 + 1 < a.n_tiles ? a.sc_tile_stride : 0),
+        w_next(TW > 2 || tile0 + 1 < a.n_tiles ? a.tile_stride : 0),
+        s_next(TW > 2 || tile0 + 1 < a.n_tiles ? a.sc_tile_stride : 0),
+        last_u(static_cast<int>(min(static_cast<int64_t>(TW - 1), max(a.n_tiles - 1 - tile0, int64_t{0})))),
         policy(l2_stream_policy(a.evict_first)) {}
 
   __device__ __forceinline__ void load(int i, const TiledLinearArgs& a) {
 #pragma unroll
     for (int u = 0; u < TW; ++u) {
-      c0[i][u] = load_stream(wp + u * w_next, policy);
-      c1[i][u] = load_stream(wp + u * w_next + 32, policy);
-      sc[i][u] = LaneScales<F>::load(a.scales, sp + u * s_next, policy);
+      const int v = TW <= 2 || u < last_u ? u : last_u;
+      c0[i][u] = load_stream(wp + v * w_next, policy);
+      c1[i][u] = load_stream(wp + v * w_next + 32, policy);
+      sc[i][u] = LaneScales<F>::load(a.scales, sp + v * s_next, policy);
     }
   }
   __device__ __forceinline__ void advance(const TiledLinearArgs& a) {

@@ -136,16 +136,18 @@ def test_gemv_launch_variants(launch):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2"])
+@pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2", "17,2,1", "17,4,0,4", "17,1,3,4", "1,2,5,2"])
 def test_tiled_gemm_path(gemm):
-    """The tiled GEMM (csrc/fp4/fp4_gemm_tiled_cuda.cu, APT_FP4_GEMM="min_rows,k_parts", read
-    once per process, so in a child): nvfp4 and mxfp4 with bfloat16 x against the reference at
-    M around its 64-row blocks, an odd number of tiles (N = 300: a warp's second tile missing),
-    K = 4192 (33 steps: K parts of unequal length), with bias and with GELU; rows below min_rows,
-    nf4 and float16 x still take the GEMV and stay correct."""
+    """The tiled GEMM (csrc/fp4/fp4_gemm_tiled_cuda.cu,
+    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp]]", read once per process, so in a
+    child): nvfp4 and mxfp4 with bfloat16 x against the reference at M around its 32- and 64-row
+    blocks, a number of tiles that leaves a warp's last tiles missing (N = 300: 19 tiles), K = 4192
+    (33 steps: K parts and splits of unequal length), blocks along K chosen per shape (0) or
+    given, with bias and with GELU; rows below min_rows, nf4 and float16 x still take the GEMV
+    and stay correct."""
     code = (
         "for fmt in ('nvfp4', 'mxfp4'):\n"
-        "    for m in (1, 16, 17, 33, 63, 64, 65, 100, 128, 129, 256):\n"
+        "    for m in (1, 16, 17, 31, 32, 33, 63, 64, 65, 100, 128, 129, 256, 1000, 4096):\n"
         "        t._check(fmt, m, torch.bfloat16, m % 2 == 1, n=300, k=4192, apt_seed=11)\n"
         "    t._check(fmt, 64, torch.bfloat16, True, n=300, k=4192, apt_seed=12, step_major=True)\n"
         "    t._check(fmt, 40, torch.bfloat16, False, n=4096, k=4096, apt_seed=13)\n"

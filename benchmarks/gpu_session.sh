@@ -3,9 +3,9 @@
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
 #   stages: build test test_fp4 test_gemv (APT_PYTEST_K='expr' selects its tests) test_left_spin test_vgpu test_model sanitizer fp4 fp4_triton fp4_quick
-#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) e2e left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
-#   build: APT_CUDA_ARCHS=90 builds for sm_90 only (about 70 s); the built _C*.so is copied (debug info stripped: a file comes back only under 16 MiB) to
-#   $OUT so a later call can carry it (put it in apt_ext/ and skip the build stage).
+#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) e2e left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
+#   build: APT_CUDA_ARCHS=90 builds for sm_90 only (about 70 s); the built _C*.so is copied (debug info stripped, gzipped: a file comes back only under 16 MiB) to
+#   $OUT so a later call can carry it (gunzip it into apt_ext/ and skip the build stage).
 #   each stage's log: $OUT/<stage>.log; SECONDS caps a stage (timeout); a stage failing does not
 #   stop the later ones.
 set -uo pipefail
@@ -45,7 +45,8 @@ for arg in "$@"; do
   s=${arg%%:*}; LIMIT=0; [ "$s" != "$arg" ] && LIMIT=${arg#*:}
   case $s in
     build) rm -rf build; stage build $PY -m pip install -v --no-build-isolation --no-deps -e .
-      so=$($PY -c 'import apt_ext._C as c; print(c.__file__)') && strip --strip-debug -o "$OUT/$(basename "$so")" "$so" ;;
+      so=$($PY -c 'import apt_ext._C as c; print(c.__file__)') && strip --strip-debug -o /tmp/_C.so "$so" \
+        && gzip -c /tmp/_C.so > "$OUT/$(basename "$so").gz" ;;
     test) stage test $PY -m pytest -v -p no:cacheprovider tests/gpu ;;
     test_gemv) stage test_gemv $PY -m pytest -q -x -p no:cacheprovider tests/gpu/test_fp4_gemv_cuda.py ${APT_PYTEST_K:+-k "$APT_PYTEST_K"} ;;
     gemv_sweep) stage gemv_sweep $PY benchmarks/fp4_gemv_sweep.py ${APT_SWEEP_VARIANTS:+--variants "$APT_SWEEP_VARIANTS"} \
@@ -55,6 +56,9 @@ for arg in "$@"; do
         --section MemoryWorkloadAnalysis_Tables --section ComputeWorkloadAnalysis --section InstructionStats \
         --section WarpStateStats --section LaunchStats --section Occupancy -k regex:gemv_tiled \
         $PY benchmarks/fp4_gemv_sweep.py --profile-once --ms ${APT_NCU_M:-1} ;;
+    ncu_gemm)  # the tiled GEMM (APT_FP4_GEMM, default "1,1,1,2") on the largest shape, APT_NCU_M rows (default 512)
+      stage ncu_gemm env APT_FP4_GEMM="${APT_FP4_GEMM:-1,1,1,2}" ncu --clock-control none --set full \
+        -k regex:gemm_tiled -c 1 $PY benchmarks/fp4_gemv_sweep.py --profile-once --ms ${APT_NCU_M:-512} ;;
     ncu_gemv_full)  # full set on the largest shape (tile order), per-SASS-line source page, the SASS
       stage ncu_gemv_full ncu --clock-control none --set full -k regex:gemv_tiled -c 1 -f -o "$OUT/gemv" \
         $PY benchmarks/fp4_gemv_sweep.py --profile-once --ms ${APT_NCU_M:-1}

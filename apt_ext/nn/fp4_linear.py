@@ -13,13 +13,19 @@ from apt_ext.fp4.format import DEFAULT_FORMAT, get_format
 from apt_ext.fp4.tiled import CpuTiledFP4Weight, TiledFP4Weight, cpu_tile, cpu_tiled_kernel_is_fast, tile
 from apt_ext.fp4.weight import FP4Weight, quantize
 
-# Rows of x (leading dims flattened) up to which inference on CUDA uses the tiled GEMV
-# (fp4_linear_tiled); above it fp4_linear (dequantise + cuBLAS there) is faster. Measured on an
-# H200 (benchmarks/results/fp4_linear_NVIDIA_H200.json, fourth session, bf16 x, four shapes, every
-# format): at M = 64 the tiled kernel beats dequantise + cuBLAS on every shape and format (nvfp4
-# 19.3 / 53.2 / 49.8 / 185 us against 30.1 / 93.0 / 96.0 / 330 us), at M = 128 it loses on two
-# of the four shapes and for nf4. float32 x was not measured above 16 rows and keeps 16.
+# Rows of x (leading dims flattened) up to which inference on CUDA uses the tiled kernels
+# (fp4_linear_tiled: the GEMV, and from 65 rows on weights of 8192 rows or more its GEMM); above
+# it fp4_linear (dequantise + cuBLAS there) is faster. Measured on an H200 (fourth session,
+# benchmarks/results/history/fp4_linear_NVIDIA_H200_664ea39.json, bf16 x, four shapes, every
+# format): at M = 64 the tiled GEMV beats dequantise + cuBLAS on every shape and format (nvfp4
+# 19.3 / 53.2 / 49.8 / 185 us against 30.1 / 93.0 / 96.0 / 330 us). nvfp4 / mxfp4 with bfloat16
+# x go on to 128 rows: at 128 rows the tiled op (GEMV below 8192 weight rows, GEMM above) took
+# 27.1 / 72.4 / 77.4 / 219.2 us against dequantise + cuBLAS's 34.6 / 93.8 / 98.5 / 344.4 us, at
+# 256 rows it lost on all four (benchmarks/results/fp4_gemv_sweep_NVIDIA_H200_round11b.json,
+# nvfp4; mxfp4 decodes through the same code and was not timed there). float32 x was not
+# measured above 16 rows and keeps 16.
 TILED_MAX_ROWS = 64
+TILED_MAX_ROWS_BF16_NVFP4_MXFP4 = 128
 TILED_MAX_ROWS_FLOAT32 = 16
 # Rows of x up to which inference on a CPU with the AVX-512 FP4 path uses the CPU tiled copy
 # (fp4_linear_cpu_tiled). Measured on an Intel Xeon (AVX-512, AMX; docs/fp4.md, sixth session):
@@ -44,7 +50,8 @@ class FP4Linear(nn.Module):
     dtype.
 
     On CUDA, calls that need no gradient with at most ``TILED_MAX_ROWS`` rows of x
-    (``TILED_MAX_ROWS_FLOAT32`` for float32 x) run on a tiled copy of the weight
+    (``TILED_MAX_ROWS_BF16_NVFP4_MXFP4`` for nvfp4 / mxfp4 with bfloat16 x,
+    ``TILED_MAX_ROWS_FLOAT32`` for float32 x) run on a tiled copy of the weight
     (``apt_ext.fp4.tiled``), built at the first such call and kept beside the buffers (not
     saved; rebuilt after ``.to()`` or ``load_state_dict``; not made while ``apt_ext.vgpu.offload``
     pages the layer's weights, whose device budget it would break).
@@ -125,7 +132,12 @@ class FP4Linear(nn.Module):
                                                 self.fmt, self.block_size)
 
     def _takes_tiled_path(self, x: torch.Tensor) -> bool:
-        max_rows = TILED_MAX_ROWS_FLOAT32 if x.dtype == torch.float32 else TILED_MAX_ROWS
+        if x.dtype == torch.float32:
+            max_rows = TILED_MAX_ROWS_FLOAT32
+        elif x.dtype == torch.bfloat16 and self.fmt in ("nvfp4", "mxfp4"):
+            max_rows = TILED_MAX_ROWS_BF16_NVFP4_MXFP4
+        else:
+            max_rows = TILED_MAX_ROWS
         if not (x.is_cuda and self.packed.is_cuda) or x.numel() > max_rows * self.in_features:
             return False
         if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy

@@ -1,7 +1,8 @@
 // CUDA GEMM of apt::fp4_linear_tiled for more rows of x (issue 11: M = 17..4096): out = x @ W.T *
 // out_scale + bias (+ GELU) for an nvfp4 / mxfp4 weight in the tiled layout
-// (fp4_tiled_layout.h) and bfloat16 x. Experimental: fp4_linear_tiled runs it only when
-// APT_FP4_GEMM is set (see fp4_gemm_tiled_cuda.h), until a GPU sweep has measured it.
+// (fp4_tiled_layout.h) and bfloat16 x. fp4_linear_tiled runs it from kGemmDefaultMinRows rows of
+// x on weights of kGemmDefaultMinN rows (fp4_gemm_tiled_cuda.h: where it measured faster than the
+// GEMV), or as APT_FP4_GEMM says.
 //
 // Where the GEMV (fp4_gemv_cuda.cu) has every warp read its own x from L1 and re-decodes the
 // weights for every 16 rows of x, a block here stages 8 XB rows of x through shared memory once
@@ -230,11 +231,11 @@ bool gemm_tiled_supported(Format f, at::ScalarType x_dtype) {
 
 GemmTiledConfig gemm_tiled_config() {
   static const GemmTiledConfig cfg = [] {
-    GemmTiledConfig c{0, 2, 0, 2};
+    GemmTiledConfig c{kGemmDefaultMinRows, kGemmDefaultMinN, 1, 0, 2};
     const char* env = std::getenv("APT_FP4_GEMM");
     if (env == nullptr || *env == '\0') return c;
     long long min_rows = 0;
-    int k_parts = 2, splits = 0, tiles = 2;
+    int k_parts = 1, splits = 0, tiles = 2;
     const int got = std::sscanf(env, "%lld,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles);
     const bool ok = got >= 1 && min_rows >= 0 && (k_parts == 1 || k_parts == 2 || k_parts == 4) && splits >= 0 &&
                     warp_tile_built(tiles) && gemm_smem_bytes(tiles, rows_of_x_blocks(tiles), k_parts) <= kMaxSmem;
@@ -242,6 +243,7 @@ GemmTiledConfig gemm_tiled_config() {
                       "k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) and tiles_per_warp 2 or 4 (k_parts 4 "
                       "only with 4 tiles: shared memory), got '", env, "'");
     c.min_rows = min_rows;
+    c.min_n = 0;
     c.k_parts = k_parts;
     c.splits = splits;
     c.tiles_per_warp = tiles;

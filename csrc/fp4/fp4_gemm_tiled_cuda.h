@@ -1,8 +1,7 @@
 // The tiled-layout FP4 GEMM (fp4_gemm_tiled_cuda.cu): 32 or 64 rows of bfloat16 x per block,
 // staged through shared memory, for nvfp4 / mxfp4 weights. fp4_linear_tiled (fp4_gemv_cuda.cu)
-// calls it instead of the GEMV when APT_FP4_GEMM="min_rows[,k_parts[,splits[,tiles_per_warp]]]"
-// is set and x has at least min_rows rows: an experimental path until a GPU sweep has measured it
-// (issue 11).
+// calls it instead of the GEMV when x has at least kGemmDefaultMinRows rows, or as
+// APT_FP4_GEMM="min_rows[,k_parts[,splits[,tiles_per_warp]]]" says (tuning sweeps; "0": never).
 #pragma once
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
@@ -12,14 +11,26 @@
 
 namespace apt::fp4::cuda {
 
+// Where the GEMM is the default (no APT_FP4_GEMM): from kGemmDefaultMinRows rows of x on weights
+// of at least kGemmDefaultMinN rows. H200 sweep round 11b
+// (benchmarks/results/fp4_gemv_sweep_NVIDIA_H200_round11b.json, nvfp4, bf16 x, the GEMM with one
+// K part and blocks along K chosen per shape): at 128 rows of x it took 72.4 / 219.2 us on 14336 x
+// 4096 / 28672 x 8192 against the GEMV's 86.2 / 287.9 us, but 38.3 / 90.4 us on 4096 x 4096 /
+// 4096 x 14336 against 27.1 / 77.4; at 64 rows it was ahead only on 28672 x 8192. 65 to 127 rows
+// were not measured.
+constexpr int64_t kGemmDefaultMinRows = 65;
+constexpr int64_t kGemmDefaultMinN = 8192;
+
 // Whether the GEMM takes this format and x dtype (nvfp4 / mxfp4, bfloat16 x).
 bool gemm_tiled_supported(Format f, at::ScalarType x_dtype);
 
-// APT_FP4_GEMM (read once): the fewest rows of x that take the GEMM (0: never, the default), its
-// K parts per block (1, 2 or 4; default 2), its blocks along K (0, the default: enough to fill the
-// GPU) and its tiles per warp (2: 64 rows of x per block, the default; 4: 32 rows).
+// APT_FP4_GEMM (read once): the fewest rows of x that take the GEMM (default kGemmDefaultMinRows
+// where the weight has kGemmDefaultMinN rows; set: any weight; 0: never), its K parts per block (1, 2 or 4; default 1), its blocks along K (0, the default:
+// enough to fill the GPU) and its tiles per warp (2: 64 rows of x per block, the default; 4: 32
+// rows).
 struct GemmTiledConfig {
   int64_t min_rows;
+  int64_t min_n;  // weight rows, at least (kGemmDefaultMinN by default, 0 when APT_FP4_GEMM is set)
   int k_parts;
   int64_t splits;
   int tiles_per_warp;

@@ -450,7 +450,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
 
   auto stream = c10::cuda::getCurrentCUDAStream();
   const GemmTiledConfig gemm = gemm_tiled_config();
-  if (gemm.min_rows > 0 && m >= gemm.min_rows && gemm_tiled_supported(f, x.scalar_type())) {
+  if (gemm.min_rows > 0 && m >= gemm.min_rows && n >= gemm.min_n && gemm_tiled_supported(f, x.scalar_type())) {
     args.evict_first = true;
     launch_gemm_tiled(args, f, gelu, gemm, x, stream);
     return out.view(out_sizes);

@@ -210,31 +210,57 @@ def test_fp4linear_uses_tiled_path_for_inference(apt_seed):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize(("dtype", "rows", "tiled"), [(torch.bfloat16, 64, True), (torch.bfloat16, 65, False),
-                                                      (torch.float16, 64, True), (torch.float32, 16, True),
-                                                      (torch.float32, 17, False)])
-def test_fp4linear_tiled_path_row_limit(dtype, rows, tiled, apt_seed):
-    """FP4Linear's measured crossover (apt_ext/nn/fp4_linear.py): the tiled kernel up to 64 rows
-    of 16-bit x and 16 of float32 x, fp4_linear above; both give the same result."""
+@pytest.mark.parametrize(("fmt", "dtype", "rows", "tiled"), [
+    ("nvfp4", torch.bfloat16, 128, True), ("nvfp4", torch.bfloat16, 129, False),
+    ("mxfp4", torch.bfloat16, 128, True), ("nf4", torch.bfloat16, 64, True), ("nf4", torch.bfloat16, 65, False),
+    ("nvfp4", torch.float16, 64, True), ("nvfp4", torch.float16, 65, False),
+    ("nvfp4", torch.float32, 16, True), ("nvfp4", torch.float32, 17, False)])
+def test_fp4linear_tiled_path_row_limit(fmt, dtype, rows, tiled, apt_seed):
+    """FP4Linear's measured crossover (apt_ext/nn/fp4_linear.py): the tiled kernels up to 128 rows
+    of bfloat16 x for nvfp4 / mxfp4, 64 rows of other 16-bit x and nf4, 16 of float32 x,
+    fp4_linear above; both give the same result. N = 8192 rows: from 65 rows of x the tiled op
+    takes its GEMM there (csrc/fp4/fp4_gemm_tiled_cuda.h)."""
     torch.manual_seed(apt_seed)
-    layer = FP4Linear.from_linear(torch.nn.Linear(256, 96), fmt="nvfp4").to(DEV)
+    layer = FP4Linear.from_linear(torch.nn.Linear(256, 8192), fmt=fmt).to(DEV)
     x = torch.randn(rows, 256, device=DEV, dtype=dtype)
     with torch.no_grad():  # inference: the bias parameter needs no gradient here
         assert layer._takes_tiled_path(x) is tiled
         y = layer(x)
     assert (layer._tiled is not None) is tiled
     want = torch.ops.apt.fp4_linear(x, layer.packed, layer.scales, layer.tensor_scale, layer.bias.to(dtype),
-                                    "nvfp4", 16)
-    assert _rel_err(y, want) < _tol("nvfp4", dtype)
+                                    fmt, layer.block_size)
+    assert _rel_err(y, want) < _tol(fmt, dtype)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize(("rows", "n", "fmt", "kernel"), [
+    (64, 8192, "nvfp4", "gemv_tiled"), (65, 8192, "nvfp4", "gemm_tiled"), (65, 8191, "nvfp4", "gemv_tiled"),
+    (128, 8192, "mxfp4", "gemm_tiled"), (65, 8192, "nf4", "gemv_tiled")])
+def test_tiled_op_kernel_choice(rows, n, fmt, kernel, apt_seed):
+    """fp4_linear_tiled's default choice between its GEMV and GEMM (csrc/fp4/fp4_gemm_tiled_cuda.h:
+    the GEMM from 65 rows of x on weights of 8192 rows, nvfp4 / mxfp4 with bfloat16 x), read off
+    the profiler's kernel names, with the result checked against the reference."""
+    g = torch.Generator().manual_seed(apt_seed)
+    t = tile(quantize(_weight(n, 256, g).to(DEV), fmt))
+    x = torch.randn(rows, 256, generator=g).to(DEV, torch.bfloat16)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        y = t.linear(x)
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if "tiled_kernel" in e.name]
+    assert names and all(kernel in name for name in names), names
+    want = torch.nn.functional.linear(x.float(), t.dequantize().to(DEV))
+    assert _rel_err(y, want) < _tol(fmt, torch.bfloat16)
 
 
 @needs_cuda_build
 def test_cuda_graph_capture_tiled(apt_seed):
-    """M = 1 and 40 through FP4Linear's tiled path, M = 80 (the canonical op) in the same graph test."""
+    """M = 1 and 40 through FP4Linear's tiled GEMV, M = 100 through the tiled GEMM (first layer,
+    8192 rows: blocks along K, their workspace allocated inside the capture) and GEMV (second),
+    M = 200 through the canonical op, in the same graph test."""
     torch.manual_seed(apt_seed)
-    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 128))
+    model = torch.nn.Sequential(torch.nn.Linear(256, 8192), torch.nn.GELU(), torch.nn.Linear(8192, 128))
     model = apt_ext.quantize_(model.to(DEV, torch.bfloat16), fmt="nvfp4")
-    for m in (1, 40, 80):
+    for m in (1, 40, 100, 200):
         assert_cuda_graph_replay_matches_eager(model, torch.randn(m, 256, device=DEV, dtype=torch.bfloat16))
 
 

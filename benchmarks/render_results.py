@@ -265,6 +265,42 @@ def model_throughput(name: str, d: dict) -> str:
         table(["variant", "step ms", "tokens/s", "step time vs plain"], rows)])
 
 
+def virtual_vram(name: str, d: dict) -> str:
+    """``benchmarks/virtual_vram.py``: decoding tokens/s per batch and run, the PCIe bound of the
+    paged runs and their logits' agreement with the resident bfloat16 model."""
+    sh = d["shape"]
+    rows = []
+    for batch, runs in d["runs"].items():
+        for run, r in runs.items():
+            bound = r.get("pcie_bound_s")
+            rows.append([batch, run, num(r["tokens_per_s"]), num(r["s_per_step"] * 1e3),
+                         num(r["bytes_h2d_per_step"] / 1e9) if "bytes_h2d_per_step" in r else "-",
+                         num(bound * 1e3) if bound else "-",
+                         f"{r['logits_cosine_mean']:.4f}" if "logits_cosine_mean" in r else "-",
+                         f"{r['top1_agreement']:.3f}" if "top1_agreement" in r else "-"])
+    return "\n".join([
+        f"Decoder {sh['layers']} layers x d {sh['d']} (d_ff {sh['d_ff']}, {sh['heads']} heads, {sh['kv_heads']} KV "
+        f"heads, vocab {sh['vocab']}), random weights, {d['weight_bytes'] / 1e9:.2f} GB in {d['dtype']}; device "
+        f"budget {d['device_budget_bytes'] / 1e9:.2f} GB; {d['new_tokens']} new tokens per run. PCIe bound: "
+        "bytes copied host to device per step / the measured pinned copy bandwidth. Agreement: "
+        "logits cosine and top-1 against the resident bfloat16 model (random weights: FP4's error is not "
+        "damped by trained structure).", "",
+        table(["batch", "run", "tokens/s", "ms per step", "GB to device per step", "PCIe bound ms",
+               "logits cosine", "top-1 agreement"], rows)])
+
+
+def prefix_sum(name: str, d: dict) -> str:
+    """``benchmarks/prefix_sum.py``: torch.cumsum against apt_ext's blocked cumsum."""
+    rows = [["x".join(map(str, r["shape"])), num(r["cumsum_forward_ms"]), num(r["blocked_forward_ms"]),
+             num(r["cumsum_forward_backward_ms"]), num(r["blocked_forward_backward_ms"]),
+             f"{r['max_abs_err_cumsum']:.2g}", f"{r['max_abs_err_blocked']:.2g}"] for r in d["rows"]]
+    return "\n".join([
+        "Prefix sum over the sequence (autopoietic attention's running mean), float32 on the GPU, median ms. "
+        "Error: max abs difference from a float64 cumsum.", "",
+        table(["shape", "cumsum fwd ms", "blocked fwd ms", "cumsum fwd+bwd ms", "blocked fwd+bwd ms",
+               "cumsum max err", "blocked max err"], rows)])
+
+
 def aim_memory(name: str, d: dict) -> str:
     """``benchmarks/aim_memory.py``: routing index alone (``results``), inertia ablation, query
     embedding (``query_embedding``) and end-to-end ``route_memory`` (``route_memory_end_to_end``);
@@ -542,6 +578,10 @@ SECTIONS = [
     Section("APT model: step time (`benchmarks/model_throughput.py`)", ["model_throughput_quick.json",
                                                                        "model_throughput.json"],
             model_throughput),
+    Section("APT model: prefix sum on the GPU (`benchmarks/prefix_sum.py`)", ["prefix_sum_*.json"], prefix_sum,
+            level=3),
+    Section("Virtual VRAM: FP4 weights paged through the VGPU stack (`benchmarks/virtual_vram.py`)",
+            ["virtual_vram_*.json"], virtual_vram),
     Section("AIM-Memory routing and latency (`benchmarks/aim_memory.py`)",
             ["aim_memory_full.json", "aim_memory_quick.json", "aim_memory_e2e_*.json"], aim_memory),
     Section("AIM-Memory route phases (`benchmarks/aim_memory_phases.py`)", ["aim_memory_phases_*.json"],

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <algorithm>
 #include <cstring>
+#include <future>
 #include <sstream>
 #include <vector>
 
@@ -86,7 +87,6 @@ SsdPage SsdStore::write(uint64_t id, const void* buf, int64_t len) {
   SsdPage page;
   page.path = dir_ + "/" + std::to_string(id) + ".page";
   page.padded = padded(len);
-  page.checksum = page_checksum(buf, size_t(len));
   if (fault_enospc_after_ >= 0 && written_ + page.padded > fault_enospc_after_) {
     throw IoError(ENOSPC, errno_message("SSD tier: writing " + page.path + " (injected by APT_VGPU_FAULT)", ENOSPC));
   }
@@ -95,7 +95,21 @@ SsdPage SsdStore::write(uint64_t id, const void* buf, int64_t len) {
     const int err = errno;
     throw IoError(err, errno_message("SSD tier: cannot create " + page.path, err));
   }
-  int rc = transfer_all(*io_, fd, const_cast<void*>(buf), page.padded, 0, true);
+  // Reserve the page's blocks up front (one allocation instead of one per write, and a full disk
+  // reported before any byte is written); file systems without fallocate just write.
+  // (Linux fallocate, not posix_fallocate: glibc emulates the latter by writing every block.)
+  if (::fallocate(fd, 0, 0, page.padded) != 0 && errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(page.path.c_str());
+    throw IoError(err, errno_message("SSD tier: reserving " + std::to_string(page.padded) + " bytes for " + page.path,
+                                     err));
+  }
+  // The checksum is taken while the writes are in flight (both only read `buf`).
+  std::future<uint64_t> checksum =
+      std::async(std::launch::async, [buf, len] { return page_checksum(buf, size_t(len)); });
+  const int rc = transfer_all(*io_, fd, const_cast<void*>(buf), page.padded, 0, true);
+  page.checksum = checksum.get();
   ::close(fd);
   if (rc < 0) {
     ::unlink(page.path.c_str());

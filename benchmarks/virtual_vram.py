@@ -3,6 +3,7 @@
 A Llama-3-8B-shaped decoder (32 layers, d 4096, d_ff 14336, 32 query / 8 KV heads, vocab 128256;
 random weights, 16 GB in bf16) decodes greedily at batch 1 and 8 with a device budget of 4 GB:
   resident-bf16   the whole model on the GPU (the ceiling; skipped when it does not fit)
+  resident-nvfp4  the 4-bit model whole on the GPU (its kernels' cost without paging)
   paged-bf16      apt_ext.vgpu.offload(model, stack): device level = the budget, host level = the rest
                   (float32 instead of bf16 in the --cpu runs)
   paged-nvfp4     the same after apt_ext.quantize_(model, "nvfp4") (the 4-bit weights cross the link)
@@ -273,6 +274,16 @@ def main(argv: list[str] | None = None) -> int:
                     torch.cuda.empty_cache()
             else:
                 forced = torch.randint(0, shape.vocab, (b, n_new), generator=g).to(device)
+            if fp4 is not None and (not gpu or nbytes(fp4) < 0.8 * torch.cuda.mem_get_info()[0]):
+                # the 4-bit model whole on the device: what its kernels cost without paging (a
+                # paged FP4 layer runs the canonical op, a resident one its tiled copy)
+                resident4 = copy.deepcopy(fp4).to(device)
+                decode(resident4, prompt, forced, n_new, device)
+                sec, _, logits = decode(resident4, prompt, forced, n_new, device)
+                runs["resident-nvfp4"] = {"s_per_step": sec} | (agreement(logits, ref) if ref is not None else {})
+                del resident4
+                if gpu:
+                    torch.cuda.empty_cache()
             host = [device_level(device, budget / MB), {"device": "cpu", "capacity_mb": 1.1 * wb / MB}]
             todo = [(f"paged-{dt}", model_cpu, host)]
             if fp4 is not None:
@@ -291,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 if ref is not None:
                     r.update(agreement(logits, ref))
                 r["pcie_bound_s"] = r["bytes_h2d_per_step"] / (link["pinned_copy_gbps"] * 1e9)
+                r["step_vs_pcie_bound"] = r["s_per_step"] / r["pcie_bound_s"] if r["pcie_bound_s"] > 0 else None
                 r["device_level_bytes"] = int(levels[0]["capacity_mb"] * MB)
                 runs[name] = r
             try:

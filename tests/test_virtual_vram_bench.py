@@ -27,4 +27,6 @@ def test_virtual_vram_quick_cpu(tmp_path, one_thread):
         assert acc["logits_cosine_min"] > 0.999999 and acc["top1_agreement"] == 1.0
     if "paged-nvfp4" in runs:  # the CPU FP4 kernels are built
         assert runs["paged-nvfp4"]["logits_cosine_mean"] > 0.9
+        assert runs["resident-nvfp4"]["logits_cosine_mean"] > 0.9 and runs["resident-nvfp4"]["tokens_per_s"] > 0
+        assert runs["paged-nvfp4"]["step_vs_pcie_bound"] > 0
         assert runs["paged-nvfp4-ssd"]["bytes_ssd_per_step"] > 0

@@ -18,6 +18,7 @@ def test_demo_quick_runs_and_keeps_its_results_in_the_default_out_dir(capsys, tm
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "== summary ==" in out and "train (left-spin)" in out and "FAILED" not in out
+    assert "VGPU offload (nvfp4)" in out  # the 4-bit model paged as well ("virtual VRAM" in small)
     results = tmp_path / "apt-ext-demo"
     assert f"results go to {results}" in out and f"results kept in {results}" in out
     assert f"loss curve: {results / 'train' / 'loss.png'}" in out

@@ -229,6 +229,32 @@ def memory_part(summary: Summary, out: Path) -> None:
                 f"{'names' if ok else 'MISSES'} the 10M-context fact")
 
 
+def _paged_forward(model, x, device, out: Path, name: str):
+    """(output, stack stats, MiB of weights) of ``model(x)`` with its weights paged through a
+    stack whose first level (the device) and host level hold a quarter of them each, the rest on
+    the SSD level under ``out / name``."""
+    import torch
+    from apt_ext.vgpu import VGPUStack, offload
+    size_mb = _bytes(model) / 2**20
+    first = "cuda:0" if device.type == "cuda" else "cpu"
+    levels = [{"capacity_mb": max(1, size_mb / 4), "device": first},
+              {"capacity_mb": max(1, size_mb / 4), "device": "cpu"} if first != "cpu" else None,
+              {"capacity_mb": size_mb * 4 + 8, "device": "ssd", "path": str(out / name)}]
+    stack = VGPUStack.from_config({"levels": [lv for lv in levels if lv is not None]})
+    try:
+        offload(model, stack, prefetch=2)
+        with torch.no_grad():
+            y = model(x)
+        return y, stack.stats(), size_mb, [lv["device"] for lv in levels if lv]
+    finally:
+        stack.close()
+
+
+def _moved(stats: dict) -> str:
+    return ", ".join(f"{name} {v['bytes'] / 2**20:.2f} MiB at {v['gbps']:.2f} GB/s"
+                     for name, v in stats["links"].items() if v["bytes"]) or "nothing (the weights fit the first tier)"
+
+
 def vgpu_part(res, trainer, device, summary: Summary, out: Path) -> None:
     import torch
     _section("5. VGPU: the model's weights through a tiered stack")
@@ -236,34 +262,39 @@ def vgpu_part(res, trainer, device, summary: Summary, out: Path) -> None:
         print("not in this build")
         summary.add("VGPU offload", "not in this build", "-")
         return
-    from apt_ext.vgpu import VGPUStack, offload
     model = copy.deepcopy(res.model).eval()
     x, _ = trainer.data.batch("val", 2, 99, 0)
     x = x.to(device)
     with torch.no_grad():
         ref = model(x)
-    size_mb = _bytes(model) / 2**20
-    first = "cuda:0" if device.type == "cuda" else "cpu"
-    levels = [{"capacity_mb": max(1, int(size_mb / 4)), "device": first},
-              {"capacity_mb": max(1, int(size_mb / 4)), "device": "cpu"} if first != "cpu" else None,
-              {"capacity_mb": int(size_mb * 4) + 8, "device": "ssd", "path": str(out / "vgpu")}]
-    stack = VGPUStack.from_config({"levels": [lv for lv in levels if lv is not None]})
-    try:
-        offload(model, stack, prefetch=2)
-        with torch.no_grad():
-            y = model(x)
-        stats = stack.stats()
-    finally:
-        stack.close()
+    y, stats, size_mb, tiers = _paged_forward(model, x, device, out, "vgpu")
     same = torch.equal(y, ref)
-    print(f"{size_mb:.2f} MiB of weights through tiers {[lv['device'] for lv in levels if lv]}; "
+    print(f"{size_mb:.2f} MiB of weights through tiers {tiers}; "
           f"outputs {'identical' if same else 'DIFFER'} to the in-memory model")
-    links = ", ".join(f"{name} {v['bytes'] / 2**20:.1f} MiB at {v['gbps']:.2f} GB/s"
-                      for name, v in stats["links"].items() if v["bytes"])
     print(f"measured: hit rate {stats['hit_rate']:.2f}, I/O backend {stats['io_backend']}, "
-          f"checksum {stats['checksum']}; moved {links or 'nothing (the weights fit the first tier)'}")
+          f"checksum {stats['checksum']}; moved {_moved(stats)}")
     summary.add("VGPU offload", "ok" if same else "FAILED", f"{size_mb:.1f} MiB offloaded, outputs "
                 f"{'bit-identical' if same else 'differ'}")
+    # "Virtual VRAM" in small (benchmarks/virtual_vram.py at full size): the same model with nvfp4
+    # weights, paged the same way, so about a quarter of the bytes cross each link. A paged FP4
+    # layer runs fp4_linear, a resident one may take its tiled copy: the outputs agree to float
+    # rounding, not bit for bit.
+    if not _fp4_ready(device, summary, "VGPU offload (nvfp4)"):
+        return
+    import apt_ext
+    fp4 = apt_ext.quantize_(copy.deepcopy(res.model).eval(), fmt="nvfp4")
+    with torch.no_grad():
+        ref4 = fp4(x)
+    y4, stats4, size4_mb, _ = _paged_forward(fp4, x, device, out, "vgpu_nvfp4")
+    rel = float((y4.float() - ref4.float()).norm() / ref4.float().norm().clamp_min(1e-30))
+    moved = sum(v["bytes"] for v in stats["links"].values())
+    moved4 = sum(v["bytes"] for v in stats4["links"].values())
+    print(f"nvfp4: {size4_mb:.2f} MiB of weights ({size4_mb / size_mb:.2f}x), moved {_moved(stats4)}"
+          + (f" ({moved4 / moved:.2f}x the bytes of the {str(next(model.parameters()).dtype).replace('torch.', '')}"
+             " pass)" if moved else "")
+          + f"; output relative difference to the resident nvfp4 model {rel:.1e}")
+    summary.add("VGPU offload (nvfp4)", "ok" if rel < 1e-2 else "FAILED",
+                f"{size4_mb:.1f} MiB offloaded ({size4_mb / size_mb:.2f}x), output rel. diff {rel:.1e}")
 
 
 def minilm_part(device, summary: Summary) -> None:

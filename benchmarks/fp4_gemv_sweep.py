@@ -7,7 +7,7 @@ SM, 2 one chunk at a time, -1 the heuristic's; balance (default 1): warps per bl
 spread blocks evenly over the SMs; evict_first (default 1): weights loaded with L2 evict_first; tw:
 tiles per warp, 1 or 2, 0 the heuristic's; rw = kw = 0 keeps the heuristic's), optionally with
 "@step" (the tiles and scales copied step-major: at each step all tiles' blocks are adjacent, so
-warps that advance together read one contiguous region), "+gemm=MIN_ROWS,K_PARTS[,SPLITS[,TILES_PER_WARP]]"
+warps that advance together read one contiguous region), "+gemm=MIN_ROWS,K_PARTS[,SPLITS[,TILES_PER_WARP[,ROWS]]]"
 (APT_FP4_GEMM: from MIN_ROWS rows of x the tiled GEMM of csrc/fp4/fp4_gemm_tiled_cuda.cu instead
 of the GEMV)
 and/or "#nf4" / "#mxfp4" (the weight format; default nvfp4) runs in its own child process (the kernel reads the variable once) and times

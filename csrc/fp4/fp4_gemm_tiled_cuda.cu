@@ -10,10 +10,9 @@
 //  * a block of 8 warps: WN along N, each owning TW tiles (16 TW weight rows), times KW = 8 / WN
 //    along K; every warp streams its tiles' codes and scales through a register ring two steps
 //    ahead (as the GEMV does) and decodes each word once for XB mma. The warp tile (16 TW weight
-//    rows x 8 XB rows of x) sets the shared-memory bytes read per mma (4 KiB / TW: on Hopper an
-//    mma.sync GEMM is bound by them) and the decodes per mma (1 / XB): TW = 2, XB = 8 or TW = 4,
-//    XB = 4 (round 11a measured the first at about 0.6 mma per clock per SM, the shared-memory
-//    bound of 128 bytes per clock);
+//    rows x 8 XB rows of x) sets the shared-memory bytes read per mma (256 / TW bytes), the
+//    decodes per mma (1 / XB) and the registers: 2 x 8 and 4 x 4 run one block of 8 warps per
+//    multiprocessor, 2 x 4 and 1 x 8 two (round 11b's profile: latency-bound at 8 warps);
 //  * x: each K part's warps copy their next steps' x (8 XB rows x 128 columns) into a ring of
 //    kXStages shared-memory buffers with cp.async (rows past M zero-filled), one __syncthreads
 //    per step; rows sit at a 320-byte pitch, so a warp's 16-byte B-fragment reads (8 rows x 64
@@ -66,6 +65,17 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N));
 }
 
+// Blocks per multiprocessor the kernel is compiled for (__launch_bounds__): two (registers capped
+// at 128) where the warp tile's sums and x fragments are small enough, TW * XB <= 8 (the sums
+// 4 TW XB, the ring 20 TW, the x fragments 4 XB registers), else one.
+constexpr int blocks_per_sm(int tw, int xb) { return tw * xb <= 8 ? 2 : 1; }
+
+// The warp tiles built (TW tiles per warp, XB blocks of 8 rows of x): 2 x 8 and 4 x 4 (one block
+// per multiprocessor), 2 x 4 and 1 x 8 (two).
+constexpr bool warp_tile_built(int tw, int xb) {
+  return (tw == 2 && xb == 8) || (tw == 4 && xb == 4) || (tw == 2 && xb == 4) || (tw == 1 && xb == 8);
+}
+
 // With args.splits > 1: part 0's warps publish their sums, and the block that finishes its output
 // block last adds every split's sums (its own included) in split order into `acc`. Returns
 // whether this block holds the final sums. Every thread of the block calls it.
@@ -116,7 +126,7 @@ __device__ __forceinline__ bool gather_splits(float (&acc)[TW][XB][4], const Til
 // w % WN) + u, K part blockIdx.y * KW + w / WN of KW * splits. args.rw = WN, args.kw = KW,
 // args.steps_per_part = ceil(steps / (KW * splits)).
 template <Format F, bool kGelu, int TW, int XB>
-__global__ void __launch_bounds__(kWarps * 32, 1) gemm_tiled_kernel(const TiledLinearArgs args) {
+__global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled_kernel(const TiledLinearArgs args) {
   static_assert(F != Format::NF4, "nf4 decodes through a shared-memory table: the GEMV path");
   constexpr int kBlockRows = 8 * XB;                  // rows of x per block
   constexpr int kXStageElems = kBlockRows * kXPitch;  // one staged step of one K part
@@ -219,9 +229,22 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gemm_tiled_kernel(const TiledL
   store_outputs<at::BFloat16, kGelu>(acc, args, tile0, row_first, g, t);
 }
 
-// The warp tiles built: TW tiles per warp with XB blocks of 8 rows of x.
-constexpr bool warp_tile_built(int tw) { return tw == 2 || tw == 4; }
-constexpr int rows_of_x_blocks(int tw) { return tw == 2 ? 8 : 4; }
+// Calls fn(integral_constant<TW>, integral_constant<XB>) for a built warp tile.
+template <typename Fn>
+void dispatch_warp_tile(int tw, int xb, Fn&& fn) {
+  using std::integral_constant;
+  if (tw == 2 && xb == 8) {
+    fn(integral_constant<int, 2>{}, integral_constant<int, 8>{});
+  } else if (tw == 4 && xb == 4) {
+    fn(integral_constant<int, 4>{}, integral_constant<int, 4>{});
+  } else if (tw == 2 && xb == 4) {
+    fn(integral_constant<int, 2>{}, integral_constant<int, 4>{});
+  } else {
+    TORCH_CHECK_VALUE(tw == 1 && xb == 8, "fp4_linear_tiled: no GEMM built for ", tw, " tiles per warp and ", 8 * xb,
+                      " rows of x per block");
+    fn(integral_constant<int, 1>{}, integral_constant<int, 8>{});
+  }
+}
 
 }  // namespace
 
@@ -231,22 +254,26 @@ bool gemm_tiled_supported(Format f, at::ScalarType x_dtype) {
 
 GemmTiledConfig gemm_tiled_config() {
   static const GemmTiledConfig cfg = [] {
-    GemmTiledConfig c{kGemmDefaultMinRows, kGemmDefaultMinN, 1, 0, 2};
+    GemmTiledConfig c{kGemmDefaultMinRows, kGemmDefaultMinN, 1, 0, 2, 64};
     const char* env = std::getenv("APT_FP4_GEMM");
     if (env == nullptr || *env == '\0') return c;
     long long min_rows = 0;
-    int k_parts = 1, splits = 0, tiles = 2;
-    const int got = std::sscanf(env, "%lld,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles);
+    int k_parts = 1, splits = 0, tiles = 2, rows = 0;
+    const int got = std::sscanf(env, "%lld,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows);
+    if (rows == 0) rows = tiles >= 4 ? 32 : 64;
     const bool ok = got >= 1 && min_rows >= 0 && (k_parts == 1 || k_parts == 2 || k_parts == 4) && splits >= 0 &&
-                    warp_tile_built(tiles) && gemm_smem_bytes(tiles, rows_of_x_blocks(tiles), k_parts) <= kMaxSmem;
-    TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp]]]' with min_rows >= 0, "
-                      "k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) and tiles_per_warp 2 or 4 (k_parts 4 "
-                      "only with 4 tiles: shared memory), got '", env, "'");
+                    rows % 8 == 0 && warp_tile_built(tiles, rows / 8) &&
+                    gemm_smem_bytes(tiles, rows / 8, k_parts) <= kMaxSmem;
+    TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows]]]]' with "
+                      "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) and a built warp tile "
+                      "(tiles_per_warp, rows of x per block): (2, 64), (4, 32), (2, 32) or (1, 64), rows 0 meaning "
+                      "the first that fits; k_parts 4 only with 32 rows (shared memory); got '", env, "'");
     c.min_rows = min_rows;
     c.min_n = 0;
     c.k_parts = k_parts;
     c.splits = splits;
     c.tiles_per_warp = tiles;
+    c.rows_per_block = rows;
     return c;
   }();
   return cfg;
@@ -255,8 +282,9 @@ GemmTiledConfig gemm_tiled_config() {
 void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTiledConfig& cfg,
                        const at::Tensor& like, cudaStream_t stream) {
   TORCH_CHECK(gemm_tiled_supported(f, at::kBFloat16), "fp4_linear_tiled: the GEMM path takes nvfp4 and mxfp4 only");
-  const int tw = cfg.tiles_per_warp, xb = rows_of_x_blocks(tw);
-  TORCH_CHECK_VALUE(warp_tile_built(tw), "fp4_linear_tiled: GEMM tiles per warp must be 2 or 4, got ", tw);
+  const int tw = cfg.tiles_per_warp, xb = cfg.rows_per_block / 8;
+  TORCH_CHECK_VALUE(cfg.rows_per_block % 8 == 0 && warp_tile_built(tw, xb), "fp4_linear_tiled: no GEMM built for ",
+                    tw, " tiles per warp and ", cfg.rows_per_block, " rows of x per block");
   const size_t smem = gemm_smem_bytes(tw, xb, cfg.k_parts);
   TORCH_CHECK_VALUE((cfg.k_parts == 1 || cfg.k_parts == 2 || cfg.k_parts == 4) && smem <= kMaxSmem,
                     "fp4_linear_tiled: GEMM K parts must be 1, 2 or 4 within ", kMaxSmem,
@@ -267,12 +295,12 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
   const int64_t tile_blocks = (args.n_tiles + tw * args.rw - 1) / (tw * args.rw);
   const int64_t blocks = tile_blocks * m_blocks;
   TORCH_CHECK_VALUE(blocks < (int64_t{1} << 31), "fp4_linear_tiled: too many rows of x for one launch; split x");
-  // Blocks along K: as asked, or (0) enough to give every multiprocessor a block, keeping at
-  // least kMinStepsPerPart steps per K part.
+  // Blocks along K: as asked, or (0) enough to fill every multiprocessor (one or two blocks
+  // each, as compiled), keeping at least kMinStepsPerPart steps per K part.
   int64_t splits = cfg.splits;
   if (splits == 0) {
-    const int64_t sms = sm_count(like.get_device());
-    splits = blocks >= sms ? 1 : (sms + blocks - 1) / blocks;
+    const int64_t slots = static_cast<int64_t>(sm_count(like.get_device())) * blocks_per_sm(tw, xb);
+    splits = blocks >= slots ? 1 : (slots + blocks - 1) / blocks;
   }
   splits = std::max<int64_t>(1, std::min<int64_t>({splits, args.steps / (kMinStepsPerPart * args.kw), 65535}));
   args.splits = static_cast<int>(splits);
@@ -292,15 +320,14 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
     kernel<<<grid, kWarps * 32, smem, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  auto by_tile = [&](auto gelu_c) {
-    constexpr bool G = decltype(gelu_c)::value;
+  dispatch_warp_tile(tw, xb, [&](auto tw_c, auto xb_c) {
+    constexpr int TW = decltype(tw_c)::value, XB = decltype(xb_c)::value;
     if (f == Format::NVFP4) {
-      tw == 2 ? go(gemm_tiled_kernel<Format::NVFP4, G, 2, 8>) : go(gemm_tiled_kernel<Format::NVFP4, G, 4, 4>);
+      gelu ? go(gemm_tiled_kernel<Format::NVFP4, true, TW, XB>) : go(gemm_tiled_kernel<Format::NVFP4, false, TW, XB>);
     } else {
-      tw == 2 ? go(gemm_tiled_kernel<Format::MXFP4, G, 2, 8>) : go(gemm_tiled_kernel<Format::MXFP4, G, 4, 4>);
+      gelu ? go(gemm_tiled_kernel<Format::MXFP4, true, TW, XB>) : go(gemm_tiled_kernel<Format::MXFP4, false, TW, XB>);
     }
-  };
-  gelu ? by_tile(std::true_type{}) : by_tile(std::false_type{});
+  });
 }
 
 }  // namespace apt::fp4::cuda

@@ -1,7 +1,8 @@
 // The tiled-layout FP4 GEMM (fp4_gemm_tiled_cuda.cu): 32 or 64 rows of bfloat16 x per block,
 // staged through shared memory, for nvfp4 / mxfp4 weights. fp4_linear_tiled (fp4_gemv_cuda.cu)
 // calls it instead of the GEMV when x has at least kGemmDefaultMinRows rows, or as
-// APT_FP4_GEMM="min_rows[,k_parts[,splits[,tiles_per_warp]]]" says (tuning sweeps; "0": never).
+// APT_FP4_GEMM="min_rows[,k_parts[,splits[,tiles_per_warp[,rows]]]]" says (tuning sweeps; "0":
+// never).
 #pragma once
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
@@ -25,15 +26,17 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 bool gemm_tiled_supported(Format f, at::ScalarType x_dtype);
 
 // APT_FP4_GEMM (read once): the fewest rows of x that take the GEMM (default kGemmDefaultMinRows
-// where the weight has kGemmDefaultMinN rows; set: any weight; 0: never), its K parts per block (1, 2 or 4; default 1), its blocks along K (0, the default:
-// enough to fill the GPU) and its tiles per warp (2: 64 rows of x per block, the default; 4: 32
-// rows).
+// where the weight has kGemmDefaultMinN rows; set: any weight; 0: never), its K parts per block
+// (1, 2 or 4; default 1), its blocks along K (0, the default: enough to fill the GPU), its tiles
+// per warp and rows of x per block (a built warp tile: 2 x 64, the default; 4 x 32; 2 x 32;
+// 1 x 64; rows 0: 64 below 4 tiles, else 32).
 struct GemmTiledConfig {
   int64_t min_rows;
   int64_t min_n;  // weight rows, at least (kGemmDefaultMinN by default, 0 when APT_FP4_GEMM is set)
   int k_parts;
   int64_t splits;
   int tiles_per_warp;
+  int rows_per_block;  // rows of x per block (8 per mma n8 block): 64 or 32
 };
 GemmTiledConfig gemm_tiled_config();
 

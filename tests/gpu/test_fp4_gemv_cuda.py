@@ -136,12 +136,13 @@ def test_gemv_launch_variants(launch):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2", "17,2,1", "17,4,0,4", "17,1,3,4", "1,2,5,2"])
+@pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2", "17,2,1", "17,4,0,4", "17,1,3,4", "1,2,5,2", "17,1,0,2,32",
+                                  "17,4,3,2,32", "17,2,0,1,64"])
 def test_tiled_gemm_path(gemm):
     """The tiled GEMM (csrc/fp4/fp4_gemm_tiled_cuda.cu,
-    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp]]", read once per process, so in a
-    child): nvfp4 and mxfp4 with bfloat16 x against the reference at M around its 32- and 64-row
-    blocks, a number of tiles that leaves a warp's last tiles missing (N = 300: 19 tiles), K = 4192
+    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp[,rows]]]", read once per process, so
+    in a child), every warp tile built: nvfp4 and mxfp4 with bfloat16 x against the reference at
+    M around its 32- and 64-row blocks, a number of tiles that leaves a warp's last tiles missing (N = 300: 19 tiles), K = 4192
     (33 steps: K parts and splits of unequal length), blocks along K chosen per shape (0) or
     given, with bias and with GELU; rows below min_rows, nf4 and float16 x still take the GEMV
     and stay correct."""

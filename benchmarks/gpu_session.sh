@@ -3,7 +3,7 @@
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
 #   stages: build test test_fp4 test_gemv (APT_PYTEST_K='expr' selects its tests) test_left_spin test_vgpu test_model sanitizer fp4 fp4_triton fp4_quick
-#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) e2e left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
+#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) e2e e2e_decoder left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
 #   build: APT_CUDA_ARCHS=90 builds for sm_90 only (about 70 s); the built _C*.so is copied (debug info stripped, gzipped: a file comes back only under 16 MiB) to
 #   $OUT so a later call can carry it (gunzip it into apt_ext/ and skip the build stage).
 #   each stage's log: $OUT/<stage>.log; SECONDS caps a stage (timeout); a stage failing does not
@@ -76,6 +76,7 @@ for arg in "$@"; do
       cp benchmarks/results/fp4_linear_*_triton.json "$OUT/" 2>/dev/null ;;
     fp4_quick) stage fp4_quick $PY benchmarks/fp4_linear.py --quick ;;
     e2e) stage e2e $PY benchmarks/e2e_encoder.py ;;
+    e2e_decoder) stage e2e_decoder $PY benchmarks/e2e_decoder.py ;;
     left_spin) stage left_spin $PY benchmarks/left_spin.py ;;
     left_spin_quick) stage left_spin_quick $PY benchmarks/left_spin.py --quick ;;
     vgpu) stage vgpu $PY benchmarks/vgpu.py ;;

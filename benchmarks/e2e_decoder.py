@@ -1,0 +1,280 @@
+"""End to end: a decoder stack of Llama-3-8B layer shapes decoding one token at a time, bf16
+weights against nvfp4 weights (issue 11's decoder goal: batch 1 at >= 2.5x the bf16 tokens/s,
+weights <= 0.3x).
+
+32 layers, d 4096, d_ff 14336 (SwiGLU), 32 query / 8 KV heads, random weights (std 0.02), no
+embedding or output head (the stack alone). A static KV cache of ``--context`` positions filled
+with the same random keys and values for both models, so one decode step has fixed shapes and is
+captured in a CUDA graph. Per model and batch: one decode step's time eager (Python and launches
+included) and replayed from a CUDA graph (the GPU's time), tokens/s from the latter, and the step's
+output against the bf16 model's (relative error and cosine of the output, and relative error of
+the layers' contribution, output - input: the residual stream alone would hide the 4-bit error). nvfp4 = ``apt_ext.quantize_(model,
+fmt="nvfp4")`` on the bf16 model: every Linear becomes an FP4Linear, which at these batch sizes
+runs its tiled kernels on a tiled copy of the weight (kept beside the canonical one: both are
+counted in the weight bytes).
+
+    python benchmarks/e2e_decoder.py              # full size on a GPU (about 14 GB of bf16 weights)
+    python benchmarks/e2e_decoder.py --quick      # 4 layers
+    python benchmarks/e2e_decoder.py --cpu        # tiny, on the CPU (eager only; the tests run it)
+Writes benchmarks/results/e2e_decoder_<machine>[_quick].json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+
+@dataclass
+class Shape:
+    layers: int = 32
+    d: int = 4096
+    d_ff: int = 14336
+    heads: int = 32
+    kv_heads: int = 8
+    context: int = 1024
+
+
+class StaticKV:
+    """One layer's keys and values [B, kv_heads, context, head_dim], written in place."""
+
+    def __init__(self, b: int, s: Shape, device: torch.device, dtype: torch.dtype, g: torch.Generator) -> None:
+        hd = s.d // s.heads
+        self.k = (torch.randn(b, s.kv_heads, s.context, hd, generator=g) * 0.5).to(device, dtype)
+        self.v = (torch.randn(b, s.kv_heads, s.context, hd, generator=g) * 0.5).to(device, dtype)
+
+
+class Layer(nn.Module):
+    """Pre-norm Llama layer for one new token x [B, 1, d] at position ``pos`` (a [1] device tensor)."""
+
+    def __init__(self, s: Shape) -> None:
+        super().__init__()
+        self.h, self.kv, self.hd = s.heads, s.kv_heads, s.d // s.heads
+        self.n1, self.n2 = nn.RMSNorm(s.d, eps=1e-5), nn.RMSNorm(s.d, eps=1e-5)
+        self.q = nn.Linear(s.d, s.d, bias=False)
+        self.k = nn.Linear(s.d, s.kv_heads * self.hd, bias=False)
+        self.v = nn.Linear(s.d, s.kv_heads * self.hd, bias=False)
+        self.o = nn.Linear(s.d, s.d, bias=False)
+        self.gate = nn.Linear(s.d, s.d_ff, bias=False)
+        self.up = nn.Linear(s.d, s.d_ff, bias=False)
+        self.down = nn.Linear(s.d_ff, s.d, bias=False)
+
+    def forward(self, x: torch.Tensor, kv: StaticKV, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        h = self.n1(x)
+        q = rotate(self.q(h).view(b, 1, self.h, self.hd).transpose(1, 2), cos, sin)
+        k = rotate(self.k(h).view(b, 1, self.kv, self.hd).transpose(1, 2), cos, sin)
+        kv.k.index_copy_(2, pos, k)
+        kv.v.index_copy_(2, pos, self.v(h).view(b, 1, self.kv, self.hd).transpose(1, 2))
+        y = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=mask, enable_gqa=True)
+        x = x + self.o(y.transpose(1, 2).reshape(b, 1, -1))
+        h = self.n2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+def rope_tables(s: Shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [context, head_dim / 2] of the rotary embedding (base 500000, as Llama 3)."""
+    hd = s.d // s.heads
+    inv = 1.0 / (500000.0 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    ang = torch.arange(s.context, dtype=torch.float32)[:, None] * inv[None, :]
+    return ang.cos(), ang.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [B, H, 1, hd] with this position's cos / sin [hd / 2]."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
+
+
+class Stack(nn.Module):
+    """The layers, with the rotary tables and the positions as buffers (static shapes per step)."""
+
+    def __init__(self, s: Shape) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Layer(s) for _ in range(s.layers))
+        cos, sin = rope_tables(s)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.register_buffer("positions", torch.arange(s.context), persistent=False)
+
+    def forward(self, x: torch.Tensor, caches: list[StaticKV], pos: torch.Tensor) -> torch.Tensor:
+        cos, sin = self.cos.index_select(0, pos).to(x.dtype), self.sin.index_select(0, pos).to(x.dtype)
+        mask = (self.positions <= pos).view(1, 1, 1, -1)
+        for layer, kv in zip(self.layers, caches):
+            x = layer(x, kv, pos, cos, sin, mask)
+        return x
+
+
+def build(s: Shape, device: torch.device, dtype: torch.dtype) -> Stack:
+    """Random weights (std 0.02; norms 1) made on ``device``, in ``dtype``."""
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = Stack(s)
+    model = model.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("n1.weight", "n2.weight")):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02)
+        cos, sin = rope_tables(s)  # the buffers (to_empty left them uninitialised)
+        model.cos.copy_(cos)
+        model.sin.copy_(sin)
+        model.positions.copy_(torch.arange(s.context))
+    model = model.to(dtype)
+    model.cos, model.sin = model.cos.float(), model.sin.float()  # tables stay float32; cast per step
+    return model.eval()
+
+
+def weight_bytes(model: nn.Module) -> dict:
+    """Bytes of the Linear weights: bf16 weights, or FP4Linear's packed codes + scales, and the
+    tiled copies FP4Linear keeps beside them (CUDA or CPU, built at the first inference call)."""
+    canonical = tiled = 0
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            canonical += m.weight.nbytes
+        elif hasattr(m, "packed") and hasattr(m, "scales"):
+            canonical += m.packed.nbytes + m.scales.nbytes
+            for t in (getattr(m, "_tiled", None), getattr(m, "_cpu_tiled", None)):
+                if t is not None:
+                    tiled += t.tiles.nbytes + t.tile_scales.nbytes
+    return {"canonical": canonical, "tiled_copy": tiled}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(model: Stack, caches: list[StaticKV], x: torch.Tensor, pos: torch.Tensor, device: torch.device,
+              iters: int) -> dict:
+    """One decode step's median seconds eager and (CUDA) replayed from a graph, and its output."""
+    with torch.no_grad():
+        for _ in range(3):
+            out = model(x, caches, pos)  # warm-up; FP4Linear builds its tiled copies here
+        sync(device)
+        eager = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            out = model(x, caches, pos)
+            sync(device)
+            eager.append(time.perf_counter() - t0)
+        res = {"eager_s": statistics.median(eager), "out": out.float().cpu()}
+        if device.type == "cuda":
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                model(x, caches, pos)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = model(x, caches, pos)
+            graph.replay()
+            sync(device)
+            times = []
+            for _ in range(iters):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            res["graph_s"] = statistics.median(times)
+            res["graph_out_equals_eager"] = bool(torch.equal(static_out.float().cpu(), res["out"]))
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="4 layers")
+    ap.add_argument("--cpu", action="store_true", help="tiny, on the CPU, eager only")
+    ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    ap.add_argument("--iters", type=int, default=None, help="timed steps per case (default 50, CPU 5)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/e2e_decoder_<machine>.json)")
+    args = ap.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    if any(b < 1 for b in batches):
+        ap.error(f"--batches: expected positive integers, got {args.batches!r}")
+    device = torch.device("cuda:0" if torch.cuda.is_available() and not args.cpu else "cpu")
+    gpu = device.type == "cuda"
+    if gpu:
+        shape = Shape(layers=4) if args.quick else Shape()
+        dtype = torch.bfloat16
+    else:
+        shape = Shape(layers=2, d=256, d_ff=512, heads=4, kv_heads=2, context=64)
+        dtype = torch.float32
+    iters = args.iters or (50 if gpu else 5)
+    import apt_ext
+    machine = torch.cuda.get_device_name(0) if gpu else f"CPU {platform.machine()} x{os.cpu_count()}"
+    result: dict = {"benchmark": "e2e_decoder",
+                    "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "machine": machine, "device": str(device), "torch": torch.__version__,
+                    "command": " ".join([sys.executable, *sys.argv]), "shape": asdict(shape),
+                    "dtype": str(dtype).replace("torch.", ""), "iters": iters, "runs": {}}
+    ref_model = build(shape, device, dtype)
+    fp4_model = apt_ext.quantize_(copy.deepcopy(ref_model), fmt="nvfp4")
+    for b in tqdm(batches, desc="batches"):
+        g = torch.Generator().manual_seed(b)
+        x = (torch.randn(b, 1, shape.d, generator=g)).to(device, dtype)
+        pos = torch.tensor([shape.context // 2], device=device)
+        runs = {}
+        for name, model in ((result["dtype"], ref_model), ("nvfp4", fp4_model)):
+            caches = [StaticKV(b, shape, device, dtype, torch.Generator().manual_seed(100 + i))
+                      for i in range(shape.layers)]
+            r = time_step(model, caches, x, pos, device, iters)
+            r["tokens_per_s"] = b / r.get("graph_s", r["eager_s"])
+            runs[name] = r
+            del caches
+        ref = runs[result["dtype"]].pop("out")
+        fp4 = runs["nvfp4"].pop("out")
+        runs["nvfp4"]["rel_error_vs_" + result["dtype"]] = float((fp4 - ref).norm() / ref.norm())
+        # the residual stream carries x through: the layers' own contribution, out - x, shows
+        # the 4-bit weights' error without it
+        upd = ref - x.float().cpu()
+        runs["nvfp4"]["update_rel_error_vs_" + result["dtype"]] = float((fp4 - ref).norm() / upd.norm())
+        runs["nvfp4"]["cosine_vs_" + result["dtype"]] = float(F.cosine_similarity(fp4.flatten(1), ref.flatten(1)).mean())
+        runs["nvfp4"]["speedup_vs_" + result["dtype"]] = runs["nvfp4"]["tokens_per_s"] / runs[result["dtype"]]["tokens_per_s"]
+        result["runs"][str(b)] = runs
+    wb_ref, wb_fp4 = weight_bytes(ref_model), weight_bytes(fp4_model)
+    result["weight_bytes"] = {result["dtype"]: wb_ref["canonical"], "nvfp4": wb_fp4["canonical"],
+                              "nvfp4_tiled_copy": wb_fp4["tiled_copy"]}
+    result["nvfp4_weight_ratio"] = wb_fp4["canonical"] / wb_ref["canonical"]
+    result["nvfp4_with_tiled_copy_weight_ratio"] = (wb_fp4["canonical"] + wb_fp4["tiled_copy"]) / wb_ref["canonical"]
+    tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick and gpu else "")
+    out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"\n{machine}: {shape.layers} layers x d {shape.d}, d_ff {shape.d_ff}, context {shape.context}; "
+          f"nvfp4 weights {result['nvfp4_weight_ratio']:.3f}x ({result['nvfp4_with_tiled_copy_weight_ratio']:.3f}x "
+          "with the tiled copy)")
+    for b, runs in result["runs"].items():
+        for name, r in runs.items():
+            extra = (f", {r['speedup_vs_' + result['dtype']]:.2f}x, rel. error {r['rel_error_vs_' + result['dtype']]:.4f}"
+                     f" (of the layers' contribution {r['update_rel_error_vs_' + result['dtype']]:.4f})"
+                     if name == "nvfp4" else "")
+            graph = f", graph {r['graph_s'] * 1e3:.3f} ms" if "graph_s" in r else ""
+            print(f"  B={b:>2} {name:9s} eager {r['eager_s'] * 1e3:.3f} ms{graph}, {r['tokens_per_s']:.1f} tokens/s{extra}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""benchmarks/e2e_decoder.py on the CPU at a tiny size: both models decode a step with the static
+KV cache, the nvfp4 model stays close to the float one, its weights take about 4.5 / 32 of the
+float32 bytes, and bad arguments are refused."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import e2e_decoder  # noqa: E402
+
+
+def test_e2e_decoder_cpu(tmp_path, one_thread):
+    out = tmp_path / "dec.json"
+    assert e2e_decoder.main(["--cpu", "--batches", "1,3", "--iters", "2", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    for b in ("1", "3"):
+        runs = d["runs"][b]
+        assert runs["float32"]["tokens_per_s"] > 0 and runs["nvfp4"]["tokens_per_s"] > 0
+        assert runs["nvfp4"]["cosine_vs_float32"] > 0.99
+        assert 0.01 < runs["nvfp4"]["update_rel_error_vs_float32"] < 0.3  # 4-bit error, not zero, not noise
+    assert 0.13 < d["nvfp4_weight_ratio"] < 0.15  # 4.5 bits of 32
+
+
+def test_static_kv_step_matches_full_attention():
+    """One decode step at position p with the static cache equals causal attention over the
+    cache's first p + 1 positions computed directly (the mask and the in-place write are right)."""
+    torch.manual_seed(0)
+    s = e2e_decoder.Shape(layers=1, d=64, d_ff=128, heads=4, kv_heads=2, context=16)
+    model = e2e_decoder.build(s, torch.device("cpu"), torch.float32)
+    kv = e2e_decoder.StaticKV(2, s, torch.device("cpu"), torch.float32, torch.Generator().manual_seed(1))
+    x = torch.randn(2, 1, s.d)
+    p = 9
+    with torch.no_grad():
+        got = model(x, [kv], torch.tensor([p]))
+        layer, hd = model.layers[0], s.d // s.heads
+        h = layer.n1(x)
+        cos, sin = model.cos[p], model.sin[p]
+        q = e2e_decoder.rotate(layer.q(h).view(2, 1, s.heads, hd).transpose(1, 2), cos, sin)
+        keys, values = kv.k[:, :, :p + 1], kv.v[:, :, :p + 1]  # position p written by the step above
+        rep = s.heads // s.kv_heads
+        att = torch.softmax(q @ keys.repeat_interleave(rep, 1).transpose(-1, -2) / hd ** 0.5, -1)
+        y = (att @ values.repeat_interleave(rep, 1)).transpose(1, 2).reshape(2, 1, -1)
+        x1 = x + layer.o(y)
+        h2 = layer.n2(x1)
+        want = x1 + layer.down(torch.nn.functional.silu(layer.gate(h2)) * layer.up(h2))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_batches_are_refused():
+    with pytest.raises(SystemExit):
+        e2e_decoder.main(["--cpu", "--batches", "0"])

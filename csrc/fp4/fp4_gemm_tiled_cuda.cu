@@ -135,8 +135,10 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   const int64_t m_block = blockIdx.x % args.m_blocks;
   const int64_t tile0 = (static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + wn) * TW;
   const int64_t row_first = m_block * kBlockRows;
-  const int64_t s_begin = (static_cast<int64_t>(blockIdx.y) * args.kw + part) * args.steps_per_part;
-  const int64_t n_steps = s_begin >= args.steps ? 0 : min(args.steps - s_begin, args.steps_per_part);
+  // 32-bit step counters spare registers (launch_gemm_tiled checks that K's columns fit 31 bits).
+  const int steps = static_cast<int>(args.steps), steps_per_part = static_cast<int>(args.steps_per_part);
+  const int s_begin = (static_cast<int>(blockIdx.y) * args.kw + part) * steps_per_part;
+  const int n_steps = s_begin >= steps ? 0 : min(steps - s_begin, steps_per_part);
   const bool has_tile = tile0 < args.n_tiles;
 
   extern __shared__ __align__(16) unsigned char dyn_smem[];
@@ -146,13 +148,13 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   // chunks of 16 bytes is row q / 16, columns 8 (q % 16) .. + 7.
   const int part_thread = threadIdx.x - part * args.rw * 32, part_threads = args.rw * 32;
   const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(args.x);
-  auto load_x_step = [&](int64_t s) {
+  auto load_x_step = [&](int s) {
     __nv_bfloat16* dst = xs + (s % kXStages) * kXStageElems;
     for (int q = part_thread; q < kBlockRows * kChunksPerRow; q += part_threads) {
       const int r = q / kChunksPerRow, c = q % kChunksPerRow;
       const int64_t row = row_first + r;
       const bool valid = row < args.m;
-      const __nv_bfloat16* src = x + (valid ? row : 0) * args.x_stride + (s_begin + s) * kStepCols + 8 * c;
+      const __nv_bfloat16* src = x + (valid ? row : 0) * args.x_stride + static_cast<int64_t>(s_begin + s) * kStepCols + 8 * c;
       cp_async16(dst + r * kXPitch + 8 * c, src, valid);
     }
   };
@@ -181,7 +183,7 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   // steps, or a warp without tiles, skips the work of the extra ones. Step s uses ring slot
   // I = s % kWeightStages, a compile-time index (the loop is unrolled by the ring's depth) so
   // that the ring stays in registers.
-  auto step = [&](int64_t s, auto slot) {
+  auto step = [&](int s, auto slot) {
     constexpr int I = decltype(slot)::value;
     cp_async_wait<kXStages - 2>();
     __syncthreads();  // step s's x is in shared memory; stage (s - 1) % kXStages is free again
@@ -214,9 +216,9 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
     ring.advance(args);
   };
   static_assert(kWeightStages == 2, "the loop below is unrolled by the ring's depth");
-  for (int64_t s = 0; s < args.steps_per_part; s += kWeightStages) {
+  for (int s = 0; s < steps_per_part; s += kWeightStages) {
     step(s, std::integral_constant<int, 0>{});
-    if (s + 1 < args.steps_per_part) step(s + 1, std::integral_constant<int, 1>{});
+    if (s + 1 < steps_per_part) step(s + 1, std::integral_constant<int, 1>{});
   }
   cp_async_wait<0>();
   __syncthreads();  // the x stages are reused for the K-part sums
@@ -295,6 +297,8 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
   const int64_t tile_blocks = (args.n_tiles + tw * args.rw - 1) / (tw * args.rw);
   const int64_t blocks = tile_blocks * m_blocks;
   TORCH_CHECK_VALUE(blocks < (int64_t{1} << 31), "fp4_linear_tiled: too many rows of x for one launch; split x");
+  TORCH_CHECK_VALUE(args.steps * kStepCols < (int64_t{1} << 31), "fp4_linear_tiled: the GEMM takes K below 2^31, got ",
+                    args.steps * kStepCols, " columns (padded)");
   // Blocks along K: as asked, or (0) enough to fill every multiprocessor (one or two blocks
   // each, as compiled), keeping at least kMinStepsPerPart steps per K part.
   int64_t splits = cfg.splits;

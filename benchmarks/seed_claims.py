@@ -164,8 +164,8 @@ def aim_latency() -> Measured:
     return Measured(f"`route_memory` end to end (default config, int8 query embedding included), p50 per query: "
                     f"{sizes(full)} nodes; at {e['nodes']:,} nodes the query embedding is p50 "
                     f"{num(e['query_embedding_p50_ms'])} ms of the {num(e['route_memory_p50_ms'])} ms: the index is "
-                    f"not what the user waits for (the row above times the index alone). A later repeat (same "
-                    f"shared CPU, other load) gave {sizes(repeat)} nodes. Query vectors at cosine "
+                    f"not what the user waits for (the row above times the index alone). The latest end-to-end run "
+                    f"(a 2-core VM again; its load averages are in its JSON) gave {sizes(repeat)} nodes. Query vectors at cosine "
                     f"{num(int8['cosine_to_fp32_mean'], 4)} (mean) to the float32 model. No baseline system was "
                     f"timed end to end, so there is no speed-up figure for this claim",
                     ["aim_memory_full.json", repeat_name])

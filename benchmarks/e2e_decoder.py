@@ -40,6 +40,8 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+from vgpu import sync  # noqa: E402  (benchmarks/vgpu.py)
 
 
 @dataclass
@@ -124,44 +126,36 @@ class Stack(nn.Module):
 
 
 def build(s: Shape, device: torch.device, dtype: torch.dtype) -> Stack:
-    """Random weights (std 0.02; norms 1) made on ``device``, in ``dtype``."""
+    """Random weights (std 0.02; norms 1) made on ``device``, in ``dtype``; the rotary tables stay
+    float32 (cast per step)."""
     torch.manual_seed(0)
-    with torch.device("meta"):
+    with torch.device(device):
         model = Stack(s)
-    model = model.to_empty(device=device)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("n1.weight", "n2.weight")):
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, 0.02)
-        cos, sin = rope_tables(s)  # the buffers (to_empty left them uninitialised)
-        model.cos.copy_(cos)
-        model.sin.copy_(sin)
-        model.positions.copy_(torch.arange(s.context))
     model = model.to(dtype)
-    model.cos, model.sin = model.cos.float(), model.sin.float()  # tables stay float32; cast per step
+    model.cos, model.sin = model.cos.float(), model.sin.float()
     return model.eval()
 
 
 def weight_bytes(model: nn.Module) -> dict:
     """Bytes of the Linear weights: bf16 weights, or FP4Linear's packed codes + scales, and the
     tiled copies FP4Linear keeps beside them (CUDA or CPU, built at the first inference call)."""
+    from apt_ext.nn import FP4Linear
     canonical = tiled = 0
     for m in model.modules():
         if isinstance(m, nn.Linear):
             canonical += m.weight.nbytes
-        elif hasattr(m, "packed") and hasattr(m, "scales"):
-            canonical += m.packed.nbytes + m.scales.nbytes
-            for t in (getattr(m, "_tiled", None), getattr(m, "_cpu_tiled", None)):
+        elif isinstance(m, FP4Linear):
+            canonical += m.weight.nbytes
+            for t in (m._tiled, m._cpu_tiled):
                 if t is not None:
                     tiled += t.tiles.nbytes + t.tile_scales.nbytes
     return {"canonical": canonical, "tiled_copy": tiled}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_step(model: Stack, caches: list[StaticKV], x: torch.Tensor, pos: torch.Tensor, device: torch.device,

@@ -289,12 +289,15 @@ def test_overfit_one_batch(rng):
     m = APTModel(tiny(d_model=64, d_ff=128)).train()
     opt = m.configure_optimizers(lr=3e-3, weight_decay=0.0)
     x = ids(rng, b=4, t=16)
+    # Rows that start with the same token give the first position two targets for one context:
+    # an irreducible loss of ln(2)/60 per pair. Distinct first tokens make the batch learnable.
+    x[:, 0] = torch.randperm(37, generator=rng)[:4]
     for _ in range(150):
         loss = torch.nn.functional.cross_entropy(m(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss.item() < 0.05, loss.item()
+    assert loss.item() < 0.01, loss.item()
 
 
 def test_seed_end_to_end_example_runs():

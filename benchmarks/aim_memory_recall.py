@@ -216,12 +216,14 @@ def main() -> int:
     import torch
     torch.set_num_threads(2)
     from apt_ext.memory import OnnxMiniLMEmbedder
+    from apt_ext.memory.onnx_embedder import FP32_FFN_OUT_LAYERS
     emb = CachedEmbedder(OnnxMiniLMEmbedder(threads=2) if args.embedder == "int8" else None)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     record = {"date": stamp, "machine": f"{platform.node()} {platform.machine()} ({os.cpu_count()} cpus, shared)",
               "load_average_start": load_average(), "python": platform.python_version(),
               "torch": torch.__version__, "command": " ".join(["python"] + sys.argv),
-              "embedder": "all-MiniLM-L6-v2 " + ("ONNX Runtime int8" if args.embedder == "int8" else
+              "embedder": "all-MiniLM-L6-v2 " + (f"ONNX Runtime int8 (feed-forward outputs of layers {list(FP32_FFN_OUT_LAYERS)} float32)"
+                                                  if args.embedder == "int8" else
                                                   "float32 (sentence-transformers)"),
               "config": json.loads(AIMConfig().to_json()), "note": args.note}
     os.makedirs(RESULTS, exist_ok=True)

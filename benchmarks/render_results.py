@@ -413,6 +413,19 @@ def aim_memory_recall(name: str, d: dict) -> str:
         table(["method", "recall@5", *[f"{k} ({n} q)" for k, n in d["questions_by_kind"].items()]], rows)])
 
 
+def embedder_recipes(name: str, d: dict) -> str:
+    """``benchmarks/embedder_recipes.py``: int8 recipes of the query embedder, speed and cosine to float32."""
+    fastest = min(r["p50_ms"] for r in d["recipes"])
+    rows = [[r["recipe"], num(r["p50_ms"]), num(r["p95_ms"]), ratio(r["p50_ms"], fastest),
+             f"{r['cosine_to_fp32_mean']:.4f}", f"{r['cosine_to_fp32_min']:.4f}"] for r in d["recipes"]]
+    return "\n".join([
+        f"all-MiniLM-L6-v2 on ONNX Runtime ({d['threads']} threads, onnxruntime {d['onnxruntime']}): one query "
+        f"embedded at a time, {d['recipes'][0]['timed_queries']} timed queries per recipe in rotating rounds (one "
+        f"session alive at a time). Cosine of each recipe's vectors to the float32 sentence-transformers model "
+        f"on {d['texts']} texts (generated topic sentences, one synthetic dialogue's turns and questions).", "",
+        table(["recipe", "p50 ms", "p95 ms", "p50 / fastest p50", "cosine mean", "cosine min"], rows)])
+
+
 def aim_memory_recall_fit(name: str, d: dict) -> str:
     """``benchmarks/aim_memory_recall.py --fit``: recall@5 of a grid of fusion weights on the dev dialogues."""
     cfg = d["config"]
@@ -588,7 +601,10 @@ SECTIONS = [
             aim_memory_phases, level=3),
     Section("AIM-Memory recall on multi-session dialogues (`benchmarks/aim_memory_recall.py`)",
             ["aim_memory_recall_test.json", "aim_memory_recall_test_int8.json", "aim_memory_recall_test_aim4.json",
-             "aim_memory_recall_test_main_recheck.json"], aim_memory_recall),
+             "aim_memory_recall_test_main_recheck.json", "aim_memory_recall_test_fp32_same_code.json",
+             "aim_memory_recall_test_int8_fp32ffn0.json"], aim_memory_recall),
+    Section("AIM-Memory query embedder: int8 recipes (`benchmarks/embedder_recipes.py`)",
+            ["embedder_recipes.json"], embedder_recipes, level=3),
     Section("AIM-Memory fusion-weight fit on the dev dialogues (`benchmarks/aim_memory_recall.py --fit`)",
             ["aim_memory_recall_fit.json"], aim_memory_recall_fit, level=3),
     Section("Cloud backends (`benchmarks/cloud.py`)", ["cloud_cpu.json"], cloud),

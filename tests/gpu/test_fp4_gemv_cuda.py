@@ -234,6 +234,23 @@ def test_fp4linear_tiled_path_row_limit(fmt, dtype, rows, tiled, apt_seed):
 
 
 @needs_cuda_build
+def test_fp4linear_tiled_switch_lets_the_copy_go(apt_seed):
+    """``tiled = False`` on a layer: no tiled copy (one built before is let go), fp4_linear's result."""
+    torch.manual_seed(apt_seed)
+    layer = FP4Linear.from_linear(torch.nn.Linear(256, 512), fmt="nvfp4").to(DEV)
+    x = torch.randn(4, 256, device=DEV, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer(x)
+        assert layer._tiled is not None
+        layer.tiled = False
+        y = layer(x)
+    assert layer._tiled is None
+    want = torch.ops.apt.fp4_linear(x, layer.packed, layer.scales, layer.tensor_scale,
+                                    layer.bias.to(torch.bfloat16), "nvfp4", layer.block_size)
+    assert torch.equal(y, want)
+
+
+@needs_cuda_build
 @pytest.mark.parametrize(("rows", "n", "fmt", "kernel"), [
     (64, 8192, "nvfp4", "gemv_tiled"), (65, 8192, "nvfp4", "gemm_tiled"), (65, 8191, "nvfp4", "gemv_tiled"),
     (128, 8192, "mxfp4", "gemm_tiled"), (65, 8192, "nf4", "gemv_tiled")])

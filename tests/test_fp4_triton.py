@@ -31,7 +31,8 @@ def _cases() -> list[str]:
     names += [f"linear-{f}-{d}-m{m}-k{k}-{'bias' if m % 2 else 'nobias'}" for f in FORMATS for d in DTYPES
               for m in LINEAR_M for k in LINEAR_K]
     names += [f"linear3d-{f}" for f in FORMATS] + [f"gelu-{f}-m{m}" for f in FORMATS for m in (2, 33)]
-    names += ["bad-input", "one-config"]
+    names += [f"deqmm-{f}-{d}" for f in FORMATS for d in DTYPES] + [f"deqmm-gelu-{f}" for f in FORMATS]
+    names += ["bad-input", "one-config", "bad-deqmm-env"]
     return names
 
 
@@ -114,6 +115,54 @@ def _child() -> dict[str, str | None]:
                 assert err < 1e-5, f"relative error {err:.3g}"
 
             run(f"gelu-{fmt}-m{m}", gelu)
+
+    # From APT_TRITON_DEQUANT_MIN_M rows: dequantised slabs (5 rows each here: 23 rows make 5
+    # slabs, the last one short) times torch.mm, in x's dtype; the weight's rounding to x's
+    # dtype is this path's extra error (unit roundoff times sum |x||w| per output).
+    def deqmm(dt, fmt, gelu=False):
+        wp, ws, wts, wbs, k, wn = weight(fmt, 72)
+        x = torch.randn(40, k, generator=g).to(dt)
+        bias = torch.randn(wn, generator=g)
+        saved, os.environ["APT_TRITON_DEQUANT_MIN_M"] = (tlin.SCRATCH_MAX_BYTES, tlin.dequantize_into), "40"
+        slabs = []
+        tlin.SCRATCH_MAX_BYTES = 5 * k * 4
+        tlin.dequantize_into = lambda packed, *a: (slabs.append(packed.shape[0]), saved[1](packed, *a))
+        try:
+            op = tlin.fp4_linear_gelu if gelu else tlin.fp4_linear
+            got = op(x, wp, ws, wts, bias, fmt, wbs)
+        finally:
+            tlin.SCRATCH_MAX_BYTES, tlin.dequantize_into = saved
+            del os.environ["APT_TRITON_DEQUANT_MIN_M"]
+        assert slabs == [5, 5, 5, 5, 3], slabs  # the path was taken, in slabs of the scratch size
+        want = ref.linear(x.double(), wp, ws, wts, bias, fmt, wbs)
+        if gelu:
+            want = torch.nn.functional.gelu(want)
+        w = ref.dequantize(wp, ws, wts, fmt, wbs)[:, :k].double()
+        mag = x.double().abs() @ w.abs().T
+        u = {torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}[dt]
+        bound = 2 * u * want.abs() + 2 * u * mag + 1e-6 * mag + 1e-30
+        err = (got.double() - want).abs()
+        assert got.dtype == dt and got.shape == want.shape, (got.dtype, got.shape)
+        assert bool((err <= bound).all()), f"max excess {(err - bound).max().item():.3g}"
+
+    for fmt in FORMATS:
+        for d in DTYPES:
+            run(f"deqmm-{fmt}-{d}", lambda fmt=fmt, d=d: deqmm(getattr(torch, d), fmt))
+        run(f"deqmm-gelu-{fmt}", lambda fmt=fmt: deqmm(torch.float32, fmt, gelu=True))
+
+    def bad_env():
+        packed, scales, ts, bs, k, _ = weight("nvfp4")
+        os.environ["APT_TRITON_DEQUANT_MIN_M"] = "8"
+        try:
+            tlin.fp4_linear(torch.randn(20, k), packed, scales, ts, None, "nvfp4", bs)
+        except ValueError as e:
+            assert str(e).startswith("APT_TRITON_DEQUANT_MIN_M"), str(e)
+        else:
+            raise AssertionError("no ValueError for APT_TRITON_DEQUANT_MIN_M=8")
+        finally:
+            del os.environ["APT_TRITON_DEQUANT_MIN_M"]
+
+    run("bad-deqmm-env", bad_env)
 
     def bad():
         packed, scales, ts, bs, k, _ = weight("nvfp4")

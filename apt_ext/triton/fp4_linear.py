@@ -1,21 +1,79 @@
 """Triton ``apt::fp4_linear`` and ``apt::fp4_linear_gelu``: x [..., K] @ dequantize(W).T + bias.
 
 Checks the arguments (the native checks, the same messages as the CUDA and CPU kernels),
-flattens x to [M, K] and runs one of two kernel families by M:
+flattens x to [M, K] and runs one of three paths by M:
   * M <= GEMV_MAX_M (16): apt_ext/triton/fp4_gemv.py, split-K GEMV streaming the packed weight;
-  * larger M: apt_ext/triton/fp4_gemm.py, tiled ``tl.dot`` GEMM decoding weight tiles in registers.
-Both autotune per (format, x dtype, M bucket, N, K) on a GPU (apt_ext/triton/autotune.py) and
-use one config under TRITON_INTERPRET=1.
+  * up to dequant_matmul_min_m() - 1 rows: apt_ext/triton/fp4_gemm.py, tiled ``tl.dot`` GEMM
+    decoding weight tiles in registers;
+  * from dequant_matmul_min_m() rows: the weight dequantised to x's dtype by the Triton dequantise
+    kernel in slabs of at most SCRATCH_MAX_BYTES, each multiplied with ``torch.mm`` (the vendor
+    BLAS: cuBLAS, rocBLAS, oneMKL), bias and GELU after, as the CUDA ``fp4_linear`` does above
+    its small-M kernel. With many rows the multiply dominates and the BLAS does it best; the
+    weight's rounding to x's dtype (bfloat16: relative 2^-9) is this path's one extra error.
+The GEMV and GEMM autotune per (format, x dtype, M bucket, N, K) on a GPU
+(apt_ext/triton/autotune.py) and use one config under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
 from apt_ext import _native
 from apt_ext.triton import kernel
-from apt_ext.triton.fp4_decode import scales_as_raw
+from apt_ext.triton.fp4_decode import INTERPRET, scales_as_raw
+from apt_ext.triton.fp4_dequantize import dequantize_into
 from apt_ext.triton.fp4_gemm import gemm
 from apt_ext.triton.fp4_gemv import GEMV_MAX_M, gemv
+
+
+# Rows of x from which the weight is dequantised and multiplied by torch.mm. Provisional (not
+# measured yet): the CUDA path's dequantise + cuBLAS took 0.84x-0.94x bf16 at M = 4096 on the
+# H200 where the Triton GEMM took 0.38x-0.49x, and the crossover lies where bf16's own time starts
+# to grow with M (benchmarks/results/fp4_linear_NVIDIA_H200.json); APT_TRITON_DEQUANT_MIN_M
+# overrides it for the sweep that will measure it.
+DEQUANT_MATMUL_MIN_M = 256
+SCRATCH_MAX_BYTES = 512 << 20  # dequantised weight slab, as the CUDA path's kScratchMaxBytes
+
+
+def dequant_matmul_min_m() -> int:
+    """Rows of x from which :func:`linear` dequantises and calls torch.mm
+    (``$APT_TRITON_DEQUANT_MIN_M`` or DEQUANT_MATMUL_MIN_M; it must be above GEMV_MAX_M)."""
+    raw = os.environ.get("APT_TRITON_DEQUANT_MIN_M")
+    if raw is None:
+        return DEQUANT_MATMUL_MIN_M
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= GEMV_MAX_M:
+        raise ValueError(f"APT_TRITON_DEQUANT_MIN_M: expected an integer above {GEMV_MAX_M}, got {raw!r}")
+    return value
+
+
+def dequant_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
+                   bias: torch.Tensor | None, fmt: str, block_size: int, gelu: bool) -> torch.Tensor:
+    """x [M, K] contiguous -> [M, N] in x's dtype: weight slabs dequantised to x's dtype (float32
+    under the interpreter, then rounded by torch) and multiplied with torch.mm; + bias, then GELU.
+    Arguments as :func:`linear` passes them (checked; nvfp4 scales viewed as uint8)."""
+    m, k = x.shape
+    n = packed.shape[0]
+    work = torch.float32 if INTERPRET else x.dtype
+    rows = max(1, min(n, SCRATCH_MAX_BYTES // (k * work.itemsize)))
+    slab = torch.empty((rows, k), dtype=work, device=x.device)
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        w = slab[:r1 - r0]
+        dequantize_into(packed[r0:r1], scales[r0:r1], tensor_scale, fmt, block_size, w)
+        w = w.to(x.dtype)  # a no-op but under the interpreter
+        if r1 - r0 == n:
+            torch.mm(x, w.t(), out=out)
+        else:
+            out[:, r0:r1] = torch.mm(x, w.t())
+    if bias is not None:
+        out += bias.to(out.dtype)
+    return torch.nn.functional.gelu(out) if gelu else out
 
 
 def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
@@ -31,7 +89,12 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_s
         return x.new_empty((*x.shape[:-1], n))
     args = (packed.contiguous(), scales_as_raw(scales.contiguous(), fmt), tensor_scale.reshape(()).to(torch.float32),
             bias.contiguous() if bias is not None else None, fmt, block_size, gelu)
-    y = gemv(x2, *args) if m <= GEMV_MAX_M else gemm(x2, *args)
+    if m <= GEMV_MAX_M:
+        y = gemv(x2, *args)
+    elif m >= dequant_matmul_min_m():
+        y = dequant_matmul(x2, *args)
+    else:
+        y = gemm(x2, *args)
     return y.reshape(*x.shape[:-1], n)
 
 

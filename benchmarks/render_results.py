@@ -199,22 +199,44 @@ def left_spin(name: str, d: dict) -> str:
         table(["rows x D", "mode", *[f"{i} ms" for i in impls], *[f"vs {i}" for i in impls if i != ours]], rows)])
 
 
+def ssd_lines(ssd: dict) -> list[str]:
+    """``benchmarks/vgpu.py``'s SSD part: the pager's read and write GB/s per I/O backend against dd and
+    fio (the better of fio's block sizes), and io_uring per ``io_chunk_mb`` where the run has them."""
+    fio_blocks = "/".join(ssd.get("fio_by_block", {}))
+    lines = [f"- SSD->host, {num(ssd['bytes'] / 2**20)} MiB, O_DIRECT {'on' if ssd.get('o_direct') else 'off'}, "
+             f"checksum {ssd.get('checksum')}: " + "; ".join(
+                 f"{k} " + (f"{num(v['gbps'])} GB/s" if "gbps" in v else v.get("error", "?"))
+                 for k, v in ssd.items() if k in ("io_uring", "pread"))
+             + (f"; `dd iflag=direct` {num(ssd['dd_direct_gbps'])} GB/s" if ssd.get("dd_direct_gbps") else "")
+             + (f"; fio {num(ssd['fio_gbps'])} GB/s" if ssd.get("fio_gbps") else "")
+             + (f" (best of blocks {fio_blocks})" if fio_blocks and ssd.get("fio_gbps") else "") + "."
+             + ("".join(f" host->SSD (writes): {k} {num(v['write_gbps'])} GB/s;" for k, v in ssd.items()
+                        if k in ("io_uring", "pread") and isinstance(v, dict) and "write_gbps" in v)
+                + (f" `dd oflag=direct` {num(ssd['dd_direct_write_gbps'])} GB/s;" if ssd.get("dd_direct_write_gbps") else "")
+                + (f" fio {num(ssd['fio_write_gbps'])} GB/s;" if ssd.get("fio_write_gbps") else ""))]
+    chunks = ssd.get("io_uring_chunks")
+    if isinstance(chunks, dict) and chunks and "error" not in chunks:
+        lines.append("- io_uring per `io_chunk_mb` (one stack each, timed in turn every round): " + "; ".join(
+            f"{c} MiB read {num(v['gbps'])} / write {num(v['write_gbps'])} GB/s" for c, v in chunks.items()) + ".")
+    if ssd.get("fio_by_block"):
+        lines.append("- fio per block size: " + "; ".join(
+            f"{bs} read {num(v['gbps'])} / write {num(v['write_gbps'])} GB/s" for bs, v in ssd["fio_by_block"].items()
+            if v.get("gbps") and v.get("write_gbps")) + ".")
+    return lines
+
+
+def vgpu_ssd(name: str, d: dict) -> str:
+    """``benchmarks/vgpu.py --ssd-only``: the SSD part alone."""
+    return "\n".join(([f"Note recorded with the run: {d['note']}.", ""] if d.get("note") else []) + ssd_lines(d["ssd"]))
+
+
 def vgpu(name: str, d: dict) -> str:
     link, ssd = d["link"], d["ssd"]
     out = [f"Note recorded with the run: {d['note']}.\n" if d.get("note") else "",
            f"- host->device, {num(link['bytes'] / 2**20)} MiB: through the pager {num(link['pager_gbps'])} GB/s; "
            f"pinned `copy_` {num(link['pinned_copy_gbps'])} GB/s, pageable {num(link['pageable_copy_gbps'])} GB/s "
            f"(pager / pinned {link['pager_vs_pinned']:.2f}).",
-           f"- SSD->host, {num(ssd['bytes'] / 2**20)} MiB, O_DIRECT {'on' if ssd.get('o_direct') else 'off'}, "
-           f"checksum {ssd.get('checksum')}: " + "; ".join(
-               f"{k} " + (f"{num(v['gbps'])} GB/s" if "gbps" in v else v.get("error", "?"))
-               for k, v in ssd.items() if k in ("io_uring", "pread"))
-           + (f"; `dd iflag=direct` {num(ssd['dd_direct_gbps'])} GB/s" if ssd.get("dd_direct_gbps") else "")
-           + (f"; fio {num(ssd['fio_gbps'])} GB/s" if ssd.get("fio_gbps") else "") + "."
-           + ("".join(f" host->SSD (writes): {k} {num(v['write_gbps'])} GB/s;" for k, v in ssd.items()
-                      if k in ("io_uring", "pread") and isinstance(v, dict) and "write_gbps" in v)
-              + (f" `dd oflag=direct` {num(ssd['dd_direct_write_gbps'])} GB/s;" if ssd.get("dd_direct_write_gbps") else "")
-              + (f" fio {num(ssd['fio_write_gbps'])} GB/s;" if ssd.get("fio_write_gbps") else "")),
+           *ssd_lines(ssd),
            "", "Offloaded inference (weights in the stack, device budget 25%, prefetch 2); ms per forward; "
            "bound = bytes moved / pinned copy bandwidth; error = relative output error against the resident "
            "float model (the nvfp4 rows are a quantised model: its error is the quantisation's).", ""]
@@ -586,6 +608,8 @@ SECTIONS = [
     Section("VGPU stack (`benchmarks/vgpu.py`)",
             ["vgpu_cpu_x86_64_x2.json", "vgpu_cpu_quiet_x86_64_x2.json", "vgpu_nvidia_h100_80gb_hbm3.json",
              "vgpu_nvidia_h200.json"], vgpu),
+    Section("VGPU stack: the SSD level alone (`benchmarks/vgpu.py --ssd-only`)", ["vgpu_ssd_*.json"], vgpu_ssd,
+            level=3),
     Section("APT model: left-spin learning-rate sweep (`benchmarks/left_spin_training.py`)",
             ["left_spin_training_quick.json"], left_spin_training),
     Section("APT model: step time (`benchmarks/model_throughput.py`)", ["model_throughput_quick.json",

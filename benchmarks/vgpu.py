@@ -133,12 +133,15 @@ def run_dd_write(src: str, dst: str) -> float | None:
     return int(m.group(1)) / float(m.group(2)) / 1e9 if p.returncode == 0 and m else None
 
 
-def run_fio(path: str, size: int, rw: str = "read") -> float | None:
+FIO_BLOCKS = ("1M", "4M")  # fio runs with each; the better one is the tool's figure
+
+
+def run_fio(path: str, size: int, rw: str = "read", bs: str = "1M") -> float | None:
     """GB/s of fio reading (``rw`` "read") or writing ("write") ``size`` bytes of ``path``
-    sequentially: 1 MiB blocks, io_uring, queue depth 64, O_DIRECT."""
+    sequentially: ``bs`` blocks, io_uring, queue depth 64, O_DIRECT."""
     if shutil.which("fio") is None:
         return None
-    cmd = ["fio", f"--name=seq{rw}", f"--filename={path}", f"--rw={rw}", "--bs=1M", "--iodepth=64",
+    cmd = ["fio", f"--name=seq{rw}", f"--filename={path}", f"--rw={rw}", f"--bs={bs}", "--iodepth=64",
            "--ioengine=io_uring", "--direct=1", f"--size={size}", "--output-format=json"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -190,11 +193,18 @@ def bench_ssd(nbytes: int, ssd_dir: str, reps: int) -> dict:
     if page_file:
         drop_caches()
         out["dd_direct_gbps"] = run_dd(page_file)
-        drop_caches()
-        out["fio_gbps"] = run_fio(page_file, nbytes)
         scratch = os.path.join(ssd_dir, "bench_write.bin")
         out["dd_direct_write_gbps"] = run_dd_write(page_file, scratch)
-        out["fio_write_gbps"] = run_fio(scratch, nbytes, "write")
+        out["fio_by_block"] = {}
+        for bs in FIO_BLOCKS:
+            drop_caches()
+            read = run_fio(page_file, nbytes, "read", bs)
+            if os.path.exists(scratch):
+                os.unlink(scratch)
+            out["fio_by_block"][bs] = {"gbps": read, "write_gbps": run_fio(scratch, nbytes, "write", bs)}
+        for key, field in (("fio_gbps", "gbps"), ("fio_write_gbps", "write_gbps")):
+            values = [v[field] for v in out["fio_by_block"].values() if v[field]]
+            out[key] = max(values) if values else None
         for f in (page_file, scratch):
             if os.path.exists(f):
                 os.unlink(f)
@@ -204,6 +214,42 @@ def bench_ssd(nbytes: int, ssd_dir: str, reps: int) -> dict:
         if best and isinstance(out.get("io_uring"), dict) and key in out["io_uring"]:
             out["io_uring_vs_best_tool" if kind == "read" else "io_uring_write_vs_best_tool"] = out["io_uring"][key] / best
     return out
+
+
+def bench_chunks(nbytes: int, ssd_dir: str, reps: int, chunks_mb: tuple[float, ...] = (1, 4, 8)) -> dict:
+    """io_uring read and write GB/s of one ``nbytes`` page per ``io_chunk_mb``: one stack per
+    chunk size, every round timing each in turn (rotating order), medians over ``reps`` rounds."""
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8)
+    stacks = {}
+    for c in chunks_mb:
+        try:
+            stacks[c] = VGPUStack([{"device": "cpu", "capacity_mb": 1.05 * nbytes / MB},
+                                   {"device": "ssd", "capacity_mb": 2.2 * nbytes / MB, "path": ssd_dir}],
+                                  io_backend="io_uring", queue_depth=64, io_chunk_mb=c)
+        except RuntimeError as exc:
+            return {"error": str(exc)}
+        stacks[c].put("x", src)
+        stacks[c].evict("x")
+    reads: dict = {c: [] for c in chunks_mb}
+    writes: dict = {c: [] for c in chunks_mb}
+    for r in range(reps):
+        for c in chunks_mb[r % len(chunks_mb):] + chunks_mb[:r % len(chunks_mb)]:
+            st = stacks[c]
+            drop_caches()
+            t0 = time.perf_counter()
+            st.prefetch("x")
+            st.wait_prefetch()
+            reads[c].append(time.perf_counter() - t0)
+            st.evict("x")
+            st.put("w", src)
+            t0 = time.perf_counter()
+            st.evict("w")
+            writes[c].append(time.perf_counter() - t0)
+            st.remove("w")
+    for st in stacks.values():
+        st.close()
+    return {str(c): {"gbps": nbytes / statistics.median(reads[c]) / 1e9,
+                     "write_gbps": nbytes / statistics.median(writes[c]) / 1e9} for c in chunks_mb}
 
 
 # ---- 3. offloaded inference -----------------------------------------------------------
@@ -377,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ssd-dir", default=None, help="directory for SSD pages (default: a temp dir under /tmp)")
     ap.add_argument("--model-gb", type=float, default=None, help="total bf16 weight size of the MLP stack")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--ssd-mb", type=int, default=None, help="SSD page size timed (default 2048 on a GPU, 128 --cpu)")
+    ap.add_argument("--ssd-only", action="store_true", help="only the SSD part (and its io_chunk_mb comparison)")
     args = ap.parse_args(argv)
     device = torch.device("cuda:0" if torch.cuda.is_available() and not args.cpu else "cpu")
     gpu = device.type == "cuda"
@@ -388,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         link_bytes, ssd_bytes = (16 * MB, 32 * MB) if args.quick else (64 * MB, 128 * MB)
         model_gb = args.model_gb or (0.016 if args.quick else 0.064)
         d, reps = 256, args.reps or 3
+    if args.ssd_mb is not None:
+        if args.ssd_mb < 1:
+            ap.error("--ssd-mb must be >= 1")
+        ssd_bytes = args.ssd_mb * MB
     dtype = torch.bfloat16 if gpu else torch.float32
     block_bytes = 8 * d * d * torch.tensor([], dtype=dtype).element_size()
     n_blocks = max(8, round(model_gb * 1e9 / block_bytes))
@@ -400,32 +452,37 @@ def main(argv: list[str] | None = None) -> int:
         "note": "" if gpu else "CPU-only run on a shared machine: preliminary, noisy numbers",
     }
     try:
-        steps = tqdm(total=4, desc="vgpu benchmark")
-        steps.set_postfix_str("host->device link")
-        result["link"] = bench_link(device, link_bytes, reps)
-        steps.update()
+        steps = tqdm(total=2 if args.ssd_only else 5, desc="vgpu benchmark")
+        if not args.ssd_only:
+            steps.set_postfix_str("host->device link")
+            result["link"] = bench_link(device, link_bytes, reps)
+            steps.update()
         steps.set_postfix_str("SSD->host")
         result["ssd"] = bench_ssd(ssd_bytes, tmp, reps)
         steps.update()
-        steps.set_postfix_str(f"offload {n_blocks} blocks d={d}")
-        model_cpu = build_model(d, n_blocks, dtype)
-        ms = [1, 256]
-        run, ref_out = bench_offload(model_cpu, device, 0.25, ms, reps, result["link"]["pinned_copy_gbps"], tmp,
-                                     f"{dtype}".replace("torch.", ""), None)
-        result["offload"] = [run]
+        steps.set_postfix_str("io_chunk_mb")
+        result["ssd"]["io_uring_chunks"] = bench_chunks(ssd_bytes, tmp, reps)
         steps.update()
-        if fp4_available(device):
-            steps.set_postfix_str("offload FP4")
-            q = quantize_fp4(model_cpu, device)
-            del model_cpu
-            run4, _ = bench_offload(q, device, 0.25 * run["weight_bytes"] / weight_bytes(q), ms, reps,
-                                    result["link"]["pinned_copy_gbps"], tmp, "nvfp4", ref_out)
-            run4["note"] = "same device budget in bytes as the unquantised run; rel_err is vs the unquantised model"
-            run4["fits_x_more_weights"] = run["weight_bytes"] / run4["weight_bytes"]
-            result["offload"].append(run4)
-        else:
-            result["fp4"] = "FP4 kernels not built in this checkout: FP4 repeat skipped"
-        steps.update()
+        if not args.ssd_only:
+            steps.set_postfix_str(f"offload {n_blocks} blocks d={d}")
+            model_cpu = build_model(d, n_blocks, dtype)
+            ms = [1, 256]
+            run, ref_out = bench_offload(model_cpu, device, 0.25, ms, reps, result["link"]["pinned_copy_gbps"], tmp,
+                                         f"{dtype}".replace("torch.", ""), None)
+            result["offload"] = [run]
+            steps.update()
+            if fp4_available(device):
+                steps.set_postfix_str("offload FP4")
+                q = quantize_fp4(model_cpu, device)
+                del model_cpu
+                run4, _ = bench_offload(q, device, 0.25 * run["weight_bytes"] / weight_bytes(q), ms, reps,
+                                        result["link"]["pinned_copy_gbps"], tmp, "nvfp4", ref_out)
+                run4["note"] = "same device budget in bytes as the unquantised run; rel_err is vs the unquantised model"
+                run4["fits_x_more_weights"] = run["weight_bytes"] / run4["weight_bytes"]
+                result["offload"].append(run4)
+            else:
+                result["fp4"] = "FP4 kernels not built in this checkout: FP4 repeat skipped"
+            steps.update()
         steps.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -433,15 +490,18 @@ def main(argv: list[str] | None = None) -> int:
     tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower()
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "plots").mkdir(exist_ok=True)
-    json_path = ROOT / "results" / f"vgpu_{tag}.json"
+    json_path = ROOT / "results" / (f"vgpu_ssd_{tag}.json" if args.ssd_only else f"vgpu_{tag}.json")
     json_path.write_text(json.dumps(result, indent=2, default=str))
-    plot(result, ROOT / "plots" / f"vgpu_{tag}.png")
+    if not args.ssd_only:
+        plot(result, ROOT / "plots" / f"vgpu_{tag}.png")
 
-    link, ssd = result["link"], result["ssd"]
+    ssd = result["ssd"]
     print(f"\n{machine}, torch {torch.__version__}")
-    print(f"host->device {link['bytes'] / MB:.0f} MiB: pinned copy_ {link['pinned_copy_gbps']:.2f} GB/s, pageable "
-          f"{link['pageable_copy_gbps']:.2f} GB/s, pager {link['pager_gbps']:.2f} GB/s "
-          f"= {100 * link['pager_vs_pinned']:.0f}% of pinned")
+    if not args.ssd_only:
+        link = result["link"]
+        print(f"host->device {link['bytes'] / MB:.0f} MiB: pinned copy_ {link['pinned_copy_gbps']:.2f} GB/s, pageable "
+              f"{link['pageable_copy_gbps']:.2f} GB/s, pager {link['pager_gbps']:.2f} GB/s "
+              f"= {100 * link['pager_vs_pinned']:.0f}% of pinned")
     tools = ", ".join(f"{k} {ssd[k]:.2f} GB/s" for k in ("dd_direct_gbps", "fio_gbps", "dd_direct_write_gbps",
                                                           "fio_write_gbps") if ssd.get(k))
     for b in ("io_uring", "pread"):
@@ -450,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
                                                           if "gbps" in v else v.get("error", "-")))
     print(f"  tools: {tools or '-'}; O_DIRECT={ssd.get('o_direct')}; io_uring/best tool: read "
           f"{ssd.get('io_uring_vs_best_tool', float('nan')):.2f}, write {ssd.get('io_uring_write_vs_best_tool', float('nan')):.2f}")
+    for c, v in ssd["io_uring_chunks"].items():
+        print(f"  io_uring, io_chunk_mb={c}: " + (f"read {v['gbps']:.2f} GB/s, write {v['write_gbps']:.2f} GB/s"
+                                                 if isinstance(v, dict) else str(v)))
+    if args.ssd_only:
+        print(f"wrote {json_path}")
+        return 0
     print(f"{'run':8s} {'M':>4s} {'resident':>10s} {'vgpu':>10s} {'bound':>10s} {'acc_cpu':>10s} {'acc_disk':>10s} "
           f"{'cpu/vgpu':>9s} {'vgpu/bound':>10s} {'hit':>5s} {'MB moved':>9s}")
     for r in result["offload"]:

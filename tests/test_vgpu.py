@@ -278,6 +278,13 @@ def test_bad_input(tmp_path):
         VGPUStack.from_config({"levls": []})
     with pytest.raises(ValueError, match="queue_depth"):
         VGPUStack(lv, queue_depth=0)
+    for bad in (0, 1e-3, 2048, 0.0001):
+        with pytest.raises(ValueError, match="io_chunk_mb"):
+            VGPUStack(lv, io_chunk_mb=bad)
+    with pytest.raises(TypeError, match="io_chunk_mb"):
+        VGPUStack(lv, io_chunk_mb="4")
+    with pytest.raises(ValueError, match="io_chunk_mb"):
+        VGPUStack.from_config({"levels": lv, "io_chunk_mb": -1})
     with pytest.raises(ValueError, match="io_backend"):
         VGPUStack(lv, io_backend="aio")
     if not torch.cuda.is_available():

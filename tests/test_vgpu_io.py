@@ -180,11 +180,13 @@ def test_capacity_error_with_ssd(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["pread", "io_uring"])
-def test_large_page_small_queue_depth(tmp_path, backend):
-    """An 8 MiB page is 8 chunks of 1 MiB: with queue_depth=2 the submitter waits for room."""
+@pytest.mark.parametrize("chunk_mb", [1, 4, 0.75])
+def test_large_page_small_queue_depth(tmp_path, backend, chunk_mb):
+    """An 8 MiB page is 8 (2, 11: the last one short) requests of io_chunk_mb: with queue_depth=2
+    the submitter waits for room."""
     if backend == "io_uring":
         _uring_or_skip(tmp_path)
-    st = VGPUStack(_levels(tmp_path, host_mb=9, ssd_mb=32), io_backend=backend, queue_depth=2)
+    st = VGPUStack(_levels(tmp_path, host_mb=9, ssd_mb=32), io_backend=backend, queue_depth=2, io_chunk_mb=chunk_mb)
     t = torch.randn(2 << 20)
     st.put("big", t)
     st.evict("big")

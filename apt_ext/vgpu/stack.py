@@ -25,7 +25,7 @@ _native.require("apt_ext.vgpu")
 from apt_ext._C import VGPUCapacityError, VGPUChecksumError, VGPUIOError, VGPULevelSpec, VGPUPager  # noqa: E402
 
 _LEVEL_FIELDS = {"capacity_mb", "device", "speed_gbps", "path", "kind"}
-_CONFIG_KEYS = {"levels", "io_backend", "queue_depth", "allow_missing_devices"}
+_CONFIG_KEYS = {"levels", "io_backend", "queue_depth", "io_chunk_mb", "allow_missing_devices"}
 # the link that reads a level's data up into the level above it (its measured speed is
 # reported next to the level's nominal speed_gbps); the device level has none
 _READ_LINK = {"device": None, "host": "host->device", "ssd": "ssd->host"}
@@ -160,6 +160,8 @@ class VGPUStack:
     ``'kind': 'device'`` with ``'device': 'cpu'`` for a CPU "device" level (no GPU).
     ``io_backend``: 'auto' (io_uring if it works here, else pread; env ``APT_VGPU_IO`` overrides),
     'io_uring' or 'pread'. ``queue_depth``: io_uring ring size / I/O requests in flight.
+    ``io_chunk_mb``: MiB per I/O request when a page moves to or from the SSD level (a multiple
+    of 4 KiB, at most 1024; default 4, faster than 1 on the disks measured: docs/vgpu.md).
     ``allow_missing_devices``: a device level naming a device this machine lacks ('cuda:0'
     without a GPU) raises a ValueError listing the levels that would work (default), or, when
     True, is skipped with a RuntimeWarning (``stats()['skipped_levels']`` lists it).
@@ -172,7 +174,7 @@ class VGPUStack:
     """
 
     def __init__(self, levels: Sequence[Mapping[str, Any]], io_backend: str = "auto", queue_depth: int = 64,
-                 allow_missing_devices: bool = False) -> None:
+                 allow_missing_devices: bool = False, io_chunk_mb: float = 4) -> None:
         if isinstance(levels, (str, bytes, Mapping)) or not isinstance(levels, Sequence):
             raise TypeError(f"levels: expected a list of level dicts, got {type(levels).__name__}")
         if not isinstance(io_backend, str):
@@ -181,9 +183,14 @@ class VGPUStack:
             raise TypeError(f"queue_depth: expected an int in [1, 4096], got {queue_depth!r}")
         if not isinstance(allow_missing_devices, bool):
             raise TypeError(f"allow_missing_devices: expected a bool, got {allow_missing_devices!r}")
+        if isinstance(io_chunk_mb, bool) or not isinstance(io_chunk_mb, (int, float)):
+            raise TypeError(f"io_chunk_mb: expected a number of MiB, got {io_chunk_mb!r}")
+        io_chunk = io_chunk_mb * (1 << 20)
+        if not (4096 <= io_chunk <= 1 << 30) or io_chunk != int(io_chunk) or int(io_chunk) % 4096:
+            raise ValueError(f"io_chunk_mb: expected a multiple of 4 KiB from 4 KiB to 1024 MiB, got {io_chunk_mb!r}")
         kept, self._skipped = _drop_missing_levels(levels, allow_missing_devices)
         parsed = [_level_spec(i, lv) for i, lv in kept]
-        self._pager = VGPUPager([p[0] for p in parsed], io_backend, queue_depth)
+        self._pager = VGPUPager([p[0] for p in parsed], io_backend, queue_depth, int(io_chunk))
         # close() at garbage collection or interpreter exit: SSD files never outlive the process
         weakref.finalize(self, self._pager.close)
         _, kind0, device0 = parsed[0]
@@ -192,7 +199,7 @@ class VGPUStack:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], allow_missing_devices: bool | None = None) -> "VGPUStack":
-        """Build from ``{'levels': [...], 'io_backend'?: str, 'queue_depth'?: int,
+        """Build from ``{'levels': [...], 'io_backend'?: str, 'queue_depth'?: int, 'io_chunk_mb'?: number,
         'allow_missing_devices'?: bool}`` (the keyword argument overrides the config key)."""
         if not isinstance(config, Mapping):
             raise TypeError(f"config: expected a dict with 'levels', got {type(config).__name__}")
@@ -204,7 +211,8 @@ class VGPUStack:
         if allow_missing_devices is None:
             allow_missing_devices = config.get("allow_missing_devices", False)
         return cls(config["levels"], io_backend=config.get("io_backend", "auto"),
-                   queue_depth=config.get("queue_depth", 64), allow_missing_devices=allow_missing_devices)
+                   queue_depth=config.get("queue_depth", 64), allow_missing_devices=allow_missing_devices,
+                   io_chunk_mb=config.get("io_chunk_mb", 4))
 
     # -- data ---------------------------------------------------------------------------
     def put(self, key: str, tensor: torch.Tensor) -> None:

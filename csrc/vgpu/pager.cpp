@@ -58,9 +58,11 @@ std::string mb(int64_t b) {
 
 }  // namespace
 
-Pager::Pager(const std::vector<LevelSpec>& specs, const std::string& io_backend, int queue_depth) {
+Pager::Pager(const std::vector<LevelSpec>& specs, const std::string& io_backend, int queue_depth, int64_t io_chunk) {
   TORCH_CHECK_VALUE(!specs.empty(), "levels: expected at least one level");
   TORCH_CHECK_VALUE(queue_depth >= 1 && queue_depth <= 4096, "queue_depth: expected 1..4096, got ", queue_depth);
+  TORCH_CHECK_VALUE(io_chunk >= kPageAlign && io_chunk <= (int64_t(1) << 30) && io_chunk % kPageAlign == 0,
+                    "io_chunk_mb: expected a multiple of 4 KiB from 4 KiB to 1 GiB, got ", io_chunk, " bytes");
   int last_kind = -1;
   for (size_t i = 0; i < specs.size(); ++i) {
     const LevelSpec& s = specs[i];
@@ -110,7 +112,7 @@ Pager::Pager(const std::vector<LevelSpec>& specs, const std::string& io_backend,
       slab_alloc_ = std::make_unique<FreeList>(slab_.numel(), kPageAlign);
     } else {
       io_ = make_io_backend(io_backend, queue_depth, &io_note_);
-      ssd_ = std::make_unique<SsdStore>(s.path, s.capacity, *io_);
+      ssd_ = std::make_unique<SsdStore>(s.path, s.capacity, *io_, io_chunk);
       if (!ssd_->direct() && io_->name() == "io_uring" && io_backend == "auto") {
         // Buffered I/O (the filesystem refused O_DIRECT): the pread/pwrite pool, as documented.
         auto pool = make_pread_backend(queue_depth < 8 ? queue_depth : 8);

@@ -66,7 +66,8 @@ struct MissingKey : std::runtime_error {
 
 class Pager {
  public:
-  Pager(const std::vector<LevelSpec>& levels, const std::string& io_backend, int queue_depth);
+  // io_chunk: bytes per I/O request of an SSD page transfer (a multiple of 4 KiB).
+  Pager(const std::vector<LevelSpec>& levels, const std::string& io_backend, int queue_depth, int64_t io_chunk);
   ~Pager();
   Pager(const Pager&) = delete;
   Pager& operator=(const Pager&) = delete;

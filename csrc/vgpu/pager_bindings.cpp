@@ -91,8 +91,8 @@ void bind_vgpu(py::module_& m) {
            py::arg("kind"), py::arg("device"), py::arg("capacity_bytes"), py::arg("path"), py::arg("speed_gbps"));
 
   py::class_<Pager>(m, "VGPUPager")
-      .def(py::init<const std::vector<LevelSpec>&, const std::string&, int>(), py::arg("levels"),
-           py::arg("io_backend"), py::arg("queue_depth"))
+      .def(py::init<const std::vector<LevelSpec>&, const std::string&, int, int64_t>(), py::arg("levels"),
+           py::arg("io_backend"), py::arg("queue_depth"), py::arg("io_chunk_bytes"))
       .def("put", &Pager::put, py::arg("key"), py::arg("tensor"), py::call_guard<py::gil_scoped_release>())
       .def("get", &Pager::get, py::arg("key"), py::arg("device"), py::call_guard<py::gil_scoped_release>())
       .def("prefetch", &Pager::prefetch, py::arg("keys"), py::call_guard<py::gil_scoped_release>())

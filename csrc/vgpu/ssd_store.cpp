@@ -26,8 +26,8 @@ std::string errno_message(const std::string& what, int err) {
   return what + ": " + std::strerror(err) + " (" + name + " " + std::to_string(err) + ")";
 }
 
-SsdStore::SsdStore(const std::string& parent_dir, int64_t capacity, IoBackend& io)
-    : capacity_(capacity), io_(&io) {
+SsdStore::SsdStore(const std::string& parent_dir, int64_t capacity, IoBackend& io, int64_t io_chunk)
+    : capacity_(capacity), io_(&io), io_chunk_(io_chunk) {
   TORCH_CHECK_VALUE(!parent_dir.empty(), "path: the ssd level needs a directory ('path')");
   struct stat st;
   if (::stat(parent_dir.c_str(), &st) != 0) {
@@ -108,7 +108,7 @@ SsdPage SsdStore::write(uint64_t id, const void* buf, int64_t len) {
   // The checksum is taken while the writes are in flight (both only read `buf`).
   std::future<uint64_t> checksum =
       std::async(std::launch::async, [buf, len] { return page_checksum(buf, size_t(len)); });
-  const int rc = transfer_all(*io_, fd, const_cast<void*>(buf), page.padded, 0, true);
+  const int rc = transfer_all(*io_, fd, const_cast<void*>(buf), page.padded, 0, true, nullptr, io_chunk_);
   page.checksum = checksum.get();
   ::close(fd);
   if (rc < 0) {
@@ -137,7 +137,7 @@ void SsdStore::read(const SsdPage& page, void* buf, int64_t len, const std::stri
     if (pos < len) hasher.update(static_cast<const char*>(buf) + pos, size_t(std::min(n, len - pos)));
     hashed += n;
   };
-  int rc = transfer_all(*io_, fd, buf, page.padded, 0, false, on_chunk);
+  int rc = transfer_all(*io_, fd, buf, page.padded, 0, false, on_chunk, io_chunk_);
   ::close(fd);
   if (rc < 0) {
     throw IoError(-rc, errno_message("SSD tier: reading " + page.path + " for key '" + key + "'", -rc));

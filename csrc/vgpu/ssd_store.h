@@ -26,7 +26,8 @@ struct SsdPage {
 
 class SsdStore {
  public:
-  SsdStore(const std::string& parent_dir, int64_t capacity, IoBackend& io);
+  // `io_chunk`: bytes per I/O request of a page transfer (transfer_all).
+  SsdStore(const std::string& parent_dir, int64_t capacity, IoBackend& io, int64_t io_chunk);
   ~SsdStore();
   SsdStore(const SsdStore&) = delete;
   SsdStore& operator=(const SsdStore&) = delete;
@@ -54,6 +55,7 @@ class SsdStore {
   std::string dir_;
   int64_t capacity_, used_ = 0;
   IoBackend* io_;
+  int64_t io_chunk_;
   bool direct_ = true;
   int64_t fault_enospc_after_ = -1, written_ = 0;
   bool fault_eio_read_ = false;

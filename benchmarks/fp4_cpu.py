@@ -255,6 +255,11 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
     return model, flags
 
 
+# Environment variables that cap the ISA of torch's CPU kernels (ATen's dispatch, oneDNN, MKL): set
+# to AVX2 with APT_FP4_CPU_ISA=avx2, an AVX-512 CPU times every peer as an AVX2-only CPU would run it.
+TORCH_ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def machine() -> dict:
     """CPU, threads, the FP4 CPU ISA path in use with the flags it requires, torch, load average."""
     model, flags = cpu_model_and_flags()
@@ -263,6 +268,9 @@ def machine() -> dict:
         raise SystemExit(f"{isa['env']}: {isa['error']}")
     return {"cpu": model, "threads": torch.get_num_threads(), "fp4_cpu_isa": isa["path"],
             "fp4_cpu_isa_requires": list(isa["requires"]), "cpu_flags": flags,
+            # the ISA torch's own kernels (int4, F.linear's oneDNN / MKL) were held to, if any
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "isa_caps_env": {k: os.environ[k] for k in TORCH_ISA_CAPS if os.environ.get(k)},
             "torch": torch.__version__, "python": platform.python_version(), "scheduling": scheduling()}
 
 

@@ -128,8 +128,12 @@ def fp4_cpu_speed_peers(d: dict, err: dict) -> list[str]:
              "`apt::fp4_linear_cpu_tiled`: the rows' `*_path` fields in the JSON) with `apt::fp4_linear` on the "
              "canonical tensors timed in the same rounds (the last three columns)"
              if canonical else "`apt::fp4_linear` (float32 x)")
+    caps = m.get("isa_caps_env")
+    torch_isa = (f"Torch's own kernels dispatched at `{m['torch_cpu_capability']}`"
+                 + (" (capped by " + ", ".join(f"`{k}={v}`" for k, v in caps.items()) + ")" if caps else "") + ". "
+                 if m.get("torch_cpu_capability") else "")
     out = [f"FP4 CPU path `{m['fp4_cpu_isa']}` (requires the CPU flags {', '.join(m['fp4_cpu_isa_requires']) or 'none'}). "
-           f"{layer} in each format against `F.linear` with a float32 and a bfloat16 weight "
+           f"{torch_isa}{layer} in each format against `F.linear` with a float32 and a bfloat16 weight "
            f"and torch's int4 CPU kernel `torch._weight_int4pack_mm_for_cpu` (bfloat16 x, groups of 128); ms per "
            f"call (median of {d.get('repeats', '?')} rounds, each timing every implementation once; scheduling "
            f"{m.get('scheduling', 'not recorded')}). Ratios = their time / the slowest of the three FP4 formats. "

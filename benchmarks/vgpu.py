@@ -149,15 +149,43 @@ def run_fio(path: str, size: int, rw: str = "read", bs: str = "1M") -> float | N
     return json.loads(p.stdout)["jobs"][0][rw]["bw_bytes"] / 1e9
 
 
+def ssd_stack(nbytes: int, ssd_dir: str, backend: str, io_chunk_mb: float = 4) -> VGPUStack:
+    """A host level and an SSD level (under ``ssd_dir``) with room for one ``nbytes`` page in the
+    host slab and two on the SSD; 64 requests in flight."""
+    return VGPUStack([{"device": "cpu", "capacity_mb": 1.05 * nbytes / MB},
+                      {"device": "ssd", "capacity_mb": 2.2 * nbytes / MB, "path": ssd_dir}],
+                     io_backend=backend, queue_depth=64, io_chunk_mb=io_chunk_mb)
+
+
+def time_read(st: VGPUStack, key: str) -> float:
+    """Seconds to bring ``key``'s page from the SSD level into the host slab through the I/O
+    backend (checksum verified); the slab copy is dropped again after (the SSD copy stays)."""
+    t0 = time.perf_counter()
+    st.prefetch(key)
+    st.wait_prefetch()
+    secs = time.perf_counter() - t0
+    st.evict(key)
+    return secs
+
+
+def time_write(st: VGPUStack, key: str, src: torch.Tensor) -> float:
+    """Seconds for evict() to write ``src``, stored under ``key``, to the SSD level (O_DIRECT where
+    the file system allows); the page is removed after."""
+    st.put(key, src)
+    t0 = time.perf_counter()
+    st.evict(key)
+    secs = time.perf_counter() - t0
+    st.remove(key)
+    return secs
+
+
 def bench_ssd(nbytes: int, ssd_dir: str, reps: int) -> dict:
     out: dict = {"bytes": nbytes, "dir": ssd_dir}
     src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8)
     page_file = None
     for backend in ("io_uring", "pread"):
         try:
-            st = VGPUStack([{"device": "cpu", "capacity_mb": 1.05 * nbytes / MB},
-                            {"device": "ssd", "capacity_mb": 2.2 * nbytes / MB, "path": ssd_dir}],
-                           io_backend=backend, queue_depth=64)
+            st = ssd_stack(nbytes, ssd_dir, backend)
         except RuntimeError as exc:
             out[backend] = {"error": str(exc)}
             continue
@@ -169,19 +197,9 @@ def bench_ssd(nbytes: int, ssd_dir: str, reps: int) -> dict:
         secs = []
         for _ in range(reps):
             dropped = drop_caches()
-            t0 = time.perf_counter()
-            st.prefetch("x")  # SSD -> slab through the I/O backend, checksum verified
-            st.wait_prefetch()
-            secs.append(time.perf_counter() - t0)
-            st.evict("x")  # drops the slab copy (the SSD copy stays)
+            secs.append(time_read(st, "x"))
         link = st.stats()["links"]["ssd->host"]
-        write_secs = []
-        for _ in range(reps):  # host -> SSD: evict writes the page (O_DIRECT where the file system allows)
-            st.put("w", src)
-            t0 = time.perf_counter()
-            st.evict("w")
-            write_secs.append(time.perf_counter() - t0)
-            st.remove("w")
+        write_secs = [time_write(st, "w", src) for _ in range(reps)]
         out[backend] = {"gbps": nbytes / statistics.median(secs) / 1e9, "link_stat_gbps": link["gbps"],
                         "write_gbps": nbytes / statistics.median(write_secs) / 1e9,
                         "page_cache_dropped": dropped}
@@ -223,9 +241,7 @@ def bench_chunks(nbytes: int, ssd_dir: str, reps: int, chunks_mb: tuple[float, .
     stacks = {}
     for c in chunks_mb:
         try:
-            stacks[c] = VGPUStack([{"device": "cpu", "capacity_mb": 1.05 * nbytes / MB},
-                                   {"device": "ssd", "capacity_mb": 2.2 * nbytes / MB, "path": ssd_dir}],
-                                  io_backend="io_uring", queue_depth=64, io_chunk_mb=c)
+            stacks[c] = ssd_stack(nbytes, ssd_dir, "io_uring", io_chunk_mb=c)
         except RuntimeError as exc:
             return {"error": str(exc)}
         stacks[c].put("x", src)
@@ -234,18 +250,9 @@ def bench_chunks(nbytes: int, ssd_dir: str, reps: int, chunks_mb: tuple[float, .
     writes: dict = {c: [] for c in chunks_mb}
     for r in range(reps):
         for c in chunks_mb[r % len(chunks_mb):] + chunks_mb[:r % len(chunks_mb)]:
-            st = stacks[c]
             drop_caches()
-            t0 = time.perf_counter()
-            st.prefetch("x")
-            st.wait_prefetch()
-            reads[c].append(time.perf_counter() - t0)
-            st.evict("x")
-            st.put("w", src)
-            t0 = time.perf_counter()
-            st.evict("w")
-            writes[c].append(time.perf_counter() - t0)
-            st.remove("w")
+            reads[c].append(time_read(stacks[c], "x"))
+            writes[c].append(time_write(stacks[c], "w", src))
     for st in stacks.values():
         st.close()
     return {str(c): {"gbps": nbytes / statistics.median(reads[c]) / 1e9,

@@ -52,6 +52,11 @@ def best_config(key: Hashable, make_configs: Callable[[], list[C]], launch: Call
     return best
 
 
+def clear() -> None:
+    """Forget every pick: the next call of each key tunes again (benchmarks that compare picks)."""
+    _BEST.clear()
+
+
 def tuned() -> dict[Hashable, object]:
     """A copy of the cache: key -> chosen config (for benchmarks and reports)."""
     return dict(_BEST)

@@ -27,11 +27,11 @@ from apt_ext.triton.fp4_gemm import gemm
 from apt_ext.triton.fp4_gemv import GEMV_MAX_M, gemv
 
 
-# Rows of x from which the weight is dequantised and multiplied by torch.mm. Provisional (not
-# measured yet): the CUDA path's dequantise + cuBLAS took 0.84x-0.94x bf16 at M = 4096 on the
-# H200 where the Triton GEMM took 0.38x-0.49x, and the crossover lies where bf16's own time starts
-# to grow with M (benchmarks/results/fp4_linear_NVIDIA_H200.json); APT_TRITON_DEQUANT_MIN_M
-# overrides it for the sweep that will measure it.
+# Rows of x from which the weight is dequantised and multiplied by torch.mm. Measured on the H200
+# (benchmarks/results/fp4_linear_NVIDIA_H200_triton_gemm.json / _triton_deqmm.json, geometric
+# means over four shapes): the tl.dot GEMM leads up to 128 rows (0.363x bf16 against 0.31x), the
+# dequantise path from 256 (0.382x against 0.347x; 0.906x at 4096). APT_TRITON_DEQUANT_MIN_M
+# overrides it.
 DEQUANT_MATMUL_MIN_M = 256
 SCRATCH_MAX_BYTES = 512 << 20  # dequantised weight slab, as the CUDA path's kScratchMaxBytes
 

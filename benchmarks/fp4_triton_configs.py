@@ -84,16 +84,14 @@ def main() -> None:
         sys.exit("fp4_triton_configs: needs a CUDA GPU")
     if args.passes < 1 or any(not 1 <= m <= 16 for m in args.ms):
         sys.exit("fp4_triton_configs: --passes must be >= 1 and --ms within 1..16 (the GEMV's rows)")
-    cases = []
-    for (n, k), m in tqdm([(s, m) for s in args.shapes for m in args.ms], desc="shapes x M"):
-        cases.append(run_case(n, k, m, args.passes))
-        print_case(cases[-1])
     out = HERE / "results" / f"fp4_triton_configs_{card_name()}.json"
-    out.write_text(json.dumps({
-        "benchmark": "fp4_triton_configs", "card": torch.cuda.get_device_name(), "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([sys.executable, *sys.argv]), "format": "nvfp4", "x_dtype": "bfloat16",
-        "cases": cases}, indent=1))
+    res = {"benchmark": "fp4_triton_configs", "card": torch.cuda.get_device_name(), "torch": torch.__version__,
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": " ".join([sys.executable, *sys.argv]), "format": "nvfp4", "x_dtype": "bfloat16", "cases": []}
+    for (n, k), m in tqdm([(s, m) for s in args.shapes for m in args.ms], desc="shapes x M"):
+        res["cases"].append(run_case(n, k, m, args.passes))
+        print_case(res["cases"][-1])
+        out.write_text(json.dumps(res, indent=1))  # after every case: a run cut short keeps what it measured
     print(f"\nwrote {out}")
 
 

@@ -88,7 +88,7 @@ def main() -> None:
     res = {"benchmark": "fp4_triton_configs", "card": torch.cuda.get_device_name(), "torch": torch.__version__,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join([sys.executable, *sys.argv]), "format": "nvfp4", "x_dtype": "bfloat16", "cases": []}
-    for (n, k), m in tqdm([(s, m) for s in args.shapes for m in args.ms], desc="shapes x M"):
+    for (n, k), m in tqdm([(s, m) for m in args.ms for s in args.shapes], desc="shapes x M"):
         res["cases"].append(run_case(n, k, m, args.passes))
         print_case(res["cases"][-1])
         out.write_text(json.dumps(res, indent=1))  # after every case: a run cut short keeps what it measured

@@ -1,17 +1,18 @@
-"""Every Triton FP4 GEMV config on the issue's four shapes, timed twice in one run, beside the
+"""Every Triton FP4 GEMV and small-M GEMM config on the issue's four shapes, beside the
 autotuner's pick and bf16 F.linear (issue 11: the Triton path at M <= 16).
 
-apt_ext/triton/autotune.py times each candidate of apt_ext.triton.fp4_gemv.configs() once, at the
-first call of a shape, and keeps the fastest. Two runs of the same code picked different configs
-(docs/fp4_gpu.md, "Eleventh session") and the slower pick cost up to 2.8x. This script shows
-whether the candidates' times are stable and which config is really best: every config is timed
-in two passes (triton.testing.do_bench, L2 flushed, median of 100 ms), then the autotuner's pick
-for a fresh key. Accuracy beside speed: each config's output against the first config's (all must
-agree up to float32 summation order) and the relative error against the bf16 layer.
+Each config of apt_ext.triton.fp4_gemv.configs() (M <= 16) and fp4_gemm.configs() (split-K
+tiles of 16+ rows) is timed two ways: `eager_ms`, triton.testing.do_bench (host-timed, L2
+flushed, median): what an eager caller sees, Triton's Python launcher included once it is
+slower than do_bench's flush; and `gpu_ms`, apt_ext.triton.autotune.gpu_ms (CUDA graph, L2
+flushed, flushes subtracted): the kernels' own time, which the autotuner ranks by. Then the
+tuned pick of the path fp4_linear takes (APT_TRITON_GEMV_MAX_M decides GEMV or GEMM), timed both
+ways. Accuracy beside speed: each config's output against the first config's (equal up to
+float32 summation order) and the relative error of the pick against the bf16 layer.
 
-    python benchmarks/fp4_triton_configs.py                      # M = 1 and 16, the four shapes
+    python benchmarks/fp4_triton_configs.py                      # M = 1, 4 and 16, the four shapes
     python benchmarks/fp4_triton_configs.py --ms 1 --shapes 4096x14336
-Writes benchmarks/results/fp4_triton_configs_<card>.json.
+Writes benchmarks/results/fp4_triton_configs_<card>[_<tag>].json.
 """
 from __future__ import annotations
 
@@ -32,64 +33,74 @@ def config_dict(cfg) -> dict:
     return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
-def run_case(n: int, k: int, m: int, passes: int, device: str = "cuda") -> dict:
-    """Every GEMV config at (N, K, M), ``passes`` times each; the autotuner's pick; bf16."""
+def run_case(n: int, k: int, m: int, device: str = "cuda") -> dict:
+    """Every GEMV (M <= 16) and small-M GEMM config at (N, K, M); the tuned pick; bf16."""
+    import triton
+
     from apt_ext.fp4 import quantize
-    from apt_ext.triton import autotune
+    from apt_ext.triton import autotune, fp4_gemm, fp4_gemv
     from apt_ext.triton import fp4_linear as tri
     from apt_ext.triton.fp4_decode import scales_as_raw
-    from apt_ext.triton.fp4_gemv import configs, gemv
 
-    w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
-    x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+    dev = torch.device(device)
+    w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
+    x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
     q = quantize(w, "nvfp4")
+    kp = q.packed.shape[1] * 2
     args = (q.packed, scales_as_raw(q.scales, q.fmt), q.tensor_scale.reshape(()).float(), None, q.fmt,
             q.block_size, False)
-    ref = F.linear(x, w).float()
-    cands = configs(n, q.packed.shape[1] * 2, x.device)
-    first = gemv(x, *args, config=cands[0]).float()
+    families = [("gemm", fp4_gemm.gemm, fp4_gemm.configs(triton.next_power_of_2(m), n, kp, dev))]
+    if m <= fp4_gemv.GEMV_MAX_M:
+        families.insert(0, ("gemv", fp4_gemv.gemv, fp4_gemv.configs(n, kp, dev)))
     rows = []
-    for cfg in cands:
-        y = gemv(x, *args, config=cfg).float()  # compiles before timing
-        rows.append({"config": config_dict(cfg),
-                     "max_abs_diff_vs_first_config": float((y - first).abs().max()),
-                     "ms": [bench(lambda cfg=cfg: gemv(x, *args, config=cfg), quick=False) for _ in range(passes)]})
+    first = None
+    for family, fn, cands in families:
+        for cfg in cands:
+            y = fn(x, *args, config=cfg).float()  # compiles before timing
+            first = y if first is None else first
+            rows.append({"family": family, "config": config_dict(cfg),
+                         "max_abs_diff_vs_first_config": float((y - first).abs().max()),
+                         "eager_ms": bench(lambda fn=fn, cfg=cfg: fn(x, *args, config=cfg), quick=False),
+                         "gpu_ms": autotune.gpu_ms(lambda fn=fn, cfg=cfg: fn(x, *args, config=cfg), dev)})
     autotune.clear()  # a fresh pick, as a new process makes it
     canonical = (q.packed, q.scales, q.tensor_scale, None, q.fmt, q.block_size)  # linear() converts the scales
     y = tri.linear(x, *canonical)
-    picked = next(v for key, v in autotune.tuned().items() if key[0] == "fp4_gemv")
-    return {"N": n, "K": k, "M": m, "configs": rows, "autotune_pick": config_dict(picked),
-            "autotune_pick_ms": bench(lambda: tri.linear(x, *canonical), quick=False),
-            "bf16_ms": bench(lambda: F.linear(x, w), quick=False),
+    picked = {key[0]: config_dict(v) for key, v in autotune.tuned().items()}
+    ref = F.linear(x, w).float()
+    return {"N": n, "K": k, "M": m, "gemv_max_m": tri.gemv_max_m(), "configs": rows, "pick": picked,
+            "pick_eager_ms": bench(lambda: tri.linear(x, *canonical), quick=False),
+            "pick_gpu_ms": autotune.gpu_ms(lambda: tri.linear(x, *canonical), dev),
+            "bf16_eager_ms": bench(lambda: F.linear(x, w), quick=False),
+            "bf16_gpu_ms": autotune.gpu_ms(lambda: F.linear(x, w), dev),
             "rel_err_vs_bf16": float((y.float() - ref).norm() / ref.norm())}
 
 
 def print_case(case: dict) -> None:
-    best = min(case["configs"], key=lambda r: min(r["ms"]))
-    print(f"\n{case['N']}x{case['K']} M={case['M']}: bf16 {case['bf16_ms'] * 1e3:.1f} us, autotune pick "
-          f"{case['autotune_pick']} {case['autotune_pick_ms'] * 1e3:.1f} us, rel. error {case['rel_err_vs_bf16']:.4f}")
+    best = min(case["configs"], key=lambda r: r["gpu_ms"])
+    print(f"\n{case['N']}x{case['K']} M={case['M']}: bf16 {case['bf16_eager_ms'] * 1e3:.1f} us eager / "
+          f"{case['bf16_gpu_ms'] * 1e3:.1f} us GPU; pick {case['pick']} {case['pick_eager_ms'] * 1e3:.1f} / "
+          f"{case['pick_gpu_ms'] * 1e3:.1f} us, rel. error {case['rel_err_vs_bf16']:.4f}")
     for r in case["configs"]:
         mark = " <- best" if r is best else ""
-        times = " / ".join(f"{t * 1e3:7.1f}" for t in r["ms"])
-        print(f"  {r['config']}: {times} us{mark}")
+        print(f"  {r['family']} {r['config']}: {r['eager_ms'] * 1e3:7.1f} eager / {r['gpu_ms'] * 1e3:7.1f} GPU us{mark}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ms", type=int_list, default=[1, 16], help="comma-separated rows of x (1..16)")
+    ap.add_argument("--ms", type=int_list, default=[1, 4, 16], help="comma-separated rows of x (1..64)")
     ap.add_argument("--shapes", type=shape_list, default=SHAPES, help="comma-separated NxK weight shapes")
-    ap.add_argument("--passes", type=int, default=2, help="timings of each config (at least 1)")
+    ap.add_argument("--tag", default="", help="suffix of the JSON name")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("fp4_triton_configs: needs a CUDA GPU")
-    if args.passes < 1 or any(not 1 <= m <= 16 for m in args.ms):
-        sys.exit("fp4_triton_configs: --passes must be >= 1 and --ms within 1..16 (the GEMV's rows)")
-    out = HERE / "results" / f"fp4_triton_configs_{card_name()}.json"
+    if any(not 1 <= m <= 64 for m in args.ms):
+        sys.exit("fp4_triton_configs: --ms must lie within 1..64 (the small-M tiles' rows)")
+    out = HERE / "results" / f"fp4_triton_configs_{card_name()}{'_' + args.tag if args.tag else ''}.json"
     res = {"benchmark": "fp4_triton_configs", "card": torch.cuda.get_device_name(), "torch": torch.__version__,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join([sys.executable, *sys.argv]), "format": "nvfp4", "x_dtype": "bfloat16", "cases": []}
     for (n, k), m in tqdm([(s, m) for m in args.ms for s in args.shapes], desc="shapes x M"):
-        res["cases"].append(run_case(n, k, m, args.passes))
+        res["cases"].append(run_case(n, k, m))
         print_case(res["cases"][-1])
         out.write_text(json.dumps(res, indent=1))  # after every case: a run cut short keeps what it measured
     print(f"\nwrote {out}")

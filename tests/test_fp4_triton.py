@@ -33,7 +33,8 @@ def _cases() -> list[str]:
               for m in LINEAR_M for k in LINEAR_K]
     names += [f"linear3d-{f}" for f in FORMATS] + [f"gelu-{f}-m{m}" for f in FORMATS for m in (2, 33)]
     names += [f"deqmm-{f}-{d}" for f in FORMATS for d in DTYPES] + [f"deqmm-gelu-{f}" for f in FORMATS]
-    names += ["bad-input", "one-config", "bad-deqmm-env"]
+    names += [f"small-m-gemm-{f}-m{m}" for f in FORMATS for m in (1, 3, 16)]
+    names += ["bad-input", "one-config", "bad-deqmm-env", "bad-gemv-env"]
     return names
 
 
@@ -166,6 +167,42 @@ def _child() -> dict[str, str | None]:
 
     run("bad-deqmm-env", bad_env)
 
+    # APT_TRITON_GEMV_MAX_M=0: the GEMM's small-M tiles (16 rows, K split in two) at M <= 16
+    def small_m_gemm(fmt, m):
+        wp, ws, wts, wbs, k, wn = weight(fmt, 128)
+        x = torch.randn(m, k, generator=g)
+        bias = torch.randn(wn, generator=g)
+        calls = []
+        saved_gemv, saved_gemm = tlin.gemv, tlin.gemm
+        tlin.gemv = lambda *a, **kw: (calls.append("gemv"), saved_gemv(*a, **kw))[1]
+        tlin.gemm = lambda *a, **kw: (calls.append("gemm"), saved_gemm(*a, **kw))[1]
+        os.environ["APT_TRITON_GEMV_MAX_M"] = "0"
+        try:
+            got = tlin.fp4_linear(x, wp, ws, wts, bias, fmt, wbs)
+        finally:
+            tlin.gemv, tlin.gemm = saved_gemv, saved_gemm
+            del os.environ["APT_TRITON_GEMV_MAX_M"]
+        assert calls == ["gemm"], calls
+        assert_linear_close(got, ref.linear(x, wp, ws, wts, bias, fmt, wbs), x, ref.dequantize(wp, ws, wts, fmt, wbs))
+
+    for fmt in FORMATS:
+        for m in (1, 3, 16):
+            run(f"small-m-gemm-{fmt}-m{m}", lambda fmt=fmt, m=m: small_m_gemm(fmt, m))
+
+    def bad_gemv_env():
+        packed, scales, ts, bs, k, _ = weight("nvfp4")
+        os.environ["APT_TRITON_GEMV_MAX_M"] = "17"
+        try:
+            tlin.fp4_linear(torch.randn(2, k), packed, scales, ts, None, "nvfp4", bs)
+        except ValueError as e:
+            assert str(e).startswith("APT_TRITON_GEMV_MAX_M"), str(e)
+        else:
+            raise AssertionError("no ValueError for APT_TRITON_GEMV_MAX_M=17")
+        finally:
+            del os.environ["APT_TRITON_GEMV_MAX_M"]
+
+    run("bad-gemv-env", bad_gemv_env)
+
     def bad():
         packed, scales, ts, bs, k, _ = weight("nvfp4")
         x = torch.randn(2, k)
@@ -191,7 +228,7 @@ def _child() -> dict[str, str | None]:
 
     def one_config():
         assert len(fp4_gemv.configs(4096, 4096, torch.device("cpu"))) == 1
-        assert len(fp4_gemm.configs()) == 1
+        assert len(fp4_gemm.configs(16, 4096, 4096, torch.device("cpu"))) == 1
 
     run("one-config", one_config)
     return results

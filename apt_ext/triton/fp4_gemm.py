@@ -10,8 +10,13 @@ pair of a byte is already in one thread) and feeds the tile, rounded to x's dtyp
 runs as three TF32 products (``input_precision="tf32x3"``, about float32's accuracy on tensor
 cores) on NVIDIA GPUs and in IEEE float32 elsewhere (an IEEE dot of these tiles spills on sm_90);
 under TRITON_INTERPRET=1 every dot runs in float32 (the interpreter has no 16-bit dot).
+Few rows of x (M bucket <= 64): tiles of 16, 32 or 64 rows (tl.dot's smallest M is 16), and
+K split SPLIT_K ways (apt_ext.triton.split_k) so that a small grid still fills the GPU; each
+weight tile is decoded once per BLOCK_M rows of x, where the GEMV (apt_ext.triton.fp4_gemv)
+decodes it once per row.
 The config is tuned per (device, format, x dtype, M bucket, N, K) from a small Hopper-oriented
-set (apt_ext.triton.autotune); one fixed config under TRITON_INTERPRET=1.
+set (apt_ext.triton.autotune); one fixed config under TRITON_INTERPRET=1 (its split of 2 runs the
+reduction whenever K spans two steps).
 """
 from __future__ import annotations
 
@@ -21,23 +26,28 @@ import triton.language as tl
 
 from apt_ext.triton.autotune import best_config
 from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, bias_gelu, code_unit, decode_scale, nf4_lut, nibble_values
+from apt_ext.triton.split_k import candidate_splits, reduce_splits, steps_per_split
 
 _GROUP_M = 8
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), no split of K
 _CONFIGS = [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (64, 128, 128, 4, 4), (128, 128, 128, 8, 3),
             (64, 256, 64, 8, 4), (64, 128, 64, 4, 3)]
+SMALL_M_MAX = 64  # M buckets up to this take the small-M tiles below, with K split
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) of the small-M tiles; BLOCK_M is the M bucket (>= 16)
+_SMALL_M_BASES = [(64, 128, 4, 4), (128, 128, 4, 3), (64, 256, 4, 3), (128, 256, 8, 3)]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["steps"])
 def _gemm_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_ptr,
-                 M, N, K, row_bytes, n_blocks,
+                 M, N, K, row_bytes, n_blocks, steps,
                  FMT: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
                  DOT_F32: tl.constexpr, F32_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    # x [M, K] contiguous; packed [N, row_bytes]; scales [N, n_blocks]; out [M, N] in x's dtype.
+                 BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PARTIAL: tl.constexpr):
+    # x [M, K] contiguous; packed [N, row_bytes]; scales [N, n_blocks]; out [M, N] in x's dtype,
+    # or float32 partials [SPLIT_K, M, N] when PARTIAL. Program (tile, split) runs `steps` steps.
     BKH: tl.constexpr = BLOCK_K // 2
     NBK: tl.constexpr = BLOCK_K // BS  # scale blocks per step (every config's BLOCK_K is a multiple of BS)
-    pid = tl.program_id(0)
+    pid, pid_k = tl.program_id(0), tl.program_id(1)
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * tiles_n)
     first_m = group * GROUP_M
@@ -52,7 +62,7 @@ def _gemm_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
     rb = tl.arange(0, NBK)
     ts = tl.load(ts_ptr)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for step in range(0, tl.cdiv(row_bytes, BKH)):
+    for step in range(pid_k * steps, tl.minimum((pid_k + 1) * steps, tl.cdiv(row_bytes, BKH))):
         j = step * BKH + rj
         w_mask = n_ok[:, None] & (j < row_bytes)[None, :]
         b = tl.load(packed_ptr + rn[:, None] * row_bytes + j[None, :], mask=w_mask, other=0).to(tl.int32)
@@ -69,9 +79,12 @@ def _gemm_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
             acc += tl.dot(xt.to(tl.float32), tl.trans(w), input_precision=F32_DOT)
         else:
             acc += tl.dot(xt, tl.trans(w.to(xt.dtype)))
-    acc = bias_gelu(acc, bias_ptr, rn[None, :], n_ok[None, :], HAS_BIAS, GELU)
-    tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    mask = m_ok[:, None] & n_ok[None, :]
+    if PARTIAL:
+        tl.store(out_ptr + (pid_k * M + rm[:, None]) * N + rn[None, :], acc, mask=mask)
+    else:
+        acc = bias_gelu(acc, bias_ptr, rn[None, :], n_ok[None, :], HAS_BIAS, GELU)
+        tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _f32_dot(device: torch.device) -> str:
@@ -80,12 +93,21 @@ def _f32_dot(device: torch.device) -> str:
     return "tf32x3" if device.type == "cuda" and torch.version.hip is None and not INTERPRET else "ieee"
 
 
-def configs() -> list[triton.Config]:
-    """Candidate configs (one under TRITON_INTERPRET=1)."""
+def configs(m_bucket: int, n: int, kp: int, device: torch.device) -> list[triton.Config]:
+    """Candidate configs for an M bucket (next power of 2 of M), N output columns and Kp (padded)
+    K on ``device``; one under TRITON_INTERPRET=1."""
     if INTERPRET:
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-            for bm, bn, bk, w, s in _CONFIGS]
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2}, num_warps=4, num_stages=1)]
+    if m_bucket > SMALL_M_MAX:
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1}, num_warps=w, num_stages=s)
+                for bm, bn, bk, w, s in _CONFIGS]
+    bm = max(16, m_bucket)
+    out = []
+    for bn, bk, w, s in _SMALL_M_BASES:
+        out += [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split}, num_warps=w, num_stages=s)
+                for split in candidate_splits(triton.cdiv(m_bucket, bm) * triton.cdiv(n, bn), triton.cdiv(kp, bk),
+                                              device)]
+    return out
 
 
 def gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
@@ -101,14 +123,20 @@ def gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
     lut = nf4_lut(x.device)
     bias_arg = bias if bias is not None else out
 
-    def launch(cfg: triton.Config) -> None:
-        bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
-        _gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
-            x, packed, scales, tensor_scale, lut, bias_arg, out, m, n, k, row_bytes, 2 * row_bytes // block_size,
-            FMT=FORMAT_IDS[fmt], BS=block_size, HAS_BIAS=bias is not None, GELU=gelu,
-            DOT_F32=INTERPRET or x.dtype == torch.float32, F32_DOT=_f32_dot(x.device), BLOCK_M=bm, BLOCK_N=bn,
-            BLOCK_K=cfg.kwargs["BLOCK_K"], GROUP_M=_GROUP_M, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    m_bucket = min(triton.next_power_of_2(m), 4096)
 
-    key = ("fp4_gemm", x.device, fmt, x.dtype, min(triton.next_power_of_2(m), 4096), n, k, bias is not None, gelu)
-    launch(config or best_config(key, configs, launch))
+    def launch(cfg: triton.Config) -> None:
+        bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
+        steps, split = steps_per_split(triton.cdiv(row_bytes, bk // 2), cfg.kwargs["SPLIT_K"])
+        part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
+        _gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn), split)](
+            x, packed, scales, tensor_scale, lut, bias_arg, part, m, n, k, row_bytes, 2 * row_bytes // block_size,
+            steps, FMT=FORMAT_IDS[fmt], BS=block_size, HAS_BIAS=bias is not None, GELU=gelu,
+            DOT_F32=INTERPRET or x.dtype == torch.float32, F32_DOT=_f32_dot(x.device), BLOCK_M=bm, BLOCK_N=bn,
+            BLOCK_K=bk, GROUP_M=_GROUP_M, PARTIAL=split > 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if split > 1:
+            reduce_splits(part, bias, out, gelu)
+
+    key = ("fp4_gemm", x.device, fmt, x.dtype, m_bucket, n, k, bias is not None, gelu)
+    launch(config or best_config(key, lambda: configs(m_bucket, n, 2 * row_bytes, x.device), launch, x.device))
     return out

@@ -13,11 +13,9 @@ stages only loads that feed a tl.dot). At M = 1 the per-block sums accumulate ac
 are reduced across threads once, after the loop. Where K divides into whole steps of every
 split (EVEN_K), x is read without masks.
 
-Split-K reduction: SPLIT_K > 1 writes float32 partials [SPLIT_K, M, N] and a second small
-kernel adds them in split order and applies bias, GELU and the cast: deterministic, no
-zero-fill of an accumulator (atomics would need one, plus a cast pass: two extra launches
-instead of one), and the partials are tiny next to the weight (SPLIT_K*M*N*4 bytes against
-N*K/2). SPLIT_K = 1 applies the epilogue in the GEMV itself: one launch.
+Split-K: SPLIT_K > 1 writes float32 partials that apt_ext.triton.split_k.reduce_splits adds in
+split order (with bias, GELU and the cast); SPLIT_K = 1 applies the epilogue in the GEMV
+itself: one launch.
 
 The config (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) is tuned per (device, format,
 x dtype, M bucket, N, K) by apt_ext.triton.autotune; the candidate splits are 1 (no reduction
@@ -33,12 +31,11 @@ import triton.language as tl
 
 from apt_ext.triton.autotune import best_config
 from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, bias_gelu, code_unit, decode_scale, nf4_lut, pair_values
+from apt_ext.triton.split_k import candidate_splits, reduce_splits, steps_per_split
 
 GEMV_MAX_M = 16  # rows of x up to which fp4_linear runs this kernel
-_REDUCE_BLOCK = 1024
 # (BLOCK_N, BLOCK_K, num_warps, num_stages): 16-32 packed bytes per thread and step.
 _BASES = [(64, 128, 4, 3), (32, 256, 4, 3), (128, 128, 8, 3), (16, 512, 4, 4)]
-_PROGRAMS_PER_SM = (8, 4, 16)  # split targets; the first config (APT_TRITON_AUTOTUNE=0's) aims at 8
 
 
 @triton.jit
@@ -114,37 +111,16 @@ def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
         tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _split_sum_kernel(part_ptr, bias_ptr, out_ptr, MN, N, splits, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
-                      BLOCK: tl.constexpr):
-    # out [M, N] (flat, MN elements) = epilogue(sum over splits of part [splits, M, N]), in order.
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < MN
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(0, splits):
-        acc += tl.load(part_ptr + s * MN + i, mask=ok, other=0.0)
-    acc = bias_gelu(acc, bias_ptr, i % N, ok, HAS_BIAS, GELU)
-    tl.store(out_ptr + i, acc.to(out_ptr.dtype.element_ty), mask=ok)
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 def configs(n: int, kp: int, device: torch.device) -> list[triton.Config]:
     """Candidate configs for N output columns and Kp (padded) K on ``device``: each base tile
     with the splits giving about 8, 4 and 16 programs per SM, and without a split (one launch)."""
     if INTERPRET:
         return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2}, num_warps=4, num_stages=1)]
-    sms = _sm_count(device)
     configs = []
     for bn, bk, warps, stages in _BASES:
-        k_steps = triton.cdiv(kp, bk)
-        splits = [max(1, min(k_steps, triton.cdiv(p * sms, triton.cdiv(n, bn)))) for p in _PROGRAMS_PER_SM] + [1]
+        splits = candidate_splits(triton.cdiv(n, bn), triton.cdiv(kp, bk), device)
         configs += [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s}, num_warps=warps, num_stages=stages)
-                    for s in dict.fromkeys(splits)]
+                    for s in splits]
     return configs
 
 
@@ -169,8 +145,7 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
 
     def launch(cfg: triton.Config) -> None:
         bk, split = cfg.kwargs["BLOCK_K"], cfg.kwargs["SPLIT_K"]
-        steps = triton.cdiv(triton.cdiv(kp, bk), split)
-        split = triton.cdiv(triton.cdiv(kp, bk), steps)  # no empty splits
+        steps, split = steps_per_split(triton.cdiv(kp, bk), split)
         part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
         _gemv_kernel[(triton.cdiv(n, cfg.kwargs["BLOCK_N"]), split)](
             x, packed, scales, tensor_scale, lut, bias_arg, part, m, n, k, row_bytes // 4, kp // block_size, steps,
@@ -179,10 +154,8 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
             PARTIAL=split > 1, HAS_BIAS=bias is not None, GELU=gelu,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if split > 1:
-            _split_sum_kernel[(triton.cdiv(m * n, _REDUCE_BLOCK),)](
-                part, bias_arg, out, m * n, n, split, HAS_BIAS=bias is not None, GELU=gelu,
-                BLOCK=_REDUCE_BLOCK, num_warps=4)
+            reduce_splits(part, bias, out, gelu)
 
     key = ("fp4_gemv", x.device, fmt, x.dtype, block_m, n, k, bias is not None, gelu)
-    launch(config or best_config(key, lambda: configs(n, kp, x.device), launch))
+    launch(config or best_config(key, lambda: configs(n, kp, x.device), launch, x.device))
     return out

@@ -2,9 +2,10 @@
 
 Checks the arguments (the native checks, the same messages as the CUDA and CPU kernels),
 flattens x to [M, K] and runs one of three paths by M:
-  * M <= GEMV_MAX_M (16): apt_ext/triton/fp4_gemv.py, split-K GEMV streaming the packed weight;
+  * M <= gemv_max_m() (GEMV_MAX_M, 16): apt_ext/triton/fp4_gemv.py, split-K GEMV streaming the
+    packed weight;
   * up to dequant_matmul_min_m() - 1 rows: apt_ext/triton/fp4_gemm.py, tiled ``tl.dot`` GEMM
-    decoding weight tiles in registers;
+    decoding weight tiles in registers (split along K for few rows);
   * from dequant_matmul_min_m() rows: the weight dequantised to x's dtype by the Triton dequantise
     kernel in slabs of at most SCRATCH_MAX_BYTES, each multiplied with ``torch.mm`` (the vendor
     BLAS: cuBLAS, rocBLAS, oneMKL), bias and GELU after, as the CUDA ``fp4_linear`` does above
@@ -36,19 +37,30 @@ DEQUANT_MATMUL_MIN_M = 256
 SCRATCH_MAX_BYTES = 512 << 20  # dequantised weight slab, as the CUDA path's kScratchMaxBytes
 
 
-def dequant_matmul_min_m() -> int:
-    """Rows of x from which :func:`linear` dequantises and calls torch.mm
-    (``$APT_TRITON_DEQUANT_MIN_M`` or DEQUANT_MATMUL_MIN_M; it must be above GEMV_MAX_M)."""
-    raw = os.environ.get("APT_TRITON_DEQUANT_MIN_M")
+def _env_rows(name: str, default: int, low: int, high: int) -> int:
+    """``$name`` as an integer in [low, high], or ``default`` when it is unset."""
+    raw = os.environ.get(name)
     if raw is None:
-        return DEQUANT_MATMUL_MIN_M
+        return default
     try:
         value = int(raw)
     except ValueError:
-        value = 0
-    if value <= GEMV_MAX_M:
-        raise ValueError(f"APT_TRITON_DEQUANT_MIN_M: expected an integer above {GEMV_MAX_M}, got {raw!r}")
+        value = low - 1
+    if not low <= value <= high:
+        raise ValueError(f"{name}: expected an integer in {low}..{high}, got {raw!r}")
     return value
+
+
+def gemv_max_m() -> int:
+    """Rows of x up to which :func:`linear` runs the GEMV (``$APT_TRITON_GEMV_MAX_M`` in 0..16 or
+    GEMV_MAX_M; 0 sends every M below dequant_matmul_min_m() to the GEMM)."""
+    return _env_rows("APT_TRITON_GEMV_MAX_M", GEMV_MAX_M, 0, GEMV_MAX_M)
+
+
+def dequant_matmul_min_m() -> int:
+    """Rows of x from which :func:`linear` dequantises and calls torch.mm
+    (``$APT_TRITON_DEQUANT_MIN_M`` or DEQUANT_MATMUL_MIN_M; it must be above GEMV_MAX_M)."""
+    return _env_rows("APT_TRITON_DEQUANT_MIN_M", DEQUANT_MATMUL_MIN_M, GEMV_MAX_M + 1, 1 << 62)
 
 
 def dequant_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
@@ -89,7 +101,7 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_s
         return x.new_empty((*x.shape[:-1], n))
     args = (packed.contiguous(), scales_as_raw(scales.contiguous(), fmt), tensor_scale.reshape(()).to(torch.float32),
             bias.contiguous() if bias is not None else None, fmt, block_size, gelu)
-    if m <= GEMV_MAX_M:
+    if m <= gemv_max_m():
         y = gemv(x2, *args)
     elif m >= dequant_matmul_min_m():
         y = dequant_matmul(x2, *args)

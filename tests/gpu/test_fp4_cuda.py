@@ -301,7 +301,7 @@ TRITON_CONFIG_K = 1000  # not a multiple of 128; several steps and splits per co
 
 
 def _triton_configs_case(fmt: str) -> None:
-    """Every GEMV config at M = 1 and every GEMM config at M = 64 (K = 1000, bf16 x); more rows
+    """Every GEMV config at M = 1 and every GEMM config at M = 3, 64 and 128 (K = 1000, bf16 x); more rows
     of x in the GEMV (unrolled per row: slow to compile) are covered by the matrix's first config."""
     from apt_ext.triton import fp4_gemm, fp4_gemv
     from apt_ext.triton.fp4_decode import scales_as_raw
@@ -312,7 +312,8 @@ def _triton_configs_case(fmt: str) -> None:
     args = (packed, scales_as_raw(scales, fmt), ts.reshape(()), bias, fmt, bs, False)
     cpu = (packed.cpu(), scales.cpu(), ts.cpu(), bias.cpu(), fmt, bs)
     runs = [(1, fp4_gemv.gemv, cfg) for cfg in fp4_gemv.configs(N_ODD, packed.shape[1] * 2, packed.device)]
-    runs += [(64, fp4_gemm.gemm, cfg) for cfg in fp4_gemm.configs()]
+    runs += [(m, fp4_gemm.gemm, cfg) for m in (3, 64, 128)  # small-M tiles (K split), then the large ones
+             for cfg in fp4_gemm.configs(1 << (m - 1).bit_length(), N_ODD, packed.shape[1] * 2, packed.device)]
     for m, fn, cfg in runs:
         x = torch.randn(m, TRITON_CONFIG_K, generator=g).to(torch.bfloat16).to(DEV)
         y = fn(x, *args, config=cfg)

@@ -33,7 +33,7 @@ def _cases() -> list[str]:
               for m in LINEAR_M for k in LINEAR_K]
     names += [f"linear3d-{f}" for f in FORMATS] + [f"gelu-{f}-m{m}" for f in FORMATS for m in (2, 33)]
     names += [f"deqmm-{f}-{d}" for f in FORMATS for d in DTYPES] + [f"deqmm-gelu-{f}" for f in FORMATS]
-    names += [f"small-m-gemm-{f}-m{m}" for f in FORMATS for m in (1, 3, 16)]
+    names += [f"route-{f}-m{m}-gemv{g}" for f in FORMATS for m in (1, 3, 16) for g in (0, 16)]
     names += ["bad-input", "one-config", "bad-deqmm-env", "bad-gemv-env"]
     return names
 
@@ -153,22 +153,24 @@ def _child() -> dict[str, str | None]:
             run(f"deqmm-{fmt}-{d}", lambda fmt=fmt, d=d: deqmm(getattr(torch, d), fmt))
         run(f"deqmm-gelu-{fmt}", lambda fmt=fmt: deqmm(torch.float32, fmt, gelu=True))
 
-    def bad_env():
+    def bad_env(name, value, m):
         packed, scales, ts, bs, k, _ = weight("nvfp4")
-        os.environ["APT_TRITON_DEQUANT_MIN_M"] = "8"
+        os.environ[name] = value
         try:
-            tlin.fp4_linear(torch.randn(20, k), packed, scales, ts, None, "nvfp4", bs)
+            tlin.fp4_linear(torch.randn(m, k), packed, scales, ts, None, "nvfp4", bs)
         except ValueError as e:
-            assert str(e).startswith("APT_TRITON_DEQUANT_MIN_M"), str(e)
+            assert str(e).startswith(name), str(e)
         else:
-            raise AssertionError("no ValueError for APT_TRITON_DEQUANT_MIN_M=8")
+            raise AssertionError(f"no ValueError for {name}={value}")
         finally:
-            del os.environ["APT_TRITON_DEQUANT_MIN_M"]
+            del os.environ[name]
 
-    run("bad-deqmm-env", bad_env)
+    run("bad-deqmm-env", lambda: bad_env("APT_TRITON_DEQUANT_MIN_M", "8", 20))
+    run("bad-gemv-env", lambda: bad_env("APT_TRITON_GEMV_MAX_M", "17", 2))
 
-    # APT_TRITON_GEMV_MAX_M=0: the GEMM's small-M tiles (16 rows, K split in two) at M <= 16
-    def small_m_gemm(fmt, m):
+    # APT_TRITON_GEMV_MAX_M routes M <= 16 to the GEMV (16) or to the GEMM's small-M tiles (0;
+    # 16 rows, K split in two): both paths at M = 1, 3 and 16 whatever the default
+    def route(fmt, m, gemv_max):
         wp, ws, wts, wbs, k, wn = weight(fmt, 128)
         x = torch.randn(m, k, generator=g)
         bias = torch.randn(wn, generator=g)
@@ -176,32 +178,20 @@ def _child() -> dict[str, str | None]:
         saved_gemv, saved_gemm = tlin.gemv, tlin.gemm
         tlin.gemv = lambda *a, **kw: (calls.append("gemv"), saved_gemv(*a, **kw))[1]
         tlin.gemm = lambda *a, **kw: (calls.append("gemm"), saved_gemm(*a, **kw))[1]
-        os.environ["APT_TRITON_GEMV_MAX_M"] = "0"
+        os.environ["APT_TRITON_GEMV_MAX_M"] = str(gemv_max)
         try:
             got = tlin.fp4_linear(x, wp, ws, wts, bias, fmt, wbs)
         finally:
             tlin.gemv, tlin.gemm = saved_gemv, saved_gemm
             del os.environ["APT_TRITON_GEMV_MAX_M"]
-        assert calls == ["gemm"], calls
+        assert calls == ["gemv" if gemv_max else "gemm"], calls
         assert_linear_close(got, ref.linear(x, wp, ws, wts, bias, fmt, wbs), x, ref.dequantize(wp, ws, wts, fmt, wbs))
 
     for fmt in FORMATS:
         for m in (1, 3, 16):
-            run(f"small-m-gemm-{fmt}-m{m}", lambda fmt=fmt, m=m: small_m_gemm(fmt, m))
+            for gemv_max in (0, 16):
+                run(f"route-{fmt}-m{m}-gemv{gemv_max}", lambda fmt=fmt, m=m, gm=gemv_max: route(fmt, m, gm))
 
-    def bad_gemv_env():
-        packed, scales, ts, bs, k, _ = weight("nvfp4")
-        os.environ["APT_TRITON_GEMV_MAX_M"] = "17"
-        try:
-            tlin.fp4_linear(torch.randn(2, k), packed, scales, ts, None, "nvfp4", bs)
-        except ValueError as e:
-            assert str(e).startswith("APT_TRITON_GEMV_MAX_M"), str(e)
-        else:
-            raise AssertionError("no ValueError for APT_TRITON_GEMV_MAX_M=17")
-        finally:
-            del os.environ["APT_TRITON_GEMV_MAX_M"]
-
-    run("bad-gemv-env", bad_gemv_env)
 
     def bad():
         packed, scales, ts, bs, k, _ = weight("nvfp4")

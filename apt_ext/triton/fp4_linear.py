@@ -2,10 +2,10 @@
 
 Checks the arguments (the native checks, the same messages as the CUDA and CPU kernels),
 flattens x to [M, K] and runs one of three paths by M:
-  * M <= gemv_max_m() (GEMV_MAX_M, 16): apt_ext/triton/fp4_gemv.py, split-K GEMV streaming the
-    packed weight;
+  * M <= gemv_max_m() (GEMV_DEFAULT_MAX_M, 1): apt_ext/triton/fp4_gemv.py, split-K GEMV
+    streaming the packed weight;
   * up to dequant_matmul_min_m() - 1 rows: apt_ext/triton/fp4_gemm.py, tiled ``tl.dot`` GEMM
-    decoding weight tiles in registers (split along K for few rows);
+    decoding weight tiles in registers (tiles of 16+ rows with K split for few rows);
   * from dequant_matmul_min_m() rows: the weight dequantised to x's dtype by the Triton dequantise
     kernel in slabs of at most SCRATCH_MAX_BYTES, each multiplied with ``torch.mm`` (the vendor
     BLAS: cuBLAS, rocBLAS, oneMKL), bias and GELU after, as the CUDA ``fp4_linear`` does above
@@ -28,6 +28,13 @@ from apt_ext.triton.fp4_gemm import gemm
 from apt_ext.triton.fp4_gemv import GEMV_MAX_M, gemv
 
 
+# Rows of x up to which the GEMV runs. Measured on the H200 (GPU time, CUDA graphs;
+# benchmarks/results/fp4_triton_configs_NVIDIA_H200_round12b.json): at M = 1 the GEMV's best
+# config beat the GEMM's split small-M tiles on all four shapes (120.4 against 138.0 us on
+# 28672 x 8192), at M = 4 and 16 the GEMM won on all four (136.1 against 1148.2 us at M = 16): the
+# GEMV decodes every weight once per row of x, the GEMM once per 16 rows. M = 2 and 3 were not
+# timed. APT_TRITON_GEMV_MAX_M (0..16) overrides it.
+GEMV_DEFAULT_MAX_M = 1
 # Rows of x from which the weight is dequantised and multiplied by torch.mm. Measured on the H200
 # (benchmarks/results/fp4_linear_NVIDIA_H200_triton_gemm.json / _triton_deqmm.json, geometric
 # means over four shapes): the tl.dot GEMM leads up to 128 rows (0.363x bf16 against 0.31x), the
@@ -53,8 +60,8 @@ def _env_rows(name: str, default: int, low: int, high: int) -> int:
 
 def gemv_max_m() -> int:
     """Rows of x up to which :func:`linear` runs the GEMV (``$APT_TRITON_GEMV_MAX_M`` in 0..16 or
-    GEMV_MAX_M; 0 sends every M below dequant_matmul_min_m() to the GEMM)."""
-    return _env_rows("APT_TRITON_GEMV_MAX_M", GEMV_MAX_M, 0, GEMV_MAX_M)
+    GEMV_DEFAULT_MAX_M; 0 sends every M below dequant_matmul_min_m() to the GEMM)."""
+    return _env_rows("APT_TRITON_GEMV_MAX_M", GEMV_DEFAULT_MAX_M, 0, GEMV_MAX_M)
 
 
 def dequant_matmul_min_m() -> int:

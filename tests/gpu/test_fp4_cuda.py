@@ -290,7 +290,7 @@ def test_sanitizer_linear_values():
 
 
 # ---- the Triton path on CUDA (APT_FORCE_TRITON=1, child process) --------------------------
-# M <= 16 runs the split-K GEMV (apt_ext/triton/fp4_gemv.py), up to 255 rows the tiled GEMM
+# M = 1 runs the split-K GEMV (apt_ext/triton/fp4_gemv.py; APT_TRITON_GEMV_MAX_M up to 16), up to 255 rows the tiled GEMM
 # (fp4_gemm.py), from 256 (apt_ext/triton/fp4_linear.py's DEQUANT_MATMUL_MIN_M) dequantised
 # slabs times torch.mm. The matrix runs each family's first config (APT_TRITON_AUTOTUNE=0: no
 # tuning time); every config of both families is checked on nvfp4 and nf4 with bfloat16 x, and

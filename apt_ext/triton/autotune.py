@@ -10,7 +10,7 @@ an L2 flush, repeated, and the flushes' own time (a second graph of flushes alon
 ``triton.testing.do_bench`` times from the host instead, and a launch of a few microseconds of
 GPU work whose Python side (Triton's launcher, 20+ arguments) takes longer than do_bench's
 flush measures the host: on the H200 the same config measured 30.6 and 87.4 us in two passes
-(benchmarks/results/fp4_triton_configs_NVIDIA_H200.json) and the tuner's picks changed between
+(benchmarks/results/fp4_triton_configs_NVIDIA_H200_round12a.json) and the tuner's picks changed between
 runs. Eager callers still pay the launcher's host time; CUDA graphs and torch.compile's
 "reduce-overhead" mode do not.
 Tuning runs kernels and synchronises, so make the first call of each shape before capturing a

@@ -122,7 +122,6 @@ def gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     lut = nf4_lut(x.device)
     bias_arg = bias if bias is not None else out
-
     m_bucket = min(triton.next_power_of_2(m), 4096)
 
     def launch(cfg: triton.Config) -> None:

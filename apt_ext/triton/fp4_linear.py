@@ -38,8 +38,9 @@ GEMV_DEFAULT_MAX_M = 1
 # Rows of x from which the weight is dequantised and multiplied by torch.mm. Measured on the H200
 # (benchmarks/results/fp4_linear_NVIDIA_H200_triton_gemm.json / _triton_deqmm.json, geometric
 # means over four shapes): the tl.dot GEMM leads up to 128 rows (0.363x bf16 against 0.31x), the
-# dequantise path from 256 (0.382x against 0.347x; 0.906x at 4096). APT_TRITON_DEQUANT_MIN_M
-# overrides it.
+# dequantise path from 256 (0.382x against 0.347x; 0.906x at 4096). That run predates the GEMM's
+# split small-M tiles (used up to 64 rows), so 32 and 64 rows are faster now than it says; the
+# crossover at 128-256 rows used the large tiles both times. APT_TRITON_DEQUANT_MIN_M overrides it.
 DEQUANT_MATMUL_MIN_M = 256
 SCRATCH_MAX_BYTES = 512 << 20  # dequantised weight slab, as the CUDA path's kScratchMaxBytes
 

@@ -15,7 +15,9 @@ Times y = x @ W.T for bf16 x [M, K] and W [N, K] with:
   tinygemm-int4-g128          torch._weight_int4pack_mm, group 128
   bnb-fp4 / bnb-nf4           bitsandbytes matmul_4bit (blocksize 64)
 Timings: triton.testing.do_bench median (it flushes L2 with a 256 MB write before every call,
-so even the 9 MB weights of M=1 come from HBM), on random data. Also measures the card's
+so even the 9 MB weights of M=1 come from HBM), on random data; with --gpu-time also each call's
+GPU time alone (apt_ext.triton.autotune.gpu_ms: a CUDA graph of L2 flush + call, the flushes
+subtracted: what a CUDA-graph decoder sees, without the host's launch work). Also measures the card's
 copy bandwidth (large device-to-device copy, bytes read + written) and, per row, each method's
 achieved weight bandwidth (its weight bytes read once / time) and its percentage of the copy
 bandwidth; and the accuracy of each FP4 format (relative error of y against the bf16 layer).
@@ -24,6 +26,8 @@ bandwidth; and the accuracy of each FP4 format (relative error of y against the 
     python benchmarks/fp4_linear.py --quick    # 2 shapes x M in {1, 16, 4096}
     python benchmarks/fp4_linear.py --ms 1,4096 --methods torch-bf16,apt-triton-nvfp4 --tag triton
                                                # the Triton path's goal check, 4 shapes (issue 11)
+    python benchmarks/fp4_linear.py --ms 1,2,4,16 --gpu-time --methods torch-bf16,apt-triton-nvfp4 --tag triton_small
+                                               # also GPU time per call (gpu_ms, gpu_speedup_vs_bf16)
 Writes benchmarks/results/fp4_linear_<card>[_<tag>].json and benchmarks/plots/fp4_linear_<card>[_<tag>].png.
 """
 from __future__ import annotations
@@ -144,6 +148,8 @@ def selected(methods: dict, wanted: list[str] | None) -> dict:
 def run(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
+    from apt_ext.triton.autotune import gpu_ms
+
     shapes, ms = (QUICK_SHAPES, QUICK_MS) if args.quick else (SHAPES, MS)
     shapes, ms = args.shapes or shapes, args.ms or ms
     copy_gbs = copy_bandwidth_gbs()
@@ -163,6 +169,8 @@ def run(args: argparse.Namespace) -> dict:
                         torch.cuda.synchronize()
                         t = bench(lambda: fn(x), args.quick)
                         times[name] = {"ms": t, "note": note}
+                        if args.gpu_time:
+                            times[name]["gpu_ms"] = gpu_ms(lambda: fn(x), x.device)
                         if nbytes:
                             times[name]["weight_GBs"] = nbytes / (t * 1e-3) / 1e9
                             times[name]["pct_copy_bw"] = 100 * times[name]["weight_GBs"] / copy_gbs
@@ -189,10 +197,13 @@ def accuracy(methods: dict, x: torch.Tensor) -> dict[str, float]:
 
 
 def speedups(rows: list[dict]) -> None:
+    """speedup_vs_bf16 (host-timed) and, where GPU time was measured, gpu_speedup_vs_bf16."""
     for r in rows:
-        base = r["times"]["torch-bf16"]["ms"]
+        base = r["times"]["torch-bf16"]
         for v in r["times"].values():
-            v["speedup_vs_bf16"] = base / v["ms"] if (v["ms"] and base) else None
+            v["speedup_vs_bf16"] = base["ms"] / v["ms"] if (v["ms"] and base["ms"]) else None
+            if v.get("gpu_ms") and base.get("gpu_ms"):
+                v["gpu_speedup_vs_bf16"] = base["gpu_ms"] / v["gpu_ms"]
 
 
 def geomean(vals: list[float]) -> float | None:
@@ -200,13 +211,13 @@ def geomean(vals: list[float]) -> float | None:
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
 
 
-def geomeans(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """{str(M): {method: geometric mean over the shapes of its speed-up over bf16}}."""
+def geomeans(rows: list[dict], field: str = "speedup_vs_bf16") -> dict[str, dict[str, float]]:
+    """{str(M): {method: geometric mean over the shapes of its ``field`` (a speed-up over bf16)}}."""
     out: dict[str, dict[str, float]] = {}
     for m in sorted({r["M"] for r in rows}):
         sub = [r for r in rows if r["M"] == m]
         out[str(m)] = {name: g for name in sub[0]["times"]
-                       if (g := geomean([r["times"][name].get("speedup_vs_bf16") for r in sub])) is not None}
+                       if (g := geomean([r["times"][name].get(field) for r in sub])) is not None}
     return out
 
 
@@ -229,6 +240,10 @@ def print_table(res: dict) -> None:
         line = ", ".join(f"{name} {g:.2f}x" for name in names
                          if (g := geomean([r["times"][name].get("speedup_vs_bf16") for r in sub])) is not None)
         print(f"  M={m}: {line}")
+    if "geomean_gpu_speedup_vs_bf16" in res:
+        print("\nGPU time alone (CUDA graph, flushes subtracted), geometric mean speed-up over bf16 per M:")
+        for m, by_name in res["geomean_gpu_speedup_vs_bf16"].items():
+            print(f"  M={m}: " + ", ".join(f"{name} {g:.2f}x" for name, g in by_name.items()))
     print("\nachieved weight bandwidth at M<=16 (weight bytes / time), GB/s (% of copy bandwidth):")
     for r in res["rows"]:
         if r["M"] <= 16:
@@ -300,6 +315,8 @@ def main() -> None:
     ap.add_argument("--methods", type=lambda t: t.split(","),
                     help="comma-separated method names or prefixes to time (torch-bf16 always runs), "
                          "e.g. torch-bf16,apt-triton")
+    ap.add_argument("--gpu-time", action="store_true",
+                    help="also time each call's GPU time alone (CUDA graph, L2 flushed, flushes subtracted)")
     ap.add_argument("--tag", help="suffix of the JSON and PNG names, so a partial run keeps the full record")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -307,6 +324,8 @@ def main() -> None:
     res = run(args)
     speedups(res["rows"])
     res["geomean_speedup_vs_bf16"] = geomeans(res["rows"])
+    if args.gpu_time:
+        res["geomean_gpu_speedup_vs_bf16"] = geomeans(res["rows"], "gpu_speedup_vs_bf16")
     card = card_name()
     res.update(card=torch.cuda.get_device_name(), torch=torch.__version__,
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -2,7 +2,7 @@
 # One batched GPU session (device machine): build, GPU tests, benchmarks; everything lands in
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
-#   stages: build test test_fp4 test_gemv (APT_PYTEST_K='expr' selects its tests) test_left_spin test_vgpu test_model sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON) fp4_quick
+#   stages: build test test_fp4 test_gemv test_left_spin test_vgpu test_model (APT_PYTEST_K='expr' selects their tests) sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON) fp4_quick
 #           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) e2e e2e_decoder left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
 #   build: APT_CUDA_ARCHS=90 builds for sm_90 only (about 70 s); the built _C*.so is copied (debug info stripped, gzipped: a file comes back only under 16 MiB) to
 #   $OUT so a later call can carry it (gunzip it into apt_ext/ and skip the build stage).
@@ -67,13 +67,15 @@ for arg in "$@"; do
       obj=$(find build -name 'fp4_gemv_cuda.cu.o' | head -1)
       [ -n "$obj" ] && cuobjdump -sass "$obj" | $PY -c 'import sys,re; t=sys.stdin.read(); fs=re.split(r"(?=\n\s*Function : )", t); sys.stdout.write("".join(f for f in fs if "E0EN3c108BFloat16ELi1ELi2ELi0ELb0E" in f))' > "$OUT/gemv_nvfp4_bf16_mt1_s2.sass" ;;
     test_fp4|test_left_spin|test_vgpu|test_model)
-      stage "$s" $PY -m pytest -v -p no:cacheprovider tests/gpu/${s}_*.py ;;
+      stage "$s" $PY -m pytest -v -p no:cacheprovider tests/gpu/${s}_*.py ${APT_PYTEST_K:+-k "$APT_PYTEST_K"} ;;
     sanitizer) stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q tests/gpu -k sanitizer ;;
     fp4) # the record; the Triton fallback (autotuned per shape and M, slow to sweep) is fp4_triton
-      stage fp4 $PY benchmarks/fp4_linear.py --methods apt-tiled,apt-cuda,apt-deq+cublas,tinygemm,bnb
+      stage fp4 $PY benchmarks/fp4_linear.py --methods apt-tiled,apt-cuda,apt-deq+cublas,tinygemm,bnb ${APT_FP4_GPU_TIME:+--gpu-time}
       cp benchmarks/results/fp4_linear_*.json "$OUT/" 2>/dev/null ;;
-    fp4_triton) stage fp4_triton $PY benchmarks/fp4_linear.py --ms 1,4096 --methods torch-bf16,apt-triton-nvfp4 --tag triton
-      cp benchmarks/results/fp4_linear_*_triton.json "$OUT/" 2>/dev/null ;;
+    fp4_triton) # APT_FP4_MS rows of x (default 1,4096), APT_FP4_TAG the JSON's tag (default triton), APT_FP4_GPU_TIME=1 adds GPU time
+      stage fp4_triton $PY benchmarks/fp4_linear.py --ms "${APT_FP4_MS:-1,4096}" --methods torch-bf16,apt-triton-nvfp4 \
+        --tag "${APT_FP4_TAG:-triton}" ${APT_FP4_GPU_TIME:+--gpu-time}
+      cp benchmarks/results/fp4_linear_*_"${APT_FP4_TAG:-triton}".json "$OUT/" 2>/dev/null ;;
     fp4_triton_crossover) # the Triton GEMM against dequantise + torch.mm at every M above the GEMV's
       stage fp4_triton_gemm env APT_TRITON_DEQUANT_MIN_M=1000000 $PY benchmarks/fp4_linear.py --ms 32,64,128,256,512,1024 \
         --methods torch-bf16,apt-triton-nvfp4 --tag triton_gemm

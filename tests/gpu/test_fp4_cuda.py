@@ -314,11 +314,18 @@ def _triton_configs_case(fmt: str) -> None:
     runs = [(1, fp4_gemv.gemv, cfg) for cfg in fp4_gemv.configs(N_ODD, packed.shape[1] * 2, packed.device)]
     runs += [(m, fp4_gemm.gemm, cfg) for m in (3, 64, 128)  # small-M tiles (K split), then the large ones
              for cfg in fp4_gemm.configs(1 << (m - 1).bit_length(), N_ODD, packed.shape[1] * 2, packed.device)]
+    failures = []  # every failing config, named
     for m, fn, cfg in runs:
         x = torch.randn(m, TRITON_CONFIG_K, generator=g).to(torch.bfloat16).to(DEV)
-        y = fn(x, *args, config=cfg)
+        try:
+            y = fn(x, *args, config=cfg)
+        except Exception as exc:  # e.g. OutOfResources: the config list must fit this GPU
+            failures.append(f"{fn.__name__} M={m} {cfg}: {type(exc).__name__}: {str(exc)[:120]}")
+            continue
         err = _rel_err(y, ref.linear(x.cpu(), *cpu))
-        assert err < RTOL[torch.bfloat16], f"{fn.__name__} M={m} {cfg}: relative error {err:.3g}"
+        if not err < RTOL[torch.bfloat16]:
+            failures.append(f"{fn.__name__} M={m} {cfg}: relative error {err:.3g}")
+    assert not failures, "\n".join(failures)
 
 
 def _triton_autotune_case() -> None:

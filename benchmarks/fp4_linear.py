@@ -15,12 +15,14 @@ Times y = x @ W.T for bf16 x [M, K] and W [N, K] with:
   tinygemm-int4-g128          torch._weight_int4pack_mm, group 128
   bnb-fp4 / bnb-nf4           bitsandbytes matmul_4bit (blocksize 64)
 Timings: triton.testing.do_bench median (it flushes L2 with a 256 MB write before every call,
-so even the 9 MB weights of M=1 come from HBM), on random data; with --gpu-time also each call's
-GPU time alone (apt_ext.triton.autotune.gpu_ms: a CUDA graph of L2 flush + call, the flushes
-subtracted: what a CUDA-graph decoder sees, without the host's launch work). Also measures the card's
-copy bandwidth (large device-to-device copy, bytes read + written) and, per row, each method's
-achieved weight bandwidth (its weight bytes read once / time) and its percentage of the copy
-bandwidth; and the accuracy of each FP4 format (relative error of y against the bf16 layer).
+so even the 9 MB weights of M=1 come from HBM), on random data; with --gpu-time also each
+call's GPU time alone (apt_ext.triton.autotune.gpu_ms: a CUDA graph of L2 flush + call, the
+flushes subtracted: what a CUDA-graph decoder sees, without the host's launch work). Also
+measures the card's copy bandwidth (large device-to-device copy, bytes read + written), the time
+of a one-element kernel (the timing's fixed cost: a launch and no work) and, per row, each
+method's achieved weight bandwidth (its weight bytes read once / time) and its percentage of
+the copy bandwidth; and the accuracy of each FP4 format (relative error of y against the bf16
+layer).
 
     python benchmarks/fp4_linear.py            # full: 4 shapes x M in {1, 2, 4, 8, 16, 32, 64, 128, 4096}
     python benchmarks/fp4_linear.py --quick    # 2 shapes x M in {1, 16, 4096}
@@ -153,6 +155,10 @@ def run(args: argparse.Namespace) -> dict:
     shapes, ms = (QUICK_SHAPES, QUICK_MS) if args.quick else (SHAPES, MS)
     shapes, ms = args.shapes or shapes, args.ms or ms
     copy_gbs = copy_bandwidth_gbs()
+    tiny = torch.zeros(1, device="cuda")
+    floor = {"ms": bench(tiny.zero_, args.quick)}  # the timing's fixed cost: one launch, no work
+    if args.gpu_time:
+        floor["gpu_ms"] = gpu_ms(tiny.zero_, tiny.device)
     rows = []
     with torch.inference_mode():
         for n, k in tqdm(shapes, desc="shapes"):
@@ -180,7 +186,7 @@ def run(args: argparse.Namespace) -> dict:
                 del x
             del methods
             torch.cuda.empty_cache()
-    return {"copy_bandwidth_GBs": copy_gbs, "rows": rows}
+    return {"copy_bandwidth_GBs": copy_gbs, "one_element_kernel": floor, "rows": rows}
 
 
 def accuracy(methods: dict, x: torch.Tensor) -> dict[str, float]:
@@ -223,7 +229,8 @@ def geomeans(rows: list[dict], field: str = "speedup_vs_bf16") -> dict[str, dict
 
 def print_table(res: dict) -> None:
     names = list(res["rows"][0]["times"])
-    print(f"\ncopy bandwidth (1 GiB d2d, read+write): {res['copy_bandwidth_GBs']:.0f} GB/s")
+    print(f"\ncopy bandwidth (1 GiB d2d, read+write): {res['copy_bandwidth_GBs']:.0f} GB/s; a one-element kernel: "
+          + ", ".join(f"{k} {v * 1e3:.1f} us" for k, v in res["one_element_kernel"].items()))
     print("time ms (speed-up over torch-bf16)")
     head = f"{'N':>6} {'K':>6} {'M':>5} | " + " | ".join(f"{n:>22}" for n in names)
     print(head)

@@ -93,18 +93,28 @@ def _f32_dot(device: torch.device) -> str:
     return "tf32x3" if device.type == "cuda" and torch.version.hip is None and not INTERPRET else "ieee"
 
 
-def configs(m_bucket: int, n: int, kp: int, device: torch.device) -> list[triton.Config]:
-    """Candidate configs for an M bucket (next power of 2 of M), N output columns and Kp (padded)
-    K on ``device``; one under TRITON_INTERPRET=1."""
+def _stages(fmt: str, bm: int, bn: int, bk: int, stages: int) -> int:
+    """num_stages for a tile: nf4's table lookups are loads that feed the dot, so Triton's pipeliner
+    stages them in shared memory too (two float32 [BLOCK_N, BLOCK_K/2] tiles per stage); its
+    largest small-M tile (64 x 128 x 256, 3 stages) asked 247,808 bytes where the H200 has 232,448,
+    so nf4 tiles of that size or larger keep 2 stages."""
+    return min(stages, 2) if fmt == "nf4" and bm * bn * bk >= 64 * 128 * 256 else stages
+
+
+def configs(m_bucket: int, n: int, kp: int, device: torch.device, fmt: str = "nvfp4") -> list[triton.Config]:
+    """Candidate configs for an M bucket (next power of 2 of M), N output columns, Kp (padded) K
+    and format on ``device``; one under TRITON_INTERPRET=1."""
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2}, num_warps=4, num_stages=1)]
     if m_bucket > SMALL_M_MAX:
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1}, num_warps=w, num_stages=s)
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1}, num_warps=w,
+                              num_stages=_stages(fmt, bm, bn, bk, s))
                 for bm, bn, bk, w, s in _CONFIGS]
     bm = max(16, m_bucket)
     out = []
     for bn, bk, w, s in _SMALL_M_BASES:
-        out += [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split}, num_warps=w, num_stages=s)
+        out += [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split}, num_warps=w,
+                              num_stages=_stages(fmt, bm, bn, bk, s))
                 for split in candidate_splits(triton.cdiv(m_bucket, bm) * triton.cdiv(n, bn), triton.cdiv(kp, bk),
                                               device)]
     return out
@@ -137,5 +147,5 @@ def gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
             reduce_splits(part, bias, out, gelu)
 
     key = ("fp4_gemm", x.device, fmt, x.dtype, m_bucket, n, k, bias is not None, gelu)
-    launch(config or best_config(key, lambda: configs(m_bucket, n, 2 * row_bytes, x.device), launch, x.device))
+    launch(config or best_config(key, lambda: configs(m_bucket, n, 2 * row_bytes, x.device, fmt), launch, x.device))
     return out

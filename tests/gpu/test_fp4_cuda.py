@@ -313,7 +313,7 @@ def _triton_configs_case(fmt: str) -> None:
     cpu = (packed.cpu(), scales.cpu(), ts.cpu(), bias.cpu(), fmt, bs)
     runs = [(1, fp4_gemv.gemv, cfg) for cfg in fp4_gemv.configs(N_ODD, packed.shape[1] * 2, packed.device)]
     runs += [(m, fp4_gemm.gemm, cfg) for m in (3, 64, 128)  # small-M tiles (K split), then the large ones
-             for cfg in fp4_gemm.configs(1 << (m - 1).bit_length(), N_ODD, packed.shape[1] * 2, packed.device)]
+             for cfg in fp4_gemm.configs(1 << (m - 1).bit_length(), N_ODD, packed.shape[1] * 2, packed.device, fmt)]
     failures = []  # every failing config, named
     for m, fn, cfg in runs:
         x = torch.randn(m, TRITON_CONFIG_K, generator=g).to(torch.bfloat16).to(DEV)

@@ -70,7 +70,6 @@ def main() -> None:
     args = (q.packed, raw, ts, None, "nvfp4", q.block_size, False)
     gemv_cfg = {c.kwargs["SPLIT_K"]: c for c in fp4_gemv.configs(n, 2 * q.packed.shape[1], x1.device)}
     gemm_cfg = {c.kwargs["SPLIT_K"]: c for c in fp4_gemm.configs(16, n, 2 * q.packed.shape[1], x1.device)}
-    part = torch.empty((4, 1, n), dtype=torch.float32, device="cuda")
     out = torch.empty((1, n), dtype=torch.bfloat16, device="cuda")
 
     pieces: dict[str, Callable[[], object]] = {
@@ -84,7 +83,7 @@ def main() -> None:
         "scales_as_raw + tensor_scale reshape": lambda: (scales_as_raw(q.scales.contiguous(), "nvfp4"),
                                                          q.tensor_scale.reshape(()).to(torch.float32)),
         "torch.empty [1, N]": lambda: torch.empty((1, n), dtype=torch.bfloat16, device="cuda"),
-        "reduce_splits (one launch)": lambda: split_k.reduce_splits(part, None, out, False),
+        "split_k.workspace (partials + zeroed counters)": lambda: split_k.workspace(4, 1, n, 16, out),
         "empty Triton kernel, 15 args": lambda: _empty[(1,)](*([x1] * 15), BLOCK=16),
     }
     for split, cfg in sorted(gemv_cfg.items()):

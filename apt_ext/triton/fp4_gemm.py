@@ -25,8 +25,8 @@ import triton
 import triton.language as tl
 
 from apt_ext.triton.autotune import best_config
-from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, bias_gelu, code_unit, decode_scale, nf4_lut, nibble_values
-from apt_ext.triton.split_k import candidate_splits, reduce_splits, steps_per_split
+from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, nibble_values
+from apt_ext.triton.split_k import candidate_splits, steps_per_split, store_tile, workspace
 
 _GROUP_M = 8
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), no split of K
@@ -38,13 +38,14 @@ _SMALL_M_BASES = [(64, 128, 4, 4), (128, 128, 4, 3), (64, 256, 4, 3), (128, 256,
 
 
 @triton.jit(do_not_specialize=["steps"])
-def _gemm_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_ptr,
+def _gemm_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_ptr, part_ptr, count_ptr,
                  M, N, K, row_bytes, n_blocks, steps,
                  FMT: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
                  DOT_F32: tl.constexpr, F32_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PARTIAL: tl.constexpr):
-    # x [M, K] contiguous; packed [N, row_bytes]; scales [N, n_blocks]; out [M, N] in x's dtype,
-    # or float32 partials [SPLIT_K, M, N] when PARTIAL. Program (tile, split) runs `steps` steps.
+    # x [M, K] contiguous; packed [N, row_bytes]; scales [N, n_blocks]; out [M, N] in x's dtype;
+    # with PARTIAL, float32 partials [SPLIT_K, M, N] and arrival counters [tiles]
+    # (split_k.store_tile). Program (tile, split) runs `steps` steps.
     BKH: tl.constexpr = BLOCK_K // 2
     NBK: tl.constexpr = BLOCK_K // BS  # scale blocks per step (every config's BLOCK_K is a multiple of BS)
     pid, pid_k = tl.program_id(0), tl.program_id(1)
@@ -79,12 +80,7 @@ def _gemm_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
             acc += tl.dot(xt.to(tl.float32), tl.trans(w), input_precision=F32_DOT)
         else:
             acc += tl.dot(xt, tl.trans(w.to(xt.dtype)))
-    mask = m_ok[:, None] & n_ok[None, :]
-    if PARTIAL:
-        tl.store(out_ptr + (pid_k * M + rm[:, None]) * N + rn[None, :], acc, mask=mask)
-    else:
-        acc = bias_gelu(acc, bias_ptr, rn[None, :], n_ok[None, :], HAS_BIAS, GELU)
-        tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+    store_tile(acc, part_ptr, count_ptr, bias_ptr, out_ptr, rm, rn, M, N, pid, PARTIAL, HAS_BIAS, GELU)
 
 
 def _f32_dot(device: torch.device) -> str:
@@ -137,14 +133,13 @@ def gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
     def launch(cfg: triton.Config) -> None:
         bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
         steps, split = steps_per_split(triton.cdiv(row_bytes, bk // 2), cfg.kwargs["SPLIT_K"])
-        part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
-        _gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn), split)](
-            x, packed, scales, tensor_scale, lut, bias_arg, part, m, n, k, row_bytes, 2 * row_bytes // block_size,
+        tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+        part, count = workspace(split, m, n, tiles, out)
+        _gemm_kernel[(tiles, split)](
+            x, packed, scales, tensor_scale, lut, bias_arg, out, part, count, m, n, k, row_bytes, 2 * row_bytes // block_size,
             steps, FMT=FORMAT_IDS[fmt], BS=block_size, HAS_BIAS=bias is not None, GELU=gelu,
             DOT_F32=INTERPRET or x.dtype == torch.float32, F32_DOT=_f32_dot(x.device), BLOCK_M=bm, BLOCK_N=bn,
             BLOCK_K=bk, GROUP_M=_GROUP_M, PARTIAL=split > 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        if split > 1:
-            reduce_splits(part, bias, out, gelu)
 
     key = ("fp4_gemm", x.device, fmt, x.dtype, m_bucket, n, k, bias is not None, gelu)
     launch(config or best_config(key, lambda: configs(m_bucket, n, 2 * row_bytes, x.device, fmt), launch, x.device))

@@ -13,9 +13,9 @@ stages only loads that feed a tl.dot). At M = 1 the per-block sums accumulate ac
 are reduced across threads once, after the loop. Where K divides into whole steps of every
 split (EVEN_K), x is read without masks.
 
-Split-K: SPLIT_K > 1 writes float32 partials that apt_ext.triton.split_k.reduce_splits adds in
-split order (with bias, GELU and the cast); SPLIT_K = 1 applies the epilogue in the GEMV
-itself: one launch.
+Split-K: with SPLIT_K > 1 each program writes its float32 partial and the last split to finish a
+tile adds the partials in split order (apt_ext.triton.split_k.store_tile, with bias, GELU and
+the cast); one launch either way.
 
 The config (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) is tuned per (device, format,
 x dtype, M bucket, N, K) by apt_ext.triton.autotune; the candidate splits are 1 (no reduction
@@ -30,8 +30,8 @@ import triton
 import triton.language as tl
 
 from apt_ext.triton.autotune import best_config
-from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, bias_gelu, code_unit, decode_scale, nf4_lut, pair_values
-from apt_ext.triton.split_k import candidate_splits, reduce_splits, steps_per_split
+from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, pair_values
+from apt_ext.triton.split_k import candidate_splits, steps_per_split, store_tile, workspace
 
 GEMV_MAX_M = 16  # rows of x up to which fp4_linear runs this kernel
 # (BLOCK_N, BLOCK_K, num_warps, num_stages): 16-32 packed bytes per thread and step.
@@ -52,14 +52,14 @@ def _load_step(words_ptr, scales_ptr, rn, n_ok, row_words, n_blocks, blk0, blk_e
 
 
 @triton.jit(do_not_specialize=["steps"])  # one compile whether a split takes 1 step or more
-def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_ptr,
+def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_ptr, part_ptr, count_ptr,
                  M, N, K, row_words, n_blocks, steps,
                  FMT: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
                  GELU: tl.constexpr):
     # x [M, K] contiguous; packed [N, 4 * row_words] bytes, 4-byte aligned; scales [N, n_blocks];
-    # out [M, N] in x's dtype, or float32 partials [SPLIT_K, M, N] when PARTIAL. Program
-    # (n tile, split) runs `steps` steps.
+    # out [M, N] in x's dtype; with PARTIAL, float32 partials [SPLIT_K, M, N] and arrival counters
+    # [n tiles] (split_k.store_tile). Program (n tile, split) runs `steps` steps.
     NB: tl.constexpr = BLOCK_K // BS  # scale blocks per step
     WB: tl.constexpr = BS // 8        # int32 words (8 codes) per scale block
     words_ptr = packed_ptr.to(tl.pointer_type(tl.int32))
@@ -103,12 +103,7 @@ def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
                 acc = tl.where(rm[:, None] == m, acc + tl.sum(blocks, axis=1)[None, :], acc)
     if BLOCK_M == 1:
         acc += tl.sum(acc_blocks, axis=1)[None, :]
-    mask = (rm < M)[:, None] & n_ok[None, :]
-    if PARTIAL:
-        tl.store(out_ptr + (pid_k * M + rm[:, None]) * N + rn[None, :], acc, mask=mask)
-    else:
-        acc = bias_gelu(acc, bias_ptr, rn[None, :], n_ok[None, :], HAS_BIAS, GELU)
-        tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+    store_tile(acc, part_ptr, count_ptr, bias_ptr, out_ptr, rm, rn, M, N, pid_n, PARTIAL, HAS_BIAS, GELU)
 
 
 def configs(n: int, kp: int, device: torch.device) -> list[triton.Config]:
@@ -146,15 +141,15 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
     def launch(cfg: triton.Config) -> None:
         bk, split = cfg.kwargs["BLOCK_K"], cfg.kwargs["SPLIT_K"]
         steps, split = steps_per_split(triton.cdiv(kp, bk), split)
-        part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
-        _gemv_kernel[(triton.cdiv(n, cfg.kwargs["BLOCK_N"]), split)](
-            x, packed, scales, tensor_scale, lut, bias_arg, part, m, n, k, row_bytes // 4, kp // block_size, steps,
+        tiles = triton.cdiv(n, cfg.kwargs["BLOCK_N"])
+        part, count = workspace(split, m, n, tiles, out)
+        _gemv_kernel[(tiles, split)](
+            x, packed, scales, tensor_scale, lut, bias_arg, out, part, count, m, n, k, row_bytes // 4,
+            kp // block_size, steps,
             FMT=FORMAT_IDS[fmt], BS=block_size, BLOCK_M=block_m, BLOCK_N=cfg.kwargs["BLOCK_N"], BLOCK_K=bk,
             EVEN_K=k == split * steps * bk,
             PARTIAL=split > 1, HAS_BIAS=bias is not None, GELU=gelu,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        if split > 1:
-            reduce_splits(part, bias, out, gelu)
 
     key = ("fp4_gemv", x.device, fmt, x.dtype, block_m, n, k, bias is not None, gelu)
     launch(config or best_config(key, lambda: configs(n, kp, x.device), launch, x.device))

@@ -1,10 +1,14 @@
-"""Split-K for the FP4 Triton kernels: how many K ranges a launch uses, and the reduction of
+"""Split-K for the FP4 Triton kernels: how many K ranges a launch uses, and the in-kernel sum of
 their float32 partials.
 
-A kernel split SPLIT_K ways along K writes partials [SPLIT_K, M, N] (float32); :func:`reduce_splits`
-adds them in split order and applies bias, GELU and the cast in one small launch: deterministic,
-no zero-filled accumulator (atomics would need one, plus a cast pass), and the partials are tiny
-next to the weight (SPLIT_K*M*N*4 bytes against N*K/2).
+A kernel split SPLIT_K ways along K writes partials [SPLIT_K, M, N] (float32) to a workspace and
+counts its arrival per output tile; the last program to arrive at a tile adds the tile's
+partials in split order and applies bias, GELU and the cast (:func:`store_tile`): one launch,
+deterministic (the same order whichever program arrives last), no zero-filled accumulator (atomic
+adds of the values would need one, plus a cast pass), and the partials are tiny next to the weight
+(SPLIT_K*M*N*4 bytes against N*K/2). A second launch for the sum cost as much host time as the
+kernel itself (benchmarks/results/fp4_triton_host_NVIDIA_H200.json: 24.5 us per Triton launch).
+:func:`workspace` makes the partials and the zeroed arrival counters.
 """
 from __future__ import annotations
 
@@ -14,21 +18,32 @@ import triton.language as tl
 
 from apt_ext.triton.fp4_decode import bias_gelu
 
-_REDUCE_BLOCK = 1024
 PROGRAMS_PER_SM = (8, 4, 16)  # split targets of the candidate configs, most likely first
 
 
 @triton.jit
-def _split_sum_kernel(part_ptr, bias_ptr, out_ptr, MN, N, splits, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
-                      BLOCK: tl.constexpr):
-    # out [M, N] (flat, MN elements) = epilogue(sum over splits of part [splits, M, N]), in order.
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < MN
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(0, splits):
-        acc += tl.load(part_ptr + s * MN + i, mask=ok, other=0.0)
-    acc = bias_gelu(acc, bias_ptr, i % N, ok, HAS_BIAS, GELU)
-    tl.store(out_ptr + i, acc.to(out_ptr.dtype.element_ty), mask=ok)
+def store_tile(acc, part_ptr, count_ptr, bias_ptr, out_ptr, rm, rn, M, N, tile, PARTIAL: tl.constexpr,
+               HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
+    """Store the float32 tile ``acc`` [BLOCK_M, BLOCK_N] of out [M, N] (rows ``rm``, columns ``rn``):
+    gelu?(acc + bias) cast to out's dtype; or, with PARTIAL (a launch of tl.num_programs(1) splits
+    along K; this program is split tl.program_id(1)), write it to the partials [splits, M, N] and
+    count the arrival at ``count_ptr[tile]`` (zeroed before the launch): the last split to arrive
+    sums the tile's partials in split order and stores the result as above."""
+    mask = (rm < M)[:, None] & (rn < N)[None, :]
+    offs = rm[:, None] * N + rn[None, :]
+    if PARTIAL:
+        splits = tl.num_programs(1)
+        tl.store(part_ptr + tl.program_id(1) * M * N + offs, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partial stored before the (release) count below
+        if tl.atomic_add(count_ptr + tile, 1, sem="acq_rel") == splits - 1:
+            acc = tl.zeros_like(acc)
+            for split in range(0, splits):  # L2 reads (.cg): other multiprocessors wrote these
+                acc += tl.load(part_ptr + split * M * N + offs, mask=mask, other=0.0, cache_modifier=".cg")
+            acc = bias_gelu(acc, bias_ptr, rn[None, :], (rn < N)[None, :], HAS_BIAS, GELU)
+            tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        acc = bias_gelu(acc, bias_ptr, rn[None, :], (rn < N)[None, :], HAS_BIAS, GELU)
+        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def sm_count(device: torch.device) -> int:
@@ -53,9 +68,10 @@ def steps_per_split(k_steps: int, split: int) -> tuple[int, int]:
     return steps, triton.cdiv(k_steps, steps)
 
 
-def reduce_splits(part: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, gelu: bool) -> None:
-    """out [M, N] = gelu?(sum over splits of part [splits, M, N] + bias), summed in split order."""
-    splits, m, n = part.shape
-    _split_sum_kernel[(triton.cdiv(m * n, _REDUCE_BLOCK),)](
-        part, bias if bias is not None else out, out, m * n, n, splits, HAS_BIAS=bias is not None, GELU=gelu,
-        BLOCK=_REDUCE_BLOCK, num_warps=4)
+def workspace(split: int, m: int, n: int, tiles: int, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 partials [split, M, N], int32 arrival counters [tiles] zeroed) for a launch split
+    ``split`` ways (``out`` twice when split is 1: the kernel then reads neither)."""
+    if split == 1:
+        return out, out
+    return (torch.empty((split, m, n), dtype=torch.float32, device=out.device),
+            torch.zeros(tiles, dtype=torch.int32, device=out.device))

@@ -50,7 +50,7 @@ def time_steps(step_fn, device: torch.device, warmup: int, iters: int) -> list[f
     return times
 
 
-def top_kernels(step_fn, device: torch.device, steps: int = 3, top: int = 15) -> list[dict]:
+def top_kernels(step_fn, device: torch.device, steps: int = 3, top: int = 40) -> list[dict]:
     """The kernels (GPU) or ops (CPU) that took the most self time over ``steps`` steps, per step:
     name, milliseconds and calls (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile

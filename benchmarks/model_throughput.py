@@ -68,7 +68,7 @@ def top_kernels(step_fn, device: torch.device, steps: int = 3, top: int = 40) ->
 
 
 def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int, iters: int,
-          profile_top: bool = False) -> dict:
+          profile_top: bool = False, compile_mode: str = "default") -> dict:
     left_spin, auto = VARIANTS[name]
     torch.manual_seed(0)
     cfg = APTModelConfiguration(vocab_size=p["vocab"], d_model=p["d_model"], num_heads=p["heads"], d_ff=4 * p["d_model"],
@@ -76,7 +76,7 @@ def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int,
                                 max_seq_len=p["seq_len"], use_left_spin=left_spin, use_autopoietic=auto)
     model = APTModel(cfg).to(device).train()
     opt = model.configure_optimizers(lr=1e-4)
-    net = torch.compile(model) if compiled else model
+    net = torch.compile(model, mode=compile_mode) if compiled else model
     x = torch.randint(0, p["vocab"], (p["batch"], p["seq_len"] + 1), device=device)
 
     def step():
@@ -91,7 +91,8 @@ def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int,
         torch.cuda.reset_peak_memory_stats(device)
     times = time_steps(step, device, warmup, iters)
     med = statistics.median(times)
-    row = {"variant": name, "compiled": compiled, "step_ms": med * 1e3,
+    row = {"variant": name, "compiled": compiled, "compile_mode": compile_mode if compiled else None,
+           "step_ms": med * 1e3,
            "tokens_per_s": p["batch"] * p["seq_len"] / med, "params_M": model.num_parameters() / 1e6,
            "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
            "times_ms": [t * 1e3 for t in times]}
@@ -107,6 +108,10 @@ def main() -> int:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--profile", action="store_true",
                     help="also record each configuration's top kernels by self time (torch.profiler, 3 steps)")
+    ap.add_argument("--compiled-only", action="store_true", help="skip the eager configurations")
+    ap.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                    help="torch.compile mode (reduce-overhead: CUDA graphs, no per-kernel host launch cost)")
+    ap.add_argument("--tag", help="suffix of the JSON and PNG names")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated subset of {', '.join(VARIANTS)}")
     a = ap.parse_args()
@@ -118,9 +123,9 @@ def main() -> int:
     else:
         p = dict(vocab=32000, d_model=768, layers=12, heads=12, seq_len=1024, batch=8)
         warmup, iters = 5, 60  # 20 timed steps left ratios that moved by tens of percent between runs
-        compile_modes = [False] if a.no_compile else [False, True]
+        compile_modes = [False] if a.no_compile else [True] if a.compiled_only else [False, True]
     from tqdm.auto import tqdm
-    name = "model_throughput_quick" if a.quick else "model_throughput"
+    name = ("model_throughput_quick" if a.quick else "model_throughput") + (f"_{a.tag}" if a.tag else "")
     meta = run_meta(device)
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -129,7 +134,7 @@ def main() -> int:
     jobs = [(v, c) for c in compile_modes for v in variants]
     rows = []
     for v, c in tqdm(jobs, desc="model throughput", unit="config"):
-        rows.append(bench(v, c, p, device, warmup, iters, profile_top=a.profile))
+        rows.append(bench(v, c, p, device, warmup, iters, profile_top=a.profile, compile_mode=a.compile_mode))
         if device.type == "cuda":
             torch.cuda.empty_cache()
         # after every configuration, so a run cut short keeps what it measured

@@ -280,8 +280,11 @@ def model_throughput(name: str, d: dict) -> str:
         base = next((b for b in d["rows"] if b["variant"] == "plain" and b["compiled"] == r["compiled"]), None)
         return f"{r['step_ms'] / base['step_ms']:.3f}x" if base else "-"
 
-    rows = [[r["variant"] + (" (compiled)" if r["compiled"] else ""), num(r["step_ms"]), f"{r['tokens_per_s']:,.0f}",
-             vs_plain(r)] for r in d["rows"]]
+    def label(r: dict) -> str:
+        mode = r.get("compile_mode") or "default"
+        return r["variant"] + ((" (compiled)" if mode == "default" else f" (compiled, {mode})") if r["compiled"] else "")
+
+    rows = [[label(r), num(r["step_ms"]), f"{r['tokens_per_s']:,.0f}", vs_plain(r)] for r in d["rows"]]
     cut = "" if d.get("complete", True) else (
         " The run stopped early (its JSON is saved after every configuration); the missing rows did not run.")
     return "\n".join([
@@ -486,14 +489,17 @@ def fp4_gpu(name: str, d: dict) -> str:
     rows = [[r["N"], r["K"], r["M"], *[cell(r["times"][n]) for n in keep],
              "-" if "pct_copy_bw" not in r["times"].get("apt-tiled-nvfp4", {}) else
              f"{r['times']['apt-tiled-nvfp4']['pct_copy_bw']:.0f}%"] for r in d["rows"]]
-    geo = []
-    for m in sorted({r["M"] for r in d["rows"]}):
-        cells = []
-        for n in keep:
-            vals = [r["times"][n].get("speedup_vs_bf16") for r in d["rows"] if r["M"] == m]
-            vals = [v for v in vals if v]
-            cells.append(f"{math.exp(sum(math.log(v) for v in vals) / len(vals)):.2f}x" if vals else "-")
-        geo.append([m, *cells])
+    def geomeans(field: str) -> list[list]:
+        geo = []
+        for m in sorted({r["M"] for r in d["rows"]}):
+            cells = []
+            for n in keep:
+                vals = [r["times"][n].get(field) for r in d["rows"] if r["M"] == m]
+                vals = [v for v in vals if v]
+                cells.append(f"{math.exp(sum(math.log(v) for v in vals) / len(vals)):.2f}x" if vals else "-")
+            geo.append([m, *cells])
+        return geo
+
     errs = d["rows"][0].get("rel_err_vs_bf16", {})
     out = [f"y = x @ W.T with bf16 x [M, K]; microseconds per call, `triton.testing.do_bench` median (L2 "
            f"flushed by a 256 MB write before each call), speed-up over `torch-bf16` (F.linear, bf16 weight) "
@@ -502,8 +508,15 @@ def fp4_gpu(name: str, d: dict) -> str:
            f"is `fp4_linear_tiled` (what FP4Linear runs on CUDA for inference at M <= 16), `apt-cuda-*` the "
            f"canonical-layout `fp4_linear` (what FP4Linear runs above 16 rows).", "",
            table(["N", "K", "M", *keep, "tiled nvfp4 % copy BW"], rows), "",
-           "Geometric mean speed-up over bf16 across the four shapes, per M:", "",
-           table(["M", *keep], geo)]
+           "Geometric mean speed-up over bf16 across the shapes, per M:", "",
+           table(["M", *keep], geomeans("speedup_vs_bf16"))]
+    if any("gpu_speedup_vs_bf16" in v for r in d["rows"] for v in r["times"].values()):
+        out += ["", "GPU time alone (`--gpu-time`: a CUDA graph of L2 flush + call, the flushes subtracted; no "
+                "host launch cost), geometric mean speed-up over bf16 per M:", "",
+                table(["M", *keep], geomeans("gpu_speedup_vs_bf16"))]
+    if "one_element_kernel" in d:
+        out += ["", "A one-element kernel (the timing's fixed cost), same run: "
+                + ", ".join(f"{k} {1000 * v:.2f} us" for k, v in d["one_element_kernel"].items()) + "."]
     if errs:
         out += ["", "Accuracy, same run (first shape, M=1): relative error of y against the bf16 layer: "
                 + ", ".join(f"{k} {v:.4f}" for k, v in errs.items())
@@ -616,8 +629,9 @@ SECTIONS = [
             level=3),
     Section("APT model: left-spin learning-rate sweep (`benchmarks/left_spin_training.py`)",
             ["left_spin_training_quick.json"], left_spin_training),
-    Section("APT model: step time (`benchmarks/model_throughput.py`)", ["model_throughput_quick.json",
-                                                                       "model_throughput.json"],
+    Section("APT model: step time (`benchmarks/model_throughput.py`)",
+            ["model_throughput_quick.json", "model_throughput.json", "model_throughput_profile_autopoietic.json",
+             "model_throughput_reduce_overhead.json"],
             model_throughput),
     Section("APT model: prefix sum on the GPU (`benchmarks/prefix_sum.py`)", ["prefix_sum_*.json"], prefix_sum,
             level=3),

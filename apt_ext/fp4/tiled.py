@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from apt_ext import _native
 from apt_ext.fp4.weight import FP4Weight
 
 TILE_ROWS = 16    # weight rows per tile
@@ -106,5 +107,4 @@ def cpu_tiled_kernel_is_fast() -> bool:
     ``APT_FP4_CPU_ISA`` or the best this CPU supports, is ``avx512``; an unusable
     ``APT_FP4_CPU_ISA`` raises ValueError naming it). Its AVX2 and scalar versions are slower than
     ``fp4_linear``'s AVX2 kernel (docs/fp4.md), so FP4Linear does not use it there."""
-    from apt_ext import _native
     return _native._C.fp4.cpu_path() == "avx512"

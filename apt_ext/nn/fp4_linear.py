@@ -134,17 +134,21 @@ class FP4Linear(nn.Module):
                                                 self.fmt, self.block_size)
 
     def _takes_tiled_path(self, x: torch.Tensor) -> bool:
+        # checks ordered so that the common "no" (x on the CPU) costs one attribute read: every
+        # call pays this Python on one thread, with cold caches in a real model
+        if not x.is_cuda:
+            return False
+        if not self.tiled:  # switched off: the copy, if one was built, is let go
+            if getattr(self, "_tiled", None) is not None:
+                self._tiled = None
+            return False
         if x.dtype == torch.float32:
             max_rows = TILED_MAX_ROWS_FLOAT32
         elif x.dtype == torch.bfloat16 and self.fmt in ("nvfp4", "mxfp4"):
             max_rows = TILED_MAX_ROWS_BF16_NVFP4_MXFP4
         else:
             max_rows = TILED_MAX_ROWS
-        if not self.tiled:  # switched off: the copy, if one was built, is let go
-            if getattr(self, "_tiled", None) is not None:
-                self._tiled = None
-            return False
-        if not (x.is_cuda and self.packed.is_cuda) or x.numel() > max_rows * self.in_features:
+        if not self.packed.is_cuda or x.numel() > max_rows * self.in_features:
             return False
         if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy
             self._tiled = None
@@ -181,8 +185,13 @@ class FP4Linear(nn.Module):
         if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy
             self._cpu_tiled = None
             return False
+        compiling = torch.compiler.is_compiling()
+        # where the copy's kernel is not the fast one (every path but AVX-512) the answer is "no"
+        # whatever the rows: asked before the rest (one native call), as above
+        if not compiling and not cpu_tiled_kernel_is_fast():
+            return False
         max_rows = CPU_TILED_MAX_ROWS
-        if x.dtype == torch.bfloat16 and not torch.compiler.is_compiling():
+        if x.dtype == torch.bfloat16 and not compiling:
             # from this many rows fp4_linear multiplies bf16 x by bf16-decoded weight slabs with
             # torch's bf16 GEMM (AMX / AVX512-BF16 CPUs), faster than the tiled GEMV
             gemm_rows = _native._C.fp4.bf16_gemm_min_rows()
@@ -192,9 +201,9 @@ class FP4Linear(nn.Module):
         needs_grad = x.requires_grad or (self.bias is not None and self.bias.requires_grad)
         if torch.is_grad_enabled() and needs_grad:
             return False
-        if torch.compiler.is_compiling():  # traced only when an eager call already built the copy
+        if compiling:  # traced only when an eager call already built the copy
             return getattr(self, "_cpu_tiled", None) is not None
-        return cpu_tiled_kernel_is_fast()
+        return True
 
     def cpu_tiled_weight(self) -> CpuTiledFP4Weight:
         """The CPU tiled copy of the weight (the buffers must be on the CPU; built once, then cached)."""

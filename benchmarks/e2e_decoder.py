@@ -16,7 +16,10 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py              # full size on a GPU (about 14 GB of bf16 weights)
     python benchmarks/e2e_decoder.py --quick      # 4 layers
     python benchmarks/e2e_decoder.py --cpu        # tiny, on the CPU (eager only; the tests run it)
-Writes benchmarks/results/e2e_decoder_<machine>[_quick].json.
+    python benchmarks/e2e_decoder.py --compile    # both steps also compiled (torch.compile fuses the
+                                                  # norms, rotary and element-wise work the graph
+                                                  # otherwise launches one kernel each for)
+Writes benchmarks/results/e2e_decoder_<machine>[_quick][_compiled].json.
 """
 from __future__ import annotations
 
@@ -158,29 +161,47 @@ def weight_bytes(model: nn.Module) -> dict:
     return {"canonical": canonical, "tiled_copy": tiled}
 
 
+def median_s(fn, device: torch.device, iters: int) -> tuple[float, torch.Tensor]:
+    """(median seconds of fn() over ``iters`` calls, synchronised each time; the last output)."""
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
 def time_step(model: Stack, caches: list[StaticKV], x: torch.Tensor, pos: torch.Tensor, device: torch.device,
-              iters: int) -> dict:
-    """One decode step's median seconds eager and (CUDA) replayed from a graph, and its output."""
+              iters: int, compile_step: bool = False) -> dict:
+    """One decode step's median seconds eager and (CUDA) replayed from a graph, and its output.
+    With ``compile_step`` the step is also compiled (torch.compile, after the eager calls, so that
+    FP4Linear's tiled copies exist when it is traced): its time called as is (``compiled_s``) and its
+    difference from the eager output; on CUDA the graph then captures the compiled step."""
     with torch.no_grad():
         for _ in range(3):
-            out = model(x, caches, pos)  # warm-up; FP4Linear builds its tiled copies here
+            model(x, caches, pos)  # warm-up; FP4Linear builds its tiled copies here
         sync(device)
-        eager = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            out = model(x, caches, pos)
+        eager_s, out = median_s(lambda: model(x, caches, pos), device, iters)
+        res = {"eager_s": eager_s, "out": out.float().cpu(), "compiled": compile_step}
+        step = model
+        if compile_step:
+            step = torch.compile(model, dynamic=False)
+            for _ in range(3):
+                step(x, caches, pos)  # traces and compiles, then warm
             sync(device)
-            eager.append(time.perf_counter() - t0)
-        res = {"eager_s": statistics.median(eager), "out": out.float().cpu()}
+            res["compiled_s"], c_out = median_s(lambda: step(x, caches, pos), device, iters)
+            c_out = c_out.float().cpu()
+            res["compiled_rel_diff_vs_eager"] = float((c_out - res["out"]).norm() / res["out"].norm())
         if device.type == "cuda":
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                model(x, caches, pos)
+                step(x, caches, pos)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static_out = model(x, caches, pos)
+                static_out = step(x, caches, pos)
             graph.replay()
             sync(device)
             times = []
@@ -192,7 +213,9 @@ def time_step(model: Stack, caches: list[StaticKV], x: torch.Tensor, pos: torch.
                 end.synchronize()
                 times.append(start.elapsed_time(end) / 1e3)
             res["graph_s"] = statistics.median(times)
-            res["graph_out_equals_eager"] = bool(torch.equal(static_out.float().cpu(), res["out"]))
+            # the replay against the step it captured (eager, or compiled)
+            res["graph_out_equals_eager"] = bool(torch.equal(static_out.float().cpu(),
+                                                             c_out if compile_step else res["out"]))
     return res
 
 
@@ -202,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", action="store_true", help="tiny, on the CPU, eager only")
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--iters", type=int, default=None, help="timed steps per case (default 50, CPU 5)")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/e2e_decoder_<machine>.json)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also compile each model's step (torch.compile; on CUDA the graph replays the compiled step)")
+    ap.add_argument("--out", default=None,
+                    help="JSON path (default benchmarks/results/e2e_decoder_<machine>[_quick][_compiled].json)")
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     if any(b < 1 for b in batches):
@@ -222,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                     "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "machine": machine, "device": str(device), "torch": torch.__version__,
                     "command": " ".join([sys.executable, *sys.argv]), "shape": asdict(shape),
-                    "dtype": str(dtype).replace("torch.", ""), "iters": iters, "runs": {}}
+                    "dtype": str(dtype).replace("torch.", ""), "iters": iters, "compiled": args.compile, "runs": {}}
     ref_model = build(shape, device, dtype)
     fp4_model = apt_ext.quantize_(copy.deepcopy(ref_model), fmt="nvfp4")
     for b in tqdm(batches, desc="batches"):
@@ -233,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, model in ((result["dtype"], ref_model), ("nvfp4", fp4_model)):
             caches = [StaticKV(b, shape, device, dtype, torch.Generator().manual_seed(100 + i))
                       for i in range(shape.layers)]
-            r = time_step(model, caches, x, pos, device, iters)
-            r["tokens_per_s"] = b / r.get("graph_s", r["eager_s"])
+            r = time_step(model, caches, x, pos, device, iters, args.compile)
+            r["tokens_per_s"] = b / r.get("graph_s", r.get("compiled_s", r["eager_s"]))
             runs[name] = r
             del caches
         ref = runs[result["dtype"]].pop("out")
@@ -252,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                               "nvfp4_tiled_copy": wb_fp4["tiled_copy"]}
     result["nvfp4_weight_ratio"] = wb_fp4["canonical"] / wb_ref["canonical"]
     result["nvfp4_with_tiled_copy_weight_ratio"] = (wb_fp4["canonical"] + wb_fp4["tiled_copy"]) / wb_ref["canonical"]
-    tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick and gpu else "")
+    tag = (re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick and gpu else "")
+           + ("_compiled" if args.compile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -265,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                      f" (of the layers' contribution {r['update_rel_error_vs_' + result['dtype']]:.4f})"
                      if name == "nvfp4" else "")
             graph = f", graph {r['graph_s'] * 1e3:.3f} ms" if "graph_s" in r else ""
-            print(f"  B={b:>2} {name:9s} eager {r['eager_s'] * 1e3:.3f} ms{graph}, {r['tokens_per_s']:.1f} tokens/s{extra}")
+            comp = f", compiled {r['compiled_s'] * 1e3:.3f} ms" if "compiled_s" in r else ""
+            print(f"  B={b:>2} {name:9s} eager {r['eager_s'] * 1e3:.3f} ms{comp}{graph}, {r['tokens_per_s']:.1f} tokens/s"
+                  f"{extra}")
     print(f"wrote {out}")
     return 0
 

@@ -56,3 +56,17 @@ def test_static_kv_step_matches_full_attention():
 def test_bad_batches_are_refused():
     with pytest.raises(SystemExit):
         e2e_decoder.main(["--cpu", "--batches", "0"])
+
+
+def test_e2e_decoder_cpu_compiled(tmp_path, one_thread):
+    """--compile: each step also runs compiled (after the eager calls), its time is recorded and
+    its output matches the eager step's."""
+    out = tmp_path / "dec.json"
+    assert e2e_decoder.main(["--cpu", "--compile", "--batches", "2", "--iters", "2", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["compiled"] is True
+    for name in ("float32", "nvfp4"):
+        r = d["runs"]["2"][name]
+        assert r["compiled"] is True and r["compiled_s"] > 0
+        assert r["tokens_per_s"] == pytest.approx(2 / r["compiled_s"])
+        assert r["compiled_rel_diff_vs_eager"] < 1e-4

@@ -34,7 +34,7 @@ def _cases() -> list[str]:
     names += [f"linear3d-{f}" for f in FORMATS] + [f"gelu-{f}-m{m}" for f in FORMATS for m in (2, 33)]
     names += [f"deqmm-{f}-{d}" for f in FORMATS for d in DTYPES] + [f"deqmm-gelu-{f}" for f in FORMATS]
     names += [f"route-{f}-m{m}-gemv{g}" for f in FORMATS for m in (1, 3, 16) for g in (0, 16)]
-    names += ["bad-input", "one-config", "bad-deqmm-env", "bad-gemv-env"]
+    names += ["bad-input", "one-config", "bad-deqmm-env", "bad-gemv-env", "path-candidates", "path-timed"]
     return names
 
 
@@ -221,6 +221,58 @@ def _child() -> dict[str, str | None]:
         assert len(fp4_gemm.configs(16, 4096, 4096, torch.device("cpu"))) == 1
 
     run("one-config", one_config)
+
+    # Which paths the rows of x leave to timing, and which one is taken untimed (first)
+    def path_candidates():
+        want = {17: ["gemm"], 64: ["gemm"], 65: ["gemm", "deqmm"], 255: ["gemm", "deqmm"],
+                256: ["deqmm", "gemm"], 511: ["deqmm", "gemm"], 512: ["deqmm"], 4096: ["deqmm"]}
+        got = {m: tlin.path_candidates(m) for m in want}
+        assert got == want, got
+        os.environ["APT_TRITON_DEQUANT_MIN_M"] = "100"
+        try:  # a fixed crossover: nothing timed
+            got = {m: tlin.path_candidates(m) for m in (99, 100, 300, 600)}
+        finally:
+            del os.environ["APT_TRITON_DEQUANT_MIN_M"]
+        assert got == {99: ["gemm"], 100: ["deqmm"], 300: ["deqmm"], 600: ["deqmm"]}, got
+
+    run("path-candidates", path_candidates)
+
+    # Where both are candidates, the faster one (GPU time, faked here: the interpreter has none)
+    # is taken, timed once per shape and cached; the result is right either way
+    def path_timed():
+        from apt_ext.triton import autotune
+
+        wp, ws, wts, wbs, k, wn = weight("nvfp4", 72)
+        x = torch.randn(100, k, generator=g)
+        timed = []
+
+        def fake_gpu_ms(fn, device):
+            ran = []
+            saved = tlin.gemm, tlin.dequant_matmul
+            tlin.gemm = lambda *a, **kw: (ran.append("gemm"), saved[0](*a, **kw))[1]
+            tlin.dequant_matmul = lambda *a, **kw: (ran.append("deqmm"), saved[1](*a, **kw))[1]
+            try:
+                fn()
+            finally:
+                tlin.gemm, tlin.dequant_matmul = saved
+            timed.extend(ran)
+            return {"gemm": 2.0, "deqmm": 1.0}[ran[0]]
+
+        saved = tlin.INTERPRET, autotune.gpu_ms
+        tlin.INTERPRET, autotune.gpu_ms = False, fake_gpu_ms
+        args = (wp, tlin.scales_as_raw(ws, "nvfp4"), wts.reshape(()).float(), None, "nvfp4", wbs, False)  # as linear()
+        try:
+            first = tlin.path(x, args)
+            again = tlin.path(x[:70], args)  # same M bucket (128)
+            got = tlin.fp4_linear(x, wp, ws, wts, None, "nvfp4", wbs)
+        finally:
+            tlin.INTERPRET, autotune.gpu_ms = saved
+            autotune.clear()
+        assert (first, again) == ("deqmm", "deqmm") and timed == ["gemm", "deqmm"], (first, again, timed)
+        assert_linear_close(got, ref.linear(x, wp, ws, wts, None, "nvfp4", wbs), x,
+                            ref.dequantize(wp, ws, wts, "nvfp4", wbs))
+
+    run("path-timed", path_timed)
     return results
 
 

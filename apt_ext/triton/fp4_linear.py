@@ -4,24 +4,28 @@ Checks the arguments (the native checks, the same messages as the CUDA and CPU k
 flattens x to [M, K] and runs one of three paths by M:
   * M <= gemv_max_m() (GEMV_DEFAULT_MAX_M, 1): apt_ext/triton/fp4_gemv.py, split-K GEMV
     streaming the packed weight;
-  * up to dequant_matmul_min_m() - 1 rows: apt_ext/triton/fp4_gemm.py, tiled ``tl.dot`` GEMM
-    decoding weight tiles in registers (tiles of 16+ rows with K split for few rows);
-  * from dequant_matmul_min_m() rows: the weight dequantised to x's dtype by the Triton dequantise
+  * up to PATH_TUNED_MIN_M - 1 rows: apt_ext/triton/fp4_gemm.py, tiled ``tl.dot`` GEMM decoding
+    weight tiles in registers (tiles of 16+ rows with K split for few rows);
+  * from DEQUANT_MATMUL_MIN_M rows: the weight dequantised to x's dtype by the Triton dequantise
     kernel in slabs of at most SCRATCH_MAX_BYTES, each multiplied with ``torch.mm`` (the vendor
     BLAS: cuBLAS, rocBLAS, oneMKL), bias and GELU after, as the CUDA ``fp4_linear`` does above
     its small-M kernel. With many rows the multiply dominates and the BLAS does it best; the
-    weight's rounding to x's dtype (bfloat16: relative 2^-9) is this path's one extra error.
-The GEMV and GEMM autotune per (format, x dtype, M bucket, N, K) on a GPU
-(apt_ext/triton/autotune.py) and use one config under TRITON_INTERPRET=1.
+    weight's rounding to x's dtype (bfloat16: relative 2^-9) is this path's one extra error;
+  * in between, the faster of the two for the shape, timed at the first call (:func:`path`).
+``APT_TRITON_DEQUANT_MIN_M`` fixes one crossover instead (no timing). The GEMV and GEMM autotune
+per (format, x dtype, M bucket, N, K) on a GPU (apt_ext/triton/autotune.py) and use one config
+under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
 import os
 
 import torch
+import triton
 
 from apt_ext import _native
 from apt_ext.triton import kernel
+from apt_ext.triton.autotune import best_config
 from apt_ext.triton.fp4_decode import INTERPRET, scales_as_raw
 from apt_ext.triton.fp4_dequantize import dequantize_into
 from apt_ext.triton.fp4_gemm import gemm
@@ -35,13 +39,21 @@ from apt_ext.triton.fp4_gemv import GEMV_MAX_M, gemv
 # GEMV decodes every weight once per row of x, the GEMM once per 16 rows. M = 2 and 3 were not
 # timed. APT_TRITON_GEMV_MAX_M (0..16) overrides it.
 GEMV_DEFAULT_MAX_M = 1
-# Rows of x from which the weight is dequantised and multiplied by torch.mm. Measured on the H200
-# (benchmarks/results/fp4_linear_NVIDIA_H200_triton_gemm.json / _triton_deqmm.json, geometric
-# means over four shapes): the tl.dot GEMM leads up to 128 rows (0.363x bf16 against 0.31x), the
-# dequantise path from 256 (0.382x against 0.347x; 0.906x at 4096). That run predates the GEMM's
-# split small-M tiles (used up to 64 rows), so 32 and 64 rows are faster now than it says; the
-# crossover at 128-256 rows used the large tiles both times. APT_TRITON_DEQUANT_MIN_M overrides it.
-DEQUANT_MATMUL_MIN_M = 256
+# Rows of x from which the weight is always dequantised and multiplied by torch.mm, and from which
+# the two are timed against each other per shape. Measured on the H200 with each path pinned
+# (benchmarks/results/fp4_linear_NVIDIA_H200_triton_gemm.json / _triton_deqmm.json): at 512 and
+# 1024 rows the dequantise path led on all four shapes; at 128 and 256 rows it depends on the
+# shape: the tl.dot GEMM led on 14336 x 4096 and 28672 x 8192 (71.2 against 126.0 us, 222.9
+# against 456.2 at 128 rows), dequantise + torch.mm on 4096 x 4096 and 4096 x 14336 (68.8
+# against 80.8, 129.1 against 209.3), where N / BLOCK_N tiles leave most multiprocessors idle.
+# Up to 64 rows the GEMM's split small-M tiles serve (0.67x-0.70x bf16 in GPU time at 32 and 64
+# rows, benchmarks/results/fp4_linear_NVIDIA_H200_triton.json, where the dequantise path gave
+# 0.28x-0.31x host-timed).
+DEQUANT_MATMUL_MIN_M = 512
+PATH_TUNED_MIN_M = 65
+# Without timing (TRITON_INTERPRET=1, APT_TRITON_AUTOTUNE=0) the tuned range takes the GEMM below
+# this many rows and the dequantise path from it (the geometric means' crossover of those runs).
+UNTUNED_DEQUANT_MIN_M = 256
 SCRATCH_MAX_BYTES = 512 << 20  # dequantised weight slab, as the CUDA path's kScratchMaxBytes
 
 
@@ -66,9 +78,36 @@ def gemv_max_m() -> int:
 
 
 def dequant_matmul_min_m() -> int:
-    """Rows of x from which :func:`linear` dequantises and calls torch.mm
+    """Rows of x from which :func:`linear` always dequantises and calls torch.mm
     (``$APT_TRITON_DEQUANT_MIN_M`` or DEQUANT_MATMUL_MIN_M; it must be above GEMV_MAX_M)."""
     return _env_rows("APT_TRITON_DEQUANT_MIN_M", DEQUANT_MATMUL_MIN_M, GEMV_MAX_M + 1, 1 << 62)
+
+
+def path_candidates(m: int) -> list[str]:
+    """The paths :func:`path` chooses from for M rows above the GEMV's, first the one taken
+    without timing: ["gemm"] or ["deqmm"] where one is fixed (``$APT_TRITON_DEQUANT_MIN_M`` set,
+    below PATH_TUNED_MIN_M, from DEQUANT_MATMUL_MIN_M), both in between."""
+    if "APT_TRITON_DEQUANT_MIN_M" in os.environ or not PATH_TUNED_MIN_M <= m < DEQUANT_MATMUL_MIN_M:
+        return ["deqmm" if m >= dequant_matmul_min_m() else "gemm"]
+    return ["gemm", "deqmm"] if m < UNTUNED_DEQUANT_MIN_M else ["deqmm", "gemm"]
+
+
+def path(x: torch.Tensor, args: tuple) -> str:
+    """"gemm" or "deqmm" for x [M, K] (M above the GEMV's) and :func:`linear`'s weight ``args``:
+    where both are candidates, the faster in GPU time for this (format, x dtype, M bucket, N, K,
+    bias, GELU), timed once and cached (apt_ext.triton.autotune; the GEMM's own config is tuned
+    during its first timed call). Under TRITON_INTERPRET=1 the untimed choice."""
+    candidates = path_candidates(x.shape[0])
+    if len(candidates) == 1 or INTERPRET:
+        return candidates[0]
+    packed, _, _, bias, fmt, _, gelu = args
+    key = ("fp4_linear_path", x.device, fmt, x.dtype, triton.next_power_of_2(x.shape[0]), packed.shape[0],
+           x.shape[1], bias is not None, gelu)
+    return best_config(key, lambda: candidates, lambda p: _run(p, x, args), x.device)
+
+
+def _run(p: str, x: torch.Tensor, args: tuple) -> torch.Tensor:
+    return dequant_matmul(x, *args) if p == "deqmm" else gemm(x, *args)
 
 
 def dequant_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor,
@@ -109,12 +148,7 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_s
         return x.new_empty((*x.shape[:-1], n))
     args = (packed.contiguous(), scales_as_raw(scales.contiguous(), fmt), tensor_scale.reshape(()).to(torch.float32),
             bias.contiguous() if bias is not None else None, fmt, block_size, gelu)
-    if m <= gemv_max_m():
-        y = gemv(x2, *args)
-    elif m >= dequant_matmul_min_m():
-        y = dequant_matmul(x2, *args)
-    else:
-        y = gemm(x2, *args)
+    y = gemv(x2, *args) if m <= gemv_max_m() else _run(path(x2, args), x2, args)
     return y.reshape(*x.shape[:-1], n)
 
 

@@ -290,9 +290,10 @@ def test_sanitizer_linear_values():
 
 
 # ---- the Triton path on CUDA (APT_FORCE_TRITON=1, child process) --------------------------
-# M = 1 runs the split-K GEMV (apt_ext/triton/fp4_gemv.py; APT_TRITON_GEMV_MAX_M up to 16), up to 255 rows the tiled GEMM
-# (fp4_gemm.py), from 256 (apt_ext/triton/fp4_linear.py's DEQUANT_MATMUL_MIN_M) dequantised
-# slabs times torch.mm. The matrix runs each family's first config (APT_TRITON_AUTOTUNE=0: no
+# M = 1 runs the split-K GEMV (apt_ext/triton/fp4_gemv.py; APT_TRITON_GEMV_MAX_M up to 16), up to 64 rows the tiled GEMM
+# (fp4_gemm.py), from 512 (apt_ext/triton/fp4_linear.py's DEQUANT_MATMUL_MIN_M) dequantised
+# slabs times torch.mm, in between the faster of the two (timed; untimed, as in the matrix
+# below: the GEMM below 256 rows). The matrix runs each family's first config (APT_TRITON_AUTOTUNE=0: no
 # tuning time); every config of both families is checked on nvfp4 and nf4 with bfloat16 x, and
 # the autotuner itself once per family.
 TRITON_M = (1, 3, 16, 17, 64, 128, 255, 256, 4096)
@@ -329,15 +330,17 @@ def _triton_configs_case(fmt: str) -> None:
 
 
 def _triton_autotune_case() -> None:
-    """With tuning on (the child's APT_TRITON_AUTOTUNE=0 lifted), both families pick and cache a config."""
+    """With tuning on (the child's APT_TRITON_AUTOTUNE=0 lifted), both families pick and cache a
+    config, and at 128 rows the path (GEMM or dequantise + torch.mm) is timed and cached too."""
     from apt_ext.triton import autotune
 
     del os.environ["APT_TRITON_AUTOTUNE"]
     try:
-        before = len(autotune.tuned())
-        for m in (1, 64):
+        before = set(autotune.tuned())
+        for m in (1, 64, 128):
             _check_linear("nvfp4", m, torch.bfloat16, True, n=N_ODD + 2, k=TRITON_CONFIG_K)
-        assert len(autotune.tuned()) == before + 2, "the autotuner cached no new config"
+        new = [key[0] for key in set(autotune.tuned()) - before]
+        assert sorted(new) == ["fp4_gemm", "fp4_gemm", "fp4_gemv", "fp4_linear_path"], new
     finally:
         os.environ["APT_TRITON_AUTOTUNE"] = "0"
 

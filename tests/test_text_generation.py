@@ -19,8 +19,24 @@ def test_text_equals_the_token_path():
     model = byte_model()
     text = model.generate("héllo", 10)
     ids = torch.tensor([list("héllo".encode())])
-    assert text == ByteTokenizer().decode(model.generate(ids, 10)[0, ids.shape[1]:].tolist())
+    assert text == ByteTokenizer().decode([t for t in model.generate(ids, 10)[0, ids.shape[1]:].tolist() if t != 0])
     assert isinstance(text, str)
+
+
+def test_generated_pad_ids_are_not_text(monkeypatch):
+    """A generated pad id (0 without pad_token_id: a NUL byte) is left out of the text, so the
+    text can go to AIM-Memory, which refuses NUL (the design document's generate_with_memory)."""
+    from apt_ext.model import generation
+
+    model = byte_model()
+    monkeypatch.setattr(generation, "generate",
+                        lambda m, ids, n, **kw: torch.cat([ids, torch.tensor([[104, 0, 105, 0]])], 1))
+    assert model.generate("x", 4) == "hi"
+    model = byte_model(pad_token_id=7)
+    assert model.generate("x", 4) == "h\x00i\x00"  # with a pad id of its own, 0 is a byte like any other
+    monkeypatch.setattr(generation, "generate",
+                        lambda m, ids, n, **kw: torch.cat([ids, torch.tensor([[104, 7, 105]])], 1))
+    assert model.generate("x", 3) == "hi"
 
 
 def test_list_of_prompts_is_one_left_padded_batch():
@@ -34,7 +50,7 @@ def test_bos_and_eos_of_the_config():
     ids = torch.tensor([[1] + list(b"hi")])
     out = model.generate(ids, 8)[0, 3:].tolist()
     text = model.generate("hi", 8)
-    assert text == ByteTokenizer().decode(out[:out.index(2)] if 2 in out else out)
+    assert text == ByteTokenizer().decode([t for t in (out[:out.index(2)] if 2 in out else out) if t != 0])
 
 
 def test_encoder_decoder_text_and_its_errors():

@@ -118,7 +118,10 @@ def generate_text(model: APTModel, prompts: str | Sequence[str], max_new_tokens:
                   **kwargs) -> str | list[str]:
     """Continue ``prompts`` (a str, or a list of str run as one left-padded batch) with the
     model's tokenizer (``model.text_tokenizer()``); returns the generated text (without the
-    prompt), a str for a str and a list for a list. The text of a row ends before its EOS.
+    prompt), a str for a str and a list for a list. The text of a row ends before its EOS, and
+    generated pad ids (the config's ``pad_token_id``, else 0, the id the batch is left-padded
+    with) are not text and are left out: for a byte-level model 0 would be a NUL character,
+    which no AIM-Memory store keeps.
 
     Decoder-only: the prompt (after the config's BOS, if set) is the decoder input.
     Encoder-decoder: the prompt is the source and the decoder starts from ``bos_token_id``
@@ -160,5 +163,6 @@ def generate_text(model: APTModel, prompts: str | Sequence[str], max_new_tokens:
         out = generate(model, start, max_new_tokens, src=ids, src_attention_mask=mask, **kwargs)
     new = out[:, ids.shape[1] if cfg.decoder_only else 1:].tolist()
     eos = kwargs.get("eos_token_id", cfg.eos_token_id)
-    texts = [tok.decode(row[:row.index(eos)] if eos is not None and eos in row else row) for row in new]
+    texts = [tok.decode([t for t in (row[:row.index(eos)] if eos is not None and eos in row else row) if t != pad])
+             for row in new]
     return texts[0] if single else texts

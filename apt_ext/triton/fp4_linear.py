@@ -39,8 +39,9 @@ from apt_ext.triton.fp4_gemv import GEMV_MAX_M, gemv
 # GEMV decodes every weight once per row of x, the GEMM once per 16 rows. M = 2 and 3 were not
 # timed. APT_TRITON_GEMV_MAX_M (0..16) overrides it.
 GEMV_DEFAULT_MAX_M = 1
-# Rows of x from which the weight is always dequantised and multiplied by torch.mm, and from which
-# the two are timed against each other per shape. Measured on the H200 with each path pinned
+# Rows of x from which the weight is always dequantised and multiplied by torch.mm
+# (DEQUANT_MATMUL_MIN_M), and from which that path and the GEMM are timed against each other per
+# shape (PATH_TUNED_MIN_M). Measured on the H200 with each path pinned
 # (benchmarks/results/fp4_linear_NVIDIA_H200_triton_gemm.json / _triton_deqmm.json): at 512 and
 # 1024 rows the dequantise path led on all four shapes; at 128 and 256 rows it depends on the
 # shape: the tl.dot GEMM led on 14336 x 4096 and 28672 x 8192 (71.2 against 126.0 us, 222.9

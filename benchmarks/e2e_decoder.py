@@ -16,10 +16,11 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py              # full size on a GPU (about 14 GB of bf16 weights)
     python benchmarks/e2e_decoder.py --quick      # 4 layers
     python benchmarks/e2e_decoder.py --cpu        # tiny, on the CPU (eager only; the tests run it)
+    python benchmarks/e2e_decoder.py --fused      # q/k/v and gate/up as one Linear each
     python benchmarks/e2e_decoder.py --compile    # both steps also compiled (torch.compile fuses the
                                                   # norms, rotary and element-wise work the graph
                                                   # otherwise launches one kernel each for)
-Writes benchmarks/results/e2e_decoder_<machine>[_quick][_compiled].json.
+Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_compiled].json.
 """
 from __future__ import annotations
 
@@ -67,32 +68,47 @@ class StaticKV:
 
 
 class Layer(nn.Module):
-    """Pre-norm Llama layer for one new token x [B, 1, d] at position ``pos`` (a [1] device tensor)."""
+    """Pre-norm Llama layer for one new token x [B, 1, d] at position ``pos`` (a [1] device tensor).
+    ``fused``: q, k and v as one Linear [d + 2 kv_heads head_dim, d] and gate and up as one
+    [2 d_ff, d] (as serving stacks load Llama: the same weights, three GEMVs a layer fewer)."""
 
-    def __init__(self, s: Shape) -> None:
+    def __init__(self, s: Shape, fused: bool = False) -> None:
         super().__init__()
-        self.h, self.kv, self.hd = s.heads, s.kv_heads, s.d // s.heads
+        self.h, self.kv, self.hd, self.fused = s.heads, s.kv_heads, s.d // s.heads, fused
         self.n1, self.n2 = nn.RMSNorm(s.d, eps=1e-5), nn.RMSNorm(s.d, eps=1e-5)
-        self.q = nn.Linear(s.d, s.d, bias=False)
-        self.k = nn.Linear(s.d, s.kv_heads * self.hd, bias=False)
-        self.v = nn.Linear(s.d, s.kv_heads * self.hd, bias=False)
+        kv_dim = s.kv_heads * self.hd
+        if fused:
+            self.qkv = nn.Linear(s.d, s.d + 2 * kv_dim, bias=False)
+            self.gate_up = nn.Linear(s.d, 2 * s.d_ff, bias=False)
+        else:
+            self.q = nn.Linear(s.d, s.d, bias=False)
+            self.k = nn.Linear(s.d, kv_dim, bias=False)
+            self.v = nn.Linear(s.d, kv_dim, bias=False)
+            self.gate = nn.Linear(s.d, s.d_ff, bias=False)
+            self.up = nn.Linear(s.d, s.d_ff, bias=False)
         self.o = nn.Linear(s.d, s.d, bias=False)
-        self.gate = nn.Linear(s.d, s.d_ff, bias=False)
-        self.up = nn.Linear(s.d, s.d_ff, bias=False)
         self.down = nn.Linear(s.d_ff, s.d, bias=False)
 
     def forward(self, x: torch.Tensor, kv: StaticKV, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         h = self.n1(x)
-        q = rotate(self.q(h).view(b, 1, self.h, self.hd).transpose(1, 2), cos, sin)
-        k = rotate(self.k(h).view(b, 1, self.kv, self.hd).transpose(1, 2), cos, sin)
+        if self.fused:
+            q, k, v = self.qkv(h).split([self.h * self.hd, self.kv * self.hd, self.kv * self.hd], -1)
+        else:
+            q, k, v = self.q(h), self.k(h), self.v(h)
+        q = rotate(q.view(b, 1, self.h, self.hd).transpose(1, 2), cos, sin)
+        k = rotate(k.view(b, 1, self.kv, self.hd).transpose(1, 2), cos, sin)
         kv.k.index_copy_(2, pos, k)
-        kv.v.index_copy_(2, pos, self.v(h).view(b, 1, self.kv, self.hd).transpose(1, 2))
+        kv.v.index_copy_(2, pos, v.view(b, 1, self.kv, self.hd).transpose(1, 2))
         y = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=mask, enable_gqa=True)
         x = x + self.o(y.transpose(1, 2).reshape(b, 1, -1))
         h = self.n2(x)
-        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+        if self.fused:
+            gate, up = self.gate_up(h).chunk(2, -1)
+        else:
+            gate, up = self.gate(h), self.up(h)
+        return x + self.down(F.silu(gate) * up)
 
 
 def rope_tables(s: Shape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,9 +128,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class Stack(nn.Module):
     """The layers, with the rotary tables and the positions as buffers (static shapes per step)."""
 
-    def __init__(self, s: Shape) -> None:
+    def __init__(self, s: Shape, fused: bool = False) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(Layer(s) for _ in range(s.layers))
+        self.layers = nn.ModuleList(Layer(s, fused) for _ in range(s.layers))
         cos, sin = rope_tables(s)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -128,12 +144,12 @@ class Stack(nn.Module):
         return x
 
 
-def build(s: Shape, device: torch.device, dtype: torch.dtype) -> Stack:
+def build(s: Shape, device: torch.device, dtype: torch.dtype, fused: bool = False) -> Stack:
     """Random weights (std 0.02; norms 1) made on ``device``, in ``dtype``; the rotary tables stay
-    float32 (cast per step)."""
+    float32 (cast per step). ``fused``: Layer's fused projections."""
     torch.manual_seed(0)
     with torch.device(device):
-        model = Stack(s)
+        model = Stack(s, fused)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("n1.weight", "n2.weight")):
@@ -225,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", action="store_true", help="tiny, on the CPU, eager only")
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--iters", type=int, default=None, help="timed steps per case (default 50, CPU 5)")
+    ap.add_argument("--fused", action="store_true",
+                    help="q/k/v and gate/up as one Linear each (three GEMVs fewer per layer)")
     ap.add_argument("--compile", action="store_true",
                     help="also compile each model's step (torch.compile; on CUDA the graph replays the compiled step)")
     ap.add_argument("--out", default=None,
@@ -248,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                     "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "machine": machine, "device": str(device), "torch": torch.__version__,
                     "command": " ".join([sys.executable, *sys.argv]), "shape": asdict(shape),
-                    "dtype": str(dtype).replace("torch.", ""), "iters": iters, "compiled": args.compile, "runs": {}}
-    ref_model = build(shape, device, dtype)
+                    "dtype": str(dtype).replace("torch.", ""), "iters": iters, "compiled": args.compile,
+                    "fused_projections": args.fused, "runs": {}}
+    ref_model = build(shape, device, dtype, args.fused)
     fp4_model = apt_ext.quantize_(copy.deepcopy(ref_model), fmt="nvfp4")
     for b in tqdm(batches, desc="batches"):
         g = torch.Generator().manual_seed(b)
@@ -279,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     result["nvfp4_weight_ratio"] = wb_fp4["canonical"] / wb_ref["canonical"]
     result["nvfp4_with_tiled_copy_weight_ratio"] = (wb_fp4["canonical"] + wb_fp4["tiled_copy"]) / wb_ref["canonical"]
     tag = (re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick and gpu else "")
-           + ("_compiled" if args.compile else ""))
+           + ("_fused" if args.fused else "") + ("_compiled" if args.compile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

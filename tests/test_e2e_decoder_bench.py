@@ -70,3 +70,33 @@ def test_e2e_decoder_cpu_compiled(tmp_path, one_thread):
         assert r["compiled"] is True and r["compiled_s"] > 0
         assert r["tokens_per_s"] == pytest.approx(2 / r["compiled_s"])
         assert r["compiled_rel_diff_vs_eager"] < 1e-4
+
+
+def test_fused_projections_compute_the_same_step():
+    """--fused: q/k/v and gate/up as one Linear each, holding the unfused layer's weights stacked,
+    give the same step."""
+    s = e2e_decoder.Shape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, context=16)
+    plain = e2e_decoder.build(s, torch.device("cpu"), torch.float32)
+    fused = e2e_decoder.build(s, torch.device("cpu"), torch.float32, fused=True)
+    with torch.no_grad():
+        for a, b in zip(plain.layers, fused.layers):
+            b.qkv.weight.copy_(torch.cat([a.q.weight, a.k.weight, a.v.weight]))
+            b.gate_up.weight.copy_(torch.cat([a.gate.weight, a.up.weight]))
+            for name in ("n1", "n2", "o", "down"):
+                getattr(b, name).load_state_dict(getattr(a, name).state_dict())
+        x = torch.randn(3, 1, s.d)
+        caches = [[e2e_decoder.StaticKV(3, s, torch.device("cpu"), torch.float32, torch.Generator().manual_seed(i))
+                   for i in range(s.layers)] for _ in range(2)]
+        got = fused(x, caches[1], torch.tensor([5]))
+        want = plain(x, caches[0], torch.tensor([5]))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(caches[0], caches[1]):  # the step wrote the same keys and values
+        torch.testing.assert_close(a.k, b.k)
+        torch.testing.assert_close(a.v, b.v)
+
+
+def test_e2e_decoder_cpu_fused(tmp_path, one_thread):
+    out = tmp_path / "dec.json"
+    assert e2e_decoder.main(["--cpu", "--fused", "--batches", "1", "--iters", "2", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["fused_projections"] is True and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99

@@ -19,7 +19,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 # M <= 16 runs the split-K GEMV (fp4_gemv.py), larger M the tiled tl.dot GEMM (fp4_gemm.py).
 LINEAR_M = (1, 3, 16, 17, 33)
 # K = 200 is no multiple of 128 (nor of nvfp4's 16) and spans several 64-wide steps, so the
-# interpreter's GEMV config splits K in two (partials + the reduction kernel); K = 40 fits in
+# interpreter's GEMV config splits K in two (partials, summed by the last split); K = 40 fits in
 # one step (no split: the epilogue runs in the GEMV); K = 128 splits into whole steps, so the
 # GEMV reads x without masks (EVEN_K).
 LINEAR_K = (200, 40, 128)

@@ -1,7 +1,7 @@
 """Cached autotuning of a kernel launch over a small config list (the FP4 Triton kernels).
 
 ``triton.autotune`` fixes the grid and buffers before it picks a config; the FP4 GEMV's split
-of K changes both (the float32 partials and whether a reduction runs), so the kernels here
+of K changes both (the float32 partials and their arrival counters), so the kernels here
 tune the whole launch instead: the first call with a new key times every config with
 :func:`gpu_ms` and keeps the fastest for the life of the process.
 

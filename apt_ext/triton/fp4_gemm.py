@@ -16,7 +16,7 @@ weight tile is decoded once per BLOCK_M rows of x, where the GEMV (apt_ext.trito
 decodes it once per row.
 The config is tuned per (device, format, x dtype, M bucket, N, K) from a small Hopper-oriented
 set (apt_ext.triton.autotune); one fixed config under TRITON_INTERPRET=1 (its split of 2 runs the
-reduction whenever K spans two steps).
+in-kernel sum of apt_ext.triton.split_k whenever K spans two steps).
 """
 from __future__ import annotations
 

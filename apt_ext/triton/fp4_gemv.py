@@ -18,10 +18,9 @@ tile adds the partials in split order (apt_ext.triton.split_k.store_tile, with b
 the cast); one launch either way.
 
 The config (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) is tuned per (device, format,
-x dtype, M bucket, N, K) by apt_ext.triton.autotune; the candidate splits are 1 (no reduction
-launch) and those that give the grid about 4, 8 or 16 programs per SM at every shape. One
-fixed config under TRITON_INTERPRET=1 (its split of 2 exercises the reduction whenever K spans
-two steps).
+x dtype, M bucket, N, K) by apt_ext.triton.autotune; the candidate splits are 1 (no partials)
+and those that give the grid about 4, 8 or 16 programs per SM at every shape. One fixed config
+under TRITON_INTERPRET=1 (its split of 2 exercises the in-kernel sum whenever K spans two steps).
 """
 from __future__ import annotations
 

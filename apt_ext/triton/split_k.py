@@ -56,7 +56,7 @@ def sm_count(device: torch.device) -> int:
 def candidate_splits(tiles: int, k_steps: int, device: torch.device) -> list[int]:
     """Distinct split counts for a grid of ``tiles`` output tiles over ``k_steps`` K steps: those
     giving about PROGRAMS_PER_SM programs per multiprocessor (at most one step each), then 1
-    (no reduction launch)."""
+    (no partials, nothing to sum)."""
     sms = sm_count(device)
     splits = [max(1, min(k_steps, triton.cdiv(p * sms, tiles))) for p in PROGRAMS_PER_SM] + [1]
     return list(dict.fromkeys(splits))

@@ -16,9 +16,13 @@ import torch
 import triton
 import triton.language as tl
 
-from apt_ext.triton.fp4_decode import bias_gelu
+from apt_ext.triton.fp4_decode import INTERPRET, bias_gelu
 
 PROGRAMS_PER_SM = (8, 4, 16)  # split targets of the candidate configs, most likely first
+# The last split reads the other splits' partials from L2 (".cg") on NVIDIA GPUs, where the sum was
+# tested; elsewhere (ROCm, XPU, the interpreter) with plain loads, ordered after the acquiring
+# arrival count as CUTLASS's semaphore orders its reads (the cache modifier is NVIDIA's spelling).
+_L2_LOADS = tl.constexpr(not INTERPRET and torch.version.hip is None and torch.cuda.is_available())
 
 
 @triton.jit
@@ -37,8 +41,11 @@ def store_tile(acc, part_ptr, count_ptr, bias_ptr, out_ptr, rm, rn, M, N, tile, 
         tl.debug_barrier()  # every thread's partial stored before the (release) count below
         if tl.atomic_add(count_ptr + tile, 1, sem="acq_rel") == splits - 1:
             acc = tl.zeros_like(acc)
-            for split in range(0, splits):  # L2 reads (.cg): other multiprocessors wrote these
-                acc += tl.load(part_ptr + split * M * N + offs, mask=mask, other=0.0, cache_modifier=".cg")
+            for split in range(0, splits):  # other multiprocessors wrote these
+                if _L2_LOADS:
+                    acc += tl.load(part_ptr + split * M * N + offs, mask=mask, other=0.0, cache_modifier=".cg")
+                else:
+                    acc += tl.load(part_ptr + split * M * N + offs, mask=mask, other=0.0)
             acc = bias_gelu(acc, bias_ptr, rn[None, :], (rn < N)[None, :], HAS_BIAS, GELU)
             tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:

@@ -19,10 +19,11 @@ import triton.language as tl
 from apt_ext.triton.fp4_decode import INTERPRET, bias_gelu
 
 PROGRAMS_PER_SM = (8, 4, 16)  # split targets of the candidate configs, most likely first
-# The last split reads the other splits' partials from L2 (".cg") on NVIDIA GPUs, where the sum was
-# tested; elsewhere (ROCm, XPU, the interpreter) with plain loads, ordered after the acquiring
-# arrival count as CUTLASS's semaphore orders its reads (the cache modifier is NVIDIA's spelling).
-_L2_LOADS = tl.constexpr(not INTERPRET and torch.version.hip is None and torch.cuda.is_available())
+# The last split reads the other splits' partials from L2 (".cg") on NVIDIA GPUs (a CUDA build of
+# torch, asked without touching the driver at import), where the sum was tested; elsewhere (ROCm,
+# XPU, the interpreter) with plain loads, ordered after the acquiring arrival count as CUTLASS's
+# semaphore orders its reads (the cache modifier is NVIDIA's spelling).
+_L2_LOADS = tl.constexpr(not INTERPRET and torch.version.hip is None and torch.version.cuda is not None)
 
 
 @triton.jit

@@ -26,6 +26,9 @@ TORCH_LIBRARY(apt, m) {
   m.def("fp4_tile(Tensor packed, Tensor scales, Tensor tensor_scale, str fmt, int block_size) -> (Tensor tiles, Tensor tile_scales, Tensor out_scale)");
   // The float32 weight [n, k] a tiled weight stands for (equal to fp4_dequantize's values).
   m.def("fp4_untile(Tensor tiles, Tensor tile_scales, Tensor out_scale, str fmt, int n, int k) -> Tensor");
+  // The canonical tensors of a tiled weight of n rows and k columns (fp4_tile's inverse; bit for
+  // bit for weights as fp4_quantize makes them).
+  m.def("fp4_untile_packed(Tensor tiles, Tensor tile_scales, Tensor out_scale, str fmt, int n, int k) -> (Tensor packed, Tensor scales, Tensor tensor_scale)");
   // fp4_linear (gelu applied when `gelu`) on a tiled weight of n rows and k columns.
   m.def("fp4_linear_tiled(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k, bool gelu) -> Tensor");
   // The CPU tiled layout (csrc/fp4/fp4_cpu_tiled_layout.h): a private copy in the order the

@@ -153,12 +153,61 @@ def test_linear_tiled_rejects_bad_input(apt_seed):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", [(1, 1), (17, 200), (40, 129), (33, 4192)])
+def test_untile_packed_gives_the_canonical_tensors_back(fmt, shape, apt_seed):
+    """fp4_untile_packed(fp4_tile(q)) is q bit for bit (zero rows, E4M3 subnormal scales and tie
+    points included), so the tiled copy alone can stand in for the canonical tensors."""
+    q = quantize(_weight(*shape, apt_seed), fmt)
+    w = tile(q).to_weight()
+    assert (w.fmt, w.block_size, w.shape) == (q.fmt, q.block_size, q.shape)
+    assert torch.equal(w.packed, q.packed)
+    assert w.scales.dtype == q.scales.dtype and w.scales.shape == q.scales.shape
+    as_bits = (lambda t: t.view(torch.uint8)) if fmt == "nvfp4" else (lambda t: t)
+    assert torch.equal(as_bits(w.scales), as_bits(q.scales))
+    assert w.tensor_scale.dtype == torch.float32 and torch.equal(w.tensor_scale.reshape(()), q.tensor_scale.reshape(()))
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
+def test_untile_packed_keeps_the_values_where_the_layout_forgets_bits(fmt, apt_seed):
+    """A block stored with scale 0 but nonzero codes (nvfp4: fp4_tile zeroes them) and a block of
+    zero codes with a nonzero exponent (mxfp4: fp4_tile clamps it): the same values come back,
+    in the canonical encoding (scale 0, codes 0)."""
+    q = quantize(_weight(20, 100, apt_seed), fmt)
+    packed, scales = q.packed.clone(), q.scales.clone()
+    r = 17  # a row of ordinary magnitude (_weight's first rows are tiny next to its outlier)
+    lo, hi = (8, 16) if fmt == "nvfp4" else (16, 32)  # the packed bytes of row r's block 1
+    assert int(packed[r, lo:hi].bitwise_and(0x77).sum()) > 0 and float(scales[r, 1].float()) != 0.0
+    if fmt == "nvfp4":
+        scales[r, 1] = 0.0
+    else:
+        packed[r, lo:hi] = 0
+    odd = type(q)(packed, scales, q.tensor_scale, q.fmt, q.block_size, q.shape)
+    w = tile(odd).to_weight()
+    assert torch.equal(w.dequantize(), odd.dequantize())
+    assert float(w.scales[r, 1].float()) == 0.0 and int(w.packed[r, lo:hi].sum()) == 0
+    unchanged = torch.ones_like(w.packed, dtype=torch.bool)
+    unchanged[r] = False
+    assert torch.equal(w.packed[unchanged], q.packed[unchanged])
+
+
+def test_untile_packed_rejects_bad_input(apt_seed):
+    t = tile(quantize(_weight(20, 100, apt_seed), "mxfp4"))
+    with pytest.raises(ValueError, match="n"):
+        torch.ops.apt.fp4_untile_packed(t.tiles, t.tile_scales, t.out_scale, "mxfp4", 40, 100)
+    with pytest.raises(ValueError, match="k"):
+        torch.ops.apt.fp4_untile_packed(t.tiles, t.tile_scales, t.out_scale, "mxfp4", 20, 300)
+    with pytest.raises(TypeError, match="tile_scales"):
+        torch.ops.apt.fp4_untile_packed(t.tiles, t.tile_scales.float(), t.out_scale, "mxfp4", 20, 100)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_opcheck_tiled_ops(fmt, apt_seed):
     q = quantize(_weight(20, 100, apt_seed), fmt)
     t = tile(q)
     x = torch.randn(3, 100, generator=torch.Generator().manual_seed(apt_seed))
     cases = [
         (torch.ops.apt.fp4_untile.default, (t.tiles, t.tile_scales, t.out_scale, fmt, 20, 100)),
+        (torch.ops.apt.fp4_untile_packed.default, (t.tiles, t.tile_scales, t.out_scale, fmt, 20, 100)),
         (torch.ops.apt.fp4_linear_tiled.default, (x, t.tiles, t.tile_scales, t.out_scale, None, fmt, 20, 100, False)),
     ]
     if fmt != "nvfp4":  # opcheck's schema test does arithmetic on inputs; float8 scales lack it

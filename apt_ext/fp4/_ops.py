@@ -107,6 +107,13 @@ def _fp4_untile_fake(tiles, tile_scales, out_scale, fmt, n, k):
     return tiles.new_empty((n, k), dtype=torch.float32)
 
 
+def _fp4_untile_packed_fake(tiles, tile_scales, out_scale, fmt, n, k):
+    f = get_format(fmt)
+    kp = -(-k // f.block_size) * f.block_size
+    return (tiles.new_empty((n, kp // 2)), tiles.new_empty((n, kp // f.block_size), dtype=f.scale_dtype),
+            out_scale.new_empty(()))
+
+
 def _fp4_linear_tiled_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu):
     return x.new_empty((*x.shape[:-1], n))
 
@@ -175,7 +182,8 @@ def register() -> None:
     fakes = {"fp4_pack": _fp4_pack_fake, "fp4_unpack": _fp4_unpack_fake, "fp4_quantize": _fp4_quantize_fake,
              "fp4_dequantize": _fp4_dequantize_fake, "fp4_linear": _fp4_linear_fake,
              "fp4_linear_gelu": _fp4_linear_gelu_fake, "fp4_tile": _fp4_tile_fake,
-             "fp4_untile": _fp4_untile_fake, "fp4_linear_tiled": _fp4_linear_tiled_fake,
+             "fp4_untile": _fp4_untile_fake, "fp4_untile_packed": _fp4_untile_packed_fake,
+             "fp4_linear_tiled": _fp4_linear_tiled_fake,
              "fp4_cpu_tile": _fp4_cpu_tile_fake, "fp4_linear_cpu_tiled": _fp4_linear_cpu_tiled_fake}
     for op, fake in fakes.items():
         torch.library.register_fake(f"apt::{op}", fake)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from apt_ext import _native
+from apt_ext.fp4.format import get_format
 from apt_ext.fp4.weight import FP4Weight
 
 TILE_ROWS = 16    # weight rows per tile
@@ -51,6 +52,15 @@ class TiledFP4Weight:
         """-> float32 [N, K], equal to the source FP4Weight's ``dequantize()``."""
         n, k = self.shape
         return torch.ops.apt.fp4_untile(self.tiles, self.tile_scales, self.out_scale, self.fmt, n, k)
+
+    def to_weight(self) -> FP4Weight:
+        """The canonical FP4Weight this copy was tiled from (``fp4_untile_packed``, on the copy's
+        device): bit for bit for weights as ``quantize`` makes them; otherwise the canonical
+        encoding of the same values (a block whose codes are all zero gets scale 0)."""
+        n, k = self.shape
+        packed, scales, tensor_scale = torch.ops.apt.fp4_untile_packed(self.tiles, self.tile_scales, self.out_scale,
+                                                                       self.fmt, n, k)
+        return FP4Weight(packed, scales, tensor_scale, self.fmt, get_format(self.fmt).block_size, self.shape)
 
 
 def tile(weight: FP4Weight) -> TiledFP4Weight:

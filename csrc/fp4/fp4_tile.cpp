@@ -173,10 +173,9 @@ at::Tensor e2m1_values(const at::Tensor& codes) {
   return table.index({codes});
 }
 
-// The float32 weight [n, k] that a tiled weight multiplies by (exactly fp4_dequantize's values).
-at::Tensor fp4_untile(const at::Tensor& tiles, const at::Tensor& lane_scales, const at::Tensor& out_scale,
-                      const std::string& fmt, int64_t n, int64_t k) {
-  const Format f = check_tiled_weight(tiles, lane_scales, out_scale, fmt, n, k);
+// The codes of a tiled weight as [NT*16, S*128] int64 (padding included): the inverse of fp4_tile's
+// bit placement and word order.
+at::Tensor tiled_codes(const at::Tensor& tiles, Format f) {
   const int64_t nt = tiles.size(0), steps = tiles.size(1);
   const at::Tensor word = tiles.contiguous().view(at::kInt).to(at::kLong).reshape({nt, steps, 2, 8, 4, 4});
   at::Tensor codes = at::zeros({nt, steps, 2, 8, 4, 4, 2, 2, 2}, word.options());  // [..., h, q, e]
@@ -198,24 +197,41 @@ at::Tensor fp4_untile(const at::Tensor& tiles, const at::Tensor& lane_scales, co
   }
   // [NT, S, jb, g, t, jwh, jwl, h, q, e] -> [NT, h, g, S, jb, jwh, t, jwl, q, e] = [rows, cols].
   codes = codes.reshape({nt, steps, 2, 8, 4, 2, 2, 2, 2, 2}).permute({0, 7, 3, 1, 2, 5, 4, 6, 8, 9});
-  codes = codes.reshape({nt * kTileRows, steps * kStepCols});
+  return codes.reshape({nt * kTileRows, steps * kStepCols});
+}
 
-  // Per-column scale values [rows, cols] from the entries.
+// The stored per-block scale entries of a tiled weight as [NT*16, S*bps] (padding included).
+at::Tensor tiled_block_entries(const at::Tensor& lane_scales, Format f) {
   const auto [bps, tb] = entry_shape(f);
-  const at::Tensor block = entries_to_scales(lane_scales, nt, steps, bps, tb);  // [rows, steps * bps]
+  return entries_to_scales(lane_scales, lane_scales.size(0), lane_scales.size(1), bps, tb);
+}
+
+// nvfp4's block scales (without the tensor scale) from their tiled bytes (E + 9) << 3 | m:
+// 2^E * (1 + m / 8), exactly the E4M3 value stored in the canonical scales (subnormals included).
+at::Tensor nvfp4_block_scales(const at::Tensor& block) {
+  const at::Tensor byte = block.to(at::kInt);
+  const at::Tensor e = at::bitwise_right_shift(byte, 3).add(kNvfp4MinExp);
+  const at::Tensor m = at::bitwise_and(byte, 7).to(at::kFloat);
+  return at::ldexp(m.div(8).add(1), e);
+}
+
+// The float32 weight [n, k] that a tiled weight multiplies by (exactly fp4_dequantize's values).
+at::Tensor fp4_untile(const at::Tensor& tiles, const at::Tensor& lane_scales, const at::Tensor& out_scale,
+                      const std::string& fmt, int64_t n, int64_t k) {
+  const Format f = check_tiled_weight(tiles, lane_scales, out_scale, fmt, n, k);
+  const at::Tensor codes = tiled_codes(tiles, f);
+  // Per-column scale values [rows, cols] from the entries.
+  const at::Tensor block = tiled_block_entries(lane_scales, f);  // [rows, steps * bps]
   at::Tensor s;
   if (f == Format::NVFP4) {
-    const at::Tensor byte = block.to(at::kInt);
-    const at::Tensor e = at::bitwise_right_shift(byte, 3).add(kNvfp4MinExp);
-    const at::Tensor m = at::bitwise_and(byte, 7).to(at::kFloat);
-    s = at::ldexp(m.div(8).add(1), e).mul(out_scale.to(lane_scales.device()).mul(std::ldexp(1.0, kNvfp4Shift - 126)));
+    s = nvfp4_block_scales(block).mul(out_scale.to(lane_scales.device()).mul(std::ldexp(1.0, kNvfp4Shift - 126)));
   } else if (f == Format::MXFP4) {
     const at::Tensor byte = block.to(at::kInt);
     s = at::ldexp(at::ones_like(byte, at::kFloat), byte.sub(126)).mul(out_scale.to(lane_scales.device()));
   } else {
     s = block;
   }
-  s = s.repeat_interleave(kStepCols / bps, 1);
+  s = s.repeat_interleave(kStepCols / entry_shape(f).first, 1);
 
   at::Tensor values;
   if (f == Format::NF4) {
@@ -227,6 +243,41 @@ at::Tensor fp4_untile(const at::Tensor& tiles, const at::Tensor& lane_scales, co
   return values.narrow(0, 0, n).narrow(1, 0, k).contiguous();
 }
 
+// The canonical tensors (docs/contract.md §3) of a tiled weight of n rows and k columns: packed
+// uint8 [n, Kp/2], scales [n, Kp/block] and tensor_scale float32 [], Kp the next multiple of the
+// block size. fp4_tile's inverse: bit for bit for weights as fp4_quantize makes them. Where the
+// layout forgets bits it gives the canonical encoding of the same values: a block whose codes are
+// all zero gets scale 0 (nvfp4, where fp4_tile zeroes the codes of scale-0 blocks, and mxfp4,
+// where it clamps such a block's exponent).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_untile_packed(const at::Tensor& tiles,
+                                                                 const at::Tensor& lane_scales,
+                                                                 const at::Tensor& out_scale, const std::string& fmt,
+                                                                 int64_t n, int64_t k) {
+  const Format f = check_tiled_weight(tiles, lane_scales, out_scale, fmt, n, k);
+  const int64_t bs = block_size_of(f), kp = ceil_div(k, bs) * bs;
+  const at::Tensor codes = tiled_codes(tiles, f).narrow(0, 0, n).narrow(1, 0, kp);
+  const at::Tensor pairs = codes.reshape({n, kp / 2, 2});
+  const at::Tensor packed = at::bitwise_or(pairs.select(2, 0), at::bitwise_left_shift(pairs.select(2, 1), 4))
+                                .to(at::kByte).contiguous();
+  const at::Tensor block = tiled_block_entries(lane_scales, f).narrow(0, 0, n).narrow(1, 0, kp / bs);
+  const at::Tensor all_zero =
+      at::bitwise_and(codes, f == Format::NF4 ? 15 : 7).eq(0).reshape({n, kp / bs, bs}).all(-1);
+  const at::Tensor one = at::ones({}, out_scale.options());
+  if (f == Format::NVFP4) {
+    at::Tensor s = nvfp4_block_scales(block);
+    s = at::where(all_zero.logical_and(block.eq(0)), at::zeros_like(s), s);
+    const at::Tensor ts = out_scale.reshape({}).mul(std::ldexp(1.0, kNvfp4Shift - 126));
+    return {packed, s.to(at::kFloat8_e4m3fn).contiguous(), ts};
+  }
+  if (f == Format::MXFP4) {
+    // out_scale = 2^(126 - c) for fp4_tile's exponent offset c: stored byte = e + c.
+    const int c = 126 - std::ilogb(out_scale.item<float>());
+    at::Tensor stored = block.to(at::kInt).sub(c).add(static_cast<int64_t>(kMxfp4ExpBias));
+    stored = at::where(all_zero, at::zeros_like(stored), stored);
+    return {packed, stored.to(at::kByte).contiguous(), one};
+  }
+  return {packed, block.contiguous(), one};
+}
 
 // x @ untile(...).T + bias in float32 (gelu if asked), cast to x's dtype: the CPU kernel of
 // fp4_linear_tiled (the CUDA one is fp4_gemv_cuda.cu).
@@ -288,6 +339,7 @@ void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const
 TORCH_LIBRARY_IMPL(apt, CompositeExplicitAutograd, m) {
   m.impl("fp4_tile", &fp4_tile);
   m.impl("fp4_untile", &fp4_untile);
+  m.impl("fp4_untile_packed", &fp4_untile_packed);
 }
 
 TORCH_LIBRARY_IMPL(apt, CPU, m) { m.impl("fp4_linear_tiled", &fp4_linear_tiled_cpu); }

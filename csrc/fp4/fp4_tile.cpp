@@ -260,12 +260,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_untile_packed(const at::Tenso
   const at::Tensor packed = at::bitwise_or(pairs.select(2, 0), at::bitwise_left_shift(pairs.select(2, 1), 4))
                                 .to(at::kByte).contiguous();
   const at::Tensor block = tiled_block_entries(lane_scales, f).narrow(0, 0, n).narrow(1, 0, kp / bs);
-  const at::Tensor all_zero =
-      at::bitwise_and(codes, f == Format::NF4 ? 15 : 7).eq(0).reshape({n, kp / bs, bs}).all(-1);
+  // E2M1 blocks whose codes all have magnitude 0 [n, Kp/block]
+  const auto all_zero = [&] { return at::bitwise_and(codes, 7).eq(0).reshape({n, kp / bs, bs}).all(-1); };
   const at::Tensor one = at::ones({}, out_scale.options());
   if (f == Format::NVFP4) {
     at::Tensor s = nvfp4_block_scales(block);
-    s = at::where(all_zero.logical_and(block.eq(0)), at::zeros_like(s), s);
+    s = at::where(all_zero().logical_and(block.eq(0)), at::zeros_like(s), s);
     const at::Tensor ts = out_scale.reshape({}).mul(std::ldexp(1.0, kNvfp4Shift - 126));
     return {packed, s.to(at::kFloat8_e4m3fn).contiguous(), ts};
   }
@@ -273,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_untile_packed(const at::Tenso
     // out_scale = 2^(126 - c) for fp4_tile's exponent offset c: stored byte = e + c.
     const int c = 126 - std::ilogb(out_scale.item<float>());
     at::Tensor stored = block.to(at::kInt).sub(c).add(static_cast<int64_t>(kMxfp4ExpBias));
-    stored = at::where(all_zero, at::zeros_like(stored), stored);
+    stored = at::where(all_zero(), at::zeros_like(stored), stored);
     return {packed, stored.to(at::kByte).contiguous(), one};
   }
   return {packed, block.contiguous(), one};

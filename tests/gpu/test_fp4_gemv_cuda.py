@@ -174,6 +174,10 @@ def test_tile_on_gpu_equals_dequantize(fmt, apt_seed):
     assert torch.equal(t.dequantize(), q.dequantize(torch.float32))
     tc = tile(q.to("cpu"))
     assert torch.equal(t.tiles.cpu(), tc.tiles) and torch.equal(t.tile_scales.cpu(), tc.tile_scales)
+    w = t.to_weight()  # the canonical tensors back, on the GPU, bit for bit
+    bits = (lambda a: a.view(torch.uint8)) if fmt == "nvfp4" else (lambda a: a)
+    assert w.packed.is_cuda and torch.equal(w.packed, q.packed) and torch.equal(bits(w.scales), bits(q.scales))
+    assert torch.equal(w.tensor_scale.reshape(()), q.tensor_scale.reshape(()))
 
 
 @needs_cuda_build

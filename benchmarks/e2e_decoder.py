@@ -17,10 +17,11 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py --quick      # 4 layers
     python benchmarks/e2e_decoder.py --cpu        # tiny, on the CPU (eager only; the tests run it)
     python benchmarks/e2e_decoder.py --fused      # q/k/v and gate/up as one Linear each
+    python benchmarks/e2e_decoder.py --one-copy   # FP4Linear holds only its tiled copy (release_canonical)
     python benchmarks/e2e_decoder.py --compile    # both steps also compiled (torch.compile fuses the
                                                   # norms, rotary and element-wise work the graph
                                                   # otherwise launches one kernel each for)
-Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_compiled].json.
+Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled].json.
 """
 from __future__ import annotations
 
@@ -162,15 +163,16 @@ def build(s: Shape, device: torch.device, dtype: torch.dtype, fused: bool = Fals
 
 
 def weight_bytes(model: nn.Module) -> dict:
-    """Bytes of the Linear weights: bf16 weights, or FP4Linear's packed codes + scales, and the
-    tiled copies FP4Linear keeps beside them (CUDA or CPU, built at the first inference call)."""
+    """Bytes of the Linear weights held: bf16 weights, or FP4Linear's packed codes + scales (none
+    after release_canonical), and the tiled copies FP4Linear keeps beside them (CUDA or CPU, built
+    at the first inference call)."""
     from apt_ext.nn import FP4Linear
     canonical = tiled = 0
     for m in model.modules():
         if isinstance(m, nn.Linear):
             canonical += m.weight.nbytes
         elif isinstance(m, FP4Linear):
-            canonical += m.weight.nbytes
+            canonical += sum(t.nbytes for t in (m.packed, m.scales, m.tensor_scale))
             for t in (m._tiled, m._cpu_tiled):
                 if t is not None:
                     tiled += t.tiles.nbytes + t.tile_scales.nbytes
@@ -243,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=None, help="timed steps per case (default 50, CPU 5)")
     ap.add_argument("--fused", action="store_true",
                     help="q/k/v and gate/up as one Linear each (three GEMVs fewer per layer)")
+    ap.add_argument("--one-copy", action="store_true",
+                    help="FP4Linear.release_canonical() on every layer: only the tiled copy of each weight is held")
     ap.add_argument("--compile", action="store_true",
                     help="also compile each model's step (torch.compile; on CUDA the graph replays the compiled step)")
     ap.add_argument("--out", default=None,
@@ -267,9 +271,14 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": machine, "device": str(device), "torch": torch.__version__,
                     "command": " ".join([sys.executable, *sys.argv]), "shape": asdict(shape),
                     "dtype": str(dtype).replace("torch.", ""), "iters": iters, "compiled": args.compile,
-                    "fused_projections": args.fused, "runs": {}}
+                    "fused_projections": args.fused, "one_copy": args.one_copy, "runs": {}}
     ref_model = build(shape, device, dtype, args.fused)
     fp4_model = apt_ext.quantize_(copy.deepcopy(ref_model), fmt="nvfp4")
+    if args.one_copy:
+        from apt_ext.nn import FP4Linear
+        for m in fp4_model.modules():
+            if isinstance(m, FP4Linear):
+                m.release_canonical()
     for b in tqdm(batches, desc="batches"):
         g = torch.Generator().manual_seed(b)
         x = (torch.randn(b, 1, shape.d, generator=g)).to(device, dtype)
@@ -298,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     result["nvfp4_weight_ratio"] = wb_fp4["canonical"] / wb_ref["canonical"]
     result["nvfp4_with_tiled_copy_weight_ratio"] = (wb_fp4["canonical"] + wb_fp4["tiled_copy"]) / wb_ref["canonical"]
     tag = (re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick and gpu else "")
-           + ("_fused" if args.fused else "") + ("_compiled" if args.compile else ""))
+           + ("_fused" if args.fused else "") + ("_one_copy" if args.one_copy else "")
+           + ("_compiled" if args.compile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,16 @@ def test_e2e_decoder_cpu_fused(tmp_path, one_thread):
     assert e2e_decoder.main(["--cpu", "--fused", "--batches", "1", "--iters", "2", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
     assert d["fused_projections"] is True and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
+
+
+def test_e2e_decoder_cpu_one_copy(tmp_path, one_thread):
+    """--one-copy: every FP4Linear releases its canonical tensors (on the CPU its calls rebuild them,
+    or run the CPU tiled copy on AVX-512); the held canonical bytes are then the tensor scales
+    alone and the output is unchanged."""
+    out = tmp_path / "dec.json"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "FP4Linear: this call does not run on the tiled copy", RuntimeWarning)
+        assert e2e_decoder.main(["--cpu", "--one-copy", "--batches", "1", "--iters", "2", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["one_copy"] is True and d["weight_bytes"]["nvfp4"] < 100
+    assert d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99

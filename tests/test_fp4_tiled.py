@@ -226,3 +226,56 @@ def test_fp4linear_rejects_wrong_width(fmt, k, wrong):
         with pytest.raises(ValueError, match=rf"x: expected \[\.\.\., {k}\] \(in_features\), got .*{width}"):
             layer(torch.randn(2, width))
     assert layer(torch.randn(2, k)).shape == (2, 8)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_release_canonical_keeps_one_copy_and_everything_working(fmt, apt_seed):
+    """release_canonical(): the packed codes and scales buffers go (the tiled copy holds the weight);
+    forward (the fallback path here, on the CPU: rebuilt per call, with one warning), state_dict,
+    load_state_dict, .to() and restore_canonical() all see the same weight, bit for bit."""
+    g = torch.Generator().manual_seed(apt_seed)
+    lin = torch.nn.Linear(100, 40)
+    with torch.no_grad():
+        lin.weight.copy_(_weight(40, 100, apt_seed))
+    ref_layer = FP4Linear.from_linear(lin, fmt=fmt)
+    layer = FP4Linear.from_linear(lin, fmt=fmt)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = torch.randn(3, 100, generator=g)
+    layer.release_canonical()
+    assert layer.canonical_released and layer.packed.numel() == 0 and layer.scales.numel() == 0
+    layer.release_canonical()  # a no-op
+    with pytest.warns(RuntimeWarning, match="release_canonical"):
+        y = layer(x)
+    assert torch.equal(y, ref_layer(x))
+    state = layer.state_dict()
+    assert state.keys() == before.keys()
+    for k, v in before.items():
+        got = state[k]
+        assert got.dtype == v.dtype and torch.equal(got.view(torch.uint8) if got.dtype == torch.float8_e4m3fn
+                                                    else got, v.view(torch.uint8) if v.dtype == torch.float8_e4m3fn
+                                                    else v), k
+    assert layer.canonical_released  # state_dict rebuilt the tensors without keeping them
+    fresh = FP4Linear(100, 40, fmt=fmt)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh(x), y)
+    layer.load_state_dict(before)  # into a released layer: its buffers come back first
+    assert not layer.canonical_released and torch.equal(layer.packed, before["packed"])
+    layer.release_canonical()
+    layer.cpu()  # .to() / .cpu() restore the buffers before the copy goes
+    assert not layer.canonical_released and torch.equal(layer.packed, before["packed"])
+    layer.release_canonical()
+    layer.restore_canonical()
+    assert not layer.canonical_released and torch.equal(layer.packed, before["packed"])
+    assert layer._tiled is not None  # restore keeps the copy
+    layer.release_canonical()
+    layer.tiled = False  # switching the copy off must not lose the weight
+    assert torch.equal(layer(x), ref_layer(x))
+    assert not layer.canonical_released and torch.equal(layer.packed, before["packed"])
+
+
+def test_release_canonical_refuses_paged_layers():
+    layer = FP4Linear(64, 32)
+    layer._apt_paged = True
+    with pytest.raises(ValueError, match="offload"):
+        layer.release_canonical()
+    assert not layer.canonical_released and layer.packed.numel() > 0

@@ -154,3 +154,19 @@ def test_offload_packs_each_units_own_tensors(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(ids), ref)
     st.close()
+
+
+def test_offload_refuses_a_layer_that_released_its_canonical_weight(tmp_path):
+    """FP4Linear.release_canonical() keeps the weight as a tiled copy on its device only: offload
+    could not page it, so it says what to call first and pages nothing."""
+    model = nn.Sequential(FP4Linear(64, 32), nn.ReLU(), FP4Linear(32, 8))
+    model[2].release_canonical()
+    st = VGPUStack(cpu_levels(tmp_path))
+    try:
+        with pytest.raises(ValueError, match=r"'2'.*restore_canonical"):
+            offload(model, st)
+        assert not any(getattr(m, "_apt_paged", False) for m in model.modules())
+        model[2].restore_canonical()
+        offload(model, st).restore()
+    finally:
+        st.close()

@@ -60,7 +60,9 @@ class FP4Linear(nn.Module):
     on the CPU tiled copy (``apt_ext.fp4.tiled.cpu_tile``), built and kept the same way. Either
     copy takes about as much memory again as the weight; set ``tiled = False`` (CUDA) or
     ``cpu_tiled = False`` (CPU) on a layer, or on the class, to keep only the canonical tensors
-    (then every call runs ``fp4_linear``).
+    (then every call runs ``fp4_linear``). The other way round, ``release_canonical()`` keeps
+    only the tiled copy (one copy of the weight, for inference on CUDA); ``restore_canonical()``
+    undoes it.
     """
 
     tiled: bool = True
@@ -113,9 +115,44 @@ class FP4Linear(nn.Module):
 
     @property
     def weight(self) -> FP4Weight:
-        """The quantised weight as an FP4Weight (shares storage with the buffers)."""
+        """The quantised weight as an FP4Weight (shares storage with the buffers; rebuilt from the
+        tiled copy after ``release_canonical()``)."""
+        if self.canonical_released:
+            return self._tiled.to_weight()
         return FP4Weight(self.packed, self.scales, self.tensor_scale, self.fmt, self.block_size,
                          (self.out_features, self.in_features))
+
+    @property
+    def canonical_released(self) -> bool:
+        """Whether ``release_canonical()`` dropped the packed codes and scales (the tiled copy holds them)."""
+        return getattr(self, "_released", False)
+
+    def release_canonical(self) -> None:
+        """Keep only the tiled copy of the weight: the packed codes and scales buffers become empty,
+        so the layer holds one 4-bit copy (0.28x of bf16 for nvfp4) instead of two (CUDA inference
+        runs the tiled kernels on the copy anyway). The canonical tensors are rebuilt from the copy
+        (``TiledFP4Weight.to_weight()``: bit for bit for weights as ``quantize`` makes them) for
+        ``state_dict``, ``.to()``, ``load_state_dict`` (which restore them first), and for calls the
+        tiled kernel does not take (more rows than its limit, gradients, the CPU): those rebuild them
+        on every call, slowly, and warn once. Builds the copy if needed; ValueError when the weight
+        has none (see ``apt_ext.fp4.tiled.tile``) or is paged by ``apt_ext.vgpu.offload``."""
+        if self.canonical_released:
+            return
+        if getattr(self, "_apt_paged", False):
+            raise ValueError("release_canonical: this layer's weights are paged by apt_ext.vgpu.offload; "
+                             "restore() that handle first")
+        copy = self.tiled_weight()
+        self.packed = self.packed.new_empty(0)
+        self.scales = self.scales.new_empty(0)
+        self._tiled, self._released = copy, True
+
+    def restore_canonical(self) -> None:
+        """Undo ``release_canonical()``: the packed codes and scales buffers again (rebuilt from the
+        tiled copy, on its device), the copy kept. No-op when nothing was released."""
+        if not self.canonical_released:
+            return
+        w = self._tiled.to_weight()
+        self.packed, self.scales, self._released = w.packed, w.scales, False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -128,19 +165,29 @@ class FP4Linear(nn.Module):
             copy = self._private_copy(self.cpu_tiled_weight)
         if copy is not None:
             return copy.linear(x, self.bias)
+        if self.canonical_released:
+            if not getattr(self, "_warned_released", False):
+                warnings.warn("FP4Linear: this call does not run on the tiled copy and the canonical tensors "
+                              "were released (release_canonical): they are rebuilt for every such call, "
+                              "which is slow; restore_canonical() keeps them", RuntimeWarning)
+                self._warned_released = True
+            w = self.weight
+            return torch.ops.apt.fp4_linear.default(x, w.packed, w.scales, w.tensor_scale, self.bias, self.fmt,
+                                                    self.block_size)
         # .default: the overload itself, skipping the packet's overload resolution (Python time
         # every call pays on one thread, before the op's threads start)
         return torch.ops.apt.fp4_linear.default(x, self.packed, self.scales, self.tensor_scale, self.bias,
                                                 self.fmt, self.block_size)
 
     def _takes_tiled_path(self, x: torch.Tensor) -> bool:
-        # checks ordered so that the common "no" (x on the CPU) costs one attribute read: every
+        # checks ordered so that the common "no" (x on the CPU) costs two attribute reads: every
         # call pays this Python on one thread, with cold caches in a real model
-        if not x.is_cuda:
-            return False
         if not self.tiled:  # switched off: the copy, if one was built, is let go
             if getattr(self, "_tiled", None) is not None:
+                self.restore_canonical()  # the copy may be the only one
                 self._tiled = None
+            return False
+        if not x.is_cuda:
             return False
         if x.dtype == torch.float32:
             max_rows = TILED_MAX_ROWS_FLOAT32
@@ -151,6 +198,7 @@ class FP4Linear(nn.Module):
         if not self.packed.is_cuda or x.numel() > max_rows * self.in_features:
             return False
         if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy
+            self.restore_canonical()
             self._tiled = None
             return False
         if not _TILED_CUDA_KERNEL:
@@ -221,6 +269,7 @@ class FP4Linear(nn.Module):
         # model.to(torch.bfloat16) / .half() would cast the float8 / float32 scales (and the
         # float32 tensor scale), breaking the format. The quantised weight may change device,
         # never dtype; the bias follows the module like any parameter.
+        self.restore_canonical()  # before the copy goes: it may hold the only one
         self._tiled = self._cpu_tiled = None
         self._no_private_copy = False
         frozen = {name: self._buffers.pop(name) for name in ("packed", "scales", "tensor_scale")}
@@ -237,6 +286,7 @@ class FP4Linear(nn.Module):
         # load_state_dict would silently cast e.g. nf4's float32 scales into nvfp4's float8
         # buffer; a format mismatch must fail instead, and leave this layer untouched (no bias
         # loaded next to weights of another format).
+        self.restore_canonical()  # the buffers take the checkpoint's shapes again
         mismatch = False
         for name in ("packed", "scales", "tensor_scale"):
             t = state_dict.get(prefix + name)
@@ -252,6 +302,12 @@ class FP4Linear(nn.Module):
         self._no_private_copy = False
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.canonical_released:  # the interchange tensors, rebuilt from the tiled copy
+            w = self._tiled.to_weight()
+            destination[prefix + "packed"], destination[prefix + "scales"] = w.packed, w.scales
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

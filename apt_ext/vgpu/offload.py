@@ -173,6 +173,10 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
                              "offload() returned, then offload it again")
         current.prefetch = prefetch
         return current
+    released = next((name for name, m in model.named_modules() if getattr(m, "canonical_released", False)), None)
+    if released is not None:
+        raise ValueError(f"model: {released!r} keeps only its tiled FP4 copy (FP4Linear.release_canonical()), "
+                         f"which stays on its device; call restore_canonical() on it before offload")
     paged = next((name for name, m in model.named_modules() if getattr(m, "_apt_paged", False)), None)
     if paged is not None:
         which = repr(paged) if paged else "the model itself"

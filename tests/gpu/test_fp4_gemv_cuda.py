@@ -256,6 +256,36 @@ def test_fp4linear_tiled_switch_lets_the_copy_go(apt_seed):
 
 
 @needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
+    """release_canonical() on CUDA: one 4-bit copy held, inference up to the row limit on the tiled
+    kernels with the same result and no warning, a larger call rebuilds the tensors (warns, same
+    result), state_dict bit for bit."""
+    import warnings
+
+    torch.manual_seed(apt_seed)
+    ref_layer = FP4Linear.from_linear(torch.nn.Linear(512, 640), fmt=fmt).to(DEV)
+    layer = FP4Linear.from_linear(torch.nn.Linear(512, 640), fmt=fmt).to(DEV)
+    layer.load_state_dict(ref_layer.state_dict())
+    state = {k: v.clone() for k, v in ref_layer.state_dict().items()}
+    x = torch.randn(8, 512, device=DEV, dtype=torch.bfloat16)
+    big = torch.randn(300, 512, device=DEV, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer.release_canonical()
+        assert layer.packed.numel() == 0 and layer.scales.numel() == 0 and layer._tiled.tiles.is_cuda
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            y = layer(x)
+        assert torch.equal(y, ref_layer(x))
+        with pytest.warns(RuntimeWarning, match="release_canonical"):
+            yb = layer(big)
+        assert torch.equal(yb, ref_layer(big))
+    bits = lambda t: t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t  # noqa: E731
+    for k, v in layer.state_dict().items():
+        assert torch.equal(bits(v), bits(state[k])), k
+
+
+@needs_cuda_build
 @pytest.mark.parametrize(("rows", "n", "fmt", "kernel"), [
     (64, 8192, "nvfp4", "gemv_tiled"), (65, 8192, "nvfp4", "gemm_tiled"), (65, 8191, "nvfp4", "gemv_tiled"),
     (128, 8192, "mxfp4", "gemm_tiled"), (65, 8192, "nf4", "gemv_tiled")])

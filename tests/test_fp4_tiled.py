@@ -279,3 +279,8 @@ def test_release_canonical_refuses_paged_layers():
     with pytest.raises(ValueError, match="offload"):
         layer.release_canonical()
     assert not layer.canonical_released and layer.packed.numel() > 0
+    del layer._apt_paged
+    layer.tiled = False
+    with pytest.raises(ValueError, match="tiled is False"):
+        layer.release_canonical()
+    assert not layer.canonical_released

@@ -135,12 +135,15 @@ class FP4Linear(nn.Module):
         ``state_dict``, ``.to()``, ``load_state_dict`` (which restore them first), and for calls the
         tiled kernel does not take (more rows than its limit, gradients, the CPU): those rebuild them
         on every call, slowly, and warn once. Builds the copy if needed; ValueError when the weight
-        has none (see ``apt_ext.fp4.tiled.tile``) or is paged by ``apt_ext.vgpu.offload``."""
+        has none (see ``apt_ext.fp4.tiled.tile``), ``tiled`` is False, or the layer is paged by
+        ``apt_ext.vgpu.offload``."""
         if self.canonical_released:
             return
         if getattr(self, "_apt_paged", False):
             raise ValueError("release_canonical: this layer's weights are paged by apt_ext.vgpu.offload; "
                              "restore() that handle first")
+        if not self.tiled:
+            raise ValueError("release_canonical: tiled is False on this layer, so it keeps no tiled copy")
         copy = self.tiled_weight()
         self.packed = self.packed.new_empty(0)
         self.scales = self.scales.new_empty(0)

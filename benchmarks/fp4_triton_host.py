@@ -19,7 +19,6 @@ import platform
 import pstats
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -27,7 +26,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-HERE = Path(__file__).resolve().parent
+from fp4_linear import HERE, card_name  # benchmarks/fp4_linear.py (this script's folder is on sys.path)
+
 CALLS = 300
 
 
@@ -108,7 +108,7 @@ def main() -> None:
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "host": platform.node(), "command": " ".join([sys.executable, *sys.argv]), "weight": [n, k],
            "calls": CALLS, "host_us_per_call": rows, "cprofile_fp4_linear_m1_by_tottime": text.getvalue()}
-    out_path = HERE / "results" / f"fp4_triton_host_{torch.cuda.get_device_name().replace(' ', '_')}.json"
+    out_path = HERE / "results" / f"fp4_triton_host_{card_name()}.json"
     out_path.write_text(json.dumps(res, indent=1))
     print(f"wrote {out_path}")
 

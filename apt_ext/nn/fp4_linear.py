@@ -201,8 +201,7 @@ class FP4Linear(nn.Module):
         if not self.packed.is_cuda or x.numel() > max_rows * self.in_features:
             return False
         if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy
-            self.restore_canonical()
-            self._tiled = None
+            self._tiled = None  # (never the only copy: offload refuses a released layer)
             return False
         if not _TILED_CUDA_KERNEL:
             return False

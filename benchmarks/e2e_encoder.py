@@ -6,10 +6,12 @@ compared with the fp32 model's for a sanity number). FP4 = ``apt_ext.quantize_(m
 fmt="nvfp4")`` on the bf16 model: every nn.Linear (q, k, v, o, ff1, ff2) becomes an FP4Linear,
 activations stay bf16. Reports latency (median ms per forward, triton.testing.do_bench),
 throughput (sequences/s and tokens/s) and peak GPU memory (weights + activations of one
-forward, torch.cuda.max_memory_allocated).
+forward, torch.cuda.max_memory_allocated). Latency is measured twice: eager (every kernel launched
+from Python, as a user's loop runs it) and replayed from a CUDA graph (no host cost per kernel).
 
-    python benchmarks/e2e_encoder.py
-Writes benchmarks/results/e2e_encoder_<card>.json and benchmarks/plots/e2e_encoder_<card>.png.
+    python benchmarks/e2e_encoder.py [--profile]
+--profile also prints the GPU kernels of one FP4 forward per batch (torch.profiler, top 15 by
+GPU time). Writes benchmarks/results/e2e_encoder_<card>.json and benchmarks/plots/e2e_encoder_<card>.png.
 """
 from __future__ import annotations
 
@@ -64,9 +66,33 @@ def measure(model: nn.Module, x: torch.Tensor) -> dict:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
         ms = float(do_bench(lambda: model(x), warmup=25, rep=200, return_mode="median"))
+        # the same forward replayed from a CUDA graph: no per-kernel host cost (what a serving
+        # stack that captures its forward sees)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                model(x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            model(x)
+        graph_ms = float(do_bench(graph.replay, warmup=25, rep=200, return_mode="median"))
     b = x.shape[0]
-    return {"latency_ms": ms, "seq_per_s": b / (ms * 1e-3), "tokens_per_s": b * SEQ / (ms * 1e-3),
+    return {"latency_ms": ms, "graph_latency_ms": graph_ms, "seq_per_s": b / (ms * 1e-3), "tokens_per_s": b * SEQ / (ms * 1e-3),
             "peak_mem_MB": peak / 2**20, "resident_before_forward_MB": base / 2**20}
+
+
+def print_kernels(model: nn.Module, x: torch.Tensor, label: str) -> None:
+    """Prints the top 15 GPU kernels (total and per-call GPU time) of 3 forwards of ``model``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            model(x)
+        torch.cuda.synchronize()
+    print(f"--- {label}: 3 forwards")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=70))
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -74,7 +100,9 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", action="store_true", help="print the FP4 forward's top GPU kernels per batch")
+    args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("e2e_encoder benchmark: needs a CUDA GPU")
     import apt_ext
@@ -97,6 +125,8 @@ def main() -> None:
             r.update(variant=name, batch=batch, weights_MB=weight_bytes(model) / 2**20,
                      cosine_vs_fp32=float(F.cosine_similarity(y.flatten(), ref.flatten(), dim=0)))
             rows.append(r)
+            if args.profile and name.startswith("fp4"):
+                print_kernels(model, x, f"{name}, batch {batch}")
     card = torch.cuda.get_device_name()
     res = {"card": card, "torch": torch.__version__, "host": platform.node(),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -104,11 +134,12 @@ def main() -> None:
            "model": f"pre-LN encoder, {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, seq {SEQ}",
            "rows": rows}
     print(f"{res['model']} on {card}")
-    print(f"{'variant':>10} {'batch':>5} {'latency ms':>11} {'seq/s':>9} {'tokens/s':>10} {'peak MB':>9} "
+    print(f"{'variant':>10} {'batch':>5} {'latency ms':>11} {'graph ms':>9} {'seq/s':>9} {'tokens/s':>10} {'peak MB':>9} "
           f"{'weights MB':>10} {'speed-up vs fp32':>16} {'cos vs fp32':>11}")
     for r in rows:
         base = next(q for q in rows if q["batch"] == r["batch"] and q["variant"] == "fp32")
-        print(f"{r['variant']:>10} {r['batch']:>5} {r['latency_ms']:11.3f} {r['seq_per_s']:9.1f} "
+        print(f"{r['variant']:>10} {r['batch']:>5} {r['latency_ms']:11.3f} {r['graph_latency_ms']:9.3f} "
+              f"{r['seq_per_s']:9.1f} "
               f"{r['tokens_per_s']:10.0f} {r['peak_mem_MB']:9.1f} {r['weights_MB']:10.1f} "
               f"{base['latency_ms'] / r['latency_ms']:15.2f}x {r['cosine_vs_fp32']:11.5f}")
     tag = card.replace(" ", "_").replace("/", "_")
@@ -121,8 +152,10 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "latency_ms", "latency (ms)"), (axes[1], "peak_mem_MB", "peak memory (MB)")):
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, key, label in ((axes[0], "latency_ms", "eager latency (ms)"),
+                           (axes[1], "graph_latency_ms", "CUDA-graph latency (ms)"),
+                           (axes[2], "peak_mem_MB", "peak memory (MB)")):
         for i, batch in enumerate((1, 8)):
             sub = [r for r in rows if r["batch"] == batch]
             ax.bar([j + 0.4 * i for j in range(len(sub))], [r[key] for r in sub], 0.4, label=f"batch {batch}")

@@ -293,11 +293,13 @@ def plot(res: dict, path: Path) -> None:
 
 
 def triton_configs() -> list[dict]:
-    """The configs apt_ext's Triton autotuner chose in this run, one entry per tuned key."""
+    """The configs apt_ext's Triton autotuner chose in this run, one entry per tuned key (a kernel
+    config, or for the path choice between the GEMM and dequantise + torch.mm the path's name)."""
     from apt_ext.triton.autotune import tuned
 
-    return [{"key": [str(v) for v in key], "config": {**cfg.kwargs, "num_warps": cfg.num_warps,
-                                                       "num_stages": cfg.num_stages}}
+    return [{"key": [str(v) for v in key],
+             **({"path": cfg} if isinstance(cfg, str) else
+                {"config": {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}})}
             for key, cfg in tuned().items()]
 
 

@@ -302,7 +302,9 @@ def virtual_vram(name: str, d: dict) -> str:
     for batch, runs in d["runs"].items():
         for run, r in runs.items():
             bound = r.get("pcie_bound_s")
-            rows.append([batch, run, num(r["tokens_per_s"]), num(r["s_per_step"] * 1e3),
+            kept = (num(r["resident_bytes"] / 1e9) if r.get("keep_resident") else "0 (LRU alone)") \
+                if "keep_resident" in r else ("-" if "bytes_h2d_per_step" not in r else "0 (LRU alone, before keep_resident)")
+            rows.append([batch, run, num(r["tokens_per_s"]), num(r["s_per_step"] * 1e3), kept,
                          num(r["bytes_h2d_per_step"] / 1e9) if "bytes_h2d_per_step" in r else "-",
                          num(bound * 1e3) if bound else "-",
                          f"{r['logits_cosine_mean']:.4f}" if "logits_cosine_mean" in r else "-",
@@ -311,10 +313,11 @@ def virtual_vram(name: str, d: dict) -> str:
         f"Decoder {sh['layers']} layers x d {sh['d']} (d_ff {sh['d_ff']}, {sh['heads']} heads, {sh['kv_heads']} KV "
         f"heads, vocab {sh['vocab']}), random weights, {d['weight_bytes'] / 1e9:.2f} GB in {d['dtype']}; device "
         f"budget {d['device_budget_bytes'] / 1e9:.2f} GB; {d['new_tokens']} new tokens per run. PCIe bound: "
-        "bytes copied host to device per step / the measured pinned copy bandwidth. Agreement: "
+        "bytes copied host to device per step / the measured pinned copy bandwidth. GB kept resident: the "
+        "units `offload(keep_resident=True)` pinned on the device level for good. Agreement: "
         "logits cosine and top-1 against the resident bfloat16 model (random weights: FP4's error is not "
         "damped by trained structure).", "",
-        table(["batch", "run", "tokens/s", "ms per step", "GB to device per step", "PCIe bound ms",
+        table(["batch", "run", "tokens/s", "ms per step", "GB kept resident", "GB to device per step", "PCIe bound ms",
                "logits cosine", "top-1 agreement"], rows)])
 
 

@@ -198,10 +198,11 @@ def agreement(logits: torch.Tensor, ref: torch.Tensor) -> dict:
 
 
 def paged_run(model_cpu: Decoder, device: torch.device, levels: list[dict], prompt: torch.Tensor,
-              forced: torch.Tensor, n_new: int) -> dict:
+              forced: torch.Tensor, n_new: int, keep_resident: bool = True) -> dict:
     model = copy.deepcopy(model_cpu)
     with VGPUStack(levels) as st:
-        offload(model, st, prefetch=2)
+        handle = offload(model, st, prefetch=2, keep_resident=keep_resident)
+        resident = sum(handle._entry_bytes[k] for n in handle.resident for k in handle._units[n].keys)
         decode(model, prompt, forced, n_new, device)  # records the execution order; warm-up
         s0 = st.stats()
         sec, _, logits = decode(model, prompt, forced, n_new, device)
@@ -209,7 +210,8 @@ def paged_run(model_cpu: Decoder, device: torch.device, levels: list[dict], prom
     steps = n_new + 1  # the prefill pass plus n_new steps moved bytes
     links = {k: (s1["links"].get(k, {}).get("bytes", 0) - s0["links"].get(k, {}).get("bytes", 0)) / steps
              for k in ("host->device", "ssd->host")}
-    return {"s_per_step": sec, "bytes_h2d_per_step": links["host->device"],
+    return {"s_per_step": sec, "keep_resident": keep_resident, "resident_bytes": resident,
+            "bytes_h2d_per_step": links["host->device"],
             "bytes_ssd_per_step": links["ssd->host"], "logits": logits}
 
 
@@ -221,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=None, help="generated tokens per run")
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--ssd-dir", default=None, help="directory of the SSD level (default: a temp dir)")
+    ap.add_argument("--skip", default="", help="comma-separated runs to leave out: accelerate, ssd")
+    ap.add_argument("--compare-lru", action="store_true",
+                    help="also page bf16 and nvfp4 with keep_resident=False (LRU alone), as *-lru runs")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/virtual_vram_<machine>.json)")
     args = ap.parse_args(argv)
     device = torch.device("cuda:0" if torch.cuda.is_available() and not args.cpu else "cpu")
@@ -233,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         shape = DecoderShape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, vocab=256)
         dtype, n_new = torch.float32, args.new_tokens or 4
     batches = [int(b) for b in args.batches.split(",")]
+    skip = {v.strip() for v in args.skip.split(",") if v.strip()}
+    if not skip <= {"accelerate", "ssd"}:
+        ap.error(f"--skip: expected names from accelerate, ssd; got {sorted(skip)}")
     model_cpu = build(shape, dtype)
     wb = nbytes(model_cpu)
     budget = int(args.budget_gb * 1e9) if args.budget_gb else (int(4e9) if gpu and not args.quick else wb // 4)
@@ -244,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                     "new_tokens": n_new, "runs": {}}
     link = bench_link(device, 256 * MB if gpu else 16 * MB, 3)
     result["pinned_copy_gbps"] = link["pinned_copy_gbps"]
+    tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick else "")
+    out = Path(args.out) if args.out else ROOT / "results" / f"virtual_vram_{tag}.json"
+    out.parent.mkdir(exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="apt_vvram_", dir=args.ssd_dir)
     fp4 = None
     try:
@@ -285,19 +296,23 @@ def main(argv: list[str] | None = None) -> int:
                 if gpu:
                     torch.cuda.empty_cache()
             host = [device_level(device, budget / MB), {"device": "cpu", "capacity_mb": 1.1 * wb / MB}]
-            todo = [(f"paged-{dt}", model_cpu, host)]
+            todo = [(f"paged-{dt}", model_cpu, host, True)]
             if fp4 is not None:
                 todo.append(("paged-nvfp4", fp4, [device_level(device, budget / MB),
-                                                  {"device": "cpu", "capacity_mb": 1.1 * wb / MB}]))
+                                                  {"device": "cpu", "capacity_mb": 1.1 * wb / MB}], True))
+            if args.compare_lru:
+                todo += [(f"{name}-lru", m, levels, False) for name, m, levels, _ in todo]
                 # a quarter of the 4-bit model (at most the budget) on the device, half of it on the
                 # host, the rest on the SSD level: with the whole budget the 4-bit model may fit the
                 # device level and never read the SSD
                 cap = 0.5 * nbytes(fp4)
-                todo.append(("paged-nvfp4-ssd", fp4, [device_level(device, min(budget, nbytes(fp4) // 4) / MB),
-                                                      {"device": "cpu", "capacity_mb": cap / MB},
-                                                      {"device": "ssd", "capacity_mb": 1.2 * wb / MB, "path": tmp}]))
-            for name, m, levels in todo:
-                r = paged_run(m, device, levels, prompt, forced, n_new)
+                if "ssd" not in skip:
+                    todo.append(("paged-nvfp4-ssd", fp4,
+                                 [device_level(device, min(budget, nbytes(fp4) // 4) / MB),
+                                  {"device": "cpu", "capacity_mb": cap / MB},
+                                  {"device": "ssd", "capacity_mb": 1.2 * wb / MB, "path": tmp}], True))
+            for name, m, levels, keep in todo:
+                r = paged_run(m, device, levels, prompt, forced, n_new, keep)
                 logits = r.pop("logits")
                 if ref is not None:
                     r.update(agreement(logits, ref))
@@ -306,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                 r["device_level_bytes"] = int(levels[0]["capacity_mb"] * MB)
                 runs[name] = r
             try:
+                if "accelerate" in skip:
+                    raise ImportError("left out (--skip accelerate)")
                 from accelerate import cpu_offload
                 m = copy.deepcopy(model_cpu)
                 cpu_offload(m, execution_device=device)
@@ -314,16 +331,15 @@ def main(argv: list[str] | None = None) -> int:
                 runs[f"accelerate-cpu_offload-{dt}"] = {"s_per_step": sec} | (agreement(logits, ref) if ref is not None else {})
                 del m
             except ImportError as exc:
-                runs[f"accelerate-cpu_offload-{dt}"] = {"error": f"not installed: {exc}"}
+                if "accelerate" not in skip:
+                    runs[f"accelerate-cpu_offload-{dt}"] = {"error": f"not installed: {exc}"}
             for r in runs.values():
                 if r.get("s_per_step"):
                     r["tokens_per_s"] = b / r["s_per_step"]
             result["runs"][str(b)] = runs
+            out.write_text(json.dumps(result, indent=1))  # after each batch: a run cut short keeps those done
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick else "")
-    out = Path(args.out) if args.out else ROOT / "results" / f"virtual_vram_{tag}.json"
-    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"\n{machine}: model {wb / 1e9:.2f} GB ({result['dtype']}), device budget {budget / 1e9:.2f} GB, "
           f"pinned copy {link['pinned_copy_gbps']:.1f} GB/s")

@@ -39,7 +39,8 @@ def test_offload_matches_resident(tmp_path, prefetch):
     assert s["prefetch_errors"] == 0 and s["levels"][2]["hits"] > 0
     assert (s["prefetched"] > 0) == (prefetch > 0)
     assert handle.order[:3] == ["0.0", "0.2", "0.3"]  # recorded execution order
-    assert st.stats()["levels"][0]["pinned_entries"] == 0  # post-hooks unpinned everything
+    # post-hooks unpinned everything but the units kept resident for good
+    assert st.stats()["levels"][0]["pinned_entries"] == len(handle.resident)
     handle.restore()
     assert len(st) == 0 and torch.equal(model(x), ref)
     st.close()
@@ -170,3 +171,47 @@ def test_offload_refuses_a_layer_that_released_its_canonical_weight(tmp_path):
         offload(model, st).restore()
     finally:
         st.close()
+
+
+def test_offload_keeps_what_fits_resident(tmp_path):
+    """A model larger than the device level: keep_resident pins the largest units that fit (with
+    room for the units in flight) and moves fewer bytes per forward than LRU alone, which evicts
+    every unit of a cyclic pass before its next use; outputs are the same."""
+    torch.manual_seed(0)
+    model = _mlp_stack(n_blocks=8)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        ref = model(x)
+    wb = _weight_bytes(model) / (1 << 20)
+    moved = {}
+    for keep in (False, True):
+        m = _mlp_stack(n_blocks=8)
+        m.load_state_dict(model.state_dict())
+        (tmp_path / str(keep)).mkdir()
+        st = VGPUStack(cpu_levels(tmp_path / str(keep), device_mb=0.5 * wb, host_mb=1.2 * wb))
+        handle = offload(m, st, prefetch=1, keep_resident=keep)
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)  # records the order
+            before = st.stats()["links"].get("host->device", {}).get("bytes", 0)
+            assert torch.equal(m(x), ref)
+        s = st.stats()
+        moved[keep] = s["links"].get("host->device", {}).get("bytes", 0) - before
+        lv0 = s["levels"][0]
+        assert lv0["used_bytes"] <= lv0["capacity_bytes"]
+        if keep:
+            assert handle.resident and lv0["pinned_entries"] == len(handle.resident)
+            assert all(st.level(k) == 0 for n in handle.resident for k in handle._units[n].keys)
+        else:
+            assert handle.resident == [] and lv0["pinned_entries"] == 0
+        handle.restore()
+        assert len(st) == 0 and torch.equal(m(x), ref)
+        st.close()
+    assert 0 < moved[True] < 0.75 * moved[False]
+
+
+def test_offload_rejects_bad_keep_resident(tmp_path):
+    st = VGPUStack(cpu_levels(tmp_path, device_mb=1, host_mb=1))
+    with pytest.raises(TypeError, match="keep_resident"):
+        offload(_mlp_stack(1), st, keep_resident="yes")
+    assert len(st) == 0
+    st.close()

@@ -9,6 +9,12 @@ bias two); a tensor tied to another module keeps an entry of its own. A forward 
 (``stack.get``: promoted to the device level) and starts prefetching the next ``prefetch`` units
 in execution order (recorded during the first forward; module registration order before that);
 a forward post-hook puts the placeholders back and unpins, so the pager may evict them.
+A forward visits every unit once, in the same order: for a model larger than the device level,
+LRU alone would evict each unit before its next use and move every byte every forward. So by
+default (``keep_resident=True``) ``offload`` keeps the largest units that fit on the device level
+for good (promoted and pinned once; ``OffloadHandle.resident`` names them), leaving room for
+the ``prefetch + 1`` largest of the others in flight, and only the rest crosses the link each
+forward.
 Inputs must be on ``stack.device``. Inference only: gradients of offloaded weights are not kept.
 Every unit gets the attribute ``_apt_paged = True`` (until ``restore()``): a module that would
 otherwise keep a private device copy of its weights (``apt_ext.nn.FP4Linear``'s tiled copy)
@@ -82,6 +88,9 @@ class OffloadHandle:
     def __init__(self, model: nn.Module, stack: VGPUStack, units: list[tuple[str, _Unit]], prefetch: int) -> None:
         self.model, self.stack, self.prefetch = model, stack, prefetch
         self._units = dict(units)
+        #: units kept on the device level for good (pinned once by ``offload(keep_resident=True)``)
+        self.resident: list[str] = []
+        self._entry_bytes: dict[str, int] = {}  # stack key -> bytes (filled by offload)
         self.order: list[str] = [name for name, _ in units]
         self._recorded: list[str] = []
         self._recording = True
@@ -133,6 +142,10 @@ class OffloadHandle:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        for name in self.resident:
+            for key in self._units[name].keys:
+                self.stack.unpin(key)
+        self.resident = []
         restored: dict[str, torch.Tensor] = {}  # tied entries: fetched once, removed after all units
         for unit in self._units.values():
             for slot in unit.tensors:
@@ -148,10 +161,41 @@ class OffloadHandle:
             del self.model._apt_offload
         return self.model
 
+    def _keep_resident(self) -> None:
+        """Promote and pin the largest units that fit on the device level beside the room the
+        ``prefetch + 1`` largest other units need (90% of its capacity in all): see the module
+        docstring. Units sharing a tied entry are never kept (their entry is counted once per
+        unit here, and pinned by several)."""
+        level0 = self.stack.stats()["levels"][0]
+        if level0["kind"] != "device":
+            return
+        key_units: dict[str, int] = {}
+        for unit in self._units.values():
+            for key in unit.keys:
+                key_units[key] = key_units.get(key, 0) + 1
+        sizes = {name: sum(self._entry_bytes[k] for k in unit.keys) for name, unit in self._units.items()
+                 if all(key_units[k] == 1 for k in unit.keys)}
+        ranked = sorted(sizes, key=sizes.get, reverse=True)
+        by_size = [sizes[n] for n in ranked]
+        limit = 0.9 * level0["capacity_bytes"]
+        keep = 0
+        for i in range(len(ranked) + 1):
+            room = sum(by_size[i:i + self.prefetch + 1])
+            if sum(by_size[:i]) + room <= limit:
+                keep = i
+        for name in ranked[:keep]:
+            for key in self._units[name].keys:
+                self.stack.get(key)  # promoted to the device level
+                self.stack.pin(key)
+            self.resident.append(name)
 
-def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHandle:
+
+def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2, keep_resident: bool = True) -> OffloadHandle:
     """Move the weights of ``model`` into ``stack`` and hook its modules (see module docstring).
 
+    ``keep_resident``: keep the largest units that fit on the device level there for good
+    (default), so that a model larger than the level moves only the rest each forward; False
+    pages every unit through LRU alone.
     Returns an ``OffloadHandle``. Tied tensors (one Parameter in several modules) are stored once.
     Raises VGPUCapacityError (with the model left as it was) when the weights do not fit.
     Offloading a model that is already offloaded to ``stack`` returns its handle (with
@@ -164,6 +208,8 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
         raise TypeError(f"stack: expected a VGPUStack, got {type(stack).__name__}")
     if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
         raise ValueError(f"prefetch: expected an int >= 0, got {prefetch!r}")
+    if not isinstance(keep_resident, bool):
+        raise TypeError(f"keep_resident: expected a bool, got {keep_resident!r}")
     if stack.closed:
         raise ValueError("stack: the VGPUStack is closed")
     current = getattr(model, "_apt_offload", None)
@@ -192,6 +238,7 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
     seen: dict[int, str] = {}
     originals: list[tuple[_Unit, _Slot, torch.Tensor]] = []
     stored: list[str] = []
+    entry_bytes: dict[str, int] = {}
     try:
         for mname, mod in model.named_modules():
             unit = _Unit(mod)
@@ -205,6 +252,7 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
                 key = f"{base}.__packed__"
                 stack.put(key, packed)
                 stored.append(key)
+                entry_bytes[key] = packed.nbytes
                 for (attr, is_param, _), data, off in zip(own, datas, offsets):
                     slot = _Slot(attr, is_param, key, off, data.dtype, tuple(data.shape), data.nbytes)
                     unit.tensors.append(slot)
@@ -217,6 +265,7 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
                     key = f"{base}.{attr}" if mname else f"{prefix}{attr}"
                     stack.put(key, data)
                     stored.append(key)
+                    entry_bytes[key] = data.nbytes
                     seen[id(t)] = key
                 slot = _Slot(attr, is_param, key)
                 unit.tensors.append(slot)
@@ -231,9 +280,12 @@ def offload(model: nn.Module, stack: VGPUStack, prefetch: int = 2) -> OffloadHan
             mod.__dict__.pop("_apt_paged", None)
         raise
     handle = OffloadHandle(model, stack, units, prefetch)
+    handle._entry_bytes = entry_bytes
     for unit, slot, data in originals:
         ph = handle._placeholders.setdefault((slot.key, slot.attr), torch.empty(0, dtype=data.dtype, device=stack.device))
         handle._set(unit, slot, ph)
+    if keep_resident:
+        handle._keep_resident()
     handle._attach()
     model._apt_offload = handle
     return handle

@@ -404,18 +404,21 @@ at::Tensor fp4_linear_cuda_impl(const at::Tensor& x, const at::Tensor& packed_in
   // Large M (or float32 x): dequantise rows in chunks of at most kScratchMaxBytes, then cuBLAS.
   const int64_t elem = x2.element_size();
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(n, kScratchMaxBytes / (k * elem)));
+  // The bias goes into the matmul (cuBLASLt's bias epilogue: one launch and one rounding fewer).
   at::Tensor w = at::empty({chunk, k}, x.options());
+  const at::Tensor bias_x = bias.has_value() ? bias->to(x.scalar_type()) : at::Tensor();
   for (int64_t r0 = 0; r0 < n; r0 += chunk) {
     const int64_t rows = std::min(chunk, n - r0);
     at::Tensor wc = w.narrow(0, 0, rows);
     launch_dequantize(packed, scales, tensor_scale, f, r0, rows, k, wc);
-    if (rows == n) {
-      at::mm_out(out, x2, wc.t());
+    at::Tensor dst = rows == n ? out : at::empty({m, rows}, x.options());
+    if (bias.has_value()) {
+      at::addmm_out(dst, bias_x.narrow(0, r0, rows), x2, wc.t());
     } else {
-      out.narrow(1, r0, rows).copy_(at::mm(x2, wc.t()));
+      at::mm_out(dst, x2, wc.t());
     }
+    if (rows != n) out.narrow(1, r0, rows).copy_(dst);
   }
-  if (bias.has_value()) out.add_(bias->to(out.scalar_type()));
   if (gelu) out = at::gelu(out);
   return out.view(out_sizes);
 }

@@ -189,7 +189,9 @@ def test_offload_keeps_what_fits_resident(tmp_path):
         m.load_state_dict(model.state_dict())
         (tmp_path / str(keep)).mkdir()
         st = VGPUStack(cpu_levels(tmp_path / str(keep), device_mb=0.5 * wb, host_mb=1.2 * wb))
-        handle = offload(m, st, prefetch=1, keep_resident=keep)
+        # prefetch=0: bytes moved are then deterministic (an asynchronous prefetch that falls
+        # behind on a loaded CPU moves units twice); the prefetch targets are checked below
+        handle = offload(m, st, prefetch=0, keep_resident=keep)
         with torch.no_grad():
             assert torch.equal(m(x), ref)  # records the order
             before = st.stats()["links"].get("host->device", {}).get("bytes", 0)
@@ -201,6 +203,17 @@ def test_offload_keeps_what_fits_resident(tmp_path):
         if keep:
             assert handle.resident and lv0["pinned_entries"] == len(handle.resident)
             assert all(st.level(k) == 0 for n in handle.resident for k in handle._units[n].keys)
+            # equal-size units kept are spread over the model, not its first blocks
+            blocks = sorted(int(n.split(".")[0]) for n in handle.resident)
+            assert blocks[-1] >= 4, blocks
+            # pre-hooks prefetch the next paged units, never a resident one
+            handle.prefetch = 2
+            paged = [n for n in handle.order if n not in handle.resident]
+            for n in handle.order:
+                targets = handle._prefetch_targets(n)
+                assert len(targets) == min(2, len(paged)) and not set(targets) & set(handle.resident)
+                i = handle.order.index(n)
+                assert targets[0] == next(u for u in handle.order[i + 1:] + handle.order[:i] if u in paged)
         else:
             assert handle.resident == [] and lv0["pinned_entries"] == 0
         handle.restore()

@@ -14,7 +14,9 @@ LRU alone would evict each unit before its next use and move every byte every fo
 default (``keep_resident=True``) ``offload`` keeps the largest units that fit on the device level
 for good (promoted and pinned once; ``OffloadHandle.resident`` names them), leaving room for
 the ``prefetch + 1`` largest of the others in flight, and only the rest crosses the link each
-forward.
+forward. Among units of equal size (repeated layers) the kept ones are spread over the model,
+and a pre-hook prefetches the next ``prefetch`` *paged* units, skipping resident ones, so that
+each copy overlaps the compute of the resident units before it.
 Inputs must be on ``stack.device``. Inference only: gradients of offloaded weights are not kept.
 Every unit gets the attribute ``_apt_paged = True`` (until ``restore()``): a module that would
 otherwise keep a private device copy of its weights (``apt_ext.nn.FP4Linear``'s tiled copy)
@@ -91,6 +93,8 @@ class OffloadHandle:
         #: units kept on the device level for good (pinned once by ``offload(keep_resident=True)``)
         self.resident: list[str] = []
         self._entry_bytes: dict[str, int] = {}  # stack key -> bytes (filled by offload)
+        self._targets: dict[str, list[str]] = {}  # unit -> the units its pre-hook prefetches
+        self._targets_key: tuple[int, int] | None = None  # (id(order), prefetch) they were made for
         self.order: list[str] = [name for name, _ in units]
         self._recorded: list[str] = []
         self._recording = True
@@ -117,12 +121,30 @@ class OffloadHandle:
         entries = {key: self.stack.get(key) for key in keys}
         for slot in unit.tensors:
             self._set(unit, slot, slot.value(entries[slot.key]))
-        if self.prefetch > 0 and name in self.order:
-            i = self.order.index(name)
-            nxt = [self.order[(i + j) % len(self.order)] for j in range(1, self.prefetch + 1) if j < len(self.order)]
-            keys = [k for n in nxt for k in self._units[n].keys]
+        if self.prefetch > 0:
+            keys = [k for n in self._prefetch_targets(name) for k in self._units[n].keys]
             if keys:
                 self.stack.prefetch(keys)
+
+    def _prefetch_targets(self, name: str) -> list[str]:
+        """The next ``prefetch`` units after ``name`` in execution order (wrapping around) that
+        are not kept resident: a copy starts that many paged units ahead, however many resident
+        units run in between. Cached per order and prefetch depth."""
+        if self._targets_key != (id(self.order), self.prefetch):
+            kept = set(self.resident)
+            n = len(self.order)
+            self._targets = {}
+            for i, unit in enumerate(self.order):
+                nxt = []
+                for j in range(1, n):
+                    if len(nxt) == self.prefetch:
+                        break
+                    other = self.order[(i + j) % n]
+                    if other not in kept:
+                        nxt.append(other)
+                self._targets[unit] = nxt
+            self._targets_key = (id(self.order), self.prefetch)
+        return self._targets.get(name, [])
 
     def _post(self, name: str) -> None:
         unit = self._units[name]
@@ -163,8 +185,8 @@ class OffloadHandle:
 
     def _keep_resident(self) -> None:
         """Promote and pin the largest units that fit on the device level beside the room the
-        ``prefetch + 1`` largest other units need (90% of its capacity in all): see the module
-        docstring. Units sharing a tied entry are never kept (their entry is counted once per
+        ``prefetch + 1`` largest other units need (90% of its capacity in all), units of equal
+        size spread over the model: see the module docstring. Units sharing a tied entry are never kept (their entry is counted once per
         unit here, and pinned by several)."""
         level0 = self.stack.stats()["levels"][0]
         if level0["kind"] != "device":
@@ -175,7 +197,18 @@ class OffloadHandle:
                 key_units[key] = key_units.get(key, 0) + 1
         sizes = {name: sum(self._entry_bytes[k] for k in unit.keys) for name, unit in self._units.items()
                  if all(key_units[k] == 1 for k in unit.keys)}
-        ranked = sorted(sizes, key=sizes.get, reverse=True)
+        # Largest first; among units of one size (a model's repeated layers) in an order spread
+        # over the model (bit-reversed position), so that the paged ones are interleaved with
+        # resident ones and each copy overlaps the compute of the resident units before it.
+        groups: dict[int, list[str]] = {}
+        for name in sizes:
+            groups.setdefault(sizes[name], []).append(name)
+        spread = {}
+        for names in groups.values():
+            bits = max(1, (len(names) - 1).bit_length())
+            for i, name in enumerate(names):
+                spread[name] = int(format(i, f"0{bits}b")[::-1], 2)
+        ranked = sorted(sizes, key=lambda n: (-sizes[n], spread[n]))
         by_size = [sizes[n] for n in ranked]
         limit = 0.9 * level0["capacity_bytes"]
         keep = 0

@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   {"device": "cpu", "capacity_mb": 1.1 * wb / MB}], True))
             if args.compare_lru:
                 todo += [(f"{name}-lru", m, levels, False) for name, m, levels, _ in todo]
+            if fp4 is not None:
                 # a quarter of the 4-bit model (at most the budget) on the device, half of it on the
                 # host, the rest on the SSD level: with the whole budget the 4-bit model may fit the
                 # device level and never read the SSD

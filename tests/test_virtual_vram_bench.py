@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
@@ -30,3 +32,18 @@ def test_virtual_vram_quick_cpu(tmp_path, one_thread):
         assert runs["resident-nvfp4"]["logits_cosine_mean"] > 0.9 and runs["resident-nvfp4"]["tokens_per_s"] > 0
         assert runs["paged-nvfp4"]["step_vs_pcie_bound"] > 0
         assert runs["paged-nvfp4-ssd"]["bytes_ssd_per_step"] > 0
+
+
+def test_virtual_vram_compare_lru_and_skip(tmp_path, one_thread):
+    """--compare-lru adds the LRU-only paged runs (same logits, keep_resident recorded);
+    --skip leaves out accelerate and the SSD tier; a bad --skip name is refused."""
+    out = tmp_path / "vv.json"
+    assert virtual_vram.main(["--cpu", "--quick", "--batches", "1", "--new-tokens", "2", "--out", str(out),
+                              "--ssd-dir", str(tmp_path), "--compare-lru", "--skip", "accelerate,ssd"]) == 0
+    runs = json.loads(out.read_text())["runs"]["1"]
+    assert runs["paged-float32"]["keep_resident"] and not runs["paged-float32-lru"]["keep_resident"]
+    assert runs["paged-float32-lru"]["resident_bytes"] == 0
+    assert runs["paged-float32-lru"]["logits_cosine_min"] > 0.999999
+    assert not any(name.startswith("accelerate") or name.endswith("-ssd") for name in runs)
+    with pytest.raises(SystemExit):
+        virtual_vram.main(["--cpu", "--quick", "--skip", "resident"])

@@ -186,8 +186,8 @@ class OffloadHandle:
     def _keep_resident(self) -> None:
         """Promote and pin the largest units that fit on the device level beside the room the
         ``prefetch + 1`` largest other units need (90% of its capacity in all), units of equal
-        size spread over the model: see the module docstring. Units sharing a tied entry are never kept (their entry is counted once per
-        unit here, and pinned by several)."""
+        size spread over the model: see the module docstring. Units sharing a tied entry are
+        never kept (their entry is counted once per unit here, and pinned by several)."""
         level0 = self.stack.stats()["levels"][0]
         if level0["kind"] != "device":
             return

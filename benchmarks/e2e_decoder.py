@@ -190,12 +190,31 @@ def median_s(fn, device: torch.device, iters: int) -> tuple[float, torch.Tensor]
     return statistics.median(times), out
 
 
+def top_kernels(fn, calls: int, n: int = 15) -> list[dict]:
+    """The ``n`` GPU kernels with the most device time over ``calls`` calls of ``fn``
+    (torch.profiler): name, microseconds and launches per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None)
+        us = e.cuda_time_total if us is None else us
+        if us > 0 and e.device_type == torch.autograd.DeviceType.CUDA:
+            rows.append({"name": e.key[:120], "us_per_call": us / calls, "launches_per_call": e.count / calls})
+    return sorted(rows, key=lambda r: -r["us_per_call"])[:n]
+
+
 def time_step(model: Stack, caches: list[StaticKV], x: torch.Tensor, pos: torch.Tensor, device: torch.device,
-              iters: int, compile_step: bool = False) -> dict:
+              iters: int, compile_step: bool = False, profile: bool = False) -> dict:
     """One decode step's median seconds eager and (CUDA) replayed from a graph, and its output.
     With ``compile_step`` the step is also compiled (torch.compile, after the eager calls, so that
     FP4Linear's tiled copies exist when it is traced): its time called as is (``compiled_s``) and its
-    difference from the eager output; on CUDA the graph then captures the compiled step."""
+    difference from the eager output; on CUDA the graph then captures the compiled step. With
+    ``profile`` (CUDA) the top kernels of 3 graph replays are kept (``graph_top_kernels``)."""
     with torch.no_grad():
         for _ in range(3):
             model(x, caches, pos)  # warm-up; FP4Linear builds its tiled copies here
@@ -231,6 +250,8 @@ def time_step(model: Stack, caches: list[StaticKV], x: torch.Tensor, pos: torch.
                 end.synchronize()
                 times.append(start.elapsed_time(end) / 1e3)
             res["graph_s"] = statistics.median(times)
+            if profile:
+                res["graph_top_kernels"] = top_kernels(graph.replay, 3)
             # the replay against the step it captured (eager, or compiled)
             res["graph_out_equals_eager"] = bool(torch.equal(static_out.float().cpu(),
                                                              c_out if compile_step else res["out"]))
@@ -249,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="FP4Linear.release_canonical() on every layer: only the tiled copy of each weight is held")
     ap.add_argument("--compile", action="store_true",
                     help="also compile each model's step (torch.compile; on CUDA the graph replays the compiled step)")
+    ap.add_argument("--profile", action="store_true",
+                    help="(CUDA) also record and print the top GPU kernels of the graph-replayed step")
     ap.add_argument("--out", default=None,
                     help="JSON path (default benchmarks/results/e2e_decoder_<machine>[_quick][_compiled].json)")
     args = ap.parse_args(argv)
@@ -287,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, model in ((result["dtype"], ref_model), ("nvfp4", fp4_model)):
             caches = [StaticKV(b, shape, device, dtype, torch.Generator().manual_seed(100 + i))
                       for i in range(shape.layers)]
-            r = time_step(model, caches, x, pos, device, iters, args.compile)
+            r = time_step(model, caches, x, pos, device, iters, args.compile, args.profile)
             r["tokens_per_s"] = b / r.get("graph_s", r.get("compiled_s", r["eager_s"]))
             runs[name] = r
             del caches
@@ -308,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     result["nvfp4_with_tiled_copy_weight_ratio"] = (wb_fp4["canonical"] + wb_fp4["tiled_copy"]) / wb_ref["canonical"]
     tag = (re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick and gpu else "")
            + ("_fused" if args.fused else "") + ("_one_copy" if args.one_copy else "")
-           + ("_compiled" if args.compile else ""))
+           + ("_compiled" if args.compile else "") + ("_profile" if args.profile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -325,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             comp = f", compiled {r['compiled_s'] * 1e3:.3f} ms" if "compiled_s" in r else ""
             print(f"  B={b:>2} {name:9s} eager {r['eager_s'] * 1e3:.3f} ms{comp}{graph}, {r['tokens_per_s']:.1f} tokens/s"
                   f"{extra}")
+            for k in r.get("graph_top_kernels", []):
+                print(f"      {k['us_per_call']:9.1f} us {k['launches_per_call']:6.1f}x  {k['name'][:90]}")
     print(f"wrote {out}")
     return 0
 

@@ -86,7 +86,7 @@ for arg in "$@"; do
       cp benchmarks/results/fp4_triton_configs_*.json "$OUT/" 2>/dev/null ;;
     fp4_quick) stage fp4_quick $PY benchmarks/fp4_linear.py --quick ;;
     e2e) stage e2e $PY benchmarks/e2e_encoder.py ${APT_E2E_PROFILE:+--profile} ;;  # APT_E2E_PROFILE=1: the FP4 forward's top GPU kernels
-    e2e_decoder) stage e2e_decoder $PY benchmarks/e2e_decoder.py ${APT_E2E_COMPILE:+--compile} ${APT_E2E_FUSED:+--fused} ${APT_E2E_ONE_COPY:+--one-copy} ;;  # APT_E2E_COMPILE=1: steps compiled too; APT_E2E_FUSED=1: fused q/k/v and gate/up; APT_E2E_ONE_COPY=1: FP4Linear keeps only its tiled copy
+    e2e_decoder) stage e2e_decoder $PY benchmarks/e2e_decoder.py ${APT_E2E_COMPILE:+--compile} ${APT_E2E_FUSED:+--fused} ${APT_E2E_ONE_COPY:+--one-copy} ${APT_E2E_PROFILE:+--profile} ;;  # APT_E2E_COMPILE=1: steps compiled too; APT_E2E_FUSED=1: fused q/k/v and gate/up; APT_E2E_ONE_COPY=1: FP4Linear keeps only its tiled copy; APT_E2E_PROFILE=1: top kernels of the replayed step
     left_spin) stage left_spin $PY benchmarks/left_spin.py ;;
     left_spin_quick) stage left_spin_quick $PY benchmarks/left_spin.py --quick ;;
     vgpu) stage vgpu $PY benchmarks/vgpu.py ;;

@@ -13,7 +13,14 @@ into this repository; fetch it and pass the folder:
 
 Only ``Chat_*.json`` directly in that folder is read, never a sub-folder: anything under a
 ``locomo`` folder is refused (LoCoMo is held out; REALTALK ships a split copy of it in
-``data/locomo/``). AIM-Memory runs with its default config: nothing is fitted on REALTALK.
+``data/locomo/``). AIM-Memory runs with its default config (``--set name=value`` overrides a field).
+
+Split: DEV = chats 1-5, TEST = chats 6-10 (``--split dev|test|all``, by the number in the file
+name). ``--fit`` grids routing-only config values on the DEV chats together with the synthetic
+DEV seeds of ``aim_memory_recall.py`` (``fit`` there; rule: the best mean of text-only and
+with-fields recall@5 over both dev sets, each set's mean counted once) and writes
+benchmarks/results/aim_memory_fusion_fit.json; it never reads a TEST chat. The defaults in
+``apt_ext/memory/config.py`` come from that grid; report them on ``--split test``.
 
 Every turn with text is written as one memory (``clean_text``; speaker as in the chat's ``name``
 field, a lower-case name capitalised; the turn's own ``date_time`` as the timestamp), once with
@@ -27,11 +34,13 @@ among the 5 returned (the same ``recall`` as the synthetic benchmark; a question
 evidence turns cannot reach 1, so the JSON also gives that ceiling); reported overall (mean over
 the scored questions), per REALTALK QA category and per chat.
 
-Writes benchmarks/results/aim_memory_realtalk.json and benchmarks/plots/aim_memory_realtalk.png.
+Writes benchmarks/results/aim_memory_realtalk.json (``_<split>`` before ``.json`` for dev or test) and the
+plot of the same name in benchmarks/plots/.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -43,9 +52,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from aim_memory_recall import (K, PLOTS, RESULTS, CachedEmbedder, aim_recall, baselines,  # noqa: E402
-                               build_memory, load_average)
-from memory_dialogues import Dialogue, Question, Turn  # noqa: E402
+from aim_memory_recall import (DEV_SEEDS, K, PLOTS, RESULTS, CachedEmbedder, aim_recall,  # noqa: E402
+                               baselines, build_memory, fit, load_average)
+from memory_dialogues import Dialogue, Question, Turn, generate  # noqa: E402
 
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -56,11 +65,24 @@ AIM_METHODS = (("AIM route_memory (text only)", False), ("AIM route_memory (+spe
 FORBIDDEN_DIR = "locomo"
 _REF = re.compile(r"D\s*(\d+)\s*:\s*(\d+)(?:\s*-\s*(?:D\s*(\d+)\s*:\s*)?(\d+))?")
 _SESSION = re.compile(r"session_(\d+)")
+SPLITS = {"dev": range(1, 6), "test": range(6, 11)}
+# the fit's grid (routing-only AIMConfig fields; every other field keeps its default)
+FIT_GRID = {"lexical_weight": [0.25, 0.5, 1.0, 2.0],
+            "min_similarity": [0.0, 0.15, 0.25],
+            "anchor_min_similarity": [0.0, 0.15],
+            "anchor_boost": [1.0, 2.0]}
 
 
-def realtalk_files(directory: str | os.PathLike) -> list[Path]:
-    """The ``Chat_*.json`` files directly in ``directory`` (by chat number); ValueError for a path
-    under a ``locomo`` folder (before and after resolving links) or a folder without chats."""
+def chat_number(path: Path) -> int:
+    """The N of ``Chat_N_*.json`` (0 if the name has none)."""
+    m = re.match(r"Chat_(\d+)", path.name)
+    return int(m.group(1)) if m else 0
+
+
+def realtalk_files(directory: str | os.PathLike, split: str = "all") -> list[Path]:
+    """The ``Chat_*.json`` files directly in ``directory`` (by chat number; those of ``split``:
+    "dev", "test" or "all"); ValueError for a path under a ``locomo`` folder (before and after
+    resolving links) or a folder without chats."""
     for p in (Path(directory), Path(directory).resolve()):
         if FORBIDDEN_DIR in (part.lower() for part in p.parts):
             raise ValueError(f"refusing {directory}: LoCoMo data ({FORBIDDEN_DIR}/) is held out, pass REALTALK's data/")
@@ -70,7 +92,8 @@ def realtalk_files(directory: str | os.PathLike) -> list[Path]:
             raise ValueError(f"refusing {p}: it links into a {FORBIDDEN_DIR}/ folder")
     if not files:
         raise ValueError(f"no Chat_*.json in {directory} (pass REALTALK's data/ folder)")
-    return sorted(files, key=lambda p: (int(m.group(1)) if (m := re.match(r"Chat_(\d+)", p.name)) else 0, p.name))
+    files = sorted(files, key=lambda p: (chat_number(p), p.name))
+    return files if split == "all" else [p for p in files if chat_number(p) in SPLITS[split]]
 
 
 def parse_evidence(refs: list) -> tuple[list[str], bool, bool]:
@@ -172,13 +195,14 @@ def mean_by(rows: list[dict], method: str, key: str, order: list[str]) -> dict[s
     return {g: float(np.mean([r["recall@5"][method] for r in rows if r[key] == g])) for g in order}
 
 
-def run(realtalk_dir: str | os.PathLike, emb: CachedEmbedder, config: AIMConfig | None = None) -> dict:
-    """Load every chat in ``realtalk_dir``, score every method; the JSON record's results part."""
+def run(realtalk_dir: str | os.PathLike, emb: CachedEmbedder, config: AIMConfig | None = None,
+        split: str = "all") -> dict:
+    """Load every chat of ``split`` in ``realtalk_dir``, score every method; the JSON record's results part."""
     config = config or AIMConfig()
     rows: list[dict] = []
     chats, skipped = {}, {}
-    for number, path in enumerate(tqdm(realtalk_files(realtalk_dir), desc="chats"), start=1):
-        d, counts, items = load_chat(path, number)
+    for path in tqdm(realtalk_files(realtalk_dir, split), desc="chats"):
+        d, counts, items = load_chat(path, chat_number(path))
         scores, info = evaluate_chat(d, emb, config)
         chat = path.stem
         chats[chat] = {**counts, "speakers": list(d.speakers), "aim": info,
@@ -196,7 +220,7 @@ def run(realtalk_dir: str | os.PathLike, emb: CachedEmbedder, config: AIMConfig 
     methods = list(rows[0]["recall@5"]) if rows else []
     categories = sorted({r["category"] for r in rows})
     return {
-        "questions": len(rows), "qa_items": len(rows) + sum(len(v) for v in skipped.values()),
+        "split": split, "questions": len(rows), "qa_items": len(rows) + sum(len(v) for v in skipped.values()),
         "questions_skipped": {k: len(v) for k, v in sorted(skipped.items())},
         "questions_by_category": {c: sum(r["category"] == c for r in rows) for c in categories},
         "questions_by_chat": {c: n for c in chats if (n := sum(r["chat"] == c for r in rows))},
@@ -236,7 +260,7 @@ def plot(result: dict, path: str) -> None:
         ax.set_xticklabels([f"{g.replace('Chat_', '').replace('_', chr(10), 1).replace('_', ' ')}\n({count(g)} q)" for g in groups], fontsize=7)
         ax.set(ylabel="recall@5", ylim=(0, 1))
     axes[0].axhline(result["ceiling_recall@5"], color="grey", lw=0.8, ls="--")
-    axes[0].set_title("REALTALK, all chats (dashed: the most recall@5 can be)", fontsize=9)
+    axes[0].set_title(f"REALTALK, {result['split']} chats (dashed: the most recall@5 can be)", fontsize=9)
     axes[1].set_title("per chat", fontsize=9)
     axes[1].legend(fontsize=7, ncol=3)
     fig.suptitle(f"AIM-Memory recall@5 on REALTALK (real 21-day chats, {result['questions']} questions)")
@@ -245,14 +269,37 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def config_from(settings: list[str]) -> AIMConfig:
+    """AIMConfig() with ``name=value`` overrides (a value of the field's type)."""
+    fields = {f.name: f.type for f in dataclasses.fields(AIMConfig)}
+    over = {}
+    for item in settings:
+        name, _, value = item.partition("=")
+        if name not in fields:
+            raise SystemExit(f"--set: no AIMConfig field {name!r}")
+        over[name] = {"int": int, "float": float}.get(fields[name], str)(value)
+    return dataclasses.replace(AIMConfig(), **over)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--realtalk-dir", required=True, help="REALTALK's data/ folder (the Chat_*.json files)")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "aim_memory_realtalk.json"), help="JSON to write")
-    parser.add_argument("--plot", default=os.path.join(PLOTS, "aim_memory_realtalk.png"), help="PNG to write")
+    parser.add_argument("--split", choices=["all", "dev", "test"], default="all",
+                        help="chats 1-5 (dev), 6-10 (test) or all (default)")
+    parser.add_argument("--fit", action="store_true",
+                        help="grid routing weights on the dev chats + synthetic dev seeds (aim_memory_fusion_fit.json)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="an AIMConfig field to override (repeatable)")
+    parser.add_argument("--out", default=None, help="JSON to write (default from the split)")
+    parser.add_argument("--plot", default=None, help="PNG to write (default from the split)")
     parser.add_argument("--note", default="", help="free text stored in the JSON")
     args = parser.parse_args(argv)
+    if args.fit and (args.split != "all" or args.set):
+        parser.error("--fit uses the dev chats and the default config: no --split or --set")
     realtalk_files(args.realtalk_dir)  # refuse a wrong folder before loading the model
+    config = config_from(args.set)
+    stem = "aim_memory_fusion_fit" if args.fit else "aim_memory_realtalk" + ("" if args.split == "all" else f"_{args.split}")
+    out = args.out or os.path.join(RESULTS, stem + ".json")
     import torch
     torch.set_num_threads(2)
     record = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -263,16 +310,31 @@ def main(argv: list[str] | None = None) -> int:
                                    *(sys.argv[1:] if argv is None else argv)]),
               "data": "REALTALK (https://github.com/danny911kr/REALTALK), data/Chat_*.json",
               "embedder": "all-MiniLM-L6-v2 float32 (sentence-transformers)", "k": K,
-              "config": json.loads(AIMConfig().to_json()), "note": args.note}
-    record.update(run(args.realtalk_dir, CachedEmbedder()))
+              "config": json.loads(config.to_json()), "config_set": args.set, "note": args.note}
+    emb = CachedEmbedder()
+    if args.fit:
+        dev = {"REALTALK dev": [load_chat(p, chat_number(p))[0] for p in realtalk_files(args.realtalk_dir, "dev")],
+               "synthetic dev": [generate(s) for s in DEV_SEEDS]}
+        record.update({"dev_sets": {"REALTALK dev": [p.stem for p in realtalk_files(args.realtalk_dir, "dev")],
+                                    "synthetic dev": DEV_SEEDS},
+                       "rule": "score = mean over both dev sets of (recall@5 text only, recall@5 with fields), "
+                               "each set's mean counted once; the highest score wins",
+                       "grid_values": FIT_GRID, "grid": fit(dev, emb, FIT_GRID)})
+    else:
+        record.update(run(args.realtalk_dir, emb, config, args.split))
     record["load_average_end"] = load_average()
-    for path in (args.out, args.plot):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(record, f, indent=1)
-    plot(record, args.plot)
+    if args.fit:
+        for row in record["grid"][:10]:
+            print(row)
+        return 0
+    plot_path = args.plot or os.path.join(PLOTS, stem + ".png")
+    os.makedirs(os.path.dirname(os.path.abspath(plot_path)), exist_ok=True)
+    plot(record, plot_path)
     from render_results import aim_memory_realtalk as render  # the table RESULTS.md shows
-    print("\n" + render(os.path.basename(args.out), record))
+    print("\n" + render(os.path.basename(out), record))
     return 0
 
 

@@ -153,27 +153,47 @@ def evaluate(seeds: list[int], emb: CachedEmbedder, config: AIMConfig) -> dict:
             "per_question_route_ms_cached_embeddings": float(np.mean(timings["route_ms"]))}
 
 
-def fit(seeds: list[int], emb: CachedEmbedder) -> list[dict]:
-    """recall@5 on ``seeds`` for a grid of fusion weights (memories built once per dialogue)."""
-    grid = {"lexical_weight": [0.0, 0.25, 0.5, 1.0],
+FIT_GRID = {"lexical_weight": [0.0, 0.25, 0.5, 1.0],
             "anchor_boost": [0.0, 0.5, 1.0, 2.0, 3.0],
             "min_similarity": [0.0, 0.25]}
+# AIMConfig fields that only change how a route scores and filters (not what a write stores), so a
+# grid over them can route memories written once with the default config
+ROUTING_FIELDS = frozenset({"lexical_weight", "anchor_boost", "min_similarity", "anchor_min_similarity",
+                            "lexical_match", "anchor_threshold", "weight_influence", "inertia_strength"})
+
+
+def fit(sets: dict[str, list[Dialogue]], emb: CachedEmbedder, grid: dict[str, list]) -> list[dict]:
+    """recall@5 of AIM ``route_memory`` text only and with the conversation fields, on each named
+    set of dialogues, for every point of ``grid`` (routing-only fields: memories are written once
+    per dialogue with the default config and routed under each point).
+
+    Selection rule: rows sorted, best first, by ``score`` = the mean of the per-set means of both
+    columns (text only and with fields of every set count equally, whatever the sets' sizes)."""
+    if not set(grid) <= ROUTING_FIELDS:
+        raise ValueError(f"fit grids routing-only fields, not {sorted(set(grid) - ROUTING_FIELDS)}")
     built = []
-    for seed in tqdm(seeds, desc="building dev memories"):
-        d = generate(seed)
-        emb.fill([t.text for t in d.turns] + [q.text for q in d.questions])
-        for fields in (False, True):
-            built.append((fields, d, *build_memory(d, emb, fields, AIMConfig())))
+    for name, dialogues in sets.items():
+        for d in tqdm(dialogues, desc=f"writing {name} memories"):
+            emb.fill([t.text for t in d.turns] + [q.text for q in d.questions])
+            for fields in (False, True):
+                built.append((name, fields, d, *build_memory(d, emb, fields, AIMConfig())))
     rows = []
     for values in tqdm(list(itertools.product(*grid.values())), desc="grid"):
         cfg = dataclasses.replace(AIMConfig(), **dict(zip(grid, values)))
-        scores = {False: [], True: []}
-        for fields, d, mem, node_of in built:
+        scores: dict[tuple[str, bool], list[float]] = {(n, f): [] for n in sets for f in (False, True)}
+        for name, fields, d, mem, node_of in built:
             mem.config = cfg
-            scores[fields].extend(aim_recall(mem, node_of, d))
-        rows.append({**dict(zip(grid, values)), "recall@5 text only": float(np.mean(scores[False])),
-                     "recall@5 with fields": float(np.mean(scores[True]))})
-    rows.sort(key=lambda r: -(r["recall@5 text only"] + r["recall@5 with fields"]))
+            scores[name, fields].extend(aim_recall(mem, node_of, d))
+        by_set = {n: {"recall@5 text only": float(np.mean(scores[n, False])),
+                      "recall@5 with fields": float(np.mean(scores[n, True]))} for n in sets}
+        rows.append({**dict(zip(grid, values)),
+                     "recall@5 text only": float(np.mean([v["recall@5 text only"] for v in by_set.values()])),
+                     "recall@5 with fields": float(np.mean([v["recall@5 with fields"] for v in by_set.values()])),
+                     "score": float(np.mean([x for v in by_set.values() for x in v.values()])),
+                     **({"by_set": by_set} if len(sets) > 1 else {})})
+    for _, _, _, mem, _ in built:
+        mem.close()
+    rows.sort(key=lambda r: -r["score"])
     return rows
 
 
@@ -230,7 +250,7 @@ def main() -> int:
     os.makedirs(PLOTS, exist_ok=True)
     if args.fit:
         record["grid_on_dev_seeds"] = DEV_SEEDS
-        record["grid"] = fit(DEV_SEEDS, emb)
+        record["grid"] = fit({"synthetic dev": [generate(s) for s in DEV_SEEDS]}, emb, FIT_GRID)
         record["load_average_end"] = load_average()
         with open(os.path.join(RESULTS, "aim_memory_recall_fit.json"), "w") as f:
             json.dump(record, f, indent=2)

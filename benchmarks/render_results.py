@@ -455,10 +455,12 @@ def aim_memory_realtalk(name: str, d: dict) -> str:
     chats = [[f"{c} ({n} q)", *[f"{d['methods'][m]['by_chat'][c]:.3f}" for m in methods]]
              for c, n in d["questions_by_chat"].items()]
     return "\n".join([
-        f"recall@5 on real 21-day chats, {d['data']}: {d['questions']} of {d['qa_items']} QA items scored "
+        f"recall@5 on real 21-day chats, {d['data']}, "
+        + {"all": "all chats", "dev": "DEV chats 1-5", "test": "TEST chats 6-10"}[d.get("split", "all")]
+        + f": {d['questions']} of {d['qa_items']} QA items scored "
         f"(skipped: {skipped}); {d['turns_written']} turns written ({d['image_only_turns_skipped']} turns without "
         f"text left out). Embedder {d['embedder']} (the same vectors for the dense baselines and "
-        f"AIM-Memory); AIM-Memory's default config, nothing fitted on REALTALK. A question with more than "
+        f"AIM-Memory); AIM-Memory's config: {realtalk_config(d)}. A question with more than "
         f"{d['k']} evidence turns cannot reach 1: the most recall@5 can be is {d['ceiling_recall@5']:.3f}. "
         f"AIM-Memory's write gate rejected {d['aim_turns_rejected_by_write_gate']} turns; `route_memory` returned "
         f"fewer than {d['k']} nodes (none else above its similarity floors) for "
@@ -467,6 +469,37 @@ def aim_memory_realtalk(name: str, d: dict) -> str:
         recall_table(d, "by_category", d["questions_by_category"]), "",
         "Per chat:", "",
         table(["chat", *methods], chats)])
+
+
+FUSION_FIELDS = ("lexical_weight", "min_similarity", "anchor_min_similarity", "anchor_boost")
+
+
+def realtalk_config(d: dict) -> str:
+    """The fusion weights of a REALTALK run and where they come from."""
+    cfg = d["config"]
+    weights = ", ".join(f"`{f}` `{cfg[f]}`" for f in FUSION_FIELDS)
+    if "split" not in d:  # runs before the dev/test split: the then defaults, fitted on synthetic dev seeds only
+        return f"the defaults of then ({weights}), nothing fitted on REALTALK"
+    source = ("here set by hand: " + ", ".join(f"`{x}`" for x in d["config_set"]) if d.get("config_set")
+              else "these are the defaults")
+    return (f"{weights} (the defaults are fitted on REALTALK dev chats 1-5 and the synthetic dev seeds, "
+            f"`aim_memory_fusion_fit.json`; {source})")
+
+
+def aim_memory_fusion_fit(name: str, d: dict) -> str:
+    """``benchmarks/aim_memory_realtalk.py --fit``: the routing grid on both dev sets."""
+    sets = list(d["dev_sets"])
+    cfg = d["config"]
+    rows = [[*[g[f] for f in d["grid_values"]],
+             *[f"{g['by_set'][s][c]:.3f}" for s in sets for c in ("recall@5 text only", "recall@5 with fields")],
+             f"{g['score']:.3f}", "default" if all(g[f] == cfg[f] for f in d["grid_values"]) else ""]
+            for g in d["grid"]]
+    return "\n".join([
+        f"recall@5 of AIM `route_memory` on the dev sets ({'; '.join(f'{s}: ' + ', '.join(map(str, v)) for s, v in d['dev_sets'].items())}), "
+        f"each dialogue written once with the config of the run and routed under each grid point. Rule: {d['rule']}. "
+        f"Sorted by that score, best first; \"default\" marks the config of the run. The grid records no timings.", "",
+        table([*d["grid_values"], *[f"{s}, {c}" for s in sets for c in ("text only", "with fields")], "score", ""],
+              rows)])
 
 
 def embedder_recipes(name: str, d: dict) -> str:
@@ -678,6 +711,9 @@ SECTIONS = [
             ["embedder_recipes.json"], embedder_recipes, level=3),
     Section("AIM-Memory fusion-weight fit on the dev dialogues (`benchmarks/aim_memory_recall.py --fit`)",
             ["aim_memory_recall_fit.json"], aim_memory_recall_fit, level=3),
+    Section("AIM-Memory routing fit on REALTALK dev chats and synthetic dev seeds "
+            "(`benchmarks/aim_memory_realtalk.py --fit`)", ["aim_memory_fusion_fit.json"], aim_memory_fusion_fit,
+            level=3),
     Section("Cloud backends (`benchmarks/cloud.py`)", ["cloud_cpu.json"], cloud),
     Section("Build time of the C++ extension (`benchmarks/build_time.py`)",
             ["build_time_cpu_baseline.json", "build_time_cpu.json"], build_time,

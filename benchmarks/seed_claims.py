@@ -179,11 +179,13 @@ def aim_anchor_recall() -> Measured:
     off = grid[(cfg["lexical_weight"], 0.0, cfg["min_similarity"])]
     test = load("aim_memory_recall_test.json")["methods"]
     return Measured(f"recall@5 on our synthetic multi-session dialogues (the anchors include the speaker and the "
-                    f"day of each turn). Dev seeds, defaults against the anchor channel off (`anchor_boost` 0): "
+                    f"day of each turn). Dev seeds, the earlier defaults (the config that grid ran with) against the "
+                    f"anchor channel off (`anchor_boost` 0): "
                     f"{on['recall@5 with fields']:.3f} against {off['recall@5 with fields']:.3f} "
                     f"({on['recall@5 with fields'] / off['recall@5 with fields']:.2f}x) with speaker and time "
                     f"fields, {on['recall@5 text only']:.3f} against {off['recall@5 text only']:.3f} with text only "
-                    f"(the anchors then cost recall). Test seeds, defaults: "
+                    f"(the anchors then cost recall). Test seeds, current defaults (refitted with REALTALK's dev "
+                    f"chats): "
                     f"{test['AIM route_memory (+speaker, time)']['recall@5']:.3f} with fields, "
                     f"{test['AIM route_memory (text only)']['recall@5']:.3f} text only, plain MiniLM dense "
                     f"{test['dense (MiniLM)']['recall@5']:.3f}. Our own data, not a public benchmark",

@@ -106,3 +106,25 @@ def test_locomo_is_refused(bench, tmp_path):
     with pytest.raises(ValueError, match="locomo"):
         bench.realtalk_files(link)
     assert not (tmp_path / "o.json").exists()
+
+
+def test_dev_test_split_and_fit_on_dev(bench, tmp_path):
+    """--split picks chats 1-5 (dev) or 6-10 (test) by the number in the name; the fit routes
+    written memories under each grid point, scores both columns per set and sorts by their mean."""
+    data = tmp_path / "data"
+    for n in (1, 5, 6, 10):
+        write_chat(data, f"Chat_{n}_Ann_Bob.json")
+    assert [bench.chat_number(p) for p in bench.realtalk_files(data, "dev")] == [1, 5]
+    assert [bench.chat_number(p) for p in bench.realtalk_files(data, "test")] == [6, 10]
+    assert [bench.chat_number(p) for p in bench.realtalk_files(data)] == [1, 5, 6, 10]
+    assert bench.config_from(["lexical_weight=1.5", "top_k=3"]).lexical_weight == 1.5
+    with pytest.raises(SystemExit):
+        bench.config_from(["no_such_field=1"])
+    chat = bench.load_chat(data / "Chat_1_Ann_Bob.json", 1)[0]
+    rows = bench.fit({"a": [chat], "b": [chat]}, bench.CachedEmbedder(UnitTokenHash()),
+                     {"lexical_weight": [0.0, 1.0], "min_similarity": [0.0, 0.9]})
+    assert len(rows) == 4 and [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    for r in rows:
+        assert r["score"] == pytest.approx(np.mean([v for s in r["by_set"].values() for v in s.values()]))
+    with pytest.raises(ValueError, match="routing-only"):
+        bench.fit({"a": [chat]}, bench.CachedEmbedder(UnitTokenHash()), {"write_threshold": [0.5]})

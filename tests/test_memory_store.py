@@ -426,11 +426,43 @@ def test_sigkill_in_write_loop_keeps_every_acknowledged_write(store_path):
     ("Sales in March 2024 were up 3.5%", {"2024-03", "3.5%", "sales"}),
     ("On May 2nd we met", {"md:05-02"}),
     ("5月7日我们去了公园", {"md:05-07"}),
+    ("What did Kevin watch on the night of 10.01.2024?", {"2024-01-10", "2024-01", "md:01-10", "kevin"}),
+    ("Sent 1.2.2024.", {"2024-02-01", "2024-02", "md:02-01"}),
 ])
 def test_date_anchors(text, anchors):
     from apt_ext.memory import extract_anchors
     got = extract_anchors(text)
     assert anchors <= got and not got & {"2026", "2024", "2023", "21", "7", "2", "1", "5", "7th", "2nd"}, got
+
+
+@pytest.mark.parametrize("text,anchors", [
+    ("Python 3.10.2 ships a 3.5% faster loop", {"python3.10.2", "3.5%"}),
+    ("pi is 3.14 and e 2.71", {"3.14", "2.71"}),
+    ("build 1.2.2024.5 is out", {"1.2.2024.5"}),
+    ("the value 45.13.2024 is no date", {"45.13.2024"}),
+    ("version 2.10.12 and v1.2.3", {"2.10.12", "v1.2.3"}),
+])
+def test_dotted_numbers_that_are_not_day_first_dates_stay_numbers(text, anchors):
+    """Day-first dotted dates need a four-digit year and a calendar day and month: versions,
+    decimals and longer dotted numbers keep the anchors they had, and give no date anchor."""
+    from apt_ext.memory import extract_anchors
+    got = extract_anchors(text)
+    assert anchors <= got and not any(a.startswith("md:") or a[:4].isdigit() and "-" in a for a in got), got
+
+
+def test_naive_timestamp_keeps_the_callers_day_whatever_the_local_timezone(monkeypatch):
+    """A naive datetime / ISO string is the caller's wall-clock time: its day anchor is the day
+    written (03:07 on 20.01 is 20.01), not shifted by the machine's time zone."""
+    import time as _time
+
+    from apt_ext.memory.conversation import field_anchors, to_timestamp
+    for tz in ("UTC", "America/Los_Angeles", "Asia/Tokyo"):
+        monkeypatch.setenv("TZ", tz)
+        _time.tzset()
+        for stamp, day in (("2024-01-20T03:07:00", "2024-01-20"), ("2024-01-19T23:59:00", "2024-01-19")):
+            assert day in field_anchors(None, to_timestamp(stamp)), (tz, stamp)
+    monkeypatch.delenv("TZ")
+    _time.tzset()
 
 
 def test_anchor_pattern_guards_only_skip_patterns_that_cannot_match():
@@ -445,13 +477,15 @@ def test_anchor_pattern_guards_only_skip_patterns_that_cannot_match():
     rng = random.Random(seed)
     pieces = ["May", "may", "Jan.", "Sept", "mayday", "of", "5", "21st", "2nd", "2023", "2026-01-21", "2026/1/21",
               "2026年", "1月", "21日", "5月7日", "号", "=", "^", "O(n)", "x = 3", "^2", "O(", "是", "是指", "定义为",
-              "指的是", "RoPE", "is", "GPT-4", "v3.1", "3.5%", "Alice", "旋转位置编码", ".", ",", "\n", "١٢"]
+              "指的是", "RoPE", "is", "GPT-4", "v3.1", "3.5%", "19.01.2024", "1.2.2024", "3.10.2", "Alice", "旋转位置编码", ".", ",", "\n", "١٢"]
     english = [pattern for pattern, _ in A._DATE_EN]
     for _ in range(3000):
         text = "".join(rng.choice(pieces) + rng.choice(["", " ", ", "]) for _ in range(rng.randint(1, 10)))
         skipped = []
         if not A._DIGIT.search(text):
-            skipped += [A._DATE, A._DATE_ZH, A._MONTH_DAY_ZH, *english]
+            skipped += [A._DATE, A._DATE_DMY, A._DATE_ZH, A._MONTH_DAY_ZH, *english]
+        if "." not in text:
+            skipped.append(A._DATE_DMY)
         if "年" not in text:
             skipped.append(A._DATE_ZH)
         if "月" not in text:

@@ -65,13 +65,16 @@ _currency = st.tuples(st.sampled_from(["$", "€", "¥", "£", "US$"]), _number,
 _url = st.tuples(st.sampled_from(["https://", "http://", "ftp://"]),
                  st.from_regex(r"[a-z]{1,8}(\.[a-z]{2,5}){1,2}", fullmatch=True),
                  st.from_regex(r"(/[A-Za-z0-9._~-]{1,8}){0,3}(\?[a-z]=[0-9.]{1,6})?", fullmatch=True)).map("".join)
+_dotted_date = st.tuples(st.integers(0, 40), st.sampled_from(["{:d}", "{:02d}"]), st.integers(0, 14),
+                         st.integers(1990, 2030)).map(  # "19.01.2024", "1.2.2024", "45.13.2024"
+    lambda t: f"{t[0]}.{t[1].format(t[2])}.{t[3]}")
 _abbrev = st.sampled_from(["Dr.", "e.g.", "i.e.", "U.S.", "Mr.", "vs.", "etc.", "a.m.", "No."])
 _cjk = st.text(st.sampled_from(list("模型训练数据版本发布价格万亿元我们的会议在下午三点开始。，；！？「」《》、")),
                min_size=1, max_size=20)
 _word = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12)
 _part = st.one_of(st.tuples(_number, st.sampled_from(["", " "]), _unit).map("".join),
                   _version.map(lambda v: f"v{v}"), _version.map(lambda v: f"Python {v}"), _currency,
-                  _url, _abbrev, _cjk, _word, st.sampled_from([".", "!", "?", "。", "…", ";", "\n", "  "]))
+                  _url, _abbrev, _dotted_date, _cjk, _word, st.sampled_from([".", "!", "?", "。", "…", ";", "\n", "  "]))
 _fact = st.lists(_part, min_size=1, max_size=14).map(" ".join).filter(lambda t: t.strip() and "\x00" not in t)
 _speaker = st.one_of(st.none(), st.sampled_from(["Maria", "李雷", "Dr. O'Neil", "Zoë"]))
 _namespace_counter = itertools.count()

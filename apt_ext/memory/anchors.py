@@ -4,7 +4,9 @@ math symbols) extracted from English and Chinese text.
 Anchors are normalised (lower case, no inner spaces or hyphens: "GPT-4" == "gpt 4" -> "gpt4",
 "Llama 4" -> "llama4", "3.5 %" -> "3.5%") so a query and a memory that name the same thing share the
 token even when written differently. A date gives "YYYY-MM-DD", "YYYY-MM" and "md:MM-DD" from
-"2026-01-21", "2026/1/21", "2026年1月21日", "21 January 2026", "Jan 21st, 2026"; a month of a year
+"2026-01-21", "2026/1/21", "2026年1月21日", "21 January 2026", "Jan 21st, 2026" and the day-first
+dotted "21.01.2026" / "21.1.2026" (only dots and a four-digit year: "3.10.2" and "1.5" stay
+numbers, and "45.13.2026", no calendar date, stays the number it was); a month of a year
 ("May 2023", "2023年5月") gives "YYYY-MM", a day without a year ("May 7th", "5月7日") "md:MM-DD". Definition anchors are
 stored as "def:<term>" and match a query that mentions the term anywhere.
 """
@@ -19,6 +21,9 @@ _L = r"(?<![A-Za-z0-9_.])"
 _R = r"(?![A-Za-z0-9_])"
 
 _DATE = re.compile(_L + r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})" + _R)
+# day-first with dots ("19.01.2024", "1.2.2024"): not followed by ".digit" (then it is a longer
+# dotted number, e.g. a version "1.2.2024.5", which stays a number)
+_DATE_DMY = re.compile(_L + r"(\d{1,2})\.(\d{1,2})\.(\d{4})(?![A-Za-z0-9_]|\.\d)")
 _DATE_ZH = re.compile(r"(\d{4})\s*年\s*(\d{1,2})\s*月(?:\s*(\d{1,2})\s*[日号])?")
 _MONTH_DAY_ZH = re.compile(r"(?<![\d年])(\d{1,2})\s*月\s*(\d{1,2})\s*[日号]")
 _MONTHS = {name: i + 1 for i, names in enumerate((
@@ -79,13 +84,16 @@ def _dates(text: str) -> tuple[set[str], str]:
     """Date anchors of ``text`` (ISO, Chinese and English forms) and the text with them masked."""
     found: set[str] = set()
 
-    def take(pattern: re.Pattern, order: str, masked: str) -> str:
+    def take(pattern: re.Pattern, order: str, masked: str, only_dates: bool = False) -> str:
         def one(m: re.Match) -> str:
             parts = dict(zip(order, m.groups()))
             month = parts["m"]
             month = _MONTHS[month.lower()] if not month.isdigit() else int(month)
-            found.update(date_anchors(int(parts["y"]) if parts.get("y") else None, month,
-                                      int(parts["d"]) if parts.get("d") else None))
+            dates = date_anchors(int(parts["y"]) if parts.get("y") else None, month,
+                                 int(parts["d"]) if parts.get("d") else None)
+            if only_dates and not dates:
+                return m.group(0)  # no calendar date: left to the number patterns
+            found.update(dates)
             return " "
         return pattern.sub(one, masked)
 
@@ -94,6 +102,8 @@ def _dates(text: str) -> tuple[set[str], str]:
     # each pattern runs only when the text has what it cannot match without (the cheap checks
     # keep the anchors of a query identical and skip most of the passes over it)
     masked = take(_DATE, "ymd", text)
+    if "." in masked:
+        masked = take(_DATE_DMY, "dmy", masked, only_dates=True)
     if "年" in masked:
         masked = take(_DATE_ZH, "ymd", masked)
     if "月" in masked:

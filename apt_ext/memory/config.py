@@ -34,10 +34,13 @@ class AIMConfig:
         (MiniLM gives unrelated pairs about 0.0-0.2).
       anchor_min_similarity: the lower cosine floor for nodes that share an anchor with the query
         or match it lexically (lexical score >= ``lexical_match``); a node with anchor overlap
-        >= 0.5 has no floor.
+        >= 0.5 has no floor (nor, with the default 0.0, any node that matches).
       lexical_weight: alpha, the weight of the lexical (BM25) term of the score; 0 turns the
-        lexical channel off. alpha 0.25 with eta 2.0 were fitted on the dev dialogues of
-        benchmarks/aim_memory_recall.py (grid in benchmarks/results/aim_memory_recall_fit.json).
+        lexical channel off. alpha 1.0, eta 2.0, min_similarity 0.15 and anchor_min_similarity 0.0
+        were fitted on two dev sets together, REALTALK chats 1-5 and the synthetic dev dialogues
+        (seeds 0-4) of benchmarks/aim_memory_recall.py: the best mean of text-only and with-fields
+        recall@5 over both sets among the grid points that keep a similarity floor (an unrelated
+        query returns nothing); grid in benchmarks/results/aim_memory_fusion_fit.json.
       lexical_k: candidates the lexical channel adds (top by BM25).
       lexical_match: lexical score (BM25 over the query's idf mass, in [0, 1]) from which a node
         counts as matching the query and gets the lower similarity floor.
@@ -70,9 +73,9 @@ class AIMConfig:
     anchor_threshold: float = 0.1
     anchor_boost: float = 2.0
     top_k: int = 5
-    min_similarity: float = 0.25
-    anchor_min_similarity: float = 0.15
-    lexical_weight: float = 0.25
+    min_similarity: float = 0.15
+    anchor_min_similarity: float = 0.0
+    lexical_weight: float = 1.0
     lexical_k: int = 32
     lexical_match: float = 0.3
     weight_influence: float = 0.05

@@ -30,7 +30,13 @@ def check_speaker(speaker: Any) -> str | None:
 def to_timestamp(value: Any) -> float | None:
     """Unix seconds (float) of ``value``: int/float seconds, a ``datetime`` (naive means UTC), a
     ``date`` (midnight UTC) or an ISO-8601 string ("2023-05-07", "2023-05-07T13:56:00+02:00");
-    None stays None. TypeError/ValueError otherwise."""
+    None stays None. TypeError/ValueError otherwise.
+
+    Naive times are read as UTC whatever the machine's time zone, and :func:`field_anchors` takes
+    the UTC day, so a naive local time (a chat log's "20.01.2024, 03:07") anchors the day written
+    (2024-01-20), never a day shifted by the process's time zone. A time with an offset anchors its
+    UTC day ("2023-05-07T01:00:00+02:00" gives 2023-05-06): pass naive local times to anchor the
+    caller's local day."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -55,7 +61,8 @@ def to_timestamp(value: Any) -> float | None:
 
 
 def field_anchors(speaker: str | None, ts: float | None) -> set[str]:
-    """Anchors of the speaker's name and of the timestamp's UTC day."""
+    """Anchors of the speaker's name and of the timestamp's UTC day (the day written, for a naive
+    time: see :func:`to_timestamp`)."""
     out: set[str] = set()
     if speaker is not None:
         out.update(w.lower() for w in _NAME_WORD.findall(speaker) if w.lower() not in STOPWORDS)

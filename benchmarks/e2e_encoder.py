@@ -84,15 +84,15 @@ def measure(model: nn.Module, x: torch.Tensor) -> dict:
 
 
 def print_kernels(model: nn.Module, x: torch.Tensor, label: str) -> None:
-    """Prints the top 15 GPU kernels (total and per-call GPU time) of 3 forwards of ``model``."""
-    from torch.profiler import ProfilerActivity, profile
+    """Prints the top 15 GPU kernels of ``model``'s forward (GPU time and launches per forward,
+    over 3 forwards; ``e2e_decoder.top_kernels``)."""
+    from e2e_decoder import top_kernels
 
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            model(x)
-        torch.cuda.synchronize()
-    print(f"--- {label}: 3 forwards")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=70))
+    with torch.inference_mode():
+        rows = top_kernels(lambda: model(x), 3)
+    print(f"--- {label}: per forward")
+    for k in rows:
+        print(f"  {k['us_per_call']:9.1f} us {k['launches_per_call']:6.1f}x  {k['name'][:90]}")
 
 
 def weight_bytes(model: nn.Module) -> int:

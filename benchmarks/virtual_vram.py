@@ -202,7 +202,7 @@ def paged_run(model_cpu: Decoder, device: torch.device, levels: list[dict], prom
     model = copy.deepcopy(model_cpu)
     with VGPUStack(levels) as st:
         handle = offload(model, st, prefetch=2, keep_resident=keep_resident)
-        resident = sum(handle._entry_bytes[k] for n in handle.resident for k in handle._units[n].keys)
+        resident = handle.resident_bytes
         decode(model, prompt, forced, n_new, device)  # records the execution order; warm-up
         s0 = st.stats()
         sec, _, logits = decode(model, prompt, forced, n_new, device)

@@ -126,6 +126,11 @@ class OffloadHandle:
             if keys:
                 self.stack.prefetch(keys)
 
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of the units kept on the device level for good (``resident``)."""
+        return sum(self._entry_bytes[k] for n in self.resident for k in self._units[n].keys)
+
     def _prefetch_targets(self, name: str) -> list[str]:
         """The next ``prefetch`` units after ``name`` in execution order (wrapping around) that
         are not kept resident: a copy starts that many paged units ahead, however many resident

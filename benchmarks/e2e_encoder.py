@@ -9,9 +9,11 @@ throughput (sequences/s and tokens/s) and peak GPU memory (weights + activations
 forward, torch.cuda.max_memory_allocated). Latency is measured twice: eager (every kernel launched
 from Python, as a user's loop runs it) and replayed from a CUDA graph (no host cost per kernel).
 
-    python benchmarks/e2e_encoder.py [--profile]
+    python benchmarks/e2e_encoder.py [--profile] [--tag TAG]
 --profile also prints the GPU kernels of one FP4 forward per batch (torch.profiler, top 15 by
-GPU time). Writes benchmarks/results/e2e_encoder_<card>.json and benchmarks/plots/e2e_encoder_<card>.png.
+GPU time). Writes benchmarks/results/e2e_encoder_<card>[_TAG].json and
+benchmarks/plots/e2e_encoder_<card>[_TAG].png; the JSON records the APT_FP4_* settings of the run
+(e.g. APT_FP4_GEMM=65 puts the tiled GEMM on the 768-row weights from 65 rows of x).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import argparse
 import copy
 import datetime
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -102,6 +105,7 @@ def weight_bytes(model: nn.Module) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", action="store_true", help="print the FP4 forward's top GPU kernels per batch")
+    ap.add_argument("--tag", default="", help="suffix of the JSON and plot names (a run with other APT_FP4_* settings)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("e2e_encoder benchmark: needs a CUDA GPU")
@@ -131,6 +135,7 @@ def main() -> None:
     res = {"card": card, "torch": torch.__version__, "host": platform.node(),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join([sys.executable, *sys.argv]),
+           "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("APT_FP4") or k == "APT_FORCE_TRITON"},
            "model": f"pre-LN encoder, {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, seq {SEQ}",
            "rows": rows}
     print(f"{res['model']} on {card}")
@@ -142,7 +147,7 @@ def main() -> None:
               f"{r['seq_per_s']:9.1f} "
               f"{r['tokens_per_s']:10.0f} {r['peak_mem_MB']:9.1f} {r['weights_MB']:10.1f} "
               f"{base['latency_ms'] / r['latency_ms']:15.2f}x {r['cosine_vs_fp32']:11.5f}")
-    tag = card.replace(" ", "_").replace("/", "_")
+    tag = card.replace(" ", "_").replace("/", "_") + (f"_{args.tag}" if args.tag else "")
     out = HERE / "results" / f"e2e_encoder_{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))

@@ -85,13 +85,13 @@ for arg in "$@"; do
     fp4_triton_configs) stage fp4_triton_configs $PY benchmarks/fp4_triton_configs.py ${APT_SWEEP_TAG:+--tag "$APT_SWEEP_TAG"}
       cp benchmarks/results/fp4_triton_configs_*.json "$OUT/" 2>/dev/null ;;
     fp4_quick) stage fp4_quick $PY benchmarks/fp4_linear.py --quick ;;
-    e2e) stage e2e $PY benchmarks/e2e_encoder.py ${APT_E2E_PROFILE:+--profile} ;;  # APT_E2E_PROFILE=1: the FP4 forward's top GPU kernels
+    e2e) stage e2e $PY benchmarks/e2e_encoder.py ${APT_E2E_PROFILE:+--profile} ${APT_E2E_TAG:+--tag "$APT_E2E_TAG"} ;;  # APT_E2E_PROFILE=1: the FP4 forward's top GPU kernels; APT_E2E_TAG: the JSON's suffix
     e2e_decoder) stage e2e_decoder $PY benchmarks/e2e_decoder.py ${APT_E2E_COMPILE:+--compile} ${APT_E2E_FUSED:+--fused} ${APT_E2E_ONE_COPY:+--one-copy} ${APT_E2E_PROFILE:+--profile} ;;  # APT_E2E_COMPILE=1: steps compiled too; APT_E2E_FUSED=1: fused q/k/v and gate/up; APT_E2E_ONE_COPY=1: FP4Linear keeps only its tiled copy; APT_E2E_PROFILE=1: top kernels of the replayed step
     left_spin) stage left_spin $PY benchmarks/left_spin.py ;;
     left_spin_quick) stage left_spin_quick $PY benchmarks/left_spin.py --quick ;;
     vgpu) stage vgpu $PY benchmarks/vgpu.py ;;
     vgpu_quick) stage vgpu_quick $PY benchmarks/vgpu.py --quick ;;
-    vvram) stage vvram $PY benchmarks/virtual_vram.py ${APT_VVRAM_TOKENS:+--new-tokens $APT_VVRAM_TOKENS} ;;  # APT_VVRAM_TOKENS: generated tokens per run (default 16)
+    vvram) stage vvram $PY benchmarks/virtual_vram.py ${APT_VVRAM_TOKENS:+--new-tokens $APT_VVRAM_TOKENS} ${APT_VVRAM_ARGS:-} ;;  # APT_VVRAM_TOKENS: generated tokens per run (default 16); APT_VVRAM_ARGS: more flags (e.g. "--compare-lru --skip accelerate,ssd")
     vvram_quick) stage vvram_quick $PY benchmarks/virtual_vram.py --quick ;;
     model) stage model $PY benchmarks/model_throughput.py --profile ;;
     prefix_sum) stage prefix_sum $PY benchmarks/prefix_sum.py ;;

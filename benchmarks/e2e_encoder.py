@@ -4,7 +4,8 @@
 weights and inputs (timing does not depend on trained values; the FP4 model's output is
 compared with the fp32 model's for a sanity number). FP4 = ``apt_ext.quantize_(model,
 fmt="nvfp4")`` on the bf16 model: every nn.Linear (q, k, v, o, ff1, ff2) becomes an FP4Linear,
-activations stay bf16. Reports latency (median ms per forward, triton.testing.do_bench),
+activations stay bf16; "fp4-nvfp4-dequant" is the same model with ``FP4Linear.tiled = False``
+(dequantise to bf16 + cuBLAS at every batch). Reports latency (median ms per forward, triton.testing.do_bench),
 throughput (sequences/s and tokens/s) and peak GPU memory (weights + activations of one
 forward, torch.cuda.max_memory_allocated). Latency is measured twice: eager (every kernel launched
 from Python, as a user's loop runs it) and replayed from a CUDA graph (no host cost per kernel).
@@ -110,12 +111,20 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("e2e_encoder benchmark: needs a CUDA GPU")
     import apt_ext
+    from apt_ext.nn import FP4Linear
 
     torch.manual_seed(0)
     fp32 = encoder().cuda().eval()
     variants = {"fp32": fp32, "bf16": copy.deepcopy(fp32).to(torch.bfloat16)}
     variants["fp4-nvfp4"] = apt_ext.quantize_(copy.deepcopy(variants["bf16"]), fmt="nvfp4")
-    act_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp4-nvfp4": torch.bfloat16}
+    # the same weights with FP4Linear's tiled copy switched off: every call dequantises to bf16
+    # and multiplies with cuBLAS (what batch 8's 1024 rows take anyway; at batch 1 the path choice)
+    variants["fp4-nvfp4-dequant"] = copy.deepcopy(variants["fp4-nvfp4"])
+    for m in variants["fp4-nvfp4-dequant"].modules():
+        if isinstance(m, FP4Linear):
+            m.tiled = False
+    act_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp4-nvfp4": torch.bfloat16,
+                 "fp4-nvfp4-dequant": torch.bfloat16}
     rows = []
     for batch in (1, 8):
         x32 = torch.randn(batch, SEQ, D_MODEL, device="cuda")

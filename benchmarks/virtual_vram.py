@@ -17,7 +17,10 @@ the measured pinned copy bandwidth) and, against the resident bf16 model on the 
   python benchmarks/virtual_vram.py                 # full size on a GPU
   python benchmarks/virtual_vram.py --quick         # 8 layers, d 2048 (about 1 GB)
   python benchmarks/virtual_vram.py --cpu --quick   # tiny, the 'device' level is the CPU (tests)
-Writes benchmarks/results/virtual_vram_<machine>.json.
+  python benchmarks/virtual_vram.py --profile       # where a paged nvfp4 step's host time goes
+Writes benchmarks/results/virtual_vram_<machine>.json (--profile: virtual_vram_profile_<machine>.json,
+the paged nvfp4 run at the first batch only, under torch.profiler: the host-side events with the
+most self time, among them the CUDA runtime calls that block, e.g. cudaEventSynchronize).
 """
 from __future__ import annotations
 
@@ -197,22 +200,42 @@ def agreement(logits: torch.Tensor, ref: torch.Tensor) -> dict:
             "top1_agreement": float((logits.argmax(-1) == ref.argmax(-1)).float().mean())}
 
 
+def host_profile(fn, n: int = 25) -> dict:
+    """One call of ``fn`` under torch.profiler: its wall milliseconds, the self CPU milliseconds of
+    all recorded host events together (the rest of the wall time is Python: hooks, modules) and
+    the ``n`` host-side events (ATen ops, CUDA runtime calls) with the most self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    rows = [{"name": e.key[:120], "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count}
+            for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    return {"wall_ms": wall * 1e3, "events_self_ms": sum(r["self_ms"] for r in rows),
+            "top": sorted(rows, key=lambda r: -r["self_ms"])[:n]}
+
+
 def paged_run(model_cpu: Decoder, device: torch.device, levels: list[dict], prompt: torch.Tensor,
-              forced: torch.Tensor, n_new: int, keep_resident: bool = True) -> dict:
+              forced: torch.Tensor, n_new: int, keep_resident: bool = True, profile: bool = False,
+              prefetch: int = 2) -> dict:
+    """One model paged through a VGPUStack of ``levels``: seconds per step, bytes moved per step,
+    the logits; with ``profile`` also the host profile of a second timed decode (``host_top``)."""
     model = copy.deepcopy(model_cpu)
     with VGPUStack(levels) as st:
-        handle = offload(model, st, prefetch=2, keep_resident=keep_resident)
+        handle = offload(model, st, prefetch=prefetch, keep_resident=keep_resident)
         resident = handle.resident_bytes
         decode(model, prompt, forced, n_new, device)  # records the execution order; warm-up
         s0 = st.stats()
         sec, _, logits = decode(model, prompt, forced, n_new, device)
         s1 = st.stats()
+        top = host_profile(lambda: decode(model, prompt, forced, n_new, device)) if profile else None
     steps = n_new + 1  # the prefill pass plus n_new steps moved bytes
     links = {k: (s1["links"].get(k, {}).get("bytes", 0) - s0["links"].get(k, {}).get("bytes", 0)) / steps
              for k in ("host->device", "ssd->host")}
     return {"s_per_step": sec, "keep_resident": keep_resident, "resident_bytes": resident,
             "bytes_h2d_per_step": links["host->device"],
-            "bytes_ssd_per_step": links["ssd->host"], "logits": logits}
+            "bytes_ssd_per_step": links["ssd->host"], "logits": logits} | ({"host_top": top} if profile else {})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", default="", help="comma-separated runs to leave out: accelerate, ssd")
     ap.add_argument("--compare-lru", action="store_true",
                     help="also page bf16 and nvfp4 with keep_resident=False (LRU alone), as *-lru runs")
+    ap.add_argument("--prefetch", type=int, default=2, help="offload's prefetch depth (units ahead)")
+    ap.add_argument("--profile", action="store_true",
+                    help="only the paged nvfp4 run at the first batch, then its host profile (see above)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/virtual_vram_<machine>.json)")
     args = ap.parse_args(argv)
     device = torch.device("cuda:0" if torch.cuda.is_available() and not args.cpu else "cpu")
@@ -249,11 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": machine, "device": str(device), "torch": torch.__version__,
                     "command": " ".join([sys.executable, *sys.argv]), "shape": asdict(shape),
                     "dtype": str(dtype).replace("torch.", ""), "weight_bytes": wb, "device_budget_bytes": budget,
-                    "new_tokens": n_new, "runs": {}}
+                    "new_tokens": n_new, "prefetch": args.prefetch, "runs": {}}
     link = bench_link(device, 256 * MB if gpu else 16 * MB, 3)
     result["pinned_copy_gbps"] = link["pinned_copy_gbps"]
     tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick else "")
-    out = Path(args.out) if args.out else ROOT / "results" / f"virtual_vram_{tag}.json"
+    out = Path(args.out) if args.out else \
+        ROOT / "results" / (f"virtual_vram_profile_{tag}.json" if args.profile else f"virtual_vram_{tag}.json")
     out.parent.mkdir(exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="apt_vvram_", dir=args.ssd_dir)
     fp4 = None
@@ -263,6 +290,26 @@ def main(argv: list[str] | None = None) -> int:
         result["nvfp4_weight_bytes"] = nbytes(fp4)
     except Exception as exc:  # FP4 kernels not built here: recorded, the bf16 runs still go
         result["nvfp4_error"] = f"{type(exc).__name__}: {exc}"
+    if args.profile:
+        if fp4 is None:
+            sys.exit(f"virtual_vram --profile: needs the nvfp4 model ({result['nvfp4_error']})")
+        b = batches[0]
+        prompt = torch.randint(0, shape.vocab, (b, 16), generator=torch.Generator().manual_seed(b)).to(device)
+        forced = torch.randint(0, shape.vocab, (b, n_new), generator=torch.Generator().manual_seed(b)).to(device)
+        levels = [device_level(device, budget / MB), {"device": "cpu", "capacity_mb": 1.1 * wb / MB}]
+        r = paged_run(fp4, device, levels, prompt, forced, n_new, True, profile=True, prefetch=args.prefetch)
+        r.pop("logits")
+        r["pcie_bound_s"] = r["bytes_h2d_per_step"] / (link["pinned_copy_gbps"] * 1e9)
+        result["runs"][str(b)] = {"paged-nvfp4": r}
+        out.write_text(json.dumps(result, indent=1))
+        prof = r["host_top"]
+        print(f"paged nvfp4, batch {b}: {r['s_per_step'] * 1e3:.1f} ms/step, PCIe bound "
+              f"{r['pcie_bound_s'] * 1e3:.1f} ms; one decode of {n_new} tokens under the profiler: "
+              f"{prof['wall_ms']:.1f} ms, of it {prof['events_self_ms']:.1f} ms in recorded host events:")
+        for row in prof["top"]:
+            print(f"  {row['self_ms']:9.2f} ms {row['calls']:7d}x  {row['name']}")
+        print(f"wrote {out}")
+        return 0
     try:
         for b in tqdm(batches, desc="batches"):
             g = torch.Generator().manual_seed(b)
@@ -313,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                                   {"device": "cpu", "capacity_mb": cap / MB},
                                   {"device": "ssd", "capacity_mb": 1.2 * wb / MB, "path": tmp}], True))
             for name, m, levels, keep in todo:
-                r = paged_run(m, device, levels, prompt, forced, n_new, keep)
+                r = paged_run(m, device, levels, prompt, forced, n_new, keep, prefetch=args.prefetch)
                 logits = r.pop("logits")
                 if ref is not None:
                     r.update(agreement(logits, ref))

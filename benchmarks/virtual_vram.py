@@ -68,16 +68,20 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype) * self.weight
+        # torch's fused RMSNorm (one kernel on CUDA; statistics in float32)
+        return F.rms_norm(x, (x.shape[-1],), self.weight, 1e-5)
 
 
-def rope(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of x [B, H, T, hd] at positions pos [T]."""
-    hd = x.shape[-1]
-    inv = 1.0 / (500000.0 ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd))
+def rope_tables(pos: torch.Tensor, hd: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [T, hd / 2] of the rotary embedding at positions pos [T] (made once per step,
+    shared by every layer, as Llama implementations do: the step's host time is its launches)."""
+    inv = 1.0 / (500000.0 ** (torch.arange(0, hd, 2, device=pos.device, dtype=torch.float32) / hd))
     ang = pos.float()[:, None] * inv[None, :]
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [B, H, T, hd] with ``rope_tables``' cos and sin [T, hd / 2]."""
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
 
@@ -101,10 +105,10 @@ class Attention(nn.Module):
         self.v = nn.Linear(s.d, s.kv_heads * self.hd, bias=False)
         self.o = nn.Linear(s.d, s.d, bias=False)
 
-    def forward(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache, rot: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         b, t, _ = x.shape
-        q = rope(self.q(x).view(b, t, self.h, self.hd).transpose(1, 2), pos)
-        k = rope(self.k(x).view(b, t, self.kv, self.hd).transpose(1, 2), pos)
+        q = rope(self.q(x).view(b, t, self.h, self.hd).transpose(1, 2), *rot)
+        k = rope(self.k(x).view(b, t, self.kv, self.hd).transpose(1, 2), *rot)
         v = self.v(x).view(b, t, self.kv, self.hd).transpose(1, 2)
         if cache.k is not None:
             k, v = torch.cat((cache.k, k), 2), torch.cat((cache.v, v), 2)
@@ -121,8 +125,8 @@ class Layer(nn.Module):
         self.up = nn.Linear(s.d, s.d_ff, bias=False)
         self.down = nn.Linear(s.d_ff, s.d, bias=False)
 
-    def forward(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.n1(x), cache, pos)
+    def forward(self, x: torch.Tensor, cache: KVCache, rot: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.attn(self.n1(x), cache, rot)
         h = self.n2(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))
 
@@ -140,8 +144,9 @@ class Decoder(nn.Module):
     def forward(self, ids: torch.Tensor, caches: list[KVCache], start: int) -> torch.Tensor:
         pos = torch.arange(start, start + ids.shape[1], device=ids.device)
         x = self.embed(ids)
+        rot = rope_tables(pos, self.layers[0].attn.hd, x.dtype)
         for layer, cache in zip(self.layers, caches):
-            x = layer(x, cache, pos)
+            x = layer(x, cache, rot)
         return self.head(self.norm(x[:, -1]))
 
 

@@ -30,7 +30,12 @@ def test_offload_matches_resident(tmp_path, prefetch):
     # device level: 25% of the weights; host: 40%; the rest spills to SSD files
     st = VGPUStack(cpu_levels(tmp_path, device_mb=0.25 * wb, host_mb=0.4 * wb))
     handle = offload(model, st, prefetch=prefetch)
-    assert all(p.numel() == 0 for p in model.parameters())  # weights now live in the stack
+    # weights now live in the stack: placeholders, but for the units kept on the device level,
+    # which hold their (pinned) device tensors for good and get no hooks
+    kept = set(handle.resident)
+    for name, mod in model.named_modules():
+        for p in mod.parameters(recurse=False):
+            assert (p.numel() > 0) == (name in kept), name
     with torch.no_grad():
         for _ in range(3):
             assert torch.equal(model(x), ref)
@@ -38,7 +43,8 @@ def test_offload_matches_resident(tmp_path, prefetch):
     s = st.stats()
     assert s["prefetch_errors"] == 0 and s["levels"][2]["hits"] > 0
     assert (s["prefetched"] > 0) == (prefetch > 0)
-    assert handle.order[:3] == ["0.0", "0.2", "0.3"]  # recorded execution order
+    # recorded execution order of the units that move (registration order in this Sequential)
+    assert handle.order == [n for n in handle._units if n not in kept]
     # post-hooks unpinned everything but the units kept resident for good
     assert st.stats()["levels"][0]["pinned_entries"] == len(handle.resident)
     handle.restore()

@@ -14,7 +14,8 @@ LRU alone would evict each unit before its next use and move every byte every fo
 default (``keep_resident=True``) ``offload`` keeps the largest units that fit on the device level
 for good (promoted and pinned once; ``OffloadHandle.resident`` names them), leaving room for
 the ``prefetch + 1`` largest of the others in flight, and only the rest crosses the link each
-forward. Among units of equal size (repeated layers) the kept ones are spread over the model,
+forward; those kept hold their device tensors for good and get no hooks (a forward pays the
+hooks' host time only for the units that move). Among units of equal size (repeated layers) the kept ones are spread over the model,
 and a pre-hook prefetches the next ``prefetch`` *paged* units, skipping resident ones, so that
 each copy overlaps the compute of the resident units before it.
 Inputs must be on ``stack.device``. Inference only: gradients of offloaded weights are not kept.
@@ -84,7 +85,8 @@ def _pack(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
 
 
 class OffloadHandle:
-    """Returned by ``offload``: ``order`` is the recorded execution order (module names);
+    """Returned by ``offload``: ``order`` is the recorded execution order (module names) of the
+    units that move (those kept resident have no hooks; registration order before a forward);
     ``restore()`` puts the weights back into the model (on ``device``) and removes hooks and keys."""
 
     def __init__(self, model: nn.Module, stack: VGPUStack, units: list[tuple[str, _Unit]], prefetch: int) -> None:
@@ -159,7 +161,10 @@ class OffloadHandle:
             self.stack.unpin(key)
 
     def _attach(self) -> None:
+        kept = set(self.resident)
         for name, unit in self._units.items():
+            if name in kept:
+                continue
             self._hooks.append(unit.module.register_forward_pre_hook(lambda m, a, n=name: self._pre(n)))
             self._hooks.append(unit.module.register_forward_hook(lambda m, a, o, n=name: self._post(n)))
 
@@ -222,9 +227,15 @@ class OffloadHandle:
             if sum(by_size[:i]) + room <= limit:
                 keep = i
         for name in ranked[:keep]:
-            for key in self._units[name].keys:
-                self.stack.get(key)  # promoted to the device level
+            unit = self._units[name]
+            entries = {}
+            for key in unit.keys:
+                entries[key] = self.stack.get(key)  # promoted to the device level
                 self.stack.pin(key)
+            # pinned for good, so its tensors stay valid: set once, and the unit gets no hooks
+            # (a forward pays the hooks' host time only for the units that move)
+            for slot in unit.tensors:
+                self._set(unit, slot, slot.value(entries[slot.key]))
             self.resident.append(name)
 
 

@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         r = paged_run(fp4, device, levels, prompt, forced, n_new, True, profile=True, prefetch=args.prefetch)
         r.pop("logits")
         r["pcie_bound_s"] = r["bytes_h2d_per_step"] / (link["pinned_copy_gbps"] * 1e9)
+        r["step_vs_pcie_bound"] = r["s_per_step"] / r["pcie_bound_s"]
+        r["tokens_per_s"] = b / r["s_per_step"]
         result["runs"][str(b)] = {"paged-nvfp4": r}
         out.write_text(json.dumps(result, indent=1))
         prof = r["host_top"]

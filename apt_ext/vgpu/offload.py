@@ -15,9 +15,10 @@ default (``keep_resident=True``) ``offload`` keeps the largest units that fit on
 for good (promoted and pinned once; ``OffloadHandle.resident`` names them), leaving room for
 the ``prefetch + 1`` largest of the others in flight, and only the rest crosses the link each
 forward; those kept hold their device tensors for good and get no hooks (a forward pays the
-hooks' host time only for the units that move). Among units of equal size (repeated layers) the kept ones are spread over the model,
-and a pre-hook prefetches the next ``prefetch`` *paged* units, skipping resident ones, so that
-each copy overlaps the compute of the resident units before it.
+hooks' host time only for the units that move). Among units of equal size (repeated layers) the
+kept ones are spread over the model, and a pre-hook prefetches the next ``prefetch`` *paged*
+units, skipping resident ones, so that each copy overlaps the compute of the resident units
+before it.
 Inputs must be on ``stack.device``. Inference only: gradients of offloaded weights are not kept.
 Every unit gets the attribute ``_apt_paged = True`` (until ``restore()``): a module that would
 otherwise keep a private device copy of its weights (``apt_ext.nn.FP4Linear``'s tiled copy)

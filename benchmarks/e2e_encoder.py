@@ -5,9 +5,9 @@ weights and inputs (timing does not depend on trained values; the FP4 model's ou
 compared with the fp32 model's for a sanity number). FP4 = ``apt_ext.quantize_(model,
 fmt="nvfp4")`` on the bf16 model: every nn.Linear (q, k, v, o, ff1, ff2) becomes an FP4Linear,
 activations stay bf16; "fp4-nvfp4-dequant" is the same model with ``FP4Linear.tiled = False``
-(dequantise to bf16 + cuBLAS at every batch). Reports latency (median ms per forward, triton.testing.do_bench),
-throughput (sequences/s and tokens/s) and peak GPU memory (weights + activations of one
-forward, torch.cuda.max_memory_allocated). Latency is measured twice: eager (every kernel launched
+(dequantise to bf16 + cuBLAS at every batch). Reports latency (median ms per forward,
+triton.testing.do_bench), throughput (sequences/s and tokens/s) and peak GPU memory (weights +
+activations of one forward, torch.cuda.max_memory_allocated). Latency is measured twice: eager (every kernel launched
 from Python, as a user's loop runs it) and replayed from a CUDA graph (no host cost per kernel).
 
     python benchmarks/e2e_encoder.py [--profile] [--tag TAG]

@@ -243,6 +243,13 @@ def paged_run(model_cpu: Decoder, device: torch.device, levels: list[dict], prom
             "bytes_ssd_per_step": links["ssd->host"], "logits": logits} | ({"host_top": top} if profile else {})
 
 
+def add_pcie_bound(r: dict, pinned_copy_gbps: float) -> None:
+    """Adds to a ``paged_run`` result its PCIe bound (bytes moved per step / pinned copy GB/s, in
+    seconds) and its step's ratio to that bound (None when nothing moved)."""
+    r["pcie_bound_s"] = r["bytes_h2d_per_step"] / (pinned_copy_gbps * 1e9)
+    r["step_vs_pcie_bound"] = r["s_per_step"] / r["pcie_bound_s"] if r["pcie_bound_s"] > 0 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="8 layers, d 2048 on a GPU; tiny on the CPU")
@@ -295,17 +302,17 @@ def main(argv: list[str] | None = None) -> int:
         result["nvfp4_weight_bytes"] = nbytes(fp4)
     except Exception as exc:  # FP4 kernels not built here: recorded, the bf16 runs still go
         result["nvfp4_error"] = f"{type(exc).__name__}: {exc}"
+    # device level = the budget, host level = the rest (every paged run but the SSD one)
+    host = [device_level(device, budget / MB), {"device": "cpu", "capacity_mb": 1.1 * wb / MB}]
     if args.profile:
         if fp4 is None:
             sys.exit(f"virtual_vram --profile: needs the nvfp4 model ({result['nvfp4_error']})")
         b = batches[0]
         prompt = torch.randint(0, shape.vocab, (b, 16), generator=torch.Generator().manual_seed(b)).to(device)
         forced = torch.randint(0, shape.vocab, (b, n_new), generator=torch.Generator().manual_seed(b)).to(device)
-        levels = [device_level(device, budget / MB), {"device": "cpu", "capacity_mb": 1.1 * wb / MB}]
-        r = paged_run(fp4, device, levels, prompt, forced, n_new, True, profile=True, prefetch=args.prefetch)
+        r = paged_run(fp4, device, host, prompt, forced, n_new, True, profile=True, prefetch=args.prefetch)
         r.pop("logits")
-        r["pcie_bound_s"] = r["bytes_h2d_per_step"] / (link["pinned_copy_gbps"] * 1e9)
-        r["step_vs_pcie_bound"] = r["s_per_step"] / r["pcie_bound_s"]
+        add_pcie_bound(r, link["pinned_copy_gbps"])
         r["tokens_per_s"] = b / r["s_per_step"]
         result["runs"][str(b)] = {"paged-nvfp4": r}
         out.write_text(json.dumps(result, indent=1))
@@ -349,11 +356,9 @@ def main(argv: list[str] | None = None) -> int:
                 del resident4
                 if gpu:
                     torch.cuda.empty_cache()
-            host = [device_level(device, budget / MB), {"device": "cpu", "capacity_mb": 1.1 * wb / MB}]
             todo = [(f"paged-{dt}", model_cpu, host, True)]
             if fp4 is not None:
-                todo.append(("paged-nvfp4", fp4, [device_level(device, budget / MB),
-                                                  {"device": "cpu", "capacity_mb": 1.1 * wb / MB}], True))
+                todo.append(("paged-nvfp4", fp4, host, True))
             if args.compare_lru:
                 todo += [(f"{name}-lru", m, levels, False) for name, m, levels, _ in todo]
             if fp4 is not None:
@@ -371,8 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                 logits = r.pop("logits")
                 if ref is not None:
                     r.update(agreement(logits, ref))
-                r["pcie_bound_s"] = r["bytes_h2d_per_step"] / (link["pinned_copy_gbps"] * 1e9)
-                r["step_vs_pcie_bound"] = r["s_per_step"] / r["pcie_bound_s"] if r["pcie_bound_s"] > 0 else None
+                add_pcie_bound(r, link["pinned_copy_gbps"])
                 r["device_level_bytes"] = int(levels[0]["capacity_mb"] * MB)
                 runs[name] = r
             try:

@@ -1,13 +1,11 @@
 """Tuning sweep of the tiled FP4 GEMV (csrc/fp4/fp4_gemv_cuda.cu) on one GPU, in one run.
 
-Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw[,stream]]]]]]" (warps
+Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]" (warps
 along N per block, K parts per tile, pipeline depth, x rows per block in tiles of 8 (1, 2, 4; 0 the
 heuristic's), how x is read: 0 through L1 double-buffered, 1 with one x buffer and more blocks per
 SM, 2 one chunk at a time, -1 the heuristic's; balance (default 1): warps per block chosen to
 spread blocks evenly over the SMs; evict_first (default 1): weights loaded with L2 evict_first; tw:
-tiles per warp, 1 or 2, 0 the heuristic's; stream (default 0): 1 runs the stream GEMV, one wave of
-warps each streaming an equal range of (tile, step) blocks across tiles, for up to one block of x
-rows; rw = kw = 0 keeps the heuristic's), optionally with
+tiles per warp, 1 or 2, 0 the heuristic's; rw = kw = 0 keeps the heuristic's), optionally with
 "@step" (the tiles and scales copied step-major: at each step all tiles' blocks are adjacent, so
 warps that advance together read one contiguous region), "+gemm=MIN_ROWS,K_PARTS[,SPLITS[,TILES_PER_WARP[,ROWS]]]"
 (APT_FP4_GEMM: from MIN_ROWS rows of x the tiled GEMM of csrc/fp4/fp4_gemm_tiled_cuda.cu instead

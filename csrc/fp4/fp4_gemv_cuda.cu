@@ -50,7 +50,6 @@ using namespace apt::fp4::tiled;
 constexpr int kMaxWarps = 8;  // warps per block (RW * KW)
 constexpr int kDefaultStages = 2;    // round-6 sweep: 2 stages as fast or faster than 4 at M = 1, 4, 16
 constexpr int kMinStepsPerPart = 4;  // K parts keep at least this many steps each
-constexpr int kStreamWarps = 4;      // warps per block of the stream GEMV (gemv_stream_kernel)
 
 // 16 bytes of x (kept in L1: the warps of a block read the same columns), issued in program order.
 __device__ __forceinline__ uint4 load_x(const uint4* p) {
@@ -255,129 +254,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   store_outputs<T, kGelu>(acc, args, tile0, row_first, g, t);
 }
 
-// The stream GEMV (GemvConfig::stream; a tuning-sweep mode, issue 10): a grid of exactly the
-// warps the GPU holds at once, each streaming one contiguous range of the flattened (tile, step)
-// sequence of a tile-major layout (args.steps_per_part steps; every warp the same amount of work
-// but the last). Where the block GEMV gives each warp one tile's K part, so that a short block
-// ends, its ring drains and a new block ramps up, and the last wave runs part empty, here a warp's
-// weight ring crosses tile boundaries without a pause: at the end of each tile (or of its range)
-// the warp hands its sums on (flush_piece) while the next tile's loads are already in flight.
-// One block of rows of x (m <= 8 MT), one tile per warp.
-//
-// A tile's steps may be spread over several warps ("pieces", at most args.splits): each writes its
-// sums to args.partials and the warp that arrives last at the tile's counter (args.arrivals, zero
-// before the launch) adds every piece's sums in piece order (deterministic) and stores the output.
-template <typename T, bool kGelu, int MT>
-__device__ __forceinline__ void flush_piece(float (&acc)[1][MT][4], const TiledLinearArgs& args, int64_t tile,
-                                            int64_t warp_id, int lane) {
-  constexpr int kSums = MT * 4;
-  const int64_t first = tile * args.steps / args.steps_per_part;
-  const int64_t pieces = ((tile + 1) * args.steps - 1) / args.steps_per_part - first + 1;
-  if (pieces > 1) {
-    float* base = args.partials + tile * args.splits * (kSums * 32) + lane;
-    float* dst = base + (warp_id - first) * (kSums * 32);
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dst[(i * 4 + e) * 32] = acc[0][i][e];
-    __threadfence();  // the sums are visible device-wide before the arrival is counted
-    __syncwarp();
-    int arrived = 0;
-    if (lane == 0) arrived = atomicAdd(args.arrivals + tile, 1);
-    if (__shfl_sync(0xffffffffu, arrived, 0) != pieces - 1) return;
-    __threadfence();
-    for (int64_t p = 0; p < pieces; ++p) {
-      const float* src = base + p * (kSums * 32);
-#pragma unroll
-      for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float v = __ldcg(src + (i * 4 + e) * 32);
-          acc[0][i][e] = p == 0 ? v : acc[0][i][e] + v;
-        }
-    }
-  }
-  store_outputs<T, kGelu>(acc, args, tile, 0, lane >> 2, lane & 3);
-}
-
-// Grid: ceil(ceil(n_tiles * steps / steps_per_part) / warps per block) blocks of any number of
-// warps (no shared memory, no barrier); x rows 0 .. m - 1 (m <= 8 MT); XM kXDoubleBuffer or
-// kXSingleBuffer. Requires tile_stride == steps * step_stride and sc_tile_stride == steps *
-// sc_step_stride (the host checks), so that the ring's advance crosses tiles.
-template <Format F, typename T, int MT, int S, int XM, bool kGelu>
-__global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, 1, XM>()))
-    gemv_stream_kernel(const TiledLinearArgs args) {
-  static_assert(XM != kXPerChunk && F != Format::NF4, "the stream GEMV: x double- or single-buffered, no nf4 table");
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int64_t warp_id = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  const int64_t begin = warp_id * args.steps_per_part;
-  const int64_t n_steps = min(args.n_tiles * args.steps - begin, args.steps_per_part);
-  if (n_steps <= 0) return;
-  int64_t tile = begin / args.steps, js = begin - tile * args.steps;  // current tile and its step
-  const int rows_here = static_cast<int>(min(static_cast<int64_t>(8 * MT), args.m));
-  const T* xrows[MT];  // this lane's first column (8t) of its rows of x, at step 0
-#pragma unroll
-  for (int i = 0; i < MT; ++i) xrows[i] = static_cast<const T*>(args.x) + min(g + 8 * i, rows_here - 1) * args.x_stride + 8 * t;
-
-  float acc[1][MT][4];
-#pragma unroll
-  for (int i = 0; i < MT; ++i) acc[0][i][0] = acc[0][i][1] = acc[0][i][2] = acc[0][i][3] = 0.0f;
-  WeightRing<F, S, 1> ring(args, tile, js, lane);
-#pragma unroll
-  for (int i = 0; i < S; ++i) {
-    if (i < n_steps) ring.load(i, args);
-    ring.advance(args);
-  }
-  constexpr bool kXDouble = XM == kXDoubleBuffer;
-  XStep<T, MT> xb[kXDouble ? 2 : 1];
-  if (kXDouble) xb[0].load(xrows, js * kStepCols);
-  // Step q of the range uses ring slot i (= q % S); kChecked as in gemv_tiled_kernel.
-  auto step = [&](auto checked, int i, int64_t q) {
-    constexpr bool kChecked = decltype(checked)::value;
-    const int64_t js_next = js + 1 == args.steps ? 0 : js + 1;
-    if constexpr (kXDouble) {
-      if (!kChecked || q + 1 < n_steps) xb[(i + 1) & 1].load(xrows, js_next * kStepCols);
-      step_math<F, T, MT, 1, false>(ring.c0[i], ring.c1[i], ring.sc[i], xb[i & 1], xrows, 0, nullptr, acc);
-    } else {
-      xb[0].load(xrows, js * kStepCols);
-      step_math<F, T, MT, 1, false>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nullptr, acc);
-    }
-    if (!kChecked || q + S < n_steps) ring.load(i, args);
-    ring.advance(args);
-    js = js_next;
-    if (js == 0) {
-      flush_piece<T, kGelu, MT>(acc, args, tile, warp_id, lane);
-      ++tile;
-#pragma unroll
-      for (int r = 0; r < MT; ++r) acc[0][r][0] = acc[0][r][1] = acc[0][r][2] = acc[0][r][3] = 0.0f;
-    }
-  };
-  int64_t base = 0;
-  for (; base + 2 * S <= n_steps; base += S) {
-#pragma unroll
-    for (int i = 0; i < S; ++i) step(std::false_type{}, i, base + i);
-  }
-  for (; base < n_steps; base += S) {
-#pragma unroll
-    for (int i = 0; i < S; ++i) {
-      if (base + i >= n_steps) break;
-      step(std::true_type{}, i, base + i);
-    }
-  }
-  if (js != 0) flush_piece<T, kGelu, MT>(acc, args, tile, warp_id, lane);  // the range ended inside a tile
-}
-
 // Launch shape: warps along N per block (rw), K parts (kw), pipeline stages (s), x rows per block
 // as tiles of 8 (mt: 1, 2, 4, or 0 = the heuristic's: 1 up to 8 rows of x, else 2), how x is read
 // (xm: kXDoubleBuffer, kXSingleBuffer, kXPerChunk, or -1 = the heuristic's), tiles per warp (tw:
-// 1, 2, or 0 = the heuristic's), and whether the stream GEMV runs (gemv_stream_kernel: rw and kw
-// unused).
+// 1, 2, or 0 = the heuristic's).
 struct GemvConfig {
   int rw, kw, s, mt, xm;
   bool balance;      // tiles per block chosen so the blocks spread evenly over the multiprocessors
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
   int tw;
-  bool stream;
 };
 
 // The kernels this file builds, by (sweep: nvfp4 with bfloat16 x; fp32x: float32 x) and launch
@@ -398,13 +283,6 @@ constexpr bool kernel_built(bool sweep, bool fp32x, int mt, int tw, int s, int x
   return tw == 1 && mt != 4 && (s == 2 || s == 4);
 }
 
-// The stream GEMV is built for the sweep's nvfp4 / bfloat16 x only: 8 rows of x double-buffered
-// (2 or 4 stages) and 16 rows with one x buffer (2 stages).
-constexpr bool stream_kernel_built(bool sweep, int mt, int s, int xm) {
-  return sweep && ((mt == 1 && xm == kXDoubleBuffer && (s == 2 || s == 4)) ||
-                   (mt == 2 && xm == kXSingleBuffer && s == kDefaultStages));
-}
-
 // The heuristic's tiles per warp for blocks of `mt` x tiles of 8 rows and `m` rows of x in all:
 // two (x loaded per chunk, each x value feeding 32 weight rows) above 16 rows of x, one up to 16.
 // Round-10a sweep (fp4_gemv_sweep_NVIDIA_H200_round10a.json, 16-row blocks, do_bench): at M = 64
@@ -414,24 +292,22 @@ constexpr bool stream_kernel_built(bool sweep, int mt, int s, int xm) {
 constexpr int default_tiles_per_warp(int mt, int64_t m) { return mt == 1 || m <= 16 ? 1 : 2; }
 constexpr int default_x_mode(int mt, int tw) { return tw == 2 || mt == 4 ? kXPerChunk : (mt == 1 ? kXDoubleBuffer : kXSingleBuffer); }
 
-// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw[,stream]]]]]]" (read once) overrides
-// the heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's block shape, mt = 0 its rows
-// of x, xm = -1 its x mode, tw = 0 its tiles per warp; balance and evict_first default to 1,
-// stream to 0. A launch shape kernel_built does not build for the format and x dtype falls back to
-// the heuristic's stages, x mode and tiles per warp (and 32 rows of x to 16); stream = 1 where
-// stream_kernel_built does not build it, or x has more rows than one block, is ignored.
+// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]" (read once) overrides the
+// heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's block shape, mt = 0 its rows of
+// x, xm = -1 its x mode, tw = 0 its tiles per warp; balance and evict_first default to 1. A launch
+// shape kernel_built does not build for the format and x dtype falls back to the heuristic's
+// stages, x mode and tiles per warp (and 32 rows of x to 16).
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
-  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1, tw = 0, stream = 0;
-  const int got =
-      std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first, &tw, &stream);
+  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1, tw = 0;
+  const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first, &tw);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
   TORCH_CHECK_VALUE(got >= 3 && shape_ok && (mt == 0 || mt == 1 || mt == 2 || mt == 4) && xm >= -1 &&
                         xm <= kXPerChunk && tw >= 0 && tw <= 2,
-                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw[,stream]]]]]]' with rw * kw "
-                    "<= 8 (or both 0), mt 0, 1, 2 or 4, xm in -1..2 and tw in 0..2, got '", env, "'");
-  cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0, tw, stream != 0};
+                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]' with rw * kw <= 8 "
+                    "(or both 0), mt 0, 1, 2 or 4, xm in -1..2 and tw in 0..2, got '", env, "'");
+  cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0, tw};
   return true;
 }
 
@@ -445,7 +321,7 @@ GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_
   // 2-warp blocks of 14336 x 4096 ran nf4 at 1.21x bf16 against nvfp4's 2.22x in
   // fp4_linear_NVIDIA_H200.json of the round-6 session, and at 1.55x against 2.23x unbalanced in
   // fp4_gemv_sweep_NVIDIA_H200_round8a.json).
-  GemvConfig cfg{0, 0, kDefaultStages, 0, -1, f != Format::NF4, true, 0, false};
+  GemvConfig cfg{0, 0, kDefaultStages, 0, -1, f != Format::NF4, true, 0};
   const bool from_env = env_config(cfg);
   if (fp32x) {
     cfg.mt = 1;
@@ -459,7 +335,6 @@ GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_
     cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt, m);
     cfg.xm = default_x_mode(cfg.mt, cfg.tw);
   }
-  cfg.stream = cfg.stream && cfg.tw == 1 && m <= 8 * cfg.mt && stream_kernel_built(sweep, cfg.mt, cfg.s, cfg.xm);
   if (from_env && cfg.rw > 0) return cfg;
   const int64_t m_blocks = (m + 8 * cfg.mt - 1) / (8 * cfg.mt), units = (n_tiles + cfg.tw - 1) / cfg.tw;
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kMinStepsPerPart, kMaxWarps));
@@ -522,46 +397,6 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
   });
   TORCH_CHECK(launched, "fp4_linear_tiled: no kernel built for stages ", cfg.s, ", x mode ", cfg.xm, ", ", cfg.tw,
               " tiles per warp and ", 8 * MT, " rows of x");
-}
-
-// Launches the stream GEMV (gemv_stream_kernel) for `cfg` if the layout is tile-major dense (the
-// ring crosses tiles by one step stride) and returns whether it did: as many warps as the GPU
-// holds at once, each with an equal range of steps (at least kMinStepsPerPart).
-bool launch_gemv_stream(TiledLinearArgs args, const GemvConfig& cfg, const at::Tensor& like, cudaStream_t stream) {
-  if (args.tile_stride != args.steps * args.step_stride || args.sc_tile_stride != args.steps * args.sc_step_stride) {
-    return false;
-  }
-  constexpr int warps = kStreamWarps;
-  constexpr int threads = 32 * warps;
-  at::Tensor partials, arrivals;
-  bool launched = false;
-  for_each_int<2, 4>([&](auto s_c) {
-    for_each_int<1, 2>([&](auto mt_c) {
-      for_each_int<kXDoubleBuffer, kXSingleBuffer>([&](auto xm_c) {
-        constexpr int S = decltype(s_c)::value, MT = decltype(mt_c)::value, XM = decltype(xm_c)::value;
-        if constexpr (stream_kernel_built(true, MT, S, XM)) {
-          if (launched || cfg.s != S || cfg.mt != MT || cfg.xm != XM) return;
-          auto kernel = gemv_stream_kernel<Format::NVFP4, at::BFloat16, MT, S, XM, false>;
-          int per_sm = 0;
-          C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
-          TORCH_CHECK(per_sm > 0, "fp4_linear_tiled: the stream GEMV does not fit ", threads, " threads per block");
-          const int64_t total = args.n_tiles * args.steps;
-          const int64_t slots = static_cast<int64_t>(per_sm) * sm_count(like.get_device()) * warps;
-          args.steps_per_part = std::max<int64_t>((total + slots - 1) / slots, kMinStepsPerPart);
-          const int64_t used = (total + args.steps_per_part - 1) / args.steps_per_part;
-          args.splits = static_cast<int>((args.steps + args.steps_per_part - 1) / args.steps_per_part + 1);
-          partials = at::empty({args.n_tiles * args.splits * MT * 4 * 32}, like.options().dtype(at::kFloat));
-          arrivals = at::zeros({args.n_tiles}, like.options().dtype(at::kInt));
-          args.partials = partials.mutable_data_ptr<float>();
-          args.arrivals = arrivals.mutable_data_ptr<int>();
-          kernel<<<static_cast<unsigned>((used + warps - 1) / warps), threads, 0, stream>>>(args);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-          launched = true;
-        }
-      });
-    });
-  });
-  return launched;
 }
 
 at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
@@ -628,7 +463,6 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.rw = cfg.rw;
   args.kw = cfg.kw;
   args.evict_first = cfg.evict_first;
-  if (cfg.stream && launch_gemv_stream(args, cfg, x, stream)) return out.view(out_sizes);
   args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;
   // Grid: ceil(ceil(n_tiles / tw) / rw) blocks along N times m_blocks along x.
   const int64_t m_blocks = (m + 8 * cfg.mt - 1) / (8 * cfg.mt);

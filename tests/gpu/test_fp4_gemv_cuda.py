@@ -135,37 +135,6 @@ def test_gemv_launch_variants(launch):
     _run_checks_in_child(code, APT_FP4_GEMV=launch)
 
 
-def check_repeatable(m: int, n: int = 2000, k: int = 6000, seed: int = 0) -> None:
-    """Two calls on the same nvfp4 weight and m rows of bfloat16 x give bit-identical outputs."""
-    g = torch.Generator().manual_seed(seed)
-    t = tile(quantize(_weight(n, k, g).to(DEV), "nvfp4"))
-    x = torch.randn(m, k, generator=g).to(DEV, torch.bfloat16)
-    assert torch.equal(t.linear(x), t.linear(x))
-
-
-@needs_cuda_build
-@pytest.mark.parametrize("launch", ["0,0,2,1,0,1,1,1,1", "0,0,4,1,0,1,1,1,1", "0,0,2,2,1,1,1,1,1",
-                                    "0,0,2,0,-1,1,1,0,1"])
-def test_gemv_stream_variants(launch):
-    """The stream GEMV (APT_FP4_GEMV's ninth field; read once per process, so in a child): nvfp4
-    with bfloat16 x against the reference on shapes where a warp's range of steps crosses tiles
-    and a tile's steps are spread over up to ten warps (their sums added by the last to arrive),
-    x rows 1..16 with and without bias, repeated calls bit-identical (the pieces' fixed order);
-    rows past one block, step-major copies, the other formats and float16 x take the block GEMV
-    and stay correct."""
-    code = (
-        "for n, k in ((300, 4192), (4096, 4096), (2000, 6000)):\n"
-        "    for m in (1, 5, 8, 9, 16):\n"
-        "        t._check('nvfp4', m, torch.bfloat16, m % 2 == 1, n=n, k=k, apt_seed=21)\n"
-        "t.check_repeatable(1)\n"
-        "t.check_repeatable(16)\n"
-        "for fmt in t.FORMATS:\n"
-        "    t._check(fmt, 16, torch.bfloat16, True, n=300, k=4192, apt_seed=22, step_major=True)\n"
-        "    t._check(fmt, 33, torch.bfloat16, True, n=300, k=4192, apt_seed=23)\n"
-        "    t._check(fmt, 4, torch.float16, True, n=300, k=4192, apt_seed=24)\n")
-    _run_checks_in_child(code, APT_FP4_GEMV=launch)
-
-
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2", "17,2,1", "17,4,0,4", "17,1,3,4", "1,2,5,2", "17,1,0,2,32",
                                   "17,4,3,2,32", "17,2,0,1,64"])

@@ -61,8 +61,11 @@ __device__ __forceinline__ uint4 load_x(const uint4* p) {
 // How a block reads x (GemvConfig::xm): 0 through L1, double-buffered half a step ahead; 1 the
 // same with a single buffer loaded at each step, for more blocks per multiprocessor
 // (min_blocks_per_sm); 2 one chunk (8 columns per lane) at a time, loaded one chunk ahead of its
-// two mma, so that only two chunks of x are live (two tiles per warp, or 32 rows of x, fit).
-constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXPerChunk = 2;
+// two mma, so that only two chunks of x are live (two tiles per warp, or 32 rows of x, fit); 3 a
+// single buffer refilled chunk by chunk: each chunk of the next step is loaded as soon as this
+// step's two mma of that chunk are issued, three chunks of work before its use (the registers of
+// 1, the lead of 0).
+constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXPerChunk = 2, kXRolling = 3;
 
 // x values of one step for one lane: its 32 columns (four chunks of 8, chunk c at column 32c + 8t
 // of the step) of each of its MT rows, raw 16-byte loads. x rows are padded to whole steps and
@@ -125,16 +128,17 @@ template <Format F>
 constexpr int nf4_table_bytes() { return F == Format::NF4 ? kNf4PairTableBytes : 0; }
 
 // All 8 mma of one step for each of the warp's TW tiles: tile u's words 0..3 in c0[u], 4..7 in
-// c1[u]. kPerChunk: x is loaded here, chunk c + 1 before the mma of chunk c (xrows, col0 as for
-// XStep::load); otherwise xs holds the whole step already.
-template <Format F, typename T, int MT, int TW, bool kPerChunk>
+// c1[u]. XM kXPerChunk: x is loaded here, chunk c + 1 before the mma of chunk c (xrows, col0 as
+// for XStep::load); kXRolling: xs holds this step, and chunk c of the step at col0 is loaded
+// after the mma of chunk c if `refill`; otherwise xs holds the whole step already.
+template <Format F, typename T, int MT, int TW, int XM>
 __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c1)[TW], const LaneScales<F> (&sc)[TW],
                                           XStep<T, MT>& xs, const T* const (&xrows)[MT], int64_t col0,
-                                          const uint32_t* nf4_lane, float (&acc)[TW][MT][4]) {
-  if constexpr (kPerChunk) xs.load_chunk(xrows, col0, 0);
+                                          const uint32_t* nf4_lane, float (&acc)[TW][MT][4], bool refill = false) {
+  if constexpr (XM == kXPerChunk) xs.load_chunk(xrows, col0, 0);
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    if constexpr (kPerChunk) {
+    if constexpr (XM == kXPerChunk) {
       if (j % 2 == 0 && j < 6) xs.load_chunk(xrows, col0, j / 2 + 1);
     }
 #pragma unroll
@@ -142,6 +146,9 @@ __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c
       uint32_t a[4];
       decode_word<F>(word_of(j < 4 ? c0[u] : c1[u], j & 3), sc[u], j, nf4_lane, a);
       mma_step<T, MT>(acc[u], a, xs, j);
+    }
+    if constexpr (XM == kXRolling) {
+      if (j % 2 == 1 && refill) xs.load_chunk(xrows, col0, j / 2);
     }
   }
 }
@@ -153,8 +160,8 @@ template <typename T, int MT, int TW, int XM>
 constexpr int min_blocks_per_sm() {
   if (sizeof(T) != 2) return 1;
   if (TW == 2) return MT <= 2 ? 2 : 1;
-  if (MT == 1) return XM == kXDoubleBuffer ? 2 : 3;
-  return XM == kXDoubleBuffer ? 1 : 2;
+  if (MT == 1) return XM == kXDoubleBuffer || XM == kXRolling ? 2 : 3;  // rolling: 80 spilled 52 bytes
+  return XM == kXDoubleBuffer ? 1 : 2;  // kXRolling: the registers of one buffer, as kXSingleBuffer
 }
 
 // Grid ceil(ceil(n_tiles / TW) / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying
@@ -219,17 +226,20 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   // 2 S steps, so the next x and the ring refill are bounds-checked; other steps skip the tests.
   constexpr bool kXDouble = XM == kXDoubleBuffer;
   XStep<T, MT> xb[kXDouble ? 2 : 1];
-  if (kXDouble && n_steps > 0) xb[0].load(xrows, 0);
+  if ((kXDouble || XM == kXRolling) && n_steps > 0) xb[0].load(xrows, 0);
   auto step = [&](auto checked, int i, int64_t s) {
     constexpr bool kChecked = decltype(checked)::value;
     if constexpr (kXDouble) {
       if (!kChecked || s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
-      step_math<F, T, MT, TW, false>(ring.c0[i], ring.c1[i], ring.sc[i], xb[i & 1], xrows, 0, nf4_lane, acc);
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[i & 1], xrows, 0, nf4_lane, acc);
     } else if constexpr (XM == kXPerChunk) {
-      step_math<F, T, MT, TW, true>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, s * kStepCols, nf4_lane, acc);
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, s * kStepCols, nf4_lane, acc);
+    } else if constexpr (XM == kXRolling) {
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, (s + 1) * kStepCols, nf4_lane,
+                                  acc, !kChecked || s + 1 < n_steps);
     } else {
       xb[0].load(xrows, s * kStepCols);
-      step_math<F, T, MT, TW, false>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nf4_lane, acc);
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nf4_lane, acc);
     }
     if (!kChecked || s + S < n_steps) ring.load(i, args);
     ring.advance(args);
@@ -268,19 +278,18 @@ struct GemvConfig {
 // The kernels this file builds, by (sweep: nvfp4 with bfloat16 x; fp32x: float32 x) and launch
 // shape. Every format and x dtype: 2 stages, 8 rows of x double-buffered, and for 16-bit x 16 rows
 // with one x buffer, two buffers, or two tiles per warp with x per chunk; float32 x only the
-// first. The tuning sweep's other modes (4 stages, x per chunk with one tile, 32 rows) are built
-// for nvfp4 with bfloat16 x only; 16 rows of x per chunk with one tile also with 4 stages (x per
-// chunk keeps the fewest x registers, which leaves room for a deeper weight ring: 128 registers,
-// no spills with nvcc 13.0 for sm_90; a lead for M = 16, issue 10, not yet timed).
+// first. The tuning sweep's other modes (4 stages, x per chunk with one tile, x refilled chunk by
+// chunk, 32 rows) are built for nvfp4 with bfloat16 x only; 16 rows of x per chunk with one tile
+// also with 4 stages (timed in round 15: slower than the default at M = 16).
 constexpr bool kernel_built(bool sweep, bool fp32x, int mt, int tw, int s, int xm) {
   if (tw == 2 && xm != kXPerChunk) return false;
   if (fp32x) return mt == 1 && tw == 1 && s == kDefaultStages && xm == kXDoubleBuffer;
   const bool common = s == kDefaultStages && ((mt == 1 && tw == 1 && xm == kXDoubleBuffer) ||
-                                              (mt == 2 && tw == 1 && xm != kXPerChunk) ||
+                                              (mt == 2 && tw == 1 && (xm == kXDoubleBuffer || xm == kXSingleBuffer)) ||
                                               (mt == 2 && tw == 2));
   if (common || !sweep) return common;
   if (xm == kXPerChunk) return s == kDefaultStages || (tw == 1 && mt == 2);
-  return tw == 1 && mt != 4 && (s == 2 || s == 4);
+  return tw == 1 && mt != 4 && (s == 2 || s == 4);  // kXRolling included
 }
 
 // The heuristic's tiles per warp for blocks of `mt` x tiles of 8 rows and `m` rows of x in all:
@@ -304,9 +313,9 @@ bool env_config(GemvConfig& cfg) {
   const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first, &tw);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
   TORCH_CHECK_VALUE(got >= 3 && shape_ok && (mt == 0 || mt == 1 || mt == 2 || mt == 4) && xm >= -1 &&
-                        xm <= kXPerChunk && tw >= 0 && tw <= 2,
+                        xm <= kXRolling && tw >= 0 && tw <= 2,
                     "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]' with rw * kw <= 8 "
-                    "(or both 0), mt 0, 1, 2 or 4, xm in -1..2 and tw in 0..2, got '", env, "'");
+                    "(or both 0), mt 0, 1, 2 or 4, xm in -1..3 and tw in 0..2, got '", env, "'");
   cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0, tw};
   return true;
 }
@@ -379,7 +388,7 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
   bool launched = false;
   for_each_int<2, 4>([&](auto s_c) {
     for_each_int<1, 2>([&](auto tw_c) {
-      for_each_int<kXDoubleBuffer, kXSingleBuffer, kXPerChunk>([&](auto xm_c) {
+      for_each_int<kXDoubleBuffer, kXSingleBuffer, kXPerChunk, kXRolling>([&](auto xm_c) {
         constexpr int S = decltype(s_c)::value, TW = decltype(tw_c)::value, XM = decltype(xm_c)::value;
         if constexpr (kernel_built(kSweep, kFp32x, MT, TW, S, XM)) {
           if (launched || cfg.s != S || cfg.tw != TW || cfg.xm != XM) return;

@@ -11,8 +11,10 @@ random weights, 16 GB in bf16) decodes greedily at batch 1 and 8 with a device b
   paged-*-ssd     a quarter of the 4-bit model (at most the budget) on the device level and half
                   of it on the host, so that the rest lives on the SSD level
 For each: tokens/s, bytes moved host->device per generated step, the PCIe bound (those bytes /
-the measured pinned copy bandwidth) and, against the resident bf16 model on the same tokens
-(teacher forcing), the logits' cosine and top-1 agreement.
+the measured pinned copy bandwidth), for the SSD runs also the SSD bound (bytes read from the SSD
+per step / the SSD level's read speed, measured in the same run on a fresh 1 GiB page) and,
+against the resident bf16 model on the same tokens (teacher forcing), the logits' cosine and
+top-1 agreement.
 
   python benchmarks/virtual_vram.py                 # full size on a GPU
   python benchmarks/virtual_vram.py --quick         # 8 layers, d 2048 (about 1 GB)
@@ -44,7 +46,7 @@ from torch import nn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vgpu import MB, bench_link, device_level, sync  # noqa: E402  (benchmarks/vgpu.py)
+from vgpu import MB, bench_link, device_level, drop_caches, ssd_stack, sync, time_read  # noqa: E402  (benchmarks/vgpu.py)
 
 from apt_ext.vgpu import VGPUStack, offload  # noqa: E402
 
@@ -243,6 +245,35 @@ def paged_run(model_cpu: Decoder, device: torch.device, levels: list[dict], prom
             "bytes_ssd_per_step": links["ssd->host"], "logits": logits} | ({"host_top": top} if profile else {})
 
 
+def ssd_read_gbps(ssd_dir: str, nbytes: int, reps: int = 3) -> dict:
+    """The SSD level's read speed in the same run: a fresh ``nbytes`` page written to an SSD level
+    under ``ssd_dir`` (io_uring, else the pread pool), read back into the host slab ``reps`` times
+    with the page cache dropped where allowed; GB/s of the median read, and the backend."""
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8)
+    for backend in ("io_uring", "pread"):
+        try:
+            st = ssd_stack(nbytes, ssd_dir, backend)
+        except RuntimeError:
+            continue
+        with st:
+            st.put("probe", src)
+            st.evict("probe")
+            secs = []
+            for _ in range(reps):
+                dropped = drop_caches()
+                secs.append(time_read(st, "probe"))
+        return {"gbps": nbytes / sorted(secs)[len(secs) // 2] / 1e9, "backend": backend,
+                "bytes": nbytes, "page_cache_dropped": dropped}
+    return {"error": "no SSD level could be opened"}
+
+
+def add_ssd_bound(r: dict, ssd_gbps: float) -> None:
+    """Adds to an SSD-tier ``paged_run`` result its SSD bound (bytes read from the SSD per step /
+    the SSD level's measured read GB/s, in seconds) and its step's ratio to that bound."""
+    r["ssd_bound_s"] = r["bytes_ssd_per_step"] / (ssd_gbps * 1e9)
+    r["step_vs_ssd_bound"] = r["s_per_step"] / r["ssd_bound_s"] if r["ssd_bound_s"] > 0 else None
+
+
 def add_pcie_bound(r: dict, pinned_copy_gbps: float) -> None:
     """Adds to a ``paged_run`` result its PCIe bound (bytes moved per step / pinned copy GB/s, in
     seconds) and its step's ratio to that bound (None when nothing moved)."""
@@ -324,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {row['self_ms']:9.2f} ms {row['calls']:7d}x  {row['name']}")
         print(f"wrote {out}")
         return 0
+    if fp4 is not None and "ssd" not in skip:
+        result["ssd_read"] = ssd_read_gbps(tmp, (1024 if gpu else 64) * MB)
     try:
         for b in tqdm(batches, desc="batches"):
             g = torch.Generator().manual_seed(b)
@@ -377,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                 if ref is not None:
                     r.update(agreement(logits, ref))
                 add_pcie_bound(r, link["pinned_copy_gbps"])
+                if r["bytes_ssd_per_step"] and "gbps" in result.get("ssd_read", {}):
+                    add_ssd_bound(r, result["ssd_read"]["gbps"])
                 r["device_level_bytes"] = int(levels[0]["capacity_mb"] * MB)
                 runs[name] = r
             try:
@@ -400,8 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out.write_text(json.dumps(result, indent=1))
+    ssd = result.get("ssd_read", {})
     print(f"\n{machine}: model {wb / 1e9:.2f} GB ({result['dtype']}), device budget {budget / 1e9:.2f} GB, "
-          f"pinned copy {link['pinned_copy_gbps']:.1f} GB/s")
+          f"pinned copy {link['pinned_copy_gbps']:.1f} GB/s"
+          + (f", SSD read {ssd['gbps']:.2f} GB/s ({ssd['backend']})" if "gbps" in ssd else ""))
     for b, runs in result["runs"].items():
         for name, r in runs.items():
             if "error" in r:
@@ -410,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
             bound = r.get("pcie_bound_s")
             extra = (f", {r['bytes_h2d_per_step'] / 1e9:.2f} GB/step, {r['s_per_step'] / bound:.2f}x PCIe bound"
                      if bound else "")
+            if r.get("ssd_bound_s"):
+                extra += (f", {r['bytes_ssd_per_step'] / 1e9:.2f} GB/step from the SSD, "
+                          f"{r['step_vs_ssd_bound']:.2f}x SSD bound")
             acc = f", cosine {r['logits_cosine_mean']:.4f}, top-1 {r['top1_agreement']:.3f}" if "top1_agreement" in r else ""
             print(f"  B={b:>2} {name:28s} {r['tokens_per_s']:9.2f} tokens/s{extra}{acc}")
     print(f"wrote {out}")

@@ -31,7 +31,12 @@ def test_virtual_vram_quick_cpu(tmp_path, one_thread):
         assert runs["paged-nvfp4"]["logits_cosine_mean"] > 0.9
         assert runs["resident-nvfp4"]["logits_cosine_mean"] > 0.9 and runs["resident-nvfp4"]["tokens_per_s"] > 0
         assert runs["paged-nvfp4"]["step_vs_pcie_bound"] > 0
-        assert runs["paged-nvfp4-ssd"]["bytes_ssd_per_step"] > 0
+        ssd = runs["paged-nvfp4-ssd"]
+        assert ssd["bytes_ssd_per_step"] > 0
+        read = json.loads(out.read_text())["ssd_read"]
+        assert read["gbps"] > 0 and read["backend"] in ("io_uring", "pread")
+        assert ssd["ssd_bound_s"] == pytest.approx(ssd["bytes_ssd_per_step"] / (read["gbps"] * 1e9))
+        assert ssd["step_vs_ssd_bound"] > 0
 
 
 def test_virtual_vram_compare_lru_and_skip(tmp_path, one_thread):
@@ -45,5 +50,6 @@ def test_virtual_vram_compare_lru_and_skip(tmp_path, one_thread):
     assert runs["paged-float32-lru"]["resident_bytes"] == 0
     assert runs["paged-float32-lru"]["logits_cosine_min"] > 0.999999
     assert not any(name.startswith("accelerate") or name.endswith("-ssd") for name in runs)
+    assert "ssd_read" not in json.loads(out.read_text())
     with pytest.raises(SystemExit):
         virtual_vram.main(["--cpu", "--quick", "--skip", "resident"])

@@ -64,8 +64,10 @@ __device__ __forceinline__ uint4 load_x(const uint4* p) {
 // two mma, so that only two chunks of x are live (two tiles per warp, or 32 rows of x, fit); 3 a
 // single buffer refilled chunk by chunk: each chunk of the next step is loaded as soon as this
 // step's two mma of that chunk are issued, three chunks of work before its use (the registers of
-// 1, the lead of 0).
-constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXPerChunk = 2, kXRolling = 3;
+// 1, the lead of 0); 4 the same from a copy of x packed by the host (x_packed_view) so that each
+// 16-byte load of the warp reads 512 contiguous bytes (4 L1 wavefronts instead of 8: one per
+// 128-byte line, not one per row of x).
+constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXPerChunk = 2, kXRolling = 3, kXPacked = 4;
 
 // x values of one step for one lane: its 32 columns (four chunks of 8, chunk c at column 32c + 8t
 // of the step) of each of its MT rows, raw 16-byte loads. x rows are padded to whole steps and
@@ -89,6 +91,13 @@ struct XStep {
   __device__ void load(const T* const (&rows)[MT], int64_t col0) {
 #pragma unroll
     for (int c = 0; c < 4; ++c) load_chunk(rows, col0, c);
+  }
+  // Packed x (kXPacked, 16-bit x): chunk c of step s, row block i is the 512-byte block
+  // (s * 4 + c) * MT + i after `lane_base` (this lane's 16 bytes of the block's first step).
+  __device__ void load_chunk_packed(const uint4* lane_base, int64_t s, int c) {
+    static_assert(kChunkLoads == 1, "packed x: 16-bit x only");
+#pragma unroll
+    for (int i = 0; i < MT; ++i) v[i][c] = load_x(lane_base + ((s * 4 + c) * MT + i) * kLanes);
   }
   // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1 of the lane's; 0..31 for float32) of tile i.
   __device__ uint32_t word(int i, int w) const { return word_of(v[i][w / 4], w % 4); }
@@ -129,12 +138,12 @@ constexpr int nf4_table_bytes() { return F == Format::NF4 ? kNf4PairTableBytes :
 
 // All 8 mma of one step for each of the warp's TW tiles: tile u's words 0..3 in c0[u], 4..7 in
 // c1[u]. XM kXPerChunk: x is loaded here, chunk c + 1 before the mma of chunk c (xrows, col0 as
-// for XStep::load); kXRolling: xs holds this step, and chunk c of the step at col0 is loaded
-// after the mma of chunk c if `refill`; otherwise xs holds the whole step already.
-template <Format F, typename T, int MT, int TW, int XM>
+// for XStep::load); kXRolling / kXPacked: xs holds this step, and refill(c) loads chunk c of the
+// next step after the mma of chunk c; otherwise xs holds the whole step already.
+template <Format F, typename T, int MT, int TW, int XM, typename Refill>
 __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c1)[TW], const LaneScales<F> (&sc)[TW],
                                           XStep<T, MT>& xs, const T* const (&xrows)[MT], int64_t col0,
-                                          const uint32_t* nf4_lane, float (&acc)[TW][MT][4], bool refill = false) {
+                                          const uint32_t* nf4_lane, float (&acc)[TW][MT][4], Refill&& refill) {
   if constexpr (XM == kXPerChunk) xs.load_chunk(xrows, col0, 0);
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
@@ -147,8 +156,8 @@ __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c
       decode_word<F>(word_of(j < 4 ? c0[u] : c1[u], j & 3), sc[u], j, nf4_lane, a);
       mma_step<T, MT>(acc[u], a, xs, j);
     }
-    if constexpr (XM == kXRolling) {
-      if (j % 2 == 1 && refill) xs.load_chunk(xrows, col0, j / 2);
+    if constexpr (XM == kXRolling || XM == kXPacked) {
+      if (j % 2 == 1) refill(j / 2);
     }
   }
 }
@@ -160,8 +169,8 @@ template <typename T, int MT, int TW, int XM>
 constexpr int min_blocks_per_sm() {
   if (sizeof(T) != 2) return 1;
   if (TW == 2) return MT <= 2 ? 2 : 1;
-  if (MT == 1) return XM == kXDoubleBuffer || XM == kXRolling ? 2 : 3;  // rolling: 80 spilled 52 bytes
-  return XM == kXDoubleBuffer ? 1 : 2;  // kXRolling: the registers of one buffer, as kXSingleBuffer
+  if (MT == 1) return XM == kXDoubleBuffer || XM >= kXRolling ? 2 : 3;  // rolling: 80 spilled 52 bytes
+  return XM == kXDoubleBuffer ? 1 : 2;  // kXRolling, kXPacked: the registers of one buffer, as kXSingleBuffer
 }
 
 // Grid ceil(ceil(n_tiles / TW) / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying
@@ -226,20 +235,38 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   // 2 S steps, so the next x and the ring refill are bounds-checked; other steps skip the tests.
   constexpr bool kXDouble = XM == kXDoubleBuffer;
   XStep<T, MT> xb[kXDouble ? 2 : 1];
+  // kXPacked: this lane's 16 bytes of the warp's first step in the block's packed x.
+  const uint4* xp_lane = static_cast<const uint4*>(args.x) + ((m_block * args.steps + s_begin) * 4 * MT) * kLanes + lane;
   if ((kXDouble || XM == kXRolling) && n_steps > 0) xb[0].load(xrows, 0);
+  if constexpr (XM == kXPacked) {
+    if (n_steps > 0) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) xb[0].load_chunk_packed(xp_lane, 0, c);
+    }
+  }
+  const auto no_refill = [](int) {};
   auto step = [&](auto checked, int i, int64_t s) {
     constexpr bool kChecked = decltype(checked)::value;
     if constexpr (kXDouble) {
       if (!kChecked || s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[i & 1], xrows, 0, nf4_lane, acc);
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[i & 1], xrows, 0, nf4_lane, acc, no_refill);
     } else if constexpr (XM == kXPerChunk) {
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, s * kStepCols, nf4_lane, acc);
-    } else if constexpr (XM == kXRolling) {
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, (s + 1) * kStepCols, nf4_lane,
-                                  acc, !kChecked || s + 1 < n_steps);
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, s * kStepCols, nf4_lane, acc,
+                                  no_refill);
+    } else if constexpr (XM == kXRolling || XM == kXPacked) {
+      const bool more = !kChecked || s + 1 < n_steps;
+      auto refill = [&](int c) {
+        if (!more) return;
+        if constexpr (XM == kXPacked) {
+          xb[0].load_chunk_packed(xp_lane, s + 1, c);
+        } else {
+          xb[0].load_chunk(xrows, (s + 1) * kStepCols, c);
+        }
+      };
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nf4_lane, acc, refill);
     } else {
       xb[0].load(xrows, s * kStepCols);
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nf4_lane, acc);
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nf4_lane, acc, no_refill);
     }
     if (!kChecked || s + S < n_steps) ring.load(i, args);
     ring.advance(args);
@@ -313,9 +340,9 @@ bool env_config(GemvConfig& cfg) {
   const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first, &tw);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
   TORCH_CHECK_VALUE(got >= 3 && shape_ok && (mt == 0 || mt == 1 || mt == 2 || mt == 4) && xm >= -1 &&
-                        xm <= kXRolling && tw >= 0 && tw <= 2,
+                        xm <= kXPacked && tw >= 0 && tw <= 2,
                     "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]' with rw * kw <= 8 "
-                    "(or both 0), mt 0, 1, 2 or 4, xm in -1..3 and tw in 0..2, got '", env, "'");
+                    "(or both 0), mt 0, 1, 2 or 4, xm in -1..4 and tw in 0..2, got '", env, "'");
   cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0, tw};
   return true;
 }
@@ -388,7 +415,7 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
   bool launched = false;
   for_each_int<2, 4>([&](auto s_c) {
     for_each_int<1, 2>([&](auto tw_c) {
-      for_each_int<kXDoubleBuffer, kXSingleBuffer, kXPerChunk, kXRolling>([&](auto xm_c) {
+      for_each_int<kXDoubleBuffer, kXSingleBuffer, kXPerChunk, kXRolling, kXPacked>([&](auto xm_c) {
         constexpr int S = decltype(s_c)::value, TW = decltype(tw_c)::value, XM = decltype(xm_c)::value;
         if constexpr (kernel_built(kSweep, kFp32x, MT, TW, S, XM)) {
           if (launched || cfg.s != S || cfg.tw != TW || cfg.xm != XM) return;
@@ -406,6 +433,20 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
   });
   TORCH_CHECK(launched, "fp4_linear_tiled: no kernel built for stages ", cfg.s, ", x mode ", cfg.xm, ", ", cfg.tw,
               " tiles per warp and ", 8 * MT, " rows of x");
+}
+
+// x [m, steps * 128] (16-bit) as the kXPacked kernels read it: rows padded with zeros to m_blocks *
+// 8 * mt, viewed [m_block, step, chunk c, row block i, g, t, 8 columns] (row (m_block * mt + i) * 8
+// + g, column 128 step + 32 c + 8 t + e), so that the 32 lanes' 16-byte pieces of one (step,
+// chunk, row block) are 512 contiguous bytes once made contiguous.
+at::Tensor x_packed_view(const at::Tensor& x, int64_t m_blocks, int mt, int64_t steps) {
+  const int64_t rows = m_blocks * 8 * mt;
+  at::Tensor padded = x;
+  if (rows != x.size(0)) {
+    padded = at::zeros({rows, x.size(1)}, x.options());
+    padded.narrow(0, 0, x.size(0)).copy_(x);
+  }
+  return padded.view({m_blocks, mt, 8, steps, 4, 4, 8}).permute({0, 3, 4, 1, 2, 5, 6});
 }
 
 at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
@@ -475,6 +516,11 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;
   // Grid: ceil(ceil(n_tiles / tw) / rw) blocks along N times m_blocks along x.
   const int64_t m_blocks = (m + 8 * cfg.mt - 1) / (8 * cfg.mt);
+  at::Tensor x_packed;
+  if (cfg.xm == kXPacked) {
+    x_packed = x_packed_view(x2, m_blocks, cfg.mt, args.steps).contiguous();
+    args.x = x_packed.const_data_ptr();
+  }
   const int64_t tile_blocks = ((args.n_tiles + cfg.tw - 1) / cfg.tw + cfg.rw - 1) / cfg.rw;
   TORCH_CHECK_VALUE(tile_blocks * m_blocks < (int64_t{1} << 31),
                     "fp4_linear_tiled: too many rows of x for one launch; split x");

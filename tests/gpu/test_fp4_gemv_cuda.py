@@ -34,10 +34,12 @@ def _tol(fmt: str, dt: torch.dtype) -> float:
     """nvfp4/mxfp4 weights are exact in bfloat16 and float16/float32 x enter as exact bfloat16
     terms, so only the output rounding (and fp32 summation) remains; an nf4 weight is the
     bfloat16 product of the bfloat16 NF4 value and the bfloat16 absmax (three roundings of 2^-9
-    relative at most, about 0.2% rms)."""
+    relative at most, 5.9e-3; the absmax's rounding is shared by a whole block, so on few
+    columns the output errors do not average out: over 60 seeds at N = 257, K = 200, M = 1 the
+    H200 measured a median of 2.6e-3 and a maximum of 4.8e-3 with float16 / float32 x)."""
     if dt == torch.bfloat16:
         return 1e-2
-    return 4e-3 if fmt == "nf4" else (2e-3 if dt == torch.float16 else 1e-5)
+    return 6e-3 if fmt == "nf4" else (2e-3 if dt == torch.float16 else 1e-5)
 
 
 def _weight(n: int, k: int, g: torch.Generator) -> torch.Tensor:

@@ -184,8 +184,8 @@ def aim_anchor_recall() -> Measured:
                     f"{on['recall@5 with fields']:.3f} against {off['recall@5 with fields']:.3f} "
                     f"({on['recall@5 with fields'] / off['recall@5 with fields']:.2f}x) with speaker and time "
                     f"fields, {on['recall@5 text only']:.3f} against {off['recall@5 text only']:.3f} with text only "
-                    f"(the anchors then cost recall). Test seeds, current defaults (refitted with REALTALK's dev "
-                    f"chats): "
+                    f"(the anchors then cost recall). Test seeds, current code and defaults (refitted with "
+                    f"REALTALK's dev chats; a speaker's name apart from names in the text): "
                     f"{test['AIM route_memory (+speaker, time)']['recall@5']:.3f} with fields, "
                     f"{test['AIM route_memory (text only)']['recall@5']:.3f} text only, plain MiniLM dense "
                     f"{test['dense (MiniLM)']['recall@5']:.3f}. Our own data, not a public benchmark",

@@ -513,11 +513,41 @@ def test_anchor_overlap_with_the_query_count_given():
         anchor_overlap(q, query.lower(), q, None, 0)
 
 
+def test_speaker_anchors_apart_from_names_in_text():
+    from apt_ext.memory.anchors import extract_anchors, is_word_anchor, query_anchor_count, with_speaker_forms
+    from apt_ext.memory.conversation import field_anchors
+    assert field_anchors("Kate Lee", None) == {"spk:kate", "spk:lee"}
+    q = extract_anchors("What did Kate pay for GPT-4 on 7 May 2023?")
+    forms = with_speaker_forms(q)
+    assert "kate" in q and "spk:kate" in forms and forms - q == {"spk:" + a for a in q if is_word_anchor(a)}
+    assert query_anchor_count(forms) == query_anchor_count(q)  # a name counts once
+    assert is_word_anchor("kate") and not any(is_word_anchor(a) for a in ("gpt4", "2023-05-07", "md:05-07",
+                                                                          "spk:kate", "def:rope", "π"))
+
+
+def test_a_question_naming_a_person_prefers_what_they_wrote():
+    """The speaker field, not a name written in a turn, marks a person's facts: the turn Kate
+    wrote gets the anchor boost of the question's "Kate" either way; a greeting that names her
+    gets it only as far as word_anchor_weight says (none by default)."""
+    scores = {}
+    for word_weight in (0.0, 1.0):
+        mem = _mem(word_anchor_weight=word_weight, min_similarity=0.0)
+        fact = mem.write_memory("I collect vintage cameras every weekend", speaker="Kate")
+        greeting = mem.write_memory("Hi Kate how was your weekend", speaker="Bob")
+        for i in range(30):  # other turns, so that Kate's anchors are rare enough to weigh
+            mem.write_memory(f"Bob mentioned the train schedule number {i} again", speaker="Bob")
+        nodes = mem.route_memory("What does Kate collect", k=2)[0]
+        scores[word_weight] = {n.id: n.score for n in nodes}
+        assert nodes[0].id == fact.id and greeting.id in scores[word_weight]
+    assert scores[0.0][fact.id] == pytest.approx(scores[1.0][fact.id])
+    assert scores[1.0][greeting.id] > scores[0.0][greeting.id] + 0.1
+
+
 def test_speaker_and_timestamp_are_validated_and_stored(store_path):
     mem = _mem(store_path)
     node = mem.write_memory("Invoice 4471 was paid in full", speaker="Zoë", timestamp=1_700_000_000)
     assert node.speaker == "Zoë" and node.timestamp == 1_700_000_000.0
-    assert {"zoë", "2023-11-14", "2023-11", "md:11-14"} <= set(node.fields["anchors"])
+    assert {"spk:zoë", "2023-11-14", "2023-11", "md:11-14"} <= set(node.fields["anchors"])
     for bad, exc in ((3, TypeError), ("", ValueError), ("x" * 200, ValueError)):
         with pytest.raises(exc, match="speaker"):
             mem.write_memory("Invoice 4472 was paid in full", speaker=bad)

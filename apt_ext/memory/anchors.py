@@ -65,6 +65,12 @@ all each every both few more most other such only own same so than too very just
 give list find which what's who's does did hi hello hey ok okay thanks thank""".split())
 
 
+# A speaker field's name words are anchors with this prefix ("spk:kate"), apart from the same name
+# written in a text ("kate"): a turn that names a person is usually addressed to them or about
+# them, while the turns they wrote carry their facts.
+SPEAKER_PREFIX = "spk:"
+
+
 def date_anchors(year: int | None, month: int, day: int | None) -> set[str]:
     """Anchors of a calendar date: "YYYY-MM-DD", "YYYY-MM" and "md:MM-DD" for a full date; the
     parts that exist for a month of a year ("YYYY-MM") or a day without a year ("md:MM-DD")."""
@@ -185,5 +191,19 @@ def anchor_overlap(query_anchors: frozenset[str], query_text_lower: str, node_an
 
 
 def query_anchor_count(query_anchors: frozenset[str]) -> int:
-    """The denominator of :func:`anchor_overlap`: the query's anchors that are not definitions (at least 1)."""
-    return max(1, sum(1 for a in query_anchors if not a.startswith("def:")))
+    """The denominator of :func:`anchor_overlap`: the query's anchors that are not definitions nor
+    the speaker forms of its words (:func:`with_speaker_forms`), at least 1."""
+    return max(1, sum(1 for a in query_anchors if not a.startswith(("def:", SPEAKER_PREFIX))))
+
+
+def is_word_anchor(anchor: str) -> bool:
+    """Whether ``anchor`` is a capitalised word of the text (a name, a place, an acronym, a
+    sentence's first word): ASCII letters only, unlike numbers, dates, versions, formulas,
+    definitions and speaker anchors."""
+    return anchor.isascii() and anchor.isalpha()
+
+
+def with_speaker_forms(query_anchors: frozenset[str]) -> frozenset[str]:
+    """A query's anchors plus the speaker anchor of each of its words, so that a question naming
+    a person ("What are Kate's hobbies?") matches the turns Kate wrote (speaker "Kate")."""
+    return query_anchors | {SPEAKER_PREFIX + a for a in query_anchors if is_word_anchor(a)}

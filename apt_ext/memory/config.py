@@ -41,6 +41,12 @@ class AIMConfig:
         (seeds 0-4) of benchmarks/aim_memory_recall.py: the best mean of text-only and with-fields
         recall@5 over both sets among the grid points that keep a similarity floor (an unrelated
         query returns nothing); grid in benchmarks/results/aim_memory_fusion_fit.json.
+      word_anchor_weight: factor on the overlap weight of anchors that are capitalised words of
+        the text (names, places, acronyms, a sentence's first word); numbers, dates, versions,
+        definitions and speaker fields keep their full weight. 0.0, fitted on the same two dev
+        sets (grid in aim_memory_fusion_fit.json): in conversations a turn that names a person is
+        mostly addressed to them ("Hi Kate!"), and the speaker field finds the turns they wrote.
+        Such words still add candidates and are matched lexically (BM25).
       lexical_k: candidates the lexical channel adds (top by BM25).
       lexical_match: lexical score (BM25 over the query's idf mass, in [0, 1]) from which a node
         counts as matching the query and gets the lower similarity floor.
@@ -76,6 +82,7 @@ class AIMConfig:
     min_similarity: float = 0.15
     anchor_min_similarity: float = 0.0
     lexical_weight: float = 1.0
+    word_anchor_weight: float = 0.0
     lexical_k: int = 32
     lexical_match: float = 0.3
     weight_influence: float = 0.05
@@ -103,7 +110,7 @@ class AIMConfig:
                 raise ValueError(f"AIMConfig.{name} must be an int >= {low}, got {value!r}")
         unit = ("inertia_strength", "inertia_momentum", "weight_decay_gamma", "write_threshold",
                 "anchor_threshold", "min_similarity", "anchor_min_similarity", "merge_threshold",
-                "link_threshold", "lexical_match")
+                "link_threshold", "lexical_match", "word_anchor_weight")
         for name in unit:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:

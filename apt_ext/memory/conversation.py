@@ -2,7 +2,9 @@
 
 Both are validated here and turned into anchors, so a query that names the person or the date
 ("What did Maria say on 7 May 2023?") prefers the nodes that carry them: the speaker's name
-words (lower case) and the day as "2023-05-07", "2023-05" and "md:05-07" (the anchors that
+words (lower case, prefixed ``spk:``, apart from names written in a text; a query's name words
+match them through :func:`apt_ext.memory.anchors.with_speaker_forms`) and the day as
+"2023-05-07", "2023-05" and "md:05-07" (the anchors that
 :func:`apt_ext.memory.anchors.extract_anchors` gives for dates written in a query).
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ import datetime as dt
 import re
 from typing import Any
 
-from apt_ext.memory.anchors import STOPWORDS, date_anchors
+from apt_ext.memory.anchors import SPEAKER_PREFIX, STOPWORDS, date_anchors
 
 _NAME_WORD = re.compile(r"[^\W_]+")
 
@@ -61,11 +63,11 @@ def to_timestamp(value: Any) -> float | None:
 
 
 def field_anchors(speaker: str | None, ts: float | None) -> set[str]:
-    """Anchors of the speaker's name and of the timestamp's UTC day (the day written, for a naive
-    time: see :func:`to_timestamp`)."""
+    """Anchors of the speaker's name ("spk:" + each name word, lower case) and of the timestamp's
+    UTC day (the day written, for a naive time: see :func:`to_timestamp`)."""
     out: set[str] = set()
     if speaker is not None:
-        out.update(w.lower() for w in _NAME_WORD.findall(speaker) if w.lower() not in STOPWORDS)
+        out.update(SPEAKER_PREFIX + w.lower() for w in _NAME_WORD.findall(speaker) if w.lower() not in STOPWORDS)
     if ts is not None:
         day = dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
         out.update(date_anchors(day.year, day.month, day.day))

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from apt_ext.memory.anchors import (anchor_overlap, anchor_weight, definitions, extract_anchors,
-                                    query_anchor_count)
+from apt_ext.memory.anchors import (anchor_overlap, anchor_weight, definitions, extract_anchors, is_word_anchor,
+                                    query_anchor_count, with_speaker_forms)
 from apt_ext.memory.config import AIMConfig
 from apt_ext.memory.conversation import check_speaker, field_anchors, to_timestamp
 from apt_ext.memory.embedder import Embedder, default_embedder, embed_checked
@@ -392,8 +392,11 @@ class AIMMemory:
         d = normalize(q + lambda * v_inertia) picks the clusters to scan; the hot window and the
         scanned clusters are ranked by cosine to q), the lexical one (BM25 over the nodes' text
         and speaker) and the anchor one (every node sharing an anchor with the query: a number,
-        name, date, the speaker). Each candidate is scored
-        cos(q, proto) + eta * anchor_overlap + alpha * lexical + beta * w, lexical being its BM25
+        name, date, the speaker; a name in the query also matches the nodes whose speaker it
+        is). Each candidate is scored
+        cos(q, proto) + eta * anchor_overlap + alpha * lexical + beta * w (a capitalised word of
+        the text, e.g. a name, weighing ``word_anchor_weight`` times its rarity weight in the
+        overlap; a speaker's name, a number or a date their full weight), lexical being its BM25
         score over the query's idf mass (in [0, 1]), and kept only above the similarity floor
         (lower for nodes with an anchor or lexical match; none for a node whose anchor overlap is
         at least 0.5, i.e. that carries most of the query's weighted anchors). Returns (nodes
@@ -429,20 +432,22 @@ class AIMMemory:
                 lex_ids, lex_scores, idf_mass = space.lexical.search(tokenize(query), c.lexical_k)
                 if idf_mass > 0:
                     lexical = dict(zip(lex_ids.tolist(), np.minimum(lex_scores / idf_mass, 1.0).tolist()))
-            q_anchors = extract_anchors(query)
+            written = extract_anchors(query)
+            q_anchors = with_speaker_forms(written)
             rare = [space.postings[a] for a in q_anchors if 0 < len(space.postings.get(a, ())) <= c.anchor_postings_cap]
             extra = sorted(set().union(*rare, lexical.keys()) - cand.keys())
             if extra:
                 cand.update(zip(extra, (space.index.vectors(extra) @ q).tolist()))
             q_lower = query.lower()
             n_nodes = len(space.entries)
-            q_count = query_anchor_count(q_anchors)
+            q_count = query_anchor_count(written)
             weights: dict[str, float] = {}
 
             def weight(anchor: str) -> float:
                 value = weights.get(anchor)
                 if value is None:
-                    value = weights[anchor] = anchor_weight(len(space.postings.get(anchor, ())), n_nodes)
+                    value = anchor_weight(len(space.postings.get(anchor, ())), n_nodes)
+                    weights[anchor] = value = value * c.word_anchor_weight if is_word_anchor(anchor) else value
                 return value
             # the fusion rule (see the docstring), with the config's numbers read once per route
             entries = space.entries

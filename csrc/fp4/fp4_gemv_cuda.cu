@@ -19,7 +19,9 @@
 //  * x is read from global memory (L1) per step, double-buffered, single-buffered (for more
 //    blocks per multiprocessor) or one chunk at a time (so that two tiles per warp fit the
 //    registers; GemvConfig::xm); a lane's columns are four chunks of 8 (fp4_tiled_layout.h), so
-//    each 16-byte x load of the warp reads 64 contiguous bytes per row of x.
+//    each 16-byte x load of the warp reads 64 contiguous bytes per row of x. Two tuning-sweep
+//    modes refill one buffer chunk by chunk a step ahead, from x as it is or from a copy packed
+//    so that each load reads 512 contiguous bytes (half the L1 wavefronts at 16 rows).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -316,7 +318,7 @@ constexpr bool kernel_built(bool sweep, bool fp32x, int mt, int tw, int s, int x
                                               (mt == 2 && tw == 2));
   if (common || !sweep) return common;
   if (xm == kXPerChunk) return s == kDefaultStages || (tw == 1 && mt == 2);
-  return tw == 1 && mt != 4 && (s == 2 || s == 4);  // kXRolling included
+  return tw == 1 && mt != 4 && (s == 2 || s == 4);  // kXRolling and kXPacked included
 }
 
 // The heuristic's tiles per warp for blocks of `mt` x tiles of 8 rows and `m` rows of x in all:

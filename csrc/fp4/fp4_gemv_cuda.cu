@@ -66,9 +66,9 @@ __device__ __forceinline__ uint4 load_x(const uint4* p) {
 // two mma, so that only two chunks of x are live (two tiles per warp, or 32 rows of x, fit); 3 a
 // single buffer refilled chunk by chunk: each chunk of the next step is loaded as soon as this
 // step's two mma of that chunk are issued, three chunks of work before its use (the registers of
-// 1, the lead of 0); 4 the same from a copy of x packed by the host (x_packed_view) so that each
-// 16-byte load of the warp reads 512 contiguous bytes (4 L1 wavefronts instead of 8: one per
-// 128-byte line, not one per row of x).
+// 1, the lead of 0); 4 the same from a copy of x packed by pack_x_kernel so that each 16-byte
+// load of the warp reads 512 contiguous bytes (4 L1 wavefronts instead of 8: one per 128-byte
+// line, not one per row of x).
 constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXPerChunk = 2, kXRolling = 3, kXPacked = 4;
 
 // x values of one step for one lane: its 32 columns (four chunks of 8, chunk c at column 32c + 8t
@@ -164,6 +164,46 @@ __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c
   }
 }
 
+// Programmatic dependent launch (sm_90): a kernel launched with programmatic stream
+// serialization may start before the previous kernel on its stream ends; grid_dependency_wait
+// blocks until that kernel has completed and its memory is visible, and the previous kernel's
+// allow_dependent_launch lets the dependent one start early. Both are no-ops before sm_90 and for
+// kernels launched the ordinary way.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// x [m, x_stride] (16-bit, x_stride16 16-byte pieces per row) in the order the kXPacked kernels
+// read it: piece ((((mb * steps + s) * 4 + c) * mt + i) * 8 + g) * 4 + t holds columns 128 s + 32 c
+// + 8 t .. + 7 of row (mb * mt + i) * 8 + g (zero past row m - 1), so that the 32 lanes' pieces of
+// one (step, chunk, row block) are 512 contiguous bytes. One thread per piece (grid-stride).
+__global__ void pack_x_kernel(const uint4* __restrict__ x, uint4* __restrict__ out, int64_t m, int64_t x_stride16,
+                              int64_t steps, int mt, int64_t pieces) {
+  allow_dependent_launch();
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < pieces;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t q = idx;
+    const int t = static_cast<int>(q & 3);
+    q >>= 2;
+    const int g = static_cast<int>(q & 7);
+    q >>= 3;
+    const int i = static_cast<int>(q % mt);
+    q /= mt;
+    const int c = static_cast<int>(q & 3);
+    q >>= 2;
+    const int64_t s = q % steps, mb = q / steps;
+    const int64_t row = (mb * mt + i) * 8 + g;
+    out[idx] = row < m ? x[row * x_stride16 + s * 16 + c * 4 + t] : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
 // Blocks per multiprocessor the registers must allow (__launch_bounds__): 2 for 8 rows of 16-bit
 // x (128 registers), 3 with one x buffer or x per chunk (80); 16 rows: 2 with one x buffer or x
 // per chunk; two tiles per warp: 2 up to 16 rows of x; 32 rows with two tiles: 1.
@@ -241,6 +281,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   const uint4* xp_lane = static_cast<const uint4*>(args.x) + ((m_block * args.steps + s_begin) * 4 * MT) * kLanes + lane;
   if ((kXDouble || XM == kXRolling) && n_steps > 0) xb[0].load(xrows, 0);
   if constexpr (XM == kXPacked) {
+    // Launched right behind pack_x_kernel (programmatic dependent launch): the weight ring above
+    // is in flight; x is read once that kernel has finished and its writes are visible.
+    grid_dependency_wait();
     if (n_steps > 0) {
 #pragma unroll
       for (int c = 0; c < 4; ++c) xb[0].load_chunk_packed(xp_lane, 0, c);
@@ -426,8 +469,22 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
             C10_CUDA_CHECK(
                 cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
           }
-          kernel<<<grid, threads, smem, stream>>>(args);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          if constexpr (XM == kXPacked) {  // right behind pack_x_kernel (grid_dependency_wait)
+            cudaLaunchAttribute attr{};
+            attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+            attr.val.programmaticStreamSerializationAllowed = 1;
+            cudaLaunchConfig_t config{};
+            config.gridDim = grid;
+            config.blockDim = dim3(static_cast<unsigned>(threads));
+            config.dynamicSmemBytes = smem;
+            config.stream = stream;
+            config.attrs = &attr;
+            config.numAttrs = 1;
+            C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
+          } else {
+            kernel<<<grid, threads, smem, stream>>>(args);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
           launched = true;
         }
       });
@@ -437,18 +494,18 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
               " tiles per warp and ", 8 * MT, " rows of x");
 }
 
-// x [m, steps * 128] (16-bit) as the kXPacked kernels read it: rows padded with zeros to m_blocks *
-// 8 * mt, viewed [m_block, step, chunk c, row block i, g, t, 8 columns] (row (m_block * mt + i) * 8
-// + g, column 128 step + 32 c + 8 t + e), so that the 32 lanes' 16-byte pieces of one (step,
-// chunk, row block) are 512 contiguous bytes once made contiguous.
-at::Tensor x_packed_view(const at::Tensor& x, int64_t m_blocks, int mt, int64_t steps) {
-  const int64_t rows = m_blocks * 8 * mt;
-  at::Tensor padded = x;
-  if (rows != x.size(0)) {
-    padded = at::zeros({rows, x.size(1)}, x.options());
-    padded.narrow(0, 0, x.size(0)).copy_(x);
-  }
-  return padded.view({m_blocks, mt, 8, steps, 4, 4, 8}).permute({0, 3, 4, 1, 2, 5, 6});
+// x2 [m, steps * 128] (16-bit, contiguous, 16-byte aligned) packed by pack_x_kernel on `stream`
+// for blocks of 8 * mt rows.
+at::Tensor pack_x(const at::Tensor& x2, int64_t m_blocks, int mt, int64_t steps, cudaStream_t stream) {
+  const int64_t pieces = m_blocks * steps * 4 * mt * 32;
+  at::Tensor out = at::empty({pieces * 8}, x2.options());
+  constexpr int kThreads = 256;
+  const int64_t blocks = std::min<int64_t>((pieces + kThreads - 1) / kThreads, int64_t{8} * sm_count(x2.get_device()));
+  pack_x_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      static_cast<const uint4*>(x2.const_data_ptr()), static_cast<uint4*>(out.mutable_data_ptr()), x2.size(0),
+      x2.size(1) / 8, steps, mt, pieces);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
 }
 
 at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
@@ -520,7 +577,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   const int64_t m_blocks = (m + 8 * cfg.mt - 1) / (8 * cfg.mt);
   at::Tensor x_packed;
   if (cfg.xm == kXPacked) {
-    x_packed = x_packed_view(x2, m_blocks, cfg.mt, args.steps).contiguous();
+    x_packed = pack_x(x2, m_blocks, cfg.mt, args.steps, stream);
     args.x = x_packed.const_data_ptr();
   }
   const int64_t tile_blocks = ((args.n_tiles + cfg.tw - 1) / cfg.tw + cfg.rw - 1) / cfg.rw;

@@ -355,9 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {row['self_ms']:9.2f} ms {row['calls']:7d}x  {row['name']}")
         print(f"wrote {out}")
         return 0
-    if fp4 is not None and "ssd" not in skip:
-        result["ssd_read"] = ssd_read_gbps(tmp, (1024 if gpu else 64) * MB)
     try:
+        if fp4 is not None and "ssd" not in skip:
+            result["ssd_read"] = ssd_read_gbps(tmp, (1024 if gpu else 64) * MB)
         for b in tqdm(batches, desc="batches"):
             g = torch.Generator().manual_seed(b)
             prompt = torch.randint(0, shape.vocab, (b, 16), generator=g).to(device)

@@ -543,6 +543,25 @@ def test_a_question_naming_a_person_prefers_what_they_wrote():
     assert scores[1.0][greeting.id] > scores[0.0][greeting.id] + 0.1
 
 
+def test_rows_written_before_speaker_anchors_had_a_prefix_get_them_on_open(tmp_path):
+    """A SQLite file whose rows carry the speaker's bare name (the fourteenth session's format)
+    is matched by a question naming the speaker once reopened."""
+    import json
+    import sqlite3
+    path = str(tmp_path / "old.db")
+    mem = _mem(path)
+    node = mem.write_memory("Invoice 4471 was paid in full", speaker="Zoë")
+    mem.close()
+    con = sqlite3.connect(path)
+    old = sorted(a[4:] if a.startswith("spk:") else a for a in node.fields["anchors"])
+    con.execute("UPDATE nodes SET anchors=? WHERE id=?", (json.dumps(old), node.id))
+    con.commit()
+    con.close()
+    mem = _mem(path)
+    assert "spk:zoë" in mem._spaces["default"].entries[node.id].anchors
+    mem.close()
+
+
 def test_speaker_and_timestamp_are_validated_and_stored(store_path):
     mem = _mem(store_path)
     node = mem.write_memory("Invoice 4471 was paid in full", speaker="Zoë", timestamp=1_700_000_000)

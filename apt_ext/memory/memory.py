@@ -159,7 +159,10 @@ class AIMMemory:
                 for row in space_rows:
                     if row.id in space.entries:
                         self._drop(space, row.id)
-                    entry = _Entry(row.summary, frozenset(row.anchors), row.fields, row.links, row.w,
+                    # the fields' anchors again: rows written before speaker anchors had their
+                    # "spk:" prefix carry the bare name (a no-op for newer rows)
+                    entry = _Entry(row.summary, frozenset(row.anchors) | field_anchors(row.speaker, row.ts),
+                                   row.fields, row.links, row.w,
                                    row.stamp, row.created_at, row.speaker, row.ts,
                                    tuple(a for a in row.anchors if a.startswith("def:")))
                     space.entries[row.id] = entry

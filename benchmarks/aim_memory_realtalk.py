@@ -71,7 +71,8 @@ FIT_GRID = {"lexical_weight": [0.25, 0.5, 1.0, 2.0],
             "min_similarity": [0.0, 0.15, 0.25],
             "anchor_min_similarity": [0.0, 0.15],
             "anchor_boost": [1.0, 2.0],
-            "word_anchor_weight": [0.0, 0.25, 1.0]}
+            "word_anchor_weight": [0.0, 0.25, 1.0],
+            "lexical_length_norm": [0.0, 0.3, 0.75]}
 
 
 def chat_number(path: Path) -> int:

@@ -160,7 +160,7 @@ FIT_GRID = {"lexical_weight": [0.0, 0.25, 0.5, 1.0],
 # grid over them can route memories written once with the default config
 ROUTING_FIELDS = frozenset({"lexical_weight", "anchor_boost", "min_similarity", "anchor_min_similarity",
                             "lexical_match", "anchor_threshold", "weight_influence", "inertia_strength",
-                            "word_anchor_weight"})
+                            "word_anchor_weight", "lexical_length_norm"})
 
 
 def fit(sets: dict[str, list[Dialogue]], emb: CachedEmbedder, grid: dict[str, list]) -> list[dict]:

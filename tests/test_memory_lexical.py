@@ -54,6 +54,28 @@ def test_bm25_matches_bm25s_through_adds_and_removes(k1, b):
         assert np.all(np.diff(scores) <= 1e-6) and mass > 0
 
 
+def test_bm25_search_with_its_own_length_normalisation():
+    """search(..., b=) scores as an index built with that b would (against bm25s), without
+    disturbing the index's own b or its cached scores; a b outside [0, 1] is refused."""
+    rng = np.random.default_rng()
+    docs = _random_docs(rng, 200)
+    index = BM25Index(k1=1.2, b=0.75)
+    for i, d in enumerate(docs):
+        index.add(i, d)
+    query = ["w1", "w7", "w40"]
+    for b in (0.0, 0.3, 0.75, 0.0):
+        ids, scores, _ = index.search(query, len(docs), b=b)
+        got = np.zeros(len(docs))
+        got[ids] = scores
+        np.testing.assert_allclose(got, _bm25s_scores(docs, query, 1.2, b), rtol=2e-5, atol=1e-5)
+    ids, scores, _ = index.search(query, len(docs))
+    got = np.zeros(len(docs))
+    got[ids] = scores
+    np.testing.assert_allclose(got, _bm25s_scores(docs, query, 1.2, 0.75), rtol=2e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="b must be in"):
+        index.search(query, 5, b=1.5)
+
+
 def test_bm25_replace_and_budget():
     index = BM25Index(max_postings=3)
     for i in range(5):

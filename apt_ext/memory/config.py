@@ -47,6 +47,10 @@ class AIMConfig:
         sets (grid in aim_memory_fusion_fit.json): in conversations a turn that names a person is
         mostly addressed to them ("Hi Kate!"), and the speaker field finds the turns they wrote.
         Such words still add candidates and are matched lexically (BM25).
+      lexical_length_norm: BM25's b, how much a node's length discounts its term counts (0: not
+        at all; the textbook 0.75). 0.0, fitted on the same two dev sets (grid in
+        aim_memory_fusion_fit.json): a turn of a chat is a line or two, and a longer one is no
+        less about what it names.
       lexical_k: candidates the lexical channel adds (top by BM25).
       lexical_match: lexical score (BM25 over the query's idf mass, in [0, 1]) from which a node
         counts as matching the query and gets the lower similarity floor.
@@ -83,6 +87,7 @@ class AIMConfig:
     anchor_min_similarity: float = 0.0
     lexical_weight: float = 1.0
     word_anchor_weight: float = 0.0
+    lexical_length_norm: float = 0.0
     lexical_k: int = 32
     lexical_match: float = 0.3
     weight_influence: float = 0.05
@@ -110,7 +115,7 @@ class AIMConfig:
                 raise ValueError(f"AIMConfig.{name} must be an int >= {low}, got {value!r}")
         unit = ("inertia_strength", "inertia_momentum", "weight_decay_gamma", "write_threshold",
                 "anchor_threshold", "min_similarity", "anchor_min_similarity", "merge_threshold",
-                "link_threshold", "lexical_match", "word_anchor_weight")
+                "link_threshold", "lexical_match", "word_anchor_weight", "lexical_length_norm")
         for name in unit:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:

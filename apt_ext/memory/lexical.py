@@ -84,7 +84,8 @@ class _Postings:
 class BM25Index:
     """Incremental BM25 over documents with int ids (see the module docstring).
 
-    ``add(id, tokens)`` inserts or replaces, ``remove(id)`` deletes, ``search(tokens, k)`` returns
+    ``add(id, tokens)`` inserts or replaces, ``remove(id)`` deletes, ``search(tokens, k, b=None)``
+    (``b``: this search's length normalisation, the index's own when None) returns
     (ids int64 [<=k], scores float32 [<=k], idf mass) best first, documents with a positive score
     only; the idf mass (sum of the distinct query terms' idf, a term no document has counting
     with df = 0) bounds every score, so score / mass in [0, 1) says how much of the query a
@@ -187,16 +188,16 @@ class BM25Index:
         self._score_cache.clear()
         self._slot_of = {int(i): s for s, i in enumerate(self._ids[:live.size].tolist())}
 
-    def _term_scores(self, term: str, p: _Postings, idf: float, avgdl: float) -> np.ndarray:
+    def _term_scores(self, term: str, p: _Postings, idf: float, avgdl: float, b: float) -> np.ndarray:
         """float32 [p.n]: the BM25 term of ``term`` for each slot of ``p`` (0 for dead ones), kept
-        until the postings, the removals or avgdl change (a store that is only read scores a
+        until the postings, the removals, avgdl or b change (a store that is only read scores a
         frequent term once, not once per query)."""
-        key = (p.n, self._removals, avgdl, idf)
+        key = (p.n, self._removals, avgdl, idf, b)
         hit = self._score_cache.get(term)
         if hit is not None and hit[0] == key:
             return hit[1]
         slots, tf = p.slots[:p.n], p.tfs[:p.n]
-        norm = self.k1 * (1.0 - self.b + self.b * self._len[slots] / avgdl)
+        norm = self.k1 * (1.0 - b + b * self._len[slots] / avgdl)
         score = idf * tf / (tf + norm)
         if self._dead:  # dead documents score nothing
             score = np.where(self._alive[slots], score, 0.0).astype(np.float32)
@@ -205,7 +206,11 @@ class BM25Index:
         self._score_cache[term] = (key, score)
         return score
 
-    def search(self, tokens: list[str], k: int) -> tuple[np.ndarray, np.ndarray, float]:
+    def search(self, tokens: list[str], k: int, b: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        if b is None:
+            b = self.b
+        elif not 0 <= b <= 1:
+            raise ValueError(f"b must be in [0, 1], got {b!r}")
         n = len(self._slot_of)
         none = np.zeros(0, np.int64), np.zeros(0, np.float32), 0.0
         if n == 0 or not tokens or k < 1:
@@ -228,7 +233,7 @@ class BM25Index:
                 continue
             slots = p.slots[:p.n]
             # each slot once per term: the sums of +=, in less time
-            np.add.at(self._acc, slots, self._term_scores(term, p, idf, avgdl))
+            np.add.at(self._acc, slots, self._term_scores(term, p, idf, avgdl, b))
             touched.append(slots)
         if not touched:
             return none[0], none[1], mass

@@ -432,7 +432,8 @@ class AIMMemory:
             cand = dict(zip(ids.tolist(), sims.tolist()))
             lexical: dict[int, float] = {}
             if c.lexical_weight > 0:
-                lex_ids, lex_scores, idf_mass = space.lexical.search(tokenize(query), c.lexical_k)
+                lex_ids, lex_scores, idf_mass = space.lexical.search(tokenize(query), c.lexical_k,
+                                                                     b=c.lexical_length_norm)
                 if idf_mass > 0:
                     lexical = dict(zip(lex_ids.tolist(), np.minimum(lex_scores / idf_mass, 1.0).tolist()))
             written = extract_anchors(query)

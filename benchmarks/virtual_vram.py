@@ -267,18 +267,13 @@ def ssd_read_gbps(ssd_dir: str, nbytes: int, reps: int = 3) -> dict:
     return {"error": "no SSD level could be opened"}
 
 
-def add_ssd_bound(r: dict, ssd_gbps: float) -> None:
-    """Adds to an SSD-tier ``paged_run`` result its SSD bound (bytes read from the SSD per step /
-    the SSD level's measured read GB/s, in seconds) and its step's ratio to that bound."""
-    r["ssd_bound_s"] = r["bytes_ssd_per_step"] / (ssd_gbps * 1e9)
-    r["step_vs_ssd_bound"] = r["s_per_step"] / r["ssd_bound_s"] if r["ssd_bound_s"] > 0 else None
-
-
-def add_pcie_bound(r: dict, pinned_copy_gbps: float) -> None:
-    """Adds to a ``paged_run`` result its PCIe bound (bytes moved per step / pinned copy GB/s, in
-    seconds) and its step's ratio to that bound (None when nothing moved)."""
-    r["pcie_bound_s"] = r["bytes_h2d_per_step"] / (pinned_copy_gbps * 1e9)
-    r["step_vs_pcie_bound"] = r["s_per_step"] / r["pcie_bound_s"] if r["pcie_bound_s"] > 0 else None
+def add_bound(r: dict, link: str, bytes_per_step: float, gbps: float) -> None:
+    """Adds to a ``paged_run`` result the bound of one link (``link``: "pcie", bytes moved to the
+    device / pinned copy GB/s; "ssd", bytes read from the SSD / its measured read GB/s), in
+    seconds, as ``<link>_bound_s``, and the step's ratio to it as ``step_vs_<link>_bound`` (None
+    when nothing crossed the link)."""
+    bound = r[f"{link}_bound_s"] = bytes_per_step / (gbps * 1e9)
+    r[f"step_vs_{link}_bound"] = r["s_per_step"] / bound if bound > 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         forced = torch.randint(0, shape.vocab, (b, n_new), generator=torch.Generator().manual_seed(b)).to(device)
         r = paged_run(fp4, device, host, prompt, forced, n_new, True, profile=True, prefetch=args.prefetch)
         r.pop("logits")
-        add_pcie_bound(r, link["pinned_copy_gbps"])
+        add_bound(r, "pcie", r["bytes_h2d_per_step"], link["pinned_copy_gbps"])
         r["tokens_per_s"] = b / r["s_per_step"]
         result["runs"][str(b)] = {"paged-nvfp4": r}
         out.write_text(json.dumps(result, indent=1))
@@ -409,9 +404,9 @@ def main(argv: list[str] | None = None) -> int:
                 logits = r.pop("logits")
                 if ref is not None:
                     r.update(agreement(logits, ref))
-                add_pcie_bound(r, link["pinned_copy_gbps"])
+                add_bound(r, "pcie", r["bytes_h2d_per_step"], link["pinned_copy_gbps"])
                 if r["bytes_ssd_per_step"] and "gbps" in result.get("ssd_read", {}):
-                    add_ssd_bound(r, result["ssd_read"]["gbps"])
+                    add_bound(r, "ssd", r["bytes_ssd_per_step"], result["ssd_read"]["gbps"])
                 r["device_level_bytes"] = int(levels[0]["capacity_mb"] * MB)
                 runs[name] = r
             try:
@@ -444,9 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             if "error" in r:
                 print(f"  B={b:>2} {name:28s} {r['error']}")
                 continue
-            bound = r.get("pcie_bound_s")
-            extra = (f", {r['bytes_h2d_per_step'] / 1e9:.2f} GB/step, {r['s_per_step'] / bound:.2f}x PCIe bound"
-                     if bound else "")
+            extra = (f", {r['bytes_h2d_per_step'] / 1e9:.2f} GB/step, {r['step_vs_pcie_bound']:.2f}x PCIe bound"
+                     if r.get("step_vs_pcie_bound") else "")
             if r.get("ssd_bound_s"):
                 extra += (f", {r['bytes_ssd_per_step'] / 1e9:.2f} GB/step from the SSD, "
                           f"{r['step_vs_ssd_bound']:.2f}x SSD bound")

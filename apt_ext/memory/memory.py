@@ -451,7 +451,9 @@ class AIMMemory:
                 value = weights.get(anchor)
                 if value is None:
                     value = anchor_weight(len(space.postings.get(anchor, ())), n_nodes)
-                    weights[anchor] = value = value * c.word_anchor_weight if is_word_anchor(anchor) else value
+                    if is_word_anchor(anchor):
+                        value *= c.word_anchor_weight
+                    weights[anchor] = value
                 return value
             # the fusion rule (see the docstring), with the config's numbers read once per route
             entries = space.entries

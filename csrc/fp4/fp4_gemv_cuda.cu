@@ -338,8 +338,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
 
 // Launch shape: warps along N per block (rw), K parts (kw), pipeline stages (s), x rows per block
 // as tiles of 8 (mt: 1, 2, 4, or 0 = the heuristic's: 1 up to 8 rows of x, else 2), how x is read
-// (xm: kXDoubleBuffer, kXSingleBuffer, kXPerChunk, or -1 = the heuristic's), tiles per warp (tw:
-// 1, 2, or 0 = the heuristic's).
+// (xm: kXDoubleBuffer, kXSingleBuffer, kXPerChunk, kXRolling, kXPacked, or -1 = the heuristic's),
+// tiles per warp (tw: 1, 2, or 0 = the heuristic's).
 struct GemvConfig {
   int rw, kw, s, mt, xm;
   bool balance;      // tiles per block chosen so the blocks spread evenly over the multiprocessors
@@ -347,17 +347,23 @@ struct GemvConfig {
   int tw;
 };
 
-// The kernels this file builds, by (sweep: nvfp4 with bfloat16 x; fp32x: float32 x) and launch
-// shape. Every format and x dtype: 2 stages, 8 rows of x double-buffered, and for 16-bit x 16 rows
-// with one x buffer, two buffers, or two tiles per warp with x per chunk; float32 x only the
-// first. The tuning sweep's other modes (4 stages, x per chunk with one tile, x refilled chunk by
-// chunk, 32 rows) are built for nvfp4 with bfloat16 x only; 16 rows of x per chunk with one tile
-// also with 4 stages (timed in round 15: slower than the default at M = 16).
-constexpr bool kernel_built(bool sweep, bool fp32x, int mt, int tw, int s, int xm) {
+// Whether packed x (kXPacked) is built for format f with 16-bit x: nvfp4 and mxfp4 (nf4 keeps
+// its own block shape, see choose_config).
+constexpr bool packed_x_built(Format f, bool fp32x) { return f != Format::NF4 && !fp32x; }
+
+// The kernels this file builds, by (sweep: nvfp4 with bfloat16 x; packed: packed_x_built; fp32x:
+// float32 x) and launch shape. Every format and x dtype: 2 stages, 8 rows of x double-buffered,
+// and for 16-bit x 16 rows with one x buffer, two buffers, two tiles per warp with x per chunk,
+// or (nvfp4 and mxfp4) packed x; float32 x only the first. The tuning sweep's other modes (4
+// stages, x per chunk with one tile, x refilled chunk by chunk, packed x at 8 rows, 32 rows) are
+// built for nvfp4 with bfloat16 x only; 16 rows of x per chunk with one tile also with 4 stages
+// (timed in round 15: slower than the default at M = 16).
+constexpr bool kernel_built(bool sweep, bool packed, bool fp32x, int mt, int tw, int s, int xm) {
   if (tw == 2 && xm != kXPerChunk) return false;
   if (fp32x) return mt == 1 && tw == 1 && s == kDefaultStages && xm == kXDoubleBuffer;
   const bool common = s == kDefaultStages && ((mt == 1 && tw == 1 && xm == kXDoubleBuffer) ||
                                               (mt == 2 && tw == 1 && (xm == kXDoubleBuffer || xm == kXSingleBuffer)) ||
+                                              (mt == 2 && tw == 1 && xm == kXPacked && packed) ||
                                               (mt == 2 && tw == 2));
   if (common || !sweep) return common;
   if (xm == kXPerChunk) return s == kDefaultStages || (tw == 1 && mt == 2);
@@ -372,6 +378,16 @@ constexpr bool kernel_built(bool sweep, bool fp32x, int mt, int tw, int s, int x
 // M = 16 one tile stays (12.0 / 21.4 / 20.4 / 63.9 against 13.3 / 21.4 / 28.9 / 63.4 us).
 constexpr int default_tiles_per_warp(int mt, int64_t m) { return mt == 1 || m <= 16 ? 1 : 2; }
 constexpr int default_x_mode(int mt, int tw) { return tw == 2 || mt == 4 ? kXPerChunk : (mt == 1 ? kXDoubleBuffer : kXSingleBuffer); }
+
+// Packed x (pack_x_kernel, then the GEMV by programmatic dependent launch) for 16-row blocks with
+// one tile per warp on weights of at least this many (tile, step) blocks of 1 KB: at 16 rows x's
+// L1 wavefronts limit the GEMV (round 16's ncu: L1/TEX 72% busy), and packing halves them. Round
+// 16d (fp4_gemv_sweep_NVIDIA_H200_round16d.json, M = 16, do_bench): 12.4 / 20.5 / 20.4 / 54.2 us on
+// the four shapes against 11.0 / 21.6 / 20.2 / 63.1 us; 4096 x 4096 (8192 blocks) loses the copy.
+constexpr int64_t kPackedXMinTileSteps = 16384;
+constexpr int heuristic_x_mode(bool packed, int mt, int tw, int64_t tile_steps) {
+  return packed && mt == 2 && tw == 1 && tile_steps >= kPackedXMinTileSteps ? kXPacked : default_x_mode(mt, tw);
+}
 
 // APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]" (read once) overrides the
 // heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's block shape, mt = 0 its rows of
@@ -396,7 +412,7 @@ bool env_config(GemvConfig& cfg) {
 // as each part keeps one pipeline's worth of steps. More than 8 rows of x: blocks of 16 rows (each
 // weight decoded once for 16 rows; round-7 sweeps: at M = 16 the largest shape took 65.0 us this
 // way, fp4_gemv_sweep_NVIDIA_H200_round7b.json, against 84.9 us with two 8-row blocks per tile,
-// round7a). Returns a shape kernel_built builds for (sweep, fp32x).
+// round7a). Returns a shape kernel_built builds for (sweep, packed_x_built(f, fp32x), fp32x).
 GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_tiles, int64_t steps, int sms) {
   // nf4 fills its 32 KB pair table once per block: it keeps blocks of 8 warps (with balance, the
   // 2-warp blocks of 14336 x 4096 ran nf4 at 1.21x bf16 against nvfp4's 2.22x in
@@ -410,8 +426,9 @@ GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_
     cfg.mt = m <= 8 ? 1 : 2;
   }
   if (cfg.tw == 0) cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt, m);
-  if (cfg.xm < 0) cfg.xm = default_x_mode(cfg.mt, cfg.tw);
-  if (!kernel_built(sweep, fp32x, cfg.mt, cfg.tw, cfg.s, cfg.xm)) {
+  const bool packed = packed_x_built(f, fp32x);
+  if (cfg.xm < 0) cfg.xm = heuristic_x_mode(packed, cfg.mt, cfg.tw, n_tiles * steps);
+  if (!kernel_built(sweep, packed, fp32x, cfg.mt, cfg.tw, cfg.s, cfg.xm)) {
     cfg.s = kDefaultStages;
     cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt, m);
     cfg.xm = default_x_mode(cfg.mt, cfg.tw);
@@ -462,7 +479,7 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
     for_each_int<1, 2>([&](auto tw_c) {
       for_each_int<kXDoubleBuffer, kXSingleBuffer, kXPerChunk, kXRolling, kXPacked>([&](auto xm_c) {
         constexpr int S = decltype(s_c)::value, TW = decltype(tw_c)::value, XM = decltype(xm_c)::value;
-        if constexpr (kernel_built(kSweep, kFp32x, MT, TW, S, XM)) {
+        if constexpr (kernel_built(kSweep, packed_x_built(F, kFp32x), kFp32x, MT, TW, S, XM)) {
           if (launched || cfg.s != S || cfg.tw != TW || cfg.xm != XM) return;
           auto kernel = gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu>;
           if (smem > 48 * 1024) {

@@ -163,10 +163,19 @@ def test_tiled_gemm_path(gemm):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize("shape", [(4096, 4096), (1000, 14336)])
+@pytest.mark.parametrize("shape", [(4096, 4096), (1000, 14336), (4096, 14336)])
 def test_gemv_large_shapes(shape, apt_seed):
     _check("nvfp4", 1, torch.bfloat16, False, *shape, apt_seed=apt_seed)
     _check("nvfp4", 16, torch.bfloat16, True, *shape, apt_seed=apt_seed)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
+@pytest.mark.parametrize("m, dt", [(9, torch.float16), (16, torch.bfloat16)])
+def test_gemv_packed_x_default(fmt, m, dt, apt_seed):
+    """9..16 rows of 16-bit x on a weight of at least 16384 (tile, step) blocks (4096 x 14336:
+    28672) take packed x by default (pack_x_kernel, then the GEMV by programmatic dependent launch)."""
+    _check(fmt, m, dt, m % 2 == 1, 4096, 14336, apt_seed=apt_seed)
 
 
 @needs_cuda_build
@@ -319,6 +328,16 @@ def test_cuda_graph_capture_tiled(apt_seed):
     model = apt_ext.quantize_(model.to(DEV, torch.bfloat16), fmt="nvfp4")
     for m in (1, 40, 100, 200):
         assert_cuda_graph_replay_matches_eager(model, torch.randn(m, 256, device=DEV, dtype=torch.bfloat16))
+
+
+@needs_cuda_build
+def test_cuda_graph_capture_packed_x(apt_seed):
+    """12 and 16 rows on a 4096 -> 8192 layer (16384 (tile, step) blocks): packed x by default,
+    its copy allocated and both kernels (the second a programmatic dependent launch) captured."""
+    torch.manual_seed(apt_seed)
+    model = apt_ext.quantize_(torch.nn.Sequential(torch.nn.Linear(4096, 8192)).to(DEV, torch.bfloat16), fmt="nvfp4")
+    for m in (12, 16):
+        assert_cuda_graph_replay_matches_eager(model, torch.randn(m, 4096, device=DEV, dtype=torch.bfloat16))
 
 
 @needs_cuda_build

@@ -2,10 +2,11 @@
 
 Times y = x @ W.T for bf16 x [M, K] and W [N, K] with:
   apt-tiled-{nvfp4,mxfp4,nf4} torch.ops.apt.fp4_linear_tiled on the tiled copy of the weight
-                              (what apt_ext.nn.FP4Linear runs on CUDA for inference at M <= 16)
+                              (what apt_ext.nn.FP4Linear runs on CUDA for inference up to 64
+                              rows, 128 for nvfp4 / mxfp4 with bf16 x)
   apt-cuda-{nvfp4,mxfp4,nf4}  torch.ops.apt.fp4_linear on the canonical tensors (CUDA build;
                               small-M kernel up to APT_FP4_SMALL_M_MAX rows, else dequantise +
-                              cuBLAS; what FP4Linear runs above 16 rows)
+                              cuBLAS; what FP4Linear runs above those rows or with gradients)
   apt-deq+cublas-nvfp4        apt fp4_dequantize to bf16 + F.linear (the large-M path alone)
   apt-triton-{nvfp4,mxfp4,nf4} apt_ext.triton.fp4_linear.fp4_linear (the APT_FORCE_TRITON path and
                               the path without the CUDA build: split-K GEMV up to 16 rows, tiled

@@ -565,8 +565,9 @@ def fp4_gpu(name: str, d: dict) -> str:
            f"flushed by a 256 MB write before each call), speed-up over `torch-bf16` (F.linear, bf16 weight) "
            f"in parentheses; the last column is apt-tiled-nvfp4's weight bytes read per second as a share of "
            f"the card's copy bandwidth ({num(d.get('copy_bandwidth_GBs'))} GB/s, read + write). `apt-tiled-*` "
-           f"is `fp4_linear_tiled` (what FP4Linear runs on CUDA for inference at M <= 16), `apt-cuda-*` the "
-           f"canonical-layout `fp4_linear` (what FP4Linear runs above 16 rows).", "",
+           f"is `fp4_linear_tiled` (what FP4Linear runs on CUDA for inference up to 64 rows, 128 for nvfp4 / "
+           f"mxfp4 with bf16 x), `apt-cuda-*` the canonical-layout `fp4_linear` (what FP4Linear runs above "
+           f"those rows or with gradients).", "",
            table(["N", "K", "M", *keep, "tiled nvfp4 % copy BW"], rows), "",
            "Geometric mean speed-up over bf16 across the shapes, per M:", "",
            table(["M", *keep], geomeans("speedup_vs_bf16"))]

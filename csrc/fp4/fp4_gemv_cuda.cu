@@ -380,13 +380,17 @@ constexpr int default_tiles_per_warp(int mt, int64_t m) { return mt == 1 || m <=
 constexpr int default_x_mode(int mt, int tw) { return tw == 2 || mt == 4 ? kXPerChunk : (mt == 1 ? kXDoubleBuffer : kXSingleBuffer); }
 
 // Packed x (pack_x_kernel, then the GEMV by programmatic dependent launch) for 16-row blocks with
-// one tile per warp on weights of at least this many (tile, step) blocks of 1 KB: at 16 rows x's
-// L1 wavefronts limit the GEMV (round 16's ncu: L1/TEX 72% busy), and packing halves them. Round
-// 16d (fp4_gemv_sweep_NVIDIA_H200_round16d.json, M = 16, do_bench): 12.4 / 20.5 / 20.4 / 54.2 us on
-// the four shapes against 11.0 / 21.6 / 20.2 / 63.1 us; 4096 x 4096 (8192 blocks) loses the copy.
-constexpr int64_t kPackedXMinTileSteps = 16384;
-constexpr int heuristic_x_mode(bool packed, int mt, int tw, int64_t tile_steps) {
-  return packed && mt == 2 && tw == 1 && tile_steps >= kPackedXMinTileSteps ? kXPacked : default_x_mode(mt, tw);
+// one tile per warp on weights of at least 512 tiles (8192 rows) and 16384 (tile, step) blocks of
+// 1 KB: at 16 rows x's L1 wavefronts limit the GEMV (round 16's ncu: L1/TEX 72% busy), and packing
+// halves them. Round 16d (fp4_gemv_sweep_NVIDIA_H200_round16d.json, M = 16, do_bench): 12.4 / 20.5
+// / 20.4 / 54.2 us on the four shapes against 11.0 / 21.6 / 20.2 / 63.1 us: 4096 x 4096 loses the
+// copy. Round 17a (fp4_gemv_sweep_NVIDIA_H200_round17a.json, 9 / 12 / 16 rows): 4096 x 14336 (256
+// tiles, K split 8 ways) took 20.1 / 20.2 / 20.2 us packed against 18.9 / 20.2 / 20.1 us.
+constexpr int64_t kPackedXMinTiles = 512, kPackedXMinTileSteps = 16384;
+constexpr int heuristic_x_mode(bool packed, int mt, int tw, int64_t n_tiles, int64_t steps) {
+  return packed && mt == 2 && tw == 1 && n_tiles >= kPackedXMinTiles && n_tiles * steps >= kPackedXMinTileSteps
+             ? kXPacked
+             : default_x_mode(mt, tw);
 }
 
 // APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]" (read once) overrides the
@@ -427,7 +431,7 @@ GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_
   }
   if (cfg.tw == 0) cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt, m);
   const bool packed = packed_x_built(f, fp32x);
-  if (cfg.xm < 0) cfg.xm = heuristic_x_mode(packed, cfg.mt, cfg.tw, n_tiles * steps);
+  if (cfg.xm < 0) cfg.xm = heuristic_x_mode(packed, cfg.mt, cfg.tw, n_tiles, steps);
   if (!kernel_built(sweep, packed, fp32x, cfg.mt, cfg.tw, cfg.s, cfg.xm)) {
     cfg.s = kDefaultStages;
     cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt, m);

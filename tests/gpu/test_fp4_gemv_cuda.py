@@ -173,9 +173,10 @@ def test_gemv_large_shapes(shape, apt_seed):
 @pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
 @pytest.mark.parametrize("m, dt", [(9, torch.float16), (16, torch.bfloat16)])
 def test_gemv_packed_x_default(fmt, m, dt, apt_seed):
-    """9..16 rows of 16-bit x on a weight of at least 16384 (tile, step) blocks (4096 x 14336:
-    28672) take packed x by default (pack_x_kernel, then the GEMV by programmatic dependent launch)."""
-    _check(fmt, m, dt, m % 2 == 1, 4096, 14336, apt_seed=apt_seed)
+    """9..16 rows of 16-bit x on a weight of at least 512 tiles and 16384 (tile, step) blocks
+    (8200 x 4096: 513 tiles, the last one partial, 16416 blocks) take packed x by default
+    (pack_x_kernel, then the GEMV by programmatic dependent launch)."""
+    _check(fmt, m, dt, m % 2 == 1, 8200, 4096, apt_seed=apt_seed)
 
 
 @needs_cuda_build

@@ -67,6 +67,13 @@ class FP4Linear(nn.Module):
 
     tiled: bool = True
     cpu_tiled: bool = True
+    # Per-layer flags, set on the instance when they change: class defaults, so that reading them
+    # does not go through nn.Module.__getattr__'s AttributeError (about 2 us a read, more with
+    # cold caches, on the one thread every call starts on).
+    _released: bool = False  # release_canonical()
+    _apt_paged: bool = False  # set by apt_ext.vgpu.offload
+    _no_private_copy: bool = False
+    _warned_released: bool = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = DEFAULT_FORMAT,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
@@ -125,7 +132,7 @@ class FP4Linear(nn.Module):
     @property
     def canonical_released(self) -> bool:
         """Whether ``release_canonical()`` dropped the packed codes and scales (the tiled copy holds them)."""
-        return getattr(self, "_released", False)
+        return self._released
 
     def release_canonical(self) -> None:
         """Keep only the tiled copy of the weight: the packed codes and scales buffers become empty,
@@ -139,7 +146,7 @@ class FP4Linear(nn.Module):
         ``apt_ext.vgpu.offload``."""
         if self.canonical_released:
             return
-        if getattr(self, "_apt_paged", False):
+        if self._apt_paged:
             raise ValueError("release_canonical: this layer's weights are paged by apt_ext.vgpu.offload; "
                              "restore() that handle first")
         if not self.tiled:
@@ -169,7 +176,7 @@ class FP4Linear(nn.Module):
         if copy is not None:
             return copy.linear(x, self.bias)
         if self.canonical_released:
-            if not getattr(self, "_warned_released", False):
+            if not self._warned_released:
                 warnings.warn("FP4Linear: this call does not run on the tiled copy and the canonical tensors "
                               "were released (release_canonical): they are rebuilt for every such call, "
                               "which is slow; restore_canonical() keeps them", RuntimeWarning)
@@ -177,10 +184,12 @@ class FP4Linear(nn.Module):
             w = self.weight
             return torch.ops.apt.fp4_linear.default(x, w.packed, w.scales, w.tensor_scale, self.bias, self.fmt,
                                                     self.block_size)
-        # .default: the overload itself, skipping the packet's overload resolution (Python time
-        # every call pays on one thread, before the op's threads start)
-        return torch.ops.apt.fp4_linear.default(x, self.packed, self.scales, self.tensor_scale, self.bias,
-                                                self.fmt, self.block_size)
+        # .default: the overload itself, skipping the packet's overload resolution; the buffers
+        # and the bias read from their dicts, not through nn.Module.__getattr__ (Python time every
+        # call pays on one thread, before the op's threads start)
+        buffers = self._buffers
+        return torch.ops.apt.fp4_linear.default(x, buffers["packed"], buffers["scales"], buffers["tensor_scale"],
+                                                self._parameters["bias"], self.fmt, self.block_size)
 
     def _takes_tiled_path(self, x: torch.Tensor) -> bool:
         # checks ordered so that the common "no" (x on the CPU) costs two attribute reads: every
@@ -200,7 +209,7 @@ class FP4Linear(nn.Module):
             max_rows = TILED_MAX_ROWS
         if not self.packed.is_cuda or x.numel() > max_rows * self.in_features:
             return False
-        if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy
+        if self._apt_paged:  # weights paged by apt_ext.vgpu.offload: no private copy
             self._tiled = None  # (never the only copy: offload refuses a released layer)
             return False
         if not _TILED_CUDA_KERNEL:
@@ -216,7 +225,7 @@ class FP4Linear(nn.Module):
         """``build()`` (cached by it), or None when the weight's scales do not fit the tiled layout
         (a NaN or negative nvfp4 scale, mxfp4 exponents spanning too many binades): then this
         layer warns once and keeps using fp4_linear, which computes such weights as they are."""
-        if getattr(self, "_no_private_copy", False):
+        if self._no_private_copy:
             return None
         try:
             return build()
@@ -230,15 +239,17 @@ class FP4Linear(nn.Module):
             if getattr(self, "_cpu_tiled", None) is not None:
                 self._cpu_tiled = None
             return False
-        if x.device.type != "cpu" or self.packed.device.type != "cpu":
-            return False
-        if getattr(self, "_apt_paged", False):  # weights paged by apt_ext.vgpu.offload: no private copy
-            self._cpu_tiled = None
+        if not x.is_cpu:
             return False
         compiling = torch.compiler.is_compiling()
         # where the copy's kernel is not the fast one (every path but AVX-512) the answer is "no"
         # whatever the rows: asked before the rest (one native call), as above
         if not compiling and not cpu_tiled_kernel_is_fast():
+            return False
+        if not self._buffers["packed"].is_cpu:
+            return False
+        if self._apt_paged:  # weights paged by apt_ext.vgpu.offload: no private copy
+            self._cpu_tiled = None
             return False
         max_rows = CPU_TILED_MAX_ROWS
         if x.dtype == torch.bfloat16 and not compiling:

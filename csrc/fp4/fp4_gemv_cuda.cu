@@ -384,8 +384,9 @@ constexpr int default_x_mode(int mt, int tw) { return tw == 2 || mt == 4 ? kXPer
 // 1 KB: at 16 rows x's L1 wavefronts limit the GEMV (round 16's ncu: L1/TEX 72% busy), and packing
 // halves them. Round 16d (fp4_gemv_sweep_NVIDIA_H200_round16d.json, M = 16, do_bench): 12.4 / 20.5
 // / 20.4 / 54.2 us on the four shapes against 11.0 / 21.6 / 20.2 / 63.1 us: 4096 x 4096 loses the
-// copy. Round 17a (fp4_gemv_sweep_NVIDIA_H200_round17a.json, 9 / 12 / 16 rows): 4096 x 14336 (256
-// tiles, K split 8 ways) took 20.1 / 20.2 / 20.2 us packed against 18.9 / 20.2 / 20.1 us.
+// copy. 4096 x 14336 (256 tiles, K split 8 ways) gains nothing: round 17a
+// (fp4_gemv_sweep_NVIDIA_H200_round17a.json, 9 / 12 / 16 rows) 20.1 / 20.2 / 20.2 us packed against
+// 18.9 / 20.2 / 20.1 us (the same kernel timed twice in round 17b: 19.9 and 19.0 us at 9 rows).
 constexpr int64_t kPackedXMinTiles = 512, kPackedXMinTileSteps = 16384;
 constexpr int heuristic_x_mode(bool packed, int mt, int tw, int64_t n_tiles, int64_t steps) {
   return packed && mt == 2 && tw == 1 && n_tiles >= kPackedXMinTiles && n_tiles * steps >= kPackedXMinTileSteps

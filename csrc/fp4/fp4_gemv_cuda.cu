@@ -68,14 +68,8 @@ __device__ __forceinline__ uint4 load_x(const uint4* p) {
 // step's two mma of that chunk are issued, three chunks of work before its use (the registers of
 // 1, the lead of 0); 4 the same from a copy of x packed by pack_x_kernel so that each 16-byte
 // load of the warp reads 512 contiguous bytes (4 L1 wavefronts instead of 8: one per 128-byte
-// line, not one per row of x); 5 x per chunk as 2, from the packed copy as 4 (two chunks live: the
-// registers of three blocks per multiprocessor).
-constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXPerChunk = 2, kXRolling = 3, kXPacked = 4,
-              kXPackedPerChunk = 5;
-// Whether mode xm reads pack_x_kernel's copy of x.
-constexpr bool reads_packed_x(int xm) { return xm == kXPacked || xm == kXPackedPerChunk; }
-// Whether mode xm loads x chunk by chunk, one chunk ahead of its mma.
-constexpr bool x_per_chunk(int xm) { return xm == kXPerChunk || xm == kXPackedPerChunk; }
+// line, not one per row of x).
+constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXPerChunk = 2, kXRolling = 3, kXPacked = 4;
 
 // x values of one step for one lane: its 32 columns (four chunks of 8, chunk c at column 32c + 8t
 // of the step) of each of its MT rows, raw 16-byte loads. x rows are padded to whole steps and
@@ -145,19 +139,18 @@ template <Format F>
 constexpr int nf4_table_bytes() { return F == Format::NF4 ? kNf4PairTableBytes : 0; }
 
 // All 8 mma of one step for each of the warp's TW tiles: tile u's words 0..3 in c0[u], 4..7 in
-// c1[u]. x_chunk(c) loads chunk c into xs: x_per_chunk modes, chunk c of this step, called for
-// chunk c + 1 before the mma of chunk c; kXRolling / kXPacked, chunk c of the next step, called
-// after this step's mma of chunk c (xs holds this step); other modes never call it (xs holds the
-// whole step already).
-template <Format F, typename T, int MT, int TW, int XM, typename XChunk>
+// c1[u]. XM kXPerChunk: x is loaded here, chunk c + 1 before the mma of chunk c (xrows, col0 as
+// for XStep::load); kXRolling / kXPacked: xs holds this step, and refill(c) loads chunk c of the
+// next step after the mma of chunk c; otherwise xs holds the whole step already.
+template <Format F, typename T, int MT, int TW, int XM, typename Refill>
 __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c1)[TW], const LaneScales<F> (&sc)[TW],
-                                          XStep<T, MT>& xs, const uint32_t* nf4_lane, float (&acc)[TW][MT][4],
-                                          XChunk&& x_chunk) {
-  if constexpr (x_per_chunk(XM)) x_chunk(0);
+                                          XStep<T, MT>& xs, const T* const (&xrows)[MT], int64_t col0,
+                                          const uint32_t* nf4_lane, float (&acc)[TW][MT][4], Refill&& refill) {
+  if constexpr (XM == kXPerChunk) xs.load_chunk(xrows, col0, 0);
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    if constexpr (x_per_chunk(XM)) {
-      if (j % 2 == 0 && j < 6) x_chunk(j / 2 + 1);
+    if constexpr (XM == kXPerChunk) {
+      if (j % 2 == 0 && j < 6) xs.load_chunk(xrows, col0, j / 2 + 1);
     }
 #pragma unroll
     for (int u = 0; u < TW; ++u) {
@@ -166,7 +159,7 @@ __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c
       mma_step<T, MT>(acc[u], a, xs, j);
     }
     if constexpr (XM == kXRolling || XM == kXPacked) {
-      if (j % 2 == 1) x_chunk(j / 2);
+      if (j % 2 == 1) refill(j / 2);
     }
   }
 }
@@ -213,14 +206,12 @@ __global__ void pack_x_kernel(const uint4* __restrict__ x, uint4* __restrict__ o
 
 // Blocks per multiprocessor the registers must allow (__launch_bounds__): 2 for 8 rows of 16-bit
 // x (128 registers), 3 with one x buffer or x per chunk (80); 16 rows: 2 with one x buffer or x
-// per chunk, 3 with packed x per chunk; two tiles per warp: 2 up to 16 rows of x; 32 rows with two
-// tiles: 1.
+// per chunk; two tiles per warp: 2 up to 16 rows of x; 32 rows with two tiles: 1.
 template <typename T, int MT, int TW, int XM>
 constexpr int min_blocks_per_sm() {
   if (sizeof(T) != 2) return 1;
   if (TW == 2) return MT <= 2 ? 2 : 1;
   if (MT == 1) return XM == kXDoubleBuffer || XM >= kXRolling ? 2 : 3;  // rolling: 80 spilled 52 bytes
-  if (XM == kXPackedPerChunk) return 3;
   return XM == kXDoubleBuffer ? 1 : 2;  // kXRolling, kXPacked: the registers of one buffer, as kXSingleBuffer
 }
 
@@ -286,13 +277,13 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   // 2 S steps, so the next x and the ring refill are bounds-checked; other steps skip the tests.
   constexpr bool kXDouble = XM == kXDoubleBuffer;
   XStep<T, MT> xb[kXDouble ? 2 : 1];
-  // Packed x: this lane's 16 bytes of the warp's first step in the block's packed x.
+  // kXPacked: this lane's 16 bytes of the warp's first step in the block's packed x.
   const uint4* xp_lane = static_cast<const uint4*>(args.x) + ((m_block * args.steps + s_begin) * 4 * MT) * kLanes + lane;
   if ((kXDouble || XM == kXRolling) && n_steps > 0) xb[0].load(xrows, 0);
-  // Launched right behind pack_x_kernel (programmatic dependent launch): the weight ring above
-  // is in flight; x is read once that kernel has finished and its writes are visible.
-  if constexpr (reads_packed_x(XM)) grid_dependency_wait();
   if constexpr (XM == kXPacked) {
+    // Launched right behind pack_x_kernel (programmatic dependent launch): the weight ring above
+    // is in flight; x is read once that kernel has finished and its writes are visible.
+    grid_dependency_wait();
     if (n_steps > 0) {
 #pragma unroll
       for (int c = 0; c < 4; ++c) xb[0].load_chunk_packed(xp_lane, 0, c);
@@ -303,13 +294,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     constexpr bool kChecked = decltype(checked)::value;
     if constexpr (kXDouble) {
       if (!kChecked || s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[i & 1], nf4_lane, acc, no_refill);
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[i & 1], xrows, 0, nf4_lane, acc, no_refill);
     } else if constexpr (XM == kXPerChunk) {
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], nf4_lane, acc,
-                                  [&](int c) { xb[0].load_chunk(xrows, s * kStepCols, c); });
-    } else if constexpr (XM == kXPackedPerChunk) {
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], nf4_lane, acc,
-                                  [&](int c) { xb[0].load_chunk_packed(xp_lane, s, c); });
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, s * kStepCols, nf4_lane, acc,
+                                  no_refill);
     } else if constexpr (XM == kXRolling || XM == kXPacked) {
       const bool more = !kChecked || s + 1 < n_steps;
       auto refill = [&](int c) {
@@ -320,10 +308,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
           xb[0].load_chunk(xrows, (s + 1) * kStepCols, c);
         }
       };
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], nf4_lane, acc, refill);
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nf4_lane, acc, refill);
     } else {
       xb[0].load(xrows, s * kStepCols);
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], nf4_lane, acc, no_refill);
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nf4_lane, acc, no_refill);
     }
     if (!kChecked || s + S < n_steps) ring.load(i, args);
     ring.advance(args);
@@ -379,7 +367,6 @@ constexpr bool kernel_built(bool sweep, bool packed, bool fp32x, int mt, int tw,
                                               (mt == 2 && tw == 2));
   if (common || !sweep) return common;
   if (xm == kXPerChunk) return s == kDefaultStages || (tw == 1 && mt == 2);
-  if (xm == kXPackedPerChunk) return tw == 1 && mt == 2 && s == kDefaultStages;
   return tw == 1 && mt != 4 && (s == 2 || s == 4);  // kXRolling and kXPacked included
 }
 
@@ -419,9 +406,9 @@ bool env_config(GemvConfig& cfg) {
   const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first, &tw);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
   TORCH_CHECK_VALUE(got >= 3 && shape_ok && (mt == 0 || mt == 1 || mt == 2 || mt == 4) && xm >= -1 &&
-                        xm <= kXPackedPerChunk && tw >= 0 && tw <= 2,
+                        xm <= kXPacked && tw >= 0 && tw <= 2,
                     "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]' with rw * kw <= 8 "
-                    "(or both 0), mt 0, 1, 2 or 4, xm in -1..5 and tw in 0..2, got '", env, "'");
+                    "(or both 0), mt 0, 1, 2 or 4, xm in -1..4 and tw in 0..2, got '", env, "'");
   cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0, tw};
   return true;
 }
@@ -495,7 +482,7 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
   bool launched = false;
   for_each_int<2, 4>([&](auto s_c) {
     for_each_int<1, 2>([&](auto tw_c) {
-      for_each_int<kXDoubleBuffer, kXSingleBuffer, kXPerChunk, kXRolling, kXPacked, kXPackedPerChunk>([&](auto xm_c) {
+      for_each_int<kXDoubleBuffer, kXSingleBuffer, kXPerChunk, kXRolling, kXPacked>([&](auto xm_c) {
         constexpr int S = decltype(s_c)::value, TW = decltype(tw_c)::value, XM = decltype(xm_c)::value;
         if constexpr (kernel_built(kSweep, packed_x_built(F, kFp32x), kFp32x, MT, TW, S, XM)) {
           if (launched || cfg.s != S || cfg.tw != TW || cfg.xm != XM) return;
@@ -504,7 +491,7 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
             C10_CUDA_CHECK(
                 cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
           }
-          if constexpr (reads_packed_x(XM)) {  // right behind pack_x_kernel (grid_dependency_wait)
+          if constexpr (XM == kXPacked) {  // right behind pack_x_kernel (grid_dependency_wait)
             cudaLaunchAttribute attr{};
             attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
             attr.val.programmaticStreamSerializationAllowed = 1;
@@ -611,7 +598,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   // Grid: ceil(ceil(n_tiles / tw) / rw) blocks along N times m_blocks along x.
   const int64_t m_blocks = (m + 8 * cfg.mt - 1) / (8 * cfg.mt);
   at::Tensor x_packed;
-  if (reads_packed_x(cfg.xm)) {
+  if (cfg.xm == kXPacked) {
     x_packed = pack_x(x2, m_blocks, cfg.mt, args.steps, stream);
     args.x = x_packed.const_data_ptr();
   }

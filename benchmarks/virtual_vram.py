@@ -227,7 +227,10 @@ def paged_run(model_cpu: Decoder, device: torch.device, levels: list[dict], prom
               forced: torch.Tensor, n_new: int, keep_resident: bool = True, profile: bool = False,
               prefetch: int = 2) -> dict:
     """One model paged through a VGPUStack of ``levels``: seconds per step, bytes moved per step,
-    the logits; with ``profile`` also the host profile of a second timed decode (``host_top``)."""
+    the time the host->device link spent copying per step (``h2d_busy_s_per_step``: CUDA events
+    on the copy stream; its share of the step, and the link's GB/s while copying), the logits;
+    with ``profile`` also the host profile of a second timed decode (``host_top``). Bytes and busy
+    time are averaged over the prefill and the steps, the step time over the steps after the first."""
     model = copy.deepcopy(model_cpu)
     with VGPUStack(levels) as st:
         handle = offload(model, st, prefetch=prefetch, keep_resident=keep_resident)
@@ -238,11 +241,17 @@ def paged_run(model_cpu: Decoder, device: torch.device, levels: list[dict], prom
         s1 = st.stats()
         top = host_profile(lambda: decode(model, prompt, forced, n_new, device)) if profile else None
     steps = n_new + 1  # the prefill pass plus n_new steps moved bytes
-    links = {k: (s1["links"].get(k, {}).get("bytes", 0) - s0["links"].get(k, {}).get("bytes", 0)) / steps
-             for k in ("host->device", "ssd->host")}
+
+    def per_step(link: str, field: str) -> float:
+        return (s1["links"].get(link, {}).get(field, 0) - s0["links"].get(link, {}).get(field, 0)) / steps
+
+    h2d_bytes, h2d_busy = per_step("host->device", "bytes"), per_step("host->device", "seconds")
     return {"s_per_step": sec, "keep_resident": keep_resident, "resident_bytes": resident,
-            "bytes_h2d_per_step": links["host->device"],
-            "bytes_ssd_per_step": links["ssd->host"], "logits": logits} | ({"host_top": top} if profile else {})
+            "bytes_h2d_per_step": h2d_bytes, "h2d_busy_s_per_step": h2d_busy,
+            "h2d_busy_share": h2d_busy / sec if sec > 0 else None,
+            "h2d_gbps_while_busy": h2d_bytes / h2d_busy / 1e9 if h2d_busy > 0 else None,
+            "bytes_ssd_per_step": per_step("ssd->host", "bytes"), "logits": logits} | (
+                {"host_top": top} if profile else {})
 
 
 def ssd_read_gbps(ssd_dir: str, nbytes: int, reps: int = 3) -> dict:
@@ -441,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             extra = (f", {r['bytes_h2d_per_step'] / 1e9:.2f} GB/step, {r['step_vs_pcie_bound']:.2f}x PCIe bound"
                      if r.get("step_vs_pcie_bound") else "")
+            if r.get("h2d_busy_share") is not None:
+                extra += (f", link copying {100 * r['h2d_busy_share']:.0f}% of the step"
+                          f" at {r['h2d_gbps_while_busy']:.1f} GB/s" if r.get("h2d_gbps_while_busy") else "")
             if r.get("ssd_bound_s"):
                 extra += (f", {r['bytes_ssd_per_step'] / 1e9:.2f} GB/step from the SSD, "
                           f"{r['step_vs_ssd_bound']:.2f}x SSD bound")

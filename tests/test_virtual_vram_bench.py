@@ -24,6 +24,11 @@ def test_virtual_vram_quick_cpu(tmp_path, one_thread):
     paged = runs["paged-float32"]
     assert paged["logits_cosine_min"] > 0.999999 and paged["top1_agreement"] == 1.0
     assert paged["bytes_h2d_per_step"] > 0
+    # the link's busy time per step: its share of the step and its speed while copying
+    assert paged["h2d_busy_s_per_step"] > 0
+    assert paged["h2d_busy_share"] == pytest.approx(paged["h2d_busy_s_per_step"] / paged["s_per_step"])
+    assert paged["h2d_gbps_while_busy"] == pytest.approx(
+        paged["bytes_h2d_per_step"] / paged["h2d_busy_s_per_step"] / 1e9)
     acc = runs["accelerate-cpu_offload-float32"]
     if "error" not in acc:  # accelerate installed: its hooks must not lose the KV cache
         assert acc["logits_cosine_min"] > 0.999999 and acc["top1_agreement"] == 1.0

@@ -450,9 +450,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             extra = (f", {r['bytes_h2d_per_step'] / 1e9:.2f} GB/step, {r['step_vs_pcie_bound']:.2f}x PCIe bound"
                      if r.get("step_vs_pcie_bound") else "")
-            if r.get("h2d_busy_share") is not None:
+            if r.get("h2d_busy_share") is not None and r.get("h2d_gbps_while_busy"):
                 extra += (f", link copying {100 * r['h2d_busy_share']:.0f}% of the step"
-                          f" at {r['h2d_gbps_while_busy']:.1f} GB/s" if r.get("h2d_gbps_while_busy") else "")
+                          f" at {r['h2d_gbps_while_busy']:.1f} GB/s")
             if r.get("ssd_bound_s"):
                 extra += (f", {r['bytes_ssd_per_step'] / 1e9:.2f} GB/step from the SSD, "
                           f"{r['step_vs_ssd_bound']:.2f}x SSD bound")

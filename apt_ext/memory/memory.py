@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from apt_ext.memory.anchors import (anchor_overlap, anchor_weight, definitions, extract_anchors, is_word_anchor,
-                                    query_anchor_count, with_speaker_forms)
+from apt_ext.memory.anchors import (SPEAKER_PREFIX, anchor_overlap, anchor_weight, definitions, extract_anchors,
+                                    is_word_anchor, query_anchor_count, with_speaker_forms)
 from apt_ext.memory.config import AIMConfig
 from apt_ext.memory.conversation import check_speaker, field_anchors, to_timestamp
 from apt_ext.memory.embedder import Embedder, default_embedder, embed_checked
@@ -159,10 +159,11 @@ class AIMMemory:
                 for row in space_rows:
                     if row.id in space.entries:
                         self._drop(space, row.id)
-                    # the fields' anchors again: rows written before speaker anchors had their
-                    # "spk:" prefix carry the bare name (a no-op for newer rows)
-                    entry = _Entry(row.summary, frozenset(row.anchors) | field_anchors(row.speaker, row.ts),
-                                   row.fields, row.links, row.w,
+                    anchors = frozenset(row.anchors)
+                    if row.speaker is not None and not any(a.startswith(SPEAKER_PREFIX) for a in anchors):
+                        # written before speaker anchors had their "spk:" prefix (bare name only)
+                        anchors |= field_anchors(row.speaker, None)
+                    entry = _Entry(row.summary, anchors, row.fields, row.links, row.w,
                                    row.stamp, row.created_at, row.speaker, row.ts,
                                    tuple(a for a in row.anchors if a.startswith("def:")))
                     space.entries[row.id] = entry

@@ -24,18 +24,12 @@ __device__ __forceinline__ void fence_mbarrier_init() {
 #endif
 }
 
-// Orders this thread's earlier generic-proxy accesses to shared memory before its later bulk
-// copies (async proxy) into it.
-__device__ __forceinline__ void fence_proxy_async_shared() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
-
 // The phase's one arrival, announcing `bytes` that bulk copies completing on `bar` will deliver.
+// Relaxed: a release arrival would first wait for all of this thread's loads in flight.
 __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_addr(bar)), "r"(bytes)
+  asm volatile("mbarrier.arrive.expect_tx.relaxed.cta.shared::cta.b64 _, [%0], %1;" ::"r"(shared_addr(bar)),
+               "r"(bytes)
                : "memory");
 #endif
 }
@@ -64,15 +58,6 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
       "r"(parity)
       : "memory");
 #endif
-}
-
-// Shared-memory counter += 1 with acquire-release order within the block; returns the old value.
-__device__ __forceinline__ uint32_t shared_add_acq_rel(uint32_t* counter) {
-  uint32_t old = 0;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
-  asm volatile("atom.acq_rel.cta.shared::cta.add.u32 %0, [%1], 1;" : "=r"(old) : "r"(shared_addr(counter)) : "memory");
-#endif
-  return old;
 }
 
 }  // namespace apt::fp4::cuda

@@ -329,7 +329,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     if (lane == 0) mbarrier_arrive_expect_tx(xs_bars + slot, rows_here * kRowBytes);
     __syncwarp();
     if (lane < rows_here) {
-      fence_proxy_async_shared();
       const T* src = static_cast<const T*>(args.x) + (row_first + lane) * args.x_stride + (s_begin + s) * kStepCols;
       bulk_copy_to_shared(xs_slots + slot * x_slot_bytes(MT) + lane * kXSharedPitch, src, kRowBytes, xs_bars + slot);
     }
@@ -370,9 +369,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
       step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], nf4_lane, acc,
                                   [&](int c) { xb[0].load_chunk_shared(lane_slot, c); });
       // Done with the slot: the last of the part's warps to say so refills it, `slots` steps on.
+      // A relaxed count (an acquire-release one waits for the weight ring's loads in flight):
+      // a warp's shared-memory accesses are performed in order, so its reads of the slot are
+      // done when its count lands, and the refill's bulk copies are issued after the last count.
       __syncwarp();
       uint32_t done_before = 0;
-      if (lane == 0) done_before = shared_add_acq_rel(xs_count + xslot);
+      if (lane == 0) done_before = atomicAdd(xs_count + xslot, 1u);
       done_before = __shfl_sync(0xffffffffu, done_before, 0);
       if (done_before + 1 == xuse_target && s + slots < n_steps) x_fill(s + slots, xslot);
       if (++xslot == slots) {
@@ -697,6 +699,10 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
     int major = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.get_device()));
     TORCH_CHECK(major >= 9, "APT_FP4_GEMV: x mode 5 (x in shared memory by bulk copies) needs sm_90 or newer");
+    int smem_max = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.get_device()));
+    TORCH_CHECK_VALUE(x_shared_bytes(cfg.kw, cfg.xs, cfg.mt) + k_part_sums_bytes(cfg.kw, cfg.rw, cfg.mt, cfg.tw) <= smem_max,
+                      "APT_FP4_GEMV: x mode 5's slots (xs) times K parts (kw) exceed the block's shared memory");
   }
   // Grid: ceil(ceil(n_tiles / tw) / rw) blocks along N times m_blocks along x.
   const int64_t m_blocks = (m + 8 * cfg.mt - 1) / (8 * cfg.mt);

@@ -142,7 +142,7 @@ def test_gemv_launch_variants(launch):
 
 @needs_cuda_build
 @pytest.mark.parametrize("launch", ["0,0,2,2,5", "0,0,4,2,5", "0,0,2,1,5", "0,0,4,1,5", "1,8,2,2,5",
-                                    "8,1,2,2,5,1,1,0,2", "3,2,4,2,5,1,1,0,3", "0,0,2,2,5,0,1,0,16"])
+                                    "8,1,2,2,5,1,1,0,2", "3,2,4,2,5,1,1,0,3", "8,1,2,2,5,0,1,0,16"])
 def test_gemv_shared_x_variants(launch):
     """x in shared memory (x mode 5: a ring of step slots per K part filled by bulk copies, freed
     by the last warp done with a slot): 8- and 16-row blocks, 2 and 4 stages, 1-8 K parts (the

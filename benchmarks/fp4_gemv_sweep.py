@@ -1,11 +1,10 @@
 """Tuning sweep of the tiled FP4 GEMV (csrc/fp4/fp4_gemv_cuda.cu) on one GPU, in one run.
 
-Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw[,xs]]]]]]" (warps
+Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]" (warps
 along N per block, K parts per tile, pipeline depth, x rows per block in tiles of 8 (1, 2, 4; 0 the
 heuristic's), how x is read: 0 through L1 double-buffered, 1 with one x buffer and more blocks per
 SM, 2 one chunk at a time, 3 one buffer refilled chunk by chunk a step ahead, 4 the same from a copy of x packed so that each
-load reads 512 contiguous bytes, 5 (sm_90) from a ring of xs step slots per K part in shared memory
-filled by bulk copies (xs 0: 8 per block over its K parts, at least 2), -1 the heuristic's; balance (default 1): warps per block chosen to
+load reads 512 contiguous bytes, -1 the heuristic's; balance (default 1): warps per block chosen to
 spread blocks evenly over the SMs; evict_first (default 1): weights loaded with L2 evict_first; tw:
 tiles per warp, 1 or 2, 0 the heuristic's; rw = kw = 0 keeps the heuristic's), optionally with
 "@step" (the tiles and scales copied step-major: at each step all tiles' blocks are adjacent, so

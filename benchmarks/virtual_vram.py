@@ -178,10 +178,12 @@ def nbytes(model: nn.Module) -> int:
 
 # ---- decoding ----------------------------------------------------------------------------
 def decode(model: Decoder, prompt: torch.Tensor, forced: torch.Tensor | None, n_new: int,
-           device: torch.device) -> tuple[float, torch.Tensor, torch.Tensor]:
+           device: torch.device, sync_waits: list[float] | None = None) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Prefill ``prompt`` [B, T], then ``n_new`` steps: greedy tokens, or ``forced`` [B, n_new]
     (teacher forcing, to compare logits across runs). Returns (seconds for the n_new steps after
-    the first, tokens [B, n_new], logits of every step [n_new, B, vocab] float32 on the CPU)."""
+    the first, tokens [B, n_new], logits of every step [n_new, B, vocab] float32 on the CPU).
+    ``sync_waits`` gets, per timed step, the seconds the host waited for the step's logits (the
+    device still working: copies or kernels the host had already queued)."""
     caches = [KVCache() for _ in model.layers]
     toks, logits = [], []
     with torch.no_grad():
@@ -192,7 +194,10 @@ def decode(model: Decoder, prompt: torch.Tensor, forced: torch.Tensor | None, n_
             if i == 1:
                 sync(device)
                 t0 = time.perf_counter()
+            t_wait = time.perf_counter()
             logits.append(out.float().cpu())
+            if sync_waits is not None and t0 is not None:
+                sync_waits.append(time.perf_counter() - t_wait)
             nxt = out.argmax(-1, keepdim=True) if forced is None else forced[:, i:i + 1]
             toks.append(nxt)
             out = model(nxt, caches, prompt.shape[1] + i)
@@ -229,16 +234,36 @@ def paged_run(model_cpu: Decoder, device: torch.device, levels: list[dict], prom
     """One model paged through a VGPUStack of ``levels``: seconds per step, bytes moved per step,
     the time the host->device link spent copying per step (``h2d_busy_s_per_step``: CUDA events
     on the copy stream; its share of the step, and the link's GB/s while copying), the logits;
-    with ``profile`` also the host profile of a second timed decode (``host_top``). Bytes and busy
-    time are averaged over the prefill and the steps, the step time over the steps after the first."""
+    with ``profile`` also the host profile of a second timed decode (``host_top``). Where the
+    host's time goes: ``host_get_s_per_step`` and ``host_prefetch_s_per_step``, the seconds spent in
+    the stack's ``get`` (a unit's weights, maybe waiting for the pager's lock) and ``prefetch``
+    calls of offload's hooks, and ``host_sync_wait_s_per_step``, the seconds waiting for each
+    step's logits. Bytes, busy time and the host's get/prefetch time are averaged over the prefill
+    and the steps, the step time and the sync wait over the steps after the first."""
     model = copy.deepcopy(model_cpu)
     with VGPUStack(levels) as st:
         handle = offload(model, st, prefetch=prefetch, keep_resident=keep_resident)
         resident = handle.resident_bytes
         decode(model, prompt, forced, n_new, device)  # records the execution order; warm-up
+        host_s = {"get": 0.0, "prefetch": 0.0}
+
+        def timed(name: str):
+            method = getattr(st, name)
+
+            def call(*a, **kw):
+                t = time.perf_counter()
+                try:
+                    return method(*a, **kw)
+                finally:
+                    host_s[name] += time.perf_counter() - t
+            return call
+
+        st.get, st.prefetch = timed("get"), timed("prefetch")  # instance attributes: the hooks call these
         s0 = st.stats()
-        sec, _, logits = decode(model, prompt, forced, n_new, device)
+        waits: list[float] = []
+        sec, _, logits = decode(model, prompt, forced, n_new, device, waits)
         s1 = st.stats()
+        del st.get, st.prefetch
         top = host_profile(lambda: decode(model, prompt, forced, n_new, device)) if profile else None
     steps = n_new + 1  # the prefill pass plus n_new steps moved bytes
 
@@ -250,6 +275,8 @@ def paged_run(model_cpu: Decoder, device: torch.device, levels: list[dict], prom
             "bytes_h2d_per_step": h2d_bytes, "h2d_busy_s_per_step": h2d_busy,
             "h2d_busy_share": h2d_busy / sec if sec > 0 else None,
             "h2d_gbps_while_busy": h2d_bytes / h2d_busy / 1e9 if h2d_busy > 0 else None,
+            "host_get_s_per_step": host_s["get"] / steps, "host_prefetch_s_per_step": host_s["prefetch"] / steps,
+            "host_sync_wait_s_per_step": sum(waits) / len(waits) if waits else None,
             "bytes_ssd_per_step": per_step("ssd->host", "bytes"), "logits": logits} | (
                 {"host_top": top} if profile else {})
 
@@ -453,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
             if r.get("h2d_busy_share") is not None and r.get("h2d_gbps_while_busy"):
                 extra += (f", link copying {100 * r['h2d_busy_share']:.0f}% of the step"
                           f" at {r['h2d_gbps_while_busy']:.1f} GB/s")
+            if r.get("host_sync_wait_s_per_step") is not None:
+                extra += (f", host in get/prefetch/sync wait {1e3 * r['host_get_s_per_step']:.1f}/"
+                          f"{1e3 * r['host_prefetch_s_per_step']:.1f}/{1e3 * r['host_sync_wait_s_per_step']:.1f} ms")
             if r.get("ssd_bound_s"):
                 extra += (f", {r['bytes_ssd_per_step'] / 1e9:.2f} GB/step from the SSD, "
                           f"{r['step_vs_ssd_bound']:.2f}x SSD bound")

@@ -29,6 +29,10 @@ def test_virtual_vram_quick_cpu(tmp_path, one_thread):
     assert paged["h2d_busy_share"] == pytest.approx(paged["h2d_busy_s_per_step"] / paged["s_per_step"])
     assert paged["h2d_gbps_while_busy"] == pytest.approx(
         paged["bytes_h2d_per_step"] / paged["h2d_busy_s_per_step"] / 1e9)
+    # where the host's time goes: the hooks' get and prefetch calls, the wait for each step's logits
+    assert 0 < paged["host_get_s_per_step"] < paged["s_per_step"]
+    assert 0 <= paged["host_prefetch_s_per_step"] < paged["s_per_step"]
+    assert 0 <= paged["host_sync_wait_s_per_step"] < paged["s_per_step"]
     acc = runs["accelerate-cpu_offload-float32"]
     if "error" not in acc:  # accelerate installed: its hooks must not lose the KV cache
         assert acc["logits_cosine_min"] > 0.999999 and acc["top1_agreement"] == 1.0

@@ -36,7 +36,6 @@
 #include <limits>
 #include <type_traits>
 
-#include "fp4/fp4_bulk_copy_cuda.h"
 #include "fp4/fp4_decode_cuda.h"
 #include "fp4/fp4_format.h"
 #include "fp4/fp4_gemm_tiled_cuda.h"
@@ -69,15 +68,8 @@ __device__ __forceinline__ uint4 load_x(const uint4* p) {
 // step's two mma of that chunk are issued, three chunks of work before its use (the registers of
 // 1, the lead of 0); 4 the same from a copy of x packed by pack_x_kernel so that each 16-byte
 // load of the warp reads 512 contiguous bytes (4 L1 wavefronts instead of 8: one per 128-byte
-// line, not one per row of x); 5 (sm_90) from shared memory: the warps of a K part share a ring
-// of args.x_slots steps of x (kXSharedPitch bytes per row), each slot filled by one bulk copy per
-// row of x (cp.async.bulk) completing on the slot's mbarrier, refilled by the last warp to finish
-// with it; lanes read one chunk ahead of its use, as in 2 (few registers, a ring of whole steps
-// of lead, no block-wide barrier).
-constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXPerChunk = 2, kXRolling = 3, kXPacked = 4, kXShared = 5;
-// A row of x in a kXShared slot: 256 bytes of 16-bit x and 64 of padding, so that the 16-byte
-// reads of lanes 4g + t (row g, bytes 16t + 64c) fall in distinct bank groups for each 8 lanes.
-constexpr int kXSharedPitch = 320;
+// line, not one per row of x).
+constexpr int kXDoubleBuffer = 0, kXSingleBuffer = 1, kXPerChunk = 2, kXRolling = 3, kXPacked = 4;
 
 // x values of one step for one lane: its 32 columns (four chunks of 8, chunk c at column 32c + 8t
 // of the step) of each of its MT rows, raw 16-byte loads. x rows are padded to whole steps and
@@ -108,12 +100,6 @@ struct XStep {
     static_assert(kChunkLoads == 1, "packed x: 16-bit x only");
 #pragma unroll
     for (int i = 0; i < MT; ++i) v[i][c] = load_x(lane_base + ((s * 4 + c) * MT + i) * kLanes);
-  }
-  // kXShared: chunk c of the slot whose row g, bytes 16t is `lane_slot` (rows g + 8i).
-  __device__ void load_chunk_shared(const unsigned char* lane_slot, int c) {
-    static_assert(kChunkLoads == 1, "shared x: 16-bit x only");
-#pragma unroll
-    for (int i = 0; i < MT; ++i) v[i][c] = *reinterpret_cast<const uint4*>(lane_slot + 8 * i * kXSharedPitch + 64 * c);
   }
   // 32-bit word w (0..15 for 16-bit x: columns 2w, 2w+1 of the lane's; 0..31 for float32) of tile i.
   __device__ uint32_t word(int i, int w) const { return word_of(v[i][w / 4], w % 4); }
@@ -153,20 +139,18 @@ template <Format F>
 constexpr int nf4_table_bytes() { return F == Format::NF4 ? kNf4PairTableBytes : 0; }
 
 // All 8 mma of one step for each of the warp's TW tiles: tile u's words 0..3 in c0[u], 4..7 in
-// c1[u]. x_chunk(c) loads chunk c of x into xs: of this step before its two mma for the per-chunk
-// modes (kXPerChunk, kXShared: chunk c + 1 is loaded before the mma of chunk c), of the next step
-// after this step's mma of chunk c for the rolling ones (kXRolling, kXPacked); otherwise xs holds
-// the whole step already and x_chunk is not called.
-template <Format F, typename T, int MT, int TW, int XM, typename XChunk>
+// c1[u]. XM kXPerChunk: x is loaded here, chunk c + 1 before the mma of chunk c (xrows, col0 as
+// for XStep::load); kXRolling / kXPacked: xs holds this step, and refill(c) loads chunk c of the
+// next step after the mma of chunk c; otherwise xs holds the whole step already.
+template <Format F, typename T, int MT, int TW, int XM, typename Refill>
 __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c1)[TW], const LaneScales<F> (&sc)[TW],
-                                          XStep<T, MT>& xs, const uint32_t* nf4_lane, float (&acc)[TW][MT][4],
-                                          XChunk&& x_chunk) {
-  constexpr bool kPerChunk = XM == kXPerChunk || XM == kXShared;
-  if constexpr (kPerChunk) x_chunk(0);
+                                          XStep<T, MT>& xs, const T* const (&xrows)[MT], int64_t col0,
+                                          const uint32_t* nf4_lane, float (&acc)[TW][MT][4], Refill&& refill) {
+  if constexpr (XM == kXPerChunk) xs.load_chunk(xrows, col0, 0);
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    if constexpr (kPerChunk) {
-      if (j % 2 == 0 && j < 6) x_chunk(j / 2 + 1);
+    if constexpr (XM == kXPerChunk) {
+      if (j % 2 == 0 && j < 6) xs.load_chunk(xrows, col0, j / 2 + 1);
     }
 #pragma unroll
     for (int u = 0; u < TW; ++u) {
@@ -175,7 +159,7 @@ __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c
       mma_step<T, MT>(acc[u], a, xs, j);
     }
     if constexpr (XM == kXRolling || XM == kXPacked) {
-      if (j % 2 == 1) x_chunk(j / 2);
+      if (j % 2 == 1) refill(j / 2);
     }
   }
 }
@@ -220,25 +204,12 @@ __global__ void pack_x_kernel(const uint4* __restrict__ x, uint4* __restrict__ o
   }
 }
 
-// The GEMV's dynamic shared memory after the nf4 table: the K parts' sums (reduce_k_parts), then
-// for kXShared per K part x_slots slots of 8 * mt rows of x at kXSharedPitch bytes, one mbarrier
-// per slot and one counter per slot (the warps done with it, over all its uses).
-__host__ __device__ constexpr int64_t k_part_sums_bytes(int kw, int rw, int mt, int tw) {
-  return kw > 1 ? int64_t{4} * (kw - 1) * rw * 32 * 4 * mt * tw : 0;
-}
-__host__ __device__ constexpr int64_t x_slot_bytes(int mt) { return int64_t{8} * mt * kXSharedPitch; }
-__host__ __device__ constexpr int64_t x_shared_bytes(int kw, int slots, int mt) {
-  return int64_t{kw} * slots * (x_slot_bytes(mt) + 8 + 4);
-}
-
 // Blocks per multiprocessor the registers must allow (__launch_bounds__): 2 for 8 rows of 16-bit
 // x (128 registers), 3 with one x buffer or x per chunk (80); 16 rows: 2 with one x buffer or x
-// per chunk; two tiles per warp: 2 up to 16 rows of x; 32 rows with two tiles: 1; x in shared
-// memory (kXShared): 3 with 2 stages (80), 2 with 4.
-template <typename T, int MT, int TW, int S, int XM>
+// per chunk; two tiles per warp: 2 up to 16 rows of x; 32 rows with two tiles: 1.
+template <typename T, int MT, int TW, int XM>
 constexpr int min_blocks_per_sm() {
   if (sizeof(T) != 2) return 1;
-  if (XM == kXShared) return S == 2 ? 3 : 2;
   if (TW == 2) return MT <= 2 ? 2 : 1;
   if (MT == 1) return XM == kXDoubleBuffer || XM >= kXRolling ? 2 : 3;  // rolling: 80 spilled 52 bytes
   return XM == kXDoubleBuffer ? 1 : 2;  // kXRolling, kXPacked: the registers of one buffer, as kXSingleBuffer
@@ -247,10 +218,10 @@ constexpr int min_blocks_per_sm() {
 // Grid ceil(ceil(n_tiles / TW) / rw) * m_blocks (m_blocks = ceil(m / (8 MT)), the x block varying
 // fastest, so blocks that share weights run side by side and the later ones read them from L2),
 // block 32 * rw * kw threads, dynamic shared memory nf4_table_bytes<F>() + (kw - 1) * rw *
-// 32 * 4 * MT * TW floats (+ x_shared_bytes for kXShared).
+// 32 * 4 * MT * TW floats.
 // Warp w: tiles TW * ((blockIdx.x / m_blocks) * rw + w % rw) + u (u < TW), K part w / rw.
 template <Format F, typename T, int MT, int TW, int S, int XM, bool kGelu>
-__global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, S, XM>()))
+__global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, XM>()))
     gemv_tiled_kernel(const TiledLinearArgs args) {
   static_assert(TW == 1 || XM == kXPerChunk, "two tiles per warp fit the registers with x per chunk only");
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -309,42 +280,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   // kXPacked: this lane's 16 bytes of the warp's first step in the block's packed x.
   const uint4* xp_lane = static_cast<const uint4*>(args.x) + ((m_block * args.steps + s_begin) * 4 * MT) * kLanes + lane;
   if ((kXDouble || XM == kXRolling) && n_steps > 0) xb[0].load(xrows, 0);
-  // kXShared: this K part's ring of x steps in shared memory (x_shared_bytes), its slot for the
-  // current step (xslot, used for the (xuse_target / active)-th time: mbarrier parity xphase).
-  const int slots = args.x_slots;
-  unsigned char* xs_all = dyn_smem + nf4_table_bytes<F>() + k_part_sums_bytes(args.kw, args.rw, MT, TW);
-  uint64_t* bars_all = reinterpret_cast<uint64_t*>(xs_all + args.kw * slots * x_slot_bytes(MT));
-  uint32_t* count_all = reinterpret_cast<uint32_t*>(bars_all + args.kw * slots);
-  unsigned char* xs_slots = xs_all + part * slots * x_slot_bytes(MT);
-  uint64_t* xs_bars = bars_all + part * slots;
-  uint32_t* xs_count = count_all + part * slots;
-  // Warps of this K part with tiles: the count that frees a slot.
-  const int active = static_cast<int>(
-      min(static_cast<int64_t>(args.rw), (args.n_tiles + TW - 1) / TW - (blockIdx.x / args.m_blocks) * args.rw));
-  int xslot = 0;
-  uint32_t xphase = 0, xuse_target = active;
-  // The whole warp: step s (of this warp's range) of x into slot `slot`, one bulk copy per row.
-  auto x_fill = [&](int64_t s, int slot) {
-    constexpr uint32_t kRowBytes = kStepCols * sizeof(T);
-    if (lane == 0) mbarrier_arrive_expect_tx(xs_bars + slot, rows_here * kRowBytes);
-    __syncwarp();
-    if (lane < rows_here) {
-      const T* src = static_cast<const T*>(args.x) + (row_first + lane) * args.x_stride + (s_begin + s) * kStepCols;
-      bulk_copy_to_shared(xs_slots + slot * x_slot_bytes(MT) + lane * kXSharedPitch, src, kRowBytes, xs_bars + slot);
-    }
-  };
-  if constexpr (XM == kXShared) {
-    static_assert(sizeof(T) == 2 && TW == 1, "shared x: 16-bit x, one tile per warp");
-    if (threadIdx.x < args.kw * slots) {
-      mbarrier_init(bars_all + threadIdx.x);
-      count_all[threadIdx.x] = 0;
-    }
-    fence_mbarrier_init();
-    __syncthreads();
-    if (rt == 0) {
-      for (int i = 0; i < slots && i < n_steps; ++i) x_fill(i, i);
-    }
-  }
   if constexpr (XM == kXPacked) {
     // Launched right behind pack_x_kernel (programmatic dependent launch): the weight ring above
     // is in flight; x is read once that kernel has finished and its writes are visible.
@@ -354,37 +289,18 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
       for (int c = 0; c < 4; ++c) xb[0].load_chunk_packed(xp_lane, 0, c);
     }
   }
-  const auto no_x_chunk = [](int) {};
+  const auto no_refill = [](int) {};
   auto step = [&](auto checked, int i, int64_t s) {
     constexpr bool kChecked = decltype(checked)::value;
     if constexpr (kXDouble) {
       if (!kChecked || s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[i & 1], nf4_lane, acc, no_x_chunk);
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[i & 1], xrows, 0, nf4_lane, acc, no_refill);
     } else if constexpr (XM == kXPerChunk) {
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], nf4_lane, acc,
-                                  [&](int c) { xb[0].load_chunk(xrows, s * kStepCols, c); });
-    } else if constexpr (XM == kXShared) {
-      mbarrier_wait(xs_bars + xslot, xphase);
-      const unsigned char* lane_slot = xs_slots + xslot * x_slot_bytes(MT) + g * kXSharedPitch + 16 * t;
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], nf4_lane, acc,
-                                  [&](int c) { xb[0].load_chunk_shared(lane_slot, c); });
-      // Done with the slot: the last of the part's warps to say so refills it, `slots` steps on.
-      // A relaxed count (an acquire-release one waits for the weight ring's loads in flight):
-      // a warp's shared-memory accesses are performed in order, so its reads of the slot are
-      // done when its count lands, and the refill's bulk copies are issued after the last count.
-      __syncwarp();
-      uint32_t done_before = 0;
-      if (lane == 0) done_before = atomicAdd(xs_count + xslot, 1u);
-      done_before = __shfl_sync(0xffffffffu, done_before, 0);
-      if (done_before + 1 == xuse_target && s + slots < n_steps) x_fill(s + slots, xslot);
-      if (++xslot == slots) {
-        xslot = 0;
-        xphase ^= 1u;
-        xuse_target += active;
-      }
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, s * kStepCols, nf4_lane, acc,
+                                  no_refill);
     } else if constexpr (XM == kXRolling || XM == kXPacked) {
       const bool more = !kChecked || s + 1 < n_steps;
-      auto x_chunk = [&](int c) {
+      auto refill = [&](int c) {
         if (!more) return;
         if constexpr (XM == kXPacked) {
           xb[0].load_chunk_packed(xp_lane, s + 1, c);
@@ -392,10 +308,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
           xb[0].load_chunk(xrows, (s + 1) * kStepCols, c);
         }
       };
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], nf4_lane, acc, x_chunk);
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nf4_lane, acc, refill);
     } else {
       xb[0].load(xrows, s * kStepCols);
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], nf4_lane, acc, no_x_chunk);
+      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nf4_lane, acc, no_refill);
     }
     if (!kChecked || s + S < n_steps) ring.load(i, args);
     ring.advance(args);
@@ -423,19 +339,13 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
 // Launch shape: warps along N per block (rw), K parts (kw), pipeline stages (s), x rows per block
 // as tiles of 8 (mt: 1, 2, 4, or 0 = the heuristic's: 1 up to 8 rows of x, else 2), how x is read
 // (xm: kXDoubleBuffer, kXSingleBuffer, kXPerChunk, kXRolling, kXPacked, or -1 = the heuristic's),
-// tiles per warp (tw: 1, 2, or 0 = the heuristic's), step slots of x per K part for kXShared
-// (xs, 0 = x_slots_for's).
+// tiles per warp (tw: 1, 2, or 0 = the heuristic's).
 struct GemvConfig {
   int rw, kw, s, mt, xm;
   bool balance;      // tiles per block chosen so the blocks spread evenly over the multiprocessors
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
   int tw;
-  int xs;
 };
-
-// kXShared's step slots per K part: 8 per block (40 KiB at 16 rows of x) split over its K parts,
-// at least 2 (a whole step of lead).
-constexpr int x_slots_for(int kw) { return std::max(2, 8 / kw); }
 
 // Whether packed x (kXPacked) is built for format f with 16-bit x: nvfp4 and mxfp4 (nf4 keeps
 // its own block shape, see choose_config).
@@ -445,8 +355,7 @@ constexpr bool packed_x_built(Format f, bool fp32x) { return f != Format::NF4 &&
 // float32 x) and launch shape. Every format and x dtype: 2 stages, 8 rows of x double-buffered,
 // and for 16-bit x 16 rows with one x buffer, two buffers, two tiles per warp with x per chunk,
 // or (nvfp4 and mxfp4) packed x; float32 x only the first. The tuning sweep's other modes (4
-// stages, x per chunk with one tile, x refilled chunk by chunk, packed x at 8 rows, x in shared
-// memory, 32 rows) are
+// stages, x per chunk with one tile, x refilled chunk by chunk, packed x at 8 rows, 32 rows) are
 // built for nvfp4 with bfloat16 x only; 16 rows of x per chunk with one tile also with 4 stages
 // (timed in round 15: slower than the default at M = 16).
 constexpr bool kernel_built(bool sweep, bool packed, bool fp32x, int mt, int tw, int s, int xm) {
@@ -458,7 +367,7 @@ constexpr bool kernel_built(bool sweep, bool packed, bool fp32x, int mt, int tw,
                                               (mt == 2 && tw == 2));
   if (common || !sweep) return common;
   if (xm == kXPerChunk) return s == kDefaultStages || (tw == 1 && mt == 2);
-  return tw == 1 && mt != 4 && (s == 2 || s == 4);  // kXRolling, kXPacked and kXShared included
+  return tw == 1 && mt != 4 && (s == 2 || s == 4);  // kXRolling and kXPacked included
 }
 
 // The heuristic's tiles per warp for blocks of `mt` x tiles of 8 rows and `m` rows of x in all:
@@ -485,25 +394,22 @@ constexpr int heuristic_x_mode(bool packed, int mt, int tw, int64_t n_tiles, int
              : default_x_mode(mt, tw);
 }
 
-// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw[,xs]]]]]]" (read once) overrides
-// the heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's block shape, mt = 0 its rows
-// of x, xm = -1 its x mode, tw = 0 its tiles per warp, xs = 0 x_slots_for's slots (kXShared);
-// balance and evict_first default to 1. A launch
+// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]" (read once) overrides the
+// heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's block shape, mt = 0 its rows of
+// x, xm = -1 its x mode, tw = 0 its tiles per warp; balance and evict_first default to 1. A launch
 // shape kernel_built does not build for the format and x dtype falls back to the heuristic's
 // stages, x mode and tiles per warp (and 32 rows of x to 16).
 bool env_config(GemvConfig& cfg) {
   static const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
-  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1, tw = 0, xs = 0;
-  const int got =
-      std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first, &tw, &xs);
+  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1, tw = 0;
+  const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first, &tw);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
   TORCH_CHECK_VALUE(got >= 3 && shape_ok && (mt == 0 || mt == 1 || mt == 2 || mt == 4) && xm >= -1 &&
-                        xm <= kXShared && tw >= 0 && tw <= 2 && xs >= 0 && xs <= 16,
-                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw[,xs]]]]]]' with rw * kw "
-                    "<= 8 (or both 0), mt 0, 1, 2 or 4, xm in -1..5, tw in 0..2 and xs in 0..16, got '",
-                    env, "'");
-  cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0, tw, xs};
+                        xm <= kXPacked && tw >= 0 && tw <= 2,
+                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]' with rw * kw <= 8 "
+                    "(or both 0), mt 0, 1, 2 or 4, xm in -1..4 and tw in 0..2, got '", env, "'");
+  cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0, tw};
   return true;
 }
 
@@ -517,7 +423,7 @@ GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_
   // 2-warp blocks of 14336 x 4096 ran nf4 at 1.21x bf16 against nvfp4's 2.22x in
   // fp4_linear_NVIDIA_H200.json of the round-6 session, and at 1.55x against 2.23x unbalanced in
   // fp4_gemv_sweep_NVIDIA_H200_round8a.json).
-  GemvConfig cfg{0, 0, kDefaultStages, 0, -1, f != Format::NF4, true, 0, 0};
+  GemvConfig cfg{0, 0, kDefaultStages, 0, -1, f != Format::NF4, true, 0};
   const bool from_env = env_config(cfg);
   if (fp32x) {
     cfg.mt = 1;
@@ -532,10 +438,7 @@ GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_
     cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt, m);
     cfg.xm = default_x_mode(cfg.mt, cfg.tw);
   }
-  if (from_env && cfg.rw > 0) {
-    if (cfg.xs == 0) cfg.xs = x_slots_for(cfg.kw);
-    return cfg;
-  }
+  if (from_env && cfg.rw > 0) return cfg;
   const int64_t m_blocks = (m + 8 * cfg.mt - 1) / (8 * cfg.mt), units = (n_tiles + cfg.tw - 1) / cfg.tw;
   const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kMinStepsPerPart, kMaxWarps));
   // K parts: the largest power of two up to the warps wanted per warp's tiles (round 2's sweep:
@@ -560,7 +463,6 @@ GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_
       }
     }
   }
-  if (cfg.xs == 0) cfg.xs = x_slots_for(cfg.kw);
   return cfg;
 }
 
@@ -575,13 +477,12 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
   constexpr bool kSweep = F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu;
   constexpr bool kFp32x = std::is_same_v<T, float>;
   const int threads = 32 * cfg.rw * cfg.kw;
-  const int64_t x_bytes = cfg.xm == kXShared ? x_shared_bytes(cfg.kw, cfg.xs, MT) : 0;
-  const size_t smem =
-      static_cast<size_t>(nf4_table_bytes<F>() + k_part_sums_bytes(cfg.kw, cfg.rw, MT, cfg.tw) + x_bytes);
+  const int64_t partial_bytes = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT * cfg.tw : 0;
+  const size_t smem = static_cast<size_t>(nf4_table_bytes<F>() + partial_bytes);
   bool launched = false;
   for_each_int<2, 4>([&](auto s_c) {
     for_each_int<1, 2>([&](auto tw_c) {
-      for_each_int<kXDoubleBuffer, kXSingleBuffer, kXPerChunk, kXRolling, kXPacked, kXShared>([&](auto xm_c) {
+      for_each_int<kXDoubleBuffer, kXSingleBuffer, kXPerChunk, kXRolling, kXPacked>([&](auto xm_c) {
         constexpr int S = decltype(s_c)::value, TW = decltype(tw_c)::value, XM = decltype(xm_c)::value;
         if constexpr (kernel_built(kSweep, packed_x_built(F, kFp32x), kFp32x, MT, TW, S, XM)) {
           if (launched || cfg.s != S || cfg.tw != TW || cfg.xm != XM) return;
@@ -694,16 +595,6 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.kw = cfg.kw;
   args.evict_first = cfg.evict_first;
   args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;
-  args.x_slots = cfg.xs;
-  if (cfg.xm == kXShared) {  // bulk copies and mbarriers: sm_90 (only APT_FP4_GEMV selects it)
-    int major = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.get_device()));
-    TORCH_CHECK(major >= 9, "APT_FP4_GEMV: x mode 5 (x in shared memory by bulk copies) needs sm_90 or newer");
-    int smem_max = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.get_device()));
-    TORCH_CHECK_VALUE(x_shared_bytes(cfg.kw, cfg.xs, cfg.mt) + k_part_sums_bytes(cfg.kw, cfg.rw, cfg.mt, cfg.tw) <= smem_max,
-                      "APT_FP4_GEMV: x mode 5's slots (xs) times K parts (kw) exceed the block's shared memory");
-  }
   // Grid: ceil(ceil(n_tiles / tw) / rw) blocks along N times m_blocks along x.
   const int64_t m_blocks = (m + 8 * cfg.mt - 1) / (8 * cfg.mt);
   at::Tensor x_packed;

@@ -163,7 +163,6 @@ struct TiledLinearArgs {
   int64_t n, n_tiles, steps, steps_per_part;
   int rw, kw;  // warps along N per block (TW tiles each), K parts per tile (warps per block = rw * kw)
   int m_blocks;  // blocks along x (rows of x per block: 8 * MT in the GEMV, 8 * XB in the GEMM)
-  int x_slots;   // GEMV with x in shared memory (kXShared): step slots of x per K part
   // GEMM only: blocks along K (gridDim.y) whose sums meet through `partials` ([gridDim.x *
   // splits][sums per block] floats), the last block of each output block adding them in split
   // order; `arrivals` ([gridDim.x] int32, zero before the launch) counts the finished ones.

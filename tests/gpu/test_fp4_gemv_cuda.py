@@ -139,25 +139,6 @@ def test_gemv_launch_variants(launch):
     _run_checks_in_child(code, APT_FP4_GEMV=launch)
 
 
-
-@needs_cuda_build
-@pytest.mark.parametrize("launch", ["0,0,2,2,5", "0,0,4,2,5", "0,0,2,1,5", "0,0,4,1,5", "1,8,2,2,5",
-                                    "8,1,2,2,5,1,1,0,2", "3,2,4,2,5,1,1,0,3", "8,1,2,2,5,0,1,0,16"])
-def test_gemv_shared_x_variants(launch):
-    """x in shared memory (x mode 5: a ring of step slots per K part filled by bulk copies, freed
-    by the last warp done with a slot): 8- and 16-row blocks, 2 and 4 stages, 1-8 K parts (the
-    last parts short or empty: K = 4192 is 33 steps), blocks with fewer tiles than warps (N =
-    300), 2 to 16 slots, partial row blocks (M = 9, 33), both storage orders, and a large weight
-    (other formats fall back to the heuristic's x mode)."""
-    code = (
-        "for fmt in t.FORMATS:\n"
-        "    for m in (1, 3, 9, 16, 33):\n"
-        "        for sm in (False, True):\n"
-        "            t._check(fmt, m, torch.bfloat16, True, n=300, k=4192, apt_seed=7, step_major=sm)\n"
-        "for m in (1, 16):\n"
-        "    t._check('nvfp4', m, torch.bfloat16, False, n=8200, k=4096, apt_seed=3)\n")
-    _run_checks_in_child(code, APT_FP4_GEMV=launch)
-
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2", "17,2,1", "17,4,0,4", "17,1,3,4", "1,2,5,2", "17,1,0,2,32",
                                   "17,4,3,2,32", "17,2,0,1,64"])

@@ -264,6 +264,7 @@ def paged_run(model_cpu: Decoder, device: torch.device, levels: list[dict], prom
         sec, _, logits = decode(model, prompt, forced, n_new, device, waits)
         s1 = st.stats()
         del st.get, st.prefetch
+        paged_units = len(set(handle.order) - set(handle.resident))
         top = host_profile(lambda: decode(model, prompt, forced, n_new, device)) if profile else None
     steps = n_new + 1  # the prefill pass plus n_new steps moved bytes
 
@@ -271,7 +272,7 @@ def paged_run(model_cpu: Decoder, device: torch.device, levels: list[dict], prom
         return (s1["links"].get(link, {}).get(field, 0) - s0["links"].get(link, {}).get(field, 0)) / steps
 
     h2d_bytes, h2d_busy = per_step("host->device", "bytes"), per_step("host->device", "seconds")
-    return {"s_per_step": sec, "keep_resident": keep_resident, "resident_bytes": resident,
+    return {"s_per_step": sec, "keep_resident": keep_resident, "resident_bytes": resident, "paged_units": paged_units,
             "bytes_h2d_per_step": h2d_bytes, "h2d_busy_s_per_step": h2d_busy,
             "h2d_busy_share": h2d_busy / sec if sec > 0 else None,
             "h2d_gbps_while_busy": h2d_bytes / h2d_busy / 1e9 if h2d_busy > 0 else None,
@@ -481,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra += (f", link copying {100 * r['h2d_busy_share']:.0f}% of the step"
                           f" at {r['h2d_gbps_while_busy']:.1f} GB/s")
             if r.get("host_sync_wait_s_per_step") is not None:
-                extra += (f", host in get/prefetch/sync wait {1e3 * r['host_get_s_per_step']:.1f}/"
+                extra += (f", {r['paged_units']} units paged, host in get/prefetch/sync wait {1e3 * r['host_get_s_per_step']:.1f}/"
                           f"{1e3 * r['host_prefetch_s_per_step']:.1f}/{1e3 * r['host_sync_wait_s_per_step']:.1f} ms")
             if r.get("ssd_bound_s"):
                 extra += (f", {r['bytes_ssd_per_step'] / 1e9:.2f} GB/step from the SSD, "

@@ -1,6 +1,8 @@
 """offload(model, stack): outputs equal the resident model's, on the CPU 'device' level."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -234,3 +236,29 @@ def test_offload_rejects_bad_keep_resident(tmp_path):
         offload(_mlp_stack(1), st, keep_resident="yes")
     assert len(st) == 0
     st.close()
+
+
+@pytest.mark.parametrize("small_bytes", [-1, 2048])
+def test_offload_keeps_small_units_first(tmp_path, monkeypatch, small_bytes):
+    """Units up to SMALL_UNIT_BYTES (here 2 KiB: the LayerNorms, 512 bytes each) are kept before
+    any larger one, so their hooks never run; without them (-1) the largest units go first and
+    the LayerNorms, last in that order, are paged. Outputs are the same either way."""
+    offload_module = importlib.import_module("apt_ext.vgpu.offload")  # the package exports the function
+    monkeypatch.setattr(offload_module, "SMALL_UNIT_BYTES", small_bytes)
+    torch.manual_seed(0)
+    model = _mlp_stack(n_blocks=8)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        ref = model(x)
+    wb = _weight_bytes(model) / (1 << 20)
+    with VGPUStack(cpu_levels(tmp_path, device_mb=0.5 * wb, host_mb=1.2 * wb)) as st:
+        handle = offload(model, st, prefetch=2)
+        norms = {f"{b}.3" for b in range(8)}
+        kept = set(handle.resident)
+        if small_bytes > 0:
+            assert norms <= kept and kept - norms
+        else:
+            assert kept and not norms & kept
+        with torch.no_grad():
+            assert torch.equal(model(x), ref) and torch.equal(model(x), ref)
+        handle.restore()

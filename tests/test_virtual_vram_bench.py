@@ -30,6 +30,7 @@ def test_virtual_vram_quick_cpu(tmp_path, one_thread):
     assert paged["h2d_gbps_while_busy"] == pytest.approx(
         paged["bytes_h2d_per_step"] / paged["h2d_busy_s_per_step"] / 1e9)
     # where the host's time goes: the hooks' get and prefetch calls, the wait for each step's logits
+    assert paged["paged_units"] > 0
     assert 0 < paged["host_get_s_per_step"] < paged["s_per_step"]
     assert 0 <= paged["host_prefetch_s_per_step"] < paged["s_per_step"]
     assert 0 <= paged["host_sync_wait_s_per_step"] < paged["s_per_step"]

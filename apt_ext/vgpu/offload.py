@@ -13,8 +13,9 @@ A forward visits every unit once, in the same order: for a model larger than the
 LRU alone would evict each unit before its next use and move every byte every forward. So by
 default (``keep_resident=True``) ``offload`` keeps units on the device level for good (promoted
 and pinned once; ``OffloadHandle.resident`` names them): the small ones first (up to
-``SMALL_UNIT_BYTES``, whose hooks and copy launch cost the host more than their bytes cost the
-link), then the largest that fit, leaving room for
+``SMALL_UNIT_BYTES``: a paged unit costs the host the same hooks and copy launch whatever its
+size, and eager decoding is often bound by that host time), then the largest that fit, leaving
+room for
 the ``prefetch + 1`` largest of the others in flight, and only the rest crosses the link each
 forward; those kept hold their device tensors for good and get no hooks (a forward pays the
 hooks' host time only for the units that move). Among units of equal size (repeated layers) the
@@ -44,10 +45,13 @@ _offload_ids = itertools.count()
 _PACK_ALIGN = 64  # byte alignment of each tensor inside a unit's packed entry
 
 # Units up to this size are kept resident before any larger one (smallest first): a paged unit
-# costs the host about 0.1 ms per forward whatever its size (two hooks, a promotion, a copy
-# launch, events), more than 4 MiB take to cross a PCIe 5 link (about 0.08 ms at 50 GB/s).
-# Keeping the small ones (norms, GQA's k/v projections) costs little room and saves those calls.
-SMALL_UNIT_BYTES = 4 << 20
+# costs the host its two hooks, a promotion, a copy launch and events every forward whatever its
+# size, and a step of eager decoding is often bound by that host time. On the H200 run of
+# benchmarks/virtual_vram.py (Llama-3-8B shapes, nvfp4, 4 GB device budget; docs/vgpu.md) the
+# rule took the paged units from about 225 to 54 (16 MiB: norms and every attention projection
+# kept) for the same bytes per step, and the link's busy share of the step from about half to
+# 97% at batch 1 in the best run.
+SMALL_UNIT_BYTES = 16 << 20
 
 
 @dataclass

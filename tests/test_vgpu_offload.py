@@ -21,6 +21,16 @@ def _weight_bytes(model: nn.Module) -> int:
     return sum(t.nbytes for t in list(model.parameters()) + list(model.buffers()))
 
 
+def _eight_blocks() -> tuple[nn.Module, torch.Tensor, torch.Tensor, float]:
+    """An 8-block MLP stack, an input x [3, 64], its output and the weights' MiB."""
+    torch.manual_seed(0)
+    model = _mlp_stack(n_blocks=8)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        ref = model(x)
+    return model, x, ref, _weight_bytes(model) / (1 << 20)
+
+
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_offload_matches_resident(tmp_path, prefetch):
     torch.manual_seed(0)
@@ -182,15 +192,10 @@ def test_offload_refuses_a_layer_that_released_its_canonical_weight(tmp_path):
 
 
 def test_offload_keeps_what_fits_resident(tmp_path):
-    """A model larger than the device level: keep_resident pins the largest units that fit (with
-    room for the units in flight) and moves fewer bytes per forward than LRU alone, which evicts
-    every unit of a cyclic pass before its next use; outputs are the same."""
-    torch.manual_seed(0)
-    model = _mlp_stack(n_blocks=8)
-    x = torch.randn(3, 64)
-    with torch.no_grad():
-        ref = model(x)
-    wb = _weight_bytes(model) / (1 << 20)
+    """A model larger than the device level: keep_resident pins the units that fit (with room for
+    the units in flight) and moves fewer bytes per forward than LRU alone, which evicts every unit
+    of a cyclic pass before its next use; outputs are the same."""
+    model, x, ref, wb = _eight_blocks()
     moved = {}
     for keep in (False, True):
         m = _mlp_stack(n_blocks=8)
@@ -245,12 +250,7 @@ def test_offload_keeps_small_units_first(tmp_path, monkeypatch, small_bytes):
     the LayerNorms, last in that order, are paged. Outputs are the same either way."""
     offload_module = importlib.import_module("apt_ext.vgpu.offload")  # the package exports the function
     monkeypatch.setattr(offload_module, "SMALL_UNIT_BYTES", small_bytes)
-    torch.manual_seed(0)
-    model = _mlp_stack(n_blocks=8)
-    x = torch.randn(3, 64)
-    with torch.no_grad():
-        ref = model(x)
-    wb = _weight_bytes(model) / (1 << 20)
+    model, x, ref, wb = _eight_blocks()
     with VGPUStack(cpu_levels(tmp_path, device_mb=0.5 * wb, host_mb=1.2 * wb)) as st:
         handle = offload(model, st, prefetch=2)
         norms = {f"{b}.3" for b in range(8)}

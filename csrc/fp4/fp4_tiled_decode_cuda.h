@@ -170,6 +170,9 @@ struct TiledLinearArgs {
   float* partials;
   int* arrivals;
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
+  // GEMV launched by programmatic dependent launch (APT_FP4_GEMV_PDL): it may start before the
+  // previous kernel on its stream ends and reads no global memory before grid_dependency_wait.
+  bool pdl;
 };
 
 
@@ -203,6 +206,21 @@ struct WeightRing {
       c0[i][u] = load_stream(wp + v * w_next, policy);
       c1[i][u] = load_stream(wp + v * w_next + 32, policy);
       sc[i][u] = LaneScales<F>::load(a.scales, sp + v * s_next, policy);
+    }
+  }
+  // Asks L2 for the lines slot i's load will read (no register is written: safe before the
+  // previous kernel has finished, since L2 is where the device's writes meet).
+  __device__ __forceinline__ void prefetch_l2(int i, const TiledLinearArgs& a) const {
+#pragma unroll
+    for (int u = 0; u < TW; ++u) {
+      const int v = TW <= 2 || u < last_u ? u : last_u;
+      const uint4* w = wp + i * a.step_stride + v * w_next;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(w));
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(w + 32));
+      const int64_t idx = sp + i * a.sc_step_stride + v * s_next;
+      const void* scale = F == Format::NF4 ? static_cast<const void*>(static_cast<const float4*>(a.scales) + idx)
+                                           : static_cast<const void*>(static_cast<const uint2*>(a.scales) + idx);
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(scale));
     }
   }
   __device__ __forceinline__ void advance(const TiledLinearArgs& a) {

@@ -139,7 +139,6 @@ def test_gemv_launch_variants(launch):
     _run_checks_in_child(code, APT_FP4_GEMV=launch)
 
 
-
 def _check_right_after_writes(fmt: str, m: int, apt_seed: int) -> None:
     """The GEMV straight after kernels that write its inputs: the tiles zeroed and copied back,
     then x made by a multiply, each the kernel just before the next; three layers in a chain."""
@@ -175,6 +174,7 @@ def test_gemv_programmatic_dependent_launch():
         "t._check('nvfp4', 16, torch.bfloat16, False, n=8200, k=4096, apt_seed=3)\n"
         "t.test_cuda_graph_capture_tiled(11)\n")
     _run_checks_in_child(code, APT_FP4_GEMV_PDL="1")
+
 
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2", "17,2,1", "17,4,0,4", "17,1,3,4", "1,2,5,2", "17,1,0,2,32",

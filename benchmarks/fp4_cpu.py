@@ -93,7 +93,10 @@ class TorchInt4:
 
 def bench_speed(shapes, batches, threads: list[int], repeats: int) -> list[dict]:
     """Per (N, K), M and thread count: fp4_linear in every format (float32 x; nvfp4 also with
-    bf16 x) against F.linear with an fp32 and a bf16 weight and torch's int4 CPU kernel (bf16 x)."""
+    bf16 x) against F.linear with an fp32 and a bf16 weight and torch's int4 CPU kernel (bf16 x),
+    and a read floor: ``torch.sum`` over a float32 buffer as large as the nvfp4 weight (codes and
+    scales, ``read_floor_bytes``), timed in the same rounds (what reading those bytes once costs
+    with the caches the layers see)."""
     rows = []
     gen = torch.Generator().manual_seed(0)
     bar = tqdm(total=len(shapes) * len(batches) * len(threads), desc="speed", file=sys.stderr)
@@ -102,6 +105,8 @@ def bench_speed(shapes, batches, threads: list[int], repeats: int) -> list[dict]
         w_bf16 = w.bfloat16()
         int4 = TorchInt4(w)
         fp4 = {fmt: FP4Linear.from_linear(_linear_with(w), fmt=fmt) for fmt in FORMATS}
+        floor_bytes = fp4["nvfp4"].packed.nbytes + fp4["nvfp4"].scales.nbytes
+        floor = torch.rand(floor_bytes // 4, generator=gen)
         canonical = {fmt: (lambda x, q=layer: torch.ops.apt.fp4_linear.default(
             x, q.packed, q.scales, q.tensor_scale, None, q.fmt, q.block_size)) for fmt, layer in fp4.items()}
         for m in batches:
@@ -113,9 +118,9 @@ def bench_speed(shapes, batches, threads: list[int], repeats: int) -> list[dict]
                        "torch_int4_ms": lambda: int4(x_bf16),
                        **{f"{fmt}_ms": (lambda layer=layer: layer(x)) for fmt, layer in fp4.items()},
                        **{f"{fmt}_canonical_ms": (lambda f=f: f(x)) for fmt, f in canonical.items()},
-                       "nvfp4_bf16x_ms": lambda: fp4["nvfp4"](x_bf16)}
+                       "nvfp4_bf16x_ms": lambda: fp4["nvfp4"](x_bf16), "read_floor_ms": lambda: floor.sum()}
                 with torch.inference_mode():
-                    r = {"N": n, "K": k, "M": m, "threads": t, **median_ms(fns, repeats)}
+                    r = {"N": n, "K": k, "M": m, "threads": t, **median_ms(fns, repeats), "read_floor_bytes": floor_bytes}
                     gemm_rows = _native._C.fp4.bf16_gemm_min_rows()
                     r.update({f"{fmt}_path": "cpu_tiled" if layer._takes_cpu_tiled_path(x) else "fp4_linear"
                               for fmt, layer in fp4.items()})
@@ -127,7 +132,7 @@ def bench_speed(shapes, batches, threads: list[int], repeats: int) -> list[dict]
                            f"bf16 {r['bf16_linear_ms']:8.2f}  int4 {r['torch_int4_ms']:8.2f}  "
                            + "  ".join(f"{fmt} {r[f'{fmt}_ms']:7.2f} ({r[f'{fmt}_canonical_ms']:.2f})"
                                        for fmt in FORMATS) + " ms")
-        del w, w_bf16, int4, fp4, canonical
+        del w, w_bf16, int4, fp4, canonical, floor
     bar.close()
     return rows
 

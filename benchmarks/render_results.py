@@ -115,11 +115,14 @@ def fp4_cpu_speed_peers(d: dict, err: dict) -> list[str]:
                      ratio(r["fp32_linear_ms"], slowest), ratio(r["bf16_linear_ms"], slowest),
                      ratio(r["torch_int4_ms"], slowest),
                      *([num(r[f"{f}_canonical_ms"]) for f in FP4_CPU_FORMATS] if canonical else []),
-                     *([num(r["nvfp4_bf16x_ms"]), r["nvfp4_bf16x_path"]] if "nvfp4_bf16x_path" in r else [])])
+                     *([num(r["nvfp4_bf16x_ms"]), r["nvfp4_bf16x_path"]] if "nvfp4_bf16x_path" in r else []),
+                     *([num(r["read_floor_ms"]), num(r["read_floor_bytes"] / r["read_floor_ms"] / 1e6)]
+                       if "read_floor_ms" in r else [])])
     by = {(r["N"], r["K"], r["M"], r["threads"]): r for r in d["speed"]}
     threads = sorted({r["threads"] for r in d["speed"]})
     impls = [("fp32_linear_ms", "F.linear fp32"), ("bf16_linear_ms", "F.linear bf16"),
-             ("torch_int4_ms", "torch int4"), *((f"{f}_ms", f) for f in FP4_CPU_FORMATS)]
+             ("torch_int4_ms", "torch int4"), *((f"{f}_ms", f) for f in FP4_CPU_FORMATS),
+             *([("read_floor_ms", "read floor")] if "read_floor_ms" in d["speed"][0] else [])]
     scaling = [[f"{n} x {k}", mm, *[ratio(by[(n, k, mm, threads[0])][key], by[(n, k, mm, threads[-1])][key])
                                     for key, _ in impls]]
                for (n, k, mm, t) in by if t == threads[0] and (n, k, mm, threads[-1]) in by]
@@ -138,12 +141,15 @@ def fp4_cpu_speed_peers(d: dict, err: dict) -> list[str]:
            f"call (median of {d.get('repeats', '?')} rounds, each timing every implementation once; scheduling "
            f"{m.get('scheduling', 'not recorded')}). Ratios = their time / the slowest of the three FP4 formats. "
            f"Accuracy of the timed layers (relative output error against the float32 layer, Gaussian weights, "
-           f"same run): {accuracy}.",
+           f"same run): {accuracy}."
+           + (" Read floor: `torch.sum` over a float32 buffer as large as the nvfp4 weight (codes and scales), "
+              "timed in the same rounds." if "read_floor_ms" in d["speed"][0] else ""),
            "",
            table(["N x K", "M", "threads", "F.linear fp32 ms", "F.linear bf16 ms", "torch int4 ms",
                   *[f"{f} ms" for f in FP4_CPU_FORMATS], "vs fp32", "vs bf16", "vs torch int4",
                   *([f"{f} fp4_linear ms" for f in FP4_CPU_FORMATS] if canonical else []),
-                  *(["nvfp4 layer, bf16 x ms", "its path"] if "nvfp4_bf16x_path" in d["speed"][0] else [])], rows)]
+                  *(["nvfp4 layer, bf16 x ms", "its path"] if "nvfp4_bf16x_path" in d["speed"][0] else []),
+                  *(["read floor ms", "read floor GB/s"] if "read_floor_ms" in d["speed"][0] else [])], rows)]
     if len(threads) > 1 and scaling:
         out += ["", f"Speed-up from {threads[0]} to {threads[-1]} threads (time at {threads[0]} / time at "
                 f"{threads[-1]}):", "",

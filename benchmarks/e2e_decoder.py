@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = (re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick and gpu else "")
            + ("_fused" if args.fused else "") + ("_one_copy" if args.one_copy else "")
            + ("_compiled" if args.compile else "") + ("_profile" if args.profile else "")
-           + ("_pdl" if os.environ.get("APT_FP4_GEMV_PDL") == "1" else ""))
+           + ("_pdl" if result["fp4_gemv_pdl"] else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

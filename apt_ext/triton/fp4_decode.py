@@ -93,6 +93,21 @@ def pair_values(w, P: tl.constexpr, lut_ptr, FMT: tl.constexpr):
 
 
 @triton.jit
+def word_values(w, lut_ptr, FMT: tl.constexpr):
+    """float32 values, in units of :func:`code_unit`, of all 8 codes of packed words ``w`` [...]
+    (int32), as [..., 2, 2, 2]: code j = 4h + 2r + q at [h, r, q], so a reshape of the last
+    dims (and the words' dim before them) gives the codes in column order. Built from
+    :func:`pair_values` by tl.join, which stacks registers a thread already holds."""
+    lo0, hi0 = pair_values(w, 0, lut_ptr, FMT)
+    lo1, hi1 = pair_values(w, 1, lut_ptr, FMT)
+    lo2, hi2 = pair_values(w, 2, lut_ptr, FMT)
+    lo3, hi3 = pair_values(w, 3, lut_ptr, FMT)
+    q0 = tl.join(tl.join(lo0, hi0), tl.join(lo2, hi2))  # codes 2r + 4h:     [..., h, r]
+    q1 = tl.join(tl.join(lo1, hi1), tl.join(lo3, hi3))  # codes 1 + 2r + 4h: [..., h, r]
+    return tl.join(q0, q1)
+
+
+@triton.jit
 def code_unit(FMT: tl.constexpr):
     """What :func:`nibble_values`' numbers are to be multiplied by: 2^14 for E2M1, 1 for nf4.
     Multiply before the block scale (a scale near float32's maximum times 2^14 would overflow)."""

@@ -1,17 +1,18 @@
 """Triton FP4 GEMV: ``x [M, K] @ dequantize(W).T`` for M <= GEMV_MAX_M rows, bound by streaming W.
 
 Each program owns BLOCK_N output columns (rows of W) and one of SPLIT_K contiguous ranges of
-K, which it walks in BLOCK_K steps. A step loads the packed weight as int32 words (8 codes
-each) in a [BLOCK_N, BLOCK_K/BS, BS/8] tile, each scale block's words contiguous (one 8-byte
-load per nvfp4 block, 16 bytes for mxfp4 and nf4), and the block scales. Each word is decoded in
-4 rounds, codes p and p + 4 together (fp4_decode.pair_values: E2M1 as a float16 pair by two
-shifts and two masks, nf4 by its 16-entry table), multiplied with their columns of each row
-of x in float32 (fused multiply-adds), summed per scale block, and only then multiplied by the
+K, which it walks in BLOCK_K steps. A step loads each row's packed weight as contiguous int32
+words (8 codes each: 16-byte loads) and the block scales, decodes every word once into its 8
+values in column order (fp4_decode.word_values: E2M1 as float16 pairs by shifts and masks, nf4
+by its 16-entry table, joined in registers), multiplies them with one contiguous load of the
+step's columns of each row of x in float32, sums per scale block, and only then multiplies by the
 block's scale (one multiply per block and row of x, not per weight). The next step's words
 and scales are loaded before the current step's math (a register prefetch: Triton's pipeliner
 stages only loads that feed a tl.dot). At M = 1 the per-block sums accumulate across steps and
 are reduced across threads once, after the loop. Where K divides into whole steps of every
-split (EVEN_K), x is read without masks.
+split (EVEN_K), x is read without masks. Decoding in column order (round 19,
+docs/fp4_gpu_notes.md) replaced a decode of codes p and p + 4 against eight strided loads of x
+per word: 1.6x-1.9x less GPU time at M = 1 on the H200.
 
 Split-K: with SPLIT_K > 1 each program writes its float32 partial and the last split to finish a
 tile adds the partials in split order (apt_ext.triton.split_k.store_tile, with bias, GELU and
@@ -29,23 +30,25 @@ import triton
 import triton.language as tl
 
 from apt_ext.triton.autotune import best_config
-from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, pair_values
+from apt_ext.triton.fp4_decode import (FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, word_values)
 from apt_ext.triton.split_k import candidate_splits, steps_per_split, store_tile, workspace
 
 GEMV_MAX_M = 16  # rows of x up to which fp4_linear runs this kernel
-# (BLOCK_N, BLOCK_K, num_warps, num_stages): 16-32 packed bytes per thread and step.
-_BASES = [(64, 128, 4, 3), (32, 256, 4, 3), (128, 128, 8, 3), (16, 512, 4, 4)]
+# (BLOCK_N, BLOCK_K, num_warps, num_stages): 16-64 packed bytes per thread and step.
+_BASES = [(16, 1024, 4, 4), (16, 512, 4, 4), (32, 256, 4, 3), (8, 1024, 4, 4), (16, 2048, 4, 4), (8, 2048, 4, 4), (32, 1024, 8, 4)]
 
 
 @triton.jit
 def _load_step(words_ptr, scales_ptr, rn, n_ok, row_words, n_blocks, blk0, blk_end, NB: tl.constexpr,
                WB: tl.constexpr):
-    """Packed int32 words [BLOCK_N, NB, WB] (8 codes each) and raw scales [BLOCK_N, NB] of the NB
-    scale blocks from ``blk0`` (those at or past ``blk_end`` masked off)."""
+    """Packed int32 words [BLOCK_N, NB * WB] (8 codes each; a row's step is contiguous, so
+    16-byte loads) and raw scales [BLOCK_N, NB] of the NB scale blocks from ``blk0`` (those at or
+    past ``blk_end`` masked off)."""
     blk = blk0 + tl.arange(0, NB)
+    word = blk0 * WB + tl.arange(0, NB * WB)
+    w_ok = n_ok[:, None] & (word < blk_end * WB)[None, :]
+    w = tl.load(words_ptr + rn[:, None] * row_words + word[None, :], mask=w_ok, other=0)
     ok = n_ok[:, None] & (blk < blk_end)[None, :]
-    word = blk[:, None] * WB + tl.arange(0, WB)[None, :]
-    w = tl.load(words_ptr + rn[:, None, None] * row_words + word[None, :, :], mask=ok[:, :, None], other=0)
     raw = tl.load(scales_ptr + rn[:, None] * n_blocks + blk[None, :], mask=ok, other=0)
     return w, raw
 
@@ -66,8 +69,7 @@ def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     rm = tl.arange(0, BLOCK_M)
-    # column of each word's first code within a step: [NB, WB]
-    col = 8 * (tl.arange(0, NB)[:, None] * WB + tl.arange(0, WB)[None, :])
+    kcol = tl.arange(0, NB)[:, None] * BS + tl.arange(0, BS)[None, :]  # a step's columns of x: [NB, BS]
     ts = tl.load(ts_ptr)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_blocks = tl.zeros((BLOCK_N, NB), dtype=tl.float32)  # M = 1: per-block sums, reduced after the loop
@@ -81,21 +83,15 @@ def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
                                       (pid_k * steps + step + 1) * NB, blk_end, NB, WB)
         s = decode_scale(raw, ts, FMT) * code_unit(FMT)         # [BLOCK_N, NB]
         k0 = (pid_k * steps + step) * BLOCK_K
+        vals = tl.reshape(word_values(w, lut_ptr, FMT), (BLOCK_N, NB, BS))  # decoded once, column order
         for m in tl.static_range(BLOCK_M):
             # rows past M (BLOCK_M is M rounded up to a power of 2) re-read the last row; not stored
             x_row = x_ptr + tl.minimum(M - 1, m) * K + k0
-            words = tl.zeros((BLOCK_N, NB, WB), dtype=tl.float32)
-            for p in tl.static_range(4):  # codes p and p + 4 of every word, decoded together
-                lo, hi = pair_values(w, p, lut_ptr, FMT)                  # [BLOCK_N, NB, WB] each
-                if EVEN_K:  # every step of every split lies inside x's K columns
-                    x_lo = tl.load(x_row + col + p).to(tl.float32)
-                    x_hi = tl.load(x_row + col + p + 4).to(tl.float32)
-                else:
-                    x_lo = tl.load(x_row + col + p, mask=k0 + col + p < K, other=0.0).to(tl.float32)
-                    x_hi = tl.load(x_row + col + p + 4, mask=k0 + col + p + 4 < K, other=0.0).to(tl.float32)
-                words += lo * x_lo[None, :, :]  # two statements: two fused multiply-adds
-                words += hi * x_hi[None, :, :]
-            blocks = tl.sum(words, axis=2) * s                             # [BLOCK_N, NB]
+            if EVEN_K:  # every step of every split lies inside x's K columns
+                xk = tl.load(x_row + kcol).to(tl.float32)
+            else:
+                xk = tl.load(x_row + kcol, mask=k0 + kcol < K, other=0.0).to(tl.float32)
+            blocks = tl.sum(vals * xk[None, :, :], axis=2) * s         # [BLOCK_N, NB]
             if BLOCK_M == 1:
                 acc_blocks += blocks
             else:

@@ -21,9 +21,7 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py --compile    # both steps also compiled (torch.compile fuses the
                                                   # norms, rotary and element-wise work the graph
                                                   # otherwise launches one kernel each for)
-    APT_FP4_GEMV_PDL=1 python benchmarks/e2e_decoder.py ...   # the GEMV by programmatic dependent
-                                                  # launch (docs/fp4_gpu.md), JSON name ends in _pdl
-Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_profile][_pdl].json.
+Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_profile].json.
 """
 from __future__ import annotations
 
@@ -296,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": machine, "device": str(device), "torch": torch.__version__,
                     "command": " ".join([sys.executable, *sys.argv]), "shape": asdict(shape),
                     "dtype": str(dtype).replace("torch.", ""), "iters": iters, "compiled": args.compile,
-                    "fused_projections": args.fused, "one_copy": args.one_copy,
-                    "fp4_gemv_pdl": os.environ.get("APT_FP4_GEMV_PDL") == "1", "runs": {}}
+                    "fused_projections": args.fused, "one_copy": args.one_copy, "runs": {}}
     ref_model = build(shape, device, dtype, args.fused)
     fp4_model = apt_ext.quantize_(copy.deepcopy(ref_model), fmt="nvfp4")
     if args.one_copy:
@@ -334,8 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     result["nvfp4_with_tiled_copy_weight_ratio"] = (wb_fp4["canonical"] + wb_fp4["tiled_copy"]) / wb_ref["canonical"]
     tag = (re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick and gpu else "")
            + ("_fused" if args.fused else "") + ("_one_copy" if args.one_copy else "")
-           + ("_compiled" if args.compile else "") + ("_profile" if args.profile else "")
-           + ("_pdl" if result["fp4_gemv_pdl"] else ""))
+           + ("_compiled" if args.compile else "") + ("_profile" if args.profile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -33,7 +33,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -266,15 +265,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   // The weights' register ring (WeightRing) and this lane's x columns at the warp's first step.
   static_assert(S % 2 == 0, "the x double buffer alternates with the step's parity");
   WeightRing<F, S, TW> ring(args, tile0, s_begin, lane);
-  if (args.pdl && XM != kXPacked) {
-    // Launched behind the previous kernel (programmatic dependent launch): while it ends, L2
-    // fetches the ring's first steps; x and the weights are read only after it has finished.
-#pragma unroll
-    for (int i = 0; i < S; ++i) {
-      if (i < n_steps) ring.prefetch_l2(i, args);
-    }
-    grid_dependency_wait();
-  }
 #pragma unroll
   for (int i = 0; i < MT; ++i) xrows[i] += s_begin * kStepCols;
 #pragma unroll
@@ -339,7 +329,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     }
   }
 
-  if (args.pdl) allow_dependent_launch();  // the next GEMV may take this block's place
   // K parts 1.. hand their sums to part 0 through shared memory ([(kw - 1) * rw][TW * MT * 4][32]
   // after the nf4 table).
   reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>()), part, args.rw, rt, args.kw, lane);
@@ -424,20 +413,6 @@ bool env_config(GemvConfig& cfg) {
   return true;
 }
 
-// APT_FP4_GEMV_PDL=1 (read once): launch the GEMV by programmatic dependent launch on sm_90+, so
-// that its blocks start, and L2 fetches their first weight steps, while the previous kernel on
-// the stream ends (TiledLinearArgs::pdl); "0" or unset: ordinary launches. A tuning experiment
-// for back-to-back layers (docs/fp4_gpu_notes.md).
-bool pdl_requested() {
-  static const bool value = [] {
-    const char* env = std::getenv("APT_FP4_GEMV_PDL");
-    if (env == nullptr || *env == '\0' || std::strcmp(env, "0") == 0) return false;
-    TORCH_CHECK_VALUE(std::strcmp(env, "1") == 0, "APT_FP4_GEMV_PDL: expected 0 or 1, got '", env, "'");
-    return true;
-  }();
-  return value;
-}
-
 // About 16 warps per multiprocessor (each with a pipeline of loads in flight): K split only as far
 // as each part keeps one pipeline's worth of steps. More than 8 rows of x: blocks of 16 rows (each
 // weight decoded once for 16 rows; round-7 sweeps: at M = 16 the largest shape took 65.0 us this
@@ -516,7 +491,7 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
             C10_CUDA_CHECK(
                 cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
           }
-          if (XM == kXPacked || args.pdl) {  // behind pack_x_kernel or the previous kernel (grid_dependency_wait)
+          if constexpr (XM == kXPacked) {  // right behind pack_x_kernel (grid_dependency_wait)
             cudaLaunchAttribute attr{};
             attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
             attr.val.programmaticStreamSerializationAllowed = 1;
@@ -619,11 +594,6 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.rw = cfg.rw;
   args.kw = cfg.kw;
   args.evict_first = cfg.evict_first;
-  if (pdl_requested()) {
-    int major = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.get_device()));
-    args.pdl = major >= 9;
-  }
   args.steps_per_part = (args.steps + cfg.kw - 1) / cfg.kw;
   // Grid: ceil(ceil(n_tiles / tw) / rw) blocks along N times m_blocks along x.
   const int64_t m_blocks = (m + 8 * cfg.mt - 1) / (8 * cfg.mt);

@@ -40,33 +40,28 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p, uint64_t policy) {
   return r;
 }
 
-// Asks L2 for the line holding p (no register written).
-__device__ __forceinline__ void prefetch_l2_line(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
-
 // A lane's scale entry of one step (fp4_tiled_layout.h), as loaded: nvfp4 / mxfp4 8 bytes (x: row
 // g, y: row g + 8, byte c: the block of chunk c), nf4 four floats. (Issued in program order like
 // load_stream.)
 template <Format F>
 struct LaneScales {
-  using Entry = uint2;
   uint2 raw;
   __device__ static LaneScales load(const void* base, int64_t idx, uint64_t policy) {
     uint2 r;
     asm volatile("ld.global.nc.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;"
                  : "=r"(r.x), "=r"(r.y)
-                 : "l"(static_cast<const Entry*>(base) + idx), "l"(policy));
+                 : "l"(static_cast<const uint2*>(base) + idx), "l"(policy));
     return {r};
   }
 };
 template <>
 struct LaneScales<Format::NF4> {
-  using Entry = float4;
   float4 absmax;  // row g block 0, row g block 1, row g + 8 block 0, row g + 8 block 1
   __device__ static LaneScales load(const void* base, int64_t idx, uint64_t policy) {
     float4 r;
     asm volatile("ld.global.nc.L2::cache_hint.v4.f32 {%0, %1, %2, %3}, [%4], %5;"
                  : "=f"(r.x), "=f"(r.y), "=f"(r.z), "=f"(r.w)
-                 : "l"(static_cast<const Entry*>(base) + idx), "l"(policy));
+                 : "l"(static_cast<const float4*>(base) + idx), "l"(policy));
     return {r};
   }
 };
@@ -175,9 +170,6 @@ struct TiledLinearArgs {
   float* partials;
   int* arrivals;
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
-  // GEMV launched by programmatic dependent launch (APT_FP4_GEMV_PDL): it may start before the
-  // previous kernel on its stream ends and reads no global memory before grid_dependency_wait.
-  bool pdl;
 };
 
 
@@ -204,30 +196,13 @@ struct WeightRing {
         last_u(static_cast<int>(min(static_cast<int64_t>(TW - 1), max(a.n_tiles - 1 - tile0, int64_t{0})))),
         policy(l2_stream_policy(a.evict_first)) {}
 
-  // The tile slot u of the warp reads: u, or the last one for tiles past the layout's end.
-  __device__ __forceinline__ int tile_of(int u) const { return TW <= 2 || u < last_u ? u : last_u; }
-
   __device__ __forceinline__ void load(int i, const TiledLinearArgs& a) {
 #pragma unroll
     for (int u = 0; u < TW; ++u) {
-      const int v = tile_of(u);
+      const int v = TW <= 2 || u < last_u ? u : last_u;
       c0[i][u] = load_stream(wp + v * w_next, policy);
       c1[i][u] = load_stream(wp + v * w_next + 32, policy);
       sc[i][u] = LaneScales<F>::load(a.scales, sp + v * s_next, policy);
-    }
-  }
-  // Asks L2 for the lines slot i's load will read (no register is written: safe before the
-  // previous kernel has finished, since L2 is where the device's writes meet).
-  __device__ __forceinline__ void prefetch_l2(int i, const TiledLinearArgs& a) const {
-#pragma unroll
-    for (int u = 0; u < TW; ++u) {
-      const int v = tile_of(u);
-      const uint4* w = wp + i * a.step_stride + v * w_next;
-      const auto* scale = static_cast<const typename LaneScales<F>::Entry*>(a.scales) + sp + i * a.sc_step_stride +
-                          v * s_next;
-      prefetch_l2_line(w);
-      prefetch_l2_line(w + 32);
-      prefetch_l2_line(scale);
     }
   }
   __device__ __forceinline__ void advance(const TiledLinearArgs& a) {

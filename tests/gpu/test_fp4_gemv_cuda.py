@@ -139,43 +139,6 @@ def test_gemv_launch_variants(launch):
     _run_checks_in_child(code, APT_FP4_GEMV=launch)
 
 
-def _check_right_after_writes(fmt: str, m: int, apt_seed: int) -> None:
-    """The GEMV straight after kernels that write its inputs: the tiles zeroed and copied back,
-    then x made by a multiply, each the kernel just before the next; three layers in a chain."""
-    g = torch.Generator().manual_seed(apt_seed)
-    ts = [tile(quantize(_weight(n, k, g).to(DEV), fmt)) for n, k in ((512, 256), (384, 512), (256, 384))]
-    saved = [t.tiles.clone() for t in ts]
-    x0 = torch.randn(m, 256, generator=g).to(DEV, torch.bfloat16)
-    want = x0
-    for t in ts:
-        want = t.linear(want)
-    torch.cuda.synchronize()
-    for t in ts:
-        t.tiles.zero_()
-    y = x0 * 1.0
-    for t, keep in zip(ts, saved):
-        t.tiles.copy_(keep)
-        y = t.linear(y * 1.0)
-    torch.cuda.synchronize()
-    assert torch.equal(y, want), f"fmt={fmt}, M={m}"
-
-
-@needs_cuda_build
-def test_gemv_programmatic_dependent_launch():
-    """APT_FP4_GEMV_PDL=1 (read once, so in a child): the GEMV starts while the previous kernel
-    ends and reads x and the weights only after it (written right before: equal outputs), every
-    format, 1-33 rows, both storage orders, packed x (8200 x 4096 at 16 rows), a CUDA graph."""
-    code = (
-        "for fmt in t.FORMATS:\n"
-        "    for m in (1, 9, 16, 33):\n"
-        "        t._check_right_after_writes(fmt, m, apt_seed=5)\n"
-        "        for sm in (False, True):\n"
-        "            t._check(fmt, m, torch.bfloat16, True, n=300, k=4192, apt_seed=7, step_major=sm)\n"
-        "t._check('nvfp4', 16, torch.bfloat16, False, n=8200, k=4096, apt_seed=3)\n"
-        "t.test_cuda_graph_capture_tiled(11)\n")
-    _run_checks_in_child(code, APT_FP4_GEMV_PDL="1")
-
-
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2", "17,2,1", "17,4,0,4", "17,1,3,4", "1,2,5,2", "17,1,0,2,32",
                                   "17,4,3,2,32", "17,2,0,1,64"])

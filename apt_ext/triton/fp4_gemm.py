@@ -27,6 +27,7 @@ import triton.language as tl
 from apt_ext.triton.autotune import best_config
 from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, nibble_values
 from apt_ext.triton.split_k import candidate_splits, steps_per_split, store_tile, workspace
+from apt_ext.triton.host_math import cdiv, next_power_of_2
 
 _GROUP_M = 8
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), no split of K
@@ -111,7 +112,7 @@ def configs(m_bucket: int, n: int, kp: int, device: torch.device, fmt: str = "nv
     for bn, bk, w, s in _SMALL_M_BASES:
         out += [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split}, num_warps=w,
                               num_stages=_stages(fmt, bm, bn, bk, s))
-                for split in candidate_splits(triton.cdiv(m_bucket, bm) * triton.cdiv(n, bn), triton.cdiv(kp, bk),
+                for split in candidate_splits(cdiv(m_bucket, bm) * cdiv(n, bn), cdiv(kp, bk),
                                               device)]
     return out
 
@@ -128,12 +129,12 @@ def gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     lut = nf4_lut(x.device)
     bias_arg = bias if bias is not None else out
-    m_bucket = min(triton.next_power_of_2(m), 4096)
+    m_bucket = min(next_power_of_2(m), 4096)
 
     def launch(cfg: triton.Config) -> None:
         bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
-        steps, split = steps_per_split(triton.cdiv(row_bytes, bk // 2), cfg.kwargs["SPLIT_K"])
-        tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+        steps, split = steps_per_split(cdiv(row_bytes, bk // 2), cfg.kwargs["SPLIT_K"])
+        tiles = cdiv(m, bm) * cdiv(n, bn)
         part, count = workspace(split, m, n, tiles, out)
         _gemm_kernel[(tiles, split)](
             x, packed, scales, tensor_scale, lut, bias_arg, out, part, count, m, n, k, row_bytes, 2 * row_bytes // block_size,

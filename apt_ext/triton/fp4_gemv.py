@@ -30,8 +30,9 @@ import triton
 import triton.language as tl
 
 from apt_ext.triton.autotune import best_config
-from apt_ext.triton.fp4_decode import (FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, word_values)
+from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, word_values
 from apt_ext.triton.split_k import candidate_splits, steps_per_split, store_tile, workspace
+from apt_ext.triton.host_math import cdiv, next_power_of_2
 
 GEMV_MAX_M = 16  # rows of x up to which fp4_linear runs this kernel
 # (BLOCK_N, BLOCK_K, num_warps, num_stages): 16-64 packed bytes per thread and step.
@@ -108,7 +109,7 @@ def configs(n: int, kp: int, device: torch.device) -> list[triton.Config]:
         return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2}, num_warps=4, num_stages=1)]
     configs = []
     for bn, bk, warps, stages in _BASES:
-        splits = candidate_splits(triton.cdiv(n, bn), triton.cdiv(kp, bk), device)
+        splits = candidate_splits(cdiv(n, bn), cdiv(kp, bk), device)
         configs += [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s}, num_warps=warps, num_stages=stages)
                     for s in splits]
     return configs
@@ -128,15 +129,15 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
     if packed.data_ptr() % 4:  # the kernel reads 4-byte words (rows are multiples of 8 bytes)
         packed = packed.clone()
     kp = 2 * row_bytes
-    block_m = triton.next_power_of_2(m)
+    block_m = next_power_of_2(m)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     lut = nf4_lut(x.device)
     bias_arg = bias if bias is not None else out
 
     def launch(cfg: triton.Config) -> None:
         bk, split = cfg.kwargs["BLOCK_K"], cfg.kwargs["SPLIT_K"]
-        steps, split = steps_per_split(triton.cdiv(kp, bk), split)
-        tiles = triton.cdiv(n, cfg.kwargs["BLOCK_N"])
+        steps, split = steps_per_split(cdiv(kp, bk), split)
+        tiles = cdiv(n, cfg.kwargs["BLOCK_N"])
         part, count = workspace(split, m, n, tiles, out)
         _gemv_kernel[(tiles, split)](
             x, packed, scales, tensor_scale, lut, bias_arg, out, part, count, m, n, k, row_bytes // 4,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
 
 from apt_ext import _native
 from apt_ext.triton import kernel
@@ -30,6 +29,7 @@ from apt_ext.triton.fp4_decode import INTERPRET, scales_as_raw
 from apt_ext.triton.fp4_dequantize import dequantize_into
 from apt_ext.triton.fp4_gemm import gemm
 from apt_ext.triton.fp4_gemv import GEMV_MAX_M, gemv
+from apt_ext.triton.host_math import next_power_of_2
 
 
 # Rows of x up to which the GEMV runs. Measured on the H200 (GPU time, CUDA graphs;
@@ -102,7 +102,7 @@ def path(x: torch.Tensor, args: tuple) -> str:
     if len(candidates) == 1 or INTERPRET:
         return candidates[0]
     packed, _, _, bias, fmt, _, gelu = args
-    key = ("fp4_linear_path", x.device, fmt, x.dtype, triton.next_power_of_2(x.shape[0]), packed.shape[0],
+    key = ("fp4_linear_path", x.device, fmt, x.dtype, next_power_of_2(x.shape[0]), packed.shape[0],
            x.shape[1], bias is not None, gelu)
     return best_config(key, lambda: candidates, lambda p: _run(p, x, args), x.device)
 
@@ -143,14 +143,18 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_s
     accumulation); ``gelu`` applies the exact (erf) GELU after the bias."""
     _native._C.fp4.check_linear(x, packed, scales, tensor_scale, bias, fmt, block_size)
     k, n = x.shape[-1], packed.shape[0]
-    x2 = x.reshape(-1, k).contiguous()
+    # (each ATen call below costs an eager caller host time: 2-D x and a float32 [] tensor scale,
+    # the usual case, skip the reshapes and the cast)
+    x2 = (x if x.dim() == 2 else x.reshape(-1, k)).contiguous()
     m = x2.shape[0]
     if m == 0 or n == 0:
         return x.new_empty((*x.shape[:-1], n))
-    args = (packed.contiguous(), scales_as_raw(scales.contiguous(), fmt), tensor_scale.reshape(()).to(torch.float32),
+    ts = tensor_scale if tensor_scale.dim() == 0 and tensor_scale.dtype == torch.float32 else \
+        tensor_scale.reshape(()).to(torch.float32)
+    args = (packed.contiguous(), scales_as_raw(scales.contiguous(), fmt), ts,
             bias.contiguous() if bias is not None else None, fmt, block_size, gelu)
     y = gemv(x2, *args) if m <= gemv_max_m() else _run(path(x2, args), x2, args)
-    return y.reshape(*x.shape[:-1], n)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
 
 
 @kernel("fp4_linear")

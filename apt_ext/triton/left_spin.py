@@ -16,6 +16,7 @@ import triton.language as tl
 
 from apt_ext import _native
 from apt_ext.triton import kernel
+from apt_ext.triton.host_math import cdiv, next_power_of_2
 
 MAX_RESIDENT_D = 8192  # rows up to this length stay in registers between the two passes
 LOOP_BLOCK_D = 4096     # chunk of the two-pass kernels
@@ -220,12 +221,12 @@ def _launch_config(D: int, rows: int, backward: bool) -> dict:
     """Tile shape and warps for rows of length D: about 16 (forward) or 8 (backward) elements
     per thread and tensor, so that the resident tile stays in registers without spilling."""
     resident = D <= MAX_RESIDENT_D
-    block_d = triton.next_power_of_2(D) if resident else LOOP_BLOCK_D
+    block_d = next_power_of_2(D) if resident else LOOP_BLOCK_D
     n_rows = max(1, min(16, 2048 // block_d))
     per_thread = 8 if backward else 16
     warps = max(4, min(16, n_rows * block_d // (32 * per_thread)))
-    return dict(RESIDENT=resident, ROWS=n_rows, BLOCK_D=block_d, N_CHUNKS=triton.cdiv(D, block_d),
-                num_warps=warps, grid=(triton.cdiv(rows, n_rows),))
+    return dict(RESIDENT=resident, ROWS=n_rows, BLOCK_D=block_d, N_CHUNKS=cdiv(D, block_d),
+                num_warps=warps, grid=(cdiv(rows, n_rows),))
 
 
 def _on_device(t: torch.Tensor):

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from apt_ext.triton.fp4_decode import INTERPRET, bias_gelu
+from apt_ext.triton.host_math import cdiv
 
 PROGRAMS_PER_SM = (8, 4, 16)  # split targets of the candidate configs, most likely first
 # The last split reads the other splits' partials from L2 (".cg") on NVIDIA GPUs (a CUDA build of
@@ -66,14 +67,14 @@ def candidate_splits(tiles: int, k_steps: int, device: torch.device) -> list[int
     giving about PROGRAMS_PER_SM programs per multiprocessor (at most one step each), then 1
     (no partials, nothing to sum)."""
     sms = sm_count(device)
-    splits = [max(1, min(k_steps, triton.cdiv(p * sms, tiles))) for p in PROGRAMS_PER_SM] + [1]
+    splits = [max(1, min(k_steps, cdiv(p * sms, tiles))) for p in PROGRAMS_PER_SM] + [1]
     return list(dict.fromkeys(splits))
 
 
 def steps_per_split(k_steps: int, split: int) -> tuple[int, int]:
     """(steps each split walks, splits actually launched): no split is left empty."""
-    steps = triton.cdiv(k_steps, split)
-    return steps, triton.cdiv(k_steps, steps)
+    steps = cdiv(k_steps, split)
+    return steps, cdiv(k_steps, steps)
 
 
 def workspace(split: int, m: int, n: int, tiles: int, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,8 @@
 """The running sum of autopoietic attention's prefix mean (apt_ext/model/prefix_sum.py) on one GPU:
-torch.cumsum over dim 1 against blocked_cumsum, forward and forward + backward, float32
-[B, T, D] at the model benchmark's size (B 8, T 1024, D 768) and at T 4096.
+torch.cumsum over dim 1 against blocked_cumsum (both with ATen's autograd, whose cumsum backward
+flips the gradient around a scan) and against prefix_sum and the custom op apt_model::prefix_sum
+(blocked forward, backward as the total minus the running sum: suffix_sum), forward and forward
++ backward, float32 [B, T, D] at the model benchmark's size (B 8, T 1024, D 768) and at T 4096.
 
     python benchmarks/prefix_sum.py
 
@@ -19,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_common import run_meta, save_json  # noqa: E402
 
-from apt_ext.model.prefix_sum import blocked_cumsum  # noqa: E402
+from apt_ext.model.prefix_sum import blocked_cumsum, prefix_sum  # noqa: E402
 
 SHAPES = [(8, 1024, 768), (8, 4096, 768)]
 
@@ -49,14 +51,18 @@ def main() -> int:
         x = torch.randn(shape, device=device, requires_grad=True)
         g = torch.randn(shape, device=device)
         row = {"shape": list(shape)}
-        for name, fn in (("cumsum", lambda t: torch.cumsum(t, dim=1)), ("blocked", blocked_cumsum)):
+        ref = torch.cumsum(x.detach().double(), dim=1)
+        ref_grad = torch.cumsum(g.double().flip(1), dim=1).flip(1)
+        variants = (("cumsum", lambda t: torch.cumsum(t, dim=1)), ("blocked", blocked_cumsum),
+                    ("prefix_sum", prefix_sum), ("op", torch.ops.apt_model.prefix_sum.default))
+        for name, fn in variants:
             with torch.no_grad():
                 row[f"{name}_forward_ms"] = time_ms(lambda: fn(x))
             row[f"{name}_forward_backward_ms"] = time_ms(lambda: torch.autograd.grad(fn(x), x, g))
-        with torch.no_grad():
-            ref = torch.cumsum(x.double(), dim=1)
-            row["max_abs_err_cumsum"] = float((torch.cumsum(x, dim=1).double() - ref).abs().max())
-            row["max_abs_err_blocked"] = float((blocked_cumsum(x).double() - ref).abs().max())
+            with torch.no_grad():
+                row[f"max_abs_err_{name}"] = float((fn(x).double() - ref).abs().max())
+            (grad,) = torch.autograd.grad(fn(x), x, g)
+            row[f"max_abs_grad_err_{name}"] = float((grad.double() - ref_grad).abs().max())
         rows.append(row)
         print(row)
     out = save_json(f"prefix_sum_{torch.cuda.get_device_name(device).replace(' ', '_')}",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from apt_ext.model.autopoietic import AutopoieticCorrection
-from apt_ext.model.prefix_sum import BLOCK_ROWS, blocked_cumsum, prefix_sum
+from apt_ext.model.prefix_sum import BLOCK_ROWS, blocked_cumsum, prefix_sum, suffix_sum
 
 
 @pytest.mark.parametrize("shape", [(3, 17), (2, 33, 8), (1, 5, 2, 3)])
@@ -38,6 +38,56 @@ def test_opcheck_and_gradcheck():
     assert torch.equal(op(x), torch.cumsum(x, dim=1))
     assert torch.autograd.gradcheck(op, (x,))
     assert torch.autograd.gradcheck(prefix_sum, (x,))
+
+
+@pytest.mark.parametrize("running_sum", [torch.cumsum, blocked_cumsum], ids=["cumsum", "blocked"])
+def test_suffix_sum_equals_flipped_cumsum(running_sum):
+    """The backward's reverse running sum (total minus the sum before each row) against the
+    flip-cumsum-flip definition: float64 to rounding, float32 to its precision, and a bfloat16
+    gradient summed in float32 (returned in bfloat16)."""
+    scan = (lambda t: running_sum(t, dim=1)) if running_sum is torch.cumsum else running_sum
+    for shape in [(2, 1, 3), (2, 70, 5), (3, 300, 2, 2)]:
+        g = torch.randn(shape, dtype=torch.float64)
+        want = torch.cumsum(g.flip(1), dim=1).flip(1)
+        torch.testing.assert_close(suffix_sum(g, scan), want, rtol=1e-12, atol=1e-10)
+        torch.testing.assert_close(suffix_sum(g.float(), scan), want.float(), rtol=1e-5, atol=1e-4)
+        got = suffix_sum(g.bfloat16(), scan)
+        assert got.dtype == torch.bfloat16
+        ref = torch.cumsum(g.bfloat16().double().flip(1), dim=1).flip(1)
+        torch.testing.assert_close(got.double(), ref, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eager_backward_equals_cumsum_backward(dtype):
+    """prefix_sum's eager autograd (suffix_sum backward) against torch.cumsum's on fresh inputs."""
+    x = torch.randn(3, 77, 6).to(dtype).requires_grad_()
+    g = torch.randn(3, 77, 6).to(dtype)
+    (got,) = torch.autograd.grad(prefix_sum(x), x, g)
+    (want,) = torch.autograd.grad(torch.cumsum(x.float(), dim=1), x, g.float())
+    assert got.dtype == dtype
+    tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 5e-2}
+    torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
+def test_compiled_backward_scans_forward_without_flip():
+    """Under torch.compile the backward graph calls the op once more (a forward scan) and flips
+    nothing; its gradient equals eager's."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs: list[str] = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    fn = torch.compile(prefix_sum, fullgraph=True, backend=aot_autograd(fw_compiler=record, bw_compiler=record))
+    x = torch.randn(2, 40, 3, requires_grad=True)
+    g = torch.randn(2, 40, 3)
+    (got,) = torch.autograd.grad(fn(x), x, g)
+    torch.testing.assert_close(got, torch.cumsum(g.flip(1), dim=1).flip(1), rtol=1e-5, atol=1e-5)
+    assert len(graphs) == 2, graphs
+    assert "apt_model.prefix_sum" in graphs[1] and "flip" not in graphs[1], graphs[1]
 
 
 def test_eager_call_does_not_import_dynamo():

@@ -16,8 +16,16 @@ whose JSON did not come back, so no figure is quoted). Two short scans, within b
 and then over the blocks' totals, run 32 times as many columns in parallel. Whether that is
 faster end to end is not settled: the next run's compiled step was not faster (docs/model.md);
 benchmarks/prefix_sum.py times the two on their own.
+
+The backward (a reverse running sum) is the total minus the forward running sum before each row
+(:func:`suffix_sum`): one more forward scan plus element-wise work that a compiled graph fuses.
+It used to flip the gradient around a scan, two full copies; on the H200 that backward took
+most of the blocked sum's forward + backward time (0.48 ms against 0.07 ms forward,
+benchmarks/results/prefix_sum_NVIDIA_H200.json).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -57,12 +65,39 @@ def _prefix_sum_fake(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x)
 
 
+def suffix_sum(grad: torch.Tensor, running_sum: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Reverse running sum over dim 1, out[:, t] = grad[:, t] + ... + grad[:, T-1]: the gradient of
+    a prefix sum. Taken as the total minus the running sum before t, so one forward scan
+    (``running_sum``) and element-wise work; flipping the tensor around a scan instead copies it
+    twice (the earlier backward, benchmarks/prefix_sum.py). In float32 for lower-precision
+    ``grad`` (the subtraction cancels, so it needs more precision than the values).
+
+    grad: [B, T, ...] floating tensor. Returns a tensor of grad's shape and dtype.
+    """
+    g = grad if grad.dtype in (torch.float32, torch.float64) else grad.float()
+    s = running_sum(g)
+    return (s[:, -1:] - s + g).to(grad.dtype)
+
+
 def _prefix_sum_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
     # d out[:, t] / d x[:, s] = 1 for s <= t: the gradient of x[:, s] sums grad over t >= s.
-    return _prefix_sum_op(grad.flip(1)).flip(1)
+    return suffix_sum(grad, _prefix_sum_op)
 
 
 _prefix_sum_op.register_autograd(_prefix_sum_backward)
+
+
+class _EagerPrefixSum(torch.autograd.Function):
+    """Eager autograd of the running sum with :func:`suffix_sum`'s backward (the custom op's
+    autograd, without the custom op: its first eager call imports torch._dynamo)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return _running_sum(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return suffix_sum(grad, _running_sum)
 
 
 def prefix_sum(x: torch.Tensor) -> torch.Tensor:
@@ -76,4 +111,6 @@ def prefix_sum(x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"x: expected a floating tensor, got {x.dtype}")
     if torch.compiler.is_compiling():
         return _prefix_sum_op(x)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _EagerPrefixSum.apply(x)
     return _running_sum(x)

@@ -26,8 +26,8 @@ import triton.language as tl
 
 from apt_ext.triton.autotune import best_config
 from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, nibble_values
-from apt_ext.triton.split_k import candidate_splits, steps_per_split, store_tile, workspace
 from apt_ext.triton.host_math import cdiv, next_power_of_2
+from apt_ext.triton.split_k import candidate_splits, steps_per_split, store_tile, workspace
 
 _GROUP_M = 8
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), no split of K

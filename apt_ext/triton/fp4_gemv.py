@@ -31,12 +31,14 @@ import triton.language as tl
 
 from apt_ext.triton.autotune import best_config
 from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, word_values
-from apt_ext.triton.split_k import candidate_splits, steps_per_split, store_tile, workspace
 from apt_ext.triton.host_math import cdiv, next_power_of_2
+from apt_ext.triton.split_k import candidate_splits, steps_per_split, store_tile, workspace
 
 GEMV_MAX_M = 16  # rows of x up to which fp4_linear runs this kernel
-# (BLOCK_N, BLOCK_K, num_warps, num_stages): 16-64 packed bytes per thread and step.
-_BASES = [(16, 1024, 4, 4), (16, 512, 4, 4), (32, 256, 4, 3), (8, 1024, 4, 4), (16, 2048, 4, 4), (8, 2048, 4, 4), (32, 1024, 8, 4)]
+# (BLOCK_N, BLOCK_K, num_warps, num_stages): 32-128 packed bytes per thread and step; long steps
+# won on the H200 (round 19, docs/fp4_gpu_notes.md).
+_BASES = [(16, 1024, 4, 4), (16, 512, 4, 4), (32, 256, 4, 3), (8, 1024, 4, 4), (16, 2048, 4, 4), (8, 2048, 4, 4),
+          (32, 1024, 8, 4)]
 
 
 @triton.jit

@@ -10,7 +10,9 @@ RESULTS.md keeps each path in its own table) and benchmarks/plots/fp4_cpu_<path>
 tables. The JSON records the ISA path with the CPU flags it requires, the CPU model and flags,
 and the load average at start and end (the CPU numbers come from a shared 2-core VM). Times are
 medians of ``--repeats`` rounds after two warm-up calls, on random data (never zeros); each
-round times one call of every implementation (see ``median_ms``).
+round times one call of every implementation at every thread count (see ``median_ms``;
+``paired_threads`` in the JSON: before the eighteenth session each thread count had its own
+rounds).
 
 ``{fmt}_ms`` is the FP4Linear layer as a user calls it (inference, no gradient): on the AVX-512
 path it runs on its CPU tiled copy (``fp4_linear_cpu_tiled``, up to 64 rows of x; each speed row
@@ -50,21 +52,32 @@ BATCHES = (1, 8, 64, 256)
 INT4_GROUP = 128
 
 
-def median_ms(fns: dict, repeats: int) -> dict:
-    """Median wall time in ms of each ``fns[name]()``: two warm-up calls each, then ``repeats``
-    rounds that time one call of every function (in a rotating order). Round-robin timing lets
+def median_ms(fns: dict, threads: list[int], repeats: int) -> dict:
+    """Median wall time in ms of each ``fns[name]()`` at each thread count: two warm-up calls
+    each, then ``repeats`` rounds. A round runs every thread count in turn (the order alternating
+    between rounds): it sets torch's intra-op threads, wakes them with one small parallel fill
+    (untimed), and times one call of every function in a rotating order. Round-robin timing lets
     each call find the other layers' weights in the caches, as in a model, and spreads the load
-    of a shared machine over all of them alike."""
+    of a shared machine over all of them alike; timing every thread count in the same rounds
+    pairs the 1- and 2-thread medians, so a slow spell of the VM lands on both (timed one after
+    the other, a spell could land on one thread count only: docs/fp4.md). Returns
+    {threads: {name: ms}}."""
     names = list(fns)
-    for name in names:
-        fns[name](), fns[name]()
-    times = {name: [] for name in names}
+    wake = torch.empty(1 << 17)
+    for t in threads:
+        torch.set_num_threads(t)
+        for name in names:
+            fns[name](), fns[name]()
+    times = {t: {name: [] for name in names} for t in threads}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+        for t in (threads if r % 2 == 0 else threads[::-1]):
+            torch.set_num_threads(t)
+            wake.fill_(float(r))
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                t0 = time.perf_counter()
+                fns[name]()
+                times[t][name].append(time.perf_counter() - t0)
+    return {t: {name: 1e3 * statistics.median(v) for name, v in per.items()} for t, per in times.items()}
 
 
 class TorchInt4:
@@ -112,26 +125,27 @@ def bench_speed(shapes, batches, threads: list[int], repeats: int) -> list[dict]
         for m in batches:
             x = torch.randn(m, k, generator=gen)
             x_bf16 = x.bfloat16()
-            for t in threads:
-                torch.set_num_threads(t)
-                fns = {"fp32_linear_ms": lambda: F.linear(x, w), "bf16_linear_ms": lambda: F.linear(x_bf16, w_bf16),
-                       "torch_int4_ms": lambda: int4(x_bf16),
-                       **{f"{fmt}_ms": (lambda layer=layer: layer(x)) for fmt, layer in fp4.items()},
-                       **{f"{fmt}_canonical_ms": (lambda f=f: f(x)) for fmt, f in canonical.items()},
-                       "nvfp4_bf16x_ms": lambda: fp4["nvfp4"](x_bf16), "read_floor_ms": lambda: floor.sum()}
-                with torch.inference_mode():
-                    r = {"N": n, "K": k, "M": m, "threads": t, **median_ms(fns, repeats), "read_floor_bytes": floor_bytes}
+            fns = {"fp32_linear_ms": lambda: F.linear(x, w), "bf16_linear_ms": lambda: F.linear(x_bf16, w_bf16),
+                   "torch_int4_ms": lambda: int4(x_bf16),
+                   **{f"{fmt}_ms": (lambda layer=layer: layer(x)) for fmt, layer in fp4.items()},
+                   **{f"{fmt}_canonical_ms": (lambda f=f: f(x)) for fmt, f in canonical.items()},
+                   "nvfp4_bf16x_ms": lambda: fp4["nvfp4"](x_bf16), "read_floor_ms": lambda: floor.sum()}
+            with torch.inference_mode():
+                timed = median_ms(fns, threads, repeats)
+                for t in threads:
+                    torch.set_num_threads(t)
+                    r = {"N": n, "K": k, "M": m, "threads": t, **timed[t], "read_floor_bytes": floor_bytes}
                     gemm_rows = _native._C.fp4.bf16_gemm_min_rows()
                     r.update({f"{fmt}_path": "cpu_tiled" if layer._takes_cpu_tiled_path(x) else "fp4_linear"
                               for fmt, layer in fp4.items()})
                     r["nvfp4_bf16x_path"] = ("cpu_tiled" if fp4["nvfp4"]._takes_cpu_tiled_path(x_bf16) else
                                              "bf16_gemm" if 0 < gemm_rows <= m else "fp4_linear")
-                rows.append(r)
-                bar.update()
-                tqdm.write(f"N={n:5d} K={k} M={m:3d} threads={t}: fp32 {r['fp32_linear_ms']:8.2f}  "
-                           f"bf16 {r['bf16_linear_ms']:8.2f}  int4 {r['torch_int4_ms']:8.2f}  "
-                           + "  ".join(f"{fmt} {r[f'{fmt}_ms']:7.2f} ({r[f'{fmt}_canonical_ms']:.2f})"
-                                       for fmt in FORMATS) + " ms")
+                    rows.append(r)
+                    bar.update()
+                    tqdm.write(f"N={n:5d} K={k} M={m:3d} threads={t}: fp32 {r['fp32_linear_ms']:8.2f}  "
+                               f"bf16 {r['bf16_linear_ms']:8.2f}  int4 {r['torch_int4_ms']:8.2f}  "
+                               + "  ".join(f"{fmt} {r[f'{fmt}_ms']:7.2f} ({r[f'{fmt}_canonical_ms']:.2f})"
+                                           for fmt in FORMATS) + " ms")
         del w, w_bf16, int4, fp4, canonical, floor
     bar.close()
     return rows
@@ -342,7 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
     steps = tqdm(total=4 if args.minilm else 3, desc="fp4_cpu", file=sys.stderr)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-              "machine": machine(), "repeats": args.repeats, "load_average_start": list(os.getloadavg())}
+              "machine": machine(), "repeats": args.repeats, "paired_threads": True,
+              "load_average_start": list(os.getloadavg())}
     result["speed"] = bench_speed(shapes, batches, threads, args.repeats)
     result["load_average_end"] = list(os.getloadavg())
     torch.set_num_threads(default_threads)

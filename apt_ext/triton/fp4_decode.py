@@ -18,14 +18,20 @@ from apt_ext.fp4.format import FORMAT_NAMES, code_table
 FORMAT_IDS = {name: i for i, name in enumerate(FORMAT_NAMES)}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
+NF4_PAIRS_OFFSET = tl.constexpr(16)  # float32 offset of nf4_lut's byte-pair table (after the 16 codes; 8-aligned)
 _NF4_LUTS: dict[torch.device, torch.Tensor] = {}
 
 
 def nf4_lut(device: torch.device) -> torch.Tensor:
-    """float32 [16] NF4 table on ``device`` (cached; the kernels gather from it)."""
+    """float32 [16 + 512] on ``device`` (cached; the kernels gather from it): the NF4 table, then
+    for every byte b the pair (table[b & 15], table[b >> 4]) (:func:`word_values` reads a byte's
+    two codes with one 8-byte gather)."""
     lut = _NF4_LUTS.get(device)
     if lut is None:
-        lut = code_table("nf4", device)
+        table = code_table("nf4")
+        b = torch.arange(256)
+        pairs = torch.stack((table[b & 15], table[b >> 4]), 1).reshape(-1)
+        lut = torch.cat((table, pairs)).to(device)
         _NF4_LUTS[device] = lut
     return lut
 
@@ -93,15 +99,32 @@ def pair_values(w, P: tl.constexpr, lut_ptr, FMT: tl.constexpr):
 
 
 @triton.jit
+def _byte_pair(w, I: tl.constexpr, lut_ptr):
+    """nf4 values (low nibble, high nibble) of byte I of packed words ``w`` (int32): one 8-byte
+    gather from nf4_lut's pair table, split into its two float32 halves."""
+    pairs = (lut_ptr + NF4_PAIRS_OFFSET).to(tl.pointer_type(tl.int64))
+    v = tl.load(pairs + ((w >> 8 * I) & 255))
+    return (v.to(tl.int32).to(tl.float32, bitcast=True),  # int64 -> int32 keeps the low half
+            (v >> 32).to(tl.int32).to(tl.float32, bitcast=True))
+
+
+@triton.jit
 def word_values(w, lut_ptr, FMT: tl.constexpr):
     """float32 values, in units of :func:`code_unit`, of all 8 codes of packed words ``w`` [...]
     (int32), as [..., 2, 2, 2]: code j = 4h + 2r + q at [h, r, q], so a reshape of the last
     dims (and the words' dim before them) gives the codes in column order. Built from
-    :func:`pair_values` by tl.join, which stacks registers a thread already holds."""
-    lo0, hi0 = pair_values(w, 0, lut_ptr, FMT)
-    lo1, hi1 = pair_values(w, 1, lut_ptr, FMT)
-    lo2, hi2 = pair_values(w, 2, lut_ptr, FMT)
-    lo3, hi3 = pair_values(w, 3, lut_ptr, FMT)
+    :func:`pair_values` by tl.join, which stacks registers a thread already holds; nf4 gathers
+    a byte's two codes at once from :func:`nf4_lut`'s pair table (4 gathers per word, not 8)."""
+    if FMT == 2:  # lo_p: code p, hi_p: code p + 4; byte i holds codes 2i (low nibble) and 2i + 1
+        lo0, lo1 = _byte_pair(w, 0, lut_ptr)
+        lo2, lo3 = _byte_pair(w, 1, lut_ptr)
+        hi0, hi1 = _byte_pair(w, 2, lut_ptr)
+        hi2, hi3 = _byte_pair(w, 3, lut_ptr)
+    else:
+        lo0, hi0 = pair_values(w, 0, lut_ptr, FMT)
+        lo1, hi1 = pair_values(w, 1, lut_ptr, FMT)
+        lo2, hi2 = pair_values(w, 2, lut_ptr, FMT)
+        lo3, hi3 = pair_values(w, 3, lut_ptr, FMT)
     q0 = tl.join(tl.join(lo0, hi0), tl.join(lo2, hi2))  # codes 2r + 4h:     [..., h, r]
     q1 = tl.join(tl.join(lo1, hi1), tl.join(lo3, hi3))  # codes 1 + 2r + 4h: [..., h, r]
     return tl.join(q0, q1)

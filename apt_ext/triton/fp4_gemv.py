@@ -4,7 +4,7 @@ Each program owns BLOCK_N output columns (rows of W) and one of SPLIT_K contiguo
 K, which it walks in BLOCK_K steps. A step loads each row's packed weight as contiguous int32
 words (8 codes each: 16-byte loads) and the block scales, decodes every word once into its 8
 values in column order (fp4_decode.word_values: E2M1 as float16 pairs by shifts and masks, nf4
-by its 16-entry table, joined in registers), multiplies them with one contiguous load of the
+by one 8-byte gather per byte from a table of code pairs, joined in registers), multiplies them with one contiguous load of the
 step's columns of each row of x in float32, sums per scale block, and only then multiplies by the
 block's scale (one multiply per block and row of x, not per weight). The next step's words
 and scales are loaded before the current step's math (a register prefetch: Triton's pipeliner

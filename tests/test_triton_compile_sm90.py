@@ -1,7 +1,8 @@
-"""The FP4 Triton GEMV compiled for an H100/H200 (sm_90) without a GPU: Triton's own code
-generation and its bundled ptxas, for every format, one and sixteen rows of x, split K and a
-ragged K. The interpreter tests check what the kernel computes; this checks that it compiles
-for the GPU (typing, pointer casts, constexpr globals), which the interpreter does not."""
+"""The FP4 Triton kernels compiled for an H100/H200 (sm_90) without a GPU: Triton's own code
+generation and its bundled ptxas, for every format (the GEMV at one and sixteen rows of x with
+split and ragged K, the small-M GEMM, the dequantise kernel). The interpreter tests check what
+the kernels compute; this checks that they compile for the GPU (typing, pointer casts,
+constexpr globals, tl.dot operand types), which the interpreter does not."""
 from __future__ import annotations
 
 import pytest
@@ -11,24 +12,50 @@ triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from apt_ext.triton import fp4_gemv  # noqa: E402
+from apt_ext.triton import fp4_dequantize, fp4_gemm, fp4_gemv  # noqa: E402
 from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET  # noqa: E402
 
-SIGNATURE = {"x_ptr": "*bf16", "packed_ptr": "*u8", "ts_ptr": "*fp32", "lut_ptr": "*fp32", "bias_ptr": "*bf16",
-             "out_ptr": "*bf16", "part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
-             "row_words": "i32", "n_blocks": "i32", "steps": "i32"}
+pytestmark = pytest.mark.skipif(INTERPRET, reason="TRITON_INTERPRET=1 replaces compilation")
+
+FORMATS = ["nvfp4", "mxfp4", "nf4"]
+LINEAR_ARGS = {"x_ptr": "*bf16", "packed_ptr": "*u8", "ts_ptr": "*fp32", "lut_ptr": "*fp32", "bias_ptr": "*bf16",
+               "out_ptr": "*bf16", "part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
+               "n_blocks": "i32", "steps": "i32"}
 
 
-@pytest.mark.skipif(INTERPRET, reason="TRITON_INTERPRET=1 replaces compilation")
-@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4", "nf4"])
+def _compile_sm90(kernel, args: dict, consts: dict, fmt: str, num_warps: int = 4, num_stages: int = 3) -> None:
+    """Compiles ``kernel`` with argument types ``args`` (the scales' type from ``fmt``) and
+    compile-time ``consts`` for sm_90; asserts a non-empty cubin."""
+    signature = {**args, "scales_ptr": "*fp32" if fmt == "nf4" else "*u8", **{c: "constexpr" for c in consts}}
+    missing = set(kernel.arg_names) - set(signature)
+    assert not missing, f"signature lacks {sorted(missing)}"
+    src = ASTSource(fn=kernel, signature={a: signature[a] for a in kernel.arg_names},
+                    constexprs={(kernel.arg_names.index(c),): v for c, v in consts.items()})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    assert len(compiled.asm["cubin"]) > 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize(("block_m", "block_n", "block_k", "even_k", "partial"),
                          [(1, 16, 1024, True, False), (16, 8, 512, False, True)])
 def test_gemv_compiles_for_sm90(fmt, block_m, block_n, block_k, even_k, partial):
-    kernel = fp4_gemv._gemv_kernel
-    consts = {"FMT": FORMAT_IDS[fmt], "BS": 16 if fmt == "nvfp4" else 32, "BLOCK_M": block_m, "BLOCK_N": block_n,
-              "BLOCK_K": block_k, "EVEN_K": even_k, "PARTIAL": partial, "HAS_BIAS": True, "GELU": False}
-    signature = {**SIGNATURE, "scales_ptr": "*fp32" if fmt == "nf4" else "*u8", **{c: "constexpr" for c in consts}}
-    src = ASTSource(fn=kernel, signature=signature,
-                    constexprs={(kernel.arg_names.index(c),): v for c, v in consts.items()})
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 4})
-    assert len(compiled.asm["cubin"]) > 0
+    _compile_sm90(fp4_gemv._gemv_kernel, {**LINEAR_ARGS, "row_words": "i32"},
+                  {"FMT": FORMAT_IDS[fmt], "BS": 16 if fmt == "nvfp4" else 32, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                   "BLOCK_K": block_k, "EVEN_K": even_k, "PARTIAL": partial, "HAS_BIAS": True, "GELU": False}, fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gemm_compiles_for_sm90(fmt):
+    _compile_sm90(fp4_gemm._gemm_kernel, {**LINEAR_ARGS, "row_bytes": "i32"},
+                  {"FMT": FORMAT_IDS[fmt], "BS": 16 if fmt == "nvfp4" else 32, "HAS_BIAS": True, "GELU": True,
+                   "DOT_F32": False, "F32_DOT": "tf32", "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8,
+                   "PARTIAL": True}, fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dequantize_compiles_for_sm90(fmt):
+    _compile_sm90(fp4_dequantize._dequantize_kernel,
+                  {"packed_ptr": "*u8", "ts_ptr": "*fp32", "lut_ptr": "*fp32", "out_ptr": "*bf16", "n_rows": "i32",
+                   "row_bytes": "i32", "ncols": "i32", "ld_out": "i32"},
+                  {"FMT": FORMAT_IDS[fmt], "BS": 16 if fmt == "nvfp4" else 32, "BLOCK_N": 16, "BLOCK_B": 128}, fmt)

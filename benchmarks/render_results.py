@@ -328,15 +328,17 @@ def virtual_vram(name: str, d: dict) -> str:
 
 
 def prefix_sum(name: str, d: dict) -> str:
-    """``benchmarks/prefix_sum.py``: torch.cumsum against apt_ext's blocked cumsum."""
-    rows = [["x".join(map(str, r["shape"])), num(r["cumsum_forward_ms"]), num(r["blocked_forward_ms"]),
-             num(r["cumsum_forward_backward_ms"]), num(r["blocked_forward_backward_ms"]),
-             f"{r['max_abs_err_cumsum']:.2g}", f"{r['max_abs_err_blocked']:.2g}"] for r in d["rows"]]
+    """``benchmarks/prefix_sum.py``: torch.cumsum against apt_ext's blocked cumsum, and (from the
+    eighteenth session) ``prefix_sum`` and the custom op with the suffix-sum backward."""
+    variants = [v for v in ("cumsum", "blocked", "prefix_sum", "op") if f"{v}_forward_ms" in d["rows"][0]]
+    rows = [["x".join(map(str, r["shape"])), v, num(r[f"{v}_forward_ms"]), num(r[f"{v}_forward_backward_ms"]),
+             f"{r[f'max_abs_err_{v}']:.2g}", f"{r[f'max_abs_grad_err_{v}']:.2g}" if f"max_abs_grad_err_{v}" in r else "-"]
+            for r in d["rows"] for v in variants]
     return "\n".join([
         "Prefix sum over the sequence (autopoietic attention's running mean), float32 on the GPU, median ms. "
-        "Error: max abs difference from a float64 cumsum.", "",
-        table(["shape", "cumsum fwd ms", "blocked fwd ms", "cumsum fwd+bwd ms", "blocked fwd+bwd ms",
-               "cumsum max err", "blocked max err"], rows)])
+        "Errors: max abs difference from a float64 cumsum (values) and from a float64 reverse cumsum "
+        "(gradients).", "",
+        table(["shape", "form", "fwd ms", "fwd+bwd ms", "max err", "max grad err"], rows)])
 
 
 def aim_memory(name: str, d: dict) -> str:

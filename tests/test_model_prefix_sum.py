@@ -109,6 +109,8 @@ def test_eager_call_does_not_import_dynamo():
 def test_rejects_bad_input(x, err, match):
     with pytest.raises(err, match=match):
         prefix_sum(x)
+    with pytest.raises(err, match=match.replace("x:", "grad:")):
+        suffix_sum(x, torch.cumsum)
 
 
 def test_prefix_mean_compiles_in_one_graph():

@@ -19,3 +19,8 @@ def test_next_power_of_2_matches_triton():
     for n in list(range(1, 2100)) + [(1 << 31) - 1, 1 << 31, (1 << 31) + 1]:
         assert next_power_of_2(n) == triton.next_power_of_2(n), n
         assert next_power_of_2(n) >= n and next_power_of_2(n) & (next_power_of_2(n) - 1) == 0, n
+
+
+def test_cdiv_rejects_a_non_positive_divisor():
+    with pytest.raises(ValueError, match="b: expected a positive int"):
+        cdiv(4, 0)

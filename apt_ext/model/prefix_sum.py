@@ -65,6 +65,15 @@ def _prefix_sum_fake(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x)
 
 
+def _check(t: torch.Tensor, name: str) -> None:
+    """Raises unless ``t`` is a floating tensor of at least 2 dims [B, T, ...]."""
+    if not isinstance(t, torch.Tensor) or t.dim() < 2:
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name}: expected a tensor of at least 2 dims [B, T, ...], got {got}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating tensor, got {t.dtype}")
+
+
 def suffix_sum(grad: torch.Tensor, running_sum: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Reverse running sum over dim 1, out[:, t] = grad[:, t] + ... + grad[:, T-1]: the gradient of
     a prefix sum. Taken as the total minus the running sum before t, so one forward scan
@@ -74,6 +83,7 @@ def suffix_sum(grad: torch.Tensor, running_sum: Callable[[torch.Tensor], torch.T
 
     grad: [B, T, ...] floating tensor. Returns a tensor of grad's shape and dtype.
     """
+    _check(grad, "grad")
     g = grad if grad.dtype in (torch.float32, torch.float64) else grad.float()
     s = running_sum(g)
     return (s[:, -1:] - s + g).to(grad.dtype)
@@ -105,10 +115,7 @@ def prefix_sum(x: torch.Tensor) -> torch.Tensor:
 
     x: [B, T, ...] floating tensor (any device). Returns a tensor of x's shape and dtype.
     """
-    if x.dim() < 2:
-        raise ValueError(f"x: expected a tensor of at least 2 dims [B, T, ...], got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x: expected a floating tensor, got {x.dtype}")
+    _check(x, "x")
     if torch.compiler.is_compiling():
         return _prefix_sum_op(x)
     if x.requires_grad and torch.is_grad_enabled():

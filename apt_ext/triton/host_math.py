@@ -9,6 +9,8 @@ from __future__ import annotations
 
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for integers a >= 0, b > 0."""
+    if b <= 0:
+        raise ValueError(f"b: expected a positive int, got {b}")
     return -(-a // b)
 
 

@@ -37,12 +37,13 @@ def _compile_sm90(kernel, args: dict, consts: dict, fmt: str, num_warps: int = 4
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize(("block_m", "block_n", "block_k", "even_k", "partial"),
-                         [(1, 16, 1024, True, False), (16, 8, 512, False, True)])
-def test_gemv_compiles_for_sm90(fmt, block_m, block_n, block_k, even_k, partial):
+@pytest.mark.parametrize(("block_m", "block_n", "block_k", "even_k", "partial", "warps"),
+                         [(1, 16, 1024, True, False, 4), (16, 8, 512, False, True, 4), (1, 8, 1024, True, True, 1)])
+def test_gemv_compiles_for_sm90(fmt, block_m, block_n, block_k, even_k, partial, warps):
     _compile_sm90(fp4_gemv._gemv_kernel, {**LINEAR_ARGS, "row_words": "i32"},
                   {"FMT": FORMAT_IDS[fmt], "BS": 16 if fmt == "nvfp4" else 32, "BLOCK_M": block_m, "BLOCK_N": block_n,
-                   "BLOCK_K": block_k, "EVEN_K": even_k, "PARTIAL": partial, "HAS_BIAS": True, "GELU": False}, fmt)
+                   "BLOCK_K": block_k, "EVEN_K": even_k, "PARTIAL": partial, "HAS_BIAS": True, "GELU": False}, fmt,
+                  num_warps=warps)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -35,10 +35,12 @@ from apt_ext.triton.host_math import cdiv, next_power_of_2
 from apt_ext.triton.split_k import candidate_splits, steps_per_split, store_tile, workspace
 
 GEMV_MAX_M = 16  # rows of x up to which fp4_linear runs this kernel
-# (BLOCK_N, BLOCK_K, num_warps, num_stages): 32-128 packed bytes per thread and step; long steps
-# won on the H200 (round 19, docs/fp4_gpu_notes.md).
+# (BLOCK_N, BLOCK_K, num_warps, num_stages): 32-256 packed bytes per thread and step; long steps
+# won on the H200 (round 19, docs/fp4_gpu_notes.md). With more than one warp, each step's x
+# reaches every warp through shared memory (two barriers per exchange); the one-warp programs
+# need no barrier (sm_90 compile: nvfp4 168 and 128 registers, no spill) and are not yet timed.
 _BASES = [(16, 1024, 4, 4), (16, 512, 4, 4), (32, 256, 4, 3), (8, 1024, 4, 4), (16, 2048, 4, 4), (8, 2048, 4, 4),
-          (32, 1024, 8, 4)]
+          (32, 1024, 8, 4), (8, 1024, 1, 4), (8, 512, 1, 4)]
 
 
 @triton.jit

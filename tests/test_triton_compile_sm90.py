@@ -12,6 +12,7 @@ triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from apt_ext.fp4.format import get_format  # noqa: E402
 from apt_ext.triton import fp4_dequantize, fp4_gemm, fp4_gemv  # noqa: E402
 from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET  # noqa: E402
 
@@ -41,7 +42,7 @@ def _compile_sm90(kernel, args: dict, consts: dict, fmt: str, num_warps: int = 4
                          [(1, 16, 1024, True, False, 4), (16, 8, 512, False, True, 4), (1, 8, 1024, True, True, 1)])
 def test_gemv_compiles_for_sm90(fmt, block_m, block_n, block_k, even_k, partial, warps):
     _compile_sm90(fp4_gemv._gemv_kernel, {**LINEAR_ARGS, "row_words": "i32"},
-                  {"FMT": FORMAT_IDS[fmt], "BS": 16 if fmt == "nvfp4" else 32, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                  {"FMT": FORMAT_IDS[fmt], "BS": get_format(fmt).block_size, "BLOCK_M": block_m, "BLOCK_N": block_n,
                    "BLOCK_K": block_k, "EVEN_K": even_k, "PARTIAL": partial, "HAS_BIAS": True, "GELU": False}, fmt,
                   num_warps=warps)
 
@@ -49,7 +50,7 @@ def test_gemv_compiles_for_sm90(fmt, block_m, block_n, block_k, even_k, partial,
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_gemm_compiles_for_sm90(fmt):
     _compile_sm90(fp4_gemm._gemm_kernel, {**LINEAR_ARGS, "row_bytes": "i32"},
-                  {"FMT": FORMAT_IDS[fmt], "BS": 16 if fmt == "nvfp4" else 32, "HAS_BIAS": True, "GELU": True,
+                  {"FMT": FORMAT_IDS[fmt], "BS": get_format(fmt).block_size, "HAS_BIAS": True, "GELU": True,
                    "DOT_F32": False, "F32_DOT": "tf32", "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8,
                    "PARTIAL": True}, fmt)
 
@@ -59,4 +60,4 @@ def test_dequantize_compiles_for_sm90(fmt):
     _compile_sm90(fp4_dequantize._dequantize_kernel,
                   {"packed_ptr": "*u8", "ts_ptr": "*fp32", "lut_ptr": "*fp32", "out_ptr": "*bf16", "n_rows": "i32",
                    "row_bytes": "i32", "ncols": "i32", "ld_out": "i32"},
-                  {"FMT": FORMAT_IDS[fmt], "BS": 16 if fmt == "nvfp4" else 32, "BLOCK_N": 16, "BLOCK_B": 128}, fmt)
+                  {"FMT": FORMAT_IDS[fmt], "BS": get_format(fmt).block_size, "BLOCK_N": 16, "BLOCK_B": 128}, fmt)

@@ -8,7 +8,9 @@ weights and (``--minilm``) on the real all-MiniLM-L6-v2 weights.
 Writes benchmarks/results/fp4_cpu_<path>.json (path: the FP4 CPU ISA path in use, e.g. avx2;
 RESULTS.md keeps each path in its own table) and benchmarks/plots/fp4_cpu_<path>.png and prints
 tables. The JSON records the ISA path with the CPU flags it requires, the CPU model and flags,
-and the load average at start and end (the CPU numbers come from a shared 2-core VM). Times are
+and the load average at start and end (the CPU numbers come from a shared 2-core VM); each speed
+row also has the share of the cores' time that other processes (``others_cpu_pct``) and the
+hypervisor (``steal_pct``) took while its case was timed. Times are
 medians of ``--repeats`` rounds after two warm-up calls, on random data (never zeros); each
 round times one call of every implementation at every thread count (see ``median_ms``;
 ``paired_threads`` in the JSON: before the eighteenth session each thread count had its own
@@ -80,6 +82,29 @@ def median_ms(fns: dict, threads: list[int], repeats: int) -> dict:
     return {t: {name: 1e3 * statistics.median(v) for name, v in per.items()} for t, per in times.items()}
 
 
+def cpu_share() -> tuple[float, float, float, float] | None:
+    """(wall s, this process's CPU s, every process's busy CPU s, hypervisor steal s) so far, from
+    /proc/stat (Linux; None elsewhere). Two readings give what the other processes and the
+    hypervisor took from the machine's cores between them (``others_cpu_pct``, ``steal_pct``)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) / tick for v in fields[:8])
+    own = os.times()
+    return time.monotonic(), own.user + own.system, user + nice + system + irq + softirq, steal
+
+
+def share_between(a, b) -> dict:
+    """Percent of all cores' time between readings a and b of ``cpu_share`` that went to other
+    processes (``others_cpu_pct``) and to the hypervisor (``steal_pct``); empty without readings."""
+    if a is None or b is None:
+        return {}
+    cores = (b[0] - a[0]) * (os.cpu_count() or 1) / 100
+    return {"others_cpu_pct": max(0.0, (b[2] - a[2]) - (b[1] - a[1])) / cores, "steal_pct": (b[3] - a[3]) / cores}
+
+
 class TorchInt4:
     """w [N, K] float32 quantised for ``torch._weight_int4pack_mm_for_cpu``: per row and group of
     ``group`` columns, q = round((w - min) / scale) in 0..15 with scale = (max - min) / 15; the
@@ -131,10 +156,12 @@ def bench_speed(shapes, batches, threads: list[int], repeats: int) -> list[dict]
                    **{f"{fmt}_canonical_ms": (lambda f=f: f(x)) for fmt, f in canonical.items()},
                    "nvfp4_bf16x_ms": lambda: fp4["nvfp4"](x_bf16), "read_floor_ms": lambda: floor.sum()}
             with torch.inference_mode():
+                before = cpu_share()
                 timed = median_ms(fns, threads, repeats)
+                share = share_between(before, cpu_share())
                 for t in threads:
                     torch.set_num_threads(t)
-                    r = {"N": n, "K": k, "M": m, "threads": t, **timed[t], "read_floor_bytes": floor_bytes}
+                    r = {"N": n, "K": k, "M": m, "threads": t, **timed[t], "read_floor_bytes": floor_bytes, **share}
                     gemm_rows = _native._C.fp4.bf16_gemm_min_rows()
                     r.update({f"{fmt}_path": "cpu_tiled" if layer._takes_cpu_tiled_path(x) else "fp4_linear"
                               for fmt, layer in fp4.items()})

@@ -12,6 +12,7 @@ float32 summation order) and the relative error of the pick against the bf16 lay
 
     python benchmarks/fp4_triton_configs.py                      # M = 1, 4 and 16, the four shapes
     python benchmarks/fp4_triton_configs.py --ms 1 --shapes 4096x14336
+    python benchmarks/fp4_triton_configs.py --ms 1 --gemv-bases 16x2048x8x4,8x4096x8x4   # candidates to try
 Writes benchmarks/results/fp4_triton_configs_<card>[_<tag>].json.
 """
 from __future__ import annotations
@@ -33,8 +34,25 @@ def config_dict(cfg) -> dict:
     return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
-def run_case(n: int, k: int, m: int, device: str = "cuda") -> dict:
-    """Every GEMV (M <= 16) and small-M GEMM config at (N, K, M); the tuned pick; bf16."""
+def base_list(text: str) -> list[tuple[int, int, int, int]]:
+    """'16x2048x8x4,8x4096x8x4' -> [(16, 2048, 8, 4), (8, 4096, 8, 4)]: (BLOCK_N, BLOCK_K, num_warps,
+    num_stages), each a power of 2 (BLOCK_K at least 64)."""
+    bases = []
+    for part in filter(None, text.split(",")):
+        try:
+            base = tuple(int(v) for v in part.split("x"))
+        except ValueError:
+            base = ()
+        if len(base) != 4 or any(v < 1 or v & (v - 1) for v in base[:3]) or base[1] < 64 or base[3] < 1:
+            raise argparse.ArgumentTypeError(f"--gemv-bases: expected BLOCK_NxBLOCK_KxWARPSxSTAGES "
+                                             f"(powers of 2, BLOCK_K >= 64), got {part!r}")
+        bases.append(base)
+    return bases
+
+
+def run_case(n: int, k: int, m: int, device: str = "cuda", extra_bases: list[tuple[int, ...]] = ()) -> dict:
+    """Every GEMV (M <= 16) and small-M GEMM config at (N, K, M), and GEMV configs of
+    ``extra_bases`` (timed here only, not tuner candidates); the tuned pick; bf16."""
     import triton
 
     from apt_ext.fp4 import quantize
@@ -51,7 +69,8 @@ def run_case(n: int, k: int, m: int, device: str = "cuda") -> dict:
             q.block_size, False)
     families = [("gemm", fp4_gemm.gemm, fp4_gemm.configs(triton.next_power_of_2(m), n, kp, dev))]
     if m <= fp4_gemv.GEMV_MAX_M:
-        families.insert(0, ("gemv", fp4_gemv.gemv, fp4_gemv.configs(n, kp, dev)))
+        bases = fp4_gemv._BASES + [b for b in extra_bases if b not in fp4_gemv._BASES]
+        families.insert(0, ("gemv", fp4_gemv.gemv, fp4_gemv.configs(n, kp, dev, bases)))
     rows = []
     first = None
     for family, fn, cands in families:
@@ -90,6 +109,8 @@ def main() -> None:
     ap.add_argument("--ms", type=int_list, default=[1, 4, 16], help="comma-separated rows of x (1..64)")
     ap.add_argument("--shapes", type=shape_list, default=SHAPES, help="comma-separated NxK weight shapes")
     ap.add_argument("--tag", default="", help="suffix of the JSON name")
+    ap.add_argument("--gemv-bases", type=base_list, default=[],
+                    help="extra GEMV bases to time, comma-separated BLOCK_NxBLOCK_KxWARPSxSTAGES (e.g. 16x2048x8x4)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("fp4_triton_configs: needs a CUDA GPU")
@@ -100,7 +121,7 @@ def main() -> None:
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join([sys.executable, *sys.argv]), "format": "nvfp4", "x_dtype": "bfloat16", "cases": []}
     for (n, k), m in tqdm([(s, m) for m in args.ms for s in args.shapes], desc="shapes x M"):
-        res["cases"].append(run_case(n, k, m))
+        res["cases"].append(run_case(n, k, m, extra_bases=args.gemv_bases))
         print_case(res["cases"][-1])
         out.write_text(json.dumps(res, indent=1))  # after every case: a run cut short keeps what it measured
     print(f"\nwrote {out}")

@@ -2,7 +2,7 @@
 # One batched GPU session (device machine): build, GPU tests, benchmarks; everything lands in
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
-#   stages: build test test_fp4 test_gemv test_left_spin test_vgpu test_model (APT_PYTEST_K='expr' selects their tests) sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON, APT_SWEEP_MS its rows of x) fp4_triton_host (the Triton path's eager host time, piece by piece) fp4_quick
+#   stages: build test test_fp4 test_gemv test_left_spin test_vgpu test_model (APT_PYTEST_K='expr' selects their tests) sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON, APT_SWEEP_MS its rows of x, APT_SWEEP_GEMV_BASES extra GEMV bases to time, e.g. 16x2048x8x4,8x4096x8x4) fp4_triton_host (the Triton path's eager host time, piece by piece) fp4_quick
 #           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) e2e e2e_decoder left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
 #   build: APT_CUDA_ARCHS=90 builds for sm_90 only (about 70 s); the built _C*.so is copied (debug info stripped, gzipped: a file comes back only under 16 MiB) to
 #   $OUT so a later call can carry it (gunzip it into apt_ext/ and skip the build stage).
@@ -83,7 +83,7 @@ for arg in "$@"; do
         --methods torch-bf16,apt-triton-nvfp4 --tag triton_deqmm
       cp benchmarks/results/fp4_linear_*_triton_gemm.json benchmarks/results/fp4_linear_*_triton_deqmm.json "$OUT/" 2>/dev/null ;;
     fp4_triton_configs) stage fp4_triton_configs $PY benchmarks/fp4_triton_configs.py ${APT_SWEEP_TAG:+--tag "$APT_SWEEP_TAG"} \
-        ${APT_SWEEP_MS:+--ms "$APT_SWEEP_MS"}
+        ${APT_SWEEP_MS:+--ms "$APT_SWEEP_MS"} ${APT_SWEEP_GEMV_BASES:+--gemv-bases "$APT_SWEEP_GEMV_BASES"}
       cp benchmarks/results/fp4_triton_configs_*.json "$OUT/" 2>/dev/null ;;
     fp4_triton_host) stage fp4_triton_host $PY benchmarks/fp4_triton_host.py
       cp benchmarks/results/fp4_triton_host_*.json "$OUT/" 2>/dev/null ;;

@@ -63,3 +63,31 @@ def test_virtual_vram_compare_lru_and_skip(tmp_path, one_thread):
     assert "ssd_read" not in json.loads(out.read_text())
     with pytest.raises(SystemExit):
         virtual_vram.main(["--cpu", "--quick", "--skip", "resident"])
+
+
+def test_decoder_cache_and_rope():
+    """The benchmark's decoder: decoding through its preallocated KV cache gives the logits of a
+    full forward over the same tokens; the complex rope equals the real-valued rotation; a cache
+    refuses positions past its capacity; ops_per_step counts a step's non-view ops."""
+    import torch
+
+    shape = virtual_vram.DecoderShape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, vocab=97)
+    model = virtual_vram.build(shape, torch.float32)
+    ids = torch.randint(0, shape.vocab, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        caches = [virtual_vram.KVCache(9) for _ in model.layers]
+        model(ids[:, :5], caches, 0)
+        steps = [model(ids[:, t:t + 1], caches, t) for t in range(5, 9)]
+        for t, got in zip(range(5, 9), steps):
+            want = model(ids[:, :t + 1], [virtual_vram.KVCache(t + 1) for _ in model.layers], 0)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        with pytest.raises(ValueError, match="capacity"):
+            model(ids[:, :1], caches, 9)
+    x = torch.randn(2, 3, 4, 16, generator=torch.Generator().manual_seed(2))
+    pos = torch.tensor([0, 5, 17])
+    ang = pos.float()[:, None] * (1.0 / 500000.0 ** (torch.arange(0, 16, 2).float() / 16))[None, :]
+    cos, sin = ang.cos()[:, None], ang.sin()[:, None]
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    want = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
+    torch.testing.assert_close(virtual_vram.rope(x, virtual_vram.rope_tables(pos, 16)), want)
+    assert 10 < virtual_vram.ops_per_step(model, ids[:, :4]) < 200

@@ -96,8 +96,11 @@ def test_k_without_padding_and_two_row_pieces(isa, fmt, rng, monkeypatch):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_thread_count_does_not_change_the_result(fmt, rng):
-    # 300 rows / 75 groups of 4: several work pieces, claimed by whichever thread is free; each
-    # output is computed by one thread in a fixed order, so the bits do not depend on who.
+    # 300 rows / 75 groups of 4: several work pieces (5 of 64 rows, 10 of 8 groups), dealt in one
+    # lane per thread (uneven lanes at 3 threads, one piece each at 5, more threads than pieces at
+    # 7) and claimed across lanes by whichever thread is free; each output is computed by one
+    # thread in a fixed order, so the bits do not depend on who. Before each call another x's
+    # output is freed, so a row no thread wrote would hold other values.
     q, wd = make(fmt, 300, 520, rng)
     threads = torch.get_num_threads()
     try:
@@ -105,9 +108,11 @@ def test_thread_count_does_not_change_the_result(fmt, rng):
             x = torch.randn(m, 520, generator=rng)
             torch.set_num_threads(1)
             one = torch.ops.apt.fp4_linear(x, *q, None, fmt, ref.BLOCK_SIZES[fmt])
-            torch.set_num_threads(3)
-            assert torch.equal(torch.ops.apt.fp4_linear(x, *q, None, fmt, ref.BLOCK_SIZES[fmt]), one)
             assert_linear_close(one, ref.linear(x, *q, None, fmt), x, wd)
+            for t in (2, 3, 5, 7, 16):
+                torch.set_num_threads(t)
+                torch.ops.apt.fp4_linear(x + 1, *q, None, fmt, ref.BLOCK_SIZES[fmt])  # freed at once
+                assert torch.equal(torch.ops.apt.fp4_linear(x, *q, None, fmt, ref.BLOCK_SIZES[fmt]), one), t
     finally:
         torch.set_num_threads(threads)
 

@@ -83,9 +83,9 @@ at::Tensor fp4_linear_cpu_tiled(const at::Tensor& x, const at::Tensor& tiles, co
   float* op = out.mutable_data_ptr<float>();
   if (m > 0) {
     Pieces pieces(nt, kTilesPiece);
-    pieces.run([&] {
+    pieces.run([&](int64_t lane) {
       std::array<float, kMaxRows * kTileRows> res{};
-      for (int64_t t0, t1; pieces.claim(t0, t1);)
+      for (int64_t t0, t1; pieces.claim(lane, t0, t1);)
         for (int64_t t = t0; t < t1; ++t) {
           const TiledSlice slice{words + t * (kp / kWordCodes) * kTileRows, scale_bytes + t * scale_stride, kp, block,
                                  code_lut(f)};

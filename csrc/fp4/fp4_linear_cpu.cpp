@@ -86,10 +86,10 @@ AlignedFloats linear_order_x(const CpuKernels& kern, const float* x, int64_t m, 
 // in registers.
 void linear_dot_rows(const CpuKernels& kern, const float* x, int64_t m, const Weight& w, float* out) {
   Pieces rows(w.n, kDotRowsPiece);
-  rows.run([&] {
+  rows.run([&](int64_t lane) {
     std::vector<float> row_scales = w.scale_buffer(kern);
     std::array<float, kMaxFusedRows> res{};
-    for (int64_t r0, r1; rows.claim(r0, r1);)
+    for (int64_t r0, r1; rows.claim(lane, r0, r1);)
       for (int64_t r = r0; r < r1; ++r) {
         kern.dot_rows(w.row(kern, r, row_scales.data()), x, kern.row_len(w.kp), m, res.data());
         for (int64_t i = 0; i < m; ++i) out[i * w.n + r] = res[i];
@@ -103,12 +103,12 @@ void linear_dot_rows(const CpuKernels& kern, const float* x, int64_t m, const We
 void linear_gemm4(const CpuKernels& kern, const float* x, int64_t m, const Weight& w, float* out) {
   const int64_t len = kern.row_len(w.kp), nb = len / w.block;
   Pieces groups((w.n + 3) / 4, kGemm4Piece);
-  groups.run([&] {
+  groups.run([&](int64_t lane) {
     std::vector<float> row_scales = w.scale_buffer(kern, 4);
     AlignedFloats rows(static_cast<size_t>(4 * kSliceK));
     std::vector<float> res(static_cast<size_t>(4 * m));
     std::array<PackedRow, 4> prow;
-    for (int64_t g0, g1; groups.claim(g0, g1);)
+    for (int64_t g0, g1; groups.claim(lane, g0, g1);)
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t nr = std::min<int64_t>(4, w.n - 4 * g);
         for (int64_t i = 0; i < nr; ++i) prow[i] = w.row(kern, 4 * g + i, row_scales.data() + i * nb);
@@ -141,9 +141,9 @@ void linear_bf16_gemm(const CpuKernels& kern, const at::Tensor& x_bf16, const We
   for (int64_t r0 = 0; r0 < w.n; r0 += slab_rows) {
     const int64_t rows = std::min(slab_rows, w.n - r0);
     Pieces pieces(rows, 16);
-    pieces.run([&] {
+    pieces.run([&](int64_t lane) {
       std::vector<float> row_scales = w.scale_buffer(kern);
-      for (int64_t a, b; pieces.claim(a, b);)
+      for (int64_t a, b; pieces.claim(lane, a, b);)
         for (int64_t r = a; r < b; ++r) kern.decode_row_bf16(w.row(kern, r0 + r, row_scales.data()), dst + r * w.kp);
     });
     out.narrow(1, r0, rows).copy_(at::mm(x_bf16, slab.narrow(0, 0, rows).narrow(1, 0, k).t()));

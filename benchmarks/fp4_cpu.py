@@ -96,7 +96,7 @@ def cpu_share() -> tuple[float, float, float, float] | None:
     return time.monotonic(), own.user + own.system, user + nice + system + irq + softirq, steal
 
 
-def share_between(a, b) -> dict:
+def share_between(a: tuple[float, ...] | None, b: tuple[float, ...] | None) -> dict:
     """Percent of all cores' time between readings a and b of ``cpu_share`` that went to other
     processes (``others_cpu_pct``) and to the hypervisor (``steal_pct``); empty without readings."""
     if a is None or b is None:

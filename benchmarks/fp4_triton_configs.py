@@ -36,7 +36,7 @@ def config_dict(cfg) -> dict:
 
 def base_list(text: str) -> list[tuple[int, int, int, int]]:
     """'16x2048x8x4,8x4096x8x4' -> [(16, 2048, 8, 4), (8, 4096, 8, 4)]: (BLOCK_N, BLOCK_K, num_warps,
-    num_stages), each a power of 2 (BLOCK_K at least 64)."""
+    num_stages); BLOCK_N, BLOCK_K and num_warps powers of 2, BLOCK_K at least 64, num_stages at least 1."""
     bases = []
     for part in filter(None, text.split(",")):
         try:
@@ -45,7 +45,7 @@ def base_list(text: str) -> list[tuple[int, int, int, int]]:
             base = ()
         if len(base) != 4 or any(v < 1 or v & (v - 1) for v in base[:3]) or base[1] < 64 or base[3] < 1:
             raise argparse.ArgumentTypeError(f"--gemv-bases: expected BLOCK_NxBLOCK_KxWARPSxSTAGES "
-                                             f"(powers of 2, BLOCK_K >= 64), got {part!r}")
+                                             f"(the first three powers of 2, BLOCK_K >= 64, STAGES >= 1), got {part!r}")
         bases.append(base)
     return bases
 

@@ -663,6 +663,27 @@ def build_time(name: str, d: dict) -> str:
         table(["translation unit", "wall s", "CPU s"], rows)])
 
 
+def fp4_cpu_pieces_ab(name: str, d: dict) -> str:
+    """An A/B of ``fp4_cpu.py --quick`` runs (variants of the CPU kernels, rebuilt in between):
+    per run, M = 1 at 4096 x 4096, each format's time on 2 threads and its speed-up from 1 to 2."""
+    fmts = ("nvfp4", "mxfp4", "nf4")
+    rows = []
+    for run in d["runs"]:
+        cell = {(r["M"], r["threads"]): r for r in run["speed"] if r["N"] == 4096}
+        one, two = cell[(1, 1)], cell[(1, 2)]
+        rows.append([run["run"], run["variant"], *(num(two[f"{f}_ms"]) for f in fmts),
+                     *(ratio(one[f"{f}_ms"], two[f"{f}_ms"]) for f in fmts),
+                     ratio(one["torch_int4_ms"], two["torch_int4_ms"]), ratio(one["read_floor_ms"], two["read_floor_ms"])])
+    err = ", ".join(f"{e['fmt']} {num(e['rel_err'])}" for e in d["error_gaussian"])
+    return "\n".join([
+        "`FP4Linear` (float32 x), 4096 x 4096, M = 1; ms per call on 2 threads (median of each run's rounds) and "
+        "the speed-up from 1 to 2 threads timed in the same rounds. Accuracy (relative output error against the "
+        f"float32 layer, Gaussian weights): {err}; the variants compute the same values (tests/test_fp4_linear.py)."
+        + (f" Note: {d['note']}." if d.get("note") else ""),
+        "", table(["run", "variant", *(f"{f} ms, 2 threads" for f in fmts), *(f"{f} 1 -> 2 threads" for f in fmts),
+                   "torch int4 1 -> 2", "read floor 1 -> 2"], rows)])
+
+
 def cpu_threads(name: str, d: dict) -> str:
     rows = [[r["condition"], f"{r['load_average_1min']:.1f}", r["threads"],
              "yes" if r["chosen_by_threads_for_load"] else "", num(r["step_ms_median"])] for r in d["rows"]]
@@ -682,6 +703,8 @@ def cpu_threads(name: str, d: dict) -> str:
 SECTIONS = [
     Section("FP4 on the CPU, AVX2 path (`benchmarks/fp4_cpu.py`)", ["fp4_cpu_avx2*.json"], fp4_cpu,
             missing="No JSON from a CPU on the AVX2 path yet."),
+    Section("FP4 on the CPU, work-piece order A/B (`benchmarks/fp4_cpu.py --quick`)", ["fp4_cpu_pieces_ab_*.json"],
+            fp4_cpu_pieces_ab, level=3),
     Section("FP4 on the CPU, AVX-512 path (`benchmarks/fp4_cpu.py`)",
             ["fp4_cpu.json", "fp4_cpu_run2.json", "fp4_cpu_avx512*.json"], fp4_cpu),
     Section("FP4 on the GPU (`benchmarks/fp4_linear.py`)", ["fp4_linear_*.json"], fp4_gpu,

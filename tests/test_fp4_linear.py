@@ -96,7 +96,7 @@ def test_k_without_padding_and_two_row_pieces(isa, fmt, rng, monkeypatch):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_thread_count_does_not_change_the_result(fmt, rng):
-    # 300 rows / 75 groups of 4: several work pieces (5 of 64 rows, 10 of 8 groups), dealt in one
+    # 300 rows / 75 groups of 4: several work pieces (5 of 64 rows; 10 of 8 groups each), dealt in one
     # lane per thread (uneven lanes at 3 threads, one piece each at 5, more threads than pieces at
     # 7) and claimed across lanes by whichever thread is free; each output is computed by one
     # thread in a fixed order, so the bits do not depend on who. Before each call another x's

@@ -69,8 +69,7 @@ def run_case(n: int, k: int, m: int, device: str = "cuda", extra_bases: list[tup
             q.block_size, False)
     families = [("gemm", fp4_gemm.gemm, fp4_gemm.configs(triton.next_power_of_2(m), n, kp, dev))]
     if m <= fp4_gemv.GEMV_MAX_M:
-        bases = fp4_gemv._BASES + [b for b in extra_bases if b not in fp4_gemv._BASES]
-        families.insert(0, ("gemv", fp4_gemv.gemv, fp4_gemv.configs(n, kp, dev, bases)))
+        families.insert(0, ("gemv", fp4_gemv.gemv, fp4_gemv.configs(n, kp, dev, tuple(extra_bases))))
     rows = []
     first = None
     for family, fn, cands in families:

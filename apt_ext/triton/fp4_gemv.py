@@ -107,14 +107,15 @@ def _gemv_kernel(x_ptr, packed_ptr, scales_ptr, ts_ptr, lut_ptr, bias_ptr, out_p
 
 
 def configs(n: int, kp: int, device: torch.device,
-            bases: list[tuple[int, int, int, int]] | None = None) -> list[triton.Config]:
+            extra_bases: tuple[tuple[int, int, int, int], ...] = ()) -> list[triton.Config]:
     """Candidate configs for N output columns and Kp (padded) K on ``device``: each base tile
-    (``bases``, default the tuner's: (BLOCK_N, BLOCK_K, num_warps, num_stages)) with the splits
-    giving about 8, 4 and 16 programs per SM, and without a split (one launch)."""
+    (the tuner's, then those of ``extra_bases`` it lacks: (BLOCK_N, BLOCK_K, num_warps,
+    num_stages)) with the splits giving about 8, 4 and 16 programs per SM, and without a split
+    (one launch)."""
     if INTERPRET:
         return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2}, num_warps=4, num_stages=1)]
     configs = []
-    for bn, bk, warps, stages in _BASES if bases is None else bases:
+    for bn, bk, warps, stages in dict.fromkeys([*_BASES, *extra_bases]):
         splits = candidate_splits(cdiv(n, bn), cdiv(kp, bk), device)
         configs += [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s}, num_warps=warps, num_stages=stages)
                     for s in splits]

@@ -42,22 +42,32 @@ def test_unknown_cpu_build_is_rejected(monkeypatch):
         left_spin_residual(torch.randn(2, 4), torch.randn(2, 4))
 
 
-def _check_against_reference(rng, dtype, shape, with_prev, with_phi):
-    u, du, dp, pp = ref.make_inputs(shape, dtype, "cpu", with_prev, with_phi, rng)
+def _check_against_reference(rng, dtype, shape, with_prev, with_phi, du_dtype=None):
+    u, du, dp, pp = ref.make_inputs(shape, dtype, "cpu", with_prev, with_phi, rng, du_dtype=du_dtype)
     go, gphi = _grads(rng, shape, dtype)
-    out, phi = left_spin_residual(u, du, dp, pp)
-    r_out, r_phi, r_grads = ref.forward_backward(u, du, dp, pp, go, gphi, **ref.DEFAULTS)
-    assert out.dtype == dtype and out.shape == u.shape
-    assert phi.dtype == ref.left_spin_phi_dtype(dtype) and phi.shape == u.shape[:-1]
-    ref.assert_close_to_reference(out, r_out, dtype, "out")
-    ref.assert_close_to_reference(phi, r_phi, dtype, "phi", phi=True)
-    grads = torch.ops.apt.left_spin_residual_backward(go, gphi, u, du, dp, pp, *ref.DEFAULTS.values())
-    for name, g, rg in zip(("grad_u", "grad_du", "grad_du_prev", "grad_phi_prev"), grads, r_grads):
-        if rg is None:
-            assert g.numel() == 0, name
-        else:
-            assert g.dtype == rg.dtype and g.shape == rg.shape, name
-            ref.assert_close_to_reference(g, rg, dtype, name, phi=name == "grad_phi_prev")
+    ref.check_kernel(left_spin_residual, torch.ops.apt.left_spin_residual_backward, u, du, dp, pp, go, gphi)
+
+
+@pytest.mark.parametrize("isa", supported_cpu_paths())
+@pytest.mark.parametrize("du_dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [(3, 7), (2, 5, 100), (2, 1000)], ids=str)
+@pytest.mark.parametrize("with_prev,with_phi", [(False, False), (True, True)])
+def test_16bit_du_beside_float32_u(rng, monkeypatch, isa, du_dtype, shape, with_prev, with_phi):
+    """du / du_prev in bfloat16 or float16 beside a float32 u (a branch output under autocast):
+    against the reference, and bit for bit the float32 call on the widened du / du_prev, with
+    the gradients of du / du_prev rounded to du's dtype."""
+    monkeypatch.setenv("APT_LEFT_SPIN_CPU_ISA", isa)
+    _check_against_reference(rng, torch.float32, shape, with_prev, with_phi, du_dtype)
+    u, du, dp, pp = ref.make_inputs(shape, torch.float32, "cpu", with_prev, with_phi, rng, du_dtype=du_dtype)
+    wide = [t.float() if t is not None else None for t in (du, dp)]
+    go, gphi = _grads(rng, shape, torch.float32)
+    for a, b in zip(left_spin_residual(u, du, dp, pp), left_spin_residual(u, *wide, pp)):
+        assert torch.equal(a, b)
+    params = tuple(ref.DEFAULTS.values())
+    grads = torch.ops.apt.left_spin_residual_backward(go, gphi, u, du, dp, pp, *params)
+    wide_grads = torch.ops.apt.left_spin_residual_backward(go, gphi, u, *wide, pp, *params)
+    for g, w in zip(grads, wide_grads):
+        assert torch.equal(g, w.to(g.dtype))
 
 
 def test_autograd_through_chain_matches_reference(rng):
@@ -101,9 +111,11 @@ def test_gradient_at_zero_norm_is_finite():
         torch.testing.assert_close(t.grad, rt.grad)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_opcheck_both_ops(rng, dtype):
-    u, du, dp, pp = ref.make_inputs((2, 3, 24), dtype, "cpu", True, True, rng, requires_grad=True)
+@pytest.mark.parametrize("dtype,du_dtype", [(torch.float32, None), (torch.bfloat16, None),
+                                            (torch.float32, torch.bfloat16)], ids=str)
+def test_opcheck_both_ops(rng, dtype, du_dtype):
+    u, du, dp, pp = ref.make_inputs((2, 3, 24), dtype, "cpu", True, True, rng, requires_grad=True,
+                                    du_dtype=du_dtype)
     params = tuple(ref.DEFAULTS.values())
     torch.library.opcheck(torch.ops.apt.left_spin_residual.default, (u, du, dp, pp, *params))
     torch.library.opcheck(torch.ops.apt.left_spin_residual.default, (u, du, None, None, *params))
@@ -151,6 +163,8 @@ def _bad(u, du, dp=None, pp=None, **kw):
     ("phi_prev_shape", ValueError, "phi_prev: expected shape"),
     ("int_dtype", TypeError, "u: expected float32"),
     ("du_dtype", TypeError, "du: expected the dtype of u"),
+    ("du_wider", TypeError, "du: expected the dtype of u"),
+    ("du_prev_dtype", TypeError, "du_prev: expected the dtype of du"),
     ("phi_int", TypeError, "phi_prev: expected a floating-point"),
     ("d_zero", ValueError, "last dimension D must be > 0"),
     ("scalar", ValueError, "at least 1 dimension"),
@@ -165,7 +179,9 @@ def test_bad_input_raises_clearly(case, exc, match):
         "du_prev_shape": lambda: _bad(u, du, torch.randn(2, 8)),
         "phi_prev_shape": lambda: _bad(u, du, None, torch.rand(3, 1)),
         "int_dtype": lambda: _bad(torch.ones(3, 8, dtype=torch.int32), torch.ones(3, 8, dtype=torch.int32)),
-        "du_dtype": lambda: _bad(u, du.half()),
+        "du_dtype": lambda: _bad(u.half(), du.bfloat16()),
+        "du_wider": lambda: _bad(u.bfloat16(), du),
+        "du_prev_dtype": lambda: _bad(u, du.bfloat16(), du.half()),
         "phi_int": lambda: _bad(u, du, None, torch.ones(3, dtype=torch.int64)),
         "d_zero": lambda: _bad(torch.randn(3, 0), torch.randn(3, 0)),
         "scalar": lambda: _bad(torch.tensor(1.0), torch.tensor(2.0)),

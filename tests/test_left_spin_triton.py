@@ -37,24 +37,14 @@ def two_pass(monkeypatch):
     monkeypatch.setattr(tls, "LOOP_BLOCK_D", 16)
 
 
-def _check(rng, shape, dtype, with_prev, with_phi):
+def _check(rng, shape, dtype, with_prev, with_phi, du_dtype=None):
     from reference import left_spin as ref
     from apt_ext.triton import left_spin as tls
 
-    params = tuple(ref.DEFAULTS.values())
-    u, du, dp, pp = ref.make_inputs(shape, dtype, "cpu", with_prev, with_phi, rng)
+    u, du, dp, pp = ref.make_inputs(shape, dtype, "cpu", with_prev, with_phi, rng, du_dtype=du_dtype)
     go = torch.randn(shape, generator=rng).to(dtype)
     gphi = torch.randn(shape[:-1], generator=rng)
-    out, phi = tls.left_spin_residual(u, du, dp, pp, *params)
-    r_out, r_phi, r_grads = ref.forward_backward(u, du, dp, pp, go, gphi, **ref.DEFAULTS)
-    ref.assert_close_to_reference(out, r_out, dtype, "out")
-    ref.assert_close_to_reference(phi, r_phi, dtype, "phi", phi=True)
-    grads = tls.left_spin_residual_backward(go, gphi, u, du, dp, pp, *params)
-    for name, g, rg in zip(("grad_u", "grad_du", "grad_du_prev", "grad_phi_prev"), grads, r_grads):
-        if rg is None:
-            assert g.numel() == 0, name
-        else:
-            ref.assert_close_to_reference(g, rg, dtype, name, phi=name == "grad_phi_prev")
+    ref.check_kernel(tls.left_spin_residual, tls.left_spin_residual_backward, u, du, dp, pp, go, gphi)
 
 
 CASES = [((1, 1), False, False), ((3, 7), True, True), ((2, 3, 33), True, False), ((5, 16), False, True)]
@@ -65,6 +55,13 @@ CASES = [((1, 1), False, False), ((3, 7), True, True), ((2, 3, 33), True, False)
 @pytest.mark.parametrize("shape,with_prev,with_phi", CASES, ids=str)
 def test_resident_rows_match_reference(rng, dtype, shape, with_prev, with_phi):
     _check(rng, shape, dtype, with_prev, with_phi)
+
+
+@interpreted
+@pytest.mark.parametrize("du_dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape,with_prev,with_phi", CASES[1:3], ids=str)
+def test_16bit_du_beside_float32_u(rng, du_dtype, shape, with_prev, with_phi):
+    _check(rng, shape, torch.float32, with_prev, with_phi, du_dtype)
 
 
 @interpreted

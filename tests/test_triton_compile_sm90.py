@@ -1,6 +1,7 @@
-"""The FP4 Triton kernels compiled for an H100/H200 (sm_90) without a GPU: Triton's own code
-generation and its bundled ptxas, for every format (the GEMV at one and sixteen rows of x with
-split and ragged K, the small-M GEMM, the dequantise kernel). The interpreter tests check what
+"""The Triton kernels compiled for an H100/H200 (sm_90) without a GPU: Triton's own code
+generation and its bundled ptxas, for every FP4 format (the GEMV at one and sixteen rows of x
+with split and ragged K, the small-M GEMM, the dequantise kernel) and the left-spin residual
+with a bfloat16 du beside a float32 u. The interpreter tests check what
 the kernels compute; this checks that they compile for the GPU (typing, pointer casts,
 constexpr globals, tl.dot operand types), which the interpreter does not."""
 from __future__ import annotations
@@ -24,10 +25,12 @@ LINEAR_ARGS = {"x_ptr": "*bf16", "packed_ptr": "*u8", "ts_ptr": "*fp32", "lut_pt
                "n_blocks": "i32", "steps": "i32"}
 
 
-def _compile_sm90(kernel, args: dict, consts: dict, fmt: str, num_warps: int = 4, num_stages: int = 3) -> None:
-    """Compiles ``kernel`` with argument types ``args`` (the scales' type from ``fmt``) and
-    compile-time ``consts`` for sm_90; asserts a non-empty cubin."""
-    signature = {**args, "scales_ptr": "*fp32" if fmt == "nf4" else "*u8", **{c: "constexpr" for c in consts}}
+def _compile_sm90(kernel, args: dict, consts: dict, fmt: str | None, num_warps: int = 4,
+                  num_stages: int = 3) -> None:
+    """Compiles ``kernel`` with argument types ``args`` (an FP4 kernel's scales' type from
+    ``fmt``) and compile-time ``consts`` for sm_90; asserts a non-empty cubin."""
+    scales = {} if fmt is None else {"scales_ptr": "*fp32" if fmt == "nf4" else "*u8"}
+    signature = {**args, **scales, **{c: "constexpr" for c in consts}}
     missing = set(kernel.arg_names) - set(signature)
     assert not missing, f"signature lacks {sorted(missing)}"
     src = ASTSource(fn=kernel, signature={a: signature[a] for a in kernel.arg_names},
@@ -61,3 +64,19 @@ def test_dequantize_compiles_for_sm90(fmt):
                   {"packed_ptr": "*u8", "ts_ptr": "*fp32", "lut_ptr": "*fp32", "out_ptr": "*bf16", "n_rows": "i32",
                    "row_bytes": "i32", "ncols": "i32", "ld_out": "i32"},
                   {"FMT": FORMAT_IDS[fmt], "BS": get_format(fmt).block_size, "BLOCK_N": 16, "BLOCK_B": 128}, fmt)
+
+
+LEFT_SPIN_PARAMS = {"rows": "i32", "D": "i32", **{k: "fp32" for k in ("alpha", "tau", "beta", "w1", "w2", "eps")}}
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_left_spin_16bit_du_beside_float32_u_compiles_for_sm90(resident):
+    from apt_ext.triton import left_spin as tls
+
+    consts = {"HAS_PREV": True, "HAS_PHI": True, "RESIDENT": resident, "ROWS": 2,
+              "BLOCK_D": 1024, "N_CHUNKS": 1 if resident else 3}
+    _compile_sm90(tls._forward_kernel, {"u_ptr": "*fp32", "du_ptr": "*bf16", "dp_ptr": "*bf16", "pp_ptr": "*fp32",
+                                        "out_ptr": "*fp32", "phi_ptr": "*fp32", **LEFT_SPIN_PARAMS}, consts, None)
+    _compile_sm90(tls._backward_kernel, {"go_ptr": "*fp32", "gphi_ptr": "*fp32", "u_ptr": "*fp32", "du_ptr": "*bf16",
+                                         "dp_ptr": "*bf16", "pp_ptr": "*fp32", "gu_ptr": "*fp32", "gdu_ptr": "*bf16",
+                                         "gdp_ptr": "*bf16", "gpp_ptr": "*fp32", **LEFT_SPIN_PARAMS}, consts, None)

@@ -22,10 +22,13 @@ def left_spin_residual(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor 
                        params: LeftSpinParams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-spin smoothed residual (docs/contract.md §4): returns (out, phi).
 
-    u, du, du_prev: [..., D], one dtype (float32/bfloat16/float16; float64 on the CPU), one
-    device. phi_prev: [...] (u.shape[:-1]), float32. out = u + g*du in u's dtype with the
+    u, du, du_prev: [..., D], one device. u is float32/bfloat16/float16 (float64 on the CPU);
+    du and du_prev share one dtype: u's, or bfloat16/float16 beside a float32 u (a branch
+    output under autocast beside a float32 residual stream; no cast kernel needed).
+    phi_prev: [...] (u.shape[:-1]), float32. out = u + g*du in u's dtype with the
     per-row gate g = 1/sqrt(1 + phi^2); phi: [...] float32. ``params`` (a LeftSpinParams)
-    replaces the six scalars when given. Differentiable w.r.t. u, du, du_prev and phi_prev. A
+    replaces the six scalars when given. Differentiable w.r.t. u, du, du_prev and phi_prev
+    (each gradient in its input's dtype). A
     NaN anywhere in a row makes that row's out and phi NaN; other rows are unaffected.
     """
     p = params.as_tuple() if params is not None else tuple(map(float, (alpha, tau, beta, w1, w2, eps)))

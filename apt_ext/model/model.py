@@ -62,14 +62,11 @@ def _pad_safe(mask: torch.Tensor, offset: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 class ResidualSite(LeftSpinResidual):
     """A left-spin residual site configured from the model config (plain ``u + du`` when
-    ``use_left_spin`` is off). du is cast to the residual stream's dtype first: under autocast
-    the branch output is bf16 while the stream stays float32."""
+    ``use_left_spin`` is off). Under autocast the branch output du is bf16 while the stream
+    stays float32: the op reads du in bf16 and returns the float32 stream (no cast kernels)."""
 
     def __init__(self, cfg: APTModelConfiguration) -> None:
         super().__init__(params=cfg.left_spin_params, enabled=cfg.use_left_spin)
-
-    def forward(self, u: torch.Tensor, du: torch.Tensor, chain: LeftSpinChain | None = None) -> torch.Tensor:
-        return super().forward(u, du.to(u.dtype), chain)
 
 
 # --------------------------------------------------------------------------------------

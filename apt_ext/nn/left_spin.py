@@ -64,11 +64,21 @@ class LeftSpinChain:
         return model.register_forward_pre_hook(_reset)
 
 
+def _branch_dtype(u: torch.Tensor, du: torch.Tensor) -> torch.dtype:
+    """The dtype the op takes du in: du's own when it is u's, or 16-bit beside a float32 u
+    (the op reads it as is, no cast kernel); otherwise u's."""
+    if du.dtype == u.dtype or (u.dtype == torch.float32 and du.dtype in (torch.bfloat16, torch.float16)):
+        return du.dtype
+    return u.dtype
+
+
 class LeftSpinResidual(nn.Module):
     """One residual site: ``out = u + g*du`` with the left-spin gate g (docs/contract.md §4).
 
-    u, du: [..., D] float32/bfloat16/float16 (same shape, dtype and device); out has u's
-    dtype. With a chain, the previous site's du and phi enter as du_prev and phi_prev, and this
+    u, du: [..., D] float32/bfloat16/float16 (same shape and device); out has u's dtype. A
+    bfloat16/float16 du beside a float32 u (autocast's branch output beside a float32 residual
+    stream) goes to the op as it is; any other du dtype is cast to u's first. Where du and the
+    chain's du_prev differ in dtype, both are cast to u's. With a chain, the previous site's du and phi enter as du_prev and phi_prev, and this
     site's du and phi are stored for the next one. Without a chain (argument or constructor),
     the site uses no previous state. ``enabled=False`` gives the plain ``u + du`` and leaves
     the chain untouched. The gate is the same in train and eval mode. Hyperparameters: a
@@ -91,10 +101,13 @@ class LeftSpinResidual(nn.Module):
 
     def forward(self, u: torch.Tensor, du: torch.Tensor, chain: LeftSpinChain | None = None
                 ) -> torch.Tensor:
+        du = du.to(_branch_dtype(u, du))
         if not self.enabled:
             return u + du
         chain = chain if chain is not None else self.chain
         du_prev = chain.du_prev if chain is not None else None
+        if du_prev is not None and du_prev.dtype != du.dtype:  # e.g. a float32 site after a bf16 one
+            du, du_prev = du.to(u.dtype), du_prev.to(u.dtype)
         phi_prev = chain.phi_prev if chain is not None else None
         out, phi = left_spin_residual(u, du, du_prev, phi_prev, params=self.params)
         if chain is not None:

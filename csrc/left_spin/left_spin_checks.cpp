@@ -12,14 +12,19 @@ void check_params(double alpha, double tau, double beta, double w1, double w2, d
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "eps: expected a finite number >= 0, got ", eps);
 }
 
-void check_same(const at::Tensor& u, const at::Tensor& t, const char* name) {
+namespace {
+
+// t [..., D] (du or du_prev) has u's shape and device.
+void check_like_u(const at::Tensor& u, const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.sizes() == u.sizes(), name, ": expected the shape of u ", u.sizes(), ", got ",
                     t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == u.scalar_type(), name, ": expected the dtype of u (",
-                   u.scalar_type(), "), got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == u.device(), name, ": expected the device of u (", u.device(),
                     "), got ", t.device());
 }
+
+bool is_half_precision(at::ScalarType st) { return st == at::kBFloat16 || st == at::kHalf; }
+
+}  // namespace
 
 void check_inputs(const at::Tensor& u, const at::Tensor& du, const std::optional<at::Tensor>& du_prev,
                   const std::optional<at::Tensor>& phi_prev, bool allow_double) {
@@ -30,8 +35,18 @@ void check_inputs(const at::Tensor& u, const at::Tensor& du, const std::optional
                    allow_double ? " (or float64)" : "", ", got ", st);
   TORCH_CHECK_VALUE(u.dim() >= 1, "u: expected a tensor [..., D] with at least 1 dimension");
   TORCH_CHECK_VALUE(u.size(-1) > 0, "u: the last dimension D must be > 0, got shape ", u.sizes());
-  check_same(u, du, "du");
-  if (du_prev.has_value() && du_prev->defined()) check_same(u, *du_prev, "du_prev");
+  check_like_u(u, du, "du");
+  // du: u's dtype, or bfloat16 / float16 beside a float32 u (a branch output under autocast
+  // beside a float32 residual stream); du_prev: du's dtype.
+  TORCH_CHECK_TYPE(du.scalar_type() == st || (st == at::kFloat && is_half_precision(du.scalar_type())),
+                   "du: expected the dtype of u (", st, ")",
+                   st == at::kFloat ? ", or bfloat16 / float16 beside a float32 u" : "", ", got ",
+                   du.scalar_type());
+  if (du_prev.has_value() && du_prev->defined()) {
+    check_like_u(u, *du_prev, "du_prev");
+    TORCH_CHECK_TYPE(du_prev->scalar_type() == du.scalar_type(), "du_prev: expected the dtype of du (",
+                     du.scalar_type(), "), got ", du_prev->scalar_type());
+  }
   if (phi_prev.has_value() && phi_prev->defined()) {
     const auto& pp = *phi_prev;
     TORCH_CHECK_TYPE(at::isFloatingType(pp.scalar_type()),

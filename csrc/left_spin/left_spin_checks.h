@@ -11,7 +11,8 @@
 
 namespace apt::left_spin {
 
-// Contiguous inputs of one call. du_prev / phi_prev are undefined tensors when absent;
+// Contiguous inputs of one call (du and du_prev share one dtype, u's or a 16-bit one beside a
+// float32 u). du_prev / phi_prev are undefined tensors when absent;
 // phi_prev is converted to the accumulation dtype (float32, float64 for float64 inputs).
 struct Inputs {
   at::Tensor u, du, du_prev, phi_prev;
@@ -24,9 +25,8 @@ void check_params(double alpha, double tau, double beta, double w1, double w2, d
 // The CUDA kernels' limits: u on a CUDA device, D <= 2^30, rows < 2^31.
 void check_cuda_inputs(const Inputs& in);
 
-void check_same(const at::Tensor& u, const at::Tensor& t, const char* name);
-
-// Every argument check of the forward op's tensors (no copies). allow_double: float64 inputs
+// Every argument check of the forward op's tensors (no copies). du has u's dtype, or is
+// bfloat16 / float16 beside a float32 u; du_prev has du's dtype. allow_double: float64 inputs
 // (the CPU kernel accepts them, for gradcheck). The Triton and fake kernels call it (and
 // check_grads, check_params) through apt_ext._C.left_spin (left_spin_bindings.cpp).
 void check_inputs(const at::Tensor& u, const at::Tensor& du, const std::optional<at::Tensor>& du_prev,

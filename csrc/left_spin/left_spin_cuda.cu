@@ -2,8 +2,9 @@
 //
 // One group of TPR threads owns one row (TPR = 8 or 32: several rows per 128-thread block,
 // reduced with warp shuffles; TPR >= 128: one row per block, reduced through shared memory).
-// Each thread reads 16-byte packs (VEC elements) of every input, VPT packs per tensor and
-// pass, coalesced across the group. When the row fits in the group's registers
+// Each thread reads packs of VEC elements of every input (16 bytes of du's dtype; with a
+// float32 u beside a bfloat16 / float16 du, 8 elements: 32 bytes of u, 16 of du), VPT packs per
+// tensor and pass, coalesced across the group. When the row fits in the group's registers
 // (D/VEC <= TPR*VPT, "resident") every input is read from memory exactly once: forward reads
 // u, du, du_prev and writes out (+ phi); backward reads u, du, du_prev, grad_out and writes the
 // three input gradients (+ grad_phi_prev), without [rows, D] intermediates. Longer rows loop
@@ -46,16 +47,25 @@ struct Pack<T, 1> {
   __device__ __forceinline__ void zero() { v = T(0.0f); }
 };
 
-template <>
-struct alignas(16) Pack<float, 4> {
-  float v[4];
+// 4 floats (one 16-byte access), or 8 beside a 16-bit du (two).
+template <int VEC>
+struct alignas(16) FloatPack {
+  float v[VEC];
   __device__ __forceinline__ float get(int e) const { return v[e]; }
-  __device__ __forceinline__ void set(const float (&f)[4]) {
+  __device__ __forceinline__ void set(const float (&f)[VEC]) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) v[e] = f[e];
+    for (int e = 0; e < VEC; ++e) v[e] = f[e];
   }
-  __device__ __forceinline__ void zero() { v[0] = v[1] = v[2] = v[3] = 0.f; }
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) v[e] = 0.f;
+  }
 };
+
+template <>
+struct Pack<float, 4> : FloatPack<4> {};
+template <>
+struct Pack<float, 8> : FloatPack<8> {};
 
 // Eight 16-bit values, two per word (element 2j in the low half of word j).
 struct alignas(16) Words16 {
@@ -99,12 +109,13 @@ constexpr int block_threads() {
   return TPR >= kBlockThreads ? TPR : kBlockThreads;
 }
 
-// Row pointers of one call, as packs.
-template <typename T>
+// Row pointers of one call: TU is u's dtype (also out's, grad_out's and grad_u's), TD du's and
+// du_prev's (also their gradients').
+template <typename TU, typename TD>
 struct RowPtrs {
-  const T* u;
-  const T* du;
-  const T* dp;         // null without du_prev
+  const TU* u;
+  const TD* du;
+  const TD* dp;           // null without du_prev
   const float* phi_prev;  // null without phi_prev
 };
 
@@ -162,10 +173,10 @@ __device__ __forceinline__ void row_sum(float (&v)[N]) {
 }
 
 // Adds |u|^2, |du|^2, |du_prev|^2, |du - du_prev|^2 of the packs to s[0..4).
-template <typename T, int VEC>
-__device__ __forceinline__ void add_sums(float (&s)[4], const Pack<T, VEC> (&u)[kVPT],
-                                         const Pack<T, VEC> (&du)[kVPT],
-                                         const Pack<T, VEC> (&dp)[kVPT], bool has_prev) {
+template <typename TU, typename TD, int VEC>
+__device__ __forceinline__ void add_sums(float (&s)[4], const Pack<TU, VEC> (&u)[kVPT],
+                                         const Pack<TD, VEC> (&du)[kVPT],
+                                         const Pack<TD, VEC> (&dp)[kVPT], bool has_prev) {
 #pragma unroll
   for (int k = 0; k < kVPT; ++k) {
 #pragma unroll
@@ -199,21 +210,22 @@ struct RowSlot {
 
 // RESIDENT: the host guarantees nvec <= TPR*kVPT, so both passes run once and the second
 // reuses the registers of the first.
-template <typename T, int VEC, int TPR, bool RESIDENT>
+template <typename TU, typename TD, int VEC, int TPR, bool RESIDENT>
 __global__ void __launch_bounds__(block_threads<TPR>())
-    left_spin_forward_kernel(RowPtrs<T> in, T* __restrict__ out, float* __restrict__ phi,
+    left_spin_forward_kernel(RowPtrs<TU, TD> in, TU* __restrict__ out, float* __restrict__ phi,
                              int64_t rows, int D, Params<float> p) {
   const RowSlot<TPR> slot(rows, D / VEC);
   const int64_t off = slot.row * D;
   const bool has_prev = in.dp != nullptr;
   constexpr int kStep = TPR * kVPT;
-  Pack<T, VEC> u[kVPT], du[kVPT], dp[kVPT];
+  Pack<TU, VEC> u[kVPT];
+  Pack<TD, VEC> du[kVPT], dp[kVPT];
   float s[4] = {0.f, 0.f, 0.f, 0.f};
   for (int base = 0; base < slot.nvec; base += kStep) {
-    load_packs<T, VEC, TPR>(u, in.u + off, base, slot.lane, slot.nvec);
-    load_packs<T, VEC, TPR>(du, in.du + off, base, slot.lane, slot.nvec);
-    if (has_prev) load_packs<T, VEC, TPR>(dp, in.dp + off, base, slot.lane, slot.nvec);
-    add_sums<T, VEC>(s, u, du, dp, has_prev);
+    load_packs<TU, VEC, TPR>(u, in.u + off, base, slot.lane, slot.nvec);
+    load_packs<TD, VEC, TPR>(du, in.du + off, base, slot.lane, slot.nvec);
+    if (has_prev) load_packs<TD, VEC, TPR>(dp, in.dp + off, base, slot.lane, slot.nvec);
+    add_sums<TU, TD, VEC>(s, u, du, dp, has_prev);
     if (RESIDENT) break;
   }
   row_sum<TPR, 4>(s);
@@ -224,8 +236,8 @@ __global__ void __launch_bounds__(block_threads<TPR>())
   if (slot.lane == 0) phi[slot.row] = gate.phi;
   for (int base = 0; base < slot.nvec; base += kStep) {
     if (!RESIDENT) {
-      load_packs<T, VEC, TPR>(u, in.u + off, base, slot.lane, slot.nvec);
-      load_packs<T, VEC, TPR>(du, in.du + off, base, slot.lane, slot.nvec);
+      load_packs<TU, VEC, TPR>(u, in.u + off, base, slot.lane, slot.nvec);
+      load_packs<TD, VEC, TPR>(du, in.du + off, base, slot.lane, slot.nvec);
     }
 #pragma unroll
     for (int k = 0; k < kVPT; ++k) {
@@ -233,39 +245,40 @@ __global__ void __launch_bounds__(block_threads<TPR>())
 #pragma unroll
       for (int e = 0; e < VEC; ++e)
         o[e] = fmaf(gate.g, du[k].get(e), u[k].get(e));
-      store_pack<T, VEC, TPR>(out + off, base + k * TPR + slot.lane, slot.nvec, o);
+      store_pack<TU, VEC, TPR>(out + off, base + k * TPR + slot.lane, slot.nvec, o);
     }
     if (RESIDENT) break;
   }
 }
 
-template <typename T>
+template <typename TU, typename TD>
 struct GradPtrs {
-  const T* grad_out;
+  const TU* grad_out;
   const float* grad_phi;
-  T* grad_u;
-  T* grad_du;
-  T* grad_dp;              // null without du_prev
+  TU* grad_u;
+  TD* grad_du;
+  TD* grad_dp;             // null without du_prev
   float* grad_phi_prev;    // null without phi_prev
 };
 
-template <typename T, int VEC, int TPR, bool RESIDENT>
+template <typename TU, typename TD, int VEC, int TPR, bool RESIDENT>
 __global__ void __launch_bounds__(block_threads<TPR>())
-    left_spin_backward_kernel(RowPtrs<T> in, GradPtrs<T> gr, int64_t rows, int D,
+    left_spin_backward_kernel(RowPtrs<TU, TD> in, GradPtrs<TU, TD> gr, int64_t rows, int D,
                               Params<float> p) {
   const RowSlot<TPR> slot(rows, D / VEC);
   const int64_t off = slot.row * D;
   const bool has_prev = in.dp != nullptr;
   constexpr int kStep = TPR * kVPT;
-  Pack<T, VEC> u[kVPT], du[kVPT], dp[kVPT], go[kVPT];
+  Pack<TU, VEC> u[kVPT], go[kVPT];
+  Pack<TD, VEC> du[kVPT], dp[kVPT];
   float s[5] = {0.f, 0.f, 0.f, 0.f, 0.f};  // |u|^2 |du|^2 |dp|^2 |du-dp|^2 <go,du>
   for (int base = 0; base < slot.nvec; base += kStep) {
-    load_packs<T, VEC, TPR>(u, in.u + off, base, slot.lane, slot.nvec);
-    load_packs<T, VEC, TPR>(du, in.du + off, base, slot.lane, slot.nvec);
-    load_packs<T, VEC, TPR>(go, gr.grad_out + off, base, slot.lane, slot.nvec);
-    if (has_prev) load_packs<T, VEC, TPR>(dp, in.dp + off, base, slot.lane, slot.nvec);
+    load_packs<TU, VEC, TPR>(u, in.u + off, base, slot.lane, slot.nvec);
+    load_packs<TD, VEC, TPR>(du, in.du + off, base, slot.lane, slot.nvec);
+    load_packs<TU, VEC, TPR>(go, gr.grad_out + off, base, slot.lane, slot.nvec);
+    if (has_prev) load_packs<TD, VEC, TPR>(dp, in.dp + off, base, slot.lane, slot.nvec);
     float s4[4] = {s[0], s[1], s[2], s[3]};
-    add_sums<T, VEC>(s4, u, du, dp, has_prev);
+    add_sums<TU, TD, VEC>(s4, u, du, dp, has_prev);
 #pragma unroll
     for (int j = 0; j < 4; ++j) s[j] = s4[j];
 #pragma unroll
@@ -284,10 +297,10 @@ __global__ void __launch_bounds__(block_threads<TPR>())
   if (slot.lane == 0 && has_phi_prev) gr.grad_phi_prev[slot.row] = c.gphi_prev;
   for (int base = 0; base < slot.nvec; base += kStep) {
     if (!RESIDENT) {
-      load_packs<T, VEC, TPR>(u, in.u + off, base, slot.lane, slot.nvec);
-      load_packs<T, VEC, TPR>(du, in.du + off, base, slot.lane, slot.nvec);
-      load_packs<T, VEC, TPR>(go, gr.grad_out + off, base, slot.lane, slot.nvec);
-      if (has_prev) load_packs<T, VEC, TPR>(dp, in.dp + off, base, slot.lane, slot.nvec);
+      load_packs<TU, VEC, TPR>(u, in.u + off, base, slot.lane, slot.nvec);
+      load_packs<TD, VEC, TPR>(du, in.du + off, base, slot.lane, slot.nvec);
+      load_packs<TU, VEC, TPR>(go, gr.grad_out + off, base, slot.lane, slot.nvec);
+      if (has_prev) load_packs<TD, VEC, TPR>(dp, in.dp + off, base, slot.lane, slot.nvec);
     }
 #pragma unroll
     for (int k = 0; k < kVPT; ++k) {
@@ -305,9 +318,9 @@ __global__ void __launch_bounds__(block_threads<TPR>())
           gp[e] = fmaf(c.cp, q, -c.cdf * f);
         }
       }
-      store_pack<T, VEC, TPR>(gr.grad_u + off, i, slot.nvec, gu);
-      store_pack<T, VEC, TPR>(gr.grad_du + off, i, slot.nvec, gd);
-      if (has_prev) store_pack<T, VEC, TPR>(gr.grad_dp + off, i, slot.nvec, gp);
+      store_pack<TU, VEC, TPR>(gr.grad_u + off, i, slot.nvec, gu);
+      store_pack<TD, VEC, TPR>(gr.grad_du + off, i, slot.nvec, gd);
+      if (has_prev) store_pack<TD, VEC, TPR>(gr.grad_dp + off, i, slot.nvec, gp);
     }
     if (RESIDENT) break;
   }
@@ -319,10 +332,10 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 // Calls launch.template run<VEC, TPR, RESIDENT>(grid, block) with the smallest group
 // that keeps the row in registers, or the two-pass kernel for longer rows. VEC is 16 bytes of
-// T when D and every row pointer allow it, else 1.
-template <typename T, typename Launch>
+// TD (du's dtype, never wider than u's) when D and every row pointer allow it, else 1.
+template <typename TD, typename Launch>
 void dispatch_config(int64_t rows, int64_t D, bool vec_ok, Launch&& launch) {
-  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kVec = 16 / sizeof(TD);
   auto pick = [&](auto vec_tag) {
     constexpr int VEC = decltype(vec_tag)::value;
     const int64_t nvec = D / VEC;
@@ -349,10 +362,10 @@ void dispatch_config(int64_t rows, int64_t D, bool vec_ok, Launch&& launch) {
   }
 }
 
-template <typename T>
+template <typename TU, typename TD>
 struct ForwardLaunch {
-  RowPtrs<T> in;
-  T* out;
+  RowPtrs<TU, TD> in;
+  TU* out;
   float* phi;
   int64_t rows;
   int D;
@@ -360,51 +373,57 @@ struct ForwardLaunch {
   cudaStream_t stream;
   template <int VEC, int TPR, bool RESIDENT>
   void run(dim3 grid, dim3 block) const {
-    left_spin_forward_kernel<T, VEC, TPR, RESIDENT><<<grid, block, 0, stream>>>(in, out, phi, rows, D, p);
+    left_spin_forward_kernel<TU, TD, VEC, TPR, RESIDENT>
+        <<<grid, block, 0, stream>>>(in, out, phi, rows, D, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
 
-template <typename T>
+template <typename TU, typename TD>
 struct BackwardLaunch {
-  RowPtrs<T> in;
-  GradPtrs<T> gr;
+  RowPtrs<TU, TD> in;
+  GradPtrs<TU, TD> gr;
   int64_t rows;
   int D;
   Params<float> p;
   cudaStream_t stream;
   template <int VEC, int TPR, bool RESIDENT>
   void run(dim3 grid, dim3 block) const {
-    left_spin_backward_kernel<T, VEC, TPR, RESIDENT><<<grid, block, 0, stream>>>(in, gr, rows, D, p);
+    left_spin_backward_kernel<TU, TD, VEC, TPR, RESIDENT>
+        <<<grid, block, 0, stream>>>(in, gr, rows, D, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
 
-template <typename T>
-RowPtrs<T> row_ptrs(const Inputs& in) {
-  return {in.u.const_data_ptr<T>(), in.du.const_data_ptr<T>(),
-          in.du_prev.defined() ? in.du_prev.const_data_ptr<T>() : nullptr,
+template <typename TU, typename TD>
+RowPtrs<TU, TD> row_ptrs(const Inputs& in) {
+  return {in.u.const_data_ptr<TU>(), in.du.const_data_ptr<TD>(),
+          in.du_prev.defined() ? in.du_prev.const_data_ptr<TD>() : nullptr,
           in.phi_prev.defined() ? in.phi_prev.const_data_ptr<float>() : nullptr};
 }
 
-template <typename T>
-bool row_ptrs_aligned(const RowPtrs<T>& r) {
+template <typename TU, typename TD>
+bool row_ptrs_aligned(const RowPtrs<TU, TD>& r) {
   return aligned16(r.u) && aligned16(r.du) && (r.dp == nullptr || aligned16(r.dp));
 }
 
-template <typename T>
-struct CudaType {
-  using type = T;
+template <typename TU_, typename TD_>
+struct CudaTypes {
+  using TU = TU_;
+  using TD = TD_;
 };
 
+// Calls f(CudaTypes<TU, TD>{}) for u's and du's dtypes: one of float32 / bfloat16 / float16
+// for both, or a float32 u beside a bfloat16 / float16 du (check_inputs allows no others).
 template <typename F>
-void dispatch_dtype(at::ScalarType st, F&& f) {
-  switch (st) {
-    case at::kFloat: f(CudaType<float>{}); break;
-    case at::kBFloat16: f(CudaType<c10::BFloat16>{}); break;
-    case at::kHalf: f(CudaType<c10::Half>{}); break;
-    default: TORCH_CHECK_TYPE(false, "u: expected float32, bfloat16 or float16, got ", st);
-  }
+void dispatch_dtypes(const Inputs& in, F&& f) {
+  const at::ScalarType su = in.u.scalar_type(), sd = in.du.scalar_type();
+  if (su == at::kFloat && sd == at::kFloat) return f(CudaTypes<float, float>{});
+  if (su == at::kBFloat16 && sd == at::kBFloat16) return f(CudaTypes<c10::BFloat16, c10::BFloat16>{});
+  if (su == at::kHalf && sd == at::kHalf) return f(CudaTypes<c10::Half, c10::Half>{});
+  if (su == at::kFloat && sd == at::kBFloat16) return f(CudaTypes<float, c10::BFloat16>{});
+  if (su == at::kFloat && sd == at::kHalf) return f(CudaTypes<float, c10::Half>{});
+  TORCH_CHECK_TYPE(false, "u, du: unsupported dtypes ", su, " and ", sd);
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u, const at::Tensor& du,
@@ -421,14 +440,15 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u, const at::T
   if (in.rows == 0) return {out, phi};
   const Params<float> p = cast_params<float>(Params<double>{alpha, tau, beta, w1, w2, eps});
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_dtype(in.u.scalar_type(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const RowPtrs<T> ptrs = row_ptrs<T>(in);
-    T* o = out.mutable_data_ptr<T>();
+  dispatch_dtypes(in, [&](auto types) {
+    using TU = typename decltype(types)::TU;
+    using TD = typename decltype(types)::TD;
+    const RowPtrs<TU, TD> ptrs = row_ptrs<TU, TD>(in);
+    TU* o = out.mutable_data_ptr<TU>();
     float* ph = phi.mutable_data_ptr<float>();
     const bool vec_ok = row_ptrs_aligned(ptrs) && aligned16(o);
-    dispatch_config<T>(in.rows, in.D, vec_ok,
-                       ForwardLaunch<T>{ptrs, o, ph, in.rows, static_cast<int>(in.D), p, stream});
+    dispatch_config<TD>(in.rows, in.D, vec_ok,
+                        ForwardLaunch<TU, TD>{ptrs, o, ph, in.rows, static_cast<int>(in.D), p, stream});
   });
   return {out, phi};
 }
@@ -451,18 +471,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   if (in.rows > 0) {
     const Params<float> p = cast_params<float>(Params<double>{alpha, tau, beta, w1, w2, eps});
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    dispatch_dtype(in.u.scalar_type(), [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      const RowPtrs<T> ptrs = row_ptrs<T>(in);
-      const GradPtrs<T> gr{go.const_data_ptr<T>(), gphi.const_data_ptr<float>(),
-                           grad_u.mutable_data_ptr<T>(), grad_du.mutable_data_ptr<T>(),
-                           in.du_prev.defined() ? grad_dp.mutable_data_ptr<T>() : nullptr,
-                           in.phi_prev.defined() ? grad_pp.mutable_data_ptr<float>() : nullptr};
+    dispatch_dtypes(in, [&](auto types) {
+      using TU = typename decltype(types)::TU;
+      using TD = typename decltype(types)::TD;
+      const RowPtrs<TU, TD> ptrs = row_ptrs<TU, TD>(in);
+      const GradPtrs<TU, TD> gr{go.const_data_ptr<TU>(), gphi.const_data_ptr<float>(),
+                                grad_u.mutable_data_ptr<TU>(), grad_du.mutable_data_ptr<TD>(),
+                                in.du_prev.defined() ? grad_dp.mutable_data_ptr<TD>() : nullptr,
+                                in.phi_prev.defined() ? grad_pp.mutable_data_ptr<float>() : nullptr};
       const bool vec_ok = row_ptrs_aligned(ptrs) && aligned16(gr.grad_out) &&
                           aligned16(gr.grad_u) && aligned16(gr.grad_du) &&
                           (gr.grad_dp == nullptr || aligned16(gr.grad_dp));
-      dispatch_config<T>(in.rows, in.D, vec_ok,
-                         BackwardLaunch<T>{ptrs, gr, in.rows, static_cast<int>(in.D), p, stream});
+      dispatch_config<TD>(in.rows, in.D, vec_ok,
+                          BackwardLaunch<TU, TD>{ptrs, gr, in.rows, static_cast<int>(in.D), p, stream});
     });
   }
   if (phi_prev.has_value() && phi_prev->defined())

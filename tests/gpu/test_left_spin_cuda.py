@@ -35,29 +35,23 @@ CUDA_SHAPES = [(1, 1), (7, 5), (1000, 64), (3, 5, 256), (33, 1000), (17, 1024), 
                (2, 8192), (2, 16384), (3, 20000), (2, 1027), (1, 40000)]
 # Fewer for Triton: every shape compiles new kernels (a second or two each).
 TRITON_SHAPES = [(7, 5), (33, 1000), (4, 4096), (1, 20000)]
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-BACKEND_SHAPES = [("cuda", s) for s in CUDA_SHAPES] + [("triton", s) for s in TRITON_SHAPES]
+# (u's dtype, du's dtype): one dtype, or a 16-bit du beside a float32 u (autocast's residual sites).
+DTYPES = [(torch.float32, None), (torch.bfloat16, None), (torch.float16, None),
+          (torch.float32, torch.bfloat16), (torch.float32, torch.float16)]
+# Triton loads every input the same way whatever its dtype: one mixed pair covers its path.
+CASES = ([("cuda", s, *d) for s in CUDA_SHAPES for d in DTYPES]
+         + [("triton", s, *d) for s in TRITON_SHAPES for d in DTYPES[:4]])
 
 
-@pytest.mark.parametrize("backend,shape", BACKEND_SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,shape,dtype,du_dtype", CASES, ids=str)
 @pytest.mark.parametrize("with_prev,with_phi", [(False, False), (True, True), (True, False)])
-def test_matches_reference(backend, dtype, shape, with_prev, with_phi):
+def test_matches_reference(backend, dtype, du_dtype, shape, with_prev, with_phi):
     fwd, bwd = _backend(backend)
     gen = torch.Generator().manual_seed(hash((shape, with_prev, with_phi)) % 2**31)
-    u, du, dp, pp = ref.make_inputs(shape, dtype, DEV, with_prev, with_phi, gen)
+    u, du, dp, pp = ref.make_inputs(shape, dtype, DEV, with_prev, with_phi, gen, du_dtype=du_dtype)
     go = torch.randn(shape, generator=gen).to(DEV, dtype)
     gphi = torch.randn(shape[:-1], generator=gen).to(DEV)
-    out, phi = fwd(u, du, dp, pp, *PARAMS)
-    r_out, r_phi, r_grads = ref.forward_backward(u, du, dp, pp, go, gphi, **ref.DEFAULTS)
-    ref.assert_close_to_reference(out, r_out, dtype, "out")
-    ref.assert_close_to_reference(phi, r_phi, dtype, "phi", phi=True)
-    grads = bwd(go, gphi, u, du, dp, pp, *PARAMS)
-    for name, g, rg in zip(("grad_u", "grad_du", "grad_du_prev", "grad_phi_prev"), grads, r_grads):
-        if rg is None:
-            assert g.numel() == 0, name
-        else:
-            ref.assert_close_to_reference(g, rg, dtype, name, phi=name == "grad_phi_prev")
+    ref.check_kernel(fwd, bwd, u, du, dp, pp, go, gphi)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -125,11 +119,23 @@ def test_nan_stays_in_its_row(backend):
     assert torch.isfinite(out[0]).all() and torch.isfinite(phi[0])
 
 
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_16bit_du_misaligned_matches_reference(backend):
+    """A float32 u beside a bfloat16 du whose rows are not 16-byte aligned (the 1-element packs)."""
+    fwd, bwd = _backend(backend)
+    gen = torch.Generator().manual_seed(7)
+    u, du, dp, pp = ref.make_inputs((64, 769), torch.float32, DEV, True, True, gen, du_dtype=torch.bfloat16)
+    go, gphi = torch.randn_like(u), torch.randn_like(pp)
+    ref.check_kernel(fwd, bwd, u, du, dp, pp, go, gphi)
+
+
 def test_bad_input_on_cuda():
     u = torch.randn(3, 8, device=DEV)
     with pytest.raises((ValueError, RuntimeError), match="du"):
         left_spin_residual(u, torch.randn(3, 8))  # mixed devices
     with pytest.raises(TypeError, match="u: expected float32"):
         left_spin_residual(u.double(), u.double())
+    with pytest.raises(TypeError, match="du: expected the dtype of u"):
+        left_spin_residual(u.bfloat16(), u)
     with pytest.raises(ValueError, match="phi_prev: expected shape"):
         left_spin_residual(u, u, None, torch.rand(4, device=DEV))

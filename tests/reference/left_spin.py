@@ -67,15 +67,17 @@ DEFAULTS = dataclasses.asdict(PARAMS)  # the keyword arguments of docs/contract.
 
 def make_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: str | torch.device,
                 with_prev: bool, with_phi: bool, gen: torch.Generator | None = None,
-                requires_grad: bool = False):
-    """Random u, du (smaller than u, as in a residual stream), du_prev, phi_prev (never zeros)."""
-    def rnd(scale: float, s=shape) -> torch.Tensor:
-        t = torch.randn(s, generator=gen, dtype=torch.float32) * scale
-        return t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+                requires_grad: bool = False, du_dtype: torch.dtype | None = None):
+    """Random u, du (smaller than u, as in a residual stream), du_prev, phi_prev (never zeros).
+    u has ``dtype``; du and du_prev ``du_dtype`` (default: ``dtype``)."""
+    def rnd(scale: float, dt: torch.dtype) -> torch.Tensor:
+        t = torch.randn(shape, generator=gen, dtype=torch.float32) * scale
+        return t.to(device=device, dtype=dt).requires_grad_(requires_grad)
 
-    u = rnd(1.0)
-    du = rnd(0.7)
-    du_prev = rnd(0.6) if with_prev else None
+    du_dtype = du_dtype or dtype
+    u = rnd(1.0, dtype)
+    du = rnd(0.7, du_dtype)
+    du_prev = rnd(0.6, du_dtype) if with_prev else None
     phi_prev = None
     if with_phi:
         phi_prev = (torch.rand(shape[:-1], generator=gen) + 0.1).to(device=device,
@@ -102,3 +104,25 @@ def assert_close_to_reference(actual: torch.Tensor, expected: torch.Tensor, dtyp
     atol, rtol = (PHI_TOLERANCE.get(dtype, (2e-5, 2e-5)) if phi else TOLERANCE[dtype])
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol,
                                msg=lambda m: f"{what}: {m}")
+
+
+def check_kernel(forward, backward, u, du, du_prev, phi_prev, grad_out, grad_phi) -> None:
+    """A kernel pair with the op schemas (``forward(u, du, du_prev, phi_prev, *params)``,
+    ``backward(grad_out, grad_phi, u, du, du_prev, phi_prev, *params)``) against the reference
+    at the defaults: dtypes, shapes, and values within the tolerance of each output's dtype (u's
+    for out and grad_u, du's for grad_du and grad_du_prev)."""
+    params = tuple(DEFAULTS.values())
+    out, phi = forward(u, du, du_prev, phi_prev, *params)
+    r_out, r_phi, r_grads = forward_backward(u, du, du_prev, phi_prev, grad_out, grad_phi, **DEFAULTS)
+    assert out.dtype == u.dtype and out.shape == u.shape
+    assert phi.dtype == left_spin_phi_dtype(u.dtype) and phi.shape == u.shape[:-1]
+    assert_close_to_reference(out, r_out, u.dtype, "out")
+    assert_close_to_reference(phi, r_phi, u.dtype, "phi", phi=True)
+    grads = backward(grad_out, grad_phi, u, du, du_prev, phi_prev, *params)
+    names = ("grad_u", "grad_du", "grad_du_prev", "grad_phi_prev")
+    for name, g, rg, dt in zip(names, grads, r_grads, (u.dtype, du.dtype, du.dtype, u.dtype)):
+        if rg is None:
+            assert g.numel() == 0, name
+        else:
+            assert g.dtype == rg.dtype and g.shape == rg.shape, name
+            assert_close_to_reference(g, rg, dt, name, phi=name == "grad_phi_prev")

@@ -9,6 +9,10 @@ u, du, du_prev, grad_out and writing the three input gradients (11 tensors). The
 bandwidth (torch copy_ of a 1 GiB buffer, read + write) and the plain residual u + du
 (3 tensors, forward only) are measured in the same run as the floor.
 
+Also timed, per shape: the residual site under bf16 autocast (float32 u beside bf16 du and
+du_prev), the op on the bf16 tensors as they are against casting them to float32 first, with
+the largest difference between the two forms' outputs and gradients ("autocast_site" in the JSON).
+
 CPU mode (--device cpu) uses smaller shapes and the median of repeated wall-clock timings
 (apt CPU vs eager and torch.compile of the reference).
 
@@ -166,7 +170,54 @@ def run(args: argparse.Namespace) -> dict:
             nbytes = n_tensors * u.numel() * u.element_size()
             row.update(ms=ms, gbs=nbytes / (ms * 1e-3) / 1e9, bytes=nbytes)
         results.append(row)
-    return {"copy_gbs": copy_gbs, "results": results}
+    return {"copy_gbs": copy_gbs, "results": results,
+            "autocast_site": autocast_site(shapes, device, timer, args.quick, gen)}
+
+
+# Minimum bytes per element of a float32-u / bf16-du site: forward reads u (4), du and du_prev
+# (2 each) and writes out (4); forward+backward also reads u, du, du_prev, grad_out (4) and
+# writes grad_u (4), grad_du and grad_du_prev (2 each).
+SITE_BYTES = {"forward": 12, "forward+backward": 32}
+
+
+def autocast_site(shapes: list[tuple[int, int]], device: str, timer: Callable, quick: bool,
+                  gen: torch.Generator) -> list[dict]:
+    """The residual site under bf16 autocast (float32 stream u, bf16 branch output du): the op on
+    du / du_prev as they are, against casting them to float32 first (what the model did before
+    the op took 16-bit du), forward and forward+backward, with the two forms' largest difference."""
+    def as_is(u, du, dp, pp):
+        return torch.ops.apt.left_spin_residual(u, du, dp, pp, *PARAMS)
+
+    def cast_first(u, du, dp, pp):
+        return torch.ops.apt.left_spin_residual(u, du.float(), dp.float(), pp, *PARAMS)
+
+    forms = {"bf16 du as is": as_is, "du cast to float32 first": cast_first}
+    rows = []
+    for shape in tqdm(shapes, desc="autocast site", unit="shape"):
+        u, du, dp, pp = ref.make_inputs(shape, torch.float32, device, True, True, gen, requires_grad=True,
+                                        du_dtype=torch.bfloat16)
+        go = torch.randn(shape, generator=gen).to(device)
+        gphi = torch.randn(shape[:-1], generator=gen).to(device)
+        outs = {}
+        for name, fwd in forms.items():
+            def fb(fwd=fwd):
+                out, phi = fwd(u, du, dp, pp)
+                return (out, phi, *torch.autograd.grad((out, phi), (u, du, dp, pp), (go, gphi)))
+            outs[name] = fb()
+            for mode, fn in (("forward", lambda fwd=fwd: fwd(u, du, dp, pp)), ("forward+backward", fb)):
+                if mode == "forward":
+                    with torch.no_grad():
+                        ms = timer(fn, quick)
+                else:
+                    ms = timer(fn, quick)
+                nbytes = SITE_BYTES[mode] * u.numel()
+                rows.append({"shape": list(shape), "impl": name, "mode": mode, "ms": ms, "bytes": nbytes,
+                             "gbs": nbytes / (ms * 1e-3) / 1e9})
+        a, b = outs.values()
+        diffs = {k: float((x.float() - y.float()).abs().max())
+                 for k, x, y in zip(("out", "phi", "grad_u", "grad_du", "grad_du_prev", "grad_phi_prev"), a, b)}
+        rows.append({"shape": list(shape), "max_abs_diff_between_forms": diffs})
+    return rows
 
 
 def ratio_table(results: list[dict], base_impl: str, ours: list[str]) -> list[str]:
@@ -243,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "dtype": "bfloat16",
         "bytes_counted": "forward 4 tensors (u, du, du_prev read; out written); forward+backward 11",
+        "autocast_site_bytes_per_element": SITE_BYTES,
     }
     ours = [n for n in ("apt CUDA", "apt Triton", "apt CPU") if any(r["impl"] == n for r in data["results"])]
     print(f"\ncopy_ bandwidth: {data['copy_gbs']:.0f} GB/s")
@@ -256,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     for base in ("torch.compile(reference)", "eager reference"):
         print(f"\nspeed-up over {base} (its time / ours):")
         print("\n".join(ratio_table(data["results"], base, ours)))
+    print("\nautocast site (float32 u, bf16 du, du_prev): the op on bf16 du against casting du first")
+    print("\n".join(ratio_table([r for r in data["autocast_site"] if "ms" in r], "du cast to float32 first",
+                                 ["bf16 du as is"])))
     res_dir, plot_dir = args.out_dir / "results", args.out_dir / "plots"
     res_dir.mkdir(parents=True, exist_ok=True)
     plot_dir.mkdir(parents=True, exist_ok=True)

@@ -200,13 +200,39 @@ def left_spin(name: str, d: dict) -> str:
                       for i in impls if i != ours]
             rows.append(cells)
     m = d.get("meta", {})
+    site = autocast_site_lines(d.get("autocast_site", []))
     return "\n".join([
         f"{m.get('dtype', '')} inputs with du_prev and phi_prev (a mid-chain site); median ms and the GB/s of the "
         f"minimum bytes moved ({m.get('bytes_counted', 'not recorded')}). `copy_` bandwidth measured in the same "
         f"run: {num(copy)} GB/s. Accuracy: not recorded by this benchmark (every kernel is checked against "
         f"tests/reference/left_spin.py by the test suite). Ratios = their time / {ours}'s.",
         "",
-        table(["rows x D", "mode", *[f"{i} ms" for i in impls], *[f"vs {i}" for i in impls if i != ours]], rows)])
+        table(["rows x D", "mode", *[f"{i} ms" for i in impls], *[f"vs {i}" for i in impls if i != ours]], rows),
+        *site])
+
+
+def autocast_site_lines(site: list[dict]) -> list[str]:
+    """``left_spin.py``'s autocast site (float32 u beside bf16 du / du_prev): the op on the bf16
+    tensors against casting them to float32 first, and the two forms' largest difference."""
+    timed = {(tuple(r["shape"]), r["mode"], r["impl"]): r for r in site if "ms" in r}
+    if not timed:
+        return []
+    diffs = {tuple(r["shape"]): r["max_abs_diff_between_forms"] for r in site if "max_abs_diff_between_forms" in r}
+    rows = []
+    for (shape, mode, impl), r in timed.items():
+        if impl != "bf16 du as is":
+            continue
+        cast = timed.get((shape, mode, "du cast to float32 first"))
+        diff = diffs.get(shape, {})
+        rows.append([f"{shape[0]} x {shape[1]}", mode, f"{num(r['ms'])} ({num(r['gbs'])} GB/s)",
+                     "-" if cast is None else num(cast["ms"]), "-" if cast is None else ratio(cast["ms"], r["ms"]),
+                     num(max(diff.values())) if diff else "-"])
+    return ["", "Autocast site: float32 u beside bf16 du and du_prev, the op on them as they are against casting "
+                "them to float32 first (the model's residual site before the op took 16-bit du). GB/s of the "
+                "minimum bytes (12 per element forward, 32 forward+backward); last column: the largest absolute "
+                "difference between the two forms' outputs and gradients.", "",
+            table(["rows x D", "mode", "bf16 du as is ms", "cast first ms", "cast first / as is", "max abs diff"],
+                  rows)]
 
 
 def ssd_lines(ssd: dict) -> list[str]:

@@ -28,8 +28,8 @@ def left_spin_residual(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor 
     phi_prev: [...] (u.shape[:-1]), float32. out = u + g*du in u's dtype with the
     per-row gate g = 1/sqrt(1 + phi^2); phi: [...] float32. ``params`` (a LeftSpinParams)
     replaces the six scalars when given. Differentiable w.r.t. u, du, du_prev and phi_prev
-    (each gradient in its input's dtype). A
-    NaN anywhere in a row makes that row's out and phi NaN; other rows are unaffected.
+    (each gradient in its input's dtype). A NaN anywhere in a row makes that row's out and phi
+    NaN; other rows are unaffected.
     """
     p = params.as_tuple() if params is not None else tuple(map(float, (alpha, tau, beta, w1, w2, eps)))
     return torch.ops.apt.left_spin_residual(u, du, du_prev, phi_prev, *p)

@@ -78,8 +78,8 @@ class LeftSpinResidual(nn.Module):
     u, du: [..., D] float32/bfloat16/float16 (same shape and device); out has u's dtype. A
     bfloat16/float16 du beside a float32 u (autocast's branch output beside a float32 residual
     stream) goes to the op as it is; any other du dtype is cast to u's first. Where du and the
-    chain's du_prev differ in dtype, both are cast to u's. With a chain, the previous site's du and phi enter as du_prev and phi_prev, and this
-    site's du and phi are stored for the next one. Without a chain (argument or constructor),
+    chain's du_prev differ in dtype, both are cast to u's. With a chain, the previous site's du
+    and phi enter as du_prev and phi_prev, and this site's du and phi are stored for the next one. Without a chain (argument or constructor),
     the site uses no previous state. ``enabled=False`` gives the plain ``u + du`` and leaves
     the chain untouched. The gate is the same in train and eval mode. Hyperparameters: a
     ``LeftSpinParams`` (``params``) or the six scalars, defaults of docs/contract.md §4 (alpha 0.5, tau 0.3,

@@ -58,6 +58,21 @@ def rng(apt_seed: int) -> torch.Generator:
 
 
 @pytest.fixture
+def left_spin_op_dtypes(monkeypatch) -> list:
+    """The (u, du, du_prev) dtypes of every call that left-spin residual sites
+    (apt_ext.nn.LeftSpinResidual, the model's sites) make to the op, in order."""
+    import apt_ext.nn.left_spin as nls
+    seen = []
+    real = nls.left_spin_residual
+
+    def spy(u, du, du_prev, phi_prev, **kw):
+        seen.append((u.dtype, du.dtype, None if du_prev is None else du_prev.dtype))
+        return real(u, du, du_prev, phi_prev, **kw)
+    monkeypatch.setattr(nls, "left_spin_residual", spy)
+    return seen
+
+
+@pytest.fixture
 def one_thread():
     """Run a test with one intra-op thread (tiny models run fastest that way on the shared
     2-core CI machine); restores the previous count afterwards."""

@@ -124,21 +124,7 @@ def test_torch_compile_fullgraph_forward_backward(rng):
     torch.testing.assert_close(g, ge)
 
 
-@pytest.fixture
-def op_dtypes(monkeypatch) -> list:
-    """The (u, du, du_prev) dtypes of every call the sites make to the op."""
-    import apt_ext.nn.left_spin as nls
-    seen = []
-    real = nls.left_spin_residual
-
-    def spy(u, du, du_prev, phi_prev, **kw):
-        seen.append((u.dtype, du.dtype, None if du_prev is None else du_prev.dtype))
-        return real(u, du, du_prev, phi_prev, **kw)
-    monkeypatch.setattr(nls, "left_spin_residual", spy)
-    return seen
-
-
-def test_16bit_branch_beside_float32_stream_reaches_the_op_uncast(op_dtypes, rng):
+def test_16bit_branch_beside_float32_stream_reaches_the_op_uncast(left_spin_op_dtypes, rng):
     """A bf16 du beside a float32 u (autocast's residual site) goes to the op as bf16; its
     gradient comes back in bf16; out is float32 and matches the reference on the bf16 values."""
     u = torch.randn(2, 3, 16, generator=rng, requires_grad=True)
@@ -146,7 +132,7 @@ def test_16bit_branch_beside_float32_stream_reaches_the_op_uncast(op_dtypes, rng
     chain = LeftSpinChain()
     site = LeftSpinResidual()
     out = site(site(u, dus[0], chain), dus[1], chain)
-    assert op_dtypes == [(torch.float32, torch.bfloat16, None), (torch.float32, torch.bfloat16, torch.bfloat16)]
+    assert left_spin_op_dtypes == [(torch.float32, torch.bfloat16, None), (torch.float32, torch.bfloat16, torch.bfloat16)]
     assert out.dtype == torch.float32
     r1, p1 = ref.left_spin_residual(u, dus[0].float())
     r2, _ = ref.left_spin_residual(r1, dus[1].float(), dus[0].float(), p1)
@@ -160,13 +146,13 @@ def test_16bit_branch_beside_float32_stream_reaches_the_op_uncast(op_dtypes, rng
     (torch.float32, torch.bfloat16, torch.float32, (torch.float32, torch.float32, torch.float32)),
     (torch.float32, torch.float32, torch.bfloat16, (torch.float32, torch.float32, torch.float32)),
 ])
-def test_site_casts_what_the_op_cannot_take(op_dtypes, rng, u_dtype, du_dtype, prev_dtype, expect):
+def test_site_casts_what_the_op_cannot_take(left_spin_op_dtypes, rng, u_dtype, du_dtype, prev_dtype, expect):
     chain = LeftSpinChain()
     if prev_dtype is not None:
         chain.du_prev = torch.randn(4, 8, generator=rng).to(prev_dtype)
         chain.phi_prev = torch.rand(4, generator=rng)
     out = LeftSpinResidual()(torch.randn(4, 8, generator=rng).to(u_dtype),
                              torch.randn(4, 8, generator=rng).to(du_dtype), chain)
-    assert op_dtypes == [expect] and out.dtype == u_dtype
+    assert left_spin_op_dtypes == [expect] and out.dtype == u_dtype
     disabled = LeftSpinResidual(enabled=False)(torch.randn(4, 8).to(u_dtype), torch.randn(4, 8).to(du_dtype))
     assert disabled.dtype == u_dtype

@@ -154,6 +154,20 @@ def test_left_spin_chain_passes_state_between_sites(monkeypatch, rng):
             assert cur[1] is prev[0] and cur[2] is prev[3]
 
 
+def test_autocast_residual_sites_take_bf16_branch_outputs_uncast(left_spin_op_dtypes, rng):
+    """Under bf16 autocast the stream stays float32 and every branch output reaches the op in
+    bf16 (no cast kernel); the step trains (finite loss and gradients)."""
+    m = model_of(decoder_only=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = m(ids(rng))
+    loss = logits.float().logsumexp(-1).mean()
+    loss.backward()
+    seen = left_spin_op_dtypes
+    assert seen and all(u == torch.float32 and du == torch.bfloat16 and dp in (None, torch.bfloat16)
+                        for u, du, dp in seen)
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
 def test_model_left_spin_off_is_plain_residual(rng, monkeypatch):
     import apt_ext.model.model as mm
     import apt_ext.nn.left_spin as nls

@@ -44,6 +44,21 @@ def _load(ptr, offs, m):
 
 
 @triton.jit
+def _load_tiles(u_ptr, du_ptr, dp_ptr, go_ptr, offs, m, HAS_PREV: tl.constexpr, WITH_GO: tl.constexpr):
+    """u, du, du_prev and grad_out at one tile's offsets, in float32 (du stands in for the
+    tensors that are absent or not asked for)."""
+    u = _load(u_ptr, offs, m)
+    du = _load(du_ptr, offs, m)
+    p = du
+    go = du
+    if HAS_PREV:
+        p = _load(dp_ptr, offs, m)
+    if WITH_GO:
+        go = _load(go_ptr, offs, m)
+    return u, du, p, go
+
+
+@triton.jit
 def _chunk_sums(u, du, p, go, HAS_PREV: tl.constexpr, WITH_GO: tl.constexpr):
     """Row sums of one tile: |u|^2, |du|^2, |p|^2, |du - p|^2, <go, du> (0 where disabled)."""
     su = tl.sum(u * u, axis=1)
@@ -72,14 +87,7 @@ def _looped_sums(u_ptr, du_ptr, dp_ptr, go_ptr, row_off, rmask, D,
     sg = tl.zeros((ROWS,), tl.float32)
     for c in range(0, N_CHUNKS):
         offs, m = _tile(row_off, rmask, c * BLOCK_D, D, BLOCK_D)
-        u = _load(u_ptr, offs, m)
-        du = _load(du_ptr, offs, m)
-        p = du
-        go = du
-        if HAS_PREV:
-            p = _load(dp_ptr, offs, m)
-        if WITH_GO:
-            go = _load(go_ptr, offs, m)
+        u, du, p, go = _load_tiles(u_ptr, du_ptr, dp_ptr, go_ptr, offs, m, HAS_PREV, WITH_GO)
         a, b, c, d, e = _chunk_sums(u, du, p, go, HAS_PREV, WITH_GO)
         su += a
         sd += b
@@ -123,11 +131,7 @@ def _forward_kernel(u_ptr, du_ptr, dp_ptr, pp_ptr, out_ptr, phi_ptr, rows, D,
     row_off = r.to(tl.int64) * D
     if RESIDENT:  # one tile holds the whole row: read once, reuse for the output
         offs, m = _tile(row_off, rmask, 0, D, BLOCK_D)
-        u = _load(u_ptr, offs, m)
-        du = _load(du_ptr, offs, m)
-        p = du
-        if HAS_PREV:
-            p = _load(dp_ptr, offs, m)
+        u, du, p, _ = _load_tiles(u_ptr, du_ptr, dp_ptr, u_ptr, offs, m, HAS_PREV, False)
         su, sd, sp, sf, _ = _chunk_sums(u, du, p, du, HAS_PREV, False)
     else:
         su, sd, sp, sf, _ = _looped_sums(u_ptr, du_ptr, dp_ptr, u_ptr, row_off, rmask, D,
@@ -143,8 +147,7 @@ def _forward_kernel(u_ptr, du_ptr, dp_ptr, pp_ptr, out_ptr, phi_ptr, rows, D,
     else:
         for c in range(0, N_CHUNKS):
             offs, m = _tile(row_off, rmask, c * BLOCK_D, D, BLOCK_D)
-            u = _load(u_ptr, offs, m)
-            du = _load(du_ptr, offs, m)
+            u, du, unused_p, unused_go = _load_tiles(u_ptr, du_ptr, dp_ptr, u_ptr, offs, m, False, False)
             tl.store(out_ptr + offs, (u + g[:, None] * du).to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -173,12 +176,7 @@ def _backward_kernel(go_ptr, gphi_ptr, u_ptr, du_ptr, dp_ptr, pp_ptr,
     row_off = r.to(tl.int64) * D
     if RESIDENT:
         offs, m = _tile(row_off, rmask, 0, D, BLOCK_D)
-        u = _load(u_ptr, offs, m)
-        du = _load(du_ptr, offs, m)
-        go = _load(go_ptr, offs, m)
-        p = du
-        if HAS_PREV:
-            p = _load(dp_ptr, offs, m)
+        u, du, p, go = _load_tiles(u_ptr, du_ptr, dp_ptr, go_ptr, offs, m, HAS_PREV, True)
         su, sd, sp, sf, sg = _chunk_sums(u, du, p, go, HAS_PREV, True)
     else:
         su, sd, sp, sf, sg = _looped_sums(u_ptr, du_ptr, dp_ptr, go_ptr, row_off, rmask, D,
@@ -207,12 +205,7 @@ def _backward_kernel(go_ptr, gphi_ptr, u_ptr, du_ptr, dp_ptr, pp_ptr,
     else:
         for c in range(0, N_CHUNKS):
             offs, m = _tile(row_off, rmask, c * BLOCK_D, D, BLOCK_D)
-            u = _load(u_ptr, offs, m)
-            du = _load(du_ptr, offs, m)
-            go = _load(go_ptr, offs, m)
-            p = du
-            if HAS_PREV:
-                p = _load(dp_ptr, offs, m)
+            u, du, p, go = _load_tiles(u_ptr, du_ptr, dp_ptr, go_ptr, offs, m, HAS_PREV, True)
             _write_grads(gu_ptr, gdu_ptr, gdp_ptr, offs, m, u, du, p, go, g, cu, cdu, cp, cdf,
                          HAS_PREV)
 

@@ -83,15 +83,18 @@ def copy_bandwidth_gbs(device: str, quick: bool) -> float:
     return 2 * n / (ms * 1e-3) / 1e9
 
 
+def autograd_fb(fwd: Callable) -> Callable:
+    """forward(u, du, dp, pp) -> forward_backward(u, du, dp, pp, go, gphi): the forward, then
+    autograd's four input gradients for the output gradients go, gphi."""
+    def run(u, du, dp, pp, go, gphi):
+        out, phi = fwd(u, du, dp, pp)
+        return torch.autograd.grad((out, phi), (u, du, dp, pp), (go, gphi))
+    return run
+
+
 def _implementations(device: str, use_compile: bool) -> dict[str, tuple[Callable, Callable | None] | str]:
     """name -> (forward(u, du, dp, pp), forward_backward(u, du, dp, pp, go, gphi)) or a reason
     it is unavailable. forward_backward returns the four input gradients."""
-    def autograd_fb(fwd):
-        def run(u, du, dp, pp, go, gphi):
-            out, phi = fwd(u, du, dp, pp)
-            return torch.autograd.grad((out, phi), (u, du, dp, pp), (go, gphi))
-        return run
-
     impls: dict[str, tuple[Callable, Callable | None] | str] = {}
     op_fwd = lambda u, du, dp, pp: torch.ops.apt.left_spin_residual(u, du, dp, pp, *PARAMS)  # noqa: E731
     if device == "cuda":
@@ -200,15 +203,13 @@ def autocast_site(shapes: list[tuple[int, int]], device: str, timer: Callable, q
         gphi = torch.randn(shape[:-1], generator=gen).to(device)
         outs = {}
         for name, fwd in forms.items():
-            def fb(fwd=fwd):
-                out, phi = fwd(u, du, dp, pp)
-                return (out, phi, *torch.autograd.grad((out, phi), (u, du, dp, pp), (go, gphi)))
-            outs[name] = fb()
-            for mode, fn in (("forward", lambda fwd=fwd: fwd(u, du, dp, pp)), ("forward+backward", fb)):
-                if mode == "forward":
-                    with torch.no_grad():
-                        ms = timer(fn, quick)
-                else:
+            fb = autograd_fb(fwd)
+            with torch.no_grad():
+                outs[name] = fwd(u, du, dp, pp)
+            outs[name] += fb(u, du, dp, pp, go, gphi)
+            for mode, fn in (("forward", lambda fwd=fwd: fwd(u, du, dp, pp)),
+                             ("forward+backward", lambda fb=fb: fb(u, du, dp, pp, go, gphi))):
+                with torch.set_grad_enabled(mode != "forward"):
                     ms = timer(fn, quick)
                 nbytes = SITE_BYTES[mode] * u.numel()
                 rows.append({"shape": list(shape), "impl": name, "mode": mode, "ms": ms, "bytes": nbytes,

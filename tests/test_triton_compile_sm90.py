@@ -1,9 +1,9 @@
 """The Triton kernels compiled for an H100/H200 (sm_90) without a GPU: Triton's own code
 generation and its bundled ptxas, for every FP4 format (the GEMV at one and sixteen rows of x
 with split and ragged K, the small-M GEMM, the dequantise kernel) and the left-spin residual
-with a bfloat16 du beside a float32 u. The interpreter tests check what
-the kernels compute; this checks that they compile for the GPU (typing, pointer casts,
-constexpr globals, tl.dot operand types), which the interpreter does not."""
+with a bfloat16 du beside a float32 u. The interpreter tests check what the kernels compute;
+this checks that they compile for the GPU (typing, pointer casts, constexpr globals, loop-carried
+types, tl.dot operand types), which the interpreter does not."""
 from __future__ import annotations
 
 import pytest

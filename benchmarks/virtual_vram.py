@@ -252,6 +252,22 @@ def ops_per_step(model: Decoder, prompt: torch.Tensor) -> int:
     return count.ops
 
 
+def dequantized(model: Decoder, fp4: Decoder) -> Decoder:
+    """A copy of ``model`` whose Linear weights hold ``fp4``'s 4-bit weights dequantized to
+    model's dtype: the same numbers the FP4 kernels multiply by, so logits that agree with this
+    model's show the kernels right, apart from the 4-bit rounding that ``agreement`` with the
+    original model also counts (random weights amplify that rounding layer by layer)."""
+    from apt_ext.nn import FP4Linear
+
+    out = copy.deepcopy(model)
+    fp4_layers = dict(fp4.named_modules())
+    with torch.no_grad():
+        for name, mod in out.named_modules():
+            if isinstance(mod, nn.Linear) and isinstance(fp4_layers.get(name), FP4Linear):
+                mod.weight.copy_(fp4_layers[name].weight.dequantize(mod.weight.dtype))
+    return out
+
+
 def agreement(logits: torch.Tensor, ref: torch.Tensor) -> dict:
     cos = F.cosine_similarity(logits.flatten(0, 1), ref.flatten(0, 1), dim=-1)
     return {"logits_cosine_mean": float(cos.mean()), "logits_cosine_min": float(cos.min()),
@@ -457,6 +473,13 @@ def main(argv: list[str] | None = None) -> int:
                     torch.cuda.empty_cache()
             else:
                 forced = torch.randint(0, shape.vocab, (b, n_new), generator=g).to(device)
+            ref4 = None  # the logits of the bf16 model holding the 4-bit weights (``dequantized``)
+            if fp4 is not None and fits:
+                deq = dequantized(model_cpu, fp4).to(device)
+                _, _, ref4 = decode(deq, prompt, forced, n_new, device)
+                del deq
+                if gpu:
+                    torch.cuda.empty_cache()
             if fp4 is not None and (not gpu or nbytes(fp4) < 0.8 * torch.cuda.mem_get_info()[0]):
                 # the 4-bit model whole on the device: what its kernels cost without paging (a
                 # paged FP4 layer runs the canonical op, a resident one its tiled copy)
@@ -464,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                 decode(resident4, prompt, forced, n_new, device)
                 sec, _, logits = decode(resident4, prompt, forced, n_new, device)
                 runs["resident-nvfp4"] = {"s_per_step": sec, "ops_per_step": ops_per_step(resident4, prompt)} | (
-                    agreement(logits, ref) if ref is not None else {})
+                    agreement(logits, ref) if ref is not None else {}) | (
+                    {"vs_dequantized": agreement(logits, ref4)} if ref4 is not None else {})
                 del resident4
                 if gpu:
                     torch.cuda.empty_cache()
@@ -488,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
                 logits = r.pop("logits")
                 if ref is not None:
                     r.update(agreement(logits, ref))
+                if ref4 is not None and m is fp4:
+                    r["vs_dequantized"] = agreement(logits, ref4)
                 add_bound(r, "pcie", r["bytes_h2d_per_step"], link["pinned_copy_gbps"])
                 if r["bytes_ssd_per_step"] and "gbps" in result.get("ssd_read", {}):
                     add_bound(r, "ssd", r["bytes_ssd_per_step"], result["ssd_read"]["gbps"])
@@ -535,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
                 extra += (f", {r['bytes_ssd_per_step'] / 1e9:.2f} GB/step from the SSD, "
                           f"{r['step_vs_ssd_bound']:.2f}x SSD bound")
             acc = f", cosine {r['logits_cosine_mean']:.4f}, top-1 {r['top1_agreement']:.3f}" if "top1_agreement" in r else ""
+            if "vs_dequantized" in r:
+                acc += (f" (against the dequantized 4-bit weights in {result['dtype']}: cosine "
+                        f"{r['vs_dequantized']['logits_cosine_mean']:.4f}, top-1 {r['vs_dequantized']['top1_agreement']:.3f})")
             print(f"  B={b:>2} {name:28s} {r['tokens_per_s']:9.2f} tokens/s{extra}{acc}")
     print(f"wrote {out}")
     return 0

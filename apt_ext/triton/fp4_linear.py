@@ -2,7 +2,7 @@
 
 Checks the arguments (the native checks, the same messages as the CUDA and CPU kernels),
 flattens x to [M, K] and runs one of three paths by M:
-  * M <= gemv_max_m() (GEMV_DEFAULT_MAX_M, 1): apt_ext/triton/fp4_gemv.py, split-K GEMV
+  * M <= gemv_max_m() (GEMV_DEFAULT_MAX_M, 2): apt_ext/triton/fp4_gemv.py, split-K GEMV
     streaming the packed weight;
   * up to PATH_TUNED_MIN_M - 1 rows: apt_ext/triton/fp4_gemm.py, tiled ``tl.dot`` GEMM decoding
     weight tiles in registers (tiles of 16+ rows with K split for few rows);
@@ -32,13 +32,15 @@ from apt_ext.triton.fp4_gemv import GEMV_MAX_M, gemv
 from apt_ext.triton.host_math import next_power_of_2
 
 
-# Rows of x up to which the GEMV runs. Measured on the H200 (GPU time, CUDA graphs;
-# benchmarks/results/fp4_triton_configs_NVIDIA_H200_round12b.json): at M = 1 the GEMV's best
-# config beat the GEMM's split small-M tiles on all four shapes (120.4 against 138.0 us on
-# 28672 x 8192), at M = 4 and 16 the GEMM won on all four (136.1 against 1148.2 us at M = 16): the
-# GEMV decodes every weight once per row of x, the GEMM once per 16 rows. M = 2 and 3 were not
-# timed. APT_TRITON_GEMV_MAX_M (0..16) overrides it.
-GEMV_DEFAULT_MAX_M = 1
+# Rows of x up to which the GEMV runs. Measured on the H200 (GPU time, CUDA graphs, L2 flushed,
+# nvfp4, bf16 x, best config of each family;
+# benchmarks/results/fp4_triton_configs_NVIDIA_H200_round20.json): at M = 1 and 2 the GEMV beat
+# the GEMM's split small-M tiles on all four shapes (M = 2: 95.1 against 143.6 us on
+# 28672 x 8192, 10.1 against 16.9 on 4096 x 4096); at M = 4 they were even (143.5 against 143.7;
+# 45.2 against 43.4 on 14336 x 4096), and from M = 16 the GEMM won by up to 8x (round 12b): the
+# GEMV decodes every weight once per row of x, the GEMM once per 16 rows. M = 3 was not timed.
+# APT_TRITON_GEMV_MAX_M (0..16) overrides it.
+GEMV_DEFAULT_MAX_M = 2
 # Rows of x from which the weight is always dequantised and multiplied by torch.mm
 # (DEQUANT_MATMUL_MIN_M), and from which that path and the GEMM are timed against each other per
 # shape (PATH_TUNED_MIN_M). Measured on the H200 with each path pinned

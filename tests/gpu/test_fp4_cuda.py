@@ -290,13 +290,13 @@ def test_sanitizer_linear_values():
 
 
 # ---- the Triton path on CUDA (APT_FORCE_TRITON=1, child process) --------------------------
-# M = 1 runs the split-K GEMV (apt_ext/triton/fp4_gemv.py; APT_TRITON_GEMV_MAX_M up to 16), up to 64 rows the tiled GEMM
+# M <= 2 runs the split-K GEMV (apt_ext/triton/fp4_gemv.py; APT_TRITON_GEMV_MAX_M up to 16), up to 64 rows the tiled GEMM
 # (fp4_gemm.py), from 512 (apt_ext/triton/fp4_linear.py's DEQUANT_MATMUL_MIN_M) dequantised
 # slabs times torch.mm, in between the faster of the two (timed; untimed, as in the matrix
 # below: the GEMM below 256 rows). The matrix runs each family's first config (APT_TRITON_AUTOTUNE=0: no
 # tuning time); every config of both families is checked on nvfp4 and nf4 with bfloat16 x, and
 # the autotuner itself once per family.
-TRITON_M = (1, 3, 16, 17, 64, 128, 255, 256, 4096)
+TRITON_M = (1, 2, 3, 16, 17, 64, 128, 255, 256, 4096)
 TRITON_CONFIG_FORMATS = ("nvfp4", "nf4")
 TRITON_CONFIG_K = 1000  # not a multiple of 128; several steps and splits per config
 

@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/apt_out}
 mkdir -p "$OUT" benchmarks/results benchmarks/plots
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
+# the checkout itself on the path: a call that carries a built _C*.so (no build stage) on a fresh
+# machine has no editable install, and scripts under benchmarks/ would not find apt_ext
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 PY=python3
 # The device image's default CXX (/opt/gcc) links libstdc++ statically into shared objects; its
 # private copy of the iostream/locale code crashed the first formatted error message (SIGSEGV in

@@ -316,14 +316,15 @@ def model_throughput(name: str, d: dict) -> str:
         mode = r.get("compile_mode") or "default"
         return r["variant"] + ((" (compiled)" if mode == "default" else f" (compiled, {mode})") if r["compiled"] else "")
 
-    rows = [[label(r), num(r["step_ms"]), f"{r['tokens_per_s']:,.0f}", vs_plain(r)] for r in d["rows"]]
+    rows = [[label(r), num(r["step_ms"]), num(r["step_ms_min"]) if "step_ms_min" in r else "-",
+             f"{r['tokens_per_s']:,.0f}", vs_plain(r)] for r in d["rows"]]
     cut = "" if d.get("complete", True) else (
         " The run stopped early (its JSON is saved after every configuration); the missing rows did not run.")
     return "\n".join([
         f"{p['layers']} layers x d_model {p['d_model']}, batch {p['batch']} x {p['seq_len']} tokens, forward + "
         f"backward + AdamW, median of {d['iters']} steps after {d['warmup']} warm-up. Accuracy: not applicable "
         f"(the variants are different models; their losses are in the LR-sweep section).{cut}", "",
-        table(["variant", "step ms", "tokens/s", "step time vs plain"], rows)])
+        table(["variant", "step ms", "fastest step ms", "tokens/s", "step time vs plain"], rows)])
 
 
 def virtual_vram(name: str, d: dict) -> str:
@@ -340,7 +341,9 @@ def virtual_vram(name: str, d: dict) -> str:
                          num(r["bytes_h2d_per_step"] / 1e9) if "bytes_h2d_per_step" in r else "-",
                          num(bound * 1e3) if bound else "-",
                          f"{r['logits_cosine_mean']:.4f}" if "logits_cosine_mean" in r else "-",
-                         f"{r['top1_agreement']:.3f}" if "top1_agreement" in r else "-"])
+                         f"{r['top1_agreement']:.3f}" if "top1_agreement" in r else "-",
+                         f"{r['vs_dequantized']['logits_cosine_mean']:.4f} / {r['vs_dequantized']['top1_agreement']:.3f}"
+                         if "vs_dequantized" in r else "-"])
     return "\n".join([
         f"Decoder {sh['layers']} layers x d {sh['d']} (d_ff {sh['d_ff']}, {sh['heads']} heads, {sh['kv_heads']} KV "
         f"heads, vocab {sh['vocab']}), random weights, {d['weight_bytes'] / 1e9:.2f} GB in {d['dtype']}; device "
@@ -348,9 +351,11 @@ def virtual_vram(name: str, d: dict) -> str:
         "bytes copied host to device per step / the measured pinned copy bandwidth. GB kept resident: the "
         "units `offload(keep_resident=True)` pinned on the device level for good. Agreement: "
         "logits cosine and top-1 against the resident bfloat16 model (random weights: FP4's error is not "
-        "damped by trained structure).", "",
+        "damped by trained structure). Against dequantized (from the twenty-first session): logits cosine / top-1 "
+        "against a bfloat16 model holding the 4-bit weights dequantized, the kernels' agreement apart from the "
+        "4-bit rounding.", "",
         table(["batch", "run", "tokens/s", "ms per step", "GB kept resident", "GB to device per step", "PCIe bound ms",
-               "logits cosine", "top-1 agreement"], rows)])
+               "logits cosine", "top-1 agreement", "against dequantized"], rows)])
 
 
 def prefix_sum(name: str, d: dict) -> str:
@@ -748,8 +753,8 @@ SECTIONS = [
     Section("APT model: left-spin learning-rate sweep (`benchmarks/left_spin_training.py`)",
             ["left_spin_training_quick.json"], left_spin_training),
     Section("APT model: step time (`benchmarks/model_throughput.py`)",
-            ["model_throughput_quick.json", "model_throughput.json", "model_throughput_profile_autopoietic.json",
-             "model_throughput_reduce_overhead.json"],
+            ["model_throughput_quick.json", "model_throughput.json", "model_throughput_s21_cast_ab.json",
+             "model_throughput_profile_autopoietic.json", "model_throughput_reduce_overhead.json"],
             model_throughput),
     Section("APT model: prefix sum on the GPU (`benchmarks/prefix_sum.py`)", ["prefix_sum_*.json"], prefix_sum,
             level=3),

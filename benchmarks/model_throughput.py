@@ -30,10 +30,11 @@ from model_common import plot_path, run_meta, save_json  # noqa: E402
 from apt_ext.model import APTModel, APTModelConfiguration  # noqa: E402
 
 VARIANTS = {"plain": (False, False), "left-spin": (True, False), "autopoietic": (False, True), "both": (True, True),
-            "left-spin-cast-first": (True, False)}
-# left-spin-cast-first (not in the default set): left-spin with every site's bf16 branch output cast to
-# the float32 residual stream's dtype before the op, as sites did before the twentieth session;
-# timed beside "left-spin" it shows what the op's reading bf16 directly saves in the whole step
+            "left-spin-cast-first": (True, False), "left-spin-decomposed": (True, False)}
+# Not in the default set, for A/B runs beside "left-spin": left-spin-cast-first casts every site's
+# bf16 branch output to the float32 residual stream's dtype before the op, as sites did before the
+# twentieth session; left-spin-decomposed compiles the sites' math as torch operations
+# (left_spin_compiled_form="decomposed") for inductor to fuse with the kernels around them
 DEFAULT_VARIANTS = ("plain", "left-spin", "autopoietic", "both")
 
 
@@ -82,7 +83,8 @@ def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int,
     torch.manual_seed(0)
     cfg = APTModelConfiguration(vocab_size=p["vocab"], d_model=p["d_model"], num_heads=p["heads"], d_ff=4 * p["d_model"],
                                 num_encoder_layers=0, num_decoder_layers=p["layers"], decoder_only=True, dropout=0.0,
-                                max_seq_len=p["seq_len"], use_left_spin=left_spin, use_autopoietic=auto)
+                                max_seq_len=p["seq_len"], use_left_spin=left_spin, use_autopoietic=auto,
+                                left_spin_compiled_form="decomposed" if name == "left-spin-decomposed" else "op")
     model = APTModel(cfg).to(device).train()
     opt = model.configure_optimizers(lr=1e-4)
     net = torch.compile(model, mode=compile_mode) if compiled else model

@@ -40,20 +40,20 @@ def phi_dtype(u: torch.Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
-def _check(u, du, du_prev, phi_prev, params) -> None:
+def check_arguments(u, du, du_prev, phi_prev, params) -> None:
     """The native kernels' checks (float64 is accepted on the CPU only), when shapes are concrete."""
     if concrete_shapes(u, du, du_prev, phi_prev):
         _native._C.left_spin.check(u, du, du_prev, phi_prev, *params, allow_double=u.device.type == "cpu")
 
 
 def _forward_fake(u, du, du_prev, phi_prev, alpha, tau, beta, w1, w2, eps):
-    _check(u, du, du_prev, phi_prev, (alpha, tau, beta, w1, w2, eps))
+    check_arguments(u, du, du_prev, phi_prev, (alpha, tau, beta, w1, w2, eps))
     return (torch.empty_like(u, memory_format=torch.contiguous_format),
             u.new_empty(u.shape[:-1], dtype=phi_dtype(u)))
 
 
 def _backward_fake(grad_out, grad_phi, u, du, du_prev, phi_prev, alpha, tau, beta, w1, w2, eps):
-    _check(u, du, du_prev, phi_prev, (alpha, tau, beta, w1, w2, eps))
+    check_arguments(u, du, du_prev, phi_prev, (alpha, tau, beta, w1, w2, eps))
     if concrete_shapes(u, grad_out, grad_phi):
         _native._C.left_spin.check_grads(u, grad_out, grad_phi)
     grad_du_prev = (torch.empty_like(du_prev, memory_format=torch.contiguous_format)

@@ -36,3 +36,7 @@ class LeftSpinParams:
 
 
 DEFAULTS = LeftSpinParams()
+
+# What torch.compile traces at a LeftSpinResidual site (apt_ext.nn.LeftSpinResidual): the fused
+# op, or the same math in torch operations that inductor can fuse with neighbouring kernels.
+COMPILED_FORMS = ("op", "decomposed")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apt_ext.fp4.format import DEFAULT_FORMAT, FORMAT_NAMES
-from apt_ext.left_spin.params import DEFAULTS as LEFT_SPIN, LeftSpinParams
+from apt_ext.left_spin.params import COMPILED_FORMS, DEFAULTS as LEFT_SPIN, LeftSpinParams
 
 
 @dataclass
@@ -24,7 +24,9 @@ class APTModelConfiguration:
     ``attention_mask`` instead), ``bos_token_id``/``eos_token_id`` (generation defaults).
 
     Left-spin residuals (docs/contract.md §4): ``use_left_spin`` and ``left_spin_alpha/tau/beta/w1/w2/eps``
-    (defaults from ``apt_ext.left_spin.LeftSpinParams``; ``left_spin_params`` returns them as one).
+    (defaults from ``apt_ext.left_spin.LeftSpinParams``; ``left_spin_params`` returns them as one);
+    ``left_spin_compiled_form``: what torch.compile traces at each site, ``"op"`` (the fused op) or
+    ``"decomposed"`` (torch operations inductor can fuse; ``apt_ext.nn.LeftSpinResidual``).
     Autopoietic attention: ``use_autopoietic``, ``autopoietic_rank`` (rank r of U·V per head).
     DBC-DAC gradient conditioning: ``use_dbc_dac``, ``dbc_min_numel``, ``dbc_rank_ratio``,
     ``dbc_eps``, ``dbc_seed``. FP4: ``use_fp4`` = None/False (off), True (= "nvfp4") or a
@@ -56,6 +58,7 @@ class APTModelConfiguration:
     left_spin_w1: float = LEFT_SPIN.w1
     left_spin_w2: float = LEFT_SPIN.w2
     left_spin_eps: float = LEFT_SPIN.eps
+    left_spin_compiled_form: str = "op"
     use_dbc_dac: bool = False
     dbc_min_numel: int = 4096
     dbc_rank_ratio: float = 0.25
@@ -89,6 +92,9 @@ class APTModelConfiguration:
             setattr(self, name, float(v))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected 0 <= dropout < 1, got {self.dropout}")
+        if self.left_spin_compiled_form not in COMPILED_FORMS:
+            raise ValueError(f"left_spin_compiled_form: expected one of {COMPILED_FORMS}, "
+                             f"got {self.left_spin_compiled_form!r}")
         if not 0.0 <= self.left_spin_beta <= 1.0:
             raise ValueError(f"left_spin_beta: expected in [0, 1], got {self.left_spin_beta}")
         if self.left_spin_alpha < 0 or self.left_spin_eps <= 0 or self.layer_norm_eps <= 0:

@@ -66,7 +66,8 @@ class ResidualSite(LeftSpinResidual):
     stays float32: the op reads du in bf16 and returns the float32 stream (no cast kernels)."""
 
     def __init__(self, cfg: APTModelConfiguration) -> None:
-        super().__init__(params=cfg.left_spin_params, enabled=cfg.use_left_spin)
+        super().__init__(params=cfg.left_spin_params, enabled=cfg.use_left_spin,
+                         compiled_form=cfg.left_spin_compiled_form)
 
 
 # --------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from apt_ext.left_spin._ops import left_spin_residual
-from apt_ext.left_spin.params import DEFAULTS, LeftSpinParams
+from apt_ext.left_spin.decomposed import left_spin_residual_decomposed
+from apt_ext.left_spin.params import COMPILED_FORMS, DEFAULTS, LeftSpinParams
 
 
 class LeftSpinChain:
@@ -84,13 +85,21 @@ class LeftSpinResidual(nn.Module):
     the chain untouched. The gate is the same in train and eval mode. Hyperparameters: a
     ``LeftSpinParams`` (``params``) or the six scalars, defaults of docs/contract.md §4 (alpha 0.5, tau 0.3,
     beta 0.7, w1 1.0, w2 0.5, eps 1e-6).
+
+    ``compiled_form`` picks what ``torch.compile`` traces: ``"op"`` (default) the fused op, one
+    opaque kernel; ``"decomposed"`` the same math in torch operations
+    (``apt_ext.left_spin.decomposed``), which inductor can fuse with the kernels around the site.
+    Eager calls always run the op.
     """
 
     def __init__(self, alpha: float = DEFAULTS.alpha, tau: float = DEFAULTS.tau, beta: float = DEFAULTS.beta,
                  w1: float = DEFAULTS.w1, w2: float = DEFAULTS.w2, eps: float = DEFAULTS.eps,
                  enabled: bool = True, chain: LeftSpinChain | None = None,
-                 params: LeftSpinParams | None = None) -> None:
+                 params: LeftSpinParams | None = None, compiled_form: str = "op") -> None:
         super().__init__()
+        if compiled_form not in COMPILED_FORMS:
+            raise ValueError(f"compiled_form: expected one of {COMPILED_FORMS}, got {compiled_form!r}")
+        self.compiled_form = compiled_form
         if params is not None and not isinstance(params, LeftSpinParams):
             raise TypeError(f"params: expected a LeftSpinParams or None, got {type(params).__name__}")
         if chain is not None and not isinstance(chain, LeftSpinChain):
@@ -109,7 +118,10 @@ class LeftSpinResidual(nn.Module):
         if du_prev is not None and du_prev.dtype != du.dtype:  # e.g. a float32 site after a bf16 one
             du, du_prev = du.to(u.dtype), du_prev.to(u.dtype)
         phi_prev = chain.phi_prev if chain is not None else None
-        out, phi = left_spin_residual(u, du, du_prev, phi_prev, params=self.params)
+        if self.compiled_form == "decomposed" and torch.compiler.is_compiling():
+            out, phi = left_spin_residual_decomposed(u, du, du_prev, phi_prev, self.params)
+        else:
+            out, phi = left_spin_residual(u, du, du_prev, phi_prev, params=self.params)
         if chain is not None:
             chain.du_prev, chain.phi_prev = du, phi
         return out
@@ -117,4 +129,4 @@ class LeftSpinResidual(nn.Module):
     def extra_repr(self) -> str:
         p = self.params
         return (f"alpha={p.alpha}, tau={p.tau}, beta={p.beta}, w1={p.w1}, w2={p.w2}, eps={p.eps}, "
-                f"enabled={self.enabled}")
+                f"enabled={self.enabled}, compiled_form={self.compiled_form!r}")

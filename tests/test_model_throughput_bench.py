@@ -1,0 +1,38 @@
+"""benchmarks/model_throughput.py's A/B variants on the CPU at a tiny size: left-spin-cast-first
+casts the branch before the op, left-spin-decomposed builds its sites with the decomposed
+compiled form, and each row records its fastest step (timings belong to the benchmark)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import model_throughput as bench  # noqa: E402
+
+TINY = dict(vocab=64, d_model=32, layers=1, heads=2, seq_len=16, batch=2)
+
+
+def test_ab_variants(left_spin_op_dtypes, monkeypatch):
+    built = []
+    real = bench.APTModel
+
+    def spy(cfg):
+        built.append(cfg.left_spin_compiled_form)
+        return real(cfg)
+
+    monkeypatch.setattr(bench, "APTModel", spy)
+    # a bf16 branch beside the float32 stream, as under autocast on a GPU
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: torch.nn.functional.linear(
+        x.to(self.weight.dtype), self.weight, self.bias).bfloat16())
+    rows = {v: bench.bench(v, False, TINY, torch.device("cpu"), 0, 2) for v in
+            ("left-spin", "left-spin-cast-first", "left-spin-decomposed")}
+    assert built == ["op", "op", "decomposed"]
+    assert all(rows[v]["variant"] == v and rows[v]["step_ms_min"] <= rows[v]["step_ms"] for v in rows)
+    per_run = len(left_spin_op_dtypes) // 3
+    du_dtypes = [d for _, d, _ in left_spin_op_dtypes]
+    assert set(du_dtypes[:per_run]) == {torch.bfloat16}          # left-spin: bf16 as is
+    assert set(du_dtypes[per_run:2 * per_run]) == {torch.float32}  # cast first
+    assert set(du_dtypes[2 * per_run:]) == {torch.bfloat16}      # eager decomposed runs the op

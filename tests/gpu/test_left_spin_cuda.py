@@ -83,14 +83,19 @@ def test_autograd_and_opcheck_on_cuda():
     torch.library.opcheck(torch.ops.apt.left_spin_residual_backward.default, (go, gphi, *d, *PARAMS))
 
 
-def test_torch_compile_inductor_fullgraph():
+@pytest.mark.parametrize("compiled_form", ["op", "decomposed"])
+def test_torch_compile_inductor_fullgraph(compiled_form):
+    """Inductor on CUDA traces either form (the decomposed one as torch operations it fuses);
+    both match the eager op."""
     from apt_ext.nn import LeftSpinChain, LeftSpinResidual
+
+    torch._dynamo.reset()
 
     class Stack(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.lins = torch.nn.ModuleList(torch.nn.Linear(64, 64) for _ in range(3))
-            self.sites = torch.nn.ModuleList(LeftSpinResidual() for _ in range(3))
+            self.sites = torch.nn.ModuleList(LeftSpinResidual(compiled_form=compiled_form) for _ in range(3))
 
         def forward(self, x):
             chain = LeftSpinChain()

@@ -18,8 +18,8 @@ import argparse
 import statistics
 import sys
 import time
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F

@@ -3,8 +3,8 @@
 Inductor cannot fuse through the custom op ``apt::left_spin_residual``: in a compiled training
 step the op reads u, du and du_prev and writes out, then the next kernel (a layer norm) reads
 out again. Written in torch operations, the same math (docs/contract.md §4) is one more
-reduction over each row that inductor can merge with its neighbours' kernels. Eagerly it is
-slower than the op (several kernels per call); ``LeftSpinResidual(compiled_form="decomposed")``
+reduction over each row that inductor can merge with its neighbours' kernels. Eagerly it runs
+several kernels per call where the op runs one; ``LeftSpinResidual(compiled_form="decomposed")``
 uses it only while compiling.
 """
 from __future__ import annotations

@@ -30,11 +30,14 @@ from model_common import plot_path, run_meta, save_json  # noqa: E402
 from apt_ext.model import APTModel, APTModelConfiguration  # noqa: E402
 
 VARIANTS = {"plain": (False, False), "left-spin": (True, False), "autopoietic": (False, True), "both": (True, True),
-            "left-spin-cast-first": (True, False), "left-spin-decomposed": (True, False)}
-# Not in the default set, for A/B runs beside "left-spin": left-spin-cast-first casts every site's
-# bf16 branch output to the float32 residual stream's dtype before the op, as sites did before the
-# twentieth session; left-spin-decomposed compiles the sites' math as torch operations
-# (left_spin_compiled_form="decomposed") for inductor to fuse with the kernels around them
+            "left-spin-cast-first": (True, False), "left-spin-decomposed": (True, False),
+            "autopoietic-traced-sum": (False, True)}
+# Not in the default set, for A/B runs: left-spin-cast-first casts every site's bf16 branch output
+# to the float32 residual stream's dtype before the op, as sites did before the twentieth session;
+# left-spin-decomposed compiles the sites' math as torch operations
+# (left_spin_compiled_form="decomposed") for inductor to fuse with the kernels around them;
+# autopoietic-traced-sum lets torch.compile trace the prefix mean's running sum as blocked_cumsum's
+# torch operations (short scans inductor can fuse) instead of calling the apt_model::prefix_sum op
 DEFAULT_VARIANTS = ("plain", "left-spin", "autopoietic", "both")
 
 
@@ -80,6 +83,10 @@ def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int,
     if name == "left-spin-cast-first":
         with mock.patch("apt_ext.nn.left_spin._branch_dtype", lambda u, du: u.dtype):
             return bench("left-spin", compiled, p, device, warmup, iters, profile_top, compile_mode) | {"variant": name}
+    if name == "autopoietic-traced-sum":
+        from apt_ext.model import prefix_sum as ps
+        with mock.patch.object(ps, "_prefix_sum_op", ps.blocked_cumsum):
+            return bench("autopoietic", compiled, p, device, warmup, iters, profile_top, compile_mode) | {"variant": name}
     torch.manual_seed(0)
     cfg = APTModelConfiguration(vocab_size=p["vocab"], d_model=p["d_model"], num_heads=p["heads"], d_ff=4 * p["d_model"],
                                 num_encoder_layers=0, num_decoder_layers=p["layers"], decoder_only=True, dropout=0.0,

@@ -21,7 +21,9 @@ The backward (a reverse running sum) is the total minus the forward running sum 
 (:func:`suffix_sum`): one more forward scan plus element-wise work that a compiled graph fuses.
 It used to flip the gradient around a scan, two full copies; on the H200 that backward took
 most of the blocked sum's forward + backward time (0.48 ms against 0.07 ms forward,
-benchmarks/results/prefix_sum_NVIDIA_H200.json).
+benchmarks/results/history/prefix_sum_NVIDIA_H200_5ab8528.json). In the twenty-first session's
+run of both (benchmarks/results/prefix_sum_NVIDIA_H200.json) forward + backward took 0.266 ms
+with this backward against 0.279 with the flipping one at T 1024, 0.566 against 0.620 at T 4096.
 """
 from __future__ import annotations
 

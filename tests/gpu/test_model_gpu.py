@@ -41,18 +41,22 @@ def test_bf16_train_step_and_causality(decoder_only):
     torch.testing.assert_close(a[:, :40], b[:, :40], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("batch", "seq", "d_model"), [(4, 64, 128), (8, 1024, 768)])
-def test_compiled_train_step_matches_eager(batch, seq, d_model):
+@pytest.mark.parametrize(("batch", "seq", "d_model", "form"),
+                         [(4, 64, 128, "op"), (8, 1024, 768, "op"), (4, 64, 128, "decomposed")])
+def test_compiled_train_step_matches_eager(batch, seq, d_model, form):
     """torch.compile of the whole model with left-spin and autopoietic attention, bf16 autocast,
     fused AdamW: the same losses as eager. The second size is where inductor's split scan of the
-    prefix mean's cumsum failed on the H200 (issue 16; apt_ext/model/prefix_sum.py)."""
+    prefix mean's cumsum failed on the H200 (issue 16; apt_ext/model/prefix_sum.py). ``form`` is
+    left_spin_compiled_form (the third case traces the sites' math for inductor to fuse)."""
+    torch._dynamo.reset()
     torch.manual_seed(0)
     x = torch.randint(0, 128, (batch, seq + 1), device="cuda")
     losses = {}
     for compiled in (False, True):
         torch.manual_seed(1)
         m = APTModel(cfg(use_left_spin=True, use_autopoietic=True, d_model=d_model, num_heads=d_model // 32,
-                         d_ff=2 * d_model, max_seq_len=seq, num_decoder_layers=1)).cuda().train()
+                         d_ff=2 * d_model, max_seq_len=seq, num_decoder_layers=1,
+                         left_spin_compiled_form=form)).cuda().train()
         opt = m.configure_optimizers(lr=1e-3)
         net = torch.compile(m) if compiled else m
         losses[compiled] = []

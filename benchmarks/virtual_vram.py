@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if fp4 is not None and "ssd" not in skip:
             result["ssd_read"] = ssd_read_gbps(tmp, (1024 if gpu else 64) * MB)
-        deq_cpu = dequantized(model_cpu, fp4) if fp4 is not None else None
+        deq_cpu = None  # built at its first use: only where the bf16 model fits the device
         for b in tqdm(batches, desc="batches"):
             g = torch.Generator().manual_seed(b)
             prompt = torch.randint(0, shape.vocab, (b, 16), generator=g).to(device)
@@ -475,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 forced = torch.randint(0, shape.vocab, (b, n_new), generator=g).to(device)
             ref4 = None  # the logits of the bf16 model holding the 4-bit weights (``dequantized``)
-            if deq_cpu is not None and fits:
+            if fp4 is not None and fits:
+                if deq_cpu is None:
+                    deq_cpu = dequantized(model_cpu, fp4)
                 deq = copy.deepcopy(deq_cpu).to(device)
                 _, _, ref4 = decode(deq, prompt, forced, n_new, device)
                 del deq

@@ -1,5 +1,5 @@
 """apt_ext.nn.LeftSpinResidual / LeftSpinChain: chaining, per-forward reset, eval mode,
-enabled=False, and torch.compile(fullgraph=True)."""
+enabled=False, and torch.compile(fullgraph=True) with either compiled form."""
 from __future__ import annotations
 
 import pytest
@@ -11,17 +11,20 @@ from reference import left_spin as ref
 
 
 class TinyStack(nn.Module):
-    """Two blocks with two residual sites each, chained through the whole stack."""
+    """``n_sites`` residual sites (two blocks of two by default) over tanh branches, chained
+    through the whole stack; the branches in ``du_dtype`` when given."""
 
-    def __init__(self, d: int, **kw) -> None:
+    def __init__(self, d: int, n_sites: int = 4, du_dtype: torch.dtype | None = None, **kw) -> None:
         super().__init__()
-        self.lins = nn.ModuleList(nn.Linear(d, d) for _ in range(4))
-        self.sites = nn.ModuleList(LeftSpinResidual(**kw) for _ in range(4))
+        self.lins = nn.ModuleList(nn.Linear(d, d) for _ in range(n_sites))
+        self.sites = nn.ModuleList(LeftSpinResidual(**kw) for _ in range(n_sites))
+        self.du_dtype = du_dtype
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         chain = LeftSpinChain()
         for lin, site in zip(self.lins, self.sites):
-            x = site(x, torch.tanh(lin(x)), chain)
+            du = torch.tanh(lin(x))
+            x = site(x, du if self.du_dtype is None else du.to(self.du_dtype), chain)
         return x, chain.phi_prev
 
 
@@ -156,3 +159,26 @@ def test_site_casts_what_the_op_cannot_take(left_spin_op_dtypes, rng, u_dtype, d
     assert left_spin_op_dtypes == [expect] and out.dtype == u_dtype
     disabled = LeftSpinResidual(enabled=False)(torch.randn(4, 8).to(u_dtype), torch.randn(4, 8).to(du_dtype))
     assert disabled.dtype == u_dtype
+
+
+@pytest.mark.parametrize("du_dtype", [torch.float32, torch.bfloat16])
+def test_compiled_sites_trace_the_decomposed_form_and_match_eager(rng, left_spin_op_dtypes, du_dtype):
+    """Compiled (inductor on the CPU, fullgraph), the sites call no op and match the eager sites,
+    which call the op, in values and gradients."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TinyStack(16, n_sites=3, du_dtype=du_dtype, compiled_form="decomposed")
+    x = torch.randn(2, 5, 16, generator=rng, requires_grad=True)
+    # inductor keeps a fused value in float32 where eager rounds it to bf16 unless told to
+    # emulate the rounding: with it, the two differ by float32 rounding alone
+    with torch._inductor.config.patch(emulate_precision_casts=True):
+        out, _ = torch.compile(model, fullgraph=True)(x)
+    assert left_spin_op_dtypes == []  # traced: no op call
+    eager, _ = model(x)
+    assert len(left_spin_op_dtypes) == 3  # eager: the op at every site
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+    # grad_du is rounded to bf16 once in both, from float32 values that differ by rounding: one
+    # bf16 step apart at most
+    grad_tol = {"atol": 1e-5, "rtol": 1e-5} if du_dtype == torch.float32 else {"atol": 2e-2, "rtol": 1.6e-2}
+    torch.testing.assert_close(torch.autograd.grad(out.square().sum(), x)[0],
+                               torch.autograd.grad(eager.square().sum(), x)[0], **grad_tol)

@@ -86,11 +86,12 @@ def make_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: str | torch.
     return u, du, du_prev, phi_prev
 
 
-def forward_backward(u, du, du_prev, phi_prev, grad_out, grad_phi, **params):
-    """Reference (out, phi) and the gradients of sum(out*grad_out) + sum(phi*grad_phi)."""
+def forward_backward(u, du, du_prev, phi_prev, grad_out, grad_phi, fn=None, **params):
+    """(out, phi) of ``fn`` (default: the reference) and autograd's gradients of
+    sum(out*grad_out) + sum(phi*grad_phi) (None for absent inputs)."""
     leaves = [t.detach().clone().requires_grad_(True) if t is not None else None
               for t in (u, du, du_prev, phi_prev)]
-    out, phi = left_spin_residual(*leaves, **params)
+    out, phi = (fn or left_spin_residual)(*leaves, **params)
     live = [t for t in leaves if t is not None]
     loss = (out * grad_out.to(out.dtype)).sum() + (phi * grad_phi.to(phi.dtype)).sum()
     grads = torch.autograd.grad(loss, live)

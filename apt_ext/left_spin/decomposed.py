@@ -29,17 +29,90 @@ def left_spin_residual_decomposed(u: torch.Tensor, du: torch.Tensor, du_prev: to
         torch.ops.apt.left_spin_residual(u, du, du_prev, phi_prev, *params.as_tuple())
     else:
         check_arguments(u, du, du_prev, phi_prev, params.as_tuple())
+    return _DecomposedLeftSpin.apply(u, du, du_prev, phi_prev, params)
+
+
+def _row_norm(v: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+    """||v|| over the last dimension. recompute: the backward's form (sqrt of a sum of squares),
+    different from the forward's so that tracing does not merge the two (see
+    _DecomposedLeftSpin)."""
+    return torch.sqrt(torch.sum(v * v, dim=-1)) if recompute else torch.linalg.vector_norm(v, dim=-1)
+
+
+def _phi_terms(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor | None,
+               phi_prev: torch.Tensor | None, params: LeftSpinParams, recompute: bool = False):
+    """Per row: (phi, score, ||u||, ||du||, ||du - du_prev||, ||du_prev||, du - du_prev), the
+    last three None without du_prev; inputs already in the accumulation dtype."""
     alpha, tau, beta, w1, w2, eps = params.as_tuple()
-    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u_acc, du_acc = u.to(acc), du.to(acc)
-    du_norm = torch.linalg.vector_norm(du_acc, dim=-1)
-    score = w1 * du_norm / (eps + torch.linalg.vector_norm(u_acc, dim=-1))
+    nu, ndu = _row_norm(u, recompute), _row_norm(du, recompute)
+    score = w1 * ndu / (eps + nu)
+    diff = nd = ndp = None
     if du_prev is not None:
-        prev = du_prev.to(acc)
-        spread = eps + du_norm + torch.linalg.vector_norm(prev, dim=-1)
-        score = score + w2 * torch.linalg.vector_norm(du_acc - prev, dim=-1) / spread
+        # the backward's difference as an add with alpha -1, not merged with the forward's (which
+        # would be saved, a full-size tensor)
+        diff = torch.add(du, du_prev, alpha=-1.0) if recompute else du - du_prev
+        nd, ndp = _row_norm(diff, recompute), _row_norm(du_prev, recompute)
+        score = score + w2 * nd / (eps + ndu + ndp)
     phi = alpha * F.softplus(score - tau)
     if phi_prev is not None:
-        phi = torch.lerp(phi_prev.to(acc), phi, 1.0 - beta)
-    gate = torch.rsqrt(1.0 + phi.square())
-    return torch.addcmul(u_acc, gate.unsqueeze(-1), du_acc).to(u.dtype), phi
+        phi = beta * phi_prev + (1.0 - beta) * phi
+    return phi, score, nu, ndu, nd, ndp, diff
+
+
+def _unit(v: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """v / ||v|| per row ([..., D] over [...]), 0 where the norm is 0 (the norm's gradient)."""
+    safe = torch.where(norm == 0, torch.ones_like(norm), norm)
+    return torch.where((norm == 0).unsqueeze(-1), torch.zeros_like(v), v / safe.unsqueeze(-1))
+
+
+class _DecomposedLeftSpin(torch.autograd.Function):
+    """The math of docs/contract.md §4 in torch operations, with its backward written out.
+
+    Only the inputs are saved: the backward recomputes the per-row norms from them (it reads
+    u, du and du_prev anyway). Autograd's own graph of the forward saved a full-size tensor
+    and several per-row norms per site, and inductor's fused kernel that stored those norms
+    failed to compile with Triton 3.6 ("operand does not dominate this use")."""
+
+    @staticmethod
+    def forward(ctx, u, du, du_prev, phi_prev, params):
+        acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+        u_acc, du_acc = u.to(acc), du.to(acc)
+        prev = du_prev.to(acc) if du_prev is not None else None
+        pp = phi_prev.to(acc) if phi_prev is not None else None
+        phi = _phi_terms(u_acc, du_acc, prev, pp, params)[0]
+        gate = torch.rsqrt(1.0 + phi * phi)
+        ctx.save_for_backward(u, du, du_prev, phi_prev)
+        ctx.params = params
+        return torch.addcmul(u_acc, gate.unsqueeze(-1), du_acc).to(u.dtype), phi
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_phi):
+        u, du, du_prev, phi_prev = ctx.saved_tensors
+        alpha, tau, beta, w1, w2, eps = ctx.params.as_tuple()
+        acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+        u_acc, du_acc = u.to(acc), du.to(acc)
+        prev = du_prev.to(acc) if du_prev is not None else None
+        pp = phi_prev.to(acc) if phi_prev is not None else None
+        phi, score, nu, ndu, nd, ndp, diff = _phi_terms(u_acc, du_acc, prev, pp, ctx.params, recompute=True)
+        go = grad_out.to(acc)
+        gate = torch.rsqrt(1.0 + phi * phi)
+        # out = u + gate * du; phi's total gradient, then through softplus to the score
+        d_phi = grad_phi.to(acc) - torch.sum(go * du_acc, dim=-1) * phi * gate * gate * gate
+        d_score = d_phi * (1.0 - beta if phi_prev is not None else 1.0) * alpha * torch.sigmoid(score - tau)
+        spread_u = eps + nu
+        d_nu = -d_score * w1 * ndu / (spread_u * spread_u)
+        d_ndu = d_score * w1 / spread_u
+        grad_du = gate.unsqueeze(-1) * go
+        grad_du_prev = None
+        if prev is not None:
+            spread = eps + ndu + ndp
+            d_nd = d_score * w2 / spread
+            d_spread = -d_score * w2 * nd / (spread * spread)
+            diff_unit = _unit(diff, nd)
+            grad_du = grad_du + d_nd.unsqueeze(-1) * diff_unit
+            d_ndu = d_ndu + d_spread
+            grad_du_prev = (d_spread.unsqueeze(-1) * _unit(prev, ndp) - d_nd.unsqueeze(-1) * diff_unit).to(du_prev.dtype)
+        grad_u = (go + d_nu.unsqueeze(-1) * _unit(u_acc, nu)).to(u.dtype)
+        grad_du = (grad_du + d_ndu.unsqueeze(-1) * _unit(du_acc, ndu)).to(du.dtype)
+        grad_phi_prev = (beta * d_phi).to(phi_prev.dtype) if phi_prev is not None else None
+        return grad_u, grad_du, grad_du_prev, grad_phi_prev, None

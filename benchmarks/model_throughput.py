@@ -9,6 +9,7 @@ GPUs, perf_counter on CPUs.
     python benchmarks/model_throughput.py            # GPU mode (GPT-2-small-like, T=1024)
     python benchmarks/model_throughput.py --quick    # tiny CPU mode (checks the script runs)
     python benchmarks/model_throughput.py --variants plain,left-spin --profile   # + top kernels per config
+    python benchmarks/model_throughput.py --compiled-only --variants plain,left-spin --interleave 6   # A/B, alternating
 
 Writes benchmarks/results/model_throughput[_quick].json and benchmarks/plots/model_throughput[_quick].png.
 """
@@ -77,16 +78,16 @@ def top_kernels(step_fn, device: torch.device, steps: int = 3, top: int = 40) ->
             for e in events[:top] if getattr(e, attr, 0) > 0]
 
 
-def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int, iters: int,
-          profile_top: bool = False, compile_mode: str = "default") -> dict:
+def build(name: str, compiled: bool, p: dict, device: torch.device, compile_mode: str = "default"):
+    """(step function, model) of one configuration: forward + backward + AdamW on a fixed random
+    batch. The A/B variants run their step inside their patch (cast-first sites, traced sum)."""
     left_spin, auto = VARIANTS[name]
+    patch = None
     if name == "left-spin-cast-first":
-        with mock.patch("apt_ext.nn.left_spin._branch_dtype", lambda u, du: u.dtype):
-            return bench("left-spin", compiled, p, device, warmup, iters, profile_top, compile_mode) | {"variant": name}
+        patch = mock.patch("apt_ext.nn.left_spin._branch_dtype", lambda u, du: u.dtype)
     if name == "autopoietic-traced-sum":
         from apt_ext.model import prefix_sum as ps
-        with mock.patch.object(ps, "_prefix_sum_op", ps.blocked_cumsum):
-            return bench("autopoietic", compiled, p, device, warmup, iters, profile_top, compile_mode) | {"variant": name}
+        patch = mock.patch.object(ps, "_prefix_sum_op", ps.blocked_cumsum)
     torch.manual_seed(0)
     cfg = APTModelConfiguration(vocab_size=p["vocab"], d_model=p["d_model"], num_heads=p["heads"], d_ff=4 * p["d_model"],
                                 num_encoder_layers=0, num_decoder_layers=p["layers"], decoder_only=True, dropout=0.0,
@@ -97,7 +98,7 @@ def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int,
     net = torch.compile(model, mode=compile_mode) if compiled else model
     x = torch.randint(0, p["vocab"], (p["batch"], p["seq_len"] + 1), device=device)
 
-    def step():
+    def train_step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = net(x[:, :-1])
         loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
@@ -105,18 +106,62 @@ def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int,
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    def step():
+        if patch is None:
+            return train_step()
+        with patch:
+            return train_step()
+
+    return step, model
+
+
+def summarize(name: str, compiled: bool, compile_mode: str, p: dict, model, times: list[float],
+              device: torch.device) -> dict:
+    """One result row from the timed steps' seconds."""
+    med = statistics.median(times)
+    return {"variant": name, "compiled": compiled, "compile_mode": compile_mode if compiled else None,
+            "step_ms": med * 1e3, "step_ms_min": min(times) * 1e3,
+            "tokens_per_s": p["batch"] * p["seq_len"] / med, "params_M": model.num_parameters() / 1e6,
+            "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            "times_ms": [t * 1e3 for t in times]}
+
+
+def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int, iters: int,
+          profile_top: bool = False, compile_mode: str = "default") -> dict:
+    """Builds one configuration, times it, and frees it."""
+    step, model = build(name, compiled, p, device, compile_mode)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = time_steps(step, device, warmup, iters)
-    med = statistics.median(times)
-    row = {"variant": name, "compiled": compiled, "compile_mode": compile_mode if compiled else None,
-           "step_ms": med * 1e3, "step_ms_min": min(times) * 1e3,
-           "tokens_per_s": p["batch"] * p["seq_len"] / med, "params_M": model.num_parameters() / 1e6,
-           "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-           "times_ms": [t * 1e3 for t in times]}
+    row = summarize(name, compiled, compile_mode, p, model, time_steps(step, device, warmup, iters), device)
     if profile_top:
         row["top_kernels"] = top_kernels(step, device)
     return row
+
+
+def bench_interleaved(jobs: list[tuple[str, bool]], p: dict, device: torch.device, warmup: int, iters: int,
+                      rounds: int, profile_top: bool = False, compile_mode: str = "default") -> list[dict]:
+    """All configurations built (and warmed up) first, then timed in ``rounds`` alternating rounds
+    of iters // rounds steps each (one untimed step before each round), so that a slow phase
+    of the host or the card falls on all of them alike. Peak memory is not per configuration
+    here (None)."""
+    from tqdm.auto import tqdm
+    built = []
+    for v, c in tqdm(jobs, desc="build + warm up", unit="config"):
+        step, model = build(v, c, p, device, compile_mode)
+        time_steps(step, device, warmup, 0)
+        built.append((v, c, step, model))
+    times: list[list[float]] = [[] for _ in jobs]
+    per_round = max(1, iters // rounds)
+    for _ in tqdm(range(rounds), desc="interleaved rounds", unit="round"):
+        for i, (_, _, step, _) in enumerate(built):
+            times[i] += time_steps(step, device, 1, per_round)
+    rows = []
+    for (v, c, step, model), t in zip(built, times):
+        row = summarize(v, c, compile_mode, p, model, t, device) | {"peak_mem_GiB": None, "interleaved_rounds": rounds}
+        if profile_top:
+            row["top_kernels"] = top_kernels(step, device)
+        rows.append(row)
+    return rows
 
 
 def main() -> int:
@@ -130,6 +175,9 @@ def main() -> int:
     ap.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                     help="torch.compile mode (reduce-overhead: CUDA graphs, no per-kernel host launch cost)")
     ap.add_argument("--tag", help="suffix of the JSON and PNG names")
+    ap.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                    help="build every configuration first, then time them in ROUNDS alternating rounds "
+                         "(a noisy host's slow phases fall on all alike); default: one after another")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help=f"comma-separated subset of {', '.join(VARIANTS)}")
     a = ap.parse_args()
@@ -150,7 +198,13 @@ def main() -> int:
     if unknown or not variants:
         ap.error(f"--variants: expected names from {', '.join(VARIANTS)}, got {a.variants!r}")
     jobs = [(v, c) for c in compile_modes for v in variants]
+    if a.interleave < 0:
+        ap.error(f"--interleave: expected a number of rounds >= 0, got {a.interleave}")
     rows = []
+    if a.interleave:
+        rows = bench_interleaved(jobs, p, device, warmup, iters, a.interleave, profile_top=a.profile,
+                                 compile_mode=a.compile_mode)
+        jobs = []
     for v, c in tqdm(jobs, desc="model throughput", unit="config"):
         rows.append(bench(v, c, p, device, warmup, iters, profile_top=a.profile, compile_mode=a.compile_mode))
         if device.type == "cuda":

@@ -39,21 +39,29 @@ def test_ab_variants(left_spin_op_dtypes, monkeypatch):
     assert set(du_dtypes[2 * per_run:]) == {torch.bfloat16}      # eager decomposed runs the op
 
 
-def test_traced_sum_variant_compiles_the_blocked_sum(monkeypatch):
-    """autopoietic-traced-sum: while compiling, the prefix mean's running sum is blocked_cumsum
-    (the op is not called); outside the variant the op is restored."""
+def test_traced_sum_variant_steps_under_the_blocked_sum(monkeypatch):
+    """autopoietic-traced-sum: each step runs with the prefix mean's running sum replaced by
+    blocked_cumsum (what compiling then traces); outside its steps the op is restored."""
     from apt_ext.model import prefix_sum as ps
 
     seen = []
-    real_bench = bench.bench
+    real = ps.prefix_sum
 
-    def fake_bench(name, *args, **kw):  # the inner call made under the patch
-        if name == "autopoietic":
-            seen.append(ps._prefix_sum_op is ps.blocked_cumsum)
-            return {"variant": name}
-        return real_bench(name, *args, **kw)
+    def spy(x):
+        seen.append(ps._prefix_sum_op is ps.blocked_cumsum)
+        return real(x)
 
-    monkeypatch.setattr(bench, "bench", fake_bench)
-    row = real_bench("autopoietic-traced-sum", True, TINY, torch.device("cpu"), 0, 1)
-    assert seen == [True] and row["variant"] == "autopoietic-traced-sum"
+    monkeypatch.setattr(ps, "prefix_sum", spy)
+    monkeypatch.setattr("apt_ext.model.autopoietic.prefix_sum", spy)
+    step, _ = bench.build("autopoietic-traced-sum", False, TINY, torch.device("cpu"))
+    step()
+    assert seen and all(seen)
     assert ps._prefix_sum_op is not ps.blocked_cumsum
+
+
+def test_interleaved_rounds_time_every_configuration():
+    jobs = [("plain", False), ("left-spin", False)]
+    rows = bench.bench_interleaved(jobs, TINY, torch.device("cpu"), warmup=1, iters=4, rounds=2)
+    assert [r["variant"] for r in rows] == ["plain", "left-spin"]
+    assert all(len(r["times_ms"]) == 4 and r["interleaved_rounds"] == 2 for r in rows)
+    assert all(0 < r["step_ms_min"] <= r["step_ms"] for r in rows)

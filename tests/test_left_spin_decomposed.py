@@ -66,3 +66,31 @@ def test_model_option_reaches_every_site():
     sites = [m for m in APTModel(cfg).modules() if isinstance(m, LeftSpinResidual)]
     assert sites and all(s.compiled_form == "decomposed" for s in sites)
     assert "compiled_form='decomposed'" in repr(sites[0])
+
+
+def test_compiled_forward_saves_only_its_inputs(rng):
+    """Partitioned as inductor partitions it (min-cut, inductor's decompositions), the compiled
+    forward hands only its inputs to the backward: no per-row norms (their stores broke Triton
+    3.6's compile of the fused kernel on the H200) and no full-size intermediate."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from torch._inductor.decomposition import select_decomp_table
+
+    saved = []
+
+    def forward_compiler(gm, example_inputs):
+        inputs = {n for n in gm.graph.nodes if n.op == "placeholder"}
+        outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        saved.append([o for o in outputs[2:] if o not in inputs])  # after (out, phi)
+        return gm
+
+    backend = aot_autograd(fw_compiler=forward_compiler, bw_compiler=lambda gm, _: gm,
+                           partition_fn=min_cut_rematerialization_partition, decompositions=select_decomp_table())
+    torch._dynamo.reset()
+    u, du, du_prev, phi_prev = ref.make_inputs((6, 32), torch.float32, "cpu", True, True, rng, requires_grad=True)
+    compiled = torch.compile(lambda *t: left_spin_residual_decomposed(*t, LeftSpinParams()), backend=backend,
+                             fullgraph=True)
+    out, phi = compiled(u, du, du_prev, phi_prev)
+    (out.sum() + phi.sum()).backward()
+    assert saved == [[]]
+    assert all(t.grad is not None for t in (u, du, du_prev, phi_prev))

@@ -143,14 +143,20 @@ def bench_interleaved(jobs: list[tuple[str, bool]], p: dict, device: torch.devic
     """All configurations built (and warmed up) first, then timed in ``rounds`` alternating rounds
     of iters // rounds steps each (one untimed step before each round), so that a slow phase
     of the host or the card falls on all of them alike. Peak memory is not per configuration
-    here (None)."""
+    here (None). A configuration that fails to build or warm up gets a row with its "error"
+    instead of times."""
     from tqdm.auto import tqdm
-    built = []
+    built, failed = [], []
     for v, c in tqdm(jobs, desc="build + warm up", unit="config"):
-        step, model = build(v, c, p, device, compile_mode)
-        time_steps(step, device, warmup, 0)
+        try:
+            step, model = build(v, c, p, device, compile_mode)
+            time_steps(step, device, warmup, 0)
+        except Exception as e:  # e.g. a compiler error: the other configurations still run
+            print(f"{v} (compiled={c}) failed: {type(e).__name__}: {e}"[:2000], file=sys.stderr)
+            failed.append({"variant": v, "compiled": c, "error": f"{type(e).__name__}: {e}"[:500]})
+            continue
         built.append((v, c, step, model))
-    times: list[list[float]] = [[] for _ in jobs]
+    times: list[list[float]] = [[] for _ in built]
     per_round = max(1, iters // rounds)
     for _ in tqdm(range(rounds), desc="interleaved rounds", unit="round"):
         for i, (_, _, step, _) in enumerate(built):
@@ -161,7 +167,7 @@ def bench_interleaved(jobs: list[tuple[str, bool]], p: dict, device: torch.devic
         if profile_top:
             row["top_kernels"] = top_kernels(step, device)
         rows.append(row)
-    return rows
+    return rows + failed
 
 
 def main() -> int:
@@ -214,7 +220,11 @@ def main() -> int:
                          "complete": len(rows) == len(jobs)})
     print(f"\n{'variant':<12} {'compile':>7} {'step ms':>9} {'tokens/s':>12} {'vs plain':>9}")
     for r in rows:
-        base = next((b for b in rows if b["variant"] == "plain" and b["compiled"] == r["compiled"]), None)
+        if "error" in r:
+            print(f"{r['variant']:<12} {str(r['compiled']):>7}  failed: {r['error'][:100]}")
+            continue
+        base = next((b for b in rows if b["variant"] == "plain" and b["compiled"] == r["compiled"]
+                     and "error" not in b), None)
         if base is not None:
             r["step_time_vs_plain"] = r["step_ms"] / base["step_ms"]
         vs = f"{r['step_time_vs_plain']:>8.3f}x" if base is not None else f"{'-':>9}"
@@ -226,8 +236,9 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
-    labels = [f"{r['variant']}{' (compiled)' if r['compiled'] else ''}" for r in rows]
-    ax.barh(labels, [r["tokens_per_s"] for r in rows], color=["tab:gray", "tab:red", "tab:blue", "tab:purple"] * 2)
+    timed = [r for r in rows if "error" not in r]
+    labels = [f"{r['variant']}{' (compiled)' if r['compiled'] else ''}" for r in timed]
+    ax.barh(labels, [r["tokens_per_s"] for r in timed], color=["tab:gray", "tab:red", "tab:blue", "tab:purple"] * 2)
     ax.set_xlabel("training tokens/s (higher is better)")
     ax.set_title(f"APT {p['layers']}x{p['d_model']}, B{p['batch']} T{p['seq_len']}, {meta['card']}", fontsize=9)
     fig.tight_layout()

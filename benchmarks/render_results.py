@@ -308,8 +308,10 @@ def left_spin_training(name: str, d: dict) -> str:
 def model_throughput(name: str, d: dict) -> str:
     p = d["params"]
 
+    timed = [r for r in d["rows"] if "error" not in r]
+
     def vs_plain(r: dict) -> str:
-        base = next((b for b in d["rows"] if b["variant"] == "plain" and b["compiled"] == r["compiled"]), None)
+        base = next((b for b in timed if b["variant"] == "plain" and b["compiled"] == r["compiled"]), None)
         return f"{r['step_ms'] / base['step_ms']:.3f}x" if base else "-"
 
     def label(r: dict) -> str:
@@ -317,13 +319,17 @@ def model_throughput(name: str, d: dict) -> str:
         return r["variant"] + ((" (compiled)" if mode == "default" else f" (compiled, {mode})") if r["compiled"] else "")
 
     rows = [[label(r), num(r["step_ms"]), num(r["step_ms_min"]) if "step_ms_min" in r else "-",
-             f"{r['tokens_per_s']:,.0f}", vs_plain(r)] for r in d["rows"]]
+             f"{r['tokens_per_s']:,.0f}", vs_plain(r)] for r in timed]
+    failed = "".join(f" {label(r)} failed to build: {r['error'][:200]}." for r in d["rows"] if "error" in r)
+    rounds = {r.get("interleaved_rounds") for r in timed} - {None}
+    order = (f" The configurations were built first and timed in {rounds.pop()} alternating rounds."
+             if rounds else "")
     cut = "" if d.get("complete", True) else (
         " The run stopped early (its JSON is saved after every configuration); the missing rows did not run.")
     return "\n".join([
         f"{p['layers']} layers x d_model {p['d_model']}, batch {p['batch']} x {p['seq_len']} tokens, forward + "
         f"backward + AdamW, median of {d['iters']} steps after {d['warmup']} warm-up. Accuracy: not applicable "
-        f"(the variants are different models; their losses are in the LR-sweep section).{cut}", "",
+        f"(the variants are different models; their losses are in the LR-sweep section).{cut}{order}{failed}", "",
         table(["variant", "step ms", "fastest step ms", "tokens/s", "step time vs plain"], rows)])
 
 

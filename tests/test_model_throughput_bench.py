@@ -65,3 +65,18 @@ def test_interleaved_rounds_time_every_configuration():
     assert [r["variant"] for r in rows] == ["plain", "left-spin"]
     assert all(len(r["times_ms"]) == 4 and r["interleaved_rounds"] == 2 for r in rows)
     assert all(0 < r["step_ms_min"] <= r["step_ms"] for r in rows)
+
+
+def test_interleaved_run_keeps_going_past_a_failing_build(monkeypatch):
+    real = bench.build
+
+    def build(name, *args, **kw):
+        if name == "left-spin":
+            raise RuntimeError("PassManager::run failed")
+        return real(name, *args, **kw)
+
+    monkeypatch.setattr(bench, "build", build)
+    rows = bench.bench_interleaved([("plain", False), ("left-spin", False)], TINY, torch.device("cpu"),
+                                   warmup=0, iters=2, rounds=2)
+    assert rows[0]["variant"] == "plain" and len(rows[0]["times_ms"]) == 2
+    assert rows[1] == {"variant": "left-spin", "compiled": False, "error": "RuntimeError: PassManager::run failed"}

@@ -94,3 +94,20 @@ def test_compiled_forward_saves_only_its_inputs(rng):
     (out.sum() + phi.sum()).backward()
     assert saved == [[]]
     assert all(t.grad is not None for t in (u, du, du_prev, phi_prev))
+
+
+@pytest.mark.parametrize("with_prev,with_phi", [(False, False), (True, True)])
+def test_gradcheck_and_double_backward(rng, with_prev, with_phi):
+    """The written-out backward against finite differences, and its own gradient (the backward
+    is made of torch operations, so second-order use such as a gradient penalty works)."""
+    u, du, du_prev, phi_prev = ref.make_inputs((3, 7), torch.float64, "cpu", with_prev, with_phi, rng,
+                                               requires_grad=True)
+    inputs = tuple(t for t in (u, du, du_prev, phi_prev) if t is not None)
+
+    def f(*t):
+        it = iter(t)
+        args = [next(it) if x is not None else None for x in (u, du, du_prev, phi_prev)]
+        return left_spin_residual_decomposed(*args, LeftSpinParams())
+
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)

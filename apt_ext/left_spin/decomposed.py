@@ -3,7 +3,8 @@
 Inductor cannot fuse through the custom op ``apt::left_spin_residual``: in a compiled training
 step the op reads u, du and du_prev and writes out, then the next kernel (a layer norm) reads
 out again. Written in torch operations, the same math (docs/contract.md §4) is one more
-reduction over each row that inductor can merge with its neighbours' kernels. Eagerly it runs
+reduction over each row that inductor can merge with its neighbours' kernels (the backward
+likewise). Eagerly it runs
 several kernels per call where the op runs one; ``LeftSpinResidual(compiled_form="decomposed")``
 uses it only while compiling.
 """
@@ -22,7 +23,9 @@ def left_spin_residual_decomposed(u: torch.Tensor, du: torch.Tensor, du_prev: to
     """(out [..., D] in u's dtype, phi [...] float32, float64 for float64 u), as
     ``torch.ops.apt.left_spin_residual`` returns them and with its argument checks (same
     shapes and dtypes accepted, same errors). Norms and gate in float32 (float64 for float64
-    u); the gradient of a norm at a zero row is 0, as in the kernels. Differentiable by autograd."""
+    u); the gradient of a norm at a zero row is 0, as in the kernels. Differentiable through a
+    written-out backward (also made of torch operations, so twice differentiable); only the
+    inputs are kept for it."""
     if torch.compiler.is_compiling():
         # the op's fake kernel runs the native checks on the traced shapes and dtypes; its
         # result is unused, so the compiled graph drops the call (no kernel at run time)

@@ -1,8 +1,9 @@
 """The running sum of autopoietic attention's prefix mean (apt_ext/model/prefix_sum.py) on one GPU:
 torch.cumsum over dim 1 against blocked_cumsum (both with ATen's autograd, whose cumsum backward
 flips the gradient around a scan) and against prefix_sum and the custom op apt_model::prefix_sum
-(blocked forward, backward as the total minus the running sum: suffix_sum), forward and forward
-+ backward, float32 [B, T, D] at the model benchmark's size (B 8, T 1024, D 768) and at T 4096.
+(since the twenty-second session one Triton pass each way where triton is installed; before,
+the blocked forward and a backward as the total minus the running sum: suffix_sum), forward and
+forward + backward, float32 [B, T, D] at the model benchmark's size (B 8, T 1024, D 768) and at T 4096.
 
     python benchmarks/prefix_sum.py
 

@@ -6,26 +6,16 @@ kernels on a GPU in tests/gpu/test_left_spin_cuda.py.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import triton  # noqa: F401  (a test dependency, `pip install -e .[test]`: fail, never skip, without it)
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from triton_interpreter import interpreted, outside_interpreter, run_under_interpreter  # noqa: E402
 
 
-@pytest.mark.skipif(INTERPRET, reason="already under the interpreter")
+@outside_interpreter
 def test_triton_kernels_under_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-
-
-interpreted = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_INTERPRET=1 subprocess")
+    run_under_interpreter(__file__)
 
 
 @pytest.fixture

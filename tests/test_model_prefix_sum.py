@@ -31,12 +31,15 @@ def test_blocked_cumsum_equals_cumsum(t, rest):
 
 
 def test_opcheck_and_gradcheck():
-    """The custom op that compiled graphs call: its fake kernel, schema and autograd."""
+    """The custom op that compiled graphs call, forward and reverse: its fake kernel, schema and
+    autograd (each direction's backward is the other)."""
     x = torch.randn(2, 9, 4, dtype=torch.float64, requires_grad=True)
     op = torch.ops.apt_model.prefix_sum.default
-    torch.library.opcheck(op, (x,))
+    for reverse in (False, True):
+        torch.library.opcheck(op, (x, reverse))
+        assert torch.autograd.gradcheck(lambda t: op(t, reverse), (x,))
     assert torch.equal(op(x), torch.cumsum(x, dim=1))
-    assert torch.autograd.gradcheck(op, (x,))
+    torch.testing.assert_close(op(x, True), torch.cumsum(x.flip(1), dim=1).flip(1), rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(prefix_sum, (x,))
 
 
@@ -70,8 +73,8 @@ def test_eager_backward_equals_cumsum_backward(dtype):
 
 
 def test_compiled_backward_scans_forward_without_flip():
-    """Under torch.compile the backward graph calls the op once more (a forward scan) and flips
-    nothing; its gradient equals eager's."""
+    """Under torch.compile the backward graph calls the op once more (the reverse scan) and
+    flips nothing; its gradient equals eager's."""
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
 

@@ -80,3 +80,12 @@ def test_left_spin_16bit_du_beside_float32_u_compiles_for_sm90(resident):
     _compile_sm90(tls._backward_kernel, {"go_ptr": "*fp32", "gphi_ptr": "*fp32", "u_ptr": "*fp32", "du_ptr": "*bf16",
                                          "dp_ptr": "*bf16", "pp_ptr": "*fp32", "gu_ptr": "*fp32", "gdu_ptr": "*bf16",
                                          "gdp_ptr": "*bf16", "gpp_ptr": "*fp32", **LEFT_SPIN_PARAMS}, consts, None)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp64"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_prefix_sum_compiles_for_sm90(dtype, reverse):
+    from apt_ext.triton import prefix_sum as tps
+
+    _compile_sm90(tps._running_sum_kernel, {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "T": "i32", "D": "i32"},
+                  {"REVERSE": reverse, "BLOCK_T": tps.BLOCK_T, "BLOCK_D": tps.MAX_BLOCK_D}, None)

@@ -24,6 +24,13 @@ most of the blocked sum's forward + backward time (0.48 ms against 0.07 ms forwa
 benchmarks/results/history/prefix_sum_NVIDIA_H200_5ab8528.json). In the twenty-first session's
 run of both (benchmarks/results/prefix_sum_NVIDIA_H200.json) forward + backward took 0.266 ms
 with this backward against 0.279 with the flipping one at T 1024, 0.566 against 0.620 at T 4096.
+
+Where triton is installed, a CUDA sum in either direction is one Triton pass instead
+(apt_ext/triton/prefix_sum.py: each chunk of rows scanned in registers with float32
+accumulation, the input read once and the output written once), and the backward is the same
+pass in reverse (the op's ``reverse`` flag). The blocked sum and suffix_sum remain the path
+without triton. Not yet timed on a GPU (benchmarks/prefix_sum.py's "prefix_sum" and "op" rows
+take it there).
 """
 from __future__ import annotations
 
@@ -53,18 +60,42 @@ def blocked_cumsum(x: torch.Tensor) -> torch.Tensor:
     return (inner + before.unsqueeze(2)).reshape((b, blocks * BLOCK_ROWS) + tuple(x.shape[2:]))[:, :t]
 
 
-def _running_sum(x: torch.Tensor) -> torch.Tensor:
+def _triton_running_sum():
+    """apt_ext.triton.prefix_sum.running_sum, or None where triton is not installed."""
+    global _TRITON_RUNNING_SUM
+    if _TRITON_RUNNING_SUM is None:
+        try:
+            from apt_ext.triton.prefix_sum import running_sum
+        except ImportError:
+            running_sum = False
+        _TRITON_RUNNING_SUM = running_sum
+    return _TRITON_RUNNING_SUM or None
+
+
+_TRITON_RUNNING_SUM = None
+
+
+def _running_sum(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Running sum over dim 1 (reverse: from the end) in x's dtype. On CUDA one Triton pass
+    (float32 accumulation) where triton is installed, else blocked_cumsum; elsewhere ATen's
+    cumsum. The reverse sum without Triton is suffix_sum's total minus the running sum."""
+    if x.is_cuda and x.numel() > 0:
+        triton_sum = _triton_running_sum()
+        if triton_sum is not None:
+            return triton_sum(x, reverse)
+    if reverse:
+        return suffix_sum(x, _running_sum)
     return blocked_cumsum(x) if x.is_cuda else torch.cumsum(x, dim=1)
 
 
 @torch.library.custom_op("apt_model::prefix_sum", mutates_args=())
-def _prefix_sum_op(x: torch.Tensor) -> torch.Tensor:
-    return _running_sum(x).contiguous()
+def _prefix_sum_op(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    return _running_sum(x, reverse).contiguous()
 
 
 @_prefix_sum_op.register_fake
-def _prefix_sum_fake(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x)
+def _prefix_sum_fake(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _check(t: torch.Tensor, name: str) -> None:
@@ -91,16 +122,21 @@ def suffix_sum(grad: torch.Tensor, running_sum: Callable[[torch.Tensor], torch.T
     return (s[:, -1:] - s + g).to(grad.dtype)
 
 
-def _prefix_sum_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-    # d out[:, t] / d x[:, s] = 1 for s <= t: the gradient of x[:, s] sums grad over t >= s.
-    return suffix_sum(grad, _prefix_sum_op)
+def _prefix_sum_setup(ctx, inputs, output) -> None:
+    ctx.reverse = inputs[1]
 
 
-_prefix_sum_op.register_autograd(_prefix_sum_backward)
+def _prefix_sum_backward(ctx, grad: torch.Tensor):
+    # d out[:, t] / d x[:, s] = 1 for s <= t: the gradient of x[:, s] sums grad over t >= s (the
+    # reverse running sum; and the other way round for the reverse op)
+    return _prefix_sum_op(grad, not ctx.reverse), None
+
+
+_prefix_sum_op.register_autograd(_prefix_sum_backward, setup_context=_prefix_sum_setup)
 
 
 class _EagerPrefixSum(torch.autograd.Function):
-    """Eager autograd of the running sum with :func:`suffix_sum`'s backward (the custom op's
+    """Eager autograd of the running sum, the backward a reverse running sum (the custom op's
     autograd, without the custom op: its first eager call imports torch._dynamo)."""
 
     @staticmethod
@@ -109,7 +145,7 @@ class _EagerPrefixSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return suffix_sum(grad, _running_sum)
+        return _running_sum(grad, reverse=True)
 
 
 def prefix_sum(x: torch.Tensor) -> torch.Tensor:

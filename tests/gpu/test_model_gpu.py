@@ -71,6 +71,25 @@ def test_compiled_train_step_matches_eager(batch, seq, d_model, form):
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("t", [1, 63, 1024, 4097])
+def test_prefix_sum_triton_pass_on_gpu(dtype, t):
+    """prefix_sum on CUDA (one Triton pass each way, apt_ext/triton/prefix_sum.py) against
+    float64 cumsum: values, the eager backward, and the op forward and reverse."""
+    from apt_ext.model.prefix_sum import prefix_sum
+
+    g = torch.Generator(device="cuda").manual_seed(t)
+    x = torch.randn(3, t, 96, device="cuda", generator=g).to(dtype).requires_grad_()
+    grad = torch.randn(3, t, 96, device="cuda", generator=g).to(dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-3} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-1}
+    want = torch.cumsum(x.double(), dim=1)
+    torch.testing.assert_close(prefix_sum(x).double(), want, **tol)
+    (gx,) = torch.autograd.grad(prefix_sum(x), x, grad)
+    torch.testing.assert_close(gx.double(), torch.cumsum(grad.double().flip(1), dim=1).flip(1), **tol)
+    op = torch.ops.apt_model.prefix_sum.default
+    torch.testing.assert_close(op(x.detach(), True).double(), torch.cumsum(x.double().flip(1), dim=1).flip(1), **tol)
+
+
 def test_kv_cache_generation_on_gpu():
     torch.manual_seed(0)
     m = APTModel(cfg()).cuda().eval()

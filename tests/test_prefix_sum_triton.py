@@ -1,0 +1,48 @@
+"""The Triton running sum of apt_ext/triton/prefix_sum.py under the CPU interpreter
+(TRITON_INTERPRET=1), against torch.cumsum in float64: forward and reverse, chunk edges,
+trailing dims, every float dtype. A normal run re-runs this file in a subprocess with the
+interpreter on; tests/gpu/test_model_gpu.py runs the compiled kernel."""
+from __future__ import annotations
+
+import pytest
+import torch
+import triton  # noqa: F401  (a test dependency: fail, never skip, without it)
+
+from triton_interpreter import interpreted, outside_interpreter, run_under_interpreter  # noqa: E402
+
+
+@outside_interpreter
+def test_triton_running_sum_under_interpreter():
+    run_under_interpreter(__file__)
+
+
+TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 2e-2),
+       torch.float16: (2e-3, 2e-3)}
+
+
+@interpreted
+@pytest.mark.parametrize("shape", [(1, 1, 3), (2, 63, 5), (2, 64, 40), (3, 130), (2, 129, 3, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_equals_cumsum(rng, shape, dtype, reverse):
+    from apt_ext.triton.prefix_sum import running_sum
+
+    x = torch.randn(shape, generator=rng, dtype=torch.float64).to(dtype)
+    got = running_sum(x, reverse)
+    xd = x.double()
+    want = torch.cumsum(xd.flip(1), dim=1).flip(1) if reverse else torch.cumsum(xd, dim=1)
+    assert got.shape == x.shape and got.dtype == dtype and got.is_contiguous()
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol * max(1, shape[1]) ** 0.5)
+
+
+@interpreted
+def test_non_contiguous_input_and_bad_input(rng):
+    from apt_ext.triton.prefix_sum import running_sum
+
+    x = torch.randn(40, 3, 6, generator=rng).transpose(0, 1)  # [3, 40, 6], not contiguous
+    torch.testing.assert_close(running_sum(x), torch.cumsum(x, dim=1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="x: expected a floating tensor of at least 2 dims"):
+        running_sum(torch.randn(5))
+    with pytest.raises(ValueError, match="x: expected a floating tensor"):
+        running_sum(torch.ones(2, 3, dtype=torch.long))

@@ -33,6 +33,9 @@ if [ -d .devtools/debs ]; then
   export LD_LIBRARY_PATH=/tmp/devroot/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 [ -x .devtools/bin/fio ] && export PATH=$PWD/.devtools/bin:$PATH
+# the card's name as the benchmarks put it in their JSON names (a call returns only about eight
+# files, so each stage copies its own JSON, not every one under benchmarks/results)
+CARD=$($PY -c 'import torch; print(torch.cuda.get_device_name().replace(" ", "_").replace("/", "_"))' 2>/dev/null || echo unknown)
 LIMIT=0
 stage() {  # name, command...
   local name=$1; shift
@@ -54,7 +57,7 @@ for arg in "$@"; do
     test_gemv) stage test_gemv $PY -m pytest -q -x -p no:cacheprovider tests/gpu/test_fp4_gemv_cuda.py ${APT_PYTEST_K:+-k "$APT_PYTEST_K"} ;;
     gemv_sweep) stage gemv_sweep $PY benchmarks/fp4_gemv_sweep.py ${APT_SWEEP_VARIANTS:+--variants "$APT_SWEEP_VARIANTS"} \
         ${APT_SWEEP_TAG:+--tag "$APT_SWEEP_TAG"} ${APT_SWEEP_MS:+--ms "$APT_SWEEP_MS"}
-      cp "benchmarks/results/fp4_gemv_sweep_$($PY -c 'import torch; print(torch.cuda.get_device_name().replace(" ", "_"))')${APT_SWEEP_TAG:+_$APT_SWEEP_TAG}.json" "$OUT/" 2>/dev/null ;;
+      cp "benchmarks/results/fp4_gemv_sweep_$CARD${APT_SWEEP_TAG:+_$APT_SWEEP_TAG}.json" "$OUT/" 2>/dev/null ;;
     ncu_gemv) stage ncu_gemv ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section MemoryWorkloadAnalysis_Tables --section ComputeWorkloadAnalysis --section InstructionStats \
         --section WarpStateStats --section LaunchStats --section Occupancy -k regex:gemv_tiled \
@@ -74,22 +77,22 @@ for arg in "$@"; do
     sanitizer) stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q tests/gpu -k sanitizer ;;
     fp4) # the record; the Triton fallback (autotuned per shape and M, slow to sweep) is fp4_triton
       stage fp4 $PY benchmarks/fp4_linear.py --methods apt-tiled,apt-cuda,apt-deq+cublas,tinygemm,bnb ${APT_FP4_GPU_TIME:+--gpu-time}
-      cp benchmarks/results/fp4_linear_*.json "$OUT/" 2>/dev/null ;;
+      cp "benchmarks/results/fp4_linear_$CARD.json" "$OUT/" 2>/dev/null ;;
     fp4_triton) # APT_FP4_MS rows of x (default 1,4096), APT_FP4_TAG the JSON's tag (default triton), APT_FP4_GPU_TIME=1 adds GPU time
       stage fp4_triton $PY benchmarks/fp4_linear.py --ms "${APT_FP4_MS:-1,4096}" --methods torch-bf16,apt-triton-nvfp4 \
         --tag "${APT_FP4_TAG:-triton}" ${APT_FP4_GPU_TIME:+--gpu-time}
-      cp benchmarks/results/fp4_linear_*_"${APT_FP4_TAG:-triton}".json "$OUT/" 2>/dev/null ;;
+      cp "benchmarks/results/fp4_linear_${CARD}_${APT_FP4_TAG:-triton}.json" "$OUT/" 2>/dev/null ;;
     fp4_triton_crossover) # the Triton GEMM against dequantise + torch.mm at every M above the GEMV's
       stage fp4_triton_gemm env APT_TRITON_DEQUANT_MIN_M=1000000 $PY benchmarks/fp4_linear.py --ms 32,64,128,256,512,1024 \
         --methods torch-bf16,apt-triton-nvfp4 --tag triton_gemm
       stage fp4_triton_deqmm env APT_TRITON_DEQUANT_MIN_M=17 $PY benchmarks/fp4_linear.py --ms 32,64,128,256,512,1024,4096 \
         --methods torch-bf16,apt-triton-nvfp4 --tag triton_deqmm
-      cp benchmarks/results/fp4_linear_*_triton_gemm.json benchmarks/results/fp4_linear_*_triton_deqmm.json "$OUT/" 2>/dev/null ;;
+      cp "benchmarks/results/fp4_linear_${CARD}_triton_gemm.json" "benchmarks/results/fp4_linear_${CARD}_triton_deqmm.json" "$OUT/" 2>/dev/null ;;
     fp4_triton_configs) stage fp4_triton_configs $PY benchmarks/fp4_triton_configs.py ${APT_SWEEP_TAG:+--tag "$APT_SWEEP_TAG"} \
         ${APT_SWEEP_MS:+--ms "$APT_SWEEP_MS"} ${APT_SWEEP_GEMV_BASES:+--gemv-bases "$APT_SWEEP_GEMV_BASES"}
-      cp benchmarks/results/fp4_triton_configs_*.json "$OUT/" 2>/dev/null ;;
+      cp "benchmarks/results/fp4_triton_configs_$CARD${APT_SWEEP_TAG:+_$APT_SWEEP_TAG}.json" "$OUT/" 2>/dev/null ;;
     fp4_triton_host) stage fp4_triton_host $PY benchmarks/fp4_triton_host.py
-      cp benchmarks/results/fp4_triton_host_*.json "$OUT/" 2>/dev/null ;;
+      cp "benchmarks/results/fp4_triton_host_$CARD.json" "$OUT/" 2>/dev/null ;;
     fp4_quick) stage fp4_quick $PY benchmarks/fp4_linear.py --quick ;;
     e2e) stage e2e $PY benchmarks/e2e_encoder.py ${APT_E2E_PROFILE:+--profile} ${APT_E2E_TAG:+--tag "$APT_E2E_TAG"} ;;  # APT_E2E_PROFILE=1: the FP4 forward's top GPU kernels; APT_E2E_TAG: the JSON's suffix
     e2e_decoder) stage e2e_decoder $PY benchmarks/e2e_decoder.py ${APT_E2E_COMPILE:+--compile} ${APT_E2E_FUSED:+--fused} ${APT_E2E_ONE_COPY:+--one-copy} ${APT_E2E_PROFILE:+--profile} ;;  # APT_E2E_COMPILE=1: steps compiled too; APT_E2E_FUSED=1: fused q/k/v and gate/up; APT_E2E_ONE_COPY=1: FP4Linear keeps only its tiled copy; APT_E2E_PROFILE=1: top kernels of the replayed step
@@ -99,8 +102,10 @@ for arg in "$@"; do
     vgpu_quick) stage vgpu_quick $PY benchmarks/vgpu.py --quick ;;
     vvram) stage vvram $PY benchmarks/virtual_vram.py ${APT_VVRAM_TOKENS:+--new-tokens $APT_VVRAM_TOKENS} ${APT_VVRAM_ARGS:-} ;;  # APT_VVRAM_TOKENS: generated tokens per run (default 16); APT_VVRAM_ARGS: more flags (e.g. "--compare-lru --skip accelerate,ssd")
     vvram_quick) stage vvram_quick $PY benchmarks/virtual_vram.py --quick ;;
-    model) stage model $PY benchmarks/model_throughput.py --profile ;;
-    prefix_sum) stage prefix_sum $PY benchmarks/prefix_sum.py ;;
+    model) stage model $PY benchmarks/model_throughput.py --profile ${APT_MODEL_ARGS:-}  # e.g. APT_MODEL_ARGS="--compiled-only --variants plain,left-spin --interleave 6 --tag ab"
+      f=$(ls -t benchmarks/results/model_throughput*.json 2>/dev/null | head -n 1); [ -n "$f" ] && cp "$f" "$OUT/" ;;
+    prefix_sum) stage prefix_sum $PY benchmarks/prefix_sum.py
+      cp "benchmarks/results/prefix_sum_$CARD.json" "$OUT/" 2>/dev/null ;;
     lr_sweep) stage lr_sweep $PY benchmarks/left_spin_training.py --size gpt2-small ${APT_LR_SWEEP_LRS:+--lrs $APT_LR_SWEEP_LRS} \
         ${APT_LR_SWEEP_TAG:+--tag "$APT_LR_SWEEP_TAG"} ;;
     *) echo "unknown stage $s"; exit 2 ;;

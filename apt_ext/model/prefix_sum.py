@@ -34,6 +34,7 @@ take it there).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -60,19 +61,14 @@ def blocked_cumsum(x: torch.Tensor) -> torch.Tensor:
     return (inner + before.unsqueeze(2)).reshape((b, blocks * BLOCK_ROWS) + tuple(x.shape[2:]))[:, :t]
 
 
-def _triton_running_sum():
+@functools.lru_cache(maxsize=None)
+def _triton_running_sum() -> Callable[[torch.Tensor, bool], torch.Tensor] | None:
     """apt_ext.triton.prefix_sum.running_sum, or None where triton is not installed."""
-    global _TRITON_RUNNING_SUM
-    if _TRITON_RUNNING_SUM is None:
-        try:
-            from apt_ext.triton.prefix_sum import running_sum
-        except ImportError:
-            running_sum = False
-        _TRITON_RUNNING_SUM = running_sum
-    return _TRITON_RUNNING_SUM or None
-
-
-_TRITON_RUNNING_SUM = None
+    try:
+        from apt_ext.triton.prefix_sum import running_sum
+    except ImportError:
+        return None
+    return running_sum
 
 
 def _running_sum(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:

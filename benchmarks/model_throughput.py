@@ -29,16 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_common import plot_path, run_meta, save_json  # noqa: E402
 
 from apt_ext.model import APTModel, APTModelConfiguration  # noqa: E402
+from apt_ext.model.prefix_sum import prefix_sum  # noqa: E402
 
 VARIANTS = {"plain": (False, False), "left-spin": (True, False), "autopoietic": (False, True), "both": (True, True),
             "left-spin-cast-first": (True, False), "left-spin-decomposed": (True, False),
-            "autopoietic-traced-sum": (False, True)}
+            "autopoietic-sum-op": (False, True)}
 # Not in the default set, for A/B runs: left-spin-cast-first casts every site's bf16 branch output
 # to the float32 residual stream's dtype before the op, as sites did before the twentieth session;
 # left-spin-decomposed compiles the sites' math as torch operations
 # (left_spin_compiled_form="decomposed") for inductor to fuse with the kernels around them;
-# autopoietic-traced-sum lets torch.compile trace the prefix mean's running sum as blocked_cumsum's
-# torch operations (short scans inductor can fuse) instead of calling the apt_model::prefix_sum op
+# autopoietic-sum-op takes the training step's prefix mean as before the twenty-second session:
+# the apt_model::prefix_sum op on a float32 copy of x, then the division by the counts (against the
+# one apt_model::prefix_mean op, one Triton pass on CUDA, that autopoietic now runs). The
+# twenty-second session's autopoietic-traced-sum (blocked_cumsum traced instead of the op) lost
+# to the op (benchmarks/results/model_throughput_s22_auto.json) and is gone.
 DEFAULT_VARIANTS = ("plain", "left-spin", "autopoietic", "both")
 
 
@@ -78,16 +82,23 @@ def top_kernels(step_fn, device: torch.device, steps: int = 3, top: int = 40) ->
             for e in events[:top] if getattr(e, attr, 0) > 0]
 
 
+def prefix_mean_by_sum_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """prefix_mean as the autopoietic step took it before: the running-sum op on x in float32,
+    then the division by the counts (element-wise, fused by inductor)."""
+    csum = prefix_sum(x.float())
+    counts = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=torch.float32).view(1, -1, 1)
+    return (csum / counts).to(x.dtype), csum[:, -1]
+
+
 def build(name: str, compiled: bool, p: dict, device: torch.device, compile_mode: str = "default"):
     """(step function, model) of one configuration: forward + backward + AdamW on a fixed random
-    batch. The A/B variants run their step inside their patch (cast-first sites, traced sum)."""
+    batch. The A/B variants run their step inside their patch (cast-first sites, sum op)."""
     left_spin, auto = VARIANTS[name]
     patch = None
     if name == "left-spin-cast-first":
         patch = mock.patch("apt_ext.nn.left_spin._branch_dtype", lambda u, du: u.dtype)
-    if name == "autopoietic-traced-sum":
-        from apt_ext.model import prefix_sum as ps
-        patch = mock.patch.object(ps, "_prefix_sum_op", ps.blocked_cumsum)
+    if name == "autopoietic-sum-op":
+        patch = mock.patch("apt_ext.model.autopoietic.prefix_mean", prefix_mean_by_sum_op)
     torch.manual_seed(0)
     cfg = APTModelConfiguration(vocab_size=p["vocab"], d_model=p["d_model"], num_heads=p["heads"], d_ff=4 * p["d_model"],
                                 num_encoder_layers=0, num_decoder_layers=p["layers"], decoder_only=True, dropout=0.0,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from apt_ext.model.autopoietic import AutopoieticCorrection
-from apt_ext.model.prefix_sum import BLOCK_ROWS, blocked_cumsum, prefix_sum, suffix_sum
+from apt_ext.model.prefix_sum import BLOCK_ROWS, blocked_cumsum, prefix_mean, prefix_sum, suffix_sum
 
 
 @pytest.mark.parametrize("shape", [(3, 17), (2, 33, 8), (1, 5, 2, 3)])
@@ -117,8 +117,8 @@ def test_rejects_bad_input(x, err, match):
 
 
 def test_prefix_mean_compiles_in_one_graph():
-    """fullgraph=True: the compiled graph calls the custom op (no inductor scan) without a graph
-    break; compiled equals eager, padding mask included."""
+    """fullgraph=True: the compiled graph calls the custom ops (no inductor scan) without a graph
+    break; compiled equals eager, padding mask and state included."""
     x = torch.randn(2, 12, 8)
     valid = torch.rand(2, 12) > 0.3
     state = (torch.randn(2, 8), torch.tensor([3.0, 5.0]))
@@ -135,4 +135,36 @@ def test_prefix_mean_compiles_in_one_graph():
         got_m, got_state = fn(*args)
         torch.testing.assert_close(got_m, want_m)
         torch.testing.assert_close(got_state, want_state)
-    assert graphs and all("apt_model.prefix_sum" in g and "cumsum" not in g for g in graphs)
+    # no mask and no state: the one prefix-mean op; with them: the running-sum op
+    assert len(graphs) == 2 and "apt_model.prefix_mean" in graphs[0] and "apt_model.prefix_sum" in graphs[1]
+    assert all("cumsum" not in g for g in graphs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_prefix_mean_equals_cumsum_over_counts(dtype):
+    """prefix_mean: the causal mean in x's dtype and the float total, against float64 sums."""
+    x = torch.randn(3, 37, 5, dtype=torch.float64).to(dtype)
+    m, total = prefix_mean(x)
+    xd = x.double()
+    want = torch.cumsum(xd, dim=1) / torch.arange(1, 38, dtype=torch.float64).view(1, 37, 1)
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-2, "atol": 1e-2}
+    assert m.dtype == dtype and total.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(m.double(), want, **tol)
+    torch.testing.assert_close(total.double(), xd.sum(1), rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_mean_ops_opcheck_and_gradients():
+    """apt_model::prefix_mean and its backward op: fake kernels, schemas, gradients of both
+    outputs, and second order (the backward is the forward's adjoint); eager the same."""
+    x = torch.randn(2, 9, 4, dtype=torch.float64, requires_grad=True)
+    op, bw = torch.ops.apt_model.prefix_mean.default, torch.ops.apt_model.prefix_mean_backward.default
+    torch.library.opcheck(op, (x,))
+    torch.library.opcheck(bw, (torch.randn(2, 9, 4, dtype=torch.float64, requires_grad=True),
+                                torch.randn(2, 4, dtype=torch.float64, requires_grad=True)))
+    for fn in (op, prefix_mean):
+        assert torch.autograd.gradcheck(fn, (x,))
+        assert torch.autograd.gradgradcheck(fn, (x,))
+    (g,) = torch.autograd.grad(op(x)[0].sum(), x)  # total unused: its gradient is taken as zero
+    torch.testing.assert_close(g, torch.autograd.grad(prefix_mean(x)[0].sum(), x)[0])
+    with pytest.raises(ValueError, match="x: expected a tensor of at least 2 dims"):
+        prefix_mean(torch.randn(4))

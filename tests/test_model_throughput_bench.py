@@ -1,11 +1,12 @@
 """benchmarks/model_throughput.py's A/B variants on the CPU at a tiny size: left-spin-cast-first
 casts the branch before the op, left-spin-decomposed builds its sites with the decomposed
-compiled form, autopoietic-traced-sum compiles the blocked running sum instead of its op, and
+compiled form, autopoietic-sum-op takes the prefix mean through the running-sum op, and
 each row records its fastest step (timings belong to the benchmark)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -39,24 +40,21 @@ def test_ab_variants(left_spin_op_dtypes, monkeypatch):
     assert set(du_dtypes[2 * per_run:]) == {torch.bfloat16}      # eager decomposed runs the op
 
 
-def test_traced_sum_variant_steps_under_the_blocked_sum(monkeypatch):
-    """autopoietic-traced-sum: each step runs with the prefix mean's running sum replaced by
-    blocked_cumsum (what compiling then traces); outside its steps the op is restored."""
-    from apt_ext.model import prefix_sum as ps
+def test_sum_op_variant_takes_the_prefix_mean_by_the_sum_op(monkeypatch):
+    """autopoietic-sum-op: each step takes the prefix mean through the running-sum op (as before
+    the prefix-mean op); the helper equals prefix_mean; outside its steps nothing is patched."""
+    from apt_ext.model import autopoietic
+    from apt_ext.model.prefix_sum import prefix_mean
 
-    seen = []
-    real = ps.prefix_sum
-
-    def spy(x):
-        seen.append(ps._prefix_sum_op is ps.blocked_cumsum)
-        return real(x)
-
-    monkeypatch.setattr(ps, "prefix_sum", spy)
-    monkeypatch.setattr("apt_ext.model.autopoietic.prefix_sum", spy)
-    step, _ = bench.build("autopoietic-traced-sum", False, TINY, torch.device("cpu"))
+    real = bench.prefix_mean_by_sum_op
+    monkeypatch.setattr(bench, "prefix_mean_by_sum_op", mock.Mock(wraps=real))
+    step, _ = bench.build("autopoietic-sum-op", False, TINY, torch.device("cpu"))
     step()
-    assert seen and all(seen)
-    assert ps._prefix_sum_op is not ps.blocked_cumsum
+    assert bench.prefix_mean_by_sum_op.called
+    assert autopoietic.prefix_mean is prefix_mean
+    x = torch.randn(2, 7, 4)
+    for got, want in zip(real(x), prefix_mean(x)):
+        torch.testing.assert_close(got, want)
 
 
 def test_interleaved_rounds_time_every_configuration():

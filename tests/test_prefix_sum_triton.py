@@ -25,24 +25,49 @@ TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5), torch.bfloat1
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_equals_cumsum(rng, shape, dtype, reverse):
-    from apt_ext.triton.prefix_sum import running_sum
+    from apt_ext.triton.prefix_sum import scan
 
     x = torch.randn(shape, generator=rng, dtype=torch.float64).to(dtype)
-    got = running_sum(x, reverse)
+    got, total = scan(x, reverse)
     xd = x.double()
     want = torch.cumsum(xd.flip(1), dim=1).flip(1) if reverse else torch.cumsum(xd, dim=1)
-    assert got.shape == x.shape and got.dtype == dtype and got.is_contiguous()
+    assert got.shape == x.shape and got.dtype == dtype and got.is_contiguous() and total is None
     rtol, atol = TOL[dtype]
     torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol * max(1, shape[1]) ** 0.5)
 
 
 @interpreted
 def test_non_contiguous_input_and_bad_input(rng):
-    from apt_ext.triton.prefix_sum import running_sum
+    from apt_ext.triton.prefix_sum import scan
 
     x = torch.randn(40, 3, 6, generator=rng).transpose(0, 1)  # [3, 40, 6], not contiguous
-    torch.testing.assert_close(running_sum(x), torch.cumsum(x, dim=1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scan(x)[0], torch.cumsum(x, dim=1), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="x: expected a floating tensor of at least 2 dims"):
-        running_sum(torch.randn(5))
+        scan(torch.randn(5))
     with pytest.raises(ValueError, match="x: expected a floating tensor"):
-        running_sum(torch.ones(2, 3, dtype=torch.long))
+        scan(torch.ones(2, 3, dtype=torch.long))
+
+
+@interpreted
+@pytest.mark.parametrize("shape", [(2, 70, 5), (1, 1, 3), (3, 129)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_prefix_mean_and_its_gradient(rng, shape, dtype):
+    """scan(mean=True): forward the causal mean and the total; reverse with init the mean's
+    gradient (each row divided by its count before the reverse sum, plus init)."""
+    from apt_ext.triton.prefix_sum import scan
+
+    x = torch.randn(shape, generator=rng, dtype=torch.float64).to(dtype)
+    xd = x.double()
+    counts = torch.arange(1, shape[1] + 1, dtype=torch.float64).view(1, shape[1], *([1] * (x.dim() - 2)))
+    m, total = scan(x, mean=True, with_total=True)
+    rtol, atol = TOL[dtype]
+    assert m.dtype == dtype and total.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(m.double(), torch.cumsum(xd, dim=1) / counts, rtol=rtol, atol=atol)
+    torch.testing.assert_close(total.double(), xd.sum(1), rtol=1e-5, atol=1e-5)
+    init = torch.randn(total.shape, generator=rng, dtype=total.dtype)
+    g, none = scan(x, reverse=True, mean=True, init=init)
+    want = torch.cumsum((xd / counts).flip(1), dim=1).flip(1) + init.double().unsqueeze(1)
+    assert none is None and g.dtype == dtype
+    torch.testing.assert_close(g.double(), want, rtol=rtol, atol=atol)
+    with pytest.raises(ValueError, match="init: expected a tensor of shape"):
+        scan(x, init=torch.zeros(7))

@@ -83,9 +83,12 @@ def test_left_spin_16bit_du_beside_float32_u_compiles_for_sm90(resident):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp64"])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_prefix_sum_compiles_for_sm90(dtype, reverse):
+@pytest.mark.parametrize(("reverse", "mean"), [(False, False), (True, False), (False, True), (True, True)])
+def test_prefix_sum_compiles_for_sm90(dtype, reverse, mean):
     from apt_ext.triton import prefix_sum as tps
 
-    _compile_sm90(tps._running_sum_kernel, {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "T": "i32", "D": "i32"},
-                  {"REVERSE": reverse, "BLOCK_T": tps.BLOCK_T, "BLOCK_D": tps.MAX_BLOCK_D}, None)
+    acc = "fp64" if dtype == "fp64" else "fp32"
+    _compile_sm90(tps._scan_kernel, {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "init_ptr": f"*{acc}",
+                                     "total_ptr": f"*{acc}", "T": "i32", "D": "i32"},
+                  {"REVERSE": reverse, "MEAN": mean, "HAS_INIT": reverse, "HAS_TOTAL": not reverse,
+                   "BLOCK_T": tps.BLOCK_T, "BLOCK_D": tps.MAX_BLOCK_D}, None)

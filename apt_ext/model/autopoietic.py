@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from apt_ext.model.prefix_sum import prefix_sum
+from apt_ext.model.prefix_sum import prefix_mean, prefix_sum
 
 
 class AutopoieticCorrection(nn.Module):
@@ -29,12 +29,17 @@ class AutopoieticCorrection(nn.Module):
     def prefix_mean(x: torch.Tensor, valid: torch.Tensor | None,
                     state: tuple[torch.Tensor, torch.Tensor] | None
                     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Causal mean of the valid rows of x (float32 sums; the running sums through
-        prefix_sum.py's op, which torch.compile keeps as one ATen call).
+        """Causal mean of the valid rows of x (float32 sums, through prefix_sum.py's ops, which
+        torch.compile keeps opaque). Without a mask or state (the training step) it is one op,
+        ``prefix_mean``: on CUDA one Triton pass reading x and writing m in x's dtype.
 
         x [B, T, D]; valid [B, T] bool or None (all valid); state (sum [B, D], count [B]) of
         earlier positions (KV-cache decoding) or None. Returns (m [B, T, D] in x's dtype, new state).
         """
+        if valid is None and state is None:
+            m, total = prefix_mean(x)
+            count = torch.full((x.shape[0],), float(x.shape[1]), device=x.device, dtype=torch.float32)
+            return m, (total.float(), count)
         if valid is None:
             csum = prefix_sum(x.float())
             cnt = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=torch.float32).expand(x.shape[0], -1)

@@ -1,4 +1,4 @@
-"""Running sum over the sequence dimension that torch.compile keeps as one ATen call.
+"""Running sum and causal mean over the sequence dimension, kept opaque to torch.compile.
 
 ``torch.cumsum(x, dim=1)`` on a [B, T, D] activation is a scan over a non-innermost dimension;
 on CUDA, torch 2.11's inductor turns a long one into a split scan whose code generation fails
@@ -31,6 +31,11 @@ accumulation, the input read once and the output written once), and the backward
 pass in reverse (the op's ``reverse`` flag). The blocked sum and suffix_sum remain the path
 without triton. Not yet timed on a GPU (benchmarks/prefix_sum.py's "prefix_sum" and "op" rows
 take it there).
+
+:func:`prefix_mean` is the training step's whole prefix mean (no padding mask, no carried state)
+as one op, ``apt_model::prefix_mean``: the same pass divides each row by its count and writes
+the mean in x's dtype (no float32 copy of x, no float32 sums between kernels), and its backward
+is one reverse pass.
 """
 from __future__ import annotations
 
@@ -62,23 +67,22 @@ def blocked_cumsum(x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _triton_running_sum() -> Callable[[torch.Tensor, bool], torch.Tensor] | None:
-    """apt_ext.triton.prefix_sum.running_sum, or None where triton is not installed."""
+def _triton_scan() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None:
+    """apt_ext.triton.prefix_sum.scan, or None where triton is not installed."""
     try:
-        from apt_ext.triton.prefix_sum import running_sum
+        from apt_ext.triton.prefix_sum import scan
     except ImportError:
         return None
-    return running_sum
+    return scan
 
 
 def _running_sum(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """Running sum over dim 1 (reverse: from the end) in x's dtype. On CUDA one Triton pass
     (float32 accumulation) where triton is installed, else blocked_cumsum; elsewhere ATen's
     cumsum. The reverse sum without Triton is suffix_sum's total minus the running sum."""
-    if x.is_cuda and x.numel() > 0:
-        triton_sum = _triton_running_sum()
-        if triton_sum is not None:
-            return triton_sum(x, reverse)
+    triton_scan = _triton_scan() if x.is_cuda and x.numel() > 0 else None
+    if triton_scan is not None:
+        return triton_scan(x, reverse)[0]
     if reverse:
         return suffix_sum(x, _running_sum)
     return blocked_cumsum(x) if x.is_cuda else torch.cumsum(x, dim=1)
@@ -131,17 +135,19 @@ def _prefix_sum_backward(ctx, grad: torch.Tensor):
 _prefix_sum_op.register_autograd(_prefix_sum_backward, setup_context=_prefix_sum_setup)
 
 
-class _EagerPrefixSum(torch.autograd.Function):
-    """Eager autograd of the running sum, the backward a reverse running sum (the custom op's
-    autograd, without the custom op: its first eager call imports torch._dynamo)."""
+class _EagerRunningSum(torch.autograd.Function):
+    """Eager autograd of the running sum in either direction, the backward the sum in the other
+    direction (so also twice differentiable; the custom op's autograd without the custom op,
+    whose first eager call imports torch._dynamo)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return _running_sum(x)
+    def forward(ctx, x: torch.Tensor, reverse: bool) -> torch.Tensor:
+        ctx.reverse = reverse
+        return _running_sum(x, reverse)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return _running_sum(grad, reverse=True)
+    def backward(ctx, grad: torch.Tensor):
+        return _EagerRunningSum.apply(grad, not ctx.reverse), None
 
 
 def prefix_sum(x: torch.Tensor) -> torch.Tensor:
@@ -153,5 +159,125 @@ def prefix_sum(x: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return _prefix_sum_op(x)
     if x.requires_grad and torch.is_grad_enabled():
-        return _EagerPrefixSum.apply(x)
+        return _EagerRunningSum.apply(x, False)
     return _running_sum(x)
+
+
+# ---- the prefix mean of the training step (no padding mask, no carried state) in one op ----
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _counts(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t + 1 for each row t of x [B, T, ...], shaped to broadcast against x."""
+    t = x.shape[1]
+    return torch.arange(1, t + 1, device=x.device, dtype=dtype).view(1, t, *([1] * (x.dim() - 2)))
+
+
+def _prefix_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m, total): m[:, t] = (x[:, 0] + ... + x[:, t]) / (t + 1) in x's dtype, total the sum of
+    all rows ([B, ...], float32; float64 for float64 x). One Triton pass on CUDA."""
+    triton_scan = _triton_scan() if x.is_cuda and x.numel() > 0 else None
+    if triton_scan is not None:
+        return triton_scan(x, mean=True, with_total=True)
+    acc = _acc_dtype(x)
+    csum = _running_sum(x.to(acc))
+    total = csum[:, -1].clone() if x.shape[1] > 0 else x.new_zeros((x.shape[0], *x.shape[2:]), dtype=acc)
+    return (csum / _counts(x, acc)).to(x.dtype), total
+
+
+def _prefix_mean_grad(grad_m: torch.Tensor, grad_total: torch.Tensor) -> torch.Tensor:
+    """The prefix mean's gradient: g[:, s] = sum over t >= s of grad_m[:, t] / (t + 1), plus
+    grad_total; in grad_m's dtype. One Triton pass on CUDA."""
+    triton_scan = _triton_scan() if grad_m.is_cuda and grad_m.numel() > 0 else None
+    if triton_scan is not None:
+        return triton_scan(grad_m, reverse=True, mean=True, init=grad_total)[0]
+    acc = _acc_dtype(grad_m)
+    g = _running_sum(grad_m.to(acc) / _counts(grad_m, acc), reverse=True)
+    return (g + grad_total.to(acc).unsqueeze(1)).to(grad_m.dtype)
+
+
+@torch.library.custom_op("apt_model::prefix_mean", mutates_args=())
+def _prefix_mean_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    m, total = _prefix_mean(x)
+    return m.contiguous(), total.contiguous()
+
+
+@_prefix_mean_op.register_fake
+def _prefix_mean_fake(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            x.new_empty((x.shape[0], *x.shape[2:]), dtype=_acc_dtype(x)))
+
+
+@torch.library.custom_op("apt_model::prefix_mean_backward", mutates_args=())
+def _prefix_mean_backward_op(grad_m: torch.Tensor, grad_total: torch.Tensor) -> torch.Tensor:
+    return _prefix_mean_grad(grad_m, grad_total).contiguous()
+
+
+@_prefix_mean_backward_op.register_fake
+def _prefix_mean_backward_fake(grad_m: torch.Tensor, grad_total: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(grad_m, memory_format=torch.contiguous_format)
+
+
+def _prefix_mean_op_setup(ctx, inputs, output) -> None:
+    m, total = output
+    ctx.m_like, ctx.total_like = (m.new_empty((0,)), m.shape), (total.new_empty((0,)), total.shape)
+
+
+def _prefix_mean_op_backward(ctx, grad_m, grad_total):
+    # an output that took no part in the loss has no gradient: zeros of its shape
+    if grad_m is None:
+        grad_m = ctx.m_like[0].new_zeros(ctx.m_like[1])
+    if grad_total is None:
+        grad_total = ctx.total_like[0].new_zeros(ctx.total_like[1])
+    return _prefix_mean_backward_op(grad_m, grad_total)
+
+
+def _prefix_mean_backward_op_backward(ctx, grad):
+    # the backward is the forward's adjoint, so its own gradient is the forward again
+    return _prefix_mean_op(grad)
+
+
+_prefix_mean_op.register_autograd(_prefix_mean_op_backward, setup_context=_prefix_mean_op_setup)
+_prefix_mean_backward_op.register_autograd(_prefix_mean_backward_op_backward,
+                                           setup_context=lambda ctx, inputs, output: None)
+
+
+class _EagerPrefixMean(torch.autograd.Function):
+    """Eager autograd of the prefix mean; the backward is its adjoint, itself differentiable."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _prefix_mean(x)
+
+    @staticmethod
+    def backward(ctx, grad_m: torch.Tensor, grad_total: torch.Tensor):
+        return _EagerPrefixMeanGrad.apply(grad_m, grad_total)
+
+
+class _EagerPrefixMeanGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad_m: torch.Tensor, grad_total: torch.Tensor) -> torch.Tensor:
+        return _prefix_mean_grad(grad_m, grad_total)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _EagerPrefixMean.apply(grad)
+
+
+def prefix_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal mean over dim 1 and the total: (m, total) with m[:, t] = (x[:, 0] + ... + x[:, t])
+    / (t + 1) in x's dtype, summed in float32 (float64 for float64 x), and total = the sum of
+    all rows ([B, ...], that float dtype). On CUDA one Triton pass each way (forward and
+    backward); under torch.compile the custom op ``apt_model::prefix_mean``.
+
+    x: [B, T, ...] floating tensor (any device).
+    """
+    _check(x, "x")
+    if torch.compiler.is_compiling():
+        return _prefix_mean_op(x)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _EagerPrefixMean.apply(x)
+    return _prefix_mean(x)

@@ -74,8 +74,8 @@ def test_compiled_train_step_matches_eager(batch, seq, d_model, form):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("t", [1, 63, 1024, 4097])
 def test_prefix_sum_triton_pass_on_gpu(dtype, t):
-    """prefix_sum on CUDA (one Triton pass each way, apt_ext/triton/prefix_sum.py) against
-    float64 cumsum: values, the eager backward, and the op forward and reverse."""
+    """prefix_sum and prefix_mean on CUDA (one Triton pass each way, apt_ext/triton/prefix_sum.py)
+    against float64 sums: values, the eager backward, and the op forward and reverse."""
     from apt_ext.model.prefix_sum import prefix_sum
 
     g = torch.Generator(device="cuda").manual_seed(t)
@@ -88,6 +88,17 @@ def test_prefix_sum_triton_pass_on_gpu(dtype, t):
     torch.testing.assert_close(gx.double(), torch.cumsum(grad.double().flip(1), dim=1).flip(1), **tol)
     op = torch.ops.apt_model.prefix_sum.default
     torch.testing.assert_close(op(x.detach(), True).double(), torch.cumsum(x.double().flip(1), dim=1).flip(1), **tol)
+    # the training step's prefix mean: one pass each way, the total's gradient included
+    from apt_ext.model.prefix_sum import prefix_mean
+
+    counts = torch.arange(1, t + 1, device="cuda", dtype=torch.float64).view(1, t, 1)
+    m, total = prefix_mean(x)
+    torch.testing.assert_close(m.double(), want / counts, **tol)
+    torch.testing.assert_close(total.double(), want[:, -1], rtol=1e-5, atol=1e-3)
+    g_total = torch.randn(3, 96, device="cuda", generator=g)
+    (gx,) = torch.autograd.grad((m * grad).sum() + (total * g_total).sum(), x)
+    want_gx = torch.cumsum((grad.double() / counts).flip(1), dim=1).flip(1) + g_total.double().unsqueeze(1)
+    torch.testing.assert_close(gx.double(), want_gx, **tol)
 
 
 def test_kv_cache_generation_on_gpu():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from apt_ext.left_spin._ops import check_arguments
+from apt_ext.left_spin._ops import check_arguments, phi_dtype
 from apt_ext.left_spin.params import LeftSpinParams
 
 
@@ -78,7 +78,7 @@ class _DecomposedLeftSpin(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, du, du_prev, phi_prev, params):
-        acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+        acc = phi_dtype(u)
         u_acc, du_acc = u.to(acc), du.to(acc)
         prev = du_prev.to(acc) if du_prev is not None else None
         pp = phi_prev.to(acc) if phi_prev is not None else None
@@ -92,7 +92,7 @@ class _DecomposedLeftSpin(torch.autograd.Function):
     def backward(ctx, grad_out, grad_phi):
         u, du, du_prev, phi_prev = ctx.saved_tensors
         alpha, tau, beta, w1, w2, eps = ctx.params.as_tuple()
-        acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+        acc = phi_dtype(u)
         u_acc, du_acc = u.to(acc), du.to(acc)
         prev = du_prev.to(acc) if du_prev is not None else None
         pp = phi_prev.to(acc) if phi_prev is not None else None

@@ -222,16 +222,13 @@ def _prefix_mean_backward_fake(grad_m: torch.Tensor, grad_total: torch.Tensor) -
 
 
 def _prefix_mean_op_setup(ctx, inputs, output) -> None:
-    m, total = output
-    ctx.m_like, ctx.total_like = (m.new_empty((0,)), m.shape), (total.new_empty((0,)), total.shape)
+    ctx.out_meta = [(o.shape, o.dtype, o.device) for o in output]
 
 
 def _prefix_mean_op_backward(ctx, grad_m, grad_total):
     # an output that took no part in the loss has no gradient: zeros of its shape
-    if grad_m is None:
-        grad_m = ctx.m_like[0].new_zeros(ctx.m_like[1])
-    if grad_total is None:
-        grad_total = ctx.total_like[0].new_zeros(ctx.total_like[1])
+    grad_m, grad_total = (g if g is not None else torch.zeros(shape, dtype=dtype, device=device)
+                          for g, (shape, dtype, device) in zip((grad_m, grad_total), ctx.out_meta))
     return _prefix_mean_backward_op(grad_m, grad_total)
 
 

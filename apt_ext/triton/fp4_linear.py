@@ -38,7 +38,8 @@ from apt_ext.triton.host_math import next_power_of_2
 # the GEMM's split small-M tiles on all four shapes (M = 2: 95.1 against 143.6 us on
 # 28672 x 8192, 10.1 against 16.9 on 4096 x 4096); at M = 4 they were even (143.5 against 143.7;
 # 45.2 against 43.4 on 14336 x 4096), and from M = 16 the GEMM won by up to 8x (round 12b): the
-# GEMV decodes every weight once per row of x, the GEMM once per 16 rows. M = 3 was not timed.
+# GEMV decodes every weight once per row of x, the GEMM once per 16 rows. M = 3 was timed in the
+# twenty-second session (the GEMV ahead on all four shapes), but its JSON was not kept.
 # APT_TRITON_GEMV_MAX_M (0..16) overrides it.
 GEMV_DEFAULT_MAX_M = 2
 # Rows of x from which the weight is always dequantised and multiplied by torch.mm

@@ -11,6 +11,8 @@ total at a given [B, ...] value and ``total`` returns where it ended.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -69,7 +71,7 @@ def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch
         got = tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__
         raise ValueError(f"init: expected a tensor of shape {(b, *x.shape[2:])}, got {got}")
     xc = x.contiguous()
-    d = xc.numel() // max(b * t, 1) if t > 0 else 0
+    d = math.prod(x.shape[2:])
     out = torch.empty_like(xc)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     total = torch.empty((b, *x.shape[2:]), dtype=acc, device=x.device) if with_total else None

@@ -4,7 +4,7 @@
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
 #   stages: build test test_fp4 test_gemv test_left_spin test_vgpu test_model (APT_PYTEST_K='expr' selects their tests) sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON, APT_SWEEP_MS its rows of x, APT_SWEEP_GEMV_BASES extra GEMV bases to time, e.g. 16x2048x8x4,8x4096x8x4) fp4_triton_host (the Triton path's eager host time, piece by piece) fp4_quick
 #           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) e2e e2e_decoder left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
-#   build: APT_CUDA_ARCHS=90 builds for sm_90 only (about 70 s); the built _C*.so is copied (debug info stripped, gzipped: a file comes back only under 16 MiB) to
+#   build: APT_CUDA_ARCHS=90a builds for sm_90a only (about 70 s; 90a, not 90: the wgmma GEMM needs it); the built _C*.so is copied (debug info stripped, gzipped: a file comes back only under 16 MiB) to
 #   $OUT so a later call can carry it (gunzip it into apt_ext/ and skip the build stage).
 #   each stage's log: $OUT/<stage>.log; SECONDS caps a stage (timeout); a stage failing does not
 #   stop the later ones.

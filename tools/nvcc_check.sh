@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compile-checks CUDA sources on a machine whose torch is a CPU build (no GPU needed): nvcc
-# compiles each .cu against torch's headers for sm_80 and sm_90 and prints the ptxas resource
+# compiles each .cu against torch's headers for sm_80 and sm_90a and prints the ptxas resource
 # report (registers, spills, stack). Nothing is linked or installed.
 # Usage: bash tools/nvcc_check.sh [file.cu ...]     (default: every csrc/**/*.cu)
 # The CPU wheel lacks c10's generated cuda_cmake_macros.h; a one-line stand-in is made in a
@@ -20,13 +20,13 @@ if [ ${#files[@]} -eq 0 ]; then mapfile -t files < <(find csrc -name '*.cu' | so
 jobs_max=$(nproc 2>/dev/null || echo 2)
 n=0
 for f in "${files[@]}"; do
-  for arch in 80 90; do
+  for arch in 80 90a; do
     log="$shim/$n.log"
     echo "== $f sm_$arch" > "$log"
     ( nvcc -std=c++17 -O3 --expt-relaxed-constexpr -lineinfo -Xptxas -v \
         -gencode "arch=compute_$arch,code=sm_$arch" -c "$f" -o "$shim/$n.o" \
         -I csrc -I "$shim" -I "$TI" -I "$TI/torch/csrc/api/include" \
-        -D_GLIBCXX_USE_CXX11_ABI=1 -DAPT_WITH_CUDA=1 >> "$log" 2>&1
+        -D_GLIBCXX_USE_CXX11_ABI=1 -DAPT_WITH_CUDA=1 -DAPT_WITH_SM90A=1 >> "$log" 2>&1
       echo $? > "$log.rc" ) &
     n=$((n + 1))
     while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done

@@ -9,14 +9,23 @@
 // per 128-column step and every warp multiplies its decoded weights by all of them:
 //  * a block of 8 warps: WN along N, each owning TW tiles (16 TW weight rows), times KW = 8 / WN
 //    along K; every warp streams its tiles' codes and scales through a register ring two steps
-//    ahead (as the GEMV does) and decodes each word once for XB mma. The warp tile (16 TW weight
-//    rows x 8 XB rows of x) sets the shared-memory bytes read per mma (256 / TW bytes), the
-//    decodes per mma (1 / XB) and the registers: 2 x 8 and 4 x 4 run one block of 8 warps per
-//    multiprocessor, 2 x 4 and 1 x 8 two (round 11b's profile: latency-bound at 8 warps);
+//    ahead (as the GEMV does) and decodes each word once for all 8 XB rows of x. The warp tile
+//    (16 TW weight rows x 8 XB rows of x) sets the decodes per product (1 / XB) and the
+//    registers;
+//  * the products, one of two ways (GemmTiledConfig::wgmma):
+//    - mma.sync m16n8k16 per warp, its B fragments of x read from shared memory into registers
+//      (256 / TW bytes per mma). 2 x 8 and 4 x 4 run one block of 8 warps per multiprocessor,
+//      2 x 4 and 1 x 8 two (round 11b's profile: latency-bound at 8 warps, the decode -> mma
+//      chains leaving half the issue slots empty);
+//    - Hopper's wgmma (sm_90a, fp4_wgmma_cuda.h): the four warps of a warpgroup put their decoded
+//      tiles together as one 64-row A in registers and B is read by the tensor cores straight from
+//      shared memory, asynchronously: one m64n(8 XB)k16 per tile and 16 columns, the decode of the
+//      next 16 columns running while it computes (one group in flight), and no B registers;
 //  * x: each K part's warps copy their next steps' x (8 XB rows x 128 columns) into a ring of
 //    kXStages shared-memory buffers with cp.async (rows past M zero-filled), one __syncthreads
-//    per step; rows sit at a 320-byte pitch, so a warp's 16-byte B-fragment reads (8 rows x 64
-//    bytes) are conflict-free;
+//    per step. For mma.sync rows sit at a 320-byte pitch, so a warp's 16-byte B-fragment reads
+//    (8 rows x 64 bytes) are conflict-free; for wgmma they are stored as wgmma's K-major core
+//    matrices (8 rows x 16 bytes, 128 contiguous bytes; the 16 of a group of 8 rows in K order);
 //  * the K parts' sums meet in shared memory at the end; with `splits` blocks along K (to fill the
 //    GPU when N and M give few blocks) the blocks' sums meet in global memory, added in split
 //    order by the last block to finish (one launch besides zeroing the arrival counters;
@@ -26,6 +35,8 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -35,21 +46,25 @@
 #include "fp4/fp4_linear_cuda.h"
 #include "fp4/fp4_mma_cuda.h"
 #include "fp4/fp4_tiled_decode_cuda.h"
+#include "fp4/fp4_wgmma_cuda.h"
 
 namespace apt::fp4::cuda {
 namespace {
 
 constexpr int kWarps = 8;                                  // warps per block (WN * KW)
 constexpr int kXStages = 3;                                // x steps in shared memory per K part
-constexpr int kXPitch = kStepCols + 32;                    // bfloat16 per staged row (320 bytes)
+constexpr int kXPitch = kStepCols + 32;                    // bfloat16 per staged row, mma.sync (320 bytes)
 constexpr int kWeightStages = 2;                           // register ring of weight steps
 constexpr int kChunksPerRow = kStepCols * 2 / 16;          // 16-byte chunks per row of a step
 constexpr size_t kMaxSmem = 227 * 1024;                    // dynamic shared memory a block may have
 constexpr int kMinStepsPerPart = 2;                        // K steps per (split, K part), at least
 
+// bfloat16 per staged row of x: mma.sync pads rows to kXPitch, wgmma's core matrices are dense.
+constexpr int x_pitch(bool wgmma) { return wgmma ? kStepCols : kXPitch; }
+
 // Dynamic shared memory: KW * kXStages staged x steps, reused for the K-part sums at the end.
-constexpr size_t gemm_smem_bytes(int tw, int xb, int kw) {
-  const size_t x_bytes = sizeof(__nv_bfloat16) * static_cast<size_t>(kw) * kXStages * (8 * xb) * kXPitch;
+constexpr size_t gemm_smem_bytes(int tw, int xb, int kw, bool wgmma) {
+  const size_t x_bytes = sizeof(__nv_bfloat16) * static_cast<size_t>(kw) * kXStages * (8 * xb) * x_pitch(wgmma);
   const size_t sum_bytes = sizeof(float) * static_cast<size_t>(kw - 1) * (kWarps / kw) * tw * xb * 4 * 32;
   return x_bytes > sum_bytes ? x_bytes : sum_bytes;
 }
@@ -70,11 +85,17 @@ __device__ __forceinline__ void cp_async_wait() {
 // 4 TW XB, the ring 20 TW, the x fragments 4 XB registers), else one.
 constexpr int blocks_per_sm(int tw, int xb) { return tw * xb <= 8 ? 2 : 1; }
 
-// The warp tiles built (TW tiles per warp, XB blocks of 8 rows of x): 2 x 8 and 4 x 4 (one block
-// per multiprocessor), 2 x 4 and 1 x 8 (two).
-constexpr bool warp_tile_built(int tw, int xb) {
+// The warp tiles built (TW tiles per warp, XB blocks of 8 rows of x). mma.sync: 2 x 8 and 4 x 4
+// (one block per multiprocessor), 2 x 4 and 1 x 8 (two). wgmma (n = 8 XB = 32, 64 or 128 rows of x
+// per instruction): 2 x 4 and 1 x 8 (two blocks), 2 x 8 and 1 x 16 (one).
+constexpr bool warp_tile_built(int tw, int xb, bool wgmma) {
+  if (wgmma) return (tw == 2 && xb == 4) || (tw == 1 && xb == 8) || (tw == 2 && xb == 8) || (tw == 1 && xb == 16);
   return (tw == 2 && xb == 8) || (tw == 4 && xb == 4) || (tw == 2 && xb == 4) || (tw == 1 && xb == 8);
 }
+
+// K parts a wgmma block may have: a warpgroup (4 warps: one wgmma) must lie in one K part, so
+// 8 / KW warps along N must be a multiple of 4.
+constexpr bool k_parts_ok(int kw, bool wgmma) { return kw == 1 || kw == 2 || (kw == 4 && !wgmma); }
 
 // With args.splits > 1: part 0's warps publish their sums, and the block that finishes its output
 // block last adds every split's sums (its own included) in split order into `acc`. Returns
@@ -124,12 +145,13 @@ __device__ __forceinline__ bool gather_splits(float (&acc)[TW][XB][4], const Til
 // Grid: (ceil(n_tiles / (TW WN)) * m_blocks, splits) blocks (m_blocks = ceil(m / (8 XB)), the x
 // block varying fastest along x), 256 threads. Warp w: tiles TW ((blockIdx.x / m_blocks) * WN +
 // w % WN) + u, K part blockIdx.y * KW + w / WN of KW * splits. args.rw = WN, args.kw = KW,
-// args.steps_per_part = ceil(steps / (KW * splits)).
-template <Format F, bool kGelu, int TW, int XB>
+// args.steps_per_part = ceil(steps / (KW * splits)). kWg: the products by wgmma (sm_90a; KW 1 or
+// 2, so that each warpgroup lies in one K part), else by mma.sync.
+template <Format F, bool kGelu, int TW, int XB, bool kWg>
 __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled_kernel(const TiledLinearArgs args) {
   static_assert(F != Format::NF4, "nf4 decodes through a shared-memory table: the GEMV path");
-  constexpr int kBlockRows = 8 * XB;                  // rows of x per block
-  constexpr int kXStageElems = kBlockRows * kXPitch;  // one staged step of one K part
+  constexpr int kBlockRows = 8 * XB;                          // rows of x per block
+  constexpr int kXStageElems = kBlockRows * x_pitch(kWg);     // one staged step of one K part
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wn = warp % args.rw, part = warp / args.rw;
   const int64_t m_block = blockIdx.x % args.m_blocks;
@@ -141,21 +163,34 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   const int n_steps = s_begin >= steps ? 0 : min(steps - s_begin, steps_per_part);
   const bool has_tile = tile0 < args.n_tiles;
 
-  extern __shared__ __align__(16) unsigned char dyn_smem[];
+  extern __shared__ __align__(128) unsigned char dyn_smem[];
   __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(dyn_smem) + static_cast<size_t>(part) * kXStages * kXStageElems;
 
-  // This K part's threads copy x step s into stage buffer s % kXStages: chunk q of the rows x 16
-  // chunks of 16 bytes is row q / 16, columns 8 (q % 16) .. + 7.
+  // This K part's threads copy x step s into stage buffer s % kXStages. mma.sync: chunk q of the
+  // rows x 16 chunks of 16 bytes is row q / 16, columns 8 (q % 16) .. + 7, at a kXPitch pitch.
+  // wgmma: chunk q is row 8 (q / 128) + q % 8, columns 8 ((q / 8) % 16) .. + 7, stored at 16 q
+  // bytes: core matrix (rows 8 (q / 128) .., column chunk (q / 8) % 16) at 128 bytes each, in K
+  // order within a group of 8 rows (descriptor: LBO 128 bytes, SBO 2048).
   const int part_thread = threadIdx.x - part * args.rw * 32, part_threads = args.rw * 32;
   const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(args.x);
   auto load_x_step = [&](int s) {
     __nv_bfloat16* dst = xs + (s % kXStages) * kXStageElems;
     for (int q = part_thread; q < kBlockRows * kChunksPerRow; q += part_threads) {
-      const int r = q / kChunksPerRow, c = q % kChunksPerRow;
+      int r, c;
+      __nv_bfloat16* d;
+      if constexpr (kWg) {
+        r = 8 * (q / (8 * kChunksPerRow)) + q % 8;
+        c = (q / 8) % kChunksPerRow;
+        d = dst + 8 * q;
+      } else {
+        r = q / kChunksPerRow;
+        c = q % kChunksPerRow;
+        d = dst + r * kXPitch + 8 * c;
+      }
       const int64_t row = row_first + r;
       const bool valid = row < args.m;
       const __nv_bfloat16* src = x + (valid ? row : 0) * args.x_stride + static_cast<int64_t>(s_begin + s) * kStepCols + 8 * c;
-      cp_async16(dst + r * kXPitch + 8 * c, src, valid);
+      cp_async16(d, src, valid);
     }
   };
 
@@ -165,12 +200,14 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
 #pragma unroll
     for (int i = 0; i < XB; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
 
-  // Weights: the GEMV's register ring (WeightRing), two steps ahead; a warp without tiles loads
-  // nothing.
+  // Weights: the GEMV's register ring (WeightRing), two steps ahead. With mma.sync a warp without
+  // tiles loads nothing; with wgmma every warp of a warpgroup must take part in its wgmma, so
+  // such a warp decodes the layout's first tile (its sums are not written).
+  const bool loads = kWg || has_tile;
   WeightRing<F, kWeightStages, TW> ring(args, has_tile ? tile0 : 0, s_begin, lane);
 #pragma unroll
   for (int i = 0; i < kWeightStages; ++i) {
-    if (has_tile && i < n_steps) ring.load(i, args);
+    if (loads && i < n_steps) ring.load(i, args);
     ring.advance(args);
   }
 #pragma unroll
@@ -180,34 +217,59 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   }
 
   // Every warp runs steps_per_part steps (the block's barriers must match); a K part with fewer
-  // steps, or a warp without tiles, skips the work of the extra ones. Step s uses ring slot
-  // I = s % kWeightStages, a compile-time index (the loop is unrolled by the ring's depth) so
-  // that the ring stays in registers.
+  // steps, or (mma.sync) a warp without tiles, skips the work of the extra ones. Step s uses ring
+  // slot I = s % kWeightStages, a compile-time index (the loop is unrolled by the ring's depth)
+  // so that the ring stays in registers.
   auto step = [&](int s, auto slot) {
     constexpr int I = decltype(slot)::value;
+    if constexpr (kWg) {
+      // Step s - 1's last wgmma still reads the stage that this step's copy refills.
+      wgmma_wait<0>();
+#pragma unroll
+      for (int u = 0; u < TW; ++u) wgmma_fence_operands(acc[u]);
+    }
     cp_async_wait<kXStages - 2>();
+    if constexpr (kWg) fence_proxy_async_shared();
     __syncthreads();  // step s's x is in shared memory; stage (s - 1) % kXStages is free again
     if (s + kXStages - 1 < n_steps) load_x_step(s + kXStages - 1);
     cp_async_commit();
-    if (s >= n_steps || !has_tile) return;
-    const __nv_bfloat16* xstep = xs + (s % kXStages) * kXStageElems + g * kXPitch + 8 * t;
+    if (s >= n_steps || !loads) return;
+    if constexpr (kWg) {
+      // 16 columns j at a time: decode the TW tiles' A registers, then one wgmma per tile on the
+      // stage's core matrices of columns 16 j .. 16 j + 15; the next decode runs while it computes.
+      const uint32_t xstage = static_cast<uint32_t>(__cvta_generic_to_shared(xs + (s % kXStages) * kXStageElems));
 #pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      // B fragments of chunk c for the XB blocks of x: row 8 xb + g, columns 32 c + 8 t .. + 7
-      // (words 0, 1 feed mma 2c, words 2, 3 mma 2c + 1; fp4_tiled_layout.h).
-      uint4 b[XB];
+      for (int j = 0; j < 8; ++j) {
+        uint32_t a[TW][4];
 #pragma unroll
-      for (int xb = 0; xb < XB; ++xb) b[xb] = *reinterpret_cast<const uint4*>(xstep + xb * 8 * kXPitch + 32 * c);
+        for (int u = 0; u < TW; ++u) decode_word<F>(word_of(j < 4 ? ring.c0[I][u] : ring.c1[I][u], j & 3), ring.sc[I][u], j, nullptr, a[u]);
+        const uint64_t desc = wgmma_desc_k_major(xstage + 256 * j, 128, 16 * 128);
+        wgmma_fence();
 #pragma unroll
-      for (int jj = 0; jj < 2; ++jj) {
-        const int j = 2 * c + jj;
+        for (int u = 0; u < TW; ++u) WgmmaBf16<XB>::mma(acc[u], a[u], desc);
+        wgmma_commit();
+        wgmma_wait<1>();
+      }
+    } else {
+      const __nv_bfloat16* xstep = xs + (s % kXStages) * kXStageElems + g * kXPitch + 8 * t;
 #pragma unroll
-        for (int u = 0; u < TW; ++u) {
-          uint32_t a[4];
-          decode_word<F>(word_of(j < 4 ? ring.c0[I][u] : ring.c1[I][u], j & 3), ring.sc[I][u], j, nullptr, a);
+      for (int c = 0; c < 4; ++c) {
+        // B fragments of chunk c for the XB blocks of x: row 8 xb + g, columns 32 c + 8 t .. + 7
+        // (words 0, 1 feed mma 2c, words 2, 3 mma 2c + 1; fp4_tiled_layout.h).
+        uint4 b[XB];
 #pragma unroll
-          for (int xb = 0; xb < XB; ++xb) {
-            MmaType<at::BFloat16>::mma(acc[u][xb], a, word_of(b[xb], 2 * jj), word_of(b[xb], 2 * jj + 1));
+        for (int xb = 0; xb < XB; ++xb) b[xb] = *reinterpret_cast<const uint4*>(xstep + xb * 8 * kXPitch + 32 * c);
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+          const int j = 2 * c + jj;
+#pragma unroll
+          for (int u = 0; u < TW; ++u) {
+            uint32_t a[4];
+            decode_word<F>(word_of(j < 4 ? ring.c0[I][u] : ring.c1[I][u], j & 3), ring.sc[I][u], j, nullptr, a);
+#pragma unroll
+            for (int xb = 0; xb < XB; ++xb) {
+              MmaType<at::BFloat16>::mma(acc[u][xb], a, word_of(b[xb], 2 * jj), word_of(b[xb], 2 * jj + 1));
+            }
           }
         }
       }
@@ -220,6 +282,11 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
     step(s, std::integral_constant<int, 0>{});
     if (s + 1 < steps_per_part) step(s + 1, std::integral_constant<int, 1>{});
   }
+  if constexpr (kWg) {
+    wgmma_wait<0>();
+#pragma unroll
+    for (int u = 0; u < TW; ++u) wgmma_fence_operands(acc[u]);
+  }
   cp_async_wait<0>();
   __syncthreads();  // the x stages are reused for the K-part sums
 
@@ -231,21 +298,41 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   store_outputs<at::BFloat16, kGelu>(acc, args, tile0, row_first, g, t);
 }
 
-// Calls fn(integral_constant<TW>, integral_constant<XB>) for a built warp tile.
+// Calls fn(integral_constant<TW>, integral_constant<XB>) for a warp tile built for either kind of
+// product (the caller instantiates only the kind built for it).
 template <typename Fn>
-void dispatch_warp_tile(int tw, int xb, Fn&& fn) {
+void dispatch_warp_tile(int tw, int xb, bool wgmma, Fn&& fn) {
   using std::integral_constant;
+  TORCH_CHECK_VALUE(warp_tile_built(tw, xb, wgmma), "fp4_linear_tiled: no ", wgmma ? "wgmma" : "mma.sync",
+                    " GEMM built for ", tw, " tiles per warp and ", 8 * xb, " rows of x per block");
   if (tw == 2 && xb == 8) {
     fn(integral_constant<int, 2>{}, integral_constant<int, 8>{});
   } else if (tw == 4 && xb == 4) {
     fn(integral_constant<int, 4>{}, integral_constant<int, 4>{});
   } else if (tw == 2 && xb == 4) {
     fn(integral_constant<int, 2>{}, integral_constant<int, 4>{});
-  } else {
-    TORCH_CHECK_VALUE(tw == 1 && xb == 8, "fp4_linear_tiled: no GEMM built for ", tw, " tiles per warp and ", 8 * xb,
-                      " rows of x per block");
+  } else if (tw == 1 && xb == 8) {
     fn(integral_constant<int, 1>{}, integral_constant<int, 8>{});
+  } else {
+    fn(integral_constant<int, 1>{}, integral_constant<int, 16>{});
   }
+}
+
+// Whether wgmma kernels can run on CUDA device `device`: built for sm_90a, and the device is
+// compute capability 9.0 (sm_90a code runs on no other). Queried once per device.
+bool wgmma_available(int device) {
+  if (!kWgmmaBuilt) return false;
+  static std::array<std::atomic<int>, 256> cache{};  // 0 unknown, 1 no, 2 yes
+  TORCH_CHECK(device >= 0 && device < static_cast<int>(cache.size()), "fp4_linear_tiled: CUDA device index out of range");
+  int v = cache[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    int major = 0, minor = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    v = major == 9 && minor == 0 ? 2 : 1;
+    cache[device].store(v, std::memory_order_relaxed);
+  }
+  return v == 2;
 }
 
 }  // namespace
@@ -256,26 +343,30 @@ bool gemm_tiled_supported(Format f, at::ScalarType x_dtype) {
 
 GemmTiledConfig gemm_tiled_config() {
   static const GemmTiledConfig cfg = [] {
-    GemmTiledConfig c{kGemmDefaultMinRows, kGemmDefaultMinN, 1, 0, 2, 64};
+    GemmTiledConfig c{kGemmDefaultMinRows, kGemmDefaultMinN, 1, 0, 2, 64, false};
     const char* env = std::getenv("APT_FP4_GEMM");
     if (env == nullptr || *env == '\0') return c;
     long long min_rows = 0;
-    int k_parts = 1, splits = 0, tiles = 2, rows = 0;
-    const int got = std::sscanf(env, "%lld,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows);
+    int k_parts = 1, splits = 0, tiles = 2, rows = 0, mma = 0;
+    const int got = std::sscanf(env, "%lld,%d,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows, &mma);
     if (rows == 0) rows = tiles >= 4 ? 32 : 64;
-    const bool ok = got >= 1 && min_rows >= 0 && (k_parts == 1 || k_parts == 2 || k_parts == 4) && splits >= 0 &&
-                    rows % 8 == 0 && warp_tile_built(tiles, rows / 8) &&
-                    gemm_smem_bytes(tiles, rows / 8, k_parts) <= kMaxSmem;
-    TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows]]]]' with "
-                      "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) and a built warp tile "
-                      "(tiles_per_warp, rows of x per block): (2, 64), (4, 32), (2, 32) or (1, 64), rows 0 meaning "
-                      "the first that fits; k_parts 4 only with 32 rows (shared memory); got '", env, "'");
+    const bool wgmma = mma == 1;
+    const bool ok = got >= 1 && min_rows >= 0 && (mma == 0 || mma == 1) && k_parts_ok(k_parts, wgmma) &&
+                    splits >= 0 && rows % 8 == 0 && warp_tile_built(tiles, rows / 8, wgmma) &&
+                    gemm_smem_bytes(tiles, rows / 8, k_parts, wgmma) <= kMaxSmem;
+    TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]' with "
+                      "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), mma 0 (mma.sync) or 1 "
+                      "(wgmma, k_parts 1 or 2) and a warp tile (tiles_per_warp, rows of x per block) built for it: "
+                      "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128); "
+                      "rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only with 32 rows (shared memory); got '",
+                      env, "'");
     c.min_rows = min_rows;
     c.min_n = 0;
     c.k_parts = k_parts;
     c.splits = splits;
     c.tiles_per_warp = tiles;
     c.rows_per_block = rows;
+    c.wgmma = wgmma;
     return c;
   }();
   return cfg;
@@ -285,11 +376,15 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
                        const at::Tensor& like, cudaStream_t stream) {
   TORCH_CHECK(gemm_tiled_supported(f, at::kBFloat16), "fp4_linear_tiled: the GEMM path takes nvfp4 and mxfp4 only");
   const int tw = cfg.tiles_per_warp, xb = cfg.rows_per_block / 8;
-  TORCH_CHECK_VALUE(cfg.rows_per_block % 8 == 0 && warp_tile_built(tw, xb), "fp4_linear_tiled: no GEMM built for ",
+  const bool wg = cfg.wgmma;
+  TORCH_CHECK_VALUE(!wg || wgmma_available(like.get_device()),
+                    "fp4_linear_tiled: the wgmma GEMM (APT_FP4_GEMM's sixth field 1) needs a build for sm_90a "
+                    "(APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU");
+  TORCH_CHECK_VALUE(cfg.rows_per_block % 8 == 0 && warp_tile_built(tw, xb, wg), "fp4_linear_tiled: no GEMM built for ",
                     tw, " tiles per warp and ", cfg.rows_per_block, " rows of x per block");
-  const size_t smem = gemm_smem_bytes(tw, xb, cfg.k_parts);
-  TORCH_CHECK_VALUE((cfg.k_parts == 1 || cfg.k_parts == 2 || cfg.k_parts == 4) && smem <= kMaxSmem,
-                    "fp4_linear_tiled: GEMM K parts must be 1, 2 or 4 within ", kMaxSmem,
+  const size_t smem = gemm_smem_bytes(tw, xb, cfg.k_parts, wg);
+  TORCH_CHECK_VALUE(k_parts_ok(cfg.k_parts, wg) && smem <= kMaxSmem,
+                    "fp4_linear_tiled: GEMM K parts must be 1, 2 or 4 (wgmma: 1 or 2) within ", kMaxSmem,
                     " bytes of shared memory, got ", cfg.k_parts, " (", smem, " bytes)");
   args.kw = cfg.k_parts;
   args.rw = kWarps / cfg.k_parts;
@@ -324,13 +419,21 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
     kernel<<<grid, kWarps * 32, smem, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  dispatch_warp_tile(tw, xb, [&](auto tw_c, auto xb_c) {
+  auto by_kind = [&](auto tw_c, auto xb_c, auto wg_c) {
     constexpr int TW = decltype(tw_c)::value, XB = decltype(xb_c)::value;
-    if (f == Format::NVFP4) {
-      gelu ? go(gemm_tiled_kernel<Format::NVFP4, true, TW, XB>) : go(gemm_tiled_kernel<Format::NVFP4, false, TW, XB>);
-    } else {
-      gelu ? go(gemm_tiled_kernel<Format::MXFP4, true, TW, XB>) : go(gemm_tiled_kernel<Format::MXFP4, false, TW, XB>);
+    constexpr bool kWg = decltype(wg_c)::value;
+    if constexpr (warp_tile_built(TW, XB, kWg)) {
+      if (f == Format::NVFP4) {
+        gelu ? go(gemm_tiled_kernel<Format::NVFP4, true, TW, XB, kWg>)
+             : go(gemm_tiled_kernel<Format::NVFP4, false, TW, XB, kWg>);
+      } else {
+        gelu ? go(gemm_tiled_kernel<Format::MXFP4, true, TW, XB, kWg>)
+             : go(gemm_tiled_kernel<Format::MXFP4, false, TW, XB, kWg>);
+      }
     }
+  };
+  dispatch_warp_tile(tw, xb, wg, [&](auto tw_c, auto xb_c) {
+    wg ? by_kind(tw_c, xb_c, std::true_type{}) : by_kind(tw_c, xb_c, std::false_type{});
   });
 }
 

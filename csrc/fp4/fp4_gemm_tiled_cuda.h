@@ -1,8 +1,8 @@
 // The tiled-layout FP4 GEMM (fp4_gemm_tiled_cuda.cu): 32 or 64 rows of bfloat16 x per block,
 // staged through shared memory, for nvfp4 / mxfp4 weights. fp4_linear_tiled (fp4_gemv_cuda.cu)
 // calls it instead of the GEMV when x has at least kGemmDefaultMinRows rows, or as
-// APT_FP4_GEMM="min_rows[,k_parts[,splits[,tiles_per_warp[,rows]]]]" says (tuning sweeps; "0":
-// never).
+// APT_FP4_GEMM="min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]" says (tuning sweeps;
+// "0": never).
 #pragma once
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
@@ -28,15 +28,18 @@ bool gemm_tiled_supported(Format f, at::ScalarType x_dtype);
 // APT_FP4_GEMM (read once): the fewest rows of x that take the GEMM (default kGemmDefaultMinRows
 // where the weight has kGemmDefaultMinN rows; set: any weight; 0: never), its K parts per block
 // (1, 2 or 4; default 1), its blocks along K (0, the default: enough to fill the GPU), its tiles
-// per warp and rows of x per block (a built warp tile: 2 x 64, the default; 4 x 32; 2 x 32;
-// 1 x 64; rows 0: 64 below 4 tiles, else 32).
+// per warp and rows of x per block (a warp tile built for the kind of product: mma.sync 2 x 64, the
+// default, 4 x 32, 2 x 32, 1 x 64; wgmma 2 x 32, 1 x 64, 2 x 64, 1 x 128; rows 0: 64 below 4
+// tiles, else 32), and the kind of product (mma 0: mma.sync, the default; 1: Hopper's wgmma, which
+// needs an sm_90a build and a compute capability 9.0 GPU, and 1 or 2 K parts).
 struct GemmTiledConfig {
   int64_t min_rows;
   int64_t min_n;  // weight rows, at least (kGemmDefaultMinN by default, 0 when APT_FP4_GEMM is set)
   int k_parts;
   int64_t splits;
   int tiles_per_warp;
-  int rows_per_block;  // rows of x per block (8 per mma n8 block): 64 or 32
+  int rows_per_block;  // rows of x per block (8 per mma n8 block): 32, 64 or (wgmma) 128
+  bool wgmma;          // products by wgmma (sm_90a) instead of mma.sync
 };
 GemmTiledConfig gemm_tiled_config();
 

@@ -139,17 +139,32 @@ def test_gemv_launch_variants(launch):
     _run_checks_in_child(code, APT_FP4_GEMV=launch)
 
 
+WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,1", "17,1,0,2,64,1", "17,2,3,2,64,1",
+                  "17,1,0,1,128,1", "17,2,0,1,128,1"]
+
+
+def _wgmma_runs() -> bool:
+    """The wgmma GEMM runs where the build has sm_90a code and the GPU is compute capability 9.0."""
+    archs = str(_native.build_info().get("cuda_archs", ""))
+    return torch.cuda.is_available() and "90a" in archs and torch.cuda.get_device_capability() == (9, 0)
+
+
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2", "17,2,1", "17,4,0,4", "17,1,3,4", "1,2,5,2", "17,1,0,2,32",
-                                  "17,4,3,2,32", "17,2,0,1,64"])
+                                  "17,4,3,2,32", "17,2,0,1,64", *WGMMA_CONFIGS])
 def test_tiled_gemm_path(gemm):
     """The tiled GEMM (csrc/fp4/fp4_gemm_tiled_cuda.cu,
-    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp[,rows]]]", read once per process, so
-    in a child), every warp tile built: nvfp4 and mxfp4 with bfloat16 x against the reference at
-    M around its 32- and 64-row blocks, a number of tiles that leaves a warp's last tiles missing (N = 300: 19 tiles), K = 4192
+    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]", read once per
+    process, so in a child), every warp tile built for mma.sync and for wgmma (mma 1, on sm_90a
+    builds and compute capability 9.0 GPUs): nvfp4 and mxfp4 with bfloat16 x against the
+    reference at M around its 32-, 64- and 128-row blocks, a number of tiles that leaves a warp's
+    last tiles missing (N = 300: 19 tiles; with wgmma, whole warpgroups and single warps without
+    a tile of their own), K = 4192
     (33 steps: K parts and splits of unequal length), blocks along K chosen per shape (0) or
     given, with bias and with GELU; rows below min_rows, nf4 and float16 x still take the GEMV
     and stay correct."""
+    if gemm in WGMMA_CONFIGS and not _wgmma_runs():
+        pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
     code = (
         "for fmt in ('nvfp4', 'mxfp4'):\n"
         "    for m in (1, 16, 17, 31, 32, 33, 63, 64, 65, 100, 128, 129, 256, 1000, 4096):\n"
@@ -160,6 +175,22 @@ def test_tiled_gemm_path(gemm):
         "t._check('nvfp4', 64, torch.float16, True, n=300, k=4192, apt_seed=15)\n"
         "t.check_gelu(80)\n")
     _run_checks_in_child(code, APT_FP4_GEMM=gemm)
+
+
+@needs_cuda_build
+def test_wgmma_gemm_refused_where_it_cannot_run():
+    """Asking for the wgmma GEMM on a build without sm_90a code or on another GPU is a clear
+    error naming APT_FP4_GEMM, not a launch of a kernel the GPU cannot run."""
+    if _wgmma_runs():
+        pytest.skip("this build and GPU run the wgmma GEMM")
+    code = (
+        "try:\n"
+        "    t._check('nvfp4', 64, torch.bfloat16, False, n=300, k=4192, apt_seed=16)\n"
+        "except ValueError as e:\n"
+        "    assert 'sm_90a' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('the wgmma GEMM ran')\n")
+    _run_checks_in_child(code, APT_FP4_GEMM="17,1,0,2,64,1")
 
 
 @needs_cuda_build

@@ -1,0 +1,114 @@
+// Hopper warpgroup MMA (wgmma.mma_async, sm_90a only) for the tiled FP4 GEMM
+// (fp4_gemm_tiled_cuda.cu): A (the decoded weights, 64 rows = four warps' 16-row tiles) from
+// registers, B (x) from shared memory through a matrix descriptor, float32 accumulators.
+//
+// Per warp, the A registers of wgmma .m64nNk16 (bf16) are the mma.sync m16n8k16 A fragment of the
+// warp's 16 rows (PTX ISA, "Register Fragments", wgmma .m64nNk16), and the accumulator of each
+// 8-column block i of N is the m16n8k16 C fragment (rows g / g + 8, columns 8 i + 2 t, + 1): so the
+// GEMM's decode (decode_word) and epilogue (store_outputs) serve both instructions unchanged.
+//
+// B is K-major without swizzling: core matrices of 8 rows (of x) x 16 bytes (8 bfloat16 of K),
+// each 128 contiguous bytes; the descriptor's leading byte offset steps to the next core matrix
+// along K, its stride byte offset to the next 8 rows (PTX ISA, "Shared Memory Matrix Layout",
+// canonical K-major layout ((8, m), (T, 2k)) : ((1T, SBO), (1, LBO))).
+//
+// Compiled only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); other targets get a trap, and the host
+// never launches a wgmma kernel unless the build has sm_90a code (kWgmmaBuilt) and the device is
+// compute capability 9.0.
+#pragma once
+#include <cstdint>
+
+namespace apt::fp4::cuda {
+
+#if defined(APT_WITH_SM90A)
+constexpr bool kWgmmaBuilt = true;
+#else
+constexpr bool kWgmmaBuilt = false;
+#endif
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define APT_WGMMA_ASM(...) asm volatile(__VA_ARGS__)
+#else
+#define APT_WGMMA_ASM(...) __trap()
+#endif
+
+// Matrix descriptor of a K-major, unswizzled bfloat16 operand at shared address `smem_addr`
+// (16-byte aligned): lbo = bytes between core matrices adjacent along K, sbo = bytes between
+// groups of 8 rows. Swizzle mode 0 and base offset 0 (bits 62-63, 49-51).
+__device__ __forceinline__ uint64_t wgmma_desc_k_major(uint32_t smem_addr, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((smem_addr & 0x3FFFFu) >> 4) | (static_cast<uint64_t>((lbo >> 4) & 0x3FFFu) << 16) |
+         (static_cast<uint64_t>((sbo >> 4) & 0x3FFFu) << 32);
+}
+
+// Orders this thread's register writes (A, accumulators) before the next wgmma reads them.
+__device__ __forceinline__ void wgmma_fence() { APT_WGMMA_ASM("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { APT_WGMMA_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+// Waits until at most N committed groups of this warpgroup are still running.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  APT_WGMMA_ASM("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Makes this thread's generic-proxy writes to shared memory (cp.async, st.shared) visible to the
+// async proxy that wgmma reads B through; a barrier after it publishes every thread's.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  APT_WGMMA_ASM("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// Keeps the compiler from moving accesses of the accumulators across a wgmma wait or fence (the
+// registers change asynchronously between a wgmma and its wait).
+template <int XB>
+__device__ __forceinline__ void wgmma_fence_operands(float (&d)[XB][4]) {
+#pragma unroll
+  for (int i = 0; i < XB; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
+}
+
+#define APT_ACC4(i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
+
+// d += A (64 x 16, bf16, registers) * B (16 x 8 XB, bf16, K-major in shared memory at `desc`).
+template <int XB>
+struct WgmmaBf16;
+template <>
+struct WgmmaBf16<4> {
+  __device__ static void mma(float (&d)[4][4], const uint32_t (&a)[4], uint64_t desc) {
+    APT_WGMMA_ASM(
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "{%16, %17, %18, %19}, %20, 1, 1, 1, 0;\n"
+        : APT_ACC4(0), APT_ACC4(1), APT_ACC4(2), APT_ACC4(3)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+};
+template <>
+struct WgmmaBf16<8> {
+  __device__ static void mma(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc) {
+    APT_WGMMA_ASM(
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "
+        "%23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "{%32, %33, %34, %35}, %36, 1, 1, 1, 0;\n"
+        : APT_ACC4(0), APT_ACC4(1), APT_ACC4(2), APT_ACC4(3), APT_ACC4(4), APT_ACC4(5), APT_ACC4(6), APT_ACC4(7)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+};
+template <>
+struct WgmmaBf16<16> {
+  __device__ static void mma(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc) {
+    APT_WGMMA_ASM(
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "
+        "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "
+        "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %68, 1, 1, 1, 0;\n"
+        : APT_ACC4(0), APT_ACC4(1), APT_ACC4(2), APT_ACC4(3), APT_ACC4(4), APT_ACC4(5), APT_ACC4(6), APT_ACC4(7),
+          APT_ACC4(8), APT_ACC4(9), APT_ACC4(10), APT_ACC4(11), APT_ACC4(12), APT_ACC4(13), APT_ACC4(14),
+          APT_ACC4(15)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+};
+
+#undef APT_ACC4
+#undef APT_WGMMA_ASM
+
+}  // namespace apt::fp4::cuda

@@ -151,7 +151,8 @@ def _wgmma_runs() -> bool:
 
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2", "17,2,1", "17,4,0,4", "17,1,3,4", "1,2,5,2", "17,1,0,2,32",
-                                  "17,4,3,2,32", "17,2,0,1,64", *WGMMA_CONFIGS])
+                                  "17,4,3,2,32", "17,2,0,1,64",
+                                  *(pytest.param(c, id=f"wgmma-{c}") for c in WGMMA_CONFIGS)])
 def test_tiled_gemm_path(gemm):
     """The tiled GEMM (csrc/fp4/fp4_gemm_tiled_cuda.cu,
     APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]", read once per
@@ -175,6 +176,42 @@ def test_tiled_gemm_path(gemm):
         "t._check('nvfp4', 64, torch.float16, True, n=300, k=4192, apt_seed=15)\n"
         "t.check_gelu(80)\n")
     _run_checks_in_child(code, APT_FP4_GEMM=gemm)
+
+
+def probe_gemm_mapping(m: int, n: int, k: int) -> None:
+    """Structured probe of the GEMM's operand layouts (run in a child with APT_FP4_GEMM set):
+    x's row r is the unit vector of column c(r) = (37 r + 5) mod K, so output row r must equal
+    the dequantized weight's column c(r) up to bfloat16 rounding. On a mismatch it says, per
+    wrong row, which weight column the row matched instead (the x layout in shared memory) or
+    that it matched none (the weight fragments or the accumulators)."""
+    g = torch.Generator().manual_seed(5)
+    q = quantize(_weight(n, k, g).to(DEV), "nvfp4")
+    t = tile(q)
+    w = t.dequantize()  # float32 [n, k]
+    cols = [(37 * r + 5) % k for r in range(m)]
+    x = torch.zeros(m, k, dtype=torch.bfloat16, device=DEV)
+    x[torch.arange(m), torch.tensor(cols)] = 1.0
+    y = t.linear(x).float()
+    want = w[:, cols].T.to(torch.bfloat16).float()
+    bad = [r for r in range(m) if not torch.allclose(y[r], want[r], rtol=1e-2, atol=1e-6)]
+    if bad:
+        wt = w.T.to(torch.bfloat16).float()  # [k, n]: candidate rows
+        found = []
+        for r in bad[:8]:
+            hit = torch.nonzero(torch.isclose(wt, y[r]).all(dim=1)).flatten().tolist()
+            found.append(f"row {r}: wanted column {cols[r]}, matches column(s) {hit[:4] or 'none'}")
+        raise AssertionError(f"{len(bad)} of {m} rows wrong (M={m}, N={n}, K={k}); " + "; ".join(found))
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("gemm", WGMMA_CONFIGS[:1] + WGMMA_CONFIGS[2:3] + WGMMA_CONFIGS[6:7])
+def test_wgmma_gemm_operand_layouts(gemm):
+    """The wgmma GEMM on one-hot rows of x (probe_gemm_mapping): a wrong shared-memory layout of
+    x or wrong register fragments name themselves in the failure message."""
+    if not _wgmma_runs():
+        pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
+    _run_checks_in_child("t.probe_gemm_mapping(128, 256, 512)\nt.probe_gemm_mapping(40, 300, 4192)\n",
+                         APT_FP4_GEMM=gemm)
 
 
 @needs_cuda_build

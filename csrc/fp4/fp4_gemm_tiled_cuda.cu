@@ -86,10 +86,14 @@ __device__ __forceinline__ void cp_async_wait() {
 constexpr int blocks_per_sm(int tw, int xb) { return tw * xb <= 8 ? 2 : 1; }
 
 // The warp tiles built (TW tiles per warp, XB blocks of 8 rows of x). mma.sync: 2 x 8 and 4 x 4
-// (one block per multiprocessor), 2 x 4 and 1 x 8 (two). wgmma (n = 8 XB = 32, 64 or 128 rows of x
-// per instruction): 2 x 4 and 1 x 8 (two blocks), 2 x 8 and 1 x 16 (one).
+// (one block per multiprocessor), 2 x 4 and 1 x 8 (two). wgmma (n = 8 XB rows of x per
+// instruction): 1 and 2 tiles x 1 and 2 (8 or 16 rows of x: the GEMV's range, for the sweep
+// against it), 2 x 4 and 1 x 8 (two blocks per multiprocessor), 2 x 8 and 1 x 16 (one).
 constexpr bool warp_tile_built(int tw, int xb, bool wgmma) {
-  if (wgmma) return (tw == 2 && xb == 4) || (tw == 1 && xb == 8) || (tw == 2 && xb == 8) || (tw == 1 && xb == 16);
+  if (wgmma) {
+    return ((tw == 1 || tw == 2) && (xb == 1 || xb == 2)) || (tw == 2 && xb == 4) || (tw == 1 && xb == 8) ||
+           (tw == 2 && xb == 8) || (tw == 1 && xb == 16);
+  }
   return (tw == 2 && xb == 8) || (tw == 4 && xb == 4) || (tw == 2 && xb == 4) || (tw == 1 && xb == 8);
 }
 
@@ -313,8 +317,16 @@ void dispatch_warp_tile(int tw, int xb, bool wgmma, Fn&& fn) {
     fn(integral_constant<int, 2>{}, integral_constant<int, 4>{});
   } else if (tw == 1 && xb == 8) {
     fn(integral_constant<int, 1>{}, integral_constant<int, 8>{});
-  } else {
+  } else if (tw == 1 && xb == 16) {
     fn(integral_constant<int, 1>{}, integral_constant<int, 16>{});
+  } else if (tw == 1 && xb == 1) {
+    fn(integral_constant<int, 1>{}, integral_constant<int, 1>{});
+  } else if (tw == 2 && xb == 1) {
+    fn(integral_constant<int, 2>{}, integral_constant<int, 1>{});
+  } else if (tw == 1 && xb == 2) {
+    fn(integral_constant<int, 1>{}, integral_constant<int, 2>{});
+  } else {
+    fn(integral_constant<int, 2>{}, integral_constant<int, 2>{});
   }
 }
 
@@ -357,7 +369,8 @@ GemmTiledConfig gemm_tiled_config() {
     TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]' with "
                       "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), mma 0 (mma.sync) or 1 "
                       "(wgmma, k_parts 1 or 2) and a warp tile (tiles_per_warp, rows of x per block) built for it: "
-                      "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128); "
+                      "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (1 or 2, 8 or 16), (2, 32), (1, 64), (2, 64) or "
+                      "(1, 128); "
                       "rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only with 32 rows (shared memory); got '",
                       env, "'");
     c.min_rows = min_rows;

@@ -29,7 +29,7 @@ bool gemm_tiled_supported(Format f, at::ScalarType x_dtype);
 // where the weight has kGemmDefaultMinN rows; set: any weight; 0: never), its K parts per block
 // (1, 2 or 4; default 1), its blocks along K (0, the default: enough to fill the GPU), its tiles
 // per warp and rows of x per block (a warp tile built for the kind of product: mma.sync 2 x 64, the
-// default, 4 x 32, 2 x 32, 1 x 64; wgmma 2 x 32, 1 x 64, 2 x 64, 1 x 128; rows 0: 64 below 4
+// default, 4 x 32, 2 x 32, 1 x 64; wgmma 1 or 2 x 8 or 16, 2 x 32, 1 x 64, 2 x 64, 1 x 128; rows 0: 64 below 4
 // tiles, else 32), and the kind of product (mma 0: mma.sync, the default; 1: Hopper's wgmma, which
 // needs an sm_90a build and a compute capability 9.0 GPU, and 1 or 2 K parts).
 struct GemmTiledConfig {
@@ -38,7 +38,7 @@ struct GemmTiledConfig {
   int k_parts;
   int64_t splits;
   int tiles_per_warp;
-  int rows_per_block;  // rows of x per block (8 per mma n8 block): 32, 64 or (wgmma) 128
+  int rows_per_block;  // rows of x per block (8 per mma n8 block): 32, 64 or (wgmma) 8, 16, 128
   bool wgmma;          // products by wgmma (sm_90a) instead of mma.sync
 };
 GemmTiledConfig gemm_tiled_config();

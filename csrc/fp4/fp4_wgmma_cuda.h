@@ -70,6 +70,26 @@ __device__ __forceinline__ void wgmma_fence_operands(float (&d)[XB][4]) {
 template <int XB>
 struct WgmmaBf16;
 template <>
+struct WgmmaBf16<1> {
+  __device__ static void mma(float (&d)[1][4], const uint32_t (&a)[4], uint64_t desc) {
+    APT_WGMMA_ASM(
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, 1, 1, 1, 0;\n"
+        : APT_ACC4(0)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+};
+template <>
+struct WgmmaBf16<2> {
+  __device__ static void mma(float (&d)[2][4], const uint32_t (&a)[4], uint64_t desc) {
+    APT_WGMMA_ASM(
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, 1, 1, 1, 0;\n"
+        : APT_ACC4(0), APT_ACC4(1)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+};
+template <>
 struct WgmmaBf16<4> {
   __device__ static void mma(float (&d)[4][4], const uint32_t (&a)[4], uint64_t desc) {
     APT_WGMMA_ASM(

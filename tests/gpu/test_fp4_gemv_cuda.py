@@ -140,7 +140,7 @@ def test_gemv_launch_variants(launch):
 
 
 WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,1", "17,1,0,2,64,1", "17,2,3,2,64,1",
-                  "17,1,0,1,128,1", "17,2,0,1,128,1"]
+                  "17,1,0,1,128,1", "17,2,0,1,128,1", "1,1,0,1,8,1", "1,2,0,2,8,1", "1,1,0,1,16,1", "1,1,3,2,16,1"]
 
 
 def _wgmma_runs() -> bool:
@@ -204,10 +204,11 @@ def probe_gemm_mapping(m: int, n: int, k: int) -> None:
 
 
 @needs_cuda_build
-@pytest.mark.parametrize("gemm", WGMMA_CONFIGS[:1] + WGMMA_CONFIGS[2:3] + WGMMA_CONFIGS[6:7])
+@pytest.mark.parametrize("gemm", ["17,1,0,2,32,1", "17,1,0,1,64,1", "17,1,0,1,128,1", "1,1,0,1,16,1"])
 def test_wgmma_gemm_operand_layouts(gemm):
-    """The wgmma GEMM on one-hot rows of x (probe_gemm_mapping): a wrong shared-memory layout of
-    x or wrong register fragments name themselves in the failure message."""
+    """The wgmma GEMM on one-hot rows of x (probe_gemm_mapping), for n = 32, 64, 128 and 16 rows
+    of x per instruction: a wrong shared-memory layout of x or wrong register fragments name
+    themselves in the failure message."""
     if not _wgmma_runs():
         pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
     _run_checks_in_child("t.probe_gemm_mapping(128, 256, 512)\nt.probe_gemm_mapping(40, 300, 4192)\n",

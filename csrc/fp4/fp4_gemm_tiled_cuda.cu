@@ -21,9 +21,13 @@
 //      tiles together as one 64-row A in registers and B is read by the tensor cores straight from
 //      shared memory, asynchronously: one m64n(8 XB)k16 per tile and 16 columns, the decode of the
 //      next 16 columns running while it computes (one group in flight), and no B registers;
-//  * x: each K part's warps copy their next steps' x (8 XB rows x 128 columns) into a ring of
-//    kXStages shared-memory buffers with cp.async (rows past M zero-filled), one __syncthreads
-//    per step. For mma.sync rows sit at a 320-byte pitch, so a warp's 16-byte B-fragment reads
+//  * x: each K part's warps copy their next steps' x (8 XB rows x 128 columns), kXAhead steps
+//    ahead, into a ring of x_stages shared-memory buffers with cp.async (rows past M
+//    zero-filled), one __syncthreads per step. mma.sync has three: the copy for step s + 2
+//    refills step s - 1's buffer, whose reads ended before step s's barrier. wgmma has four: a
+//    warpgroup's last wgmma of step s - 1 may still be reading when step s begins, so the copy
+//    refills step s - 2's buffer, whose wgmmas a warpgroup has waited for (wait_group 1) before
+//    it reaches that barrier. For mma.sync rows sit at a 320-byte pitch, so a warp's 16-byte B-fragment reads
 //    (8 rows x 64 bytes) are conflict-free; for wgmma they are stored as wgmma's K-major core
 //    matrices (8 rows x 16 bytes, 128 contiguous bytes; the 16 of a group of 8 rows in K order);
 //  * the K parts' sums meet in shared memory at the end; with `splits` blocks along K (to fill the
@@ -52,7 +56,7 @@ namespace apt::fp4::cuda {
 namespace {
 
 constexpr int kWarps = 8;                                  // warps per block (WN * KW)
-constexpr int kXStages = 3;                                // x steps in shared memory per K part
+constexpr int kXAhead = 2;                                 // x steps copied ahead of their use
 constexpr int kXPitch = kStepCols + 32;                    // bfloat16 per staged row, mma.sync (320 bytes)
 constexpr int kWeightStages = 2;                           // register ring of weight steps
 constexpr int kChunksPerRow = kStepCols * 2 / 16;          // 16-byte chunks per row of a step
@@ -61,10 +65,13 @@ constexpr int kMinStepsPerPart = 2;                        // K steps per (split
 
 // bfloat16 per staged row of x: mma.sync pads rows to kXPitch, wgmma's core matrices are dense.
 constexpr int x_pitch(bool wgmma) { return wgmma ? kStepCols : kXPitch; }
+// x steps in shared memory per K part (see the header comment: wgmma keeps one more).
+constexpr int x_stages(bool wgmma) { return wgmma ? kXAhead + 2 : kXAhead + 1; }
 
-// Dynamic shared memory: KW * kXStages staged x steps, reused for the K-part sums at the end.
+// Dynamic shared memory: KW * x_stages staged x steps, reused for the K-part sums at the end.
 constexpr size_t gemm_smem_bytes(int tw, int xb, int kw, bool wgmma) {
-  const size_t x_bytes = sizeof(__nv_bfloat16) * static_cast<size_t>(kw) * kXStages * (8 * xb) * x_pitch(wgmma);
+  const size_t x_bytes =
+      sizeof(__nv_bfloat16) * static_cast<size_t>(kw) * x_stages(wgmma) * (8 * xb) * x_pitch(wgmma);
   const size_t sum_bytes = sizeof(float) * static_cast<size_t>(kw - 1) * (kWarps / kw) * tw * xb * 4 * 32;
   return x_bytes > sum_bytes ? x_bytes : sum_bytes;
 }
@@ -156,6 +163,7 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   static_assert(F != Format::NF4, "nf4 decodes through a shared-memory table: the GEMV path");
   constexpr int kBlockRows = 8 * XB;                          // rows of x per block
   constexpr int kXStageElems = kBlockRows * x_pitch(kWg);     // one staged step of one K part
+  constexpr int kXStages = x_stages(kWg);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wn = warp % args.rw, part = warp / args.rw;
   const int64_t m_block = blockIdx.x % args.m_blocks;
@@ -215,7 +223,7 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
     ring.advance(args);
   }
 #pragma unroll
-  for (int s = 0; s < kXStages - 1; ++s) {
+  for (int s = 0; s < kXAhead; ++s) {
     if (s < n_steps) load_x_step(s);
     cp_async_commit();
   }
@@ -226,16 +234,10 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   // so that the ring stays in registers.
   auto step = [&](int s, auto slot) {
     constexpr int I = decltype(slot)::value;
-    if constexpr (kWg) {
-      // Step s - 1's last wgmma still reads the stage that this step's copy refills.
-      wgmma_wait<0>();
-#pragma unroll
-      for (int u = 0; u < TW; ++u) wgmma_fence_operands(acc[u]);
-    }
-    cp_async_wait<kXStages - 2>();
+    cp_async_wait<kXAhead - 1>();
     if constexpr (kWg) fence_proxy_async_shared();
-    __syncthreads();  // step s's x is in shared memory; stage (s - 1) % kXStages is free again
-    if (s + kXStages - 1 < n_steps) load_x_step(s + kXStages - 1);
+    __syncthreads();  // step s's x is in shared memory; stage (s + kXAhead) % kXStages is free again
+    if (s + kXAhead < n_steps) load_x_step(s + kXAhead);
     cp_async_commit();
     if (s >= n_steps || !loads) return;
     if constexpr (kWg) {

@@ -4,6 +4,9 @@ flips the gradient around a scan) and against prefix_sum and the custom op apt_m
 (since the twenty-second session one Triton pass each way where triton is installed; before,
 the blocked forward and a backward as the total minus the running sum: suffix_sum), forward and
 forward + backward, float32 [B, T, D] at the model benchmark's size (B 8, T 1024, D 768) and at T 4096.
+Also the training step's whole prefix mean, the op apt_model::prefix_mean (``prefix_mean``, one
+Triton pass each way) against the earlier path (prefix_sum, then the division by the counts), and
+the Triton pass's chunk shapes (rows x features per program) forward, against the defaults.
 
     python benchmarks/prefix_sum.py
 
@@ -22,9 +25,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_common import run_meta, save_json  # noqa: E402
 
-from apt_ext.model.prefix_sum import blocked_cumsum, prefix_sum  # noqa: E402
+from apt_ext.model.prefix_sum import blocked_cumsum, prefix_mean, prefix_sum  # noqa: E402
 
 SHAPES = [(8, 1024, 768), (8, 4096, 768)]
+# (rows per chunk, features per program) of the Triton pass timed besides the default (64, 32)
+CHUNKS = [(64, 32), (128, 16), (256, 16), (128, 32), (32, 32), (64, 16)]
+
+
+def mean_by_sum(x: torch.Tensor) -> torch.Tensor:
+    """The prefix mean as before the twenty-second session: the running sum, then the counts."""
+    counts = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=torch.float32).view(1, -1, 1)
+    return (prefix_sum(x) / counts).to(x.dtype)
 
 
 def time_ms(fn, warmup: int = 20, iters: int = 200) -> float:
@@ -64,6 +75,21 @@ def main() -> int:
                 row[f"max_abs_err_{name}"] = float((fn(x).double() - ref).abs().max())
             (grad,) = torch.autograd.grad(fn(x), x, g)
             row[f"max_abs_grad_err_{name}"] = float((grad.double() - ref_grad).abs().max())
+        ref_mean = ref / torch.arange(1, shape[1] + 1, device=device, dtype=torch.float64).view(1, -1, 1)
+        for name, fn in (("prefix_mean", lambda t: prefix_mean(t)[0]), ("mean_by_sum", mean_by_sum)):
+            with torch.no_grad():
+                row[f"{name}_forward_ms"] = time_ms(lambda: fn(x))
+                row[f"max_abs_err_{name}"] = float((fn(x).double() - ref_mean).abs().max())
+            row[f"{name}_forward_backward_ms"] = time_ms(lambda: torch.autograd.grad(fn(x), x, g))
+        try:
+            from apt_ext.triton.prefix_sum import scan
+        except ImportError:  # no triton: the op runs its ATen path, no chunk shapes to time
+            scan = None
+        if scan is not None:
+            with torch.no_grad():
+                row["triton_mean_forward_ms_by_chunk"] = {
+                    f"{bt}x{bd}": time_ms(lambda: scan(x, mean=True, with_total=True, block_t=bt, block_d=bd))
+                    for bt, bd in CHUNKS}
         rows.append(row)
         print(row)
     out = save_json(f"prefix_sum_{torch.cuda.get_device_name(device).replace(' ', '_')}",

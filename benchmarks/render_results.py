@@ -365,17 +365,32 @@ def virtual_vram(name: str, d: dict) -> str:
 
 
 def prefix_sum(name: str, d: dict) -> str:
-    """``benchmarks/prefix_sum.py``: torch.cumsum against apt_ext's blocked cumsum, and (from the
-    eighteenth session) ``prefix_sum`` and the custom op with the suffix-sum backward."""
-    variants = [v for v in ("cumsum", "blocked", "prefix_sum", "op") if f"{v}_forward_ms" in d["rows"][0]]
+    """``benchmarks/prefix_sum.py``: torch.cumsum against apt_ext's blocked cumsum, (from the
+    eighteenth session) ``prefix_sum`` and the custom op with the suffix-sum backward, and (from the
+    twenty-third) the whole prefix mean both ways and the Triton pass's chunk shapes."""
+    variants = [v for v in ("cumsum", "blocked", "prefix_sum", "op", "prefix_mean", "mean_by_sum")
+                if f"{v}_forward_ms" in d["rows"][0]]
     rows = [["x".join(map(str, r["shape"])), v, num(r[f"{v}_forward_ms"]), num(r[f"{v}_forward_backward_ms"]),
              f"{r[f'max_abs_err_{v}']:.2g}", f"{r[f'max_abs_grad_err_{v}']:.2g}" if f"max_abs_grad_err_{v}" in r else "-"]
             for r in d["rows"] for v in variants]
     return "\n".join([
         "Prefix sum over the sequence (autopoietic attention's running mean), float32 on the GPU, median ms. "
-        "Errors: max abs difference from a float64 cumsum (values) and from a float64 reverse cumsum "
-        "(gradients).", "",
-        table(["shape", "form", "fwd ms", "fwd+bwd ms", "max err", "max grad err"], rows)])
+        "Errors: max abs difference from a float64 cumsum (values; the float64 mean for prefix_mean and "
+        "mean_by_sum) and from a float64 reverse cumsum (gradients).", "",
+        table(["shape", "form", "fwd ms", "fwd+bwd ms", "max err", "max grad err"], rows)]
+        + chunk_table(d))
+
+
+def chunk_table(d: dict) -> list[str]:
+    """The Triton prefix-mean pass's forward ms per chunk shape (rows x features per program), if timed."""
+    timed = [r for r in d["rows"] if r.get("triton_mean_forward_ms_by_chunk")]
+    if not timed:
+        return []
+    chunks = list(timed[0]["triton_mean_forward_ms_by_chunk"])
+    rows = [["x".join(map(str, r["shape"]))] + [num(r["triton_mean_forward_ms_by_chunk"][c]) for c in chunks]
+            for r in timed]
+    return ["", "Triton prefix-mean pass, forward ms by chunk shape (rows x features per program; 64x32 is "
+            "the default).", "", table(["shape"] + chunks, rows)]
 
 
 def aim_memory(name: str, d: dict) -> str:

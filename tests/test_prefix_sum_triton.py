@@ -49,6 +49,27 @@ def test_non_contiguous_input_and_bad_input(rng):
 
 
 @interpreted
+@pytest.mark.parametrize("block_t, block_d", [(16, 16), (128, 16), (32, 64)])
+def test_other_block_sizes(rng, block_t, block_d):
+    """Chunks of other sizes (what benchmarks/prefix_sum.py times) give the same sums, both ways;
+    block sizes that are not powers of two from 16 are refused."""
+    from apt_ext.triton.prefix_sum import scan
+
+    x = torch.randn(2, 150, 40, generator=rng)
+    m, total = scan(x, mean=True, with_total=True, block_t=block_t, block_d=block_d)
+    counts = torch.arange(1, 151, dtype=torch.float64).view(1, 150, 1)
+    torch.testing.assert_close(m.double(), torch.cumsum(x.double(), 1) / counts, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(total.double(), x.double().sum(1), rtol=1e-5, atol=1e-4)
+    r, _ = scan(x, reverse=True, block_t=block_t, block_d=block_d)
+    torch.testing.assert_close(r, torch.cumsum(x.flip(1), 1).flip(1), rtol=1e-5, atol=1e-4)
+    for bad in (8, 48, 1.5):
+        with pytest.raises(ValueError, match="block_t: expected a power of two of at least 16"):
+            scan(x, block_t=bad)
+    with pytest.raises(ValueError, match="block_d: expected a power of two of at least 16"):
+        scan(x, block_d=24)
+
+
+@interpreted
 @pytest.mark.parametrize("shape", [(2, 70, 5), (1, 1, 3), (3, 129)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_prefix_mean_and_its_gradient(rng, shape, dtype):

@@ -55,14 +55,20 @@ def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, REVERSE: tl.constexp
 
 
 def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch.Tensor | None = None,
-         with_total: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+         with_total: bool = False, *, block_t: int = BLOCK_T,
+         block_d: int = MAX_BLOCK_D) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(out, total) for x [B, T, ...] on a Triton device (or any device under TRITON_INTERPRET=1).
 
     out[:, t] = x[:, 0] + ... + x[:, t] (reverse: x[:, t] + ... + x[:, T-1]), plus ``init``
     ([B, ...], optional); with ``mean`` each row t is divided by t + 1 after the sum (forward)
     or before it (reverse). out has x's shape and dtype (contiguous); total ([B, ...], float32,
     float64 for float64 x) is the sum of all rows plus init when ``with_total``, else None.
+    ``block_t`` rows per chunk and at most ``block_d`` features per program (powers of two from
+    16; benchmarks/prefix_sum.py times other choices than the defaults).
     """
+    for name, v in (("block_t", block_t), ("block_d", block_d)):
+        if not isinstance(v, int) or v < 16 or v & (v - 1):
+            raise ValueError(f"{name}: expected a power of two of at least 16, got {v!r}")
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
         got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected a floating tensor of at least 2 dims [B, T, ...], got {got}")
@@ -79,9 +85,9 @@ def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch
         if total is not None:
             total.copy_(init if init is not None else torch.zeros_like(total))
         return out, total
-    block_d = min(MAX_BLOCK_D, max(16, next_power_of_2(d)))
+    block_d = min(block_d, max(16, next_power_of_2(d)))
     init_c = init.contiguous() if init is not None else xc
     _scan_kernel[(b, cdiv(d, block_d))](xc, out, init_c, total if total is not None else out, t, d,
                                         REVERSE=bool(reverse), MEAN=bool(mean), HAS_INIT=init is not None,
-                                        HAS_TOTAL=with_total, BLOCK_T=BLOCK_T, BLOCK_D=block_d, num_warps=4)
+                                        HAS_TOTAL=with_total, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=4)
     return out, total

@@ -248,7 +248,9 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
       for (int j = 0; j < 8; ++j) {
         uint32_t a[TW][4];
 #pragma unroll
-        for (int u = 0; u < TW; ++u) decode_word<F>(word_of(j < 4 ? ring.c0[I][u] : ring.c1[I][u], j & 3), ring.sc[I][u], j, nullptr, a[u]);
+        for (int u = 0; u < TW; ++u) {
+          decode_word<F>(word_of(j < 4 ? ring.c0[I][u] : ring.c1[I][u], j & 3), ring.sc[I][u], j, nullptr, a[u]);
+        }
         const uint64_t desc = wgmma_desc_k_major(xstage + 256 * j, 128, 16 * 128);
         wgmma_fence();
 #pragma unroll
@@ -337,7 +339,8 @@ void dispatch_warp_tile(int tw, int xb, bool wgmma, Fn&& fn) {
 bool wgmma_available(int device) {
   if (!kWgmmaBuilt) return false;
   static std::array<std::atomic<int>, 256> cache{};  // 0 unknown, 1 no, 2 yes
-  TORCH_CHECK(device >= 0 && device < static_cast<int>(cache.size()), "fp4_linear_tiled: CUDA device index out of range");
+  TORCH_CHECK(device >= 0 && device < static_cast<int>(cache.size()),
+              "fp4_linear_tiled: CUDA device index out of range");
   int v = cache[device].load(std::memory_order_relaxed);
   if (v == 0) {
     int major = 0, minor = 0;
@@ -371,10 +374,9 @@ GemmTiledConfig gemm_tiled_config() {
     TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]' with "
                       "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), mma 0 (mma.sync) or 1 "
                       "(wgmma, k_parts 1 or 2) and a warp tile (tiles_per_warp, rows of x per block) built for it: "
-                      "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (1 or 2, 8 or 16), (2, 32), (1, 64), (2, 64) or "
-                      "(1, 128); "
-                      "rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only with 32 rows (shared memory); got '",
-                      env, "'");
+                      "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (1 or 2, 8 or 16), (2, 32), (1, 64), "
+                      "(2, 64) or (1, 128); rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only with 32 rows, "
+                      "wgmma (1, 128) only with 1 (shared memory); got '", env, "'");
     c.min_rows = min_rows;
     c.min_n = 0;
     c.k_parts = k_parts;

@@ -10,12 +10,14 @@ GPUs, perf_counter on CPUs.
     python benchmarks/model_throughput.py --quick    # tiny CPU mode (checks the script runs)
     python benchmarks/model_throughput.py --variants plain,left-spin --profile   # + top kernels per config
     python benchmarks/model_throughput.py --compiled-only --variants plain,left-spin --interleave 6   # A/B, alternating
+    python benchmarks/model_throughput.py --quick --compiled-only --count-kernels   # CPU: inductor's kernels per variant
 
 Writes benchmarks/results/model_throughput[_quick].json and benchmarks/plots/model_throughput[_quick].png.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -90,6 +92,25 @@ def prefix_mean_by_sum_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (csum / counts).to(x.dtype), csum[:, -1]
 
 
+def kernel_counts(step_fn) -> dict:
+    """Runs one step (the first of a compiled configuration: it compiles) and counts the calls in
+    the code inductor generated for it, per graph (forward, then backward): ``generated`` its own
+    fused kernels (cpp_fused_* on CPU, triton_* on GPU), ``extern`` library kernels (matmuls),
+    ``ops`` other operators it calls as they are (custom ops such as apt::left_spin_residual,
+    SDPA). A proxy for the kernels a variant adds that works on the CPU too (the fusion decisions
+    are the scheduler's on both)."""
+    from torch._inductor.utils import run_and_get_code
+
+    _, codes = run_and_get_code(step_fn)
+    graphs = []
+    for code in codes:
+        body = code[code.find("def call("):]
+        graphs.append({"generated": len(re.findall(r"^\s+(?:cpp_fused_\w+\(|triton_\w+\.run\()", body, re.M)),
+                       "extern": len(re.findall(r"extern_kernels\.\w+\(", body)),
+                       "ops": len(re.findall(r"torch\.ops\.\w+\.\w+\.default\(", body))})
+    return {"graphs": graphs, **{k: sum(g[k] for g in graphs) for k in ("generated", "extern", "ops")}}
+
+
 def build(name: str, compiled: bool, p: dict, device: torch.device, compile_mode: str = "default"):
     """(step function, model) of one configuration: forward + backward + AdamW on a fixed random
     batch. The A/B variants run their step inside their patch (cast-first sites, sum op)."""
@@ -138,19 +159,23 @@ def summarize(name: str, compiled: bool, compile_mode: str, p: dict, model, time
 
 
 def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int, iters: int,
-          profile_top: bool = False, compile_mode: str = "default") -> dict:
-    """Builds one configuration, times it, and frees it."""
+          profile_top: bool = False, compile_mode: str = "default", count: bool = False) -> dict:
+    """Builds one configuration, times it, and frees it (``count``: kernel_counts of a compiled one)."""
     step, model = build(name, compiled, p, device, compile_mode)
+    counts = kernel_counts(step) if count and compiled else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     row = summarize(name, compiled, compile_mode, p, model, time_steps(step, device, warmup, iters), device)
+    if counts is not None:
+        row["kernel_counts"] = counts
     if profile_top:
         row["top_kernels"] = top_kernels(step, device)
     return row
 
 
 def bench_interleaved(jobs: list[tuple[str, bool]], p: dict, device: torch.device, warmup: int, iters: int,
-                      rounds: int, profile_top: bool = False, compile_mode: str = "default") -> list[dict]:
+                      rounds: int, profile_top: bool = False, compile_mode: str = "default",
+                      count: bool = False) -> list[dict]:
     """All configurations built (and warmed up) first, then timed in ``rounds`` alternating rounds
     of iters // rounds steps each (one untimed step before each round), so that a slow phase
     of the host or the card falls on all of them alike. Peak memory is not per configuration
@@ -161,20 +186,23 @@ def bench_interleaved(jobs: list[tuple[str, bool]], p: dict, device: torch.devic
     for v, c in tqdm(jobs, desc="build + warm up", unit="config"):
         try:
             step, model = build(v, c, p, device, compile_mode)
+            counts = kernel_counts(step) if count and c else None
             time_steps(step, device, warmup, 0)
         except Exception as e:  # e.g. a compiler error: the other configurations still run
             print(f"{v} (compiled={c}) failed: {type(e).__name__}: {e}"[:2000], file=sys.stderr)
             failed.append({"variant": v, "compiled": c, "error": f"{type(e).__name__}: {e}"[:500]})
             continue
-        built.append((v, c, step, model))
+        built.append((v, c, step, model, counts))
     times: list[list[float]] = [[] for _ in built]
     per_round = max(1, iters // rounds)
     for _ in tqdm(range(rounds), desc="interleaved rounds", unit="round"):
-        for i, (_, _, step, _) in enumerate(built):
+        for i, (_, _, step, _, _) in enumerate(built):
             times[i] += time_steps(step, device, 1, per_round)
     rows = []
-    for (v, c, step, model), t in zip(built, times):
+    for (v, c, step, model, counts), t in zip(built, times):
         row = summarize(v, c, compile_mode, p, model, t, device) | {"peak_mem_GiB": None, "interleaved_rounds": rounds}
+        if counts is not None:
+            row["kernel_counts"] = counts
         if profile_top:
             row["top_kernels"] = top_kernels(step, device)
         rows.append(row)
@@ -195,13 +223,17 @@ def main() -> int:
     ap.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
                     help="build every configuration first, then time them in ROUNDS alternating rounds "
                          "(a noisy host's slow phases fall on all alike); default: one after another")
+    ap.add_argument("--count-kernels", action="store_true",
+                    help="record the calls in inductor's generated code per compiled configuration "
+                         "(kernel_counts; with --quick --compiled-only it runs on the CPU)")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help=f"comma-separated subset of {', '.join(VARIANTS)}")
     a = ap.parse_args()
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.quick else "cpu"))
     if a.quick:
         p = dict(vocab=256, d_model=64, layers=2, heads=2, seq_len=64, batch=8)
-        warmup, iters, compile_modes = 3, 30, [False]
+        warmup, iters = 3, 30
+        compile_modes = [True] if a.compiled_only else [False]
         torch.set_num_threads(1)
     else:
         p = dict(vocab=32000, d_model=768, layers=12, heads=12, seq_len=1024, batch=8)
@@ -220,10 +252,11 @@ def main() -> int:
     rows = []
     if a.interleave:
         rows = bench_interleaved(jobs, p, device, warmup, iters, a.interleave, profile_top=a.profile,
-                                 compile_mode=a.compile_mode)
+                                 compile_mode=a.compile_mode, count=a.count_kernels)
         jobs = []
     for v, c in tqdm(jobs, desc="model throughput", unit="config"):
-        rows.append(bench(v, c, p, device, warmup, iters, profile_top=a.profile, compile_mode=a.compile_mode))
+        rows.append(bench(v, c, p, device, warmup, iters, profile_top=a.profile, compile_mode=a.compile_mode,
+                          count=a.count_kernels))
         if device.type == "cuda":
             torch.cuda.empty_cache()
         # after every configuration, so a run cut short keeps what it measured

@@ -318,8 +318,14 @@ def model_throughput(name: str, d: dict) -> str:
         mode = r.get("compile_mode") or "default"
         return r["variant"] + ((" (compiled)" if mode == "default" else f" (compiled, {mode})") if r["compiled"] else "")
 
+    counted = any("kernel_counts" in r for r in timed)
+
+    def kernels(r: dict) -> list[str]:
+        c = r.get("kernel_counts")
+        return [f"{c['generated']} / {c['extern']} / {c['ops']}" if c else "-"] if counted else []
+
     rows = [[label(r), num(r["step_ms"]), num(r["step_ms_min"]) if "step_ms_min" in r else "-",
-             f"{r['tokens_per_s']:,.0f}", vs_plain(r)] for r in timed]
+             f"{r['tokens_per_s']:,.0f}", vs_plain(r)] + kernels(r) for r in timed]
     failed = "".join(f" {label(r)} failed to build: {r['error'][:200]}." for r in d["rows"] if "error" in r)
     rounds = {r.get("interleaved_rounds") for r in timed} - {None}
     order = (f" The configurations were built first and timed in {rounds.pop()} alternating rounds."
@@ -329,8 +335,12 @@ def model_throughput(name: str, d: dict) -> str:
     return "\n".join([
         f"{p['layers']} layers x d_model {p['d_model']}, batch {p['batch']} x {p['seq_len']} tokens, forward + "
         f"backward + AdamW, median of {d['iters']} steps after {d['warmup']} warm-up. Accuracy: not applicable "
-        f"(the variants are different models; their losses are in the LR-sweep section).{cut}{order}{failed}", "",
-        table(["variant", "step ms", "fastest step ms", "tokens/s", "step time vs plain"], rows)])
+        f"(the variants are different models; their losses are in the LR-sweep section).{cut}{order}{failed}"
+        + (" Kernels: the calls in inductor's generated code for one step, forward and backward graphs together: "
+           "its own fused kernels / library kernels (matmuls) / other operators called as they are (custom ops, "
+           "SDPA)." if counted else ""), "",
+        table(["variant", "step ms", "fastest step ms", "tokens/s", "step time vs plain"]
+              + (["kernels (generated / extern / ops)"] if counted else []), rows)])
 
 
 def virtual_vram(name: str, d: dict) -> str:
@@ -776,7 +786,8 @@ SECTIONS = [
     Section("APT model: step time (`benchmarks/model_throughput.py`)",
             ["model_throughput_quick.json", "model_throughput.json", "model_throughput_s21_cast_ab.json",
              "model_throughput_profile_autopoietic.json", "model_throughput_reduce_overhead.json",
-             "model_throughput_s22_auto.json", "model_throughput_s22_decomposed.json"],
+             "model_throughput_s22_auto.json", "model_throughput_s22_decomposed.json",
+             "model_throughput_quick_s23_kernels.json"],
             model_throughput),
     Section("APT model: prefix sum on the GPU (`benchmarks/prefix_sum.py`)", ["prefix_sum_*.json"], prefix_sum,
             level=3),

@@ -78,3 +78,17 @@ def test_interleaved_run_keeps_going_past_a_failing_build(monkeypatch):
                                    warmup=0, iters=2, rounds=2)
     assert rows[0]["variant"] == "plain" and len(rows[0]["times_ms"]) == 2
     assert rows[1] == {"variant": "left-spin", "compiled": False, "error": "RuntimeError: PassManager::run failed"}
+
+
+def test_kernel_counts_see_the_op_sites_and_their_decomposed_fusion():
+    """--count-kernels on the CPU: inductor's code for a compiled step has a forward and a
+    backward graph; left-spin's op form calls its op at each of the layer's two sites in both (4
+    more op calls than plain), while the decomposed form fuses into generated kernels and calls no
+    more ops than plain."""
+    counts = {}
+    for v in ("plain", "left-spin", "left-spin-decomposed"):
+        row = bench.bench(v, True, TINY, torch.device("cpu"), 0, 1, count=True)
+        counts[v] = row["kernel_counts"]
+    assert all(len(c["graphs"]) == 2 and c["generated"] > 0 and c["extern"] > 0 for c in counts.values())
+    assert counts["left-spin"]["ops"] == counts["plain"]["ops"] + 4
+    assert counts["left-spin-decomposed"]["ops"] == counts["plain"]["ops"]

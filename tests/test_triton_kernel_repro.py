@@ -43,13 +43,13 @@ def triton_per_fused_norm_0(in_ptr0, out_ptr0, xnumel, r0_numel, XBLOCK : tl.con
 def test_compiles_an_inductor_kernel_file(tmp_path):
     path = tmp_path / "kernel.py"
     path.write_text(KERNEL)
-    repro.compile_kernel(path, xblock=2, warps=2)
+    repro.compile_kernel(path, {"XBLOCK": 2}, warps=2)
 
 
 def test_minimize_keeps_the_line_the_failure_needs(tmp_path):
     path = tmp_path / "kernel.py"
     path.write_text(KERNEL.replace("tmp3 = tl.sqrt_rn(tmp2)", "tmp3 = tl.sqrt_rn(tmp2)\n    tmp4 = undefined_name + tmp3"))
-    left = repro.minimize(path, "undefined_name", xblock=1, warps=1)
+    left = repro.minimize(path, "undefined_name", {"XBLOCK": 1}, warps=1)
     assert "undefined_name" in left
     assert "tl.store" not in left and "tmp1 =" not in left  # removable lines are gone
 
@@ -58,4 +58,4 @@ def test_rejects_a_file_without_a_signature(tmp_path):
     path = tmp_path / "kernel.py"
     path.write_text("@triton.jit\ndef f():\n    pass\n")
     with pytest.raises(ValueError, match="signature"):
-        repro.compile_kernel(path, xblock=1, warps=1)
+        repro.compile_kernel(path, {"XBLOCK": 1}, warps=1)

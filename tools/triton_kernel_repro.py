@@ -36,8 +36,9 @@ def jit_source(text: str) -> str:
     return HEADER + body.replace("tl_math.", "tl.math.")
 
 
-def compile_kernel(path: Path, xblock: int, warps: int) -> None:
-    """Compiles the kernel in ``path`` for sm_90; raises what triton.compile raises."""
+def compile_kernel(path: Path, blocks: dict[str, int], warps: int) -> None:
+    """Compiles the kernel in ``path`` for sm_90, its block-size parameters (XBLOCK, YBLOCK,
+    R0_BLOCK: those it has) from ``blocks``; raises what triton.compile raises."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -54,7 +55,7 @@ def compile_kernel(path: Path, xblock: int, warps: int) -> None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         fn = next(v for k, v in vars(module).items() if k.startswith("triton_") and hasattr(v, "arg_names"))
-        consts = {"XBLOCK": xblock} if "XBLOCK" in fn.arg_names else {}
+        consts = {k: v for k, v in blocks.items() if k in fn.arg_names}
         signature = {a: "constexpr" if a in consts else types[a] for a in fn.arg_names}
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if signature[a].startswith("*")}
         src = ASTSource(fn=fn, signature=signature, attrs=attrs,
@@ -62,14 +63,15 @@ def compile_kernel(path: Path, xblock: int, warps: int) -> None:
         triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
-def fails_with(path: Path, text: str, xblock: int, warps: int) -> bool:
+def fails_with(path: Path, text: str, blocks: dict[str, int], warps: int) -> bool:
     """Whether compiling ``path`` (in a child process: MLIR prints to stderr) fails with ``text``."""
-    r = subprocess.run([sys.executable, __file__, str(path), "--xblock", str(xblock), "--warps", str(warps)],
+    flags = [f for k, v in blocks.items() for f in (f"--{k.lower().replace('_', '')}", str(v))]
+    r = subprocess.run([sys.executable, __file__, str(path), "--warps", str(warps), *flags],
                        capture_output=True, text=True)
     return r.returncode != 0 and text in r.stdout + r.stderr
 
 
-def minimize(path: Path, text: str, xblock: int, warps: int) -> str:
+def minimize(path: Path, text: str, blocks: dict[str, int], warps: int) -> str:
     """The kernel file with every body line removed whose removal keeps the failure."""
     lines = path.read_text().split("\n")
     first = next(i for i, line in enumerate(lines) if line.startswith("def ")) + 1
@@ -77,7 +79,7 @@ def minimize(path: Path, text: str, xblock: int, warps: int) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "candidate.py"
         work.write_text("\n".join(lines))
-        if not fails_with(work, text, xblock, warps):
+        if not fails_with(work, text, blocks, warps):
             raise SystemExit(f"{path}: the compile does not fail with {text!r}")
         changed = True
         while changed:
@@ -86,7 +88,7 @@ def minimize(path: Path, text: str, xblock: int, warps: int) -> str:
                 if not lines[i].strip() or lines[i].strip().startswith(keep):
                     continue
                 work.write_text("\n".join(lines[:i] + lines[i + 1:]))
-                if fails_with(work, text, xblock, warps):
+                if fails_with(work, text, blocks, warps):
                     lines, changed = lines[:i] + lines[i + 1:], True
     return "\n".join(lines[first - 1:])
 
@@ -95,18 +97,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("kernel", type=Path, help="an inductor-generated Triton kernel file")
     ap.add_argument("--xblock", type=int, default=1, help="XBLOCK (default 1)")
+    ap.add_argument("--yblock", type=int, default=16, help="YBLOCK of a 2-D pointwise kernel (default 16)")
+    ap.add_argument("--r0block", type=int, default=64, help="R0_BLOCK of a looped reduction kernel (default 64)")
     ap.add_argument("--warps", type=int, default=2, help="num_warps (default 2)")
     ap.add_argument("--minimize", metavar="TEXT", help="shrink the kernel while its compile fails with TEXT")
     a = ap.parse_args()
     if not a.kernel.is_file():
         ap.error(f"kernel: no such file {a.kernel}")
-    if a.xblock < 1 or a.warps < 1:
-        ap.error("--xblock and --warps: expected positive integers")
+    if min(a.xblock, a.yblock, a.r0block, a.warps) < 1:
+        ap.error("--xblock, --yblock, --r0block and --warps: expected positive integers")
+    blocks = {"XBLOCK": a.xblock, "YBLOCK": a.yblock, "R0_BLOCK": a.r0block}
     if a.minimize:
-        print(minimize(a.kernel, a.minimize, a.xblock, a.warps))
+        print(minimize(a.kernel, a.minimize, blocks, a.warps))
         return 0
     import triton
-    compile_kernel(a.kernel, a.xblock, a.warps)
+    compile_kernel(a.kernel, blocks, a.warps)
     print(f"compiled with Triton {triton.__version__}")
     return 0
 

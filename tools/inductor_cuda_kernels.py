@@ -63,18 +63,20 @@ def left_spin_stack(form: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...
     return Stack(), (torch.randn(8, 16, 64, requires_grad=True),)
 
 
-def apt_model(form: str, autopoietic: bool) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
-    """A 2-layer decoder-only APT model (d 64, 2 heads, T 32) with left-spin sites in ``form``; its
-    embeddings frozen (no embedding backward)."""
+def apt_model(form: str | None, autopoietic: bool, layers: int = 2, d_model: int = 64, heads: int = 2,
+              seq_len: int = 32, batch: int = 2) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """A decoder-only APT model (vocabulary 128, d_ff 4 d_model) with left-spin sites in ``form``
+    (None: left-spin off); its embeddings frozen (no embedding backward)."""
     from apt_ext.model import APTModel, APTModelConfiguration
 
-    cfg = APTModelConfiguration(vocab_size=128, d_model=64, num_heads=2, d_ff=256, num_encoder_layers=0,
-                                num_decoder_layers=2, decoder_only=True, dropout=0.0, max_seq_len=32,
-                                use_left_spin=True, use_autopoietic=autopoietic, left_spin_compiled_form=form)
+    cfg = APTModelConfiguration(vocab_size=128, d_model=d_model, num_heads=heads, d_ff=4 * d_model,
+                                num_encoder_layers=0, num_decoder_layers=layers, decoder_only=True, dropout=0.0,
+                                max_seq_len=seq_len, use_left_spin=form is not None, use_autopoietic=autopoietic,
+                                left_spin_compiled_form=form or "op")
     model = APTModel(cfg).train()
     for emb in (model.tok_emb, model.pos_emb):  # their backward's index_put lowering needs a real CUDA device
         emb.weight.requires_grad_(False)
-    return model, (torch.randint(0, 128, (2, 32)),)
+    return model, (torch.randint(0, 128, (batch, seq_len)),)
 
 
 def partitioned_graphs(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[str, object, list]]:
@@ -161,6 +163,7 @@ def _fake_sm90() -> list:
                 mock.patch.object(scheduler, "has_triton", lambda: True),
                 mock.patch.object(joint_graph, "lazy_init", lambda *a, **k: None),  # builds real CUDA tensors
                 mock.patch("torch._inductor.config.compile_threads", 1),
+                mock.patch("torch._inductor.config.benchmark_kernel", True),  # kernel_num_gb in each kernel
                 mock.patch("torch._inductor.config.pattern_matcher", False)]
     for p in patches:
         p.start()
@@ -168,7 +171,8 @@ def _fake_sm90() -> list:
 
 
 def cuda_kernels(graphs: list[tuple[str, object, list]]) -> dict[str, str]:
-    """{kernel name: source} inductor generates for the graphs on a fake sm_90 device."""
+    """{kernel name: source} inductor generates for the graphs on a fake sm_90 device. Each source
+    carries its bytes read and written ('kernel_num_gb', inductor's estimate: kernel_gb)."""
     from torch._inductor import codecache
     from torch._inductor.compile_fx import compile_fx_inner
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
@@ -202,6 +206,12 @@ def cuda_kernels(graphs: list[tuple[str, object, list]]) -> dict[str, str]:
     return kernels
 
 
+def kernel_gb(source: str) -> float:
+    """Inductor's estimate of the gigabytes a generated kernel reads and writes (0 if absent)."""
+    m = re.search(r"'kernel_num_gb': ([0-9.eE+-]+)", source)
+    return float(m.group(1)) if m else 0.0
+
+
 def compile_each(paths: list[Path], triton_path: str | None) -> dict[str, str]:
     """{file name: "ok" or the failure's last line} from tools/triton_kernel_repro.py per kernel,
     with ``triton_path`` first on the child's path."""
@@ -220,23 +230,39 @@ def compile_each(paths: list[Path], triton_path: str | None) -> dict[str, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", choices=["left-spin-stack", "apt-model"], default="left-spin-stack")
-    ap.add_argument("--form", choices=["op", "decomposed"], default="decomposed", help="left-spin compiled form")
+    ap.add_argument("--form", choices=["op", "decomposed", "off"], default="decomposed",
+                    help="left-spin compiled form (apt-model: off turns left-spin off)")
     ap.add_argument("--autopoietic", action="store_true", help="apt-model: with autopoietic attention")
+    ap.add_argument("--size", default="2,64,2,32,2", metavar="L,D,H,T,B",
+                    help="apt-model: layers, d_model, heads, sequence length, batch (default 2,64,2,32,2; "
+                         "GPT-2-small's layer: 1,768,12,1024,8)")
     ap.add_argument("--out", type=Path, required=True, help="folder for the kernels' files")
     ap.add_argument("--triton-path", help="a folder with the Triton to compile with (default: the installed one)")
     ap.add_argument("--no-compile", action="store_true", help="only write the kernels")
     a = ap.parse_args()
     if a.triton_path and not (Path(a.triton_path) / "triton").is_dir():
         ap.error(f"--triton-path: no triton package under {a.triton_path}")
+    try:
+        layers, d_model, heads, seq_len, batch = (int(v) for v in a.size.split(","))
+    except ValueError:
+        ap.error(f"--size: expected five integers L,D,H,T,B, got {a.size!r}")
+    if a.target == "left-spin-stack" and a.form == "off":
+        ap.error("--form off: only for --target apt-model")
     torch.manual_seed(0)
-    model, inputs = left_spin_stack(a.form) if a.target == "left-spin-stack" else apt_model(a.form, a.autopoietic)
+    if a.target == "left-spin-stack":
+        model, inputs = left_spin_stack(a.form)
+    else:
+        model, inputs = apt_model(None if a.form == "off" else a.form, a.autopoietic, layers, d_model, heads,
+                                  seq_len, batch)
     kernels = cuda_kernels(partitioned_graphs(model, inputs))
     a.out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, source in sorted(kernels.items()):
         paths.append(a.out / f"{name}.py")
         paths[-1].write_text(source)
-    print(f"{len(paths)} kernels written to {a.out}")
+    total_gb = sum(kernel_gb(src) for src in kernels.values())
+    print(f"{len(paths)} kernels written to {a.out}; inductor's estimate of their traffic: {total_gb * 1e3:.1f} MB "
+          "per step (its own kernels; matmuls and custom ops not included)")
     if a.no_compile:
         return 0
     results = compile_each(paths, a.triton_path)

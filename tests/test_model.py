@@ -199,6 +199,37 @@ def test_autopoietic_prefix_mean_is_causal_and_skips_padding(rng):
     torch.testing.assert_close(d1[:, :, :4], d2[:, :, :4])
 
 
+def test_autopoietic_mean_is_taken_in_the_autocast_dtype(rng, monkeypatch):
+    """Under bf16 autocast the attention's prefix mean reads x in bf16 (the cast the q/k/v matmul
+    reads) and returns m in bf16, which the gate's matmul takes as it is; without autocast x stays
+    float32. The mean of the bf16 x is close to the float32 mean (float32 sums)."""
+    from apt_ext.model.autopoietic import AutopoieticCorrection
+
+    seen = []
+    real = AutopoieticCorrection.prefix_mean
+
+    def spy(x, valid, state):
+        m, new_state = real(x, valid, state)
+        seen.append((x.dtype, m.dtype))
+        return m, new_state
+
+    monkeypatch.setattr(AutopoieticCorrection, "prefix_mean", staticmethod(spy))
+    m = model_of(decoder_only=True, use_autopoietic=True)
+    x = ids(rng)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = m(x)
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+    logits.float().logsumexp(-1).mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    seen.clear()
+    with torch.no_grad():
+        m(x)
+    assert set(seen) == {(torch.float32, torch.float32)}
+    xf = torch.randn(2, 50, 16, generator=rng)
+    m16 = real(xf.bfloat16(), None, None)[0]
+    torch.testing.assert_close(m16.float(), real(xf, None, None)[0], rtol=2e-2, atol=2e-2)
+
+
 # ---- DBC-DAC ------------------------------------------------------------------------
 def test_dbc_dac_low_rank_gradient_passes_unchanged(rng):
     p = torch.nn.Parameter(torch.zeros(40, 24, dtype=torch.float64))

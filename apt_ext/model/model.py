@@ -119,7 +119,12 @@ class Attention(nn.Module):
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=is_causal)
         if self.auto is not None:
             state = cache.get("auto") if cache is not None else None
-            m, new_state = self.auto.prefix_mean(x, masks.valid, state)
+            # Under autocast the gate's matmul reads m in the autocast dtype: take the mean of x in that
+            # dtype too (the same cast the q/k/v matmul reads, summed in float32), so neither the mean's
+            # input nor its output is a float32 copy.
+            dev = x.device.type
+            xm = x.to(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else x
+            m, new_state = self.auto.prefix_mean(xm, masks.valid, state)
             if cache is not None:
                 cache["auto"] = new_state
             delta = self.auto(x, m).to(h.dtype)

@@ -38,7 +38,8 @@ def jit_source(text: str) -> str:
 
 def compile_kernel(path: Path, blocks: dict[str, int], warps: int) -> None:
     """Compiles the kernel in ``path`` for sm_90, its block-size parameters (XBLOCK, YBLOCK,
-    R0_BLOCK: those it has) from ``blocks``; raises what triton.compile raises."""
+    R0_BLOCK: those it has) from ``blocks``, any other constexpr parameter from the file's
+    inductor_meta (else 1); raises what triton.compile raises."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -56,6 +57,10 @@ def compile_kernel(path: Path, blocks: dict[str, int], warps: int) -> None:
         spec.loader.exec_module(module)
         fn = next(v for k, v in vars(module).items() if k.startswith("triton_") and hasattr(v, "arg_names"))
         consts = {k: v for k, v in blocks.items() if k in fn.arg_names}
+        for arg in fn.arg_names:  # other constexprs (e.g. RSPLIT_SIZE): inductor_meta's value, else 1
+            if types.get(arg) == "constexpr" and arg not in consts:
+                found = re.search(rf"'{arg}': (\d+)", text)
+                consts[arg] = int(found.group(1)) if found else 1
         signature = {a: "constexpr" if a in consts else types[a] for a in fn.arg_names}
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if signature[a].startswith("*")}
         src = ASTSource(fn=fn, signature=signature, attrs=attrs,

@@ -5,8 +5,9 @@ flips the gradient around a scan) and against prefix_sum and the custom op apt_m
 the blocked forward and a backward as the total minus the running sum: suffix_sum), forward and
 forward + backward, float32 [B, T, D] at the model benchmark's size (B 8, T 1024, D 768) and at T 4096.
 Also the training step's whole prefix mean, the op apt_model::prefix_mean (``prefix_mean``, one
-Triton pass each way) against the earlier path (prefix_sum, then the division by the counts), and
-the Triton pass's chunk shapes (rows x features per program) forward, against the defaults.
+Triton pass each way; also on bf16 x, what the step passes under autocast since the twenty-third
+session) against the earlier path (prefix_sum, then the division by the counts), and the Triton
+pass's chunk shapes (rows x features per program) forward, against the defaults.
 
     python benchmarks/prefix_sum.py
 
@@ -26,6 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_common import run_meta, save_json  # noqa: E402
 
 from apt_ext.model.prefix_sum import blocked_cumsum, prefix_mean, prefix_sum  # noqa: E402
+
+try:
+    from apt_ext.triton.prefix_sum import scan
+except ImportError:  # no triton: the ops run their ATen paths, no chunk shapes to time
+    scan = None
 
 SHAPES = [(8, 1024, 768), (8, 4096, 768)]
 # (rows per chunk, features per program) of the Triton pass timed besides the default (64, 32)
@@ -76,15 +82,14 @@ def main() -> int:
             (grad,) = torch.autograd.grad(fn(x), x, g)
             row[f"max_abs_grad_err_{name}"] = float((grad.double() - ref_grad).abs().max())
         ref_mean = ref / torch.arange(1, shape[1] + 1, device=device, dtype=torch.float64).view(1, -1, 1)
-        for name, fn in (("prefix_mean", lambda t: prefix_mean(t)[0]), ("mean_by_sum", mean_by_sum)):
+        xb = x.detach().bfloat16().requires_grad_(True)
+        for name, fn, xin in (("prefix_mean", lambda t: prefix_mean(t)[0], x), ("mean_by_sum", mean_by_sum, x),
+                              ("prefix_mean_bf16", lambda t: prefix_mean(t)[0], xb)):
+            gin = g.to(xin.dtype)
             with torch.no_grad():
-                row[f"{name}_forward_ms"] = time_ms(lambda: fn(x))
-                row[f"max_abs_err_{name}"] = float((fn(x).double() - ref_mean).abs().max())
-            row[f"{name}_forward_backward_ms"] = time_ms(lambda: torch.autograd.grad(fn(x), x, g))
-        try:
-            from apt_ext.triton.prefix_sum import scan
-        except ImportError:  # no triton: the op runs its ATen path, no chunk shapes to time
-            scan = None
+                row[f"{name}_forward_ms"] = time_ms(lambda: fn(xin))
+                row[f"max_abs_err_{name}"] = float((fn(xin).double() - ref_mean).abs().max())
+            row[f"{name}_forward_backward_ms"] = time_ms(lambda: torch.autograd.grad(fn(xin), xin, gin))
         if scan is not None:
             with torch.no_grad():
                 row["triton_mean_forward_ms_by_chunk"] = {

@@ -378,15 +378,16 @@ def prefix_sum(name: str, d: dict) -> str:
     """``benchmarks/prefix_sum.py``: torch.cumsum against apt_ext's blocked cumsum, (from the
     eighteenth session) ``prefix_sum`` and the custom op with the suffix-sum backward, and (from the
     twenty-third) the whole prefix mean both ways and the Triton pass's chunk shapes."""
-    variants = [v for v in ("cumsum", "blocked", "prefix_sum", "op", "prefix_mean", "mean_by_sum")
+    variants = [v for v in ("cumsum", "blocked", "prefix_sum", "op", "prefix_mean", "mean_by_sum", "prefix_mean_bf16")
                 if f"{v}_forward_ms" in d["rows"][0]]
     rows = [["x".join(map(str, r["shape"])), v, num(r[f"{v}_forward_ms"]), num(r[f"{v}_forward_backward_ms"]),
              f"{r[f'max_abs_err_{v}']:.2g}", f"{r[f'max_abs_grad_err_{v}']:.2g}" if f"max_abs_grad_err_{v}" in r else "-"]
             for r in d["rows"] for v in variants]
     return "\n".join([
         "Prefix sum over the sequence (autopoietic attention's running mean), float32 on the GPU, median ms. "
-        "Errors: max abs difference from a float64 cumsum (values; the float64 mean for prefix_mean and "
-        "mean_by_sum) and from a float64 reverse cumsum (gradients).", "",
+        "Errors: max abs difference from a float64 cumsum (values; the float64 mean for the prefix_mean forms "
+        "and mean_by_sum) and from a float64 reverse cumsum (gradients). prefix_mean_bf16 takes x rounded to "
+        "bfloat16 (its error includes that rounding).", "",
         table(["shape", "form", "fwd ms", "fwd+bwd ms", "max err", "max grad err"], rows)]
         + chunk_table(d))
 

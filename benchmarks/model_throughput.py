@@ -10,7 +10,7 @@ GPUs, perf_counter on CPUs.
     python benchmarks/model_throughput.py --quick    # tiny CPU mode (checks the script runs)
     python benchmarks/model_throughput.py --variants plain,left-spin --profile   # + top kernels per config
     python benchmarks/model_throughput.py --compiled-only --variants plain,left-spin --interleave 6   # A/B, alternating
-    python benchmarks/model_throughput.py --quick --compiled-only --count-kernels   # CPU: inductor's kernels per variant
+    python benchmarks/model_throughput.py --quick --compiled-only --count-kernels   # CPU: inductor's kernels
 
 Writes benchmarks/results/model_throughput[_quick].json and benchmarks/plots/model_throughput[_quick].png.
 """
@@ -105,7 +105,8 @@ def kernel_counts(step_fn) -> dict:
     graphs = []
     for code in codes:
         body = code[code.find("def call("):]
-        graphs.append({"generated": len(re.findall(r"^\s+(?:cpp_fused_\w+\(|triton_\w+\.run\()", body, re.M)),
+        own = r"^\s+(?:cpp_fused_\w+\(|triton_\w+\.run\()"
+        graphs.append({"generated": len(re.findall(own, body, re.M)),
                        "extern": len(re.findall(r"extern_kernels\.\w+\(", body)),
                        "ops": len(re.findall(r"torch\.ops\.\w+\.\w+\.default\(", body))})
     return {"graphs": graphs, **{k: sum(g[k] for g in graphs) for k in ("generated", "extern", "ops")}}

@@ -28,6 +28,7 @@ still differ from what the device's torch generates.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -118,8 +119,8 @@ def _on_cuda(a):
 
 
 def _fake_sm90() -> list:
-    """Patches that answer torch.cuda's, dynamo's device interface's and Triton's driver queries
-    as a compute capability 9.0 device would; returns them started."""
+    """Patches (not started) that answer torch.cuda's, dynamo's device interface's and Triton's
+    driver queries as a compute capability 9.0 device would."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import make_backend
     from triton.runtime.driver import driver
@@ -158,15 +159,14 @@ def _fake_sm90() -> list:
                 mock.patch.object(CudaInterface.Worker, "get_device_properties",
                                   staticmethod(answers["get_device_properties"])),
                 mock.patch.object(CudaInterface, "exchange_device", staticmethod(answers["_exchange_device"])),
-                mock.patch.object(CudaInterface, "maybe_exchange_device", staticmethod(answers["_maybe_exchange_device"])),
+                mock.patch.object(CudaInterface, "maybe_exchange_device",
+                                  staticmethod(answers["_maybe_exchange_device"])),
                 mock.patch.object(torch_triton, "triton_backend", lambda: make_backend(target)),
                 mock.patch.object(scheduler, "has_triton", lambda: True),
                 mock.patch.object(joint_graph, "lazy_init", lambda *a, **k: None),  # builds real CUDA tensors
                 mock.patch("torch._inductor.config.compile_threads", 1),
                 mock.patch("torch._inductor.config.benchmark_kernel", True),  # kernel_num_gb in each kernel
                 mock.patch("torch._inductor.config.pattern_matcher", False)]
-    for p in patches:
-        p.start()
     return patches
 
 
@@ -187,11 +187,10 @@ def cuda_kernels(graphs: list[tuple[str, object, list]]) -> dict[str, str]:
         module.__file__ = path
         return module
 
-    patches = _fake_sm90()
-    patches.append(mock.patch.object(codecache.PyCodeCache, "load_by_key_path", staticmethod(load)))
-    patches[-1].start()
     mode = FakeTensorMode()
-    try:
+    with contextlib.ExitStack() as patched:  # every patch undone on the way out, also after an error
+        for p in _fake_sm90() + [mock.patch.object(codecache.PyCodeCache, "load_by_key_path", staticmethod(load))]:
+            patched.enter_context(p)
         for kind, gm, example_inputs in graphs:
             for node in gm.graph.nodes:
                 node.args, node.kwargs = _on_cuda(node.args), _on_cuda(node.kwargs)
@@ -200,9 +199,6 @@ def cuda_kernels(graphs: list[tuple[str, object, list]]) -> dict[str, str]:
                 fakes = [FakeTensor(mode, torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta"), CUDA)
                          if isinstance(t, torch.Tensor) else t for t in example_inputs]
                 compile_fx_inner(gm, fakes, is_backward=kind == "bw")
-    finally:
-        for p in reversed(patches):
-            p.stop()
     return kernels
 
 

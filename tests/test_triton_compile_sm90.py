@@ -92,3 +92,16 @@ def test_prefix_sum_compiles_for_sm90(dtype, reverse, mean):
                                      "total_ptr": f"*{acc}", "T": "i32", "D": "i32"},
                   {"REVERSE": reverse, "MEAN": mean, "HAS_INIT": reverse, "HAS_TOTAL": not reverse,
                    "BLOCK_T": tps.BLOCK_T, "BLOCK_D": tps.MAX_BLOCK_D}, None)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize(("block_t", "block_d"), [(128, 16), (256, 16), (128, 32), (32, 32), (64, 16)])
+def test_prefix_mean_chunk_shapes_compile_for_sm90(dtype, block_t, block_d):
+    """The chunk shapes benchmarks/prefix_sum.py times besides the default (forward mean with its
+    total, the training step's pass) compile for sm_90 too."""
+    from apt_ext.triton import prefix_sum as tps
+
+    _compile_sm90(tps._scan_kernel, {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "init_ptr": "*fp32",
+                                     "total_ptr": "*fp32", "T": "i32", "D": "i32"},
+                  {"REVERSE": False, "MEAN": True, "HAS_INIT": False, "HAS_TOTAL": True,
+                   "BLOCK_T": block_t, "BLOCK_D": block_d}, None)

@@ -181,7 +181,12 @@ def cuda_kernels(graphs: list[tuple[str, object, list]]) -> dict[str, str]:
 
     def load(key, path, *args, **kwargs):  # read the wrapper's kernels; never import it (no CUDA here)
         text = Path(path).read_text()
-        kernels.update(re.findall(r"async_compile\.triton\('(\w+)', '''(.*?)'''", text, re.S))
+        for name, source in re.findall(r"async_compile\.triton\('(\w+)', '''(.*?)'''", text, re.S):
+            # the forward's and the backward's wrappers number their kernels each from 0: keep both
+            # of a name they share
+            while name in kernels and kernels[name] != source:
+                name += "_b"
+            kernels[name] = source
         module = types.ModuleType("wrapper_not_loaded")
         module.call = lambda *a, **k: None
         module.__file__ = path

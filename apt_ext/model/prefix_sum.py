@@ -76,11 +76,16 @@ def _triton_scan() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | 
     return scan
 
 
+def _triton_scan_for(x: torch.Tensor) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None:
+    """The Triton pass for a non-empty CUDA tensor where triton is installed, else None."""
+    return _triton_scan() if x.is_cuda and x.numel() > 0 else None
+
+
 def _running_sum(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """Running sum over dim 1 (reverse: from the end) in x's dtype. On CUDA one Triton pass
     (float32 accumulation) where triton is installed, else blocked_cumsum; elsewhere ATen's
     cumsum. The reverse sum without Triton is suffix_sum's total minus the running sum."""
-    triton_scan = _triton_scan() if x.is_cuda and x.numel() > 0 else None
+    triton_scan = _triton_scan_for(x)
     if triton_scan is not None:
         return triton_scan(x, reverse)[0]
     if reverse:
@@ -179,7 +184,7 @@ def _counts(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _prefix_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(m, total): m[:, t] = (x[:, 0] + ... + x[:, t]) / (t + 1) in x's dtype, total the sum of
     all rows ([B, ...], float32; float64 for float64 x). One Triton pass on CUDA."""
-    triton_scan = _triton_scan() if x.is_cuda and x.numel() > 0 else None
+    triton_scan = _triton_scan_for(x)
     if triton_scan is not None:
         return triton_scan(x, mean=True, with_total=True)
     acc = _acc_dtype(x)
@@ -191,7 +196,7 @@ def _prefix_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _prefix_mean_grad(grad_m: torch.Tensor, grad_total: torch.Tensor) -> torch.Tensor:
     """The prefix mean's gradient: g[:, s] = sum over t >= s of grad_m[:, t] / (t + 1), plus
     grad_total; in grad_m's dtype. One Triton pass on CUDA."""
-    triton_scan = _triton_scan() if grad_m.is_cuda and grad_m.numel() > 0 else None
+    triton_scan = _triton_scan_for(grad_m)
     if triton_scan is not None:
         return triton_scan(grad_m, reverse=True, mean=True, init=grad_total)[0]
     acc = _acc_dtype(grad_m)

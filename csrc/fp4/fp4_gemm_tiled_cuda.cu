@@ -44,6 +44,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <tuple>
 #include <type_traits>
 
 #include "fp4/fp4_gemm_tiled_cuda.h"
@@ -306,32 +307,30 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   store_outputs<at::BFloat16, kGelu>(acc, args, tile0, row_first, g, t);
 }
 
-// Calls fn(integral_constant<TW>, integral_constant<XB>) for a warp tile built for either kind of
-// product (the caller instantiates only the kind built for it).
+// Every (TW, XB) built for either kind of product (warp_tile_built says which kind).
+template <int TW, int XB>
+struct WarpTile {
+  static constexpr int tw = TW, xb = XB;
+};
+using WarpTiles = std::tuple<WarpTile<2, 8>, WarpTile<4, 4>, WarpTile<2, 4>, WarpTile<1, 8>, WarpTile<1, 16>,
+                             WarpTile<1, 1>, WarpTile<2, 1>, WarpTile<1, 2>, WarpTile<2, 2>>;
+
+// Calls fn(integral_constant<TW>, integral_constant<XB>) for the tile among Tiles equal to (tw, xb).
+template <typename Fn, typename... Tiles>
+void call_for_tile(int tw, int xb, Fn&& fn, std::tuple<Tiles...>*) {
+  ((tw == Tiles::tw && xb == Tiles::xb
+        ? (fn(std::integral_constant<int, Tiles::tw>{}, std::integral_constant<int, Tiles::xb>{}), true)
+        : false) ||
+   ...);
+}
+
+// Calls fn(integral_constant<TW>, integral_constant<XB>) for the warp tile (tw, xb), which must be
+// built for the kind of product (the caller instantiates only the kind built for it).
 template <typename Fn>
 void dispatch_warp_tile(int tw, int xb, bool wgmma, Fn&& fn) {
-  using std::integral_constant;
   TORCH_CHECK_VALUE(warp_tile_built(tw, xb, wgmma), "fp4_linear_tiled: no ", wgmma ? "wgmma" : "mma.sync",
                     " GEMM built for ", tw, " tiles per warp and ", 8 * xb, " rows of x per block");
-  if (tw == 2 && xb == 8) {
-    fn(integral_constant<int, 2>{}, integral_constant<int, 8>{});
-  } else if (tw == 4 && xb == 4) {
-    fn(integral_constant<int, 4>{}, integral_constant<int, 4>{});
-  } else if (tw == 2 && xb == 4) {
-    fn(integral_constant<int, 2>{}, integral_constant<int, 4>{});
-  } else if (tw == 1 && xb == 8) {
-    fn(integral_constant<int, 1>{}, integral_constant<int, 8>{});
-  } else if (tw == 1 && xb == 16) {
-    fn(integral_constant<int, 1>{}, integral_constant<int, 16>{});
-  } else if (tw == 1 && xb == 1) {
-    fn(integral_constant<int, 1>{}, integral_constant<int, 1>{});
-  } else if (tw == 2 && xb == 1) {
-    fn(integral_constant<int, 2>{}, integral_constant<int, 1>{});
-  } else if (tw == 1 && xb == 2) {
-    fn(integral_constant<int, 1>{}, integral_constant<int, 2>{});
-  } else {
-    fn(integral_constant<int, 2>{}, integral_constant<int, 2>{});
-  }
+  call_for_tile(tw, xb, fn, static_cast<WarpTiles*>(nullptr));
 }
 
 // Whether wgmma kernels can run on CUDA device `device`: built for sm_90a, and the device is

@@ -29,7 +29,8 @@
 //    refills step s - 2's buffer, whose wgmmas a warpgroup has waited for (wait_group 1) before
 //    it reaches that barrier. For mma.sync rows sit at a 320-byte pitch, so a warp's 16-byte B-fragment reads
 //    (8 rows x 64 bytes) are conflict-free; for wgmma they are stored as wgmma's K-major core
-//    matrices (8 rows x 16 bytes, 128 contiguous bytes; the 16 of a group of 8 rows in K order);
+//    matrices (8 rows x 16 bytes, 128 contiguous bytes) holding A's columns in A's k order, which
+//    takes 4-byte copies (fp4_wgmma_cuda.h);
 //  * the K parts' sums meet in shared memory at the end; with `splits` blocks along K (to fill the
 //    GPU when N and M give few blocks) the blocks' sums meet in global memory, added in split
 //    order by the last block to finish (one launch besides zeroing the arrival counters;
@@ -68,6 +69,8 @@ constexpr int kMinStepsPerPart = 2;                        // K steps per (split
 constexpr int x_pitch(bool wgmma) { return wgmma ? kStepCols : kXPitch; }
 // x steps in shared memory per K part (see the header comment: wgmma keeps one more).
 constexpr int x_stages(bool wgmma) { return wgmma ? kXAhead + 2 : kXAhead + 1; }
+static_assert(kWgmmaSbo == 8 * sizeof(__nv_bfloat16) * x_pitch(true) && kStepCols == 128,
+              "wgmma's descriptor steps over 8 staged rows of one 128-column step");
 
 // Dynamic shared memory: KW * x_stages staged x steps, reused for the K-part sums at the end.
 constexpr size_t gemm_smem_bytes(int tw, int xb, int kw, bool wgmma) {
@@ -81,6 +84,12 @@ constexpr size_t gemm_smem_bytes(int tw, int xb, int kw, bool wgmma) {
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+}
+// 4 bytes global -> shared (through L1: the wgmma staging reads each 16-byte chunk of x as four
+// words), zero-filled when `valid` is false.
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(gmem), "r"(valid ? 4 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N>
@@ -181,29 +190,26 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
 
   // This K part's threads copy x step s into stage buffer s % kXStages. mma.sync: chunk q of the
   // rows x 16 chunks of 16 bytes is row q / 16, columns 8 (q % 16) .. + 7, at a kXPitch pitch.
-  // wgmma: chunk q is row 8 (q / 128) + q % 8, columns 8 ((q / 8) % 16) .. + 7, stored at 16 q
-  // bytes: core matrix (rows 8 (q / 128) .., column chunk (q / 8) % 16) at 128 bytes each, in K
-  // order within a group of 8 rows (descriptor: LBO 128 bytes, SBO 2048).
+  // wgmma: word w (two columns) of the stage is row wgmma_x_word_row(w), columns
+  // wgmma_x_word_col(w), + 1 (fp4_wgmma_cuda.h: wgmma's core matrices in A's column order).
   const int part_thread = threadIdx.x - part * args.rw * 32, part_threads = args.rw * 32;
   const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(args.x);
   auto load_x_step = [&](int s) {
     __nv_bfloat16* dst = xs + (s % kXStages) * kXStageElems;
-    for (int q = part_thread; q < kBlockRows * kChunksPerRow; q += part_threads) {
-      int r, c;
-      __nv_bfloat16* d;
-      if constexpr (kWg) {
-        r = 8 * (q / (8 * kChunksPerRow)) + q % 8;
-        c = (q / 8) % kChunksPerRow;
-        d = dst + 8 * q;
-      } else {
-        r = q / kChunksPerRow;
-        c = q % kChunksPerRow;
-        d = dst + r * kXPitch + 8 * c;
+    const __nv_bfloat16* x_step = x + static_cast<int64_t>(s_begin + s) * kStepCols;
+    if constexpr (kWg) {
+      for (int w = part_thread; w < kBlockRows * kStepCols / 2; w += part_threads) {
+        const int64_t row = row_first + wgmma_x_word_row(w);
+        const bool valid = row < args.m;
+        cp_async4(dst + 2 * w, x_step + (valid ? row : 0) * args.x_stride + wgmma_x_word_col(w), valid);
       }
-      const int64_t row = row_first + r;
-      const bool valid = row < args.m;
-      const __nv_bfloat16* src = x + (valid ? row : 0) * args.x_stride + static_cast<int64_t>(s_begin + s) * kStepCols + 8 * c;
-      cp_async16(d, src, valid);
+    } else {
+      for (int q = part_thread; q < kBlockRows * kChunksPerRow; q += part_threads) {
+        const int r = q / kChunksPerRow, c = q % kChunksPerRow;
+        const int64_t row = row_first + r;
+        const bool valid = row < args.m;
+        cp_async16(dst + r * kXPitch + 8 * c, x_step + (valid ? row : 0) * args.x_stride + 8 * c, valid);
+      }
     }
   };
 
@@ -252,7 +258,7 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
         for (int u = 0; u < TW; ++u) {
           decode_word<F>(word_of(j < 4 ? ring.c0[I][u] : ring.c1[I][u], j & 3), ring.sc[I][u], j, nullptr, a[u]);
         }
-        const uint64_t desc = wgmma_desc_k_major(xstage + 256 * j, 128, 16 * 128);
+        const uint64_t desc = wgmma_desc_k_major(xstage + kWgmmaSliceBytes * j, kWgmmaLbo, kWgmmaSbo);
         wgmma_fence();
 #pragma unroll
         for (int u = 0; u < TW; ++u) WgmmaBf16<XB>::mma(acc[u], a[u], desc);

@@ -43,6 +43,15 @@ constexpr int kStepCols = 128;    // columns (codes) per step
 constexpr int kStepBytes = 1024;  // packed bytes of one (tile, step)
 constexpr int kLanes = 32;
 
+// Column, within a step, of the value that k-slot kk (0..15) of word j's A operand holds: the
+// mma.m16n8k16 A fragment puts k-slot 2t + 8q + e of lane 4g + t in register pair h + 2q, value e,
+// and the layout above stores the column 32 (j >> 1) + 8t + 4 (j & 1) + 2q + e there. Every
+// operand B that meets these A registers (the GEMV's and the GEMM's x fragments, the wgmma GEMM's
+// shared-memory core matrices) must hold the same column in its k-slot kk.
+constexpr int a_fragment_column(int j, int kk) {
+  return 32 * (j >> 1) + 8 * ((kk & 7) >> 1) + 4 * (j & 1) + 2 * (kk >> 3) + (kk & 1);
+}
+
 // Rotation (left) that brings pair p's magnitude / sign bits of a word to their bfloat16 places
 // (four translates that tile the 32 bits; none exists with one rotation per pair).
 constexpr int mag_rot(int p) { return 3 * p; }

@@ -10,7 +10,12 @@
 // B is K-major without swizzling: core matrices of 8 rows (of x) x 16 bytes (8 bfloat16 of K),
 // each 128 contiguous bytes; the descriptor's leading byte offset steps to the next core matrix
 // along K, its stride byte offset to the next 8 rows (PTX ISA, "Shared Memory Matrix Layout",
-// canonical K-major layout ((8, m), (T, 2k)) : ((1T, SBO), (1, LBO))).
+// canonical K-major layout ((8, m), (T, 2k)) : ((1T, SBO), (1, LBO))). The tensor cores read B's
+// k-slots in that order, so B's k-slot kk of 16-column slice j must hold the column of x that A's
+// k-slot kk holds: tiled::a_fragment_column(j, kk), which is not column 16 j + kk (the tiled
+// layout gives lane t columns 8t .. 8t + 7 of every 32). So each 16-byte row of a core matrix
+// gathers four 4-byte words (two columns each) from four 16-byte chunks of x's row, and x is
+// staged word by word (wgmma_x_word_row / _col; checked against the descriptor's reads below).
 //
 // Compiled only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); other targets get a trap, and the host
 // never launches a wgmma kernel unless the build has sm_90a code (kWgmmaBuilt) and the device is
@@ -18,7 +23,40 @@
 #pragma once
 #include <cstdint>
 
+#include "fp4/fp4_tiled_layout.h"
+
 namespace apt::fp4::cuda {
+
+// One staged 128-column step of x (8 XB rows) for wgmma: the descriptor of slice j (columns
+// 16 j .. 16 j + 15 of A's k order) starts at kWgmmaSliceBytes * j; its two core matrices along K
+// are kWgmmaLbo apart and its groups of 8 rows kWgmmaSbo apart (the 16 core matrices of a step).
+constexpr uint32_t kWgmmaCoreBytes = 128;
+constexpr uint32_t kWgmmaLbo = kWgmmaCoreBytes;
+constexpr uint32_t kWgmmaSliceBytes = 2 * kWgmmaCoreBytes;
+constexpr uint32_t kWgmmaSbo = 8 * kWgmmaSliceBytes;
+// The 4-byte word w of a staged step (bytes 4 w .. 4 w + 3): core matrix cm = (w / 32) % 16 of the
+// rows' group w / 512 (slice cm / 2, k-slots 8 (cm % 2) ..), row (w % 32) / 4 of it and k-slots
+// 2 (w % 4), + 1 of that row. wgmma_x_word_row: its row of x within the block's 8 XB rows;
+// wgmma_x_word_col: the first of its two columns of x within the step. Consecutive words of a
+// warp's copy go to 32 different banks.
+__host__ __device__ constexpr int wgmma_x_word_row(int w) { return 8 * (w / 512) + (w % 32) / 4; }
+__host__ __device__ constexpr int wgmma_x_word_col(int w) {
+  return tiled::a_fragment_column((w / 32) % 16 / 2, 8 * ((w / 32) % 2) + 2 * (w % 4));
+}
+
+// What the tensor cores read for slice j, k-slot kk, row n of B (the canonical K-major layout at
+// the descriptor's offsets) is the word staged for row n and A's column of k-slot kk.
+constexpr bool wgmma_x_staging_matches_a() {
+  for (int j = 0; j < 8; ++j)
+    for (int kk = 0; kk < 16; ++kk)
+      for (int n = 0; n < 128; ++n) {
+        const uint32_t byte = kWgmmaSliceBytes * j + kWgmmaLbo * (kk / 8) + kWgmmaSbo * (n / 8) + 16 * (n % 8) + 2 * (kk % 8);
+        const int w = static_cast<int>(byte / 4), e = static_cast<int>(byte % 4) / 2;
+        if (wgmma_x_word_row(w) != n || wgmma_x_word_col(w) + e != tiled::a_fragment_column(j, kk)) return false;
+      }
+  return true;
+}
+static_assert(wgmma_x_staging_matches_a(), "wgmma: staged x does not meet the A fragments' columns");
 
 #if defined(APT_WITH_SM90A)
 constexpr bool kWgmmaBuilt = true;

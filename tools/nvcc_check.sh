@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile-checks CUDA sources on a machine whose torch is a CPU build (no GPU needed): nvcc
 # compiles each .cu against torch's headers for sm_80 and sm_90a and prints the ptxas resource
-# report (registers, spills, stack). Nothing is linked or installed.
+# report (registers, spills, stack), then checks that no sm_90a kernel had its wgmma pipeline
+# serialized by ptxas (tools/wgmma_sass_check.py). Nothing is linked or installed.
 # Usage: bash tools/nvcc_check.sh [file.cu ...]     (default: every csrc/**/*.cu)
 # The CPU wheel lacks c10's generated cuda_cmake_macros.h; a one-line stand-in is made in a
 # temp dir. Kernels should include c10/cuda headers, not ATen/cuda/CUDAContext.h (which pulls
@@ -19,6 +20,7 @@ if [ ${#files[@]} -eq 0 ]; then mapfile -t files < <(find csrc -name '*.cu' | so
 # One nvcc per (file, arch), as many at a time as there are cores; reports printed in order.
 jobs_max=$(nproc 2>/dev/null || echo 2)
 n=0
+sm90a_objects=()
 for f in "${files[@]}"; do
   for arch in 80 90a; do
     log="$shim/$n.log"
@@ -28,6 +30,7 @@ for f in "${files[@]}"; do
         -I csrc -I "$shim" -I "$TI" -I "$TI/torch/csrc/api/include" \
         -D_GLIBCXX_USE_CXX11_ABI=1 -DAPT_WITH_CUDA=1 -DAPT_WITH_SM90A=1 >> "$log" 2>&1
       echo $? > "$log.rc" ) &
+    [ "$arch" = 90a ] && sm90a_objects+=("$shim/$n.o")
     n=$((n + 1))
     while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
   done
@@ -38,4 +41,10 @@ for ((i = 0; i < n; i++)); do
   grep -vE "^ptxas info *: (Compiling|Function properties for)" "$shim/$i.log" || true
   [ "$(cat "$shim/$i.log.rc")" = 0 ] || { echo "nvcc FAILED (see above)"; rc=1; }
 done
+if [ $rc = 0 ]; then
+  st=0
+  out=$("$PY" tools/wgmma_sass_check.py "${sm90a_objects[@]}") || st=$?
+  echo "$out" | grep -v "^pipelined" || true
+  if [ $st = 1 ]; then echo "wgmma pipeline serialized: FAILED"; rc=1; fi
+fi
 exit $rc

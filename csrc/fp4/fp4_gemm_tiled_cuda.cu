@@ -22,15 +22,19 @@
 //      shared memory, asynchronously: one m64n(8 XB)k16 per tile and 16 columns, the decode of the
 //      next 16 columns running while it computes (one group in flight), and no B registers;
 //  * x: each K part's warps copy their next steps' x (8 XB rows x 128 columns), kXAhead steps
-//    ahead, into a ring of x_stages shared-memory buffers with cp.async (rows past M
+//    ahead, into a ring of x_copy_stages shared-memory buffers with cp.async (rows past M
 //    zero-filled), one __syncthreads per step. mma.sync has three: the copy for step s + 2
-//    refills step s - 1's buffer, whose reads ended before step s's barrier. wgmma has four: a
-//    warpgroup's last wgmma of step s - 1 may still be reading when step s begins, so the copy
-//    refills step s - 2's buffer, whose wgmmas a warpgroup has waited for (wait_group 1) before
-//    it reaches that barrier. For mma.sync rows sit at a 320-byte pitch, so a warp's 16-byte B-fragment reads
-//    (8 rows x 64 bytes) are conflict-free; for wgmma they are stored as wgmma's K-major core
-//    matrices (8 rows x 16 bytes, 128 contiguous bytes) holding A's columns in A's k order, which
-//    takes 4-byte copies (fp4_wgmma_cuda.h);
+//    refills step s - 1's buffer, whose reads ended before step s's barrier. Its rows sit at a
+//    320-byte pitch, so a warp's 16-byte B-fragment reads (8 rows x 64 bytes) are conflict-free.
+//    wgmma reads x as K-major core matrices (8 rows x 16 bytes, 128 contiguous bytes) holding A's
+//    columns in A's k order (fp4_wgmma_cuda.h), staged one of two ways (GemmProduct):
+//    - word copies: 4-byte cp.async straight into the core matrices, four buffers: a
+//      warpgroup's last wgmma of step s - 1 may still be reading when step s begins, so the copy
+//      refills step s - 2's buffer, whose wgmmas a warpgroup has waited for (wait_group 1) before
+//      it reaches that barrier;
+//    - transposed: 16-byte copies one step further ahead into three plain buffers, and after step
+//      s's barrier the threads rewrite step s + 1's copy into the third of three core-matrix
+//      buffers (the one step s - 2 read);
 //  * the K parts' sums meet in shared memory at the end; with `splits` blocks along K (to fill the
 //    GPU when N and M give few blocks) the blocks' sums meet in global memory, added in split
 //    order by the last block to finish (one launch besides zeroing the arrival counters;
@@ -65,17 +69,33 @@ constexpr int kChunksPerRow = kStepCols * 2 / 16;          // 16-byte chunks per
 constexpr size_t kMaxSmem = 227 * 1024;                    // dynamic shared memory a block may have
 constexpr int kMinStepsPerPart = 2;                        // K steps per (split, K part), at least
 
-// bfloat16 per staged row of x: mma.sync pads rows to kXPitch, wgmma's core matrices are dense.
-constexpr int x_pitch(bool wgmma) { return wgmma ? kStepCols : kXPitch; }
-// x steps in shared memory per K part (see the header comment: wgmma keeps one more).
-constexpr int x_stages(bool wgmma) { return wgmma ? kXAhead + 2 : kXAhead + 1; }
-static_assert(kWgmmaSbo == 8 * sizeof(__nv_bfloat16) * x_pitch(true) && kStepCols == 128,
+constexpr bool is_wgmma(GemmProduct p) { return p != GemmProduct::kMmaSync; }
+
+// Where x is copied to, per K part (see the header comment): x_copy_stages steps of 8 XB rows at
+// x_copy_pitch bfloat16 per row. mma.sync pads rows to kXPitch; wgmma's word copies write the
+// core matrices themselves (dense, one stage more); the transposing form copies into a plain ring
+// whose 272-byte pitch puts a quarter-warp's 16-byte reads of 8 rows in 8 different bank groups,
+// and keeps kXCoreStages stages of core matrices besides.
+constexpr int x_copy_pitch(GemmProduct p) {
+  return p == GemmProduct::kMmaSync ? kXPitch : (p == GemmProduct::kWgmmaWordCopy ? kStepCols : kStepCols + 8);
+}
+constexpr int x_copy_stages(GemmProduct p) { return p == GemmProduct::kWgmmaWordCopy ? kXAhead + 2 : kXAhead + 1; }
+constexpr int kXCoreStages = 3;  // the transposing form's core-matrix stages
+// Steps a copy is issued ahead of the barrier after which the step's products start (the
+// transposing form reads a step's copy one step before its products).
+constexpr int x_copy_ahead(GemmProduct p) { return p == GemmProduct::kWgmmaTranspose ? kXAhead + 1 : kXAhead; }
+static_assert(kWgmmaSbo == 8 * sizeof(__nv_bfloat16) * kStepCols && kStepCols == 128,
               "wgmma's descriptor steps over 8 staged rows of one 128-column step");
 
-// Dynamic shared memory: KW * x_stages staged x steps, reused for the K-part sums at the end.
-constexpr size_t gemm_smem_bytes(int tw, int xb, int kw, bool wgmma) {
-  const size_t x_bytes =
-      sizeof(__nv_bfloat16) * static_cast<size_t>(kw) * x_stages(wgmma) * (8 * xb) * x_pitch(wgmma);
+// bfloat16 of one K part's x stages.
+constexpr size_t x_part_elems(GemmProduct p, int xb) {
+  const int core_stages = p == GemmProduct::kWgmmaTranspose ? kXCoreStages : 0;
+  return static_cast<size_t>(8 * xb) * (x_copy_stages(p) * x_copy_pitch(p) + core_stages * kStepCols);
+}
+
+// Dynamic shared memory: KW parts' x stages, reused for the K-part sums at the end.
+constexpr size_t gemm_smem_bytes(int tw, int xb, int kw, GemmProduct p) {
+  const size_t x_bytes = sizeof(__nv_bfloat16) * static_cast<size_t>(kw) * x_part_elems(p, xb);
   const size_t sum_bytes = sizeof(float) * static_cast<size_t>(kw - 1) * (kWarps / kw) * tw * xb * 4 * 32;
   return x_bytes > sum_bytes ? x_bytes : sum_bytes;
 }
@@ -104,19 +124,20 @@ constexpr int blocks_per_sm(int tw, int xb) { return tw * xb <= 8 ? 2 : 1; }
 
 // The warp tiles built (TW tiles per warp, XB blocks of 8 rows of x). mma.sync: 2 x 8 and 4 x 4
 // (one block per multiprocessor), 2 x 4 and 1 x 8 (two). wgmma (n = 8 XB rows of x per
-// instruction): 1 and 2 tiles x 1 and 2 (8 or 16 rows of x: the GEMV's range, for the sweep
-// against it), 2 x 4 and 1 x 8 (two blocks per multiprocessor), 2 x 8 and 1 x 16 (one).
-constexpr bool warp_tile_built(int tw, int xb, bool wgmma) {
-  if (wgmma) {
-    return ((tw == 1 || tw == 2) && (xb == 1 || xb == 2)) || (tw == 2 && xb == 4) || (tw == 1 && xb == 8) ||
-           (tw == 2 && xb == 8) || (tw == 1 && xb == 16);
+// instruction): 2 x 4 and 1 x 8 (two blocks per multiprocessor), 2 x 8 and 1 x 16 (one); with
+// word copies also 1 and 2 tiles x 1 and 2 (8 or 16 rows of x: the GEMV's range, for the sweep
+// against it; x's copy is small there, so the transposing form is not built for them).
+constexpr bool warp_tile_built(int tw, int xb, GemmProduct p) {
+  if (p == GemmProduct::kMmaSync) {
+    return (tw == 2 && xb == 8) || (tw == 4 && xb == 4) || (tw == 2 && xb == 4) || (tw == 1 && xb == 8);
   }
-  return (tw == 2 && xb == 8) || (tw == 4 && xb == 4) || (tw == 2 && xb == 4) || (tw == 1 && xb == 8);
+  return (tw == 2 && xb == 4) || (tw == 1 && xb == 8) || (tw == 2 && xb == 8) || (tw == 1 && xb == 16) ||
+         (p == GemmProduct::kWgmmaWordCopy && (tw == 1 || tw == 2) && (xb == 1 || xb == 2));
 }
 
 // K parts a wgmma block may have: a warpgroup (4 warps: one wgmma) must lie in one K part, so
 // 8 / KW warps along N must be a multiple of 4.
-constexpr bool k_parts_ok(int kw, bool wgmma) { return kw == 1 || kw == 2 || (kw == 4 && !wgmma); }
+constexpr bool k_parts_ok(int kw, GemmProduct p) { return kw == 1 || kw == 2 || (kw == 4 && !is_wgmma(p)); }
 
 // With args.splits > 1: part 0's warps publish their sums, and the block that finishes its output
 // block last adds every split's sums (its own included) in split order into `acc`. Returns
@@ -166,14 +187,18 @@ __device__ __forceinline__ bool gather_splits(float (&acc)[TW][XB][4], const Til
 // Grid: (ceil(n_tiles / (TW WN)) * m_blocks, splits) blocks (m_blocks = ceil(m / (8 XB)), the x
 // block varying fastest along x), 256 threads. Warp w: tiles TW ((blockIdx.x / m_blocks) * WN +
 // w % WN) + u, K part blockIdx.y * KW + w / WN of KW * splits. args.rw = WN, args.kw = KW,
-// args.steps_per_part = ceil(steps / (KW * splits)). kWg: the products by wgmma (sm_90a; KW 1 or
-// 2, so that each warpgroup lies in one K part), else by mma.sync.
-template <Format F, bool kGelu, int TW, int XB, bool kWg>
+// args.steps_per_part = ceil(steps / (KW * splits)). P: the products by mma.sync or by wgmma
+// (sm_90a; KW 1 or 2, so that each warpgroup lies in one K part), and how x is staged for them.
+template <Format F, bool kGelu, int TW, int XB, GemmProduct P>
 __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled_kernel(const TiledLinearArgs args) {
   static_assert(F != Format::NF4, "nf4 decodes through a shared-memory table: the GEMV path");
-  constexpr int kBlockRows = 8 * XB;                          // rows of x per block
-  constexpr int kXStageElems = kBlockRows * x_pitch(kWg);     // one staged step of one K part
-  constexpr int kXStages = x_stages(kWg);
+  constexpr bool kWg = is_wgmma(P), kTranspose = P == GemmProduct::kWgmmaTranspose;
+  constexpr int kBlockRows = 8 * XB;                           // rows of x per block
+  constexpr int kXPitchP = x_copy_pitch(P);                    // bfloat16 per copied row
+  constexpr int kXStageElems = kBlockRows * kXPitchP;          // one copied step of one K part
+  constexpr int kXStages = x_copy_stages(P);
+  constexpr int kCoreStageElems = kBlockRows * kStepCols;      // kTranspose: one step of core matrices
+  constexpr int kXCopyAhead = x_copy_ahead(P);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wn = warp % args.rw, part = warp / args.rw;
   const int64_t m_block = blockIdx.x % args.m_blocks;
@@ -186,18 +211,20 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   const bool has_tile = tile0 < args.n_tiles;
 
   extern __shared__ __align__(128) unsigned char dyn_smem[];
-  __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(dyn_smem) + static_cast<size_t>(part) * kXStages * kXStageElems;
+  __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(dyn_smem) + static_cast<size_t>(part) * x_part_elems(P, XB);
+  __nv_bfloat16* x_core = xs + kXStages * kXStageElems;  // kTranspose: kXCoreStages steps of core matrices
 
-  // This K part's threads copy x step s into stage buffer s % kXStages. mma.sync: chunk q of the
-  // rows x 16 chunks of 16 bytes is row q / 16, columns 8 (q % 16) .. + 7, at a kXPitch pitch.
-  // wgmma: word w (two columns) of the stage is row wgmma_x_word_row(w), columns
-  // wgmma_x_word_col(w), + 1 (fp4_wgmma_cuda.h: wgmma's core matrices in A's column order).
+  // This K part's threads copy x step s into stage buffer s % kXStages. mma.sync and the
+  // transposing wgmma: chunk q of the rows x 16 chunks of 16 bytes is row q / 16, columns
+  // 8 (q % 16) .. + 7, at a kXPitchP pitch. wgmma's word copies: word w (two columns) of the stage
+  // is row wgmma_x_word_row(w), columns wgmma_x_word_col(w), + 1 (fp4_wgmma_cuda.h: wgmma's core
+  // matrices in A's column order).
   const int part_thread = threadIdx.x - part * args.rw * 32, part_threads = args.rw * 32;
   const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(args.x);
   auto load_x_step = [&](int s) {
     __nv_bfloat16* dst = xs + (s % kXStages) * kXStageElems;
     const __nv_bfloat16* x_step = x + static_cast<int64_t>(s_begin + s) * kStepCols;
-    if constexpr (kWg) {
+    if constexpr (P == GemmProduct::kWgmmaWordCopy) {
       for (int w = part_thread; w < kBlockRows * kStepCols / 2; w += part_threads) {
         const int64_t row = row_first + wgmma_x_word_row(w);
         const bool valid = row < args.m;
@@ -208,7 +235,27 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
         const int r = q / kChunksPerRow, c = q % kChunksPerRow;
         const int64_t row = row_first + r;
         const bool valid = row < args.m;
-        cp_async16(dst + r * kXPitch + 8 * c, x_step + (valid ? row : 0) * args.x_stride + 8 * c, valid);
+        cp_async16(dst + r * kXPitchP + 8 * c, x_step + (valid ? row : 0) * args.x_stride + 8 * c, valid);
+      }
+    }
+  };
+  // kTranspose: this K part's threads rewrite step s from its copy into core-matrix stage
+  // s % kXCoreStages. Unit u is row n = 8 (u / 32) + u % 8 and 32-column group c = (u / 8) % 4: four
+  // 16-byte chunks t of the copied row, whose words v go to core matrix row (4 c + v, n) at
+  // position t (wgmma_x_word). A quarter-warp reads 8 rows at one column (8 bank groups at the
+  // 272-byte pitch) and writes 128 contiguous bytes.
+  auto transpose_x_step = [&](int s) {
+    const __nv_bfloat16* src = xs + (s % kXStages) * kXStageElems;
+    __nv_bfloat16* dst = x_core + (s % kXCoreStages) * kCoreStageElems;
+    for (int u = part_thread; u < kBlockRows * 4; u += part_threads) {
+      const int n = 8 * (u / 32) + u % 8, c = (u / 8) % 4;
+      uint4 v[4];
+#pragma unroll
+      for (int t = 0; t < 4; ++t) v[t] = *reinterpret_cast<const uint4*>(src + n * kXPitchP + 32 * c + 8 * t);
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        *reinterpret_cast<uint4*>(dst + 2 * wgmma_x_word(n, 32 * c + 2 * w)) =
+            make_uint4(word_of(v[0], w), word_of(v[1], w), word_of(v[2], w), word_of(v[3], w));
       }
     }
   };
@@ -230,27 +277,42 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
     ring.advance(args);
   }
 #pragma unroll
-  for (int s = 0; s < kXAhead; ++s) {
+  for (int s = 0; s < kXCopyAhead; ++s) {
     if (s < n_steps) load_x_step(s);
     cp_async_commit();
+  }
+  if constexpr (kTranspose) {
+    cp_async_wait<kXCopyAhead - 1>();
+    __syncthreads();  // step 0's copy is in shared memory
+    if (n_steps > 0) transpose_x_step(0);
   }
 
   // Every warp runs steps_per_part steps (the block's barriers must match); a K part with fewer
   // steps, or (mma.sync) a warp without tiles, skips the work of the extra ones. Step s uses ring
   // slot I = s % kWeightStages, a compile-time index (the loop is unrolled by the ring's depth)
   // so that the ring stays in registers.
+  // With kTranspose, step s first transposes step s + 1's copy (landed before this step's barrier)
+  // into core stage (s + 1) % kXCoreStages, whose last reads (step s - 2's wgmmas) every warpgroup
+  // waited for in step s - 1, while step s - 1's last wgmma may still run; the next step's barrier
+  // publishes it. (Inside the loop over j, between a wgmma and its wait, ptxas serializes every
+  // wgmma of the kernel: seen in the SASS, one wait_group 0 after each.)
   auto step = [&](int s, auto slot) {
     constexpr int I = decltype(slot)::value;
     cp_async_wait<kXAhead - 1>();
     if constexpr (kWg) fence_proxy_async_shared();
-    __syncthreads();  // step s's x is in shared memory; stage (s + kXAhead) % kXStages is free again
-    if (s + kXAhead < n_steps) load_x_step(s + kXAhead);
+    __syncthreads();  // step s's x is in shared memory; copy stage (s + kXCopyAhead) % kXStages is free again
+    if (s + kXCopyAhead < n_steps) load_x_step(s + kXCopyAhead);
     cp_async_commit();
     if (s >= n_steps || !loads) return;
+    if constexpr (kTranspose) {
+      if (s + 1 < n_steps) transpose_x_step(s + 1);
+    }
     if constexpr (kWg) {
       // 16 columns j at a time: decode the TW tiles' A registers, then one wgmma per tile on the
       // stage's core matrices of columns 16 j .. 16 j + 15; the next decode runs while it computes.
-      const uint32_t xstage = static_cast<uint32_t>(__cvta_generic_to_shared(xs + (s % kXStages) * kXStageElems));
+      const __nv_bfloat16* core = kTranspose ? x_core + (s % kXCoreStages) * kCoreStageElems
+                                             : xs + (s % kXStages) * kXStageElems;
+      const uint32_t xstage = static_cast<uint32_t>(__cvta_generic_to_shared(core));
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         uint32_t a[TW][4];
@@ -333,9 +395,10 @@ void call_for_tile(int tw, int xb, Fn&& fn, std::tuple<Tiles...>*) {
 // Calls fn(integral_constant<TW>, integral_constant<XB>) for the warp tile (tw, xb), which must be
 // built for the kind of product (the caller instantiates only the kind built for it).
 template <typename Fn>
-void dispatch_warp_tile(int tw, int xb, bool wgmma, Fn&& fn) {
-  TORCH_CHECK_VALUE(warp_tile_built(tw, xb, wgmma), "fp4_linear_tiled: no ", wgmma ? "wgmma" : "mma.sync",
-                    " GEMM built for ", tw, " tiles per warp and ", 8 * xb, " rows of x per block");
+void dispatch_warp_tile(int tw, int xb, GemmProduct p, Fn&& fn) {
+  TORCH_CHECK_VALUE(warp_tile_built(tw, xb, p), "fp4_linear_tiled: no GEMM with product ", static_cast<int>(p),
+                    " (APT_FP4_GEMM's sixth field) built for ", tw, " tiles per warp and ", 8 * xb,
+                    " rows of x per block");
   call_for_tile(tw, xb, fn, static_cast<WarpTiles*>(nullptr));
 }
 
@@ -365,30 +428,31 @@ bool gemm_tiled_supported(Format f, at::ScalarType x_dtype) {
 
 GemmTiledConfig gemm_tiled_config() {
   static const GemmTiledConfig cfg = [] {
-    GemmTiledConfig c{kGemmDefaultMinRows, kGemmDefaultMinN, 1, 0, 2, 64, false};
+    GemmTiledConfig c{kGemmDefaultMinRows, kGemmDefaultMinN, 1, 0, 2, 64, GemmProduct::kMmaSync};
     const char* env = std::getenv("APT_FP4_GEMM");
     if (env == nullptr || *env == '\0') return c;
     long long min_rows = 0;
     int k_parts = 1, splits = 0, tiles = 2, rows = 0, mma = 0;
     const int got = std::sscanf(env, "%lld,%d,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows, &mma);
     if (rows == 0) rows = tiles >= 4 ? 32 : 64;
-    const bool wgmma = mma == 1;
-    const bool ok = got >= 1 && min_rows >= 0 && (mma == 0 || mma == 1) && k_parts_ok(k_parts, wgmma) &&
-                    splits >= 0 && rows % 8 == 0 && warp_tile_built(tiles, rows / 8, wgmma) &&
-                    gemm_smem_bytes(tiles, rows / 8, k_parts, wgmma) <= kMaxSmem;
+    const auto product = static_cast<GemmProduct>(mma);
+    const bool ok = got >= 1 && min_rows >= 0 && mma >= 0 && mma <= 2 && k_parts_ok(k_parts, product) &&
+                    splits >= 0 && rows % 8 == 0 && warp_tile_built(tiles, rows / 8, product) &&
+                    gemm_smem_bytes(tiles, rows / 8, k_parts, product) <= kMaxSmem;
     TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]' with "
-                      "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), mma 0 (mma.sync) or 1 "
-                      "(wgmma, k_parts 1 or 2) and a warp tile (tiles_per_warp, rows of x per block) built for it: "
-                      "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (1 or 2, 8 or 16), (2, 32), (1, 64), "
-                      "(2, 64) or (1, 128); rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only with 32 rows, "
-                      "wgmma (1, 128) only with 1 (shared memory); got '", env, "'");
+                      "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), mma 0 (mma.sync), 1 "
+                      "(wgmma, x copied word by word) or 2 (wgmma, x transposed in shared memory; both wgmma kinds "
+                      "take k_parts 1 or 2) and a warp tile (tiles_per_warp, rows of x per block) built for it: "
+                      "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
+                      "mma 1 also (1 or 2, 8 or 16); rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only "
+                      "with 32 rows, wgmma (1, 128) only with 1 (shared memory); got '", env, "'");
     c.min_rows = min_rows;
     c.min_n = 0;
     c.k_parts = k_parts;
     c.splits = splits;
     c.tiles_per_warp = tiles;
     c.rows_per_block = rows;
-    c.wgmma = wgmma;
+    c.product = product;
     return c;
   }();
   return cfg;
@@ -398,14 +462,15 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
                        const at::Tensor& like, cudaStream_t stream) {
   TORCH_CHECK(gemm_tiled_supported(f, at::kBFloat16), "fp4_linear_tiled: the GEMM path takes nvfp4 and mxfp4 only");
   const int tw = cfg.tiles_per_warp, xb = cfg.rows_per_block / 8;
-  const bool wg = cfg.wgmma;
-  TORCH_CHECK_VALUE(!wg || wgmma_available(like.get_device()),
-                    "fp4_linear_tiled: the wgmma GEMM (APT_FP4_GEMM's sixth field 1) needs a build for sm_90a "
+  const GemmProduct product = cfg.product;
+  TORCH_CHECK_VALUE(!is_wgmma(product) || wgmma_available(like.get_device()),
+                    "fp4_linear_tiled: the wgmma GEMM (APT_FP4_GEMM's sixth field 1 or 2) needs a build for sm_90a "
                     "(APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU");
-  TORCH_CHECK_VALUE(cfg.rows_per_block % 8 == 0 && warp_tile_built(tw, xb, wg), "fp4_linear_tiled: no GEMM built for ",
-                    tw, " tiles per warp and ", cfg.rows_per_block, " rows of x per block");
-  const size_t smem = gemm_smem_bytes(tw, xb, cfg.k_parts, wg);
-  TORCH_CHECK_VALUE(k_parts_ok(cfg.k_parts, wg) && smem <= kMaxSmem,
+  TORCH_CHECK_VALUE(cfg.rows_per_block % 8 == 0 && warp_tile_built(tw, xb, product),
+                    "fp4_linear_tiled: no GEMM built for ", tw, " tiles per warp and ", cfg.rows_per_block,
+                    " rows of x per block");
+  const size_t smem = gemm_smem_bytes(tw, xb, cfg.k_parts, product);
+  TORCH_CHECK_VALUE(k_parts_ok(cfg.k_parts, product) && smem <= kMaxSmem,
                     "fp4_linear_tiled: GEMM K parts must be 1, 2 or 4 (wgmma: 1 or 2) within ", kMaxSmem,
                     " bytes of shared memory, got ", cfg.k_parts, " (", smem, " bytes)");
   args.kw = cfg.k_parts;
@@ -441,21 +506,26 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
     kernel<<<grid, kWarps * 32, smem, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  auto by_kind = [&](auto tw_c, auto xb_c, auto wg_c) {
+  auto by_product = [&](auto tw_c, auto xb_c, auto product_c) {
     constexpr int TW = decltype(tw_c)::value, XB = decltype(xb_c)::value;
-    constexpr bool kWg = decltype(wg_c)::value;
-    if constexpr (warp_tile_built(TW, XB, kWg)) {
+    constexpr GemmProduct P = decltype(product_c)::value;
+    if constexpr (warp_tile_built(TW, XB, P)) {
       if (f == Format::NVFP4) {
-        gelu ? go(gemm_tiled_kernel<Format::NVFP4, true, TW, XB, kWg>)
-             : go(gemm_tiled_kernel<Format::NVFP4, false, TW, XB, kWg>);
+        gelu ? go(gemm_tiled_kernel<Format::NVFP4, true, TW, XB, P>)
+             : go(gemm_tiled_kernel<Format::NVFP4, false, TW, XB, P>);
       } else {
-        gelu ? go(gemm_tiled_kernel<Format::MXFP4, true, TW, XB, kWg>)
-             : go(gemm_tiled_kernel<Format::MXFP4, false, TW, XB, kWg>);
+        gelu ? go(gemm_tiled_kernel<Format::MXFP4, true, TW, XB, P>)
+             : go(gemm_tiled_kernel<Format::MXFP4, false, TW, XB, P>);
       }
     }
   };
-  dispatch_warp_tile(tw, xb, wg, [&](auto tw_c, auto xb_c) {
-    wg ? by_kind(tw_c, xb_c, std::true_type{}) : by_kind(tw_c, xb_c, std::false_type{});
+  dispatch_warp_tile(tw, xb, product, [&](auto tw_c, auto xb_c) {
+    using MmaSync = std::integral_constant<GemmProduct, GemmProduct::kMmaSync>;
+    using WordCopy = std::integral_constant<GemmProduct, GemmProduct::kWgmmaWordCopy>;
+    using Transpose = std::integral_constant<GemmProduct, GemmProduct::kWgmmaTranspose>;
+    if (product == GemmProduct::kMmaSync) by_product(tw_c, xb_c, MmaSync{});
+    else if (product == GemmProduct::kWgmmaWordCopy) by_product(tw_c, xb_c, WordCopy{});
+    else by_product(tw_c, xb_c, Transpose{});
   });
 }
 

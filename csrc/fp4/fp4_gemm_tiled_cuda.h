@@ -29,17 +29,23 @@ bool gemm_tiled_supported(Format f, at::ScalarType x_dtype);
 // where the weight has kGemmDefaultMinN rows; set: any weight; 0: never), its K parts per block
 // (1, 2 or 4; default 1), its blocks along K (0, the default: enough to fill the GPU), its tiles
 // per warp and rows of x per block (a warp tile built for the kind of product: mma.sync 2 x 64, the
-// default, 4 x 32, 2 x 32, 1 x 64; wgmma 1 or 2 x 8 or 16, 2 x 32, 1 x 64, 2 x 64, 1 x 128; rows 0: 64 below 4
-// tiles, else 32), and the kind of product (mma 0: mma.sync, the default; 1: Hopper's wgmma, which
-// needs an sm_90a build and a compute capability 9.0 GPU, and 1 or 2 K parts).
+// default, 4 x 32, 2 x 32, 1 x 64; wgmma 2 x 32, 1 x 64, 2 x 64, 1 x 128, and with word copies also
+// 1 or 2 x 8 or 16; rows 0: 64 below 4 tiles, else 32), and the kind of product (GemmProduct;
+// the wgmma kinds need an sm_90a build, a compute capability 9.0 GPU and 1 or 2 K parts).
+enum class GemmProduct : int {
+  kMmaSync = 0,         // mma.sync m16n8k16; x rows at a padded pitch, copied by 16-byte chunks
+  kWgmmaWordCopy = 1,   // wgmma; x copied word by word (4 bytes) straight into wgmma's core matrices
+  kWgmmaTranspose = 2,  // wgmma; x copied by 16-byte chunks into a plain ring, then transposed into
+                        // the core matrices in shared memory
+};
 struct GemmTiledConfig {
   int64_t min_rows;
   int64_t min_n;  // weight rows, at least (kGemmDefaultMinN by default, 0 when APT_FP4_GEMM is set)
   int k_parts;
   int64_t splits;
   int tiles_per_warp;
-  int rows_per_block;  // rows of x per block (8 per mma n8 block): 32, 64 or (wgmma) 8, 16, 128
-  bool wgmma;          // products by wgmma (sm_90a) instead of mma.sync
+  int rows_per_block;   // rows of x per block (8 per mma n8 block): 32, 64 or (wgmma) 8, 16, 128
+  GemmProduct product;  // APT_FP4_GEMM's sixth field
 };
 GemmTiledConfig gemm_tiled_config();
 

@@ -43,6 +43,13 @@ __host__ __device__ constexpr int wgmma_x_word_row(int w) { return 8 * (w / 512)
 __host__ __device__ constexpr int wgmma_x_word_col(int w) {
   return tiled::a_fragment_column((w / 32) % 16 / 2, 8 * ((w / 32) % 2) + 2 * (w % 4));
 }
+// The staged word that holds columns col, col + 1 (col even) of row n: the inverse of the two
+// above. Column 32 c + 8 t + 2 v sits in core matrix 4 c + v at position t, so the words of
+// columns 32 c + 2 v, + 8, + 16, + 24 (the v-th word of the four 16-byte chunks of a 32-column
+// group) are four consecutive words: one 16-byte row of a core matrix.
+__host__ __device__ constexpr int wgmma_x_word(int n, int col) {
+  return 512 * (n / 8) + 32 * (4 * (col / 32) + (col % 8) / 2) + 4 * (n % 8) + (col % 32) / 8;
+}
 
 // What the tensor cores read for slice j, k-slot kk, row n of B (the canonical K-major layout at
 // the descriptor's offsets) is the word staged for row n and A's column of k-slot kk.
@@ -54,6 +61,10 @@ constexpr bool wgmma_x_staging_matches_a() {
         const int w = static_cast<int>(byte / 4), e = static_cast<int>(byte % 4) / 2;
         if (wgmma_x_word_row(w) != n || wgmma_x_word_col(w) + e != tiled::a_fragment_column(j, kk)) return false;
       }
+  for (int w = 0; w < 16 * 512; ++w) {
+    const int n = wgmma_x_word_row(w), col = wgmma_x_word_col(w);
+    if (wgmma_x_word(n, col) != w || wgmma_x_word(n, col - col % 32 + col % 8) + (col % 32) / 8 != w) return false;
+  }
   return true;
 }
 static_assert(wgmma_x_staging_matches_a(), "wgmma: staged x does not meet the A fragments' columns");

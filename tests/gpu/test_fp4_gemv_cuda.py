@@ -139,43 +139,16 @@ def test_gemv_launch_variants(launch):
     _run_checks_in_child(code, APT_FP4_GEMV=launch)
 
 
+# wgmma with x copied word by word (mma 1) and transposed in shared memory (mma 2).
 WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,1", "17,1,0,2,64,1", "17,2,3,2,64,1",
-                  "17,1,0,1,128,1", "17,1,3,1,128,1", "1,1,0,1,8,1", "1,2,0,2,8,1", "1,1,0,1,16,1", "1,1,3,2,16,1"]
+                 "17,1,0,1,128,1", "17,1,3,1,128,1", "1,1,0,1,8,1", "1,2,0,2,8,1", "1,1,0,1,16,1", "1,1,3,2,16,1",
+                 "17,1,0,2,32,2", "1,2,5,1,64,2", "17,1,0,2,64,2", "17,2,3,2,64,2", "17,1,0,1,128,2"]
 
 
 def _wgmma_runs() -> bool:
     """The wgmma GEMM runs where the build has sm_90a code and the GPU is compute capability 9.0."""
     archs = str(_native.build_info().get("cuda_archs", ""))
     return torch.cuda.is_available() and "90a" in archs and torch.cuda.get_device_capability() == (9, 0)
-
-
-@needs_cuda_build
-@pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2", "17,2,1", "17,4,0,4", "17,1,3,4", "1,2,5,2", "17,1,0,2,32",
-                                  "17,4,3,2,32", "17,2,0,1,64",
-                                  *(pytest.param(c, id=f"wgmma-{c}") for c in WGMMA_CONFIGS)])
-def test_tiled_gemm_path(gemm):
-    """The tiled GEMM (csrc/fp4/fp4_gemm_tiled_cuda.cu,
-    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]", read once per
-    process, so in a child), every warp tile built for mma.sync and for wgmma (mma 1, on sm_90a
-    builds and compute capability 9.0 GPUs): nvfp4 and mxfp4 with bfloat16 x against the
-    reference at M around its 32-, 64- and 128-row blocks, a number of tiles that leaves a warp's
-    last tiles missing (N = 300: 19 tiles; with wgmma, whole warpgroups and single warps without
-    a tile of their own), K = 4192
-    (33 steps: K parts and splits of unequal length), blocks along K chosen per shape (0) or
-    given, with bias and with GELU; rows below min_rows, nf4 and float16 x still take the GEMV
-    and stay correct."""
-    if gemm in WGMMA_CONFIGS and not _wgmma_runs():
-        pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
-    code = (
-        "for fmt in ('nvfp4', 'mxfp4'):\n"
-        "    for m in (1, 16, 17, 31, 32, 33, 63, 64, 65, 100, 128, 129, 256, 1000, 4096):\n"
-        "        t._check(fmt, m, torch.bfloat16, m % 2 == 1, n=300, k=4192, apt_seed=11)\n"
-        "    t._check(fmt, 64, torch.bfloat16, True, n=300, k=4192, apt_seed=12, step_major=True)\n"
-        "    t._check(fmt, 40, torch.bfloat16, False, n=4096, k=4096, apt_seed=13)\n"
-        "t._check('nf4', 64, torch.bfloat16, True, n=300, k=4192, apt_seed=14)\n"
-        "t._check('nvfp4', 64, torch.float16, True, n=300, k=4192, apt_seed=15)\n"
-        "t.check_gelu(80)\n")
-    _run_checks_in_child(code, APT_FP4_GEMM=gemm)
 
 
 def probe_gemm_mapping(m: int, n: int, k: int) -> None:
@@ -204,15 +177,33 @@ def probe_gemm_mapping(m: int, n: int, k: int) -> None:
 
 
 @needs_cuda_build
-@pytest.mark.parametrize("gemm", ["17,1,0,2,32,1", "17,1,0,1,64,1", "17,1,0,1,128,1", "1,1,0,1,16,1"])
+@pytest.mark.parametrize("gemm", ["17,1,0,2,32,1", "17,1,0,1,64,1", "17,1,0,1,128,1", "1,1,0,1,16,1",
+                                  "17,1,0,2,64,2", "17,1,0,1,128,2"])
 def test_wgmma_gemm_operand_layouts(gemm):
     """The wgmma GEMM on one-hot rows of x (probe_gemm_mapping), for n = 32, 64, 128 and 16 rows
-    of x per instruction: a wrong shared-memory layout of x or wrong register fragments name
-    themselves in the failure message."""
+    of x per instruction, x copied word by word (mma 1) or transposed in shared memory (mma 2): a
+    wrong shared-memory layout of x or wrong register fragments name themselves in the failure
+    message."""
     if not _wgmma_runs():
         pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
     _run_checks_in_child("t.probe_gemm_mapping(128, 256, 512)\nt.probe_gemm_mapping(40, 300, 4192)\n",
                          APT_FP4_GEMM=gemm)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("gemm", ["17,1,0,1,8,2", "17,1,0,2,64,3", "17,4,0,2,32,1", "17,2,0,1,128,2", "17,1,0,2,48"])
+def test_gemm_config_rejects_what_is_not_built(gemm):
+    """APT_FP4_GEMM naming a product, K parts or warp tile that no kernel was built for (the
+    transposing wgmma at 8 rows, mma 3, wgmma with 4 K parts, 1 x 128 with 2 K parts: over the
+    shared memory, 48 rows) is a ValueError that quotes the variable, not a launch."""
+    code = (
+        "try:\n"
+        "    t._check('nvfp4', 64, torch.bfloat16, False, n=300, k=4192, apt_seed=17)\n"
+        "except ValueError as e:\n"
+        "    assert 'APT_FP4_GEMM' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('the GEMM ran')\n")
+    _run_checks_in_child(code, APT_FP4_GEMM=gemm)
 
 
 @needs_cuda_build
@@ -228,7 +219,37 @@ def test_wgmma_gemm_refused_where_it_cannot_run():
         "    assert 'sm_90a' in str(e), e\n"
         "else:\n"
         "    raise AssertionError('the wgmma GEMM ran')\n")
-    _run_checks_in_child(code, APT_FP4_GEMM="17,1,0,2,64,1")
+    for gemm in ("17,1,0,2,64,1", "17,1,0,2,64,2"):
+        _run_checks_in_child(code, APT_FP4_GEMM=gemm)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2", "17,2,1", "17,4,0,4", "17,1,3,4", "1,2,5,2", "17,1,0,2,32",
+                                  "17,4,3,2,32", "17,2,0,1,64",
+                                  *(pytest.param(c, id=f"wgmma-{c}") for c in WGMMA_CONFIGS)])
+def test_tiled_gemm_path(gemm):
+    """The tiled GEMM (csrc/fp4/fp4_gemm_tiled_cuda.cu,
+    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]", read once per
+    process, so in a child), every warp tile built for mma.sync and for wgmma (mma 1 and 2, on
+    sm_90a builds and compute capability 9.0 GPUs): nvfp4 and mxfp4 with bfloat16 x against the
+    reference at M around its 32-, 64- and 128-row blocks, a number of tiles that leaves a warp's
+    last tiles missing (N = 300: 19 tiles; with wgmma, whole warpgroups and single warps without
+    a tile of their own), K = 4192
+    (33 steps: K parts and splits of unequal length), blocks along K chosen per shape (0) or
+    given, with bias and with GELU; rows below min_rows, nf4 and float16 x still take the GEMV
+    and stay correct."""
+    if gemm in WGMMA_CONFIGS and not _wgmma_runs():
+        pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
+    code = (
+        "for fmt in ('nvfp4', 'mxfp4'):\n"
+        "    for m in (1, 16, 17, 31, 32, 33, 63, 64, 65, 100, 128, 129, 256, 1000, 4096):\n"
+        "        t._check(fmt, m, torch.bfloat16, m % 2 == 1, n=300, k=4192, apt_seed=11)\n"
+        "    t._check(fmt, 64, torch.bfloat16, True, n=300, k=4192, apt_seed=12, step_major=True)\n"
+        "    t._check(fmt, 40, torch.bfloat16, False, n=4096, k=4096, apt_seed=13)\n"
+        "t._check('nf4', 64, torch.bfloat16, True, n=300, k=4192, apt_seed=14)\n"
+        "t._check('nvfp4', 64, torch.float16, True, n=300, k=4192, apt_seed=15)\n"
+        "t.check_gelu(80)\n")
+    _run_checks_in_child(code, APT_FP4_GEMM=gemm)
 
 
 @needs_cuda_build

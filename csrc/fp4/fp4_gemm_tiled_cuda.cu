@@ -84,6 +84,24 @@ constexpr int kXCoreStages = 3;  // the transposing form's core-matrix stages
 // Steps a copy is issued ahead of the barrier after which the step's products start (the
 // transposing form reads a step's copy one step before its products).
 constexpr int x_copy_ahead(GemmProduct p) { return p == GemmProduct::kWgmmaTranspose ? kXAhead + 1 : kXAhead; }
+// The transposition's 16-byte accesses (transpose_x_step): a quarter-warp is rows n = 0..7 of one
+// 32-column group c and one chunk t (reads from the copy) or one word v (writes to the core
+// matrices). Each quarter-warp takes one shared-memory wavefront when its 8 addresses fall in
+// 8 different 16-byte bank groups (address / 16 mod 8).
+constexpr bool transpose_conflict_free(int pitch) {
+  for (int c = 0; c < 4; ++c)
+    for (int tv = 0; tv < 4; ++tv) {
+      int reads = 0, writes = 0;  // bit masks of the bank groups hit
+      for (int n = 0; n < 8; ++n) {
+        reads |= 1 << ((n * pitch * 2 + 64 * c + 16 * tv) / 16 % 8);
+        writes |= 1 << (wgmma_x_word(n, 32 * c + 2 * tv) * 4 / 16 % 8);
+      }
+      if (reads != 0xFF || writes != 0xFF) return false;
+    }
+  return true;
+}
+static_assert(transpose_conflict_free(x_copy_pitch(GemmProduct::kWgmmaTranspose)),
+              "the transposition's shared-memory accesses would conflict");
 static_assert(kWgmmaSbo == 8 * sizeof(__nv_bfloat16) * kStepCols && kStepCols == 128,
               "wgmma's descriptor steps over 8 staged rows of one 128-column step");
 

@@ -14,8 +14,9 @@
 // k-slots in that order, so B's k-slot kk of 16-column slice j must hold the column of x that A's
 // k-slot kk holds: tiled::a_fragment_column(j, kk), which is not column 16 j + kk (the tiled
 // layout gives lane t columns 8t .. 8t + 7 of every 32). So each 16-byte row of a core matrix
-// gathers four 4-byte words (two columns each) from four 16-byte chunks of x's row, and x is
-// staged word by word (wgmma_x_word_row / _col; checked against the descriptor's reads below).
+// gathers four 4-byte words (two columns each) from four 16-byte chunks of x's row: x is copied
+// word by word into place (wgmma_x_word_row / _col), or copied by chunks and transposed into place
+// in shared memory (wgmma_x_word); both are checked against the descriptor's reads below.
 //
 // Compiled only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); other targets get a trap, and the host
 // never launches a wgmma kernel unless the build has sm_90a code (kWgmmaBuilt) and the device is

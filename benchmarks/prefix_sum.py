@@ -34,7 +34,8 @@ except ImportError:  # no triton: the ops run their ATen paths, no chunk shapes 
     scan = None
 
 SHAPES = [(8, 1024, 768), (8, 4096, 768)]
-# (rows per chunk, features per program) of the Triton pass timed besides the default (64, 32)
+# (rows per chunk, features per program) of the Triton pass, timed side by side (the default:
+# BLOCK_T x MAX_BLOCK_D of apt_ext/triton/prefix_sum.py)
 CHUNKS = [(64, 32), (128, 16), (256, 16), (128, 32), (32, 32), (64, 16)]
 
 

@@ -95,7 +95,7 @@ def test_prefix_sum_compiles_for_sm90(dtype, reverse, mean):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize(("block_t", "block_d"), [(128, 16), (256, 16), (128, 32), (32, 32), (64, 16)])
+@pytest.mark.parametrize(("block_t", "block_d"), [(128, 16), (64, 32), (128, 32), (32, 32), (64, 16)])
 def test_prefix_mean_chunk_shapes_compile_for_sm90(dtype, block_t, block_d):
     """The chunk shapes benchmarks/prefix_sum.py times besides the default (forward mean with its
     total, the training step's pass) compile for sm_90 too."""

@@ -33,6 +33,15 @@ def find_cuobjdump() -> str | None:
     return path if os.path.isfile(path) else None
 
 
+def listings(objects: list[str]) -> list[tuple[str, str]] | None:
+    """(object, its cuobjdump -sass listing) for each object; None without cuobjdump."""
+    tool = find_cuobjdump()
+    if tool is None:
+        return None
+    return [(obj, subprocess.run([tool, "-sass", obj], check=True, capture_output=True, text=True).stdout)
+            for obj in objects]
+
+
 def wgmma_waits(sass: str) -> dict[str, tuple[int, int]]:
     """Per kernel of a cuobjdump -sass listing that issues HGMMA: (HGMMA count, wait-all count)."""
     counts: dict[str, list[int]] = {}
@@ -52,13 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("objects", nargs="+", help="nvcc -c outputs or cubins built for sm_90a")
     args = ap.parse_args(argv)
-    tool = find_cuobjdump()
-    if tool is None:
+    found = listings(args.objects)
+    if found is None:
         print("wgmma_sass_check: no cuobjdump (PATH or triton's backend): not checked")
         return 2
     bad = 0
-    for obj in args.objects:
-        sass = subprocess.run([tool, "-sass", obj], check=True, capture_output=True, text=True).stdout
+    for _, sass in found:
         for kernel, (hgmma, waits) in sorted(wgmma_waits(sass).items()):
             serialized = waits > 1
             bad += serialized

@@ -102,6 +102,18 @@ constexpr bool transpose_conflict_free(int pitch) {
 }
 static_assert(transpose_conflict_free(x_copy_pitch(GemmProduct::kWgmmaTranspose)),
               "the transposition's shared-memory accesses would conflict");
+// wgmma_x_word(n, 32 c + 2 w) in unsigned arithmetic (shifts and masks; transpose_x_step).
+__host__ __device__ constexpr unsigned transpose_word(unsigned n, unsigned c, unsigned w) {
+  return 512u * (n / 8) + 32u * (4 * c + w) + 4u * (n % 8);
+}
+constexpr bool transpose_word_matches() {
+  for (int n = 0; n < 128; ++n)
+    for (int c = 0; c < 4; ++c)
+      for (int w = 0; w < 4; ++w)
+        if (static_cast<int>(transpose_word(n, c, w)) != wgmma_x_word(n, 32 * c + 2 * w)) return false;
+  return true;
+}
+static_assert(transpose_word_matches(), "transpose_word is not wgmma_x_word");
 static_assert(kWgmmaSbo == 8 * sizeof(__nv_bfloat16) * kStepCols && kStepCols == 128,
               "wgmma's descriptor steps over 8 staged rows of one 128-column step");
 
@@ -128,6 +140,14 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(gmem), "r"(valid ? 4 : 0));
+}
+// 16 bytes to shared memory in one st.shared.v4. (The transposition's plain uint4 stores, whose
+// four words come from four loads, were split by ptxas into one 16-byte and twelve 4-byte stores,
+// 4-way bank conflicts each: the twenty-fifth session's SASS and ncu.)
+__device__ __forceinline__ void st_shared_v4(void* smem, const uint4& v) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N>
@@ -237,6 +257,8 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   // 8 (q % 16) .. + 7, at a kXPitchP pitch. wgmma's word copies: word w (two columns) of the stage
   // is row wgmma_x_word_row(w), columns wgmma_x_word_col(w), + 1 (fp4_wgmma_cuda.h: wgmma's core
   // matrices in A's column order).
+  // Index arithmetic unsigned: q / 16 and q % 16 are then a shift and a mask (the signed forms
+  // cost about 200 instructions per step in the twenty-fifth session's SASS).
   const int part_thread = threadIdx.x - part * args.rw * 32, part_threads = args.rw * 32;
   const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(args.x);
   auto load_x_step = [&](int s) {
@@ -249,8 +271,8 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
         cp_async4(dst + 2 * w, x_step + (valid ? row : 0) * args.x_stride + wgmma_x_word_col(w), valid);
       }
     } else {
-      for (int q = part_thread; q < kBlockRows * kChunksPerRow; q += part_threads) {
-        const int r = q / kChunksPerRow, c = q % kChunksPerRow;
+      for (unsigned q = part_thread; q < kBlockRows * kChunksPerRow; q += part_threads) {
+        const unsigned r = q / kChunksPerRow, c = q % kChunksPerRow;
         const int64_t row = row_first + r;
         const bool valid = row < args.m;
         cp_async16(dst + r * kXPitchP + 8 * c, x_step + (valid ? row : 0) * args.x_stride + 8 * c, valid);
@@ -265,15 +287,15 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   auto transpose_x_step = [&](int s) {
     const __nv_bfloat16* src = xs + (s % kXStages) * kXStageElems;
     __nv_bfloat16* dst = x_core + (s % kXCoreStages) * kCoreStageElems;
-    for (int u = part_thread; u < kBlockRows * 4; u += part_threads) {
-      const int n = 8 * (u / 32) + u % 8, c = (u / 8) % 4;
+    for (unsigned u = part_thread; u < kBlockRows * 4; u += part_threads) {
+      const unsigned n = 8 * (u / 32) + u % 8, c = (u / 8) % 4;
       uint4 v[4];
 #pragma unroll
       for (int t = 0; t < 4; ++t) v[t] = *reinterpret_cast<const uint4*>(src + n * kXPitchP + 32 * c + 8 * t);
 #pragma unroll
       for (int w = 0; w < 4; ++w) {
-        *reinterpret_cast<uint4*>(dst + 2 * wgmma_x_word(n, 32 * c + 2 * w)) =
-            make_uint4(word_of(v[0], w), word_of(v[1], w), word_of(v[2], w), word_of(v[3], w));
+        st_shared_v4(dst + 2 * transpose_word(n, c, w),
+                     make_uint4(word_of(v[0], w), word_of(v[1], w), word_of(v[2], w), word_of(v[3], w)));
       }
     }
   };
@@ -330,7 +352,8 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
       // stage's core matrices of columns 16 j .. 16 j + 15; the next decode runs while it computes.
       const __nv_bfloat16* core = kTranspose ? x_core + (s % kXCoreStages) * kCoreStageElems
                                              : xs + (s % kXStages) * kXStageElems;
-      const uint32_t xstage = static_cast<uint32_t>(__cvta_generic_to_shared(core));
+      const uint64_t desc0 =
+          wgmma_desc_k_major(static_cast<uint32_t>(__cvta_generic_to_shared(core)), kWgmmaLbo, kWgmmaSbo);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         uint32_t a[TW][4];
@@ -338,7 +361,7 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
         for (int u = 0; u < TW; ++u) {
           decode_word<F>(word_of(j < 4 ? ring.c0[I][u] : ring.c1[I][u], j & 3), ring.sc[I][u], j, nullptr, a[u]);
         }
-        const uint64_t desc = wgmma_desc_k_major(xstage + kWgmmaSliceBytes * j, kWgmmaLbo, kWgmmaSbo);
+        const uint64_t desc = wgmma_desc_advance(desc0, kWgmmaSliceBytes * j);
         wgmma_fence();
 #pragma unroll
         for (int u = 0; u < TW; ++u) WgmmaBf16<XB>::mma(acc[u], a[u], desc);

@@ -90,6 +90,13 @@ __device__ __forceinline__ uint64_t wgmma_desc_k_major(uint32_t smem_addr, uint3
          (static_cast<uint64_t>((sbo >> 4) & 0x3FFFu) << 32);
 }
 
+// The descriptor `desc` moved `bytes` (a multiple of 16) further: its start address field (the
+// low 14 bits, 16-byte units) cannot carry into the next field for shared addresses below
+// 256 KiB (a multiprocessor has at most 228 KiB), so only the low word changes (a 32-bit add).
+__device__ __forceinline__ uint64_t wgmma_desc_advance(uint64_t desc, uint32_t bytes) {
+  return (desc & 0xFFFFFFFF00000000ull) | (static_cast<uint32_t>(desc) + (bytes >> 4));
+}
+
 // Orders this thread's register writes (A, accumulators) before the next wgmma reads them.
 __device__ __forceinline__ void wgmma_fence() { APT_WGMMA_ASM("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { APT_WGMMA_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }

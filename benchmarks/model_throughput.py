@@ -201,13 +201,30 @@ def bench_interleaved(jobs: list[tuple[str, bool]], p: dict, device: torch.devic
             times[i] += time_steps(step, device, 1, per_round)
     rows = []
     for (v, c, step, model, counts), t in zip(built, times):
-        row = summarize(v, c, compile_mode, p, model, t, device) | {"peak_mem_GiB": None, "interleaved_rounds": rounds}
+        row = summarize(v, c, compile_mode, p, model, t, device) | {
+            "peak_mem_GiB": None, "interleaved_rounds": rounds,
+            "round_medians_ms": [1e3 * statistics.median(t[i:i + per_round]) for i in range(0, len(t), per_round)]}
         if counts is not None:
             row["kernel_counts"] = counts
         if profile_top:
             row["top_kernels"] = top_kernels(step, device)
         rows.append(row)
     return rows + failed
+
+
+def add_ratios_vs_plain(rows: list[dict]) -> None:
+    """Sets each timed row's step_time_vs_plain (its median step over plain's, same compiled
+    setting) and, for interleaved rows, round_ratios_vs_plain (each round's median over plain's in
+    the same round, where a slow phase of the card falls on every variant alike) and their median."""
+    for r in rows:
+        base = next((b for b in rows if b["variant"] == "plain" and b["compiled"] == r["compiled"]
+                     and "error" not in b), None)
+        if "error" in r or base is None:
+            continue
+        r["step_time_vs_plain"] = r["step_ms"] / base["step_ms"]
+        if "round_medians_ms" in r:
+            r["round_ratios_vs_plain"] = [a / b for a, b in zip(r["round_medians_ms"], base["round_medians_ms"])]
+            r["median_round_ratio_vs_plain"] = statistics.median(r["round_ratios_vs_plain"])
 
 
 def main() -> int:
@@ -263,17 +280,16 @@ def main() -> int:
         # after every configuration, so a run cut short keeps what it measured
         save_json(name, {"meta": meta, "params": p, "warmup": warmup, "iters": iters, "rows": rows,
                          "complete": len(rows) == len(jobs)})
+    add_ratios_vs_plain(rows)
     print(f"\n{'variant':<12} {'compile':>7} {'step ms':>9} {'tokens/s':>12} {'vs plain':>9}")
     for r in rows:
         if "error" in r:
             print(f"{r['variant']:<12} {str(r['compiled']):>7}  failed: {r['error'][:100]}")
             continue
-        base = next((b for b in rows if b["variant"] == "plain" and b["compiled"] == r["compiled"]
-                     and "error" not in b), None)
-        if base is not None:
-            r["step_time_vs_plain"] = r["step_ms"] / base["step_ms"]
-        vs = f"{r['step_time_vs_plain']:>8.3f}x" if base is not None else f"{'-':>9}"
-        print(f"{r['variant']:<12} {str(r['compiled']):>7} {r['step_ms']:>9.2f} {r['tokens_per_s']:>12,.0f} {vs}")
+        vs = f"{r['step_time_vs_plain']:>8.3f}x" if "step_time_vs_plain" in r else f"{'-':>9}"
+        rounds = (f"  rounds {min(r['round_ratios_vs_plain']):.3f}x-{max(r['round_ratios_vs_plain']):.3f}x, "
+                  f"median {r['median_round_ratio_vs_plain']:.3f}x" if "round_ratios_vs_plain" in r else "")
+        print(f"{r['variant']:<12} {str(r['compiled']):>7} {r['step_ms']:>9.2f} {r['tokens_per_s']:>12,.0f} {vs}{rounds}")
         for k in r.get("top_kernels", [])[:5]:
             print(f"    {k['ms_per_step']:8.3f} ms/step {k['calls_per_step']:6.0f} calls  {k['name'][:90]}")
     out = save_json(name, {"meta": meta, "params": p, "warmup": warmup, "iters": iters, "rows": rows, "complete": True})

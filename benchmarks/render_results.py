@@ -319,13 +319,18 @@ def model_throughput(name: str, d: dict) -> str:
         return r["variant"] + ((" (compiled)" if mode == "default" else f" (compiled, {mode})") if r["compiled"] else "")
 
     counted = any("kernel_counts" in r for r in timed)
+    by_round = any("round_ratios_vs_plain" in r for r in timed)
+
+    def rounds_vs_plain(r: dict) -> list[str]:
+        q = r.get("round_ratios_vs_plain")
+        return [f"{r['median_round_ratio_vs_plain']:.3f}x ({min(q):.3f}x-{max(q):.3f}x)" if q else "-"] if by_round else []
 
     def kernels(r: dict) -> list[str]:
         c = r.get("kernel_counts")
         return [f"{c['generated']} / {c['extern']} / {c['ops']}" if c else "-"] if counted else []
 
     rows = [[label(r), num(r["step_ms"]), num(r["step_ms_min"]) if "step_ms_min" in r else "-",
-             f"{r['tokens_per_s']:,.0f}", vs_plain(r)] + kernels(r) for r in timed]
+             f"{r['tokens_per_s']:,.0f}", vs_plain(r)] + rounds_vs_plain(r) + kernels(r) for r in timed]
     failed = "".join(f" {label(r)} failed to build: {r['error'][:200]}." for r in d["rows"] if "error" in r)
     rounds = {r.get("interleaved_rounds") for r in timed} - {None}
     order = (f" The configurations were built first and timed in {rounds.pop()} alternating rounds."
@@ -340,6 +345,7 @@ def model_throughput(name: str, d: dict) -> str:
            "its own fused kernels / library kernels (matmuls) / other operators called as they are (custom ops, "
            "SDPA)." if counted else ""), "",
         table(["variant", "step ms", "fastest step ms", "tokens/s", "step time vs plain"]
+              + (["per round vs plain: median (range)"] if by_round else [])
               + (["kernels (generated / extern / ops)"] if counted else []), rows)])
 
 

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import model_throughput as bench  # noqa: E402
+import render_results  # noqa: E402
 
 TINY = dict(vocab=64, d_model=32, layers=1, heads=2, seq_len=16, batch=2)
 
@@ -63,6 +65,9 @@ def test_interleaved_rounds_time_every_configuration():
     assert [r["variant"] for r in rows] == ["plain", "left-spin"]
     assert all(len(r["times_ms"]) == 4 and r["interleaved_rounds"] == 2 for r in rows)
     assert all(0 < r["step_ms_min"] <= r["step_ms"] for r in rows)
+    for r in rows:  # each round's median of its two steps, in round order
+        t = r["times_ms"]
+        assert r["round_medians_ms"] == pytest.approx([(t[0] + t[1]) / 2, (t[2] + t[3]) / 2])
 
 
 def test_interleaved_run_keeps_going_past_a_failing_build(monkeypatch):
@@ -92,3 +97,30 @@ def test_kernel_counts_see_the_op_sites_and_their_decomposed_fusion():
     assert all(len(c["graphs"]) == 2 and c["generated"] > 0 and c["extern"] > 0 for c in counts.values())
     assert counts["left-spin"]["ops"] == counts["plain"]["ops"] + 4
     assert counts["left-spin-decomposed"]["ops"] == counts["plain"]["ops"]
+
+
+def test_ratios_vs_plain_per_round():
+    """A slow round (the second) slows every variant alike: the per-round ratios stay 1.1x while the
+    ratio of medians over all steps does not see the rounds."""
+    rows = [{"variant": "plain", "compiled": True, "step_ms": 10.0, "round_medians_ms": [10.0, 20.0, 10.0]},
+            {"variant": "left-spin", "compiled": True, "step_ms": 12.0, "round_medians_ms": [11.0, 22.0, 11.0]},
+            {"variant": "autopoietic", "compiled": False, "step_ms": 5.0},
+            {"variant": "both", "compiled": True, "error": "RuntimeError: x"}]
+    bench.add_ratios_vs_plain(rows)
+    assert rows[0]["median_round_ratio_vs_plain"] == 1.0
+    assert rows[1]["step_time_vs_plain"] == pytest.approx(1.2)
+    assert rows[1]["round_ratios_vs_plain"] == pytest.approx([1.1, 1.1, 1.1])
+    assert rows[1]["median_round_ratio_vs_plain"] == pytest.approx(1.1)
+    assert "step_time_vs_plain" not in rows[2] and "step_time_vs_plain" not in rows[3]
+
+
+def test_results_table_shows_the_per_round_ratios():
+    rows = [{"variant": "plain", "compiled": True, "step_ms": 10.0, "tokens_per_s": 1.0, "interleaved_rounds": 3,
+             "round_medians_ms": [10.0, 20.0, 10.0]},
+            {"variant": "left-spin", "compiled": True, "step_ms": 12.0, "tokens_per_s": 1.0, "interleaved_rounds": 3,
+             "round_medians_ms": [11.0, 22.0, 11.5]}]
+    bench.add_ratios_vs_plain(rows)
+    d = {"params": TINY | {"layers": 1}, "iters": 3, "warmup": 1, "rows": rows}
+    text = render_results.model_throughput("model_throughput_t", d)
+    assert "per round vs plain: median (range)" in text
+    assert "| 1.100x (1.100x-1.150x) |" in text

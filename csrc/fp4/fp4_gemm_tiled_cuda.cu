@@ -257,8 +257,8 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   // 8 (q % 16) .. + 7, at a kXPitchP pitch. wgmma's word copies: word w (two columns) of the stage
   // is row wgmma_x_word_row(w), columns wgmma_x_word_col(w), + 1 (fp4_wgmma_cuda.h: wgmma's core
   // matrices in A's column order).
-  // Index arithmetic unsigned: q / 16 and q % 16 are then a shift and a mask (the signed forms
-  // cost about 200 instructions per step in the twenty-fifth session's SASS).
+  // Index arithmetic in the copy and the transposition is unsigned: q / 16 and q % 16 are then
+  // a shift and a mask, without the sign fix-ups the signed forms took in every step's SASS.
   const int part_thread = threadIdx.x - part * args.rw * 32, part_threads = args.rw * 32;
   const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(args.x);
   auto load_x_step = [&](int s) {

@@ -3,6 +3,8 @@ at a site with compiled_form="decomposed"), against the reference and the op, it
 checks, and the model's option (compiled sites: tests/test_left_spin_nn.py)."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -111,3 +113,16 @@ def test_gradcheck_and_double_backward(rng, with_prev, with_phi):
 
     assert torch.autograd.gradcheck(f, inputs)
     assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_decomposed_form_warns_where_a_gpu_is_available(monkeypatch):
+    """Its compiled training failed against eager on an H100 (torch 2.11): a site asking for it
+    warns when CUDA is available, and stays quiet on a CPU-only machine and for the op form."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.warns(UserWarning, match="decomposed.*H100"):
+        LeftSpinResidual(compiled_form="decomposed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LeftSpinResidual(compiled_form="op")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        LeftSpinResidual(compiled_form="decomposed")

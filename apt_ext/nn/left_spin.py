@@ -29,6 +29,8 @@ which resets the chain at the start of every ``model(...)`` call.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -88,7 +90,8 @@ class LeftSpinResidual(nn.Module):
 
     ``compiled_form`` picks what ``torch.compile`` traces: ``"op"`` (default) the fused op, one
     opaque kernel; ``"decomposed"`` the same math in torch operations
-    (``apt_ext.left_spin.decomposed``), which inductor can fuse with the kernels around the site.
+    (``apt_ext.left_spin.decomposed``), which inductor can fuse with the kernels around the site
+    (it warns where CUDA is available: its compiled training failed against eager on an H100).
     Eager calls always run the op.
     """
 
@@ -99,6 +102,10 @@ class LeftSpinResidual(nn.Module):
         super().__init__()
         if compiled_form not in COMPILED_FORMS:
             raise ValueError(f"compiled_form: expected one of {COMPILED_FORMS}, got {compiled_form!r}")
+        if compiled_form == "decomposed" and torch.cuda.is_available():
+            warnings.warn("compiled_form='decomposed': a compiled training step with it did not match eager on an "
+                          "H100 (torch 2.11; docs/left_spin.md); use 'op' on GPUs until that is resolved",
+                          stacklevel=2)
         self.compiled_form = compiled_form
         if params is not None and not isinstance(params, LeftSpinParams):
             raise TypeError(f"params: expected a LeftSpinParams or None, got {type(params).__name__}")

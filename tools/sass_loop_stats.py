@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wgmma_sass_check import listings  # noqa: E402
+from wgmma_sass_check import FUNCTION_LINE, listings  # noqa: E402
 
-_FUNCTION = re.compile(r"Function : (\S+)")
 _INSTR = re.compile(r"\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 _TARGET = re.compile(r"0x([0-9a-f]+)")
 
@@ -42,7 +41,7 @@ def kernels(sass: str) -> dict[str, list[tuple[int, str, str]]]:
     out: dict[str, list[tuple[int, str, str]]] = {}
     body = None
     for line in sass.splitlines():
-        m = _FUNCTION.search(line)
+        m = FUNCTION_LINE.search(line)
         if m:
             body = out.setdefault(m.group(1), [])
             continue

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 
-_FUNCTION = re.compile(r"Function : (\S+)")
+FUNCTION_LINE = re.compile(r"Function : (\S+)")
 _WAIT_ALL = "WARPGROUP.DEPBAR.LE gsb0, 0x0"
 
 
@@ -47,7 +47,7 @@ def wgmma_waits(sass: str) -> dict[str, tuple[int, int]]:
     counts: dict[str, list[int]] = {}
     name = None
     for line in sass.splitlines():
-        m = _FUNCTION.search(line)
+        m = FUNCTION_LINE.search(line)
         if m:
             name = m.group(1)
             counts[name] = [0, 0]

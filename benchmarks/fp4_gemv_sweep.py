@@ -17,7 +17,8 @@ F.linear and the canonical fp4_linear op on the same shapes, the card's copy ban
 floor per shape: `torch.sum` of a float32 buffer as large as the packed weight and its scales (what
 a plain streaming read of those bytes costs, launch and ramp included).
 Prints, per variant, shape and M: microseconds, weight GB/s (packed codes + scales read once /
-time), % of copy bandwidth and speed-up over bf16. Two timings per case: `us` is do_bench's
+time), % of copy bandwidth and speed-up over bf16, and per variant the largest relative error
+(Frobenius norm, against float32 x @ the dequantised weight; `rel_err` in the JSON). Two timings per case: `us` is do_bench's
 (L2 flushed by *writing* 256 MB before every call, so the kernel also pays for writing back up
 to an L2's worth of dirty lines), `us_clean` flushes L2 by *reading* 256 MB instead (clean
 lines: only the kernel's own traffic).
@@ -100,14 +101,17 @@ def child(ms: list[int], order: str, fmt: str) -> dict:
         if order == "step":
             t = dataclasses.replace(t, tiles=step_major(t.tiles), tile_scales=step_major(t.tile_scales))
         nbytes = t.tiles.numel() + t.tile_scales.numel() * t.tile_scales.element_size()
+        w = q.dequantize(torch.float32)
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            t.linear(x)
+            ref = F.linear(x.float(), w)
+            err = float((t.linear(x).float() - ref).norm() / ref.norm())
             torch.cuda.synchronize()
             us = bench_us(lambda: t.linear(x))
             clean = bench_clean_us(lambda: t.linear(x))
             out[f"{n}x{k}/{m}"] = {"us": us, "GBs": nbytes / (us * 1e-6) / 1e9, "us_clean": clean,
-                                   "GBs_clean": nbytes / (clean * 1e-6) / 1e9}
+                                   "GBs_clean": nbytes / (clean * 1e-6) / 1e9, "rel_err": err}
+        del w
     return out
 
 
@@ -204,7 +208,8 @@ def print_table(res: dict) -> None:
                 us, gbs = (c["us_clean"], c["GBs_clean"]) if clean else (c["us"], c["GBs"])
                 base = res["baseline"][k]["bf16_us_clean" if clean else "bf16_us"]
                 cells.append(f"{us:6.1f}us {100 * gbs / copy:3.0f}% {base / us:4.2f}x")
-            print(f"{v:>10} | " + " | ".join(cells))
+            worst = max(r[k].get("rel_err", float("nan")) for k in keys)
+            print(f"{v:>10} | " + " | ".join(cells) + f" | max rel. err {worst:.4f}")
 
 
 def main() -> None:

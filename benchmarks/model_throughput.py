@@ -67,9 +67,12 @@ def time_steps(step_fn, device: torch.device, warmup: int, iters: int) -> list[f
     return times
 
 
-def top_kernels(step_fn, device: torch.device, steps: int = 3, top: int = 40) -> list[dict]:
-    """The kernels (GPU) or ops (CPU) that took the most self time over ``steps`` steps, per step:
-    name, milliseconds and calls (torch.profiler)."""
+def profile_steps(step_fn, device: torch.device, steps: int = 3, top: int = 40) -> dict:
+    """torch.profiler over ``steps`` steps. ``top_kernels``: the kernels (GPU) or ops (CPU) that
+    took the most self time, per step: name, milliseconds and calls. On CUDA also
+    ``device_busy_ms_per_step``: the summed duration of every kernel, per step; a step time well
+    above it means the card waited for the host (launches, Python) between kernels."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -79,9 +82,15 @@ def top_kernels(step_fn, device: torch.device, steps: int = 3, top: int = 40) ->
         if device.type == "cuda":
             torch.cuda.synchronize()
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0), reverse=True)
-    return [{"name": e.key[:120], "ms_per_step": getattr(e, attr, 0) / 1e3 / steps, "calls_per_step": e.count / steps}
-            for e in events[:top] if getattr(e, attr, 0) > 0]
+    averages = prof.key_averages()
+    events = sorted(averages, key=lambda e: getattr(e, attr, 0), reverse=True)
+    out: dict = {"top_kernels": [{"name": e.key[:120], "ms_per_step": getattr(e, attr, 0) / 1e3 / steps,
+                                  "calls_per_step": e.count / steps}
+                                 for e in events[:top] if getattr(e, attr, 0) > 0]}
+    if device.type == "cuda":
+        out["device_busy_ms_per_step"] = sum(e.self_device_time_total for e in averages
+                                             if e.device_type == DeviceType.CUDA) / 1e3 / steps
+    return out
 
 
 def prefix_mean_by_sum_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +179,7 @@ def bench(name: str, compiled: bool, p: dict, device: torch.device, warmup: int,
     if counts is not None:
         row["kernel_counts"] = counts
     if profile_top:
-        row["top_kernels"] = top_kernels(step, device)
+        row |= profile_steps(step, device)
     return row
 
 
@@ -207,7 +216,7 @@ def bench_interleaved(jobs: list[tuple[str, bool]], p: dict, device: torch.devic
         if counts is not None:
             row["kernel_counts"] = counts
         if profile_top:
-            row["top_kernels"] = top_kernels(step, device)
+            row |= profile_steps(step, device)
         rows.append(row)
     return rows + failed
 
@@ -290,6 +299,8 @@ def main() -> int:
         rounds = (f"  rounds {min(r['round_ratios_vs_plain']):.3f}x-{max(r['round_ratios_vs_plain']):.3f}x, "
                   f"median {r['median_round_ratio_vs_plain']:.3f}x" if "round_ratios_vs_plain" in r else "")
         print(f"{r['variant']:<12} {str(r['compiled']):>7} {r['step_ms']:>9.2f} {r['tokens_per_s']:>12,.0f} {vs}{rounds}")
+        if "device_busy_ms_per_step" in r:
+            print(f"    kernels busy {r['device_busy_ms_per_step']:.2f} ms of the step (profiled)")
         for k in r.get("top_kernels", [])[:5]:
             print(f"    {k['ms_per_step']:8.3f} ms/step {k['calls_per_step']:6.0f} calls  {k['name'][:90]}")
     out = save_json(name, {"meta": meta, "params": p, "warmup": warmup, "iters": iters, "rows": rows, "complete": True})

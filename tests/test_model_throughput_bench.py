@@ -124,3 +124,14 @@ def test_results_table_shows_the_per_round_ratios():
     text = render_results.model_throughput("model_throughput_t", d)
     assert "per round vs plain: median (range)" in text
     assert "| 1.100x (1.100x-1.150x) |" in text
+
+
+def test_profile_steps_on_cpu():
+    """--profile's rows: the top ops by self time per step; device busy time only where a GPU ran."""
+    a = torch.randn(64, 64)
+    out = bench.profile_steps(lambda: (a @ a).relu_(), torch.device("cpu"), steps=2)
+    assert "device_busy_ms_per_step" not in out
+    names = [k["name"] for k in out["top_kernels"]]
+    assert "aten::mm" in names
+    mm = out["top_kernels"][names.index("aten::mm")]
+    assert mm["calls_per_step"] == 1 and mm["ms_per_step"] > 0

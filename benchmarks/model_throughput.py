@@ -31,12 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_common import plot_path, run_meta, save_json  # noqa: E402
 
 from apt_ext.model import APTModel, APTModelConfiguration  # noqa: E402
-from apt_ext.model.model import Attention  # noqa: E402
 from apt_ext.model.prefix_sum import prefix_sum  # noqa: E402
 
 VARIANTS = {"plain": (False, False), "left-spin": (True, False), "autopoietic": (False, True), "both": (True, True),
             "left-spin-cast-first": (True, False), "left-spin-decomposed": (True, False),
-            "autopoietic-sum-op": (False, True), "autopoietic-unfused": (False, True)}
+            "autopoietic-sum-op": (False, True)}
 # Not in the default set, for A/B runs: left-spin-cast-first casts every site's bf16 branch output
 # to the float32 residual stream's dtype before the op, as sites did before the twentieth session;
 # left-spin-decomposed compiles the sites' math as torch operations
@@ -45,9 +44,7 @@ VARIANTS = {"plain": (False, False), "left-spin": (True, False), "autopoietic": 
 # the apt_model::prefix_sum op on a float32 copy of x, then the division by the counts (against the
 # one apt_model::prefix_mean op, one Triton pass on CUDA, that autopoietic now runs). The
 # twenty-second session's autopoietic-traced-sum (blocked_cumsum traced instead of the op) lost
-# to the op (benchmarks/results/model_throughput_s22_auto.json) and is gone. autopoietic-unfused runs
-# q/k/v, U and the gate as three layers (Attention.fuse_projections False), as before the
-# twenty-sixth session, against autopoietic's one GEMM.
+# to the op (benchmarks/results/model_throughput_s22_auto.json) and is gone.
 DEFAULT_VARIANTS = ("plain", "left-spin", "autopoietic", "both")
 
 
@@ -133,8 +130,6 @@ def build(name: str, compiled: bool, p: dict, device: torch.device, compile_mode
         patch = mock.patch("apt_ext.nn.left_spin._branch_dtype", lambda u, du: u.dtype)
     if name == "autopoietic-sum-op":
         patch = mock.patch("apt_ext.model.autopoietic.prefix_mean", prefix_mean_by_sum_op)
-    if name == "autopoietic-unfused":
-        patch = mock.patch.object(Attention, "fuse_projections", False)
     torch.manual_seed(0)
     cfg = APTModelConfiguration(vocab_size=p["vocab"], d_model=p["d_model"], num_heads=p["heads"], d_ff=4 * p["d_model"],
                                 num_encoder_layers=0, num_decoder_layers=p["layers"], decoder_only=True, dropout=0.0,

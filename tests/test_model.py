@@ -230,53 +230,6 @@ def test_autopoietic_mean_is_taken_in_the_autocast_dtype(rng, monkeypatch):
     torch.testing.assert_close(m16.float(), real(xf, None, None)[0], rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize(("left_spin", "bias"), [(True, True), (False, False)])
-def test_fused_autopoietic_projections_equal_separate_layers(rng, left_spin, bias):
-    """The one-GEMM path (q/k/v, x·U·V and W_g·x concatenated, the gate by linearity of the prefix
-    mean) gives the separate layers' logits and every parameter's gradient (float64, left padding
-    so the masked mean is exercised). The prefix mean sums in float32 (also for float64 x), and
-    the two paths average different tensors, so they agree to float32 rounding, not float64's."""
-    from apt_ext.model.model import Attention
-
-    m = model_of(use_left_spin=left_spin, bias=bias, pad_token_id=0).double()
-    for a in m.modules():
-        if isinstance(a, Attention) and a.auto is not None:
-            torch.nn.init.normal_(a.auto.V, std=0.5)
-    x = ids(rng, t=10)
-    x[0, :3] = 0
-    attns = [a for a in m.modules() if isinstance(a, Attention) and a.auto is not None]
-    assert attns and all(a._fused() for a in attns)
-    grads, outs = [], []
-    for fuse in (True, False):
-        for a in attns:
-            a.fuse_projections = fuse
-        m.zero_grad()
-        out = m(x)
-        out.logsumexp(-1).sum().backward()
-        outs.append(out.detach())
-        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-7)
-    assert grads[0].keys() == grads[1].keys() and any("auto.V" in n for n in grads[0])
-    for n in grads[0]:
-        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-6, atol=1e-7, msg=n)
-
-
-def test_fused_autopoietic_projections_only_for_plain_resident_linears():
-    """FP4 layers and layers offload pages keep the separate path (their forward hooks and
-    kernels must run)."""
-    from apt_ext import quantize_
-    from apt_ext.model.model import Attention
-
-    m = model_of()
-    attn = next(a for a in m.modules() if isinstance(a, Attention) and a.auto is not None)
-    assert attn._fused()
-    attn.auto.U._apt_paged = True
-    assert not attn._fused()
-    del attn.auto.U._apt_paged
-    quantize_(m)
-    assert not any(a._fused() for a in m.modules() if isinstance(a, Attention))
-
-
 # ---- DBC-DAC ------------------------------------------------------------------------
 def test_dbc_dac_low_rank_gradient_passes_unchanged(rng):
     p = torch.nn.Parameter(torch.zeros(40, 24, dtype=torch.float64))

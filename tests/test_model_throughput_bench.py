@@ -1,7 +1,6 @@
 """benchmarks/model_throughput.py's A/B variants on the CPU at a tiny size: left-spin-cast-first
 casts the branch before the op, left-spin-decomposed builds its sites with the decomposed
-compiled form, autopoietic-sum-op takes the prefix mean through the running-sum op,
-autopoietic-unfused runs the attention's projections as separate layers, and
+compiled form, autopoietic-sum-op takes the prefix mean through the running-sum op, and
 each row records its fastest step (timings belong to the benchmark)."""
 from __future__ import annotations
 
@@ -58,30 +57,6 @@ def test_sum_op_variant_takes_the_prefix_mean_by_the_sum_op(monkeypatch):
     x = torch.randn(2, 7, 4)
     for got, want in zip(real(x), prefix_mean(x)):
         torch.testing.assert_close(got, want)
-
-
-def test_unfused_variant_runs_the_separate_projections(monkeypatch):
-    """autopoietic-unfused: its steps run q/k/v, U and the gate as their own layers; autopoietic's
-    (and everything outside the variant's steps) the one GEMM."""
-    calls = {"fused": 0, "U": 0}
-    real_fused, real_u = bench.Attention._fused_projection, torch.nn.Linear.forward
-
-    def fused(self, x):
-        calls["fused"] += 1
-        return real_fused(self, x)
-
-    def linear(self, x):
-        calls["U"] += self.out_features == TINY["heads"] * 8  # U: heads x rank 8 outputs
-        return real_u(self, x)
-
-    monkeypatch.setattr(bench.Attention, "_fused_projection", fused)
-    monkeypatch.setattr(torch.nn.Linear, "forward", linear)
-    for name, want in (("autopoietic-unfused", {"fused": 0, "U": 1}), ("autopoietic", {"fused": 1, "U": 0})):
-        calls.update(fused=0, U=0)
-        step, _ = bench.build(name, False, TINY, torch.device("cpu"))
-        step()
-        assert calls == want, name
-    assert bench.Attention.fuse_projections is True
 
 
 def test_interleaved_rounds_time_every_configuration():

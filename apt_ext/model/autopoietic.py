@@ -6,11 +6,6 @@ For the attention input x [B, T, D] and per head h (head size d_h, rank r):
 The attention block combines its SDPA output h with delta as h + g·delta, g the left-spin gate
 (d = ||delta|| / ||h|| per head and token, no acceleration term), or h + alpha·tanh(tau)·delta
 when left-spin is off. Nothing in it looks at tokens after t, so causal attention stays causal.
-
-Where the projections are plain nn.Linear layers (``Attention.fuse_projections``), the attention
-block computes the same delta with one GEMM beside q/k/v: x U_h V_h is x @ ``uv_weight()``.T,
-and the gate's pre-activation by linearity, W_g m_t + b_g = (causal mean of W_g x_s) + b_g (the
-mean skips the same padding; with no real token yet both are b_g).
 """
 from __future__ import annotations
 
@@ -57,13 +52,6 @@ class AutopoieticCorrection(nn.Module):
             cnt = cnt + state[1].unsqueeze(1)
         m = csum / cnt.clamp_min(1.0).unsqueeze(-1)
         return m.to(x.dtype), (csum[:, -1], cnt[:, -1])
-
-    def uv_weight(self) -> torch.Tensor:
-        """U and V as one nn.Linear-layout weight [D, D] (row h*d_h + e is head h's output e):
-        x @ uv_weight().T is x_t U_h V_h for every head, [..., D] in (head, d_h) order."""
-        d = self.U.in_features
-        u = self.U.weight.view(self.num_heads, self.rank, d)
-        return torch.einsum("hrk,hre->hek", u, self.V.to(u.dtype)).reshape(self.num_heads * self.head_dim, d)
 
     def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape

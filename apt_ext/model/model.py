@@ -75,16 +75,7 @@ class ResidualSite(LeftSpinResidual):
 # --------------------------------------------------------------------------------------
 class Attention(nn.Module):
     """Multi-head attention through SDPA. Self-attention (``cross=False``, with the optional
-    autopoietic correction) or cross-attention to the encoder output (``cross=True``).
-
-    ``fuse_projections`` (default True): with the autopoietic correction on, q/k/v, x·U·V and the
-    gate's pre-activation W_g·x come out of one GEMM (weights concatenated in the forward, so
-    parameters and state_dict are unchanged; apt_ext.model.autopoietic), where ``qkv``, ``U`` and
-    ``gate`` are plain nn.Linear layers that ``offload`` does not page; otherwise (FP4Linear
-    layers, offloaded models, or set to False) each layer runs on its own. Both compute the
-    same delta; a KV cache holds the prefix sums of W_g·x in the first case, of x in the second."""
-
-    fuse_projections: bool = True
+    autopoietic correction) or cross-attention to the encoder output (``cross=True``)."""
 
     def __init__(self, cfg: APTModelConfiguration, cross: bool) -> None:
         super().__init__()
@@ -104,24 +95,9 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.h, self.hd).transpose(1, 2)
 
-    def _fused(self) -> bool:
-        """Whether q/k/v and the autopoietic projections run as one GEMM (see the class docstring)."""
-        if self.auto is None or not self.fuse_projections:
-            return False
-        layers = (self.qkv, self.auto.U, self.auto.gate)
-        return (all(type(m) is nn.Linear for m in layers)
-                and not any(getattr(m, "_apt_paged", False) for m in (*layers, self.auto)))
-
-    def _fused_projection(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, T, D] -> [B, T, 5D]: q, k, v, x·U·V (heads in order) and W_g·x (no b_g)."""
-        w = torch.cat([self.qkv.weight, self.auto.uv_weight().to(self.qkv.weight.dtype), self.auto.gate.weight])
-        bias = None if self.qkv.bias is None else F.pad(self.qkv.bias, (0, 2 * x.shape[-1]))
-        return F.linear(x, w, bias)
-
     def forward(self, x: torch.Tensor, masks: _Masks, memory: torch.Tensor | None = None,
                 cache: dict | None = None) -> torch.Tensor:
         b, t, d = x.shape
-        fused = False
         if self.cross:
             q = self._heads(self.q(x))
             if cache is not None and "k" in cache:
@@ -132,12 +108,7 @@ class Attention(nn.Module):
                     cache["k"], cache["v"] = k, v
             attn_mask, is_causal = masks.cross_mask, False
         else:
-            fused = self._fused()
-            if fused:
-                q, k, v, xuv, xg = self._fused_projection(x).split(d, dim=-1)
-            else:
-                q, k, v = self.qkv(x).split(d, dim=-1)
-            q, k, v = self._heads(q), self._heads(k), self._heads(v)
+            q, k, v = (self._heads(z) for z in self.qkv(x).split(d, dim=-1))
             if cache is not None:
                 if "k" in cache:
                     k = torch.cat([cache["k"], k], dim=2)
@@ -146,29 +117,23 @@ class Attention(nn.Module):
             attn_mask, is_causal = masks.self_mask, masks.is_causal
         drop = self.cfg.dropout if self.training else 0.0
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=is_causal)
-        h = h.transpose(1, 2)  # [B, T, H, hd]
         if self.auto is not None:
             state = cache.get("auto") if cache is not None else None
-            if fused:  # the mean of W_g x is W_g times the mean of x
-                mg, new_state = self.auto.prefix_mean(xg, masks.valid, state)
-                delta = (torch.sigmoid(mg + self.auto.gate.bias) * xuv).view(b, t, self.h, self.hd)
-            else:
-                # Under autocast the gate's matmul reads m in the autocast dtype: take the mean of x in
-                # that dtype too (the same cast the q/k/v matmul reads, summed in float32), so neither
-                # the mean's input nor its output is a float32 copy.
-                dev = x.device.type
-                xm = x.to(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else x
-                m, new_state = self.auto.prefix_mean(xm, masks.valid, state)
-                delta = self.auto(x, m).transpose(1, 2)
+            # Under autocast the gate's matmul reads m in the autocast dtype: take the mean of x in that
+            # dtype too (the same cast the q/k/v matmul reads, summed in float32), so neither the mean's
+            # input nor its output is a float32 copy.
+            dev = x.device.type
+            xm = x.to(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else x
+            m, new_state = self.auto.prefix_mean(xm, masks.valid, state)
             if cache is not None:
                 cache["auto"] = new_state
-            delta = delta.to(h.dtype)
+            delta = self.auto(x, m).to(h.dtype)
             c = self.cfg
-            if c.use_left_spin:  # the left-spin gate with d = ||delta||/||h|| per head and token
+            if c.use_left_spin:  # the left-spin gate with d = ||delta||/||h||, no acceleration term
                 h, _ = left_spin_residual(h, delta, params=c.left_spin_params)
             else:
                 h = h + c.left_spin_alpha * math.tanh(c.left_spin_tau) * delta
-        return self.proj(h.reshape(b, t, d))
+        return self.proj(h.transpose(1, 2).reshape(b, t, d))
 
 
 class FeedForward(nn.Module):

@@ -14,7 +14,8 @@ from apt_ext.fp4.tiled import CpuTiledFP4Weight, TiledFP4Weight, cpu_tile, cpu_t
 from apt_ext.fp4.weight import FP4Weight, quantize
 
 # Rows of x (leading dims flattened) up to which inference on CUDA uses the tiled kernels
-# (fp4_linear_tiled: the GEMV, and from 65 rows on weights of 8192 rows or more its GEMM); above
+# (fp4_linear_tiled: the GEMV, and its GEMM where csrc/fp4/fp4_gemm_tiled_cuda.h routes it: from
+# 65 rows on weights of 8192 rows or more, on Hopper also from 24 rows on weights of 16384); above
 # it fp4_linear (dequantise + cuBLAS there) is faster. Measured on an H200 (fourth session,
 # benchmarks/results/history/fp4_linear_NVIDIA_H200_664ea39.json, bf16 x, four shapes, every
 # format): at M = 64 the tiled GEMV beats dequantise + cuBLAS on every shape and format (nvfp4

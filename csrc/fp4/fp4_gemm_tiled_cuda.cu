@@ -1,8 +1,7 @@
 // CUDA GEMM of apt::fp4_linear_tiled for more rows of x (issue 11: M = 17..4096): out = x @ W.T *
 // out_scale + bias (+ GELU) for an nvfp4 / mxfp4 weight in the tiled layout
-// (fp4_tiled_layout.h) and bfloat16 x. fp4_linear_tiled runs it from kGemmDefaultMinRows rows of
-// x on weights of kGemmDefaultMinN rows (fp4_gemm_tiled_cuda.h: where it measured faster than the
-// GEMV), or as APT_FP4_GEMM says.
+// (fp4_tiled_layout.h) and bfloat16 x. fp4_linear_tiled runs it where choose_gemm says
+// (fp4_gemm_tiled_cuda.h: the routes where it measured faster than the GEMV, or APT_FP4_GEMM's).
 //
 // Where the GEMV (fp4_gemv_cuda.cu) has every warp read its own x from L1 and re-decodes the
 // weights for every 16 rows of x, a block here stages 8 XB rows of x through shared memory once
@@ -49,6 +48,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 
@@ -467,11 +467,17 @@ bool gemm_tiled_supported(Format f, at::ScalarType x_dtype) {
   return f != Format::NF4 && x_dtype == at::kBFloat16;
 }
 
-GemmTiledConfig gemm_tiled_config() {
-  static const GemmTiledConfig cfg = [] {
-    GemmTiledConfig c{kGemmDefaultMinRows, kGemmDefaultMinN, 1, 0, 2, 64, GemmProduct::kMmaSync};
+namespace {
+
+// APT_FP4_GEMM's routing and configuration, parsed once: nullopt where it is not set.
+struct EnvGemm {
+  int64_t min_rows;
+  GemmTiledConfig config;
+};
+const std::optional<EnvGemm>& env_gemm() {
+  static const std::optional<EnvGemm> parsed = []() -> std::optional<EnvGemm> {
     const char* env = std::getenv("APT_FP4_GEMM");
-    if (env == nullptr || *env == '\0') return c;
+    if (env == nullptr || *env == '\0') return std::nullopt;
     long long min_rows = 0;
     int k_parts = 1, splits = 0, tiles = 2, rows = 0, mma = 0;
     const int got = std::sscanf(env, "%lld,%d,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows, &mma);
@@ -487,16 +493,28 @@ GemmTiledConfig gemm_tiled_config() {
                       "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
                       "mma 1 also (1 or 2, 8 or 16); rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only "
                       "with 32 rows, wgmma (1, 128) only with 1 (shared memory); got '", env, "'");
-    c.min_rows = min_rows;
-    c.min_n = 0;
-    c.k_parts = k_parts;
-    c.splits = splits;
-    c.tiles_per_warp = tiles;
-    c.rows_per_block = rows;
-    c.product = product;
-    return c;
+    return EnvGemm{min_rows, GemmTiledConfig{k_parts, splits, tiles, rows, product}};
   }();
-  return cfg;
+  return parsed;
+}
+
+}  // namespace
+
+std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, Format f, at::ScalarType x_dtype, int device) {
+  if (!gemm_tiled_supported(f, x_dtype)) return std::nullopt;
+  if (const auto& env = env_gemm()) {
+    if (env->min_rows > 0 && m >= env->min_rows) return env->config;
+    return std::nullopt;
+  }
+  // the measured routes of fp4_gemm_tiled_cuda.h: one K part, blocks along K chosen per shape
+  if (m <= kWgmmaMaxRows && wgmma_available(device)) {
+    const bool wide = n >= kWgmmaWideMinN;
+    if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, 0, 2, 32, GemmProduct::kWgmmaTranspose};
+    if ((wide && m > 32) || (m >= kGemmDefaultMinRows && n >= kGemmDefaultMinN))
+      return GemmTiledConfig{1, 0, 2, 64, GemmProduct::kWgmmaTranspose};
+  }
+  if (m >= kGemmDefaultMinRows && n >= kGemmDefaultMinN) return GemmTiledConfig{1, 0, 2, 64, GemmProduct::kMmaSync};
+  return std::nullopt;
 }
 
 void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTiledConfig& cfg,

@@ -1,11 +1,13 @@
 // The tiled-layout FP4 GEMM (fp4_gemm_tiled_cuda.cu): 32 or 64 rows of bfloat16 x per block,
 // staged through shared memory, for nvfp4 / mxfp4 weights. fp4_linear_tiled (fp4_gemv_cuda.cu)
-// calls it instead of the GEMV when x has at least kGemmDefaultMinRows rows, or as
-// APT_FP4_GEMM="min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]" says (tuning sweeps;
+// calls it instead of the GEMV where choose_gemm says (the measured routes below, or
+// APT_FP4_GEMM="min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]" for tuning sweeps;
 // "0": never).
 #pragma once
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
+
+#include <optional>
 
 #include "fp4/fp4_format.h"
 #include "fp4/fp4_tiled_decode_cuda.h"
@@ -22,32 +24,53 @@ namespace apt::fp4::cuda {
 constexpr int64_t kGemmDefaultMinRows = 65;
 constexpr int64_t kGemmDefaultMinN = 8192;
 
+// Where the wgmma GEMM can run (an sm_90a build on a compute capability 9.0 GPU), its transposing
+// form (GemmProduct::kWgmmaTranspose) is the default in two more places, by the H100 sweeps of the
+// twenty-sixth session (benchmarks/results/fp4_gemv_sweep_NVIDIA_H100_80GB_HBM3_round25.json at
+// 24-64 rows and _round25a.json at 32, 64 and 128 rows; nvfp4, bf16 x, do_bench medians):
+//  * weights of at least kWgmmaWideMinN rows, from kWgmmaMinRows rows of x: the 2 x 32 tile up to
+//    32 rows, 2 x 64 above. On 28672 x 8192: 87.3 / 88.8 us at 24 / 32 rows against the GEMV's
+//    102.9 / 103.5, and 117.1-118.9 us at 40-64 rows against 165.4-172.1. On 14336 x 4096 the
+//    two were level at 40-64 rows (2 x 64: 51.3-52.1 us, GEMV 46.8-51.9) and the GEMV ahead below,
+//    so the bound lies between 14336 and 28672 rows (none measured in between); 17-23 rows not
+//    measured;
+//  * from kGemmDefaultMinRows to kWgmmaMaxRows rows on weights of kGemmDefaultMinN rows, 2 x 64
+//    instead of the mma.sync GEMM: at 128 rows 67.4 / 203.5 us against 75.3 / 233.0 on 14336 x
+//    4096 / 28672 x 8192. Above 128 rows it was not measured, so mma.sync stays there.
+constexpr int64_t kWgmmaMinRows = 24;
+constexpr int64_t kWgmmaWideMinN = 16384;
+constexpr int64_t kWgmmaMaxRows = 128;
+
 // Whether the GEMM takes this format and x dtype (nvfp4 / mxfp4, bfloat16 x).
 bool gemm_tiled_supported(Format f, at::ScalarType x_dtype);
 
-// APT_FP4_GEMM (read once): the fewest rows of x that take the GEMM (default kGemmDefaultMinRows
-// where the weight has kGemmDefaultMinN rows; set: any weight; 0: never), its K parts per block
-// (1, 2 or 4; default 1), its blocks along K (0, the default: enough to fill the GPU), its tiles
-// per warp and rows of x per block (a warp tile built for the kind of product: mma.sync 2 x 64, the
-// default, 4 x 32, 2 x 32, 1 x 64; wgmma 2 x 32, 1 x 64, 2 x 64, 1 x 128, and with word copies also
-// 1 or 2 x 8 or 16; rows 0: 64 below 4 tiles, else 32), and the kind of product (GemmProduct;
-// the wgmma kinds need an sm_90a build, a compute capability 9.0 GPU and 1 or 2 K parts).
+// The kind of product of the GEMM's warp tile (APT_FP4_GEMM's sixth field; the wgmma kinds need an
+// sm_90a build, a compute capability 9.0 GPU and 1 or 2 K parts).
 enum class GemmProduct : int {
   kMmaSync = 0,         // mma.sync m16n8k16; x rows at a padded pitch, copied by 16-byte chunks
   kWgmmaWordCopy = 1,   // wgmma; x copied word by word (4 bytes) straight into wgmma's core matrices
   kWgmmaTranspose = 2,  // wgmma; x copied by 16-byte chunks into a plain ring, then transposed into
                         // the core matrices in shared memory
 };
+// One launch configuration of the GEMM: its K parts per block (1, 2 or 4), its blocks along K (0:
+// enough to fill the GPU), its tiles per warp and rows of x per block (a warp tile built for the
+// kind of product: mma.sync 2 x 64, 4 x 32, 2 x 32, 1 x 64; wgmma 2 x 32, 1 x 64, 2 x 64, 1 x 128,
+// and with word copies also 1 or 2 x 8 or 16) and the kind of product.
 struct GemmTiledConfig {
-  int64_t min_rows;
-  int64_t min_n;  // weight rows, at least (kGemmDefaultMinN by default, 0 when APT_FP4_GEMM is set)
   int k_parts;
   int64_t splits;
   int tiles_per_warp;
   int rows_per_block;   // rows of x per block (8 per mma n8 block): 32, 64 or (wgmma) 8, 16, 128
-  GemmProduct product;  // APT_FP4_GEMM's sixth field
+  GemmProduct product;
 };
-GemmTiledConfig gemm_tiled_config();
+
+// The GEMM fp4_linear_tiled launches for m rows of x on a weight of n rows (format f, x of
+// x_dtype) on CUDA device `device`, or nullopt for the GEMV. APT_FP4_GEMM (read once; tuning
+// sweeps) = "min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]" replaces the default
+// routes above: the GEMM from min_rows rows on any weight (0: never), one K part, blocks along K
+// chosen per shape, 2 tiles per warp, rows 0 meaning 64 below 4 tiles per warp, else 32, and
+// mma.sync unless the last fields say otherwise.
+std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, Format f, at::ScalarType x_dtype, int device);
 
 // Launches the GEMM on `stream` for `args` as fp4_linear_tiled fills them (x padded to whole
 // steps and 16-byte aligned, out [m, n] bfloat16); sets the block shape fields itself and

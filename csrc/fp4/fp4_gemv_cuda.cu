@@ -582,10 +582,9 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.steps = tiles.size(1);
 
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const GemmTiledConfig gemm = gemm_tiled_config();
-  if (gemm.min_rows > 0 && m >= gemm.min_rows && n >= gemm.min_n && gemm_tiled_supported(f, x.scalar_type())) {
+  if (const std::optional<GemmTiledConfig> gemm = choose_gemm(m, n, f, x.scalar_type(), x.get_device())) {
     args.evict_first = true;
-    launch_gemm_tiled(args, f, gelu, gemm, x, stream);
+    launch_gemm_tiled(args, f, gelu, *gemm, x, stream);
     return out.view(out_sizes);
   }
   const bool fp32x = x.scalar_type() == at::kFloat;

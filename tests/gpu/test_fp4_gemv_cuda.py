@@ -390,13 +390,22 @@ def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize(("rows", "n", "fmt", "kernel"), [
-    (64, 8192, "nvfp4", "gemv_tiled"), (65, 8192, "nvfp4", "gemm_tiled"), (65, 8191, "nvfp4", "gemv_tiled"),
-    (128, 8192, "mxfp4", "gemm_tiled"), (65, 8192, "nf4", "gemv_tiled")])
-def test_tiled_op_kernel_choice(rows, n, fmt, kernel, apt_seed):
-    """fp4_linear_tiled's default choice between its GEMV and GEMM (csrc/fp4/fp4_gemm_tiled_cuda.h:
-    the GEMM from 65 rows of x on weights of 8192 rows, nvfp4 / mxfp4 with bfloat16 x), read off
-    the profiler's kernel names, with the result checked against the reference."""
+@pytest.mark.parametrize(("rows", "n", "fmt", "kernel", "wgmma_kernel"), [
+    (64, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (65, 8192, "nvfp4", "gemm_tiled", "GemmProduct)2"),
+    (65, 8191, "nvfp4", "gemv_tiled", "gemv_tiled"), (128, 8192, "mxfp4", "gemm_tiled", "GemmProduct)2"),
+    (129, 8192, "nvfp4", "gemm_tiled", "GemmProduct)0"), (65, 8192, "nf4", "gemv_tiled", "gemv_tiled"),
+    (23, 16384, "nvfp4", "gemv_tiled", "gemv_tiled"), (24, 16384, "nvfp4", "gemv_tiled", "2, 4, (apt::fp4::cuda::GemmProduct)2"),
+    (32, 16384, "mxfp4", "gemv_tiled", "2, 4, (apt::fp4::cuda::GemmProduct)2"),
+    (33, 16384, "nvfp4", "gemv_tiled", "2, 8, (apt::fp4::cuda::GemmProduct)2"),
+    (40, 16383, "nvfp4", "gemv_tiled", "gemv_tiled")])
+def test_tiled_op_kernel_choice(rows, n, fmt, kernel, wgmma_kernel, apt_seed):
+    """fp4_linear_tiled's default choice between its GEMV and GEMM (csrc/fp4/fp4_gemm_tiled_cuda.h,
+    nvfp4 / mxfp4 with bfloat16 x): without wgmma the mma.sync GEMM from 65 rows of x on weights of
+    8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its transposing form
+    instead up to 128 rows, and on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows,
+    2 x 64 above). Read off the profiler's kernel names (the template arguments: tiles per warp,
+    8-row blocks of x, product), with the result checked against the reference."""
+    want_kernel = wgmma_kernel if _wgmma_runs() else kernel
     g = torch.Generator().manual_seed(apt_seed)
     t = tile(quantize(_weight(n, 256, g).to(DEV), fmt))
     x = torch.randn(rows, 256, generator=g).to(DEV, torch.bfloat16)
@@ -404,7 +413,7 @@ def test_tiled_op_kernel_choice(rows, n, fmt, kernel, apt_seed):
         y = t.linear(x)
         torch.cuda.synchronize()
     names = [e.name for e in prof.events() if "tiled_kernel" in e.name]
-    assert names and all(kernel in name for name in names), names
+    assert names and all(want_kernel in name for name in names), names
     want = torch.nn.functional.linear(x.float(), t.dequantize().to(DEV))
     assert _rel_err(y, want) < _tol(fmt, torch.bfloat16)
 

@@ -116,13 +116,42 @@ def test_gradcheck_and_double_backward(rng, with_prev, with_phi):
 
 
 def test_decomposed_form_warns_where_a_gpu_is_available(monkeypatch):
-    """Its compiled training failed against eager on an H100 (torch 2.11): a site asking for it
-    warns when CUDA is available, and stays quiet on a CPU-only machine and for the op form."""
+    """Its compiled training got wrong gradients on an H100 (torch 2.11): a site asking for it
+    warns when CUDA is available that CUDA tensors take the op, and stays quiet on a CPU-only
+    machine, for the op form, and where DECOMPOSED_ON_CUDA is set (the GPU tests' probe)."""
+    from apt_ext.nn import left_spin as nn_left_spin
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    with pytest.warns(UserWarning, match="decomposed.*H100"):
+    with pytest.warns(UserWarning, match="decomposed.*op on CUDA"):
         LeftSpinResidual(compiled_form="decomposed")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LeftSpinResidual(compiled_form="op")
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(nn_left_spin, "DECOMPOSED_ON_CUDA", True)
         LeftSpinResidual(compiled_form="decomposed")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(nn_left_spin, "DECOMPOSED_ON_CUDA", False)
+        LeftSpinResidual(compiled_form="decomposed")
+
+
+@pytest.mark.parametrize(("device", "on_cuda", "traced"), [("cpu", False, "decomposed"), ("cuda", False, "op"),
+                                                          ("cuda", True, "decomposed")])
+def test_compiled_sites_trace_the_op_for_cuda_tensors(monkeypatch, device, on_cuda, traced):
+    """While compiling, a decomposed site traces the decomposed math for CPU tensors and the op for
+    CUDA ones unless DECOMPOSED_ON_CUDA is set (fake CUDA tensors: no GPU needed)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from apt_ext.nn import left_spin as nn_left_spin
+
+    monkeypatch.setattr(nn_left_spin, "DECOMPOSED_ON_CUDA", on_cuda)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    calls = []
+    monkeypatch.setattr(nn_left_spin, "left_spin_residual_decomposed", lambda *a: calls.append("decomposed") or (a[0], None))
+    monkeypatch.setattr(nn_left_spin, "left_spin_residual", lambda *a, **k: calls.append("op") or (a[0], None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        site = LeftSpinResidual(compiled_form="decomposed")
+    with FakeTensorMode():
+        u = torch.empty(2, 8, device=device)
+        site(u, torch.empty(2, 8, device=device))
+    assert calls == [traced]

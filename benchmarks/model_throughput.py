@@ -67,29 +67,38 @@ def time_steps(step_fn, device: torch.device, warmup: int, iters: int) -> list[f
     return times
 
 
+def _top_events(averages, attr: str, steps: int, top: int) -> list[dict]:
+    """The ``top`` profiler averages by ``attr`` (a self-time total in us): name, ms and calls per step."""
+    events = sorted(averages, key=lambda e: getattr(e, attr, 0), reverse=True)
+    return [{"name": e.key[:120], "ms_per_step": getattr(e, attr, 0) / 1e3 / steps, "calls_per_step": e.count / steps}
+            for e in events[:top] if getattr(e, attr, 0) > 0]
+
+
 def profile_steps(step_fn, device: torch.device, steps: int = 3, top: int = 40) -> dict:
     """torch.profiler over ``steps`` steps. ``top_kernels``: the kernels (GPU) or ops (CPU) that
     took the most self time, per step: name, milliseconds and calls. On CUDA also
-    ``device_busy_ms_per_step``: the summed duration of every kernel, per step; a step time well
-    above it means the card waited for the host (launches, Python) between kernels."""
+    ``device_busy_ms_per_step``: the summed duration of every kernel, per step (a step time well
+    above it means the card waited for the host between kernels); ``top_host_ops``: the operators
+    and compiled-graph calls that took the most host (CPU) self time, per step, to say where that
+    host time goes."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         for _ in range(steps):
             step_fn()
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
-    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
-    events = sorted(averages, key=lambda e: getattr(e, attr, 0), reverse=True)
-    out: dict = {"top_kernels": [{"name": e.key[:120], "ms_per_step": getattr(e, attr, 0) / 1e3 / steps,
-                                  "calls_per_step": e.count / steps}
-                                 for e in events[:top] if getattr(e, attr, 0) > 0]}
-    if device.type == "cuda":
+    out: dict = {"top_kernels": _top_events(averages, "self_device_time_total" if cuda else "self_cpu_time_total",
+                                            steps, top)}
+    if cuda:
         out["device_busy_ms_per_step"] = sum(e.self_device_time_total for e in averages
                                              if e.device_type == DeviceType.CUDA) / 1e3 / steps
+        out["top_host_ops"] = _top_events([e for e in averages if e.device_type == DeviceType.CPU],
+                                          "self_cpu_time_total", steps, top)
     return out
 
 
@@ -303,6 +312,8 @@ def main() -> int:
             print(f"    kernels busy {r['device_busy_ms_per_step']:.2f} ms of the step (profiled)")
         for k in r.get("top_kernels", [])[:5]:
             print(f"    {k['ms_per_step']:8.3f} ms/step {k['calls_per_step']:6.0f} calls  {k['name'][:90]}")
+        for k in r.get("top_host_ops", [])[:3]:
+            print(f"    host {k['ms_per_step']:8.3f} ms/step {k['calls_per_step']:6.0f} calls  {k['name'][:85]}")
     out = save_json(name, {"meta": meta, "params": p, "warmup": warmup, "iters": iters, "rows": rows, "complete": True})
     import matplotlib
     matplotlib.use("Agg")

@@ -469,40 +469,42 @@ bool gemm_tiled_supported(Format f, at::ScalarType x_dtype) {
 
 namespace {
 
-// APT_FP4_GEMM's routing and configuration, parsed once: nullopt where it is not set.
+// APT_FP4_GEMM's routing and configuration, or nullopt where it is not set. Read and parsed at
+// every call (about a microsecond where it is set; the tests set it in-process), as the GEMV
+// reads APT_FP4_GEMV.
 struct EnvGemm {
   int64_t min_rows;
   GemmTiledConfig config;
 };
-const std::optional<EnvGemm>& env_gemm() {
-  static const std::optional<EnvGemm> parsed = []() -> std::optional<EnvGemm> {
-    const char* env = std::getenv("APT_FP4_GEMM");
-    if (env == nullptr || *env == '\0') return std::nullopt;
-    long long min_rows = 0;
-    int k_parts = 1, splits = 0, tiles = 2, rows = 0, mma = 0;
-    const int got = std::sscanf(env, "%lld,%d,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows, &mma);
-    if (rows == 0) rows = tiles >= 4 ? 32 : 64;
-    const auto product = static_cast<GemmProduct>(mma);
-    const bool ok = got >= 1 && min_rows >= 0 && mma >= 0 && mma <= 2 && k_parts_ok(k_parts, product) &&
-                    splits >= 0 && rows % 8 == 0 && warp_tile_built(tiles, rows / 8, product) &&
-                    gemm_smem_bytes(tiles, rows / 8, k_parts, product) <= kMaxSmem;
-    TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]' with "
-                      "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), mma 0 (mma.sync), 1 "
-                      "(wgmma, x copied word by word) or 2 (wgmma, x transposed in shared memory; both wgmma kinds "
-                      "take k_parts 1 or 2) and a warp tile (tiles_per_warp, rows of x per block) built for it: "
-                      "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
-                      "mma 1 also (1 or 2, 8 or 16); rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only "
-                      "with 32 rows, wgmma (1, 128) only with 1 (shared memory); got '", env, "'");
-    return EnvGemm{min_rows, GemmTiledConfig{k_parts, splits, tiles, rows, product}};
-  }();
-  return parsed;
+EnvGemm parse_env_gemm(const char* env) {
+  long long min_rows = 0;
+  int k_parts = 1, splits = 0, tiles = 2, rows = 0, mma = 0;
+  const int got = std::sscanf(env, "%lld,%d,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows, &mma);
+  if (rows == 0) rows = tiles >= 4 ? 32 : 64;
+  const auto product = static_cast<GemmProduct>(mma);
+  const bool ok = got >= 1 && min_rows >= 0 && mma >= 0 && mma <= 2 && k_parts_ok(k_parts, product) &&
+                  splits >= 0 && rows % 8 == 0 && warp_tile_built(tiles, rows / 8, product) &&
+                  gemm_smem_bytes(tiles, rows / 8, k_parts, product) <= kMaxSmem;
+  TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]' with "
+                    "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), mma 0 (mma.sync), 1 "
+                    "(wgmma, x copied word by word) or 2 (wgmma, x transposed in shared memory; both wgmma kinds "
+                    "take k_parts 1 or 2) and a warp tile (tiles_per_warp, rows of x per block) built for it: "
+                    "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
+                    "mma 1 also (1 or 2, 8 or 16); rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only "
+                    "with 32 rows, wgmma (1, 128) only with 1 (shared memory); got '", env, "'");
+  return EnvGemm{min_rows, GemmTiledConfig{k_parts, splits, tiles, rows, product}};
+}
+std::optional<EnvGemm> env_gemm() {
+  const char* env = std::getenv("APT_FP4_GEMM");
+  if (env == nullptr || *env == '\0') return std::nullopt;
+  return parse_env_gemm(env);
 }
 
 }  // namespace
 
 std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, Format f, at::ScalarType x_dtype, int device) {
   if (!gemm_tiled_supported(f, x_dtype)) return std::nullopt;
-  if (const auto& env = env_gemm()) {
+  if (const std::optional<EnvGemm> env = env_gemm()) {
     if (env->min_rows > 0 && m >= env->min_rows) return env->config;
     return std::nullopt;
   }

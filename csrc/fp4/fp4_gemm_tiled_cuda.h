@@ -65,8 +65,8 @@ struct GemmTiledConfig {
 };
 
 // The GEMM fp4_linear_tiled launches for m rows of x on a weight of n rows (format f, x of
-// x_dtype) on CUDA device `device`, or nullopt for the GEMV. APT_FP4_GEMM (read once; tuning
-// sweeps) = "min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]" replaces the default
+// x_dtype) on CUDA device `device`, or nullopt for the GEMV. APT_FP4_GEMM (read at each call;
+// tuning sweeps) = "min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]" replaces the default
 // routes above: the GEMM from min_rows rows on any weight (0: never), one K part, blocks along K
 // chosen per shape, 2 tiles per warp, rows 0 meaning 64 below 4 tiles per warp, else 32, and
 // mma.sync unless the last fields say otherwise.

@@ -8,9 +8,7 @@ Run:  python -m pytest tests/gpu/test_fp4_gemv_cuda.py -q
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
+import functools
 
 import pytest
 import torch
@@ -58,20 +56,29 @@ def _step_major(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(0, 1).contiguous().transpose(0, 1)
 
 
-def _check(fmt: str, m: int, dt: torch.dtype, with_bias: bool, n: int, k: int, apt_seed: int,
-           step_major: bool = False) -> None:
+@functools.lru_cache(maxsize=128)
+def _case(fmt: str, m: int, dt: torch.dtype, with_bias: bool, n: int, k: int, apt_seed: int):
+    """(quantised weight, x, bias, reference output) of one check, kept: the launch-variant and
+    GEMM-configuration tests repeat the same cases under each setting, and the CPU reference of
+    the larger ones costs more than the GPU call."""
     g = torch.Generator().manual_seed(apt_seed)
     q = quantize(_weight(n, k, g).to(DEV), fmt)
+    x = torch.randn(m, k, generator=g).to(dt).to(DEV)
+    bias = torch.randn(n, generator=g).to(DEV) if with_bias else None
+    want = ref.linear(x.cpu(), q.packed.cpu(), q.scales.cpu(), q.tensor_scale.cpu(),
+                      None if bias is None else bias.cpu(), fmt, q.block_size)
+    return q, x, bias, want
+
+
+def _check(fmt: str, m: int, dt: torch.dtype, with_bias: bool, n: int, k: int, apt_seed: int,
+           step_major: bool = False) -> None:
+    q, x, bias, want = _case(fmt, m, dt, with_bias, n, k, apt_seed)
     t = tile(q)
     if step_major:
         t = dataclasses.replace(t, tiles=_step_major(t.tiles), tile_scales=_step_major(t.tile_scales))
         assert not t.tiles.is_contiguous()
-    x = torch.randn(m, k, generator=g).to(dt).to(DEV)
-    bias = torch.randn(n, generator=g).to(DEV) if with_bias else None
     y = t.linear(x, bias)
     torch.cuda.synchronize()
-    want = ref.linear(x.cpu(), q.packed.cpu(), q.scales.cpu(), q.tensor_scale.cpu(),
-                      None if bias is None else bias.cpu(), fmt, q.block_size)
     assert y.dtype == dt and y.shape == (m, n) and bool(torch.isfinite(y).all())
     err = _rel_err(y, want)
     assert err < _tol(fmt, dt), f"relative error {err:.3g} (fmt={fmt}, M={m}, dtype={dt}, N={n}, K={k})"
@@ -103,16 +110,6 @@ def test_gemv_step_major_views(fmt, m, apt_seed):
     _check(fmt, m, torch.bfloat16, True, n=300, k=4192, apt_seed=apt_seed, step_major=True)
 
 
-def _run_checks_in_child(code: str, **env: str) -> None:
-    """Runs ``code`` (with ``t`` = this module and torch imported) in a child process with the
-    environment variables ``env`` set: the kernels read their launch variables once per process."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    prologue = "import sys, torch\nsys.path[:0] = sys.argv[1:]\nimport test_fp4_gemv_cuda as t\n"
-    proc = subprocess.run([sys.executable, "-c", prologue + code + "print('ok')\n", here, os.path.dirname(here)],
-                          env=dict(os.environ, **env), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
-
-
 @needs_cuda_build
 @pytest.mark.parametrize("launch", ["2,4,4,1", "8,1,4,2", "4,2,4,0", "3,2,4,1", "8,1,4,0,1", "7,1,2,0,1",
                                     "2,4,2,1,1", "4,2,2,2,1", "1,8,2,2,0", "1,8,4,2,1", "0,0,4,0,1,1",
@@ -122,21 +119,19 @@ def _run_checks_in_child(code: str, **env: str) -> None:
                                     "0,0,2,4,2,1,1,2", "0,0,2,4,2,1,1,1", "5,1,2,4,-1,1,1,0", "0,0,2,1,2,1,1,1",
                                     "0,0,4,2,1,1,1,2", "0,0,2,1,3", "0,0,4,1,3", "0,0,2,2,3", "0,0,4,2,3",
                                     "2,4,2,2,3", "0,0,2,0,4", "0,0,4,1,4", "0,0,2,2,4", "2,4,2,2,4"])
-def test_gemv_launch_variants(launch):
-    """The tuning sweep's APT_FP4_GEMV variants (read once per process, so each in a child):
+def test_gemv_launch_variants(launch, monkeypatch):
+    """The tuning sweep's APT_FP4_GEMV variants (the kernel reads the variable at each call):
     8-, 16- and 32-row x blocks, 1-8 K parts, warps per block not dividing N's tiles, one or two
     tiles per warp (an odd number of tiles: N = 300), both storage orders, x with one or two
     buffers, per chunk, refilled chunk by chunk, or from a packed copy (or the heuristic's
     choice), 2 or 4 stages, the heuristic's block shape
     balanced or not, weights loaded with L2 evict_first or not, every format (the other formats,
     and shapes not built, fall back to the heuristic's stages, x mode and tiles per warp)."""
-    code = (
-        "for fmt in t.FORMATS:\n"
-        "    for m in (1, 9, 16, 33, 64):\n"
-        "        for sm in (False, True):\n"
-        "            t._check(fmt, m, torch.bfloat16, True, n=300, k=4192, apt_seed=7, step_major=sm)\n"
-        "print('ok')\n")
-    _run_checks_in_child(code, APT_FP4_GEMV=launch)
+    monkeypatch.setenv("APT_FP4_GEMV", launch)
+    for fmt in FORMATS:
+        for m in (1, 9, 16, 33, 64):
+            for sm in (False, True):
+                _check(fmt, m, torch.bfloat16, True, n=300, k=4192, apt_seed=7, step_major=sm)
 
 
 # wgmma with x copied word by word (mma 1) and transposed in shared memory (mma 2).
@@ -179,77 +174,68 @@ def probe_gemm_mapping(m: int, n: int, k: int) -> None:
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,1,0,2,32,1", "17,1,0,1,64,1", "17,1,0,1,128,1", "1,1,0,1,16,1",
                                   "17,1,0,2,64,2", "17,1,0,1,128,2"])
-def test_wgmma_gemm_operand_layouts(gemm):
+def test_wgmma_gemm_operand_layouts(gemm, monkeypatch):
     """The wgmma GEMM on one-hot rows of x (probe_gemm_mapping), for n = 32, 64, 128 and 16 rows
     of x per instruction, x copied word by word (mma 1) or transposed in shared memory (mma 2): a
     wrong shared-memory layout of x or wrong register fragments name themselves in the failure
     message."""
     if not _wgmma_runs():
         pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
-    _run_checks_in_child("t.probe_gemm_mapping(128, 256, 512)\nt.probe_gemm_mapping(40, 300, 4192)\n",
-                         APT_FP4_GEMM=gemm)
+    monkeypatch.setenv("APT_FP4_GEMM", gemm)
+    probe_gemm_mapping(128, 256, 512)
+    probe_gemm_mapping(40, 300, 4192)
 
 
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,1,0,1,8,2", "17,1,0,2,64,3", "17,4,0,2,32,1", "17,2,0,1,128,2", "17,1,0,2,48"])
-def test_gemm_config_rejects_what_is_not_built(gemm):
+def test_gemm_config_rejects_what_is_not_built(gemm, monkeypatch):
     """APT_FP4_GEMM naming a product, K parts or warp tile that no kernel was built for (the
     transposing wgmma at 8 rows, mma 3, wgmma with 4 K parts, 1 x 128 with 2 K parts: over the
     shared memory, 48 rows) is a ValueError that quotes the variable, not a launch."""
-    code = (
-        "try:\n"
-        "    t._check('nvfp4', 64, torch.bfloat16, False, n=300, k=4192, apt_seed=17)\n"
-        "except ValueError as e:\n"
-        "    assert 'APT_FP4_GEMM' in str(e), e\n"
-        "else:\n"
-        "    raise AssertionError('the GEMM ran')\n")
-    _run_checks_in_child(code, APT_FP4_GEMM=gemm)
+    monkeypatch.setenv("APT_FP4_GEMM", gemm)
+    with pytest.raises(ValueError, match="APT_FP4_GEMM"):
+        _check("nvfp4", 64, torch.bfloat16, False, n=300, k=4192, apt_seed=17)
+    monkeypatch.setenv("APT_FP4_GEMM", "17")  # a good value after a bad one runs
+    _check("nvfp4", 64, torch.bfloat16, False, n=300, k=4192, apt_seed=17)
 
 
 @needs_cuda_build
-def test_wgmma_gemm_refused_where_it_cannot_run():
+def test_wgmma_gemm_refused_where_it_cannot_run(monkeypatch):
     """Asking for the wgmma GEMM on a build without sm_90a code or on another GPU is a clear
     error naming APT_FP4_GEMM, not a launch of a kernel the GPU cannot run."""
     if _wgmma_runs():
         pytest.skip("this build and GPU run the wgmma GEMM")
-    code = (
-        "try:\n"
-        "    t._check('nvfp4', 64, torch.bfloat16, False, n=300, k=4192, apt_seed=16)\n"
-        "except ValueError as e:\n"
-        "    assert 'sm_90a' in str(e), e\n"
-        "else:\n"
-        "    raise AssertionError('the wgmma GEMM ran')\n")
     for gemm in ("17,1,0,2,64,1", "17,1,0,2,64,2"):
-        _run_checks_in_child(code, APT_FP4_GEMM=gemm)
+        monkeypatch.setenv("APT_FP4_GEMM", gemm)
+        with pytest.raises(ValueError, match="sm_90a"):
+            _check("nvfp4", 64, torch.bfloat16, False, n=300, k=4192, apt_seed=16)
 
 
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,2", "17,1", "1,2", "17,2,1", "17,4,0,4", "17,1,3,4", "1,2,5,2", "17,1,0,2,32",
                                   "17,4,3,2,32", "17,2,0,1,64",
                                   *(pytest.param(c, id=f"wgmma-{c}") for c in WGMMA_CONFIGS)])
-def test_tiled_gemm_path(gemm):
+def test_tiled_gemm_path(gemm, monkeypatch):
     """The tiled GEMM (csrc/fp4/fp4_gemm_tiled_cuda.cu,
-    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]", read once per
-    process, so in a child), every warp tile built for mma.sync and for wgmma (mma 1 and 2, on
-    sm_90a builds and compute capability 9.0 GPUs): nvfp4 and mxfp4 with bfloat16 x against the
-    reference at M around its 32-, 64- and 128-row blocks, a number of tiles that leaves a warp's
-    last tiles missing (N = 300: 19 tiles; with wgmma, whole warpgroups and single warps without
-    a tile of their own), K = 4192
-    (33 steps: K parts and splits of unequal length), blocks along K chosen per shape (0) or
-    given, with bias and with GELU; rows below min_rows, nf4 and float16 x still take the GEMV
-    and stay correct."""
+    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]", read at each
+    call), every warp tile built for mma.sync and for wgmma (mma 1 and 2, on sm_90a builds and
+    compute capability 9.0 GPUs): nvfp4 and mxfp4 with bfloat16 x against the reference at M
+    around its 32-, 64- and 128-row blocks, a number of tiles that leaves a warp's last tiles
+    missing (N = 300: 19 tiles; with wgmma, whole warpgroups and single warps without a tile of
+    their own), K = 4192 (33 steps: K parts and splits of unequal length), blocks along K chosen
+    per shape (0) or given, with bias and with GELU; rows below min_rows, nf4 and float16 x still
+    take the GEMV and stay correct."""
     if gemm in WGMMA_CONFIGS and not _wgmma_runs():
         pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
-    code = (
-        "for fmt in ('nvfp4', 'mxfp4'):\n"
-        "    for m in (1, 16, 17, 31, 32, 33, 63, 64, 65, 100, 128, 129, 256, 1000, 4096):\n"
-        "        t._check(fmt, m, torch.bfloat16, m % 2 == 1, n=300, k=4192, apt_seed=11)\n"
-        "    t._check(fmt, 64, torch.bfloat16, True, n=300, k=4192, apt_seed=12, step_major=True)\n"
-        "    t._check(fmt, 40, torch.bfloat16, False, n=4096, k=4096, apt_seed=13)\n"
-        "t._check('nf4', 64, torch.bfloat16, True, n=300, k=4192, apt_seed=14)\n"
-        "t._check('nvfp4', 64, torch.float16, True, n=300, k=4192, apt_seed=15)\n"
-        "t.check_gelu(80)\n")
-    _run_checks_in_child(code, APT_FP4_GEMM=gemm)
+    monkeypatch.setenv("APT_FP4_GEMM", gemm)
+    for fmt in ("nvfp4", "mxfp4"):
+        for m in (1, 16, 17, 31, 32, 33, 63, 64, 65, 100, 128, 129, 256, 1000, 4096):
+            _check(fmt, m, torch.bfloat16, m % 2 == 1, n=300, k=4192, apt_seed=11)
+        _check(fmt, 64, torch.bfloat16, True, n=300, k=4192, apt_seed=12, step_major=True)
+        _check(fmt, 40, torch.bfloat16, False, n=4096, k=4096, apt_seed=13)
+    _check("nf4", 64, torch.bfloat16, True, n=300, k=4192, apt_seed=14)
+    _check("nvfp4", 64, torch.float16, True, n=300, k=4192, apt_seed=15)
+    check_gelu(80)
 
 
 @needs_cuda_build
@@ -394,7 +380,8 @@ def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
     (64, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (65, 8192, "nvfp4", "gemm_tiled", "GemmProduct)2"),
     (65, 8191, "nvfp4", "gemv_tiled", "gemv_tiled"), (128, 8192, "mxfp4", "gemm_tiled", "GemmProduct)2"),
     (129, 8192, "nvfp4", "gemm_tiled", "GemmProduct)0"), (65, 8192, "nf4", "gemv_tiled", "gemv_tiled"),
-    (23, 16384, "nvfp4", "gemv_tiled", "gemv_tiled"), (24, 16384, "nvfp4", "gemv_tiled", "2, 4, (apt::fp4::cuda::GemmProduct)2"),
+    (23, 16384, "nvfp4", "gemv_tiled", "gemv_tiled"),
+    (24, 16384, "nvfp4", "gemv_tiled", "2, 4, (apt::fp4::cuda::GemmProduct)2"),
     (32, 16384, "mxfp4", "gemv_tiled", "2, 4, (apt::fp4::cuda::GemmProduct)2"),
     (33, 16384, "nvfp4", "gemv_tiled", "2, 8, (apt::fp4::cuda::GemmProduct)2"),
     (40, 16383, "nvfp4", "gemv_tiled", "gemv_tiled")])

@@ -503,8 +503,9 @@ std::optional<EnvGemm> env_gemm() {
 }  // namespace
 
 std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, Format f, at::ScalarType x_dtype, int device) {
+  const std::optional<EnvGemm> env = env_gemm();  // parsed first: a bad value raises for every format
   if (!gemm_tiled_supported(f, x_dtype)) return std::nullopt;
-  if (const std::optional<EnvGemm> env = env_gemm()) {
+  if (env) {
     if (env->min_rows > 0 && m >= env->min_rows) return env->config;
     return std::nullopt;
   }

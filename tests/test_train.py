@@ -93,6 +93,24 @@ def test_bad_train_config():
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="tokenizer"):
         TrainConfig(tokenizer="words")
+    with pytest.raises(ValueError, match="compile.*reduce-overhead"):
+        TrainConfig(compile="fast")
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    """compile="default": the model runs through torch.compile (inductor) for training and eval,
+    with the same losses as eager to float32 rounding, and the checkpoint and saved model keep the
+    plain module's parameter names (resumable by an eager run)."""
+    mc = small_model(dropout=0.0)
+    eager = Trainer(small_train(tmp_path / "e", steps=3, eval_every=3), mc).run()
+    trainer = Trainer(small_train(tmp_path / "c", steps=3, eval_every=3, compile="default"), mc)
+    assert trainer.net is not trainer.model and hasattr(trainer.net, "_orig_mod")
+    compiled = trainer.run()
+    torch.testing.assert_close(torch.tensor(compiled.losses), torch.tensor(eager.losses), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.tensor([e for _, e in compiled.evals]), torch.tensor([e for _, e in eager.evals]),
+                               rtol=1e-4, atol=1e-4)
+    resumed = Trainer(small_train(tmp_path / "c", steps=4, eval_every=0, resume=True), mc)
+    assert resumed.step == 3 and not any("_orig_mod" in k for k in resumed.model.state_dict())
 
 
 def test_cli_train_runs(tmp_path, capsys):
@@ -103,6 +121,9 @@ def test_cli_train_runs(tmp_path, capsys):
                "--layers", "1", "--heads", "2", "--out-dir", str(tmp_path / "run"), "--no-progress",
                "--eval-every", "0"])
     assert rc == 0 and "trained 3 steps" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", str(f), "--compile", "fast", "--out-dir", str(tmp_path / "run2")])
+    assert "--compile" in capsys.readouterr().err
 
 
 def _free_port() -> int:

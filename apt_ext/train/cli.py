@@ -12,7 +12,7 @@ import sys
 from apt_ext.cli.errors import UsageError
 from apt_ext.cli.options import positive_int
 from apt_ext.left_spin.params import DEFAULTS as LEFT_SPIN
-from apt_ext.train.config import ConfigError, TrainConfig
+from apt_ext.train.config import COMPILE_MODES, ConfigError, TrainConfig
 
 DESCRIPTION = ("Train a decoder-only APT language model (left-spin residuals, autopoietic attention) on "
                "UTF-8 text files or the built-in corpus: AdamW, warm-up + cosine schedule, periodic eval, "
@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads on a CPU device (default: the CPUs "
                    "other work leaves free, from the load average)")
     p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on GPUs (float32)")
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
+                   help="torch.compile the model (MODE: " + ", ".join(COMPILE_MODES) + "; default 'default'; "
+                        "'reduce-overhead' replays the steps from CUDA graphs on GPUs)")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 instead of DDP under torchrun")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     m = p.add_argument_group("model")
@@ -88,7 +91,7 @@ def configs_from_args(a: argparse.Namespace):
                          warmup_steps=a.warmup_steps, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
                          eval_every=a.eval_every, checkpoint_every=a.checkpoint_every, out_dir=a.out_dir,
                          resume=a.resume, seed=a.seed, device=a.device, bf16=not a.no_bf16, fsdp=a.fsdp,
-                         progress=not a.no_progress)
+                         progress=not a.no_progress, compile=a.compile)
     except ConfigError as exc:
         raise UsageError(option_of(exc.field), exc.reason) from exc
     try:

@@ -121,6 +121,8 @@ class Trainer:
             else:
                 from torch.nn.parallel import DistributedDataParallel as DDP
                 self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile is not None:  # the training and the eval forward; checkpoints keep self.model's names
+            self.net = torch.compile(self.net, mode=cfg.compile)
         self.opt = self.model.configure_optimizers(lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
@@ -185,6 +187,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.cfg.compile in ("reduce-overhead", "max-autotune"):
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the graphs may reuse the last one's outputs
         with self._autocast():
             logits = self.net(x.to(self.device))
         return F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten())

@@ -187,8 +187,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.cfg.compile in ("reduce-overhead", "max-autotune"):
-            torch.compiler.cudagraph_mark_step_begin()  # a new step: the graphs may reuse the last one's outputs
+        if self.cfg.compile is not None:  # a new step for CUDA graphs (the graph modes); a no-op otherwise
+            torch.compiler.cudagraph_mark_step_begin()
         with self._autocast():
             logits = self.net(x.to(self.device))
         return F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten())

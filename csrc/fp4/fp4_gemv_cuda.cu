@@ -395,11 +395,11 @@ constexpr int heuristic_x_mode(bool packed, int mt, int tw, int64_t n_tiles, int
 }
 
 // APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]" (read at each call, so tests
-// can set it in-process) overrides the
-// heuristic: for tuning sweeps. rw = kw = 0 keeps the heuristic's block shape, mt = 0 its rows of
-// x, xm = -1 its x mode, tw = 0 its tiles per warp; balance and evict_first default to 1. A launch
-// shape kernel_built does not build for the format and x dtype falls back to the heuristic's
-// stages, x mode and tiles per warp (and 32 rows of x to 16).
+// can set it in-process) overrides the heuristic: for tuning sweeps. rw = kw = 0 keeps the
+// heuristic's block shape, mt = 0 its rows of x, xm = -1 its x mode, tw = 0 its tiles per warp;
+// balance and evict_first default to 1. A launch shape kernel_built does not build for the format
+// and x dtype falls back to the heuristic's stages, x mode and tiles per warp (and 32 rows of x
+// to 16).
 bool env_config(GemvConfig& cfg) {
   const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;

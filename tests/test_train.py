@@ -95,6 +95,10 @@ def test_bad_train_config():
         TrainConfig(tokenizer="words")
     with pytest.raises(ValueError, match="compile.*reduce-overhead"):
         TrainConfig(compile="fast")
+    for mode in ("reduce-overhead", "max-autotune"):  # CUDA graphs lose accumulated gradients
+        with pytest.raises(ValueError, match="compile.*grad_accum=2"):
+            TrainConfig(compile=mode, grad_accum=2)
+    TrainConfig(compile="max-autotune-no-cudagraphs", grad_accum=2)
 
 
 def test_compiled_training_matches_eager(tmp_path):

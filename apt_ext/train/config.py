@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 # GPT-2-small-size APT step took 22.70 ms with it against 23.93 ms in the default mode, and the
 # autopoietic step 1.172x plain's against 1.528x (docs/model.md, twenty-sixth session).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# The modes that replay CUDA graphs. With gradient accumulation they fail or, worse, keep only the
+# last micro-batch's gradients: the first backward's .grad is a buffer of the backward graph,
+# which the next replay overwrites (pytorch/pytorch#169545, open under torch 2.11; on an H100 the
+# trainer's second micro-batch raised "accessing tensor output of CUDAGraphs that has been
+# overwritten", twenty-seventh session). TrainConfig refuses them with grad_accum > 1.
+CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
 
 class ConfigError(ValueError):
@@ -80,5 +86,9 @@ class TrainConfig:
             raise ConfigError("out_dir", f"expected a directory path, got {self.out_dir!r}")
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ConfigError("compile", f"expected None (eager) or one of {COMPILE_MODES}, got {self.compile!r}")
+        if self.compile in CUDA_GRAPH_COMPILE_MODES and self.grad_accum > 1:
+            raise ConfigError("compile", f"{self.compile!r} replays CUDA graphs, which lose accumulated gradients "
+                                         f"(pytorch/pytorch#169545); with grad_accum={self.grad_accum} use 'default' "
+                                         "or 'max-autotune-no-cudagraphs', or grad_accum=1")
         if self.device is not None and not isinstance(self.device, str):
             raise ConfigError("device", f"expected None or a device string such as 'cpu', got {self.device!r}")

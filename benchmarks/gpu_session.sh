@@ -3,7 +3,7 @@
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
 #   stages: build test test_fp4 test_gemv test_left_spin test_vgpu test_model (APT_PYTEST_K='expr' selects their tests) sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON, APT_SWEEP_MS its rows of x, APT_SWEEP_GEMV_BASES extra GEMV bases to time, e.g. 16x2048x8x4,8x4096x8x4) fp4_triton_host (the Triton path's eager host time, piece by piece) fp4_quick
-#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) ncu_gemm_full (the same, report, details and per-SASS-line source page kept) e2e e2e_decoder left_spin left_spin_quick vgpu vgpu_quick vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
+#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) ncu_gemm_full (the same, report, details and per-SASS-line source page kept) e2e e2e_decoder left_spin left_spin_quick vgpu vgpu_quick vgpu_ssd (the SSD part alone: pager against dd and fio) vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
 #   build: APT_CUDA_ARCHS=90a builds for sm_90a only (about 70 s; 90a, not 90: the wgmma GEMM needs it); the built _C*.so is copied (debug info stripped, gzipped: a file comes back only under 16 MiB) to
 #   $OUT so a later call can carry it (gunzip it into apt_ext/ and skip the build stage).
 #   each stage's log: $OUT/<stage>.log; SECONDS caps a stage (timeout); a stage failing does not
@@ -105,6 +105,8 @@ for arg in "$@"; do
     left_spin_quick) stage left_spin_quick $PY benchmarks/left_spin.py --quick ;;
     vgpu) stage vgpu $PY benchmarks/vgpu.py ;;
     vgpu_quick) stage vgpu_quick $PY benchmarks/vgpu.py --quick ;;
+    vgpu_ssd) stage vgpu_ssd $PY benchmarks/vgpu.py --ssd-only
+      cp benchmarks/results/vgpu_ssd_*.json "$OUT/" 2>/dev/null ;;
     vvram) stage vvram $PY benchmarks/virtual_vram.py ${APT_VVRAM_TOKENS:+--new-tokens $APT_VVRAM_TOKENS} ${APT_VVRAM_ARGS:-} ;;  # APT_VVRAM_TOKENS: generated tokens per run (default 16); APT_VVRAM_ARGS: more flags (e.g. "--compare-lru --skip accelerate,ssd")
     vvram_quick) stage vvram_quick $PY benchmarks/virtual_vram.py --quick ;;
     model) stage model $PY benchmarks/model_throughput.py --profile ${APT_MODEL_ARGS:-}  # e.g. APT_MODEL_ARGS="--compiled-only --variants plain,left-spin --interleave 6 --tag ab"

@@ -510,10 +510,10 @@ std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, Format f, at::S
     return std::nullopt;
   }
   // the measured routes of fp4_gemm_tiled_cuda.h: one K part, blocks along K chosen per shape
-  if (m <= kWgmmaMaxRows && wgmma_available(device)) {
+  if (wgmma_available(device)) {
     const bool wide = n >= kWgmmaWideMinN;
     if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, 0, 2, 32, GemmProduct::kWgmmaTranspose};
-    if ((wide && m > 32) || (m >= kGemmDefaultMinRows && n >= kGemmDefaultMinN))
+    if ((wide && m > 32) || (m >= kGemmDefaultMinRows && n >= kGemmDefaultMinN) || m >= kWgmmaAllMinRows)
       return GemmTiledConfig{1, 0, 2, 64, GemmProduct::kWgmmaTranspose};
   }
   if (m >= kGemmDefaultMinRows && n >= kGemmDefaultMinN) return GemmTiledConfig{1, 0, 2, 64, GemmProduct::kMmaSync};

@@ -34,12 +34,20 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 //    two were level at 40-64 rows (2 x 64: 51.3-52.1 us, GEMV 46.8-51.9) and the GEMV ahead below,
 //    so the bound lies between 14336 and 28672 rows (none measured in between); 17-23 rows not
 //    measured;
-//  * from kGemmDefaultMinRows to kWgmmaMaxRows rows on weights of kGemmDefaultMinN rows, 2 x 64
-//    instead of the mma.sync GEMM: at 128 rows 67.4 / 203.5 us against 75.3 / 233.0 on 14336 x
-//    4096 / 28672 x 8192. Above 128 rows it was not measured, so mma.sync stays there.
+//  * from kGemmDefaultMinRows rows on weights of kGemmDefaultMinN rows, 2 x 64 instead of the
+//    mma.sync GEMM: at 128 rows 67.4 / 203.5 us against 75.3 / 233.0 on 14336 x 4096 / 28672 x
+//    8192; at 256 / 512 / 4096 rows (twenty-seventh session, _round26b.json) 107.2 / 206.7 /
+//    1425.6 and 396.1 / 682.6 / 5278.6 us against mma.sync's 123.2 / 236.0 / 1617.4 and 457.7 /
+//    785.3 / 6072.9;
+//  * from kWgmmaAllMinRows rows on every weight, 2 x 64 instead of the GEMV (_round26b.json): on
+//    4096 x 14336 130.8 / 186.4 / 1340.2 us at 256 / 512 / 4096 rows against 147.8 / 287.7 /
+//    2923.2, on 4096 x 4096 51.8 / 68.0 / 412.5 against 50.1 / 88.3 / 791.4 (level at 256). On
+//    weights under 8192 rows, 129 to 255 rows were not measured and keep the GEMV.
+// apt_ext.nn.FP4Linear sends calls above 128 rows to dequantise + cuBLAS (fp4_linear), so
+// the routes above 128 rows serve callers of the tiled op itself.
 constexpr int64_t kWgmmaMinRows = 24;
 constexpr int64_t kWgmmaWideMinN = 16384;
-constexpr int64_t kWgmmaMaxRows = 128;
+constexpr int64_t kWgmmaAllMinRows = 256;
 
 // Whether the GEMM takes this format and x dtype (nvfp4 / mxfp4, bfloat16 x).
 bool gemm_tiled_supported(Format f, at::ScalarType x_dtype);

@@ -379,7 +379,10 @@ def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
 @pytest.mark.parametrize(("rows", "n", "fmt", "kernel", "wgmma_kernel"), [
     (64, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (65, 8192, "nvfp4", "gemm_tiled", "GemmProduct)2"),
     (65, 8191, "nvfp4", "gemv_tiled", "gemv_tiled"), (128, 8192, "mxfp4", "gemm_tiled", "GemmProduct)2"),
-    (129, 8192, "nvfp4", "gemm_tiled", "GemmProduct)0"), (65, 8192, "nf4", "gemv_tiled", "gemv_tiled"),
+    (129, 8192, "nvfp4", "gemm_tiled", "2, 8, (apt::fp4::cuda::GemmProduct)2"),
+    (255, 8191, "nvfp4", "gemv_tiled", "gemv_tiled"),
+    (256, 4096, "mxfp4", "gemv_tiled", "2, 8, (apt::fp4::cuda::GemmProduct)2"),
+    (65, 8192, "nf4", "gemv_tiled", "gemv_tiled"),
     (23, 16384, "nvfp4", "gemv_tiled", "gemv_tiled"),
     (24, 16384, "nvfp4", "gemv_tiled", "2, 4, (apt::fp4::cuda::GemmProduct)2"),
     (32, 16384, "mxfp4", "gemv_tiled", "2, 4, (apt::fp4::cuda::GemmProduct)2"),
@@ -389,8 +392,8 @@ def test_tiled_op_kernel_choice(rows, n, fmt, kernel, wgmma_kernel, apt_seed):
     """fp4_linear_tiled's default choice between its GEMV and GEMM (csrc/fp4/fp4_gemm_tiled_cuda.h,
     nvfp4 / mxfp4 with bfloat16 x): without wgmma the mma.sync GEMM from 65 rows of x on weights of
     8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its transposing form
-    instead up to 128 rows, and on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows,
-    2 x 64 above). Read off the profiler's kernel names (the template arguments: tiles per warp,
+    instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, 2 x 64 above) and on
+    every weight from 256 rows. Read off the profiler's kernel names (the template arguments: tiles per warp,
     8-row blocks of x, product), with the result checked against the reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel
     g = torch.Generator().manual_seed(apt_seed)

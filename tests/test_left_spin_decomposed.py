@@ -3,8 +3,6 @@ at a site with compiled_form="decomposed"), against the reference and the op, it
 checks, and the model's option (compiled sites: tests/test_left_spin_nn.py)."""
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -115,43 +113,20 @@ def test_gradcheck_and_double_backward(rng, with_prev, with_phi):
     assert torch.autograd.gradgradcheck(f, inputs)
 
 
-def test_decomposed_form_warns_where_a_gpu_is_available(monkeypatch):
-    """Its compiled training got wrong gradients on an H100 (torch 2.11): a site asking for it
-    warns when CUDA is available that CUDA tensors take the op, and stays quiet on a CPU-only
-    machine, for the op form, and where DECOMPOSED_ON_CUDA is set (the GPU tests' probe)."""
-    from apt_ext.nn import left_spin as nn_left_spin
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    with pytest.warns(UserWarning, match="decomposed.*op on CUDA"):
-        LeftSpinResidual(compiled_form="decomposed")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        LeftSpinResidual(compiled_form="op")
-        monkeypatch.setattr(nn_left_spin, "DECOMPOSED_ON_CUDA", True)
-        LeftSpinResidual(compiled_form="decomposed")
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-        monkeypatch.setattr(nn_left_spin, "DECOMPOSED_ON_CUDA", False)
-        LeftSpinResidual(compiled_form="decomposed")
-
-
-@pytest.mark.parametrize(("device", "on_cuda", "traced"), [("cpu", False, "decomposed"), ("cuda", False, "op"),
-                                                          ("cuda", True, "decomposed")])
-def test_compiled_sites_trace_the_op_for_cuda_tensors(monkeypatch, device, on_cuda, traced):
-    """While compiling, a decomposed site traces the decomposed math for CPU tensors and the op for
-    CUDA ones unless DECOMPOSED_ON_CUDA is set (fake CUDA tensors: no GPU needed)."""
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_compiled_sites_trace_the_decomposed_math(monkeypatch, device):
+    """While compiling, a decomposed site traces the decomposed math for CPU and CUDA tensors alike
+    (fake CUDA tensors: no GPU needed); the op form traces the op."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from apt_ext.nn import left_spin as nn_left_spin
 
-    monkeypatch.setattr(nn_left_spin, "DECOMPOSED_ON_CUDA", on_cuda)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     calls = []
     monkeypatch.setattr(nn_left_spin, "left_spin_residual_decomposed", lambda *a: calls.append("decomposed") or (a[0], None))
     monkeypatch.setattr(nn_left_spin, "left_spin_residual", lambda *a, **k: calls.append("op") or (a[0], None))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        site = LeftSpinResidual(compiled_form="decomposed")
     with FakeTensorMode():
-        u = torch.empty(2, 8, device=device)
-        site(u, torch.empty(2, 8, device=device))
-    assert calls == [traced]
+        for form in ("decomposed", "op"):
+            u = torch.empty(2, 8, device=device)
+            LeftSpinResidual(compiled_form=form)(u, torch.empty(2, 8, device=device))
+    assert calls == ["decomposed", "op"]

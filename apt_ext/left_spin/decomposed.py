@@ -74,26 +74,35 @@ class _DecomposedLeftSpin(torch.autograd.Function):
     Only the inputs are saved: the backward recomputes the per-row norms from them (it reads
     u, du and du_prev anyway). Autograd's own graph of the forward saved a full-size tensor
     and several per-row norms per site, and inductor's fused kernel that stored those norms
-    failed to compile with Triton 3.6 ("operand does not dominate this use")."""
+    failed to compile with Triton 3.6 ("operand does not dominate this use").
+
+    Every dtype cast here copies (``copy=True``; compiled, the copies fuse away). With float32
+    inputs (a float32 residual stream, as under bf16 autocast) the casts are no-ops, and on an H100
+    with torch 2.11 dynamo's trace of this Function then gave every input a wrong gradient
+    (relative error about 1.0; under dynamo's eager backend too, so the trace, not inductor), while
+    the outputs stayed right; with the casts copying, all matched the op within 3e-7
+    (twenty-seventh session; copying only the casts to the accumulation dtype did not fix it). The
+    CPU with torch 2.13 was right either way, so the GPU test
+    (tests/gpu/test_model_gpu.py::test_compiled_step_gradients_match_eager) is the one that catches it."""
 
     @staticmethod
     def forward(ctx, u, du, du_prev, phi_prev, params):
         acc = phi_dtype(u)
-        u_acc, du_acc = u.to(acc), du.to(acc)
+        u_acc, du_acc = u.to(acc, copy=True), du.to(acc, copy=True)
         prev = du_prev.to(acc) if du_prev is not None else None
         pp = phi_prev.to(acc) if phi_prev is not None else None
         phi = _phi_terms(u_acc, du_acc, prev, pp, params)[0]
         gate = torch.rsqrt(1.0 + phi * phi)
         ctx.save_for_backward(u, du, du_prev, phi_prev)
         ctx.params = params
-        return torch.addcmul(u_acc, gate.unsqueeze(-1), du_acc).to(u.dtype), phi
+        return torch.addcmul(u_acc, gate.unsqueeze(-1), du_acc).to(u.dtype, copy=True), phi
 
     @staticmethod
     def backward(ctx, grad_out, grad_phi):
         u, du, du_prev, phi_prev = ctx.saved_tensors
         alpha, tau, beta, w1, w2, eps = ctx.params.as_tuple()
         acc = phi_dtype(u)
-        u_acc, du_acc = u.to(acc), du.to(acc)
+        u_acc, du_acc = u.to(acc, copy=True), du.to(acc, copy=True)
         prev = du_prev.to(acc) if du_prev is not None else None
         pp = phi_prev.to(acc) if phi_prev is not None else None
         phi, score, nu, ndu, nd, ndp, diff = _phi_terms(u_acc, du_acc, prev, pp, ctx.params, recompute=True)
@@ -114,8 +123,8 @@ class _DecomposedLeftSpin(torch.autograd.Function):
             diff_unit = _unit(diff, nd)
             grad_du = grad_du + d_nd.unsqueeze(-1) * diff_unit
             d_ndu = d_ndu + d_spread
-            grad_du_prev = (d_spread.unsqueeze(-1) * _unit(prev, ndp) - d_nd.unsqueeze(-1) * diff_unit).to(du_prev.dtype)
-        grad_u = (go + d_nu.unsqueeze(-1) * _unit(u_acc, nu)).to(u.dtype)
-        grad_du = (grad_du + d_ndu.unsqueeze(-1) * _unit(du_acc, ndu)).to(du.dtype)
-        grad_phi_prev = (beta * d_phi).to(phi_prev.dtype) if phi_prev is not None else None
+            grad_du_prev = (d_spread.unsqueeze(-1) * _unit(prev, ndp) - d_nd.unsqueeze(-1) * diff_unit).to(du_prev.dtype, copy=True)
+        grad_u = (go + d_nu.unsqueeze(-1) * _unit(u_acc, nu)).to(u.dtype, copy=True)
+        grad_du = (grad_du + d_ndu.unsqueeze(-1) * _unit(du_acc, ndu)).to(du.dtype, copy=True)
+        grad_phi_prev = (beta * d_phi).to(phi_prev.dtype, copy=True) if phi_prev is not None else None
         return grad_u, grad_du, grad_du_prev, grad_phi_prev, None

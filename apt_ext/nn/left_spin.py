@@ -29,8 +29,6 @@ which resets the chain at the start of every ``model(...)`` call.
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -38,15 +36,6 @@ from torch.utils.hooks import RemovableHandle
 from apt_ext.left_spin._ops import left_spin_residual
 from apt_ext.left_spin.decomposed import left_spin_residual_decomposed
 from apt_ext.left_spin.params import COMPILED_FORMS, DEFAULTS, LeftSpinParams
-
-
-# Whether sites built with compiled_form="decomposed" trace the decomposed form for CUDA tensors.
-# Off: on an H100 with torch 2.11, a compiled training step with it got wrong gradients for every
-# parameter upstream of the sites (relative error 1.0), under aot_eager as under inductor, so the
-# traced graph is wrong, not inductor's kernels (tests/gpu/test_model_gpu.py, twenty-fifth and
-# twenty-sixth sessions; docs/left_spin.md); on the CPU with torch 2.13 it matches eager. Such sites
-# run the op on CUDA tensors until a GPU run passes with this on (the GPU tests set it to probe).
-DECOMPOSED_ON_CUDA = False
 
 
 class LeftSpinChain:
@@ -99,9 +88,8 @@ class LeftSpinResidual(nn.Module):
 
     ``compiled_form`` picks what ``torch.compile`` traces: ``"op"`` (default) the fused op, one
     opaque kernel; ``"decomposed"`` the same math in torch operations
-    (``apt_ext.left_spin.decomposed``), which inductor can fuse with the kernels around the site;
-    for CUDA tensors it runs the op too (``DECOMPOSED_ON_CUDA``: its compiled gradients were wrong
-    on an H100) and warns at construction where CUDA is available. Eager calls always run the op.
+    (``apt_ext.left_spin.decomposed``), which inductor can fuse with the kernels around the site.
+    Eager calls always run the op.
     """
 
     def __init__(self, alpha: float = DEFAULTS.alpha, tau: float = DEFAULTS.tau, beta: float = DEFAULTS.beta,
@@ -111,10 +99,6 @@ class LeftSpinResidual(nn.Module):
         super().__init__()
         if compiled_form not in COMPILED_FORMS:
             raise ValueError(f"compiled_form: expected one of {COMPILED_FORMS}, got {compiled_form!r}")
-        if compiled_form == "decomposed" and torch.cuda.is_available() and not DECOMPOSED_ON_CUDA:
-            warnings.warn("compiled_form='decomposed' runs the op on CUDA tensors: a compiled training step with the "
-                          "decomposed form got wrong gradients on an H100 (torch 2.11; docs/left_spin.md)",
-                          stacklevel=2)
         self.compiled_form = compiled_form
         if params is not None and not isinstance(params, LeftSpinParams):
             raise TypeError(f"params: expected a LeftSpinParams or None, got {type(params).__name__}")
@@ -134,8 +118,7 @@ class LeftSpinResidual(nn.Module):
         if du_prev is not None and du_prev.dtype != du.dtype:  # e.g. a float32 site after a bf16 one
             du, du_prev = du.to(u.dtype), du_prev.to(u.dtype)
         phi_prev = chain.phi_prev if chain is not None else None
-        if (self.compiled_form == "decomposed" and torch.compiler.is_compiling()
-                and (u.device.type != "cuda" or DECOMPOSED_ON_CUDA)):
+        if self.compiled_form == "decomposed" and torch.compiler.is_compiling():
             out, phi = left_spin_residual_decomposed(u, du, du_prev, phi_prev, self.params)
         else:
             out, phi = left_spin_residual(u, du, du_prev, phi_prev, params=self.params)

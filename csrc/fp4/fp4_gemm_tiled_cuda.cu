@@ -222,13 +222,63 @@ __device__ __forceinline__ bool gather_splits(float (&acc)[TW][XB][4], const Til
   return true;
 }
 
-// Grid: (ceil(n_tiles / (TW WN)) * m_blocks, splits) blocks (m_blocks = ceil(m / (8 XB)), the x
-// block varying fastest along x), 256 threads. Warp w: tiles TW ((blockIdx.x / m_blocks) * WN +
-// w % WN) + u, K part blockIdx.y * KW + w / WN of KW * splits. args.rw = WN, args.kw = KW,
-// args.steps_per_part = ceil(steps / (KW * splits)). P: the products by mma.sync or by wgmma
-// (sm_90a; KW 1 or 2, so that each warpgroup lies in one K part), and how x is staged for them.
-template <Format F, bool kGelu, int TW, int XB, GemmProduct P>
-__global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled_kernel(const TiledLinearArgs args) {
+// Stream-K (args.stream_k, one K part): this block's sums acc of output block ob, the part of
+// its K steps that the block's units cover (`head`: ob is the block's first output block). Where
+// one block covered all of ob, returns true at once; else each block that covered part of it
+// publishes its sums in its slot (two per block: its first output block's, its last's), and the
+// last to finish adds every such block's sums, in block order (deterministic), into acc and
+// returns true. Every thread of the block calls it.
+template <int TW, int XB>
+__device__ __forceinline__ bool streamk_gather(float (&acc)[TW][XB][4], const TiledLinearArgs& args, int64_t ob,
+                                               bool head, int wn, int lane) {
+  const int64_t steps = args.steps, units = args.out_blocks * steps, blocks = gridDim.x;
+  auto owner = [&](int64_t unit) { return ((unit + 1) * blocks - 1) / units; };  // the block whose units hold it
+  const int64_t first = owner(ob * steps), last = owner((ob + 1) * steps - 1);
+  if (first == last) return true;
+  constexpr int kSums = TW * XB * 4;
+  const int64_t threads = static_cast<int64_t>(args.rw) * 32;
+  auto slot = [&](int64_t block, bool first_ob) {
+    return args.partials + (2 * block + (first_ob ? 0 : 1)) * kSums * threads + wn * 32 + lane;
+  };
+  float* dst = slot(blockIdx.x, head);
+#pragma unroll
+  for (int u = 0; u < TW; ++u)
+#pragma unroll
+    for (int i = 0; i < XB; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dst[((u * XB + i) * 4 + e) * threads] = acc[u][i][e];
+  __threadfence();  // the sums are visible device-wide before the arrival is counted
+  __syncthreads();
+  __shared__ int is_last;
+  if (threadIdx.x == 0) is_last = atomicAdd(args.arrivals + ob, 1) == last - first;
+  __syncthreads();
+  if (!is_last) return false;
+  __threadfence();
+#pragma unroll
+  for (int u = 0; u < TW; ++u)
+#pragma unroll
+    for (int i = 0; i < XB; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
+  for (int64_t c = first; c <= last; ++c) {
+    const float* src = slot(c, c * units / blocks / steps == ob);
+#pragma unroll
+    for (int u = 0; u < TW; ++u)
+#pragma unroll
+      for (int i = 0; i < XB; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[u][i][e] += __ldcg(src + ((u * XB + i) * 4 + e) * threads);
+  }
+  return true;
+}
+
+// One block's sums acc for output block `ob` (x block ob % m_blocks, weight tiles (ob / m_blocks)
+// * WN + w % WN) + u of warp w) over its K part's steps s_begin .. s_begin + n_steps - 1; the
+// pipeline runs loop_steps steps (every warp of the block the same number: its barriers must
+// match), a K part with fewer skipping the work of the extra ones. P: the products by mma.sync or
+// by wgmma (sm_90a; KW 1 or 2, so that each warpgroup lies in one K part), and how x is staged for
+// them. Ends with every copy landed and a barrier: the x stages are free again.
+template <Format F, int TW, int XB, GemmProduct P>
+__device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const TiledLinearArgs& args, unsigned ob,
+                                                int s_begin, int n_steps, int loop_steps) {
   static_assert(F != Format::NF4, "nf4 decodes through a shared-memory table: the GEMV path");
   constexpr bool kWg = is_wgmma(P), kTranspose = P == GemmProduct::kWgmmaTranspose;
   constexpr int kBlockRows = 8 * XB;                           // rows of x per block
@@ -239,13 +289,10 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   constexpr int kXCopyAhead = x_copy_ahead(P);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wn = warp % args.rw, part = warp / args.rw;
-  const int64_t m_block = blockIdx.x % args.m_blocks;
-  const int64_t tile0 = (static_cast<int64_t>(blockIdx.x / args.m_blocks) * args.rw + wn) * TW;
-  const int64_t row_first = m_block * kBlockRows;
-  // 32-bit step counters spare registers (launch_gemm_tiled checks that K's columns fit 31 bits).
-  const int steps = static_cast<int>(args.steps), steps_per_part = static_cast<int>(args.steps_per_part);
-  const int s_begin = (static_cast<int>(blockIdx.y) * args.kw + part) * steps_per_part;
-  const int n_steps = s_begin >= steps ? 0 : min(steps - s_begin, steps_per_part);
+  // 32-bit unsigned block arithmetic (launch_gemm_tiled checks that the output blocks fit 31 bits):
+  // 64-bit divisions here cost the main loop registers
+  const int64_t tile0 = (static_cast<int64_t>(ob / args.m_blocks) * args.rw + wn) * TW;
+  const int64_t row_first = static_cast<int64_t>(ob % args.m_blocks) * kBlockRows;
   const bool has_tile = tile0 < args.n_tiles;
 
   extern __shared__ __align__(128) unsigned char dyn_smem[];
@@ -300,7 +347,6 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
     }
   };
 
-  float acc[TW][XB][4];
 #pragma unroll
   for (int u = 0; u < TW; ++u)
 #pragma unroll
@@ -327,7 +373,7 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
     if (n_steps > 0) transpose_x_step(0);
   }
 
-  // Every warp runs steps_per_part steps (the block's barriers must match); a K part with fewer
+  // Every warp runs loop_steps steps (the block's barriers must match); a K part with fewer
   // steps, or (mma.sync) a warp without tiles, skips the work of the extra ones. Step s uses ring
   // slot I = s % kWeightStages, a compile-time index (the loop is unrolled by the ring's depth)
   // so that the ring stays in registers.
@@ -396,9 +442,9 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
     ring.advance(args);
   };
   static_assert(kWeightStages == 2, "the loop below is unrolled by the ring's depth");
-  for (int s = 0; s < steps_per_part; s += kWeightStages) {
+  for (int s = 0; s < loop_steps; s += kWeightStages) {
     step(s, std::integral_constant<int, 0>{});
-    if (s + 1 < steps_per_part) step(s + 1, std::integral_constant<int, 1>{});
+    if (s + 1 < loop_steps) step(s + 1, std::integral_constant<int, 1>{});
   }
   if constexpr (kWg) {
     wgmma_wait<0>();
@@ -406,14 +452,52 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
     for (int u = 0; u < TW; ++u) wgmma_fence_operands(acc[u]);
   }
   cp_async_wait<0>();
-  __syncthreads();  // the x stages are reused for the K-part sums
+  __syncthreads();  // the x stages are reused for the K-part sums, or by the next output block
+}
 
-  // K parts 1.. hand their sums to part 0 through shared memory (the x stages, free now); then
-  // the splits' sums meet through global memory.
-  reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem), part, args.rw, wn, args.kw, lane);
-  if (!gather_splits(acc, args, part, wn, lane)) return;
-  if (part != 0 || !has_tile) return;
-  store_outputs<at::BFloat16, kGelu>(acc, args, tile0, row_first, g, t);
+// Grid, without stream-K: (ceil(n_tiles / (TW WN)) * m_blocks, splits) blocks (m_blocks =
+// ceil(m / (8 XB)), the x block varying fastest along x), 256 threads; block (o, y) computes
+// output block o, warp w its K part y * KW + w / WN of KW * splits (args.steps_per_part =
+// ceil(steps / (KW * splits)) steps each). args.rw = WN, args.kw = KW.
+// With kStreamK (KW 1): gridDim.x blocks share args.out_blocks * steps units (an output block's
+// K steps in order, output blocks one after another) evenly, block b taking units b * U /
+// gridDim.x up to the next block's first; streamk_gather adds the pieces of an output block that
+// more than one block computed. A template argument, not a run-time branch: with both paths in
+// one kernel ptxas serialized every wgmma and spilled.
+template <Format F, bool kGelu, int TW, int XB, GemmProduct P, bool kStreamK>
+__global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled_kernel(const TiledLinearArgs args) {
+  extern __shared__ __align__(128) unsigned char dyn_smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int wn = warp % args.rw, part = warp / args.rw;
+  float acc[TW][XB][4];
+  auto store = [&](unsigned ob) {
+    const int64_t tile0 = (static_cast<int64_t>(ob / args.m_blocks) * args.rw + wn) * TW;
+    if (part == 0 && tile0 < args.n_tiles) {
+      store_outputs<at::BFloat16, kGelu>(acc, args, tile0, static_cast<int64_t>(ob % args.m_blocks) * (8 * XB),
+                                         lane >> 2, lane & 3);
+    }
+  };
+  if constexpr (kStreamK) {
+    const int64_t steps = args.steps, units = args.out_blocks * steps, blocks = gridDim.x;
+    const int64_t lo = blockIdx.x * units / blocks, hi = (blockIdx.x + int64_t{1}) * units / blocks;
+    for (int64_t u = lo; u < hi;) {
+      const int64_t ob = u / steps, s0 = u - ob * steps, n = min(steps - s0, hi - u);
+      gemm_block_sums<F, TW, XB, P>(acc, args, static_cast<unsigned>(ob), static_cast<int>(s0), static_cast<int>(n),
+                                    static_cast<int>(n));
+      if (streamk_gather(acc, args, ob, u == lo, wn, lane)) store(static_cast<unsigned>(ob));
+      u += n;
+    }
+  } else {
+    // 32-bit step counters spare registers (launch_gemm_tiled checks that K's columns fit 31 bits).
+    const int steps = static_cast<int>(args.steps), steps_per_part = static_cast<int>(args.steps_per_part);
+    const int s_begin = (static_cast<int>(blockIdx.y) * args.kw + part) * steps_per_part;
+    const int n_steps = s_begin >= steps ? 0 : min(steps - s_begin, steps_per_part);
+    gemm_block_sums<F, TW, XB, P>(acc, args, blockIdx.x, s_begin, n_steps, steps_per_part);
+    // K parts 1.. hand their sums to part 0 through shared memory (the x stages, free now); then
+    // the splits' sums meet through global memory.
+    reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem), part, args.rw, wn, args.kw, lane);
+    if (gather_splits(acc, args, part, wn, lane)) store(blockIdx.x);
+  }
 }
 
 // Every (TW, XB) built for either kind of product (warp_tile_built says which kind).
@@ -483,10 +567,12 @@ EnvGemm parse_env_gemm(const char* env) {
   if (rows == 0) rows = tiles >= 4 ? 32 : 64;
   const auto product = static_cast<GemmProduct>(mma);
   const bool ok = got >= 1 && min_rows >= 0 && mma >= 0 && mma <= 2 && k_parts_ok(k_parts, product) &&
-                  splits >= 0 && rows % 8 == 0 && warp_tile_built(tiles, rows / 8, product) &&
+                  splits >= -1 &&
+                  (splits >= 0 || (k_parts == 1 && product == GemmProduct::kWgmmaTranspose)) && rows % 8 == 0 && warp_tile_built(tiles, rows / 8, product) &&
                   gemm_smem_bytes(tiles, rows / 8, k_parts, product) <= kMaxSmem;
   TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]' with "
-                    "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), mma 0 (mma.sync), 1 "
+                    "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) or -1 (stream-K, with k_parts 1 and "
+                    "mma 2), mma 0 (mma.sync), 1 "
                     "(wgmma, x copied word by word) or 2 (wgmma, x transposed in shared memory; both wgmma kinds "
                     "take k_parts 1 or 2) and a warp tile (tiles_per_warp, rows of x per block) built for it: "
                     "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
@@ -544,25 +630,43 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
   TORCH_CHECK_VALUE(args.steps * kStepCols < (int64_t{1} << 31), "fp4_linear_tiled: the GEMM takes K below 2^31, got ",
                     args.steps * kStepCols, " columns (padded)");
   // Blocks along K: as asked, or (0) enough to fill every multiprocessor (one or two blocks
-  // each, as compiled), keeping at least kMinStepsPerPart steps per K part.
-  int64_t splits = cfg.splits;
-  if (splits == 0) {
-    const int64_t slots = static_cast<int64_t>(sm_count(like.get_device())) * blocks_per_sm(tw, xb);
-    splits = blocks >= slots ? 1 : (slots + blocks - 1) / blocks;
-  }
-  splits = std::max<int64_t>(1, std::min<int64_t>({splits, args.steps / (kMinStepsPerPart * args.kw), 65535}));
-  args.splits = static_cast<int>(splits);
-  args.steps_per_part = (args.steps + args.kw * splits - 1) / (args.kw * splits);
+  // each, as compiled), keeping at least kMinStepsPerPart steps per K part. Stream-K (-1): one
+  // block per such slot, sharing every output block's K steps evenly (at least kMinStepsPerPart
+  // each).
+  const int64_t slots = static_cast<int64_t>(sm_count(like.get_device())) * blocks_per_sm(tw, xb);
+  const int64_t sums = static_cast<int64_t>(tw) * xb * 4 * args.rw * 32;  // floats of one block's sums
   args.m_blocks = static_cast<int>(m_blocks);
+  args.out_blocks = blocks;
+  const bool stream_k = cfg.splits < 0;
   at::Tensor partials, arrivals;
-  if (splits > 1) {
-    const int64_t sums = static_cast<int64_t>(tw) * xb * 4 * args.rw * 32;
-    partials = at::empty({blocks * splits * sums}, like.options().dtype(at::kFloat));
+  dim3 grid;
+  if (stream_k) {
+    TORCH_CHECK_VALUE(cfg.k_parts == 1 && product == GemmProduct::kWgmmaTranspose,
+                      "fp4_linear_tiled: the stream-K GEMM (splits -1) is built for one K part and the transposing "
+                      "wgmma product (sixth field 2), got ", cfg.k_parts, " K parts and product ",
+                      static_cast<int>(product));
+    const int64_t workers = std::max<int64_t>(1, std::min(slots, blocks * args.steps / kMinStepsPerPart));
+    args.splits = 1;
+    args.steps_per_part = args.steps;
+    partials = at::empty({2 * workers * sums}, like.options().dtype(at::kFloat));
     arrivals = at::zeros({blocks}, like.options().dtype(at::kInt));
     args.partials = partials.mutable_data_ptr<float>();
     args.arrivals = arrivals.mutable_data_ptr<int>();
+    grid = dim3(static_cast<unsigned>(workers));
+  } else {
+    int64_t splits = cfg.splits;
+    if (splits == 0) splits = blocks >= slots ? 1 : (slots + blocks - 1) / blocks;
+    splits = std::max<int64_t>(1, std::min<int64_t>({splits, args.steps / (kMinStepsPerPart * args.kw), 65535}));
+    args.splits = static_cast<int>(splits);
+    args.steps_per_part = (args.steps + args.kw * splits - 1) / (args.kw * splits);
+    if (splits > 1) {
+      partials = at::empty({blocks * splits * sums}, like.options().dtype(at::kFloat));
+      arrivals = at::zeros({blocks}, like.options().dtype(at::kInt));
+      args.partials = partials.mutable_data_ptr<float>();
+      args.arrivals = arrivals.mutable_data_ptr<int>();
+    }
+    grid = dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(splits));
   }
-  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(splits));
   auto go = [&](auto kernel) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     kernel<<<grid, kWarps * 32, smem, stream>>>(args);
@@ -572,13 +676,23 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
     constexpr int TW = decltype(tw_c)::value, XB = decltype(xb_c)::value;
     constexpr GemmProduct P = decltype(product_c)::value;
     if constexpr (warp_tile_built(TW, XB, P)) {
-      if (f == Format::NVFP4) {
-        gelu ? go(gemm_tiled_kernel<Format::NVFP4, true, TW, XB, P>)
-             : go(gemm_tiled_kernel<Format::NVFP4, false, TW, XB, P>);
-      } else {
-        gelu ? go(gemm_tiled_kernel<Format::MXFP4, true, TW, XB, P>)
-             : go(gemm_tiled_kernel<Format::MXFP4, false, TW, XB, P>);
+      auto by_format = [&](auto stream_k_c) {
+        constexpr bool kStreamK = decltype(stream_k_c)::value;
+        if (f == Format::NVFP4) {
+          gelu ? go(gemm_tiled_kernel<Format::NVFP4, true, TW, XB, P, kStreamK>)
+               : go(gemm_tiled_kernel<Format::NVFP4, false, TW, XB, P, kStreamK>);
+        } else {
+          gelu ? go(gemm_tiled_kernel<Format::MXFP4, true, TW, XB, P, kStreamK>)
+               : go(gemm_tiled_kernel<Format::MXFP4, false, TW, XB, P, kStreamK>);
+        }
+      };
+      if constexpr (P == GemmProduct::kWgmmaTranspose) {
+        if (stream_k) {
+          by_format(std::true_type{});
+          return;
+        }
       }
+      by_format(std::false_type{});
     }
   };
   dispatch_warp_tile(tw, xb, product, [&](auto tw_c, auto xb_c) {

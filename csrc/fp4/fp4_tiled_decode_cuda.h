@@ -166,9 +166,14 @@ struct TiledLinearArgs {
   // GEMM only: blocks along K (gridDim.y) whose sums meet through `partials` ([gridDim.x *
   // splits][sums per block] floats), the last block of each output block adding them in split
   // order; `arrivals` ([gridDim.x] int32, zero before the launch) counts the finished ones.
+  // The stream-K GEMM (one K part): gridDim.x blocks share out_blocks output blocks' K steps
+  // evenly; the pieces of an output block meet through `partials` ([2 gridDim.x][sums per block]
+  // floats: each block's first and last output block), `arrivals` ([out_blocks] int32, zero
+  // before the launch) counting them.
   int splits;
   float* partials;
   int* arrivals;
+  int64_t out_blocks;
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
 };
 

@@ -137,7 +137,9 @@ def test_gemv_launch_variants(launch, monkeypatch):
 # wgmma with x copied word by word (mma 1) and transposed in shared memory (mma 2).
 WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,1", "17,1,0,2,64,1", "17,2,3,2,64,1",
                  "17,1,0,1,128,1", "17,1,3,1,128,1", "1,1,0,1,8,1", "1,2,0,2,8,1", "1,1,0,1,16,1", "1,1,3,2,16,1",
-                 "17,1,0,2,32,2", "1,2,5,1,64,2", "17,1,0,2,64,2", "17,2,3,2,64,2", "17,1,0,1,128,2"]
+                 "17,1,0,2,32,2", "1,2,5,1,64,2", "17,1,0,2,64,2", "17,2,3,2,64,2", "17,1,0,1,128,2",
+                 # stream-K (splits -1): output blocks' K steps shared evenly by one block per slot
+                 "17,1,-1,2,32,2", "1,1,-1,1,64,2", "1,1,-1,2,64,2", "17,1,-1,1,128,2"]
 
 
 def _wgmma_runs() -> bool:
@@ -187,11 +189,13 @@ def test_wgmma_gemm_operand_layouts(gemm, monkeypatch):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize("gemm", ["17,1,0,1,8,2", "17,1,0,2,64,3", "17,4,0,2,32,1", "17,2,0,1,128,2", "17,1,0,2,48"])
+@pytest.mark.parametrize("gemm", ["17,1,0,1,8,2", "17,1,0,2,64,3", "17,4,0,2,32,1", "17,2,0,1,128,2", "17,1,0,2,48",
+                                  "17,2,-1,2,64,2", "17,1,-1,2,64,0", "17,1,-2,2,64,2"])
 def test_gemm_config_rejects_what_is_not_built(gemm, monkeypatch):
     """APT_FP4_GEMM naming a product, K parts or warp tile that no kernel was built for (the
     transposing wgmma at 8 rows, mma 3, wgmma with 4 K parts, 1 x 128 with 2 K parts: over the
-    shared memory, 48 rows) is a ValueError that quotes the variable, not a launch."""
+    shared memory, 48 rows; stream-K with 2 K parts or mma.sync, splits -2) is a ValueError that
+    quotes the variable, not a launch."""
     monkeypatch.setenv("APT_FP4_GEMM", gemm)
     with pytest.raises(ValueError, match="APT_FP4_GEMM"):
         _check("nvfp4", 64, torch.bfloat16, False, n=300, k=4192, apt_seed=17)
@@ -223,8 +227,9 @@ def test_tiled_gemm_path(gemm, monkeypatch):
     around its 32-, 64- and 128-row blocks, a number of tiles that leaves a warp's last tiles
     missing (N = 300: 19 tiles; with wgmma, whole warpgroups and single warps without a tile of
     their own), K = 4192 (33 steps: K parts and splits of unequal length), blocks along K chosen
-    per shape (0) or given, with bias and with GELU; rows below min_rows, nf4 and float16 x still
-    take the GEMV and stay correct."""
+    per shape (0) or given or stream-K (-1: with few output blocks, many blocks add pieces of one),
+    with bias and with GELU; rows below min_rows, nf4 and float16 x still take the GEMV and stay
+    correct."""
     if gemm in WGMMA_CONFIGS and not _wgmma_runs():
         pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
     monkeypatch.setenv("APT_FP4_GEMM", gemm)

@@ -177,6 +177,49 @@ constexpr bool warp_tile_built(int tw, int xb, GemmProduct p) {
 // 8 / KW warps along N must be a multiple of 4.
 constexpr bool k_parts_ok(int kw, GemmProduct p) { return kw == 1 || kw == 2 || (kw == 4 && !is_wgmma(p)); }
 
+// Publishing a block's sums for another block to add (split-K and stream-K): a thread's sum e
+// of acc[TW][XB][4] (e = (u XB + i) 4 + c) lies at its slot pointer + e * stride.
+// publish_sums writes them (where `write`), then counts the block's arrival at *counter; returns,
+// the same in every thread, whether the block was the last of `blocks` to arrive (then the
+// others' sums are visible to it). Every thread of the block calls it.
+template <int TW, int XB>
+__device__ __forceinline__ bool publish_sums(const float (&acc)[TW][XB][4], float* dst, int64_t stride, bool write,
+                                             int* counter, int64_t blocks) {
+  if (write) {
+#pragma unroll
+    for (int u = 0; u < TW; ++u)
+#pragma unroll
+      for (int i = 0; i < XB; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dst[((u * XB + i) * 4 + e) * stride] = acc[u][i][e];
+  }
+  __threadfence();  // the sums are visible device-wide before the arrival is counted
+  __syncthreads();
+  __shared__ int is_last;
+  if (threadIdx.x == 0) is_last = atomicAdd(counter, 1) == blocks - 1;
+  __syncthreads();
+  if (!is_last) return false;
+  __threadfence();
+  return true;
+}
+// acc = 0, then add_published adds the sums published at src (L2 reads: other blocks wrote them).
+template <int TW, int XB>
+__device__ __forceinline__ void zero_sums(float (&acc)[TW][XB][4]) {
+#pragma unroll
+  for (int u = 0; u < TW; ++u)
+#pragma unroll
+    for (int i = 0; i < XB; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
+}
+template <int TW, int XB>
+__device__ __forceinline__ void add_published(float (&acc)[TW][XB][4], const float* src, int64_t stride) {
+#pragma unroll
+  for (int u = 0; u < TW; ++u)
+#pragma unroll
+    for (int i = 0; i < XB; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[u][i][e] += __ldcg(src + ((u * XB + i) * 4 + e) * stride);
+}
+
 // With args.splits > 1: part 0's warps publish their sums, and the block that finishes its output
 // block last adds every split's sums (its own included) in split order into `acc`. Returns
 // whether this block holds the final sums. Every thread of the block calls it.
@@ -184,50 +227,24 @@ template <int TW, int XB>
 __device__ __forceinline__ bool gather_splits(float (&acc)[TW][XB][4], const TiledLinearArgs& args, int part,
                                               int wn, int lane) {
   if (args.splits <= 1) return true;
-  constexpr int kSums = TW * XB * 4;
   const int64_t threads0 = static_cast<int64_t>(args.rw) * 32;  // part 0's threads
-  const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * args.splits;
-  const int64_t at = wn * 32 + lane;
+  constexpr int kSums = TW * XB * 4;
+  float* slot0 = args.partials + static_cast<int64_t>(blockIdx.x) * args.splits * kSums * threads0 + wn * 32 + lane;
+  float* mine = slot0 + blockIdx.y * kSums * threads0;
+  if (!publish_sums(acc, mine, threads0, part == 0, args.arrivals + blockIdx.x, args.splits)) return false;
   if (part == 0) {
-    float* dst = args.partials + (slot0 + blockIdx.y) * kSums * threads0 + at;
-#pragma unroll
-    for (int u = 0; u < TW; ++u)
-#pragma unroll
-      for (int i = 0; i < XB; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dst[((u * XB + i) * 4 + e) * threads0] = acc[u][i][e];
-  }
-  __threadfence();  // the sums are visible device-wide before the arrival is counted
-  __syncthreads();
-  __shared__ int is_last;
-  if (threadIdx.x == 0) is_last = atomicAdd(args.arrivals + blockIdx.x, 1) == args.splits - 1;
-  __syncthreads();
-  if (!is_last) return false;
-  __threadfence();
-  if (part == 0) {
-#pragma unroll
-    for (int u = 0; u < TW; ++u)
-#pragma unroll
-      for (int i = 0; i < XB; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
-    for (int sp = 0; sp < args.splits; ++sp) {
-      const float* src = args.partials + (slot0 + sp) * kSums * threads0 + at;
-#pragma unroll
-      for (int u = 0; u < TW; ++u)
-#pragma unroll
-        for (int i = 0; i < XB; ++i)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[u][i][e] += __ldcg(src + ((u * XB + i) * 4 + e) * threads0);
-    }
+    zero_sums(acc);
+    for (int sp = 0; sp < args.splits; ++sp) add_published(acc, slot0 + sp * kSums * threads0, threads0);
   }
   return true;
 }
 
-// Stream-K (args.stream_k, one K part): this block's sums acc of output block ob, the part of
-// its K steps that the block's units cover (`head`: ob is the block's first output block). Where
-// one block covered all of ob, returns true at once; else each block that covered part of it
-// publishes its sums in its slot (two per block: its first output block's, its last's), and the
-// last to finish adds every such block's sums, in block order (deterministic), into acc and
-// returns true. Every thread of the block calls it.
+// Stream-K (one K part): this block's sums acc of output block ob, the part of its K steps that
+// the block's units cover (`head`: ob is the block's first output block). Where one block
+// covered all of ob, returns true at once; else each block that covered part of it publishes its
+// sums in its slot (two per block: its first output block's, its last's), and the last to finish
+// adds every such block's sums, in block order (deterministic), into acc and returns true. Every
+// thread of the block calls it.
 template <int TW, int XB>
 __device__ __forceinline__ bool streamk_gather(float (&acc)[TW][XB][4], const TiledLinearArgs& args, int64_t ob,
                                                bool head, int wn, int lane) {
@@ -240,33 +257,9 @@ __device__ __forceinline__ bool streamk_gather(float (&acc)[TW][XB][4], const Ti
   auto slot = [&](int64_t block, bool first_ob) {
     return args.partials + (2 * block + (first_ob ? 0 : 1)) * kSums * threads + wn * 32 + lane;
   };
-  float* dst = slot(blockIdx.x, head);
-#pragma unroll
-  for (int u = 0; u < TW; ++u)
-#pragma unroll
-    for (int i = 0; i < XB; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dst[((u * XB + i) * 4 + e) * threads] = acc[u][i][e];
-  __threadfence();  // the sums are visible device-wide before the arrival is counted
-  __syncthreads();
-  __shared__ int is_last;
-  if (threadIdx.x == 0) is_last = atomicAdd(args.arrivals + ob, 1) == last - first;
-  __syncthreads();
-  if (!is_last) return false;
-  __threadfence();
-#pragma unroll
-  for (int u = 0; u < TW; ++u)
-#pragma unroll
-    for (int i = 0; i < XB; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
-  for (int64_t c = first; c <= last; ++c) {
-    const float* src = slot(c, c * units / blocks / steps == ob);
-#pragma unroll
-    for (int u = 0; u < TW; ++u)
-#pragma unroll
-      for (int i = 0; i < XB; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[u][i][e] += __ldcg(src + ((u * XB + i) * 4 + e) * threads);
-  }
+  if (!publish_sums(acc, slot(blockIdx.x, head), threads, true, args.arrivals + ob, last - first + 1)) return false;
+  zero_sums(acc);
+  for (int64_t c = first; c <= last; ++c) add_published(acc, slot(c, c * units / blocks / steps == ob), threads);
   return true;
 }
 
@@ -347,10 +340,7 @@ __device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const T
     }
   };
 
-#pragma unroll
-  for (int u = 0; u < TW; ++u)
-#pragma unroll
-    for (int i = 0; i < XB; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
+  zero_sums(acc);
 
   // Weights: the GEMV's register ring (WeightRing), two steps ahead. With mma.sync a warp without
   // tiles loads nothing; with wgmma every warp of a warpgroup must take part in its wgmma, so

@@ -123,7 +123,8 @@ def test_compiled_sites_trace_the_decomposed_math(monkeypatch, device):
 
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     calls = []
-    monkeypatch.setattr(nn_left_spin, "left_spin_residual_decomposed", lambda *a: calls.append("decomposed") or (a[0], None))
+    monkeypatch.setattr(nn_left_spin, "left_spin_residual_decomposed",
+                        lambda *a: calls.append("decomposed") or (a[0], None))
     monkeypatch.setattr(nn_left_spin, "left_spin_residual", lambda *a, **k: calls.append("op") or (a[0], None))
     with FakeTensorMode():
         for form in ("decomposed", "op"):

@@ -76,12 +76,13 @@ class _DecomposedLeftSpin(torch.autograd.Function):
     and several per-row norms per site, and inductor's fused kernel that stored those norms
     failed to compile with Triton 3.6 ("operand does not dominate this use").
 
-    Every dtype cast here copies (``copy=True``; compiled, the copies fuse away). With float32
-    inputs (a float32 residual stream, as under bf16 autocast) the casts are no-ops, and on an H100
-    with torch 2.11 dynamo's trace of this Function then gave every input a wrong gradient
-    (relative error about 1.0; under dynamo's eager backend too, so the trace, not inductor), while
-    the outputs stayed right; with the casts copying, all matched the op within 3e-7
-    (twenty-seventh session; copying only the casts to the accumulation dtype did not fix it). The
+    The casts of the output, of the gradients and of u and du copy (``copy=True``; compiled, the
+    copies fuse away). With float32 inputs (a float32 residual stream, as under bf16 autocast)
+    plain casts are no-ops, and on an H100 with torch 2.11 dynamo's trace of this Function then
+    gave every input a wrong gradient (relative error about 1.0; under dynamo's eager backend too,
+    so the trace, not inductor), while the outputs stayed right; with these casts copying, all
+    matched the op within 3e-7 (twenty-seventh session; copying only the casts to the
+    accumulation dtype did not fix it). The
     CPU with torch 2.13 was right either way, so the GPU test
     (tests/gpu/test_model_gpu.py::test_compiled_step_gradients_match_eager) is the one that catches it."""
 
@@ -123,7 +124,8 @@ class _DecomposedLeftSpin(torch.autograd.Function):
             diff_unit = _unit(diff, nd)
             grad_du = grad_du + d_nd.unsqueeze(-1) * diff_unit
             d_ndu = d_ndu + d_spread
-            grad_du_prev = (d_spread.unsqueeze(-1) * _unit(prev, ndp) - d_nd.unsqueeze(-1) * diff_unit).to(du_prev.dtype, copy=True)
+            grad_du_prev = (d_spread.unsqueeze(-1) * _unit(prev, ndp)
+                            - d_nd.unsqueeze(-1) * diff_unit).to(du_prev.dtype, copy=True)
         grad_u = (go + d_nu.unsqueeze(-1) * _unit(u_acc, nu)).to(u.dtype, copy=True)
         grad_du = (grad_du + d_ndu.unsqueeze(-1) * _unit(du_acc, ndu)).to(du.dtype, copy=True)
         grad_phi_prev = (beta * d_phi).to(phi_prev.dtype, copy=True) if phi_prev is not None else None

@@ -263,8 +263,8 @@ __device__ __forceinline__ bool streamk_gather(float (&acc)[TW][XB][4], const Ti
   return true;
 }
 
-// One block's sums acc for output block `ob` (x block ob % m_blocks, weight tiles (ob / m_blocks)
-// * WN + w % WN) + u of warp w) over its K part's steps s_begin .. s_begin + n_steps - 1; the
+// One block's sums acc for output block `ob` (x block ob % m_blocks; warp w's weight tiles
+// TW ((ob / m_blocks) WN + w % WN) + u) over its K part's steps s_begin .. s_begin + n_steps - 1; the
 // pipeline runs loop_steps steps (every warp of the block the same number: its barriers must
 // match), a K part with fewer skipping the work of the extra ones. P: the products by mma.sync or
 // by wgmma (sm_90a; KW 1 or 2, so that each warpgroup lies in one K part), and how x is staged for
@@ -556,15 +556,16 @@ EnvGemm parse_env_gemm(const char* env) {
   const int got = std::sscanf(env, "%lld,%d,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows, &mma);
   if (rows == 0) rows = tiles >= 4 ? 32 : 64;
   const auto product = static_cast<GemmProduct>(mma);
+  const bool stream_k_ok = k_parts == 1 && product == GemmProduct::kWgmmaTranspose;  // splits -1
   const bool ok = got >= 1 && min_rows >= 0 && mma >= 0 && mma <= 2 && k_parts_ok(k_parts, product) &&
-                  splits >= -1 &&
-                  (splits >= 0 || (k_parts == 1 && product == GemmProduct::kWgmmaTranspose)) && rows % 8 == 0 && warp_tile_built(tiles, rows / 8, product) &&
+                  (splits >= 0 || (splits == -1 && stream_k_ok)) && rows % 8 == 0 &&
+                  warp_tile_built(tiles, rows / 8, product) &&
                   gemm_smem_bytes(tiles, rows / 8, k_parts, product) <= kMaxSmem;
   TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]' with "
-                    "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) or -1 (stream-K, with k_parts 1 and "
-                    "mma 2), mma 0 (mma.sync), 1 "
-                    "(wgmma, x copied word by word) or 2 (wgmma, x transposed in shared memory; both wgmma kinds "
-                    "take k_parts 1 or 2) and a warp tile (tiles_per_warp, rows of x per block) built for it: "
+                    "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) or -1 (stream-K, with "
+                    "k_parts 1 and mma 2), mma 0 (mma.sync), 1 (wgmma, x copied word by word) or 2 (wgmma, x "
+                    "transposed in shared memory; both wgmma kinds take k_parts 1 or 2) and a warp tile "
+                    "(tiles_per_warp, rows of x per block) built for it: "
                     "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
                     "mma 1 also (1 or 2, 8 or 16); rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only "
                     "with 32 rows, wgmma (1, 128) only with 1 (shared memory); got '", env, "'");

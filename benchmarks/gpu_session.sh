@@ -106,7 +106,7 @@ for arg in "$@"; do
     vgpu) stage vgpu $PY benchmarks/vgpu.py ;;
     vgpu_quick) stage vgpu_quick $PY benchmarks/vgpu.py --quick ;;
     vgpu_ssd) stage vgpu_ssd $PY benchmarks/vgpu.py --ssd-only
-      cp benchmarks/results/vgpu_ssd_*.json "$OUT/" 2>/dev/null ;;
+      cp "$(ls -t benchmarks/results/vgpu_ssd_*.json | head -n 1)" "$OUT/" 2>/dev/null ;;  # this run's, not the CPU one
     vvram) stage vvram $PY benchmarks/virtual_vram.py ${APT_VVRAM_TOKENS:+--new-tokens $APT_VVRAM_TOKENS} ${APT_VVRAM_ARGS:-} ;;  # APT_VVRAM_TOKENS: generated tokens per run (default 16); APT_VVRAM_ARGS: more flags (e.g. "--compare-lru --skip accelerate,ssd")
     vvram_quick) stage vvram_quick $PY benchmarks/virtual_vram.py --quick ;;
     model) stage model $PY benchmarks/model_throughput.py --profile ${APT_MODEL_ARGS:-}  # e.g. APT_MODEL_ARGS="--compiled-only --variants plain,left-spin --interleave 6 --tag ab"

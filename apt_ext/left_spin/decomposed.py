@@ -82,9 +82,9 @@ class _DecomposedLeftSpin(torch.autograd.Function):
     gave every input a wrong gradient (relative error about 1.0; under dynamo's eager backend too,
     so the trace, not inductor), while the outputs stayed right; with these casts copying, all
     matched the op within 3e-7 (twenty-seventh session; copying only the casts to the
-    accumulation dtype did not fix it). The
-    CPU with torch 2.13 was right either way, so the GPU test
-    (tests/gpu/test_model_gpu.py::test_compiled_step_gradients_match_eager) is the one that catches it."""
+    accumulation dtype did not fix it). The CPU with torch 2.13 was right either way, so the GPU
+    test (tests/gpu/test_model_gpu.py::test_compiled_step_gradients_match_eager) is the one that
+    catches it."""
 
     @staticmethod
     def forward(ctx, u, du, du_prev, phi_prev, params):

@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on GPUs (float32)")
     p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
                    help="torch.compile the model (MODE: " + ", ".join(COMPILE_MODES) + "; default 'default'; "
-                        "'reduce-overhead' replays the steps from CUDA graphs on GPUs)")
+                        "'reduce-overhead' replays the steps from CUDA graphs on GPUs, without --grad-accum)")
     p.add_argument("--fsdp", action="store_true", help="FSDP2 instead of DDP under torchrun")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     m = p.add_argument_group("model")

@@ -62,9 +62,9 @@ enum class GemmProduct : int {
 };
 // One launch configuration of the GEMM: its K parts per block (1, 2 or 4), its blocks along K (0:
 // enough to fill the GPU; -1: stream-K, one block per multiprocessor slot sharing every output
-// block's K steps evenly, one K part only), its tiles per warp and rows of x per block (a warp tile built for the
-// kind of product: mma.sync 2 x 64, 4 x 32, 2 x 32, 1 x 64; wgmma 2 x 32, 1 x 64, 2 x 64, 1 x 128,
-// and with word copies also 1 or 2 x 8 or 16) and the kind of product.
+// block's K steps evenly, one K part only), its tiles per warp and rows of x per block (a warp
+// tile built for the kind of product: mma.sync 2 x 64, 4 x 32, 2 x 32, 1 x 64; wgmma 2 x 32,
+// 1 x 64, 2 x 64, 1 x 128, and with word copies also 1 or 2 x 8 or 16) and the kind of product.
 struct GemmTiledConfig {
   int k_parts;
   int64_t splits;

@@ -398,8 +398,8 @@ def test_tiled_op_kernel_choice(rows, n, fmt, kernel, wgmma_kernel, apt_seed):
     nvfp4 / mxfp4 with bfloat16 x): without wgmma the mma.sync GEMM from 65 rows of x on weights of
     8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its transposing form
     instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, 2 x 64 above) and on
-    every weight from 256 rows. Read off the profiler's kernel names (the template arguments: tiles per warp,
-    8-row blocks of x, product), with the result checked against the reference."""
+    every weight from 256 rows. Read off the profiler's kernel names (the template arguments:
+    tiles per warp, 8-row blocks of x, product), with the result checked against the reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel
     g = torch.Generator().manual_seed(apt_seed)
     t = tile(quantize(_weight(n, 256, g).to(DEV), fmt))

@@ -34,12 +34,14 @@ from apt_ext.model import APTModel, APTModelConfiguration  # noqa: E402
 from apt_ext.model.prefix_sum import prefix_sum  # noqa: E402
 
 VARIANTS = {"plain": (False, False), "left-spin": (True, False), "autopoietic": (False, True), "both": (True, True),
-            "left-spin-cast-first": (True, False), "left-spin-decomposed": (True, False),
+            "left-spin-cast-first": (True, False), "left-spin-op": (True, False),
             "autopoietic-sum-op": (False, True)}
 # Not in the default set, for A/B runs: left-spin-cast-first casts every site's bf16 branch output
 # to the float32 residual stream's dtype before the op, as sites did before the twentieth session;
-# left-spin-decomposed compiles the sites' math as torch operations
-# (left_spin_compiled_form="decomposed") for inductor to fuse with the kernels around them;
+# left-spin-op compiles each site as the fused op (left_spin_compiled_form="op") where the other
+# left-spin variants take the default, its math as torch operations for inductor to fuse with the
+# kernels around them ("decomposed"; until the twenty-eighth session the A/B variant was
+# left-spin-decomposed, against "op" as the default);
 # autopoietic-sum-op takes the training step's prefix mean as before the twenty-second session:
 # the apt_model::prefix_sum op on a float32 copy of x, then the division by the counts (against the
 # one apt_model::prefix_mean op, one Triton pass on CUDA, that autopoietic now runs). The
@@ -143,7 +145,7 @@ def build(name: str, compiled: bool, p: dict, device: torch.device, compile_mode
     cfg = APTModelConfiguration(vocab_size=p["vocab"], d_model=p["d_model"], num_heads=p["heads"], d_ff=4 * p["d_model"],
                                 num_encoder_layers=0, num_decoder_layers=p["layers"], decoder_only=True, dropout=0.0,
                                 max_seq_len=p["seq_len"], use_left_spin=left_spin, use_autopoietic=auto,
-                                left_spin_compiled_form="decomposed" if name == "left-spin-decomposed" else "op")
+                                left_spin_compiled_form="op" if name == "left-spin-op" else "decomposed")
     model = APTModel(cfg).to(device).train()
     opt = model.configure_optimizers(lr=1e-4)
     net = torch.compile(model, mode=compile_mode) if compiled else model

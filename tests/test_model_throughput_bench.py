@@ -1,6 +1,6 @@
 """benchmarks/model_throughput.py's A/B variants on the CPU at a tiny size: left-spin-cast-first
-casts the branch before the op, left-spin-decomposed builds its sites with the decomposed
-compiled form, autopoietic-sum-op takes the prefix mean through the running-sum op, and
+casts the branch before the op, left-spin-op builds its sites with the op compiled form
+(the others take the default, decomposed), autopoietic-sum-op takes the prefix mean through the running-sum op, and
 each row records its fastest step (timings belong to the benchmark)."""
 from __future__ import annotations
 
@@ -32,14 +32,14 @@ def test_ab_variants(left_spin_op_dtypes, monkeypatch):
     monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: torch.nn.functional.linear(
         x.to(self.weight.dtype), self.weight, self.bias).bfloat16())
     rows = {v: bench.bench(v, False, TINY, torch.device("cpu"), 0, 2) for v in
-            ("left-spin", "left-spin-cast-first", "left-spin-decomposed")}
-    assert built == ["op", "op", "decomposed"]
+            ("left-spin", "left-spin-cast-first", "left-spin-op")}
+    assert built == ["decomposed", "decomposed", "op"]
     assert all(rows[v]["variant"] == v and rows[v]["step_ms_min"] <= rows[v]["step_ms"] for v in rows)
     per_run = len(left_spin_op_dtypes) // 3
     du_dtypes = [d for _, d, _ in left_spin_op_dtypes]
     assert set(du_dtypes[:per_run]) == {torch.bfloat16}          # left-spin: bf16 as is
     assert set(du_dtypes[per_run:2 * per_run]) == {torch.float32}  # cast first
-    assert set(du_dtypes[2 * per_run:]) == {torch.bfloat16}      # eager decomposed runs the op
+    assert set(du_dtypes[2 * per_run:]) == {torch.bfloat16}      # the op form
 
 
 def test_sum_op_variant_takes_the_prefix_mean_by_the_sum_op(monkeypatch):
@@ -88,15 +88,15 @@ def test_interleaved_run_keeps_going_past_a_failing_build(monkeypatch):
 def test_kernel_counts_see_the_op_sites_and_their_decomposed_fusion():
     """--count-kernels on the CPU: inductor's code for a compiled step has a forward and a
     backward graph; left-spin's op form calls its op at each of the layer's two sites in both (4
-    more op calls than plain), while the decomposed form fuses into generated kernels and calls no
-    more ops than plain."""
+    more op calls than plain), while the decomposed form (the default) fuses into generated kernels
+    and calls no more ops than plain."""
     counts = {}
-    for v in ("plain", "left-spin", "left-spin-decomposed"):
+    for v in ("plain", "left-spin", "left-spin-op"):
         row = bench.bench(v, True, TINY, torch.device("cpu"), 0, 1, count=True)
         counts[v] = row["kernel_counts"]
     assert all(len(c["graphs"]) == 2 and c["generated"] > 0 and c["extern"] > 0 for c in counts.values())
-    assert counts["left-spin"]["ops"] == counts["plain"]["ops"] + 4
-    assert counts["left-spin-decomposed"]["ops"] == counts["plain"]["ops"]
+    assert counts["left-spin-op"]["ops"] == counts["plain"]["ops"] + 4
+    assert counts["left-spin"]["ops"] == counts["plain"]["ops"]
 
 
 def test_ratios_vs_plain_per_round():

@@ -25,8 +25,8 @@ class APTModelConfiguration:
 
     Left-spin residuals (docs/contract.md §4): ``use_left_spin`` and ``left_spin_alpha/tau/beta/w1/w2/eps``
     (defaults from ``apt_ext.left_spin.LeftSpinParams``; ``left_spin_params`` returns them as one);
-    ``left_spin_compiled_form``: what torch.compile traces at each site, ``"op"`` (the fused op) or
-    ``"decomposed"`` (torch operations inductor can fuse; ``apt_ext.nn.LeftSpinResidual``).
+    ``left_spin_compiled_form``: what torch.compile traces at each site, ``"decomposed"`` (default:
+    torch operations inductor can fuse; ``apt_ext.nn.LeftSpinResidual``) or ``"op"`` (the fused op).
     Autopoietic attention: ``use_autopoietic``, ``autopoietic_rank`` (rank r of U·V per head).
     DBC-DAC gradient conditioning: ``use_dbc_dac``, ``dbc_min_numel``, ``dbc_rank_ratio``,
     ``dbc_eps``, ``dbc_seed``. FP4: ``use_fp4`` = None/False (off), True (= "nvfp4") or a
@@ -58,7 +58,7 @@ class APTModelConfiguration:
     left_spin_w1: float = LEFT_SPIN.w1
     left_spin_w2: float = LEFT_SPIN.w2
     left_spin_eps: float = LEFT_SPIN.eps
-    left_spin_compiled_form: str = "op"
+    left_spin_compiled_form: str = "decomposed"
     use_dbc_dac: bool = False
     dbc_min_numel: int = 4096
     dbc_rank_ratio: float = 0.25

@@ -86,16 +86,17 @@ class LeftSpinResidual(nn.Module):
     ``LeftSpinParams`` (``params``) or the six scalars, defaults of docs/contract.md §4 (alpha 0.5, tau 0.3,
     beta 0.7, w1 1.0, w2 0.5, eps 1e-6).
 
-    ``compiled_form`` picks what ``torch.compile`` traces: ``"op"`` (default) the fused op, one
-    opaque kernel; ``"decomposed"`` the same math in torch operations
-    (``apt_ext.left_spin.decomposed``), which inductor can fuse with the kernels around the site.
+    ``compiled_form`` picks what ``torch.compile`` traces: ``"decomposed"`` (default) the same
+    math in torch operations (``apt_ext.left_spin.decomposed``), which inductor can fuse with the
+    kernels around the site (measured faster in the compiled APT model: docs/left_spin.md);
+    ``"op"`` the fused op, one opaque kernel.
     Eager calls always run the op.
     """
 
     def __init__(self, alpha: float = DEFAULTS.alpha, tau: float = DEFAULTS.tau, beta: float = DEFAULTS.beta,
                  w1: float = DEFAULTS.w1, w2: float = DEFAULTS.w2, eps: float = DEFAULTS.eps,
                  enabled: bool = True, chain: LeftSpinChain | None = None,
-                 params: LeftSpinParams | None = None, compiled_form: str = "op") -> None:
+                 params: LeftSpinParams | None = None, compiled_form: str = "decomposed") -> None:
         super().__init__()
         if compiled_form not in COMPILED_FORMS:
             raise ValueError(f"compiled_form: expected one of {COMPILED_FORMS}, got {compiled_form!r}")

@@ -579,19 +579,21 @@ std::optional<EnvGemm> env_gemm() {
 
 }  // namespace
 
-std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, Format f, at::ScalarType x_dtype, int device) {
+std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Format f, at::ScalarType x_dtype,
+                                          int device) {
   const std::optional<EnvGemm> env = env_gemm();  // parsed first: a bad value raises for every format
   if (!gemm_tiled_supported(f, x_dtype)) return std::nullopt;
   if (env) {
     if (env->min_rows > 0 && m >= env->min_rows) return env->config;
     return std::nullopt;
   }
-  // the measured routes of fp4_gemm_tiled_cuda.h: one K part, blocks along K chosen per shape
+  // the measured routes of fp4_gemm_tiled_cuda.h: one K part; stream-K where wgmma runs
   if (wgmma_available(device)) {
     const bool wide = n >= kWgmmaWideMinN;
-    if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, 0, 2, 32, GemmProduct::kWgmmaTranspose};
-    if ((wide && m > 32) || (m >= kGemmDefaultMinRows && n >= kGemmDefaultMinN) || m >= kWgmmaAllMinRows)
-      return GemmTiledConfig{1, 0, 2, 64, GemmProduct::kWgmmaTranspose};
+    if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, -1, 2, 32, GemmProduct::kWgmmaTranspose};
+    if ((wide && m > 32) || (m >= kStreamKMinRows && n >= kGemmDefaultMinN) ||
+        (m >= kStreamKDeepMinRows && k >= kStreamKDeepMinK) || m >= kWgmmaAllMinRows)
+      return GemmTiledConfig{1, -1, 2, 64, GemmProduct::kWgmmaTranspose};
   }
   if (m >= kGemmDefaultMinRows && n >= kGemmDefaultMinN) return GemmTiledConfig{1, 0, 2, 64, GemmProduct::kMmaSync};
   return std::nullopt;

@@ -43,11 +43,32 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 //    4096 x 14336 130.8 / 186.4 / 1340.2 us at 256 / 512 / 4096 rows against 147.8 / 287.7 /
 //    2923.2, on 4096 x 4096 51.8 / 68.0 / 412.5 against 50.1 / 88.3 / 791.4 (level at 256). On
 //    weights under 8192 rows, 129 to 255 rows were not measured and keep the GEMV.
+// Stream-K (splits -1) replaces the blocks along K chosen per shape on every one of these wgmma
+// routes, and takes two more, by the sweeps of the twenty-eighth session (nvfp4, bf16 x, do_bench
+// medians; H200: benchmarks/results/fp4_gemv_sweep_NVIDIA_H200_round27.json at 24-256 rows; H100:
+// _H100_80GB_HBM3_round27c.json at 40-128 rows, _round27d.json at 120-136):
+//  * where the routes above ran the wgmma GEMM it was faster or level. H200: on 28672 x 8192 73.5 /
+//    101.0 / 183.8 / 359.4 us at 32 / 64 / 128 / 256 rows (2 x 32 up to 32 rows) against 82.1 /
+//    109.9 / 189.5 / 369.2; on 4096 x 14336 and 4096 x 4096 at 256 rows 100.9 / 41.7 against 121.0
+//    / 48.5; on 14336 x 4096 at 128 / 256 rows 60.8 / 103.6 against 64.4 / 101.6 (level). H100 at
+//    128 rows: 62.5 / 189.4 us on 14336 x 4096 / 28672 x 8192 against 66.1 / 191.1;
+//  * from kStreamKMinRows rows on weights of kGemmDefaultMinN rows: 14336 x 4096 at 40 / 48 / 56
+//    rows 41.0 / 40.9 / 41.2 us against the GEMV's 48.0 / 52.0 / 51.3 (H100), at 64 rows 40.4
+//    against 50.4 (H200); 33-39 rows not measured;
+//  * from kStreamKDeepMinRows rows where K is at least kStreamKDeepMinK: 4096 x 14336 at 96 rows
+//    63.2 us against the GEMV's 70.9 (H100), at 128 rows 61.8 against 76.6 (H200); at 40-64 rows
+//    the GEMV led (43.1-45.4 against 46.1-46.7 us, H100); 65-95 rows not measured. Not at K 4096:
+//    4096 x 4096 at 96 / 128 rows 32.0 / 32.3 against the GEMV's 25.9 / 27.6 (H100); K between
+//    4096 and 14336 not measured.
+// The routes without wgmma (mma.sync) stay as measured on their own.
 // apt_ext.nn.FP4Linear sends calls above 128 rows to dequantise + cuBLAS (fp4_linear), so
 // the routes above 128 rows serve callers of the tiled op itself.
 constexpr int64_t kWgmmaMinRows = 24;
 constexpr int64_t kWgmmaWideMinN = 16384;
 constexpr int64_t kWgmmaAllMinRows = 256;
+constexpr int64_t kStreamKMinRows = 40;
+constexpr int64_t kStreamKDeepMinRows = 96;
+constexpr int64_t kStreamKDeepMinK = 8192;
 
 // Whether the GEMM takes this format and x dtype (nvfp4 / mxfp4, bfloat16 x).
 bool gemm_tiled_supported(Format f, at::ScalarType x_dtype);
@@ -73,13 +94,14 @@ struct GemmTiledConfig {
   GemmProduct product;
 };
 
-// The GEMM fp4_linear_tiled launches for m rows of x on a weight of n rows (format f, x of
-// x_dtype) on CUDA device `device`, or nullopt for the GEMV. APT_FP4_GEMM (read at each call;
+// The GEMM fp4_linear_tiled launches for m rows of x on a weight of n rows and k columns (format f,
+// x of x_dtype) on CUDA device `device`, or nullopt for the GEMV. APT_FP4_GEMM (read at each call;
 // tuning sweeps) = "min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]" replaces the default
 // routes above: the GEMM from min_rows rows on any weight (0: never), one K part, blocks along K
 // chosen per shape, 2 tiles per warp, rows 0 meaning 64 below 4 tiles per warp, else 32, and
 // mma.sync unless the last fields say otherwise.
-std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, Format f, at::ScalarType x_dtype, int device);
+std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Format f, at::ScalarType x_dtype,
+                                          int device);
 
 // Launches the GEMM on `stream` for `args` as fp4_linear_tiled fills them (x padded to whole
 // steps and 16-byte aligned, out [m, n] bfloat16); sets the block shape fields itself and

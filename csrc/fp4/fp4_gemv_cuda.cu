@@ -583,7 +583,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   args.steps = tiles.size(1);
 
   auto stream = c10::cuda::getCurrentCUDAStream();
-  if (const std::optional<GemmTiledConfig> gemm = choose_gemm(m, n, f, x.scalar_type(), x.get_device())) {
+  if (const std::optional<GemmTiledConfig> gemm = choose_gemm(m, n, k, f, x.scalar_type(), x.get_device())) {
     args.evict_first = true;
     launch_gemm_tiled(args, f, gelu, *gemm, x, stream);
     return out.view(out_sizes);

@@ -380,30 +380,37 @@ def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
         assert torch.equal(bits(v), bits(state[k])), k
 
 
+# the wgmma GEMM's kernel names: transposing product (2), stream-K (true); 2 tiles per warp, 8 or 4
+# blocks of 8 rows of x
+_SK64 = "2, 8, (apt::fp4::cuda::GemmProduct)2, true>"
+_SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true>"
+
+
 @needs_cuda_build
-@pytest.mark.parametrize(("rows", "n", "fmt", "kernel", "wgmma_kernel"), [
-    (64, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (65, 8192, "nvfp4", "gemm_tiled", "GemmProduct)2"),
-    (65, 8191, "nvfp4", "gemv_tiled", "gemv_tiled"), (128, 8192, "mxfp4", "gemm_tiled", "GemmProduct)2"),
-    (129, 8192, "nvfp4", "gemm_tiled", "2, 8, (apt::fp4::cuda::GemmProduct)2"),
-    (255, 8191, "nvfp4", "gemv_tiled", "gemv_tiled"),
-    (256, 4096, "mxfp4", "gemv_tiled", "2, 8, (apt::fp4::cuda::GemmProduct)2"),
-    (65, 8192, "nf4", "gemv_tiled", "gemv_tiled"),
-    (23, 16384, "nvfp4", "gemv_tiled", "gemv_tiled"),
-    (24, 16384, "nvfp4", "gemv_tiled", "2, 4, (apt::fp4::cuda::GemmProduct)2"),
-    (32, 16384, "mxfp4", "gemv_tiled", "2, 4, (apt::fp4::cuda::GemmProduct)2"),
-    (33, 16384, "nvfp4", "gemv_tiled", "2, 8, (apt::fp4::cuda::GemmProduct)2"),
-    (40, 16383, "nvfp4", "gemv_tiled", "gemv_tiled")])
-def test_tiled_op_kernel_choice(rows, n, fmt, kernel, wgmma_kernel, apt_seed):
+@pytest.mark.parametrize(("rows", "n", "k", "fmt", "kernel", "wgmma_kernel"), [
+    (39, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (40, 8192, 256, "nvfp4", "gemv_tiled", _SK64),
+    (64, 8192, 256, "mxfp4", "gemv_tiled", _SK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _SK64),
+    (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"),
+    (128, 8192, 256, "mxfp4", "gemm_tiled", _SK64), (129, 8192, 256, "nvfp4", "gemm_tiled", _SK64),
+    (95, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (96, 512, 8192, "nvfp4", "gemv_tiled", _SK64),
+    (128, 512, 8191, "mxfp4", "gemv_tiled", "gemv_tiled"),
+    (255, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (256, 4096, 256, "mxfp4", "gemv_tiled", _SK64),
+    (65, 8192, 256, "nf4", "gemv_tiled", "gemv_tiled"),
+    (23, 16384, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (24, 16384, 256, "nvfp4", "gemv_tiled", _SK32),
+    (32, 16384, 256, "mxfp4", "gemv_tiled", _SK32), (33, 16384, 256, "nvfp4", "gemv_tiled", _SK64),
+    (40, 16383, 256, "nvfp4", "gemv_tiled", "gemv_tiled")])
+def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed):
     """fp4_linear_tiled's default choice between its GEMV and GEMM (csrc/fp4/fp4_gemm_tiled_cuda.h,
     nvfp4 / mxfp4 with bfloat16 x): without wgmma the mma.sync GEMM from 65 rows of x on weights of
-    8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its transposing form
-    instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, 2 x 64 above) and on
-    every weight from 256 rows. Read off the profiler's kernel names (the template arguments:
-    tiles per warp, 8-row blocks of x, product), with the result checked against the reference."""
+    8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its transposing
+    stream-K form instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, 2 x 64
+    above), on weights of 8192 rows from 40 rows, where K is 8192 or more from 96 rows and on every
+    weight from 256 rows. Read off the profiler's kernel names (the template arguments: tiles per
+    warp, 8-row blocks of x, product, stream-K), with the result checked against the reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel
     g = torch.Generator().manual_seed(apt_seed)
-    t = tile(quantize(_weight(n, 256, g).to(DEV), fmt))
-    x = torch.randn(rows, 256, generator=g).to(DEV, torch.bfloat16)
+    t = tile(quantize(_weight(n, k, g).to(DEV), fmt))
+    x = torch.randn(rows, k, generator=g).to(DEV, torch.bfloat16)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         y = t.linear(x)
         torch.cuda.synchronize()

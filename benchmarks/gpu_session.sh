@@ -2,7 +2,7 @@
 # One batched GPU session (device machine): build, GPU tests, benchmarks; everything lands in
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
-#   stages: build test test_fp4 test_gemv test_left_spin test_vgpu test_model (APT_PYTEST_K='expr' selects their tests) sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON, APT_SWEEP_MS its rows of x, APT_SWEEP_GEMV_BASES extra GEMV bases to time, e.g. 16x2048x8x4,8x4096x8x4) fp4_triton_host (the Triton path's eager host time, piece by piece) fp4_quick
+#   stages: build test (all of tests/gpu; APT_TEST_WORKERS pytest-xdist processes where carried) test_fp4 test_gemv test_left_spin test_vgpu test_model (APT_PYTEST_K='expr' selects their tests) sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON, APT_SWEEP_MS its rows of x, APT_SWEEP_GEMV_BASES extra GEMV bases to time, e.g. 16x2048x8x4,8x4096x8x4) fp4_triton_host (the Triton path's eager host time, piece by piece) fp4_quick
 #           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) ncu_gemm_full (the same, report, details and per-SASS-line source page kept) e2e e2e_decoder left_spin left_spin_quick vgpu vgpu_quick vgpu_ssd (the SSD part alone: pager against dd and fio) vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
 #   build: APT_CUDA_ARCHS=90a builds for sm_90a only (about 70 s; 90a, not 90: the wgmma GEMM needs it); the built _C*.so is copied (debug info stripped, gzipped: a file comes back only under 16 MiB) to
 #   $OUT so a later call can carry it (gunzip it into apt_ext/ and skip the build stage).
@@ -21,8 +21,10 @@ PY=python3
 # private copy of the iostream/locale code crashed the first formatted error message (SIGSEGV in
 # std::ostream::_M_insert<long> inside _C.so). Build with the system compiler instead.
 if [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++; fi
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+# carried wheels: .whl (any) and .devtools/wheels (tools/fetch_device_tools.sh: pytest-xdist)
+wheels=$(ls .whl/*.whl .devtools/wheels/*.whl 2>/dev/null)
+if [ -n "$wheels" ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 # tools/fetch_device_tools.sh's liburing/libxxhash packages (the pager's io_uring backend) and a
@@ -53,7 +55,10 @@ for arg in "$@"; do
     build) rm -rf build; stage build $PY -m pip install -v --no-build-isolation --no-deps -e .
       so=$($PY -c 'import apt_ext._C as c; print(c.__file__)') && strip --strip-debug -o /tmp/_C.so "$so" \
         && gzip -c /tmp/_C.so > "$OUT/$(basename "$so").gz" ;;
-    test) stage test $PY -m pytest -v -p no:cacheprovider tests/gpu ;;
+    test)  # with pytest-xdist (carried in .devtools) in APT_TEST_WORKERS processes (default 4) on the one GPU:
+      # the cold run's time is mostly Triton and inductor compiling on the CPU
+      xd=(); $PY -c 'import xdist' 2>/dev/null && xd=(-n "${APT_TEST_WORKERS:-4}")
+      stage test $PY -m pytest -v -p no:cacheprovider "${xd[@]}" tests/gpu ;;
     test_gemv) stage test_gemv $PY -m pytest -q -x -p no:cacheprovider tests/gpu/test_fp4_gemv_cuda.py ${APT_PYTEST_K:+-k "$APT_PYTEST_K"} ;;
     gemv_sweep) stage gemv_sweep $PY benchmarks/fp4_gemv_sweep.py ${APT_SWEEP_VARIANTS:+--variants "$APT_SWEEP_VARIANTS"} \
         ${APT_SWEEP_TAG:+--tag "$APT_SWEEP_TAG"} ${APT_SWEEP_MS:+--ms "$APT_SWEEP_MS"}

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Prepares .devtools/ (git-ignored through .git/info/exclude) for the GPU machine, which has no
 # network: the liburing and libxxhash Debian packages (so the VGPU pager builds its io_uring
-# backend there) and a static fio binary (the SSD benchmark's peer beside dd). Run here, then
+# backend there), a static fio binary (the SSD benchmark's peer beside dd) and the pytest-xdist
+# wheels (gpu_session.sh's test stage runs tests/gpu in several processes). Run here, then
 # carry ".devtools" with the device call; benchmarks/gpu_session.sh unpacks and uses it.
 #   bash tools/fetch_device_tools.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx "/.devtools/" .git/info/exclude 2>/dev/null || echo "/.devtools/" >> .git/info/exclude
-mkdir -p .devtools/debs .devtools/bin
+mkdir -p .devtools/debs .devtools/bin .devtools/wheels
 echo "fetch_device_tools: Debian packages liburing-dev liburing2 libxxhash-dev libxxhash0"
 (cd .devtools/debs && apt-get download -q liburing-dev liburing2 libxxhash-dev libxxhash0)
 if [ ! -x .devtools/bin/fio ]; then
@@ -25,5 +26,7 @@ if [ ! -x .devtools/bin/fio ]; then
       --disable-xnvme --disable-libzbc --disable-tcmalloc --disable-dfs >/dev/null \
     && make -j"$(nproc)" >/dev/null && cp fio "$OLDPWD/.devtools/bin/fio")
 fi
-ls -la .devtools/debs .devtools/bin
+echo "fetch_device_tools: wheels pytest-xdist execnet"
+python3 -m pip download -q --no-deps -d .devtools/wheels pytest-xdist execnet
+ls -la .devtools/debs .devtools/bin .devtools/wheels
 echo "fetch_device_tools: ready; carry \".devtools\" in the device call"

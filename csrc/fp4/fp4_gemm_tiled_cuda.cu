@@ -177,6 +177,18 @@ constexpr bool warp_tile_built(int tw, int xb, GemmProduct p) {
 // 8 / KW warps along N must be a multiple of 4.
 constexpr bool k_parts_ok(int kw, GemmProduct p) { return kw == 1 || kw == 2 || (kw == 4 && !is_wgmma(p)); }
 
+// 16-column slices a wgmma warpgroup decodes before committing their products as one group
+// (GemmTiledConfig::j_group): 1 everywhere; for the transposing product (deeper tensor-core
+// queues: up to 2 JG slices' wgmmas in flight, the next group decoding meanwhile, at 8 TW (JG - 1)
+// more A registers) 2 and 4 with the 2 x 64 and 1 x 128 warp tiles, 2 with 2 x 32 (capped at 128
+// registers for two blocks per multiprocessor, it spilled 488-520 bytes with 4: sm_90a ptxas
+// report of the twenty-eighth session).
+constexpr bool j_group_built(int jg, int tw, int xb, GemmProduct p) {
+  const bool wide_tile = (tw == 2 && xb == 8) || (tw == 1 && xb == 16);
+  return jg == 1 || (p == GemmProduct::kWgmmaTranspose &&
+                     ((jg == 2 && (wide_tile || (tw == 2 && xb == 4))) || (jg == 4 && wide_tile)));
+}
+
 // Publishing a block's sums for another block to add (split-K and stream-K): a thread's sum e
 // of acc[TW][XB][4] (e = (u XB + i) 4 + c) lies at its slot pointer + e * stride.
 // publish_sums writes them (where `write`), then counts the block's arrival at *counter; returns,
@@ -268,8 +280,9 @@ __device__ __forceinline__ bool streamk_gather(float (&acc)[TW][XB][4], const Ti
 // pipeline runs loop_steps steps (every warp of the block the same number: its barriers must
 // match), a K part with fewer skipping the work of the extra ones. P: the products by mma.sync or
 // by wgmma (sm_90a; KW 1 or 2, so that each warpgroup lies in one K part), and how x is staged for
-// them. Ends with every copy landed and a barrier: the x stages are free again.
-template <Format F, int TW, int XB, GemmProduct P>
+// them; JG: the wgmma slices per group (j_group_built). Ends with every copy landed and a barrier:
+// the x stages are free again.
+template <Format F, int TW, int XB, GemmProduct P, int JG>
 __device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const TiledLinearArgs& args, unsigned ob,
                                                 int s_begin, int n_steps, int loop_steps) {
   static_assert(F != Format::NF4, "nf4 decodes through a shared-memory table: the GEMV path");
@@ -384,23 +397,34 @@ __device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const T
       if (s + 1 < n_steps) transpose_x_step(s + 1);
     }
     if constexpr (kWg) {
-      // 16 columns j at a time: decode the TW tiles' A registers, then one wgmma per tile on the
-      // stage's core matrices of columns 16 j .. 16 j + 15; the next decode runs while it computes.
+      // JG slices of 16 columns j at a time: decode the TW tiles' A registers of each, then one
+      // wgmma per tile and slice on the stage's core matrices of columns 16 j .. 16 j + 15, one
+      // commit group; the next group's decode runs while it computes (wait_group 1: the group
+      // before is done, so its A registers are free again).
+      static_assert(8 % JG == 0, "JG slices per group divide a step's 8 slices");
       const __nv_bfloat16* core = kTranspose ? x_core + (s % kXCoreStages) * kCoreStageElems
                                              : xs + (s % kXStages) * kXStageElems;
       const uint64_t desc0 =
           wgmma_desc_k_major(static_cast<uint32_t>(__cvta_generic_to_shared(core)), kWgmmaLbo, kWgmmaSbo);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        uint32_t a[TW][4];
+      for (int j0 = 0; j0 < 8; j0 += JG) {
+        uint32_t a[JG][TW][4];
 #pragma unroll
-        for (int u = 0; u < TW; ++u) {
-          decode_word<F>(word_of(j < 4 ? ring.c0[I][u] : ring.c1[I][u], j & 3), ring.sc[I][u], j, nullptr, a[u]);
+        for (int jj = 0; jj < JG; ++jj) {
+          const int j = j0 + jj;
+#pragma unroll
+          for (int u = 0; u < TW; ++u) {
+            decode_word<F>(word_of(j < 4 ? ring.c0[I][u] : ring.c1[I][u], j & 3), ring.sc[I][u], j, nullptr,
+                           a[jj][u]);
+          }
         }
-        const uint64_t desc = wgmma_desc_advance(desc0, kWgmmaSliceBytes * j);
         wgmma_fence();
 #pragma unroll
-        for (int u = 0; u < TW; ++u) WgmmaBf16<XB>::mma(acc[u], a[u], desc);
+        for (int jj = 0; jj < JG; ++jj) {
+          const uint64_t desc = wgmma_desc_advance(desc0, kWgmmaSliceBytes * (j0 + jj));
+#pragma unroll
+          for (int u = 0; u < TW; ++u) WgmmaBf16<XB>::mma(acc[u], a[jj][u], desc);
+        }
         wgmma_commit();
         wgmma_wait<1>();
       }
@@ -454,7 +478,7 @@ __device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const T
 // gridDim.x up to the next block's first; streamk_gather adds the pieces of an output block that
 // more than one block computed. A template argument, not a run-time branch: with both paths in
 // one kernel ptxas serialized every wgmma and spilled.
-template <Format F, bool kGelu, int TW, int XB, GemmProduct P, bool kStreamK>
+template <Format F, bool kGelu, int TW, int XB, GemmProduct P, bool kStreamK, int JG>
 __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled_kernel(const TiledLinearArgs args) {
   extern __shared__ __align__(128) unsigned char dyn_smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -472,7 +496,7 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
     const int64_t lo = blockIdx.x * units / blocks, hi = (blockIdx.x + int64_t{1}) * units / blocks;
     for (int64_t u = lo; u < hi;) {
       const int64_t ob = u / steps, s0 = u - ob * steps, n = min(steps - s0, hi - u);
-      gemm_block_sums<F, TW, XB, P>(acc, args, static_cast<unsigned>(ob), static_cast<int>(s0), static_cast<int>(n),
+      gemm_block_sums<F, TW, XB, P, JG>(acc, args, static_cast<unsigned>(ob), static_cast<int>(s0), static_cast<int>(n),
                                     static_cast<int>(n));
       if (streamk_gather(acc, args, ob, u == lo, wn, lane)) store(static_cast<unsigned>(ob));
       u += n;
@@ -482,7 +506,7 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
     const int steps = static_cast<int>(args.steps), steps_per_part = static_cast<int>(args.steps_per_part);
     const int s_begin = (static_cast<int>(blockIdx.y) * args.kw + part) * steps_per_part;
     const int n_steps = s_begin >= steps ? 0 : min(steps - s_begin, steps_per_part);
-    gemm_block_sums<F, TW, XB, P>(acc, args, blockIdx.x, s_begin, n_steps, steps_per_part);
+    gemm_block_sums<F, TW, XB, P, JG>(acc, args, blockIdx.x, s_begin, n_steps, steps_per_part);
     // K parts 1.. hand their sums to part 0 through shared memory (the x stages, free now); then
     // the splits' sums meet through global memory.
     reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem), part, args.rw, wn, args.kw, lane);
@@ -552,24 +576,27 @@ struct EnvGemm {
 };
 EnvGemm parse_env_gemm(const char* env) {
   long long min_rows = 0;
-  int k_parts = 1, splits = 0, tiles = 2, rows = 0, mma = 0;
-  const int got = std::sscanf(env, "%lld,%d,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows, &mma);
+  int k_parts = 1, splits = 0, tiles = 2, rows = 0, mma = 0, j_group = 1;
+  const int got =
+      std::sscanf(env, "%lld,%d,%d,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows, &mma, &j_group);
   if (rows == 0) rows = tiles >= 4 ? 32 : 64;
   const auto product = static_cast<GemmProduct>(mma);
   const bool stream_k_ok = k_parts == 1 && product == GemmProduct::kWgmmaTranspose;  // splits -1
   const bool ok = got >= 1 && min_rows >= 0 && mma >= 0 && mma <= 2 && k_parts_ok(k_parts, product) &&
                   (splits >= 0 || (splits == -1 && stream_k_ok)) && rows % 8 == 0 &&
-                  warp_tile_built(tiles, rows / 8, product) &&
+                  warp_tile_built(tiles, rows / 8, product) && j_group_built(j_group, tiles, rows / 8, product) &&
                   gemm_smem_bytes(tiles, rows / 8, k_parts, product) <= kMaxSmem;
-  TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]' with "
+  TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group]]]]]]' "
+                    "with "
                     "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) or -1 (stream-K, with "
                     "k_parts 1 and mma 2), mma 0 (mma.sync), 1 (wgmma, x copied word by word) or 2 (wgmma, x "
                     "transposed in shared memory; both wgmma kinds take k_parts 1 or 2) and a warp tile "
                     "(tiles_per_warp, rows of x per block) built for it: "
                     "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
                     "mma 1 also (1 or 2, 8 or 16); rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only "
-                    "with 32 rows, wgmma (1, 128) only with 1 (shared memory); got '", env, "'");
-  return EnvGemm{min_rows, GemmTiledConfig{k_parts, splits, tiles, rows, product}};
+                    "with 32 rows, wgmma (1, 128) only with 1 (shared memory); j_group 1, or with mma 2 also 2 or 4 "
+                    "for (2, 64) and (1, 128), 2 for (2, 32); got '", env, "'");
+  return EnvGemm{min_rows, GemmTiledConfig{k_parts, splits, tiles, rows, product, j_group}};
 }
 std::optional<EnvGemm> env_gemm() {
   const char* env = std::getenv("APT_FP4_GEMM");
@@ -610,6 +637,11 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
   TORCH_CHECK_VALUE(cfg.rows_per_block % 8 == 0 && warp_tile_built(tw, xb, product),
                     "fp4_linear_tiled: no GEMM built for ", tw, " tiles per warp and ", cfg.rows_per_block,
                     " rows of x per block");
+  TORCH_CHECK_VALUE(j_group_built(cfg.j_group, tw, xb, product),
+                    "fp4_linear_tiled: no GEMM built with ", cfg.j_group, " wgmma slices per group for ", tw,
+                    " tiles per warp, ", cfg.rows_per_block, " rows of x per block and product ",
+                    static_cast<int>(product), " (1 everywhere; with the transposing wgmma product 2 or 4 for 2 x 64 "
+                    "and 1 x 128, 2 for 2 x 32)");
   const size_t smem = gemm_smem_bytes(tw, xb, cfg.k_parts, product);
   TORCH_CHECK_VALUE(k_parts_ok(cfg.k_parts, product) && smem <= kMaxSmem,
                     "fp4_linear_tiled: GEMM K parts must be 1, 2 or 4 (wgmma: 1 or 2) within ", kMaxSmem,
@@ -669,23 +701,31 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
     constexpr int TW = decltype(tw_c)::value, XB = decltype(xb_c)::value;
     constexpr GemmProduct P = decltype(product_c)::value;
     if constexpr (warp_tile_built(TW, XB, P)) {
-      auto by_format = [&](auto stream_k_c) {
+      auto by_format = [&](auto stream_k_c, auto jg_c) {
         constexpr bool kStreamK = decltype(stream_k_c)::value;
-        if (f == Format::NVFP4) {
-          gelu ? go(gemm_tiled_kernel<Format::NVFP4, true, TW, XB, P, kStreamK>)
-               : go(gemm_tiled_kernel<Format::NVFP4, false, TW, XB, P, kStreamK>);
-        } else {
-          gelu ? go(gemm_tiled_kernel<Format::MXFP4, true, TW, XB, P, kStreamK>)
-               : go(gemm_tiled_kernel<Format::MXFP4, false, TW, XB, P, kStreamK>);
+        constexpr int JG = decltype(jg_c)::value;
+        if constexpr (j_group_built(JG, TW, XB, P)) {
+          if (f == Format::NVFP4) {
+            gelu ? go(gemm_tiled_kernel<Format::NVFP4, true, TW, XB, P, kStreamK, JG>)
+                 : go(gemm_tiled_kernel<Format::NVFP4, false, TW, XB, P, kStreamK, JG>);
+          } else {
+            gelu ? go(gemm_tiled_kernel<Format::MXFP4, true, TW, XB, P, kStreamK, JG>)
+                 : go(gemm_tiled_kernel<Format::MXFP4, false, TW, XB, P, kStreamK, JG>);
+          }
         }
+      };
+      auto by_j_group = [&](auto stream_k_c) {
+        if (cfg.j_group == 2) by_format(stream_k_c, std::integral_constant<int, 2>{});
+        else if (cfg.j_group == 4) by_format(stream_k_c, std::integral_constant<int, 4>{});
+        else by_format(stream_k_c, std::integral_constant<int, 1>{});
       };
       if constexpr (P == GemmProduct::kWgmmaTranspose) {
         if (stream_k) {
-          by_format(std::true_type{});
+          by_j_group(std::true_type{});
           return;
         }
       }
-      by_format(std::false_type{});
+      by_j_group(std::false_type{});
     }
   };
   dispatch_warp_tile(tw, xb, product, [&](auto tw_c, auto xb_c) {

@@ -1,7 +1,7 @@
 // The tiled-layout FP4 GEMM (fp4_gemm_tiled_cuda.cu): 32 or 64 rows of bfloat16 x per block,
 // staged through shared memory, for nvfp4 / mxfp4 weights. fp4_linear_tiled (fp4_gemv_cuda.cu)
 // calls it instead of the GEMV where choose_gemm says (the measured routes below, or
-// APT_FP4_GEMM="min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]" for tuning sweeps;
+// APT_FP4_GEMM="min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group]]]]]]" for tuning sweeps;
 // "0": never).
 #pragma once
 #include <ATen/ATen.h>
@@ -92,14 +92,16 @@ struct GemmTiledConfig {
   int tiles_per_warp;
   int rows_per_block;   // rows of x per block (8 per mma n8 block): 32, 64 or (wgmma) 8, 16, 128
   GemmProduct product;
+  int j_group = 1;      // wgmma: 16-column slices decoded before one commit group (1; built with the
+                        // transposing product: 2 and 4 for 2 x 64 and 1 x 128, 2 for 2 x 32)
 };
 
 // The GEMM fp4_linear_tiled launches for m rows of x on a weight of n rows and k columns (format f,
 // x of x_dtype) on CUDA device `device`, or nullopt for the GEMV. APT_FP4_GEMM (read at each call;
-// tuning sweeps) = "min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]]" replaces the default
-// routes above: the GEMM from min_rows rows on any weight (0: never), one K part, blocks along K
-// chosen per shape, 2 tiles per warp, rows 0 meaning 64 below 4 tiles per warp, else 32, and
-// mma.sync unless the last fields say otherwise.
+// tuning sweeps) = "min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group]]]]]]" replaces
+// the default routes above: the GEMM from min_rows rows on any weight (0: never), one K part,
+// blocks along K chosen per shape, 2 tiles per warp, rows 0 meaning 64 below 4 tiles per warp,
+// else 32, mma.sync and one wgmma slice per group unless the last fields say otherwise.
 std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Format f, at::ScalarType x_dtype,
                                           int device);
 

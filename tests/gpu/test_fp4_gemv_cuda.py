@@ -139,7 +139,10 @@ WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,
                  "17,1,0,1,128,1", "17,1,3,1,128,1", "1,1,0,1,8,1", "1,2,0,2,8,1", "1,1,0,1,16,1", "1,1,3,2,16,1",
                  "17,1,0,2,32,2", "1,2,5,1,64,2", "17,1,0,2,64,2", "17,2,3,2,64,2", "17,1,0,1,128,2",
                  # stream-K (splits -1): output blocks' K steps shared evenly by one block per slot
-                 "17,1,-1,2,32,2", "1,1,-1,1,64,2", "1,1,-1,2,64,2", "17,1,-1,1,128,2"]
+                 "17,1,-1,2,32,2", "1,1,-1,1,64,2", "1,1,-1,2,64,2", "17,1,-1,1,128,2",
+                 # wgmma slices per commit group (j_group 2, 4)
+                 "1,1,-1,2,64,2,2", "17,1,-1,2,64,2,4", "17,1,0,2,32,2,2", "1,1,0,1,128,2,2", "17,1,-1,1,128,2,4",
+                 "17,2,0,2,64,2,2", "1,1,-1,2,32,2,2"]
 
 
 def _wgmma_runs() -> bool:
@@ -175,7 +178,8 @@ def probe_gemm_mapping(m: int, n: int, k: int) -> None:
 
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,1,0,2,32,1", "17,1,0,1,64,1", "17,1,0,1,128,1", "1,1,0,1,16,1",
-                                  "17,1,0,2,64,2", "17,1,0,1,128,2"])
+                                  "17,1,0,2,64,2", "17,1,0,1,128,2",
+                                  "17,1,0,2,64,2,4", "17,1,-1,1,128,2,2"])
 def test_wgmma_gemm_operand_layouts(gemm, monkeypatch):
     """The wgmma GEMM on one-hot rows of x (probe_gemm_mapping), for n = 32, 64, 128 and 16 rows
     of x per instruction, x copied word by word (mma 1) or transposed in shared memory (mma 2): a
@@ -190,12 +194,14 @@ def test_wgmma_gemm_operand_layouts(gemm, monkeypatch):
 
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,1,0,1,8,2", "17,1,0,2,64,3", "17,4,0,2,32,1", "17,2,0,1,128,2", "17,1,0,2,48",
-                                  "17,2,-1,2,64,2", "17,1,-1,2,64,0", "17,1,-2,2,64,2"])
+                                  "17,2,-1,2,64,2", "17,1,-1,2,64,0", "17,1,-2,2,64,2", "17,1,0,2,64,2,3",
+                                  "17,1,0,2,64,1,2", "17,1,0,1,64,2,2", "17,1,0,2,64,0,4", "17,1,0,2,32,2,4"])
 def test_gemm_config_rejects_what_is_not_built(gemm, monkeypatch):
     """APT_FP4_GEMM naming a product, K parts or warp tile that no kernel was built for (the
     transposing wgmma at 8 rows, mma 3, wgmma with 4 K parts, 1 x 128 with 2 K parts: over the
-    shared memory, 48 rows; stream-K with 2 K parts or mma.sync, splits -2) is a ValueError that
-    quotes the variable, not a launch."""
+    shared memory, 48 rows; stream-K with 2 K parts or mma.sync, splits -2; 3 wgmma slices per
+    group, or 2 / 4 with word copies, the 1 x 64 tile or mma.sync, 4 with 2 x 32) is a ValueError
+    that quotes the variable, not a launch."""
     monkeypatch.setenv("APT_FP4_GEMM", gemm)
     with pytest.raises(ValueError, match="APT_FP4_GEMM"):
         _check("nvfp4", 64, torch.bfloat16, False, n=300, k=4192, apt_seed=17)
@@ -221,7 +227,7 @@ def test_wgmma_gemm_refused_where_it_cannot_run(monkeypatch):
                                   *(pytest.param(c, id=f"wgmma-{c}") for c in WGMMA_CONFIGS)])
 def test_tiled_gemm_path(gemm, monkeypatch):
     """The tiled GEMM (csrc/fp4/fp4_gemm_tiled_cuda.cu,
-    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp[,rows[,mma]]]]", read at each
+    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group]]]]]", read at each
     call), every warp tile built for mma.sync and for wgmma (mma 1 and 2, on sm_90a builds and
     compute capability 9.0 GPUs): nvfp4 and mxfp4 with bfloat16 x against the reference at M
     around its 32-, 64- and 128-row blocks, a number of tiles that leaves a warp's last tiles

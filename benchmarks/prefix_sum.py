@@ -20,6 +20,7 @@ Writes benchmarks/results/prefix_sum_<card>.json.
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 from pathlib import Path
@@ -110,9 +111,9 @@ def main() -> int:
                     row[f"max_abs_diff_bf16_{direction}_by_segments"] = {}
                 for bt, bd, segs in SEGMENTED:
                     key = f"{bt}x{bd}/{segs}"
-                    fwd = lambda: scan(xs, mean=True, with_total=True, block_t=bt, block_d=bd, segments=segs)  # noqa: E731
-                    bwd = lambda: scan(xs, reverse=True, mean=True, init=total_ref, block_t=bt, block_d=bd,  # noqa: E731
-                                       segments=segs)
+                    shape_kw = dict(block_t=bt, block_d=bd, segments=segs)
+                    fwd = functools.partial(scan, xs, mean=True, with_total=True, **shape_kw)
+                    bwd = functools.partial(scan, xs, reverse=True, mean=True, init=total_ref, **shape_kw)
                     for direction, fn, ref_out in (("forward", fwd, m_ref), ("backward", bwd, g_ref)):
                         row[f"triton_bf16_{direction}_ms_by_segments"][key] = time_ms(fn)
                         row[f"max_abs_diff_bf16_{direction}_by_segments"][key] = float(

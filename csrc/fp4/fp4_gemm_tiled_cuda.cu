@@ -496,8 +496,8 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
     const int64_t lo = blockIdx.x * units / blocks, hi = (blockIdx.x + int64_t{1}) * units / blocks;
     for (int64_t u = lo; u < hi;) {
       const int64_t ob = u / steps, s0 = u - ob * steps, n = min(steps - s0, hi - u);
-      gemm_block_sums<F, TW, XB, P, JG>(acc, args, static_cast<unsigned>(ob), static_cast<int>(s0), static_cast<int>(n),
-                                    static_cast<int>(n));
+      gemm_block_sums<F, TW, XB, P, JG>(acc, args, static_cast<unsigned>(ob), static_cast<int>(s0),
+                                        static_cast<int>(n), static_cast<int>(n));
       if (streamk_gather(acc, args, ob, u == lo, wn, lane)) store(static_cast<unsigned>(ob));
       u += n;
     }
@@ -587,8 +587,7 @@ EnvGemm parse_env_gemm(const char* env) {
                   warp_tile_built(tiles, rows / 8, product) && j_group_built(j_group, tiles, rows / 8, product) &&
                   gemm_smem_bytes(tiles, rows / 8, k_parts, product) <= kMaxSmem;
   TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group]]]]]]' "
-                    "with "
-                    "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) or -1 (stream-K, with "
+                    "with min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) or -1 (stream-K, with "
                     "k_parts 1 and mma 2), mma 0 (mma.sync), 1 (wgmma, x copied word by word) or 2 (wgmma, x "
                     "transposed in shared memory; both wgmma kinds take k_parts 1 or 2) and a warp tile "
                     "(tiles_per_warp, rows of x per block) built for it: "

@@ -386,10 +386,10 @@ def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
         assert torch.equal(bits(v), bits(state[k])), k
 
 
-# the wgmma GEMM's kernel names: transposing product (2), stream-K (true); 2 tiles per warp, 8 or 4
-# blocks of 8 rows of x
-_SK64 = "2, 8, (apt::fp4::cuda::GemmProduct)2, true>"
-_SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true>"
+# the wgmma GEMM's kernel names: transposing product (2), stream-K (true), one wgmma slice per
+# commit group; 2 tiles per warp, 8 or 4 blocks of 8 rows of x
+_SK64 = "2, 8, (apt::fp4::cuda::GemmProduct)2, true, 1>"
+_SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 
 
 @needs_cuda_build
@@ -412,7 +412,8 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     stream-K form instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, 2 x 64
     above), on weights of 8192 rows from 40 rows, where K is 8192 or more from 96 rows and on every
     weight from 256 rows. Read off the profiler's kernel names (the template arguments: tiles per
-    warp, 8-row blocks of x, product, stream-K), with the result checked against the reference."""
+    warp, 8-row blocks of x, product, stream-K, slices per group), with the result checked against the
+    reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel
     g = torch.Generator().manual_seed(apt_seed)
     t = tile(quantize(_weight(n, k, g).to(DEV), fmt))

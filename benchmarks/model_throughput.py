@@ -76,9 +76,11 @@ def _top_events(averages, attr: str, steps: int, top: int) -> list[dict]:
             for e in events[:top] if getattr(e, attr, 0) > 0]
 
 
-def profile_steps(step_fn, device: torch.device, steps: int = 3, top: int = 40) -> dict:
-    """torch.profiler over ``steps`` steps. ``top_kernels``: the kernels (GPU) or ops (CPU) that
-    took the most self time, per step: name, milliseconds and calls. On CUDA also
+def profile_steps(step_fn, device: torch.device, steps: int = 3, top: int = 40, top_kernels: int = 120) -> dict:
+    """torch.profiler over ``steps`` steps. ``top_kernels``: the ``top_kernels`` kernels (GPU; enough
+    to account for nearly all of a step's device time, so two variants' steps can be compared
+    kernel by kernel) or ``top`` ops (CPU) that took the most self time, per step: name,
+    milliseconds and calls. On CUDA also
     ``device_busy_ms_per_step``: the summed duration of every kernel, per step (a step time well
     above it means the card waited for the host between kernels); ``top_host_ops``: the operators
     and compiled-graph calls that took the most host (CPU) self time, per step, to say where that
@@ -94,8 +96,12 @@ def profile_steps(step_fn, device: torch.device, steps: int = 3, top: int = 40) 
         if cuda:
             torch.cuda.synchronize()
     averages = prof.key_averages()
-    out: dict = {"top_kernels": _top_events(averages, "self_device_time_total" if cuda else "self_cpu_time_total",
-                                            steps, top)}
+    if cuda:
+        kernels = _top_events([e for e in averages if e.device_type == DeviceType.CUDA], "self_device_time_total",
+                              steps, top_kernels)
+    else:
+        kernels = _top_events(averages, "self_cpu_time_total", steps, top)
+    out: dict = {"top_kernels": kernels}
     if cuda:
         out["device_busy_ms_per_step"] = sum(e.self_device_time_total for e in averages
                                              if e.device_type == DeviceType.CUDA) / 1e3 / steps

@@ -27,7 +27,7 @@ from apt_ext.triton.host_math import cdiv, next_power_of_2
 
 # Chunk shape: the fastest of benchmarks/prefix_sum.py's six on the H100 (forward mean of
 # float32 [8, T, 768]: 0.063 / 0.138 ms at T 1024 / 4096 against 0.083 / 0.177 ms for the earlier
-# 64 x 32; benchmarks/results/prefix_sum_NVIDIA_H100_80GB_HBM3.json).
+# 64 x 32; benchmarks/results/history/prefix_sum_NVIDIA_H100_80GB_HBM3_d90bbcb.json).
 BLOCK_T = 256     # rows per chunk
 MAX_BLOCK_D = 16  # features per program (B * D / 16 programs: 384 for B 8, D 768)
 

@@ -619,7 +619,7 @@ std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Form
     if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, -1, 2, 32, GemmProduct::kWgmmaTranspose};
     if ((wide && m > 32) || (m >= kStreamKMinRows && n >= kGemmDefaultMinN) ||
         (m >= kStreamKDeepMinRows && k >= kStreamKDeepMinK) || m >= kWgmmaAllMinRows)
-      return GemmTiledConfig{1, -1, 2, 64, GemmProduct::kWgmmaTranspose};
+      return GemmTiledConfig{1, -1, 2, 64, GemmProduct::kWgmmaTranspose, 2};
   }
   if (m >= kGemmDefaultMinRows && n >= kGemmDefaultMinN) return GemmTiledConfig{1, 0, 2, 64, GemmProduct::kMmaSync};
   return std::nullopt;

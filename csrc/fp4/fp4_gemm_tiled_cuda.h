@@ -60,6 +60,10 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 //    the GEMV led (43.1-45.4 against 46.1-46.7 us, H100); 65-95 rows not measured. Not at K 4096:
 //    4096 x 4096 at 96 / 128 rows 32.0 / 32.3 against the GEMV's 25.9 / 27.6 (H100); K between
 //    4096 and 14336 not measured.
+// The 2 x 64 tile of these routes decodes two 16-column slices per wgmma commit group (j_group 2):
+// level with one or 1-2% faster wherever it runs, by the H100 sweep of the twenty-ninth session
+// (_H100_80GB_HBM3_round28.json): on 28672 x 8192 103.8 / 186.3 / 350.8 us at 64 / 128 / 256 rows
+// against 104.9 / 188.8 / 358.0, on 14336 x 4096 at 256 rows 104.5 against 106.5.
 // The routes without wgmma (mma.sync) stay as measured on their own.
 // apt_ext.nn.FP4Linear sends calls above 128 rows to dequantise + cuBLAS (fp4_linear), so
 // the routes above 128 rows serve callers of the tiled op itself.

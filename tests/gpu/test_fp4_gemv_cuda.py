@@ -388,7 +388,7 @@ def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
 
 # the wgmma GEMM's kernel names: transposing product (2), stream-K (true), one wgmma slice per
 # commit group; 2 tiles per warp, 8 or 4 blocks of 8 rows of x
-_SK64 = "2, 8, (apt::fp4::cuda::GemmProduct)2, true, 1>"
+_SK64 = "2, 8, (apt::fp4::cuda::GemmProduct)2, true, 2>"
 _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 
 
@@ -404,13 +404,13 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
     (65, 8192, 256, "nf4", "gemv_tiled", "gemv_tiled"),
     (23, 16384, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (24, 16384, 256, "nvfp4", "gemv_tiled", _SK32),
     (32, 16384, 256, "mxfp4", "gemv_tiled", _SK32), (33, 16384, 256, "nvfp4", "gemv_tiled", _SK64),
-    (40, 16383, 256, "nvfp4", "gemv_tiled", "gemv_tiled")])
+    (33, 16383, 256, "nvfp4", "gemv_tiled", "gemv_tiled")])
 def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed):
     """fp4_linear_tiled's default choice between its GEMV and GEMM (csrc/fp4/fp4_gemm_tiled_cuda.h,
     nvfp4 / mxfp4 with bfloat16 x): without wgmma the mma.sync GEMM from 65 rows of x on weights of
     8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its transposing
     stream-K form instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, 2 x 64
-    above), on weights of 8192 rows from 40 rows, where K is 8192 or more from 96 rows and on every
+    with two wgmma slices per commit group above), on weights of 8192 rows from 40 rows, where K is 8192 or more from 96 rows and on every
     weight from 256 rows. Read off the profiler's kernel names (the template arguments: tiles per
     warp, 8-row blocks of x, product, stream-K, slices per group), with the result checked against the
     reference."""

@@ -6,11 +6,8 @@ the blocked forward and a backward as the total minus the running sum: suffix_su
 forward + backward, float32 [B, T, D] at the model benchmark's size (B 8, T 1024, D 768) and at T 4096.
 Also the training step's whole prefix mean, the op apt_model::prefix_mean (``prefix_mean``, one
 Triton pass each way; also on bf16 x, what the step passes under autocast since the twenty-third
-session) against the earlier path (prefix_sum, then the division by the counts), the Triton
-pass's chunk shapes (rows x features per program) forward, against the defaults, and its
-segmented form (T split over more programs, ``scan(segments=...)``) on bf16 x forward (the
-prefix mean and its total) and backward (the reverse mean from a total), as the training step
-calls it under autocast.
+session) against the earlier path (prefix_sum, then the division by the counts), and the Triton
+pass's chunk shapes (rows x features per program) forward, against the defaults.
 
     python benchmarks/prefix_sum.py
 
@@ -20,7 +17,6 @@ Writes benchmarks/results/prefix_sum_<card>.json.
 """
 from __future__ import annotations
 
-import functools
 import statistics
 import sys
 from pathlib import Path
@@ -41,9 +37,6 @@ SHAPES = [(8, 1024, 768), (8, 4096, 768)]
 # (rows per chunk, features per program) of the Triton pass, timed side by side (the default:
 # BLOCK_T x MAX_BLOCK_D of apt_ext/triton/prefix_sum.py)
 CHUNKS = [(64, 32), (128, 16), (256, 16), (128, 32), (32, 32), (64, 16)]
-# (rows per chunk, features per program, segments) of the segmented pass; the first is the default
-SEGMENTED = [(256, 16, 1), (256, 16, 2), (256, 16, 4), (128, 16, 4), (128, 16, 8), (64, 16, 8), (64, 16, 16),
-             (128, 32, 8)]
 
 
 def mean_by_sum(x: torch.Tensor) -> torch.Tensor:
@@ -103,21 +96,6 @@ def main() -> int:
                 row["triton_mean_forward_ms_by_chunk"] = {
                     f"{bt}x{bd}": time_ms(lambda: scan(x, mean=True, with_total=True, block_t=bt, block_d=bd))
                     for bt, bd in CHUNKS}
-                xs = x.detach().bfloat16()
-                m_ref, total_ref = scan(xs, mean=True, with_total=True)
-                g_ref, _ = scan(xs, reverse=True, mean=True, init=total_ref)
-                for direction in ("forward", "backward"):
-                    row[f"triton_bf16_{direction}_ms_by_segments"] = {}
-                    row[f"max_abs_diff_bf16_{direction}_by_segments"] = {}
-                for bt, bd, segs in SEGMENTED:
-                    key = f"{bt}x{bd}/{segs}"
-                    shape_kw = dict(block_t=bt, block_d=bd, segments=segs)
-                    fwd = functools.partial(scan, xs, mean=True, with_total=True, **shape_kw)
-                    bwd = functools.partial(scan, xs, reverse=True, mean=True, init=total_ref, **shape_kw)
-                    for direction, fn, ref_out in (("forward", fwd, m_ref), ("backward", bwd, g_ref)):
-                        row[f"triton_bf16_{direction}_ms_by_segments"][key] = time_ms(fn)
-                        row[f"max_abs_diff_bf16_{direction}_by_segments"][key] = float(
-                            (fn()[0].float() - ref_out.float()).abs().max())
         rows.append(row)
         print(row)
     out = save_json(f"prefix_sum_{torch.cuda.get_device_name(device).replace(' ', '_')}",

@@ -70,35 +70,6 @@ def test_other_block_sizes(rng, block_t, block_d):
 
 
 @interpreted
-@pytest.mark.parametrize("segments", [2, 3, 7, 100])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_segments(rng, segments, dtype):
-    """T split into runs of whole 16-row chunks (10 chunks of 150 rows: 2, 3, 7 runs, and 100
-    asked: one per chunk), each its own programs: the same sums, means, totals and gradients as
-    one run, both ways, with init; a bad count is refused."""
-    from apt_ext.triton.prefix_sum import scan
-
-    x = torch.randn(2, 150, 3, 7, generator=rng, dtype=torch.float64).to(dtype)
-    xd = x.double()
-    counts = torch.arange(1, 151, dtype=torch.float64).view(1, 150, 1, 1)
-    rtol, atol = TOL[dtype]
-    m, total = scan(x, mean=True, with_total=True, block_t=16, segments=segments)
-    torch.testing.assert_close(m.double(), torch.cumsum(xd, 1) / counts, rtol=rtol, atol=atol)
-    torch.testing.assert_close(total.double(), xd.sum(1), rtol=1e-5, atol=1e-4)
-    init = torch.randn(total.shape, generator=rng)
-    g, _ = scan(x, reverse=True, mean=True, init=init, block_t=16, segments=segments)
-    want = torch.cumsum((xd / counts).flip(1), 1).flip(1) + init.double().unsqueeze(1)
-    torch.testing.assert_close(g.double(), want, rtol=rtol, atol=atol)
-    r, rt = scan(x, reverse=True, init=init, with_total=True, block_t=16, segments=segments)
-    torch.testing.assert_close(r.double(), torch.cumsum(xd.flip(1), 1).flip(1) + init.double().unsqueeze(1),
-                               rtol=rtol, atol=atol * 150 ** 0.5)
-    torch.testing.assert_close(rt.double(), xd.sum(1) + init.double(), rtol=1e-5, atol=1e-4)
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="segments: expected a positive int"):
-            scan(x, segments=bad)
-
-
-@interpreted
 @pytest.mark.parametrize("shape", [(2, 70, 5), (1, 1, 3), (3, 129)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_prefix_mean_and_its_gradient(rng, shape, dtype):

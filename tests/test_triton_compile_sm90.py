@@ -82,22 +82,16 @@ def test_left_spin_16bit_du_beside_float32_u_compiles_for_sm90(resident):
                                          "gdp_ptr": "*bf16", "gpp_ptr": "*fp32", **LEFT_SPIN_PARAMS}, consts, None)
 
 
-def _scan_args(dtype: str, acc: str) -> dict:
-    return {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "init_ptr": f"*{acc}", "total_ptr": f"*{acc}",
-            "seg_ptr": f"*{acc}", "T": "i32", "D": "i32", "SEG_ROWS": "i32", "N_SEG": "i32"}
-
-
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp64"])
 @pytest.mark.parametrize(("reverse", "mean"), [(False, False), (True, False), (False, True), (True, True)])
-@pytest.mark.parametrize("sum_only", [False, True])
-def test_prefix_sum_compiles_for_sm90(dtype, reverse, mean, sum_only):
-    """Both launches of the pass (the segment sums, the scan), with a run-time segment count."""
+def test_prefix_sum_compiles_for_sm90(dtype, reverse, mean):
     from apt_ext.triton import prefix_sum as tps
 
     acc = "fp64" if dtype == "fp64" else "fp32"
-    _compile_sm90(tps._scan_kernel, _scan_args(dtype, acc),
+    _compile_sm90(tps._scan_kernel, {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "init_ptr": f"*{acc}",
+                                     "total_ptr": f"*{acc}", "T": "i32", "D": "i32"},
                   {"REVERSE": reverse, "MEAN": mean, "HAS_INIT": reverse, "HAS_TOTAL": not reverse,
-                   "SUM_ONLY": sum_only, "BLOCK_T": tps.BLOCK_T, "BLOCK_D": tps.MAX_BLOCK_D}, None)
+                   "BLOCK_T": tps.BLOCK_T, "BLOCK_D": tps.MAX_BLOCK_D}, None)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -107,6 +101,7 @@ def test_prefix_mean_chunk_shapes_compile_for_sm90(dtype, block_t, block_d):
     total, the training step's pass) compile for sm_90 too."""
     from apt_ext.triton import prefix_sum as tps
 
-    _compile_sm90(tps._scan_kernel, _scan_args(dtype, "fp32"),
-                  {"REVERSE": False, "MEAN": True, "HAS_INIT": False, "HAS_TOTAL": True, "SUM_ONLY": False,
+    _compile_sm90(tps._scan_kernel, {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "init_ptr": "*fp32",
+                                     "total_ptr": "*fp32", "T": "i32", "D": "i32"},
+                  {"REVERSE": False, "MEAN": True, "HAS_INIT": False, "HAS_TOTAL": True,
                    "BLOCK_T": block_t, "BLOCK_D": block_d}, None)

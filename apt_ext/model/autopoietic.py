@@ -2,7 +2,7 @@
 
 For the attention input x [B, T, D] and per head h (head size d_h, rank r):
     m_t   = mean of the real (non-padding) x_s with s <= t       (causal prefix mean)
-    delta = sigmoid(W_g m_t + b_g) ⊙ (x_t U_h V_h)                 [B, H, T, d_h]
+    delta = sigmoid(W_g m_t + b_g) ⊙ (x_t U_h V_h)                 [B, T, H, d_h]
 The attention block combines its SDPA output h with delta as h + g·delta, g the left-spin gate
 (d = ||delta|| / ||h|| per head and token, no acceleration term), or h + alpha·tanh(tau)·delta
 when left-spin is off. Nothing in it looks at tokens after t, so causal attention stays causal.
@@ -16,7 +16,12 @@ from apt_ext.model.prefix_sum import prefix_mean, prefix_sum
 
 
 class AutopoieticCorrection(nn.Module):
-    """Produces delta [B, H, T, d_h] from x [B, T, D] and its causal prefix mean m [B, T, D]."""
+    """Produces delta [B, T, H, d_h] from x [B, T, D] and its causal prefix mean m [B, T, D].
+
+    Token-major like x and like the attention output the output projection reads (SDPA's
+    [B, H, T, d_h] transposed), so the gate, the product and the combination with the attention
+    output need no transposing copies.
+    """
 
     def __init__(self, d_model: int, num_heads: int, rank: int) -> None:
         super().__init__()
@@ -56,6 +61,6 @@ class AutopoieticCorrection(nn.Module):
     def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         xu = self.U(x).view(b, t, self.num_heads, self.rank)
-        xuv = torch.einsum("bthr,hrd->bhtd", xu, self.V.to(xu.dtype))
-        g = torch.sigmoid(self.gate(m)).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        xuv = torch.einsum("bthr,hrd->bthd", xu, self.V.to(xu.dtype))
+        g = torch.sigmoid(self.gate(m)).view(b, t, self.num_heads, self.head_dim)
         return g * xuv

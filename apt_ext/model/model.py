@@ -127,12 +127,14 @@ class Attention(nn.Module):
             m, new_state = self.auto.prefix_mean(xm, masks.valid, state)
             if cache is not None:
                 cache["auto"] = new_state
-            delta = self.auto(x, m).to(h.dtype)
+            delta = self.auto(x, m).to(h.dtype)  # [B, T, H, d_h]
+            h = h.transpose(1, 2)  # [B, T, H, d_h], as delta: the combination copies nothing
             c = self.cfg
             if c.use_left_spin:  # the left-spin gate with d = ||delta||/||h||, no acceleration term
                 h, _ = left_spin_residual(h, delta, params=c.left_spin_params)
             else:
                 h = h + c.left_spin_alpha * math.tanh(c.left_spin_tau) * delta
+            return self.proj(h.reshape(b, t, d))
         return self.proj(h.transpose(1, 2).reshape(b, t, d))
 
 

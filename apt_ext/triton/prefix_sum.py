@@ -8,12 +8,6 @@ ATen path reads and writes the tensor about four times (blocked_cumsum's two sca
 in four launches. ``mean`` divides row t by t + 1: after the scan going forward (the prefix
 mean), before it going backward (the prefix mean's gradient); ``init`` starts the running
 total at a given [B, ...] value and ``total`` returns where it ended.
-
-``segments`` > 1 splits T into that many segments of whole chunks, each scanned by its own
-programs, for more programs in flight (one per batch row and feature block alone leaves most of
-a GPU idle at B 8, D 768): a first launch sums each segment (``SUM_ONLY``), and each program of
-the second starts from init plus the sums of the segments before its own (after it, going
-backward). x is read twice, the second time mostly from L2 where the tensor fits there.
 """
 from __future__ import annotations
 
@@ -33,58 +27,39 @@ MAX_BLOCK_D = 16  # features per program (B * D / 16 programs: 384 for B 8, D 76
 
 
 @triton.jit
-def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, seg_ptr, T, D, SEG_ROWS, N_SEG, REVERSE: tl.constexpr,
-                 MEAN: tl.constexpr, HAS_INIT: tl.constexpr, HAS_TOTAL: tl.constexpr, SUM_ONLY: tl.constexpr,
-                 BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    # program (b, feature block, segment); segment sums seg_ptr [B, N_SEG, D] (acc type): written
-    # with SUM_ONLY, else read for the segments before this one (N_SEG > 1)
+def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, REVERSE: tl.constexpr, MEAN: tl.constexpr,
+                 HAS_INIT: tl.constexpr, HAS_TOTAL: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    seg = tl.program_id(2)
     cmask = cols < D
     base = b * T * D
     acc_type = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     carry = tl.zeros([BLOCK_D], dtype=acc_type)
-    if not SUM_ONLY:
-        if HAS_INIT:
-            carry += tl.load(init_ptr + b * D + cols, mask=cmask, other=0.0).to(acc_type)
-        if N_SEG > 1:
-            lo = seg + 1 if REVERSE else 0
-            hi = N_SEG if REVERSE else seg
-            for j in range(lo, hi):
-                carry += tl.load(seg_ptr + (b * N_SEG + j) * D + cols, mask=cmask, other=0.0).to(acc_type)
-    row0 = seg * SEG_ROWS
-    n_chunks = tl.cdiv(tl.minimum(SEG_ROWS, T - row0), BLOCK_T)
+    if HAS_INIT:
+        carry += tl.load(init_ptr + b * D + cols, mask=cmask, other=0.0).to(acc_type)
+    n_chunks = tl.cdiv(T, BLOCK_T)
     for i in range(0, n_chunks):
         chunk = i
         if REVERSE:
             chunk = n_chunks - 1 - i
-        rows = row0 + chunk * BLOCK_T + tl.arange(0, BLOCK_T)
+        rows = chunk * BLOCK_T + tl.arange(0, BLOCK_T)
         mask = (rows < T)[:, None] & cmask[None, :]
         offs = base + rows.to(tl.int64)[:, None] * D + cols[None, :]
         v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_type)
         if MEAN and REVERSE:
             v = v / (rows + 1).to(acc_type)[:, None]
-        if not SUM_ONLY:
-            s = tl.cumsum(v, axis=0, reverse=REVERSE) + carry[None, :]
-            if MEAN and not REVERSE:
-                s = s / (rows + 1).to(acc_type)[:, None]
-            tl.store(out_ptr + offs, s.to(out_ptr.dtype.element_ty), mask=mask)
+        s = tl.cumsum(v, axis=0, reverse=REVERSE) + carry[None, :]
+        if MEAN and not REVERSE:
+            s = s / (rows + 1).to(acc_type)[:, None]
+        tl.store(out_ptr + offs, s.to(out_ptr.dtype.element_ty), mask=mask)
         carry += tl.sum(v, axis=0)
-    if SUM_ONLY:
-        tl.store(seg_ptr + (b * N_SEG + seg) * D + cols, carry, mask=cmask)
-    elif HAS_TOTAL:
-        # the segment the scan ends in holds the total (forward the last, backward the first)
-        ends = seg == N_SEG - 1
-        if REVERSE:
-            ends = seg == 0
-        if ends:
-            tl.store(total_ptr + b * D + cols, carry.to(total_ptr.dtype.element_ty), mask=cmask)
+    if HAS_TOTAL:
+        tl.store(total_ptr + b * D + cols, carry.to(total_ptr.dtype.element_ty), mask=cmask)
 
 
 def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch.Tensor | None = None,
-         with_total: bool = False, *, block_t: int = BLOCK_T, block_d: int = MAX_BLOCK_D,
-         segments: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+         with_total: bool = False, *, block_t: int = BLOCK_T,
+         block_d: int = MAX_BLOCK_D) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(out, total) for x [B, T, ...] on a Triton device (or any device under TRITON_INTERPRET=1).
 
     out[:, t] = x[:, 0] + ... + x[:, t] (reverse: x[:, t] + ... + x[:, T-1]), plus ``init``
@@ -92,15 +67,11 @@ def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch
     or before it (reverse). out has x's shape and dtype (contiguous); total ([B, ...], float32,
     float64 for float64 x) is the sum of all rows plus init when ``with_total``, else None.
     ``block_t`` rows per chunk and at most ``block_d`` features per program (powers of two from
-    16); ``segments`` (a positive int) splits T into up to that many runs of whole chunks, each
-    its own programs, after a launch that sums each run (module docstring).
-    benchmarks/prefix_sum.py times other choices than the defaults.
+    16; benchmarks/prefix_sum.py times other choices than the defaults).
     """
     for name, v in (("block_t", block_t), ("block_d", block_d)):
         if not isinstance(v, int) or v < 16 or v & (v - 1):
             raise ValueError(f"{name}: expected a power of two of at least 16, got {v!r}")
-    if not isinstance(segments, int) or isinstance(segments, bool) or segments < 1:
-        raise ValueError(f"segments: expected a positive int, got {segments!r}")
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
         got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected a floating tensor of at least 2 dims [B, T, ...], got {got}")
@@ -118,16 +89,8 @@ def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch
             total.copy_(init if init is not None else torch.zeros_like(total))
         return out, total
     block_d = min(block_d, max(16, next_power_of_2(d)))
-    seg_rows = block_t * cdiv(cdiv(t, block_t), segments)  # whole chunks per segment
-    n_seg = cdiv(t, seg_rows)
     init_c = init.contiguous() if init is not None else xc
-    dummy = total if total is not None else out  # for the pointers a launch does not use
-    seg_sums = torch.empty((b, n_seg, d), dtype=acc, device=x.device) if n_seg > 1 else dummy
-    grid = (b, cdiv(d, block_d), n_seg)
-    flags = dict(REVERSE=bool(reverse), MEAN=bool(mean), BLOCK_T=block_t, BLOCK_D=block_d, num_warps=4)
-    if n_seg > 1:
-        _scan_kernel[grid](xc, out, init_c, dummy, seg_sums, t, d, seg_rows, n_seg, HAS_INIT=False,
-                           HAS_TOTAL=False, SUM_ONLY=True, **flags)
-    _scan_kernel[grid](xc, out, init_c, dummy, seg_sums, t, d, seg_rows, n_seg, HAS_INIT=init is not None,
-                       HAS_TOTAL=with_total, SUM_ONLY=False, **flags)
+    _scan_kernel[(b, cdiv(d, block_d))](xc, out, init_c, total if total is not None else out, t, d,
+                                        REVERSE=bool(reverse), MEAN=bool(mean), HAS_INIT=init is not None,
+                                        HAS_TOTAL=with_total, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=4)
     return out, total

@@ -1,5 +1,5 @@
 // Hopper warpgroup MMA (wgmma.mma_async, sm_90a only) for the tiled FP4 GEMM
-// (fp4_gemm_tiled_cuda.cu): A (the decoded weights, 64 rows = four warps' 16-row tiles) from
+// (fp4_gemm_tiled_kernel_cuda.h): A (the decoded weights, 64 rows = four warps' 16-row tiles) from
 // registers, B (x) from shared memory through a matrix descriptor, float32 accumulators.
 //
 // Per warp, the A registers of wgmma .m64nNk16 (bf16) are the mma.sync m16n8k16 A fragment of the

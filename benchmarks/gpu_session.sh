@@ -4,7 +4,9 @@
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
 #   stages: build test (all of tests/gpu; APT_TEST_WORKERS pytest-xdist processes where carried) test_fp4 test_gemv test_left_spin test_vgpu test_model (APT_PYTEST_K='expr' selects their tests) sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON, APT_SWEEP_MS its rows of x, APT_SWEEP_GEMV_BASES extra GEMV bases to time, e.g. 16x2048x8x4,8x4096x8x4) fp4_triton_host (the Triton path's eager host time, piece by piece) fp4_quick
 #           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) ncu_gemm_full (the same, report, details and per-SASS-line source page kept) e2e e2e_decoder left_spin left_spin_quick vgpu vgpu_quick vgpu_ssd (the SSD part alone: pager against dd and fio) vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
-#   build: APT_CUDA_ARCHS=90a builds for sm_90a only (about 70 s; 90a, not 90: the wgmma GEMM needs it); the built _C*.so is copied (debug info stripped, gzipped: a file comes back only under 16 MiB) to
+#   build: APT_CUDA_ARCHS=90a builds for sm_90a only (90a, not 90: the wgmma GEMM needs it); an earlier call's build/ on a
+#   warm machine is kept, so ninja recompiles only what changed (a first call that ran out of its stage limit resumes);
+#   the built _C*.so is copied (debug info stripped, gzipped: a file comes back only under 16 MiB) to
 #   $OUT so a later call can carry it (gunzip it into apt_ext/ and skip the build stage).
 #   each stage's log: $OUT/<stage>.log; SECONDS caps a stage (timeout); a stage failing does not
 #   stop the later ones.
@@ -52,7 +54,7 @@ stage() {  # name, command...
 for arg in "$@"; do
   s=${arg%%:*}; LIMIT=0; [ "$s" != "$arg" ] && LIMIT=${arg#*:}
   case $s in
-    build) rm -rf build; stage build $PY -m pip install -v --no-build-isolation --no-deps -e .
+    build) stage build $PY -m pip install -v --no-build-isolation --no-deps -e .
       so=$($PY -c 'import apt_ext._C as c; print(c.__file__)') && strip --strip-debug -o /tmp/_C.so "$so" \
         && gzip -c /tmp/_C.so > "$OUT/$(basename "$so").gz" ;;
     test)  # with pytest-xdist (carried in .devtools) in APT_TEST_WORKERS processes (default 4) on the one GPU:

@@ -96,8 +96,8 @@ struct GemmTiledConfig {
   int tiles_per_warp;
   int rows_per_block;   // rows of x per block (8 per mma n8 block): 32, 64 or (wgmma) 8, 16, 128
   GemmProduct product;
-  int j_group = 1;      // wgmma: 16-column slices decoded before one commit group (1; built with the
-                        // transposing product: 2 and 4 for 2 x 64 and 1 x 128, 2 for 2 x 32)
+  int j_group = 1;      // wgmma: 16-column slices decoded before one commit group (1; with the
+                        // transposing product also 2 for 2 x 32, 2 x 64 and 1 x 128)
 };
 
 // The GEMM fp4_linear_tiled launches for m rows of x on a weight of n rows and k columns (format f,

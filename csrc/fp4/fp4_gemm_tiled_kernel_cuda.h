@@ -179,15 +179,13 @@ constexpr bool warp_tile_built(int tw, int xb, GemmProduct p) {
 constexpr bool k_parts_ok(int kw, GemmProduct p) { return kw == 1 || kw == 2 || (kw == 4 && !is_wgmma(p)); }
 
 // 16-column slices a wgmma warpgroup decodes before committing their products as one group
-// (GemmTiledConfig::j_group): 1 everywhere; for the transposing product (deeper tensor-core
-// queues: up to 2 JG slices' wgmmas in flight, the next group decoding meanwhile, at 8 TW (JG - 1)
-// more A registers) 2 and 4 with the 2 x 64 and 1 x 128 warp tiles, 2 with 2 x 32 (capped at 128
-// registers for two blocks per multiprocessor, it spilled 488-520 bytes with 4: sm_90a ptxas
-// report of the twenty-eighth session).
+// (GemmTiledConfig::j_group): 1 everywhere; 2 for the transposing product with the 2 x 32, 2 x 64
+// and 1 x 128 warp tiles (a deeper tensor-core queue: up to 4 slices' wgmmas in flight, the next
+// group decoding meanwhile, at 8 TW more A registers). Four were built in the twenty-eighth
+// session and measured slower than two everywhere (docs/fp4_gpu.md), so they are not.
 constexpr bool j_group_built(int jg, int tw, int xb, GemmProduct p) {
-  const bool wide_tile = (tw == 2 && xb == 8) || (tw == 1 && xb == 16);
-  return jg == 1 || (p == GemmProduct::kWgmmaTranspose &&
-                     ((jg == 2 && (wide_tile || (tw == 2 && xb == 4))) || (jg == 4 && wide_tile)));
+  const bool two_ok = (tw == 2 && (xb == 4 || xb == 8)) || (tw == 1 && xb == 16);
+  return jg == 1 || (jg == 2 && p == GemmProduct::kWgmmaTranspose && two_ok);
 }
 
 // Publishing a block's sums for another block to add (split-K and stream-K): a thread's sum e
@@ -581,7 +579,6 @@ void launch_gemm_kernel(const GemmKernelLaunch& launch) {
           if constexpr (j_group_built(JG, TW, XB, P)) go(gemm_tiled_kernel<F, kGelu, TW, XB, P, kStreamK, JG>);
         };
         if (launch.j_group == 2) with(std::integral_constant<int, 2>{});
-        else if (launch.j_group == 4) with(std::integral_constant<int, 4>{});
         else with(std::integral_constant<int, 1>{});
       };
       if constexpr (P == GemmProduct::kWgmmaTranspose) {

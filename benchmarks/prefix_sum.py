@@ -7,7 +7,12 @@ forward + backward, float32 [B, T, D] at the model benchmark's size (B 8, T 1024
 Also the training step's whole prefix mean, the op apt_model::prefix_mean (``prefix_mean``, one
 Triton pass each way; also on bf16 x, what the step passes under autocast since the twenty-third
 session) against the earlier path (prefix_sum, then the division by the counts), and the Triton
-pass's chunk shapes (rows x features per program) forward, against the defaults.
+pass's chunk shapes (rows x features per program) forward, against the defaults; and on bf16 x
+the pass as the training step calls it (forward: mean and total; backward: the reverse mean from
+a total) with each chunk's sums scanned in registers (the default) or taken as a tensor-core
+product with a triangle of ones (``scan(matmul=True)``) at several chunk shapes, timed inside a
+CUDA graph with a cold L2 (as the compiled step replays it; per-call event timing of a 20-50 us
+kernel also counts its host launch), each with its largest difference from float64.
 
     python benchmarks/prefix_sum.py
 
@@ -17,6 +22,7 @@ Writes benchmarks/results/prefix_sum_<card>.json.
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 from pathlib import Path
@@ -29,6 +35,7 @@ from model_common import run_meta, save_json  # noqa: E402
 from apt_ext.model.prefix_sum import blocked_cumsum, prefix_mean, prefix_sum  # noqa: E402
 
 try:
+    from apt_ext.triton.autotune import gpu_ms
     from apt_ext.triton.prefix_sum import scan
 except ImportError:  # no triton: the ops run their ATen paths, no chunk shapes to time
     scan = None
@@ -37,6 +44,8 @@ SHAPES = [(8, 1024, 768), (8, 4096, 768)]
 # (rows per chunk, features per program) of the Triton pass, timed side by side (the default:
 # BLOCK_T x MAX_BLOCK_D of apt_ext/triton/prefix_sum.py)
 CHUNKS = [(64, 32), (128, 16), (256, 16), (128, 32), (32, 32), (64, 16)]
+# (rows per chunk, features per program) of the matmul form, timed beside the default scan
+MATMUL_CHUNKS = [(64, 16), (64, 32), (128, 16), (32, 32), (64, 64), (32, 16)]
 
 
 def mean_by_sum(x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +67,30 @@ def time_ms(fn, warmup: int = 20, iters: int = 200) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def step_pass_rows(x: torch.Tensor) -> dict:
+    """The training step's two passes on bf16 x (x: float32 [B, T, D]), default scan against the
+    matmul form at MATMUL_CHUNKS: microseconds per call in a CUDA graph with a cold L2
+    (apt_ext.triton.autotune.gpu_ms) and the largest difference from float64, keyed by variant
+    ("scan" or "matmul BTxBD")."""
+    xb = x.detach().bfloat16()
+    t = x.shape[1]
+    counts = torch.arange(1, t + 1, device=x.device, dtype=torch.float64).view(1, t, 1)
+    want_m = torch.cumsum(xb.double(), dim=1) / counts
+    init = torch.randn(x.shape[0], x.shape[2], device=x.device)
+    want_g = torch.cumsum((xb.double() / counts).flip(1), dim=1).flip(1) + init.double().unsqueeze(1)
+    variants = [("scan", {})] + [(f"matmul {bt}x{bd}", dict(block_t=bt, block_d=bd, matmul=True))
+                                 for bt, bd in MATMUL_CHUNKS]
+    out: dict = {f"triton_bf16_{d}_graph_us_by_variant": {} for d in ("forward", "backward")}
+    out |= {f"max_abs_err_bf16_{d}_by_variant": {} for d in ("forward", "backward")}
+    for name, kw in variants:
+        fwd = functools.partial(scan, xb, mean=True, with_total=True, **kw)
+        bwd = functools.partial(scan, xb, reverse=True, mean=True, init=init, **kw)
+        for direction, fn, want in (("forward", fwd, want_m), ("backward", bwd, want_g)):
+            out[f"triton_bf16_{direction}_graph_us_by_variant"][name] = gpu_ms(fn, x.device) * 1e3
+            out[f"max_abs_err_bf16_{direction}_by_variant"][name] = float((fn()[0].double() - want).abs().max())
+    return out
 
 
 def main() -> int:
@@ -96,6 +129,7 @@ def main() -> int:
                 row["triton_mean_forward_ms_by_chunk"] = {
                     f"{bt}x{bd}": time_ms(lambda: scan(x, mean=True, with_total=True, block_t=bt, block_d=bd))
                     for bt, bd in CHUNKS}
+            row |= step_pass_rows(x)
         rows.append(row)
         print(row)
     out = save_json(f"prefix_sum_{torch.cuda.get_device_name(device).replace(' ', '_')}",

@@ -92,3 +92,41 @@ def test_prefix_mean_and_its_gradient(rng, shape, dtype):
     torch.testing.assert_close(g.double(), want, rtol=rtol, atol=atol)
     with pytest.raises(ValueError, match="init: expected a tensor of shape"):
         scan(x, init=torch.zeros(7))
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("block_t", "block_d"), [(16, 16), (32, 16), (64, 32)])
+def test_matmul_chunks(rng, dtype, block_t, block_d):
+    """scan(matmul=True), each chunk's sums as a product with a triangle of ones: the training
+    step's forward (mean and total) and backward (the reverse mean from a total, the rows split
+    into high and low parts) and a plain reverse sum, over T not a multiple of the chunk, against
+    float64; float32 x and chunks above MAX_MATMUL_BLOCK_T rows are refused."""
+    from apt_ext.triton.prefix_sum import MAX_MATMUL_BLOCK_T, scan
+
+    t = 70
+    x = torch.randn(2, t, 24, generator=rng, dtype=torch.float64).to(dtype)
+    xd = x.double()
+    counts = torch.arange(1, t + 1, dtype=torch.float64).view(1, t, 1)
+    kw = dict(block_t=block_t, block_d=block_d, matmul=True)
+    rtol, atol = TOL[dtype]
+    m, total = scan(x, mean=True, with_total=True, **kw)
+    assert m.dtype == dtype and total.dtype == torch.float32
+    torch.testing.assert_close(m.double(), torch.cumsum(xd, dim=1) / counts, rtol=rtol, atol=atol)
+    torch.testing.assert_close(total.double(), xd.sum(1), rtol=1e-5, atol=1e-5)
+    init = torch.randn(total.shape, generator=rng)
+    g, _ = scan(x, reverse=True, mean=True, init=init, **kw)
+    want = torch.cumsum((xd / counts).flip(1), dim=1).flip(1) + init.double().unsqueeze(1)
+    torch.testing.assert_close(g.double(), want, rtol=rtol, atol=atol)
+    r, _ = scan(x, reverse=True, **kw)
+    torch.testing.assert_close(r.double(), torch.cumsum(xd.flip(1), dim=1).flip(1), rtol=rtol, atol=atol * t ** 0.5)
+    # the quotients 1/(s+1) are not 16-bit numbers: their high and low parts together keep the
+    # reverse mean's first row at float32's accuracy where it cancels to zero against init
+    ones = torch.ones(1, t, 16, dtype=dtype)
+    harmonic = (1.0 / counts.view(t)).sum().item()
+    g0 = scan(ones, reverse=True, mean=True, init=torch.full((1, 16), -harmonic), **kw)[0][:, 0]
+    assert g0.abs().max().item() < 1e-4, g0
+    with pytest.raises(ValueError, match="matmul: needs bfloat16 or float16 x"):
+        scan(x.float(), **kw)
+    with pytest.raises(ValueError, match="matmul: needs bfloat16 or float16 x and block_t <="):
+        scan(x, block_t=2 * MAX_MATMUL_BLOCK_T, matmul=True)

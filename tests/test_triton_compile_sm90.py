@@ -91,7 +91,7 @@ def test_prefix_sum_compiles_for_sm90(dtype, reverse, mean):
     _compile_sm90(tps._scan_kernel, {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "init_ptr": f"*{acc}",
                                      "total_ptr": f"*{acc}", "T": "i32", "D": "i32"},
                   {"REVERSE": reverse, "MEAN": mean, "HAS_INIT": reverse, "HAS_TOTAL": not reverse,
-                   "BLOCK_T": tps.BLOCK_T, "BLOCK_D": tps.MAX_BLOCK_D}, None)
+                   "BLOCK_T": tps.BLOCK_T, "BLOCK_D": tps.MAX_BLOCK_D, "MATMUL": False, "DOT_F32": False}, None)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -104,4 +104,19 @@ def test_prefix_mean_chunk_shapes_compile_for_sm90(dtype, block_t, block_d):
     _compile_sm90(tps._scan_kernel, {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "init_ptr": "*fp32",
                                      "total_ptr": "*fp32", "T": "i32", "D": "i32"},
                   {"REVERSE": False, "MEAN": True, "HAS_INIT": False, "HAS_TOTAL": True,
-                   "BLOCK_T": block_t, "BLOCK_D": block_d}, None)
+                   "BLOCK_T": block_t, "BLOCK_D": block_d, "MATMUL": False, "DOT_F32": False}, None)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize(("reverse", "mean"), [(False, True), (True, True), (True, False)])
+@pytest.mark.parametrize(("block_t", "block_d"), [(64, 16), (64, 32), (128, 16), (32, 32), (64, 64), (32, 16)])
+def test_prefix_sum_matmul_compiles_for_sm90(dtype, reverse, mean, block_t, block_d):
+    """The chunk sums as a tensor-core product with a triangle of ones (scan(matmul=True)): the
+    training step's forward (mean and total) and backward (reverse mean from a total, two
+    products) and a plain reverse sum, at the chunk shapes benchmarks/prefix_sum.py times."""
+    from apt_ext.triton import prefix_sum as tps
+
+    _compile_sm90(tps._scan_kernel, {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "init_ptr": "*fp32",
+                                     "total_ptr": "*fp32", "T": "i32", "D": "i32"},
+                  {"REVERSE": reverse, "MEAN": mean, "HAS_INIT": reverse, "HAS_TOTAL": not reverse,
+                   "BLOCK_T": block_t, "BLOCK_D": block_d, "MATMUL": True, "DOT_F32": False}, None)

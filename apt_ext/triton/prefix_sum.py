@@ -8,6 +8,16 @@ ATen path reads and writes the tensor about four times (blocked_cumsum's two sca
 in four launches. ``mean`` divides row t by t + 1: after the scan going forward (the prefix
 mean), before it going backward (the prefix mean's gradient); ``init`` starts the running
 total at a given [B, ...] value and ``total`` returns where it ended.
+
+``matmul`` (16-bit x) takes each chunk's running sums as one tensor-core product instead of a
+scan in registers: L @ chunk, L the [BLOCK_T, BLOCK_T] triangle of ones (lower going forward,
+upper backward), accumulated in float32. The products are exact (x times 0 or 1), so the sums
+are float32 sums of x's values as in the scan, in another order. Where the rows are divided
+before the sum (the reverse mean), the quotient is split into a 16-bit high and low part (two
+products: about 16 bits of its mantissa kept, against 8 for one bfloat16 product). The chunk
+loop then looks like a GEMM's K loop, whose loads Triton's pipeliner stages ahead of their use.
+The scan kept B * D / 16 programs short of bandwidth on the H100 (about 21 us a call for a 12.6
+MB bfloat16 tensor read and written in the training step's profile, docs/model.md).
 """
 from __future__ import annotations
 
@@ -17,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from apt_ext.triton.fp4_decode import INTERPRET
 from apt_ext.triton.host_math import cdiv, next_power_of_2
 
 # Chunk shape: the fastest of benchmarks/prefix_sum.py's six on the H100 (forward mean of
@@ -26,9 +37,22 @@ BLOCK_T = 256     # rows per chunk
 MAX_BLOCK_D = 16  # features per program (B * D / 16 programs: 384 for B 8, D 768)
 
 
+MAX_MATMUL_BLOCK_T = 128  # the triangle of ones is BLOCK_T^2 values held in registers
+
+
+@triton.jit
+def _triangle_dot(ones, v, DOT_F32: tl.constexpr):
+    """ones @ v with float32 accumulation: 16-bit operands on tensor cores, or float32 operands
+    in IEEE arithmetic where there is no 16-bit dot (DOT_F32: the interpreter; ones is float32)."""
+    if DOT_F32:
+        return tl.dot(ones, v.to(tl.float32), input_precision="ieee")
+    return tl.dot(ones, v)
+
+
 @triton.jit
 def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, REVERSE: tl.constexpr, MEAN: tl.constexpr,
-                 HAS_INIT: tl.constexpr, HAS_TOTAL: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+                 HAS_INIT: tl.constexpr, HAS_TOTAL: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                 MATMUL: tl.constexpr, DOT_F32: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
@@ -38,6 +62,16 @@ def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, REVERSE: tl.constexp
     if HAS_INIT:
         carry += tl.load(init_ptr + b * D + cols, mask=cmask, other=0.0).to(acc_type)
     n_chunks = tl.cdiv(T, BLOCK_T)
+    if MATMUL:
+        r = tl.arange(0, BLOCK_T)
+        if REVERSE:
+            tri = r[None, :] >= r[:, None]  # out row i sums rows j >= i of the chunk
+        else:
+            tri = r[None, :] <= r[:, None]  # rows j <= i
+        if DOT_F32:
+            ones = tri.to(tl.float32)
+        else:
+            ones = tri.to(x_ptr.dtype.element_ty)
     for i in range(0, n_chunks):
         chunk = i
         if REVERSE:
@@ -45,10 +79,21 @@ def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, REVERSE: tl.constexp
         rows = chunk * BLOCK_T + tl.arange(0, BLOCK_T)
         mask = (rows < T)[:, None] & cmask[None, :]
         offs = base + rows.to(tl.int64)[:, None] * D + cols[None, :]
-        v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_type)
-        if MEAN and REVERSE:
-            v = v / (rows + 1).to(acc_type)[:, None]
-        s = tl.cumsum(v, axis=0, reverse=REVERSE) + carry[None, :]
+        if MATMUL:
+            x16 = tl.load(x_ptr + offs, mask=mask, other=0.0)
+            v = x16.to(acc_type)
+            if MEAN and REVERSE:
+                v = v / (rows + 1).to(acc_type)[:, None]
+                hi = v.to(x16.dtype)
+                lo = (v - hi.to(acc_type)).to(x16.dtype)
+                s = _triangle_dot(ones, hi, DOT_F32) + _triangle_dot(ones, lo, DOT_F32) + carry[None, :]
+            else:
+                s = _triangle_dot(ones, x16, DOT_F32) + carry[None, :]
+        else:
+            v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_type)
+            if MEAN and REVERSE:
+                v = v / (rows + 1).to(acc_type)[:, None]
+            s = tl.cumsum(v, axis=0, reverse=REVERSE) + carry[None, :]
         if MEAN and not REVERSE:
             s = s / (rows + 1).to(acc_type)[:, None]
         tl.store(out_ptr + offs, s.to(out_ptr.dtype.element_ty), mask=mask)
@@ -58,8 +103,8 @@ def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, REVERSE: tl.constexp
 
 
 def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch.Tensor | None = None,
-         with_total: bool = False, *, block_t: int = BLOCK_T,
-         block_d: int = MAX_BLOCK_D) -> tuple[torch.Tensor, torch.Tensor | None]:
+         with_total: bool = False, *, block_t: int = BLOCK_T, block_d: int = MAX_BLOCK_D,
+         matmul: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(out, total) for x [B, T, ...] on a Triton device (or any device under TRITON_INTERPRET=1).
 
     out[:, t] = x[:, 0] + ... + x[:, t] (reverse: x[:, t] + ... + x[:, T-1]), plus ``init``
@@ -67,7 +112,9 @@ def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch
     or before it (reverse). out has x's shape and dtype (contiguous); total ([B, ...], float32,
     float64 for float64 x) is the sum of all rows plus init when ``with_total``, else None.
     ``block_t`` rows per chunk and at most ``block_d`` features per program (powers of two from
-    16; benchmarks/prefix_sum.py times other choices than the defaults).
+    16; benchmarks/prefix_sum.py times other choices than the defaults). ``matmul`` takes each
+    chunk's sums as a product with a triangle of ones (module docstring): bfloat16 / float16 x
+    only, block_t at most MAX_MATMUL_BLOCK_T.
     """
     for name, v in (("block_t", block_t), ("block_d", block_d)):
         if not isinstance(v, int) or v < 16 or v & (v - 1):
@@ -75,6 +122,9 @@ def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
         got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected a floating tensor of at least 2 dims [B, T, ...], got {got}")
+    if matmul and (x.dtype not in (torch.bfloat16, torch.float16) or block_t > MAX_MATMUL_BLOCK_T):
+        raise ValueError(f"matmul: needs bfloat16 or float16 x and block_t <= {MAX_MATMUL_BLOCK_T}, "
+                         f"got {x.dtype} and {block_t}")
     b, t = x.shape[:2]
     if init is not None and (not isinstance(init, torch.Tensor) or init.shape != (b, *x.shape[2:])):
         got = tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__
@@ -92,5 +142,6 @@ def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch
     init_c = init.contiguous() if init is not None else xc
     _scan_kernel[(b, cdiv(d, block_d))](xc, out, init_c, total if total is not None else out, t, d,
                                         REVERSE=bool(reverse), MEAN=bool(mean), HAS_INIT=init is not None,
-                                        HAS_TOTAL=with_total, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=4)
+                                        HAS_TOTAL=with_total, BLOCK_T=block_t, BLOCK_D=block_d,
+                                        MATMUL=bool(matmul), DOT_F32=INTERPRET, num_warps=4)
     return out, total

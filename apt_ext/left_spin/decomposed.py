@@ -62,10 +62,11 @@ def _phi_terms(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor | None,
     return phi, score, nu, ndu, nd, ndp, diff
 
 
-def _unit(v: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """v / ||v|| per row ([..., D] over [...]), 0 where the norm is 0 (the norm's gradient)."""
+def _per_norm(d: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """d / norm per row, 0 where the norm is 0: the coefficient of v in d * d||v||/dv (the
+    norm's gradient v / ||v||, taken as 0 at a zero row), [..., 1] to scale rows of v."""
     safe = torch.where(norm == 0, torch.ones_like(norm), norm)
-    return torch.where((norm == 0).unsqueeze(-1), torch.zeros_like(v), v / safe.unsqueeze(-1))
+    return torch.where(norm == 0, torch.zeros_like(d), d / safe).unsqueeze(-1)
 
 
 class _DecomposedLeftSpin(torch.autograd.Function):
@@ -106,7 +107,7 @@ class _DecomposedLeftSpin(torch.autograd.Function):
         u_acc, du_acc = u.to(acc, copy=True), du.to(acc, copy=True)
         prev = du_prev.to(acc) if du_prev is not None else None
         pp = phi_prev.to(acc) if phi_prev is not None else None
-        phi, score, nu, ndu, nd, ndp, diff = _phi_terms(u_acc, du_acc, prev, pp, ctx.params, recompute=True)
+        phi, score, nu, ndu, nd, ndp, _ = _phi_terms(u_acc, du_acc, prev, pp, ctx.params, recompute=True)
         go = grad_out.to(acc)
         gate = torch.rsqrt(1.0 + phi * phi)
         # out = u + gate * du; phi's total gradient, then through softplus to the score
@@ -115,18 +116,24 @@ class _DecomposedLeftSpin(torch.autograd.Function):
         spread_u = eps + nu
         d_nu = -d_score * w1 * ndu / (spread_u * spread_u)
         d_ndu = d_score * w1 / spread_u
-        grad_du = gate.unsqueeze(-1) * go
+        # Each gradient is written as its own combination of the inputs with per-row
+        # coefficients (the norms' gradients d * v / ||v||), so no full-size term is shared
+        # between two gradients: inductor stored such a term (d_nd * (du - du_prev) / ||du -
+        # du_prev||, float32) for the second one to read back, 2 x 4 bytes a value per site
+        # (tools/inductor_cuda_kernels.py, twenty-ninth session).
         grad_du_prev = None
-        if prev is not None:
+        if prev is None:
+            grad_du = gate.unsqueeze(-1) * go + _per_norm(d_ndu, ndu) * du_acc
+        else:
             spread = eps + ndu + ndp
             d_nd = d_score * w2 / spread
             d_spread = -d_score * w2 * nd / (spread * spread)
-            diff_unit = _unit(diff, nd)
-            grad_du = grad_du + d_nd.unsqueeze(-1) * diff_unit
-            d_ndu = d_ndu + d_spread
-            grad_du_prev = (d_spread.unsqueeze(-1) * _unit(prev, ndp)
-                            - d_nd.unsqueeze(-1) * diff_unit).to(du_prev.dtype, copy=True)
-        grad_u = (go + d_nu.unsqueeze(-1) * _unit(u_acc, nu)).to(u.dtype, copy=True)
-        grad_du = (grad_du + d_ndu.unsqueeze(-1) * _unit(du_acc, ndu)).to(du.dtype, copy=True)
+            c_diff = _per_norm(d_nd, nd)  # d_nd * diff / ||diff||, diff = du - du_prev
+            c_du = _per_norm(d_ndu + d_spread, ndu) + c_diff
+            grad_du = gate.unsqueeze(-1) * go + c_du * du_acc - c_diff * prev
+            grad_du_prev = (_per_norm(d_spread, ndp) + c_diff) * prev - c_diff * du_acc
+            grad_du_prev = grad_du_prev.to(du_prev.dtype, copy=True)
+        grad_u = (go + _per_norm(d_nu, nu) * u_acc).to(u.dtype, copy=True)
+        grad_du = grad_du.to(du.dtype, copy=True)
         grad_phi_prev = (beta * d_phi).to(phi_prev.dtype, copy=True) if phi_prev is not None else None
         return grad_u, grad_du, grad_du_prev, grad_phi_prev, None

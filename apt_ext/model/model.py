@@ -117,6 +117,7 @@ class Attention(nn.Module):
             attn_mask, is_causal = masks.self_mask, masks.is_causal
         drop = self.cfg.dropout if self.training else 0.0
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=is_causal)
+        h = h.transpose(1, 2)  # [B, T, H, d_h]: token-major, as the output projection and delta read it
         if self.auto is not None:
             state = cache.get("auto") if cache is not None else None
             # Under autocast the gate's matmul reads m in the autocast dtype: take the mean of x in that
@@ -127,15 +128,13 @@ class Attention(nn.Module):
             m, new_state = self.auto.prefix_mean(xm, masks.valid, state)
             if cache is not None:
                 cache["auto"] = new_state
-            delta = self.auto(x, m).to(h.dtype)  # [B, T, H, d_h]
-            h = h.transpose(1, 2)  # [B, T, H, d_h], as delta: the combination copies nothing
+            delta = self.auto(x, m).to(h.dtype)  # [B, T, H, d_h], as h: the combination copies nothing
             c = self.cfg
             if c.use_left_spin:  # the left-spin gate with d = ||delta||/||h||, no acceleration term
                 h, _ = left_spin_residual(h, delta, params=c.left_spin_params)
             else:
                 h = h + c.left_spin_alpha * math.tanh(c.left_spin_tau) * delta
-            return self.proj(h.reshape(b, t, d))
-        return self.proj(h.transpose(1, 2).reshape(b, t, d))
+        return self.proj(h.reshape(b, t, d))
 
 
 class FeedForward(nn.Module):

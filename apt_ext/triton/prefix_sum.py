@@ -35,8 +35,6 @@ from apt_ext.triton.host_math import cdiv, next_power_of_2
 # 64 x 32; benchmarks/results/history/prefix_sum_NVIDIA_H100_80GB_HBM3_d90bbcb.json).
 BLOCK_T = 256     # rows per chunk
 MAX_BLOCK_D = 16  # features per program (B * D / 16 programs: 384 for B 8, D 768)
-
-
 MAX_MATMUL_BLOCK_T = 128  # the triangle of ones is BLOCK_T^2 values held in registers
 
 

@@ -5,7 +5,8 @@ buffers, Triton's launcher per kernel) on top of its GPU time; when the host tak
 the GPU, the GPU waits and the host time is what a caller measures. This script enqueues CALLS
 calls of each piece on a tiny weight (so the GPU is never the bottleneck), synchronises once,
 and reports microseconds of host time per call, beside F.linear's; then profiles the full call
-with cProfile.
+with cProfile. The Triton launches are timed both ways: through the bound kernel's launcher
+(apt_ext.triton.launch, the default) and through Triton's JIT dispatch (``... (JIT launch)`` rows).
 
     python benchmarks/fp4_triton_host.py        # writes benchmarks/results/fp4_triton_host_<card>.json
 """
@@ -15,6 +16,7 @@ import cProfile
 import datetime
 import io
 import json
+import os
 import platform
 import pstats
 import sys
@@ -56,7 +58,7 @@ def main() -> None:
         sys.exit("fp4_triton_host: needs a CUDA GPU")
     from apt_ext import _native
     from apt_ext.fp4 import quantize
-    from apt_ext.triton import fp4_gemm, fp4_gemv, split_k
+    from apt_ext.triton import fp4_gemm, fp4_gemv, launch, split_k
     from apt_ext.triton import fp4_linear as tri
     from apt_ext.triton.fp4_decode import scales_as_raw
 
@@ -78,6 +80,8 @@ def main() -> None:
                                                                       None, "nvfp4", q.block_size),
         "apt_ext.triton fp4_linear M=16 (tuned)": lambda: tri.fp4_linear(x16, q.packed, q.scales, q.tensor_scale,
                                                                        None, "nvfp4", q.block_size),
+        "torch.ops.apt.fp4_linear M=1 (tuned; the Triton kernel under APT_FORCE_TRITON=1)":
+            lambda: torch.ops.apt.fp4_linear(x1, q.packed, q.scales, q.tensor_scale, None, "nvfp4", q.block_size),
         "native check_linear": lambda: _native._C.fp4.check_linear(x1, q.packed, q.scales, q.tensor_scale, None,
                                                                    "nvfp4", q.block_size),
         "scales_as_raw + tensor_scale reshape": lambda: (scales_as_raw(q.scales.contiguous(), "nvfp4"),
@@ -90,8 +94,12 @@ def main() -> None:
         pieces[f"gemv M=1 SPLIT_K={split}"] = lambda cfg=cfg: fp4_gemv.gemv(x1, *args, config=cfg)
     for split, cfg in sorted(gemm_cfg.items()):
         pieces[f"gemm M=16 SPLIT_K={split}"] = lambda cfg=cfg: fp4_gemm.gemm(x16, *args, config=cfg)
+    launched = [name for name in pieces if "fp4_linear" in name or name.startswith(("gemv", "gemm"))]
     with torch.inference_mode():
         rows = {name: host_us(fn) for name, fn in pieces.items()}
+        launch.set_direct_launch(False)
+        rows.update({f"{name} (JIT launch)": host_us(pieces[name]) for name in launched})
+        launch.set_direct_launch(True)
         prof = cProfile.Profile()
         fn = pieces["apt_ext.triton fp4_linear M=1 (tuned)"]
         prof.enable()
@@ -107,7 +115,7 @@ def main() -> None:
     res = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "host": platform.node(), "command": " ".join([sys.executable, *sys.argv]), "weight": [n, k],
-           "calls": CALLS, "host_us_per_call": rows, "cprofile_fp4_linear_m1_by_tottime": text.getvalue()}
+           "calls": CALLS, "apt_force_triton": os.environ.get("APT_FORCE_TRITON") == "1", "host_us_per_call": rows, "cprofile_fp4_linear_m1_by_tottime": text.getvalue()}
     out_path = HERE / "results" / f"fp4_triton_host_{card_name()}.json"
     out_path.write_text(json.dumps(res, indent=1))
     print(f"wrote {out_path}")

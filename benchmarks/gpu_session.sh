@@ -103,7 +103,7 @@ for arg in "$@"; do
     fp4_triton_configs) stage fp4_triton_configs $PY benchmarks/fp4_triton_configs.py ${APT_SWEEP_TAG:+--tag "$APT_SWEEP_TAG"} \
         ${APT_SWEEP_MS:+--ms "$APT_SWEEP_MS"} ${APT_SWEEP_GEMV_BASES:+--gemv-bases "$APT_SWEEP_GEMV_BASES"}
       cp "benchmarks/results/fp4_triton_configs_$CARD${APT_SWEEP_TAG:+_$APT_SWEEP_TAG}.json" "$OUT/" 2>/dev/null ;;
-    fp4_triton_host) stage fp4_triton_host $PY benchmarks/fp4_triton_host.py
+    fp4_triton_host) stage fp4_triton_host env APT_FORCE_TRITON=1 $PY benchmarks/fp4_triton_host.py
       cp "benchmarks/results/fp4_triton_host_$CARD.json" "$OUT/" 2>/dev/null ;;
     fp4_quick) stage fp4_quick $PY benchmarks/fp4_linear.py --quick ;;
     e2e) stage e2e $PY benchmarks/e2e_encoder.py ${APT_E2E_PROFILE:+--profile} ${APT_E2E_TAG:+--tag "$APT_E2E_TAG"} ;;  # APT_E2E_PROFILE=1: the FP4 forward's top GPU kernels; APT_E2E_TAG: the JSON's suffix

@@ -10,6 +10,7 @@ from apt_ext.triton import kernel
 from apt_ext.triton.fp4_decode import (FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, nibble_values,
                                        scales_as_raw)
 from apt_ext.triton.host_math import cdiv
+from apt_ext.triton.launch import Launcher
 
 _BLOCK_N, _BLOCK_B = 16, 128  # rows and packed bytes per program (4 KiB of bf16 out)
 
@@ -40,9 +41,12 @@ def dequantize_into(packed: torch.Tensor, scales: torch.Tensor, tensor_scale: to
     (row stride free, unit column stride). Arguments must already be checked."""
     n, row_bytes = packed.shape
     grid = (cdiv(n, _BLOCK_N), cdiv(row_bytes, _BLOCK_B))
-    _dequantize_kernel[grid](packed, scales_as_raw(scales, fmt), tensor_scale, nf4_lut(packed.device), out,
-                             n, row_bytes, out.shape[1], out.stride(0), FMT=FORMAT_IDS[fmt], BS=block_size,
-                             BLOCK_N=_BLOCK_N, BLOCK_B=_BLOCK_B)
+    _DEQUANTIZE(grid, (packed, scales_as_raw(scales, fmt), tensor_scale, nf4_lut(packed.device), out,
+                       n, row_bytes, out.shape[1], out.stride(0)),
+                dict(FMT=FORMAT_IDS[fmt], BS=block_size, BLOCK_N=_BLOCK_N, BLOCK_B=_BLOCK_B))
+
+
+_DEQUANTIZE = Launcher(_dequantize_kernel)
 
 
 @kernel("fp4_dequantize")

@@ -27,6 +27,7 @@ import triton.language as tl
 from apt_ext.triton.autotune import best_config
 from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, nibble_values
 from apt_ext.triton.host_math import cdiv, next_power_of_2
+from apt_ext.triton.launch import Launcher
 from apt_ext.triton.split_k import candidate_splits, steps_per_split, store_tile, workspace
 
 _GROUP_M = 8
@@ -127,21 +128,40 @@ def gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
     m, k = x.shape
     n, row_bytes = packed.shape
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    lut = nf4_lut(x.device)
     bias_arg = bias if bias is not None else out
+    head = (x, packed, scales, tensor_scale, nf4_lut(x.device), bias_arg, out)
     m_bucket = min(next_power_of_2(m), 4096)
 
     def launch(cfg: triton.Config) -> None:
-        bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
-        steps, split = steps_per_split(cdiv(row_bytes, bk // 2), cfg.kwargs["SPLIT_K"])
-        tiles = cdiv(m, bm) * cdiv(n, bn)
-        part, count = workspace(split, m, n, tiles, out)
-        _gemm_kernel[(tiles, split)](
-            x, packed, scales, tensor_scale, lut, bias_arg, out, part, count, m, n, k, row_bytes, 2 * row_bytes // block_size,
-            steps, FMT=FORMAT_IDS[fmt], BS=block_size, HAS_BIAS=bias is not None, GELU=gelu,
-            DOT_F32=INTERPRET or x.dtype == torch.float32, F32_DOT=_f32_dot(x.device), BLOCK_M=bm, BLOCK_N=bn,
-            BLOCK_K=bk, GROUP_M=_GROUP_M, PARTIAL=split > 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        block_m, steps, split, constexprs = _plan(cfg, n, row_bytes, fmt, block_size, x.dtype, x.device,
+                                                  bias is not None, gelu)
+        tiles = cdiv(m, block_m) * cdiv(n, constexprs["BLOCK_N"])
+        _GEMM((tiles, split), (*head, *workspace(split, m, n, tiles, out), m, n, k, row_bytes,
+                               2 * row_bytes // block_size, steps), constexprs,
+              num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-    key = ("fp4_gemm", x.device, fmt, x.dtype, m_bucket, n, k, bias is not None, gelu)
-    launch(config or best_config(key, lambda: configs(m_bucket, n, 2 * row_bytes, x.device, fmt), launch, x.device))
+    if config is None:
+        key = ("fp4_gemm", x.device, fmt, x.dtype, m_bucket, n, k, bias is not None, gelu)
+        config = best_config(key, lambda: configs(m_bucket, n, 2 * row_bytes, x.device, fmt), launch, x.device)
+    launch(config)
     return out
+
+
+_GEMM = Launcher(_gemm_kernel)
+_PLANS: dict[tuple, tuple] = {}
+
+
+def _plan(cfg: triton.Config, n: int, row_bytes: int, fmt: str, block_size: int, dtype: torch.dtype,
+          device: torch.device, has_bias: bool, gelu: bool) -> tuple[int, int, int, dict]:
+    """(BLOCK_M, steps per split, splits, constexprs) of a launch of ``cfg`` (cached: the
+    arithmetic is host time of every eager call)."""
+    bm, bn, bk, split = (cfg.kwargs[name] for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K"))
+    key = (bm, bn, bk, split, n, row_bytes, fmt, block_size, dtype, device, has_bias, gelu)
+    plan = _PLANS.get(key)
+    if plan is None:
+        steps, split = steps_per_split(cdiv(row_bytes, bk // 2), split)
+        constexprs = dict(FMT=FORMAT_IDS[fmt], BS=block_size, HAS_BIAS=has_bias, GELU=gelu,
+                          DOT_F32=INTERPRET or dtype == torch.float32, F32_DOT=_f32_dot(device), BLOCK_M=bm,
+                          BLOCK_N=bn, BLOCK_K=bk, GROUP_M=_GROUP_M, PARTIAL=split > 1)
+        plan = _PLANS[key] = (bm, steps, split, constexprs)
+    return plan

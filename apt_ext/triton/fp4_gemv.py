@@ -32,6 +32,7 @@ import triton.language as tl
 from apt_ext.triton.autotune import best_config
 from apt_ext.triton.fp4_decode import FORMAT_IDS, INTERPRET, code_unit, decode_scale, nf4_lut, word_values
 from apt_ext.triton.host_math import cdiv, next_power_of_2
+from apt_ext.triton.launch import Launcher
 from apt_ext.triton.split_k import candidate_splits, steps_per_split, store_tile, workspace
 
 GEMV_MAX_M = 16  # rows of x up to which fp4_linear runs this kernel
@@ -137,25 +138,38 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_sca
         raise ValueError(f"x: the GEMV takes 1..{GEMV_MAX_M} rows, got {m}")
     if packed.data_ptr() % 4:  # the kernel reads 4-byte words (rows are multiples of 8 bytes)
         packed = packed.clone()
-    kp = 2 * row_bytes
     block_m = next_power_of_2(m)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    lut = nf4_lut(x.device)
     bias_arg = bias if bias is not None else out
+    head = (x, packed, scales, tensor_scale, nf4_lut(x.device), bias_arg, out)
 
     def launch(cfg: triton.Config) -> None:
-        bk, split = cfg.kwargs["BLOCK_K"], cfg.kwargs["SPLIT_K"]
-        steps, split = steps_per_split(cdiv(kp, bk), split)
-        tiles = cdiv(n, cfg.kwargs["BLOCK_N"])
-        part, count = workspace(split, m, n, tiles, out)
-        _gemv_kernel[(tiles, split)](
-            x, packed, scales, tensor_scale, lut, bias_arg, out, part, count, m, n, k, row_bytes // 4,
-            kp // block_size, steps,
-            FMT=FORMAT_IDS[fmt], BS=block_size, BLOCK_M=block_m, BLOCK_N=cfg.kwargs["BLOCK_N"], BLOCK_K=bk,
-            EVEN_K=k == split * steps * bk,
-            PARTIAL=split > 1, HAS_BIAS=bias is not None, GELU=gelu,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        grid, steps, constexprs = _plan(cfg, n, k, row_bytes, fmt, block_size, block_m, bias is not None, gelu)
+        _GEMV(grid, (*head, *workspace(grid[1], m, n, grid[0], out), m, n, k, row_bytes // 4,
+                     2 * row_bytes // block_size, steps), constexprs,
+              num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-    key = ("fp4_gemv", x.device, fmt, x.dtype, block_m, n, k, bias is not None, gelu)
-    launch(config or best_config(key, lambda: configs(n, kp, x.device), launch, x.device))
+    if config is None:
+        key = ("fp4_gemv", x.device, fmt, x.dtype, block_m, n, k, bias is not None, gelu)
+        config = best_config(key, lambda: configs(n, 2 * row_bytes, x.device), launch, x.device)
+    launch(config)
     return out
+
+
+_GEMV = Launcher(_gemv_kernel)
+_PLANS: dict[tuple, tuple] = {}
+
+
+def _plan(cfg: triton.Config, n: int, k: int, row_bytes: int, fmt: str, block_size: int, block_m: int,
+          has_bias: bool, gelu: bool) -> tuple[tuple[int, int], int, dict]:
+    """(grid (n tiles, splits), steps per split, constexprs) of a launch of ``cfg`` (cached: the
+    arithmetic is host time of every eager call)."""
+    bn, bk, split = cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], cfg.kwargs["SPLIT_K"]
+    key = (bn, bk, split, n, k, row_bytes, fmt, block_size, block_m, has_bias, gelu)
+    plan = _PLANS.get(key)
+    if plan is None:
+        steps, split = steps_per_split(cdiv(2 * row_bytes, bk), split)
+        constexprs = dict(FMT=FORMAT_IDS[fmt], BS=block_size, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk,
+                          EVEN_K=k == split * steps * bk, PARTIAL=split > 1, HAS_BIAS=has_bias, GELU=gelu)
+        plan = _PLANS[key] = ((cdiv(n, bn), split), steps, constexprs)
+    return plan

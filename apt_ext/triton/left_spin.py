@@ -17,6 +17,7 @@ import triton.language as tl
 from apt_ext import _native
 from apt_ext.triton import kernel
 from apt_ext.triton.host_math import cdiv, next_power_of_2
+from apt_ext.triton.launch import Launcher
 
 MAX_RESIDENT_D = 8192  # rows up to this length stay in registers between the two passes
 LOOP_BLOCK_D = 4096     # chunk of the two-pass kernels
@@ -210,16 +211,19 @@ def _backward_kernel(go_ptr, gphi_ptr, u_ptr, du_ptr, dp_ptr, pp_ptr,
                          HAS_PREV)
 
 
-def _launch_config(D: int, rows: int, backward: bool) -> dict:
-    """Tile shape and warps for rows of length D: about 16 (forward) or 8 (backward) elements
-    per thread and tensor, so that the resident tile stays in registers without spilling."""
+_FORWARD, _BACKWARD = Launcher(_forward_kernel), Launcher(_backward_kernel)
+
+
+def _launch_config(D: int, rows: int, backward: bool) -> tuple[tuple[int], dict, int]:
+    """(grid, tile constexprs, num_warps) for rows of length D: about 16 (forward) or 8 (backward)
+    elements per thread and tensor, so that the resident tile stays in registers without spilling."""
     resident = D <= MAX_RESIDENT_D
     block_d = next_power_of_2(D) if resident else LOOP_BLOCK_D
     n_rows = max(1, min(16, 2048 // block_d))
     per_thread = 8 if backward else 16
     warps = max(4, min(16, n_rows * block_d // (32 * per_thread)))
-    return dict(RESIDENT=resident, ROWS=n_rows, BLOCK_D=block_d, N_CHUNKS=cdiv(D, block_d),
-                num_warps=warps, grid=(cdiv(rows, n_rows),))
+    return (cdiv(rows, n_rows),), dict(RESIDENT=resident, ROWS=n_rows, BLOCK_D=block_d, N_CHUNKS=cdiv(D, block_d)), \
+        warps
 
 
 def _on_device(t: torch.Tensor):
@@ -247,13 +251,11 @@ def left_spin_residual(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor 
     phi = torch.empty(u.shape[:-1], dtype=torch.float32, device=u.device)
     if rows == 0:
         return out, phi
-    cfg = _launch_config(D, rows, backward=False)
-    grid = cfg.pop("grid")
+    grid, constexprs, warps = _launch_config(D, rows, backward=False)
     with _on_device(u):
-        _forward_kernel[grid](
-            u_c, du_c, dp_c if dp_c is not None else u_c, pp_c if pp_c is not None else phi,
-            out, phi, rows, D, *params,
-            HAS_PREV=dp_c is not None, HAS_PHI=pp_c is not None, **cfg)
+        _FORWARD(grid, (u_c, du_c, dp_c if dp_c is not None else u_c, pp_c if pp_c is not None else phi,
+                        out, phi, rows, D, *params),
+                 dict(HAS_PREV=dp_c is not None, HAS_PHI=pp_c is not None, **constexprs), num_warps=warps)
     return out, phi
 
 
@@ -273,15 +275,13 @@ def left_spin_residual_backward(grad_out: torch.Tensor, grad_phi: torch.Tensor, 
     grad_dp = torch.empty_like(dp_c) if dp_c is not None else u.new_empty((0,))
     grad_pp = torch.empty_like(pp_c) if pp_c is not None else u.new_empty((0,), dtype=torch.float32)
     if rows > 0:
-        cfg = _launch_config(D, rows, backward=True)
-        grid = cfg.pop("grid")
+        grid, constexprs, warps = _launch_config(D, rows, backward=True)
         with _on_device(u):
-            _backward_kernel[grid](
-                go, gphi, u_c, du_c, dp_c if dp_c is not None else u_c,
-                pp_c if pp_c is not None else gphi, grad_u, grad_du,
-                grad_dp if dp_c is not None else grad_u, grad_pp if pp_c is not None else gphi,
-                rows, D, *params,
-                HAS_PREV=dp_c is not None, HAS_PHI=pp_c is not None, **cfg)
+            _BACKWARD(grid, (go, gphi, u_c, du_c, dp_c if dp_c is not None else u_c,
+                             pp_c if pp_c is not None else gphi, grad_u, grad_du,
+                             grad_dp if dp_c is not None else grad_u, grad_pp if pp_c is not None else gphi,
+                             rows, D, *params),
+                      dict(HAS_PREV=dp_c is not None, HAS_PHI=pp_c is not None, **constexprs), num_warps=warps)
     if phi_prev is not None:
         grad_pp = grad_pp.to(phi_prev.dtype)
     return grad_u, grad_du, grad_dp, grad_pp

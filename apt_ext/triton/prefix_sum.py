@@ -29,6 +29,7 @@ import triton.language as tl
 
 from apt_ext.triton.fp4_decode import INTERPRET
 from apt_ext.triton.host_math import cdiv, next_power_of_2
+from apt_ext.triton.launch import Launcher
 
 # Chunk shape: the fastest of benchmarks/prefix_sum.py's six on the H100 (forward mean of
 # float32 [8, T, 768]: 0.063 / 0.138 ms at T 1024 / 4096 against 0.083 / 0.177 ms for the earlier
@@ -100,6 +101,9 @@ def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, REVERSE: tl.constexp
         tl.store(total_ptr + b * D + cols, carry.to(total_ptr.dtype.element_ty), mask=cmask)
 
 
+_SCAN = Launcher(_scan_kernel)
+
+
 def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch.Tensor | None = None,
          with_total: bool = False, *, block_t: int = BLOCK_T, block_d: int = MAX_BLOCK_D,
          matmul: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -138,8 +142,7 @@ def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch
         return out, total
     block_d = min(block_d, max(16, next_power_of_2(d)))
     init_c = init.contiguous() if init is not None else xc
-    _scan_kernel[(b, cdiv(d, block_d))](xc, out, init_c, total if total is not None else out, t, d,
-                                        REVERSE=bool(reverse), MEAN=bool(mean), HAS_INIT=init is not None,
-                                        HAS_TOTAL=with_total, BLOCK_T=block_t, BLOCK_D=block_d,
-                                        MATMUL=bool(matmul), DOT_F32=INTERPRET, num_warps=4)
+    _SCAN((b, cdiv(d, block_d)), (xc, out, init_c, total if total is not None else out, t, d),
+          dict(REVERSE=bool(reverse), MEAN=bool(mean), HAS_INIT=init is not None, HAS_TOTAL=with_total,
+               BLOCK_T=block_t, BLOCK_D=block_d, MATMUL=bool(matmul), DOT_F32=INTERPRET), num_warps=4)
     return out, total

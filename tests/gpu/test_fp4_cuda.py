@@ -345,6 +345,48 @@ def _triton_autotune_case() -> None:
         os.environ["APT_TRITON_AUTOTUNE"] = "0"
 
 
+def _triton_direct_launch_case() -> None:
+    """apt_ext.triton.launch: after the JIT's first launch of a specialisation, launches skip the
+    JIT and give its bits; an x 2 bytes off a 16-byte boundary compiles and binds its own kernel;
+    a CUDA graph captures direct launches (M = 1: the GEMV, M = 16: the GEMM; nvfp4, bf16 x)."""
+    from apt_ext.triton import fp4_gemm, fp4_gemv, launch
+
+    g = _gen()
+    packed, scales, ts, bs = _quantized("nvfp4", N_ODD, K_ODD, g)
+    buf = torch.randn(16 * K_ODD + 8, generator=g).to(torch.bfloat16).to(DEV)
+
+    def op(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.apt.fp4_linear(x, packed, scales, ts, None, "nvfp4", bs)
+
+    for m, launcher in ((1, fp4_gemv._GEMV), (16, fp4_gemm._GEMM)):
+        jit_launches = []
+        jit_run = launcher.fn.run
+        launcher.fn.run = lambda *a, **kw: (jit_launches.append(kw["grid"]), jit_run(*a, **kw))[1]
+        try:
+            for offset in (0, 1):  # the second x starts 2 bytes past the first
+                x = buf[offset:offset + m * K_ODD].view(m, K_ODD)
+                launch.set_direct_launch(False)
+                want = op(x)
+                launch.set_direct_launch(True)
+                before = len(jit_launches)
+                first, again = op(x), op(x)
+                assert len(jit_launches) == before + 1, f"M={m}, offset {offset}: {len(jit_launches) - before} JIT launches"
+                assert torch.equal(first, want) and torch.equal(again, want), f"M={m}, offset {offset}"
+            err = _rel_err(again, ref.linear(x.cpu(), packed.cpu(), scales.cpu(), ts.cpu(), None, "nvfp4", bs))
+            assert err < RTOL[torch.bfloat16], f"M={m}: relative error {err:.3g}"
+            static_x = buf[:m * K_ODD].view(m, K_ODD).clone()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_y = op(static_x)
+            static_x.copy_(torch.randn(m, K_ODD, generator=g).to(torch.bfloat16))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(static_y, op(static_x)), f"M={m}: graph replay differs from an eager call"
+        finally:
+            launch.set_direct_launch(True)
+            del launcher.fn.run
+
+
 def _triton_child() -> dict[str, str | None]:
     assert os.environ.get("APT_FORCE_TRITON") == "1"
     from apt_ext import triton as apt_triton
@@ -383,6 +425,7 @@ def _triton_child() -> dict[str, str | None]:
     for fmt in TRITON_CONFIG_FORMATS:
         run(f"{fmt}-every-config", lambda fmt=fmt: _triton_configs_case(fmt))
     run("autotune", _triton_autotune_case)
+    run("direct-launch", _triton_direct_launch_case)
     return results
 
 
@@ -410,7 +453,7 @@ def triton_results(request) -> dict:
 
 @pytest.mark.parametrize("case", [f"{f}-{str(d)[6:]}-m{m}" for f in FORMATS for d in X_DTYPES for m in TRITON_M]
                          + [f"{f}-dequantize-dispatch" for f in FORMATS]
-                         + [f"{f}-every-config" for f in TRITON_CONFIG_FORMATS] + ["autotune"])
+                         + [f"{f}-every-config" for f in TRITON_CONFIG_FORMATS] + ["autotune", "direct-launch"])
 def test_triton_on_cuda(triton_results, case):
     assert case in triton_results, f"case {case} did not run"
     assert triton_results[case] is None, triton_results[case]

@@ -35,7 +35,7 @@ from apt_ext.model.prefix_sum import prefix_sum  # noqa: E402
 
 VARIANTS = {"plain": (False, False), "left-spin": (True, False), "autopoietic": (False, True), "both": (True, True),
             "left-spin-cast-first": (True, False), "left-spin-op": (True, False),
-            "autopoietic-sum-op": (False, True)}
+            "autopoietic-sum-op": (False, True), "autopoietic-separate": (False, True)}
 # Not in the default set, for A/B runs: left-spin-cast-first casts every site's bf16 branch output
 # to the float32 residual stream's dtype before the op, as sites did before the twentieth session;
 # left-spin-op compiles each site as the fused op (left_spin_compiled_form="op") where the other
@@ -47,6 +47,9 @@ VARIANTS = {"plain": (False, False), "left-spin": (True, False), "autopoietic": 
 # one apt_model::prefix_mean op, one Triton pass on CUDA, that autopoietic now runs). The
 # twenty-second session's autopoietic-traced-sum (blocked_cumsum traced instead of the op) lost
 # to the op (benchmarks/results/model_throughput_s22_auto.json) and is gone.
+# autopoietic-separate runs q/k/v, the gate's W_g and U as three matmuls
+# (autopoietic_fused_projection=False), as before the thirtieth session, against the one fused
+# matmul of x that the training step of the others runs (apt_ext/model/autopoietic.py).
 DEFAULT_VARIANTS = ("plain", "left-spin", "autopoietic", "both")
 
 
@@ -151,7 +154,8 @@ def build(name: str, compiled: bool, p: dict, device: torch.device, compile_mode
     cfg = APTModelConfiguration(vocab_size=p["vocab"], d_model=p["d_model"], num_heads=p["heads"], d_ff=4 * p["d_model"],
                                 num_encoder_layers=0, num_decoder_layers=p["layers"], decoder_only=True, dropout=0.0,
                                 max_seq_len=p["seq_len"], use_left_spin=left_spin, use_autopoietic=auto,
-                                left_spin_compiled_form="op" if name == "left-spin-op" else "decomposed")
+                                left_spin_compiled_form="op" if name == "left-spin-op" else "decomposed",
+                                autopoietic_fused_projection=name != "autopoietic-separate")
     model = APTModel(cfg).to(device).train()
     opt = model.configure_optimizers(lr=1e-4)
     net = torch.compile(model, mode=compile_mode) if compiled else model

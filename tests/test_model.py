@@ -191,26 +191,106 @@ def test_autopoietic_prefix_mean_is_causal_and_skips_padding(rng):
     # the autopoietic module alone is causal: change x after t, m and delta up to t unchanged
     mod = AutopoieticCorrection(8, 2, 3)
     torch.nn.init.normal_(mod.V)
+    qkv = torch.nn.Linear(8, 24)
     x2 = x.clone()
     x2[:, 4:] += 1.0
     ones = torch.ones(2, 6, dtype=torch.bool)
-    d1 = mod(x, AutopoieticCorrection.prefix_mean(x, ones, None)[0])
-    d2 = mod(x2, AutopoieticCorrection.prefix_mean(x2, ones, None)[0])
+
+    def delta(x: torch.Tensor) -> torch.Tensor:
+        _, src, xu, projected = mod.project(x, qkv)
+        return mod(xu, src, projected, ones)[0]
+
+    d1, d2 = delta(x), delta(x2)
     assert d1.shape == (2, 6, 2, 4)  # [B, T, H, d_h]
     torch.testing.assert_close(d1[:, :4], d2[:, :4])
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_autopoietic_delta_is_the_contract_formula(rng, fused):
+    """delta = sigmoid(W_g m_t + b_g) ⊙ (x_t U_h V_h), m_t the mean of the valid x_s, s <= t (0
+    before the first valid row), in float64, whether q/k/v, W_g and U run as one matmul (the mean
+    then taken of x W_gᵀ) or as their own layers (a forward hook on U keeps them apart, as FP4 or
+    offloaded layers do); q/k/v are the q/k/v layer's output either way."""
+    from apt_ext.model.autopoietic import AutopoieticCorrection
+    b, t, d, heads, rank = 2, 7, 12, 3, 2
+    mod = AutopoieticCorrection(d, heads, rank).double()
+    torch.nn.init.normal_(mod.V)
+    torch.nn.init.normal_(mod.gate.bias)
+    qkv = torch.nn.Linear(d, 3 * d).double()
+    if not fused:
+        mod.U.register_forward_hook(lambda m, a, o: None)
+    assert mod.fuses_with(qkv) == fused
+    x = torch.randn(b, t, d, generator=rng, dtype=torch.float64)
+    valid = torch.tensor([[0, 0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    got_qkv, src, xu, projected = mod.project(x, qkv)
+    assert projected == fused
+    got, (total, count) = mod(xu, src, projected, valid)
+    assert count.tolist() == [4.0, 7.0]
+    want = torch.empty(b, t, heads, d // heads, dtype=torch.float64)
+    for i in range(b):
+        for s in range(t):
+            rows = x[i, :s + 1][valid[i, :s + 1]]
+            m = rows.mean(0) if len(rows) else torch.zeros(d, dtype=torch.float64)
+            g = torch.sigmoid(mod.gate.weight @ m + mod.gate.bias).view(heads, -1)
+            xu_h = (mod.U.weight @ x[i, s]).view(heads, rank)
+            want[i, s] = g * torch.einsum("hr,hrd->hd", xu_h, mod.V)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)  # the masked mean sums in float32
+    torch.testing.assert_close(got_qkv, qkv(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("decoder_only", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_autopoietic_fused_and_separate_projections_give_one_model(rng, decoder_only, bias):
+    """The whole model's logits and every gradient are the same (float64, left padding in the
+    batch) whether the attention fuses q/k/v, W_g and U into one matmul or not: forward hooks on
+    U keep them apart, as does ``autopoietic_fused_projection=False``; without autograd and with
+    the KV cache nothing fuses."""
+    from apt_ext.model.model import Attention
+    m = model_of(decoder_only=decoder_only, use_autopoietic=True, bias=bias).double()
+    x = ids(rng)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[0, :3] = False
+    kw = dict(attention_mask=mask) if decoder_only else dict(tgt=ids(rng), attention_mask=mask)
+
+    def run(model) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        logits = model(x, **kw)
+        logits.logsumexp(-1).mean().backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+    attns = [a for a in m.modules() if isinstance(a, Attention) and a.auto is not None]
+    assert attns and all(a.auto.fuses_with(a.qkv) for a in attns)
+    assert not any(a.auto.fuses_with(a.qkv, cached=True) for a in attns)
+    with torch.no_grad():
+        assert not any(a.auto.fuses_with(a.qkv) for a in attns)
+    fused_logits, fused_grads = run(m)
+    hooks = [a.auto.U.register_forward_hook(lambda mod, args, out: None) for a in attns]
+    assert not any(a.auto.fuses_with(a.qkv) for a in attns)
+    hooked_logits, hooked_grads = run(m)
+    for h in hooks:
+        h.remove()
+    separate = model_of(decoder_only=decoder_only, use_autopoietic=True, bias=bias,
+                        autopoietic_fused_projection=False).double()
+    separate.load_state_dict(m.state_dict())
+    assert not any(a.auto.fuses_with(a.qkv) for a in separate.modules() if isinstance(a, Attention) and a.auto)
+    for logits, grads in (run(separate), (hooked_logits, hooked_grads)):
+        torch.testing.assert_close(fused_logits, logits, rtol=1e-10, atol=1e-10)
+        for a, b in zip(fused_grads, grads):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
 def test_autopoietic_mean_is_taken_in_the_autocast_dtype(rng, monkeypatch):
-    """Under bf16 autocast the attention's prefix mean reads x in bf16 (the cast the q/k/v matmul
-    reads) and returns m in bf16, which the gate's matmul takes as it is; without autocast x stays
-    float32. The mean of the bf16 x is close to the float32 mean (float32 sums)."""
+    """Under bf16 autocast the attention's prefix mean reads its source in bf16 (x W_gᵀ + b_g
+    from the fused bf16 matmul in the training step; x in the cast the q/k/v matmul reads without
+    autograd) and returns the mean in bf16; without autocast the source stays float32. The mean of
+    the bf16 x is close to the float32 mean (float32 sums)."""
     from apt_ext.model.autopoietic import AutopoieticCorrection
 
     seen = []
     real = AutopoieticCorrection.prefix_mean
 
-    def spy(x, valid, state):
-        m, new_state = real(x, valid, state)
+    def spy(x, valid, state, empty=None):
+        m, new_state = real(x, valid, state, empty)
         seen.append((x.dtype, m.dtype))
         return m, new_state
 

@@ -1,7 +1,8 @@
 """benchmarks/model_throughput.py's A/B variants on the CPU at a tiny size: left-spin-cast-first
 casts the branch before the op, left-spin-op builds its sites with the op compiled form
-(the others take the default, decomposed), autopoietic-sum-op takes the prefix mean through the running-sum op, and
-each row records its fastest step (timings belong to the benchmark)."""
+(the others take the default, decomposed), autopoietic-sum-op takes the prefix mean through the running-sum op,
+autopoietic-separate keeps q/k/v, W_g and U three matmuls, and each row records its fastest step (timings
+belong to the benchmark)."""
 from __future__ import annotations
 
 import sys
@@ -40,6 +41,18 @@ def test_ab_variants(left_spin_op_dtypes, monkeypatch):
     assert set(du_dtypes[:per_run]) == {torch.bfloat16}          # left-spin: bf16 as is
     assert set(du_dtypes[per_run:2 * per_run]) == {torch.float32}  # cast first
     assert set(du_dtypes[2 * per_run:]) == {torch.bfloat16}      # the op form
+
+
+def test_separate_variant_keeps_three_projections():
+    """autopoietic-separate builds its model with autopoietic_fused_projection=False (its training
+    step runs q/k/v, W_g and U as three matmuls); autopoietic fuses them."""
+    from apt_ext.model.model import Attention
+
+    for name, fused in (("autopoietic", True), ("autopoietic-separate", False)):
+        step, model = bench.build(name, False, TINY, torch.device("cpu"))
+        step()
+        attns = [m for m in model.modules() if isinstance(m, Attention) and m.auto is not None]
+        assert attns and all(a.auto.fuses_with(a.qkv) == fused for a in attns), name
 
 
 def test_sum_op_variant_takes_the_prefix_mean_by_the_sum_op(monkeypatch):

@@ -40,8 +40,19 @@ def test_equals_cumsum(rng, shape, dtype, reverse):
 def test_non_contiguous_input_and_bad_input(rng):
     from apt_ext.triton.prefix_sum import scan
 
-    x = torch.randn(40, 3, 6, generator=rng).transpose(0, 1)  # [3, 40, 6], not contiguous
+    x = torch.randn(40, 3, 6, generator=rng).transpose(0, 1)  # [3, 40, 6], rows read in place
     torch.testing.assert_close(scan(x)[0], torch.cumsum(x, dim=1), rtol=1e-5, atol=1e-5)
+    wide = torch.randn(2, 150, 70, generator=rng)
+    cols = wide[..., 17:57]  # the model's case: columns of a wider matmul output, read in place
+    m, total = scan(cols, mean=True, with_total=True)
+    counts = torch.arange(1, 151, dtype=torch.float64).view(1, 150, 1)
+    torch.testing.assert_close(m.double(), torch.cumsum(cols.double(), 1) / counts, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(total.double(), cols.double().sum(1), rtol=1e-5, atol=1e-4)
+    assert m.is_contiguous() and total.is_contiguous()
+    torch.testing.assert_close(scan(cols, reverse=True)[0], torch.cumsum(cols.flip(1), 1).flip(1), rtol=1e-5,
+                               atol=1e-4)
+    strided = wide[..., ::2]  # rows not contiguous: copied first
+    torch.testing.assert_close(scan(strided)[0], torch.cumsum(strided, dim=1), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="x: expected a floating tensor of at least 2 dims"):
         scan(torch.randn(5))
     with pytest.raises(ValueError, match="x: expected a floating tensor"):
@@ -105,7 +116,8 @@ def test_matmul_chunks(rng, dtype, block_t, block_d):
     from apt_ext.triton.prefix_sum import MAX_MATMUL_BLOCK_T, scan
 
     t = 70
-    x = torch.randn(2, t, 24, generator=rng, dtype=torch.float64).to(dtype)
+    # 24 columns of a wider tensor (the model's gate source), read in place
+    x = torch.randn(2, t, 40, generator=rng, dtype=torch.float64).to(dtype)[..., 8:32]
     xd = x.double()
     counts = torch.arange(1, t + 1, dtype=torch.float64).view(1, t, 1)
     kw = dict(block_t=block_t, block_d=block_d, matmul=True)

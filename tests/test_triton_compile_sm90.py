@@ -89,7 +89,7 @@ def test_prefix_sum_compiles_for_sm90(dtype, reverse, mean):
 
     acc = "fp64" if dtype == "fp64" else "fp32"
     _compile_sm90(tps._scan_kernel, {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "init_ptr": f"*{acc}",
-                                     "total_ptr": f"*{acc}", "T": "i32", "D": "i32"},
+                                     "total_ptr": f"*{acc}", "T": "i32", "D": "i32", "stride_b": "i64", "stride_t": "i32"},
                   {"REVERSE": reverse, "MEAN": mean, "HAS_INIT": reverse, "HAS_TOTAL": not reverse,
                    "BLOCK_T": tps.BLOCK_T, "BLOCK_D": tps.MAX_BLOCK_D, "MATMUL": False, "DOT_F32": False}, None)
 
@@ -102,7 +102,7 @@ def test_prefix_mean_chunk_shapes_compile_for_sm90(dtype, block_t, block_d):
     from apt_ext.triton import prefix_sum as tps
 
     _compile_sm90(tps._scan_kernel, {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "init_ptr": "*fp32",
-                                     "total_ptr": "*fp32", "T": "i32", "D": "i32"},
+                                     "total_ptr": "*fp32", "T": "i32", "D": "i32", "stride_b": "i64", "stride_t": "i32"},
                   {"REVERSE": False, "MEAN": True, "HAS_INIT": False, "HAS_TOTAL": True,
                    "BLOCK_T": block_t, "BLOCK_D": block_d, "MATMUL": False, "DOT_F32": False}, None)
 
@@ -117,6 +117,6 @@ def test_prefix_sum_matmul_compiles_for_sm90(dtype, reverse, mean, block_t, bloc
     from apt_ext.triton import prefix_sum as tps
 
     _compile_sm90(tps._scan_kernel, {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "init_ptr": "*fp32",
-                                     "total_ptr": "*fp32", "T": "i32", "D": "i32"},
+                                     "total_ptr": "*fp32", "T": "i32", "D": "i32", "stride_b": "i64", "stride_t": "i32"},
                   {"REVERSE": reverse, "MEAN": mean, "HAS_INIT": reverse, "HAS_TOTAL": not reverse,
                    "BLOCK_T": block_t, "BLOCK_D": block_d, "MATMUL": True, "DOT_F32": False}, None)

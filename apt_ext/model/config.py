@@ -27,7 +27,9 @@ class APTModelConfiguration:
     (defaults from ``apt_ext.left_spin.LeftSpinParams``; ``left_spin_params`` returns them as one);
     ``left_spin_compiled_form``: what torch.compile traces at each site, ``"decomposed"`` (default:
     torch operations inductor can fuse; ``apt_ext.nn.LeftSpinResidual``) or ``"op"`` (the fused op).
-    Autopoietic attention: ``use_autopoietic``, ``autopoietic_rank`` (rank r of U·V per head).
+    Autopoietic attention: ``use_autopoietic``, ``autopoietic_rank`` (rank r of U·V per head),
+    ``autopoietic_fused_projection`` (default True: in the training step q/k/v, the gate's W_g and U
+    run as one matmul of x, apt_ext/model/autopoietic.py; False keeps three, for A/B timing).
     DBC-DAC gradient conditioning: ``use_dbc_dac``, ``dbc_min_numel``, ``dbc_rank_ratio``,
     ``dbc_eps``, ``dbc_seed``. FP4: ``use_fp4`` = None/False (off), True (= "nvfp4") or a
     format name; the model's Linear layers become ``apt_ext.nn.FP4Linear`` (frozen 4-bit
@@ -51,6 +53,7 @@ class APTModelConfiguration:
     eos_token_id: int | None = None
     use_autopoietic: bool = True
     autopoietic_rank: int = 8
+    autopoietic_fused_projection: bool = True
     use_left_spin: bool = True
     left_spin_alpha: float = LEFT_SPIN.alpha
     left_spin_tau: float = LEFT_SPIN.tau
@@ -81,7 +84,8 @@ class APTModelConfiguration:
                              "(set decoder_only=True for a decoder-only model)")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model: expected a multiple of num_heads={self.num_heads}, got {self.d_model}")
-        for name in ("decoder_only", "tie_embeddings", "bias", "use_autopoietic", "use_left_spin", "use_dbc_dac"):
+        for name in ("decoder_only", "tie_embeddings", "bias", "use_autopoietic", "autopoietic_fused_projection",
+                     "use_left_spin", "use_dbc_dac"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         for name in ("dropout", "layer_norm_eps", "left_spin_alpha", "left_spin_tau", "left_spin_beta",

@@ -88,7 +88,7 @@ class Attention(nn.Module):
         else:
             self.qkv = nn.Linear(d, 3 * d, bias=cfg.bias)
         self.proj = nn.Linear(d, d, bias=cfg.bias)
-        self.auto = (AutopoieticCorrection(d, cfg.num_heads, cfg.autopoietic_rank)
+        self.auto = (AutopoieticCorrection(d, cfg.num_heads, cfg.autopoietic_rank, cfg.autopoietic_fused_projection)
                      if cfg.use_autopoietic and not cross else None)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, H, T, hd]
@@ -108,7 +108,11 @@ class Attention(nn.Module):
                     cache["k"], cache["v"] = k, v
             attn_mask, is_causal = masks.cross_mask, False
         else:
-            q, k, v = (self._heads(z) for z in self.qkv(x).split(d, dim=-1))
+            if self.auto is not None:  # q/k/v, the gate's source and x U, as one matmul where it can
+                qkv, gate_src, xu, projected = self.auto.project(x, self.qkv, cached=cache is not None)
+            else:
+                qkv = self.qkv(x)
+            q, k, v = (self._heads(z) for z in qkv.split(d, dim=-1))
             if cache is not None:
                 if "k" in cache:
                     k = torch.cat([cache["k"], k], dim=2)
@@ -120,15 +124,10 @@ class Attention(nn.Module):
         h = h.transpose(1, 2)  # [B, T, H, d_h]: token-major, as the output projection and delta read it
         if self.auto is not None:
             state = cache.get("auto") if cache is not None else None
-            # Under autocast the gate's matmul reads m in the autocast dtype: take the mean of x in that
-            # dtype too (the same cast the q/k/v matmul reads, summed in float32), so neither the mean's
-            # input nor its output is a float32 copy.
-            dev = x.device.type
-            xm = x.to(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else x
-            m, new_state = self.auto.prefix_mean(xm, masks.valid, state)
+            delta, new_state = self.auto(xu, gate_src, projected, masks.valid, state)
             if cache is not None:
                 cache["auto"] = new_state
-            delta = self.auto(x, m).to(h.dtype)  # [B, T, H, d_h], as h: the combination copies nothing
+            delta = delta.to(h.dtype)  # [B, T, H, d_h], as h: the combination copies nothing
             c = self.cfg
             if c.use_left_spin:  # the left-spin gate with d = ||delta||/||h||, no acceleration term
                 h, _ = left_spin_residual(h, delta, params=c.left_spin_params)

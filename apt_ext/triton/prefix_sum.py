@@ -49,13 +49,15 @@ def _triangle_dot(ones, v, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, REVERSE: tl.constexpr, MEAN: tl.constexpr,
+def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, stride_b, stride_t, REVERSE: tl.constexpr,
+                 MEAN: tl.constexpr,
                  HAS_INIT: tl.constexpr, HAS_TOTAL: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
                  MATMUL: tl.constexpr, DOT_F32: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
-    base = b * T * D
+    base = b * T * D  # out [B, T, D] contiguous; row t of batch b of x at b stride_b + t stride_t
+    x_base = b * stride_b
     acc_type = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     carry = tl.zeros([BLOCK_D], dtype=acc_type)
     if HAS_INIT:
@@ -78,8 +80,9 @@ def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, REVERSE: tl.constexp
         rows = chunk * BLOCK_T + tl.arange(0, BLOCK_T)
         mask = (rows < T)[:, None] & cmask[None, :]
         offs = base + rows.to(tl.int64)[:, None] * D + cols[None, :]
+        x_offs = x_base + rows.to(tl.int64)[:, None] * stride_t + cols[None, :]
         if MATMUL:
-            x16 = tl.load(x_ptr + offs, mask=mask, other=0.0)
+            x16 = tl.load(x_ptr + x_offs, mask=mask, other=0.0)
             v = x16.to(acc_type)
             if MEAN and REVERSE:
                 v = v / (rows + 1).to(acc_type)[:, None]
@@ -89,7 +92,7 @@ def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, REVERSE: tl.constexp
             else:
                 s = _triangle_dot(ones, x16, DOT_F32) + carry[None, :]
         else:
-            v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_type)
+            v = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(acc_type)
             if MEAN and REVERSE:
                 v = v / (rows + 1).to(acc_type)[:, None]
             s = tl.cumsum(v, axis=0, reverse=REVERSE) + carry[None, :]
@@ -116,7 +119,8 @@ def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch
     ``block_t`` rows per chunk and at most ``block_d`` features per program (powers of two from
     16; benchmarks/prefix_sum.py times other choices than the defaults). ``matmul`` takes each
     chunk's sums as a product with a triangle of ones (module docstring): bfloat16 / float16 x
-    only, block_t at most MAX_MATMUL_BLOCK_T.
+    only, block_t at most MAX_MATMUL_BLOCK_T. x is read in place when each x[b, t] is contiguous
+    (its rows at any stride, e.g. columns of a wider tensor), else from a contiguous copy.
     """
     for name, v in (("block_t", block_t), ("block_d", block_d)):
         if not isinstance(v, int) or v < 16 or v & (v - 1):
@@ -131,9 +135,12 @@ def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch
     if init is not None and (not isinstance(init, torch.Tensor) or init.shape != (b, *x.shape[2:])):
         got = tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__
         raise ValueError(f"init: expected a tensor of shape {(b, *x.shape[2:])}, got {got}")
-    xc = x.contiguous()
     d = math.prod(x.shape[2:])
-    out = torch.empty_like(xc)
+    # rows x[b, t] read in place where each is d contiguous elements (e.g. a column slice of a wider
+    # matmul's output), else from a contiguous copy
+    rows_dense = x.numel() == 0 or x[0, 0].is_contiguous()
+    xc = x if rows_dense else x.contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     total = torch.empty((b, *x.shape[2:]), dtype=acc, device=x.device) if with_total else None
     if xc.numel() == 0:
@@ -142,7 +149,8 @@ def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch
         return out, total
     block_d = min(block_d, max(16, next_power_of_2(d)))
     init_c = init.contiguous() if init is not None else xc
-    _SCAN((b, cdiv(d, block_d)), (xc, out, init_c, total if total is not None else out, t, d),
+    _SCAN((b, cdiv(d, block_d)), (xc, out, init_c, total if total is not None else out, t, d, xc.stride(0),
+                                  xc.stride(1)),
           dict(REVERSE=bool(reverse), MEAN=bool(mean), HAS_INIT=init is not None, HAS_TOTAL=with_total,
                BLOCK_T=block_t, BLOCK_D=block_d, MATMUL=bool(matmul), DOT_F32=INTERPRET), num_warps=4)
     return out, total

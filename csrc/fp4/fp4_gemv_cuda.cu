@@ -347,14 +347,17 @@ struct GemvConfig {
   int tw;
 };
 
-// Whether packed x (kXPacked) is built for format f with 16-bit x: nvfp4 and mxfp4 (nf4 keeps
-// its own block shape, see choose_config).
-constexpr bool packed_x_built(Format f, bool fp32x) { return f != Format::NF4 && !fp32x; }
+// Whether packed x (kXPacked) is built: for every format with 16-bit x. nf4 since the
+// thirtieth session (not yet timed): its pair-table reads (one shared-memory load per byte of codes)
+// go through the same L1/shared pipe as x's loads, whose wavefronts packing halves, so the reason
+// packed x won for nvfp4 at 16 rows (round 16d) holds for nf4 at least as much; nf4 keeps its
+// unbalanced 8-warp blocks (choose_config).
+constexpr bool packed_x_built(bool fp32x) { return !fp32x; }
 
 // The kernels this file builds, by (sweep: nvfp4 with bfloat16 x; packed: packed_x_built; fp32x:
 // float32 x) and launch shape. Every format and x dtype: 2 stages, 8 rows of x double-buffered,
 // and for 16-bit x 16 rows with one x buffer, two buffers, two tiles per warp with x per chunk,
-// or (nvfp4 and mxfp4) packed x; float32 x only the first. The tuning sweep's other modes (4
+// or packed x; float32 x only the first. The tuning sweep's other modes (4
 // stages, x per chunk with one tile, x refilled chunk by chunk, packed x at 8 rows, 32 rows) are
 // built for nvfp4 with bfloat16 x only; 16 rows of x per chunk with one tile also with 4 stages
 // (timed in round 15: slower than the default at M = 16).
@@ -418,7 +421,7 @@ bool env_config(GemvConfig& cfg) {
 // as each part keeps one pipeline's worth of steps. More than 8 rows of x: blocks of 16 rows (each
 // weight decoded once for 16 rows; round-7 sweeps: at M = 16 the largest shape took 65.0 us this
 // way, fp4_gemv_sweep_NVIDIA_H200_round7b.json, against 84.9 us with two 8-row blocks per tile,
-// round7a). Returns a shape kernel_built builds for (sweep, packed_x_built(f, fp32x), fp32x).
+// round7a). Returns a shape kernel_built builds for (sweep, packed_x_built(fp32x), fp32x).
 GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_tiles, int64_t steps, int sms) {
   // nf4 fills its 32 KB pair table once per block: it keeps blocks of 8 warps (with balance, the
   // 2-warp blocks of 14336 x 4096 ran nf4 at 1.21x bf16 against nvfp4's 2.22x in
@@ -432,7 +435,7 @@ GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_
     cfg.mt = m <= 8 ? 1 : 2;
   }
   if (cfg.tw == 0) cfg.tw = fp32x ? 1 : default_tiles_per_warp(cfg.mt, m);
-  const bool packed = packed_x_built(f, fp32x);
+  const bool packed = packed_x_built(fp32x);
   if (cfg.xm < 0) cfg.xm = heuristic_x_mode(packed, cfg.mt, cfg.tw, n_tiles, steps);
   if (!kernel_built(sweep, packed, fp32x, cfg.mt, cfg.tw, cfg.s, cfg.xm)) {
     cfg.s = kDefaultStages;
@@ -485,7 +488,7 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
     for_each_int<1, 2>([&](auto tw_c) {
       for_each_int<kXDoubleBuffer, kXSingleBuffer, kXPerChunk, kXRolling, kXPacked>([&](auto xm_c) {
         constexpr int S = decltype(s_c)::value, TW = decltype(tw_c)::value, XM = decltype(xm_c)::value;
-        if constexpr (kernel_built(kSweep, packed_x_built(F, kFp32x), kFp32x, MT, TW, S, XM)) {
+        if constexpr (kernel_built(kSweep, packed_x_built(kFp32x), kFp32x, MT, TW, S, XM)) {
           if (launched || cfg.s != S || cfg.tw != TW || cfg.xm != XM) return;
           auto kernel = gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu>;
           if (smem > 48 * 1024) {

@@ -258,7 +258,7 @@ def test_gemv_large_shapes(shape, apt_seed):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("m, dt", [(9, torch.float16), (16, torch.bfloat16)])
 def test_gemv_packed_x_default(fmt, m, dt, apt_seed):
     """9..16 rows of 16-bit x on a weight of at least 512 tiles and 16384 (tile, step) blocks

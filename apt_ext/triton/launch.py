@@ -15,10 +15,10 @@ pointer off 16 bytes, a size that stops dividing by 16) misses and goes through 
 
 The direct launch needs Triton's launcher convention of 3.4 and later (``triton.knobs``: all
 bound arguments, constexprs included, after the grid, stream, function and metadata) and runs on
-NVIDIA GPUs only (AMD's backend also specialises pointers on their buffer's size); with an older
-Triton, on ROCm and XPU, under ``TRITON_INTERPRET=1``, while a launch hook is installed (profilers such as
-proton install one), with ``APT_TRITON_DIRECT_LAUNCH=0`` in the environment at import or after
-``set_direct_launch(False)``, every launch goes through the JIT as before.
+NVIDIA GPUs only (AMD's backend also specialises pointers on their buffer's size). With an older
+Triton, on ROCm and XPU, under ``TRITON_INTERPRET=1``, while a launch hook is installed
+(profilers such as proton install one), and with ``APT_TRITON_DIRECT_LAUNCH=0`` in the
+environment at import or after ``set_direct_launch(False)``, every launch goes through the JIT.
 """
 from __future__ import annotations
 
@@ -107,14 +107,12 @@ class Launcher:
             self._driver = _device_and_stream()
         current_device, current_stream = self._driver
         device = current_device()
+        if len(args) != self.n_args or len(constexprs) != len(self.constexpr_names):
+            raise self._bad_arguments(args, constexprs)
         try:
-            if len(args) != self.n_args or len(constexprs) != len(self.constexpr_names):
-                raise KeyError(len(args))
             tail = tuple(constexprs[name] for name in self.constexpr_names)
-        except KeyError as exc:
-            raise ValueError(f"args, constexprs: {self.fn.__name__} takes {self.n_args} runtime arguments and "
-                             f"the constexprs {list(self.constexpr_names)}, got {len(args)} and {list(constexprs)}"
-                             ) from exc
+        except KeyError:
+            raise self._bad_arguments(args, constexprs) from None
         # _arg_key, with its two common cases inline (a generator of calls costs about twice the host time)
         key = (device, tail, *options.items(),
                *((a.dtype, a.data_ptr() & 15 == 0) if type(a) is torch.Tensor else
@@ -133,6 +131,6 @@ class Launcher:
         g2 = grid[2] if len(grid) > 2 else 1
         run(grid[0], g1, g2, current_stream(device), function, metadata, None, None, None, *args, *tail)
 
-    def clear(self) -> None:
-        """Forget the bound kernels (the next launch of each specialisation goes through the JIT)."""
-        self._bound.clear()
+    def _bad_arguments(self, args: tuple, constexprs: dict[str, Any]) -> ValueError:
+        return ValueError(f"args, constexprs: {self.fn.__name__} takes {self.n_args} runtime arguments and the "
+                          f"constexprs {list(self.constexpr_names)}, got {len(args)} and {list(constexprs)}")

@@ -49,10 +49,9 @@ def _triangle_dot(ones, v, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, stride_b, stride_t, REVERSE: tl.constexpr,
-                 MEAN: tl.constexpr,
-                 HAS_INIT: tl.constexpr, HAS_TOTAL: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                 MATMUL: tl.constexpr, DOT_F32: tl.constexpr):
+def _scan_kernel(x_ptr, out_ptr, init_ptr, total_ptr, T, D, stride_b, stride_t,
+                 REVERSE: tl.constexpr, MEAN: tl.constexpr, HAS_INIT: tl.constexpr, HAS_TOTAL: tl.constexpr,
+                 BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, MATMUL: tl.constexpr, DOT_F32: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D

@@ -35,7 +35,7 @@ from apt_ext.model.prefix_sum import prefix_sum  # noqa: E402
 
 VARIANTS = {"plain": (False, False), "left-spin": (True, False), "autopoietic": (False, True), "both": (True, True),
             "left-spin-cast-first": (True, False), "left-spin-op": (True, False),
-            "autopoietic-sum-op": (False, True), "autopoietic-separate": (False, True)}
+            "autopoietic-sum-op": (False, True), "autopoietic-fused": (False, True)}
 # Not in the default set, for A/B runs: left-spin-cast-first casts every site's bf16 branch output
 # to the float32 residual stream's dtype before the op, as sites did before the twentieth session;
 # left-spin-op compiles each site as the fused op (left_spin_compiled_form="op") where the other
@@ -47,9 +47,10 @@ VARIANTS = {"plain": (False, False), "left-spin": (True, False), "autopoietic": 
 # one apt_model::prefix_mean op, one Triton pass on CUDA, that autopoietic now runs). The
 # twenty-second session's autopoietic-traced-sum (blocked_cumsum traced instead of the op) lost
 # to the op (benchmarks/results/model_throughput_s22_auto.json) and is gone.
-# autopoietic-separate runs q/k/v, the gate's W_g and U as three matmuls
-# (autopoietic_fused_projection=False), as before the thirtieth session, against the one fused
-# matmul of x that the training step of the others runs (apt_ext/model/autopoietic.py).
+# autopoietic-fused runs q/k/v, the gate's W_g and U as one matmul of x in the training step
+# (autopoietic_fused_projection=True, apt_ext/model/autopoietic.py) against the three the others
+# run (slower on the H100 in the thirtieth session: benchmarks/results/model_throughput_s30_graphs.json,
+# where the variant was the other way round, autopoietic-separate).
 DEFAULT_VARIANTS = ("plain", "left-spin", "autopoietic", "both")
 
 
@@ -155,7 +156,7 @@ def build(name: str, compiled: bool, p: dict, device: torch.device, compile_mode
                                 num_encoder_layers=0, num_decoder_layers=p["layers"], decoder_only=True, dropout=0.0,
                                 max_seq_len=p["seq_len"], use_left_spin=left_spin, use_autopoietic=auto,
                                 left_spin_compiled_form="op" if name == "left-spin-op" else "decomposed",
-                                autopoietic_fused_projection=name != "autopoietic-separate")
+                                autopoietic_fused_projection=name == "autopoietic-fused")
     model = APTModel(cfg).to(device).train()
     opt = model.configure_optimizers(lr=1e-4)
     net = torch.compile(model, mode=compile_mode) if compiled else model

@@ -213,7 +213,7 @@ def test_autopoietic_delta_is_the_contract_formula(rng, fused):
     offloaded layers do); q/k/v are the q/k/v layer's output either way."""
     from apt_ext.model.autopoietic import AutopoieticCorrection
     b, t, d, heads, rank = 2, 7, 12, 3, 2
-    mod = AutopoieticCorrection(d, heads, rank).double()
+    mod = AutopoieticCorrection(d, heads, rank, fuse=True).double()
     torch.nn.init.normal_(mod.V)
     torch.nn.init.normal_(mod.gate.bias)
     qkv = torch.nn.Linear(d, 3 * d).double()
@@ -242,11 +242,11 @@ def test_autopoietic_delta_is_the_contract_formula(rng, fused):
 @pytest.mark.parametrize("bias", [True, False])
 def test_autopoietic_fused_and_separate_projections_give_one_model(rng, decoder_only, bias):
     """The whole model's logits and every gradient are the same (float64, left padding in the
-    batch) whether the attention fuses q/k/v, W_g and U into one matmul or not: forward hooks on
-    U keep them apart, as does ``autopoietic_fused_projection=False``; without autograd and with
-    the KV cache nothing fuses."""
+    batch) whether the attention fuses q/k/v, W_g and U into one matmul
+    (``autopoietic_fused_projection=True``) or not: forward hooks on U keep them apart, as does the
+    default; without autograd and with the KV cache nothing fuses."""
     from apt_ext.model.model import Attention
-    m = model_of(decoder_only=decoder_only, use_autopoietic=True, bias=bias).double()
+    m = model_of(decoder_only=decoder_only, use_autopoietic=True, bias=bias, autopoietic_fused_projection=True).double()
     x = ids(rng)
     mask = torch.ones_like(x, dtype=torch.bool)
     mask[0, :3] = False
@@ -269,8 +269,7 @@ def test_autopoietic_fused_and_separate_projections_give_one_model(rng, decoder_
     hooked_logits, hooked_grads = run(m)
     for h in hooks:
         h.remove()
-    separate = model_of(decoder_only=decoder_only, use_autopoietic=True, bias=bias,
-                        autopoietic_fused_projection=False).double()
+    separate = model_of(decoder_only=decoder_only, use_autopoietic=True, bias=bias).double()  # the default
     separate.load_state_dict(m.state_dict())
     assert not any(a.auto.fuses_with(a.qkv) for a in separate.modules() if isinstance(a, Attention) and a.auto)
     for logits, grads in (run(separate), (hooked_logits, hooked_grads)):

@@ -1,7 +1,7 @@
 """benchmarks/model_throughput.py's A/B variants on the CPU at a tiny size: left-spin-cast-first
 casts the branch before the op, left-spin-op builds its sites with the op compiled form
 (the others take the default, decomposed), autopoietic-sum-op takes the prefix mean through the running-sum op,
-autopoietic-separate keeps q/k/v, W_g and U three matmuls, and each row records its fastest step (timings
+autopoietic-fused runs q/k/v, W_g and U as one matmul, and each row records its fastest step (timings
 belong to the benchmark)."""
 from __future__ import annotations
 
@@ -43,12 +43,12 @@ def test_ab_variants(left_spin_op_dtypes, monkeypatch):
     assert set(du_dtypes[2 * per_run:]) == {torch.bfloat16}      # the op form
 
 
-def test_separate_variant_keeps_three_projections():
-    """autopoietic-separate builds its model with autopoietic_fused_projection=False (its training
-    step runs q/k/v, W_g and U as three matmuls); autopoietic fuses them."""
+def test_fused_variant_runs_one_projection():
+    """autopoietic-fused builds its model with autopoietic_fused_projection=True (its training
+    step runs q/k/v, W_g and U as one matmul); autopoietic keeps three."""
     from apt_ext.model.model import Attention
 
-    for name, fused in (("autopoietic", True), ("autopoietic-separate", False)):
+    for name, fused in (("autopoietic", False), ("autopoietic-fused", True)):
         step, model = bench.build(name, False, TINY, torch.device("cpu"))
         step()
         attns = [m for m in model.modules() if isinstance(m, Attention) and m.auto is not None]

@@ -36,7 +36,7 @@ class AutopoieticCorrection(nn.Module):
     output need no transposing copies.
     """
 
-    def __init__(self, d_model: int, num_heads: int, rank: int, fuse: bool = True) -> None:
+    def __init__(self, d_model: int, num_heads: int, rank: int, fuse: bool = False) -> None:
         super().__init__()
         self.num_heads, self.rank, self.head_dim = num_heads, rank, d_model // num_heads
         self.fuse = fuse  # may project() fuse q/k/v, W_g and U (module docstring)

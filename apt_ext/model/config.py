@@ -28,8 +28,8 @@ class APTModelConfiguration:
     ``left_spin_compiled_form``: what torch.compile traces at each site, ``"decomposed"`` (default:
     torch operations inductor can fuse; ``apt_ext.nn.LeftSpinResidual``) or ``"op"`` (the fused op).
     Autopoietic attention: ``use_autopoietic``, ``autopoietic_rank`` (rank r of U·V per head),
-    ``autopoietic_fused_projection`` (default True: in the training step q/k/v, the gate's W_g and U
-    run as one matmul of x, apt_ext/model/autopoietic.py; False keeps three, for A/B timing).
+    ``autopoietic_fused_projection`` (default False; True: in the training step q/k/v, the gate's W_g
+    and U run as one matmul of x, apt_ext/model/autopoietic.py, measured slower on the H100).
     DBC-DAC gradient conditioning: ``use_dbc_dac``, ``dbc_min_numel``, ``dbc_rank_ratio``,
     ``dbc_eps``, ``dbc_seed``. FP4: ``use_fp4`` = None/False (off), True (= "nvfp4") or a
     format name; the model's Linear layers become ``apt_ext.nn.FP4Linear`` (frozen 4-bit
@@ -53,7 +53,7 @@ class APTModelConfiguration:
     eos_token_id: int | None = None
     use_autopoietic: bool = True
     autopoietic_rank: int = 8
-    autopoietic_fused_projection: bool = True
+    autopoietic_fused_projection: bool = False
     use_left_spin: bool = True
     left_spin_alpha: float = LEFT_SPIN.alpha
     left_spin_tau: float = LEFT_SPIN.tau

@@ -279,10 +279,10 @@ def test_autopoietic_fused_and_separate_projections_give_one_model(rng, decoder_
 
 
 def test_autopoietic_mean_is_taken_in_the_autocast_dtype(rng, monkeypatch):
-    """Under bf16 autocast the attention's prefix mean reads its source in bf16 (x W_gᵀ + b_g
-    from the fused bf16 matmul in the training step; x in the cast the q/k/v matmul reads without
-    autograd) and returns the mean in bf16; without autocast the source stays float32. The mean of
-    the bf16 x is close to the float32 mean (float32 sums)."""
+    """Under bf16 autocast the attention's prefix mean reads its source in bf16 (x in the cast
+    the q/k/v matmul reads; x W_gᵀ + b_g from the bf16 matmul where the projection is fused) and
+    returns the mean in bf16; without autocast the source stays float32. The mean of the bf16 x
+    is close to the float32 mean (float32 sums)."""
     from apt_ext.model.autopoietic import AutopoieticCorrection
 
     seen = []

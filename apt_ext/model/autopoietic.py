@@ -8,12 +8,15 @@ The attention block combines its SDPA output h with delta as h + g·delta, g the
 when left-spin is off. Nothing in it looks at tokens after t, so causal attention stays causal.
 
 W_g is linear, so W_g m_t + b_g is the prefix mean of W_g x_s + b_g (before the first real
-token, where no row is averaged, it is b_g either way). In the training step (autograd recording,
-no KV cache), where the attention's q/k/v projection, W_g and U are plain ``nn.Linear`` layers (no
-FP4 or hooked layer, whose own forward must run), one matmul of x gives q/k/v, x W_gᵀ + b_g and
-x U (:meth:`AutopoieticCorrection.project`) and the mean is taken of x W_gᵀ + b_g instead of x:
-the gate's matmul on m and U's narrow one (H r columns) are folded into the q/k/v matmul in the
-forward and in both backward products, and b_g's gradient into the q/k/v bias's reduction.
+token, where no row is averaged, it is b_g either way). With ``fuse`` (the model config's
+``autopoietic_fused_projection``; off by default: on the H100 the compiled GPT-2-small step was
+slower with it, 1.155x against 1.146x plain, docs/model.md), in the training step (autograd
+recording, no KV cache), where the attention's q/k/v projection, W_g and U are plain
+``nn.Linear`` layers (no FP4 or hooked layer, whose own forward must run), one matmul of x gives
+q/k/v, x W_gᵀ + b_g and x U (:meth:`AutopoieticCorrection.project`) and the mean is taken of
+x W_gᵀ + b_g instead of x: the gate's matmul on m and U's narrow one (H r columns) are folded into
+the q/k/v matmul in the forward and in both backward products, and b_g's gradient into the q/k/v
+bias's reduction.
 Without autograd (inference, generation with the KV cache) each layer runs its own call, so that
 a forward matches, bit for bit, the same model with layers paged in by hooks
 (apt_ext.vgpu.offload), and a cache's running sums are always of x.

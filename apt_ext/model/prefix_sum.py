@@ -29,13 +29,13 @@ Where triton is installed, a CUDA sum in either direction is one Triton pass ins
 (apt_ext/triton/prefix_sum.py: each chunk of rows scanned in registers with float32
 accumulation, the input read once and the output written once), and the backward is the same
 pass in reverse (the op's ``reverse`` flag). The blocked sum and suffix_sum remain the path
-without triton. Not yet timed on a GPU (benchmarks/prefix_sum.py's "prefix_sum" and "op" rows
-take it there).
+without triton. benchmarks/prefix_sum.py times them side by side (docs/model.md has the figures).
 
 :func:`prefix_mean` is the training step's whole prefix mean (no padding mask, no carried state)
 as one op, ``apt_model::prefix_mean``: the same pass divides each row by its count and writes
 the mean in x's dtype (no float32 copy of x, no float32 sums between kernels), and its backward
-is one reverse pass.
+is one reverse pass; for 16-bit x both passes take the pass's tensor-core form (``_MATMUL_PASS``,
+measured faster both ways).
 """
 from __future__ import annotations
 

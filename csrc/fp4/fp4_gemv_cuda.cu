@@ -348,10 +348,10 @@ struct GemvConfig {
 };
 
 // Whether packed x (kXPacked) is built: for every format with 16-bit x. nf4 since the
-// thirtieth session (not yet timed): its pair-table reads (one shared-memory load per byte of codes)
-// go through the same L1/shared pipe as x's loads, whose wavefronts packing halves, so the reason
-// packed x won for nvfp4 at 16 rows (round 16d) holds for nf4 at least as much; nf4 keeps its
-// unbalanced 8-warp blocks (choose_config).
+// thirtieth session: its pair-table reads (one shared-memory load per byte of codes) go through
+// the same L1/shared pipe as x's loads, whose wavefronts packing halves; on the H100 nf4 at 16 rows
+// came within 10% of nvfp4 with it (fp4_linear_NVIDIA_H100_80GB_HBM3_s30_nf4.json: 2.13x against
+// 2.36x bf16); nf4 keeps its unbalanced 8-warp blocks (choose_config).
 constexpr bool packed_x_built(bool fp32x) { return !fp32x; }
 
 // The kernels this file builds, by (sweep: nvfp4 with bfloat16 x; packed: packed_x_built; fp32x:

@@ -87,7 +87,9 @@ def main() -> None:
         "scales_as_raw + tensor_scale reshape": lambda: (scales_as_raw(q.scales.contiguous(), "nvfp4"),
                                                          q.tensor_scale.reshape(()).to(torch.float32)),
         "torch.empty [1, N]": lambda: torch.empty((1, n), dtype=torch.bfloat16, device="cuda"),
-        "split_k.workspace (partials + zeroed counters)": lambda: split_k.workspace(4, 1, n, 16, out),
+        "split_k.workspace (partials; the stream's counters)": lambda: split_k.workspace(4, 1, n, 16, out),
+        "torch.zeros [16] int32 (fresh counters, as before the thirty-first session)":
+            lambda: torch.zeros(16, dtype=torch.int32, device="cuda"),
         "empty Triton kernel, 15 args": lambda: _empty[(1,)](*([x1] * 15), BLOCK=16),
     }
     for split, cfg in sorted(gemv_cfg.items()):

@@ -34,6 +34,7 @@ def _cases() -> list[str]:
     names += [f"linear3d-{f}" for f in FORMATS] + [f"gelu-{f}-m{m}" for f in FORMATS for m in (2, 33)]
     names += [f"deqmm-{f}-{d}" for f in FORMATS for d in DTYPES] + [f"deqmm-gelu-{f}" for f in FORMATS]
     names += [f"route-{f}-m{m}-gemv{g}" for f in FORMATS for m in (1, 3, 16) for g in (0, 16)]
+    names += [f"split-counters-{kind}" for kind in ("gemv", "gemm")]
     names += ["bad-input", "one-config", "bad-deqmm-env", "bad-gemv-env", "path-candidates", "path-timed"]
     return names
 
@@ -192,6 +193,33 @@ def _child() -> dict[str, str | None]:
             for gemv_max in (0, 16):
                 run(f"route-{fmt}-m{m}-gemv{gemv_max}", lambda fmt=fmt, m=m, gm=gemv_max: route(fmt, m, gm))
 
+
+    # The split launches share one counter buffer per device and stream (split_k.workspace); the
+    # last split to arrive at a tile sets its counter back to zero, so launch after launch on the
+    # same buffer sums (a counter left at 2 would let no split store: out keeps torch.empty's bytes)
+    def split_counters(kind):
+        from apt_ext.triton import split_k
+
+        wp, ws, wts, wbs, k, wn = weight("nvfp4", 200)  # K spans two steps: the config splits it
+        args = (wp, tlin.scales_as_raw(ws, "nvfp4"), wts.reshape(()).float(), None, "nvfp4", wbs, False)
+        mod, m, fn = (fp4_gemv, 1, fp4_gemv.gemv) if kind == "gemv" else (fp4_gemm, 16, fp4_gemm.gemm)
+        counters = split_k.workspace(2, m, wn, 1, torch.empty(m, wn))[1]
+        assert split_k.workspace(2, m, wn, 1, torch.empty(m, wn))[1] is counters, "one buffer per stream"
+        splits = []
+        mod.workspace = lambda split, *a: (splits.append(split), split_k.workspace(split, *a))[1]
+        try:
+            for _ in range(3):
+                x = torch.randn(m, k, generator=g)
+                got = fn(x, *args)
+                assert not bool(counters.any()), f"counters left at {counters[counters != 0].tolist()}"
+                assert_linear_close(got, ref.linear(x, wp, ws, wts, None, "nvfp4", wbs), x,
+                                    ref.dequantize(wp, ws, wts, "nvfp4", wbs))
+        finally:
+            mod.workspace = split_k.workspace
+        assert splits == [2, 2, 2], splits
+
+    for kind in ("gemv", "gemm"):
+        run(f"split-counters-{kind}", lambda kind=kind: split_counters(kind))
 
     def bad():
         packed, scales, ts, bs, k, _ = weight("nvfp4")

@@ -8,7 +8,13 @@ deterministic (the same order whichever program arrives last), no zero-filled ac
 adds of the values would need one, plus a cast pass), and the partials are tiny next to the weight
 (SPLIT_K*M*N*4 bytes against N*K/2). A second launch for the sum cost as much host time as the
 kernel itself (benchmarks/results/fp4_triton_host_NVIDIA_H200.json: 24.5 us per Triton launch).
-:func:`workspace` makes the partials and the zeroed arrival counters.
+:func:`workspace` makes the partials and hands out the arrival counters: the last split to
+arrive at a tile sets the tile's counter back to zero, so one zeroed buffer per device and
+stream serves every later launch on that stream (launches on one stream run one after another;
+another stream gets its own buffer). Zeroing fresh counters per launch cost an eager call about
+10.5 us of host time (benchmarks/results/fp4_triton_host_NVIDIA_H100_80GB_HBM3.json, a fill
+kernel's launch). While a CUDA graph is being captured each launch takes fresh zeroed counters
+(a memset node of the graph): a graph may be replayed on any stream, alongside eager launches.
 """
 from __future__ import annotations
 
@@ -33,8 +39,9 @@ def store_tile(acc, part_ptr, count_ptr, bias_ptr, out_ptr, rm, rn, M, N, tile, 
     """Store the float32 tile ``acc`` [BLOCK_M, BLOCK_N] of out [M, N] (rows ``rm``, columns ``rn``):
     gelu?(acc + bias) cast to out's dtype; or, with PARTIAL (a launch of tl.num_programs(1) splits
     along K; this program is split tl.program_id(1)), write it to the partials [splits, M, N] and
-    count the arrival at ``count_ptr[tile]`` (zeroed before the launch): the last split to arrive
-    sums the tile's partials in split order and stores the result as above."""
+    count the arrival at ``count_ptr[tile]`` (zero before the launch): the last split to arrive
+    sums the tile's partials in split order, stores the result as above and sets the counter
+    back to zero for the next launch."""
     mask = (rm < M)[:, None] & (rn < N)[None, :]
     offs = rm[:, None] * N + rn[None, :]
     if PARTIAL:
@@ -50,6 +57,7 @@ def store_tile(acc, part_ptr, count_ptr, bias_ptr, out_ptr, rm, rn, M, N, tile, 
                     acc += tl.load(part_ptr + split * M * N + offs, mask=mask, other=0.0)
             acc = bias_gelu(acc, bias_ptr, rn[None, :], (rn < N)[None, :], HAS_BIAS, GELU)
             tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(count_ptr + tile, 0)  # every split of this launch has arrived
     else:
         acc = bias_gelu(acc, bias_ptr, rn[None, :], (rn < N)[None, :], HAS_BIAS, GELU)
         tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -78,9 +86,31 @@ def steps_per_split(k_steps: int, split: int) -> tuple[int, int]:
 
 
 def workspace(split: int, m: int, n: int, tiles: int, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float32 partials [split, M, N], int32 arrival counters [tiles] zeroed) for a launch split
-    ``split`` ways (``out`` twice when split is 1: the kernel then reads neither)."""
+    """(float32 partials [split, M, N], int32 arrival counters [>= tiles], all zero) for a launch
+    split ``split`` ways on the current stream of ``out``'s device (``out`` twice when split is 1:
+    the kernel then reads neither). The kernel leaves the counters at zero (:func:`store_tile`)."""
     if split == 1:
         return out, out
-    return (torch.empty((split, m, n), dtype=torch.float32, device=out.device),
-            torch.zeros(tiles, dtype=torch.int32, device=out.device))
+    partials = torch.empty((split, m, n), dtype=torch.float32, device=out.device)
+    return partials, _arrival_counters(tiles, out.device)
+
+
+_COUNTERS: dict[tuple, torch.Tensor] = {}  # (device, stream) -> int32 zeros, grown on demand
+
+
+def _arrival_counters(tiles: int, device: torch.device) -> torch.Tensor:
+    """Zeroed int32 counters [>= tiles] for a launch on ``device``'s current stream: the stream's
+    persistent buffer, or fresh ones while a CUDA graph is captured (and on devices other than
+    CUDA and CPU, whose streams are not looked up here)."""
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(tiles, dtype=torch.int32, device=device)
+        key = (device, torch._C._cuda_getCurrentRawStream(device.index))  # what Triton launches on
+    elif device.type == "cpu":  # the interpreter runs launches one after another
+        key = (device, 0)
+    else:
+        return torch.zeros(tiles, dtype=torch.int32, device=device)
+    counters = _COUNTERS.get(key)
+    if counters is None or counters.numel() < tiles:
+        counters = _COUNTERS[key] = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
+    return counters

@@ -388,6 +388,51 @@ def _triton_direct_launch_case() -> None:
             del launcher.fn.run
 
 
+def _triton_split_streams_case() -> None:
+    """The split launches' arrival counters (one buffer per stream, set back to zero by each
+    tile's last split): a split GEMV and a split GEMM launched over and over on two streams at
+    once, and a CUDA graph of both replayed on a third, give the bits of the same launches one
+    at a time, and leave every stream's counters at zero."""
+    from apt_ext.triton import fp4_gemm, fp4_gemv, split_k
+    from apt_ext.triton.fp4_decode import scales_as_raw
+
+    g = _gen()
+    n, k = 4096, 4096  # launches long enough to overlap
+    packed, scales, ts, bs = _quantized("nvfp4", n, k, g)
+    args = (packed, scales_as_raw(scales, "nvfp4"), ts.reshape(()), None, "nvfp4", bs, False)
+    gemv_cfg = max(fp4_gemv.configs(n, k, packed.device), key=lambda c: c.kwargs["SPLIT_K"])
+    gemm_cfg = max(fp4_gemm.configs(16, n, k, packed.device), key=lambda c: c.kwargs["SPLIT_K"])
+    assert gemv_cfg.kwargs["SPLIT_K"] > 1 and gemm_cfg.kwargs["SPLIT_K"] > 1
+    xs = [torch.randn(m, k, generator=g).to(torch.bfloat16).to(DEV) for m in (1, 16) for _ in range(8)]
+
+    def launch(x: torch.Tensor) -> torch.Tensor:
+        return (fp4_gemv.gemv(x, *args, config=gemv_cfg) if x.shape[0] == 1
+                else fp4_gemm.gemm(x, *args, config=gemm_cfg))
+
+    want = [launch(x) for x in xs]  # one at a time, on the current stream
+    static = [x.clone() for x in xs[::5]]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = [launch(x) for x in static]
+    streams = [torch.cuda.Stream() for _ in range(3)]
+    torch.cuda.synchronize()
+    orders = (list(range(len(xs))), list(range(len(xs)))[::-1])  # the two streams' orders of x
+    got: list[list[tuple[int, torch.Tensor]]] = [[], []]
+    for _ in range(20):
+        for i, stream in enumerate(streams[:2]):
+            with torch.cuda.stream(stream):
+                got[i] += [(j, launch(xs[j])) for j in orders[i]]
+        with torch.cuda.stream(streams[2]):
+            graph.replay()
+    torch.cuda.synchronize()
+    for i, pairs in enumerate(got):
+        bad = [j for j, y in pairs if not torch.equal(y, want[j])]
+        assert not bad, f"stream {i}: {len(bad)} of {len(pairs)} launches differ from the serial ones"
+    assert all(torch.equal(y, want[5 * j]) for j, y in enumerate(static_y)), "graph replay differs"
+    left = {key: int(c.count_nonzero()) for key, c in split_k._COUNTERS.items() if key[0].type == "cuda"}
+    assert len(left) >= 3 and not any(left.values()), f"counters not zero, per (device, stream): {left}"
+
+
 def _triton_child() -> dict[str, str | None]:
     assert os.environ.get("APT_FORCE_TRITON") == "1"
     from apt_ext import triton as apt_triton
@@ -427,6 +472,7 @@ def _triton_child() -> dict[str, str | None]:
         run(f"{fmt}-every-config", lambda fmt=fmt: _triton_configs_case(fmt))
     run("autotune", _triton_autotune_case)
     run("direct-launch", _triton_direct_launch_case)
+    run("split-streams", _triton_split_streams_case)
     return results
 
 
@@ -454,7 +500,7 @@ def triton_results(request) -> dict:
 
 @pytest.mark.parametrize("case", [f"{f}-{str(d)[6:]}-m{m}" for f in FORMATS for d in X_DTYPES for m in TRITON_M]
                          + [f"{f}-dequantize-dispatch" for f in FORMATS]
-                         + [f"{f}-every-config" for f in TRITON_CONFIG_FORMATS] + ["autotune", "direct-launch"])
+                         + [f"{f}-every-config" for f in TRITON_CONFIG_FORMATS] + ["autotune", "direct-launch", "split-streams"])
 def test_triton_on_cuda(triton_results, case):
     assert case in triton_results, f"case {case} did not run"
     assert triton_results[case] is None, triton_results[case]

@@ -3,7 +3,7 @@
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
 #   stages: build test (all of tests/gpu; APT_TEST_WORKERS pytest-xdist processes where carried) test_fp4 test_gemv test_left_spin test_vgpu test_model (APT_PYTEST_K='expr' selects their tests) sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON, APT_SWEEP_MS its rows of x, APT_SWEEP_GEMV_BASES extra GEMV bases to time, e.g. 16x2048x8x4,8x4096x8x4) fp4_triton_host (the Triton path's eager host time, piece by piece) fp4_quick
-#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) ncu_gemm_full (the same, report, details and per-SASS-line source page kept) e2e e2e_decoder left_spin left_spin_quick vgpu vgpu_quick vgpu_ssd (the SSD part alone: pager against dd and fio) vvram vvram_quick model prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
+#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) ncu_gemm_full (the same, report, details and per-SASS-line source page kept) e2e e2e_decoder left_spin left_spin_quick vgpu vgpu_quick vgpu_ssd (the SSD part alone: pager against dd and fio) vvram vvram_quick model (APT_MODEL_ARGS its flags; APT_MODEL_CODE=1 keeps inductor's wrapper modules in $OUT/inductor_code.tgz) prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
 #   build: APT_CUDA_ARCHS=90a builds for sm_90a only (90a, not 90: the wgmma GEMM needs it); an earlier call's build/ on a
 #   warm machine is kept, so ninja recompiles only what changed (a first call that ran out of its stage limit resumes);
 #   the built _C*.so is copied (debug info stripped, gzipped: a file comes back only under 16 MiB) to
@@ -116,8 +116,16 @@ for arg in "$@"; do
       cp "$(ls -t benchmarks/results/vgpu_ssd_*.json | head -n 1)" "$OUT/" 2>/dev/null ;;  # this run's, not the CPU one
     vvram) stage vvram $PY benchmarks/virtual_vram.py ${APT_VVRAM_TOKENS:+--new-tokens $APT_VVRAM_TOKENS} ${APT_VVRAM_ARGS:-} ;;  # APT_VVRAM_TOKENS: generated tokens per run (default 16); APT_VVRAM_ARGS: more flags (e.g. "--compare-lru --skip accelerate,ssd")
     vvram_quick) stage vvram_quick $PY benchmarks/virtual_vram.py --quick ;;
-    model) stage model $PY benchmarks/model_throughput.py --profile ${APT_MODEL_ARGS:-}  # e.g. APT_MODEL_ARGS="--compiled-only --variants plain,left-spin --interleave 6 --tag ab"
-      f=$(ls -t benchmarks/results/model_throughput*.json 2>/dev/null | head -n 1); [ -n "$f" ] && cp "$f" "$OUT/" ;;
+    model)  # e.g. APT_MODEL_ARGS="--compiled-only --variants plain,left-spin --interleave 6 --tag ab"; APT_MODEL_CODE=1
+      # also keeps inductor's wrapper modules (a fresh cache: every graph compiled in this run) in
+      # $OUT/inductor_code.tgz, for tools/inductor_kernel_sources.py to name what each profiled kernel computes
+      if [ -n "${APT_MODEL_CODE:-}" ]; then rm -rf /tmp/apt_inductor_code; export TORCHINDUCTOR_CACHE_DIR=/tmp/apt_inductor_code; fi
+      stage model $PY benchmarks/model_throughput.py --profile ${APT_MODEL_ARGS:-}
+      f=$(ls -t benchmarks/results/model_throughput*.json 2>/dev/null | head -n 1); [ -n "$f" ] && cp "$f" "$OUT/"
+      if [ -n "${APT_MODEL_CODE:-}" ]; then
+        (cd /tmp/apt_inductor_code && grep -rl --include='*.py' 'def call(' . | tar czf "$OUT/inductor_code.tgz" -T -)
+        unset TORCHINDUCTOR_CACHE_DIR
+      fi ;;
     prefix_sum) stage prefix_sum $PY benchmarks/prefix_sum.py
       cp "benchmarks/results/prefix_sum_$CARD.json" "$OUT/" 2>/dev/null ;;
     lr_sweep) stage lr_sweep $PY benchmarks/left_spin_training.py --size gpt2-small ${APT_LR_SWEEP_LRS:+--lrs $APT_LR_SWEEP_LRS} \

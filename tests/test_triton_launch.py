@@ -3,6 +3,8 @@ bound kernel's launcher, with what arguments. The JIT and the compiled kernel ar
 record their calls (there is no GPU here); tests/gpu/test_fp4_cuda.py runs the real launches."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -135,3 +137,56 @@ def test_arg_key_reads_what_triton_specialises_on() -> None:
     assert key(1) != key(2) and key(16) != key(17) and key(17) == key(3)
     assert key(1 << 31) != key(17) and key((1 << 63) + 1) != key((1 << 31) + 1)
     assert key(True) != key(1) and key(2.5) == key(0.0) and key(None) is None
+
+
+class _GpuTensor:
+    """What on_device reads of a tensor: is_cuda and device (no GPU here)."""
+
+    def __init__(self, index: int) -> None:
+        self.is_cuda, self.device = True, torch.device("cuda", index)
+
+
+def test_on_device_switches_only_to_another_gpu(monkeypatch):
+    entered = []
+
+    class _Device:
+        def __init__(self, device) -> None:
+            self.index = device.index
+
+        def __enter__(self):
+            entered.append(self.index)
+
+        def __exit__(self, *exc):
+            entered.append("exit")
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", _Device)
+    for t in (_GpuTensor(0), torch.zeros(1)):  # the current GPU, the CPU (the interpreter)
+        with launch.on_device(t):
+            pass
+    assert entered == []
+    with launch.on_device(_GpuTensor(1)):
+        assert entered == [1]
+    assert entered == [1, "exit"]
+
+
+def test_kernel_decorator_runs_on_the_first_tensors_device(monkeypatch):
+    """apt_ext.triton.kernel wraps each implementation in on_device(first argument), registered
+    and recorded as the wrapper (a native op's device guard)."""
+    import apt_ext.triton as apt_triton
+
+    seen, registered = [], []
+    monkeypatch.setattr(launch, "on_device", lambda t: (seen.append(t), contextlib.nullcontext())[1])
+    monkeypatch.setattr(apt_triton, "register_kernel", lambda *a: registered.append(a))
+    monkeypatch.setattr(apt_triton, "KERNELS", {})
+    monkeypatch.setenv("APT_FORCE_TRITON", "1")
+
+    @apt_triton.kernel("test_op")
+    def impl(x, scale, *, shift=0):
+        """doc"""
+        return x * scale + shift
+
+    x = torch.ones(2)
+    assert torch.equal(impl(x, 3, shift=1), torch.full((2,), 4.0)) and seen == [x]
+    assert apt_triton.KERNELS["test_op"] is impl and registered[0][3] is impl
+    assert impl.__name__ == "impl" and impl.__doc__ == "doc"

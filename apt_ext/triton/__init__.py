@@ -8,6 +8,7 @@ everywhere under ``APT_FORCE_TRITON=1``), as bitsandbytes' backends do. ``apt_ex
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -22,13 +23,22 @@ _MODULES = ("fp4_dequantize", "fp4_linear", "left_spin")
 
 
 def kernel(op: str) -> Callable[[Callable], Callable]:
-    """Decorator of a Triton implementation of ``apt::<op>`` (same schema as the op)."""
+    """Decorator of a Triton implementation of ``apt::<op>`` (same schema as the op; its first
+    argument a tensor). The implementation runs with that tensor's GPU as the current device
+    (launch.on_device), as a native op's device guard would."""
 
     def declare(fn: Callable) -> Callable:
-        KERNELS[op] = fn
+        from apt_ext.triton.launch import on_device  # imports triton: kernel modules already have
+
+        @functools.wraps(fn)
+        def on_its_device(first, *args, **kwargs):
+            with on_device(first):
+                return fn(first, *args, **kwargs)
+
+        KERNELS[op] = on_its_device
         if os.environ.get("APT_FORCE_TRITON") == "1" or not _native.has_kernel(op, "CUDA"):
-            register_kernel(op, "cuda", f"Triton: {fn.__module__}.{fn.__name__}", fn)
-        return fn
+            register_kernel(op, "cuda", f"Triton: {fn.__module__}.{fn.__name__}", on_its_device)
+        return on_its_device
 
     return declare
 

@@ -22,6 +22,7 @@ environment at import or after ``set_direct_launch(False)``, every launch goes t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Hashable
 
@@ -55,6 +56,16 @@ def set_direct_launch(enabled: bool) -> None:
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
     _ENABLED[0] = enabled
+
+
+def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A context making ``t``'s GPU the current device where it is another one (Triton launches
+    on the current device, on its current stream, whatever GPU the tensors are on); a no-op
+    context for CPU tensors and for a tensor on the current GPU (the common case: no device
+    switch, one device query)."""
+    if t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
 
 def _arg_key(a: Any) -> Hashable:

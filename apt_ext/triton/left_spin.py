@@ -8,8 +8,6 @@ softplus(x) = x for x > 20).
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
@@ -226,11 +224,6 @@ def _launch_config(D: int, rows: int, backward: bool) -> tuple[tuple[int], dict,
         warps
 
 
-def _on_device(t: torch.Tensor):
-    """Make t's GPU the current one for the launch (a no-op for CPU tensors under the interpreter)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _prepare(u, du, du_prev, phi_prev, params):
     _native._C.left_spin.check(u, du, du_prev, phi_prev, *params, allow_double=False)  # the native checks
     D = u.shape[-1]
@@ -252,10 +245,9 @@ def left_spin_residual(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor 
     if rows == 0:
         return out, phi
     grid, constexprs, warps = _launch_config(D, rows, backward=False)
-    with _on_device(u):
-        _FORWARD(grid, (u_c, du_c, dp_c if dp_c is not None else u_c, pp_c if pp_c is not None else phi,
-                        out, phi, rows, D, *params),
-                 dict(HAS_PREV=dp_c is not None, HAS_PHI=pp_c is not None, **constexprs), num_warps=warps)
+    _FORWARD(grid, (u_c, du_c, dp_c if dp_c is not None else u_c, pp_c if pp_c is not None else phi,
+                    out, phi, rows, D, *params),
+             dict(HAS_PREV=dp_c is not None, HAS_PHI=pp_c is not None, **constexprs), num_warps=warps)
     return out, phi
 
 
@@ -276,12 +268,11 @@ def left_spin_residual_backward(grad_out: torch.Tensor, grad_phi: torch.Tensor, 
     grad_pp = torch.empty_like(pp_c) if pp_c is not None else u.new_empty((0,), dtype=torch.float32)
     if rows > 0:
         grid, constexprs, warps = _launch_config(D, rows, backward=True)
-        with _on_device(u):
-            _BACKWARD(grid, (go, gphi, u_c, du_c, dp_c if dp_c is not None else u_c,
-                             pp_c if pp_c is not None else gphi, grad_u, grad_du,
-                             grad_dp if dp_c is not None else grad_u, grad_pp if pp_c is not None else gphi,
-                             rows, D, *params),
-                      dict(HAS_PREV=dp_c is not None, HAS_PHI=pp_c is not None, **constexprs), num_warps=warps)
+        _BACKWARD(grid, (go, gphi, u_c, du_c, dp_c if dp_c is not None else u_c,
+                         pp_c if pp_c is not None else gphi, grad_u, grad_du,
+                         grad_dp if dp_c is not None else grad_u, grad_pp if pp_c is not None else gphi,
+                         rows, D, *params),
+                  dict(HAS_PREV=dp_c is not None, HAS_PHI=pp_c is not None, **constexprs), num_warps=warps)
     if phi_prev is not None:
         grad_pp = grad_pp.to(phi_prev.dtype)
     return grad_u, grad_du, grad_dp, grad_pp

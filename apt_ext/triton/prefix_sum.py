@@ -29,7 +29,7 @@ import triton.language as tl
 
 from apt_ext.triton.fp4_decode import INTERPRET
 from apt_ext.triton.host_math import cdiv, next_power_of_2
-from apt_ext.triton.launch import Launcher
+from apt_ext.triton.launch import Launcher, on_device
 
 # Chunk shape: the fastest of benchmarks/prefix_sum.py's six on the H100 (forward mean of
 # float32 [8, T, 768]: 0.063 / 0.138 ms at T 1024 / 4096 against 0.083 / 0.177 ms for the earlier
@@ -148,8 +148,9 @@ def scan(x: torch.Tensor, reverse: bool = False, mean: bool = False, init: torch
         return out, total
     block_d = min(block_d, max(16, next_power_of_2(d)))
     init_c = init.contiguous() if init is not None else xc
-    _SCAN((b, cdiv(d, block_d)), (xc, out, init_c, total if total is not None else out, t, d, xc.stride(0),
-                                  xc.stride(1)),
-          dict(REVERSE=bool(reverse), MEAN=bool(mean), HAS_INIT=init is not None, HAS_TOTAL=with_total,
-               BLOCK_T=block_t, BLOCK_D=block_d, MATMUL=bool(matmul), DOT_F32=INTERPRET), num_warps=4)
+    with on_device(x):
+        _SCAN((b, cdiv(d, block_d)), (xc, out, init_c, total if total is not None else out, t, d, xc.stride(0),
+                                      xc.stride(1)),
+              dict(REVERSE=bool(reverse), MEAN=bool(mean), HAS_INIT=init is not None, HAS_TOTAL=with_total,
+                   BLOCK_T=block_t, BLOCK_D=block_d, MATMUL=bool(matmul), DOT_F32=INTERPRET), num_warps=4)
     return out, total

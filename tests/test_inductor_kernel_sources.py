@@ -14,8 +14,8 @@ import inductor_kernel_sources as iks  # noqa: E402
 
 # The shape of inductor's wrapper module: each kernel's source (with its own benchmark harness,
 # which calls .run(*args)) before call(), whose launches follow their source-nodes comments.
-WRAPPER = '''
-triton_per_fused_mul_sum_0 = async_compile.triton('triton_per_fused_mul_sum_0', """
+WRAPPER = """
+triton_per_fused_mul_sum_0 = async_compile.triton('triton_per_fused_mul_sum_0', '''
 @triton_heuristics.persistent_reduction(
     inductor_meta={'kernel_name': 'triton_per_fused_mul_sum_0', 'kernel_num_gb': 0.0378},
 )
@@ -25,16 +25,16 @@ def triton_per_fused_mul_sum_0(in_ptr0, in_ptr1, out_ptr0, xnumel, r0_numel, XBL
 
 def call(args):
     triton_per_fused_mul_sum_0.run(*args, stream=raw_stream0)
-""")
+''')
 
-triton_poi_fused_add_1 = async_compile.triton('triton_poi_fused_add_1', """
+triton_poi_fused_add_1 = async_compile.triton('triton_poi_fused_add_1', '''
 @triton_heuristics.pointwise(
     inductor_meta={'kernel_name': 'triton_poi_fused_add_1', 'kernel_num_gb': 0.0252},
 )
 @triton.jit
 def triton_poi_fused_add_1(in_ptr0, out_ptr0, xnumel, XBLOCK : tl.constexpr):
     pass
-""")
+''')
 
 def call(args):
     buf0 = empty_strided_cuda((8, 1024), (1024, 1), torch.float32)
@@ -44,7 +44,7 @@ def call(args):
     # Topologically Sorted Source Nodes: [grad_u], Original ATen: [aten.add]
     triton_poi_fused_add_1.run(buf0, buf2, 6291456, stream=stream0)
     triton_poi_fused_add_1.run(buf3, buf4, 6291456, stream=stream0)
-'''
+"""
 
 
 def _write(folder: Path) -> Path:

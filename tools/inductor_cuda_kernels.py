@@ -181,7 +181,7 @@ def cuda_kernels(graphs: list[tuple[str, object, list]]) -> dict[str, str]:
 
     def load(key, path, *args, **kwargs):  # read the wrapper's kernels; never import it (no CUDA here)
         text = Path(path).read_text()
-        for name, source in re.findall(r"async_compile\.triton\('(\w+)', '''(.*?)'''", text, re.S):
+        for name, source in wrapper_kernels(text):
             # the forward's and the backward's wrappers number their kernels each from 0: keep both
             # of a name they share
             while name in kernels and kernels[name] != source:
@@ -205,6 +205,11 @@ def cuda_kernels(graphs: list[tuple[str, object, list]]) -> dict[str, str]:
                          if isinstance(t, torch.Tensor) else t for t in example_inputs]
                 compile_fx_inner(gm, fakes, is_backward=kind == "bw")
     return kernels
+
+
+def wrapper_kernels(text: str) -> list[tuple[str, str]]:
+    """(name, source) of each Triton kernel an inductor wrapper module defines."""
+    return re.findall(r"async_compile\.triton\('(\w+)', '''(.*?)'''", text, re.S)
 
 
 def kernel_gb(source: str) -> float:

@@ -23,10 +23,11 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from inductor_cuda_kernels import kernel_gb, wrapper_kernels
+
 _NODES = re.compile(r"#\s*Topologically Sorted Source Nodes:\s*\[(.*?)\],\s*Original ATen:\s*\[(.*?)\]")
 # a launch in the wrapper's call(); each kernel's own benchmark harness calls .run(*args, ...)
 _LAUNCH = re.compile(r"\b((?:triton|cpp)_\w+?)\.run\((?!\*args)")
-_TRAFFIC = re.compile(r"def (\w+)\(|'kernel_num_gb':\s*([0-9.eE+-]+)")
 
 
 @dataclass
@@ -47,15 +48,8 @@ def _split(names: str) -> list[str]:
 def launches(name: str, text: str) -> list[Launch]:
     """Every kernel launch in the wrapper module ``text`` (file ``name``), with the source-nodes
     comment nearest above it (a launch without one gets empty lists)."""
-    # each kernel's estimate sits in the decorator right above its def
-    pending = None
-    traffic: dict[str, float] = {}
-    for m in _TRAFFIC.finditer(text):
-        if m.group(2) is not None:
-            pending = float(m.group(2)) * 1e3
-        elif pending is not None:
-            traffic[m.group(1)] = pending
-            pending = None
+    traffic = {kernel: kernel_gb(source) * 1e3 for kernel, source in wrapper_kernels(text)
+               if "kernel_num_gb" in source}
     out: list[Launch] = []
     nodes: list[str] = []
     aten: list[str] = []

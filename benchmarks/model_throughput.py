@@ -17,6 +17,7 @@ Writes benchmarks/results/model_throughput[_quick].json and benchmarks/plots/mod
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
@@ -291,6 +292,8 @@ def main() -> int:
     from tqdm.auto import tqdm
     name = ("model_throughput_quick" if a.quick else "model_throughput") + (f"_{a.tag}" if a.tag else "")
     meta = run_meta(device)
+    # inductor settings from the environment (TORCHINDUCTOR_MIX_ORDER_REDUCTION=0 and the like) change the kernels
+    meta["inductor_env"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith("TORCHINDUCTOR_")}
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:

@@ -17,7 +17,7 @@ import inductor_kernel_sources as iks  # noqa: E402
 WRAPPER = """
 triton_per_fused_mul_sum_0 = async_compile.triton('triton_per_fused_mul_sum_0', '''
 @triton_heuristics.persistent_reduction(
-    inductor_meta={'kernel_name': 'triton_per_fused_mul_sum_0', 'kernel_num_gb': 0.0378},
+    inductor_meta={'kernel_name': 'triton_per_fused_mul_sum_0', 'num_load': 2, 'kernel_num_gb': 0.0378},
 )
 @triton.jit
 def triton_per_fused_mul_sum_0(in_ptr0, in_ptr1, out_ptr0, xnumel, r0_numel, XBLOCK : tl.constexpr):
@@ -57,10 +57,10 @@ def _write(folder: Path) -> Path:
 
 def test_launches_carry_their_nodes_and_traffic(tmp_path):
     got = iks.read_code(_write(tmp_path).parent.parent)
-    assert [(g.kernel, g.nodes, g.traffic_mb) for g in got] == [
-        ("triton_per_fused_mul_sum_0", ["go", "mul_13", "sum_4"], pytest.approx(37.8)),
-        ("triton_poi_fused_add_1", ["grad_u"], pytest.approx(25.2)),
-        ("triton_poi_fused_add_1", [], pytest.approx(25.2)),  # no comment of its own
+    assert [(g.kernel, g.nodes, g.traffic_mb, g.loads) for g in got] == [
+        ("triton_per_fused_mul_sum_0", ["go", "mul_13", "sum_4"], pytest.approx(37.8), 2),
+        ("triton_poi_fused_add_1", ["grad_u"], pytest.approx(25.2), None),  # no num_load in its meta
+        ("triton_poi_fused_add_1", [], pytest.approx(25.2), None),  # no comment of its own
     ]
     assert got[0].aten == ["aten._to_copy", "aten.mul", "aten.sum"] and got[0].module == "ab/cabc.py"
 
@@ -77,7 +77,18 @@ def test_tgz_and_profile_lookup(tmp_path, capsys):
     assert iks.main(["--code", str(tgz), "--profile", str(profile), "--variant", "left-spin"]) == 0
     out = capsys.readouterr().out
     assert "triton_per_fused_mul_sum_0  (0.235 ms/step, 24 calls): 1 launch(es)" in out
-    assert "nodes: go, mul_13, sum_4" in out and "37.8 MB" in out and "nvjet" not in out
+    assert "nodes: go, mul_13, sum_4" in out and "37.8 MB, 2 loads" in out and "nvjet" not in out
+
+
+def test_cut_profile_name_matches_the_kernels_it_begins(tmp_path, capsys, monkeypatch):
+    code = _write(tmp_path).parent.parent
+    monkeypatch.setattr(iks, "PROFILE_NAME_CHARS", len("triton_poi_fused"))
+    assert iks.main(["--code", str(code), "--kernel", "triton_poi_fused"]) == 0
+    out = capsys.readouterr().out
+    assert "triton_poi_fused: 2 launch(es)" in out and "cabc.py  triton_poi_fused_add_1  25.2 MB, loads ?" in out
+    # a name shorter than the cut is a whole name: no prefix match
+    assert iks.main(["--code", str(code), "--kernel", "triton_poi"]) == 0
+    assert "triton_poi: 0 launch(es)" in capsys.readouterr().out
 
 
 def test_bad_arguments(tmp_path):

@@ -6,8 +6,9 @@ Inductor's wrapper code says it: before each launch, a comment lists the graph's
 kernel covers ("Topologically Sorted Source Nodes") and their ATen ops. This reads those comments
 from the wrapper modules that a run left in its inductor cache (``gpu_session.sh`` stage ``model``
 with ``APT_MODEL_CODE=1`` keeps them in ``$OUT/inductor_code.tgz``) and prints, for each kernel
-asked for, every launch of that name with its nodes, ops, estimated traffic and the module it is
-in::
+asked for, every launch of that name with its nodes, ops, estimated traffic, number of loads
+and the module it is in. A profile's kernel names are cut at 120 characters
+(benchmarks/model_throughput.py); such a name matches every kernel it begins::
 
     python tools/inductor_kernel_sources.py --code inductor_code.tgz --kernel triton_per_fused_mul_sum_0
     python tools/inductor_kernel_sources.py --code inductor_code.tgz \\
@@ -28,17 +29,21 @@ from inductor_cuda_kernels import kernel_gb, wrapper_kernels
 _NODES = re.compile(r"#\s*Topologically Sorted Source Nodes:\s*\[(.*?)\],\s*Original ATen:\s*\[(.*?)\]")
 # a launch in the wrapper's call(); each kernel's own benchmark harness calls .run(*args, ...)
 _LAUNCH = re.compile(r"\b((?:triton|cpp)_\w+?)\.run\((?!\*args)")
+_NUM_LOAD = re.compile(r"'num_load': (\d+)")
+PROFILE_NAME_CHARS = 120  # benchmarks/model_throughput.py keeps this much of each kernel's name
 
 
 @dataclass
 class Launch:
-    """One launch of a kernel in a wrapper module: the graph nodes and ATen ops it covers, and
-    inductor's estimate of the bytes it moves (None where the module does not say)."""
+    """One launch of a kernel in a wrapper module: the graph nodes and ATen ops it covers,
+    inductor's estimate of the bytes it moves and its count of tl.load calls (None where the
+    module does not say; many loads in one reduction kernel spill registers)."""
     kernel: str
     module: str
     nodes: list[str]
     aten: list[str]
     traffic_mb: float | None
+    loads: int | None = None
 
 
 def _split(names: str) -> list[str]:
@@ -48,8 +53,9 @@ def _split(names: str) -> list[str]:
 def launches(name: str, text: str) -> list[Launch]:
     """Every kernel launch in the wrapper module ``text`` (file ``name``), with the source-nodes
     comment nearest above it (a launch without one gets empty lists)."""
-    traffic = {kernel: kernel_gb(source) * 1e3 for kernel, source in wrapper_kernels(text)
-               if "kernel_num_gb" in source}
+    sources = wrapper_kernels(text)
+    traffic = {kernel: kernel_gb(source) * 1e3 for kernel, source in sources if "kernel_num_gb" in source}
+    loads = {kernel: int(m.group(1)) for kernel, source in sources if (m := _NUM_LOAD.search(source))}
     out: list[Launch] = []
     nodes: list[str] = []
     aten: list[str] = []
@@ -59,7 +65,7 @@ def launches(name: str, text: str) -> list[Launch]:
             nodes, aten = _split(found.group(1)), _split(found.group(2))
             continue
         for kernel in _LAUNCH.findall(line):
-            out.append(Launch(kernel, name, nodes, aten, traffic.get(kernel)))
+            out.append(Launch(kernel, name, nodes, aten, traffic.get(kernel), loads.get(kernel)))
             nodes, aten = [], []
     return out
 
@@ -117,15 +123,19 @@ def main(argv: list[str] | None = None) -> int:
         by_name.setdefault(launch.kernel, []).append(launch)
     for kernel, timing in wanted:
         found = by_name.get(kernel, [])
+        if not found and len(kernel) >= PROFILE_NAME_CHARS:  # a profile's cut name: every kernel it begins
+            found = [launch for name, group in by_name.items() if name.startswith(kernel) for launch in group]
         print(f"{kernel}{'  (' + timing + ')' if timing else ''}: {len(found)} launch(es) in the code")
         seen = set()
         for launch in found:
-            key = (launch.module, tuple(launch.nodes))
+            key = (launch.module, launch.kernel, tuple(launch.nodes))
             if key in seen:
                 continue
             seen.add(key)
             mb = f"{launch.traffic_mb:.1f} MB" if launch.traffic_mb is not None else "traffic ?"
-            print(f"    {launch.module}  {mb}\n      nodes: {', '.join(launch.nodes) or '?'}\n"
+            n_loads = f"{launch.loads} loads" if launch.loads is not None else "loads ?"
+            name = f"  {launch.kernel}" if launch.kernel != kernel else ""
+            print(f"    {launch.module}{name}  {mb}, {n_loads}\n      nodes: {', '.join(launch.nodes) or '?'}\n"
                   f"      aten:  {', '.join(launch.aten) or '?'}")
     return 0
 

@@ -12,6 +12,9 @@ GPUs, perf_counter on CPUs.
     python benchmarks/model_throughput.py --compiled-only --variants plain,left-spin --interleave 6   # A/B, alternating
     python benchmarks/model_throughput.py --quick --compiled-only --count-kernels   # CPU: inductor's kernels
 
+Compiled variants are built as apt_ext's Trainer builds them, with inductor's mix-order read cap
+backported where torch lacks it (apt_ext.train.inductor_compat; --no-mix-order-cap: without).
+
 Writes benchmarks/results/model_throughput[_quick].json and benchmarks/plots/model_throughput[_quick].png.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ from model_common import plot_path, run_meta, save_json  # noqa: E402
 
 from apt_ext.model import APTModel, APTModelConfiguration  # noqa: E402
 from apt_ext.model.prefix_sum import prefix_sum  # noqa: E402
+from apt_ext.train.inductor_compat import cap_mix_order_reads  # noqa: E402
 
 VARIANTS = {"plain": (False, False), "left-spin": (True, False), "autopoietic": (False, True), "both": (True, True),
             "left-spin-cast-first": (True, False), "left-spin-op": (True, False),
@@ -278,6 +282,9 @@ def main() -> int:
                          "(kernel_counts; with --quick --compiled-only it runs on the CPU)")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    ap.add_argument("--no-mix-order-cap", action="store_true",
+                    help="compile as torch does out of the box: without the Trainer's backport of inductor's "
+                         "mix-order read cap (apt_ext.train.inductor_compat)")
     a = ap.parse_args()
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.quick else "cpu"))
     if a.quick:
@@ -294,6 +301,8 @@ def main() -> int:
     meta = run_meta(device)
     # inductor settings from the environment (TORCHINDUCTOR_MIX_ORDER_REDUCTION=0 and the like) change the kernels
     meta["inductor_env"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith("TORCHINDUCTOR_")}
+    # what the Trainer does before compiling: "native" / "patched" / "absent" (inductor_compat), or "off"
+    meta["mix_order_cap"] = "off" if a.no_mix_order_cap else cap_mix_order_reads()
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:

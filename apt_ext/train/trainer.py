@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from apt_ext.model import APTModel, APTModelConfiguration
 from apt_ext.train.config import ConfigError, TrainConfig
 from apt_ext.train.data import TokenData, load_text, load_tokenizer, make_tokenizer
+from apt_ext.train.inductor_compat import cap_mix_order_reads
 
 
 @dataclass
@@ -122,6 +123,7 @@ class Trainer:
                 from torch.nn.parallel import DistributedDataParallel as DDP
                 self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile is not None:  # the training and the eval forward; checkpoints keep self.model's names
+            cap_mix_order_reads()  # newer inductor's fusion cap where torch lacks it (docs/left_spin.md)
             self.net = torch.compile(self.net, mode=cfg.compile)
         self.opt = self.model.configure_optimizers(lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(

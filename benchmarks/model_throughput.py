@@ -40,13 +40,16 @@ from apt_ext.train.inductor_compat import cap_mix_order_reads  # noqa: E402
 
 VARIANTS = {"plain": (False, False), "left-spin": (True, False), "autopoietic": (False, True), "both": (True, True),
             "left-spin-cast-first": (True, False), "left-spin-op": (True, False),
+            "left-spin-recompute-norms": (True, False),
             "autopoietic-sum-op": (False, True), "autopoietic-fused": (False, True)}
 # Not in the default set, for A/B runs: left-spin-cast-first casts every site's bf16 branch output
 # to the float32 residual stream's dtype before the op, as sites did before the twentieth session;
 # left-spin-op compiles each site as the fused op (left_spin_compiled_form="op") where the other
 # left-spin variants take the default, its math as torch operations for inductor to fuse with the
 # kernels around them ("decomposed"; until the twenty-eighth session the A/B variant was
-# left-spin-decomposed, against "op" as the default);
+# left-spin-decomposed, against "op" as the default); left-spin-recompute-norms has the decomposed
+# backward take the per-row norms again from u and du as before the thirty-second session,
+# where the others' forward saves them (apt_ext/left_spin/decomposed.py);
 # autopoietic-sum-op takes the training step's prefix mean as before the twenty-second session:
 # the apt_model::prefix_sum op on a float32 copy of x, then the division by the counts (against the
 # one apt_model::prefix_mean op, one Triton pass on CUDA, that autopoietic now runs). The
@@ -149,11 +152,14 @@ def kernel_counts(step_fn) -> dict:
 
 def build(name: str, compiled: bool, p: dict, device: torch.device, compile_mode: str = "default"):
     """(step function, model) of one configuration: forward + backward + AdamW on a fixed random
-    batch. The A/B variants run their step inside their patch (cast-first sites, sum op)."""
+    batch. The A/B variants run their step inside their patch (cast-first sites, recomputed norms,
+    sum op)."""
     left_spin, auto = VARIANTS[name]
     patch = None
     if name == "left-spin-cast-first":
         patch = mock.patch("apt_ext.nn.left_spin._branch_dtype", lambda u, du: u.dtype)
+    if name == "left-spin-recompute-norms":
+        patch = mock.patch("apt_ext.left_spin.decomposed._SAVE_NORMS", False)
     if name == "autopoietic-sum-op":
         patch = mock.patch("apt_ext.model.autopoietic.prefix_mean", prefix_mean_by_sum_op)
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from apt_ext.left_spin import LeftSpinParams, left_spin_residual
+from apt_ext.left_spin import decomposed
 from apt_ext.left_spin.decomposed import left_spin_residual_decomposed
 from apt_ext.model import APTModel, APTModelConfiguration
 from apt_ext.nn import LeftSpinResidual
@@ -24,10 +25,12 @@ def _backward(grad_out, grad_phi, u, du, du_prev, phi_prev, *params):
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
+@pytest.mark.parametrize("save_norms", [True, False])  # False: the backward takes the norms again (A/B form)
 @pytest.mark.parametrize("dtype,du_dtype", [(torch.float32, None), (torch.float64, None), (torch.bfloat16, None),
                                             (torch.float32, torch.bfloat16), (torch.float32, torch.float16)])
 @pytest.mark.parametrize("with_prev,with_phi", [(False, False), (True, False), (True, True)])
-def test_matches_reference(rng, dtype, du_dtype, with_prev, with_phi):
+def test_matches_reference(rng, monkeypatch, save_norms, dtype, du_dtype, with_prev, with_phi):
+    monkeypatch.setattr(decomposed, "_SAVE_NORMS", save_norms)
     u, du, du_prev, phi_prev = ref.make_inputs((3, 5, 24), dtype, "cpu", with_prev, with_phi, rng,
                                                du_dtype=du_dtype)
     grad_out = torch.randn(u.shape, generator=rng).to(dtype)
@@ -68,10 +71,9 @@ def test_model_option_reaches_every_site():
     assert "compiled_form='decomposed'" in repr(sites[0])
 
 
-def test_compiled_forward_saves_only_its_inputs(rng):
+def test_compiled_forward_saves_its_inputs_and_row_norms_only(rng):
     """Partitioned as inductor partitions it (min-cut, inductor's decompositions), the compiled
-    forward hands only its inputs to the backward: no per-row norms (their stores broke Triton
-    3.6's compile of the fused kernel on the H200) and no full-size intermediate."""
+    forward hands the backward its inputs and the four per-row norms: no full-size intermediate."""
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.partitioners import min_cut_rematerialization_partition
     from torch._inductor.decomposition import select_decomp_table
@@ -81,7 +83,7 @@ def test_compiled_forward_saves_only_its_inputs(rng):
     def forward_compiler(gm, example_inputs):
         inputs = {n for n in gm.graph.nodes if n.op == "placeholder"}
         outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-        saved.append([o for o in outputs[2:] if o not in inputs])  # after (out, phi)
+        saved.append([tuple(o.meta["val"].shape) for o in outputs[2:] if o not in inputs])  # after (out, phi)
         return gm
 
     backend = aot_autograd(fw_compiler=forward_compiler, bw_compiler=lambda gm, _: gm,
@@ -92,7 +94,7 @@ def test_compiled_forward_saves_only_its_inputs(rng):
                              fullgraph=True)
     out, phi = compiled(u, du, du_prev, phi_prev)
     (out.sum() + phi.sum()).backward()
-    assert saved == [[]]
+    assert saved == [[(6,)] * 4]  # ||u||, ||du||, ||du - du_prev||, ||du_prev||: one value a row
     assert all(t.grad is not None for t in (u, du, du_prev, phi_prev))
 
 

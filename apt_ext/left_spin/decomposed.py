@@ -35,6 +35,12 @@ def left_spin_residual_decomposed(u: torch.Tensor, du: torch.Tensor, du_prev: to
     return _DecomposedLeftSpin.apply(u, du, du_prev, phi_prev, params)
 
 
+# Whether the forward saves the per-row norms for the backward (True) or the backward takes
+# them again from the inputs (False: the form before the thirty-second session, kept for
+# benchmarks/model_throughput.py's A/B variant "left-spin-recompute-norms").
+_SAVE_NORMS = True
+
+
 def _row_norm(v: torch.Tensor, recompute: bool = False) -> torch.Tensor:
     """||v|| over the last dimension. recompute: the backward's form (sqrt of a sum of squares),
     different from the forward's so that tracing does not merge the two (see
@@ -42,24 +48,29 @@ def _row_norm(v: torch.Tensor, recompute: bool = False) -> torch.Tensor:
     return torch.sqrt(torch.sum(v * v, dim=-1)) if recompute else torch.linalg.vector_norm(v, dim=-1)
 
 
-def _phi_terms(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor | None,
-               phi_prev: torch.Tensor | None, params: LeftSpinParams, recompute: bool = False):
-    """Per row: (phi, score, ||u||, ||du||, ||du - du_prev||, ||du_prev||, du - du_prev), the
-    last three None without du_prev; inputs already in the accumulation dtype."""
-    alpha, tau, beta, w1, w2, eps = params.as_tuple()
+def _norms(u: torch.Tensor, du: torch.Tensor, du_prev: torch.Tensor | None, recompute: bool = False):
+    """Per row: (||u||, ||du||, ||du - du_prev||, ||du_prev||), the last two None without
+    du_prev; inputs already in the accumulation dtype."""
     nu, ndu = _row_norm(u, recompute), _row_norm(du, recompute)
+    if du_prev is None:
+        return nu, ndu, None, None
+    # the backward's difference as an add with alpha -1, not merged with the forward's (which
+    # would be saved, a full-size tensor)
+    diff = torch.add(du, du_prev, alpha=-1.0) if recompute else du - du_prev
+    return nu, ndu, _row_norm(diff, recompute), _row_norm(du_prev, recompute)
+
+
+def _phi_score(nu: torch.Tensor, ndu: torch.Tensor, nd: torch.Tensor | None, ndp: torch.Tensor | None,
+               phi_prev: torch.Tensor | None, params: LeftSpinParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: (phi, score) from the norms of :func:`_norms`."""
+    alpha, tau, beta, w1, w2, eps = params.as_tuple()
     score = w1 * ndu / (eps + nu)
-    diff = nd = ndp = None
-    if du_prev is not None:
-        # the backward's difference as an add with alpha -1, not merged with the forward's (which
-        # would be saved, a full-size tensor)
-        diff = torch.add(du, du_prev, alpha=-1.0) if recompute else du - du_prev
-        nd, ndp = _row_norm(diff, recompute), _row_norm(du_prev, recompute)
+    if nd is not None:
         score = score + w2 * nd / (eps + ndu + ndp)
     phi = alpha * F.softplus(score - tau)
     if phi_prev is not None:
         phi = beta * phi_prev + (1.0 - beta) * phi
-    return phi, score, nu, ndu, nd, ndp, diff
+    return phi, score
 
 
 def _per_norm(d: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
@@ -72,10 +83,13 @@ def _per_norm(d: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
 class _DecomposedLeftSpin(torch.autograd.Function):
     """The math of docs/contract.md §4 in torch operations, with its backward written out.
 
-    Only the inputs are saved: the backward recomputes the per-row norms from them (it reads
-    u, du and du_prev anyway). Autograd's own graph of the forward saved a full-size tensor
-    and several per-row norms per site, and inductor's fused kernel that stored those norms
-    failed to compile with Triton 3.6 ("operand does not dominate this use").
+    The inputs and the four per-row norms are saved, no full-size intermediate (autograd's own
+    graph of the forward saved one per site). Until the thirty-second session the backward
+    recomputed the norms from the inputs: in the compiled step that took reduction kernels of
+    their own (on the H200, 24 launches and 0.178 ms a step for ||u|| and ||du|| alone,
+    docs/left_spin.md). Earlier, inductor's fused kernel that stored norms failed to compile with
+    Triton 3.6 ("operand does not dominate this use"); the kernels of this form compile with it
+    (tools/inductor_cuda_kernels.py with the device's Triton).
 
     The casts of the output, of the gradients and of u and du copy (``copy=True``; compiled, the
     copies fuse away). With float32 inputs (a float32 residual stream, as under bf16 autocast)
@@ -93,21 +107,29 @@ class _DecomposedLeftSpin(torch.autograd.Function):
         u_acc, du_acc = u.to(acc, copy=True), du.to(acc, copy=True)
         prev = du_prev.to(acc) if du_prev is not None else None
         pp = phi_prev.to(acc) if phi_prev is not None else None
-        phi = _phi_terms(u_acc, du_acc, prev, pp, params)[0]
+        norms = _norms(u_acc, du_acc, prev)
+        phi = _phi_score(*norms, pp, params)[0]
         gate = torch.rsqrt(1.0 + phi * phi)
-        ctx.save_for_backward(u, du, du_prev, phi_prev)
+        # the per-row norms too (one value per row each): the backward then needs no reduction
+        # over u and du of its own (except under create_graph, below)
+        ctx.save_for_backward(u, du, du_prev, phi_prev, *(norms if _SAVE_NORMS else ()))
         ctx.params = params
         return torch.addcmul(u_acc, gate.unsqueeze(-1), du_acc).to(u.dtype, copy=True), phi
 
     @staticmethod
     def backward(ctx, grad_out, grad_phi):
-        u, du, du_prev, phi_prev = ctx.saved_tensors
+        u, du, du_prev, phi_prev, *norms = ctx.saved_tensors
         alpha, tau, beta, w1, w2, eps = ctx.params.as_tuple()
         acc = phi_dtype(u)
         u_acc, du_acc = u.to(acc, copy=True), du.to(acc, copy=True)
         prev = du_prev.to(acc) if du_prev is not None else None
         pp = phi_prev.to(acc) if phi_prev is not None else None
-        phi, score, nu, ndu, nd, ndp, _ = _phi_terms(u_acc, du_acc, prev, pp, ctx.params, recompute=True)
+        if torch.is_grad_enabled() or not norms:
+            # create_graph (a gradient of this gradient): the saved norms carry no graph back to
+            # the inputs, so take them again from the inputs (and where none were saved)
+            norms = _norms(u_acc, du_acc, prev, recompute=True)
+        nu, ndu, nd, ndp = norms
+        phi, score = _phi_score(nu, ndu, nd, ndp, pp, ctx.params)
         go = grad_out.to(acc)
         gate = torch.rsqrt(1.0 + phi * phi)
         # out = u + gate * du; phi's total gradient, then through softplus to the score

@@ -86,7 +86,12 @@ def test_compiled_forward_saves_its_inputs_and_row_norms_only(rng):
         saved.append([tuple(o.meta["val"].shape) for o in outputs[2:] if o not in inputs])  # after (out, phi)
         return gm
 
-    backend = aot_autograd(fw_compiler=forward_compiler, bw_compiler=lambda gm, _: gm,
+    def backward_compiler(gm, example_inputs):
+        backward_ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    backward_ops = []
+    backend = aot_autograd(fw_compiler=forward_compiler, bw_compiler=backward_compiler,
                            partition_fn=min_cut_rematerialization_partition, decompositions=select_decomp_table())
     torch._dynamo.reset()
     u, du, du_prev, phi_prev = ref.make_inputs((6, 32), torch.float32, "cpu", True, True, rng, requires_grad=True)
@@ -95,6 +100,8 @@ def test_compiled_forward_saves_its_inputs_and_row_norms_only(rng):
     out, phi = compiled(u, du, du_prev, phi_prev)
     (out.sum() + phi.sum()).backward()
     assert saved == [[(6,)] * 4]  # ||u||, ||du||, ||du - du_prev||, ||du_prev||: one value a row
+    # and the compiled backward uses them: it takes no norm of its own (a recompute is 4 sqrt)
+    assert backward_ops and not [op for op in backward_ops if "sqrt" in op and "rsqrt" not in op]
     assert all(t.grad is not None for t in (u, du, du_prev, phi_prev))
 
 

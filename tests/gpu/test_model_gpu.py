@@ -100,6 +100,48 @@ def test_compiled_step_gradients_match_eager(form, backend):
     assert abs(loss - loss_eager) < 2e-2 and errs[0][0] < 5e-2, (loss, loss_eager, errs[:6])
 
 
+def test_mix_order_cap_on_gpu():
+    """The trainer's mix-order read cap (apt_ext.train.inductor_compat; installed on torch 2.11,
+    native on newer releases) on a GPT-2-small-wide layer with left-spin, 8192 tokens (enough
+    for inductor's mix-order reductions): the compiled step compiles, its mix-order kernels read
+    at most MAX_READS buffers (18 without the cap on torch 2.11), and its gradients match eager."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    from apt_ext.train.inductor_compat import MAX_READS, cap_mix_order_reads
+
+    assert cap_mix_order_reads() in ("patched", "native")
+
+    def grads(compiled: bool):
+        torch._dynamo.reset()
+        torch.manual_seed(1)
+        m = APTModel(cfg(d_model=768, num_heads=12, d_ff=3072, num_decoder_layers=1, max_seq_len=1024,
+                         use_left_spin=True)).cuda().train()
+        net = torch.compile(m) if compiled else m
+        torch.manual_seed(0)
+        x = torch.randint(0, 128, (8, 1025), device="cuda")
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = net(x[:, :-1])
+            loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+            loss.backward()
+            return loss.item()
+
+        loss, code = run_and_get_code(step) if compiled else (step(), [])
+        return loss, {n: p.grad.float() for n, p in m.named_parameters() if p.grad is not None}, code
+
+    loss_eager, want, _ = grads(False)
+    loss, got, code = grads(True)
+    kernels = re.findall(r"async_compile\.triton\('\w+', '''(.*?)'''", "\n".join(code), re.S)
+    loads = [int(m.group(1)) for src in kernels if "MixOrderReductionGrid" in src
+             for m in [re.search(r"'num_load': (\d+)", src)] if m]
+    assert not [n for n in loads if n > MAX_READS], loads
+    errs = sorted((((got[n] - want[n]).norm() / want[n].norm().clamp_min(1e-12)).item(), n) for n in want)[::-1]
+    assert abs(loss - loss_eager) < 2e-2 and errs[0][0] < 5e-2, (loss, loss_eager, errs[:6])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("t", [1, 63, 1024, 4097])
 def test_prefix_sum_triton_pass_on_gpu(dtype, t):

@@ -8,7 +8,6 @@ none above 10 loads with it. Inductor generates the CUDA kernels on a fake sm_90
 so that a small layer shows the fusion."""
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -28,8 +27,8 @@ def _mix_order_loads() -> list[int]:
     torch.manual_seed(0)
     model, inputs = ick.apt_model("decomposed", False, layers=1, d_model=64, heads=2, seq_len=128, batch=2)
     kernels = ick.cuda_kernels(ick.partitioned_graphs(model, inputs))
-    return sorted(int(m.group(1)) for src in kernels.values() if "MixOrderReductionGrid" in src
-                  for m in [re.search(r"'num_load': (\d+)", src)] if m)
+    return sorted(n for src in kernels.values() if "MixOrderReductionGrid" in src
+                  for n in [ick.kernel_loads(src)] if n is not None)
 
 
 @pytest.fixture

@@ -212,6 +212,13 @@ def wrapper_kernels(text: str) -> list[tuple[str, str]]:
     return re.findall(r"async_compile\.triton\('(\w+)', '''(.*?)'''", text, re.S)
 
 
+def kernel_loads(source: str) -> int | None:
+    """How many tl.load calls inductor counted in a generated kernel (its meta's num_load; None if
+    absent). Many loads in one reduction kernel spill registers or serialise its row loop."""
+    m = re.search(r"'num_load': (\d+)", source)
+    return int(m.group(1)) if m else None
+
+
 def kernel_gb(source: str) -> float:
     """Inductor's estimate of the gigabytes a generated kernel reads and writes (0 if absent)."""
     m = re.search(r"'kernel_num_gb': ([0-9.eE+-]+)", source)

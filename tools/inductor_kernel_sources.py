@@ -24,12 +24,11 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from inductor_cuda_kernels import kernel_gb, wrapper_kernels
+from inductor_cuda_kernels import kernel_gb, kernel_loads, wrapper_kernels
 
 _NODES = re.compile(r"#\s*Topologically Sorted Source Nodes:\s*\[(.*?)\],\s*Original ATen:\s*\[(.*?)\]")
 # a launch in the wrapper's call(); each kernel's own benchmark harness calls .run(*args, ...)
 _LAUNCH = re.compile(r"\b((?:triton|cpp)_\w+?)\.run\((?!\*args)")
-_NUM_LOAD = re.compile(r"'num_load': (\d+)")
 PROFILE_NAME_CHARS = 120  # benchmarks/model_throughput.py keeps this much of each kernel's name
 
 
@@ -55,7 +54,7 @@ def launches(name: str, text: str) -> list[Launch]:
     comment nearest above it (a launch without one gets empty lists)."""
     sources = wrapper_kernels(text)
     traffic = {kernel: kernel_gb(source) * 1e3 for kernel, source in sources if "kernel_num_gb" in source}
-    loads = {kernel: int(m.group(1)) for kernel, source in sources if (m := _NUM_LOAD.search(source))}
+    loads = {kernel: kernel_loads(source) for kernel, source in sources}
     out: list[Launch] = []
     nodes: list[str] = []
     aten: list[str] = []

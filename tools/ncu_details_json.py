@@ -29,11 +29,6 @@ def _number(text: str) -> float | str:
         return text
 
 
-def _columns(dash_line: str) -> list[tuple[int, int]]:
-    """(start, end) of each column under a row of dashes."""
-    return [(m.start(), m.end()) for m in re.finditer(r"-+", dash_line)]
-
-
 def parse(text: str) -> list[dict]:
     """[{"kernel": heading, "metrics": {name: {"unit", "value"}}}] of every kernel on the page."""
     kernels: list[dict] = []
@@ -45,14 +40,14 @@ def parse(text: str) -> list[dict]:
         if heading:
             kernels.append({"kernel": heading.group(1), "metrics": {}})
         elif _DASHES.match(line) and i + 2 < len(lines) and "Metric Name" in lines[i + 1] and kernels:
-            cols = _columns(line)
+            name_end = re.search(r"-+", line).end()  # the metric-name column's dashes
             i += 3  # the dashes, the header, the dashes again
             while i < len(lines) and not _DASHES.match(lines[i]):
                 row = lines[i]
-                # the value column is right-aligned and may start left of its dashes: split by the
-                # name column's end, then the last word is the value and what is between the unit
-                name = row[:cols[0][1]].strip()
-                rest = row[cols[0][1]:].split()
+                # the value column is right-aligned and may start left of its dashes: split at the
+                # name column's end; the last word is the value, what lies between is the unit
+                name = row[:name_end].strip()
+                rest = row[name_end:].split()
                 if name and rest:
                     unit = " ".join(rest[:-1])
                     kernels[-1]["metrics"].setdefault(name, {"unit": unit, "value": _number(rest[-1])})

@@ -5,7 +5,10 @@ weights and inputs (timing does not depend on trained values; the FP4 model's ou
 compared with the fp32 model's for a sanity number). FP4 = ``apt_ext.quantize_(model,
 fmt="nvfp4")`` on the bf16 model: every nn.Linear (q, k, v, o, ff1, ff2) becomes an FP4Linear,
 activations stay bf16; "fp4-nvfp4-dequant" is the same model with ``FP4Linear.tiled = False``
-(dequantise to bf16 + cuBLAS at every batch). Reports latency (median ms per forward,
+(dequantise to bf16 + cuBLAS at every batch); "fp4-nvfp4-ahead" is the FP4 model under
+``apt_ext.nn.dequant_ahead`` (calls from 129 rows multiply by a bf16 copy of the weight
+dequantised one layer ahead on a side stream: batch 8 here) and "fp4-nvfp4-ahead-all" the same
+from one row (batch 1 too). Reports latency (median ms per forward,
 triton.testing.do_bench), throughput (sequences/s and tokens/s) and peak GPU memory (weights +
 activations of one forward, torch.cuda.max_memory_allocated). Latency is measured twice: eager (every kernel launched
 from Python, as a user's loop runs it) and replayed from a CUDA graph (no host cost per kernel).
@@ -111,7 +114,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("e2e_encoder benchmark: needs a CUDA GPU")
     import apt_ext
-    from apt_ext.nn import FP4Linear
+    from apt_ext.nn import FP4Linear, dequant_ahead
 
     torch.manual_seed(0)
     fp32 = encoder().cuda().eval()
@@ -123,8 +126,11 @@ def main() -> None:
     for m in variants["fp4-nvfp4-dequant"].modules():
         if isinstance(m, FP4Linear):
             m.tiled = False
-    act_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp4-nvfp4": torch.bfloat16,
-                 "fp4-nvfp4-dequant": torch.bfloat16}
+    variants["fp4-nvfp4-ahead"] = copy.deepcopy(variants["fp4-nvfp4"])
+    variants["fp4-nvfp4-ahead-all"] = copy.deepcopy(variants["fp4-nvfp4"])
+    dequant_ahead(variants["fp4-nvfp4-ahead"])
+    dequant_ahead(variants["fp4-nvfp4-ahead-all"], min_rows=1)
+    act_dtype = {name: torch.float32 if name == "fp32" else torch.bfloat16 for name in variants}
     rows = []
     for batch in (1, 8):
         x32 = torch.randn(batch, SEQ, D_MODEL, device="cuda")

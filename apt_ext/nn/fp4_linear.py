@@ -75,6 +75,7 @@ class FP4Linear(nn.Module):
     _apt_paged: bool = False  # set by apt_ext.vgpu.offload
     _no_private_copy: bool = False
     _warned_released: bool = False
+    _ahead = None  # the apt_ext.nn.dequant_ahead handle managing this layer, if any
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = DEFAULT_FORMAT,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
@@ -169,6 +170,9 @@ class FP4Linear(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != self.in_features:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected [..., {self.in_features}] (in_features), got {got}")
+        ahead = self._ahead
+        if ahead is not None and ahead.takes(self, x):
+            return ahead.linear(self, x)
         copy = None
         if self._takes_tiled_path(x):
             copy = self._private_copy(self.tiled_weight)

@@ -20,6 +20,9 @@ def test_rejects_bad_arguments():
     for bad in (0, -3, 1.5, True, "8"):
         with pytest.raises(ValueError, match="min_rows: expected a positive int"):
             dequant_ahead(_model(), min_rows=bad)
+    for bad in (0, -1, 2.0, False):
+        with pytest.raises(ValueError, match="group_bytes: expected a positive int"):
+            dequant_ahead(_model(), group_bytes=bad)
     with pytest.raises(ValueError, match="model: has no FP4Linear"):
         dequant_ahead(nn.Linear(4, 4))
 

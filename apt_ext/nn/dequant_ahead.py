@@ -1,24 +1,33 @@
-"""``dequant_ahead``: FP4Linear weights dequantised one layer ahead, on a side CUDA stream.
+"""``dequant_ahead``: FP4Linear weights dequantised ahead of their calls, on a side CUDA stream.
 
 Where a call has many rows of x, ``FP4Linear`` dequantises its weight to bfloat16 and multiplies
-with cuBLAS (``fp4_linear``): the dequantisation is a separate kernel on the critical path, one per
-layer per forward. A model whose GEMMs do not fill the GPU (small weights, as in a BERT-base-size
-encoder) spends much of its FP4 overhead there. Under ``dequant_ahead(model)`` each managed
-layer, while its own GEMM runs, has the *next* layer's weight dequantised on a side stream into
-one of two bf16/fp16 buffers; the next call then multiplies by that buffer (``F.linear``).
+with cuBLAS (``fp4_linear``): a separate dequantisation kernel on the critical path, one per layer
+per forward. A model whose GEMMs do not fill the GPU (small weights, as in a BERT-base-size
+encoder) spends much of its FP4 overhead there. Under ``dequant_ahead(model)`` the managed layers'
+weights are dequantised a group at a time into one of two buffers ("banks") on a side stream,
+while the previous group's layers compute; each call then multiplies by its slice of a bank
+(``F.linear``).
 
-The call order is learnt from the first forward under the handle (every call of that forward
-dequantises on the current stream); later forwards prefetch along it. A layer called out of that
-order, or a second time in one forward (shared weights), dequantises on the current stream, so
-results never depend on the order. Each prefetch is joined back into the current stream right
-after the GEMM it overlaps, so no side-stream work is left pending between calls: CUDA-graph
-capture and replay see a plain fork and join.
+- The call order is learnt from the calls themselves (the first forward under the handle
+  dequantises on the current stream). Consecutive layers of that order form groups of at most
+  ``group_bytes`` of dequantised weight (at least one layer each); group g lives in bank g % 2.
+- The first call of group g joins its prefetch into the current stream (or, when group g was not
+  prefetched, dequantises the whole group on the current stream) and forks the side stream to
+  dequantise group g + 1 into the other bank. The fork orders the side stream after every call
+  queued so far, so after the last reader of that bank (group g - 1). One fork and one join per
+  group, not per layer: in a CUDA graph each cross-stream edge costs latency.
+- A layer called out of that order, or again after its bank was refilled, finds its weight
+  missing and dequantises its group on the current stream: results never depend on the order,
+  only the overlap does. A model whose groups all fit in the two banks keeps them (dequantised
+  once).
 
 Calls it takes: x on CUDA in bfloat16 or float16, at least ``min_rows`` rows, no gradient needed
-(the buffers are overwritten by later layers, so they cannot be saved for a backward), not while
+(the banks are overwritten by later groups, so they cannot be saved for a backward), not while
 torch.compile traces, on layers whose canonical tensors are present (not ``release_canonical()``)
-and not paged by ``apt_ext.vgpu.offload``. Every other call runs ``FP4Linear`` as before. Memory:
-two buffers of the largest managed weight in x's dtype (a BERT-base encoder: 2 x 4.5 MiB).
+and not paged by ``apt_ext.vgpu.offload``. Every other call runs ``FP4Linear`` as before.
+CUDA graphs: a captured forward reads the banks, so keep the handle (and x's dtype) while
+replaying it; a forward that stops before the layers the order expects leaves a prefetch pending:
+call ``join()`` before ending such a capture.
 """
 from __future__ import annotations
 
@@ -30,45 +39,65 @@ from torch import nn
 
 from apt_ext.nn.fp4_linear import TILED_MAX_ROWS_BF16_NVFP4_MXFP4, FP4Linear
 
-# Rows of x from which a managed call takes the dequantised buffer by default: the first row count
-# at which FP4Linear dequantises + multiplies with cuBLAS anyway for nvfp4 / mxfp4 and bf16 x
-# (below it the tiled kernels read the 4-bit weight directly), so the default only moves work
-# that runs already off the critical path.
+# Rows of x from which a managed call takes a bank by default: the first row count at which
+# FP4Linear dequantises + multiplies with cuBLAS anyway for nvfp4 / mxfp4 and bf16 x (below it the
+# tiled kernels read the 4-bit weight directly), so the default only moves work that runs already.
 DEFAULT_MIN_ROWS = TILED_MAX_ROWS_BF16_NVFP4_MXFP4 + 1
+DEFAULT_GROUP_BYTES = 32 * 2**20
+
+
+@dataclass
+class _Pending:
+    group: int
+    event: torch.cuda.Event
 
 
 @dataclass
 class _DeviceState:
-    """The side stream and the two weight buffers of one device (flat, in one dtype)."""
+    """One device's side stream, two banks (flat, x's dtype) and which positions each holds."""
 
     stream: torch.cuda.Stream
-    buffers: list[torch.Tensor] = field(default_factory=list)
-    ready_pos: int = -1   # the order position whose weight a buffer holds, joined (-1: none)
-    ready_buf: int = 0
+    banks: list[torch.Tensor]
+    owners: list[frozenset[int]] = field(default_factory=lambda: [frozenset(), frozenset()])
+    pending: _Pending | None = None
+    weights: dict[int, torch.Tensor] = field(default_factory=dict)  # position -> [N, K] view of its bank
 
 
 class DequantAhead:
-    """Handle of :func:`dequant_ahead`: ``remove()`` (or leaving a ``with`` block) restores the
-    layers. ``order`` lists the managed layers in the call order learnt so far."""
+    """Handle of :func:`dequant_ahead`. ``order`` lists the managed layers in the call order learnt
+    so far; ``join()`` waits for a pending prefetch; ``remove()`` (or leaving a ``with`` block)
+    detaches it from the layers and frees the banks."""
 
-    def __init__(self, layers: list[FP4Linear], min_rows: int) -> None:
+    def __init__(self, layers: list[FP4Linear], min_rows: int, group_bytes: int) -> None:
         self.layers = layers
         self.min_rows = min_rows
+        self.group_bytes = group_bytes
         self.order: list[FP4Linear] = []
         self._position: dict[int, int] = {}  # id(layer) -> its first position in `order`
+        self._group_of: list[int] = []        # position -> group
+        self._members: list[list[int]] = []   # group -> its positions
+        self._offset: list[int] = []          # position -> element offset in its bank
+        self._bank_numel = 0
         self._states: dict[torch.device, _DeviceState] = {}
-        self._removed = False
         for layer in layers:
             layer._ahead = self
 
     # -- the public face -------------------------------------------------------------------------
+    def join(self) -> None:
+        """Make the current stream of every device wait for a pending prefetch (none after a
+        forward that called the layers in the learnt order)."""
+        for device, state in self._states.items():
+            self._join(state, torch.cuda.current_stream(device))
+
     def remove(self) -> None:
-        """Detach from the layers and free the buffers (the layers run as before). Idempotent."""
+        """Detach from the layers and free the banks (the layers run as before). Idempotent."""
+        self.join()
         for layer in self.layers:
             if layer._ahead is self:
                 layer._ahead = None
+        for device, state in self._states.items():
+            self._retire(state, torch.cuda.current_stream(device))
         self._states.clear()
-        self._removed = True
 
     def __enter__(self) -> "DequantAhead":
         return self
@@ -76,91 +105,154 @@ class DequantAhead:
     def __exit__(self, *exc) -> None:
         self.remove()
 
-    # -- FP4Linear.forward calls this ------------------------------------------------------------
+    # -- FP4Linear.forward calls these -----------------------------------------------------------
     def takes(self, layer: FP4Linear, x: torch.Tensor) -> bool:
-        """Whether ``layer``'s call on ``x`` runs on a dequantised buffer (module docstring)."""
+        """Whether ``layer``'s call on ``x`` multiplies by a bank (module docstring)."""
         if not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16):
             return False
         if x.numel() < self.min_rows * layer.in_features or torch.compiler.is_compiling():
             return False
-        if layer.canonical_released or layer._apt_paged or not layer.packed.is_cuda:
+        if layer._released or layer._apt_paged or not layer._buffers["packed"].is_cuda:
             return False
-        needs_grad = x.requires_grad or (layer.bias is not None and layer.bias.requires_grad)
+        bias = layer._parameters["bias"]
+        needs_grad = x.requires_grad or (bias is not None and bias.requires_grad)
         return not (torch.is_grad_enabled() and needs_grad)
 
     def linear(self, layer: FP4Linear, x: torch.Tensor) -> torch.Tensor:
-        """x [..., in_features] @ W.T + bias with W from a buffer (``takes`` said yes)."""
-        device = x.device
-        state = self._state(device, x.dtype)
+        """x [..., in_features] @ W.T + bias with W from a bank (``takes`` said yes)."""
         pos = self._position.get(id(layer))
         if pos is None:  # first call of this layer under the handle: learn its place
-            pos = self._position[id(layer)] = len(self.order)
-            self.order.append(layer)
-        if state.ready_pos == pos:
-            buf = state.ready_buf
-        else:  # not prefetched: dequantise on the current stream (in order with every earlier use)
-            buf = 1 - state.ready_buf
-            _dequantize_into(layer, state.buffers[buf])
-        state.ready_pos = -1
-        nxt = self.order[pos + 1] if pos + 1 < len(self.order) else None
+            pos = self._learn(layer)
+        device = x.device
         current = torch.cuda.current_stream(device)
-        if nxt is not None and nxt.packed.device == device and not nxt.canonical_released and not nxt._apt_paged:
-            # the other buffer was last read by the GEMM before this one, already queued here: the
-            # side stream starts after it and runs beside this call's GEMM
-            target = 1 - buf
-            state.stream.wait_stream(current)
-            with torch.cuda.stream(state.stream):
-                _dequantize_into(nxt, state.buffers[target])
-            state.ready_pos, state.ready_buf = pos + 1, target
-        w = _weight_view(layer, state.buffers[buf])
-        out = F.linear(x, w, layer.bias.to(x.dtype) if layer.bias is not None else None)
-        if state.ready_pos >= 0:
-            current.wait_stream(state.stream)  # joined at once: nothing pending between calls
-        return out
+        state = self._state(device, x.dtype, current)
+        g = self._group_of[pos]
+        bank = g % 2
+        if state.pending is not None and state.pending.group == g:
+            current.wait_event(state.pending.event)
+            state.pending = None
+        elif pos not in state.owners[bank] or (state.pending is not None and state.pending.group % 2 == bank):
+            # not prefetched (first forward, out of order, or its bank refilled): the group on
+            # the current stream, after whatever the side stream still writes
+            self._join(state, current)
+            state.owners[bank] = frozenset()
+            for p in self._members[g]:
+                _dequantize_into(self.order[p], self._slice(state.banks[bank], p))
+            state.owners[bank] = frozenset(self._members[g])
+        if state.pending is None:
+            self._fork(g + 1, state, current)  # a no-op when group g + 1 is in its bank already
+        w = state.weights.get(pos)
+        if w is None:
+            w = state.weights[pos] = self._slice(state.banks[bank], pos)[:, :layer.in_features]
+        bias = layer._parameters["bias"]
+        return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
-    def _state(self, device: torch.device, dtype: torch.dtype) -> _DeviceState:
+    # -- internals -------------------------------------------------------------------------------
+    def _learn(self, layer: FP4Linear) -> int:
+        """Appends ``layer`` to the order, to the last group or a new one (by ``group_bytes``)."""
+        pos = self._position[id(layer)] = len(self.order)
+        self.order.append(layer)
+        numel = _numel(layer)
+        itemsize = 2  # bf16 / fp16 banks
+        last = self._members[-1] if self._members else None
+        used = sum(_numel(self.order[p]) for p in last) if last else 0
+        if last is not None and (used + numel) * itemsize <= self.group_bytes:
+            last.append(pos)
+            self._offset.append(used)
+        else:
+            self._members.append([pos])
+            self._offset.append(0)
+            used = 0
+        self._group_of.append(len(self._members) - 1)
+        self._bank_numel = max(self._bank_numel, used + numel)
+        return pos
+
+    def _state(self, device: torch.device, dtype: torch.dtype, current: torch.cuda.Stream) -> _DeviceState:
         state = self._states.get(device)
-        numel = max(layer.out_features * _padded_cols(layer) for layer in self.layers)
-        if state is None or state.buffers[0].dtype != dtype:
-            # new buffers on the current stream; the old ones' pending uses are all on it (joined)
-            stream = state.stream if state is not None else torch.cuda.Stream(device)
-            state = _DeviceState(stream, [torch.empty(numel, dtype=dtype, device=device) for _ in range(2)])
-            self._states[device] = state
-            from apt_ext.triton.fp4_decode import nf4_lut
+        if state is not None and state.banks[0].dtype == dtype and state.banks[0].numel() >= self._bank_numel:
+            return state
+        # new banks (first call, another dtype, or a larger group learnt): made on the current
+        # stream after any pending prefetch into the old ones
+        if state is not None:
+            self._join(state, current)
+            self._retire(state, current)
+        stream = state.stream if state is not None else torch.cuda.Stream(device)
+        state = _DeviceState(stream, [torch.empty(self._bank_numel, dtype=dtype, device=device) for _ in range(2)])
+        self._states[device] = state
+        from apt_ext.triton.fp4_decode import nf4_lut
 
-            nf4_lut(device)  # its cached table made here, on the current stream, not on the side one
+        nf4_lut(device)  # its cached table made here, on the current stream, not on the side one
         return state
+
+    def _fork(self, g: int, state: _DeviceState, current: torch.cuda.Stream) -> None:
+        """Dequantises group ``g`` (if it exists) into bank g % 2 on the side stream."""
+        if g >= len(self._members):
+            return
+        bank = g % 2
+        members = self._members[g]
+        if state.owners[bank] == frozenset(members):
+            return  # still there from an earlier forward
+        state.owners[bank] = frozenset()
+        state.stream.wait_stream(current)
+        with torch.cuda.stream(state.stream):
+            for p in members:
+                _dequantize_into(self.order[p], self._slice(state.banks[bank], p))
+            event = torch.cuda.Event()
+            event.record(state.stream)
+        state.owners[bank] = frozenset(members)
+        state.pending = _Pending(g, event)
+
+    @staticmethod
+    def _retire(state: _DeviceState, current: torch.cuda.Stream) -> None:
+        """Banks about to be dropped: the allocator reuses them only after the work queued on
+        ``current`` (their last readers, and the joined side-stream writes) is done."""
+        for bank in state.banks:
+            bank.record_stream(current)
+
+    @staticmethod
+    def _join(state: _DeviceState, current: torch.cuda.Stream) -> None:
+        if state.pending is not None:
+            current.wait_event(state.pending.event)
+            state.pending = None
+
+    def _slice(self, bank: torch.Tensor, pos: int) -> torch.Tensor:
+        """Position ``pos``'s dequantised weight in ``bank``: [out_features, padded in_features]."""
+        layer = self.order[pos]
+        cols = _padded_cols(layer)
+        start = self._offset[pos]
+        return bank[start:start + layer.out_features * cols].view(layer.out_features, cols)
 
 
 def _padded_cols(layer: FP4Linear) -> int:
     """Columns of the dequantised weight: in_features rounded up to the format's block."""
-    return layer.packed.shape[1] * 2
+    return layer._buffers["packed"].shape[1] * 2
 
 
-def _weight_view(layer: FP4Linear, buf: torch.Tensor) -> torch.Tensor:
-    """The [out_features, in_features] weight in the first elements of ``buf`` (padded rows)."""
-    cols = _padded_cols(layer)
-    return buf[:layer.out_features * cols].view(layer.out_features, cols)[:, :layer.in_features]
+def _numel(layer: FP4Linear) -> int:
+    return layer.out_features * _padded_cols(layer)
 
 
-def _dequantize_into(layer: FP4Linear, buf: torch.Tensor) -> None:
+def _dequantize_into(layer: FP4Linear, out: torch.Tensor) -> None:
     from apt_ext.triton.fp4_dequantize import dequantize_into
 
-    cols = _padded_cols(layer)
-    out = buf[:layer.out_features * cols].view(layer.out_features, cols)
-    dequantize_into(layer.packed, layer.scales, layer.tensor_scale.reshape(()), layer.fmt, layer.block_size, out)
+    b = layer._buffers
+    dequantize_into(b["packed"], b["scales"], b["tensor_scale"].reshape(()), layer.fmt, layer.block_size, out)
 
 
-def dequant_ahead(model: nn.Module, min_rows: int = DEFAULT_MIN_ROWS) -> DequantAhead:
+def dequant_ahead(model: nn.Module, min_rows: int = DEFAULT_MIN_ROWS,
+                  group_bytes: int = DEFAULT_GROUP_BYTES) -> DequantAhead:
     """Manage every ``FP4Linear`` of ``model``: calls with at least ``min_rows`` rows of x (leading
     dims flattened; bf16/fp16 x on CUDA, no gradient) multiply by a bf16/fp16 copy of the weight
-    dequantised one layer ahead on a side stream (module docstring). Returns the handle; use it as
-    a context manager or call ``remove()``. ValueError when ``model`` has no FP4Linear or one of
-    them is already managed."""
+    dequantised ahead on a side stream, ``group_bytes`` (bytes of dequantised weight, at least one
+    layer) at a time into one of two banks (module docstring). Returns the handle; use it as a
+    context manager or call ``remove()``. ValueError when ``model`` has no FP4Linear or one of them
+    is already managed."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if not isinstance(min_rows, int) or isinstance(min_rows, bool) or min_rows < 1:
         raise ValueError(f"min_rows: expected a positive int, got {min_rows!r}")
+    if not isinstance(group_bytes, int) or isinstance(group_bytes, bool) or group_bytes < 1:
+        raise ValueError(f"group_bytes: expected a positive int (bytes), got {group_bytes!r}")
     layers = [m for m in model.modules() if isinstance(m, FP4Linear)]
     if not layers:
         raise ValueError("model: has no FP4Linear layer (quantise it first: apt_ext.quantize_)")
@@ -168,4 +260,4 @@ def dequant_ahead(model: nn.Module, min_rows: int = DEFAULT_MIN_ROWS) -> Dequant
     if taken:
         raise ValueError(f"model: {len(taken)} FP4Linear layer(s) are already managed by a dequant_ahead handle "
                          f"(e.g. {taken[0] or 'the model'!r}); remove() it first")
-    return DequantAhead(layers, min_rows)
+    return DequantAhead(layers, min_rows, group_bytes)

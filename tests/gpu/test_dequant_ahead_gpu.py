@@ -100,20 +100,57 @@ def test_cuda_graph_capture_of_managed_calls():
 
 
 def test_prefetch_runs_on_a_side_stream(tmp_path):
-    model = _stack([512, 512, 512, 512])
+    model = _stack([512] * 5)
     x = torch.randn(512, 512, device=DEV, dtype=torch.bfloat16)
-    with torch.no_grad(), dequant_ahead(model, min_rows=1):
+    one_layer = 512 * 512 * 2  # bytes of one dequantised weight: one layer per group
+    with torch.no_grad(), dequant_ahead(model, min_rows=1, group_bytes=one_layer) as ahead:
         model(x)
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            model(x)
+            y = model(x)
             torch.cuda.synchronize()
+        assert ahead._members == [[0], [1], [2], [3]]
     trace = tmp_path / "trace.json"
     prof.export_chrome_trace(str(trace))
     kernels = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("cat") == "kernel"]
     deq = [e["args"]["stream"] for e in kernels if "dequantize" in e["name"]]
     others = {e["args"]["stream"] for e in kernels if "dequantize" not in e["name"]}
-    # after the first forward: layer 0 dequantised on the current stream (with the GEMMs),
-    # layers 1 and 2 prefetched on the side stream
-    assert len(deq) == 3 and len(others) == 1
+    # the second forward: group 0 dequantised on the current stream (with the GEMMs; its bank held
+    # group 2), groups 1-3 prefetched on the side stream
+    assert len(deq) == 4 and len(others) == 1
     assert sum(s in others for s in deq) == 1 and len(set(deq) - others) == 1
+    ref = _reference(model, x)
+    assert ((y.float() - ref.float()).norm() / ref.float().norm()).item() < 2e-2
+
+
+def test_groups_that_fit_the_banks_are_dequantised_once():
+    model = _stack([256, 256, 256])
+    x = torch.randn(200, 256, device=DEV, dtype=torch.bfloat16)
+    with torch.no_grad(), dequant_ahead(model) as ahead:  # one 32 MiB group holds both layers
+        first = model(x)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            second = model(x)
+            torch.cuda.synchronize()
+        assert ahead._members == [[0, 1]]
+    assert not any("dequantize" in e.name for e in prof.events())
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("group_layers", [1, 2, 3])
+def test_small_groups_out_of_order(group_layers):
+    layers = [FP4Linear(128, 128, device=DEV).eval() for _ in range(5)]
+    model = nn.ModuleList(layers)
+    x = torch.randn(64, 128, device=DEV, dtype=torch.bfloat16)
+    with torch.no_grad():
+        want = [layer(x) for layer in layers]
+        with dequant_ahead(model, min_rows=1, group_bytes=group_layers * 128 * 128 * 2):
+            for _ in range(2):
+                for layer in layers:
+                    layer(x)
+            calls = [4, 0, 1, 3, 2, 2, 0, 4, 1, 3, 0, 1, 2, 3, 4]
+            got = [layers[i](x) for i in calls]
+    torch.cuda.synchronize()
+    for i, y in zip(calls, got):
+        err = ((y.float() - want[i].float()).norm() / want[i].float().norm()).item()
+        assert err < 1e-2, (i, err)

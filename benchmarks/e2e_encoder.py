@@ -7,8 +7,8 @@ fmt="nvfp4")`` on the bf16 model: every nn.Linear (q, k, v, o, ff1, ff2) becomes
 activations stay bf16; "fp4-nvfp4-dequant" is the same model with ``FP4Linear.tiled = False``
 (dequantise to bf16 + cuBLAS at every batch); "fp4-nvfp4-ahead" is the FP4 model under
 ``apt_ext.nn.dequant_ahead`` (calls from 129 rows multiply by a bf16 copy of the weight
-dequantised a 32 MiB group ahead on a side stream: batch 8 here) and "fp4-nvfp4-ahead-all" the same
-from one row (batch 1 too), "fp4-nvfp4-ahead-all-g8" with 8 MiB groups (more forks, smaller
+dequantised an 8 MiB group ahead on a side stream: batch 8 here) and "fp4-nvfp4-ahead-all" the same
+from one row (batch 1 too), "fp4-nvfp4-ahead-all-g32" with 32 MiB groups (fewer forks, larger
 banks). Reports latency (median ms per forward,
 triton.testing.do_bench), throughput (sequences/s and tokens/s) and peak GPU memory (weights +
 activations of one forward, torch.cuda.max_memory_allocated). Latency is measured twice: eager (every kernel launched
@@ -131,8 +131,8 @@ def main() -> None:
     variants["fp4-nvfp4-ahead-all"] = copy.deepcopy(variants["fp4-nvfp4"])
     dequant_ahead(variants["fp4-nvfp4-ahead"])
     dequant_ahead(variants["fp4-nvfp4-ahead-all"], min_rows=1)
-    variants["fp4-nvfp4-ahead-all-g8"] = copy.deepcopy(variants["fp4-nvfp4"])
-    dequant_ahead(variants["fp4-nvfp4-ahead-all-g8"], min_rows=1, group_bytes=8 * 2**20)
+    variants["fp4-nvfp4-ahead-all-g32"] = copy.deepcopy(variants["fp4-nvfp4"])
+    dequant_ahead(variants["fp4-nvfp4-ahead-all-g32"], min_rows=1, group_bytes=32 * 2**20)
     act_dtype = {name: torch.float32 if name == "fp32" else torch.bfloat16 for name in variants}
     rows = []
     for batch in (1, 8):

@@ -43,7 +43,11 @@ from apt_ext.nn.fp4_linear import TILED_MAX_ROWS_BF16_NVFP4_MXFP4, FP4Linear
 # FP4Linear dequantises + multiplies with cuBLAS anyway for nvfp4 / mxfp4 and bf16 x (below it the
 # tiled kernels read the 4-bit weight directly), so the default only moves work that runs already.
 DEFAULT_MIN_ROWS = TILED_MAX_ROWS_BF16_NVFP4_MXFP4 + 1
-DEFAULT_GROUP_BYTES = 32 * 2**20
+# Bytes of dequantised weight per group. On an H100 (benchmarks/results/
+# e2e_encoder_NVIDIA_H100_80GB_HBM3_s33_ahead2.json, BERT-base-size encoder, every call managed,
+# CUDA-graph replay) 8 MiB groups took 0.704 / 1.044 ms at batch 1 / 8 against 0.752 / 1.041 with
+# 32 MiB groups: the group dequantised on the current stream at a forward's start is smaller.
+DEFAULT_GROUP_BYTES = 8 * 2**20
 
 
 @dataclass

@@ -126,7 +126,7 @@ def test_prefetch_runs_on_a_side_stream(tmp_path):
 def test_groups_that_fit_the_banks_are_dequantised_once():
     model = _stack([256, 256, 256])
     x = torch.randn(200, 256, device=DEV, dtype=torch.bfloat16)
-    with torch.no_grad(), dequant_ahead(model) as ahead:  # one 32 MiB group holds both layers
+    with torch.no_grad(), dequant_ahead(model) as ahead:  # one 8 MiB group holds both layers
         first = model(x)
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

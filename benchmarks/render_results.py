@@ -769,6 +769,23 @@ def cpu_threads(name: str, d: dict) -> str:
     return "\n".join(out)
 
 
+def e2e_encoder(name: str, d: dict) -> str:
+    """The BERT-base-size encoder: per variant and batch, eager and CUDA-graph latency, the graph
+    latency against bf16's in the same run, weights and the output's cosine against fp32."""
+    rows = []
+    for r in d["rows"]:
+        base = next(b for b in d["rows"] if b["batch"] == r["batch"] and b["variant"] == "bf16")
+        rows.append([r["variant"], r["batch"], num(r["latency_ms"]), num(r["graph_latency_ms"]),
+                     ratio(r["graph_latency_ms"], base["graph_latency_ms"]), num(r["weights_MB"]),
+                     f"{r['cosine_vs_fp32']:.5f}"])
+    env = ", ".join(f"{k}={v}" for k, v in d.get("env", {}).items()) or "none"
+    return "\n".join([f"{d['model']}; APT_FP4_* settings: {env}. Latency: median ms per forward (do_bench); "
+                      "\"graph / bf16\" is the CUDA-graph latency over bf16's (lower is faster). Accuracy: "
+                      "cosine of the output against the fp32 model's.", "",
+                      table(["variant", "batch", "eager ms", "graph ms", "graph / bf16", "weights MB",
+                             "cos vs fp32"], rows)])
+
+
 SECTIONS = [
     Section("FP4 on the CPU, AVX2 path (`benchmarks/fp4_cpu.py`)", ["fp4_cpu_avx2*.json"], fp4_cpu,
             missing="No JSON from a CPU on the AVX2 path yet."),
@@ -781,6 +798,8 @@ SECTIONS = [
                     "version was timed on an H100 once, without saving JSON; those numbers are withdrawn.)"),
     Section("FP4 GEMV launch sweep on the GPU (`benchmarks/fp4_gemv_sweep.py`)", ["fp4_gemv_sweep_NVIDIA_H200.json"],
             fp4_gemv_sweep, level=3),
+    Section("FP4 end to end: a BERT-base-size encoder (`benchmarks/e2e_encoder.py`)", ["e2e_encoder_*.json"],
+            e2e_encoder, level=3),
     Section("Left-spin residual (`benchmarks/left_spin.py`)",
             ["left_spin_cpu_20261127T034445Z.json", "left_spin_cuda_20261127T033348Z.json"], left_spin),
     Section("VGPU stack (`benchmarks/vgpu.py`)",
@@ -794,7 +813,8 @@ SECTIONS = [
             ["model_throughput_quick.json", "model_throughput.json", "model_throughput_s21_cast_ab.json",
              "model_throughput_profile_autopoietic.json", "model_throughput_reduce_overhead.json",
              "model_throughput_s22_auto.json", "model_throughput_s22_decomposed.json",
-             "model_throughput_quick_s23_kernels.json"],
+             "model_throughput_quick_s23_kernels.json", "model_throughput_s33_cap.json",
+             "model_throughput_s33_nocap.json", "model_throughput_s33_ab.json"],
             model_throughput),
     Section("APT model: prefix sum on the GPU (`benchmarks/prefix_sum.py`)", ["prefix_sum_*.json"], prefix_sum,
             level=3),

@@ -56,3 +56,88 @@ def test_bad_x_is_still_rejected_by_the_layer():
     model = _model()
     with dequant_ahead(model), pytest.raises(ValueError, match=r"x: expected \[\.\.\., 64\]"):
         model(torch.randn(3, 65))
+
+
+# --------------------------------------------------------------------------------------------
+# The handle's bookkeeping on the CPU: CUDA's streams and events replaced by no-ops, calls on
+# float32 CPU x taken, the banks filled by the Triton kernel under TRITON_INTERPRET=1 (set before
+# triton is imported, so in a child process). Checks that every managed call multiplies by the
+# right weight whatever the order, the group size and the weights' changes.
+# --------------------------------------------------------------------------------------------
+_CHILD = r'''
+import contextlib, os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from torch import nn
+from apt_ext.nn import FP4Linear, dequant_ahead
+da = sys.modules["apt_ext.nn.dequant_ahead"]  # the module (the package exports its function by the same name)
+
+
+class _Stream:
+    def __init__(self, *a, **k): pass
+    def wait_stream(self, other): pass
+    def wait_event(self, event): pass
+
+
+class _Event:
+    def record(self, stream=None): pass
+
+
+torch.cuda.current_stream = lambda device=None: _Stream()
+torch.cuda.Stream, torch.cuda.Event = _Stream, _Event
+torch.cuda.stream = lambda s: contextlib.nullcontext()
+torch.cuda.is_current_stream_capturing = lambda: False
+da.DequantAhead.takes = lambda self, layer, x: not torch.is_grad_enabled() and x.shape[-1] == layer.in_features
+da.DequantAhead._retire = staticmethod(lambda state, current: None)
+torch.manual_seed(int(sys.argv[1]))
+
+
+def want(layer, x):
+    w = layer.weight.dequantize(torch.float32)[:, :layer.in_features]
+    return torch.nn.functional.linear(x, w, layer.bias)
+
+
+def check(layer, x):
+    got, ref = layer(x), want(layer, x)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5), (layer, float((got - ref).abs().max()))
+
+
+fmts = ["nvfp4", "nf4", "mxfp4", "nvfp4", "nf4"]
+layers = [FP4Linear(128, 128, fmt=f, bias=i % 2 == 0) for i, f in enumerate(fmts)]
+model = nn.ModuleList(layers).eval()
+x = torch.randn(7, 128)
+one = 128 * 128 * 2  # bytes of one dequantised weight (bf16 sizes: the handle's unit)
+with torch.no_grad():
+    for group_layers in (1, 2, 5):
+        with dequant_ahead(model, min_rows=1, group_bytes=group_layers * one) as ahead:
+            for _ in range(3):
+                for layer in layers:
+                    check(layer, x)
+            assert ahead.order == layers
+            assert ahead._members == [list(range(i, min(i + group_layers, 5))) for i in range(0, 5, group_layers)]
+            for i in (4, 0, 1, 3, 2, 2, 0, 4, 1, 3):
+                check(layers[i], x)
+            other = nn.ModuleList(FP4Linear(128, 128, fmt=f, bias=i % 2 == 0) for i, f in enumerate(fmts))
+            model.load_state_dict(other.state_dict())  # in place: the banks must not keep the old weights
+            for layer in layers:
+                check(layer, x)
+            layers[2].packed = layers[2].packed.clone()  # a new tensor
+            layers[2].packed[0, 0] ^= 0x11
+            for layer in layers:
+                check(layer, x)
+        assert all(layer._ahead is None for layer in layers)
+print("ok")
+'''
+
+
+def test_bookkeeping_on_the_cpu(tmp_path, apt_seed):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(script), str(apt_seed)], capture_output=True, text=True, timeout=600,
+                       cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]

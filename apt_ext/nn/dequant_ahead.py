@@ -16,10 +16,11 @@ while the previous group's layers compute; each call then multiplies by its slic
   dequantise group g + 1 into the other bank. The fork orders the side stream after every call
   queued so far, so after the last reader of that bank (group g - 1). One fork and one join per
   group, not per layer: in a CUDA graph each cross-stream edge costs latency.
-- A layer called out of that order, or again after its bank was refilled, finds its weight
-  missing and dequantises its group on the current stream: results never depend on the order,
-  only the overlap does. A model whose groups all fit in the two banks keeps them (dequantised
-  once).
+- A layer called out of that order, or again after its bank was refilled, or whose weight
+  tensors were replaced or written in place since (``load_state_dict``: addresses and version
+  counters are compared), dequantises its group on the current stream: results never depend on
+  the order, only the overlap does. A model whose groups all fit in the two banks keeps them
+  (dequantised once) until its weights change.
 
 Calls it takes: x on CUDA in bfloat16 or float16, at least ``min_rows`` rows, no gradient needed
 (the banks are overwritten by later groups, so they cannot be saved for a backward), not while
@@ -65,6 +66,8 @@ class _DeviceState:
     owners: list[frozenset[int]] = field(default_factory=lambda: [frozenset(), frozenset()])
     pending: _Pending | None = None
     weights: dict[int, torch.Tensor] = field(default_factory=dict)  # position -> [N, K] view of its bank
+    plans: dict[int, tuple] = field(default_factory=dict)  # group -> (its positions, DequantizeMany)
+    stamps: dict[int, tuple] = field(default_factory=dict)  # position -> _stamp of the weight it holds
 
 
 class DequantAhead:
@@ -133,15 +136,13 @@ class DequantAhead:
         g = self._group_of[pos]
         bank = g % 2
         if state.pending is not None and state.pending.group == g:
-            current.wait_event(state.pending.event)
-            state.pending = None
-        elif pos not in state.owners[bank] or (state.pending is not None and state.pending.group % 2 == bank):
-            # not prefetched (first forward, out of order, or its bank refilled): the group on
-            # the current stream, after whatever the side stream still writes
             self._join(state, current)
-            state.owners[bank] = frozenset()
-            for p in self._members[g]:
-                _dequantize_into(self.order[p], self._slice(state.banks[bank], p))
+        if (pos not in state.owners[bank] or state.stamps.get(pos) != _stamp(layer)
+                or (state.pending is not None and state.pending.group % 2 == bank)):
+            # not prefetched (first forward, out of order, its bank refilled, or its weight
+            # changed): the group on the current stream, after whatever the side stream still writes
+            self._join(state, current)
+            self._dequantize_group(g, state)
             state.owners[bank] = frozenset(self._members[g])
         if state.pending is None:
             self._fork(g + 1, state, current)  # a no-op when group g + 1 is in its bank already
@@ -194,17 +195,41 @@ class DequantAhead:
             return
         bank = g % 2
         members = self._members[g]
-        if state.owners[bank] == frozenset(members):
+        if state.owners[bank] == frozenset(members) and all(
+                state.stamps.get(p) == _stamp(self.order[p]) for p in members):
             return  # still there from an earlier forward
         state.owners[bank] = frozenset()
         state.stream.wait_stream(current)
         with torch.cuda.stream(state.stream):
-            for p in members:
-                _dequantize_into(self.order[p], self._slice(state.banks[bank], p))
+            self._dequantize_group(g, state)
             event = torch.cuda.Event()
             event.record(state.stream)
         state.owners[bank] = frozenset(members)
         state.pending = _Pending(g, event)
+
+    def _dequantize_group(self, g: int, state: _DeviceState) -> None:
+        """Group ``g``'s weights into bank g % 2, on the current stream: one launch per format
+        (``DequantizeMany``, its table built at the group's first use and rebuilt when the group or
+        a layer's tensors changed), or one per layer while a CUDA graph captures and no valid table
+        exists (building one copies from the host)."""
+        members = self._members[g]
+        bank = state.banks[g % 2]
+        for p in members:
+            state.stamps[p] = _stamp(self.order[p])
+        cached = state.plans.get(g)
+        if cached is not None and cached[0] == members and cached[1].data_ptrs == [
+                _job_ptrs(self.order[p], self._slice(bank, p)) for p in members]:
+            cached[1].run()
+            return
+        if torch.cuda.is_current_stream_capturing():
+            for p in members:
+                _dequantize_into(self.order[p], self._slice(bank, p))
+            return
+        from apt_ext.triton.fp4_dequantize import DequantizeMany
+
+        plan = DequantizeMany([_job(self.order[p], self._slice(bank, p)) for p in members])
+        state.plans[g] = (list(members), plan)
+        plan.run()
 
     @staticmethod
     def _retire(state: _DeviceState, current: torch.cuda.Stream) -> None:
@@ -236,11 +261,38 @@ def _numel(layer: FP4Linear) -> int:
     return layer.out_features * _padded_cols(layer)
 
 
+def _job(layer: FP4Linear, out: torch.Tensor) -> tuple:
+    """``layer``'s weight dequantised into ``out`` [N, padded K], as DequantizeMany takes it."""
+    b = layer._buffers
+    return b["packed"], b["scales"], b["tensor_scale"].reshape(()), layer.fmt, layer.block_size, out
+
+
+def _job_ptrs(layer: FP4Linear, out: torch.Tensor) -> tuple[int, ...]:
+    b = layer._buffers
+    return b["packed"].data_ptr(), b["scales"].data_ptr(), b["tensor_scale"].data_ptr(), out.data_ptr()
+
+
+def _stamp(layer: FP4Linear) -> tuple[int, ...]:
+    """Identifies the contents of ``layer``'s weight tensors: their addresses and version counters
+    (which in-place writes such as ``load_state_dict`` advance; -1 for inference tensors, which
+    have none)."""
+    b = layer._buffers
+    out = []
+    for name in ("packed", "scales", "tensor_scale"):
+        t = b[name]
+        try:
+            version = t._version
+        except RuntimeError:  # an inference tensor
+            version = -1
+        out += (t.data_ptr(), version)
+    return tuple(out)
+
+
 def _dequantize_into(layer: FP4Linear, out: torch.Tensor) -> None:
     from apt_ext.triton.fp4_dequantize import dequantize_into
 
-    b = layer._buffers
-    dequantize_into(b["packed"], b["scales"], b["tensor_scale"].reshape(()), layer.fmt, layer.block_size, out)
+    packed, scales, tensor_scale, fmt, block_size, _ = _job(layer, out)
+    dequantize_into(packed, scales, tensor_scale, fmt, block_size, out)
 
 
 def dequant_ahead(model: nn.Module, min_rows: int = DEFAULT_MIN_ROWS,

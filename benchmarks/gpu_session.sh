@@ -29,6 +29,12 @@ if [ -n "$wheels" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# packages carried as tarballs of their installed files (tools/fetch_device_tools.sh: bitsandbytes)
+for t in .devtools/site/*.tgz; do
+  [ -f "$t" ] || continue
+  mkdir -p /tmp/site && tar xzf "$t" -C /tmp/site
+  case ":${PYTHONPATH:-}:" in *:/tmp/site:*) ;; *) export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} ;; esac
+done
 # tools/fetch_device_tools.sh's liburing/libxxhash packages (the pager's io_uring backend) and a
 # static fio, when the call carried ".devtools".
 if [ -d .devtools/debs ]; then
@@ -37,6 +43,13 @@ if [ -d .devtools/debs ]; then
   export LD_LIBRARY_PATH=/tmp/devroot/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 [ -x .devtools/bin/fio ] && export PATH=$PWD/.devtools/bin:$PATH
+# a device build's gzipped _C*.so carried in .devtools/so/ (tools/fetch_device_tools.sh), where
+# the call carried no plain one
+for gz in .devtools/so/_C*.so.gz; do
+  [ -f "$gz" ] || continue
+  so=apt_ext/$(basename "$gz" .gz)
+  [ -f "$so" ] || gunzip -c "$gz" > "$so"
+done
 # the card's name as the benchmarks put it in their JSON names (a call returns only about eight
 # files, so each stage copies its own JSON, not every one under benchmarks/results)
 CARD=$($PY -c 'import torch; print(torch.cuda.get_device_name().replace(" ", "_").replace("/", "_"))' 2>/dev/null || echo unknown)

@@ -91,7 +91,7 @@ Job = tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, int, torch.Tensor]
 
 class DequantizeMany:
     """Several weights dequantised into their ``out`` tensors by one launch per (format, block
-    size), as ``dequantize_into`` does each: the launches read a table of the jobs' addresses
+    size, out dtype), as ``dequantize_into`` does each: the launches read a table of the jobs' addresses
     and sizes, built here once (a host-to-device copy: not while a CUDA graph captures). The
     jobs' tensors are kept, so the addresses stay valid; ``data_ptrs`` are the addresses the
     table holds (a caller whose tensors may be replaced compares them with its own). Arguments

@@ -52,6 +52,29 @@ def test_cpu_calls_run_as_before(dtype):
     assert torch.equal(got, want) and ahead.order == []
 
 
+def test_copies_of_a_managed_model_are_not_managed():
+    import copy
+
+    model = _model()
+    x = torch.randn(4, 64)
+    with dequant_ahead(model):
+        for clone in (copy.deepcopy(model), torch.load(_saved(model), weights_only=False)):
+            fp4 = [m for m in clone if isinstance(m, FP4Linear)]
+            assert fp4 and all(m._ahead is None for m in fp4)
+            with torch.no_grad():
+                assert torch.equal(clone(x), model(x))
+        assert all(m._ahead is not None for m in model if isinstance(m, FP4Linear))
+
+
+def _saved(model: nn.Module):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    return buf
+
+
 def test_bad_x_is_still_rejected_by_the_layer():
     model = _model()
     with dequant_ahead(model), pytest.raises(ValueError, match=r"x: expected \[\.\.\., 64\]"):

@@ -109,6 +109,12 @@ class DequantAhead:
     def __enter__(self) -> "DequantAhead":
         return self
 
+    def __deepcopy__(self, memo: dict) -> None:
+        return None  # a copy of a managed model is not managed (its streams and banks are this one's)
+
+    def __reduce__(self) -> tuple:
+        return _unmanaged, ()  # nor is a pickled one
+
     def __exit__(self, *exc) -> None:
         self.remove()
 
@@ -250,6 +256,11 @@ class DequantAhead:
         cols = _padded_cols(layer)
         start = self._offset[pos]
         return bank[start:start + layer.out_features * cols].view(layer.out_features, cols)
+
+
+def _unmanaged() -> None:
+    """What a pickled handle loads as: no handle."""
+    return None
 
 
 def _padded_cols(layer: FP4Linear) -> int:

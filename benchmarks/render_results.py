@@ -777,13 +777,13 @@ def e2e_encoder(name: str, d: dict) -> str:
         base = next(b for b in d["rows"] if b["batch"] == r["batch"] and b["variant"] == "bf16")
         rows.append([r["variant"], r["batch"], num(r["latency_ms"]), num(r["graph_latency_ms"]),
                      ratio(r["graph_latency_ms"], base["graph_latency_ms"]), num(r["weights_MB"]),
-                     num(r["peak_mem_MB"]), f"{r['cosine_vs_fp32']:.5f}"])
+                     f"{r['cosine_vs_fp32']:.5f}"])
     env = ", ".join(f"{k}={v}" for k, v in d.get("env", {}).items()) or "none"
     return "\n".join([f"{d['model']}; APT_FP4_* settings: {env}. Latency: median ms per forward (do_bench); "
                       "\"graph / bf16\" is the CUDA-graph latency over bf16's (lower is faster). Accuracy: "
                       "cosine of the output against the fp32 model's.", "",
                       table(["variant", "batch", "eager ms", "graph ms", "graph / bf16", "weights MB",
-                             "peak MB (weights + one forward)", "cos vs fp32"], rows)])
+                             "cos vs fp32"], rows)])
 
 
 SECTIONS = [

@@ -68,6 +68,7 @@ class _DeviceState:
     weights: dict[int, torch.Tensor] = field(default_factory=dict)  # position -> [N, K] view of its bank
     plans: dict[int, tuple] = field(default_factory=dict)  # group -> (its positions, DequantizeMany)
     stamps: dict[int, tuple] = field(default_factory=dict)  # position -> _stamp of the weight it holds
+    group: int = -1  # the group of the last managed call (its next group is forked on entering it)
 
 
 class DequantAhead:
@@ -150,8 +151,10 @@ class DequantAhead:
             self._join(state, current)
             self._dequantize_group(g, state)
             state.owners[bank] = frozenset(self._members[g])
-        if state.pending is None:
-            self._fork(g + 1, state, current)  # a no-op when group g + 1 is in its bank already
+        if g != state.group:  # entering group g: prefetch g + 1 (a no-op when it is in its bank already)
+            state.group = g
+            if state.pending is None:
+                self._fork(g + 1, state, current)
         w = state.weights.get(pos)
         if w is None:
             w = state.weights[pos] = self._slice(state.banks[bank], pos)[:, :layer.in_features]

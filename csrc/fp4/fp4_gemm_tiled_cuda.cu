@@ -70,9 +70,9 @@ EnvGemm parse_env_gemm(const char* env) {
                     "transposed in shared memory; both wgmma kinds take k_parts 1 or 2) and a warp tile "
                     "(tiles_per_warp, rows of x per block) built for it: "
                     "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
-                    "mma 1 also (1 or 2, 8 or 16); rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only "
-                    "with 32 rows, wgmma (1, 128) only with 1 (shared memory); j_group 1, or with mma 2 also 2 "
-                    "for (2, 32), (2, 64) and (1, 128); got '", env, "'");
+                    "mma 1 also (1 or 2, 8 or 16), mma 2 also (2, 128); rows 0 meaning 64 below 4 tiles, else 32; "
+                    "k_parts 4 only with 32 rows, wgmma (1, 128) and (2, 128) only with 1 (shared memory); "
+                    "j_group 1, or with mma 2 also 2 for (2, 32), (2, 64), (1, 128) and (2, 128); got '", env, "'");
   return EnvGemm{min_rows, GemmTiledConfig{k_parts, splits, tiles, rows, product, j_group}};
 }
 std::optional<EnvGemm> env_gemm() {
@@ -118,7 +118,7 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
                     "fp4_linear_tiled: no GEMM built with ", cfg.j_group, " wgmma slices per group for ", tw,
                     " tiles per warp, ", cfg.rows_per_block, " rows of x per block and product ",
                     static_cast<int>(product), " (1 everywhere; with the transposing wgmma product also 2 for 2 x 32, "
-                    "2 x 64 and 1 x 128)");
+                    "2 x 64, 1 x 128 and 2 x 128)");
   const size_t smem = gemm_smem_bytes(tw, xb, cfg.k_parts, product);
   TORCH_CHECK_VALUE(k_parts_ok(cfg.k_parts, product) && smem <= kMaxSmem,
                     "fp4_linear_tiled: GEMM K parts must be 1, 2 or 4 (wgmma: 1 or 2) within ", kMaxSmem,

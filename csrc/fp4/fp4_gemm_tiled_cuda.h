@@ -89,7 +89,8 @@ enum class GemmProduct : int {
 // enough to fill the GPU; -1: stream-K, one block per multiprocessor slot sharing every output
 // block's K steps evenly, one K part only), its tiles per warp and rows of x per block (a warp
 // tile built for the kind of product: mma.sync 2 x 64, 4 x 32, 2 x 32, 1 x 64; wgmma 2 x 32,
-// 1 x 64, 2 x 64, 1 x 128, and with word copies also 1 or 2 x 8 or 16) and the kind of product.
+// 1 x 64, 2 x 64, 1 x 128, with the transposing product also 2 x 128, and with word copies also 1 or
+// 2 x 8 or 16) and the kind of product.
 struct GemmTiledConfig {
   int k_parts;
   int64_t splits;
@@ -97,7 +98,7 @@ struct GemmTiledConfig {
   int rows_per_block;   // rows of x per block (8 per mma n8 block): 32, 64 or (wgmma) 8, 16, 128
   GemmProduct product;
   int j_group = 1;      // wgmma: 16-column slices decoded before one commit group (1; with the
-                        // transposing product also 2 for 2 x 32, 2 x 64 and 1 x 128)
+                        // transposing product also 2 for 2 x 32, 2 x 64, 1 x 128 and 2 x 128)
 };
 
 // The GEMM fp4_linear_tiled launches for m rows of x on a weight of n rows and k columns (format f,

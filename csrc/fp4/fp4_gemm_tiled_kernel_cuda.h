@@ -165,12 +165,16 @@ constexpr int blocks_per_sm(int tw, int xb) { return tw * xb <= 8 ? 2 : 1; }
 // (one block per multiprocessor), 2 x 4 and 1 x 8 (two). wgmma (n = 8 XB rows of x per
 // instruction): 2 x 4 and 1 x 8 (two blocks per multiprocessor), 2 x 8 and 1 x 16 (one); with
 // word copies also 1 and 2 tiles x 1 and 2 (8 or 16 rows of x: the GEMV's range, for the sweep
-// against it; x's copy is small there, so the transposing form is not built for them).
+// against it; x's copy is small there, so the transposing form is not built for them); with the
+// transposing form also 2 x 16 (2 x 128: each weight word decoded once for 128 rows of x with 256
+// weight rows sharing each staged step of x; sm_90a ptxas: 255 registers, no spill; 198 KiB of
+// x stages, so one K part).
 constexpr bool warp_tile_built(int tw, int xb, GemmProduct p) {
   if (p == GemmProduct::kMmaSync) {
     return (tw == 2 && xb == 8) || (tw == 4 && xb == 4) || (tw == 2 && xb == 4) || (tw == 1 && xb == 8);
   }
   return (tw == 2 && xb == 4) || (tw == 1 && xb == 8) || (tw == 2 && xb == 8) || (tw == 1 && xb == 16) ||
+         (p == GemmProduct::kWgmmaTranspose && tw == 2 && xb == 16) ||
          (p == GemmProduct::kWgmmaWordCopy && (tw == 1 || tw == 2) && (xb == 1 || xb == 2));
 }
 
@@ -179,12 +183,12 @@ constexpr bool warp_tile_built(int tw, int xb, GemmProduct p) {
 constexpr bool k_parts_ok(int kw, GemmProduct p) { return kw == 1 || kw == 2 || (kw == 4 && !is_wgmma(p)); }
 
 // 16-column slices a wgmma warpgroup decodes before committing their products as one group
-// (GemmTiledConfig::j_group): 1 everywhere; 2 for the transposing product with the 2 x 32, 2 x 64
-// and 1 x 128 warp tiles (a deeper tensor-core queue: up to 4 slices' wgmmas in flight, the next
+// (GemmTiledConfig::j_group): 1 everywhere; 2 for the transposing product with the 2 x 32, 2 x 64,
+// 1 x 128 and 2 x 128 warp tiles (a deeper tensor-core queue: up to 4 slices' wgmmas in flight, the next
 // group decoding meanwhile, at 8 TW more A registers). Four were built in the twenty-eighth
 // session and measured slower than two everywhere (docs/fp4_gpu.md), so they are not.
 constexpr bool j_group_built(int jg, int tw, int xb, GemmProduct p) {
-  const bool two_ok = (tw == 2 && (xb == 4 || xb == 8)) || (tw == 1 && xb == 16);
+  const bool two_ok = (tw == 2 && (xb == 4 || xb == 8 || xb == 16)) || (tw == 1 && xb == 16);
   return jg == 1 || (jg == 2 && p == GemmProduct::kWgmmaTranspose && two_ok);
 }
 
@@ -518,7 +522,7 @@ template <int TW, int XB>
 struct WarpTile {
   static constexpr int tw = TW, xb = XB;
 };
-using WarpTiles = std::tuple<WarpTile<2, 8>, WarpTile<4, 4>, WarpTile<2, 4>, WarpTile<1, 8>, WarpTile<1, 16>,
+using WarpTiles = std::tuple<WarpTile<2, 8>, WarpTile<4, 4>, WarpTile<2, 4>, WarpTile<1, 8>, WarpTile<1, 16>, WarpTile<2, 16>,
                              WarpTile<1, 1>, WarpTile<2, 1>, WarpTile<1, 2>, WarpTile<2, 2>>;
 
 // Calls fn(integral_constant<TW>, integral_constant<XB>) for the tile among Tiles equal to (tw, xb).

@@ -142,7 +142,9 @@ WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,
                  "17,1,-1,2,32,2", "1,1,-1,1,64,2", "1,1,-1,2,64,2", "17,1,-1,1,128,2",
                  # wgmma slices per commit group (j_group 2)
                  "1,1,-1,2,64,2,2", "17,1,0,2,32,2,2", "1,1,0,1,128,2,2", "17,1,-1,1,128,2,2", "17,2,0,2,64,2,2",
-                 "1,1,-1,2,32,2,2"]
+                 "1,1,-1,2,32,2,2",
+                 # the 2 x 128 tile (transposing product only)
+                 "17,1,0,2,128,2", "17,1,-1,2,128,2", "17,1,-1,2,128,2,2"]
 
 
 def _wgmma_runs() -> bool:
@@ -179,7 +181,7 @@ def probe_gemm_mapping(m: int, n: int, k: int) -> None:
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,1,0,2,32,1", "17,1,0,1,64,1", "17,1,0,1,128,1", "1,1,0,1,16,1",
                                   "17,1,0,2,64,2", "17,1,0,1,128,2",
-                                  "17,1,0,2,64,2,2", "17,1,-1,1,128,2,2"])
+                                  "17,1,0,2,64,2,2", "17,1,-1,1,128,2,2", "17,1,-1,2,128,2,2"])
 def test_wgmma_gemm_operand_layouts(gemm, monkeypatch):
     """The wgmma GEMM on one-hot rows of x (probe_gemm_mapping), for n = 32, 64, 128 and 16 rows
     of x per instruction, x copied word by word (mma 1) or transposed in shared memory (mma 2): a
@@ -196,12 +198,13 @@ def test_wgmma_gemm_operand_layouts(gemm, monkeypatch):
 @pytest.mark.parametrize("gemm", ["17,1,0,1,8,2", "17,1,0,2,64,3", "17,4,0,2,32,1", "17,2,0,1,128,2", "17,1,0,2,48",
                                   "17,2,-1,2,64,2", "17,1,-1,2,64,0", "17,1,-2,2,64,2", "17,1,0,2,64,2,3",
                                   "17,1,0,2,64,1,2", "17,1,0,1,64,2,2", "17,1,0,2,64,0,2", "17,1,0,2,32,2,4",
-                                  "17,1,-1,2,64,2,4", "17,1,0,1,128,2,4"])
+                                  "17,1,-1,2,64,2,4", "17,1,0,1,128,2,4", "17,1,0,2,128,1", "17,2,0,2,128,2"])
 def test_gemm_config_rejects_what_is_not_built(gemm, monkeypatch):
     """APT_FP4_GEMM naming a product, K parts or warp tile that no kernel was built for (the
     transposing wgmma at 8 rows, mma 3, wgmma with 4 K parts, 1 x 128 with 2 K parts: over the
     shared memory, 48 rows; stream-K with 2 K parts or mma.sync, splits -2; 3 wgmma slices per
-    group, or 2 / 4 with word copies, the 1 x 64 tile or mma.sync, 4 with 2 x 32) is a ValueError
+    group, or 2 / 4 with word copies, the 1 x 64 tile or mma.sync, 4 with 2 x 32; 2 x 128 with word
+    copies or 2 K parts) is a ValueError
     that quotes the variable, not a launch."""
     monkeypatch.setenv("APT_FP4_GEMM", gemm)
     with pytest.raises(ValueError, match="APT_FP4_GEMM"):

@@ -35,7 +35,7 @@ def _cases() -> list[str]:
     names += [f"deqmm-{f}-{d}" for f in FORMATS for d in DTYPES] + [f"deqmm-gelu-{f}" for f in FORMATS]
     names += [f"route-{f}-m{m}-gemv{g}" for f in FORMATS for m in (1, 3, 16) for g in (0, 16)]
     names += [f"split-counters-{kind}" for kind in ("gemv", "gemm")]
-    names += ["dequantize-many", "bad-input", "one-config", "bad-deqmm-env", "bad-gemv-env", "path-candidates", "path-timed"]
+    names += ["bad-input", "one-config", "bad-deqmm-env", "bad-gemv-env", "path-candidates", "path-timed"]
     return names
 
 
@@ -153,27 +153,6 @@ def _child() -> dict[str, str | None]:
         for d in DTYPES:
             run(f"deqmm-{fmt}-{d}", lambda fmt=fmt, d=d: deqmm(getattr(torch, d), fmt))
         run(f"deqmm-gelu-{fmt}", lambda fmt=fmt: deqmm(torch.float32, fmt, gelu=True))
-
-    def many():
-        # several weights of every format, odd N and K, dequantised by one launch per format into
-        # slices of one flat buffer (as dequant_ahead's banks hold them); the gaps stay untouched
-        flat = torch.full((20000,), float("nan"))
-        jobs, wants, start = [], [], 0
-        for fmt, k in (("nvfp4", 100), ("nf4", 200), ("nvfp4", 48), ("mxfp4", 70), ("nf4", 40)):
-            packed, scales, ts, bs, _, n = weight(fmt, k)
-            kp = packed.shape[1] * 2
-            out = flat[start:start + n * kp].view(n, kp)
-            start += n * kp + 7  # a gap between jobs
-            jobs.append((packed, scales, ts.reshape(()), fmt, bs, out))
-            wants.append(ref.dequantize(packed, scales, ts, fmt, bs, torch.float32))
-        plan = tdq.DequantizeMany(jobs)
-        assert plan.data_ptrs[1][3] == jobs[1][5].data_ptr()
-        plan.run()
-        for (*_, out), want in zip(jobs, wants):
-            assert torch.equal(out, want), f"max diff {(out.double() - want.double()).abs().max()}"
-        assert int(torch.isnan(flat).sum()) == 4 * 7 + (20000 - start + 7), "a gap was written"
-
-    run("dequantize-many", many)
 
     def bad_env(name, value, m):
         packed, scales, ts, bs, k, _ = weight("nvfp4")

@@ -21,6 +21,11 @@ while the previous group's layers compute; each call then multiplies by its slic
   counters are compared), dequantises its group on the current stream: results never depend on
   the order, only the overlap does. A model whose groups all fit in the two banks keeps them
   (dequantised once) until its weights change.
+- Each layer of a group is dequantised by its own launch. One launch per group and format (a
+  table of the layers' addresses) was tried and was slower on an H100 (BERT-base-size encoder,
+  every call managed, CUDA-graph replay: 0.751 / 1.081 ms at batch 1 / 8 against 0.696 / 1.044 with
+  a launch per layer; benchmarks/results/e2e_encoder_NVIDIA_H100_80GB_HBM3_s34b.json and
+  _s34_perlayer.json).
 
 Calls it takes: x on CUDA in bfloat16 or float16, at least ``min_rows`` rows, no gradient needed
 (the banks are overwritten by later groups, so they cannot be saved for a backward), not while
@@ -66,7 +71,6 @@ class _DeviceState:
     owners: list[frozenset[int]] = field(default_factory=lambda: [frozenset(), frozenset()])
     pending: _Pending | None = None
     weights: dict[int, torch.Tensor] = field(default_factory=dict)  # position -> [N, K] view of its bank
-    plans: dict[int, tuple] = field(default_factory=dict)  # group -> (its positions, DequantizeMany)
     stamps: dict[int, tuple] = field(default_factory=dict)  # position -> _stamp of the weight it holds
     group: int = -1  # the group of the last managed call (its next group is forked on entering it)
 
@@ -217,28 +221,18 @@ class DequantAhead:
         state.pending = _Pending(g, event)
 
     def _dequantize_group(self, g: int, state: _DeviceState) -> None:
-        """Group ``g``'s weights into bank g % 2, on the current stream: one launch per format
-        (``DequantizeMany``, its table built at the group's first use and rebuilt when the group or
-        a layer's tensors changed), or one per layer while a CUDA graph captures and no valid table
-        exists (building one copies from the host)."""
-        members = self._members[g]
-        bank = state.banks[g % 2]
-        for p in members:
-            state.stamps[p] = _stamp(self.order[p])
-        cached = state.plans.get(g)
-        if cached is not None and cached[0] == members and cached[1].data_ptrs == [
-                _job_ptrs(self.order[p], self._slice(bank, p)) for p in members]:
-            cached[1].run()
-            return
-        if torch.cuda.is_current_stream_capturing():
-            for p in members:
-                _dequantize_into(self.order[p], self._slice(bank, p))
-            return
-        from apt_ext.triton.fp4_dequantize import DequantizeMany
+        """Group ``g``'s weights into bank g % 2, on the current stream: one launch per layer (one
+        launch per group and format, reading a table of the layers' addresses, was slower: module
+        docstring)."""
+        from apt_ext.triton.fp4_dequantize import dequantize_into
 
-        plan = DequantizeMany([_job(self.order[p], self._slice(bank, p)) for p in members])
-        state.plans[g] = (list(members), plan)
-        plan.run()
+        bank = state.banks[g % 2]
+        for p in self._members[g]:
+            layer = self.order[p]
+            state.stamps[p] = _stamp(layer)
+            b = layer._buffers
+            dequantize_into(b["packed"], b["scales"], b["tensor_scale"].reshape(()), layer.fmt, layer.block_size,
+                            self._slice(bank, p))
 
     @staticmethod
     def _retire(state: _DeviceState, current: torch.cuda.Stream) -> None:
@@ -275,17 +269,6 @@ def _numel(layer: FP4Linear) -> int:
     return layer.out_features * _padded_cols(layer)
 
 
-def _job(layer: FP4Linear, out: torch.Tensor) -> tuple:
-    """``layer``'s weight dequantised into ``out`` [N, padded K], as DequantizeMany takes it."""
-    b = layer._buffers
-    return b["packed"], b["scales"], b["tensor_scale"].reshape(()), layer.fmt, layer.block_size, out
-
-
-def _job_ptrs(layer: FP4Linear, out: torch.Tensor) -> tuple[int, ...]:
-    b = layer._buffers
-    return b["packed"].data_ptr(), b["scales"].data_ptr(), b["tensor_scale"].data_ptr(), out.data_ptr()
-
-
 def _stamp(layer: FP4Linear) -> tuple[int, ...]:
     """Identifies the contents of ``layer``'s weight tensors: their addresses and version counters
     (which in-place writes such as ``load_state_dict`` advance; -1 for inference tensors, which
@@ -300,13 +283,6 @@ def _stamp(layer: FP4Linear) -> tuple[int, ...]:
             version = -1
         out += (t.data_ptr(), version)
     return tuple(out)
-
-
-def _dequantize_into(layer: FP4Linear, out: torch.Tensor) -> None:
-    from apt_ext.triton.fp4_dequantize import dequantize_into
-
-    packed, scales, tensor_scale, fmt, block_size, _ = _job(layer, out)
-    dequantize_into(packed, scales, tensor_scale, fmt, block_size, out)
 
 
 def dequant_ahead(model: nn.Module, min_rows: int = DEFAULT_MIN_ROWS,

@@ -156,27 +156,6 @@ def test_small_groups_out_of_order(group_layers):
         assert err < 1e-2, (i, err)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_dequantize_many_on_cuda(dtype):
-    from apt_ext.fp4 import quantize
-    from apt_ext.triton.fp4_dequantize import DequantizeMany
-
-    flat = torch.full((600_000,), float("nan"), device=DEV, dtype=dtype)
-    jobs, wants, start = [], [], 0
-    for fmt, (n, k) in (("nvfp4", (257, 200)), ("nf4", (64, 300)), ("mxfp4", (33, 96)), ("nvfp4", (512, 512))):
-        q = quantize(torch.randn(n, k, device=DEV) * torch.rand(n, 1, device=DEV) * 3, fmt)
-        kp = q.packed.shape[1] * 2
-        out = flat[start:start + n * kp].view(n, kp)
-        start += n * kp + 8
-        jobs.append((q.packed, q.scales, q.tensor_scale.reshape(()), fmt, q.block_size, out))
-        wants.append(torch.ops.apt.fp4_dequantize(q.packed, q.scales, q.tensor_scale, fmt, q.block_size, dtype))
-    DequantizeMany(jobs).run()
-    torch.cuda.synchronize()
-    for (*_, out), want in zip(jobs, wants):
-        assert torch.equal(out[:, :want.shape[1]], want)
-    assert int(torch.isnan(flat).sum()) == 3 * 8 + flat.numel() - start + 8
-
-
 @pytest.mark.parametrize("group_layers", [1, 3])  # groups refilled every forward / kept in their banks
 def test_new_weights_reach_the_banks(group_layers):
     model = _stack([256, 256, 256, 256])

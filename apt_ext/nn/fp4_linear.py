@@ -25,8 +25,20 @@ from apt_ext.fp4.weight import FP4Weight, quantize
 # 256 rows it lost on all four (benchmarks/results/fp4_gemv_sweep_NVIDIA_H200_round11b.json,
 # nvfp4; mxfp4 decodes through the same code and was not timed there). float32 x was not
 # measured above 16 rows and keeps 16.
+# On Hopper (the wgmma GEMM: an sm_90a build on a compute capability 9.0 GPU) nvfp4 / mxfp4 with
+# bfloat16 x go on to TILED_MAX_ROWS_HOPPER_LARGE rows on weights with at least
+# TILED_LARGE_MIN_FEATURES rows or columns: there the GEMM's 2 x 128 tile (or 2 x 64 where K is large
+# and N small) beat dequantise + cuBLAS up to 384 rows on an H100
+# (benchmarks/results/fp4_gemv_sweep_NVIDIA_H100_80GB_HBM3_round34b.json, nvfp4, "canonical" the
+# fp4_linear op): at 256 / 384 rows 92.3 / 127.7 us against 116.0 / 128.4 on 14336 x 4096, 92.2 /
+# 122.1 against 124.5 / 145.4 on 4096 x 14336, 273.8 / 413.0 against 420.8 / 497.3 on 28672 x 8192;
+# at 512 rows it lost on the first two (159.4 against 153.6, 150.2 against 143.1). On 4096 x 4096
+# the tiled op lost from 192 rows (48.7 against 38.8 us), so smaller weights keep 128. Weights
+# with one side of 8192 or more and the other under 4096 were not measured.
 TILED_MAX_ROWS = 64
 TILED_MAX_ROWS_BF16_NVFP4_MXFP4 = 128
+TILED_MAX_ROWS_HOPPER_LARGE = 384
+TILED_LARGE_MIN_FEATURES = 8192
 TILED_MAX_ROWS_FLOAT32 = 16
 # Rows of x up to which inference on a CPU with the AVX-512 FP4 path uses the CPU tiled copy
 # (fp4_linear_cpu_tiled). Measured on an Intel Xeon (AVX-512, AMX; docs/fp4.md, sixth session):
@@ -38,6 +50,21 @@ CPU_TILED_MAX_ROWS = 64
 # Whether this build has the CUDA kernel of apt::fp4_linear_tiled: asked once at import, a
 # plain bool that torch.compile reads without tracing the dispatcher query.
 _TILED_CUDA_KERNEL = _native.has_kernel("fp4_linear_tiled", "CUDA")
+_WGMMA_GEMM: dict[int, bool] = {}  # CUDA device index -> whether the wgmma GEMM runs there
+
+
+def wgmma_gemm_runs(device: torch.device) -> bool:
+    """Whether ``fp4_linear_tiled``'s wgmma GEMM runs on CUDA ``device``: the build has sm_90a code
+    and the GPU is compute capability 9.0 (csrc/fp4/fp4_gemm_tiled_cuda.cu asks the same). Cached
+    per device; False while torch.compile traces a device not asked before."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    runs = _WGMMA_GEMM.get(index)
+    if runs is None:
+        if torch.compiler.is_compiling():
+            return False
+        archs = str(_native.build_info().get("cuda_archs", ""))
+        runs = _WGMMA_GEMM[index] = "90a" in archs and torch.cuda.get_device_capability(index) == (9, 0)
+    return runs
 
 
 class FP4Linear(nn.Module):
@@ -51,8 +78,9 @@ class FP4Linear(nn.Module):
     dtype.
 
     On CUDA, calls that need no gradient with at most ``TILED_MAX_ROWS`` rows of x
-    (``TILED_MAX_ROWS_BF16_NVFP4_MXFP4`` for nvfp4 / mxfp4 with bfloat16 x,
-    ``TILED_MAX_ROWS_FLOAT32`` for float32 x) run on a tiled copy of the weight
+    (``TILED_MAX_ROWS_BF16_NVFP4_MXFP4`` for nvfp4 / mxfp4 with bfloat16 x, on Hopper
+    ``TILED_MAX_ROWS_HOPPER_LARGE`` for those on weights with ``TILED_LARGE_MIN_FEATURES`` rows or
+    columns, ``TILED_MAX_ROWS_FLOAT32`` for float32 x) run on a tiled copy of the weight
     (``apt_ext.fp4.tiled``), built at the first such call and kept beside the buffers (not
     saved; rebuilt after ``.to()`` or ``load_state_dict``; not made while ``apt_ext.vgpu.offload``
     pages the layer's weights, whose device budget it would break).
@@ -210,6 +238,9 @@ class FP4Linear(nn.Module):
             max_rows = TILED_MAX_ROWS_FLOAT32
         elif x.dtype == torch.bfloat16 and self.fmt in ("nvfp4", "mxfp4"):
             max_rows = TILED_MAX_ROWS_BF16_NVFP4_MXFP4
+            if (max(self.in_features, self.out_features) >= TILED_LARGE_MIN_FEATURES
+                    and x.numel() > max_rows * self.in_features and wgmma_gemm_runs(x.device)):
+                max_rows = TILED_MAX_ROWS_HOPPER_LARGE
         else:
             max_rows = TILED_MAX_ROWS
         if not self.packed.is_cuda or x.numel() > max_rows * self.in_features:

@@ -64,15 +64,34 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 // level with one or 1-2% faster wherever it runs, by the H100 sweep of the twenty-ninth session
 // (_H100_80GB_HBM3_round28.json): on 28672 x 8192 103.8 / 186.3 / 350.8 us at 64 / 128 / 256 rows
 // against 104.9 / 188.8 / 358.0, on 14336 x 4096 at 256 rows 104.5 against 106.5.
+// The 2 x 128 tile (256 weight rows x 128 rows of x per block: each weight word decoded once for 128
+// rows, stream-K, one slice per group) replaces 2 x 64 on three of these routes, by the H100 sweeps
+// of the thirty-fourth session (nvfp4, bf16 x, do_bench medians; _H100_80GB_HBM3_round34.json at
+// 64-512 rows, _round34b.json at 96-1024):
+//  * from kWide128MinRows rows on weights of kGemmDefaultMinN rows: on 28672 x 8192 147.6 / 151.2 /
+//    273.8 / 534.4 us at 96 / 128 / 256 / 512 rows against 183.7 / 187.7 / 353.0 / 725.2 (bf16
+//    cuBLAS 174.7 / 172.0 / 204.7 / 356.0), on 14336 x 4096 59.6 / 60.1 / 92.3 / 159.4 against 62.0
+//    / 63.0 / 106.4 / 194.4; at 192 rows (two blocks of x, the second half empty) level or 4%
+//    slower (267.1 against 269.8, 89.9 against 86.3); at 64 rows slower (144.0 against 103.5 us on
+//    28672 x 8192, round34); 65-95 rows not measured;
+//  * from kWide128DeepMinRows rows where K is at least kStreamKDeepMinK: 4096 x 14336 at 256 / 512
+//    rows 92.2 / 150.2 us against 103.3 / 183.6 (at 96-192 rows slower: 69.7-91.3 against
+//    62.9-83.8);
+//  * from kWide128AllMinRows rows on every weight: 4096 x 4096 at 512 / 1024 rows 63.1 / 101.2 us
+//    against 64.9 / 116.9 (at 256 / 384 slower: 48.4 / 56.0 against 42.0 / 55.1).
 // The routes without wgmma (mma.sync) stay as measured on their own.
-// apt_ext.nn.FP4Linear sends calls above 128 rows to dequantise + cuBLAS (fp4_linear), so
-// the routes above 128 rows serve callers of the tiled op itself.
+// apt_ext.nn.FP4Linear sends calls above 128 rows (on Hopper with a weight of 8192 rows or columns:
+// above 384) to dequantise + cuBLAS (fp4_linear), so the routes above serve callers of the tiled
+// op itself.
 constexpr int64_t kWgmmaMinRows = 24;
 constexpr int64_t kWgmmaWideMinN = 16384;
 constexpr int64_t kWgmmaAllMinRows = 256;
 constexpr int64_t kStreamKMinRows = 40;
 constexpr int64_t kStreamKDeepMinRows = 96;
 constexpr int64_t kStreamKDeepMinK = 8192;
+constexpr int64_t kWide128MinRows = 96;
+constexpr int64_t kWide128DeepMinRows = 256;
+constexpr int64_t kWide128AllMinRows = 512;
 
 // Whether the GEMM takes this format and x dtype (nvfp4 / mxfp4, bfloat16 x).
 bool gemm_tiled_supported(Format f, at::ScalarType x_dtype);

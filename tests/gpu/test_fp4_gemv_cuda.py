@@ -18,6 +18,7 @@ from apt_ext import _native
 from apt_ext.fp4 import quantize
 from apt_ext.fp4.tiled import tile
 from apt_ext.nn import FP4Linear
+from apt_ext.nn.fp4_linear import wgmma_gemm_runs
 from fp4_helpers import assert_cuda_graph_replay_matches_eager
 from reference import fp4 as ref
 
@@ -149,8 +150,7 @@ WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,
 
 def _wgmma_runs() -> bool:
     """The wgmma GEMM runs where the build has sm_90a code and the GPU is compute capability 9.0."""
-    archs = str(_native.build_info().get("cuda_archs", ""))
-    return torch.cuda.is_available() and "90a" in archs and torch.cuda.get_device_capability() == (9, 0)
+    return torch.cuda.is_available() and wgmma_gemm_runs(torch.device(DEV))
 
 
 def probe_gemm_mapping(m: int, n: int, k: int) -> None:
@@ -320,18 +320,24 @@ def test_fp4linear_uses_tiled_path_for_inference(apt_seed):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize(("fmt", "dtype", "rows", "tiled"), [
-    ("nvfp4", torch.bfloat16, 128, True), ("nvfp4", torch.bfloat16, 129, False),
-    ("mxfp4", torch.bfloat16, 128, True), ("nf4", torch.bfloat16, 64, True), ("nf4", torch.bfloat16, 65, False),
-    ("nvfp4", torch.float16, 64, True), ("nvfp4", torch.float16, 65, False),
-    ("nvfp4", torch.float32, 16, True), ("nvfp4", torch.float32, 17, False)])
-def test_fp4linear_tiled_path_row_limit(fmt, dtype, rows, tiled, apt_seed):
+@pytest.mark.parametrize(("fmt", "dtype", "rows", "n", "tiled"), [
+    ("nvfp4", torch.bfloat16, 128, 8192, True), ("nvfp4", torch.bfloat16, 129, 8191, False),
+    ("nvfp4", torch.bfloat16, 129, 8192, "hopper"), ("mxfp4", torch.bfloat16, 384, 8192, "hopper"),
+    ("nvfp4", torch.bfloat16, 385, 8192, False),
+    ("mxfp4", torch.bfloat16, 128, 8192, True), ("nf4", torch.bfloat16, 64, 8192, True),
+    ("nf4", torch.bfloat16, 65, 8192, False), ("nf4", torch.bfloat16, 129, 8192, False),
+    ("nvfp4", torch.float16, 64, 8192, True), ("nvfp4", torch.float16, 65, 8192, False),
+    ("nvfp4", torch.float32, 16, 8192, True), ("nvfp4", torch.float32, 17, 8192, False)])
+def test_fp4linear_tiled_path_row_limit(fmt, dtype, rows, n, tiled, apt_seed):
     """FP4Linear's measured crossover (apt_ext/nn/fp4_linear.py): the tiled kernels up to 128 rows
-    of bfloat16 x for nvfp4 / mxfp4, 64 rows of other 16-bit x and nf4, 16 of float32 x,
-    fp4_linear above; both give the same result. N = 8192 rows: from 65 rows of x the tiled op
-    takes its GEMM there (csrc/fp4/fp4_gemm_tiled_cuda.h)."""
+    of bfloat16 x for nvfp4 / mxfp4 (up to 384 on weights of 8192 rows or columns where the wgmma
+    GEMM runs: "hopper"), 64 rows of other 16-bit x and nf4, 16 of float32 x, fp4_linear above;
+    both give the same result. N = 8192 rows: from 65 rows of x the tiled op takes its GEMM there
+    (csrc/fp4/fp4_gemm_tiled_cuda.h)."""
+    if tiled == "hopper":
+        tiled = wgmma_gemm_runs(torch.device(DEV))
     torch.manual_seed(apt_seed)
-    layer = FP4Linear.from_linear(torch.nn.Linear(256, 8192), fmt=fmt).to(DEV)
+    layer = FP4Linear.from_linear(torch.nn.Linear(256, n), fmt=fmt).to(DEV)
     x = torch.randn(rows, 256, device=DEV, dtype=dtype)
     with torch.no_grad():  # inference: the bias parameter needs no gradient here
         assert layer._takes_tiled_path(x) is tiled
@@ -390,8 +396,9 @@ def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
         assert torch.equal(bits(v), bits(state[k])), k
 
 
-# the wgmma GEMM's kernel names: transposing product (2), stream-K (true), one wgmma slice per
-# commit group; 2 tiles per warp, 8 or 4 blocks of 8 rows of x
+# the wgmma GEMM's kernel names: transposing product (2), stream-K (true), wgmma slices per commit
+# group (2 for 2 x 64, else 1); 2 tiles per warp, 16, 8 or 4 blocks of 8 rows of x
+_SK128 = "2, 16, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 _SK64 = "2, 8, (apt::fp4::cuda::GemmProduct)2, true, 2>"
 _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 
@@ -400,11 +407,14 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 @pytest.mark.parametrize(("rows", "n", "k", "fmt", "kernel", "wgmma_kernel"), [
     (39, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (40, 8192, 256, "nvfp4", "gemv_tiled", _SK64),
     (64, 8192, 256, "mxfp4", "gemv_tiled", _SK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _SK64),
-    (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"),
-    (128, 8192, 256, "mxfp4", "gemm_tiled", _SK64), (129, 8192, 256, "nvfp4", "gemm_tiled", _SK64),
+    (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (95, 8192, 256, "mxfp4", "gemm_tiled", _SK64),
+    (96, 8192, 256, "nvfp4", "gemm_tiled", _SK128), (95, 16384, 256, "nvfp4", "gemm_tiled", _SK64),
+    (128, 8192, 256, "mxfp4", "gemm_tiled", _SK128), (129, 8192, 256, "nvfp4", "gemm_tiled", _SK128),
     (95, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (96, 512, 8192, "nvfp4", "gemv_tiled", _SK64),
+    (255, 512, 8192, "nvfp4", "gemv_tiled", _SK64), (256, 512, 8192, "mxfp4", "gemv_tiled", _SK128),
     (128, 512, 8191, "mxfp4", "gemv_tiled", "gemv_tiled"),
     (255, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (256, 4096, 256, "mxfp4", "gemv_tiled", _SK64),
+    (511, 4096, 256, "nvfp4", "gemv_tiled", _SK64), (512, 4096, 256, "nvfp4", "gemv_tiled", _SK128),
     (65, 8192, 256, "nf4", "gemv_tiled", "gemv_tiled"),
     (23, 16384, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (24, 16384, 256, "nvfp4", "gemv_tiled", _SK32),
     (32, 16384, 256, "mxfp4", "gemv_tiled", _SK32), (33, 16384, 256, "nvfp4", "gemv_tiled", _SK64),
@@ -414,8 +424,10 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     nvfp4 / mxfp4 with bfloat16 x): without wgmma the mma.sync GEMM from 65 rows of x on weights of
     8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its transposing
     stream-K form instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, 2 x 64
-    with two wgmma slices per commit group above), on weights of 8192 rows from 40 rows, where K is 8192 or more from 96 rows and on every
-    weight from 256 rows. Read off the profiler's kernel names (the template arguments: tiles per
+    with two wgmma slices per commit group above), on weights of 8192 rows from 40 rows, where K is
+    8192 or more from 96 rows and on every weight from 256 rows; its 2 x 128 tile (one slice per
+    group) on weights of 8192 rows from 96 rows, where K is 8192 or more from 256 rows and on
+    every weight from 512 rows. Read off the profiler's kernel names (the template arguments: tiles per
     warp, 8-row blocks of x, product, stream-K, slices per group), with the result checked against the
     reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel

@@ -67,13 +67,15 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 // The 2 x 128 tile (256 weight rows x 128 rows of x per block: each weight word decoded once for 128
 // rows, stream-K, one slice per group) replaces 2 x 64 on three of these routes, by the H100 sweeps
 // of the thirty-fourth session (nvfp4, bf16 x, do_bench medians; _H100_80GB_HBM3_round34.json at
-// 64-512 rows, _round34b.json at 96-1024):
-//  * from kWide128MinRows rows on weights of kGemmDefaultMinN rows: on 28672 x 8192 147.6 / 151.2 /
-//    273.8 / 534.4 us at 96 / 128 / 256 / 512 rows against 183.7 / 187.7 / 353.0 / 725.2 (bf16
-//    cuBLAS 174.7 / 172.0 / 204.7 / 356.0), on 14336 x 4096 59.6 / 60.1 / 92.3 / 159.4 against 62.0
-//    / 63.0 / 106.4 / 194.4; at 192 rows (two blocks of x, the second half empty) level or 4%
-//    slower (267.1 against 269.8, 89.9 against 86.3); at 64 rows slower (144.0 against 103.5 us on
-//    28672 x 8192, round34); 65-95 rows not measured;
+// 64-512 rows, _round34b.json at 96-1024, _round34c.json at 64-96):
+//  * from kWide128MinRows rows on weights of kGemmDefaultMinN rows (above 64 rows 2 x 64 needs two
+//    blocks of x, 2 x 128 one): on 28672 x 8192 143.9-146.5 us at 72-96 rows against 180.4-181.2 at
+//    72-88 (round34c), 147.6 / 151.2 / 273.8 / 534.4 at 96 / 128 / 256 / 512 rows against 183.7 /
+//    187.7 / 353.0 / 725.2 (bf16 cuBLAS 174.7 / 172.0 / 204.7 / 356.0), on 14336 x 4096 56.6-58.3 us
+//    at 72-88 rows against 60.1-61.4, 59.6 / 60.1 / 92.3 / 159.4 at 96 / 128 / 256 / 512 against
+//    62.0 / 63.0 / 106.4 / 194.4; at 192 rows (two blocks of x, the second half empty) level or 4%
+//    slower (267.1 against 269.8, 89.9 against 86.3); at 64 rows slower (144.1 against 103.5 us on
+//    28672 x 8192, round34c); 65-71 rows not measured;
 //  * from kWide128DeepMinRows rows where K is at least kStreamKDeepMinK: 4096 x 14336 at 256 / 512
 //    rows 92.2 / 150.2 us against 103.3 / 183.6 (at 96-192 rows slower: 69.7-91.3 against
 //    62.9-83.8);
@@ -89,7 +91,7 @@ constexpr int64_t kWgmmaAllMinRows = 256;
 constexpr int64_t kStreamKMinRows = 40;
 constexpr int64_t kStreamKDeepMinRows = 96;
 constexpr int64_t kStreamKDeepMinK = 8192;
-constexpr int64_t kWide128MinRows = 96;
+constexpr int64_t kWide128MinRows = 65;
 constexpr int64_t kWide128DeepMinRows = 256;
 constexpr int64_t kWide128AllMinRows = 512;
 

@@ -406,9 +406,9 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 @needs_cuda_build
 @pytest.mark.parametrize(("rows", "n", "k", "fmt", "kernel", "wgmma_kernel"), [
     (39, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (40, 8192, 256, "nvfp4", "gemv_tiled", _SK64),
-    (64, 8192, 256, "mxfp4", "gemv_tiled", _SK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _SK64),
-    (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (95, 8192, 256, "mxfp4", "gemm_tiled", _SK64),
-    (96, 8192, 256, "nvfp4", "gemm_tiled", _SK128), (95, 16384, 256, "nvfp4", "gemm_tiled", _SK64),
+    (64, 8192, 256, "mxfp4", "gemv_tiled", _SK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _SK128),
+    (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (64, 16384, 256, "mxfp4", "gemv_tiled", _SK64),
+    (65, 16384, 256, "nvfp4", "gemm_tiled", _SK128),
     (128, 8192, 256, "mxfp4", "gemm_tiled", _SK128), (129, 8192, 256, "nvfp4", "gemm_tiled", _SK128),
     (95, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (96, 512, 8192, "nvfp4", "gemv_tiled", _SK64),
     (255, 512, 8192, "nvfp4", "gemv_tiled", _SK64), (256, 512, 8192, "mxfp4", "gemv_tiled", _SK128),
@@ -426,7 +426,7 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     stream-K form instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, 2 x 64
     with two wgmma slices per commit group above), on weights of 8192 rows from 40 rows, where K is
     8192 or more from 96 rows and on every weight from 256 rows; its 2 x 128 tile (one slice per
-    group) on weights of 8192 rows from 96 rows, where K is 8192 or more from 256 rows and on
+    group) on weights of 8192 rows from 65 rows, where K is 8192 or more from 256 rows and on
     every weight from 512 rows. Read off the profiler's kernel names (the template arguments: tiles per
     warp, 8-row blocks of x, product, stream-K, slices per group), with the result checked against the
     reference."""

@@ -59,20 +59,24 @@ EnvGemm parse_env_gemm(const char* env) {
       std::sscanf(env, "%lld,%d,%d,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows, &mma, &j_group);
   if (rows == 0) rows = tiles >= 4 ? 32 : 64;
   const auto product = static_cast<GemmProduct>(mma);
-  const bool stream_k_ok = k_parts == 1 && product == GemmProduct::kWgmmaTranspose;  // splits -1
-  const bool ok = got >= 1 && min_rows >= 0 && mma >= 0 && mma <= 2 && k_parts_ok(k_parts, product) &&
-                  (splits >= 0 || (splits == -1 && stream_k_ok)) && rows % 8 == 0 &&
+  const bool stream_k_ok =
+      k_parts == 1 && (product == GemmProduct::kWgmmaTranspose || product == GemmProduct::kWgmmaBulk);  // splits -1
+  const bool ok = got >= 1 && min_rows >= 0 && mma >= 0 && mma <= 3 && k_parts_ok(k_parts, product) &&
+                  (splits >= 0 || (splits == -1 && stream_k_ok)) &&
+                  (product != GemmProduct::kWgmmaBulk || splits == -1) && rows % 8 == 0 &&
                   warp_tile_built(tiles, rows / 8, product) && j_group_built(j_group, tiles, rows / 8, product) &&
                   gemm_smem_bytes(tiles, rows / 8, k_parts, product) <= kMaxSmem;
   TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group]]]]]]' "
                     "with min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) or -1 (stream-K, with "
-                    "k_parts 1 and mma 2), mma 0 (mma.sync), 1 (wgmma, x copied word by word) or 2 (wgmma, x "
-                    "transposed in shared memory; both wgmma kinds take k_parts 1 or 2) and a warp tile "
+                    "k_parts 1 and mma 2 or 3), mma 0 (mma.sync), 1 (wgmma, x copied word by word), 2 (wgmma, x "
+                    "transposed in shared memory; 1 and 2 take k_parts 1 or 2) or 3 (wgmma, x rearranged once and "
+                    "copied by bulk copies; k_parts 1 and splits -1 only) and a warp tile "
                     "(tiles_per_warp, rows of x per block) built for it: "
                     "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
-                    "mma 1 also (1 or 2, 8 or 16), mma 2 also (2, 128); rows 0 meaning 64 below 4 tiles, else 32; "
-                    "k_parts 4 only with 32 rows, wgmma (1, 128) and (2, 128) only with 1 (shared memory); "
-                    "j_group 1, or with mma 2 also 2 for (2, 32), (2, 64), (1, 128) and (2, 128); got '", env, "'");
+                    "mma 1 also (1 or 2, 8 or 16), mma 2 also (2, 128), mma 3 only (2, 64) and (2, 128); rows 0 "
+                    "meaning 64 below 4 tiles, else 32; k_parts 4 only with 32 rows, wgmma (1, 128) and (2, 128) "
+                    "only with 1 (shared memory); j_group 1, or with mma 2 also 2 for (2, 32), (2, 64), (1, 128) "
+                    "and (2, 128), with mma 3 for both of its tiles; got '", env, "'");
   return EnvGemm{min_rows, GemmTiledConfig{k_parts, splits, tiles, rows, product, j_group}};
 }
 std::optional<EnvGemm> env_gemm() {
@@ -106,13 +110,13 @@ std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Form
   return std::nullopt;
 }
 
-void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTiledConfig& cfg,
-                       const at::Tensor& like, cudaStream_t stream) {
+void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTiledConfig& cfg, const at::Tensor& x,
+                       cudaStream_t stream) {
   TORCH_CHECK(gemm_tiled_supported(f, at::kBFloat16), "fp4_linear_tiled: the GEMM path takes nvfp4 and mxfp4 only");
   const int tw = cfg.tiles_per_warp, xb = cfg.rows_per_block / 8;
   const GemmProduct product = cfg.product;
-  TORCH_CHECK_VALUE(!is_wgmma(product) || wgmma_available(like.get_device()),
-                    "fp4_linear_tiled: the wgmma GEMM (APT_FP4_GEMM's sixth field 1 or 2) needs a build for sm_90a "
+  TORCH_CHECK_VALUE(!is_wgmma(product) || wgmma_available(x.get_device()),
+                    "fp4_linear_tiled: the wgmma GEMM (APT_FP4_GEMM's sixth field 1, 2 or 3) needs a build for sm_90a "
                     "(APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU");
   TORCH_CHECK_VALUE(cfg.rows_per_block % 8 == 0 && warp_tile_built(tw, xb, product),
                     "fp4_linear_tiled: no GEMM built for ", tw, " tiles per warp and ", cfg.rows_per_block,
@@ -138,7 +142,7 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
   // each, as compiled), keeping at least kMinStepsPerPart steps per K part. Stream-K (-1): one
   // block per such slot, sharing every output block's K steps evenly (at least kMinStepsPerPart
   // each).
-  const int64_t slots = static_cast<int64_t>(sm_count(like.get_device())) * blocks_per_sm(tw, xb);
+  const int64_t slots = static_cast<int64_t>(sm_count(x.get_device())) * blocks_per_sm(tw, xb);
   const int64_t sums = static_cast<int64_t>(tw) * xb * 4 * args.rw * 32;  // floats of one block's sums
   args.m_blocks = static_cast<int>(m_blocks);
   args.out_blocks = blocks;
@@ -146,15 +150,15 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
   at::Tensor partials, arrivals;
   dim3 grid;
   if (stream_k) {
-    TORCH_CHECK_VALUE(cfg.k_parts == 1 && product == GemmProduct::kWgmmaTranspose,
+    TORCH_CHECK_VALUE(cfg.k_parts == 1 && (product == GemmProduct::kWgmmaTranspose || product == GemmProduct::kWgmmaBulk),
                       "fp4_linear_tiled: the stream-K GEMM (splits -1) is built for one K part and the transposing "
-                      "wgmma product (sixth field 2), got ", cfg.k_parts, " K parts and product ",
+                      "or bulk wgmma product (sixth field 2 or 3), got ", cfg.k_parts, " K parts and product ",
                       static_cast<int>(product));
     const int64_t workers = std::max<int64_t>(1, std::min(slots, blocks * args.steps / kMinStepsPerPart));
     args.splits = 1;
     args.steps_per_part = args.steps;
-    partials = at::empty({2 * workers * sums}, like.options().dtype(at::kFloat));
-    arrivals = at::zeros({blocks}, like.options().dtype(at::kInt));
+    partials = at::empty({2 * workers * sums}, x.options().dtype(at::kFloat));
+    arrivals = at::zeros({blocks}, x.options().dtype(at::kInt));
     args.partials = partials.mutable_data_ptr<float>();
     args.arrivals = arrivals.mutable_data_ptr<int>();
     grid = dim3(static_cast<unsigned>(workers));
@@ -165,12 +169,27 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
     args.splits = static_cast<int>(splits);
     args.steps_per_part = (args.steps + args.kw * splits - 1) / (args.kw * splits);
     if (splits > 1) {
-      partials = at::empty({blocks * splits * sums}, like.options().dtype(at::kFloat));
-      arrivals = at::zeros({blocks}, like.options().dtype(at::kInt));
+      partials = at::empty({blocks * splits * sums}, x.options().dtype(at::kFloat));
+      arrivals = at::zeros({blocks}, x.options().dtype(at::kInt));
       args.partials = partials.mutable_data_ptr<float>();
       args.arrivals = arrivals.mutable_data_ptr<int>();
     }
     grid = dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(splits));
+  }
+  // The bulk product reads x rearranged into core-matrix order (fp4_gemm_tiled_kernel_cuda.h,
+  // bulk_x_step_elems): rows padded with zeros to whole blocks of x, then per (block of x, step) the
+  // 8 XB x 128 values in the order wgmma_x_word gives (words of columns 32 c + 8 t + 2 v, + 1 of row n
+  // at 512 (n / 8) + 32 (4 c + v) + 4 (n % 8) + t): one copy kernel, about the size of x.
+  at::Tensor x_core;
+  if (product == GemmProduct::kWgmmaBulk) {
+    TORCH_CHECK_VALUE(stream_k, "fp4_linear_tiled: the bulk wgmma product (sixth field 3) is built for stream-K only "
+                      "(splits -1)");
+    TORCH_CHECK(x.is_contiguous() && x.size(0) == args.m && x.size(1) == args.steps * kStepCols,
+                "fp4_linear_tiled: the bulk product needs x as [m, steps * 128], contiguous");
+    const int64_t rows = m_blocks * 8 * xb;
+    const at::Tensor xp = rows == args.m ? x : at::constant_pad_nd(x, {0, 0, 0, rows - args.m});
+    x_core = xp.view({m_blocks, xb, 8, args.steps, 4, 4, 4, 2}).permute({0, 3, 1, 4, 6, 2, 5, 7}).contiguous();
+    args.x = x_core.const_data_ptr();
   }
   const GemmKernelLaunch launch{args, grid, smem, stream, tw, xb, product, stream_k, cfg.j_group};
   if (f == Format::NVFP4) {

@@ -105,6 +105,8 @@ enum class GemmProduct : int {
   kWgmmaWordCopy = 1,   // wgmma; x copied word by word (4 bytes) straight into wgmma's core matrices
   kWgmmaTranspose = 2,  // wgmma; x copied by 16-byte chunks into a plain ring, then transposed into
                         // the core matrices in shared memory
+  kWgmmaBulk = 3,       // wgmma; x rearranged into core-matrix order once per call (global memory),
+                        // each step's block of it copied by one bulk copy (TMA) per block
 };
 // One launch configuration of the GEMM: its K parts per block (1, 2 or 4), its blocks along K (0:
 // enough to fill the GPU; -1: stream-K, one block per multiprocessor slot sharing every output
@@ -131,10 +133,11 @@ struct GemmTiledConfig {
 std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Format f, at::ScalarType x_dtype,
                                           int device);
 
-// Launches the GEMM on `stream` for `args` as fp4_linear_tiled fills them (x padded to whole
-// steps and 16-byte aligned, out [m, n] bfloat16); sets the block shape fields itself and
-// allocates the splits' workspace like `like` (same device).
-void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTiledConfig& cfg, const at::Tensor& like,
+// Launches the GEMM on `stream` for `args` as fp4_linear_tiled fills them (out [m, n] bfloat16) and
+// `x`, the tensor args.x points at ([m, steps * 128] bfloat16, contiguous: padded to whole steps,
+// 16-byte aligned); sets the block shape fields itself, allocates the splits' workspace on x's
+// device and, for the bulk product, x's rearranged copy.
+void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTiledConfig& cfg, const at::Tensor& x,
                        cudaStream_t stream);
 
 }  // namespace apt::fp4::cuda

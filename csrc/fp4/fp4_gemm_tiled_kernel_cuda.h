@@ -40,6 +40,12 @@
 //    - transposed: 16-byte copies one step further ahead into three plain buffers, and after step
 //      s's barrier the threads rewrite step s + 1's copy into the third of three core-matrix
 //      buffers (the one step s - 2 read);
+//    - bulk (thirty-fourth session): launch_gemm_tiled rearranges x into core-matrix order in
+//      global memory once per call (one copy kernel), and one thread per block copies each step's
+//      8 XB x 128 values with one bulk copy (TMA) into the fourth of four stages (the one step
+//      s - 2 read), completing that stage's shared-memory barrier, for which every thread waits
+//      before the step's products: no copy or transposition instructions in the main loop (sm_90a
+//      ptxas: 879-895 instructions per two steps of a warp against the transposing form's 1009);
 //  * the K parts' sums meet in shared memory at the end; with `splits` blocks along K (to fill the
 //    GPU when N and M give few blocks) the blocks' sums meet in global memory, added in split
 //    order by the last block to finish (one launch besides zeroing the arrival counters;
@@ -78,9 +84,14 @@ constexpr bool is_wgmma(GemmProduct p) { return p != GemmProduct::kMmaSync; }
 // whose 272-byte pitch puts a quarter-warp's 16-byte reads of 8 rows in 8 different bank groups,
 // and keeps kXCoreStages stages of core matrices besides.
 constexpr int x_copy_pitch(GemmProduct p) {
-  return p == GemmProduct::kMmaSync ? kXPitch : (p == GemmProduct::kWgmmaWordCopy ? kStepCols : kStepCols + 8);
+  return p == GemmProduct::kMmaSync ? kXPitch
+                                    : (p == GemmProduct::kWgmmaTranspose ? kStepCols + 8 : kStepCols);
 }
-constexpr int x_copy_stages(GemmProduct p) { return p == GemmProduct::kWgmmaWordCopy ? kXAhead + 2 : kXAhead + 1; }
+// The word copies and the bulk copies fill the core matrices themselves (one stage more than the
+// steps copied ahead: a step's last wgmmas may still read the stage before).
+constexpr int x_copy_stages(GemmProduct p) {
+  return p == GemmProduct::kWgmmaWordCopy || p == GemmProduct::kWgmmaBulk ? kXAhead + 2 : kXAhead + 1;
+}
 constexpr int kXCoreStages = 3;  // the transposing form's core-matrix stages
 // Steps a copy is issued ahead of the barrier after which the step's products start (the
 // transposing form reads a step's copy one step before its products).
@@ -117,6 +128,10 @@ constexpr bool transpose_word_matches() {
 static_assert(transpose_word_matches(), "transpose_word is not wgmma_x_word");
 static_assert(kWgmmaSbo == 8 * sizeof(__nv_bfloat16) * kStepCols && kStepCols == 128,
               "wgmma's descriptor steps over 8 staged rows of one 128-column step");
+
+// The bulk product: x in core-matrix order in global memory (launch_gemm_tiled rearranges it), step
+// s of x block b at (b * steps + s) * 8 XB * kStepCols bfloat16, one bulk copy per step.
+__host__ __device__ constexpr int64_t bulk_x_step_elems(int xb) { return int64_t{8} * xb * kStepCols; }
 
 // bfloat16 of one K part's x stages.
 constexpr size_t x_part_elems(GemmProduct p, int xb) {
@@ -173,6 +188,7 @@ constexpr bool warp_tile_built(int tw, int xb, GemmProduct p) {
   if (p == GemmProduct::kMmaSync) {
     return (tw == 2 && xb == 8) || (tw == 4 && xb == 4) || (tw == 2 && xb == 4) || (tw == 1 && xb == 8);
   }
+  if (p == GemmProduct::kWgmmaBulk) return tw == 2 && (xb == 8 || xb == 16);
   return (tw == 2 && xb == 4) || (tw == 1 && xb == 8) || (tw == 2 && xb == 8) || (tw == 1 && xb == 16) ||
          (p == GemmProduct::kWgmmaTranspose && tw == 2 && xb == 16) ||
          (p == GemmProduct::kWgmmaWordCopy && (tw == 1 || tw == 2) && (xb == 1 || xb == 2));
@@ -180,7 +196,10 @@ constexpr bool warp_tile_built(int tw, int xb, GemmProduct p) {
 
 // K parts a wgmma block may have: a warpgroup (4 warps: one wgmma) must lie in one K part, so
 // 8 / KW warps along N must be a multiple of 4.
-constexpr bool k_parts_ok(int kw, GemmProduct p) { return kw == 1 || kw == 2 || (kw == 4 && !is_wgmma(p)); }
+// The bulk product takes one: one thread of the block issues its copies.
+constexpr bool k_parts_ok(int kw, GemmProduct p) {
+  return kw == 1 || (p != GemmProduct::kWgmmaBulk && (kw == 2 || (kw == 4 && !is_wgmma(p))));
+}
 
 // 16-column slices a wgmma warpgroup decodes before committing their products as one group
 // (GemmTiledConfig::j_group): 1 everywhere; 2 for the transposing product with the 2 x 32, 2 x 64,
@@ -189,7 +208,7 @@ constexpr bool k_parts_ok(int kw, GemmProduct p) { return kw == 1 || kw == 2 || 
 // session and measured slower than two everywhere (docs/fp4_gpu.md), so they are not.
 constexpr bool j_group_built(int jg, int tw, int xb, GemmProduct p) {
   const bool two_ok = (tw == 2 && (xb == 4 || xb == 8 || xb == 16)) || (tw == 1 && xb == 16);
-  return jg == 1 || (jg == 2 && p == GemmProduct::kWgmmaTranspose && two_ok);
+  return jg == 1 || (jg == 2 && (p == GemmProduct::kWgmmaTranspose || p == GemmProduct::kWgmmaBulk) && two_ok);
 }
 
 // Publishing a block's sums for another block to add (split-K and stream-K): a thread's sum e
@@ -290,6 +309,7 @@ __device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const T
                                                 int s_begin, int n_steps, int loop_steps) {
   static_assert(F != Format::NF4, "nf4 decodes through a shared-memory table: the GEMV path");
   constexpr bool kWg = is_wgmma(P), kTranspose = P == GemmProduct::kWgmmaTranspose;
+  constexpr bool kBulk = P == GemmProduct::kWgmmaBulk;
   constexpr int kBlockRows = 8 * XB;                           // rows of x per block
   constexpr int kXPitchP = x_copy_pitch(P);                    // bfloat16 per copied row
   constexpr int kXStageElems = kBlockRows * kXPitchP;          // one copied step of one K part
@@ -315,12 +335,24 @@ __device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const T
   // matrices in A's column order).
   // Index arithmetic in the copy and the transposition is unsigned: q / 16 and q % 16 are then
   // a shift and a mask, without the sign fix-ups the signed forms took in every step's SASS.
+  // The bulk product: thread 0 copies step s's block of the rearranged x (bulk_x_step_elems) into
+  // stage s % kXStages with one bulk copy that completes the phase of the stage's barrier
+  // x_full[s % kXStages]; the barriers are set up for each call (the phase of step s is then
+  // (s / kXStages) % 2) and invalidated at its end.
   const int part_thread = threadIdx.x - part * args.rw * 32, part_threads = args.rw * 32;
   const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(args.x);
+  __shared__ __align__(8) uint64_t x_full[kBulk ? kXStages : 1];
+  auto full_bar = [&](int s) { return static_cast<uint32_t>(__cvta_generic_to_shared(&x_full[s % kXStages])); };
   auto load_x_step = [&](int s) {
     __nv_bfloat16* dst = xs + (s % kXStages) * kXStageElems;
     const __nv_bfloat16* x_step = x + static_cast<int64_t>(s_begin + s) * kStepCols;
-    if constexpr (P == GemmProduct::kWgmmaWordCopy) {
+    if constexpr (kBulk) {
+      if (threadIdx.x == 0) {
+        const int64_t step = static_cast<int64_t>(ob % args.m_blocks) * args.steps + s_begin + s;
+        bulk_copy_to_shared(static_cast<uint32_t>(__cvta_generic_to_shared(dst)), x + step * bulk_x_step_elems(XB),
+                            static_cast<uint32_t>(sizeof(__nv_bfloat16) * bulk_x_step_elems(XB)), full_bar(s));
+      }
+    } else if constexpr (P == GemmProduct::kWgmmaWordCopy) {
       for (int w = part_thread; w < kBlockRows * kStepCols / 2; w += part_threads) {
         const int64_t row = row_first + wgmma_x_word_row(w);
         const bool valid = row < args.m;
@@ -362,6 +394,13 @@ __device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const T
   // tiles loads nothing; with wgmma every warp of a warpgroup must take part in its wgmma, so
   // such a warp decodes the layout's first tile (its sums are not written).
   const bool loads = kWg || has_tile;
+  if constexpr (kBulk) {
+    if (threadIdx.x == 0) {
+      for (int i = 0; i < kXStages; ++i) mbarrier_init(full_bar(i), 1);
+      mbarrier_init_fence();
+    }
+    __syncthreads();  // the barriers are set up before any thread waits on them
+  }
   WeightRing<F, kWeightStages, TW> ring(args, has_tile ? tile0 : 0, s_begin, lane);
 #pragma unroll
   for (int i = 0; i < kWeightStages; ++i) {
@@ -390,12 +429,15 @@ __device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const T
   // wgmma of the kernel: seen in the SASS, one wait_group 0 after each.)
   auto step = [&](int s, auto slot) {
     constexpr int I = decltype(slot)::value;
-    cp_async_wait<kXAhead - 1>();
-    if constexpr (kWg) fence_proxy_async_shared();
+    if constexpr (!kBulk) {
+      cp_async_wait<kXAhead - 1>();
+      if constexpr (kWg) fence_proxy_async_shared();
+    }
     __syncthreads();  // step s's x is in shared memory; copy stage (s + kXCopyAhead) % kXStages is free again
     if (s + kXCopyAhead < n_steps) load_x_step(s + kXCopyAhead);
     cp_async_commit();
     if (s >= n_steps || !loads) return;
+    if constexpr (kBulk) mbarrier_wait(full_bar(s), static_cast<uint32_t>(s / kXStages) & 1u);
     if constexpr (kTranspose) {
       if (s + 1 < n_steps) transpose_x_step(s + 1);
     }
@@ -406,7 +448,7 @@ __device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const T
       // before is done, so its A registers are free again).
       static_assert(8 % JG == 0, "JG slices per group divide a step's 8 slices");
       const __nv_bfloat16* core = kTranspose ? x_core + (s % kXCoreStages) * kCoreStageElems
-                                             : xs + (s % kXStages) * kXStageElems;
+                                             : xs + (s % kXStages) * kXStageElems;  // word / bulk copies
       const uint64_t desc0 =
           wgmma_desc_k_major(static_cast<uint32_t>(__cvta_generic_to_shared(core)), kWgmmaLbo, kWgmmaSbo);
 #pragma unroll
@@ -470,6 +512,11 @@ __device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const T
   }
   cp_async_wait<0>();
   __syncthreads();  // the x stages are reused for the K-part sums, or by the next output block
+  if constexpr (kBulk) {
+    if (threadIdx.x == 0) {  // every copy has landed (each step waited for its own)
+      for (int i = 0; i < kXStages; ++i) mbarrier_inval(full_bar(i));
+    }
+  }
 }
 
 // Grid, without stream-K: (ceil(n_tiles / (TW WN)) * m_blocks, splits) blocks (m_blocks =
@@ -585,22 +632,28 @@ void launch_gemm_kernel(const GemmKernelLaunch& launch) {
         if (launch.j_group == 2) with(std::integral_constant<int, 2>{});
         else with(std::integral_constant<int, 1>{});
       };
-      if constexpr (P == GemmProduct::kWgmmaTranspose) {
-        if (launch.stream_k) {
-          by_j_group(std::true_type{});
-          return;
+      if constexpr (P == GemmProduct::kWgmmaBulk) {
+        by_j_group(std::true_type{});  // built for stream-K only (launch_gemm_tiled checks)
+      } else {
+        if constexpr (P == GemmProduct::kWgmmaTranspose) {
+          if (launch.stream_k) {
+            by_j_group(std::true_type{});
+            return;
+          }
         }
+        by_j_group(std::false_type{});
       }
-      by_j_group(std::false_type{});
     }
   };
   dispatch_warp_tile(launch.tw, launch.xb, launch.product, [&](auto tw_c, auto xb_c) {
     using MmaSync = std::integral_constant<GemmProduct, GemmProduct::kMmaSync>;
     using WordCopy = std::integral_constant<GemmProduct, GemmProduct::kWgmmaWordCopy>;
     using Transpose = std::integral_constant<GemmProduct, GemmProduct::kWgmmaTranspose>;
+    using Bulk = std::integral_constant<GemmProduct, GemmProduct::kWgmmaBulk>;
     if (launch.product == GemmProduct::kMmaSync) by_product(tw_c, xb_c, MmaSync{});
     else if (launch.product == GemmProduct::kWgmmaWordCopy) by_product(tw_c, xb_c, WordCopy{});
-    else by_product(tw_c, xb_c, Transpose{});
+    else if (launch.product == GemmProduct::kWgmmaTranspose) by_product(tw_c, xb_c, Transpose{});
+    else by_product(tw_c, xb_c, Bulk{});
   });
 }
 

@@ -588,7 +588,7 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   auto stream = c10::cuda::getCurrentCUDAStream();
   if (const std::optional<GemmTiledConfig> gemm = choose_gemm(m, n, k, f, x.scalar_type(), x.get_device())) {
     args.evict_first = true;
-    launch_gemm_tiled(args, f, gelu, *gemm, x, stream);
+    launch_gemm_tiled(args, f, gelu, *gemm, x2, stream);
     return out.view(out_sizes);
   }
   const bool fp32x = x.scalar_type() == at::kFloat;

@@ -111,6 +111,44 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
   APT_WGMMA_ASM("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// Shared-memory barriers (mbarrier) and the bulk copy (TMA, one dimension) that fill the bulk
+// product's x stages (GemmProduct::kWgmmaBulk): one thread arms a stage's barrier with the bytes to
+// expect and starts the copy, which completes the barrier's phase when the bytes have landed; every
+// thread waits for that phase. `bar` and `dst` are shared-memory addresses (__cvta_generic_to_shared).
+__device__ __forceinline__ void mbarrier_init(uint32_t bar, uint32_t arrivals) {
+  APT_WGMMA_ASM("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(arrivals) : "memory");
+}
+// Makes initialised barriers visible to the async proxy (the bulk copies); a block barrier after it
+// makes them visible to the other threads.
+__device__ __forceinline__ void mbarrier_init_fence() {
+  APT_WGMMA_ASM("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbarrier_inval(uint32_t bar) {
+  APT_WGMMA_ASM("mbarrier.inval.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// `bytes` global -> shared (16-byte aligned, a multiple of 16), completing the current phase of
+// `bar` (armed by this thread's arrive with the byte count).
+__device__ __forceinline__ void bulk_copy_to_shared(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  APT_WGMMA_ASM("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+  APT_WGMMA_ASM("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                ::"r"(dst), "l"(src), "r"(bytes), "r"(bar)
+                : "memory");
+}
+// Waits until phase `parity` (0 or 1) of `bar` has completed.
+__device__ __forceinline__ void mbarrier_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done) {
+    APT_WGMMA_ASM(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    done = 1;  // other targets trap above
+#endif
+  }
+}
+
 // Keeps the compiler from moving accesses of the accumulators across a wgmma wait or fence (the
 // registers change asynchronously between a wgmma and its wait).
 template <int XB>

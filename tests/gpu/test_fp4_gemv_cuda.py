@@ -135,7 +135,8 @@ def test_gemv_launch_variants(launch, monkeypatch):
                 _check(fmt, m, torch.bfloat16, True, n=300, k=4192, apt_seed=7, step_major=sm)
 
 
-# wgmma with x copied word by word (mma 1) and transposed in shared memory (mma 2).
+# wgmma with x copied word by word (mma 1), transposed in shared memory (mma 2) and rearranged once,
+# then staged by bulk copies (mma 3).
 WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,1", "17,1,0,2,64,1", "17,2,3,2,64,1",
                  "17,1,0,1,128,1", "17,1,3,1,128,1", "1,1,0,1,8,1", "1,2,0,2,8,1", "1,1,0,1,16,1", "1,1,3,2,16,1",
                  "17,1,0,2,32,2", "1,2,5,1,64,2", "17,1,0,2,64,2", "17,2,3,2,64,2", "17,1,0,1,128,2",
@@ -145,7 +146,9 @@ WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,
                  "1,1,-1,2,64,2,2", "17,1,0,2,32,2,2", "1,1,0,1,128,2,2", "17,1,-1,1,128,2,2", "17,2,0,2,64,2,2",
                  "1,1,-1,2,32,2,2",
                  # the 2 x 128 tile (transposing product only)
-                 "17,1,0,2,128,2", "17,1,-1,2,128,2", "17,1,-1,2,128,2,2"]
+                 "17,1,0,2,128,2", "17,1,-1,2,128,2", "17,1,-1,2,128,2,2",
+                 # x rearranged once and staged by bulk copies (mma 3: stream-K, 2 x 64 and 2 x 128)
+                 "17,1,-1,2,128,3", "17,1,-1,2,128,3,2", "1,1,-1,2,64,3", "17,1,-1,2,64,3,2"]
 
 
 def _wgmma_runs() -> bool:
@@ -181,11 +184,12 @@ def probe_gemm_mapping(m: int, n: int, k: int) -> None:
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,1,0,2,32,1", "17,1,0,1,64,1", "17,1,0,1,128,1", "1,1,0,1,16,1",
                                   "17,1,0,2,64,2", "17,1,0,1,128,2",
-                                  "17,1,0,2,64,2,2", "17,1,-1,1,128,2,2", "17,1,-1,2,128,2,2"])
+                                  "17,1,0,2,64,2,2", "17,1,-1,1,128,2,2", "17,1,-1,2,128,2,2", "17,1,-1,2,128,3",
+                                  "17,1,-1,2,64,3,2"])
 def test_wgmma_gemm_operand_layouts(gemm, monkeypatch):
     """The wgmma GEMM on one-hot rows of x (probe_gemm_mapping), for n = 32, 64, 128 and 16 rows
-    of x per instruction, x copied word by word (mma 1) or transposed in shared memory (mma 2): a
-    wrong shared-memory layout of x or wrong register fragments name themselves in the failure
+    of x per instruction, x copied word by word (mma 1), transposed in shared memory (mma 2) or rearranged once and staged
+    by bulk copies (mma 3): a wrong shared-memory layout of x or wrong register fragments name themselves in the failure
     message."""
     if not _wgmma_runs():
         pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
@@ -198,13 +202,15 @@ def test_wgmma_gemm_operand_layouts(gemm, monkeypatch):
 @pytest.mark.parametrize("gemm", ["17,1,0,1,8,2", "17,1,0,2,64,3", "17,4,0,2,32,1", "17,2,0,1,128,2", "17,1,0,2,48",
                                   "17,2,-1,2,64,2", "17,1,-1,2,64,0", "17,1,-2,2,64,2", "17,1,0,2,64,2,3",
                                   "17,1,0,2,64,1,2", "17,1,0,1,64,2,2", "17,1,0,2,64,0,2", "17,1,0,2,32,2,4",
-                                  "17,1,-1,2,64,2,4", "17,1,0,1,128,2,4", "17,1,0,2,128,1", "17,2,0,2,128,2"])
+                                  "17,1,-1,2,64,2,4", "17,1,0,1,128,2,4", "17,1,0,2,128,1", "17,2,0,2,128,2",
+                                  "17,1,0,2,64,3", "17,2,-1,2,64,3", "17,1,-1,1,64,3", "17,1,-1,2,32,3", "17,1,-1,2,64,4"])
 def test_gemm_config_rejects_what_is_not_built(gemm, monkeypatch):
     """APT_FP4_GEMM naming a product, K parts or warp tile that no kernel was built for (the
     transposing wgmma at 8 rows, mma 3, wgmma with 4 K parts, 1 x 128 with 2 K parts: over the
     shared memory, 48 rows; stream-K with 2 K parts or mma.sync, splits -2; 3 wgmma slices per
     group, or 2 / 4 with word copies, the 1 x 64 tile or mma.sync, 4 with 2 x 32; 2 x 128 with word
-    copies or 2 K parts) is a ValueError
+    copies or 2 K parts; the bulk product (mma 3) without stream-K, with 2 K parts or a tile not built
+    for it; mma 4) is a ValueError
     that quotes the variable, not a launch."""
     monkeypatch.setenv("APT_FP4_GEMM", gemm)
     with pytest.raises(ValueError, match="APT_FP4_GEMM"):

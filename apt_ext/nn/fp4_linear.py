@@ -35,9 +35,16 @@ from apt_ext.fp4.weight import FP4Weight, quantize
 # at 512 rows it lost on the first two (159.4 against 153.6, 150.2 against 143.1). On 4096 x 4096
 # the tiled op lost from 192 rows (48.7 against 38.8 us), so smaller weights keep 128. Weights
 # with one side of 8192 or more and the other under 4096 were not measured.
+# Weights of at least TILED_LARGE_MIN_FEATURES rows go on to TILED_MAX_ROWS_HOPPER_WIDE rows since
+# the GEMM's bulk product (thirty-fifth session; csrc/fp4/fp4_gemm_tiled_cuda.h): at 512 rows it took
+# 136.5 / 428.4 us on 14336 x 4096 / 28672 x 8192 against dequantise + cuBLAS's 152.5 / 586.0 on an
+# H100 (benchmarks/results/fp4_gemv_sweep_NVIDIA_H100_80GB_HBM3_round35b.json), 133.1 / 421.5 against
+# 144.9 / 557.0 on an H200 (_H200_round35.json); at 1024 rows it lost on 14336 x 4096 (245.5 against
+# 225.4). 4096 x 14336 at 512 rows lost (147.0 against 143.3, H100) and keeps 384.
 TILED_MAX_ROWS = 64
 TILED_MAX_ROWS_BF16_NVFP4_MXFP4 = 128
 TILED_MAX_ROWS_HOPPER_LARGE = 384
+TILED_MAX_ROWS_HOPPER_WIDE = 512
 TILED_LARGE_MIN_FEATURES = 8192
 TILED_MAX_ROWS_FLOAT32 = 16
 # Rows of x up to which inference on a CPU with the AVX-512 FP4 path uses the CPU tiled copy
@@ -79,8 +86,9 @@ class FP4Linear(nn.Module):
 
     On CUDA, calls that need no gradient with at most ``TILED_MAX_ROWS`` rows of x
     (``TILED_MAX_ROWS_BF16_NVFP4_MXFP4`` for nvfp4 / mxfp4 with bfloat16 x, on Hopper
-    ``TILED_MAX_ROWS_HOPPER_LARGE`` for those on weights with ``TILED_LARGE_MIN_FEATURES`` rows or
-    columns, ``TILED_MAX_ROWS_FLOAT32`` for float32 x) run on a tiled copy of the weight
+    ``TILED_MAX_ROWS_HOPPER_WIDE`` for those on weights with ``TILED_LARGE_MIN_FEATURES`` rows,
+    ``TILED_MAX_ROWS_HOPPER_LARGE`` on weights with that many columns, ``TILED_MAX_ROWS_FLOAT32`` for
+    float32 x) run on a tiled copy of the weight
     (``apt_ext.fp4.tiled``), built at the first such call and kept beside the buffers (not
     saved; rebuilt after ``.to()`` or ``load_state_dict``; not made while ``apt_ext.vgpu.offload``
     pages the layer's weights, whose device budget it would break).
@@ -240,7 +248,8 @@ class FP4Linear(nn.Module):
             max_rows = TILED_MAX_ROWS_BF16_NVFP4_MXFP4
             if (max(self.in_features, self.out_features) >= TILED_LARGE_MIN_FEATURES
                     and x.numel() > max_rows * self.in_features and wgmma_gemm_runs(x.device)):
-                max_rows = TILED_MAX_ROWS_HOPPER_LARGE
+                max_rows = (TILED_MAX_ROWS_HOPPER_WIDE if self.out_features >= TILED_LARGE_MIN_FEATURES
+                            else TILED_MAX_ROWS_HOPPER_LARGE)
         else:
             max_rows = TILED_MAX_ROWS
         if not self.packed.is_cuda or x.numel() > max_rows * self.in_features:

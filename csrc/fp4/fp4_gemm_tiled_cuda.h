@@ -81,10 +81,23 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 //    62.9-83.8);
 //  * from kWide128AllMinRows rows on every weight: 4096 x 4096 at 512 / 1024 rows 63.1 / 101.2 us
 //    against 64.9 / 116.9 (at 256 / 384 slower: 48.4 / 56.0 against 42.0 / 55.1).
+// The bulk product (GemmProduct::kWgmmaBulk, two slices per group) replaces the transposing one on
+// every 2 x 128 route, and takes the 33-64 row route on weights of kWgmmaWideMinN rows (2 x 64), by
+// the sweeps of the thirty-fifth session (nvfp4, bf16 x, do_bench medians; H100:
+// _H100_80GB_HBM3_round35b.json at 33-1024 rows; H200: _H200_round35.json at 64-512):
+//  * 2 x 128 on 28672 x 8192: 129.5 / 126.1 / 229.3 / 428.4 / 841.5 us at 96 / 128 / 256 / 512 / 1024
+//    rows against the transposing form's 146.3 / 149.5 / 275.7 / 544.7 / 1081.0 (H100; H200 at 128
+//    rows 120.6 against 145.8); on 14336 x 4096 56.8 / 81.9 / 136.5 at 128 / 256 / 512 rows against
+//    59.5 / 91.0 / 157.6, but 62.0 against 59.0 at 96 (H100; H200 58.2 against 56.3); level on the
+//    deep and all-weights routes (4096 x 14336 at 256-1024 rows 93.2 / 120.9 / 147.0 / 274.0 against
+//    91.9 / 121.2 / 149.6 / 273.4; 4096 x 4096 at 512 / 1024 rows 62.7 / 98.8 against 62.2 / 100.2);
+//  * 2 x 64 on 28672 x 8192 at 64 rows 96.5 us against 103.8 (H100; H200 91.3 against 98.9), level at
+//    33 / 48 rows (99.9 / 101.0 against 100.2 / 101.5); not on 14336 x 4096 (43.4 against 41.5 at 64
+//    rows) nor 4096 x 14336 (50.0 against 44.3).
 // The routes without wgmma (mma.sync) stay as measured on their own.
 // apt_ext.nn.FP4Linear sends calls above 128 rows (on Hopper with a weight of 8192 rows or columns:
-// above 384) to dequantise + cuBLAS (fp4_linear), so the routes above serve callers of the tiled
-// op itself.
+// above 384, of 8192 rows: above 512) to dequantise + cuBLAS (fp4_linear), so the routes above
+// serve callers of the tiled op itself.
 constexpr int64_t kWgmmaMinRows = 24;
 constexpr int64_t kWgmmaWideMinN = 16384;
 constexpr int64_t kWgmmaAllMinRows = 256;
@@ -113,7 +126,7 @@ enum class GemmProduct : int {
 // block's K steps evenly, one K part only), its tiles per warp and rows of x per block (a warp
 // tile built for the kind of product: mma.sync 2 x 64, 4 x 32, 2 x 32, 1 x 64; wgmma 2 x 32,
 // 1 x 64, 2 x 64, 1 x 128, with the transposing product also 2 x 128, and with word copies also 1 or
-// 2 x 8 or 16) and the kind of product.
+// 2 x 8 or 16; the bulk product 2 x 64 and 2 x 128 only) and the kind of product.
 struct GemmTiledConfig {
   int k_parts;
   int64_t splits;
@@ -121,7 +134,8 @@ struct GemmTiledConfig {
   int rows_per_block;   // rows of x per block (8 per mma n8 block): 32, 64 or (wgmma) 8, 16, 128
   GemmProduct product;
   int j_group = 1;      // wgmma: 16-column slices decoded before one commit group (1; with the
-                        // transposing product also 2 for 2 x 32, 2 x 64, 1 x 128 and 2 x 128)
+                        // transposing product also 2 for 2 x 32, 2 x 64, 1 x 128 and 2 x 128, with
+                        // the bulk product for both of its tiles)
 };
 
 // The GEMM fp4_linear_tiled launches for m rows of x on a weight of n rows and k columns (format f,

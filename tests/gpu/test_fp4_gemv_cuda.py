@@ -326,25 +326,27 @@ def test_fp4linear_uses_tiled_path_for_inference(apt_seed):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize(("fmt", "dtype", "rows", "n", "tiled"), [
-    ("nvfp4", torch.bfloat16, 128, 8192, True), ("nvfp4", torch.bfloat16, 129, 8191, False),
-    ("nvfp4", torch.bfloat16, 129, 8192, "hopper"), ("mxfp4", torch.bfloat16, 384, 8192, "hopper"),
-    ("nvfp4", torch.bfloat16, 385, 8192, False),
-    ("mxfp4", torch.bfloat16, 128, 8192, True), ("nf4", torch.bfloat16, 64, 8192, True),
-    ("nf4", torch.bfloat16, 65, 8192, False), ("nf4", torch.bfloat16, 129, 8192, False),
-    ("nvfp4", torch.float16, 64, 8192, True), ("nvfp4", torch.float16, 65, 8192, False),
-    ("nvfp4", torch.float32, 16, 8192, True), ("nvfp4", torch.float32, 17, 8192, False)])
-def test_fp4linear_tiled_path_row_limit(fmt, dtype, rows, n, tiled, apt_seed):
+@pytest.mark.parametrize(("fmt", "dtype", "rows", "n", "k", "tiled"), [
+    ("nvfp4", torch.bfloat16, 128, 8192, 256, True), ("nvfp4", torch.bfloat16, 129, 8191, 256, False),
+    ("nvfp4", torch.bfloat16, 129, 8192, 256, "hopper"), ("mxfp4", torch.bfloat16, 512, 8192, 256, "hopper"),
+    ("nvfp4", torch.bfloat16, 513, 8192, 256, False),
+    ("nvfp4", torch.bfloat16, 129, 256, 8192, "hopper"), ("mxfp4", torch.bfloat16, 384, 256, 8192, "hopper"),
+    ("nvfp4", torch.bfloat16, 385, 256, 8192, False),
+    ("mxfp4", torch.bfloat16, 128, 8192, 256, True), ("nf4", torch.bfloat16, 64, 8192, 256, True),
+    ("nf4", torch.bfloat16, 65, 8192, 256, False), ("nf4", torch.bfloat16, 129, 8192, 256, False),
+    ("nvfp4", torch.float16, 64, 8192, 256, True), ("nvfp4", torch.float16, 65, 8192, 256, False),
+    ("nvfp4", torch.float32, 16, 8192, 256, True), ("nvfp4", torch.float32, 17, 8192, 256, False)])
+def test_fp4linear_tiled_path_row_limit(fmt, dtype, rows, n, k, tiled, apt_seed):
     """FP4Linear's measured crossover (apt_ext/nn/fp4_linear.py): the tiled kernels up to 128 rows
-    of bfloat16 x for nvfp4 / mxfp4 (up to 384 on weights of 8192 rows or columns where the wgmma
-    GEMM runs: "hopper"), 64 rows of other 16-bit x and nf4, 16 of float32 x, fp4_linear above;
+    of bfloat16 x for nvfp4 / mxfp4 (where the wgmma GEMM runs, "hopper": up to 512 on weights of
+    8192 rows, 384 on weights of 8192 columns), 64 rows of other 16-bit x and nf4, 16 of float32 x, fp4_linear above;
     both give the same result. N = 8192 rows: from 65 rows of x the tiled op takes its GEMM there
     (csrc/fp4/fp4_gemm_tiled_cuda.h)."""
     if tiled == "hopper":
         tiled = wgmma_gemm_runs(torch.device(DEV))
     torch.manual_seed(apt_seed)
-    layer = FP4Linear.from_linear(torch.nn.Linear(256, n), fmt=fmt).to(DEV)
-    x = torch.randn(rows, 256, device=DEV, dtype=dtype)
+    layer = FP4Linear.from_linear(torch.nn.Linear(k, n), fmt=fmt).to(DEV)
+    x = torch.randn(rows, k, device=DEV, dtype=dtype)
     with torch.no_grad():  # inference: the bias parameter needs no gradient here
         assert layer._takes_tiled_path(x) is tiled
         y = layer(x)
@@ -402,9 +404,10 @@ def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
         assert torch.equal(bits(v), bits(state[k])), k
 
 
-# the wgmma GEMM's kernel names: transposing product (2), stream-K (true), wgmma slices per commit
-# group (2 for 2 x 64, else 1); 2 tiles per warp, 16, 8 or 4 blocks of 8 rows of x
-_SK128 = "2, 16, (apt::fp4::cuda::GemmProduct)2, true, 1>"
+# the wgmma GEMM's kernel names: 2 tiles per warp, 16, 8 or 4 blocks of 8 rows of x, bulk (3) or
+# transposing (2) product, stream-K (true), wgmma slices per commit group (2, or 1 for 2 x 32)
+_BULK128 = "2, 16, (apt::fp4::cuda::GemmProduct)3, true, 2>"
+_BULK64 = "2, 8, (apt::fp4::cuda::GemmProduct)3, true, 2>"
 _SK64 = "2, 8, (apt::fp4::cuda::GemmProduct)2, true, 2>"
 _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 
@@ -412,28 +415,28 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 @needs_cuda_build
 @pytest.mark.parametrize(("rows", "n", "k", "fmt", "kernel", "wgmma_kernel"), [
     (39, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (40, 8192, 256, "nvfp4", "gemv_tiled", _SK64),
-    (64, 8192, 256, "mxfp4", "gemv_tiled", _SK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _SK128),
-    (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (64, 16384, 256, "mxfp4", "gemv_tiled", _SK64),
-    (65, 16384, 256, "nvfp4", "gemm_tiled", _SK128),
-    (128, 8192, 256, "mxfp4", "gemm_tiled", _SK128), (129, 8192, 256, "nvfp4", "gemm_tiled", _SK128),
+    (64, 8192, 256, "mxfp4", "gemv_tiled", _SK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _BULK128),
+    (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (64, 16384, 256, "mxfp4", "gemv_tiled", _BULK64),
+    (65, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
+    (128, 8192, 256, "mxfp4", "gemm_tiled", _BULK128), (129, 8192, 256, "nvfp4", "gemm_tiled", _BULK128),
     (95, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (96, 512, 8192, "nvfp4", "gemv_tiled", _SK64),
-    (255, 512, 8192, "nvfp4", "gemv_tiled", _SK64), (256, 512, 8192, "mxfp4", "gemv_tiled", _SK128),
+    (255, 512, 8192, "nvfp4", "gemv_tiled", _SK64), (256, 512, 8192, "mxfp4", "gemv_tiled", _BULK128),
     (128, 512, 8191, "mxfp4", "gemv_tiled", "gemv_tiled"),
     (255, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (256, 4096, 256, "mxfp4", "gemv_tiled", _SK64),
-    (511, 4096, 256, "nvfp4", "gemv_tiled", _SK64), (512, 4096, 256, "nvfp4", "gemv_tiled", _SK128),
+    (511, 4096, 256, "nvfp4", "gemv_tiled", _SK64), (512, 4096, 256, "nvfp4", "gemv_tiled", _BULK128),
     (65, 8192, 256, "nf4", "gemv_tiled", "gemv_tiled"),
     (23, 16384, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (24, 16384, 256, "nvfp4", "gemv_tiled", _SK32),
-    (32, 16384, 256, "mxfp4", "gemv_tiled", _SK32), (33, 16384, 256, "nvfp4", "gemv_tiled", _SK64),
+    (32, 16384, 256, "mxfp4", "gemv_tiled", _SK32), (33, 16384, 256, "nvfp4", "gemv_tiled", _BULK64),
     (33, 16383, 256, "nvfp4", "gemv_tiled", "gemv_tiled")])
 def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed):
     """fp4_linear_tiled's default choice between its GEMV and GEMM (csrc/fp4/fp4_gemm_tiled_cuda.h,
     nvfp4 / mxfp4 with bfloat16 x): without wgmma the mma.sync GEMM from 65 rows of x on weights of
     8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its transposing
-    stream-K form instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, 2 x 64
-    with two wgmma slices per commit group above), on weights of 8192 rows from 40 rows, where K is
-    8192 or more from 96 rows and on every weight from 256 rows; its 2 x 128 tile (one slice per
-    group) on weights of 8192 rows from 65 rows, where K is 8192 or more from 256 rows and on
-    every weight from 512 rows. Read off the profiler's kernel names (the template arguments: tiles per
+    stream-K form instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, above
+    it 2 x 64 with two wgmma slices per commit group and the bulk product), on weights of 8192 rows
+    from 40 rows, where K is 8192 or more from 96 rows and on every weight from 256 rows (2 x 64,
+    transposing product); its 2 x 128 tile (bulk product, two slices per group) on weights of 8192
+    rows from 65 rows, where K is 8192 or more from 256 rows and on every weight from 512 rows. Read off the profiler's kernel names (the template arguments: tiles per
     warp, 8-row blocks of x, product, stream-K, slices per group), with the result checked against the
     reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel

@@ -101,7 +101,8 @@ std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Form
     if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, -1, 2, 32, GemmProduct::kWgmmaTranspose};
     if ((m >= kWide128MinRows && n >= kGemmDefaultMinN) || (m >= kWide128DeepMinRows && k >= kStreamKDeepMinK) ||
         m >= kWide128AllMinRows)
-      return GemmTiledConfig{1, -1, 2, 128, GemmProduct::kWgmmaBulk, 2};
+      return m >= kBulk128MinRows || wide ? GemmTiledConfig{1, -1, 2, 128, GemmProduct::kWgmmaBulk, 2}
+                                          : GemmTiledConfig{1, -1, 2, 128, GemmProduct::kWgmmaTranspose};
     if (wide && m > 32) return GemmTiledConfig{1, -1, 2, 64, GemmProduct::kWgmmaBulk, 2};
     if ((m >= kStreamKMinRows && n >= kGemmDefaultMinN) ||
         (m >= kStreamKDeepMinRows && k >= kStreamKDeepMinK) || m >= kWgmmaAllMinRows)

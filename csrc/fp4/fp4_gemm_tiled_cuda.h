@@ -82,9 +82,12 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 //  * from kWide128AllMinRows rows on every weight: 4096 x 4096 at 512 / 1024 rows 63.1 / 101.2 us
 //    against 64.9 / 116.9 (at 256 / 384 slower: 48.4 / 56.0 against 42.0 / 55.1).
 // The bulk product (GemmProduct::kWgmmaBulk, two slices per group) replaces the transposing one on
-// every 2 x 128 route, and takes the 33-64 row route on weights of kWgmmaWideMinN rows (2 x 64), by
-// the sweeps of the thirty-fifth session (nvfp4, bf16 x, do_bench medians; H100:
-// _H100_80GB_HBM3_round35b.json at 33-1024 rows; H200: _H200_round35.json at 64-512):
+// the 2 x 128 routes from kBulk128MinRows rows, and from kWide128MinRows on weights of
+// kWgmmaWideMinN rows, and takes the 33-64 row route on those weights (2 x 64), by the sweeps of the
+// thirty-fifth session (nvfp4, bf16 x, do_bench medians; H100: _H100_80GB_HBM3_round35b.json at
+// 33-1024 rows; H200: _H200_round35.json at 64-512; the record
+// fp4_linear_NVIDIA_H100_80GB_HBM3_s35_routes.json, host-timed, 63.7 against 58.0 us on 14336 x 4096 at
+// 96 rows; 97-127 rows not measured):
 //  * 2 x 128 on 28672 x 8192: 129.5 / 126.1 / 229.3 / 428.4 / 841.5 us at 96 / 128 / 256 / 512 / 1024
 //    rows against the transposing form's 146.3 / 149.5 / 275.7 / 544.7 / 1081.0 (H100; H200 at 128
 //    rows 120.6 against 145.8); on 14336 x 4096 56.8 / 81.9 / 136.5 at 128 / 256 / 512 rows against
@@ -107,6 +110,7 @@ constexpr int64_t kStreamKDeepMinK = 8192;
 constexpr int64_t kWide128MinRows = 65;
 constexpr int64_t kWide128DeepMinRows = 256;
 constexpr int64_t kWide128AllMinRows = 512;
+constexpr int64_t kBulk128MinRows = 128;
 
 // Whether the GEMM takes this format and x dtype (nvfp4 / mxfp4, bfloat16 x).
 bool gemm_tiled_supported(Format f, at::ScalarType x_dtype);

@@ -117,13 +117,12 @@ def child(ms: list[int], order: str, fmt: str) -> dict:
     return out
 
 
-def profile_once(m: int) -> None:
-    """One call per storage order on the largest shape with m rows of x (for a profiler to capture)."""
+def profile_once(m: int, n: int, k: int) -> None:
+    """One call per storage order on an n x k weight with m rows of x (for a profiler to capture)."""
     import apt_ext  # noqa: F401
     from apt_ext.fp4 import quantize
     from apt_ext.fp4.tiled import tile
 
-    n, k = SHAPES[-1]
     t = tile(quantize(weight(n, k), "nvfp4"))
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     for order in ("tile", "step"):
@@ -225,15 +224,23 @@ def main() -> None:
     ap.add_argument("--order", choices=("tile", "step"), default="tile", help=argparse.SUPPRESS)
     ap.add_argument("--format", choices=("nvfp4", "mxfp4", "nf4"), default="nvfp4", help=argparse.SUPPRESS)
     ap.add_argument("--profile-once", action="store_true",
-                    help="run the largest shape once per storage order (tile, step) with the first of --ms "
+                    help="run --profile-shape once per storage order (tile, step) with the first of --ms "
                          "rows of x, and exit: for ncu")
+    ap.add_argument("--profile-shape", default="x".join(map(str, SHAPES[-1])),
+                    help="NxK, the weight --profile-once runs (default: the largest shape)")
     args = ap.parse_args()
     ms = [int(v) for v in args.ms.split(",")]
     if args.child:
         print(json.dumps(child(ms, args.order, args.format)))
         return
     if args.profile_once:
-        profile_once(ms[0])
+        try:
+            n, k = (int(v) for v in args.profile_shape.lower().split("x"))
+        except ValueError:
+            ap.error(f"--profile-shape: expected NxK with two positive integers, got {args.profile_shape!r}")
+        if n <= 0 or k <= 0:
+            ap.error(f"--profile-shape: expected NxK with two positive integers, got {args.profile_shape!r}")
+        profile_once(ms[0], n, k)
         return
     if not torch.cuda.is_available():
         sys.exit("fp4_gemv_sweep: needs a CUDA GPU")

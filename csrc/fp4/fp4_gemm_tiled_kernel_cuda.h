@@ -211,21 +211,22 @@ constexpr bool j_group_built(int jg, int tw, int xb, GemmProduct p) {
   return jg == 1 || (jg == 2 && (p == GemmProduct::kWgmmaTranspose || p == GemmProduct::kWgmmaBulk) && two_ok);
 }
 
-// Publishing a block's sums for another block to add (split-K and stream-K): a thread's sum e
-// of acc[TW][XB][4] (e = (u XB + i) 4 + c) lies at its slot pointer + e * stride.
-// publish_sums writes them (where `write`), then counts the block's arrival at *counter; returns,
-// the same in every thread, whether the block was the last of `blocks` to arrive (then the
-// others' sums are visible to it). Every thread of the block calls it.
+// Publishing a block's sums for another block to add (split-K and stream-K): thread th's sums
+// acc[u][i][0..3] lie as one float4 at float4 index (u XB + i) threads + th of the block's slot
+// (`slot`, 16-byte aligned; `threads` the threads that publish), so that a warp moves 512
+// contiguous bytes per instruction. publish_sums writes them (where `write`), then counts the
+// block's arrival at *counter; returns, the same in every thread, whether the block was the last of
+// `blocks` to arrive (then the others' sums are visible to it). Every thread of the block calls it.
 template <int TW, int XB>
-__device__ __forceinline__ bool publish_sums(const float (&acc)[TW][XB][4], float* dst, int64_t stride, bool write,
-                                             int* counter, int64_t blocks) {
+__device__ __forceinline__ bool publish_sums(const float (&acc)[TW][XB][4], float* slot, int64_t threads, int th,
+                                             bool write, int* counter, int64_t blocks) {
   if (write) {
+    float4* dst = reinterpret_cast<float4*>(slot) + th;
 #pragma unroll
     for (int u = 0; u < TW; ++u)
 #pragma unroll
       for (int i = 0; i < XB; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dst[((u * XB + i) * 4 + e) * stride] = acc[u][i][e];
+        dst[(u * XB + i) * threads] = make_float4(acc[u][i][0], acc[u][i][1], acc[u][i][2], acc[u][i][3]);
   }
   __threadfence();  // the sums are visible device-wide before the arrival is counted
   __syncthreads();
@@ -236,7 +237,7 @@ __device__ __forceinline__ bool publish_sums(const float (&acc)[TW][XB][4], floa
   __threadfence();
   return true;
 }
-// acc = 0, then add_published adds the sums published at src (L2 reads: other blocks wrote them).
+// acc = 0, then add_published adds the sums published in `slot` (L2 reads: other blocks wrote them).
 template <int TW, int XB>
 __device__ __forceinline__ void zero_sums(float (&acc)[TW][XB][4]) {
 #pragma unroll
@@ -245,13 +246,18 @@ __device__ __forceinline__ void zero_sums(float (&acc)[TW][XB][4]) {
     for (int i = 0; i < XB; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
 }
 template <int TW, int XB>
-__device__ __forceinline__ void add_published(float (&acc)[TW][XB][4], const float* src, int64_t stride) {
+__device__ __forceinline__ void add_published(float (&acc)[TW][XB][4], const float* slot, int64_t threads, int th) {
+  const float4* src = reinterpret_cast<const float4*>(slot) + th;
 #pragma unroll
   for (int u = 0; u < TW; ++u)
 #pragma unroll
-    for (int i = 0; i < XB; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[u][i][e] += __ldcg(src + ((u * XB + i) * 4 + e) * stride);
+    for (int i = 0; i < XB; ++i) {
+      const float4 v = __ldcg(src + (u * XB + i) * threads);
+      acc[u][i][0] += v.x;
+      acc[u][i][1] += v.y;
+      acc[u][i][2] += v.z;
+      acc[u][i][3] += v.w;
+    }
 }
 
 // With args.splits > 1: part 0's warps publish their sums, and the block that finishes its output
@@ -263,12 +269,13 @@ __device__ __forceinline__ bool gather_splits(float (&acc)[TW][XB][4], const Til
   if (args.splits <= 1) return true;
   const int64_t threads0 = static_cast<int64_t>(args.rw) * 32;  // part 0's threads
   constexpr int kSums = TW * XB * 4;
-  float* slot0 = args.partials + static_cast<int64_t>(blockIdx.x) * args.splits * kSums * threads0 + wn * 32 + lane;
+  const int th = wn * 32 + lane;
+  float* slot0 = args.partials + static_cast<int64_t>(blockIdx.x) * args.splits * kSums * threads0;
   float* mine = slot0 + blockIdx.y * kSums * threads0;
-  if (!publish_sums(acc, mine, threads0, part == 0, args.arrivals + blockIdx.x, args.splits)) return false;
+  if (!publish_sums(acc, mine, threads0, th, part == 0, args.arrivals + blockIdx.x, args.splits)) return false;
   if (part == 0) {
     zero_sums(acc);
-    for (int sp = 0; sp < args.splits; ++sp) add_published(acc, slot0 + sp * kSums * threads0, threads0);
+    for (int sp = 0; sp < args.splits; ++sp) add_published(acc, slot0 + sp * kSums * threads0, threads0, th);
   }
   return true;
 }
@@ -288,12 +295,13 @@ __device__ __forceinline__ bool streamk_gather(float (&acc)[TW][XB][4], const Ti
   if (first == last) return true;
   constexpr int kSums = TW * XB * 4;
   const int64_t threads = static_cast<int64_t>(args.rw) * 32;
+  const int th = wn * 32 + lane;
   auto slot = [&](int64_t block, bool first_ob) {
-    return args.partials + (2 * block + (first_ob ? 0 : 1)) * kSums * threads + wn * 32 + lane;
+    return args.partials + (2 * block + (first_ob ? 0 : 1)) * kSums * threads;
   };
-  if (!publish_sums(acc, slot(blockIdx.x, head), threads, true, args.arrivals + ob, last - first + 1)) return false;
+  if (!publish_sums(acc, slot(blockIdx.x, head), threads, th, true, args.arrivals + ob, last - first + 1)) return false;
   zero_sums(acc);
-  for (int64_t c = first; c <= last; ++c) add_published(acc, slot(c, c * units / blocks / steps == ob), threads);
+  for (int64_t c = first; c <= last; ++c) add_published(acc, slot(c, c * units / blocks / steps == ob), threads, th);
   return true;
 }
 

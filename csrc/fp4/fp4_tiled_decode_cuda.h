@@ -257,6 +257,14 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
 #pragma unroll
   for (int u = 0; u < TW; ++u) {
     if (tile0 + u >= args.n_tiles) break;
+    // this thread's two weight rows of tile u (g and g + 8) take one bias load each, before the
+    // stores (the compiler cannot move a load of the bias across a store to out: they may alias)
+    float bias[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = (tile0 + u) * kTileRows + g + 8 * h;
+      if (args.bias != nullptr && row < args.n) bias[h] = load_bias<T>(args.bias, args.bias_type, row);
+    }
 #pragma unroll
     for (int i = 0; i < XB; ++i) {
 #pragma unroll
@@ -264,8 +272,7 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
         const int64_t row = (tile0 + u) * kTileRows + g + 8 * (e >> 1);
         const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
         if (row >= args.n || col >= args.m) continue;
-        float v = acc[u][i][e] * scale;
-        if (args.bias != nullptr) v += load_bias<T>(args.bias, args.bias_type, row);
+        float v = acc[u][i][e] * scale + bias[e >> 1];
         if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
         static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v);
       }

@@ -272,7 +272,8 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
         const int64_t row = (tile0 + u) * kTileRows + g + 8 * (e >> 1);
         const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
         if (row >= args.n || col >= args.m) continue;
-        float v = acc[u][i][e] * scale + bias[e >> 1];
+        float v = acc[u][i][e] * scale;
+        if (args.bias != nullptr) v += bias[e >> 1];
         if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
         static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v);
       }

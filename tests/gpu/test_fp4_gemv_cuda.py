@@ -339,8 +339,8 @@ def test_fp4linear_uses_tiled_path_for_inference(apt_seed):
 def test_fp4linear_tiled_path_row_limit(fmt, dtype, rows, n, k, tiled, apt_seed):
     """FP4Linear's measured crossover (apt_ext/nn/fp4_linear.py): the tiled kernels up to 128 rows
     of bfloat16 x for nvfp4 / mxfp4 (where the wgmma GEMM runs, "hopper": up to 512 on weights of
-    8192 rows, 384 on weights of 8192 columns), 64 rows of other 16-bit x and nf4, 16 of float32 x, fp4_linear above;
-    both give the same result. N = 8192 rows: from 65 rows of x the tiled op takes its GEMM there
+    8192 rows, 384 on weights of 8192 columns), 64 rows of other 16-bit x and nf4, 16 of float32 x,
+    fp4_linear above; both give the same result. N = 8192 rows: from 65 rows of x the tiled op takes its GEMM there
     (csrc/fp4/fp4_gemm_tiled_cuda.h)."""
     if tiled == "hopper":
         tiled = wgmma_gemm_runs(torch.device(DEV))
@@ -440,9 +440,9 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     from 40 rows, where K is 8192 or more from 96 rows and on every weight from 256 rows (2 x 64,
     transposing product); its 2 x 128 tile on weights of 8192 rows from 65 rows, where K is 8192 or
     more from 256 rows and on every weight from 512 rows (bulk product with two slices per group from
-    128 rows, or from 65 on weights of 16384 rows; transposing with one below). Read off the profiler's kernel names (the template arguments: tiles per
-    warp, 8-row blocks of x, product, stream-K, slices per group), with the result checked against the
-    reference."""
+    128 rows, or from 65 on weights of 16384 rows; transposing with one below). Read off the
+    profiler's kernel names (the template arguments: tiles per warp, 8-row blocks of x, product,
+    stream-K, slices per group), with the result checked against the reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel
     g = torch.Generator().manual_seed(apt_seed)
     t = tile(quantize(_weight(n, k, g).to(DEV), fmt))

@@ -73,7 +73,7 @@ EnvGemm parse_env_gemm(const char* env) {
                     "copied by bulk copies; k_parts 1 and splits -1 only) and a warp tile "
                     "(tiles_per_warp, rows of x per block) built for it: "
                     "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
-                    "mma 1 also (1 or 2, 8 or 16), mma 2 also (2, 128), mma 3 only (2, 64) and (2, 128); rows 0 "
+                    "mma 1 also (1 or 2, 8 or 16), mma 2 also (2, 128), mma 3 only (2, 64), (2, 128) and (1, 128); rows 0 "
                     "meaning 64 below 4 tiles, else 32; k_parts 4 only with 32 rows, wgmma (1, 128) and (2, 128) "
                     "only with 1 (shared memory); j_group 1, or with mma 2 also 2 for (2, 32), (2, 64), (1, 128) "
                     "and (2, 128), with mma 3 for both of its tiles; got '", env, "'");

@@ -130,7 +130,7 @@ enum class GemmProduct : int {
 // block's K steps evenly, one K part only), its tiles per warp and rows of x per block (a warp
 // tile built for the kind of product: mma.sync 2 x 64, 4 x 32, 2 x 32, 1 x 64; wgmma 2 x 32,
 // 1 x 64, 2 x 64, 1 x 128, with the transposing product also 2 x 128, and with word copies also 1 or
-// 2 x 8 or 16; the bulk product 2 x 64 and 2 x 128 only) and the kind of product.
+// 2 x 8 or 16; the bulk product 2 x 64, 2 x 128 and 1 x 128 only) and the kind of product.
 struct GemmTiledConfig {
   int k_parts;
   int64_t splits;

@@ -183,12 +183,13 @@ constexpr int blocks_per_sm(int tw, int xb) { return tw * xb <= 8 ? 2 : 1; }
 // against it; x's copy is small there, so the transposing form is not built for them); with the
 // transposing form also 2 x 16 (2 x 128: each weight word decoded once for 128 rows of x with 256
 // weight rows sharing each staged step of x; sm_90a ptxas: 255 registers, no spill; 198 KiB of
-// x stages, so one K part).
+// x stages, so one K part); with the bulk product 2 x 8, 2 x 16 and 1 x 16 (1 x 128: 128 weight
+// rows per block, so twice the output blocks of 2 x 128 on a weight).
 constexpr bool warp_tile_built(int tw, int xb, GemmProduct p) {
   if (p == GemmProduct::kMmaSync) {
     return (tw == 2 && xb == 8) || (tw == 4 && xb == 4) || (tw == 2 && xb == 4) || (tw == 1 && xb == 8);
   }
-  if (p == GemmProduct::kWgmmaBulk) return tw == 2 && (xb == 8 || xb == 16);
+  if (p == GemmProduct::kWgmmaBulk) return (tw == 2 && (xb == 8 || xb == 16)) || (tw == 1 && xb == 16);
   return (tw == 2 && xb == 4) || (tw == 1 && xb == 8) || (tw == 2 && xb == 8) || (tw == 1 && xb == 16) ||
          (p == GemmProduct::kWgmmaTranspose && tw == 2 && xb == 16) ||
          (p == GemmProduct::kWgmmaWordCopy && (tw == 1 || tw == 2) && (xb == 1 || xb == 2));

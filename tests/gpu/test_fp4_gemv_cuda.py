@@ -147,8 +147,9 @@ WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,
                  "1,1,-1,2,32,2,2",
                  # the 2 x 128 tile (transposing product only)
                  "17,1,0,2,128,2", "17,1,-1,2,128,2", "17,1,-1,2,128,2,2",
-                 # x rearranged once and staged by bulk copies (mma 3: stream-K, 2 x 64 and 2 x 128)
-                 "17,1,-1,2,128,3", "17,1,-1,2,128,3,2", "1,1,-1,2,64,3", "17,1,-1,2,64,3,2"]
+                 # x rearranged once and staged by bulk copies (mma 3: stream-K, 2 x 64, 2 x 128, 1 x 128)
+                 "17,1,-1,2,128,3", "17,1,-1,2,128,3,2", "1,1,-1,2,64,3", "17,1,-1,2,64,3,2",
+                 "17,1,-1,1,128,3", "17,1,-1,1,128,3,2"]
 
 
 def _wgmma_runs() -> bool:
@@ -185,7 +186,7 @@ def probe_gemm_mapping(m: int, n: int, k: int) -> None:
 @pytest.mark.parametrize("gemm", ["17,1,0,2,32,1", "17,1,0,1,64,1", "17,1,0,1,128,1", "1,1,0,1,16,1",
                                   "17,1,0,2,64,2", "17,1,0,1,128,2",
                                   "17,1,0,2,64,2,2", "17,1,-1,1,128,2,2", "17,1,-1,2,128,2,2", "17,1,-1,2,128,3",
-                                  "17,1,-1,2,64,3,2"])
+                                  "17,1,-1,2,64,3,2", "17,1,-1,1,128,3,2"])
 def test_wgmma_gemm_operand_layouts(gemm, monkeypatch):
     """The wgmma GEMM on one-hot rows of x (probe_gemm_mapping), for n = 32, 64, 128 and 16 rows
     of x per instruction, x copied word by word (mma 1), transposed in shared memory (mma 2) or rearranged once and staged

@@ -4,7 +4,7 @@ Times y = x @ W.T for bf16 x [M, K] and W [N, K] with:
   apt-tiled-{nvfp4,mxfp4,nf4} torch.ops.apt.fp4_linear_tiled on the tiled copy of the weight
                               (what apt_ext.nn.FP4Linear runs on CUDA for inference up to 64
                               rows, 128 for nvfp4 / mxfp4 with bf16 x, on Hopper 384 for those on
-                              weights with 8192+ rows or columns)
+                              weights with 8192+ columns, 512 on weights with 8192+ rows)
   apt-cuda-{nvfp4,mxfp4,nf4}  torch.ops.apt.fp4_linear on the canonical tensors (CUDA build;
                               small-M kernel up to APT_FP4_SMALL_M_MAX rows, else dequantise +
                               cuBLAS; what FP4Linear runs above those rows or with gradients)

@@ -643,8 +643,8 @@ def fp4_gpu(name: str, d: dict) -> str:
            f"in parentheses; the last column is apt-tiled-nvfp4's weight bytes read per second as a share of "
            f"the card's copy bandwidth ({num(d.get('copy_bandwidth_GBs'))} GB/s, read + write). `apt-tiled-*` "
            f"is `fp4_linear_tiled` (what FP4Linear runs on CUDA for inference up to 64 rows, 128 for nvfp4 / "
-           f"mxfp4 with bf16 x, on Hopper 384 for those on weights with 8192+ rows or columns since the "
-           f"thirty-fourth session), `apt-cuda-*` the canonical-layout `fp4_linear` (what FP4Linear runs above "
+           f"mxfp4 with bf16 x, on Hopper 384 for those on weights with 8192+ columns and 512 on weights "
+           f"with 8192+ rows since the thirty-fifth session), `apt-cuda-*` the canonical-layout `fp4_linear` (what FP4Linear runs above "
            f"those rows or with gradients).", "",
            table(["N", "K", "M", *keep, "tiled nvfp4 % copy BW"], rows), "",
            "Geometric mean speed-up over bf16 across the shapes, per M:", "",

@@ -73,10 +73,10 @@ EnvGemm parse_env_gemm(const char* env) {
                     "copied by bulk copies; k_parts 1 and splits -1 only) and a warp tile "
                     "(tiles_per_warp, rows of x per block) built for it: "
                     "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
-                    "mma 1 also (1 or 2, 8 or 16), mma 2 also (2, 128), mma 3 only (2, 64), (2, 128) and (1, 128); rows 0 "
-                    "meaning 64 below 4 tiles, else 32; k_parts 4 only with 32 rows, wgmma (1, 128) and (2, 128) "
-                    "only with 1 (shared memory); j_group 1, or with mma 2 also 2 for (2, 32), (2, 64), (1, 128) "
-                    "and (2, 128), with mma 3 for both of its tiles; got '", env, "'");
+                    "mma 1 also (1 or 2, 8 or 16), mma 2 also (2, 128), mma 3 only (2, 64), (2, 128) and "
+                    "(1, 128); rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only with 32 rows, wgmma (1, 128) "
+                    "and (2, 128) only with 1 (shared memory); j_group 1, or with mma 2 also 2 for (2, 32), (2, 64), "
+                    "(1, 128) and (2, 128), with mma 3 for each of its tiles; got '", env, "'");
   return EnvGemm{min_rows, GemmTiledConfig{k_parts, splits, tiles, rows, product, j_group}};
 }
 std::optional<EnvGemm> env_gemm() {
@@ -127,7 +127,7 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
                     "fp4_linear_tiled: no GEMM built with ", cfg.j_group, " wgmma slices per group for ", tw,
                     " tiles per warp, ", cfg.rows_per_block, " rows of x per block and product ",
                     static_cast<int>(product), " (1 everywhere; with the transposing wgmma product also 2 for 2 x 32, "
-                    "2 x 64, 1 x 128 and 2 x 128)");
+                    "2 x 64, 1 x 128 and 2 x 128, with the bulk product for each of its tiles)");
   const size_t smem = gemm_smem_bytes(tw, xb, cfg.k_parts, product);
   TORCH_CHECK_VALUE(k_parts_ok(cfg.k_parts, product) && smem <= kMaxSmem,
                     "fp4_linear_tiled: GEMM K parts must be 1, 2 or 4 (wgmma: 1 or 2) within ", kMaxSmem,
@@ -152,7 +152,8 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
   at::Tensor partials, arrivals;
   dim3 grid;
   if (stream_k) {
-    TORCH_CHECK_VALUE(cfg.k_parts == 1 && (product == GemmProduct::kWgmmaTranspose || product == GemmProduct::kWgmmaBulk),
+    TORCH_CHECK_VALUE(cfg.k_parts == 1 &&
+                          (product == GemmProduct::kWgmmaTranspose || product == GemmProduct::kWgmmaBulk),
                       "fp4_linear_tiled: the stream-K GEMM (splits -1) is built for one K part and the transposing "
                       "or bulk wgmma product (sixth field 2 or 3), got ", cfg.k_parts, " K parts and product ",
                       static_cast<int>(product));

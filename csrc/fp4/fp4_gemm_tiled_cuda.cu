@@ -37,6 +37,35 @@ bool wgmma_available(int device) {
   return v == 2;
 }
 
+// x2 [m, steps * 128] (bfloat16 as 4-byte words, contiguous) in the bulk product's core-matrix
+// order (bulk_x_step_elems): 16-byte piece q of step s of x block b holds the step's words 4 q ..
+// 4 q + 3, word w being row 8 XB b + wgmma_x_word_row(w) (one row for the four), columns 128 s +
+// wgmma_x_word_col(w), + 1; zero past row m - 1. It also zeroes the n_arrivals stream-K counts,
+// so that the GEMM launched behind it (programmatic dependent launch) needs no other kernel. One
+// thread per piece (grid-stride).
+__global__ void pack_x_core_kernel(const uint32_t* __restrict__ x, uint4* __restrict__ out, int64_t m,
+                                   int64_t steps, int xb, int64_t pieces, int* __restrict__ arrivals,
+                                   int64_t n_arrivals) {
+  allow_dependent_launch();
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = first; i < n_arrivals; i += stride) arrivals[i] = 0;
+  constexpr int kRowWordsPerStep = kStepCols / 2;
+  const int step_pieces = static_cast<int>(bulk_x_step_elems(xb) / 8);  // 8 bfloat16 per piece
+  for (int64_t idx = first; idx < pieces; idx += stride) {
+    const int q = static_cast<int>(idx % step_pieces);
+    const int64_t bs = idx / step_pieces, s = bs % steps, b = bs / steps;
+    const int64_t row = b * 8 * xb + wgmma_x_word_row(4 * q);
+    uint32_t v[4] = {0u, 0u, 0u, 0u};
+    if (row < m) {
+      const uint32_t* x_row = x + (row * steps + s) * kRowWordsPerStep;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[e] = x_row[wgmma_x_word_col(4 * q + e) / 2];
+    }
+    out[idx] = make_uint4(v[0], v[1], v[2], v[3]);
+  }
+}
+
 }  // namespace
 
 bool gemm_tiled_supported(Format f, at::ScalarType x_dtype) {
@@ -99,6 +128,8 @@ std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Form
   if (wgmma_available(device)) {
     const bool wide = n >= kWgmmaWideMinN;
     if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, -1, 2, 32, GemmProduct::kWgmmaTranspose};
+    if (!wide && m >= kBulk1x128MinRows && m <= kBulk1x128MaxRows && (n >= kGemmDefaultMinN || k >= kStreamKDeepMinK))
+      return GemmTiledConfig{1, -1, 1, 128, GemmProduct::kWgmmaBulk, 2};
     if ((m >= kWide128MinRows && n >= kGemmDefaultMinN) || (m >= kWide128DeepMinRows && k >= kStreamKDeepMinK) ||
         m >= kWide128AllMinRows)
       return m >= kBulk128MinRows || wide ? GemmTiledConfig{1, -1, 2, 128, GemmProduct::kWgmmaBulk, 2}
@@ -161,7 +192,9 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
     args.splits = 1;
     args.steps_per_part = args.steps;
     partials = at::empty({2 * workers * sums}, x.options().dtype(at::kFloat));
-    arrivals = at::zeros({blocks}, x.options().dtype(at::kInt));
+    // the bulk product's counts are zeroed by the kernel that rearranges x (below)
+    arrivals = product == GemmProduct::kWgmmaBulk ? at::empty({blocks}, x.options().dtype(at::kInt))
+                                                  : at::zeros({blocks}, x.options().dtype(at::kInt));
     args.partials = partials.mutable_data_ptr<float>();
     args.arrivals = arrivals.mutable_data_ptr<int>();
     grid = dim3(static_cast<unsigned>(workers));
@@ -180,18 +213,22 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
     grid = dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(splits));
   }
   // The bulk product reads x rearranged into core-matrix order (fp4_gemm_tiled_kernel_cuda.h,
-  // bulk_x_step_elems): rows padded with zeros to whole blocks of x, then per (block of x, step) the
-  // 8 XB x 128 values in the order wgmma_x_word gives (words of columns 32 c + 8 t + 2 v, + 1 of row n
-  // at 512 (n / 8) + 32 (4 c + v) + 4 (n % 8) + t): one copy kernel, about the size of x.
+  // bulk_x_step_elems): rows padded with zeros to whole blocks of x, by pack_x_core_kernel, which
+  // also zeroes the stream-K counts; the GEMM starts behind it (programmatic dependent launch).
   at::Tensor x_core;
   if (product == GemmProduct::kWgmmaBulk) {
     TORCH_CHECK_VALUE(stream_k, "fp4_linear_tiled: the bulk wgmma product (sixth field 3) is built for stream-K only "
                       "(splits -1)");
     TORCH_CHECK(x.is_contiguous() && x.size(0) == args.m && x.size(1) == args.steps * kStepCols,
                 "fp4_linear_tiled: the bulk product needs x as [m, steps * 128], contiguous");
-    const int64_t rows = m_blocks * 8 * xb;
-    const at::Tensor xp = rows == args.m ? x : at::constant_pad_nd(x, {0, 0, 0, rows - args.m});
-    x_core = xp.view({m_blocks, xb, 8, args.steps, 4, 4, 4, 2}).permute({0, 3, 1, 4, 6, 2, 5, 7}).contiguous();
+    const int64_t pieces = m_blocks * args.steps * bulk_x_step_elems(xb) / 8;
+    x_core = at::empty({pieces * 8}, x.options());
+    constexpr int kThreads = 256;
+    const int64_t pack_blocks = std::min<int64_t>((pieces + kThreads - 1) / kThreads, int64_t{8} * sm_count(x.get_device()));
+    pack_x_core_kernel<<<static_cast<unsigned>(pack_blocks), kThreads, 0, stream>>>(
+        static_cast<const uint32_t*>(x.const_data_ptr()), static_cast<uint4*>(x_core.mutable_data_ptr()), args.m,
+        args.steps, xb, pieces, args.arrivals, blocks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     args.x = x_core.const_data_ptr();
   }
   const GemmKernelLaunch launch{args, grid, smem, stream, tw, xb, product, stream_k, cfg.j_group};

@@ -97,6 +97,15 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 //  * 2 x 64 on 28672 x 8192 at 64 rows 96.5 us against 103.8 (H100; H200 91.3 against 98.9), level at
 //    33 / 48 rows (99.9 / 101.0 against 100.2 / 101.5); not on 14336 x 4096 (43.4 against 41.5 at 64
 //    rows) nor 4096 x 14336 (50.0 against 44.3).
+// The bulk 1 x 128 tile (128 weight rows x 128 rows of x per block: twice the 2 x 128's output
+// blocks) takes kBulk1x128MinRows-kBulk1x128MaxRows rows on weights of fewer than kWgmmaWideMinN rows
+// where the 2 x 128 or 2 x 64 routes above served (kGemmDefaultMinN rows, or K of
+// kStreamKDeepMinK), by the H100 sweep of the thirty-sixth session (_H100_80GB_HBM3_round36b.json,
+// before x was rearranged by one kernel): at 128 rows 52.2 us against 2 x 128's 57.0 on 14336 x
+// 4096, 57.6 against 2 x 64's 62.4 on 4096 x 14336; at 96 / 112 rows 57.0 / 57.5 against 57.8 / 58.4
+// and 64.9 / 64.7 against 61.6 / 61.9 (rows short of a block of x then took two more copies); at 160
+// rows and more slower (87.9 against 87.7, 96.9 against 81.6), and at 64 rows slower than the GEMV
+// (56.2 against 40.6, 63.9 against 44.4); not on 4096 x 4096 (34.3 against the GEMV's 28.0 at 128).
 // The routes without wgmma (mma.sync) stay as measured on their own.
 // apt_ext.nn.FP4Linear sends calls above 128 rows (on Hopper with a weight of 8192 rows or columns:
 // above 384, of 8192 rows: above 512) to dequantise + cuBLAS (fp4_linear), so the routes above
@@ -111,6 +120,8 @@ constexpr int64_t kWide128MinRows = 65;
 constexpr int64_t kWide128DeepMinRows = 256;
 constexpr int64_t kWide128AllMinRows = 512;
 constexpr int64_t kBulk128MinRows = 128;
+constexpr int64_t kBulk1x128MinRows = 96;
+constexpr int64_t kBulk1x128MaxRows = 128;
 
 // Whether the GEMM takes this format and x dtype (nvfp4 / mxfp4, bfloat16 x).
 bool gemm_tiled_supported(Format f, at::ScalarType x_dtype);

@@ -416,6 +416,10 @@ __device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const T
     if (loads && i < n_steps) ring.load(i, args);
     ring.advance(args);
   }
+  // The bulk product's rearranged x and stream-K counts come from the kernel before this one
+  // (launch_gemm_tiled's pack_x_core_kernel), which may still run: the weights' first steps above
+  // load meanwhile.
+  if constexpr (kBulk) grid_dependency_wait();
 #pragma unroll
   for (int s = 0; s < kXCopyAhead; ++s) {
     if (s < n_steps) load_x_step(s);
@@ -626,8 +630,9 @@ void launch_gemm_kernel(const GemmKernelLaunch& launch) {
   auto go = [&](auto kernel) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(launch.smem)));
-    kernel<<<launch.grid, kWarps * 32, launch.smem, launch.stream>>>(args);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // the bulk product right behind the kernel that rearranges x (grid_dependency_wait)
+    launch_kernel(kernel, launch.grid, kWarps * 32, launch.smem, launch.stream, args,
+                  launch.product == GemmProduct::kWgmmaBulk);
   };
   auto by_product = [&](auto tw_c, auto xb_c, auto product_c) {
     constexpr int TW = decltype(tw_c)::value, XB = decltype(xb_c)::value;

@@ -164,22 +164,6 @@ __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c
   }
 }
 
-// Programmatic dependent launch (sm_90): a kernel launched with programmatic stream
-// serialization may start before the previous kernel on its stream ends; grid_dependency_wait
-// blocks until that kernel has completed and its memory is visible, and the previous kernel's
-// allow_dependent_launch lets the dependent one start early. Both are no-ops before sm_90 and for
-// kernels launched the ordinary way.
-__device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void allow_dependent_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 // x [m, x_stride] (16-bit, x_stride16 16-byte pieces per row) in the order the kXPacked kernels
 // read it: piece ((((mb * steps + s) * 4 + c) * mt + i) * 8 + g) * 4 + t holds columns 128 s + 32 c
 // + 8 t .. + 7 of row (mb * mt + i) * 8 + g (zero past row m - 1), so that the 32 lanes' pieces of
@@ -495,22 +479,8 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
             C10_CUDA_CHECK(
                 cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
           }
-          if constexpr (XM == kXPacked) {  // right behind pack_x_kernel (grid_dependency_wait)
-            cudaLaunchAttribute attr{};
-            attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-            attr.val.programmaticStreamSerializationAllowed = 1;
-            cudaLaunchConfig_t config{};
-            config.gridDim = grid;
-            config.blockDim = dim3(static_cast<unsigned>(threads));
-            config.dynamicSmemBytes = smem;
-            config.stream = stream;
-            config.attrs = &attr;
-            config.numAttrs = 1;
-            C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
-          } else {
-            kernel<<<grid, threads, smem, stream>>>(args);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          }
+          // kXPacked: right behind pack_x_kernel (grid_dependency_wait)
+          launch_kernel(kernel, grid, threads, smem, stream, args, XM == kXPacked);
           launched = true;
         }
       });

@@ -1,8 +1,9 @@
-// Device helpers shared by the FP4 linear kernels (fp4_linear_cuda.cu, fp4_gemv_cuda.cu):
-// mma.sync m16n8k16 with float32 accumulation per x dtype, 16-byte loads of x, and the split of
-// float32 x into bfloat16 terms.
+// Device helpers shared by the FP4 linear kernels (fp4_linear_cuda.cu, fp4_gemv_cuda.cu, the
+// tiled GEMM): mma.sync m16n8k16 with float32 accumulation per x dtype, 16-byte loads of x, the
+// split of float32 x into bfloat16 terms, and programmatic dependent launch.
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -95,6 +96,46 @@ __device__ __forceinline__ void split_bf16(float a, float b, uint32_t (&parts)[N
 
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
+}
+
+// Programmatic dependent launch (sm_90): a kernel launched with programmatic stream
+// serialization may start before the previous kernel on its stream ends; grid_dependency_wait
+// blocks until that kernel has completed and its memory is visible, and the previous kernel's
+// allow_dependent_launch lets the dependent one start early. Both are no-ops before sm_90 and for
+// kernels launched the ordinary way.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Launches kernel<<<grid, threads, smem, stream>>>(args), with programmatic stream serialization
+// where `programmatic` (the kernel then calls grid_dependency_wait before it reads what the
+// previous kernel on the stream writes).
+template <typename Args>
+void launch_kernel(void (*kernel)(Args), dim3 grid, int threads, size_t smem, cudaStream_t stream, const Args& args,
+                   bool programmatic) {
+  if (!programmatic) {
+    kernel<<<grid, threads, smem, stream>>>(args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = &attr;
+  config.numAttrs = 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
 }
 
 }  // namespace apt::fp4::cuda

@@ -405,10 +405,11 @@ def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
         assert torch.equal(bits(v), bits(state[k])), k
 
 
-# the wgmma GEMM's kernel names: 2 tiles per warp, 16, 8 or 4 blocks of 8 rows of x, bulk (3) or
+# the wgmma GEMM's kernel names: 2 (1) tiles per warp, 16, 8 or 4 blocks of 8 rows of x, bulk (3) or
 # transposing (2) product, stream-K (true), wgmma slices per commit group (2; 1 for the transposing
 # 2 x 32 and 2 x 128)
 _BULK128 = "2, 16, (apt::fp4::cuda::GemmProduct)3, true, 2>"
+_BULK1X128 = "1, 16, (apt::fp4::cuda::GemmProduct)3, true, 2>"
 _SK128 = "2, 16, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 _BULK64 = "2, 8, (apt::fp4::cuda::GemmProduct)3, true, 2>"
 _SK64 = "2, 8, (apt::fp4::cuda::GemmProduct)2, true, 2>"
@@ -421,9 +422,11 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
     (64, 8192, 256, "mxfp4", "gemv_tiled", _SK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _SK128),
     (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (64, 16384, 256, "mxfp4", "gemv_tiled", _BULK64),
     (65, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
-    (127, 8192, 256, "mxfp4", "gemm_tiled", _SK128), (128, 8192, 256, "mxfp4", "gemm_tiled", _BULK128),
-    (129, 8192, 256, "nvfp4", "gemm_tiled", _BULK128),
-    (95, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (96, 512, 8192, "nvfp4", "gemv_tiled", _SK64),
+    (95, 8192, 256, "mxfp4", "gemm_tiled", _SK128), (96, 8192, 256, "nvfp4", "gemm_tiled", _BULK1X128),
+    (128, 8192, 256, "mxfp4", "gemm_tiled", _BULK1X128), (129, 8192, 256, "nvfp4", "gemm_tiled", _BULK128),
+    (96, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
+    (95, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (96, 512, 8192, "nvfp4", "gemv_tiled", _BULK1X128),
+    (128, 512, 8192, "mxfp4", "gemv_tiled", _BULK1X128), (129, 512, 8192, "nvfp4", "gemv_tiled", _SK64),
     (255, 512, 8192, "nvfp4", "gemv_tiled", _SK64), (256, 512, 8192, "mxfp4", "gemv_tiled", _BULK128),
     (128, 512, 8191, "mxfp4", "gemv_tiled", "gemv_tiled"),
     (255, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (256, 4096, 256, "mxfp4", "gemv_tiled", _SK64),
@@ -441,7 +444,8 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     from 40 rows, where K is 8192 or more from 96 rows and on every weight from 256 rows (2 x 64,
     transposing product); its 2 x 128 tile on weights of 8192 rows from 65 rows, where K is 8192 or
     more from 256 rows and on every weight from 512 rows (bulk product with two slices per group from
-    128 rows, or from 65 on weights of 16384 rows; transposing with one below). Read off the
+    128 rows, or from 65 on weights of 16384 rows; transposing with one below); the bulk 1 x 128
+    tile at 96-128 rows where 2 x 128 or 2 x 64 would serve a weight of fewer than 16384 rows. Read off the
     profiler's kernel names (the template arguments: tiles per warp, 8-row blocks of x, product,
     stream-K, slices per group), with the result checked against the reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel

@@ -132,8 +132,7 @@ std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Form
       return GemmTiledConfig{1, -1, 1, 128, GemmProduct::kWgmmaBulk, 2};
     if ((m >= kWide128MinRows && n >= kGemmDefaultMinN) || (m >= kWide128DeepMinRows && k >= kStreamKDeepMinK) ||
         m >= kWide128AllMinRows)
-      return m >= kBulk128MinRows || wide ? GemmTiledConfig{1, -1, 2, 128, GemmProduct::kWgmmaBulk, 2}
-                                          : GemmTiledConfig{1, -1, 2, 128, GemmProduct::kWgmmaTranspose};
+      return GemmTiledConfig{1, -1, 2, 128, GemmProduct::kWgmmaBulk, 2};
     if (wide && m > 32) return GemmTiledConfig{1, -1, 2, 64, GemmProduct::kWgmmaBulk, 2};
     if ((m >= kStreamKMinRows && n >= kGemmDefaultMinN) ||
         (m >= kStreamKDeepMinRows && k >= kStreamKDeepMinK) || m >= kWgmmaAllMinRows)

@@ -82,8 +82,8 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 //  * from kWide128AllMinRows rows on every weight: 4096 x 4096 at 512 / 1024 rows 63.1 / 101.2 us
 //    against 64.9 / 116.9 (at 256 / 384 slower: 48.4 / 56.0 against 42.0 / 55.1).
 // The bulk product (GemmProduct::kWgmmaBulk, two slices per group) replaces the transposing one on
-// the 2 x 128 routes from kBulk128MinRows rows, and from kWide128MinRows on weights of
-// kWgmmaWideMinN rows, and takes the 33-64 row route on those weights (2 x 64), by the sweeps of the
+// the 2 x 128 routes from 128 rows, and from kWide128MinRows on weights of kWgmmaWideMinN rows (below
+// 128 rows the bulk 1 x 128 now serves the others, see below), and takes the 33-64 row route on those weights (2 x 64), by the sweeps of the
 // thirty-fifth session (nvfp4, bf16 x, do_bench medians; H100: _H100_80GB_HBM3_round35b.json at
 // 33-1024 rows; H200: _H200_round35.json at 64-512; the record
 // fp4_linear_NVIDIA_H100_80GB_HBM3_s35_routes.json, host-timed, 63.7 against 58.0 us on 14336 x 4096 at
@@ -99,13 +99,17 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 //    rows) nor 4096 x 14336 (50.0 against 44.3).
 // The bulk 1 x 128 tile (128 weight rows x 128 rows of x per block: twice the 2 x 128's output
 // blocks) takes kBulk1x128MinRows-kBulk1x128MaxRows rows on weights of fewer than kWgmmaWideMinN rows
-// where the 2 x 128 or 2 x 64 routes above served (kGemmDefaultMinN rows, or K of
-// kStreamKDeepMinK), by the H100 sweep of the thirty-sixth session (_H100_80GB_HBM3_round36b.json,
-// before x was rearranged by one kernel): at 128 rows 52.2 us against 2 x 128's 57.0 on 14336 x
-// 4096, 57.6 against 2 x 64's 62.4 on 4096 x 14336; at 96 / 112 rows 57.0 / 57.5 against 57.8 / 58.4
-// and 64.9 / 64.7 against 61.6 / 61.9 (rows short of a block of x then took two more copies); at 160
-// rows and more slower (87.9 against 87.7, 96.9 against 81.6), and at 64 rows slower than the GEMV
-// (56.2 against 40.6, 63.9 against 44.4); not on 4096 x 4096 (34.3 against the GEMV's 28.0 at 128).
+// that have kGemmDefaultMinN rows or K of kStreamKDeepMinK (there the transposing 2 x 128, the
+// transposing 2 x 64 or the GEMV served), by the H100 sweep of the thirty-sixth session
+// (_H100_80GB_HBM3_round36c.json, x rearranged by one kernel, pack_x_core_kernel): 14336 x 4096 at
+// 80 / 96 / 112 / 128 rows 45.5 / 45.8 / 46.4 / 47.2 us against the transposing 2 x 128's 56.0 /
+// 56.9 / 57.7 / 58.1 and the bulk 2 x 128's 49.3 / 50.9 / 51.3 / 51.5; 4096 x 14336 48.5 / 49.0 /
+// 49.3 / 49.8 against the GEMV's 75.9 at 80 rows and the transposing 2 x 64's 60.7 / 61.5 / 62.3 at
+// 96-128. Not at 64 rows (45.2 against 41.0, 48.1 against 44.5: the GEMV and 2 x 64 lead; 65-79 rows
+// not measured), not above 128 (14336 x 4096 at 144 rows 74.8 against the bulk 2 x 128's 73.0; 4096 x
+// 14336 73.9 against 2 x 64's 81.1, 129-143 and above 144 not measured), not on 4096 x 4096 (the
+// GEMV's 25.0 / 27.2 against 28.2 / 28.9 at 96 / 128), not on 28672 x 8192 (129.2 against the bulk 2 x
+// 128's 120.0 at 128). So the transposing 2 x 128 serves no route now (kept for APT_FP4_GEMM).
 // The routes without wgmma (mma.sync) stay as measured on their own.
 // apt_ext.nn.FP4Linear sends calls above 128 rows (on Hopper with a weight of 8192 rows or columns:
 // above 384, of 8192 rows: above 512) to dequantise + cuBLAS (fp4_linear), so the routes above
@@ -119,8 +123,7 @@ constexpr int64_t kStreamKDeepMinK = 8192;
 constexpr int64_t kWide128MinRows = 65;
 constexpr int64_t kWide128DeepMinRows = 256;
 constexpr int64_t kWide128AllMinRows = 512;
-constexpr int64_t kBulk128MinRows = 128;
-constexpr int64_t kBulk1x128MinRows = 96;
+constexpr int64_t kBulk1x128MinRows = 65;
 constexpr int64_t kBulk1x128MaxRows = 128;
 
 // Whether the GEMM takes this format and x dtype (nvfp4 / mxfp4, bfloat16 x).

@@ -410,7 +410,6 @@ def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
 # 2 x 32 and 2 x 128)
 _BULK128 = "2, 16, (apt::fp4::cuda::GemmProduct)3, true, 2>"
 _BULK1X128 = "1, 16, (apt::fp4::cuda::GemmProduct)3, true, 2>"
-_SK128 = "2, 16, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 _BULK64 = "2, 8, (apt::fp4::cuda::GemmProduct)3, true, 2>"
 _SK64 = "2, 8, (apt::fp4::cuda::GemmProduct)2, true, 2>"
 _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
@@ -419,13 +418,13 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 @needs_cuda_build
 @pytest.mark.parametrize(("rows", "n", "k", "fmt", "kernel", "wgmma_kernel"), [
     (39, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (40, 8192, 256, "nvfp4", "gemv_tiled", _SK64),
-    (64, 8192, 256, "mxfp4", "gemv_tiled", _SK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _SK128),
+    (64, 8192, 256, "mxfp4", "gemv_tiled", _SK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _BULK1X128),
     (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (64, 16384, 256, "mxfp4", "gemv_tiled", _BULK64),
     (65, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
-    (95, 8192, 256, "mxfp4", "gemm_tiled", _SK128), (96, 8192, 256, "nvfp4", "gemm_tiled", _BULK1X128),
+    (96, 8192, 256, "mxfp4", "gemm_tiled", _BULK1X128),
     (128, 8192, 256, "mxfp4", "gemm_tiled", _BULK1X128), (129, 8192, 256, "nvfp4", "gemm_tiled", _BULK128),
     (96, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
-    (95, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (96, 512, 8192, "nvfp4", "gemv_tiled", _BULK1X128),
+    (64, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (65, 512, 8192, "nvfp4", "gemv_tiled", _BULK1X128),
     (128, 512, 8192, "mxfp4", "gemv_tiled", _BULK1X128), (129, 512, 8192, "nvfp4", "gemv_tiled", _SK64),
     (255, 512, 8192, "nvfp4", "gemv_tiled", _SK64), (256, 512, 8192, "mxfp4", "gemv_tiled", _BULK128),
     (128, 512, 8191, "mxfp4", "gemv_tiled", "gemv_tiled"),
@@ -442,10 +441,10 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     stream-K form instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, above
     it 2 x 64 with two wgmma slices per commit group and the bulk product), on weights of 8192 rows
     from 40 rows, where K is 8192 or more from 96 rows and on every weight from 256 rows (2 x 64,
-    transposing product); its 2 x 128 tile on weights of 8192 rows from 65 rows, where K is 8192 or
-    more from 256 rows and on every weight from 512 rows (bulk product with two slices per group from
-    128 rows, or from 65 on weights of 16384 rows; transposing with one below); the bulk 1 x 128
-    tile at 96-128 rows where 2 x 128 or 2 x 64 would serve a weight of fewer than 16384 rows. Read off the
+    transposing product); its 2 x 128 tile (bulk product, two slices per group) on weights of 16384
+    rows from 65 rows, on weights of 8192 rows from 129 rows, where K is 8192 or more from 256 rows and
+    on every weight from 512 rows; its bulk 1 x 128 tile at 65-128 rows on weights of 8192 to 16383
+    rows or of K 8192 or more. Read off the
     profiler's kernel names (the template arguments: tiles per warp, 8-row blocks of x, product,
     stream-K, slices per group), with the result checked against the reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel

@@ -83,7 +83,8 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 //    against 64.9 / 116.9 (at 256 / 384 slower: 48.4 / 56.0 against 42.0 / 55.1).
 // The bulk product (GemmProduct::kWgmmaBulk, two slices per group) replaces the transposing one on
 // the 2 x 128 routes from 128 rows, and from kWide128MinRows on weights of kWgmmaWideMinN rows (below
-// 128 rows the bulk 1 x 128 now serves the others, see below), and takes the 33-64 row route on those weights (2 x 64), by the sweeps of the
+// 128 rows the bulk 1 x 128 now serves the others, see below), and takes the 33-64 row route on
+// those weights (2 x 64), by the sweeps of the
 // thirty-fifth session (nvfp4, bf16 x, do_bench medians; H100: _H100_80GB_HBM3_round35b.json at
 // 33-1024 rows; H200: _H200_round35.json at 64-512; the record
 // fp4_linear_NVIDIA_H100_80GB_HBM3_s35_routes.json, host-timed, 63.7 against 58.0 us on 14336 x 4096 at

@@ -106,9 +106,11 @@ for arg in "$@"; do
     test_fp4|test_left_spin|test_vgpu|test_model)
       stage "$s" $PY -m pytest -v -p no:cacheprovider tests/gpu/${s}_*.py ${APT_PYTEST_K:+-k "$APT_PYTEST_K"} ;;
     sanitizer) stage sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q tests/gpu -k sanitizer ;;
-    fp4) # the record; the Triton fallback (autotuned per shape and M, slow to sweep) is fp4_triton
-      stage fp4 $PY benchmarks/fp4_linear.py --methods apt-tiled,apt-cuda,apt-deq+cublas,tinygemm,bnb ${APT_FP4_GPU_TIME:+--gpu-time}
-      cp "benchmarks/results/fp4_linear_$CARD.json" "$OUT/" 2>/dev/null ;;
+    fp4) # the record (APT_FP4_RECORD_MS its rows of x, APT_FP4_RECORD_TAG its JSON's tag); the Triton
+      # fallback (autotuned per shape and M, slow to sweep) is fp4_triton
+      stage fp4 $PY benchmarks/fp4_linear.py --methods apt-tiled,apt-cuda,apt-deq+cublas,tinygemm,bnb ${APT_FP4_GPU_TIME:+--gpu-time} \
+        ${APT_FP4_RECORD_MS:+--ms "$APT_FP4_RECORD_MS"} ${APT_FP4_RECORD_TAG:+--tag "$APT_FP4_RECORD_TAG"}
+      cp "benchmarks/results/fp4_linear_$CARD${APT_FP4_RECORD_TAG:+_$APT_FP4_RECORD_TAG}.json" "$OUT/" 2>/dev/null ;;
     fp4_triton) # APT_FP4_MS rows of x (default 1,4096), APT_FP4_TAG the JSON's tag (default triton), APT_FP4_GPU_TIME=1 adds GPU time
       stage fp4_triton $PY benchmarks/fp4_linear.py --ms "${APT_FP4_MS:-1,4096}" --methods torch-bf16,apt-triton-nvfp4 \
         --tag "${APT_FP4_TAG:-triton}" ${APT_FP4_GPU_TIME:+--gpu-time}
@@ -125,8 +127,12 @@ for arg in "$@"; do
     fp4_triton_host) stage fp4_triton_host env APT_FORCE_TRITON=1 $PY benchmarks/fp4_triton_host.py
       cp "benchmarks/results/fp4_triton_host_$CARD.json" "$OUT/" 2>/dev/null ;;
     fp4_quick) stage fp4_quick $PY benchmarks/fp4_linear.py --quick ;;
-    e2e) stage e2e $PY benchmarks/e2e_encoder.py ${APT_E2E_PROFILE:+--profile} ${APT_E2E_TAG:+--tag "$APT_E2E_TAG"} ;;  # APT_E2E_PROFILE=1: the FP4 forward's top GPU kernels; APT_E2E_TAG: the JSON's suffix
-    e2e_decoder) stage e2e_decoder $PY benchmarks/e2e_decoder.py ${APT_E2E_COMPILE:+--compile} ${APT_E2E_FUSED:+--fused} ${APT_E2E_ONE_COPY:+--one-copy} ${APT_E2E_PROFILE:+--profile} ;;  # APT_E2E_COMPILE=1: steps compiled too; APT_E2E_FUSED=1: fused q/k/v and gate/up; APT_E2E_ONE_COPY=1: FP4Linear keeps only its tiled copy; APT_E2E_PROFILE=1: top kernels of the replayed step
+    e2e)  # APT_E2E_PROFILE=1: the FP4 forward's top GPU kernels; APT_E2E_TAG: the JSON's suffix
+      touch /tmp/apt_e2e_start; stage e2e $PY benchmarks/e2e_encoder.py ${APT_E2E_PROFILE:+--profile} ${APT_E2E_TAG:+--tag "$APT_E2E_TAG"}
+      find benchmarks/results -name "e2e_encoder_*.json" -newer /tmp/apt_e2e_start -exec cp {} "$OUT/" \; ;;
+    e2e_decoder)  # APT_E2E_COMPILE=1: steps compiled too; APT_E2E_FUSED=1: fused q/k/v and gate/up; APT_E2E_ONE_COPY=1: FP4Linear keeps only its tiled copy; APT_E2E_PROFILE=1: top kernels of the replayed step
+      touch /tmp/apt_e2e_decoder_start; stage e2e_decoder $PY benchmarks/e2e_decoder.py ${APT_E2E_COMPILE:+--compile} ${APT_E2E_FUSED:+--fused} ${APT_E2E_ONE_COPY:+--one-copy} ${APT_E2E_PROFILE:+--profile}
+      find benchmarks/results -name "e2e_decoder_*.json" -newer /tmp/apt_e2e_decoder_start -exec cp {} "$OUT/" \; ;;
     left_spin) stage left_spin $PY benchmarks/left_spin.py ;;
     left_spin_quick) stage left_spin_quick $PY benchmarks/left_spin.py --quick ;;
     vgpu) stage vgpu $PY benchmarks/vgpu.py ;;

@@ -21,7 +21,10 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py --compile    # both steps also compiled (torch.compile fuses the
                                                   # norms, rotary and element-wise work the graph
                                                   # otherwise launches one kernel each for)
-Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_profile].json.
+    python benchmarks/e2e_decoder.py --attention matmul  # attention by two batched matmuls and a
+                                                  # float32 softmax (compiled: inductor's kernels)
+                                                  # instead of F.scaled_dot_product_attention
+Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul][_profile].json.
 """
 from __future__ import annotations
 
@@ -68,14 +71,33 @@ class StaticKV:
         self.v = (torch.randn(b, s.kv_heads, s.context, hd, generator=g) * 0.5).to(device, dtype)
 
 
+ATTENTIONS = ("sdpa", "matmul")
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one new token's queries q [B, H, 1, hd] over the cache k, v [B, KV, T, hd]
+    (query head i reads key head i // (H / KV), as ``enable_gqa``), positions where the bool
+    ``mask`` [1, 1, 1, T] is False left out: two batched matmuls, the softmax in float32 between
+    them. Returns [B, H, 1, hd] in q's dtype."""
+    b, h, _, hd = q.shape
+    qg = q.reshape(b, k.shape[1], h // k.shape[1], hd)  # the query heads of one key head as rows
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * hd ** -0.5  # [B, KV, H / KV, T]
+    p = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1).to(q.dtype)
+    return torch.matmul(p, v).view(b, h, 1, hd)
+
+
 class Layer(nn.Module):
     """Pre-norm Llama layer for one new token x [B, 1, d] at position ``pos`` (a [1] device tensor).
     ``fused``: q, k and v as one Linear [d + 2 kv_heads head_dim, d] and gate and up as one
-    [2 d_ff, d] (as serving stacks load Llama: the same weights, three GEMVs a layer fewer)."""
+    [2 d_ff, d] (as serving stacks load Llama: the same weights, three GEMVs a layer fewer).
+    ``attention``: "sdpa" (F.scaled_dot_product_attention) or "matmul" (grouped_attention)."""
 
-    def __init__(self, s: Shape, fused: bool = False) -> None:
+    def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa") -> None:
         super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention: expected one of {ATTENTIONS}, got {attention!r}")
         self.h, self.kv, self.hd, self.fused = s.heads, s.kv_heads, s.d // s.heads, fused
+        self.attention = attention
         self.n1, self.n2 = nn.RMSNorm(s.d, eps=1e-5), nn.RMSNorm(s.d, eps=1e-5)
         kv_dim = s.kv_heads * self.hd
         if fused:
@@ -102,7 +124,10 @@ class Layer(nn.Module):
         k = rotate(k.view(b, 1, self.kv, self.hd).transpose(1, 2), cos, sin)
         kv.k.index_copy_(2, pos, k)
         kv.v.index_copy_(2, pos, v.view(b, 1, self.kv, self.hd).transpose(1, 2))
-        y = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=mask, enable_gqa=True)
+        if self.attention == "sdpa":
+            y = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=mask, enable_gqa=True)
+        else:
+            y = grouped_attention(q, kv.k, kv.v, mask)
         x = x + self.o(y.transpose(1, 2).reshape(b, 1, -1))
         h = self.n2(x)
         if self.fused:
@@ -129,9 +154,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class Stack(nn.Module):
     """The layers, with the rotary tables and the positions as buffers (static shapes per step)."""
 
-    def __init__(self, s: Shape, fused: bool = False) -> None:
+    def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa") -> None:
         super().__init__()
-        self.layers = nn.ModuleList(Layer(s, fused) for _ in range(s.layers))
+        self.layers = nn.ModuleList(Layer(s, fused, attention) for _ in range(s.layers))
         cos, sin = rope_tables(s)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -145,12 +170,13 @@ class Stack(nn.Module):
         return x
 
 
-def build(s: Shape, device: torch.device, dtype: torch.dtype, fused: bool = False) -> Stack:
+def build(s: Shape, device: torch.device, dtype: torch.dtype, fused: bool = False,
+          attention: str = "sdpa") -> Stack:
     """Random weights (std 0.02; norms 1) made on ``device``, in ``dtype``; the rotary tables stay
-    float32 (cast per step). ``fused``: Layer's fused projections."""
+    float32 (cast per step). ``fused``: Layer's fused projections; ``attention``: Layer's."""
     torch.manual_seed(0)
     with torch.device(device):
-        model = Stack(s, fused)
+        model = Stack(s, fused, attention)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("n1.weight", "n2.weight")):
@@ -270,10 +296,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="FP4Linear.release_canonical() on every layer: only the tiled copy of each weight is held")
     ap.add_argument("--compile", action="store_true",
                     help="also compile each model's step (torch.compile; on CUDA the graph replays the compiled step)")
+    ap.add_argument("--attention", choices=ATTENTIONS, default="sdpa",
+                    help="both models' attention: F.scaled_dot_product_attention, or two batched matmuls "
+                         "and a float32 softmax (grouped_attention)")
     ap.add_argument("--profile", action="store_true",
                     help="(CUDA) also record and print the top GPU kernels of the graph-replayed step")
     ap.add_argument("--out", default=None,
-                    help="JSON path (default benchmarks/results/e2e_decoder_<machine>[_quick][_compiled].json)")
+                    help="JSON path (default benchmarks/results/e2e_decoder_<machine>[_quick][...].json)")
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     if any(b < 1 for b in batches):
@@ -294,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": machine, "device": str(device), "torch": torch.__version__,
                     "command": " ".join([sys.executable, *sys.argv]), "shape": asdict(shape),
                     "dtype": str(dtype).replace("torch.", ""), "iters": iters, "compiled": args.compile,
-                    "fused_projections": args.fused, "one_copy": args.one_copy, "runs": {}}
-    ref_model = build(shape, device, dtype, args.fused)
+                    "fused_projections": args.fused, "one_copy": args.one_copy, "attention": args.attention,
+                    "runs": {}}
+    ref_model = build(shape, device, dtype, args.fused, args.attention)
     fp4_model = apt_ext.quantize_(copy.deepcopy(ref_model), fmt="nvfp4")
     if args.one_copy:
         from apt_ext.nn import FP4Linear
@@ -331,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     result["nvfp4_with_tiled_copy_weight_ratio"] = (wb_fp4["canonical"] + wb_fp4["tiled_copy"]) / wb_ref["canonical"]
     tag = (re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick and gpu else "")
            + ("_fused" if args.fused else "") + ("_one_copy" if args.one_copy else "")
-           + ("_compiled" if args.compile else "") + ("_profile" if args.profile else ""))
+           + ("_compiled" if args.compile else "") + ("_matmul" if args.attention == "matmul" else "")
+           + ("_profile" if args.profile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

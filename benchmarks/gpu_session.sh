@@ -130,8 +130,8 @@ for arg in "$@"; do
     e2e)  # APT_E2E_PROFILE=1: the FP4 forward's top GPU kernels; APT_E2E_TAG: the JSON's suffix
       touch /tmp/apt_e2e_start; stage e2e $PY benchmarks/e2e_encoder.py ${APT_E2E_PROFILE:+--profile} ${APT_E2E_TAG:+--tag "$APT_E2E_TAG"}
       find benchmarks/results -name "e2e_encoder_*.json" -newer /tmp/apt_e2e_start -exec cp {} "$OUT/" \; ;;
-    e2e_decoder)  # APT_E2E_COMPILE=1: steps compiled too; APT_E2E_FUSED=1: fused q/k/v and gate/up; APT_E2E_ONE_COPY=1: FP4Linear keeps only its tiled copy; APT_E2E_PROFILE=1: top kernels of the replayed step
-      touch /tmp/apt_e2e_decoder_start; stage e2e_decoder $PY benchmarks/e2e_decoder.py ${APT_E2E_COMPILE:+--compile} ${APT_E2E_FUSED:+--fused} ${APT_E2E_ONE_COPY:+--one-copy} ${APT_E2E_PROFILE:+--profile}
+    e2e_decoder)  # APT_E2E_COMPILE=1: steps compiled too; APT_E2E_FUSED=1: fused q/k/v and gate/up; APT_E2E_ONE_COPY=1: FP4Linear keeps only its tiled copy; APT_E2E_ATTENTION=matmul: grouped_attention; APT_E2E_PROFILE=1: top kernels of the replayed step
+      touch /tmp/apt_e2e_decoder_start; stage e2e_decoder $PY benchmarks/e2e_decoder.py ${APT_E2E_COMPILE:+--compile} ${APT_E2E_FUSED:+--fused} ${APT_E2E_ONE_COPY:+--one-copy} ${APT_E2E_ATTENTION:+--attention "$APT_E2E_ATTENTION"} ${APT_E2E_PROFILE:+--profile}
       find benchmarks/results -name "e2e_decoder_*.json" -newer /tmp/apt_e2e_decoder_start -exec cp {} "$OUT/" \; ;;
     left_spin) stage left_spin $PY benchmarks/left_spin.py ;;
     left_spin_quick) stage left_spin_quick $PY benchmarks/left_spin.py --quick ;;

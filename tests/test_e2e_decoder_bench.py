@@ -114,3 +114,29 @@ def test_e2e_decoder_cpu_one_copy(tmp_path, one_thread):
     d = json.loads(out.read_text())
     assert d["one_copy"] is True and d["weight_bytes"]["nvfp4"] < 100
     assert d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
+
+
+def test_matmul_attention_computes_the_same_step():
+    """--attention matmul: grouped_attention (two batched matmuls, float32 softmax) gives the step
+    F.scaled_dot_product_attention gives, on the same weights and cache; an unknown name is refused."""
+    s = e2e_decoder.Shape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, context=16)
+    sdpa = e2e_decoder.build(s, torch.device("cpu"), torch.float32)
+    matmul = e2e_decoder.build(s, torch.device("cpu"), torch.float32, attention="matmul")
+    matmul.load_state_dict(sdpa.state_dict())
+    x = torch.randn(3, 1, s.d)
+    caches = [[e2e_decoder.StaticKV(3, s, torch.device("cpu"), torch.float32, torch.Generator().manual_seed(i))
+               for i in range(s.layers)] for _ in range(2)]
+    with torch.no_grad():
+        want = sdpa(x, caches[0], torch.tensor([6]))
+        got = matmul(x, caches[1], torch.tensor([6]))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="attention"):
+        e2e_decoder.Layer(s, attention="flash")
+
+
+def test_e2e_decoder_cpu_matmul_attention(tmp_path, one_thread):
+    out = tmp_path / "dec.json"
+    assert e2e_decoder.main(["--cpu", "--attention", "matmul", "--batches", "1", "--iters", "2",
+                             "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["attention"] == "matmul" and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99

@@ -407,7 +407,7 @@ def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
 
 # the wgmma GEMM's kernel names: 2 (1) tiles per warp, 16, 8 or 4 blocks of 8 rows of x, bulk (3) or
 # transposing (2) product, stream-K (true), wgmma slices per commit group (2; 1 for the transposing
-# 2 x 32 and 2 x 128)
+# 2 x 32)
 _BULK128 = "2, 16, (apt::fp4::cuda::GemmProduct)3, true, 2>"
 _BULK1X128 = "1, 16, (apt::fp4::cuda::GemmProduct)3, true, 2>"
 _BULK64 = "2, 8, (apt::fp4::cuda::GemmProduct)3, true, 2>"
@@ -440,7 +440,7 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its transposing
     stream-K form instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, above
     it 2 x 64 with two wgmma slices per commit group and the bulk product), on weights of 8192 rows
-    from 40 rows, where K is 8192 or more from 96 rows and on every weight from 256 rows (2 x 64,
+    at 40-64 rows, where K is 8192 or more from 129 rows and on every weight from 256 rows (2 x 64,
     transposing product); its 2 x 128 tile (bulk product, two slices per group) on weights of 16384
     rows from 65 rows, on weights of 8192 rows from 129 rows, where K is 8192 or more from 256 rows and
     on every weight from 512 rows; its bulk 1 x 128 tile at 65-128 rows on weights of 8192 to 16383

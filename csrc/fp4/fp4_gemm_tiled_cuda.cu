@@ -222,10 +222,7 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
                 "fp4_linear_tiled: the bulk product needs x as [m, steps * 128], contiguous");
     const int64_t pieces = m_blocks * args.steps * bulk_x_step_elems(xb) / 8;
     x_core = at::empty({pieces * 8}, x.options());
-    constexpr int kThreads = 256;
-    const int64_t pack_blocks =
-        std::min<int64_t>((pieces + kThreads - 1) / kThreads, int64_t{8} * sm_count(x.get_device()));
-    pack_x_core_kernel<<<static_cast<unsigned>(pack_blocks), kThreads, 0, stream>>>(
+    pack_x_core_kernel<<<static_cast<unsigned>(copy_blocks(pieces, x.get_device())), kCopyThreads, 0, stream>>>(
         static_cast<const uint32_t*>(x.const_data_ptr()), static_cast<uint4*>(x_core.mutable_data_ptr()), args.m,
         args.steps, xb, pieces, args.arrivals, blocks);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

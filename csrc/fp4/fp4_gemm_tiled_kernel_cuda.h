@@ -204,9 +204,10 @@ constexpr bool k_parts_ok(int kw, GemmProduct p) {
 
 // 16-column slices a wgmma warpgroup decodes before committing their products as one group
 // (GemmTiledConfig::j_group): 1 everywhere; 2 for the transposing product with the 2 x 32, 2 x 64,
-// 1 x 128 and 2 x 128 warp tiles, and for the bulk product's tiles (a deeper tensor-core queue: up to 4 slices' wgmmas in flight, the next
-// group decoding meanwhile, at 8 TW more A registers). Four were built in the twenty-eighth
-// session and measured slower than two everywhere (docs/fp4_gpu.md), so they are not.
+// 1 x 128 and 2 x 128 warp tiles, and for the bulk product's tiles (a deeper tensor-core queue: up
+// to 4 slices' wgmmas in flight, the next group decoding meanwhile, at 8 TW more A registers).
+// Four were built in the twenty-eighth session and measured slower than two everywhere
+// (docs/fp4_gpu.md), so they are not.
 constexpr bool j_group_built(int jg, int tw, int xb, GemmProduct p) {
   const bool two_ok = (tw == 2 && (xb == 4 || xb == 8 || xb == 16)) || (tw == 1 && xb == 16);
   return jg == 1 || (jg == 2 && (p == GemmProduct::kWgmmaTranspose || p == GemmProduct::kWgmmaBulk) && two_ok);
@@ -583,8 +584,7 @@ struct WarpTile {
   static constexpr int tw = TW, xb = XB;
 };
 using WarpTiles = std::tuple<WarpTile<2, 8>, WarpTile<4, 4>, WarpTile<2, 4>, WarpTile<1, 8>, WarpTile<1, 16>,
-                             WarpTile<2, 16>,
-                             WarpTile<1, 1>, WarpTile<2, 1>, WarpTile<1, 2>, WarpTile<2, 2>>;
+                             WarpTile<2, 16>, WarpTile<1, 1>, WarpTile<2, 1>, WarpTile<1, 2>, WarpTile<2, 2>>;
 
 // Calls fn(integral_constant<TW>, integral_constant<XB>) for the tile among Tiles equal to (tw, xb).
 template <typename Fn, typename... Tiles>

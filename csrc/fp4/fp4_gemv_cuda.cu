@@ -495,9 +495,7 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
 at::Tensor pack_x(const at::Tensor& x2, int64_t m_blocks, int mt, int64_t steps, cudaStream_t stream) {
   const int64_t pieces = m_blocks * steps * 4 * mt * 32;
   at::Tensor out = at::empty({pieces * 8}, x2.options());
-  constexpr int kThreads = 256;
-  const int64_t blocks = std::min<int64_t>((pieces + kThreads - 1) / kThreads, int64_t{8} * sm_count(x2.get_device()));
-  pack_x_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+  pack_x_kernel<<<static_cast<unsigned>(copy_blocks(pieces, x2.get_device())), kCopyThreads, 0, stream>>>(
       static_cast<const uint4*>(x2.const_data_ptr()), static_cast<uint4*>(out.mutable_data_ptr()), x2.size(0),
       x2.size(1) / 8, steps, mt, pieces);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

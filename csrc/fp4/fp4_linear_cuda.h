@@ -1,6 +1,7 @@
 // Dispatch constants of the CUDA fp4_linear (csrc/fp4/fp4_linear_cuda.cu). Change them here;
 // benchmarks/fp4_linear.py measures both paths around the threshold.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 namespace apt::fp4::cuda {
@@ -23,6 +24,13 @@ constexpr int64_t kScratchMaxBytes = int64_t{512} << 20;
 
 // Multiprocessors of CUDA device `device`, queried once per device.
 int sm_count(int device);
+
+// Blocks of kCopyThreads threads for a grid-stride copy kernel over `items` on `device`: one item
+// per thread, at most 8 blocks per multiprocessor (the packing kernels of x).
+constexpr int kCopyThreads = 256;
+inline int64_t copy_blocks(int64_t items, int device) {
+  return std::min<int64_t>((items + kCopyThreads - 1) / kCopyThreads, int64_t{8} * sm_count(device));
+}
 
 // A non-negative integer from the environment variable `name`, or `fallback` when unset.
 int64_t env_rows(const char* name, int64_t fallback);

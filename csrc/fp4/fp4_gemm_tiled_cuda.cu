@@ -89,17 +89,19 @@ EnvGemm parse_env_gemm(const char* env) {
   if (rows == 0) rows = tiles >= 4 ? 32 : 64;
   const auto product = static_cast<GemmProduct>(mma);
   const bool stream_k_ok =
-      k_parts == 1 && (product == GemmProduct::kWgmmaTranspose || product == GemmProduct::kWgmmaBulk);  // splits -1
+      k_parts == 1 && (product == GemmProduct::kWgmmaTranspose || product == GemmProduct::kWgmmaBulk);
+  const bool stream_k = splits == kStreamK || splits == kStreamKWhole;
   const bool ok = got >= 1 && min_rows >= 0 && mma >= 0 && mma <= 3 && k_parts_ok(k_parts, product) &&
-                  (splits >= 0 || (splits == -1 && stream_k_ok)) &&
-                  (product != GemmProduct::kWgmmaBulk || splits == -1) && rows % 8 == 0 &&
+                  (splits >= 0 || (stream_k && stream_k_ok)) &&
+                  (product != GemmProduct::kWgmmaBulk || stream_k) && rows % 8 == 0 &&
                   warp_tile_built(tiles, rows / 8, product) && j_group_built(j_group, tiles, rows / 8, product) &&
                   gemm_smem_bytes(tiles, rows / 8, k_parts, product) <= kMaxSmem;
   TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group]]]]]]' "
-                    "with min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape) or -1 (stream-K, with "
-                    "k_parts 1 and mma 2 or 3), mma 0 (mma.sync), 1 (wgmma, x copied word by word), 2 (wgmma, x "
+                    "with min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), -1 (stream-K, with "
+                    "k_parts 1 and mma 2 or 3) or -2 (the same with whole workers per output block where they fit), "
+                    "mma 0 (mma.sync), 1 (wgmma, x copied word by word), 2 (wgmma, x "
                     "transposed in shared memory; 1 and 2 take k_parts 1 or 2) or 3 (wgmma, x rearranged once and "
-                    "copied by bulk copies; k_parts 1 and splits -1 only) and a warp tile "
+                    "copied by bulk copies; k_parts 1 and splits -1 or -2 only) and a warp tile "
                     "(tiles_per_warp, rows of x per block) built for it: "
                     "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
                     "mma 1 also (1 or 2, 8 or 16), mma 2 also (2, 128), mma 3 only (2, 64), (2, 128) and "
@@ -127,16 +129,16 @@ std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Form
   // the measured routes of fp4_gemm_tiled_cuda.h: one K part; stream-K where wgmma runs
   if (wgmma_available(device)) {
     const bool wide = n >= kWgmmaWideMinN;
-    if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, -1, 2, 32, GemmProduct::kWgmmaTranspose};
+    if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, kStreamK, 2, 32, GemmProduct::kWgmmaTranspose};
     if (!wide && m >= kBulk1x128MinRows && m <= kBulk1x128MaxRows && (n >= kGemmDefaultMinN || k >= kStreamKDeepMinK))
-      return GemmTiledConfig{1, -1, 1, 128, GemmProduct::kWgmmaBulk, 2};
+      return GemmTiledConfig{1, kStreamK, 1, 128, GemmProduct::kWgmmaBulk, 2};
     if ((m >= kWide128MinRows && n >= kGemmDefaultMinN) || (m >= kWide128DeepMinRows && k >= kStreamKDeepMinK) ||
         m >= kWide128AllMinRows)
-      return GemmTiledConfig{1, -1, 2, 128, GemmProduct::kWgmmaBulk, 2};
-    if (wide && m > 32) return GemmTiledConfig{1, -1, 2, 64, GemmProduct::kWgmmaBulk, 2};
+      return GemmTiledConfig{1, kStreamK, 2, 128, GemmProduct::kWgmmaBulk, 2};
+    if (wide && m > 32) return GemmTiledConfig{1, kStreamK, 2, 64, GemmProduct::kWgmmaBulk, 2};
     if ((m >= kStreamKMinRows && n >= kGemmDefaultMinN) ||
         (m >= kStreamKDeepMinRows && k >= kStreamKDeepMinK) || m >= kWgmmaAllMinRows)
-      return GemmTiledConfig{1, -1, 2, 64, GemmProduct::kWgmmaTranspose, 2};
+      return GemmTiledConfig{1, kStreamK, 2, 64, GemmProduct::kWgmmaTranspose, 2};
   }
   if (m >= kGemmDefaultMinRows && n >= kGemmDefaultMinN) return GemmTiledConfig{1, 0, 2, 64, GemmProduct::kMmaSync};
   return std::nullopt;
@@ -184,10 +186,13 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
   if (stream_k) {
     TORCH_CHECK_VALUE(cfg.k_parts == 1 &&
                           (product == GemmProduct::kWgmmaTranspose || product == GemmProduct::kWgmmaBulk),
-                      "fp4_linear_tiled: the stream-K GEMM (splits -1) is built for one K part and the transposing "
-                      "or bulk wgmma product (sixth field 2 or 3), got ", cfg.k_parts, " K parts and product ",
+                      "fp4_linear_tiled: the stream-K GEMM (splits -1 or -2) is built for one K part and the "
+                      "transposing or bulk wgmma product (sixth field 2 or 3), got ", cfg.k_parts, " K parts and product ",
                       static_cast<int>(product));
-    const int64_t workers = std::max<int64_t>(1, std::min(slots, blocks * args.steps / kMinStepsPerPart));
+    int64_t workers = std::max<int64_t>(1, std::min(slots, blocks * args.steps / kMinStepsPerPart));
+    // kStreamKWhole: block b = o s + j takes steps [j steps / s, (j + 1) steps / s) of output block o
+    if (cfg.splits == kStreamKWhole && blocks <= slots)
+      workers = blocks * std::max<int64_t>(1, std::min(slots / blocks, args.steps / kMinStepsPerPart));
     args.splits = 1;
     args.steps_per_part = args.steps;
     partials = at::empty({2 * workers * sums}, x.options().dtype(at::kFloat));
@@ -217,7 +222,7 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
   at::Tensor x_core;
   if (product == GemmProduct::kWgmmaBulk) {
     TORCH_CHECK_VALUE(stream_k, "fp4_linear_tiled: the bulk wgmma product (sixth field 3) is built for stream-K only "
-                      "(splits -1)");
+                      "(splits -1 or -2)");
     TORCH_CHECK(x.is_contiguous() && x.size(0) == args.m && x.size(1) == args.steps * kStepCols,
                 "fp4_linear_tiled: the bulk product needs x as [m, steps * 128], contiguous");
     const int64_t pieces = m_blocks * args.steps * bulk_x_step_elems(xb) / 8;

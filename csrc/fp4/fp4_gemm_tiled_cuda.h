@@ -146,9 +146,17 @@ enum class GemmProduct : int {
 // tile built for the kind of product: mma.sync 2 x 64, 4 x 32, 2 x 32, 1 x 64; wgmma 2 x 32,
 // 1 x 64, 2 x 64, 1 x 128, with the transposing product also 2 x 128, and with word copies also 1 or
 // 2 x 8 or 16; the bulk product 2 x 64, 2 x 128 and 1 x 128 only) and the kind of product.
+// GemmTiledConfig::splits for stream-K: kStreamK, one worker block per slot (every
+// multiprocessor's blocks), each taking an even share of all output blocks' K steps; kStreamKWhole
+// (APT_FP4_GEMM's tuning sweeps), where the output blocks fit the slots, a whole number of workers
+// per output block, so that each worker's steps lie in one output block (one pipeline fill and at
+// most one gather each) and the slots left over stay idle.
+constexpr int64_t kStreamK = -1;
+constexpr int64_t kStreamKWhole = -2;
+
 struct GemmTiledConfig {
   int k_parts;
-  int64_t splits;
+  int64_t splits;  // blocks along K (0: chosen per shape), or kStreamK / kStreamKWhole
   int tiles_per_warp;
   int rows_per_block;   // rows of x per block (8 per mma n8 block): 32, 64 or (wgmma) 8, 16, 128
   GemmProduct product;

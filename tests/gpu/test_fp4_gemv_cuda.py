@@ -149,7 +149,9 @@ WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,
                  "17,1,0,2,128,2", "17,1,-1,2,128,2", "17,1,-1,2,128,2,2",
                  # x rearranged once and staged by bulk copies (mma 3: stream-K, 2 x 64, 2 x 128, 1 x 128)
                  "17,1,-1,2,128,3", "17,1,-1,2,128,3,2", "1,1,-1,2,64,3", "17,1,-1,2,64,3,2",
-                 "17,1,-1,1,128,3", "17,1,-1,1,128,3,2"]
+                 "17,1,-1,1,128,3", "17,1,-1,1,128,3,2",
+                 # stream-K with whole workers per output block (splits -2)
+                 "17,1,-2,1,128,3,2", "1,1,-2,2,64,3,2", "17,1,-2,2,64,2,2"]
 
 
 def _wgmma_runs() -> bool:
@@ -201,14 +203,14 @@ def test_wgmma_gemm_operand_layouts(gemm, monkeypatch):
 
 @needs_cuda_build
 @pytest.mark.parametrize("gemm", ["17,1,0,1,8,2", "17,1,0,2,64,3", "17,4,0,2,32,1", "17,2,0,1,128,2", "17,1,0,2,48",
-                                  "17,2,-1,2,64,2", "17,1,-1,2,64,0", "17,1,-2,2,64,2", "17,1,0,2,64,2,3",
+                                  "17,2,-1,2,64,2", "17,1,-1,2,64,0", "17,1,-3,2,64,2", "17,1,0,2,64,2,3",
                                   "17,1,0,2,64,1,2", "17,1,0,1,64,2,2", "17,1,0,2,64,0,2", "17,1,0,2,32,2,4",
                                   "17,1,-1,2,64,2,4", "17,1,0,1,128,2,4", "17,1,0,2,128,1", "17,2,0,2,128,2",
                                   "17,1,0,2,64,3", "17,2,-1,2,64,3", "17,1,-1,1,64,3", "17,1,-1,2,32,3", "17,1,-1,2,64,4"])
 def test_gemm_config_rejects_what_is_not_built(gemm, monkeypatch):
     """APT_FP4_GEMM naming a product, K parts or warp tile that no kernel was built for (the
     transposing wgmma at 8 rows, mma 3, wgmma with 4 K parts, 1 x 128 with 2 K parts: over the
-    shared memory, 48 rows; stream-K with 2 K parts or mma.sync, splits -2; 3 wgmma slices per
+    shared memory, 48 rows; stream-K with 2 K parts or mma.sync, splits -3; 3 wgmma slices per
     group, or 2 / 4 with word copies, the 1 x 64 tile or mma.sync, 4 with 2 x 32; 2 x 128 with word
     copies or 2 K parts; the bulk product (mma 3) without stream-K, with 2 K parts or a tile not built
     for it; mma 4) is a ValueError
@@ -244,7 +246,8 @@ def test_tiled_gemm_path(gemm, monkeypatch):
     around its 32-, 64- and 128-row blocks, a number of tiles that leaves a warp's last tiles
     missing (N = 300: 19 tiles; with wgmma, whole warpgroups and single warps without a tile of
     their own), K = 4192 (33 steps: K parts and splits of unequal length), blocks along K chosen
-    per shape (0) or given or stream-K (-1: with few output blocks, many blocks add pieces of one),
+    per shape (0) or given or stream-K (-1: with few output blocks, many blocks add pieces of one;
+    -2: a whole number of blocks per output block, each block's steps within one),
     with bias and with GELU; rows below min_rows, nf4 and float16 x still take the GEMV and stay
     correct."""
     if gemm in WGMMA_CONFIGS and not _wgmma_runs():

@@ -49,9 +49,10 @@ from apt_ext.nn.fp4_linear import TILED_MAX_ROWS_BF16_NVFP4_MXFP4, FP4Linear
 # FP4Linear dequantises + multiplies with cuBLAS anyway for nvfp4 / mxfp4 and bf16 x (below it the
 # tiled kernels read the 4-bit weight directly), so the default only moves work that runs already.
 # Exception: on Hopper FP4Linear keeps weights of 8192+ rows or columns on the tiled op up to
-# TILED_MAX_ROWS_HOPPER_LARGE rows (TILED_MAX_ROWS_HOPPER_WIDE on weights of 8192+ rows); under the
-# handle such calls from 129 rows multiply by a bank instead (the two were not compared; pass
-# min_rows=513 to keep the tiled op there).
+# TILED_MAX_ROWS_HOPPER_LARGE rows (TILED_MAX_ROWS_HOPPER_WIDE on weights of 8192+ rows,
+# TILED_MAX_ROWS_HOPPER_MEDIUM on other weights of 4096+ rows and columns); under the handle such
+# calls from 129 rows multiply by a bank instead (the two were not compared; pass min_rows=513 to
+# keep the tiled op there).
 DEFAULT_MIN_ROWS = TILED_MAX_ROWS_BF16_NVFP4_MXFP4 + 1
 # Bytes of dequantised weight per group. On an H100 (benchmarks/results/
 # e2e_encoder_NVIDIA_H100_80GB_HBM3_s33_ahead2.json, BERT-base-size encoder, every call managed,

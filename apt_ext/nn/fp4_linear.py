@@ -41,10 +41,17 @@ from apt_ext.fp4.weight import FP4Weight, quantize
 # H100 (benchmarks/results/fp4_gemv_sweep_NVIDIA_H100_80GB_HBM3_round35b.json), 133.1 / 421.5 against
 # 144.9 / 557.0 on an H200 (_H200_round35.json); at 1024 rows it lost on 14336 x 4096 (245.5 against
 # 225.4). 4096 x 14336 at 512 rows lost (147.0 against 143.3, H100) and keeps 384.
+# Smaller weights with at least TILED_MEDIUM_MIN_FEATURES rows and columns go on to
+# TILED_MAX_ROWS_HOPPER_MEDIUM rows since the GEMM's bulk 1 x 128 with whole stream-K workers
+# (thirty-seventh session): on 4096 x 4096 at 192 / 256 rows it took 31.9 / 32.6 us against
+# dequantise + cuBLAS's 38.9 / 41.1 on an H100
+# (benchmarks/results/fp4_gemv_sweep_NVIDIA_H100_80GB_HBM3_round37c.json; above 256 not measured).
 TILED_MAX_ROWS = 64
 TILED_MAX_ROWS_BF16_NVFP4_MXFP4 = 128
+TILED_MAX_ROWS_HOPPER_MEDIUM = 256
 TILED_MAX_ROWS_HOPPER_LARGE = 384
 TILED_MAX_ROWS_HOPPER_WIDE = 512
+TILED_MEDIUM_MIN_FEATURES = 4096
 TILED_LARGE_MIN_FEATURES = 8192
 TILED_MAX_ROWS_FLOAT32 = 16
 # Rows of x up to which inference on a CPU with the AVX-512 FP4 path uses the CPU tiled copy
@@ -87,8 +94,9 @@ class FP4Linear(nn.Module):
     On CUDA, calls that need no gradient with at most ``TILED_MAX_ROWS`` rows of x
     (``TILED_MAX_ROWS_BF16_NVFP4_MXFP4`` for nvfp4 / mxfp4 with bfloat16 x, on Hopper
     ``TILED_MAX_ROWS_HOPPER_WIDE`` for those on weights with ``TILED_LARGE_MIN_FEATURES`` rows,
-    ``TILED_MAX_ROWS_HOPPER_LARGE`` on weights with that many columns, ``TILED_MAX_ROWS_FLOAT32`` for
-    float32 x) run on a tiled copy of the weight
+    ``TILED_MAX_ROWS_HOPPER_LARGE`` on weights with that many columns,
+    ``TILED_MAX_ROWS_HOPPER_MEDIUM`` on other weights with ``TILED_MEDIUM_MIN_FEATURES`` rows and
+    columns; ``TILED_MAX_ROWS_FLOAT32`` for float32 x) run on a tiled copy of the weight
     (``apt_ext.fp4.tiled``), built at the first such call and kept beside the buffers (not
     saved; rebuilt after ``.to()`` or ``load_state_dict``; not made while ``apt_ext.vgpu.offload``
     pages the layer's weights, whose device budget it would break).
@@ -246,10 +254,13 @@ class FP4Linear(nn.Module):
             max_rows = TILED_MAX_ROWS_FLOAT32
         elif x.dtype == torch.bfloat16 and self.fmt in ("nvfp4", "mxfp4"):
             max_rows = TILED_MAX_ROWS_BF16_NVFP4_MXFP4
-            if (max(self.in_features, self.out_features) >= TILED_LARGE_MIN_FEATURES
-                    and x.numel() > max_rows * self.in_features and wgmma_gemm_runs(x.device)):
-                max_rows = (TILED_MAX_ROWS_HOPPER_WIDE if self.out_features >= TILED_LARGE_MIN_FEATURES
-                            else TILED_MAX_ROWS_HOPPER_LARGE)
+            if x.numel() > max_rows * self.in_features and wgmma_gemm_runs(x.device):
+                if self.out_features >= TILED_LARGE_MIN_FEATURES:
+                    max_rows = TILED_MAX_ROWS_HOPPER_WIDE
+                elif self.in_features >= TILED_LARGE_MIN_FEATURES:
+                    max_rows = TILED_MAX_ROWS_HOPPER_LARGE
+                elif min(self.in_features, self.out_features) >= TILED_MEDIUM_MIN_FEATURES:
+                    max_rows = TILED_MAX_ROWS_HOPPER_MEDIUM
         else:
             max_rows = TILED_MAX_ROWS
         if not self.packed.is_cuda or x.numel() > max_rows * self.in_features:

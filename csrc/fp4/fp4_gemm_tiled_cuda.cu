@@ -128,17 +128,18 @@ std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Form
   }
   // the measured routes of fp4_gemm_tiled_cuda.h: one K part; stream-K where wgmma runs
   if (wgmma_available(device)) {
-    const bool wide = n >= kWgmmaWideMinN;
+    const bool wide = n >= kWgmmaWideMinN, tall = n >= kGemmDefaultMinN;
     if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, kStreamK, 2, 32, GemmProduct::kWgmmaTranspose};
-    if (!wide && m >= kBulk1x128MinRows && m <= kBulk1x128MaxRows && (n >= kGemmDefaultMinN || k >= kStreamKDeepMinK))
-      return GemmTiledConfig{1, kStreamK, 1, 128, GemmProduct::kWgmmaBulk, 2};
-    if ((m >= kWide128MinRows && n >= kGemmDefaultMinN) || (m >= kWide128DeepMinRows && k >= kStreamKDeepMinK) ||
+    const bool bulk_1x128_weight = tall || k >= kStreamKDeepMinK || std::min(n, k) >= kBulk1x128MinFeatures;
+    const bool bulk_1x128_rows = tall ? m >= kBulk1x128TallMinRows && m <= kBulk1x128TallMaxRows
+                                      : m >= kBulk1x128MinRows && m <= kBulk1x128MaxRows;
+    if (!wide && bulk_1x128_weight && bulk_1x128_rows)
+      return GemmTiledConfig{1, kStreamKWhole, 1, 128, GemmProduct::kWgmmaBulk, 2};
+    if ((m >= kWide128MinRows && tall) || (m >= kWide128DeepMinRows && k >= kStreamKDeepMinK) ||
         m >= kWide128AllMinRows)
-      return GemmTiledConfig{1, kStreamK, 2, 128, GemmProduct::kWgmmaBulk, 2};
+      return GemmTiledConfig{1, kStreamKWhole, 2, 128, GemmProduct::kWgmmaBulk, 2};
     if (wide && m > 32) return GemmTiledConfig{1, kStreamK, 2, 64, GemmProduct::kWgmmaBulk, 2};
-    if ((m >= kStreamKMinRows && n >= kGemmDefaultMinN) ||
-        (m >= kStreamKDeepMinRows && k >= kStreamKDeepMinK) || m >= kWgmmaAllMinRows)
-      return GemmTiledConfig{1, kStreamK, 2, 64, GemmProduct::kWgmmaTranspose, 2};
+    if (m >= kWgmmaAllMinRows) return GemmTiledConfig{1, kStreamK, 2, 64, GemmProduct::kWgmmaTranspose, 2};
   }
   if (m >= kGemmDefaultMinRows && n >= kGemmDefaultMinN) return GemmTiledConfig{1, 0, 2, 64, GemmProduct::kMmaSync};
   return std::nullopt;
@@ -187,8 +188,8 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
     TORCH_CHECK_VALUE(cfg.k_parts == 1 &&
                           (product == GemmProduct::kWgmmaTranspose || product == GemmProduct::kWgmmaBulk),
                       "fp4_linear_tiled: the stream-K GEMM (splits -1 or -2) is built for one K part and the "
-                      "transposing or bulk wgmma product (sixth field 2 or 3), got ", cfg.k_parts, " K parts and product ",
-                      static_cast<int>(product));
+                      "transposing or bulk wgmma product (sixth field 2 or 3), got ", cfg.k_parts,
+                      " K parts and product ", static_cast<int>(product));
     int64_t workers = std::max<int64_t>(1, std::min(slots, blocks * args.steps / kMinStepsPerPart));
     // kStreamKWhole: block b = o s + j takes steps [j steps / s, (j + 1) steps / s) of output block o
     if (cfg.splits == kStreamKWhole && blocks <= slots)

@@ -52,10 +52,10 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 //    109.9 / 189.5 / 369.2; on 4096 x 14336 and 4096 x 4096 at 256 rows 100.9 / 41.7 against 121.0
 //    / 48.5; on 14336 x 4096 at 128 / 256 rows 60.8 / 103.6 against 64.4 / 101.6 (level). H100 at
 //    128 rows: 62.5 / 189.4 us on 14336 x 4096 / 28672 x 8192 against 66.1 / 191.1;
-//  * from kStreamKMinRows rows on weights of kGemmDefaultMinN rows: 14336 x 4096 at 40 / 48 / 56
-//    rows 41.0 / 40.9 / 41.2 us against the GEMV's 48.0 / 52.0 / 51.3 (H100), at 64 rows 40.4
-//    against 50.4 (H200); 33-39 rows not measured;
-//  * from kStreamKDeepMinRows rows where K is at least kStreamKDeepMinK: 4096 x 14336 at 96 rows
+//  * (this and the next since taken by the bulk 1 x 128, below) from 40 rows on weights of
+//    kGemmDefaultMinN rows: 14336 x 4096 at 40 / 48 / 56 rows 41.0 / 40.9 / 41.2 us against the
+//    GEMV's 48.0 / 52.0 / 51.3 (H100), at 64 rows 40.4 against 50.4 (H200); 33-39 rows not measured;
+//  * from 96 rows where K is at least kStreamKDeepMinK: 4096 x 14336 at 96 rows
 //    63.2 us against the GEMV's 70.9 (H100), at 128 rows 61.8 against 76.6 (H200); at 40-64 rows
 //    the GEMV led (43.1-45.4 against 46.1-46.7 us, H100); 65-95 rows not measured. Not at K 4096:
 //    4096 x 4096 at 96 / 128 rows 32.0 / 32.3 against the GEMV's 25.9 / 27.6 (H100); K between
@@ -111,21 +111,44 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 // 14336 73.9 against 2 x 64's 81.1, 129-143 and above 144 not measured), not on 4096 x 4096 (the
 // GEMV's 25.0 / 27.2 against 28.2 / 28.9 at 96 / 128), not on 28672 x 8192 (129.2 against the bulk 2 x
 // 128's 120.0 at 128). So the transposing 2 x 128 serves no route now (kept for APT_FP4_GEMM).
+// Since the thirty-seventh session the 2 x 128 and 1 x 128 routes run stream-K with whole workers
+// per output block (kStreamKWhole: where the output blocks fit the slots, each block's steps lie in
+// one output block), and the 1 x 128 serves more rows and weights, by the H100 sweeps
+// _H100_80GB_HBM3_round37.json (80-128 rows), _round37b.json (64-160) and _round37c.json (40, 56,
+// 192, 256) (nvfp4, bf16 x, do_bench medians, us):
+//  * whole workers against kStreamK, same tile: the 1 x 128 on 14336 x 4096 at 80 / 96 / 128 rows
+//    39.8 / 40.1 / 41.5 against 45.5 / 46.3 / 47.6, on 4096 x 14336 44.7 / 45.3 / 46.8 against 48.3 /
+//    48.9 / 50.0, on 4096 x 4096 25.3 / 25.6 / 26.3 against 27.8 / 28.1 / 28.7; the 2 x 128 on 28672 x
+//    8192 at 96 / 128 rows 107.2 / 109.9 against 114.9 / 117.3, on 14336 x 4096 at 160 / 192 / 256
+//    rows 60.4 / 60.0 / 62.0 against 72.8 / 73.7 / 75.4; where the output blocks outnumber the slots
+//    (28672 x 8192 from 129 rows) the two are one launch;
+//  * the 1 x 128 from kBulk1x128TallMinRows rows on weights of kGemmDefaultMinN-16383 rows (14336 x
+//    4096 at 40 / 56 / 64 rows: 38.6 / 38.9 / 39.2 against the transposing 2 x 64's 40.0 / 40.6 /
+//    41.2; 33-39 rows not measured), up to kBulk1x128TallMaxRows (at 160 rows 75.8 against the 2 x
+//    128's 60.4);
+//  * on other weights of kBulk1x128MinFeatures rows and columns, or of K kStreamKDeepMinK, at
+//    kBulk1x128MinRows-kBulk1x128MaxRows rows: 4096 x 4096 at 80 / 128 / 160 / 192 / 256 rows 25.3 /
+//    26.3 / 31.6 / 31.9 / 32.6 against the GEMV's 30.0 / 28.8 / 43.8 / 48.9 and the transposing 2 x
+//    64's 41.5 at 256 (level at 96: 25.6 against 25.2; at 64 the GEMV leads, 18.7 against 25.2;
+//    65-79 rows not measured); 4096 x 14336 at 160 / 192 / 256 rows 68.7 / 68.2 / 71.1 against the
+//    transposing 2 x 64's 81.6 / 82.6 and the 2 x 128's 79.0 (level with the GEMV at 56 / 64 rows:
+//    43.7 / 44.9 against 44.2 / 44.9; at 40 the GEMV leads, 42.0 against 43.5).
 // The routes without wgmma (mma.sync) stay as measured on their own.
-// apt_ext.nn.FP4Linear sends calls above 128 rows (on Hopper with a weight of 8192 rows or columns:
-// above 384, of 8192 rows: above 512) to dequantise + cuBLAS (fp4_linear), so the routes above
-// serve callers of the tiled op itself.
+// apt_ext.nn.FP4Linear sends calls above 128 rows (on Hopper with a weight of 4096 rows and columns:
+// above 256, of 8192 rows or columns: above 384, of 8192 rows: above 512) to dequantise + cuBLAS
+// (fp4_linear), so the routes above serve callers of the tiled op itself.
 constexpr int64_t kWgmmaMinRows = 24;
 constexpr int64_t kWgmmaWideMinN = 16384;
 constexpr int64_t kWgmmaAllMinRows = 256;
-constexpr int64_t kStreamKMinRows = 40;
-constexpr int64_t kStreamKDeepMinRows = 96;
 constexpr int64_t kStreamKDeepMinK = 8192;
 constexpr int64_t kWide128MinRows = 65;
 constexpr int64_t kWide128DeepMinRows = 256;
 constexpr int64_t kWide128AllMinRows = 512;
+constexpr int64_t kBulk1x128TallMinRows = 40;
+constexpr int64_t kBulk1x128TallMaxRows = 128;
 constexpr int64_t kBulk1x128MinRows = 65;
-constexpr int64_t kBulk1x128MaxRows = 128;
+constexpr int64_t kBulk1x128MaxRows = 256;
+constexpr int64_t kBulk1x128MinFeatures = 4096;
 
 // Whether the GEMM takes this format and x dtype (nvfp4 / mxfp4, bfloat16 x).
 bool gemm_tiled_supported(Format f, at::ScalarType x_dtype);
@@ -141,16 +164,16 @@ enum class GemmProduct : int {
                         // each step's block of it copied by one bulk copy (TMA) per block
 };
 // One launch configuration of the GEMM: its K parts per block (1, 2 or 4), its blocks along K (0:
-// enough to fill the GPU; -1: stream-K, one block per multiprocessor slot sharing every output
-// block's K steps evenly, one K part only), its tiles per warp and rows of x per block (a warp
-// tile built for the kind of product: mma.sync 2 x 64, 4 x 32, 2 x 32, 1 x 64; wgmma 2 x 32,
-// 1 x 64, 2 x 64, 1 x 128, with the transposing product also 2 x 128, and with word copies also 1 or
-// 2 x 8 or 16; the bulk product 2 x 64, 2 x 128 and 1 x 128 only) and the kind of product.
-// GemmTiledConfig::splits for stream-K: kStreamK, one worker block per slot (every
-// multiprocessor's blocks), each taking an even share of all output blocks' K steps; kStreamKWhole
-// (APT_FP4_GEMM's tuning sweeps), where the output blocks fit the slots, a whole number of workers
-// per output block, so that each worker's steps lie in one output block (one pipeline fill and at
-// most one gather each) and the slots left over stay idle.
+// enough to fill the GPU; kStreamK or kStreamKWhole: stream-K, one K part only), its tiles per
+// warp and rows of x per block (a warp tile built for the kind of product: mma.sync 2 x 64, 4 x 32,
+// 2 x 32, 1 x 64; wgmma 2 x 32, 1 x 64, 2 x 64, 1 x 128, with the transposing product also 2 x 128,
+// and with word copies also 1 or 2 x 8 or 16; the bulk product 2 x 64, 2 x 128 and 1 x 128 only)
+// and the kind of product.
+// GemmTiledConfig::splits for stream-K (APT_FP4_GEMM's -1 and -2): kStreamK, one worker block per
+// slot (every multiprocessor's blocks), each taking an even share of all output blocks' K steps;
+// kStreamKWhole, where the output blocks fit the slots, a whole number of workers per output block,
+// so that each worker's steps lie in one output block (one pipeline fill and at most one gather
+// each) and the slots left over stay idle; else the same as kStreamK.
 constexpr int64_t kStreamK = -1;
 constexpr int64_t kStreamKWhole = -2;
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 
 import pytest
 import torch
@@ -336,6 +337,8 @@ def test_fp4linear_uses_tiled_path_for_inference(apt_seed):
     ("nvfp4", torch.bfloat16, 513, 8192, 256, False),
     ("nvfp4", torch.bfloat16, 129, 256, 8192, "hopper"), ("mxfp4", torch.bfloat16, 384, 256, 8192, "hopper"),
     ("nvfp4", torch.bfloat16, 385, 256, 8192, False),
+    ("nvfp4", torch.bfloat16, 129, 4096, 4096, "hopper"), ("mxfp4", torch.bfloat16, 256, 4096, 4096, "hopper"),
+    ("nvfp4", torch.bfloat16, 257, 4096, 4096, False), ("nvfp4", torch.bfloat16, 129, 4095, 4096, False),
     ("mxfp4", torch.bfloat16, 128, 8192, 256, True), ("nf4", torch.bfloat16, 64, 8192, 256, True),
     ("nf4", torch.bfloat16, 65, 8192, 256, False), ("nf4", torch.bfloat16, 129, 8192, 256, False),
     ("nvfp4", torch.float16, 64, 8192, 256, True), ("nvfp4", torch.float16, 65, 8192, 256, False),
@@ -343,8 +346,9 @@ def test_fp4linear_uses_tiled_path_for_inference(apt_seed):
 def test_fp4linear_tiled_path_row_limit(fmt, dtype, rows, n, k, tiled, apt_seed):
     """FP4Linear's measured crossover (apt_ext/nn/fp4_linear.py): the tiled kernels up to 128 rows
     of bfloat16 x for nvfp4 / mxfp4 (where the wgmma GEMM runs, "hopper": up to 512 on weights of
-    8192 rows, 384 on weights of 8192 columns), 64 rows of other 16-bit x and nf4, 16 of float32 x,
-    fp4_linear above; both give the same result. N = 8192 rows: from 65 rows of x the tiled op takes its GEMM there
+    8192 rows, 384 on weights of 8192 columns, 256 on other weights of 4096 rows and columns), 64
+    rows of other 16-bit x and nf4, 16 of float32 x, fp4_linear above; both give the same result.
+    N = 8192 rows: from 65 rows of x (40 where wgmma runs) the tiled op takes its GEMM there
     (csrc/fp4/fp4_gemm_tiled_cuda.h)."""
     if tiled == "hopper":
         tiled = wgmma_gemm_runs(torch.device(DEV))
@@ -420,17 +424,20 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 
 @needs_cuda_build
 @pytest.mark.parametrize(("rows", "n", "k", "fmt", "kernel", "wgmma_kernel"), [
-    (39, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (40, 8192, 256, "nvfp4", "gemv_tiled", _SK64),
-    (64, 8192, 256, "mxfp4", "gemv_tiled", _SK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _BULK1X128),
+    (39, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (40, 8192, 256, "nvfp4", "gemv_tiled", _BULK1X128),
+    (64, 8192, 256, "mxfp4", "gemv_tiled", _BULK1X128), (65, 8192, 256, "nvfp4", "gemm_tiled", _BULK1X128),
     (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (64, 16384, 256, "mxfp4", "gemv_tiled", _BULK64),
     (65, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
     (96, 8192, 256, "mxfp4", "gemm_tiled", _BULK1X128),
     (128, 8192, 256, "mxfp4", "gemm_tiled", _BULK1X128), (129, 8192, 256, "nvfp4", "gemm_tiled", _BULK128),
     (96, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
     (64, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (65, 512, 8192, "nvfp4", "gemv_tiled", _BULK1X128),
-    (128, 512, 8192, "mxfp4", "gemv_tiled", _BULK1X128), (129, 512, 8192, "nvfp4", "gemv_tiled", _SK64),
-    (255, 512, 8192, "nvfp4", "gemv_tiled", _SK64), (256, 512, 8192, "mxfp4", "gemv_tiled", _BULK128),
+    (128, 512, 8192, "mxfp4", "gemv_tiled", _BULK1X128), (129, 512, 8192, "nvfp4", "gemv_tiled", _BULK1X128),
+    (256, 512, 8192, "mxfp4", "gemv_tiled", _BULK1X128), (257, 512, 8192, "nvfp4", "gemv_tiled", _BULK128),
     (128, 512, 8191, "mxfp4", "gemv_tiled", "gemv_tiled"),
+    (64, 4096, 4096, "nvfp4", "gemv_tiled", "gemv_tiled"), (65, 4096, 4096, "mxfp4", "gemv_tiled", _BULK1X128),
+    (256, 4096, 4096, "nvfp4", "gemv_tiled", _BULK1X128), (257, 4096, 4096, "nvfp4", "gemv_tiled", _SK64),
+    (128, 4095, 4096, "nvfp4", "gemv_tiled", "gemv_tiled"),
     (255, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (256, 4096, 256, "mxfp4", "gemv_tiled", _SK64),
     (511, 4096, 256, "nvfp4", "gemv_tiled", _SK64), (512, 4096, 256, "nvfp4", "gemv_tiled", _BULK128),
     (65, 8192, 256, "nf4", "gemv_tiled", "gemv_tiled"),
@@ -440,16 +447,16 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed):
     """fp4_linear_tiled's default choice between its GEMV and GEMM (csrc/fp4/fp4_gemm_tiled_cuda.h,
     nvfp4 / mxfp4 with bfloat16 x): without wgmma the mma.sync GEMM from 65 rows of x on weights of
-    8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its transposing
-    stream-K form instead, on weights of 16384 rows from 24 rows (2 x 32 tile up to 32 rows, above
-    it 2 x 64 with two wgmma slices per commit group and the bulk product), on weights of 8192 rows
-    at 40-64 rows, where K is 8192 or more from 129 rows and on every weight from 256 rows (2 x 64,
-    transposing product); its 2 x 128 tile (bulk product, two slices per group) on weights of 16384
-    rows from 65 rows, on weights of 8192 rows from 129 rows, where K is 8192 or more from 256 rows and
-    on every weight from 512 rows; its bulk 1 x 128 tile at 65-128 rows on weights of 8192 to 16383
-    rows or of K 8192 or more. Read off the
-    profiler's kernel names (the template arguments: tiles per warp, 8-row blocks of x, product,
-    stream-K, slices per group), with the result checked against the reference."""
+    8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its stream-K forms
+    instead: on weights of 16384 rows from 24 rows (2 x 32 tile, transposing product, up to 32 rows;
+    above it 2 x 64 with two wgmma slices per commit group and the bulk product); its bulk 1 x 128
+    tile at 40-128 rows on weights of 8192 to 16383 rows, at 65-256 rows on other weights of 4096 rows
+    and columns or of K 8192 or more; its 2 x 128 tile (bulk product, two slices per group) on
+    weights of 16384 rows from 65 rows, on weights of 8192 rows from 129 rows, where K is 8192 or
+    more from 257 rows and on every weight from 512 rows; the transposing 2 x 64 on the other
+    weights at 256-511 rows. Read off the profiler's kernel names (the template arguments: tiles per
+    warp, 8-row blocks of x, product, stream-K, slices per group), with the result checked against
+    the reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel
     g = torch.Generator().manual_seed(apt_seed)
     t = tile(quantize(_weight(n, k, g).to(DEV), fmt))
@@ -461,6 +468,37 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     assert names and all(want_kernel in name for name in names), names
     want = torch.nn.functional.linear(x.float(), t.dequantize().to(DEV))
     assert _rel_err(y, want) < _tol(fmt, torch.bfloat16)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize(("rows", "n", "k", "workers_per_block"), [
+    (128, 4096, 4096, lambda slots: min(slots // 32, 16)),  # 1 x 128: 32 output blocks of 32 steps
+    (80, 14336, 4096, lambda slots: 1),  # 112 output blocks: one worker each, no gather
+    (96, 28672, 8192, lambda slots: 1),  # 2 x 128: 112 output blocks
+    (256, 28672, 8192, None)])  # 224 output blocks outnumber the slots: kStreamK's one per slot
+def test_stream_k_whole_workers_grid(rows, n, k, workers_per_block, apt_seed, tmp_path):
+    """The routed 1 x 128 and 2 x 128 tiles run stream-K with whole workers per output block
+    (kStreamKWhole): a grid of output blocks x floor(slots / output blocks) blocks (at most half the
+    steps), where the output blocks fit the slots (one block of 256 threads per multiprocessor),
+    else one block per slot; read off the profiler's trace, the result checked against the
+    reference."""
+    if not _wgmma_runs():
+        pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
+    g = torch.Generator().manual_seed(apt_seed)
+    t = tile(quantize(_weight(n, k, g).to(DEV), "nvfp4"))
+    x = torch.randn(rows, k, generator=g).to(DEV, torch.bfloat16)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        y = t.linear(x)
+        torch.cuda.synchronize()
+    prof.export_chrome_trace(str(tmp_path / "trace.json"))
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    grids = [e["args"]["grid"] for e in trace["traceEvents"]
+             if e.get("cat") == "kernel" and "gemm_tiled_kernel" in e.get("name", "")]
+    slots = torch.cuda.get_device_properties(DEV).multi_processor_count
+    out_blocks = n // 128 if n < 16384 else n // 256  # 1 x 128: 128 weight rows a block, 2 x 128: 256
+    want = out_blocks * workers_per_block(slots) if workers_per_block else slots
+    assert grids == [[want, 1, 1]], (grids, want)
+    assert _rel_err(y, torch.nn.functional.linear(x.float(), t.dequantize().to(DEV))) < _tol("nvfp4", torch.bfloat16)
 
 
 @needs_cuda_build

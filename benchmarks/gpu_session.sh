@@ -68,6 +68,12 @@ stage() {  # name, command...
   echo "=== $name: rc=$rc in $(( $(date +%s) - t0 )) s"
   tail -n 25 "$OUT/$name.log"
 }
+stage_copying_json() {  # name, JSON name pattern, command...: stage, then copy the JSONs it wrote to $OUT
+  local name=$1 pattern=$2; shift 2
+  touch "/tmp/apt_${name}_start"
+  stage "$name" "$@"
+  find benchmarks/results -name "$pattern" -newer "/tmp/apt_${name}_start" -exec cp {} "$OUT/" \;
+}
 for arg in "$@"; do
   s=${arg%%:*}; LIMIT=0; [ "$s" != "$arg" ] && LIMIT=${arg#*:}
   case $s in
@@ -128,11 +134,9 @@ for arg in "$@"; do
       cp "benchmarks/results/fp4_triton_host_$CARD.json" "$OUT/" 2>/dev/null ;;
     fp4_quick) stage fp4_quick $PY benchmarks/fp4_linear.py --quick ;;
     e2e)  # APT_E2E_PROFILE=1: the FP4 forward's top GPU kernels; APT_E2E_TAG: the JSON's suffix
-      touch /tmp/apt_e2e_start; stage e2e $PY benchmarks/e2e_encoder.py ${APT_E2E_PROFILE:+--profile} ${APT_E2E_TAG:+--tag "$APT_E2E_TAG"}
-      find benchmarks/results -name "e2e_encoder_*.json" -newer /tmp/apt_e2e_start -exec cp {} "$OUT/" \; ;;
+      stage_copying_json e2e "e2e_encoder_*.json" $PY benchmarks/e2e_encoder.py ${APT_E2E_PROFILE:+--profile} ${APT_E2E_TAG:+--tag "$APT_E2E_TAG"} ;;
     e2e_decoder)  # APT_E2E_COMPILE=1: steps compiled too; APT_E2E_FUSED=1: fused q/k/v and gate/up; APT_E2E_ONE_COPY=1: FP4Linear keeps only its tiled copy; APT_E2E_ATTENTION=matmul: grouped_attention; APT_E2E_PROFILE=1: top kernels of the replayed step
-      touch /tmp/apt_e2e_decoder_start; stage e2e_decoder $PY benchmarks/e2e_decoder.py ${APT_E2E_COMPILE:+--compile} ${APT_E2E_FUSED:+--fused} ${APT_E2E_ONE_COPY:+--one-copy} ${APT_E2E_ATTENTION:+--attention "$APT_E2E_ATTENTION"} ${APT_E2E_PROFILE:+--profile}
-      find benchmarks/results -name "e2e_decoder_*.json" -newer /tmp/apt_e2e_decoder_start -exec cp {} "$OUT/" \; ;;
+      stage_copying_json e2e_decoder "e2e_decoder_*.json" $PY benchmarks/e2e_decoder.py ${APT_E2E_COMPILE:+--compile} ${APT_E2E_FUSED:+--fused} ${APT_E2E_ONE_COPY:+--one-copy} ${APT_E2E_ATTENTION:+--attention "$APT_E2E_ATTENTION"} ${APT_E2E_PROFILE:+--profile} ;;
     left_spin) stage left_spin $PY benchmarks/left_spin.py ;;
     left_spin_quick) stage left_spin_quick $PY benchmarks/left_spin.py --quick ;;
     vgpu) stage vgpu $PY benchmarks/vgpu.py ;;

@@ -254,7 +254,9 @@ class FP4Linear(nn.Module):
             max_rows = TILED_MAX_ROWS_FLOAT32
         elif x.dtype == torch.bfloat16 and self.fmt in ("nvfp4", "mxfp4"):
             max_rows = TILED_MAX_ROWS_BF16_NVFP4_MXFP4
-            if x.numel() > max_rows * self.in_features and wgmma_gemm_runs(x.device):
+            # a weight under TILED_MEDIUM_MIN_FEATURES on both sides skips the device query
+            if (max(self.in_features, self.out_features) >= TILED_MEDIUM_MIN_FEATURES
+                    and x.numel() > max_rows * self.in_features and wgmma_gemm_runs(x.device)):
                 if self.out_features >= TILED_LARGE_MIN_FEATURES:
                     max_rows = TILED_MAX_ROWS_HOPPER_WIDE
                 elif self.in_features >= TILED_LARGE_MIN_FEATURES:

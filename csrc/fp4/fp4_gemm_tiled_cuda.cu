@@ -129,16 +129,16 @@ std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Form
   // the measured routes of fp4_gemm_tiled_cuda.h: one K part; stream-K where wgmma runs
   if (wgmma_available(device)) {
     const bool wide = n >= kWgmmaWideMinN, tall = n >= kGemmDefaultMinN;
+    const bool deep = k >= kStreamKDeepMinK;
     if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, kStreamK, 2, 32, GemmProduct::kWgmmaTranspose};
-    const bool bulk_1x128_weight = tall || k >= kStreamKDeepMinK || std::min(n, k) >= kBulk1x128MinFeatures;
-    const bool bulk_1x128_rows = tall ? m >= kBulk1x128TallMinRows && m <= kBulk1x128TallMaxRows
-                                      : m >= kBulk1x128MinRows && m <= kBulk1x128MaxRows;
-    if (!wide && bulk_1x128_weight && bulk_1x128_rows)
+    const bool bulk_2x64_rows = m <= kBulk2x64MaxRows && (wide ? m > 32 : m >= kBulk2x64MinRows);
+    if ((tall || deep) && bulk_2x64_rows) return GemmTiledConfig{1, kStreamKWhole, 2, 64, GemmProduct::kWgmmaBulk, 2};
+    const bool bulk_1x128_weight = tall || deep || std::min(n, k) >= kBulk1x128MinFeatures;
+    const int64_t bulk_1x128_max_rows = tall ? kBulk1x128TallMaxRows : kBulk1x128MaxRows;
+    if (!wide && bulk_1x128_weight && m >= kBulk1x128MinRows && m <= bulk_1x128_max_rows)
       return GemmTiledConfig{1, kStreamKWhole, 1, 128, GemmProduct::kWgmmaBulk, 2};
-    if ((m >= kWide128MinRows && tall) || (m >= kWide128DeepMinRows && k >= kStreamKDeepMinK) ||
-        m >= kWide128AllMinRows)
+    if ((m >= kWide128MinRows && tall) || (m >= kWide128DeepMinRows && deep) || m >= kWide128AllMinRows)
       return GemmTiledConfig{1, kStreamKWhole, 2, 128, GemmProduct::kWgmmaBulk, 2};
-    if (wide && m > 32) return GemmTiledConfig{1, kStreamK, 2, 64, GemmProduct::kWgmmaBulk, 2};
     if (m >= kWgmmaAllMinRows) return GemmTiledConfig{1, kStreamK, 2, 64, GemmProduct::kWgmmaTranspose, 2};
   }
   if (m >= kGemmDefaultMinRows && n >= kGemmDefaultMinN) return GemmTiledConfig{1, 0, 2, 64, GemmProduct::kMmaSync};

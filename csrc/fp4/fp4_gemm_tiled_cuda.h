@@ -122,10 +122,8 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 //    8192 at 96 / 128 rows 107.2 / 109.9 against 114.9 / 117.3, on 14336 x 4096 at 160 / 192 / 256
 //    rows 60.4 / 60.0 / 62.0 against 72.8 / 73.7 / 75.4; where the output blocks outnumber the slots
 //    (28672 x 8192 from 129 rows) the two are one launch;
-//  * the 1 x 128 from kBulk1x128TallMinRows rows on weights of kGemmDefaultMinN-16383 rows (14336 x
-//    4096 at 40 / 56 / 64 rows: 38.6 / 38.9 / 39.2 against the transposing 2 x 64's 40.0 / 40.6 /
-//    41.2; 33-39 rows not measured), up to kBulk1x128TallMaxRows (at 160 rows 75.8 against the 2 x
-//    128's 60.4);
+//  * the 1 x 128 up to kBulk1x128TallMaxRows rows on weights of kGemmDefaultMinN-16383 rows (at 160
+//    rows 75.8 against the 2 x 128's 60.4);
 //  * on other weights of kBulk1x128MinFeatures rows and columns, or of K kStreamKDeepMinK, at
 //    kBulk1x128MinRows-kBulk1x128MaxRows rows: 4096 x 4096 at 80 / 128 / 160 / 192 / 256 rows 25.3 /
 //    26.3 / 31.6 / 31.9 / 32.6 against the GEMV's 30.0 / 28.8 / 43.8 / 48.9 and the transposing 2 x
@@ -133,6 +131,15 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 //    65-79 rows not measured); 4096 x 14336 at 160 / 192 / 256 rows 68.7 / 68.2 / 71.1 against the
 //    transposing 2 x 64's 81.6 / 82.6 and the 2 x 128's 79.0 (level with the GEMV at 56 / 64 rows:
 //    43.7 / 44.9 against 44.2 / 44.9; at 40 the GEMV leads, 42.0 against 43.5).
+// Since the thirty-eighth session the bulk 2 x 64 with whole workers takes kBulk2x64MinRows-
+// kBulk2x64MaxRows rows on weights of kGemmDefaultMinN rows or K of kStreamKDeepMinK (33-64 on
+// weights of kWgmmaWideMinN rows, where its output blocks outnumber the slots: whole workers and
+// kStreamK are one launch), by the H100 sweeps _H100_80GB_HBM3_round38.json (40 / 48 / 64 rows) and
+// _round38b.json (24 / 32 / 80 / 96 / 128): 14336 x 4096 at 40 / 48 / 64 rows 34.4 / 34.5 / 35.3 us
+// against the 1 x 128's 38.5 / 38.7 / 38.8; 4096 x 14336 37.4 / 37.6 / 38.6 against the GEMV's 42.0
+// / 42.1 / 44.8. Not at 32 rows (33.8 against 32.5, 37.2 against 31.3; 33-39 not measured), not from
+// 80 (47.0 against the 1 x 128's 39.6 on 14336 x 4096), not on 4096 x 4096 (24.7 against the GEMV's
+// 18.2 at 40).
 // The routes without wgmma (mma.sync) stay as measured on their own.
 // apt_ext.nn.FP4Linear sends calls above 128 rows (on Hopper with a weight of 4096 rows and columns:
 // above 256, of 8192 rows or columns: above 384, of 8192 rows: above 512) to dequantise + cuBLAS
@@ -144,7 +151,8 @@ constexpr int64_t kStreamKDeepMinK = 8192;
 constexpr int64_t kWide128MinRows = 65;
 constexpr int64_t kWide128DeepMinRows = 256;
 constexpr int64_t kWide128AllMinRows = 512;
-constexpr int64_t kBulk1x128TallMinRows = 40;
+constexpr int64_t kBulk2x64MinRows = 40;
+constexpr int64_t kBulk2x64MaxRows = 64;
 constexpr int64_t kBulk1x128TallMaxRows = 128;
 constexpr int64_t kBulk1x128MinRows = 65;
 constexpr int64_t kBulk1x128MaxRows = 256;

@@ -424,14 +424,16 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 
 @needs_cuda_build
 @pytest.mark.parametrize(("rows", "n", "k", "fmt", "kernel", "wgmma_kernel"), [
-    (39, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (40, 8192, 256, "nvfp4", "gemv_tiled", _BULK1X128),
-    (64, 8192, 256, "mxfp4", "gemv_tiled", _BULK1X128), (65, 8192, 256, "nvfp4", "gemm_tiled", _BULK1X128),
+    (39, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (40, 8192, 256, "nvfp4", "gemv_tiled", _BULK64),
+    (64, 8192, 256, "mxfp4", "gemv_tiled", _BULK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _BULK1X128),
     (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (64, 16384, 256, "mxfp4", "gemv_tiled", _BULK64),
     (65, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
     (96, 8192, 256, "mxfp4", "gemm_tiled", _BULK1X128),
     (128, 8192, 256, "mxfp4", "gemm_tiled", _BULK1X128), (129, 8192, 256, "nvfp4", "gemm_tiled", _BULK128),
     (96, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
-    (64, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (65, 512, 8192, "nvfp4", "gemv_tiled", _BULK1X128),
+    (39, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (40, 512, 8192, "mxfp4", "gemv_tiled", _BULK64),
+    (64, 512, 8192, "nvfp4", "gemv_tiled", _BULK64), (65, 512, 8192, "nvfp4", "gemv_tiled", _BULK1X128),
+    (64, 512, 8191, "nvfp4", "gemv_tiled", "gemv_tiled"),
     (128, 512, 8192, "mxfp4", "gemv_tiled", _BULK1X128), (129, 512, 8192, "nvfp4", "gemv_tiled", _BULK1X128),
     (256, 512, 8192, "mxfp4", "gemv_tiled", _BULK1X128), (257, 512, 8192, "nvfp4", "gemv_tiled", _BULK128),
     (128, 512, 8191, "mxfp4", "gemv_tiled", "gemv_tiled"),
@@ -449,9 +451,10 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     nvfp4 / mxfp4 with bfloat16 x): without wgmma the mma.sync GEMM from 65 rows of x on weights of
     8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its stream-K forms
     instead: on weights of 16384 rows from 24 rows (2 x 32 tile, transposing product, up to 32 rows;
-    above it 2 x 64 with two wgmma slices per commit group and the bulk product); its bulk 1 x 128
-    tile at 40-128 rows on weights of 8192 to 16383 rows, at 65-256 rows on other weights of 4096 rows
-    and columns or of K 8192 or more; its 2 x 128 tile (bulk product, two slices per group) on
+    above it 2 x 64 with two wgmma slices per commit group and the bulk product, up to 64 rows); the
+    same bulk 2 x 64 at 40-64 rows on weights of 8192 rows or K of 8192; its bulk 1 x 128 tile at
+    65-128 rows on weights of 8192 to 16383 rows, at 65-256 rows on other weights of 4096 rows and
+    columns or of K 8192 or more; its 2 x 128 tile (bulk product, two slices per group) on
     weights of 16384 rows from 65 rows, on weights of 8192 rows from 129 rows, where K is 8192 or
     more from 257 rows and on every weight from 512 rows; the transposing 2 x 64 on the other
     weights at 256-511 rows. Read off the profiler's kernel names (the template arguments: tiles per
@@ -471,17 +474,18 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
 
 
 @needs_cuda_build
-@pytest.mark.parametrize(("rows", "n", "k", "workers_per_block"), [
-    (128, 4096, 4096, lambda slots: min(slots // 32, 16)),  # 1 x 128: 32 output blocks of 32 steps
-    (80, 14336, 4096, lambda slots: 1),  # 112 output blocks: one worker each, no gather
-    (96, 28672, 8192, lambda slots: 1),  # 2 x 128: 112 output blocks
-    (256, 28672, 8192, None)])  # 224 output blocks outnumber the slots: kStreamK's one per slot
-def test_stream_k_whole_workers_grid(rows, n, k, workers_per_block, apt_seed, tmp_path):
-    """The routed 1 x 128 and 2 x 128 tiles run stream-K with whole workers per output block
-    (kStreamKWhole): a grid of output blocks x floor(slots / output blocks) blocks (at most half the
-    steps), where the output blocks fit the slots (one block of 256 threads per multiprocessor),
-    else one block per slot; read off the profiler's trace, the result checked against the
-    reference."""
+@pytest.mark.parametrize(("rows", "n", "k", "block_rows", "workers_per_block"), [
+    (128, 4096, 4096, 128, lambda slots: min(slots // 32, 16)),  # 1 x 128: 32 output blocks of 32 steps
+    (80, 14336, 4096, 128, lambda slots: 1),  # 112 output blocks: one worker each, no gather
+    (48, 14336, 4096, 256, lambda slots: min(slots // 56, 16)),  # 2 x 64: 56 output blocks
+    (96, 28672, 8192, 256, lambda slots: 1),  # 2 x 128: 112 output blocks
+    (256, 28672, 8192, 256, None)])  # 224 output blocks outnumber the slots: kStreamK's one per slot
+def test_stream_k_whole_workers_grid(rows, n, k, block_rows, workers_per_block, apt_seed, tmp_path):
+    """The routed 1 x 128, 2 x 64 and 2 x 128 tiles (block_rows weight rows per output block) run
+    stream-K with whole workers per output block (kStreamKWhole): a grid of output blocks x
+    floor(slots / output blocks) blocks (at most half the steps), where the output blocks fit the
+    slots (one block of 256 threads per multiprocessor), else one block per slot; read off the
+    profiler's trace, the result checked against the reference."""
     if not _wgmma_runs():
         pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
     g = torch.Generator().manual_seed(apt_seed)
@@ -495,7 +499,7 @@ def test_stream_k_whole_workers_grid(rows, n, k, workers_per_block, apt_seed, tm
     grids = [e["args"]["grid"] for e in trace["traceEvents"]
              if e.get("cat") == "kernel" and "gemm_tiled_kernel" in e.get("name", "")]
     slots = torch.cuda.get_device_properties(DEV).multi_processor_count
-    out_blocks = n // 128 if n < 16384 else n // 256  # 1 x 128: 128 weight rows a block, 2 x 128: 256
+    out_blocks = n // block_rows
     want = out_blocks * workers_per_block(slots) if workers_per_block else slots
     assert grids == [[want, 1, 1]], (grids, want)
     assert _rel_err(y, torch.nn.functional.linear(x.float(), t.dequantize().to(DEV))) < _tol("nvfp4", torch.bfloat16)

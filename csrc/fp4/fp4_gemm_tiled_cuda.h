@@ -134,12 +134,13 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 // Since the thirty-eighth session the bulk 2 x 64 with whole workers takes kBulk2x64MinRows-
 // kBulk2x64MaxRows rows on weights of kGemmDefaultMinN rows or K of kStreamKDeepMinK (33-64 on
 // weights of kWgmmaWideMinN rows, where its output blocks outnumber the slots: whole workers and
-// kStreamK are one launch), by the H100 sweeps _H100_80GB_HBM3_round38.json (40 / 48 / 64 rows) and
-// _round38b.json (24 / 32 / 80 / 96 / 128): 14336 x 4096 at 40 / 48 / 64 rows 34.4 / 34.5 / 35.3 us
-// against the 1 x 128's 38.5 / 38.7 / 38.8; 4096 x 14336 37.4 / 37.6 / 38.6 against the GEMV's 42.0
-// / 42.1 / 44.8. Not at 32 rows (33.8 against 32.5, 37.2 against 31.3; 33-39 not measured), not from
-// 80 (47.0 against the 1 x 128's 39.6 on 14336 x 4096), not on 4096 x 4096 (24.7 against the GEMV's
-// 18.2 at 40).
+// kStreamK are one launch), by the H100 sweeps _H100_80GB_HBM3_round38.json (40 / 48 / 64 rows),
+// _round38b.json (24 / 32 / 80 / 96 / 128) and _round38c.json (33 / 36): 14336 x 4096 at 33 / 36 /
+// 40 / 48 / 64 rows 34.2 / 34.2 / 34.4 / 34.5 / 35.3 us against the GEMV's 44.7 / 45.7 and the 1 x
+// 128's 38.5 / 38.7 / 38.8; 4096 x 14336 37.2 / 37.6 / 37.4 / 37.6 / 38.6 against the GEMV's 44.3 /
+// 44.1 / 42.0 / 42.1 / 44.8. Not at 32 rows (33.8 against 32.5, 37.2 against 31.3), not from 80 (47.0
+// against the 1 x 128's 39.6 on 14336 x 4096), not on 4096 x 4096 (24.7 against the GEMV's 18.2 at
+// 40). The route itself at 32 / 33 / 36 / 40 rows: _round38d.json.
 // The routes without wgmma (mma.sync) stay as measured on their own.
 // apt_ext.nn.FP4Linear sends calls above 128 rows (on Hopper with a weight of 4096 rows and columns:
 // above 256, of 8192 rows or columns: above 384, of 8192 rows: above 512) to dequantise + cuBLAS
@@ -151,7 +152,7 @@ constexpr int64_t kStreamKDeepMinK = 8192;
 constexpr int64_t kWide128MinRows = 65;
 constexpr int64_t kWide128DeepMinRows = 256;
 constexpr int64_t kWide128AllMinRows = 512;
-constexpr int64_t kBulk2x64MinRows = 40;
+constexpr int64_t kBulk2x64MinRows = 33;
 constexpr int64_t kBulk2x64MaxRows = 64;
 constexpr int64_t kBulk1x128TallMaxRows = 128;
 constexpr int64_t kBulk1x128MinRows = 65;

@@ -424,14 +424,14 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
 
 @needs_cuda_build
 @pytest.mark.parametrize(("rows", "n", "k", "fmt", "kernel", "wgmma_kernel"), [
-    (39, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (40, 8192, 256, "nvfp4", "gemv_tiled", _BULK64),
+    (32, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (33, 8192, 256, "nvfp4", "gemv_tiled", _BULK64),
     (64, 8192, 256, "mxfp4", "gemv_tiled", _BULK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _BULK1X128),
     (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (64, 16384, 256, "mxfp4", "gemv_tiled", _BULK64),
     (65, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
     (96, 8192, 256, "mxfp4", "gemm_tiled", _BULK1X128),
     (128, 8192, 256, "mxfp4", "gemm_tiled", _BULK1X128), (129, 8192, 256, "nvfp4", "gemm_tiled", _BULK128),
     (96, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
-    (39, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (40, 512, 8192, "mxfp4", "gemv_tiled", _BULK64),
+    (32, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (33, 512, 8192, "mxfp4", "gemv_tiled", _BULK64),
     (64, 512, 8192, "nvfp4", "gemv_tiled", _BULK64), (65, 512, 8192, "nvfp4", "gemv_tiled", _BULK1X128),
     (64, 512, 8191, "nvfp4", "gemv_tiled", "gemv_tiled"),
     (128, 512, 8192, "mxfp4", "gemv_tiled", _BULK1X128), (129, 512, 8192, "nvfp4", "gemv_tiled", _BULK1X128),
@@ -445,14 +445,14 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
     (65, 8192, 256, "nf4", "gemv_tiled", "gemv_tiled"),
     (23, 16384, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (24, 16384, 256, "nvfp4", "gemv_tiled", _SK32),
     (32, 16384, 256, "mxfp4", "gemv_tiled", _SK32), (33, 16384, 256, "nvfp4", "gemv_tiled", _BULK64),
-    (33, 16383, 256, "nvfp4", "gemv_tiled", "gemv_tiled")])
+    (32, 16383, 256, "nvfp4", "gemv_tiled", "gemv_tiled")])
 def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed):
     """fp4_linear_tiled's default choice between its GEMV and GEMM (csrc/fp4/fp4_gemm_tiled_cuda.h,
     nvfp4 / mxfp4 with bfloat16 x): without wgmma the mma.sync GEMM from 65 rows of x on weights of
     8192 rows; where the wgmma GEMM runs (sm_90a build, compute capability 9.0) its stream-K forms
     instead: on weights of 16384 rows from 24 rows (2 x 32 tile, transposing product, up to 32 rows;
     above it 2 x 64 with two wgmma slices per commit group and the bulk product, up to 64 rows); the
-    same bulk 2 x 64 at 40-64 rows on weights of 8192 rows or K of 8192; its bulk 1 x 128 tile at
+    same bulk 2 x 64 at 33-64 rows on weights of 8192 rows or K of 8192; its bulk 1 x 128 tile at
     65-128 rows on weights of 8192 to 16383 rows, at 65-256 rows on other weights of 4096 rows and
     columns or of K 8192 or more; its 2 x 128 tile (bulk product, two slices per group) on
     weights of 16384 rows from 65 rows, on weights of 8192 rows from 129 rows, where K is 8192 or

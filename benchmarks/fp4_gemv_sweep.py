@@ -8,10 +8,11 @@ load reads 512 contiguous bytes, -1 the heuristic's; balance (default 1): warps 
 spread blocks evenly over the SMs; evict_first (default 1): weights loaded with L2 evict_first; tw:
 tiles per warp, 1 or 2, 0 the heuristic's; rw = kw = 0 keeps the heuristic's), optionally with
 "@step" (the tiles and scales copied step-major: at each step all tiles' blocks are adjacent, so
-warps that advance together read one contiguous region), "+gemm=MIN_ROWS,K_PARTS[,SPLITS[,TILES_PER_WARP[,ROWS[,MMA[,J_GROUP]]]]]"
+warps that advance together read one contiguous region), "+gemm=MIN_ROWS,K_PARTS[,SPLITS[,TILES_PER_WARP[,ROWS[,MMA[,J_GROUP[,WORKERS]]]]]]"
 (APT_FP4_GEMM: from MIN_ROWS rows of x the tiled GEMM of csrc/fp4/fp4_gemm_tiled_cuda.cu instead
 of the GEMV; MMA 1, 2 and 3 its wgmma forms, on sm_90a builds; SPLITS -1 its stream-K form, with MMA 2
-or 3, -2 the same with a whole number of blocks per output block where they fit; J_GROUP 2 its two
+or 3, -2 the same with a whole number of blocks per output block where they fit, at most WORKERS
+where given; J_GROUP 2 its two
 wgmma slices per commit group)
 and/or "#nf4" / "#mxfp4" (the weight format; default nvfp4) runs in its own child process (a
 fresh process per variant, nothing shared between them) and times

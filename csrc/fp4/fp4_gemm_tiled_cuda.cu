@@ -83,9 +83,9 @@ struct EnvGemm {
 };
 EnvGemm parse_env_gemm(const char* env) {
   long long min_rows = 0;
-  int k_parts = 1, splits = 0, tiles = 2, rows = 0, mma = 0, j_group = 1;
-  const int got =
-      std::sscanf(env, "%lld,%d,%d,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows, &mma, &j_group);
+  int k_parts = 1, splits = 0, tiles = 2, rows = 0, mma = 0, j_group = 1, workers = 0;
+  const int got = std::sscanf(env, "%lld,%d,%d,%d,%d,%d,%d,%d", &min_rows, &k_parts, &splits, &tiles, &rows, &mma,
+                              &j_group, &workers);
   if (rows == 0) rows = tiles >= 4 ? 32 : 64;
   const auto product = static_cast<GemmProduct>(mma);
   const bool stream_k_ok =
@@ -93,10 +93,11 @@ EnvGemm parse_env_gemm(const char* env) {
   const bool stream_k = splits == kStreamK || splits == kStreamKWhole;
   const bool ok = got >= 1 && min_rows >= 0 && mma >= 0 && mma <= 3 && k_parts_ok(k_parts, product) &&
                   (splits >= 0 || (stream_k && stream_k_ok)) &&
-                  (product != GemmProduct::kWgmmaBulk || stream_k) && rows % 8 == 0 &&
+                  (product != GemmProduct::kWgmmaBulk || stream_k) && rows % 8 == 0 && workers >= 0 &&
+                  (workers == 0 || splits == kStreamKWhole) &&
                   warp_tile_built(tiles, rows / 8, product) && j_group_built(j_group, tiles, rows / 8, product) &&
                   gemm_smem_bytes(tiles, rows / 8, k_parts, product) <= kMaxSmem;
-  TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group]]]]]]' "
+  TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group[,workers]]]]]]]' "
                     "with min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), -1 (stream-K, with "
                     "k_parts 1 and mma 2 or 3) or -2 (the same with whole workers per output block where they fit), "
                     "mma 0 (mma.sync), 1 (wgmma, x copied word by word), 2 (wgmma, x "
@@ -107,8 +108,9 @@ EnvGemm parse_env_gemm(const char* env) {
                     "mma 1 also (1 or 2, 8 or 16), mma 2 also (2, 128), mma 3 only (2, 64), (2, 128) and "
                     "(1, 128); rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only with 32 rows, wgmma (1, 128) "
                     "and (2, 128) only with 1 (shared memory); j_group 1, or with mma 2 also 2 for (2, 32), (2, 64), "
-                    "(1, 128) and (2, 128), with mma 3 for each of its tiles; got '", env, "'");
-  return EnvGemm{min_rows, GemmTiledConfig{k_parts, splits, tiles, rows, product, j_group}};
+                    "(1, 128) and (2, 128), with mma 3 for each of its tiles; workers 0 (as many per output block "
+                    "as fit) or, with splits -2, the most per output block; got '", env, "'");
+  return EnvGemm{min_rows, GemmTiledConfig{k_parts, splits, tiles, rows, product, j_group, workers}};
 }
 std::optional<EnvGemm> env_gemm() {
   const char* env = std::getenv("APT_FP4_GEMM");
@@ -192,8 +194,11 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
                       " K parts and product ", static_cast<int>(product));
     int64_t workers = std::max<int64_t>(1, std::min(slots, blocks * args.steps / kMinStepsPerPart));
     // kStreamKWhole: block b = o s + j takes steps [j steps / s, (j + 1) steps / s) of output block o
-    if (cfg.splits == kStreamKWhole && blocks <= slots)
-      workers = blocks * std::max<int64_t>(1, std::min(slots / blocks, args.steps / kMinStepsPerPart));
+    if (cfg.splits == kStreamKWhole && blocks <= slots) {
+      int64_t per_block = std::min(slots / blocks, args.steps / kMinStepsPerPart);
+      if (cfg.max_workers > 0) per_block = std::min<int64_t>(per_block, cfg.max_workers);
+      workers = blocks * std::max<int64_t>(1, per_block);
+    }
     args.splits = 1;
     args.steps_per_part = args.steps;
     partials = at::empty({2 * workers * sums}, x.options().dtype(at::kFloat));

@@ -1,7 +1,7 @@
 // The tiled-layout FP4 GEMM (fp4_gemm_tiled_cuda.cu): 32 or 64 rows of bfloat16 x per block,
 // staged through shared memory, for nvfp4 / mxfp4 weights. fp4_linear_tiled (fp4_gemv_cuda.cu)
 // calls it instead of the GEMV where choose_gemm says (the measured routes below, or
-// APT_FP4_GEMM="min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group]]]]]]" for tuning sweeps;
+// APT_FP4_GEMM="min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group[,workers]]]]]]]" for tuning sweeps;
 // "0": never).
 #pragma once
 #include <ATen/ATen.h>
@@ -195,14 +195,17 @@ struct GemmTiledConfig {
   int j_group = 1;      // wgmma: 16-column slices decoded before one commit group (1; with the
                         // transposing product also 2 for 2 x 32, 2 x 64, 1 x 128 and 2 x 128, with
                         // the bulk product for both of its tiles)
+  int max_workers = 0;  // kStreamKWhole: the most workers per output block (0: as many as fit the
+                        // slots, at most half the K steps); a tuning knob, no route sets it
 };
 
 // The GEMM fp4_linear_tiled launches for m rows of x on a weight of n rows and k columns (format f,
 // x of x_dtype) on CUDA device `device`, or nullopt for the GEMV. APT_FP4_GEMM (read at each call;
-// tuning sweeps) = "min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group]]]]]]" replaces
+// tuning sweeps) = "min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group[,workers]]]]]]]" replaces
 // the default routes above: the GEMM from min_rows rows on any weight (0: never), one K part,
 // blocks along K chosen per shape, 2 tiles per warp, rows 0 meaning 64 below 4 tiles per warp,
-// else 32, mma.sync and one wgmma slice per group unless the last fields say otherwise.
+// else 32, mma.sync, one wgmma slice per group and (splits -2) as many workers per output block as
+// fit unless the last fields say otherwise.
 std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Format f, at::ScalarType x_dtype,
                                           int device);
 

@@ -152,7 +152,9 @@ WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,
                  "17,1,-1,2,128,3", "17,1,-1,2,128,3,2", "1,1,-1,2,64,3", "17,1,-1,2,64,3,2",
                  "17,1,-1,1,128,3", "17,1,-1,1,128,3,2",
                  # stream-K with whole workers per output block (splits -2)
-                 "17,1,-2,1,128,3,2", "1,1,-2,2,64,3,2", "17,1,-2,2,64,2,2"]
+                 "17,1,-2,1,128,3,2", "1,1,-2,2,64,3,2", "17,1,-2,2,64,2,2",
+                 # the same with at most 1 or 2 workers per output block (the eighth field)
+                 "17,1,-2,1,128,3,2,2", "1,1,-2,2,64,3,2,1"]
 
 
 def _wgmma_runs() -> bool:
@@ -207,14 +209,15 @@ def test_wgmma_gemm_operand_layouts(gemm, monkeypatch):
                                   "17,2,-1,2,64,2", "17,1,-1,2,64,0", "17,1,-3,2,64,2", "17,1,0,2,64,2,3",
                                   "17,1,0,2,64,1,2", "17,1,0,1,64,2,2", "17,1,0,2,64,0,2", "17,1,0,2,32,2,4",
                                   "17,1,-1,2,64,2,4", "17,1,0,1,128,2,4", "17,1,0,2,128,1", "17,2,0,2,128,2",
-                                  "17,1,0,2,64,3", "17,2,-1,2,64,3", "17,1,-1,1,64,3", "17,1,-1,2,32,3", "17,1,-1,2,64,4"])
+                                  "17,1,0,2,64,3", "17,2,-1,2,64,3", "17,1,-1,1,64,3", "17,1,-1,2,32,3", "17,1,-1,2,64,4",
+                                  "17,1,-1,2,64,3,2,2", "17,1,-2,2,64,3,2,-1"])
 def test_gemm_config_rejects_what_is_not_built(gemm, monkeypatch):
     """APT_FP4_GEMM naming a product, K parts or warp tile that no kernel was built for (the
     transposing wgmma at 8 rows, mma 3, wgmma with 4 K parts, 1 x 128 with 2 K parts: over the
     shared memory, 48 rows; stream-K with 2 K parts or mma.sync, splits -3; 3 wgmma slices per
     group, or 2 / 4 with word copies, the 1 x 64 tile or mma.sync, 4 with 2 x 32; 2 x 128 with word
     copies or 2 K parts; the bulk product (mma 3) without stream-K, with 2 K parts or a tile not built
-    for it; mma 4) is a ValueError
+    for it; mma 4; a cap on workers per output block without splits -2, or below 0) is a ValueError
     that quotes the variable, not a launch."""
     monkeypatch.setenv("APT_FP4_GEMM", gemm)
     with pytest.raises(ValueError, match="APT_FP4_GEMM"):
@@ -241,14 +244,15 @@ def test_wgmma_gemm_refused_where_it_cannot_run(monkeypatch):
                                   *(pytest.param(c, id=f"wgmma-{c}") for c in WGMMA_CONFIGS)])
 def test_tiled_gemm_path(gemm, monkeypatch):
     """The tiled GEMM (csrc/fp4/fp4_gemm_tiled_cuda.cu,
-    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group]]]]]", read at each
+    APT_FP4_GEMM="min_rows,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group[,workers]]]]]]", read at each
     call), every warp tile built for mma.sync and for wgmma (mma 1 and 2, on sm_90a builds and
     compute capability 9.0 GPUs): nvfp4 and mxfp4 with bfloat16 x against the reference at M
     around its 32-, 64- and 128-row blocks, a number of tiles that leaves a warp's last tiles
     missing (N = 300: 19 tiles; with wgmma, whole warpgroups and single warps without a tile of
     their own), K = 4192 (33 steps: K parts and splits of unequal length), blocks along K chosen
     per shape (0) or given or stream-K (-1: with few output blocks, many blocks add pieces of one;
-    -2: a whole number of blocks per output block, each block's steps within one),
+    -2: a whole number of blocks per output block, each block's steps within one, as many as fit or
+    at most `workers`),
     with bias and with GELU; rows below min_rows, nf4 and float16 x still take the GEMV and stay
     correct."""
     if gemm in WGMMA_CONFIGS and not _wgmma_runs():
@@ -488,7 +492,15 @@ def test_stream_k_whole_workers_grid(rows, n, k, block_rows, workers_per_block, 
     profiler's trace, the result checked against the reference."""
     if not _wgmma_runs():
         pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
-    g = torch.Generator().manual_seed(apt_seed)
+    slots = torch.cuda.get_device_properties(DEV).multi_processor_count
+    want = n // block_rows * workers_per_block(slots) if workers_per_block else slots
+    _check_gemm_grid(rows, n, k, want, apt_seed, tmp_path)
+
+
+def _check_gemm_grid(rows: int, n: int, k: int, want: int, seed: int, tmp_path) -> None:
+    """One nvfp4 call of the tiled op (rows x k bfloat16 x, an n x k weight) launches the GEMM once
+    on a grid of `want` blocks (read off the profiler's chrome trace) and matches the reference."""
+    g = torch.Generator().manual_seed(seed)
     t = tile(quantize(_weight(n, k, g).to(DEV), "nvfp4"))
     x = torch.randn(rows, k, generator=g).to(DEV, torch.bfloat16)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -498,11 +510,20 @@ def test_stream_k_whole_workers_grid(rows, n, k, block_rows, workers_per_block, 
     trace = json.loads((tmp_path / "trace.json").read_text())
     grids = [e["args"]["grid"] for e in trace["traceEvents"]
              if e.get("cat") == "kernel" and "gemm_tiled_kernel" in e.get("name", "")]
-    slots = torch.cuda.get_device_properties(DEV).multi_processor_count
-    out_blocks = n // block_rows
-    want = out_blocks * workers_per_block(slots) if workers_per_block else slots
     assert grids == [[want, 1, 1]], (grids, want)
     assert _rel_err(y, torch.nn.functional.linear(x.float(), t.dequantize().to(DEV))) < _tol("nvfp4", torch.bfloat16)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("workers", [1, 2, 3, 64])
+def test_stream_k_whole_workers_cap(workers, apt_seed, tmp_path, monkeypatch):
+    """APT_FP4_GEMM's eighth field caps the whole workers per output block: the 1 x 128 on 4096 x
+    4096 at 128 rows (32 output blocks of 32 steps) on 32 x min(workers, slots // 32, 16) blocks."""
+    if not _wgmma_runs():
+        pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
+    monkeypatch.setenv("APT_FP4_GEMM", f"1,1,-2,1,128,3,2,{workers}")
+    slots = torch.cuda.get_device_properties(DEV).multi_processor_count
+    _check_gemm_grid(128, 4096, 4096, 32 * min(workers, slots // 32, 16), apt_seed, tmp_path)
 
 
 @needs_cuda_build

@@ -97,8 +97,9 @@ EnvGemm parse_env_gemm(const char* env) {
                   (workers == 0 || splits == kStreamKWhole) &&
                   warp_tile_built(tiles, rows / 8, product) && j_group_built(j_group, tiles, rows / 8, product) &&
                   gemm_smem_bytes(tiles, rows / 8, k_parts, product) <= kMaxSmem;
-  TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected 'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group[,workers]]]]]]]' "
-                    "with min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), -1 (stream-K, with "
+  TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected "
+                    "'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group[,workers]]]]]]]' with "
+                    "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), -1 (stream-K, with "
                     "k_parts 1 and mma 2 or 3) or -2 (the same with whole workers per output block where they fit), "
                     "mma 0 (mma.sync), 1 (wgmma, x copied word by word), 2 (wgmma, x "
                     "transposed in shared memory; 1 and 2 take k_parts 1 or 2) or 3 (wgmma, x rearranged once and "

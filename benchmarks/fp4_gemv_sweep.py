@@ -12,7 +12,7 @@ warps that advance together read one contiguous region), "+gemm=MIN_ROWS,K_PARTS
 (APT_FP4_GEMM: from MIN_ROWS rows of x the tiled GEMM of csrc/fp4/fp4_gemm_tiled_cuda.cu instead
 of the GEMV; MMA 1, 2 and 3 its wgmma forms, on sm_90a builds; SPLITS -1 its stream-K form, with MMA 2
 or 3, -2 the same with a whole number of blocks per output block where they fit, at most WORKERS
-where given; J_GROUP 2 its two
+where given, -3 the same in thread-block clusters (MMA 3, J_GROUP 2); J_GROUP 2 its two
 wgmma slices per commit group)
 and/or "#nf4" / "#mxfp4" (the weight format; default nvfp4) runs in its own child process (a
 fresh process per variant, nothing shared between them) and times

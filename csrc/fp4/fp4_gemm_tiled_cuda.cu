@@ -90,27 +90,31 @@ EnvGemm parse_env_gemm(const char* env) {
   const auto product = static_cast<GemmProduct>(mma);
   const bool stream_k_ok =
       k_parts == 1 && (product == GemmProduct::kWgmmaTranspose || product == GemmProduct::kWgmmaBulk);
-  const bool stream_k = splits == kStreamK || splits == kStreamKWhole;
+  const bool stream_k = splits == kStreamK || splits == kStreamKWhole || splits == kStreamKCluster;
+  const bool cluster_ok = splits != kStreamKCluster || (product == GemmProduct::kWgmmaBulk && j_group == 2);
+  const bool workers_ok = workers == 0 || splits == kStreamKWhole ||
+                          (splits == kStreamKCluster && workers <= kMaxClusterWorkers);
   const bool ok = got >= 1 && min_rows >= 0 && mma >= 0 && mma <= 3 && k_parts_ok(k_parts, product) &&
-                  (splits >= 0 || (stream_k && stream_k_ok)) &&
-                  (product != GemmProduct::kWgmmaBulk || stream_k) && rows % 8 == 0 && workers >= 0 &&
-                  (workers == 0 || splits == kStreamKWhole) &&
+                  (splits >= 0 || (stream_k && stream_k_ok)) && cluster_ok &&
+                  (product != GemmProduct::kWgmmaBulk || stream_k) && rows % 8 == 0 && workers >= 0 && workers_ok &&
                   warp_tile_built(tiles, rows / 8, product) && j_group_built(j_group, tiles, rows / 8, product) &&
                   gemm_smem_bytes(tiles, rows / 8, k_parts, product) <= kMaxSmem;
   TORCH_CHECK_VALUE(ok, "APT_FP4_GEMM: expected "
                     "'min_rows[,k_parts[,splits[,tiles_per_warp[,rows[,mma[,j_group[,workers]]]]]]]' with "
                     "min_rows >= 0, k_parts 1, 2 or 4, splits >= 0 (0: chosen per shape), -1 (stream-K, with "
-                    "k_parts 1 and mma 2 or 3) or -2 (the same with whole workers per output block where they fit), "
+                    "k_parts 1 and mma 2 or 3), -2 (the same with whole workers per output block where they fit) or "
+                    "-3 (whole workers in thread-block clusters; mma 3 and j_group 2 only), "
                     "mma 0 (mma.sync), 1 (wgmma, x copied word by word), 2 (wgmma, x "
                     "transposed in shared memory; 1 and 2 take k_parts 1 or 2) or 3 (wgmma, x rearranged once and "
-                    "copied by bulk copies; k_parts 1 and splits -1 or -2 only) and a warp tile "
+                    "copied by bulk copies; k_parts 1 and splits -1, -2 or -3 only) and a warp tile "
                     "(tiles_per_warp, rows of x per block) built for it: "
                     "mma.sync (2, 64), (4, 32), (2, 32) or (1, 64), wgmma (2, 32), (1, 64), (2, 64) or (1, 128), "
                     "mma 1 also (1 or 2, 8 or 16), mma 2 also (2, 128), mma 3 only (2, 64), (2, 128) and "
                     "(1, 128); rows 0 meaning 64 below 4 tiles, else 32; k_parts 4 only with 32 rows, wgmma (1, 128) "
                     "and (2, 128) only with 1 (shared memory); j_group 1, or with mma 2 also 2 for (2, 32), (2, 64), "
                     "(1, 128) and (2, 128), with mma 3 for each of its tiles; workers 0 (as many per output block "
-                    "as fit) or, with splits -2, the most per output block; got '", env, "'");
+                    "as fit) or, with splits -2, the most per output block, with -3 at most ", kMaxClusterWorkers,
+                    "; got '", env, "'");
   return EnvGemm{min_rows, GemmTiledConfig{k_parts, splits, tiles, rows, product, j_group, workers}};
 }
 std::optional<EnvGemm> env_gemm() {
@@ -164,7 +168,7 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
                     " tiles per warp, ", cfg.rows_per_block, " rows of x per block and product ",
                     static_cast<int>(product), " (1 everywhere; with the transposing wgmma product also 2 for 2 x 32, "
                     "2 x 64, 1 x 128 and 2 x 128, with the bulk product for each of its tiles)");
-  const size_t smem = gemm_smem_bytes(tw, xb, cfg.k_parts, product);
+  size_t smem = gemm_smem_bytes(tw, xb, cfg.k_parts, product);
   TORCH_CHECK_VALUE(k_parts_ok(cfg.k_parts, product) && smem <= kMaxSmem,
                     "fp4_linear_tiled: GEMM K parts must be 1, 2 or 4 (wgmma: 1 or 2) within ", kMaxSmem,
                     " bytes of shared memory, got ", cfg.k_parts, " (", smem, " bytes)");
@@ -187,6 +191,7 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
   const bool stream_k = cfg.splits < 0;
   at::Tensor partials, arrivals;
   dim3 grid;
+  int cluster = 0;  // kStreamKCluster: blocks per cluster
   if (stream_k) {
     TORCH_CHECK_VALUE(cfg.k_parts == 1 &&
                           (product == GemmProduct::kWgmmaTranspose || product == GemmProduct::kWgmmaBulk),
@@ -194,15 +199,34 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
                       "transposing or bulk wgmma product (sixth field 2 or 3), got ", cfg.k_parts,
                       " K parts and product ", static_cast<int>(product));
     int64_t workers = std::max<int64_t>(1, std::min(slots, blocks * args.steps / kMinStepsPerPart));
-    // kStreamKWhole: block b = o s + j takes steps [j steps / s, (j + 1) steps / s) of output block o
+    // kStreamKWhole and kStreamKCluster: block b = o s + j takes steps [j steps / s, (j + 1) steps /
+    // s) of output block o
     if (cfg.splits == kStreamKWhole && blocks <= slots) {
       int64_t per_block = std::min(slots / blocks, args.steps / kMinStepsPerPart);
       if (cfg.max_workers > 0) per_block = std::min<int64_t>(per_block, cfg.max_workers);
       workers = blocks * std::max<int64_t>(1, per_block);
     }
+    if (cfg.splits == kStreamKCluster) {
+      TORCH_CHECK_VALUE(product == GemmProduct::kWgmmaBulk && cfg.j_group == 2,
+                        "fp4_linear_tiled: stream-K in clusters (splits -3) is built for the bulk product (sixth "
+                        "field 3) with 2 wgmma slices per group only");
+      int64_t per_block = cfg.max_workers > 0
+                              ? cfg.max_workers
+                              : std::min(std::max<int64_t>(1, slots / blocks), args.steps / kMinStepsPerPart);
+      // every block of a cluster takes at least one step: each must reach the cluster's barriers
+      per_block = std::clamp<int64_t>(per_block, 1, std::min(kMaxClusterWorkers, args.steps));
+      TORCH_CHECK_VALUE(blocks * per_block < (int64_t{1} << 31),
+                        "fp4_linear_tiled: too many rows of x for one launch; split x");
+      workers = blocks * per_block;
+      cluster = static_cast<int>(per_block);
+      // each block leaves its sums in its shared memory for the cluster's gather
+      smem = std::max(smem, static_cast<size_t>(sums) * sizeof(float));
+      TORCH_CHECK_VALUE(smem <= kMaxSmem, "fp4_linear_tiled: the cluster gather needs ", smem,
+                        " bytes of shared memory, more than ", kMaxSmem);
+    }
     args.splits = 1;
     args.steps_per_part = args.steps;
-    partials = at::empty({2 * workers * sums}, x.options().dtype(at::kFloat));
+    partials = at::empty({cluster > 0 ? 0 : 2 * workers * sums}, x.options().dtype(at::kFloat));
     // the bulk product's counts are zeroed by the kernel that rearranges x (below)
     arrivals = product == GemmProduct::kWgmmaBulk ? at::empty({blocks}, x.options().dtype(at::kInt))
                                                   : at::zeros({blocks}, x.options().dtype(at::kInt));
@@ -240,7 +264,7 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     args.x = x_core.const_data_ptr();
   }
-  const GemmKernelLaunch launch{args, grid, smem, stream, tw, xb, product, stream_k, cfg.j_group};
+  const GemmKernelLaunch launch{args, grid, smem, stream, tw, xb, product, stream_k, cfg.j_group, cluster};
   if (f == Format::NVFP4) {
     gelu ? launch_gemm_kernel<Format::NVFP4, true>(launch) : launch_gemm_kernel<Format::NVFP4, false>(launch);
   } else {

@@ -173,30 +173,37 @@ enum class GemmProduct : int {
                         // each step's block of it copied by one bulk copy (TMA) per block
 };
 // One launch configuration of the GEMM: its K parts per block (1, 2 or 4), its blocks along K (0:
-// enough to fill the GPU; kStreamK or kStreamKWhole: stream-K, one K part only), its tiles per
+// enough to fill the GPU; kStreamK, kStreamKWhole or kStreamKCluster: stream-K, one K part only), its tiles per
 // warp and rows of x per block (a warp tile built for the kind of product: mma.sync 2 x 64, 4 x 32,
 // 2 x 32, 1 x 64; wgmma 2 x 32, 1 x 64, 2 x 64, 1 x 128, with the transposing product also 2 x 128,
 // and with word copies also 1 or 2 x 8 or 16; the bulk product 2 x 64, 2 x 128 and 1 x 128 only)
 // and the kind of product.
-// GemmTiledConfig::splits for stream-K (APT_FP4_GEMM's -1 and -2): kStreamK, one worker block per
+// GemmTiledConfig::splits for stream-K (APT_FP4_GEMM's -1, -2 and -3): kStreamK, one worker block per
 // slot (every multiprocessor's blocks), each taking an even share of all output blocks' K steps;
 // kStreamKWhole, where the output blocks fit the slots, a whole number of workers per output block,
 // so that each worker's steps lie in one output block (one pipeline fill and at most one gather
-// each) and the slots left over stay idle; else the same as kStreamK.
+// each) and the slots left over stay idle; else the same as kStreamK. kStreamKCluster (a tuning
+// form since the thirty-eighth session; the bulk product with two wgmma slices per group only):
+// whole workers per output block in every case (as many as fit the slots, at least one, at most
+// kMaxClusterWorkers), each output block's workers one thread-block cluster that adds their sums
+// through distributed shared memory instead of global memory, each block storing part of the tile.
 constexpr int64_t kStreamK = -1;
 constexpr int64_t kStreamKWhole = -2;
+constexpr int64_t kStreamKCluster = -3;
+constexpr int64_t kMaxClusterWorkers = 8;  // the portable cluster size
 
 struct GemmTiledConfig {
   int k_parts;
-  int64_t splits;  // blocks along K (0: chosen per shape), or kStreamK / kStreamKWhole
+  int64_t splits;  // blocks along K (0: chosen per shape), or kStreamK / kStreamKWhole / kStreamKCluster
   int tiles_per_warp;
   int rows_per_block;   // rows of x per block (8 per mma n8 block): 32, 64 or (wgmma) 8, 16, 128
   GemmProduct product;
   int j_group = 1;      // wgmma: 16-column slices decoded before one commit group (1; with the
                         // transposing product also 2 for 2 x 32, 2 x 64, 1 x 128 and 2 x 128, with
                         // the bulk product for both of its tiles)
-  int max_workers = 0;  // kStreamKWhole: the most workers per output block (0: as many as fit the
-                        // slots, at most half the K steps); a tuning knob, no route sets it
+  int max_workers = 0;  // kStreamKWhole and kStreamKCluster: the most workers per output block (0:
+                        // as many as fit the slots, at most half the K steps); a tuning knob, no
+                        // route sets it
 };
 
 // The GEMM fp4_linear_tiled launches for m rows of x on a weight of n rows and k columns (format f,

@@ -53,6 +53,7 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -307,6 +308,54 @@ __device__ __forceinline__ bool streamk_gather(float (&acc)[TW][XB][4], const Ti
   return true;
 }
 
+// Stream-K in thread-block clusters (kStreamKCluster): the cluster's blocks are the whole workers
+// of one output block, block rank r holding the sums acc of the r-th share of its K steps. Each
+// block leaves its sums in its own shared memory (the x stages, free after gemm_block_sums); after
+// a cluster barrier warp w of the block of rank w % ranks adds every rank's sums at its own
+// positions, in rank order (streamk_gather's order: the same result), reading the other blocks'
+// shared memory (distributed shared memory); a second barrier keeps each block's shared memory
+// until every reader is done. Returns whether this warp holds final sums to store. Every thread of
+// the block calls it; sm_90 (other targets trap: the host launches it on wgmma builds only).
+template <int TW, int XB>
+__device__ __forceinline__ bool cluster_gather(float (&acc)[TW][XB][4]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  extern __shared__ __align__(128) unsigned char dyn_smem[];
+  const cg::cluster_group cluster = cg::this_cluster();
+  const unsigned ranks = cluster.num_blocks(), rank = cluster.block_rank();
+  const int threads = static_cast<int>(blockDim.x), th = static_cast<int>(threadIdx.x);
+  float4* mine = reinterpret_cast<float4*>(dyn_smem);
+#pragma unroll
+  for (int u = 0; u < TW; ++u)
+#pragma unroll
+    for (int i = 0; i < XB; ++i)
+      mine[(u * XB + i) * threads + th] = make_float4(acc[u][i][0], acc[u][i][1], acc[u][i][2], acc[u][i][3]);
+  cluster.sync();
+  const bool owner = static_cast<unsigned>(th >> 5) % ranks == rank;
+  if (owner) {
+    zero_sums(acc);
+    for (unsigned r = 0; r < ranks; ++r) {
+      const float4* src = cluster.map_shared_rank(mine, r) + th;
+#pragma unroll
+      for (int u = 0; u < TW; ++u)
+#pragma unroll
+        for (int i = 0; i < XB; ++i) {
+          const float4 v = src[(u * XB + i) * threads];
+          acc[u][i][0] += v.x;
+          acc[u][i][1] += v.y;
+          acc[u][i][2] += v.z;
+          acc[u][i][3] += v.w;
+        }
+    }
+  }
+  cluster.sync();
+  return owner;
+#else
+  __trap();
+  return false;
+#endif
+}
+
 // One block's sums acc for output block `ob` (x block ob % m_blocks; warp w's weight tiles
 // TW ((ob / m_blocks) WN + w % WN) + u) over its K part's steps s_begin .. s_begin + n_steps - 1; the
 // pipeline runs loop_steps steps (every warp of the block the same number: its barriers must
@@ -540,9 +589,10 @@ __device__ __forceinline__ void gemm_block_sums(float (&acc)[TW][XB][4], const T
 // With kStreamK (KW 1): gridDim.x blocks share args.out_blocks * steps units (an output block's
 // K steps in order, output blocks one after another) evenly, block b taking units b * U /
 // gridDim.x up to the next block's first; streamk_gather adds the pieces of an output block that
-// more than one block computed. A template argument, not a run-time branch: with both paths in
-// one kernel ptxas serialized every wgmma and spilled.
-template <Format F, bool kGelu, int TW, int XB, GemmProduct P, bool kStreamK, int JG>
+// more than one block computed (kCluster: cluster_gather, one output block per cluster). A template
+// argument, not a run-time branch: with both paths in one kernel ptxas serialized every wgmma and
+// spilled.
+template <Format F, bool kGelu, int TW, int XB, GemmProduct P, bool kStreamK, int JG, bool kCluster>
 __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled_kernel(const TiledLinearArgs args) {
   extern __shared__ __align__(128) unsigned char dyn_smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -562,7 +612,11 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
       const int64_t ob = u / steps, s0 = u - ob * steps, n = min(steps - s0, hi - u);
       gemm_block_sums<F, TW, XB, P, JG>(acc, args, static_cast<unsigned>(ob), static_cast<int>(s0),
                                         static_cast<int>(n), static_cast<int>(n));
-      if (streamk_gather(acc, args, ob, u == lo, wn, lane)) store(static_cast<unsigned>(ob));
+      if constexpr (kCluster) {
+        if (cluster_gather(acc)) store(static_cast<unsigned>(ob));
+      } else if (streamk_gather(acc, args, ob, u == lo, wn, lane)) {
+        store(static_cast<unsigned>(ob));
+      }
       u += n;
     }
   } else {
@@ -619,6 +673,7 @@ struct GemmKernelLaunch {
   GemmProduct product;
   bool stream_k;
   int j_group;
+  int cluster;  // kStreamKCluster: blocks per thread-block cluster (0: no clusters)
 };
 
 // Launches gemm_tiled_kernel<F, kGelu, ...> for `launch`. Instantiated once per format and
@@ -632,7 +687,7 @@ void launch_gemm_kernel(const GemmKernelLaunch& launch) {
                                         static_cast<int>(launch.smem)));
     // the bulk product right behind the kernel that rearranges x (grid_dependency_wait)
     launch_kernel(kernel, launch.grid, kWarps * 32, launch.smem, launch.stream, args,
-                  launch.product == GemmProduct::kWgmmaBulk);
+                  launch.product == GemmProduct::kWgmmaBulk, static_cast<unsigned>(launch.cluster));
   };
   auto by_product = [&](auto tw_c, auto xb_c, auto product_c) {
     constexpr int TW = decltype(tw_c)::value, XB = decltype(xb_c)::value;
@@ -642,7 +697,16 @@ void launch_gemm_kernel(const GemmKernelLaunch& launch) {
         constexpr bool kStreamK = decltype(stream_k_c)::value;
         auto with = [&](auto jg_c) {
           constexpr int JG = decltype(jg_c)::value;
-          if constexpr (j_group_built(JG, TW, XB, P)) go(gemm_tiled_kernel<F, kGelu, TW, XB, P, kStreamK, JG>);
+          if constexpr (j_group_built(JG, TW, XB, P)) {
+            // clusters: the bulk product with two slices per group only (launch_gemm_tiled checks)
+            if constexpr (kStreamK && P == GemmProduct::kWgmmaBulk && JG == 2) {
+              if (launch.cluster > 0) {
+                go(gemm_tiled_kernel<F, kGelu, TW, XB, P, true, JG, true>);
+                return;
+              }
+            }
+            go(gemm_tiled_kernel<F, kGelu, TW, XB, P, kStreamK, JG, false>);
+          }
         };
         if (launch.j_group == 2) with(std::integral_constant<int, 2>{});
         else with(std::integral_constant<int, 1>{});

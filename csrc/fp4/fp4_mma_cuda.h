@@ -116,25 +116,37 @@ __device__ __forceinline__ void allow_dependent_launch() {
 
 // Launches kernel<<<grid, threads, smem, stream>>>(args), with programmatic stream serialization
 // where `programmatic` (the kernel then calls grid_dependency_wait before it reads what the
-// previous kernel on the stream writes).
+// previous kernel on the stream writes) and in thread-block clusters of `cluster` blocks along x
+// where it is above 0 (grid.x a multiple of it; sm_90).
 template <typename Args>
 void launch_kernel(void (*kernel)(Args), dim3 grid, int threads, size_t smem, cudaStream_t stream, const Args& args,
-                   bool programmatic) {
-  if (!programmatic) {
+                   bool programmatic, unsigned cluster = 0) {
+  if (!programmatic && cluster == 0) {
     kernel<<<grid, threads, smem, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attrs[2]{};
+  unsigned n_attrs = 0;
+  if (programmatic) {
+    attrs[n_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[n_attrs].val.programmaticStreamSerializationAllowed = 1;
+    ++n_attrs;
+  }
+  if (cluster > 0) {
+    attrs[n_attrs].id = cudaLaunchAttributeClusterDimension;
+    attrs[n_attrs].val.clusterDim.x = cluster;
+    attrs[n_attrs].val.clusterDim.y = 1;
+    attrs[n_attrs].val.clusterDim.z = 1;
+    ++n_attrs;
+  }
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = dim3(static_cast<unsigned>(threads));
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  config.attrs = &attr;
-  config.numAttrs = 1;
+  config.attrs = attrs;
+  config.numAttrs = n_attrs;
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
 }
 

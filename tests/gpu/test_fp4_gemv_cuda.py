@@ -154,7 +154,9 @@ WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,
                  # stream-K with whole workers per output block (splits -2)
                  "17,1,-2,1,128,3,2", "1,1,-2,2,64,3,2", "17,1,-2,2,64,2,2",
                  # the same with at most 1 or 2 workers per output block (the eighth field)
-                 "17,1,-2,1,128,3,2,2", "1,1,-2,2,64,3,2,1"]
+                 "17,1,-2,1,128,3,2,2", "1,1,-2,2,64,3,2,1",
+                 # whole workers in thread-block clusters (splits -3), as many as fit or 3 per cluster
+                 "17,1,-3,1,128,3,2", "1,1,-3,2,64,3,2", "17,1,-3,2,128,3,2", "1,1,-3,1,128,3,2,3"]
 
 
 def _wgmma_runs() -> bool:
@@ -210,14 +212,17 @@ def test_wgmma_gemm_operand_layouts(gemm, monkeypatch):
                                   "17,1,0,2,64,1,2", "17,1,0,1,64,2,2", "17,1,0,2,64,0,2", "17,1,0,2,32,2,4",
                                   "17,1,-1,2,64,2,4", "17,1,0,1,128,2,4", "17,1,0,2,128,1", "17,2,0,2,128,2",
                                   "17,1,0,2,64,3", "17,2,-1,2,64,3", "17,1,-1,1,64,3", "17,1,-1,2,32,3", "17,1,-1,2,64,4",
-                                  "17,1,-1,2,64,3,2,2", "17,1,-2,2,64,3,2,-1"])
+                                  "17,1,-1,2,64,3,2,2", "17,1,-2,2,64,3,2,-1", "17,1,-3,2,64,3", "17,1,-4,2,64,3,2",
+                                  "17,1,-3,2,64,3,2,9"])
 def test_gemm_config_rejects_what_is_not_built(gemm, monkeypatch):
     """APT_FP4_GEMM naming a product, K parts or warp tile that no kernel was built for (the
     transposing wgmma at 8 rows, mma 3, wgmma with 4 K parts, 1 x 128 with 2 K parts: over the
-    shared memory, 48 rows; stream-K with 2 K parts or mma.sync, splits -3; 3 wgmma slices per
+    shared memory, 48 rows; stream-K with 2 K parts or mma.sync, splits -3 with the transposing
+    product or one slice per group, splits -4; 3 wgmma slices per
     group, or 2 / 4 with word copies, the 1 x 64 tile or mma.sync, 4 with 2 x 32; 2 x 128 with word
     copies or 2 K parts; the bulk product (mma 3) without stream-K, with 2 K parts or a tile not built
-    for it; mma 4; a cap on workers per output block without splits -2, or below 0) is a ValueError
+    for it; mma 4; a cap on workers per output block without splits -2 or -3, below 0, or above 8
+    in clusters) is a ValueError
     that quotes the variable, not a launch."""
     monkeypatch.setenv("APT_FP4_GEMM", gemm)
     with pytest.raises(ValueError, match="APT_FP4_GEMM"):
@@ -252,7 +257,7 @@ def test_tiled_gemm_path(gemm, monkeypatch):
     their own), K = 4192 (33 steps: K parts and splits of unequal length), blocks along K chosen
     per shape (0) or given or stream-K (-1: with few output blocks, many blocks add pieces of one;
     -2: a whole number of blocks per output block, each block's steps within one, as many as fit or
-    at most `workers`),
+    at most `workers`; -3: the same in thread-block clusters, one per output block),
     with bias and with GELU; rows below min_rows, nf4 and float16 x still take the GEMV and stay
     correct."""
     if gemm in WGMMA_CONFIGS and not _wgmma_runs():
@@ -419,11 +424,11 @@ def test_fp4linear_release_canonical_on_cuda(fmt, apt_seed):
 # the wgmma GEMM's kernel names: 2 (1) tiles per warp, 16, 8 or 4 blocks of 8 rows of x, bulk (3) or
 # transposing (2) product, stream-K (true), wgmma slices per commit group (2; 1 for the transposing
 # 2 x 32)
-_BULK128 = "2, 16, (apt::fp4::cuda::GemmProduct)3, true, 2>"
-_BULK1X128 = "1, 16, (apt::fp4::cuda::GemmProduct)3, true, 2>"
-_BULK64 = "2, 8, (apt::fp4::cuda::GemmProduct)3, true, 2>"
-_SK64 = "2, 8, (apt::fp4::cuda::GemmProduct)2, true, 2>"
-_SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1>"
+_BULK128 = "2, 16, (apt::fp4::cuda::GemmProduct)3, true, 2, false>"
+_BULK1X128 = "1, 16, (apt::fp4::cuda::GemmProduct)3, true, 2, false>"
+_BULK64 = "2, 8, (apt::fp4::cuda::GemmProduct)3, true, 2, false>"
+_SK64 = "2, 8, (apt::fp4::cuda::GemmProduct)2, true, 2, false>"
+_SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1, false>"
 
 
 @needs_cuda_build
@@ -512,6 +517,32 @@ def _check_gemm_grid(rows: int, n: int, k: int, want: int, seed: int, tmp_path) 
              if e.get("cat") == "kernel" and "gemm_tiled_kernel" in e.get("name", "")]
     assert grids == [[want, 1, 1]], (grids, want)
     assert _rel_err(y, torch.nn.functional.linear(x.float(), t.dequantize().to(DEV))) < _tol("nvfp4", torch.bfloat16)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize(("gemm", "rows", "n", "k"), [("1,1,-{},1,128,3,2,{}", 128, 4096, 4096),
+                                                   ("1,1,-{},2,64,3,2,{}", 48, 4096, 4096),
+                                                   ("1,1,-{},2,128,3,2,{}", 200, 4096, 1000)])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_stream_k_cluster_gather_matches_global(gemm, rows, n, k, workers, apt_seed, monkeypatch):
+    """Whole workers adding their sums in a thread-block cluster (splits -3, distributed shared
+    memory) give the same bits as the same workers adding them through global memory (splits -2:
+    both add the workers' sums in block order), for the bulk 1 x 128, 2 x 64 and 2 x 128 (K 1000:
+    8 steps, the last one partial), both formats. The shapes leave at least 3 slots per output
+    block, so that both forms run `workers` per output block."""
+    if not _wgmma_runs():
+        pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
+    g = torch.Generator().manual_seed(apt_seed)
+    for fmt in ("nvfp4", "mxfp4"):
+        t = tile(quantize(_weight(n, k, g).to(DEV), fmt))
+        x = torch.randn(rows, k, generator=g).to(DEV, torch.bfloat16)
+        out = {}
+        for splits in ("2", "3"):
+            monkeypatch.setenv("APT_FP4_GEMM", gemm.format(splits, workers))
+            out[splits] = t.linear(x)
+        assert torch.equal(out["2"], out["3"]), fmt
+        want = torch.nn.functional.linear(x.float(), t.dequantize().to(DEV))
+        assert _rel_err(out["3"], want) < _tol(fmt, torch.bfloat16)
 
 
 @needs_cuda_build

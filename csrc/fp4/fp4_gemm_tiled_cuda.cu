@@ -195,30 +195,26 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
   if (stream_k) {
     TORCH_CHECK_VALUE(cfg.k_parts == 1 &&
                           (product == GemmProduct::kWgmmaTranspose || product == GemmProduct::kWgmmaBulk),
-                      "fp4_linear_tiled: the stream-K GEMM (splits -1 or -2) is built for one K part and the "
+                      "fp4_linear_tiled: the stream-K GEMM (splits -1, -2 or -3) is built for one K part and the "
                       "transposing or bulk wgmma product (sixth field 2 or 3), got ", cfg.k_parts,
                       " K parts and product ", static_cast<int>(product));
     int64_t workers = std::max<int64_t>(1, std::min(slots, blocks * args.steps / kMinStepsPerPart));
     // kStreamKWhole and kStreamKCluster: block b = o s + j takes steps [j steps / s, (j + 1) steps /
-    // s) of output block o
-    if (cfg.splits == kStreamKWhole && blocks <= slots) {
+    // s) of output block o, s workers per output block: as many as fit the slots, at most half the
+    // steps and max_workers (clusters: at most the portable size), at least one (so every block takes
+    // a step: each must reach its cluster's barriers)
+    if ((cfg.splits == kStreamKWhole && blocks <= slots) || cfg.splits == kStreamKCluster) {
       int64_t per_block = std::min(slots / blocks, args.steps / kMinStepsPerPart);
       if (cfg.max_workers > 0) per_block = std::min<int64_t>(per_block, cfg.max_workers);
-      workers = blocks * std::max<int64_t>(1, per_block);
+      if (cfg.splits == kStreamKCluster) per_block = std::min(per_block, kMaxClusterWorkers);
+      per_block = std::max<int64_t>(1, per_block);
+      workers = blocks * per_block;
+      if (cfg.splits == kStreamKCluster) cluster = static_cast<int>(per_block);
     }
     if (cfg.splits == kStreamKCluster) {
       TORCH_CHECK_VALUE(product == GemmProduct::kWgmmaBulk && cfg.j_group == 2,
                         "fp4_linear_tiled: stream-K in clusters (splits -3) is built for the bulk product (sixth "
                         "field 3) with 2 wgmma slices per group only");
-      int64_t per_block = cfg.max_workers > 0
-                              ? cfg.max_workers
-                              : std::min(std::max<int64_t>(1, slots / blocks), args.steps / kMinStepsPerPart);
-      // every block of a cluster takes at least one step: each must reach the cluster's barriers
-      per_block = std::clamp<int64_t>(per_block, 1, std::min(kMaxClusterWorkers, args.steps));
-      TORCH_CHECK_VALUE(blocks * per_block < (int64_t{1} << 31),
-                        "fp4_linear_tiled: too many rows of x for one launch; split x");
-      workers = blocks * per_block;
-      cluster = static_cast<int>(per_block);
       // each block leaves its sums in its shared memory for the cluster's gather
       smem = std::max(smem, static_cast<size_t>(sums) * sizeof(float));
       TORCH_CHECK_VALUE(smem <= kMaxSmem, "fp4_linear_tiled: the cluster gather needs ", smem,
@@ -253,7 +249,7 @@ void launch_gemm_tiled(TiledLinearArgs args, Format f, bool gelu, const GemmTile
   at::Tensor x_core;
   if (product == GemmProduct::kWgmmaBulk) {
     TORCH_CHECK_VALUE(stream_k, "fp4_linear_tiled: the bulk wgmma product (sixth field 3) is built for stream-K only "
-                      "(splits -1 or -2)");
+                      "(splits -1, -2 or -3)");
     TORCH_CHECK(x.is_contiguous() && x.size(0) == args.m && x.size(1) == args.steps * kStepCols,
                 "fp4_linear_tiled: the bulk product needs x as [m, steps * 128], contiguous");
     const int64_t pieces = m_blocks * args.steps * bulk_x_step_elems(xb) / 8;

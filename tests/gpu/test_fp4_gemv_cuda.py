@@ -357,7 +357,7 @@ def test_fp4linear_tiled_path_row_limit(fmt, dtype, rows, n, k, tiled, apt_seed)
     of bfloat16 x for nvfp4 / mxfp4 (where the wgmma GEMM runs, "hopper": up to 512 on weights of
     8192 rows, 384 on weights of 8192 columns, 256 on other weights of 4096 rows and columns), 64
     rows of other 16-bit x and nf4, 16 of float32 x, fp4_linear above; both give the same result.
-    N = 8192 rows: from 65 rows of x (40 where wgmma runs) the tiled op takes its GEMM there
+    N = 8192 rows: from 65 rows of x (33 where wgmma runs) the tiled op takes its GEMM there
     (csrc/fp4/fp4_gemm_tiled_cuda.h)."""
     if tiled == "hopper":
         tiled = wgmma_gemm_runs(torch.device(DEV))

@@ -139,11 +139,21 @@ std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Form
     const bool deep = k >= kStreamKDeepMinK;
     if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, kStreamK, 2, 32, GemmProduct::kWgmmaTranspose};
     const bool bulk_2x64_rows = m <= kBulk2x64MaxRows && (wide ? m > 32 : m >= kBulk2x64MinRows);
-    if ((tall || deep) && bulk_2x64_rows) return GemmTiledConfig{1, kStreamKWhole, 2, 64, GemmProduct::kWgmmaBulk, 2};
+    // the cluster gather (kStreamKCluster, at most kClusterRouteWorkers) where it was measured faster
+    // than the gather through global memory: the 2 x 64 on tall weights of K below 8192, the 1 x 128
+    // on the other weights of K below 8192 and, above 128 rows, of K 8192 or more
+    if ((tall || deep) && bulk_2x64_rows) {
+      const bool cluster = tall && !wide && !deep;
+      return GemmTiledConfig{1, cluster ? kStreamKCluster : kStreamKWhole, 2, 64, GemmProduct::kWgmmaBulk, 2,
+                             cluster ? kClusterRouteWorkers : 0};
+    }
     const bool bulk_1x128_weight = tall || deep || std::min(n, k) >= kBulk1x128MinFeatures;
     const int64_t bulk_1x128_max_rows = tall ? kBulk1x128TallMaxRows : kBulk1x128MaxRows;
-    if (!wide && bulk_1x128_weight && m >= kBulk1x128MinRows && m <= bulk_1x128_max_rows)
-      return GemmTiledConfig{1, kStreamKWhole, 1, 128, GemmProduct::kWgmmaBulk, 2};
+    if (!wide && bulk_1x128_weight && m >= kBulk1x128MinRows && m <= bulk_1x128_max_rows) {
+      const bool cluster = !tall && (!deep || m > kBulk1x128TallMaxRows);
+      return GemmTiledConfig{1, cluster ? kStreamKCluster : kStreamKWhole, 1, 128, GemmProduct::kWgmmaBulk, 2,
+                             cluster ? kClusterRouteWorkers : 0};
+    }
     if ((m >= kWide128MinRows && tall) || (m >= kWide128DeepMinRows && deep) || m >= kWide128AllMinRows)
       return GemmTiledConfig{1, kStreamKWhole, 2, 128, GemmProduct::kWgmmaBulk, 2};
     if (m >= kWgmmaAllMinRows) return GemmTiledConfig{1, kStreamK, 2, 64, GemmProduct::kWgmmaTranspose, 2};

@@ -141,6 +141,20 @@ constexpr int64_t kGemmDefaultMinN = 8192;
 // 44.1 / 42.0 / 42.1 / 44.8. Not at 32 rows (33.8 against 32.5, 37.2 against 31.3), not from 80 (47.0
 // against the 1 x 128's 39.6 on 14336 x 4096), not on 4096 x 4096 (24.7 against the GEMV's 18.2 at
 // 40). The route itself at 32 / 33 / 36 / 40 rows: _round38d.json.
+// Since the thirty-ninth session the 2 x 64 on weights of kGemmDefaultMinN to kWgmmaWideMinN - 1 rows
+// and K below kStreamKDeepMinK, and the 1 x 128 on weights of fewer rows with K below
+// kStreamKDeepMinK or (above kBulk1x128TallMaxRows rows) of K kStreamKDeepMinK or more, add their
+// workers' sums in thread-block clusters (kStreamKCluster) of at most kClusterRouteWorkers blocks, by
+// the H100 sweeps _H100_80GB_HBM3_round39.json (80 / 128 / 256 rows), _round39b.json (96-256) and
+// _round39c.json (33-64): 4096 x 4096 at 96 / 128 / 192 / 256 rows 23.8 / 24.1 / 28.6 / 29.0 us
+// against the global gather's 25.5 / 26.2 / 31.9 / 32.3 (4 workers per output block up to 128 rows,
+// 2 above); 4096 x 14336 at 192 / 256 66.3 / 67.6 against 69.0 / 70.3; 14336 x 4096 at 33 / 48 / 64
+// rows (2 workers) 31.9 / 32.3 / 32.9 against 34.2 / 34.7 / 35.4. Clusters of 4 lose (4096 x 4096 at
+// 80 / 128 rows 37.5 / 37.8, as slow as one worker per output block: unsourced, 32 clusters of 4 of
+// these blocks seem not to fit the GPU at once), and so do clusters of 3 where the steps are many
+// (4096 x 14336 at 96 / 128: 48.5 / 49.2 against 4 workers' 45.3 / 46.5) or one worker serves an
+// output block (its sums all pass through shared memory: 14336 x 4096 at 96 / 128 rows 41.0 / 42.0
+// against 40.1 / 41.4; 28672 x 8192 at 33 / 48 / 64 86.7 / 87.9 / 90.2 against 84.7 / 86.2 / 88.1).
 // The routes without wgmma (mma.sync) stay as measured on their own.
 // apt_ext.nn.FP4Linear sends calls above 128 rows (on Hopper with a weight of 4096 rows and columns:
 // above 256, of 8192 rows or columns: above 384, of 8192 rows: above 512) to dequantise + cuBLAS
@@ -182,8 +196,8 @@ enum class GemmProduct : int {
 // slot (every multiprocessor's blocks), each taking an even share of all output blocks' K steps;
 // kStreamKWhole, where the output blocks fit the slots, a whole number of workers per output block,
 // so that each worker's steps lie in one output block (one pipeline fill and at most one gather
-// each) and the slots left over stay idle; else the same as kStreamK. kStreamKCluster (a tuning
-// form since the thirty-eighth session; the bulk product with two wgmma slices per group only):
+// each) and the slots left over stay idle; else the same as kStreamK. kStreamKCluster (since the
+// thirty-eighth session; routed since the thirty-ninth; the bulk product with two slices per group only):
 // whole workers per output block in every case (as many as fit the slots, at least one, at most
 // kMaxClusterWorkers), each output block's workers one thread-block cluster that adds their sums
 // through distributed shared memory instead of global memory, each block storing part of the tile.
@@ -191,6 +205,7 @@ constexpr int64_t kStreamK = -1;
 constexpr int64_t kStreamKWhole = -2;
 constexpr int64_t kStreamKCluster = -3;
 constexpr int64_t kMaxClusterWorkers = 8;  // the portable cluster size
+constexpr int kClusterRouteWorkers = 3;   // the routes' cluster size limit (measured above)
 
 struct GemmTiledConfig {
   int k_parts;
@@ -202,8 +217,8 @@ struct GemmTiledConfig {
                         // transposing product also 2 for 2 x 32, 2 x 64, 1 x 128 and 2 x 128, with
                         // the bulk product for both of its tiles)
   int max_workers = 0;  // kStreamKWhole and kStreamKCluster: the most workers per output block (0:
-                        // as many as fit the slots, at most half the K steps); a tuning knob, no
-                        // route sets it
+                        // as many as fit the slots, at most half the K steps); the cluster
+                        // routes set kClusterRouteWorkers
 };
 
 // The GEMM fp4_linear_tiled launches for m rows of x on a weight of n rows and k columns (format f,

@@ -428,13 +428,15 @@ _BULK128 = "2, 16, (apt::fp4::cuda::GemmProduct)3, true, 2, false>"
 _BULK1X128 = "1, 16, (apt::fp4::cuda::GemmProduct)3, true, 2, false>"
 _BULK64 = "2, 8, (apt::fp4::cuda::GemmProduct)3, true, 2, false>"
 _SK64 = "2, 8, (apt::fp4::cuda::GemmProduct)2, true, 2, false>"
+_CLUSTER1X128 = _BULK1X128.replace("false>", "true>")  # the same tiles adding their sums in clusters
+_CLUSTER64 = _BULK64.replace("false>", "true>")
 _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1, false>"
 
 
 @needs_cuda_build
 @pytest.mark.parametrize(("rows", "n", "k", "fmt", "kernel", "wgmma_kernel"), [
-    (32, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (33, 8192, 256, "nvfp4", "gemv_tiled", _BULK64),
-    (64, 8192, 256, "mxfp4", "gemv_tiled", _BULK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _BULK1X128),
+    (32, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (33, 8192, 256, "nvfp4", "gemv_tiled", _CLUSTER64),
+    (64, 8192, 256, "mxfp4", "gemv_tiled", _CLUSTER64), (65, 8192, 256, "nvfp4", "gemm_tiled", _BULK1X128),
     (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (64, 16384, 256, "mxfp4", "gemv_tiled", _BULK64),
     (65, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
     (96, 8192, 256, "mxfp4", "gemm_tiled", _BULK1X128),
@@ -443,11 +445,11 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1, false>"
     (32, 512, 8192, "nvfp4", "gemv_tiled", "gemv_tiled"), (33, 512, 8192, "mxfp4", "gemv_tiled", _BULK64),
     (64, 512, 8192, "nvfp4", "gemv_tiled", _BULK64), (65, 512, 8192, "nvfp4", "gemv_tiled", _BULK1X128),
     (64, 512, 8191, "nvfp4", "gemv_tiled", "gemv_tiled"),
-    (128, 512, 8192, "mxfp4", "gemv_tiled", _BULK1X128), (129, 512, 8192, "nvfp4", "gemv_tiled", _BULK1X128),
-    (256, 512, 8192, "mxfp4", "gemv_tiled", _BULK1X128), (257, 512, 8192, "nvfp4", "gemv_tiled", _BULK128),
+    (128, 512, 8192, "mxfp4", "gemv_tiled", _BULK1X128), (129, 512, 8192, "nvfp4", "gemv_tiled", _CLUSTER1X128),
+    (256, 512, 8192, "mxfp4", "gemv_tiled", _CLUSTER1X128), (257, 512, 8192, "nvfp4", "gemv_tiled", _BULK128),
     (128, 512, 8191, "mxfp4", "gemv_tiled", "gemv_tiled"),
-    (64, 4096, 4096, "nvfp4", "gemv_tiled", "gemv_tiled"), (65, 4096, 4096, "mxfp4", "gemv_tiled", _BULK1X128),
-    (256, 4096, 4096, "nvfp4", "gemv_tiled", _BULK1X128), (257, 4096, 4096, "nvfp4", "gemv_tiled", _SK64),
+    (64, 4096, 4096, "nvfp4", "gemv_tiled", "gemv_tiled"), (65, 4096, 4096, "mxfp4", "gemv_tiled", _CLUSTER1X128),
+    (256, 4096, 4096, "nvfp4", "gemv_tiled", _CLUSTER1X128), (257, 4096, 4096, "nvfp4", "gemv_tiled", _SK64),
     (128, 4095, 4096, "nvfp4", "gemv_tiled", "gemv_tiled"),
     (255, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (256, 4096, 256, "mxfp4", "gemv_tiled", _SK64),
     (511, 4096, 256, "nvfp4", "gemv_tiled", _SK64), (512, 4096, 256, "nvfp4", "gemv_tiled", _BULK128),
@@ -466,7 +468,9 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     columns or of K 8192 or more; its 2 x 128 tile (bulk product, two slices per group) on
     weights of 16384 rows from 65 rows, on weights of 8192 rows from 129 rows, where K is 8192 or
     more from 257 rows and on every weight from 512 rows; the transposing 2 x 64 on the other
-    weights at 256-511 rows. Read off the profiler's kernel names (the template arguments: tiles per
+    weights at 256-511 rows; the 2 x 64 on weights of 8192-16383 rows with K below 8192, and the
+    1 x 128 on weights of fewer rows with K below 8192 or (129-256 rows) of K 8192, add their
+    workers' sums in thread-block clusters (the kernel's last template argument). Read off the profiler's kernel names (the template arguments: tiles per
     warp, 8-row blocks of x, product, stream-K, slices per group), with the result checked against
     the reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel
@@ -484,15 +488,17 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
 
 @needs_cuda_build
 @pytest.mark.parametrize(("rows", "n", "k", "block_rows", "workers_per_block"), [
-    (128, 4096, 4096, 128, lambda slots: min(slots // 32, 16)),  # 1 x 128: 32 output blocks of 32 steps
+    (128, 4096, 4096, 128, lambda slots: min(slots // 32, 3)),  # 1 x 128: 32 output blocks, clusters of <= 3
+    (128, 4096, 14336, 128, lambda slots: min(slots // 32, 16)),  # the same of 112 steps: no clusters
     (80, 14336, 4096, 128, lambda slots: 1),  # 112 output blocks: one worker each, no gather
-    (48, 14336, 4096, 256, lambda slots: min(slots // 56, 16)),  # 2 x 64: 56 output blocks
+    (48, 14336, 4096, 256, lambda slots: min(slots // 56, 3)),  # 2 x 64: 56 output blocks, clusters of <= 3
     (96, 28672, 8192, 256, lambda slots: 1),  # 2 x 128: 112 output blocks
     (256, 28672, 8192, 256, None)])  # 224 output blocks outnumber the slots: kStreamK's one per slot
 def test_stream_k_whole_workers_grid(rows, n, k, block_rows, workers_per_block, apt_seed, tmp_path):
     """The routed 1 x 128, 2 x 64 and 2 x 128 tiles (block_rows weight rows per output block) run
-    stream-K with whole workers per output block (kStreamKWhole): a grid of output blocks x
-    floor(slots / output blocks) blocks (at most half the steps), where the output blocks fit the
+    stream-K with whole workers per output block (kStreamKWhole; the cluster routes kStreamKCluster,
+    at most 3 blocks per cluster): a grid of output blocks x floor(slots / output blocks) blocks (at
+    most half the steps), where the output blocks fit the
     slots (one block of 256 threads per multiprocessor), else one block per slot; read off the
     profiler's trace, the result checked against the reference."""
     if not _wgmma_runs():

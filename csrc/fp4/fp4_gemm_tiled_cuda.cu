@@ -140,8 +140,8 @@ std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Form
     if (wide && m >= kWgmmaMinRows && m <= 32) return GemmTiledConfig{1, kStreamK, 2, 32, GemmProduct::kWgmmaTranspose};
     const bool bulk_2x64_rows = m <= kBulk2x64MaxRows && (wide ? m > 32 : m >= kBulk2x64MinRows);
     // the cluster gather (kStreamKCluster, at most kClusterRouteWorkers) where it was measured faster
-    // than the gather through global memory: the 2 x 64 on tall weights of K below 8192, the 1 x 128
-    // on the other weights of K below 8192 and, above 128 rows, of K 8192 or more
+    // than the gather through global memory: the 2 x 64 on weights of 8192-16383 rows with K below
+    // 8192, the 1 x 128 on weights of fewer rows with K below 8192 and, above 128 rows, K 8192 or more
     if ((tall || deep) && bulk_2x64_rows) {
       const bool cluster = tall && !wide && !deep;
       return GemmTiledConfig{1, cluster ? kStreamKCluster : kStreamKWhole, 2, 64, GemmProduct::kWgmmaBulk, 2,

@@ -123,6 +123,13 @@ std::optional<EnvGemm> env_gemm() {
   return parse_env_gemm(env);
 }
 
+// A route's bulk-product tile (two wgmma slices per group) with whole stream-K workers per output
+// block, added in thread-block clusters of at most kClusterRouteWorkers where `cluster`.
+GemmTiledConfig bulk_whole_workers(int tiles_per_warp, int rows, bool cluster) {
+  return GemmTiledConfig{1, cluster ? kStreamKCluster : kStreamKWhole, tiles_per_warp, rows, GemmProduct::kWgmmaBulk,
+                         2, cluster ? kClusterRouteWorkers : 0};
+}
+
 }  // namespace
 
 std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Format f, at::ScalarType x_dtype,
@@ -142,20 +149,13 @@ std::optional<GemmTiledConfig> choose_gemm(int64_t m, int64_t n, int64_t k, Form
     // the cluster gather (kStreamKCluster, at most kClusterRouteWorkers) where it was measured faster
     // than the gather through global memory: the 2 x 64 on weights of 8192-16383 rows with K below
     // 8192, the 1 x 128 on weights of fewer rows with K below 8192 and, above 128 rows, K 8192 or more
-    if ((tall || deep) && bulk_2x64_rows) {
-      const bool cluster = tall && !wide && !deep;
-      return GemmTiledConfig{1, cluster ? kStreamKCluster : kStreamKWhole, 2, 64, GemmProduct::kWgmmaBulk, 2,
-                             cluster ? kClusterRouteWorkers : 0};
-    }
+    if ((tall || deep) && bulk_2x64_rows) return bulk_whole_workers(2, 64, tall && !wide && !deep);
     const bool bulk_1x128_weight = tall || deep || std::min(n, k) >= kBulk1x128MinFeatures;
     const int64_t bulk_1x128_max_rows = tall ? kBulk1x128TallMaxRows : kBulk1x128MaxRows;
-    if (!wide && bulk_1x128_weight && m >= kBulk1x128MinRows && m <= bulk_1x128_max_rows) {
-      const bool cluster = !tall && (!deep || m > kBulk1x128TallMaxRows);
-      return GemmTiledConfig{1, cluster ? kStreamKCluster : kStreamKWhole, 1, 128, GemmProduct::kWgmmaBulk, 2,
-                             cluster ? kClusterRouteWorkers : 0};
-    }
+    if (!wide && bulk_1x128_weight && m >= kBulk1x128MinRows && m <= bulk_1x128_max_rows)
+      return bulk_whole_workers(1, 128, !tall && (!deep || m > kBulk1x128TallMaxRows));
     if ((m >= kWide128MinRows && tall) || (m >= kWide128DeepMinRows && deep) || m >= kWide128AllMinRows)
-      return GemmTiledConfig{1, kStreamKWhole, 2, 128, GemmProduct::kWgmmaBulk, 2};
+      return bulk_whole_workers(2, 128, false);
     if (m >= kWgmmaAllMinRows) return GemmTiledConfig{1, kStreamK, 2, 64, GemmProduct::kWgmmaTranspose, 2};
   }
   if (m >= kGemmDefaultMinRows && n >= kGemmDefaultMinN) return GemmTiledConfig{1, 0, 2, 64, GemmProduct::kMmaSync};

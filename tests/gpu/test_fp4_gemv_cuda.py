@@ -435,8 +435,10 @@ _SK32 = "2, 4, (apt::fp4::cuda::GemmProduct)2, true, 1, false>"
 
 @needs_cuda_build
 @pytest.mark.parametrize(("rows", "n", "k", "fmt", "kernel", "wgmma_kernel"), [
-    (32, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (33, 8192, 256, "nvfp4", "gemv_tiled", _CLUSTER64),
-    (64, 8192, 256, "mxfp4", "gemv_tiled", _CLUSTER64), (65, 8192, 256, "nvfp4", "gemm_tiled", _BULK1X128),
+    (32, 8192, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (33, 8192, 256, "nvfp4", "gemv_tiled", _BULK64),
+    (64, 8192, 256, "mxfp4", "gemv_tiled", _BULK64), (65, 8192, 256, "nvfp4", "gemm_tiled", _BULK1X128),
+    (33, 8192, 4096, "nvfp4", "gemv_tiled", _CLUSTER64), (64, 8192, 4096, "mxfp4", "gemv_tiled", _CLUSTER64),
+    (129, 5120, 4096, "nvfp4", "gemv_tiled", _BULK1X128), (129, 4096, 4096, "mxfp4", "gemv_tiled", _CLUSTER1X128),
     (65, 8191, 256, "nvfp4", "gemv_tiled", "gemv_tiled"), (64, 16384, 256, "mxfp4", "gemv_tiled", _BULK64),
     (65, 16384, 256, "nvfp4", "gemm_tiled", _BULK128),
     (96, 8192, 256, "mxfp4", "gemm_tiled", _BULK1X128),
@@ -470,7 +472,8 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     more from 257 rows and on every weight from 512 rows; the transposing 2 x 64 on the other
     weights at 256-511 rows; the 2 x 64 on weights of 8192-16383 rows with K below 8192, and the
     1 x 128 on weights of fewer rows with K below 8192 or (129-256 rows) of K 8192, add their
-    workers' sums in thread-block clusters. Read off the profiler's kernel names (the template
+    workers' sums in thread-block clusters, unless that leaves one worker per output block (K of
+    256: two steps; 5120 rows at 129 rows of x: 80 output blocks), where the plain kernel runs. Read off the profiler's kernel names (the template
     arguments: tiles per warp, 8-row blocks of x, product, stream-K, slices per group, clusters),
     with the result checked against the reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel
@@ -491,6 +494,8 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     (128, 4096, 4096, 128, lambda slots: min(slots // 32, 3)),  # 1 x 128: 32 output blocks, clusters of <= 3
     (128, 4096, 14336, 128, lambda slots: min(slots // 32, 16)),  # the same of 112 steps: no clusters
     (80, 14336, 4096, 128, lambda slots: 1),  # 112 output blocks: one worker each, no gather
+    # a cluster route (1 x 128, 5120 rows) with 2 blocks of x: 80 output blocks, no clusters where one worker fits each
+    (200, 5120, 4096, 128, lambda slots: 2 * max(1, min(slots // 80, 3))),
     (48, 14336, 4096, 256, lambda slots: min(slots // 56, 3)),  # 2 x 64: 56 output blocks, clusters of <= 3
     (96, 28672, 8192, 256, lambda slots: 1),  # 2 x 128: 112 output blocks
     (256, 28672, 8192, 256, None)])  # 224 output blocks outnumber the slots: kStreamK's one per slot

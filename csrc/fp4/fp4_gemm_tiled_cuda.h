@@ -202,7 +202,10 @@ enum class GemmProduct : int {
 // kMaxClusterWorkers), each output block's workers one thread-block cluster that adds their sums
 // through distributed shared memory instead of global memory, each block storing part of the tile;
 // where that leaves one worker per output block, the plain stream-K kernel, which stores its sums
-// directly (since the fortieth session: the cluster form measured 0.6-2 us slower there, above).
+// directly (since the fortieth session: the cluster form measured 0.6-2 us slower there, above);
+// and above 2 workers only as many as let every cluster be resident at once
+// (cudaOccupancyMaxActiveClusters; since the fortieth session: clusters that do not all fit run in
+// two waves, as slow as one worker, above).
 constexpr int64_t kStreamK = -1;
 constexpr int64_t kStreamKWhole = -2;
 constexpr int64_t kStreamKCluster = -3;

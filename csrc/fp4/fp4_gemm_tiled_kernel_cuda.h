@@ -57,6 +57,8 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <tuple>
 #include <type_traits>
 
@@ -676,6 +678,43 @@ struct GemmKernelLaunch {
   int cluster;  // kStreamKCluster: blocks per thread-block cluster (0: no clusters)
 };
 
+// The largest cluster size, from `cluster` down to 2, at which all `clusters` thread-block clusters
+// of `kernel` (`threads` threads and `smem` bytes of dynamic shared memory per block) can be
+// resident on the current device at once (cudaOccupancyMaxActiveClusters); 2 where none can.
+// Clusters that do not all fit run in two waves: clusters of 4 of the bulk 1 x 128 (one block per
+// multiprocessor) were as slow as one worker per output block (fp4_gemm_tiled_cuda.h). Queried once
+// per device, kernel, size and shared memory.
+inline unsigned resident_cluster_size(void (*kernel)(TiledLinearArgs), unsigned cluster, int64_t clusters,
+                                      int threads, size_t smem) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, const void*, unsigned, size_t>, int> active_clusters;
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  for (unsigned c = cluster; c > 2; --c) {
+    const auto key = std::make_tuple(device, reinterpret_cast<const void*>(kernel), c, smem);
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = active_clusters.find(key);
+    if (it == active_clusters.end()) {
+      cudaLaunchAttribute attr{};
+      attr.id = cudaLaunchAttributeClusterDimension;
+      attr.val.clusterDim.x = c;
+      attr.val.clusterDim.y = 1;
+      attr.val.clusterDim.z = 1;
+      cudaLaunchConfig_t config{};
+      config.gridDim = dim3(static_cast<unsigned>(clusters) * c);
+      config.blockDim = dim3(static_cast<unsigned>(threads));
+      config.dynamicSmemBytes = smem;
+      config.attrs = &attr;
+      config.numAttrs = 1;
+      int n = 0;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &config));
+      it = active_clusters.emplace(key, n).first;
+    }
+    if (it->second >= clusters) return c;
+  }
+  return std::min(cluster, 2u);
+}
+
 // Launches gemm_tiled_kernel<F, kGelu, ...> for `launch`. Instantiated once per format and
 // epilogue in its own translation unit (the extern declarations below keep the others from
 // compiling it again).
@@ -685,9 +724,17 @@ void launch_gemm_kernel(const GemmKernelLaunch& launch) {
   auto go = [&](auto kernel) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(launch.smem)));
+    // clusters: one per output block, of a size at which all are resident at once (the kernel takes
+    // its workers' shares of K from the grid)
+    dim3 grid = launch.grid;
+    unsigned cluster = static_cast<unsigned>(launch.cluster);
+    if (cluster > 2) {
+      cluster = resident_cluster_size(kernel, cluster, args.out_blocks, kWarps * 32, launch.smem);
+      grid.x = static_cast<unsigned>(args.out_blocks) * cluster;
+    }
     // the bulk product right behind the kernel that rearranges x (grid_dependency_wait)
-    launch_kernel(kernel, launch.grid, kWarps * 32, launch.smem, launch.stream, args,
-                  launch.product == GemmProduct::kWgmmaBulk, static_cast<unsigned>(launch.cluster));
+    launch_kernel(kernel, grid, kWarps * 32, launch.smem, launch.stream, args,
+                  launch.product == GemmProduct::kWgmmaBulk, cluster);
   };
   auto by_product = [&](auto tw_c, auto xb_c, auto product_c) {
     constexpr int TW = decltype(tw_c)::value, XB = decltype(xb_c)::value;

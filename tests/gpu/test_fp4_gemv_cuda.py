@@ -513,19 +513,24 @@ def test_stream_k_whole_workers_grid(rows, n, k, block_rows, workers_per_block, 
     _check_gemm_grid(rows, n, k, want, apt_seed, tmp_path)
 
 
-def _check_gemm_grid(rows: int, n: int, k: int, want: int, seed: int, tmp_path) -> None:
-    """One nvfp4 call of the tiled op (rows x k bfloat16 x, an n x k weight) launches the GEMM once
-    on a grid of `want` blocks (read off the profiler's chrome trace) and matches the reference."""
-    g = torch.Generator().manual_seed(seed)
-    t = tile(quantize(_weight(n, k, g).to(DEV), "nvfp4"))
-    x = torch.randn(rows, k, generator=g).to(DEV, torch.bfloat16)
+def _gemm_grids(t, x: torch.Tensor, tmp_path) -> tuple[torch.Tensor, list]:
+    """t.linear(x) and the grids of the GEMM kernels it launched (the profiler's chrome trace)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         y = t.linear(x)
         torch.cuda.synchronize()
     prof.export_chrome_trace(str(tmp_path / "trace.json"))
     trace = json.loads((tmp_path / "trace.json").read_text())
-    grids = [e["args"]["grid"] for e in trace["traceEvents"]
-             if e.get("cat") == "kernel" and "gemm_tiled_kernel" in e.get("name", "")]
+    return y, [e["args"]["grid"] for e in trace["traceEvents"]
+               if e.get("cat") == "kernel" and "gemm_tiled_kernel" in e.get("name", "")]
+
+
+def _check_gemm_grid(rows: int, n: int, k: int, want: int, seed: int, tmp_path) -> None:
+    """One nvfp4 call of the tiled op (rows x k bfloat16 x, an n x k weight) launches the GEMM once
+    on a grid of `want` blocks and matches the reference."""
+    g = torch.Generator().manual_seed(seed)
+    t = tile(quantize(_weight(n, k, g).to(DEV), "nvfp4"))
+    x = torch.randn(rows, k, generator=g).to(DEV, torch.bfloat16)
+    y, grids = _gemm_grids(t, x, tmp_path)
     assert grids == [[want, 1, 1]], (grids, want)
     assert _rel_err(y, torch.nn.functional.linear(x.float(), t.dequantize().to(DEV))) < _tol("nvfp4", torch.bfloat16)
 
@@ -554,6 +559,25 @@ def test_stream_k_cluster_gather_matches_global(gemm, rows, n, k, workers, apt_s
         assert torch.equal(out["2"], out["3"]), fmt
         want = torch.nn.functional.linear(x.float(), t.dequantize().to(DEV))
         assert _rel_err(out["3"], want) < _tol(fmt, torch.bfloat16)
+
+
+@needs_cuda_build
+def test_stream_k_clusters_all_resident(apt_seed, tmp_path, monkeypatch):
+    """Clusters (splits -3) of up to the portable 8 blocks on the 1 x 128 on 4096 x 4096 at 128 rows
+    (32 output blocks): the grid is 32 clusters of c blocks, 2 <= c <= slots // 32, c the largest
+    size at which all 32 are resident at once (cudaOccupancyMaxActiveClusters); the result has the
+    bits of c workers adding their sums through global memory (splits -2, eighth field c)."""
+    if not _wgmma_runs():
+        pytest.skip("the wgmma GEMM needs an sm_90a build (APT_CUDA_ARCHS with 90a) and a compute capability 9.0 GPU")
+    g = torch.Generator().manual_seed(apt_seed)
+    t = tile(quantize(_weight(4096, 4096, g).to(DEV), "nvfp4"))
+    x = torch.randn(128, 4096, generator=g).to(DEV, torch.bfloat16)
+    monkeypatch.setenv("APT_FP4_GEMM", "1,1,-3,1,128,3,2,8")
+    y, grids = _gemm_grids(t, x, tmp_path)
+    slots = torch.cuda.get_device_properties(DEV).multi_processor_count
+    assert len(grids) == 1 and grids[0][0] % 32 == 0 and 2 <= grids[0][0] // 32 <= min(slots // 32, 8), grids
+    monkeypatch.setenv("APT_FP4_GEMM", f"1,1,-2,1,128,3,2,{grids[0][0] // 32}")
+    assert torch.equal(y, t.linear(x))
 
 
 @needs_cuda_build

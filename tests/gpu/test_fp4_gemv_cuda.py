@@ -473,9 +473,10 @@ def test_tiled_op_kernel_choice(rows, n, k, fmt, kernel, wgmma_kernel, apt_seed)
     weights at 256-511 rows; the 2 x 64 on weights of 8192-16383 rows with K below 8192, and the
     1 x 128 on weights of fewer rows with K below 8192 or (129-256 rows) of K 8192, add their
     workers' sums in thread-block clusters, unless that leaves one worker per output block (K of
-    256: two steps; 5120 rows at 129 rows of x: 80 output blocks), where the plain kernel runs. Read off the profiler's kernel names (the template
-    arguments: tiles per warp, 8-row blocks of x, product, stream-K, slices per group, clusters),
-    with the result checked against the reference."""
+    256: two steps; 5120 rows at 129 rows of x: 80 output blocks), where the plain kernel runs.
+    Read off the profiler's kernel names (the template arguments: tiles per warp, 8-row blocks of
+    x, product, stream-K, slices per group, clusters), with the result checked against the
+    reference."""
     want_kernel = wgmma_kernel if _wgmma_runs() else kernel
     g = torch.Generator().manual_seed(apt_seed)
     t = tile(quantize(_weight(n, k, g).to(DEV), fmt))

@@ -3,7 +3,7 @@
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
 #   stages: build test (all of tests/gpu; APT_TEST_WORKERS pytest-xdist processes where carried) test_fp4 test_gemv test_left_spin test_vgpu test_model (APT_PYTEST_K='expr' selects their tests) sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON, APT_SWEEP_MS its rows of x, APT_SWEEP_GEMV_BASES extra GEMV bases to time, e.g. 16x2048x8x4,8x4096x8x4) fp4_triton_host (the Triton path's eager host time, piece by piece) fp4_quick
-#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) ncu_gemm_full (the same, report, details and per-SASS-line source page kept; every ncu stage on APT_NCU_SHAPE, NxK, default the largest shape) e2e e2e_decoder left_spin left_spin_quick vgpu vgpu_quick vgpu_ssd (the SSD part alone: pager against dd and fio) vvram vvram_quick model (APT_MODEL_ARGS its flags; APT_MODEL_CODE=1 keeps inductor's wrapper modules in $OUT/inductor_code.tgz) prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
+#           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) ncu_gemm_full (the same, report, details and per-SASS-line source page kept, the source page also summed as JSON by tools/ncu_source_json.py; every ncu stage on APT_NCU_SHAPE, NxK, default the largest shape) e2e e2e_decoder left_spin left_spin_quick vgpu vgpu_quick vgpu_ssd (the SSD part alone: pager against dd and fio) vvram vvram_quick model (APT_MODEL_ARGS its flags; APT_MODEL_CODE=1 keeps inductor's wrapper modules in $OUT/inductor_code.tgz) prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
 #   build: APT_CUDA_ARCHS=90a builds for sm_90a only (90a, not 90: the wgmma GEMM needs it); an earlier call's build/ on a
 #   warm machine is kept, so ninja recompiles only what changed (a first call that ran out of its stage limit resumes);
 #   the built _C*.so is copied (debug info stripped, gzipped: a file comes back only under 16 MiB) to
@@ -58,6 +58,10 @@ ncu_json() {  # gemm|gemv, how it was profiled: $OUT/<kind>_details.txt as $OUT/
   $PY tools/ncu_details_json.py "$OUT/$1_details.txt" --out "$OUT/fp4_$1_ncu_$CARD.json" --card "${CARD//_/ }" \
     --torch "$($PY -c 'import torch; print(torch.__version__)')" --command "$2 (benchmarks/gpu_session.sh)"
 }
+ncu_source_json() {  # gemm|gemv, how it was profiled: $OUT/<kind>_source.csv summed as $OUT/fp4_<kind>_source_<card>.json (tools/ncu_source_json.py)
+  $PY tools/ncu_source_json.py "$OUT/$1_source.csv" --out "$OUT/fp4_$1_source_$CARD.json" --card "${CARD//_/ }" \
+    --torch "$($PY -c 'import torch; print(torch.__version__)')" --command "$2 (benchmarks/gpu_session.sh)"
+}
 stage() {  # name, command...
   local name=$1; shift
   echo "=== $name: $*"
@@ -100,13 +104,15 @@ for arg in "$@"; do
         --import-source yes -k regex:gemm_tiled -c 1 -f -o "$OUT/gemm" $PY benchmarks/fp4_gemv_sweep.py --profile-once --profile-shape "${APT_NCU_SHAPE:-28672x8192}" --ms ${APT_NCU_M:-64}
       ncu -i "$OUT/gemm.ncu-rep" --page details > "$OUT/gemm_details.txt" 2>&1
       ncu_json gemm "APT_FP4_GEMM=${APT_FP4_GEMM:-1,1,0,2,64,2} APT_NCU_M=${APT_NCU_M:-64} APT_NCU_SHAPE=${APT_NCU_SHAPE:-28672x8192} ncu_gemm_full"
-      ncu -i "$OUT/gemm.ncu-rep" --page source --csv --print-source sass > "$OUT/gemm_source.csv" 2>&1 ;;
+      ncu -i "$OUT/gemm.ncu-rep" --page source --csv --print-source sass > "$OUT/gemm_source.csv" 2>&1
+      ncu_source_json gemm "APT_FP4_GEMM=${APT_FP4_GEMM:-1,1,0,2,64,2} APT_NCU_M=${APT_NCU_M:-64} APT_NCU_SHAPE=${APT_NCU_SHAPE:-28672x8192} ncu_gemm_full" ;;
     ncu_gemv_full)  # full set on the largest shape (tile order), per-SASS-line source page, the SASS
       stage ncu_gemv_full ncu --clock-control none --set full -k regex:gemv_tiled -c 1 -f -o "$OUT/gemv" \
         $PY benchmarks/fp4_gemv_sweep.py --profile-once --profile-shape "${APT_NCU_SHAPE:-28672x8192}" --ms ${APT_NCU_M:-1}
       ncu -i "$OUT/gemv.ncu-rep" --page details > "$OUT/gemv_details.txt" 2>&1
       ncu_json gemv "APT_NCU_M=${APT_NCU_M:-1} APT_NCU_SHAPE=${APT_NCU_SHAPE:-28672x8192} ncu_gemv_full"
       ncu -i "$OUT/gemv.ncu-rep" --page source --csv --print-source sass > "$OUT/gemv_source.csv" 2>&1
+      ncu_source_json gemv "APT_NCU_M=${APT_NCU_M:-1} APT_NCU_SHAPE=${APT_NCU_SHAPE:-28672x8192} ncu_gemv_full"
       obj=$(find build -name 'fp4_gemv_cuda.cu.o' | head -1)
       [ -n "$obj" ] && cuobjdump -sass "$obj" | $PY -c 'import sys,re; t=sys.stdin.read(); fs=re.split(r"(?=\n\s*Function : )", t); sys.stdout.write("".join(f for f in fs if "E0EN3c108BFloat16ELi1ELi2ELi0ELb0E" in f))' > "$OUT/gemv_nvfp4_bf16_mt1_s2.sass" ;;
     test_fp4|test_left_spin|test_vgpu|test_model)

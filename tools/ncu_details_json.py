@@ -56,23 +56,34 @@ def parse(text: str) -> list[dict]:
     return kernels
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("details", type=Path, help="the text of ncu --page details")
+def add_record_arguments(ap: argparse.ArgumentParser) -> None:
+    """--out, --card, --command and --torch: where the JSON goes and what it records of the run
+    (shared with tools/ncu_source_json.py)."""
     ap.add_argument("--out", type=Path, required=True, help="the JSON to write")
     ap.add_argument("--card", required=True, help="the GPU's name, as torch.cuda.get_device_name() gives it")
     ap.add_argument("--command", required=True, help="the command that profiled (recorded in the JSON)")
     ap.add_argument("--torch", default=None, help="torch version of the profiled run")
+
+
+def write_record(a: argparse.Namespace, benchmark: str, source: Path, kernels: list[dict]) -> None:
+    """Writes {"benchmark", "card", "torch", "date" (now, UTC), "command", "source", "kernels"} to a.out."""
+    res = {"benchmark": benchmark, "card": a.card, "torch": a.torch,
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": a.command, "source": source.name, "kernels": kernels}
+    a.out.write_text(json.dumps(res, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("details", type=Path, help="the text of ncu --page details")
+    add_record_arguments(ap)
     a = ap.parse_args(argv)
     if not a.details.is_file():
         ap.error(f"details: no such file {a.details}")
     kernels = parse(a.details.read_text(errors="replace"))
     if not kernels:
         ap.error(f"details: no profiled kernel found in {a.details} (expected ncu's --page details text)")
-    res = {"benchmark": "ncu details", "card": a.card, "torch": a.torch,
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "command": a.command, "source": a.details.name, "kernels": kernels}
-    a.out.write_text(json.dumps(res, indent=1))
+    write_record(a, "ncu details", a.details, kernels)
     print(f"wrote {a.out}: {len(kernels)} kernel(s), {sum(len(k['metrics']) for k in kernels)} metrics")
     return 0
 

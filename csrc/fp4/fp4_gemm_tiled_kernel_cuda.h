@@ -354,9 +354,7 @@ __device__ __forceinline__ bool cluster_gather(float (&acc)[TW][XB][4]) {
         }
     }
   }
-  // this block's reads are done (their values consumed above): relaxed, without the GPU-wide memory
-  // fence that the default release arrive costs (cluster.sync(): MEMBAR.ALL.GPU, ERRBAR)
-  asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory");
+  asm volatile("barrier.cluster.arrive;" ::: "memory");  // this block's reads are done
   return owner;
 #else
   __trap();

@@ -315,13 +315,9 @@ __device__ __forceinline__ bool streamk_gather(float (&acc)[TW][XB][4], const Ti
 // block leaves its sums in its own shared memory (the x stages, free after gemm_block_sums); after
 // a cluster barrier warp w of the block of rank w % ranks adds every rank's sums at its own
 // positions, in rank order (streamk_gather's order: the same result), reading the other blocks'
-// shared memory (distributed shared memory), then arrives at a second barrier, which keeps each
-// block's shared memory until every reader is done: the caller stores its sums before it waits
-// there (cluster_gather_done), so that the stores overlap the slowest reader (since the fortieth
-// session; the profile of the thirty-ninth session's form, which stored after the second barrier,
-// had a quarter of its warp samples in the gather). Returns whether this warp holds final sums to
-// store. Every thread of the block calls it; sm_90 (other targets trap: the host launches it on
-// wgmma builds only).
+// shared memory (distributed shared memory); a second barrier keeps each block's shared memory
+// until every reader is done. Returns whether this warp holds final sums to store. Every thread of
+// the block calls it; sm_90 (other targets trap: the host launches it on wgmma builds only).
 template <int TW, int XB>
 __device__ __forceinline__ bool cluster_gather(float (&acc)[TW][XB][4]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -354,21 +350,11 @@ __device__ __forceinline__ bool cluster_gather(float (&acc)[TW][XB][4]) {
         }
     }
   }
-  asm volatile("barrier.cluster.arrive;" ::: "memory");  // this block's reads are done
+  cluster.sync();
   return owner;
 #else
   __trap();
   return false;
-#endif
-}
-
-// The second barrier of cluster_gather: waits until every block of the cluster has read this
-// block's sums. Every thread of the block calls it after cluster_gather (and its stores).
-__device__ __forceinline__ void cluster_gather_done() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.wait;" ::: "memory");
-#else
-  __trap();
 #endif
 }
 
@@ -630,7 +616,6 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
                                         static_cast<int>(n), static_cast<int>(n));
       if constexpr (kCluster) {
         if (cluster_gather(acc)) store(static_cast<unsigned>(ob));
-        cluster_gather_done();
       } else if (streamk_gather(acc, args, ob, u == lo, wn, lane)) {
         store(static_cast<unsigned>(ob));
       }

@@ -173,7 +173,8 @@ def test_swiglu_tiled_cpu_matches_reference(fmt, dt, apt_seed):
     x = torch.randn(5, 200, generator=g).to(dt)
     bias = torch.randn(48, generator=g)
     t = tile(q, swiglu=True)
-    assert t.swiglu and torch.equal(t.to_weight().packed, q.packed) and torch.equal(t.dequantize(), tile(q).dequantize())
+    assert t.swiglu and torch.equal(t.to_weight().packed, q.packed)
+    assert torch.equal(t.dequantize(), tile(q).dequantize())
     y = t.swiglu_linear(x, bias)
     gate, up = ref.linear(x, q.packed, q.scales, q.tensor_scale, bias, fmt, q.block_size).double().chunk(2, -1)
     want = torch.nn.functional.silu(gate) * up

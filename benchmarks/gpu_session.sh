@@ -54,13 +54,12 @@ done
 # files, so each stage copies its own JSON, not every one under benchmarks/results)
 CARD=$($PY -c 'import torch; print(torch.cuda.get_device_name().replace(" ", "_").replace("/", "_"))' 2>/dev/null || echo unknown)
 LIMIT=0
-ncu_json() {  # gemm|gemv, how it was profiled: $OUT/<kind>_details.txt as $OUT/fp4_<kind>_ncu_<card>.json (tools/ncu_details_json.py)
+ncu_records() {  # gemm|gemv, how it was profiled: $OUT/<kind>_details.txt as $OUT/fp4_<kind>_ncu_<card>.json (tools/ncu_details_json.py) and $OUT/<kind>_source.csv summed as $OUT/fp4_<kind>_source_<card>.json (tools/ncu_source_json.py)
+  local torch_version; torch_version=$($PY -c 'import torch; print(torch.__version__)')
   $PY tools/ncu_details_json.py "$OUT/$1_details.txt" --out "$OUT/fp4_$1_ncu_$CARD.json" --card "${CARD//_/ }" \
-    --torch "$($PY -c 'import torch; print(torch.__version__)')" --command "$2 (benchmarks/gpu_session.sh)"
-}
-ncu_source_json() {  # gemm|gemv, how it was profiled: $OUT/<kind>_source.csv summed as $OUT/fp4_<kind>_source_<card>.json (tools/ncu_source_json.py)
+    --torch "$torch_version" --command "$2 (benchmarks/gpu_session.sh)"
   $PY tools/ncu_source_json.py "$OUT/$1_source.csv" --out "$OUT/fp4_$1_source_$CARD.json" --card "${CARD//_/ }" \
-    --torch "$($PY -c 'import torch; print(torch.__version__)')" --command "$2 (benchmarks/gpu_session.sh)"
+    --torch "$torch_version" --command "$2 (benchmarks/gpu_session.sh)"
 }
 stage() {  # name, command...
   local name=$1; shift
@@ -103,16 +102,14 @@ for arg in "$@"; do
       stage ncu_gemm_full env APT_FP4_GEMM="${APT_FP4_GEMM:-1,1,0,2,64,2}" ncu --clock-control none --set full \
         --import-source yes -k regex:gemm_tiled -c 1 -f -o "$OUT/gemm" $PY benchmarks/fp4_gemv_sweep.py --profile-once --profile-shape "${APT_NCU_SHAPE:-28672x8192}" --ms ${APT_NCU_M:-64}
       ncu -i "$OUT/gemm.ncu-rep" --page details > "$OUT/gemm_details.txt" 2>&1
-      ncu_json gemm "APT_FP4_GEMM=${APT_FP4_GEMM:-1,1,0,2,64,2} APT_NCU_M=${APT_NCU_M:-64} APT_NCU_SHAPE=${APT_NCU_SHAPE:-28672x8192} ncu_gemm_full"
       ncu -i "$OUT/gemm.ncu-rep" --page source --csv --print-source sass > "$OUT/gemm_source.csv" 2>&1
-      ncu_source_json gemm "APT_FP4_GEMM=${APT_FP4_GEMM:-1,1,0,2,64,2} APT_NCU_M=${APT_NCU_M:-64} APT_NCU_SHAPE=${APT_NCU_SHAPE:-28672x8192} ncu_gemm_full" ;;
+      ncu_records gemm "APT_FP4_GEMM=${APT_FP4_GEMM:-1,1,0,2,64,2} APT_NCU_M=${APT_NCU_M:-64} APT_NCU_SHAPE=${APT_NCU_SHAPE:-28672x8192} ncu_gemm_full" ;;
     ncu_gemv_full)  # full set on the largest shape (tile order), per-SASS-line source page, the SASS
       stage ncu_gemv_full ncu --clock-control none --set full -k regex:gemv_tiled -c 1 -f -o "$OUT/gemv" \
         $PY benchmarks/fp4_gemv_sweep.py --profile-once --profile-shape "${APT_NCU_SHAPE:-28672x8192}" --ms ${APT_NCU_M:-1}
       ncu -i "$OUT/gemv.ncu-rep" --page details > "$OUT/gemv_details.txt" 2>&1
-      ncu_json gemv "APT_NCU_M=${APT_NCU_M:-1} APT_NCU_SHAPE=${APT_NCU_SHAPE:-28672x8192} ncu_gemv_full"
       ncu -i "$OUT/gemv.ncu-rep" --page source --csv --print-source sass > "$OUT/gemv_source.csv" 2>&1
-      ncu_source_json gemv "APT_NCU_M=${APT_NCU_M:-1} APT_NCU_SHAPE=${APT_NCU_SHAPE:-28672x8192} ncu_gemv_full"
+      ncu_records gemv "APT_NCU_M=${APT_NCU_M:-1} APT_NCU_SHAPE=${APT_NCU_SHAPE:-28672x8192} ncu_gemv_full"
       obj=$(find build -name 'fp4_gemv_cuda.cu.o' | head -1)
       [ -n "$obj" ] && cuobjdump -sass "$obj" | $PY -c 'import sys,re; t=sys.stdin.read(); fs=re.split(r"(?=\n\s*Function : )", t); sys.stdout.write("".join(f for f in fs if "E0EN3c108BFloat16ELi1ELi2ELi0ELb0E" in f))' > "$OUT/gemv_nvfp4_bf16_mt1_s2.sass" ;;
     test_fp4|test_left_spin|test_vgpu|test_model)

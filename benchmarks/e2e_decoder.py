@@ -16,7 +16,9 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py              # full size on a GPU (about 14 GB of bf16 weights)
     python benchmarks/e2e_decoder.py --quick      # 4 layers
     python benchmarks/e2e_decoder.py --cpu        # tiny, on the CPU (eager only; the tests run it)
-    python benchmarks/e2e_decoder.py --fused      # q/k/v and gate/up as one Linear each
+    python benchmarks/e2e_decoder.py --fused      # q/k/v and gate/up as one Linear each; the MLP's
+                                                  # silu(gate) * up by apt_ext.nn.swiglu (FP4: one
+                                                  # fused kernel; --swiglu composite: the chunks)
     python benchmarks/e2e_decoder.py --one-copy   # FP4Linear holds only its tiled copy (release_canonical)
     python benchmarks/e2e_decoder.py --compile    # both steps also compiled (torch.compile fuses the
                                                   # norms, rotary and element-wise work the graph
@@ -24,7 +26,8 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py --attention matmul  # attention by two batched matmuls and a
                                                   # float32 softmax (compiled: inductor's kernels)
                                                   # instead of F.scaled_dot_product_attention
-Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul][_profile].json.
+Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul][_composite_swiglu]
+[_profile].json.
 """
 from __future__ import annotations
 
@@ -51,6 +54,8 @@ sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 from vgpu import sync  # noqa: E402  (benchmarks/vgpu.py)
 
+from apt_ext.nn import swiglu as apt_swiglu  # noqa: E402
+
 
 @dataclass
 class Shape:
@@ -72,6 +77,7 @@ class StaticKV:
 
 
 ATTENTIONS = ("sdpa", "matmul")
+SWIGLUS = ("fused", "composite")
 
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -90,12 +96,17 @@ class Layer(nn.Module):
     """Pre-norm Llama layer for one new token x [B, 1, d] at position ``pos`` (a [1] device tensor).
     ``fused``: q, k and v as one Linear [d + 2 kv_heads head_dim, d] and gate and up as one
     [2 d_ff, d] (as serving stacks load Llama: the same weights, three GEMVs a layer fewer).
-    ``attention``: "sdpa" (F.scaled_dot_product_attention) or "matmul" (grouped_attention)."""
+    ``attention``: "sdpa" (F.scaled_dot_product_attention) or "matmul" (grouped_attention).
+    ``swiglu`` (fused projections only): "fused" (apt_ext.nn.swiglu: FP4Linear's SwiGLU kernel) or
+    "composite" (silu and product of gate_up's two halves)."""
 
-    def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa") -> None:
+    def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa", swiglu: str = "fused") -> None:
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention: expected one of {ATTENTIONS}, got {attention!r}")
+        if swiglu not in SWIGLUS:
+            raise ValueError(f"swiglu: expected one of {SWIGLUS}, got {swiglu!r}")
+        self.swiglu = swiglu
         self.h, self.kv, self.hd, self.fused = s.heads, s.kv_heads, s.d // s.heads, fused
         self.attention = attention
         self.n1, self.n2 = nn.RMSNorm(s.d, eps=1e-5), nn.RMSNorm(s.d, eps=1e-5)
@@ -130,6 +141,8 @@ class Layer(nn.Module):
             y = grouped_attention(q, kv.k, kv.v, mask)
         x = x + self.o(y.transpose(1, 2).reshape(b, 1, -1))
         h = self.n2(x)
+        if self.fused and self.swiglu == "fused":
+            return x + self.down(apt_swiglu(self.gate_up, h))
         if self.fused:
             gate, up = self.gate_up(h).chunk(2, -1)
         else:
@@ -154,9 +167,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class Stack(nn.Module):
     """The layers, with the rotary tables and the positions as buffers (static shapes per step)."""
 
-    def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa") -> None:
+    def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa", swiglu: str = "fused") -> None:
         super().__init__()
-        self.layers = nn.ModuleList(Layer(s, fused, attention) for _ in range(s.layers))
+        self.layers = nn.ModuleList(Layer(s, fused, attention, swiglu) for _ in range(s.layers))
         cos, sin = rope_tables(s)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -171,12 +184,12 @@ class Stack(nn.Module):
 
 
 def build(s: Shape, device: torch.device, dtype: torch.dtype, fused: bool = False,
-          attention: str = "sdpa") -> Stack:
+          attention: str = "sdpa", swiglu: str = "fused") -> Stack:
     """Random weights (std 0.02; norms 1) made on ``device``, in ``dtype``; the rotary tables stay
-    float32 (cast per step). ``fused``: Layer's fused projections; ``attention``: Layer's."""
+    float32 (cast per step). ``fused``, ``attention``, ``swiglu``: Layer's."""
     torch.manual_seed(0)
     with torch.device(device):
-        model = Stack(s, fused, attention)
+        model = Stack(s, fused, attention, swiglu)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("n1.weight", "n2.weight")):
@@ -299,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attention", choices=ATTENTIONS, default="sdpa",
                     help="both models' attention: F.scaled_dot_product_attention, or two batched matmuls "
                          "and a float32 softmax (grouped_attention)")
+    ap.add_argument("--swiglu", choices=SWIGLUS, default="fused",
+                    help="with --fused, the MLP's silu(gate) * up: apt_ext.nn.swiglu (FP4: one fused kernel) or "
+                         "silu and product of the two halves")
     ap.add_argument("--profile", action="store_true",
                     help="(CUDA) also record and print the top GPU kernels of the graph-replayed step")
     ap.add_argument("--out", default=None,
@@ -324,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                     "command": " ".join([sys.executable, *sys.argv]), "shape": asdict(shape),
                     "dtype": str(dtype).replace("torch.", ""), "iters": iters, "compiled": args.compile,
                     "fused_projections": args.fused, "one_copy": args.one_copy, "attention": args.attention,
+                    "swiglu": args.swiglu if args.fused else "composite",
                     "runs": {}}
-    ref_model = build(shape, device, dtype, args.fused, args.attention)
+    ref_model = build(shape, device, dtype, args.fused, args.attention, args.swiglu)
     fp4_model = apt_ext.quantize_(copy.deepcopy(ref_model), fmt="nvfp4")
     if args.one_copy:
         from apt_ext.nn import FP4Linear
@@ -362,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = (re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick and gpu else "")
            + ("_fused" if args.fused else "") + ("_one_copy" if args.one_copy else "")
            + ("_compiled" if args.compile else "") + ("_matmul" if args.attention == "matmul" else "")
+           + ("_composite_swiglu" if args.fused and args.swiglu == "composite" else "")
            + ("_profile" if args.profile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)

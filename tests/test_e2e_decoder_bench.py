@@ -29,6 +29,16 @@ def test_e2e_decoder_cpu(tmp_path, one_thread):
     assert 0.13 < d["nvfp4_weight_ratio"] < 0.15  # 4.5 bits of 32
 
 
+@pytest.mark.parametrize("swiglu", ["fused", "composite"])
+def test_e2e_decoder_cpu_fused_projections(swiglu, tmp_path, one_thread):
+    """--fused with either SwiGLU form: the nvfp4 model stays as close to the float one."""
+    out = tmp_path / "dec.json"
+    assert e2e_decoder.main(["--cpu", "--fused", "--swiglu", swiglu, "--batches", "1", "--iters", "1",
+                             "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["swiglu"] == swiglu and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
+
+
 def test_static_kv_step_matches_full_attention():
     """One decode step at position p with the static cache equals causal attention over the
     cache's first p + 1 positions computed directly (the mask and the in-place write are right)."""

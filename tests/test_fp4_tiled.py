@@ -9,8 +9,8 @@ import torch
 
 import apt_ext  # noqa: F401
 from apt_ext.fp4 import quantize
-from apt_ext.fp4.tiled import tile
-from apt_ext.nn import FP4Linear
+from apt_ext.fp4.tiled import swiglu_rows, tile
+from apt_ext.nn import FP4Linear, swiglu
 from reference import fp4 as ref
 
 FORMATS = ("nvfp4", "mxfp4", "nf4")
@@ -152,6 +152,75 @@ def test_linear_tiled_rejects_bad_input(apt_seed):
         tile(torch.zeros(3))
 
 
+def test_swiglu_rows_pair_each_gate_with_its_up():
+    """Each 16-row tile of the SwiGLU order holds gate rows 8t .. 8t + 7 and then up rows F + 8t ..;
+    every weight row once."""
+    rows = swiglu_rows(64)  # F = 32
+    assert sorted(rows.tolist()) == list(range(64))
+    assert rows[16:32].tolist() == [*range(8, 16), *range(40, 48)]
+    for bad in (0, 8, 40, -16):
+        with pytest.raises(ValueError, match="n: .*multiple of 16"):
+            swiglu_rows(bad)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_swiglu_tiled_cpu_matches_reference(fmt, dt, apt_seed):
+    """fp4_linear_tiled_swiglu's CPU kernel (tile(weight, swiglu=True)) against silu(gate) * up of the
+    reference linear; the SwiGLU copy keeps the weight and its plain linear equals the plain copy's."""
+    g = torch.Generator().manual_seed(apt_seed)
+    q = quantize(_weight(48, 200, apt_seed), fmt)
+    x = torch.randn(5, 200, generator=g).to(dt)
+    bias = torch.randn(48, generator=g)
+    t = tile(q, swiglu=True)
+    assert t.swiglu and torch.equal(t.to_weight().packed, q.packed)
+    assert torch.equal(t.dequantize(), tile(q).dequantize())
+    y = t.swiglu_linear(x, bias)
+    gate, up = ref.linear(x, q.packed, q.scales, q.tensor_scale, bias, fmt, q.block_size).double().chunk(2, -1)
+    want = torch.nn.functional.silu(gate) * up
+    assert y.dtype == dt and y.shape == (5, 24)
+    tol = 1e-5 if dt == torch.float32 else 1e-2
+    assert float((y.double() - want).norm() / want.norm()) < tol
+    assert torch.equal(t.linear(x, bias), tile(q).linear(x, bias))
+
+
+def test_swiglu_tiled_rejects_bad_input(apt_seed):
+    q = quantize(_weight(40, 64, apt_seed), "nvfp4")
+    plain = tile(q)
+    with pytest.raises(ValueError, match="n: .*multiple of 16"):
+        torch.ops.apt.fp4_linear_tiled_swiglu(torch.randn(2, 64), plain.tiles, plain.tile_scales, plain.out_scale,
+                                              None, "nvfp4", 40, 64)
+    with pytest.raises(ValueError, match="weight: 40 rows"):
+        tile(q, swiglu=True)
+    with pytest.raises(ValueError, match="not in the SwiGLU order"):
+        plain.swiglu_linear(torch.randn(1, 64))
+    t = tile(quantize(_weight(32, 64, apt_seed), "nvfp4"), swiglu=True)
+    with pytest.raises(ValueError, match="bias"):
+        t.swiglu_linear(torch.randn(2, 64), torch.randn(16))
+    with pytest.raises(ValueError, match="x"):
+        t.swiglu_linear(torch.randn(2, 63))
+
+
+def test_fp4linear_swiglu_on_cpu_is_the_composite(apt_seed):
+    """FP4Linear.swiglu off the CUDA tiled path: silu and product of the layer's two halves;
+    apt_ext.nn.swiglu does the same for any module; bad widths are refused."""
+    torch.manual_seed(apt_seed)
+    layer = FP4Linear.from_linear(torch.nn.Linear(64, 48), fmt="nvfp4")
+    x = torch.randn(3, 64)
+    gate, up = layer(x).chunk(2, -1)
+    want = torch.nn.functional.silu(gate) * up
+    assert torch.equal(layer.swiglu(x), want) and torch.equal(swiglu(layer, x), want)
+    lin = torch.nn.Linear(64, 48)
+    g2, u2 = lin(x).chunk(2, -1)
+    assert torch.equal(swiglu(lin, x), torch.nn.functional.silu(g2) * u2)
+    with pytest.raises(ValueError, match="x"):
+        layer.swiglu(torch.randn(3, 63))
+    with pytest.raises(ValueError, match="even"):
+        FP4Linear.from_linear(torch.nn.Linear(64, 33), fmt="nvfp4").swiglu(x)
+    with pytest.raises(TypeError, match="gate_up"):
+        swiglu(lambda t: t, x)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("shape", [(1, 1), (17, 200), (40, 129), (33, 4192)])
 def test_untile_packed_gives_the_canonical_tensors_back(fmt, shape, apt_seed):
@@ -210,6 +279,9 @@ def test_opcheck_tiled_ops(fmt, apt_seed):
         (torch.ops.apt.fp4_untile_packed.default, (t.tiles, t.tile_scales, t.out_scale, fmt, 20, 100)),
         (torch.ops.apt.fp4_linear_tiled.default, (x, t.tiles, t.tile_scales, t.out_scale, None, fmt, 20, 100, False)),
     ]
+    s = tile(quantize(_weight(32, 100, apt_seed), fmt), swiglu=True)
+    cases.append((torch.ops.apt.fp4_linear_tiled_swiglu.default,
+                  (x, s.tiles, s.tile_scales, s.out_scale, torch.randn(32), fmt, 32, 100)))
     if fmt != "nvfp4":  # opcheck's schema test does arithmetic on inputs; float8 scales lack it
         cases.append((torch.ops.apt.fp4_tile.default, (q.packed, q.scales, q.tensor_scale, fmt, q.block_size)))
     for op, args in cases:

@@ -118,6 +118,10 @@ def _fp4_linear_tiled_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, ge
     return x.new_empty((*x.shape[:-1], n))
 
 
+def _fp4_linear_tiled_swiglu_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k):
+    return x.new_empty((*x.shape[:-1], n // 2))
+
+
 def _fp4_cpu_tile_fake(packed, scales, tensor_scale, fmt, block_size):
     kp = _native._C.fp4.check_cpu_tile(packed, scales, tensor_scale, fmt, block_size)
     nt = -(-packed.shape[0] // tiled.TILE_ROWS)
@@ -183,7 +187,7 @@ def register() -> None:
              "fp4_dequantize": _fp4_dequantize_fake, "fp4_linear": _fp4_linear_fake,
              "fp4_linear_gelu": _fp4_linear_gelu_fake, "fp4_tile": _fp4_tile_fake,
              "fp4_untile": _fp4_untile_fake, "fp4_untile_packed": _fp4_untile_packed_fake,
-             "fp4_linear_tiled": _fp4_linear_tiled_fake,
+             "fp4_linear_tiled": _fp4_linear_tiled_fake, "fp4_linear_tiled_swiglu": _fp4_linear_tiled_swiglu_fake,
              "fp4_cpu_tile": _fp4_cpu_tile_fake, "fp4_linear_cpu_tiled": _fp4_linear_cpu_tiled_fake}
     for op, fake in fakes.items():
         torch.library.register_fake(f"apt::{op}", fake)

@@ -28,12 +28,25 @@ STEP_BYTES = 1024  # packed bytes of one (tile, step)
 STEP_SCALES = {"nvfp4": (torch.uint8, 16, 8), "mxfp4": (torch.uint8, 8, 8), "nf4": (torch.float32, 8, 4)}
 
 
+def swiglu_rows(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """int64 [n]: entry r is the weight row that row r of a copy in the SwiGLU order holds. A
+    weight [gate; up] of n = 2F rows (F a multiple of 8) is stored so that each 16-row tile holds 8
+    gate rows and then the same 8 up rows (tile t: gate rows 8t .. 8t + 7, up rows F + 8t ..), so
+    that the rows one lane of the GEMV sums (g and g + 8 of a tile) are a gate and its up."""
+    if n <= 0 or n % (2 * 8) != 0:
+        raise ValueError(f"n: the SwiGLU order takes gate and up rows 8 at a time: expected a positive "
+                         f"multiple of 16, got {n}")
+    r = torch.arange(n, device=device)
+    return (r % TILE_ROWS) // 8 * (n // 2) + r // TILE_ROWS * 8 + r % 8
+
+
 @dataclass(frozen=True)
 class TiledFP4Weight:
     """A weight of logical shape ``shape`` = (N, K) in the tiled layout.
 
     tiles: uint8 [ceil(N/16), ceil(K/128), 1024]; tile_scales: [tiles, steps, 16 | 8 | 8, 8 | 8 | 4]
     (nvfp4 uint8, mxfp4 uint8, nf4 float32); out_scale: float32 [] applied to every sum.
+    ``swiglu``: the rows are in the SwiGLU order (``swiglu_rows``), for ``swiglu_linear``.
     """
 
     tiles: torch.Tensor
@@ -41,17 +54,36 @@ class TiledFP4Weight:
     out_scale: torch.Tensor
     fmt: str
     shape: tuple[int, int]
+    swiglu: bool = False
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
-        """x [..., K] -> x @ W.T + bias [..., N] in x's dtype (exact-erf GELU if ``gelu``)."""
+        """x [..., K] -> x @ W.T + bias [..., N] in x's dtype (exact-erf GELU if ``gelu``). A copy in
+        the SwiGLU order gathers the bias into its row order and the output back into the weight's."""
         n, k = self.shape
-        return torch.ops.apt.fp4_linear_tiled(x, self.tiles, self.tile_scales, self.out_scale, bias, self.fmt,
-                                              n, k, gelu)
+        if not self.swiglu:
+            return torch.ops.apt.fp4_linear_tiled(x, self.tiles, self.tile_scales, self.out_scale, bias, self.fmt,
+                                                  n, k, gelu)
+        rows = swiglu_rows(n, self.tiles.device)
+        y = torch.ops.apt.fp4_linear_tiled(x, self.tiles, self.tile_scales, self.out_scale,
+                                           None if bias is None else bias.index_select(0, rows), self.fmt, n, k, gelu)
+        return y.index_select(-1, torch.argsort(rows))
+
+    def swiglu_linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., K] -> silu(gate) * up [..., N / 2] in x's dtype, for a copy in the SwiGLU order of a
+        weight [gate; up] (bias [N] in that order too): one fused kernel (CUDA, at most the GEMV's
+        rows; past them the GEMM and then the SwiGLU)."""
+        if not self.swiglu:
+            raise ValueError("swiglu_linear: this copy is not in the SwiGLU order; make it with "
+                             "tile(weight, swiglu=True)")
+        n, k = self.shape
+        return torch.ops.apt.fp4_linear_tiled_swiglu(x, self.tiles, self.tile_scales, self.out_scale, bias,
+                                                     self.fmt, n, k)
 
     def dequantize(self) -> torch.Tensor:
         """-> float32 [N, K], equal to the source FP4Weight's ``dequantize()``."""
         n, k = self.shape
-        return torch.ops.apt.fp4_untile(self.tiles, self.tile_scales, self.out_scale, self.fmt, n, k)
+        w = torch.ops.apt.fp4_untile(self.tiles, self.tile_scales, self.out_scale, self.fmt, n, k)
+        return w.index_select(0, torch.argsort(swiglu_rows(n, w.device))) if self.swiglu else w
 
     def to_weight(self) -> FP4Weight:
         """The canonical FP4Weight this copy was tiled from (``fp4_untile_packed``, on the copy's
@@ -60,18 +92,30 @@ class TiledFP4Weight:
         n, k = self.shape
         packed, scales, tensor_scale = torch.ops.apt.fp4_untile_packed(self.tiles, self.tile_scales, self.out_scale,
                                                                        self.fmt, n, k)
+        if self.swiglu:
+            back = torch.argsort(swiglu_rows(n, packed.device))
+            packed, scales = packed.index_select(0, back), scales.index_select(0, back)
         return FP4Weight(packed, scales, tensor_scale, self.fmt, get_format(self.fmt).block_size, self.shape)
 
 
-def tile(weight: FP4Weight) -> TiledFP4Weight:
+def tile(weight: FP4Weight, swiglu: bool = False) -> TiledFP4Weight:
     """The tiled copy of ``weight`` on its device (one pass over the weight; mxfp4 reads its
-    exponent range back to the host). Raises ValueError for scales the layout cannot hold
-    exactly (a NaN nvfp4 scale, mxfp4 exponents spanning more than 126 binades)."""
+    exponent range back to the host). ``swiglu``: rows in the SwiGLU order (``swiglu_rows``; the
+    weight is [gate; up], its rows a multiple of 16), for ``TiledFP4Weight.swiglu_linear``.
+    Raises ValueError for scales the layout cannot hold exactly (a NaN nvfp4 scale, mxfp4
+    exponents spanning more than 126 binades) and, with ``swiglu``, for other row counts."""
     if not isinstance(weight, FP4Weight):
         raise TypeError(f"weight: expected an FP4Weight, got {type(weight).__name__}")
-    tiles, scales, out_scale = torch.ops.apt.fp4_tile(weight.packed, weight.scales, weight.tensor_scale,
-                                                      weight.fmt, weight.block_size)
-    return TiledFP4Weight(tiles, scales, out_scale, weight.fmt, weight.shape)
+    packed, scales = weight.packed, weight.scales
+    if swiglu:
+        try:
+            rows = swiglu_rows(weight.shape[0], packed.device)
+        except ValueError as e:
+            raise ValueError(f"weight: {weight.shape[0]} rows cannot be tiled in the SwiGLU order ({e})") from None
+        packed, scales = packed.index_select(0, rows), scales.index_select(0, rows)
+    tiles, tile_scales, out_scale = torch.ops.apt.fp4_tile(packed, scales, weight.tensor_scale, weight.fmt,
+                                                           weight.block_size)
+    return TiledFP4Weight(tiles, tile_scales, out_scale, weight.fmt, weight.shape, bool(swiglu))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Drop-in modules built on the apt ops."""
 from apt_ext.nn.dequant_ahead import DequantAhead, dequant_ahead
-from apt_ext.nn.fp4_linear import FP4Linear, FusedFP4Linear, quantize_
+from apt_ext.nn.fp4_linear import FP4Linear, FusedFP4Linear, quantize_, swiglu
 from apt_ext.nn.left_spin import LeftSpinChain, LeftSpinResidual
 
-__all__ = ["DequantAhead", "dequant_ahead", "FP4Linear", "FusedFP4Linear", "quantize_", "LeftSpinChain", "LeftSpinResidual"]
+__all__ = ["DequantAhead", "dequant_ahead", "FP4Linear", "FusedFP4Linear", "quantize_", "swiglu", "LeftSpinChain",
+           "LeftSpinResidual"]

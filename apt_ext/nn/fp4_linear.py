@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from apt_ext import _native
 from apt_ext.fp4.format import DEFAULT_FORMAT, get_format
@@ -120,6 +121,7 @@ class FP4Linear(nn.Module):
     _no_private_copy: bool = False
     _warned_released: bool = False
     _ahead = None  # the apt_ext.nn.dequant_ahead handle managing this layer, if any
+    _swiglu_order: bool = False  # the tiled copy in the SwiGLU order (set by the first fused swiglu call)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = DEFAULT_FORMAT,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
@@ -331,10 +333,34 @@ class FP4Linear(nn.Module):
         return self._cpu_tiled
 
     def tiled_weight(self) -> TiledFP4Weight:
-        """The tiled copy of the weight on the buffers' device (built once, then cached)."""
-        if getattr(self, "_tiled", None) is None or self._tiled.tiles.device != self.packed.device:
-            self._tiled = tile(self.weight)
+        """The tiled copy of the weight on the buffers' device (built once, then cached; in the SwiGLU
+        order once ``swiglu`` has run fused: ``apt_ext.fp4.tiled.tile``)."""
+        copy = getattr(self, "_tiled", None)
+        if copy is None or copy.tiles.device != self.packed.device or copy.swiglu != self._swiglu_order:
+            self._tiled = tile(self.weight, swiglu=self._swiglu_order)  # (weight: from the old copy if released)
         return self._tiled
+
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up [..., out_features / 2] (x's dtype) for a layer whose output is [gate; up]
+        (the fused gate and up projections of a SwiGLU MLP, as Llama's): ``F.silu(g) * u`` of
+        ``g, u = self(x).chunk(2, -1)``. Calls that take the tiled path (see the class) with
+        out_features a multiple of 16 run one fused kernel (``fp4_linear_tiled_swiglu``), which
+        needs the tiled copy in the SwiGLU order: the first such call rebuilds the copy that way
+        (later ``forward`` calls gather their output back from it). Others run the composite."""
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != self.in_features:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected [..., {self.in_features}] (in_features), got {got}")
+        if self.out_features % 2 != 0:
+            raise ValueError(f"swiglu: out_features must be even ([gate; up]), got {self.out_features}")
+        fused = (self.out_features % 16 == 0 and self._ahead is None and self._takes_tiled_path(x)
+                 and (self._swiglu_order or not torch.compiler.is_compiling()))
+        if fused:
+            self._swiglu_order = True
+            copy = self._private_copy(self.tiled_weight)
+            if copy is not None:
+                return copy.swiglu_linear(x, self.bias)
+        gate, up = self(x).chunk(2, -1)
+        return F.silu(gate) * up
 
     def _apply(self, fn, recurse=True):
         # model.to(torch.bfloat16) / .half() would cast the float8 / float32 scales (and the
@@ -386,6 +412,18 @@ class FP4Linear(nn.Module):
 
 
 FusedFP4Linear = FP4Linear
+
+
+def swiglu(gate_up: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up [..., F] of a projection ``gate_up`` whose output is [gate; up] [..., 2F] (a
+    SwiGLU MLP's fused gate and up, as Llama's): ``FP4Linear.swiglu`` (one fused kernel where it
+    can) for an FP4Linear, ``F.silu(g) * u`` of ``gate_up(x).chunk(2, -1)`` for any other module."""
+    if isinstance(gate_up, FP4Linear):
+        return gate_up.swiglu(x)
+    if not isinstance(gate_up, nn.Module):
+        raise TypeError(f"gate_up: expected an nn.Module, got {type(gate_up).__name__}")
+    gate, up = gate_up(x).chunk(2, -1)
+    return F.silu(gate) * up
 
 
 def quantize_(model: nn.Module, fmt: str = DEFAULT_FORMAT,

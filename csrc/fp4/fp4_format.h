@@ -95,6 +95,14 @@ Format check_tiled_weight(const at::Tensor& tiles, const at::Tensor& tile_scales
 void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const c10::optional<at::Tensor>& bias,
                              int64_t n, int64_t k);
 
+// fp4_linear_tiled_swiglu's n: gate and up rows fill whole tiles (a multiple of 16).
+void check_swiglu_rows(int64_t n);
+
+// silu(gate) * up [..., n / 2] of y [..., n], the output of a weight tiled in the SwiGLU order
+// (columns 16 t .. 16 t + 7 gate features 8 t .., the next 8 the same up features), plus the bias
+// [n] in [gate; up] order; float32.
+at::Tensor swiglu_of_tiled_rows(const at::Tensor& y, const c10::optional<at::Tensor>& bias);
+
 // ---- every argument check of one op, in one call ---------------------------------------
 // The CPU and CUDA kernels call these; the Triton kernels and the fake kernels call them
 // through apt_ext._C.fp4 (csrc/fp4/fp4_bindings.cpp), so each op has its checks in C++ only.

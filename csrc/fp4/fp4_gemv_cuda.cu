@@ -502,17 +502,20 @@ at::Tensor pack_x(const at::Tensor& x2, int64_t m_blocks, int mt, int64_t steps,
   return out;
 }
 
-at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
-                                 const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
-                                 const std::string& fmt, int64_t n, int64_t k, bool gelu) {
+// fp4_linear_tiled (gelu) and fp4_linear_tiled_swiglu (swiglu: out [..., n / 2]).
+at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
+                             const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
+                             const std::string& fmt, int64_t n, int64_t k, bool gelu, bool swiglu) {
   const Format f = check_tiled_weight(tiles_in, scales_in, out_scale, fmt, n, k);
   check_tiled_linear_args(x, tiles_in, bias, n, k);
+  if (swiglu) check_swiglu_rows(n);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor x2 = x.reshape({-1, k}).contiguous();
   const int64_t m = x2.size(0);
+  const int64_t n_out = swiglu ? n / 2 : n;
   auto out_sizes = x.sizes().vec();
-  out_sizes.back() = n;
-  at::Tensor out = at::empty({m, n}, x.options());
+  out_sizes.back() = n_out;
+  at::Tensor out = at::empty({m, n_out}, x.options());
   if (m == 0) return out.view(out_sizes);
   // The kernel reads x in whole 16-byte-aligned steps of 128 columns: pad a K that is not a
   // multiple of 128 with zeros (one small copy; common layer widths need none).
@@ -556,9 +559,18 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   auto stream = c10::cuda::getCurrentCUDAStream();
   if (const std::optional<GemmTiledConfig> gemm = choose_gemm(m, n, k, f, x.scalar_type(), x.get_device())) {
     args.evict_first = true;
-    launch_gemm_tiled(args, f, gelu, *gemm, x2, stream);
-    return out.view(out_sizes);
+    if (!swiglu) {
+      launch_gemm_tiled(args, f, gelu, *gemm, x2, stream);
+      return out.view(out_sizes);
+    }
+    // the GEMM has no SwiGLU epilogue: its [gate, up] tile pairs, then the SwiGLU by ATen
+    const at::Tensor pairs = at::empty({m, n}, x.options());
+    args.out = pairs.mutable_data_ptr();
+    args.bias = nullptr;
+    launch_gemm_tiled(args, f, false, *gemm, x2, stream);
+    return swiglu_of_tiled_rows(pairs, bias).to(x.scalar_type()).view(out_sizes);
   }
+  args.swiglu = swiglu;
   const bool fp32x = x.scalar_type() == at::kFloat;
   const bool sweep = f == Format::NVFP4 && x.scalar_type() == at::kBFloat16 && !gelu;
   const GemvConfig cfg = choose_config(f, sweep, fp32x, m, args.n_tiles, args.steps, sm_count(x.get_device()));
@@ -609,8 +621,23 @@ at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles_in
   return out.view(out_sizes);
 }
 
+at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& tile_scales,
+                                 const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
+                                 const std::string& fmt, int64_t n, int64_t k, bool gelu) {
+  return tiled_linear_cuda(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu, false);
+}
+
+at::Tensor fp4_linear_tiled_swiglu_cuda(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& tile_scales,
+                                        const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
+                                        const std::string& fmt, int64_t n, int64_t k) {
+  return tiled_linear_cuda(x, tiles, tile_scales, out_scale, bias, fmt, n, k, false, true);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(apt, CUDA, m) { m.impl("fp4_linear_tiled", &fp4_linear_tiled_cuda); }
+TORCH_LIBRARY_IMPL(apt, CUDA, m) {
+  m.impl("fp4_linear_tiled", &fp4_linear_tiled_cuda);
+  m.impl("fp4_linear_tiled_swiglu", &fp4_linear_tiled_swiglu_cuda);
+}
 
 }  // namespace apt::fp4::cuda

@@ -16,6 +16,7 @@
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/ones_like.h>
+#include <ATen/ops/silu.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/where.h>
@@ -293,6 +294,18 @@ at::Tensor fp4_linear_tiled_cpu(const at::Tensor& x, const at::Tensor& tiles, co
   return y.to(x.scalar_type());
 }
 
+// swiglu_of_tiled_rows(x @ untile(...).T) in float32, cast to x's dtype: the CPU kernel of
+// fp4_linear_tiled_swiglu.
+at::Tensor fp4_linear_tiled_swiglu_cpu(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& lane_scales,
+                                       const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
+                                       const std::string& fmt, int64_t n, int64_t k) {
+  check_tiled_weight(tiles, lane_scales, out_scale, fmt, n, k);
+  check_tiled_linear_args(x, tiles, bias, n, k);
+  check_swiglu_rows(n);
+  const at::Tensor w = fp4_untile(tiles, lane_scales, out_scale, fmt, n, k);
+  return swiglu_of_tiled_rows(at::matmul(x.to(at::kFloat), w.t()), bias).to(x.scalar_type());
+}
+
 }  // namespace
 
 Format check_tiled_weight(const at::Tensor& tiles, const at::Tensor& tile_scales, const at::Tensor& out_scale,
@@ -336,12 +349,34 @@ void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const
   }
 }
 
+void check_swiglu_rows(int64_t n) {
+  TORCH_CHECK_VALUE(n % (2 * 8) == 0, "n: fp4_linear_tiled_swiglu takes gate and up rows in whole tiles (8 of each): "
+                    "expected a multiple of 16, got ", n);
+}
+
+at::Tensor swiglu_of_tiled_rows(const at::Tensor& y, const c10::optional<at::Tensor>& bias) {
+  const int64_t n = y.size(-1), half = n / 2;
+  const at::Tensor pairs = y.to(at::kFloat).reshape({-1, n / 16, 2, 8});
+  at::Tensor gate = pairs.select(2, 0).reshape({-1, half}), up = pairs.select(2, 1).reshape({-1, half});
+  if (bias.has_value()) {
+    const at::Tensor b = bias->to(at::kFloat);
+    gate = gate.add(b.narrow(0, 0, half));
+    up = up.add(b.narrow(0, half, half));
+  }
+  auto sizes = y.sizes().vec();
+  sizes.back() = half;
+  return at::silu(gate).mul(up).view(sizes);
+}
+
 TORCH_LIBRARY_IMPL(apt, CompositeExplicitAutograd, m) {
   m.impl("fp4_tile", &fp4_tile);
   m.impl("fp4_untile", &fp4_untile);
   m.impl("fp4_untile_packed", &fp4_untile_packed);
 }
 
-TORCH_LIBRARY_IMPL(apt, CPU, m) { m.impl("fp4_linear_tiled", &fp4_linear_tiled_cpu); }
+TORCH_LIBRARY_IMPL(apt, CPU, m) {
+  m.impl("fp4_linear_tiled", &fp4_linear_tiled_cpu);
+  m.impl("fp4_linear_tiled_swiglu", &fp4_linear_tiled_swiglu_cpu);
+}
 
 }  // namespace apt::fp4

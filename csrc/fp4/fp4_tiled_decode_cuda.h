@@ -175,6 +175,10 @@ struct TiledLinearArgs {
   int* arrivals;
   int64_t out_blocks;
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
+  // The SwiGLU epilogue (GEMV only): out [m, n / 2] = silu(gate) * up, where tile rows 0..7 are
+  // the gate rows 8 tile .. 8 tile + 7 and rows 8..15 the up rows n / 2 + the same (the order
+  // apt_ext.fp4.tiled.tile(weight, swiglu=True) makes); bias [n] in the weight's own order.
+  bool swiglu;
 };
 
 
@@ -249,11 +253,37 @@ __device__ __forceinline__ void reduce_k_parts(float (&acc)[TW][XB][4], float* p
 
 // Writes a warp's C fragments: acc[u][i][0..1] = (row g of tile tile0 + u, x rows row_first + 8 i
 // + 2t, + 1), acc[u][i][2..3] = (row g + 8, same); out[x row * n + weight row] = sum * out_scale
-// + bias, then GELU if kGelu. Rows past N or M and tiles past the last are skipped.
+// + bias, then GELU if kGelu; with args.swiglu, silu(gate) * up of the tile's row pairs (g, g + 8)
+// instead (TiledLinearArgs::swiglu). Rows past N or M and tiles past the last are skipped.
 template <typename T, bool kGelu, int TW, int XB>
 __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], const TiledLinearArgs& args,
                                               int64_t tile0, int64_t row_first, int g, int t) {
   const float scale = __ldg(args.out_scale);
+  if (args.swiglu) {
+    // rows g and g + 8 of a tile are gate and up of output feature 8 tile + g
+    const int64_t half = args.n / 2;
+#pragma unroll
+    for (int u = 0; u < TW; ++u) {
+      const int64_t j = (tile0 + u) * 8 + g;
+      if (tile0 + u >= args.n_tiles || j >= half) break;
+      float bias[2] = {0.0f, 0.0f};
+      if (args.bias != nullptr) {
+        bias[0] = load_bias<T>(args.bias, args.bias_type, j);
+        bias[1] = load_bias<T>(args.bias, args.bias_type, half + j);
+      }
+#pragma unroll
+      for (int i = 0; i < XB; ++i) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t col = row_first + 8 * i + 2 * t + e;
+          if (col >= args.m) continue;
+          const float gate = acc[u][i][e] * scale + bias[0], up = acc[u][i][2 + e] * scale + bias[1];
+          static_cast<T*>(args.out)[col * half + j] = static_cast<T>(gate / (1.0f + __expf(-gate)) * up);
+        }
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int u = 0; u < TW; ++u) {
     if (tile0 + u >= args.n_tiles) break;

@@ -26,7 +26,10 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py --attention matmul  # attention by two batched matmuls and a
                                                   # float32 softmax (compiled: inductor's kernels)
                                                   # instead of F.scaled_dot_product_attention
-Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul][_composite_swiglu]
+    python benchmarks/e2e_decoder.py --attention flex  # flex_attention, visiting the cache's blocks
+                                                  # up to the position only (compiled: torch's
+                                                  # split-KV decoding kernel)
+Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul|_flex][_composite_swiglu]
 [_profile].json.
 """
 from __future__ import annotations
@@ -47,6 +50,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent
@@ -76,7 +80,8 @@ class StaticKV:
         self.v = (torch.randn(b, s.kv_heads, s.context, hd, generator=g) * 0.5).to(device, dtype)
 
 
-ATTENTIONS = ("sdpa", "matmul")
+ATTENTIONS = ("sdpa", "matmul", "flex")
+FLEX_BLOCK = 128  # keys per block of flex_attention's block mask
 SWIGLUS = ("fused", "composite")
 
 
@@ -92,11 +97,28 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     return torch.matmul(p, v).view(b, h, 1, hd)
 
 
+def decode_block_mask(pos: torch.Tensor, context: int) -> BlockMask:
+    """flex_attention's block mask for one new token at position ``pos`` (a [1] device tensor) over
+    a cache of ``context`` positions: only the FLEX_BLOCK-key blocks up to the one holding ``pos``
+    are visited, and keys after ``pos`` are masked inside that last block. Built from device
+    tensors only (no host sync), so a CUDA graph replays it for any position."""
+    n_blocks = -(-context // FLEX_BLOCK)
+    kv_num_blocks = (pos // FLEX_BLOCK + 1).to(torch.int32).view(1, 1, 1)
+    kv_indices = torch.arange(n_blocks, device=pos.device, dtype=torch.int32).view(1, 1, 1, n_blocks)
+
+    def up_to_pos(b, h, q_idx, kv_idx):
+        return kv_idx <= pos[0]
+    return BlockMask.from_kv_blocks(kv_num_blocks, kv_indices, BLOCK_SIZE=FLEX_BLOCK, mask_mod=up_to_pos,
+                                    seq_lengths=(1, context), compute_q_blocks=False)
+
+
 class Layer(nn.Module):
     """Pre-norm Llama layer for one new token x [B, 1, d] at position ``pos`` (a [1] device tensor).
     ``fused``: q, k and v as one Linear [d + 2 kv_heads head_dim, d] and gate and up as one
     [2 d_ff, d] (as serving stacks load Llama: the same weights, three GEMVs a layer fewer).
-    ``attention``: "sdpa" (F.scaled_dot_product_attention) or "matmul" (grouped_attention).
+    ``attention``: "sdpa" (F.scaled_dot_product_attention with a bool mask over the whole cache),
+    "matmul" (grouped_attention) or "flex" (flex_attention over the blocks up to ``pos`` alone,
+    decode_block_mask; compiled, torch's split-KV decoding kernel).
     ``swiglu`` (fused projections only): "fused" (apt_ext.nn.swiglu: FP4Linear's SwiGLU kernel) or
     "composite" (silu and product of gate_up's two halves)."""
 
@@ -124,7 +146,7 @@ class Layer(nn.Module):
         self.down = nn.Linear(s.d_ff, s.d, bias=False)
 
     def forward(self, x: torch.Tensor, kv: StaticKV, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
+                mask: torch.Tensor | BlockMask) -> torch.Tensor:
         b = x.shape[0]
         h = self.n1(x)
         if self.fused:
@@ -137,6 +159,8 @@ class Layer(nn.Module):
         kv.v.index_copy_(2, pos, v.view(b, 1, self.kv, self.hd).transpose(1, 2))
         if self.attention == "sdpa":
             y = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=mask, enable_gqa=True)
+        elif self.attention == "flex":
+            y = flex_attention(q, kv.k, kv.v, block_mask=mask, enable_gqa=True)
         else:
             y = grouped_attention(q, kv.k, kv.v, mask)
         x = x + self.o(y.transpose(1, 2).reshape(b, 1, -1))
@@ -177,7 +201,10 @@ class Stack(nn.Module):
 
     def forward(self, x: torch.Tensor, caches: list[StaticKV], pos: torch.Tensor) -> torch.Tensor:
         cos, sin = self.cos.index_select(0, pos).to(x.dtype), self.sin.index_select(0, pos).to(x.dtype)
-        mask = (self.positions <= pos).view(1, 1, 1, -1)
+        if self.layers[0].attention == "flex":
+            mask = decode_block_mask(pos, self.positions.numel())
+        else:
+            mask = (self.positions <= pos).view(1, 1, 1, -1)
         for layer, kv in zip(self.layers, caches):
             x = layer(x, kv, pos, cos, sin, mask)
         return x
@@ -310,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true",
                     help="also compile each model's step (torch.compile; on CUDA the graph replays the compiled step)")
     ap.add_argument("--attention", choices=ATTENTIONS, default="sdpa",
-                    help="both models' attention: F.scaled_dot_product_attention, or two batched matmuls "
-                         "and a float32 softmax (grouped_attention)")
+                    help="both models' attention: F.scaled_dot_product_attention (masked, whole cache), two batched "
+                         "matmuls and a float32 softmax (grouped_attention), or flex_attention over the cache up "
+                         "to the position alone (decode_block_mask)")
     ap.add_argument("--swiglu", choices=SWIGLUS, default="fused",
                     help="with --fused, the MLP's silu(gate) * up: apt_ext.nn.swiglu (FP4: one fused kernel) or "
                          "silu and product of the two halves")
@@ -378,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     result["nvfp4_with_tiled_copy_weight_ratio"] = (wb_fp4["canonical"] + wb_fp4["tiled_copy"]) / wb_ref["canonical"]
     tag = (re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick and gpu else "")
            + ("_fused" if args.fused else "") + ("_one_copy" if args.one_copy else "")
-           + ("_compiled" if args.compile else "") + ("_matmul" if args.attention == "matmul" else "")
+           + ("_compiled" if args.compile else "") + ("" if args.attention == "sdpa" else "_" + args.attention)
            + ("_composite_swiglu" if args.fused and args.swiglu == "composite" else "")
            + ("_profile" if args.profile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -126,22 +127,42 @@ def test_e2e_decoder_cpu_one_copy(tmp_path, one_thread):
     assert d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
 
 
-def test_matmul_attention_computes_the_same_step():
-    """--attention matmul: grouped_attention (two batched matmuls, float32 softmax) gives the step
-    F.scaled_dot_product_attention gives, on the same weights and cache; an unknown name is refused."""
-    s = e2e_decoder.Shape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, context=16)
+@pytest.mark.parametrize("attention, context, pos", [("matmul", 16, 6), ("flex", 300, 6), ("flex", 300, 200),
+                                                     ("flex", 300, 299)])
+def test_other_attentions_compute_the_same_step(attention, context, pos):
+    """--attention matmul (grouped_attention: two batched matmuls, float32 softmax) and flex
+    (flex_attention over decode_block_mask's blocks: the first, the first two of three, all three
+    at these positions) give the step F.scaled_dot_product_attention gives over the whole masked
+    cache, on the same weights and cache (random keys and values past ``pos`` too); an unknown
+    name is refused."""
+    s = e2e_decoder.Shape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, context=context)
     sdpa = e2e_decoder.build(s, torch.device("cpu"), torch.float32)
-    matmul = e2e_decoder.build(s, torch.device("cpu"), torch.float32, attention="matmul")
-    matmul.load_state_dict(sdpa.state_dict())
+    other = e2e_decoder.build(s, torch.device("cpu"), torch.float32, attention=attention)
+    other.load_state_dict(sdpa.state_dict())
     x = torch.randn(3, 1, s.d)
     caches = [[e2e_decoder.StaticKV(3, s, torch.device("cpu"), torch.float32, torch.Generator().manual_seed(i))
                for i in range(s.layers)] for _ in range(2)]
     with torch.no_grad():
-        want = sdpa(x, caches[0], torch.tensor([6]))
-        got = matmul(x, caches[1], torch.tensor([6]))
+        want = sdpa(x, caches[0], torch.tensor([pos]))
+        got = other(x, caches[1], torch.tensor([pos]))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="attention"):
         e2e_decoder.Layer(s, attention="flash")
+
+
+def test_decode_block_mask_compiled_flex_attention_matches_sdpa():
+    """Compiled flex_attention visits only decode_block_mask's blocks (eager flex ignores the
+    block sparsity, so the layer test above cannot see a wrong block count): at positions in the
+    first, middle and last of three 128-key blocks it equals SDPA over the whole masked cache."""
+    q, k, v = torch.randn(2, 4, 1, 16), torch.randn(2, 2, 300, 16), torch.randn(2, 2, 300, 16)
+    attend = torch.compile(lambda q, k, v, pos: e2e_decoder.flex_attention(
+        q, k, v, block_mask=e2e_decoder.decode_block_mask(pos, 300), enable_gqa=True), dynamic=False)
+    for pos in (6, 200, 299):
+        p = torch.tensor([pos])
+        assert e2e_decoder.decode_block_mask(p, 300).kv_num_blocks.item() == pos // 128 + 1
+        mask = (torch.arange(300) <= pos).view(1, 1, 1, -1)
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        torch.testing.assert_close(attend(q, k, v, p), want, rtol=1e-5, atol=1e-5)
 
 
 def test_e2e_decoder_cpu_matmul_attention(tmp_path, one_thread):

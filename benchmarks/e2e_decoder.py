@@ -193,6 +193,7 @@ class Stack(nn.Module):
 
     def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa", swiglu: str = "fused") -> None:
         super().__init__()
+        self.attention = attention
         self.layers = nn.ModuleList(Layer(s, fused, attention, swiglu) for _ in range(s.layers))
         cos, sin = rope_tables(s)
         self.register_buffer("cos", cos, persistent=False)
@@ -201,7 +202,7 @@ class Stack(nn.Module):
 
     def forward(self, x: torch.Tensor, caches: list[StaticKV], pos: torch.Tensor) -> torch.Tensor:
         cos, sin = self.cos.index_select(0, pos).to(x.dtype), self.sin.index_select(0, pos).to(x.dtype)
-        if self.layers[0].attention == "flex":
+        if self.attention == "flex":
             mask = decode_block_mask(pos, self.positions.numel())
         else:
             mask = (self.positions <= pos).view(1, 1, 1, -1)

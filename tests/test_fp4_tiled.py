@@ -158,6 +158,7 @@ def test_swiglu_rows_pair_each_gate_with_its_up():
     rows = swiglu_rows(64)  # F = 32
     assert sorted(rows.tolist()) == list(range(64))
     assert rows[16:32].tolist() == [*range(8, 16), *range(40, 48)]
+    assert torch.equal(rows[swiglu_rows(64, inverse=True)], torch.arange(64))  # inverse: where each row went
     for bad in (0, 8, 40, -16):
         with pytest.raises(ValueError, match="n: .*multiple of 16"):
             swiglu_rows(bad)

@@ -28,16 +28,19 @@ STEP_BYTES = 1024  # packed bytes of one (tile, step)
 STEP_SCALES = {"nvfp4": (torch.uint8, 16, 8), "mxfp4": (torch.uint8, 8, 8), "nf4": (torch.float32, 8, 4)}
 
 
-def swiglu_rows(n: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """int64 [n]: entry r is the weight row that row r of a copy in the SwiGLU order holds. A
-    weight [gate; up] of n = 2F rows (F a multiple of 8) is stored so that each 16-row tile holds 8
-    gate rows and then the same 8 up rows (tile t: gate rows 8t .. 8t + 7, up rows F + 8t ..), so
-    that the rows one lane of the GEMV sums (g and g + 8 of a tile) are a gate and its up."""
+def swiglu_rows(n: int, device: torch.device | str | None = None, inverse: bool = False) -> torch.Tensor:
+    """int64 [n]: entry r is the weight row that row r of a copy in the SwiGLU order holds
+    (``inverse``: entry w is the copy row that holds weight row w). A weight [gate; up] of n = 2F
+    rows (F a multiple of 8) is stored so that each 16-row tile holds 8 gate rows and then the same
+    8 up rows (tile t: gate rows 8t .. 8t + 7, up rows F + 8t ..), so that the rows one lane of the
+    GEMV sums (g and g + 8 of a tile) are a gate and its up."""
     if n <= 0 or n % (2 * 8) != 0:
         raise ValueError(f"n: the SwiGLU order takes gate and up rows 8 at a time: expected a positive "
                          f"multiple of 16, got {n}")
-    r = torch.arange(n, device=device)
-    return (r % TILE_ROWS) // 8 * (n // 2) + r // TILE_ROWS * 8 + r % 8
+    r, half = torch.arange(n, device=device), n // 2
+    if inverse:
+        return r % half // 8 * TILE_ROWS + r // half * 8 + r % 8
+    return (r % TILE_ROWS) // 8 * half + r // TILE_ROWS * 8 + r % 8
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class TiledFP4Weight:
         rows = swiglu_rows(n, self.tiles.device)
         y = torch.ops.apt.fp4_linear_tiled(x, self.tiles, self.tile_scales, self.out_scale,
                                            None if bias is None else bias.index_select(0, rows), self.fmt, n, k, gelu)
-        return y.index_select(-1, torch.argsort(rows))
+        return y.index_select(-1, swiglu_rows(n, y.device, inverse=True))
 
     def swiglu_linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., K] -> silu(gate) * up [..., N / 2] in x's dtype, for a copy in the SwiGLU order of a
@@ -83,7 +86,7 @@ class TiledFP4Weight:
         """-> float32 [N, K], equal to the source FP4Weight's ``dequantize()``."""
         n, k = self.shape
         w = torch.ops.apt.fp4_untile(self.tiles, self.tile_scales, self.out_scale, self.fmt, n, k)
-        return w.index_select(0, torch.argsort(swiglu_rows(n, w.device))) if self.swiglu else w
+        return w.index_select(0, swiglu_rows(n, w.device, inverse=True)) if self.swiglu else w
 
     def to_weight(self) -> FP4Weight:
         """The canonical FP4Weight this copy was tiled from (``fp4_untile_packed``, on the copy's
@@ -93,7 +96,7 @@ class TiledFP4Weight:
         packed, scales, tensor_scale = torch.ops.apt.fp4_untile_packed(self.tiles, self.tile_scales, self.out_scale,
                                                                        self.fmt, n, k)
         if self.swiglu:
-            back = torch.argsort(swiglu_rows(n, packed.device))
+            back = swiglu_rows(n, packed.device, inverse=True)
             packed, scales = packed.index_select(0, back), scales.index_select(0, back)
         return FP4Weight(packed, scales, tensor_scale, self.fmt, get_format(self.fmt).block_size, self.shape)
 

@@ -29,7 +29,9 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py --attention flex  # flex_attention, visiting the cache's blocks
                                                   # up to the position only (compiled: torch's
                                                   # split-KV decoding kernel)
-Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul|_flex][_composite_swiglu]
+    python benchmarks/e2e_decoder.py --attention apt  # apt_ext.attention.decode_attention over the
+                                                  # positions up to the current one (one launch)
+Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul|_flex|_apt][_composite_swiglu]
 [_profile].json.
 """
 from __future__ import annotations
@@ -58,6 +60,7 @@ sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 from vgpu import sync  # noqa: E402  (benchmarks/vgpu.py)
 
+from apt_ext.attention import decode_attention  # noqa: E402
 from apt_ext.nn import swiglu as apt_swiglu  # noqa: E402
 
 
@@ -80,7 +83,7 @@ class StaticKV:
         self.v = (torch.randn(b, s.kv_heads, s.context, hd, generator=g) * 0.5).to(device, dtype)
 
 
-ATTENTIONS = ("sdpa", "matmul", "flex")
+ATTENTIONS = ("sdpa", "matmul", "flex", "apt")
 FLEX_BLOCK = 128  # keys per block of flex_attention's block mask
 SWIGLUS = ("fused", "composite")
 
@@ -117,8 +120,9 @@ class Layer(nn.Module):
     ``fused``: q, k and v as one Linear [d + 2 kv_heads head_dim, d] and gate and up as one
     [2 d_ff, d] (as serving stacks load Llama: the same weights, three GEMVs a layer fewer).
     ``attention``: "sdpa" (F.scaled_dot_product_attention with a bool mask over the whole cache),
-    "matmul" (grouped_attention) or "flex" (flex_attention over the blocks up to ``pos`` alone,
-    decode_block_mask; compiled, torch's split-KV decoding kernel).
+    "matmul" (grouped_attention), "flex" (flex_attention over the blocks up to ``pos`` alone,
+    decode_block_mask; compiled, torch's split-KV decoding kernel) or "apt"
+    (apt_ext.attention.decode_attention over the positions up to ``pos``: one split-KV launch).
     ``swiglu`` (fused projections only): "fused" (apt_ext.nn.swiglu: FP4Linear's SwiGLU kernel) or
     "composite" (silu and product of gate_up's two halves)."""
 
@@ -161,6 +165,8 @@ class Layer(nn.Module):
             y = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=mask, enable_gqa=True)
         elif self.attention == "flex":
             y = flex_attention(q, kv.k, kv.v, block_mask=mask, enable_gqa=True)
+        elif self.attention == "apt":
+            y = decode_attention(q.squeeze(2), kv.k, kv.v, mask).unsqueeze(2)
         else:
             y = grouped_attention(q, kv.k, kv.v, mask)
         x = x + self.o(y.transpose(1, 2).reshape(b, 1, -1))
@@ -204,6 +210,8 @@ class Stack(nn.Module):
         cos, sin = self.cos.index_select(0, pos).to(x.dtype), self.sin.index_select(0, pos).to(x.dtype)
         if self.attention == "flex":
             mask = decode_block_mask(pos, self.positions.numel())
+        elif self.attention == "apt":
+            mask = pos + 1  # the lengths decode_attention reads
         else:
             mask = (self.positions <= pos).view(1, 1, 1, -1)
         for layer, kv in zip(self.layers, caches):
@@ -339,8 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also compile each model's step (torch.compile; on CUDA the graph replays the compiled step)")
     ap.add_argument("--attention", choices=ATTENTIONS, default="sdpa",
                     help="both models' attention: F.scaled_dot_product_attention (masked, whole cache), two batched "
-                         "matmuls and a float32 softmax (grouped_attention), or flex_attention over the cache up "
-                         "to the position alone (decode_block_mask)")
+                         "matmuls and a float32 softmax (grouped_attention), flex_attention over the cache up "
+                         "to the position alone (decode_block_mask), or apt_ext.attention.decode_attention "
+                         "(the same positions, one split-KV launch)")
     ap.add_argument("--swiglu", choices=SWIGLUS, default="fused",
                     help="with --fused, the MLP's silu(gate) * up: apt_ext.nn.swiglu (FP4: one fused kernel) or "
                          "silu and product of the two halves")

@@ -128,11 +128,11 @@ def test_e2e_decoder_cpu_one_copy(tmp_path, one_thread):
 
 
 @pytest.mark.parametrize("attention, context, pos", [("matmul", 16, 6), ("flex", 300, 6), ("flex", 300, 200),
-                                                     ("flex", 300, 299)])
+                                                     ("flex", 300, 299), ("apt", 16, 0), ("apt", 300, 200)])
 def test_other_attentions_compute_the_same_step(attention, context, pos):
-    """--attention matmul (grouped_attention: two batched matmuls, float32 softmax) and flex
+    """--attention matmul (grouped_attention: two batched matmuls, float32 softmax), flex
     (flex_attention over decode_block_mask's blocks: the first, the first two of three, all three
-    at these positions) give the step F.scaled_dot_product_attention gives over the whole masked
+    at these positions) and apt (apt_ext.attention.decode_attention over positions 0..pos) give the step F.scaled_dot_product_attention gives over the whole masked
     cache, on the same weights and cache (random keys and values past ``pos`` too); an unknown
     name is refused."""
     s = e2e_decoder.Shape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, context=context)

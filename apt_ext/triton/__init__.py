@@ -19,7 +19,7 @@ from apt_ext._kernels import register_kernel
 
 # op name -> Triton implementation (whether or not it is the op's registered CUDA kernel)
 KERNELS: dict[str, Callable] = {}
-_MODULES = ("fp4_dequantize", "fp4_linear", "left_spin")
+_MODULES = ("decode_attention", "fp4_dequantize", "fp4_linear", "left_spin")
 
 
 def kernel(op: str) -> Callable[[Callable], Callable]:

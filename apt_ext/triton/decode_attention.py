@@ -1,0 +1,143 @@
+"""Triton kernel of ``apt::decode_attention``: attention of one new token per sequence over a KV
+cache, split over the keys (flash-decoding), one launch.
+
+Grid (B * KV heads, SPLITS). A program takes one key head and one of SPLITS equal slices of the
+positions [0, length): it loads the G = H / KV query heads that read this key head as the rows of
+one tile (padded to 16 rows for the tensor-core dot), so each key and value row is read from
+memory once for all of them, and keeps an online softmax over its slice (float32 running max,
+sum and unnormalised output). It writes those three to a float32 scratch, then counts itself done
+on its key head's counter (an acquire-release atomic); the program that counts last merges the
+SPLITS partial results (rescaled by exp(max_i - max)) and writes the output. So no second launch:
+decoding a token is latency-bound, and a launch costs about as much as the work.
+
+``length`` is read on the device, so a CUDA graph captured once replays for any length up to the
+cache's capacity; slices are ``ceil(length / SPLITS)`` positions each.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from apt_ext.attention import _ops  # noqa: F401  (the op this kernel implements)
+from apt_ext.triton import kernel
+from apt_ext.triton.host_math import cdiv, next_power_of_2
+from apt_ext.triton.launch import Launcher
+
+BLOCK_N = 64        # keys per step of a program's loop
+MIN_ROWS = 16       # rows of a tensor-core dot: the query heads of a key head are padded to this
+MAX_SPLITS = 64     # at most this many programs per (sequence, key head)
+
+
+@triton.jit
+def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max_ptr, sum_ptr, count_ptr,
+                             sm_scale, KV, HD, T,
+                             q_sb, q_sh, k_sb, k_sh, k_st, v_sb, v_sh, v_st, o_sb, o_sh, len_sb,
+                             G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+                             BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    pid = tl.program_id(0)  # sequence * KV + key head
+    split = tl.program_id(1)
+    b = pid // KV
+    kvh = pid % KV
+    # clamped to the cache (a check would cost the host a synchronisation; see _ops.decode_attention)
+    length = tl.minimum(tl.maximum(tl.load(len_ptr + b * len_sb).to(tl.int32), 0), T)
+    chunk = tl.cdiv(length, SPLITS)
+    start = split * chunk
+    end = tl.minimum(start + chunk, length)
+
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    gmask = g < G
+    dmask = d < HD
+    heads = kvh * G + g
+    q = tl.load(q_ptr + b * q_sb + heads[:, None] * q_sh + d[None, :],
+                mask=gmask[:, None] & dmask[None, :], other=0.0)
+    k_base = k_ptr + b * k_sb + kvh * k_sh
+    v_base = v_ptr + b * v_sb + kvh * v_sh
+
+    run_max = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    run_sum = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        nmask = n < end
+        kv_mask = nmask[:, None] & dmask[None, :]
+        k = tl.load(k_base + n[:, None] * k_st + d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale  # [BLOCK_G, BLOCK_N]
+        s = tl.where(nmask[None, :], s, float("-inf"))
+        new_max = tl.maximum(run_max, tl.max(s, 1))
+        rescale = tl.exp(run_max - new_max)
+        p = tl.exp(s - new_max[:, None])
+        run_sum = run_sum * rescale + tl.sum(p, 1)
+        v = tl.load(v_base + n[:, None] * v_st + d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        run_max = new_max
+
+    # this slice's partial result: scratch [B * H, SPLITS, (BLOCK_D)]
+    row = b * KV * G + heads
+    part = row * SPLITS + split
+    tl.store(acc_ptr + part[:, None] * BLOCK_D + d[None, :], acc, mask=gmask[:, None])
+    tl.store(max_ptr + part, run_max, mask=gmask)
+    tl.store(sum_ptr + part, run_sum, mask=gmask)
+    tl.debug_barrier()  # every thread's stores before the count that releases them
+    done = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu")
+    if done == SPLITS - 1:  # the last slice of this key head merges all of them
+        s_idx = tl.arange(0, SPLITS)
+        maxes = tl.load(max_ptr + row[:, None] * SPLITS + s_idx[None, :], mask=gmask[:, None],
+                        other=float("-inf"), cache_modifier=".cg")  # [BLOCK_G, SPLITS]
+        top = tl.max(maxes, 1)
+        top = tl.where(top == float("-inf"), 0.0, top)  # every slice empty (length 0, padding rows)
+        total = tl.zeros([BLOCK_G], tl.float32)
+        out = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+        for i in range(SPLITS):
+            part = row * SPLITS + i
+            weight = tl.exp(tl.load(max_ptr + part, mask=gmask, other=float("-inf"), cache_modifier=".cg") - top)
+            total += weight * tl.load(sum_ptr + part, mask=gmask, other=0.0, cache_modifier=".cg")
+            out += weight[:, None] * tl.load(acc_ptr + part[:, None] * BLOCK_D + d[None, :], mask=gmask[:, None],
+                                             other=0.0, cache_modifier=".cg")
+        out = out / tl.maximum(total, 1e-30)[:, None]  # length 0: zeros
+        tl.store(out_ptr + b * o_sb + heads[:, None] * o_sh + d[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=gmask[:, None] & dmask[None, :])
+
+
+_LAUNCH = Launcher(_decode_attention_kernel)
+
+
+def num_splits(programs: int, capacity: int, device: torch.device) -> int:
+    """Slices of the keys per (sequence, key head): a power of two filling the GPU's
+    multiprocessors with ``programs`` (sequence, key head) pairs, at most one per BLOCK_N
+    positions of the cache's ``capacity`` and at most MAX_SPLITS."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    want = max(1, sms // max(programs, 1))
+    cap = min(MAX_SPLITS, next_power_of_2(cdiv(capacity, BLOCK_N)))
+    return max(1, min(1 << (want.bit_length() - 1), cap))
+
+
+@kernel("decode_attention")
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, length: torch.Tensor,
+                     scale: float | None = None) -> torch.Tensor:
+    """apt::decode_attention (argument checks: apt_ext.attention._ops.check_arguments, run by the
+    op's wrapper and fake kernel). q [B, H, D]; caches [B, KV, T, D], last dim contiguous;
+    length int [B] or [1]. Returns [B, H, D] in q's dtype."""
+    b, h, hd = q.shape
+    kv, t = k_cache.shape[1], k_cache.shape[2]
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    splits = num_splits(b * kv, t, q.device)
+    block_d = max(16, next_power_of_2(hd))
+    rows = b * h * splits
+    acc = torch.empty(rows * block_d, device=q.device, dtype=torch.float32)
+    maxes = torch.empty(rows, device=q.device, dtype=torch.float32)
+    sums = torch.empty(rows, device=q.device, dtype=torch.float32)
+    counts = torch.zeros(b * kv, device=q.device, dtype=torch.int32)
+    g = h // kv
+    _LAUNCH((b * kv, splits),
+            (q, k_cache, v_cache, length, out, acc, maxes, sums, counts,
+             float(hd ** -0.5 if scale is None else scale), kv, hd, t,
+             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
+             length.stride(0) if length.shape[0] > 1 else 0),
+            {"G": g, "BLOCK_G": max(MIN_ROWS, next_power_of_2(g)), "BLOCK_D": block_d, "BLOCK_N": BLOCK_N,
+             "SPLITS": splits, "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"},
+            num_warps=4)
+    return out

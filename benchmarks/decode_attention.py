@@ -1,0 +1,142 @@
+"""Decode attention: one new token per sequence over a static KV cache of Llama-3-8B's attention
+shape (32 query / 8 key heads, head size 128, bf16), apt_ext.attention.decode_attention against
+the ways torch does it, in one run.
+
+- ``sdpa_masked``: F.scaled_dot_product_attention over the whole cache with a bool mask of the
+  positions up to the current one (what benchmarks/e2e_decoder.py's default step does: a CUDA
+  graph can replay it at any position);
+- ``sdpa_prefix``: the same over the cache sliced to the attended positions (the length known on
+  the host: the fewest bytes torch reads, but a graph must be captured per length);
+- ``flex``: compiled flex_attention over the cache's 128-key blocks up to the position
+  (e2e_decoder.decode_block_mask);
+- ``apt``: apt_ext.attention.decode_attention (the length on the device, one launch).
+
+Each is timed as 32 calls (a decoder step's layers, each on its own cache) replayed from one CUDA
+graph: GPU time per call, and the bandwidth of the key and value bytes the attended positions hold.
+Accuracy: largest absolute difference from a float64 reference (every head, first sequence).
+
+    python benchmarks/decode_attention.py            # batches 1, 8; caches 1024 and 8192
+    python benchmarks/decode_attention.py --quick    # batch 1, cache 1024
+Writes benchmarks/results/decode_attention_<machine>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+from e2e_decoder import decode_block_mask, flex_attention  # noqa: E402
+
+from apt_ext.attention import decode_attention  # noqa: E402
+
+HEADS, KV_HEADS, HEAD_DIM, LAYERS = 32, 8, 128, 32
+WAYS = ("sdpa_masked", "sdpa_prefix", "flex", "apt")
+
+
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int) -> torch.Tensor:
+    """float64 attention of the first sequence's heads over positions [0, n): [H, D]."""
+    g = HEADS // KV_HEADS
+    kk = k[0, :, :n].double().repeat_interleave(g, 0)
+    vv = v[0, :, :n].double().repeat_interleave(g, 0)
+    w = torch.softmax(torch.einsum("hd,htd->ht", q[0].double(), kk) * HEAD_DIM ** -0.5, -1)
+    return torch.einsum("ht,htd->hd", w, vv)
+
+
+def way(name: str, context: int):
+    """fn(q [B, H, D], k, v [B, KV, T, D], pos [1] device tensor) -> [B, H, D] for one way."""
+    positions = torch.arange(context, device="cuda")
+    if name == "sdpa_masked":
+        return lambda q, k, v, pos: F.scaled_dot_product_attention(
+            q[:, :, None], k, v, attn_mask=(positions <= pos).view(1, 1, 1, -1), enable_gqa=True)[:, :, 0]
+    if name == "flex":
+        compiled = torch.compile(flex_attention, dynamic=False)
+        return lambda q, k, v, pos: compiled(q[:, :, None], k, v, block_mask=decode_block_mask(pos, context),
+                                             enable_gqa=True)[:, :, 0]
+    if name == "apt":
+        return lambda q, k, v, pos: decode_attention(q, k, v, pos + 1)
+    raise ValueError(name)
+
+
+def time_way(fn, qs, ks, vs, pos, iters: int) -> tuple[float, torch.Tensor]:
+    """(median GPU seconds per call of LAYERS calls replayed from one CUDA graph, first output)."""
+    run = lambda: [fn(q, k, v, pos) for q, k, v in zip(qs, ks, vs)]  # noqa: E731
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = run()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / len(qs))
+    return statistics.median(times), outs[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="batch 1, cache 1024 only")
+    ap.add_argument("--iters", type=int, default=50, help="timed graph replays per case")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/decode_attention_<machine>.json)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU")
+    machine = torch.cuda.get_device_name(0)
+    cases = [(1, 1024)] if args.quick else [(1, 1024), (8, 1024), (1, 8192), (8, 8192)]
+    result = {"benchmark": "decode_attention", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine, "torch": torch.__version__, "command": " ".join([sys.executable, *sys.argv]),
+              "heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "dtype": "bfloat16",
+              "calls_per_graph": LAYERS, "iters": args.iters, "runs": []}
+    g = torch.Generator().manual_seed(0)
+    for b, context in tqdm(cases, desc="cases"):
+        qs = [torch.randn(b, HEADS, HEAD_DIM, generator=g).to("cuda", torch.bfloat16) for _ in range(LAYERS)]
+        ks = [torch.randn(b, KV_HEADS, context, HEAD_DIM, generator=g).to("cuda", torch.bfloat16) for _ in range(LAYERS)]
+        vs = [torch.randn(b, KV_HEADS, context, HEAD_DIM, generator=g).to("cuda", torch.bfloat16) for _ in range(LAYERS)]
+        for n in (context // 2 + 1, context):
+            pos = torch.tensor([n - 1], device="cuda")
+            ref = reference(qs[0].cpu(), ks[0].cpu(), vs[0].cpu(), n)
+            kv_bytes = 2 * b * KV_HEADS * n * HEAD_DIM * 2
+            row = {"batch": b, "context": context, "length": n, "kv_bytes": kv_bytes}
+            for name in WAYS:
+                if name == "sdpa_prefix":
+                    fn = lambda q, k, v, pos, n=n: F.scaled_dot_product_attention(  # noqa: E731
+                        q[:, :, None], k[:, :, :n], v[:, :, :n], enable_gqa=True)[:, :, 0]
+                else:
+                    fn = way(name, context)
+                s, out = time_way(fn, qs, ks, vs, pos, args.iters)
+                row[name] = {"us": s * 1e6, "gb_per_s": kv_bytes / s / 1e9,
+                             "max_abs_err": float((out[0].double().cpu() - ref).abs().max())}
+            row["apt_speedup_vs_sdpa_masked"] = row["sdpa_masked"]["us"] / row["apt"]["us"]
+            row["apt_speedup_vs_flex"] = row["flex"]["us"] / row["apt"]["us"]
+            result["runs"].append(row)
+            print(f"B={b} cache {context} length {n}: " + ", ".join(
+                f"{w} {row[w]['us']:.1f} us ({row[w]['gb_per_s']:.0f} GB/s, err {row[w]['max_abs_err']:.1e})"
+                for w in WAYS))
+    tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick else "")
+    out = Path(args.out) if args.out else ROOT / "results" / f"decode_attention_{tag}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -104,9 +104,10 @@ def test_triton_kernel_under_interpreter():
 @pytest.fixture(params=[1, 4, 16], ids=lambda n: f"{n}splits")
 def few_splits(request, monkeypatch):
     """1, 4 or 16 slices per key head (several programs merge; 16 leaves some slices empty) of
-    16-key steps, on the interpreter's tiny shapes."""
+    16-key steps, on the interpreter's tiny shapes; the merge loads a few slices at a time."""
     from apt_ext.triton import decode_attention as tda
     monkeypatch.setattr(tda, "BLOCK_N", 16)
+    monkeypatch.setattr(tda, "MERGE_TILE", 256)
     monkeypatch.setattr(tda, "num_splits", lambda programs, capacity, device: request.param)
 
 

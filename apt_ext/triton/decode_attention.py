@@ -27,6 +27,7 @@ from apt_ext.triton.launch import Launcher
 BLOCK_N = 64        # keys per step of a program's loop
 MIN_ROWS = 16       # rows of a tensor-core dot: the query heads of a key head are padded to this
 MAX_SPLITS = 64     # at most this many programs per (sequence, key head)
+MERGE_TILE = 8192   # float32 elements of partial outputs the merging program loads at once
 
 
 @triton.jit
@@ -34,7 +35,8 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
                              sm_scale, KV, HD, T,
                              q_sb, q_sh, k_sb, k_sh, k_st, v_sb, v_sh, v_st, o_sb, o_sh, len_sb,
                              G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                             BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                             BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, G_POW2: tl.constexpr,
+                             MERGE_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     pid = tl.program_id(0)  # sequence * KV + key head
     split = tl.program_id(1)
     b = pid // KV
@@ -82,22 +84,29 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
     tl.debug_barrier()  # every thread's stores before the count that releases them
     done = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu")
     if done == SPLITS - 1:  # the last slice of this key head merges all of them
+        # the G real query heads only (no padding to 16 rows), MERGE_SPLITS slices per load
+        r = tl.arange(0, G_POW2)
+        rmask = r < G
+        mrow = b * KV * G + kvh * G + r
         s_idx = tl.arange(0, SPLITS)
-        maxes = tl.load(max_ptr + row[:, None] * SPLITS + s_idx[None, :], mask=gmask[:, None],
-                        other=float("-inf"), cache_modifier=".cg")  # [BLOCK_G, SPLITS]
+        maxes = tl.load(max_ptr + mrow[:, None] * SPLITS + s_idx[None, :], mask=rmask[:, None],
+                        other=float("-inf"), cache_modifier=".cg")  # [G_POW2, SPLITS]
         top = tl.max(maxes, 1)
         top = tl.where(top == float("-inf"), 0.0, top)  # every slice empty (length 0, padding rows)
-        total = tl.zeros([BLOCK_G], tl.float32)
-        out = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-        for i in range(SPLITS):
-            part = row * SPLITS + i
-            weight = tl.exp(tl.load(max_ptr + part, mask=gmask, other=float("-inf"), cache_modifier=".cg") - top)
-            total += weight * tl.load(sum_ptr + part, mask=gmask, other=0.0, cache_modifier=".cg")
-            out += weight[:, None] * tl.load(acc_ptr + part[:, None] * BLOCK_D + d[None, :], mask=gmask[:, None],
-                                             other=0.0, cache_modifier=".cg")
+        total = tl.zeros([G_POW2], tl.float32)
+        out = tl.zeros([G_POW2, BLOCK_D], tl.float32)
+        for s0 in range(0, SPLITS, MERGE_SPLITS):
+            parts = mrow[:, None] * SPLITS + s0 + tl.arange(0, MERGE_SPLITS)[None, :]  # [G_POW2, MERGE_SPLITS]
+            weight = tl.exp(tl.load(max_ptr + parts, mask=rmask[:, None], other=float("-inf"),
+                                    cache_modifier=".cg") - top[:, None])  # 0 for an empty slice
+            total += tl.sum(weight * tl.load(sum_ptr + parts, mask=rmask[:, None], other=0.0, cache_modifier=".cg"), 1)
+            accs = tl.load(acc_ptr + parts[:, :, None] * BLOCK_D + d[None, None, :], mask=rmask[:, None, None],
+                           other=0.0, cache_modifier=".cg")  # [G_POW2, MERGE_SPLITS, BLOCK_D]
+            out += tl.sum(accs * weight[:, :, None], 1)
         out = out / tl.maximum(total, 1e-30)[:, None]  # length 0: zeros
+        heads = kvh * G + r
         tl.store(out_ptr + b * o_sb + heads[:, None] * o_sh + d[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=gmask[:, None] & dmask[None, :])
+                 mask=rmask[:, None] & dmask[None, :])
 
 
 _LAUNCH = Launcher(_decode_attention_kernel)
@@ -131,6 +140,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     sums = torch.empty(rows, device=q.device, dtype=torch.float32)
     counts = torch.zeros(b * kv, device=q.device, dtype=torch.int32)
     g = h // kv
+    g_pow2 = next_power_of_2(g)
     _LAUNCH((b * kv, splits),
             (q, k_cache, v_cache, length, out, acc, maxes, sums, counts,
              float(hd ** -0.5 if scale is None else scale), kv, hd, t,
@@ -138,6 +148,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
              v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
              length.stride(0) if length.shape[0] > 1 else 0),
             {"G": g, "BLOCK_G": max(MIN_ROWS, next_power_of_2(g)), "BLOCK_D": block_d, "BLOCK_N": BLOCK_N,
-             "SPLITS": splits, "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"},
+             "SPLITS": splits, "G_POW2": g_pow2,
+             "MERGE_SPLITS": max(1, min(splits, MERGE_TILE // (g_pow2 * block_d))), "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"},
             num_warps=4)
     return out

@@ -29,7 +29,6 @@ def load() -> None:
     if _LOADED:
         return
     from apt_ext import _native
-    from apt_ext.attention import _ops as attention_ops  # noqa: F401  (defines apt::decode_attention)
     from apt_ext.capabilities import capabilities
     from apt_ext.fp4 import FP4Weight
     from apt_ext.fp4 import _ops as fp4_ops
@@ -38,6 +37,7 @@ def load() -> None:
 
     if _native._C is not None:
         from apt_ext import triton
+        from apt_ext.attention import _ops as attention_ops  # noqa: F401  (defines apt::decode_attention)
 
         fp4_ops.register()
         left_spin_ops.register()

@@ -10,7 +10,7 @@ from apt_ext import _native
 
 OPS = (
     "fp4_pack", "fp4_unpack", "fp4_quantize", "fp4_dequantize", "fp4_linear", "fp4_linear_gelu",
-    "left_spin_residual", "left_spin_residual_backward",
+    "left_spin_residual", "left_spin_residual_backward", "decode_attention",
 )
 
 
@@ -63,10 +63,11 @@ def capabilities() -> dict:
     for op in OPS:
         cpu_py = PYTHON_KERNELS.get((op, "cpu"))
         cuda_py = PYTHON_KERNELS.get((op, "cuda"))
+        # a Python kernel registered for CUDA replaced any native one
+        cuda = bool(_native.build_info().get("cuda")) and _native.has_kernel(op, "CUDA") and cuda_py is None
         if cuda_py is not None and op in apt_triton.KERNELS and cuda_py.startswith("Triton"):
             cuda_py = None  # a Triton kernel serving CUDA tensors is reported in the triton column
         cpu = _native.has_kernel(op, "CPU") and cpu_py is None
-        cuda = bool(_native.build_info().get("cuda")) and _native.has_kernel(op, "CUDA") and cuda_py is None
         tri = op in apt_triton.KERNELS
         ops_info[op] = {
             "cpu": _backend(cpu, cpu_py, True),

@@ -19,11 +19,17 @@ def test_capabilities_lists_every_op_and_backend():
         for b in backends.values():
             assert b["usable"] <= (b["kernel"] is not None)  # usable implies a kernel
             assert b["compiled"] == (b["kernel"] == "native")
-    # every op but the GELU composite has a C++ CPU kernel (docs/contract.md §1: CUDA -> Triton -> CPU)
-    for op in set(OPS) - {"fp4_linear_gelu"}:
+    # every op but the GELU and decode-attention composites has a C++ CPU kernel (docs/contract.md
+    # §1: CUDA -> Triton -> CPU)
+    for op in set(OPS) - {"fp4_linear_gelu", "decode_attention"}:
         assert caps["ops"][op]["cpu"] == {"compiled": True, "kernel": "native", "usable": True}, op
-    gelu_cpu = caps["ops"]["fp4_linear_gelu"]["cpu"]
-    assert not gelu_cpu["compiled"] and gelu_cpu["usable"] and "composite" in gelu_cpu["kernel"]
+    for op in ("fp4_linear_gelu", "decode_attention"):
+        composite = caps["ops"][op]["cpu"]
+        assert not composite["compiled"] and composite["usable"] and "composite" in composite["kernel"], op
+    # decode attention has no native kernel: on CUDA its kernel is the Triton one
+    attention = caps["ops"]["decode_attention"]
+    assert not attention["cuda"]["compiled"] and attention["cuda"]["kernel"] is None
+    assert attention["triton"]["kernel"] == "Triton: apt_ext.triton.decode_attention"
     assert caps["torch"] and caps["devices"]["device"]
 
 

@@ -28,6 +28,7 @@ calls = {
     "FP4Linear": lambda: apt_ext.nn.FP4Linear(16, 8),
     "left_spin": lambda: apt_ext.left_spin.left_spin_residual(torch.randn(2, 8), torch.randn(2, 8)),
     "vgpu": lambda: __import__("apt_ext.vgpu"),
+    "attention": lambda: __import__("apt_ext.attention"),
 }
 import apt_ext.nn, apt_ext.left_spin
 for name, call in calls.items():

@@ -2,14 +2,18 @@
 device without the Triton kernel, apt_ext/triton/decode_attention.py).
 
 Unlike the FP4 and left-spin ops (schemas in csrc/ops.cpp) this op has no native kernel, so its
-schema is defined here, in the same ``apt`` namespace, when this module is imported; it needs no
-native build.
+schema is defined here, in the same ``apt`` namespace, when this module is imported. Like every
+``torch.ops.apt`` op it needs the native extension loaded (the namespace is its library); without
+it, importing this module raises the extension's load error.
 """
 from __future__ import annotations
 
 import torch
 
+from apt_ext import _native
 from apt_ext._kernels import register_kernel
+
+_native.require("apt_ext.attention (torch.ops.apt.decode_attention)")
 
 SCHEMA = "(Tensor q, Tensor k_cache, Tensor v_cache, Tensor length, float? scale=None) -> Tensor"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)

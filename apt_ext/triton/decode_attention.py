@@ -15,6 +15,8 @@ cache's capacity; slices are ``ceil(length / SPLITS)`` positions each.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -35,8 +37,8 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
                              sm_scale, KV, HD, T,
                              q_sb, q_sh, k_sb, k_sh, k_st, v_sb, v_sh, v_st, o_sb, o_sh, len_sb,
                              G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                             BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, G_POW2: tl.constexpr,
-                             MERGE_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                             BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr,
+                             G_POW2: tl.constexpr, MERGE_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     pid = tl.program_id(0)  # sequence * KV + key head
     split = tl.program_id(1)
     b = pid // KV
@@ -84,23 +86,27 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
     tl.debug_barrier()  # every thread's stores before the count that releases them
     done = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu")
     if done == SPLITS - 1:  # the last slice of this key head merges all of them
-        # the G real query heads only (no padding to 16 rows), MERGE_SPLITS slices per load
+        # the G real query heads only (no padding to 16 rows), MERGE_SPLITS slices per load (tiles of
+        # at least 2 rows and slices: every arange spans a power of two above 1)
         r = tl.arange(0, G_POW2)
         rmask = r < G
         mrow = b * KV * G + kvh * G + r
-        s_idx = tl.arange(0, SPLITS)
-        maxes = tl.load(max_ptr + mrow[:, None] * SPLITS + s_idx[None, :], mask=rmask[:, None],
-                        other=float("-inf"), cache_modifier=".cg")  # [G_POW2, SPLITS]
+        s_idx = tl.arange(0, SPLITS_POW2)
+        maxes = tl.load(max_ptr + mrow[:, None] * SPLITS + s_idx[None, :],
+                        mask=rmask[:, None] & (s_idx[None, :] < SPLITS), other=float("-inf"),
+                        cache_modifier=".cg")  # [G_POW2, SPLITS_POW2]
         top = tl.max(maxes, 1)
         top = tl.where(top == float("-inf"), 0.0, top)  # every slice empty (length 0, padding rows)
         total = tl.zeros([G_POW2], tl.float32)
         out = tl.zeros([G_POW2, BLOCK_D], tl.float32)
         for s0 in range(0, SPLITS, MERGE_SPLITS):
-            parts = mrow[:, None] * SPLITS + s0 + tl.arange(0, MERGE_SPLITS)[None, :]  # [G_POW2, MERGE_SPLITS]
-            weight = tl.exp(tl.load(max_ptr + parts, mask=rmask[:, None], other=float("-inf"),
+            m_idx = s0 + tl.arange(0, MERGE_SPLITS)
+            pmask = rmask[:, None] & (m_idx[None, :] < SPLITS)
+            parts = mrow[:, None] * SPLITS + m_idx[None, :]  # [G_POW2, MERGE_SPLITS]
+            weight = tl.exp(tl.load(max_ptr + parts, mask=pmask, other=float("-inf"),
                                     cache_modifier=".cg") - top[:, None])  # 0 for an empty slice
-            total += tl.sum(weight * tl.load(sum_ptr + parts, mask=rmask[:, None], other=0.0, cache_modifier=".cg"), 1)
-            accs = tl.load(acc_ptr + parts[:, :, None] * BLOCK_D + d[None, None, :], mask=rmask[:, None, None],
+            total += tl.sum(weight * tl.load(sum_ptr + parts, mask=pmask, other=0.0, cache_modifier=".cg"), 1)
+            accs = tl.load(acc_ptr + parts[:, :, None] * BLOCK_D + d[None, None, :], mask=pmask[:, :, None],
                            other=0.0, cache_modifier=".cg")  # [G_POW2, MERGE_SPLITS, BLOCK_D]
             out += tl.sum(accs * weight[:, :, None], 1)
         out = out / tl.maximum(total, 1e-30)[:, None]  # length 0: zeros
@@ -112,11 +118,18 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
 _LAUNCH = Launcher(_decode_attention_kernel)
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int | None) -> int:
+    """Streaming multiprocessors of CUDA device ``index`` (None: the current one)."""
+    props = torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device())
+    return props.multi_processor_count
+
+
 def num_splits(programs: int, capacity: int, device: torch.device) -> int:
     """Slices of the keys per (sequence, key head): a power of two filling the GPU's
     multiprocessors with ``programs`` (sequence, key head) pairs, at most one per BLOCK_N
     positions of the cache's ``capacity`` and at most MAX_SPLITS."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    sms = _multiprocessors(device.index) if device.type == "cuda" else 4
     want = max(1, sms // max(programs, 1))
     cap = min(MAX_SPLITS, next_power_of_2(cdiv(capacity, BLOCK_N)))
     return max(1, min(1 << (want.bit_length() - 1), cap))
@@ -140,7 +153,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     sums = torch.empty(rows, device=q.device, dtype=torch.float32)
     counts = torch.zeros(b * kv, device=q.device, dtype=torch.int32)
     g = h // kv
-    g_pow2 = next_power_of_2(g)
+    g_pow2 = max(2, next_power_of_2(g))
     _LAUNCH((b * kv, splits),
             (q, k_cache, v_cache, length, out, acc, maxes, sums, counts,
              float(hd ** -0.5 if scale is None else scale), kv, hd, t,
@@ -148,7 +161,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
              v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
              length.stride(0) if length.shape[0] > 1 else 0),
             {"G": g, "BLOCK_G": max(MIN_ROWS, next_power_of_2(g)), "BLOCK_D": block_d, "BLOCK_N": BLOCK_N,
-             "SPLITS": splits, "G_POW2": g_pow2,
-             "MERGE_SPLITS": max(1, min(splits, MERGE_TILE // (g_pow2 * block_d))), "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"},
+             "SPLITS": splits, "SPLITS_POW2": max(2, splits), "G_POW2": g_pow2,
+             "MERGE_SPLITS": max(2, min(splits, MERGE_TILE // (g_pow2 * block_d))),
+             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"},
             num_warps=4)
     return out

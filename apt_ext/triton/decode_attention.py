@@ -110,8 +110,8 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
                            other=0.0, cache_modifier=".cg")  # [G_POW2, MERGE_SPLITS, BLOCK_D]
             out += tl.sum(accs * weight[:, :, None], 1)
         out = out / tl.maximum(total, 1e-30)[:, None]  # length 0: zeros
-        heads = kvh * G + r
-        tl.store(out_ptr + b * o_sb + heads[:, None] * o_sh + d[None, :], out.to(out_ptr.dtype.element_ty),
+        out_heads = kvh * G + r  # a new name: a variable reassigned in an if must keep its type
+        tl.store(out_ptr + b * o_sb + out_heads[:, None] * o_sh + d[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=rmask[:, None] & dmask[None, :])
 
 

@@ -120,3 +120,19 @@ def test_prefix_sum_matmul_compiles_for_sm90(dtype, reverse, mean, block_t, bloc
                                      "total_ptr": "*fp32", "T": "i32", "D": "i32", "stride_b": "i64", "stride_t": "i32"},
                   {"REVERSE": reverse, "MEAN": mean, "HAS_INIT": reverse, "HAS_TOTAL": not reverse,
                    "BLOCK_T": block_t, "BLOCK_D": block_d, "MATMUL": True, "DOT_F32": False}, None)
+
+
+@pytest.mark.parametrize(("dtype", "g", "splits", "merge", "precision"),
+                         [("bf16", 4, 16, 16, "tf32"), ("fp16", 1, 1, 2, "tf32"), ("fp32", 8, 64, 8, "ieee")])
+def test_decode_attention_compiles_for_sm90(dtype, g, splits, merge, precision):
+    from apt_ext.triton import decode_attention as tda
+
+    ints = ("sm_scale", "KV", "HD", "T", "q_sb", "q_sh", "k_sb", "k_sh", "k_st", "v_sb", "v_sh", "v_st",
+            "o_sb", "o_sh", "len_sb")
+    args = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "v_ptr": f"*{dtype}", "len_ptr": "*i64",
+            "out_ptr": f"*{dtype}", "acc_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "count_ptr": "*i32",
+            **{a: "i32" for a in ints}, "sm_scale": "fp32"}
+    _compile_sm90(tda._decode_attention_kernel, args,
+                  {"G": g, "BLOCK_G": max(16, g), "BLOCK_D": 128, "BLOCK_N": 64, "SPLITS": splits,
+                   "SPLITS_POW2": max(2, splits), "G_POW2": max(2, g), "MERGE_SPLITS": merge,
+                   "DOT_PRECISION": precision}, None)

@@ -53,6 +53,9 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int) -> torc
     return torch.einsum("ht,htd->hd", w, vv)
 
 
+_FLEX = []  # one compiled flex_attention (dynamo recompiles it per shape)
+
+
 def way(name: str, context: int):
     """fn(q [B, H, D], k, v [B, KV, T, D], pos [1] device tensor) -> [B, H, D] for one way."""
     positions = torch.arange(context, device="cuda")
@@ -60,8 +63,9 @@ def way(name: str, context: int):
         return lambda q, k, v, pos: F.scaled_dot_product_attention(
             q[:, :, None], k, v, attn_mask=(positions <= pos).view(1, 1, 1, -1), enable_gqa=True)[:, :, 0]
     if name == "flex":
-        compiled = torch.compile(flex_attention, dynamic=False)
-        return lambda q, k, v, pos: compiled(q[:, :, None], k, v, block_mask=decode_block_mask(pos, context),
+        if not _FLEX:
+            _FLEX.append(torch.compile(flex_attention, dynamic=False))
+        return lambda q, k, v, pos: _FLEX[0](q[:, :, None], k, v, block_mask=decode_block_mask(pos, context),
                                              enable_gqa=True)[:, :, 0]
     if name == "apt":
         return lambda q, k, v, pos: decode_attention(q, k, v, pos + 1)
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="batch 1, cache 1024 only")
     ap.add_argument("--iters", type=int, default=50, help="timed graph replays per case")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/decode_attention_<machine>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON path (default benchmarks/results/decode_attention_<machine>.json)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU")
@@ -105,11 +110,15 @@ def main(argv: list[str] | None = None) -> int:
               "machine": machine, "torch": torch.__version__, "command": " ".join([sys.executable, *sys.argv]),
               "heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "dtype": "bfloat16",
               "calls_per_graph": LAYERS, "iters": args.iters, "runs": []}
-    g = torch.Generator().manual_seed(0)
+    tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick else "")
+    out = Path(args.out) if args.out else ROOT / "results" / f"decode_attention_{tag}.json"
+    out.parent.mkdir(exist_ok=True)
+    g = torch.Generator("cuda").manual_seed(0)
+
+    def rand(*shape: int) -> list[torch.Tensor]:
+        return [torch.randn(*shape, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(LAYERS)]
     for b, context in tqdm(cases, desc="cases"):
-        qs = [torch.randn(b, HEADS, HEAD_DIM, generator=g).to("cuda", torch.bfloat16) for _ in range(LAYERS)]
-        ks = [torch.randn(b, KV_HEADS, context, HEAD_DIM, generator=g).to("cuda", torch.bfloat16) for _ in range(LAYERS)]
-        vs = [torch.randn(b, KV_HEADS, context, HEAD_DIM, generator=g).to("cuda", torch.bfloat16) for _ in range(LAYERS)]
+        qs, ks, vs = rand(b, HEADS, HEAD_DIM), rand(b, KV_HEADS, context, HEAD_DIM), rand(b, KV_HEADS, context, HEAD_DIM)
         for n in (context // 2 + 1, context):
             pos = torch.tensor([n - 1], device="cuda")
             ref = reference(qs[0].cpu(), ks[0].cpu(), vs[0].cpu(), n)
@@ -121,19 +130,16 @@ def main(argv: list[str] | None = None) -> int:
                         q[:, :, None], k[:, :, :n], v[:, :, :n], enable_gqa=True)[:, :, 0]
                 else:
                     fn = way(name, context)
-                s, out = time_way(fn, qs, ks, vs, pos, args.iters)
+                s, y = time_way(fn, qs, ks, vs, pos, args.iters)
                 row[name] = {"us": s * 1e6, "gb_per_s": kv_bytes / s / 1e9,
-                             "max_abs_err": float((out[0].double().cpu() - ref).abs().max())}
+                             "max_abs_err": float((y[0].double().cpu() - ref).abs().max())}
             row["apt_speedup_vs_sdpa_masked"] = row["sdpa_masked"]["us"] / row["apt"]["us"]
             row["apt_speedup_vs_flex"] = row["flex"]["us"] / row["apt"]["us"]
             result["runs"].append(row)
+            out.write_text(json.dumps(result, indent=1))  # after every row: a run cut short keeps its rows
             print(f"B={b} cache {context} length {n}: " + ", ".join(
                 f"{w} {row[w]['us']:.1f} us ({row[w]['gb_per_s']:.0f} GB/s, err {row[w]['max_abs_err']:.1e})"
                 for w in WAYS))
-    tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("_quick" if args.quick else "")
-    out = Path(args.out) if args.out else ROOT / "results" / f"decode_attention_{tag}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
     return 0
 

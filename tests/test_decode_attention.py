@@ -140,3 +140,14 @@ def test_triton_clamps_length_to_the_cache(rng, few_splits):
     torch.testing.assert_close(tda.decode_attention(q, k, v, _lengths([50])).double(),
                                ref.decode_attention(q, k, v, _lengths([20])), atol=1e-5, rtol=1e-5)
     assert torch.equal(tda.decode_attention(q, k, v, _lengths([0])), torch.zeros_like(q))
+
+
+@outside_interpreter
+@pytest.mark.parametrize("programs,capacity,splits", [(8, 1024, 16), (8, 100, 2), (256, 1024, 1), (1, 1 << 20, 64),
+                                                      (3, 8192, 32), (64, 64, 1)])
+def test_num_splits_fills_the_multiprocessors(monkeypatch, programs, capacity, splits):
+    """A power of two near SMs / (sequences x key heads), at most one slice per 64 cached positions
+    and at most 64 (an H100's 132 multiprocessors)."""
+    from apt_ext.triton import decode_attention as tda
+    monkeypatch.setattr(tda, "_multiprocessors", lambda index: 132)
+    assert tda.num_splits(programs, capacity, torch.device("cuda", 0)) == splits

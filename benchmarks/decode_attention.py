@@ -14,6 +14,8 @@ the ways torch does it, in one run.
 Each is timed as 32 calls (a decoder step's layers, each on its own cache) replayed from one CUDA
 graph: GPU time per call, and the bandwidth of the key and value bytes the attended positions hold.
 Accuracy: largest absolute difference from a float64 reference (every head, first sequence).
+``--sweep`` also times apt's kernel (batch 1) at every split count of SWEEP_SPLITS and keys per step of
+SWEEP_BLOCK_N (``apt_s<splits>_n<keys>``), to tune apt_ext/triton/decode_attention.py's choice.
 
     python benchmarks/decode_attention.py            # batches 1, 8; caches 1024 and 8192
     python benchmarks/decode_attention.py --quick    # batch 1, cache 1024
@@ -42,6 +44,8 @@ from apt_ext.attention import decode_attention  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, LAYERS = 32, 8, 128, 32
 WAYS = ("sdpa_masked", "sdpa_prefix", "flex", "apt")
+SWEEP_SPLITS = (4, 8, 16, 32)
+SWEEP_BLOCK_N = (32, 64, 128)
 
 
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int) -> torch.Tensor:
@@ -95,10 +99,29 @@ def time_way(fn, qs, ks, vs, pos, iters: int) -> tuple[float, torch.Tensor]:
     return statistics.median(times), outs[0]
 
 
+def sweep(qs, ks, vs, pos, ref, iters: int) -> dict:
+    """apt's kernel with each split count and keys per step pinned: {name: {us, max_abs_err}}."""
+    from apt_ext.triton import decode_attention as tda
+    chosen = (tda.num_splits, tda.BLOCK_N)
+    res = {}
+    try:
+        for splits in SWEEP_SPLITS:
+            for block_n in SWEEP_BLOCK_N:
+                tda.num_splits = lambda programs, capacity, device, s=splits: s
+                tda.BLOCK_N = block_n
+                s, y = time_way(way("apt", ks[0].shape[2]), qs, ks, vs, pos, iters)
+                res[f"apt_s{splits}_n{block_n}"] = {"us": s * 1e6,
+                                                    "max_abs_err": float((y[0].double().cpu() - ref).abs().max())}
+    finally:
+        tda.num_splits, tda.BLOCK_N = chosen
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="batch 1, cache 1024 only")
     ap.add_argument("--iters", type=int, default=50, help="timed graph replays per case")
+    ap.add_argument("--sweep", action="store_true", help="also apt's kernel at every SWEEP_SPLITS x SWEEP_BLOCK_N")
     ap.add_argument("--out", default=None,
                     help="JSON path (default benchmarks/results/decode_attention_<machine>.json)")
     args = ap.parse_args(argv)
@@ -133,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                 s, y = time_way(fn, qs, ks, vs, pos, args.iters)
                 row[name] = {"us": s * 1e6, "gb_per_s": kv_bytes / s / 1e9,
                              "max_abs_err": float((y[0].double().cpu() - ref).abs().max())}
+            if args.sweep and b == 1:
+                row["sweep"] = sweep(qs, ks, vs, pos, ref, args.iters)
+                best = min(row["sweep"], key=lambda k: row["sweep"][k]["us"])
+                print(f"  sweep: best {best} {row['sweep'][best]['us']:.1f} us; " + ", ".join(
+                    f"{k[4:]} {v['us']:.1f}" for k, v in row["sweep"].items()))
             row["apt_speedup_vs_sdpa_masked"] = row["sdpa_masked"]["us"] / row["apt"]["us"]
             row["apt_speedup_vs_flex"] = row["flex"]["us"] / row["apt"]["us"]
             result["runs"].append(row)

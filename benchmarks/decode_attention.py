@@ -107,10 +107,10 @@ def sweep(qs, ks, vs, pos, ref, iters: int) -> dict:
     try:
         for splits in SWEEP_SPLITS:
             for block_n in SWEEP_BLOCK_N:
-                tda.num_splits = lambda programs, capacity, device, s=splits: s
+                tda.num_splits = lambda programs, capacity, device, pinned=splits: pinned
                 tda.BLOCK_N = block_n
-                s, y = time_way(way("apt", ks[0].shape[2]), qs, ks, vs, pos, iters)
-                res[f"apt_s{splits}_n{block_n}"] = {"us": s * 1e6,
+                secs, y = time_way(way("apt", ks[0].shape[2]), qs, ks, vs, pos, iters)
+                res[f"apt_s{splits}_n{block_n}"] = {"us": secs * 1e6,
                                                     "max_abs_err": float((y[0].double().cpu() - ref).abs().max())}
     finally:
         tda.num_splits, tda.BLOCK_N = chosen
@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                         q[:, :, None], k[:, :, :n], v[:, :, :n], enable_gqa=True)[:, :, 0]
                 else:
                     fn = way(name, context)
-                s, y = time_way(fn, qs, ks, vs, pos, args.iters)
-                row[name] = {"us": s * 1e6, "gb_per_s": kv_bytes / s / 1e9,
+                secs, y = time_way(fn, qs, ks, vs, pos, args.iters)
+                row[name] = {"us": secs * 1e6, "gb_per_s": kv_bytes / secs / 1e9,
                              "max_abs_err": float((y[0].double().cpu() - ref).abs().max())}
             if args.sweep and b == 1:
                 row["sweep"] = sweep(qs, ks, vs, pos, ref, args.iters)

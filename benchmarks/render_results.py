@@ -787,6 +787,27 @@ def e2e_encoder(name: str, d: dict) -> str:
                              "cos vs fp32"], rows)])
 
 
+def decode_attention(name: str, d: dict) -> str:
+    """``benchmarks/decode_attention.py``: apt_ext.attention.decode_attention against SDPA (masked
+    whole cache; sliced to the attended prefix) and compiled flex attention, per call of a 32-call
+    CUDA graph, and (``--sweep``) apt's kernel at each split count and keys per step."""
+    ways = ("sdpa_masked", "sdpa_prefix", "flex", "apt")
+    rows = [[str(r["batch"]), str(r["context"]), str(r["length"]),
+             *(f"{r[w]['us']:.1f} ({r[w]['max_abs_err']:.1e})" for w in ways),
+             f"{r['apt_speedup_vs_sdpa_masked']:.2f}x", f"{r['apt_speedup_vs_flex']:.2f}x"] for r in d["runs"]]
+    lines = [f"One new token's attention, {d['heads']} query / {d['kv_heads']} key heads of {d['head_dim']}, "
+             f"{d['dtype']}: us per call (largest absolute error against a float64 reference).", "",
+             table(["batch", "cache", "length", *ways, "apt vs sdpa_masked", "apt vs flex"], rows)]
+    swept = [r for r in d["runs"] if "sweep" in r]
+    if swept:
+        names = list(swept[0]["sweep"])
+        lines += ["", "apt's kernel with the split count and keys per step pinned (us per call):", "",
+                  table(["batch", "cache", "length", *(n[4:] for n in names)],
+                        [[str(r["batch"]), str(r["context"]), str(r["length"]),
+                          *(f"{r['sweep'][n]['us']:.1f}" for n in names)] for r in swept])]
+    return "\n".join(lines)
+
+
 SECTIONS = [
     Section("FP4 on the CPU, AVX2 path (`benchmarks/fp4_cpu.py`)", ["fp4_cpu_avx2*.json"], fp4_cpu,
             missing="No JSON from a CPU on the AVX2 path yet."),
@@ -799,6 +820,7 @@ SECTIONS = [
                     "version was timed on an H100 once, without saving JSON; those numbers are withdrawn.)"),
     Section("FP4 GEMV launch sweep on the GPU (`benchmarks/fp4_gemv_sweep.py`)", ["fp4_gemv_sweep_NVIDIA_H200.json"],
             fp4_gemv_sweep, level=3),
+    Section("Decode attention (`benchmarks/decode_attention.py`)", ["decode_attention_*.json"], decode_attention),
     Section("FP4 end to end: a BERT-base-size encoder (`benchmarks/e2e_encoder.py`)", ["e2e_encoder_*.json"],
             e2e_encoder, level=3),
     Section("Left-spin residual (`benchmarks/left_spin.py`)",

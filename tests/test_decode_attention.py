@@ -90,6 +90,21 @@ def test_bad_arguments_are_named(rng, make, exc, match):
 
 
 @outside_interpreter
+@pytest.mark.parametrize("make,exc,match", BAD[:7] + BAD[9:10])
+def test_the_op_itself_checks_its_arguments(rng, make, exc, match):
+    """torch.ops.apt.decode_attention called directly (no wrapper) raises the same errors, eager
+    and from its fake kernel (meta tensors); lengths' values are checked where they are read."""
+    q, k, v = ref.make_inputs(2, 4, 2, 10, 16, torch.float32, "cpu", rng)
+    with pytest.raises(exc, match=match):
+        torch.ops.apt.decode_attention(*make(q, k, v, _lengths([3, 10])))
+    if match.startswith("length: expected values"):
+        return
+    meta = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in make(q, k, v, _lengths([3, 10]))]
+    with pytest.raises(exc, match=match):
+        torch.ops.apt.decode_attention(*meta)
+
+
+@outside_interpreter
 def test_bad_scale_is_named(rng):
     q, k, v = ref.make_inputs(1, 2, 1, 4, 16, torch.float32, "cpu", rng)
     with pytest.raises(TypeError, match="scale: expected a float"):

@@ -36,15 +36,23 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     synchronisation (and break CUDA-graph capture), so it is clamped to [0, T] there (0 gives
     zeros). Not differentiable (inference).
     """
-    check_arguments(q, k_cache, v_cache, length, scale)
+    _check_types(q, k_cache, v_cache, length, scale)  # the op's schema would reject these less clearly
     return torch.ops.apt.decode_attention(q, k_cache, v_cache, length, scale)
 
 
-def check_arguments(q, k_cache, v_cache, length, scale) -> None:
-    """ValueError / TypeError naming the argument, for anything decode_attention does not take."""
+def _check_types(q, k_cache, v_cache, length, scale) -> None:
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("length", length)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
+
+
+def check_arguments(q, k_cache, v_cache, length, scale) -> None:
+    """ValueError / TypeError naming the argument, for anything decode_attention does not take
+    (every kernel of the op runs it, the fake one included, so a direct torch.ops call is checked
+    too)."""
+    _check_types(q, k_cache, v_cache, length, scale)
     if q.dim() != 3:
         raise ValueError(f"q: expected [B, H, D] (3 dims), got shape {tuple(q.shape)}")
     if q.dtype not in _DTYPES:
@@ -71,8 +79,6 @@ def check_arguments(q, k_cache, v_cache, length, scale) -> None:
                          f"shape {tuple(length.shape)}")
     if length.device != q.device:
         raise ValueError(f"length: expected q's device {q.device}, got {length.device}")
-    if scale is not None and not isinstance(scale, (int, float)):
-        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
 
 
 def decode_attention_composite(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, length: torch.Tensor,
@@ -90,6 +96,7 @@ def decode_attention_composite(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
 def _cpu_kernel(q, k_cache, v_cache, length, scale=None):
     """The composite, after checking the lengths' values (free on the CPU; run by the kernel, so
     also under torch.compile, where the wrapper sees no values)."""
+    check_arguments(q, k_cache, v_cache, length, scale)
     if int(length.min()) < 1 or int(length.max()) > k_cache.shape[2]:
         raise ValueError(f"length: expected values in [1, {k_cache.shape[2]}] (the cache's positions), "
                          f"got {length.tolist()}")
@@ -97,7 +104,13 @@ def _cpu_kernel(q, k_cache, v_cache, length, scale=None):
 
 
 def _fake(q, k_cache, v_cache, length, scale=None):
+    check_arguments(q, k_cache, v_cache, length, scale)
     return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def _other_devices(q, k_cache, v_cache, length, scale=None):
+    check_arguments(q, k_cache, v_cache, length, scale)
+    return decode_attention_composite(q, k_cache, v_cache, length, scale)
 
 
 torch.library.register_fake("apt::decode_attention", _fake)
@@ -105,4 +118,4 @@ register_kernel("decode_attention", "cpu", "composite: apt_ext.attention._ops.de
                 _cpu_kernel)
 # every other device (a GPU without Triton): the same composite; the Triton kernel registers as
 # the CUDA one over it
-torch.library.register_kernel("apt::decode_attention", None, decode_attention_composite)
+torch.library.register_kernel("apt::decode_attention", None, _other_devices)

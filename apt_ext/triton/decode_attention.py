@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from apt_ext.attention import _ops  # noqa: F401  (the op this kernel implements)
+from apt_ext.attention import _ops  # the op this kernel implements (defined on import) and its checks
 from apt_ext.triton import kernel
 from apt_ext.triton.host_math import cdiv, next_power_of_2
 from apt_ext.triton.launch import Launcher
@@ -139,9 +139,9 @@ def num_splits(programs: int, capacity: int, device: torch.device) -> int:
 @kernel("decode_attention")
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, length: torch.Tensor,
                      scale: float | None = None) -> torch.Tensor:
-    """apt::decode_attention (argument checks: apt_ext.attention._ops.check_arguments, run by the
-    op's wrapper and fake kernel). q [B, H, D]; caches [B, KV, T, D], last dim contiguous;
-    length int [B] or [1]. Returns [B, H, D] in q's dtype."""
+    """apt::decode_attention (docs/contract.md §2). q [B, H, D]; caches [B, KV, T, D], last dim
+    contiguous; length int [B] or [1]. Returns [B, H, D] in q's dtype."""
+    _ops.check_arguments(q, k_cache, v_cache, length, scale)
     b, h, hd = q.shape
     kv, t = k_cache.shape[1], k_cache.shape[2]
     q = q if q.stride(-1) == 1 else q.contiguous()

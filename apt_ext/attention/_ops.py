@@ -41,6 +41,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 
 def _check_types(q, k_cache, v_cache, length, scale) -> None:
+    """TypeError naming the argument: tensors where tensors go, a number or None for scale."""
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("length", length)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")

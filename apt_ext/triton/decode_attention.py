@@ -37,8 +37,8 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
                              sm_scale, KV, HD, T,
                              q_sb, q_sh, k_sb, k_sh, k_st, v_sb, v_sh, v_st, o_sb, o_sh, len_sb,
                              G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                             BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, G_POW2: tl.constexpr,
-                             MERGE_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                             BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr,
+                             G_POW2: tl.constexpr, MERGE_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     pid = tl.program_id(0)  # sequence * KV + key head
     split = tl.program_id(1)
     b = pid // KV
@@ -67,13 +67,13 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
         nmask = n < end
         kv_mask = nmask[:, None] & dmask[None, :]
         k = tl.load(k_base + n[:, None] * k_st + d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + n[:, None] * v_st + d[None, :], mask=kv_mask, other=0.0)  # in flight with k
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale  # [BLOCK_G, BLOCK_N]
         s = tl.where(nmask[None, :], s, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(s, 1))
         rescale = tl.exp(run_max - new_max)
         p = tl.exp(s - new_max[:, None])
         run_sum = run_sum * rescale + tl.sum(p, 1)
+        v = tl.load(v_base + n[:, None] * v_st + d[None, :], mask=kv_mask, other=0.0)
         acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         run_max = new_max
 
@@ -86,30 +86,29 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
     tl.debug_barrier()  # every thread's stores before the count that releases them
     done = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu")
     if done == SPLITS - 1:  # the last slice of this key head merges all of them
-        # the G real query heads only (no padding to 16 rows; tiles of at least 2 rows and slices:
-        # every arange spans a power of two above 1), MERGE_SPLITS slices' max, sum and output per
-        # load (all three in flight at once), merged online
+        # the G real query heads only (no padding to 16 rows), MERGE_SPLITS slices per load (tiles of
+        # at least 2 rows and slices: every arange spans a power of two above 1)
         r = tl.arange(0, G_POW2)
         rmask = r < G
         mrow = b * KV * G + kvh * G + r
-        top = tl.full([G_POW2], float("-inf"), tl.float32)
+        s_idx = tl.arange(0, SPLITS_POW2)
+        maxes = tl.load(max_ptr + mrow[:, None] * SPLITS + s_idx[None, :],
+                        mask=rmask[:, None] & (s_idx[None, :] < SPLITS), other=float("-inf"),
+                        cache_modifier=".cg")  # [G_POW2, SPLITS_POW2]
+        top = tl.max(maxes, 1)
+        top = tl.where(top == float("-inf"), 0.0, top)  # every slice empty (length 0, padding rows)
         total = tl.zeros([G_POW2], tl.float32)
         out = tl.zeros([G_POW2, BLOCK_D], tl.float32)
         for s0 in range(0, SPLITS, MERGE_SPLITS):
             m_idx = s0 + tl.arange(0, MERGE_SPLITS)
             pmask = rmask[:, None] & (m_idx[None, :] < SPLITS)
             parts = mrow[:, None] * SPLITS + m_idx[None, :]  # [G_POW2, MERGE_SPLITS]
-            maxes = tl.load(max_ptr + parts, mask=pmask, other=float("-inf"), cache_modifier=".cg")
-            sums = tl.load(sum_ptr + parts, mask=pmask, other=0.0, cache_modifier=".cg")
+            weight = tl.exp(tl.load(max_ptr + parts, mask=pmask, other=float("-inf"),
+                                    cache_modifier=".cg") - top[:, None])  # 0 for an empty slice
+            total += tl.sum(weight * tl.load(sum_ptr + parts, mask=pmask, other=0.0, cache_modifier=".cg"), 1)
             accs = tl.load(acc_ptr + parts[:, :, None] * BLOCK_D + d[None, None, :], mask=pmask[:, :, None],
                            other=0.0, cache_modifier=".cg")  # [G_POW2, MERGE_SPLITS, BLOCK_D]
-            new_top = tl.maximum(top, tl.max(maxes, 1))
-            ref = tl.where(new_top == float("-inf"), 0.0, new_top)  # no slice with keys yet
-            keep = tl.exp(top - ref)  # 0 while top is -inf
-            weight = tl.exp(maxes - ref[:, None])  # 0 for an empty slice
-            total = total * keep + tl.sum(weight * sums, 1)
-            out = out * keep[:, None] + tl.sum(accs * weight[:, :, None], 1)
-            top = new_top
+            out += tl.sum(accs * weight[:, :, None], 1)
         out = out / tl.maximum(total, 1e-30)[:, None]  # length 0: zeros
         out_heads = kvh * G + r  # a new name: a variable reassigned in an if must keep its type
         tl.store(out_ptr + b * o_sb + out_heads[:, None] * o_sh + d[None, :], out.to(out_ptr.dtype.element_ty),
@@ -162,7 +161,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
              v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
              length.stride(0) if length.shape[0] > 1 else 0),
             {"G": g, "BLOCK_G": max(MIN_ROWS, next_power_of_2(g)), "BLOCK_D": block_d, "BLOCK_N": BLOCK_N,
-             "SPLITS": splits, "G_POW2": g_pow2,
+             "SPLITS": splits, "SPLITS_POW2": max(2, splits), "G_POW2": g_pow2,
              "MERGE_SPLITS": max(2, min(splits, MERGE_TILE // (g_pow2 * block_d))),
              "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"},
             num_warps=4)

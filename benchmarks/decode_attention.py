@@ -27,7 +27,6 @@ import argparse
 import datetime as _dt
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
-from e2e_decoder import decode_block_mask, flex_attention  # noqa: E402
+from e2e_decoder import capture_graph, decode_block_mask, flex_attention, replay_seconds  # noqa: E402
 
 from apt_ext.attention import decode_attention  # noqa: E402
 
@@ -78,25 +77,8 @@ def way(name: str, context: int):
 
 def time_way(fn, qs, ks, vs, pos, iters: int) -> tuple[float, torch.Tensor]:
     """(median GPU seconds per call of LAYERS calls replayed from one CUDA graph, first output)."""
-    run = lambda: [fn(q, k, v, pos) for q, k, v in zip(qs, ks, vs)]  # noqa: E731
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            run()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = run()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / len(qs))
-    return statistics.median(times), outs[0]
+    graph, outs = capture_graph(lambda: [fn(q, k, v, pos) for q, k, v in zip(qs, ks, vs)], warmups=3)
+    return replay_seconds(graph, iters) / len(qs), outs[0]
 
 
 def sweep(qs, ks, vs, pos, ref, iters: int) -> dict:

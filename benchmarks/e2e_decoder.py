@@ -283,6 +283,34 @@ def top_kernels(fn, calls: int, n: int = 15) -> list[dict]:
     return sorted(rows, key=lambda r: -r["us_per_call"])[:n]
 
 
+def capture_graph(fn, warmups: int = 1) -> tuple[torch.cuda.CUDAGraph, object]:
+    """(a CUDA graph of one ``fn()`` call, that call's output), after ``warmups`` calls on a side
+    stream (compiles, caches, allocator pools)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmups):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+def replay_seconds(graph: torch.cuda.CUDAGraph, iters: int) -> float:
+    """Median GPU seconds of one replay of ``graph`` over ``iters`` replays (CUDA events)."""
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
 def time_step(model: Stack, caches: list[StaticKV], x: torch.Tensor, pos: torch.Tensor, device: torch.device,
               iters: int, compile_step: bool = False, profile: bool = False) -> dict:
     """One decode step's median seconds eager and (CUDA) replayed from a graph, and its output.
@@ -306,25 +334,10 @@ def time_step(model: Stack, caches: list[StaticKV], x: torch.Tensor, pos: torch.
             c_out = c_out.float().cpu()
             res["compiled_rel_diff_vs_eager"] = float((c_out - res["out"]).norm() / res["out"].norm())
         if device.type == "cuda":
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                step(x, caches, pos)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = step(x, caches, pos)
+            graph, static_out = capture_graph(lambda: step(x, caches, pos))
             graph.replay()
             sync(device)
-            times = []
-            for _ in range(iters):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                graph.replay()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            res["graph_s"] = statistics.median(times)
+            res["graph_s"] = replay_seconds(graph, iters)
             if profile:
                 res["graph_top_kernels"] = top_kernels(graph.replay, 3)
             # the replay against the step it captured (eager, or compiled)

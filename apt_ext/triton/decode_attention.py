@@ -41,8 +41,8 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
                              G_POW2: tl.constexpr, MERGE_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     pid = tl.program_id(0)  # sequence * KV + key head
     split = tl.program_id(1)
-    b = pid // KV
-    kvh = pid % KV
+    b = (pid // KV).to(tl.int64)  # 64-bit offsets: a cache may hold more than 2^31 elements
+    kvh = (pid % KV).to(tl.int64)
     # clamped to the cache (a check would cost the host a synchronisation; see _ops.decode_attention)
     length = tl.minimum(tl.maximum(tl.load(len_ptr + b * len_sb).to(tl.int32), 0), T)
     chunk = tl.cdiv(length, SPLITS)

@@ -1,8 +1,9 @@
 """apt_ext: the APT-Transformer feature set as real, measured PyTorch ops.
 
-Native ops live under ``torch.ops.apt`` (schemas in csrc/ops.cpp); each capability has one
-package: ``apt_ext.fp4`` (formats, weights, op wrappers), ``apt_ext.left_spin``, ``apt_ext.nn``,
-``apt_ext.vgpu``, ``apt_ext.devices``, ``apt_ext.model``, ``apt_ext.memory``, ...
+Native ops live under ``torch.ops.apt`` (schemas in csrc/ops.cpp; ``decode_attention``, which has
+no native kernel, in apt_ext/attention/_ops.py); each capability has one package:
+``apt_ext.fp4`` (formats, weights, op wrappers), ``apt_ext.left_spin``, ``apt_ext.attention``,
+``apt_ext.nn``, ``apt_ext.vgpu``, ``apt_ext.devices``, ``apt_ext.model``, ``apt_ext.memory``, ...
 Importing apt_ext loads the native extension and registers the Python side of its ops (fake
 kernels, autograd, Triton kernels); if the extension did not load, ``capabilities()`` says why
 and the first use of a native op raises that load error.

@@ -37,23 +37,16 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT.parent / "tests"))
 from e2e_decoder import capture_graph, decode_block_mask, flex_attention, replay_seconds  # noqa: E402
 
 from apt_ext.attention import decode_attention  # noqa: E402
+from reference import attention as ref_attention  # noqa: E402  (the float64 definition the tests use)
 
 HEADS, KV_HEADS, HEAD_DIM, LAYERS = 32, 8, 128, 32
 WAYS = ("sdpa_masked", "sdpa_prefix", "flex", "apt")
 SWEEP_SPLITS = (4, 8, 16, 32)
 SWEEP_BLOCK_N = (32, 64, 128)
-
-
-def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int) -> torch.Tensor:
-    """float64 attention of the first sequence's heads over positions [0, n): [H, D]."""
-    g = HEADS // KV_HEADS
-    kk = k[0, :, :n].double().repeat_interleave(g, 0)
-    vv = v[0, :, :n].double().repeat_interleave(g, 0)
-    w = torch.softmax(torch.einsum("hd,htd->ht", q[0].double(), kk) * HEAD_DIM ** -0.5, -1)
-    return torch.einsum("ht,htd->hd", w, vv)
 
 
 _FLEX = []  # one compiled flex_attention (dynamo recompiles it per shape)
@@ -126,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         qs, ks, vs = rand(b, HEADS, HEAD_DIM), rand(b, KV_HEADS, context, HEAD_DIM), rand(b, KV_HEADS, context, HEAD_DIM)
         for n in (context // 2 + 1, context):
             pos = torch.tensor([n - 1], device="cuda")
-            ref = reference(qs[0].cpu(), ks[0].cpu(), vs[0].cpu(), n)
+            ref = ref_attention.decode_attention(qs[0][:1].cpu(), ks[0][:1].cpu(), vs[0][:1].cpu(),
+                                                 torch.tensor([n]))[0]  # first sequence: [H, D]
             kv_bytes = 2 * b * KV_HEADS * n * HEAD_DIM * 2
             row = {"batch": b, "context": context, "length": n, "kv_bytes": kv_bytes}
             for name in WAYS:

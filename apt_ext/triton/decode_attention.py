@@ -148,9 +148,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     splits = num_splits(b * kv, t, q.device)
     block_d = max(16, next_power_of_2(hd))
     rows = b * h * splits
-    acc = torch.empty(rows * block_d, device=q.device, dtype=torch.float32)
-    maxes = torch.empty(rows, device=q.device, dtype=torch.float32)
-    sums = torch.empty(rows, device=q.device, dtype=torch.float32)
+    # one float32 scratch: partial outputs [rows, block_d], then the running maxima and sums [rows]
+    scratch = torch.empty(rows * (block_d + 2), device=q.device, dtype=torch.float32)
+    acc, maxes, sums = scratch.split([rows * block_d, rows, rows])
     counts = torch.zeros(b * kv, device=q.device, dtype=torch.int32)
     g = h // kv
     g_pow2 = max(2, next_power_of_2(g))

@@ -19,6 +19,9 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py --fused      # q/k/v and gate/up as one Linear each; the MLP's
                                                   # silu(gate) * up by apt_ext.nn.swiglu (FP4: one
                                                   # fused kernel; --swiglu composite: the chunks)
+    python benchmarks/e2e_decoder.py --fused --fuse-norms  # nvfp4: the norms folded and run inside the
+                                                  # q/k/v and gate/up GEMVs, the residual adds in the
+                                                  # o and down GEMVs (apt_ext.nn.fold_rms_norm_ ...)
     python benchmarks/e2e_decoder.py --one-copy   # FP4Linear holds only its tiled copy (release_canonical)
     python benchmarks/e2e_decoder.py --compile    # both steps also compiled (torch.compile fuses the
                                                   # norms, rotary and element-wise work the graph
@@ -32,7 +35,7 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py --attention apt  # apt_ext.attention.decode_attention over the
                                                   # positions up to the current one (one launch)
 Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul|_flex|_apt][_composite_swiglu]
-[_profile].json.
+[_fused_norms][_profile].json.
 """
 from __future__ import annotations
 
@@ -61,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 from vgpu import sync  # noqa: E402  (benchmarks/vgpu.py)
 
 from apt_ext.attention import decode_attention  # noqa: E402
+from apt_ext.nn import fold_rms_norm_, linear_residual, rms_norm_linear, rms_norm_swiglu  # noqa: E402
 from apt_ext.nn import swiglu as apt_swiglu  # noqa: E402
 
 
@@ -124,10 +128,17 @@ class Layer(nn.Module):
     decode_block_mask; compiled, torch's split-KV decoding kernel) or "apt"
     (apt_ext.attention.decode_attention over the positions up to ``pos``: one split-KV launch).
     ``swiglu`` (fused projections only): "fused" (apt_ext.nn.swiglu: FP4Linear's SwiGLU kernel) or
-    "composite" (silu and product of gate_up's two halves)."""
+    "composite" (silu and product of gate_up's two halves). ``fuse_norms`` (fused projections only):
+    the norms and residual adds through apt_ext.nn's rms_norm_linear / rms_norm_swiglu /
+    linear_residual (for FP4 layers after fold_rms_norm_: inside the GEMVs; otherwise the same
+    composite)."""
 
-    def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa", swiglu: str = "fused") -> None:
+    def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa", swiglu: str = "fused",
+                 fuse_norms: bool = False) -> None:
         super().__init__()
+        if fuse_norms and not fused:
+            raise ValueError("fuse_norms: needs the fused projections (fused=True)")
+        self.fuse_norms = fuse_norms
         if attention not in ATTENTIONS:
             raise ValueError(f"attention: expected one of {ATTENTIONS}, got {attention!r}")
         if swiglu not in SWIGLUS:
@@ -152,10 +163,14 @@ class Layer(nn.Module):
     def forward(self, x: torch.Tensor, kv: StaticKV, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | BlockMask) -> torch.Tensor:
         b = x.shape[0]
-        h = self.n1(x)
+        if self.fuse_norms:
+            qkv = rms_norm_linear(self.n1, self.qkv, x)
+        elif self.fused:
+            qkv = self.qkv(self.n1(x))
         if self.fused:
-            q, k, v = self.qkv(h).split([self.h * self.hd, self.kv * self.hd, self.kv * self.hd], -1)
+            q, k, v = qkv.split([self.h * self.hd, self.kv * self.hd, self.kv * self.hd], -1)
         else:
+            h = self.n1(x)
             q, k, v = self.q(h), self.k(h), self.v(h)
         q = rotate(q.view(b, 1, self.h, self.hd).transpose(1, 2), cos, sin)
         k = rotate(k.view(b, 1, self.kv, self.hd).transpose(1, 2), cos, sin)
@@ -169,7 +184,14 @@ class Layer(nn.Module):
             y = decode_attention(q.squeeze(2), kv.k, kv.v, mask).unsqueeze(2)
         else:
             y = grouped_attention(q, kv.k, kv.v, mask)
-        x = x + self.o(y.transpose(1, 2).reshape(b, 1, -1))
+        y = y.transpose(1, 2).reshape(b, 1, -1)
+        if self.fuse_norms:
+            x = linear_residual(self.o, y, x)
+            if self.swiglu == "fused":
+                return linear_residual(self.down, rms_norm_swiglu(self.n2, self.gate_up, x), x)
+            gate, up = rms_norm_linear(self.n2, self.gate_up, x).chunk(2, -1)
+            return linear_residual(self.down, F.silu(gate) * up, x)
+        x = x + self.o(y)
         h = self.n2(x)
         if self.fused and self.swiglu == "fused":
             return x + self.down(apt_swiglu(self.gate_up, h))
@@ -197,10 +219,11 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class Stack(nn.Module):
     """The layers, with the rotary tables and the positions as buffers (static shapes per step)."""
 
-    def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa", swiglu: str = "fused") -> None:
+    def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa", swiglu: str = "fused",
+                 fuse_norms: bool = False) -> None:
         super().__init__()
         self.attention = attention
-        self.layers = nn.ModuleList(Layer(s, fused, attention, swiglu) for _ in range(s.layers))
+        self.layers = nn.ModuleList(Layer(s, fused, attention, swiglu, fuse_norms) for _ in range(s.layers))
         cos, sin = rope_tables(s)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -220,12 +243,12 @@ class Stack(nn.Module):
 
 
 def build(s: Shape, device: torch.device, dtype: torch.dtype, fused: bool = False,
-          attention: str = "sdpa", swiglu: str = "fused") -> Stack:
+          attention: str = "sdpa", swiglu: str = "fused", fuse_norms: bool = False) -> Stack:
     """Random weights (std 0.02; norms 1) made on ``device``, in ``dtype``; the rotary tables stay
-    float32 (cast per step). ``fused``, ``attention``, ``swiglu``: Layer's."""
+    float32 (cast per step). ``fused``, ``attention``, ``swiglu``, ``fuse_norms``: Layer's."""
     torch.manual_seed(0)
     with torch.device(device):
-        model = Stack(s, fused, attention, swiglu)
+        model = Stack(s, fused, attention, swiglu, fuse_norms)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("n1.weight", "n2.weight")):
@@ -366,11 +389,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--swiglu", choices=SWIGLUS, default="fused",
                     help="with --fused, the MLP's silu(gate) * up: apt_ext.nn.swiglu (FP4: one fused kernel) or "
                          "silu and product of the two halves")
+    ap.add_argument("--fuse-norms", action="store_true",
+                    help="with --fused: the nvfp4 model's RMSNorm weights folded into q/k/v and gate/up before "
+                         "quantising (apt_ext.nn.fold_rms_norm_), the norms run inside those GEMVs and the "
+                         "residual adds in the o and down GEMVs' epilogues (rms_norm_linear, rms_norm_swiglu, "
+                         "linear_residual; the bf16 model runs the same helpers, i.e. its usual composite)")
     ap.add_argument("--profile", action="store_true",
                     help="(CUDA) also record and print the top GPU kernels of the graph-replayed step")
     ap.add_argument("--out", default=None,
                     help="JSON path (default benchmarks/results/e2e_decoder_<machine>[_quick][...].json)")
     args = ap.parse_args(argv)
+    if args.fuse_norms and not args.fused:
+        ap.error("--fuse-norms: needs --fused")
     batches = [int(b) for b in args.batches.split(",")]
     if any(b < 1 for b in batches):
         ap.error(f"--batches: expected positive integers, got {args.batches!r}")
@@ -391,10 +421,15 @@ def main(argv: list[str] | None = None) -> int:
                     "command": " ".join([sys.executable, *sys.argv]), "shape": asdict(shape),
                     "dtype": str(dtype).replace("torch.", ""), "iters": iters, "compiled": args.compile,
                     "fused_projections": args.fused, "one_copy": args.one_copy, "attention": args.attention,
-                    "swiglu": args.swiglu if args.fused else "composite",
+                    "swiglu": args.swiglu if args.fused else "composite", "fused_norms": args.fuse_norms,
                     "runs": {}}
-    ref_model = build(shape, device, dtype, args.fused, args.attention, args.swiglu)
-    fp4_model = apt_ext.quantize_(copy.deepcopy(ref_model), fmt="nvfp4")
+    ref_model = build(shape, device, dtype, args.fused, args.attention, args.swiglu, args.fuse_norms)
+    fp4_model = copy.deepcopy(ref_model)
+    if args.fuse_norms:
+        for layer in fp4_model.layers:
+            fold_rms_norm_(layer.n1, layer.qkv)
+            fold_rms_norm_(layer.n2, layer.gate_up)
+    fp4_model = apt_ext.quantize_(fp4_model, fmt="nvfp4")
     if args.one_copy:
         from apt_ext.nn import FP4Linear
         for m in fp4_model.modules():
@@ -431,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
            + ("_fused" if args.fused else "") + ("_one_copy" if args.one_copy else "")
            + ("_compiled" if args.compile else "") + ("" if args.attention == "sdpa" else "_" + args.attention)
            + ("_composite_swiglu" if args.fused and args.swiglu == "composite" else "")
+           + ("_fused_norms" if args.fuse_norms else "")
            + ("_profile" if args.profile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)

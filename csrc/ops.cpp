@@ -29,12 +29,16 @@ TORCH_LIBRARY(apt, m) {
   // The canonical tensors of a tiled weight of n rows and k columns (fp4_tile's inverse; bit for
   // bit for weights as fp4_quantize makes them).
   m.def("fp4_untile_packed(Tensor tiles, Tensor tile_scales, Tensor out_scale, str fmt, int n, int k) -> (Tensor packed, Tensor scales, Tensor tensor_scale)");
-  // fp4_linear (gelu applied when `gelu`) on a tiled weight of n rows and k columns.
-  m.def("fp4_linear_tiled(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k, bool gelu) -> Tensor");
+  // fp4_linear (gelu applied when `gelu`) on a tiled weight of n rows and k columns. rms_eps: x is
+  // first RMS-normalised, x * rsqrt(mean(x^2 over k) + rms_eps) in float32 (an RMSNorm whose
+  // weight was folded into the weight's columns: apt_ext.nn.fold_rms_norm_); residual [..., n] of
+  // x's dtype is added to the (activated) output in float32.
+  m.def("fp4_linear_tiled(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k, bool gelu, float? rms_eps=None, Tensor? residual=None) -> Tensor");
   // silu(gate) * up [..., n / 2]: the SwiGLU of fp4_linear's output [gate; up] on a tiled weight of
   // n rows (a multiple of 16) made in the SwiGLU order, each tile holding 8 gate rows and the 8 up
   // rows n / 2 further on (apt_ext.fp4.tiled.tile(weight, swiglu=True)); bias [n] in [gate; up] order.
-  m.def("fp4_linear_tiled_swiglu(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k) -> Tensor");
+  // rms_eps: as fp4_linear_tiled's.
+  m.def("fp4_linear_tiled_swiglu(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k, float? rms_eps=None) -> Tensor");
   // The CPU tiled layout (csrc/fp4/fp4_cpu_tiled_layout.h): a private copy in the order the
   // AVX-512 GEMV reads it. tiles uint8 [ceil(N/16), Kp/8, 64]; tile_scales [tiles, Kp/block, 16]
   // (nvfp4 and mxfp4 uint8, nf4 float32); out_scale float32 []. CPU tensors only.

@@ -171,3 +171,41 @@ def test_e2e_decoder_cpu_matmul_attention(tmp_path, one_thread):
                              "--out", str(out)]) == 0
     d = json.loads(out.read_text())
     assert d["attention"] == "matmul" and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
+
+
+def test_e2e_decoder_cpu_fuse_norms(tmp_path, one_thread):
+    """--fused --fuse-norms: the nvfp4 model's norms folded into its projections (on the CPU the
+    helpers run their composite) stays as close to the float one; --fuse-norms alone is refused."""
+    out = tmp_path / "dec.json"
+    assert e2e_decoder.main(["--cpu", "--fused", "--fuse-norms", "--batches", "1", "--iters", "1",
+                             "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["fused_norms"] is True and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
+    with pytest.raises(SystemExit):
+        e2e_decoder.main(["--cpu", "--fuse-norms"])
+
+
+def test_fuse_norms_compute_the_same_step():
+    """Layers through apt_ext.nn's norm-fusion helpers, with the norms' (random) weights folded into
+    q/k/v and gate/up, give the plain fused layers' step."""
+    from apt_ext.nn import fold_rms_norm_
+
+    s = e2e_decoder.Shape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, context=16)
+    plain = e2e_decoder.build(s, torch.device("cpu"), torch.float32, fused=True)
+    with torch.no_grad():
+        for layer in plain.layers:
+            layer.n1.weight.uniform_(0.5, 1.5)
+            layer.n2.weight.uniform_(0.5, 1.5)
+    folded = e2e_decoder.build(s, torch.device("cpu"), torch.float32, fused=True, fuse_norms=True)
+    folded.load_state_dict(plain.state_dict())
+    for layer in folded.layers:
+        fold_rms_norm_(layer.n1, layer.qkv)
+        fold_rms_norm_(layer.n2, layer.gate_up)
+    with torch.no_grad():
+        x = torch.randn(3, 1, s.d)
+        caches = [[e2e_decoder.StaticKV(3, s, torch.device("cpu"), torch.float32, torch.Generator().manual_seed(i))
+                   for i in range(s.layers)] for _ in range(2)]
+        torch.testing.assert_close(folded(x, caches[1], torch.tensor([5])), plain(x, caches[0], torch.tensor([5])),
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="fuse_norms"):
+        e2e_decoder.Layer(s, fused=False, fuse_norms=True)

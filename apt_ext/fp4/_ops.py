@@ -114,11 +114,11 @@ def _fp4_untile_packed_fake(tiles, tile_scales, out_scale, fmt, n, k):
             out_scale.new_empty(()))
 
 
-def _fp4_linear_tiled_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu):
+def _fp4_linear_tiled_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu, rms_eps=None, residual=None):
     return x.new_empty((*x.shape[:-1], n))
 
 
-def _fp4_linear_tiled_swiglu_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k):
+def _fp4_linear_tiled_swiglu_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, rms_eps=None):
     return x.new_empty((*x.shape[:-1], n // 2))
 
 

@@ -59,28 +59,35 @@ class TiledFP4Weight:
     shape: tuple[int, int]
     swiglu: bool = False
 
-    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
-        """x [..., K] -> x @ W.T + bias [..., N] in x's dtype (exact-erf GELU if ``gelu``). A copy in
-        the SwiGLU order gathers the bias into its row order and the output back into the weight's."""
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False,
+               rms_eps: float | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., K] -> x @ W.T + bias [..., N] in x's dtype (exact-erf GELU if ``gelu``). ``rms_eps``:
+        x is RMS-normalised first (``x * rsqrt(mean(x**2, -1) + rms_eps)`` in float32: an RMSNorm
+        whose weight was folded into W); ``residual`` [..., N] (x's dtype) is added last. A copy in
+        the SwiGLU order gathers the bias into its row order and the output back into the weight's
+        (the residual is then added after the gather)."""
         n, k = self.shape
         if not self.swiglu:
             return torch.ops.apt.fp4_linear_tiled(x, self.tiles, self.tile_scales, self.out_scale, bias, self.fmt,
-                                                  n, k, gelu)
+                                                  n, k, gelu, rms_eps, residual)
         rows = swiglu_rows(n, self.tiles.device)
         y = torch.ops.apt.fp4_linear_tiled(x, self.tiles, self.tile_scales, self.out_scale,
-                                           None if bias is None else bias.index_select(0, rows), self.fmt, n, k, gelu)
-        return y.index_select(-1, swiglu_rows(n, y.device, inverse=True))
+                                           None if bias is None else bias.index_select(0, rows), self.fmt, n, k, gelu,
+                                           rms_eps)
+        y = y.index_select(-1, swiglu_rows(n, y.device, inverse=True))
+        return y if residual is None else y + residual
 
-    def swiglu_linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def swiglu_linear(self, x: torch.Tensor, bias: torch.Tensor | None = None,
+                      rms_eps: float | None = None) -> torch.Tensor:
         """x [..., K] -> silu(gate) * up [..., N / 2] in x's dtype, for a copy in the SwiGLU order of a
         weight [gate; up] (bias [N] in that order too): one fused kernel (CUDA, at most the GEMV's
-        rows; past them the GEMM and then the SwiGLU)."""
+        rows; past them the GEMM and then the SwiGLU). ``rms_eps``: as ``linear``'s."""
         if not self.swiglu:
             raise ValueError("swiglu_linear: this copy is not in the SwiGLU order; make it with "
                              "tile(weight, swiglu=True)")
         n, k = self.shape
         return torch.ops.apt.fp4_linear_tiled_swiglu(x, self.tiles, self.tile_scales, self.out_scale, bias,
-                                                     self.fmt, n, k)
+                                                     self.fmt, n, k, rms_eps)
 
     def dequantize(self) -> torch.Tensor:
         """-> float32 [N, K], equal to the source FP4Weight's ``dequantize()``."""

@@ -213,9 +213,7 @@ class FP4Linear(nn.Module):
         self.packed, self.scales, self._released = w.packed, w.scales, False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != self.in_features:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x: expected [..., {self.in_features}] (in_features), got {got}")
+        self._check_x(x)
         ahead = self._ahead
         if ahead is not None and ahead.takes(self, x):
             return ahead.linear(self, x)
@@ -340,26 +338,67 @@ class FP4Linear(nn.Module):
             self._tiled = tile(self.weight, swiglu=self._swiglu_order)  # (weight: from the old copy if released)
         return self._tiled
 
-    def swiglu(self, x: torch.Tensor) -> torch.Tensor:
-        """silu(gate) * up [..., out_features / 2] (x's dtype) for a layer whose output is [gate; up]
-        (the fused gate and up projections of a SwiGLU MLP, as Llama's): ``F.silu(g) * u`` of
-        ``g, u = self(x).chunk(2, -1)``. Calls that take the tiled path (see the class) with
-        out_features a multiple of 16 run one fused kernel (``fp4_linear_tiled_swiglu``), which
-        needs the tiled copy in the SwiGLU order: the first such call rebuilds the copy that way
-        (later ``forward`` calls gather their output back from it). Others run the composite."""
+    def _check_x(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != self.in_features:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected [..., {self.in_features}] (in_features), got {got}")
+
+    @staticmethod
+    def _check_rms_eps(rms_eps: float | None) -> None:
+        if rms_eps is not None and (not isinstance(rms_eps, (int, float)) or isinstance(rms_eps, bool)
+                                    or not math.isfinite(rms_eps) or rms_eps < 0):
+            raise ValueError(f"rms_eps: expected None or a finite float >= 0, got {rms_eps!r}")
+
+    def _rms_normalized(self, x: torch.Tensor, rms_eps: float | None) -> torch.Tensor:
+        """x RMS-normalised over its last dimension (no weight) when ``rms_eps`` is given; else x."""
+        return x if rms_eps is None else F.rms_norm(x, (self.in_features,), eps=float(rms_eps))
+
+    def fused(self, x: torch.Tensor, *, rms_eps: float | None = None,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``self(rms_norm(x)) + residual`` [..., out_features] in x's dtype. ``rms_eps``: x is first
+        RMS-normalised over in_features, ``x * rsqrt(mean(x**2, -1) + rms_eps)``, with no weight (an
+        RMSNorm whose weight ``apt_ext.nn.fold_rms_norm_`` folded into this layer); None skips it.
+        ``residual``: None or [..., out_features] of x's dtype, added last. Calls that take the tiled
+        path (see the class) run one kernel: the GEMV sums x's squares itself (in float32, x not
+        rounded after normalising) and adds the residual as it stores; others run the composite
+        (``F.rms_norm``, this layer, the addition)."""
+        self._check_x(x)
+        self._check_rms_eps(rms_eps)
+        if residual is not None:
+            want = (*x.shape[:-1], self.out_features)
+            if not isinstance(residual, torch.Tensor) or tuple(residual.shape) != want or residual.dtype != x.dtype:
+                got = (f"{tuple(residual.shape)} {residual.dtype}" if isinstance(residual, torch.Tensor)
+                       else type(residual).__name__)
+                raise ValueError(f"residual: expected {want} of x's dtype {x.dtype}, got {got}")
+        takes_fused = (self._ahead is None and self._takes_tiled_path(x)
+                       and not (residual is not None and residual.requires_grad and torch.is_grad_enabled()))
+        if takes_fused:
+            copy = self._private_copy(self.tiled_weight)
+            if copy is not None:
+                return copy.linear(x, self.bias, rms_eps=rms_eps, residual=residual)
+        y = self(self._rms_normalized(x, rms_eps))
+        return y if residual is None else residual + y
+
+    def swiglu(self, x: torch.Tensor, rms_eps: float | None = None) -> torch.Tensor:
+        """silu(gate) * up [..., out_features / 2] (x's dtype) for a layer whose output is [gate; up]
+        (the fused gate and up projections of a SwiGLU MLP, as Llama's): ``F.silu(g) * u`` of
+        ``g, u = self(x).chunk(2, -1)``; ``rms_eps``: x RMS-normalised first, as in ``fused``. Calls
+        that take the tiled path (see the class) with out_features a multiple of 16 run one fused
+        kernel (``fp4_linear_tiled_swiglu``), which needs the tiled copy in the SwiGLU order: the
+        first such call rebuilds the copy that way (later ``forward`` calls gather their output back
+        from it). Others run the composite."""
+        self._check_x(x)
         if self.out_features % 2 != 0:
             raise ValueError(f"swiglu: out_features must be even ([gate; up]), got {self.out_features}")
+        self._check_rms_eps(rms_eps)
         fused = (self.out_features % 16 == 0 and self._ahead is None and self._takes_tiled_path(x)
                  and (self._swiglu_order or not torch.compiler.is_compiling()))
         if fused:
             self._swiglu_order = True
             copy = self._private_copy(self.tiled_weight)
             if copy is not None:
-                return copy.swiglu_linear(x, self.bias)
-        gate, up = self(x).chunk(2, -1)
+                return copy.swiglu_linear(x, self.bias, rms_eps=rms_eps)
+        gate, up = self(self._rms_normalized(x, rms_eps)).chunk(2, -1)
         return F.silu(gate) * up
 
     def _apply(self, fn, recurse=True):

@@ -91,9 +91,16 @@ void check_linear_args(const at::Tensor& x, const at::Tensor& packed,
 Format check_tiled_weight(const at::Tensor& tiles, const at::Tensor& tile_scales, const at::Tensor& out_scale,
                           const std::string& fmt, int64_t n, int64_t k);
 
-// Checks x [..., k] and an optional bias [n] against a tiled weight on tiles' device.
+// Checks x [..., k] and an optional bias [n] against a tiled weight on tiles' device, and the
+// fused prologue / epilogue: rms_eps finite and >= 0, residual [..., n_out] of x's dtype and
+// device (n_out: the op's output features).
 void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const c10::optional<at::Tensor>& bias,
-                             int64_t n, int64_t k);
+                             int64_t n, int64_t k, c10::optional<double> rms_eps = c10::nullopt,
+                             const c10::optional<at::Tensor>& residual = c10::nullopt, int64_t n_out = 0);
+
+// x [..., k] RMS-normalised in float32: x * rsqrt(mean(x^2, -1) + eps) (fp4_linear_tiled's rms_eps
+// where no kernel fuses it).
+at::Tensor rms_normalized(const at::Tensor& x, double eps);
 
 // fp4_linear_tiled_swiglu's n: gate and up rows fill whole tiles (a multiple of 16).
 void check_swiglu_rows(int64_t n);

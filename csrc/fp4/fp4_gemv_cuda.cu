@@ -273,6 +273,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
       for (int c = 0; c < 4; ++c) xb[0].load_chunk_packed(xp_lane, 0, c);
     }
   }
+  // The RMSNorm prologue (TiledLinearArgs::rms_eps): the block's rows of x summed while the weight
+  // ring's first loads (and x's first step) are in flight; the factors are applied at the store.
+  __shared__ float norm_part[kMaxWarps * 32];
+  const bool norm = args.rms_eps >= 0.0f;
+  if (norm) row_sum_squares<T>(args, row_first, rows_here, norm_part);
   const auto no_refill = [](int) {};
   auto step = [&](auto checked, int i, int64_t s) {
     constexpr bool kChecked = decltype(checked)::value;
@@ -317,7 +322,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   // after the nf4 table).
   reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>()), part, args.rw, rt, args.kw, lane);
   if (part != 0) return;
-  store_outputs<T, kGelu>(acc, args, tile0, row_first, g, t);
+  store_outputs<T, kGelu>(acc, args, tile0, row_first, g, t, norm ? norm_part : nullptr);
 }
 
 // Launch shape: warps along N per block (rw), K parts (kw), pipeline stages (s), x rows per block
@@ -502,21 +507,27 @@ at::Tensor pack_x(const at::Tensor& x2, int64_t m_blocks, int mt, int64_t steps,
   return out;
 }
 
-// fp4_linear_tiled (gelu) and fp4_linear_tiled_swiglu (swiglu: out [..., n / 2]).
+// fp4_linear_tiled (gelu) and fp4_linear_tiled_swiglu (swiglu: out [..., n / 2]), with the
+// RMSNorm prologue (rms_eps) and the residual epilogue: fused into the GEMV; on the GEMM's route
+// x is normalised by ATen first (rounded to x's dtype: the GEMM reads bfloat16) and the residual
+// added in the GEMM's epilogue.
 at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
                              const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
-                             const std::string& fmt, int64_t n, int64_t k, bool gelu, bool swiglu) {
+                             const std::string& fmt, int64_t n, int64_t k, bool gelu, bool swiglu,
+                             c10::optional<double> rms_eps, const c10::optional<at::Tensor>& residual) {
   const Format f = check_tiled_weight(tiles_in, scales_in, out_scale, fmt, n, k);
-  check_tiled_linear_args(x, tiles_in, bias, n, k);
+  const int64_t n_out = swiglu ? n / 2 : n;
+  check_tiled_linear_args(x, tiles_in, bias, n, k, rms_eps, residual, n_out);
   if (swiglu) check_swiglu_rows(n);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor x2 = x.reshape({-1, k}).contiguous();
   const int64_t m = x2.size(0);
-  const int64_t n_out = swiglu ? n / 2 : n;
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = n_out;
   at::Tensor out = at::empty({m, n_out}, x.options());
   if (m == 0) return out.view(out_sizes);
+  const std::optional<GemmTiledConfig> gemm = choose_gemm(m, n, k, f, x.scalar_type(), x.get_device());
+  if (gemm && rms_eps.has_value()) x2 = rms_normalized(x2, *rms_eps).to(x.scalar_type());
   // The kernel reads x in whole 16-byte-aligned steps of 128 columns: pad a K that is not a
   // multiple of 128 with zeros (one small copy; common layer widths need none).
   const int64_t x_stride = tiles_in.size(1) * kStepCols;
@@ -552,12 +563,18 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
   args.bias_type = !bias.has_value() || bias_c.scalar_type() == at::kFloat ? 0
                    : (bias_c.scalar_type() == at::kBFloat16 ? 1 : 2);
   args.out = out.mutable_data_ptr();
+  args.rms_eps = -1.0f;  // no RMSNorm prologue unless the GEMV takes one below
+  at::Tensor residual_c;
+  if (residual.has_value()) {
+    residual_c = residual->reshape({m, n_out}).contiguous();
+    args.residual = residual_c.const_data_ptr();
+  }
   args.n = n;
   args.n_tiles = tiles.size(0);
   args.steps = tiles.size(1);
 
   auto stream = c10::cuda::getCurrentCUDAStream();
-  if (const std::optional<GemmTiledConfig> gemm = choose_gemm(m, n, k, f, x.scalar_type(), x.get_device())) {
+  if (gemm) {
     args.evict_first = true;
     if (!swiglu) {
       launch_gemm_tiled(args, f, gelu, *gemm, x2, stream);
@@ -571,6 +588,11 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
     return swiglu_of_tiled_rows(pairs, bias).to(x.scalar_type()).view(out_sizes);
   }
   args.swiglu = swiglu;
+  if (rms_eps.has_value()) {
+    args.norm_x = x2.const_data_ptr();  // (args.x may become a packed copy below)
+    args.rms_eps = static_cast<float>(*rms_eps);
+    args.inv_k = 1.0f / static_cast<float>(k);
+  }
   const bool fp32x = x.scalar_type() == at::kFloat;
   const bool sweep = f == Format::NVFP4 && x.scalar_type() == at::kBFloat16 && !gelu;
   const GemvConfig cfg = choose_config(f, sweep, fp32x, m, args.n_tiles, args.steps, sm_count(x.get_device()));
@@ -623,14 +645,15 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
 
 at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& tile_scales,
                                  const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
-                                 const std::string& fmt, int64_t n, int64_t k, bool gelu) {
-  return tiled_linear_cuda(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu, false);
+                                 const std::string& fmt, int64_t n, int64_t k, bool gelu,
+                                 c10::optional<double> rms_eps, const c10::optional<at::Tensor>& residual) {
+  return tiled_linear_cuda(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu, false, rms_eps, residual);
 }
 
 at::Tensor fp4_linear_tiled_swiglu_cuda(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& tile_scales,
                                         const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
-                                        const std::string& fmt, int64_t n, int64_t k) {
-  return tiled_linear_cuda(x, tiles, tile_scales, out_scale, bias, fmt, n, k, false, true);
+                                        const std::string& fmt, int64_t n, int64_t k, c10::optional<double> rms_eps) {
+  return tiled_linear_cuda(x, tiles, tile_scales, out_scale, bias, fmt, n, k, false, true, rms_eps, c10::nullopt);
 }
 
 }  // namespace

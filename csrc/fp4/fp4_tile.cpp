@@ -14,8 +14,10 @@
 #include <ATen/ops/isnan.h>
 #include <ATen/ops/ldexp.h>
 #include <ATen/ops/matmul.h>
+#include <ATen/ops/mean.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/ones_like.h>
+#include <ATen/ops/rsqrt.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/tensor.h>
@@ -280,30 +282,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_untile_packed(const at::Tenso
   return {packed, block.contiguous(), one};
 }
 
-// x @ untile(...).T + bias in float32 (gelu if asked), cast to x's dtype: the CPU kernel of
-// fp4_linear_tiled (the CUDA one is fp4_gemv_cuda.cu).
+// x @ untile(...).T + bias in float32 (gelu if asked; x RMS-normalised first with rms_eps, the
+// residual added last), cast to x's dtype: the CPU kernel of fp4_linear_tiled (the CUDA one is
+// fp4_gemv_cuda.cu).
 at::Tensor fp4_linear_tiled_cpu(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& lane_scales,
                                 const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
-                                const std::string& fmt, int64_t n, int64_t k, bool gelu) {
+                                const std::string& fmt, int64_t n, int64_t k, bool gelu,
+                                c10::optional<double> rms_eps, const c10::optional<at::Tensor>& residual) {
   check_tiled_weight(tiles, lane_scales, out_scale, fmt, n, k);
-  check_tiled_linear_args(x, tiles, bias, n, k);
+  check_tiled_linear_args(x, tiles, bias, n, k, rms_eps, residual, n);
   const at::Tensor w = fp4_untile(tiles, lane_scales, out_scale, fmt, n, k);
-  at::Tensor y = at::matmul(x.to(at::kFloat), w.t());
+  at::Tensor y = at::matmul(rms_eps.has_value() ? rms_normalized(x, *rms_eps) : x.to(at::kFloat), w.t());
   if (bias.has_value()) y = y.add(bias->to(at::kFloat));
   if (gelu) y = at::gelu(y);
+  if (residual.has_value()) y = y.add(residual->to(at::kFloat));
   return y.to(x.scalar_type());
 }
 
-// swiglu_of_tiled_rows(x @ untile(...).T) in float32, cast to x's dtype: the CPU kernel of
-// fp4_linear_tiled_swiglu.
+// swiglu_of_tiled_rows(x @ untile(...).T) in float32 (x RMS-normalised first with rms_eps), cast
+// to x's dtype: the CPU kernel of fp4_linear_tiled_swiglu.
 at::Tensor fp4_linear_tiled_swiglu_cpu(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& lane_scales,
                                        const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
-                                       const std::string& fmt, int64_t n, int64_t k) {
+                                       const std::string& fmt, int64_t n, int64_t k, c10::optional<double> rms_eps) {
   check_tiled_weight(tiles, lane_scales, out_scale, fmt, n, k);
-  check_tiled_linear_args(x, tiles, bias, n, k);
+  check_tiled_linear_args(x, tiles, bias, n, k, rms_eps);
   check_swiglu_rows(n);
   const at::Tensor w = fp4_untile(tiles, lane_scales, out_scale, fmt, n, k);
-  return swiglu_of_tiled_rows(at::matmul(x.to(at::kFloat), w.t()), bias).to(x.scalar_type());
+  const at::Tensor xf = rms_eps.has_value() ? rms_normalized(x, *rms_eps) : x.to(at::kFloat);
+  return swiglu_of_tiled_rows(at::matmul(xf, w.t()), bias).to(x.scalar_type());
 }
 
 }  // namespace
@@ -336,7 +342,8 @@ Format check_tiled_weight(const at::Tensor& tiles, const at::Tensor& tile_scales
 }
 
 void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const c10::optional<at::Tensor>& bias,
-                             int64_t n, int64_t k) {
+                             int64_t n, int64_t k, c10::optional<double> rms_eps,
+                             const c10::optional<at::Tensor>& residual, int64_t n_out) {
   check_float_input(x, "x");
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == k, "x: expected [..., ", k, "], got shape ", x.sizes());
   TORCH_CHECK_VALUE(x.device() == tiles.device(), "x: expected device ", tiles.device(), ", got ", x.device());
@@ -347,6 +354,26 @@ void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const
     TORCH_CHECK_VALUE(bias->device() == tiles.device(), "bias: expected device ", tiles.device(), ", got ",
                       bias->device());
   }
+  if (rms_eps.has_value()) {
+    TORCH_CHECK_VALUE(std::isfinite(*rms_eps) && *rms_eps >= 0.0, "rms_eps: expected a finite value >= 0, got ",
+                      *rms_eps);
+  }
+  if (residual.has_value()) {
+    TORCH_CHECK_VALUE(n_out > 0, "residual: not taken by this op");
+    TORCH_CHECK_TYPE(residual->scalar_type() == x.scalar_type(), "residual: expected x's dtype ", x.scalar_type(),
+                     ", got ", residual->scalar_type());
+    auto want = x.sizes().vec();
+    want.back() = n_out;
+    TORCH_CHECK_VALUE(residual->sizes() == at::IntArrayRef(want), "residual: expected shape ", at::IntArrayRef(want),
+                      ", got ", residual->sizes());
+    TORCH_CHECK_VALUE(residual->device() == x.device(), "residual: expected x's device ", x.device(), ", got ",
+                      residual->device());
+  }
+}
+
+at::Tensor rms_normalized(const at::Tensor& x, double eps) {
+  const at::Tensor xf = x.to(at::kFloat);
+  return xf.mul(at::rsqrt(xf.square().mean(-1, /*keepdim=*/true).add(eps)));
 }
 
 void check_swiglu_rows(int64_t n) {

@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "fp4/fp4_format.h"
 #include "fp4/fp4_tiled_layout.h"
@@ -179,6 +180,14 @@ struct TiledLinearArgs {
   // the gate rows 8 tile .. 8 tile + 7 and rows 8..15 the up rows n / 2 + the same (the order
   // apt_ext.fp4.tiled.tile(weight, swiglu=True) makes); bias [n] in the weight's own order.
   bool swiglu;
+  // Fused RMSNorm prologue (GEMV only; rms_eps < 0: none): each output of x row r is scaled by
+  // rsqrt(sum of r's squares * inv_k + rms_eps), the sums taken by the kernel from norm_x ([m,
+  // x_stride] of x's dtype: x as the caller gave it, where x above is a packed copy) into shared
+  // memory (row_sum_squares). residual: nullptr, or [m, n] (SwiGLU: not taken) of the output's
+  // dtype added to each output after the bias and activation.
+  const void* norm_x;
+  float rms_eps, inv_k;
+  const void* residual;
 };
 
 
@@ -251,14 +260,87 @@ __device__ __forceinline__ void reduce_k_parts(float (&acc)[TW][XB][4], float* p
   }
 }
 
+// sum of squares of the 16 bytes `v` of x (8 bfloat16 / float16 or 4 float32 values), in float32.
+template <typename T>
+__device__ __forceinline__ float sum_squares(const uint4& v) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (sizeof(T) == 4) {
+      const float f = __uint_as_float(w[i]);
+      s = fmaf(f, f, s);
+    } else {
+      float2 f;
+      if constexpr (std::is_same_v<T, at::Half>) {
+        f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      } else {
+        f = make_float2(__uint_as_float(w[i] << 16), __uint_as_float(w[i] & 0xffff0000u));
+      }
+      s = fmaf(f.x, f.x, fmaf(f.y, f.y, s));
+    }
+  }
+  return s;
+}
+
+// The RMSNorm prologue's sums (TiledLinearArgs::rms_eps): the block's threads split each of its
+// `rows` rows of norm_x from row_first (four rows at a time, so a thread has up to eight 16-byte
+// loads in flight), each warp's sum of row r lands in part[warp * 32 + r] (rows <= 32). Every
+// thread of the block calls it (it ends with a __syncthreads); x was just written by the previous
+// kernel, so the loads hit L2.
+template <typename T>
+__device__ __forceinline__ void row_sum_squares(const TiledLinearArgs& a, int64_t row_first, int rows, float* part) {
+  constexpr int kRowsAtOnce = 4;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t pieces = a.x_stride * static_cast<int64_t>(sizeof(T)) / 16;  // 16-byte pieces per row
+  const uint4* base = static_cast<const uint4*>(a.norm_x) + row_first * pieces;
+  for (int r0 = 0; r0 < rows; r0 += kRowsAtOnce) {
+    float s[kRowsAtOnce] = {};
+    for (int64_t p = threadIdx.x; p < pieces; p += blockDim.x) {
+      uint4 v[kRowsAtOnce];
+#pragma unroll
+      for (int j = 0; j < kRowsAtOnce; ++j) {
+        v[j] = r0 + j < rows ? __ldg(base + (r0 + j) * pieces + p) : make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int j = 0; j < kRowsAtOnce; ++j) s[j] += sum_squares<T>(v[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < kRowsAtOnce; ++j) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) s[j] += __shfl_xor_sync(0xffffffffu, s[j], o);
+      if (lane == 0 && r0 + j < rows) part[warp * 32 + r0 + j] = s[j];
+    }
+  }
+  __syncthreads();
+}
+
 // Writes a warp's C fragments: acc[u][i][0..1] = (row g of tile tile0 + u, x rows row_first + 8 i
 // + 2t, + 1), acc[u][i][2..3] = (row g + 8, same); out[x row * n + weight row] = sum * out_scale
-// + bias, then GELU if kGelu; with args.swiglu, silu(gate) * up of the tile's row pairs (g, g + 8)
+// (* the row's RMSNorm factor where norm_part holds row_sum_squares' sums) + bias, then GELU if
+// kGelu, then + residual; with args.swiglu, silu(gate) * up of the tile's row pairs (g, g + 8)
 // instead (TiledLinearArgs::swiglu). Rows past N or M and tiles past the last are skipped.
 template <typename T, bool kGelu, int TW, int XB>
 __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], const TiledLinearArgs& args,
-                                              int64_t tile0, int64_t row_first, int g, int t) {
-  const float scale = __ldg(args.out_scale);
+                                              int64_t tile0, int64_t row_first, int g, int t,
+                                              const float* norm_part = nullptr) {
+  // the output scale of each of this thread's x rows (8 i + 2 t + e): out_scale, times the row's
+  // RMSNorm factor when the prologue ran (the warps' sums added here, after the main loop, so
+  // they hold no registers there)
+  float scale[XB][2];
+  const float out_scale = __ldg(args.out_scale);
+#pragma unroll
+  for (int i = 0; i < XB; ++i) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      scale[i][e] = out_scale;
+      if (norm_part != nullptr) {
+        float ss = 0.0f;
+        for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) ss += norm_part[w * 32 + 8 * i + 2 * t + e];
+        scale[i][e] *= rsqrtf(ss * args.inv_k + args.rms_eps);
+      }
+    }
+  }
   if (args.swiglu) {
     // rows g and g + 8 of a tile are gate and up of output feature 8 tile + g
     const int64_t half = args.n / 2;
@@ -277,7 +359,7 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
         for (int e = 0; e < 2; ++e) {
           const int64_t col = row_first + 8 * i + 2 * t + e;
           if (col >= args.m) continue;
-          const float gate = acc[u][i][e] * scale + bias[0], up = acc[u][i][2 + e] * scale + bias[1];
+          const float gate = acc[u][i][e] * scale[i][e] + bias[0], up = acc[u][i][2 + e] * scale[i][e] + bias[1];
           static_cast<T*>(args.out)[col * half + j] = static_cast<T>(gate / (1.0f + __expf(-gate)) * up);
         }
       }
@@ -302,9 +384,10 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
         const int64_t row = (tile0 + u) * kTileRows + g + 8 * (e >> 1);
         const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
         if (row >= args.n || col >= args.m) continue;
-        float v = acc[u][i][e] * scale;
+        float v = acc[u][i][e] * scale[i][e & 1];
         if (args.bias != nullptr) v += bias[e >> 1];
         if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        if (args.residual != nullptr) v += static_cast<float>(static_cast<const T*>(args.residual)[col * args.n + row]);
         static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v);
       }
     }

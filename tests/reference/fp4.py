@@ -116,3 +116,9 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, tensor_s
     if bias is not None:
         out = out + bias.double()
     return out.to(x.dtype)
+
+
+def rms_normalized(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The tiled ops' RMSNorm prologue (rms_eps): x [..., K] * rsqrt(mean(x**2, -1) + eps), in float64."""
+    x = x.double()
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)

@@ -1,0 +1,103 @@
+"""RMSNorm and residual adds fused into the FP4 projections around them (a pre-norm decoder layer:
+``x + o(attn(qkv(norm1(x))))``, ``x + down(swiglu(gate_up(norm2(x))))``).
+
+``fold_rms_norm_`` moves an RMSNorm's weight into the columns of the projections that read the
+norm (exact in float: ``W @ (g * n) == (W * g) @ n``), leaving a norm that only normalises. After
+``apt_ext.quantize_``, ``rms_norm_linear`` / ``rms_norm_swiglu`` then run the norm inside
+FP4Linear's kernel (the GEMV sums the squares of x itself) and ``linear_residual`` adds the residual
+stream as the kernel stores its output: the separate norm and add kernels of a layer go. For any
+other modules, or calls off the tiled path, each helper is the plain composite.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from apt_ext.nn.fp4_linear import FP4Linear, swiglu
+
+
+def _check_norm(norm: nn.Module) -> None:
+    if not isinstance(norm, nn.Module):
+        raise TypeError(f"norm: expected an nn.Module, got {type(norm).__name__}")
+
+
+def fold_rms_norm_(norm: nn.RMSNorm, *linears: nn.Linear) -> nn.RMSNorm:
+    """Fold ``norm``'s weight g [D] into every Linear that reads its output (``W[:, j] *= g[j]``,
+    computed in float32 and rounded to W's dtype), then drop it (``norm.weight`` becomes None: the
+    norm only normalises). The model computes the same function (up to that rounding). Call it on
+    the float model, before ``apt_ext.quantize_``: the quantised weights then carry g, and
+    ``rms_norm_linear`` / ``rms_norm_swiglu`` can fuse the norm into the FP4 kernel. A norm without
+    a weight is left as it is. Returns ``norm``."""
+    if not isinstance(norm, nn.RMSNorm):
+        raise TypeError(f"norm: expected an nn.RMSNorm, got {type(norm).__name__}")
+    if len(norm.normalized_shape) != 1:
+        raise ValueError(f"norm: expected a norm over one dimension, got normalized_shape {norm.normalized_shape}")
+    if not linears:
+        raise ValueError("linears: expected at least one nn.Linear that reads norm's output")
+    d = norm.normalized_shape[0]
+    for i, lin in enumerate(linears):
+        if isinstance(lin, FP4Linear):
+            raise TypeError(f"linears[{i}]: is an FP4Linear; fold the norm into the float model's Linear layers "
+                            f"before apt_ext.quantize_ (its 4-bit weights cannot take g exactly)")
+        if not isinstance(lin, nn.Linear):
+            raise TypeError(f"linears[{i}]: expected an nn.Linear, got {type(lin).__name__}")
+        if lin.in_features != d:
+            raise ValueError(f"linears[{i}]: in_features {lin.in_features} does not match norm's size {d}")
+        if any(lin is other for other in linears[:i]):
+            raise ValueError(f"linears[{i}]: the same layer appears twice (it would be scaled twice)")
+    if norm.weight is None:
+        return norm
+    with torch.no_grad():
+        g = norm.weight.detach().float()
+        for lin in linears:
+            lin.weight.copy_((lin.weight.float() * g.to(lin.weight.device)).to(lin.weight.dtype))
+    norm.register_parameter("weight", None)
+    norm.elementwise_affine = False
+    return norm
+
+
+def _fusable(norm: nn.Module, linear: nn.Module) -> bool:
+    """Whether ``linear`` can run ``norm`` inside its kernel: an FP4Linear after an RMSNorm over its
+    in_features with no weight (folded by fold_rms_norm_, or made without one)."""
+    return (isinstance(linear, FP4Linear) and isinstance(norm, nn.RMSNorm) and norm.weight is None
+            and tuple(norm.normalized_shape) == (linear.in_features,))
+
+
+def _eps(norm: nn.RMSNorm, x: torch.Tensor) -> float:
+    """The epsilon nn.RMSNorm uses for x: its own, or torch.finfo(x.dtype).eps when it has none."""
+    return float(norm.eps) if norm.eps is not None else float(torch.finfo(x.dtype).eps)
+
+
+def rms_norm_linear(norm: nn.Module, linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``linear(norm(x))`` [..., out_features]. An FP4Linear after a weightless RMSNorm (see
+    ``fold_rms_norm_``) runs ``FP4Linear.fused(x, rms_eps=norm's eps)``: one kernel on the tiled path,
+    x normalised in float32 and not rounded in between."""
+    _check_norm(norm)
+    if _fusable(norm, linear):
+        return linear.fused(x, rms_eps=_eps(norm, x))
+    if not isinstance(linear, nn.Module):
+        raise TypeError(f"linear: expected an nn.Module, got {type(linear).__name__}")
+    return linear(norm(x))
+
+
+def rms_norm_swiglu(norm: nn.Module, gate_up: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``apt_ext.nn.swiglu(gate_up, norm(x))`` [..., out_features / 2]: silu(gate) * up of a fused
+    [gate; up] projection. An FP4Linear after a weightless RMSNorm runs
+    ``FP4Linear.swiglu(x, rms_eps=norm's eps)``: norm, product and SwiGLU in one kernel on the tiled
+    path."""
+    _check_norm(norm)
+    if _fusable(norm, gate_up):
+        return gate_up.swiglu(x, rms_eps=_eps(norm, x))
+    return swiglu(gate_up, norm(x))
+
+
+def linear_residual(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + linear(x)`` [..., out_features] (residual: that shape, x's dtype). An FP4Linear
+    runs ``FP4Linear.fused(x, residual=residual)``: the kernel adds the residual as it stores."""
+    if isinstance(linear, FP4Linear):
+        return linear.fused(x, residual=residual)
+    if not isinstance(linear, nn.Module):
+        raise TypeError(f"linear: expected an nn.Module, got {type(linear).__name__}")
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"residual: expected a Tensor, got {type(residual).__name__}")
+    return residual + linear(x)

@@ -273,11 +273,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
       for (int c = 0; c < 4; ++c) xb[0].load_chunk_packed(xp_lane, 0, c);
     }
   }
-  // The RMSNorm prologue (TiledLinearArgs::rms_eps): the block's rows of x summed while the weight
-  // ring's first loads (and x's first step) are in flight; the factors are applied at the store.
-  __shared__ float norm_part[kMaxWarps * 32];
-  const bool norm = args.rms_eps >= 0.0f;
-  if (norm) row_sum_squares<T>(args, row_first, rows_here, norm_part);
   const auto no_refill = [](int) {};
   auto step = [&](auto checked, int i, int64_t s) {
     constexpr bool kChecked = decltype(checked)::value;
@@ -318,6 +313,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     }
   }
 
+  // The RMSNorm (TiledLinearArgs::rms_eps): the block's rows of x summed after the main loop, from
+  // L1 (the loop just read them there), so the weight stream starts undelayed; the factors are
+  // applied at the store.
+  __shared__ float norm_part[kMaxWarps * 32];
+  const bool norm = args.rms_eps >= 0.0f;
+  if (norm) row_sum_squares<T>(args, row_first, rows_here, norm_part);
   // K parts 1.. hand their sums to part 0 through shared memory ([(kw - 1) * rw][TW * MT * 4][32]
   // after the nf4 table).
   reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>()), part, args.rw, rt, args.kw, lane);

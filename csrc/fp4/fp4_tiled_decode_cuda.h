@@ -283,11 +283,11 @@ __device__ __forceinline__ float sum_squares(const uint4& v) {
   return s;
 }
 
-// The RMSNorm prologue's sums (TiledLinearArgs::rms_eps): the block's threads split each of its
-// `rows` rows of norm_x from row_first (four rows at a time, so a thread has up to eight 16-byte
+// The RMSNorm's sums (TiledLinearArgs::rms_eps): the block's threads split each of its `rows` rows
+// of norm_x from row_first (four rows at a time, the loop unrolled, so a thread has several 16-byte
 // loads in flight), each warp's sum of row r lands in part[warp * 32 + r] (rows <= 32). Every
-// thread of the block calls it (it ends with a __syncthreads); x was just written by the previous
-// kernel, so the loads hit L2.
+// thread of the block calls it (it ends with a __syncthreads). The GEMV calls it after its main
+// loop, when x is in L1.
 template <typename T>
 __device__ __forceinline__ void row_sum_squares(const TiledLinearArgs& a, int64_t row_first, int rows, float* part) {
   constexpr int kRowsAtOnce = 4;
@@ -296,6 +296,7 @@ __device__ __forceinline__ void row_sum_squares(const TiledLinearArgs& a, int64_
   const uint4* base = static_cast<const uint4*>(a.norm_x) + row_first * pieces;
   for (int r0 = 0; r0 < rows; r0 += kRowsAtOnce) {
     float s[kRowsAtOnce] = {};
+#pragma unroll 4
     for (int64_t p = threadIdx.x; p < pieces; p += blockDim.x) {
       uint4 v[kRowsAtOnce];
 #pragma unroll

@@ -808,6 +808,20 @@ def decode_attention(name: str, d: dict) -> str:
     return "\n".join(lines)
 
 
+def fp4_norm_fusion(name: str, d: dict) -> str:
+    """``benchmarks/fp4_norm_fusion.py``: the GEMV with its fused RMSNorm / residual against the
+    plain GEMV and the composite (separate kernels), per call of a CUDA graph of calls."""
+    ways = ("plain", "composite", "fused")
+    rows = [[r["projection"], f"{r['n']} x {r['k']}", r["fused"], str(r["m"]),
+             *(f"{r[w]['us']:.2f}" for w in ways), f"{r['fused_minus_plain_us']:+.2f}",
+             f"{r['composite_minus_fused_us']:+.2f}", f"{r['fused_rel_diff_vs_composite']:.1e}"] for r in d["runs"]]
+    return "\n".join([f"{d['fmt']} weights, {d['dtype']} x, us per call ({d['calls_per_timing']} calls on as many "
+                      "weight copies per timing); fused - plain: what the fusion adds to the GEMV; composite - fused: "
+                      "what it saves.", "",
+                      table(["projection", "N x K", "fused", "M", *ways, "fused - plain", "composite - fused",
+                             "fused vs composite"], rows)])
+
+
 SECTIONS = [
     Section("FP4 on the CPU, AVX2 path (`benchmarks/fp4_cpu.py`)", ["fp4_cpu_avx2*.json"], fp4_cpu,
             missing="No JSON from a CPU on the AVX2 path yet."),
@@ -821,6 +835,8 @@ SECTIONS = [
     Section("FP4 GEMV launch sweep on the GPU (`benchmarks/fp4_gemv_sweep.py`)", ["fp4_gemv_sweep_NVIDIA_H200.json"],
             fp4_gemv_sweep, level=3),
     Section("Decode attention (`benchmarks/decode_attention.py`)", ["decode_attention_*.json"], decode_attention),
+    Section("FP4 GEMV with its RMSNorm / residual fused (`benchmarks/fp4_norm_fusion.py`)", ["fp4_norm_fusion_*.json"],
+            fp4_norm_fusion, missing="No JSON yet: not run on a GPU."),
     Section("FP4 end to end: a BERT-base-size encoder (`benchmarks/e2e_encoder.py`)", ["e2e_encoder_*.json"],
             e2e_encoder, level=3),
     Section("Left-spin residual (`benchmarks/left_spin.py`)",

@@ -203,3 +203,26 @@ def test_fused_composite_keeps_gradients(rng):
     r = torch.randn(2, 8, generator=rng, requires_grad=True)
     layer.fused(x, rms_eps=1e-5, residual=r).sum().backward()
     assert x.grad is not None and torch.equal(r.grad, torch.ones(2, 8))
+
+
+def test_norm_fusion_benchmark_cpu(tmp_path, one_thread):
+    """benchmarks/fp4_norm_fusion.py --cpu: every projection and row count timed three ways, the
+    fused output equal to the composite's and both close to the float64 reference."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fp4_norm_fusion
+
+    out = tmp_path / "nf.json"
+    assert fp4_norm_fusion.main(["--cpu", "--ms", "1,3", "--iters", "1", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert [(r["projection"], r["m"]) for r in d["runs"]] == [(p, m) for p in ("qkv", "o", "gate_up", "down")
+                                                               for m in (1, 3)]
+    for r in d["runs"]:
+        assert all(r[w]["us"] > 0 for w in fp4_norm_fusion.WAYS)
+        assert r["fused_rel_diff_vs_composite"] < 1e-5
+        assert r["fused"]["rel_err_vs_float64"] < 1e-5 and r["composite"]["rel_err_vs_float64"] < 1e-5
+    with pytest.raises(SystemExit):
+        fp4_norm_fusion.main(["--cpu", "--ms", "0"])

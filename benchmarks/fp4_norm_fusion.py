@@ -1,0 +1,168 @@
+"""The GEMV's fused RMSNorm prologue and residual epilogue against the same work as separate
+kernels, on the four projections of a Llama-3-8B decoder layer (nvfp4, bf16 x), in one run.
+
+Per projection and rows of x, three ways:
+- ``plain``: the tiled op alone (x taken as already normalised, no residual): the GEMV's own time;
+- ``composite``: what a model runs without fusion: ``F.rms_norm`` then the op, or the op then
+  ``+ residual``;
+- ``fused``: the op with ``rms_eps`` / ``residual`` (``FP4Linear.fused`` / ``swiglu``'s kernel).
+
+Projections: qkv 6144 x 4096 (norm), o 4096 x 4096 (residual), gate/up 28672 x 4096 in the SwiGLU
+order (norm + SwiGLU), down 4096 x 14336 (residual). On CUDA each way is timed as ``--calls``
+calls on as many copies of the weight (so they stream from memory, not L2) replayed from one CUDA
+graph: GPU time per call; fused - plain is what the fusion adds to the GEMV, composite - fused what
+it saves. Accuracy: relative difference of fused from composite, and of each from a float64
+reference of the first copy.
+
+    python benchmarks/fp4_norm_fusion.py             # rows 1 and 16 on a GPU
+    python benchmarks/fp4_norm_fusion.py --cpu       # tiny shapes, eager, on the CPU (the tests)
+Writes benchmarks/results/fp4_norm_fusion_<machine>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT.parent / "tests"))
+from e2e_decoder import capture_graph, replay_seconds  # noqa: E402
+
+from apt_ext.fp4 import quantize  # noqa: E402
+from apt_ext.fp4.tiled import TiledFP4Weight, tile  # noqa: E402
+from reference import fp4 as ref  # noqa: E402  (the float64 definitions the tests use)
+
+EPS = 1e-5
+WAYS = ("plain", "composite", "fused")
+# name: (N, K, what is fused: "norm", "residual" or "norm_swiglu")
+PROJECTIONS = {"qkv": (6144, 4096, "norm"), "o": (4096, 4096, "residual"),
+               "gate_up": (28672, 4096, "norm_swiglu"), "down": (4096, 14336, "residual")}
+CPU_PROJECTIONS = {"qkv": (96, 64, "norm"), "o": (64, 64, "residual"), "gate_up": (128, 64, "norm_swiglu"),
+                   "down": (64, 160, "residual")}
+
+
+def way(name: str, kind: str, w: TiledFP4Weight):
+    """fn(x [M, K], residual [M, N]) -> output of one way (module docstring)."""
+    n, k = w.shape
+    if kind == "norm_swiglu":
+        if name == "plain":
+            return lambda x, r: w.swiglu_linear(x)
+        if name == "composite":
+            return lambda x, r: w.swiglu_linear(F.rms_norm(x, (k,), eps=EPS))
+        return lambda x, r: w.swiglu_linear(x, rms_eps=EPS)
+    if name == "plain":
+        return lambda x, r: w.linear(x)
+    if kind == "norm":
+        if name == "composite":
+            return lambda x, r: w.linear(F.rms_norm(x, (k,), eps=EPS))
+        return lambda x, r: w.linear(x, rms_eps=EPS)
+    if name == "composite":
+        return lambda x, r: r + w.linear(x)
+    return lambda x, r: w.linear(x, residual=r)
+
+
+def reference(kind: str, q, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """float64 output of the fused computation for the first copy (q: its FP4Weight)."""
+    xin = ref.rms_normalized(x, EPS) if kind.startswith("norm") else x.double()
+    y = ref.linear(xin, q.packed, q.scales, q.tensor_scale, None, q.fmt, q.block_size)
+    if kind == "norm_swiglu":
+        gate, up = y.chunk(2, -1)
+        return F.silu(gate) * up
+    return y + r.double() if kind == "residual" else y
+
+
+def time_gpu(fns, iters: int) -> tuple[float, torch.Tensor]:
+    """(median GPU seconds per call of the calls ``fns`` replayed from one CUDA graph, first output)."""
+    graph, outs = capture_graph(lambda: [fn() for fn in fns], warmups=3)
+    return replay_seconds(graph, iters) / len(fns), outs[0]
+
+
+def time_cpu(fns, iters: int) -> tuple[float, torch.Tensor]:
+    """(median wall seconds per call, eager, first output)."""
+    out = fns[0]()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        for fn in fns:
+            fn()
+        times.append((time.perf_counter() - t0) / len(fns))
+    return statistics.median(times), out
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cpu", action="store_true", help="tiny shapes, eager, on the CPU")
+    ap.add_argument("--ms", default="1,16", help="comma-separated rows of x")
+    ap.add_argument("--calls", type=int, default=None, help="calls (weight copies) per timing (default 16, CPU 2)")
+    ap.add_argument("--iters", type=int, default=None, help="timed repetitions (default 50, CPU 3)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fp4_norm_fusion_<machine>.json)")
+    args = ap.parse_args(argv)
+    ms = [int(m) for m in args.ms.split(",")]
+    if any(m < 1 for m in ms):
+        ap.error(f"--ms: expected positive integers, got {args.ms!r}")
+    gpu = torch.cuda.is_available() and not args.cpu
+    if not gpu and not args.cpu:
+        ap.error("needs a CUDA GPU (or --cpu)")
+    device = torch.device("cuda" if gpu else "cpu")
+    dtype = torch.bfloat16 if gpu else torch.float32
+    calls = args.calls or (16 if gpu else 2)
+    iters = args.iters or (50 if gpu else 3)
+    if calls < 1 or iters < 1:
+        ap.error("--calls and --iters: expected positive integers")
+    timer = time_gpu if gpu else time_cpu
+    machine = torch.cuda.get_device_name(0) if gpu else f"CPU {platform.machine()}"
+    result = {"benchmark": "fp4_norm_fusion", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine, "torch": torch.__version__, "command": " ".join([sys.executable, *sys.argv]),
+              "fmt": "nvfp4", "dtype": str(dtype).replace("torch.", ""), "eps": EPS, "calls_per_timing": calls,
+              "iters": iters, "runs": []}
+    tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower()
+    out = Path(args.out) if args.out else ROOT / "results" / f"fp4_norm_fusion_{tag}.json"
+    out.parent.mkdir(exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    for proj, (n, k, kind) in tqdm((CPU_PROJECTIONS if args.cpu else PROJECTIONS).items(), desc="projections"):
+        q = quantize((torch.randn(n, k, generator=g) * 0.02).to(device), "nvfp4")
+        first = tile(q, swiglu=kind == "norm_swiglu")
+        copies = [first] + [TiledFP4Weight(first.tiles.clone(), first.tile_scales.clone(), first.out_scale.clone(),
+                                           first.fmt, first.shape, first.swiglu) for _ in range(calls - 1)]
+        n_out = n // 2 if kind == "norm_swiglu" else n
+        for m in ms:
+            x = (torch.randn(m, k, generator=g) * 3).to(device, dtype)
+            r = torch.randn(m, n_out, generator=g).to(device, dtype)
+            want = reference(kind, q, x, r)
+            row = {"projection": proj, "n": n, "k": k, "fused": kind, "m": m}
+            outs = {}
+            for name in WAYS:
+                secs, outs[name] = timer([lambda f=way(name, kind, w): f(x, r) for w in copies], iters)
+                row[name] = {"us": secs * 1e6}
+                if name != "plain":
+                    row[name]["rel_err_vs_float64"] = rel(outs[name], want)
+            row["fused_rel_diff_vs_composite"] = rel(outs["fused"], outs["composite"])
+            row["fused_minus_plain_us"] = row["fused"]["us"] - row["plain"]["us"]
+            row["composite_minus_fused_us"] = row["composite"]["us"] - row["fused"]["us"]
+            result["runs"].append(row)
+            out.write_text(json.dumps(result, indent=1))  # after every row: a run cut short keeps its rows
+            print(f"{proj} ({n}x{k}, {kind}) M={m}: " + ", ".join(f"{w} {row[w]['us']:.2f} us" for w in WAYS)
+                  + f"; fused adds {row['fused_minus_plain_us']:.2f} us to the GEMV and saves "
+                  f"{row['composite_minus_fused_us']:.2f} us against the composite")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -603,7 +603,7 @@ __global__ void __launch_bounds__(kWarps * 32, blocks_per_sm(TW, XB)) gemm_tiled
   auto store = [&](unsigned ob) {
     const int64_t tile0 = (static_cast<int64_t>(ob / args.m_blocks) * args.rw + wn) * TW;
     if (part == 0 && tile0 < args.n_tiles) {
-      store_outputs<at::BFloat16, kGelu>(acc, args, tile0, static_cast<int64_t>(ob % args.m_blocks) * (8 * XB),
+      store_outputs<at::BFloat16, kGelu, false>(acc, args, tile0, static_cast<int64_t>(ob % args.m_blocks) * (8 * XB),
                                          lane >> 2, lane & 3);
     }
   };

@@ -323,7 +323,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   // after the nf4 table).
   reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>()), part, args.rw, rt, args.kw, lane);
   if (part != 0) return;
-  store_outputs<T, kGelu>(acc, args, tile0, row_first, g, t, norm ? norm_part : nullptr);
+  store_outputs<T, kGelu, true>(acc, args, tile0, row_first, g, t, norm ? norm_part : nullptr);
 }
 
 // Launch shape: warps along N per block (rw), K parts (kw), pipeline stages (s), x rows per block
@@ -509,9 +509,8 @@ at::Tensor pack_x(const at::Tensor& x2, int64_t m_blocks, int mt, int64_t steps,
 }
 
 // fp4_linear_tiled (gelu) and fp4_linear_tiled_swiglu (swiglu: out [..., n / 2]), with the
-// RMSNorm prologue (rms_eps) and the residual epilogue: fused into the GEMV; on the GEMM's route
-// x is normalised by ATen first (rounded to x's dtype: the GEMM reads bfloat16) and the residual
-// added in the GEMM's epilogue.
+// RMSNorm (rms_eps) and the residual: fused into the GEMV; on the GEMM's route x is normalised by
+// ATen first (rounded to x's dtype: the GEMM reads bfloat16) and the residual added by ATen after.
 at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
                              const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
                              const std::string& fmt, int64_t n, int64_t k, bool gelu, bool swiglu,
@@ -564,12 +563,9 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
   args.bias_type = !bias.has_value() || bias_c.scalar_type() == at::kFloat ? 0
                    : (bias_c.scalar_type() == at::kBFloat16 ? 1 : 2);
   args.out = out.mutable_data_ptr();
-  args.rms_eps = -1.0f;  // no RMSNorm prologue unless the GEMV takes one below
+  args.rms_eps = -1.0f;  // no RMSNorm unless the GEMV takes one below
   at::Tensor residual_c;
-  if (residual.has_value()) {
-    residual_c = residual->reshape({m, n_out}).contiguous();
-    args.residual = residual_c.const_data_ptr();
-  }
+  if (residual.has_value()) residual_c = residual->reshape({m, n_out}).contiguous();
   args.n = n;
   args.n_tiles = tiles.size(0);
   args.steps = tiles.size(1);
@@ -579,6 +575,7 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
     args.evict_first = true;
     if (!swiglu) {
       launch_gemm_tiled(args, f, gelu, *gemm, x2, stream);
+      if (residual.has_value()) out.add_(residual_c);  // (the GEMM's epilogue leaves it: store_outputs)
       return out.view(out_sizes);
     }
     // the GEMM has no SwiGLU epilogue: its [gate, up] tile pairs, then the SwiGLU by ATen
@@ -589,6 +586,7 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
     return swiglu_of_tiled_rows(pairs, bias).to(x.scalar_type()).view(out_sizes);
   }
   args.swiglu = swiglu;
+  if (residual.has_value()) args.residual = residual_c.const_data_ptr();
   if (rms_eps.has_value()) {
     args.norm_x = x2.const_data_ptr();  // (args.x may become a packed copy below)
     args.rms_eps = static_cast<float>(*rms_eps);

@@ -318,16 +318,18 @@ __device__ __forceinline__ void row_sum_squares(const TiledLinearArgs& a, int64_
 
 // Writes a warp's C fragments: acc[u][i][0..1] = (row g of tile tile0 + u, x rows row_first + 8 i
 // + 2t, + 1), acc[u][i][2..3] = (row g + 8, same); out[x row * n + weight row] = sum * out_scale
-// (* the row's RMSNorm factor where norm_part holds row_sum_squares' sums) + bias, then GELU if
-// kGelu, then + residual; with args.swiglu, silu(gate) * up of the tile's row pairs (g, g + 8)
-// instead (TiledLinearArgs::swiglu). Rows past N or M and tiles past the last are skipped.
-template <typename T, bool kGelu, int TW, int XB>
+// (kFused: * the row's RMSNorm factor where norm_part holds row_sum_squares' sums) + bias, then
+// GELU if kGelu, then (kFused) + args.residual; with args.swiglu, silu(gate) * up of the tile's
+// row pairs (g, g + 8) instead (TiledLinearArgs::swiglu). Rows past N or M and tiles past the
+// last are skipped. kFused is the GEMV's: the GEMM's warp tiles (up to 16 x tiles of 8 rows)
+// would spill the per-row factors and residual values, so it leaves them to the host.
+template <typename T, bool kGelu, bool kFused, int TW, int XB>
 __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], const TiledLinearArgs& args,
                                               int64_t tile0, int64_t row_first, int g, int t,
                                               const float* norm_part = nullptr) {
   // the output scale of each of this thread's x rows (8 i + 2 t + e): out_scale, times the row's
-  // RMSNorm factor when the prologue ran (the warps' sums added here, after the main loop, so
-  // they hold no registers there)
+  // RMSNorm factor when the norm's sums were taken (the warps' sums added here, after the main
+  // loop, so they hold no registers there)
   float scale[XB][2];
   const float out_scale = __ldg(args.out_scale);
 #pragma unroll
@@ -335,7 +337,7 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       scale[i][e] = out_scale;
-      if (norm_part != nullptr) {
+      if (kFused && norm_part != nullptr) {
         float ss = 0.0f;
         for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) ss += norm_part[w * 32 + 8 * i + 2 * t + e];
         scale[i][e] *= rsqrtf(ss * args.inv_k + args.rms_eps);
@@ -378,6 +380,22 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
       const int64_t row = (tile0 + u) * kTileRows + g + 8 * h;
       if (args.bias != nullptr && row < args.n) bias[h] = load_bias<T>(args.bias, args.bias_type, row);
     }
+    // the residual values of the thread's outputs, all loaded before the first store for the same
+    // reason (one memory round trip at the end of the kernel, not one per output)
+    float residual[XB][4] = {};
+    if (kFused && args.residual != nullptr) {
+#pragma unroll
+      for (int i = 0; i < XB; ++i) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t row = (tile0 + u) * kTileRows + g + 8 * (e >> 1);
+          const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
+          if (row < args.n && col < args.m) {
+            residual[i][e] = static_cast<float>(static_cast<const T*>(args.residual)[col * args.n + row]);
+          }
+        }
+      }
+    }
 #pragma unroll
     for (int i = 0; i < XB; ++i) {
 #pragma unroll
@@ -388,8 +406,7 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
         float v = acc[u][i][e] * scale[i][e & 1];
         if (args.bias != nullptr) v += bias[e >> 1];
         if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-        if (args.residual != nullptr) v += static_cast<float>(static_cast<const T*>(args.residual)[col * args.n + row]);
-        static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v);
+        static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v + residual[i][e]);
       }
     }
   }

@@ -1,7 +1,7 @@
 """The CUDA GEMV's RMSNorm prologue and residual epilogue (fp4_linear_tiled's rms_eps / residual,
 fp4_linear_tiled_swiglu's rms_eps) against apt_ext/reference on the CPU: every format and x dtype,
 1 to 64 rows, K padded and split across warps, packed x, the launch variants, the GEMM's route
-(norm by ATen, residual in its epilogue); apt_ext.nn's fused helpers against the composite, in a
+(norm and residual by ATen); apt_ext.nn's fused helpers against the composite, in a
 CUDA graph and compiled.
 
 Run:  python -m pytest tests/gpu/test_fp4_norm_fusion_cuda.py -q
@@ -100,7 +100,7 @@ def test_gemv_norm_launch_variants(launch, monkeypatch):
 @needs_cuda_build
 def test_gemm_route_norm_and_residual(apt_seed):
     """100 rows on 8192 rows of weight take the tiled GEMM: the norm by ATen (x rounded to bfloat16
-    after it), the residual in the GEMM's epilogue."""
+    after it), the residual added by ATen after the GEMM."""
     _check("nvfp4", 100, torch.bfloat16, 8192, 512, apt_seed)
     _check("mxfp4", 200, torch.bfloat16, 8192, 512, apt_seed, gelu=True)
 

@@ -575,7 +575,7 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
     args.evict_first = true;
     if (!swiglu) {
       launch_gemm_tiled(args, f, gelu, *gemm, x2, stream);
-      if (residual.has_value()) out.add_(residual_c);  // (the GEMM's epilogue leaves it: store_outputs)
+      if (residual.has_value()) out.add_(residual_c);  // (store_outputs adds it in the GEMV only)
       return out.view(out_sizes);
     }
     // the GEMM has no SwiGLU epilogue: its [gate, up] tile pairs, then the SwiGLU by ATen

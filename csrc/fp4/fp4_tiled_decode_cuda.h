@@ -180,11 +180,11 @@ struct TiledLinearArgs {
   // the gate rows 8 tile .. 8 tile + 7 and rows 8..15 the up rows n / 2 + the same (the order
   // apt_ext.fp4.tiled.tile(weight, swiglu=True) makes); bias [n] in the weight's own order.
   bool swiglu;
-  // Fused RMSNorm prologue (GEMV only; rms_eps < 0: none): each output of x row r is scaled by
-  // rsqrt(sum of r's squares * inv_k + rms_eps), the sums taken by the kernel from norm_x ([m,
-  // x_stride] of x's dtype: x as the caller gave it, where x above is a packed copy) into shared
-  // memory (row_sum_squares). residual: nullptr, or [m, n] (SwiGLU: not taken) of the output's
-  // dtype added to each output after the bias and activation.
+  // The fused RMSNorm and residual (GEMV only: store_outputs' kFused). rms_eps < 0: no norm;
+  // else each output of x row r is scaled by rsqrt(sum of r's squares * inv_k + rms_eps), the sums
+  // taken by the kernel from norm_x ([m, x_stride] of x's dtype: x as the caller gave it, where x
+  // above is a packed copy) into shared memory (row_sum_squares). residual: nullptr, or [m, n]
+  // (SwiGLU: not taken) of the output's dtype added to each output after the bias and activation.
   const void* norm_x;
   float rms_eps, inv_k;
   const void* residual;

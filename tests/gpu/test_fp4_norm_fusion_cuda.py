@@ -17,11 +17,10 @@ import apt_ext
 from apt_ext import _native
 from apt_ext.fp4 import quantize
 from apt_ext.fp4.tiled import tile
-from apt_ext.nn import FP4Linear, fold_rms_norm_, linear_residual, rms_norm_linear, rms_norm_swiglu, swiglu
+from apt_ext.nn import fold_rms_norm_, linear_residual, rms_norm_linear, rms_norm_swiglu, swiglu
 from fp4_helpers import assert_cuda_graph_replay_matches_eager
 from reference import fp4 as ref
 
-pytestmark = pytest.mark.gpu
 FORMATS = ("nvfp4", "mxfp4", "nf4")
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DEV = "cuda"

@@ -380,6 +380,9 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
       const int64_t row = (tile0 + u) * kTileRows + g + 8 * h;
       if (args.bias != nullptr && row < args.n) bias[h] = load_bias<T>(args.bias, args.bias_type, row);
     }
+    // fragment element (i, e): weight row `row_of(e)`, x row `col_of(i, e)`
+    const auto row_of = [&](int e) { return (tile0 + u) * kTileRows + g + 8 * (e >> 1); };
+    const auto col_of = [&](int i, int e) { return row_first + 8 * i + 2 * t + (e & 1); };
     // the residual values of the thread's outputs, all loaded before the first store for the same
     // reason (one memory round trip at the end of the kernel, not one per output)
     float residual[XB][4] = {};
@@ -388,10 +391,9 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
       for (int i = 0; i < XB; ++i) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int64_t row = (tile0 + u) * kTileRows + g + 8 * (e >> 1);
-          const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
-          if (row < args.n && col < args.m) {
-            residual[i][e] = static_cast<float>(static_cast<const T*>(args.residual)[col * args.n + row]);
+          if (row_of(e) < args.n && col_of(i, e) < args.m) {
+            residual[i][e] =
+                static_cast<float>(static_cast<const T*>(args.residual)[col_of(i, e) * args.n + row_of(e)]);
           }
         }
       }
@@ -400,8 +402,7 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
     for (int i = 0; i < XB; ++i) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int64_t row = (tile0 + u) * kTileRows + g + 8 * (e >> 1);
-        const int64_t col = row_first + 8 * i + 2 * t + (e & 1);
+        const int64_t row = row_of(e), col = col_of(i, e);
         if (row >= args.n || col >= args.m) continue;
         float v = acc[u][i][e] * scale[i][e & 1];
         if (args.bias != nullptr) v += bias[e >> 1];

@@ -25,9 +25,7 @@ import datetime as _dt
 import json
 import platform
 import re
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,7 +36,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent / "tests"))
-from e2e_decoder import capture_graph, replay_seconds  # noqa: E402
+from e2e_decoder import capture_graph, median_s, replay_seconds  # noqa: E402
 
 from apt_ext.fp4 import quantize  # noqa: E402
 from apt_ext.fp4.tiled import TiledFP4Weight, tile  # noqa: E402
@@ -91,14 +89,8 @@ def time_gpu(fns, iters: int) -> tuple[float, torch.Tensor]:
 
 def time_cpu(fns, iters: int) -> tuple[float, torch.Tensor]:
     """(median wall seconds per call, eager, first output)."""
-    out = fns[0]()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        for fn in fns:
-            fn()
-        times.append((time.perf_counter() - t0) / len(fns))
-    return statistics.median(times), out
+    secs, outs = median_s(lambda: [fn() for fn in fns], torch.device("cpu"), iters)
+    return secs / len(fns), outs[0]
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

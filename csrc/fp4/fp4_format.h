@@ -98,7 +98,7 @@ void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const
                              int64_t n, int64_t k, c10::optional<double> rms_eps = c10::nullopt,
                              const c10::optional<at::Tensor>& residual = c10::nullopt, int64_t n_out = 0);
 
-// x [..., k] RMS-normalised in float32: x * rsqrt(mean(x^2, -1) + eps) (fp4_linear_tiled's rms_eps
+// x [..., k] RMS-normalised in float32 by at::rms_norm with no weight (fp4_linear_tiled's rms_eps
 // where no kernel fuses it).
 at::Tensor rms_normalized(const at::Tensor& x, double eps);
 

@@ -14,10 +14,9 @@
 #include <ATen/ops/isnan.h>
 #include <ATen/ops/ldexp.h>
 #include <ATen/ops/matmul.h>
-#include <ATen/ops/mean.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/ones_like.h>
-#include <ATen/ops/rsqrt.h>
+#include <ATen/ops/rms_norm.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/tensor.h>
@@ -372,8 +371,7 @@ void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const
 }
 
 at::Tensor rms_normalized(const at::Tensor& x, double eps) {
-  const at::Tensor xf = x.to(at::kFloat);
-  return xf.mul(at::rsqrt(xf.square().mean(-1, /*keepdim=*/true).add(eps)));
+  return at::rms_norm(x.to(at::kFloat), {x.size(-1)}, /*weight=*/c10::nullopt, eps);
 }
 
 void check_swiglu_rows(int64_t n) {

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             x = (torch.randn(m, k, generator=g) * 3).to(device, dtype)
             r = torch.randn(m, n_out, generator=g).to(device, dtype)
             want = reference(kind, q, x, r)
-            row = {"projection": proj, "n": n, "k": k, "fused": kind, "m": m}
+            row = {"projection": proj, "n": n, "k": k, "fusion": kind, "m": m}
             outs = {}
             for name in WAYS:
                 secs, outs[name] = timer([lambda f=way(name, kind, w): f(x, r) for w in copies], iters)

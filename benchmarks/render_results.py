@@ -812,13 +812,14 @@ def fp4_norm_fusion(name: str, d: dict) -> str:
     """``benchmarks/fp4_norm_fusion.py``: the GEMV with its fused RMSNorm / residual against the
     plain GEMV and the composite (separate kernels), per call of a CUDA graph of calls."""
     ways = ("plain", "composite", "fused")
-    rows = [[r["projection"], f"{r['n']} x {r['k']}", r["fused"], str(r["m"]),
+    rows = [[r["projection"], f"{r['n']} x {r['k']}", r["fusion"], str(r["m"]),
              *(f"{r[w]['us']:.2f}" for w in ways), f"{r['fused_minus_plain_us']:+.2f}",
              f"{r['composite_minus_fused_us']:+.2f}", f"{r['fused_rel_diff_vs_composite']:.1e}"] for r in d["runs"]]
-    return "\n".join([f"{d['fmt']} weights, {d['dtype']} x, us per call ({d['calls_per_timing']} calls on as many "
+    variant = f"Kernel: {d['variant']}. " if "variant" in d else ""
+    return "\n".join([f"{variant}{d['fmt']} weights, {d['dtype']} x, us per call ({d['calls_per_timing']} calls on as many "
                       "weight copies per timing); fused - plain: what the fusion adds to the GEMV; composite - fused: "
                       "what it saves.", "",
-                      table(["projection", "N x K", "fused", "M", *ways, "fused - plain", "composite - fused",
+                      table(["projection", "N x K", "fusion", "M", *ways, "fused - plain", "composite - fused",
                              "fused vs composite"], rows)])
 
 

@@ -221,6 +221,7 @@ def test_norm_fusion_benchmark_cpu(tmp_path, one_thread):
     assert [(r["projection"], r["m"]) for r in d["runs"]] == [(p, m) for p in ("qkv", "o", "gate_up", "down")
                                                                for m in (1, 3)]
     for r in d["runs"]:
+        assert r["fusion"] == fp4_norm_fusion.CPU_PROJECTIONS[r["projection"]][2]
         assert all(r[w]["us"] > 0 for w in fp4_norm_fusion.WAYS)
         assert r["fused_rel_diff_vs_composite"] < 1e-5
         assert r["fused"]["rel_err_vs_float64"] < 1e-5 and r["composite"]["rel_err_vs_float64"] < 1e-5

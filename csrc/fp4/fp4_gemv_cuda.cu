@@ -131,6 +131,22 @@ __device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint32_t (&a
   }
 }
 
+// The RMSNorm's sums of squares of 16-bit x (TiledLinearArgs::rms_eps) on the tensor cores, from
+// the x registers of mma j: one more mma per x tile with A = the lane's own x words (a0 = b0 and
+// a2 = b1 hold row g's columns in the same order as B's column g; rows g + 8 zero) gives the
+// 8 x 8 Gram matrix x x^T of the step's columns, whose diagonal (lane t = g / 2, element g % 2)
+// holds row g's sum of squares (products exact in float32, summed in float32).
+template <typename T, int MT>
+__device__ __forceinline__ void gram_step(float (&gram)[MT][4], const XStep<T, MT>& xs, int j) {
+  static_assert(sizeof(T) == 2, "the Gram matrix is taken of 16-bit x only");
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+    const uint32_t b0 = xs.word(i, 2 * j), b1 = xs.word(i, 2 * j + 1);
+    const uint32_t a[4] = {b0, 0u, b1, 0u};
+    MmaType<T>::mma(gram[i], a, b0, b1);
+  }
+}
+
 // nf4's pair table in shared memory: entry b (a byte of two codes, low nibble first) is the
 // bfloat16 pair (NF4[b & 15], NF4[b >> 4]); each lane has its own copy (entry b of lane l at word
 // 32 b + l, in bank l), so a warp's 32 lookups never conflict.
@@ -141,11 +157,13 @@ constexpr int nf4_table_bytes() { return F == Format::NF4 ? kNf4PairTableBytes :
 // All 8 mma of one step for each of the warp's TW tiles: tile u's words 0..3 in c0[u], 4..7 in
 // c1[u]. XM kXPerChunk: x is loaded here, chunk c + 1 before the mma of chunk c (xrows, col0 as
 // for XStep::load); kXRolling / kXPacked: xs holds this step, and refill(c) loads chunk c of the
-// next step after the mma of chunk c; otherwise xs holds the whole step already.
-template <Format F, typename T, int MT, int TW, int XM, typename Refill>
+// next step after the mma of chunk c; otherwise xs holds the whole step already. kGram and
+// gram_on: gram_step's sums of squares of the step's x too.
+template <Format F, typename T, int MT, int TW, int XM, bool kGram, typename Refill>
 __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c1)[TW], const LaneScales<F> (&sc)[TW],
                                           XStep<T, MT>& xs, const T* const (&xrows)[MT], int64_t col0,
-                                          const uint32_t* nf4_lane, float (&acc)[TW][MT][4], Refill&& refill) {
+                                          const uint32_t* nf4_lane, float (&acc)[TW][MT][4], Refill&& refill,
+                                          float (&gram)[MT][4], bool gram_on) {
   if constexpr (XM == kXPerChunk) xs.load_chunk(xrows, col0, 0);
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
@@ -157,6 +175,9 @@ __device__ __forceinline__ void step_math(const uint4 (&c0)[TW], const uint4 (&c
       uint32_t a[4];
       decode_word<F>(word_of(j < 4 ? c0[u] : c1[u], j & 3), sc[u], j, nf4_lane, a);
       mma_step<T, MT>(acc[u], a, xs, j);
+    }
+    if constexpr (kGram) {
+      if (gram_on) gram_step<T, MT>(gram, xs, j);
     }
     if constexpr (XM == kXRolling || XM == kXPacked) {
       if (j % 2 == 1) refill(j / 2);
@@ -204,7 +225,7 @@ constexpr int min_blocks_per_sm() {
 // block 32 * rw * kw threads, dynamic shared memory nf4_table_bytes<F>() + (kw - 1) * rw *
 // 32 * 4 * MT * TW floats.
 // Warp w: tiles TW * ((blockIdx.x / m_blocks) * rw + w % rw) + u (u < TW), K part w / rw.
-template <Format F, typename T, int MT, int TW, int S, int XM, bool kGelu>
+template <Format F, typename T, int MT, int TW, int S, int XM, bool kGelu, bool kGram>
 __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, XM>()))
     gemv_tiled_kernel(const TiledLinearArgs args) {
   static_assert(TW == 1 || XM == kXPerChunk, "two tiles per warp fit the registers with x per chunk only");
@@ -246,6 +267,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
 #pragma unroll
     for (int i = 0; i < MT; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
 
+  // The RMSNorm (TiledLinearArgs::rms_eps): kGram (launch_gemv), the first warp along N of each K
+  // part takes its part's sums of squares inside the main loop (gram_step); otherwise
+  // row_sum_squares after it.
+  static_assert(!kGram || sizeof(T) == 2, "the Gram matrix is taken of 16-bit x only");
+  const bool gram_on = kGram && rt == 0;
+  float gram[MT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i) gram[i][0] = gram[i][1] = gram[i][2] = gram[i][3] = 0.0f;
+
   // The weights' register ring (WeightRing) and this lane's x columns at the warp's first step.
   static_assert(S % 2 == 0, "the x double buffer alternates with the step's parity");
   WeightRing<F, S, TW> ring(args, tile0, s_begin, lane);
@@ -276,12 +306,16 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   const auto no_refill = [](int) {};
   auto step = [&](auto checked, int i, int64_t s) {
     constexpr bool kChecked = decltype(checked)::value;
+    // step_math on ring slot i with x buffer xs (col0 and refill as step_math takes them)
+    const auto math = [&](XStep<T, MT>& xs, int64_t col0, auto&& refill) {
+      step_math<F, T, MT, TW, XM, kGram>(ring.c0[i], ring.c1[i], ring.sc[i], xs, xrows, col0, nf4_lane, acc, refill,
+                                         gram, gram_on);
+    };
     if constexpr (kXDouble) {
       if (!kChecked || s + 1 < n_steps) xb[(i + 1) & 1].load(xrows, (s + 1) * kStepCols);
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[i & 1], xrows, 0, nf4_lane, acc, no_refill);
+      math(xb[i & 1], 0, no_refill);
     } else if constexpr (XM == kXPerChunk) {
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, s * kStepCols, nf4_lane, acc,
-                                  no_refill);
+      math(xb[0], s * kStepCols, no_refill);
     } else if constexpr (XM == kXRolling || XM == kXPacked) {
       const bool more = !kChecked || s + 1 < n_steps;
       auto refill = [&](int c) {
@@ -292,10 +326,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
           xb[0].load_chunk(xrows, (s + 1) * kStepCols, c);
         }
       };
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nf4_lane, acc, refill);
+      math(xb[0], 0, refill);
     } else {
       xb[0].load(xrows, s * kStepCols);
-      step_math<F, T, MT, TW, XM>(ring.c0[i], ring.c1[i], ring.sc[i], xb[0], xrows, 0, nf4_lane, acc, no_refill);
+      math(xb[0], 0, no_refill);
     }
     if (!kChecked || s + S < n_steps) ring.load(i, args);
     ring.advance(args);
@@ -313,12 +347,21 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     }
   }
 
-  // The RMSNorm (TiledLinearArgs::rms_eps): the block's rows of x summed after the main loop, from
-  // L1 (the loop just read them there), so the weight stream starts undelayed; the factors are
-  // applied at the store.
+  // The norm's sums into norm_part[warp * 32 + row] (the Gram diagonals, zero from the other warps;
+  // or row_sum_squares, which reads x again), applied at the store.
   __shared__ float norm_part[kMaxWarps * 32];
   const bool norm = args.rms_eps >= 0.0f;
-  if (norm) row_sum_squares<T>(args, row_first, rows_here, norm_part);
+  if (norm) {
+    if constexpr (kGram) {
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        if (t == g / 2) norm_part[warp * 32 + 8 * i + g] = rt == 0 ? gram[i][g % 2] : 0.0f;
+      }
+      __syncthreads();
+    } else {
+      row_sum_squares<T>(args, row_first, rows_here, norm_part);
+    }
+  }
   // K parts 1.. hand their sums to part 0 through shared memory ([(kw - 1) * rw][TW * MT * 4][32]
   // after the nf4 table).
   reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>()), part, args.rw, rt, args.kw, lane);
@@ -480,13 +523,30 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
         constexpr int S = decltype(s_c)::value, TW = decltype(tw_c)::value, XM = decltype(xm_c)::value;
         if constexpr (kernel_built(kSweep, packed_x_built(kFp32x), kFp32x, MT, TW, S, XM)) {
           if (launched || cfg.s != S || cfg.tw != TW || cfg.xm != XM) return;
-          auto kernel = gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu>;
-          if (smem > 48 * 1024) {
-            C10_CUDA_CHECK(
-                cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+          const auto launch = [&](auto kernel) {
+            if (smem > 48 * 1024) {
+              C10_CUDA_CHECK(
+                  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+            }
+            // kXPacked: right behind pack_x_kernel (grid_dependency_wait)
+            launch_kernel(kernel, grid, threads, smem, stream, args, XM == kXPacked);
+          };
+          // The RMSNorm's sums inside the main loop (kGram): a kernel of its own, so that the
+          // plain GEMV's code is not changed by them (as a runtime flag they took 2-5% at M = 1
+          // and 12-17% at M = 16 from the plain GEMV on an H100; docs/fp4_gpu_notes.md), built for
+          // the heuristic's configurations of 16-bit x without GELU; any other norm call sums x
+          // after the main loop.
+          constexpr bool kGramBuilt =
+              !kGelu && !kFp32x && kernel_built(false, packed_x_built(false), false, MT, TW, S, XM);
+          if constexpr (kGramBuilt) {
+            if (args.rms_eps >= 0.0f) {
+              launch(gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu, true>);
+            } else {
+              launch(gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu, false>);
+            }
+          } else {
+            launch(gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu, false>);
           }
-          // kXPacked: right behind pack_x_kernel (grid_dependency_wait)
-          launch_kernel(kernel, grid, threads, smem, stream, args, XM == kXPacked);
           launched = true;
         }
       });

@@ -182,9 +182,10 @@ struct TiledLinearArgs {
   bool swiglu;
   // The fused RMSNorm and residual (GEMV only: store_outputs' kFused). rms_eps < 0: no norm;
   // else each output of x row r is scaled by rsqrt(sum of r's squares * inv_k + rms_eps), the sums
-  // taken by the kernel from norm_x ([m, x_stride] of x's dtype: x as the caller gave it, where x
-  // above is a packed copy) into shared memory (row_sum_squares). residual: nullptr, or [m, n]
-  // (SwiGLU: not taken) of the output's dtype added to each output after the bias and activation.
+  // taken by the kernel: inside the main loop (gram_step), or after it from norm_x ([m, x_stride]
+  // of x's dtype: x as the caller gave it, where x above is a packed copy; row_sum_squares).
+  // residual: nullptr, or [m, n] (SwiGLU: not taken) of the output's dtype added to each output
+  // after the bias and activation.
   const void* norm_x;
   float rms_eps, inv_k;
   const void* residual;
@@ -283,11 +284,12 @@ __device__ __forceinline__ float sum_squares(const uint4& v) {
   return s;
 }
 
-// The RMSNorm's sums (TiledLinearArgs::rms_eps): the block's threads split each of its `rows` rows
-// of norm_x from row_first (four rows at a time, the loop unrolled, so a thread has several 16-byte
-// loads in flight), each warp's sum of row r lands in part[warp * 32 + r] (rows <= 32). Every
-// thread of the block calls it (it ends with a __syncthreads). The GEMV calls it after its main
-// loop, when x is in L1.
+// The RMSNorm's sums (TiledLinearArgs::rms_eps) where the GEMV does not take them inside its
+// main loop (gram_step: float32 x, GELU, configurations outside the heuristic's): the block's
+// threads split each of its `rows` rows of norm_x from row_first (four rows at a time, the loop
+// unrolled, so a thread has several 16-byte loads in flight), each warp's sum of row r lands in
+// part[warp * 32 + r] (rows <= 32). Every thread of the block calls it (it ends with a
+// __syncthreads), after the main loop, when x is in L1.
 template <typename T>
 __device__ __forceinline__ void row_sum_squares(const TiledLinearArgs& a, int64_t row_first, int rows, float* part) {
   constexpr int kRowsAtOnce = 4;

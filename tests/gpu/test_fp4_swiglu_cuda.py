@@ -33,10 +33,12 @@ def _want(x: torch.Tensor, q, bias: torch.Tensor | None) -> torch.Tensor:
 
 
 def _tol(fmt: str, dt: torch.dtype) -> float:
-    """The GEMV's tolerances (tests/gpu/test_fp4_gemv_cuda.py) with room for the float32 SiLU."""
-    if dt == torch.bfloat16:
+    """The GEMV's tolerances (tests/gpu/test_fp4_gemv_cuda.py) with room for the float32 SiLU;
+    nf4's levels are rounded to bfloat16 in the kernel (up to 2^-9 of each weight), which one row
+    of 40 outputs showed at 0.0064 (M = 1, float16 and float32 x)."""
+    if dt == torch.bfloat16 or fmt == "nf4":
         return 1e-2
-    return 6e-3 if fmt == "nf4" else (2e-3 if dt == torch.float16 else 1e-4)
+    return 2e-3 if dt == torch.float16 else 1e-4
 
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4", "nf4"])

@@ -140,8 +140,8 @@ for arg in "$@"; do
       stage_copying_json e2e "e2e_encoder_*.json" $PY benchmarks/e2e_encoder.py ${APT_E2E_PROFILE:+--profile} ${APT_E2E_TAG:+--tag "$APT_E2E_TAG"} ;;
     e2e_decoder)  # APT_E2E_COMPILE=1: steps compiled too; APT_E2E_FUSED=1: fused q/k/v and gate/up (APT_E2E_SWIGLU=composite: its SwiGLU unfused); APT_E2E_BATCHES=1,8: its batches; APT_E2E_ITERS: timed steps per case (default 50; eager flex attention takes about 0.18 s a step); APT_E2E_ONE_COPY=1: FP4Linear keeps only its tiled copy; APT_E2E_ATTENTION=matmul: grouped_attention; APT_E2E_PROFILE=1: top kernels of the replayed step; APT_E2E_FUSE_NORMS=1: norms and residual adds inside the nvfp4 GEMVs
       stage_copying_json e2e_decoder "e2e_decoder_*.json" $PY benchmarks/e2e_decoder.py ${APT_E2E_COMPILE:+--compile} ${APT_E2E_FUSED:+--fused} ${APT_E2E_ONE_COPY:+--one-copy} ${APT_E2E_ATTENTION:+--attention "$APT_E2E_ATTENTION"} ${APT_E2E_SWIGLU:+--swiglu "$APT_E2E_SWIGLU"} ${APT_E2E_BATCHES:+--batches "$APT_E2E_BATCHES"} ${APT_E2E_ITERS:+--iters "$APT_E2E_ITERS"} ${APT_E2E_PROFILE:+--profile} ${APT_E2E_FUSE_NORMS:+--fuse-norms} ;;
-    decode_attention) stage_copying_json decode_attention "decode_attention_*.json" $PY benchmarks/decode_attention.py ${APT_DA_ARGS:-} ;;
-    norm_fusion) stage_copying_json norm_fusion "fp4_norm_fusion_*.json" $PY benchmarks/fp4_norm_fusion.py ${APT_NF_ARGS:-} ;;  # APT_NF_ARGS: its flags (e.g. "--ms 1")  # APT_DA_ARGS: its flags (e.g. "--sweep", "--quick")
+    decode_attention) stage_copying_json decode_attention "decode_attention_*.json" $PY benchmarks/decode_attention.py ${APT_DA_ARGS:-} ;;  # APT_DA_ARGS: its flags (e.g. "--sweep", "--quick")
+    norm_fusion) stage_copying_json norm_fusion "fp4_norm_fusion_*.json" $PY benchmarks/fp4_norm_fusion.py ${APT_NF_ARGS:-} ;;  # APT_NF_ARGS: its flags (e.g. "--ms 1")
     left_spin) stage left_spin $PY benchmarks/left_spin.py ;;
     left_spin_quick) stage left_spin_quick $PY benchmarks/left_spin.py --quick ;;
     vgpu) stage vgpu $PY benchmarks/vgpu.py ;;

@@ -532,7 +532,7 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
             launch_kernel(kernel, grid, threads, smem, stream, args, XM == kXPacked);
           };
           // The RMSNorm's sums inside the main loop (kGram): a kernel of its own, so that the
-          // plain GEMV's code is not changed by them (as a runtime flag they took 2-5% at M = 1
+          // plain GEMV's code is not changed by them (as a runtime flag they took 2-6% at M = 1
           // and 12-17% at M = 16 from the plain GEMV on an H100; docs/fp4_gpu_notes.md), built for
           // the heuristic's configurations of 16-bit x without GELU; any other norm call sums x
           // after the main loop.

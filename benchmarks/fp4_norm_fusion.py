@@ -16,13 +16,15 @@ reference of the first copy.
 
     python benchmarks/fp4_norm_fusion.py             # rows 1 and 16 on a GPU
     python benchmarks/fp4_norm_fusion.py --cpu       # tiny shapes, eager, on the CPU (the tests)
-Writes benchmarks/results/fp4_norm_fusion_<machine>.json.
+    python benchmarks/fp4_norm_fusion.py --gram-spread  # the norm's sums spread over the warps
+Writes benchmarks/results/fp4_norm_fusion_<machine>[_gram_spread].json.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import json
+import os
 import platform
 import re
 import sys
@@ -103,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ms", default="1,16", help="comma-separated rows of x")
     ap.add_argument("--calls", type=int, default=None, help="calls (weight copies) per timing (default 16, CPU 2)")
     ap.add_argument("--iters", type=int, default=None, help="timed repetitions (default 50, CPU 3)")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fp4_norm_fusion_<machine>.json)")
+    ap.add_argument("--gram-spread", action="store_true",
+                    help="APT_FP4_GRAM_SPREAD=1: the GEMV's warps take turns at the norm's sums of squares (set for "
+                         "this process)")
+    ap.add_argument("--out", default=None,
+                    help="JSON path (default benchmarks/results/fp4_norm_fusion_<machine>[_gram_spread].json)")
     args = ap.parse_args(argv)
     ms = [int(m) for m in args.ms.split(",")]
     if any(m < 1 for m in ms):
@@ -117,14 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     iters = args.iters or (50 if gpu else 3)
     if calls < 1 or iters < 1:
         ap.error("--calls and --iters: expected positive integers")
+    if args.gram_spread:
+        os.environ["APT_FP4_GRAM_SPREAD"] = "1"  # read by the GEMV at each call
     timer = time_gpu if gpu else time_cpu
     machine = torch.cuda.get_device_name(0) if gpu else f"CPU {platform.machine()}"
     result = {"benchmark": "fp4_norm_fusion", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine, "torch": torch.__version__, "command": " ".join([sys.executable, *sys.argv]),
               "fmt": "nvfp4", "dtype": str(dtype).replace("torch.", ""), "eps": EPS, "calls_per_timing": calls,
-              "iters": iters, "runs": []}
+              "iters": iters, "gram_spread": args.gram_spread, "runs": []}
     tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower()
-    out = Path(args.out) if args.out else ROOT / "results" / f"fp4_norm_fusion_{tag}.json"
+    out = Path(args.out) if args.out else ROOT / "results" / f"fp4_norm_fusion_{tag}{'_gram_spread' if args.gram_spread else ''}.json"
     out.parent.mkdir(exist_ok=True)
     g = torch.Generator().manual_seed(0)
     for proj, (n, k, kind) in tqdm((CPU_PROJECTIONS if args.cpu else PROJECTIONS).items(), desc="projections"):

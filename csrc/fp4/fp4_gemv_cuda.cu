@@ -34,6 +34,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 #include "fp4/fp4_decode_cuda.h"
@@ -267,11 +268,13 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
 #pragma unroll
     for (int i = 0; i < MT; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
 
-  // The RMSNorm (TiledLinearArgs::rms_eps): kGram (launch_gemv), the first warp along N of each K
-  // part takes its part's sums of squares inside the main loop (gram_step); otherwise
-  // row_sum_squares after it.
+  // The RMSNorm (TiledLinearArgs::rms_eps): kGram (launch_gemv), each K part's sums of squares
+  // are taken inside the main loop (gram_step) by its first warp along N, or (args.gram_spread)
+  // by all its warps in turn, step s by warp s % rw; otherwise row_sum_squares after the loop.
+  // gram_wait: steps until this warp's next Gram step (-1: none).
   static_assert(!kGram || sizeof(T) == 2, "the Gram matrix is taken of 16-bit x only");
-  const bool gram_on = kGram && rt == 0;
+  const int gram_every = args.gram_spread ? args.rw : 1;
+  int gram_wait = args.gram_spread ? rt : (rt == 0 ? 0 : -1);
   float gram[MT][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i) gram[i][0] = gram[i][1] = gram[i][2] = gram[i][3] = 0.0f;
@@ -306,6 +309,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   const auto no_refill = [](int) {};
   auto step = [&](auto checked, int i, int64_t s) {
     constexpr bool kChecked = decltype(checked)::value;
+    bool gram_on = false;
+    if constexpr (kGram) {
+      gram_on = gram_wait == 0;
+      if (gram_wait >= 0) gram_wait = gram_on ? gram_every - 1 : gram_wait - 1;
+    }
     // step_math on ring slot i with x buffer xs (col0 and refill as step_math takes them)
     const auto math = [&](XStep<T, MT>& xs, int64_t col0, auto&& refill) {
       step_math<F, T, MT, TW, XM, kGram>(ring.c0[i], ring.c1[i], ring.sc[i], xs, xrows, col0, nf4_lane, acc, refill,
@@ -347,15 +355,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     }
   }
 
-  // The norm's sums into norm_part[warp * 32 + row] (the Gram diagonals, zero from the other warps;
-  // or row_sum_squares, which reads x again), applied at the store.
+  // The norm's sums into norm_part[warp * 32 + row] (each warp's Gram diagonals, zero where it took
+  // no Gram step; or row_sum_squares, which reads x again), applied at the store.
   __shared__ float norm_part[kMaxWarps * 32];
   const bool norm = args.rms_eps >= 0.0f;
   if (norm) {
     if constexpr (kGram) {
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
-        if (t == g / 2) norm_part[warp * 32 + 8 * i + g] = rt == 0 ? gram[i][g % 2] : 0.0f;
+        if (t == g / 2) norm_part[warp * 32 + 8 * i + g] = gram[i][g % 2];
       }
       __syncthreads();
     } else {
@@ -448,6 +456,16 @@ bool env_config(GemvConfig& cfg) {
                     "(or both 0), mt 0, 1, 2 or 4, xm in -1..4 and tw in 0..2, got '", env, "'");
   cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0, tw};
   return true;
+}
+
+// APT_FP4_GRAM_SPREAD (read at each call, like APT_FP4_GEMV): "1" sets
+// TiledLinearArgs::gram_spread, for timing it against the default ("0" or unset).
+bool env_gram_spread() {
+  const char* env = std::getenv("APT_FP4_GRAM_SPREAD");
+  if (env == nullptr || *env == '\0') return false;
+  const std::string v(env);
+  TORCH_CHECK_VALUE(v == "0" || v == "1", "APT_FP4_GRAM_SPREAD: expected '0' or '1', got '", v, "'");
+  return v == "1";
 }
 
 // About 16 warps per multiprocessor (each with a pipeline of loads in flight): K split only as far
@@ -649,6 +667,7 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
   if (residual.has_value()) args.residual = residual_c.const_data_ptr();
   if (rms_eps.has_value()) {
     args.norm_x = x2.const_data_ptr();  // (args.x may become a packed copy below)
+    args.gram_spread = env_gram_spread();
     args.rms_eps = static_cast<float>(*rms_eps);
     args.inv_k = 1.0f / static_cast<float>(k);
   }

@@ -176,6 +176,9 @@ struct TiledLinearArgs {
   int* arrivals;
   int64_t out_blocks;
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
+  // GEMV with the RMSNorm's sums inside its main loop (gram_step): the warps of a K part take
+  // turns (step s: warp s % rw) instead of its first warp taking every step (APT_FP4_GRAM_SPREAD)
+  bool gram_spread;
   // The SwiGLU epilogue (GEMV only): out [m, n / 2] = silu(gate) * up, where tile rows 0..7 are
   // the gate rows 8 tile .. 8 tile + 7 and rows 8..15 the up rows n / 2 + the same (the order
   // apt_ext.fp4.tiled.tile(weight, swiglu=True) makes); bias [n] in the weight's own order.

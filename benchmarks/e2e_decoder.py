@@ -277,6 +277,17 @@ def weight_bytes(model: nn.Module) -> dict:
     return {"canonical": canonical, "tiled_copy": tiled}
 
 
+GRAM_MODES = ("first", "spread", "each")  # APT_FP4_GRAM: which GEMV warps take the norm's sums
+
+
+def set_gram_mode(mode: str | None) -> str:
+    """Sets APT_FP4_GRAM (one of GRAM_MODES; the GEMV reads it at each call) for this process where
+    ``mode`` is given; returns the mode in effect."""
+    if mode is not None:
+        os.environ["APT_FP4_GRAM"] = mode
+    return os.environ.get("APT_FP4_GRAM") or "first"
+
+
 def median_s(fn, device: torch.device, iters: int) -> tuple[float, torch.Tensor]:
     """(median seconds of fn() over ``iters`` calls, synchronised each time; the last output)."""
     times = []
@@ -394,9 +405,9 @@ def main(argv: list[str] | None = None) -> int:
                          "quantising (apt_ext.nn.fold_rms_norm_), the norms run inside those GEMVs and the "
                          "residual adds in the o and down GEMVs' epilogues (rms_norm_linear, rms_norm_swiglu, "
                          "linear_residual; the bf16 model runs the same helpers, i.e. its usual composite)")
-    ap.add_argument("--gram-spread", action="store_true",
-                    help="with --fuse-norms: APT_FP4_GRAM_SPREAD=1, the GEMV's warps take turns at the norm's "
-                         "sums of squares (set for this process)")
+    ap.add_argument("--gram", choices=GRAM_MODES, default=None,
+                    help="with --fuse-norms: APT_FP4_GRAM for this process, which of the GEMV's warps take the "
+                         "norm's sums of squares (default: the variable's value, else first)")
     ap.add_argument("--profile", action="store_true",
                     help="(CUDA) also record and print the top GPU kernels of the graph-replayed step")
     ap.add_argument("--out", default=None,
@@ -404,10 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.fuse_norms and not args.fused:
         ap.error("--fuse-norms: needs --fused")
-    if args.gram_spread and not args.fuse_norms:
-        ap.error("--gram-spread: needs --fuse-norms")
-    if args.gram_spread:
-        os.environ["APT_FP4_GRAM_SPREAD"] = "1"  # read by the GEMV at each call
+    if args.gram is not None and not args.fuse_norms:
+        ap.error("--gram: needs --fuse-norms")
+    gram = set_gram_mode(args.gram)
     batches = [int(b) for b in args.batches.split(",")]
     if any(b < 1 for b in batches):
         ap.error(f"--batches: expected positive integers, got {args.batches!r}")
@@ -429,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                     "dtype": str(dtype).replace("torch.", ""), "iters": iters, "compiled": args.compile,
                     "fused_projections": args.fused, "one_copy": args.one_copy, "attention": args.attention,
                     "swiglu": args.swiglu if args.fused else "composite", "fused_norms": args.fuse_norms,
-                    "gram_spread": args.gram_spread, "runs": {}}
+                    "gram": gram, "runs": {}}
     ref_model = build(shape, device, dtype, args.fused, args.attention, args.swiglu, args.fuse_norms)
     fp4_model = copy.deepcopy(ref_model)
     if args.fuse_norms:
@@ -473,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
            + ("_fused" if args.fused else "") + ("_one_copy" if args.one_copy else "")
            + ("_compiled" if args.compile else "") + ("" if args.attention == "sdpa" else "_" + args.attention)
            + ("_composite_swiglu" if args.fused and args.swiglu == "composite" else "")
-           + ("_fused_norms" if args.fuse_norms else "") + ("_gram_spread" if args.gram_spread else "")
+           + ("_fused_norms" if args.fuse_norms else "")
+           + (f"_gram_{gram}" if args.fuse_norms and gram != "first" else "")
            + ("_profile" if args.profile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)

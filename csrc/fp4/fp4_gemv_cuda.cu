@@ -269,12 +269,16 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     for (int i = 0; i < MT; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
 
   // The RMSNorm (TiledLinearArgs::rms_eps): kGram (launch_gemv), each K part's sums of squares
-  // are taken inside the main loop (gram_step) by its first warp along N, or (args.gram_spread)
-  // by all its warps in turn, step s by warp s % rw; otherwise row_sum_squares after the loop.
-  // gram_wait: steps until this warp's next Gram step (-1: none).
+  // are taken inside the main loop (gram_step) by the warps args.gram_mode names (kGramFirst,
+  // kGramSpread, kGramEach); otherwise row_sum_squares after the loop. gram_wait: steps until this
+  // warp's next Gram step (-1: none), then every gram_every steps.
   static_assert(!kGram || sizeof(T) == 2, "the Gram matrix is taken of 16-bit x only");
-  const int gram_every = args.gram_spread ? args.rw : 1;
-  int gram_wait = args.gram_spread ? rt : (rt == 0 ? 0 : -1);
+  // (kGramSpread: the block's warps that have tiles take turns; in the last block there may be fewer)
+  const int gram_every =
+      args.gram_mode != kGramSpread
+          ? 1
+          : static_cast<int>(min(static_cast<int64_t>(args.rw), (args.n_tiles - (tile0 - rt * TW) + TW - 1) / TW));
+  int gram_wait = args.gram_mode == kGramSpread ? rt : (args.gram_mode == kGramEach || rt == 0 ? 0 : -1);
   float gram[MT][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i) gram[i][0] = gram[i][1] = gram[i][2] = gram[i][3] = 0.0f;
@@ -355,15 +359,17 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     }
   }
 
-  // The norm's sums into norm_part[warp * 32 + row] (each warp's Gram diagonals, zero where it took
-  // no Gram step; or row_sum_squares, which reads x again), applied at the store.
+  // The norm's sums: kGramEach with one K part, each warp's own (below); otherwise into
+  // norm_part[warp * 32 + row] (the warps' Gram diagonals, zero where a warp took no Gram step or,
+  // kGramEach, from all but one warp of each K part; or row_sum_squares, which reads x again).
   __shared__ float norm_part[kMaxWarps * 32];
-  const bool norm = args.rms_eps >= 0.0f;
-  if (norm) {
+  const bool norm = args.rms_eps >= 0.0f, own_sums = kGram && args.gram_mode == kGramEach && args.kw == 1;
+  if (norm && !own_sums) {
     if constexpr (kGram) {
+      const bool counted = args.gram_mode != kGramEach || rt == 0;
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
-        if (t == g / 2) norm_part[warp * 32 + 8 * i + g] = gram[i][g % 2];
+        if (t == g / 2) norm_part[warp * 32 + 8 * i + g] = counted ? gram[i][g % 2] : 0.0f;
       }
       __syncthreads();
     } else {
@@ -374,7 +380,29 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   // after the nf4 table).
   reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>()), part, args.rw, rt, args.kw, lane);
   if (part != 0) return;
-  store_outputs<T, kGelu, true>(acc, args, tile0, row_first, g, t, norm ? norm_part : nullptr);
+  // the sums of squares of this thread's x rows 8 i + 2 t + e: row r's is on the Gram diagonal in
+  // lane 4 r + r / 2, element r % 2 (gram_step), i.e. lane 9 t + 4 e, element e
+  float ss[MT][2] = {};
+  if (norm) {
+    if (own_sums) {
+      if constexpr (kGram) {
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          ss[i][0] = __shfl_sync(0xffffffffu, gram[i][0], 9 * t);
+          ss[i][1] = __shfl_sync(0xffffffffu, gram[i][1], 9 * t + 4);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) ss[i][e] += norm_part[w * 32 + 8 * i + 2 * t + e];
+        }
+      }
+    }
+  }
+  store_outputs<T, kGelu, true>(acc, args, tile0, row_first, g, t, norm ? ss : nullptr);
 }
 
 // Launch shape: warps along N per block (rw), K parts (kw), pipeline stages (s), x rows per block
@@ -458,14 +486,15 @@ bool env_config(GemvConfig& cfg) {
   return true;
 }
 
-// APT_FP4_GRAM_SPREAD (read at each call, like APT_FP4_GEMV): "1" sets
-// TiledLinearArgs::gram_spread, for timing it against the default ("0" or unset).
-bool env_gram_spread() {
-  const char* env = std::getenv("APT_FP4_GRAM_SPREAD");
-  if (env == nullptr || *env == '\0') return false;
+// APT_FP4_GRAM (read at each call, like APT_FP4_GEMV): TiledLinearArgs::gram_mode, "first" (the
+// default), "spread" or "each", for timing them against each other.
+int env_gram_mode() {
+  const char* env = std::getenv("APT_FP4_GRAM");
+  if (env == nullptr || *env == '\0') return kGramFirst;
   const std::string v(env);
-  TORCH_CHECK_VALUE(v == "0" || v == "1", "APT_FP4_GRAM_SPREAD: expected '0' or '1', got '", v, "'");
-  return v == "1";
+  TORCH_CHECK_VALUE(v == "first" || v == "spread" || v == "each",
+                    "APT_FP4_GRAM: expected 'first', 'spread' or 'each', got '", v, "'");
+  return v == "first" ? kGramFirst : v == "spread" ? kGramSpread : kGramEach;
 }
 
 // About 16 warps per multiprocessor (each with a pipeline of loads in flight): K split only as far
@@ -667,7 +696,7 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
   if (residual.has_value()) args.residual = residual_c.const_data_ptr();
   if (rms_eps.has_value()) {
     args.norm_x = x2.const_data_ptr();  // (args.x may become a packed copy below)
-    args.gram_spread = env_gram_spread();
+    args.gram_mode = env_gram_mode();
     args.rms_eps = static_cast<float>(*rms_eps);
     args.inv_k = 1.0f / static_cast<float>(k);
   }

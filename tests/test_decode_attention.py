@@ -149,6 +149,29 @@ def test_triton_strided_cache_and_int32_length(rng, few_splits):
 
 
 @interpreted
+def test_triton_counters_are_kept_and_left_at_zero(rng, few_splits, monkeypatch):
+    """The merge counters are the stream's (apt_ext/triton/arrival_counters.py), left at zero by every
+    call (no zeroing launch per call): calls in a row, then more sequences (a larger buffer), stay
+    right."""
+    from apt_ext.triton import arrival_counters as ac
+    from apt_ext.triton import decode_attention as tda
+    monkeypatch.setattr(ac, "_STREAM", {})
+    monkeypatch.setattr(ac, "MIN_COUNTERS", 4)
+    q, k, v = ref.make_inputs(2, 4, 2, 40, 16, torch.float32, "cpu", rng)
+    made = ac.arrival_counters(1, q.device)
+    for n in ([7, 40], [1, 13], [40, 2]):
+        torch.testing.assert_close(tda.decode_attention(q, k, v, _lengths(n)).double(),
+                                   ref.decode_attention(q, k, v, _lengths(n)), atol=1e-5, rtol=1e-5)
+        assert ac.arrival_counters(1, q.device) is made and not made.any()
+    b = 3  # 3 sequences x 2 key heads: more counters than the 4 made
+    q, k, v = ref.make_inputs(b, 2, 2, 8, 16, torch.float32, "cpu", rng)
+    torch.testing.assert_close(tda.decode_attention(q, k, v, _lengths([5])).double(),
+                               ref.decode_attention(q, k, v, _lengths([5])), atol=1e-5, rtol=1e-5)
+    bigger = ac.arrival_counters(1, q.device)
+    assert bigger.numel() >= 2 * b and not bigger.any() and not made.any()
+
+
+@interpreted
 def test_triton_clamps_length_to_the_cache(rng, few_splits):
     from apt_ext.triton import decode_attention as tda
     q, k, v = ref.make_inputs(1, 2, 1, 20, 16, torch.float32, "cpu", rng)

@@ -7,8 +7,10 @@ one tile (padded to 16 rows for the tensor-core dot), so each key and value row 
 memory once for all of them, and keeps an online softmax over its slice (float32 running max,
 sum and unnormalised output). It writes those three to a float32 scratch, then counts itself done
 on its key head's counter (an acquire-release atomic); the program that counts last merges the
-SPLITS partial results (rescaled by exp(max_i - max)) and writes the output. So no second launch:
-decoding a token is latency-bound, and a launch costs about as much as the work.
+SPLITS partial results (rescaled by exp(max_i - max)), writes the output and sets the counter back
+to zero. So no second launch: decoding a token is latency-bound, and a launch costs about as much
+as the work. Its counters are zeroed once, not before each call
+(apt_ext/triton/arrival_counters.py).
 
 ``length`` is read on the device, so a CUDA graph captured once replays for any length up to the
 cache's capacity; slices are ``ceil(length / SPLITS)`` positions each.
@@ -23,6 +25,7 @@ import triton.language as tl
 
 from apt_ext.attention import _ops  # the op this kernel implements (defined on import) and its checks
 from apt_ext.triton import kernel
+from apt_ext.triton.arrival_counters import arrival_counters
 from apt_ext.triton.host_math import cdiv, next_power_of_2
 from apt_ext.triton.launch import Launcher
 
@@ -86,6 +89,7 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
     tl.debug_barrier()  # every thread's stores before the count that releases them
     done = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu")
     if done == SPLITS - 1:  # the last slice of this key head merges all of them
+        tl.store(count_ptr + pid, 0)  # every slice has counted: zero for the next call
         # the G real query heads only (no padding to 16 rows), MERGE_SPLITS slices per load (tiles of
         # at least 2 rows and slices: every arange spans a power of two above 1)
         r = tl.arange(0, G_POW2)
@@ -151,7 +155,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     # one float32 scratch: partial outputs [rows, block_d], then the running maxima and sums [rows]
     scratch = torch.empty(rows * (block_d + 2), device=q.device, dtype=torch.float32)
     acc, maxes, sums = scratch.split([rows * block_d, rows, rows])
-    counts = torch.zeros(b * kv, device=q.device, dtype=torch.int32)
+    counts = arrival_counters(b * kv, q.device)
     g = h // kv
     g_pow2 = max(2, next_power_of_2(g))
     _LAUNCH((b * kv, splits),

@@ -8,13 +8,9 @@ deterministic (the same order whichever program arrives last), no zero-filled ac
 adds of the values would need one, plus a cast pass), and the partials are tiny next to the weight
 (SPLIT_K*M*N*4 bytes against N*K/2). A second launch for the sum cost as much host time as the
 kernel itself (benchmarks/results/fp4_triton_host_NVIDIA_H200.json: 24.5 us per Triton launch).
-:func:`workspace` makes the partials and hands out the arrival counters: the last split to
-arrive at a tile sets the tile's counter back to zero, so one zeroed buffer per device and
-stream serves every later launch on that stream (launches on one stream run one after another;
-another stream gets its own buffer). Zeroing fresh counters per launch cost an eager call about
-10.5 us of host time (benchmarks/results/fp4_triton_host_NVIDIA_H100_80GB_HBM3.json, a fill
-kernel's launch). While a CUDA graph is being captured each launch takes fresh zeroed counters
-(a memset node of the graph): a graph may be replayed on any stream, alongside eager launches.
+:func:`workspace` makes the partials and hands out the arrival counters
+(apt_ext/triton/arrival_counters.py): the last split to arrive at a tile sets the tile's counter
+back to zero, so the counters are zeroed once, not before every launch.
 """
 from __future__ import annotations
 
@@ -22,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from apt_ext.triton.arrival_counters import arrival_counters
 from apt_ext.triton.fp4_decode import INTERPRET, bias_gelu
 from apt_ext.triton.host_math import cdiv
 
@@ -92,25 +89,4 @@ def workspace(split: int, m: int, n: int, tiles: int, out: torch.Tensor) -> tupl
     if split == 1:
         return out, out
     partials = torch.empty((split, m, n), dtype=torch.float32, device=out.device)
-    return partials, _arrival_counters(tiles, out.device)
-
-
-_COUNTERS: dict[tuple, torch.Tensor] = {}  # (device, stream) -> int32 zeros, grown on demand
-
-
-def _arrival_counters(tiles: int, device: torch.device) -> torch.Tensor:
-    """Zeroed int32 counters [>= tiles] for a launch on ``device``'s current stream: the stream's
-    persistent buffer, or fresh ones while a CUDA graph is captured (and on devices other than
-    CUDA and CPU, whose streams are not looked up here)."""
-    if device.type == "cuda":
-        if torch.cuda.is_current_stream_capturing():
-            return torch.zeros(tiles, dtype=torch.int32, device=device)
-        key = (device, torch._C._cuda_getCurrentRawStream(device.index))  # what Triton launches on
-    elif device.type == "cpu":  # the interpreter runs launches one after another
-        key = (device, 0)
-    else:
-        return torch.zeros(tiles, dtype=torch.int32, device=device)
-    counters = _COUNTERS.get(key)
-    if counters is None or counters.numel() < tiles:
-        counters = _COUNTERS[key] = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
-    return counters
+    return partials, arrival_counters(tiles, out.device)

@@ -67,6 +67,11 @@ def test_opcheck(rng):
 
 
 def test_cuda_graph_replays_at_new_lengths(rng):
+    """Two launches in one graph, each with merge counters of its own from the device's capture
+    pool (no memset in the graph; apt_ext/triton/arrival_counters.py), replayed at new lengths
+    between eager calls on the same stream, leave them at zero."""
+    from apt_ext.triton import arrival_counters
+
     q, k, v = ref.make_inputs(1, 32, 8, 512, 128, torch.bfloat16, DEV, rng)
     length = torch.tensor([10], device=DEV)
     stream = torch.cuda.Stream()
@@ -74,15 +79,24 @@ def test_cuda_graph_replays_at_new_lengths(rng):
     with torch.cuda.stream(stream):
         decode_attention(q, k, v, length)  # compiles the kernel outside the capture
     torch.cuda.current_stream().wait_stream(stream)
+    pool = arrival_counters._POOL[q.device]
+    taken = pool[1]
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = decode_attention(q, k, v, length)
+        out2 = decode_attention(q * 2, k, v, length)
+    assert pool[1] == taken + 2 * 8, "each captured launch takes its 8 key heads' counters from the pool"
     for n in (10, 1, 300, 512):
         length.fill_(n)
         graph.replay()
+        eager = decode_attention(q, k, v, length)
         torch.cuda.synchronize()
         expect = ref.decode_attention(q.cpu(), k.cpu(), v.cpu(), length.cpu())
         torch.testing.assert_close(out.double().cpu(), expect, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(eager.double().cpu(), expect, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(out2.double().cpu(), ref.decode_attention(q.cpu() * 2, k.cpu(), v.cpu(),
+                                                                             length.cpu()), atol=2e-2, rtol=2e-2)
+    assert not bool(pool[0][:pool[1]].any()), "the graph's counters not zero after its replays"
 
 
 def test_compiled(rng):

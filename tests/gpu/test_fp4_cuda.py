@@ -390,10 +390,10 @@ def _triton_direct_launch_case() -> None:
 
 def _triton_split_streams_case() -> None:
     """The split launches' arrival counters (one buffer per stream, set back to zero by each
-    tile's last split): a split GEMV and a split GEMM launched over and over on two streams at
-    once, and a CUDA graph of both replayed on a third, give the bits of the same launches one
-    at a time, and leave every stream's counters at zero."""
-    from apt_ext.triton import fp4_gemm, fp4_gemv, split_k
+    tile's last split; the graph's from the device's capture pool): a split GEMV and a split GEMM
+    launched over and over on two streams at once, and a CUDA graph of both replayed on a third,
+    give the bits of the same launches one at a time, and leave every counter at zero."""
+    from apt_ext.triton import arrival_counters, fp4_gemm, fp4_gemv
     from apt_ext.triton.fp4_decode import scales_as_raw
 
     g = _gen()
@@ -411,9 +411,12 @@ def _triton_split_streams_case() -> None:
 
     want = [launch(x) for x in xs]  # one at a time, on the current stream
     static = [x.clone() for x in xs[::5]]
+    pool = arrival_counters._POOL[torch.device(DEV, torch.cuda.current_device())]
+    taken = pool[1]
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_y = [launch(x) for x in static]
+    assert pool[1] > taken, "the captured launches' counters come from the capture pool"
     streams = [torch.cuda.Stream() for _ in range(3)]
     torch.cuda.synchronize()
     orders = (list(range(len(xs))), list(range(len(xs)))[::-1])  # the two streams' orders of x
@@ -429,8 +432,9 @@ def _triton_split_streams_case() -> None:
         bad = [j for j, y in pairs if not torch.equal(y, want[j])]
         assert not bad, f"stream {i}: {len(bad)} of {len(pairs)} launches differ from the serial ones"
     assert all(torch.equal(y, want[5 * j]) for j, y in enumerate(static_y)), "graph replay differs"
-    left = {key: int(c.count_nonzero()) for key, c in split_k._COUNTERS.items() if key[0].type == "cuda"}
+    left = {key: int(c.count_nonzero()) for key, c in arrival_counters._STREAM.items() if key[0].type == "cuda"}
     assert len(left) >= 3 and not any(left.values()), f"counters not zero, per (device, stream): {left}"
+    assert not bool(pool[0][:pool[1]].any()), "the graph's counters not zero after its replays"
 
 
 def _triton_child() -> dict[str, str | None]:

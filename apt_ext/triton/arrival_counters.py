@@ -20,6 +20,8 @@ session).
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
 MIN_COUNTERS = 1024     # counters in a stream's buffer at least
@@ -27,6 +29,7 @@ POOL_COUNTERS = 1 << 16  # counters in a device's capture pool (256 KB)
 
 _STREAM: dict[tuple[torch.device, int], torch.Tensor] = {}  # (device, stream) -> int32 zeros
 _POOL: dict[torch.device, list] = {}  # CUDA device -> [its int32 capture pool, the first free index]
+_POOL_LOCK = threading.Lock()  # two threads capturing at once never get the same slice
 
 
 def arrival_counters(n: int, device: torch.device) -> torch.Tensor:
@@ -51,9 +54,10 @@ def arrival_counters(n: int, device: torch.device) -> torch.Tensor:
 def _captured(n: int, device: torch.device) -> torch.Tensor:
     """Counters [n] of a launch being captured: the next free slice of ``device``'s capture pool,
     or fresh zeros where it has none left."""
-    pool = _POOL.get(device)
-    if pool is None or pool[1] + n > pool[0].numel():
-        return torch.zeros(n, dtype=torch.int32, device=device)
-    start = pool[1]
-    pool[1] = start + n
-    return pool[0][start:start + n]
+    with _POOL_LOCK:
+        pool = _POOL.get(device)
+        if pool is not None and pool[1] + n <= pool[0].numel():
+            start = pool[1]
+            pool[1] = start + n
+            return pool[0][start:start + n]
+    return torch.zeros(n, dtype=torch.int32, device=device)

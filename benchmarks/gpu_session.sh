@@ -2,7 +2,7 @@
 # One batched GPU session (device machine): build, GPU tests, benchmarks; everything lands in
 # $OUT (logs + one tarball of benchmarks/results and benchmarks/plots).
 # Usage: bash benchmarks/gpu_session.sh STAGE[:SECONDS]...
-#   stages: build test (all of tests/gpu; APT_TEST_WORKERS pytest-xdist processes where carried) test_fp4 test_gemv test_left_spin test_vgpu test_model test_decode_attention (APT_PYTEST_K='expr' selects their tests), norm_fusion (benchmarks/fp4_norm_fusion.py, APT_NF_ARGS its flags) sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON, APT_SWEEP_MS its rows of x, APT_SWEEP_GEMV_BASES extra GEMV bases to time, e.g. 16x2048x8x4,8x4096x8x4) fp4_triton_host (the Triton path's eager host time, piece by piece) fp4_quick
+#   stages: ab (two builds A/B in one call: see its line below) build test (all of tests/gpu; APT_TEST_WORKERS pytest-xdist processes where carried) test_fp4 test_gemv test_left_spin test_vgpu test_model test_decode_attention (APT_PYTEST_K='expr' selects their tests), norm_fusion (benchmarks/fp4_norm_fusion.py, APT_NF_ARGS its flags) sanitizer fp4 fp4_triton fp4_triton_crossover (APT_TRITON_DEQUANT_MIN_M pinned each way) fp4_triton_configs (every Triton GEMV / small-M GEMM config, host- and graph-timed; APT_SWEEP_TAG names its JSON, APT_SWEEP_MS its rows of x, APT_SWEEP_GEMV_BASES extra GEMV bases to time, e.g. 16x2048x8x4,8x4096x8x4) fp4_triton_host (the Triton path's eager host time, piece by piece) fp4_quick
 #           gemv_sweep (APT_SWEEP_VARIANTS='v1;v2' limits it, APT_SWEEP_MS='1,16' its rows of x, APT_SWEEP_TAG names its JSON) ncu_gemv ncu_gemv_full (Nsight Compute on the GEMV, APT_NCU_M rows of x, default 1) ncu_gemm (on the tiled GEMM) ncu_gemm_full (the same, report, details and per-SASS-line source page kept, the source page also summed as JSON by tools/ncu_source_json.py; every ncu stage on APT_NCU_SHAPE, NxK, default the largest shape) e2e e2e_decoder decode_attention left_spin left_spin_quick vgpu vgpu_quick vgpu_ssd (the SSD part alone: pager against dd and fio) vvram vvram_quick model (APT_MODEL_ARGS its flags; APT_MODEL_CODE=1 keeps inductor's wrapper modules in $OUT/inductor_code.tgz) prefix_sum lr_sweep (GPT-2-small size; APT_LR_SWEEP_LRS="3e-4 1e-3" and APT_LR_SWEEP_TAG shard it)
 #   build: APT_CUDA_ARCHS=90a builds for sm_90a only (90a, not 90: the wgmma GEMM needs it); an earlier call's build/ on a
 #   warm machine is kept, so ninja recompiles only what changed (a first call that ran out of its stage limit resumes);
@@ -76,6 +76,46 @@ stage_copying_json() {  # name, JSON name pattern, command...: stage, then copy 
   touch "/tmp/apt_${name}_start"
   stage "$name" "$@"
   find benchmarks/results -name "$pattern" -newer "/tmp/apt_${name}_start" -exec cp {} "$OUT/" \;
+}
+sync_dir() {  # SRC DST: make DST's files SRC's, copying only those that differ (new mtimes:
+  # ninja then rebuilds what changed, not everything) and removing those SRC lacks
+  local src=$1 dst=$2 f
+  (cd "$src" && find . -type f) | while read -r f; do
+    cmp -s "$src/$f" "$dst/$f" || { mkdir -p "$(dirname "$dst/$f")" && cp "$src/$f" "$dst/$f"; }
+  done
+  (cd "$dst" && find . -type f) | while read -r f; do [ -e "$src/$f" ] || rm -f "$dst/$f"; done
+}
+ab_run() {  # the `ab` stage (see its line below)
+  [ -d ab_base/csrc ] || { echo "ab: no ab_base/ (tools/ab_prepare.sh REF, carried with the call)"; return 2; }
+  [ -n "${APT_AB_CMD:-}" ] || { echo "ab: APT_AB_CMD is empty"; return 2; }
+  rm -rf /tmp/ab_tree && mkdir -p /tmp/ab_tree/csrc && sync_dir csrc /tmp/ab_tree/csrc
+  cp CMakeLists.txt /tmp/ab_tree/
+  local side r so="" src
+  for side in base tree; do
+    src=$([ $side = base ] && echo ab_base || echo /tmp/ab_tree)
+    sync_dir "$src/csrc" csrc
+    cmp -s "$src/CMakeLists.txt" CMakeLists.txt || cp "$src/CMakeLists.txt" CMakeLists.txt
+    $PY -m pip install -q --no-build-isolation --no-deps -e . > "/tmp/ab_build_$side.log" 2>&1 \
+      || { tail -n 30 "/tmp/ab_build_$side.log"; echo "ab: the $side build failed"; return 1; }
+    so=$($PY -c 'import apt_ext._C as c; print(c.__file__)') && cp "$so" "/tmp/ab_so_$side" || return 1
+    echo "ab: built $side ($( [ $side = base ] && cat ab_base/REF || echo 'the working tree'))"
+  done
+  rm -rf /tmp/ab_json && mkdir -p /tmp/ab_json
+  for r in $(seq 1 "${APT_AB_RUNS:-2}"); do
+    for side in base tree; do
+      cp "/tmp/ab_so_$side" "$so"
+      touch /tmp/ab_start
+      echo "=== ab: $side, run $r: $APT_AB_CMD" >> "$OUT/ab_runs.log"
+      bash -c "$APT_AB_CMD" >> "$OUT/ab_runs.log" 2>&1
+      echo "ab: $side run $r rc=$?"
+      if [ -n "${APT_AB_JSON:-}" ]; then
+        find benchmarks/results -name "$APT_AB_JSON" -newer /tmp/ab_start | while read -r f; do
+          cp "$f" "/tmp/ab_json/ab_${side}_${r}_$(basename "$f")"
+        done
+      fi
+    done
+  done
+  tar czf "$OUT/ab_json.tgz" -C /tmp/ab_json .  # the tree's build stays installed for later stages
 }
 for arg in "$@"; do
   s=${arg%%:*}; LIMIT=0; [ "$s" != "$arg" ] && LIMIT=${arg#*:}
@@ -164,6 +204,12 @@ for arg in "$@"; do
       cp "benchmarks/results/prefix_sum_$CARD.json" "$OUT/" 2>/dev/null ;;
     lr_sweep) stage lr_sweep $PY benchmarks/left_spin_training.py --size gpt2-small ${APT_LR_SWEEP_LRS:+--lrs $APT_LR_SWEEP_LRS} \
         ${APT_LR_SWEEP_TAG:+--tag "$APT_LR_SWEEP_TAG"} ;;
+    ab)  # A/B of two builds in one call: ab_base/ (tools/ab_prepare.sh REF, carried) against the working tree,
+      # each built once (APT_CUDA_ARCHS as for build; only the sources that differ recompile) and its _C
+      # swapped in before each run of APT_AB_CMD (a shell command), base then tree, APT_AB_RUNS times (default
+      # 2); their output in $OUT/ab_runs.log, the JSONs they wrote that match APT_AB_JSON (a file name pattern
+      # under benchmarks/results) in $OUT/ab_json.tgz as ab_<base|tree>_<run>_<name>
+      stage ab env OUT="$OUT" PY="$PY" APT_AB_CMD="${APT_AB_CMD:-}" bash -c "$(declare -f sync_dir ab_run); ab_run" ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done

@@ -10,7 +10,7 @@ from apt_ext import _native
 
 OPS = (
     "fp4_pack", "fp4_unpack", "fp4_quantize", "fp4_dequantize", "fp4_linear", "fp4_linear_gelu",
-    "left_spin_residual", "left_spin_residual_backward", "decode_attention",
+    "left_spin_residual", "left_spin_residual_backward", "decode_attention", "decode_attention_kvcache",
 )
 
 

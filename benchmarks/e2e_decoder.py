@@ -34,7 +34,9 @@ counted in the weight bytes).
                                                   # split-KV decoding kernel)
     python benchmarks/e2e_decoder.py --attention apt  # apt_ext.attention.decode_attention over the
                                                   # positions up to the current one (one launch)
-Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul|_flex|_apt][_composite_swiglu]
+    python benchmarks/e2e_decoder.py --attention apt_kvcache  # the same launch also applies the
+                                                  # rotary embedding and writes the cache
+Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul|_flex|_apt|_apt_kvcache][_composite_swiglu]
 [_fused_norms][_profile].json.
 """
 from __future__ import annotations
@@ -63,7 +65,7 @@ sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 from vgpu import sync  # noqa: E402  (benchmarks/vgpu.py)
 
-from apt_ext.attention import decode_attention  # noqa: E402
+from apt_ext.attention import decode_attention, decode_attention_kvcache  # noqa: E402
 from apt_ext.nn import fold_rms_norm_, linear_residual, rms_norm_linear, rms_norm_swiglu  # noqa: E402
 from apt_ext.nn import swiglu as apt_swiglu  # noqa: E402
 
@@ -87,7 +89,7 @@ class StaticKV:
         self.v = (torch.randn(b, s.kv_heads, s.context, hd, generator=g) * 0.5).to(device, dtype)
 
 
-ATTENTIONS = ("sdpa", "matmul", "flex", "apt")
+ATTENTIONS = ("sdpa", "matmul", "flex", "apt", "apt_kvcache")
 FLEX_BLOCK = 128  # keys per block of flex_attention's block mask
 SWIGLUS = ("fused", "composite")
 
@@ -126,7 +128,9 @@ class Layer(nn.Module):
     ``attention``: "sdpa" (F.scaled_dot_product_attention with a bool mask over the whole cache),
     "matmul" (grouped_attention), "flex" (flex_attention over the blocks up to ``pos`` alone,
     decode_block_mask; compiled, torch's split-KV decoding kernel) or "apt"
-    (apt_ext.attention.decode_attention over the positions up to ``pos``: one split-KV launch).
+    (apt_ext.attention.decode_attention over the positions up to ``pos``: one split-KV launch) or
+    "apt_kvcache" (apt_ext.attention.decode_attention_kvcache: the same launch also rotates q and
+    the new key and writes the new key and value into the cache).
     ``swiglu`` (fused projections only): "fused" (apt_ext.nn.swiglu: FP4Linear's SwiGLU kernel) or
     "composite" (silu and product of gate_up's two halves). ``fuse_norms`` (fused projections only):
     the norms and residual adds through apt_ext.nn's rms_norm_linear / rms_norm_swiglu /
@@ -172,6 +176,10 @@ class Layer(nn.Module):
         else:
             h = self.n1(x)
             q, k, v = self.q(h), self.k(h), self.v(h)
+        if self.attention == "apt_kvcache":  # cos, sin: the whole tables; mask: the positions
+            y = decode_attention_kvcache(q.view(b, self.h, self.hd), kv.k, kv.v, k.view(b, self.kv, self.hd),
+                                         v.view(b, self.kv, self.hd), mask, cos, sin, rotary_interleaved=True)
+            return self.mlp(x, y.view(b, 1, -1))
         q = rotate(q.view(b, 1, self.h, self.hd).transpose(1, 2), cos, sin)
         k = rotate(k.view(b, 1, self.kv, self.hd).transpose(1, 2), cos, sin)
         kv.k.index_copy_(2, pos, k)
@@ -184,7 +192,10 @@ class Layer(nn.Module):
             y = decode_attention(q.squeeze(2), kv.k, kv.v, mask).unsqueeze(2)
         else:
             y = grouped_attention(q, kv.k, kv.v, mask)
-        y = y.transpose(1, 2).reshape(b, 1, -1)
+        return self.mlp(x, y.transpose(1, 2).reshape(b, 1, -1))
+
+    def mlp(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The rest of the layer after attention y [B, 1, d]: o, residual, norm, MLP, residual."""
         if self.fuse_norms:
             x = linear_residual(self.o, y, x)
             if self.swiglu == "fused":
@@ -231,7 +242,9 @@ class Stack(nn.Module):
 
     def forward(self, x: torch.Tensor, caches: list[StaticKV], pos: torch.Tensor) -> torch.Tensor:
         cos, sin = self.cos.index_select(0, pos).to(x.dtype), self.sin.index_select(0, pos).to(x.dtype)
-        if self.attention == "flex":
+        if self.attention == "apt_kvcache":  # the op reads the tables at the positions itself
+            cos, sin, mask = self.cos, self.sin, pos
+        elif self.attention == "flex":
             mask = decode_block_mask(pos, self.positions.numel())
         elif self.attention == "apt":
             mask = pos + 1  # the lengths decode_attention reads
@@ -395,8 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attention", choices=ATTENTIONS, default="sdpa",
                     help="both models' attention: F.scaled_dot_product_attention (masked, whole cache), two batched "
                          "matmuls and a float32 softmax (grouped_attention), flex_attention over the cache up "
-                         "to the position alone (decode_block_mask), or apt_ext.attention.decode_attention "
-                         "(the same positions, one split-KV launch)")
+                         "to the position alone (decode_block_mask), apt_ext.attention.decode_attention "
+                         "(the same positions, one split-KV launch), or decode_attention_kvcache (that launch "
+                         "also applies the rotary embedding and writes the cache)")
     ap.add_argument("--swiglu", choices=SWIGLUS, default="fused",
                     help="with --fused, the MLP's silu(gate) * up: apt_ext.nn.swiglu (FP4: one fused kernel) or "
                          "silu and product of the two halves")

@@ -21,15 +21,16 @@ def test_capabilities_lists_every_op_and_backend():
             assert b["compiled"] == (b["kernel"] == "native")
     # every op but the GELU and decode-attention composites has a C++ CPU kernel (docs/contract.md
     # §1: CUDA -> Triton -> CPU)
-    for op in set(OPS) - {"fp4_linear_gelu", "decode_attention"}:
+    for op in set(OPS) - {"fp4_linear_gelu", "decode_attention", "decode_attention_kvcache"}:
         assert caps["ops"][op]["cpu"] == {"compiled": True, "kernel": "native", "usable": True}, op
-    for op in ("fp4_linear_gelu", "decode_attention"):
+    for op in ("fp4_linear_gelu", "decode_attention", "decode_attention_kvcache"):
         composite = caps["ops"][op]["cpu"]
         assert not composite["compiled"] and composite["usable"] and "composite" in composite["kernel"], op
     # decode attention has no native kernel: on CUDA its kernel is the Triton one
-    attention = caps["ops"]["decode_attention"]
-    assert not attention["cuda"]["compiled"] and attention["cuda"]["kernel"] is None
-    assert attention["triton"]["kernel"] == "Triton: apt_ext.triton.decode_attention"
+    for op in ("decode_attention", "decode_attention_kvcache"):
+        attention = caps["ops"][op]
+        assert not attention["cuda"]["compiled"] and attention["cuda"]["kernel"] is None
+        assert attention["triton"]["kernel"] == "Triton: apt_ext.triton.decode_attention", op
     assert caps["torch"] and caps["devices"]["device"]
 
 

@@ -128,12 +128,15 @@ def test_e2e_decoder_cpu_one_copy(tmp_path, one_thread):
 
 
 @pytest.mark.parametrize("attention, context, pos", [("matmul", 16, 6), ("flex", 300, 6), ("flex", 300, 200),
-                                                     ("flex", 300, 299), ("apt", 16, 0), ("apt", 300, 200)])
+                                                     ("flex", 300, 299), ("apt", 16, 0), ("apt", 300, 200),
+                                                     ("apt_kvcache", 16, 0), ("apt_kvcache", 300, 299)])
 def test_other_attentions_compute_the_same_step(attention, context, pos):
     """--attention matmul (grouped_attention: two batched matmuls, float32 softmax), flex
     (flex_attention over decode_block_mask's blocks: the first, the first two of three, all three
-    at these positions) and apt (apt_ext.attention.decode_attention over positions 0..pos) give the step F.scaled_dot_product_attention gives over the whole masked
-    cache, on the same weights and cache (random keys and values past ``pos`` too); an unknown
+    at these positions), apt (apt_ext.attention.decode_attention over positions 0..pos) and
+    apt_kvcache (decode_attention_kvcache: rotary embedding and cache write in the op) give the
+    step F.scaled_dot_product_attention gives over the whole masked cache, and the same caches
+    after it, on the same weights and cache (random keys and values past ``pos`` too); an unknown
     name is refused."""
     s = e2e_decoder.Shape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, context=context)
     sdpa = e2e_decoder.build(s, torch.device("cpu"), torch.float32)
@@ -146,6 +149,8 @@ def test_other_attentions_compute_the_same_step(attention, context, pos):
         want = sdpa(x, caches[0], torch.tensor([pos]))
         got = other(x, caches[1], torch.tensor([pos]))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(caches[0], caches[1]):
+        torch.testing.assert_close((b.k, b.v), (a.k, a.v), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="attention"):
         e2e_decoder.Layer(s, attention="flash")
 

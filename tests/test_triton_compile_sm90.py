@@ -122,17 +122,22 @@ def test_prefix_sum_matmul_compiles_for_sm90(dtype, reverse, mean, block_t, bloc
                    "BLOCK_T": block_t, "BLOCK_D": block_d, "MATMUL": True, "DOT_F32": False}, None)
 
 
-@pytest.mark.parametrize(("dtype", "g", "splits", "merge", "precision"),
-                         [("bf16", 4, 16, 16, "tf32"), ("fp16", 1, 1, 2, "tf32"), ("fp32", 8, 64, 8, "ieee")])
-def test_decode_attention_compiles_for_sm90(dtype, g, splits, merge, precision):
+@pytest.mark.parametrize(("dtype", "g", "splits", "merge", "precision", "append", "rotary"),
+                         [("bf16", 4, 16, 16, "tf32", False, 0), ("fp16", 1, 1, 2, "tf32", False, 0),
+                          ("fp32", 8, 64, 8, "ieee", False, 0), ("bf16", 4, 16, 16, "tf32", True, 1),
+                          ("bf16", 4, 8, 8, "tf32", True, 2), ("fp16", 1, 1, 2, "tf32", True, 0)])
+def test_decode_attention_compiles_for_sm90(dtype, g, splits, merge, precision, append, rotary):
+    """decode_attention and (append) decode_attention_kvcache, without and with either rotary order."""
     from apt_ext.triton import decode_attention as tda
 
     ints = ("sm_scale", "KV", "HD", "T", "q_sb", "q_sh", "k_sb", "k_sh", "k_st", "v_sb", "v_sh", "v_st",
-            "o_sb", "o_sh", "len_sb")
+            "o_sb", "o_sh", "len_sb", "kn_sb", "kn_sh", "vn_sb", "vn_sh", "rot_st")
     args = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "v_ptr": f"*{dtype}", "len_ptr": "*i64",
             "out_ptr": f"*{dtype}", "acc_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "count_ptr": "*i32",
+            "kn_ptr": f"*{dtype}", "vn_ptr": f"*{dtype}", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
             **{a: "i32" for a in ints}, "sm_scale": "fp32"}
     _compile_sm90(tda._decode_attention_kernel, args,
                   {"G": g, "BLOCK_G": max(16, g), "BLOCK_D": 128, "BLOCK_N": 64, "SPLITS": splits,
                    "SPLITS_POW2": max(2, splits), "G_POW2": max(2, g), "MERGE_SPLITS": merge,
-                   "DOT_PRECISION": precision}, None)
+                   "DOT_PRECISION": precision, "APPEND": append, "ROTARY": rotary, "ROT_HALF": 64 if rotary else 1},
+                  None)

@@ -120,3 +120,148 @@ register_kernel("decode_attention", "cpu", "composite: apt_ext.attention._ops.de
 # every other device (a GPU without Triton): the same composite; the Triton kernel registers as
 # the CUDA one over it
 torch.library.register_kernel("apt::decode_attention", None, _other_devices)
+
+
+# --- apt::decode_attention_kvcache: the new token's key and value appended, rotary embedding applied
+
+KVCACHE_SCHEMA = ("(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, Tensor cache_seqlens, "
+                  "Tensor? rotary_cos=None, Tensor? rotary_sin=None, bool rotary_interleaved=False, "
+                  "float? scale=None) -> Tensor")
+
+torch.library.define("apt::decode_attention_kvcache", KVCACHE_SCHEMA)
+
+
+def decode_attention_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
+                             v_new: torch.Tensor, cache_seqlens: torch.Tensor, rotary_cos: torch.Tensor | None = None,
+                             rotary_sin: torch.Tensor | None = None, rotary_interleaved: bool = False,
+                             scale: float | None = None) -> torch.Tensor:
+    """One decoding step's attention with the cache update folded in (as FlashAttention's
+    ``flash_attn_with_kvcache``): the rotary embedding applied to q and k_new at each sequence's
+    position p = cache_seqlens[b], k_new and v_new written into the caches at p (in place), then
+    decode_attention over positions [0, p + 1).
+
+    q [B, H, D]; k_cache, v_cache [B, KV, T, D] (as decode_attention's); k_new, v_new [B, KV, D]
+    of q's dtype and device, last dimension contiguous; cache_seqlens: int32/int64 [B] or [1] (one
+    for all), the positions already filled, on q's device. rotary_cos, rotary_sin: None, or
+    [>= T, R / 2] (float32 or q's dtype; R <= D, even): the first R of each head's D values are
+    rotated by row p, as pairs (i, i + R / 2), or (2i, 2i + 1) with ``rotary_interleaved``; the
+    rest pass unchanged. The rotated q and k are rounded to q's dtype. scale: of the scores,
+    default D ** -0.5. Returns [B, H, D] in q's dtype.
+
+    A position outside [0, T - 1] raises on the CPU; on a GPU it is clamped to it (a check would
+    cost a host synchronisation). Not differentiable (inference).
+    """
+    _check_kvcache_types(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
+                         rotary_interleaved, scale)
+    return torch.ops.apt.decode_attention_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos,
+                                                  rotary_sin, rotary_interleaved, scale)
+
+
+def _check_kvcache_types(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
+                         rotary_interleaved, scale) -> None:
+    _check_types(q, k_cache, v_cache, cache_seqlens, scale)
+    for name, t in (("k_new", k_new), ("v_new", v_new)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(t).__name__}")
+    if not isinstance(rotary_interleaved, bool):
+        raise TypeError(f"rotary_interleaved: expected a bool, got {type(rotary_interleaved).__name__}")
+
+
+def check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
+                            rotary_interleaved, scale) -> None:
+    """decode_attention's checks (cache_seqlens as its length), then k_new / v_new and the rotary
+    tables' (ValueError / TypeError naming the argument)."""
+    _check_kvcache_types(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
+                         rotary_interleaved, scale)
+    try:
+        check_arguments(q, k_cache, v_cache, cache_seqlens, scale)
+    except ValueError as e:  # the length's message, under this op's name for it
+        raise ValueError(str(e).replace("length:", "cache_seqlens:", 1)) from None
+    b, d = q.shape[0], q.shape[2]
+    kv = k_cache.shape[1]
+    for name, t in (("k_new", k_new), ("v_new", v_new)):
+        if t.shape != (b, kv, d):
+            raise ValueError(f"{name}: expected [B={b}, KV={kv}, D={d}], got shape {tuple(t.shape)}")
+        if t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(f"{name}: expected q's dtype and device ({q.dtype}, {q.device}), got {t.dtype}, {t.device}")
+        if d > 1 and t.stride(2) != 1:
+            raise ValueError(f"{name}: expected its last dimension contiguous (stride 1), got strides {t.stride()}")
+    if (rotary_cos is None) != (rotary_sin is None):
+        raise ValueError("rotary_cos, rotary_sin: expected both or neither")
+    if rotary_cos is not None:
+        for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
+            if t.dim() != 2 or t.shape != rotary_cos.shape:
+                raise ValueError(f"{name}: expected [>= T, R / 2] (2 dims, both tables alike), got shapes "
+                                 f"{tuple(rotary_cos.shape)} and {tuple(rotary_sin.shape)}")
+            if t.dtype not in (torch.float32, q.dtype) or t.device != q.device:
+                raise ValueError(f"{name}: expected float32 or q's dtype on q's device, got {t.dtype} on {t.device}")
+            if t.stride(1) != 1:
+                raise ValueError(f"{name}: expected its last dimension contiguous (stride 1), got strides {t.stride()}")
+        if rotary_sin.stride() != rotary_cos.stride():
+            raise ValueError(f"rotary_sin: expected rotary_cos's strides {rotary_cos.stride()}, got {rotary_sin.stride()}")
+        half = rotary_cos.shape[1]
+        if half < 1 or 2 * half > d or rotary_cos.shape[0] < k_cache.shape[2]:
+            raise ValueError(f"rotary_cos: expected [>= T={k_cache.shape[2]}, R / 2] with 2 <= R <= D={d}, got shape "
+                             f"{tuple(rotary_cos.shape)}")
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """x [B, N, D] rotated by cos, sin [B, R / 2] (each sequence's row) in float32, rounded to x's
+    dtype: pairs (i, i + R / 2), or (2i, 2i + 1) when ``interleaved``; values past R unchanged."""
+    r = 2 * cos.shape[-1]
+    xr = x[..., :r].float()
+    c, s = cos[:, None, :].float(), sin[:, None, :].float()
+    x1, x2 = (xr[..., 0::2], xr[..., 1::2]) if interleaved else (xr[..., :r // 2], xr[..., r // 2:])
+    y1, y2 = x1 * c - x2 * s, x1 * s + x2 * c
+    y = torch.stack((y1, y2), -1).flatten(-2) if interleaved else torch.cat((y1, y2), -1)
+    return torch.cat((y.to(x.dtype), x[..., r:]), -1)
+
+
+def decode_attention_kvcache_composite(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos=None,
+                                       rotary_sin=None, rotary_interleaved=False, scale=None) -> torch.Tensor:
+    """The op in torch ops (any device), positions clamped to [0, T - 1] as on a GPU."""
+    b, kv, t = q.shape[0], k_cache.shape[1], k_cache.shape[2]
+    pos = cache_seqlens.clamp(0, t - 1).long().expand(b)
+    if rotary_cos is not None:
+        q = rotary(q, rotary_cos[pos], rotary_sin[pos], rotary_interleaved)
+        k_new = rotary(k_new, rotary_cos[pos], rotary_sin[pos], rotary_interleaved)
+    rows, heads = torch.arange(b, device=q.device)[:, None], torch.arange(kv, device=q.device)[None, :]
+    k_cache[rows, heads, pos[:, None]] = k_new
+    v_cache[rows, heads, pos[:, None]] = v_new
+    return decode_attention_composite(q, k_cache, v_cache, pos + 1, scale)
+
+
+def _kvcache_cpu_kernel(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos=None, rotary_sin=None,
+                        rotary_interleaved=False, scale=None):
+    """The composite, after checking the positions' values (free on the CPU)."""
+    check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
+                            rotary_interleaved, scale)
+    if int(cache_seqlens.min()) < 0 or int(cache_seqlens.max()) > k_cache.shape[2] - 1:
+        raise ValueError(f"cache_seqlens: expected values in [0, {k_cache.shape[2] - 1}] (room for the new token "
+                         f"in the cache's {k_cache.shape[2]} positions), got {cache_seqlens.tolist()}")
+    return decode_attention_kvcache_composite(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos,
+                                              rotary_sin, rotary_interleaved, scale)
+
+
+def _kvcache_fake(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos=None, rotary_sin=None,
+                  rotary_interleaved=False, scale=None):
+    check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
+                            rotary_interleaved, scale)
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def _kvcache_other_devices(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos=None, rotary_sin=None,
+                           rotary_interleaved=False, scale=None):
+    check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
+                            rotary_interleaved, scale)
+    return decode_attention_kvcache_composite(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos,
+                                              rotary_sin, rotary_interleaved, scale)
+
+
+torch.library.register_fake("apt::decode_attention_kvcache", _kvcache_fake)
+register_kernel("decode_attention_kvcache", "cpu",
+                "composite: apt_ext.attention._ops.decode_attention_kvcache_composite", _kvcache_cpu_kernel)
+torch.library.register_kernel("apt::decode_attention_kvcache", None, _kvcache_other_devices)

@@ -14,6 +14,11 @@ as the work. Its counters are zeroed once, not before each call
 
 ``length`` is read on the device, so a CUDA graph captured once replays for any length up to the
 cache's capacity; slices are ``ceil(length / SPLITS)`` positions each.
+
+With APPEND (``apt::decode_attention_kvcache``) ``len_ptr`` holds each sequence's position p (the
+length is p + 1): every program rotates q (ROTARY: 1 pairs (i, i + R/2), 2 pairs (2i, 2i + 1)) and
+the new key with row p of the rotary tables, uses the new key and value in place of the cache's
+row p (so no program waits for the cache write), and split 0 writes them into the caches.
 """
 from __future__ import annotations
 
@@ -37,17 +42,24 @@ MERGE_TILE = 8192   # float32 elements of partial outputs the merging program lo
 
 @triton.jit
 def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max_ptr, sum_ptr, count_ptr,
-                             sm_scale, KV, HD, T,
+                             kn_ptr, vn_ptr, cos_ptr, sin_ptr, sm_scale, KV, HD, T,
                              q_sb, q_sh, k_sb, k_sh, k_st, v_sb, v_sh, v_st, o_sb, o_sh, len_sb,
+                             kn_sb, kn_sh, vn_sb, vn_sh, rot_st,
                              G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
                              BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr,
-                             G_POW2: tl.constexpr, MERGE_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                             G_POW2: tl.constexpr, MERGE_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                             APPEND: tl.constexpr, ROTARY: tl.constexpr, ROT_HALF: tl.constexpr):
     pid = tl.program_id(0)  # sequence * KV + key head
     split = tl.program_id(1)
     b = (pid // KV).to(tl.int64)  # 64-bit offsets: a cache may hold more than 2^31 elements
     kvh = (pid % KV).to(tl.int64)
     # clamped to the cache (a check would cost the host a synchronisation; see _ops.decode_attention)
-    length = tl.minimum(tl.maximum(tl.load(len_ptr + b * len_sb).to(tl.int32), 0), T)
+    if APPEND:
+        pos = tl.minimum(tl.maximum(tl.load(len_ptr + b * len_sb).to(tl.int32), 0), T - 1)
+        length = pos + 1
+    else:
+        length = tl.minimum(tl.maximum(tl.load(len_ptr + b * len_sb).to(tl.int32), 0), T)
+        pos = length - 1
     chunk = tl.cdiv(length, SPLITS)
     start = split * chunk
     end = tl.minimum(start + chunk, length)
@@ -57,10 +69,33 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
     gmask = g < G
     dmask = d < HD
     heads = kvh * G + g
-    q = tl.load(q_ptr + b * q_sb + heads[:, None] * q_sh + d[None, :],
-                mask=gmask[:, None] & dmask[None, :], other=0.0)
+    q_rows = q_ptr + b * q_sb + heads[:, None] * q_sh
+    q = tl.load(q_rows + d[None, :], mask=gmask[:, None] & dmask[None, :], other=0.0)
     k_base = k_ptr + b * k_sb + kvh * k_sh
     v_base = v_ptr + b * v_sb + kvh * v_sh
+    if APPEND:
+        kn_row = kn_ptr + b * kn_sb + kvh * kn_sh
+        k_new = tl.load(kn_row + d, mask=dmask, other=0.0)
+        v_new = tl.load(vn_ptr + b * vn_sb + kvh * vn_sh + d, mask=dmask, other=0.0)
+        if ROTARY != 0:
+            # column d's partner and its table entry: y_d = x_d cos - x_partner sin (first of its
+            # pair) or x_d cos + x_partner sin; columns from 2 ROT_HALF on pass unchanged
+            rot = d < 2 * ROT_HALF
+            if ROTARY == 2:
+                first = d % 2 == 0
+                partner = tl.where(first, d + 1, d - 1)
+                entry = d // 2
+            else:
+                first = d < ROT_HALF
+                partner = tl.where(first, d + ROT_HALF, d - ROT_HALF)
+                entry = tl.where(first, d, d - ROT_HALF)
+            cos = tl.load(cos_ptr + pos * rot_st + entry, mask=rot, other=1.0).to(tl.float32)
+            sin = tl.load(sin_ptr + pos * rot_st + entry, mask=rot, other=0.0).to(tl.float32)
+            sin = tl.where(first, -sin, sin)
+            q_pair = tl.load(q_rows + partner[None, :], mask=gmask[:, None] & rot[None, :], other=0.0)
+            q = (q.to(tl.float32) * cos[None, :] + q_pair.to(tl.float32) * sin[None, :]).to(q.dtype)
+            k_pair = tl.load(kn_row + partner, mask=rot, other=0.0)
+            k_new = (k_new.to(tl.float32) * cos + k_pair.to(tl.float32) * sin).to(k_new.dtype)
 
     run_max = tl.full([BLOCK_G], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_G], tl.float32)
@@ -70,6 +105,8 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
         nmask = n < end
         kv_mask = nmask[:, None] & dmask[None, :]
         k = tl.load(k_base + n[:, None] * k_st + d[None, :], mask=kv_mask, other=0.0)
+        if APPEND:  # row p is the new key (its cache row is written by split 0, unordered with this)
+            k = tl.where((n == pos)[:, None], k_new[None, :], k)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale  # [BLOCK_G, BLOCK_N]
         s = tl.where(nmask[None, :], s, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(s, 1))
@@ -77,8 +114,15 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
         p = tl.exp(s - new_max[:, None])
         run_sum = run_sum * rescale + tl.sum(p, 1)
         v = tl.load(v_base + n[:, None] * v_st + d[None, :], mask=kv_mask, other=0.0)
+        if APPEND:
+            v = tl.where((n == pos)[:, None], v_new[None, :], v)
         acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         run_max = new_max
+
+    if APPEND:
+        if split == 0:  # the new key and value into the caches, once per key head
+            tl.store(k_base + pos * k_st + d, k_new, mask=dmask)
+            tl.store(v_base + pos * v_st + d, v_new, mask=dmask)
 
     # this slice's partial result: scratch [B * H, SPLITS, (BLOCK_D)]
     row = b * KV * G + heads
@@ -139,12 +183,10 @@ def num_splits(programs: int, capacity: int, device: torch.device) -> int:
     return max(1, min(1 << (want.bit_length() - 1), cap))
 
 
-@kernel("decode_attention")
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, length: torch.Tensor,
-                     scale: float | None = None) -> torch.Tensor:
-    """apt::decode_attention (docs/contract.md §2). q [B, H, D]; caches [B, KV, T, D], last dim
-    contiguous; length int [B] or [1]. Returns [B, H, D] in q's dtype."""
-    _ops.check_arguments(q, k_cache, v_cache, length, scale)
+def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
+            scale: float | None, append: tuple | None = None) -> torch.Tensor:
+    """The launch of both ops: ``lengths`` the lengths (decode_attention) or, with ``append`` =
+    (k_new, v_new, rotary_cos, rotary_sin, rotary_interleaved), the positions (decode_attention_kvcache)."""
     b, h, hd = q.shape
     kv, t = k_cache.shape[1], k_cache.shape[2]
     q = q if q.stride(-1) == 1 else q.contiguous()
@@ -158,15 +200,42 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     counts = arrival_counters(b * kv, q.device)
     g = h // kv
     g_pow2 = max(2, next_power_of_2(g))
+    k_new, v_new, cos, sin, interleaved = append if append is not None else (q, q, None, None, False)
+    rotary = 0 if cos is None else (2 if interleaved else 1)
+    cos, sin = (q, q) if cos is None else (cos, sin)  # (unread without ROTARY)
     _LAUNCH((b * kv, splits),
-            (q, k_cache, v_cache, length, out, acc, maxes, sums, counts,
+            (q, k_cache, v_cache, lengths, out, acc, maxes, sums, counts, k_new, v_new, cos, sin,
              float(hd ** -0.5 if scale is None else scale), kv, hd, t,
              q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
              v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
-             length.stride(0) if length.shape[0] > 1 else 0),
+             lengths.stride(0) if lengths.shape[0] > 1 else 0,
+             k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1), cos.stride(0) if rotary else 0),
             {"G": g, "BLOCK_G": max(MIN_ROWS, next_power_of_2(g)), "BLOCK_D": block_d, "BLOCK_N": BLOCK_N,
              "SPLITS": splits, "SPLITS_POW2": max(2, splits), "G_POW2": g_pow2,
              "MERGE_SPLITS": max(2, min(splits, MERGE_TILE // (g_pow2 * block_d))),
-             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"},
+             "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+             "APPEND": append is not None, "ROTARY": rotary, "ROT_HALF": cos.shape[1] if rotary else 1},
             num_warps=4)
     return out
+
+
+@kernel("decode_attention")
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, length: torch.Tensor,
+                     scale: float | None = None) -> torch.Tensor:
+    """apt::decode_attention (docs/contract.md §2). q [B, H, D]; caches [B, KV, T, D], last dim
+    contiguous; length int [B] or [1]. Returns [B, H, D] in q's dtype."""
+    _ops.check_arguments(q, k_cache, v_cache, length, scale)
+    return _launch(q, k_cache, v_cache, length, scale)
+
+
+@kernel("decode_attention_kvcache")
+def decode_attention_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
+                             v_new: torch.Tensor, cache_seqlens: torch.Tensor, rotary_cos: torch.Tensor | None = None,
+                             rotary_sin: torch.Tensor | None = None, rotary_interleaved: bool = False,
+                             scale: float | None = None) -> torch.Tensor:
+    """apt::decode_attention_kvcache (docs/contract.md §2): the caches updated in place at each
+    sequence's position, the attention over the positions up to it. Returns [B, H, D]."""
+    _ops.check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
+                                 rotary_interleaved, scale)
+    return _launch(q, k_cache, v_cache, cache_seqlens, scale,
+                   (k_new, v_new, rotary_cos, rotary_sin, rotary_interleaved))

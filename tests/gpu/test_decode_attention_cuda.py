@@ -112,3 +112,72 @@ def test_bad_arguments_are_named(rng):
         decode_attention(q, k, v, torch.tensor([3]))
     with pytest.raises(ValueError, match="k_cache: expected q's dtype and device"):
         decode_attention(q, k.cpu(), v, torch.tensor([3], device=DEV))
+
+
+def _kvcache_inputs(rng, b, h, kv, t, d, dtype, half=64):
+    q, k, v = ref.make_inputs(b, h, kv, t, d, dtype, DEV, rng)
+    k_new = torch.randn(b, kv, d, generator=rng).to(DEV, dtype)
+    v_new = torch.randn(b, kv, d, generator=rng).to(DEV, dtype)
+    angles = torch.rand(t, half, generator=rng) * 6.3
+    return q, k, v, k_new, v_new, angles.cos().to(DEV), angles.sin().to(DEV)
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("shape", [(1, 32, 8, 1024, 128), (3, 4, 4, 77, 128), (2, 8, 1, 300, 64)], ids=str)
+def test_kvcache_matches_reference(rng, dtype, interleaved, shape):
+    """decode_attention_kvcache's Triton kernel: q and the new key rotated, the new key and value
+    written at each sequence's position (the first, one inside, the last), the attention over the
+    positions up to it, against the float64 reference and its updated caches."""
+    from apt_ext.attention import decode_attention_kvcache
+
+    b, h, kv, t, d = shape
+    q, k, v, kn, vn, cos, sin = _kvcache_inputs(rng, b, h, kv, t, d, dtype, half=d // 2)
+    pos = torch.tensor([0, t // 2 + 1, t - 1][:b], device=DEV)
+    want, want_k, want_v = ref.decode_attention_kvcache(q.cpu(), k.cpu(), v.cpu(), kn.cpu(), vn.cpu(), pos.cpu(),
+                                                         cos.cpu(), sin.cpu(), interleaved)
+    out = decode_attention_kvcache(q, k, v, kn, vn, pos, cos, sin, rotary_interleaved=interleaved)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out.double().cpu(), want, atol=TOL[dtype], rtol=TOL[dtype])
+    torch.testing.assert_close(k.double().cpu(), want_k.double(), atol=TOL[dtype], rtol=0)
+    assert torch.equal(v.cpu(), want_v)
+
+
+def test_kvcache_cuda_graph_replays_at_new_positions(rng):
+    """One graph of the op replayed at positions written on the device: each replay writes its row
+    of the caches and attends up to it, as eager calls do."""
+    from apt_ext.attention import decode_attention_kvcache
+
+    q, k, v, kn, vn, cos, sin = _kvcache_inputs(rng, 1, 32, 8, 512, 128, torch.bfloat16)
+    k_eager, v_eager = k.clone(), v.clone()
+    pos = torch.tensor([3], device=DEV)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        decode_attention_kvcache(q, k.clone(), v.clone(), kn, vn, pos, cos, sin)  # compiles outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = decode_attention_kvcache(q, k, v, kn, vn, pos, cos, sin)
+    for p in (3, 0, 200, 511):
+        pos.fill_(p)
+        kn.normal_()
+        vn.normal_()
+        graph.replay()
+        eager = decode_attention_kvcache(q, k_eager, v_eager, kn, vn, pos, cos, sin)
+        torch.cuda.synchronize()
+        torch.testing.assert_close(out, eager, atol=0, rtol=0)
+        assert torch.equal(k, k_eager) and torch.equal(v, v_eager)
+
+
+def test_kvcache_compiled_in_place(rng):
+    from apt_ext.attention import decode_attention_kvcache
+
+    q, k, v, kn, vn, cos, sin = _kvcache_inputs(rng, 2, 32, 8, 256, 128, torch.bfloat16)
+    k2, v2 = k.clone(), v.clone()
+    pos = torch.tensor([17, 255], device=DEV)
+    fn = torch.compile(lambda q, k, v, kn, vn, p: decode_attention_kvcache(q * 2, k, v, kn, vn, p, cos, sin,
+                                                                           rotary_interleaved=True), fullgraph=True)
+    torch.testing.assert_close(fn(q, k, v, kn, vn, pos),
+                               decode_attention_kvcache(q * 2, k2, v2, kn, vn, pos, cos, sin, rotary_interleaved=True))
+    assert torch.equal(k, k2) and torch.equal(v, v2)

@@ -29,3 +29,36 @@ def make_inputs(b: int, h: int, kv: int, t: int, d: int, dtype: torch.dtype, dev
     k = torch.randn(b, kv, t, d, generator=rng).to(device, dtype)
     v = torch.randn(b, kv, t, d, generator=rng).to(device, dtype)
     return q, k, v
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """x [..., D] rotated by angle theta (cos, sin [R / 2]) as complex numbers, in float64: pair j is
+    (x[2j], x[2j + 1]) when interleaved, else (x[j], x[j + R / 2]); values past R unchanged."""
+    r = 2 * cos.shape[-1]
+    x = x.double()
+    re, im = (x[..., 0:r:2], x[..., 1:r:2]) if interleaved else (x[..., :r // 2], x[..., r // 2:r])
+    z = torch.complex(re, im) * torch.complex(cos.double(), sin.double())
+    y = x.clone()
+    if interleaved:
+        y[..., 0:r:2], y[..., 1:r:2] = z.real, z.imag
+    else:
+        y[..., :r // 2], y[..., r // 2:r] = z.real, z.imag
+    return y
+
+
+def decode_attention_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens, cos=None, sin=None,
+                             interleaved=False, scale=None):
+    """apt::decode_attention_kvcache in float64: (output [B, H, D], updated k_cache, v_cache), the
+    caches cloned (the inputs left as they are); the rotated q and key rounded to q's dtype first."""
+    b = q.shape[0]
+    k_cache, v_cache = k_cache.clone(), v_cache.clone()
+    pos = cache_seqlens.expand(b).tolist()
+    q = q.clone()
+    for i, p in enumerate(pos):
+        kn = k_new[i]
+        if cos is not None:
+            q[i] = rotate(q[i], cos[p], sin[p], interleaved).to(q.dtype)
+            kn = rotate(kn, cos[p], sin[p], interleaved).to(q.dtype)
+        k_cache[i, :, p] = kn
+        v_cache[i, :, p] = v_new[i]
+    return decode_attention(q, k_cache, v_cache, torch.tensor([p + 1 for p in pos]), scale), k_cache, v_cache

@@ -40,20 +40,21 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return torch.ops.apt.decode_attention(q, k_cache, v_cache, length, scale)
 
 
-def _check_types(q, k_cache, v_cache, length, scale) -> None:
+def _check_types(q, k_cache, v_cache, length, scale, length_name: str = "length") -> None:
     """TypeError naming the argument: tensors where tensors go, a number or None for scale."""
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("length", length)):
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), (length_name, length)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
 
 
-def check_arguments(q, k_cache, v_cache, length, scale) -> None:
+def check_arguments(q, k_cache, v_cache, length, scale, length_name: str = "length") -> None:
     """ValueError / TypeError naming the argument, for anything decode_attention does not take
     (every kernel of the op runs it, the fake one included, so a direct torch.ops call is checked
-    too)."""
-    _check_types(q, k_cache, v_cache, length, scale)
+    too). ``length_name``: the length argument's name in the calling op (decode_attention_kvcache:
+    cache_seqlens)."""
+    _check_types(q, k_cache, v_cache, length, scale, length_name)
     if q.dim() != 3:
         raise ValueError(f"q: expected [B, H, D] (3 dims), got shape {tuple(q.shape)}")
     if q.dtype not in _DTYPES:
@@ -76,10 +77,10 @@ def check_arguments(q, k_cache, v_cache, length, scale) -> None:
     if kv == 0 or h % kv:
         raise ValueError(f"q: expected a number of heads ({h}) divisible by k_cache's key heads ({kv})")
     if length.dtype not in (torch.int32, torch.int64) or length.dim() != 1 or length.shape[0] not in (1, b):
-        raise ValueError(f"length: expected an int32/int64 tensor of shape [{b}] or [1], got {length.dtype} "
+        raise ValueError(f"{length_name}: expected an int32/int64 tensor of shape [{b}] or [1], got {length.dtype} "
                          f"shape {tuple(length.shape)}")
     if length.device != q.device:
-        raise ValueError(f"length: expected q's device {q.device}, got {length.device}")
+        raise ValueError(f"{length_name}: expected q's device {q.device}, got {length.device}")
 
 
 def decode_attention_composite(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, length: torch.Tensor,
@@ -159,7 +160,7 @@ def decode_attention_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
 
 def _check_kvcache_types(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
                          rotary_interleaved, scale) -> None:
-    _check_types(q, k_cache, v_cache, cache_seqlens, scale)
+    _check_types(q, k_cache, v_cache, cache_seqlens, scale, "cache_seqlens")
     for name, t in (("k_new", k_new), ("v_new", v_new)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -176,10 +177,7 @@ def check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, ro
     tables' (ValueError / TypeError naming the argument)."""
     _check_kvcache_types(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
                          rotary_interleaved, scale)
-    try:
-        check_arguments(q, k_cache, v_cache, cache_seqlens, scale)
-    except ValueError as e:  # the length's message, under this op's name for it
-        raise ValueError(str(e).replace("length:", "cache_seqlens:", 1)) from None
+    check_arguments(q, k_cache, v_cache, cache_seqlens, scale, "cache_seqlens")
     b, d = q.shape[0], q.shape[2]
     kv = k_cache.shape[1]
     for name, t in (("k_new", k_new), ("v_new", v_new)):

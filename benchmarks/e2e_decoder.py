@@ -50,6 +50,7 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -312,9 +313,10 @@ def median_s(fn, device: torch.device, iters: int) -> tuple[float, torch.Tensor]
     return statistics.median(times), out
 
 
-def top_kernels(fn, calls: int, n: int = 15) -> list[dict]:
+def top_kernels(fn, calls: int, n: int = 15) -> tuple[list[dict], list[dict]]:
     """The ``n`` GPU kernels with the most device time over ``calls`` calls of ``fn``
-    (torch.profiler): name, microseconds and launches per call."""
+    (torch.profiler): name, microseconds and launches per call; and the FP4 GEMV's launches by
+    grid (kernels_by_grid of the profile's trace), which tells the projections apart."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -327,7 +329,29 @@ def top_kernels(fn, calls: int, n: int = 15) -> list[dict]:
         us = e.cuda_time_total if us is None else us
         if us > 0 and e.device_type == torch.autograd.DeviceType.CUDA:
             rows.append({"name": e.key[:120], "us_per_call": us / calls, "launches_per_call": e.count / calls})
-    return sorted(rows, key=lambda r: -r["us_per_call"])[:n]
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        by_grid = kernels_by_grid(json.loads(trace.read_text()), calls, "gemv")
+    return sorted(rows, key=lambda r: -r["us_per_call"])[:n], by_grid
+
+
+def kernels_by_grid(trace: dict, calls: int, match: str) -> list[dict]:
+    """GPU kernels of a Chrome trace (torch.profiler's ``export_chrome_trace``) whose name contains
+    ``match``, grouped by name, grid and block: microseconds and launches per call of the profiled
+    function and microseconds per launch (median), most time first. In the decoder each projection
+    launches the GEMV with its own grid, so this splits the GEMV's time by projection."""
+    groups: dict[tuple, list[float]] = {}
+    for e in trace.get("traceEvents", []):
+        if e.get("cat") != "kernel" or match not in e.get("name", ""):
+            continue
+        args = e.get("args", {})
+        key = (e["name"][:120], tuple(args.get("grid", ())), tuple(args.get("block", ())))
+        groups.setdefault(key, []).append(float(e.get("dur", 0.0)))
+    rows = [{"name": name, "grid": list(grid), "block": list(block), "us_per_call": sum(durs) / calls,
+             "launches_per_call": len(durs) / calls, "us_per_launch": statistics.median(durs)}
+            for (name, grid, block), durs in groups.items()]
+    return sorted(rows, key=lambda r: -r["us_per_call"])
 
 
 def capture_graph(fn, warmups: int = 1) -> tuple[torch.cuda.CUDAGraph, object]:
@@ -364,7 +388,8 @@ def time_step(model: Stack, caches: list[StaticKV], x: torch.Tensor, pos: torch.
     With ``compile_step`` the step is also compiled (torch.compile, after the eager calls, so that
     FP4Linear's tiled copies exist when it is traced): its time called as is (``compiled_s``) and its
     difference from the eager output; on CUDA the graph then captures the compiled step. With
-    ``profile`` (CUDA) the top kernels of 3 graph replays are kept (``graph_top_kernels``)."""
+    ``profile`` (CUDA) the top kernels of 3 graph replays are kept (``graph_top_kernels``), and the FP4
+    GEMV's launches by grid (``graph_gemv_by_grid``: one row per projection)."""
     with torch.no_grad():
         for _ in range(3):
             model(x, caches, pos)  # warm-up; FP4Linear builds its tiled copies here
@@ -386,7 +411,7 @@ def time_step(model: Stack, caches: list[StaticKV], x: torch.Tensor, pos: torch.
             sync(device)
             res["graph_s"] = replay_seconds(graph, iters)
             if profile:
-                res["graph_top_kernels"] = top_kernels(graph.replay, 3)
+                res["graph_top_kernels"], res["graph_gemv_by_grid"] = top_kernels(graph.replay, 3)
             # the replay against the step it captured (eager, or compiled)
             res["graph_out_equals_eager"] = bool(torch.equal(static_out.float().cpu(),
                                                              c_out if compile_step else res["out"]))
@@ -423,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --fuse-norms: APT_FP4_GRAM for this process, which of the GEMV's warps take the "
                          "norm's sums of squares (default: the variable's value, else first)")
     ap.add_argument("--profile", action="store_true",
-                    help="(CUDA) also record and print the top GPU kernels of the graph-replayed step")
+                    help="(CUDA) also record and print the top GPU kernels of the graph-replayed step, and the FP4 "
+                         "GEMV's time by launch grid (one row per projection)")
     ap.add_argument("--out", default=None,
                     help="JSON path (default benchmarks/results/e2e_decoder_<machine>[_quick][...].json)")
     args = ap.parse_args(argv)
@@ -518,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{extra}")
             for k in r.get("graph_top_kernels", []):
                 print(f"      {k['us_per_call']:9.1f} us {k['launches_per_call']:6.1f}x  {k['name'][:90]}")
+            for k in r.get("graph_gemv_by_grid", []):
+                print(f"      {k['us_per_call']:9.1f} us {k['launches_per_call']:6.1f}x {k['us_per_launch']:7.2f} us a launch, "
+                      f"grid {k['grid']} block {k['block']}  {k['name'][60:110]}")
     print(f"wrote {out}")
     return 0
 

@@ -219,3 +219,22 @@ def test_fuse_norms_compute_the_same_step():
                                    rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="fuse_norms"):
         e2e_decoder.Layer(s, fused=False, fuse_norms=True)
+
+
+def test_kernels_by_grid_splits_a_kernel_by_launch_shape():
+    """The profile's GEMV rows: one kernel name launched with two grids over 2 profiled calls gives
+    two rows (time and launches per call, median time a launch); other kernels and CPU events are
+    left out."""
+    gemv = "void gemv_tiled_kernel<0>(Args)"
+    events = [{"cat": "kernel", "name": gemv, "dur": d, "args": {"grid": [96, 1, 1], "block": [256, 1, 1]}}
+              for d in (4.0, 5.0, 9.0, 6.0)]
+    events += [{"cat": "kernel", "name": gemv, "dur": 20.0, "args": {"grid": [448, 1, 1], "block": [128, 1, 1]}}
+               for _ in range(2)]
+    events += [{"cat": "kernel", "name": "sdpa_kernel", "dur": 50.0, "args": {"grid": [8, 1, 1]}},
+               {"cat": "cpu_op", "name": "gemv (host)", "dur": 99.0}]
+    rows = e2e_decoder.kernels_by_grid({"traceEvents": events}, calls=2, match="gemv")
+    assert [r["grid"] for r in rows] == [[448, 1, 1], [96, 1, 1]]
+    assert rows[0] == {"name": gemv, "grid": [448, 1, 1], "block": [128, 1, 1], "us_per_call": 20.0,
+                       "launches_per_call": 1.0, "us_per_launch": 20.0}
+    assert rows[1]["us_per_call"] == 12.0 and rows[1]["launches_per_call"] == 2.0
+    assert rows[1]["us_per_launch"] == 5.5

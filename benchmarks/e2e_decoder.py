@@ -26,17 +26,20 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py --compile    # both steps also compiled (torch.compile fuses the
                                                   # norms, rotary and element-wise work the graph
                                                   # otherwise launches one kernel each for)
+    python benchmarks/e2e_decoder.py --attention sdpa  # F.scaled_dot_product_attention over the
+                                                  # whole cache, masked (the default before the
+                                                  # forty-sixth session), after rotary and cache-write
+                                                  # kernels
     python benchmarks/e2e_decoder.py --attention matmul  # attention by two batched matmuls and a
                                                   # float32 softmax (compiled: inductor's kernels)
-                                                  # instead of F.scaled_dot_product_attention
     python benchmarks/e2e_decoder.py --attention flex  # flex_attention, visiting the cache's blocks
                                                   # up to the position only (compiled: torch's
                                                   # split-KV decoding kernel)
     python benchmarks/e2e_decoder.py --attention apt  # apt_ext.attention.decode_attention over the
                                                   # positions up to the current one (one launch)
-    python benchmarks/e2e_decoder.py --attention apt_kvcache  # the same launch also applies the
-                                                  # rotary embedding and writes the cache
-Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul|_flex|_apt|_apt_kvcache][_composite_swiglu]
+    (default: --attention apt_kvcache, apt_ext.attention.decode_attention_kvcache: the same launch
+    also applies the rotary embedding and writes the cache; both models use the same attention)
+Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul|_flex|_apt|_apt_kvcache (sdpa: no suffix)][_composite_swiglu]
 [_fused_norms][_profile].json.
 """
 from __future__ import annotations
@@ -313,10 +316,11 @@ def median_s(fn, device: torch.device, iters: int) -> tuple[float, torch.Tensor]
     return statistics.median(times), out
 
 
-def top_kernels(fn, calls: int, n: int = 15) -> tuple[list[dict], list[dict]]:
-    """The ``n`` GPU kernels with the most device time over ``calls`` calls of ``fn``
-    (torch.profiler): name, microseconds and launches per call; and the FP4 GEMV's launches by
-    grid (kernels_by_grid of the profile's trace), which tells the projections apart."""
+def top_kernels(fn, calls: int, layers: int, n: int = 15) -> tuple[list[dict], list[dict]]:
+    """The ``n`` GPU kernels with the most device time over ``calls`` calls of ``fn`` (a step of
+    ``layers`` layers; torch.profiler): name, microseconds and launches per call; and the FP4
+    GEMV's launches by grid and order in a layer (kernels_by_grid of the profile's trace), which
+    tells the projections apart."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -332,25 +336,34 @@ def top_kernels(fn, calls: int, n: int = 15) -> tuple[list[dict], list[dict]]:
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(trace))
-        by_grid = kernels_by_grid(json.loads(trace.read_text()), calls, "gemv")
+        by_grid = kernels_by_grid(json.loads(trace.read_text()), calls, "gemv", layers)
     return sorted(rows, key=lambda r: -r["us_per_call"])[:n], by_grid
 
 
-def kernels_by_grid(trace: dict, calls: int, match: str) -> list[dict]:
+def kernels_by_grid(trace: dict, calls: int, match: str, layers: int = 1) -> list[dict]:
     """GPU kernels of a Chrome trace (torch.profiler's ``export_chrome_trace``) whose name contains
-    ``match``, grouped by name, grid and block: microseconds and launches per call of the profiled
-    function and microseconds per launch (median), most time first. In the decoder each projection
-    launches the GEMV with its own grid, so this splits the GEMV's time by projection."""
-    groups: dict[tuple, list[float]] = {}
+    ``match``, grouped by name, grid, block and slot: microseconds and launches per call of the
+    profiled function and microseconds per launch (median), most time first. The slot tells apart
+    launches of one kernel and grid within a layer by their order (a kernel launched r times per
+    call of ``layers`` layers: launch j of a call is slot j mod (r / layers)), so in the decoder,
+    where o and down launch the same GEMV with the same grid, each projection gets its own row."""
+    launches: dict[tuple, list[tuple[float, float]]] = {}
     for e in trace.get("traceEvents", []):
         if e.get("cat") != "kernel" or match not in e.get("name", ""):
             continue
         args = e.get("args", {})
         key = (e["name"][:120], tuple(args.get("grid", ())), tuple(args.get("block", ())))
-        groups.setdefault(key, []).append(float(e.get("dur", 0.0)))
-    rows = [{"name": name, "grid": list(grid), "block": list(block), "us_per_call": sum(durs) / calls,
-             "launches_per_call": len(durs) / calls, "us_per_launch": statistics.median(durs)}
-            for (name, grid, block), durs in groups.items()]
+        launches.setdefault(key, []).append((float(e.get("ts", 0.0)), float(e.get("dur", 0.0))))
+    groups: dict[tuple, list[float]] = {}
+    for key, events in launches.items():
+        per_call = max(1, len(events) // calls)
+        per_layer = per_call // layers if per_call % layers == 0 else per_call
+        for j, (_, dur) in enumerate(sorted(events)):
+            groups.setdefault(key + ((j % per_call) % per_layer,), []).append(dur)
+    rows = [{"name": name, "grid": list(grid), "block": list(block), "slot": slot,
+             "us_per_call": sum(durs) / calls, "launches_per_call": len(durs) / calls,
+             "us_per_launch": statistics.median(durs)}
+            for (name, grid, block, slot), durs in groups.items()]
     return sorted(rows, key=lambda r: -r["us_per_call"])
 
 
@@ -411,7 +424,7 @@ def time_step(model: Stack, caches: list[StaticKV], x: torch.Tensor, pos: torch.
             sync(device)
             res["graph_s"] = replay_seconds(graph, iters)
             if profile:
-                res["graph_top_kernels"], res["graph_gemv_by_grid"] = top_kernels(graph.replay, 3)
+                res["graph_top_kernels"], res["graph_gemv_by_grid"] = top_kernels(graph.replay, 3, len(model.layers))
             # the replay against the step it captured (eager, or compiled)
             res["graph_out_equals_eager"] = bool(torch.equal(static_out.float().cpu(),
                                                              c_out if compile_step else res["out"]))
@@ -430,12 +443,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="FP4Linear.release_canonical() on every layer: only the tiled copy of each weight is held")
     ap.add_argument("--compile", action="store_true",
                     help="also compile each model's step (torch.compile; on CUDA the graph replays the compiled step)")
-    ap.add_argument("--attention", choices=ATTENTIONS, default="sdpa",
+    ap.add_argument("--attention", choices=ATTENTIONS, default="apt_kvcache",
                     help="both models' attention: F.scaled_dot_product_attention (masked, whole cache), two batched "
                          "matmuls and a float32 softmax (grouped_attention), flex_attention over the cache up "
                          "to the position alone (decode_block_mask), apt_ext.attention.decode_attention "
-                         "(the same positions, one split-KV launch), or decode_attention_kvcache (that launch "
-                         "also applies the rotary embedding and writes the cache)")
+                         "(the same positions, one split-KV launch), or decode_attention_kvcache (default since "
+                         "the forty-sixth session, the fastest for both models on an H100: that launch also "
+                         "applies the rotary embedding and writes the cache)")
     ap.add_argument("--swiglu", choices=SWIGLUS, default="fused",
                     help="with --fused, the MLP's silu(gate) * up: apt_ext.nn.swiglu (FP4: one fused kernel) or "
                          "silu and product of the two halves")
@@ -546,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"      {k['us_per_call']:9.1f} us {k['launches_per_call']:6.1f}x  {k['name'][:90]}")
             for k in r.get("graph_gemv_by_grid", []):
                 print(f"      {k['us_per_call']:9.1f} us {k['launches_per_call']:6.1f}x {k['us_per_launch']:7.2f} us a launch, "
-                      f"grid {k['grid']} block {k['block']}  {k['name'][60:110]}")
+                      f"grid {k['grid']} block {k['block']} slot {k['slot']}  {k['name'][60:110]}")
     print(f"wrote {out}")
     return 0
 

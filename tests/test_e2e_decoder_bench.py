@@ -221,20 +221,27 @@ def test_fuse_norms_compute_the_same_step():
         e2e_decoder.Layer(s, fused=False, fuse_norms=True)
 
 
-def test_kernels_by_grid_splits_a_kernel_by_launch_shape():
-    """The profile's GEMV rows: one kernel name launched with two grids over 2 profiled calls gives
-    two rows (time and launches per call, median time a launch); other kernels and CPU events are
-    left out."""
+def test_kernels_by_grid_splits_a_kernel_by_launch_shape_and_order():
+    """The profile's GEMV rows: over 2 profiled calls of a 2-layer step, one kernel launched with
+    grid 96 twice a layer (o, then down: slots 0 and 1 by their order in the layer) and with grid
+    448 once a layer gives three rows (time and launches per call, median time a launch); other
+    kernels and CPU events are left out; the events need not come in time order."""
     gemv = "void gemv_tiled_kernel<0>(Args)"
-    events = [{"cat": "kernel", "name": gemv, "dur": d, "args": {"grid": [96, 1, 1], "block": [256, 1, 1]}}
-              for d in (4.0, 5.0, 9.0, 6.0)]
-    events += [{"cat": "kernel", "name": gemv, "dur": 20.0, "args": {"grid": [448, 1, 1], "block": [128, 1, 1]}}
-               for _ in range(2)]
-    events += [{"cat": "kernel", "name": "sdpa_kernel", "dur": 50.0, "args": {"grid": [8, 1, 1]}},
-               {"cat": "cpu_op", "name": "gemv (host)", "dur": 99.0}]
-    rows = e2e_decoder.kernels_by_grid({"traceEvents": events}, calls=2, match="gemv")
-    assert [r["grid"] for r in rows] == [[448, 1, 1], [96, 1, 1]]
-    assert rows[0] == {"name": gemv, "grid": [448, 1, 1], "block": [128, 1, 1], "us_per_call": 20.0,
-                       "launches_per_call": 1.0, "us_per_launch": 20.0}
-    assert rows[1]["us_per_call"] == 12.0 and rows[1]["launches_per_call"] == 2.0
-    assert rows[1]["us_per_launch"] == 5.5
+
+    def launch(ts, dur, grid):
+        return {"cat": "kernel", "name": gemv, "ts": ts, "dur": dur, "args": {"grid": [grid, 1, 1], "block": [256, 1, 1]}}
+    events = []
+    for call in range(2):
+        for layer in range(2):
+            t = 100.0 * call + 10.0 * layer
+            events += [launch(t + 2, 4.0 + call, 96), launch(t + 1, 20.0, 448), launch(t + 3, 9.0 + layer, 96)]
+    events += [{"cat": "kernel", "name": "sdpa_kernel", "ts": 5.0, "dur": 50.0, "args": {"grid": [8, 1, 1]}},
+               {"cat": "cpu_op", "name": "gemv (host)", "ts": 6.0, "dur": 99.0}]
+    rows = e2e_decoder.kernels_by_grid({"traceEvents": events[::-1]}, calls=2, match="gemv", layers=2)
+    assert [(r["grid"][0], r["slot"]) for r in rows] == [(448, 0), (96, 1), (96, 0)]
+    assert rows[0] == {"name": gemv, "grid": [448, 1, 1], "block": [256, 1, 1], "slot": 0, "us_per_call": 40.0,
+                       "launches_per_call": 2.0, "us_per_launch": 20.0}
+    assert rows[1]["us_per_call"] == 19.0 and rows[1]["us_per_launch"] == 9.5  # down: 9, 10 per call
+    assert rows[2]["us_per_call"] == 9.0 and rows[2]["us_per_launch"] == 4.5 and rows[2]["launches_per_call"] == 2.0
+    one_layer = e2e_decoder.kernels_by_grid({"traceEvents": events}, calls=2, match="gemv", layers=1)
+    assert sorted((r["grid"][0], r["slot"]) for r in one_layer) == [(96, 0), (96, 1), (96, 2), (96, 3), (448, 0), (448, 1)]

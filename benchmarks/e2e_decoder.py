@@ -346,7 +346,10 @@ def kernels_by_grid(trace: dict, calls: int, match: str, layers: int = 1) -> lis
     profiled function and microseconds per launch (median), most time first. The slot tells apart
     launches of one kernel and grid within a layer by their order (a kernel launched r times per
     call of ``layers`` layers: launch j of a call is slot j mod (r / layers)), so in the decoder,
-    where o and down launch the same GEMV with the same grid, each projection gets its own row."""
+    where o and down launch the same GEMV with the same grid, each projection gets its own row (r
+    not a multiple of ``layers``: each launch of a call is its own slot)."""
+    if calls < 1 or layers < 1:
+        raise ValueError(f"kernels_by_grid: calls and layers must be >= 1, got calls={calls}, layers={layers}")
     launches: dict[tuple, list[tuple[float, float]]] = {}
     for e in trace.get("traceEvents", []):
         if e.get("cat") != "kernel" or match not in e.get("name", ""):

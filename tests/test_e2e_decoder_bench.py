@@ -245,3 +245,7 @@ def test_kernels_by_grid_splits_a_kernel_by_launch_shape_and_order():
     assert rows[2]["us_per_call"] == 9.0 and rows[2]["us_per_launch"] == 4.5 and rows[2]["launches_per_call"] == 2.0
     one_layer = e2e_decoder.kernels_by_grid({"traceEvents": events}, calls=2, match="gemv", layers=1)
     assert sorted((r["grid"][0], r["slot"]) for r in one_layer) == [(96, 0), (96, 1), (96, 2), (96, 3), (448, 0), (448, 1)]
+    with pytest.raises(ValueError, match="layers"):
+        e2e_decoder.kernels_by_grid({"traceEvents": events}, calls=2, match="gemv", layers=0)
+    with pytest.raises(ValueError, match="calls"):
+        e2e_decoder.kernels_by_grid({"traceEvents": events}, calls=0, match="gemv")

@@ -40,11 +40,17 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return torch.ops.apt.decode_attention(q, k_cache, v_cache, length, scale)
 
 
+def _check_tensors(*named: tuple[str, object], optional: bool = False) -> None:
+    """TypeError naming the argument for each (name, value) that is not a tensor (or None, when
+    ``optional``)."""
+    for name, t in named:
+        if not isinstance(t, torch.Tensor) and not (optional and t is None):
+            raise TypeError(f"{name}: expected a torch.Tensor{' or None' if optional else ''}, got {type(t).__name__}")
+
+
 def _check_types(q, k_cache, v_cache, length, scale, length_name: str = "length") -> None:
     """TypeError naming the argument: tensors where tensors go, a number or None for scale."""
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), (length_name, length)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    _check_tensors(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), (length_name, length))
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
 
@@ -161,12 +167,8 @@ def decode_attention_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
 def _check_kvcache_types(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
                          rotary_interleaved, scale) -> None:
     _check_types(q, k_cache, v_cache, cache_seqlens, scale, "cache_seqlens")
-    for name, t in (("k_new", k_new), ("v_new", v_new)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(t).__name__}")
+    _check_tensors(("k_new", k_new), ("v_new", v_new))
+    _check_tensors(("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin), optional=True)
     if not isinstance(rotary_interleaved, bool):
         raise TypeError(f"rotary_interleaved: expected a bool, got {type(rotary_interleaved).__name__}")
 
@@ -224,8 +226,8 @@ def decode_attention_kvcache_composite(q, k_cache, v_cache, k_new, v_new, cache_
     b, kv, t = q.shape[0], k_cache.shape[1], k_cache.shape[2]
     pos = cache_seqlens.clamp(0, t - 1).long().expand(b)
     if rotary_cos is not None:
-        q = rotary(q, rotary_cos[pos], rotary_sin[pos], rotary_interleaved)
-        k_new = rotary(k_new, rotary_cos[pos], rotary_sin[pos], rotary_interleaved)
+        cos, sin = rotary_cos[pos], rotary_sin[pos]
+        q, k_new = rotary(q, cos, sin, rotary_interleaved), rotary(k_new, cos, sin, rotary_interleaved)
     rows, heads = torch.arange(b, device=q.device)[:, None], torch.arange(kv, device=q.device)[None, :]
     k_cache[rows, heads, pos[:, None]] = k_new
     v_cache[rows, heads, pos[:, None]] = v_new

@@ -16,7 +16,7 @@ where given, -3 the same in thread-block clusters (MMA 3, J_GROUP 2); J_GROUP 2 
 wgmma slices per commit group)
 and/or "#nf4" / "#mxfp4" (the weight format; default nvfp4) runs in its own child process (a
 fresh process per variant, nothing shared between them) and times
-torch.ops.apt.fp4_linear_tiled (bf16 x) on the issue's four shapes; the parent times bf16
+torch.ops.apt.fp4_linear_tiled (bf16 x) on the issue's four shapes (or --shapes); the parent times bf16
 F.linear and the canonical fp4_linear op on the same shapes, the card's copy bandwidth, and a read
 floor per shape: `torch.sum` of a float32 buffer as large as the packed weight and its scales (what
 a plain streaming read of those bytes costs, launch and ramp included).
@@ -30,6 +30,7 @@ lines: only the kernel's own traffic).
     python benchmarks/fp4_gemv_sweep.py                 # every variant
     python benchmarks/fp4_gemv_sweep.py --variants 'default;4,2,4;default@step;2,4,4,1;default#nf4'
     python benchmarks/fp4_gemv_sweep.py --ms 32,64,128 --variants 'default;default+gemm=17,2;default+gemm=17,1'
+    python benchmarks/fp4_gemv_sweep.py --shapes 768x768,3072x768,768x3072 --ms 128,1024 --variants default
 Writes benchmarks/results/fp4_gemv_sweep_<card>[_<tag>].json. Notes: docs/fp4_gpu_notes.md.
 """
 from __future__ import annotations
@@ -91,7 +92,21 @@ def step_major(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(0, 1).contiguous().transpose(0, 1)
 
 
-def child(ms: list[int], order: str, fmt: str) -> dict:
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """'NxK[,NxK...]' -> [(N, K), ...], each a positive weight shape (rows, columns)."""
+    shapes = []
+    for item in text.split(","):
+        try:
+            n, k = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"expected NxK[,NxK...] with positive integers, got {item!r} in {text!r}") from None
+        if n <= 0 or k <= 0:
+            raise ValueError(f"expected NxK[,NxK...] with positive integers, got {item!r} in {text!r}")
+        shapes.append((n, k))
+    return shapes
+
+
+def child(ms: list[int], order: str, fmt: str, shapes: list[tuple[int, int]]) -> dict:
     """Times fp4_linear_tiled (this process's APT_FP4_GEMV) on every shape and M for a weight in
     format fmt; order 'tile' (as fp4_tile makes it) or 'step' (a step-major copy)."""
     import apt_ext  # noqa: F401
@@ -99,7 +114,7 @@ def child(ms: list[int], order: str, fmt: str) -> dict:
     from apt_ext.fp4.tiled import tile
 
     out = {}
-    for n, k in SHAPES:
+    for n, k in shapes:
         q = quantize(weight(n, k), fmt)
         t = tile(q)
         if order == "step":
@@ -135,7 +150,7 @@ def profile_once(m: int, n: int, k: int) -> None:
         print(f"profiled order={order}", flush=True)
 
 
-def parent(variants: list[str], ms: list[int]) -> dict:
+def parent(variants: list[str], ms: list[int], shapes: list[tuple[int, int]]) -> dict:
     import apt_ext  # noqa: F401
     from apt_ext.fp4 import quantize
 
@@ -144,7 +159,7 @@ def parent(variants: list[str], ms: list[int]) -> dict:
     copy_gbs = 2 * src.numel() * 2 / (bench_us(lambda: dst.copy_(src)) * 1e-6) / 1e9
     del src, dst
     base = {}
-    for n, k in SHAPES:
+    for n, k in shapes:
         w = weight(n, k)
         q = quantize(w, "nvfp4")
         floor_buf = torch.randn((q.packed.numel() + q.scales.numel()) // 4, device="cuda")
@@ -176,6 +191,7 @@ def parent(variants: list[str], ms: list[int]) -> dict:
         if gemm:
             env["APT_FP4_GEMM"] = gemm
         proc = subprocess.run([sys.executable, __file__, "--child", "--ms", ",".join(map(str, ms)),
+                               "--shapes", ",".join(f"{n}x{k}" for n, k in shapes),
                                "--order", order or "tile", "--format", fmt or "nvfp4"], env=env,
                               capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
@@ -222,6 +238,9 @@ def main() -> None:
                     help="';'-separated list of 'default' or 'rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]', "
                          "each optionally '@step' and/or '#nf4' / '#mxfp4' (default: the full sweep)")
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="comma-separated rows of x")
+    ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES),
+                    help="comma-separated weight shapes NxK (default: the issue's four; e.g. the BERT-base "
+                         "encoder's 768x768,3072x768,768x3072)")
     ap.add_argument("--tag", default="", help="suffix of the JSON file name (one file per tuning round)")
     ap.add_argument("--order", choices=("tile", "step"), default="tile", help=argparse.SUPPRESS)
     ap.add_argument("--format", choices=("nvfp4", "mxfp4", "nf4"), default="nvfp4", help=argparse.SUPPRESS)
@@ -232,22 +251,23 @@ def main() -> None:
                     help="NxK, the weight --profile-once runs (default: the largest shape)")
     args = ap.parse_args()
     ms = [int(v) for v in args.ms.split(",")]
+    try:
+        shapes = parse_shapes(args.shapes)
+        profile_shape = parse_shapes(args.profile_shape)
+    except ValueError as e:
+        ap.error(f"--shapes / --profile-shape: {e}")
+    if len(profile_shape) != 1:
+        ap.error(f"--profile-shape: expected one NxK, got {args.profile_shape!r}")
     if args.child:
-        print(json.dumps(child(ms, args.order, args.format)))
+        print(json.dumps(child(ms, args.order, args.format, shapes)))
         return
     if args.profile_once:
-        try:
-            n, k = (int(v) for v in args.profile_shape.lower().split("x"))
-        except ValueError:
-            ap.error(f"--profile-shape: expected NxK with two positive integers, got {args.profile_shape!r}")
-        if n <= 0 or k <= 0:
-            ap.error(f"--profile-shape: expected NxK with two positive integers, got {args.profile_shape!r}")
-        profile_once(ms[0], n, k)
+        profile_once(ms[0], *profile_shape[0])
         return
     if not torch.cuda.is_available():
         sys.exit("fp4_gemv_sweep: needs a CUDA GPU")
     variants = VARIANTS if args.variants is None else args.variants.split(";")
-    res = parent(variants, ms)
+    res = parent(variants, ms, shapes)
     res.update(card=torch.cuda.get_device_name(), torch=torch.__version__,
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                command=" ".join([sys.executable, *sys.argv]))

@@ -22,10 +22,12 @@ floor per shape: `torch.sum` of a float32 buffer as large as the packed weight a
 a plain streaming read of those bytes costs, launch and ramp included).
 Prints, per variant, shape and M: microseconds, weight GB/s (packed codes + scales read once /
 time), % of copy bandwidth and speed-up over bf16, and per variant the largest relative error
-(Frobenius norm, against float32 x @ the dequantised weight; `rel_err` in the JSON). Two timings per case: `us` is do_bench's
+(Frobenius norm, against float32 x @ the dequantised weight; `rel_err` in the JSON). Three timings per case: `us` is do_bench's
 (L2 flushed by *writing* 256 MB before every call, so the kernel also pays for writing back up
 to an L2's worth of dirty lines), `us_clean` flushes L2 by *reading* 256 MB instead (clean
-lines: only the kernel's own traffic).
+lines: only the kernel's own traffic), `us_warm` is a CUDA graph of calls back to back with no
+flush (a weight that fits in L2 is read from there: what an L2 prefetch ahead of the call could
+reach at best).
 
     python benchmarks/fp4_gemv_sweep.py                 # every variant
     python benchmarks/fp4_gemv_sweep.py --variants 'default;4,2,4;default@step;2,4,4,1;default#nf4'
@@ -82,6 +84,14 @@ def bench_clean_us(fn, reps: int = 40) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def bench_warm_us(fn) -> float:
+    """Microseconds per call of a CUDA graph of calls back to back, no flush: a weight that fits
+    in L2 stays there (what a kernel would see if the weight were prefetched into L2 before it)."""
+    from apt_ext.triton.autotune import gpu_ms
+
+    return 1e3 * gpu_ms(fn, torch.device("cuda"), cold_l2=False)
+
+
 def weight(n: int, k: int) -> torch.Tensor:
     g = torch.Generator(device="cuda").manual_seed(n * 31 + k)
     return torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
@@ -128,8 +138,9 @@ def child(ms: list[int], order: str, fmt: str, shapes: list[tuple[int, int]]) ->
             torch.cuda.synchronize()
             us = bench_us(lambda: t.linear(x))
             clean = bench_clean_us(lambda: t.linear(x))
+            warm = bench_warm_us(lambda: t.linear(x))
             out[f"{n}x{k}/{m}"] = {"us": us, "GBs": nbytes / (us * 1e-6) / 1e9, "us_clean": clean,
-                                   "GBs_clean": nbytes / (clean * 1e-6) / 1e9, "rel_err": err}
+                                   "GBs_clean": nbytes / (clean * 1e-6) / 1e9, "us_warm": warm, "rel_err": err}
         del w
     return out
 
@@ -171,6 +182,7 @@ def parent(variants: list[str], ms: list[int], shapes: list[tuple[int, int]]) ->
             base[f"{n}x{k}/{m}"] = {
                 "bf16_us": bench_us(lambda: F.linear(x, w)),
                 "bf16_us_clean": bench_clean_us(lambda: F.linear(x, w)),
+                "bf16_us_warm": bench_warm_us(lambda: F.linear(x, w)),
                 "canonical_us": bench_us(lambda: torch.ops.apt.fp4_linear(x, q.packed, q.scales, q.tensor_scale,
                                                                           None, "nvfp4", 16)),
                 "read_floor_us": floor_us,
@@ -210,13 +222,17 @@ def print_table(res: dict) -> None:
     print(f"{'variant':>10} | " + " | ".join(f"{k:>18}" for k in keys))
     for name in ("bf16", "canonical"):
         print(f"{name:>10} | " + " | ".join(f"{res['baseline'][k][name + '_us']:8.1f}us {'':8}" for k in keys))
-    print(f"{'bf16 clean':>10} | " + " | ".join(f"{res['baseline'][k]['bf16_us_clean']:8.1f}us {'':8}" for k in keys))
+    for label, name in (("bf16 clean", "bf16_us_clean"), ("bf16 warm", "bf16_us_warm")):
+        if name in res["baseline"][keys[0]]:
+            print(f"{label:>10} | " + " | ".join(f"{res['baseline'][k][name]:8.1f}us {'':8}" for k in keys))
     for name in ("read_floor_us", "read_floor_us_clean"):
         if name in res["baseline"][keys[0]]:
             label = "floor" + (" clean" if name.endswith("clean") else "")
             print(f"{label:>10} | " + " | ".join(f"{res['baseline'][k][name]:8.1f}us {'':8}" for k in keys))
-    for clean in (False, True):
-        print("\n" + ("L2 flushed by a read (us_clean)" if clean else "do_bench (L2 flushed by a write)"))
+    titles = {"": "do_bench (L2 flushed by a write)", "_clean": "L2 flushed by a read (us_clean)",
+              "_warm": "L2 warm: a CUDA graph of calls back to back (us_warm; the % is of the flushed GB/s' bytes)"}
+    for suffix, title in titles.items():
+        print("\n" + title)
         for v, r in res["variants"].items():
             if "error" in r:
                 print(f"{v:>10} | FAILED")
@@ -224,8 +240,12 @@ def print_table(res: dict) -> None:
             cells = []
             for k in keys:
                 c = r[k]
-                us, gbs = (c["us_clean"], c["GBs_clean"]) if clean else (c["us"], c["GBs"])
-                base = res["baseline"][k]["bf16_us_clean" if clean else "bf16_us"]
+                if "us" + suffix not in c or "bf16_us" + suffix not in res["baseline"][k]:  # before us_warm
+                    cells.append(f"{'-':>18}")
+                    continue
+                us = c["us" + suffix]
+                gbs = c["GBs"] * c["us"] / us
+                base = res["baseline"][k]["bf16_us" + suffix]
                 cells.append(f"{us:6.1f}us {100 * gbs / copy:3.0f}% {base / us:4.2f}x")
             worst = max(r[k].get("rel_err", float("nan")) for k in keys)
             print(f"{v:>10} | " + " | ".join(cells) + f" | max rel. err {worst:.4f}")

@@ -30,3 +30,27 @@ def test_parse_shapes_refuses(bad):
 def test_command_line_refuses(args, message):
     proc = subprocess.run([sys.executable, str(BENCH / "fp4_gemv_sweep.py"), *args], capture_output=True, text=True)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def _case(us: float) -> dict:
+    return {"us": us, "GBs": 9.4e6 / (us * 1e-6) / 1e9, "us_clean": us * 0.9, "GBs_clean": 0.0, "rel_err": 0.0017}
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_print_table(capsys, warm):
+    """The table prints every timing the JSON holds; a JSON from before us_warm prints '-' there."""
+    base = {"bf16_us": 22.0, "bf16_us_clean": 21.0, "canonical_us": 30.0, "read_floor_us": 12.0,
+            "read_floor_us_clean": 11.0}
+    case = _case(11.0)
+    if warm:
+        base["bf16_us_warm"], case["us_warm"] = 15.0, 5.0
+    res = {"copy_bandwidth_GBs": 3000.0, "baseline": {"4096x4096/1": base},
+           "variants": {"default": {"4096x4096/1": case}, "bad": {"error": "boom"}}}
+    fp4_gemv_sweep.print_table(res)
+    out = capsys.readouterr().out
+    warm_block = out.split("L2 warm")[1]
+    assert "FAILED" in warm_block and "max rel. err 0.0017" in warm_block
+    if warm:
+        assert "bf16 warm" in out and "5.0us" in warm_block and "3.00x" in warm_block
+    else:
+        assert "bf16 warm" not in out and "-" in warm_block.splitlines()[1]

@@ -326,3 +326,12 @@ if __name__ == "__main__":
     if os.environ.get("TRITON_INTERPRET") != "1":
         sys.exit("run with TRITON_INTERPRET=1 (tests/test_fp4_triton.py does)")
     print(json.dumps(_child()))
+
+
+def test_gpu_ms_refuses_a_non_bool_cold_l2():
+    import torch
+
+    from apt_ext.triton import autotune
+
+    with pytest.raises(TypeError, match="cold_l2 must be a bool"):
+        autotune.gpu_ms(lambda: None, torch.device("cpu"), cold_l2=1)

@@ -66,25 +66,30 @@ _FLUSH_BYTES = 256 << 20  # more than any current GPU's L2 (H200: 50 MiB)
 _GRAPH_CALLS = 20
 
 
-def gpu_ms(fn: Callable[[], object], device: torch.device, repeats: int = 5) -> float:
+def gpu_ms(fn: Callable[[], object], device: torch.device, repeats: int = 5, cold_l2: bool = True) -> float:
     """Median GPU milliseconds of ``fn()`` on ``device`` with a cold L2 and without its host time
     (NVIDIA CUDA): ``fn`` runs once (compiles), then a CUDA graph of _GRAPH_CALLS x (L2 flush,
     fn) and one of the flushes alone are each replayed ``repeats`` times; the difference per
-    call is returned. Elsewhere (ROCm, XPU), or when the launch cannot be captured, it falls back
-    to ``triton.testing.do_bench``'s median, which times from the host."""
+    call is returned. With ``cold_l2=False`` the graph holds the calls back to back, no flushes:
+    what fits in L2 (a small weight) stays there from call to call. Elsewhere (ROCm, XPU), or when
+    the launch cannot be captured, it falls back to ``triton.testing.do_bench``'s median, which
+    times from the host (L2 flushed)."""
     from triton.testing import do_bench
 
+    if not isinstance(cold_l2, bool):
+        raise TypeError(f"gpu_ms: cold_l2 must be a bool, got {type(cold_l2).__name__}")
     fn()
     if device.type != "cuda" or torch.version.hip is not None:
         return float(do_bench(fn, warmup=5, rep=20, return_mode="median"))
-    flush = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+    flush = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if cold_l2 else None
     graphs = []
     try:
-        for with_fn in (True, False):
+        for with_fn in ((True, False) if cold_l2 else (True,)):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 for _ in range(_GRAPH_CALLS):
-                    flush.zero_()
+                    if cold_l2:
+                        flush.zero_()
                     if with_fn:
                         fn()
             graphs.append(graph)
@@ -103,7 +108,7 @@ def gpu_ms(fn: Callable[[], object], device: torch.device, repeats: int = 5) -> 
             end.synchronize()
             ms.append(start.elapsed_time(end))
         medians.append(sorted(ms)[len(ms) // 2])
-    return max(0.0, (medians[0] - medians[1]) / _GRAPH_CALLS)
+    return max(0.0, (medians[0] - (medians[1] if cold_l2 else 0.0)) / _GRAPH_CALLS)
 
 
 def clear() -> None:

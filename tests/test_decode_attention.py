@@ -78,6 +78,9 @@ BAD = [
     (lambda q, k, v, n: (q, k, v, _lengths([0, 3])), ValueError, "length: expected values in \\[1, 10\\]"),
     (lambda q, k, v, n: (q, k, v, _lengths([11])), ValueError, "length: expected values in \\[1, 10\\]"),
     (lambda q, k, v, n: (q, k, v, [3]), TypeError, "length: expected a torch.Tensor"),
+    (lambda q, k, v, n: (q[..., :0], k[..., :0], v[..., :0], n), ValueError, "q: expected a head dimension D >= 1"),
+    (lambda q, k, v, n: (q, k, v, n.to_sparse()), TypeError, "length: expected a dense \\(strided\\)"),
+    (lambda q, k, v, n: (q.to_sparse(), k, v, n), TypeError, "q: expected a dense \\(strided\\)"),
 ]
 
 
@@ -109,6 +112,19 @@ def test_bad_scale_is_named(rng):
     q, k, v = ref.make_inputs(1, 2, 1, 4, 16, torch.float32, "cpu", rng)
     with pytest.raises(TypeError, match="scale: expected a float"):
         decode_attention(q, k, v, _lengths([2]), scale="0.1")
+    for bad in (float("nan"), float("inf"), float("-inf")):  # every score NaN: zeros came back
+        with pytest.raises(ValueError, match="scale: expected a finite float"):
+            decode_attention(q, k, v, _lengths([2]), scale=bad)
+        with pytest.raises(ValueError, match="scale: expected a finite float"):
+            torch.ops.apt.decode_attention(q, k, v, _lengths([2]), bad)
+
+
+@outside_interpreter
+def test_empty_batch(rng):
+    """B = 0 (no sequence to decode): an empty result, not an error about the lengths' minimum."""
+    q, k, v = ref.make_inputs(2, 4, 2, 10, 16, torch.float32, "cpu", rng)
+    out = decode_attention(q[:0], k[:0], v[:0], _lengths([]))
+    assert out.shape == (0, 4, 16) and out.dtype == torch.float32
 
 
 @outside_interpreter

@@ -99,6 +99,15 @@ BAD = [
      ValueError, "rotary_cos: expected .*R <= D=16"),
     (lambda a: {**a, "rotary_cos": a["rotary_cos"].double()}, ValueError, "rotary_cos: expected"),
     (lambda a: {**a, "rotary_interleaved": 1}, TypeError, "rotary_interleaved: expected a bool"),
+    (lambda a: {**a, "v_cache": a["k_cache"]}, ValueError, "v_cache: expected a tensor apart from k_cache"),
+    (lambda a: {**a, "v_cache": a["k_cache"].view(a["k_cache"].shape)}, ValueError,
+     "v_cache: expected a tensor apart from k_cache"),
+    (lambda a: {**a, "k_cache": a["k_cache"][:1].expand(2, -1, -1, -1)}, ValueError,
+     "k_cache: expected no broadcast \\(stride 0\\) dimension"),
+    (lambda a: {**a, "v_cache": a["v_cache"][:, :1].expand(-1, 2, -1, -1)}, ValueError,
+     "v_cache: expected no broadcast \\(stride 0\\) dimension"),
+    (lambda a: {**a, "scale": float("nan")}, ValueError, "scale: expected a finite float"),
+    (lambda a: {**a, "rotary_sin": a["rotary_sin"].to_sparse()}, TypeError, "rotary_sin: expected a dense"),
 ]
 
 
@@ -110,6 +119,27 @@ def test_bad_arguments_are_named(rng, make, exc, match):
             "rotary_cos": cos, "rotary_sin": sin}
     with pytest.raises(exc, match=match):
         decode_attention_kvcache(**make(args))
+
+
+@outside_interpreter
+def test_caches_in_one_buffer_are_taken(rng):
+    """Keys and values as two halves of one buffer (apart in memory, or interleaved per position)
+    are two caches, not one: only a cache that shares k_cache's memory is refused."""
+    q, k, v, kn, vn, pos, cos, sin = _inputs((2, 4, 2, 10, 16, [3, 9], 4), torch.float32, rng)
+    want = decode_attention_kvcache(q, k.clone(), v.clone(), kn, vn, pos, cos, sin)
+    kv = torch.stack((k, v))  # [2, B, KV, T, D]: apart in memory
+    torch.testing.assert_close(decode_attention_kvcache(q, kv[0], kv[1], kn, vn, pos, cos, sin), want)
+    kv = torch.stack((k, v), 3)  # [B, KV, T, 2, D]: interleaved per position
+    torch.testing.assert_close(decode_attention_kvcache(q, kv[:, :, :, 0], kv[:, :, :, 1], kn, vn, pos, cos, sin),
+                               want)
+
+
+@outside_interpreter
+def test_empty_batch(rng):
+    """B = 0: an empty result and untouched (empty) caches, not an error about the positions' minimum."""
+    q, k, v, kn, vn, pos, _, _ = _inputs((2, 4, 2, 10, 16, [3, 9], 0), torch.float32, rng)
+    out = decode_attention_kvcache(q[:0], k[:0], v[:0], kn[:0], vn[:0], pos[:0])
+    assert out.shape == (0, 4, 16)
 
 
 @outside_interpreter

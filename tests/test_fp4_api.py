@@ -61,6 +61,10 @@ def test_fp4linear_constructor_and_bias_training(rng):
         FP4Linear(0, 8)
     with pytest.raises(ValueError, match="fmt"):
         FP4Linear(8, 8, fmt="int4")
+    for bad in (torch.float64, torch.int64, "float32"):  # the bias's dtype: fp4_linear takes no other
+        with pytest.raises(TypeError, match="dtype: expected None, torch.float32"):
+            FP4Linear(32, 8, dtype=bad)
+    assert FP4Linear(32, 8, dtype=torch.bfloat16).bias.dtype == torch.bfloat16
 
 
 def test_quantize_twice():
@@ -88,6 +92,18 @@ def test_quantize_filter_fn():
         quantize_(nn.Sequential(nn.Linear(2, 2)), filter_fn=3)
     with pytest.raises(ValueError, match="model"):
         quantize_(nn.Linear(2, 2))
+
+
+def test_quantize_refusing_a_layer_leaves_the_model_unchanged():
+    """A layer quantize refuses (here the second) names the layer, and no layer was swapped before it."""
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"model: layer '2' cannot be quantised .*NaN or Inf"):
+        quantize_(model)
+    assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Linear]
+    with pytest.raises(TypeError, match=r"model: layer '0' cannot be quantised .*w: expected float32"):
+        quantize_(nn.Sequential(nn.Linear(16, 16).double()))
 
 
 # ---- opcheck: fake kernels, schema, autograd registration, aot dispatch ------------------
@@ -192,6 +208,23 @@ def test_bad_quantize_input():
             quantize(w2, "nf4")
     with pytest.raises(TypeError, match="w: expected a torch.Tensor"):
         quantize([[1.0]])
+    for bad in ("16", 16.5, True):  # int('16') and int(16.5) were taken as 16
+        with pytest.raises(TypeError, match="block_size: expected an int or None"):
+            quantize(w, "nvfp4", bad)
+
+
+def test_bad_fp4weight():
+    """A shape that does not fit the packed codes is refused, not silently cut to them."""
+    q = quantize(torch.randn(8, 40), "nvfp4")  # packed [8, 24]: K padded to 48
+    assert FP4Weight(q.packed, q.scales, q.tensor_scale, "nvfp4", 16, (8, 33)).dequantize().shape == (8, 33)
+    for shape in ((8, 32), (8, 49), (9, 40), (4, 40)):
+        with pytest.raises(ValueError, match=r"shape: expected \(8, K\) with K in \(32, 48\]"):
+            FP4Weight(q.packed, q.scales, q.tensor_scale, "nvfp4", 16, shape).dequantize()
+    for shape in ((0, 40), (8,), None, (8.0, 40)):
+        with pytest.raises(ValueError, match="shape: expected \\(N, K\\), two positive ints"):
+            FP4Weight(q.packed, q.scales, q.tensor_scale, "nvfp4", 16, shape)
+    with pytest.raises(TypeError, match="dtype: expected a torch.dtype"):
+        q.dequantize("float32")
 
 
 def test_bad_linear_and_dequantize_input(rng):

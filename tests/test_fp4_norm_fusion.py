@@ -117,6 +117,12 @@ def test_fold_rms_norm_refuses_bad_input(rng):
         fold_rms_norm_(norm, nn.Identity())
     with pytest.raises(ValueError, match="one dimension"):
         fold_rms_norm_(nn.RMSNorm((4, 16)), nn.Linear(16, 4))
+    with torch.inference_mode():
+        frozen = nn.Linear(64, 32)
+    before = lin.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"linears\[1\]: its weight is an inference tensor"):
+        fold_rms_norm_(norm, lin, frozen)  # (was: lin scaled, then the write into frozen failed)
+    assert torch.equal(lin.weight, before)
     assert norm.weight is not None  # nothing was changed by the refusals
 
 
@@ -194,6 +200,31 @@ def test_fused_refuses_bad_input(rng):
         rms_norm_linear(nn.Identity(), lambda t: t, x)
     with pytest.raises(TypeError, match="residual"):
         linear_residual(nn.Linear(64, 32), x, 1.0)
+
+
+def test_helpers_refuse_what_one_path_took(rng):
+    """The composite paths refuse what the fused ones do (a residual broadcast or promoted, a NaN
+    or negative eps), and x that is not a float tensor is named, not read as ``x.dtype``."""
+    layer = FP4Linear.from_linear(nn.Linear(64, 32))
+    x = torch.randn(3, 64, generator=rng)
+    for bad in (torch.randn(32), torch.randn(3, 32, dtype=torch.float64), torch.randn(3, 5)):
+        with pytest.raises(ValueError, match="residual: expected \\(3, 32\\)"):
+            linear_residual(nn.Linear(64, 32), x, bad)
+        with pytest.raises(ValueError, match="residual: expected \\(3, 32\\)"):
+            linear_residual(layer, x, bad)
+    for eps in (float("nan"), float("inf"), -1.0):
+        for affine in (True, False):  # (the composite path, and the fused one)
+            norm = nn.RMSNorm(64, eps=eps, elementwise_affine=affine)
+            with pytest.raises(ValueError, match="norm: expected an eps that is None or a finite float >= 0"):
+                rms_norm_linear(norm, layer, x)
+            with pytest.raises(ValueError, match="norm: expected an eps that is None or a finite float >= 0"):
+                rms_norm_swiglu(norm, layer, x)
+    weightless = nn.RMSNorm(64, elementwise_affine=False)  # eps None: finfo(x.dtype)
+    for bad in (None, x.long()):
+        with pytest.raises(TypeError, match="x: expected a floating-point torch.Tensor"):
+            rms_norm_linear(weightless, layer, bad)
+        with pytest.raises(TypeError, match="x: expected a floating-point torch.Tensor"):
+            rms_norm_swiglu(weightless, layer, bad)
 
 
 def test_fused_composite_keeps_gradients(rng):

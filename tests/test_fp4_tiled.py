@@ -162,6 +162,9 @@ def test_swiglu_rows_pair_each_gate_with_its_up():
     for bad in (0, 8, 40, -16):
         with pytest.raises(ValueError, match="n: .*multiple of 16"):
             swiglu_rows(bad)
+    for bad in (16.0, "16", True):  # 16.0 gave float "indices"
+        with pytest.raises(TypeError, match="n: expected an int"):
+            swiglu_rows(bad)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -200,6 +203,24 @@ def test_swiglu_tiled_rejects_bad_input(apt_seed):
         t.swiglu_linear(torch.randn(2, 64), torch.randn(16))
     with pytest.raises(ValueError, match="x"):
         t.swiglu_linear(torch.randn(2, 63))
+    with pytest.raises(TypeError, match="swiglu: expected a bool"):
+        tile(q, swiglu="yes")
+
+
+def test_swiglu_copy_linear_checks_bias_and_residual(apt_seed):
+    """The SwiGLU-order copy's plain linear gathers the bias and adds the residual itself: it refuses
+    what the op refuses for the plain copy (a bias of 2N values was cut to N, a residual broadcast
+    or promoted to float64)."""
+    q = quantize(_weight(32, 64, apt_seed), "nvfp4")
+    t, plain = tile(q, swiglu=True), tile(q)
+    x, bias, res = torch.randn(2, 64), torch.randn(32), torch.randn(2, 32)
+    assert torch.equal(t.linear(x, bias, residual=res), plain.linear(x, bias, residual=res))
+    for bad in (torch.randn(64), torch.randn(2, 16), [0.0] * 32):
+        with pytest.raises(ValueError, match=r"bias: expected shape \[32\]"):
+            t.linear(x, bad)
+    for bad in (torch.randn(32), torch.randn(2, 2, 32), res.double(), 1.0):
+        with pytest.raises(ValueError, match=r"residual: expected shape \[2, 32\] of x's dtype"):
+            t.linear(x, residual=bad)
 
 
 def test_fp4linear_swiglu_on_cpu_is_the_composite(apt_seed):
@@ -220,6 +241,9 @@ def test_fp4linear_swiglu_on_cpu_is_the_composite(apt_seed):
         FP4Linear.from_linear(torch.nn.Linear(64, 33), fmt="nvfp4").swiglu(x)
     with pytest.raises(TypeError, match="gate_up"):
         swiglu(lambda t: t, x)
+    for bad in (torch.nn.Linear(64, 33), torch.nn.LSTM(64, 32)):  # an odd width, a tuple out
+        with pytest.raises(ValueError, match=r"gate_up: expected an output \[\.\.\., 2F\]"):
+            swiglu(bad, x)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

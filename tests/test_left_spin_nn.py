@@ -113,6 +113,24 @@ def test_bad_constructor_arguments():
         LeftSpinResidual(chain=object())
 
 
+def test_bad_forward_arguments(rng):
+    """Non-tensors and a bad chain are named (not an AttributeError inside); with enabled=False a du
+    of another shape is refused as the op refuses it, not broadcast by the plain sum."""
+    u = torch.randn(3, 8, generator=rng)
+    site = LeftSpinResidual()
+    with pytest.raises(TypeError, match="u: expected a torch.Tensor"):
+        site(None, u)
+    with pytest.raises(TypeError, match="du: expected a torch.Tensor"):
+        site(u, [1.0])
+    with pytest.raises(TypeError, match="chain: expected a LeftSpinChain or None"):
+        site(u, u, 3)
+    for s in (site, LeftSpinResidual(enabled=False)):
+        with pytest.raises(ValueError, match=r"du: expected the shape of u \[3, 8\]"):
+            s(u, u[0])
+    with pytest.raises(TypeError, match="model: expected an nn.Module"):
+        LeftSpinChain().attach(None)
+
+
 def test_torch_compile_fullgraph_forward_backward(rng):
     torch._dynamo.reset()
     model = TinyStack(16)

@@ -8,6 +8,8 @@ it, importing this module raises the extension's load error.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from apt_ext import _native
@@ -41,18 +43,23 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 
 def _check_tensors(*named: tuple[str, object], optional: bool = False) -> None:
-    """TypeError naming the argument for each (name, value) that is not a tensor (or None, when
-    ``optional``)."""
+    """TypeError naming the argument for each (name, value) that is not a dense (strided) tensor (or
+    None, when ``optional``)."""
     for name, t in named:
         if not isinstance(t, torch.Tensor) and not (optional and t is None):
             raise TypeError(f"{name}: expected a torch.Tensor{' or None' if optional else ''}, got {type(t).__name__}")
+        if t is not None and t.layout != torch.strided:
+            raise TypeError(f"{name}: expected a dense (strided) torch.Tensor, got layout {t.layout}")
 
 
 def _check_types(q, k_cache, v_cache, length, scale, length_name: str = "length") -> None:
-    """TypeError naming the argument: tensors where tensors go, a number or None for scale."""
+    """TypeError naming the argument: tensors where tensors go, a number or None for scale (ValueError
+    for a NaN or infinite scale, which would turn every score into NaN)."""
     _check_tensors(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), (length_name, length))
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
+    if scale is not None and not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite float or None, got {scale!r}")
 
 
 def check_arguments(q, k_cache, v_cache, length, scale, length_name: str = "length") -> None:
@@ -66,6 +73,8 @@ def check_arguments(q, k_cache, v_cache, length, scale, length_name: str = "leng
     if q.dtype not in _DTYPES:
         raise TypeError(f"q: expected one of {_DTYPES}, got {q.dtype}")
     b, h, d = q.shape
+    if d == 0:
+        raise ValueError(f"q: expected a head dimension D >= 1, got shape {tuple(q.shape)}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.dim() != 4:
             raise ValueError(f"{name}: expected [B, KV, T, D] (4 dims), got shape {tuple(t.shape)}")
@@ -105,7 +114,7 @@ def _cpu_kernel(q, k_cache, v_cache, length, scale=None):
     """The composite, after checking the lengths' values (free on the CPU; run by the kernel, so
     also under torch.compile, where the wrapper sees no values)."""
     check_arguments(q, k_cache, v_cache, length, scale)
-    if int(length.min()) < 1 or int(length.max()) > k_cache.shape[2]:
+    if length.numel() and (int(length.min()) < 1 or int(length.max()) > k_cache.shape[2]):  # (B = 0: none)
         raise ValueError(f"length: expected values in [1, {k_cache.shape[2]}] (the cache's positions), "
                          f"got {length.tolist()}")
     return decode_attention_composite(q, k_cache, v_cache, length, scale)
@@ -182,6 +191,11 @@ def check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, ro
     check_arguments(q, k_cache, v_cache, cache_seqlens, scale, "cache_seqlens")
     b, d = q.shape[0], q.shape[2]
     kv = k_cache.shape[1]
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
+            raise ValueError(f"{name}: expected no broadcast (stride 0) dimension: it is written in place, so its "
+                             f"sequences or heads would overwrite each other; got shape {tuple(t.shape)}, strides "
+                             f"{t.stride()}")
     for name, t in (("k_new", k_new), ("v_new", v_new)):
         if t.shape != (b, kv, d):
             raise ValueError(f"{name}: expected [B={b}, KV={kv}, D={d}], got shape {tuple(t.shape)}")
@@ -236,10 +250,15 @@ def decode_attention_kvcache_composite(q, k_cache, v_cache, k_new, v_new, cache_
 
 def _kvcache_cpu_kernel(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos=None, rotary_sin=None,
                         rotary_interleaved=False, scale=None):
-    """The composite, after checking the positions' values (free on the CPU)."""
+    """The composite, after checking the positions' values and that the two caches are not one
+    memory (free on the CPU)."""
     check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
                             rotary_interleaved, scale)
-    if int(cache_seqlens.min()) < 0 or int(cache_seqlens.max()) > k_cache.shape[2] - 1:
+    if k_cache.numel() and k_cache.data_ptr() == v_cache.data_ptr():
+        raise ValueError("v_cache: expected a tensor apart from k_cache, got one that shares its memory (the new "
+                         "value would overwrite the new key)")
+    if cache_seqlens.numel() and (int(cache_seqlens.min()) < 0
+                                  or int(cache_seqlens.max()) > k_cache.shape[2] - 1):  # (B = 0: none)
         raise ValueError(f"cache_seqlens: expected values in [0, {k_cache.shape[2] - 1}] (room for the new token "
                          f"in the cache's {k_cache.shape[2]} positions), got {cache_seqlens.tolist()}")
     return decode_attention_kvcache_composite(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos,

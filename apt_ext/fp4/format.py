@@ -11,6 +11,7 @@ checks the two against each other through ``apt_ext._C.fp4.format_table()``.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -64,8 +65,13 @@ def get_format(fmt: str) -> FP4Format:
 
 
 def block_size_for(fmt: str, block_size: int | None = None) -> int:
-    """``block_size``, or the format's own block size when it is None. The ops check the pair."""
-    return get_format(fmt).block_size if block_size is None else int(block_size)
+    """``block_size``, or the format's own block size when it is None (TypeError naming it when it
+    is neither an int nor None). The ops check the pair."""
+    if block_size is None:
+        return get_format(fmt).block_size
+    if isinstance(block_size, bool) or not hasattr(type(block_size), "__index__"):  # int() took '16' and 16.5
+        raise TypeError(f"block_size: expected an int or None, got {block_size!r}")
+    return operator.index(block_size)
 
 
 def code_table(fmt: str, device: torch.device | str | None = None) -> torch.Tensor:

@@ -34,6 +34,8 @@ def swiglu_rows(n: int, device: torch.device | str | None = None, inverse: bool 
     rows (F a multiple of 8) is stored so that each 16-row tile holds 8 gate rows and then the same
     8 up rows (tile t: gate rows 8t .. 8t + 7, up rows F + 8t ..), so that the rows one lane of the
     GEMV sums (g and g + 8 of a tile) are a gate and its up."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
     if n <= 0 or n % (2 * 8) != 0:
         raise ValueError(f"n: the SwiGLU order takes gate and up rows 8 at a time: expected a positive "
                          f"multiple of 16, got {n}")
@@ -70,12 +72,19 @@ class TiledFP4Weight:
         if not self.swiglu:
             return torch.ops.apt.fp4_linear_tiled(x, self.tiles, self.tile_scales, self.out_scale, bias, self.fmt,
                                                   n, k, gelu, rms_eps, residual)
+        if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (n,)):
+            raise ValueError(f"bias: expected shape [{n}], got {_shape_or_type(bias)}")
         rows = swiglu_rows(n, self.tiles.device)
         y = torch.ops.apt.fp4_linear_tiled(x, self.tiles, self.tile_scales, self.out_scale,
                                            None if bias is None else bias.index_select(0, rows), self.fmt, n, k, gelu,
                                            rms_eps)
         y = y.index_select(-1, swiglu_rows(n, y.device, inverse=True))
-        return y if residual is None else y + residual
+        if residual is None:
+            return y
+        if not isinstance(residual, torch.Tensor) or residual.shape != y.shape or residual.dtype != y.dtype:
+            raise ValueError(f"residual: expected shape {list(y.shape)} of x's dtype {y.dtype}, got "
+                             f"{_shape_or_type(residual)}")
+        return y + residual
 
     def swiglu_linear(self, x: torch.Tensor, bias: torch.Tensor | None = None,
                       rms_eps: float | None = None) -> torch.Tensor:
@@ -108,6 +117,11 @@ class TiledFP4Weight:
         return FP4Weight(packed, scales, tensor_scale, self.fmt, get_format(self.fmt).block_size, self.shape)
 
 
+def _shape_or_type(t: object) -> str:
+    """For error texts: a tensor's shape (and dtype), or the type of anything else."""
+    return f"{list(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
 def tile(weight: FP4Weight, swiglu: bool = False) -> TiledFP4Weight:
     """The tiled copy of ``weight`` on its device (one pass over the weight; mxfp4 reads its
     exponent range back to the host). ``swiglu``: rows in the SwiGLU order (``swiglu_rows``; the
@@ -116,6 +130,8 @@ def tile(weight: FP4Weight, swiglu: bool = False) -> TiledFP4Weight:
     exponents spanning more than 126 binades) and, with ``swiglu``, for other row counts."""
     if not isinstance(weight, FP4Weight):
         raise TypeError(f"weight: expected an FP4Weight, got {type(weight).__name__}")
+    if not isinstance(swiglu, bool):
+        raise TypeError(f"swiglu: expected a bool, got {type(swiglu).__name__}")
     packed, scales = weight.packed, weight.scales
     if swiglu:
         try:

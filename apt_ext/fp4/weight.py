@@ -13,7 +13,8 @@ class FP4Weight:
     """A 4-bit weight of logical shape ``shape`` = (N, K) (docs/contract.md §3).
 
     packed: uint8 [N, Kp/2]; scales: [N, Kp/block_size]; tensor_scale: float32 [] (nvfp4's
-    global scale, 1.0 for the others). Kp is K rounded up to a multiple of block_size.
+    global scale, 1.0 for the others). Kp is K rounded up to a multiple of block_size. A ``shape``
+    that is not two positive ints raises ValueError.
     """
 
     packed: torch.Tensor
@@ -23,11 +24,24 @@ class FP4Weight:
     block_size: int
     shape: tuple[int, int]
 
+    def __post_init__(self) -> None:
+        shape = self.shape
+        if (not isinstance(shape, (tuple, list)) or len(shape) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in shape)):
+            raise ValueError(f"shape: expected (N, K), two positive ints, got {shape!r}")
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """-> [N, K] of ``dtype`` (the logical K, padding dropped)."""
+        """-> [N, K] of ``dtype`` (the logical K, padding dropped). ValueError when ``shape`` does
+        not fit the packed tensor ([N, Kp/2], Kp: K rounded up to the block)."""
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype: expected a torch.dtype, got {type(dtype).__name__}")
         w = torch.ops.apt.fp4_dequantize(self.packed, self.scales, self.tensor_scale, self.fmt,
                                          self.block_size, dtype)
-        return w[:, : self.shape[1]]
+        n, k = self.shape
+        if w.shape[0] != n or not w.shape[1] - self.block_size < k <= w.shape[1]:
+            raise ValueError(f"shape: expected ({w.shape[0]}, K) with K in ({w.shape[1] - self.block_size}, "
+                             f"{w.shape[1]}] to match packed {tuple(self.packed.shape)}, got {self.shape}")
+        return w[:, :k]
 
     @property
     def nbytes(self) -> int:

@@ -129,6 +129,9 @@ class FP4Linear(nn.Module):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            # the bias's dtype: fp4_linear takes no other
+            raise TypeError(f"dtype: expected None, torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
         self.block_size = get_format(fmt).block_size
         self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
         w = torch.empty(out_features, in_features, device=device, dtype=torch.float32)
@@ -461,7 +464,11 @@ def swiglu(gate_up: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return gate_up.swiglu(x)
     if not isinstance(gate_up, nn.Module):
         raise TypeError(f"gate_up: expected an nn.Module, got {type(gate_up).__name__}")
-    gate, up = gate_up(x).chunk(2, -1)
+    y = gate_up(x)
+    if not isinstance(y, torch.Tensor) or y.dim() == 0 or y.shape[-1] % 2 != 0:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"gate_up: expected an output [..., 2F] ([gate; up], an even last dimension), got {got}")
+    gate, up = y.chunk(2, -1)
     return F.silu(gate) * up
 
 
@@ -493,10 +500,16 @@ def quantize_(model: nn.Module, fmt: str = DEFAULT_FORMAT,
                          f"are gone: quantise a float copy of the model instead")
     targets = [(fqn, m) for fqn, m in model.named_modules()
                if type(m) is nn.Linear and (filter_fn is None or filter_fn(m, fqn))]
+    if any(fqn == "" for fqn, _ in targets):
+        raise ValueError("model: is itself an nn.Linear; use FP4Linear.from_linear(model) instead")
+    # every layer quantised before any is swapped: a weight quantize refuses leaves the model as it was
+    replacements = []
     for fqn, lin in targets:
-        new = FP4Linear.from_linear(lin, fmt)
-        if fqn == "":
-            raise ValueError("model: is itself an nn.Linear; use FP4Linear.from_linear(model) instead")
+        try:
+            replacements.append((fqn, FP4Linear.from_linear(lin, fmt)))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"model: layer {fqn!r} cannot be quantised (the model is left unchanged): {e}") from e
+    for fqn, new in replacements:
         parent_name, _, child = fqn.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)

@@ -58,11 +58,18 @@ class LeftSpinChain:
 
     def attach(self, model: nn.Module) -> RemovableHandle:
         """Reset this chain at the start of every forward of ``model``; returns the hook handle."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
 
         def _reset(module: nn.Module, args: tuple) -> None:
             self.reset()
 
         return model.register_forward_pre_hook(_reset)
+
+
+def _check_chain(chain: LeftSpinChain | None) -> None:
+    if chain is not None and not isinstance(chain, LeftSpinChain):
+        raise TypeError(f"chain: expected a LeftSpinChain or None, got {type(chain).__name__}")
 
 
 def _branch_dtype(u: torch.Tensor, du: torch.Tensor) -> torch.dtype:
@@ -103,16 +110,21 @@ class LeftSpinResidual(nn.Module):
         self.compiled_form = compiled_form
         if params is not None and not isinstance(params, LeftSpinParams):
             raise TypeError(f"params: expected a LeftSpinParams or None, got {type(params).__name__}")
-        if chain is not None and not isinstance(chain, LeftSpinChain):
-            raise TypeError(f"chain: expected a LeftSpinChain or None, got {type(chain).__name__}")
+        _check_chain(chain)
         self.params = params if params is not None else LeftSpinParams(alpha, tau, beta, w1, w2, eps)
         self.enabled = bool(enabled)
         self.chain = chain
 
     def forward(self, u: torch.Tensor, du: torch.Tensor, chain: LeftSpinChain | None = None
                 ) -> torch.Tensor:
+        for name, t in (("u", u), ("du", du)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        _check_chain(chain)
         du = du.to(_branch_dtype(u, du))
         if not self.enabled:
+            if du.shape != u.shape:  # (the op checks its own; the plain sum would broadcast)
+                raise ValueError(f"du: expected the shape of u {list(u.shape)}, got {list(du.shape)}")
             return u + du
         chain = chain if chain is not None else self.chain
         du_prev = chain.du_prev if chain is not None else None

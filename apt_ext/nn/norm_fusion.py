@@ -10,6 +10,8 @@ other modules, or calls off the tiled path, each helper is the plain composite.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -19,6 +21,9 @@ from apt_ext.nn.fp4_linear import FP4Linear, swiglu
 def _check_norm(norm: nn.Module) -> None:
     if not isinstance(norm, nn.Module):
         raise TypeError(f"norm: expected an nn.Module, got {type(norm).__name__}")
+    eps = norm.eps if isinstance(norm, nn.RMSNorm) else None
+    if eps is not None and not (math.isfinite(eps) and eps >= 0):  # the fused and composite paths alike
+        raise ValueError(f"norm: expected an eps that is None or a finite float >= 0, got {eps!r}")
 
 
 def fold_rms_norm_(norm: nn.RMSNorm, *linears: nn.Linear) -> nn.RMSNorm:
@@ -45,6 +50,9 @@ def fold_rms_norm_(norm: nn.RMSNorm, *linears: nn.Linear) -> nn.RMSNorm:
             raise ValueError(f"linears[{i}]: in_features {lin.in_features} does not match norm's size {d}")
         if any(lin is other for other in linears[:i]):
             raise ValueError(f"linears[{i}]: the same layer appears twice (it would be scaled twice)")
+        if lin.weight.is_inference() and not torch.is_inference_mode_enabled():  # refused before any is scaled
+            raise ValueError(f"linears[{i}]: its weight is an inference tensor (made under torch.inference_mode), "
+                             f"which can be written in place only under torch.inference_mode()")
     if norm.weight is None:
         return norm
     with torch.no_grad():
@@ -65,7 +73,12 @@ def _fusable(norm: nn.Module, linear: nn.Module) -> bool:
 
 def _eps(norm: nn.RMSNorm, x: torch.Tensor) -> float:
     """The epsilon nn.RMSNorm uses for x: its own, or torch.finfo(x.dtype).eps when it has none."""
-    return float(norm.eps) if norm.eps is not None else float(torch.finfo(x.dtype).eps)
+    if norm.eps is not None:
+        return float(norm.eps)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"x: expected a floating-point torch.Tensor, got {got}")
+    return float(torch.finfo(x.dtype).eps)
 
 
 def rms_norm_linear(norm: nn.Module, linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -100,4 +113,8 @@ def linear_residual(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) 
         raise TypeError(f"linear: expected an nn.Module, got {type(linear).__name__}")
     if not isinstance(residual, torch.Tensor):
         raise TypeError(f"residual: expected a Tensor, got {type(residual).__name__}")
-    return residual + linear(x)
+    y = linear(x)
+    if isinstance(y, torch.Tensor) and (residual.shape != y.shape or residual.dtype != y.dtype):  # no broadcast
+        raise ValueError(f"residual: expected {tuple(y.shape)} of linear(x)'s dtype {y.dtype}, got "
+                         f"{tuple(residual.shape)} {residual.dtype}")
+    return residual + y

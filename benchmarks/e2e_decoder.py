@@ -37,10 +37,13 @@ counted in the weight bytes).
                                                   # split-KV decoding kernel)
     python benchmarks/e2e_decoder.py --attention apt  # apt_ext.attention.decode_attention over the
                                                   # positions up to the current one (one launch)
+    python benchmarks/e2e_decoder.py --l2-prefetch  # the attention launch also prefetches the o
+                                                  # projection's weight into L2 (both models;
+                                                  # decode_attention_kvcache's l2_prefetch)
     (default: --attention apt_kvcache, apt_ext.attention.decode_attention_kvcache: the same launch
     also applies the rotary embedding and writes the cache; both models use the same attention)
 Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul|_flex|_apt|_apt_kvcache (sdpa: no suffix)][_composite_swiglu]
-[_fused_norms][_profile].json.
+[_fused_norms][_l2_prefetch][_profile].json.
 """
 from __future__ import annotations
 
@@ -167,6 +170,7 @@ class Layer(nn.Module):
             self.up = nn.Linear(s.d, s.d_ff, bias=False)
         self.o = nn.Linear(s.d, s.d, bias=False)
         self.down = nn.Linear(s.d_ff, s.d, bias=False)
+        self.l2_prefetch: list[torch.Tensor] = []  # what the kvcache attention prefetches (prefetch_o_weight)
 
     def forward(self, x: torch.Tensor, kv: StaticKV, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | BlockMask) -> torch.Tensor:
@@ -182,7 +186,8 @@ class Layer(nn.Module):
             q, k, v = self.q(h), self.k(h), self.v(h)
         if self.attention == "apt_kvcache":  # cos, sin: the whole tables; mask: the positions
             y = decode_attention_kvcache(q.view(b, self.h, self.hd), kv.k, kv.v, k.view(b, self.kv, self.hd),
-                                         v.view(b, self.kv, self.hd), mask, cos, sin, rotary_interleaved=True)
+                                         v.view(b, self.kv, self.hd), mask, cos, sin, rotary_interleaved=True,
+                                         l2_prefetch=self.l2_prefetch)
             return self.mlp(x, y.view(b, 1, -1))
         q = rotate(q.view(b, 1, self.h, self.hd).transpose(1, 2), cos, sin)
         k = rotate(k.view(b, 1, self.kv, self.hd).transpose(1, 2), cos, sin)
@@ -215,6 +220,23 @@ class Layer(nn.Module):
         else:
             gate, up = self.gate(h), self.up(h)
         return x + self.down(F.silu(gate) * up)
+
+
+def prefetch_o_weight(model: nn.Module) -> None:
+    """Each layer's kvcache attention launch prefetches its o projection's weight into L2 (the
+    tensors o reads: an FP4Linear's tiled copy, codes and scales; else its weight), so that the
+    GEMV after it reads them from L2 (decode_attention_kvcache's l2_prefetch)."""
+    from apt_ext.nn import FP4Linear
+
+    for layer in model.layers:
+        if layer.attention != "apt_kvcache":
+            raise ValueError(f"l2_prefetch: needs the apt_kvcache attention, got {layer.attention!r}")
+        o = layer.o
+        if isinstance(o, FP4Linear):
+            tiled = o.tiled_weight()
+            layer.l2_prefetch = [tiled.tiles, tiled.tile_scales]
+        else:
+            layer.l2_prefetch = [o.weight]
 
 
 def rope_tables(s: Shape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -464,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gram", choices=GRAM_MODES, default=None,
                     help="with --fuse-norms: APT_FP4_GRAM for this process, which of the GEMV's warps take the "
                          "norm's sums of squares (default: the variable's value, else first)")
+    ap.add_argument("--l2-prefetch", action="store_true",
+                    help="with the apt_kvcache attention: each layer's attention launch also prefetches its o "
+                         "projection's weight into L2 (both models; a hint, results unchanged; sm_90+)")
     ap.add_argument("--profile", action="store_true",
                     help="(CUDA) also record and print the top GPU kernels of the graph-replayed step, and the FP4 "
                          "GEMV's time by launch grid (one row per projection)")
@@ -474,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--fuse-norms: needs --fused")
     if args.gram is not None and not args.fuse_norms:
         ap.error("--gram: needs --fuse-norms")
+    if args.l2_prefetch and args.attention != "apt_kvcache":
+        ap.error("--l2-prefetch: needs --attention apt_kvcache")
     gram = set_gram_mode(args.gram)
     batches = [int(b) for b in args.batches.split(",")]
     if any(b < 1 for b in batches):
@@ -496,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                     "dtype": str(dtype).replace("torch.", ""), "iters": iters, "compiled": args.compile,
                     "fused_projections": args.fused, "one_copy": args.one_copy, "attention": args.attention,
                     "swiglu": args.swiglu if args.fused else "composite", "fused_norms": args.fuse_norms,
-                    "gram": gram, "runs": {}}
+                    "gram": gram, "l2_prefetch": args.l2_prefetch, "runs": {}}
     ref_model = build(shape, device, dtype, args.fused, args.attention, args.swiglu, args.fuse_norms)
     fp4_model = copy.deepcopy(ref_model)
     if args.fuse_norms:
@@ -509,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
         for m in fp4_model.modules():
             if isinstance(m, FP4Linear):
                 m.release_canonical()
+    if args.l2_prefetch:
+        prefetch_o_weight(ref_model)
+        prefetch_o_weight(fp4_model)
     for b in tqdm(batches, desc="batches"):
         g = torch.Generator().manual_seed(b)
         x = (torch.randn(b, 1, shape.d, generator=g)).to(device, dtype)
@@ -542,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
            + ("_composite_swiglu" if args.fused and args.swiglu == "composite" else "")
            + ("_fused_norms" if args.fuse_norms else "")
            + (f"_gram_{gram}" if args.fuse_norms and gram != "first" else "")
+           + ("_l2_prefetch" if args.l2_prefetch else "")
            + ("_profile" if args.profile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)

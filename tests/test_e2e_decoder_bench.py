@@ -195,6 +195,31 @@ def test_e2e_decoder_cpu_fuse_norms(tmp_path, one_thread):
         e2e_decoder.main(["--cpu", "--fused", "--fuse-norms", "--gram", "all"])
 
 
+def test_e2e_decoder_cpu_l2_prefetch(tmp_path, one_thread):
+    """--l2-prefetch: each layer's kvcache attention is given its o projection's weight (FP4: the
+    tiled copy's codes and scales) to prefetch; the step is the same (a hint; on the CPU only
+    checked); without the kvcache attention it is refused."""
+    out = tmp_path / "dec.json"
+    assert e2e_decoder.main(["--cpu", "--fused", "--l2-prefetch", "--batches", "1", "--iters", "1",
+                             "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["l2_prefetch"] is True and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
+    with pytest.raises(SystemExit):
+        e2e_decoder.main(["--cpu", "--attention", "sdpa", "--l2-prefetch"])
+    s = e2e_decoder.Shape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, context=16)
+    model = e2e_decoder.build(s, torch.device("cpu"), torch.float32, attention="apt_kvcache")
+    x = torch.randn(2, 1, s.d)
+    caches = [[e2e_decoder.StaticKV(2, s, torch.device("cpu"), torch.float32, torch.Generator().manual_seed(i))
+               for i in range(s.layers)] for _ in range(2)]
+    with torch.no_grad():
+        want = model(x, caches[0], torch.tensor([5]))
+        e2e_decoder.prefetch_o_weight(model)
+        assert all(layer.l2_prefetch[0] is layer.o.weight for layer in model.layers)
+        torch.testing.assert_close(model(x, caches[1], torch.tensor([5])), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="l2_prefetch: needs the apt_kvcache attention"):
+        e2e_decoder.prefetch_o_weight(e2e_decoder.build(s, torch.device("cpu"), torch.float32, attention="sdpa"))
+
+
 def test_fuse_norms_compute_the_same_step():
     """Layers through apt_ext.nn's norm-fusion helpers, with the norms' (random) weights folded into
     q/k/v and gate/up, give the plain fused layers' step."""

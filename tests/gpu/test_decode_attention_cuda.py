@@ -181,3 +181,40 @@ def test_kvcache_compiled_in_place(rng):
     torch.testing.assert_close(fn(q, k, v, kn, vn, pos),
                                decode_attention_kvcache(q * 2, k2, v2, kn, vn, pos, cos, sin, rotary_interleaved=True))
     assert torch.equal(k, k2) and torch.equal(v, v2)
+
+
+@pytest.mark.parametrize("regions", [1, 2])
+def test_kvcache_l2_prefetch_changes_nothing(rng, regions):
+    """l2_prefetch (a weight and its scales: an odd offset and length, a 4-byte dtype) is a hint:
+    the output and caches equal the call without it, bit for bit, the prefetched tensors keep
+    their values, and a CUDA graph of the call replays the same; on sm_90+ the launch takes the
+    regions (16-byte aligned inside each tensor)."""
+    from apt_ext.attention import decode_attention_kvcache
+    from apt_ext.triton import decode_attention as tda
+
+    q, k, v, kn, vn, cos, sin = _kvcache_inputs(rng, 1, 32, 8, 1024, 128, torch.bfloat16)
+    weight = torch.randint(0, 255, (4096 * 2048 + 7,), dtype=torch.uint8, device=DEV)[3:]  # unaligned, odd
+    scales = torch.randn(4096, 257, device=DEV)
+    tensors = [weight, scales][:regions]
+    kept = [t.clone() for t in tensors]
+    pos = torch.tensor([513], device=DEV)
+    k2, v2 = k.clone(), v.clone()
+    want = decode_attention_kvcache(q, k2, v2, kn, vn, pos, cos, sin, rotary_interleaved=True)
+    out = decode_attention_kvcache(q, k, v, kn, vn, pos, cos, sin, rotary_interleaved=True, l2_prefetch=tensors)
+    torch.cuda.synchronize()
+    assert torch.equal(out, want) and torch.equal(k, k2) and torch.equal(v, v2)
+    assert all(torch.equal(t, c) for t, c in zip(tensors, kept))
+    got = tda.prefetch_regions(tensors, q.device)
+    if torch.cuda.get_device_capability() >= tda.MIN_PREFETCH_CAPABILITY:
+        assert len(got) == regions and all(a % 16 == 0 and n % 16 == 0 and n > 0 for a, n in got)
+        start = weight.data_ptr()
+        assert got[0][0] >= start and got[0][0] + got[0][1] <= start + weight.numel()
+    else:
+        assert got == []
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = decode_attention_kvcache(q, k, v, kn, vn, pos, cos, sin, rotary_interleaved=True,
+                                            l2_prefetch=tensors)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(replayed, want)

@@ -79,6 +79,21 @@ def test_l2_prefetch_is_a_hint(rng):
 
 
 @outside_interpreter
+def test_prefetch_at(monkeypatch):
+    """APT_L2_PREFETCH_AT: after the keys and values by default, or at the program's start; anything
+    else is named."""
+    from apt_ext.triton import decode_attention as tda
+
+    monkeypatch.delenv("APT_L2_PREFETCH_AT", raising=False)
+    assert tda.prefetch_at() == "end"
+    monkeypatch.setenv("APT_L2_PREFETCH_AT", "start")
+    assert tda.prefetch_at() == "start"
+    monkeypatch.setenv("APT_L2_PREFETCH_AT", "middle")
+    with pytest.raises(ValueError, match="APT_L2_PREFETCH_AT: expected one of"):
+        tda.prefetch_at()
+
+
+@outside_interpreter
 def test_prefetch_regions(monkeypatch):
     """The kernel's regions: each tensor's memory, the start rounded up and the length down to 16
     bytes (what cp.async.bulk.prefetch takes); nothing on the CPU or before sm_90."""

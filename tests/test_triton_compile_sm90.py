@@ -128,10 +128,12 @@ def test_prefix_sum_matmul_compiles_for_sm90(dtype, reverse, mean, block_t, bloc
                          [("bf16", 4, 16, 16, "tf32", False, 0, 0), ("fp16", 1, 1, 2, "tf32", False, 0, 0),
                           ("fp32", 8, 64, 8, "ieee", False, 0, 0), ("bf16", 4, 16, 16, "tf32", True, 1, 0),
                           ("bf16", 4, 8, 8, "tf32", True, 2, 0), ("fp16", 1, 1, 2, "tf32", True, 0, 0),
-                          ("bf16", 4, 16, 16, "tf32", True, 2, 1), ("bf16", 4, 16, 16, "tf32", True, 2, 2)])
+                          ("bf16", 4, 16, 16, "tf32", True, 2, 1), ("bf16", 4, 16, 16, "tf32", True, 2, 2),
+                          ("bf16", 4, 16, 16, "tf32", True, 2, -2)])
 def test_decode_attention_compiles_for_sm90(dtype, g, splits, merge, precision, append, rotary, prefetch):
     """decode_attention and (append) decode_attention_kvcache, without and with either rotary order,
-    and with one or two L2 prefetch regions (their bulk prefetch instructions in the PTX)."""
+    and with one or two L2 prefetch regions (their bulk prefetch instructions in the PTX; -2: two
+    at the program's start)."""
     from apt_ext.triton import decode_attention as tda
 
     ints = ("sm_scale", "KV", "HD", "T", "q_sb", "q_sh", "k_sb", "k_sh", "k_st", "v_sb", "v_sh", "v_st",
@@ -145,6 +147,7 @@ def test_decode_attention_compiles_for_sm90(dtype, g, splits, merge, precision, 
                              {"G": g, "BLOCK_G": max(16, g), "BLOCK_D": 128, "BLOCK_N": 64, "SPLITS": splits,
                               "SPLITS_POW2": max(2, splits), "G_POW2": max(2, g), "MERGE_SPLITS": merge,
                               "DOT_PRECISION": precision, "APPEND": append, "ROTARY": rotary,
-                              "ROT_HALF": 64 if rotary else 1, "PF_COUNT": prefetch, "PF_LANES": 32 * tda.NUM_WARPS},
+                              "ROT_HALF": 64 if rotary else 1, "PF_COUNT": abs(prefetch),
+                              "PF_LANES": 32 * tda.NUM_WARPS, "PF_AT_START": prefetch < 0},
                              None, num_warps=tda.NUM_WARPS)
-    assert compiled.asm["ptx"].count("cp.async.bulk.prefetch.L2.global") == prefetch
+    assert compiled.asm["ptx"].count("cp.async.bulk.prefetch.L2.global") == abs(prefetch)

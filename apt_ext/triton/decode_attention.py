@@ -20,14 +20,18 @@ length is p + 1): every program rotates q (ROTARY: 1 pairs (i, i + R/2), 2 pairs
 the new key with row p of the rotary tables, uses the new key and value in place of the cache's
 row p (so no program waits for the cache write), and split 0 writes them into the caches.
 
-With PF_COUNT regions (its ``l2_prefetch`` tensors, sm_90 and later) every thread first asks the L2
+With PF_COUNT regions (its ``l2_prefetch`` tensors, sm_90 and later) every thread asks the L2
 cache for its piece of each region by one bulk prefetch (``cp.async.bulk.prefetch.L2``: no
-registers, no wait), so the region arrives in L2 while the attention runs, which reads little
-memory: the next GEMV (the output projection's weight) then reads it from L2.
+registers, no wait), so the region arrives in L2 while the attention finishes, which reads little
+memory: the next GEMV (the output projection's weight) then reads it from L2. Where
+(APT_L2_PREFETCH_AT, read at each call): "end" (the default) after the program's keys and values
+are loaded, so the prefetch's DRAM traffic does not queue ahead of them (the rest, partial
+results and the merge, stays in L2); "start" before anything, for the longest overlap.
 """
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -46,6 +50,7 @@ MAX_SPLITS = 64     # at most this many programs per (sequence, key head)
 MERGE_TILE = 8192   # float32 elements of partial outputs the merging program loads at once
 NUM_WARPS = 4
 MIN_PREFETCH_CAPABILITY = (9, 0)  # cp.async.bulk.prefetch.L2: sm_90
+PREFETCH_AT = ("end", "start")  # APT_L2_PREFETCH_AT's values, the default first
 
 
 @triton.jit
@@ -62,6 +67,18 @@ def _prefetch_l2(addr, nbytes, lane, lanes):
 
 
 @triton.jit
+def _prefetch_regions(pf0_addr, pf0_bytes, pf1_addr, pf1_bytes, pid, split, SPLITS: tl.constexpr,
+                      PF_COUNT: tl.constexpr, PF_LANES: tl.constexpr):
+    """This program's threads' pieces of the PF_COUNT (0-2) regions (_prefetch_l2)."""
+    if PF_COUNT > 0:
+        lane = ((pid * SPLITS + split) * PF_LANES + tl.arange(0, PF_LANES)).to(tl.int64)
+        lanes = tl.num_programs(0) * SPLITS * PF_LANES
+        _prefetch_l2(pf0_addr, pf0_bytes, lane, lanes)
+        if PF_COUNT > 1:
+            _prefetch_l2(pf1_addr, pf1_bytes, lane, lanes)
+
+
+@triton.jit
 def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max_ptr, sum_ptr, count_ptr,
                              kn_ptr, vn_ptr, cos_ptr, sin_ptr, sm_scale, KV, HD, T,
                              q_sb, q_sh, k_sb, k_sh, k_st, v_sb, v_sh, v_st, o_sb, o_sh, len_sb,
@@ -70,15 +87,11 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
                              BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr,
                              G_POW2: tl.constexpr, MERGE_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
                              APPEND: tl.constexpr, ROTARY: tl.constexpr, ROT_HALF: tl.constexpr,
-                             PF_COUNT: tl.constexpr, PF_LANES: tl.constexpr):
+                             PF_COUNT: tl.constexpr, PF_LANES: tl.constexpr, PF_AT_START: tl.constexpr):
     pid = tl.program_id(0)  # sequence * KV + key head
     split = tl.program_id(1)
-    if PF_COUNT > 0:  # the L2 prefetch hints first: their bytes move while this program works
-        lane = ((pid * SPLITS + split) * PF_LANES + tl.arange(0, PF_LANES)).to(tl.int64)
-        lanes = tl.num_programs(0) * SPLITS * PF_LANES
-        _prefetch_l2(pf0_addr, pf0_bytes, lane, lanes)
-        if PF_COUNT > 1:
-            _prefetch_l2(pf1_addr, pf1_bytes, lane, lanes)
+    if PF_AT_START:
+        _prefetch_regions(pf0_addr, pf0_bytes, pf1_addr, pf1_bytes, pid, split, SPLITS, PF_COUNT, PF_LANES)
     b = (pid // KV).to(tl.int64)  # 64-bit offsets: a cache may hold more than 2^31 elements
     kvh = (pid % KV).to(tl.int64)
     # clamped to the cache (a check would cost the host a synchronisation; see _ops.decode_attention)
@@ -146,6 +159,8 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
             v = tl.where((n == pos)[:, None], v_new[None, :], v)
         acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         run_max = new_max
+    if not PF_AT_START:
+        _prefetch_regions(pf0_addr, pf0_bytes, pf1_addr, pf1_bytes, pid, split, SPLITS, PF_COUNT, PF_LANES)
 
     if APPEND:
         if split == 0:  # the new key and value into the caches, once per key head
@@ -233,6 +248,15 @@ def prefetch_regions(tensors: list[torch.Tensor], device: torch.device) -> list[
     return regions
 
 
+def prefetch_at() -> str:
+    """APT_L2_PREFETCH_AT (read at each call): where the kernel issues its L2 prefetches, "end"
+    (after its keys and values are loaded; the default) or "start"."""
+    at = os.environ.get("APT_L2_PREFETCH_AT", PREFETCH_AT[0])
+    if at not in PREFETCH_AT:
+        raise ValueError(f"APT_L2_PREFETCH_AT: expected one of {PREFETCH_AT}, got {at!r}")
+    return at
+
+
 def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
             scale: float | None, append: tuple | None = None, l2_prefetch: list[torch.Tensor] | None = None
             ) -> torch.Tensor:
@@ -269,7 +293,8 @@ def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengt
              "MERGE_SPLITS": max(2, min(splits, MERGE_TILE // (g_pow2 * block_d))),
              "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
              "APPEND": append is not None, "ROTARY": rotary, "ROT_HALF": cos.shape[1] if rotary else 1,
-             "PF_COUNT": len(regions), "PF_LANES": 32 * NUM_WARPS},
+             "PF_COUNT": len(regions), "PF_LANES": 32 * NUM_WARPS,
+             "PF_AT_START": bool(regions) and prefetch_at() == "start"},
             num_warps=NUM_WARPS)
     return out
 

@@ -183,14 +183,17 @@ def test_kvcache_compiled_in_place(rng):
     assert torch.equal(k, k2) and torch.equal(v, v2)
 
 
+@pytest.mark.parametrize("at", ["end", "start"])
 @pytest.mark.parametrize("regions", [1, 2])
-def test_kvcache_l2_prefetch_changes_nothing(rng, regions):
+def test_kvcache_l2_prefetch_changes_nothing(rng, regions, at, monkeypatch):
     """l2_prefetch (a weight and its scales: an odd offset and length, a 4-byte dtype) is a hint:
     the output and caches equal the call without it, bit for bit, the prefetched tensors keep
     their values, and a CUDA graph of the call replays the same; on sm_90+ the launch takes the
-    regions (16-byte aligned inside each tensor)."""
+    regions (16-byte aligned inside each tensor), at either place in the program."""
     from apt_ext.attention import decode_attention_kvcache
     from apt_ext.triton import decode_attention as tda
+
+    monkeypatch.setenv("APT_L2_PREFETCH_AT", at)
 
     q, k, v, kn, vn, cos, sin = _kvcache_inputs(rng, 1, 32, 8, 1024, 128, torch.bfloat16)
     weight = torch.randint(0, 255, (4096 * 2048 + 7,), dtype=torch.uint8, device=DEV)[3:]  # unaligned, odd

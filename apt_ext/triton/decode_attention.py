@@ -233,8 +233,8 @@ def _capability(index: int | None) -> tuple[int, int]:
 
 def prefetch_regions(tensors: list[torch.Tensor], device: torch.device) -> list[tuple[int, int]]:
     """(address, bytes) of each tensor's memory for the kernel's bulk L2 prefetch: the start rounded
-    up and the length down to 16 bytes (the instruction's unit). None at all where the GPU has no
-    bulk prefetch (before sm_90, ROCm, the interpreter): there the hint is dropped."""
+    up and the length down to 16 bytes (the instruction's unit); none where the GPU has no bulk
+    prefetch (before sm_90, ROCm, the interpreter): there the hint is dropped."""
     if (not tensors or INTERPRET or device.type != "cuda" or torch.version.hip is not None
             or _capability(device.index) < MIN_PREFETCH_CAPABILITY):
         return []

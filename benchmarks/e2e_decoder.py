@@ -37,13 +37,15 @@ counted in the weight bytes).
                                                   # split-KV decoding kernel)
     python benchmarks/e2e_decoder.py --attention apt  # apt_ext.attention.decode_attention over the
                                                   # positions up to the current one (one launch)
-    python benchmarks/e2e_decoder.py --l2-prefetch  # the attention launch also prefetches the o
-                                                  # projection's weight into L2 (both models;
-                                                  # decode_attention_kvcache's l2_prefetch)
+    python benchmarks/e2e_decoder.py --l2-prefetch [end|start]  # the attention launch also
+                                                  # prefetches the o projection's weight into L2
+                                                  # (both models; decode_attention_kvcache's
+                                                  # l2_prefetch, issued after the keys and values
+                                                  # or at the start: APT_L2_PREFETCH_AT)
     (default: --attention apt_kvcache, apt_ext.attention.decode_attention_kvcache: the same launch
     also applies the rotary embedding and writes the cache; both models use the same attention)
 Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul|_flex|_apt|_apt_kvcache (sdpa: no suffix)][_composite_swiglu]
-[_fused_norms][_l2_prefetch][_profile].json.
+[_fused_norms][_l2_prefetch[_start]][_profile].json.
 """
 from __future__ import annotations
 
@@ -73,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 from vgpu import sync  # noqa: E402  (benchmarks/vgpu.py)
 
 from apt_ext.attention import decode_attention, decode_attention_kvcache  # noqa: E402
+from apt_ext.attention._ops import L2_PREFETCH_AT  # noqa: E402
 from apt_ext.nn import fold_rms_norm_, linear_residual, rms_norm_linear, rms_norm_swiglu  # noqa: E402
 from apt_ext.nn import swiglu as apt_swiglu  # noqa: E402
 
@@ -486,9 +489,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gram", choices=GRAM_MODES, default=None,
                     help="with --fuse-norms: APT_FP4_GRAM for this process, which of the GEMV's warps take the "
                          "norm's sums of squares (default: the variable's value, else first)")
-    ap.add_argument("--l2-prefetch", action="store_true",
+    ap.add_argument("--l2-prefetch", nargs="?", const="end", choices=L2_PREFETCH_AT, default=None,
                     help="with the apt_kvcache attention: each layer's attention launch also prefetches its o "
-                         "projection's weight into L2 (both models; a hint, results unchanged; sm_90+)")
+                         "projection's weight into L2 (both models; a hint, results unchanged; sm_90+), after "
+                         "each program's keys and values (end, the default) or first (start); sets "
+                         "APT_L2_PREFETCH_AT for this process")
     ap.add_argument("--profile", action="store_true",
                     help="(CUDA) also record and print the top GPU kernels of the graph-replayed step, and the FP4 "
                          "GEMV's time by launch grid (one row per projection)")
@@ -501,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--gram: needs --fuse-norms")
     if args.l2_prefetch and args.attention != "apt_kvcache":
         ap.error("--l2-prefetch: needs --attention apt_kvcache")
+    if args.l2_prefetch:
+        os.environ["APT_L2_PREFETCH_AT"] = args.l2_prefetch
     gram = set_gram_mode(args.gram)
     batches = [int(b) for b in args.batches.split(",")]
     if any(b < 1 for b in batches):
@@ -572,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
            + ("_composite_swiglu" if args.fused and args.swiglu == "composite" else "")
            + ("_fused_norms" if args.fuse_norms else "")
            + (f"_gram_{gram}" if args.fuse_norms and gram != "first" else "")
-           + ("_l2_prefetch" if args.l2_prefetch else "")
+           + (f"_l2_prefetch{'_start' if args.l2_prefetch == 'start' else ''}" if args.l2_prefetch else "")
            + ("_profile" if args.profile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)

@@ -4,6 +4,7 @@ float32 bytes, and bad arguments are refused."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -195,17 +196,23 @@ def test_e2e_decoder_cpu_fuse_norms(tmp_path, one_thread):
         e2e_decoder.main(["--cpu", "--fused", "--fuse-norms", "--gram", "all"])
 
 
-def test_e2e_decoder_cpu_l2_prefetch(tmp_path, one_thread):
+def test_e2e_decoder_cpu_l2_prefetch(tmp_path, one_thread, monkeypatch):
     """--l2-prefetch: each layer's kvcache attention is given its o projection's weight (FP4: the
     tiled copy's codes and scales) to prefetch; the step is the same (a hint; on the CPU only
     checked); without the kvcache attention it is refused."""
+    monkeypatch.delenv("APT_L2_PREFETCH_AT", raising=False)  # (main sets it; monkeypatch restores it)
     out = tmp_path / "dec.json"
     assert e2e_decoder.main(["--cpu", "--fused", "--l2-prefetch", "--batches", "1", "--iters", "1",
                              "--out", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert d["l2_prefetch"] is True and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
+    assert d["l2_prefetch"] == "end" and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
+    assert e2e_decoder.main(["--cpu", "--l2-prefetch", "start", "--batches", "1", "--iters", "1",
+                             "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["l2_prefetch"] == "start" and os.environ["APT_L2_PREFETCH_AT"] == "start"
     with pytest.raises(SystemExit):
         e2e_decoder.main(["--cpu", "--attention", "sdpa", "--l2-prefetch"])
+    with pytest.raises(SystemExit):
+        e2e_decoder.main(["--cpu", "--l2-prefetch", "middle"])
     s = e2e_decoder.Shape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, context=16)
     model = e2e_decoder.build(s, torch.device("cpu"), torch.float32, attention="apt_kvcache")
     x = torch.randn(2, 1, s.d)

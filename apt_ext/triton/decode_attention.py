@@ -50,7 +50,6 @@ MAX_SPLITS = 64     # at most this many programs per (sequence, key head)
 MERGE_TILE = 8192   # float32 elements of partial outputs the merging program loads at once
 NUM_WARPS = 4
 MIN_PREFETCH_CAPABILITY = (9, 0)  # cp.async.bulk.prefetch.L2: sm_90
-PREFETCH_AT = ("end", "start")  # APT_L2_PREFETCH_AT's values, the default first
 
 
 @triton.jit
@@ -251,9 +250,9 @@ def prefetch_regions(tensors: list[torch.Tensor], device: torch.device) -> list[
 def prefetch_at() -> str:
     """APT_L2_PREFETCH_AT (read at each call): where the kernel issues its L2 prefetches, "end"
     (after its keys and values are loaded; the default) or "start"."""
-    at = os.environ.get("APT_L2_PREFETCH_AT", PREFETCH_AT[0])
-    if at not in PREFETCH_AT:
-        raise ValueError(f"APT_L2_PREFETCH_AT: expected one of {PREFETCH_AT}, got {at!r}")
+    at = os.environ.get("APT_L2_PREFETCH_AT", _ops.L2_PREFETCH_AT[0])
+    if at not in _ops.L2_PREFETCH_AT:
+        raise ValueError(f"APT_L2_PREFETCH_AT: expected one of {_ops.L2_PREFETCH_AT}, got {at!r}")
     return at
 
 

@@ -14,10 +14,10 @@ triton.testing.do_bench), throughput (sequences/s and tokens/s) and peak GPU mem
 activations of one forward, torch.cuda.max_memory_allocated). Latency is measured twice: eager (every kernel launched
 from Python, as a user's loop runs it) and replayed from a CUDA graph (no host cost per kernel).
 
-    python benchmarks/e2e_encoder.py [--profile] [--tag TAG]
+    python benchmarks/e2e_encoder.py [--profile] [--tag TAG] [--fused-qkv]
 --profile also prints the GPU kernels of one FP4 forward per batch (torch.profiler, top 15 by
-GPU time). Writes benchmarks/results/e2e_encoder_<card>[_TAG].json and
-benchmarks/plots/e2e_encoder_<card>[_TAG].png; the JSON records the APT_FP4_* settings of the run
+GPU time). Writes benchmarks/results/e2e_encoder_<card>[_fused_qkv][_TAG].json and
+benchmarks/plots/e2e_encoder_<card>[_fused_qkv][_TAG].png; the JSON records the APT_FP4_* settings of the run
 (e.g. APT_FP4_GEMM=65 puts the tiled GEMM on the 768-row weights from 65 rows of x).
 """
 from __future__ import annotations
@@ -40,26 +40,33 @@ LAYERS, D_MODEL, HEADS, D_FF, SEQ = 12, 768, 12, 3072, 128
 
 
 class EncoderLayer(nn.Module):
-    """Pre-LN transformer encoder layer: x + attn(ln1(x)), then + ffn(ln2(x)). x: [B, T, D]."""
+    """Pre-LN transformer encoder layer: x + attn(ln1(x)), then + ffn(ln2(x)). x: [B, T, D].
+    ``fused_qkv``: q, k and v as one Linear [3 d, d] (as serving stacks load BERT: the same
+    weights, two launches a layer fewer)."""
 
-    def __init__(self, d: int, heads: int, d_ff: int) -> None:
+    def __init__(self, d: int, heads: int, d_ff: int, fused_qkv: bool = False) -> None:
         super().__init__()
         self.heads = heads
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        if fused_qkv:
+            self.qkv = nn.Linear(d, 3 * d)
+        else:
+            self.q, self.k, self.v = (nn.Linear(d, d) for _ in range(3))
+        self.o = nn.Linear(d, d)
         self.ff1, self.ff2 = nn.Linear(d, d_ff), nn.Linear(d_ff, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         h = self.ln1(x)
-        q, k, v = (p(h).view(b, t, self.heads, d // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        qkv = self.qkv(h).chunk(3, -1) if hasattr(self, "qkv") else (self.q(h), self.k(h), self.v(h))
+        q, k, v = (p.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for p in qkv)
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
         x = x + self.o(a)
         return x + self.ff2(F.gelu(self.ff1(self.ln2(x))))
 
 
-def encoder() -> nn.Module:
-    return nn.Sequential(*(EncoderLayer(D_MODEL, HEADS, D_FF) for _ in range(LAYERS)))
+def encoder(fused_qkv: bool = False) -> nn.Module:
+    return nn.Sequential(*(EncoderLayer(D_MODEL, HEADS, D_FF, fused_qkv) for _ in range(LAYERS)))
 
 
 def measure(model: nn.Module, x: torch.Tensor) -> dict:
@@ -111,6 +118,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", action="store_true", help="print the FP4 forward's top GPU kernels per batch")
     ap.add_argument("--tag", default="", help="suffix of the JSON and plot names (a run with other APT_FP4_* settings)")
+    ap.add_argument("--fused-qkv", action="store_true",
+                    help="q, k and v as one Linear in every model (names end in _fused_qkv)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("e2e_encoder benchmark: needs a CUDA GPU")
@@ -118,7 +127,7 @@ def main() -> None:
     from apt_ext.nn import FP4Linear, dequant_ahead
 
     torch.manual_seed(0)
-    fp32 = encoder().cuda().eval()
+    fp32 = encoder(args.fused_qkv).cuda().eval()
     variants = {"fp32": fp32, "bf16": copy.deepcopy(fp32).to(torch.bfloat16)}
     variants["fp4-nvfp4"] = apt_ext.quantize_(copy.deepcopy(variants["bf16"]), fmt="nvfp4")
     # the same weights with FP4Linear's tiled copy switched off: every call dequantises to bf16
@@ -154,7 +163,9 @@ def main() -> None:
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join([sys.executable, *sys.argv]),
            "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("APT_FP4") or k == "APT_FORCE_TRITON"},
-           "model": f"pre-LN encoder, {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, seq {SEQ}",
+           "model": f"pre-LN encoder, {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, seq {SEQ}"
+                    + (", fused q/k/v" if args.fused_qkv else ""),
+           "fused_qkv": args.fused_qkv,
            "rows": rows}
     print(f"{res['model']} on {card}")
     print(f"{'variant':>10} {'batch':>5} {'latency ms':>11} {'graph ms':>9} {'seq/s':>9} {'tokens/s':>10} {'peak MB':>9} "
@@ -165,7 +176,8 @@ def main() -> None:
               f"{r['seq_per_s']:9.1f} "
               f"{r['tokens_per_s']:10.0f} {r['peak_mem_MB']:9.1f} {r['weights_MB']:10.1f} "
               f"{base['latency_ms'] / r['latency_ms']:15.2f}x {r['cosine_vs_fp32']:11.5f}")
-    tag = card.replace(" ", "_").replace("/", "_") + (f"_{args.tag}" if args.tag else "")
+    tag = (card.replace(" ", "_").replace("/", "_") + ("_fused_qkv" if args.fused_qkv else "")
+           + (f"_{args.tag}" if args.tag else ""))
     out = HERE / "results" / f"e2e_encoder_{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))

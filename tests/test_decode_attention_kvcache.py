@@ -158,7 +158,7 @@ BAD = [
     (lambda a: {**a, "rotary_sin": a["rotary_sin"].to_sparse()}, TypeError, "rotary_sin: expected a dense"),
     (lambda a: {**a, "l2_prefetch": a["q"]}, TypeError, "l2_prefetch: expected a list of tensors"),
     (lambda a: {**a, "l2_prefetch": [a["q"], 1.0]}, TypeError, "l2_prefetch\\[1\\]: expected a torch.Tensor"),
-    (lambda a: {**a, "l2_prefetch": [a["q"]] * 3}, ValueError, "l2_prefetch: expected at most 2 tensors"),
+    (lambda a: {**a, "l2_prefetch": [a["q"]] * 5}, ValueError, "l2_prefetch: expected at most 4 tensors"),
     (lambda a: {**a, "l2_prefetch": [a["k_cache"].transpose(2, 3)]}, ValueError,
      "l2_prefetch\\[0\\]: expected a contiguous tensor"),
     (lambda a: {**a, "l2_prefetch": [torch.empty(4, device="meta")]}, ValueError,

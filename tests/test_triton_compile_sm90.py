@@ -129,11 +129,11 @@ def test_prefix_sum_matmul_compiles_for_sm90(dtype, reverse, mean, block_t, bloc
                           ("fp32", 8, 64, 8, "ieee", False, 0, 0), ("bf16", 4, 16, 16, "tf32", True, 1, 0),
                           ("bf16", 4, 8, 8, "tf32", True, 2, 0), ("fp16", 1, 1, 2, "tf32", True, 0, 0),
                           ("bf16", 4, 16, 16, "tf32", True, 2, 1), ("bf16", 4, 16, 16, "tf32", True, 2, 2),
-                          ("bf16", 4, 16, 16, "tf32", True, 2, -2)])
+                          ("bf16", 4, 16, 16, "tf32", True, 2, -2), ("bf16", 4, 16, 16, "tf32", True, 2, 4)])
 def test_decode_attention_compiles_for_sm90(dtype, g, splits, merge, precision, append, rotary, prefetch):
     """decode_attention and (append) decode_attention_kvcache, without and with either rotary order,
-    and with one or two L2 prefetch regions (their bulk prefetch instructions in the PTX; -2: two
-    at the program's start)."""
+    and with one, two or four L2 prefetch regions (their bulk prefetch instructions in the PTX; -2:
+    two at the program's start)."""
     from apt_ext.triton import decode_attention as tda
 
     ints = ("sm_scale", "KV", "HD", "T", "q_sb", "q_sh", "k_sb", "k_sh", "k_st", "v_sb", "v_sh", "v_st",
@@ -142,7 +142,8 @@ def test_decode_attention_compiles_for_sm90(dtype, g, splits, merge, precision, 
             "out_ptr": f"*{dtype}", "acc_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "count_ptr": "*i32",
             "kn_ptr": f"*{dtype}", "vn_ptr": f"*{dtype}", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
             **{a: "i32" for a in ints}, "sm_scale": "fp32",
-            "pf0_addr": "i64", "pf0_bytes": "i64", "pf1_addr": "i64", "pf1_bytes": "i32"}
+            "pf0_addr": "i64", "pf0_bytes": "i64", "pf1_addr": "i64", "pf1_bytes": "i32", "pf2_addr": "i64",
+            "pf2_bytes": "i32", "pf3_addr": "i64", "pf3_bytes": "i32"}
     compiled = _compile_sm90(tda._decode_attention_kernel, args,
                              {"G": g, "BLOCK_G": max(16, g), "BLOCK_D": 128, "BLOCK_N": 64, "SPLITS": splits,
                               "SPLITS_POW2": max(2, splits), "G_POW2": max(2, g), "MERGE_SPLITS": merge,

@@ -143,7 +143,7 @@ torch.library.register_kernel("apt::decode_attention", None, _other_devices)
 KVCACHE_SCHEMA = ("(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, Tensor cache_seqlens, "
                   "Tensor? rotary_cos=None, Tensor? rotary_sin=None, bool rotary_interleaved=False, "
                   "float? scale=None, Tensor[]? l2_prefetch=None) -> Tensor")
-MAX_L2_PREFETCH = 2  # l2_prefetch tensors a call takes (a weight and its scales)
+MAX_L2_PREFETCH = 4  # l2_prefetch tensors a call takes (two weights and their scales)
 L2_PREFETCH_AT = ("end", "start")  # where the GPU kernel issues them (APT_L2_PREFETCH_AT), the default first
 
 torch.library.define("apt::decode_attention_kvcache", KVCACHE_SCHEMA)

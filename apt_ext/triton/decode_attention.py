@@ -66,15 +66,19 @@ def _prefetch_l2(addr, nbytes, lane, lanes):
 
 
 @triton.jit
-def _prefetch_regions(pf0_addr, pf0_bytes, pf1_addr, pf1_bytes, pid, split, SPLITS: tl.constexpr,
-                      PF_COUNT: tl.constexpr, PF_LANES: tl.constexpr):
-    """This program's threads' pieces of the PF_COUNT (0-2) regions (_prefetch_l2)."""
+def _prefetch_regions(pf0_addr, pf0_bytes, pf1_addr, pf1_bytes, pf2_addr, pf2_bytes, pf3_addr, pf3_bytes, pid,
+                      split, SPLITS: tl.constexpr, PF_COUNT: tl.constexpr, PF_LANES: tl.constexpr):
+    """This program's threads' pieces of the PF_COUNT (0-4) regions (_prefetch_l2), in order."""
     if PF_COUNT > 0:
         lane = ((pid * SPLITS + split) * PF_LANES + tl.arange(0, PF_LANES)).to(tl.int64)
         lanes = tl.num_programs(0) * SPLITS * PF_LANES
         _prefetch_l2(pf0_addr, pf0_bytes, lane, lanes)
         if PF_COUNT > 1:
             _prefetch_l2(pf1_addr, pf1_bytes, lane, lanes)
+        if PF_COUNT > 2:
+            _prefetch_l2(pf2_addr, pf2_bytes, lane, lanes)
+        if PF_COUNT > 3:
+            _prefetch_l2(pf3_addr, pf3_bytes, lane, lanes)
 
 
 @triton.jit
@@ -82,6 +86,7 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
                              kn_ptr, vn_ptr, cos_ptr, sin_ptr, sm_scale, KV, HD, T,
                              q_sb, q_sh, k_sb, k_sh, k_st, v_sb, v_sh, v_st, o_sb, o_sh, len_sb,
                              kn_sb, kn_sh, vn_sb, vn_sh, rot_st, pf0_addr, pf0_bytes, pf1_addr, pf1_bytes,
+                             pf2_addr, pf2_bytes, pf3_addr, pf3_bytes,
                              G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
                              BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr,
                              G_POW2: tl.constexpr, MERGE_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -90,7 +95,8 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
     pid = tl.program_id(0)  # sequence * KV + key head
     split = tl.program_id(1)
     if PF_AT_START:
-        _prefetch_regions(pf0_addr, pf0_bytes, pf1_addr, pf1_bytes, pid, split, SPLITS, PF_COUNT, PF_LANES)
+        _prefetch_regions(pf0_addr, pf0_bytes, pf1_addr, pf1_bytes, pf2_addr, pf2_bytes, pf3_addr, pf3_bytes,
+                          pid, split, SPLITS, PF_COUNT, PF_LANES)
     b = (pid // KV).to(tl.int64)  # 64-bit offsets: a cache may hold more than 2^31 elements
     kvh = (pid % KV).to(tl.int64)
     # clamped to the cache (a check would cost the host a synchronisation; see _ops.decode_attention)
@@ -159,7 +165,8 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
         acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         run_max = new_max
     if not PF_AT_START:
-        _prefetch_regions(pf0_addr, pf0_bytes, pf1_addr, pf1_bytes, pid, split, SPLITS, PF_COUNT, PF_LANES)
+        _prefetch_regions(pf0_addr, pf0_bytes, pf1_addr, pf1_bytes, pf2_addr, pf2_bytes, pf3_addr, pf3_bytes,
+                          pid, split, SPLITS, PF_COUNT, PF_LANES)
 
     if APPEND:
         if split == 0:  # the new key and value into the caches, once per key head

@@ -106,13 +106,10 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     """'NxK[,NxK...]' -> [(N, K), ...], each a positive weight shape (rows, columns)."""
     shapes = []
     for item in text.split(","):
-        try:
-            n, k = (int(v) for v in item.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"expected NxK[,NxK...] with positive integers, got {item!r} in {text!r}") from None
-        if n <= 0 or k <= 0:
+        dims = item.lower().split("x")
+        if len(dims) != 2 or not all(d.isdigit() and int(d) > 0 for d in dims):
             raise ValueError(f"expected NxK[,NxK...] with positive integers, got {item!r} in {text!r}")
-        shapes.append((n, k))
+        shapes.append((int(dims[0]), int(dims[1])))
     return shapes
 
 

@@ -147,14 +147,17 @@ class Layer(nn.Module):
     "composite" (silu and product of gate_up's two halves). ``fuse_norms`` (fused projections only):
     the norms and residual adds through apt_ext.nn's rms_norm_linear / rms_norm_swiglu /
     linear_residual (for FP4 layers after fold_rms_norm_: inside the GEMVs; otherwise the same
-    composite)."""
+    composite). ``separate_mlp_norm`` (with ``fuse_norms``): the MLP's norm runs on its own and
+    gate/up is a plain projection (n2 not folded); q/k/v's norm and the residual adds stay fused."""
 
     def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa", swiglu: str = "fused",
-                 fuse_norms: bool = False) -> None:
+                 fuse_norms: bool = False, separate_mlp_norm: bool = False) -> None:
         super().__init__()
         if fuse_norms and not fused:
             raise ValueError("fuse_norms: needs the fused projections (fused=True)")
-        self.fuse_norms = fuse_norms
+        if separate_mlp_norm and not fuse_norms:
+            raise ValueError("separate_mlp_norm: needs fuse_norms=True")
+        self.fuse_norms, self.separate_mlp_norm = fuse_norms, separate_mlp_norm
         if attention not in ATTENTIONS:
             raise ValueError(f"attention: expected one of {ATTENTIONS}, got {attention!r}")
         if swiglu not in SWIGLUS:
@@ -212,9 +215,14 @@ class Layer(nn.Module):
         """The rest of the layer after attention y [B, 1, d]: o, residual, norm, MLP, residual."""
         if self.fuse_norms:
             x = linear_residual(self.o, y, x)
-            if self.swiglu == "fused":
+            if self.separate_mlp_norm and self.swiglu == "fused":
+                return linear_residual(self.down, apt_swiglu(self.gate_up, self.n2(x)), x)
+            if self.separate_mlp_norm:
+                gate, up = self.gate_up(self.n2(x)).chunk(2, -1)
+            elif self.swiglu == "fused":
                 return linear_residual(self.down, rms_norm_swiglu(self.n2, self.gate_up, x), x)
-            gate, up = rms_norm_linear(self.n2, self.gate_up, x).chunk(2, -1)
+            else:
+                gate, up = rms_norm_linear(self.n2, self.gate_up, x).chunk(2, -1)
             return linear_residual(self.down, F.silu(gate) * up, x)
         x = x + self.o(y)
         h = self.n2(x)
@@ -274,10 +282,11 @@ class Stack(nn.Module):
     """The layers, with the rotary tables and the positions as buffers (static shapes per step)."""
 
     def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa", swiglu: str = "fused",
-                 fuse_norms: bool = False) -> None:
+                 fuse_norms: bool = False, separate_mlp_norm: bool = False) -> None:
         super().__init__()
         self.attention = attention
-        self.layers = nn.ModuleList(Layer(s, fused, attention, swiglu, fuse_norms) for _ in range(s.layers))
+        self.layers = nn.ModuleList(Layer(s, fused, attention, swiglu, fuse_norms, separate_mlp_norm)
+                                    for _ in range(s.layers))
         cos, sin = rope_tables(s)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -299,12 +308,14 @@ class Stack(nn.Module):
 
 
 def build(s: Shape, device: torch.device, dtype: torch.dtype, fused: bool = False,
-          attention: str = "sdpa", swiglu: str = "fused", fuse_norms: bool = False) -> Stack:
+          attention: str = "sdpa", swiglu: str = "fused", fuse_norms: bool = False,
+          separate_mlp_norm: bool = False) -> Stack:
     """Random weights (std 0.02; norms 1) made on ``device``, in ``dtype``; the rotary tables stay
-    float32 (cast per step). ``fused``, ``attention``, ``swiglu``, ``fuse_norms``: Layer's."""
+    float32 (cast per step). ``fused``, ``attention``, ``swiglu``, ``fuse_norms``,
+    ``separate_mlp_norm``: Layer's."""
     torch.manual_seed(0)
     with torch.device(device):
-        model = Stack(s, fused, attention, swiglu, fuse_norms)
+        model = Stack(s, fused, attention, swiglu, fuse_norms, separate_mlp_norm)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("n1.weight", "n2.weight")):
@@ -500,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
                          "quantising (apt_ext.nn.fold_rms_norm_), the norms run inside those GEMVs and the "
                          "residual adds in the o and down GEMVs' epilogues (rms_norm_linear, rms_norm_swiglu, "
                          "linear_residual; the bf16 model runs the same helpers, i.e. its usual composite)")
+    ap.add_argument("--separate-mlp-norm", action="store_true",
+                    help="with --fuse-norms: the MLP's RMSNorm runs as its own kernel and gate/up is the plain "
+                         "(SwiGLU) projection, not folded: on an H100 the norm inside the 28672 x 4096 SwiGLU GEMV "
+                         "cost more than the separate norm (fp4_norm_fusion); q/k/v's norm and the residual adds "
+                         "stay fused")
     ap.add_argument("--gram", choices=GRAM_MODES, default=None,
                     help="with --fuse-norms: APT_FP4_GRAM for this process, which of the GEMV's warps take the "
                          "norm's sums of squares (default: the variable's value, else first)")
@@ -519,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.fuse_norms and not args.fused:
         ap.error("--fuse-norms: needs --fused")
+    if args.separate_mlp_norm and not args.fuse_norms:
+        ap.error("--separate-mlp-norm: needs --fuse-norms")
     if args.gram is not None and not args.fuse_norms:
         ap.error("--gram: needs --fuse-norms")
     if args.l2_prefetch and args.attention != "apt_kvcache":
@@ -549,14 +567,17 @@ def main(argv: list[str] | None = None) -> int:
                     "dtype": str(dtype).replace("torch.", ""), "iters": iters, "compiled": args.compile,
                     "fused_projections": args.fused, "one_copy": args.one_copy, "attention": args.attention,
                     "swiglu": args.swiglu if args.fused else "composite", "fused_norms": args.fuse_norms,
+                    "separate_mlp_norm": args.separate_mlp_norm,
                     "gram": gram, "l2_prefetch": args.l2_prefetch, "l2_prefetch_mlp_mib": args.l2_prefetch_mlp_mib,
                     "runs": {}}
-    ref_model = build(shape, device, dtype, args.fused, args.attention, args.swiglu, args.fuse_norms)
+    ref_model = build(shape, device, dtype, args.fused, args.attention, args.swiglu, args.fuse_norms,
+                      args.separate_mlp_norm)
     fp4_model = copy.deepcopy(ref_model)
     if args.fuse_norms:
         for layer in fp4_model.layers:
             fold_rms_norm_(layer.n1, layer.qkv)
-            fold_rms_norm_(layer.n2, layer.gate_up)
+            if not args.separate_mlp_norm:
+                fold_rms_norm_(layer.n2, layer.gate_up)
     fp4_model = apt_ext.quantize_(fp4_model, fmt="nvfp4")
     if args.one_copy:
         from apt_ext.nn import FP4Linear
@@ -602,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
            + ("_fused" if args.fused else "") + ("_one_copy" if args.one_copy else "")
            + ("_compiled" if args.compile else "") + ("" if args.attention == "sdpa" else "_" + args.attention)
            + ("_composite_swiglu" if args.fused and args.swiglu == "composite" else "")
-           + ("_fused_norms" if args.fuse_norms else "")
+           + ("_fused_norms" if args.fuse_norms else "") + ("_separate_mlp_norm" if args.separate_mlp_norm else "")
            + (f"_gram_{gram}" if args.fuse_norms and gram != "first" else "")
            + (f"_l2_prefetch{'_start' if args.l2_prefetch == 'start' else ''}" if args.l2_prefetch else "")
            + (f"_mlp{args.l2_prefetch_mlp_mib:g}mib" if args.l2_prefetch_mlp_mib else "")

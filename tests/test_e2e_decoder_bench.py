@@ -194,6 +194,12 @@ def test_e2e_decoder_cpu_fuse_norms(tmp_path, one_thread):
         e2e_decoder.main(["--cpu", "--fused", "--gram", "spread"])
     with pytest.raises(SystemExit):
         e2e_decoder.main(["--cpu", "--fused", "--fuse-norms", "--gram", "all"])
+    assert e2e_decoder.main(["--cpu", "--fused", "--fuse-norms", "--separate-mlp-norm", "--batches", "1",
+                             "--iters", "1", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["separate_mlp_norm"] is True and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
+    with pytest.raises(SystemExit):  # the MLP's norm is separate only from a fused one
+        e2e_decoder.main(["--cpu", "--fused", "--separate-mlp-norm"])
 
 
 def test_e2e_decoder_cpu_l2_prefetch(tmp_path, one_thread, monkeypatch):
@@ -266,6 +272,33 @@ def test_fuse_norms_compute_the_same_step():
                                    rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="fuse_norms"):
         e2e_decoder.Layer(s, fused=False, fuse_norms=True)
+
+
+@pytest.mark.parametrize("swiglu", e2e_decoder.SWIGLUS)
+def test_separate_mlp_norm_computes_the_same_step(swiglu):
+    """fuse_norms with separate_mlp_norm (only n1 folded into q/k/v; the MLP's norm run on its own,
+    gate/up a plain projection) gives the plain fused layers' step; it needs fuse_norms."""
+    from apt_ext.nn import fold_rms_norm_
+
+    s = e2e_decoder.Shape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, context=16)
+    plain = e2e_decoder.build(s, torch.device("cpu"), torch.float32, fused=True, swiglu=swiglu)
+    with torch.no_grad():
+        for layer in plain.layers:
+            layer.n1.weight.uniform_(0.5, 1.5)
+            layer.n2.weight.uniform_(0.5, 1.5)
+    separate = e2e_decoder.build(s, torch.device("cpu"), torch.float32, fused=True, swiglu=swiglu,
+                                 fuse_norms=True, separate_mlp_norm=True)
+    separate.load_state_dict(plain.state_dict())
+    for layer in separate.layers:
+        fold_rms_norm_(layer.n1, layer.qkv)
+    with torch.no_grad():
+        x = torch.randn(3, 1, s.d)
+        caches = [[e2e_decoder.StaticKV(3, s, torch.device("cpu"), torch.float32, torch.Generator().manual_seed(i))
+                   for i in range(s.layers)] for _ in range(2)]
+        torch.testing.assert_close(separate(x, caches[1], torch.tensor([5])),
+                                   plain(x, caches[0], torch.tensor([5])), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="separate_mlp_norm: needs fuse_norms"):
+        e2e_decoder.Layer(s, fused=True, separate_mlp_norm=True)
 
 
 def test_kernels_by_grid_splits_a_kernel_by_launch_shape_and_order():

@@ -486,25 +486,47 @@ def selected_triton_cases(items) -> list[str]:
             if getattr(item, "originalname", None) == "test_triton_on_cuda" and hasattr(item, "callspec")]
 
 
-@pytest.fixture(scope="module")
-def triton_results(request) -> dict:
+TRITON_CASES = ([f"{f}-{str(d)[6:]}-m{m}" for f in FORMATS for d in X_DTYPES for m in TRITON_M]
+                + [f"{f}-dequantize-dispatch" for f in FORMATS]
+                + [f"{f}-every-config" for f in TRITON_CONFIG_FORMATS] + ["autotune", "direct-launch", "split-streams"])
+
+
+def triton_group(case: str) -> str:
+    """The child process that runs ``case``: one per format's linear and dispatch cases, one for
+    the rest (every config, autotune, direct launch, split streams)."""
+    fmt = case.split("-")[0]
+    return fmt if fmt in FORMATS and not case.endswith("-every-config") else "misc"
+
+
+_TRITON_RESULTS: dict[str, dict] = {}  # group -> its child's results, once per (xdist worker) process
+
+
+@pytest.fixture
+def triton_results(request, case) -> dict:
+    """The results of the Triton child that runs ``case``'s group: the group's selected cases
+    in a process with APT_FORCE_TRITON=1. Each group is marked as an xdist group, so that with
+    ``--dist loadgroup`` (benchmarks/gpu_session.sh's test stage) each group's child runs once, in
+    one worker, beside the other groups' (each worker's session lists every case: before the
+    groups, each worker that got any case ran the whole set, three at once, 218 to 293 s of a
+    306 s run in the forty-eighth session)."""
     pytest.importorskip("triton")
-    # the child imports this file's helpers (tests/fp4_helpers.py, tests/reference) as pytest's
-    # rootdir conftest makes them importable here; it runs only the selected cases (a -k run of
-    # a few of them need not wait for all: the whole set took 148.6 s on the H200)
-    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, APT_FORCE_TRITON="1", APT_TRITON_AUTOTUNE="0",
-               APT_TRITON_CASES=",".join(selected_triton_cases(request.session.items)),
-               PYTHONPATH=os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, __file__, "triton"], env=env, capture_output=True, text=True,
-                          timeout=1200)
-    assert proc.returncode == 0, f"Triton run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    group = triton_group(case)
+    if group not in _TRITON_RESULTS:
+        # the child imports this file's helpers (tests/fp4_helpers.py, tests/reference) as
+        # pytest's rootdir conftest makes them importable here
+        tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        cases = [c for c in selected_triton_cases(request.session.items) if triton_group(c) == group]
+        env = dict(os.environ, APT_FORCE_TRITON="1", APT_TRITON_AUTOTUNE="0", APT_TRITON_CASES=",".join(cases),
+                   PYTHONPATH=os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")])))
+        proc = subprocess.run([sys.executable, __file__, "triton"], env=env, capture_output=True, text=True,
+                              timeout=1200)
+        assert proc.returncode == 0, f"Triton run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        _TRITON_RESULTS[group] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return _TRITON_RESULTS[group]
 
 
-@pytest.mark.parametrize("case", [f"{f}-{str(d)[6:]}-m{m}" for f in FORMATS for d in X_DTYPES for m in TRITON_M]
-                         + [f"{f}-dequantize-dispatch" for f in FORMATS]
-                         + [f"{f}-every-config" for f in TRITON_CONFIG_FORMATS] + ["autotune", "direct-launch", "split-streams"])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xdist_group(f"triton_{triton_group(c)}"))
+                                  for c in TRITON_CASES])
 def test_triton_on_cuda(triton_results, case):
     assert case in triton_results, f"case {case} did not run"
     assert triton_results[case] is None, triton_results[case]

@@ -37,17 +37,10 @@ counted in the weight bytes).
                                                   # split-KV decoding kernel)
     python benchmarks/e2e_decoder.py --attention apt  # apt_ext.attention.decode_attention over the
                                                   # positions up to the current one (one launch)
-    python benchmarks/e2e_decoder.py --l2-prefetch [end|start]  # the attention launch also
-                                                  # prefetches the o projection's weight into L2
-                                                  # (both models; decode_attention_kvcache's
-                                                  # l2_prefetch, issued after the keys and values
-                                                  # or at the start: APT_L2_PREFETCH_AT;
-                                                  # --l2-prefetch-mlp-mib N: also the first N MiB
-                                                  # of the fused gate/up weight)
     (default: --attention apt_kvcache, apt_ext.attention.decode_attention_kvcache: the same launch
     also applies the rotary embedding and writes the cache; both models use the same attention)
 Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul|_flex|_apt|_apt_kvcache (sdpa: no suffix)][_composite_swiglu]
-[_fused_norms][_l2_prefetch[_start]][_mlp<N>mib][_profile].json.
+[_fused_norms][_separate_mlp_norm][_profile].json.
 """
 from __future__ import annotations
 
@@ -77,7 +70,6 @@ sys.path.insert(0, str(ROOT))
 from vgpu import sync  # noqa: E402  (benchmarks/vgpu.py)
 
 from apt_ext.attention import decode_attention, decode_attention_kvcache  # noqa: E402
-from apt_ext.attention._ops import L2_PREFETCH_AT  # noqa: E402
 from apt_ext.nn import fold_rms_norm_, linear_residual, rms_norm_linear, rms_norm_swiglu  # noqa: E402
 from apt_ext.nn import swiglu as apt_swiglu  # noqa: E402
 
@@ -178,7 +170,6 @@ class Layer(nn.Module):
             self.up = nn.Linear(s.d, s.d_ff, bias=False)
         self.o = nn.Linear(s.d, s.d, bias=False)
         self.down = nn.Linear(s.d_ff, s.d, bias=False)
-        self.l2_prefetch: list[torch.Tensor] = []  # what the kvcache attention prefetches (set_l2_prefetch)
 
     def forward(self, x: torch.Tensor, kv: StaticKV, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | BlockMask) -> torch.Tensor:
@@ -194,8 +185,7 @@ class Layer(nn.Module):
             q, k, v = self.q(h), self.k(h), self.v(h)
         if self.attention == "apt_kvcache":  # cos, sin: the whole tables; mask: the positions
             y = decode_attention_kvcache(q.view(b, self.h, self.hd), kv.k, kv.v, k.view(b, self.kv, self.hd),
-                                         v.view(b, self.kv, self.hd), mask, cos, sin, rotary_interleaved=True,
-                                         l2_prefetch=self.l2_prefetch)
+                                         v.view(b, self.kv, self.hd), mask, cos, sin, rotary_interleaved=True)
             return self.mlp(x, y.view(b, 1, -1))
         q = rotate(q.view(b, 1, self.h, self.hd).transpose(1, 2), cos, sin)
         k = rotate(k.view(b, 1, self.kv, self.hd).transpose(1, 2), cos, sin)
@@ -233,35 +223,6 @@ class Layer(nn.Module):
         else:
             gate, up = self.gate(h), self.up(h)
         return x + self.down(F.silu(gate) * up)
-
-
-def set_l2_prefetch(model: nn.Module, mlp_mib: float = 0.0) -> None:
-    """Each layer's kvcache attention launch prefetches into L2 the o projection's weight (the
-    tensors o reads: an FP4Linear's tiled copy, codes and scales; else its weight) and, with
-    ``mlp_mib``, the first ``mlp_mib`` MiB of the fused gate/up weight (FP4: that much of the tiled
-    codes and the same share of their scales): the GEMVs after it then read them from L2
-    (decode_attention_kvcache's l2_prefetch). Call it after a forward step: an FP4 gate/up builds
-    its tiled copy in the SwiGLU order at its first fused call."""
-    from apt_ext.nn import FP4Linear
-
-    def tensors(linear: nn.Module) -> list[torch.Tensor]:
-        if isinstance(linear, FP4Linear):
-            tiled = linear.tiled_weight()
-            return [tiled.tiles, tiled.tile_scales]
-        return [linear.weight]
-
-    if not mlp_mib >= 0:
-        raise ValueError(f"mlp_mib: expected a number of MiB >= 0, got {mlp_mib!r}")
-    for layer in model.layers:
-        if layer.attention != "apt_kvcache":
-            raise ValueError(f"l2_prefetch: needs the apt_kvcache attention, got {layer.attention!r}")
-        layer.l2_prefetch = tensors(layer.o)
-        if mlp_mib:
-            if not layer.fused:
-                raise ValueError("mlp_mib: needs the fused gate/up projection (fused=True)")
-            mlp = tensors(layer.gate_up)
-            share = min(1.0, mlp_mib * 2**20 / (mlp[0].numel() * mlp[0].element_size()))
-            layer.l2_prefetch += [t.reshape(-1)[: max(1, int(share * t.numel()))] for t in mlp]
 
 
 def rope_tables(s: Shape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -519,14 +480,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gram", choices=GRAM_MODES, default=None,
                     help="with --fuse-norms: APT_FP4_GRAM for this process, which of the GEMV's warps take the "
                          "norm's sums of squares (default: the variable's value, else first)")
-    ap.add_argument("--l2-prefetch", nargs="?", const="end", choices=L2_PREFETCH_AT, default=None,
-                    help="with the apt_kvcache attention: each layer's attention launch also prefetches its o "
-                         "projection's weight into L2 (both models; a hint, results unchanged; sm_90+), after "
-                         "each program's keys and values (end, the default) or first (start); sets "
-                         "APT_L2_PREFETCH_AT for this process")
-    ap.add_argument("--l2-prefetch-mlp-mib", type=float, default=0.0,
-                    help="with --l2-prefetch and --fused: the attention launch also prefetches the first this many "
-                         "MiB of the gate/up weight (FP4: of its tiled codes, and the same share of its scales)")
     ap.add_argument("--profile", action="store_true",
                     help="(CUDA) also record and print the top GPU kernels of the graph-replayed step, and the FP4 "
                          "GEMV's time by launch grid (one row per projection)")
@@ -539,12 +492,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--separate-mlp-norm: needs --fuse-norms")
     if args.gram is not None and not args.fuse_norms:
         ap.error("--gram: needs --fuse-norms")
-    if args.l2_prefetch and args.attention != "apt_kvcache":
-        ap.error("--l2-prefetch: needs --attention apt_kvcache")
-    if args.l2_prefetch:
-        os.environ["APT_L2_PREFETCH_AT"] = args.l2_prefetch
-    if args.l2_prefetch_mlp_mib and not (args.l2_prefetch and args.fused and args.l2_prefetch_mlp_mib > 0):
-        ap.error("--l2-prefetch-mlp-mib: needs --l2-prefetch and --fused, and a positive number of MiB")
     gram = set_gram_mode(args.gram)
     batches = [int(b) for b in args.batches.split(",")]
     if any(b < 1 for b in batches):
@@ -568,8 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                     "fused_projections": args.fused, "one_copy": args.one_copy, "attention": args.attention,
                     "swiglu": args.swiglu if args.fused else "composite", "fused_norms": args.fuse_norms,
                     "separate_mlp_norm": args.separate_mlp_norm,
-                    "gram": gram, "l2_prefetch": args.l2_prefetch, "l2_prefetch_mlp_mib": args.l2_prefetch_mlp_mib,
-                    "runs": {}}
+                    "gram": gram, "runs": {}}
     ref_model = build(shape, device, dtype, args.fused, args.attention, args.swiglu, args.fuse_norms,
                       args.separate_mlp_norm)
     fp4_model = copy.deepcopy(ref_model)
@@ -584,14 +530,6 @@ def main(argv: list[str] | None = None) -> int:
         for m in fp4_model.modules():
             if isinstance(m, FP4Linear):
                 m.release_canonical()
-    if args.l2_prefetch:  # after a step: the tiled copies in their final order
-        for model in (ref_model, fp4_model):
-            warm = [StaticKV(1, shape, device, dtype, torch.Generator().manual_seed(i)) for i in range(shape.layers)]
-            with torch.no_grad():
-                model(torch.zeros(1, 1, shape.d, device=device, dtype=dtype), warm,
-                      torch.tensor([shape.context // 2], device=device))
-            del warm
-            set_l2_prefetch(model, args.l2_prefetch_mlp_mib)
     for b in tqdm(batches, desc="batches"):
         g = torch.Generator().manual_seed(b)
         x = (torch.randn(b, 1, shape.d, generator=g)).to(device, dtype)
@@ -625,8 +563,6 @@ def main(argv: list[str] | None = None) -> int:
            + ("_composite_swiglu" if args.fused and args.swiglu == "composite" else "")
            + ("_fused_norms" if args.fuse_norms else "") + ("_separate_mlp_norm" if args.separate_mlp_norm else "")
            + (f"_gram_{gram}" if args.fuse_norms and gram != "first" else "")
-           + (f"_l2_prefetch{'_start' if args.l2_prefetch == 'start' else ''}" if args.l2_prefetch else "")
-           + (f"_mlp{args.l2_prefetch_mlp_mib:g}mib" if args.l2_prefetch_mlp_mib else "")
            + ("_profile" if args.profile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)

@@ -63,54 +63,6 @@ def test_opcheck(rng):
     torch.library.opcheck(torch.ops.apt.decode_attention_kvcache.default, (q, k, v, kn, vn, pos, cos, sin, True, None))
     torch.library.opcheck(torch.ops.apt.decode_attention_kvcache.default,
                           (q, k, v, kn, vn, pos[:1], None, None, False, 0.5))
-    torch.library.opcheck(torch.ops.apt.decode_attention_kvcache.default,
-                          (q, k, v, kn, vn, pos, cos, sin, False, None, [torch.randn(33, generator=rng), cos]))
-
-
-@outside_interpreter
-def test_l2_prefetch_is_a_hint(rng):
-    """l2_prefetch changes no result (the CPU only checks it), and leaves its tensors as they were."""
-    q, k, v, kn, vn, pos, cos, sin = _inputs((2, 4, 2, 10, 16, [3, 9], 4), torch.float32, rng)
-    weight = torch.randn(64, 16, generator=rng)
-    kept = weight.clone()
-    want = decode_attention_kvcache(q, k.clone(), v.clone(), kn, vn, pos, cos, sin)
-    got = decode_attention_kvcache(q, k, v, kn, vn, pos, cos, sin, l2_prefetch=[weight, cos])
-    assert torch.equal(got, want) and torch.equal(weight, kept)
-
-
-@outside_interpreter
-def test_prefetch_at(monkeypatch):
-    """APT_L2_PREFETCH_AT: after the keys and values by default, or at the program's start; anything
-    else is named."""
-    from apt_ext.triton import decode_attention as tda
-
-    monkeypatch.delenv("APT_L2_PREFETCH_AT", raising=False)
-    assert tda.prefetch_at() == "end"
-    monkeypatch.setenv("APT_L2_PREFETCH_AT", "start")
-    assert tda.prefetch_at() == "start"
-    monkeypatch.setenv("APT_L2_PREFETCH_AT", "middle")
-    with pytest.raises(ValueError, match="APT_L2_PREFETCH_AT: expected one of"):
-        tda.prefetch_at()
-
-
-@outside_interpreter
-def test_prefetch_regions(monkeypatch):
-    """The kernel's regions: each tensor's memory, the start rounded up and the length down to 16
-    bytes (what cp.async.bulk.prefetch takes); nothing on the CPU or before sm_90."""
-    from apt_ext.triton import decode_attention as tda
-
-    base = torch.zeros(1000, dtype=torch.uint8)
-    t = base[3:998]  # unaligned start and end
-    assert tda.prefetch_regions([t], torch.device("cpu")) == []
-    monkeypatch.setattr(tda, "INTERPRET", False)
-    monkeypatch.setattr(tda, "_capability", lambda index: (8, 0))
-    assert tda.prefetch_regions([t], torch.device("cuda", 0)) == []
-    monkeypatch.setattr(tda, "_capability", lambda index: (9, 0))
-    start = t.data_ptr()
-    (addr, nbytes), = tda.prefetch_regions([t], torch.device("cuda", 0))
-    assert addr % 16 == 0 and nbytes % 16 == 0 and start <= addr < start + 16
-    assert start + t.numel() - 16 < addr + nbytes <= start + t.numel()
-    assert tda.prefetch_regions([base[:8]], torch.device("cuda", 0)) == []  # under 16 bytes: nothing
 
 
 @outside_interpreter
@@ -156,13 +108,6 @@ BAD = [
      "v_cache: expected no broadcast \\(stride 0\\) dimension"),
     (lambda a: {**a, "scale": float("nan")}, ValueError, "scale: expected a finite float"),
     (lambda a: {**a, "rotary_sin": a["rotary_sin"].to_sparse()}, TypeError, "rotary_sin: expected a dense"),
-    (lambda a: {**a, "l2_prefetch": a["q"]}, TypeError, "l2_prefetch: expected a list of tensors"),
-    (lambda a: {**a, "l2_prefetch": [a["q"], 1.0]}, TypeError, "l2_prefetch\\[1\\]: expected a torch.Tensor"),
-    (lambda a: {**a, "l2_prefetch": [a["q"]] * 5}, ValueError, "l2_prefetch: expected at most 4 tensors"),
-    (lambda a: {**a, "l2_prefetch": [a["k_cache"].transpose(2, 3)]}, ValueError,
-     "l2_prefetch\\[0\\]: expected a contiguous tensor"),
-    (lambda a: {**a, "l2_prefetch": [torch.empty(4, device="meta")]}, ValueError,
-     "l2_prefetch\\[0\\]: expected a contiguous tensor on q's device"),
 ]
 
 
@@ -217,17 +162,6 @@ def few_splits(request, monkeypatch):
 def test_triton_matches_reference(rng, few_splits, case, interleaved):
     from apt_ext.triton import decode_attention as tda
     _check(tda.decode_attention_kvcache, case, torch.float32, interleaved, rng, 1e-5)
-
-
-@interpreted
-def test_triton_takes_l2_prefetch(rng, few_splits):
-    """The kernel's form with l2_prefetch (dropped under the interpreter) computes the same."""
-    from apt_ext.triton import decode_attention as tda
-    q, k, v, kn, vn, pos, cos, sin = _inputs(CASES[1], torch.float32, rng)
-    k2, v2 = k.clone(), v.clone()
-    want = tda.decode_attention_kvcache(q, k2, v2, kn, vn, pos, cos, sin)
-    got = tda.decode_attention_kvcache(q, k, v, kn, vn, pos, cos, sin, l2_prefetch=[torch.randn(100, generator=rng)])
-    assert torch.equal(got, want) and torch.equal(k, k2) and torch.equal(v, v2)
 
 
 @interpreted

@@ -202,52 +202,6 @@ def test_e2e_decoder_cpu_fuse_norms(tmp_path, one_thread):
         e2e_decoder.main(["--cpu", "--fused", "--separate-mlp-norm"])
 
 
-def test_e2e_decoder_cpu_l2_prefetch(tmp_path, one_thread, monkeypatch):
-    """--l2-prefetch: each layer's kvcache attention is given its o projection's weight (FP4: the
-    tiled copy's codes and scales) to prefetch; the step is the same (a hint; on the CPU only
-    checked); without the kvcache attention it is refused."""
-    monkeypatch.delenv("APT_L2_PREFETCH_AT", raising=False)  # (main sets it; monkeypatch restores it)
-    out = tmp_path / "dec.json"
-    assert e2e_decoder.main(["--cpu", "--fused", "--l2-prefetch", "--batches", "1", "--iters", "1",
-                             "--out", str(out)]) == 0
-    d = json.loads(out.read_text())
-    assert d["l2_prefetch"] == "end" and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
-    assert e2e_decoder.main(["--cpu", "--l2-prefetch", "start", "--batches", "1", "--iters", "1",
-                             "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["l2_prefetch"] == "start" and os.environ["APT_L2_PREFETCH_AT"] == "start"
-    assert e2e_decoder.main(["--cpu", "--fused", "--l2-prefetch", "--l2-prefetch-mlp-mib", "0.01", "--batches", "1",
-                             "--iters", "1", "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["l2_prefetch_mlp_mib"] == 0.01
-    with pytest.raises(SystemExit):
-        e2e_decoder.main(["--cpu", "--attention", "sdpa", "--l2-prefetch"])
-    with pytest.raises(SystemExit):
-        e2e_decoder.main(["--cpu", "--l2-prefetch", "middle"])
-    s = e2e_decoder.Shape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, context=16)
-    model = e2e_decoder.build(s, torch.device("cpu"), torch.float32, attention="apt_kvcache")
-    x = torch.randn(2, 1, s.d)
-    caches = [[e2e_decoder.StaticKV(2, s, torch.device("cpu"), torch.float32, torch.Generator().manual_seed(i))
-               for i in range(s.layers)] for _ in range(2)]
-    with torch.no_grad():
-        want = model(x, caches[0], torch.tensor([5]))
-        e2e_decoder.set_l2_prefetch(model)
-        assert all(layer.l2_prefetch[0] is layer.o.weight for layer in model.layers)
-        torch.testing.assert_close(model(x, caches[1], torch.tensor([5])), want, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="l2_prefetch: needs the apt_kvcache attention"):
-        e2e_decoder.set_l2_prefetch(e2e_decoder.build(s, torch.device("cpu"), torch.float32, attention="sdpa"))
-    with pytest.raises(ValueError, match="mlp_mib: needs the fused gate/up"):
-        e2e_decoder.set_l2_prefetch(model, 1.0)
-    fused = e2e_decoder.build(s, torch.device("cpu"), torch.float32, fused=True, attention="apt_kvcache")
-    e2e_decoder.set_l2_prefetch(fused, 2 ** -6)  # 16 KiB of gate/up's 64 KiB: the first quarter of its rows
-    for layer in fused.layers:
-        o_weight, head = layer.l2_prefetch
-        assert o_weight is layer.o.weight and head.data_ptr() == layer.gate_up.weight.data_ptr()
-        assert head.numel() == layer.gate_up.weight.numel() // 4
-    with pytest.raises(ValueError, match="mlp_mib: expected a number of MiB >= 0"):
-        e2e_decoder.set_l2_prefetch(fused, -1.0)
-    with pytest.raises(SystemExit):  # the MLP's share needs --l2-prefetch
-        e2e_decoder.main(["--cpu", "--fused", "--l2-prefetch-mlp-mib", "4"])
-
-
 def test_fuse_norms_compute_the_same_step():
     """Layers through apt_ext.nn's norm-fusion helpers, with the norms' (random) weights folded into
     q/k/v and gate/up, give the plain fused layers' step."""

@@ -142,9 +142,7 @@ torch.library.register_kernel("apt::decode_attention", None, _other_devices)
 
 KVCACHE_SCHEMA = ("(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, Tensor cache_seqlens, "
                   "Tensor? rotary_cos=None, Tensor? rotary_sin=None, bool rotary_interleaved=False, "
-                  "float? scale=None, Tensor[]? l2_prefetch=None) -> Tensor")
-MAX_L2_PREFETCH = 4  # l2_prefetch tensors a call takes (two weights and their scales)
-L2_PREFETCH_AT = ("end", "start")  # where the GPU kernel issues them (APT_L2_PREFETCH_AT), the default first
+                  "float? scale=None) -> Tensor")
 
 torch.library.define("apt::decode_attention_kvcache", KVCACHE_SCHEMA)
 
@@ -152,8 +150,7 @@ torch.library.define("apt::decode_attention_kvcache", KVCACHE_SCHEMA)
 def decode_attention_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
                              v_new: torch.Tensor, cache_seqlens: torch.Tensor, rotary_cos: torch.Tensor | None = None,
                              rotary_sin: torch.Tensor | None = None, rotary_interleaved: bool = False,
-                             scale: float | None = None, l2_prefetch: list[torch.Tensor] | tuple = ()
-                             ) -> torch.Tensor:
+                             scale: float | None = None) -> torch.Tensor:
     """One decoding step's attention with the cache update folded in (as FlashAttention's
     ``flash_attn_with_kvcache``): the rotary embedding applied to q and k_new at each sequence's
     position p = cache_seqlens[b], k_new and v_new written into the caches at p (in place), then
@@ -167,47 +164,31 @@ def decode_attention_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     rest pass unchanged. The rotated q and k are rounded to q's dtype. scale: of the scores,
     default D ** -0.5. Returns [B, H, D] in q's dtype.
 
-    l2_prefetch: up to MAX_L2_PREFETCH contiguous tensors on q's device (e.g. the next projection's
-    weight and scales) whose memory the GPU kernel asks the L2 cache to fetch while it runs (sm_90+:
-    one bulk prefetch per thread, no waiting), so the kernel after it finds them there. A hint: the
-    results are the same without it; where the GPU has no bulk prefetch, and on the CPU, only
-    checked.
-
     A position outside [0, T - 1] raises on the CPU; on a GPU it is clamped to it (a check would
     cost a host synchronisation). Not differentiable (inference).
     """
     _check_kvcache_types(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
-                         rotary_interleaved, scale, l2_prefetch)
+                         rotary_interleaved, scale)
     return torch.ops.apt.decode_attention_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos,
-                                                  rotary_sin, rotary_interleaved, scale, list(l2_prefetch) or None)
+                                                  rotary_sin, rotary_interleaved, scale)
 
 
 def _check_kvcache_types(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
-                         rotary_interleaved, scale, l2_prefetch=None) -> None:
+                         rotary_interleaved, scale) -> None:
     _check_types(q, k_cache, v_cache, cache_seqlens, scale, "cache_seqlens")
     _check_tensors(("k_new", k_new), ("v_new", v_new))
     _check_tensors(("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin), optional=True)
     if not isinstance(rotary_interleaved, bool):
         raise TypeError(f"rotary_interleaved: expected a bool, got {type(rotary_interleaved).__name__}")
-    if l2_prefetch is not None and not isinstance(l2_prefetch, (list, tuple)):
-        raise TypeError(f"l2_prefetch: expected a list of tensors, got {type(l2_prefetch).__name__}")
-    _check_tensors(*((f"l2_prefetch[{i}]", t) for i, t in enumerate(l2_prefetch or ())))
 
 
 def check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
-                            rotary_interleaved, scale, l2_prefetch=None) -> None:
-    """decode_attention's checks (cache_seqlens as its length), then k_new / v_new, the rotary
-    tables' and l2_prefetch's (ValueError / TypeError naming the argument)."""
+                            rotary_interleaved, scale) -> None:
+    """decode_attention's checks (cache_seqlens as its length), then k_new / v_new and the rotary
+    tables' (ValueError / TypeError naming the argument)."""
     _check_kvcache_types(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
-                         rotary_interleaved, scale, l2_prefetch)
+                         rotary_interleaved, scale)
     check_arguments(q, k_cache, v_cache, cache_seqlens, scale, "cache_seqlens")
-    l2_prefetch = l2_prefetch or ()
-    if len(l2_prefetch) > MAX_L2_PREFETCH:
-        raise ValueError(f"l2_prefetch: expected at most {MAX_L2_PREFETCH} tensors, got {len(l2_prefetch)}")
-    for i, t in enumerate(l2_prefetch):
-        if t.device != q.device or not t.is_contiguous():
-            raise ValueError(f"l2_prefetch[{i}]: expected a contiguous tensor on q's device {q.device}, got one on "
-                             f"{t.device}{'' if t.is_contiguous() else ', not contiguous'}")
     b, d = q.shape[0], q.shape[2]
     kv = k_cache.shape[1]
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
@@ -254,10 +235,8 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: b
 
 
 def decode_attention_kvcache_composite(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos=None,
-                                       rotary_sin=None, rotary_interleaved=False, scale=None, l2_prefetch=None
-                                       ) -> torch.Tensor:
-    """The op in torch ops (any device), positions clamped to [0, T - 1] as on a GPU; l2_prefetch
-    (a hint for the GPU kernel) unused."""
+                                       rotary_sin=None, rotary_interleaved=False, scale=None) -> torch.Tensor:
+    """The op in torch ops (any device), positions clamped to [0, T - 1] as on a GPU."""
     b, kv, t = q.shape[0], k_cache.shape[1], k_cache.shape[2]
     pos = cache_seqlens.clamp(0, t - 1).long().expand(b)
     if rotary_cos is not None:
@@ -270,11 +249,11 @@ def decode_attention_kvcache_composite(q, k_cache, v_cache, k_new, v_new, cache_
 
 
 def _kvcache_cpu_kernel(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos=None, rotary_sin=None,
-                        rotary_interleaved=False, scale=None, l2_prefetch=None):
+                        rotary_interleaved=False, scale=None):
     """The composite, after checking the positions' values and that the two caches are not one
     memory (free on the CPU)."""
     check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
-                            rotary_interleaved, scale, l2_prefetch)
+                            rotary_interleaved, scale)
     if k_cache.numel() and k_cache.data_ptr() == v_cache.data_ptr():
         raise ValueError("v_cache: expected a tensor apart from k_cache, got one that shares its memory (the new "
                          "value would overwrite the new key)")
@@ -287,16 +266,16 @@ def _kvcache_cpu_kernel(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary
 
 
 def _kvcache_fake(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos=None, rotary_sin=None,
-                  rotary_interleaved=False, scale=None, l2_prefetch=None):
+                  rotary_interleaved=False, scale=None):
     check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
-                            rotary_interleaved, scale, l2_prefetch)
+                            rotary_interleaved, scale)
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 def _kvcache_other_devices(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos=None, rotary_sin=None,
-                           rotary_interleaved=False, scale=None, l2_prefetch=None):
+                           rotary_interleaved=False, scale=None):
     check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
-                            rotary_interleaved, scale, l2_prefetch)
+                            rotary_interleaved, scale)
     return decode_attention_kvcache_composite(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos,
                                               rotary_sin, rotary_interleaved, scale)
 

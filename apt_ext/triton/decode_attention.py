@@ -19,19 +19,10 @@ With APPEND (``apt::decode_attention_kvcache``) ``len_ptr`` holds each sequence'
 length is p + 1): every program rotates q (ROTARY: 1 pairs (i, i + R/2), 2 pairs (2i, 2i + 1)) and
 the new key with row p of the rotary tables, uses the new key and value in place of the cache's
 row p (so no program waits for the cache write), and split 0 writes them into the caches.
-
-With PF_COUNT regions (its ``l2_prefetch`` tensors, sm_90 and later) every thread asks the L2
-cache for its piece of each region by one bulk prefetch (``cp.async.bulk.prefetch.L2``: no
-registers, no wait), so the region arrives in L2 while the attention finishes, which reads little
-memory: the next GEMV (the output projection's weight) then reads it from L2. Where
-(APT_L2_PREFETCH_AT, read at each call): "end" (the default) after the program's keys and values
-are loaded, so the prefetch's DRAM traffic does not queue ahead of them (the rest, partial
-results and the merge, stays in L2); "start" before anything, for the longest overlap.
 """
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -40,7 +31,6 @@ import triton.language as tl
 from apt_ext.attention import _ops  # the op this kernel implements (defined on import) and its checks
 from apt_ext.triton import kernel
 from apt_ext.triton.arrival_counters import arrival_counters
-from apt_ext.triton.fp4_decode import INTERPRET
 from apt_ext.triton.host_math import cdiv, next_power_of_2
 from apt_ext.triton.launch import Launcher
 
@@ -48,55 +38,19 @@ BLOCK_N = 64        # keys per step of a program's loop
 MIN_ROWS = 16       # rows of a tensor-core dot: the query heads of a key head are padded to this
 MAX_SPLITS = 64     # at most this many programs per (sequence, key head)
 MERGE_TILE = 8192   # float32 elements of partial outputs the merging program loads at once
-NUM_WARPS = 4
-MIN_PREFETCH_CAPABILITY = (9, 0)  # cp.async.bulk.prefetch.L2: sm_90
-
-
-@triton.jit
-def _prefetch_l2(addr, nbytes, lane, lanes):
-    """Bulk L2 prefetch of piece ``lane`` (an int64 tensor, one per thread) of ``lanes`` equal
-    pieces of bytes [addr, addr + nbytes): addr 16-byte aligned, nbytes a multiple of 16, a piece
-    at most 64 KiB (a larger region is prefetched in part)."""
-    piece = tl.minimum((tl.cdiv(nbytes, lanes) + 15) // 16 * 16, 65536).to(tl.int64)
-    off = lane * piece
-    size = tl.minimum(tl.maximum(nbytes - off, 0), piece).to(tl.int32)
-    tl.inline_asm_elementwise(
-        "{\n.reg .pred p;\nsetp.ne.s32 p, $2, 0;\n@p cp.async.bulk.prefetch.L2.global [$1], $2;\nmov.u32 $0, 0;\n}",
-        "=r,l,r", [addr + off, size], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _prefetch_regions(pf0_addr, pf0_bytes, pf1_addr, pf1_bytes, pf2_addr, pf2_bytes, pf3_addr, pf3_bytes, pid,
-                      split, SPLITS: tl.constexpr, PF_COUNT: tl.constexpr, PF_LANES: tl.constexpr):
-    """This program's threads' pieces of the PF_COUNT (0-4) regions (_prefetch_l2), in order."""
-    if PF_COUNT > 0:
-        lane = ((pid * SPLITS + split) * PF_LANES + tl.arange(0, PF_LANES)).to(tl.int64)
-        lanes = tl.num_programs(0) * SPLITS * PF_LANES
-        _prefetch_l2(pf0_addr, pf0_bytes, lane, lanes)
-        if PF_COUNT > 1:
-            _prefetch_l2(pf1_addr, pf1_bytes, lane, lanes)
-        if PF_COUNT > 2:
-            _prefetch_l2(pf2_addr, pf2_bytes, lane, lanes)
-        if PF_COUNT > 3:
-            _prefetch_l2(pf3_addr, pf3_bytes, lane, lanes)
 
 
 @triton.jit
 def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max_ptr, sum_ptr, count_ptr,
                              kn_ptr, vn_ptr, cos_ptr, sin_ptr, sm_scale, KV, HD, T,
                              q_sb, q_sh, k_sb, k_sh, k_st, v_sb, v_sh, v_st, o_sb, o_sh, len_sb,
-                             kn_sb, kn_sh, vn_sb, vn_sh, rot_st, pf0_addr, pf0_bytes, pf1_addr, pf1_bytes,
-                             pf2_addr, pf2_bytes, pf3_addr, pf3_bytes,
+                             kn_sb, kn_sh, vn_sb, vn_sh, rot_st,
                              G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
                              BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr,
                              G_POW2: tl.constexpr, MERGE_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                             APPEND: tl.constexpr, ROTARY: tl.constexpr, ROT_HALF: tl.constexpr,
-                             PF_COUNT: tl.constexpr, PF_LANES: tl.constexpr, PF_AT_START: tl.constexpr):
+                             APPEND: tl.constexpr, ROTARY: tl.constexpr, ROT_HALF: tl.constexpr):
     pid = tl.program_id(0)  # sequence * KV + key head
     split = tl.program_id(1)
-    if PF_AT_START:
-        _prefetch_regions(pf0_addr, pf0_bytes, pf1_addr, pf1_bytes, pf2_addr, pf2_bytes, pf3_addr, pf3_bytes,
-                          pid, split, SPLITS, PF_COUNT, PF_LANES)
     b = (pid // KV).to(tl.int64)  # 64-bit offsets: a cache may hold more than 2^31 elements
     kvh = (pid % KV).to(tl.int64)
     # clamped to the cache (a check would cost the host a synchronisation; see _ops.decode_attention)
@@ -164,9 +118,6 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
             v = tl.where((n == pos)[:, None], v_new[None, :], v)
         acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         run_max = new_max
-    if not PF_AT_START:
-        _prefetch_regions(pf0_addr, pf0_bytes, pf1_addr, pf1_bytes, pf2_addr, pf2_bytes, pf3_addr, pf3_bytes,
-                          pid, split, SPLITS, PF_COUNT, PF_LANES)
 
     if APPEND:
         if split == 0:  # the new key and value into the caches, once per key head
@@ -232,43 +183,10 @@ def num_splits(programs: int, capacity: int, device: torch.device) -> int:
     return max(1, min(1 << (want.bit_length() - 1), cap))
 
 
-@functools.lru_cache(maxsize=None)
-def _capability(index: int | None) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index if index is not None else torch.cuda.current_device())
-
-
-def prefetch_regions(tensors: list[torch.Tensor], device: torch.device) -> list[tuple[int, int]]:
-    """(address, bytes) of each tensor's memory for the kernel's bulk L2 prefetch: the start rounded
-    up and the length down to 16 bytes (the instruction's unit); none where the GPU has no bulk
-    prefetch (before sm_90, ROCm, the interpreter): there the hint is dropped."""
-    if (not tensors or INTERPRET or device.type != "cuda" or torch.version.hip is not None
-            or _capability(device.index) < MIN_PREFETCH_CAPABILITY):
-        return []
-    regions = []
-    for t in tensors:
-        start = t.data_ptr()
-        addr = (start + 15) // 16 * 16
-        nbytes = (start + t.numel() * t.element_size() - addr) // 16 * 16
-        if nbytes > 0:
-            regions.append((addr, nbytes))
-    return regions
-
-
-def prefetch_at() -> str:
-    """APT_L2_PREFETCH_AT (read at each call): where the kernel issues its L2 prefetches, "end"
-    (after its keys and values are loaded; the default) or "start"."""
-    at = os.environ.get("APT_L2_PREFETCH_AT", _ops.L2_PREFETCH_AT[0])
-    if at not in _ops.L2_PREFETCH_AT:
-        raise ValueError(f"APT_L2_PREFETCH_AT: expected one of {_ops.L2_PREFETCH_AT}, got {at!r}")
-    return at
-
-
 def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
-            scale: float | None, append: tuple | None = None, l2_prefetch: list[torch.Tensor] | None = None
-            ) -> torch.Tensor:
+            scale: float | None, append: tuple | None = None) -> torch.Tensor:
     """The launch of both ops: ``lengths`` the lengths (decode_attention) or, with ``append`` =
-    (k_new, v_new, rotary_cos, rotary_sin, rotary_interleaved), the positions (decode_attention_kvcache);
-    ``l2_prefetch``: tensors whose memory the launch prefetches into L2 (decode_attention_kvcache's)."""
+    (k_new, v_new, rotary_cos, rotary_sin, rotary_interleaved), the positions (decode_attention_kvcache)."""
     b, h, hd = q.shape
     kv, t = k_cache.shape[1], k_cache.shape[2]
     q = q if q.stride(-1) == 1 else q.contiguous()
@@ -285,23 +203,19 @@ def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengt
     k_new, v_new, cos, sin, interleaved = append if append is not None else (q, q, None, None, False)
     rotary = 0 if cos is None else (2 if interleaved else 1)
     cos, sin = (q, q) if cos is None else (cos, sin)  # (unread without ROTARY)
-    regions = prefetch_regions(l2_prefetch or [], q.device)
-    pf = [v for region in regions for v in region] + [0, 16] * (_ops.MAX_L2_PREFETCH - len(regions))  # (unread)
     _LAUNCH((b * kv, splits),
             (q, k_cache, v_cache, lengths, out, acc, maxes, sums, counts, k_new, v_new, cos, sin,
              float(hd ** -0.5 if scale is None else scale), kv, hd, t,
              q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
              v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
              lengths.stride(0) if lengths.shape[0] > 1 else 0,
-             k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1), cos.stride(0) if rotary else 0, *pf),
+             k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1), cos.stride(0) if rotary else 0),
             {"G": g, "BLOCK_G": max(MIN_ROWS, next_power_of_2(g)), "BLOCK_D": block_d, "BLOCK_N": BLOCK_N,
              "SPLITS": splits, "SPLITS_POW2": max(2, splits), "G_POW2": g_pow2,
              "MERGE_SPLITS": max(2, min(splits, MERGE_TILE // (g_pow2 * block_d))),
              "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
-             "APPEND": append is not None, "ROTARY": rotary, "ROT_HALF": cos.shape[1] if rotary else 1,
-             "PF_COUNT": len(regions), "PF_LANES": 32 * NUM_WARPS,
-             "PF_AT_START": bool(regions) and prefetch_at() == "start"},
-            num_warps=NUM_WARPS)
+             "APPEND": append is not None, "ROTARY": rotary, "ROT_HALF": cos.shape[1] if rotary else 1},
+            num_warps=4)
     return out
 
 
@@ -318,10 +232,10 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 def decode_attention_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
                              v_new: torch.Tensor, cache_seqlens: torch.Tensor, rotary_cos: torch.Tensor | None = None,
                              rotary_sin: torch.Tensor | None = None, rotary_interleaved: bool = False,
-                             scale: float | None = None, l2_prefetch: list[torch.Tensor] | None = None) -> torch.Tensor:
+                             scale: float | None = None) -> torch.Tensor:
     """apt::decode_attention_kvcache (docs/contract.md §2): the caches updated in place at each
     sequence's position, the attention over the positions up to it. Returns [B, H, D]."""
     _ops.check_kvcache_arguments(q, k_cache, v_cache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin,
-                                 rotary_interleaved, scale, l2_prefetch)
+                                 rotary_interleaved, scale)
     return _launch(q, k_cache, v_cache, cache_seqlens, scale,
-                   (k_new, v_new, rotary_cos, rotary_sin, rotary_interleaved), l2_prefetch)
+                   (k_new, v_new, rotary_cos, rotary_sin, rotary_interleaved))

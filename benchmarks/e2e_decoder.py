@@ -305,17 +305,6 @@ def weight_bytes(model: nn.Module) -> dict:
     return {"canonical": canonical, "tiled_copy": tiled}
 
 
-GRAM_MODES = ("first", "spread", "each")  # APT_FP4_GRAM: which GEMV warps take the norm's sums
-
-
-def set_gram_mode(mode: str | None) -> str:
-    """Sets APT_FP4_GRAM (one of GRAM_MODES; the GEMV reads it at each call) for this process where
-    ``mode`` is given; returns the mode in effect."""
-    if mode is not None:
-        os.environ["APT_FP4_GRAM"] = mode
-    return os.environ.get("APT_FP4_GRAM") or "first"
-
-
 def median_s(fn, device: torch.device, iters: int) -> tuple[float, torch.Tensor]:
     """(median seconds of fn() over ``iters`` calls, synchronised each time; the last output)."""
     times = []
@@ -477,9 +466,6 @@ def main(argv: list[str] | None = None) -> int:
                          "(SwiGLU) projection, not folded: on an H100 the norm inside the 28672 x 4096 SwiGLU GEMV "
                          "cost more than the separate norm (fp4_norm_fusion); q/k/v's norm and the residual adds "
                          "stay fused")
-    ap.add_argument("--gram", choices=GRAM_MODES, default=None,
-                    help="with --fuse-norms: APT_FP4_GRAM for this process, which of the GEMV's warps take the "
-                         "norm's sums of squares (default: the variable's value, else first)")
     ap.add_argument("--profile", action="store_true",
                     help="(CUDA) also record and print the top GPU kernels of the graph-replayed step, and the FP4 "
                          "GEMV's time by launch grid (one row per projection)")
@@ -490,9 +476,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--fuse-norms: needs --fused")
     if args.separate_mlp_norm and not args.fuse_norms:
         ap.error("--separate-mlp-norm: needs --fuse-norms")
-    if args.gram is not None and not args.fuse_norms:
-        ap.error("--gram: needs --fuse-norms")
-    gram = set_gram_mode(args.gram)
     batches = [int(b) for b in args.batches.split(",")]
     if any(b < 1 for b in batches):
         ap.error(f"--batches: expected positive integers, got {args.batches!r}")
@@ -515,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                     "fused_projections": args.fused, "one_copy": args.one_copy, "attention": args.attention,
                     "swiglu": args.swiglu if args.fused else "composite", "fused_norms": args.fuse_norms,
                     "separate_mlp_norm": args.separate_mlp_norm,
-                    "gram": gram, "runs": {}}
+                    "runs": {}}
     ref_model = build(shape, device, dtype, args.fused, args.attention, args.swiglu, args.fuse_norms,
                       args.separate_mlp_norm)
     fp4_model = copy.deepcopy(ref_model)
@@ -562,7 +545,6 @@ def main(argv: list[str] | None = None) -> int:
            + ("_compiled" if args.compile else "") + ("" if args.attention == "sdpa" else "_" + args.attention)
            + ("_composite_swiglu" if args.fused and args.swiglu == "composite" else "")
            + ("_fused_norms" if args.fuse_norms else "") + ("_separate_mlp_norm" if args.separate_mlp_norm else "")
-           + (f"_gram_{gram}" if args.fuse_norms and gram != "first" else "")
            + ("_profile" if args.profile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)

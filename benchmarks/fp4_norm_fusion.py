@@ -16,8 +16,7 @@ reference of the first copy.
 
     python benchmarks/fp4_norm_fusion.py             # rows 1 and 16 on a GPU
     python benchmarks/fp4_norm_fusion.py --cpu       # tiny shapes, eager, on the CPU (the tests)
-    python benchmarks/fp4_norm_fusion.py --gram spread  # the GEMV's warps take turns at the norm's sums
-Writes benchmarks/results/fp4_norm_fusion_<machine>[_gram_<mode>].json.
+Writes benchmarks/results/fp4_norm_fusion_<machine>.json.
 """
 from __future__ import annotations
 
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent / "tests"))
-from e2e_decoder import GRAM_MODES, capture_graph, median_s, replay_seconds, set_gram_mode  # noqa: E402
+from e2e_decoder import capture_graph, median_s, replay_seconds  # noqa: E402
 
 from apt_ext.fp4 import quantize  # noqa: E402
 from apt_ext.fp4.tiled import TiledFP4Weight, tile  # noqa: E402
@@ -104,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ms", default="1,16", help="comma-separated rows of x")
     ap.add_argument("--calls", type=int, default=None, help="calls (weight copies) per timing (default 16, CPU 2)")
     ap.add_argument("--iters", type=int, default=None, help="timed repetitions (default 50, CPU 3)")
-    ap.add_argument("--gram", choices=GRAM_MODES, default=None,
-                    help="APT_FP4_GRAM for this process: which of the GEMV's warps take the norm's sums of "
-                         "squares (default: the variable's value, else first)")
-    ap.add_argument("--out", default=None,
-                    help="JSON path (default benchmarks/results/fp4_norm_fusion_<machine>[_gram_<mode>].json)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fp4_norm_fusion_<machine>.json)")
     args = ap.parse_args(argv)
     ms = [int(m) for m in args.ms.split(",")]
     if any(m < 1 for m in ms):
@@ -122,14 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     iters = args.iters or (50 if gpu else 3)
     if calls < 1 or iters < 1:
         ap.error("--calls and --iters: expected positive integers")
-    gram = set_gram_mode(args.gram)
     timer = time_gpu if gpu else time_cpu
     machine = torch.cuda.get_device_name(0) if gpu else f"CPU {platform.machine()}"
     result = {"benchmark": "fp4_norm_fusion", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine, "torch": torch.__version__, "command": " ".join([sys.executable, *sys.argv]),
               "fmt": "nvfp4", "dtype": str(dtype).replace("torch.", ""), "eps": EPS, "calls_per_timing": calls,
-              "iters": iters, "gram": gram, "runs": []}
-    tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower() + ("" if gram == "first" else "_gram_" + gram)
+              "iters": iters, "runs": []}
+    tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower()
     out = Path(args.out) if args.out else ROOT / "results" / f"fp4_norm_fusion_{tag}.json"
     out.parent.mkdir(exist_ok=True)
     g = torch.Generator().manual_seed(0)

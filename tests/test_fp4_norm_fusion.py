@@ -258,22 +258,3 @@ def test_norm_fusion_benchmark_cpu(tmp_path, one_thread):
         assert r["fused"]["rel_err_vs_float64"] < 1e-5 and r["composite"]["rel_err_vs_float64"] < 1e-5
     with pytest.raises(SystemExit):
         fp4_norm_fusion.main(["--cpu", "--ms", "0"])
-    assert d["gram"] in fp4_norm_fusion.GRAM_MODES
-
-
-@pytest.mark.parametrize("mode", ["spread", "each"])
-def test_norm_fusion_benchmark_gram_flag(mode, tmp_path, one_thread, monkeypatch):
-    """--gram sets APT_FP4_GRAM for the process (the GEMV reads it; the CPU kernel has no warps, so
-    only the flag is checked here) and records it in the JSON."""
-    import json
-    import os
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import fp4_norm_fusion
-
-    monkeypatch.setenv("APT_FP4_GRAM", "first")  # restored after the test
-    out = tmp_path / "nf.json"
-    assert fp4_norm_fusion.main(["--cpu", "--ms", "1", "--iters", "1", "--gram", mode, "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["gram"] == mode and os.environ["APT_FP4_GRAM"] == mode

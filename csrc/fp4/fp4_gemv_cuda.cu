@@ -34,7 +34,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
-#include <string>
 #include <type_traits>
 
 #include "fp4/fp4_decode_cuda.h"
@@ -268,17 +267,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
 #pragma unroll
     for (int i = 0; i < MT; ++i) acc[u][i][0] = acc[u][i][1] = acc[u][i][2] = acc[u][i][3] = 0.0f;
 
-  // The RMSNorm (TiledLinearArgs::rms_eps): kGram (launch_gemv), each K part's sums of squares
-  // are taken inside the main loop (gram_step) by the warps args.gram_mode names (kGramFirst,
-  // kGramSpread, kGramEach); otherwise row_sum_squares after the loop. gram_wait: steps until this
-  // warp's next Gram step (-1: none), then every gram_every steps.
+  // The RMSNorm (TiledLinearArgs::rms_eps): kGram (launch_gemv), the first warp along N of each K
+  // part takes its part's sums of squares inside the main loop (gram_step); otherwise
+  // row_sum_squares after it.
   static_assert(!kGram || sizeof(T) == 2, "the Gram matrix is taken of 16-bit x only");
-  // (kGramSpread: the block's warps that have tiles take turns; in the last block there may be fewer)
-  const int gram_every =
-      args.gram_mode != kGramSpread
-          ? 1
-          : static_cast<int>(min(static_cast<int64_t>(args.rw), (args.n_tiles - (tile0 - rt * TW) + TW - 1) / TW));
-  int gram_wait = args.gram_mode == kGramSpread ? rt : (args.gram_mode == kGramEach || rt == 0 ? 0 : -1);
+  const bool gram_on = kGram && rt == 0;
   float gram[MT][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i) gram[i][0] = gram[i][1] = gram[i][2] = gram[i][3] = 0.0f;
@@ -313,11 +306,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   const auto no_refill = [](int) {};
   auto step = [&](auto checked, int i, int64_t s) {
     constexpr bool kChecked = decltype(checked)::value;
-    bool gram_on = false;
-    if constexpr (kGram) {
-      gram_on = gram_wait == 0;
-      if (gram_wait >= 0) gram_wait = gram_on ? gram_every - 1 : gram_wait - 1;
-    }
     // step_math on ring slot i with x buffer xs (col0 and refill as step_math takes them)
     const auto math = [&](XStep<T, MT>& xs, int64_t col0, auto&& refill) {
       step_math<F, T, MT, TW, XM, kGram>(ring.c0[i], ring.c1[i], ring.sc[i], xs, xrows, col0, nf4_lane, acc, refill,
@@ -359,17 +347,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     }
   }
 
-  // The norm's sums: kGramEach with one K part, each warp's own (below); otherwise into
-  // norm_part[warp * 32 + row] (the warps' Gram diagonals, zero where a warp took no Gram step or,
-  // kGramEach, from all but one warp of each K part; or row_sum_squares, which reads x again).
+  // The norm's sums into norm_part[warp * 32 + row] (the Gram diagonals, zero from the other warps;
+  // or row_sum_squares, which reads x again), applied at the store.
   __shared__ float norm_part[kMaxWarps * 32];
-  const bool norm = args.rms_eps >= 0.0f, own_sums = kGram && args.gram_mode == kGramEach && args.kw == 1;
-  if (norm && !own_sums) {
+  const bool norm = args.rms_eps >= 0.0f;
+  if (norm) {
     if constexpr (kGram) {
-      const bool counted = args.gram_mode != kGramEach || rt == 0;
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
-        if (t == g / 2) norm_part[warp * 32 + 8 * i + g] = counted ? gram[i][g % 2] : 0.0f;
+        if (t == g / 2) norm_part[warp * 32 + 8 * i + g] = rt == 0 ? gram[i][g % 2] : 0.0f;
       }
       __syncthreads();
     } else {
@@ -380,29 +366,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   // after the nf4 table).
   reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>()), part, args.rw, rt, args.kw, lane);
   if (part != 0) return;
-  // the sums of squares of this thread's x rows 8 i + 2 t + e: row r's is on the Gram diagonal in
-  // lane 4 r + r / 2, element r % 2 (gram_step), i.e. lane 9 t + 4 e, element e
-  float ss[MT][2] = {};
-  if (norm) {
-    if (own_sums) {
-      if constexpr (kGram) {
-#pragma unroll
-        for (int i = 0; i < MT; ++i) {
-          ss[i][0] = __shfl_sync(0xffffffffu, gram[i][0], 9 * t);
-          ss[i][1] = __shfl_sync(0xffffffffu, gram[i][1], 9 * t + 4);
-        }
-      }
-    } else {
-#pragma unroll
-      for (int i = 0; i < MT; ++i) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) ss[i][e] += norm_part[w * 32 + 8 * i + 2 * t + e];
-        }
-      }
-    }
-  }
-  store_outputs<T, kGelu, true>(acc, args, tile0, row_first, g, t, norm ? ss : nullptr);
+  store_outputs<T, kGelu, true>(acc, args, tile0, row_first, g, t, norm ? norm_part : nullptr);
 }
 
 // Launch shape: warps along N per block (rw), K parts (kw), pipeline stages (s), x rows per block
@@ -484,17 +448,6 @@ bool env_config(GemvConfig& cfg) {
                     "(or both 0), mt 0, 1, 2 or 4, xm in -1..4 and tw in 0..2, got '", env, "'");
   cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0, tw};
   return true;
-}
-
-// APT_FP4_GRAM (read at each call, like APT_FP4_GEMV): TiledLinearArgs::gram_mode, "first" (the
-// default), "spread" or "each", for timing them against each other.
-int env_gram_mode() {
-  const char* env = std::getenv("APT_FP4_GRAM");
-  if (env == nullptr || *env == '\0') return kGramFirst;
-  const std::string v(env);
-  TORCH_CHECK_VALUE(v == "first" || v == "spread" || v == "each",
-                    "APT_FP4_GRAM: expected 'first', 'spread' or 'each', got '", v, "'");
-  return v == "first" ? kGramFirst : v == "spread" ? kGramSpread : kGramEach;
 }
 
 // About 16 warps per multiprocessor (each with a pipeline of loads in flight): K split only as far
@@ -696,7 +649,6 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
   if (residual.has_value()) args.residual = residual_c.const_data_ptr();
   if (rms_eps.has_value()) {
     args.norm_x = x2.const_data_ptr();  // (args.x may become a packed copy below)
-    args.gram_mode = env_gram_mode();
     args.rms_eps = static_cast<float>(*rms_eps);
     args.inv_k = 1.0f / static_cast<float>(k);
   }

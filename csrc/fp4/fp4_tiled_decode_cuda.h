@@ -176,9 +176,6 @@ struct TiledLinearArgs {
   int* arrivals;
   int64_t out_blocks;
   bool evict_first;  // weights and scales loaded with L2 evict_first (l2_stream_policy)
-  // GEMV with the RMSNorm's sums inside its main loop (gram_step): which warps take them
-  // (kGramFirst, kGramSpread, kGramEach; APT_FP4_GRAM)
-  int gram_mode;
   // The SwiGLU epilogue (GEMV only): out [m, n / 2] = silu(gate) * up, where tile rows 0..7 are
   // the gate rows 8 tile .. 8 tile + 7 and rows 8..15 the up rows n / 2 + the same (the order
   // apt_ext.fp4.tiled.tile(weight, swiglu=True) makes); bias [n] in the weight's own order.
@@ -194,13 +191,6 @@ struct TiledLinearArgs {
   const void* residual;
 };
 
-
-// The GEMV's ways of taking the RMSNorm's sums inside its main loop (TiledLinearArgs::gram_mode):
-// each K part's first warp along N takes every step's Gram (kGramFirst); its warps take turns,
-// step s by warp s % rw (kGramSpread); every warp takes every step's (kGramEach: with one K part
-// each warp then holds its rows' whole sums, passed between its lanes by shuffles, with no
-// shared memory and no barrier).
-constexpr int kGramFirst = 0, kGramSpread = 1, kGramEach = 2;
 
 // A warp's register ring of S weight steps for its TW tiles (first tile `tile0`, steps from
 // `s_begin`): slot i holds, per tile u, the lane's 32 bytes of codes (c0: words 0..3, c1: words
@@ -338,9 +328,10 @@ __device__ __forceinline__ void row_sum_squares(const TiledLinearArgs& a, int64_
 template <typename T, bool kGelu, bool kFused, int TW, int XB>
 __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], const TiledLinearArgs& args,
                                               int64_t tile0, int64_t row_first, int g, int t,
-                                              const float (*norm_ss)[2] = nullptr) {
+                                              const float* norm_part = nullptr) {
   // the output scale of each of this thread's x rows (8 i + 2 t + e): out_scale, times the row's
-  // RMSNorm factor where norm_ss[i][e] holds the row's sum of squares
+  // RMSNorm factor when the norm's sums were taken (the warps' sums added here, after the main
+  // loop, so they hold no registers there)
   float scale[XB][2];
   const float out_scale = __ldg(args.out_scale);
 #pragma unroll
@@ -348,7 +339,11 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       scale[i][e] = out_scale;
-      if (kFused && norm_ss != nullptr) scale[i][e] *= rsqrtf(norm_ss[i][e] * args.inv_k + args.rms_eps);
+      if (kFused && norm_part != nullptr) {
+        float ss = 0.0f;
+        for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) ss += norm_part[w * 32 + 8 * i + 2 * t + e];
+        scale[i][e] *= rsqrtf(ss * args.inv_k + args.rms_eps);
+      }
     }
   }
   if (args.swiglu) {

@@ -24,7 +24,6 @@ from reference import fp4 as ref
 FORMATS = ("nvfp4", "mxfp4", "nf4")
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DEV = "cuda"
-GRAM_MODES = ("first", "spread", "each")  # APT_FP4_GRAM (benchmarks/e2e_decoder.py's GRAM_MODES)
 EPS = 1e-5
 needs_cuda_build = pytest.mark.skipif(
     not _native.build_info().get("cuda"), reason="apt_ext was built without its CUDA kernels (no nvcc)")
@@ -80,38 +79,21 @@ def test_gemv_norm_with_gelu_or_alone(m, apt_seed):
 
 @needs_cuda_build
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("gram", GRAM_MODES)
-def test_gemv_norm_on_packed_x(fmt, gram, apt_seed, monkeypatch):
+def test_gemv_norm_on_packed_x(fmt, apt_seed):
     """16 rows on 8200 x 4096 take packed x (test_fp4_gemv_cuda.py's test_gemv_packed_x_default):
-    the Gram sums come from the packed copy's registers (zero rows past M), taken by each way of
-    APT_FP4_GRAM."""
-    monkeypatch.setenv("APT_FP4_GRAM", gram)
+    the sums read x as given, not the packed copy."""
     _check(fmt, 16, torch.bfloat16, 8200, 4096, apt_seed)
 
 
 @needs_cuda_build
 @pytest.mark.parametrize("launch", ["8,1,4,2", "1,8,2,2,0", "3,2,2,0,-1,1,0", "0,0,2,1,3", "0,0,2,2,4",
                                     "0,0,2,1,2,1,1,2", "0,0,2,4,2,1,1,2", "2,4,2,2,3"])
-@pytest.mark.parametrize("gram", GRAM_MODES)
-def test_gemv_norm_launch_variants(launch, gram, monkeypatch):
+def test_gemv_norm_launch_variants(launch, monkeypatch):
     """1 to 8 warps per block and K parts (the warps' partial sums of squares), x double- or
-    single-buffered, per chunk, rolling or packed, 8 to 32 rows of x per block, two tiles per warp;
-    the Gram sums (the heuristic's configurations) taken by each way of APT_FP4_GRAM (blocks whose
-    last warps have no tiles, one and several K parts), the sweep-only configurations'
-    row_sum_squares."""
+    single-buffered, per chunk, rolling or packed, 8 to 32 rows of x per block, two tiles per warp."""
     monkeypatch.setenv("APT_FP4_GEMV", launch)
-    monkeypatch.setenv("APT_FP4_GRAM", gram)
     for m in (1, 9, 16, 33):
         _check("nvfp4", m, torch.bfloat16, 300, 4192, 11)
-
-
-@needs_cuda_build
-def test_gram_mode_env_checked(monkeypatch):
-    monkeypatch.setenv("APT_FP4_GRAM", "all")
-    t = tile(quantize(torch.randn(32, 128).to(DEV), "nvfp4"))
-    x = torch.randn(1, 128, device=DEV, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="APT_FP4_GRAM"):
-        t.linear(x, rms_eps=EPS)
 
 
 @needs_cuda_build

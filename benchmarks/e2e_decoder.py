@@ -205,10 +205,11 @@ class Layer(nn.Module):
         """The rest of the layer after attention y [B, 1, d]: o, residual, norm, MLP, residual."""
         if self.fuse_norms:
             x = linear_residual(self.o, y, x)
-            if self.separate_mlp_norm and self.swiglu == "fused":
-                return linear_residual(self.down, apt_swiglu(self.gate_up, self.n2(x)), x)
             if self.separate_mlp_norm:
-                gate, up = self.gate_up(self.n2(x)).chunk(2, -1)
+                h = self.n2(x)
+                if self.swiglu == "fused":
+                    return linear_residual(self.down, apt_swiglu(self.gate_up, h), x)
+                gate, up = self.gate_up(h).chunk(2, -1)
             elif self.swiglu == "fused":
                 return linear_residual(self.down, rms_norm_swiglu(self.n2, self.gate_up, x), x)
             else:
@@ -463,9 +464,9 @@ def main(argv: list[str] | None = None) -> int:
                          "linear_residual; the bf16 model runs the same helpers, i.e. its usual composite)")
     ap.add_argument("--separate-mlp-norm", action="store_true",
                     help="with --fuse-norms: the MLP's RMSNorm runs as its own kernel and gate/up is the plain "
-                         "(SwiGLU) projection, not folded: on an H100 the norm inside the 28672 x 4096 SwiGLU GEMV "
-                         "cost more than the separate norm (fp4_norm_fusion); q/k/v's norm and the residual adds "
-                         "stay fused")
+                         "(SwiGLU) projection, not folded; q/k/v's norm and the residual adds stay fused (for when "
+                         "the norm inside the SwiGLU GEMV costs more than a separate norm kernel: compare "
+                         "fp4_norm_fusion.py's fused and composite gate_up)")
     ap.add_argument("--profile", action="store_true",
                     help="(CUDA) also record and print the top GPU kernels of the graph-replayed step, and the FP4 "
                          "GEMV's time by launch grid (one row per projection)")

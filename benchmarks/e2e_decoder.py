@@ -22,6 +22,9 @@ counted in the weight bytes).
     python benchmarks/e2e_decoder.py --fused --fuse-norms  # nvfp4: the norms folded and run inside the
                                                   # q/k/v and gate/up GEMVs, the residual adds in the
                                                   # o and down GEMVs (apt_ext.nn.fold_rms_norm_ ...)
+    python benchmarks/e2e_decoder.py --fused --fuse-norms --norm-handoff  # and each norm takes its
+                                                  # sums of squares from the o / down GEMV before it
+                                                  # (linear_residual(..., return_sumsq=True))
     python benchmarks/e2e_decoder.py --one-copy   # FP4Linear holds only its tiled copy (release_canonical)
     python benchmarks/e2e_decoder.py --compile    # both steps also compiled (torch.compile fuses the
                                                   # norms, rotary and element-wise work the graph
@@ -40,7 +43,7 @@ counted in the weight bytes).
     (default: --attention apt_kvcache, apt_ext.attention.decode_attention_kvcache: the same launch
     also applies the rotary embedding and writes the cache; both models use the same attention)
 Writes benchmarks/results/e2e_decoder_<machine>[_quick][_fused][_one_copy][_compiled][_matmul|_flex|_apt|_apt_kvcache (sdpa: no suffix)][_composite_swiglu]
-[_fused_norms][_separate_mlp_norm][_profile].json.
+[_fused_norms][_separate_mlp_norm][_norm_handoff][_profile].json.
 """
 from __future__ import annotations
 
@@ -140,7 +143,11 @@ class Layer(nn.Module):
     the norms and residual adds through apt_ext.nn's rms_norm_linear / rms_norm_swiglu /
     linear_residual (for FP4 layers after fold_rms_norm_: inside the GEMVs; otherwise the same
     composite). ``separate_mlp_norm`` (with ``fuse_norms``): the MLP's norm runs on its own and
-    gate/up is a plain projection (n2 not folded); q/k/v's norm and the residual adds stay fused."""
+    gate/up is a plain projection (n2 not folded); q/k/v's norm and the residual adds stay fused.
+    ``norm_handoff`` (off; Stack.set_norm_handoff): the o and down projections also return their
+    output's sums of squares (linear_residual(..., return_sumsq=True)), which the next norm takes
+    (x_sumsq) instead of summing x's squares; forward then takes the layer input's sums
+    (``x_sumsq``, None for the first layer) and returns (x, its sums)."""
 
     def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa", swiglu: str = "fused",
                  fuse_norms: bool = False, separate_mlp_norm: bool = False) -> None:
@@ -149,7 +156,7 @@ class Layer(nn.Module):
             raise ValueError("fuse_norms: needs the fused projections (fused=True)")
         if separate_mlp_norm and not fuse_norms:
             raise ValueError("separate_mlp_norm: needs fuse_norms=True")
-        self.fuse_norms, self.separate_mlp_norm = fuse_norms, separate_mlp_norm
+        self.fuse_norms, self.separate_mlp_norm, self.norm_handoff = fuse_norms, separate_mlp_norm, False
         if attention not in ATTENTIONS:
             raise ValueError(f"attention: expected one of {ATTENTIONS}, got {attention!r}")
         if swiglu not in SWIGLUS:
@@ -172,10 +179,11 @@ class Layer(nn.Module):
         self.down = nn.Linear(s.d_ff, s.d, bias=False)
 
     def forward(self, x: torch.Tensor, kv: StaticKV, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | BlockMask) -> torch.Tensor:
+                mask: torch.Tensor | BlockMask,
+                x_sumsq: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         b = x.shape[0]
         if self.fuse_norms:
-            qkv = rms_norm_linear(self.n1, self.qkv, x)
+            qkv = rms_norm_linear(self.n1, self.qkv, x, x_sumsq)
         elif self.fused:
             qkv = self.qkv(self.n1(x))
         if self.fused:
@@ -203,6 +211,14 @@ class Layer(nn.Module):
 
     def mlp(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The rest of the layer after attention y [B, 1, d]: o, residual, norm, MLP, residual."""
+        if self.norm_handoff:
+            x, x_sumsq = linear_residual(self.o, y, x, return_sumsq=True)
+            if self.swiglu == "fused":
+                h = rms_norm_swiglu(self.n2, self.gate_up, x, x_sumsq)
+            else:
+                gate, up = rms_norm_linear(self.n2, self.gate_up, x, x_sumsq).chunk(2, -1)
+                h = F.silu(gate) * up
+            return linear_residual(self.down, h, x, return_sumsq=True)
         if self.fuse_norms:
             x = linear_residual(self.o, y, x)
             if self.separate_mlp_norm:
@@ -246,13 +262,23 @@ class Stack(nn.Module):
     def __init__(self, s: Shape, fused: bool = False, attention: str = "sdpa", swiglu: str = "fused",
                  fuse_norms: bool = False, separate_mlp_norm: bool = False) -> None:
         super().__init__()
-        self.attention = attention
+        self.attention, self.norm_handoff = attention, False
         self.layers = nn.ModuleList(Layer(s, fused, attention, swiglu, fuse_norms, separate_mlp_norm)
                                     for _ in range(s.layers))
         cos, sin = rope_tables(s)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         self.register_buffer("positions", torch.arange(s.context), persistent=False)
+
+    def set_norm_handoff(self) -> "Stack":
+        """Turns on Layer's ``norm_handoff`` in every layer (layers with fuse_norms and without
+        separate_mlp_norm: the FP4 model's, after fold_rms_norm_). Returns self."""
+        for i, layer in enumerate(self.layers):
+            if not layer.fuse_norms or layer.separate_mlp_norm:
+                raise ValueError(f"layers[{i}]: norm_handoff needs fuse_norms=True and separate_mlp_norm=False")
+            layer.norm_handoff = True
+        self.norm_handoff = True
+        return self
 
     def forward(self, x: torch.Tensor, caches: list[StaticKV], pos: torch.Tensor) -> torch.Tensor:
         cos, sin = self.cos.index_select(0, pos).to(x.dtype), self.sin.index_select(0, pos).to(x.dtype)
@@ -264,8 +290,12 @@ class Stack(nn.Module):
             mask = pos + 1  # the lengths decode_attention reads
         else:
             mask = (self.positions <= pos).view(1, 1, 1, -1)
+        x_sumsq = None  # (norm_handoff) the sums of squares of x from the layer before
         for layer, kv in zip(self.layers, caches):
-            x = layer(x, kv, pos, cos, sin, mask)
+            if self.norm_handoff:
+                x, x_sumsq = layer(x, kv, pos, cos, sin, mask, x_sumsq)
+            else:
+                x = layer(x, kv, pos, cos, sin, mask)
         return x
 
 
@@ -467,6 +497,11 @@ def main(argv: list[str] | None = None) -> int:
                          "(SwiGLU) projection, not folded; q/k/v's norm and the residual adds stay fused (for when "
                          "the norm inside the SwiGLU GEMV costs more than a separate norm kernel: compare "
                          "fp4_norm_fusion.py's fused and composite gate_up)")
+    ap.add_argument("--norm-handoff", action="store_true",
+                    help="with --fuse-norms: the o and down GEMVs also return their output's sums of squares "
+                         "(in parts of 16 features) and the next norm's GEMV adds those instead of summing "
+                         "x's squares (linear_residual(..., return_sumsq=True), rms_norm_*(..., x_sumsq)); the "
+                         "nvfp4 model only (the bf16 model would only compute sums it cannot use)")
     ap.add_argument("--profile", action="store_true",
                     help="(CUDA) also record and print the top GPU kernels of the graph-replayed step, and the FP4 "
                          "GEMV's time by launch grid (one row per projection)")
@@ -477,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--fuse-norms: needs --fused")
     if args.separate_mlp_norm and not args.fuse_norms:
         ap.error("--separate-mlp-norm: needs --fuse-norms")
+    if args.norm_handoff and (not args.fuse_norms or args.separate_mlp_norm):
+        ap.error("--norm-handoff: needs --fuse-norms, without --separate-mlp-norm")
     batches = [int(b) for b in args.batches.split(",")]
     if any(b < 1 for b in batches):
         ap.error(f"--batches: expected positive integers, got {args.batches!r}")
@@ -498,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                     "dtype": str(dtype).replace("torch.", ""), "iters": iters, "compiled": args.compile,
                     "fused_projections": args.fused, "one_copy": args.one_copy, "attention": args.attention,
                     "swiglu": args.swiglu if args.fused else "composite", "fused_norms": args.fuse_norms,
-                    "separate_mlp_norm": args.separate_mlp_norm,
+                    "separate_mlp_norm": args.separate_mlp_norm, "norm_handoff": args.norm_handoff,
                     "runs": {}}
     ref_model = build(shape, device, dtype, args.fused, args.attention, args.swiglu, args.fuse_norms,
                       args.separate_mlp_norm)
@@ -508,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
             fold_rms_norm_(layer.n1, layer.qkv)
             if not args.separate_mlp_norm:
                 fold_rms_norm_(layer.n2, layer.gate_up)
+    if args.norm_handoff:
+        fp4_model.set_norm_handoff()
     fp4_model = apt_ext.quantize_(fp4_model, fmt="nvfp4")
     if args.one_copy:
         from apt_ext.nn import FP4Linear
@@ -546,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
            + ("_compiled" if args.compile else "") + ("" if args.attention == "sdpa" else "_" + args.attention)
            + ("_composite_swiglu" if args.fused and args.swiglu == "composite" else "")
            + ("_fused_norms" if args.fuse_norms else "") + ("_separate_mlp_norm" if args.separate_mlp_norm else "")
+           + ("_norm_handoff" if args.norm_handoff else "")
            + ("_profile" if args.profile else ""))
     out = Path(args.out) if args.out else ROOT / "results" / f"e2e_decoder_{tag}.json"
     out.parent.mkdir(exist_ok=True)

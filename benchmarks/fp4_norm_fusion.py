@@ -1,11 +1,14 @@
 """The GEMV's fused RMSNorm prologue and residual epilogue against the same work as separate
 kernels, on the four projections of a Llama-3-8B decoder layer (nvfp4, bf16 x), in one run.
 
-Per projection and rows of x, three ways:
+Per projection and rows of x, four ways:
 - ``plain``: the tiled op alone (x taken as already normalised, no residual): the GEMV's own time;
 - ``composite``: what a model runs without fusion: ``F.rms_norm`` then the op, or the op then
   ``+ residual``;
-- ``fused``: the op with ``rms_eps`` / ``residual`` (``FP4Linear.fused`` / ``swiglu``'s kernel).
+- ``fused``: the op with ``rms_eps`` / ``residual`` (``FP4Linear.fused`` / ``swiglu``'s kernel);
+- ``handoff``: the norm handoff: the norm GEMVs take x's sums of squares in parts (``rms_sumsq``,
+  made before the timing, as the residual GEMV before them hands them over) instead of summing
+  x's squares; the residual GEMVs also return their output's sums (``return_sumsq``).
 
 Projections: qkv 6144 x 4096 (norm), o 4096 x 4096 (residual), gate/up 28672 x 4096 in the SwiGLU
 order (norm + SwiGLU), down 4096 x 14336 (residual). On CUDA each way is timed as ``--calls``
@@ -39,11 +42,11 @@ sys.path.insert(0, str(ROOT.parent / "tests"))
 from e2e_decoder import capture_graph, median_s, replay_seconds  # noqa: E402
 
 from apt_ext.fp4 import quantize  # noqa: E402
-from apt_ext.fp4.tiled import TiledFP4Weight, tile  # noqa: E402
+from apt_ext.fp4.tiled import TiledFP4Weight, sumsq_parts, tile  # noqa: E402
 from reference import fp4 as ref  # noqa: E402  (the float64 definitions the tests use)
 
 EPS = 1e-5
-WAYS = ("plain", "composite", "fused")
+WAYS = ("plain", "composite", "fused", "handoff")
 # name: (N, K, what is fused: "norm", "residual" or "norm_swiglu")
 PROJECTIONS = {"qkv": (6144, 4096, "norm"), "o": (4096, 4096, "residual"),
                "gate_up": (28672, 4096, "norm_swiglu"), "down": (4096, 14336, "residual")}
@@ -51,23 +54,30 @@ CPU_PROJECTIONS = {"qkv": (96, 64, "norm"), "o": (64, 64, "residual"), "gate_up"
                    "down": (64, 160, "residual")}
 
 
-def way(name: str, kind: str, w: TiledFP4Weight):
-    """fn(x [M, K], residual [M, N]) -> output of one way (module docstring)."""
+def way(name: str, kind: str, w: TiledFP4Weight, x_sumsq: torch.Tensor):
+    """fn(x [M, K], residual [M, N]) -> output of one way (module docstring); x_sumsq: x's sums of
+    squares in parts, for ``handoff``."""
     n, k = w.shape
     if kind == "norm_swiglu":
         if name == "plain":
             return lambda x, r: w.swiglu_linear(x)
         if name == "composite":
             return lambda x, r: w.swiglu_linear(F.rms_norm(x, (k,), eps=EPS))
+        if name == "handoff":
+            return lambda x, r: w.swiglu_linear(x, rms_eps=EPS, rms_sumsq=x_sumsq)
         return lambda x, r: w.swiglu_linear(x, rms_eps=EPS)
     if name == "plain":
         return lambda x, r: w.linear(x)
     if kind == "norm":
         if name == "composite":
             return lambda x, r: w.linear(F.rms_norm(x, (k,), eps=EPS))
+        if name == "handoff":
+            return lambda x, r: w.linear(x, rms_eps=EPS, rms_sumsq=x_sumsq)
         return lambda x, r: w.linear(x, rms_eps=EPS)
     if name == "composite":
         return lambda x, r: r + w.linear(x)
+    if name == "handoff":
+        return lambda x, r: w.linear(x, residual=r, return_sumsq=True)[0]
     return lambda x, r: w.linear(x, residual=r)
 
 
@@ -137,21 +147,25 @@ def main(argv: list[str] | None = None) -> int:
             x = (torch.randn(m, k, generator=g) * 3).to(device, dtype)
             r = torch.randn(m, n_out, generator=g).to(device, dtype)
             want = reference(kind, q, x, r)
+            x_sumsq = sumsq_parts(x)
             row = {"projection": proj, "n": n, "k": k, "fusion": kind, "m": m}
             outs = {}
             for name in WAYS:
-                secs, outs[name] = timer([lambda f=way(name, kind, w): f(x, r) for w in copies], iters)
+                secs, outs[name] = timer([lambda f=way(name, kind, w, x_sumsq): f(x, r) for w in copies], iters)
                 row[name] = {"us": secs * 1e6}
                 if name != "plain":
                     row[name]["rel_err_vs_float64"] = rel(outs[name], want)
             row["fused_rel_diff_vs_composite"] = rel(outs["fused"], outs["composite"])
+            row["handoff_rel_diff_vs_fused"] = rel(outs["handoff"], outs["fused"])
             row["fused_minus_plain_us"] = row["fused"]["us"] - row["plain"]["us"]
+            row["handoff_minus_plain_us"] = row["handoff"]["us"] - row["plain"]["us"]
             row["composite_minus_fused_us"] = row["composite"]["us"] - row["fused"]["us"]
             result["runs"].append(row)
             out.write_text(json.dumps(result, indent=1))  # after every row: a run cut short keeps its rows
             print(f"{proj} ({n}x{k}, {kind}) M={m}: " + ", ".join(f"{w} {row[w]['us']:.2f} us" for w in WAYS)
-                  + f"; fused adds {row['fused_minus_plain_us']:.2f} us to the GEMV and saves "
-                  f"{row['composite_minus_fused_us']:.2f} us against the composite")
+                  + f"; fused adds {row['fused_minus_plain_us']:.2f} us to the GEMV (handoff "
+                  f"{row['handoff_minus_plain_us']:.2f}) and saves {row['composite_minus_fused_us']:.2f} us against "
+                  "the composite")
     print(f"wrote {out}")
     return 0
 

@@ -811,15 +811,20 @@ def decode_attention(name: str, d: dict) -> str:
 def fp4_norm_fusion(name: str, d: dict) -> str:
     """``benchmarks/fp4_norm_fusion.py``: the GEMV with its fused RMSNorm / residual against the
     plain GEMV and the composite (separate kernels), per call of a CUDA graph of calls."""
-    ways = ("plain", "composite", "fused")
+    handoff = all("handoff" in r for r in d["runs"])  # (a way since the forty-ninth session)
+    ways = ("plain", "composite", "fused", "handoff") if handoff else ("plain", "composite", "fused")
     rows = [[r["projection"], f"{r['n']} x {r['k']}", r["fusion"], str(r["m"]),
              *(f"{r[w]['us']:.2f}" for w in ways), f"{r['fused_minus_plain_us']:+.2f}",
+             *([f"{r['handoff_minus_plain_us']:+.2f}"] if handoff else []),
              f"{r['composite_minus_fused_us']:+.2f}", f"{r['fused_rel_diff_vs_composite']:.1e}"] for r in d["runs"]]
     variant = f"Kernel: {d['variant']}. " if "variant" in d else ""
+    handoff_text = (" handoff: the norm GEMVs given x's sums of squares, the residual GEMVs returning their "
+                    "output's." if handoff else "")
     return "\n".join([f"{variant}{d['fmt']} weights, {d['dtype']} x, us per call ({d['calls_per_timing']} calls on as many "
                       "weight copies per timing); fused - plain: what the fusion adds to the GEMV; composite - fused: "
-                      "what it saves.", "",
-                      table(["projection", "N x K", "fusion", "M", *ways, "fused - plain", "composite - fused",
+                      f"what it saves.{handoff_text}", "",
+                      table(["projection", "N x K", "fusion", "M", *ways, "fused - plain",
+                             *(["handoff - plain"] if handoff else []), "composite - fused",
                              "fused vs composite"], rows)])
 
 

@@ -32,13 +32,19 @@ TORCH_LIBRARY(apt, m) {
   // fp4_linear (gelu applied when `gelu`) on a tiled weight of n rows and k columns. rms_eps: x is
   // first RMS-normalised, x * rsqrt(mean(x^2 over k) + rms_eps) in float32 (an RMSNorm whose
   // weight was folded into the weight's columns: apt_ext.nn.fold_rms_norm_); residual [..., n] of
-  // x's dtype is added to the (activated) output in float32.
-  m.def("fp4_linear_tiled(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k, bool gelu, float? rms_eps=None, Tensor? residual=None) -> Tensor");
+  // x's dtype is added to the (activated) output in float32. rms_sumsq (with rms_eps): float32
+  // [..., P] whose sum over its last dimension is each row of x's sum of squares (as
+  // fp4_linear_tiled_sumsq returns them), used instead of summing x's squares.
+  m.def("fp4_linear_tiled(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k, bool gelu, float? rms_eps=None, Tensor? residual=None, Tensor? rms_sumsq=None) -> Tensor");
+  // fp4_linear_tiled, and out_sumsq float32 [..., ceil(n / 16)]: the sums of squares of out's
+  // values (as rounded to x's dtype) over each 16 consecutive features, for the next layer's
+  // rms_sumsq (the norm that follows a residual add, without a pass over its input).
+  m.def("fp4_linear_tiled_sumsq(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k, bool gelu, float? rms_eps=None, Tensor? residual=None, Tensor? rms_sumsq=None) -> (Tensor out, Tensor out_sumsq)");
   // silu(gate) * up [..., n / 2]: the SwiGLU of fp4_linear's output [gate; up] on a tiled weight of
   // n rows (a multiple of 16) made in the SwiGLU order, each tile holding 8 gate rows and the 8 up
   // rows n / 2 further on (apt_ext.fp4.tiled.tile(weight, swiglu=True)); bias [n] in [gate; up] order.
-  // rms_eps: as fp4_linear_tiled's.
-  m.def("fp4_linear_tiled_swiglu(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k, float? rms_eps=None) -> Tensor");
+  // rms_eps, rms_sumsq: as fp4_linear_tiled's.
+  m.def("fp4_linear_tiled_swiglu(Tensor x, Tensor tiles, Tensor tile_scales, Tensor out_scale, Tensor? bias, str fmt, int n, int k, float? rms_eps=None, Tensor? rms_sumsq=None) -> Tensor");
   // The CPU tiled layout (csrc/fp4/fp4_cpu_tiled_layout.h): a private copy in the order the
   // AVX-512 GEMV reads it. tiles uint8 [ceil(N/16), Kp/8, 64]; tile_scales [tiles, Kp/block, 16]
   // (nvfp4 and mxfp4 uint8, nf4 float32); out_scale float32 []. CPU tensors only.

@@ -3,6 +3,7 @@ KV cache, the nvfp4 model stays close to the float one, its weights take about 4
 float32 bytes, and bad arguments are refused."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -195,6 +196,13 @@ def test_e2e_decoder_cpu_fuse_norms(tmp_path, one_thread):
     assert d["separate_mlp_norm"] is True and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
     with pytest.raises(SystemExit):  # the MLP's norm is separate only from a fused one
         e2e_decoder.main(["--cpu", "--fused", "--separate-mlp-norm"])
+    assert e2e_decoder.main(["--cpu", "--fused", "--fuse-norms", "--norm-handoff", "--batches", "1",
+                             "--iters", "1", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["norm_handoff"] is True and d["runs"]["1"]["nvfp4"]["cosine_vs_float32"] > 0.99
+    for bad in (["--fused", "--norm-handoff"], ["--fused", "--fuse-norms", "--separate-mlp-norm", "--norm-handoff"]):
+        with pytest.raises(SystemExit):
+            e2e_decoder.main(["--cpu", *bad])
 
 
 def test_fuse_norms_compute_the_same_step():
@@ -248,6 +256,37 @@ def test_separate_mlp_norm_computes_the_same_step(swiglu):
                                    plain(x, caches[0], torch.tensor([5])), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="separate_mlp_norm: needs fuse_norms"):
         e2e_decoder.Layer(s, fused=True, separate_mlp_norm=True)
+
+
+@pytest.mark.parametrize("swiglu", e2e_decoder.SWIGLUS)
+def test_norm_handoff_computes_the_same_step(swiglu):
+    """An nvfp4 stack with folded norms whose norms take their sums of squares from the o / down
+    projections before them (set_norm_handoff: FP4Linear's rms_sumsq, on the CPU its composite)
+    gives the same step as the one whose norms sum x's squares themselves; it needs fuse_norms
+    without separate_mlp_norm."""
+    import apt_ext
+    from apt_ext.nn import fold_rms_norm_
+
+    s = e2e_decoder.Shape(layers=2, d=64, d_ff=128, heads=4, kv_heads=2, context=16)
+    folded = e2e_decoder.build(s, torch.device("cpu"), torch.float32, fused=True, swiglu=swiglu, fuse_norms=True)
+    with torch.no_grad():
+        for layer in folded.layers:
+            layer.n1.weight.uniform_(0.5, 1.5)
+            layer.n2.weight.uniform_(0.5, 1.5)
+            fold_rms_norm_(layer.n1, layer.qkv)
+            fold_rms_norm_(layer.n2, layer.gate_up)
+    fp4 = apt_ext.quantize_(folded, fmt="nvfp4")
+    handoff = copy.deepcopy(fp4).set_norm_handoff()
+    assert all(layer.norm_handoff for layer in handoff.layers) and not fp4.layers[0].norm_handoff
+    with torch.no_grad():
+        x = torch.randn(3, 1, s.d)
+        caches = [[e2e_decoder.StaticKV(3, s, torch.device("cpu"), torch.float32, torch.Generator().manual_seed(i))
+                   for i in range(s.layers)] for _ in range(2)]
+        want = fp4(x, caches[0], torch.tensor([5]))
+        torch.testing.assert_close(handoff(x, caches[1], torch.tensor([5])), want, rtol=1e-4, atol=1e-4)
+    for kwargs in ({}, {"fuse_norms": True, "separate_mlp_norm": True}):
+        with pytest.raises(ValueError, match="norm_handoff needs fuse_norms"):
+            e2e_decoder.build(s, torch.device("cpu"), torch.float32, fused=True, **kwargs).set_norm_handoff()
 
 
 def test_kernels_by_grid_splits_a_kernel_by_launch_shape_and_order():

@@ -1,5 +1,6 @@
-"""The tiled ops' RMSNorm prologue (rms_eps) and residual epilogue on the CPU, and apt_ext.nn's
-norm fusion (fold_rms_norm_, rms_norm_linear, rms_norm_swiglu, linear_residual): against float64
+"""The tiled ops' RMSNorm prologue (rms_eps, rms_sumsq) and residual epilogue (and
+fp4_linear_tiled_sumsq's sums of squares) on the CPU, and apt_ext.nn's norm fusion (fold_rms_norm_,
+rms_norm_linear, rms_norm_swiglu, linear_residual): against float64
 references and the plain composites; the fused path's Python plumbing run on the CPU kernel. The
 CUDA GEMV's fused prologue and epilogue are tested in tests/gpu/test_fp4_gemv_cuda.py."""
 from __future__ import annotations
@@ -11,7 +12,7 @@ from torch.nn import functional as F
 
 import apt_ext  # noqa: F401
 from apt_ext.fp4 import quantize
-from apt_ext.fp4.tiled import tile
+from apt_ext.fp4.tiled import sumsq_parts, tile
 from apt_ext.nn import FP4Linear, fold_rms_norm_, linear_residual, quantize_, rms_norm_linear, rms_norm_swiglu, swiglu
 from reference import fp4 as ref
 
@@ -70,6 +71,72 @@ def test_tiled_ops_refuse_bad_rms_eps_and_residual(rng):
         torch.ops.apt.fp4_linear_tiled_swiglu(x, s.tiles, s.tile_scales, s.out_scale, None, "nvfp4", 32, 100, -1.0)
 
 
+def _sumsq_by_groups(y: torch.Tensor) -> torch.Tensor:
+    """float64 sums of y's squares over features 0..15, 16..31, ... (the last group shorter)."""
+    yd = y.double()
+    return torch.stack([yd[..., j:j + 16].square().sum(-1) for j in range(0, y.shape[-1], 16)], -1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_linear_tiled_sumsq_returns_the_outputs_sums_of_squares(fmt, dt, rng):
+    """fp4_linear_tiled_sumsq: fp4_linear_tiled's output, and float32 [..., ceil(n / 16)] sums of
+    its squares (as stored) over each 16 features (n = 37: the last group has 5)."""
+    q = quantize(torch.randn(37, 200, generator=rng) * 0.1, fmt)
+    x = (torch.randn(2, 3, 200, generator=rng) * 3.0).to(dt)
+    bias = torch.randn(37, generator=rng)
+    residual = torch.randn(2, 3, 37, generator=rng).to(dt)
+    t = tile(q)
+    y, sq = torch.ops.apt.fp4_linear_tiled_sumsq(x, t.tiles, t.tile_scales, t.out_scale, bias, fmt, 37, 200, False,
+                                                 1e-5, residual)
+    assert torch.equal(y, t.linear(x, bias, rms_eps=1e-5, residual=residual))
+    assert sq.dtype == torch.float32 and sq.shape == (2, 3, 3)
+    torch.testing.assert_close(sq.double(), _sumsq_by_groups(y), rtol=1e-6, atol=0)
+    y2, sq2 = t.linear(x, bias, gelu=True, return_sumsq=True)
+    assert torch.equal(y2, t.linear(x, bias, gelu=True)) and torch.equal(sq2, sumsq_parts(y2))
+    # a copy in the SwiGLU order returns its output in the weight's order, and the sums of that
+    w = tile(quantize(torch.randn(48, 200, generator=rng) * 0.1, fmt), swiglu=True)
+    y3, sq3 = w.linear(x, residual=torch.randn(2, 3, 48, generator=rng).to(dt), return_sumsq=True)
+    torch.testing.assert_close(sq3.double(), _sumsq_by_groups(y3), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_rms_sumsq_stands_for_the_sums_of_x(fmt, rng):
+    """rms_sumsq: the norm takes each row's sum of its parts (any number of parts) instead of
+    summing x's squares: the same result as rms_eps alone, and a different one for other sums."""
+    q = quantize(torch.randn(48, 200, generator=rng) * 0.1, fmt)
+    x = torch.randn(2, 3, 200, generator=rng) * 3.0
+    bias = torch.randn(48, generator=rng)
+    t, s = tile(q), tile(q, swiglu=True)
+    want, want_swiglu = t.linear(x, bias, rms_eps=1e-5), s.swiglu_linear(x, bias, rms_eps=1e-5)
+    for parts in (sumsq_parts(x), x.square().sum(-1, keepdim=True)):
+        assert _rel(t.linear(x, bias, rms_eps=1e-5, rms_sumsq=parts), want) < 1e-5
+        assert _rel(s.swiglu_linear(x, bias, rms_eps=1e-5, rms_sumsq=parts), want_swiglu) < 1e-5
+        assert _rel(s.linear(x, bias, rms_eps=1e-5, rms_sumsq=parts), want) < 1e-5
+    # the sums of 2x's squares: x normalised by twice its RMS, half the product
+    half = t.linear(x, rms_eps=1e-5, rms_sumsq=sumsq_parts(2 * x))
+    assert _rel(half, 0.5 * t.linear(x, rms_eps=1e-5)) < 1e-5
+
+
+def test_tiled_ops_refuse_bad_rms_sumsq(rng):
+    t = tile(quantize(torch.randn(20, 100, generator=rng), "nvfp4"))
+    x = torch.randn(2, 100, generator=rng)
+    args = (t.tiles, t.tile_scales, t.out_scale, None, "nvfp4", 20, 100, False)
+    with pytest.raises(ValueError, match="rms_sumsq: taken only with rms_eps"):
+        torch.ops.apt.fp4_linear_tiled(x, *args, None, None, torch.ones(2, 7))
+    with pytest.raises(TypeError, match="rms_sumsq: expected float32"):
+        torch.ops.apt.fp4_linear_tiled_sumsq(x, *args, 1e-5, None, torch.ones(2, 7, dtype=torch.float64))
+    for bad in (torch.ones(3, 7), torch.ones(2, 0), torch.ones(7), torch.ones(2, 1, 7)):
+        with pytest.raises(ValueError, match="rms_sumsq: expected"):
+            torch.ops.apt.fp4_linear_tiled(x, *args, 1e-5, None, bad)
+    s = tile(quantize(torch.randn(32, 100, generator=rng), "nvfp4"), swiglu=True)
+    with pytest.raises(ValueError, match="rms_sumsq: expected"):
+        torch.ops.apt.fp4_linear_tiled_swiglu(x, s.tiles, s.tile_scales, s.out_scale, None, "nvfp4", 32, 100, 1e-5,
+                                              torch.ones(3, 4))
+    with pytest.raises(TypeError, match="return_sumsq"):
+        t.linear(x, return_sumsq=1)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_opcheck_tiled_ops_with_norm_and_residual(fmt, rng):
     t = tile(quantize(torch.randn(20, 100, generator=rng), fmt))
@@ -80,6 +147,14 @@ def test_opcheck_tiled_ops_with_norm_and_residual(fmt, rng):
     s = tile(quantize(torch.randn(32, 100, generator=rng), fmt), swiglu=True)
     torch.library.opcheck(torch.ops.apt.fp4_linear_tiled_swiglu.default,
                           (x, s.tiles, s.tile_scales, s.out_scale, None, fmt, 32, 100, 1e-5))
+    parts = sumsq_parts(x)
+    torch.library.opcheck(torch.ops.apt.fp4_linear_tiled_swiglu.default,
+                          (x, s.tiles, s.tile_scales, s.out_scale, None, fmt, 32, 100, 1e-5, parts))
+    torch.library.opcheck(torch.ops.apt.fp4_linear_tiled.default,
+                          (x, t.tiles, t.tile_scales, t.out_scale, None, fmt, 20, 100, False, 1e-5, None, parts))
+    torch.library.opcheck(torch.ops.apt.fp4_linear_tiled_sumsq.default,
+                          (x, t.tiles, t.tile_scales, t.out_scale, torch.randn(20), fmt, 20, 100, True, 1e-5,
+                           torch.randn(3, 20, generator=rng), parts))
 
 
 def _norm(d: int, rng: torch.Generator, eps: float | None = 1e-5) -> nn.RMSNorm:
@@ -142,6 +217,15 @@ def _run_helpers(m: nn.ModuleDict, x: torch.Tensor) -> torch.Tensor:
     return linear_residual(m["down"], rms_norm_swiglu(m["n2"], m["gate_up"], x), x)
 
 
+def _run_helpers_handoff(m: nn.ModuleDict, x: torch.Tensor) -> torch.Tensor:
+    """_run_helpers with the norm after the first residual add taking that add's sums of squares."""
+    x, x_sumsq = linear_residual(m["o"], rms_norm_linear(m["n1"], m["qkv"], x), x, return_sumsq=True)
+    y, y_sumsq = linear_residual(m["down"], rms_norm_swiglu(m["n2"], m["gate_up"], x, x_sumsq), x,
+                                 return_sumsq=True)
+    assert torch.equal(y_sumsq, sumsq_parts(y))
+    return y
+
+
 def _run_composite(m: nn.ModuleDict, x: torch.Tensor) -> torch.Tensor:
     x = x + m["o"](m["qkv"](m["n1"](x)))
     return x + m["down"](swiglu(m["gate_up"], m["n2"](x)))
@@ -154,8 +238,10 @@ def test_helpers_are_the_composites(rng, eps):
     for fold in (False, True):
         m = _block(rng, fold, eps)
         assert torch.equal(_run_helpers(m, x), _run_composite(m, x))
+        assert torch.equal(_run_helpers_handoff(m, x), _run_composite(m, x))
         quantize_(m, fmt="nvfp4")
         assert torch.equal(_run_helpers(m, x), _run_composite(m, x))
+        assert _rel(_run_helpers_handoff(m, x), _run_composite(m, x)) < 1e-5
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -179,6 +265,18 @@ def test_fused_path_plumbing_on_the_cpu_kernel(fmt, eps, rng, monkeypatch):
     assert _rel(got, composite) < 1e-5 and _rel(got, want) < 0.2
     want_eps = eps if eps is not None else torch.finfo(torch.float32).eps
     assert [(c[0], c[1] is not None) for c in calls] == [(want_eps, False), (None, True), (None, True)]
+    # the norm handoff: o and down through fp4_linear_tiled_sumsq, gate_up's norm takes o's sums
+    sumsq_calls, swiglu_calls = [], []
+    real_sumsq, real_swiglu = torch.ops.apt.fp4_linear_tiled_sumsq, torch.ops.apt.fp4_linear_tiled_swiglu
+    monkeypatch.setattr(torch.ops.apt, "fp4_linear_tiled_sumsq",
+                        lambda *a: sumsq_calls.append(a[10:]) or real_sumsq(*a), raising=False)
+    monkeypatch.setattr(torch.ops.apt, "fp4_linear_tiled_swiglu",
+                        lambda *a: swiglu_calls.append(a[8:]) or real_swiglu(*a), raising=False)
+    with torch.no_grad():
+        got = _run_helpers_handoff(m, x)
+    assert _rel(got, composite) < 1e-5
+    assert [(c[0] is not None, c[1]) for c in sumsq_calls] == [(True, None), (True, None)]
+    assert len(swiglu_calls) == 1 and swiglu_calls[0][0] == want_eps and swiglu_calls[0][1].shape == (2, 3, 4)
 
 
 def test_fused_refuses_bad_input(rng):
@@ -200,6 +298,21 @@ def test_fused_refuses_bad_input(rng):
         rms_norm_linear(nn.Identity(), lambda t: t, x)
     with pytest.raises(TypeError, match="residual"):
         linear_residual(nn.Linear(64, 32), x, 1.0)
+    with pytest.raises(ValueError, match="rms_sumsq: taken only with rms_eps"):
+        layer.fused(x, rms_sumsq=torch.ones(3, 4))
+    for bad in (torch.ones(3, 4, dtype=torch.float64), torch.ones(2, 4), torch.ones(3, 0), [1.0]):
+        with pytest.raises(ValueError, match="rms_sumsq: expected float32"):
+            layer.fused(x, rms_eps=1e-5, rms_sumsq=bad)
+        with pytest.raises(ValueError, match="rms_sumsq: expected float32"):
+            layer.swiglu(x, rms_eps=1e-5, rms_sumsq=bad)
+        with pytest.raises(ValueError, match="x_sumsq: expected float32"):
+            rms_norm_linear(nn.RMSNorm(64), nn.Linear(64, 32), x, bad)
+        with pytest.raises(ValueError, match="x_sumsq: expected float32"):
+            rms_norm_swiglu(nn.RMSNorm(64), nn.Linear(64, 32), x, bad)
+    with pytest.raises(TypeError, match="return_sumsq"):
+        layer.fused(x, return_sumsq="yes")
+    with pytest.raises(TypeError, match="return_sumsq"):
+        linear_residual(nn.Linear(64, 32), x, torch.randn(3, 32), return_sumsq=None)
 
 
 def test_helpers_refuse_what_one_path_took(rng):
@@ -237,7 +350,7 @@ def test_fused_composite_keeps_gradients(rng):
 
 
 def test_norm_fusion_benchmark_cpu(tmp_path, one_thread):
-    """benchmarks/fp4_norm_fusion.py --cpu: every projection and row count timed three ways, the
+    """benchmarks/fp4_norm_fusion.py --cpu: every projection and row count timed four ways, the
     fused output equal to the composite's and both close to the float64 reference."""
     import json
     import sys
@@ -254,7 +367,7 @@ def test_norm_fusion_benchmark_cpu(tmp_path, one_thread):
     for r in d["runs"]:
         assert r["fusion"] == fp4_norm_fusion.CPU_PROJECTIONS[r["projection"]][2]
         assert all(r[w]["us"] > 0 for w in fp4_norm_fusion.WAYS)
-        assert r["fused_rel_diff_vs_composite"] < 1e-5
+        assert r["fused_rel_diff_vs_composite"] < 1e-5 and r["handoff_rel_diff_vs_fused"] < 1e-5
         assert r["fused"]["rel_err_vs_float64"] < 1e-5 and r["composite"]["rel_err_vs_float64"] < 1e-5
     with pytest.raises(SystemExit):
         fp4_norm_fusion.main(["--cpu", "--ms", "0"])

@@ -114,11 +114,18 @@ def _fp4_untile_packed_fake(tiles, tile_scales, out_scale, fmt, n, k):
             out_scale.new_empty(()))
 
 
-def _fp4_linear_tiled_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu, rms_eps=None, residual=None):
+def _fp4_linear_tiled_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu, rms_eps=None, residual=None,
+                           rms_sumsq=None):
     return x.new_empty((*x.shape[:-1], n))
 
 
-def _fp4_linear_tiled_swiglu_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, rms_eps=None):
+def _fp4_linear_tiled_sumsq_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu, rms_eps=None,
+                                 residual=None, rms_sumsq=None):
+    return (x.new_empty((*x.shape[:-1], n)),
+            x.new_empty((*x.shape[:-1], -(-n // tiled.SUMSQ_GROUP)), dtype=torch.float32))
+
+
+def _fp4_linear_tiled_swiglu_fake(x, tiles, tile_scales, out_scale, bias, fmt, n, k, rms_eps=None, rms_sumsq=None):
     return x.new_empty((*x.shape[:-1], n // 2))
 
 
@@ -188,6 +195,7 @@ def register() -> None:
              "fp4_linear_gelu": _fp4_linear_gelu_fake, "fp4_tile": _fp4_tile_fake,
              "fp4_untile": _fp4_untile_fake, "fp4_untile_packed": _fp4_untile_packed_fake,
              "fp4_linear_tiled": _fp4_linear_tiled_fake, "fp4_linear_tiled_swiglu": _fp4_linear_tiled_swiglu_fake,
+             "fp4_linear_tiled_sumsq": _fp4_linear_tiled_sumsq_fake,
              "fp4_cpu_tile": _fp4_cpu_tile_fake, "fp4_linear_cpu_tiled": _fp4_linear_cpu_tiled_fake}
     for op, fake in fakes.items():
         torch.library.register_fake(f"apt::{op}", fake)

@@ -26,6 +26,17 @@ STEP_BYTES = 1024  # packed bytes of one (tile, step)
 # tile_scales per (tile, step): (dtype, entries, elements per entry); an entry holds the scales of
 # the lanes that use the same blocks (csrc/fp4/fp4_tiled_layout.h)
 STEP_SCALES = {"nvfp4": (torch.uint8, 16, 8), "mxfp4": (torch.uint8, 8, 8), "nf4": (torch.float32, 8, 4)}
+SUMSQ_GROUP = 16  # features per sum in fp4_linear_tiled_sumsq's out_sumsq (one tile's rows)
+
+
+def sumsq_parts(y: torch.Tensor) -> torch.Tensor:
+    """float32 [..., ceil(N / 16)]: the sums of squares of y [..., N] (its values as stored, in
+    float32) over each 16 consecutive features, as ``fp4_linear_tiled_sumsq`` returns them for the
+    next norm's ``rms_sumsq``."""
+    n = y.shape[-1]
+    parts = -(-n // SUMSQ_GROUP)
+    yf = torch.nn.functional.pad(y.float(), (0, parts * SUMSQ_GROUP - n))
+    return yf.square().unflatten(-1, (parts, SUMSQ_GROUP)).sum(-1)
 
 
 def swiglu_rows(n: int, device: torch.device | str | None = None, inverse: bool = False) -> torch.Tensor:
@@ -62,41 +73,50 @@ class TiledFP4Weight:
     swiglu: bool = False
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False,
-               rms_eps: float | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+               rms_eps: float | None = None, residual: torch.Tensor | None = None,
+               rms_sumsq: torch.Tensor | None = None,
+               return_sumsq: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x [..., K] -> x @ W.T + bias [..., N] in x's dtype (exact-erf GELU if ``gelu``). ``rms_eps``:
         x is RMS-normalised first (``x * rsqrt(mean(x**2, -1) + rms_eps)`` in float32: an RMSNorm
-        whose weight was folded into W); ``residual`` [..., N] (x's dtype) is added last. A copy in
-        the SwiGLU order gathers the bias into its row order and the output back into the weight's
-        (the residual is then added after the gather)."""
+        whose weight was folded into W); ``rms_sumsq`` (with ``rms_eps``): float32 [..., P] whose
+        sum over the last dimension is each row of x's sum of squares (as ``return_sumsq`` gives
+        them), used instead of summing x's squares; ``residual`` [..., N] (x's dtype) is added
+        last. ``return_sumsq``: returns (y, ``sumsq_parts(y)``), the sums taken by the kernel as it
+        stores y (``fp4_linear_tiled_sumsq``). A copy in the SwiGLU order gathers the bias into its
+        row order and the output back into the weight's (the residual is then added after the
+        gather, and the sums taken by ``sumsq_parts``)."""
+        if not isinstance(return_sumsq, bool):
+            raise TypeError(f"return_sumsq: expected a bool, got {type(return_sumsq).__name__}")
         n, k = self.shape
         if not self.swiglu:
-            return torch.ops.apt.fp4_linear_tiled(x, self.tiles, self.tile_scales, self.out_scale, bias, self.fmt,
-                                                  n, k, gelu, rms_eps, residual)
+            op = torch.ops.apt.fp4_linear_tiled_sumsq if return_sumsq else torch.ops.apt.fp4_linear_tiled
+            return op(x, self.tiles, self.tile_scales, self.out_scale, bias, self.fmt, n, k, gelu, rms_eps, residual,
+                      rms_sumsq)
         if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (n,)):
             raise ValueError(f"bias: expected shape [{n}], got {_shape_or_type(bias)}")
         rows = swiglu_rows(n, self.tiles.device)
         y = torch.ops.apt.fp4_linear_tiled(x, self.tiles, self.tile_scales, self.out_scale,
                                            None if bias is None else bias.index_select(0, rows), self.fmt, n, k, gelu,
-                                           rms_eps)
+                                           rms_eps, None, rms_sumsq)
         y = y.index_select(-1, swiglu_rows(n, y.device, inverse=True))
-        if residual is None:
-            return y
-        if not isinstance(residual, torch.Tensor) or residual.shape != y.shape or residual.dtype != y.dtype:
-            raise ValueError(f"residual: expected shape {list(y.shape)} of x's dtype {y.dtype}, got "
-                             f"{_shape_or_type(residual)}")
-        return y + residual
+        if residual is not None:
+            if not isinstance(residual, torch.Tensor) or residual.shape != y.shape or residual.dtype != y.dtype:
+                raise ValueError(f"residual: expected shape {list(y.shape)} of x's dtype {y.dtype}, got "
+                                 f"{_shape_or_type(residual)}")
+            y = y + residual
+        return (y, sumsq_parts(y)) if return_sumsq else y
 
     def swiglu_linear(self, x: torch.Tensor, bias: torch.Tensor | None = None,
-                      rms_eps: float | None = None) -> torch.Tensor:
+                      rms_eps: float | None = None, rms_sumsq: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., K] -> silu(gate) * up [..., N / 2] in x's dtype, for a copy in the SwiGLU order of a
         weight [gate; up] (bias [N] in that order too): one fused kernel (CUDA, at most the GEMV's
-        rows; past them the GEMM and then the SwiGLU). ``rms_eps``: as ``linear``'s."""
+        rows; past them the GEMM and then the SwiGLU). ``rms_eps``, ``rms_sumsq``: as ``linear``'s."""
         if not self.swiglu:
             raise ValueError("swiglu_linear: this copy is not in the SwiGLU order; make it with "
                              "tile(weight, swiglu=True)")
         n, k = self.shape
         return torch.ops.apt.fp4_linear_tiled_swiglu(x, self.tiles, self.tile_scales, self.out_scale, bias,
-                                                     self.fmt, n, k, rms_eps)
+                                                     self.fmt, n, k, rms_eps, rms_sumsq)
 
     def dequantize(self) -> torch.Tensor:
         """-> float32 [N, K], equal to the source FP4Weight's ``dequantize()``."""

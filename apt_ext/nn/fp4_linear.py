@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 from apt_ext import _native
 from apt_ext.fp4.format import DEFAULT_FORMAT, get_format
-from apt_ext.fp4.tiled import CpuTiledFP4Weight, TiledFP4Weight, cpu_tile, cpu_tiled_kernel_is_fast, tile
+from apt_ext.fp4.tiled import (CpuTiledFP4Weight, TiledFP4Weight, cpu_tile, cpu_tiled_kernel_is_fast, sumsq_parts,
+                               tile)
 from apt_ext.fp4.weight import FP4Weight, quantize
 
 # Rows of x (leading dims flattened) up to which inference on CUDA uses the tiled kernels
@@ -352,21 +353,49 @@ class FP4Linear(nn.Module):
                                     or not math.isfinite(rms_eps) or rms_eps < 0):
             raise ValueError(f"rms_eps: expected None or a finite float >= 0, got {rms_eps!r}")
 
-    def _rms_normalized(self, x: torch.Tensor, rms_eps: float | None) -> torch.Tensor:
-        """x RMS-normalised over its last dimension (no weight) when ``rms_eps`` is given; else x."""
-        return x if rms_eps is None else F.rms_norm(x, (self.in_features,), eps=float(rms_eps))
+    @staticmethod
+    def _check_rms_sumsq(x: torch.Tensor, rms_eps: float | None, rms_sumsq: torch.Tensor | None) -> None:
+        if rms_sumsq is None:
+            return
+        if rms_eps is None:
+            raise ValueError("rms_sumsq: taken only with rms_eps (the norm it feeds)")
+        if (not isinstance(rms_sumsq, torch.Tensor) or rms_sumsq.dtype != torch.float32
+                or rms_sumsq.dim() != x.dim() or rms_sumsq.shape[:-1] != x.shape[:-1] or rms_sumsq.shape[-1] < 1):
+            got = (f"{tuple(rms_sumsq.shape)} {rms_sumsq.dtype}" if isinstance(rms_sumsq, torch.Tensor)
+                   else type(rms_sumsq).__name__)
+            raise ValueError(f"rms_sumsq: expected float32 {(*x.shape[:-1], 'P')} with P >= 1, got {got}")
 
-    def fused(self, x: torch.Tensor, *, rms_eps: float | None = None,
-              residual: torch.Tensor | None = None) -> torch.Tensor:
+    def _rms_normalized(self, x: torch.Tensor, rms_eps: float | None,
+                        rms_sumsq: torch.Tensor | None = None) -> torch.Tensor:
+        """x RMS-normalised over its last dimension (no weight) when ``rms_eps`` is given (with
+        ``rms_sumsq``: ``x * rsqrt(rms_sumsq.sum(-1) / in_features + rms_eps)`` in float32); else x."""
+        if rms_eps is None:
+            return x
+        if rms_sumsq is None:
+            return F.rms_norm(x, (self.in_features,), eps=float(rms_eps))
+        mean = rms_sumsq.sum(-1, keepdim=True) / self.in_features
+        return (x.float() * torch.rsqrt(mean + float(rms_eps))).to(x.dtype)
+
+    def fused(self, x: torch.Tensor, *, rms_eps: float | None = None, residual: torch.Tensor | None = None,
+              rms_sumsq: torch.Tensor | None = None,
+              return_sumsq: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``self(rms_norm(x)) + residual`` [..., out_features] in x's dtype. ``rms_eps``: x is first
         RMS-normalised over in_features, ``x * rsqrt(mean(x**2, -1) + rms_eps)``, with no weight (an
         RMSNorm whose weight ``apt_ext.nn.fold_rms_norm_`` folded into this layer); None skips it.
-        ``residual``: None or [..., out_features] of x's dtype, added last. Calls that take the tiled
-        path (see the class) run one kernel: the GEMV sums x's squares itself (in float32, x not
-        rounded after normalising) and adds the residual as it stores; others run the composite
-        (``F.rms_norm``, this layer, the addition)."""
+        ``rms_sumsq`` (with ``rms_eps``): float32 [..., P], each row of x's sum of squares split in
+        parts (its sum over the last dimension), as ``return_sumsq`` gives them: the norm uses it
+        instead of a pass over x. ``residual``: None or [..., out_features] of x's dtype, added last.
+        ``return_sumsq``: returns (y, sums), the sums of squares of y (as returned) in parts
+        (float32 [..., ceil(out_features / 16)], ``apt_ext.fp4.tiled.sumsq_parts``) for the next
+        norm's ``rms_sumsq``. Calls that take the tiled path (see the class) run one kernel: the
+        GEMV sums x's squares itself (in float32, x not rounded after normalising) or adds the given
+        parts, adds the residual and takes y's sums as it stores; others run the composite
+        (``F.rms_norm``, this layer, the addition, ``sumsq_parts``)."""
         self._check_x(x)
         self._check_rms_eps(rms_eps)
+        self._check_rms_sumsq(x, rms_eps, rms_sumsq)
+        if not isinstance(return_sumsq, bool):
+            raise TypeError(f"return_sumsq: expected a bool, got {type(return_sumsq).__name__}")
         if residual is not None:
             want = (*x.shape[:-1], self.out_features)
             if not isinstance(residual, torch.Tensor) or tuple(residual.shape) != want or residual.dtype != x.dtype:
@@ -378,14 +407,18 @@ class FP4Linear(nn.Module):
         if takes_fused:
             copy = self._private_copy(self.tiled_weight)
             if copy is not None:
-                return copy.linear(x, self.bias, rms_eps=rms_eps, residual=residual)
-        y = self(self._rms_normalized(x, rms_eps))
-        return y if residual is None else residual + y
+                return copy.linear(x, self.bias, rms_eps=rms_eps, residual=residual, rms_sumsq=rms_sumsq,
+                                   return_sumsq=return_sumsq)
+        y = self(self._rms_normalized(x, rms_eps, rms_sumsq))
+        y = y if residual is None else residual + y
+        return (y, sumsq_parts(y)) if return_sumsq else y
 
-    def swiglu(self, x: torch.Tensor, rms_eps: float | None = None) -> torch.Tensor:
+    def swiglu(self, x: torch.Tensor, rms_eps: float | None = None,
+               rms_sumsq: torch.Tensor | None = None) -> torch.Tensor:
         """silu(gate) * up [..., out_features / 2] (x's dtype) for a layer whose output is [gate; up]
         (the fused gate and up projections of a SwiGLU MLP, as Llama's): ``F.silu(g) * u`` of
-        ``g, u = self(x).chunk(2, -1)``; ``rms_eps``: x RMS-normalised first, as in ``fused``. Calls
+        ``g, u = self(x).chunk(2, -1)``; ``rms_eps``, ``rms_sumsq``: x RMS-normalised first, as in
+        ``fused``. Calls
         that take the tiled path (see the class) with out_features a multiple of 16 run one fused
         kernel (``fp4_linear_tiled_swiglu``), which needs the tiled copy in the SwiGLU order: the
         first such call rebuilds the copy that way (later ``forward`` calls gather their output back
@@ -394,14 +427,15 @@ class FP4Linear(nn.Module):
         if self.out_features % 2 != 0:
             raise ValueError(f"swiglu: out_features must be even ([gate; up]), got {self.out_features}")
         self._check_rms_eps(rms_eps)
+        self._check_rms_sumsq(x, rms_eps, rms_sumsq)
         fused = (self.out_features % 16 == 0 and self._ahead is None and self._takes_tiled_path(x)
                  and (self._swiglu_order or not torch.compiler.is_compiling()))
         if fused:
             self._swiglu_order = True
             copy = self._private_copy(self.tiled_weight)
             if copy is not None:
-                return copy.swiglu_linear(x, self.bias, rms_eps=rms_eps)
-        gate, up = self(self._rms_normalized(x, rms_eps)).chunk(2, -1)
+                return copy.swiglu_linear(x, self.bias, rms_eps=rms_eps, rms_sumsq=rms_sumsq)
+        gate, up = self(self._rms_normalized(x, rms_eps, rms_sumsq)).chunk(2, -1)
         return F.silu(gate) * up
 
     def _apply(self, fn, recurse=True):

@@ -7,6 +7,11 @@ norm (exact in float: ``W @ (g * n) == (W * g) @ n``), leaving a norm that only 
 FP4Linear's kernel (the GEMV sums the squares of x itself) and ``linear_residual`` adds the residual
 stream as the kernel stores its output: the separate norm and add kernels of a layer go. For any
 other modules, or calls off the tiled path, each helper is the plain composite.
+
+The norm after a residual add can take its sums of squares from the add:
+``linear_residual(..., return_sumsq=True)`` returns them (in parts of 16 features, taken by the
+kernel as it stores), and ``rms_norm_linear`` / ``rms_norm_swiglu`` take them as ``x_sumsq``: the
+norm's kernel then adds a few hundred floats a row instead of summing x's squares.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from apt_ext.fp4.tiled import sumsq_parts
 from apt_ext.nn.fp4_linear import FP4Linear, swiglu
 
 
@@ -81,34 +87,60 @@ def _eps(norm: nn.RMSNorm, x: torch.Tensor) -> float:
     return float(torch.finfo(x.dtype).eps)
 
 
-def rms_norm_linear(norm: nn.Module, linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _check_x_sumsq(x: torch.Tensor, x_sumsq: torch.Tensor | None) -> None:
+    """x_sumsq: None or float32 [..., P] with x's leading dimensions (the composite paths ignore it,
+    so it is checked here for every path)."""
+    if x_sumsq is None:
+        return
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if (not isinstance(x_sumsq, torch.Tensor) or x_sumsq.dtype != torch.float32 or x_sumsq.dim() != x.dim()
+            or x_sumsq.shape[:-1] != x.shape[:-1] or x_sumsq.shape[-1] < 1):
+        got = (f"{tuple(x_sumsq.shape)} {x_sumsq.dtype}" if isinstance(x_sumsq, torch.Tensor)
+               else type(x_sumsq).__name__)
+        raise ValueError(f"x_sumsq: expected float32 {(*x.shape[:-1], 'P')} with P >= 1 (linear_residual's "
+                         f"sums), got {got}")
+
+
+def rms_norm_linear(norm: nn.Module, linear: nn.Module, x: torch.Tensor,
+                    x_sumsq: torch.Tensor | None = None) -> torch.Tensor:
     """``linear(norm(x))`` [..., out_features]. An FP4Linear after a weightless RMSNorm (see
-    ``fold_rms_norm_``) runs ``FP4Linear.fused(x, rms_eps=norm's eps)``: one kernel on the tiled path,
-    x normalised in float32 and not rounded in between."""
+    ``fold_rms_norm_``) runs ``FP4Linear.fused(x, rms_eps=norm's eps, rms_sumsq=x_sumsq)``: one kernel
+    on the tiled path, x normalised in float32 and not rounded in between. ``x_sumsq``: x's sums of
+    squares in parts (``linear_residual(..., return_sumsq=True)``'s), or None (the kernel sums them)."""
     _check_norm(norm)
+    _check_x_sumsq(x, x_sumsq)
     if _fusable(norm, linear):
-        return linear.fused(x, rms_eps=_eps(norm, x))
+        return linear.fused(x, rms_eps=_eps(norm, x), rms_sumsq=x_sumsq)
     if not isinstance(linear, nn.Module):
         raise TypeError(f"linear: expected an nn.Module, got {type(linear).__name__}")
     return linear(norm(x))
 
 
-def rms_norm_swiglu(norm: nn.Module, gate_up: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def rms_norm_swiglu(norm: nn.Module, gate_up: nn.Module, x: torch.Tensor,
+                    x_sumsq: torch.Tensor | None = None) -> torch.Tensor:
     """``apt_ext.nn.swiglu(gate_up, norm(x))`` [..., out_features / 2]: silu(gate) * up of a fused
     [gate; up] projection. An FP4Linear after a weightless RMSNorm runs
-    ``FP4Linear.swiglu(x, rms_eps=norm's eps)``: norm, product and SwiGLU in one kernel on the tiled
-    path."""
+    ``FP4Linear.swiglu(x, rms_eps=norm's eps, rms_sumsq=x_sumsq)``: norm, product and SwiGLU in one
+    kernel on the tiled path. ``x_sumsq``: as ``rms_norm_linear``'s."""
     _check_norm(norm)
+    _check_x_sumsq(x, x_sumsq)
     if _fusable(norm, gate_up):
-        return gate_up.swiglu(x, rms_eps=_eps(norm, x))
+        return gate_up.swiglu(x, rms_eps=_eps(norm, x), rms_sumsq=x_sumsq)
     return swiglu(gate_up, norm(x))
 
 
-def linear_residual(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def linear_residual(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor,
+                    return_sumsq: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``residual + linear(x)`` [..., out_features] (residual: that shape, x's dtype). An FP4Linear
-    runs ``FP4Linear.fused(x, residual=residual)``: the kernel adds the residual as it stores."""
+    runs ``FP4Linear.fused(x, residual=residual)``: the kernel adds the residual as it stores.
+    ``return_sumsq``: returns (y, its sums of squares in parts: float32 [..., ceil(out_features /
+    16)]) for the next norm's ``x_sumsq`` (the kernel takes them as it stores y; other modules
+    by ``apt_ext.fp4.tiled.sumsq_parts``)."""
+    if not isinstance(return_sumsq, bool):
+        raise TypeError(f"return_sumsq: expected a bool, got {type(return_sumsq).__name__}")
     if isinstance(linear, FP4Linear):
-        return linear.fused(x, residual=residual)
+        return linear.fused(x, residual=residual, return_sumsq=return_sumsq)
     if not isinstance(linear, nn.Module):
         raise TypeError(f"linear: expected an nn.Module, got {type(linear).__name__}")
     if not isinstance(residual, torch.Tensor):
@@ -117,4 +149,5 @@ def linear_residual(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) 
     if isinstance(y, torch.Tensor) and (residual.shape != y.shape or residual.dtype != y.dtype):  # no broadcast
         raise ValueError(f"residual: expected {tuple(y.shape)} of linear(x)'s dtype {y.dtype}, got "
                          f"{tuple(residual.shape)} {residual.dtype}")
-    return residual + y
+    y = residual + y
+    return (y, sumsq_parts(y)) if return_sumsq else y

@@ -93,14 +93,22 @@ Format check_tiled_weight(const at::Tensor& tiles, const at::Tensor& tile_scales
 
 // Checks x [..., k] and an optional bias [n] against a tiled weight on tiles' device, and the
 // fused prologue / epilogue: rms_eps finite and >= 0, residual [..., n_out] of x's dtype and
-// device (n_out: the op's output features).
+// device (n_out: the op's output features), rms_sumsq (rms_eps given) float32 [..., P >= 1] with
+// x's leading dimensions, on x's device.
 void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const c10::optional<at::Tensor>& bias,
                              int64_t n, int64_t k, c10::optional<double> rms_eps = c10::nullopt,
-                             const c10::optional<at::Tensor>& residual = c10::nullopt, int64_t n_out = 0);
+                             const c10::optional<at::Tensor>& residual = c10::nullopt, int64_t n_out = 0,
+                             const c10::optional<at::Tensor>& rms_sumsq = c10::nullopt);
 
-// x [..., k] RMS-normalised in float32 by at::rms_norm with no weight (fp4_linear_tiled's rms_eps
-// where no kernel fuses it).
-at::Tensor rms_normalized(const at::Tensor& x, double eps);
+// x [..., k] RMS-normalised in float32 with no weight (fp4_linear_tiled's rms_eps where no kernel
+// fuses it): by at::rms_norm, or with rms_sumsq x * rsqrt(rms_sumsq.sum(-1) / k + eps).
+at::Tensor rms_normalized(const at::Tensor& x, double eps, const c10::optional<at::Tensor>& rms_sumsq = c10::nullopt);
+
+// The features of fp4_linear_tiled_sumsq's out_sumsq: ceil(n / 16).
+constexpr int64_t kSumsqGroup = 16;
+// out_sumsq of y [..., n]: float32 [..., ceil(n / 16)], the sums of y's squares (y as stored, in
+// float32) over each 16 consecutive features (the last group zero-padded).
+at::Tensor sumsq_parts(const at::Tensor& y);
 
 // fp4_linear_tiled_swiglu's n: gate and up rows fill whole tiles (a multiple of 16).
 void check_swiglu_rows(int64_t n);

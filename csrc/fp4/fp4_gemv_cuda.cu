@@ -34,6 +34,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <tuple>
 #include <type_traits>
 
 #include "fp4/fp4_decode_cuda.h"
@@ -286,6 +287,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     if (i < n_steps) ring.load(i, args);
     ring.advance(args);
   }
+  if (!kGram && args.norm_sumsq != nullptr) prefetch_sum_parts(args, row_first, rows_here);
 
   // Step s of this warp's range uses ring slot i (= s % S). kChecked: s may be among the last
   // 2 S steps, so the next x and the ring refill are bounds-checked; other steps skip the tests.
@@ -348,7 +350,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   }
 
   // The norm's sums into norm_part[warp * 32 + row] (the Gram diagonals, zero from the other warps;
-  // or row_sum_squares, which reads x again), applied at the store.
+  // or row_sum_parts, which adds the given parts; or row_sum_squares, which reads x again), applied
+  // at the store.
   __shared__ float norm_part[kMaxWarps * 32];
   const bool norm = args.rms_eps >= 0.0f;
   if (norm) {
@@ -358,6 +361,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
         if (t == g / 2) norm_part[warp * 32 + 8 * i + g] = rt == 0 ? gram[i][g % 2] : 0.0f;
       }
       __syncthreads();
+    } else if (args.norm_sumsq != nullptr) {
+      row_sum_parts(args, row_first, rows_here, norm_part);
     } else {
       row_sum_squares<T>(args, row_first, rows_here, norm_part);
     }
@@ -535,11 +540,11 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
           // plain GEMV's code is not changed by them (as a runtime flag they took 2-6% at M = 1
           // and 12-17% at M = 16 from the plain GEMV on an H100; docs/fp4_gpu_notes.md), built for
           // the heuristic's configurations of 16-bit x without GELU; any other norm call sums x
-          // after the main loop.
+          // after the main loop (or adds the sums it is given: norm_sumsq).
           constexpr bool kGramBuilt =
               !kGelu && !kFp32x && kernel_built(false, packed_x_built(false), false, MT, TW, S, XM);
           if constexpr (kGramBuilt) {
-            if (args.rms_eps >= 0.0f) {
+            if (args.rms_eps >= 0.0f && args.norm_sumsq == nullptr) {
               launch(gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu, true>);
             } else {
               launch(gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu, false>);
@@ -571,13 +576,17 @@ at::Tensor pack_x(const at::Tensor& x2, int64_t m_blocks, int mt, int64_t steps,
 // fp4_linear_tiled (gelu) and fp4_linear_tiled_swiglu (swiglu: out [..., n / 2]), with the
 // RMSNorm (rms_eps) and the residual: fused into the GEMV; on the GEMM's route x is normalised by
 // ATen first (rounded to x's dtype: the GEMM reads bfloat16) and the residual added by ATen after.
+// rms_sumsq: the norm's sums in parts (fp4_linear_tiled's); out_sumsq (not with swiglu): where
+// given, it receives the output's sums of squares per tile ([..., n_tiles] float32:
+// fp4_linear_tiled_sumsq's).
 at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, const at::Tensor& scales_in,
                              const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
                              const std::string& fmt, int64_t n, int64_t k, bool gelu, bool swiglu,
-                             c10::optional<double> rms_eps, const c10::optional<at::Tensor>& residual) {
+                             c10::optional<double> rms_eps, const c10::optional<at::Tensor>& residual,
+                             const c10::optional<at::Tensor>& rms_sumsq, at::Tensor* out_sumsq = nullptr) {
   const Format f = check_tiled_weight(tiles_in, scales_in, out_scale, fmt, n, k);
   const int64_t n_out = swiglu ? n / 2 : n;
-  check_tiled_linear_args(x, tiles_in, bias, n, k, rms_eps, residual, n_out);
+  check_tiled_linear_args(x, tiles_in, bias, n, k, rms_eps, residual, swiglu ? 0 : n_out, rms_sumsq);
   if (swiglu) check_swiglu_rows(n);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor x2 = x.reshape({-1, k}).contiguous();
@@ -585,9 +594,19 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = n_out;
   at::Tensor out = at::empty({m, n_out}, x.options());
+  if (out_sumsq != nullptr) {
+    auto sumsq_sizes = x.sizes().vec();
+    sumsq_sizes.back() = tiles_in.size(0);
+    *out_sumsq = at::empty(sumsq_sizes, x.options().dtype(at::kFloat));
+  }
   if (m == 0) return out.view(out_sizes);
   const std::optional<GemmTiledConfig> gemm = choose_gemm(m, n, k, f, x.scalar_type(), x.get_device());
-  if (gemm && rms_eps.has_value()) x2 = rms_normalized(x2, *rms_eps).to(x.scalar_type());
+  at::Tensor sumsq2;
+  if (rms_sumsq.has_value()) sumsq2 = rms_sumsq->reshape({m, rms_sumsq->size(-1)}).contiguous();
+  if (gemm && rms_eps.has_value()) {
+    x2 = rms_normalized(x2, *rms_eps, rms_sumsq.has_value() ? c10::optional<at::Tensor>(sumsq2) : c10::nullopt)
+             .to(x.scalar_type());
+  }
   // The kernel reads x in whole 16-byte-aligned steps of 128 columns: pad a K that is not a
   // multiple of 128 with zeros (one small copy; common layer widths need none).
   const int64_t x_stride = tiles_in.size(1) * kStepCols;
@@ -636,6 +655,7 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
     if (!swiglu) {
       launch_gemm_tiled(args, f, gelu, *gemm, x2, stream);
       if (residual.has_value()) out.add_(residual_c);  // (store_outputs adds it in the GEMV only)
+      if (out_sumsq != nullptr) out_sumsq->copy_(sumsq_parts(out.view(out_sizes)));
       return out.view(out_sizes);
     }
     // the GEMM has no SwiGLU epilogue: its [gate, up] tile pairs, then the SwiGLU by ATen
@@ -651,7 +671,12 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
     args.norm_x = x2.const_data_ptr();  // (args.x may become a packed copy below)
     args.rms_eps = static_cast<float>(*rms_eps);
     args.inv_k = 1.0f / static_cast<float>(k);
+    if (rms_sumsq.has_value()) {
+      args.norm_sumsq = sumsq2.const_data_ptr<float>();
+      args.norm_parts = sumsq2.size(1);
+    }
   }
+  if (out_sumsq != nullptr) args.out_sumsq = out_sumsq->mutable_data_ptr<float>();
   const bool fp32x = x.scalar_type() == at::kFloat;
   const bool sweep = f == Format::NVFP4 && x.scalar_type() == at::kBFloat16 && !gelu;
   const GemvConfig cfg = choose_config(f, sweep, fp32x, m, args.n_tiles, args.steps, sm_count(x.get_device()));
@@ -705,20 +730,36 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
 at::Tensor fp4_linear_tiled_cuda(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& tile_scales,
                                  const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
                                  const std::string& fmt, int64_t n, int64_t k, bool gelu,
-                                 c10::optional<double> rms_eps, const c10::optional<at::Tensor>& residual) {
-  return tiled_linear_cuda(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu, false, rms_eps, residual);
+                                 c10::optional<double> rms_eps, const c10::optional<at::Tensor>& residual,
+                                 const c10::optional<at::Tensor>& rms_sumsq) {
+  return tiled_linear_cuda(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu, false, rms_eps, residual,
+                           rms_sumsq);
+}
+
+std::tuple<at::Tensor, at::Tensor> fp4_linear_tiled_sumsq_cuda(
+    const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& tile_scales, const at::Tensor& out_scale,
+    const c10::optional<at::Tensor>& bias, const std::string& fmt, int64_t n, int64_t k, bool gelu,
+    c10::optional<double> rms_eps, const c10::optional<at::Tensor>& residual,
+    const c10::optional<at::Tensor>& rms_sumsq) {
+  at::Tensor out_sumsq;
+  at::Tensor out = tiled_linear_cuda(x, tiles, tile_scales, out_scale, bias, fmt, n, k, gelu, false, rms_eps,
+                                     residual, rms_sumsq, &out_sumsq);
+  return {out, out_sumsq};
 }
 
 at::Tensor fp4_linear_tiled_swiglu_cuda(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& tile_scales,
                                         const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
-                                        const std::string& fmt, int64_t n, int64_t k, c10::optional<double> rms_eps) {
-  return tiled_linear_cuda(x, tiles, tile_scales, out_scale, bias, fmt, n, k, false, true, rms_eps, c10::nullopt);
+                                        const std::string& fmt, int64_t n, int64_t k, c10::optional<double> rms_eps,
+                                        const c10::optional<at::Tensor>& rms_sumsq) {
+  return tiled_linear_cuda(x, tiles, tile_scales, out_scale, bias, fmt, n, k, false, true, rms_eps, c10::nullopt,
+                           rms_sumsq);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(apt, CUDA, m) {
   m.impl("fp4_linear_tiled", &fp4_linear_tiled_cuda);
+  m.impl("fp4_linear_tiled_sumsq", &fp4_linear_tiled_sumsq_cuda);
   m.impl("fp4_linear_tiled_swiglu", &fp4_linear_tiled_swiglu_cuda);
 }
 

@@ -6,6 +6,7 @@
 #include <ATen/ops/bitwise_left_shift.h>
 #include <ATen/ops/bitwise_or.h>
 #include <ATen/ops/bitwise_right_shift.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/clamp.h>
 #include <ATen/ops/frexp.h>
 #include <ATen/ops/full.h>
@@ -281,33 +282,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fp4_untile_packed(const at::Tenso
   return {packed, block.contiguous(), one};
 }
 
-// x @ untile(...).T + bias in float32 (gelu if asked; x RMS-normalised first with rms_eps, the
-// residual added last), cast to x's dtype: the CPU kernel of fp4_linear_tiled (the CUDA one is
-// fp4_gemv_cuda.cu).
+// x @ untile(...).T + bias in float32 (gelu if asked; x RMS-normalised first with rms_eps and
+// rms_sumsq, the residual added last), cast to x's dtype: the CPU kernel of fp4_linear_tiled (the
+// CUDA one is fp4_gemv_cuda.cu).
 at::Tensor fp4_linear_tiled_cpu(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& lane_scales,
                                 const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
                                 const std::string& fmt, int64_t n, int64_t k, bool gelu,
-                                c10::optional<double> rms_eps, const c10::optional<at::Tensor>& residual) {
+                                c10::optional<double> rms_eps, const c10::optional<at::Tensor>& residual,
+                                const c10::optional<at::Tensor>& rms_sumsq) {
   check_tiled_weight(tiles, lane_scales, out_scale, fmt, n, k);
-  check_tiled_linear_args(x, tiles, bias, n, k, rms_eps, residual, n);
+  check_tiled_linear_args(x, tiles, bias, n, k, rms_eps, residual, n, rms_sumsq);
   const at::Tensor w = fp4_untile(tiles, lane_scales, out_scale, fmt, n, k);
-  at::Tensor y = at::matmul(rms_eps.has_value() ? rms_normalized(x, *rms_eps) : x.to(at::kFloat), w.t());
+  at::Tensor y =
+      at::matmul(rms_eps.has_value() ? rms_normalized(x, *rms_eps, rms_sumsq) : x.to(at::kFloat), w.t());
   if (bias.has_value()) y = y.add(bias->to(at::kFloat));
   if (gelu) y = at::gelu(y);
   if (residual.has_value()) y = y.add(residual->to(at::kFloat));
   return y.to(x.scalar_type());
 }
 
-// swiglu_of_tiled_rows(x @ untile(...).T) in float32 (x RMS-normalised first with rms_eps), cast
-// to x's dtype: the CPU kernel of fp4_linear_tiled_swiglu.
+// fp4_linear_tiled_cpu and the sums of squares of its output: the CPU kernel of
+// fp4_linear_tiled_sumsq.
+std::tuple<at::Tensor, at::Tensor> fp4_linear_tiled_sumsq_cpu(
+    const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& lane_scales, const at::Tensor& out_scale,
+    const c10::optional<at::Tensor>& bias, const std::string& fmt, int64_t n, int64_t k, bool gelu,
+    c10::optional<double> rms_eps, const c10::optional<at::Tensor>& residual,
+    const c10::optional<at::Tensor>& rms_sumsq) {
+  at::Tensor y = fp4_linear_tiled_cpu(x, tiles, lane_scales, out_scale, bias, fmt, n, k, gelu, rms_eps, residual,
+                                      rms_sumsq);
+  at::Tensor sumsq = sumsq_parts(y);
+  return {y, sumsq};
+}
+
+// swiglu_of_tiled_rows(x @ untile(...).T) in float32 (x RMS-normalised first with rms_eps and
+// rms_sumsq), cast to x's dtype: the CPU kernel of fp4_linear_tiled_swiglu.
 at::Tensor fp4_linear_tiled_swiglu_cpu(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& lane_scales,
                                        const at::Tensor& out_scale, const c10::optional<at::Tensor>& bias,
-                                       const std::string& fmt, int64_t n, int64_t k, c10::optional<double> rms_eps) {
+                                       const std::string& fmt, int64_t n, int64_t k, c10::optional<double> rms_eps,
+                                       const c10::optional<at::Tensor>& rms_sumsq) {
   check_tiled_weight(tiles, lane_scales, out_scale, fmt, n, k);
-  check_tiled_linear_args(x, tiles, bias, n, k, rms_eps);
+  check_tiled_linear_args(x, tiles, bias, n, k, rms_eps, c10::nullopt, 0, rms_sumsq);
   check_swiglu_rows(n);
   const at::Tensor w = fp4_untile(tiles, lane_scales, out_scale, fmt, n, k);
-  const at::Tensor xf = rms_eps.has_value() ? rms_normalized(x, *rms_eps) : x.to(at::kFloat);
+  const at::Tensor xf = rms_eps.has_value() ? rms_normalized(x, *rms_eps, rms_sumsq) : x.to(at::kFloat);
   return swiglu_of_tiled_rows(at::matmul(xf, w.t()), bias).to(x.scalar_type());
 }
 
@@ -342,7 +359,8 @@ Format check_tiled_weight(const at::Tensor& tiles, const at::Tensor& tile_scales
 
 void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const c10::optional<at::Tensor>& bias,
                              int64_t n, int64_t k, c10::optional<double> rms_eps,
-                             const c10::optional<at::Tensor>& residual, int64_t n_out) {
+                             const c10::optional<at::Tensor>& residual, int64_t n_out,
+                             const c10::optional<at::Tensor>& rms_sumsq) {
   check_float_input(x, "x");
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == k, "x: expected [..., ", k, "], got shape ", x.sizes());
   TORCH_CHECK_VALUE(x.device() == tiles.device(), "x: expected device ", tiles.device(), ", got ", x.device());
@@ -368,10 +386,38 @@ void check_tiled_linear_args(const at::Tensor& x, const at::Tensor& tiles, const
     TORCH_CHECK_VALUE(residual->device() == x.device(), "residual: expected x's device ", x.device(), ", got ",
                       residual->device());
   }
+  if (rms_sumsq.has_value()) {
+    TORCH_CHECK_VALUE(rms_eps.has_value(), "rms_sumsq: taken only with rms_eps (the norm it feeds)");
+    TORCH_CHECK_TYPE(rms_sumsq->scalar_type() == at::kFloat, "rms_sumsq: expected float32, got ",
+                     rms_sumsq->scalar_type());
+    const auto lead = x.sizes().slice(0, x.dim() - 1);
+    TORCH_CHECK_VALUE(rms_sumsq->dim() == x.dim() && rms_sumsq->sizes().slice(0, x.dim() - 1) == lead &&
+                          rms_sumsq->size(-1) >= 1,
+                      "rms_sumsq: expected [", lead, ", P] with P >= 1 (x's leading dimensions), got ",
+                      rms_sumsq->sizes());
+    TORCH_CHECK_VALUE(rms_sumsq->device() == x.device(), "rms_sumsq: expected x's device ", x.device(), ", got ",
+                      rms_sumsq->device());
+  }
 }
 
-at::Tensor rms_normalized(const at::Tensor& x, double eps) {
-  return at::rms_norm(x.to(at::kFloat), {x.size(-1)}, /*weight=*/c10::nullopt, eps);
+at::Tensor rms_normalized(const at::Tensor& x, double eps, const c10::optional<at::Tensor>& rms_sumsq) {
+  if (!rms_sumsq.has_value()) return at::rms_norm(x.to(at::kFloat), {x.size(-1)}, /*weight=*/c10::nullopt, eps);
+  const at::Tensor mean = rms_sumsq->sum(-1, /*keepdim=*/true).div(static_cast<double>(x.size(-1)));
+  return x.to(at::kFloat).mul(mean.add(eps).rsqrt());
+}
+
+at::Tensor sumsq_parts(const at::Tensor& y) {
+  const int64_t n = y.size(-1), parts = ceil_div(n, kSumsqGroup);
+  at::Tensor yf = y.to(at::kFloat);
+  if (parts * kSumsqGroup != n) {
+    auto pad_sizes = y.sizes().vec();
+    pad_sizes.back() = parts * kSumsqGroup - n;
+    yf = at::cat({yf, at::zeros(pad_sizes, yf.options())}, -1);
+  }
+  auto sizes = y.sizes().vec();
+  sizes.back() = parts;
+  sizes.push_back(kSumsqGroup);
+  return yf.square().reshape(sizes).sum(-1);
 }
 
 void check_swiglu_rows(int64_t n) {
@@ -401,6 +447,7 @@ TORCH_LIBRARY_IMPL(apt, CompositeExplicitAutograd, m) {
 
 TORCH_LIBRARY_IMPL(apt, CPU, m) {
   m.impl("fp4_linear_tiled", &fp4_linear_tiled_cpu);
+  m.impl("fp4_linear_tiled_sumsq", &fp4_linear_tiled_sumsq_cpu);
   m.impl("fp4_linear_tiled_swiglu", &fp4_linear_tiled_swiglu_cpu);
 }
 

@@ -185,10 +185,16 @@ struct TiledLinearArgs {
   // taken by the kernel: inside the main loop (gram_step), or after it from norm_x ([m, x_stride]
   // of x's dtype: x as the caller gave it, where x above is a packed copy; row_sum_squares).
   // residual: nullptr, or [m, n] (SwiGLU: not taken) of the output's dtype added to each output
-  // after the bias and activation.
+  // after the bias and activation. norm_sumsq: nullptr, or the rows' sums of squares in parts
+  // ([m, norm_parts] float32, each row's parts summed: fp4_linear_tiled's rms_sumsq), read instead
+  // of x. out_sumsq: nullptr, or [m, n_tiles] float32 that gets the sums of squares of each x row's
+  // outputs (as stored) over each tile's 16 rows (SwiGLU: not taken).
   const void* norm_x;
   float rms_eps, inv_k;
   const void* residual;
+  const float* norm_sumsq;
+  int64_t norm_parts;
+  float* out_sumsq;
 };
 
 
@@ -318,6 +324,43 @@ __device__ __forceinline__ void row_sum_squares(const TiledLinearArgs& a, int64_
   __syncthreads();
 }
 
+// The RMSNorm's sums from TiledLinearArgs::norm_sumsq, as row_sum_squares leaves them (each warp's
+// share of row r's parts in part[warp * 32 + r]): the block's threads split each row's parts, four
+// rows at a time. Every thread of the block calls it (it ends with a __syncthreads).
+__device__ __forceinline__ void row_sum_parts(const TiledLinearArgs& a, int64_t row_first, int rows, float* part) {
+  constexpr int kRowsAtOnce = 4;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const float* base = a.norm_sumsq + row_first * a.norm_parts;
+  for (int r0 = 0; r0 < rows; r0 += kRowsAtOnce) {
+    float s[kRowsAtOnce] = {};
+    for (int64_t p = threadIdx.x; p < a.norm_parts; p += blockDim.x) {
+#pragma unroll
+      for (int j = 0; j < kRowsAtOnce; ++j) {
+        if (r0 + j < rows) s[j] += __ldg(base + (r0 + j) * a.norm_parts + p);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kRowsAtOnce; ++j) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) s[j] += __shfl_xor_sync(0xffffffffu, s[j], o);
+      if (lane == 0 && r0 + j < rows) part[warp * 32 + r0 + j] = s[j];
+    }
+  }
+  __syncthreads();
+}
+
+// Brings the block's rows of TiledLinearArgs::norm_sumsq into L1 ahead of row_sum_parts (one
+// 128-byte line per thread): called before the main loop, so that their latency hides behind it.
+__device__ __forceinline__ void prefetch_sum_parts(const TiledLinearArgs& a, int64_t row_first, int rows) {
+  const char* first = reinterpret_cast<const char*>(a.norm_sumsq + row_first * a.norm_parts);
+  const int64_t bytes = static_cast<int64_t>(rows) * a.norm_parts * 4;
+  const int64_t lines = (reinterpret_cast<uintptr_t>(first) % 128 + bytes + 127) / 128;
+  const char* line0 = first - reinterpret_cast<uintptr_t>(first) % 128;
+  for (int64_t l = threadIdx.x; l < lines; l += blockDim.x) {
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(line0 + l * 128));
+  }
+}
+
 // Writes a warp's C fragments: acc[u][i][0..1] = (row g of tile tile0 + u, x rows row_first + 8 i
 // + 2t, + 1), acc[u][i][2..3] = (row g + 8, same); out[x row * n + weight row] = sum * out_scale
 // (kFused: * the row's RMSNorm factor where norm_part holds row_sum_squares' sums) + bias, then
@@ -388,6 +431,9 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
     // the residual values of the thread's outputs, all loaded before the first store for the same
     // reason (one memory round trip at the end of the kernel, not one per output)
     float residual[XB][4] = {};
+    // out_sumsq: the squares of this thread's stored outputs of each x row (i, e), summed over the
+    // tile's 16 rows below
+    float squares[XB][2] = {};
     if (kFused && args.residual != nullptr) {
 #pragma unroll
       for (int i = 0; i < XB; ++i) {
@@ -409,7 +455,26 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
         float v = acc[u][i][e] * scale[i][e & 1];
         if (args.bias != nullptr) v += bias[e >> 1];
         if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-        static_cast<T*>(args.out)[col * args.n + row] = static_cast<T>(v + residual[i][e]);
+        const T stored = static_cast<T>(v + residual[i][e]);
+        static_cast<T*>(args.out)[col * args.n + row] = stored;
+        if constexpr (kFused) {
+          const float f = static_cast<float>(stored);
+          squares[i][e & 1] = fmaf(f, f, squares[i][e & 1]);
+        }
+      }
+    }
+    if (kFused && args.out_sumsq != nullptr) {
+      // lanes of one t hold the same x rows: add over g (lane bits 2..4), in a fixed order
+#pragma unroll
+      for (int i = 0; i < XB; ++i) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float s = squares[i][e];
+#pragma unroll
+          for (int o = 4; o < 32; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+          const int64_t col = row_first + 8 * i + 2 * t + e;
+          if (g == 0 && col < args.m) args.out_sumsq[col * args.n_tiles + tile0 + u] = s;
+        }
       }
     }
   }

@@ -1,7 +1,8 @@
 """The CUDA GEMV's RMSNorm prologue and residual epilogue (fp4_linear_tiled's rms_eps / residual,
 fp4_linear_tiled_swiglu's rms_eps) against apt_ext/reference on the CPU: every format and x dtype,
 1 to 64 rows, K padded and split across warps, packed x, the launch variants, the GEMM's route
-(norm and residual by ATen); apt_ext.nn's fused helpers against the composite, in a
+(norm and residual by ATen); the norm handoff (fp4_linear_tiled_sumsq's sums of squares of its
+output, rms_sumsq's sums in place of x's); apt_ext.nn's fused helpers against the composite, in a
 CUDA graph and compiled.
 
 Run:  python -m pytest tests/gpu/test_fp4_norm_fusion_cuda.py -q
@@ -16,7 +17,7 @@ from torch.nn import functional as F
 import apt_ext
 from apt_ext import _native
 from apt_ext.fp4 import quantize
-from apt_ext.fp4.tiled import tile
+from apt_ext.fp4.tiled import sumsq_parts, tile
 from apt_ext.nn import fold_rms_norm_, linear_residual, rms_norm_linear, rms_norm_swiglu, swiglu
 from fp4_helpers import assert_cuda_graph_replay_matches_eager
 from reference import fp4 as ref
@@ -41,14 +42,22 @@ def _rel(y: torch.Tensor, r: torch.Tensor) -> float:
 
 
 def _check(fmt: str, m: int, dt: torch.dtype, n: int, k: int, seed: int, gelu: bool = False,
-           with_residual: bool = True, with_bias: bool = True) -> None:
+           with_residual: bool = True, with_bias: bool = True, handoff: bool = False) -> None:
+    """``handoff``: the norm takes x's sums of squares in parts (rms_sumsq, as a GEMV before would
+    hand them over), and the output's own sums (fp4_linear_tiled_sumsq) are checked too."""
     g = torch.Generator().manual_seed(seed)
     q = quantize((torch.randn(n, k, generator=g) * 0.05).to(DEV), fmt)
     # rows of very different scales: the norm must be per row
     x = (torch.randn(m, k, generator=g) * torch.logspace(-2, 2, m).unsqueeze(1)).to(dt).to(DEV)
     bias = torch.randn(n, generator=g).to(DEV) if with_bias else None
     residual = torch.randn(m, n, generator=g).to(dt).to(DEV) if with_residual else None
-    y = tile(q).linear(x, bias, gelu=gelu, rms_eps=EPS, residual=residual)
+    if handoff:
+        y, y_sumsq = tile(q).linear(x, bias, gelu=gelu, rms_eps=EPS, residual=residual, rms_sumsq=sumsq_parts(x),
+                                    return_sumsq=True)
+        assert y_sumsq.shape == (m, -(-n // 16)) and y_sumsq.dtype == torch.float32
+        torch.testing.assert_close(y_sumsq, sumsq_parts(y), rtol=1e-5, atol=0)
+    else:
+        y = tile(q).linear(x, bias, gelu=gelu, rms_eps=EPS, residual=residual)
     want = ref.linear(ref.rms_normalized(x.cpu(), EPS), q.packed.cpu(), q.scales.cpu(), q.tensor_scale.cpu(),
                       None if bias is None else bias.cpu(), fmt, q.block_size)
     if gelu:
@@ -71,6 +80,17 @@ def test_gemv_norm_and_residual(fmt, m, dt, apt_seed):
 
 
 @needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m", [1, 3, 9, 16, 33, 64])
+@pytest.mark.parametrize("dt", X_DTYPES)
+def test_gemv_norm_handoff(fmt, m, dt, apt_seed):
+    """The sums of squares given (rms_sumsq) and taken (out_sumsq) by the GEMV: N not a multiple of
+    16 (the last tile's rows past N add nothing), K padded and split across warps."""
+    _check(fmt, m, dt, 257, 200, apt_seed, handoff=True)
+    _check(fmt, m, dt, 300, 4192, apt_seed + 1, with_bias=False, handoff=True)
+
+
+@needs_cuda_build
 @pytest.mark.parametrize("m", [1, 16])
 def test_gemv_norm_with_gelu_or_alone(m, apt_seed):
     _check("nvfp4", m, torch.bfloat16, 257, 1000, apt_seed, gelu=True)
@@ -83,6 +103,7 @@ def test_gemv_norm_on_packed_x(fmt, apt_seed):
     """16 rows on 8200 x 4096 take packed x (test_fp4_gemv_cuda.py's test_gemv_packed_x_default):
     the sums read x as given, not the packed copy."""
     _check(fmt, 16, torch.bfloat16, 8200, 4096, apt_seed)
+    _check(fmt, 16, torch.bfloat16, 8200, 4096, apt_seed, handoff=True)
 
 
 @needs_cuda_build
@@ -94,6 +115,7 @@ def test_gemv_norm_launch_variants(launch, monkeypatch):
     monkeypatch.setenv("APT_FP4_GEMV", launch)
     for m in (1, 9, 16, 33):
         _check("nvfp4", m, torch.bfloat16, 300, 4192, 11)
+        _check("nvfp4", m, torch.bfloat16, 300, 4192, 12, handoff=True)
 
 
 @needs_cuda_build
@@ -102,6 +124,7 @@ def test_gemm_route_norm_and_residual(apt_seed):
     after it), the residual added by ATen after the GEMM."""
     _check("nvfp4", 100, torch.bfloat16, 8192, 512, apt_seed)
     _check("mxfp4", 200, torch.bfloat16, 8192, 512, apt_seed, gelu=True)
+    _check("nvfp4", 100, torch.bfloat16, 8192, 512, apt_seed, handoff=True)
 
 
 @needs_cuda_build
@@ -113,10 +136,13 @@ def test_swiglu_norm(fmt, m, apt_seed):
     q = quantize((torch.randn(n, k, generator=g) * 0.05).to(DEV), fmt)
     x = (torch.randn(m, k, generator=g) * 4).to(DEV, torch.bfloat16)
     bias = torch.randn(n, generator=g).to(DEV)
-    y = tile(q, swiglu=True).swiglu_linear(x, bias, rms_eps=EPS)
+    w = tile(q, swiglu=True)
+    y = w.swiglu_linear(x, bias, rms_eps=EPS)
     gate, up = ref.linear(ref.rms_normalized(x.cpu(), EPS), q.packed.cpu(), q.scales.cpu(), q.tensor_scale.cpu(),
                           bias.cpu(), fmt, q.block_size).chunk(2, -1)
     assert y.shape == (m, n // 2) and _rel(y, F.silu(gate) * up) < 1e-2
+    # the sums of squares handed over (rms_sumsq) in place of x's
+    assert _rel(w.swiglu_linear(x, bias, rms_eps=EPS, rms_sumsq=sumsq_parts(x)), F.silu(gate) * up) < 1e-2
 
 
 @needs_cuda_build
@@ -131,6 +157,11 @@ def test_opcheck_norm_and_residual_cuda(fmt, apt_seed):
     s = tile(quantize(torch.randn(32, 200, generator=g).to(DEV), fmt), swiglu=True)
     torch.library.opcheck(torch.ops.apt.fp4_linear_tiled_swiglu.default,
                           (x, s.tiles, s.tile_scales, s.out_scale, None, fmt, 32, 200, EPS))
+    parts = sumsq_parts(x)
+    torch.library.opcheck(torch.ops.apt.fp4_linear_tiled_sumsq.default,
+                          (x, t.tiles, t.tile_scales, t.out_scale, None, fmt, 32, 200, False, EPS, r, parts))
+    torch.library.opcheck(torch.ops.apt.fp4_linear_tiled_swiglu.default,
+                          (x, s.tiles, s.tile_scales, s.out_scale, None, fmt, 32, 200, EPS, parts))
 
 
 class _Block(nn.Module):
@@ -146,6 +177,11 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = linear_residual(self.o, rms_norm_linear(self.n1, self.qkv, x), x)
         return linear_residual(self.down, rms_norm_swiglu(self.n2, self.gate_up, x), x)
+
+    def handoff(self, x: torch.Tensor) -> torch.Tensor:
+        """forward with the MLP's norm taking its sums of squares from the o projection's GEMV."""
+        x, x_sumsq = linear_residual(self.o, rms_norm_linear(self.n1, self.qkv, x), x, return_sumsq=True)
+        return linear_residual(self.down, rms_norm_swiglu(self.n2, self.gate_up, x, x_sumsq), x)
 
     def composite(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.o(self.qkv(self.n1(x)))
@@ -181,6 +217,8 @@ def test_fused_block_matches_composite(m, apt_seed):
     # random weights, 0.13-0.16 over 40 seeds on the CPU kernels
     assert _rel(fused - x, block(x) - x) < 0.2
     assert_cuda_graph_replay_matches_eager(fp4, x)
+    assert _rel(fp4.handoff(x), fused) < 1e-2
+    assert_cuda_graph_replay_matches_eager(fp4.handoff, x)
 
 
 @needs_cuda_build
@@ -191,3 +229,5 @@ def test_fused_block_compiles(apt_seed):
     eager = fp4(x)  # builds the tiled copies (the compiled call reuses them)
     compiled = torch.compile(fp4, fullgraph=True)
     assert _rel(compiled(x), eager) < 1e-3
+    handoff = torch.compile(fp4.handoff, fullgraph=True)
+    assert _rel(handoff(x), fp4.handoff(x)) < 1e-3

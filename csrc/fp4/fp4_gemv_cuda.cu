@@ -226,7 +226,9 @@ constexpr int min_blocks_per_sm() {
 // block 32 * rw * kw threads, dynamic shared memory nf4_table_bytes<F>() + (kw - 1) * rw *
 // 32 * 4 * MT * TW floats.
 // Warp w: tiles TW * ((blockIdx.x / m_blocks) * rw + w % rw) + u (u < TW), K part w / rw.
-template <Format F, typename T, int MT, int TW, int S, int XM, bool kGelu, bool kGram>
+// kGram: the RMSNorm's sums taken inside the main loop; kHandoff: the norm handoff
+// (TiledLinearArgs::norm_sumsq read, out_sumsq written; launch_gemv).
+template <Format F, typename T, int MT, int TW, int S, int XM, bool kGelu, bool kGram, bool kHandoff>
 __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, XM>()))
     gemv_tiled_kernel(const TiledLinearArgs args) {
   static_assert(TW == 1 || XM == kXPerChunk, "two tiles per warp fit the registers with x per chunk only");
@@ -287,7 +289,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     if (i < n_steps) ring.load(i, args);
     ring.advance(args);
   }
-  if (!kGram && args.norm_sumsq != nullptr) prefetch_sum_parts(args, row_first, rows_here);
+  if (kHandoff && args.norm_sumsq != nullptr) prefetch_sum_parts(args, row_first, rows_here);
 
   // Step s of this warp's range uses ring slot i (= s % S). kChecked: s may be among the last
   // 2 S steps, so the next x and the ring refill are bounds-checked; other steps skip the tests.
@@ -361,7 +363,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
         if (t == g / 2) norm_part[warp * 32 + 8 * i + g] = rt == 0 ? gram[i][g % 2] : 0.0f;
       }
       __syncthreads();
-    } else if (args.norm_sumsq != nullptr) {
+    } else if (kHandoff && args.norm_sumsq != nullptr) {
       row_sum_parts(args, row_first, rows_here, norm_part);
     } else {
       row_sum_squares<T>(args, row_first, rows_here, norm_part);
@@ -371,7 +373,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   // after the nf4 table).
   reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>()), part, args.rw, rt, args.kw, lane);
   if (part != 0) return;
-  store_outputs<T, kGelu, true>(acc, args, tile0, row_first, g, t, norm ? norm_part : nullptr);
+  store_outputs<T, kGelu, true, kHandoff>(acc, args, tile0, row_first, g, t, norm ? norm_part : nullptr);
 }
 
 // Launch shape: warps along N per block (rw), K parts (kw), pipeline stages (s), x rows per block
@@ -514,14 +516,16 @@ void for_each_int(Fn&& f) {
   (f(std::integral_constant<int, Vs>{}), ...);
 }
 
+// Returns whether the kernel wrote args.out_sumsq (the norm handoff's kernels are built for the
+// configurations the Gram's are; elsewhere the caller takes the sums, and the norm reads x).
 template <Format F, typename T, int MT, bool kGelu>
-void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, cudaStream_t stream) {
+bool launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, cudaStream_t stream) {
   constexpr bool kSweep = F == Format::NVFP4 && std::is_same_v<T, at::BFloat16> && !kGelu;
   constexpr bool kFp32x = std::is_same_v<T, float>;
   const int threads = 32 * cfg.rw * cfg.kw;
   const int64_t partial_bytes = cfg.kw > 1 ? sizeof(float) * (cfg.kw - 1) * cfg.rw * 32 * 4 * MT * cfg.tw : 0;
   const size_t smem = static_cast<size_t>(nf4_table_bytes<F>() + partial_bytes);
-  bool launched = false;
+  bool launched = false, sums_written = false;
   for_each_int<2, 4>([&](auto s_c) {
     for_each_int<1, 2>([&](auto tw_c) {
       for_each_int<kXDoubleBuffer, kXSingleBuffer, kXPerChunk, kXRolling, kXPacked>([&](auto xm_c) {
@@ -536,21 +540,24 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
             // kXPacked: right behind pack_x_kernel (grid_dependency_wait)
             launch_kernel(kernel, grid, threads, smem, stream, args, XM == kXPacked);
           };
-          // The RMSNorm's sums inside the main loop (kGram): a kernel of its own, so that the
-          // plain GEMV's code is not changed by them (as a runtime flag they took 2-6% at M = 1
-          // and 12-17% at M = 16 from the plain GEMV on an H100; docs/fp4_gpu_notes.md), built for
-          // the heuristic's configurations of 16-bit x without GELU; any other norm call sums x
-          // after the main loop (or adds the sums it is given: norm_sumsq).
-          constexpr bool kGramBuilt =
+          // The RMSNorm's sums inside the main loop (kGram), and the norm handoff (kHandoff): a
+          // kernel of their own each, so that the plain GEMV's code is not changed by them (as a
+          // runtime flag the Gram took 2-6% at M = 1 and 12-17% at M = 16 from the plain GEMV on an
+          // H100; docs/fp4_gpu_notes.md), built for the heuristic's configurations of 16-bit x
+          // without GELU; any other norm call sums x after the main loop.
+          constexpr bool kNormBuilt =
               !kGelu && !kFp32x && kernel_built(false, packed_x_built(false), false, MT, TW, S, XM);
-          if constexpr (kGramBuilt) {
-            if (args.rms_eps >= 0.0f && args.norm_sumsq == nullptr) {
-              launch(gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu, true>);
+          if constexpr (kNormBuilt) {
+            if (args.norm_sumsq != nullptr || args.out_sumsq != nullptr) {
+              launch(gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu, false, true>);
+              sums_written = args.out_sumsq != nullptr;
+            } else if (args.rms_eps >= 0.0f) {
+              launch(gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu, true, false>);
             } else {
-              launch(gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu, false>);
+              launch(gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu, false, false>);
             }
           } else {
-            launch(gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu, false>);
+            launch(gemv_tiled_kernel<F, T, MT, TW, S, XM, kGelu, false, false>);
           }
           launched = true;
         }
@@ -559,6 +566,7 @@ void launch_gemv(const TiledLinearArgs& args, const GemvConfig& cfg, dim3 grid, 
   });
   TORCH_CHECK(launched, "fp4_linear_tiled: no kernel built for stages ", cfg.s, ", x mode ", cfg.xm, ", ", cfg.tw,
               " tiles per warp and ", 8 * MT, " rows of x");
+  return sums_written;
 }
 
 // x2 [m, steps * 128] (16-bit, contiguous, 16-byte aligned) packed by pack_x_kernel on `stream`
@@ -697,14 +705,15 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
   args.m_blocks = static_cast<int>(m_blocks);
   const dim3 grid(static_cast<unsigned>(tile_blocks * m_blocks));
 
+  bool sums_written = false;
   dispatch_format(f, [&](auto fc) {
     constexpr Format F = decltype(fc)::value;
     auto by_rows = [&](auto t_c) {
       using T = decltype(t_c);
       auto go = [&](auto mt_c) {
         constexpr int MT = decltype(mt_c)::value;
-        gelu ? launch_gemv<F, T, MT, true>(args, cfg, grid, stream)
-             : launch_gemv<F, T, MT, false>(args, cfg, grid, stream);
+        sums_written = gelu ? launch_gemv<F, T, MT, true>(args, cfg, grid, stream)
+                            : launch_gemv<F, T, MT, false>(args, cfg, grid, stream);
       };
       if constexpr (std::is_same_v<T, float>) {  // float32 x: 8 rows per block (registers)
         go(std::integral_constant<int, 1>{});
@@ -724,6 +733,7 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
       by_rows(float{});
     }
   });
+  if (out_sumsq != nullptr && !sums_written) out_sumsq->copy_(sumsq_parts(out.view(out_sizes)));
   return out.view(out_sizes);
 }
 

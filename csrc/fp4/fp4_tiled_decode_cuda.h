@@ -367,8 +367,10 @@ __device__ __forceinline__ void prefetch_sum_parts(const TiledLinearArgs& a, int
 // GELU if kGelu, then (kFused) + args.residual; with args.swiglu, silu(gate) * up of the tile's
 // row pairs (g, g + 8) instead (TiledLinearArgs::swiglu). Rows past N or M and tiles past the
 // last are skipped. kFused is the GEMV's: the GEMM's warp tiles (up to 16 x tiles of 8 rows)
-// would spill the per-row factors and residual values, so it leaves them to the host.
-template <typename T, bool kGelu, bool kFused, int TW, int XB>
+// would spill the per-row factors and residual values, so it leaves them to the host. kSumsq
+// (with kFused, not SwiGLU): args.out_sumsq, where set, gets each x row's sum of squares of the
+// stored outputs of each tile (TiledLinearArgs::out_sumsq).
+template <typename T, bool kGelu, bool kFused, bool kSumsq = false, int TW, int XB>
 __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], const TiledLinearArgs& args,
                                               int64_t tile0, int64_t row_first, int g, int t,
                                               const float* norm_part = nullptr) {
@@ -457,13 +459,13 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
         if constexpr (kGelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
         const T stored = static_cast<T>(v + residual[i][e]);
         static_cast<T*>(args.out)[col * args.n + row] = stored;
-        if constexpr (kFused) {
+        if constexpr (kSumsq) {
           const float f = static_cast<float>(stored);
           squares[i][e & 1] = fmaf(f, f, squares[i][e & 1]);
         }
       }
     }
-    if (kFused && args.out_sumsq != nullptr) {
+    if (kSumsq && args.out_sumsq != nullptr) {
       // lanes of one t hold the same x rows: add over g (lane bits 2..4), in a fixed order
 #pragma unroll
       for (int i = 0; i < XB; ++i) {

@@ -290,6 +290,19 @@ __device__ __forceinline__ float sum_squares(const uint4& v) {
   return s;
 }
 
+// Rows r0 .. r0 + 3 (those below `rows`): each lane's sums s, added over the warp, into
+// part[warp * 32 + row] (row_sum_squares' and row_sum_parts' layout).
+constexpr int kSumRowsAtOnce = 4;
+__device__ __forceinline__ void store_warp_row_sums(float (&s)[kSumRowsAtOnce], int r0, int rows, float* part) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < kSumRowsAtOnce; ++j) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s[j] += __shfl_xor_sync(0xffffffffu, s[j], o);
+    if (lane == 0 && r0 + j < rows) part[warp * 32 + r0 + j] = s[j];
+  }
+}
+
 // The RMSNorm's sums (TiledLinearArgs::rms_eps) where the GEMV does not take them inside its
 // main loop (gram_step: float32 x, GELU, configurations outside the heuristic's): the block's
 // threads split each of its `rows` rows of norm_x from row_first (four rows at a time, the loop
@@ -298,28 +311,21 @@ __device__ __forceinline__ float sum_squares(const uint4& v) {
 // __syncthreads), after the main loop, when x is in L1.
 template <typename T>
 __device__ __forceinline__ void row_sum_squares(const TiledLinearArgs& a, int64_t row_first, int rows, float* part) {
-  constexpr int kRowsAtOnce = 4;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t pieces = a.x_stride * static_cast<int64_t>(sizeof(T)) / 16;  // 16-byte pieces per row
   const uint4* base = static_cast<const uint4*>(a.norm_x) + row_first * pieces;
-  for (int r0 = 0; r0 < rows; r0 += kRowsAtOnce) {
-    float s[kRowsAtOnce] = {};
+  for (int r0 = 0; r0 < rows; r0 += kSumRowsAtOnce) {
+    float s[kSumRowsAtOnce] = {};
 #pragma unroll 4
     for (int64_t p = threadIdx.x; p < pieces; p += blockDim.x) {
-      uint4 v[kRowsAtOnce];
+      uint4 v[kSumRowsAtOnce];
 #pragma unroll
-      for (int j = 0; j < kRowsAtOnce; ++j) {
+      for (int j = 0; j < kSumRowsAtOnce; ++j) {
         v[j] = r0 + j < rows ? __ldg(base + (r0 + j) * pieces + p) : make_uint4(0u, 0u, 0u, 0u);
       }
 #pragma unroll
-      for (int j = 0; j < kRowsAtOnce; ++j) s[j] += sum_squares<T>(v[j]);
+      for (int j = 0; j < kSumRowsAtOnce; ++j) s[j] += sum_squares<T>(v[j]);
     }
-#pragma unroll
-    for (int j = 0; j < kRowsAtOnce; ++j) {
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) s[j] += __shfl_xor_sync(0xffffffffu, s[j], o);
-      if (lane == 0 && r0 + j < rows) part[warp * 32 + r0 + j] = s[j];
-    }
+    store_warp_row_sums(s, r0, rows, part);
   }
   __syncthreads();
 }
@@ -328,23 +334,16 @@ __device__ __forceinline__ void row_sum_squares(const TiledLinearArgs& a, int64_
 // share of row r's parts in part[warp * 32 + r]): the block's threads split each row's parts, four
 // rows at a time. Every thread of the block calls it (it ends with a __syncthreads).
 __device__ __forceinline__ void row_sum_parts(const TiledLinearArgs& a, int64_t row_first, int rows, float* part) {
-  constexpr int kRowsAtOnce = 4;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const float* base = a.norm_sumsq + row_first * a.norm_parts;
-  for (int r0 = 0; r0 < rows; r0 += kRowsAtOnce) {
-    float s[kRowsAtOnce] = {};
+  for (int r0 = 0; r0 < rows; r0 += kSumRowsAtOnce) {
+    float s[kSumRowsAtOnce] = {};
     for (int64_t p = threadIdx.x; p < a.norm_parts; p += blockDim.x) {
 #pragma unroll
-      for (int j = 0; j < kRowsAtOnce; ++j) {
+      for (int j = 0; j < kSumRowsAtOnce; ++j) {
         if (r0 + j < rows) s[j] += __ldg(base + (r0 + j) * a.norm_parts + p);
       }
     }
-#pragma unroll
-    for (int j = 0; j < kRowsAtOnce; ++j) {
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) s[j] += __shfl_xor_sync(0xffffffffu, s[j], o);
-      if (lane == 0 && r0 + j < rows) part[warp * 32 + r0 + j] = s[j];
-    }
+    store_warp_row_sums(s, r0, rows, part);
   }
   __syncthreads();
 }

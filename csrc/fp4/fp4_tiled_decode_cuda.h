@@ -348,16 +348,14 @@ __device__ __forceinline__ void row_sum_parts(const TiledLinearArgs& a, int64_t 
   __syncthreads();
 }
 
-// Brings the block's rows of TiledLinearArgs::norm_sumsq into L1 ahead of row_sum_parts (one
-// 128-byte line per thread): called before the main loop, so that their latency hides behind it.
+// Brings the block's rows of TiledLinearArgs::norm_sumsq into L1 ahead of row_sum_parts: thread i
+// prefetches the i-th 128-byte line of them (a hint: lines past the block's threads are left to
+// row_sum_parts' loads). Called before the main loop, so that their latency hides behind it.
 __device__ __forceinline__ void prefetch_sum_parts(const TiledLinearArgs& a, int64_t row_first, int rows) {
-  const char* first = reinterpret_cast<const char*>(a.norm_sumsq + row_first * a.norm_parts);
-  const int64_t bytes = static_cast<int64_t>(rows) * a.norm_parts * 4;
-  const int64_t lines = (reinterpret_cast<uintptr_t>(first) % 128 + bytes + 127) / 128;
-  const char* line0 = first - reinterpret_cast<uintptr_t>(first) % 128;
-  for (int64_t l = threadIdx.x; l < lines; l += blockDim.x) {
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(line0 + l * 128));
-  }
+  const uintptr_t first = reinterpret_cast<uintptr_t>(a.norm_sumsq + row_first * a.norm_parts);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(a.norm_sumsq + (row_first + rows) * a.norm_parts);
+  const uintptr_t line = (first & ~uintptr_t{127}) + static_cast<uintptr_t>(threadIdx.x) * 128;
+  if (line < end) asm volatile("prefetch.global.L1 [%0];" ::"l"(line));
 }
 
 // Writes a warp's C fragments: acc[u][i][0..1] = (row g of tile tile0 + u, x rows row_first + 8 i

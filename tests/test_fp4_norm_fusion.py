@@ -300,7 +300,8 @@ def test_fused_refuses_bad_input(rng):
         linear_residual(nn.Linear(64, 32), x, 1.0)
     with pytest.raises(ValueError, match="rms_sumsq: taken only with rms_eps"):
         layer.fused(x, rms_sumsq=torch.ones(3, 4))
-    for bad in (torch.ones(3, 4, dtype=torch.float64), torch.ones(2, 4), torch.ones(3, 0), [1.0]):
+    for bad in (torch.ones(3, 4, dtype=torch.float64), torch.ones(2, 4), torch.ones(3, 0), [1.0],
+                torch.ones(3, 4, device="meta")):
         with pytest.raises(ValueError, match="rms_sumsq: expected float32"):
             layer.fused(x, rms_eps=1e-5, rms_sumsq=bad)
         with pytest.raises(ValueError, match="rms_sumsq: expected float32"):

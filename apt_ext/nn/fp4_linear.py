@@ -360,10 +360,12 @@ class FP4Linear(nn.Module):
         if rms_eps is None:
             raise ValueError("rms_sumsq: taken only with rms_eps (the norm it feeds)")
         if (not isinstance(rms_sumsq, torch.Tensor) or rms_sumsq.dtype != torch.float32
-                or rms_sumsq.dim() != x.dim() or rms_sumsq.shape[:-1] != x.shape[:-1] or rms_sumsq.shape[-1] < 1):
-            got = (f"{tuple(rms_sumsq.shape)} {rms_sumsq.dtype}" if isinstance(rms_sumsq, torch.Tensor)
-                   else type(rms_sumsq).__name__)
-            raise ValueError(f"rms_sumsq: expected float32 {(*x.shape[:-1], 'P')} with P >= 1, got {got}")
+                or rms_sumsq.dim() != x.dim() or rms_sumsq.shape[:-1] != x.shape[:-1] or rms_sumsq.shape[-1] < 1
+                or rms_sumsq.device != x.device):
+            got = (f"{tuple(rms_sumsq.shape)} {rms_sumsq.dtype} on {rms_sumsq.device}"
+                   if isinstance(rms_sumsq, torch.Tensor) else type(rms_sumsq).__name__)
+            raise ValueError(f"rms_sumsq: expected float32 {(*x.shape[:-1], 'P')} with P >= 1 on x's device "
+                             f"{x.device}, got {got}")
 
     def _rms_normalized(self, x: torch.Tensor, rms_eps: float | None,
                         rms_sumsq: torch.Tensor | None = None) -> torch.Tensor:
@@ -418,11 +420,10 @@ class FP4Linear(nn.Module):
         """silu(gate) * up [..., out_features / 2] (x's dtype) for a layer whose output is [gate; up]
         (the fused gate and up projections of a SwiGLU MLP, as Llama's): ``F.silu(g) * u`` of
         ``g, u = self(x).chunk(2, -1)``; ``rms_eps``, ``rms_sumsq``: x RMS-normalised first, as in
-        ``fused``. Calls
-        that take the tiled path (see the class) with out_features a multiple of 16 run one fused
-        kernel (``fp4_linear_tiled_swiglu``), which needs the tiled copy in the SwiGLU order: the
-        first such call rebuilds the copy that way (later ``forward`` calls gather their output back
-        from it). Others run the composite."""
+        ``fused``. Calls that take the tiled path (see the class) with out_features a multiple of
+        16 run one fused kernel (``fp4_linear_tiled_swiglu``), which needs the tiled copy in the
+        SwiGLU order: the first such call rebuilds the copy that way (later ``forward`` calls gather
+        their output back from it). Others run the composite."""
         self._check_x(x)
         if self.out_features % 2 != 0:
             raise ValueError(f"swiglu: out_features must be even ([gate; up]), got {self.out_features}")

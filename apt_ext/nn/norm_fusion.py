@@ -95,11 +95,11 @@ def _check_x_sumsq(x: torch.Tensor, x_sumsq: torch.Tensor | None) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if (not isinstance(x_sumsq, torch.Tensor) or x_sumsq.dtype != torch.float32 or x_sumsq.dim() != x.dim()
-            or x_sumsq.shape[:-1] != x.shape[:-1] or x_sumsq.shape[-1] < 1):
-        got = (f"{tuple(x_sumsq.shape)} {x_sumsq.dtype}" if isinstance(x_sumsq, torch.Tensor)
+            or x_sumsq.shape[:-1] != x.shape[:-1] or x_sumsq.shape[-1] < 1 or x_sumsq.device != x.device):
+        got = (f"{tuple(x_sumsq.shape)} {x_sumsq.dtype} on {x_sumsq.device}" if isinstance(x_sumsq, torch.Tensor)
                else type(x_sumsq).__name__)
-        raise ValueError(f"x_sumsq: expected float32 {(*x.shape[:-1], 'P')} with P >= 1 (linear_residual's "
-                         f"sums), got {got}")
+        raise ValueError(f"x_sumsq: expected float32 {(*x.shape[:-1], 'P')} with P >= 1 on x's device {x.device} "
+                         f"(linear_residual's sums), got {got}")
 
 
 def rms_norm_linear(norm: nn.Module, linear: nn.Module, x: torch.Tensor,

@@ -83,6 +83,19 @@ def wgmma_gemm_runs(device: torch.device) -> bool:
     return runs
 
 
+def check_sumsq(x: torch.Tensor, sumsq: torch.Tensor | None, name: str) -> None:
+    """Raises ValueError (naming ``name``) unless ``sumsq`` is None or float32 [..., P], P >= 1,
+    with x's leading dimensions and device: sums of squares of x's rows in parts."""
+    if sumsq is None:
+        return
+    if (not isinstance(sumsq, torch.Tensor) or sumsq.dtype != torch.float32 or sumsq.dim() != x.dim()
+            or sumsq.shape[:-1] != x.shape[:-1] or sumsq.shape[-1] < 1 or sumsq.device != x.device):
+        got = (f"{tuple(sumsq.shape)} {sumsq.dtype} on {sumsq.device}" if isinstance(sumsq, torch.Tensor)
+               else type(sumsq).__name__)
+        raise ValueError(f"{name}: expected float32 {(*x.shape[:-1], 'P')} with P >= 1 on x's device {x.device}, "
+                         f"got {got}")
+
+
 class FP4Linear(nn.Module):
     """y = x @ W.T + b with W stored in FP4 (``fmt`` nvfp4, mxfp4 or nf4).
 
@@ -355,17 +368,9 @@ class FP4Linear(nn.Module):
 
     @staticmethod
     def _check_rms_sumsq(x: torch.Tensor, rms_eps: float | None, rms_sumsq: torch.Tensor | None) -> None:
-        if rms_sumsq is None:
-            return
-        if rms_eps is None:
+        if rms_sumsq is not None and rms_eps is None:
             raise ValueError("rms_sumsq: taken only with rms_eps (the norm it feeds)")
-        if (not isinstance(rms_sumsq, torch.Tensor) or rms_sumsq.dtype != torch.float32
-                or rms_sumsq.dim() != x.dim() or rms_sumsq.shape[:-1] != x.shape[:-1] or rms_sumsq.shape[-1] < 1
-                or rms_sumsq.device != x.device):
-            got = (f"{tuple(rms_sumsq.shape)} {rms_sumsq.dtype} on {rms_sumsq.device}"
-                   if isinstance(rms_sumsq, torch.Tensor) else type(rms_sumsq).__name__)
-            raise ValueError(f"rms_sumsq: expected float32 {(*x.shape[:-1], 'P')} with P >= 1 on x's device "
-                             f"{x.device}, got {got}")
+        check_sumsq(x, rms_sumsq, "rms_sumsq")
 
     def _rms_normalized(self, x: torch.Tensor, rms_eps: float | None,
                         rms_sumsq: torch.Tensor | None = None) -> torch.Tensor:

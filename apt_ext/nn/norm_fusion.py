@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from apt_ext.fp4.tiled import sumsq_parts
-from apt_ext.nn.fp4_linear import FP4Linear, swiglu
+from apt_ext.nn.fp4_linear import FP4Linear, check_sumsq, swiglu
 
 
 def _check_norm(norm: nn.Module) -> None:
@@ -88,18 +88,11 @@ def _eps(norm: nn.RMSNorm, x: torch.Tensor) -> float:
 
 
 def _check_x_sumsq(x: torch.Tensor, x_sumsq: torch.Tensor | None) -> None:
-    """x_sumsq: None or float32 [..., P] with x's leading dimensions (the composite paths ignore it,
-    so it is checked here for every path)."""
-    if x_sumsq is None:
-        return
-    if not isinstance(x, torch.Tensor):
+    """x_sumsq: None or float32 [..., P] with x's leading dimensions and device (the composite
+    paths ignore it, so it is checked here for every path)."""
+    if x_sumsq is not None and not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-    if (not isinstance(x_sumsq, torch.Tensor) or x_sumsq.dtype != torch.float32 or x_sumsq.dim() != x.dim()
-            or x_sumsq.shape[:-1] != x.shape[:-1] or x_sumsq.shape[-1] < 1 or x_sumsq.device != x.device):
-        got = (f"{tuple(x_sumsq.shape)} {x_sumsq.dtype} on {x_sumsq.device}" if isinstance(x_sumsq, torch.Tensor)
-               else type(x_sumsq).__name__)
-        raise ValueError(f"x_sumsq: expected float32 {(*x.shape[:-1], 'P')} with P >= 1 on x's device {x.device} "
-                         f"(linear_residual's sums), got {got}")
+    check_sumsq(x, x_sumsq, "x_sumsq")
 
 
 def rms_norm_linear(norm: nn.Module, linear: nn.Module, x: torch.Tensor,

@@ -609,12 +609,9 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
   }
   if (m == 0) return out.view(out_sizes);
   const std::optional<GemmTiledConfig> gemm = choose_gemm(m, n, k, f, x.scalar_type(), x.get_device());
-  at::Tensor sumsq2;
+  c10::optional<at::Tensor> sumsq2;  // rms_sumsq as [m, P], contiguous
   if (rms_sumsq.has_value()) sumsq2 = rms_sumsq->reshape({m, rms_sumsq->size(-1)}).contiguous();
-  if (gemm && rms_eps.has_value()) {
-    x2 = rms_normalized(x2, *rms_eps, rms_sumsq.has_value() ? c10::optional<at::Tensor>(sumsq2) : c10::nullopt)
-             .to(x.scalar_type());
-  }
+  if (gemm && rms_eps.has_value()) x2 = rms_normalized(x2, *rms_eps, sumsq2).to(x.scalar_type());
   // The kernel reads x in whole 16-byte-aligned steps of 128 columns: pad a K that is not a
   // multiple of 128 with zeros (one small copy; common layer widths need none).
   const int64_t x_stride = tiles_in.size(1) * kStepCols;
@@ -679,9 +676,9 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
     args.norm_x = x2.const_data_ptr();  // (args.x may become a packed copy below)
     args.rms_eps = static_cast<float>(*rms_eps);
     args.inv_k = 1.0f / static_cast<float>(k);
-    if (rms_sumsq.has_value()) {
-      args.norm_sumsq = sumsq2.const_data_ptr<float>();
-      args.norm_parts = sumsq2.size(1);
+    if (sumsq2.has_value()) {
+      args.norm_sumsq = sumsq2->const_data_ptr<float>();
+      args.norm_parts = sumsq2->size(1);
     }
   }
   if (out_sumsq != nullptr) args.out_sumsq = out_sumsq->mutable_data_ptr<float>();

@@ -6,8 +6,8 @@
 #include <ATen/ops/bitwise_left_shift.h>
 #include <ATen/ops/bitwise_or.h>
 #include <ATen/ops/bitwise_right_shift.h>
-#include <ATen/ops/cat.h>
 #include <ATen/ops/clamp.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/frexp.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/full_like.h>
@@ -408,12 +408,7 @@ at::Tensor rms_normalized(const at::Tensor& x, double eps, const c10::optional<a
 
 at::Tensor sumsq_parts(const at::Tensor& y) {
   const int64_t n = y.size(-1), parts = ceil_div(n, kSumsqGroup);
-  at::Tensor yf = y.to(at::kFloat);
-  if (parts * kSumsqGroup != n) {
-    auto pad_sizes = y.sizes().vec();
-    pad_sizes.back() = parts * kSumsqGroup - n;
-    yf = at::cat({yf, at::zeros(pad_sizes, yf.options())}, -1);
-  }
+  const at::Tensor yf = at::constant_pad_nd(y.to(at::kFloat), {0, parts * kSumsqGroup - n});
   auto sizes = y.sizes().vec();
   sizes.back() = parts;
   sizes.push_back(kSumsqGroup);

@@ -289,13 +289,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     if (i < n_steps) ring.load(i, args);
     ring.advance(args);
   }
-  // The norm's sums, applied at the store: with the norm handoff each warp that stores (K part 0)
-  // adds the given parts of its rows' sums into its own norm_part[warp * 32 + row] now; otherwise,
-  // after the main loop, the block's warps' shares of them into norm_part[warp * 32 + row] (the
-  // Gram diagonals, zero from the other warps; or row_sum_squares, which reads x again).
-  __shared__ float norm_part[kMaxWarps * 32];
-  const bool handoff = kHandoff && args.norm_sumsq != nullptr && args.rms_eps >= 0.0f;
-  if (handoff && part == 0) warp_sum_parts<MT>(args, row_first, rows_here, norm_part + warp * 32);
+  if (kHandoff && args.norm_sumsq != nullptr) prefetch_sum_parts(args, row_first, rows_here);
 
   // Step s of this warp's range uses ring slot i (= s % S). kChecked: s may be among the last
   // 2 S steps, so the next x and the ring refill are bounds-checked; other steps skip the tests.
@@ -357,7 +351,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
     }
   }
 
-  const bool norm = args.rms_eps >= 0.0f && !handoff;
+  // The norm's sums into norm_part[warp * 32 + row] (the Gram diagonals, zero from the other warps;
+  // or row_sum_parts, which adds the given parts; or row_sum_squares, which reads x again), applied
+  // at the store.
+  __shared__ float norm_part[kMaxWarps * 32];
+  const bool norm = args.rms_eps >= 0.0f;
   if (norm) {
     if constexpr (kGram) {
 #pragma unroll
@@ -365,6 +363,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
         if (t == g / 2) norm_part[warp * 32 + 8 * i + g] = rt == 0 ? gram[i][g % 2] : 0.0f;
       }
       __syncthreads();
+    } else if (kHandoff && args.norm_sumsq != nullptr) {
+      row_sum_parts(args, row_first, rows_here, norm_part);
     } else {
       row_sum_squares<T>(args, row_first, rows_here, norm_part);
     }
@@ -373,8 +373,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, (min_blocks_per_sm<T, MT, TW, 
   // after the nf4 table).
   reduce_k_parts(acc, reinterpret_cast<float*>(dyn_smem + nf4_table_bytes<F>()), part, args.rw, rt, args.kw, lane);
   if (part != 0) return;
-  store_outputs<T, kGelu, true, kHandoff>(acc, args, tile0, row_first, g, t, norm ? norm_part : nullptr,
-                                          handoff ? norm_part + warp * 32 : nullptr);
+  store_outputs<T, kGelu, true, kHandoff>(acc, args, tile0, row_first, g, t, norm ? norm_part : nullptr);
 }
 
 // Launch shape: warps along N per block (rw), K parts (kw), pipeline stages (s), x rows per block

@@ -291,7 +291,7 @@ __device__ __forceinline__ float sum_squares(const uint4& v) {
 }
 
 // Rows r0 .. r0 + 3 (those below `rows`): each lane's sums s, added over the warp, into
-// part[warp * 32 + row] (row_sum_squares' layout).
+// part[warp * 32 + row] (row_sum_squares' and row_sum_parts' layout).
 constexpr int kSumRowsAtOnce = 4;
 __device__ __forceinline__ void store_warp_row_sums(float (&s)[kSumRowsAtOnce], int r0, int rows, float* part) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -330,37 +330,37 @@ __device__ __forceinline__ void row_sum_squares(const TiledLinearArgs& a, int64_
   __syncthreads();
 }
 
-// The RMSNorm's sums from TiledLinearArgs::norm_sumsq (the norm handoff): the block's `rows` rows
-// (<= 8 MT) from row_first, row r's total in sums[r] (the calling warp's own slice of shared
-// memory). One warp alone: lane l adds parts l, l + 32, ... of each row, the shuffles give every
-// lane each row's total, lane r stores row r's. No block sync: the warps that store call it
-// before their main loop, so that its loads (L2 hits: the previous kernel wrote them) are in
-// flight with the first weight loads, and they read only their own slice at the end.
-template <int MT>
-__device__ __forceinline__ void warp_sum_parts(const TiledLinearArgs& a, int64_t row_first, int rows, float* sums) {
-  const int lane = threadIdx.x & 31;
+// The RMSNorm's sums from TiledLinearArgs::norm_sumsq, as row_sum_squares leaves them (each warp's
+// share of row r's parts in part[warp * 32 + r]): the block's threads split each row's parts, four
+// rows at a time. Every thread of the block calls it (it ends with a __syncthreads).
+__device__ __forceinline__ void row_sum_parts(const TiledLinearArgs& a, int64_t row_first, int rows, float* part) {
   const float* base = a.norm_sumsq + row_first * a.norm_parts;
-  float s[8 * MT] = {};
-#pragma unroll 2
-  for (int64_t p = lane; p < a.norm_parts; p += 32) {
+  for (int r0 = 0; r0 < rows; r0 += kSumRowsAtOnce) {
+    float s[kSumRowsAtOnce] = {};
+    for (int64_t p = threadIdx.x; p < a.norm_parts; p += blockDim.x) {
 #pragma unroll
-    for (int r = 0; r < 8 * MT; ++r) {
-      if (r < rows) s[r] += __ldg(base + r * a.norm_parts + p);
+      for (int j = 0; j < kSumRowsAtOnce; ++j) {
+        if (r0 + j < rows) s[j] += __ldg(base + (r0 + j) * a.norm_parts + p);
+      }
     }
+    store_warp_row_sums(s, r0, rows, part);
   }
-#pragma unroll
-  for (int r = 0; r < 8 * MT; ++r) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s[r] += __shfl_xor_sync(0xffffffffu, s[r], o);
-    if (lane == r && r < rows) sums[r] = s[r];
-  }
-  __syncwarp();
+  __syncthreads();
+}
+
+// Brings the block's rows of TiledLinearArgs::norm_sumsq into L1 ahead of row_sum_parts: thread i
+// prefetches the i-th 128-byte line of them (a hint: lines past the block's threads are left to
+// row_sum_parts' loads). Called before the main loop, so that their latency hides behind it.
+__device__ __forceinline__ void prefetch_sum_parts(const TiledLinearArgs& a, int64_t row_first, int rows) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(a.norm_sumsq + row_first * a.norm_parts);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(a.norm_sumsq + (row_first + rows) * a.norm_parts);
+  const uintptr_t line = (first & ~uintptr_t{127}) + static_cast<uintptr_t>(threadIdx.x) * 128;
+  if (line < end) asm volatile("prefetch.global.L1 [%0];" ::"l"(line));
 }
 
 // Writes a warp's C fragments: acc[u][i][0..1] = (row g of tile tile0 + u, x rows row_first + 8 i
 // + 2t, + 1), acc[u][i][2..3] = (row g + 8, same); out[x row * n + weight row] = sum * out_scale
-// (kFused: * the row's RMSNorm factor where warp_sums holds warp_sum_parts' sums or norm_part
-// row_sum_squares') + bias, then
+// (kFused: * the row's RMSNorm factor where norm_part holds row_sum_squares' sums) + bias, then
 // GELU if kGelu, then (kFused) + args.residual; with args.swiglu, silu(gate) * up of the tile's
 // row pairs (g, g + 8) instead (TiledLinearArgs::swiglu). Rows past N or M and tiles past the
 // last are skipped. kFused is the GEMV's: the GEMM's warp tiles (up to 16 x tiles of 8 rows)
@@ -370,8 +370,7 @@ __device__ __forceinline__ void warp_sum_parts(const TiledLinearArgs& a, int64_t
 template <typename T, bool kGelu, bool kFused, bool kSumsq = false, int TW, int XB>
 __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], const TiledLinearArgs& args,
                                               int64_t tile0, int64_t row_first, int g, int t,
-                                              const float* norm_part = nullptr,
-                                              const float* warp_sums = nullptr) {
+                                              const float* norm_part = nullptr) {
   // the output scale of each of this thread's x rows (8 i + 2 t + e): out_scale, times the row's
   // RMSNorm factor when the norm's sums were taken (the warps' sums added here, after the main
   // loop, so they hold no registers there)
@@ -382,9 +381,7 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[TW][XB][4], con
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       scale[i][e] = out_scale;
-      if (kFused && warp_sums != nullptr) {
-        scale[i][e] *= rsqrtf(warp_sums[8 * i + 2 * t + e] * args.inv_k + args.rms_eps);
-      } else if (kFused && norm_part != nullptr) {
+      if (kFused && norm_part != nullptr) {
         float ss = 0.0f;
         for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) ss += norm_part[w * 32 + 8 * i + 2 * t + e];
         scale[i][e] *= rsqrtf(ss * args.inv_k + args.rms_eps);

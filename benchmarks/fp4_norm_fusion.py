@@ -1,5 +1,6 @@
 """The GEMV's fused RMSNorm prologue and residual epilogue against the same work as separate
-kernels, on the four projections of a Llama-3-8B decoder layer (nvfp4, bf16 x), in one run.
+kernels, on the four projections of a Llama-3-8B decoder layer (nvfp4 unless ``--fmt``, bf16 x), in one
+run.
 
 Per projection and rows of x, four ways:
 - ``plain``: the tiled op alone (x taken as already normalised, no residual): the GEMV's own time;
@@ -18,8 +19,9 @@ it saves. Accuracy: relative difference of fused from composite, and of each fro
 reference of the first copy.
 
     python benchmarks/fp4_norm_fusion.py             # rows 1 and 16 on a GPU
+    python benchmarks/fp4_norm_fusion.py --fmt nf4   # another weight format
     python benchmarks/fp4_norm_fusion.py --cpu       # tiny shapes, eager, on the CPU (the tests)
-Writes benchmarks/results/fp4_norm_fusion_<machine>.json.
+Writes benchmarks/results/fp4_norm_fusion_<machine>.json (``_<fmt>`` added for mxfp4 and nf4).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent / "tests"))
 from e2e_decoder import capture_graph, median_s, replay_seconds  # noqa: E402
 
-from apt_ext.fp4 import quantize  # noqa: E402
+from apt_ext.fp4 import FORMAT_NAMES, quantize  # noqa: E402
 from apt_ext.fp4.tiled import TiledFP4Weight, sumsq_parts, tile  # noqa: E402
 from reference import fp4 as ref  # noqa: E402  (the float64 definitions the tests use)
 
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cpu", action="store_true", help="tiny shapes, eager, on the CPU")
     ap.add_argument("--ms", default="1,16", help="comma-separated rows of x")
+    ap.add_argument("--fmt", default="nvfp4", choices=FORMAT_NAMES, help="weight format (default nvfp4)")
     ap.add_argument("--calls", type=int, default=None, help="calls (weight copies) per timing (default 16, CPU 2)")
     ap.add_argument("--iters", type=int, default=None, help="timed repetitions (default 50, CPU 3)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fp4_norm_fusion_<machine>.json)")
@@ -131,14 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     machine = torch.cuda.get_device_name(0) if gpu else f"CPU {platform.machine()}"
     result = {"benchmark": "fp4_norm_fusion", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine, "torch": torch.__version__, "command": " ".join([sys.executable, *sys.argv]),
-              "fmt": "nvfp4", "dtype": str(dtype).replace("torch.", ""), "eps": EPS, "calls_per_timing": calls,
+              "fmt": args.fmt, "dtype": str(dtype).replace("torch.", ""), "eps": EPS, "calls_per_timing": calls,
               "iters": iters, "runs": []}
     tag = re.sub(r"[^A-Za-z0-9]+", "_", machine).strip("_").lower()
-    out = Path(args.out) if args.out else ROOT / "results" / f"fp4_norm_fusion_{tag}.json"
+    suffix = "" if args.fmt == "nvfp4" else f"_{args.fmt}"  # nvfp4 keeps the earlier runs' name
+    out = Path(args.out) if args.out else ROOT / "results" / f"fp4_norm_fusion_{tag}{suffix}.json"
     out.parent.mkdir(exist_ok=True)
     g = torch.Generator().manual_seed(0)
     for proj, (n, k, kind) in tqdm((CPU_PROJECTIONS if args.cpu else PROJECTIONS).items(), desc="projections"):
-        q = quantize((torch.randn(n, k, generator=g) * 0.02).to(device), "nvfp4")
+        q = quantize((torch.randn(n, k, generator=g) * 0.02).to(device), args.fmt)
         first = tile(q, swiglu=kind == "norm_swiglu")
         copies = [first] + [TiledFP4Weight(first.tiles.clone(), first.tile_scales.clone(), first.out_scale.clone(),
                                            first.fmt, first.shape, first.swiglu) for _ in range(calls - 1)]

@@ -350,9 +350,10 @@ def test_fused_composite_keeps_gradients(rng):
     assert x.grad is not None and torch.equal(r.grad, torch.ones(2, 8))
 
 
-def test_norm_fusion_benchmark_cpu(tmp_path, one_thread):
-    """benchmarks/fp4_norm_fusion.py --cpu: every projection and row count timed four ways, the
-    fused output equal to the composite's and both close to the float64 reference."""
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4", "nf4"])
+def test_norm_fusion_benchmark_cpu(tmp_path, one_thread, fmt):
+    """benchmarks/fp4_norm_fusion.py --cpu --fmt: every projection and row count timed four ways,
+    the fused output equal to the composite's and both close to the float64 reference."""
     import json
     import sys
     from pathlib import Path
@@ -361,8 +362,9 @@ def test_norm_fusion_benchmark_cpu(tmp_path, one_thread):
     import fp4_norm_fusion
 
     out = tmp_path / "nf.json"
-    assert fp4_norm_fusion.main(["--cpu", "--ms", "1,3", "--iters", "1", "--out", str(out)]) == 0
+    assert fp4_norm_fusion.main(["--cpu", "--fmt", fmt, "--ms", "1,3", "--iters", "1", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
+    assert d["fmt"] == fmt
     assert [(r["projection"], r["m"]) for r in d["runs"]] == [(p, m) for p in ("qkv", "o", "gate_up", "down")
                                                                for m in (1, 3)]
     for r in d["runs"]:
@@ -372,3 +374,5 @@ def test_norm_fusion_benchmark_cpu(tmp_path, one_thread):
         assert r["fused"]["rel_err_vs_float64"] < 1e-5 and r["composite"]["rel_err_vs_float64"] < 1e-5
     with pytest.raises(SystemExit):
         fp4_norm_fusion.main(["--cpu", "--ms", "0"])
+    with pytest.raises(SystemExit):
+        fp4_norm_fusion.main(["--cpu", "--fmt", "int4"])

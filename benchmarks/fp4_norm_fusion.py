@@ -20,6 +20,8 @@ reference of the first copy.
 
     python benchmarks/fp4_norm_fusion.py             # rows 1 and 16 on a GPU
     python benchmarks/fp4_norm_fusion.py --fmt nf4   # another weight format
+    python benchmarks/fp4_norm_fusion.py --profile-once gate_up --ms 16   # each way's call once, for
+                                                     # Nsight Compute (gpu_session's ncu_norm_fusion)
     python benchmarks/fp4_norm_fusion.py --cpu       # tiny shapes, eager, on the CPU (the tests)
 Writes benchmarks/results/fp4_norm_fusion_<machine>.json (``_<fmt>`` added for mxfp4 and nf4).
 """
@@ -109,11 +111,35 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm())
 
 
+def profile_once(proj: str, fmt: str, ms: list[int], device: torch.device, dtype: torch.dtype) -> None:
+    """One call of each way, in WAYS order, on one weight of projection ``proj`` for each row count in
+    ``ms`` (on CUDA inside an NVTX range "<proj> m=<M> <way>"), for a profiler to capture; no timing."""
+    n, k, kind = (CPU_PROJECTIONS if device.type == "cpu" else PROJECTIONS)[proj]
+    g = torch.Generator().manual_seed(0)
+    w = tile(quantize((torch.randn(n, k, generator=g) * 0.02).to(device), fmt), swiglu=kind == "norm_swiglu")
+    n_out = n // 2 if kind == "norm_swiglu" else n
+    for m in ms:
+        x = (torch.randn(m, k, generator=g) * 3).to(device, dtype)
+        r = torch.randn(m, n_out, generator=g).to(device, dtype)
+        x_sumsq = sumsq_parts(x)
+        for name in WAYS:
+            label = f"{proj} m={m} {name}"
+            if device.type == "cuda":
+                torch.cuda.nvtx.range_push(label)
+            way(name, kind, w, x_sumsq)(x, r)
+            if device.type == "cuda":
+                torch.cuda.nvtx.range_pop()
+                torch.cuda.synchronize()
+            print(f"profiled {label}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cpu", action="store_true", help="tiny shapes, eager, on the CPU")
     ap.add_argument("--ms", default="1,16", help="comma-separated rows of x")
     ap.add_argument("--fmt", default="nvfp4", choices=FORMAT_NAMES, help="weight format (default nvfp4)")
+    ap.add_argument("--profile-once", default=None, choices=tuple(PROJECTIONS), metavar="PROJECTION",
+                    help="only one call of each way on this projection's weight (for Nsight Compute); no JSON")
     ap.add_argument("--calls", type=int, default=None, help="calls (weight copies) per timing (default 16, CPU 2)")
     ap.add_argument("--iters", type=int, default=None, help="timed repetitions (default 50, CPU 3)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fp4_norm_fusion_<machine>.json)")
@@ -130,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     iters = args.iters or (50 if gpu else 3)
     if calls < 1 or iters < 1:
         ap.error("--calls and --iters: expected positive integers")
+    if args.profile_once:
+        profile_once(args.profile_once, args.fmt, ms, device, dtype)
+        return 0
     timer = time_gpu if gpu else time_cpu
     machine = torch.cuda.get_device_name(0) if gpu else f"CPU {platform.machine()}"
     result = {"benchmark": "fp4_norm_fusion", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

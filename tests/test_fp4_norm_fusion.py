@@ -376,3 +376,21 @@ def test_norm_fusion_benchmark_cpu(tmp_path, one_thread, fmt):
         fp4_norm_fusion.main(["--cpu", "--ms", "0"])
     with pytest.raises(SystemExit):
         fp4_norm_fusion.main(["--cpu", "--fmt", "int4"])
+
+
+def test_norm_fusion_benchmark_profile_once(tmp_path, capsys, one_thread):
+    """fp4_norm_fusion.py --profile-once: each way called once per row count, in WAYS order (the
+    order Nsight Compute's report lists the GEMVs in), no JSON written."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fp4_norm_fusion
+
+    out = tmp_path / "nf.json"
+    assert fp4_norm_fusion.main(["--cpu", "--profile-once", "gate_up", "--ms", "1,2", "--out", str(out)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("profiled ")]
+    assert lines == [f"profiled gate_up m={m} {w}" for m in (1, 2) for w in fp4_norm_fusion.WAYS]
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        fp4_norm_fusion.main(["--cpu", "--profile-once", "lm_head"])

@@ -111,17 +111,26 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm())
 
 
+def random_weight(n: int, k: int, fmt: str, device: torch.device, g: torch.Generator):
+    """A random n x k weight quantised to ``fmt`` (an FP4Weight on ``device``)."""
+    return quantize((torch.randn(n, k, generator=g) * 0.02).to(device), fmt)
+
+
+def random_inputs(m: int, k: int, n_out: int, device: torch.device, dtype: torch.dtype, g: torch.Generator):
+    """(x [m, k], residual [m, n_out], x's sums of squares in parts) for one row count."""
+    x = (torch.randn(m, k, generator=g) * 3).to(device, dtype)
+    return x, torch.randn(m, n_out, generator=g).to(device, dtype), sumsq_parts(x)
+
+
 def profile_once(proj: str, fmt: str, ms: list[int], device: torch.device, dtype: torch.dtype) -> None:
     """One call of each way, in WAYS order, on one weight of projection ``proj`` for each row count in
     ``ms`` (on CUDA inside an NVTX range "<proj> m=<M> <way>"), for a profiler to capture; no timing."""
     n, k, kind = (CPU_PROJECTIONS if device.type == "cpu" else PROJECTIONS)[proj]
     g = torch.Generator().manual_seed(0)
-    w = tile(quantize((torch.randn(n, k, generator=g) * 0.02).to(device), fmt), swiglu=kind == "norm_swiglu")
+    w = tile(random_weight(n, k, fmt, device, g), swiglu=kind == "norm_swiglu")
     n_out = n // 2 if kind == "norm_swiglu" else n
     for m in ms:
-        x = (torch.randn(m, k, generator=g) * 3).to(device, dtype)
-        r = torch.randn(m, n_out, generator=g).to(device, dtype)
-        x_sumsq = sumsq_parts(x)
+        x, r, x_sumsq = random_inputs(m, k, n_out, device, dtype, g)
         for name in WAYS:
             label = f"{proj} m={m} {name}"
             if device.type == "cuda":
@@ -171,16 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(exist_ok=True)
     g = torch.Generator().manual_seed(0)
     for proj, (n, k, kind) in tqdm((CPU_PROJECTIONS if args.cpu else PROJECTIONS).items(), desc="projections"):
-        q = quantize((torch.randn(n, k, generator=g) * 0.02).to(device), args.fmt)
+        q = random_weight(n, k, args.fmt, device, g)
         first = tile(q, swiglu=kind == "norm_swiglu")
         copies = [first] + [TiledFP4Weight(first.tiles.clone(), first.tile_scales.clone(), first.out_scale.clone(),
                                            first.fmt, first.shape, first.swiglu) for _ in range(calls - 1)]
         n_out = n // 2 if kind == "norm_swiglu" else n
         for m in ms:
-            x = (torch.randn(m, k, generator=g) * 3).to(device, dtype)
-            r = torch.randn(m, n_out, generator=g).to(device, dtype)
+            x, r, x_sumsq = random_inputs(m, k, n_out, device, dtype, g)
             want = reference(kind, q, x, r)
-            x_sumsq = sumsq_parts(x)
             row = {"projection": proj, "n": n, "k": k, "fusion": kind, "m": m}
             outs = {}
             for name in WAYS:

@@ -350,16 +350,23 @@ def test_fused_composite_keeps_gradients(rng):
     assert x.grad is not None and torch.equal(r.grad, torch.ones(2, 8))
 
 
-@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4", "nf4"])
-def test_norm_fusion_benchmark_cpu(tmp_path, one_thread, fmt):
-    """benchmarks/fp4_norm_fusion.py --cpu --fmt: every projection and row count timed four ways,
-    the fused output equal to the composite's and both close to the float64 reference."""
-    import json
+@pytest.fixture
+def fp4_norm_fusion():
+    """The benchmark script benchmarks/fp4_norm_fusion.py as a module."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import fp4_norm_fusion
+    import fp4_norm_fusion as module
+
+    return module
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4", "nf4"])
+def test_norm_fusion_benchmark_cpu(tmp_path, one_thread, fp4_norm_fusion, fmt):
+    """benchmarks/fp4_norm_fusion.py --cpu --fmt: every projection and row count timed four ways,
+    the fused output equal to the composite's and both close to the float64 reference."""
+    import json
 
     out = tmp_path / "nf.json"
     assert fp4_norm_fusion.main(["--cpu", "--fmt", fmt, "--ms", "1,3", "--iters", "1", "--out", str(out)]) == 0
@@ -378,15 +385,9 @@ def test_norm_fusion_benchmark_cpu(tmp_path, one_thread, fmt):
         fp4_norm_fusion.main(["--cpu", "--fmt", "int4"])
 
 
-def test_norm_fusion_benchmark_profile_once(tmp_path, capsys, one_thread):
+def test_norm_fusion_benchmark_profile_once(tmp_path, capsys, one_thread, fp4_norm_fusion):
     """fp4_norm_fusion.py --profile-once: each way called once per row count, in WAYS order (the
     order Nsight Compute's report lists the GEMVs in), no JSON written."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import fp4_norm_fusion
-
     out = tmp_path / "nf.json"
     assert fp4_norm_fusion.main(["--cpu", "--profile-once", "gate_up", "--ms", "1,2", "--out", str(out)]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("profiled ")]

@@ -493,9 +493,8 @@ TRITON_CASES = ([f"{f}-{str(d)[6:]}-m{m}" for f in FORMATS for d in X_DTYPES for
 
 def triton_group(case: str) -> str:
     """The child process that runs ``case``: one per format's linear and dispatch cases, one per
-    format's every-config case, one for the rest (autotune, direct launch, split streams). The
-    every-config cases ran in the rest's child until the fiftieth session, whose whole run (8
-    workers, 271 s) waited 258 s on that child; the format children took 106-116 s each."""
+    format's every-config case (the longest cases: one child for all of them took 258 s of a
+    271 s whole run), one for the rest (autotune, direct launch, split streams)."""
     fmt = case.split("-")[0]
     if fmt not in FORMATS:
         return "misc"

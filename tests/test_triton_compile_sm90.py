@@ -138,6 +138,6 @@ def test_decode_attention_compiles_for_sm90(dtype, g, splits, merge, precision, 
             **{a: "i32" for a in ints}, "sm_scale": "fp32"}
     _compile_sm90(tda._decode_attention_kernel, args,
                   {"G": g, "BLOCK_G": max(16, g), "BLOCK_D": 128, "BLOCK_N": 64, "SPLITS": splits,
-                   "G_POW2": max(2, g), "MERGE_SPLITS": merge,
+                   "SPLITS_POW2": max(2, splits), "G_POW2": max(2, g), "MERGE_SPLITS": merge,
                    "DOT_PRECISION": precision, "APPEND": append, "ROTARY": rotary, "ROT_HALF": 64 if rotary else 1},
                   None)

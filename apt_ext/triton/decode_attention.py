@@ -46,25 +46,13 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
                              q_sb, q_sh, k_sb, k_sh, k_st, v_sb, v_sh, v_st, o_sb, o_sh, len_sb,
                              kn_sb, kn_sh, vn_sb, vn_sh, rot_st,
                              G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                             BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
+                             BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr,
                              G_POW2: tl.constexpr, MERGE_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
                              APPEND: tl.constexpr, ROTARY: tl.constexpr, ROT_HALF: tl.constexpr):
     pid = tl.program_id(0)  # sequence * KV + key head
     split = tl.program_id(1)
     b = (pid // KV).to(tl.int64)  # 64-bit offsets: a cache may hold more than 2^31 elements
     kvh = (pid % KV).to(tl.int64)
-    # q (and the new key and value) first: their loads do not wait for the length's
-    g = tl.arange(0, BLOCK_G)
-    d = tl.arange(0, BLOCK_D)
-    gmask = g < G
-    dmask = d < HD
-    heads = kvh * G + g
-    q_rows = q_ptr + b * q_sb + heads[:, None] * q_sh
-    q = tl.load(q_rows + d[None, :], mask=gmask[:, None] & dmask[None, :], other=0.0)
-    if APPEND:
-        kn_row = kn_ptr + b * kn_sb + kvh * kn_sh
-        k_new = tl.load(kn_row + d, mask=dmask, other=0.0)
-        v_new = tl.load(vn_ptr + b * vn_sb + kvh * vn_sh + d, mask=dmask, other=0.0)
     # clamped to the cache (a check would cost the host a synchronisation; see _ops.decode_attention)
     if APPEND:
         pos = tl.minimum(tl.maximum(tl.load(len_ptr + b * len_sb).to(tl.int32), 0), T - 1)
@@ -76,9 +64,19 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
     start = split * chunk
     end = tl.minimum(start + chunk, length)
 
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    gmask = g < G
+    dmask = d < HD
+    heads = kvh * G + g
+    q_rows = q_ptr + b * q_sb + heads[:, None] * q_sh
+    q = tl.load(q_rows + d[None, :], mask=gmask[:, None] & dmask[None, :], other=0.0)
     k_base = k_ptr + b * k_sb + kvh * k_sh
     v_base = v_ptr + b * v_sb + kvh * v_sh
     if APPEND:
+        kn_row = kn_ptr + b * kn_sb + kvh * kn_sh
+        k_new = tl.load(kn_row + d, mask=dmask, other=0.0)
+        v_new = tl.load(vn_ptr + b * vn_sb + kvh * vn_sh + d, mask=dmask, other=0.0)
         if ROTARY != 0:
             # column d's partner and its table entry: y_d = x_d cos - x_partner sin (first of its
             # pair) or x_d cos + x_partner sin; columns from 2 ROT_HALF on pass unchanged
@@ -136,31 +134,29 @@ def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, acc_ptr, max
     done = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu")
     if done == SPLITS - 1:  # the last slice of this key head merges all of them
         tl.store(count_ptr + pid, 0)  # every slice has counted: zero for the next call
-        # the G real query heads only (no padding to 16 rows), MERGE_SPLITS slices per step (tiles of
-        # at least 2 rows and slices: every arange spans a power of two above 1), merged online: a
-        # step's maxima, sums and outputs are loaded together (one memory trip per step, and
-        # MERGE_SPLITS covers every slice in one step but for the largest head sizes and groups)
+        # the G real query heads only (no padding to 16 rows), MERGE_SPLITS slices per load (tiles of
+        # at least 2 rows and slices: every arange spans a power of two above 1)
         r = tl.arange(0, G_POW2)
         rmask = r < G
         mrow = b * KV * G + kvh * G + r
-        top = tl.full([G_POW2], float("-inf"), tl.float32)
+        s_idx = tl.arange(0, SPLITS_POW2)
+        maxes = tl.load(max_ptr + mrow[:, None] * SPLITS + s_idx[None, :],
+                        mask=rmask[:, None] & (s_idx[None, :] < SPLITS), other=float("-inf"),
+                        cache_modifier=".cg")  # [G_POW2, SPLITS_POW2]
+        top = tl.max(maxes, 1)
+        top = tl.where(top == float("-inf"), 0.0, top)  # every slice empty (length 0, padding rows)
         total = tl.zeros([G_POW2], tl.float32)
         out = tl.zeros([G_POW2, BLOCK_D], tl.float32)
         for s0 in range(0, SPLITS, MERGE_SPLITS):
             m_idx = s0 + tl.arange(0, MERGE_SPLITS)
             pmask = rmask[:, None] & (m_idx[None, :] < SPLITS)
             parts = mrow[:, None] * SPLITS + m_idx[None, :]  # [G_POW2, MERGE_SPLITS]
-            maxes = tl.load(max_ptr + parts, mask=pmask, other=float("-inf"), cache_modifier=".cg")
-            sums = tl.load(sum_ptr + parts, mask=pmask, other=0.0, cache_modifier=".cg")
+            weight = tl.exp(tl.load(max_ptr + parts, mask=pmask, other=float("-inf"),
+                                    cache_modifier=".cg") - top[:, None])  # 0 for an empty slice
+            total += tl.sum(weight * tl.load(sum_ptr + parts, mask=pmask, other=0.0, cache_modifier=".cg"), 1)
             accs = tl.load(acc_ptr + parts[:, :, None] * BLOCK_D + d[None, None, :], mask=pmask[:, :, None],
                            other=0.0, cache_modifier=".cg")  # [G_POW2, MERGE_SPLITS, BLOCK_D]
-            new_top = tl.maximum(top, tl.max(maxes, 1))
-            shift = tl.where(new_top == float("-inf"), 0.0, new_top)  # every slice so far empty
-            rescale = tl.exp(top - shift)  # 0 while top is -inf
-            weight = tl.exp(maxes - shift[:, None])  # 0 for an empty slice
-            total = total * rescale + tl.sum(weight * sums, 1)
-            out = out * rescale[:, None] + tl.sum(accs * weight[:, :, None], 1)
-            top = new_top
+            out += tl.sum(accs * weight[:, :, None], 1)
         out = out / tl.maximum(total, 1e-30)[:, None]  # length 0: zeros
         out_heads = kvh * G + r  # a new name: a variable reassigned in an if must keep its type
         tl.store(out_ptr + b * o_sb + out_heads[:, None] * o_sh + d[None, :], out.to(out_ptr.dtype.element_ty),
@@ -215,7 +211,7 @@ def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengt
              lengths.stride(0) if lengths.shape[0] > 1 else 0,
              k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1), cos.stride(0) if rotary else 0),
             {"G": g, "BLOCK_G": max(MIN_ROWS, next_power_of_2(g)), "BLOCK_D": block_d, "BLOCK_N": BLOCK_N,
-             "SPLITS": splits, "G_POW2": g_pow2,
+             "SPLITS": splits, "SPLITS_POW2": max(2, splits), "G_POW2": g_pow2,
              "MERGE_SPLITS": max(2, min(splits, MERGE_TILE // (g_pow2 * block_d))),
              "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
              "APPEND": append is not None, "ROTARY": rotary, "ROT_HALF": cos.shape[1] if rotary else 1},

@@ -53,6 +53,13 @@ using namespace apt::fp4::tiled;
 constexpr int kMaxWarps = 8;  // warps per block (RW * KW)
 constexpr int kDefaultStages = 2;    // round-6 sweep: 2 stages as fast or faster than 4 at M = 1, 4, 16
 constexpr int kMinStepsPerPart = 4;  // K parts keep at least this many steps each
+// The SwiGLU GEMV takes its RMSNorm in the kernel up to this many rows of x (8-row blocks); above
+// (16-row blocks) ATen normalises x first. At 16 rows on 28672 x 4096 (H100, fp4_norm_fusion.py)
+// the fused norm took 37.19 / 37.25 / 44.33 us (nvfp4 / mxfp4 / nf4) and the handoff 36.76 /
+// 36.28 / 41.54 against 33.45 / 33.29 / 38.20 with the norm ahead (F.rms_norm); at one row the
+// fused norm was level with or ahead of it (30.35 / 29.67 / 32.47 against 30.70 / 29.75 / 32.78)
+// and the handoff faster.
+constexpr int64_t kSwigluFusedNormMaxRows = 8;
 
 // 16 bytes of x (kept in L1: the warps of a block read the same columns), issued in program order.
 __device__ __forceinline__ uint4 load_x(const uint4* p) {
@@ -609,9 +616,13 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
   }
   if (m == 0) return out.view(out_sizes);
   const std::optional<GemmTiledConfig> gemm = choose_gemm(m, n, k, f, x.scalar_type(), x.get_device());
-  c10::optional<at::Tensor> sumsq2;  // rms_sumsq as [m, P], contiguous
-  if (rms_sumsq.has_value()) sumsq2 = rms_sumsq->reshape({m, rms_sumsq->size(-1)}).contiguous();
-  if (gemm && rms_eps.has_value()) x2 = rms_normalized(x2, *rms_eps, sumsq2).to(x.scalar_type());
+  // The norm ahead, by ATen's RMSNorm (one kernel, x rounded to its dtype after it; rms_sumsq not
+  // needed): on the GEMM's route, and for the SwiGLU GEMV above kSwigluFusedNormMaxRows rows of x,
+  // where its fused norm (and the handoff) lost to it in all three formats.
+  const bool norm_ahead = rms_eps.has_value() && (gemm || (swiglu && m > kSwigluFusedNormMaxRows));
+  if (norm_ahead) x2 = at::rms_norm(x2, {k}, /*weight=*/c10::nullopt, *rms_eps);
+  c10::optional<at::Tensor> sumsq2;  // rms_sumsq as [m, P], contiguous, for the fused norm
+  if (rms_sumsq.has_value() && !norm_ahead) sumsq2 = rms_sumsq->reshape({m, rms_sumsq->size(-1)}).contiguous();
   // The kernel reads x in whole 16-byte-aligned steps of 128 columns: pad a K that is not a
   // multiple of 128 with zeros (one small copy; common layer widths need none).
   const int64_t x_stride = tiles_in.size(1) * kStepCols;
@@ -672,7 +683,7 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
   }
   args.swiglu = swiglu;
   if (residual.has_value()) args.residual = residual_c.const_data_ptr();
-  if (rms_eps.has_value()) {
+  if (rms_eps.has_value() && !norm_ahead) {
     args.norm_x = x2.const_data_ptr();  // (args.x may become a packed copy below)
     args.rms_eps = static_cast<float>(*rms_eps);
     args.inv_k = 1.0f / static_cast<float>(k);

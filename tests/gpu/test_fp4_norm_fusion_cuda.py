@@ -147,6 +147,28 @@ def test_swiglu_norm(fmt, m, apt_seed):
 
 @needs_cuda_build
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m", [8, 9, 16, 33])
+def test_swiglu_norm_ahead_above_eight_rows(fmt, m, apt_seed):
+    """Above 8 rows of x the SwiGLU GEMV's norm is ATen's RMSNorm ahead of the kernel (its fused norm
+    and the handoff were slower there): bit for bit the composite F.rms_norm + swiglu_linear, with
+    or without the sums handed over; up to 8 rows the fused norm (x not rounded after normalising),
+    which differs from it."""
+    g = torch.Generator().manual_seed(apt_seed)
+    n, k = 512, 4192
+    w = tile(quantize((torch.randn(n, k, generator=g) * 0.05).to(DEV), fmt), swiglu=True)
+    x = (torch.randn(m, k, generator=g) * 4).to(DEV, torch.bfloat16)
+    bias = torch.randn(n, generator=g).to(DEV)
+    composite = w.swiglu_linear(F.rms_norm(x, (k,), eps=EPS), bias)
+    fused = w.swiglu_linear(x, bias, rms_eps=EPS)
+    handed = w.swiglu_linear(x, bias, rms_eps=EPS, rms_sumsq=sumsq_parts(x))
+    if m > 8:
+        assert torch.equal(fused, composite) and torch.equal(handed, composite)
+    else:
+        assert not torch.equal(fused, composite) and _rel(fused, composite) < 1e-2
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_opcheck_norm_and_residual_cuda(fmt, apt_seed):
     g = torch.Generator().manual_seed(apt_seed)
     t = tile(quantize(torch.randn(32, 200, generator=g).to(DEV), fmt))

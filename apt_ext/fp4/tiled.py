@@ -111,7 +111,7 @@ class TiledFP4Weight:
         """x [..., K] -> silu(gate) * up [..., N / 2] in x's dtype, for a copy in the SwiGLU order of a
         weight [gate; up] (bias [N] in that order too): one fused kernel (CUDA, at most the GEMV's
         rows; past them the GEMM and then the SwiGLU). ``rms_eps``, ``rms_sumsq``: as ``linear``'s;
-        on CUDA above 8 rows of x the norm runs ahead of the kernel (``F.rms_norm``'s, x rounded to
+        on CUDA above 8 rows of 16-bit x the norm runs ahead of the kernel (``F.rms_norm``'s, x rounded to
         its dtype; ``rms_sumsq`` unread), faster there than the kernel's own (docs/fp4_gpu.md)."""
         if not self.swiglu:
             raise ValueError("swiglu_linear: this copy is not in the SwiGLU order; make it with "

@@ -428,7 +428,7 @@ class FP4Linear(nn.Module):
         ``fused``. Calls that take the tiled path (see the class) with out_features a multiple of
         16 run one fused kernel (``fp4_linear_tiled_swiglu``), which needs the tiled copy in the
         SwiGLU order: the first such call rebuilds the copy that way (later ``forward`` calls gather
-        their output back from it); above 8 rows of x its norm runs ahead of it (``F.rms_norm``),
+        their output back from it); above 8 rows of 16-bit x its norm runs ahead of it (``F.rms_norm``),
         faster there. Others run the composite."""
         self._check_x(x)
         if self.out_features % 2 != 0:

@@ -53,8 +53,8 @@ using namespace apt::fp4::tiled;
 constexpr int kMaxWarps = 8;  // warps per block (RW * KW)
 constexpr int kDefaultStages = 2;    // round-6 sweep: 2 stages as fast or faster than 4 at M = 1, 4, 16
 constexpr int kMinStepsPerPart = 4;  // K parts keep at least this many steps each
-// The SwiGLU GEMV takes its RMSNorm in the kernel up to this many rows of x (8-row blocks); above
-// (16-row blocks) ATen normalises x first. At 16 rows on 28672 x 4096 (H100, fp4_norm_fusion.py)
+// The SwiGLU GEMV takes its RMSNorm in the kernel up to this many rows of 16-bit x (8-row blocks);
+// above (16-row blocks) ATen normalises x first. At 16 rows on 28672 x 4096 (H100, fp4_norm_fusion.py)
 // the fused norm took 37.19 / 37.25 / 44.33 us (nvfp4 / mxfp4 / nf4) and the handoff 36.76 /
 // 36.28 / 41.54 against 33.45 / 33.29 / 38.20 with the norm ahead (F.rms_norm); at one row the
 // fused norm was level with or ahead of it (30.35 / 29.67 / 32.47 against 30.70 / 29.75 / 32.78)
@@ -617,9 +617,10 @@ at::Tensor tiled_linear_cuda(const at::Tensor& x, const at::Tensor& tiles_in, co
   if (m == 0) return out.view(out_sizes);
   const std::optional<GemmTiledConfig> gemm = choose_gemm(m, n, k, f, x.scalar_type(), x.get_device());
   // The norm ahead, by ATen's RMSNorm (one kernel, x rounded to its dtype after it; rms_sumsq not
-  // needed): on the GEMM's route, and for the SwiGLU GEMV above kSwigluFusedNormMaxRows rows of x,
-  // where its fused norm (and the handoff) lost to it in all three formats.
-  const bool norm_ahead = rms_eps.has_value() && (gemm || (swiglu && m > kSwigluFusedNormMaxRows));
+  // needed): on the GEMM's route, and for the SwiGLU GEMV's 16-row blocks of 16-bit x (above
+  // kSwigluFusedNormMaxRows rows), where its fused norm and the handoff lost to it in all formats.
+  const bool swiglu_norm_ahead = swiglu && m > kSwigluFusedNormMaxRows && x.scalar_type() != at::kFloat;
+  const bool norm_ahead = rms_eps.has_value() && (gemm || swiglu_norm_ahead);
   if (norm_ahead) x2 = at::rms_norm(x2, {k}, /*weight=*/c10::nullopt, *rms_eps);
   c10::optional<at::Tensor> sumsq2;  // rms_sumsq as [m, P], contiguous, for the fused norm
   if (rms_sumsq.has_value() && !norm_ahead) sumsq2 = rms_sumsq->reshape({m, rms_sumsq->size(-1)}).contiguous();

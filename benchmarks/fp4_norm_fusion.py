@@ -10,6 +10,8 @@ Per projection and rows of x, four ways:
 - ``handoff``: the norm handoff: the norm GEMVs take x's sums of squares in parts (``rms_sumsq``,
   made before the timing, as the residual GEMV before them hands them over) instead of summing
   x's squares; the residual GEMVs also return their output's sums (``return_sumsq``).
+Above 8 rows of x the SwiGLU op runs its norm ahead of the GEMV (ATen's RMSNorm, docs/fp4_gpu.md),
+so there gate/up's fused and handoff columns time that route, not the kernel's own norm.
 
 Projections: qkv 6144 x 4096 (norm), o 4096 x 4096 (residual), gate/up 28672 x 4096 in the SwiGLU
 order (norm + SwiGLU), down 4096 x 14336 (residual). On CUDA each way is timed as ``--calls``

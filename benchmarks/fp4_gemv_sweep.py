@@ -1,4 +1,5 @@
-"""Tuning sweep of the tiled FP4 GEMV (csrc/fp4/fp4_gemv_cuda.cu) on one GPU, in one run.
+"""Tuning sweep of the tiled FP4 GEMV (csrc/fp4/fp4_gemv_kernel_cuda.h, its launch shapes chosen in
+csrc/fp4/fp4_gemv_cuda.cu) on one GPU, in one run.
 
 Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]" (warps
 along N per block, K parts per tile, pipeline depth, x rows per block in tiles of 8 (1, 2, 4; 0 the

@@ -155,7 +155,7 @@ for arg in "$@"; do
       ncu -i "$OUT/gemv.ncu-rep" --page details > "$OUT/gemv_details.txt" 2>&1
       ncu -i "$OUT/gemv.ncu-rep" --page source --csv --print-source sass > "$OUT/gemv_source.csv" 2>&1
       ncu_records gemv "APT_NCU_M=${APT_NCU_M:-1} APT_NCU_SHAPE=${APT_NCU_SHAPE:-28672x8192} ncu_gemv_full"
-      obj=$(find build -name 'fp4_gemv_cuda.cu.o' | head -1)
+      obj=$(find build -name 'fp4_gemv_nvfp4_cuda.cu.o' | head -1)
       [ -n "$obj" ] && cuobjdump -sass "$obj" | $PY -c 'import sys,re; t=sys.stdin.read(); fs=re.split(r"(?=\n\s*Function : )", t); sys.stdout.write("".join(f for f in fs if "E0EN3c108BFloat16ELi1ELi2ELi0ELb0E" in f))' > "$OUT/gemv_nvfp4_bf16_mt1_s2.sass" ;;
     test_fp4|test_left_spin|test_vgpu|test_model|test_decode_attention)
       stage "$s" $PY -m pytest -v -p no:cacheprovider tests/gpu/${s}_*.py ${APT_PYTEST_K:+-k "$APT_PYTEST_K"} ;;

@@ -39,8 +39,8 @@ def test_untile_equals_dequantize(fmt, shape, apt_seed):
 
 
 def _kernel_view(t, fmt: str) -> torch.Tensor:
-    """float64 [tiles * 16, steps * 128]: each weight decoded the way csrc/fp4/fp4_gemv_cuda.cu reads
-    it, written from csrc/fp4/fp4_tiled_layout.h's description alone (not from fp4_untile): lane
+    """float64 [tiles * 16, steps * 128]: each weight decoded the way csrc/fp4/fp4_gemv_kernel_cuda.h
+    reads it, written from csrc/fp4/fp4_tiled_layout.h's description alone (not from fp4_untile): lane
     L = 4g + t's word j at byte 512 (j >> 2) + 16 L + 4 (j & 3) holds pairs p = h + 2q of rows
     g + 8h at columns 32 (j >> 1) + 8t + 4 (j & 1) + 2q + {0, 1}; the scales of chunk j >> 1 are
     in entry scale_entry(fmt, L)."""

@@ -9,7 +9,7 @@
 // (fp4_tiled_layout.h) and bfloat16 x. fp4_linear_tiled runs it where choose_gemm says
 // (fp4_gemm_tiled_cuda.h: the routes where it measured faster than the GEMV, or APT_FP4_GEMM's).
 //
-// Where the GEMV (fp4_gemv_cuda.cu) has every warp read its own x from L1 and re-decodes the
+// Where the GEMV (fp4_gemv_kernel_cuda.h) has every warp read its own x from L1 and re-decodes the
 // weights for every 16 rows of x, a block here stages 8 XB rows of x through shared memory once
 // per 128-column step and every warp multiplies its decoded weights by all of them:
 //  * a block of 8 warps: WN along N, each owning TW tiles (16 TW weight rows), times KW = 8 / WN

@@ -1,4 +1,4 @@
-// Device helpers shared by the FP4 linear kernels (fp4_linear_cuda.cu, fp4_gemv_cuda.cu, the
+// Device helpers shared by the FP4 linear kernels (fp4_linear_cuda.cu, fp4_gemv_kernel_cuda.h, the
 // tiled GEMM): mma.sync m16n8k16 with float32 accumulation per x dtype, 16-byte loads of x, the
 // split of float32 x into bfloat16 terms, and programmatic dependent launch.
 #pragma once

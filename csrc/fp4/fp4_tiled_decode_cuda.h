@@ -1,5 +1,5 @@
 // Device pieces shared by the CUDA kernels that read the tiled FP4 layout (fp4_tiled_layout.h):
-// the GEMV (fp4_gemv_cuda.cu) and the GEMM for more rows of x (fp4_gemm_tiled_kernel_cuda.h). Streamed
+// the GEMV (fp4_gemv_kernel_cuda.h) and the GEMM for more rows of x (fp4_gemm_tiled_kernel_cuda.h). Streamed
 // loads of weights and scales with an L2 cache policy, a lane's scale entry, the shift-and-mask
 // decode of a stored word into mma A registers, the bias, and the kernels' arguments.
 #pragma once

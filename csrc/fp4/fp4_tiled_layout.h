@@ -1,5 +1,5 @@
 // The tiled FP4 weight layout: a private copy of a packed weight in the order the CUDA GEMV
-// (fp4_gemv_cuda.cu) reads it, made once by fp4_tile (fp4_tile.cpp) from the canonical tensors
+// (fp4_gemv_kernel_cuda.h) reads it, made once by fp4_tile (fp4_tile.cpp) from the canonical tensors
 // of docs/contract.md §3, which stay the interchange format. Host and device code include this file;
 // the packer and the kernel share every constant below.
 //

@@ -1,5 +1,5 @@
-"""The tiled-layout CUDA GEMV (csrc/fp4/fp4_gemv_cuda.cu, torch.ops.apt.fp4_linear_tiled) against
-apt_ext/reference/fp4.py on the CPU, on fresh random inputs: every format, x dtype, M from 1 to
+"""The tiled-layout CUDA GEMV (csrc/fp4/fp4_gemv_kernel_cuda.h, torch.ops.apt.fp4_linear_tiled)
+against apt_ext/reference/fp4.py on the CPU, on fresh random inputs: every format, x dtype, M from 1 to
 33, odd N, K not a multiple of 64, with and without bias; the layout on the GPU; FP4Linear's
 choice of path; a CUDA-graph capture; opcheck.
 

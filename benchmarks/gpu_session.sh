@@ -121,6 +121,9 @@ for arg in "$@"; do
   s=${arg%%:*}; LIMIT=0; [ "$s" != "$arg" ] && LIMIT=${arg#*:}
   case $s in
     build) stage build $PY -m pip install -v --no-build-isolation --no-deps -e .
+      # the slowest translation units (wall seconds from ninja's log): what bounds a parallel build
+      nl=$(find build -name .ninja_log | head -1)
+      [ -n "$nl" ] && awk -F'\t' 'NR > 1 {printf "%7.1f s  %s\n", ($2 - $1) / 1000, $4}' "$nl" | sort -rn | head -n 8
       so=$($PY -c 'import apt_ext._C as c; print(c.__file__)') && strip --strip-debug -o /tmp/_C.so "$so" \
         && gzip -c /tmp/_C.so > "$OUT/$(basename "$so").gz" ;;
     test)  # with pytest-xdist (carried in .devtools) in APT_TEST_WORKERS processes (default 4) on the one GPU:

@@ -1,13 +1,15 @@
 """Tuning sweep of the tiled FP4 GEMV (csrc/fp4/fp4_gemv_kernel_cuda.h, its launch shapes chosen in
 csrc/fp4/fp4_gemv_cuda.cu) on one GPU, in one run.
 
-Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]" (warps
+Each launch variant APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw[,min_steps]]]]]]" (warps
 along N per block, K parts per tile, pipeline depth, x rows per block in tiles of 8 (1, 2, 4; 0 the
 heuristic's), how x is read: 0 through L1 double-buffered, 1 with one x buffer and more blocks per
 SM, 2 one chunk at a time, 3 one buffer refilled chunk by chunk a step ahead, 4 the same from a copy of x packed so that each
 load reads 512 contiguous bytes, -1 the heuristic's; balance (default 1): warps per block chosen to
 spread blocks evenly over the SMs; evict_first (default 1): weights loaded with L2 evict_first; tw:
-tiles per warp, 1 or 2, 0 the heuristic's; rw = kw = 0 keeps the heuristic's), optionally with
+tiles per warp, 1 or 2, 0 the heuristic's; rw = kw = 0 keeps the heuristic's; min_steps: the fewest K
+steps the heuristic leaves a K part, 0 its own 4: lower lets it split short K, e.g. 768 columns, 6
+steps), optionally with
 "@step" (the tiles and scales copied step-major: at each step all tiles' blocks are adjacent, so
 warps that advance together read one contiguous region), "+gemm=MIN_ROWS,K_PARTS[,SPLITS[,TILES_PER_WARP[,ROWS[,MMA[,J_GROUP[,WORKERS]]]]]]"
 (APT_FP4_GEMM: from MIN_ROWS rows of x the tiled GEMM of csrc/fp4/fp4_gemm_tiled_cuda.cu instead
@@ -253,7 +255,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variants", default=None,
-                    help="';'-separated list of 'default' or 'rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]', "
+                    help="';'-separated list of 'default' or "
+                         "'rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw[,min_steps]]]]]]', "
                          "each optionally '@step' and/or '#nf4' / '#mxfp4' (default: the full sweep)")
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="comma-separated rows of x")
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES),

@@ -673,7 +673,8 @@ def fp4_gemv_sweep(name: str, d: dict) -> str:
             continue
         rows.append([v, *[f"{num(r[k]['us'])} ({d['baseline'][k]['bf16_us'] / r[k]['us']:.2f}x)" for k in keys]])
     out = [f"`fp4_linear_tiled` (nvfp4, or the format after `#`), bf16 x, one child process per launch variant "
-           f"`APT_FP4_GEMV=rw,kw,stages[,mt[,xm[,balance[,evict_first]]]]` (default = the built-in heuristic); "
+           f"`APT_FP4_GEMV=rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw[,min_steps]]]]]]` "
+           f"(default = the built-in heuristic); "
            f"microseconds, do_bench median, speed-up over bf16 "
            f"F.linear of the same run. Copy bandwidth {num(d['copy_bandwidth_GBs'])} GB/s. Column = N x K / M. "
            f"Accuracy: not recorded by the sweep (the variants compute the same sums; tests/gpu/"

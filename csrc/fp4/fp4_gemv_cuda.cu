@@ -22,7 +22,7 @@
 namespace apt::fp4::cuda {
 namespace {
 
-constexpr int kMinStepsPerPart = 4;  // K parts keep at least this many steps each
+constexpr int kMinStepsPerPart = 4;  // the heuristic's K parts keep at least this many steps each
 // The SwiGLU GEMV takes its RMSNorm in the kernel up to this many rows of 16-bit x (8-row blocks);
 // above (16-row blocks) ATen normalises x first. At 16 rows on 28672 x 4096 (H100, fp4_norm_fusion.py)
 // the fused norm took 37.19 / 37.25 / 44.33 us (nvfp4 / mxfp4 / nf4) and the handoff 36.76 /
@@ -79,23 +79,27 @@ constexpr int heuristic_x_mode(bool packed, int mt, int tw, int64_t n_tiles, int
              : default_x_mode(mt, tw);
 }
 
-// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]" (read at each call, so tests
-// can set it in-process) overrides the heuristic: for tuning sweeps. rw = kw = 0 keeps the
+// APT_FP4_GEMV="rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw[,min_steps]]]]]]" (read at each call,
+// so tests can set it in-process) overrides the heuristic: for tuning sweeps. rw = kw = 0 keeps the
 // heuristic's block shape, mt = 0 its rows of x, xm = -1 its x mode, tw = 0 its tiles per warp;
-// balance and evict_first default to 1. A launch shape kernel_built does not build for the format
-// and x dtype falls back to the heuristic's stages, x mode and tiles per warp (and 32 rows of x
-// to 16).
-bool env_config(GemvConfig& cfg) {
+// balance and evict_first default to 1; min_steps (with rw = kw = 0) replaces kMinStepsPerPart, the
+// fewest K steps the heuristic leaves a K part (0: kMinStepsPerPart). A launch shape kernel_built
+// does not build for the format and x dtype falls back to the heuristic's stages, x mode and tiles
+// per warp (and 32 rows of x to 16).
+bool env_config(GemvConfig& cfg, int& min_steps) {
   const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
-  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1, tw = 0;
-  const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first, &tw);
+  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1, tw = 0, steps = 0;
+  const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first,
+                              &tw, &steps);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
   TORCH_CHECK_VALUE(got >= 3 && shape_ok && (mt == 0 || mt == 1 || mt == 2 || mt == 4) && xm >= -1 &&
-                        xm <= kXPacked && tw >= 0 && tw <= 2,
-                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw]]]]]' with rw * kw <= 8 "
-                    "(or both 0), mt 0, 1, 2 or 4, xm in -1..4 and tw in 0..2, got '", env, "'");
+                        xm <= kXPacked && tw >= 0 && tw <= 2 && steps >= 0,
+                    "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw[,min_steps]]]]]]' with "
+                    "rw * kw <= 8 (or both 0), mt 0, 1, 2 or 4, xm in -1..4, tw in 0..2 and min_steps >= 0, got '",
+                    env, "'");
   cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0, tw};
+  if (steps > 0) min_steps = steps;
   return true;
 }
 
@@ -110,7 +114,8 @@ GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_
   // fp4_linear_NVIDIA_H200.json of the round-6 session, and at 1.55x against 2.23x unbalanced in
   // fp4_gemv_sweep_NVIDIA_H200_round8a.json).
   GemvConfig cfg{0, 0, kDefaultStages, 0, -1, f != Format::NF4, true, 0};
-  const bool from_env = env_config(cfg);
+  int min_steps = kMinStepsPerPart;
+  const bool from_env = env_config(cfg, min_steps);
   if (fp32x) {
     cfg.mt = 1;
   } else if (cfg.mt == 0 || (cfg.mt == 4 && !sweep)) {
@@ -126,7 +131,7 @@ GemvConfig choose_config(Format f, bool sweep, bool fp32x, int64_t m, int64_t n_
   }
   if (from_env && cfg.rw > 0) return cfg;
   const int64_t m_blocks = (m + 8 * cfg.mt - 1) / (8 * cfg.mt), units = (n_tiles + cfg.tw - 1) / cfg.tw;
-  const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / kMinStepsPerPart, kMaxWarps));
+  const int64_t max_kw = std::max<int64_t>(1, std::min<int64_t>(steps / min_steps, kMaxWarps));
   // K parts: the largest power of two up to the warps wanted per warp's tiles (round 2's sweep:
   // e.g. 896 tiles -> kw 2 beat kw 3 or 4).
   const int64_t want = (int64_t{16} * sms + units * m_blocks - 1) / (units * m_blocks);

@@ -136,6 +136,19 @@ def test_gemv_launch_variants(launch, monkeypatch):
                 _check(fmt, m, torch.bfloat16, True, n=300, k=4192, apt_seed=7, step_major=sm)
 
 
+@needs_cuda_build
+@pytest.mark.parametrize("min_steps", [1, 2, 3])
+def test_gemv_heuristic_min_steps_per_part(min_steps, monkeypatch):
+    """APT_FP4_GEMV's ninth field: the heuristic's K parts keep at least min_steps steps, so short K
+    (here 6 steps of 128 columns, and 3) is split across warps, K parts left without steps
+    included (6 steps over 4 parts of 2)."""
+    monkeypatch.setenv("APT_FP4_GEMV", f"0,0,2,0,-1,1,1,0,{min_steps}")
+    for fmt in FORMATS:
+        for m in (1, 16, 33, 128):
+            _check(fmt, m, torch.bfloat16, True, n=768, k=768, apt_seed=5)
+            _check(fmt, m, torch.bfloat16, False, n=200, k=300, apt_seed=6)
+
+
 # wgmma with x copied word by word (mma 1), transposed in shared memory (mma 2) and rearranged once,
 # then staged by bulk copies (mma 3).
 WGMMA_CONFIGS = ["17,1,0,2,32,1", "17,2,0,2,32,1", "17,1,0,1,64,1", "1,2,5,1,64,1", "17,1,0,2,64,1", "17,2,3,2,64,1",

@@ -89,17 +89,17 @@ constexpr int heuristic_x_mode(bool packed, int mt, int tw, int64_t n_tiles, int
 bool env_config(GemvConfig& cfg, int& min_steps) {
   const char* env = std::getenv("APT_FP4_GEMV");
   if (env == nullptr || *env == '\0') return false;
-  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1, tw = 0, steps = 0;
+  int rw = 0, kw = 0, s = 0, mt = 0, xm = -1, balance = 1, evict_first = 1, tw = 0, part_steps = 0;
   const int got = std::sscanf(env, "%d,%d,%d,%d,%d,%d,%d,%d,%d", &rw, &kw, &s, &mt, &xm, &balance, &evict_first,
-                              &tw, &steps);
+                              &tw, &part_steps);
   const bool shape_ok = (rw == 0 && kw == 0) || (rw >= 1 && kw >= 1 && rw * kw <= kMaxWarps);
   TORCH_CHECK_VALUE(got >= 3 && shape_ok && (mt == 0 || mt == 1 || mt == 2 || mt == 4) && xm >= -1 &&
-                        xm <= kXPacked && tw >= 0 && tw <= 2 && steps >= 0,
+                        xm <= kXPacked && tw >= 0 && tw <= 2 && part_steps >= 0,
                     "APT_FP4_GEMV: expected 'rw,kw,stages[,mt[,xm[,balance[,evict_first[,tw[,min_steps]]]]]]' with "
                     "rw * kw <= 8 (or both 0), mt 0, 1, 2 or 4, xm in -1..4, tw in 0..2 and min_steps >= 0, got '",
                     env, "'");
   cfg = {rw, kw, s, mt, xm, balance != 0, evict_first != 0, tw};
-  if (steps > 0) min_steps = steps;
+  if (part_steps > 0) min_steps = part_steps;
   return true;
 }
 
